@@ -1,0 +1,147 @@
+"""``lpsgld``: the command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from .gaussian import GaussianSpec
+
+
+def _gaussian_spec(text: str) -> GaussianSpec:
+    """Parse 'table:TERMSxBITS[:FRAC]' or 'clt:TERMSxBITS'."""
+    try:
+        kind, _, rest = text.partition(":")
+        shape, _, frac = rest.partition(":")
+        terms, bits = (int(x) for x in shape.split("x"))
+        if kind == "clt":
+            return GaussianSpec("clt", terms, bits, 0)
+        return GaussianSpec(kind, terms, bits, int(frac) if frac else 8)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad Gaussian spec {text!r}: {e}") from None
+
+
+def _cmd_gaussian(args: argparse.Namespace) -> int:
+    from .toy import ToySettings, check_expectations, format_table, plot, run_toy, summary_rows
+
+    settings = ToySettings(
+        alphas=tuple(args.alpha),
+        variants=tuple(args.variants),
+        width=args.width,
+        frac=args.frac,
+        sr_bits=args.sr_bits,
+        gaussian=args.gaussian,
+        chains=args.chains,
+        burn=args.burn,
+        collect=args.collect,
+        seed=args.seed,
+    )
+    print(
+        f"Gaussian toy: Q({settings.width},{settings.frac}), {settings.chains} chains per run, "
+        f"{len(settings.alphas)} step sizes x {len(settings.variants)} variants on {args.jobs} processes",
+        file=sys.stderr,
+    )
+    report = run_toy(settings, jobs=args.jobs, verbose=not args.quiet)
+    os.makedirs(args.out, exist_ok=True)
+    png = os.path.join(args.out, "gaussian_toy.png")
+    plot(report, png)
+    with open(os.path.join(args.out, "gaussian_toy.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    problems = check_expectations(report)
+    if args.json:
+        print(json.dumps({"results": summary_rows(report)}))
+    else:
+        print(format_table(report))
+        print(f"\nhistograms: {png}; full report: {os.path.join(args.out, 'gaussian_toy.json')}")
+        print(f"elapsed {report['seconds']:.1f} s")
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args.elements, args.lanes, args.repeat, args.variants)
+    return 0
+
+
+def _cmd_spec(args: argparse.Namespace) -> int:
+    from .golden import preset
+
+    cfg = preset(args.config)
+    g = cfg.gaussian
+    print(f"configuration {args.config}:")
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        print(f"  {f.name:14s} {getattr(v, 'value', v)}")
+    print(f"  sum frac X     {cfg.sum_frac} (exact-sum width {cfg.sum_width} bits)")
+    print(f"  dropped bits   {cfg.drop_bits}; SR random bits {cfg.sr_k}")
+    print("  random fields  " + ", ".join(f"{n}: word {f.word} bits [{f.offset}, {f.offset + f.width})"
+                                         for n, f in cfg.fields.items()))
+    print(f"  Gaussian       {g.kind}, {g.terms} x {g.index_bits} bits:")
+    for k, v in g.summary().items():
+        print(f"    {k:22s} {v:.6g}")
+    return 0
+
+
+def _cmd_vectors(args: argparse.Namespace) -> int:
+    from .golden import write_vectors
+
+    path = write_vectors(args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lpsgld", description="Bit-exact low-precision SGLD datapath emulator")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("gaussian", help="the paper's Gaussian toy with the hardware's arithmetic")
+    p.add_argument("--alpha", type=float, nargs="+", default=[2e-3, 1e-3, 1e-4], help="step sizes")
+    p.add_argument("--variants", nargs="+", default=["fp", "lp_f", "naive", "vc"],
+                   choices=["fp", "lp_f", "naive", "vc"])
+    p.add_argument("--width", type=int, default=8, help="weight word length W")
+    p.add_argument("--frac", type=int, default=3, help="weight fractional bits F")
+    p.add_argument("--sr-bits", type=int, default=None, help="SR random bits (default: all dropped bits)")
+    p.add_argument("--gaussian", type=_gaussian_spec, default=GaussianSpec(),
+                   help="Gaussian generator, e.g. table:4x8 or clt:4x8 (default table:4x8:8)")
+    p.add_argument("--chains", type=int, default=4096, help="parallel chains (lanes)")
+    p.add_argument("--burn", type=float, default=2.5, help="burn-in in units of 1/alpha steps")
+    p.add_argument("--collect", type=float, default=4.0, help="collection window in units of 1/alpha steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--out", default="results/gaussian", help="output directory for PNG and JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_gaussian)
+
+    p = sub.add_parser("bench", help="engine throughput vs a float32 numpy SGLD step")
+    p.add_argument("--elements", type=int, default=10_000_000)
+    p.add_argument("--lanes", type=int, nargs="+", default=[8, 1024, 65536])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--variants", nargs="+", default=["sgd_l", "naive", "lp_f", "vc"])
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("spec", help="print a shipped configuration, its random-bit layout and Gaussian stats")
+    p.add_argument("--config", default="w8-vc")
+    p.set_defaults(func=_cmd_spec)
+
+    p = sub.add_parser("vectors", help="write the golden test vectors (JSON)")
+    p.add_argument("--out", default="tests/golden/vectors.json")
+    p.set_defaults(func=_cmd_vectors)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, TypeError) as e:
+        print(f"lpsgld: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

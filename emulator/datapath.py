@@ -1,0 +1,379 @@
+"""The SGLD update datapath: configuration, random-bit layout and the integer update.
+
+One lane updates one parameter per clock. All arithmetic is on integer words
+(see ``docs/spec.md`` for the normative description). With ``S`` the state
+format (the weight format for the ``-L`` variants, the accumulator format for
+the ``-F`` variants) and ``X`` the fractional bits of the exact sum::
+
+    mu = theta << (X - S.frac)
+         - (step * g)      << (X - step.frac - grad.frac)
+         - (decay * theta) << (X - decay.frac - S.frac)          # Gaussian prior
+    naive, lp_f:   out = sat_S(SR_k(mu + (noise * z) << (X - noise.frac - z.frac)))
+    sgd_l, sgd_f:  out = sat_S(SR_k(mu))
+    vc:            out = sat_W(Q_vc(mu))                           # branch A or B
+    lp_f, sgd_f also emit weight = sat_W(round_nearest(out, acc.frac - weight.frac))
+
+No rounding happens before the single narrowing at the end: ``mu`` and the
+noise are exact integers at ``X`` fractional bits.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import NamedTuple
+
+import numpy as np
+
+from .formats import FixedFormat, round_nearest, sr_split
+from .gaussian import GaussianSpec
+from .rng import XoroshiroSpec
+
+WORD_BITS = 64  # bits per generator output word
+
+
+class Variant(str, Enum):
+    """Update rules. ``FP`` is the float64 reference and has no datapath."""
+
+    FP = "fp"
+    LP_F = "lp_f"
+    NAIVE = "naive"
+    VC = "vc"
+    SGD_F = "sgd_f"
+    SGD_L = "sgd_l"
+
+    @property
+    def has_accumulator(self) -> bool:
+        return self in (Variant.LP_F, Variant.SGD_F)
+
+    @property
+    def has_gaussian(self) -> bool:
+        return self in (Variant.LP_F, Variant.NAIVE, Variant.VC)
+
+    @property
+    def is_langevin(self) -> bool:
+        return self in (Variant.FP, Variant.LP_F, Variant.NAIVE, Variant.VC)
+
+
+class Field(NamedTuple):
+    """A random field: ``width`` bits at bit ``offset`` of generator word ``word``."""
+
+    word: int
+    offset: int
+    width: int
+
+
+@dataclass(frozen=True)
+class StepRegisters:
+    """Per-step register values loaded by the host (integer words).
+
+    ``step``: a (step format); ``decay``: a * weight_decay (decay format);
+    ``noise``: the Gaussian scale (noise format); ``vc_noise``: VC branch A
+    (True) or B (False); ``vc_var``: branch-B variance in units of
+    2^-(2 vc_frac_bits) weight LSB^2.
+    """
+
+    step: int
+    decay: int = 0
+    noise: int = 0
+    vc_noise: bool = False
+    vc_var: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("step", "decay", "noise", "vc_var"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"register {name} must be an int, got {v!r}")
+            if v < 0:
+                raise ValueError(f"register {name} must be >= 0, got {v}")
+        if not isinstance(self.vc_noise, (bool, np.bool_)):
+            raise TypeError(f"register vc_noise must be a bool, got {self.vc_noise!r}")
+
+
+def _coerce_variant(v: Variant | str) -> Variant:
+    try:
+        return Variant(v)
+    except ValueError:
+        raise ValueError(f"unknown variant {v!r}; expected one of {[x.value for x in Variant]}") from None
+
+
+@dataclass(frozen=True)
+class DatapathConfig:
+    """Everything that fixes the datapath's integers: formats, variant, random budget, lanes."""
+
+    variant: Variant
+    weight: FixedFormat = FixedFormat(8, 3)
+    grad: FixedFormat = FixedFormat(8, 3)
+    acc: FixedFormat | None = None
+    step: FixedFormat = FixedFormat(16, 24, signed=False)
+    noise: FixedFormat = FixedFormat(16, 19, signed=False)
+    decay: FixedFormat | None = None
+    gaussian: GaussianSpec = field(default_factory=GaussianSpec)
+    sr_bits: int | None = None
+    vc_frac_bits: int = 8
+    rng: XoroshiroSpec = field(default_factory=XoroshiroSpec)
+    rng_words: int = 1
+    lanes: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variant", _coerce_variant(self.variant))
+        v = self.variant
+        if v is Variant.FP:
+            raise ValueError("variant 'fp' is the float64 reference (emulator.reference), not a datapath")
+        for name in ("weight", "grad", "step", "noise"):
+            if not isinstance(getattr(self, name), FixedFormat):
+                raise TypeError(f"{name} must be a FixedFormat, got {getattr(self, name)!r}")
+        for name in ("weight", "grad"):
+            if not getattr(self, name).signed:
+                raise ValueError(f"{name} format must be signed, got {getattr(self, name)}")
+        for name in ("step", "noise"):
+            if getattr(self, name).signed:
+                raise ValueError(f"{name} register format must be unsigned, got {getattr(self, name)}")
+        if self.decay is not None and (not isinstance(self.decay, FixedFormat) or self.decay.signed):
+            raise ValueError(f"decay register format must be an unsigned FixedFormat or None, got {self.decay!r}")
+        if v.has_accumulator:
+            if not isinstance(self.acc, FixedFormat) or not self.acc.signed:
+                raise ValueError(f"variant {v.value!r} needs a signed accumulator format, got acc={self.acc!r}")
+            if self.acc.frac < self.weight.frac:
+                raise ValueError(
+                    f"accumulator frac {self.acc.frac} must be >= weight frac {self.weight.frac}"
+                )
+            if self.acc.width - self.acc.frac < self.weight.width - self.weight.frac:
+                raise ValueError(
+                    f"accumulator {self.acc} has fewer integer bits than weight {self.weight}"
+                )
+        elif self.acc is not None:
+            raise ValueError(f"variant {v.value!r} has no accumulator; got acc={self.acc}")
+        if not isinstance(self.gaussian, GaussianSpec):
+            raise TypeError(f"gaussian must be a GaussianSpec, got {self.gaussian!r}")
+        if not isinstance(self.rng, XoroshiroSpec):
+            raise TypeError(f"rng must be an XoroshiroSpec, got {self.rng!r}")
+        if self.rng.word_bits != WORD_BITS:
+            raise ValueError(f"the datapath draws {WORD_BITS}-bit generator words, got word_bits={self.rng.word_bits}")
+        if self.sr_bits is not None:
+            if isinstance(self.sr_bits, bool) or not isinstance(self.sr_bits, int):
+                raise TypeError(f"sr_bits must be an int or None, got {self.sr_bits!r}")
+            if self.sr_bits < 1:
+                raise ValueError(f"sr_bits must be >= 1 or None (all discarded bits), got {self.sr_bits}")
+        for name, lo, hi in (("vc_frac_bits", 1, 24), ("rng_words", 1, 8), ("lanes", 1, 1 << 24)):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, int):
+                raise TypeError(f"{name} must be an int, got {val!r}")
+            if not lo <= val <= hi:
+                raise ValueError(f"{name} must be in [{lo}, {hi}], got {val}")
+        if self.sum_width > 62:
+            raise ValueError(
+                f"exact sum needs {self.sum_width} bits (frac {self.sum_frac}); at most 62: "
+                "reduce register fractional bits or word widths"
+            )
+        _ = self.fields  # validates the random budget
+
+    # ---- derived quantities ------------------------------------------------------
+
+    @property
+    def state(self) -> FixedFormat:
+        """Format of the updated state: the accumulator for -F variants, else the weight."""
+        return self.acc if self.acc is not None else self.weight
+
+    @property
+    def uses_noise(self) -> bool:
+        return self.variant.has_gaussian
+
+    @property
+    def sum_frac(self) -> int:
+        """X: fractional bits of the exact sum."""
+        fr = [self.state.frac, self.step.frac + self.grad.frac]
+        if self.uses_noise:
+            fr.append(self.noise.frac + self.gaussian.frac)
+        if self.decay is not None:
+            fr.append(self.decay.frac + self.state.frac)
+        return max(fr)
+
+    @property
+    def drop_bits(self) -> int:
+        """s: bits dropped by the final narrowing (X - state.frac)."""
+        return self.sum_frac - self.state.frac
+
+    @property
+    def sr_k(self) -> int:
+        """Random bits used by stochastic rounding: min(sr_bits, s)."""
+        s = self.drop_bits
+        return s if self.sr_bits is None else min(self.sr_bits, s)
+
+    @property
+    def vc_uniform_bits(self) -> int:
+        return 2 * self.vc_frac_bits + 1
+
+    @property
+    def sum_width(self) -> int:
+        """Signed bits that hold every intermediate of the exact sum."""
+        x = self.sum_frac
+        st = self.state
+        bound = (1 << (st.width - 1)) << (x - st.frac)
+        bound += (self.step.max_word << (self.grad.width - 1)) << (x - self.step.frac - self.grad.frac)
+        if self.decay is not None:
+            bound += (self.decay.max_word << (st.width - 1)) << (x - self.decay.frac - st.frac)
+        if self.uses_noise:
+            bound += (self.noise.max_word * self.gaussian.max_abs) << (x - self.noise.frac - self.gaussian.frac)
+        return bound.bit_length() + 2
+
+    @functools.cached_property
+    def fields(self) -> dict[str, Field]:
+        """Random-bit layout of one update (normative; see docs/spec.md).
+
+        Slots are packed LSB-first into 64-bit generator words; a slot never
+        straddles two words. VC: slot 1 = ``vc`` uniform; slot 2 is shared by
+        ``sr`` (branch B) and ``gauss`` (branch A). naive / lp_f: ``sr`` then
+        ``gauss``. sgd: ``sr``.
+        """
+        k = self.sr_k
+        g = self.gaussian.bits
+        v = self.variant
+        if v is Variant.VC:
+            slots = [[("vc", self.vc_uniform_bits)], [("sr", k), ("gauss", g)]]
+        elif v in (Variant.NAIVE, Variant.LP_F):
+            slots = [[("sr", k)], [("gauss", g)]]
+        else:
+            slots = [[("sr", k)]]
+        out: dict[str, Field] = {}
+        word, offset = 0, 0
+        for slot in slots:
+            width = max(w for _, w in slot)
+            if offset + width > WORD_BITS:
+                word, offset = word + 1, 0
+            for name, w in slot:
+                out[name] = Field(word, offset, w)
+            offset += width
+        needed = word + 1 if offset else word
+        if needed > self.rng_words:
+            desc = ", ".join(f"{n}={f.width}" for n, f in out.items())
+            raise ValueError(
+                f"random fields ({desc} bits) need {needed} generator words per update; "
+                f"rng_words={self.rng_words}"
+            )
+        return out
+
+    @property
+    def random_bits(self) -> int:
+        """Fresh random bits drawn per update (the budget: 64 * rng_words)."""
+        return WORD_BITS * self.rng_words
+
+    def check_registers(self, regs: StepRegisters) -> None:
+        if not isinstance(regs, StepRegisters):
+            raise TypeError(f"registers must be StepRegisters, got {type(regs).__name__}")
+        for name in ("step", "noise"):
+            fmt: FixedFormat = getattr(self, name)
+            if getattr(regs, name) > fmt.max_word:
+                raise ValueError(f"register {name}={getattr(regs, name)} exceeds {fmt} max {fmt.max_word}")
+        if regs.decay:
+            if self.decay is None:
+                raise ValueError(f"register decay={regs.decay} but the configuration has no decay register")
+            if regs.decay > self.decay.max_word:
+                raise ValueError(f"register decay={regs.decay} exceeds {self.decay} max {self.decay.max_word}")
+        vmax = 1 << (2 * self.vc_frac_bits - 2)
+        if regs.vc_var > vmax:
+            raise ValueError(f"register vc_var={regs.vc_var} exceeds v0 = {vmax} (branch B needs v <= LSB^2/4)")
+
+
+# ---- the update -----------------------------------------------------------------
+
+
+def extract(words: np.ndarray, f: Field) -> np.ndarray:
+    """Field ``f`` of per-element generator words (shape (n, rng_words)) as int64."""
+    w = words[:, f.word]
+    if f.offset:
+        w = w >> np.uint64(f.offset)
+    if f.width < WORD_BITS:
+        w = w & np.uint64((1 << f.width) - 1)
+    return w.astype(np.int64)
+
+
+class UpdateResult(NamedTuple):
+    state: np.ndarray  # new state words (accumulator for -F variants)
+    weight: np.ndarray  # the weight words the lane emits (== state for -L variants)
+
+
+def update(
+    cfg: DatapathConfig,
+    theta: np.ndarray,
+    grad: np.ndarray,
+    regs: StepRegisters,
+    words: np.ndarray,
+) -> UpdateResult:
+    """Apply one update to flat int64 arrays ``theta`` (state words) and ``grad``.
+
+    ``words`` holds each element's random draw, shape (n, rng_words) uint64.
+    Inputs are trusted here (the engine validates); this is the bit-exact kernel.
+    """
+    st = cfg.state
+    x_frac = cfg.sum_frac
+    s = cfg.drop_bits
+    mu = theta << (x_frac - st.frac)
+    mu -= (regs.step * grad) << (x_frac - cfg.step.frac - cfg.grad.frac)
+    if regs.decay and cfg.decay is not None:
+        mu -= (regs.decay * theta) << (x_frac - cfg.decay.frac - st.frac)
+    f = cfg.fields
+    v = cfg.variant
+    if v is Variant.VC:
+        out = _vc(cfg, mu, regs, words)
+    else:
+        x = mu
+        if v.has_gaussian and regs.noise:
+            z = cfg.gaussian.sample(words[:, f["gauss"].word] >> np.uint64(f["gauss"].offset))
+            x = mu + ((regs.noise * z) << (x_frac - cfg.noise.frac - cfg.gaussian.frac))
+        k = cfg.sr_k
+        if s == 0:
+            out = x
+        else:
+            out = ((x >> (s - k)) + extract(words, f["sr"])) >> k
+    out = st.saturate(out)
+    if v.has_accumulator:
+        return UpdateResult(out, cfg.weight.saturate(round_nearest(out, st.frac - cfg.weight.frac)))
+    return UpdateResult(out, out)
+
+
+def sr_variance(fk: np.ndarray, k: int, pm: int) -> np.ndarray:
+    """f(1-f) in units of 2^-(2 pm) LSB^2 from the SR fraction ``fk`` (k bits).
+
+    f is taken at h = 2 pm bits (truncated or zero-extended), the product
+    f_h (2^h - f_h) is exact at 2h bits and is rounded half up to h bits, so the
+    error is below 1.5 * 2^-h LSB^2 however small f is.
+    """
+    h = 2 * pm
+    fh = fk >> (k - h) if k >= h else fk << (h - k)
+    return (fh * ((1 << h) - fh) + (1 << (h - 1))) >> h
+
+
+def _vc(cfg: DatapathConfig, mu: np.ndarray, regs: StepRegisters, words: np.ndarray) -> np.ndarray:
+    f = cfg.fields
+    pm = cfg.vc_frac_bits
+    s = cfg.drop_bits
+    u = extract(words, f["vc"])
+    if regs.vc_noise:
+        # Branch A: x = mu + sqrt(v - v0) xi; q = nearest(x); theta = q + sign(r) * Cat(|r|, v0)
+        x = mu
+        if regs.noise:
+            z = cfg.gaussian.sample(words[:, f["gauss"].word] >> np.uint64(f["gauss"].offset))
+            x = mu + ((regs.noise * z) << (cfg.sum_frac - cfg.noise.frac - cfg.gaussian.frac))
+        xp = round_nearest(x, s - pm)  # x at pm fractional bits of the weight LSB
+        half = 1 << (pm - 1)
+        q = (xp + half) >> pm
+        r = xp - (q << pm)  # in [-half, half)
+        m = np.abs(r)
+        t_plus = (half + m) ** 2  # P(+1) = t_plus / 2^(2pm+1)
+        t_minus = (half - m) ** 2
+        c = (u < t_plus).astype(np.int64) - ((u >= t_plus) & (u < t_plus + t_minus))
+        return q + np.where(r < 0, -c, c)
+    # Branch B: q = SR(mu); top up the variance to v with Cat(0, max(v - f(1-f), 0))
+    k = cfg.sr_k
+    if s == 0:
+        q = mu
+        vs = np.zeros_like(mu)
+    else:
+        fl, fk = sr_split(mu, s, k)
+        q = fl + ((fk + extract(words, f["sr"])) >> k)
+        vs = sr_variance(fk, k, pm)
+    w = np.maximum(regs.vc_var - vs, 0)
+    c = (u < w).astype(np.int64) - ((u >= w) & (u < 2 * w))
+    return q + c

@@ -1,0 +1,162 @@
+"""Host side: float hyper-parameters to per-step register values, shared by every backend.
+
+The noise variance follows the paper's reference code: ``v = 2 * lr * T / N``
+(temperature ``T``, data-set size ``N``); the Gaussian prior enters as
+``decay = lr * weight_decay``. Registers are rounded half up from float64.
+The noise scale divides by the generator's *exact* standard deviation, so the
+injected variance is right to the register's precision, not the table's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from .datapath import DatapathConfig, StepRegisters, Variant
+from .formats import FixedFormat
+
+
+def _finite(name: str, value: float, lo: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    x = float(value)
+    if not math.isfinite(x) or x < lo:
+        raise ValueError(f"{name} must be finite and >= {lo}, got {value!r}")
+    return x
+
+
+def _register(name: str, value: float, fmt: FixedFormat) -> int:
+    word = math.floor(value * 2.0**fmt.frac + 0.5)
+    if word > fmt.max_word:
+        raise ValueError(
+            f"{name}={value:.6g} does not fit register format {fmt} (word {word} > {fmt.max_word}); "
+            f"largest representable is {fmt.max_value:.6g}"
+        )
+    if value > 0 and word == 0:
+        raise ValueError(
+            f"{name}={value:.6g} underflows register format {fmt} (rounds to 0; LSB is {fmt.lsb:.3g})"
+        )
+    return word
+
+
+@dataclass(frozen=True)
+class HyperParams:
+    lr: float
+    temperature: float = 1.0
+    dataset_size: int = 1
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _finite("lr", self.lr)
+        _finite("temperature", self.temperature)
+        _finite("weight_decay", self.weight_decay)
+        if isinstance(self.dataset_size, bool) or not isinstance(self.dataset_size, int):
+            raise TypeError(f"dataset_size must be an int, got {self.dataset_size!r}")
+        if self.dataset_size < 1:
+            raise ValueError(f"dataset_size must be >= 1, got {self.dataset_size}")
+
+    @property
+    def noise_variance(self) -> float:
+        """v = 2 lr T / N (real units)."""
+        return 2.0 * self.lr * self.temperature / self.dataset_size
+
+
+def step_registers(cfg: DatapathConfig, hp: HyperParams) -> StepRegisters:
+    """The register values for one step of ``cfg`` under hyper-parameters ``hp``.
+
+    Raises ValueError naming the value when a register overflows its format or a
+    non-zero value rounds to zero.
+    """
+    step = _register("lr", hp.lr, cfg.step)
+    decay = 0
+    if hp.weight_decay:
+        if cfg.decay is None:
+            raise ValueError(f"weight_decay={hp.weight_decay} but the configuration has no decay register")
+        decay = _register("lr*weight_decay", hp.lr * hp.weight_decay, cfg.decay)
+    v = hp.noise_variance if cfg.variant.is_langevin else 0.0
+    sigma_z = cfg.gaussian.std
+    if cfg.variant in (Variant.NAIVE, Variant.LP_F):
+        return StepRegisters(step, decay, _register("noise scale", math.sqrt(v) / sigma_z, cfg.noise) if v else 0)
+    if cfg.variant is Variant.VC:
+        fw = cfg.weight.frac
+        v_lsb2 = math.ldexp(v, 2 * fw)  # exact scaling: variance in weight LSB^2
+        if v_lsb2 > 0.25:
+            extra = math.ldexp(math.sqrt(v_lsb2 - 0.25), -fw)  # sqrt(v - v0), real units
+            return StepRegisters(step, decay, _register("noise scale", extra / sigma_z, cfg.noise), True, 0)
+        vc_var = math.floor(math.ldexp(v_lsb2, 2 * cfg.vc_frac_bits) + 0.5)
+        if v > 0 and vc_var == 0:
+            raise ValueError(
+                f"noise variance {v:.6g} underflows the VC variance register "
+                f"(vc_frac_bits={cfg.vc_frac_bits}); raise vc_frac_bits"
+            )
+        return StepRegisters(step, decay, 0, False, vc_var)
+    return StepRegisters(step, decay)
+
+
+def realized(cfg: DatapathConfig, regs: StepRegisters) -> dict[str, float]:
+    """What the registers actually implement: lr and noise variance (real units)."""
+    out = {"lr": regs.step * cfg.step.lsb}
+    var_z = float(cfg.gaussian.variance)
+    noise = regs.noise * cfg.noise.lsb
+    if cfg.variant is Variant.VC:
+        lsb2 = cfg.weight.lsb**2
+        if regs.vc_noise:
+            out["noise_variance"] = noise * noise * var_z + lsb2 / 4
+        else:
+            out["noise_variance"] = regs.vc_var * 2.0 ** (-2 * cfg.vc_frac_bits) * lsb2
+        out["branch"] = 1.0 if regs.vc_noise else 0.0
+    elif cfg.variant.has_gaussian:
+        out["noise_variance"] = noise * noise * var_z
+    return out
+
+
+# ---- schedules ----------------------------------------------------------------------
+
+
+class Schedule(Protocol):
+    def lr(self, step: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class ConstantLR:
+    base_lr: float
+
+    def lr(self, step: int) -> float:
+        return self.base_lr
+
+
+@dataclass(frozen=True)
+class CyclicalCosineLR:
+    """The paper's cyclical schedule: lr_t = lr0/2 (cos(pi (t mod C) / C) + 1), C = ceil(total/cycles)."""
+
+    base_lr: float
+    total_steps: int
+    cycles: int
+
+    def __post_init__(self) -> None:
+        _finite("base_lr", self.base_lr)
+        if self.total_steps < 1 or self.cycles < 1:
+            raise ValueError(f"total_steps and cycles must be >= 1, got {self.total_steps}, {self.cycles}")
+
+    @property
+    def cycle_len(self) -> int:
+        return -(-self.total_steps // self.cycles)
+
+    def lr(self, step: int) -> float:
+        c = self.cycle_len
+        return self.base_lr / 2 * (math.cos(math.pi * (step % c) / c) + 1)
+
+
+def registers_at(
+    cfg: DatapathConfig,
+    schedule: Schedule,
+    step: int,
+    *,
+    temperature: float = 1.0,
+    dataset_size: int = 1,
+    weight_decay: float = 0.0,
+) -> StepRegisters:
+    """Registers for schedule step ``step``."""
+    hp = HyperParams(schedule.lr(step), temperature, dataset_size, weight_decay)
+    return step_registers(cfg, hp)
