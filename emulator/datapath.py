@@ -285,7 +285,7 @@ def extract(words: np.ndarray, f: Field) -> np.ndarray:
     if f.offset:
         w = w >> np.uint64(f.offset)
     if f.width < WORD_BITS:
-        w = w & np.uint64((1 << f.width) - 1)
+        return (w & np.uint64((1 << f.width) - 1)).view(np.int64)  # < 2^63: same value, no copy
     return w.astype(np.int64)
 
 
@@ -363,7 +363,10 @@ def _vc(cfg: DatapathConfig, mu: np.ndarray, regs: StepRegisters, words: np.ndar
         m = np.abs(r)
         t_plus = (half + m) ** 2  # P(+1) = t_plus / 2^(2pm+1)
         t_minus = (half - m) ** 2
-        c = (u < t_plus).astype(np.int64) - ((u >= t_plus) & (u < t_plus + t_minus))
+        # +1 toward x with probability t_plus, -1 with t_minus (one uniform, strict '<')
+        toward = u < t_plus
+        away = (u < t_plus + t_minus) ^ toward
+        c = toward.view(np.int8) - away.view(np.int8)
         return q + np.where(r < 0, -c, c)
     # Branch B: q = SR(mu); top up the variance to v with Cat(0, max(v - f(1-f), 0))
     k = cfg.sr_k
@@ -375,5 +378,6 @@ def _vc(cfg: DatapathConfig, mu: np.ndarray, regs: StepRegisters, words: np.ndar
         q = fl + ((fk + extract(words, f["sr"])) >> k)
         vs = sr_variance(fk, k, pm)
     w = np.maximum(regs.vc_var - vs, 0)
-    c = (u < w).astype(np.int64) - ((u >= w) & (u < 2 * w))
-    return q + c
+    up = u < w
+    down = (u < 2 * w) ^ up
+    return q + (up.view(np.int8) - down.view(np.int8))

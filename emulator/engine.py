@@ -50,9 +50,7 @@ def stream_words(rng: LaneRng, n: int) -> np.ndarray:
         s0, s1 = _spread(rng, chunks, per)  # (chunks, lanes, words)
         buf = np.empty((chunks, per, lanes, words), dtype=np.uint64)
         for b in range(per):
-            buf[:, b] = v.output(s0, s1)
-            if b + 1 < per:
-                s0, s1 = v.step(s0, s1)
+            buf[:, b], s0, s1 = v.output_step(s0, s1)
         out[:] = buf.reshape(-1, words)[:n]
     _advance(rng, slice(0, busy), cycles)
     _advance(rng, slice(busy, lanes), cycles - 1)

@@ -86,10 +86,11 @@ class GaussianSpec:
         per, table = self._lookup
         b = per * self.index_bits
         mask = np.uint64((1 << b) - 1)
-        z = table[(bits & mask).astype(np.intp)].astype(np.int64)
+        # indices are < 2^63, so a view as intp is the same value without a copy
+        z = table[(bits & mask).view(np.intp)]
         for j in range(1, -(-self.terms // per)):
-            z += table[((bits >> np.uint64(j * b)) & mask).astype(np.intp)]
-        return z
+            z = z + table[((bits >> np.uint64(j * b)) & mask).view(np.intp)]
+        return z.astype(np.int64, copy=False)  # callers scale z: never let int32 wrap
 
     @functools.cached_property
     def _lookup(self) -> tuple[int, np.ndarray]:
@@ -97,7 +98,7 @@ class GaussianSpec:
         if self.terms % 2 == 0 and self.index_bits <= 8:
             t = self.table
             pair = (t[None, :] + t[:, None]).ravel()  # index = lo + (hi << b)
-            return 2, pair.astype(np.int32)
+            return 2, pair.astype(np.int32 if self.max_abs < 1 << 31 else np.int64)
         return 1, self.table
 
     # ---- exact distribution ------------------------------------------------------

@@ -228,6 +228,26 @@ class _Vec:
         sx ^= t
         return sx
 
+    def output_step(self, s0: np.ndarray, s1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(output, next s0, next s1) sharing s0 ^ s1 between the scrambler and the transition."""
+        sp = self.spec
+        sx = s0 ^ s1
+        if sp.scrambler == "linear":
+            out = sx.copy()
+        else:
+            sa = s0 & s1
+            t = self.rotl(sa, 1)
+            t |= sa
+            out = self.rotl(t, 1)
+            out ^= sx
+        sh = sx << _U64(sp.b)
+        if not self.full:
+            sh &= self.m
+        n0 = self.rotl(s0, sp.a)
+        n0 ^= sx
+        n0 ^= sh
+        return out, n0, self.rotl(sx, sp.c)
+
     def apply_poly(self, s0: np.ndarray, s1: np.ndarray, poly: int) -> tuple[np.ndarray, np.ndarray]:
         a0 = np.zeros_like(s0)
         a1 = np.zeros_like(s1)
