@@ -46,6 +46,8 @@ class FixedFormat:
     def __post_init__(self) -> None:
         w = _check_int("width", self.width)
         f = _check_int("frac", self.frac)
+        object.__setattr__(self, "width", w)  # normalize numpy ints
+        object.__setattr__(self, "frac", f)
         if not isinstance(self.signed, bool):
             raise TypeError(f"signed must be a bool, got {self.signed!r}")
         lo = 2 if self.signed else 1

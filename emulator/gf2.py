@@ -104,7 +104,7 @@ def prime_factors(n: int) -> list[int]:
     return out
 
 
-# Distinct prime factors of 2^128 - 1 (Fermat numbers F0..F6; F5 and F6 composite).
+# Distinct prime factors of 2^128 - 1 = F0 F1 F2 F3 F4 F5 F6 (Fermat numbers; F5 and F6 composite).
 FACTORS_2_128_MINUS_1 = (
     3,
     5,
@@ -115,6 +115,4 @@ FACTORS_2_128_MINUS_1 = (
     274177,
     6700417,
     67280421310721,
-    59649589127497217,
-    5704689200685129054721,
 )

@@ -61,8 +61,10 @@ class XoroshiroSpec:
         w = _check_int("word_bits", self.word_bits)
         if not 3 <= w <= 64:
             raise ValueError(f"word_bits must be in [3, 64], got {w}")
+        object.__setattr__(self, "word_bits", w)  # normalize numpy ints: equal specs print and hash alike
         for name in ("a", "b", "c"):
             v = _check_int(name, getattr(self, name))
+            object.__setattr__(self, name, v)
             if not 1 <= v < w:
                 raise ValueError(f"{name} must be in [1, {w - 1}] for word_bits={w}, got {v}")
         if self.scrambler not in _SCRAMBLERS:
@@ -329,7 +331,15 @@ class LaneRng:
 
     def advance(self, steps: np.ndarray | int) -> None:
         """Jump each lane ahead by ``steps`` updates (scalar or one count per lane)."""
-        counts = np.broadcast_to(np.asarray(steps, dtype=np.int64), (self.lanes,))
+        if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+            if steps < 0:
+                raise ValueError(f"advance counts must be >= 0, got min {steps}")
+            self.s0, self.s1 = vec(self.spec).jump(self.s0, self.s1, int(steps))  # any size, e.g. 2**64
+            return
+        arr = np.asarray(steps)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"advance counts must be integers, got {steps!r}")
+        counts = np.broadcast_to(arr.astype(np.int64), (self.lanes,))
         if np.any(counts < 0):
             raise ValueError(f"advance counts must be >= 0, got min {int(counts.min())}")
         v = vec(self.spec)

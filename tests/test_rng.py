@@ -844,3 +844,14 @@ def test_equality():
     assert a != "not an rng"
     with pytest.raises(TypeError):
         hash(a)
+
+
+def test_advance_accepts_huge_scalars_and_rejects_fractions():
+    spec = XoroshiroSpec()
+    rng = LaneRng.seeded(spec, 11, lanes=2)
+    jumped = rng.copy()
+    jumped.advance(1 << 64)  # one stream spacing: lane 0 lands on lane 1's start
+    assert (int(jumped.s0[0, 0]), int(jumped.s1[0, 0])) == (int(rng.s0[1, 0]), int(rng.s1[1, 0]))
+    with pytest.raises(TypeError, match=r"advance counts must be integers, got 1\.7"):
+        rng.advance(1.7)
+    assert XoroshiroSpec(a=np.int64(55)) == spec and type(XoroshiroSpec(a=np.int64(55)).a) is int
