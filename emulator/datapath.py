@@ -13,8 +13,10 @@ the ``-F`` variants) and ``X`` the fractional bits of the exact sum::
     vc:            out = sat_W(Q_vc(mu))                           # branch A or B
     lp_f, sgd_f also emit weight = sat_W(round_nearest(out, acc.frac - weight.frac))
 
-No rounding happens before the single narrowing at the end: ``mu`` and the
-noise are exact integers at ``X`` fractional bits.
+``mu`` and the noise are exact integers at ``X`` fractional bits. The only
+narrowing is the final one, except in VC branch A, which first rounds ``x`` to
+``vc_frac_bits`` fractional bits of the weight LSB (so its mean is within
+2^-(vc_frac_bits+1) LSB of ``x``, see docs/spec.md).
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class DatapathConfig:
                 raise TypeError(f"sr_bits must be an int or None, got {self.sr_bits!r}")
             if self.sr_bits < 1:
                 raise ValueError(f"sr_bits must be >= 1 or None (all discarded bits), got {self.sr_bits}")
-        for name, lo, hi in (("vc_frac_bits", 1, 24), ("rng_words", 1, 8), ("lanes", 1, 1 << 24)):
+        for name, lo, hi in (("vc_frac_bits", 1, 15), ("rng_words", 1, 8), ("lanes", 1, 1 << 24)):
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int):
                 raise TypeError(f"{name} must be an int, got {val!r}")
@@ -216,7 +218,8 @@ class DatapathConfig:
             bound += (self.decay.max_word << (st.width - 1)) << (x - self.decay.frac - st.frac)
         if self.uses_noise:
             bound += (self.noise.max_word * self.gaussian.max_abs) << (x - self.noise.frac - self.gaussian.frac)
-        return bound.bit_length() + 2
+        widen = max(0, self.vc_frac_bits - self.drop_bits) if self.variant is Variant.VC else 0
+        return bound.bit_length() + 2 + widen  # VC branch A may shift x left to vc_frac_bits
 
     @functools.cached_property
     def fields(self) -> dict[str, Field]:

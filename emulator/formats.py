@@ -139,7 +139,8 @@ class FixedFormat:
             q = fl + (u < fk)
         else:
             raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
-        return np.clip(q, lo, hi).astype(np.int64)
+        # q is within [lo - 1, hi + 1] (< 2^62): convert, then clamp exactly in the integer domain
+        return np.clip(q.astype(np.int64), lo, hi)
 
 
 def shift_left(x: np.ndarray, s: int) -> np.ndarray:

@@ -83,7 +83,11 @@ def step_registers(cfg: DatapathConfig, hp: HyperParams) -> StepRegisters:
         v_lsb2 = math.ldexp(v, 2 * fw)  # exact scaling: variance in weight LSB^2
         if v_lsb2 > 0.25:
             extra = math.ldexp(math.sqrt(v_lsb2 - 0.25), -fw)  # sqrt(v - v0), real units
-            return StepRegisters(step, decay, _register("noise scale", extra / sigma_z, cfg.noise), True, 0)
+            scale = extra / sigma_z
+            if math.floor(scale * 2.0**cfg.noise.frac + 0.5) > 0:
+                return StepRegisters(step, decay, _register("noise scale", scale, cfg.noise), True, 0)
+            # v - v0 is below the noise register's resolution: branch B with v = v0 is as close as it gets
+            return StepRegisters(step, decay, 0, False, 1 << (2 * cfg.vc_frac_bits - 2))
         vc_var = math.floor(math.ldexp(v_lsb2, 2 * cfg.vc_frac_bits) + 0.5)
         if v > 0 and vc_var == 0:
             raise ValueError(
@@ -121,6 +125,9 @@ class Schedule(Protocol):
 @dataclass(frozen=True)
 class ConstantLR:
     base_lr: float
+
+    def __post_init__(self) -> None:
+        _finite("base_lr", self.base_lr)
 
     def lr(self, step: int) -> float:
         return self.base_lr

@@ -49,7 +49,7 @@ W4_REGS = {
         (dict(variant="vc", sr_bits=0), ValueError, r"sr_bits must be >= 1 or None"),
         (dict(variant="vc", sr_bits=2.0), TypeError, r"sr_bits must be an int or None, got 2.0"),
         (dict(variant="vc", lanes=0), ValueError, r"lanes must be in \[1, 16777216\], got 0"),
-        (dict(variant="vc", vc_frac_bits=25), ValueError, r"vc_frac_bits must be in \[1, 24\], got 25"),
+        (dict(variant="vc", vc_frac_bits=16), ValueError, r"vc_frac_bits must be in \[1, 15\], got 16"),
         (dict(variant="vc", weight=(8, 3)), TypeError, r"weight must be a FixedFormat, got \(8, 3\)"),
         (
             dict(variant="naive", weight=FixedFormat(40, 30), grad=FixedFormat(40, 30)),
@@ -288,3 +288,9 @@ def test_variant_properties():
     assert Variant.LP_F.has_accumulator and not Variant.VC.has_accumulator
     assert Variant.SGD_L.is_langevin is False and Variant.FP.is_langevin
     assert math.isclose(GaussianSpec().std, 0.99719, rel_tol=1e-4)
+
+
+def test_vc_left_shift_is_counted_in_the_width_check():
+    with pytest.raises(ValueError, match="exact sum needs"):
+        DatapathConfig("vc", weight=FixedFormat(48, 0), grad=FixedFormat(48, 0), vc_frac_bits=15, rng_words=2,
+                       step=FixedFormat(4, 0, signed=False), noise=FixedFormat(4, 0, signed=False))

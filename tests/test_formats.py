@@ -133,3 +133,8 @@ def test_check_words():
     with pytest.raises(TypeError, match="grad must be an integer array for Q\\(8,3\\), got dtype float64"):
         f.check_words(np.array([0.5]), "grad")
     assert f.check_words(np.array([-128, 127], dtype=np.int16)).dtype == np.int64
+
+
+def test_quantize_saturates_exactly_for_wide_formats():
+    f = FixedFormat(56, 0)
+    assert np.array_equal(f.quantize(np.array([1e30, -1e30])), [f.max_word, f.min_word])

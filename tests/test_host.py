@@ -91,3 +91,11 @@ def test_schedules():
     assert registers_at(cfg, sched, 0) == step_registers(cfg, HyperParams(2e-3))
     with pytest.raises(ValueError, match="total_steps and cycles must be >= 1"):
         CyclicalCosineLR(0.1, 0, 1)
+
+
+def test_vc_just_above_v0_falls_back_to_branch_b():
+    cfg = preset("w8-vc")
+    regs = step_registers(cfg, HyperParams(2**-9 * (1 + 1e-12)))  # v - v0 below the noise LSB
+    assert (regs.vc_noise, regs.noise, regs.vc_var) == (False, 0, 1 << 14)
+    with pytest.raises(ValueError, match="base_lr must be finite"):
+        ConstantLR(float("nan"))
