@@ -354,23 +354,21 @@ def _vc(cfg: DatapathConfig, mu: np.ndarray, regs: StepRegisters, words: np.ndar
     s = cfg.drop_bits
     u = extract(words, f["vc"])
     if regs.vc_noise:
-        # Branch A: x = mu + sqrt(v - v0) xi; q = nearest(x); theta = q + sign(r) * Cat(|r|, v0)
+        # Branch A: x = mu + sqrt(v - v0) xi; q = nearest(x), r = x - q; theta = q + sign(r) Cat(|r|, v0).
+        # With y = x + 1/2 = q + l (l = r + 1/2 in [0, 1)) that is: +1 with probability l^2 / 2,
+        # -1 with probability (1 - l)^2 / 2, whatever the sign of r (sign(0) = +1 included).
         x = mu
         if regs.noise:
             z = cfg.gaussian.sample(words[:, f["gauss"].word] >> np.uint64(f["gauss"].offset))
             x = mu + ((regs.noise * z) << (cfg.sum_frac - cfg.noise.frac - cfg.gaussian.frac))
-        xp = round_nearest(x, s - pm)  # x at pm fractional bits of the weight LSB
-        half = 1 << (pm - 1)
-        q = (xp + half) >> pm
-        r = xp - (q << pm)  # in [-half, half)
-        m = np.abs(r)
-        t_plus = (half + m) ** 2  # P(+1) = t_plus / 2^(2pm+1)
-        t_minus = (half - m) ** 2
-        # +1 toward x with probability t_plus, -1 with t_minus (one uniform, strict '<')
-        toward = u < t_plus
-        away = (u < t_plus + t_minus) ^ toward
-        c = toward.view(np.int8) - away.view(np.int8)
-        return q + np.where(r < 0, -c, c)
+        y = round_nearest(x, s - pm) + (1 << (pm - 1))  # x + 1/2 at pm fractional bits of the LSB
+        low = y & ((1 << pm) - 1)
+        up = low * low  # thresholds against the (2 pm + 1)-bit uniform, strict '<'
+        high = (1 << pm) - low
+        down = up + high * high
+        step_up = u < up
+        step_down = (u < down) ^ step_up
+        return (y >> pm) + (step_up.view(np.int8) - step_down.view(np.int8))
     # Branch B: q = SR(mu); top up the variance to v with Cat(0, max(v - f(1-f), 0))
     k = cfg.sr_k
     if s == 0:

@@ -34,15 +34,14 @@ def stream_words(rng: LaneRng, n: int) -> np.ndarray:
     lanes, words = rng.lanes, rng.words
     if n < 0:
         raise ValueError(f"element count must be >= 0, got {n}")
-    out = np.empty((n, words), dtype=np.uint64)
     if n == 0:
-        return out
+        return np.empty((0, words), dtype=np.uint64)
     v = vec(rng.spec)
     cycles = -(-n // lanes)
     busy = n - (cycles - 1) * lanes  # lanes that take part in the last cycle
     start0, start1 = rng.s0, rng.s1
     if cycles == 1:
-        out[:] = v.output(start0[:n], start1[:n])
+        out = v.output(start0[:n], start1[:n])
     else:
         chunks = max(1, min(cycles, _VIRTUAL_LANES // lanes))
         per = -(-cycles // chunks)
@@ -51,7 +50,7 @@ def stream_words(rng: LaneRng, n: int) -> np.ndarray:
         buf = np.empty((chunks, per, lanes, words), dtype=np.uint64)
         for b in range(per):
             buf[:, b], s0, s1 = v.output_step(s0, s1)
-        out[:] = buf.reshape(-1, words)[:n]
+        out = buf.reshape(-1, words)[:n]  # a view: element order is (chunk, cycle, lane)
     _advance(rng, slice(0, busy), cycles)
     _advance(rng, slice(busy, lanes), cycles - 1)
     return out

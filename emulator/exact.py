@@ -79,6 +79,8 @@ def update_distribution(cfg: DatapathConfig, theta: int, grad: int, regs: StepRe
             for w, p in sr_distribution(mu + n, s, k).items():
                 _add(out, w, p * Fraction(c, total), cfg)
     elif regs.vc_noise:
+        # Counted in the paper's form, q + sign(r) * Cat(|r|, v0); the kernel uses the equivalent
+        # +1 w.p. l^2/2, -1 w.p. (1-l)^2/2 with l = r + 1/2, so the two routes check each other.
         total = 1 << cfg.gaussian.bits
         u_range = 1 << cfg.vc_uniform_bits
         half = 1 << (pm - 1)
