@@ -7,10 +7,19 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .engine import NumpyEngine
 from .golden import preset
 from .host import HyperParams, step_registers
 
-_PRESET = {"vc": "w8-vc", "naive": "w8-naive", "lp_f": "w8-lpf", "sgd_l": "w8-sgd-l", "sgd_f": "w8-sgd-f"}
+# variant -> (preset, lr): lr 2e-3 puts VC in branch A (Gaussian), 1e-3 in branch B (SR + top-up)
+_PRESET = {
+    "vc": ("w8-vc", 2e-3),
+    "vc_b": ("w8-vc", 1e-3),
+    "naive": ("w8-naive", 2e-3),
+    "lp_f": ("w8-lpf", 2e-3),
+    "sgd_l": ("w8-sgd-l", 2e-3),
+    "sgd_f": ("w8-sgd-f", 2e-3),
+}
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
@@ -20,6 +29,9 @@ def _best(fn: Callable[[], object], repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+VARIANTS = tuple(_PRESET)
 
 
 def run_bench(elements: int, lanes: Sequence[int], repeat: int, variants: Sequence[str]) -> list[dict[str, object]]:
@@ -38,10 +50,9 @@ def run_bench(elements: int, lanes: Sequence[int], repeat: int, variants: Sequen
     rows: list[dict[str, object]] = []
     for v in variants:
         for L in lanes:
-            from .engine import NumpyEngine
-
-            cfg = preset(_PRESET[v], L)
-            regs = step_registers(cfg, HyperParams(2e-3))
+            name, lr = _PRESET[v]
+            cfg = preset(name, L)
+            regs = step_registers(cfg, HyperParams(lr))
             st = cfg.state
             theta = rng.integers(st.min_word // 2, st.max_word // 2, elements)
             grad = rng.integers(cfg.grad.min_word // 2, cfg.grad.max_word // 2, elements)

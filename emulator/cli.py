@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--elements", type=int, default=10_000_000)
     p.add_argument("--lanes", type=int, nargs="+", default=[8, 1024, 65536])
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--variants", nargs="+", default=["sgd_l", "naive", "lp_f", "vc"])
+    p.add_argument("--variants", nargs="+", default=["sgd_l", "naive", "lp_f", "vc", "vc_b"],
+                   choices=["sgd_l", "sgd_f", "naive", "lp_f", "vc", "vc_b"],
+                   help="vc: VC branch A (lr 2e-3); vc_b: VC branch B (lr 1e-3)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("spec", help="print a shipped configuration, its random-bit layout and Gaussian stats")
