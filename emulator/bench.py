@@ -38,10 +38,10 @@ def run_bench(elements: int, lanes: Sequence[int], repeat: int, variants: Sequen
     rng = np.random.default_rng(0)
     theta32 = rng.standard_normal(elements, dtype=np.float32)
     g32 = rng.standard_normal(elements, dtype=np.float32)
-    lr, sigma = np.float32(2e-3), np.float32(np.sqrt(4e-3))
+    lr32, sigma32 = np.float32(2e-3), np.float32(np.sqrt(4e-3))
 
     def float_step() -> object:
-        return theta32 - lr * g32 + sigma * rng.standard_normal(elements, dtype=np.float32)
+        return theta32 - lr32 * g32 + sigma32 * rng.standard_normal(elements, dtype=np.float32)
 
     base = _best(float_step, repeat)
     print(f"{elements:,} elements; float32 numpy SGLD step (theta - a*g + s*randn): "
