@@ -63,6 +63,27 @@ def _cmd_gaussian(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stationary(args: argparse.Namespace) -> int:
+    from .markov import toy_stationary
+    from .toy import ToySettings
+
+    settings = ToySettings(alphas=tuple(args.alpha), width=args.width, frac=args.frac, sr_bits=args.sr_bits,
+                           gaussian=args.gaussian)
+    rows = []
+    for a in args.alpha:
+        for v in args.variants:
+            r = toy_stationary(v, a, settings)
+            rows.append({k: r[k] for k in ("alpha", "variant", "mean", "std")})
+    if args.json:
+        print(json.dumps({"results": rows}))
+        return 0
+    print(f"exact stationary distribution of the Gaussian toy chain, Q({args.width},{args.frac}):")
+    print(f"{'step':>8} {'variant':>8} {'mean':>9} {'std':>8}")
+    for r in rows:
+        print(f"{r['alpha']:>8g} {r['variant']:>8} {r['mean']:+9.5f} {r['std']:8.5f}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -119,6 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_gaussian)
+
+    p = sub.add_parser("stationary", help="exact stationary std of the toy chain (naive, vc, sgd_l), no sampling")
+    p.add_argument("--alpha", type=float, nargs="+", default=[2e-3, 1e-3, 1e-4], help="step sizes")
+    p.add_argument("--variants", nargs="+", default=["naive", "vc"], choices=["naive", "vc", "sgd_l"])
+    p.add_argument("--width", type=int, default=8, help="weight word length W")
+    p.add_argument("--frac", type=int, default=3, help="weight fractional bits F")
+    p.add_argument("--sr-bits", type=int, default=None, help="SR random bits (default: all dropped bits)")
+    p.add_argument("--gaussian", type=_gaussian_spec, default=GaussianSpec(), help="Gaussian generator")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=_cmd_stationary)
 
     p = sub.add_parser("bench", help="engine throughput vs a float32 numpy SGLD step")
     p.add_argument("--elements", type=int, default=10_000_000)

@@ -61,3 +61,32 @@ def test_cli_spec_and_errors(capsys):
     assert "unknown configuration 'w9-vc'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["gaussian", "--gaussian", "table:4by8"])
+
+
+def test_cli_stationary_json(capsys):
+    assert main(["stationary", "--alpha", "1e-3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [r["variant"] for r in rows] == ["naive", "vc"]
+    assert rows[0]["std"] > 1.4 and abs(rows[1]["std"] - 1) < 1e-3
+
+
+def test_bench_runs_and_reports_ratios(capsys):
+    from emulator.bench import VARIANTS, run_bench
+
+    rows = run_bench(5000, [1, 3], 1, VARIANTS)
+    assert len(rows) == 2 * len(VARIANTS) and all(r["ratio"] > 0 for r in rows)
+    assert "x float32" in capsys.readouterr().out
+
+
+def test_float_reference_checks_inputs():
+    import numpy as np
+
+    from emulator.reference import sgld_step
+
+    rng = np.random.default_rng(0)
+    out = sgld_step(np.zeros(3), np.ones(3), 0.1, 0.0, rng, weight_decay=0.5)
+    assert np.array_equal(out, np.full(3, -0.1))
+    with pytest.raises(ValueError, match="gradient contains NaN or Inf"):
+        sgld_step(np.zeros(2), np.array([0.0, np.inf]), 0.1, 0.1, rng)
+    with pytest.raises(TypeError, match=r"rng must be a numpy\.random\.Generator"):
+        sgld_step(np.zeros(2), np.zeros(2), 0.1, 0.1, None)
