@@ -76,20 +76,20 @@ def update_probabilities(
         x = mu + n
         d = s - pm
         xp = (x + (1 << (d - 1))) >> d if d > 0 else x << -d
-        y = xp + (1 << (pm - 1))
-        q = y >> pm
-        low = (y & ((1 << pm) - 1)).astype(np.float64)
+        ya = xp + (1 << (pm - 1))
+        q = ya >> pm
+        low = (ya & ((1 << pm) - 1)).astype(np.float64)
         up = low * low / u_range
         down = (float(1 << pm) - low) ** 2 / u_range
         words = np.concatenate([q + 1, q - 1, q])
         probs = np.concatenate([pn * up, pn * down, pn * (1 - up - down)])
     else:
         x = mu + n
-        y = x >> (s - k)
-        fl = y >> k
-        pu = (y & ((1 << k) - 1)) / float(1 << k)
-        words = np.concatenate([fl, fl + 1])
-        probs = np.concatenate([pn * (1 - pu), pn * pu])
+        yk = x >> (s - k)
+        fla = yk >> k
+        pua = (yk & ((1 << k) - 1)) / float(1 << k)
+        words = np.concatenate([fla, fla + 1])
+        probs = np.concatenate([pn * (1 - pua), pn * pua])
     st = cfg.state
     return np.clip(words, st.min_word, st.max_word), probs
 
