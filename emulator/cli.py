@@ -38,6 +38,7 @@ def _cmd_gaussian(args: argparse.Namespace) -> int:
         chains=args.chains,
         burn=args.burn,
         collect=args.collect,
+        min_collect_steps=args.min_collect,
         seed=args.seed,
     )
     print(
@@ -134,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--chains", type=int, default=4096, help="parallel chains (lanes)")
     p.add_argument("--burn", type=float, default=2.5, help="burn-in in units of 1/alpha steps")
     p.add_argument("--collect", type=float, default=4.0, help="collection window in units of 1/alpha steps")
+    p.add_argument("--min-collect", type=int, default=10_000, help="at least this many collection steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     p.add_argument("--out", default="results/gaussian", help="output directory for PNG and JSON")

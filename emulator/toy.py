@@ -41,8 +41,9 @@ class ToySettings:
     gaussian: GaussianSpec = field(default_factory=GaussianSpec)
     grad_noise: float = 0.1
     chains: int = 4096
-    burn: float = 3.0  # burn-in, in units of 1/alpha steps
-    collect: float = 1.5  # collection window, in units of 1/alpha steps
+    burn: float = 2.5  # burn-in, in units of 1/alpha steps (variance within e^-5 of stationary)
+    collect: float = 4.0  # collection window, in units of 1/alpha steps
+    min_collect_steps: int = 10_000  # large steps mix fast: collect longer for the same precision
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -53,8 +54,11 @@ class ToySettings:
             raise ValueError(f"unknown toy variant(s) {bad}; choose from {TOY_VARIANTS}")
         if self.chains < 1:
             raise ValueError(f"chains must be >= 1, got {self.chains}")
-        if self.burn < 0 or self.collect <= 0:
-            raise ValueError(f"burn must be >= 0 and collect > 0, got {self.burn}, {self.collect}")
+        if self.burn < 0 or self.collect <= 0 or self.min_collect_steps < 0:
+            raise ValueError(
+                f"burn and min_collect_steps must be >= 0 and collect > 0, "
+                f"got {self.burn}, {self.min_collect_steps}, {self.collect}"
+            )
 
 
 def _unsigned_format(max_value: float) -> FixedFormat:
@@ -97,7 +101,7 @@ def run_chain_set(
 ) -> dict[str, Any]:
     """Run ``settings.chains`` chains of one variant at one step size; return moments and a histogram."""
     burn = math.ceil(settings.burn / alpha)
-    steps = burn + math.ceil(settings.collect / alpha)
+    steps = burn + max(math.ceil(settings.collect / alpha), settings.min_collect_steps)
     engine_seed, grng = _job_seeds(settings.seed, ai, vi)
     wfmt = FixedFormat(settings.width, settings.frac)
     lsb = wfmt.lsb

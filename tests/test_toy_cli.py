@@ -9,7 +9,7 @@ from emulator.toy import ToySettings, check_expectations, run_chain_set, toy_con
 
 
 def test_toy_separates_naive_from_vc():
-    s = ToySettings(alphas=(2e-3,), chains=1024, burn=2.5, collect=2.0, seed=3)
+    s = ToySettings(alphas=(2e-3,), chains=1024, burn=2.5, collect=2.0, min_collect_steps=0, seed=3)
     vc = run_chain_set("vc", 2e-3, s, 0, 3)
     naive = run_chain_set("naive", 2e-3, s, 0, 2)
     assert abs(vc["std"] - 1) < 0.05
@@ -42,7 +42,7 @@ def test_check_expectations_flags_failures():
 
 def test_cli_gaussian_json(tmp_path, capsys):
     rc = main(["gaussian", "--alpha", "2e-3", "--chains", "256", "--burn", "1", "--collect", "0.5",
-               "--jobs", "1", "--quiet", "--json", "--out", str(tmp_path)])
+               "--min-collect", "0", "--jobs", "1", "--quiet", "--json", "--out", str(tmp_path)])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["variant"] for r in out["results"]] == ["fp", "lp_f", "naive", "vc"]
