@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -292,6 +292,19 @@ def extract(words: np.ndarray, f: Field) -> np.ndarray:
     return w.astype(np.int64)
 
 
+def exact_sum(cfg: DatapathConfig, theta: Any, grad: Any, regs: StepRegisters) -> Any:
+    """mu, the noise-free exact sum at ``cfg.sum_frac`` fractional bits.
+
+    Works on Python ints (exact enumeration) and on int64 arrays (the kernel) alike.
+    """
+    x = cfg.sum_frac
+    st = cfg.state
+    mu = (theta << (x - st.frac)) - ((regs.step * grad) << (x - cfg.step.frac - cfg.grad.frac))
+    if regs.decay and cfg.decay is not None:
+        mu = mu - ((regs.decay * theta) << (x - cfg.decay.frac - st.frac))
+    return mu
+
+
 class UpdateResult(NamedTuple):
     state: np.ndarray  # new state words (accumulator for -F variants)
     weight: np.ndarray  # the weight words the lane emits (== state for -L variants)
@@ -312,10 +325,7 @@ def update(
     st = cfg.state
     x_frac = cfg.sum_frac
     s = cfg.drop_bits
-    mu = theta << (x_frac - st.frac)
-    mu -= (regs.step * grad) << (x_frac - cfg.step.frac - cfg.grad.frac)
-    if regs.decay and cfg.decay is not None:
-        mu -= (regs.decay * theta) << (x_frac - cfg.decay.frac - st.frac)
+    mu = exact_sum(cfg, theta, grad, regs)
     f = cfg.fields
     v = cfg.variant
     if v is Variant.VC:

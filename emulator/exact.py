@@ -20,20 +20,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from .datapath import WORD_BITS, DatapathConfig, StepRegisters, Variant, sr_variance, update
+from .datapath import WORD_BITS, DatapathConfig, StepRegisters, Variant, exact_sum, sr_variance, update
 
 Dist = dict[int, Fraction]
-
-
-def exact_sum(cfg: DatapathConfig, theta: int, grad: int, regs: StepRegisters) -> int:
-    """mu: the noise-free exact sum at ``cfg.sum_frac`` fractional bits (Python int)."""
-    x = cfg.sum_frac
-    st = cfg.state
-    mu = theta << (x - st.frac)
-    mu -= (regs.step * grad) << (x - cfg.step.frac - cfg.grad.frac)
-    if regs.decay and cfg.decay is not None:
-        mu -= (regs.decay * theta) << (x - cfg.decay.frac - st.frac)
-    return mu
 
 
 def sr_distribution(x: int, s: int, k: int) -> Dist:

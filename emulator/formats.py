@@ -24,7 +24,8 @@ import numpy as np
 MAX_WIDTH = 62  # words and intermediate sums must fit int64 with headroom
 
 
-def _check_int(name: str, value: object) -> int:
+def check_int(name: str, value: object) -> int:
+    """``value`` as a Python int; TypeError naming it otherwise (bools rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     return int(value)
@@ -44,8 +45,8 @@ class FixedFormat:
     signed: bool = True
 
     def __post_init__(self) -> None:
-        w = _check_int("width", self.width)
-        f = _check_int("frac", self.frac)
+        w = check_int("width", self.width)
+        f = check_int("frac", self.frac)
         object.__setattr__(self, "width", w)  # normalize numpy ints
         object.__setattr__(self, "frac", f)
         if not isinstance(self.signed, bool):
@@ -130,7 +131,7 @@ class FixedFormat:
                 raise TypeError(
                     f"stochastic rounding needs an explicit numpy.random.Generator, got {rng!r}"
                 )
-            k = _check_int("sr_bits", sr_bits)
+            k = check_int("sr_bits", sr_bits)
             if not 1 <= k <= 52:
                 raise ValueError(f"sr_bits must be in [1, 52] for float inputs, got {k}")
             fl = np.floor(t)

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .datapath import DatapathConfig, StepRegisters, Variant
-from .exact import exact_sum
+from .datapath import DatapathConfig, StepRegisters, Variant, exact_sum, sr_variance
 from .host import HyperParams, step_registers
 from .toy import ToySettings, toy_config
 
@@ -65,9 +64,7 @@ def update_probabilities(
         else:
             y = mu >> (s - k)
             fl, fk = y >> k, y & ((1 << k) - 1)
-            h = 2 * pm
-            fh = fk >> (k - h) if k >= h else fk << (h - k)
-            vs = (fh * ((1 << h) - fh) + (1 << (h - 1))) >> h
+            vs = int(sr_variance(np.array([fk]), k, pm)[0])
         w = max(regs.vc_var - vs, 0) / u_range
         pu = fk / float(1 << k) if s else 0.0
         words = np.array([fl - 1, fl, fl + 1, fl, fl + 1, fl + 2])

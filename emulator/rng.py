@@ -36,15 +36,10 @@ from typing import Any
 import numpy as np
 
 from . import gf2
+from .formats import check_int as _check_int
 
 _SCRAMBLERS = ("aox", "linear")
 _U64 = np.uint64
-
-
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -207,9 +202,8 @@ class _Vec:
             y &= self.m
         return y
 
-    def step(self, s0: np.ndarray, s1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _transition(self, s0: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sp = self.spec
-        sx = s0 ^ s1
         sh = sx << _U64(sp.b)
         if not self.full:
             sh &= self.m
@@ -218,37 +212,27 @@ class _Vec:
         n0 ^= sh
         return n0, self.rotl(sx, sp.c)
 
-    def output(self, s0: np.ndarray, s1: np.ndarray) -> np.ndarray:
-        sx = s0 ^ s1
+    def _scramble(self, s0: np.ndarray, s1: np.ndarray, sx: np.ndarray) -> np.ndarray:
         if self.spec.scrambler == "linear":
-            return sx
+            return sx.copy()
         sa = s0 & s1
         # rotl(sa,1) | rotl(sa,2) == rotl(sa | rotl(sa,1), 1)
         t = self.rotl(sa, 1)
         t |= sa
-        t = self.rotl(t, 1)
-        sx ^= t
-        return sx
+        out = self.rotl(t, 1)
+        out ^= sx
+        return out
+
+    def step(self, s0: np.ndarray, s1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._transition(s0, s0 ^ s1)
+
+    def output(self, s0: np.ndarray, s1: np.ndarray) -> np.ndarray:
+        return self._scramble(s0, s1, s0 ^ s1)
 
     def output_step(self, s0: np.ndarray, s1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(output, next s0, next s1) sharing s0 ^ s1 between the scrambler and the transition."""
-        sp = self.spec
         sx = s0 ^ s1
-        if sp.scrambler == "linear":
-            out = sx.copy()
-        else:
-            sa = s0 & s1
-            t = self.rotl(sa, 1)
-            t |= sa
-            out = self.rotl(t, 1)
-            out ^= sx
-        sh = sx << _U64(sp.b)
-        if not self.full:
-            sh &= self.m
-        n0 = self.rotl(s0, sp.a)
-        n0 ^= sx
-        n0 ^= sh
-        return out, n0, self.rotl(sx, sp.c)
+        return (self._scramble(s0, s1, sx), *self._transition(s0, sx))
 
     def apply_poly(self, s0: np.ndarray, s1: np.ndarray, poly: int) -> tuple[np.ndarray, np.ndarray]:
         a0 = np.zeros_like(s0)
