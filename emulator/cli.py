@@ -41,13 +41,17 @@ def _cmd_gaussian(args: argparse.Namespace) -> int:
         min_collect_steps=args.min_collect,
         seed=args.seed,
     )
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    os.makedirs(args.out, exist_ok=True)
+    if not os.access(args.out, os.W_OK):
+        raise ValueError(f"output directory {args.out!r} is not writable")
     print(
         f"Gaussian toy: Q({settings.width},{settings.frac}), {settings.chains} chains per run, "
         f"{len(settings.alphas)} step sizes x {len(settings.variants)} variants on {args.jobs} processes",
         file=sys.stderr,
     )
     report = run_toy(settings, jobs=args.jobs, verbose=not args.quiet)
-    os.makedirs(args.out, exist_ok=True)
     png = os.path.join(args.out, "gaussian_toy.png")
     plot(report, png)
     with open(os.path.join(args.out, "gaussian_toy.json"), "w") as f:
@@ -61,7 +65,7 @@ def _cmd_gaussian(args: argparse.Namespace) -> int:
         print(f"elapsed {report['seconds']:.1f} s")
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
-    return 0
+    return 1 if problems and args.strict else 0
 
 
 def _cmd_stationary(args: argparse.Namespace) -> int:
@@ -141,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="results/gaussian", help="output directory for PNG and JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 unless VC/LP-F std is within 0.02 of 1 and naive is inflated and growing")
     p.set_defaults(func=_cmd_gaussian)
 
     p = sub.add_parser("stationary", help="exact stationary std of the toy chain (naive, vc, sgd_l), no sampling")
@@ -173,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OSError) as e:
         print(f"lpsgld: error: {e}", file=sys.stderr)
         return 2
 

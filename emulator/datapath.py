@@ -89,8 +89,10 @@ class StepRegisters:
                 raise TypeError(f"register {name} must be an int, got {v!r}")
             if v < 0:
                 raise ValueError(f"register {name} must be >= 0, got {v}")
+            object.__setattr__(self, name, int(v))  # numpy scalars would change the arithmetic's dtypes
         if not isinstance(self.vc_noise, (bool, np.bool_)):
             raise TypeError(f"register vc_noise must be a bool, got {self.vc_noise!r}")
+        object.__setattr__(self, "vc_noise", bool(self.vc_noise))
 
 
 def _coerce_variant(v: Variant | str) -> Variant:
@@ -154,14 +156,16 @@ class DatapathConfig:
         if self.rng.word_bits != WORD_BITS:
             raise ValueError(f"the datapath draws {WORD_BITS}-bit generator words, got word_bits={self.rng.word_bits}")
         if self.sr_bits is not None:
-            if isinstance(self.sr_bits, bool) or not isinstance(self.sr_bits, int):
+            if isinstance(self.sr_bits, bool) or not isinstance(self.sr_bits, (int, np.integer)):
                 raise TypeError(f"sr_bits must be an int or None, got {self.sr_bits!r}")
+            object.__setattr__(self, "sr_bits", int(self.sr_bits))
             if self.sr_bits < 1:
                 raise ValueError(f"sr_bits must be >= 1 or None (all discarded bits), got {self.sr_bits}")
         for name, lo, hi in (("vc_frac_bits", 1, 15), ("rng_words", 1, 8), ("lanes", 1, 1 << 24)):
             val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int):
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
                 raise TypeError(f"{name} must be an int, got {val!r}")
+            object.__setattr__(self, name, int(val))
             if not lo <= val <= hi:
                 raise ValueError(f"{name} must be in [{lo}, {hi}], got {val}")
         if self.sum_width > 62:
@@ -274,6 +278,11 @@ class DatapathConfig:
                 raise ValueError(f"register decay={regs.decay} but the configuration has no decay register")
             if regs.decay > self.decay.max_word:
                 raise ValueError(f"register decay={regs.decay} exceeds {self.decay} max {self.decay.max_word}")
+        if self.variant is not Variant.VC and (regs.vc_noise or regs.vc_var):
+            raise ValueError(
+                f"registers vc_noise={regs.vc_noise}, vc_var={regs.vc_var} are VC-only; "
+                f"variant is {self.variant.value!r}"
+            )
         vmax = 1 << (2 * self.vc_frac_bits - 2)
         if regs.vc_var > vmax:
             raise ValueError(f"register vc_var={regs.vc_var} exceeds v0 = {vmax} (branch B needs v <= LSB^2/4)")
@@ -306,8 +315,13 @@ def exact_sum(cfg: DatapathConfig, theta: Any, grad: Any, regs: StepRegisters) -
 
 
 class UpdateResult(NamedTuple):
-    state: np.ndarray  # new state words (accumulator for -F variants)
-    weight: np.ndarray  # the weight words the lane emits (== state for -L variants)
+    """New state words (the accumulator for -F variants) and the weight words the lane emits.
+
+    For -L variants the state is the weight: both fields are the same array.
+    """
+
+    state: np.ndarray
+    weight: np.ndarray
 
 
 def update(
@@ -320,8 +334,11 @@ def update(
     """Apply one update to flat int64 arrays ``theta`` (state words) and ``grad``.
 
     ``words`` holds each element's random draw, shape (n, rng_words) uint64.
-    Inputs are trusted here (the engine validates); this is the bit-exact kernel.
+    Word ranges are trusted here (the engine validates them); this is the bit-exact kernel.
     """
+    for name, arr in (("theta", theta), ("grad", grad)):
+        if getattr(arr, "dtype", None) != np.int64:
+            raise TypeError(f"update() needs int64 {name} words, got {getattr(arr, 'dtype', type(arr).__name__)}")
     st = cfg.state
     x_frac = cfg.sum_frac
     s = cfg.drop_bits

@@ -157,6 +157,8 @@ def round_nearest(x: np.ndarray, s: int) -> np.ndarray:
 
 def sr_split(x: np.ndarray, s: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Floor and the ``k``-bit retained fraction of ``x / 2**s`` (``0 <= k <= s``)."""
+    if not 0 <= k <= s:
+        raise ValueError(f"stochastic rounding needs 0 <= k <= s, got k={k}, s={s}")
     y = x >> (s - k)
     return y >> k, y & ((1 << k) - 1)
 
@@ -166,6 +168,8 @@ def round_stochastic(x: np.ndarray, s: int, k: int, u: np.ndarray) -> np.ndarray
 
     ``k`` must be ``min(sr_bits, s)``; with ``s == 0`` the value is returned unchanged.
     """
+    if not 0 <= k <= s:
+        raise ValueError(f"stochastic rounding needs 0 <= k <= s, got k={k}, s={s}")
     if s == 0:
         return x
     return ((x >> (s - k)) + u) >> k

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from .datapath import DatapathConfig, StepRegisters, Variant
 from .formats import FixedFormat
 
@@ -27,7 +29,10 @@ def _finite(name: str, value: float, lo: float = 0.0) -> float:
 
 
 def _register(name: str, value: float, fmt: FixedFormat) -> int:
-    word = math.floor(value * 2.0**fmt.frac + 0.5)
+    scaled = value * 2.0**fmt.frac + 0.5
+    if not math.isfinite(scaled) or scaled > 2.0**62:
+        raise ValueError(f"{name}={value:.6g} does not fit register format {fmt} (max {fmt.max_value:.6g})")
+    word = math.floor(scaled)
     if word > fmt.max_word:
         raise ValueError(
             f"{name}={value:.6g} does not fit register format {fmt} (word {word} > {fmt.max_word}); "
@@ -51,8 +56,9 @@ class HyperParams:
         _finite("lr", self.lr)
         _finite("temperature", self.temperature)
         _finite("weight_decay", self.weight_decay)
-        if isinstance(self.dataset_size, bool) or not isinstance(self.dataset_size, int):
+        if isinstance(self.dataset_size, bool) or not isinstance(self.dataset_size, (int, np.integer)):
             raise TypeError(f"dataset_size must be an int, got {self.dataset_size!r}")
+        object.__setattr__(self, "dataset_size", int(self.dataset_size))
         if self.dataset_size < 1:
             raise ValueError(f"dataset_size must be >= 1, got {self.dataset_size}")
 
@@ -143,6 +149,10 @@ class CyclicalCosineLR:
 
     def __post_init__(self) -> None:
         _finite("base_lr", self.base_lr)
+        for name in ("total_steps", "cycles"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {v!r}")
         if self.total_steps < 1 or self.cycles < 1:
             raise ValueError(f"total_steps and cycles must be >= 1, got {self.total_steps}, {self.cycles}")
 

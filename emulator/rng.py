@@ -323,6 +323,8 @@ class LaneRng:
         arr = np.asarray(steps)
         if arr.dtype.kind not in "iu":
             raise TypeError(f"advance counts must be integers, got {steps!r}")
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= 1 << 63:
+            raise ValueError("per-lane advance counts must be < 2**63; jump all lanes with a Python int")
         counts = np.broadcast_to(arr.astype(np.int64), (self.lanes,))
         if np.any(counts < 0):
             raise ValueError(f"advance counts must be >= 0, got min {int(counts.min())}")

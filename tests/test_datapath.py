@@ -189,21 +189,27 @@ def test_vc_branch_a_mean_and_variance(lr):
         assert abs(v_real / (2 * lr) - 1) < 2e-3  # the injected variance is 2*lr to register precision
 
 
-@pytest.mark.parametrize("lr", [1e-3, 1e-4, 1e-5])
-def test_vc_branch_b_mean_and_variance(lr):
-    """Branch B: mean = mu exactly; variance = max(v, f(1-f)) to 1.5 * 2^-(2 pm) LSB^2."""
-    cfg = preset("w8-vc")
-    regs = step_registers(cfg, HyperParams(lr))
+@pytest.mark.parametrize(
+    ("name", "lr", "temperature"),
+    [("w8-vc", 1e-3, 1.0), ("w8-vc", 1e-4, 1.0), ("w8-vc", 1e-5, 1.0), ("w16-vc", 5e-4, 1e-4)],
+)
+def test_vc_branch_b_mean_and_variance(name, lr, temperature):
+    """Branch B: mean = E[SR_k(mu)] exactly; variance = max(v, f(1-f)) to 1.5 * 2^-(2 pm) LSB^2.
+
+    w16-vc uses 12 SR bits of 24 dropped (k < s), so its mean carries the exact SR bias.
+    """
+    cfg = preset(name)
+    regs = step_registers(cfg, HyperParams(lr, temperature))
     assert not regs.vc_noise
-    pm, s = cfg.vc_frac_bits, cfg.drop_bits
+    pm, s, k = cfg.vc_frac_bits, cfg.drop_bits, cfg.sr_k
     v = Fraction(regs.vc_var, 1 << 2 * pm)
     for theta, grad in _inputs(cfg, 30):
         mu = exact_sum(cfg, theta, grad, regs)
         mean, var = moments(update_distribution(cfg, theta, grad, regs))
-        assert mean == Fraction(mu, 1 << s)
-        f = Fraction(mu % (1 << s), 1 << s)
+        assert mean == Fraction(mu, 1 << s) + sr_bias(mu, s, k)
+        f = Fraction((mu >> (s - k)) % (1 << k), 1 << k)  # the fraction SR actually sees
         assert abs(var - max(v, f * (1 - f))) <= Fraction(3, 2 << 2 * pm)
-        assert abs(float(v) * cfg.weight.lsb**2 / (2 * lr) - 1) < 2e-3
+        assert abs(float(v) * cfg.weight.lsb**2 / (2 * lr * temperature) - 1) < 2e-3
 
 
 def test_vc_branch_b_small_fraction_keeps_target_variance():
@@ -287,7 +293,7 @@ def test_gaussian_driven_variants_use_fresh_generator_bits():
 def test_variant_properties():
     assert Variant.LP_F.has_accumulator and not Variant.VC.has_accumulator
     assert Variant.SGD_L.is_langevin is False and Variant.FP.is_langevin
-    assert math.isclose(GaussianSpec().std, 0.99719, rel_tol=1e-4)
+    assert GaussianSpec().std == math.sqrt(65169 / 65536)
 
 
 def test_vc_left_shift_is_counted_in_the_width_check():

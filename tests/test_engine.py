@@ -156,3 +156,67 @@ def test_golden_vectors_pin_the_arithmetic():
         assert run_case(stored) == stored["expected"], (stored["config"], stored["lanes"], stored["case"])
     branches = {(c["config"], c["registers"]["vc_noise"]) for c in cases if c["config"].endswith("-vc")}
     assert {b for _, b in branches} == {True, False}  # both VC branches are pinned
+
+
+@pytest.mark.parametrize(
+    ("theta", "grad", "regs"),
+    [
+        (np.array([0, 200]), np.array([0, 0]), None),
+        (np.array([0.5, 0]), np.array([0, 0]), None),
+        (np.zeros(3, np.int64), np.zeros(4, np.int64), None),
+        (np.zeros(2, np.int64), np.zeros(2, np.int64), StepRegisters(70000)),
+    ],
+)
+def test_rejected_step_leaves_the_random_state_alone(theta, grad, regs):
+    cfg = preset("w8-vc", lanes=2)
+    eng = NumpyEngine(cfg, 0)
+    before = eng.rng.copy()
+    with pytest.raises((ValueError, TypeError)):
+        eng.step(theta, grad, regs or step_registers(cfg, HyperParams(1e-3)))
+    assert eng.rng == before
+
+
+def test_two_generator_words_and_more_lanes_than_elements():
+    from emulator.datapath import DatapathConfig
+    from emulator.formats import FixedFormat
+
+    cfg = DatapathConfig("naive", sr_bits=40, noise=FixedFormat(16, 30, signed=False), rng_words=2, lanes=7)
+    regs = step_registers(cfg, HyperParams(1e-3, temperature=1e-6))
+    assert regs.noise > 0 and cfg.fields["gauss"].word == 1
+    rng = np.random.default_rng(4)
+    theta = rng.integers(-128, 128, 5)
+    grads = rng.integers(-128, 128, (3, 5))
+    eng = NumpyEngine(cfg, 8)
+    th, got = theta, []
+    for g in grads:
+        th = eng.step(th, g, regs).state
+        got.append(th)
+    ref = reference_steps(cfg, 8, theta, grads, regs)
+    assert all(np.array_equal(a, r[0]) for a, r in zip(got, ref, strict=True))
+    expected = LaneRng.seeded(cfg.rng, 8, 7, 2)
+    expected.advance(np.array([3, 3, 3, 3, 3, 0, 0]))
+    assert eng.rng == expected  # idle lanes did not move
+
+
+def test_numpy_integer_registers_behave_like_python_ints():
+    from emulator.exact import update_distribution
+
+    cfg = preset("w8-naive")
+    regs = step_registers(cfg, HyperParams(2e-3))
+    for kind in (np.int32, np.uint64):
+        npregs = StepRegisters(kind(regs.step), 0, kind(regs.noise))
+        assert npregs == regs and type(npregs.step) is int
+        assert update_distribution(cfg, 13, -37, npregs) == update_distribution(cfg, 13, -37, regs)
+        a = NumpyEngine(cfg, 1).step(np.arange(-50, 50), np.arange(100) - 50, npregs).state
+        b = NumpyEngine(cfg, 1).step(np.arange(-50, 50), np.arange(100) - 50, regs).state
+        assert np.array_equal(a, b)
+
+
+def test_kernel_rejects_non_int64_words_and_vc_registers_elsewhere():
+    cfg = preset("w8-lpf")
+    regs = step_registers(cfg, HyperParams(2e-3))
+    words = np.zeros((1, 1), dtype=np.uint64)
+    with pytest.raises(TypeError, match="update\\(\\) needs int64 theta words, got int32"):
+        update(cfg, np.array([13 << 13], np.int32), np.array([-37]), regs, words)
+    with pytest.raises(ValueError, match="registers vc_noise=False, vc_var=5 are VC-only; variant is 'lp_f'"):
+        cfg.check_registers(StepRegisters(1, 0, 0, False, 5))

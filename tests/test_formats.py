@@ -138,3 +138,12 @@ def test_check_words():
 def test_quantize_saturates_exactly_for_wide_formats():
     f = FixedFormat(56, 0)
     assert np.array_equal(f.quantize(np.array([1e30, -1e30])), [f.max_word, f.min_word])
+
+
+def test_sr_helpers_reject_k_above_s():
+    from emulator.formats import sr_split
+
+    with pytest.raises(ValueError, match="stochastic rounding needs 0 <= k <= s, got k=5, s=3"):
+        round_stochastic(np.array([7]), 3, 5, np.array([0]))
+    with pytest.raises(ValueError, match="got k=2, s=1"):
+        sr_split(np.array([7]), 1, 2)

@@ -83,3 +83,26 @@ def test_default_generator_quality():
 def test_bad_specs(kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
         GaussianSpec(**kwargs)
+
+
+@pytest.mark.parametrize("g", [GaussianSpec(), GaussianSpec("table", 3, 4, 5), GaussianSpec("clt", 2, 6, 0)])
+def test_cumulant_moments_equal_moments_of_the_exact_pmf(g):
+    zmin, counts = g.pmf()
+    total = 1 << g.bits
+    zs = [(zmin + i, int(c)) for i, c in enumerate(counts) if c]
+    mean = Fraction(sum(z * c for z, c in zs), total)
+    m2 = sum(Fraction(c) * (z - mean) ** 2 for z, c in zs) / total
+    m4 = sum(Fraction(c) * (z - mean) ** 4 for z, c in zs) / total
+    assert g.moments() == {"mean": mean, "variance": m2, "kurtosis": m4 / (m2 * m2)}
+
+
+def test_default_generator_exact_values():
+    g = GaussianSpec()
+    assert g.variance == Fraction(65169, 65536)
+    assert g.std == math.sqrt(65169 / 65536)
+    assert g.table[-4:].tolist() == [282, 299, 323, 369] and int(g.table[128:].sum()) == 13056
+
+
+def test_fine_tables_stay_fast():
+    g = GaussianSpec("table", 4, 8, 16)  # support of about 3 million values: no convolution needed for std
+    assert 0.99 < g.std < 1.0

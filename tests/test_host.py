@@ -99,3 +99,13 @@ def test_vc_just_above_v0_falls_back_to_branch_b():
     assert (regs.vc_noise, regs.noise, regs.vc_var) == (False, 0, 1 << 14)
     with pytest.raises(ValueError, match="base_lr must be finite"):
         ConstantLR(float("nan"))
+
+
+def test_huge_values_and_numpy_ints():
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"lr=1e\+300 does not fit register format UQ\(16,24\)"):
+        step_registers(preset("w8-vc"), HyperParams(1e300))
+    assert HyperParams(1e-3, dataset_size=np.int64(5)).dataset_size == 5
+    with pytest.raises(TypeError, match=r"cycles must be an int, got 2\.5"):
+        CyclicalCosineLR(0.1, 10, 2.5)

@@ -855,3 +855,9 @@ def test_advance_accepts_huge_scalars_and_rejects_fractions():
     with pytest.raises(TypeError, match=r"advance counts must be integers, got 1\.7"):
         rng.advance(1.7)
     assert XoroshiroSpec(a=np.int64(55)) == spec and type(XoroshiroSpec(a=np.int64(55)).a) is int
+
+
+def test_advance_rejects_wrapping_unsigned_counts():
+    rng = LaneRng.seeded(XoroshiroSpec(), 1, lanes=2)
+    with pytest.raises(ValueError, match=r"per-lane advance counts must be < 2\*\*63"):
+        rng.advance(np.array([1, 1 << 63], dtype=np.uint64))

@@ -38,6 +38,8 @@ def test_check_expectations_flags_failures():
     problems = check_expectations({"results": rows})
     assert any("vc at 0.001" in p for p in problems)
     assert any("does not grow" in p for p in problems)
+    ok = [{"alpha": 0.5, "variant": "vc", "std": 1.156}]  # SGLD itself: 1/sqrt(1 - 0.25) = 1.1547
+    assert check_expectations({"results": ok}) == []
 
 
 def test_cli_gaussian_json(tmp_path, capsys):
@@ -59,6 +61,10 @@ def test_cli_spec_and_errors(capsys):
     assert "vc: word 0 bits [0, 17)" in out and "tail_reach_sigma" in out
     assert main(["spec", "--config", "w9-vc"]) == 2
     assert "unknown configuration 'w9-vc'" in capsys.readouterr().err
+    assert main(["gaussian", "--width", "100"]) == 2  # rejected before any run
+    assert "width must be in [2, 62], got 100" in capsys.readouterr().err
+    assert main(["gaussian", "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["gaussian", "--gaussian", "table:4by8"])
 
@@ -74,7 +80,8 @@ def test_bench_runs_and_reports_ratios(capsys):
     from emulator.bench import VARIANTS, run_bench
 
     rows = run_bench(5000, [1, 3], 1, VARIANTS)
-    assert len(rows) == 2 * len(VARIANTS) and all(r["ratio"] > 0 for r in rows)
+    assert [(r["variant"], r["lanes"]) for r in rows] == [(v, n) for v in VARIANTS for n in (1, 3)]
+    assert all(r["seconds"] > 0 and r["ratio"] > 0 for r in rows)
     assert "x float32" in capsys.readouterr().out
 
 
