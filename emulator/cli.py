@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -124,6 +125,8 @@ def _cmd_vectors(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE") and argv is None:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lpsgld spec | head` ends quietly
     parser = argparse.ArgumentParser(prog="lpsgld", description="Bit-exact low-precision SGLD datapath emulator")
     sub = parser.add_subparsers(dest="command", required=True)
 
