@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .formats import FixedFormat, round_nearest, sr_split
+from .formats import FixedFormat, round_nearest, round_stochastic, sr_split
 from .gaussian import GaussianSpec
 from .rng import XoroshiroSpec
 
@@ -340,27 +340,27 @@ def update(
         if getattr(arr, "dtype", None) != np.int64:
             raise TypeError(f"update() needs int64 {name} words, got {getattr(arr, 'dtype', type(arr).__name__)}")
     st = cfg.state
-    x_frac = cfg.sum_frac
-    s = cfg.drop_bits
     mu = exact_sum(cfg, theta, grad, regs)
-    f = cfg.fields
     v = cfg.variant
     if v is Variant.VC:
         out = _vc(cfg, mu, regs, words)
     else:
-        x = mu
-        if v.has_gaussian and regs.noise:
-            z = cfg.gaussian.sample(words[:, f["gauss"].word] >> np.uint64(f["gauss"].offset))
-            x = mu + ((regs.noise * z) << (x_frac - cfg.noise.frac - cfg.gaussian.frac))
-        k = cfg.sr_k
-        if s == 0:
-            out = x
-        else:
-            out = ((x >> (s - k)) + extract(words, f["sr"])) >> k
+        x = mu + _noise(cfg, regs, words) if v.has_gaussian else mu
+        u = extract(words, cfg.fields["sr"]) if cfg.drop_bits else 0
+        out = round_stochastic(x, cfg.drop_bits, cfg.sr_k, u)
     out = st.saturate(out)
     if v.has_accumulator:
         return UpdateResult(out, cfg.weight.saturate(round_nearest(out, st.frac - cfg.weight.frac)))
     return UpdateResult(out, out)
+
+
+def _noise(cfg: DatapathConfig, regs: StepRegisters, words: np.ndarray) -> np.ndarray | int:
+    """noise * z aligned to the exact sum's X fractional bits (0 when the noise register is 0)."""
+    if not regs.noise:
+        return 0
+    g = cfg.fields["gauss"]
+    z = cfg.gaussian.sample(words[:, g.word] >> np.uint64(g.offset))
+    return (regs.noise * z) << (cfg.sum_frac - cfg.noise.frac - cfg.gaussian.frac)
 
 
 def sr_variance(fk: np.ndarray, k: int, pm: int) -> np.ndarray:
@@ -384,10 +384,7 @@ def _vc(cfg: DatapathConfig, mu: np.ndarray, regs: StepRegisters, words: np.ndar
         # Branch A: x = mu + sqrt(v - v0) xi; q = nearest(x), r = x - q; theta = q + sign(r) Cat(|r|, v0).
         # With y = x + 1/2 = q + l (l = r + 1/2 in [0, 1)) that is: +1 with probability l^2 / 2,
         # -1 with probability (1 - l)^2 / 2, whatever the sign of r (sign(0) = +1 included).
-        x = mu
-        if regs.noise:
-            z = cfg.gaussian.sample(words[:, f["gauss"].word] >> np.uint64(f["gauss"].offset))
-            x = mu + ((regs.noise * z) << (cfg.sum_frac - cfg.noise.frac - cfg.gaussian.frac))
+        x = mu + _noise(cfg, regs, words)
         y = round_nearest(x, s - pm) + (1 << (pm - 1))  # x + 1/2 at pm fractional bits of the LSB
         low = y & ((1 << pm) - 1)
         up = low * low  # thresholds against the (2 pm + 1)-bit uniform, strict '<'

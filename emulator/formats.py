@@ -163,7 +163,7 @@ def sr_split(x: np.ndarray, s: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return y >> k, y & ((1 << k) - 1)
 
 
-def round_stochastic(x: np.ndarray, s: int, k: int, u: np.ndarray) -> np.ndarray:
+def round_stochastic(x: np.ndarray, s: int, k: int, u: np.ndarray | int) -> np.ndarray:
     """Drop ``s`` bits of ``x`` by stochastic rounding with ``k`` random bits ``u`` in [0, 2**k).
 
     ``k`` must be ``min(sr_bits, s)``; with ``s == 0`` the value is returned unchanged.
