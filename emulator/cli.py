@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .gaussian import GaussianSpec
+from .golden import PRESETS
 
 
 def _gaussian_spec(text: str) -> GaussianSpec:
@@ -149,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 unless VC/LP-F std is within 0.02 of 1 and naive is inflated and growing")
+                   help="exit 1 unless VC and LP-F std are within 0.02 of SGLD's own 1/sqrt(1 - alpha/2) "
+                        "and naive is inflated and growing")
     p.set_defaults(func=_cmd_gaussian)
 
     p = sub.add_parser("stationary", help="exact stationary std of the toy chain (naive, vc, sgd_l), no sampling")
@@ -172,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("spec", help="print a shipped configuration, its random-bit layout and Gaussian stats")
-    p.add_argument("--config", default="w8-vc")
+    p.add_argument("--config", default="w8-vc", help="one of: " + ", ".join(PRESETS))
     p.set_defaults(func=_cmd_spec)
 
     p = sub.add_parser("vectors", help="write the golden test vectors (JSON)")
