@@ -21,6 +21,7 @@ from fractions import Fraction
 import numpy as np
 
 from .datapath import WORD_BITS, DatapathConfig, StepRegisters, Variant, exact_sum, sr_variance, update
+from .formats import round_nearest, sr_split
 
 Dist = dict[int, Fraction]
 
@@ -75,7 +76,7 @@ def update_distribution(cfg: DatapathConfig, theta: int, grad: int, regs: StepRe
         half = 1 << (pm - 1)
         for n, c in _noise_values(cfg, regs):
             x = mu + n
-            xp = (x + (1 << (s - pm - 1))) >> (s - pm) if s > pm else x << (pm - s)
+            xp = round_nearest(x, s - pm)
             q = (xp + half) >> pm
             r = xp - (q << pm)
             m = abs(r)
@@ -90,8 +91,7 @@ def update_distribution(cfg: DatapathConfig, theta: int, grad: int, regs: StepRe
         if s == 0:
             branches = [(mu, 0, Fraction(1))]
         else:
-            y = mu >> (s - k)
-            fl, fk = y >> k, y & ((1 << k) - 1)
+            fl, fk = sr_split(mu, s, k)
             vs = int(sr_variance(np.array([fk]), k, pm)[0])
             branches = [(fl, vs, Fraction((1 << k) - fk, 1 << k)), (fl + 1, vs, Fraction(fk, 1 << k))]
         for q, vs, pq in branches:

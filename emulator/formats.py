@@ -18,10 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TypeVar
 
 import numpy as np
 
 MAX_WIDTH = 62  # words and intermediate sums must fit int64 with headroom
+
+# The rounding rules act alike on int64 arrays (engine) and Python ints (exact enumeration).
+Word = TypeVar("Word", int, np.ndarray)
 
 
 def check_int(name: str, value: object) -> int:
@@ -144,18 +148,14 @@ class FixedFormat:
         return np.clip(q.astype(np.int64), lo, hi)
 
 
-def shift_left(x: np.ndarray, s: int) -> np.ndarray:
-    return x << s if s >= 0 else x >> -s
-
-
-def round_nearest(x: np.ndarray, s: int) -> np.ndarray:
+def round_nearest(x: Word, s: int) -> Word:
     """Drop ``s`` low bits of integer ``x``, rounding half up (ties toward +inf)."""
     if s <= 0:
         return x << -s
     return (x + (1 << (s - 1))) >> s
 
 
-def sr_split(x: np.ndarray, s: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def sr_split(x: Word, s: int, k: int) -> tuple[Word, Word]:
     """Floor and the ``k``-bit retained fraction of ``x / 2**s`` (``0 <= k <= s``)."""
     if not 0 <= k <= s:
         raise ValueError(f"stochastic rounding needs 0 <= k <= s, got k={k}, s={s}")

@@ -28,7 +28,7 @@ def _finite(name: str, value: float, lo: float = 0.0) -> float:
     return x
 
 
-def _register(name: str, value: float, fmt: FixedFormat) -> int:
+def _register(name: str, value: float, fmt: FixedFormat, *, allow_zero: bool = False) -> int:
     scaled = value * 2.0**fmt.frac + 0.5
     if not math.isfinite(scaled) or scaled > 2.0**62:
         raise ValueError(f"{name}={value:.6g} does not fit register format {fmt} (max {fmt.max_value:.6g})")
@@ -38,7 +38,7 @@ def _register(name: str, value: float, fmt: FixedFormat) -> int:
             f"{name}={value:.6g} does not fit register format {fmt} (word {word} > {fmt.max_word}); "
             f"largest representable is {fmt.max_value:.6g}"
         )
-    if value > 0 and word == 0:
+    if value > 0 and word == 0 and not allow_zero:
         raise ValueError(
             f"{name}={value:.6g} underflows register format {fmt} (rounds to 0; LSB is {fmt.lsb:.3g})"
         )
@@ -89,9 +89,9 @@ def step_registers(cfg: DatapathConfig, hp: HyperParams) -> StepRegisters:
         v_lsb2 = math.ldexp(v, 2 * fw)  # exact scaling: variance in weight LSB^2
         if v_lsb2 > 0.25:
             extra = math.ldexp(math.sqrt(v_lsb2 - 0.25), -fw)  # sqrt(v - v0), real units
-            scale = extra / sigma_z
-            if math.floor(scale * 2.0**cfg.noise.frac + 0.5) > 0:
-                return StepRegisters(step, decay, _register("noise scale", scale, cfg.noise), True, 0)
+            noise = _register("noise scale", extra / sigma_z, cfg.noise, allow_zero=True)
+            if noise:
+                return StepRegisters(step, decay, noise, True, 0)
             # v - v0 is below the noise register's resolution: branch B with v = v0 is as close as it gets
             return StepRegisters(step, decay, 0, False, 1 << (2 * cfg.vc_frac_bits - 2))
         vc_var = math.floor(math.ldexp(v_lsb2, 2 * cfg.vc_frac_bits) + 0.5)

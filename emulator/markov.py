@@ -11,12 +11,14 @@ the sampled runs estimate, with no Monte Carlo error.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 
 from .datapath import DatapathConfig, StepRegisters, Variant, exact_sum, sr_variance
+from .formats import round_nearest, sr_split
 from .host import HyperParams, step_registers
 from .toy import ToySettings, toy_config
 
@@ -62,8 +64,7 @@ def update_probabilities(
         if s == 0:
             fl, fk, vs = mu, 0, 0
         else:
-            y = mu >> (s - k)
-            fl, fk = y >> k, y & ((1 << k) - 1)
+            fl, fk = sr_split(mu, s, k)
             vs = int(sr_variance(np.array([fk]), k, pm)[0])
         w = max(regs.vc_var - vs, 0) / u_range
         pu = fk / float(1 << k) if s else 0.0
@@ -71,9 +72,7 @@ def update_probabilities(
         probs = np.array([w, 1 - 2 * w, w, w, 1 - 2 * w, w]) * np.repeat([1 - pu, pu], 3)
     elif cfg.variant is Variant.VC:
         x = mu + n
-        d = s - pm
-        xp = (x + (1 << (d - 1))) >> d if d > 0 else x << -d
-        ya = xp + (1 << (pm - 1))
+        ya = round_nearest(x, s - pm) + (1 << (pm - 1))
         q = ya >> pm
         low = (ya & ((1 << pm) - 1)).astype(np.float64)
         up = low * low / u_range
@@ -82,9 +81,8 @@ def update_probabilities(
         probs = np.concatenate([pn * up, pn * down, pn * (1 - up - down)])
     else:
         x = mu + n
-        yk = x >> (s - k)
-        fla = yk >> k
-        pua = (yk & ((1 << k) - 1)) / float(1 << k)
+        fla, fka = sr_split(x, s, k)
+        pua = fka / float(1 << k)
         words = np.concatenate([fla, fla + 1])
         probs = np.concatenate([pn * (1 - pua), pn * pua])
     st = cfg.state
@@ -117,15 +115,14 @@ def stationary(p: np.ndarray) -> np.ndarray:
     a[-1] = 1.0
     b = np.zeros(n)
     b[-1] = 1.0
-    pi = np.linalg.solve(a, b)
-    return np.clip(pi, 0.0, None) / np.clip(pi, 0.0, None).sum()
+    pi = np.clip(np.linalg.solve(a, b), 0.0, None)
+    return pi / pi.sum()
 
 
 def toy_stationary(variant: str, alpha: float, settings: ToySettings | None = None) -> dict[str, Any]:
     """Exact long-run mean and std of the toy chain for a ``-L`` variant (naive, vc, sgd_l)."""
-    settings = settings or ToySettings(alphas=(alpha,))
-    cfg = toy_config(variant, ToySettings(alphas=(alpha,), width=settings.width, frac=settings.frac,
-                                          sr_bits=settings.sr_bits, gaussian=settings.gaussian))
+    settings = dataclasses.replace(settings or ToySettings(), alphas=(alpha,), variants=(variant,))
+    cfg = toy_config(variant, settings)
     regs = step_registers(cfg, HyperParams(alpha))
     pi = stationary(transition_matrix(cfg, regs, settings.grad_noise))
     x = np.arange(cfg.state.min_word, cfg.state.max_word + 1) * cfg.state.lsb

@@ -132,7 +132,7 @@ def run_chain_set(
             grad = theta + settings.grad_noise * grng.standard_normal(chains)
             theta = sgld_step(theta, grad, alpha, 2 * alpha, grng)
             sample = theta
-            words = np.clip(np.floor(theta / lsb + 0.5), wfmt.min_word, wfmt.max_word).astype(np.int64)
+            words = wfmt.quantize(theta)
         else:
             gfloat = weight * lsb + settings.grad_noise * grng.standard_normal(chains)
             grad_w = cfg.grad.quantize(gfloat, "stochastic", grng)

@@ -250,7 +250,7 @@ def test_lpf_emits_nearest_weight():
     words = rng.integers(0, 1 << 63, (20000, 1), dtype=np.uint64)
     out = update(cfg, acc, grad, regs, words)
     assert np.array_equal(out.weight, np.clip((out.state + (1 << 12)) >> 13, -128, 127))
-    assert not np.array_equal(out.state >> 13, out.state >> 14)  # the accumulator keeps its low bits
+    assert (out.state & ((1 << 13) - 1)).any()  # the accumulator keeps bits below the weight LSB
 
 
 def test_saturation_is_the_only_inexactness():
