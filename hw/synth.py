@@ -58,6 +58,7 @@ __all__ = [
     "parse_portlist",
     "parse_utilization",
     "parse_yosys_stat",
+    "register_groups",
     "run_cli",
     "signal_of",
     "synthesize",
@@ -338,6 +339,28 @@ def parse_critical_path(log: str, clock: str | None = None) -> CriticalPath | No
     return CriticalPath(head["clock"], tuple(steps), logic, routing)
 
 
+def register_groups(netlist: Mapping[str, Any], top: str) -> dict[str, dict[str, int]]:
+    """Cell counts of a flattened yosys JSON netlist grouped by the register each cell feeds.
+
+    yosys names a mapped cell after the net it drives plus generated suffixes
+    (``lane_0.sum.step_pp3_SB_DFFE_Q_2_D_SB_LUT4_O``: a LUT in the D cone of register
+    ``lane_0.sum.step_pp3``); :func:`signal_of` strips them and digit runs are collapsed to ``#``
+    so that partial products, tree nodes, delay stages and lanes add up
+    (``lane_#.sum.step_pp#``). A LUT shared by several cones counts once, under the one name
+    yosys chose; cells without a design name (``$``-names) are grouped under ``(unnamed)``.
+    """
+    if top not in netlist.get("modules", {}):
+        raise ValueError(f"module {top!r} not in the netlist")
+    out: dict[str, dict[str, int]] = {}
+    for name, cell in netlist["modules"][top]["cells"].items():
+        if cell["type"] == "$scopeinfo":
+            continue
+        key = re.sub(r"\d+", "#", signal_of(name)) or "(unnamed)"
+        group = out.setdefault(key, {})
+        group[cell["type"]] = group.get(cell["type"], 0) + 1
+    return dict(sorted(out.items()))
+
+
 @dataclass(frozen=True)
 class Port:
     direction: str  # "input" or "output"
@@ -470,6 +493,7 @@ class SynthReport:
     harness_area: Area | None  # design + harness, as placed
     pnr: tuple[PnrResult, ...]
     hierarchy: Mapping[str, Mapping[str, Any]] | None = None  # -noflatten per-instance counts
+    registers: Mapping[str, Mapping[str, int]] | None = None  # flattened counts by register fed
     build_dir: str = ""
 
     @property
@@ -508,11 +532,13 @@ def synthesize_verilog(
     build_dir: str | Path | None = None,
     place: bool = True,
     hierarchy: bool = False,
+    registers: bool = False,
 ) -> SynthReport:
     """Synthesize ``top`` from Verilog file(s), then place and route it in the harness.
 
     ``place=False`` stops after the out-of-context area; ``seeds`` are nextpnr seeds (one run
-    each); ``hierarchy=True`` adds the per-instance ``-noflatten`` counts.
+    each); ``hierarchy=True`` adds the per-instance ``-noflatten`` counts; ``registers=True`` the
+    flattened counts grouped by the register each cell feeds (:func:`register_groups`).
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
@@ -541,13 +567,14 @@ def synthesize_verilog(
     # 1. the design alone: ports and flattened area
     _run([yosys, "-q", "-p", _yosys_script([
         *reads, f"hierarchy -top \\{top}", f"tee -q -o ports.txt portlist \\{top}",
-        synth, "tee -q -o stat.json stat -json",
+        synth, "tee -q -o stat.json stat -json", *(["write_json netlist.json"] if registers else []),
     ])], work, "yosys.log")
     modules = parse_yosys_stat((work / "stat.json").read_text())
     cells = modules[top]
     area = area_from_cells(cells, dev.family)
     ports = parse_portlist((work / "ports.txt").read_text())
 
+    groups = register_groups(json.loads((work / "netlist.json").read_text()), top) if registers else None
     hier = None
     if hierarchy:
         _run([yosys, "-q", "-p", _yosys_script([
@@ -587,7 +614,7 @@ def synthesize_verilog(
                 critical_path=parse_critical_path(log, clock) if rc == 0 else None,
                 error=error,
             ))
-    return SynthReport(top, device, area, cells, harness_area, tuple(results), hier, str(work))
+    return SynthReport(top, device, area, cells, harness_area, tuple(results), hier, groups, str(work))
 
 
 def synthesize(elaboratable: Any, name: str, **kwargs: Any) -> SynthReport:
@@ -655,6 +682,14 @@ def format_table(rows: Sequence[tuple[str, int, SynthReport]]) -> str:
                 label = "  " * depth + path.rsplit("/", 1)[-1]
                 lines.append(f"  {label:<40} LUT4 {ar.lut:>6} FF {ar.ff:>6} carry {ar.carry:>5} "
                              f"RAM {ar.ram:>3} DSP {ar.dsp:>3}")
+        if r.registers:
+            family = DEVICES[r.device].family
+            lines.append(f"\n{config} x{lanes}: area by the register each cell feeds (flattened; digits -> #)")
+            groups = sorted(((k, area_from_cells(c, family)) for k, c in r.registers.items()),
+                            key=lambda kv: (-kv[1].lut - kv[1].ff, kv[0]))
+            for key, ar in groups:
+                lines.append(f"  {key:<44} LUT4 {ar.lut:>6} FF {ar.ff:>6} carry {ar.carry:>5} "
+                             f"RAM {ar.ram:>3} DSP {ar.dsp:>3}")
     return "\n".join(lines)
 
 
@@ -665,6 +700,7 @@ def run_cli(
     seeds: Sequence[int],
     freq_mhz: float,
     hierarchy: bool,
+    registers: bool = False,
     place: bool,
     build_dir: str | None,
     json_out: str | None,
@@ -687,10 +723,10 @@ def run_cli(
         if build_dir is None:
             with tempfile.TemporaryDirectory(prefix="lpsgld-synth-") as tmp:
                 r = synthesize_config(cfg, build_dir=tmp, device=device, seeds=seeds, freq_mhz=freq_mhz,
-                                      place=place, hierarchy=hierarchy)
+                                      place=place, hierarchy=hierarchy, registers=registers)
         else:
             r = synthesize_config(cfg, build_dir=Path(build_dir) / f"{config}_l{lanes}", device=device, seeds=seeds,
-                                  freq_mhz=freq_mhz, place=place, hierarchy=hierarchy)
+                                  freq_mhz=freq_mhz, place=place, hierarchy=hierarchy, registers=registers)
         rows.append((config, lanes, r))
     if json_out is not None:
         doc = {

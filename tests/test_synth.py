@@ -26,6 +26,7 @@ from hw.synth import (
     parse_portlist,
     parse_utilization,
     parse_yosys_stat,
+    register_groups,
     signal_of,
     synthesize_verilog,
     tool_available,
@@ -119,6 +120,25 @@ def test_yosys_stat_and_hierarchy():
         hierarchy_area({"a": {"b": 1}, "b": {"a": 1}}, "a")
     with pytest.raises(ValueError, match="not a yosys `stat -json` report"):
         parse_yosys_stat("{}")
+
+
+def test_register_groups():
+    cells = {
+        "lane_0.sum.step_pp3_SB_DFFE_Q_2_D_SB_LUT4_O": "SB_LUT4",
+        "lane_0.sum.step_pp3_SB_DFFE_Q_2": "SB_DFFE",
+        "lane_1.sum.step_pp12_SB_DFFE_Q": "SB_DFFE",
+        "lane_0.sum.x_l0_1_SB_DFFE_Q_D_SB_CARRY_CO": "SB_CARRY",
+        "$abc$123$auto$blifparse.cc:396:parse_blif$456": "SB_LUT4",
+        "$scopeinfo$lane_0": "$scopeinfo",
+    }
+    netlist = {"modules": {"top": {"cells": {n: {"type": t} for n, t in cells.items()}}}}
+    assert register_groups(netlist, "top") == {
+        "(unnamed)": {"SB_LUT4": 1},
+        "lane_#.sum.step_pp#": {"SB_LUT4": 1, "SB_DFFE": 2},
+        "lane_#.sum.x_l#_#": {"SB_CARRY": 1},
+    }
+    with pytest.raises(ValueError, match="module 'other' not in the netlist"):
+        register_groups(netlist, "other")
 
 
 def test_area_classes():
@@ -219,7 +239,7 @@ def _tiny_mac():
 def test_real_synthesis_of_a_small_component(tmp_path):
     from hw.synth import synthesize
 
-    r = synthesize(_tiny_mac(), "tiny_mac", build_dir=tmp_path, seeds=(1,), hierarchy=True)
+    r = synthesize(_tiny_mac(), "tiny_mac", build_dir=tmp_path, seeds=(1,), hierarchy=True, registers=True)
     # 16 product + 20 accumulator bits; a LUT multiplier (no DSP on the HX8K)
     assert r.area.ff == 36 and r.area.dsp == 0 and r.area.ram == 0
     assert r.area.lut > 100 and r.area.carry > 0 and not r.area.other
@@ -233,6 +253,9 @@ def test_real_synthesis_of_a_small_component(tmp_path):
     assert p.critical_path is not None and p.critical_path.end.startswith("dut.")
     assert r.hierarchy is not None
     assert r.hierarchy["tiny_mac/tiny_mac.mul"]["cells"]["SB_DFFSR"] == 16
+    assert r.registers is not None
+    assert r.registers["mul.p"]["SB_DFFSR"] == 16 and r.registers["acc"]["SB_DFFSR"] == 20
+    assert sum(c.get("SB_LUT4", 0) for c in r.registers.values()) == r.area.lut
     log = (tmp_path / "nextpnr_seed1.log").read_text()
     assert parse_fmax(log)[ICE40_CLOCK]["mhz"] == p.fmax_mhz
     # same seed, same netlist: the same result
