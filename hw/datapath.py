@@ -17,7 +17,7 @@ is high, hold when it is low). The arithmetic is docs/spec.md section 6, word fo
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Value, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -76,6 +76,12 @@ def gaussian_latency(cfg: DatapathConfig) -> int:
 def lane_latency(cfg: DatapathConfig) -> int:
     """Register stages of :class:`UpdateLane`: input, Gaussian, exact sum, narrowing."""
     return 1 + gaussian_latency(cfg) + exact_sum_latency(cfg) + narrowing_latency(cfg)
+
+
+def _wire(m: Module, value: Value, name: str) -> Signal:
+    sig = Signal(value.shape(), name=name)
+    m.d.comb += sig.eq(value)
+    return sig
 
 
 class ExactSum(wiring.Component):
@@ -201,6 +207,7 @@ class VCQuantizer(wiring.Component):
         else:  # nothing to round: q = x, f = 0 so vs = 0
             t = x
             fh = Const(0, h)
+        y, t = _wire(m, y, "y"), _wire(m, t, "t")  # each adder once in the netlist
         q_a = st.reg(y.shift_right(p), "q_a")
         l_a = st.reg(y[:p], "l_a")
         q_b = st.reg(t.shift_right(k), "q_b")

@@ -851,11 +851,11 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   \lpsgld_w8_vc_l1.lane_0.narrow  narrow (
     .clk(clk),
     .en(en),
+    .out(state),
     .rst(rst),
     .u_sr(lane_u_sr_d7),
     .u_vc(lane_u_vc_d7),
     .vc_noise(vc_noise),
-    .vc_out(state),
     .vc_var(vc_var),
     .x(x)
   );
@@ -3257,131 +3257,130 @@ module \lpsgld_w8_vc_l1.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, vc_out, clk);
+module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [34:0] \$1 ;
-  wire [15:0] \$10 ;
-  reg [16:0] \$100 ;
-  reg [37:0] \$101 ;
-  reg [15:0] \$102 ;
-  reg [34:0] \$103 ;
-  reg [10:0] \$104 ;
+  wire [17:0] \$10 ;
+  reg [15:0] \$100 ;
+  reg [34:0] \$101 ;
+  reg [10:0] \$102 ;
+  reg [16:0] \$103 ;
+  reg [34:0] \$104 ;
   reg [16:0] \$105 ;
-  reg [34:0] \$106 ;
+  reg [10:0] \$106 ;
   reg [16:0] \$107 ;
-  reg [10:0] \$108 ;
-  reg [16:0] \$109 ;
+  reg \$108 ;
+  reg \$109 ;
   wire [15:0] \$11 ;
-  reg \$110 ;
-  reg \$111 ;
-  reg [11:0] \$112 ;
-  reg [11:0] \$113 ;
-  reg [10:0] \$114 ;
-  reg [7:0] \$115 ;
-  wire [17:0] \$12 ;
-  wire [15:0] \$13 ;
+  reg [11:0] \$110 ;
+  reg [11:0] \$111 ;
+  reg [10:0] \$112 ;
+  reg [7:0] \$113 ;
+  wire [15:0] \$12 ;
+  wire [17:0] \$13 ;
   wire [15:0] \$14 ;
-  wire [17:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire [15:0] \$15 ;
+  wire [17:0] \$16 ;
   wire [15:0] \$17 ;
-  wire [17:0] \$18 ;
-  wire [15:0] \$19 ;
-  wire [34:0] \$2 ;
+  wire [15:0] \$18 ;
+  wire [17:0] \$19 ;
+  wire [15:0] \$2 ;
   wire [15:0] \$20 ;
-  wire [17:0] \$21 ;
-  wire [15:0] \$22 ;
+  wire [15:0] \$21 ;
+  wire [17:0] \$22 ;
   wire [15:0] \$23 ;
-  wire [17:0] \$24 ;
-  wire [15:0] \$25 ;
-  wire [15:0] \$26 ;
-  wire [17:0] \$27 ;
-  wire [8:0] \$28 ;
-  wire [10:0] \$29 ;
-  wire [34:0] \$3 ;
-  wire [20:0] \$30 ;
-  wire [24:0] \$31 ;
-  wire [28:0] \$32 ;
-  wire [32:0] \$33 ;
-  wire [25:0] \$34 ;
-  wire [33:0] \$35 ;
-  wire [34:0] \$36 ;
-  wire [37:0] \$37 ;
-  wire [35:0] \$38 ;
-  wire [16:0] \$39 ;
-  wire [15:0] \$4 ;
-  wire [16:0] \$40 ;
-  wire [15:0] \$41 ;
-  wire [34:0] \$42 ;
-  wire [16:0] \$43 ;
+  wire [15:0] \$24 ;
+  wire [17:0] \$25 ;
+  wire [8:0] \$26 ;
+  wire [10:0] \$27 ;
+  wire [20:0] \$28 ;
+  wire [24:0] \$29 ;
+  wire [15:0] \$3 ;
+  wire [28:0] \$30 ;
+  wire [32:0] \$31 ;
+  wire [25:0] \$32 ;
+  wire [33:0] \$33 ;
+  wire [34:0] \$34 ;
+  wire [37:0] \$35 ;
+  wire [35:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [16:0] \$38 ;
+  wire [15:0] \$39 ;
+  wire [17:0] \$4 ;
+  wire [34:0] \$40 ;
+  wire [16:0] \$41 ;
+  wire [16:0] \$42 ;
+  wire [15:0] \$43 ;
   wire [16:0] \$44 ;
-  wire [15:0] \$45 ;
-  wire [16:0] \$46 ;
-  wire \$47 ;
-  wire \$48 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire [11:0] \$47 ;
+  wire [11:0] \$48 ;
   wire [11:0] \$49 ;
   wire [15:0] \$5 ;
   wire [11:0] \$50 ;
-  wire [11:0] \$51 ;
+  wire \$51 ;
   wire [11:0] \$52 ;
-  wire \$53 ;
-  wire [11:0] \$54 ;
-  wire [11:0] \$55 ;
+  wire [11:0] \$53 ;
+  wire \$54 ;
+  wire \$55 ;
   wire \$56 ;
-  wire \$57 ;
-  wire \$58 ;
+  wire [11:0] \$57 ;
+  wire [11:0] \$58 ;
   wire [11:0] \$59 ;
-  wire [17:0] \$6 ;
+  wire [15:0] \$6 ;
   wire [11:0] \$60 ;
-  wire [11:0] \$61 ;
-  wire [11:0] \$62 ;
-  wire [7:0] \$63 ;
-  wire [7:0] \$64 ;
+  wire [7:0] \$61 ;
+  wire [7:0] \$62 ;
+  reg [10:0] \$63 ;
+  reg [7:0] \$64 ;
   reg [10:0] \$65 ;
-  reg [7:0] \$66 ;
-  reg [10:0] \$67 ;
-  reg [15:0] \$68 ;
-  reg [16:0] \$69 ;
-  wire [15:0] \$7 ;
-  reg [17:0] \$70 ;
-  reg [19:0] \$71 ;
-  reg [21:0] \$72 ;
-  reg [23:0] \$73 ;
-  reg [25:0] \$74 ;
-  reg [27:0] \$75 ;
-  reg [29:0] \$76 ;
-  reg [31:0] \$77 ;
-  reg [8:0] \$78 ;
-  reg [10:0] \$79 ;
+  reg [15:0] \$66 ;
+  reg [16:0] \$67 ;
+  reg [17:0] \$68 ;
+  reg [19:0] \$69 ;
+  wire [17:0] \$7 ;
+  reg [21:0] \$70 ;
+  reg [23:0] \$71 ;
+  reg [25:0] \$72 ;
+  reg [27:0] \$73 ;
+  reg [29:0] \$74 ;
+  reg [31:0] \$75 ;
+  reg [8:0] \$76 ;
+  reg [10:0] \$77 ;
+  reg [15:0] \$78 ;
+  reg [16:0] \$79 ;
   wire [15:0] \$8 ;
-  reg [15:0] \$80 ;
-  reg [16:0] \$81 ;
-  reg [20:0] \$82 ;
-  reg [24:0] \$83 ;
-  reg [28:0] \$84 ;
-  reg [32:0] \$85 ;
-  reg [25:0] \$86 ;
-  reg [33:0] \$87 ;
-  reg [34:0] \$88 ;
+  reg [20:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [28:0] \$82 ;
+  reg [32:0] \$83 ;
+  reg [25:0] \$84 ;
+  reg [33:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [8:0] \$87 ;
+  reg [8:0] \$88 ;
   reg [8:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [8:0] \$90 ;
-  reg [8:0] \$91 ;
+  wire [15:0] \$9 ;
+  reg [10:0] \$90 ;
+  reg [10:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [10:0] \$93 ;
-  reg [10:0] \$94 ;
+  reg [15:0] \$93 ;
+  reg [15:0] \$94 ;
   reg [15:0] \$95 ;
-  reg [15:0] \$96 ;
-  reg [15:0] \$97 ;
+  reg [16:0] \$96 ;
+  reg [16:0] \$97 ;
   reg [16:0] \$98 ;
-  reg [16:0] \$99 ;
+  reg [37:0] \$99 ;
   input clk;
   wire clk;
   input en;
   wire en;
-  (* init = 8'h00 *)
-  wire [7:0] out;
+  output [7:0] out;
+  reg [7:0] out = 8'h00;
   input rst;
   wire rst;
+  wire [34:0] t;
   input [23:0] u_sr;
   wire [23:0] u_sr;
   input [16:0] u_vc;
@@ -3402,8 +3401,8 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x,
   reg [8:0] vc_m_a_d2 = 9'h000;
   input vc_noise;
   wire vc_noise;
-  output [7:0] vc_out;
-  reg [7:0] vc_out = 8'h00;
+  (* init = 8'h00 *)
+  wire [7:0] vc_out;
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
@@ -3444,530 +3443,531 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x,
   reg [15:0] vc_vs = 16'h0000;
   input [33:0] x;
   wire [33:0] x;
+  wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
-  assign \$2  = $signed(x) + $signed(25'h0808000);
-  assign \$3  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$4  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign t = $signed(x) + $signed({ 1'h0, u_sr });
+  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$4  = \$2  * \$3 [1:0];
   assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = \$4  * \$5 [1:0];
-  assign \$7  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$7  = \$5  * \$6 [3:2];
   assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = \$7  * \$8 [3:2];
-  assign \$10  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$10  = \$8  * \$9 [5:4];
   assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = \$10  * \$11 [5:4];
-  assign \$13  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$13  = \$11  * \$12 [7:6];
   assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = \$13  * \$14 [7:6];
-  assign \$16  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$16  = \$14  * \$15 [9:8];
   assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = \$16  * \$17 [9:8];
-  assign \$19  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$19  = \$17  * \$18 [11:10];
   assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = \$19  * \$20 [11:10];
-  assign \$22  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$22  = \$20  * \$21 [13:12];
   assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = \$22  * \$23 [13:12];
-  assign \$25  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$26  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$27  = \$25  * \$26 [15:14];
-  assign \$28  = 8'h80 - vc_l_a;
-  assign \$29  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$30  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$31  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$32  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$33  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$34  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$35  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$36  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$37  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$38  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$39  = vc_var - vc_vs;
-  assign \$40  = vc_var - vc_vs;
-  assign \$41  = \$39 [16] ? 16'h0000 : \$40 [15:0];
-  assign \$42  = vc_noise ? vc_up_a : { 19'h00000, \$41  };
-  assign \$43  = vc_var - vc_vs;
-  assign \$44  = vc_var - vc_vs;
-  assign \$45  = \$43 [16] ? 16'h0000 : \$44 [15:0];
-  assign \$46  = vc_noise ? vc_down_a[16:0] : { \$45 , 1'h0 };
-  assign \$47  = vc_u_4 < vc_up;
-  assign \$48  = vc_u_4 < vc_down;
-  assign \$49  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$50  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$51  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$52  = vc_lt_up ? vc_q_up : \$51 ;
-  assign \$53  = & \$52 [11:7];
-  assign \$54  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$55  = vc_lt_up ? vc_q_up : \$54 ;
-  assign \$56  = | \$55 [11:7];
-  assign \$57  = ~ \$56 ;
-  assign \$58  = \$53  | \$57 ;
+  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
+  assign \$25  = \$23  * \$24 [15:14];
+  assign \$26  = 8'h80 - vc_l_a;
+  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$37  = vc_var - vc_vs;
+  assign \$38  = vc_var - vc_vs;
+  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
+  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
+  assign \$41  = vc_var - vc_vs;
+  assign \$42  = vc_var - vc_vs;
+  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
+  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
+  assign \$45  = vc_u_4 < vc_up;
+  assign \$46  = vc_u_4 < vc_down;
+  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
+  assign \$51  = & \$50 [11:7];
+  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
+  assign \$54  = | \$53 [11:7];
+  assign \$55  = ~ \$54 ;
+  assign \$56  = \$51  | \$55 ;
+  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
   assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
   assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$62  = vc_lt_up ? vc_q_up : \$61 ;
-  assign \$63  = \$62 [11] ? 8'h80 : 8'h7f;
-  assign \$64  = \$58  ? \$60 [7:0] : \$63 ;
+  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
+  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
   always @(posedge clk)
-    vc_q_a <= \$65 ;
+    vc_q_a <= \$63 ;
   always @(posedge clk)
-    vc_l_a <= \$66 ;
+    vc_l_a <= \$64 ;
   always @(posedge clk)
-    vc_q_b <= \$67 ;
+    vc_q_b <= \$65 ;
   always @(posedge clk)
-    vc_f_h <= \$68 ;
+    vc_f_h <= \$66 ;
   always @(posedge clk)
-    vc_u_1 <= \$69 ;
+    vc_u_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$70 ;
+    vc_sq_pp0 <= \$68 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$71 ;
+    vc_sq_pp1 <= \$69 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$72 ;
+    vc_sq_pp2 <= \$70 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$73 ;
+    vc_sq_pp3 <= \$71 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$74 ;
+    vc_sq_pp4 <= \$72 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$75 ;
+    vc_sq_pp5 <= \$73 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$76 ;
+    vc_sq_pp6 <= \$74 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$77 ;
+    vc_sq_pp7 <= \$75 ;
   always @(posedge clk)
-    vc_m_a <= \$78 ;
+    vc_m_a <= \$76 ;
   always @(posedge clk)
-    vc_q <= \$79 ;
+    vc_q <= \$77 ;
   always @(posedge clk)
-    vc_f_h2 <= \$80 ;
+    vc_f_h2 <= \$78 ;
   always @(posedge clk)
-    vc_u_2 <= \$81 ;
+    vc_u_2 <= \$79 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$82 ;
+    vc_sq_l0_0 <= \$80 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$83 ;
+    vc_sq_l0_1 <= \$81 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$84 ;
+    vc_sq_l0_2 <= \$82 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$85 ;
+    vc_sq_l0_3 <= \$83 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$86 ;
+    vc_sq_l1_0 <= \$84 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$87 ;
+    vc_sq_l1_1 <= \$85 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$88 ;
+    vc_sq_l2_0 <= \$86 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$89 ;
+    vc_m_a_d0 <= \$87 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$90 ;
+    vc_m_a_d1 <= \$88 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$91 ;
+    vc_m_a_d2 <= \$89 ;
   always @(posedge clk)
-    vc_q_d0 <= \$92 ;
+    vc_q_d0 <= \$90 ;
   always @(posedge clk)
-    vc_q_d1 <= \$93 ;
+    vc_q_d1 <= \$91 ;
   always @(posedge clk)
-    vc_q_d2 <= \$94 ;
+    vc_q_d2 <= \$92 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$95 ;
+    vc_f_h_d0 <= \$93 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$96 ;
+    vc_f_h_d1 <= \$94 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$97 ;
+    vc_f_h_d2 <= \$95 ;
   always @(posedge clk)
-    vc_u_d0 <= \$98 ;
+    vc_u_d0 <= \$96 ;
   always @(posedge clk)
-    vc_u_d1 <= \$99 ;
+    vc_u_d1 <= \$97 ;
   always @(posedge clk)
-    vc_u_d2 <= \$100 ;
+    vc_u_d2 <= \$98 ;
   always @(posedge clk)
-    vc_down_a <= \$101 ;
+    vc_down_a <= \$99 ;
   always @(posedge clk)
-    vc_vs <= \$102 ;
+    vc_vs <= \$100 ;
   always @(posedge clk)
-    vc_up_a <= \$103 ;
+    vc_up_a <= \$101 ;
   always @(posedge clk)
-    vc_q_3 <= \$104 ;
+    vc_q_3 <= \$102 ;
   always @(posedge clk)
-    vc_u_3 <= \$105 ;
+    vc_u_3 <= \$103 ;
   always @(posedge clk)
-    vc_up <= \$106 ;
+    vc_up <= \$104 ;
   always @(posedge clk)
-    vc_down <= \$107 ;
+    vc_down <= \$105 ;
   always @(posedge clk)
-    vc_q_4 <= \$108 ;
+    vc_q_4 <= \$106 ;
   always @(posedge clk)
-    vc_u_4 <= \$109 ;
+    vc_u_4 <= \$107 ;
   always @(posedge clk)
-    vc_lt_up <= \$110 ;
+    vc_lt_up <= \$108 ;
   always @(posedge clk)
-    vc_lt_down <= \$111 ;
+    vc_lt_down <= \$109 ;
   always @(posedge clk)
-    vc_q_up <= \$112 ;
+    vc_q_up <= \$110 ;
   always @(posedge clk)
-    vc_q_dn <= \$113 ;
+    vc_q_dn <= \$111 ;
   always @(posedge clk)
-    vc_q_5 <= \$114 ;
+    vc_q_5 <= \$112 ;
   always @(posedge clk)
-    vc_out <= \$115 ;
+    out <= \$113 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_q_a;
+    \$63  = vc_q_a;
     if (en) begin
-      \$65  = \$1 [34:24];
+      \$63  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_l_a;
+    \$64  = vc_l_a;
     if (en) begin
-      \$66  = \$2 [23:16];
+      \$64  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_q_b;
+    \$65  = vc_q_b;
     if (en) begin
-      \$67  = \$3 [34:24];
+      \$65  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_f_h;
+    \$66  = vc_f_h;
     if (en) begin
-      \$68  = x[23:8];
+      \$66  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_u_1;
+    \$67  = vc_u_1;
     if (en) begin
-      \$69  = u_vc;
+      \$67  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_sq_pp0;
+    \$68  = vc_sq_pp0;
     if (en) begin
-      \$70  = \$6 ;
+      \$68  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_sq_pp1;
+    \$69  = vc_sq_pp1;
     if (en) begin
-      \$71  = { \$9 , 2'h0 };
+      \$69  = { \$7 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_sq_pp2;
+    \$70  = vc_sq_pp2;
     if (en) begin
-      \$72  = { \$12 , 4'h0 };
+      \$70  = { \$10 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_sq_pp3;
+    \$71  = vc_sq_pp3;
     if (en) begin
-      \$73  = { \$15 , 6'h00 };
+      \$71  = { \$13 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_sq_pp4;
+    \$72  = vc_sq_pp4;
     if (en) begin
-      \$74  = { \$18 , 8'h00 };
+      \$72  = { \$16 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_sq_pp5;
+    \$73  = vc_sq_pp5;
     if (en) begin
-      \$75  = { \$21 , 10'h000 };
+      \$73  = { \$19 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = vc_sq_pp6;
+    \$74  = vc_sq_pp6;
     if (en) begin
-      \$76  = { \$24 , 12'h000 };
+      \$74  = { \$22 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$77  = vc_sq_pp7;
+    \$75  = vc_sq_pp7;
     if (en) begin
-      \$77  = { \$27 , 14'h0000 };
+      \$75  = { \$25 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$78  = vc_m_a;
+    \$76  = vc_m_a;
     if (en) begin
-      \$78  = \$28 ;
+      \$76  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$79  = vc_q;
+    \$77  = vc_q;
     if (en) begin
-      \$79  = \$29 ;
+      \$77  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$80  = vc_f_h2;
+    \$78  = vc_f_h2;
     if (en) begin
-      \$80  = vc_f_h;
+      \$78  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$81  = vc_u_2;
+    \$79  = vc_u_2;
     if (en) begin
-      \$81  = vc_u_1;
+      \$79  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$82  = vc_sq_l0_0;
+    \$80  = vc_sq_l0_0;
+    if (en) begin
+      \$80  = \$28 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$81  = vc_sq_l0_1;
+    if (en) begin
+      \$81  = \$29 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$82  = vc_sq_l0_2;
     if (en) begin
       \$82  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$83  = vc_sq_l0_1;
+    \$83  = vc_sq_l0_3;
     if (en) begin
       \$83  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$84  = vc_sq_l0_2;
+    \$84  = vc_sq_l1_0;
     if (en) begin
       \$84  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$85  = vc_sq_l0_3;
+    \$85  = vc_sq_l1_1;
     if (en) begin
       \$85  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$86  = vc_sq_l1_0;
+    \$86  = vc_sq_l2_0;
     if (en) begin
       \$86  = \$34 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$87  = vc_sq_l1_1;
+    \$87  = vc_m_a_d0;
     if (en) begin
-      \$87  = \$35 ;
+      \$87  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$88  = vc_sq_l2_0;
+    \$88  = vc_m_a_d1;
     if (en) begin
-      \$88  = \$36 ;
+      \$88  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$89  = vc_m_a_d0;
+    \$89  = vc_m_a_d2;
     if (en) begin
-      \$89  = vc_m_a;
+      \$89  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$90  = vc_m_a_d1;
+    \$90  = vc_q_d0;
     if (en) begin
-      \$90  = vc_m_a_d0;
+      \$90  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$91  = vc_m_a_d2;
+    \$91  = vc_q_d1;
     if (en) begin
-      \$91  = vc_m_a_d1;
+      \$91  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$92  = vc_q_d0;
+    \$92  = vc_q_d2;
     if (en) begin
-      \$92  = vc_q;
+      \$92  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$93  = vc_q_d1;
+    \$93  = vc_f_h_d0;
     if (en) begin
-      \$93  = vc_q_d0;
+      \$93  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$94  = vc_q_d2;
+    \$94  = vc_f_h_d1;
     if (en) begin
-      \$94  = vc_q_d1;
+      \$94  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$95  = vc_f_h_d0;
+    \$95  = vc_f_h_d2;
     if (en) begin
-      \$95  = vc_f_h2;
+      \$95  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$96  = vc_f_h_d1;
+    \$96  = vc_u_d0;
     if (en) begin
-      \$96  = vc_f_h_d0;
+      \$96  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$97  = vc_f_h_d2;
+    \$97  = vc_u_d1;
     if (en) begin
-      \$97  = vc_f_h_d1;
+      \$97  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$98  = vc_u_d0;
+    \$98  = vc_u_d2;
     if (en) begin
-      \$98  = vc_u_2;
+      \$98  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$99  = vc_u_d1;
+    \$99  = vc_down_a;
     if (en) begin
-      \$99  = vc_u_d0;
+      \$99  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$100  = vc_u_d2;
+    \$100  = vc_vs;
     if (en) begin
-      \$100  = vc_u_d1;
+      \$100  = \$36 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$101  = vc_down_a;
+    \$101  = vc_up_a;
     if (en) begin
-      \$101  = \$37 ;
+      \$101  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$102  = vc_vs;
+    \$102  = vc_q_3;
     if (en) begin
-      \$102  = \$38 [31:16];
+      \$102  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$103  = vc_up_a;
+    \$103  = vc_u_3;
     if (en) begin
-      \$103  = vc_sq_l2_0;
+      \$103  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$104  = vc_q_3;
+    \$104  = vc_up;
     if (en) begin
-      \$104  = vc_q_d2;
+      \$104  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$105  = vc_u_3;
+    \$105  = vc_down;
     if (en) begin
-      \$105  = vc_u_d2;
+      \$105  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$106  = vc_up;
+    \$106  = vc_q_4;
     if (en) begin
-      \$106  = \$42 ;
+      \$106  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$107  = vc_down;
+    \$107  = vc_u_4;
     if (en) begin
-      \$107  = \$46 ;
+      \$107  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$108  = vc_q_4;
+    \$108  = vc_lt_up;
     if (en) begin
-      \$108  = vc_q_3;
+      \$108  = \$45 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$109  = vc_u_4;
+    \$109  = vc_lt_down;
     if (en) begin
-      \$109  = vc_u_3;
+      \$109  = \$46 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$110  = vc_lt_up;
+    \$110  = vc_q_up;
     if (en) begin
       \$110  = \$47 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$111  = vc_lt_down;
+    \$111  = vc_q_dn;
     if (en) begin
       \$111  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$112  = vc_q_up;
+    \$112  = vc_q_5;
     if (en) begin
-      \$112  = \$49 ;
+      \$112  = vc_q_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$113  = vc_q_dn;
+    \$113  = out;
     if (en) begin
-      \$113  = \$50 ;
+      \$113  = \$62 ;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$114  = vc_q_5;
-    if (en) begin
-      \$114  = vc_q_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$115  = vc_out;
-    if (en) begin
-      \$115  = \$64 ;
-    end
-  end
-  assign out = vc_out;
+  assign y = \$1 [34:16];
+  assign vc_out = out;
 endmodule
 
 (* generator = "Amaranth" *)
