@@ -23,13 +23,15 @@ from amaranth.lib.wiring import In, Out
 
 from emulator.datapath import WORD_BITS, DatapathConfig, Variant
 
+from ._util import rejected
 from .arith import CHUNK_BITS, Stages, product_operands, round_nearest, saturate, sum_tree
 from .gaussian import GaussianGenerator, tree_depth
 
 
-def _check_cfg(cfg: object) -> DatapathConfig:
+def _check_cfg(component: object, cfg: object) -> DatapathConfig:
     if not isinstance(cfg, DatapathConfig):
-        raise TypeError(f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}")
+        raise rejected(component, TypeError(
+            f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}"))
     return cfg
 
 
@@ -88,7 +90,7 @@ class ExactSum(wiring.Component):
     """``x = mu + noise`` (``noise`` is ``noise_reg * z``; drive ``noise`` with 0 to get ``mu``)."""
 
     def __init__(self, cfg: DatapathConfig):
-        self.cfg = cfg = _check_cfg(cfg)
+        self.cfg = cfg = _check_cfg(self, cfg)
         self.latency = exact_sum_latency(cfg)
         sig = {
             "en": In(1),
@@ -128,9 +130,9 @@ class Rounder(wiring.Component):
     """``state = sat_S(SR_k(x, s, u_sr))``; ``weight`` per the variant (spec section 6)."""
 
     def __init__(self, cfg: DatapathConfig):
-        self.cfg = cfg = _check_cfg(cfg)
+        self.cfg = cfg = _check_cfg(self, cfg)
         if cfg.variant is Variant.VC:
-            raise ValueError("Rounder implements the SR variants; variant 'vc' uses VCQuantizer")
+            raise rejected(self, ValueError("Rounder implements the SR variants; variant 'vc' uses VCQuantizer"))
         self.latency = narrowing_latency(cfg)
         super().__init__({
             "en": In(1),
@@ -172,9 +174,9 @@ class VCQuantizer(wiring.Component):
     """
 
     def __init__(self, cfg: DatapathConfig):
-        self.cfg = cfg = _check_cfg(cfg)
+        self.cfg = cfg = _check_cfg(self, cfg)
         if cfg.variant is not Variant.VC:
-            raise ValueError(f"VCQuantizer needs variant 'vc', got {cfg.variant.value!r}")
+            raise rejected(self, ValueError(f"VCQuantizer needs variant 'vc', got {cfg.variant.value!r}"))
         p = cfg.vc_frac_bits
         self.latency = narrowing_latency(cfg)
         super().__init__({
@@ -262,7 +264,7 @@ class UpdateLane(wiring.Component):
     """
 
     def __init__(self, cfg: DatapathConfig):
-        self.cfg = cfg = _check_cfg(cfg)
+        self.cfg = cfg = _check_cfg(self, cfg)
         self.latency = lane_latency(cfg)
         sig = {
             "en": In(1),

@@ -13,6 +13,7 @@ from amaranth.lib.wiring import In, Out
 
 from emulator.gaussian import GaussianSpec
 
+from ._util import rejected
 from .arith import Stages, sum_tree
 
 
@@ -30,7 +31,7 @@ class GaussianGenerator(wiring.Component):
 
     def __init__(self, spec: GaussianSpec):
         if not isinstance(spec, GaussianSpec):
-            raise TypeError(f"spec must be a GaussianSpec, got {spec!r}")
+            raise rejected(self, TypeError(f"spec must be a GaussianSpec, got {spec!r}"))
         self.spec = spec
         self.latency = 1 + tree_depth(spec.terms)
         super().__init__({"en": In(1), "bits": In(spec.bits), "z": Out(signed(spec.width))})

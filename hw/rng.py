@@ -14,6 +14,8 @@ from amaranth.lib.wiring import In, Out
 
 from emulator.rng import XoroshiroSpec
 
+from ._util import rejected
+
 
 def next_state(spec: XoroshiroSpec, s0: Value, s1: Value) -> tuple[Value, Value]:
     """T(s0, s1): ``sx = s0 ^ s1``, ``s0' = rotl(s0, a) ^ sx ^ (sx << b)``, ``s1' = rotl(sx, c)``."""
@@ -41,13 +43,14 @@ class XoroshiroGenerator(wiring.Component):
 
     def __init__(self, spec: XoroshiroSpec, reset_state: tuple[int, int] = (1, 0)):
         if not isinstance(spec, XoroshiroSpec):
-            raise TypeError(f"spec must be an XoroshiroSpec, got {spec!r}")
+            raise rejected(self, TypeError(f"spec must be an XoroshiroSpec, got {spec!r}"))
         s0, s1 = reset_state
         for name, v in (("s0", s0), ("s1", s1)):
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= spec.mask:
-                raise ValueError(f"reset state {name} must be an int in [0, 2**{spec.word_bits}), got {v!r}")
+                raise rejected(self, ValueError(
+                    f"reset state {name} must be an int in [0, 2**{spec.word_bits}), got {v!r}"))
         if s0 == 0 and s1 == 0:
-            raise ValueError("reset state (0, 0) is the all-zero state, which never leaves zero")
+            raise rejected(self, ValueError("reset state (0, 0) is the all-zero state, which never leaves zero"))
         self.spec = spec
         self.reset_state = (s0, s1)
         w = spec.word_bits

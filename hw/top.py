@@ -20,6 +20,7 @@ from emulator.formats import check_int
 from emulator.rng import LaneRng
 
 from . import control
+from ._util import rejected
 from .datapath import UpdateLane, lane_latency, register_ports
 from .rng import XoroshiroGenerator
 
@@ -61,6 +62,22 @@ class UpdateTop(wiring.Component):
     """
 
     def __init__(self, cfg: DatapathConfig, *, reset_seed: int = 0):
+        try:
+            seed = self._check(cfg, reset_seed)
+        except (TypeError, ValueError) as e:
+            raise rejected(self, e) from None
+        self.cfg = cfg
+        self.reset_seed = seed
+        self.latency = lane_latency(cfg)
+        super().__init__({
+            "sink": In(stream.Signature(sink_layout(cfg))),
+            "source": Out(stream.Signature(source_layout(cfg))),
+            "ctl": In(control_signature()),
+            "idle": Out(1),
+        })
+
+    @staticmethod
+    def _check(cfg: object, reset_seed: object) -> int:
         if not isinstance(cfg, DatapathConfig):
             raise TypeError(f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}")
         seed = check_int("reset_seed", reset_seed)
@@ -72,15 +89,7 @@ class UpdateTop(wiring.Component):
                 f"lanes * rng_words = {cfg.lanes} * {cfg.rng_words} = {n} generator streams; the control "
                 f"address map holds at most {control.MAX_STREAMS}"
             )
-        self.cfg = cfg
-        self.reset_seed = seed
-        self.latency = lane_latency(cfg)
-        super().__init__({
-            "sink": In(stream.Signature(sink_layout(cfg))),
-            "source": Out(stream.Signature(source_layout(cfg))),
-            "ctl": In(control_signature()),
-            "idle": Out(1),
-        })
+        return seed
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
