@@ -57,7 +57,7 @@ class Design:
             if k == "gaussian":
                 parts.append(f"g{v['terms']}x{v['index_bits']}")
             elif k == "sr_bits":
-                parts.append(f"sr{v}")
+                parts.append(f"sr{v if v is not None else 'all'}")
             elif k == "rng_words":
                 parts.append(f"rw{v}")
             else:
