@@ -77,7 +77,34 @@ def gaussian_latency(cfg: DatapathConfig) -> int:
 
 def lane_latency(cfg: DatapathConfig) -> int:
     """Register stages of :class:`UpdateLane`: input, Gaussian, exact sum, narrowing."""
-    return 1 + gaussian_latency(cfg) + exact_sum_latency(cfg) + narrowing_latency(cfg)
+    return sum(n for _, n, _ in pipeline_stages(cfg))
+
+
+def pipeline_stages(cfg: DatapathConfig) -> list[tuple[str, int, str]]:
+    """The lane's pipeline as (unit, register stages, what happens there), input to output."""
+    v = cfg.variant
+    out = [("input", 1, "theta, grad and the random fields registered (generators step on this edge)")]
+    if v.has_gaussian:
+        out.append(("gaussian", gaussian_latency(cfg),
+                    f"{cfg.gaussian.terms} table look-ups, then a {tree_depth(cfg.gaussian.terms)}-level adder tree"))
+    n = _operand_count(cfg)
+    out.append(("exact_sum", exact_sum_latency(cfg),
+                f"{n - 1} 2-bit partial products + aligned theta, then a {tree_depth(n)}-level add/subtract tree"))
+    if v is Variant.VC:
+        d = tree_depth(-(-2 * cfg.vc_frac_bits // CHUNK_BITS))
+        out += [
+            ("vc_round", 1, "branch A y = RN(x, s-p) + 2^(p-1); branch B t = (x >> (s-k)) + u_sr (one adder each)"),
+            ("vc_square", 1 + d, f"one 2p-bit squarer (l or f_H): partial products, {d}-level tree"),
+            ("vc_thresholds", 2, "down = 2 l^2 + ((2^(p-1) - l) << (p+1)); vs = f_H(2^H - f_H) rounded; "
+                                 "w = max(vc_var - vs, 0); thresholds of the active branch"),
+            ("vc_compare", 1, "u_vc < up, u_vc < down; q + 1, q - 1"),
+            ("vc_out", 1, "select q + c, saturate to the weight format"),
+        ]
+    else:
+        out += [("sr_add", 1, "t = (x >> (s-k)) + u_sr"), ("sr_saturate", 1, "state = sat_S(t >> k)")]
+        if v.has_accumulator:
+            out.append(("weight", 1, "weight = sat_Wf(RN(state, A.F - Wf.F)); state delayed one stage"))
+    return out
 
 
 def _wire(m: Module, value: Value, name: str) -> Signal:

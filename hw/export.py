@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from amaranth.back import verilog
@@ -20,6 +22,7 @@ from emulator.datapath import DatapathConfig, Variant
 from emulator.golden import PRESETS, preset
 
 from . import control
+from .datapath import pipeline_stages
 from .top import UpdateTop, sink_layout, source_layout
 
 SHIPPED = tuple((name, lanes) for name in ("w8-vc", "w8-lpf", "w8-naive") for lanes in (1, 8))
@@ -85,6 +88,7 @@ def manifest(cfg: DatapathConfig, name: str, reset_seed: int, latency: int) -> d
         "weight_format": {"width": cfg.weight.width, "frac": cfg.weight.frac},
         "latency": latency,
         "throughput_beats_per_clock": 1,
+        "pipeline": [{"unit": u, "stages": n, "does": d} for u, n, d in pipeline_stages(cfg)],
         "ports": ports,
         "registers": control.register_map(cfg),
         "seed_registers": {"base": control.SEED_BASE, "streams": control.streams(cfg),
@@ -98,11 +102,13 @@ def manifest(cfg: DatapathConfig, name: str, reset_seed: int, latency: int) -> d
 def export(cfg: DatapathConfig, out_dir: str | os.PathLike[str], *, name: str | None = None,
            reset_seed: int = 0) -> dict[str, Any]:
     """Write ``<name>.v`` and ``<name>.json`` into ``out_dir``; return the manifest."""
-    top = UpdateTop(cfg, reset_seed=reset_seed)  # checks cfg and reset_seed
+    if not isinstance(cfg, DatapathConfig):
+        raise TypeError(f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}")
     if name is None:
         name = default_name(cfg)
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"module name must be a Verilog identifier, got {name!r}")
+    top = UpdateTop(cfg, reset_seed=reset_seed)  # checks reset_seed
     text = verilog.convert(top, name=name, emit_src=False)
     man = manifest(cfg, name, top.reset_seed, top.latency)
     os.makedirs(out_dir, exist_ok=True)
@@ -114,6 +120,16 @@ def export(cfg: DatapathConfig, out_dir: str | os.PathLike[str], *, name: str | 
     return man
 
 
-def export_shipped(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every configuration in :data:`SHIPPED`, reset seed 0."""
-    return [export(preset(name, lanes), out_dir) for name, lanes in SHIPPED]
+def _export_preset(job: tuple[str, int, str]) -> dict[str, Any]:
+    name, lanes, out_dir = job
+    return export(preset(name, lanes), out_dir)
+
+
+def export_shipped(out_dir: str | os.PathLike[str], *, jobs: int = 1) -> list[dict[str, Any]]:
+    """Every configuration in :data:`SHIPPED`, reset seed 0, on ``jobs`` processes."""
+    todo = [(name, lanes, os.fspath(out_dir)) for name, lanes in SHIPPED]
+    if jobs <= 1:
+        return [_export_preset(j) for j in todo]
+    # spawn, not fork: the Yosys back-end runs in a WebAssembly runtime that must not be forked
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_export_preset, sorted(todo, key=lambda j: -j[1])))
