@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from amaranth.sim import Simulator
@@ -63,7 +64,7 @@ def simulate(cfg: DatapathConfig, calls: Sequence[Call], *, reset_seed: int = 0,
     trace = Trace()
     lanes = cfg.lanes
 
-    async def write(ctx, writes):  # type: ignore[no-untyped-def]
+    async def write(ctx: Any, writes: list[tuple[int, int]]) -> None:
         for addr, data in writes:
             ctx.set(top.ctl.addr, addr)
             ctx.set(top.ctl.data, data)
@@ -71,7 +72,7 @@ def simulate(cfg: DatapathConfig, calls: Sequence[Call], *, reset_seed: int = 0,
             await ctx.tick()
         ctx.set(top.ctl.we, 0)
 
-    async def bench(ctx):  # type: ignore[no-untyped-def]
+    async def bench(ctx: Any) -> None:
         cycle = 0
         if seed is not None:
             await write(ctx, control.seed_writes(cfg, seed))

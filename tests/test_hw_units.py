@@ -7,13 +7,16 @@ import pytest
 
 pytest.importorskip("amaranth", reason="needs the hw extra: bash scripts/setup.sh hw")
 
+from amaranth.hdl import Elaboratable, Module, Signal, signed
 from amaranth.sim import Simulator
 
 from emulator.datapath import StepRegisters, Variant, _vc, exact_sum, update
-from emulator.formats import round_nearest, round_stochastic
+from emulator.formats import FixedFormat, round_nearest, round_stochastic
 from emulator.gaussian import GaussianSpec
 from emulator.golden import preset
 from emulator.rng import XoroshiroSpec
+from hw.arith import round_nearest as round_nearest_hw
+from hw.arith import saturate
 from hw.datapath import ExactSum, Rounder, UpdateLane, VCQuantizer
 from hw.gaussian import GaussianGenerator
 from hw.rng import XoroshiroGenerator
@@ -240,3 +243,36 @@ def test_lane_sim_equals_golden_and_vectorsim(name):
     ev = evaluate(lane, ins, [lane.state, lane.weight])
     assert np.array_equal(ev[0], got[:, 0])
     assert np.array_equal(ev[1], got[:, 1])
+
+
+# ---- rounding and saturation primitives, every input ------------------------------------
+
+class _Comb(Elaboratable):
+    """A combinational wrapper: ``out = fn(inp)``, elaborated like any design."""
+
+    def __init__(self, width, fn):
+        self.inp = Signal(signed(width))
+        self.out = Signal(signed(2 * width + 8))
+        self.fn = fn
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.out.eq(self.fn(self.inp))
+        return m
+
+
+@pytest.mark.parametrize("fmt", [FixedFormat(4, 1), FixedFormat(7, 0), FixedFormat(10, 3), FixedFormat(11, 0)])
+def test_saturate_every_value(fmt):
+    dut = _Comb(11, lambda v: saturate(v, fmt))
+    x = np.arange(-(1 << 10), 1 << 10)
+    (got,) = evaluate(dut, [(dut.inp, x)], [dut.out])
+    assert np.array_equal(got, fmt.saturate(x))
+
+
+@pytest.mark.parametrize("s", [-2, 0, 1, 3, 9])
+def test_round_nearest_every_value(s):
+    dut = _Comb(10, lambda v: round_nearest_hw(v, s))
+    x = np.arange(-(1 << 9), 1 << 9)
+    (got,) = evaluate(dut, [(dut.inp, x)], [dut.out])
+    assert np.array_equal(got, round_nearest(x, s))
+    assert list(round_nearest(np.array([3, -3, 1, -1]), 1)) == [2, -1, 1, 0]  # the spec's examples
