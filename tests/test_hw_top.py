@@ -32,6 +32,9 @@ def _custom(name):
         return DatapathConfig(Variant.VC, weight=FixedFormat(6, 2), grad=FixedFormat(6, 2),
                               step=FixedFormat(4, 2, **_U), noise=FixedFormat(4, 2, **_U),
                               gaussian=GaussianSpec("table", 3, 4, 2), vc_frac_bits=5, lanes=2)
+    if name == "vc-s-zero":  # X = S.F: branch B keeps mu, branch A shifts x left by p
+        return DatapathConfig(Variant.VC, step=FixedFormat(6, 0, **_U), noise=FixedFormat(5, 3, **_U),
+                              gaussian=GaussianSpec("table", 2, 4, 0), vc_frac_bits=4, lanes=2)
     if name == "sgd-s-zero":  # X = S.F: nothing to round (s = 0)
         return DatapathConfig(Variant.SGD_L, step=FixedFormat(6, 0, **_U), lanes=3)
     if name == "lpf-sr-bits":  # sr_bits < s with an accumulator
@@ -40,11 +43,11 @@ def _custom(name):
     raise KeyError(name)
 
 
-def _registers(cfg, rng):
-    """Registers from the host function when it can, random in-range words otherwise."""
+def _registers(cfg, rng, branch_a):
+    """Random in-range register words (VC: branch A or B as asked)."""
     if cfg.variant is Variant.VC:
         p = cfg.vc_frac_bits
-        if rng.integers(2):
+        if branch_a:
             return StepRegisters(int(rng.integers(cfg.step.max_word + 1)), 0,
                                  int(rng.integers(1, cfg.noise.max_word + 1)), True, 0)
         return StepRegisters(int(rng.integers(cfg.step.max_word + 1)), 0, 0, False,
@@ -99,12 +102,12 @@ def test_top_matches_engine_with_stalls(name, lanes, hp):
     _check(cfg, calls, reset_seed=11, stall_seed=lanes)
 
 
-@pytest.mark.parametrize("name", ["two-words-clt-linear", "vc-s-below-p", "sgd-s-zero", "lpf-sr-bits"])
+@pytest.mark.parametrize("name", ["two-words-clt-linear", "vc-s-below-p", "vc-s-zero", "sgd-s-zero", "lpf-sr-bits"])
 def test_top_matches_engine_custom(name):
     cfg = _custom(name)
     rng = np.random.default_rng(5)
-    calls = [Call(_words(cfg.state, rng, m), _words(cfg.grad, rng, m), _registers(cfg, rng))
-             for m in (2 * cfg.lanes + 1, 3 * cfg.lanes, cfg.lanes)]
+    calls = [Call(_words(cfg.state, rng, m), _words(cfg.grad, rng, m), _registers(cfg, rng, i % 2 == 0))
+             for i, m in enumerate((2 * cfg.lanes + 1, 3 * cfg.lanes, cfg.lanes))]
     _check(cfg, calls, seed=12345, stall_seed=3)
 
 
