@@ -454,14 +454,20 @@ def tool_available(name: str) -> bool:
     return True
 
 
-def _run(argv: list[str], cwd: Path, log_name: str, ok_codes: Iterable[int] = (0,)) -> tuple[int, str]:
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
-    log = proc.stdout + proc.stderr
-    (cwd / log_name).write_text(log)
-    if proc.returncode not in tuple(ok_codes):
+def _run(argv: list[str], cwd: Path, log_name: str, ok_codes: Iterable[int] = (0,),
+         timeout_s: float | None = None) -> tuple[int | None, str]:
+    """Run a tool with its output streamed to ``cwd/log_name``; returncode None on timeout."""
+    with open(cwd / log_name, "w") as f:  # streamed, so a long run can be watched
+        try:
+            rc: int | None = subprocess.run(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, text=True,
+                                            check=False, timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    log = (cwd / log_name).read_text()
+    if rc is not None and rc not in tuple(ok_codes):
         tail = "\n".join(log.splitlines()[-15:])
-        raise RuntimeError(f"{Path(argv[0]).name} failed (exit {proc.returncode}); log {cwd / log_name}:\n{tail}")
-    return proc.returncode, log
+        raise RuntimeError(f"{Path(argv[0]).name} failed (exit {rc}); log {cwd / log_name}:\n{tail}")
+    return rc, log
 
 
 def tool_versions(device: str = "hx8k") -> dict[str, str]:
@@ -478,6 +484,7 @@ class PnrResult:
     """One nextpnr run of the harness."""
 
     seed: int
+    router: str
     placed: bool  # False: placement/routing failed (e.g. the design does not fit)
     fmax_mhz: float | None
     target_mhz: float
@@ -535,13 +542,19 @@ def synthesize_verilog(
     place: bool = True,
     hierarchy: bool = False,
     registers: bool = False,
+    router: str = "router1",
+    pnr_timeout_s: float = 600.0,
 ) -> SynthReport:
     """Synthesize ``top`` from Verilog file(s), then place and route it in the harness.
 
     ``place=False`` stops after the out-of-context area; ``seeds`` are nextpnr seeds (one run
     each); ``hierarchy=True`` adds the per-instance ``-noflatten`` counts; ``registers=True`` the
     flattened counts grouped by the register each cell feeds (:func:`register_groups`).
+    ``router`` is nextpnr's router; a run longer than ``pnr_timeout_s`` is stopped and reported
+    as not placed (nextpnr's router1 can loop without converging on some placements).
     """
+    if router not in ("router1", "router2"):
+        raise ValueError(f"unknown nextpnr router {router!r}; choose router1 or router2")
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if not seeds and place:
@@ -599,16 +612,20 @@ def synthesize_verilog(
         for seed in seeds:
             log_name = f"nextpnr_seed{seed}.log"
             rc, log = _run([nextpnr, *dev.pnr_args, "--json", "harness.json", dev.unconstrained_flag,
-                            "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--timing-allow-fail"],
-                           work, log_name, ok_codes=range(256))
+                            "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--timing-allow-fail",
+                            "--router", router],
+                           work, log_name, ok_codes=range(256), timeout_s=pnr_timeout_s)
             fmax = parse_fmax(log)
             error = ""
-            if rc != 0:
+            if rc is None:
+                error = f"nextpnr stopped after {pnr_timeout_s:g} s (routing did not converge)"
+            elif rc != 0:
                 errs = [ln for ln in log.splitlines() if ln.startswith("ERROR")]
                 error = errs[-1] if errs else f"nextpnr exit {rc}"
             clock = next(iter(fmax), None)
             results.append(PnrResult(
                 seed=seed,
+                router=router,
                 placed=rc == 0,
                 fmax_mhz=fmax[clock]["mhz"] if clock is not None and rc == 0 else None,
                 target_mhz=freq_mhz,
@@ -705,6 +722,7 @@ def run_cli(
     freq_mhz: float,
     hierarchy: bool,
     registers: bool = False,
+    router: str = "router1",
     place: bool,
     build_dir: str | None,
     json_out: str | None,
@@ -724,13 +742,13 @@ def run_cli(
         cfg = preset(config, lanes)
         if progress is not None:
             progress(f"synth: {config} x{lanes} on {device}")
+        opts: dict[str, Any] = dict(device=device, seeds=seeds, freq_mhz=freq_mhz, place=place,
+                                    hierarchy=hierarchy, registers=registers, router=router)
         if build_dir is None:
             with tempfile.TemporaryDirectory(prefix="lpsgld-synth-") as tmp:
-                r = synthesize_config(cfg, build_dir=tmp, device=device, seeds=seeds, freq_mhz=freq_mhz,
-                                      place=place, hierarchy=hierarchy, registers=registers)
+                r = synthesize_config(cfg, build_dir=tmp, **opts)
         else:
-            r = synthesize_config(cfg, build_dir=Path(build_dir) / f"{config}_l{lanes}", device=device, seeds=seeds,
-                                  freq_mhz=freq_mhz, place=place, hierarchy=hierarchy, registers=registers)
+            r = synthesize_config(cfg, build_dir=Path(build_dir) / f"{config}_l{lanes}", **opts)
         rows.append((config, lanes, r))
     if json_out is not None:
         doc = {
@@ -739,6 +757,7 @@ def run_cli(
             "tools": versions,
             "device": device,
             "target_mhz": freq_mhz,
+            "router": router,
             "results": [{"config": c, "lanes": n, **r.to_json()} for c, n, r in rows],
         }
         Path(json_out).write_text(json.dumps(doc, indent=1) + "\n")

@@ -186,6 +186,8 @@ def test_bad_arguments(tmp_path):
         synthesize_verilog(v, "t", seeds=())
     with pytest.raises(ValueError, match="target frequency must be > 0 MHz, got 0"):
         synthesize_verilog(v, "t", freq_mhz=0)
+    with pytest.raises(ValueError, match="unknown nextpnr router 'router3'; choose router1 or router2"):
+        synthesize_verilog(v, "t", router="router3")
     with pytest.raises(ValueError, match=r"Verilog file '.*missing\.v' does not exist"):
         synthesize_verilog(tmp_path / "missing.v", "t")
 
