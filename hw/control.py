@@ -6,9 +6,11 @@ one clock; writes are only meaningful while the top is ``idle``.
 
 from __future__ import annotations
 
-from emulator.datapath import DatapathConfig, StepRegisters, Variant
+from emulator.datapath import DatapathConfig, StepRegisters
 from emulator.formats import check_int
 from emulator.rng import LaneRng
+
+from .datapath import register_ports
 
 ADDR_WIDTH = 16
 DATA_WIDTH = 64
@@ -32,18 +34,13 @@ def streams(cfg: DatapathConfig) -> int:
     return cfg.lanes * cfg.rng_words
 
 
+ADDRESSES = {"step": STEP, "decay": DECAY, "noise": NOISE, "vc_var": VC_VAR, "vc_noise": VC_NOISE}
+
+
 def register_map(cfg: DatapathConfig) -> dict[str, dict[str, int]]:
     """The per-step registers present in ``cfg``'s hardware: name -> {addr, width}."""
     cfg = _check_cfg(cfg)
-    regs = {"step": {"addr": STEP, "width": cfg.step.width}}
-    if cfg.decay is not None:
-        regs["decay"] = {"addr": DECAY, "width": cfg.decay.width}
-    if cfg.variant.has_gaussian:
-        regs["noise"] = {"addr": NOISE, "width": cfg.noise.width}
-    if cfg.variant is Variant.VC:
-        regs["vc_var"] = {"addr": VC_VAR, "width": 2 * cfg.vc_frac_bits - 1}
-        regs["vc_noise"] = {"addr": VC_NOISE, "width": 1}
-    return regs
+    return {name: {"addr": ADDRESSES[name], "width": w} for name, w in register_ports(cfg).items()}
 
 
 def register_writes(cfg: DatapathConfig, regs: StepRegisters) -> list[tuple[int, int]]:

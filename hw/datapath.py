@@ -43,8 +43,8 @@ def register_ports(cfg: DatapathConfig) -> dict[str, int]:
     if cfg.variant.has_gaussian:
         ports["noise"] = cfg.noise.width
     if cfg.variant is Variant.VC:
+        ports["vc_var"] = 2 * cfg.vc_frac_bits - 1  # holds 0 .. 2^(2p-2)
         ports["vc_noise"] = 1
-        ports["vc_var"] = 2 * cfg.vc_frac_bits - 1
     return ports
 
 

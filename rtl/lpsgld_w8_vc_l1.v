@@ -42,8 +42,8 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [15:0] \$41 ;
   reg [11:0] \$42 ;
   reg [15:0] \$43 ;
-  reg \$44 ;
-  reg [14:0] \$45 ;
+  reg [14:0] \$44 ;
+  reg \$45 ;
   reg \$5 ;
   reg \$6 ;
   reg \$7 ;
@@ -185,9 +185,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   always @(posedge clk)
     noise <= \$43 ;
   always @(posedge clk)
-    vc_noise <= \$44 ;
+    vc_var <= \$44 ;
   always @(posedge clk)
-    vc_var <= \$45 ;
+    vc_noise <= \$45 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign transfer = sink__valid & sink__ready;
@@ -407,7 +407,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = vc_noise;
+    \$44  = vc_var;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -416,17 +416,17 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
             /* empty */;
         16'h0002:
             /* empty */;
-        16'h0004:
-            \$44  = ctl__data[0];
+        16'h0003:
+            \$44  = ctl__data[14:0];
       endcase
     end
     if (rst) begin
-      \$44  = 1'h0;
+      \$44  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = vc_var;
+    \$45  = vc_noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -435,14 +435,14 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
             /* empty */;
         16'h0002:
             /* empty */;
-        16'h0004:
-            /* empty */;
         16'h0003:
-            \$45  = ctl__data[14:0];
+            /* empty */;
+        16'h0004:
+            \$45  = ctl__data[0];
       endcase
     end
     if (rst) begin
-      \$45  = 15'h0000;
+      \$45  = 1'h0;
     end
   end
   always @* begin
@@ -664,8 +664,8 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_step = \step$44 ;
   assign reg_decay = decay;
   assign reg_noise = noise;
-  assign reg_vc_noise = vc_noise;
   assign reg_vc_var = vc_var;
+  assign reg_vc_noise = vc_noise;
   assign \sink__payload.keep  = sink__payload[0];
   assign \sink__payload.theta  = sink__payload[8:1];
   assign \sink__payload.theta[0]  = sink__payload[8:1];
@@ -682,7 +682,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc_noise, vc_var, state, \port$0$3 );
+module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, \port$0$3 );
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
@@ -3257,7 +3257,7 @@ module \lpsgld_w8_vc_l1.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
+module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;

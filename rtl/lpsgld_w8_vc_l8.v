@@ -57,8 +57,8 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [15:0] \$55 ;
   reg [11:0] \$56 ;
   reg [15:0] \$57 ;
-  reg \$58 ;
-  reg [14:0] \$59 ;
+  reg [14:0] \$58 ;
+  reg \$59 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
@@ -293,34 +293,34 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
   (* init = 1'h0 *)
-  wire \vc_noise$100 ;
+  wire \vc_noise$101 ;
   (* init = 1'h0 *)
-  wire \vc_noise$116 ;
+  wire \vc_noise$117 ;
   (* init = 1'h0 *)
-  wire \vc_noise$132 ;
+  wire \vc_noise$133 ;
   (* init = 1'h0 *)
-  wire \vc_noise$148 ;
+  wire \vc_noise$149 ;
   (* init = 1'h0 *)
-  wire \vc_noise$164 ;
+  wire \vc_noise$165 ;
   (* init = 1'h0 *)
-  wire \vc_noise$68 ;
+  wire \vc_noise$69 ;
   (* init = 1'h0 *)
-  wire \vc_noise$84 ;
+  wire \vc_noise$85 ;
   reg [14:0] vc_var = 15'h0000;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$101 ;
+  wire [14:0] \vc_var$100 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$117 ;
+  wire [14:0] \vc_var$116 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$133 ;
+  wire [14:0] \vc_var$132 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$149 ;
+  wire [14:0] \vc_var$148 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$165 ;
+  wire [14:0] \vc_var$164 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$69 ;
+  wire [14:0] \vc_var$68 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$85 ;
+  wire [14:0] \vc_var$84 ;
   wire [7:0] weight;
   wire [7:0] \weight$112 ;
   wire [7:0] \weight$128 ;
@@ -421,9 +421,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   always @(posedge clk)
     noise <= \$57 ;
   always @(posedge clk)
-    vc_noise <= \$58 ;
+    vc_var <= \$58 ;
   always @(posedge clk)
-    vc_var <= \$59 ;
+    vc_noise <= \$59 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign transfer = sink__valid & sink__ready;
@@ -1001,7 +1001,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = vc_noise;
+    \$58  = vc_var;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1010,17 +1010,17 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
             /* empty */;
         16'h0002:
             /* empty */;
-        16'h0004:
-            \$58  = ctl__data[0];
+        16'h0003:
+            \$58  = ctl__data[14:0];
       endcase
     end
     if (rst) begin
-      \$58  = 1'h0;
+      \$58  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = vc_var;
+    \$59  = vc_noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1029,14 +1029,14 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
             /* empty */;
         16'h0002:
             /* empty */;
-        16'h0004:
-            /* empty */;
         16'h0003:
-            \$59  = ctl__data[14:0];
+            /* empty */;
+        16'h0004:
+            \$59  = ctl__data[0];
       endcase
     end
     if (rst) begin
-      \$59  = 15'h0000;
+      \$59  = 1'h0;
     end
   end
   assign advance = sink__ready;
@@ -1050,8 +1050,8 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_step = \step$44 ;
   assign reg_decay = decay;
   assign reg_noise = noise;
-  assign reg_vc_noise = vc_noise;
   assign reg_vc_var = vc_var;
+  assign reg_vc_noise = vc_noise;
   assign \data$57  = ctl__data;
   assign \en$58  = sink__ready;
   assign \theta$59  = sink__payload[23:16];
@@ -1061,8 +1061,8 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \step$65  = \step$44 ;
   assign \decay$66  = decay;
   assign \noise$67  = noise;
-  assign \vc_noise$68  = vc_noise;
-  assign \vc_var$69  = vc_var;
+  assign \vc_var$68  = vc_var;
+  assign \vc_noise$69  = vc_noise;
   assign \data$73  = ctl__data;
   assign \en$74  = sink__ready;
   assign \theta$75  = sink__payload[31:24];
@@ -1072,8 +1072,8 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \step$81  = \step$44 ;
   assign \decay$82  = decay;
   assign \noise$83  = noise;
-  assign \vc_noise$84  = vc_noise;
-  assign \vc_var$85  = vc_var;
+  assign \vc_var$84  = vc_var;
+  assign \vc_noise$85  = vc_noise;
   assign \data$89  = ctl__data;
   assign \en$90  = sink__ready;
   assign \theta$91  = sink__payload[39:32];
@@ -1083,8 +1083,8 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \step$97  = \step$44 ;
   assign \decay$98  = decay;
   assign \noise$99  = noise;
-  assign \vc_noise$100  = vc_noise;
-  assign \vc_var$101  = vc_var;
+  assign \vc_var$100  = vc_var;
+  assign \vc_noise$101  = vc_noise;
   assign \data$105  = ctl__data;
   assign \en$106  = sink__ready;
   assign \theta$107  = sink__payload[47:40];
@@ -1094,8 +1094,8 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \step$113  = \step$44 ;
   assign \decay$114  = decay;
   assign \noise$115  = noise;
-  assign \vc_noise$116  = vc_noise;
-  assign \vc_var$117  = vc_var;
+  assign \vc_var$116  = vc_var;
+  assign \vc_noise$117  = vc_noise;
   assign \data$121  = ctl__data;
   assign \en$122  = sink__ready;
   assign \theta$123  = sink__payload[55:48];
@@ -1105,8 +1105,8 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \step$129  = \step$44 ;
   assign \decay$130  = decay;
   assign \noise$131  = noise;
-  assign \vc_noise$132  = vc_noise;
-  assign \vc_var$133  = vc_var;
+  assign \vc_var$132  = vc_var;
+  assign \vc_noise$133  = vc_noise;
   assign \data$137  = ctl__data;
   assign \en$138  = sink__ready;
   assign \theta$139  = sink__payload[63:56];
@@ -1116,8 +1116,8 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \step$145  = \step$44 ;
   assign \decay$146  = decay;
   assign \noise$147  = noise;
-  assign \vc_noise$148  = vc_noise;
-  assign \vc_var$149  = vc_var;
+  assign \vc_var$148  = vc_var;
+  assign \vc_noise$149  = vc_noise;
   assign \data$153  = ctl__data;
   assign \en$154  = sink__ready;
   assign \theta$155  = sink__payload[71:64];
@@ -1127,8 +1127,8 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \step$161  = \step$44 ;
   assign \decay$162  = decay;
   assign \noise$163  = noise;
-  assign \vc_noise$164  = vc_noise;
-  assign \vc_var$165  = vc_var;
+  assign \vc_var$164  = vc_var;
+  assign \vc_noise$165  = vc_noise;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -1187,7 +1187,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_noise, vc_var, state, theta);
+module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
@@ -3760,7 +3760,7 @@ module \lpsgld_w8_vc_l8.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
+module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
@@ -4886,7 +4886,7 @@ module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_noise, vc_var, state, theta);
+module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
@@ -7459,7 +7459,7 @@ module \lpsgld_w8_vc_l8.lane_1.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
+module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
@@ -8585,7 +8585,7 @@ module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_noise, vc_var, state, theta);
+module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
@@ -11158,7 +11158,7 @@ module \lpsgld_w8_vc_l8.lane_2.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
+module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
@@ -12284,7 +12284,7 @@ module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_noise, vc_var, state, theta);
+module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
@@ -14857,7 +14857,7 @@ module \lpsgld_w8_vc_l8.lane_3.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
+module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
@@ -15983,7 +15983,7 @@ module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_noise, vc_var, state, theta);
+module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
@@ -18556,7 +18556,7 @@ module \lpsgld_w8_vc_l8.lane_4.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
+module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
@@ -19682,7 +19682,7 @@ module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_noise, vc_var, state, theta);
+module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
@@ -22255,7 +22255,7 @@ module \lpsgld_w8_vc_l8.lane_5.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
+module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$24  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
@@ -23381,7 +23381,7 @@ module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_noise, vc_var, state, theta);
+module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
@@ -25954,7 +25954,7 @@ module \lpsgld_w8_vc_l8.lane_6.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
+module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$28  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
@@ -27080,7 +27080,7 @@ module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_noise, vc_var, state, theta);
+module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
@@ -29653,7 +29653,7 @@ module \lpsgld_w8_vc_l8.lane_7.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_noise, vc_var, u_sr, u_vc, x, out, clk);
+module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$32  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
