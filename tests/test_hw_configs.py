@@ -42,7 +42,8 @@ def _config(rng):
                 v, weight=weight, grad=FixedFormat(int(rng.integers(3, 11)), int(rng.integers(0, 7))), acc=acc,
                 step=FixedFormat(int(rng.integers(2, 13)), int(rng.integers(0, 17)), **_U),
                 noise=FixedFormat(int(rng.integers(2, 13)), int(rng.integers(0, 17)), **_U),
-                decay=None if rng.integers(2) else FixedFormat(int(rng.integers(2, 11)), int(rng.integers(0, 15)), **_U),
+                decay=None if rng.integers(2) else FixedFormat(int(rng.integers(2, 11)), int(rng.integers(0, 15)),
+                                                               **_U),
                 gaussian=gauss, sr_bits=None if rng.integers(2) else int(rng.integers(1, 13)),
                 vc_frac_bits=int(rng.integers(1, 7)),
             )
