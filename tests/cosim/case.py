@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -111,3 +112,10 @@ class CosimCase:
         d = json.loads(text)
         d["design"] = Design.from_dict(d["design"])
         return cls(**d)
+
+
+def ci_case(design: Design, latency: int, *, k: int = 0, soak: bool = False, waves: bool = False) -> CosimCase:
+    """The CI run of ``design`` (stimulus seed ``k``): 12 segments of up to 24 beats, or with
+    ``soak`` 200 segments of up to 64 beats. The seed is derived from the design's name."""
+    return CosimCase(design, stream_seed=zlib.crc32(f"{design.name}/{k}".encode()), segments=200 if soak else 12,
+                     max_beats=64 if soak else 24, waves=waves, extra={"latency": latency})

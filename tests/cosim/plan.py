@@ -235,8 +235,29 @@ def _script(case: CosimCase, cfg: DatapathConfig, rng: np.random.Generator) -> l
     return out
 
 
+def _throughput_plan(case: CosimCase, cfg: DatapathConfig, layout: BeatLayout) -> Plan:
+    """One register load and one long tensor call of ``case.extra["elements"]`` elements."""
+    rng = np.random.default_rng([case.stream_seed, 0x5EED])
+    m = int(case.extra["elements"])
+    regs = random_registers(cfg, case.design.family, rng, True if cfg.variant is Variant.VC else None)
+    keep = call_beats(m, cfg.lanes)
+    theta = random_words(cfg.state, rng, keep.shape)
+    grad = random_words(cfg.grad, rng, keep.shape)
+    r = NumpyEngine(cfg, case.design.reset_seed).step(theta.ravel()[:m], grad.ravel()[:m], regs)
+    state = np.zeros(keep.size, np.int64)
+    weight = np.zeros(keep.size, np.int64)
+    state[:m], weight[:m] = r.state, r.weight
+    seg = Segment(f"call of {m} elements", False, register_writes(cfg, regs, rng), keep, theta, grad, regs,
+                  f"reset seed {case.design.reset_seed}", state.reshape(keep.shape), weight.reshape(keep.shape))
+    seg.sink_words = layout.pack_sink(keep, theta, grad)
+    return Plan(case, cfg, layout, [seg])
+
+
 def make_plan(case: CosimCase) -> Plan:
+    """The run's segments; with ``case.extra["elements"]`` one long call (throughput runs)."""
     cfg = case.design.config()
+    if "elements" in case.extra:
+        return _throughput_plan(case, cfg, BeatLayout.of(cfg))
     layout = BeatLayout.of(cfg)
     L = cfg.lanes
     rng = np.random.default_rng([case.stream_seed, 0x5EED])

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -69,9 +70,27 @@ def missing_tool(sim: str) -> str | None:
     return None
 
 
+_env_lock = threading.Lock()
+_env_depth = 0
+
+
 @contextlib.contextmanager
-def _tool_env() -> Iterator[None]:
+def tool_env() -> Iterator[None]:
+    """The environment the simulators need (re-entrant; hold it around threaded use)."""
+    global _env_depth
+    with _env_lock:
+        _env_depth += 1
+        outer = _env_depth == 1
+    if not outer:
+        try:
+            yield
+        finally:
+            with _env_lock:
+                _env_depth -= 1
+        return
     if ENV_VAR in os.environ:
+        with _env_lock:
+            _env_depth -= 1
         raise RuntimeError(f"unset {ENV_VAR}: the cosim runner passes each case through it")
     saved = {k: os.environ.get(k) for k in ("PATH", "OBJCACHE")}
     added_path = str(ROOT) not in sys.path
@@ -83,6 +102,8 @@ def _tool_env() -> Iterator[None]:
             sys.path.append(str(ROOT))
         yield
     finally:
+        with _env_lock:
+            _env_depth -= 1
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -127,7 +148,7 @@ def build(design: Design, sim: str, *, waves: bool = False, exporter: Exporter |
     if not (stamp.exists() and stamp.read_text() == key and binary.exists()):
         stamp.unlink(missing_ok=True)
         runner = _runner(sim)
-        with _tool_env():
+        with tool_env():
             runner.build(
                 sources=[src], hdl_toplevel=design.module_name, build_dir=build_dir, always=True,
                 build_args=args, timescale=("1ns", "1ps"), waves=waves, log_file=build_dir / "build.log",
@@ -181,7 +202,7 @@ def run(b: Build, case: CosimCase, run_name: str) -> dict[str, Any]:
     runner = _runner(b.sim)
     log = test_dir / "sim.log"
     exit_code = 0
-    with _tool_env():
+    with tool_env():
         try:
             xml = runner.test(
                 test_module=TEST_MODULE, hdl_toplevel=b.toplevel, hdl_toplevel_lang="verilog",
