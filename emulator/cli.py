@@ -132,7 +132,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         raise ValueError(f"--lanes must be >= 1, got {args.lanes}")
     configs = list(SHIPPED) if args.shipped else [(args.config, args.lanes)]
     table = run_cli(configs, device=args.device, seeds=args.seeds, freq_mhz=args.freq, hierarchy=args.hierarchy,
-                    registers=args.registers, router=args.router, place=not args.no_place, build_dir=args.build,
+                    registers=args.registers, router=args.router, pnr_timeout_s=args.pnr_timeout,
+                    place=not args.no_place, build_dir=args.build,
                     json_out=args.json, progress=lambda msg: print(msg, file=sys.stderr))
     print(table)
     return 0
@@ -230,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="nextpnr seeds, one run each")
     p.add_argument("--freq", type=float, default=100.0, help="nextpnr timing target (MHz)")
     p.add_argument("--router", default="router1", help="nextpnr router: router1 (default) or router2")
+    p.add_argument("--pnr-timeout", type=float, default=300.0,
+                   help="seconds per nextpnr run; router1 runs that take longer are redone with router2")
     p.add_argument("--hierarchy", action="store_true", help="also the area per module (synthesis with -noflatten)")
     p.add_argument("--registers", action="store_true", help="also the area grouped by the register each cell feeds")
     p.add_argument("--no-place", action="store_true", help="synthesis area only, no place and route")

@@ -543,15 +543,17 @@ def synthesize_verilog(
     hierarchy: bool = False,
     registers: bool = False,
     router: str = "router1",
-    pnr_timeout_s: float = 600.0,
+    router_fallback: bool = True,
+    pnr_timeout_s: float = 300.0,
 ) -> SynthReport:
     """Synthesize ``top`` from Verilog file(s), then place and route it in the harness.
 
     ``place=False`` stops after the out-of-context area; ``seeds`` are nextpnr seeds (one run
     each); ``hierarchy=True`` adds the per-instance ``-noflatten`` counts; ``registers=True`` the
     flattened counts grouped by the register each cell feeds (:func:`register_groups`).
-    ``router`` is nextpnr's router; a run longer than ``pnr_timeout_s`` is stopped and reported
-    as not placed (nextpnr's router1 can loop without converging on some placements).
+    ``router`` is nextpnr's router; a run longer than ``pnr_timeout_s`` is stopped (nextpnr's
+    router1 can loop without converging on some placements) and, with ``router_fallback``, rerun
+    with router2 (the result records the router that produced it), else reported as not placed.
     """
     if router not in ("router1", "router2"):
         raise ValueError(f"unknown nextpnr router {router!r}; choose router1 or router2")
@@ -610,28 +612,34 @@ def synthesize_verilog(
                                        dev.family)
         nextpnr = _tool(dev.nextpnr)
         for seed in seeds:
+            used = router
             log_name = f"nextpnr_seed{seed}.log"
-            rc, log = _run([nextpnr, *dev.pnr_args, "--json", "harness.json", dev.unconstrained_flag,
-                            "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--timing-allow-fail",
-                            "--router", router],
-                           work, log_name, ok_codes=range(256), timeout_s=pnr_timeout_s)
+            args = [nextpnr, *dev.pnr_args, "--json", "harness.json", dev.unconstrained_flag,
+                    "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--timing-allow-fail"]
+            rc, log = _run([*args, "--router", used], work, log_name, ok_codes=range(256), timeout_s=pnr_timeout_s)
+            note = ""
+            if rc is None and used == "router1" and router_fallback:
+                note = f"router1 stopped after {pnr_timeout_s:g} s (did not converge); router2 result"
+                used, log_name = "router2", f"nextpnr_seed{seed}_router2.log"
+                rc, log = _run([*args, "--router", used], work, log_name, ok_codes=range(256),
+                               timeout_s=pnr_timeout_s)
             fmax = parse_fmax(log)
             error = ""
             if rc is None:
-                error = f"nextpnr stopped after {pnr_timeout_s:g} s (routing did not converge)"
+                error = f"nextpnr {used} stopped after {pnr_timeout_s:g} s (routing did not converge)"
             elif rc != 0:
                 errs = [ln for ln in log.splitlines() if ln.startswith("ERROR")]
                 error = errs[-1] if errs else f"nextpnr exit {rc}"
             clock = next(iter(fmax), None)
             results.append(PnrResult(
                 seed=seed,
-                router=router,
+                router=used,
                 placed=rc == 0,
                 fmax_mhz=fmax[clock]["mhz"] if clock is not None and rc == 0 else None,
                 target_mhz=freq_mhz,
                 utilization=parse_utilization(log),
                 critical_path=parse_critical_path(log, clock) if rc == 0 else None,
-                error=error,
+                error="; ".join(x for x in (note, error) if x),
             ))
             if "no BELs remaining" in error:
                 break  # the design does not fit the device: every seed fails the same way
@@ -682,8 +690,8 @@ def format_table(rows: Sequence[tuple[str, int, SynthReport]]) -> str:
         a = r.area
         placed = r.pnr[0].utilization.get("ICESTORM_LC") or r.pnr[0].utilization.get("TRELLIS_COMB") if r.pnr else None
         lc = f"{placed[0]}/{placed[1]}" if placed else "-"
-        fmax = " ".join(f"{p.fmax_mhz:.1f}({p.seed})" if p.fmax_mhz is not None else f"fail({p.seed})"
-                        for p in r.pnr) or "-"
+        fmax = " ".join((f"{p.fmax_mhz:.1f}" if p.fmax_mhz is not None else "fail")
+                        + f"({p.seed}{'' if p.router == 'router1' else ',r2'})" for p in r.pnr) or "-"
         lines.append(f"{config:10} {lanes:>5} {a.lut:>6} {a.ff:>6} {a.carry:>6} {a.ram:>4} {a.dsp:>4} "
                      f"{a.lut / lanes:>8.1f} {a.ff / lanes:>7.1f} {lc:>10} {fmax:>28}")
     for config, lanes, r in rows:
@@ -714,6 +722,16 @@ def format_table(rows: Sequence[tuple[str, int, SynthReport]]) -> str:
     return "\n".join(lines)
 
 
+def _source_revision() -> str:
+    """``git describe --always --dirty`` of the checkout holding this module ('' outside git)."""
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, check=False)
+    except OSError:
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
 def run_cli(
     configs: Sequence[tuple[str, int]],
     *,
@@ -723,6 +741,7 @@ def run_cli(
     hierarchy: bool,
     registers: bool = False,
     router: str = "router1",
+    pnr_timeout_s: float = 300.0,
     place: bool,
     build_dir: str | None,
     json_out: str | None,
@@ -743,7 +762,8 @@ def run_cli(
         if progress is not None:
             progress(f"synth: {config} x{lanes} on {device}")
         opts: dict[str, Any] = dict(device=device, seeds=seeds, freq_mhz=freq_mhz, place=place,
-                                    hierarchy=hierarchy, registers=registers, router=router)
+                                    hierarchy=hierarchy, registers=registers, router=router,
+                                    pnr_timeout_s=pnr_timeout_s)
         if build_dir is None:
             with tempfile.TemporaryDirectory(prefix="lpsgld-synth-") as tmp:
                 r = synthesize_config(cfg, build_dir=tmp, **opts)
@@ -758,6 +778,7 @@ def run_cli(
             "device": device,
             "target_mhz": freq_mhz,
             "router": router,
+            "source": _source_revision(),
             "results": [{"config": c, "lanes": n, **r.to_json()} for c, n, r in rows],
         }
         Path(json_out).write_text(json.dumps(doc, indent=1) + "\n")
