@@ -47,6 +47,12 @@ class Mutant:
 VC4 = Design.of("w8-vc", 4)
 NAIVE4 = Design.of("w8-naive", 4)
 LPF1 = Design.of("w8-lpf", 1)
+# Faults in the low-order bits of an exact sum, in a VC threshold or a table entry flip an
+# output with probability (error / 2^s) or (error / 2^(2p+1)) per element: ~2^-16 at w8, so
+# a short run cannot see them there. The w4 designs (s = 6, p = 3) expose the same faults.
+W4VC4 = Design.of("w4-vc", 4)
+W4NAIVE4 = Design.of("w4-naive", 4)
+W4LPF1 = Design.of("w4-lpf", 1)
 
 
 def _flip_reset_lsb(m: re.Match[str]) -> str:
@@ -84,43 +90,43 @@ MUTANTS = [
     # exact sum (lane 2 of 4)
     Mutant("M15", VC4, "lane_2.sum", r"(= \$signed\(sum_x_l2_0\)) - (\$signed\(sum_x_l2_1\);)", r"\1 + \2",
            "adder tree: subtract -> add at the root's second level"),
-    Mutant("M16", VC4, "lane_2.sum", r"\{ sum_step_pp1, 2'h0 \}", "{ sum_step_pp1, 1'h0 }",
-           "step*grad partial product 1 shifted by 1 instead of 2"),
+    Mutant("M16", W4VC4, "lane_2.sum", r"\{ sum_step_pp1, 4'h0 \}", "{ sum_step_pp1, 3'h0 }",
+           "step*grad partial product 1 shifted by 3 instead of 4"),
     Mutant("M17", VC4, "lane_2.sum", r"\$signed\(\{ 1'h0, step \}\) \* \$signed\(grad\[7:6\]\)", "step * grad[7:6]",
            "step*grad top digit taken as unsigned"),
     Mutant("M18", VC4, "lane_2.sum", r"\$signed\(\{ sum_theta, 24'h000000 \}\)", "$signed({ sum_theta, 23'h000000 })",
            "theta aligned to X - 1 fractional bits"),
-    Mutant("M19", VC4, "lane_2.sum", r"\{ sum_decay_pp2, 4'h0 \}", "{ sum_decay_pp2, 5'h00 }",
-           "decay*theta partial product 2 shifted by 5 instead of 4"),
+    Mutant("M19", W4VC4, "lane_2.sum", r"\$signed\(\{ 1'h0, sum_decay_pp0 \}\)",
+           "$signed({ 1'h0, sum_decay_pp0, 1'h0 })",
+           "decay*theta partial product 0 shifted left by 1"),
     # VC quantizer (lane 3 of 4)
-    Mutant("M20", VC4, "lane_3.narrow", r"\$signed\(25'h0808000\)", "$signed(25'h0807fff)",
+    Mutant("M20", W4VC4, "lane_3.narrow", r"\$signed\(7'h24\)", "$signed(7'h23)",
            "branch A: RN tie constant (ties toward -inf)"),
-    Mutant("M21", VC4, "lane_3.narrow", r"(= vc_u_4 )< (vc_up;)", r"\1<= \2", "compare u_vc < up -> <="),
+    Mutant("M21", W4VC4, "lane_3.narrow", r"(= vc_u_4 )< (vc_up;)", r"\1<= \2", "compare u_vc < up -> <="),
     Mutant("M22", VC4, "lane_3.narrow", r"(\$signed\(vc_q_4\)) - (\$signed\(2'h1\))", r"\1 + \2",
            "q - 1 computed as q + 1"),
     Mutant("M23", VC4, "lane_3.narrow", r"= vc_noise \? vc_q_a : vc_q_b;", "= vc_noise ? vc_q_b : vc_q_a;",
            "branch A/B select of q swapped"),
-    Mutant("M24", VC4, "lane_3.narrow", rf"(assign {TMP} = ){TMP}\[16\] \? 16'h0000 : ({TMP}\[15:0\];)", r"\1\2",
+    Mutant("M24", W4VC4, "lane_3.narrow", rf"(assign {TMP} = ){TMP}\[6\] \? 6'h00 : ({TMP}\[5:0\];)", r"\1\2",
            "branch B: max(vc_var - vs, 0) clamp dropped (both copies)", count=2),
-    Mutant("M25", VC4, "lane_3.narrow", r"\{ vc_f_h_d2, 16'h8000 \}", "{ vc_f_h_d2, 16'h0000 }",
+    Mutant("M25", W4VC4, "lane_3.narrow", r"\{ vc_f_h_d1, 6'h20 \}", "{ vc_f_h_d1, 6'h00 }",
            "branch B: f(1-f) rounding constant dropped (truncation)"),
     Mutant("M26", VC4, "lane_3.narrow", r"\? 8'h80 : 8'h7f;", "? 8'h80 : 8'h7e;", "weight saturation max 127 -> 126"),
-    Mutant("M27", VC4, "lane_3.narrow", r"= 8'h80 - vc_l_a;", "= 8'h7f - vc_l_a;", "branch A: 2^(p-1) - l off by one"),
+    Mutant("M27", W4VC4, "lane_3.narrow", r"= 3'h4 - vc_l_a;", "= 3'h3 - vc_l_a;", "branch A: 2^(p-1) - l off by one"),
     Mutant("M28", VC4, "lane_3.narrow", rf"\{{ ({TMP}), 1'h0 \}}", r"{ 1'h0, \1 }", "branch B: down threshold 2w -> w"),
     # Gaussian and random fields (lane 1 of 4, naive)
-    Mutant("M29", NAIVE4, "lane_1.gauss", rf"(8'h80:\n\s+{TMP} = )10'h001;", r"\g<1>10'h002;",
-           "Gaussian table entry T[128] = 1 -> 2 (all four term ROMs)", count=4),
+    Mutant("M29", W4NAIVE4, "lane_1.gauss", rf"(3'h4:\n\s+{TMP} = )5'h01;", r"\g<1>5'h03;",
+           "Gaussian table entry T[4] = 1 -> 3 (both term ROMs)", count=2),
     Mutant("M30", NAIVE4, "lane_1.gauss", r"casez \(bits\[15:8\]\)", "casez (bits[16:9])",
            "Gaussian term 1 index bits [16:9]"),
     Mutant("M31", NAIVE4, "lane_1", r"= words\[23:0\];", "= words[24:1];", "sr field read one bit too high"),
-    Mutant("M32", NAIVE4, "lane_1", r"= words\[55:24\];", "= words[55:24] ^ 32'h00000001;",
-           "gauss field bit 0 inverted"),
+    Mutant("M32", W4NAIVE4, "lane_1", r"= words\[11:6\];", "= words[11:6] ^ 6'h01;", "gauss field bit 0 inverted"),
     # SR rounding and the lp_f weight (one lane)
-    Mutant("M33", LPF1, "lane_0.narrow", r"14'h1000", "14'h0fff", "weight RN tie constant (all four copies)", count=4),
+    Mutant("M33", W4LPF1, "lane_0.narrow", r"4'h4\)", "4'h3)", "weight RN tie constant (all four copies)", count=4),
     Mutant("M34", LPF1, "lane_0.narrow", rf"(assign {TMP} = ){TMP} \? ({TMP}\[20:13\]) : {TMP};", r"\1\2;",
            "weight saturation dropped (wraps)"),
-    Mutant("M35", LPF1, "lane_0.narrow", r"assign state = rnd_state_d;", "assign state = rnd_state;",
-           "state output one stage early (misaligned with weight)"),
+    Mutant("M35", LPF1, "lane_0.narrow", rf"({TMP} = rnd_state_d;\n\s+if \()en(\) begin)", r"\g<1>1'h1\2",
+           "state delay register ignores the pipeline enable"),
     Mutant("M36", LPF1, "lane_0.narrow", r"(\$signed\(x\)) \+ (\$signed\(\{ 1'h0, u_sr \}\))", r"\1 - \2",
            "SR: x + u computed as x - u"),
     Mutant("M37", LPF1, "lane_0.narrow", r"\? 24'h800000 : 24'h7fffff;", "? 24'h800000 : 24'h7ffffe;",

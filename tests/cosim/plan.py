@@ -91,14 +91,22 @@ def junk_writes(cfg: DatapathConfig, rng: np.random.Generator) -> list[tuple[int
 # ---- random values --------------------------------------------------------------------
 
 
-def random_words(fmt: FixedFormat, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Words of ``fmt``: 60 % uniform, 20 % small (|w| <= 4), 20 % at the format's extremes."""
+def random_words(fmt: FixedFormat, rng: np.random.Generator, shape: tuple[int, ...], tie_bits: int = 0) -> np.ndarray:
+    """Words of ``fmt``: uniform, small (|w| <= 4), the format's extremes and, with ``tie_bits`` = d > 0,
+    words whose low d bits are a rounding corner (2^(d-1), 2^(d-1) - 1, 0, 2^d - 1): ties of RN(w, d)."""
     lo, hi = fmt.min_word, fmt.max_word
     uniform = rng.integers(lo, hi, size=shape, endpoint=True)
     small = np.clip(rng.integers(-4, 4, size=shape, endpoint=True), lo, hi)
     corners = np.array([lo, lo + 1, hi - 1, hi], dtype=np.int64)[rng.integers(0, 4, size=shape)]
     mode = rng.random(shape)
-    return np.where(mode < 0.6, uniform, np.where(mode < 0.8, small, corners)).astype(np.int64)
+    out = np.where(mode < 0.55, uniform, np.where(mode < 0.75, small, corners))
+    if tie_bits > 0:
+        d = tie_bits
+        low = np.array([1 << (d - 1), (1 << (d - 1)) - 1, 0, (1 << d) - 1], dtype=np.int64)
+        low = low[rng.integers(0, 4, size=shape)]
+        ties = (rng.integers(lo >> d, hi >> d, size=shape, endpoint=True) << d) | low
+        out = np.where(mode >= 0.85, ties, out)
+    return out.astype(np.int64)
 
 
 def _reg_value(fmt: FixedFormat | None, rng: np.random.Generator, style: str) -> int:
@@ -108,6 +116,8 @@ def _reg_value(fmt: FixedFormat | None, rng: np.random.Generator, style: str) ->
         return fmt.max_word
     if style == "zero":
         return 0
+    if style == "pow2":  # products land exactly on rounding ties and grid points
+        return 1 << int(rng.integers(0, fmt.width))
     if rng.random() < 0.5:  # small values keep the update near the grid (rounding corners)
         return int(rng.integers(0, min(fmt.max_word, 64), endpoint=True))
     return int(rng.integers(0, fmt.max_word, endpoint=True))
@@ -117,8 +127,9 @@ def random_registers(
     cfg: DatapathConfig, family: str, rng: np.random.Generator, branch: bool | None = None
 ) -> StepRegisters:
     """A legal register set: the host's answer for a golden hyper-parameter case, or random
-    words, or format extremes (large step: saturation). ``branch`` forces VC's vc_noise."""
-    style = str(rng.choice(["host", "random", "random", "max", "zero"], p=[0.3, 0.25, 0.25, 0.1, 0.1]))
+    words, powers of two (exact rounding ties), or format extremes (large step: saturation).
+    ``branch`` forces VC's vc_noise."""
+    style = str(rng.choice(["host", "random", "pow2", "max", "zero"], p=[0.3, 0.3, 0.2, 0.1, 0.1]))
     regs = None
     if style == "host":
         lr, temp, n, wd = _CASES[family][int(rng.integers(0, len(_CASES[family])))]
@@ -265,6 +276,7 @@ def make_plan(case: CosimCase) -> Plan:
     engine = NumpyEngine(cfg, reset_seed)
     origin = f"reset seed {reset_seed}"
     regs = StepRegisters(0)
+    tie_bits = cfg.state.frac - cfg.weight.frac  # lp_f / sgd_f: the weight is RN(state, tie_bits)
     segments = []
     for i, act in enumerate(_script(case, cfg, rng)):
         writes: list[tuple[int, int]] = []
@@ -285,7 +297,8 @@ def make_plan(case: CosimCase) -> Plan:
             writes += junk_writes(cfg, rng)
             order = rng.permutation(len(writes))  # registers, seeds and junk in any order
             writes = [writes[j] for j in order]
-        beats = int(rng.integers(1, case.max_beats, endpoint=True))
+        # mostly several beats (every lane gets work), sometimes a single, possibly partial, beat
+        beats = 1 if rng.random() < 0.15 else int(rng.integers(2, max(case.max_beats, 2), endpoint=True))
         if act.get("mid_reset"):
             beats = max(beats, 3)
         if act["kind"] == "call":
@@ -294,7 +307,7 @@ def make_plan(case: CosimCase) -> Plan:
         else:
             keep = rng.random((beats, L)) < 0.6
             keep[rng.random(beats) < 0.15] = False  # whole empty beats
-        theta = random_words(cfg.state, rng, keep.shape)
+        theta = random_words(cfg.state, rng, keep.shape, tie_bits)
         grad = random_words(cfg.grad, rng, keep.shape)
         # lanes with keep = 0 carry arbitrary words: they must not matter
         if act["kind"] == "call":
