@@ -39,7 +39,9 @@ VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
 # read-a-precompiled-header flag empty (a bare "Vtop__pch.h.fast" then breaks every split
 # build): give GCC's "-include". -O0: the generated model is megabytes of C++ and compiling
 # it dominates a run, while the simulation speed is bound by Python's per-clock work anyway.
+# `optimize=True` builds (throughput measurements) keep Verilator's default -Os instead.
 VERILATOR_MAKE_VARS = ["CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O0", "OPT_SLOW=-O0", "OPT_GLOBAL=-O0"]
+VERILATOR_MAKE_VARS_OPT = ["CFG_CXXFLAGS_PCH_I=-include"]
 
 Exporter = Callable[[Design, Path], tuple[Path, dict[str, Any]]]
 
@@ -132,9 +134,11 @@ class Build:
 
 
 def build(design: Design, sim: str, *, waves: bool = False, exporter: Exporter | None = None,
-          root: Path = SIM_BUILD, transform: Callable[[str], str] | None = None) -> Build:
+          root: Path = SIM_BUILD, transform: Callable[[str], str] | None = None, optimize: bool = False) -> Build:
     """Export ``design`` (optionally editing the Verilog text with ``transform``) and build it."""
-    tag = design.name + ("-waves" if waves else "")
+    optimize = optimize and sim == "verilator"
+    tag = design.name + ("-waves" if waves else "") + ("-opt" if optimize else "")
+    make_vars = VERILATOR_MAKE_VARS_OPT if optimize else VERILATOR_MAKE_VARS
     build_dir = root / sim / tag
     rtl_dir = build_dir / "rtl"
     rtl_dir.mkdir(parents=True, exist_ok=True)
@@ -142,12 +146,12 @@ def build(design: Design, sim: str, *, waves: bool = False, exporter: Exporter |
     if transform is not None:
         src.write_text(transform(src.read_text()))
     args = VERILATOR_ARGS if sim == "verilator" else []
-    key = hashlib.sha256(json.dumps([src.read_text(), sim, waves, args, VERILATOR_MAKE_VARS]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([src.read_text(), sim, waves, args, make_vars]).encode()).hexdigest()
     stamp = build_dir / "stamp"
     binary = build_dir / (design.module_name if sim == "verilator" else "sim.vvp")
     if not (stamp.exists() and stamp.read_text() == key and binary.exists()):
         stamp.unlink(missing_ok=True)
-        runner = _runner(sim)
+        runner = _runner(sim, make_vars)
         with tool_env():
             runner.build(
                 sources=[src], hdl_toplevel=design.module_name, build_dir=build_dir, always=True,
@@ -157,7 +161,7 @@ def build(design: Design, sim: str, *, waves: bool = False, exporter: Exporter |
     return Build(sim, design, build_dir, design.module_name, manifest, waves)
 
 
-def _runner(sim: str):
+def _runner(sim: str, make_vars: list[str] | None = None):
     from cocotb_tools.runner import Verilator, get_runner
 
     class _Verilator(Verilator):
@@ -173,7 +177,7 @@ def _runner(sim: str):
             verilate, make = cmds
             verilate = ["--public-depth" if a == "--public-flat-rw" else a for a in verilate]
             verilate.insert(verilate.index("--public-depth") + 1, "1")
-            return [verilate, [*make, *VERILATOR_MAKE_VARS]]
+            return [verilate, [*make, *(VERILATOR_MAKE_VARS if make_vars is None else make_vars)]]
 
     return _Verilator() if sim == "verilator" else get_runner(sim)
 

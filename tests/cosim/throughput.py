@@ -4,7 +4,8 @@
     .venv/bin/python -m tests.cosim.throughput --config w8-lpf --lanes 4 --elements 400000 40000
 
 One register load, then one tensor call streamed at full rate (no valid gaps, no ready
-stalls), every output word compared with the numpy engine's. "elements/s" counts verified
+stalls), every output word compared with the numpy engine's. Verilator is built with its
+default -Os here (the CI builds at -O0: compile time matters more there). "elements/s" counts verified
 elements over the simulation's wall time (clock, drive, monitor, unpack and compare; the
 engine's expected values are computed before and reported separately). The ratio column
 is against the first simulator measured in the same run.
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="w8-vc")
     ap.add_argument("--lanes", type=int, default=8)
     ap.add_argument("--sims", nargs="*", default=list(SIMULATORS))
+    ap.add_argument("--O0", dest="optimize", action="store_false",
+                    help="Verilator: use the CI's -O0 build instead of an -Os build")
     ap.add_argument("--elements", type=int, nargs="*", default=None,
                     help="elements per simulator, in --sims order (default 40000 Icarus, 400000 Verilator)")
     args = ap.parse_args(argv)
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sim}: skipped ({reason})")
             continue
         t0 = time.perf_counter()
-        b = build(design, sim)
+        b = build(design, sim, optimize=args.optimize)
         t_build = time.perf_counter() - t0
         case = CosimCase(design, stream_seed=7, segments=1, p_gap=0.0, p_stall=0.0,
                          extra={"elements": n, "latency": b.manifest["latency"]})
