@@ -31,11 +31,9 @@ def _check(seg: Segment, res: StreamResult, layout, case: CosimCase) -> str | No
         return f"{seg.label}: {res.idle_error}; registers {describe_registers(seg.regs)}"
     if case.p_gap == 0 and case.p_stall == 0 and res.outputs:
         # never stalled: one beat per clock in and out, each after exactly the manifest's latency
-        n = len(res.outputs)
         lat = case.extra.get("latency")
-        if res.in_cycles != list(range(res.in_cycles[0], res.in_cycles[0] + n)) or res.out_cycles != list(
-            range(res.out_cycles[0], res.out_cycles[0] + n)
-        ):
+        i, o = res.in_cycles, res.out_cycles
+        if i != list(range(i[0], i[0] + len(i))) or o != list(range(o[0], o[0] + len(o))):
             return f"{seg.label}: not one beat per clock without stalls: in {res.in_cycles}, out {res.out_cycles}"
         if lat is not None and res.out_cycles[0] - res.in_cycles[0] != lat:
             return (f"{seg.label}: latency {res.out_cycles[0] - res.in_cycles[0]} cycles, manifest says {lat}")
