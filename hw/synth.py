@@ -756,6 +756,7 @@ def run_cli(
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     versions = tool_versions(device)
+    revision = _source_revision()  # before the runs: the Verilog is exported from this checkout
     rows: list[tuple[str, int, SynthReport]] = []
     for config, lanes in configs:
         cfg = preset(config, lanes)
@@ -778,7 +779,7 @@ def run_cli(
             "device": device,
             "target_mhz": freq_mhz,
             "router": router,
-            "source": _source_revision(),
+            "source": revision,
             "results": [{"config": c, "lanes": n, **r.to_json()} for c, n, r in rows],
         }
         Path(json_out).write_text(json.dumps(doc, indent=1) + "\n")
