@@ -641,7 +641,7 @@ def synthesize_verilog(
                 critical_path=parse_critical_path(log, clock) if rc == 0 else None,
                 error="; ".join(x for x in (note, error) if x),
             ))
-            if "no BELs remaining" in error:
+            if "no BELs remaining" in error or "Failed to expand region" in error:
                 break  # the design does not fit the device: every seed fails the same way
     return SynthReport(top, device, area, cells, harness_area, tuple(results), hier, groups, str(work))
 
