@@ -192,6 +192,13 @@ def test_bad_arguments(tmp_path):
         synthesize_verilog(tmp_path / "missing.v", "t")
 
 
+def test_shipped_set_is_the_exported_one():
+    export = pytest.importorskip("hw.export", reason="needs amaranth (bash scripts/setup.sh hw)")
+    from hw.synth import SHIPPED
+
+    assert SHIPPED == export.SHIPPED
+
+
 def test_cli_rejects_bad_lanes(capsys):
     assert main(["synth", "--lanes", "0"]) == 2
     assert "--lanes must be >= 1, got 0" in capsys.readouterr().err
