@@ -10,16 +10,20 @@ What is measured, per design (see docs/synthesis.md):
   is captured in a parallel-load shift register read out through a single pin, and ``rst`` is
   registered once. The harness needs 5 pins, so a design with more port bits than the package has
   pins (the 8-lane top has ~360) still places, and every path through the design runs between
-  flip-flops, as it would inside a system. The harness adds its own flip-flops and one LUT per
-  output bit; the routed utilization reported by nextpnr includes them, the area above does not.
+  flip-flops, as it would inside a system. The harness adds its own flip-flops and a few LUTs
+  (the output load mux); the routed utilization reported by nextpnr includes them, the area above
+  does not.
 * Optional per-module area (``hierarchy=True``): the same synthesis with ``-noflatten``, counted
   per module and summed over the instance tree (no optimization across module boundaries, so
   the sum differs slightly from the flattened area).
+* Optional area by register (``registers=True``): the flattened cells grouped by the register
+  each cell feeds (:func:`register_groups`).
 
 nextpnr runs with a fixed ``--seed`` per run and ``--freq`` as the timing target; the achieved
 frequency varies with the seed, so several seeds can be given. Fmax is the last "Max frequency"
 line of nextpnr's log (the post-route figure); ``--timing-allow-fail`` is passed so a design that
-misses the target still reports its figure.
+misses the target still reports its figure. nextpnr's router1 can loop without converging on
+some placements: a run is stopped after ``pnr_timeout_s`` and redone with router2.
 """
 
 from __future__ import annotations
@@ -138,6 +142,9 @@ class Area:
     other: Mapping[str, int] = field(default_factory=dict)
 
     def per(self, n: int) -> dict[str, float]:
+        """Counts divided by ``n`` (e.g. lanes)."""
+        if n < 1:
+            raise ValueError(f"per() needs n >= 1, got {n}")
         return {k: getattr(self, k) / n for k in ("lut", "ff", "carry", "ram", "dsp")}
 
 

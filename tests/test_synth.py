@@ -148,6 +148,8 @@ def test_area_classes():
     e = area_from_cells({"LUT4": 7, "TRELLIS_FF": 3, "CCU2C": 2, "DP16KD": 1, "MULT18X18D": 1, "PFUMX": 2}, "ecp5")
     assert e == Area(lut=7, ff=3, carry=2, ram=1, dsp=1, other={"PFUMX": 2})
     assert e.per(2)["lut"] == 3.5
+    with pytest.raises(ValueError, match="per\\(\\) needs n >= 1, got 0"):
+        e.per(0)
     with pytest.raises(ValueError, match="unknown FPGA family 'xc7'"):
         area_from_cells({}, "xc7")
 
