@@ -43,6 +43,15 @@ def _check(seg: Segment, res: StreamResult, layout, case: CosimCase) -> str | No
 @cocotb.test()
 async def updatetop(dut):
     case = CosimCase.from_json(os.environ[ENV_VAR])
+    try:
+        await _run(dut, case)
+    except AssertionError as e:  # testbench checks (hangs, idle, reset) and word mismatches alike
+        text = f"{e}\ncase: {case.to_json()}"
+        pathlib.Path("failure.txt").write_text(text + "\n")
+        raise AssertionError(text) from None
+
+
+async def _run(dut, case: CosimCase) -> None:
     t0 = time.perf_counter()
     plan = make_plan(case)
     t_plan = time.perf_counter() - t0
@@ -56,15 +65,16 @@ async def updatetop(dut):
         if seg.reset_before:
             await tb.reset()
         await tb.write(seg.writes)
-        res = await tb.stream(seg.sink_words, seg.reset_after)
+        try:
+            res = await tb.stream(seg.sink_words, seg.reset_after)
+        except AssertionError as e:
+            raise AssertionError(f"{seg.label}: {e}; registers {describe_registers(seg.regs)}") from None
         stream_cycles += res.cycles
         if seg.reset_after is not None:
             await tb.reset()
         msg = _check(seg, res, plan.layout, case)
         if msg is not None:
-            text = f"{msg}\ncase: {case.to_json()}"
-            pathlib.Path("failure.txt").write_text(text + "\n")
-            raise AssertionError(text)
+            raise AssertionError(msg)
         n = len(res.outputs)
         beats += n
         verified += int(seg.keep[:n].sum())

@@ -67,7 +67,7 @@ MUTANTS = [
     Mutant("M03", VC4, "rng_1_0", rf"\{{ ({TMP})\[27:0\], ({TMP})\[63:28\] \}}", r"{ \1[26:0], \2[63:27] }",
            "xoroshiro rotl(sx, 36) -> rotl(sx, 37)"),
     Mutant("M04", VC4, "rng_1_0", r"\[62:0\], (\\\$\d+ )\[63\] \} \| \{", r"[62:0], \1[63] } & {",
-           "aox scrambler: rotl(sa,1) | rotl(sa,2) -> &"),
+           "aox scrambler: rotl(sa,1) OR rotl(sa,2) -> AND"),
     Mutant("M05", VC4, "rng_1_0", rf"(assign out = {TMP}) \^ {TMP};", r"\1;",
            "aox output stage dropped (linear output)"),
     Mutant("M06", VC4, "rng_1_0", rf"(= s0;\n(?:.*\n)*?\s+if \(rst\) begin\n\s+{TMP} = 64'h[0-9a-f]{{15}})([0-9a-f])",
@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|")
         for m, v, detail, _ in results:
             short = detail.split(": ", 1)[-1][:110].replace("|", "/")
-            print(f"| {m.id} | {m.design.name} | {m.scope or 'top'} | {m.what} | {v} | {short} |")
+            what = m.what.replace("|", "/")
+            print(f"| {m.id} | {m.design.name} | {m.scope or 'top'} | {what} | {v} | {short} |")
     else:
         for m, v, detail, dt in results:
             print(f"{m.id} {v:<11} {dt:5.1f}s {m.design.name:<12} {m.what}\n      {detail[:200]}")
