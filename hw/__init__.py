@@ -1,5 +1,12 @@
-"""Amaranth HDL implementation of the datapath (built from emulator's configuration objects).
+"""Amaranth HDL implementation of the datapath, built from the emulator's configuration objects.
 
-The hardware lands with the RTL issue; this package exists so the distribution's
-layout is final. It holds no components yet.
+* :mod:`hw.rng`: xoroshiro generator (transition and scrambler from ``XoroshiroSpec``);
+* :mod:`hw.gaussian`: table Gaussian generator (table from ``GaussianSpec``);
+* :mod:`hw.arith`: saturation, round-to-nearest, partial products, pipelined adder trees;
+* :mod:`hw.datapath`: exact sum, SR rounder, VC quantizer, one update lane;
+* :mod:`hw.top`: ``UpdateTop``, the L-lane stream top with control registers;
+* :mod:`hw.control`: register map, ``seed_writes``, ``register_writes``;
+* :mod:`hw.export`: Verilog + JSON manifest (``lpsgld rtl``).
+
+See docs/hardware.md.
 """

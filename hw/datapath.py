@@ -1,0 +1,361 @@
+"""One update lane: exact sum, Gaussian noise, rounding / VC quantizer, saturation.
+
+Every unit is built from the emulator's :class:`~emulator.datapath.DatapathConfig`
+and is a fixed-latency pipeline under one enable ``en`` (all registers load when it
+is high, hold when it is low). The arithmetic is docs/spec.md section 6, word for word:
+
+* :class:`ExactSum`: ``x = mu + noise`` at ``X = cfg.sum_frac`` fractional bits, as a
+  tree of 2-bit partial products (``step*g``, ``decay*theta``, ``noise*z``) and the
+  aligned ``theta`` (products subtracted by the tree, never negated);
+* :class:`Rounder`: ``sat_S(SR_k(x, s, u_sr))`` and, for ``lp_f`` / ``sgd_f``,
+  ``weight = sat_Wf(RN(state, A.F - Wf.F))``;
+* :class:`VCQuantizer`: both VC branches sharing one ``2p``-bit squarer (``l^2`` in
+  branch A, ``f_H^2`` in branch B) and one pair of compares against ``u_vc``;
+* :class:`UpdateLane`: field extraction from the generator words, the Gaussian
+  generator, the sum and the final narrowing, with the side signals delayed to match.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from emulator.datapath import WORD_BITS, DatapathConfig, Variant
+
+from ._util import rejected
+from .arith import CHUNK_BITS, Stages, product_operands, round_nearest, saturate, sum_tree
+from .gaussian import GaussianGenerator, tree_depth
+
+
+def _check_cfg(component: object, cfg: object) -> DatapathConfig:
+    if not isinstance(cfg, DatapathConfig):
+        raise rejected(component, TypeError(
+            f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}"))
+    return cfg
+
+
+def register_ports(cfg: DatapathConfig) -> dict[str, int]:
+    """Per-step register inputs a lane needs: name -> width (absent registers left out)."""
+    ports = {"step": cfg.step.width}
+    if cfg.decay is not None:
+        ports["decay"] = cfg.decay.width
+    if cfg.variant.has_gaussian:
+        ports["noise"] = cfg.noise.width
+    if cfg.variant is Variant.VC:
+        ports["vc_var"] = 2 * cfg.vc_frac_bits - 1  # holds 0 .. 2^(2p-2)
+        ports["vc_noise"] = 1
+    return ports
+
+
+def _operand_count(cfg: DatapathConfig) -> int:
+    """Leaves of the exact-sum tree: theta plus one per digit of each product's narrower operand."""
+    pairs = [(cfg.step.width, cfg.grad.width)]
+    if cfg.decay is not None:
+        pairs.append((cfg.decay.width, cfg.state.width))
+    if cfg.variant.has_gaussian:
+        pairs.append((cfg.noise.width, cfg.gaussian.width))
+    return 1 + sum(-(-min(a, b) // CHUNK_BITS) for a, b in pairs)
+
+
+def exact_sum_latency(cfg: DatapathConfig) -> int:
+    """Register stages of :class:`ExactSum`: the partial products, then one per tree level."""
+    return 1 + tree_depth(_operand_count(cfg))
+
+
+def narrowing_latency(cfg: DatapathConfig) -> int:
+    """Register stages of :class:`Rounder` (SR variants) or :class:`VCQuantizer`."""
+    if cfg.variant is Variant.VC:
+        # rounding; squarer digits; squarer tree; thresholds; top-up/select; compares; output
+        return 2 + tree_depth(-(-2 * cfg.vc_frac_bits // CHUNK_BITS)) + 4
+    return 3 if cfg.variant.has_accumulator else 2
+
+
+def gaussian_latency(cfg: DatapathConfig) -> int:
+    return 1 + tree_depth(cfg.gaussian.terms) if cfg.variant.has_gaussian else 0
+
+
+def lane_latency(cfg: DatapathConfig) -> int:
+    """Register stages of :class:`UpdateLane`: input, Gaussian, exact sum, narrowing."""
+    return sum(n for _, n, _ in pipeline_stages(cfg))
+
+
+def pipeline_stages(cfg: DatapathConfig) -> list[tuple[str, int, str]]:
+    """The lane's pipeline as (unit, register stages, what happens there), input to output."""
+    v = cfg.variant
+    out = [("input", 1, "theta, grad and the random fields registered (generators step on this edge)")]
+    if v.has_gaussian:
+        out.append(("gaussian", gaussian_latency(cfg),
+                    f"{cfg.gaussian.terms} table look-ups, then a {tree_depth(cfg.gaussian.terms)}-level adder tree"))
+    n = _operand_count(cfg)
+    out.append(("exact_sum", exact_sum_latency(cfg),
+                f"{n - 1} 2-bit partial products + aligned theta, then a {tree_depth(n)}-level add/subtract tree"))
+    if v is Variant.VC:
+        d = tree_depth(-(-2 * cfg.vc_frac_bits // CHUNK_BITS))
+        out += [
+            ("vc_round", 1, "branch A y = RN(x, s-p) + 2^(p-1); branch B t = (x >> (s-k)) + u_sr (one adder each)"),
+            ("vc_square", 1 + d, f"one 2p-bit squarer (l or f_H): partial products, {d}-level tree"),
+            ("vc_thresholds", 2, "down = 2 l^2 + ((2^(p-1) - l) << (p+1)); vs = f_H(2^H - f_H) rounded; "
+                                 "w = max(vc_var - vs, 0); thresholds of the active branch"),
+            ("vc_compare", 1, "u_vc < up, u_vc < down; q + 1, q - 1"),
+            ("vc_out", 1, "select q + c, saturate to the weight format"),
+        ]
+    else:
+        out += [("sr_add", 1, "t = (x >> (s-k)) + u_sr"), ("sr_saturate", 1, "state = sat_S(t >> k)")]
+        if v.has_accumulator:
+            out.append(("weight", 1, "weight = sat_Wf(RN(state, A.F - Wf.F)); state delayed one stage"))
+    return out
+
+
+def _wire(m: Module, value: Value, name: str) -> Signal:
+    sig = Signal(value.shape(), name=name)
+    m.d.comb += sig.eq(value)
+    return sig
+
+
+class ExactSum(wiring.Component):
+    """``x = mu + noise`` (``noise`` is ``noise_reg * z``; drive ``noise`` with 0 to get ``mu``)."""
+
+    def __init__(self, cfg: DatapathConfig):
+        self.cfg = cfg = _check_cfg(self, cfg)
+        self.latency = exact_sum_latency(cfg)
+        sig = {
+            "en": In(1),
+            "theta": In(signed(cfg.state.width)),
+            "grad": In(signed(cfg.grad.width)),
+            "step": In(cfg.step.width),
+            "x": Out(signed(cfg.sum_width)),
+        }
+        if cfg.decay is not None:
+            sig["decay"] = In(cfg.decay.width)
+        if cfg.variant.has_gaussian:
+            sig["noise"] = In(cfg.noise.width)
+            sig["z"] = In(signed(cfg.gaussian.width))
+        super().__init__(sig)
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        cfg = self.cfg
+        xf = cfg.sum_frac
+        st = Stages(m, self.en, "sum_")
+        leaves: list[tuple[Value, bool]] = [(st.reg(self.theta, "theta").shift_left(xf - cfg.state.frac), False)]
+        terms = [("step", self.step, self.grad, xf - cfg.step.frac - cfg.grad.frac, True)]
+        if cfg.decay is not None:
+            terms.append(("decay", self.decay, self.theta, xf - cfg.decay.frac - cfg.state.frac, True))
+        if cfg.variant.has_gaussian:
+            terms.append(("noise", self.noise, self.z, xf - cfg.noise.frac - cfg.gaussian.frac, False))
+        for name, reg, inp, align, neg in terms:
+            for i, (pp, shift) in enumerate(product_operands(reg, inp)):
+                leaves.append((st.reg(pp, f"{name}_pp{i}").shift_left(shift + align), neg))
+        x, depth = sum_tree(st, leaves, "x")
+        assert 1 + depth == self.latency  # the latency functions match what is built
+        m.d.comb += self.x.eq(x)  # |x| < 2^(sum_width - 2): the truncation is exact
+        return m
+
+
+class Rounder(wiring.Component):
+    """``state = sat_S(SR_k(x, s, u_sr))``; ``weight`` per the variant (spec section 6)."""
+
+    def __init__(self, cfg: DatapathConfig):
+        self.cfg = cfg = _check_cfg(self, cfg)
+        if cfg.variant is Variant.VC:
+            raise rejected(self, ValueError("Rounder implements the SR variants; variant 'vc' uses VCQuantizer"))
+        self.latency = narrowing_latency(cfg)
+        super().__init__({
+            "en": In(1),
+            "x": In(signed(cfg.sum_width)),
+            "u_sr": In(max(cfg.sr_k, 1)),
+            "state": Out(signed(cfg.state.width)),
+            "weight": Out(signed(cfg.weight.width)),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        cfg = self.cfg
+        s, k = cfg.drop_bits, cfg.sr_k
+        st = Stages(m, self.en, "rnd_")
+        # stage 1: keep the top k discarded bits and add the k-bit uniform (one adder)
+        t = st.reg(self.x.shift_right(s - k) + self.u_sr[:k] if s else self.x, "t")
+        # stage 2: drop the k bits, saturate to the state format
+        state = st.reg(saturate(t.shift_right(k), cfg.state), "state")
+        if cfg.variant.has_accumulator:
+            # stage 3: weight = sat_Wf(RN(state, A.F - Wf.F)); state delayed to stay aligned
+            d = cfg.state.frac - cfg.weight.frac
+            weight = st.reg(saturate(round_nearest(state, d), cfg.weight), "weight")
+            state = st.reg(state, "state_d")
+            m.d.comb += self.weight.eq(weight)
+        else:
+            m.d.comb += self.weight.eq(state)
+        m.d.comb += self.state.eq(state)
+        return m
+
+
+class VCQuantizer(wiring.Component):
+    """VC SGLDLP-L narrowing: branch A if ``vc_noise`` else branch B (spec section 6).
+
+    Branch A: ``y = RN(x, s - p) + 2^(p-1)``, ``q = y >> p``, ``l = y mod 2^p``,
+    ``up = l^2``, ``down = up + (2^p - l)^2 = 2 l^2 + ((2^(p-1) - l) << (p+1))``.
+    Branch B: ``q = SR_k(x)``, ``vs = ((f_H << H) - f_H^2 + 2^(H-1)) >> H``,
+    ``w = max(vc_var - vs, 0)``, ``up = w``, ``down = 2w``. Both: ``c = +1`` if
+    ``u_vc < up``, ``-1`` if ``up <= u_vc < down``, else 0; ``out = sat_Wf(q + c)``.
+    """
+
+    def __init__(self, cfg: DatapathConfig):
+        self.cfg = cfg = _check_cfg(self, cfg)
+        if cfg.variant is not Variant.VC:
+            raise rejected(self, ValueError(f"VCQuantizer needs variant 'vc', got {cfg.variant.value!r}"))
+        p = cfg.vc_frac_bits
+        self.latency = narrowing_latency(cfg)
+        super().__init__({
+            "en": In(1),
+            "x": In(signed(cfg.sum_width)),
+            "u_sr": In(max(cfg.sr_k, 1)),
+            "u_vc": In(cfg.vc_uniform_bits),
+            "vc_noise": In(1),
+            "vc_var": In(2 * p - 1),
+            "out": Out(signed(cfg.weight.width)),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        cfg = self.cfg
+        s, k, p = cfg.drop_bits, cfg.sr_k, cfg.vc_frac_bits
+        h = 2 * p
+        st = Stages(m, self.en, "vc_")
+        x = self.x
+        u = self.u_vc
+        # ---- stage 1: both roundings (one adder each) -----------------------------------
+        if s > p:  # RN(x, s-p) + 2^(p-1) == (x + 2^(s-p-1) + 2^(s-1)) >> (s-p)
+            y = (x + ((1 << (s - p - 1)) + (1 << (s - 1)))).shift_right(s - p)
+        else:  # RN shifts left (or not at all)
+            y = x.shift_left(p - s) + (1 << (p - 1))
+        if s:
+            t = x.shift_right(s - k) + self.u_sr[:k]
+            fk = x[s - k : s]  # (x >> (s-k)) mod 2^k
+            fh = fk[k - h :] if k >= h else Cat(Const(0, h - k), fk)
+        else:  # nothing to round: q = x, f = 0 so vs = 0
+            t = x
+            fh = Const(0, h)
+        y, t = _wire(m, y, "y"), _wire(m, t, "t")  # each adder once in the netlist
+        q_a = st.reg(y.shift_right(p), "q_a")
+        l_a = st.reg(y[:p], "l_a")
+        q_b = st.reg(t.shift_right(k), "q_b")
+        f_h = st.reg(fh, "f_h")
+        u = st.reg(u, "u_1")
+        # ---- stage 2: squarer input and partial products ---------------------------------
+        sq_in = Mux(self.vc_noise, l_a, f_h)  # l (p bits) in branch A, f_H (2p bits) in branch B
+        leaves = [(st.reg(pp.shift_left(sh), f"sq_pp{i}"), False)
+                  for i, (pp, sh) in enumerate(product_operands(sq_in, sq_in))]
+        m_a = st.reg((1 << (p - 1)) - l_a, "m_a")  # 2^(p-1) - l, signed
+        q = st.reg(Mux(self.vc_noise, q_a, q_b), "q")
+        f_h = st.reg(f_h, "f_h2")
+        u = st.reg(u, "u_2")
+        # ---- squarer tree ----------------------------------------------------------------
+        sq, depth = sum_tree(st, leaves, "sq")
+        m_a = st.delay(m_a, depth, "m_a")
+        q = st.delay(q, depth, "q")
+        f_h = st.delay(f_h, depth, "f_h")
+        u = st.delay(u, depth, "u")
+        # ---- stage: branch-A down threshold, branch-B f(1-f) (one adder each) -----------
+        down_a = st.reg(sq.shift_left(1) + m_a.shift_left(p + 1), "down_a")
+        diff = Cat(Const(1 << (h - 1), h), f_h) - sq  # (f_H << H) + 2^(H-1) - f_H^2 >= 0
+        vs = st.reg(diff[h : 2 * h], "vs")
+        up_a = st.reg(sq, "up_a")
+        q = st.reg(q, "q_3")
+        u = st.reg(u, "u_3")
+        # ---- stage: top-up w = max(vc_var - vs, 0); thresholds of the active branch ---
+        wd = self.vc_var - vs
+        w = Mux(wd[-1], 0, wd[: len(wd) - 1])
+        up = st.reg(Mux(self.vc_noise, up_a, w), "up")
+        down = st.reg(Mux(self.vc_noise, down_a[: h + 1], w.shift_left(1)), "down")
+        q = st.reg(q, "q_4")
+        u = st.reg(u, "u_4")
+        # ---- stage: the two compares; q +- 1 in parallel ---------------------------------
+        lt_up = st.reg(u < up, "lt_up")
+        lt_down = st.reg(u < down, "lt_down")
+        q_up = st.reg(q + 1, "q_up")
+        q_dn = st.reg(q - 1, "q_dn")
+        q = st.reg(q, "q_5")
+        # ---- stage: select and saturate ----------------------------------------------------
+        out = st.reg(saturate(Mux(lt_up, q_up, Mux(lt_down, q_dn, q)), cfg.weight), "out")
+        m.d.comb += self.out.eq(out)
+        return m
+
+
+class UpdateLane(wiring.Component):
+    """One lane: generator words, (theta, grad) and registers in; new state and weight out.
+
+    Inputs are registered on the first enabled edge; ``state`` / ``weight`` are valid
+    ``latency`` enabled edges later. ``words`` holds generator word ``k`` at bits
+    ``[64k, 64k+64)``; fields are cut out with ``cfg.fields``.
+    """
+
+    def __init__(self, cfg: DatapathConfig):
+        self.cfg = cfg = _check_cfg(self, cfg)
+        self.latency = lane_latency(cfg)
+        sig = {
+            "en": In(1),
+            "theta": In(signed(cfg.state.width)),
+            "grad": In(signed(cfg.grad.width)),
+            "words": In(WORD_BITS * cfg.rng_words),
+            "state": Out(signed(cfg.state.width)),
+            "weight": Out(signed(cfg.weight.width)),
+        }
+        for name, width in register_ports(cfg).items():
+            sig[name] = In(width)
+        super().__init__(sig)
+
+    def _field(self, words: Value, name: str) -> Value:
+        f = self.cfg.fields.get(name)
+        if f is None or f.width == 0:
+            return Const(0, 1)
+        lo = f.word * WORD_BITS + f.offset
+        return words[lo : lo + f.width]
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        cfg = self.cfg
+        v = cfg.variant
+        st = Stages(m, self.en, "lane_")
+        theta = st.reg(self.theta, "theta")
+        grad = st.reg(self.grad, "grad")
+        words = self.words
+        u_sr = st.reg(self._field(words, "sr"), "u_sr")
+        u_vc = st.reg(self._field(words, "vc"), "u_vc") if v is Variant.VC else None
+        m.submodules.sum = esum = ExactSum(cfg)
+        m.d.comb += [esum.en.eq(self.en), esum.step.eq(self.step)]
+        if cfg.decay is not None:
+            m.d.comb += esum.decay.eq(self.decay)
+        gauss_lat = 0
+        if v.has_gaussian:
+            m.submodules.gauss = gauss = GaussianGenerator(cfg.gaussian)
+            gauss_lat = gauss.latency
+            g = cfg.fields["gauss"]
+            lo = g.word * WORD_BITS + g.offset
+            m.d.comb += [gauss.en.eq(self.en), gauss.bits.eq(st.reg(words[lo : lo + g.width], "gauss"))]
+            # VC branch B uses mu alone: the noise term is gated off by vc_noise
+            noise = Mux(self.vc_noise, self.noise, 0) if v is Variant.VC else self.noise
+            m.d.comb += [esum.noise.eq(noise), esum.z.eq(gauss.z)]
+        m.d.comb += [
+            esum.theta.eq(st.delay(theta, gauss_lat, "theta")),
+            esum.grad.eq(st.delay(grad, gauss_lat, "grad")),
+        ]
+        side = gauss_lat + esum.latency
+        if v is Variant.VC:
+            m.submodules.narrow = vcq = VCQuantizer(cfg)
+            m.d.comb += [
+                vcq.en.eq(self.en), vcq.x.eq(esum.x),
+                vcq.u_sr.eq(st.delay(u_sr, side, "u_sr")),
+                vcq.u_vc.eq(st.delay(u_vc, side, "u_vc")),
+                vcq.vc_noise.eq(self.vc_noise), vcq.vc_var.eq(self.vc_var),
+                self.state.eq(vcq.out), self.weight.eq(vcq.out),
+            ]
+        else:
+            m.submodules.narrow = rnd = Rounder(cfg)
+            m.d.comb += [
+                rnd.en.eq(self.en), rnd.x.eq(esum.x),
+                rnd.u_sr.eq(st.delay(u_sr, side, "u_sr")),
+                self.state.eq(rnd.state), self.weight.eq(rnd.weight),
+            ]
+        return m
+

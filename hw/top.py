@@ -1,0 +1,152 @@
+"""``UpdateTop``: L update lanes behind one stream sink/source, control registers and seeds.
+
+The whole top is one pipeline with a global enable ``advance = ~source.valid |
+source.ready``: every stage (data, valid and keep) moves together, so one beat per
+clock flows when the output is taken and everything holds while it is not (no beat
+lost or duplicated). ``sink.ready = advance`` (combinational on ``source.ready``).
+Lane ``l``'s generators present their output with the beat and step on the transfer
+edge iff ``keep[l]``; control writes (registers and generator states) take effect on
+the write edge and win over a step on the same edge. See docs/hardware.md.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from emulator.datapath import DatapathConfig
+from emulator.formats import check_int
+from emulator.rng import LaneRng
+
+from . import control
+from ._util import rejected
+from .datapath import UpdateLane, lane_latency, register_ports
+from .rng import XoroshiroGenerator
+
+
+def sink_layout(cfg: DatapathConfig) -> data.StructLayout:
+    """Input beat: ``keep`` (L bits), ``theta`` (L x signed S.W), ``grad`` (L x signed G.W), LSB first."""
+    n = cfg.lanes
+    return data.StructLayout({
+        "keep": unsigned(n),
+        "theta": data.ArrayLayout(signed(cfg.state.width), n),
+        "grad": data.ArrayLayout(signed(cfg.grad.width), n),
+    })
+
+
+def source_layout(cfg: DatapathConfig) -> data.StructLayout:
+    """Output beat: ``keep`` echo, ``state`` (L x signed S.W), ``weight`` (L x signed Wf.W)."""
+    n = cfg.lanes
+    return data.StructLayout({
+        "keep": unsigned(n),
+        "state": data.ArrayLayout(signed(cfg.state.width), n),
+        "weight": data.ArrayLayout(signed(cfg.weight.width), n),
+    })
+
+
+def control_signature() -> wiring.Signature:
+    """Host side of the register port (``ctl`` is ``In`` of this on the top)."""
+    return wiring.Signature({
+        "addr": Out(control.ADDR_WIDTH),
+        "data": Out(control.DATA_WIDTH),
+        "we": Out(1),
+    })
+
+
+class UpdateTop(wiring.Component):
+    """L-lane SGLD update datapath (HW_CONTRACT): stream in, stream out, registers, seeds.
+
+    ``latency``: a beat transferred on edge ``t`` is presented on ``source`` (valid) from
+    edge ``t + latency - 1`` on, i.e. it can be taken at edge ``t + latency`` at the earliest.
+    """
+
+    def __init__(self, cfg: DatapathConfig, *, reset_seed: int = 0):
+        try:
+            seed = self._check(cfg, reset_seed)
+        except (TypeError, ValueError) as e:
+            raise rejected(self, e) from None
+        self.cfg = cfg
+        self.reset_seed = seed
+        self.latency = lane_latency(cfg)
+        super().__init__({
+            "sink": In(stream.Signature(sink_layout(cfg))),
+            "source": Out(stream.Signature(source_layout(cfg))),
+            "ctl": In(control_signature()),
+            "idle": Out(1),
+        })
+
+    @staticmethod
+    def _check(cfg: object, reset_seed: object) -> int:
+        if not isinstance(cfg, DatapathConfig):
+            raise TypeError(f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}")
+        seed = check_int("reset_seed", reset_seed)
+        if not 0 <= seed < 1 << 64:
+            raise ValueError(f"reset_seed must be in [0, 2**64), got {seed}")
+        n = control.streams(cfg)
+        if n > control.MAX_STREAMS:
+            raise ValueError(
+                f"lanes * rng_words = {cfg.lanes} * {cfg.rng_words} = {n} generator streams; the control "
+                f"address map holds at most {control.MAX_STREAMS}"
+            )
+        return seed
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        cfg = self.cfg
+        lanes, words = cfg.lanes, cfg.rng_words
+
+        # ---- pipeline control -------------------------------------------------------------
+        valid = [Signal(name=f"valid_{i + 1}") for i in range(self.latency)]
+        keep = [Signal(lanes, name=f"keep_{i + 1}", reset_less=True) for i in range(self.latency)]
+        advance = Signal()
+        transfer = Signal()
+        m.d.comb += [
+            advance.eq(~valid[-1] | self.source.ready),
+            self.sink.ready.eq(advance),
+            transfer.eq(self.sink.valid & advance),
+            self.source.valid.eq(valid[-1]),
+            self.source.payload.keep.eq(keep[-1]),
+            self.idle.eq(~Cat(valid).any()),
+        ]
+        with m.If(advance):
+            m.d.sync += [valid[0].eq(self.sink.valid), keep[0].eq(self.sink.payload.keep)]
+            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.latency)]
+            m.d.sync += [keep[i].eq(keep[i - 1]) for i in range(1, self.latency)]
+
+        # ---- per-step registers -------------------------------------------------------------
+        regs = {name: Signal(width, name=f"reg_{name}") for name, width in register_ports(cfg).items()}
+        rmap = control.register_map(cfg)
+        with m.If(self.ctl.we):
+            with m.Switch(self.ctl.addr):
+                for name, sig in regs.items():
+                    with m.Case(rmap[name]["addr"]):
+                        m.d.sync += sig.eq(self.ctl.data[: len(sig)])
+
+        # ---- generators and lanes ---------------------------------------------------------
+        init = LaneRng.seeded(cfg.rng, self.reset_seed, lanes, words)
+        for lane in range(lanes):
+            gens = []
+            for k in range(words):
+                j = lane * words + k
+                gen = XoroshiroGenerator(cfg.rng, (int(init.s0[lane, k]), int(init.s1[lane, k])))
+                m.submodules[f"rng_{lane}_{k}"] = gen
+                addr = control.SEED_BASE + 2 * j
+                m.d.comb += [
+                    gen.step.eq(transfer & self.sink.payload.keep[lane]),
+                    gen.load0.eq(self.ctl.we & (self.ctl.addr == addr)),
+                    gen.load1.eq(self.ctl.we & (self.ctl.addr == addr + 1)),
+                    gen.data.eq(self.ctl.data[: cfg.rng.word_bits]),
+                ]
+                gens.append(gen.out)
+            m.submodules[f"lane_{lane}"] = ln = UpdateLane(cfg)
+            m.d.comb += [
+                ln.en.eq(advance),
+                ln.theta.eq(self.sink.payload.theta[lane]),
+                ln.grad.eq(self.sink.payload.grad[lane]),
+                ln.words.eq(Cat(gens)),
+                self.source.payload.state[lane].eq(ln.state),
+                self.source.payload.weight[lane].eq(ln.weight),
+            ]
+            m.d.comb += [getattr(ln, name).eq(sig) for name, sig in regs.items()]
+        return m
