@@ -238,68 +238,63 @@ class TorchLaneRng:
 
 States = list[tuple[Tensor, Tensor]]
 Select = Callable[[Tensor], Tensor]
-Body = Callable[[States, Select], States]
-
-
-class _Plan(NamedTuple):
-    per: int  # cycles per chunk
-    full: int  # full chunks (per * lanes elements each)
-    tail: int  # cycles after the full chunks
-
-
-def _plan(n: int, lanes: int, virtual: int) -> _Plan:
-    cycles = -(-n // lanes)
-    target = max(1, min(cycles, virtual // lanes))
-    per = -(-cycles // target)
-    full = n // (per * lanes)
-    rest = n - full * per * lanes
-    return _Plan(per, full, -(-rest // lanes))
+Body = Callable[[States, Select, int], States]
+_BLOCK_CYCLES = 4  # cycles per body call in the chunked phases: states are read once per 4 elements
 
 
 def drive_cycles(rngs: Sequence[TorchLaneRng], n: int, body: Body, virtual: int = _VIRTUAL_LANES) -> None:
     """Run ``n`` elements' cycles through ``body``, advancing every generator in ``rngs``.
 
-    ``rngs`` share one lane count (each may have its own word count). ``body(states, select)``
-    gets, per generator, states of shape (rows, m, words) for the elements ``select(x)`` of any
-    flat tensor ``x`` (shape (n, ...)): ``select(x)`` has shape (rows, m, ...) and entry (r, j)
-    is lane j's element. It returns the states after one update. Elements are grouped as
-    (full chunks, cycle within chunk, lane), then the tail cycles one by one; in the last cycle
-    only the busy lanes ``0 .. m-1`` step.
+    ``rngs`` share one lane count (each may have its own word count). A call
+    ``body(states, select, k)`` covers ``k`` consecutive cycles of ``rows`` independent chunks:
+    per generator it gets states of shape (rows, m, words) and must return them after ``k``
+    updates; ``select(x)`` views any flat tensor ``x`` (shape (n, ...)) as (rows, k, m, ...),
+    entry (r, c, j) being lane j's element in the c-th of those cycles of chunk r.
+
+    Schedule: while whole cycles remain, jump the lanes to the starts of ``full`` chunks of
+    ``per`` cycles (``per`` a power of two, so the jump tables are reused) and step all chunk
+    states together; the remainder (fewer than ``per`` cycles) repeats this with a smaller
+    ``per``. A last partial cycle steps only the busy lanes ``0 .. m-1``.
     """
     if n <= 0:
         return
     lanes = rngs[0].lanes
     if any(r.lanes != lanes for r in rngs):
         raise ValueError("generators driven together must have the same lane count")
-    p = _plan(n, lanes, virtual)
-    starts = [_spread(r.spec, r.s0, r.s1, p.full + 1, p.per) for r in rngs]
-    main = p.full * p.per * lanes
-    if p.full:
-        cur: States = [(s0[: p.full], s1[: p.full]) for s0, s1 in starts]
-        for b in range(p.per):
+    lane_states: States = [(r.s0, r.s1) for r in rngs]
+    base = 0
+    target = max(1, virtual // lanes)
+    while (cycles := (n - base) // lanes) > 0:
+        per = 1 << (-(-cycles // target) - 1).bit_length()  # next power of two >= cycles / target
+        while per > cycles:
+            per //= 2
+        full = cycles // per
+        starts = [_spread(r.spec, s0, s1, full + 1, per) for r, (s0, s1) in zip(rngs, lane_states, strict=True)]
+        cur: States = [(s0[:full], s1[:full]) for s0, s1 in starts]
+        k = min(_BLOCK_CYCLES, per)
+        lo, hi = base, base + full * per * lanes
+        for b in range(0, per, k):
 
-            def sel(x: Tensor, b: int = b) -> Tensor:
-                return x[:main].view(p.full, p.per, lanes, *x.shape[1:])[:, b]
+            def sel(x: Tensor, b: int = b, k: int = k, lo: int = lo, hi: int = hi, per: int = per,
+                    full: int = full) -> Tensor:
+                return x[lo:hi].view(full, per, lanes, *x.shape[1:])[:, b : b + k]
 
-            cur = body(cur, sel)
-    tail: States = [(s0[p.full : p.full + 1], s1[p.full : p.full + 1]) for s0, s1 in starts]
-    base = main
-    for _ in range(p.tail):
-        m = min(lanes, n - base)
+            cur = body(cur, sel, k)
+        lane_states = [(s0[full], s1[full]) for s0, s1 in starts]
+        base = hi
+    m = n - base
+    if m:  # the last, partial cycle
+        lo = base
 
-        def sel_tail(x: Tensor, lo: int = base, m: int = m) -> Tensor:
-            return x[lo : lo + m].view(1, m, *x.shape[1:])
+        def sel_last(x: Tensor) -> Tensor:
+            return x[lo:].view(1, 1, m, *x.shape[1:])
 
-        new = body([(s0[:, :m], s1[:, :m]) for s0, s1 in tail], sel_tail)
-        if m == lanes:
-            tail = new
-        else:  # last cycle: idle lanes keep their state
-            tail = [(torch.cat([a0, s0[:, m:]], 1), torch.cat([a1, s1[:, m:]], 1))
-                    for (a0, a1), (s0, s1) in zip(new, tail, strict=True)]
-        base += m
-    for r, (s0, s1) in zip(rngs, tail, strict=True):
-        r.s0 = s0[0].contiguous()
-        r.s1 = s1[0].contiguous()
+        new = body([(s0[None, :m], s1[None, :m]) for s0, s1 in lane_states], sel_last, 1)
+        lane_states = [(torch.cat([a0[0], s0[m:]]), torch.cat([a1[0], s1[m:]]))
+                       for (a0, a1), (s0, s1) in zip(new, lane_states, strict=True)]
+    for r, (s0, s1) in zip(rngs, lane_states, strict=True):
+        r.s0 = s0.contiguous()
+        r.s1 = s1.contiguous()
 
 
 def torch_stream_words(rng: TorchLaneRng, n: int) -> Tensor:
@@ -315,11 +310,13 @@ def torch_stream_words(rng: TorchLaneRng, n: int) -> Tensor:
     buf = torch.empty((int(n), rng.words), dtype=_I64, device=rng.device)
     gen = rng.gen
 
-    def body(cur: States, sel: Select) -> States:
+    def body(cur: States, sel: Select, k: int) -> States:
         (s0, s1), = cur
-        out, n0, n1 = gen.output_step(s0, s1)
-        sel(buf).copy_(out)
-        return [(n0, n1)]
+        view = sel(buf)
+        for c in range(k):
+            out, s0, s1 = gen.output_step(s0, s1)
+            view[:, c].copy_(out)
+        return [(s0, s1)]
 
     drive_cycles([rng], int(n), body)
     return buf
@@ -338,19 +335,23 @@ class _Regs(NamedTuple):
     has_decay: bool
     has_noise: bool
     vc_noise: bool
+    gauss_table: Tensor | None = None  # the Gaussian look-up table (see _gauss_lookup), when noise is on
 
 
-def _static_regs(regs: StepRegisters) -> _Regs:
-    return _Regs(regs.step, regs.decay, regs.noise, regs.vc_var, bool(regs.decay), bool(regs.noise), regs.vc_noise)
+def _static_regs(cfg: DatapathConfig, regs: StepRegisters, device: torch.device) -> _Regs:
+    table = _gauss_lookup(cfg.gaussian, device) if cfg.uses_noise else None
+    return _Regs(regs.step, regs.decay, regs.noise, regs.vc_var, bool(regs.decay), bool(regs.noise), regs.vc_noise,
+                 table)
 
 
-def _tensor_regs(regs: StepRegisters, device: torch.device) -> _Regs:
+def _tensor_regs(cfg: DatapathConfig, regs: StepRegisters, device: torch.device) -> _Regs:
     vals = torch.tensor([regs.step, regs.decay, regs.noise, regs.vc_var], dtype=_I64, device=device)
-    return _Regs(vals[0], vals[1], vals[2], vals[3], bool(regs.decay), bool(regs.noise), regs.vc_noise)
+    table = _gauss_lookup(cfg.gaussian, device) if cfg.uses_noise else None
+    return _Regs(vals[0], vals[1], vals[2], vals[3], bool(regs.decay), bool(regs.noise), regs.vc_noise, table)
 
 
 def _extract(words: Tensor, f: Field) -> Tensor:
-    w = words[:, f.word]
+    w = words[..., f.word]
     if f.width == WORD_BITS:
         return w
     return (w >> f.offset) & ((1 << f.width) - 1)  # offset + width <= 64: no sign bits enter
@@ -362,26 +363,29 @@ def _round_nearest(x: Tensor, s: int) -> Tensor:
     return (x + (1 << (s - 1))) >> s
 
 
-_GAUSS: dict[tuple[GaussianSpec, torch.device], tuple[int, Tensor]] = {}
+_GAUSS: dict[tuple[GaussianSpec, torch.device], Tensor] = {}
 
 
-def _gauss_lookup(spec: GaussianSpec, device: torch.device) -> tuple[int, Tensor]:
-    """(terms per look-up, table) as in GaussianSpec.sample: a pair-sum table when small."""
+def _gauss_terms_per_lookup(spec: GaussianSpec) -> int:
+    """Terms looked up together, as in GaussianSpec.sample: pairs (a sum table) when small."""
+    return 2 if spec.terms % 2 == 0 and spec.index_bits <= 8 else 1
+
+
+def _gauss_lookup(spec: GaussianSpec, device: torch.device) -> Tensor:
     key = (spec, device)
     if key not in _GAUSS:
         t = spec.table
-        if spec.terms % 2 == 0 and spec.index_bits <= 8:
-            _GAUSS[key] = (2, torch.from_numpy((t[None, :] + t[:, None]).ravel().copy()).to(device))
-        else:
-            _GAUSS[key] = (1, torch.from_numpy(t.copy()).to(device))
+        if _gauss_terms_per_lookup(spec) == 2:
+            t = (t[None, :] + t[:, None]).ravel()  # index = lo + (hi << b)
+        _GAUSS[key] = torch.from_numpy(t.copy()).to(device)
     return _GAUSS[key]
 
 
-def _gauss(cfg: DatapathConfig, words: Tensor) -> Tensor:
+def _gauss(cfg: DatapathConfig, words: Tensor, table: Tensor) -> Tensor:
     g = cfg.fields["gauss"]
     spec = cfg.gaussian
-    per, table = _gauss_lookup(spec, words.device)
-    bits = words[:, g.word] >> g.offset  # term j reads bits [j*b, (j+1)*b): never the sign fill
+    per = _gauss_terms_per_lookup(spec)
+    bits = words[..., g.word] >> g.offset  # term j reads bits [j*b, (j+1)*b): never the sign fill
     b = per * spec.index_bits
     mask = (1 << b) - 1
     z = table[bits & mask]
@@ -391,9 +395,9 @@ def _gauss(cfg: DatapathConfig, words: Tensor) -> Tensor:
 
 
 def _noise(cfg: DatapathConfig, r: _Regs, words: Tensor) -> Tensor | int:
-    if not r.has_noise:
+    if not r.has_noise or r.gauss_table is None:
         return 0
-    return (r.noise * _gauss(cfg, words)) << (cfg.sum_frac - cfg.noise.frac - cfg.gaussian.frac)
+    return (r.noise * _gauss(cfg, words, r.gauss_table)) << (cfg.sum_frac - cfg.noise.frac - cfg.gaussian.frac)
 
 
 def _sr_variance(fk: Tensor, k: int, pm: int) -> Tensor:
@@ -462,7 +466,9 @@ class TorchUpdateResult(NamedTuple):
     weight: Tensor
 
 
-def torch_update(cfg: DatapathConfig, theta: Tensor, grad: Tensor, regs: StepRegisters, words: Tensor) -> TorchUpdateResult:
+def torch_update(
+    cfg: DatapathConfig, theta: Tensor, grad: Tensor, regs: StepRegisters, words: Tensor
+) -> TorchUpdateResult:
     """The datapath on flat int64 tensors (reference path): port of :func:`emulator.datapath.update`.
 
     ``words`` holds each element's random words, shape (n, rng_words) int64. Word ranges are
@@ -471,32 +477,46 @@ def torch_update(cfg: DatapathConfig, theta: Tensor, grad: Tensor, regs: StepReg
     for name, t in (("theta", theta), ("grad", grad), ("words", words)):
         if not isinstance(t, Tensor) or t.dtype != _I64:
             raise TypeError(f"torch_update() needs int64 {name} tensors, got {getattr(t, 'dtype', type(t).__name__)}")
-    return TorchUpdateResult(*_update(cfg, theta, grad, _static_regs(regs), words))
+    return TorchUpdateResult(*_update(cfg, theta, grad, _static_regs(cfg, regs, theta.device), words))
 
 
 # ---- the engine ----------------------------------------------------------------------
 
 _PATHS = ("fused", "reference")
-Kernel = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
+Kernel = Callable[..., tuple[Tensor, Tensor]]
+_EAGER_BELOW = 1 << 14  # smaller body calls run the eager kernel: no compile for tiny shapes
 
 
-def _make_kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool]) -> Kernel:
+def _make_kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], cycles: int) -> Kernel:
+    """One body call of the fused path: ``cycles`` generator steps, each feeding the update.
+
+    Writes the new state (and, for -F variants, weight) words into the given views.
+    """
     gen = _Gen(cfg.rng)
     has_decay, has_noise, vc_noise = flags
+    acc = cfg.variant.has_accumulator
 
-    def kernel(s0: Tensor, s1: Tensor, theta: Tensor, grad: Tensor, step: Tensor, decay: Tensor,
-               noise: Tensor, vc_var: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out, n0, n1 = gen.output_step(s0, s1)
-        r = _Regs(step, decay, noise, vc_var, has_decay, has_noise, vc_noise)
-        state, weight = _update(cfg, theta.reshape(-1), grad.reshape(-1), r, out.reshape(-1, out.shape[-1]))
-        return n0, n1, state, weight
+    def kernel(s0: Tensor, s1: Tensor, theta: Tensor, grad: Tensor, state: Tensor, weight: Tensor,
+               step: Tensor, decay: Tensor, noise: Tensor, vc_var: Tensor, table: Tensor | None
+               ) -> tuple[Tensor, Tensor]:
+        r = _Regs(step, decay, noise, vc_var, has_decay, has_noise, vc_noise, table)
+        for c in range(cycles):
+            out, s0, s1 = gen.output_step(s0, s1)
+            new_state, new_weight = _update(cfg, theta[:, c], grad[:, c], r, out)
+            state[:, c].copy_(new_state)
+            if acc:
+                weight[:, c].copy_(new_weight)
+        return s0, s1
 
     return kernel
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool]) -> Kernel:
-    return torch.compile(_make_kernel(cfg, flags), dynamic=True, fullgraph=True)  # type: ignore[return-value]
+def _kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], cycles: int, compiled: bool) -> Kernel:
+    fn = _make_kernel(cfg, flags, cycles)
+    if compiled:
+        return torch.compile(fn, dynamic=True)
+    return fn
 
 
 class TorchEngine:
@@ -564,18 +584,15 @@ class TorchEngine:
         n = th.numel()
         state = torch.empty_like(th)
         weight = torch.empty_like(th) if cfg.variant.has_accumulator else state
-        r = _tensor_regs(regs, self.device)
+        r = _tensor_regs(cfg, regs, self.device)
         flags = (r.has_decay, r.has_noise, r.vc_noise)
-        kernel = _compiled_kernel(cfg, flags) if self.compile else _make_kernel(cfg, flags)
 
-        def body(cur: States, sel: Select) -> States:
+        def body(cur: States, sel: Select, k: int) -> States:
             (s0, s1), = cur
-            n0, n1, new_state, new_weight = kernel(s0, s1, sel(th), sel(g), r.step, r.decay, r.noise, r.vc_var)
-            view = sel(state)
-            view.copy_(new_state.view(view.shape))
-            if weight is not state:
-                sel(weight).copy_(new_weight.view(view.shape))
-            return [(n0, n1)]
+            compiled = self.compile and s0.shape[0] * s0.shape[1] * k >= _EAGER_BELOW
+            kernel = _kernel(cfg, flags, k, compiled)
+            return [kernel(s0, s1, sel(th), sel(g), sel(state), sel(weight), r.step, r.decay, r.noise, r.vc_var,
+                           r.gauss_table)]
 
         drive_cycles([self.rng], n, body)
         return state, weight
@@ -588,3 +605,41 @@ class TorchEngine:
         if (rng.spec, rng.lanes, rng.words) != (self.cfg.rng, self.cfg.lanes, self.cfg.rng_words):
             raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
         self.rng = rng
+
+
+# ---- float to words ------------------------------------------------------------------
+
+
+def torch_quantize(x: Tensor, fmt: FixedFormat, rounding: str = "nearest", *, u: Tensor | None = None,
+                   sr_bits: int = 32) -> Tensor:
+    """:meth:`FixedFormat.quantize` on tensors, with the stochastic uniforms given explicitly.
+
+    Same definition, step for step, in float64 (every step is exact, so CPU and CUDA agree):
+    NaN raises ValueError naming the first flat index; ``t = x * 2^frac`` is clamped to
+    ``[min_word - 1, max_word + 1]`` (+-Inf saturate); nearest: ``floor(t) + [frac(t) >= 1/2]``;
+    stochastic: ``floor(t) + [u < floor(frac(t) * 2^k)]`` with ``u`` int64 on ``[0, 2^k)``, one per
+    element in C order; then an exact integer clamp. Returns int64 words, shape of ``x``.
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"torch_quantize needs a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    t = x.detach().to(torch.float64)
+    nan = torch.isnan(t).reshape(-1)
+    if bool(nan.any()):
+        idx = int(nan.nonzero()[0, 0])
+        raise ValueError(f"cannot quantize NaN (first at flat index {idx}) to {fmt}")
+    lo, hi = fmt.min_word, fmt.max_word
+    t = torch.clamp(t * 2.0**fmt.frac, lo - 1.0, hi + 1.0)  # exact power-of-two scaling
+    fl = torch.floor(t)
+    if rounding == "nearest":
+        q = fl + (t - fl >= 0.5).to(torch.float64)
+    elif rounding == "stochastic":
+        if isinstance(sr_bits, bool) or not isinstance(sr_bits, int) or not 1 <= sr_bits <= 52:
+            raise ValueError(f"sr_bits must be an int in [1, 52] for float inputs, got {sr_bits!r}")
+        if not isinstance(u, Tensor) or u.dtype != _I64 or u.numel() != t.numel():
+            raise TypeError(f"stochastic rounding needs u: an int64 tensor of {t.numel()} uniforms, got "
+                            f"{getattr(u, 'dtype', type(u).__name__)}")
+        fk = torch.floor((t - fl) * 2.0**sr_bits)
+        q = fl + (u.reshape(t.shape).to(torch.float64) < fk).to(torch.float64)
+    else:
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+    return torch.clamp(q.to(_I64), lo, hi)
