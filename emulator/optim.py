@@ -105,7 +105,7 @@ class _GroupRuntime:
     """A group's engine, gradient stream (or float generator) and counters."""
 
     def __init__(self, cfg: DatapathConfig | None, seed: int, index: int, device: torch.device, path: str,
-                 compile: bool | None):
+                 compile: bool):
         self.cfg = cfg
         self.steps = 0
         self.flushed_steps = 0
@@ -160,7 +160,7 @@ class LowPrecisionSGLD(Optimizer):
     def __init__(self, params: Iterable[Any], lr: float, config: DatapathConfig | str = "w8-vc", *,
                  lanes: int = 1024, temperature: float = 1.0, dataset_size: int = 1, weight_decay: float = 0.0,
                  grad_rounding: str = "stochastic", grad_sr_bits: int = 32, seed: int = 0, path: str = "fused",
-                 compile: bool | None = None):
+                 compile: bool = False):
         derive_seed(seed, 0)  # validates the seed
         self.seed = seed
         self.lanes = lanes

@@ -13,8 +13,8 @@ engine does. Two paths compute the same integers:
 * ``path="fused"`` (default): the lanes are jumped to the starts of chunks of cycles (GF(2)
   jump-ahead with byte tables) and all chunk states step together; each step produces one
   cycle's words for every chunk and feeds them straight into the update, so the words are
-  never stored. With ``compile=True`` that per-cycle function (generator output, transition
-  and the whole update) is one ``torch.compile`` kernel.
+  never stored. With ``compile=True`` (CUDA only, untested here) that per-cycle function
+  (generator output, transition and the whole update) is one ``torch.compile`` kernel.
 """
 
 from __future__ import annotations
@@ -136,9 +136,9 @@ def _jump(spec: XoroshiroSpec, s0: Tensor, s1: Tensor, n: int) -> tuple[Tensor, 
     a1 = torch.zeros_like(s1)
     for i in range(16):
         src = s0 if i < 8 else s1
-        idx = ((src >> (8 * (i % 8))) & 255) + 256 * i
-        a0 ^= t0[idx]
-        a1 ^= t1[idx]
+        idx = (((src >> (8 * (i % 8))) & 255) + 256 * i).view(-1)
+        a0 ^= t0.index_select(0, idx).view(s0.shape)  # index_select: much faster than t[idx] on CPU
+        a1 ^= t1.index_select(0, idx).view(s0.shape)
     return a0, a1
 
 
@@ -388,9 +388,12 @@ def _gauss(cfg: DatapathConfig, words: Tensor, table: Tensor) -> Tensor:
     bits = words[..., g.word] >> g.offset  # term j reads bits [j*b, (j+1)*b): never the sign fill
     b = per * spec.index_bits
     mask = (1 << b) - 1
-    z = table[bits & mask]
+    def look(i: Tensor) -> Tensor:
+        return table.index_select(0, i.reshape(-1)).view(i.shape)
+
+    z = look(bits & mask)
     for j in range(1, -(-spec.terms // per)):
-        z = z + table[(bits >> (j * b)) & mask]
+        z = z + look((bits >> (j * b)) & mask)
     return z
 
 
@@ -525,13 +528,15 @@ class TorchEngine:
     >>> eng = TorchEngine(cfg, seed=1, device="cuda")          # doctest: +SKIP
     >>> state, weight = eng.step(theta_words, grad_words, regs)  # doctest: +SKIP
 
-    ``path``: ``"fused"`` (default) or ``"reference"``; ``compile``: wrap the fused per-cycle
-    kernel in ``torch.compile`` (default: on for CUDA, off for CPU, where the first call of
-    each configuration and branch compiles C++ for some seconds).
+    ``path``: ``"fused"`` (default) or ``"reference"``. ``compile=True`` wraps the fused
+    per-cycle kernel in ``torch.compile``; CUDA only and untested here (``scripts/gpu_check.py``
+    checks it against the CPU reference). On CPU it is refused: with torch 2.13 the inductor
+    C++ kernel returned wrong generator states (bits 23..54 of s0 differ) when the generator,
+    the update and the in-place output stores are fused, so it is not bit-exact (docs/torch.md).
     """
 
     def __init__(self, cfg: DatapathConfig, seed: int, *, device: DeviceLike = "cpu", path: str = "fused",
-                 compile: bool | None = None, rng: TorchLaneRng | None = None):
+                 compile: bool = False, rng: TorchLaneRng | None = None):
         if not isinstance(cfg, DatapathConfig):
             raise TypeError(f"cfg must be a DatapathConfig, got {type(cfg).__name__}")
         if path not in _PATHS:
@@ -544,7 +549,12 @@ class TorchEngine:
             raise ValueError("rng does not match the configuration's generator, lanes or rng_words")
         self.rng = rng
         self.path = path
-        self.compile = self.device.type == "cuda" if compile is None else bool(compile)
+        self.compile = bool(compile)
+        if self.compile and self.device.type != "cuda":
+            raise ValueError(
+                f"compile=True is refused on {self.device.type}: torch.compile's CPU kernel is not bit-exact "
+                "for the fused update (see docs/torch.md); use the default eager fused path"
+            )
 
     def _check(self, t: Tensor, fmt: FixedFormat, name: str) -> Tensor:
         if not isinstance(t, Tensor):
