@@ -34,7 +34,12 @@ from .gaussian import GaussianSpec
 from .rng import LaneRng, XoroshiroSpec, vec
 
 _I64 = torch.int64
-_VIRTUAL_LANES = 1 << 16  # chunk states stepped together when lanes are few
+_VIRTUAL_LANES = 1 << 16  # chunk states stepped together (CPU): temporaries stay near the caches
+_VIRTUAL_LANES_CUDA = 1 << 22  # on CUDA, fewer and larger launches (untested here)
+
+
+def _virtual_lanes(device: torch.device) -> int:
+    return _VIRTUAL_LANES_CUDA if device.type == "cuda" else _VIRTUAL_LANES
 DeviceLike = str | torch.device
 
 # ---- 64-bit word helpers -------------------------------------------------------------
@@ -242,7 +247,7 @@ Body = Callable[[States, Select, int], States]
 _BLOCK_CYCLES = 4  # cycles per body call in the chunked phases: states are read once per 4 elements
 
 
-def drive_cycles(rngs: Sequence[TorchLaneRng], n: int, body: Body, virtual: int = _VIRTUAL_LANES) -> None:
+def drive_cycles(rngs: Sequence[TorchLaneRng], n: int, body: Body, virtual: int | None = None) -> None:
     """Run ``n`` elements' cycles through ``body``, advancing every generator in ``rngs``.
 
     ``rngs`` share one lane count (each may have its own word count). A call
@@ -263,7 +268,7 @@ def drive_cycles(rngs: Sequence[TorchLaneRng], n: int, body: Body, virtual: int 
         raise ValueError("generators driven together must have the same lane count")
     lane_states: States = [(r.s0, r.s1) for r in rngs]
     base = 0
-    target = max(1, virtual // lanes)
+    target = max(1, (virtual or _virtual_lanes(rngs[0].device)) // lanes)
     while (cycles := (n - base) // lanes) > 0:
         per = 1 << (-(-cycles // target) - 1).bit_length()  # next power of two >= cycles / target
         while per > cycles:

@@ -301,3 +301,39 @@ def test_cuda_engine_equals_numpy(name):
         b = te.step(torch.from_numpy(theta).cuda(), torch.from_numpy(grad).cuda(), regs[i % len(regs)])
         assert torch.equal(b.state.cpu(), torch.from_numpy(a.state))
         assert torch.equal(b.weight.cpu(), torch.from_numpy(a.weight))
+
+
+@pytest.mark.parametrize("virtual", [16, 1 << 22])  # the CUDA chunk target runs here too
+def test_stream_words_any_chunk_target(virtual):
+    a = LaneRng.seeded(XoroshiroSpec(), 2, 8, 1)
+    b = TorchLaneRng.from_lane_rng(a)
+    from emulator.torch_engine import drive_cycles
+
+    for n in (1001, 8, 3):
+        buf = torch.empty((n, 1), dtype=torch.int64)
+
+        def body(cur, sel, k, buf=buf):
+            (s0, s1), = cur
+            view = sel(buf)
+            for c in range(k):
+                view[:, c].copy_(b.gen.output_step(s0, s1)[0])
+                s0, s1 = b.gen.step(s0, s1)
+            return [(s0, s1)]
+
+        drive_cycles([b], n, body, virtual=virtual)
+        assert torch.equal(buf, u64_to_tensor(stream_words(a, n))), n
+        assert b.to_lane_rng() == a
+
+
+@pytest.mark.parametrize("name", ["w8-vc", "w16-lpf", "w4-naive"])
+def test_fused_path_equals_reference_path(name):
+    cfg = preset(name, 1024)
+    rng = np.random.default_rng(5)
+    fused, ref = TorchEngine(cfg, 1), TorchEngine(cfg, 1, path="reference")
+    for i, regs in enumerate(_register_cases(cfg, name.split("-")[0])):
+        n = 20_000 + 333 * i
+        theta = torch.from_numpy(rng.integers(cfg.state.min_word, cfg.state.max_word + 1, n))
+        grad = torch.from_numpy(rng.integers(cfg.grad.min_word, cfg.grad.max_word + 1, n))
+        a, b = fused.step(theta, grad, regs), ref.step(theta, grad, regs)
+        assert torch.equal(a.state, b.state) and torch.equal(a.weight, b.weight)
+    assert fused.rng == ref.rng
