@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import os
 
 import numpy as np
 import pytest
@@ -337,3 +338,14 @@ def test_fused_path_equals_reference_path(name):
         a, b = fused.step(theta, grad, regs), ref.step(theta, grad, regs)
         assert torch.equal(a.state, b.state) and torch.equal(a.weight, b.weight)
     assert fused.rng == ref.rng
+
+
+@pytest.mark.skipif(os.environ.get("LPSGLD_SOAK") != "1", reason="soak test: set LPSGLD_SOAK=1")
+@pytest.mark.parametrize("name", PRESETS)
+def test_soak_random_sizes_and_lanes(name):
+    rng = np.random.default_rng(sum(map(ord, name)))
+    for lanes in (1, 2, 3, 5, 8, 1000, 1024, 4096):
+        cfg = preset(name, lanes)
+        sizes = [int(x) for x in rng.integers(0, 300_000, 4)] + [int(x) for x in rng.integers(0, 3 * lanes, 3)]
+        for path in ("fused", "reference"):
+            _run_both(cfg, _register_cases(cfg, name.split("-")[0]), sizes, seed=int(rng.integers(1 << 62)), path=path)

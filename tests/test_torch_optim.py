@@ -291,3 +291,23 @@ def test_load_state_dict_rejects_other_config():
     o2 = LowPrecisionSGLD(m.parameters(), lr=0.001, config="w8-naive")
     with pytest.raises(ValueError, match="saved for config"):
         o2.load_state_dict(sd)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+@pytest.mark.parametrize("variant", ["vc", "lp_f", "naive", "sgd_f"])
+def test_cuda_optimizer_equals_cpu(variant):
+    # the same float gradients on both devices (a CUDA forward/backward may round differently)
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen)]
+    grads = [[torch.randn(t.shape, generator=gen) for t in init] for _ in range(5)]
+    runs = []
+    for dev in ("cpu", "cuda"):
+        ps = [torch.nn.Parameter(t.clone().to(dev)) for t in init]
+        opt = LowPrecisionSGLD(ps, lr=0.05, config=_train_cfg(variant), seed=2, dataset_size=256, weight_decay=1e-3)
+        for step in grads:
+            for p, g in zip(ps, step, strict=True):
+                p.grad = g.to(dev)
+            opt.step()
+        runs.append([(opt.state[p]["words"].cpu(), p.detach().cpu()) for p in ps])
+    for (wa, pa), (wb, pb) in zip(*runs, strict=True):
+        assert torch.equal(wa, wb) and torch.equal(pa, pb)
