@@ -561,14 +561,14 @@ class TorchEngine:
                 "for the fused update (see docs/torch.md); use the default eager fused path"
             )
 
-    def _check(self, t: Tensor, fmt: FixedFormat, name: str) -> Tensor:
+    def _check(self, t: Tensor, fmt: FixedFormat, name: str, check_words: bool) -> Tensor:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
         if t.dtype != _I64:
             raise TypeError(f"{name} must be an int64 tensor of {fmt} words, got dtype {t.dtype}")
         if t.device != self.device:
             raise ValueError(f"{name} is on {t.device}, the engine on {self.device}")
-        if t.numel():
+        if check_words and t.numel():
             lo, hi = torch.aminmax(t)
             lo_i, hi_i = int(lo), int(hi)
             if lo_i < fmt.min_word or hi_i > fmt.max_word:
@@ -576,8 +576,12 @@ class TorchEngine:
                 raise ValueError(f"{name} word {bad} outside {fmt} range [{fmt.min_word}, {fmt.max_word}]")
         return t.contiguous().view(-1)
 
-    def step(self, theta: Tensor, grad: Tensor, regs: StepRegisters) -> TorchUpdateResult:
-        """One SGLD update of every element; returns new state words and emitted weight words."""
+    def step(self, theta: Tensor, grad: Tensor, regs: StepRegisters, *, check_words: bool = True) -> TorchUpdateResult:
+        """One SGLD update of every element; returns new state words and emitted weight words.
+
+        ``check_words=False`` skips the range check of ``theta`` and ``grad`` (two passes over the
+        data) for callers whose words are in range by construction (the optimizer).
+        """
         cfg = self.cfg
         cfg.check_registers(regs)
         if not isinstance(theta, Tensor) or not isinstance(grad, Tensor):
@@ -585,8 +589,8 @@ class TorchEngine:
         if theta.shape != grad.shape:
             raise ValueError(f"theta shape {tuple(theta.shape)} != grad shape {tuple(grad.shape)}")
         shape = theta.shape
-        th = self._check(theta, cfg.state, "theta")
-        g = self._check(grad, cfg.grad, "grad")
+        th = self._check(theta, cfg.state, "theta", check_words)
+        g = self._check(grad, cfg.grad, "grad", check_words)
         if self.path == "reference":
             words = torch_stream_words(self.rng, th.numel())
             r = torch_update(cfg, th, g, regs, words)
