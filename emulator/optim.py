@@ -96,9 +96,9 @@ def sgld_lp(params: list[Tensor], grads: list[Tensor], words: list[Tensor], *, e
     """
     cfg = engine.cfg
     for p, g, w in zip(params, grads, words, strict=True):
-        u = gradient_uniforms(grad_rng, g.numel(), grad_sr_bits) if grad_rounding == "stochastic" else None
-        gw = torch_quantize(g, cfg.grad, grad_rounding, u=u, sr_bits=grad_sr_bits)
-        r = engine.step(w, gw, regs, check_words=False)  # in range by construction
+        # = gradient_uniforms + torch_quantize + engine.step; the fused path never stores the gradient words
+        r = engine.step_quantize(w, g, regs, grad_rng=grad_rng, rounding=grad_rounding, sr_bits=grad_sr_bits,
+                                 check_words=False)  # state words are in range by construction
         w.copy_(r.state)
         p.copy_(weight_to_float(r.weight, cfg.weight, p.dtype))
 

@@ -598,6 +598,64 @@ class TorchEngine:
         state, weight = self._fused(th, g, regs)
         return TorchUpdateResult(state.view(shape), weight.view(shape))
 
+    def step_quantize(self, theta: Tensor, grad: Tensor, regs: StepRegisters, *, grad_rng: TorchLaneRng | None,
+                      rounding: str = "stochastic", sr_bits: int = 32, check_words: bool = True) -> TorchUpdateResult:
+        """Quantize float ``grad`` to gradient words, then :meth:`step`; the optimizer's step.
+
+        Equal to ``u = torch_stream_words(grad_rng, n)[:, 0] & (2^sr_bits - 1)`` (only for
+        stochastic rounding), ``g = torch_quantize(grad, cfg.grad, rounding, u=u, sr_bits=sr_bits)``,
+        ``step(theta, g, regs)``; the fused path drives both generators together and never
+        stores the gradient words.
+        """
+        cfg = self.cfg
+        cfg.check_registers(regs)
+        if not isinstance(grad, Tensor) or not grad.is_floating_point():
+            raise TypeError(f"grad must be a floating-point tensor, got {getattr(grad, 'dtype', type(grad).__name__)}")
+        if not isinstance(theta, Tensor) or theta.shape != grad.shape:
+            raise ValueError(f"theta shape {tuple(getattr(theta, 'shape', ()))} != grad shape {tuple(grad.shape)}")
+        if grad.device != self.device:
+            raise ValueError(f"grad is on {grad.device}, the engine on {self.device}")
+        _check_rounding(rounding, sr_bits)
+        stochastic = rounding == "stochastic"
+        if stochastic and (grad_rng is None or grad_rng.lanes != cfg.lanes or grad_rng.device != self.device):
+            raise ValueError("stochastic gradient rounding needs grad_rng with the engine's lane count and device")
+        _check_nan(grad, cfg.grad)
+        if self.path == "reference":
+            u = torch_stream_words(grad_rng, grad.numel())[:, 0] & ((1 << sr_bits) - 1) if grad_rng and stochastic \
+                else None
+            g = _quantize_words(grad.detach().reshape(-1), cfg.grad, rounding, u, sr_bits).view(grad.shape)
+            return self.step(theta, g, regs, check_words=check_words)
+        shape = theta.shape
+        th = self._check(theta, cfg.state, "theta", check_words)
+        gf = grad.detach().contiguous().view(-1)
+        n = th.numel()
+        state = torch.empty_like(th)
+        weight = torch.empty_like(th) if cfg.variant.has_accumulator else state
+        r = _tensor_regs(cfg, regs, self.device)
+        gen = self.rng.gen
+        mask = (1 << sr_bits) - 1
+        rngs = [self.rng, grad_rng] if stochastic and grad_rng is not None else [self.rng]
+
+        def body(cur: States, sel: Select, k: int) -> States:
+            s0, s1 = cur[0]
+            g0, g1 = cur[1] if stochastic else (s0, s1)
+            tv, gv, sv, wv = sel(th), sel(gf), sel(state), sel(weight)
+            for c in range(k):
+                u = None
+                if stochastic:
+                    gout, g0, g1 = gen.output_step(g0, g1)
+                    u = gout[..., 0] & mask
+                gw = _quantize_words(gv[:, c], cfg.grad, rounding, u, sr_bits)
+                out, s0, s1 = gen.output_step(s0, s1)
+                new_state, new_weight = _update(cfg, tv[:, c], gw, r, out)
+                sv[:, c].copy_(new_state)
+                if weight is not state:
+                    wv[:, c].copy_(new_weight)
+            return [(s0, s1), (g0, g1)] if stochastic else [(s0, s1)]
+
+        drive_cycles(rngs, n, body)
+        return TorchUpdateResult(state.view(shape), weight.view(shape))
+
     def _fused(self, th: Tensor, g: Tensor, regs: StepRegisters) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
         n = th.numel()
@@ -629,6 +687,33 @@ class TorchEngine:
 # ---- float to words ------------------------------------------------------------------
 
 
+def _check_nan(x: Tensor, fmt: FixedFormat) -> None:
+    nan = torch.isnan(x).reshape(-1)
+    if bool(nan.any()):
+        idx = int(nan.nonzero()[0, 0])
+        raise ValueError(f"cannot quantize NaN (first at flat index {idx}) to {fmt}")
+
+
+def _check_rounding(rounding: str, sr_bits: int) -> None:
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+    if isinstance(sr_bits, bool) or not isinstance(sr_bits, int) or not 1 <= sr_bits <= 52:
+        raise ValueError(f"sr_bits must be an int in [1, 52] for float inputs, got {sr_bits!r}")
+
+
+def _quantize_words(x: Tensor, fmt: FixedFormat, rounding: str, u: Tensor | None, sr_bits: int) -> Tensor:
+    """The float64 steps of FixedFormat.quantize (NaN already excluded); ``u`` shaped like ``x``."""
+    lo, hi = fmt.min_word, fmt.max_word
+    t = torch.clamp(x.to(torch.float64) * 2.0**fmt.frac, lo - 1.0, hi + 1.0)  # exact power-of-two scaling
+    fl = torch.floor(t)
+    if rounding == "nearest" or u is None:
+        q = fl + (t - fl >= 0.5).to(torch.float64)
+    else:
+        fk = torch.floor((t - fl) * 2.0**sr_bits)
+        q = fl + (u.to(torch.float64) < fk).to(torch.float64)
+    return torch.clamp(q.to(_I64), lo, hi)
+
+
 def torch_quantize(x: Tensor, fmt: FixedFormat, rounding: str = "nearest", *, u: Tensor | None = None,
                    sr_bits: int = 32) -> Tensor:
     """:meth:`FixedFormat.quantize` on tensors, with the stochastic uniforms given explicitly.
@@ -641,24 +726,11 @@ def torch_quantize(x: Tensor, fmt: FixedFormat, rounding: str = "nearest", *, u:
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"torch_quantize needs a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    t = x.detach().to(torch.float64)
-    nan = torch.isnan(t).reshape(-1)
-    if bool(nan.any()):
-        idx = int(nan.nonzero()[0, 0])
-        raise ValueError(f"cannot quantize NaN (first at flat index {idx}) to {fmt}")
-    lo, hi = fmt.min_word, fmt.max_word
-    t = torch.clamp(t * 2.0**fmt.frac, lo - 1.0, hi + 1.0)  # exact power-of-two scaling
-    fl = torch.floor(t)
-    if rounding == "nearest":
-        q = fl + (t - fl >= 0.5).to(torch.float64)
-    elif rounding == "stochastic":
-        if isinstance(sr_bits, bool) or not isinstance(sr_bits, int) or not 1 <= sr_bits <= 52:
-            raise ValueError(f"sr_bits must be an int in [1, 52] for float inputs, got {sr_bits!r}")
-        if not isinstance(u, Tensor) or u.dtype != _I64 or u.numel() != t.numel():
-            raise TypeError(f"stochastic rounding needs u: an int64 tensor of {t.numel()} uniforms, got "
+    _check_rounding(rounding, sr_bits)
+    _check_nan(x, fmt)
+    if rounding == "stochastic":
+        if not isinstance(u, Tensor) or u.dtype != _I64 or u.numel() != x.numel():
+            raise TypeError(f"stochastic rounding needs u: an int64 tensor of {x.numel()} uniforms, got "
                             f"{getattr(u, 'dtype', type(u).__name__)}")
-        fk = torch.floor((t - fl) * 2.0**sr_bits)
-        q = fl + (u.reshape(t.shape).to(torch.float64) < fk).to(torch.float64)
-    else:
-        raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
-    return torch.clamp(q.to(_I64), lo, hi)
+        return _quantize_words(x.detach(), fmt, rounding, u.reshape(x.shape), sr_bits)
+    return _quantize_words(x.detach(), fmt, rounding, None, sr_bits)

@@ -311,3 +311,24 @@ def test_cuda_optimizer_equals_cpu(variant):
         runs.append([(opt.state[p]["words"].cpu(), p.detach().cpu()) for p in ps])
     for (wa, pa), (wb, pb) in zip(*runs, strict=True):
         assert torch.equal(wa, wb) and torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+@pytest.mark.parametrize("name", ["w8-vc", "w8-lpf"])
+def test_step_quantize_fused_equals_reference(name, rounding):
+    from emulator.torch_engine import TorchEngine
+
+    cfg = preset(name, 8)
+    regs = step_registers(cfg, HyperParams(2e-3))
+    gen = torch.Generator().manual_seed(0)
+    engines = [TorchEngine(cfg, 1, path=p) for p in ("fused", "reference")]
+    streams = [TorchLaneRng.seeded(cfg.rng, 2, 8, 1) for _ in engines]
+    for n in (1001, 3, 20):
+        theta = torch.randint(cfg.state.min_word, cfg.state.max_word + 1, (n,), generator=gen)
+        g = 20 * torch.randn(n, generator=gen)
+        a, b = (e.step_quantize(theta, g, regs, grad_rng=s, rounding=rounding) for e, s in zip(engines, streams,
+                                                                                                strict=True))
+        assert torch.equal(a.state, b.state) and torch.equal(a.weight, b.weight)
+    assert streams[0] == streams[1] and engines[0].rng == engines[1].rng
+    if rounding == "nearest":  # the gradient stream is not drawn
+        assert streams[0] == TorchLaneRng.seeded(cfg.rng, 2, 8, 1)
