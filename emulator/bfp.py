@@ -593,13 +593,11 @@ def _field(words: Any, f: Field) -> Any:
 def _gauss(cfg: BfpConfig, ops: Any, bits: Any, torch_mode: bool) -> Any:
     """z (int64) from the gauss field: the sum of ``terms`` table look-ups (docs/spec.md section 5)."""
     g = cfg.gaussian
-    table = g.table
+    tab: Any = g.table
     if torch_mode:
         import torch
 
-        tab = torch.as_tensor(table, device=bits.device)
-    else:
-        tab = table
+        tab = torch.as_tensor(tab, device=bits.device)
     mask = (1 << g.index_bits) - 1
     z = tab[(bits >> 0) & mask]
     for j in range(1, g.terms):
