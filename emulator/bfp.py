@@ -712,3 +712,12 @@ class BfpEngine:
             raise ValueError(f"theta shape {th.mant.shape} != grad shape {g.mant.shape}")
         words = stream_words(self.rng, th.mant.size)
         return update(cfg, th, g, regs, words)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rng = LaneRng.from_state_dict(state["rng"])
+        if (rng.spec, rng.lanes, rng.words) != (self.cfg.rng, self.cfg.lanes, self.cfg.rng_words):
+            raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
+        self.rng = rng

@@ -419,3 +419,52 @@ def test_field_helper_matches_kernel_layout():
     assert window(cfg, 0, 0)["L"] == max(1, 2 - 8 - 24 + 16 + 8 - 1, -(27) + (65535 * 1476).bit_length(),
                                          -6 - 24 + 12 + 7) + 2 - 48
     assert Variant(cfg.variant) is Variant.VC
+
+
+def test_engine_checkpoint_resumes_bit_identically():
+    cfg = make_cfg("vc", 8, 8, 4)
+    regs = regs_for(cfg, 1e-3)
+    rng = np.random.default_rng(4)
+    th, g = mixed_rows(cfg.weight, rng), mixed_rows(cfg.grad, rng)
+    eng = BfpEngine(cfg, 3)
+    eng.step(th, g, regs)
+    saved = eng.state_dict()
+    a = eng.step(th, g, regs)
+    other = BfpEngine(cfg, 99)
+    other.load_state_dict(saved)
+    b = other.step(th, g, regs)
+    assert np.array_equal(a.state.mant, b.state.mant) and np.array_equal(a.state.exp, b.state.exp)
+
+
+def test_paper_scale_hyperparameters_fit_a_bfp8_configuration():
+    """lr 0.5, weight decay 5e-4, T 1e-3, N 50000 (the paper's CIFAR run) with BFP(8) and sized registers."""
+    cfg = BfpConfig("vc", step=FixedFormat(16, 16, signed=False), noise=FixedFormat(16, 24, signed=False),
+                    decay=FixedFormat(12, 22, signed=False))
+    regs = bfp_registers(cfg, HyperParams(0.5, 1e-3, 50000, 5e-4))
+    assert regs.step == 1 << 15 and regs.decay == round(2.5e-4 * 2**22)
+    e_a = [e for e in range(-128, 128) if regs.vc_noise[e + 128]]
+    assert max(e_a) == -6  # D = 2^-12 < 2 sqrt(v) = 2.8e-4 < 2^-11: rows with max |mu| < 2^-5 take branch A
+    th = cfg.weight.quantize(np.random.default_rng(0).normal(size=(16, 27)) * 0.05)
+    g = cfg.grad.quantize(np.random.default_rng(1).normal(size=(16, 27)) * 1e-2)
+    r = BfpEngine(cfg, 0).step(th, g, regs)
+    assert np.abs(cfg.weight.to_float(r.weight) - cfg.weight.to_float(th)).max() < 0.05
+
+
+def test_cuda_equals_cpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    for variant in VARIANTS:
+        cfg = make_cfg(variant, 8, 8, 4)
+        rng = np.random.default_rng(1)
+        th, g = mixed_rows(cfg.state, rng), mixed_rows(cfg.grad, rng)
+        regs = regs_for(cfg, 1e-3)
+        words = torch.from_numpy(stream_words(LaneRng.seeded(cfg.rng, 1, 4, 1), th.mant.size).view(np.int64))
+
+        def on(b, dev):
+            return BfpTensor(torch.from_numpy(b.mant).to(dev), torch.from_numpy(b.exp).to(dev))
+
+        rc = update(cfg, on(th, "cpu"), on(g, "cpu"), regs, words)
+        rg = update(cfg, on(th, "cuda"), on(g, "cuda"), regs, words.cuda())
+        for x, y in zip(rc.state + rc.weight, rg.state + rg.weight, strict=True):
+            assert torch.equal(x, y.cpu())

@@ -188,3 +188,14 @@ def test_bad_inputs():
     y = q(x * 1.0)
     with pytest.raises(ValueError, match=r"cannot quantize NaN \(first at flat index 0\)"):
         y.backward(torch.tensor([float("nan"), 1.0]))
+
+
+def test_cuda_equals_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    x = torch.randn(8, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 3
+    for fmt in FMTS:
+        spec = QuantSpec(fmt, "stochastic", 20)
+        qc, qg = Quantizer(spec, spec, seed=4), Quantizer(spec, spec, seed=4).cuda()
+        assert torch.equal(qc(x), qg(x.cuda()).cpu())
+    assert torch.equal(uniform_bits(5, 1000, 63), uniform_bits(5, 1000, 63, "cuda").cpu())
