@@ -210,6 +210,8 @@ class _TorchOps:
     def clamp(x: Any, lo: Any, hi: Any) -> Any:
         import torch
 
+        if not isinstance(lo, torch.Tensor) and not isinstance(hi, torch.Tensor):
+            return torch.clamp(x, int(lo), int(hi))
         lo = lo if isinstance(lo, torch.Tensor) else torch.tensor(lo, dtype=torch.int64, device=x.device)
         hi = hi if isinstance(hi, torch.Tensor) else torch.tensor(hi, dtype=torch.int64, device=x.device)
         return torch.minimum(torch.maximum(x, lo), hi)
@@ -555,8 +557,8 @@ def update(cfg: BfpConfig, theta: BfpTensor, grad: BfpTensor, regs: BfpRegisters
         if _is_torch(arr) != torch_mode:
             raise TypeError(f"{name} must be a {'torch tensor' if torch_mode else 'numpy array'} like theta.mant")
         dt = str(arr.dtype)
-        ok = ("int64",) if torch_mode or name != "words" else ("int64", "uint64")
-        if not any(dt.endswith(x) for x in ok):
+        ok = ("torch.int64",) if torch_mode else ("int64", "uint64") if name == "words" else ("int64",)
+        if dt not in ok:
             raise TypeError(f"update() needs int64 {name}, got {dt}")
     shape = tuple(theta.mant.shape)
     if tuple(grad.mant.shape) != shape:

@@ -468,3 +468,15 @@ def test_cuda_equals_cpu():
         rg = update(cfg, on(th, "cuda"), on(g, "cuda"), regs, words.cuda())
         for x, y in zip(rc.state + rc.weight, rg.state + rg.weight, strict=True):
             assert torch.equal(x, y.cpu())
+
+
+def test_torch_kernel_rejects_wrong_dtypes():
+    torch = pytest.importorskip("torch")
+    cfg = make_cfg("sgd_l")
+    ok = BfpTensor(torch.zeros((2, 3), dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"update\(\) needs int64 words, got torch.uint64"):
+        update(cfg, ok, ok, BfpRegisters(1), torch.zeros((6, 1), dtype=torch.uint64))
+    with pytest.raises(TypeError, match=r"words must be a torch tensor like theta.mant"):
+        update(cfg, ok, ok, BfpRegisters(1), np.zeros((6, 1), np.uint64))
+    with pytest.raises(TypeError, match=r"update\(\) needs int64 theta.mant, got torch.int32"):
+        update(cfg, BfpTensor(ok.mant.int(), ok.exp), ok, BfpRegisters(1), torch.zeros((6, 1), dtype=torch.int64))
