@@ -480,3 +480,71 @@ def test_torch_kernel_rejects_wrong_dtypes():
         update(cfg, ok, ok, BfpRegisters(1), np.zeros((6, 1), np.uint64))
     with pytest.raises(TypeError, match=r"update\(\) needs int64 theta.mant, got torch.int32"):
         update(cfg, BfpTensor(ok.mant.int(), ok.exp), ok, BfpRegisters(1), torch.zeros((6, 1), dtype=torch.int64))
+
+
+def random_config(rng):
+    """A random valid configuration, biased toward the extremes of every parameter."""
+    variant = VARIANTS[int(rng.integers(len(VARIANTS)))]
+    w = int(rng.choice([2, 3, 8, 16, 24]))
+    eb = int(rng.choice([2, 3, 8]))
+    acc = None
+    if variant in ("lp_f", "sgd_f"):
+        acc = BfpFormat(min(24, w + int(rng.integers(0, 9))), int(rng.choice([2, 8])))
+    st_w = acc.width if acc else w
+    gw = int(rng.choice([2, 8, 24]))
+    step = FixedFormat(int(rng.choice([1, 16, 30])), int(rng.integers(-8, 40)), signed=False)
+    noise = FixedFormat(int(rng.choice([1, 16, 30])), int(rng.integers(-8, 40)), signed=False)
+    decay = None if rng.random() < 0.3 else FixedFormat(int(rng.choice([1, 12, 30])), int(rng.integers(0, 40)),
+                                                         signed=False)
+    p = int(rng.choice([1, 4, 15]))
+    k = int(rng.choice([1, 7, 24, 48]))
+    wb = int(rng.choice([st_w + 4, 30, 62]))
+    return BfpConfig(variant, weight=BfpFormat(w, eb), grad=BfpFormat(gw, int(rng.choice([2, 8]))), acc=acc,
+                     step=step, noise=noise, decay=decay, sr_bits=k, vc_frac_bits=p, window_bits=wb, rng_words=3)
+
+
+def random_registers(cfg, rng):
+    def word(fmt):
+        return int(rng.choice([0, 1, fmt.max_word, int(rng.integers(0, fmt.max_word + 1))]))
+
+    decay = word(cfg.decay) if cfg.decay is not None else 0
+    if cfg.variant is Variant.VC:
+        n = 1 << cfg.weight.exp_bits
+        noise = [word(cfg.noise) if rng.random() < 0.5 else 0 for _ in range(n)]
+        vmax = 1 << (2 * cfg.vc_frac_bits - 2)
+        var = [int(rng.integers(0, vmax + 1)) for _ in range(n)]
+        return BfpRegisters(word(cfg.step), decay, 0, tuple(noise), tuple(var))
+    noise = word(cfg.noise) if cfg.variant in (Variant.NAIVE, Variant.LP_F) else 0
+    return BfpRegisters(word(cfg.step), decay, noise)
+
+
+def random_bfp(fmt, rng, rows, cols):
+    e = rng.choice([fmt.min_exp, fmt.max_exp, 0, int(rng.integers(fmt.min_exp, fmt.max_exp + 1))], size=rows)
+    m = rng.integers(-fmt.max_mant, fmt.max_mant + 1, size=(rows, cols))
+    m[rng.random(rows) < 0.2] = 0
+    m[rng.random((rows, cols)) < 0.1] = fmt.max_mant
+    return BfpTensor(m.astype(np.int64), e.astype(np.int64))
+
+
+def test_random_configurations_equal_the_scalar_model():
+    """Random formats, windows, SR / VC widths and registers at their limits: kernel == scalar model == torch."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2026)
+    built = 0
+    while built < 60:
+        try:
+            cfg = random_config(rng)
+        except ValueError:
+            continue  # e.g. a term wider than 60 bits: rejected configurations are tested elsewhere
+        built += 1
+        regs = random_registers(cfg, rng)
+        rows, cols = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        th, g = random_bfp(cfg.state, rng, rows, cols), random_bfp(cfg.grad, rng, rows, cols)
+        words = rng.integers(0, 1 << 64, size=(rows * cols, 3), dtype=np.uint64)
+        r = update(cfg, th, g, regs, words)
+        assert_equal_ref(r, ref_update(cfg, th, g, regs, words))
+        rt = update(cfg, BfpTensor(torch.from_numpy(th.mant), torch.from_numpy(th.exp)),
+                    BfpTensor(torch.from_numpy(g.mant), torch.from_numpy(g.exp)), regs,
+                    torch.from_numpy(words.view(np.int64)))
+        assert np.array_equal(rt.weight.mant.numpy(), r.weight.mant)
+        assert np.array_equal(rt.weight.exp.numpy(), r.weight.exp)
