@@ -126,6 +126,7 @@ class BfpFormat:
         rounding: str = "nearest",
         rng: np.random.Generator | None = None,
         sr_bits: int = 32,
+        headroom: int = 0,
     ) -> BfpTensor:
         """Float -> BFP (host side). See docs/spec.md, "Block floating point".
 
@@ -135,8 +136,10 @@ class BfpFormat:
         ``floor(t) + [u < f_k]`` with ``f_k = floor(frac(t) * 2**k)`` and ``u`` drawn from
         ``rng`` (one ``k``-bit integer per element, C order), both computed exactly in
         integers; then symmetric saturation. NaN raises ValueError naming the flat index;
-        +-Inf saturates (its row takes ``max_exp``).
+        +-Inf saturates (its row takes ``max_exp``). ``headroom = h > 0`` raises a row's ``E`` by one
+        when its maximum exceeds ``(max_mant - h) * D`` (see :func:`check_headroom`).
         """
+        h = check_headroom(self, headroom)
         x = np.asarray(values, dtype=np.float64)
         if np.isnan(x).any():
             idx = int(np.flatnonzero(np.isnan(x.ravel()))[0])
@@ -151,8 +154,22 @@ class BfpFormat:
             raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
         rows, cols = block_shape(x.shape)
         uu = None if u is None else u.reshape(rows, cols)
-        mant, exp = quantize_core(NUMPY_OPS, self, x.reshape(rows, cols), k, uu)
+        mant, exp = quantize_core(NUMPY_OPS, self, x.reshape(rows, cols), k, uu, h)
         return BfpTensor(mant.reshape(x.shape), exp)
+
+
+def check_headroom(fmt: BfpFormat, headroom: int) -> int:
+    """Validate a headroom ``h`` in ``[0, 2**(W-2) - 1]`` (one exponent step then always suffices).
+
+    ``h = 0`` is QPyTorch's rule, ``E = floor(log2 max)``: the row maximum can round up to
+    ``2**(W-1)`` and saturate (a bias toward zero). ``h = 1`` keeps every SR result, ``h = 2``
+    every VC result (``+-1`` correction) inside ``+-max_mant``.
+    """
+    h = check_int("headroom", headroom)
+    hi = (1 << (fmt.width - 2)) - 1
+    if not 0 <= h <= hi:
+        raise ValueError(f"headroom must be in [0, {hi}] for {fmt}, got {h}")
+    return h
 
 
 def check_quantize_bits(fmt: BfpFormat, sr_bits: int) -> int:
@@ -269,14 +286,24 @@ def shift(ops: Any, v: Any, d: Any) -> Any:
     return ops.where(d >= 0, v << ops.clamp(d, 0, 62), v >> ops.clamp(-d, 0, 63))
 
 
-def row_exponent(ops: Any, x: Any, lsb: Any, fmt: BfpFormat) -> Any:
-    """``clamp(floor(log2(max|row| * 2**lsb)), min_exp, max_exp)`` per row (``min_exp`` for an all-zero row).
+def row_exponent(ops: Any, x: Any, lsb: Any, fmt: BfpFormat, headroom: int = 0) -> Any:
+    """``clamp(floor(log2(max|row| * 2**lsb)), min_exp, max_exp)`` per row (``min_exp`` for an all-zero row),
+    plus one if ``headroom > 0`` and ``max|row| * 2**lsb > (max_mant - headroom) * D`` (below ``max_exp``).
 
     ``x`` is (rows, cols) int64 with ``cols >= 1``, ``lsb`` a (rows, 1) exponent.
     """
     amax = ops.rowmax(abs(x))
     e = lsb + bit_length(ops, amax) - 1
-    return ops.clamp(ops.where(amax > 0, e, fmt.min_exp), fmt.min_exp, fmt.max_exp)
+    e = ops.clamp(ops.where(amax > 0, e, fmt.min_exp), fmt.min_exp, fmt.max_exp)
+    if headroom:
+        lim = fmt.max_mant - headroom
+        s = fmt.grid_exp(e) - lsb  # D = 2**s window units
+        big = 1 << fmt.width
+        over_pos = ((amax - 1) >> ops.clamp(s, 0, 63)) >= lim  # amax > lim * 2**s  (s >= 0)
+        over_neg = (ops.clamp(amax, 0, big) << ops.clamp(-s, 0, fmt.width + 1)) > lim  # (s < 0)
+        over = ops.where(s >= 0, over_pos, over_neg) & (e < fmt.max_exp)
+        e = e + ops.as_int(over)
+    return e
 
 
 def split(ops: Any, x: Any, s: Any, frac_bits: int, width: int) -> tuple[Any, Any]:
@@ -299,7 +326,18 @@ def split(ops: Any, x: Any, s: Any, frac_bits: int, width: int) -> tuple[Any, An
     return i, f
 
 
-def quantize_core(ops: Any, fmt: BfpFormat, x: Any, k: int, u: Any | None) -> tuple[Any, Any]:
+def pow2(ops: Any, e: Any) -> Any:
+    """``2.0**e`` (float64) for int64 ``e`` in the normal range, built from its bits: exact on every device."""
+    if ops is NUMPY_OPS:
+        return ((np.asarray(e, dtype=np.int64) + 1023) << 52).view(np.float64)
+    import torch
+
+    return ((e + 1023) << 52).view(torch.float64)
+
+
+def quantize_core(
+    ops: Any, fmt: BfpFormat, x: Any, k: int, u: Any | None, headroom: int = 0
+) -> tuple[Any, Any]:
     """Float64 rows (rows, cols) -> (mantissas, exponents); nearest if ``u`` is None, else SR with k-bit ``u``.
 
     Exact: ``x = M * 2**(e - 53)`` with an integer ``|M| < 2**53`` (from ``frexp``), so
@@ -314,6 +352,9 @@ def quantize_core(ops: Any, fmt: BfpFormat, x: Any, k: int, u: Any | None) -> tu
     amax = abs(x).amax(dim=1) if ops is TORCH_OPS else abs(x).max(axis=1)
     _, e = ops.frexp(amax)  # floor(log2 a) = e - 1 for a > 0
     exp = ops.clamp(ops.where(amax > 0, e - 1, fmt.min_exp), fmt.min_exp, fmt.max_exp)
+    if headroom:  # exact float compare: (max_mant - headroom) * 2**g is a float64
+        over = (amax > (fmt.max_mant - headroom) * pow2(ops, exp + 2 - fmt.width)) & (exp < fmt.max_exp)
+        exp = exp + ops.as_int(over)
     g = (exp + 2 - fmt.width)[:, None]
     m, ex = ops.frexp(x)
     d = ops.clamp(ex - 53 + k - g, -(1 << 20), fmt.width + k - 53)
@@ -340,6 +381,8 @@ class BfpConfig:
     aligned to the row's sum window by a per-row shift. ``sr_bits`` is the width
     ``k`` of the SR uniform (a fixed field: the bits a row drops vary per row).
     ``window_bits`` is the width ``B`` of the exact-sum window (docs/spec.md).
+    ``headroom`` (default 0, QPyTorch's exponent rule) raises a row's exponent when its
+    maximum lies within ``headroom`` grid steps of saturation (:func:`check_headroom`).
     """
 
     variant: Variant
@@ -353,6 +396,7 @@ class BfpConfig:
     sr_bits: int = 24
     vc_frac_bits: int = 8
     window_bits: int = 48
+    headroom: int = 0
     rng: XoroshiroSpec = field(default_factory=XoroshiroSpec)
     rng_words: int = 1
     lanes: int = 1
@@ -393,6 +437,8 @@ class BfpConfig:
             object.__setattr__(self, name, val)
             if not lo <= val <= hi:
                 raise ValueError(f"{name} must be in [{lo}, {hi}], got {val}")
+        for fmt in (self.state, self.weight):
+            check_headroom(fmt, self.headroom)
         for name, bits in self.term_bits.items():
             if bits > 60:
                 raise ValueError(f"term {name} needs {bits} magnitude bits; at most 60")
@@ -583,7 +629,7 @@ def update(cfg: BfpConfig, theta: BfpTensor, grad: BfpTensor, regs: BfpRegisters
     out = BfpTensor(mant.reshape(shape), exp)
     if not cfg.variant.has_accumulator:
         return BfpUpdateResult(out, out)
-    wm, we = _round_rows(ops, mant, exp, st, wf)
+    wm, we = _round_rows(ops, mant, exp, st, wf, cfg.headroom)
     return BfpUpdateResult(out, BfpTensor(wm.reshape(shape), we))
 
 
@@ -642,20 +688,23 @@ def _kernel(
 
     if v is not Variant.VC:
         x = mu + noise_term(regs.noise) if v.has_gaussian and regs.noise else mu
-        exp = row_exponent(ops, x, lsb, st)
+        exp = row_exponent(ops, x, lsb, st, cfg.headroom)
         s = st.grid_exp(exp) - lsb
         i, f = split(ops, x, s, k, st.width)
         out = i + ((f + col(_field(flat, fields["sr"]))) >> k)
         return ops.clamp(out, -st.max_mant, st.max_mant), exp.reshape(rows)
-    # VC: the grid D comes from mu; the row's exponent selects branch and constants
-    exp = row_exponent(ops, mu, lsb, st)
-    idx = exp - st.min_exp
+    # VC: D0 from mu selects the branch and constants; a noisy row that overflows D0's range
+    # takes the exponent of x instead (never a finer grid than D0)
+    exp0 = row_exponent(ops, mu, lsb, st, cfg.headroom)
+    idx = exp0 - st.min_exp
     noise_tab = ops.const(np.asarray(regs.vc_noise, dtype=np.int64), mu)
     var_tab = ops.const(np.asarray(regs.vc_var, dtype=np.int64), mu)
     n_row = noise_tab[idx]  # (rows, 1)
     var_row = var_tab[idx]
     branch_a = n_row > 0
     x = ops.where(branch_a, mu + noise_term(n_row), mu)
+    exp_x = row_exponent(ops, x, lsb, st, cfg.headroom)
+    exp = ops.where(exp_x > exp0, exp_x, exp0)
     s = st.grid_exp(exp) - lsb
     p = cfg.vc_frac_bits
     kk = max(k, p + 1)
@@ -678,11 +727,11 @@ def _kernel(
     return ops.clamp(out, -st.max_mant, st.max_mant), exp.reshape(rows)
 
 
-def _round_rows(ops: Any, mant: Any, exp: Any, src: BfpFormat, dst: BfpFormat) -> tuple[Any, Any]:
+def _round_rows(ops: Any, mant: Any, exp: Any, src: BfpFormat, dst: BfpFormat, headroom: int) -> tuple[Any, Any]:
     """Round BFP rows to ``dst`` to nearest (ties toward +inf), exponent from the row maximum."""
     rows = exp.shape[0]
     a = src.grid_exp(exp.reshape(rows, 1))
-    e = row_exponent(ops, mant, a, dst)
+    e = row_exponent(ops, mant, a, dst, headroom)
     i, f = split(ops, mant, dst.grid_exp(e) - a, 1, dst.width)
     return ops.clamp(i + f, -dst.max_mant, dst.max_mant), e.reshape(rows)
 

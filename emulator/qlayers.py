@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bfp import TORCH_OPS, BfpFormat, block_shape, check_quantize_bits, quantize_core
+from .bfp import TORCH_OPS, BfpFormat, block_shape, check_headroom, check_quantize_bits, pow2, quantize_core
 from .formats import FixedFormat, check_int
 
 GOLDEN = 0x9E3779B97F4A7C15
@@ -90,6 +90,7 @@ class QuantSpec:
     fmt: FixedFormat | BfpFormat
     rounding: str = "nearest"
     sr_bits: int = 32
+    headroom: int = 0  # BFP only: see emulator.bfp.check_headroom
 
     def __post_init__(self) -> None:
         if not isinstance(self.fmt, (FixedFormat, BfpFormat)):
@@ -99,13 +100,11 @@ class QuantSpec:
         k = check_int("sr_bits", self.sr_bits)
         if isinstance(self.fmt, BfpFormat):
             check_quantize_bits(self.fmt, k)
+            check_headroom(self.fmt, self.headroom)
+        elif self.headroom:
+            raise ValueError(f"headroom is a BFP option; got headroom={self.headroom} for {self.fmt}")
         elif not 1 <= k <= 52:
             raise ValueError(f"sr_bits must be in [1, 52] for {self.fmt}, got {k}")
-
-
-def _pow2(e: torch.Tensor) -> torch.Tensor:
-    """2.0**e as float64 built from its bits (exact for normal results, any device)."""
-    return ((e + 1023) << 52).view(torch.float64)
 
 
 def quantize_tensor(x: torch.Tensor, spec: QuantSpec, u: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,8 +148,8 @@ def quantize_tensor(x: torch.Tensor, spec: QuantSpec, u: torch.Tensor | None = N
     else:
         rows, cols = block_shape(tuple(x.shape))
         uu = None if u is None else u.reshape(rows, cols)
-        mant, exp = quantize_core(TORCH_OPS, fmt, xd.reshape(rows, cols), k if uu is not None else 1, uu)
-        out = (mant.to(torch.float64) * _pow2(fmt.grid_exp(exp))[:, None]).reshape(x.shape)
+        mant, exp = quantize_core(TORCH_OPS, fmt, xd.reshape(rows, cols), k if uu is not None else 1, uu, spec.headroom)
+        out = (mant.to(torch.float64) * pow2(TORCH_OPS, fmt.grid_exp(exp))[:, None]).reshape(x.shape)
     return out.to(x.dtype)
 
 

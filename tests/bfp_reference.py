@@ -48,11 +48,17 @@ def sr_var(fk: int, k: int, p: int) -> int:
     return (fh * ((1 << h) - fh) + (1 << (h - 1))) >> h
 
 
-def exponent(vals: list[int], lsb: int, fmt: BfpFormat) -> int:
+def exponent(vals: list[int], lsb: int, fmt: BfpFormat, headroom: int = 0) -> int:
     amax = max((abs(v) for v in vals), default=0)
     if amax == 0:
-        return fmt.min_exp
-    return min(max(lsb + amax.bit_length() - 1, fmt.min_exp), fmt.max_exp)
+        e = fmt.min_exp
+    else:
+        e = min(max(lsb + amax.bit_length() - 1, fmt.min_exp), fmt.max_exp)
+    if headroom and e < fmt.max_exp and Fraction(amax) * Fraction(2) ** lsb > (fmt.max_mant - headroom) * Fraction(
+        2
+    ) ** (e + 2 - fmt.width):
+        e += 1
+    return e
 
 
 def sat(m: int, fmt: BfpFormat) -> int:
@@ -105,18 +111,24 @@ def ref_row(cfg: BfpConfig, tm, te, gm, ge, regs: BfpRegisters, words) -> tuple[
                 x + align(regs.noise * gauss_z(cfg, field(w, f["gauss"])), a["noise"], lsb)
                 for x, w in zip(mu, words, strict=True)
             ]
-        e = exponent(xs, lsb, st)
+        e = exponent(xs, lsb, st, cfg.headroom)
         s = e + 2 - st.width - lsb
         return [sat(sr(x, s, k, field(w, f["sr"])), st) for x, w in zip(xs, words, strict=True)], e
-    e = exponent(mu, lsb, st)
+    e0 = exponent(mu, lsb, st, cfg.headroom)  # D0 from mu: branch and constants
+    noise = regs.vc_noise[e0 - st.min_exp]
+    var = regs.vc_var[e0 - st.min_exp]
+    xs = list(mu)
+    if noise:
+        xs = [
+            m + align(noise * gauss_z(cfg, field(w, f["gauss"])), a["noise"], lsb)
+            for m, w in zip(mu, words, strict=True)
+        ]
+    e = max(e0, exponent(xs, lsb, st, cfg.headroom))  # the noisy row may overflow D0's range: coarser grid
     s = e + 2 - st.width - lsb
-    noise = regs.vc_noise[e - st.min_exp]
-    var = regs.vc_var[e - st.min_exp]
     out = []
-    for m, w in zip(mu, words, strict=True):
+    for m, x, w in zip(mu, xs, words, strict=True):
         u = field(w, f["vc"])
         if noise:
-            x = m + align(noise * gauss_z(cfg, field(w, f["gauss"])), a["noise"], lsb)
             y = rn(x, s - p) + (1 << (p - 1))
             q, low = y >> p, y & ((1 << p) - 1)
             up = low * low
@@ -130,9 +142,9 @@ def ref_row(cfg: BfpConfig, tm, te, gm, ge, regs: BfpRegisters, words) -> tuple[
     return out, e
 
 
-def ref_round_row(mant: list[int], e: int, src: BfpFormat, dst: BfpFormat) -> tuple[list[int], int]:
+def ref_round_row(mant: list[int], e: int, src: BfpFormat, dst: BfpFormat, headroom: int = 0) -> tuple[list[int], int]:
     a = e + 2 - src.width
-    ew = exponent(mant, a, dst)
+    ew = exponent(mant, a, dst, headroom)
     s = ew + 2 - dst.width - a
     return [sat(rn(m, s), dst) for m in mant], ew
 
@@ -153,7 +165,7 @@ def ref_update(cfg: BfpConfig, theta, grad, regs, words: np.ndarray):
         sm.append(m)
         se.append(e)
         if cfg.variant.has_accumulator:
-            m2, e2 = ref_round_row(m, e, cfg.state, cfg.weight)
+            m2, e2 = ref_round_row(m, e, cfg.state, cfg.weight, cfg.headroom)
         else:
             m2, e2 = m, e
         wm.append(m2)

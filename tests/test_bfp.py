@@ -10,7 +10,7 @@ from emulator.bfp import TORCH_OPS, BfpFormat, BfpTensor, block_shape, quantize_
 from emulator.formats import FixedFormat
 
 
-def ref_quantize(x: np.ndarray, fmt: BfpFormat, k=None, u=None):
+def ref_quantize(x: np.ndarray, fmt: BfpFormat, k=None, u=None, headroom=0):
     """Scalar model on Fractions: E from the exact block maximum, then nearest / SR as defined."""
     rows, cols = block_shape(x.shape)
     xs = x.reshape(rows, cols)
@@ -29,6 +29,8 @@ def ref_quantize(x: np.ndarray, fmt: BfpFormat, k=None, u=None):
                 while Fraction(2) ** (e + 1) <= amax:
                     e += 1
             e = min(max(e, fmt.min_exp), fmt.max_exp)
+            if headroom and e < fmt.max_exp and amax > (fmt.max_mant - headroom) * Fraction(2) ** (e + 2 - fmt.width):
+                e += 1
         exps[r] = e
         grid = Fraction(2) ** (e + 2 - fmt.width)
         for j, xv in enumerate(xs[r]):
@@ -167,3 +169,23 @@ def test_torch_quantize_core_equals_numpy():
                                None if uu is None else torch.from_numpy(uu))
         m, e = ref_quantize(x, f, 20, uu) if uu is not None else ref_quantize(x, f)
         assert torch.equal(mt, torch.from_numpy(m)) and torch.equal(et, torch.from_numpy(e))
+
+
+@pytest.mark.parametrize("headroom", [1, 2, 31])
+def test_headroom_exponent_rule(headroom):
+    f = BfpFormat(8, 4)
+    rng = np.random.default_rng(headroom)
+    x = rng.normal(size=(40, 3)) * np.exp2(rng.integers(-9, 9, size=(40, 1)))
+    x[:, 0] = (127 - headroom + rng.choice([-0.5, 0.0, 0.25, 1.0], size=40)) * np.exp2(rng.integers(-6, 4, 40) - 6)
+    m, e = ref_quantize(x, f, headroom=headroom)
+    t = f.quantize(x, headroom=headroom)
+    assert np.array_equal(t.mant, m) and np.array_equal(t.exp, e)
+    plain = f.quantize(x)
+    bumped = t.exp > plain.exp
+    assert bumped.any() and (~bumped).any() and np.abs(t.mant[t.exp < f.max_exp]).max() <= 127 - headroom
+    u = np.random.default_rng(0).integers(0, 1 << 20, size=x.shape, dtype=np.int64)
+    ts = f.quantize(x, "stochastic", np.random.default_rng(0), sr_bits=20, headroom=headroom)
+    m, e = ref_quantize(x, f, 20, u, headroom)
+    assert np.array_equal(ts.mant, m) and np.array_equal(ts.exp, e)
+    with pytest.raises(ValueError, match=r"headroom must be in \[0, 63\] for BFP\(8,e4\), got 64"):
+        f.quantize(x, headroom=64)

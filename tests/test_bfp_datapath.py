@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from bfp_reference import exponent, field, gauss_z, ref_update, row_mu, sr_frac, sr_var, value, window
+from bfp_reference import align, exponent, field, gauss_z, ref_update, row_mu, sr_frac, sr_var, value, window
 
 from emulator.bfp import (
     BfpConfig,
@@ -78,7 +78,7 @@ MATRIX = [
 
 @pytest.mark.parametrize(("variant", "width", "exp_bits", "lanes", "lr", "wd"), MATRIX)
 def test_kernel_equals_scalar_model_and_torch(variant, width, exp_bits, lanes, lr, wd):
-    cfg = make_cfg(variant, width, exp_bits, lanes)
+    cfg = make_cfg(variant, width, exp_bits, lanes, headroom=0 if lanes == 1 else 2)
     rng = np.random.default_rng([width, exp_bits, lanes, int(lr * 1e5)])
     theta = mixed_rows(cfg.state, rng)
     grad = mixed_rows(cfg.grad, rng, exps=[e for e in rng.integers(cfg.grad.min_exp, cfg.grad.max_exp + 1, 9)])
@@ -90,7 +90,8 @@ def test_kernel_equals_scalar_model_and_torch(variant, width, exp_bits, lanes, l
     if variant == "vc":  # both branches occur in this tensor
         branch_a = [regs.vc_noise[e - cfg.weight.min_exp] > 0 for e in r.state.exp]
         assert any(branch_a) and not all(branch_a)
-    assert np.abs(r.state.mant).max() == cfg.state.max_mant  # the overflow row saturates
+    assert r.state.exp[0] == cfg.state.max_exp
+    assert np.abs(r.state.mant).max() == cfg.state.max_mant  # the overflow row saturates at the top exponent
     torch = pytest.importorskip("torch")
 
     def tt(b):
@@ -499,8 +500,10 @@ def random_config(rng):
     p = int(rng.choice([1, 4, 15]))
     k = int(rng.choice([1, 7, 24, 48]))
     wb = int(rng.choice([st_w + 4, 30, 62]))
+    h = int(rng.choice([0, 0, 1, 2])) if w >= 4 else 0
     return BfpConfig(variant, weight=BfpFormat(w, eb), grad=BfpFormat(gw, int(rng.choice([2, 8]))), acc=acc,
-                     step=step, noise=noise, decay=decay, sr_bits=k, vc_frac_bits=p, window_bits=wb, rng_words=3)
+                     step=step, noise=noise, decay=decay, sr_bits=k, vc_frac_bits=p, window_bits=wb, headroom=h,
+                     rng_words=3)
 
 
 def random_registers(cfg, rng):
@@ -548,3 +551,54 @@ def test_random_configurations_equal_the_scalar_model():
                     torch.from_numpy(words.view(np.int64)))
         assert np.array_equal(rt.weight.mant.numpy(), r.weight.mant)
         assert np.array_equal(rt.weight.exp.numpy(), r.weight.exp)
+
+
+def test_vc_branch_a_noise_overflowing_the_mu_grid_takes_the_coarser_exponent():
+    """A small row with large noise: D0 from mu picks branch A, the noisy row's exponent sets the grid
+    (never finer than D0); per Gaussian draw the mean is RN(x) at p bits and the variance 1/4 LSB^2."""
+    cfg = small_cfg("vc", window_bits=14)
+    p = cfg.vc_frac_bits
+    tm, te, gm, ge = [1, -1], -6, [1, 2], -8
+    mu, a = row_mu(cfg, tm, te, gm, ge, BfpRegisters(9))
+    e0 = exponent(mu, a["L"], cfg.weight)
+    regs = BfpRegisters(9, vc_noise=tuple(15 if e == e0 else 0 for e in range(-8, 8)), vc_var=(0,) * 16)
+    out, exp = run_enumerated(cfg, tm, te, gm, ge, regs, ["vc", "gauss"])
+    nvc = 1 << cfg.fields["vc"].width
+    coarser = 0
+    for gi in range(1 << cfg.fields["gauss"].width):
+        z = gauss_z(cfg, gi)
+        xs = [m + align(15 * z, a["noise"], a["L"]) for m in mu]
+        e = max(e0, exponent(xs, a["L"], cfg.weight))
+        block = out[gi * nvc:(gi + 1) * nvc]
+        assert (exp[gi * nvc:(gi + 1) * nvc] == e).all()
+        coarser += e > e0
+        s = e + 2 - cfg.weight.width - a["L"]
+        for j, x in enumerate(xs):
+            xp = (x + (1 << (s - p - 1))) >> (s - p) if s > p else x << (p - s)
+            mean, var = moments([Fraction(int(v)) for v in block[:, j]])
+            if abs(xp) < (cfg.weight.max_mant - 1) << p:
+                assert mean == Fraction(xp, 2**p) and var == Fraction(1, 4)
+    assert coarser > 10
+
+
+@pytest.mark.parametrize(("variant", "headroom"), [("sgd_l", 1), ("vc", 2)])
+def test_headroom_removes_the_row_maximum_saturation_bias(variant, headroom):
+    """With headroom, the row maximum never saturates: SR is exactly unbiased and VC's variance exact for every
+    element (k >= s), where headroom 0 (QPyTorch's exponent rule) biases the top element toward zero."""
+    regs = BfpRegisters(11) if variant == "sgd_l" else BfpRegisters(11, vc_noise=(0,) * 16, vc_var=(7,) * 16)
+    tm, te, gm, ge = [7, -3, 0, 5, -6], 1, [-3, -7, 1, 0, 6], -2
+    names = ["sr"] if variant == "sgd_l" else ["sr", "vc"]
+    for h in (0, headroom):
+        cfg = small_cfg(variant, window_bits=8, sr_bits=6, headroom=h)
+        out, exp = run_enumerated(cfg, tm, te, gm, ge, regs, names)
+        mu, a = row_mu(cfg, tm, te, gm, ge, regs)
+        e = int(exp[0])
+        assert e == exponent(mu, a["L"], cfg.weight, h)
+        s = e + 2 - cfg.weight.width - a["L"]
+        assert s <= cfg.sr_bits
+        means = [moments([Fraction(int(v)) for v in out[:, j]])[0] for j in range(len(mu))]
+        exact = [Fraction(m, 2**s) for m in mu]
+        if h == 0:
+            assert means[0] < exact[0] and means[1:] == exact[1:]  # element 0 sits in the top interval
+        else:
+            assert means == exact and e == exponent(mu, a["L"], cfg.weight) + 1

@@ -166,6 +166,13 @@ def test_bad_inputs():
         QuantSpec(BfpFormat(8, 8), "stochastic", 60)
     with pytest.raises(ValueError, match=r"cannot quantize NaN \(first at flat index 4\) to Q\(8,4\)"):
         quantize_tensor(torch.tensor([[0.0, 1, 2], [3, float("nan"), 5]]), QuantSpec(FixedFormat(8, 4)))
+    with pytest.raises(ValueError, match=r"headroom is a BFP option; got headroom=1 for Q\(8,4\)"):
+        QuantSpec(FixedFormat(8, 4), headroom=1)
+    x = torch.tensor([[1.99, 0.5], [-1.0, 0.25]])
+    hq = quantize_tensor(x, QuantSpec(BfpFormat(8, 8), headroom=1))
+    assert np.array_equal(hq.numpy(), BfpFormat(8, 8).to_float(BfpFormat(8, 8).quantize(x.double().numpy(),
+                                                                                         headroom=1)))
+    assert hq[0, 0].item() == 2.0  # 1.99 is within one step of saturation: E goes up, 1.99 rounds to 2
     with pytest.raises(TypeError, match=r"x must be a floating-point tensor"):
         quantize_tensor(torch.tensor([1, 2]), QuantSpec(FixedFormat(8, 4)))
     with pytest.raises(ValueError, match=r"stochastic rounding needs uniforms u"):
