@@ -11,7 +11,9 @@ normative text is the "Block floating point" section of ``docs/spec.md``.
 The update (:func:`update`) computes, per row, the sum
 ``theta - step*g - decay*theta (+ noise)`` in a ``window_bits``-wide integer window
 anchored at a static bound of the row's terms (each term truncated toward -inf at
-the window's LSB), takes the new row exponent from the row maximum of that sum, and
+the window's LSB), takes the new row exponent from the row maximum of that sum (VC: the
+noise-free sum's exponent picks branch and constants, a noisy row overflowing that grid
+takes its own exponent; an optional ``headroom`` keeps row maxima off saturation), and
 rounds every element to the new row grid with the fixed datapath's SR / VC rules.
 One kernel is written against a tiny array namespace and runs on numpy arrays and
 on torch int64 tensors (CPU or CUDA) with identical integers.
