@@ -709,7 +709,7 @@ def _quantize_words(x: Tensor, fmt: FixedFormat, rounding: str, u: Tensor | None
     if rounding == "nearest" or u is None:
         q = fl + (t - fl >= 0.5).to(torch.float64)
     else:
-        fk = torch.floor((t - fl) * 2.0**sr_bits)
+        fk = torch.floor(t * 2.0**sr_bits) - fl * 2.0**sr_bits  # = floor(t 2^k) mod 2^k, exact (formats.py)
         q = fl + (u.to(torch.float64) < fk).to(torch.float64)
     return torch.clamp(q.to(_I64), lo, hi)
 
@@ -721,7 +721,7 @@ def torch_quantize(x: Tensor, fmt: FixedFormat, rounding: str = "nearest", *, u:
     Same definition, step for step, in float64 (every step is exact, so CPU and CUDA agree):
     NaN raises ValueError naming the first flat index; ``t = x * 2^frac`` is clamped to
     ``[min_word - 1, max_word + 1]`` (+-Inf saturate); nearest: ``floor(t) + [frac(t) >= 1/2]``;
-    stochastic: ``floor(t) + [u < floor(frac(t) * 2^k)]`` with ``u`` int64 on ``[0, 2^k)``, one per
+    stochastic: ``floor(t) + [u < floor(t * 2^k) mod 2^k]`` with ``u`` int64 on ``[0, 2^k)``, one per
     element in C order; then an exact integer clamp. Returns int64 words, shape of ``x``.
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():

@@ -349,3 +349,36 @@ def test_soak_random_sizes_and_lanes(name):
         sizes = [int(x) for x in rng.integers(0, 300_000, 4)] + [int(x) for x in rng.integers(0, 3 * lanes, 3)]
         for path in ("fused", "reference"):
             _run_both(cfg, _register_cases(cfg, name.split("-")[0]), sizes, seed=int(rng.integers(1 << 62)), path=path)
+
+
+def test_torch_quantize_stochastic_fraction_exact_for_negative_values():
+    # f_k = floor(t 2^k) mod 2^k exactly (the regression of FixedFormat.quantize): for
+    # x = -(2^-40 + 2^-60) in Q(8,0) with k = 52, f_k = 2^52 - 2^12 - 1; floor((t - floor t) 2^k)
+    # was one more.
+    from emulator.torch_engine import torch_quantize
+
+    fmt = FixedFormat(8, 0)
+    fk = (1 << 52) - (1 << 12) - 1
+    x = torch.tensor([-(2**-40 + 2**-60)] * 2, dtype=torch.float64)
+    got = torch_quantize(x, fmt, "stochastic", u=torch.tensor([fk - 1, fk]), sr_bits=52)
+    assert got.tolist() == [0, -1]
+    # and equal to FixedFormat.quantize given the same uniforms, on values whose fraction has
+    # bits below 2^-53 (negative, small), for several k
+    gen = np.random.default_rng(11)
+    xs = -np.ldexp(1.0 + gen.random(4000), gen.integers(-60, 3, 4000))
+    for k in (1, 17, 32, 52):
+        u = gen.integers(0, 1 << k, xs.size, dtype=np.int64)
+        want = fmt.quantize(xs, "stochastic", _SeqUniforms(u), sr_bits=k)
+        got = torch_quantize(torch.from_numpy(xs), fmt, "stochastic", u=torch.from_numpy(u), sr_bits=k)
+        assert np.array_equal(got.numpy(), want)
+
+
+class _SeqUniforms(np.random.Generator):
+    """A Generator whose ``integers`` returns the given uniforms (the SR draws of quantize)."""
+
+    def __init__(self, u):
+        super().__init__(np.random.PCG64(0))
+        self.u = u
+
+    def integers(self, low, high, size=None, dtype=np.int64):
+        return self.u.reshape(size).astype(dtype)
