@@ -31,7 +31,7 @@ from .datapath import Field, Variant, _coerce_variant, field_layout, sr_variance
 from .engine import stream_words
 from .formats import FixedFormat, check_int
 from .gaussian import GaussianSpec
-from .host import HyperParams, _register
+from .host import UNDERFLOW_POLICIES, HyperParams, _register
 from .rng import LaneRng, XoroshiroSpec
 
 MAX_BFP_WIDTH = 24  # mantissas stay exact in float32 and far inside int64 in every intermediate
@@ -368,6 +368,17 @@ def quantize_core(
     return ops.clamp(q, -fmt.max_mant, fmt.max_mant), exp
 
 
+def _fit_frac(value: float, width: int) -> int:
+    """The most fractional bits ``F`` (at most 64) with ``floor(value * 2**F + 1/2) < 2**width``."""
+    _, e = math.frexp(value)  # value = m 2**e, m in [1/2, 1)
+    f = min(width - e, 64)  # value * 2**f < 2**width
+    while math.floor(math.ldexp(value, f) + 0.5) > (1 << width) - 1:
+        f -= 1
+    if f < -64:
+        raise ValueError(f"{value:.6g} does not fit a {width}-bit register (frac >= -64)")
+    return f
+
+
 # ---- the BFP datapath ----------------------------------------------------------------------
 
 
@@ -445,6 +456,58 @@ class BfpConfig:
             if bits > 60:
                 raise ValueError(f"term {name} needs {bits} magnitude bits; at most 60")
         _ = self.fields  # validates the random budget
+
+    @classmethod
+    def paper(
+        cls,
+        variant: Variant | str,
+        *,
+        lanes: int = 1024,
+        max_lr: float = 0.5,
+        weight_decay: float = 5e-4,
+        temperature: float = 1e-3,
+        dataset_size: int = 50000,
+        acc_width: int = 16,
+        register_width: int = 16,
+    ) -> BfpConfig:
+        """The paper's 8-bit BFP setting, registers sized for the largest hyper-parameters given.
+
+        Weights and gradients ``BfpFormat(8, 8)``; ``lp_f``/``sgd_f`` keep a ``BfpFormat(acc_width, 8)``
+        accumulator. ``headroom`` 2 for ``vc`` and 1 for the SR variants (spec section 10.2: no
+        row-maximum saturation bias). ``step``, ``decay`` (``lr * weight_decay``; none if
+        ``weight_decay == 0``) and ``noise`` (``sqrt(2 lr T / N) / sigma_z``, the largest naive/lp_f
+        word and an upper bound of every VC table entry) are unsigned ``register_width``-bit formats
+        with the most fractional bits that still hold the value at ``lr = max_lr``: smaller lr only
+        loses relative precision, and an lr below half a register LSB underflows (the optimizer
+        flushes it to 0). Defaults: the paper's CIFAR runs (lr 0.5, weight decay 5e-4, T = 1e-3,
+        N = 50000).
+        """
+        v = _coerce_variant(variant)
+        hp = HyperParams(max_lr, temperature, dataset_size, weight_decay)  # validates the values
+        if max_lr <= 0:
+            raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
+        w = check_int("register_width", register_width)
+        if not 2 <= w <= 32:
+            raise ValueError(f"register_width must be in [2, 32], got {w}")
+
+        def reg(value: float) -> FixedFormat:
+            return FixedFormat(w, _fit_frac(value, w), signed=False)
+
+        kw: dict[str, Any] = {}
+        if hp.weight_decay:
+            kw["decay"] = reg(hp.lr * hp.weight_decay)
+        if v.is_langevin and hp.noise_variance:
+            kw["noise"] = reg(math.sqrt(hp.noise_variance) / GaussianSpec().std)
+        return cls(
+            v,
+            weight=BfpFormat(8, 8),
+            grad=BfpFormat(8, 8),
+            acc=BfpFormat(acc_width, 8) if v.has_accumulator else None,
+            step=reg(hp.lr),
+            headroom=2 if v is Variant.VC else 1,
+            lanes=lanes,
+            **kw,
+        )
 
     @property
     def state(self) -> BfpFormat:
@@ -534,7 +597,7 @@ def check_registers(cfg: BfpConfig, regs: BfpRegisters) -> None:
         raise ValueError(f"registers vc_noise/vc_var are VC-only; variant is {v.value!r}")
 
 
-def bfp_registers(cfg: BfpConfig, hp: HyperParams) -> BfpRegisters:
+def bfp_registers(cfg: BfpConfig, hp: HyperParams, *, underflow: str = "raise") -> BfpRegisters:
     """Registers for one step: the fixed host's rules, and for VC one entry per weight exponent.
 
     ``step``, ``decay`` and (naive, lp_f) ``noise`` are rounded half up from float64 as in
@@ -543,19 +606,47 @@ def bfp_registers(cfg: BfpConfig, hp: HyperParams) -> BfpRegisters:
     noise word is ``reg(sqrt(vL - 1/4) * 2**g / sigma_z, noise)`` (branch A); if it is 0
     or ``vL <= 1/4``, branch B with ``vc_var = v0 = 2**(2p-2)`` or
     ``floor(vL * 2**(2p) + 1/2)`` respectively (0 allowed: rows too coarse for ``v``).
+
+    Overflow always raises ValueError naming the register. Underflow (a non-zero ``lr``,
+    ``lr*weight_decay`` or naive/lp_f ``noise scale`` that rounds to 0) raises with
+    ``underflow='raise'`` (default) and sets the register to 0 with ``underflow='flush'``
+    (:func:`bfp_registers_flushed` also names them), the policy of
+    :func:`emulator.host.step_registers`. VC table entries are allowed to be 0 and never underflow.
     """
+    return bfp_registers_flushed(cfg, hp, underflow=underflow)[0]
+
+
+def bfp_registers_flushed(
+    cfg: BfpConfig, hp: HyperParams, *, underflow: str = "flush"
+) -> tuple[BfpRegisters, tuple[str, ...]]:
+    """:func:`bfp_registers` and the names of the registers flushed to 0 by underflow.
+
+    Names as :func:`emulator.host.step_registers_flushed`: ``"lr"``, ``"lr*weight_decay"``,
+    ``"noise scale"``. With ``underflow='raise'`` the tuple is always empty.
+    """
+    if not isinstance(cfg, BfpConfig):
+        raise TypeError(f"cfg must be a BfpConfig, got {type(cfg).__name__}")
     if not isinstance(hp, HyperParams):
         raise TypeError(f"hp must be HyperParams, got {type(hp).__name__}")
-    step = _register("lr", hp.lr, cfg.step)
+    if underflow not in UNDERFLOW_POLICIES:
+        raise ValueError(f"underflow must be one of {UNDERFLOW_POLICIES}, got {underflow!r}")
+    fl: list[str] | None = [] if underflow == "flush" else None
+    regs = _bfp_registers(cfg, hp, fl)
+    return regs, tuple(fl or ())
+
+
+def _bfp_registers(cfg: BfpConfig, hp: HyperParams, fl: list[str] | None) -> BfpRegisters:
+    step = _register("lr", hp.lr, cfg.step, flushed=fl)
     decay = 0
     if hp.weight_decay:
         if cfg.decay is None:
             raise ValueError(f"weight_decay={hp.weight_decay} but the configuration has no decay register")
-        decay = _register("lr*weight_decay", hp.lr * hp.weight_decay, cfg.decay)
+        decay = _register("lr*weight_decay", hp.lr * hp.weight_decay, cfg.decay, flushed=fl)
     v = hp.noise_variance if cfg.variant.is_langevin else 0.0
     sigma_z = cfg.gaussian.std
     if cfg.variant in (Variant.NAIVE, Variant.LP_F):
-        return BfpRegisters(step, decay, _register("noise scale", math.sqrt(v) / sigma_z, cfg.noise) if v else 0)
+        noise = _register("noise scale", math.sqrt(v) / sigma_z, cfg.noise, flushed=fl) if v else 0
+        return BfpRegisters(step, decay, noise)
     if cfg.variant is not Variant.VC:
         return BfpRegisters(step, decay)
     p = cfg.vc_frac_bits
@@ -771,6 +862,159 @@ class BfpEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rng = LaneRng.from_state_dict(state["rng"])
+        if (rng.spec, rng.lanes, rng.words) != (self.cfg.rng, self.cfg.lanes, self.cfg.rng_words):
+            raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
+        self.rng = rng
+
+
+# ---- torch: host quantization, float values, the engine (torch is imported lazily) ----------
+
+
+def quantize_torch(
+    x: Any, fmt: BfpFormat, rounding: str = "nearest", *, u: Any = None, sr_bits: int = 32, headroom: int = 0
+) -> BfpTensor:
+    """:meth:`BfpFormat.quantize` on a torch tensor (CPU or CUDA), with the SR uniforms given explicitly.
+
+    Same definition and the same integer kernel (:func:`quantize_core`): ``u`` is an int64
+    tensor of ``x.numel()`` values in ``[0, 2**sr_bits)``, one per element in C order (with
+    ``rng.integers(0, 2**k, size=x.shape, dtype=np.int64)`` this equals the host's
+    ``fmt.quantize(x, 'stochastic', rng, k, headroom)`` word for word; the range of ``u`` is
+    trusted). NaN raises ValueError naming the first flat index; +-Inf saturates. Returns a
+    :class:`BfpTensor` of int64 tensors on ``x``'s device.
+    """
+    import torch
+
+    if not isinstance(fmt, BfpFormat):
+        raise TypeError(f"fmt must be a BfpFormat, got {type(fmt).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    h = check_headroom(fmt, headroom)
+    xd = x.detach().to(torch.float64)
+    nan = torch.isnan(xd)
+    if bool(nan.any()):
+        idx = int(torch.nonzero(nan.reshape(-1))[0])
+        raise ValueError(f"cannot quantize NaN (first at flat index {idx}) to {fmt}")
+    rows, cols = block_shape(tuple(x.shape))
+    if rounding == "stochastic":
+        k = check_quantize_bits(fmt, sr_bits)
+        if not isinstance(u, torch.Tensor) or u.dtype != torch.int64 or u.numel() != x.numel():
+            raise TypeError(f"stochastic rounding needs u: an int64 tensor of {x.numel()} uniforms, got "
+                            f"{getattr(u, 'dtype', type(u).__name__)}")
+        uu = u.to(x.device).reshape(rows, cols)
+    elif rounding == "nearest":
+        k, uu = 1, None
+    else:
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+    mant, exp = quantize_core(TORCH_OPS, fmt, xd.reshape(rows, cols), k, uu, h)
+    return BfpTensor(mant.reshape(x.shape), exp)
+
+
+def exact_in(fmt: BfpFormat, dtype: Any) -> bool:
+    """True if every value of ``fmt`` is a value of the torch float ``dtype`` (so the cast is exact).
+
+    Needs ``W - 1`` mantissa magnitude bits within the dtype's significand, the finest grid
+    ``2**(E_min + 2 - W)`` at or above its smallest subnormal, and ``2**(E_max + 1)`` at most
+    ``2**(emax + 1)``. ``BfpFormat(W, 8)`` in float32: ``W <= 23`` (``W = 24`` loses the last bit of
+    ``E_min`` rows).
+    """
+    import torch
+
+    fi = torch.finfo(dtype)
+    nmant = -math.frexp(fi.eps)[1] + 1  # eps = 2**-nmant
+    emin_sub = math.frexp(fi.tiny)[1] - 1 - nmant
+    emax = math.frexp(fi.max)[1] - 1
+    return fmt.width - 1 <= nmant + 1 and fmt.grid_exp(fmt.min_exp) >= emin_sub and fmt.max_exp <= emax
+
+
+def to_float_torch(t: BfpTensor, fmt: BfpFormat, dtype: Any = None) -> Any:
+    """Values ``mant * 2**(E + 2 - W)`` of torch BFP words in ``dtype`` (default float32).
+
+    Computed exactly in float64 (every BFP value is one) and cast, so the result is exact
+    whenever :func:`exact_in` holds and round-to-nearest-even of the exact value otherwise.
+    """
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    rows, cols = block_shape(tuple(t.mant.shape))
+    g = pow2(TORCH_OPS, fmt.grid_exp(t.exp.reshape(rows, 1)))
+    return (t.mant.reshape(rows, cols).to(torch.float64) * g).reshape(t.mant.shape).to(dtype)
+
+
+class TorchBfpEngine:
+    """:class:`BfpEngine` on torch int64 tensors (CPU or CUDA): the same lanes, streams and kernel.
+
+    Words come from :func:`emulator.torch_engine.torch_stream_words` (element ``i``: lane
+    ``i mod L``, cycle ``i div L``); the update is :func:`update`. Equal to :class:`BfpEngine`
+    word for word given the same seed and inputs.
+    """
+
+    def __init__(self, cfg: BfpConfig, seed: int, *, device: Any = "cpu", rng: Any = None):
+        import torch
+
+        from .torch_engine import TorchLaneRng
+
+        if not isinstance(cfg, BfpConfig):
+            raise TypeError(f"cfg must be a BfpConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        if rng is None:
+            rng = TorchLaneRng.seeded(cfg.rng, seed, cfg.lanes, cfg.rng_words, self.device)
+        elif (rng.spec, rng.lanes, rng.words) != (cfg.rng, cfg.lanes, cfg.rng_words):
+            raise ValueError("rng does not match the configuration's generator, lanes or rng_words")
+        self.rng = rng
+
+    def _check(self, t: BfpTensor, fmt: BfpFormat, name: str, check_words: bool) -> BfpTensor:
+        import torch
+
+        if not isinstance(t, tuple) or len(t) != 2:
+            raise TypeError(f"{name} must be a BfpTensor(mant, exp), got {type(t).__name__}")
+        mant, exp = t
+        for part, arr in (("mantissas", mant), ("exponents", exp)):
+            if not isinstance(arr, torch.Tensor) or arr.dtype != torch.int64:
+                got = getattr(arr, "dtype", type(arr).__name__)
+                raise TypeError(f"{name} {part} must be an int64 tensor, got {got}")
+            if arr.device != self.device:
+                raise ValueError(f"{name} {part} are on {arr.device}, the engine on {self.device}")
+        rows, _ = block_shape(tuple(mant.shape))
+        if tuple(exp.shape) != (rows,):
+            raise ValueError(f"{name} exponents must have shape ({rows},) for mantissas {tuple(mant.shape)}, "
+                             f"got {tuple(exp.shape)}")
+        if check_words:
+            for part, arr, lo, hi in (("mantissa", mant, -fmt.max_mant, fmt.max_mant),
+                                      ("exponent", exp, fmt.min_exp, fmt.max_exp)):
+                if arr.numel():
+                    amin, amax = int(arr.min()), int(arr.max())
+                    if amin < lo or amax > hi:
+                        raise ValueError(f"{name} {part} {amin if amin < lo else amax} outside {fmt} range "
+                                         f"[{lo}, {hi}]")
+        return BfpTensor(mant, exp)
+
+    def step(self, theta: BfpTensor, grad: BfpTensor, regs: BfpRegisters, *,
+             check_words: bool = True) -> BfpUpdateResult:
+        """One update of every element; a rejected call leaves the lanes untouched.
+
+        ``check_words=False`` skips the range checks (one device sync each) for callers whose
+        words are in range by construction.
+        """
+        from .torch_engine import torch_stream_words
+
+        cfg = self.cfg
+        check_registers(cfg, regs)
+        th = self._check(theta, cfg.state, "theta", check_words)
+        g = self._check(grad, cfg.grad, "grad", check_words)
+        if tuple(th.mant.shape) != tuple(g.mant.shape):
+            raise ValueError(f"theta shape {tuple(th.mant.shape)} != grad shape {tuple(g.mant.shape)}")
+        words = torch_stream_words(self.rng, th.mant.numel())
+        return update(cfg, th, g, regs, words)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Also reads a :class:`BfpEngine` state dict (numpy lane states)."""
+        from .torch_engine import TorchLaneRng
+
+        rng = TorchLaneRng.from_state_dict(state["rng"], self.device)
         if (rng.spec, rng.lanes, rng.words) != (self.cfg.rng, self.cfg.lanes, self.cfg.rng_words):
             raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
         self.rng = rng

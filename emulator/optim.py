@@ -8,17 +8,27 @@ Update rule per parameter tensor, with ``a = group['lr']``, weight decay ``wd``,
                        theta <- datapath(theta, g_w, registers(a, wd, T, N))
                        p     <- float(weight word)
 
-where ``theta`` are the integer state words held in ``optimizer.state[p]['words']`` (the
-weight words for ``naive``/``vc``/``sgd_l``, the accumulator words for ``lp_f``/``sgd_f``),
-initialized from ``p`` by round-to-nearest into the state format on the first step, and
-``datapath`` is docs/spec.md section 6 run by :class:`emulator.torch_engine.TorchEngine`:
-``mu = theta - a g_w - (a wd) theta`` exactly (weight decay is the Gaussian prior, applied
-inside the exact sum), then ``naive``/``lp_f``: ``SR(mu + sqrt(v) z)``, ``vc``:
-``Q_vc(mu, v)``, ``sgd_l``/``sgd_f``: ``SR(mu)``; the ``-F`` variants emit
-``nearest(theta)`` in the weight format. Registers come from
-:func:`emulator.host.step_registers_flushed` (shared by every backend).
+where ``theta`` is the integer state held in ``optimizer.state[p]``: the weight for
+``naive``/``vc``/``sgd_l``, the accumulator for ``lp_f``/``sgd_f``, initialized from ``p`` by
+round-to-nearest into the state format on the first step. A group's ``config`` selects the
+number format:
 
-Decisions (documented in docs/torch.md):
+* fixed point (:class:`DatapathConfig` or a preset name): ``state[p]['words']`` (int64, ``p``'s
+  shape); ``datapath`` is docs/spec.md section 6 run by :class:`emulator.torch_engine.TorchEngine`:
+  ``mu = theta - a g_w - (a wd) theta`` exactly (weight decay is the Gaussian prior, applied
+  inside the exact sum), then ``naive``/``lp_f``: ``SR(mu + sqrt(v) z)``, ``vc``:
+  ``Q_vc(mu, v)``, ``sgd_l``/``sgd_f``: ``SR(mu)``; the ``-F`` variants emit
+  ``nearest(theta)`` in the weight format. Registers from
+  :func:`emulator.host.step_registers_flushed`.
+* block floating point (:class:`emulator.bfp.BfpConfig`): ``state[p]['mant']`` (int64, ``p``'s
+  shape) and ``state[p]['exp']`` (int64, one exponent per row of dim 0); ``-F`` variants also
+  keep the emitted weight in ``state[p]['weight_mant']``, ``['weight_exp']``. ``Q_G`` is
+  :func:`emulator.bfp.quantize_torch` (``BfpFormat.quantize``'s definition, headroom
+  ``grad_headroom``), ``datapath`` is docs/spec.md section 10.2 (:func:`emulator.bfp.update`
+  with words from :func:`emulator.torch_engine.torch_stream_words`), registers from
+  :func:`emulator.bfp.bfp_registers_flushed`, ``p = mant * 2^(E + 2 - W)``.
+
+Decisions (documented in docs/torch.md and docs/bfp.md):
 
 * Lane mapping: one engine per parameter group; each parameter tensor that has a gradient
   is one engine call (flattened in C order, streamed through the lanes from lane 0), in the
@@ -30,6 +40,8 @@ Decisions (documented in docs/torch.md):
   seed a ``torch.Generator`` with ``derive_seed(seed, 2 i)``.
 * Underflow: a non-zero register that rounds to 0 (lr near the end of a cosine cycle) is
   flushed to 0 (``underflow='flush'``) and counted in ``optimizer.flush_counts()``.
+* A NaN gradient in any low-precision group raises ValueError before any parameter, state
+  or stream of the step changes.
 """
 
 from __future__ import annotations
@@ -44,6 +56,18 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from .bfp import (
+    BfpConfig,
+    BfpFormat,
+    BfpRegisters,
+    BfpTensor,
+    TorchBfpEngine,
+    bfp_registers_flushed,
+    check_headroom,
+    check_quantize_bits,
+    quantize_torch,
+    to_float_torch,
+)
 from .datapath import DatapathConfig, StepRegisters
 from .formats import FixedFormat
 from .golden import PRESETS, preset
@@ -53,6 +77,7 @@ from .torch_engine import TorchEngine, TorchLaneRng, torch_quantize, torch_strea
 
 FP = "fp"
 _MASK64 = (1 << 64) - 1
+_BFP_KEYS = ("mant", "exp", "weight_mant", "weight_exp")
 
 
 def derive_seed(seed: int, tag: int) -> int:
@@ -103,24 +128,66 @@ def sgld_lp(params: list[Tensor], grads: list[Tensor], words: list[Tensor], *, e
         p.copy_(weight_to_float(r.weight, cfg.weight, p.dtype))
 
 
+def quantize_gradient_bfp(grad: Tensor, fmt: BfpFormat, grad_rng: TorchLaneRng, *, rounding: str = "stochastic",
+                          sr_bits: int = 32, headroom: int = 0) -> BfpTensor:
+    """``Q_G(g)`` of a BFP group: the gradient stream's next ``numel`` uniforms (stochastic; none drawn
+    for nearest) and :func:`emulator.bfp.quantize_torch` (``BfpFormat.quantize``'s definition)."""
+    u = gradient_uniforms(grad_rng, grad.numel(), sr_bits) if rounding == "stochastic" else None
+    return quantize_torch(grad, fmt, rounding, u=u, sr_bits=sr_bits, headroom=headroom)
+
+
+def sgld_bfp(params: list[Tensor], grads: list[Tensor], states: list[dict[str, Tensor]], *, engine: TorchBfpEngine,
+             grad_rng: TorchLaneRng, regs: BfpRegisters, grad_rounding: str = "stochastic", grad_sr_bits: int = 32,
+             grad_headroom: int = 0) -> None:
+    """BFP step in place: ``states[i]['mant'/'exp']`` (state), for -F also ``['weight_mant'/'weight_exp']``,
+    and ``params[i]`` (the emitted weight's value, :func:`emulator.bfp.to_float_torch`).
+
+    One gradient conversion and one engine call per tensor, in list order. NaN gradients
+    raise ValueError; +-Inf and out-of-range gradients saturate.
+    """
+    cfg = engine.cfg
+    for p, g, st in zip(params, grads, states, strict=True):
+        gq = quantize_gradient_bfp(g, cfg.grad, grad_rng, rounding=grad_rounding, sr_bits=grad_sr_bits,
+                                   headroom=grad_headroom)
+        r = engine.step(BfpTensor(st["mant"], st["exp"]), gq, regs, check_words=False)  # in range by construction
+        st["mant"].copy_(r.state.mant)
+        st["exp"].copy_(r.state.exp)
+        if cfg.variant.has_accumulator:
+            if "weight_mant" not in st:
+                st["weight_mant"] = torch.empty_like(r.weight.mant)
+                st["weight_exp"] = torch.empty_like(r.weight.exp)
+            st["weight_mant"].copy_(r.weight.mant)
+            st["weight_exp"].copy_(r.weight.exp)
+        p.copy_(to_float_torch(r.weight, cfg.weight, p.dtype))
+
+
 class _GroupRuntime:
     """A group's engine, gradient stream (or float generator) and counters."""
 
-    def __init__(self, cfg: DatapathConfig | None, seed: int, index: int, device: torch.device, path: str,
-                 compile: bool):
+    def __init__(self, cfg: DatapathConfig | BfpConfig | None, seed: int, index: int, device: torch.device,
+                 path: str, compile: bool):
         self.cfg = cfg
         self.steps = 0
         self.flushed_steps = 0
         self.flushed: dict[str, int] = {}
-        self.engine: TorchEngine | None = None
+        self.engine: TorchEngine | TorchBfpEngine | None = None
         self.grad_rng: TorchLaneRng | None = None
         self.generator: torch.Generator | None = None
         if cfg is None:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(derive_seed(seed, 2 * index))
+            return
+        if isinstance(cfg, BfpConfig):
+            self.engine = TorchBfpEngine(cfg, derive_seed(seed, 2 * index), device=device)
         else:
             self.engine = TorchEngine(cfg, derive_seed(seed, 2 * index), device=device, path=path, compile=compile)
-            self.grad_rng = TorchLaneRng.seeded(cfg.rng, derive_seed(seed, 2 * index + 1), cfg.lanes, 1, device)
+        self.grad_rng = TorchLaneRng.seeded(cfg.rng, derive_seed(seed, 2 * index + 1), cfg.lanes, 1, device)
+
+    def count_flushed(self, flushed: tuple[str, ...]) -> None:
+        if flushed:
+            self.flushed_steps += 1
+            for name in flushed:
+                self.flushed[name] = self.flushed.get(name, 0) + 1
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"steps": self.steps, "flushed_steps": self.flushed_steps, "flushed": dict(self.flushed)}
@@ -142,27 +209,44 @@ class _GroupRuntime:
             self.generator.set_state(state["generator"])
 
 
-def _config_key(cfg: DatapathConfig | str) -> str:
+def _config_key(cfg: DatapathConfig | BfpConfig | str) -> str:
     return cfg if isinstance(cfg, str) else repr(cfg)
+
+
+def _first_nan(grads: list[Tensor]) -> tuple[int, int] | None:
+    """(tensor index, flat index) of the first NaN among ``grads``, with one device sync per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, g in enumerate(grads):
+        by_device.setdefault(g.device, []).append(i)
+    hits = []
+    for idx in by_device.values():
+        flags = torch.stack([torch.isnan(grads[i]).any() for i in idx]).cpu()
+        hits += [i for i, f in zip(idx, flags.tolist(), strict=True) if f]
+    if not hits:
+        return None
+    i = min(hits)
+    return i, int(torch.nonzero(torch.isnan(grads[i]).reshape(-1))[0])
 
 
 class LowPrecisionSGLD(Optimizer):
     """Bit-exact low-precision SGLD (and SGD) on the emulated datapath; see the module docstring.
 
-    ``config``: a :class:`DatapathConfig` (its variant is the update rule), a preset name from
-    :data:`emulator.golden.PRESETS` (built with ``lanes`` lanes, default 1024), or ``"fp"``
-    for float32 SGLD. Each parameter group may set its own ``lr``, ``weight_decay``,
-    ``temperature``, ``dataset_size``, ``config``, ``grad_rounding``, ``grad_sr_bits``.
-    ``path``/``compile`` select the engine's path (see :class:`TorchEngine`).
+    ``config``: a :class:`DatapathConfig` (its variant is the update rule), a
+    :class:`emulator.bfp.BfpConfig` (block floating point, e.g. ``BfpConfig.paper('vc')``),
+    a preset name from :data:`emulator.golden.PRESETS` (built with ``lanes`` lanes, default
+    1024), or ``"fp"`` for float32 SGLD. Each parameter group may set its own ``lr``,
+    ``weight_decay``, ``temperature``, ``dataset_size``, ``config``, ``grad_rounding``,
+    ``grad_sr_bits`` and (BFP groups) ``grad_headroom``. ``path``/``compile`` select the
+    fixed-point engine's path (see :class:`TorchEngine`).
 
     >>> opt = LowPrecisionSGLD(model.parameters(), lr=0.5, config="w8-vc", weight_decay=5e-4,  # doctest: +SKIP
     ...                        dataset_size=50000, temperature=1e-3, seed=1)
     """
 
-    def __init__(self, params: Iterable[Any], lr: float, config: DatapathConfig | str = "w8-vc", *,
+    def __init__(self, params: Iterable[Any], lr: float, config: DatapathConfig | BfpConfig | str = "w8-vc", *,
                  lanes: int = 1024, temperature: float = 1.0, dataset_size: int = 1, weight_decay: float = 0.0,
-                 grad_rounding: str = "stochastic", grad_sr_bits: int = 32, seed: int = 0, path: str = "fused",
-                 compile: bool = False):
+                 grad_rounding: str = "stochastic", grad_sr_bits: int = 32, grad_headroom: int = 0, seed: int = 0,
+                 path: str = "fused", compile: bool = False):
         derive_seed(seed, 0)  # validates the seed
         self.seed = seed
         self.lanes = lanes
@@ -171,7 +255,8 @@ class LowPrecisionSGLD(Optimizer):
         self._runtime: list[_GroupRuntime] = []
         HyperParams(lr, temperature, dataset_size, weight_decay)  # validates the defaults
         defaults = dict(lr=lr, config=config, temperature=temperature, dataset_size=dataset_size,
-                        weight_decay=weight_decay, grad_rounding=grad_rounding, grad_sr_bits=grad_sr_bits)
+                        weight_decay=weight_decay, grad_rounding=grad_rounding, grad_sr_bits=grad_sr_bits,
+                        grad_headroom=grad_headroom)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -180,15 +265,22 @@ class LowPrecisionSGLD(Optimizer):
         cfg = group["config"]
         if isinstance(cfg, str):
             if cfg != FP and cfg not in PRESETS:
-                raise ValueError(f"unknown config {cfg!r}; expected 'fp', a DatapathConfig or one of {PRESETS}")
+                raise ValueError(f"unknown config {cfg!r}; expected 'fp', a DatapathConfig, a BfpConfig or one of "
+                                 f"{PRESETS}")
             cfg = group["config"] = cfg if cfg == FP else preset(cfg, self.lanes)
-        elif not isinstance(cfg, DatapathConfig):
-            raise TypeError(f"config must be a DatapathConfig or a preset name, got {type(cfg).__name__}")
+        elif not isinstance(cfg, (DatapathConfig, BfpConfig)):
+            raise TypeError(f"config must be a DatapathConfig, a BfpConfig or a preset name, got {type(cfg).__name__}")
         if group["grad_rounding"] not in ("stochastic", "nearest"):
             raise ValueError(f"grad_rounding must be 'stochastic' or 'nearest', got {group['grad_rounding']!r}")
         k = group["grad_sr_bits"]
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 52:
             raise ValueError(f"grad_sr_bits must be an int in [1, 52], got {k!r}")
+        if isinstance(cfg, BfpConfig):
+            check_quantize_bits(cfg.grad, k)
+            check_headroom(cfg.grad, group["grad_headroom"])
+        elif group["grad_headroom"] != 0:
+            raise ValueError(f"grad_headroom is a BFP option; got grad_headroom={group['grad_headroom']!r} for "
+                             f"config {_config_key(cfg)}")
         HyperParams(float(group["lr"]), group["temperature"], group["dataset_size"], group["weight_decay"])
         devices = {p.device for p in group["params"]}
         if len(devices) != 1:
@@ -211,21 +303,46 @@ class LowPrecisionSGLD(Optimizer):
         words: Tensor = st["words"]
         return words
 
+    def _bfp_state(self, p: Tensor, cfg: BfpConfig) -> dict[str, Tensor]:
+        """The BFP state of ``p``; on the first step ``p`` rounded to nearest (host rule, the config's headroom)."""
+        st = self.state[p]
+        if "mant" not in st:
+            t = quantize_torch(p.detach(), cfg.state, "nearest", headroom=cfg.headroom)
+            st["mant"], st["exp"] = t.mant, t.exp
+        return st
+
+    def _check_gradients(self, groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]) -> None:
+        """NaN in a low-precision group's gradient raises before anything of the step changes."""
+        grads = [g for group, _, gs in groups if group["config"] != FP for g in gs]
+        hit = _first_nan(grads)
+        if hit is not None:
+            names = [(gi, pi) for gi, (group, ps, _) in enumerate(groups) if group["config"] != FP
+                     for pi in range(len(ps))]
+            gi, pi = names[hit[0]]
+            raise ValueError(f"cannot quantize NaN (first at flat index {hit[1]}) in the gradient of parameter {pi} "
+                             f"of group {gi}; the step was not applied")
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group, rt in zip(self.param_groups, self._runtime, strict=True):
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = []
-            for p in params:
+        work = []
+        for group in self.param_groups:
+            params, grads = [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
                 if p.grad.is_sparse:
                     raise TypeError("LowPrecisionSGLD does not support sparse gradients")
+                params.append(p)
                 grads.append(p.grad)
+            work.append((group, params, grads))
+        self._check_gradients(work)
+        for (group, params, grads), rt in zip(work, self._runtime, strict=True):
+            if not params:
+                continue
             lr = float(group["lr"])
             hp = HyperParams(lr, group["temperature"], group["dataset_size"], group["weight_decay"])
             rt.steps += 1
@@ -235,14 +352,21 @@ class LowPrecisionSGLD(Optimizer):
                 continue
             if rt.cfg is None or rt.engine is None or rt.grad_rng is None:
                 raise RuntimeError("low-precision group without an engine")  # unreachable: built together
-            regs, flushed = step_registers_flushed(rt.cfg, hp)
-            if flushed:
-                rt.flushed_steps += 1
-                for name in flushed:
-                    rt.flushed[name] = rt.flushed.get(name, 0) + 1
-            words = [self._words(p, rt.cfg) for p in params]
-            sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
-                    grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
+            if isinstance(rt.cfg, BfpConfig) and isinstance(rt.engine, TorchBfpEngine):
+                bregs, flushed = bfp_registers_flushed(rt.cfg, hp)
+                rt.count_flushed(flushed)
+                states = [self._bfp_state(p, rt.cfg) for p in params]
+                sgld_bfp(params, grads, states, engine=rt.engine, grad_rng=rt.grad_rng, regs=bregs,
+                         grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"],
+                         grad_headroom=group["grad_headroom"])
+            elif isinstance(rt.cfg, DatapathConfig) and isinstance(rt.engine, TorchEngine):
+                regs, flushed = step_registers_flushed(rt.cfg, hp)
+                rt.count_flushed(flushed)
+                words = [self._words(p, rt.cfg) for p in params]
+                sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
+                        grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
+            else:
+                raise RuntimeError("group engine does not match its config")  # unreachable: built together
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -265,21 +389,21 @@ class LowPrecisionSGLD(Optimizer):
                 raise ValueError(f"group {i}: state_dict was saved for config {g['config']}, "
                                  f"the optimizer has {_config_key(cur['config'])}")
         sd["param_groups"] = [dict(g, config=cur["config"]) for g, cur in zip(saved, self.param_groups, strict=True)]
-        # int64 words must not go through torch's cast-to-parameter-dtype: restore them directly
+        # integer state (fixed words, BFP mantissas and exponents) must not go through torch's
+        # cast-to-parameter-dtype: restore it directly
         ids = [i for g in saved for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        words = {}
+        ints: dict[Any, dict[str, Tensor]] = {}
         state = {}
         for k, v in sd["state"].items():
             v = dict(v)
-            if "words" in v:
-                words[k] = v.pop("words")
+            ints[k] = {name: v.pop(name) for name in ("words", *_BFP_KEYS) if name in v}
             state[k] = v
         sd["state"] = state
         super().load_state_dict(sd)
         for pid, p in zip(ids, params, strict=True):
-            if pid in words:
-                self.state[p]["words"] = words[pid].to(device=p.device, dtype=torch.int64).clone()
+            for name, t in ints.get(pid, {}).items():
+                self.state[p][name] = t.to(device=p.device, dtype=torch.int64).clone()
         for rt, s in zip(self._runtime, extra["groups"], strict=True):
             rt.load_state_dict(s)
 
