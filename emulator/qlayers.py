@@ -141,7 +141,10 @@ def quantize_tensor(x: torch.Tensor, spec: QuantSpec, u: torch.Tensor | None = N
         if u is None:
             q = fl + (t - fl >= 0.5).to(torch.float64)
         else:
-            fk = torch.floor((t - fl) * 2.0**k)
+            # f_k = floor(t 2^k) mod 2^k, exactly as FixedFormat.quantize: the scaling, the floors and
+            # the difference of the two integers are exact; floor((t - fl) 2^k) is not (t - fl rounds
+            # for negative t whose fraction has bits below 2^-53)
+            fk = torch.floor(t * 2.0**k) - fl * 2.0**k
             q = fl + (u < fk).to(torch.float64)
         words = torch.clamp(q.to(torch.int64), fmt.min_word, fmt.max_word)
         out = words.to(torch.float64) * 2.0**-fmt.frac

@@ -206,3 +206,38 @@ def test_cuda_equals_cpu():
         qc, qg = Quantizer(spec, spec, seed=4), Quantizer(spec, spec, seed=4).cuda()
         assert torch.equal(qc(x), qg(x.cuda()).cpu())
     assert torch.equal(uniform_bits(5, 1000, 63), uniform_bits(5, 1000, 63, "cuda").cpu())
+
+
+class _GivenUniforms(np.random.Generator):
+    """A Generator whose ``integers`` returns given values: pins the host's SR uniforms."""
+
+    def __init__(self, u):
+        super().__init__(np.random.PCG64(0))
+        self.u = np.asarray(u, dtype=np.int64)
+
+    def integers(self, low, high, size=None, dtype=np.int64):
+        return np.broadcast_to(self.u, size).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fixed_stochastic_fraction_is_exact_for_small_negative_values(dtype):
+    # t in (-1/2, 0) with fraction bits below 2^-53: f_k = floor(t 2^k) mod 2^k exactly (the old
+    # floor((t - floor t) 2^k) gave 2^52 - 2^12, one too many, and rounded up at u = f_k)
+    from fractions import Fraction
+
+    fmt, k = FixedFormat(8, 0), 52
+    if dtype == torch.float32:  # float32 values (24 significant bits) whose fraction has bits below 2^-53
+        xs = [-(2**-40 + 2**-60), -(2**-31 + 2**-54), -(2**-35 + 2**-50 + 2**-58)]
+        assert all(float(np.float32(x)) == x for x in xs)
+    else:
+        xs = [-(2**-40 + 2**-60), -(2**-3 + 2**-40 + 2**-62), -(1 + 2**-30 + 2**-50)]
+    spec = QuantSpec(fmt, "stochastic", k)
+    for x in xs:
+        fk = int(np.floor(Fraction(x) * 2**k)) % (1 << k)
+        assert 0 < fk < 1 << k
+        fl = int(np.floor(x))
+        for u, want in ((fk - 1, fl + 1), (fk, fl)):
+            got = quantize_tensor(torch.tensor([x], dtype=dtype), spec, torch.tensor([u]))
+            host = fmt.quantize(np.array([x]), "stochastic", _GivenUniforms([u]), sr_bits=k)
+            assert (float(got[0]), int(host[0])) == (want, want), (x, u)
+    assert int(np.floor(Fraction(xs[0]) * 2**k)) % (1 << k) == (1 << 52) - (1 << 12) - 1
