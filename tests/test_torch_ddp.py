@@ -1,4 +1,4 @@
-"""DistributedDataParallel: two gloo ranks on CPU keep bit-identical weights and words."""
+"""DistributedDataParallel: two gloo ranks on CPU keep bit-identical weights and words (fixed and BFP)."""
 
 import socket
 
@@ -18,7 +18,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, out_dir, steps):
+def _worker(rank, world, port, out_dir, steps, kind):
+    from emulator.bfp import BfpConfig
     from emulator.datapath import DatapathConfig, Variant
     from emulator.formats import FixedFormat
     from emulator.optim import LowPrecisionSGLD
@@ -31,8 +32,11 @@ def _worker(rank, world, port, out_dir, steps):
         init = [p.detach().clone() for p in model.parameters()]
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         u = dict(signed=False)
-        cfg = DatapathConfig(Variant.VC, weight=FixedFormat(8, 4), grad=FixedFormat(8, 4),
-                             step=FixedFormat(16, 16, **u), noise=FixedFormat(16, 16, **u), lanes=8)
+        if kind == "bfp":  # one exponent per row of dim 0, VC with the paper's 8-bit BFP formats
+            cfg = BfpConfig.paper("vc", lanes=8, max_lr=0.05, temperature=1.0, dataset_size=64, weight_decay=0.0)
+        else:
+            cfg = DatapathConfig(Variant.VC, weight=FixedFormat(8, 4), grad=FixedFormat(8, 4),
+                                 step=FixedFormat(16, 16, **u), noise=FixedFormat(16, 16, **u), lanes=8)
         opt = LowPrecisionSGLD(ddp.parameters(), lr=0.05, config=cfg, seed=123, dataset_size=64)
         g = torch.Generator().manual_seed(100 + rank)  # each rank sees different data
         for _ in range(steps):
@@ -41,21 +45,23 @@ def _worker(rank, world, port, out_dir, steps):
             opt.zero_grad()
             torch.nn.functional.mse_loss(ddp(x), y).backward()
             opt.step()
-        words = [opt.state[p]["words"].clone() for p in model.parameters()]
+        keys = ("mant", "exp") if kind == "bfp" else ("words",)
+        words = [opt.state[p][k].clone() for p in model.parameters() for k in keys]
         weights = [p.detach().clone() for p in model.parameters()]
         torch.save({"words": words, "weights": weights, "init": init}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_replicas_stay_bit_identical(tmp_path):
+@pytest.mark.parametrize("kind", ["fixed", "bfp"])
+def test_ddp_replicas_stay_bit_identical(tmp_path, kind):
     world, steps = 2, 6
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), steps), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), steps, kind), nprocs=world, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for a, b in zip(r0["words"], r1["words"], strict=True):
         assert a.dtype == torch.int64 and torch.equal(a, b)
     for a, b in zip(r0["weights"], r1["weights"], strict=True):
         assert torch.equal(a, b)
-    assert len(r0["words"]) == 4
+    assert len(r0["words"]) == (8 if kind == "bfp" else 4)
     assert all(not torch.equal(w, i) for w, i in zip(r0["weights"], r0["init"], strict=True))  # training moved them
