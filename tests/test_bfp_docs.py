@@ -17,4 +17,4 @@ def test_doc_block_runs(index):
 
 
 def test_doc_has_blocks():
-    assert len(BLOCKS) == 4
+    assert len(BLOCKS) == 5
