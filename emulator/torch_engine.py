@@ -13,8 +13,9 @@ engine does. Two paths compute the same integers:
 * ``path="fused"`` (default): the lanes are jumped to the starts of chunks of cycles (GF(2)
   jump-ahead with byte tables) and all chunk states step together; each step produces one
   cycle's words for every chunk and feeds them straight into the update, so the words are
-  never stored. With ``compile=True`` (CUDA only, untested here) that per-cycle function
-  (generator output, transition and the whole update) is one ``torch.compile`` kernel.
+  never stored. With ``compile=True`` that per-cycle function (generator output, transition,
+  gradient conversion for ``step_quantize`` and the whole update) is one ``torch.compile``
+  kernel, and so is each jump; tested equal to the reference path on CPU (inductor C++).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .rng import LaneRng, XoroshiroSpec, vec
 
 _I64 = torch.int64
 _VIRTUAL_LANES = 1 << 16  # chunk states stepped together (CPU): temporaries stay near the caches
+_EAGER_BELOW = 1 << 14  # smaller kernel calls run eagerly: no compile for tiny shapes
 _VIRTUAL_LANES_CUDA = 1 << 22  # on CUDA, fewer and larger launches (untested here)
 
 
@@ -131,11 +133,30 @@ def _jump_tables(spec: XoroshiroSpec, n: int, device: torch.device) -> Tensor:
     return t
 
 
-def _jump(spec: XoroshiroSpec, s0: Tensor, s1: Tensor, n: int) -> tuple[Tensor, Tensor]:
+def _apply_jump_tables(s0: Tensor, s1: Tensor, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
+    """The byte-table jump as 32 gathers XORed together (one fused kernel when compiled)."""
+    a0 = torch.zeros_like(s0)
+    a1 = torch.zeros_like(s1)
+    for i in range(16):
+        src = s0 if i < 8 else s1
+        idx = ((src >> (8 * (i % 8))) & 255) + 256 * i
+        a0 = a0 ^ t0[idx]
+        a1 = a1 ^ t1[idx]
+    return a0, a1
+
+
+@functools.cache
+def _compiled_jump() -> Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+    return torch.compile(_apply_jump_tables, dynamic=None)
+
+
+def _jump(spec: XoroshiroSpec, s0: Tensor, s1: Tensor, n: int, compiled: bool = False) -> tuple[Tensor, Tensor]:
     """States advanced by ``n`` steps (any n >= 0), elementwise."""
     if n == 0:
         return s0.clone(), s1.clone()
     tab = _jump_tables(spec, n, s0.device)
+    if compiled and s0.numel() >= _EAGER_BELOW:
+        return _compiled_jump()(s0, s1, tab[0], tab[1])
     t0, t1 = tab[0], tab[1]
     a0 = torch.zeros_like(s0)
     a1 = torch.zeros_like(s1)
@@ -147,13 +168,14 @@ def _jump(spec: XoroshiroSpec, s0: Tensor, s1: Tensor, n: int) -> tuple[Tensor, 
     return a0, a1
 
 
-def _spread(spec: XoroshiroSpec, s0: Tensor, s1: Tensor, count: int, spacing: int) -> tuple[Tensor, Tensor]:
+def _spread(spec: XoroshiroSpec, s0: Tensor, s1: Tensor, count: int, spacing: int,
+            compiled: bool = False) -> tuple[Tensor, Tensor]:
     """States T^(c * spacing) s for c in [0, count), stacked on a new leading axis."""
     c0, c1 = s0[None], s1[None]
     dist = spacing
     while c0.shape[0] < count:
         need = min(c0.shape[0], count - c0.shape[0])
-        n0, n1 = _jump(spec, c0[:need], c1[:need], dist)
+        n0, n1 = _jump(spec, c0[:need], c1[:need], dist, compiled)
         c0 = torch.cat([c0, n0])
         c1 = torch.cat([c1, n1])
         dist *= 2
@@ -247,7 +269,8 @@ Body = Callable[[States, Select, int], States]
 _BLOCK_CYCLES = 4  # cycles per body call in the chunked phases: states are read once per 4 elements
 
 
-def drive_cycles(rngs: Sequence[TorchLaneRng], n: int, body: Body, virtual: int | None = None) -> None:
+def drive_cycles(rngs: Sequence[TorchLaneRng], n: int, body: Body, virtual: int | None = None,
+                 compiled: bool = False) -> None:
     """Run ``n`` elements' cycles through ``body``, advancing every generator in ``rngs``.
 
     ``rngs`` share one lane count (each may have its own word count). A call
@@ -259,7 +282,8 @@ def drive_cycles(rngs: Sequence[TorchLaneRng], n: int, body: Body, virtual: int 
     Schedule: while whole cycles remain, jump the lanes to the starts of ``full`` chunks of
     ``per`` cycles (``per`` a power of two, so the jump tables are reused) and step all chunk
     states together; the remainder (fewer than ``per`` cycles) repeats this with a smaller
-    ``per``. A last partial cycle steps only the busy lanes ``0 .. m-1``.
+    ``per``. A last partial cycle steps only the busy lanes ``0 .. m-1``. ``compiled``: each jump
+    runs as one ``torch.compile`` kernel (the same gathers and XORs).
     """
     if n <= 0:
         return
@@ -274,7 +298,8 @@ def drive_cycles(rngs: Sequence[TorchLaneRng], n: int, body: Body, virtual: int 
         while per > cycles:
             per //= 2
         full = cycles // per
-        starts = [_spread(r.spec, s0, s1, full + 1, per) for r, (s0, s1) in zip(rngs, lane_states, strict=True)]
+        starts = [_spread(r.spec, s0, s1, full + 1, per, compiled)
+                  for r, (s0, s1) in zip(rngs, lane_states, strict=True)]
         cur: States = [(s0[:full], s1[:full]) for s0, s1 in starts]
         k = min(_BLOCK_CYCLES, per)
         lo, hi = base, base + full * per * lanes
@@ -492,7 +517,6 @@ def torch_update(
 
 _PATHS = ("fused", "reference")
 Kernel = Callable[..., tuple[Tensor, Tensor]]
-_EAGER_BELOW = 1 << 14  # smaller body calls run the eager kernel: no compile for tiny shapes
 
 
 def _make_kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], cycles: int) -> Kernel:
@@ -523,8 +547,46 @@ def _make_kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], cycles: in
 def _kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], cycles: int, compiled: bool) -> Kernel:
     fn = _make_kernel(cfg, flags, cycles)
     if compiled:
-        return torch.compile(fn, dynamic=True)
+        # dynamic=None, not True: with dynamic=True Dynamo traces the configuration's integer
+        # constants (rotations, field offsets, fraction bits) as symbolic sizes, and inductor's
+        # C++ printer (torch 2.13) writes a mask 2^k - 1 as ``(-1L) + (1 << (ks))`` with a 32-bit
+        # ``1``: for k >= 32 the shift wraps (xoroshiro's rotl by 55 lost bits 23..54 of s0).
+        # Automatic dynamic makes only the tensor sizes symbolic; the constants stay literal.
+        return torch.compile(fn, dynamic=None)
     return fn
+
+
+def _make_quantize_kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], rounding: str, sr_bits: int,
+                          stochastic: bool) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """One cycle of :meth:`TorchEngine.step_quantize`: gradient word, then the update (compiled)."""
+    gen = _Gen(cfg.rng)
+    has_decay, has_noise, vc_noise = flags
+    acc = cfg.variant.has_accumulator
+    mask = (1 << sr_bits) - 1
+
+    def kernel(s0: Tensor, s1: Tensor, g0: Tensor, g1: Tensor, theta: Tensor, grad: Tensor, state: Tensor,
+               weight: Tensor, step: Tensor, decay: Tensor, noise: Tensor, vc_var: Tensor, table: Tensor | None
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r = _Regs(step, decay, noise, vc_var, has_decay, has_noise, vc_noise, table)
+        u = None
+        if stochastic:
+            gout, g0, g1 = gen.output_step(g0, g1)
+            u = gout[..., 0] & mask
+        gw = _quantize_words(grad, cfg.grad, rounding, u, sr_bits)
+        out, s0, s1 = gen.output_step(s0, s1)
+        new_state, new_weight = _update(cfg, theta, gw, r, out)
+        state.copy_(new_state)
+        if acc:
+            weight.copy_(new_weight)
+        return s0, s1, g0, g1
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=64)
+def _quantize_kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], rounding: str, sr_bits: int,
+                     stochastic: bool) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
+    return torch.compile(_make_quantize_kernel(cfg, flags, rounding, sr_bits, stochastic), dynamic=None)
 
 
 class TorchEngine:
@@ -533,11 +595,10 @@ class TorchEngine:
     >>> eng = TorchEngine(cfg, seed=1, device="cuda")          # doctest: +SKIP
     >>> state, weight = eng.step(theta_words, grad_words, regs)  # doctest: +SKIP
 
-    ``path``: ``"fused"`` (default) or ``"reference"``. ``compile=True`` wraps the fused
-    per-cycle kernel in ``torch.compile``; CUDA only and untested here (``scripts/gpu_check.py``
-    checks it against the CPU reference). On CPU it is refused: with torch 2.13 the inductor
-    C++ kernel returned wrong generator states (bits 23..54 of s0 differ) when the generator,
-    the update and the in-place output stores are fused, so it is not bit-exact (docs/torch.md).
+    ``path``: ``"fused"`` (default) or ``"reference"``. ``compile=True`` (fused path only) runs
+    the per-cycle kernel and the jumps as ``torch.compile`` kernels (automatic dynamic shapes,
+    see :func:`_kernel`); the first calls compile (tens of seconds per kernel on CPU). Tested
+    equal to the reference path and ``NumpyEngine`` on CPU; ``scripts/gpu_check.py`` checks CUDA.
     """
 
     def __init__(self, cfg: DatapathConfig, seed: int, *, device: DeviceLike = "cpu", path: str = "fused",
@@ -555,11 +616,8 @@ class TorchEngine:
         self.rng = rng
         self.path = path
         self.compile = bool(compile)
-        if self.compile and self.device.type != "cuda":
-            raise ValueError(
-                f"compile=True is refused on {self.device.type}: torch.compile's CPU kernel is not bit-exact "
-                "for the fused update (see docs/torch.md); use the default eager fused path"
-            )
+        if self.compile and path != "fused":
+            raise ValueError(f"compile=True needs path='fused', got path={path!r}")
 
     def _check(self, t: Tensor, fmt: FixedFormat, name: str, check_words: bool) -> Tensor:
         if not isinstance(t, Tensor):
@@ -636,10 +694,18 @@ class TorchEngine:
         mask = (1 << sr_bits) - 1
         rngs = [self.rng, grad_rng] if stochastic and grad_rng is not None else [self.rng]
 
+        flags = (r.has_decay, r.has_noise, r.vc_noise)
+
         def body(cur: States, sel: Select, k: int) -> States:
             s0, s1 = cur[0]
             g0, g1 = cur[1] if stochastic else (s0, s1)
             tv, gv, sv, wv = sel(th), sel(gf), sel(state), sel(weight)
+            if self.compile and s0.shape[0] * s0.shape[1] >= _EAGER_BELOW:
+                kernel = _quantize_kernel(cfg, flags, rounding, sr_bits, stochastic)
+                for c in range(k):
+                    s0, s1, g0, g1 = kernel(s0, s1, g0, g1, tv[:, c], gv[:, c], sv[:, c], wv[:, c], r.step, r.decay,
+                                            r.noise, r.vc_var, r.gauss_table)
+                return [(s0, s1), (g0, g1)] if stochastic else [(s0, s1)]
             for c in range(k):
                 u = None
                 if stochastic:
@@ -653,7 +719,7 @@ class TorchEngine:
                     wv[:, c].copy_(new_weight)
             return [(s0, s1), (g0, g1)] if stochastic else [(s0, s1)]
 
-        drive_cycles(rngs, n, body)
+        drive_cycles(rngs, n, body, compiled=self.compile)
         return TorchUpdateResult(state.view(shape), weight.view(shape))
 
     def _fused(self, th: Tensor, g: Tensor, regs: StepRegisters) -> tuple[Tensor, Tensor]:
@@ -666,12 +732,19 @@ class TorchEngine:
 
         def body(cur: States, sel: Select, k: int) -> States:
             (s0, s1), = cur
-            compiled = self.compile and s0.shape[0] * s0.shape[1] * k >= _EAGER_BELOW
-            kernel = _kernel(cfg, flags, k, compiled)
-            return [kernel(s0, s1, sel(th), sel(g), sel(state), sel(weight), r.step, r.decay, r.noise, r.vc_var,
-                           r.gauss_table)]
+            views = sel(th), sel(g), sel(state), sel(weight)
+            if self.compile and s0.shape[0] * s0.shape[1] >= _EAGER_BELOW:
+                # one compiled one-cycle kernel, called per cycle: a quarter of the C++ of a
+                # 4-cycle kernel to compile, one kernel for every k
+                kernel = _kernel(cfg, flags, 1, True)
+                for c in range(k):
+                    s0, s1 = kernel(s0, s1, *(v[:, c : c + 1] for v in views), r.step, r.decay, r.noise,
+                                    r.vc_var, r.gauss_table)
+                return [(s0, s1)]
+            kernel = _kernel(cfg, flags, k, False)
+            return [kernel(s0, s1, *views, r.step, r.decay, r.noise, r.vc_var, r.gauss_table)]
 
-        drive_cycles([self.rng], n, body)
+        drive_cycles([self.rng], n, body, compiled=self.compile)
         return state, weight
 
     def state_dict(self) -> dict[str, Any]:

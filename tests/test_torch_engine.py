@@ -260,8 +260,8 @@ def test_engine_rejects_bad_input_and_leaves_state():
     assert eng.rng == before
     with pytest.raises(ValueError, match="path must be one of"):
         TorchEngine(cfg, 1, path="fast")
-    with pytest.raises(ValueError, match="compile=True is refused on cpu"):
-        TorchEngine(cfg, 1, compile=True)
+    with pytest.raises(ValueError, match="compile=True needs path='fused', got path='reference'"):
+        TorchEngine(cfg, 1, path="reference", compile=True)
     with pytest.raises(TypeError, match="DatapathConfig"):
         TorchEngine("w8-vc", 1)
 
@@ -338,6 +338,60 @@ def test_fused_path_equals_reference_path(name):
         a, b = fused.step(theta, grad, regs), ref.step(theta, grad, regs)
         assert torch.equal(a.state, b.state) and torch.equal(a.weight, b.weight)
     assert fused.rng == ref.rng
+
+
+_COMPILED_CASES = [  # (preset, lanes, lr): both VC branches, lanes 8 and 1024, an accumulator variant
+    ("w8-vc", 1024, 2e-3),  # branch A (noise inside the rounding)
+    ("w8-vc", 8, 1e-3),  # branch B (SR plus the variance correction)
+    ("w16-lpf", 8, 1e-3),
+]
+
+
+# torch's own compile stack touches torch.jit.script_method (deprecated in 2.13): third-party
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(("name", "lanes", "lr"), _COMPILED_CASES)
+def test_compiled_path_equals_reference_and_numpy(name, lanes, lr):
+    # torch.compile (inductor C++ on CPU): 1 << 14 chunk states and more per body call run the
+    # compiled kernel; sizes give several shapes (the recompile with symbolic sizes), partial
+    # cycles and an eager remainder.
+    cfg = preset(name, lanes)
+    regs = step_registers(cfg, HyperParams(lr, weight_decay=0.05))
+    assert regs.vc_noise == (lr == 2e-3 and cfg.variant is Variant.VC)
+    rng = np.random.default_rng(3)
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = TorchEngine(cfg, 1, compile=True)
+    ref, ne = TorchEngine(cfg, 1, path="reference"), NumpyEngine(cfg, 1)
+    for n in (70_001, 3 * 65_536 + 5, 100_000):
+        theta = rng.integers(cfg.state.min_word, cfg.state.max_word + 1, n)
+        grad = rng.integers(cfg.grad.min_word, cfg.grad.max_word + 1, n)
+        theta[:4] = cfg.state.min_word, cfg.state.max_word, cfg.state.min_word, cfg.state.max_word
+        grad[:4] = cfg.grad.max_word, cfg.grad.min_word, cfg.grad.min_word, cfg.grad.max_word
+        a = compiled.step(torch.from_numpy(theta), torch.from_numpy(grad), regs)
+        b = ref.step(torch.from_numpy(theta), torch.from_numpy(grad), regs)
+        c = ne.step(theta, grad, regs)
+        assert torch.equal(a.state, b.state) and torch.equal(a.weight, b.weight), n
+        assert torch.equal(a.state, torch.from_numpy(c.state)) and torch.equal(a.weight, torch.from_numpy(c.weight))
+    assert compiled.rng == ref.rng
+    assert compiled.rng.to_lane_rng() == ne.rng
+    # step_quantize: the gradient stream, float -> word conversion and update in one kernel;
+    # gradients include fractions below 2^-53 of a negative value (the exact f_k) and saturation
+    grad_rngs = [TorchLaneRng.seeded(cfg.rng, 9, lanes, 1) for _ in range(2)]
+    lsb = cfg.grad.lsb
+    cases = ((70_001, "stochastic", 32), (3 * 65_536 + 5, "stochastic", 52), (70_001, "nearest", 32))
+    for n, rounding, sr_bits in cases:
+        theta = torch.from_numpy(rng.integers(cfg.state.min_word, cfg.state.max_word + 1, n))
+        gf = torch.from_numpy(rng.standard_normal(n) * 30 * lsb).to(torch.float32)
+        gf[:6] = torch.tensor([1e30, -1e30, -(2**-40 + 2**-60) * lsb, -0.5 * lsb, 0.5 * lsb, float("inf")])
+        gd = gf.to(torch.float64)
+        gd[6:10] = torch.tensor([-(1 + 12345 * 2**-52) * 2.0**e for e in (-45, -50, -58, -3)], dtype=torch.float64)
+        for g in (gf, gd):
+            a = compiled.step_quantize(theta, g, regs, grad_rng=grad_rngs[0], rounding=rounding, sr_bits=sr_bits)
+            b = ref.step_quantize(theta, g, regs, grad_rng=grad_rngs[1], rounding=rounding, sr_bits=sr_bits)
+            assert torch.equal(a.state, b.state) and torch.equal(a.weight, b.weight), (n, rounding, g.dtype)
+    assert compiled.rng == ref.rng and grad_rngs[0] == grad_rngs[1]
+    assert counters["stats"]["unique_graphs"] > graphs  # the compiled kernels did run
 
 
 @pytest.mark.skipif(os.environ.get("LPSGLD_SOAK") != "1", reason="soak test: set LPSGLD_SOAK=1")
