@@ -93,7 +93,10 @@ def _best(fn: Callable[[], object], repeat: int, sync: Callable[[], None]) -> fl
 
 
 def run(device: str = "cpu", lanes: Sequence[int] = (1024, 8), repeat: int = 3, lr: float = 0.5,
-        temperatures: Sequence[float] = (1.0, 1e-3), dataset_size: int = 50000) -> list[dict[str, object]]:
+        temperatures: Sequence[float] = (1.0, 1e-3), dataset_size: int = 50000,
+        compiled: bool = False) -> list[dict[str, object]]:
+    """Print and return the rows; ``compiled`` adds the ``compile=True`` engine and optimizer rows
+    (each warmed up by one untimed call, which compiles)."""
     dev = torch.device(device)
     sync: Callable[[], None] = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -112,12 +115,12 @@ def run(device: str = "cpu", lanes: Sequence[int] = (1024, 8), repeat: int = 3, 
 
     base = _best(float_sgld, repeat, sync)
     rows: list[dict[str, object]] = [{"step": "float32 SGLD", "seconds": base, "ratio": 1.0}]
-    print(f"{'step':<44} {'ms':>9} {'x float32':>10}")
-    print(f"{'float32 SGLD (add_, randn_like)':<44} {base * 1e3:9.1f} {1.0:10.2f}")
+    print(f"{'step':<54} {'ms':>9} {'x float32':>10}")
+    print(f"{'float32 SGLD (add_, randn_like)':<54} {base * 1e3:9.1f} {1.0:10.2f}")
 
     def row(name: str, seconds: float) -> None:
         rows.append({"step": name, "seconds": seconds, "ratio": seconds / base})
-        print(f"{name:<44} {seconds * 1e3:9.1f} {seconds / base:10.2f}", flush=True)
+        print(f"{name:<54} {seconds * 1e3:9.1f} {seconds / base:10.2f}", flush=True)
 
     wf = FixedFormat(8, 8)
     for temp in temperatures:
@@ -134,20 +137,25 @@ def run(device: str = "cpu", lanes: Sequence[int] = (1024, 8), repeat: int = 3, 
         for temp in temperatures:
             regs = step_registers(cfg, HyperParams(lr, temp, dataset_size))
             branch = "A" if regs.vc_noise else "B"
-            eng = TorchEngine(cfg, 1, device=dev)
+            for comp in (False, True) if compiled else (False,):
+                tag = ", compiled" if comp else ""
+                eng = TorchEngine(cfg, 1, device=dev, compile=comp)
 
-            def engine_step(eng: TorchEngine = eng, regs: StepRegisters = regs, theta: list[Tensor] = theta,
-                            gw: list[Tensor] = gw) -> None:
-                for t, g in zip(theta, gw, strict=True):
-                    eng.step(t, g, regs)
+                def engine_step(eng: TorchEngine = eng, regs: StepRegisters = regs, theta: list[Tensor] = theta,
+                                gw: list[Tensor] = gw) -> None:
+                    for t, g in zip(theta, gw, strict=True):
+                        eng.step(t, g, regs)
 
-            row(f"bit-exact VC engine, L={L} (T={temp:g}, {branch})", _best(engine_step, repeat, sync))
-            ps = [torch.nn.Parameter(p.clone()) for p in params]
-            for p, g in zip(ps, grads, strict=True):
-                p.grad = g
-            opt = LowPrecisionSGLD(ps, lr=lr, config=cfg, temperature=temp, dataset_size=dataset_size, seed=1)
-            opt.step()  # first step initializes the words
-            row(f"LowPrecisionSGLD.step vc, L={L} (T={temp:g}, {branch})", _best(opt.step, repeat, sync))
+                if comp:
+                    engine_step()  # compiles
+                row(f"bit-exact VC engine, L={L} (T={temp:g}, {branch}{tag})", _best(engine_step, repeat, sync))
+                ps = [torch.nn.Parameter(p.clone()) for p in params]
+                for p, g in zip(ps, grads, strict=True):
+                    p.grad = g
+                opt = LowPrecisionSGLD(ps, lr=lr, config=cfg, temperature=temp, dataset_size=dataset_size, seed=1,
+                                       compile=comp)
+                opt.step()  # first step initializes the words (and compiles)
+                row(f"LowPrecisionSGLD.step vc, L={L} (T={temp:g}, {branch}{tag})", _best(opt.step, repeat, sync))
     return rows
 
 
@@ -157,10 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lanes", type=int, nargs="+", default=[1024, 8])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
+    ap.add_argument("--compile", action="store_true", help="also time the torch.compile engine and optimizer")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(args.device, args.lanes, args.repeat)
+    run(args.device, args.lanes, args.repeat, compiled=args.compile)
     return 0
 
 

@@ -145,9 +145,26 @@ def _apply_jump_tables(s0: Tensor, s1: Tensor, t0: Tensor, t1: Tensor) -> tuple[
     return a0, a1
 
 
+# Dynamo caches compiled graphs per code object: every configuration's kernel shares one, and
+# each needs a few graphs (static, then symbolic sizes; contiguous and strided views), so the
+# default limit of 8 would silently send later configurations back to (slow) eager Python.
+_RECOMPILE_LIMIT = 64
+
+
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile`` with automatic dynamic shapes (see :func:`_kernel`) and a larger recompile limit."""
+    compiled = torch.compile(fn, dynamic=None)
+
+    def call(*args: Any) -> Any:
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            return compiled(*args)
+
+    return call
+
+
 @functools.cache
 def _compiled_jump() -> Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
-    return torch.compile(_apply_jump_tables, dynamic=None)
+    return _compiled(_apply_jump_tables)
 
 
 def _jump(spec: XoroshiroSpec, s0: Tensor, s1: Tensor, n: int, compiled: bool = False) -> tuple[Tensor, Tensor]:
@@ -552,7 +569,7 @@ def _kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], cycles: int, co
         # C++ printer (torch 2.13) writes a mask 2^k - 1 as ``(-1L) + (1 << (ks))`` with a 32-bit
         # ``1``: for k >= 32 the shift wraps (xoroshiro's rotl by 55 lost bits 23..54 of s0).
         # Automatic dynamic makes only the tensor sizes symbolic; the constants stay literal.
-        return torch.compile(fn, dynamic=None)
+        return _compiled(fn)
     return fn
 
 
@@ -586,7 +603,7 @@ def _make_quantize_kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], r
 @functools.lru_cache(maxsize=64)
 def _quantize_kernel(cfg: DatapathConfig, flags: tuple[bool, bool, bool], rounding: str, sr_bits: int,
                      stochastic: bool) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
-    return torch.compile(_make_quantize_kernel(cfg, flags, rounding, sr_bits, stochastic), dynamic=None)
+    return _compiled(_make_quantize_kernel(cfg, flags, rounding, sr_bits, stochastic))
 
 
 class TorchEngine:
