@@ -98,6 +98,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_torch(args: argparse.Namespace) -> int:
+    try:
+        from .torch_bench import main as bench_main
+    except ImportError as e:
+        raise ValueError(f"bench-torch needs torch (pip install -e '.[torch]'): {e}") from None
+    argv = ["--device", args.device, "--repeat", str(args.repeat), "--lanes", *map(str, args.lanes)]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    return bench_main(argv)
+
+
 def _cmd_spec(args: argparse.Namespace) -> int:
     from .golden import preset
 
@@ -213,6 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    choices=["sgd_l", "sgd_f", "naive", "lp_f", "vc", "vc_b"],
                    help="vc: VC branch A (lr 2e-3); vc_b: VC branch B (lr 1e-3)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("bench-torch", help="torch optimizer step on ResNet-18's parameters vs float32 SGLD")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--lanes", type=int, nargs="+", default=[1024, 8])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.set_defaults(func=_cmd_bench_torch)
 
     p = sub.add_parser("spec", help="print a shipped configuration, its random-bit layout and Gaussian stats")
     p.add_argument("--config", default="w8-vc", help="one of: " + ", ".join(PRESETS))

@@ -227,39 +227,8 @@ class DatapathConfig:
 
     @functools.cached_property
     def fields(self) -> dict[str, Field]:
-        """Random-bit layout of one update (normative; see docs/spec.md).
-
-        Slots are packed LSB-first into 64-bit generator words; a slot never
-        straddles two words. VC: slot 1 = ``vc`` uniform; slot 2 is shared by
-        ``sr`` (branch B) and ``gauss`` (branch A). naive / lp_f: ``sr`` then
-        ``gauss``. sgd: ``sr``.
-        """
-        k = self.sr_k
-        g = self.gaussian.bits
-        v = self.variant
-        if v is Variant.VC:
-            slots = [[("vc", self.vc_uniform_bits)], [("sr", k), ("gauss", g)]]
-        elif v in (Variant.NAIVE, Variant.LP_F):
-            slots = [[("sr", k)], [("gauss", g)]]
-        else:
-            slots = [[("sr", k)]]
-        out: dict[str, Field] = {}
-        word, offset = 0, 0
-        for slot in slots:
-            width = max(w for _, w in slot)
-            if offset + width > WORD_BITS:
-                word, offset = word + 1, 0
-            for name, w in slot:
-                out[name] = Field(word, offset, w)
-            offset += width
-        needed = word + 1 if offset else word
-        if needed > self.rng_words:
-            desc = ", ".join(f"{n}={f.width}" for n, f in out.items())
-            raise ValueError(
-                f"random fields ({desc} bits) need {needed} generator words per update; "
-                f"rng_words={self.rng_words}"
-            )
-        return out
+        """Random-bit layout of one update (normative; see docs/spec.md and :func:`field_layout`)."""
+        return field_layout(self.variant, self.sr_k, self.vc_frac_bits, self.gaussian.bits, self.rng_words)
 
     @property
     def random_bits(self) -> int:
@@ -286,6 +255,39 @@ class DatapathConfig:
         vmax = 1 << (2 * self.vc_frac_bits - 2)
         if regs.vc_var > vmax:
             raise ValueError(f"register vc_var={regs.vc_var} exceeds v0 = {vmax} (branch B needs v <= LSB^2/4)")
+
+
+def field_layout(variant: Variant, sr_k: int, vc_frac_bits: int, gauss_bits: int, rng_words: int) -> dict[str, Field]:
+    """Random-bit layout of one update (normative; shared by the fixed and the BFP datapath).
+
+    Slots are packed LSB-first into 64-bit generator words; a slot never
+    straddles two words. VC: slot 1 = ``vc`` uniform (2 vc_frac_bits + 1 bits);
+    slot 2 is shared by ``sr`` (branch B) and ``gauss`` (branch A).
+    naive / lp_f: ``sr`` then ``gauss``. sgd: ``sr``.
+    """
+    if variant is Variant.VC:
+        slots = [[("vc", 2 * vc_frac_bits + 1)], [("sr", sr_k), ("gauss", gauss_bits)]]
+    elif variant in (Variant.NAIVE, Variant.LP_F):
+        slots = [[("sr", sr_k)], [("gauss", gauss_bits)]]
+    else:
+        slots = [[("sr", sr_k)]]
+    out: dict[str, Field] = {}
+    word, offset = 0, 0
+    for slot in slots:
+        width = max(w for _, w in slot)
+        if offset + width > WORD_BITS:
+            word, offset = word + 1, 0
+        for name, w in slot:
+            out[name] = Field(word, offset, w)
+        offset += width
+    needed = word + 1 if offset else word
+    if needed > rng_words:
+        desc = ", ".join(f"{n}={f.width}" for n, f in out.items())
+        raise ValueError(
+            f"random fields ({desc} bits) need {needed} generator words per update; "
+            f"rng_words={rng_words}"
+        )
+    return out
 
 
 # ---- the update -----------------------------------------------------------------

@@ -139,7 +139,10 @@ class FixedFormat:
             if not 1 <= k <= 52:
                 raise ValueError(f"sr_bits must be in [1, 52] for float inputs, got {k}")
             fl = np.floor(t)
-            fk = np.floor(np.ldexp(t - fl, k))  # exact: the fraction has <= 52 significant bits
+            # f_k = floor(t * 2^k) mod 2^k: the scaling and floor are exact, and the difference of
+            # the two integers is exact (its value is an integer < 2^52). floor((t - fl) * 2^k)
+            # is not: t - fl rounds for negative t whose fraction has bits below 2^-53.
+            fk = np.floor(np.ldexp(t, k)) - np.ldexp(fl, k)
             u = rng.integers(0, 1 << k, size=t.shape, dtype=np.int64)
             q = fl + (u < fk)
         else:

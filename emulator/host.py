@@ -28,7 +28,12 @@ def _finite(name: str, value: float, lo: float = 0.0) -> float:
     return x
 
 
-def _register(name: str, value: float, fmt: FixedFormat, *, allow_zero: bool = False) -> int:
+UNDERFLOW_POLICIES = ("raise", "flush")
+
+
+def _register(
+    name: str, value: float, fmt: FixedFormat, *, allow_zero: bool = False, flushed: list[str] | None = None
+) -> int:
     scaled = value * 2.0**fmt.frac + 0.5
     if not math.isfinite(scaled) or scaled > 2.0**62:
         raise ValueError(f"{name}={value:.6g} does not fit register format {fmt} (max {fmt.max_value:.6g})")
@@ -39,6 +44,9 @@ def _register(name: str, value: float, fmt: FixedFormat, *, allow_zero: bool = F
             f"largest representable is {fmt.max_value:.6g}"
         )
     if value > 0 and word == 0 and not allow_zero:
+        if flushed is not None:  # underflow='flush': the register is 0 and the caller is told
+            flushed.append(name)
+            return 0
         raise ValueError(
             f"{name}={value:.6g} underflows register format {fmt} (rounds to 0; LSB is {fmt.lsb:.3g})"
         )
@@ -68,22 +76,46 @@ class HyperParams:
         return 2.0 * self.lr * self.temperature / self.dataset_size
 
 
-def step_registers(cfg: DatapathConfig, hp: HyperParams) -> StepRegisters:
+def step_registers(cfg: DatapathConfig, hp: HyperParams, *, underflow: str = "raise") -> StepRegisters:
     """The register values for one step of ``cfg`` under hyper-parameters ``hp``.
 
-    Raises ValueError naming the value when a register overflows its format or a
-    non-zero value rounds to zero.
+    Raises ValueError naming the value when a register overflows its format. A non-zero
+    value that rounds to zero raises too with ``underflow='raise'`` (default); with
+    ``underflow='flush'`` that register is 0 (see :func:`step_registers_flushed`, which also
+    says which registers were flushed).
     """
-    step = _register("lr", hp.lr, cfg.step)
+    return step_registers_flushed(cfg, hp, underflow=underflow)[0]
+
+
+def step_registers_flushed(
+    cfg: DatapathConfig, hp: HyperParams, *, underflow: str = "flush"
+) -> tuple[StepRegisters, tuple[str, ...]]:
+    """:func:`step_registers` and the names of the registers flushed to 0 by underflow.
+
+    Names: ``"lr"``, ``"lr*weight_decay"``, ``"noise scale"``, ``"vc_var"``. With
+    ``underflow='raise'`` the tuple is always empty (underflow raises ValueError instead).
+    A flushed ``lr`` means the step makes no gradient move; a flushed noise register means
+    no injected noise beyond the rounding (VC branch B with ``vc_var = 0`` is plain SR).
+    """
+    if underflow not in UNDERFLOW_POLICIES:
+        raise ValueError(f"underflow must be one of {UNDERFLOW_POLICIES}, got {underflow!r}")
+    fl: list[str] | None = [] if underflow == "flush" else None
+    regs = _step_registers(cfg, hp, fl)
+    return regs, tuple(fl or ())
+
+
+def _step_registers(cfg: DatapathConfig, hp: HyperParams, fl: list[str] | None) -> StepRegisters:
+    step = _register("lr", hp.lr, cfg.step, flushed=fl)
     decay = 0
     if hp.weight_decay:
         if cfg.decay is None:
             raise ValueError(f"weight_decay={hp.weight_decay} but the configuration has no decay register")
-        decay = _register("lr*weight_decay", hp.lr * hp.weight_decay, cfg.decay)
+        decay = _register("lr*weight_decay", hp.lr * hp.weight_decay, cfg.decay, flushed=fl)
     v = hp.noise_variance if cfg.variant.is_langevin else 0.0
     sigma_z = cfg.gaussian.std
     if cfg.variant in (Variant.NAIVE, Variant.LP_F):
-        return StepRegisters(step, decay, _register("noise scale", math.sqrt(v) / sigma_z, cfg.noise) if v else 0)
+        noise = _register("noise scale", math.sqrt(v) / sigma_z, cfg.noise, flushed=fl) if v else 0
+        return StepRegisters(step, decay, noise)
     if cfg.variant is Variant.VC:
         fw = cfg.weight.frac
         v_lsb2 = math.ldexp(v, 2 * fw)  # exact scaling: variance in weight LSB^2
@@ -96,6 +128,9 @@ def step_registers(cfg: DatapathConfig, hp: HyperParams) -> StepRegisters:
             return StepRegisters(step, decay, 0, False, 1 << (2 * cfg.vc_frac_bits - 2))
         vc_var = math.floor(math.ldexp(v_lsb2, 2 * cfg.vc_frac_bits) + 0.5)
         if v > 0 and vc_var == 0:
+            if fl is not None:
+                fl.append("vc_var")
+                return StepRegisters(step, decay, 0, False, 0)
             raise ValueError(
                 f"noise variance {v:.6g} underflows the VC variance register "
                 f"(vc_frac_bits={cfg.vc_frac_bits}); raise vc_frac_bits"
@@ -173,7 +208,8 @@ def registers_at(
     temperature: float = 1.0,
     dataset_size: int = 1,
     weight_decay: float = 0.0,
+    underflow: str = "raise",
 ) -> StepRegisters:
-    """Registers for schedule step ``step``."""
+    """Registers for schedule step ``step`` (``underflow`` as in :func:`step_registers`)."""
     hp = HyperParams(schedule.lr(step), temperature, dataset_size, weight_decay)
-    return step_registers(cfg, hp)
+    return step_registers(cfg, hp, underflow=underflow)

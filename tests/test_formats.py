@@ -1,5 +1,6 @@
 """Fixed-point formats, rounding rules and float conversion."""
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -147,3 +148,35 @@ def test_sr_helpers_reject_k_above_s():
         round_stochastic(np.array([7]), 3, 5, np.array([0]))
     with pytest.raises(ValueError, match="got k=2, s=1"):
         sr_split(np.array([7]), 1, 2)
+
+
+class _FixedUniforms(np.random.Generator):
+    """A Generator whose ``integers`` returns given values: pins the SR uniforms exactly."""
+
+    def __init__(self, u):
+        super().__init__(np.random.PCG64(0))
+        self.u = np.asarray(u, dtype=np.int64)
+
+    def integers(self, low, high, size=None, dtype=np.int64):
+        assert (low, high) == (0, 1 << 52)
+        return np.broadcast_to(self.u, size).astype(dtype)
+
+
+def _exact_fk(x: float, frac: int, k: int) -> int:
+    t = Fraction(x) * Fraction(2) ** frac
+    return math.floor(t * 2**k) % (1 << k)
+
+
+def test_quantize_stochastic_fraction_exact_for_negative_values():
+    # t - floor(t) rounds for t in (-1/2, 0) with fraction bits below 2^-53: f_k must be
+    # floor(t 2^k) mod 2^k exactly, so u = f_k - 1 rounds up and u = f_k rounds down.
+    f = FixedFormat(8, 0)
+    xs = [-(2**-40 + 2**-60), -(2**-1 + 2**-60), -(2**-3 + 2**-55 + 2**-70), -(1 + 2**-30 + 2**-80)]
+    for x in xs:
+        fk = _exact_fk(x, 0, 52)
+        fl = math.floor(x)
+        assert 0 < fk < 1 << 52
+        up = f.quantize(np.array([x]), "stochastic", _FixedUniforms([fk - 1]), sr_bits=52)
+        down = f.quantize(np.array([x]), "stochastic", _FixedUniforms([fk]), sr_bits=52)
+        assert (int(up[0]), int(down[0])) == (fl + 1, fl), x
+    assert _exact_fk(xs[0], 0, 52) == (1 << 52) - (1 << 12) - 1
