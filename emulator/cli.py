@@ -106,6 +106,8 @@ def _cmd_bench_torch(args: argparse.Namespace) -> int:
     argv = ["--device", args.device, "--repeat", str(args.repeat), "--lanes", *map(str, args.lanes)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
+    if args.compile:
+        argv.append("--compile")
     return bench_main(argv)
 
 
@@ -230,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lanes", type=int, nargs="+", default=[1024, 8])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--compile", action="store_true", help="also time the torch.compile engine and optimizer")
     p.set_defaults(func=_cmd_bench_torch)
 
     p = sub.add_parser("spec", help="print a shipped configuration, its random-bit layout and Gaussian stats")
