@@ -31,7 +31,7 @@ from .datapath import Field, Variant, _coerce_variant, field_layout, sr_variance
 from .engine import stream_words
 from .formats import FixedFormat, check_int
 from .gaussian import GaussianSpec
-from .host import UNDERFLOW_POLICIES, HyperParams, _register
+from .host import UNDERFLOW_POLICIES, HyperParams, _register, shared_registers
 from .rng import LaneRng, XoroshiroSpec
 
 MAX_BFP_WIDTH = 24  # mantissas stay exact in float32 and far inside int64 in every intermediate
@@ -636,17 +636,11 @@ def bfp_registers_flushed(
 
 
 def _bfp_registers(cfg: BfpConfig, hp: HyperParams, fl: list[str] | None) -> BfpRegisters:
-    step = _register("lr", hp.lr, cfg.step, flushed=fl)
-    decay = 0
-    if hp.weight_decay:
-        if cfg.decay is None:
-            raise ValueError(f"weight_decay={hp.weight_decay} but the configuration has no decay register")
-        decay = _register("lr*weight_decay", hp.lr * hp.weight_decay, cfg.decay, flushed=fl)
+    step, decay, noise = shared_registers(cfg, hp, fl)
+    if noise is not None:
+        return BfpRegisters(step, decay, noise)
     v = hp.noise_variance if cfg.variant.is_langevin else 0.0
     sigma_z = cfg.gaussian.std
-    if cfg.variant in (Variant.NAIVE, Variant.LP_F):
-        noise = _register("noise scale", math.sqrt(v) / sigma_z, cfg.noise, flushed=fl) if v else 0
-        return BfpRegisters(step, decay, noise)
     if cfg.variant is not Variant.VC:
         return BfpRegisters(step, decay)
     p = cfg.vc_frac_bits

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -104,18 +104,32 @@ def step_registers_flushed(
     return regs, tuple(fl or ())
 
 
-def _step_registers(cfg: DatapathConfig, hp: HyperParams, fl: list[str] | None) -> StepRegisters:
+def shared_registers(cfg: Any, hp: HyperParams, fl: list[str] | None) -> tuple[int, int, int | None]:
+    """The ``step`` and ``decay`` words, and the ``noise`` word of ``naive``/``lp_f`` (else None).
+
+    Shared by the fixed-point host and the BFP host (:mod:`emulator.bfp`), whose registers
+    are in the same absolute units; ``cfg`` is either configuration (``step``, ``decay``,
+    ``noise``, ``variant``, ``gaussian``). Flushed names go to ``fl`` (None: underflow raises).
+    """
     step = _register("lr", hp.lr, cfg.step, flushed=fl)
     decay = 0
     if hp.weight_decay:
         if cfg.decay is None:
             raise ValueError(f"weight_decay={hp.weight_decay} but the configuration has no decay register")
         decay = _register("lr*weight_decay", hp.lr * hp.weight_decay, cfg.decay, flushed=fl)
+    noise = None
+    if cfg.variant in (Variant.NAIVE, Variant.LP_F):
+        v = hp.noise_variance
+        noise = _register("noise scale", math.sqrt(v) / cfg.gaussian.std, cfg.noise, flushed=fl) if v else 0
+    return step, decay, noise
+
+
+def _step_registers(cfg: DatapathConfig, hp: HyperParams, fl: list[str] | None) -> StepRegisters:
+    step, decay, noise = shared_registers(cfg, hp, fl)
+    if noise is not None:
+        return StepRegisters(step, decay, noise)
     v = hp.noise_variance if cfg.variant.is_langevin else 0.0
     sigma_z = cfg.gaussian.std
-    if cfg.variant in (Variant.NAIVE, Variant.LP_F):
-        noise = _register("noise scale", math.sqrt(v) / sigma_z, cfg.noise, flushed=fl) if v else 0
-        return StepRegisters(step, decay, noise)
     if cfg.variant is Variant.VC:
         fw = cfg.weight.frac
         v_lsb2 = math.ldexp(v, 2 * fw)  # exact scaling: variance in weight LSB^2
