@@ -406,6 +406,7 @@ class LowPrecisionSGLD(Optimizer):
                 self.state[p][name] = t.to(device=p.device, dtype=torch.int64).clone()
         for rt, s in zip(self._runtime, extra["groups"], strict=True):
             rt.load_state_dict(s)
+        self.seed = int(extra["seed"])  # groups added later derive their streams from the saved seed
 
 
 # ---- the paper's cyclical schedule with sample collection --------------------------------
