@@ -167,6 +167,7 @@ class _GroupRuntime:
     def __init__(self, cfg: DatapathConfig | BfpConfig | None, seed: int, index: int, device: torch.device,
                  path: str, compile: bool):
         self.cfg = cfg
+        self.device = device
         self.steps = 0
         self.flushed_steps = 0
         self.flushed: dict[str, int] = {}
@@ -340,6 +341,11 @@ class LowPrecisionSGLD(Optimizer):
                 grads.append(p.grad)
             work.append((group, params, grads))
         self._check_gradients(work)
+        for gi, ((_, params, _), rt) in enumerate(zip(work, self._runtime, strict=True)):
+            moved = [str(p.device) for p in params if p.device != rt.device]
+            if moved:
+                raise ValueError(f"group {gi}: parameters on {moved[0]}, but the optimizer's engines were built "
+                                 f"on {rt.device}; move the model before creating the optimizer")
         for (group, params, grads), rt in zip(work, self._runtime, strict=True):
             if not params:
                 continue

@@ -240,6 +240,17 @@ def test_constructor_errors():
         LowPrecisionSGLD([p], lr=1e-3, config=8)
 
 
+def test_step_rejects_parameters_moved_after_construction():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = LowPrecisionSGLD([p], lr=1e-3, config="w8-vc")
+    p.grad = torch.zeros(3)
+    # without a second device here: pretend the engines were built elsewhere (model.cuda() after construction)
+    opt._runtime[0].device = torch.device("meta")
+    with pytest.raises(ValueError, match="group 0: parameters on cpu, but the optimizer's engines were built on meta"):
+        opt.step()
+    assert "words" not in opt.state[p]  # nothing of the step happened
+
+
 # ---- checkpoint / resume ----------------------------------------------------------------------
 
 
