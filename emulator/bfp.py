@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .datapath import Field, Variant, _coerce_variant, field_layout, sr_variance
-from .engine import stream_words
+from .engine import check_rng_layout, stream_words
 from .formats import FixedFormat, check_int
 from .gaussian import GaussianSpec
 from .host import UNDERFLOW_POLICIES, HyperParams, _register, shared_registers
@@ -836,8 +836,8 @@ class BfpEngine:
         self.cfg = cfg
         if rng is None:
             rng = LaneRng.seeded(cfg.rng, seed, cfg.lanes, cfg.rng_words)
-        elif (rng.spec, rng.lanes, rng.words) != (cfg.rng, cfg.lanes, cfg.rng_words):
-            raise ValueError("rng does not match the configuration's generator, lanes or rng_words")
+        else:
+            check_rng_layout(cfg, rng)
         self.rng = rng
 
     def step(self, theta: BfpTensor, grad: BfpTensor, regs: BfpRegisters) -> BfpUpdateResult:
@@ -856,8 +856,7 @@ class BfpEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rng = LaneRng.from_state_dict(state["rng"])
-        if (rng.spec, rng.lanes, rng.words) != (self.cfg.rng, self.cfg.lanes, self.cfg.rng_words):
-            raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
+        check_rng_layout(self.cfg, rng, loaded=True)
         self.rng = rng
 
 
@@ -953,8 +952,8 @@ class TorchBfpEngine:
         self.device = torch.device(device)
         if rng is None:
             rng = TorchLaneRng.seeded(cfg.rng, seed, cfg.lanes, cfg.rng_words, self.device)
-        elif (rng.spec, rng.lanes, rng.words) != (cfg.rng, cfg.lanes, cfg.rng_words):
-            raise ValueError("rng does not match the configuration's generator, lanes or rng_words")
+        else:
+            check_rng_layout(cfg, rng)
         self.rng = rng
 
     def _check(self, t: BfpTensor, fmt: BfpFormat, name: str, check_words: bool) -> BfpTensor:
@@ -1009,6 +1008,5 @@ class TorchBfpEngine:
         from .torch_engine import TorchLaneRng
 
         rng = TorchLaneRng.from_state_dict(state["rng"], self.device)
-        if (rng.spec, rng.lanes, rng.words) != (self.cfg.rng, self.cfg.lanes, self.cfg.rng_words):
-            raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
+        check_rng_layout(self.cfg, rng, loaded=True)
         self.rng = rng

@@ -78,6 +78,17 @@ def _spread(rng: LaneRng, chunks: int, spacing: int) -> tuple[np.ndarray, np.nda
     return c0[:chunks], c1[:chunks]
 
 
+def check_rng_layout(cfg: Any, rng: Any, *, loaded: bool = False) -> None:
+    """Raise ValueError unless ``rng`` (a LaneRng or TorchLaneRng) has ``cfg``'s generator, lanes and words.
+
+    Shared by every engine's constructor (``loaded=False``) and ``load_state_dict`` (``loaded=True``).
+    """
+    if (rng.spec, rng.lanes, rng.words) != (cfg.rng, cfg.lanes, cfg.rng_words):
+        if loaded:
+            raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
+        raise ValueError("rng does not match the configuration's generator, lanes or rng_words")
+
+
 class NumpyEngine:
     """Runs a :class:`DatapathConfig` on numpy arrays, bit-exact to the hardware.
 
@@ -91,8 +102,8 @@ class NumpyEngine:
         self.cfg = cfg
         if rng is None:
             rng = LaneRng.seeded(cfg.rng, seed, cfg.lanes, cfg.rng_words)
-        elif (rng.spec, rng.lanes, rng.words) != (cfg.rng, cfg.lanes, cfg.rng_words):
-            raise ValueError("rng does not match the configuration's generator, lanes or rng_words")
+        else:
+            check_rng_layout(cfg, rng)
         self.rng = rng
 
     def step(self, theta: np.ndarray, grad: np.ndarray, regs: StepRegisters) -> UpdateResult:
@@ -122,6 +133,5 @@ class NumpyEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rng = LaneRng.from_state_dict(state["rng"])
-        if (rng.spec, rng.lanes, rng.words) != (self.cfg.rng, self.cfg.lanes, self.cfg.rng_words):
-            raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
+        check_rng_layout(self.cfg, rng, loaded=True)
         self.rng = rng

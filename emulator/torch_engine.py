@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .datapath import WORD_BITS, DatapathConfig, Field, StepRegisters, Variant
+from .engine import check_rng_layout
 from .formats import FixedFormat
 from .gaussian import GaussianSpec
 from .rng import LaneRng, XoroshiroSpec, vec
@@ -628,8 +629,8 @@ class TorchEngine:
         self.device = torch.device(device)
         if rng is None:
             rng = TorchLaneRng.seeded(cfg.rng, seed, cfg.lanes, cfg.rng_words, self.device)
-        elif (rng.spec, rng.lanes, rng.words) != (cfg.rng, cfg.lanes, cfg.rng_words):
-            raise ValueError("rng does not match the configuration's generator, lanes or rng_words")
+        else:
+            check_rng_layout(cfg, rng)
         self.rng = rng
         self.path = path
         self.compile = bool(compile)
@@ -769,8 +770,7 @@ class TorchEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rng = TorchLaneRng.from_state_dict(state["rng"], self.device)
-        if (rng.spec, rng.lanes, rng.words) != (self.cfg.rng, self.cfg.lanes, self.cfg.rng_words):
-            raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
+        check_rng_layout(self.cfg, rng, loaded=True)
         self.rng = rng
 
 
