@@ -1,0 +1,269 @@
+"""One Bayesian training run on the emulated datapath: data, model, optimizer, samples, BMA.
+
+A :class:`RunSpec` fixes a run completely (data set, model, method, number format, step size,
+seed, schedule, and the hardware knobs of the design-space studies). :func:`train_run` trains
+it, collects posterior samples, and evaluates the Bayesian model average on the test set;
+with ``ckpt`` it saves a checkpoint at the end of every epoch and resumes from it, so an
+interrupted run continues bit-identically (model, optimizer words and random streams, data
+order, BMA sums and the quantized layers' counters are all in the checkpoint).
+
+Methods (the paper's names): ``sgld`` float32 SGLD, ``sgd`` float32 SGD (no noise),
+``sgldlp-f`` (lp_f: low-precision weights, wide accumulator), ``naive`` (naive SGLDLP-L),
+``vc`` (VC SGLDLP-L), ``sgdlp-f``, ``sgdlp-l``. Number formats: ``fixed`` (W-bit fixed point,
+``Q(W, F)``, activations stay float as in the paper's fixed-point runs) and ``bfp`` (8-bit block
+floating point, one exponent per row; activations and backward errors quantized to 8-bit BFP
+per example with stochastic rounding, as in the paper's BFP runs). Float methods ignore it.
+
+Schedule: constant step size ``lr`` on the mean mini-batch loss; noise variance
+``v = 2 lr T / N`` (the paper's code); weight decay ``wd`` (Gaussian prior). Langevin methods
+collect ``samples_per_epoch`` evenly spaced samples in every epoch after ``burnin`` epochs and
+predict with their average; SGD methods predict with the last iterate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .bfp import BfpConfig, BfpFormat, _fit_frac
+from .data import Dataset
+from .datapath import DatapathConfig, Variant
+from .evaluation import DEFAULT_BINS, BayesianAverage, metrics, reliability, softmax
+from .formats import FixedFormat
+from .gaussian import GaussianSpec
+from .host import HyperParams
+from .models import build_model
+from .optim import LowPrecisionSGLD, derive_seed
+from .qlayers import QuantSpec, quantize_model
+
+METHODS: dict[str, str] = {
+    "sgld": "fp", "sgd": "fp", "sgldlp-f": "lp_f", "naive": "naive", "vc": "vc", "sgdlp-f": "sgd_f",
+    "sgdlp-l": "sgd_l",
+}
+LABELS = {"sgld": "SGLD (float32)", "sgd": "SGD (float32)", "sgldlp-f": "SGLDLP-F", "naive": "naive SGLDLP-L",
+          "vc": "VC SGLDLP-L", "sgdlp-f": "SGDLP-F", "sgdlp-l": "SGDLP-L"}
+FORMATS = ("fixed", "bfp")
+GAUSSIANS: dict[str, GaussianSpec] = {
+    "table4x8": GaussianSpec(),  # the default: 4 x 8-bit inversion table
+    "table1x8": GaussianSpec(terms=1, index_bits=8),
+    "table2x8": GaussianSpec(terms=2, index_bits=8),
+    "clt4x8": GaussianSpec(kind="clt", terms=4, index_bits=8, frac=0),
+    "clt1x8": GaussianSpec(kind="clt", terms=1, index_bits=8, frac=0),
+}
+
+
+def is_langevin(method: str) -> bool:
+    return method in ("sgld", "sgldlp-f", "naive", "vc")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that fixes one training run (JSON-serialisable)."""
+
+    dataset: str = "fashion-mnist"
+    model: str = "mlp"
+    method: str = "vc"
+    number_format: str = "fixed"
+    lr: float = 0.5
+    seed: int = 0
+    epochs: int = 10
+    burnin: int = 5
+    samples_per_epoch: int = 2
+    batch_size: int = 128
+    temperature: float = 1.0
+    weight_decay: float = 5e-4
+    n_train: int | None = None
+    n_test: int | None = None
+    width: int = 8  # fixed point Q(width, frac)
+    frac: int = 8
+    sr_bits: int | None = None  # datapath SR random bits (None: exact)
+    grad_sr_bits: int = 32
+    gaussian: str = "table4x8"
+    lanes: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {tuple(METHODS)}")
+        if self.number_format not in FORMATS:
+            raise ValueError(f"unknown number format {self.number_format!r}; expected one of {FORMATS}")
+        if self.gaussian not in GAUSSIANS:
+            raise ValueError(f"unknown gaussian {self.gaussian!r}; expected one of {tuple(GAUSSIANS)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        for name, lo in (("epochs", 1), ("burnin", 0), ("samples_per_epoch", 1), ("batch_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        if self.burnin >= self.epochs:
+            raise ValueError(f"burnin ({self.burnin}) must be smaller than epochs ({self.epochs})")
+        if self.temperature < 0 or self.weight_decay < 0:
+            raise ValueError(f"temperature and weight_decay must be >= 0, got {self.temperature}, {self.weight_decay}")
+
+    @property
+    def variant(self) -> str:
+        return METHODS[self.method]
+
+    @property
+    def is_float(self) -> bool:
+        return self.variant == "fp"
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe identity: readable prefix plus a hash of every field."""
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        fmt = "float" if self.is_float else self.number_format
+        return f"{self.model}-{self.method}-{fmt}-lr{self.lr:g}-s{self.seed}-{digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def fixed_training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig:
+    """``Q(width, frac)`` weights and gradients; 16-bit unsigned registers sized for ``spec.lr``.
+
+    Each register gets the most fractional bits that still hold its value at this run's
+    (constant) step size, as ``BfpConfig.paper`` does; ``lp_f``/``sgd_f`` keep a
+    ``Q(width + 16, frac + 8)`` accumulator.
+    """
+    v = Variant(spec.variant)
+    w, f = spec.width, spec.frac
+    hp = HyperParams(spec.lr, spec.temperature, dataset_size, spec.weight_decay)
+    gauss = GAUSSIANS[spec.gaussian]
+
+    def reg(value: float) -> FixedFormat:
+        return FixedFormat(16, _fit_frac(value, 16), signed=False)
+
+    noise = reg(math.sqrt(hp.noise_variance) / gauss.std) if v.is_langevin and hp.noise_variance else \
+        FixedFormat(16, 19, signed=False)
+    return DatapathConfig(
+        v, weight=FixedFormat(w, f), grad=FixedFormat(w, f),
+        acc=FixedFormat(w + 16, f + 8) if v.has_accumulator else None,
+        step=reg(spec.lr), noise=noise,
+        decay=reg(spec.lr * spec.weight_decay) if spec.weight_decay else None,
+        gaussian=gauss, sr_bits=spec.sr_bits, lanes=spec.lanes)
+
+
+def training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig | BfpConfig | str:
+    """The optimizer ``config`` of ``spec``: ``"fp"``, a fixed :class:`DatapathConfig` or a :class:`BfpConfig`."""
+    if spec.is_float:
+        return "fp"
+    if spec.number_format == "fixed":
+        return fixed_training_config(spec, dataset_size)
+    cfg = BfpConfig.paper(spec.variant, lanes=spec.lanes, max_lr=spec.lr, weight_decay=spec.weight_decay,
+                          temperature=spec.temperature, dataset_size=dataset_size)
+    if spec.gaussian != "table4x8" or spec.sr_bits is not None:
+        cfg = dataclasses.replace(cfg, gaussian=GAUSSIANS[spec.gaussian], sr_bits=spec.sr_bits)
+    return cfg
+
+
+@dataclass
+class RunResult:
+    spec: dict[str, Any]
+    metrics: dict[str, float]
+    last: dict[str, float]
+    reliability: dict[str, list[float]]
+    history: list[dict[str, float]] = field(default_factory=list)
+    flushed: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _predict(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+    model.train()
+    return softmax(out.double().cpu().numpy())
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
+              progress: Callable[[str], None] | None = None, device: str = "cpu") -> RunResult:
+    """Train ``spec`` on ``data`` (already subset), resuming from ``ckpt`` when it exists."""
+    t0 = time.perf_counter()
+    n = len(data.y_train)
+    x_train = torch.from_numpy(data.x_train).to(device)
+    y_train = torch.from_numpy(data.y_train).to(device)
+    x_test = torch.from_numpy(data.x_test).to(device)
+    model = build_model(spec.model, data.input_shape, data.num_classes, derive_seed(spec.seed, 100)).to(device)
+    qmodel = None
+    if spec.number_format == "bfp" and not spec.is_float:
+        q = QuantSpec(BfpFormat(8, 8), "stochastic", headroom=1)
+        qmodel = quantize_model(model, act=q, err=q, seed=derive_seed(spec.seed, 101))
+    temperature = 0.0 if spec.method in ("sgd",) else spec.temperature
+    opt = LowPrecisionSGLD(model.parameters(), lr=spec.lr, config=training_config(spec, n), lanes=spec.lanes,
+                           temperature=temperature, dataset_size=n, weight_decay=spec.weight_decay,
+                           grad_sr_bits=spec.grad_sr_bits, seed=derive_seed(spec.seed, 102))
+    order = torch.Generator().manual_seed(derive_seed(spec.seed, 103))
+    bma = BayesianAverage()
+    history: list[dict[str, float]] = []
+    start = 0
+    if ckpt is not None and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        if st["spec"] != spec.to_dict():
+            raise ValueError(f"checkpoint {ckpt} was written for a different run: {st['spec']}")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        order.set_state(st["order"])
+        if st["bma_sum"] is not None:
+            bma._sum, bma.samples = st["bma_sum"], st["bma_samples"]
+        if qmodel is not None:
+            qmodel.load_state_dict(st["qlayers"])
+        history, start = st["history"], st["epoch"]
+        if progress:
+            progress(f"{spec.key}: resumed after epoch {start}")
+    steps = math.ceil(n / spec.batch_size)
+    collect_at = {round((j + 1) * steps / spec.samples_per_epoch) - 1 for j in range(spec.samples_per_epoch)}
+    lossf = nn.CrossEntropyLoss()
+    for epoch in range(start, spec.epochs):
+        perm = torch.randperm(n, generator=order).to(device)
+        total, te = 0.0, time.perf_counter()
+        for i in range(steps):
+            idx = perm[i * spec.batch_size:(i + 1) * spec.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = lossf(model(x_train[idx]), y_train[idx])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{spec.key}: loss {loss.item()} at epoch {epoch + 1} step {i + 1}")
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            if epoch >= spec.burnin and is_langevin(spec.method) and i in collect_at:
+                bma.add_probs(_predict(model, x_test))
+        history.append({"epoch": epoch + 1, "train_loss": total / n, "seconds": time.perf_counter() - te})
+        if progress:
+            progress(f"{spec.key}: epoch {epoch + 1}/{spec.epochs} train loss {total / n:.4f} "
+                     f"({time.perf_counter() - te:.1f} s)")
+        if ckpt is not None:
+            _atomic_save({"spec": spec.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
+                          "opt": opt.state_dict(), "order": order.get_state(), "history": history,
+                          "bma_sum": bma._sum, "bma_samples": bma.samples,
+                          "qlayers": qmodel.state_dict() if qmodel is not None else None}, ckpt)
+    last_probs = _predict(model, x_test)
+    if not is_langevin(spec.method):
+        bma.add_probs(last_probs)
+    probs = bma.probs
+    rel = reliability(probs, data.y_test, DEFAULT_BINS)
+    out = {k: float(v) for k, v in bma.metrics(data.y_test).items()}
+    return RunResult(spec.to_dict(), out, metrics(last_probs, data.y_test),
+                     {"count": rel.count.tolist(), "accuracy": rel.accuracy.tolist(),
+                      "confidence": rel.confidence.tolist()},
+                     history, opt.flush_counts(), time.perf_counter() - t0)
