@@ -8,7 +8,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .gaussian import GaussianSpec
 from .golden import PRESETS
@@ -179,6 +180,51 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_presets() -> tuple[str, ...]:
+    # the names only: importing emulator.study pulls in torch
+    return ("quick", "fmnist-mlp", "fmnist-lr", "fmnist-logreg", "fmnist-cnn", "resnet18-standin")
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"bad list {text!r}: {e}") from None
+    return parse
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .study import PRESETS, StudyPlan, format_table, run_study, summarize, write_outputs
+
+    base = PRESETS[args.preset]
+    over = {k: getattr(args, k) for k in ("dataset", "models", "formats", "methods", "lrs", "seeds", "epochs",
+                                           "burnin", "samples_per_epoch", "batch_size", "temperature",
+                                           "weight_decay", "n_train", "n_test", "lanes", "device")
+            if getattr(args, k) is not None}
+    plan: StudyPlan = dataclasses.replace(base, **over)  # validates; a ValueError is reported by main()
+    out = args.out or f"results/{plan.name}"
+    if args.device is None and plan.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"lpsgld train: preset {plan.name!r} runs on CUDA, which is not available here; "
+                  f"pass --device cpu to run it on the CPU (slow)", file=sys.stderr)
+            return 2
+    command = "lpsgld train " + " ".join(shlex.quote(a) for a in (args.argv or []))
+    results = run_study(plan, out, jobs=args.jobs, fresh=args.fresh)
+    paths = write_outputs(plan, results, out, command.strip())
+    rows = summarize(results)
+    if args.json:
+        print(json.dumps({"summary": rows, "files": paths}, indent=1))
+    else:
+        print(format_table(rows))
+        print("\nwrote " + ", ".join(paths.values()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE") and argv is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lpsgld spec | head` ends quietly
@@ -235,6 +281,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="also time the torch.compile engine and optimizer")
     p.set_defaults(func=_cmd_bench_torch)
 
+    p = sub.add_parser("train", help="accuracy study: train BNNs with every method, BMA, tables and plots (resumable)")
+    p.add_argument("--preset", default="quick", choices=list(_study_presets()),
+                   help="study preset (default quick: digits MLP, seconds per run); options below override it")
+    p.add_argument("--dataset", choices=["fashion-mnist", "digits"])
+    p.add_argument("--models", type=_csv(str), help="comma list of logreg, mlp, cnn, resnet18")
+    p.add_argument("--formats", type=_csv(str), help="comma list of fixed, bfp (8-bit)")
+    p.add_argument("--methods", type=_csv(str), help="comma list of sgld, sgd, sgldlp-f, naive, vc, sgdlp-f, sgdlp-l")
+    p.add_argument("--lrs", type=_csv(float), help="comma list of step sizes")
+    p.add_argument("--seeds", type=_csv(int), help="comma list of seeds")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--burnin", type=int, help="epochs before samples are collected")
+    p.add_argument("--samples-per-epoch", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--n-train", type=int, help="use the first N training examples")
+    p.add_argument("--n-test", type=int, help="use the first N test examples")
+    p.add_argument("--lanes", type=int, help="datapath lanes (statistics do not depend on it; speed does)")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes, one torch thread each)")
+    p.add_argument("--out", help="output directory (default results/<preset>); rerun the same command to resume")
+    p.add_argument("--fresh", action="store_true", help="delete earlier results and checkpoints in --out first")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("spec", help="print a shipped configuration, its random-bit layout and Gaussian stats")
     p.add_argument("--config", default="w8-vc", help="one of: " + ", ".join(PRESETS))
     p.set_defaults(func=_cmd_spec)
@@ -271,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_cmd_rtl)
 
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # for the study's "command" line
     try:
         return int(args.func(args))
     except (ValueError, TypeError, OSError) as e:

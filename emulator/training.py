@@ -147,12 +147,18 @@ def fixed_training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig:
 
     noise = reg(math.sqrt(hp.noise_variance) / gauss.std) if v.is_langevin and hp.noise_variance else \
         FixedFormat(16, 19, signed=False)
-    return DatapathConfig(
-        v, weight=FixedFormat(w, f), grad=FixedFormat(w, f),
-        acc=FixedFormat(w + 16, f + 8) if v.has_accumulator else None,
-        step=reg(spec.lr), noise=noise,
-        decay=reg(spec.lr * spec.weight_decay) if spec.weight_decay else None,
+    kw: dict[str, Any] = dict(
+        weight=FixedFormat(w, f), grad=FixedFormat(w, f), acc=FixedFormat(w + 16, f + 8) if v.has_accumulator else None,
+        step=reg(spec.lr), noise=noise, decay=reg(spec.lr * spec.weight_decay) if spec.weight_decay else None,
         gaussian=gauss, sr_bits=spec.sr_bits, lanes=spec.lanes)
+    # a small lr gets a step register with many fractional bits, so exact SR may drop more bits
+    # than one 64-bit generator word holds next to the Gaussian's: give the lane a second word
+    try:
+        return DatapathConfig(v, rng_words=1, **kw)
+    except ValueError as e:
+        if "generator words" not in str(e):
+            raise
+        return DatapathConfig(v, rng_words=2, **kw)
 
 
 def training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig | BfpConfig | str:
@@ -163,8 +169,10 @@ def training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig | BfpCon
         return fixed_training_config(spec, dataset_size)
     cfg = BfpConfig.paper(spec.variant, lanes=spec.lanes, max_lr=spec.lr, weight_decay=spec.weight_decay,
                           temperature=spec.temperature, dataset_size=dataset_size)
-    if spec.gaussian != "table4x8" or spec.sr_bits is not None:
-        cfg = dataclasses.replace(cfg, gaussian=GAUSSIANS[spec.gaussian], sr_bits=spec.sr_bits)
+    if spec.gaussian != "table4x8":
+        cfg = dataclasses.replace(cfg, gaussian=GAUSSIANS[spec.gaussian])
+    if spec.sr_bits is not None:  # else the BFP default (24-bit SR uniform)
+        cfg = dataclasses.replace(cfg, sr_bits=spec.sr_bits)
     return cfg
 
 
@@ -173,7 +181,7 @@ class RunResult:
     spec: dict[str, Any]
     metrics: dict[str, float]
     last: dict[str, float]
-    reliability: dict[str, list[float]]
+    reliability: dict[str, list[Any]]
     history: list[dict[str, float]] = field(default_factory=list)
     flushed: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -188,6 +196,11 @@ def _predict(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> np.ndarray
         out = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
     model.train()
     return softmax(out.double().cpu().numpy())
+
+
+def _json_floats(a: np.ndarray) -> list[float | None]:
+    """NaN (an empty reliability bin) as None: JSON has no NaN."""
+    return [None if math.isnan(x) else float(x) for x in a.tolist()]
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -249,14 +262,14 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
             if epoch >= spec.burnin and is_langevin(spec.method) and i in collect_at:
                 bma.add_probs(_predict(model, x_test))
         history.append({"epoch": epoch + 1, "train_loss": total / n, "seconds": time.perf_counter() - te})
-        if progress:
-            progress(f"{spec.key}: epoch {epoch + 1}/{spec.epochs} train loss {total / n:.4f} "
-                     f"({time.perf_counter() - te:.1f} s)")
         if ckpt is not None:
             _atomic_save({"spec": spec.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
                           "opt": opt.state_dict(), "order": order.get_state(), "history": history,
                           "bma_sum": bma._sum, "bma_samples": bma.samples,
                           "qlayers": qmodel.state_dict() if qmodel is not None else None}, ckpt)
+        if progress:
+            progress(f"{spec.key}: epoch {epoch + 1}/{spec.epochs} train loss {total / n:.4f} "
+                     f"({time.perf_counter() - te:.1f} s)")
     last_probs = _predict(model, x_test)
     if not is_langevin(spec.method):
         bma.add_probs(last_probs)
@@ -264,6 +277,6 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
     rel = reliability(probs, data.y_test, DEFAULT_BINS)
     out = {k: float(v) for k, v in bma.metrics(data.y_test).items()}
     return RunResult(spec.to_dict(), out, metrics(last_probs, data.y_test),
-                     {"count": rel.count.tolist(), "accuracy": rel.accuracy.tolist(),
-                      "confidence": rel.confidence.tolist()},
+                     {"count": rel.count.tolist(), "accuracy": _json_floats(rel.accuracy),
+                      "confidence": _json_floats(rel.confidence)},
                      history, opt.flush_counts(), time.perf_counter() - t0)

