@@ -214,7 +214,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   f"pass --device cpu to run it on the CPU (slow)", file=sys.stderr)
             return 2
     command = "lpsgld train " + " ".join(shlex.quote(a) for a in (args.argv or []))
-    results = run_study(plan, out, jobs=args.jobs, fresh=args.fresh)
+    results = run_study(plan, out, jobs=args.jobs, fresh=args.fresh, runs=args.runs)
     paths = write_outputs(plan, results, out, command.strip())
     rows = summarize(results)
     if args.json:
@@ -302,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes, one torch thread each)")
     p.add_argument("--out", help="output directory (default results/<preset>); rerun the same command to resume")
+    p.add_argument("--runs", help="directory of finished runs and checkpoints, shareable between studies "
+                                  "(default OUT/runs)")
     p.add_argument("--fresh", action="store_true", help="delete earlier results and checkpoints in --out first")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_train)

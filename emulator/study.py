@@ -98,24 +98,24 @@ class StudyPlan:
         return dataclasses.asdict(self)
 
 
+_FM: dict[str, Any] = dict(dataset="fashion-mnist", epochs=6, burnin=3, samples_per_epoch=2)
 PRESETS: dict[str, StudyPlan] = {
     # the README's quick look: digits, seconds per run
     "quick": StudyPlan("quick"),
-    # the paper's claims on Fashion-MNIST, 8-bit fixed point and 8-bit BFP
-    "fmnist-mlp": StudyPlan("fmnist-mlp", dataset="fashion-mnist", formats=("fixed", "bfp"),
-                            methods=METHOD_ORDER, epochs=8, burnin=4, samples_per_epoch=2),
-    "fmnist-lr": StudyPlan("fmnist-lr", dataset="fashion-mnist", methods=("sgld", "sgldlp-f", "naive", "vc"),
-                           lrs=(0.5, 0.1, 0.02), epochs=8, burnin=4, samples_per_epoch=2),
-    "fmnist-logreg": StudyPlan("fmnist-logreg", dataset="fashion-mnist", models=("logreg",),
-                               methods=("sgld", "sgd", "sgldlp-f", "naive", "vc", "sgdlp-l"), epochs=8, burnin=4,
-                               samples_per_epoch=2),
-    "fmnist-cnn": StudyPlan("fmnist-cnn", dataset="fashion-mnist", models=("cnn",),
-                            methods=("sgld", "sgd", "sgldlp-f", "naive", "vc", "sgdlp-l"), epochs=6, burnin=3,
-                            samples_per_epoch=2),
-    # the GPU stand-in for the paper's CIFAR-10 ResNet-18 run (scripts/resnet_standin.sh)
+    # the paper's claims on Fashion-MNIST: 8-bit fixed point Q(8,6) (range +-2 holds the float
+    # posterior's weights) and 8-bit BFP, every method
+    "fmnist-mlp": StudyPlan("fmnist-mlp", formats=("fixed", "bfp"), methods=METHOD_ORDER, extra={"frac": 6}, **_FM),
+    # step-size sweep, fixed point: naive SGLDLP-L against VC as the step shrinks
+    "fmnist-lr": StudyPlan("fmnist-lr", methods=("sgld", "sgldlp-f", "naive", "vc"), lrs=(0.5, 0.1, 0.02),
+                           extra={"frac": 6}, **_FM),
+    "fmnist-logreg": StudyPlan("fmnist-logreg", models=("logreg",), extra={"frac": 5},
+                               methods=("sgld", "sgd", "sgldlp-f", "naive", "vc", "sgdlp-l"), **_FM),
+    "fmnist-cnn": StudyPlan("fmnist-cnn", models=("cnn",), extra={"frac": 6},
+                            methods=("sgld", "sgd", "sgldlp-f", "naive", "vc", "sgdlp-l"), **_FM),
+    # the GPU stand-in for the paper's CIFAR-10 ResNet-18 run (scripts/resnet_standin.sh), 8-bit BFP
     "resnet18-standin": StudyPlan("resnet18-standin", dataset="fashion-mnist", models=("resnet18",),
-                                  formats=("bfp",), methods=("sgld", "sgldlp-f", "vc"), epochs=30, burnin=15,
-                                  samples_per_epoch=1, pad_to=32, device="cuda", lanes=1 << 16),
+                                  formats=("bfp",), methods=("sgld", "sgldlp-f", "vc"), seeds=(0,), epochs=10,
+                                  burnin=5, samples_per_epoch=2, pad_to=32, device="cuda", lanes=1 << 16),
 }
 
 
@@ -139,16 +139,16 @@ def _worker(args: tuple[StudyPlan, RunSpec, str]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    plan, spec, out = args
+    plan, spec, runs = args
     if plan.name not in _WORKER_DATA:
         _WORKER_DATA[plan.name] = prepare_data(plan)
-    return _run_one(plan, spec, Path(out), _WORKER_DATA[plan.name])
+    return _run_one(plan, spec, Path(runs), _WORKER_DATA[plan.name])
 
 
-def _run_one(plan: StudyPlan, spec: RunSpec, out: Path, data: Dataset) -> dict[str, Any]:
-    ckpt = out / "checkpoints" / f"{spec.key}.pt"
+def _run_one(plan: StudyPlan, spec: RunSpec, runs: Path, data: Dataset) -> dict[str, Any]:
+    ckpt = runs / "checkpoints" / f"{spec.key}.pt"
     res = train_run(spec, data, ckpt=ckpt, progress=_stderr, device=plan.device).to_dict()
-    path = out / "runs" / f"{spec.key}.json"
+    path = runs / f"{spec.key}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1))
     os.replace(tmp, path)
@@ -157,8 +157,14 @@ def _run_one(plan: StudyPlan, spec: RunSpec, out: Path, data: Dataset) -> dict[s
 
 
 def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fresh: bool = False,
+              runs: str | os.PathLike[str] | None = None,
               progress: Callable[[str], None] = _stderr) -> list[dict[str, Any]]:
-    """Train every run of ``plan`` that has no result in ``out`` yet; returns all results in plan order."""
+    """Train every run of ``plan`` that has no result yet; returns all results in plan order.
+
+    Finished runs are JSON files named by :attr:`RunSpec.key` (a hash of every setting) in
+    ``runs`` (default ``out/runs``), checkpoints in ``runs/checkpoints``: studies that name the
+    same ``runs`` directory share the runs they have in common.
+    """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     root = Path(out)
@@ -170,13 +176,14 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
         if saved != json.loads(json.dumps(plan.to_dict())):
             raise ValueError(f"{root} holds a different study ({saved.get('name')!r} with other settings); "
                              f"use another --out or --fresh")
-    (root / "runs").mkdir(parents=True, exist_ok=True)
-    (root / "checkpoints").mkdir(exist_ok=True)
+    rdir = Path(runs) if runs is not None else root / "runs"
+    root.mkdir(parents=True, exist_ok=True)
+    (rdir / "checkpoints").mkdir(parents=True, exist_ok=True)
     plan_file.write_text(json.dumps(plan.to_dict(), indent=1))
     specs = plan.runs()
-    done = {s.key for s in specs if (root / "runs" / f"{s.key}.json").exists()}
+    done = {s.key for s in specs if (rdir / f"{s.key}.json").exists()}
     todo = [s for s in specs if s.key not in done]
-    partial = [s for s in todo if (root / "checkpoints" / f"{s.key}.pt").exists()]
+    partial = [s for s in todo if (rdir / "checkpoints" / f"{s.key}.pt").exists()]
     progress(f"study {plan.name}: {len(specs)} runs, {len(done)} done, {len(partial)} to resume from checkpoints, "
              f"{len(todo) - len(partial)} to start; results in {root}")
     t0 = time.perf_counter()
@@ -193,13 +200,13 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
         data = prepare_data(plan) if todo else None
         for i, spec in enumerate(todo, 1):
             assert data is not None
-            report(i, _run_one(plan, spec, root, data))
+            report(i, _run_one(plan, spec, rdir, data))
     else:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as ex:
-            futs = [ex.submit(_worker, (plan, s, str(root))) for s in todo]
+            futs = [ex.submit(_worker, (plan, s, str(rdir))) for s in todo]
             for i, f in enumerate(futs, 1):
                 report(i, f.result())
-    return [json.loads((root / "runs" / f"{s.key}.json").read_text()) for s in specs]
+    return [json.loads((rdir / f"{s.key}.json").read_text()) for s in specs]
 
 
 # ---- aggregation and outputs ---------------------------------------------------------------
