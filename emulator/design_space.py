@@ -553,9 +553,9 @@ def toy_table(report: dict[str, Any], axis: str) -> str:
               for a in alphas]
         ok = [r for r in rs if r["status"] == "ok"]
         label = f"Q({rs[0]['width']},{rs[0]['frac']})" if axis == "width" else str(value)
-        for r in rs:
-            if r["status"] != "ok" and r["reason"] not in notes:
-                notes.append(f"{label} {v}: {r['reason']}")
+        bad = [r for r in rs if r["status"] != "ok"]
+        if bad:  # one note per row: the reasons differ only in the step-size-dependent SR width
+            notes.append(f"{label} {v}: {bad[0]['reason']}")
         branches = "".join(r["branch"] for r in ok) if v == "vc" else ""
         bits_read = "/".join(str(r["bits_read"]) for r in ok) + (f" (branch {branches})" if branches else "")
         wired = "/".join(dict.fromkeys(str(r["bits_wired"]) for r in ok))
@@ -563,7 +563,7 @@ def toy_table(report: dict[str, Any], axis: str) -> str:
         rows.append([label, v, *(_toy_cell(r) for r in rs), bits_read or "-", wired or "-", bias or "-"])
     text = _md(head, rows)
     if notes:
-        text += "\n\n" + "\n".join(f"- invalid: {n}" for n in dict.fromkeys(notes))
+        text += "\n\n" + "\n".join(f"- invalid: {n}" for n in notes)
     return text
 
 
@@ -581,6 +581,54 @@ def bnn_table(report: dict[str, Any], axis: str) -> str:
                      f"{r['nll']:.4f} ± {r['nll_std']:.4f}", f"{r['ece']:.4f} ± {r['ece_std']:.4f}",
                      f"{r['error']:.3f} ± {r['error_std']:.3f}"])
     rows.sort(key=lambda x: (float(x[2].split()[0]), BNN_METHODS.index(x[1]) if x[1] in BNN_METHODS else 9))
+    return _md(head, rows)
+
+
+def predicted_sr_bits(lsb: float, alpha: float, tol: float) -> int:
+    """Fewest SR bits whose mean truncation bias, 2^-(k+1) LSB per step, shifts the toy's mean by <= ``tol``.
+
+    On U = theta^2 / 2 a constant per-step bias b moves the stationary mean by b / alpha (the
+    gradient pull alpha * theta balances it), so k >= log2(LSB / (alpha * tol)) - 1.
+    """
+    return max(1, math.ceil(math.log2(lsb / (alpha * tol))) - 1)
+
+
+def sr_bits_enough(report: dict[str, Any], tol: float = 0.01) -> list[dict[str, Any]]:
+    """Per (variant, step size): the fewest tested SR bits from which on mean and std stay within ``tol`` of full SR."""
+    rows = [r for r in report["toy"] if r["axis"] == "sr_bits" and r["status"] == "ok"
+            and r["variant"] in SAMPLER_VARIANTS]
+    order = [sr_label(k) for k in report["settings"]["sr_bits"]]
+    out = []
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        for a in dict.fromkeys(r["alpha"] for r in rows):
+            by_k = {r["value"]: r for r in rows if r["variant"] == v and r["alpha"] == a}
+            if "full" not in by_k:
+                continue
+            full = by_k["full"]
+            enough = None
+            for k in reversed(order):  # walk down from full while every setting stays within tol
+                r = by_k.get(k)
+                if r is None or abs(r["mean"] - full["mean"]) > tol or abs(r["std"] - full["std"]) > tol:
+                    break
+                enough = k
+            lsb = 2.0 ** -full["frac"]
+            out.append({
+                "variant": v, "alpha": a, "branch": full["branch"], "reads_sr": full["reads_sr"],
+                "enough": enough, "predicted": predicted_sr_bits(lsb, a, tol) if full["reads_sr"] else None,
+                "bits_read": by_k[enough]["bits_read"] if enough is not None else None, "std_full": full["std"],
+            })
+    return out
+
+
+def enough_table(report: dict[str, Any], tol: float = 0.01) -> str:
+    head = ["variant", "step", "VC branch", f"fewest tested SR bits within {tol:g} of full SR (mean and std)",
+            "predicted: log2(LSB / (step * tol)) - 1", "bits read per update then", "std with full SR"]
+    rows = []
+    for r in sr_bits_enough(report, tol):
+        enough = r["enough"] if r["reads_sr"] else f"{r['enough']} (SR not read)"
+        rows.append([r["variant"], f"{r['alpha']:g}", r["branch"], str(enough),
+                     "-" if r["predicted"] is None else str(r["predicted"]), str(r["bits_read"]),
+                     f"{r['std_full']:.5f}"])
     return _md(head, rows)
 
 
@@ -603,6 +651,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for axis, title in (("sr_bits", "SR random bits"), ("gaussian", "Gaussian generator"), ("width", "word length")):
         parts += ["", f"### {title}", "", toy_table(report, axis)]
+        if axis == "sr_bits" and any(r["axis"] == "sr_bits" and r["value"] == "full" for r in report["toy"]):
+            parts += ["", "How many SR bits are enough on the toy:", "", enough_table(report)]
     if report["bnn"]:
         parts += ["", f"## BNN: MLP on {s['bnn_dataset']}, lr {s['bnn_lr']:g}, {s['bnn_epochs']} epochs "
                       f"(burn-in {s['bnn_burnin']}), mean ± std over {s['bnn_seeds']} seeds",

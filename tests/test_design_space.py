@@ -13,6 +13,7 @@ from emulator.design_space import (
     gaussian_exact,
     parse_gaussian,
     parse_sr_bits,
+    predicted_sr_bits,
     sr_bias_mean,
     sr_bias_worst,
     toy_point,
@@ -91,6 +92,16 @@ def test_toy_mean_drift_shrinks_with_more_sr_bits(variant, alpha):
     assert bits == sorted(bits) and len(set(bits)) == len(bits)
 
 
+def test_predicted_sr_bits_bound_the_exact_mean_shift():
+    # Q(6,1), step 2e-3: a bias of 2^-(k+1) LSB per step shifts the mean by 250 * 2^-(k+1).
+    k = predicted_sr_bits(0.5, 2e-3, 0.01)
+    assert k == 14
+    enough = toy_point("naive", 2e-3, 6, 1, k, GaussianSpec())
+    short = toy_point("naive", 2e-3, 6, 1, k - 2, GaussianSpec())
+    assert abs(enough["mean"]) <= 0.01 < abs(short["mean"])
+    assert predicted_sr_bits(1 / 8, 1e-3, 0.01) == 13
+
+
 def test_bits_per_update_and_vc_branches():
     g = GaussianSpec()
     a = toy_point("vc", 2e-3, 8, 3, 4, g)  # v = 4e-3 > LSB^2/4 = 1/256: branch A, Gaussian, no SR
@@ -143,7 +154,7 @@ def test_cli_design_space_writes_json_markdown_and_png(tmp_path, capsys):
                "--bnn-n-test", "100", "--bnn-lanes", "64", "--quiet", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "| SR bits | variant |" in text and "invalid" in text
+    assert "| SR bits | variant |" in text and "invalid" in text and "How many SR bits are enough" in text
     rep = json.loads((out / "design_space.json").read_text())
     toy = {(r["axis"], r["value"], r["variant"]): r for r in rep["toy"]}
     assert toy[("sr_bits", "full", "vc")]["std"] == toy_stationary("vc", 1e-3, ToySettings(width=6, frac=1))["std"]
