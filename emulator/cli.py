@@ -92,6 +92,32 @@ def _cmd_stationary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_design_space(args: argparse.Namespace) -> int:
+    from .design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space, stderr_progress
+    from .design_space import write_outputs as write_design_space
+
+    settings = DesignSpaceSettings(
+        alphas=tuple(args.alpha), toy_variants=tuple(args.variants),
+        sr_bits=tuple(parse_sr_bits(k) for k in args.sr_bits), gaussians=tuple(args.gaussians),
+        widths=tuple(args.widths), toy_width=args.toy_width, bnn=not args.no_bnn, bnn_dataset=args.bnn_dataset,
+        bnn_n_train=args.bnn_n_train, bnn_n_test=args.bnn_n_test, bnn_methods=tuple(args.bnn_methods),
+        bnn_gaussians=tuple(args.bnn_gaussians), bnn_widths=tuple(args.bnn_widths),
+        bnn_temperatures=tuple(args.bnn_temperature), bnn_seeds=args.bnn_seeds, bnn_lr=args.bnn_lr,
+        bnn_epochs=args.bnn_epochs, bnn_burnin=args.bnn_burnin, bnn_lanes=args.bnn_lanes, threads=args.threads,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    if not os.access(args.out, os.W_OK):
+        raise ValueError(f"output directory {args.out!r} is not writable")
+    report = run_design_space(settings, None if args.quiet else stderr_progress)
+    paths = write_design_space(report, args.out)
+    if args.json:
+        print(paths["json"].read_text())
+        return 0
+    print(format_report(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -263,6 +289,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gaussian", type=_gaussian_spec, default=GaussianSpec(), help="Gaussian generator")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=_cmd_stationary)
+
+    p = sub.add_parser("design-space", help="how many SR random bits, which Gaussian, which word length: exact toy "
+                                            "+ BNN study (tables, JSON, PNG)")
+    p.add_argument("--alpha", type=float, nargs="+", default=[2e-3, 1e-3, 1e-4], help="toy step sizes")
+    p.add_argument("--variants", nargs="+", default=["naive", "vc", "sgd_l"], choices=["naive", "vc", "sgd_l"],
+                   help="toy variants (exact stationary distribution)")
+    p.add_argument("--sr-bits", nargs="+", default=["1", "2", "4", "8", "12", "16", "full"],
+                   help="SR random bits to compare ('full': every dropped bit)")
+    p.add_argument("--gaussians", nargs="+", default=["table4x8", "table1x8", "table2x8", "clt4x8", "clt1x8",
+                                                      "table1x16", "table4x4", "clt8x4", "clt12x4"],
+                   help="toy Gaussian generators, KINDTERMSxBITS (e.g. table4x8, clt:8x4)")
+    p.add_argument("--widths", type=int, nargs="+", default=[6, 8, 10],
+                   help="toy word lengths W, as Q(W, W-5): range [-16, 16) kept, LSB moves")
+    p.add_argument("--toy-width", type=int, default=8,
+                   help="toy word length of the SR-bits and Gaussian axes, as Q(W, W-5) (default Q(8,3))")
+    p.add_argument("--no-bnn", action="store_true", help="toy and Gaussian tables only (seconds, not minutes)")
+    p.add_argument("--bnn-dataset", default="digits", choices=["digits", "fashion-mnist"])
+    p.add_argument("--bnn-n-train", type=int, default=None, help="first N training examples (default: all)")
+    p.add_argument("--bnn-n-test", type=int, default=None, help="first N test examples (default: all)")
+    p.add_argument("--bnn-methods", nargs="+", default=["vc", "naive", "sgdlp-l"],
+                   choices=["vc", "naive", "sgdlp-l", "sgldlp-f", "sgdlp-f"])
+    p.add_argument("--bnn-gaussians", nargs="+", default=["table4x8", "table1x8", "table2x8", "clt4x8", "clt1x8"],
+                   help="BNN Gaussian generators (keys of emulator.training.GAUSSIANS)")
+    p.add_argument("--bnn-widths", type=int, nargs="+", default=[6, 8, 10], help="BNN word lengths W, as Q(W, W)")
+    p.add_argument("--bnn-temperature", type=float, nargs="+", default=[1e-3, 1.0],
+                   help="posterior temperatures (1e-3: VC branch B, reads SR bits; 1: branch A, reads the Gaussian)")
+    p.add_argument("--bnn-seeds", type=int, default=3)
+    p.add_argument("--bnn-lr", type=float, default=0.5)
+    p.add_argument("--bnn-epochs", type=int, default=20)
+    p.add_argument("--bnn-burnin", type=int, default=10)
+    p.add_argument("--bnn-lanes", type=int, default=8192)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the BNN runs")
+    p.add_argument("--out", default="results/design-space", help="output directory (JSON, Markdown, PNG)")
+    p.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the tables")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_design_space)
 
     p = sub.add_parser("bench", help="engine throughput vs a float32 numpy SGLD step")
     p.add_argument("--elements", type=int, default=10_000_000)
