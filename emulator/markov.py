@@ -121,7 +121,8 @@ def stationary(p: np.ndarray) -> np.ndarray:
 
 def toy_stationary(variant: str, alpha: float, settings: ToySettings | None = None) -> dict[str, Any]:
     """Exact long-run mean and std of the toy chain for a ``-L`` variant (naive, vc, sgd_l)."""
-    settings = dataclasses.replace(settings or ToySettings(), alphas=(alpha,), variants=(variant,))
+    # variants left as they are: ToySettings lists the sampled toy's variants, and sgd_l is not one
+    settings = dataclasses.replace(settings or ToySettings(), alphas=(alpha,))
     cfg = toy_config(variant, settings)
     regs = step_registers(cfg, HyperParams(alpha))
     pi = stationary(transition_matrix(cfg, regs, settings.grad_noise))

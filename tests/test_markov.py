@@ -54,3 +54,10 @@ def test_rows_are_distributions_and_accumulators_rejected():
     lpf = toy_config("lp_f", ToySettings(alphas=(1e-3,)))
     with pytest.raises(ValueError, match="variant 'lp_f' keeps an accumulator"):
         transition_matrix(lpf, step_registers(lpf, HyperParams(1e-3)), 0.1)
+
+
+def test_stationary_sgd_l_is_the_noise_free_reference():
+    # regression: toy_stationary('sgd_l') used to fail in ToySettings' variant check
+    sgd = toy_stationary("sgd_l", 1e-3)
+    naive = toy_stationary("naive", 1e-3)
+    assert sgd["variant"] == "sgd_l" and sgd["std"] < 0.2 < 1.4 < naive["std"]
