@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -157,3 +158,27 @@ def test_cli_train(tmp_path, capsys) -> None:
     assert json.loads((out / "results.json").read_text())["command"].startswith("lpsgld train --methods vc,sgdlp-l")
     assert main(["train", "--lrs", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "lr must be a finite number > 0, got -1.0" in capsys.readouterr().err
+
+
+def test_resnet_standin_preset(tmp_path, capsys) -> None:
+    from emulator.cli import main
+    from emulator.study import PRESETS, prepare_data
+
+    plan = PRESETS["resnet18-standin"]
+    specs = plan.runs()
+    assert [(s.method, s.number_format, s.model) for s in specs] == [
+        ("sgld", "fixed", "resnet18"), ("sgldlp-f", "bfp", "resnet18"), ("vc", "bfp", "resnet18")]
+    assert plan.pad_to == 32 and plan.device == "cuda"
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: the refusal below is for machines without it")
+    assert main(["train", "--preset", "resnet18-standin", "--out", str(tmp_path)]) == 2
+    assert "--device cpu" in capsys.readouterr().err
+    small = prepare_data(dataclasses.replace(plan, dataset="digits", pad_to=12))
+    assert small.input_shape == (1, 12, 12)
+
+
+def test_resnet_standin_script_usage() -> None:
+    import subprocess
+
+    r = subprocess.run(["bash", "scripts/resnet_standin.sh"], capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "usage: bash scripts/resnet_standin.sh prepare | run" in r.stderr
