@@ -345,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="accuracy study: train BNNs with every method, BMA, tables and plots (resumable)")
     p.add_argument("--preset", default="quick", choices=list(_study_presets()),
-                   help="study preset (default quick: digits MLP, seconds per run); options below override it")
+                   help="study preset (default quick: digits logistic regression, about 2 minutes); "
+                        "options below override it")
     p.add_argument("--dataset", choices=["fashion-mnist", "digits"])
     p.add_argument("--models", type=_csv(str), help="comma list of logreg, mlp, cnn, resnet18")
     p.add_argument("--formats", type=_csv(str), help="comma list of fixed, bfp (8-bit)")
@@ -362,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, help="use the first N test examples")
     p.add_argument("--lanes", type=int, help="datapath lanes (statistics do not depend on it; speed does)")
     p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes, one torch thread each)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs in parallel (processes, one torch thread each; default min(2, CPUs))")
     p.add_argument("--out", help="output directory (default results/<preset>); rerun the same command to resume")
     p.add_argument("--runs", help="directory of finished runs and checkpoints, shareable between studies "
                                   "(default OUT/runs)")
