@@ -287,11 +287,11 @@ def plot_error_vs_lr(rows: list[dict[str, Any]], path: Path) -> None:
     try:
         for j, (model, fmt) in enumerate(panels):
             sel = [r for r in rows if r["model"] == model and r["format"] in (fmt, "float32")]
-            for method in METHOD_ORDER:
+            present = [m for m in METHOD_ORDER if any(r["method"] == m for r in sel)]
+            for mi, method in enumerate(present):
                 rs = sorted([r for r in sel if r["method"] == method], key=lambda r: r["lr"])
-                if not rs:
-                    continue
-                lr = [r["lr"] for r in rs]
+                dodge = 1.04 ** (mi - (len(present) - 1) / 2)  # spread the methods' error bars apart
+                lr = [r["lr"] * dodge for r in rs]
                 for i, k in enumerate(("error", "nll")):
                     scale = 100 if k == "error" else 1
                     axes[i][j].errorbar(lr, [scale * r[k] for r in rs], [scale * r[f"{k}_std"] for r in rs],
@@ -332,16 +332,17 @@ def plot_reliability_grid(results: list[dict[str, Any]], rows: list[dict[str, An
             used = rel.count > 0
             w = 1 / DEFAULT_BINS
             centers = rel.edges[:-1] + w / 2
-            ax.bar(centers[used], rel.accuracy[used], width=w, edgecolor="black", color="tab:blue")
-            ax.bar(centers[used], rel.confidence[used] - rel.accuracy[used], bottom=rel.accuracy[used], width=w,
-                   color="tab:red", alpha=0.3)
+            ax.bar(centers[used], rel.accuracy[used], width=w, edgecolor="black", color="tab:blue", alpha=0.8,
+                   label="accuracy")
+            ax.plot(centers[used], rel.confidence[used], "o", color="tab:red", ms=3, label="mean confidence")
             ax.plot([0, 1], [0, 1], "k--", lw=1)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
             ax.set_title(f"{model} {fmt}\n{LABELS[method]}: ECE {100 * rel.ece:.2f}%", fontsize=8)
             ax.tick_params(labelsize=7)
-        fig.suptitle(f"Reliability (accuracy vs confidence, {DEFAULT_BINS} bins, seeds pooled), lr {lr:g}",
-                     fontsize=9)
+        axes.flat[0].legend(loc="upper left", fontsize=7)
+        fig.suptitle(f"Reliability: accuracy per confidence bin ({DEFAULT_BINS} bins, seeds pooled), lr {lr:g}; "
+                     f"bars above the diagonal: underconfident", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, format="png")
     finally:
