@@ -101,7 +101,7 @@ class StudyPlan:
 _FM: dict[str, Any] = dict(dataset="fashion-mnist", epochs=6, burnin=3, samples_per_epoch=2)
 PRESETS: dict[str, StudyPlan] = {
     # the README's quick look (about 2 minutes on 2 cores): logistic regression on digits, Q(8,4)
-    "quick": StudyPlan("quick", models=("logreg",), lrs=(0.2, 0.05), epochs=20, burnin=10, batch_size=32,
+    "quick": StudyPlan("quick", models=("logreg",), lrs=(0.2, 0.05), epochs=10, burnin=5, batch_size=32,
                        lanes=64, extra={"frac": 4}),
     # the paper's claims on Fashion-MNIST: 8-bit fixed point Q(8,6) (range +-2 holds the float
     # posterior's weights) and 8-bit BFP, every method
