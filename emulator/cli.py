@@ -228,25 +228,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     base = PRESETS[args.preset]
     over = {k: getattr(args, k) for k in ("dataset", "models", "formats", "methods", "lrs", "seeds", "epochs",
                                            "burnin", "samples_per_epoch", "batch_size", "temperature",
-                                           "weight_decay", "n_train", "n_test", "lanes", "device")
+                                           "weight_decay", "n_train", "n_test", "lanes", "device", "pad_to")
             if getattr(args, k) is not None}
+    extra = {k: getattr(args, k) for k in ("width", "frac", "sr_bits", "grad_sr_bits", "gaussian")
+             if getattr(args, k) is not None}
+    if extra:
+        over["extra"] = {**base.extra, **extra}
     plan: StudyPlan = dataclasses.replace(base, **over)  # validates; a ValueError is reported by main()
     out = args.out or f"results/{plan.name}"
-    if args.device is None and plan.device == "cuda":
+    if plan.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            print(f"lpsgld train: preset {plan.name!r} runs on CUDA, which is not available here; "
-                  f"pass --device cpu to run it on the CPU (slow)", file=sys.stderr)
+            how = f"preset {plan.name!r} runs" if args.device is None else "--device asks to run"
+            print(f"lpsgld train: {how} on CUDA, which is not available here; pass --device cpu to run on the "
+                  f"CPU (slow)", file=sys.stderr)
             return 2
+    jobs = args.jobs if args.jobs is not None else 1 if plan.device != "cpu" else min(2, os.cpu_count() or 1)
     command = "lpsgld train " + " ".join(shlex.quote(a) for a in (args.argv or []))
-    results = run_study(plan, out, jobs=args.jobs, fresh=args.fresh, runs=args.runs)
-    paths = write_outputs(plan, results, out, command.strip())
+    results = run_study(plan, out, jobs=jobs, fresh=args.fresh, runs=args.runs)
     rows = summarize(results)
+    if not args.json:  # the table first: it does not depend on matplotlib
+        print(format_table(rows))
+    paths = write_outputs(plan, results, out, command.strip())
     if args.json:
         print(json.dumps({"summary": rows, "files": paths}, indent=1))
     else:
-        print(format_table(rows))
         print("\nwrote " + ", ".join(paths.values()))
     return 0
 
@@ -363,8 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, help="use the first N test examples")
     p.add_argument("--lanes", type=int, help="datapath lanes (statistics do not depend on it; speed does)")
     p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="runs in parallel (processes, one torch thread each; default min(2, CPUs))")
+    p.add_argument("--width", type=int, help="fixed point word length W of Q(W,F) (default 8)")
+    p.add_argument("--frac", type=int, help="fixed point fractional bits F of Q(W,F) (preset's choice)")
+    p.add_argument("--sr-bits", type=int, help="datapath SR random bits (default: every dropped bit)")
+    p.add_argument("--grad-sr-bits", type=int, help="SR bits of the host's gradient conversion (default 32)")
+    p.add_argument("--gaussian", help="Gaussian generator: table4x8 (default), table1x8, table2x8, clt4x8, clt1x8")
+    p.add_argument("--pad-to", type=int, help="zero-pad images to N x N")
+    p.add_argument("--jobs", type=int,
+                   help="runs in parallel (processes, one torch thread each; default min(2, CPUs), 1 on a GPU)")
     p.add_argument("--out", help="output directory (default results/<preset>); rerun the same command to resume")
     p.add_argument("--runs", help="directory of finished runs and checkpoints, shareable between studies "
                                   "(default OUT/runs)")

@@ -14,6 +14,7 @@ permutation so every run and every machine sees the same split.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
         raise IdxError(f"{name}: {len(raw)} bytes, too short for {ndim} IDX dimensions")
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_TYPES[code]
-    want = head + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    want = head + math.prod(dims) * dtype.itemsize  # Python ints: no overflow on a crafted header
     if len(raw) != want:
         raise IdxError(f"{name}: {len(raw)} bytes, but the header {dims} of {dtype} needs {want}")
     return np.frombuffer(raw, dtype=dtype, offset=head).reshape(dims).astype(dtype.newbyteorder("="))
@@ -65,7 +66,12 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file, gzipped (``.gz``) or plain."""
     p = Path(path)
-    raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    raw = p.read_bytes()
+    if p.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError) as e:  # truncated or not gzip at all
+            raise IdxError(f"{p}: not a readable gzip file ({e})") from None
     return parse_idx(raw, str(p))
 
 
@@ -100,7 +106,8 @@ class Dataset:
         for label, n, have in (("n_train", n_train, len(self.y_train)), ("n_test", n_test, len(self.y_test))):
             if n is not None and not 1 <= n <= have:
                 raise ValueError(f"{label} must be in [1, {have}] for {self.name}, got {n}")
-        name = self.name if n_train is None and n_test is None else f"{self.name}[{n_train}/{n_test}]"
+        name = self.name if n_train is None and n_test is None else \
+            f"{self.name}[{n_train or len(self.y_train)}/{n_test or len(self.y_test)}]"
         return Dataset(name, self.x_train[:n_train], self.y_train[:n_train], self.x_test[:n_test],
                        self.y_test[:n_test], self.classes)
 

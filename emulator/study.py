@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -31,7 +31,7 @@ import numpy as np
 from .data import DATASETS, Dataset, load_dataset
 from .evaluation import DEFAULT_BINS, Reliability
 from .models import MODELS
-from .training import FORMATS, LABELS, METHODS, RunSpec, is_langevin, train_run
+from .training import FORMATS, LABELS, METHODS, RunResult, RunSpec, is_langevin, train_run
 
 METHOD_ORDER = tuple(METHODS)
 
@@ -88,7 +88,7 @@ class StudyPlan:
                                 epochs=self.epochs, burnin=self.burnin, samples_per_epoch=self.samples_per_epoch,
                                 batch_size=self.batch_size, temperature=self.temperature,
                                 weight_decay=self.weight_decay, n_train=self.n_train, n_test=self.n_test,
-                                lanes=self.lanes, **self.extra)
+                                lanes=self.lanes, pad_to=self.pad_to, device=self.device, **self.extra)
                             if spec.key not in seen:
                                 seen.add(spec.key)
                                 out.append(spec)
@@ -116,8 +116,8 @@ PRESETS: dict[str, StudyPlan] = {
                             **dict(_FM, epochs=4, burnin=2)),
     # the GPU stand-in for the paper's CIFAR-10 ResNet-18 run (scripts/resnet_standin.sh), 8-bit BFP
     "resnet18-standin": StudyPlan("resnet18-standin", dataset="fashion-mnist", models=("resnet18",),
-                                  formats=("bfp",), methods=("sgld", "sgldlp-f", "vc"), seeds=(0,), epochs=10,
-                                  burnin=5, samples_per_epoch=2, pad_to=32, device="cuda", lanes=1 << 16),
+                                  formats=("bfp",), methods=("sgld", "sgldlp-f", "vc"), seeds=(0,), epochs=6,
+                                  burnin=3, samples_per_epoch=2, pad_to=32, device="cuda", lanes=1 << 16),
 }
 
 
@@ -149,7 +149,13 @@ def _worker(args: tuple[StudyPlan, RunSpec, str]) -> dict[str, Any]:
 
 def _run_one(plan: StudyPlan, spec: RunSpec, runs: Path, data: Dataset) -> dict[str, Any]:
     ckpt = runs / "checkpoints" / f"{spec.key}.pt"
-    res = train_run(spec, data, ckpt=ckpt, progress=_stderr, device=plan.device).to_dict()
+    t0 = time.perf_counter()
+    try:
+        res = train_run(spec, data, ckpt=ckpt, progress=_stderr).to_dict()
+    except FloatingPointError as e:  # a diverged run is a result (recorded, shown), not a crash of the study
+        res = RunResult(spec.to_dict(), {k: None for k in ("error", "nll", "ece", "samples")},
+                        {k: None for k in ("error", "nll", "ece")}, {}, [], [], time.perf_counter() - t0,
+                        diverged=str(e)).to_dict()
     path = runs / f"{spec.key}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1))
@@ -173,11 +179,9 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
     plan_file = root / "plan.json"
     if fresh and root.exists():
         shutil.rmtree(root)
-    if plan_file.exists():
-        saved = json.loads(plan_file.read_text())
-        if saved != json.loads(json.dumps(plan.to_dict())):
-            raise ValueError(f"{root} holds a different study ({saved.get('name')!r} with other settings); "
-                             f"use another --out or --fresh")
+    if plan_file.exists() and json.loads(plan_file.read_text()) != json.loads(json.dumps(plan.to_dict())):
+        # runs are stored by a hash of their settings, so a changed plan reuses exactly the runs it shares
+        progress(f"{root} held another plan; it is replaced, and finished runs it shares are reused")
     rdir = Path(runs) if runs is not None else root / "runs"
     root.mkdir(parents=True, exist_ok=True)
     (rdir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -194,8 +198,9 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
         m = res["metrics"]
         el = time.perf_counter() - t0
         eta = el / i * (len(todo) - i)
-        progress(f"[{i}/{len(todo)}] {RunSpec(**res['spec']).key}: error {100 * m['error']:.2f}% "
-                 f"NLL {m['nll']:.4f} ECE {100 * m['ece']:.2f}% ({res['seconds']:.0f} s; "
+        what = f"DIVERGED: {res['diverged']}" if res.get("diverged") else \
+            f"error {100 * m['error']:.2f}% NLL {m['nll']:.4f} ECE {100 * m['ece']:.2f}%"
+        progress(f"[{i}/{len(todo)}] {RunSpec(**res['spec']).key}: {what} ({res['seconds']:.0f} s; "
                  f"elapsed {el:.0f} s, about {eta:.0f} s left)")
 
     if jobs == 1 or len(todo) <= 1:
@@ -206,7 +211,7 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
     else:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as ex:
             futs = [ex.submit(_worker, (plan, s, str(rdir))) for s in todo]
-            for i, f in enumerate(futs, 1):
+            for i, f in enumerate(as_completed(futs), 1):
                 report(i, f.result())
     return [json.loads((rdir / f"{s.key}.json").read_text()) for s in specs]
 
@@ -224,27 +229,40 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in results:
         s = r["spec"]
-        fmt = "float32" if METHODS[s["method"]] == "fp" else s["number_format"]
-        groups.setdefault((s["model"], fmt, s["method"], s["lr"]), []).append(r)
+        groups.setdefault((s["model"], format_name(s), s["method"], s["lr"]), []).append(r)
     rows = []
     for (model, fmt, method, lr), rs in groups.items():
+        ok = [r for r in rs if not r.get("diverged")]
         row: dict[str, Any] = {"model": model, "format": fmt, "method": method, "label": LABELS[method], "lr": lr,
-                               "seeds": len(rs), "prediction": "BMA" if is_langevin(method) else "last iterate"}
+                               "seeds": len(ok), "diverged": len(rs) - len(ok),
+                               "prediction": "BMA" if is_langevin(method) else "last iterate"}
         for k in ("error", "nll", "ece"):
-            row[k], row[f"{k}_std"] = _mean_std([r["metrics"][k] for r in rs])
-        row["flushed_steps"] = sum(g["flushed_steps"] for r in rs for g in r["flushed"])
+            # an NLL of inf (a label at probability 0) is stored as null
+            vals = [math.inf if r["metrics"][k] is None else r["metrics"][k] for r in ok]
+            row[k], row[f"{k}_std"] = _mean_std(vals) if vals else (math.nan, math.nan)
+        row["flushed_steps"] = sum(g["flushed_steps"] for r in ok for g in r["flushed"])
         row["seconds"] = sum(r["seconds"] for r in rs)
         rows.append(row)
-    fmt_rank = {"float32": 0, "fixed": 1, "bfp": 2}
-    rows.sort(key=lambda r: (r["model"], fmt_rank[r["format"]], METHOD_ORDER.index(r["method"]), -r["lr"]))
+    rows.sort(key=lambda r: (r["model"], r["format"] != "float32", r["format"].split()[0] == "bfp", r["format"],
+                             METHOD_ORDER.index(r["method"]), -r["lr"]))
     return rows
+
+
+def format_name(spec: dict[str, Any]) -> str:
+    """``float32``, ``fixed Q(W,F)`` or ``bfp 8-bit`` for a run's spec dict."""
+    if METHODS[spec["method"]] == "fp":
+        return "float32"
+    if spec["number_format"] == "fixed":
+        return f"fixed Q({spec['width']},{spec['frac']})"
+    return "bfp 8-bit"
 
 
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     head = ["model", "format", "method", "lr", "seeds", "test error %", "NLL", "ECE %"]
     lines = []
     for r in rows:
-        lines.append([r["model"], r["format"], r["label"], f"{r['lr']:g}", str(r["seeds"]),
+        seeds = str(r["seeds"]) + (f" ({r['diverged']} diverged)" if r.get("diverged") else "")
+        lines.append([r["model"], r["format"], r["label"], f"{r['lr']:g}", seeds,
                       f"{100 * r['error']:.2f} ± {100 * r['error_std']:.2f}",
                       f"{r['nll']:.4f} ± {r['nll_std']:.4f}",
                       f"{100 * r['ece']:.2f} ± {100 * r['ece_std']:.2f}"])
@@ -327,7 +345,7 @@ def plot_reliability_grid(results: list[dict[str, Any]], rows: list[dict[str, An
             ax.axis("off")
         for ax, (model, fmt, method) in zip(axes.flat, cells, strict=False):
             rs = [r for r in results if r["spec"]["model"] == model and r["spec"]["method"] == method
-                  and r["spec"]["lr"] == lr and (fmt == "float32" or r["spec"]["number_format"] == fmt)]
+                  and r["spec"]["lr"] == lr and format_name(r["spec"]) == fmt and not r.get("diverged")]
             rel = pooled_reliability(rs)
             used = rel.count > 0
             w = 1 / DEFAULT_BINS
@@ -356,8 +374,8 @@ def write_outputs(plan: StudyPlan, results: list[dict[str, Any]], out: str | os.
     rows = summarize(results)
     paths = {k: str(root / v) for k, v in (("json", "results.json"), ("markdown", "results.md"),
                                            ("error_vs_lr", "error_vs_lr.png"), ("reliability", "reliability.png"))}
-    Path(paths["json"]).write_text(json.dumps({"plan": plan.to_dict(), "command": command, "summary": rows,
-                                               "runs": results}, indent=1))
+    Path(paths["json"]).write_text(json.dumps(_json_safe({"plan": plan.to_dict(), "command": command,
+                                                          "summary": rows, "runs": results}), indent=1))
     md = [f"# Study `{plan.name}`", "", f"Command: `{command}`" if command else "", "",
           f"Data set {plan.dataset}, {plan.epochs} epochs (burn-in {plan.burnin}, {plan.samples_per_epoch} "
           f"samples per epoch after it), batch {plan.batch_size}, temperature {plan.temperature:g}, weight decay "
@@ -365,6 +383,23 @@ def write_outputs(plan: StudyPlan, results: list[dict[str, Any]], out: str | os.
           f"last iterate. Mean ± sample std over seeds {list(plan.seeds)}.", "", format_table(rows, markdown=True),
           "", "![error and NLL vs step size](error_vs_lr.png)", "", "![reliability diagrams](reliability.png)", ""]
     Path(paths["markdown"]).write_text("\n".join(md))
-    plot_error_vs_lr(rows, Path(paths["error_vs_lr"]))
-    plot_reliability_grid(results, rows, Path(paths["reliability"]))
+    ok = [r for r in results if not r.get("diverged")]
+    try:
+        plot_error_vs_lr([r for r in rows if r["seeds"]], Path(paths["error_vs_lr"]))
+        if ok:
+            plot_reliability_grid(ok, [r for r in rows if r["seeds"]], Path(paths["reliability"]))
+    except ImportError as e:  # e.g. a GPU image without matplotlib: the tables and JSON are written
+        _stderr(f"plots skipped: {e}")
+        del paths["error_vs_lr"], paths["reliability"]
     return paths
+
+
+def _json_safe(x: Any) -> Any:
+    """Non-finite floats as null (JSON has no NaN or Infinity)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x

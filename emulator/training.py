@@ -92,6 +92,8 @@ class RunSpec:
     grad_sr_bits: int = 32
     gaussian: str = "table4x8"
     lanes: int = 1024
+    pad_to: int | None = None  # zero-pad images to pad_to x pad_to (the ResNet stand-in: 32)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -106,10 +108,19 @@ class RunSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r}") from None
+        if self.pad_to is not None and (isinstance(self.pad_to, bool) or not isinstance(self.pad_to, int)
+                                        or self.pad_to < 1):
+            raise ValueError(f"pad_to must be None or an int >= 1, got {self.pad_to!r}")
         if self.burnin >= self.epochs:
             raise ValueError(f"burnin ({self.burnin}) must be smaller than epochs ({self.epochs})")
-        if self.temperature < 0 or self.weight_decay < 0:
-            raise ValueError(f"temperature and weight_decay must be >= 0, got {self.temperature}, {self.weight_decay}")
+        for name in ("temperature", "weight_decay"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):  # NaN fails v >= 0 too
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     @property
     def variant(self) -> str:
@@ -121,8 +132,16 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """A file-name-safe identity: readable prefix plus a hash of every field."""
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        """A file-name-safe identity: readable prefix plus a hash of every field.
+
+        ``pad_to`` and ``device`` enter the hash only when not at their defaults, so the keys of
+        runs stored before they existed stay valid.
+        """
+        d = dataclasses.asdict(self)
+        for name, default in (("pad_to", None), ("device", "cpu")):
+            if d[name] == default:
+                del d[name]
+        digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         fmt = "float" if self.is_float else self.number_format
         return f"{self.model}-{self.method}-{fmt}-lr{self.lr:g}-s{self.seed}-{digest}"
 
@@ -179,12 +198,13 @@ def training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig | BfpCon
 @dataclass
 class RunResult:
     spec: dict[str, Any]
-    metrics: dict[str, float]
-    last: dict[str, float]
+    metrics: dict[str, float | None]
+    last: dict[str, float | None]
     reliability: dict[str, list[Any]]
     history: list[dict[str, float]] = field(default_factory=list)
     flushed: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    diverged: str | None = None  # why the run stopped early (loss not finite); metrics are then None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,7 +215,14 @@ def _predict(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> np.ndarray
     with torch.no_grad():
         out = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
     model.train()
+    if not torch.isfinite(out).all():
+        raise FloatingPointError("the model's test logits are not finite: the weights diverged")
     return softmax(out.double().cpu().numpy())
+
+
+def _finite(m: dict[str, float]) -> dict[str, float | None]:
+    """Metrics with an infinite NLL (a test label at probability 0) as None: JSON has no Infinity."""
+    return {k: float(v) if math.isfinite(v) else None for k, v in m.items()}
 
 
 def _json_floats(a: np.ndarray) -> list[float | None]:
@@ -209,10 +236,37 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def check_data(spec: RunSpec, data: Dataset) -> None:
+    """``data`` must be the data set, subset and padding ``spec`` names (see :func:`emulator.study.prepare_data`)."""
+    if data.name.split("[")[0].split("@")[0] != spec.dataset:
+        raise ValueError(f"run {spec.key} is for data set {spec.dataset!r}, got {data.name!r}")
+    for what, want, have in (("training", spec.n_train, len(data.y_train)), ("test", spec.n_test, len(data.y_test))):
+        if want is not None and want != have:
+            raise ValueError(f"run {spec.key} wants {want} {what} examples, the data set has {have}")
+    if spec.pad_to is not None and data.input_shape[1:] != (spec.pad_to, spec.pad_to):
+        raise ValueError(f"run {spec.key} wants {spec.pad_to}x{spec.pad_to} images, got {data.input_shape}")
+
+
+def _deterministic(device: torch.device) -> None:
+    """Repeatable CUDA kernels (cuDNN convolutions, cuBLAS); the datapath itself is exact anyway."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
 def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
-              progress: Callable[[str], None] | None = None, device: str = "cpu") -> RunResult:
-    """Train ``spec`` on ``data`` (already subset), resuming from ``ckpt`` when it exists."""
+              progress: Callable[[str], None] | None = None) -> RunResult:
+    """Train ``spec`` on ``data`` (as :func:`check_data` demands), resuming from ``ckpt`` when it exists.
+
+    Raises :class:`FloatingPointError` when the training loss stops being finite.
+    """
     t0 = time.perf_counter()
+    check_data(spec, data)
+    device = torch.device(spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"run {spec.key} asks for device {spec.device!r}, but CUDA is not available")
+    _deterministic(device)
     n = len(data.y_train)
     x_train = torch.from_numpy(data.x_train).to(device)
     y_train = torch.from_numpy(data.y_train).to(device)
@@ -231,8 +285,8 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
     history: list[dict[str, float]] = []
     start = 0
     if ckpt is not None and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        if st["spec"] != spec.to_dict():
+        st = torch.load(ckpt, weights_only=False, map_location=device)
+        if RunSpec(**st["spec"]).key != spec.key:
             raise ValueError(f"checkpoint {ckpt} was written for a different run: {st['spec']}")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
@@ -245,6 +299,8 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
         if progress:
             progress(f"{spec.key}: resumed after epoch {start}")
     steps = math.ceil(n / spec.batch_size)
+    if spec.samples_per_epoch > steps:
+        raise ValueError(f"samples_per_epoch ({spec.samples_per_epoch}) exceeds the {steps} steps per epoch")
     collect_at = {round((j + 1) * steps / spec.samples_per_epoch) - 1 for j in range(spec.samples_per_epoch)}
     lossf = nn.CrossEntropyLoss()
     for epoch in range(start, spec.epochs):
@@ -275,8 +331,7 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
         bma.add_probs(last_probs)
     probs = bma.probs
     rel = reliability(probs, data.y_test, DEFAULT_BINS)
-    out = {k: float(v) for k, v in bma.metrics(data.y_test).items()}
-    return RunResult(spec.to_dict(), out, metrics(last_probs, data.y_test),
+    return RunResult(spec.to_dict(), _finite(bma.metrics(data.y_test)), _finite(metrics(last_probs, data.y_test)),
                      {"count": rel.count.tolist(), "accuracy": _json_floats(rel.accuracy),
                       "confidence": _json_floats(rel.confidence)},
                      history, opt.flush_counts(), time.perf_counter() - t0)

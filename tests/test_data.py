@@ -116,3 +116,10 @@ def test_dataset_bad_arguments() -> None:
         d.pad_to(11)
     with pytest.raises(ValueError, match="unknown data set 'cifar10'"):
         load_dataset("cifar10")
+
+
+def test_truncated_gzip_is_an_idx_error(tmp_path) -> None:
+    raw = gzip.compress(idx_bytes(np.zeros((4, 4), np.uint8)))
+    (tmp_path / "x.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(IdxError, match="not a readable gzip file"):
+        read_idx(tmp_path / "x.gz")

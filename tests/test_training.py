@@ -96,6 +96,9 @@ def test_fixed_config_registers_fit_the_run() -> None:
     (dict(epochs=3, burnin=3), r"burnin \(3\) must be smaller than epochs \(3\)"),
     (dict(gaussian="boxmuller"), "unknown gaussian 'boxmuller'"),
     (dict(batch_size=0), "batch_size must be an int >= 1, got 0"),
+    (dict(temperature=float("nan")), "temperature must be a finite number >= 0, got nan"),
+    (dict(device="gpu"), "device must name a torch device such as 'cpu' or 'cuda', got 'gpu'"),
+    (dict(pad_to=0), "pad_to must be None or an int >= 1, got 0"),
 ])
 def test_runspec_rejects(kw: dict, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
@@ -123,17 +126,18 @@ def test_study_resumes_and_writes_outputs(tmp_path) -> None:
     assert "6 to start" in msgs[0]
     again = run_study(plan, tmp_path, progress=msgs.append)
     assert "6 done" in msgs[-1] and again == first
-    with pytest.raises(ValueError, match="holds a different study"):
-        run_study(StudyPlan("t", methods=("vc",), epochs=2, burnin=1, n_train=200, n_test=100), tmp_path)
+    # another plan in the same directory reuses the runs it shares (stored by a hash of their settings)
+    sub = run_study(dataclasses.replace(plan, methods=("vc",), formats=("fixed",)), tmp_path, progress=msgs.append)
+    assert "held another plan" in msgs[-2] and "2 done" in msgs[-1] and sub == first[2:4]
     rows = summarize(first)
     assert [(r["format"], r["method"], r["seeds"]) for r in rows] == [
-        ("float32", "sgld", 2), ("fixed", "vc", 2), ("bfp", "vc", 2)]
+        ("float32", "sgld", 2), ("fixed Q(8,8)", "vc", 2), ("bfp 8-bit", "vc", 2)]
     paths = write_outputs(plan, first, tmp_path, "lpsgld train ...")
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["summary"] == json.loads(json.dumps(rows)) and len(data["runs"]) == 6
     for key in ("error_vs_lr", "reliability"):
         assert Path(paths[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| mlp | bfp | VC SGLDLP-L | 0.5 | 2 |" in (tmp_path / "results.md").read_text()
+    assert "| mlp | bfp 8-bit | VC SGLDLP-L | 0.5 | 2 |" in (tmp_path / "results.md").read_text()
     assert "VC SGLDLP-L" in format_table(rows)
 
 
@@ -151,10 +155,10 @@ def test_cli_train(tmp_path, capsys) -> None:
 
     out = tmp_path / "study"
     args = ["train", "--methods", "vc,sgdlp-l", "--seeds", "0", "--epochs", "2", "--burnin", "1", "--n-train",
-            "200", "--n-test", "100", "--lanes", "64", "--out", str(out), "--jobs", "2"]
+            "200", "--n-test", "100", "--lanes", "64", "--out", str(out), "--jobs", "2", "--frac", "5"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "VC SGLDLP-L" in text and "SGDLP-L" in text and "results.md" in text
+    assert "VC SGLDLP-L" in text and "SGDLP-L" in text and "results.md" in text and "fixed Q(8,5)" in text
     assert json.loads((out / "results.json").read_text())["command"].startswith("lpsgld train --methods vc,sgdlp-l")
     assert main(["train", "--lrs", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "lr must be a finite number > 0, got -1.0" in capsys.readouterr().err
@@ -182,3 +186,24 @@ def test_resnet_standin_script_usage() -> None:
 
     r = subprocess.run(["bash", "scripts/resnet_standin.sh"], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "usage: bash scripts/resnet_standin.sh prepare | run" in r.stderr
+
+
+def test_train_run_checks_its_data_and_schedule(digits) -> None:
+    with pytest.raises(ValueError, match=r"wants 50 training examples, the data set has 300"):
+        train_run(RunSpec(method="vc", n_train=50, **SMALL), digits)
+    with pytest.raises(ValueError, match=r"is for data set 'fashion-mnist', got 'digits\[300/100\]'"):
+        train_run(RunSpec(method="vc", **dict(SMALL, dataset="fashion-mnist")), digits)
+    with pytest.raises(ValueError, match=r"samples_per_epoch \(4\) exceeds the 3 steps per epoch"):
+        train_run(RunSpec(method="vc", **dict(SMALL, batch_size=128, samples_per_epoch=4)), digits)
+
+
+def test_a_diverged_run_is_recorded_not_fatal(tmp_path) -> None:
+    plan = StudyPlan("d", methods=("sgld",), lrs=(1e6, 0.5), seeds=(0,), epochs=2, burnin=1, n_train=200,
+                     n_test=100, lanes=64)
+    res = run_study(plan, tmp_path, progress=lambda _m: None)
+    assert "diverged" in res[0]["diverged"] and res[0]["metrics"]["nll"] is None and res[1]["diverged"] is None
+    rows = summarize(res)
+    assert [(r["lr"], r["seeds"], r["diverged"]) for r in rows] == [(1e6, 0, 1), (0.5, 1, 0)]
+    assert "0 (1 diverged)" in format_table(rows)
+    write_outputs(plan, res, tmp_path)
+    json.loads((tmp_path / "results.json").read_text())  # valid JSON: no NaN
