@@ -208,7 +208,8 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
 
 def _study_presets() -> tuple[str, ...]:
     # the names only: importing emulator.study pulls in torch
-    return ("quick", "fmnist-mlp", "fmnist-lr", "fmnist-logreg", "fmnist-cnn", "resnet18-standin")
+    return ("quick", "fmnist-mlp", "fmnist-lr", "fmnist-logreg", "fmnist-cnn", "fmnist-calibration",
+            "resnet18-standin")
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:

@@ -114,6 +114,11 @@ PRESETS: dict[str, StudyPlan] = {
     "fmnist-cnn": StudyPlan("fmnist-cnn", models=("cnn",), extra={"frac": 6},
                             methods=("sgld", "naive", "vc", "sgdlp-l"),
                             **dict(_FM, epochs=4, burnin=2)),
+    # calibration after overfitting: 10,000 training examples, 30 epochs; SGD's last iterate grows
+    # overconfident, the Langevin methods' BMA should not (the paper's ECE claim)
+    "fmnist-calibration": StudyPlan("fmnist-calibration", dataset="fashion-mnist", n_train=10000,
+                                    formats=("fixed", "bfp"), methods=("sgld", "sgd", "naive", "vc", "sgdlp-l"),
+                                    epochs=30, burnin=10, samples_per_epoch=1, extra={"frac": 6}),
     # the GPU stand-in for the paper's CIFAR-10 ResNet-18 run (scripts/resnet_standin.sh), 8-bit BFP
     "resnet18-standin": StudyPlan("resnet18-standin", dataset="fashion-mnist", models=("resnet18",),
                                   formats=("bfp",), methods=("sgld", "sgldlp-f", "vc"), seeds=(0,), epochs=6,
