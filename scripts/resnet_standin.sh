@@ -19,7 +19,7 @@ case "${1:-}" in
   prepare)
     src="${LPSGLD_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}"
     mkdir -p data/fashion-mnist
-    cp "$src"/*-ubyte.gz data/fashion-mnist/
+    cp "$src"/*-ubyte* data/fashion-mnist/  # gzipped or plain IDX files
     ls -l data/fashion-mnist
     ;;
   run)

@@ -207,3 +207,10 @@ def test_a_diverged_run_is_recorded_not_fatal(tmp_path) -> None:
     assert "0 (1 diverged)" in format_table(rows)
     write_outputs(plan, res, tmp_path)
     json.loads((tmp_path / "results.json").read_text())  # valid JSON: no NaN
+
+
+def test_cli_lists_every_preset() -> None:
+    from emulator.cli import _study_presets
+    from emulator.study import PRESETS
+
+    assert _study_presets() == tuple(PRESETS)  # the CLI names them without importing torch
