@@ -319,9 +319,12 @@ def plot_error_vs_lr(rows: list[dict[str, Any]], path: Path) -> None:
                     scale = 100 if k == "error" else 1
                     axes[i][j].errorbar(lr, [scale * r[k] for r in rs], [scale * r[f"{k}_std"] for r in rs],
                                         marker="o", capsize=3, label=LABELS[method])
+            ticks = sorted({r["lr"] for r in sel})
             for i, k in enumerate(("test error %", "test NLL")):
                 ax = axes[i][j]
                 ax.set_xscale("log")
+                ax.minorticks_off()  # log-axis minor labels crowd the few step sizes a study has
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 ax.set_xlabel("step size")
                 ax.set_ylabel(k)
                 ax.set_title(f"{model}, {fmt} (mean ± std over seeds)", fontsize=9)
