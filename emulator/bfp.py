@@ -31,7 +31,7 @@ from .datapath import Field, Variant, _coerce_variant, field_layout, sr_variance
 from .engine import check_rng_layout, stream_words
 from .formats import FixedFormat, check_int
 from .gaussian import GaussianSpec
-from .host import UNDERFLOW_POLICIES, HyperParams, _register, shared_registers
+from .host import UNDERFLOW_POLICIES, HyperParams, _register, shared_registers, sized_registers
 from .rng import LaneRng, XoroshiroSpec
 
 MAX_BFP_WIDTH = 24  # mantissas stay exact in float32 and far inside int64 in every intermediate
@@ -368,17 +368,6 @@ def quantize_core(
     return ops.clamp(q, -fmt.max_mant, fmt.max_mant), exp
 
 
-def _fit_frac(value: float, width: int) -> int:
-    """The most fractional bits ``F`` (at most 64) with ``floor(value * 2**F + 1/2) < 2**width``."""
-    _, e = math.frexp(value)  # value = m 2**e, m in [1/2, 1)
-    f = min(width - e, 64)  # value * 2**f < 2**width
-    while math.floor(math.ldexp(value, f) + 0.5) > (1 << width) - 1:
-        f -= 1
-    if f < -64:
-        raise ValueError(f"{value:.6g} does not fit a {width}-bit register (frac >= -64)")
-    return f
-
-
 # ---- the BFP datapath ----------------------------------------------------------------------
 
 
@@ -490,20 +479,12 @@ class BfpConfig:
         if not 2 <= w <= 32:
             raise ValueError(f"register_width must be in [2, 32], got {w}")
 
-        def reg(value: float) -> FixedFormat:
-            return FixedFormat(w, _fit_frac(value, w), signed=False)
-
-        kw: dict[str, Any] = {}
-        if hp.weight_decay:
-            kw["decay"] = reg(hp.lr * hp.weight_decay)
-        if v.is_langevin and hp.noise_variance:
-            kw["noise"] = reg(math.sqrt(hp.noise_variance) / GaussianSpec().std)
+        kw: dict[str, Any] = sized_registers(v, hp, width=w)
         return cls(
             v,
             weight=BfpFormat(8, 8),
             grad=BfpFormat(8, 8),
             acc=BfpFormat(acc_width, 8) if v.has_accumulator else None,
-            step=reg(hp.lr),
             headroom=2 if v is Variant.VC else 1,
             lanes=lanes,
             **kw,

@@ -17,6 +17,7 @@ import numpy as np
 
 from .datapath import DatapathConfig, StepRegisters, Variant
 from .formats import FixedFormat
+from .gaussian import GaussianSpec
 
 
 def _finite(name: str, value: float, lo: float = 0.0) -> float:
@@ -29,6 +30,38 @@ def _finite(name: str, value: float, lo: float = 0.0) -> float:
 
 
 UNDERFLOW_POLICIES = ("raise", "flush")
+
+
+def fit_frac(value: float, width: int) -> int:
+    """The most fractional bits ``F`` (at most 64) with ``floor(value * 2**F + 1/2) < 2**width``."""
+    _, e = math.frexp(value)  # value = m 2**e, m in [1/2, 1)
+    f = min(width - e, 64)  # value * 2**f < 2**width
+    while math.floor(math.ldexp(value, f) + 0.5) > (1 << width) - 1:
+        f -= 1
+    if f < -64:
+        raise ValueError(f"{value:.6g} does not fit a {width}-bit register (frac >= -64)")
+    return f
+
+
+def sized_registers(variant: Variant, hp: HyperParams, *, width: int = 16,
+                    gaussian: GaussianSpec | None = None) -> dict[str, FixedFormat]:
+    """Unsigned ``width``-bit ``step``, ``decay`` and ``noise`` formats with the most fractional bits
+    that still hold their values at ``hp`` (the largest step size a run uses).
+
+    ``decay`` (``lr * weight_decay``) only with weight decay; ``noise`` (``sqrt(v) / sigma_z``, the
+    largest naive/lp_f word and an upper bound of every VC noise word) only for Langevin variants
+    with ``v > 0``; a missing key keeps the config's default. Smaller step sizes only lose
+    relative precision; one below half a register LSB underflows.
+    """
+    def reg(value: float) -> FixedFormat:
+        return FixedFormat(width, fit_frac(value, width), signed=False)
+
+    out = {"step": reg(hp.lr)}
+    if hp.weight_decay:
+        out["decay"] = reg(hp.lr * hp.weight_decay)
+    if variant.is_langevin and hp.noise_variance:
+        out["noise"] = reg(math.sqrt(hp.noise_variance) / (gaussian or GaussianSpec()).std)
+    return out
 
 
 def _register(

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bfp import BfpConfig, BfpFormat, _fit_frac
+from .bfp import BfpConfig, BfpFormat
 from .data import Dataset
 from .datapath import DatapathConfig, Variant
 from .evaluation import DEFAULT_BINS, BayesianAverage, metrics, reliability, softmax
 from .formats import FixedFormat
 from .gaussian import GaussianSpec
-from .host import HyperParams
+from .host import HyperParams, sized_registers
 from .models import build_model
 from .optim import LowPrecisionSGLD, derive_seed
 from .qlayers import QuantSpec, quantize_model
@@ -65,7 +65,7 @@ GAUSSIANS: dict[str, GaussianSpec] = {
 
 
 def is_langevin(method: str) -> bool:
-    return method in ("sgld", "sgldlp-f", "naive", "vc")
+    return method == "sgld" or (METHODS[method] != "fp" and Variant(METHODS[method]).is_langevin)
 
 
 @dataclass(frozen=True)
@@ -158,26 +158,16 @@ def fixed_training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig:
     """
     v = Variant(spec.variant)
     w, f = spec.width, spec.frac
-    hp = HyperParams(spec.lr, spec.temperature, dataset_size, spec.weight_decay)
     gauss = GAUSSIANS[spec.gaussian]
-
-    def reg(value: float) -> FixedFormat:
-        return FixedFormat(16, _fit_frac(value, 16), signed=False)
-
-    noise = reg(math.sqrt(hp.noise_variance) / gauss.std) if v.is_langevin and hp.noise_variance else \
-        FixedFormat(16, 19, signed=False)
-    kw: dict[str, Any] = dict(
-        weight=FixedFormat(w, f), grad=FixedFormat(w, f), acc=FixedFormat(w + 16, f + 8) if v.has_accumulator else None,
-        step=reg(spec.lr), noise=noise, decay=reg(spec.lr * spec.weight_decay) if spec.weight_decay else None,
-        gaussian=gauss, sr_bits=spec.sr_bits, lanes=spec.lanes)
-    # a small lr gets a step register with many fractional bits, so exact SR may drop more bits
-    # than one 64-bit generator word holds next to the Gaussian's: give the lane a second word
-    try:
-        return DatapathConfig(v, rng_words=1, **kw)
-    except ValueError as e:
-        if "generator words" not in str(e):
-            raise
-        return DatapathConfig(v, rng_words=2, **kw)
+    regs = sized_registers(v, HyperParams(spec.lr, spec.temperature, dataset_size, spec.weight_decay),
+                           gaussian=gauss)
+    kw: dict[str, Any] = dict(weight=FixedFormat(w, f), grad=FixedFormat(w, f),
+                              acc=FixedFormat(w + 16, f + 8) if v.has_accumulator else None,
+                              gaussian=gauss, sr_bits=spec.sr_bits, lanes=spec.lanes, **regs)
+    # a small lr gets a step register with many fractional bits, so exact SR may drop more bits than
+    # one 64-bit generator word holds next to the Gaussian's: give the lane the words its layout uses
+    probe = DatapathConfig(v, rng_words=8, **kw)
+    return DatapathConfig(v, rng_words=1 + max(fld.word for fld in probe.fields.values()), **kw)
 
 
 def training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig | BfpConfig | str:
