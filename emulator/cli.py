@@ -93,8 +93,9 @@ def _cmd_stationary(args: argparse.Namespace) -> int:
 
 
 def _cmd_design_space(args: argparse.Namespace) -> int:
-    from .design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space, stderr_progress
+    from .design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space
     from .design_space import write_outputs as write_design_space
+    from .toy import stderr_progress
 
     settings = DesignSpaceSettings(
         alphas=tuple(args.alpha), toy_variants=tuple(args.variants),

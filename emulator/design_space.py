@@ -26,7 +26,6 @@ import json
 import math
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -828,6 +827,3 @@ def write_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     plot_gaussians(report, paths["gaussian"])
     return paths
 
-
-def stderr_progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,6 +30,7 @@ import numpy as np
 from .data import DATASETS, Dataset, load_dataset
 from .evaluation import DEFAULT_BINS, Reliability
 from .models import MODELS
+from .toy import stderr_progress
 from .training import FORMATS, LABELS, METHODS, RunResult, RunSpec, is_langevin, train_run
 
 METHOD_ORDER = tuple(METHODS)
@@ -127,10 +127,6 @@ PRESETS: dict[str, StudyPlan] = {
 }
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def prepare_data(plan: StudyPlan) -> Dataset:
     data = load_dataset(plan.dataset)
     if plan.n_train is not None or plan.n_test is not None:
@@ -150,14 +146,14 @@ def _worker(args: tuple[StudyPlan, RunSpec, str]) -> dict[str, Any]:
     plan, spec, runs = args
     if plan.name not in _WORKER_DATA:
         _WORKER_DATA[plan.name] = prepare_data(plan)
-    return _run_one(plan, spec, Path(runs), _WORKER_DATA[plan.name])
+    return _run_one(spec, Path(runs), _WORKER_DATA[plan.name])
 
 
-def _run_one(plan: StudyPlan, spec: RunSpec, runs: Path, data: Dataset) -> dict[str, Any]:
+def _run_one(spec: RunSpec, runs: Path, data: Dataset) -> dict[str, Any]:
     ckpt = runs / "checkpoints" / f"{spec.key}.pt"
     t0 = time.perf_counter()
     try:
-        res = train_run(spec, data, ckpt=ckpt, progress=_stderr).to_dict()
+        res = train_run(spec, data, ckpt=ckpt, progress=stderr_progress).to_dict()
     except FloatingPointError as e:  # a diverged run is a result (recorded, shown), not a crash of the study
         res = RunResult(spec.to_dict(), {k: None for k in ("error", "nll", "ece", "samples")},
                         {k: None for k in ("error", "nll", "ece")}, {}, [], [], time.perf_counter() - t0,
@@ -172,7 +168,7 @@ def _run_one(plan: StudyPlan, spec: RunSpec, runs: Path, data: Dataset) -> dict[
 
 def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fresh: bool = False,
               runs: str | os.PathLike[str] | None = None,
-              progress: Callable[[str], None] = _stderr) -> list[dict[str, Any]]:
+              progress: Callable[[str], None] = stderr_progress) -> list[dict[str, Any]]:
     """Train every run of ``plan`` that has no result yet; returns all results in plan order.
 
     Finished runs are JSON files named by :attr:`RunSpec.key` (a hash of every setting) in
@@ -204,17 +200,17 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
         m = res["metrics"]
         el = time.perf_counter() - t0
         eta = el / i * (len(todo) - i)
+        nll = "inf" if m["nll"] is None else f"{m['nll']:.4f}"  # None: a test label at probability 0
         what = f"DIVERGED: {res['diverged']}" if res.get("diverged") else \
-            f"error {100 * m['error']:.2f}% NLL {m['nll']:.4f} ECE {100 * m['ece']:.2f}%"
+            f"error {100 * m['error']:.2f}% NLL {nll} ECE {100 * m['ece']:.2f}%"
         progress(f"[{i}/{len(todo)}] {RunSpec(**res['spec']).key}: {what} ({res['seconds']:.0f} s; "
                  f"elapsed {el:.0f} s, about {eta:.0f} s left)")
 
-    if jobs == 1 or len(todo) <= 1:
-        data = prepare_data(plan) if todo else None
+    if todo and (jobs == 1 or len(todo) == 1):
+        data = prepare_data(plan)
         for i, spec in enumerate(todo, 1):
-            assert data is not None
-            report(i, _run_one(plan, spec, rdir, data))
-    else:
+            report(i, _run_one(spec, rdir, data))
+    elif todo:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as ex:
             futs = [ex.submit(_worker, (plan, s, str(rdir))) for s in todo]
             for i, f in enumerate(as_completed(futs), 1):
@@ -227,6 +223,8 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     a = np.asarray(xs, dtype=np.float64)
+    if not np.isfinite(a).all():  # an infinite NLL: the mean is inf, the spread undefined
+        return math.inf, math.nan
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
@@ -398,7 +396,7 @@ def write_outputs(plan: StudyPlan, results: list[dict[str, Any]], out: str | os.
         if ok:
             plot_reliability_grid(ok, [r for r in rows if r["seeds"]], Path(paths["reliability"]))
     except ImportError as e:  # e.g. a GPU image without matplotlib: the tables and JSON are written
-        _stderr(f"plots skipped: {e}")
+        stderr_progress(f"plots skipped: {e}")
         del paths["error_vs_lr"], paths["reliability"]
     return paths
 

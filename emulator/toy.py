@@ -163,13 +163,14 @@ def run_chain_set(
     }
 
 
-def _stderr(msg: str) -> None:
+def stderr_progress(msg: str) -> None:
+    """Progress lines for long runs: stderr, flushed (stdout stays for tables and JSON)."""
     print(msg, file=sys.stderr, flush=True)
 
 
 def _job(args: tuple[str, float, ToySettings, int, int, bool]) -> dict[str, Any]:
     variant, alpha, settings, ai, vi, verbose = args
-    return run_chain_set(variant, alpha, settings, ai, vi, _stderr if verbose else None)
+    return run_chain_set(variant, alpha, settings, ai, vi, stderr_progress if verbose else None)
 
 
 def run_toy(settings: ToySettings, jobs: int = 2, verbose: bool = True) -> dict[str, Any]:

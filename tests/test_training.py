@@ -214,3 +214,12 @@ def test_cli_lists_every_preset() -> None:
     from emulator.study import PRESETS
 
     assert _study_presets() == tuple(PRESETS)  # the CLI names them without importing torch
+
+
+def test_summary_of_an_infinite_nll() -> None:
+    spec = RunSpec(method="vc").to_dict()
+    runs = [{"spec": spec, "metrics": {"error": 0.1, "nll": nll, "ece": 0.02}, "flushed": [], "seconds": 1.0}
+            for nll in (0.5, None)]  # None: a test label at probability 0 (NLL inf), stored as null
+    (row,) = summarize(runs)
+    assert row["nll"] == float("inf") and row["nll_std"] != row["nll_std"] and row["seeds"] == 2
+    assert row["error"] == 0.1 and "inf" in format_table([row])
