@@ -753,6 +753,7 @@ def run_cli(
     build_dir: str | None,
     json_out: str | None,
     progress: Any = None,
+    on_table: Any = None,
 ) -> str:
     """``lpsgld synth``: synthesize each (preset, lanes); return the text table, write JSON."""
     import datetime
@@ -778,6 +779,8 @@ def run_cli(
         else:
             r = synthesize_config(cfg, build_dir=Path(build_dir) / f"{config}_l{lanes}", **opts)
         rows.append((config, lanes, r))
+    if on_table is not None:  # the results out before the JSON write, which can fail
+        on_table(format_table(rows))
     if json_out is not None:
         doc = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
