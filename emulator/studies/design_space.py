@@ -444,7 +444,10 @@ def check_bnn(s: DesignSpaceSettings) -> None:
 
     data = load_dataset(s.bnn_dataset)
     if s.bnn_n_train is not None or s.bnn_n_test is not None:
-        data = data.subset(s.bnn_n_train, s.bnn_n_test)
+        try:
+            data = data.subset(s.bnn_n_train, s.bnn_n_test)
+        except ValueError as e:  # "n_train must be in [1, N] ...": name the setting (--bnn-n-train)
+            raise ValueError(f"bnn_{e}") from None
     for _, _, fields in _bnn_plan(s):
         spec_fields = {k: v for k, v in fields.items() if k != "report_temperature"}
         spec = RunSpec(dataset=s.bnn_dataset, model="mlp", lr=s.bnn_lr, seed=0, epochs=s.bnn_epochs,

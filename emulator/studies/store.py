@@ -251,12 +251,19 @@ def load_checkpoint(path: Path, key: str, map_location: Any = "cpu") -> dict[str
 
 
 def check_fresh_target(root: Path) -> None:
-    """Raise ValueError unless ``root`` may be emptied by ``--fresh``: a study directory (marker file)
-    that is neither the working directory nor one of its parents."""
+    """Raise ValueError unless ``root`` may be emptied by ``--fresh``: a study directory (marker file,
+    or the ``plan.json`` of a study written before the marker existed) that is neither the working
+    directory nor one of its parents."""
     r = Path(root).resolve()
     cwd = Path.cwd().resolve()
     if r == cwd or r in cwd.parents:
-        raise ValueError(f"--fresh refuses to delete {root!r}: it is the working directory or one of its parents")
-    if r.exists() and not (r / MARKER).is_file():
-        raise ValueError(f"--fresh refuses to delete {root!r}: it is not a study directory written by lpsgld train "
-                         f"(no {MARKER} marker); remove it yourself or choose another --out")
+        raise ValueError(f"--fresh refuses to delete {str(root)!r}: it is the working directory or one of its parents")
+    if not r.exists() or (r / MARKER).is_file():
+        return
+    try:
+        plan = json.loads((r / "plan.json").read_text())
+    except (OSError, ValueError):
+        plan = None
+    if not (isinstance(plan, dict) and "name" in plan and "methods" in plan):
+        raise ValueError(f"--fresh refuses to delete {str(root)!r}: it is not a study directory written by lpsgld "
+                         f"train (no {MARKER} marker, no plan.json); remove it yourself or choose another --out")

@@ -32,6 +32,7 @@ from ..metrics.evaluation import DEFAULT_BINS, Reliability
 from .data import DATASETS, Dataset, load_dataset
 from .models import MODELS
 from .store import (
+    CHECKPOINT_MAGIC,
     MARKER,
     CorruptFile,
     atomic_write_bytes,
@@ -202,6 +203,7 @@ def _run_one(spec: RunSpec, runs: Path, data: Dataset, *, wait: bool = True, str
         if done is not None:
             return done
         ckpt = checkpoint_path(runs, spec.key)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
         threads = torch.get_num_threads()
         torch.set_num_threads(TORCH_THREADS)
         t0 = time.perf_counter()
@@ -231,29 +233,37 @@ def _study_output_paths(root: Path, rdir: Path) -> list[Path]:
     """What the runner writes under ``root`` (``--fresh`` deletes these and nothing else)."""
     paths = [root / n for n in OUTPUT_NAMES]
     if rdir.resolve().parent == root.resolve():  # the default runs directory: the runner's own files in it
-        paths += [p for p in rdir.glob("*.json") if p.is_file()]
-        for sub, pattern in (("checkpoints", "*.ckpt"), ("checkpoints", "*.pt"), ("locks", "*.lock"),
-                             ("quarantine", "*")):
-            paths += [p for p in (rdir / sub).glob(pattern) if p.is_file()]
-        paths += [p for p in rdir.glob(".*.tmp")] + [p for p in (rdir / "checkpoints").glob(".*.tmp")]
-    return paths
+        paths += [p for p in rdir.glob("*.json") if p.is_file() and _is_result(p)]
+        paths += [p for p in (rdir / "checkpoints").glob("*.ckpt") if p.is_file() and _is_checkpoint(p)]
+        paths += [p for p in (rdir / "locks").glob("*.lock") if p.is_file() and p.stat().st_size == 0]
+        paths += [*rdir.glob(".*.json.*.tmp"), *(rdir / "checkpoints").glob(".*.ckpt.*.tmp")]
+    return paths  # the quarantine stays: it holds files the runner refused, for their owner to inspect
+
+
+def _is_result(path: Path) -> bool:
+    try:
+        read_result(path, path.stem)
+        return True
+    except (CorruptFile, OSError):
+        return False
+
+
+def _is_checkpoint(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(CHECKPOINT_MAGIC)) == CHECKPOINT_MAGIC
+    except OSError:
+        return False
 
 
 def _remove_fresh(root: Path, rdir: Path) -> None:
     check_fresh_target(root)
     if not root.exists():
         return
-    plan_file = root / "plan.json"
-    if not (root / MARKER).is_file():  # a study directory written before the marker existed
-        try:
-            json.loads(plan_file.read_text())
-        except (OSError, ValueError):
-            raise ValueError(f"--fresh refuses to delete {str(root)!r}: it is not a study directory written by "
-                             f"lpsgld train (no {MARKER} marker, no readable plan.json)") from None
     for p in _study_output_paths(root, rdir):
         p.unlink(missing_ok=True)
     if rdir.resolve().parent == root.resolve():
-        for sub in ("checkpoints", "locks", "quarantine", ""):
+        for sub in ("checkpoints", "locks", ""):
             with contextlib.suppress(OSError):
                 (rdir / sub).rmdir()  # only when empty: files the runner did not write stay
     (root / MARKER).unlink(missing_ok=True)
