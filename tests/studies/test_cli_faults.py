@@ -70,7 +70,8 @@ BAD: list[tuple[str, list[str], str]] = [
     ("design-space", ["--threads", "0"], "argument --threads"),
     ("design-space", ["--bnn-dataset", "cifar"], "argument --bnn-dataset: invalid choice"),
     ("design-space", ["--bnn-methods", "sgld"], "argument --bnn-methods: invalid choice"),
-    ("design-space", ["--bnn-n-train", "100000"], "bnn_n_train must be in [1, 1297] for digits, got 100000"),  # after parsing, before work
+    # after parsing, before any work
+    ("design-space", ["--bnn-n-train", "100000"], "bnn_n_train must be in [1, 1297] for digits, got 100000"),
     ("bench", ["--elements", "1e12"], "argument --elements: expected an integer in [1, 100_000_000], got '1e12'"),
     ("bench", ["--elements", "1000000000000"], "argument --elements"),
     ("bench", ["--elements", "0"], "argument --elements"),
@@ -124,7 +125,7 @@ BAD: list[tuple[str, list[str], str]] = [
 @pytest.mark.parametrize(("command", "argv", "message"), BAD, ids=[f"{c} {' '.join(a)}" for c, a, _ in BAD])
 def test_bad_options_are_refused_with_their_range(tmp_path, capsys, command: str, argv: list[str],
                                                    message: str) -> None:
-    code, out, err = run_cli([command, *argv, *(["--out", str(tmp_path / "o")] if command in (
+    code, _, err = run_cli([command, *argv, *(["--out", str(tmp_path / "o")] if command in (
         "gaussian", "design-space", "train") else [])], capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists() or command == "design-space"  # nothing written before the check

@@ -32,8 +32,8 @@ from emulator.studies.workers import pool_size, worker_cap
 ROOT = Path(__file__).resolve().parents[2]
 TINY = StudyPlan("tiny", models=("logreg",), methods=("sgld", "vc"), seeds=(0,), epochs=2, burnin=1, n_train=200,
                  n_test=100, lanes=64, batch_size=32)
-CLI_TINY = ["--preset", "quick", "--models", "logreg", "--lrs", "0.5", "--n-train", "200", "--n-test", "100", "--lanes", "64",
-            "--batch-size", "32"]
+CLI_TINY = ["--preset", "quick", "--models", "logreg", "--lrs", "0.5", "--n-train", "200", "--n-test", "100",
+            "--lanes", "64", "--batch-size", "32"]
 
 
 def quiet(_msg: str) -> None:
