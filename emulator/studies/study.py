@@ -45,7 +45,17 @@ from .store import (
     seal_result,
 )
 from .toy import stderr_progress
-from .training import FORMATS, LABELS, METHODS, RunResult, RunSpec, is_langevin, train_run
+from .training import (
+    FORMATS,
+    LABELS,
+    METHODS,
+    RunResult,
+    RunSpec,
+    check_data,
+    is_langevin,
+    train_run,
+    training_config,
+)
 from .workers import pool_size, supervised_pool
 
 METHOD_ORDER = tuple(METHODS)
@@ -182,10 +192,27 @@ def check_result(path: Path, key: str, runs: Path, *, strict: bool,
     try:
         return read_result(path, key)
     except CorruptFile as e:
+        legacy = _legacy_result(path, key)
+        if legacy is not None:  # written before results carried a checksum: its spec names this run
+            sealed = seal_result(legacy, key)
+            atomic_write_json(path, sealed)
+            progress(f"{path}: written before results carried a checksum; its spec is this run's, sealed as is")
+            return sealed
         if strict:
             raise
         dest = quarantine(path, runs)
         progress(f"warning: {e}; moved to {dest}, the run is recomputed")
+        return None
+
+
+def _legacy_result(path: Path, key: str) -> dict[str, Any] | None:
+    """A result written before the integrity record existed, if its own spec hashes to ``key``."""
+    try:
+        res = json.loads(path.read_text())
+        if not isinstance(res, dict) or "integrity" in res or not isinstance(res.get("metrics"), dict):
+            return None
+        return res if RunSpec(**res["spec"]).key == key else None
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError):
         return None
 
 
@@ -314,6 +341,13 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
     prepare_out(root, rdir)
     atomic_write_json(plan_file, plan.to_dict())
     specs = plan.runs()
+    data = prepare_data(plan)
+    for spec in specs:  # every run's data and datapath configuration checked before any training
+        check_data(spec, data)
+        try:
+            training_config(spec, len(data.y_train))
+        except ValueError as e:
+            raise ValueError(f"run {spec.key}: {e}") from None
     done = {s.key for s in specs
             if check_result(result_path(rdir, s.key), s.key, rdir, strict=strict, progress=progress) is not None}
     todo = [s for s in specs if s.key not in done]
@@ -339,7 +373,6 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
     busy: list[RunSpec] = []
     workers = pool_size(jobs, len(todo))
     if todo and workers == 1:
-        data = prepare_data(plan)
         for wait, queue in ((False, todo), (True, busy)):
             for spec in list(queue):
                 if wait:

@@ -287,7 +287,7 @@ def test_checkpoints_hold_plain_types_and_tensors(tmp_path) -> None:
         save_checkpoint(tmp_path / "x.ckpt", "k", {"p": Path(".")})
 
 
-@pytest.mark.parametrize("damage", ["foreign", "edited", "garbage", "no integrity"])
+@pytest.mark.parametrize("damage", ["foreign", "edited", "garbage", "legacy of another run"])
 def test_a_corrupt_or_foreign_result_is_quarantined_and_recomputed(tmp_path, clean, damage: str) -> None:
     out = tmp_path / "s"
     run_study(TINY, out, progress=quiet)
@@ -300,8 +300,9 @@ def test_a_corrupt_or_foreign_result_is_quarantined_and_recomputed(tmp_path, cle
         b.write_text(json.dumps(res))
     elif damage == "garbage":
         b.write_bytes(b"\x00" * 10)
-    else:
+    else:  # a result from before checksums, but its spec is another run's
         del res["integrity"]
+        res["spec"]["seed"] = 7
         b.write_text(json.dumps(res))
     with pytest.raises(CorruptFile, match=f"{b}: "):
         run_study(TINY, out, strict=True, progress=quiet)
@@ -309,6 +310,19 @@ def test_a_corrupt_or_foreign_result_is_quarantined_and_recomputed(tmp_path, cle
     again = run_study(TINY, out, progress=msgs.append)
     assert str(b) in msgs[0] and "is recomputed" in msgs[0] and "1 done" in msgs[1]
     assert metrics(again) == metrics(clean)
+    read_result(b, TINY.runs()[1].key)
+
+
+def test_a_result_from_before_checksums_is_kept_when_its_spec_is_this_run(tmp_path, clean) -> None:
+    out = tmp_path / "s"
+    run_study(TINY, out, progress=quiet)
+    b = result_path(out / "runs", TINY.runs()[1].key)
+    res = json.loads(b.read_text())
+    del res["integrity"]
+    b.write_text(json.dumps(res))
+    msgs: list[str] = []
+    again = run_study(TINY, out, strict=True, progress=msgs.append)
+    assert "sealed as is" in msgs[0] and "2 done" in msgs[1] and metrics(again) == metrics(clean)
     read_result(b, TINY.runs()[1].key)
 
 
