@@ -56,7 +56,7 @@ from .training import (
     train_run,
     training_config,
 )
-from .workers import pool_size, supervised_pool
+from .workers import interruptible, pool_size, supervised_pool
 
 METHOD_ORDER = tuple(METHODS)
 
@@ -373,15 +373,16 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
     busy: list[RunSpec] = []
     workers = pool_size(jobs, len(todo))
     if todo and workers == 1:
-        for wait, queue in ((False, todo), (True, busy)):
-            for spec in list(queue):
-                if wait:
-                    progress(f"{spec.key}: another process is training it; waiting for its lock")
-                res = _run_one(spec, rdir, data, wait=wait, strict=strict, progress=progress)
-                if res is None:
-                    busy.append(spec)
-                else:
-                    report(res)
+        with interruptible():  # SIGTERM as SIGINT: the run's lock and last checkpoint stay consistent
+            for wait, queue in ((False, todo), (True, busy)):
+                for spec in list(queue):
+                    if wait:
+                        progress(f"{spec.key}: another process is training it; waiting for its lock")
+                    res = _run_one(spec, rdir, data, wait=wait, strict=strict, progress=progress)
+                    if res is None:
+                        busy.append(spec)
+                    else:
+                        report(res)
     elif todo:
         with supervised_pool(workers, get_context("spawn")) as ex:
             futs = {ex.submit(_worker, (plan, s, str(rdir), False, strict)): s for s in todo}

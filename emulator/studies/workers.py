@@ -67,30 +67,37 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def supervised_pool(workers: int, mp_context: BaseContext | None = None) -> Iterator[ProcessPoolExecutor]:
-    """A process pool whose workers never outlive the ``with`` block, nor the parent."""
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread for the block's duration."""
     main = threading.current_thread() is threading.main_thread()
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    ex = ProcessPoolExecutor(workers, mp_context=mp_context, initializer=child_init, initargs=(os.getpid(),))
     try:
         for s in old:
             signal.signal(s, _raise_interrupted)
-        yield ex
-    except BaseException:
-        procs = list((getattr(ex, "_processes", None) or {}).values())
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.terminate()
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.join(5)
-                if p.is_alive():
-                    p.kill()
-                    p.join(5)
-        ex.shutdown(wait=False, cancel_futures=True)
-        raise
-    else:
-        ex.shutdown(wait=True)
+        yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def supervised_pool(workers: int, mp_context: BaseContext | None = None) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers never outlive the ``with`` block, nor the parent."""
+    with interruptible():
+        ex = ProcessPoolExecutor(workers, mp_context=mp_context, initializer=child_init, initargs=(os.getpid(),))
+        try:
+            yield ex
+        except BaseException:
+            procs = list((getattr(ex, "_processes", None) or {}).values())
+            for p in procs:
+                with contextlib.suppress(Exception):
+                    p.terminate()
+            for p in procs:
+                with contextlib.suppress(Exception):
+                    p.join(5)
+                    if p.is_alive():
+                        p.kill()
+                        p.join(5)
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True)

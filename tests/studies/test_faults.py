@@ -176,6 +176,23 @@ def test_sigterm_stops_and_reaps_the_workers(tmp_path) -> None:
     assert "interrupted by SIGTERM; workers stopped; rerun the same command to resume" in err.read_text()
 
 
+def test_sigterm_in_a_single_process_study_stops_it_cleanly(tmp_path, clean) -> None:
+    from emulator.studies.workers import Interrupted
+
+    before = signal.getsignal(signal.SIGTERM)
+    spec = TINY.runs()[1]
+
+    def term(msg: str) -> None:
+        if f"{spec.key}: epoch 1/2" in msg:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match="interrupted by SIGTERM"):
+        run_study(TINY, tmp_path / "s", jobs=1, progress=term)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert load_checkpoint(checkpoint_path(tmp_path / "s" / "runs", spec.key), spec.key)["epoch"] == 1
+    assert metrics(run_study(TINY, tmp_path / "s", progress=quiet)) == metrics(clean)
+
+
 # ---- 3. a lock per run: two processes on one runs directory -------------------------------------
 
 
