@@ -384,6 +384,7 @@ def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fr
                     else:
                         report(res)
     elif todo:
+        del data  # the workers load their own copy
         with supervised_pool(workers, get_context("spawn")) as ex:
             futs = {ex.submit(_worker, (plan, s, str(rdir), False, strict)): s for s in todo}
             for f in as_completed(futs):
