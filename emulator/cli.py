@@ -193,6 +193,7 @@ def _cmd_stationary(args: argparse.Namespace) -> int:
 
 def _cmd_design_space(args: argparse.Namespace) -> int:
     from .studies.design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space
+    from .studies.design_space import _jsonable as jsonable
     from .studies.design_space import write_outputs as write_design_space
     from .studies.toy import stderr_progress
 
@@ -207,12 +208,14 @@ def _cmd_design_space(args: argparse.Namespace) -> int:
     )
     _writable_dir(args.out, "--out")
     report = run_design_space(settings, None if args.quiet else stderr_progress)
-    paths = write_design_space(report, args.out)
+    # the results first: a failing write below must not lose them
     if args.json:
-        print(paths["json"].read_text())
-        return 0
-    print(format_report(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+        _print_json(jsonable(report), indent=1)  # the text of design_space.json
+    else:
+        print(format_report(report), flush=True)
+    paths = write_design_space(report, args.out)
+    if not args.json:
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 

@@ -243,3 +243,16 @@ def test_gaussian_and_stationary_run_the_same_chain_for_a_step_size() -> None:
     b = run_chain_set("vc", 1e-4, alone, 0, 3)
     assert a["hist"] == b["hist"] and a["mean"] == b["mean"]  # the same chains, bit for bit
     assert np.isfinite(a["std"])
+
+
+def test_design_space_prints_its_report_before_a_failing_write(tmp_path, capsys, monkeypatch) -> None:
+    import emulator.studies.design_space as ds
+
+    def full(report: object, out: object) -> None:
+        raise OSError(errno.ENOSPC, f"cannot write {out}: no space left on the device")
+
+    monkeypatch.setattr(ds, "write_outputs", full)
+    argv = ["design-space", "--no-bnn", "--alpha", "1e-3", "--variants", "vc", "--sr-bits", "full", "--gaussians",
+            "table4x8", "--widths", "6", "--toy-width", "6", "--quiet", "--out", str(tmp_path)]
+    code, out, err = run_cli([*argv, "--json"], capsys)
+    assert code == 2 and "no space left" in err and _no_constants(out)["toy"]  # type: ignore[index]
