@@ -192,8 +192,7 @@ def _cmd_stationary(args: argparse.Namespace) -> int:
 
 
 def _cmd_design_space(args: argparse.Namespace) -> int:
-    from .studies.design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space
-    from .studies.design_space import _jsonable as jsonable
+    from .studies.design_space import DesignSpaceSettings, format_report, jsonable, parse_sr_bits, run_design_space
     from .studies.design_space import write_outputs as write_design_space
     from .studies.toy import stderr_progress
 

@@ -821,15 +821,15 @@ class _Null:
 # ---- outputs -----------------------------------------------------------------------------------------
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None  # JSON has no NaN or Infinity
     if isinstance(x, Fraction):
         return {"num": x.numerator, "den": x.denominator, "float": float(x)}
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     return x
 
 
@@ -844,7 +844,7 @@ def write_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path
         "width": out / "design_space_word_length.png",
         "gaussian": out / "design_space_gaussian.png",
     }
-    paths["json"].write_text(json.dumps(_jsonable(report), indent=1, allow_nan=False))
+    paths["json"].write_text(json.dumps(jsonable(report), indent=1, allow_nan=False))
     paths["md"].write_text(format_report(report))
     plot_axis(report, "sr_bits", paths["sr_bits"])
     plot_axis(report, "width", paths["width"])
