@@ -371,8 +371,8 @@ class LowPrecisionSGLD(Optimizer):
 
     def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3,
                  config: DatapathConfig | BfpConfig | SizedConfig | str = DEFAULT_CONFIG, *,
-                 lanes: int = 1024, temperature: float = 1.0, dataset_size: int = 1, weight_decay: float = 0.0,
-                 max_lr: float | None = None, maximize: bool = False,
+                 lanes: int = 1024, temperature: float = 1.0, dataset_size: int | None = None,
+                 weight_decay: float = 0.0, max_lr: float | None = None, maximize: bool = False,
                  grad_rounding: str = "stochastic", grad_sr_bits: int = 32, grad_headroom: int = 0, seed: int = 0,
                  path: str = "fused", compile: bool = False, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, foreach: bool | None = None, fused: bool | None = None,
@@ -387,7 +387,8 @@ class LowPrecisionSGLD(Optimizer):
         self.compile = compile
         self._runtime: list[_GroupRuntime] = []
         self._warned: set[str] = set()
-        HyperParams(_lr_value(lr, "LowPrecisionSGLD"), temperature, dataset_size, weight_decay)  # validates
+        HyperParams(_lr_value(lr, "LowPrecisionSGLD"), temperature, 1 if dataset_size is None else dataset_size,
+                    weight_decay)  # validates
         defaults = dict(lr=lr, config=config, temperature=temperature, dataset_size=dataset_size,
                         weight_decay=weight_decay, max_lr=max_lr, maximize=maximize, grad_rounding=grad_rounding,
                         grad_sr_bits=grad_sr_bits, grad_headroom=grad_headroom)
@@ -438,8 +439,17 @@ class LowPrecisionSGLD(Optimizer):
                 _check_sgd_keyword(name, param_group[name], where)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        n_unset = group["dataset_size"] is None
+        if n_unset:
+            group["dataset_size"] = 1
         given = group["config"]
         cfg = group["config"] = self._resolve_config(group, where)
+        langevin = cfg == FP or (isinstance(cfg, (DatapathConfig, BfpConfig)) and cfg.variant.is_langevin)
+        if n_unset and langevin and group["temperature"] > 0:
+            self._warn_once("dataset_size", f"{where}: dataset_size not given, so N = 1 and the injected noise "
+                                            "variance is 2 lr T / N = 2 lr T (std sqrt(2 lr T) per step), far too "
+                                            "much for a network: pass dataset_size=len(train_set) (temperature=0 or an "
+                                            "sgd variant for SGD)")
         if group["grad_rounding"] not in ("stochastic", "nearest"):
             raise ValueError(f"grad_rounding must be 'stochastic' or 'nearest', got {group['grad_rounding']!r}")
         k = group["grad_sr_bits"]

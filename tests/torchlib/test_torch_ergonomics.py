@@ -10,6 +10,8 @@ import pickle
 import pytest
 
 torch = pytest.importorskip("torch")
+NO_N_WARNING = pytest.mark.filterwarnings(  # the toy's N = 1 on purpose
+    "ignore:parameter group .*dataset_size not given:emulator.optim.optimizer.LowPrecisionWarning")
 from torch import nn  # noqa: E402
 
 from emulator.nn.qlayers import QuantizedModel, Quantizer, QuantSpec, quantize_model, remove_quantization  # noqa: E402
@@ -72,6 +74,7 @@ def test_default_config_trains_an_ordinary_network_at_ordinary_lr():
     assert losses[-1] < 0.7 * losses[0] and abs(losses[-1] - sgd[-1]) < 0.05 * sgd[-1]  # trains as SGD does
 
 
+@NO_N_WARNING
 def test_toy_presets_stay_available_by_name():
     opt = LowPrecisionSGLD(_mlp().parameters(), lr=2e-3, config="w8-vc")
     assert opt.param_groups[0]["config"] == preset("w8-vc", 1024)
@@ -120,6 +123,7 @@ def test_optimizer_sizes_registers_from_its_groups():
         LowPrecisionSGLD(m.parameters(), lr=0.1, config="fixed9-vc")
 
 
+@NO_N_WARNING
 def test_invalid_lr_is_rejected_at_construction_naming_the_option():
     ps = _mlp().parameters
     for bad in (-0.1, float("nan"), float("inf")):
@@ -166,6 +170,7 @@ def test_a_0d_tensor_lr_is_accepted_like_torch_optim():
 # ---- 5. SGD keywords -----------------------------------------------------------------------------
 
 
+@NO_N_WARNING
 def test_sgd_keywords_are_supported_or_refused_with_a_reason():
     ps = _mlp().parameters
     LowPrecisionSGLD(ps(), lr=0.1, momentum=0, dampening=0, nesterov=False, foreach=None, fused=None)
@@ -396,14 +401,26 @@ def test_count_saturated_bfp():
 def test_lr0_and_dtype_warnings():
     x, y = _data()
     model = _mlp()
-    opt = LowPrecisionSGLD(model.parameters(), lr=0.0, config="fixed8-vc", max_lr=0.1)
+    opt = LowPrecisionSGLD(model.parameters(), lr=0.0, config="fixed8-vc", max_lr=0.1, dataset_size=64)
     with pytest.warns(LowPrecisionWarning, match="lr=0 at the first step still moves the weights"):
         _train(model, opt, 1, x, y)
     p = nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
     with pytest.warns(LowPrecisionWarning, match=r"dtype torch.bfloat16 cannot hold every value of the weight "
                                                  r"format Q\(16,10\)"):
-        LowPrecisionSGLD([p], lr=1e-3, config="w16-vc")
-    LowPrecisionSGLD([nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))], lr=0.1, config="fixed8-vc")  # exact
+        LowPrecisionSGLD([p], lr=1e-3, config="w16-vc", dataset_size=1)
+    LowPrecisionSGLD([nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))], lr=0.1, config="fixed8-vc",
+                     dataset_size=1)  # Q(8,8) is exact in bfloat16: no warning
+
+
+def test_a_missing_dataset_size_is_warned_once_for_langevin_groups():
+    ps = _mlp().parameters
+    with pytest.warns(LowPrecisionWarning, match=r"parameter group 0: dataset_size not given, so N = 1 and the "
+                                                 r"injected noise variance is 2 lr T / N = 2 lr T"):
+        opt = LowPrecisionSGLD(ps(), lr=0.1)
+    assert opt.param_groups[0]["dataset_size"] == 1
+    LowPrecisionSGLD(ps(), lr=0.1, dataset_size=100)  # no warning (warnings are errors here)
+    LowPrecisionSGLD(ps(), lr=0.1, temperature=0.0)
+    LowPrecisionSGLD(ps(), lr=0.1, config="fixed8-sgd-l")
 
 
 # ---- 5. load errors ------------------------------------------------------------------------------
@@ -424,6 +441,7 @@ def test_load_checks_parameter_shapes(config):
         o2.load_state_dict(opt.state_dict())
 
 
+@NO_N_WARNING
 def test_load_reports_only_the_differing_config_fields():
     model = _mlp()
     a = LowPrecisionSGLD(model.parameters(), lr=0.05, config="fixed8-vc")
@@ -449,6 +467,7 @@ def test_cyclical_sampling_burnin():
         CyclicalSampling(0.1, total=18, cycles=4, samples_per_cycle=2, burnin=15)  # last collected unit: 14
 
 
+@NO_N_WARNING
 def test_cyclical_scheduler_keeps_group_lr_ratios():
     m = _mlp()
     opt = LowPrecisionSGLD([{"params": m[0].parameters(), "lr": 0.1}, {"params": m[2].parameters(), "lr": 0.025}],

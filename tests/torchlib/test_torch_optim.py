@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+# most of these tests run the toy's N = 1 on purpose; tests/torchlib/test_torch_ergonomics.py checks the warning
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:parameter group .*dataset_size not given:emulator.optim.optimizer.LowPrecisionWarning")
 torch.set_num_threads(1)  # tiny tensors: OpenMP threads only add barrier waits on the shared 2-core machine
 
 from emulator.engines.numpy_engine import NumpyEngine  # noqa: E402
