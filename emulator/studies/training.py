@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..metrics.evaluation import DEFAULT_BINS, BayesianAverage, metrics, reliability, softmax
+from ..nn.qlayers import CHILD as QUANTIZER_CHILD
 from ..nn.qlayers import QuantSpec, quantize_model
 from ..optim import LowPrecisionSGLD, derive_seed
 from ..spec.bfp import BfpConfig, BfpFormat
@@ -268,7 +269,11 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
         st = torch.load(ckpt, weights_only=False, map_location=device)
         if RunSpec(**st["spec"]).key != spec.key:
             raise ValueError(f"checkpoint {ckpt} was written for a different run: {st['spec']}")
-        model.load_state_dict(st["model"])
+        # checkpoints written before the quantizers' buffers joined model.state_dict() lack them; the
+        # counters come from st["qlayers"] below either way
+        missing, unexpected = model.load_state_dict(st["model"], strict=False)
+        if unexpected or any(f".{QUANTIZER_CHILD}." not in k for k in missing):
+            raise ValueError(f"checkpoint {ckpt} does not match the model: missing {missing}, unexpected {unexpected}")
         opt.load_state_dict(st["opt"])
         order.set_state(st["order"])
         if st["bma_sum"] is not None:
