@@ -14,7 +14,7 @@ from emulator.spec.datapath import DatapathConfig, Variant
 from emulator.spec.host import HyperParams, step_registers
 from emulator.studies.data import load_digits
 from emulator.studies.models import MODELS, build_model
-from emulator.studies.store import CorruptFile, load_checkpoint
+from emulator.studies.store import CorruptFile, load_checkpoint, save_checkpoint
 from emulator.studies.study import StudyPlan, format_table, run_study, summarize, write_outputs
 from emulator.studies.training import RunSpec, fixed_training_config, train_run, training_config
 
@@ -226,3 +226,23 @@ def test_summary_of_an_infinite_nll() -> None:
     (row,) = summarize(runs)
     assert row["nll"] == float("inf") and row["nll_std"] != row["nll_std"] and row["seeds"] == 2
     assert row["error"] == 0.1 and "inf" in format_table([row])
+
+
+def test_resume_from_a_checkpoint_without_quantizer_buffers(digits, tmp_path) -> None:
+    """Checkpoints written before the quantizers' counters joined model.state_dict() still resume."""
+    spec = RunSpec(method="vc", number_format="bfp", **SMALL)
+    whole = train_run(spec, digits)
+
+    def stop_after_two(msg: str) -> None:
+        if "epoch 2/3" in msg:
+            raise Interrupt(msg)
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Interrupt):
+        train_run(spec, digits, ckpt=ckpt, progress=stop_after_two)
+    st = load_checkpoint(ckpt, spec.key)
+    assert any(".lpsgld_quantizer." in k for k in st["model"])
+    st["model"] = {k: v for k, v in st["model"].items() if ".lpsgld_quantizer." not in k}
+    save_checkpoint(ckpt, spec.key, st)
+    resumed = train_run(spec, digits, ckpt=ckpt)
+    assert resumed.metrics == whole.metrics and resumed.history[-1]["train_loss"] == whole.history[-1]["train_loss"]
