@@ -83,6 +83,20 @@ def interruptible() -> Iterator[None]:
 @contextlib.contextmanager
 def supervised_pool(workers: int, mp_context: BaseContext | None = None) -> Iterator[ProcessPoolExecutor]:
     """A process pool whose workers never outlive the ``with`` block, nor the parent."""
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGPIPE")
+    # the pool's queue feeder writes to pipes of workers that may just have been terminated: an
+    # EPIPE there must be an error the pool handles, not a SIGPIPE that kills the parent unreported
+    old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN) if main else None
+    try:
+        with _pool(workers, mp_context) as ex:
+            yield ex
+    finally:
+        if main:
+            signal.signal(signal.SIGPIPE, old_pipe)
+
+
+@contextlib.contextmanager
+def _pool(workers: int, mp_context: BaseContext | None) -> Iterator[ProcessPoolExecutor]:
     with interruptible():
         ex = ProcessPoolExecutor(workers, mp_context=mp_context, initializer=child_init, initargs=(os.getpid(),))
         try:
