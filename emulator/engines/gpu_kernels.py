@@ -59,27 +59,25 @@ MIN_PER = 16  # cycles per chunk at least: a jump costs about as much as 16 cycl
 # ---- generator ---------------------------------------------------------------------------
 
 
-@triton.jit
-def _shr(x, r: tl.constexpr):
-    return (x >> r) & ((1 << (64 - r)) - 1)
-
-
-@triton.jit
-def _rotl(x, r: tl.constexpr):
-    return (x << r) | _shr(x, 64 - r)
+# Helpers are few and flat: every nested @triton.jit call costs milliseconds in the interpreter (it
+# re-patches the helper's globals), so rotations, shifts and clamps are written out inline.
 
 
 @triton.jit
 def _output_step(s0, s1, RA: tl.constexpr, RB: tl.constexpr, RC: tl.constexpr, AOX: tl.constexpr):
-    """xoroshiro: (output word, next s0, next s1); the output is read before the transition."""
+    """xoroshiro: (output word, next s0, next s1); the output is read before the transition.
+
+    ``rotl(x, r) = (x << r) | ((x >> (64 - r)) & (2^r - 1))``: the arithmetic right shift masked is the logical one.
+    """
     sx = s0 ^ s1
     if AOX:
         sa = s0 & s1
-        out = sx ^ _rotl(sa | _rotl(sa, 1), 1)  # rotl(sa, 1) | rotl(sa, 2)
+        t = sa | ((sa << 1) | ((sa >> 63) & 1))  # sa | rotl(sa, 1)
+        out = sx ^ ((t << 1) | ((t >> 63) & 1))  # sx ^ (rotl(sa, 1) | rotl(sa, 2))
     else:
         out = sx
-    n0 = _rotl(s0, RA) ^ sx ^ (sx << RB)
-    n1 = _rotl(sx, RC)
+    n0 = ((s0 << RA) | ((s0 >> (64 - RA)) & ((1 << RA) - 1))) ^ sx ^ (sx << RB)
+    n1 = (sx << RC) | ((sx >> (64 - RC)) & ((1 << RC) - 1))
     return out, n0, n1
 
 
@@ -111,7 +109,8 @@ def _word(out, wcol, WORD: tl.constexpr):
 
 @triton.jit
 def _field(out, wcol, WORD: tl.constexpr, OFF: tl.constexpr, WIDTH: tl.constexpr):
-    w = _word(out, wcol, WORD)
+    """Field (WORD, OFF, WIDTH) of the lanes' words, as a non-negative int64."""
+    w = tl.sum(tl.where(wcol == WORD, out, 0), axis=1)
     if WIDTH == 0:
         return w * 0
     elif WIDTH == 64:
@@ -124,7 +123,8 @@ def _field(out, wcol, WORD: tl.constexpr, OFF: tl.constexpr, WIDTH: tl.constexpr
 def _gauss(out, wcol, gauss_ptr, G_WORD: tl.constexpr, G_OFF: tl.constexpr, G_BITS: tl.constexpr,
            G_LOOKUPS: tl.constexpr):
     """z: the sum of table look-ups of the gauss field (pairs of terms per look-up when the table is a sum table)."""
-    bits = _word(out, wcol, G_WORD) >> G_OFF  # term j reads bits below the field's width: never the sign fill
+    # term j reads bits below the field width: never the sign fill of the arithmetic shift
+    bits = tl.sum(tl.where(wcol == G_WORD, out, 0), axis=1) >> G_OFF
     z = tl.load(gauss_ptr + (bits & ((1 << G_BITS) - 1)))
     for j in tl.static_range(1, G_LOOKUPS):
         z += tl.load(gauss_ptr + ((bits >> (j * G_BITS)) & ((1 << G_BITS) - 1)))
@@ -175,7 +175,7 @@ def _fixed_kernel(
     SR_WORD: tl.constexpr, SR_OFF: tl.constexpr, SR_WIDTH: tl.constexpr,
     G_WORD: tl.constexpr, G_OFF: tl.constexpr, G_BITS: tl.constexpr, G_LOOKUPS: tl.constexpr,
     QUANT: tl.constexpr, STOCH: tl.constexpr, G_FRAC: tl.constexpr, G_MIN: tl.constexpr, G_MAX: tl.constexpr,
-    Q_BITS: tl.constexpr, W_FRAC: tl.constexpr, IN_PLACE: tl.constexpr,
+    Q_BITS: tl.constexpr, W_FRAC: tl.constexpr, WRITE_P: tl.constexpr, IN_PLACE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -267,7 +267,7 @@ def _fixed_kernel(
             tl.store(weight_ptr + i, wres.to(weight_ptr.dtype.element_ty), mask=m)
         else:
             wres = res
-        if QUANT:
+        if WRITE_P:
             pv = wres.to(tl.float64) * _pow2(tl.full([BLOCK], -W_FRAC, tl.int64))
             tl.store(p_ptr + i, pv.to(p_ptr.dtype.element_ty), mask=m)
     if IN_PLACE:
@@ -406,15 +406,16 @@ def _check_states(s0: Tensor, s1: Tensor, lanes: int, words: int, name: str) -> 
 
 def _launch_fixed(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tensor, theta: Tensor, grad: Tensor,
                   state_out: Tensor, weight_out: Tensor, *, p: Tensor | None = None, g0: Tensor | None = None,
-                  g1: Tensor | None = None, rounding: str = "nearest", sr_bits: int = 32,
+                  g1: Tensor | None = None, rounding: str | None = None, sr_bits: int = 32,
                   target: int | None = None) -> None:
+    """Launch the fixed kernel; ``rounding`` not None: ``grad`` holds floats converted in the kernel."""
     n = theta.numel()
     if n == 0:
         return
     dev = theta.device
     sch = _Schedule(n, cfg.lanes, dev, target)
-    quant = p is not None
-    stoch = quant and rounding == "stochastic"
+    quant = rounding is not None
+    stoch = rounding == "stochastic"
     in_place = sch.chunks == 1
     n0, n1 = (s0, s1) if in_place else (torch.empty_like(s0), torch.empty_like(s1))
     gs0, gs1 = (g0, g1) if stoch and g0 is not None and g1 is not None else (s0, s1)  # s0/s1: unused placeholders
@@ -431,7 +432,7 @@ def _launch_fixed(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tens
         regs.step, regs.decay, regs.noise, regs.vc_var,
         HAS_DECAY=bool(regs.decay) and cfg.decay is not None, HAS_NOISE=bool(regs.noise), VC_NOISE=regs.vc_noise,
         QUANT=quant, STOCH=stoch, G_FRAC=cfg.grad.frac, G_MIN=cfg.grad.min_word, G_MAX=cfg.grad.max_word,
-        Q_BITS=sr_bits, W_FRAC=cfg.weight.frac, IN_PLACE=in_place, BLOCK=sch.block,
+        Q_BITS=sr_bits, W_FRAC=cfg.weight.frac, WRITE_P=p is not None, IN_PLACE=in_place, BLOCK=sch.block,
         **consts,
     )
     if not in_place:
@@ -454,6 +455,24 @@ def fixed_update(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tenso
     """
     _check_states(s0, s1, cfg.lanes, cfg.rng_words, "lane")
     _launch_fixed(cfg, regs, s0, s1, theta.reshape(-1), grad.reshape(-1), state_out.view(-1), weight_out.view(-1),
+                  target=target)
+
+
+def fixed_quantize_update(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tensor, g0: Tensor | None,
+                          g1: Tensor | None, theta: Tensor, grad: Tensor, state_out: Tensor, weight_out: Tensor, *,
+                          rounding: str, sr_bits: int, p_out: Tensor | None = None,
+                          target: int | None = None) -> None:
+    """``TorchEngine.step_quantize`` of one tensor: float ``grad`` -> gradient words (``FixedFormat.quantize``'s
+    rule; SR uniforms: the low ``sr_bits`` bits of the gradient stream ``g0``/``g1`` (L, 1), advanced in place;
+    none drawn for ``rounding='nearest'``), the update, and (``p_out``) the emitted weight's float value.
+    NaN gradients must have been rejected by the caller."""
+    _check_states(s0, s1, cfg.lanes, cfg.rng_words, "lane")
+    if rounding == "stochastic":
+        if g0 is None or g1 is None:
+            raise ValueError("stochastic gradient rounding needs the gradient stream's states g0, g1")
+        _check_states(g0, g1, cfg.lanes, 1, "gradient stream")
+    _launch_fixed(cfg, regs, s0, s1, theta.reshape(-1), grad.reshape(-1), state_out.view(-1), weight_out.view(-1),
+                  p=p_out.view(-1) if p_out is not None else None, g0=g0, g1=g1, rounding=rounding, sr_bits=sr_bits,
                   target=target)
 
 
@@ -496,14 +515,9 @@ def _bit_length(x):
 
 
 @triton.jit
-def _clamp(x, lo, hi):
-    return tl.minimum(tl.maximum(x, lo), hi)
-
-
-@triton.jit
 def _shift(v, d):
     """floor(v * 2**d) for per-element d: left for d >= 0, arithmetic right else (bfp.shift)."""
-    return tl.where(d >= 0, v << _clamp(d, 0, 62), v >> _clamp(-d, 0, 63))
+    return tl.where(d >= 0, v << tl.minimum(tl.maximum(d, 0), 62), v >> tl.minimum(tl.maximum(-d, 0), 63))
 
 
 @triton.jit
@@ -511,12 +525,12 @@ def _row_exponent(amax, lsb, WIDTH: tl.constexpr, MIN_EXP: tl.constexpr, MAX_EXP
                   HEADROOM: tl.constexpr):
     """bfp.row_exponent from the row maximum ``amax`` of |x| and the row's window LSB ``lsb``."""
     e = lsb + _bit_length(amax) - 1
-    e = _clamp(tl.where(amax > 0, e, MIN_EXP), MIN_EXP, MAX_EXP)
+    e = tl.minimum(tl.maximum(tl.where(amax > 0, e, MIN_EXP), MIN_EXP), MAX_EXP)
     if HEADROOM > 0:
         lim: tl.constexpr = (1 << (WIDTH - 1)) - 1 - HEADROOM
         s = e + 2 - WIDTH - lsb
-        over_pos = ((amax - 1) >> _clamp(s, 0, 63)) >= lim
-        over_neg = (_clamp(amax, 0, 1 << WIDTH) << _clamp(-s, 0, WIDTH + 1)) > lim
+        over_pos = ((amax - 1) >> tl.minimum(tl.maximum(s, 0), 63)) >= lim
+        over_neg = (tl.minimum(amax, 1 << WIDTH) << tl.minimum(tl.maximum(-s, 0), WIDTH + 1)) > lim
         over = tl.where(s >= 0, over_pos, over_neg) & (e < MAX_EXP)
         e = e + over.to(tl.int64)
     return e
@@ -526,12 +540,12 @@ def _row_exponent(amax, lsb, WIDTH: tl.constexpr, MIN_EXP: tl.constexpr, MAX_EXP
 def _split(x, s, FB: tl.constexpr, WIDTH: tl.constexpr):
     """bfp.split: (I, f) with I = floor(x / 2**s) clamped, f the FB-bit fraction."""
     big: tl.constexpr = 1 << (WIDTH + 1)
-    i_pos = x >> _clamp(s, 0, 63)
-    i_neg = _clamp(x, -big, big) << _clamp(-s, 0, WIDTH + 1)
+    i_pos = x >> tl.minimum(tl.maximum(s, 0), 63)
+    i_neg = tl.minimum(tl.maximum(x, -big), big) << tl.minimum(tl.maximum(-s, 0), WIDTH + 1)
     i = tl.where(s >= 0, i_pos, i_neg)
-    i = _clamp(i, -((1 << (WIDTH - 1)) + 2), (1 << (WIDTH - 1)) + 1)
-    f_hi = (x >> _clamp(s - FB, 0, 63)) & ((1 << FB) - 1)
-    sl = _clamp(s, 0, FB)
+    i = tl.minimum(tl.maximum(i, -((1 << (WIDTH - 1)) + 2)), (1 << (WIDTH - 1)) + 1)
+    f_hi = (x >> tl.minimum(tl.maximum(s - FB, 0), 63)) & ((1 << FB) - 1)
+    sl = tl.minimum(tl.maximum(s, 0), FB)
     one = x * 0 + 1
     f_lo = (x & ((one << sl) - 1)) << (FB - sl)
     f = tl.where(s >= FB, f_hi, tl.where(s > 0, f_lo, 0))
@@ -592,7 +606,7 @@ def _bfp_kernel(
             a_d = a_t - DECAY_FRAC
             top = tl.maximum(a_d + B_DECAY, top)
         if NOISE_BOUND:
-            top = _clamp(top, A_N + B_NOISE, 1 << 30)
+            top = tl.maximum(top, A_N + B_NOISE)  # the upper clamp 2^30 never binds
         lsb = top + 2 - WINDOW
         mu = _shift(tm, a_t - lsb) + _shift(-(step * gm), a_g - lsb)
         if HAS_DECAY:
@@ -641,7 +655,7 @@ def _bfp_kernel(
                 else:
                     ii, f = _split(x, s, KSR, ST_W)
                     res = ii + ((f + _field(out, wcol, SR_WORD, SR_OFF, SR_WIDTH)) >> KSR)
-                res = _clamp(res, -MAX_MANT, MAX_MANT)
+                res = tl.minimum(tl.maximum(res, -MAX_MANT), MAX_MANT)
                 tl.store(mant_ptr + i, res.to(mant_ptr.dtype.element_ty), mask=m)
                 tl.store(exp_ptr + row, exp.to(exp_ptr.dtype.element_ty), mask=m & (i - row * COLS == 0))
     if PHASE == 2:

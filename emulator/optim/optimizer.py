@@ -157,11 +157,38 @@ def sgld_bfp(params: list[Tensor], grads: list[Tensor], states: list[dict[str, T
         p.copy_(to_float_torch(r.weight, cfg.weight, p.dtype))
 
 
+def _device_group_step(rt: _GroupRuntime, params: list[Tensor], grads: list[Tensor], state: list[Any],
+                       regs: StepRegisters | BfpRegisters, group: dict[str, Any]) -> bool:
+    """The group's step by the Triton kernels (``gpu_kernels.fixed_group_step`` / ``bfp_group_step``) when its
+    engine runs them (CUDA by default): the same integers as :func:`sgld_lp` / :func:`sgld_bfp`, the streams
+    advanced in place, no host synchronization. False (nothing done) for other engines and for parameters the
+    kernels do not write (non-contiguous, or not float32/float64)."""
+    eng, grng = rt.engine, rt.grad_rng
+    if eng is None or grng is None or not eng.uses_triton:
+        return False
+    if any(not p.is_contiguous() or p.dtype not in (torch.float32, torch.float64) for p in params):
+        return False
+    from ..engines import gpu_kernels  # triton is needed only here
+
+    for r in (eng.rng, grng):
+        r.s0, r.s1 = r.s0.contiguous(), r.s1.contiguous()
+    opts = dict(rounding=group["grad_rounding"], sr_bits=group["grad_sr_bits"])
+    if isinstance(rt.cfg, BfpConfig) and isinstance(regs, BfpRegisters):
+        gpu_kernels.bfp_group_step(rt.cfg, regs, eng.rng.s0, eng.rng.s1, grng.s0, grng.s1, params, grads, state,
+                                   headroom=group["grad_headroom"], **opts)
+        return True
+    if isinstance(rt.cfg, DatapathConfig) and isinstance(regs, StepRegisters):
+        gpu_kernels.fixed_group_step(rt.cfg, regs, eng.rng.s0, eng.rng.s1, grng.s0, grng.s1, params, grads, state,
+                                     **opts)
+        return True
+    return False
+
+
 class _GroupRuntime:
     """A group's engine, gradient stream (or float generator) and counters."""
 
     def __init__(self, cfg: DatapathConfig | BfpConfig | None, seed: int, index: int, device: torch.device,
-                 path: str, compile: bool):
+                 path: str | None, compile: bool):
         self.cfg = cfg
         self.device = device
         self.steps = 0
@@ -175,7 +202,8 @@ class _GroupRuntime:
             self.generator.manual_seed(derive_seed(seed, 2 * index))
             return
         if isinstance(cfg, BfpConfig):
-            self.engine = TorchBfpEngine(cfg, derive_seed(seed, 2 * index), device=device)
+            bfp_path = path if path in ("reference", "triton") else "kernel"  # BFP has no fused path
+            self.engine = TorchBfpEngine(cfg, derive_seed(seed, 2 * index), device=device, path=bfp_path)
         else:
             self.engine = TorchEngine(cfg, derive_seed(seed, 2 * index), device=device, path=path, compile=compile)
         self.grad_rng = TorchLaneRng.seeded(cfg.rng, derive_seed(seed, 2 * index + 1), cfg.lanes, 1, device)
@@ -234,7 +262,9 @@ class LowPrecisionSGLD(Optimizer):
     1024), or ``"fp"`` for float32 SGLD. Each parameter group may set its own ``lr``,
     ``weight_decay``, ``temperature``, ``dataset_size``, ``config``, ``grad_rounding``,
     ``grad_sr_bits`` and (BFP groups) ``grad_headroom``. ``path``/``compile`` select the
-    fixed-point engine's path (see :class:`TorchEngine`).
+    fixed-point engine's path (see :class:`TorchEngine`; default: the Triton kernels on CUDA);
+    ``path="reference"`` / ``"triton"`` also select the BFP engine's path. On CUDA (``"kernel"`` path) a group's
+    step is one call of :func:`emulator.engines.gpu_kernels.fixed_group_step` / ``bfp_group_step``.
 
     >>> opt = LowPrecisionSGLD(model.parameters(), lr=0.5, config="w8-vc", weight_decay=5e-4,  # doctest: +SKIP
     ...                        dataset_size=50000, temperature=1e-3, seed=1)
@@ -243,7 +273,7 @@ class LowPrecisionSGLD(Optimizer):
     def __init__(self, params: Iterable[Any], lr: float, config: DatapathConfig | BfpConfig | str = "w8-vc", *,
                  lanes: int = 1024, temperature: float = 1.0, dataset_size: int = 1, weight_decay: float = 0.0,
                  grad_rounding: str = "stochastic", grad_sr_bits: int = 32, grad_headroom: int = 0, seed: int = 0,
-                 path: str = "fused", compile: bool = False):
+                 path: str | None = None, compile: bool = False):
         derive_seed(seed, 0)  # validates the seed
         self.seed = seed
         self.lanes = lanes
@@ -358,15 +388,17 @@ class LowPrecisionSGLD(Optimizer):
                 bregs, flushed = bfp_registers_flushed(rt.cfg, hp)
                 rt.count_flushed(flushed)
                 states = [self._bfp_state(p, rt.cfg) for p in params]
-                sgld_bfp(params, grads, states, engine=rt.engine, grad_rng=rt.grad_rng, regs=bregs,
-                         grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"],
-                         grad_headroom=group["grad_headroom"])
+                if not _device_group_step(rt, params, grads, states, bregs, group):
+                        sgld_bfp(params, grads, states, engine=rt.engine, grad_rng=rt.grad_rng, regs=bregs,
+                             grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"],
+                             grad_headroom=group["grad_headroom"])
             elif isinstance(rt.cfg, DatapathConfig) and isinstance(rt.engine, TorchEngine):
                 regs, flushed = step_registers_flushed(rt.cfg, hp)
                 rt.count_flushed(flushed)
                 words = [self._words(p, rt.cfg) for p in params]
-                sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
-                        grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
+                if not _device_group_step(rt, params, grads, words, regs, group):
+                    sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
+                            grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
             else:
                 raise RuntimeError("group engine does not match its config")  # unreachable: built together
         return loss
