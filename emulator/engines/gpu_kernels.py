@@ -54,7 +54,8 @@ from .torch_engine import _jump_tables_np
 
 _JUMP_ENTRIES = 16 * 256  # one byte table per state byte, 256 entries each (torch_engine._jump_tables_np)
 VIRTUAL_LANES = {"cuda": 1 << 17, "cpu": 1 << 10}  # chunk states aimed for: fill the device / keep the interpreter fast
-MIN_PER = 16  # cycles per chunk at least: a jump costs about as much as 16 cycles
+# cycles per chunk at least: a chunk start costs up to log2(chunks) table jumps (64 table loads each)
+MIN_PER = {"cuda": 64, "cpu": 16}
 
 # ---- generator ---------------------------------------------------------------------------
 
@@ -304,7 +305,7 @@ class _Schedule:
         per = cycles
         if cycles > 1 and lanes < target:
             want = max(1, target // lanes)  # chunks wanted
-            per = max(MIN_PER, _next_pow2(-(-cycles // want)))
+            per = max(MIN_PER.get(device.type, MIN_PER["cuda"]), _next_pow2(-(-cycles // want)))
             per = min(per, _next_pow2(cycles))
         chunks = -(-cycles // per) if cycles else 0
         if chunks <= 1:

@@ -5,12 +5,16 @@ same bits: XOR/AND/OR are unchanged, ``<<`` wraps modulo 2^64 (checked by the te
 logical right shift is the arithmetic one masked to ``64 - r`` bits (:func:`_shr`).
 
 Element order, lanes and random streams follow docs/spec.md section 8 exactly as the numpy
-engine does. Two paths compute the same integers:
+engine does. These paths compute the same integers:
+
+* ``path="kernel"`` (default unless ``compile=True``): on CUDA the Triton lane kernels of
+  :mod:`emulator.engines.gpu_kernels`; elsewhere the fused path below. ``path="triton"`` runs
+  the Triton kernels on any device (CPU tensors only under ``TRITON_INTERPRET=1``).
 
 * ``path="reference"``: :func:`torch_stream_words` materializes every element's random words,
   then :func:`torch_update` runs the datapath as plain per-tensor ops (a line-by-line port of
   :func:`emulator.spec.datapath.update`).
-* ``path="fused"`` (default): the lanes are jumped to the starts of chunks of cycles (GF(2)
+* ``path="fused"`` (the default with ``compile=True``): the lanes are jumped to the starts of chunks of cycles (GF(2)
   jump-ahead with byte tables) and all chunk states step together; each step produces one
   cycle's words for every chunk and feeds them straight into the update, so the words are
   never stored. With ``compile=True`` that per-cycle function (generator output, transition,
