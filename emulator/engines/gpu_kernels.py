@@ -56,6 +56,7 @@ _JUMP_ENTRIES = 16 * 256  # one byte table per state byte, 256 entries each (tor
 VIRTUAL_LANES = {"cuda": 1 << 17, "cpu": 1 << 10}  # chunk states aimed for: fill the device / keep the interpreter fast
 # cycles per chunk at least: a chunk start costs up to log2(chunks) table jumps (64 table loads each)
 MIN_PER = {"cuda": 64, "cpu": 16}
+BLOCK_MAX = {"cuda": 128, "cpu": 1024}  # virtual lanes per program (the interpreter runs a program as numpy vectors)
 
 # ---- generator ---------------------------------------------------------------------------
 
@@ -160,11 +161,48 @@ def _sr_variance(fk, K: tl.constexpr, PM: tl.constexpr):
 
 
 @triton.jit
+def _apply_jump(s0, s1, tab):
+    """T^n (s0, s1) from the 16 byte tables of T^n at ``tab`` (2-D states; GF(2)-linear: XOR of 32 gathers)."""
+    a0 = tl.zeros_like(s0)
+    a1 = tl.zeros_like(s1)
+    for b in tl.static_range(16):
+        if b < 8:
+            idx = ((s0 >> (8 * b)) & 255) + 256 * b
+        else:
+            idx = ((s1 >> (8 * (b - 8))) & 255) + 256 * b
+        a0 ^= tl.load(tab + idx)
+        a1 ^= tl.load(tab + 4096 + idx)
+    return a0, a1
+
+
+@triton.jit
+def _tensor_start(s0, s1, t, lane, chunk, B, KB, LOGP, KC, meta_ptr, jump_ptr, RA: tl.constexpr, RB: tl.constexpr,
+                  RC: tl.constexpr, AOX: tl.constexpr):
+    """Lane states at chunk ``chunk`` of tensor ``t`` of a group: ``T^(B + chunk * per + e) s`` with ``B`` the
+    cycles every lane spent on the earlier tensors, ``e = #{j < t : lane < M_j mod L}`` (the lanes that took
+    one more element of tensor j), ``per = 2^LOGP``. Tables ``T^(2^k)`` at ``jump_ptr + k * 8192``."""
+    for k in range(KB):  # B is the same for the whole program: a uniform branch
+        if ((B >> k) & 1) != 0:
+            s0, s1 = _apply_jump(s0, s1, jump_ptr + k * 8192)
+    for j in range(KC):
+        a0, a1 = _apply_jump(s0, s1, jump_ptr + (LOGP + j) * 8192)
+        take = ((chunk >> j) & 1) != 0
+        s0 = tl.where(take[:, None], a0, s0)
+        s1 = tl.where(take[:, None], a1, s1)
+    for j in range(t):
+        r = tl.load(meta_ptr + j * 8 + 5)
+        _, n0, n1 = _output_step(s0, s1, RA, RB, RC, AOX)
+        more = (lane < r)[:, None]
+        s0 = tl.where(more, n0, s0)
+        s1 = tl.where(more, n1, s1)
+    return s0, s1
+
+
+@triton.jit
 def _fixed_kernel(
-    theta_ptr, grad_ptr, state_ptr, weight_ptr, p_ptr,
+    theta_ptr, grad_ptr, state_ptr, weight_ptr, p_ptr, off_ptr, meta_ptr, prog_ptr,
     s0_ptr, s1_ptr, n0_ptr, n1_ptr, g0_ptr, g1_ptr, gn0_ptr, gn1_ptr,
-    jump_ptr, gauss_ptr,
-    M, L, V, per, last_chunk, K,
+    jump_ptr, gauss_ptr, L, T, KB,
     step, decay, noise, vc_var,
     W: tl.constexpr, WP: tl.constexpr, RA: tl.constexpr, RB: tl.constexpr, RC: tl.constexpr, AOX: tl.constexpr,
     IS_VC: tl.constexpr, GAUSSIAN: tl.constexpr, ACC: tl.constexpr,
@@ -176,11 +214,23 @@ def _fixed_kernel(
     SR_WORD: tl.constexpr, SR_OFF: tl.constexpr, SR_WIDTH: tl.constexpr,
     G_WORD: tl.constexpr, G_OFF: tl.constexpr, G_BITS: tl.constexpr, G_LOOKUPS: tl.constexpr,
     QUANT: tl.constexpr, STOCH: tl.constexpr, G_FRAC: tl.constexpr, G_MIN: tl.constexpr, G_MAX: tl.constexpr,
-    Q_BITS: tl.constexpr, W_FRAC: tl.constexpr, WRITE_P: tl.constexpr, IN_PLACE: tl.constexpr,
+    Q_BITS: tl.constexpr, W_FRAC: tl.constexpr, WRITE_P: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """One launch over the tensors of a group. Program ``pid`` works on tensor ``t = prog[pid]`` (row ``T``: no
+    elements, it writes the lanes' final states); ``meta[t]`` = (M, per, KC, first program, B, M mod L, virtual
+    lanes, log2 per); ``KB``: the bits of the largest B; ``off[t]``: element offsets of the tensor's theta,
+    grad, state, weight, p from the base pointers (every tensor of a kind has one dtype)."""
     pid = tl.program_id(0)
-    v = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    t = tl.load(prog_ptr + pid).to(tl.int64)
+    mrow = meta_ptr + t * 8
+    M = tl.load(mrow)
+    per = tl.load(mrow + 1)
+    KC = tl.load(mrow + 2)
+    B = tl.load(mrow + 4)
+    V = tl.load(mrow + 6)
+    LOGP = tl.load(mrow + 7)
+    v = (pid - tl.load(mrow + 3)) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     vmask = v < V
     chunk = v // L
     lane = v - chunk * L
@@ -189,12 +239,18 @@ def _fixed_kernel(
     soff = lane[:, None] * W + wcol
     s0 = tl.load(s0_ptr + soff, mask=smask, other=0)
     s1 = tl.load(s1_ptr + soff, mask=smask, other=0)
-    s0, s1 = _jump_start(s0, s1, chunk, jump_ptr, K)
+    s0, s1 = _tensor_start(s0, s1, t, lane, chunk, B, KB, LOGP, KC, meta_ptr, jump_ptr, RA, RB, RC, AOX)
     if QUANT and STOCH:
         gmask = vmask[:, None] & (wcol < 1)
         g0 = tl.load(g0_ptr + lane[:, None] + wcol, mask=gmask, other=0)
         g1 = tl.load(g1_ptr + lane[:, None] + wcol, mask=gmask, other=0)
-        g0, g1 = _jump_start(g0, g1, chunk, jump_ptr, K)
+        g0, g1 = _tensor_start(g0, g1, t, lane, chunk, B, KB, LOGP, KC, meta_ptr, jump_ptr, RA, RB, RC, AOX)
+    orow = off_ptr + t * 5
+    theta_ptr += tl.load(orow)
+    grad_ptr += tl.load(orow + 1)
+    state_ptr += tl.load(orow + 2)
+    weight_ptr += tl.load(orow + 3)
+    p_ptr += tl.load(orow + 4)
     cyc0 = chunk * per
     for c in range(per):
         i = (cyc0 + c) * L + lane
@@ -271,21 +327,12 @@ def _fixed_kernel(
         if WRITE_P:
             pv = wres.to(tl.float64) * _pow2(tl.full([BLOCK], -W_FRAC, tl.int64))
             tl.store(p_ptr + i, pv.to(p_ptr.dtype.element_ty), mask=m)
-    if IN_PLACE:
-        tl.store(s0_ptr + soff, s0, mask=smask)
-        tl.store(s1_ptr + soff, s1, mask=smask)
-    else:
-        lmask = smask & (chunk == last_chunk)[:, None]
-        tl.store(n0_ptr + soff, s0, mask=lmask)
-        tl.store(n1_ptr + soff, s1, mask=lmask)
+    last = ((chunk * 0 + t) == T)[:, None]  # the final row's programs hold the lanes' final states
+    tl.store(n0_ptr + soff, s0, mask=smask & last)
+    tl.store(n1_ptr + soff, s1, mask=smask & last)
     if QUANT and STOCH:
-        if IN_PLACE:
-            tl.store(g0_ptr + lane[:, None] + wcol, g0, mask=gmask)
-            tl.store(g1_ptr + lane[:, None] + wcol, g1, mask=gmask)
-        else:
-            lg = gmask & (chunk == last_chunk)[:, None]
-            tl.store(gn0_ptr + lane[:, None] + wcol, g0, mask=lg)
-            tl.store(gn1_ptr + lane[:, None] + wcol, g1, mask=lg)
+        tl.store(gn0_ptr + lane[:, None] + wcol, g0, mask=gmask & last)
+        tl.store(gn1_ptr + lane[:, None] + wcol, g1, mask=gmask & last)
 
 
 # ---- host side: schedule, tables, constants ------------------------------------------------
@@ -315,7 +362,7 @@ class _Schedule:
         self.lanes_used = min(lanes, n) if chunks == 1 else lanes
         self.virtual = self.lanes_used if chunks == 1 else chunks * lanes
         self.jumps = (chunks - 1).bit_length()
-        self.block = min(128, max(16, _next_pow2(self.virtual)))
+        self.block = min(BLOCK_MAX.get(device.type, 128), max(16, _next_pow2(self.virtual)))
 
     @property
     def grid(self) -> tuple[int]:
@@ -405,43 +452,125 @@ def _check_states(s0: Tensor, s1: Tensor, lanes: int, words: int, name: str) -> 
                              f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
 
 
-def _launch_fixed(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tensor, theta: Tensor, grad: Tensor,
-                  state_out: Tensor, weight_out: Tensor, *, p: Tensor | None = None, g0: Tensor | None = None,
-                  g1: Tensor | None = None, rounding: str | None = None, sr_bits: int = 32,
-                  target: int | None = None) -> None:
-    """Launch the fixed kernel; ``rounding`` not None: ``grad`` holds floats converted in the kernel."""
-    n = theta.numel()
-    if n == 0:
+class _GroupPlan:
+    """Virtual lanes of one launch over a group's tensors of ``sizes`` elements (each from lane 0).
+
+    ``meta`` rows (device int64): M, per, KC (chunk-index bits), first program, B (cycles of every lane on
+    the earlier tensors), M mod L, virtual lanes, log2 per; a last row (no elements, all L lanes, B of
+    all tensors) whose programs write the lanes' final states. ``prog`` (device int32): each program's row.
+    """
+
+    def __init__(self, sizes: tuple[int, ...], lanes: int, device: torch.device, target: int | None):
+        scheds = [_Schedule(n, lanes, device, target) for n in sizes]
+        cap = BLOCK_MAX.get(device.type, 128)
+        self.block = max([sc.block for sc in scheds] + [min(cap, max(16, _next_pow2(lanes)))])
+        rows: list[list[int]] = []
+        prog: list[int] = []
+        base, kbits = 0, 1
+        for t, (n, sc) in enumerate(zip(sizes, scheds, strict=True)):
+            logp = (sc.per.bit_length() - 1) if sc.chunks > 1 else 0  # per is a power of two when chunked
+            kc = (sc.chunks - 1).bit_length()
+            rows.append([n, sc.per, kc, len(prog), base, n % lanes, sc.virtual, logp])
+            prog += [t] * triton.cdiv(sc.virtual, self.block)
+            kbits = max(kbits, logp + kc)
+            base += n // lanes
+        rows.append([0, 0, 0, len(prog), base, 0, lanes, 0])
+        prog += [len(sizes)] * triton.cdiv(lanes, self.block)
+        self.kb = max(1, base.bit_length())
+        self.tables = max(self.kb, kbits)
+        self.count = len(sizes)
+        self.programs = len(prog)
+        self.meta = torch.tensor(rows, dtype=torch.int64, device=device)
+        self.prog = torch.tensor(prog, dtype=torch.int32, device=device)
+
+
+_PLANS: dict[tuple[Any, ...], _GroupPlan] = {}
+
+
+def _plan(sizes: tuple[int, ...], lanes: int, device: torch.device, target: int | None) -> _GroupPlan:
+    key = (sizes, lanes, device, target)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        plan = _PLANS[key] = _GroupPlan(sizes, lanes, device, target)
+    return plan
+
+
+def _pow2_jump_tables(spec: XoroshiroSpec, k: int, device: torch.device) -> Tensor:
+    """Byte tables of ``T^(2^j)`` for ``j < k``: shape (k, 2, 4096) int64 on ``device`` (grown, never shrunk)."""
+    key = ("pow2", spec, device)
+    have = _DEVICE_TABLES.get(key)
+    if have is None or have.shape[0] < k:
+        tabs = np.stack([_jump_tables_np(spec, 1 << j) for j in range(max(k, 24))])
+        have = _DEVICE_TABLES[key] = torch.from_numpy(tabs).to(device)
+    return have
+
+
+def _offsets(tensors: list[Tensor | None], device: torch.device) -> tuple[Tensor | None, list[int]]:
+    """(base tensor, element offsets of each tensor from it); all of one dtype (ValueError otherwise)."""
+    first = next((x for x in tensors if x is not None), None)
+    if first is None:
+        return None, [0] * len(tensors)
+    size, ptr = first.element_size(), first.data_ptr()
+    out = []
+    for x in tensors:
+        if x is None:
+            out.append(0)
+            continue
+        if x.dtype != first.dtype or x.device != first.device:
+            raise ValueError(f"a group's tensors must share one dtype and device, got {x.dtype} and {first.dtype}")
+        d = x.data_ptr() - ptr
+        if d % size:
+            raise ValueError("tensor storage is not aligned to its element size")
+        out.append(d // size)
+    return first, out
+
+
+def _launch_fixed(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tensor, thetas: list[Tensor],
+                  grads: list[Tensor], states: list[Tensor], weights: list[Tensor], *,
+                  ps: list[Tensor] | None = None, g0: Tensor | None = None, g1: Tensor | None = None,
+                  rounding: str | None = None, sr_bits: int = 32, target: int | None = None) -> None:
+    """One launch of the fixed kernel over flat tensors (each from lane 0, streams continuing in list order);
+    ``rounding`` not None: ``grads`` hold floats converted in the kernel; ``ps``: float weights written."""
+    keep = [i for i, x in enumerate(thetas) if x.numel()]
+    if not keep:
         return
-    dev = theta.device
-    sch = _Schedule(n, cfg.lanes, dev, target)
-    quant = rounding is not None
-    stoch = rounding == "stochastic"
-    in_place = sch.chunks == 1
-    n0, n1 = (s0, s1) if in_place else (torch.empty_like(s0), torch.empty_like(s1))
-    gs0, gs1 = (g0, g1) if stoch and g0 is not None and g1 is not None else (s0, s1)  # s0/s1: unused placeholders
-    gn0, gn1 = (gs0, gs1) if in_place else (torch.empty_like(gs0), torch.empty_like(gs1))
+    dev = thetas[0].device
+    pick = [thetas, grads, states, weights] + ([ps] if ps is not None else [])
+    cols = [[kind[i] for i in keep] for kind in pick]
+    plan = _plan(tuple(thetas[i].numel() for i in keep), cfg.lanes, dev, target)
+    bases, offs = [], []
+    for kind in cols:
+        base, o = _offsets(list(kind), dev)
+        bases.append(base)
+        offs.append(o)
     dummy = _dummy(dev)
-    jumps = _jump_tables(cfg.rng, sch.per, sch.jumps, dev)
+    if ps is None:
+        bases.append(None)
+        offs.append([0] * len(keep))
+    rows = [list(r) for r in zip(*offs, strict=True)] + [[0] * 5]
+    off = torch.tensor(rows, dtype=torch.int64, pin_memory=dev.type == "cuda").to(dev, non_blocking=True)
+    quant = rounding is not None
+    stoch = rounding == "stochastic" and g0 is not None and g1 is not None
+    n0, n1 = torch.empty_like(s0), torch.empty_like(s1)
+    gs0, gs1 = (g0, g1) if stoch and g0 is not None and g1 is not None else (s0, s1)  # s0/s1: unused placeholders
+    gn0, gn1 = (torch.empty_like(gs0), torch.empty_like(gs1)) if stoch else (n0, n1)
     gauss = _gauss_table(cfg.gaussian, dev) if cfg.uses_noise else dummy
-    consts = _fixed_constants(cfg)
-    _fixed_kernel[sch.grid](
-        theta, grad, state_out, weight_out, p if p is not None else dummy,
+    _fixed_kernel[(plan.programs,)](
+        *(b if b is not None else dummy for b in bases), off, plan.meta, plan.prog,
         s0, s1, n0, n1, gs0, gs1, gn0, gn1,
-        jumps, gauss,
-        n, cfg.lanes, sch.virtual, sch.per, sch.chunks - 1, sch.jumps,
+        _pow2_jump_tables(cfg.rng, plan.tables, dev), gauss, cfg.lanes, plan.count, plan.kb,
         regs.step, regs.decay, regs.noise, regs.vc_var,
         HAS_DECAY=bool(regs.decay) and cfg.decay is not None, HAS_NOISE=bool(regs.noise), VC_NOISE=regs.vc_noise,
         QUANT=quant, STOCH=stoch, G_FRAC=cfg.grad.frac, G_MIN=cfg.grad.min_word, G_MAX=cfg.grad.max_word,
-        Q_BITS=sr_bits, W_FRAC=cfg.weight.frac, WRITE_P=p is not None, IN_PLACE=in_place, BLOCK=sch.block,
-        **consts,
+        Q_BITS=sr_bits, W_FRAC=cfg.weight.frac, WRITE_P=ps is not None, BLOCK=plan.block,
+        **_fixed_constants(cfg),
     )
-    if not in_place:
-        s0.copy_(n0)
-        s1.copy_(n1)
-        if stoch:
-            gs0.copy_(gn0)
-            gs1.copy_(gn1)
+    if stoch:
+        torch._foreach_copy_([s0, s1, gs0, gs1], [n0, n1, gn0, gn1])
+    else:
+        torch._foreach_copy_([s0, s1], [n0, n1])
 
 
 def fixed_update(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tensor, theta: Tensor, grad: Tensor,
@@ -455,8 +584,8 @@ def fixed_update(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tenso
     engine). ``target``: virtual lanes aimed for (tests force chunking with a small value).
     """
     _check_states(s0, s1, cfg.lanes, cfg.rng_words, "lane")
-    _launch_fixed(cfg, regs, s0, s1, theta.reshape(-1), grad.reshape(-1), state_out.view(-1), weight_out.view(-1),
-                  target=target)
+    _launch_fixed(cfg, regs, s0, s1, [theta.reshape(-1)], [grad.reshape(-1)], [state_out.view(-1)],
+                  [weight_out.view(-1)], target=target)
 
 
 def fixed_quantize_update(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tensor, g0: Tensor | None,
@@ -472,9 +601,9 @@ def fixed_quantize_update(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, 
         if g0 is None or g1 is None:
             raise ValueError("stochastic gradient rounding needs the gradient stream's states g0, g1")
         _check_states(g0, g1, cfg.lanes, 1, "gradient stream")
-    _launch_fixed(cfg, regs, s0, s1, theta.reshape(-1), grad.reshape(-1), state_out.view(-1), weight_out.view(-1),
-                  p=p_out.view(-1) if p_out is not None else None, g0=g0, g1=g1, rounding=rounding, sr_bits=sr_bits,
-                  target=target)
+    _launch_fixed(cfg, regs, s0, s1, [theta.reshape(-1)], [grad.reshape(-1)], [state_out.view(-1)],
+                  [weight_out.view(-1)], ps=[p_out.view(-1)] if p_out is not None else None, g0=g0, g1=g1,
+                  rounding=rounding, sr_bits=sr_bits, target=target)
 
 
 def fixed_group_step(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: Tensor, g0: Tensor, g1: Tensor,
@@ -485,19 +614,26 @@ def fixed_group_step(cfg: DatapathConfig, regs: StepRegisters, s0: Tensor, s1: T
     Per tensor, in list order, each starting at lane 0: the gradient word by ``FixedFormat.quantize``'s rule
     (stochastic: the SR uniform is the low ``sr_bits`` bits of the gradient stream's word, ``g0``/``g1`` of shape
     (L, 1)), the update, the state words written into ``words[i]`` in place, ``params[i]`` <- the emitted
-    weight's value. One launch per tensor; NaN gradients must have been rejected by the caller.
+    weight's value. One launch over all the tensors (one per tensor if their dtypes differ); NaN gradients
+    must have been rejected by the caller.
     """
     _check_states(s0, s1, cfg.lanes, cfg.rng_words, "lane")
     if rounding == "stochastic":
         _check_states(g0, g1, cfg.lanes, 1, "gradient stream")
-    for p, g, w in zip(params, grads, words, strict=True):
-        pf = p.detach()
-        if not pf.is_contiguous():
-            raise ValueError("fixed_group_step needs contiguous parameters")
-        wf = w.view(-1)
-        weight = torch.empty_like(wf) if cfg.variant.has_accumulator else wf
-        _launch_fixed(cfg, regs, s0, s1, wf, g.detach().reshape(-1), wf, weight, p=pf.view(-1), g0=g0, g1=g1,
-                      rounding=rounding, sr_bits=sr_bits, target=target)
+    if any(not p.is_contiguous() for p in params):
+        raise ValueError("fixed_group_step needs contiguous parameters")
+    flat = [w.view(-1) for w in words]
+    weights = [torch.empty_like(w) for w in flat] if cfg.variant.has_accumulator else flat
+    gflat = [g.detach().reshape(-1) for g in grads]
+    pflat = [p.detach().view(-1) for p in params]
+    kinds = (flat, gflat, pflat)
+    if all(len({(x.dtype, x.device) for x in kind}) <= 1 for kind in kinds):
+        _launch_fixed(cfg, regs, s0, s1, flat, gflat, flat, weights, ps=pflat, g0=g0, g1=g1, rounding=rounding,
+                      sr_bits=sr_bits, target=target)
+        return
+    for w, g, p, wt in zip(flat, gflat, pflat, weights, strict=True):  # mixed dtypes: one launch per tensor
+        _launch_fixed(cfg, regs, s0, s1, [w], [g], [w], [wt], ps=[p], g0=g0, g1=g1, rounding=rounding,
+                      sr_bits=sr_bits, target=target)
 
 
 # ---- the BFP datapath ----------------------------------------------------------------------
