@@ -389,7 +389,8 @@ class LowPrecisionSGLD(Optimizer):
     ``grad_headroom``. ``path``/``compile`` select the fixed-point engine's path (see
     :class:`TorchEngine`; default: the Triton kernels on CUDA; ``path="reference"`` / ``"triton"`` also
     select the BFP engine's path; on CUDA a group's step is one call of
-    :func:`emulator.engines.gpu_kernels.fixed_group_step` / ``bfp_group_step``). ``lr`` and ``max_lr`` that the registers cannot hold are refused here;
+    :func:`emulator.engines.gpu_kernels.fixed_group_step` / ``bfp_group_step``). ``lr`` and ``max_lr``
+    that the registers cannot hold are refused here;
     an lr a scheduler sets later is checked at the step that uses it. ``momentum``, ``dampening``,
     ``nesterov``, ``foreach``, ``fused`` and ``differentiable`` are accepted only at their off
     values (the message says why); ``maximize=True`` ascends (the gradient is negated before
