@@ -141,8 +141,10 @@ def test_stream_uniforms_equal_torch_stream_words():
         assert torch.equal(g0, a.s0) and torch.equal(g1, a.s1)
 
 
-def _fixed_group_case(variant, lanes, rounding, device="cpu", steps=2, dtype=torch.int64, target=TARGET):
-    """gk.fixed_group_step == sgld_lp with the reference engine: words, float weights, both streams."""
+def _fixed_group_case(variant, lanes, rounding, device="cpu", steps=2, dtype=torch.int64, target=TARGET,
+                      mixed=False):
+    """gk.fixed_group_step == sgld_lp with the reference engine: words, float weights, both streams.
+    ``mixed``: a float64 parameter among float32 ones (one launch per tensor instead of one per group)."""
     from emulator.studies.torch_bench import bench_config
 
     cfg = bench_config(variant, lanes)
@@ -151,6 +153,10 @@ def _fixed_group_case(variant, lanes, rounding, device="cpu", steps=2, dtype=tor
     init = [0.05 * torch.randn(s, generator=gen) for s in shapes]
     grads = [[0.05 * torch.randn(s, generator=gen) for s in shapes] for _ in range(steps)]
     grads[0][2][0, :3] = torch.tensor([float("inf"), -1e30, 2.0**-60])  # saturating and sub-LSB gradients
+    if mixed:
+        init[1] = init[1].double()
+        for g in grads:
+            g[1] = g[1].double()
     regs = step_registers(cfg, HyperParams(0.5, 1.0, 50000, 5e-4))
     eng = TorchEngine(cfg, 3, path="reference")
     grng = TorchLaneRng.seeded(cfg.rng, 4, cfg.lanes, 1)
@@ -171,10 +177,11 @@ def _fixed_group_case(variant, lanes, rounding, device="cpu", steps=2, dtype=tor
 
 
 @interpreted
-@pytest.mark.parametrize(("variant", "rounding", "dtype"), [("vc", "stochastic", torch.int8),
-                                                             ("lp_f", "nearest", torch.int64)])
-def test_fixed_group_step_equals_sgld_lp(variant, rounding, dtype):
-    _fixed_group_case(variant, 4, rounding, dtype=dtype)
+@pytest.mark.parametrize(("variant", "rounding", "dtype", "mixed"), [("vc", "stochastic", torch.int8, False),
+                                                                      ("lp_f", "nearest", torch.int64, False),
+                                                                      ("naive", "stochastic", torch.int16, True)])
+def test_fixed_group_step_equals_sgld_lp(variant, rounding, dtype, mixed):
+    _fixed_group_case(variant, 4, rounding, dtype=dtype, mixed=mixed)
 
 
 # ---- the BFP datapath --------------------------------------------------------------------------
