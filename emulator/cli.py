@@ -194,17 +194,31 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
     if args.shipped == (args.config is not None):
         raise ValueError("give exactly one of --config NAME or --shipped")
     if args.shipped:
-        if args.name is not None or args.lanes is not None or args.reset_seed != 0:
-            raise ValueError("--shipped writes the fixed shipped set; --name, --lanes and --reset-seed do not apply")
+        if args.name is not None or args.lanes is not None or args.reset_seed != 0 or args.no_init_values:
+            raise ValueError("--shipped writes the fixed shipped set; --name, --lanes, --reset-seed and "
+                             "--no-init-values do not apply")
         manifests = hw_export.export_shipped(args.out)
     else:
         lanes = 1 if args.lanes is None else args.lanes
         manifests = [hw_export.export(preset(args.config, lanes), args.out, name=args.name,
-                                      reset_seed=args.reset_seed)]
+                                      reset_seed=args.reset_seed, init_values=not args.no_init_values)]
     for man in manifests:
         path = os.path.join(args.out, man["module"])
-        print(f"wrote {path}.v and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes)")
+        print(f"wrote {path}.v, {path}.vlt and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes)")
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from hw.verify.verify import verify
+
+    try:
+        res = verify(args.sources, args.manifest, top=args.top, sim=args.sim, elements=args.elements,
+                     seed=args.seed, waves=args.waves, build_root=args.build)
+    except RuntimeError as e:  # simulator missing, build failed
+        print(f"lpsgld: error: {e}", file=sys.stderr)
+        return 2
+    print(res.report)
+    return 0 if res.ok else 1
 
 
 def _study_presets() -> tuple[str, ...]:
@@ -419,8 +433,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shipped", action="store_true", help="write every shipped configuration (rtl/)")
     p.add_argument("--name", default=None, help="module name (default lpsgld_<config>_l<L>)")
     p.add_argument("--reset-seed", type=int, default=0, help="generator seed loaded by rst (default 0)")
+    p.add_argument("--no-init-values", action="store_true",
+                   help="no declaration initial values (reset-only state, for ASIC flows); rst needed before use")
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_rtl)
+
+    p = sub.add_parser("verify", help="co-verify any RTL that follows a manifest against the golden model "
+                                      "(cocotb on Icarus or Verilator; needs the sim extra)")
+    p.add_argument("sources", nargs="+", help="Verilog / SystemVerilog source files (and .vlt files for Verilator)")
+    p.add_argument("--manifest", required=True, help="the design's JSON manifest (e.g. rtl/lpsgld_w8_vc_l1.json)")
+    p.add_argument("--top", default=None, help="top-level module (default: the manifest's module)")
+    p.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
+    p.add_argument("--elements", type=int, default=1000, help="elements to verify in the random plan (default 1000)")
+    p.add_argument("--seed", type=int, default=1, help="stimulus seed (default 1)")
+    p.add_argument("--waves", action="store_true", help="dump waveforms in the run directories")
+    p.add_argument("--build", default=None, help="build directory (default sim_build/verify)")
+    p.set_defaults(func=_cmd_verify)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # for the study's "command" line

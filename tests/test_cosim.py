@@ -20,8 +20,8 @@ from dataclasses import replace
 
 import pytest
 
-from tests.cosim.case import Design, ci_case
-from tests.cosim.sim import build, missing_tool, run, soak_requested, waves_requested
+from hw.verify.case import Design, ci_case
+from hw.verify.runner import build, missing_tool, run, soak_requested, waves_requested
 
 _G6 = dict(kind="table", terms=6, index_bits=8, frac=8)  # 48 Gaussian bits: moves a field to word 1
 VARIANTS = ("vc", "naive", "lpf", "sgd-l", "sgd-f")
@@ -104,7 +104,7 @@ def test_register_map_matches_hw_control():
 
     control = pytest.importorskip("hw.control", reason="hw.control needs amaranth")
     from emulator.datapath import StepRegisters
-    from tests.cosim.plan import register_widths, register_writes, seed_writes
+    from hw.verify.plan import register_widths, register_writes, seed_writes
 
     for design in (Design.of("w8-vc", 3), Design.of("w8-sgd-l", 2, rng_words=2), Design.of("w16-lpf", 1)):
         cfg = design.config()

@@ -10,9 +10,9 @@ from emulator.datapath import StepRegisters, update
 from emulator.engine import NumpyEngine
 from emulator.golden import preset
 from emulator.rng import LaneRng
-from tests.cosim.beats import BeatLayout
-from tests.cosim.case import CosimCase, Design
-from tests.cosim.plan import (
+from hw.verify.beats import BeatLayout
+from hw.verify.case import CosimCase, Design
+from hw.verify.plan import (
     ADDR_RNG,
     call_beats,
     junk_writes,

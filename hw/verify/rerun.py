@@ -1,7 +1,7 @@
 """Re-run one co-simulation case from its JSON (printed with every failure, saved as case.json).
 
-    .venv/bin/python -m tests.cosim.rerun sim_build/icarus/w8-vc_l4/runs/seed123/case.json --sim icarus
-    .venv/bin/python -m tests.cosim.rerun CASE.json --sim verilator --waves    # dump.vcd / *.fst in the run dir
+    .venv/bin/python -m hw.verify.rerun sim_build/icarus/w8-vc_l4/runs/seed123/case.json --sim icarus
+    .venv/bin/python -m hw.verify.rerun CASE.json --sim verilator --waves    # dump.vcd / *.fst in the run dir
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .case import CosimCase
-from .sim import SIMULATORS, build, missing_tool, run
+from .runner import SIMULATORS, build, missing_tool, run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """Mutation check of the co-verification: inject single faults into the exported Verilog and
 require the short CI cosim run of that design to fail on each.
 
-    .venv/bin/python -m tests.cosim.mutate                 # all mutants, Icarus, 2 workers
-    .venv/bin/python -m tests.cosim.mutate --list
-    .venv/bin/python -m tests.cosim.mutate --only M07 M20 --sim verilator
+    .venv/bin/python -m hw.verify.mutate                 # all mutants, Icarus, 2 workers
+    .venv/bin/python -m hw.verify.mutate --list
+    .venv/bin/python -m hw.verify.mutate --only M07 M20 --sim verilator
 
 A mutant is one precise textual edit of the generated Verilog, inside one module (``scope``):
 a regular expression that must match exactly ``count`` times there (else the mutant is
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .case import Design, ci_case
-from .sim import SIM_BUILD, build, export_design, missing_tool, run, tool_env
+from .runner import SIM_BUILD, build, export_design, missing_tool, run, tool_env
 
 TMP = r"\\\$\d+ "  # an Amaranth temporary: backslash, dollar, digits, one space
 
