@@ -176,10 +176,10 @@ class Segment:
     reset_after: int | None = None  # mid-stream reset once this many input beats were accepted
     sink_words: list[int] = field(default_factory=list)
     # corner cases (docs/hardware.md "Reset and seeds"): the first beat is offered while rst is
-    # high (it must not be taken: sink__ready = 0 during reset), and a generator seed word is
-    # written on the edge that transfers beat ``b`` (the whole generator holds on that edge)
+    # high (it must not be taken: sink__ready = 0 during reset), and generator seed words are
+    # written on the edges that transfer given beats (the whole generator holds on such an edge)
     offer_in_reset: bool = False
-    write_on_transfer: tuple[int, int, int] | None = None  # (beat, addr, data)
+    write_on_transfer: dict[int, tuple[int, int]] = field(default_factory=dict)  # beat -> (addr, data)
 
     @property
     def beats(self) -> int:
@@ -315,7 +315,7 @@ def make_plan(case: CosimCase) -> Plan:
             writes = [writes[j] for j in order]
         # mostly several beats (every lane gets work), sometimes a single, possibly partial, beat
         beats = 1 if rng.random() < 0.15 else int(rng.integers(2, max(case.max_beats, 2), endpoint=True))
-        if act.get("mid_reset") or act.get("write_on_transfer"):
+        if act.get("mid_reset"):
             beats = max(beats, 3)
         if act["kind"] == "call":
             m = int(rng.integers((beats - 1) * L + 1, beats * L, endpoint=True))
@@ -326,21 +326,34 @@ def make_plan(case: CosimCase) -> Plan:
         theta = random_words(cfg.state, rng, keep.shape, tie_bits)
         grad = random_words(cfg.grad, rng, keep.shape)
         # lanes with keep = 0 carry arbitrary words: they must not matter
-        wot = None
+        wot: dict[int, tuple[int, int]] = {}
         if act.get("write_on_transfer"):
-            b = int(rng.integers(0, beats - 1))
-            lane, k, word = int(rng.integers(0, L)), int(rng.integers(0, cfg.rng_words)), int(rng.integers(0, 2))
-            data = int(rng.integers(1, 1 << 63)) * 2 + 1
-            wot = (b, ADDR_RNG + 2 * (lane * cfg.rng_words + k) + word, data)
-            s1, w1 = step_lanes(engine, keep[:b], theta[:b], grad[:b], regs)
-            held = (int(engine.rng.s0[lane, k]), int(engine.rng.s1[lane, k]))
-            s2, w2 = step_lanes(engine, keep[b:b + 1], theta[b:b + 1], grad[b:b + 1], regs)
-            # the written word loads; the other word keeps its value from before the edge (no step)
-            engine.rng.s0[lane, k] = data if word == 0 else held[0]
-            engine.rng.s1[lane, k] = data if word == 1 else held[1]
-            s3, w3 = step_lanes(engine, keep[b + 1:], theta[b + 1:], grad[b + 1:], regs)
-            state, weight = np.concatenate([s1, s2, s3]), np.concatenate([w1, w2, w3])
-            notes.append(f"s{word} of lane {lane} word {k} written on the edge of beat {b}")
+            # every generator gets both words written, each on the transfer edge of its own beat
+            gens = [(lane, k, word) for lane in range(L) for k in range(cfg.rng_words) for word in (0, 1)]
+            gens = [gens[j] for j in rng.permutation(len(gens))]
+            beats = max(beats, len(gens) + 1)
+            keep = call_beats(int(rng.integers((beats - 1) * L + 1, beats * L, endpoint=True)), L)
+            theta = random_words(cfg.state, rng, keep.shape, tie_bits)
+            grad = random_words(cfg.grad, rng, keep.shape)
+            at = sorted(int(b) for b in rng.choice(beats - 1, size=len(gens), replace=False))
+            parts_s, parts_w = [], []
+            start = 0
+            for b, (lane, k, word) in zip(at, gens, strict=True):
+                data = int(rng.integers(1, 1 << 63)) * 2 + 1
+                wot[b] = (ADDR_RNG + 2 * (lane * cfg.rng_words + k) + word, data)
+                for lo, hi in ((start, b), (b, b + 1)):
+                    if lo == b:
+                        held = (int(engine.rng.s0[lane, k]), int(engine.rng.s1[lane, k]))
+                    s_, w_ = step_lanes(engine, keep[lo:hi], theta[lo:hi], grad[lo:hi], regs)
+                    parts_s.append(s_)
+                    parts_w.append(w_)
+                # the written word loads; the other word keeps its value from before the edge (no step)
+                engine.rng.s0[lane, k] = data if word == 0 else held[0]
+                engine.rng.s1[lane, k] = data if word == 1 else held[1]
+                start = b + 1
+            s_, w_ = step_lanes(engine, keep[start:], theta[start:], grad[start:], regs)
+            state, weight = np.concatenate([*parts_s, s_]), np.concatenate([*parts_w, w_])
+            notes.append(f"{len(gens)} seed words written on transfer edges")
         elif act["kind"] == "call":
             kf = keep.ravel()
             r = engine.step(theta.ravel()[kf], grad.ravel()[kf], regs)

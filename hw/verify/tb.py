@@ -122,12 +122,12 @@ class UpdateTopTB:
         d.ctl__we.value = 0
 
     async def stream(self, words: list[int], reset_after: int | None = None,
-                     write_on_transfer: tuple[int, int, int] | None = None) -> StreamResult:
+                     write_on_transfer: dict[int, tuple[int, int]] | None = None) -> StreamResult:
         """Send ``words`` as input beats, collect one output beat per input beat.
 
         With ``reset_after`` the stream stops (sink valid and source ready low) as soon as that
         many input beats have been accepted, returning the outputs received so far. With
-        ``write_on_transfer = (b, addr, data)`` the control write is driven in the cycle beat
+        ``write_on_transfer = {b: (addr, data)}`` that control write is driven in the cycle beat
         ``b`` is offered with the source ready (no stall: the beat must transfer on that edge).
         """
         d = self.dut
@@ -147,7 +147,7 @@ class UpdateTopTB:
         quiet = 0
         start = self.cycle
         cycle = self.cycle
-        wot_beat, wot_addr, wot_data = write_on_transfer if write_on_transfer is not None else (-1, 0, 0)
+        wot = write_on_transfer or {}
         while len(outputs) < n:
             if sent >= stop and reset_after is not None:
                 break
@@ -157,10 +157,10 @@ class UpdateTopTB:
             if holding != driven_valid:
                 sink_valid.value = driven_valid = int(holding)
             ready = 0 if next(stall) else 1
-            wot_now = holding and sent == wot_beat
+            wot_now = holding and sent in wot
             if wot_now:
                 ready = 1
-                d.ctl__addr.value, d.ctl__data.value = wot_addr, wot_data
+                d.ctl__addr.value, d.ctl__data.value = wot[sent]
                 d.ctl__we.value = 1
             if ready != driven_ready:
                 src_ready.value = driven_ready = ready
