@@ -81,17 +81,21 @@ def _registers(cfg: DatapathConfig) -> dict[str, dict[str, Any]]:
 
 
 def host_ranges(cfg: DatapathConfig) -> dict[str, Any]:
-    """The largest host hyper-parameters the registers hold (``emulator.host.step_registers``
-    raises ValueError beyond): lr, lr * weight_decay and the noise variance v (= 2 lr T / N)."""
-    out: dict[str, Any] = {"lr": {"max": cfg.step.max_value, "lsb": cfg.step.lsb}}
+    """Upper bounds of the host hyper-parameters the registers hold: lr, lr * weight_decay and the
+    noise variance v (= 2 lr T / N). The host rounds to nearest, so a value below ``max`` fits and
+    ``emulator.host.step_registers`` raises ValueError from ``max`` on; ``lsb`` is the resolution."""
+    def bound(f: FixedFormat) -> float:
+        return (f.max_word + 0.5) * f.lsb
+
+    out: dict[str, Any] = {"lr": {"max": bound(cfg.step), "lsb": cfg.step.lsb}}
     if cfg.decay is not None:
-        out["lr_times_weight_decay"] = {"max": cfg.decay.max_value, "lsb": cfg.decay.lsb}
+        out["lr_times_weight_decay"] = {"max": bound(cfg.decay), "lsb": cfg.decay.lsb}
     sigma = float(cfg.gaussian.std)
     if cfg.variant is Variant.VC:
         v0 = cfg.weight.lsb ** 2 / 4
-        out["noise_variance"] = {"max": (cfg.noise.max_value * sigma) ** 2 + v0, "branch_a_above": v0}
+        out["noise_variance"] = {"max": (bound(cfg.noise) * sigma) ** 2 + v0, "branch_a_above": v0}
     elif cfg.variant.has_gaussian:
-        out["noise_variance"] = {"max": (cfg.noise.max_value * sigma) ** 2}
+        out["noise_variance"] = {"max": (bound(cfg.noise) * sigma) ** 2}
     return out
 
 

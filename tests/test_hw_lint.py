@@ -8,7 +8,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODULES = sorted(p.stem for p in (ROOT / "hw").glob("*.py"))  # every hw module, synth included
+MODULES = sorted(str(p.relative_to(ROOT / "hw"))[:-3] for p in (ROOT / "hw").rglob("*.py"))  # every hw module
 
 
 def test_mypy_hw():
