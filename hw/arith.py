@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 
-from emulator.formats import FixedFormat
+from emulator.spec.formats import FixedFormat
 
 CHUNK_BITS = 2  # multiplier digit width: a partial product is one adder deep
 

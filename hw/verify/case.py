@@ -16,9 +16,9 @@ import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from emulator.datapath import DatapathConfig
-from emulator.gaussian import GaussianSpec
-from emulator.golden import _CASES, preset
+from emulator.spec.datapath import DatapathConfig
+from emulator.spec.gaussian import GaussianSpec
+from emulator.spec.presets import _CASES, preset
 
 ENV_VAR = "LPSGLD_COSIM"
 

