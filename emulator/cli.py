@@ -171,6 +171,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.lanes < 1:
         raise ValueError(f"--lanes must be >= 1, got {args.lanes}")
     configs = list(SHIPPED) if args.shipped else [(args.config, args.lanes)]
+    if args.device == "generic":  # technology-independent: yosys generic gates, NAND2-equivalent area
+        from hw.flows.generic_area import run_cli as run_generic
+
+        print(run_generic(configs, build_dir=args.build, json_out=args.json))
+        return 0
     table = run_cli(configs, device=args.device, seeds=args.seeds, freq_mhz=args.freq, hierarchy=args.hierarchy,
                     registers=args.registers, router=args.router, pnr_timeout_s=args.pnr_timeout,
                     place=not args.no_place, build_dir=args.build,
@@ -413,7 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", default="w8-vc", help="one of: " + ", ".join(PRESETS))
     p.add_argument("--lanes", type=int, default=1)
     p.add_argument("--shipped", action="store_true", help="w8-vc, w8-lpf, w8-naive at 1 and 8 lanes")
-    p.add_argument("--device", default="hx8k", help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k, ecp5-25k-nodsp")
+    p.add_argument("--device", default="hx8k",
+                   help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k, ecp5-25k-nodsp, or generic "
+                        "(technology-independent gates, flip-flops and NAND2-equivalent area; no place and route)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="nextpnr seeds, one run each")
     p.add_argument("--freq", type=float, default=100.0, help="nextpnr timing target (MHz)")
     p.add_argument("--router", default="router1", help="nextpnr router: router1 (default) or router2")

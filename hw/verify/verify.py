@@ -87,7 +87,10 @@ def verify(sources: list[str | os.PathLike[str]], manifest: str | os.PathLike[st
         try:
             summaries.append(run(b, case, name))
         except AssertionError as e:
-            return VerifyResult(False, f"FAIL {design.module_name} on {sim} ({name} run): {e}", summaries)
+            srcs = " ".join(str(p) for p in paths)
+            case_file = build_dir / "runs" / name / "case.json"
+            return VerifyResult(False, f"FAIL {design.module_name} on {sim} ({name} run): {e}\nreproduce: python -m "
+                                       f"hw.verify.rerun {case_file} --sim {sim} --sources {srcs}", summaries)
     res = VerifyResult(True, "", summaries)
     lat = min(s["min_latency"] for s in summaries if s["min_latency"] is not None)
     res.report = (f"PASS {design.module_name} on {sim}: {res.elements} elements verified word for word "
