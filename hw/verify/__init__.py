@@ -11,7 +11,9 @@ configuration, lanes, latency, payload layout and register map. The parts:
 * :mod:`hw.verify.cocotb_top` -- the cocotb test module the simulator runs;
 * :mod:`hw.verify.runner` -- ``cocotb_tools.runner`` on Icarus and Verilator, flags built in;
 * :mod:`hw.verify.verify` -- ``verify(sources, manifest)``: what ``lpsgld verify`` runs;
-* :mod:`hw.verify.mutate`, ``rerun``, ``throughput`` -- mutation check, reproduction, speed.
+* :mod:`hw.verify.mutate`, ``rerun``, ``throughput`` -- mutation check, reproduction, speed;
+* :mod:`hw.verify.amaranth_sim` -- amaranth.sim host driver of ``UpdateTop`` (tests, examples);
+* :mod:`hw.verify.vectorsim` -- vectorized evaluation of pipelined units (exhaustive checks).
 
 Importing this package needs neither cocotb nor amaranth; the simulator parts import cocotb
 when used. See docs/cosim.md and docs/hardware.md.
