@@ -190,7 +190,9 @@ def strip_init_values(text: str) -> str:
     return _INIT.sub(r"\1;", text)
 
 
-_INIT = re.compile(r"^(\s*reg (?:signed )?(?:\[\d+:\d+\] )?\S+) = [^;]+;$", re.M)
+# a reg declaration with an initial value; plain or escaped (``\\name$12 ``) names, except the
+# back-end's ``\\$auto$verilog_backend...`` regs (not state: they start `always @*` blocks at time 0)
+_INIT = re.compile(r"^(\s*reg (?:signed )?(?:\[\d+:\d+\] )?(?:\\(?!\$auto\$)\S+ |[A-Za-z_][\w$]*)) = [^;]+;$", re.M)
 
 
 def vlt_text(name: str) -> str:
