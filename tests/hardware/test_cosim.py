@@ -5,7 +5,7 @@ last beats, sparse keep masks with empty beats, register changes (both VC branch
 extremes), control writes with junk above the register widths and to unmapped addresses, a
 seed load, a mid-stream reset and a reset between calls, random sink valid gaps and source
 ready stalls. Every state and weight word of every kept lane is compared by equality; see
-``tests/cosim`` and docs/cosim.md. ``LPSGLD_SOAK=1``: 200 segments and three stimulus seeds
+``hw/verify`` and docs/cosim.md. ``LPSGLD_SOAK=1``: 200 segments and three stimulus seeds
 per design. ``LPSGLD_WAVES=1``: waveforms in the run directories (separate builds).
 
 Matrix (what builds are spent on): Verilator builds cost 5-25 s each, Icarus builds about a
