@@ -265,6 +265,9 @@ def _fixed_kernel(
             hi = tl.full([BLOCK], G_MAX, tl.int64)
             gx = tl.load(grad_ptr + i, mask=m, other=0).to(tl.float64)
             t = gx * _pow2(tl.full([BLOCK], G_FRAC, tl.int64))
+            # as FixedFormat.quantize: |x 2^F| < 2^-64 rounds as +-2^-64 (an underflow to -0 would lose the sign)
+            tiny = (gx != 0) & (tl.abs(gx) < _pow2(tl.full([BLOCK], -64 - G_FRAC, tl.int64)))
+            t = tl.where(tiny, tl.where(gx < 0, -(2.0**-64), 2.0**-64), t)
             t = tl.minimum(tl.maximum(t, (lo - 1).to(tl.float64)), (hi + 1).to(tl.float64))
             fl = tl.floor(t)
             if STOCH:

@@ -323,6 +323,22 @@ def test_bfp_group_step_equals_sgld_bfp(variant, rounding):
     _bfp_group_case(variant, rounding, dtype=torch.int16 if variant == "vc" else torch.int64)
 
 
+@interpreted
+def test_gradient_quantization_keeps_the_sign_of_underflowing_values():
+    """docs/spec.md: |x 2^F| < 2^-64 rounds as +-2^-64; with F = -3, -5e-324 * 2^-3 underflows to -0 in
+    float64, and SR with one bit must still give -1 with probability 1/2 (as FixedFormat.quantize)."""
+    cfg = dataclasses.replace(preset("w8-lpf", 4), grad=FixedFormat(8, -3))
+    regs = step_registers(cfg, HyperParams(1e-3, 1.0, 1))
+    grad = torch.tensor([-5e-324, 5e-324, -1e-300] * 20, dtype=torch.float64)
+    out = []
+    for path in ("reference", "triton"):
+        g = TorchLaneRng.seeded(cfg.rng, 9, 4, 1)
+        r = TorchEngine(cfg, 2, path=path).step_quantize(torch.zeros(60, dtype=torch.int64), grad, regs,
+                                                         grad_rng=g, rounding="stochastic", sr_bits=1)
+        out.append(r.state)
+    assert torch.equal(out[0], out[1])
+
+
 # ---- wiring: engines and the optimizer on the triton path ---------------------------------------
 
 
