@@ -229,7 +229,10 @@ def stream_words(spec: XoroshiroSpec, s0: Any, s1: Any, n: int) -> np.ndarray:
 # indices into the kernel's int64 parameter vector (built by fixed_params from the cfg)
 (P_SH_T, P_SH_G, P_STEP, P_DECAY, P_SH_D, P_NOISE, P_SH_N, P_VC, P_GAUSS, P_S, P_K, P_VCA, P_VCVAR, P_PM,
  P_ST_MIN, P_ST_MAX, P_ACC, P_ACC_SH, P_W_MIN, P_W_MAX, P_SR_W, P_SR_OFF, P_SR_WID, P_G_W, P_G_OFF, P_VC_W,
- P_VC_OFF, P_VC_WID, P_TERMS, P_IB, P_LEN) = range(31)
+ P_VC_OFF, P_VC_WID, P_TERMS, P_IB, P_Q_MODE, P_Q_LO, P_Q_HI, P_Q_MASK, P_WB, P_LEN) = range(36)
+# P_Q_MODE: gradient words given (0), float gradient rounded to nearest (1) or stochastically (2)
+# with the gradient stream's low P_Q_MASK bits; P_WB: write the weight's float value back (1)
+Q_WORDS, Q_NEAREST, Q_STOCHASTIC = 0, 1, 2
 
 
 def _fld(fields: dict[str, Field], name: str) -> tuple[int, int, int]:
@@ -336,18 +339,41 @@ def _fixed_elem(th: Any, g: Any, w0: Any, w1: Any, p: Any, tab: Any) -> Any:
     return out, wt
 
 
+@njit(cache=True, inline="always")
+def _quantize(x: Any, fq: Any, p: Any, u: Any) -> Any:
+    """emulator.engines.torch_engine._quantize_words of one float (NaN excluded by the caller)."""
+    t = min(max(np.float64(x) * fq[0], fq[1] - 1.0), fq[2] + 1.0)  # exact power-of-two scaling, then clamp
+    fl = np.floor(t)
+    if p[P_Q_MODE] == Q_NEAREST:
+        q = fl + (1.0 if t - fl >= 0.5 else 0.0)
+    else:
+        fk = np.floor(t * fq[3]) - fl * fq[3]  # floor(t 2^k) mod 2^k, exact
+        q = fl + (1.0 if np.float64(u) < fk else 0.0)
+    return min(max(np.int64(q), p[P_Q_LO]), p[P_Q_HI])
+
+
 @njit(parallel=True, cache=True)
-def _fixed_kernel(s0: Any, s1: Any, block: Any, bits: Any, per: Any, n: Any, gp: Any, p: Any, tab: Any, theta: Any,
-                  grad: Any, state_out: Any, weight_out: Any, has_weight: Any) -> None:
+def _fixed_kernel(s0: Any, s1: Any, g0: Any, g1: Any, block: Any, bits: Any, per: Any, n: Any, gp: Any, p: Any,
+                  fq: Any, tab: Any, theta: Any, grad: Any, state_out: Any, weight_out: Any, has_weight: Any,
+                  p_out: Any) -> None:
+    """The fixed datapath over lane blocks x chunks; ``state_out`` may be ``theta`` (in place)."""
     lanes, nw = s0.shape
     aox = gp[3]
     cycles = (n + lanes - 1) // lanes
     nblocks = (lanes + block - 1) // block
     e0 = np.empty_like(s0)
     e1 = np.empty_like(s1)
+    f0 = np.empty_like(g0)
+    f1 = np.empty_like(g1)
+    mode = p[P_Q_MODE]
+    umask = _mask(p[P_Q_MASK])
     for t in prange(bits.shape[0] * nblocks):
         j, l0, nl, c0, c1 = _task(t, lanes, block, nblocks, per, cycles)
         a0, a1 = _load(s0, s1, l0, nl, bits, j, gp)
+        if mode == Q_STOCHASTIC:
+            b0, b1 = _load(g0, g1, l0, nl, bits, j, gp)
+        else:
+            b0, b1 = a0, a1
         for c in range(c0, c1):
             base = c * lanes + l0
             for q in range(min(nl, n - base)):
@@ -360,26 +386,41 @@ def _fixed_kernel(s0: Any, s1: Any, block: Any, bits: Any, per: Any, n: Any, gp:
                     a0[q, 1], a1[q, 1] = _step(a0[q, 1], a1[q, 1], gp[0], gp[1], gp[2])
                     for k in range(2, nw):  # generators no field reads still advance
                         a0[q, k], a1[q, k] = _step(a0[q, k], a1[q, k], gp[0], gp[1], gp[2])
-                st, wt = _fixed_elem(np.int64(theta[i]), np.int64(grad[i]), w0, w1, p, tab)
+                if mode == Q_WORDS:
+                    gw = np.int64(grad[i])
+                elif mode == Q_NEAREST:
+                    gw = _quantize(grad[i], fq, p, np.int64(0))
+                else:
+                    u = np.int64(_out(b0[q, 0], b1[q, 0], aox) & umask)
+                    b0[q, 0], b1[q, 0] = _step(b0[q, 0], b1[q, 0], gp[0], gp[1], gp[2])
+                    gw = _quantize(grad[i], fq, p, u)
+                st, wt = _fixed_elem(np.int64(theta[i]), gw, w0, w1, p, tab)
                 state_out[i] = st
                 if has_weight:
                     weight_out[i] = wt
+                if p[P_WB]:
+                    p_out[i] = np.float64(wt) * fq[4]  # exact in float64; one rounding to p's dtype
         _store(a0, a1, e0, e1, l0, nl, lanes, n, j, per)
+        if mode == Q_STOCHASTIC:
+            _store(b0, b1, f0, f1, l0, nl, lanes, n, j, per)
     s0[:] = e0
     s1[:] = e1
+    if mode == Q_STOCHASTIC:
+        g0[:] = f0
+        g1[:] = f1
 
 
 def gauss_table(cfg: DatapathConfig | BfpConfig) -> np.ndarray:
     return np.ascontiguousarray(cfg.gaussian.table, dtype=np.int64)
 
 
-def fixed_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, theta: Any, grad: Any,
-                 state_out: Any, weight_out: Any) -> None:
-    """The fixed-point datapath of flat ``theta``/``grad`` words into ``state_out``/``weight_out``.
+_NO_STATES = np.ones((1, 1), dtype=np.uint64)
+_NO_FLOATS = np.zeros(1, dtype=np.float32)
 
-    Equal to ``NumpyEngine.step``; ``weight_out`` may be ``state_out`` (or None) for -L variants.
-    Word arrays may have any integer dtype that holds their format.
-    """
+
+def _run_fixed(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, theta: Any, grad: Any, state_out: Any,
+               weight_out: Any, *, g0: Any = None, g1: Any = None, rounding: str | None = None, sr_bits: int = 32,
+               p_out: Any = None) -> None:
     a0, a1 = _states(s0), _states(s1)
     th, g = np.asarray(theta).reshape(-1), np.asarray(grad).reshape(-1)
     so = np.asarray(state_out).reshape(-1)
@@ -388,9 +429,54 @@ def fixed_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, the
     n = th.size
     if n == 0:
         return
+    prm = fixed_params(cfg, regs)
+    fq = np.array([2.0**cfg.grad.frac, cfg.grad.min_word, cfg.grad.max_word, 2.0**sr_bits, cfg.weight.lsb])
+    b0 = b1 = _NO_STATES
+    if rounding is not None:
+        prm[P_Q_MODE] = Q_STOCHASTIC if rounding == "stochastic" else Q_NEAREST
+        prm[P_Q_LO], prm[P_Q_HI], prm[P_Q_MASK] = cfg.grad.min_word, cfg.grad.max_word, sr_bits
+        if rounding == "stochastic":
+            b0, b1 = _states(g0), _states(g1)
+    po = _NO_FLOATS
+    if p_out is not None:
+        prm[P_WB] = 1
+        po = np.asarray(p_out).reshape(-1)
     block, per, bits = lane_plan(cfg.rng, a0.shape[0], n)
-    _fixed_kernel(a0, a1, block, bits, per, n, gen_params(cfg.rng), fixed_params(cfg, regs), gauss_table(cfg),
-                  th, g, so, wo, has_weight)
+    _fixed_kernel(a0, a1, b0, b1, block, bits, per, n, gen_params(cfg.rng), prm, fq, gauss_table(cfg), th, g, so, wo,
+                  has_weight, po)
+
+
+def fixed_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, theta: Any, grad: Any,
+                 state_out: Any, weight_out: Any) -> None:
+    """The fixed-point datapath of flat ``theta``/``grad`` words into ``state_out``/``weight_out``.
+
+    Equal to ``NumpyEngine.step``; ``weight_out`` may be ``state_out`` (or None) for -L variants.
+    Word arrays may have any integer dtype that holds their format; ``state_out`` may be ``theta``.
+    """
+    _run_fixed(cfg, regs, s0, s1, theta, grad, state_out, weight_out)
+
+
+def fixed_quantize_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, g0: Any, g1: Any,
+                          theta: Any, grad: Any, state_out: Any, weight_out: Any, *, rounding: str, sr_bits: int,
+                          p_out: Any = None) -> None:
+    """``TorchEngine.step_quantize`` of one tensor: float ``grad`` -> words (SR uniforms: the low ``sr_bits``
+    bits of the gradient stream ``g0``/``g1``, one word per element, advanced in place; none drawn for
+    ``rounding='nearest'``), the update, and (``p_out``) the emitted weight's float value written back.
+    NaN gradients must be rejected by the caller."""
+    _run_fixed(cfg, regs, s0, s1, theta, grad, state_out, weight_out, g0=g0, g1=g1, rounding=rounding,
+               sr_bits=sr_bits, p_out=p_out)
+
+
+def fixed_group_step(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, g0: Any, g1: Any,
+                     params: list[Any], grads: list[Any], words: list[Any], *, rounding: str, sr_bits: int) -> None:
+    """One optimizer step of a fixed-point group (``emulator.optim.optimizer.sgld_lp``), in place.
+
+    Per tensor in list order, each from lane 0: gradient SR from the gradient stream, the update,
+    ``words[i]`` (state words, any integer dtype holding the format) rewritten, ``params[i]`` (float
+    numpy views) set to the emitted weight's value. One compiled call per tensor.
+    """
+    for p, g, w in zip(params, grads, words, strict=True):  # the weight words only go to p
+        _run_fixed(cfg, regs, s0, s1, w, g, w, None, g0=g0, g1=g1, rounding=rounding, sr_bits=sr_bits, p_out=p)
 
 
 # ---- the BFP datapath --------------------------------------------------------------------------

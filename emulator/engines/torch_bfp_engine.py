@@ -26,7 +26,8 @@ from ..spec.bfp import (
     quantize_core,
     update,
 )
-from .numpy_engine import check_rng_layout
+from .bfp_engine import kernel_step
+from .numpy_engine import check_path, check_rng_layout
 from .torch_engine import TorchLaneRng, torch_stream_words
 
 
@@ -94,17 +95,24 @@ def to_float_torch(t: BfpTensor, fmt: BfpFormat, dtype: Any = None) -> Any:
     return (t.mant.reshape(rows, cols).to(torch.float64) * g).reshape(t.mant.shape).to(dtype)
 
 
+def _np(t: BfpTensor) -> BfpTensor:
+    return BfpTensor(t.mant.detach().contiguous().numpy(), t.exp.detach().contiguous().numpy())
+
+
 class TorchBfpEngine:
     """:class:`BfpEngine` on torch int64 tensors (CPU or CUDA): the same lanes, streams and kernel.
 
     Words come from :func:`emulator.engines.torch_engine.torch_stream_words` (element ``i``: lane
     ``i mod L``, cycle ``i div L``); the update is :func:`update`. Equal to :class:`BfpEngine`
-    word for word given the same seed and inputs.
+    word for word given the same seed and inputs. ``path``: ``"kernel"`` (default: on CPU the compiled
+    :func:`emulator.engines.cpu_kernels.bfp_update` on zero-copy numpy views; elsewhere the reference) or
+    ``"reference"`` (:func:`emulator.spec.bfp.update` on tensors).
     """
 
-    def __init__(self, cfg: BfpConfig, seed: int, *, device: Any = "cpu", rng: Any = None):
+    def __init__(self, cfg: BfpConfig, seed: int, *, device: Any = "cpu", rng: Any = None, path: str = "kernel"):
         if not isinstance(cfg, BfpConfig):
             raise TypeError(f"cfg must be a BfpConfig, got {type(cfg).__name__}")
+        self.path = check_path(path)
         self.cfg = cfg
         self.device = torch.device(device)
         if rng is None:
@@ -150,6 +158,15 @@ class TorchBfpEngine:
         g = self._check(grad, cfg.grad, "grad", check_words)
         if tuple(th.mant.shape) != tuple(g.mant.shape):
             raise ValueError(f"theta shape {tuple(th.mant.shape)} != grad shape {tuple(g.mant.shape)}")
+        if self.path == "kernel" and self.device.type == "cpu" and block_shape(tuple(th.mant.shape))[1] > 0:
+            s0, s1 = self.rng.s0.clone(), self.rng.s1.clone()
+            r = kernel_step(cfg, regs, s0.numpy(), s1.numpy(), _np(th), _np(g))
+            self.rng.s0, self.rng.s1 = s0, s1  # only after the kernel finished: a failed call changes nothing
+            st = BfpTensor(torch.from_numpy(r.state.mant), torch.from_numpy(r.state.exp))
+            w = st
+            if r.weight is not r.state:
+                w = BfpTensor(torch.from_numpy(r.weight.mant), torch.from_numpy(r.weight.exp))
+            return BfpUpdateResult(st, w)
         words = torch_stream_words(self.rng, th.mant.numel())
         return update(cfg, th, g, regs, words)
 
