@@ -26,6 +26,7 @@ disk (``cache=True``; docs/kernels.md gives the first-call cost).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numba
@@ -687,3 +688,54 @@ def bfp_update(cfg: BfpConfig, regs: BfpRegisters, s0: Any, s1: Any, theta: BfpT
         p[B_ACC] = 0
     _bfp_rows_kernel(tm, np.asarray(theta.exp), np.asarray(grad.mant).reshape(-1), np.asarray(grad.exp), words, p,
                      gauss_table(cfg), vn, vv, om, oe, wm, we, scratch)
+
+
+# ---- BFP quantization of float gradients -------------------------------------------------------
+
+_F64_MAX = float(np.finfo(np.float64).max)
+
+
+@njit(parallel=True, cache=True)
+def _bfp_quantize_kernel(x: Any, cols: Any, fp: Any, u: Any, has_u: Any, out_m: Any, out_e: Any) -> None:
+    rows = out_e.shape[0]
+    width, min_e, max_e, maxm, k, head = fp[0], fp[1], fp[2], fp[3], fp[4], fp[5]
+    for r in prange(rows):
+        base = r * cols
+        amax = 0.0
+        for c in range(cols):
+            v = abs(float(x[base + c]))
+            if v > _F64_MAX:
+                v = _F64_MAX  # +-inf saturates (nan_to_num)
+            amax = max(amax, v)
+        if amax > 0:
+            e = math.frexp(amax)[1] - 1
+        else:
+            e = min_e
+        e = min(max(e, min_e), max_e)
+        if head and e < max_e and amax > np.float64(maxm - head) * math.ldexp(1.0, e + 2 - width):
+            e += 1
+        out_e[r] = e
+        g = e + 2 - width
+        for c in range(cols):
+            v = float(x[base + c])
+            v = min(max(v, -_F64_MAX), _F64_MAX)
+            fm, ex = math.frexp(v)
+            mi = np.int64(fm * 9007199254740992.0)  # exact: 53 significant bits
+            d = min(max(ex - 53 + k - g, -(1 << 20)), width + k - 53)
+            t = mi << min(d, 62) if d >= 0 else mi >> min(-d, 63)
+            if has_u:
+                q = (t >> k) + (1 if u[base + c] < (t & ((np.int64(1) << k) - 1)) else 0)
+            else:
+                q = (t + 1) >> 1
+            out_m[base + c] = min(max(q, -maxm), maxm)
+
+
+def bfp_quantize(fmt: Any, x: Any, rows: int, k: int, u: Any, headroom: int, out_mant: Any, out_exp: Any) -> None:
+    """``quantize_core`` of float rows (``BfpFormat.quantize``'s definition): nearest when ``u`` is None (k = 1),
+    else SR with the int64 ``k``-bit uniforms ``u`` (one per element, C order). NaN must be rejected by the
+    caller; at least one column."""
+    xf = np.asarray(x).reshape(-1)
+    cols = xf.size // rows
+    fp = np.array([fmt.width, fmt.min_exp, fmt.max_exp, fmt.max_mant, k, headroom], dtype=np.int64)
+    uu = np.zeros(1, dtype=np.int64) if u is None else np.asarray(u).reshape(-1)
+    _bfp_quantize_kernel(xf, cols, fp, uu, u is not None, np.asarray(out_mant).reshape(-1), np.asarray(out_exp))

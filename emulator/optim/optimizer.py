@@ -67,6 +67,7 @@ from ..spec.bfp import (
     BfpRegisters,
     BfpTensor,
     bfp_registers_flushed,
+    block_shape,
     check_headroom,
     check_quantize_bits,
 )
@@ -173,13 +174,22 @@ def quantize_gradient_bfp(grad: Tensor, fmt: BfpFormat, grad_rng: TorchLaneRng, 
                           sr_bits: int = 32, headroom: int = 0, fast: bool = False) -> BfpTensor:
     """``Q_G(g)`` of a BFP group: the gradient stream's next ``numel`` uniforms (stochastic; none drawn
     for nearest) and :func:`emulator.engines.torch_bfp_engine.quantize_torch` (``BfpFormat.quantize``'s definition)."""
-    u = None
-    if rounding == "stochastic":
-        if fast and grad_rng.device.type == "cpu":  # the compiled word stream (same words)
+    u: Any = None
+    rows, cols = block_shape(tuple(grad.shape))
+    if fast and grad_rng.device.type == "cpu" and cols and grad.dtype in _KERNEL_GRAD_DTYPES:
+        # the compiled word stream and row quantizer: the same words (quantize_torch's checks done by the caller)
+        h = check_headroom(fmt, headroom)
+        k = check_quantize_bits(fmt, sr_bits) if rounding == "stochastic" else 1
+        if rounding == "stochastic":
             words = cpu_kernels.stream_words(grad_rng.spec, grad_rng.s0.numpy(), grad_rng.s1.numpy(), grad.numel())
-            u = torch.from_numpy(words[:, 0].view(np.int64) & ((1 << sr_bits) - 1))
-        else:
-            u = gradient_uniforms(grad_rng, grad.numel(), sr_bits)
+            u = words[:, 0].view(np.int64) & ((1 << sr_bits) - 1)
+        mant = torch.empty(grad.shape, dtype=torch.int64)
+        exp = torch.empty(rows, dtype=torch.int64)
+        cpu_kernels.bfp_quantize(fmt, grad.detach().contiguous().view(-1).numpy(), rows, k, u, h, mant.numpy(),
+                                 exp.numpy())
+        return BfpTensor(mant, exp)
+    if rounding == "stochastic":
+        u = gradient_uniforms(grad_rng, grad.numel(), sr_bits)
     return quantize_torch(grad, fmt, rounding, u=u, sr_bits=sr_bits, headroom=headroom)
 
 

@@ -10,7 +10,7 @@ import pytest
 from emulator.engines import cpu_kernels
 from emulator.engines.bfp_engine import BfpEngine
 from emulator.engines.numpy_engine import NumpyEngine, stream_words
-from emulator.spec.bfp import BfpConfig, BfpRegisters, BfpTensor, bfp_registers
+from emulator.spec.bfp import BfpConfig, BfpFormat, BfpRegisters, BfpTensor, bfp_registers
 from emulator.spec.datapath import DatapathConfig, StepRegisters
 from emulator.spec.formats import FixedFormat
 from emulator.spec.gaussian import GaussianSpec
@@ -254,3 +254,27 @@ def test_torch_engines_kernel_equal_reference():
             for x, y in ((a.state, b.state), (a.weight, b.weight)):
                 assert torch.equal(x.mant, y.mant) and torch.equal(x.exp, y.exp)
         assert bk.rng == br.rng
+
+
+@pytest.mark.parametrize("headroom", [0, 2])
+@pytest.mark.parametrize(("width", "exp_bits", "k"), [(8, 8, 32), (4, 3, 5), (24, 8, 38)])
+def test_bfp_quantize_kernel_equals_quantize_torch(width, exp_bits, k, headroom):
+    """Float rows -> BFP: nearest and SR, exponent limits, +-inf, zeros, subnormals, float32 and float64."""
+    torch = pytest.importorskip("torch")
+    from emulator.engines.torch_bfp_engine import quantize_torch
+
+    fmt = BfpFormat(width, exp_bits)
+    rng = np.random.default_rng(width + k)
+    x = rng.normal(size=(7, 33)) * 10.0 ** rng.integers(-40, 40, size=(7, 1))
+    x[0, :3] = [np.inf, -np.inf, 1.0]
+    x[1] = 0.0
+    x[2, :2] = [5e-324, -1e-310]
+    x[3] = (fmt.max_mant - headroom) * 2.0 ** (fmt.grid_exp(0)) * (1 + rng.integers(0, 2, 33) * 2.0**-20)
+    for dtype in (torch.float64, torch.float32):
+        t = torch.from_numpy(x).to(dtype)
+        u = torch.from_numpy(rng.integers(0, 1 << k, size=x.shape, dtype=np.int64))
+        for rounding, uu, kk in (("nearest", None, 1), ("stochastic", u, k)):
+            ref = quantize_torch(t, fmt, rounding, u=uu, sr_bits=k, headroom=headroom)
+            mant, exp = np.empty(x.shape, dtype=np.int64), np.empty(7, dtype=np.int64)
+            cpu_kernels.bfp_quantize(fmt, t.numpy(), 7, kk, None if uu is None else uu.numpy(), headroom, mant, exp)
+            assert np.array_equal(mant, ref.mant.numpy()) and np.array_equal(exp, ref.exp.numpy()), (dtype, rounding)
