@@ -36,11 +36,26 @@ from numba import njit, prange
 from ..spec import gf2
 from ..spec.bfp import BfpConfig, BfpRegisters, BfpTensor
 from ..spec.datapath import DatapathConfig, Field, StepRegisters, Variant
+from ..spec.gaussian import GaussianSpec
 from ..spec.rng import XoroshiroSpec
 
 _U64 = np.uint64
 _TASKS_PER_THREAD = 8  # tasks per thread to aim for when lanes are few (load balance vs jumps)
 _LANE_BLOCK = 256  # lanes per task: runs of adjacent elements, states in L1
+_SERIAL_BELOW = 1 << 15  # smaller calls run on one thread: waking the pool costs more (ms on a loaded machine)
+
+
+def _launch(kernel: Any, n: int, *args: Any) -> None:
+    """Call a parallel kernel, on the calling thread alone when the work is small."""
+    if n >= _SERIAL_BELOW or numba.get_num_threads() == 1:
+        kernel(*args)
+        return
+    prev = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        kernel(*args)
+    finally:
+        numba.set_num_threads(prev)
 
 # ---- generator, fields -------------------------------------------------------------------------
 
@@ -100,6 +115,7 @@ def _jump(a0: Any, a1: Any, bits: Any, j: Any, ga: Any, gb: Any, gc: Any) -> Any
     return r0, r1
 
 
+@functools.lru_cache(maxsize=32)
 def gen_params(spec: XoroshiroSpec) -> np.ndarray:
     """The generator's constants (a, b, c, aox) as uint64, for the kernels."""
     return np.array([spec.a, spec.b, spec.c, 1 if spec.scrambler == "aox" else 0], dtype=np.uint64)
@@ -221,7 +237,7 @@ def stream_words(spec: XoroshiroSpec, s0: Any, s1: Any, n: int) -> np.ndarray:
     out = np.empty((n, a0.shape[1]), dtype=np.uint64)
     if n:
         block, per, bits = lane_plan(spec, a0.shape[0], n)
-        _words_kernel(a0, a1, block, bits, per, n, gen_params(spec), out)
+        _launch(_words_kernel, n, a0, a1, block, bits, per, n, gen_params(spec), out)
     return out
 
 
@@ -412,16 +428,33 @@ def _fixed_kernel(s0: Any, s1: Any, g0: Any, g1: Any, block: Any, bits: Any, per
 
 
 def gauss_table(cfg: DatapathConfig | BfpConfig) -> np.ndarray:
-    return np.ascontiguousarray(cfg.gaussian.table, dtype=np.int64)
+    return _gauss_table(cfg.gaussian)
+
+
+@functools.lru_cache(maxsize=64)
+def _gauss_table(spec: GaussianSpec) -> np.ndarray:
+    return np.ascontiguousarray(spec.table, dtype=np.int64)
 
 
 _NO_STATES = np.ones((1, 1), dtype=np.uint64)
 _NO_FLOATS = np.zeros(1, dtype=np.float32)
 
 
-def _run_fixed(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, theta: Any, grad: Any, state_out: Any,
-               weight_out: Any, *, g0: Any = None, g1: Any = None, rounding: str | None = None, sr_bits: int = 32,
-               p_out: Any = None) -> None:
+def _prepare_fixed(cfg: DatapathConfig, regs: StepRegisters, rounding: str | None, sr_bits: int,
+                   write_back: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's int64 parameter vector and float constants of one step (shared by a group's tensors)."""
+    prm = fixed_params(cfg, regs)
+    fq = np.array([2.0**cfg.grad.frac, cfg.grad.min_word, cfg.grad.max_word, 2.0**sr_bits, cfg.weight.lsb])
+    if rounding is not None:
+        prm[P_Q_MODE] = Q_STOCHASTIC if rounding == "stochastic" else Q_NEAREST
+        prm[P_Q_LO], prm[P_Q_HI], prm[P_Q_MASK] = cfg.grad.min_word, cfg.grad.max_word, sr_bits
+    prm[P_WB] = write_back
+    return prm, fq
+
+
+def _run_fixed(cfg: DatapathConfig, prepared: tuple[np.ndarray, np.ndarray], s0: Any, s1: Any, theta: Any, grad: Any,
+               state_out: Any, weight_out: Any, *, g0: Any = None, g1: Any = None, p_out: Any = None) -> None:
+    prm, fq = prepared
     a0, a1 = _states(s0), _states(s1)
     th, g = np.asarray(theta).reshape(-1), np.asarray(grad).reshape(-1)
     so = np.asarray(state_out).reshape(-1)
@@ -430,21 +463,11 @@ def _run_fixed(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, theta
     n = th.size
     if n == 0:
         return
-    prm = fixed_params(cfg, regs)
-    fq = np.array([2.0**cfg.grad.frac, cfg.grad.min_word, cfg.grad.max_word, 2.0**sr_bits, cfg.weight.lsb])
-    b0 = b1 = _NO_STATES
-    if rounding is not None:
-        prm[P_Q_MODE] = Q_STOCHASTIC if rounding == "stochastic" else Q_NEAREST
-        prm[P_Q_LO], prm[P_Q_HI], prm[P_Q_MASK] = cfg.grad.min_word, cfg.grad.max_word, sr_bits
-        if rounding == "stochastic":
-            b0, b1 = _states(g0), _states(g1)
-    po = _NO_FLOATS
-    if p_out is not None:
-        prm[P_WB] = 1
-        po = np.asarray(p_out).reshape(-1)
+    b0, b1 = (_states(g0), _states(g1)) if prm[P_Q_MODE] == Q_STOCHASTIC else (_NO_STATES, _NO_STATES)
+    po = np.asarray(p_out).reshape(-1) if p_out is not None else _NO_FLOATS
     block, per, bits = lane_plan(cfg.rng, a0.shape[0], n)
-    _fixed_kernel(a0, a1, b0, b1, block, bits, per, n, gen_params(cfg.rng), prm, fq, gauss_table(cfg), th, g, so, wo,
-                  has_weight, po)
+    _launch(_fixed_kernel, n, a0, a1, b0, b1, block, bits, per, n, gen_params(cfg.rng), prm, fq, gauss_table(cfg), th,
+            g, so, wo, has_weight, po)
 
 
 def fixed_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, theta: Any, grad: Any,
@@ -454,7 +477,7 @@ def fixed_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, the
     Equal to ``NumpyEngine.step``; ``weight_out`` may be ``state_out`` (or None) for -L variants.
     Word arrays may have any integer dtype that holds their format; ``state_out`` may be ``theta``.
     """
-    _run_fixed(cfg, regs, s0, s1, theta, grad, state_out, weight_out)
+    _run_fixed(cfg, _prepare_fixed(cfg, regs, None, 32, False), s0, s1, theta, grad, state_out, weight_out)
 
 
 def fixed_quantize_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, g0: Any, g1: Any,
@@ -464,8 +487,8 @@ def fixed_quantize_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1:
     bits of the gradient stream ``g0``/``g1``, one word per element, advanced in place; none drawn for
     ``rounding='nearest'``), the update, and (``p_out``) the emitted weight's float value written back.
     NaN gradients must be rejected by the caller."""
-    _run_fixed(cfg, regs, s0, s1, theta, grad, state_out, weight_out, g0=g0, g1=g1, rounding=rounding,
-               sr_bits=sr_bits, p_out=p_out)
+    prepared = _prepare_fixed(cfg, regs, rounding, sr_bits, p_out is not None)
+    _run_fixed(cfg, prepared, s0, s1, theta, grad, state_out, weight_out, g0=g0, g1=g1, p_out=p_out)
 
 
 def fixed_group_step(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, g0: Any, g1: Any,
@@ -476,8 +499,9 @@ def fixed_group_step(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any,
     ``words[i]`` (state words, any integer dtype holding the format) rewritten, ``params[i]`` (float
     numpy views) set to the emitted weight's value. One compiled call per tensor.
     """
+    prepared = _prepare_fixed(cfg, regs, rounding, sr_bits, True)
     for p, g, w in zip(params, grads, words, strict=True):  # the weight words only go to p
-        _run_fixed(cfg, regs, s0, s1, w, g, w, None, g0=g0, g1=g1, rounding=rounding, sr_bits=sr_bits, p_out=p)
+        _run_fixed(cfg, prepared, s0, s1, w, g, w, None, g0=g0, g1=g1, p_out=p)
 
 
 # ---- the BFP datapath --------------------------------------------------------------------------
@@ -686,8 +710,8 @@ def bfp_update(cfg: BfpConfig, regs: BfpRegisters, s0: Any, s1: Any, theta: BfpT
     p = bfp_params(cfg, regs)
     if not has_w:
         p[B_ACC] = 0
-    _bfp_rows_kernel(tm, np.asarray(theta.exp), np.asarray(grad.mant).reshape(-1), np.asarray(grad.exp), words, p,
-                     gauss_table(cfg), vn, vv, om, oe, wm, we, scratch)
+    _launch(_bfp_rows_kernel, n, tm, np.asarray(theta.exp), np.asarray(grad.mant).reshape(-1), np.asarray(grad.exp),
+            words, p, gauss_table(cfg), vn, vv, om, oe, wm, we, scratch)
 
 
 # ---- BFP quantization of float gradients -------------------------------------------------------
@@ -738,4 +762,5 @@ def bfp_quantize(fmt: Any, x: Any, rows: int, k: int, u: Any, headroom: int, out
     cols = xf.size // rows
     fp = np.array([fmt.width, fmt.min_exp, fmt.max_exp, fmt.max_mant, k, headroom], dtype=np.int64)
     uu = np.zeros(1, dtype=np.int64) if u is None else np.asarray(u).reshape(-1)
-    _bfp_quantize_kernel(xf, cols, fp, uu, u is not None, np.asarray(out_mant).reshape(-1), np.asarray(out_exp))
+    _launch(_bfp_quantize_kernel, xf.size, xf, cols, fp, uu, u is not None, np.asarray(out_mant).reshape(-1),
+            np.asarray(out_exp))
