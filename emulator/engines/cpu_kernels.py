@@ -1,6 +1,7 @@
 """Compiled CPU lane kernels (numba): the fixed-point and BFP datapaths, one loop per lane.
 
-Contract (docs/kernels.md, shared with :mod:`emulator.engines.gpu_kernels`): every function
+Contract (shared with the Triton module ``emulator.engines.gpu_kernels``; docs/torch.md, "Compiled CPU
+kernels"): every function
 computes exactly what the readable reference path computes (:func:`emulator.spec.datapath.update`
 with :func:`emulator.engines.numpy_engine.stream_words`, :func:`emulator.spec.bfp.update`), word
 for word, and advances every lane's generator exactly as far. Inputs are validated by the engine
@@ -20,7 +21,7 @@ then runs row-parallel.
 
 All constants come from the configuration objects (field layout, formats, ``GaussianSpec.table``,
 the generator's constants); none is typed here. Compiled once per argument types and cached on
-disk (``cache=True``; docs/kernels.md gives the first-call cost).
+disk (``cache=True``; docs/torch.md gives the first-call cost).
 """
 
 from __future__ import annotations
