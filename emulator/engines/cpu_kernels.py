@@ -144,8 +144,9 @@ def lane_plan(spec: XoroshiroSpec, lanes: int, n: int) -> tuple[int, int, np.nda
     each, its lanes, so it reads and writes runs of adjacent elements.
     """
     cycles = -(-n // lanes) if n else 0
-    block = min(lanes, _LANE_BLOCK)
-    nblocks = -(-lanes // block)
+    active = max(1, min(lanes, n))  # lanes past the last element take no part (and do not move)
+    block = min(active, _LANE_BLOCK)
+    nblocks = -(-active // block)
     target = _TASKS_PER_THREAD * numba.get_num_threads()
     chunks = max(1, min(cycles, -(-target // nblocks)))
     per = max(1, -(-cycles // chunks))
@@ -212,11 +213,13 @@ def _words_kernel(s0: Any, s1: Any, block: Any, bits: Any, per: Any, n: Any, gp:
     lanes, nw = s0.shape
     aox = gp[3]
     cycles = (n + lanes - 1) // lanes
-    nblocks = (lanes + block - 1) // block
-    e0 = np.empty_like(s0)
-    e1 = np.empty_like(s1)
+    active = min(lanes, n)
+    nblocks = (active + block - 1) // block
+    inplace = bits.shape[0] == 1  # one chunk: each lane's state is read and written by its own task only
+    e0 = np.empty((0 if inplace else active, nw), dtype=np.uint64)
+    e1 = np.empty((0 if inplace else active, nw), dtype=np.uint64)
     for t in prange(bits.shape[0] * nblocks):
-        j, l0, nl, c0, c1 = _task(t, lanes, block, nblocks, per, cycles)
+        j, l0, nl, c0, c1 = _task(t, active, block, nblocks, per, cycles)
         a0, a1 = _load(s0, s1, l0, nl, bits, j, gp)
         for c in range(c0, c1):
             base = c * lanes + l0
@@ -224,9 +227,13 @@ def _words_kernel(s0: Any, s1: Any, block: Any, bits: Any, per: Any, n: Any, gp:
                 for k in range(nw):
                     out[base + q, k] = _out(a0[q, k], a1[q, k], aox)
                     a0[q, k], a1[q, k] = _step(a0[q, k], a1[q, k], gp[0], gp[1], gp[2])
-        _store(a0, a1, e0, e1, l0, nl, lanes, n, j, per)
-    s0[:] = e0
-    s1[:] = e1
+        if inplace:
+            _store(a0, a1, s0, s1, l0, nl, lanes, n, j, per)
+        else:
+            _store(a0, a1, e0, e1, l0, nl, lanes, n, j, per)
+    if not inplace:
+        s0[:active] = e0
+        s1[:active] = e1
 
 
 def stream_words(spec: XoroshiroSpec, s0: Any, s1: Any, n: int) -> np.ndarray:
@@ -378,15 +385,17 @@ def _fixed_kernel(s0: Any, s1: Any, g0: Any, g1: Any, block: Any, bits: Any, per
     lanes, nw = s0.shape
     aox = gp[3]
     cycles = (n + lanes - 1) // lanes
-    nblocks = (lanes + block - 1) // block
-    e0 = np.empty_like(s0)
-    e1 = np.empty_like(s1)
-    f0 = np.empty_like(g0)
-    f1 = np.empty_like(g1)
+    active = min(lanes, n)
+    nblocks = (active + block - 1) // block
+    inplace = bits.shape[0] == 1  # one chunk: each lane's state is read and written by its own task only
     mode = p[P_Q_MODE]
+    e0 = np.empty((0 if inplace else active, nw), dtype=np.uint64)
+    e1 = np.empty((0 if inplace else active, nw), dtype=np.uint64)
+    f0 = np.empty((0 if inplace or mode != Q_STOCHASTIC else active, 1), dtype=np.uint64)
+    f1 = np.empty((0 if inplace or mode != Q_STOCHASTIC else active, 1), dtype=np.uint64)
     umask = _mask(p[P_Q_MASK])
     for t in prange(bits.shape[0] * nblocks):
-        j, l0, nl, c0, c1 = _task(t, lanes, block, nblocks, per, cycles)
+        j, l0, nl, c0, c1 = _task(t, active, block, nblocks, per, cycles)
         a0, a1 = _load(s0, s1, l0, nl, bits, j, gp)
         if mode == Q_STOCHASTIC:
             b0, b1 = _load(g0, g1, l0, nl, bits, j, gp)
@@ -418,14 +427,20 @@ def _fixed_kernel(s0: Any, s1: Any, g0: Any, g1: Any, block: Any, bits: Any, per
                     weight_out[i] = wt
                 if p[P_WB]:
                     p_out[i] = np.float64(wt) * fq[4]  # exact in float64; one rounding to p's dtype
-        _store(a0, a1, e0, e1, l0, nl, lanes, n, j, per)
+        if inplace:
+            _store(a0, a1, s0, s1, l0, nl, lanes, n, j, per)
+            if mode == Q_STOCHASTIC:
+                _store(b0, b1, g0, g1, l0, nl, lanes, n, j, per)
+        else:
+            _store(a0, a1, e0, e1, l0, nl, lanes, n, j, per)
+            if mode == Q_STOCHASTIC:
+                _store(b0, b1, f0, f1, l0, nl, lanes, n, j, per)
+    if not inplace:
+        s0[:active] = e0
+        s1[:active] = e1
         if mode == Q_STOCHASTIC:
-            _store(b0, b1, f0, f1, l0, nl, lanes, n, j, per)
-    s0[:] = e0
-    s1[:] = e1
-    if mode == Q_STOCHASTIC:
-        g0[:] = f0
-        g1[:] = f1
+            g0[:active] = f0
+            g1[:active] = f1
 
 
 def gauss_table(cfg: DatapathConfig | BfpConfig) -> np.ndarray:
