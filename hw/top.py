@@ -3,15 +3,17 @@
 The whole top is one pipeline with a global enable ``advance = ~source.valid |
 source.ready``: every stage (data, valid and keep) moves together, so one beat per
 clock flows when the output is taken and everything holds while it is not (no beat
-lost or duplicated). ``sink.ready = advance`` (combinational on ``source.ready``).
-Lane ``l``'s generators present their output with the beat and step on the transfer
-edge iff ``keep[l]``; control writes (registers and generator states) take effect on
-the write edge and win over a step on the same edge. See docs/hardware.md.
+lost or duplicated). ``sink.ready = advance & ~rst`` (combinational on ``source.ready``;
+no beat is taken while reset is asserted). Lane ``l``'s generators present their output
+with the beat and step on the transfer edge iff ``keep[l]``; control writes (registers and
+generator states) take effect on the write edge, and a write to either word of a generator
+holds the whole generator on that edge (the written word loads, the other keeps its value).
+See docs/hardware.md.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, ResetSignal, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -103,8 +105,8 @@ class UpdateTop(wiring.Component):
         transfer = Signal()
         m.d.comb += [
             advance.eq(~valid[-1] | self.source.ready),
-            self.sink.ready.eq(advance),
-            transfer.eq(self.sink.valid & advance),
+            self.sink.ready.eq(advance & ~ResetSignal()),  # no beat is taken (and lost) during reset
+            transfer.eq(self.sink.valid & self.sink.ready),
             self.source.valid.eq(valid[-1]),
             self.source.payload.keep.eq(keep[-1]),
             self.idle.eq(~Cat(valid).any()),
@@ -132,10 +134,13 @@ class UpdateTop(wiring.Component):
                 gen = XoroshiroGenerator(cfg.rng, (int(init.s0[lane, k]), int(init.s1[lane, k])))
                 m.submodules[f"rng_{lane}_{k}"] = gen
                 addr = control.SEED_BASE + 2 * j
+                load0 = self.ctl.we & (self.ctl.addr == addr)
+                load1 = self.ctl.we & (self.ctl.addr == addr + 1)
                 m.d.comb += [
-                    gen.step.eq(transfer & self.sink.payload.keep[lane]),
-                    gen.load0.eq(self.ctl.we & (self.ctl.addr == addr)),
-                    gen.load1.eq(self.ctl.we & (self.ctl.addr == addr + 1)),
+                    # a seed write to either word holds the whole generator on that edge
+                    gen.step.eq(transfer & self.sink.payload.keep[lane] & ~load0 & ~load1),
+                    gen.load0.eq(load0),
+                    gen.load1.eq(load1),
                     gen.data.eq(self.ctl.data[: cfg.rng.word_bits]),
                 ]
                 gens.append(gen.out)

@@ -5,10 +5,10 @@
 module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  reg \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
   reg \$14 ;
   reg \$15 ;
   reg \$16 ;
@@ -28,15 +28,24 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$29 ;
   wire \$3 ;
   reg \$30 ;
-  reg [15:0] \$31 ;
-  reg [11:0] \$32 ;
-  reg [15:0] \$33 ;
+  reg \$31 ;
+  reg \$32 ;
+  reg \$33 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
-  reg \$5 ;
-  reg \$6 ;
-  reg \$7 ;
-  reg \$8 ;
-  reg \$9 ;
+  reg [15:0] \$40 ;
+  reg [11:0] \$41 ;
+  reg [15:0] \$42 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -121,77 +130,87 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [7:0] weight;
   wire [63:0] words;
   always @(posedge clk)
-    decay <= \$32 ;
+    keep_6 <= \$32 ;
   always @(posedge clk)
-    noise <= \$33 ;
+    keep_7 <= \$33 ;
+  always @(posedge clk)
+    keep_8 <= \$34 ;
+  always @(posedge clk)
+    keep_9 <= \$35 ;
+  always @(posedge clk)
+    keep_10 <= \$36 ;
+  always @(posedge clk)
+    keep_11 <= \$37 ;
+  always @(posedge clk)
+    keep_12 <= \$38 ;
+  always @(posedge clk)
+    keep_13 <= \$39 ;
+  always @(posedge clk)
+    \step$39  <= \$40 ;
+  always @(posedge clk)
+    decay <= \$41 ;
+  always @(posedge clk)
+    noise <= \$42 ;
   assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
   assign transfer = sink__valid & sink__ready;
-  assign \$2  = | { source__valid, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
+  assign \$3  = | { source__valid, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = transfer & sink__payload[0];
+  assign \$5  = ctl__addr == 9'h100;
+  assign \$6  = ctl__we & \$5 ;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$4  & \$7 ;
+  assign \$9  = ctl__addr == 9'h101;
+  assign \$10  = ctl__we & \$9 ;
+  assign \$11  = ~ \$10 ;
+  assign step = \$8  & \$11 ;
+  assign \$12  = ctl__addr == 9'h100;
+  assign load0 = ctl__we & \$12 ;
+  assign \$13  = ctl__addr == 9'h101;
+  assign load1 = ctl__we & \$13 ;
   always @(posedge clk)
-    valid_1 <= \$5 ;
+    valid_1 <= \$14 ;
   always @(posedge clk)
-    keep_1 <= \$6 ;
+    keep_1 <= \$15 ;
   always @(posedge clk)
-    valid_2 <= \$7 ;
+    valid_2 <= \$16 ;
   always @(posedge clk)
-    valid_3 <= \$8 ;
+    valid_3 <= \$17 ;
   always @(posedge clk)
-    valid_4 <= \$9 ;
+    valid_4 <= \$18 ;
   always @(posedge clk)
-    valid_5 <= \$10 ;
+    valid_5 <= \$19 ;
   always @(posedge clk)
-    valid_6 <= \$11 ;
+    valid_6 <= \$20 ;
   always @(posedge clk)
-    valid_7 <= \$12 ;
+    valid_7 <= \$21 ;
   always @(posedge clk)
-    valid_8 <= \$13 ;
+    valid_8 <= \$22 ;
   always @(posedge clk)
-    valid_9 <= \$14 ;
+    valid_9 <= \$23 ;
   always @(posedge clk)
-    valid_10 <= \$15 ;
+    valid_10 <= \$24 ;
   always @(posedge clk)
-    valid_11 <= \$16 ;
+    valid_11 <= \$25 ;
   always @(posedge clk)
-    valid_12 <= \$17 ;
+    valid_12 <= \$26 ;
   always @(posedge clk)
-    source__valid <= \$18 ;
+    source__valid <= \$27 ;
   always @(posedge clk)
-    keep_2 <= \$19 ;
+    keep_2 <= \$28 ;
   always @(posedge clk)
-    keep_3 <= \$20 ;
+    keep_3 <= \$29 ;
   always @(posedge clk)
-    keep_4 <= \$21 ;
+    keep_4 <= \$30 ;
   always @(posedge clk)
-    keep_5 <= \$22 ;
-  always @(posedge clk)
-    keep_6 <= \$23 ;
-  always @(posedge clk)
-    keep_7 <= \$24 ;
-  always @(posedge clk)
-    keep_8 <= \$25 ;
-  always @(posedge clk)
-    keep_9 <= \$26 ;
-  always @(posedge clk)
-    keep_10 <= \$27 ;
-  always @(posedge clk)
-    keep_11 <= \$28 ;
-  always @(posedge clk)
-    keep_12 <= \$29 ;
-  always @(posedge clk)
-    keep_13 <= \$30 ;
-  always @(posedge clk)
-    \step$39  <= \$31 ;
+    keep_5 <= \$31 ;
   \lpsgld_w8_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .noise(noise),
     .\port$0$3 (sink__payload[32:1]),
     .rst(rst),
@@ -211,7 +230,91 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = noise;
+    \$32  = keep_6;
+    if (advance) begin
+      \$32  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = keep_7;
+    if (advance) begin
+      \$33  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = keep_8;
+    if (advance) begin
+      \$34  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = keep_9;
+    if (advance) begin
+      \$35  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_10;
+    if (advance) begin
+      \$36  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = keep_11;
+    if (advance) begin
+      \$37  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = keep_12;
+    if (advance) begin
+      \$38  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = keep_13;
+    if (advance) begin
+      \$39  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = \step$39 ;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$40  = ctl__data[15:0];
+      endcase
+    end
+    if (rst) begin
+      \$40  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = decay;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$41  = ctl__data[11:0];
+      endcase
+    end
+    if (rst) begin
+      \$41  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -219,105 +322,18 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$33  = ctl__data[15:0];
+            \$42  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$33  = 16'h0000;
+      \$42  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$5  = valid_1;
-    if (sink__ready) begin
-      \$5  = sink__valid;
-    end
-    if (rst) begin
-      \$5  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$6  = keep_1;
-    if (sink__ready) begin
-      \$6  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_2;
-    if (sink__ready) begin
-      \$7  = valid_1;
-    end
-    if (rst) begin
-      \$7  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = valid_3;
-    if (sink__ready) begin
-      \$8  = valid_2;
-    end
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_4;
-    if (sink__ready) begin
-      \$9  = valid_3;
-    end
-    if (rst) begin
-      \$9  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_5;
-    if (sink__ready) begin
-      \$10  = valid_4;
-    end
-    if (rst) begin
-      \$10  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_6;
-    if (sink__ready) begin
-      \$11  = valid_5;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_7;
-    if (sink__ready) begin
-      \$12  = valid_6;
-    end
-    if (rst) begin
-      \$12  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_8;
-    if (sink__ready) begin
-      \$13  = valid_7;
-    end
-    if (rst) begin
-      \$13  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_9;
-    if (sink__ready) begin
-      \$14  = valid_8;
+    \$14  = valid_1;
+    if (advance) begin
+      \$14  = sink__valid;
     end
     if (rst) begin
       \$14  = 1'h0;
@@ -325,19 +341,16 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_10;
-    if (sink__ready) begin
-      \$15  = valid_9;
-    end
-    if (rst) begin
-      \$15  = 1'h0;
+    \$15  = keep_1;
+    if (advance) begin
+      \$15  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_11;
-    if (sink__ready) begin
-      \$16  = valid_10;
+    \$16  = valid_2;
+    if (advance) begin
+      \$16  = valid_1;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -345,9 +358,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_12;
-    if (sink__ready) begin
-      \$17  = valid_11;
+    \$17  = valid_3;
+    if (advance) begin
+      \$17  = valid_2;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -355,9 +368,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = source__valid;
-    if (sink__ready) begin
-      \$18  = valid_12;
+    \$18  = valid_4;
+    if (advance) begin
+      \$18  = valid_3;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -365,120 +378,125 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = keep_2;
-    if (sink__ready) begin
-      \$19  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_3;
-    if (sink__ready) begin
-      \$20  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = keep_4;
-    if (sink__ready) begin
-      \$21  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = keep_5;
-    if (sink__ready) begin
-      \$22  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = keep_6;
-    if (sink__ready) begin
-      \$23  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_7;
-    if (sink__ready) begin
-      \$24  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_8;
-    if (sink__ready) begin
-      \$25  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_9;
-    if (sink__ready) begin
-      \$26  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_10;
-    if (sink__ready) begin
-      \$27  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_11;
-    if (sink__ready) begin
-      \$28  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_12;
-    if (sink__ready) begin
-      \$29  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_13;
-    if (sink__ready) begin
-      \$30  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = \step$39 ;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$31  = ctl__data[15:0];
-      endcase
+    \$19  = valid_5;
+    if (advance) begin
+      \$19  = valid_4;
     end
     if (rst) begin
-      \$31  = 16'h0000;
+      \$19  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = decay;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$32  = ctl__data[11:0];
-      endcase
+    \$20  = valid_6;
+    if (advance) begin
+      \$20  = valid_5;
     end
     if (rst) begin
-      \$32  = 12'h000;
+      \$20  = 1'h0;
     end
   end
-  assign advance = sink__ready;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = valid_7;
+    if (advance) begin
+      \$21  = valid_6;
+    end
+    if (rst) begin
+      \$21  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = valid_8;
+    if (advance) begin
+      \$22  = valid_7;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_9;
+    if (advance) begin
+      \$23  = valid_8;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_10;
+    if (advance) begin
+      \$24  = valid_9;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = valid_11;
+    if (advance) begin
+      \$25  = valid_10;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = valid_12;
+    if (advance) begin
+      \$26  = valid_11;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = source__valid;
+    if (advance) begin
+      \$27  = valid_12;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_2;
+    if (advance) begin
+      \$28  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_3;
+    if (advance) begin
+      \$29  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_4;
+    if (advance) begin
+      \$30  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_5;
+    if (advance) begin
+      \$31  = keep_4;
+    end
+  end
   assign valid_13 = source__valid;
   assign data = ctl__data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[24:1];
   assign grad = sink__payload[32:25];
   assign out = words;

@@ -5,10 +5,10 @@
 module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  reg \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
   reg \$14 ;
   reg \$15 ;
   reg \$16 ;
@@ -23,16 +23,25 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg [15:0] \$27 ;
-  reg [11:0] \$28 ;
-  reg [15:0] \$29 ;
+  reg \$27 ;
+  reg \$28 ;
+  reg \$29 ;
   wire \$3 ;
+  reg \$30 ;
+  reg \$31 ;
+  reg \$32 ;
+  reg \$33 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg [15:0] \$36 ;
+  reg [11:0] \$37 ;
+  reg [15:0] \$38 ;
   wire \$4 ;
-  reg \$5 ;
-  reg \$6 ;
-  reg \$7 ;
-  reg \$8 ;
-  reg \$9 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -112,70 +121,80 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_9 = 1'h0;
   wire [7:0] weight;
   wire [63:0] words;
+  always @(posedge clk)
+    keep_10 <= \$34 ;
+  always @(posedge clk)
+    keep_11 <= \$35 ;
+  always @(posedge clk)
+    \step$37  <= \$36 ;
+  always @(posedge clk)
+    decay <= \$37 ;
+  always @(posedge clk)
+    noise <= \$38 ;
   assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
   assign transfer = sink__valid & sink__ready;
-  assign \$2  = | { source__valid, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
+  assign \$3  = | { source__valid, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = transfer & sink__payload[0];
+  assign \$5  = ctl__addr == 9'h100;
+  assign \$6  = ctl__we & \$5 ;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$4  & \$7 ;
+  assign \$9  = ctl__addr == 9'h101;
+  assign \$10  = ctl__we & \$9 ;
+  assign \$11  = ~ \$10 ;
+  assign step = \$8  & \$11 ;
+  assign \$12  = ctl__addr == 9'h100;
+  assign load0 = ctl__we & \$12 ;
+  assign \$13  = ctl__addr == 9'h101;
+  assign load1 = ctl__we & \$13 ;
   always @(posedge clk)
-    valid_1 <= \$5 ;
+    valid_1 <= \$14 ;
   always @(posedge clk)
-    keep_1 <= \$6 ;
+    keep_1 <= \$15 ;
   always @(posedge clk)
-    valid_2 <= \$7 ;
+    valid_2 <= \$16 ;
   always @(posedge clk)
-    valid_3 <= \$8 ;
+    valid_3 <= \$17 ;
   always @(posedge clk)
-    valid_4 <= \$9 ;
+    valid_4 <= \$18 ;
   always @(posedge clk)
-    valid_5 <= \$10 ;
+    valid_5 <= \$19 ;
   always @(posedge clk)
-    valid_6 <= \$11 ;
+    valid_6 <= \$20 ;
   always @(posedge clk)
-    valid_7 <= \$12 ;
+    valid_7 <= \$21 ;
   always @(posedge clk)
-    valid_8 <= \$13 ;
+    valid_8 <= \$22 ;
   always @(posedge clk)
-    valid_9 <= \$14 ;
+    valid_9 <= \$23 ;
   always @(posedge clk)
-    valid_10 <= \$15 ;
+    valid_10 <= \$24 ;
   always @(posedge clk)
-    source__valid <= \$16 ;
+    source__valid <= \$25 ;
   always @(posedge clk)
-    keep_2 <= \$17 ;
+    keep_2 <= \$26 ;
   always @(posedge clk)
-    keep_3 <= \$18 ;
+    keep_3 <= \$27 ;
   always @(posedge clk)
-    keep_4 <= \$19 ;
+    keep_4 <= \$28 ;
   always @(posedge clk)
-    keep_5 <= \$20 ;
+    keep_5 <= \$29 ;
   always @(posedge clk)
-    keep_6 <= \$21 ;
+    keep_6 <= \$30 ;
   always @(posedge clk)
-    keep_7 <= \$22 ;
+    keep_7 <= \$31 ;
   always @(posedge clk)
-    keep_8 <= \$23 ;
+    keep_8 <= \$32 ;
   always @(posedge clk)
-    keep_9 <= \$24 ;
-  always @(posedge clk)
-    keep_10 <= \$25 ;
-  always @(posedge clk)
-    keep_11 <= \$26 ;
-  always @(posedge clk)
-    \step$37  <= \$27 ;
-  always @(posedge clk)
-    decay <= \$28 ;
-  always @(posedge clk)
-    noise <= \$29 ;
+    keep_9 <= \$33 ;
   \lpsgld_w8_naive_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .noise(noise),
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
@@ -194,222 +213,49 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$5  = valid_1;
-    if (sink__ready) begin
-      \$5  = sink__valid;
-    end
-    if (rst) begin
-      \$5  = 1'h0;
+    \$34  = keep_10;
+    if (advance) begin
+      \$34  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$6  = keep_1;
-    if (sink__ready) begin
-      \$6  = sink__payload[0];
+    \$35  = keep_11;
+    if (advance) begin
+      \$35  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_2;
-    if (sink__ready) begin
-      \$7  = valid_1;
-    end
-    if (rst) begin
-      \$7  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = valid_3;
-    if (sink__ready) begin
-      \$8  = valid_2;
-    end
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_4;
-    if (sink__ready) begin
-      \$9  = valid_3;
-    end
-    if (rst) begin
-      \$9  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_5;
-    if (sink__ready) begin
-      \$10  = valid_4;
-    end
-    if (rst) begin
-      \$10  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_6;
-    if (sink__ready) begin
-      \$11  = valid_5;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_7;
-    if (sink__ready) begin
-      \$12  = valid_6;
-    end
-    if (rst) begin
-      \$12  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_8;
-    if (sink__ready) begin
-      \$13  = valid_7;
-    end
-    if (rst) begin
-      \$13  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_9;
-    if (sink__ready) begin
-      \$14  = valid_8;
-    end
-    if (rst) begin
-      \$14  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_10;
-    if (sink__ready) begin
-      \$15  = valid_9;
-    end
-    if (rst) begin
-      \$15  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = source__valid;
-    if (sink__ready) begin
-      \$16  = valid_10;
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = keep_2;
-    if (sink__ready) begin
-      \$17  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = keep_3;
-    if (sink__ready) begin
-      \$18  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = keep_4;
-    if (sink__ready) begin
-      \$19  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_5;
-    if (sink__ready) begin
-      \$20  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = keep_6;
-    if (sink__ready) begin
-      \$21  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = keep_7;
-    if (sink__ready) begin
-      \$22  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = keep_8;
-    if (sink__ready) begin
-      \$23  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_9;
-    if (sink__ready) begin
-      \$24  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_10;
-    if (sink__ready) begin
-      \$25  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_11;
-    if (sink__ready) begin
-      \$26  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = \step$37 ;
+    \$36  = \step$37 ;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$27  = ctl__data[15:0];
+            \$36  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$27  = 16'h0000;
+      \$36  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = decay;
+    \$37  = decay;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$28  = ctl__data[11:0];
+            \$37  = ctl__data[11:0];
       endcase
     end
     if (rst) begin
-      \$28  = 12'h000;
+      \$37  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = noise;
+    \$38  = noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -417,17 +263,189 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$29  = ctl__data[15:0];
+            \$38  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$29  = 16'h0000;
+      \$38  = 16'h0000;
     end
   end
-  assign advance = sink__ready;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$14  = valid_1;
+    if (advance) begin
+      \$14  = sink__valid;
+    end
+    if (rst) begin
+      \$14  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$15  = keep_1;
+    if (advance) begin
+      \$15  = sink__payload[0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$16  = valid_2;
+    if (advance) begin
+      \$16  = valid_1;
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_3;
+    if (advance) begin
+      \$17  = valid_2;
+    end
+    if (rst) begin
+      \$17  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$18  = valid_4;
+    if (advance) begin
+      \$18  = valid_3;
+    end
+    if (rst) begin
+      \$18  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$19  = valid_5;
+    if (advance) begin
+      \$19  = valid_4;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$20  = valid_6;
+    if (advance) begin
+      \$20  = valid_5;
+    end
+    if (rst) begin
+      \$20  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = valid_7;
+    if (advance) begin
+      \$21  = valid_6;
+    end
+    if (rst) begin
+      \$21  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = valid_8;
+    if (advance) begin
+      \$22  = valid_7;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_9;
+    if (advance) begin
+      \$23  = valid_8;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_10;
+    if (advance) begin
+      \$24  = valid_9;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = source__valid;
+    if (advance) begin
+      \$25  = valid_10;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = keep_2;
+    if (advance) begin
+      \$26  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_3;
+    if (advance) begin
+      \$27  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_4;
+    if (advance) begin
+      \$28  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_5;
+    if (advance) begin
+      \$29  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_6;
+    if (advance) begin
+      \$30  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_7;
+    if (advance) begin
+      \$31  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = keep_8;
+    if (advance) begin
+      \$32  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = keep_9;
+    if (advance) begin
+      \$33  = keep_8;
+    end
+  end
   assign valid_11 = source__valid;
   assign data = ctl__data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;

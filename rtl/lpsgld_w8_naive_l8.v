@@ -6,6 +6,15 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg [7:0] \$100 ;
+  reg [7:0] \$101 ;
+  reg [7:0] \$102 ;
+  reg [7:0] \$103 ;
+  reg [7:0] \$104 ;
+  reg [7:0] \$105 ;
+  reg [15:0] \$106 ;
+  reg [11:0] \$107 ;
+  reg [15:0] \$108 ;
   wire \$11 ;
   wire \$12 ;
   wire \$13 ;
@@ -14,39 +23,95 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  reg \$19 ;
+  wire \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg \$21 ;
-  reg \$22 ;
-  reg \$23 ;
-  reg \$24 ;
-  reg \$25 ;
-  reg \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg \$29 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg [7:0] \$31 ;
-  reg [7:0] \$32 ;
-  reg [7:0] \$33 ;
-  reg [7:0] \$34 ;
-  reg [7:0] \$35 ;
-  reg [7:0] \$36 ;
-  reg [7:0] \$37 ;
-  reg [7:0] \$38 ;
-  reg [7:0] \$39 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg [7:0] \$40 ;
-  reg [15:0] \$41 ;
-  reg [11:0] \$42 ;
-  reg [15:0] \$43 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire \$48 ;
+  wire \$49 ;
   wire \$5 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire \$53 ;
+  wire \$54 ;
+  wire \$55 ;
+  wire \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  wire \$59 ;
   wire \$6 ;
+  wire \$60 ;
+  wire \$61 ;
+  wire \$62 ;
+  wire \$63 ;
+  wire \$64 ;
+  wire \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire \$68 ;
+  wire \$69 ;
   wire \$7 ;
+  wire \$70 ;
+  wire \$71 ;
+  wire \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire \$79 ;
   wire \$8 ;
+  wire \$80 ;
+  wire \$81 ;
+  wire \$82 ;
+  wire \$83 ;
+  reg \$84 ;
+  reg [7:0] \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg \$88 ;
+  reg \$89 ;
   wire \$9 ;
+  reg \$90 ;
+  reg \$91 ;
+  reg \$92 ;
+  reg \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
+  reg [7:0] \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -273,105 +338,171 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [63:0] \words$64 ;
   wire [63:0] \words$78 ;
   wire [63:0] \words$92 ;
-  always @(posedge clk)
-    valid_5 <= \$24 ;
-  always @(posedge clk)
-    valid_6 <= \$25 ;
-  always @(posedge clk)
-    valid_7 <= \$26 ;
-  always @(posedge clk)
-    valid_8 <= \$27 ;
-  always @(posedge clk)
-    valid_9 <= \$28 ;
-  always @(posedge clk)
-    valid_10 <= \$29 ;
-  always @(posedge clk)
-    source__valid <= \$30 ;
-  always @(posedge clk)
-    keep_2 <= \$31 ;
-  always @(posedge clk)
-    keep_3 <= \$32 ;
-  always @(posedge clk)
-    keep_4 <= \$33 ;
-  always @(posedge clk)
-    keep_5 <= \$34 ;
-  always @(posedge clk)
-    keep_6 <= \$35 ;
-  always @(posedge clk)
-    keep_7 <= \$36 ;
-  always @(posedge clk)
-    keep_8 <= \$37 ;
-  always @(posedge clk)
-    keep_9 <= \$38 ;
-  always @(posedge clk)
-    keep_10 <= \$39 ;
-  always @(posedge clk)
-    keep_11 <= \$40 ;
-  always @(posedge clk)
-    \step$37  <= \$41 ;
-  always @(posedge clk)
-    decay <= \$42 ;
-  always @(posedge clk)
-    noise <= \$43 ;
   assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
   assign transfer = sink__valid & sink__ready;
-  assign \$2  = | { source__valid, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
-  assign \step$43  = transfer & sink__payload[1];
-  assign \$5  = ctl__addr == 9'h102;
-  assign \load0$44  = ctl__we & \$5 ;
-  assign \$6  = ctl__addr == 9'h103;
-  assign \load1$45  = ctl__we & \$6 ;
-  assign \step$57  = transfer & sink__payload[2];
-  assign \$7  = ctl__addr == 9'h104;
-  assign \load0$58  = ctl__we & \$7 ;
-  assign \$8  = ctl__addr == 9'h105;
-  assign \load1$59  = ctl__we & \$8 ;
-  assign \step$71  = transfer & sink__payload[3];
-  assign \$9  = ctl__addr == 9'h106;
-  assign \load0$72  = ctl__we & \$9 ;
-  assign \$10  = ctl__addr == 9'h107;
-  assign \load1$73  = ctl__we & \$10 ;
-  assign \step$85  = transfer & sink__payload[4];
-  assign \$11  = ctl__addr == 9'h108;
-  assign \load0$86  = ctl__we & \$11 ;
-  assign \$12  = ctl__addr == 9'h109;
-  assign \load1$87  = ctl__we & \$12 ;
-  assign \step$99  = transfer & sink__payload[5];
-  assign \$13  = ctl__addr == 9'h10a;
-  assign \load0$100  = ctl__we & \$13 ;
-  assign \$14  = ctl__addr == 9'h10b;
-  assign \load1$101  = ctl__we & \$14 ;
-  assign \step$113  = transfer & sink__payload[6];
-  assign \$15  = ctl__addr == 9'h10c;
-  assign \load0$114  = ctl__we & \$15 ;
-  assign \$16  = ctl__addr == 9'h10d;
-  assign \load1$115  = ctl__we & \$16 ;
-  assign \step$127  = transfer & sink__payload[7];
-  assign \$17  = ctl__addr == 9'h10e;
-  assign \load0$128  = ctl__we & \$17 ;
-  assign \$18  = ctl__addr == 9'h10f;
-  assign \load1$129  = ctl__we & \$18 ;
+  assign \$3  = | { source__valid, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = transfer & sink__payload[0];
+  assign \$5  = ctl__addr == 9'h100;
+  assign \$6  = ctl__we & \$5 ;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$4  & \$7 ;
+  assign \$9  = ctl__addr == 9'h101;
+  assign \$10  = ctl__we & \$9 ;
+  assign \$11  = ~ \$10 ;
+  assign step = \$8  & \$11 ;
+  assign \$12  = ctl__addr == 9'h100;
+  assign load0 = ctl__we & \$12 ;
+  assign \$13  = ctl__addr == 9'h101;
+  assign load1 = ctl__we & \$13 ;
+  assign \$14  = transfer & sink__payload[1];
+  assign \$15  = ctl__addr == 9'h102;
+  assign \$16  = ctl__we & \$15 ;
+  assign \$17  = ~ \$16 ;
+  assign \$18  = \$14  & \$17 ;
+  assign \$19  = ctl__addr == 9'h103;
+  assign \$20  = ctl__we & \$19 ;
+  assign \$21  = ~ \$20 ;
+  assign \step$43  = \$18  & \$21 ;
+  assign \$22  = ctl__addr == 9'h102;
+  assign \load0$44  = ctl__we & \$22 ;
+  assign \$23  = ctl__addr == 9'h103;
+  assign \load1$45  = ctl__we & \$23 ;
+  assign \$24  = transfer & sink__payload[2];
+  assign \$25  = ctl__addr == 9'h104;
+  assign \$26  = ctl__we & \$25 ;
+  assign \$27  = ~ \$26 ;
+  assign \$28  = \$24  & \$27 ;
+  assign \$29  = ctl__addr == 9'h105;
+  assign \$30  = ctl__we & \$29 ;
+  assign \$31  = ~ \$30 ;
+  assign \step$57  = \$28  & \$31 ;
+  assign \$32  = ctl__addr == 9'h104;
+  assign \load0$58  = ctl__we & \$32 ;
+  assign \$33  = ctl__addr == 9'h105;
+  assign \load1$59  = ctl__we & \$33 ;
+  assign \$34  = transfer & sink__payload[3];
+  assign \$35  = ctl__addr == 9'h106;
+  assign \$36  = ctl__we & \$35 ;
+  assign \$37  = ~ \$36 ;
+  assign \$38  = \$34  & \$37 ;
+  assign \$39  = ctl__addr == 9'h107;
+  assign \$40  = ctl__we & \$39 ;
+  assign \$41  = ~ \$40 ;
+  assign \step$71  = \$38  & \$41 ;
+  assign \$42  = ctl__addr == 9'h106;
+  assign \load0$72  = ctl__we & \$42 ;
+  assign \$43  = ctl__addr == 9'h107;
+  assign \load1$73  = ctl__we & \$43 ;
+  assign \$44  = transfer & sink__payload[4];
+  assign \$45  = ctl__addr == 9'h108;
+  assign \$46  = ctl__we & \$45 ;
+  assign \$47  = ~ \$46 ;
+  assign \$48  = \$44  & \$47 ;
+  assign \$49  = ctl__addr == 9'h109;
+  assign \$50  = ctl__we & \$49 ;
+  assign \$51  = ~ \$50 ;
+  assign \step$85  = \$48  & \$51 ;
+  assign \$52  = ctl__addr == 9'h108;
+  assign \load0$86  = ctl__we & \$52 ;
+  assign \$53  = ctl__addr == 9'h109;
+  assign \load1$87  = ctl__we & \$53 ;
+  assign \$54  = transfer & sink__payload[5];
+  assign \$55  = ctl__addr == 9'h10a;
+  assign \$56  = ctl__we & \$55 ;
+  assign \$57  = ~ \$56 ;
+  assign \$58  = \$54  & \$57 ;
+  assign \$59  = ctl__addr == 9'h10b;
+  assign \$60  = ctl__we & \$59 ;
+  assign \$61  = ~ \$60 ;
+  assign \step$99  = \$58  & \$61 ;
+  assign \$62  = ctl__addr == 9'h10a;
+  assign \load0$100  = ctl__we & \$62 ;
+  assign \$63  = ctl__addr == 9'h10b;
+  assign \load1$101  = ctl__we & \$63 ;
+  assign \$64  = transfer & sink__payload[6];
+  assign \$65  = ctl__addr == 9'h10c;
+  assign \$66  = ctl__we & \$65 ;
+  assign \$67  = ~ \$66 ;
+  assign \$68  = \$64  & \$67 ;
+  assign \$69  = ctl__addr == 9'h10d;
+  assign \$70  = ctl__we & \$69 ;
+  assign \$71  = ~ \$70 ;
+  assign \step$113  = \$68  & \$71 ;
+  assign \$72  = ctl__addr == 9'h10c;
+  assign \load0$114  = ctl__we & \$72 ;
+  assign \$73  = ctl__addr == 9'h10d;
+  assign \load1$115  = ctl__we & \$73 ;
+  assign \$74  = transfer & sink__payload[7];
+  assign \$75  = ctl__addr == 9'h10e;
+  assign \$76  = ctl__we & \$75 ;
+  assign \$77  = ~ \$76 ;
+  assign \$78  = \$74  & \$77 ;
+  assign \$79  = ctl__addr == 9'h10f;
+  assign \$80  = ctl__we & \$79 ;
+  assign \$81  = ~ \$80 ;
+  assign \step$127  = \$78  & \$81 ;
+  assign \$82  = ctl__addr == 9'h10e;
+  assign \load0$128  = ctl__we & \$82 ;
+  assign \$83  = ctl__addr == 9'h10f;
+  assign \load1$129  = ctl__we & \$83 ;
   always @(posedge clk)
-    valid_1 <= \$19 ;
+    valid_1 <= \$84 ;
   always @(posedge clk)
-    keep_1 <= \$20 ;
+    keep_1 <= \$85 ;
   always @(posedge clk)
-    valid_2 <= \$21 ;
+    valid_2 <= \$86 ;
   always @(posedge clk)
-    valid_3 <= \$22 ;
+    valid_3 <= \$87 ;
   always @(posedge clk)
-    valid_4 <= \$23 ;
+    valid_4 <= \$88 ;
+  always @(posedge clk)
+    valid_5 <= \$89 ;
+  always @(posedge clk)
+    valid_6 <= \$90 ;
+  always @(posedge clk)
+    valid_7 <= \$91 ;
+  always @(posedge clk)
+    valid_8 <= \$92 ;
+  always @(posedge clk)
+    valid_9 <= \$93 ;
+  always @(posedge clk)
+    valid_10 <= \$94 ;
+  always @(posedge clk)
+    source__valid <= \$95 ;
+  always @(posedge clk)
+    keep_2 <= \$96 ;
+  always @(posedge clk)
+    keep_3 <= \$97 ;
+  always @(posedge clk)
+    keep_4 <= \$98 ;
+  always @(posedge clk)
+    keep_5 <= \$99 ;
+  always @(posedge clk)
+    keep_6 <= \$100 ;
+  always @(posedge clk)
+    keep_7 <= \$101 ;
+  always @(posedge clk)
+    keep_8 <= \$102 ;
+  always @(posedge clk)
+    keep_9 <= \$103 ;
+  always @(posedge clk)
+    keep_10 <= \$104 ;
+  always @(posedge clk)
+    keep_11 <= \$105 ;
+  always @(posedge clk)
+    \step$37  <= \$106 ;
+  always @(posedge clk)
+    decay <= \$107 ;
+  always @(posedge clk)
+    noise <= \$108 ;
   \lpsgld_w8_naive_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[79:72]),
     .noise(noise),
     .rst(rst),
@@ -383,7 +514,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_1  lane_1 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[87:80]),
     .noise(noise),
     .rst(rst),
@@ -395,7 +526,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_2  lane_2 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[95:88]),
     .noise(noise),
     .rst(rst),
@@ -407,7 +538,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_3  lane_3 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[103:96]),
     .noise(noise),
     .rst(rst),
@@ -419,7 +550,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_4  lane_4 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[111:104]),
     .noise(noise),
     .rst(rst),
@@ -431,7 +562,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_5  lane_5 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[119:112]),
     .noise(noise),
     .rst(rst),
@@ -443,7 +574,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_6  lane_6 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[127:120]),
     .noise(noise),
     .rst(rst),
@@ -455,7 +586,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_7  lane_7 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[135:128]),
     .noise(noise),
     .rst(rst),
@@ -538,175 +669,222 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_5;
-    if (sink__ready) begin
-      \$24  = valid_4;
+    \$84  = valid_1;
+    if (advance) begin
+      \$84  = sink__valid;
     end
     if (rst) begin
-      \$24  = 1'h0;
+      \$84  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_6;
-    if (sink__ready) begin
-      \$25  = valid_5;
+    \$85  = keep_1;
+    if (advance) begin
+      \$85  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = valid_2;
+    if (advance) begin
+      \$86  = valid_1;
     end
     if (rst) begin
-      \$25  = 1'h0;
+      \$86  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_7;
-    if (sink__ready) begin
-      \$26  = valid_6;
+    \$87  = valid_3;
+    if (advance) begin
+      \$87  = valid_2;
     end
     if (rst) begin
-      \$26  = 1'h0;
+      \$87  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_8;
-    if (sink__ready) begin
-      \$27  = valid_7;
+    \$88  = valid_4;
+    if (advance) begin
+      \$88  = valid_3;
     end
     if (rst) begin
-      \$27  = 1'h0;
+      \$88  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_9;
-    if (sink__ready) begin
-      \$28  = valid_8;
+    \$89  = valid_5;
+    if (advance) begin
+      \$89  = valid_4;
     end
     if (rst) begin
-      \$28  = 1'h0;
+      \$89  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = valid_10;
-    if (sink__ready) begin
-      \$29  = valid_9;
+    \$90  = valid_6;
+    if (advance) begin
+      \$90  = valid_5;
     end
     if (rst) begin
-      \$29  = 1'h0;
+      \$90  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = source__valid;
-    if (sink__ready) begin
-      \$30  = valid_10;
+    \$91  = valid_7;
+    if (advance) begin
+      \$91  = valid_6;
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$91  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_2;
-    if (sink__ready) begin
-      \$31  = keep_1;
+    \$92  = valid_8;
+    if (advance) begin
+      \$92  = valid_7;
+    end
+    if (rst) begin
+      \$92  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_3;
-    if (sink__ready) begin
-      \$32  = keep_2;
+    \$93  = valid_9;
+    if (advance) begin
+      \$93  = valid_8;
+    end
+    if (rst) begin
+      \$93  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_4;
-    if (sink__ready) begin
-      \$33  = keep_3;
+    \$94  = valid_10;
+    if (advance) begin
+      \$94  = valid_9;
+    end
+    if (rst) begin
+      \$94  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_5;
-    if (sink__ready) begin
-      \$34  = keep_4;
+    \$95  = source__valid;
+    if (advance) begin
+      \$95  = valid_10;
+    end
+    if (rst) begin
+      \$95  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_6;
-    if (sink__ready) begin
-      \$35  = keep_5;
+    \$96  = keep_2;
+    if (advance) begin
+      \$96  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_7;
-    if (sink__ready) begin
-      \$36  = keep_6;
+    \$97  = keep_3;
+    if (advance) begin
+      \$97  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_8;
-    if (sink__ready) begin
-      \$37  = keep_7;
+    \$98  = keep_4;
+    if (advance) begin
+      \$98  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_9;
-    if (sink__ready) begin
-      \$38  = keep_8;
+    \$99  = keep_5;
+    if (advance) begin
+      \$99  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_10;
-    if (sink__ready) begin
-      \$39  = keep_9;
+    \$100  = keep_6;
+    if (advance) begin
+      \$100  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_11;
-    if (sink__ready) begin
-      \$40  = keep_10;
+    \$101  = keep_7;
+    if (advance) begin
+      \$101  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = \step$37 ;
+    \$102  = keep_8;
+    if (advance) begin
+      \$102  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$103  = keep_9;
+    if (advance) begin
+      \$103  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$104  = keep_10;
+    if (advance) begin
+      \$104  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$105  = keep_11;
+    if (advance) begin
+      \$105  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$106  = \step$37 ;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$41  = ctl__data[15:0];
+            \$106  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$41  = 16'h0000;
+      \$106  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = decay;
+    \$107  = decay;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$42  = ctl__data[11:0];
+            \$107  = ctl__data[11:0];
       endcase
     end
     if (rst) begin
-      \$42  = 12'h000;
+      \$107  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = noise;
+    \$108  = noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -714,64 +892,16 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$43  = ctl__data[15:0];
+            \$108  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$43  = 16'h0000;
+      \$108  = 16'h0000;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_1;
-    if (sink__ready) begin
-      \$19  = sink__valid;
-    end
-    if (rst) begin
-      \$19  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_1;
-    if (sink__ready) begin
-      \$20  = sink__payload[7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_2;
-    if (sink__ready) begin
-      \$21  = valid_1;
-    end
-    if (rst) begin
-      \$21  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_3;
-    if (sink__ready) begin
-      \$22  = valid_2;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_4;
-    if (sink__ready) begin
-      \$23  = valid_3;
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  assign advance = sink__ready;
   assign valid_11 = source__valid;
   assign data = ctl__data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
@@ -780,7 +910,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign reg_decay = decay;
   assign reg_noise = noise;
   assign \data$46  = ctl__data;
-  assign \en$47  = sink__ready;
+  assign \en$47  = advance;
   assign \theta$48  = sink__payload[23:16];
   assign \grad$49  = sink__payload[87:80];
   assign \out$51  = \words$50 ;
@@ -789,7 +919,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \decay$55  = decay;
   assign \noise$56  = noise;
   assign \data$60  = ctl__data;
-  assign \en$61  = sink__ready;
+  assign \en$61  = advance;
   assign \theta$62  = sink__payload[31:24];
   assign \grad$63  = sink__payload[95:88];
   assign \out$65  = \words$64 ;
@@ -798,7 +928,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \decay$69  = decay;
   assign \noise$70  = noise;
   assign \data$74  = ctl__data;
-  assign \en$75  = sink__ready;
+  assign \en$75  = advance;
   assign \theta$76  = sink__payload[39:32];
   assign \grad$77  = sink__payload[103:96];
   assign \out$79  = \words$78 ;
@@ -807,7 +937,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \decay$83  = decay;
   assign \noise$84  = noise;
   assign \data$88  = ctl__data;
-  assign \en$89  = sink__ready;
+  assign \en$89  = advance;
   assign \theta$90  = sink__payload[47:40];
   assign \grad$91  = sink__payload[111:104];
   assign \out$93  = \words$92 ;
@@ -816,7 +946,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \decay$97  = decay;
   assign \noise$98  = noise;
   assign \data$102  = ctl__data;
-  assign \en$103  = sink__ready;
+  assign \en$103  = advance;
   assign \theta$104  = sink__payload[55:48];
   assign \grad$105  = sink__payload[119:112];
   assign \out$107  = \words$106 ;
@@ -825,7 +955,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \decay$111  = decay;
   assign \noise$112  = noise;
   assign \data$116  = ctl__data;
-  assign \en$117  = sink__ready;
+  assign \en$117  = advance;
   assign \theta$118  = sink__payload[63:56];
   assign \grad$119  = sink__payload[127:120];
   assign \out$121  = \words$120 ;
@@ -834,7 +964,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \decay$125  = decay;
   assign \noise$126  = noise;
   assign \data$130  = ctl__data;
-  assign \en$131  = sink__ready;
+  assign \en$131  = advance;
   assign \theta$132  = sink__payload[71:64];
   assign \grad$133  = sink__payload[135:128];
   assign \out$135  = \words$134 ;

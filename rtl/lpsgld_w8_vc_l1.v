@@ -5,10 +5,10 @@
 module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  reg \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
   reg \$14 ;
   reg \$15 ;
   reg \$16 ;
@@ -39,16 +39,25 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$39 ;
   wire \$4 ;
   reg \$40 ;
-  reg [15:0] \$41 ;
-  reg [11:0] \$42 ;
-  reg [15:0] \$43 ;
-  reg [14:0] \$44 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
+  reg \$44 ;
   reg \$45 ;
-  reg \$5 ;
-  reg \$6 ;
-  reg \$7 ;
-  reg \$8 ;
-  reg \$9 ;
+  reg \$46 ;
+  reg \$47 ;
+  reg \$48 ;
+  reg \$49 ;
+  wire \$5 ;
+  reg [15:0] \$50 ;
+  reg [11:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [14:0] \$53 ;
+  reg \$54 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -149,101 +158,111 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [7:0] weight;
   wire [63:0] words;
   always @(posedge clk)
-    keep_4 <= \$26 ;
+    valid_12 <= \$26 ;
   always @(posedge clk)
-    keep_5 <= \$27 ;
+    valid_13 <= \$27 ;
   always @(posedge clk)
-    keep_6 <= \$28 ;
+    valid_14 <= \$28 ;
   always @(posedge clk)
-    keep_7 <= \$29 ;
+    valid_15 <= \$29 ;
   always @(posedge clk)
-    keep_8 <= \$30 ;
+    valid_16 <= \$30 ;
   always @(posedge clk)
-    keep_9 <= \$31 ;
+    valid_17 <= \$31 ;
   always @(posedge clk)
-    keep_10 <= \$32 ;
+    source__valid <= \$32 ;
   always @(posedge clk)
-    keep_11 <= \$33 ;
+    keep_2 <= \$33 ;
   always @(posedge clk)
-    keep_12 <= \$34 ;
+    keep_3 <= \$34 ;
   always @(posedge clk)
-    keep_13 <= \$35 ;
+    keep_4 <= \$35 ;
   always @(posedge clk)
-    keep_14 <= \$36 ;
+    keep_5 <= \$36 ;
   always @(posedge clk)
-    keep_15 <= \$37 ;
+    keep_6 <= \$37 ;
   always @(posedge clk)
-    keep_16 <= \$38 ;
+    keep_7 <= \$38 ;
   always @(posedge clk)
-    keep_17 <= \$39 ;
+    keep_8 <= \$39 ;
   always @(posedge clk)
-    keep_18 <= \$40 ;
+    keep_9 <= \$40 ;
   always @(posedge clk)
-    \step$44  <= \$41 ;
+    keep_10 <= \$41 ;
   always @(posedge clk)
-    decay <= \$42 ;
+    keep_11 <= \$42 ;
   always @(posedge clk)
-    noise <= \$43 ;
+    keep_12 <= \$43 ;
   always @(posedge clk)
-    vc_var <= \$44 ;
+    keep_13 <= \$44 ;
   always @(posedge clk)
-    vc_noise <= \$45 ;
+    keep_14 <= \$45 ;
+  always @(posedge clk)
+    keep_15 <= \$46 ;
+  always @(posedge clk)
+    keep_16 <= \$47 ;
+  always @(posedge clk)
+    keep_17 <= \$48 ;
+  always @(posedge clk)
+    keep_18 <= \$49 ;
+  always @(posedge clk)
+    \step$44  <= \$50 ;
+  always @(posedge clk)
+    decay <= \$51 ;
+  always @(posedge clk)
+    noise <= \$52 ;
+  always @(posedge clk)
+    vc_var <= \$53 ;
+  always @(posedge clk)
+    vc_noise <= \$54 ;
   assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
   assign transfer = sink__valid & sink__ready;
-  assign \$2  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
+  assign \$3  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = transfer & sink__payload[0];
+  assign \$5  = ctl__addr == 9'h100;
+  assign \$6  = ctl__we & \$5 ;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$4  & \$7 ;
+  assign \$9  = ctl__addr == 9'h101;
+  assign \$10  = ctl__we & \$9 ;
+  assign \$11  = ~ \$10 ;
+  assign step = \$8  & \$11 ;
+  assign \$12  = ctl__addr == 9'h100;
+  assign load0 = ctl__we & \$12 ;
+  assign \$13  = ctl__addr == 9'h101;
+  assign load1 = ctl__we & \$13 ;
   always @(posedge clk)
-    valid_1 <= \$5 ;
+    valid_1 <= \$14 ;
   always @(posedge clk)
-    keep_1 <= \$6 ;
+    keep_1 <= \$15 ;
   always @(posedge clk)
-    valid_2 <= \$7 ;
+    valid_2 <= \$16 ;
   always @(posedge clk)
-    valid_3 <= \$8 ;
+    valid_3 <= \$17 ;
   always @(posedge clk)
-    valid_4 <= \$9 ;
+    valid_4 <= \$18 ;
   always @(posedge clk)
-    valid_5 <= \$10 ;
+    valid_5 <= \$19 ;
   always @(posedge clk)
-    valid_6 <= \$11 ;
+    valid_6 <= \$20 ;
   always @(posedge clk)
-    valid_7 <= \$12 ;
+    valid_7 <= \$21 ;
   always @(posedge clk)
-    valid_8 <= \$13 ;
+    valid_8 <= \$22 ;
   always @(posedge clk)
-    valid_9 <= \$14 ;
+    valid_9 <= \$23 ;
   always @(posedge clk)
-    valid_10 <= \$15 ;
+    valid_10 <= \$24 ;
   always @(posedge clk)
-    valid_11 <= \$16 ;
-  always @(posedge clk)
-    valid_12 <= \$17 ;
-  always @(posedge clk)
-    valid_13 <= \$18 ;
-  always @(posedge clk)
-    valid_14 <= \$19 ;
-  always @(posedge clk)
-    valid_15 <= \$20 ;
-  always @(posedge clk)
-    valid_16 <= \$21 ;
-  always @(posedge clk)
-    valid_17 <= \$22 ;
-  always @(posedge clk)
-    source__valid <= \$23 ;
-  always @(posedge clk)
-    keep_2 <= \$24 ;
-  always @(posedge clk)
-    keep_3 <= \$25 ;
+    valid_11 <= \$25 ;
   \lpsgld_w8_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .\noise$42 (noise),
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
@@ -264,133 +283,224 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_5;
-    if (sink__ready) begin
-      \$27  = keep_4;
+    \$26  = valid_12;
+    if (advance) begin
+      \$26  = valid_11;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_6;
-    if (sink__ready) begin
-      \$28  = keep_5;
+    \$27  = valid_13;
+    if (advance) begin
+      \$27  = valid_12;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_7;
-    if (sink__ready) begin
-      \$29  = keep_6;
+    \$28  = valid_14;
+    if (advance) begin
+      \$28  = valid_13;
+    end
+    if (rst) begin
+      \$28  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_8;
-    if (sink__ready) begin
-      \$30  = keep_7;
+    \$29  = valid_15;
+    if (advance) begin
+      \$29  = valid_14;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_9;
-    if (sink__ready) begin
-      \$31  = keep_8;
+    \$30  = valid_16;
+    if (advance) begin
+      \$30  = valid_15;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_10;
-    if (sink__ready) begin
-      \$32  = keep_9;
+    \$31  = valid_17;
+    if (advance) begin
+      \$31  = valid_16;
+    end
+    if (rst) begin
+      \$31  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_11;
-    if (sink__ready) begin
-      \$33  = keep_10;
+    \$32  = source__valid;
+    if (advance) begin
+      \$32  = valid_17;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_12;
-    if (sink__ready) begin
-      \$34  = keep_11;
+    \$33  = keep_2;
+    if (advance) begin
+      \$33  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_13;
-    if (sink__ready) begin
-      \$35  = keep_12;
+    \$34  = keep_3;
+    if (advance) begin
+      \$34  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_14;
-    if (sink__ready) begin
-      \$36  = keep_13;
+    \$35  = keep_4;
+    if (advance) begin
+      \$35  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_15;
-    if (sink__ready) begin
-      \$37  = keep_14;
+    \$36  = keep_5;
+    if (advance) begin
+      \$36  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_16;
-    if (sink__ready) begin
-      \$38  = keep_15;
+    \$37  = keep_6;
+    if (advance) begin
+      \$37  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_17;
-    if (sink__ready) begin
-      \$39  = keep_16;
+    \$38  = keep_7;
+    if (advance) begin
+      \$38  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_18;
-    if (sink__ready) begin
-      \$40  = keep_17;
+    \$39  = keep_8;
+    if (advance) begin
+      \$39  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = \step$44 ;
+    \$40  = keep_9;
+    if (advance) begin
+      \$40  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = keep_10;
+    if (advance) begin
+      \$41  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = keep_11;
+    if (advance) begin
+      \$42  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = keep_12;
+    if (advance) begin
+      \$43  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = keep_13;
+    if (advance) begin
+      \$44  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = keep_14;
+    if (advance) begin
+      \$45  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = keep_15;
+    if (advance) begin
+      \$46  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = keep_16;
+    if (advance) begin
+      \$47  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$48  = keep_17;
+    if (advance) begin
+      \$48  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$49  = keep_18;
+    if (advance) begin
+      \$49  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$50  = \step$44 ;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$41  = ctl__data[15:0];
+            \$50  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$41  = 16'h0000;
+      \$50  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = decay;
+    \$51  = decay;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$42  = ctl__data[11:0];
+            \$51  = ctl__data[11:0];
       endcase
     end
     if (rst) begin
-      \$42  = 12'h000;
+      \$51  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = noise;
+    \$52  = noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -398,16 +508,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$43  = ctl__data[15:0];
+            \$52  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$43  = 16'h0000;
+      \$52  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = vc_var;
+    \$53  = vc_var;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -417,16 +527,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$44  = ctl__data[14:0];
+            \$53  = ctl__data[14:0];
       endcase
     end
     if (rst) begin
-      \$44  = 15'h0000;
+      \$53  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = vc_noise;
+    \$54  = vc_noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -438,105 +548,18 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$45  = ctl__data[0];
+            \$54  = ctl__data[0];
       endcase
     end
     if (rst) begin
-      \$45  = 1'h0;
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$5  = valid_1;
-    if (sink__ready) begin
-      \$5  = sink__valid;
-    end
-    if (rst) begin
-      \$5  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$6  = keep_1;
-    if (sink__ready) begin
-      \$6  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_2;
-    if (sink__ready) begin
-      \$7  = valid_1;
-    end
-    if (rst) begin
-      \$7  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = valid_3;
-    if (sink__ready) begin
-      \$8  = valid_2;
-    end
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_4;
-    if (sink__ready) begin
-      \$9  = valid_3;
-    end
-    if (rst) begin
-      \$9  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_5;
-    if (sink__ready) begin
-      \$10  = valid_4;
-    end
-    if (rst) begin
-      \$10  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_6;
-    if (sink__ready) begin
-      \$11  = valid_5;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_7;
-    if (sink__ready) begin
-      \$12  = valid_6;
-    end
-    if (rst) begin
-      \$12  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_8;
-    if (sink__ready) begin
-      \$13  = valid_7;
-    end
-    if (rst) begin
-      \$13  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_9;
-    if (sink__ready) begin
-      \$14  = valid_8;
+    \$14  = valid_1;
+    if (advance) begin
+      \$14  = sink__valid;
     end
     if (rst) begin
       \$14  = 1'h0;
@@ -544,19 +567,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_10;
-    if (sink__ready) begin
-      \$15  = valid_9;
-    end
-    if (rst) begin
-      \$15  = 1'h0;
+    \$15  = keep_1;
+    if (advance) begin
+      \$15  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_11;
-    if (sink__ready) begin
-      \$16  = valid_10;
+    \$16  = valid_2;
+    if (advance) begin
+      \$16  = valid_1;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -564,9 +584,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_12;
-    if (sink__ready) begin
-      \$17  = valid_11;
+    \$17  = valid_3;
+    if (advance) begin
+      \$17  = valid_2;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -574,9 +594,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_13;
-    if (sink__ready) begin
-      \$18  = valid_12;
+    \$18  = valid_4;
+    if (advance) begin
+      \$18  = valid_3;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -584,9 +604,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_14;
-    if (sink__ready) begin
-      \$19  = valid_13;
+    \$19  = valid_5;
+    if (advance) begin
+      \$19  = valid_4;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -594,9 +614,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_15;
-    if (sink__ready) begin
-      \$20  = valid_14;
+    \$20  = valid_6;
+    if (advance) begin
+      \$20  = valid_5;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -604,9 +624,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_16;
-    if (sink__ready) begin
-      \$21  = valid_15;
+    \$21  = valid_7;
+    if (advance) begin
+      \$21  = valid_6;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -614,9 +634,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_17;
-    if (sink__ready) begin
-      \$22  = valid_16;
+    \$22  = valid_8;
+    if (advance) begin
+      \$22  = valid_7;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -624,9 +644,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = source__valid;
-    if (sink__ready) begin
-      \$23  = valid_17;
+    \$23  = valid_9;
+    if (advance) begin
+      \$23  = valid_8;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -634,29 +654,27 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_2;
-    if (sink__ready) begin
-      \$24  = keep_1;
+    \$24  = valid_10;
+    if (advance) begin
+      \$24  = valid_9;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_3;
-    if (sink__ready) begin
-      \$25  = keep_2;
+    \$25  = valid_11;
+    if (advance) begin
+      \$25  = valid_10;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_4;
-    if (sink__ready) begin
-      \$26  = keep_3;
-    end
-  end
-  assign advance = sink__ready;
   assign valid_18 = source__valid;
   assign data = ctl__data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;

@@ -6,63 +6,128 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg \$100 ;
+  reg \$101 ;
+  reg \$102 ;
+  reg [7:0] \$103 ;
+  reg [7:0] \$104 ;
+  reg [7:0] \$105 ;
+  reg [7:0] \$106 ;
+  reg [7:0] \$107 ;
+  reg [7:0] \$108 ;
+  reg [7:0] \$109 ;
   wire \$11 ;
+  reg [7:0] \$110 ;
+  reg [7:0] \$111 ;
+  reg [7:0] \$112 ;
+  reg [7:0] \$113 ;
+  reg [7:0] \$114 ;
+  reg [7:0] \$115 ;
+  reg [7:0] \$116 ;
+  reg [7:0] \$117 ;
+  reg [7:0] \$118 ;
+  reg [7:0] \$119 ;
   wire \$12 ;
+  reg [15:0] \$120 ;
+  reg [11:0] \$121 ;
+  reg [15:0] \$122 ;
+  reg [14:0] \$123 ;
+  reg \$124 ;
   wire \$13 ;
   wire \$14 ;
   wire \$15 ;
   wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  reg \$19 ;
+  wire \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg \$21 ;
-  reg \$22 ;
-  reg \$23 ;
-  reg \$24 ;
-  reg \$25 ;
-  reg \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg \$29 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg \$31 ;
-  reg \$32 ;
-  reg \$33 ;
-  reg \$34 ;
-  reg \$35 ;
-  reg \$36 ;
-  reg \$37 ;
-  reg [7:0] \$38 ;
-  reg [7:0] \$39 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg [7:0] \$40 ;
-  reg [7:0] \$41 ;
-  reg [7:0] \$42 ;
-  reg [7:0] \$43 ;
-  reg [7:0] \$44 ;
-  reg [7:0] \$45 ;
-  reg [7:0] \$46 ;
-  reg [7:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg [7:0] \$49 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg [7:0] \$50 ;
-  reg [7:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [7:0] \$53 ;
-  reg [7:0] \$54 ;
-  reg [15:0] \$55 ;
-  reg [11:0] \$56 ;
-  reg [15:0] \$57 ;
-  reg [14:0] \$58 ;
-  reg \$59 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire \$53 ;
+  wire \$54 ;
+  wire \$55 ;
+  wire \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  wire \$59 ;
   wire \$6 ;
+  wire \$60 ;
+  wire \$61 ;
+  wire \$62 ;
+  wire \$63 ;
+  wire \$64 ;
+  wire \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire \$68 ;
+  wire \$69 ;
   wire \$7 ;
+  wire \$70 ;
+  wire \$71 ;
+  wire \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire \$79 ;
   wire \$8 ;
+  wire \$80 ;
+  wire \$81 ;
+  wire \$82 ;
+  wire \$83 ;
+  reg \$84 ;
+  reg [7:0] \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg \$88 ;
+  reg \$89 ;
   wire \$9 ;
+  reg \$90 ;
+  reg \$91 ;
+  reg \$92 ;
+  reg \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg \$96 ;
+  reg \$97 ;
+  reg \$98 ;
+  reg \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -337,137 +402,203 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] \words$61 ;
   wire [63:0] \words$77 ;
   wire [63:0] \words$93 ;
-  assign \step$150  = transfer & sink__payload[7];
-  assign \$17  = ctl__addr == 9'h10e;
-  assign \load0$151  = ctl__we & \$17 ;
-  assign \$18  = ctl__addr == 9'h10f;
-  assign \load1$152  = ctl__we & \$18 ;
-  always @(posedge clk)
-    valid_1 <= \$19 ;
-  always @(posedge clk)
-    keep_1 <= \$20 ;
-  always @(posedge clk)
-    valid_2 <= \$21 ;
-  always @(posedge clk)
-    valid_3 <= \$22 ;
-  always @(posedge clk)
-    valid_4 <= \$23 ;
-  always @(posedge clk)
-    valid_5 <= \$24 ;
-  always @(posedge clk)
-    valid_6 <= \$25 ;
-  always @(posedge clk)
-    valid_7 <= \$26 ;
-  always @(posedge clk)
-    valid_8 <= \$27 ;
-  always @(posedge clk)
-    valid_9 <= \$28 ;
-  always @(posedge clk)
-    valid_10 <= \$29 ;
-  always @(posedge clk)
-    valid_11 <= \$30 ;
-  always @(posedge clk)
-    valid_12 <= \$31 ;
-  always @(posedge clk)
-    valid_13 <= \$32 ;
-  always @(posedge clk)
-    valid_14 <= \$33 ;
-  always @(posedge clk)
-    valid_15 <= \$34 ;
-  always @(posedge clk)
-    valid_16 <= \$35 ;
-  always @(posedge clk)
-    valid_17 <= \$36 ;
-  always @(posedge clk)
-    source__valid <= \$37 ;
-  always @(posedge clk)
-    keep_2 <= \$38 ;
-  always @(posedge clk)
-    keep_3 <= \$39 ;
-  always @(posedge clk)
-    keep_4 <= \$40 ;
-  always @(posedge clk)
-    keep_5 <= \$41 ;
-  always @(posedge clk)
-    keep_6 <= \$42 ;
-  always @(posedge clk)
-    keep_7 <= \$43 ;
-  always @(posedge clk)
-    keep_8 <= \$44 ;
-  always @(posedge clk)
-    keep_9 <= \$45 ;
-  always @(posedge clk)
-    keep_10 <= \$46 ;
-  always @(posedge clk)
-    keep_11 <= \$47 ;
-  always @(posedge clk)
-    keep_12 <= \$48 ;
-  always @(posedge clk)
-    keep_13 <= \$49 ;
-  always @(posedge clk)
-    keep_14 <= \$50 ;
-  always @(posedge clk)
-    keep_15 <= \$51 ;
-  always @(posedge clk)
-    keep_16 <= \$52 ;
-  always @(posedge clk)
-    keep_17 <= \$53 ;
-  always @(posedge clk)
-    keep_18 <= \$54 ;
-  always @(posedge clk)
-    \step$44  <= \$55 ;
-  always @(posedge clk)
-    decay <= \$56 ;
-  always @(posedge clk)
-    noise <= \$57 ;
-  always @(posedge clk)
-    vc_var <= \$58 ;
-  always @(posedge clk)
-    vc_noise <= \$59 ;
   assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
   assign transfer = sink__valid & sink__ready;
-  assign \$2  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
-  assign \step$54  = transfer & sink__payload[1];
-  assign \$5  = ctl__addr == 9'h102;
-  assign \load0$55  = ctl__we & \$5 ;
-  assign \$6  = ctl__addr == 9'h103;
-  assign \load1$56  = ctl__we & \$6 ;
-  assign \step$70  = transfer & sink__payload[2];
-  assign \$7  = ctl__addr == 9'h104;
-  assign \load0$71  = ctl__we & \$7 ;
-  assign \$8  = ctl__addr == 9'h105;
-  assign \load1$72  = ctl__we & \$8 ;
-  assign \step$86  = transfer & sink__payload[3];
-  assign \$9  = ctl__addr == 9'h106;
-  assign \load0$87  = ctl__we & \$9 ;
-  assign \$10  = ctl__addr == 9'h107;
-  assign \load1$88  = ctl__we & \$10 ;
-  assign \step$102  = transfer & sink__payload[4];
-  assign \$11  = ctl__addr == 9'h108;
-  assign \load0$103  = ctl__we & \$11 ;
-  assign \$12  = ctl__addr == 9'h109;
-  assign \load1$104  = ctl__we & \$12 ;
-  assign \step$118  = transfer & sink__payload[5];
-  assign \$13  = ctl__addr == 9'h10a;
-  assign \load0$119  = ctl__we & \$13 ;
-  assign \$14  = ctl__addr == 9'h10b;
-  assign \load1$120  = ctl__we & \$14 ;
-  assign \step$134  = transfer & sink__payload[6];
-  assign \$15  = ctl__addr == 9'h10c;
-  assign \load0$135  = ctl__we & \$15 ;
-  assign \$16  = ctl__addr == 9'h10d;
-  assign \load1$136  = ctl__we & \$16 ;
+  assign \$3  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = transfer & sink__payload[0];
+  assign \$5  = ctl__addr == 9'h100;
+  assign \$6  = ctl__we & \$5 ;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$4  & \$7 ;
+  assign \$9  = ctl__addr == 9'h101;
+  assign \$10  = ctl__we & \$9 ;
+  assign \$11  = ~ \$10 ;
+  assign step = \$8  & \$11 ;
+  assign \$12  = ctl__addr == 9'h100;
+  assign load0 = ctl__we & \$12 ;
+  assign \$13  = ctl__addr == 9'h101;
+  assign load1 = ctl__we & \$13 ;
+  assign \$14  = transfer & sink__payload[1];
+  assign \$15  = ctl__addr == 9'h102;
+  assign \$16  = ctl__we & \$15 ;
+  assign \$17  = ~ \$16 ;
+  assign \$18  = \$14  & \$17 ;
+  assign \$19  = ctl__addr == 9'h103;
+  assign \$20  = ctl__we & \$19 ;
+  assign \$21  = ~ \$20 ;
+  assign \step$54  = \$18  & \$21 ;
+  assign \$22  = ctl__addr == 9'h102;
+  assign \load0$55  = ctl__we & \$22 ;
+  assign \$23  = ctl__addr == 9'h103;
+  assign \load1$56  = ctl__we & \$23 ;
+  assign \$24  = transfer & sink__payload[2];
+  assign \$25  = ctl__addr == 9'h104;
+  assign \$26  = ctl__we & \$25 ;
+  assign \$27  = ~ \$26 ;
+  assign \$28  = \$24  & \$27 ;
+  assign \$29  = ctl__addr == 9'h105;
+  assign \$30  = ctl__we & \$29 ;
+  assign \$31  = ~ \$30 ;
+  assign \step$70  = \$28  & \$31 ;
+  assign \$32  = ctl__addr == 9'h104;
+  assign \load0$71  = ctl__we & \$32 ;
+  assign \$33  = ctl__addr == 9'h105;
+  assign \load1$72  = ctl__we & \$33 ;
+  assign \$34  = transfer & sink__payload[3];
+  assign \$35  = ctl__addr == 9'h106;
+  assign \$36  = ctl__we & \$35 ;
+  assign \$37  = ~ \$36 ;
+  assign \$38  = \$34  & \$37 ;
+  assign \$39  = ctl__addr == 9'h107;
+  assign \$40  = ctl__we & \$39 ;
+  assign \$41  = ~ \$40 ;
+  assign \step$86  = \$38  & \$41 ;
+  assign \$42  = ctl__addr == 9'h106;
+  assign \load0$87  = ctl__we & \$42 ;
+  assign \$43  = ctl__addr == 9'h107;
+  assign \load1$88  = ctl__we & \$43 ;
+  assign \$44  = transfer & sink__payload[4];
+  assign \$45  = ctl__addr == 9'h108;
+  assign \$46  = ctl__we & \$45 ;
+  assign \$47  = ~ \$46 ;
+  assign \$48  = \$44  & \$47 ;
+  assign \$49  = ctl__addr == 9'h109;
+  assign \$50  = ctl__we & \$49 ;
+  assign \$51  = ~ \$50 ;
+  assign \step$102  = \$48  & \$51 ;
+  assign \$52  = ctl__addr == 9'h108;
+  assign \load0$103  = ctl__we & \$52 ;
+  assign \$53  = ctl__addr == 9'h109;
+  assign \load1$104  = ctl__we & \$53 ;
+  assign \$54  = transfer & sink__payload[5];
+  assign \$55  = ctl__addr == 9'h10a;
+  assign \$56  = ctl__we & \$55 ;
+  assign \$57  = ~ \$56 ;
+  assign \$58  = \$54  & \$57 ;
+  assign \$59  = ctl__addr == 9'h10b;
+  assign \$60  = ctl__we & \$59 ;
+  assign \$61  = ~ \$60 ;
+  assign \step$118  = \$58  & \$61 ;
+  assign \$62  = ctl__addr == 9'h10a;
+  assign \load0$119  = ctl__we & \$62 ;
+  assign \$63  = ctl__addr == 9'h10b;
+  assign \load1$120  = ctl__we & \$63 ;
+  assign \$64  = transfer & sink__payload[6];
+  assign \$65  = ctl__addr == 9'h10c;
+  assign \$66  = ctl__we & \$65 ;
+  assign \$67  = ~ \$66 ;
+  assign \$68  = \$64  & \$67 ;
+  assign \$69  = ctl__addr == 9'h10d;
+  assign \$70  = ctl__we & \$69 ;
+  assign \$71  = ~ \$70 ;
+  assign \step$134  = \$68  & \$71 ;
+  assign \$72  = ctl__addr == 9'h10c;
+  assign \load0$135  = ctl__we & \$72 ;
+  assign \$73  = ctl__addr == 9'h10d;
+  assign \load1$136  = ctl__we & \$73 ;
+  assign \$74  = transfer & sink__payload[7];
+  assign \$75  = ctl__addr == 9'h10e;
+  assign \$76  = ctl__we & \$75 ;
+  assign \$77  = ~ \$76 ;
+  assign \$78  = \$74  & \$77 ;
+  assign \$79  = ctl__addr == 9'h10f;
+  assign \$80  = ctl__we & \$79 ;
+  assign \$81  = ~ \$80 ;
+  assign \step$150  = \$78  & \$81 ;
+  assign \$82  = ctl__addr == 9'h10e;
+  assign \load0$151  = ctl__we & \$82 ;
+  assign \$83  = ctl__addr == 9'h10f;
+  assign \load1$152  = ctl__we & \$83 ;
+  always @(posedge clk)
+    valid_1 <= \$84 ;
+  always @(posedge clk)
+    keep_1 <= \$85 ;
+  always @(posedge clk)
+    valid_2 <= \$86 ;
+  always @(posedge clk)
+    valid_3 <= \$87 ;
+  always @(posedge clk)
+    valid_4 <= \$88 ;
+  always @(posedge clk)
+    valid_5 <= \$89 ;
+  always @(posedge clk)
+    valid_6 <= \$90 ;
+  always @(posedge clk)
+    valid_7 <= \$91 ;
+  always @(posedge clk)
+    valid_8 <= \$92 ;
+  always @(posedge clk)
+    valid_9 <= \$93 ;
+  always @(posedge clk)
+    valid_10 <= \$94 ;
+  always @(posedge clk)
+    valid_11 <= \$95 ;
+  always @(posedge clk)
+    valid_12 <= \$96 ;
+  always @(posedge clk)
+    valid_13 <= \$97 ;
+  always @(posedge clk)
+    valid_14 <= \$98 ;
+  always @(posedge clk)
+    valid_15 <= \$99 ;
+  always @(posedge clk)
+    valid_16 <= \$100 ;
+  always @(posedge clk)
+    valid_17 <= \$101 ;
+  always @(posedge clk)
+    source__valid <= \$102 ;
+  always @(posedge clk)
+    keep_2 <= \$103 ;
+  always @(posedge clk)
+    keep_3 <= \$104 ;
+  always @(posedge clk)
+    keep_4 <= \$105 ;
+  always @(posedge clk)
+    keep_5 <= \$106 ;
+  always @(posedge clk)
+    keep_6 <= \$107 ;
+  always @(posedge clk)
+    keep_7 <= \$108 ;
+  always @(posedge clk)
+    keep_8 <= \$109 ;
+  always @(posedge clk)
+    keep_9 <= \$110 ;
+  always @(posedge clk)
+    keep_10 <= \$111 ;
+  always @(posedge clk)
+    keep_11 <= \$112 ;
+  always @(posedge clk)
+    keep_12 <= \$113 ;
+  always @(posedge clk)
+    keep_13 <= \$114 ;
+  always @(posedge clk)
+    keep_14 <= \$115 ;
+  always @(posedge clk)
+    keep_15 <= \$116 ;
+  always @(posedge clk)
+    keep_16 <= \$117 ;
+  always @(posedge clk)
+    keep_17 <= \$118 ;
+  always @(posedge clk)
+    keep_18 <= \$119 ;
+  always @(posedge clk)
+    \step$44  <= \$120 ;
+  always @(posedge clk)
+    decay <= \$121 ;
+  always @(posedge clk)
+    noise <= \$122 ;
+  always @(posedge clk)
+    vc_var <= \$123 ;
+  always @(posedge clk)
+    vc_noise <= \$124 ;
   \lpsgld_w8_vc_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[79:72]),
     .\noise$42 (noise),
     .rst(rst),
@@ -481,7 +612,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_1  lane_1 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[87:80]),
     .\noise$42 (noise),
     .rst(rst),
@@ -495,7 +626,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_2  lane_2 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[95:88]),
     .\noise$42 (noise),
     .rst(rst),
@@ -509,7 +640,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_3  lane_3 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[103:96]),
     .\noise$42 (noise),
     .rst(rst),
@@ -523,7 +654,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_4  lane_4 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[111:104]),
     .\noise$42 (noise),
     .rst(rst),
@@ -537,7 +668,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_5  lane_5 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[119:112]),
     .\noise$42 (noise),
     .rst(rst),
@@ -551,7 +682,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_6  lane_6 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[127:120]),
     .\noise$42 (noise),
     .rst(rst),
@@ -565,7 +696,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_7  lane_7 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[135:128]),
     .\noise$42 (noise),
     .rst(rst),
@@ -650,341 +781,341 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_1;
-    if (sink__ready) begin
-      \$19  = sink__valid;
+    \$84  = valid_1;
+    if (advance) begin
+      \$84  = sink__valid;
     end
     if (rst) begin
-      \$19  = 1'h0;
+      \$84  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_1;
-    if (sink__ready) begin
-      \$20  = sink__payload[7:0];
+    \$85  = keep_1;
+    if (advance) begin
+      \$85  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_2;
-    if (sink__ready) begin
-      \$21  = valid_1;
+    \$86  = valid_2;
+    if (advance) begin
+      \$86  = valid_1;
     end
     if (rst) begin
-      \$21  = 1'h0;
+      \$86  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_3;
-    if (sink__ready) begin
-      \$22  = valid_2;
+    \$87  = valid_3;
+    if (advance) begin
+      \$87  = valid_2;
     end
     if (rst) begin
-      \$22  = 1'h0;
+      \$87  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_4;
-    if (sink__ready) begin
-      \$23  = valid_3;
+    \$88  = valid_4;
+    if (advance) begin
+      \$88  = valid_3;
     end
     if (rst) begin
-      \$23  = 1'h0;
+      \$88  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_5;
-    if (sink__ready) begin
-      \$24  = valid_4;
+    \$89  = valid_5;
+    if (advance) begin
+      \$89  = valid_4;
     end
     if (rst) begin
-      \$24  = 1'h0;
+      \$89  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_6;
-    if (sink__ready) begin
-      \$25  = valid_5;
+    \$90  = valid_6;
+    if (advance) begin
+      \$90  = valid_5;
     end
     if (rst) begin
-      \$25  = 1'h0;
+      \$90  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_7;
-    if (sink__ready) begin
-      \$26  = valid_6;
+    \$91  = valid_7;
+    if (advance) begin
+      \$91  = valid_6;
     end
     if (rst) begin
-      \$26  = 1'h0;
+      \$91  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_8;
-    if (sink__ready) begin
-      \$27  = valid_7;
+    \$92  = valid_8;
+    if (advance) begin
+      \$92  = valid_7;
     end
     if (rst) begin
-      \$27  = 1'h0;
+      \$92  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_9;
-    if (sink__ready) begin
-      \$28  = valid_8;
+    \$93  = valid_9;
+    if (advance) begin
+      \$93  = valid_8;
     end
     if (rst) begin
-      \$28  = 1'h0;
+      \$93  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = valid_10;
-    if (sink__ready) begin
-      \$29  = valid_9;
+    \$94  = valid_10;
+    if (advance) begin
+      \$94  = valid_9;
     end
     if (rst) begin
-      \$29  = 1'h0;
+      \$94  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = valid_11;
-    if (sink__ready) begin
-      \$30  = valid_10;
+    \$95  = valid_11;
+    if (advance) begin
+      \$95  = valid_10;
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$95  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = valid_12;
-    if (sink__ready) begin
-      \$31  = valid_11;
+    \$96  = valid_12;
+    if (advance) begin
+      \$96  = valid_11;
     end
     if (rst) begin
-      \$31  = 1'h0;
+      \$96  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = valid_13;
-    if (sink__ready) begin
-      \$32  = valid_12;
+    \$97  = valid_13;
+    if (advance) begin
+      \$97  = valid_12;
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$97  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = valid_14;
-    if (sink__ready) begin
-      \$33  = valid_13;
+    \$98  = valid_14;
+    if (advance) begin
+      \$98  = valid_13;
     end
     if (rst) begin
-      \$33  = 1'h0;
+      \$98  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = valid_15;
-    if (sink__ready) begin
-      \$34  = valid_14;
+    \$99  = valid_15;
+    if (advance) begin
+      \$99  = valid_14;
     end
     if (rst) begin
-      \$34  = 1'h0;
+      \$99  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_16;
-    if (sink__ready) begin
-      \$35  = valid_15;
+    \$100  = valid_16;
+    if (advance) begin
+      \$100  = valid_15;
     end
     if (rst) begin
-      \$35  = 1'h0;
+      \$100  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = valid_17;
-    if (sink__ready) begin
-      \$36  = valid_16;
+    \$101  = valid_17;
+    if (advance) begin
+      \$101  = valid_16;
     end
     if (rst) begin
-      \$36  = 1'h0;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = source__valid;
-    if (sink__ready) begin
-      \$37  = valid_17;
+    \$102  = source__valid;
+    if (advance) begin
+      \$102  = valid_17;
     end
     if (rst) begin
-      \$37  = 1'h0;
+      \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_2;
-    if (sink__ready) begin
-      \$38  = keep_1;
+    \$103  = keep_2;
+    if (advance) begin
+      \$103  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_3;
-    if (sink__ready) begin
-      \$39  = keep_2;
+    \$104  = keep_3;
+    if (advance) begin
+      \$104  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_4;
-    if (sink__ready) begin
-      \$40  = keep_3;
+    \$105  = keep_4;
+    if (advance) begin
+      \$105  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_5;
-    if (sink__ready) begin
-      \$41  = keep_4;
+    \$106  = keep_5;
+    if (advance) begin
+      \$106  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_6;
-    if (sink__ready) begin
-      \$42  = keep_5;
+    \$107  = keep_6;
+    if (advance) begin
+      \$107  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_7;
-    if (sink__ready) begin
-      \$43  = keep_6;
+    \$108  = keep_7;
+    if (advance) begin
+      \$108  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_8;
-    if (sink__ready) begin
-      \$44  = keep_7;
+    \$109  = keep_8;
+    if (advance) begin
+      \$109  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_9;
-    if (sink__ready) begin
-      \$45  = keep_8;
+    \$110  = keep_9;
+    if (advance) begin
+      \$110  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_10;
-    if (sink__ready) begin
-      \$46  = keep_9;
+    \$111  = keep_10;
+    if (advance) begin
+      \$111  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = keep_11;
-    if (sink__ready) begin
-      \$47  = keep_10;
+    \$112  = keep_11;
+    if (advance) begin
+      \$112  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_12;
-    if (sink__ready) begin
-      \$48  = keep_11;
+    \$113  = keep_12;
+    if (advance) begin
+      \$113  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_13;
-    if (sink__ready) begin
-      \$49  = keep_12;
+    \$114  = keep_13;
+    if (advance) begin
+      \$114  = keep_12;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = keep_14;
-    if (sink__ready) begin
-      \$50  = keep_13;
+    \$115  = keep_14;
+    if (advance) begin
+      \$115  = keep_13;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = keep_15;
-    if (sink__ready) begin
-      \$51  = keep_14;
+    \$116  = keep_15;
+    if (advance) begin
+      \$116  = keep_14;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = keep_16;
-    if (sink__ready) begin
-      \$52  = keep_15;
+    \$117  = keep_16;
+    if (advance) begin
+      \$117  = keep_15;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = keep_17;
-    if (sink__ready) begin
-      \$53  = keep_16;
+    \$118  = keep_17;
+    if (advance) begin
+      \$118  = keep_16;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_18;
-    if (sink__ready) begin
-      \$54  = keep_17;
+    \$119  = keep_18;
+    if (advance) begin
+      \$119  = keep_17;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = \step$44 ;
+    \$120  = \step$44 ;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$55  = ctl__data[15:0];
+            \$120  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$55  = 16'h0000;
+      \$120  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = decay;
+    \$121  = decay;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$56  = ctl__data[11:0];
+            \$121  = ctl__data[11:0];
       endcase
     end
     if (rst) begin
-      \$56  = 12'h000;
+      \$121  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = noise;
+    \$122  = noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -992,16 +1123,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$57  = ctl__data[15:0];
+            \$122  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$57  = 16'h0000;
+      \$122  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = vc_var;
+    \$123  = vc_var;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1011,16 +1142,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$58  = ctl__data[14:0];
+            \$123  = ctl__data[14:0];
       endcase
     end
     if (rst) begin
-      \$58  = 15'h0000;
+      \$123  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = vc_noise;
+    \$124  = vc_noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1032,17 +1163,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$59  = ctl__data[0];
+            \$124  = ctl__data[0];
       endcase
     end
     if (rst) begin
-      \$59  = 1'h0;
+      \$124  = 1'h0;
     end
   end
-  assign advance = sink__ready;
   assign valid_18 = source__valid;
   assign data = ctl__data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
@@ -1053,7 +1183,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_vc_var = vc_var;
   assign reg_vc_noise = vc_noise;
   assign \data$57  = ctl__data;
-  assign \en$58  = sink__ready;
+  assign \en$58  = advance;
   assign \theta$59  = sink__payload[23:16];
   assign \grad$60  = sink__payload[87:80];
   assign \out$62  = \words$61 ;
@@ -1064,7 +1194,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \vc_var$68  = vc_var;
   assign \vc_noise$69  = vc_noise;
   assign \data$73  = ctl__data;
-  assign \en$74  = sink__ready;
+  assign \en$74  = advance;
   assign \theta$75  = sink__payload[31:24];
   assign \grad$76  = sink__payload[95:88];
   assign \out$78  = \words$77 ;
@@ -1075,7 +1205,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \vc_var$84  = vc_var;
   assign \vc_noise$85  = vc_noise;
   assign \data$89  = ctl__data;
-  assign \en$90  = sink__ready;
+  assign \en$90  = advance;
   assign \theta$91  = sink__payload[39:32];
   assign \grad$92  = sink__payload[103:96];
   assign \out$94  = \words$93 ;
@@ -1086,7 +1216,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \vc_var$100  = vc_var;
   assign \vc_noise$101  = vc_noise;
   assign \data$105  = ctl__data;
-  assign \en$106  = sink__ready;
+  assign \en$106  = advance;
   assign \theta$107  = sink__payload[47:40];
   assign \grad$108  = sink__payload[111:104];
   assign \out$110  = \words$109 ;
@@ -1097,7 +1227,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \vc_var$116  = vc_var;
   assign \vc_noise$117  = vc_noise;
   assign \data$121  = ctl__data;
-  assign \en$122  = sink__ready;
+  assign \en$122  = advance;
   assign \theta$123  = sink__payload[55:48];
   assign \grad$124  = sink__payload[119:112];
   assign \out$126  = \words$125 ;
@@ -1108,7 +1238,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \vc_var$132  = vc_var;
   assign \vc_noise$133  = vc_noise;
   assign \data$137  = ctl__data;
-  assign \en$138  = sink__ready;
+  assign \en$138  = advance;
   assign \theta$139  = sink__payload[63:56];
   assign \grad$140  = sink__payload[127:120];
   assign \out$142  = \words$141 ;
@@ -1119,7 +1249,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \vc_var$148  = vc_var;
   assign \vc_noise$149  = vc_noise;
   assign \data$153  = ctl__data;
-  assign \en$154  = sink__ready;
+  assign \en$154  = advance;
   assign \theta$155  = sink__payload[71:64];
   assign \grad$156  = sink__payload[135:128];
   assign \out$158  = \words$157 ;

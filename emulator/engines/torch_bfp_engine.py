@@ -27,7 +27,7 @@ from ..spec.bfp import (
     update,
 )
 from .bfp_engine import kernel_step
-from .numpy_engine import check_path, check_rng_layout
+from .numpy_engine import check_rng_layout
 from .torch_engine import TorchLaneRng, torch_stream_words
 
 
@@ -99,20 +99,28 @@ def _np(t: BfpTensor) -> BfpTensor:
     return BfpTensor(t.mant.detach().contiguous().numpy(), t.exp.detach().contiguous().numpy())
 
 
+_BFP_PATHS = ("kernel", "reference", "triton")
+
+
 class TorchBfpEngine:
     """:class:`BfpEngine` on torch int64 tensors (CPU or CUDA): the same lanes, streams and kernel.
 
     Words come from :func:`emulator.engines.torch_engine.torch_stream_words` (element ``i``: lane
     ``i mod L``, cycle ``i div L``); the update is :func:`update`. Equal to :class:`BfpEngine`
-    word for word given the same seed and inputs. ``path``: ``"kernel"`` (default: on CPU the compiled
-    :func:`emulator.engines.cpu_kernels.bfp_update` on zero-copy numpy views; elsewhere the reference) or
-    ``"reference"`` (:func:`emulator.spec.bfp.update` on tensors).
+    word for word given the same seed and inputs.
+
+    ``path``: ``"kernel"`` (default: on CPU the compiled :func:`emulator.engines.cpu_kernels.bfp_update` on
+    zero-copy numpy views, on CUDA the Triton lane kernels of :mod:`emulator.engines.gpu_kernels`, the
+    reference path elsewhere), ``"reference"`` (stream words + :func:`update`) or ``"triton"`` (the Triton
+    kernels on any device; on CPU only under ``TRITON_INTERPRET=1``).
     """
 
     def __init__(self, cfg: BfpConfig, seed: int, *, device: Any = "cpu", rng: Any = None, path: str = "kernel"):
         if not isinstance(cfg, BfpConfig):
             raise TypeError(f"cfg must be a BfpConfig, got {type(cfg).__name__}")
-        self.path = check_path(path)
+        if path not in _BFP_PATHS:
+            raise ValueError(f"path must be one of {_BFP_PATHS}, got {path!r}")
+        self.path = path
         self.cfg = cfg
         self.device = torch.device(device)
         if rng is None:
@@ -158,6 +166,8 @@ class TorchBfpEngine:
         g = self._check(grad, cfg.grad, "grad", check_words)
         if tuple(th.mant.shape) != tuple(g.mant.shape):
             raise ValueError(f"theta shape {tuple(th.mant.shape)} != grad shape {tuple(g.mant.shape)}")
+        if self.uses_triton:
+            return self._triton(th, g, regs)
         if self.path == "kernel" and self.device.type == "cpu" and block_shape(tuple(th.mant.shape))[1] > 0:
             s0, s1 = self.rng.s0.clone(), self.rng.s1.clone()
             r = kernel_step(cfg, regs, s0.numpy(), s1.numpy(), _np(th), _np(g))
@@ -169,6 +179,24 @@ class TorchBfpEngine:
             return BfpUpdateResult(st, w)
         words = torch_stream_words(self.rng, th.mant.numel())
         return update(cfg, th, g, regs, words)
+
+    @property
+    def uses_triton(self) -> bool:
+        """True when steps run the Triton lane kernels (path ``"triton"``, or ``"kernel"`` on CUDA)."""
+        return self.path == "triton" or (self.path == "kernel" and self.device.type == "cuda")
+
+    def _triton(self, th: BfpTensor, g: BfpTensor, regs: BfpRegisters) -> BfpUpdateResult:
+        from . import gpu_kernels  # triton is needed only here
+
+        cfg = self.cfg
+        rng = self.rng
+        rng.s0, rng.s1 = rng.s0.contiguous(), rng.s1.contiguous()
+        out = BfpTensor(torch.empty_like(th.mant), torch.empty_like(th.exp))
+        weight = BfpTensor(torch.empty_like(th.mant), torch.empty_like(th.exp)) if cfg.variant.has_accumulator \
+            else None
+        gpu_kernels.bfp_update(cfg, regs, rng.s0, rng.s1, BfpTensor(th.mant.contiguous(), th.exp.contiguous()),
+                               BfpTensor(g.mant.contiguous(), g.exp.contiguous()), out, weight)
+        return BfpUpdateResult(out, weight if weight is not None else out)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.state_dict()}

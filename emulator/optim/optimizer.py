@@ -223,6 +223,33 @@ def sgld_bfp(params: list[Tensor], grads: list[Tensor], states: list[dict[str, T
         p.copy_(to_float_torch(r.weight, cfg.weight, p.dtype))
 
 
+def _device_group_step(rt: _GroupRuntime, params: list[Tensor], grads: list[Tensor], state: list[Any],
+                       regs: StepRegisters | BfpRegisters, group: dict[str, Any]) -> bool:
+    """The group's step by the Triton kernels (``gpu_kernels.fixed_group_step`` / ``bfp_group_step``) when its
+    engine runs them (CUDA by default): the same integers as :func:`sgld_lp` / :func:`sgld_bfp`, the streams
+    advanced in place, no host synchronization. False (nothing done) for other engines and for parameters the
+    kernels do not write (non-contiguous, or not float32/float64)."""
+    eng, grng = rt.engine, rt.grad_rng
+    if eng is None or grng is None or not eng.uses_triton:
+        return False
+    if any(not p.is_contiguous() or p.dtype not in (torch.float32, torch.float64) for p in params):
+        return False
+    from ..engines import gpu_kernels  # triton is needed only here
+
+    for r in (eng.rng, grng):
+        r.s0, r.s1 = r.s0.contiguous(), r.s1.contiguous()
+    opts = dict(rounding=group["grad_rounding"], sr_bits=group["grad_sr_bits"])
+    if isinstance(rt.cfg, BfpConfig) and isinstance(regs, BfpRegisters):
+        gpu_kernels.bfp_group_step(rt.cfg, regs, eng.rng.s0, eng.rng.s1, grng.s0, grng.s1, params, grads, state,
+                                   headroom=group["grad_headroom"], **opts)
+        return True
+    if isinstance(rt.cfg, DatapathConfig) and isinstance(regs, StepRegisters):
+        gpu_kernels.fixed_group_step(rt.cfg, regs, eng.rng.s0, eng.rng.s1, grng.s0, grng.s1, params, grads, state,
+                                     **opts)
+        return True
+    return False
+
+
 class LowPrecisionWarning(UserWarning):
     """A one-time notice from :class:`LowPrecisionSGLD`: a register flushed to 0, saturated weights,
     lr = 0 rounding, a parameter dtype that cannot hold the weight format exactly."""
@@ -278,7 +305,8 @@ class _GroupRuntime:
             self.generator.manual_seed(derive_seed(seed, 2 * index))
             return
         if isinstance(cfg, BfpConfig):
-            self.engine = TorchBfpEngine(cfg, derive_seed(seed, 2 * index), device=device)
+            bfp_path = path if path in ("reference", "triton") else "kernel"  # BFP has no fused path
+            self.engine = TorchBfpEngine(cfg, derive_seed(seed, 2 * index), device=device, path=bfp_path)
         else:
             self.engine = TorchEngine(cfg, derive_seed(seed, 2 * index), device=device, path=path, compile=compile)
         self.grad_rng = TorchLaneRng.seeded(cfg.rng, derive_seed(seed, 2 * index + 1), cfg.lanes, 1, device)
@@ -422,7 +450,10 @@ class LowPrecisionSGLD(Optimizer):
     Each parameter group may set its own ``lr``, ``max_lr``, ``weight_decay``, ``temperature``,
     ``dataset_size``, ``config``, ``maximize``, ``grad_rounding``, ``grad_sr_bits`` and (BFP groups)
     ``grad_headroom``. ``path``/``compile`` select the fixed-point engine's path (see
-    :class:`TorchEngine`). ``lr`` and ``max_lr`` that the registers cannot hold are refused here;
+    :class:`TorchEngine`; default: the Triton kernels on CUDA; ``path="reference"`` / ``"triton"`` also
+    select the BFP engine's path; on CUDA a group's step is one call of
+    :func:`emulator.engines.gpu_kernels.fixed_group_step` / ``bfp_group_step``). ``lr`` and ``max_lr``
+    that the registers cannot hold are refused here;
     an lr a scheduler sets later is checked at the step that uses it. ``momentum``, ``dampening``,
     ``nesterov``, ``foreach``, ``fused`` and ``differentiable`` are accepted only at their off
     values (the message says why); ``maximize=True`` ascends (the gradient is negated before
@@ -678,14 +709,16 @@ class LowPrecisionSGLD(Optimizer):
             if isinstance(rt.cfg, BfpConfig) and isinstance(rt.engine, TorchBfpEngine):
                 assert isinstance(regs, BfpRegisters)
                 states = [self._bfp_state(p, rt.cfg) for p in params]
-                sgld_bfp(params, grads, states, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
-                         grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"],
-                         grad_headroom=group["grad_headroom"])
+                if not _device_group_step(rt, params, grads, states, regs, group):
+                    sgld_bfp(params, grads, states, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
+                             grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"],
+                             grad_headroom=group["grad_headroom"])
             elif isinstance(rt.cfg, DatapathConfig) and isinstance(rt.engine, TorchEngine):
                 assert isinstance(regs, StepRegisters)
                 words = [self._words(p, rt.cfg) for p in params]
-                sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
-                        grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
+                if not _device_group_step(rt, params, grads, words, regs, group):
+                    sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
+                            grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
             else:
                 raise RuntimeError("group engine does not match its config")  # unreachable: built together
             self._after_group(gi, rt, params, flushed)

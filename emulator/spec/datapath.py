@@ -21,6 +21,7 @@ narrowing is the final one, except in VC branch A, which first rounds ``x`` to
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from enum import Enum
@@ -174,6 +175,61 @@ class DatapathConfig:
                 "reduce register fractional bits or word widths"
             )
         _ = self.fields  # validates the random budget
+
+    # ---- plain-dict form (manifests, JSON) -----------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field; ``DatapathConfig.from_dict(cfg.to_dict()) == cfg``."""
+        def fmt(f: FixedFormat | None) -> dict[str, Any] | None:
+            return None if f is None else {"width": f.width, "frac": f.frac, "signed": f.signed}
+
+        g, r = self.gaussian, self.rng
+        return {
+            "variant": self.variant.value, "weight": fmt(self.weight), "grad": fmt(self.grad), "acc": fmt(self.acc),
+            "step": fmt(self.step), "noise": fmt(self.noise), "decay": fmt(self.decay),
+            "gaussian": {"kind": g.kind, "terms": g.terms, "index_bits": g.index_bits, "frac": g.frac},
+            "sr_bits": self.sr_bits, "vc_frac_bits": self.vc_frac_bits,
+            "rng": {"word_bits": r.word_bits, "a": r.a, "b": r.b, "c": r.c, "scrambler": r.scrambler},
+            "rng_words": self.rng_words, "lanes": self.lanes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DatapathConfig:
+        """The configuration of a :meth:`to_dict` dict (e.g. a manifest's ``config``); missing keys take
+        the defaults, unknown keys are a ValueError naming them, wrong types a TypeError."""
+        if not isinstance(d, dict):
+            raise TypeError(f"configuration must be a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; expected some of {sorted(known)}")
+        if "variant" not in d:
+            raise ValueError("configuration dict has no 'variant'")
+
+        def sub(name: str, kind: type, optional: bool = False) -> Any:
+            v = d[name]
+            if v is None and optional:
+                return None
+            if not isinstance(v, dict):
+                raise TypeError(f"configuration {name!r} must be a dict{' or None' if optional else ''}, got {v!r}")
+            try:
+                return kind(**v)
+            except TypeError as e:
+                raise TypeError(f"configuration {name!r} = {v!r}: {e}") from None
+
+        kw: dict[str, Any] = {}
+        for name in d:
+            if name in ("weight", "grad", "step", "noise"):
+                kw[name] = sub(name, FixedFormat)
+            elif name in ("acc", "decay"):
+                kw[name] = sub(name, FixedFormat, optional=True)
+            elif name == "gaussian":
+                kw[name] = sub(name, GaussianSpec)
+            elif name == "rng":
+                kw[name] = sub(name, XoroshiroSpec)
+            else:
+                kw[name] = d[name]
+        return cls(**kw)
 
     @classmethod
     def paper(

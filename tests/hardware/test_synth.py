@@ -198,7 +198,8 @@ def test_shipped_set_is_the_exported_one():
     export = pytest.importorskip("hw.flows.export", reason="needs amaranth (bash scripts/setup.sh hw)")
     from hw.flows.synth import SHIPPED
 
-    assert SHIPPED == export.SHIPPED
+    # the FPGA figures cover the w8 designs; rtl/ also ships w4 ones (low-order-bit verification targets)
+    assert SHIPPED == tuple(c for c in export.SHIPPED if c[0].startswith("w8-"))
 
 
 def test_cli_rejects_bad_lanes(capsys):
