@@ -221,7 +221,9 @@ def _cmd_design_space(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .studies.bench import run_bench
 
-    run_bench(args.elements, args.lanes, args.repeat, args.variants)
+    rows = run_bench(args.elements, args.lanes, args.repeat, args.variants, args.paths, quiet=args.json)
+    if args.json:
+        print(json.dumps({"rows": rows}))
     return 0
 
 
@@ -234,8 +236,10 @@ def _cmd_bench_torch(args: argparse.Namespace) -> int:
     argv = ["--device", args.device, "--repeat", str(args.repeat), "--lanes", *map(str, args.lanes)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
-    if args.compile:
-        argv.append("--compile")
+    if args.path:
+        argv += ["--path", args.path]
+    if args.json:
+        argv.append("--json")
     return bench_main(argv)
 
 
@@ -522,15 +526,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=["sgd_l", "naive", "lp_f", "vc", "vc_b"],
                    choices=["sgd_l", "sgd_f", "naive", "lp_f", "vc", "vc_b"],
                    help="vc: VC branch A (lr 2e-3); vc_b: VC branch B (lr 1e-3)")
+    p.add_argument("--paths", nargs="+", default=["kernel"], choices=["kernel", "reference"],
+                   help="NumpyEngine paths to time (kernel: compiled, reference: numpy)")
+    p.add_argument("--json", action="store_true", help='one JSON object {"rows": [{"name", "ms", "ratio", ...}]}')
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("bench-torch", help="torch optimizer step on ResNet-18's parameters vs float32 SGLD")
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--lanes", type=LANES, nargs="+", default=[1024, 8])
+    p.add_argument("--lanes", type=LANES, nargs="+", default=[8, 1024, 65536])
     p.add_argument("--repeat", type=REPEAT, default=3)
     p.add_argument("--threads", type=_number(int, 0, 1024), default=0,
                    help="torch.set_num_threads, in [0, 1024] (0: torch's default)")
-    p.add_argument("--compile", action="store_true", help="also time the torch.compile engine and optimizer")
+    p.add_argument("--path", default=None, choices=["kernel", "fused", "reference"],
+                   help="engine / optimizer path (default: the compiled kernels on CPU, Triton on CUDA)")
+    p.add_argument("--json", action="store_true", help='one JSON object {"rows": [{"name", "ms", "ratio"}]}')
     p.set_defaults(func=_cmd_bench_torch)
 
     p = sub.add_parser("train", help="accuracy study: train BNNs with every method, BMA, tables and plots (resumable)")

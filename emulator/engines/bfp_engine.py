@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec.bfp import BfpConfig, BfpRegisters, BfpTensor, BfpUpdateResult, check_registers, update
+import numpy as np
+
+from ..spec.bfp import BfpConfig, BfpRegisters, BfpTensor, BfpUpdateResult, block_shape, check_registers, update
 from ..spec.rng import LaneRng
-from .numpy_engine import check_engine_state, check_rng_layout, engine_state, stream_words, transaction
+from . import cpu_kernels
+from .numpy_engine import check_engine_state, check_path, check_rng_layout, engine_state, stream_words, transaction
 
 
 class BfpEngine:
@@ -14,11 +17,14 @@ class BfpEngine:
 
     Element ``i`` of the flattened tensor takes lane ``i mod L`` at cycle ``i div L``
     (:func:`emulator.engines.numpy_engine.stream_words`), exactly as :class:`emulator.engines.numpy_engine.NumpyEngine`.
+    ``path``: ``"kernel"`` (default, :func:`emulator.engines.cpu_kernels.bfp_update`) or ``"reference"``
+    (:func:`emulator.spec.bfp.update` on numpy arrays); same words.
     """
 
-    def __init__(self, cfg: BfpConfig, seed: int, *, rng: LaneRng | None = None):
+    def __init__(self, cfg: BfpConfig, seed: int, *, rng: LaneRng | None = None, path: str = "kernel"):
         if not isinstance(cfg, BfpConfig):
             raise TypeError(f"cfg must be a BfpConfig, got {type(cfg).__name__}")
+        self.path = check_path(path)
         self.cfg = cfg
         if rng is None:
             rng = LaneRng.seeded(cfg.rng, seed, cfg.lanes, cfg.rng_words)
@@ -34,6 +40,11 @@ class BfpEngine:
         g = cfg.grad.check(grad, "grad")
         if th.mant.shape != g.mant.shape:
             raise ValueError(f"theta shape {th.mant.shape} != grad shape {g.mant.shape}")
+        if self.path == "kernel" and block_shape(th.mant.shape)[1] > 0:
+            s0, s1 = self.rng.s0.copy(), self.rng.s1.copy()
+            r = kernel_step(cfg, regs, s0, s1, th, g)
+            self.rng.s0, self.rng.s1 = s0, s1  # only after the kernel finished: a failed call changes nothing
+            return r
         with transaction(self.rng):  # a step that raises leaves the lanes as they were
             words = stream_words(self.rng, th.mant.size)
             return update(cfg, th, g, regs, words)
@@ -46,3 +57,17 @@ class BfpEngine:
         rng = LaneRng.from_state_dict(check_engine_state(self.cfg, state))
         check_rng_layout(self.cfg, rng, loaded=True)
         self.rng = rng
+
+
+def kernel_step(cfg: BfpConfig, regs: BfpRegisters, s0: np.ndarray, s1: np.ndarray, th: BfpTensor,
+                g: BfpTensor) -> BfpUpdateResult:
+    """:func:`emulator.engines.cpu_kernels.bfp_update` of numpy words into new int64 arrays; advances the
+    lane states ``s0``/``s1`` (numpy views) in place."""
+    shape = th.mant.shape
+    rows, _ = block_shape(shape)
+    out = BfpTensor(np.empty(shape, dtype=np.int64), np.empty(rows, dtype=np.int64))
+    weight = out
+    if cfg.variant.has_accumulator:
+        weight = BfpTensor(np.empty(shape, dtype=np.int64), np.empty(rows, dtype=np.int64))
+    cpu_kernels.bfp_update(cfg, regs, s0, s1, th, g, out, weight)
+    return BfpUpdateResult(out, weight)

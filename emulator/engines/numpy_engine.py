@@ -9,6 +9,11 @@ Speed: the generator is F2-linear, so the engine jumps each lane ahead to the
 start of ``K`` chunks of cycles and steps all ``K * L`` chunk states together
 (:func:`stream_words`); the output is identical to stepping each lane cycle by
 cycle, which the tests check.
+
+Paths: ``path="kernel"`` (default) runs the compiled lane kernel
+(:func:`emulator.engines.cpu_kernels.fixed_update`: one loop per lane block, no stored
+words); ``path="reference"`` is the readable code below (:func:`stream_words` and
+:func:`emulator.spec.datapath.update`). Both give the same words and lane states.
 """
 
 from __future__ import annotations
@@ -22,9 +27,17 @@ import numpy as np
 from ..spec import gf2
 from ..spec.datapath import DatapathConfig, StepRegisters, UpdateResult, update
 from ..spec.rng import LaneRng, vec
+from . import cpu_kernels
 
 _VIRTUAL_LANES = 1 << 14  # parallel chunk states to aim for when lanes are few
 _BLOCK = 1 << 13  # elements per kernel block: temporaries stay in L2 (measured best of 4K..128K)
+PATHS = ("kernel", "reference")
+
+
+def check_path(path: str) -> str:
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    return path
 
 
 def stream_words(rng: LaneRng, n: int) -> np.ndarray:
@@ -137,11 +150,14 @@ class NumpyEngine:
 
     >>> eng = NumpyEngine(cfg, seed=1)                    # doctest: +SKIP
     >>> new = eng.step(theta_words, grad_words, regs)     # doctest: +SKIP
+
+    ``path``: ``"kernel"`` (default, compiled) or ``"reference"`` (numpy); same words.
     """
 
-    def __init__(self, cfg: DatapathConfig, seed: int, *, rng: LaneRng | None = None):
+    def __init__(self, cfg: DatapathConfig, seed: int, *, rng: LaneRng | None = None, path: str = "kernel"):
         if not isinstance(cfg, DatapathConfig):
             raise TypeError(f"cfg must be a DatapathConfig, got {type(cfg).__name__}")
+        self.path = check_path(path)
         self.cfg = cfg
         if rng is None:
             rng = LaneRng.seeded(cfg.rng, seed, cfg.lanes, cfg.rng_words)
@@ -160,6 +176,13 @@ class NumpyEngine:
         shape = th.shape
         th = th.ravel()
         g = g.ravel()
+        if self.path == "kernel":
+            state = np.empty_like(th)
+            weight = state if not cfg.variant.has_accumulator else np.empty_like(th)
+            s0, s1 = self.rng.s0.copy(), self.rng.s1.copy()
+            cpu_kernels.fixed_update(cfg, regs, s0, s1, th, g, state, weight)
+            self.rng.s0, self.rng.s1 = s0, s1  # only after the kernel finished: a failed call changes nothing
+            return UpdateResult(state.reshape(shape), weight.reshape(shape))
         with transaction(self.rng):  # a step that raises leaves the lanes as they were
             words = stream_words(self.rng, th.size)
             state = np.empty_like(th)

@@ -26,6 +26,7 @@ from ..spec.bfp import (
     quantize_core,
     update,
 )
+from .bfp_engine import kernel_step
 from .numpy_engine import check_engine_state, check_rng_layout, engine_state, transaction
 from .torch_engine import TorchLaneRng, torch_stream_words
 
@@ -94,6 +95,10 @@ def to_float_torch(t: BfpTensor, fmt: BfpFormat, dtype: Any = None) -> Any:
     return (t.mant.reshape(rows, cols).to(torch.float64) * g).reshape(t.mant.shape).to(dtype)
 
 
+def _np(t: BfpTensor) -> BfpTensor:
+    return BfpTensor(t.mant.detach().contiguous().numpy(), t.exp.detach().contiguous().numpy())
+
+
 _BFP_PATHS = ("kernel", "reference", "triton")
 
 
@@ -104,9 +109,10 @@ class TorchBfpEngine:
     ``i mod L``, cycle ``i div L``); the update is :func:`update`. Equal to :class:`BfpEngine`
     word for word given the same seed and inputs.
 
-    ``path``: ``"kernel"`` (default: the Triton lane kernels of :mod:`emulator.engines.gpu_kernels` on
-    CUDA, the reference path elsewhere), ``"reference"`` (stream words + :func:`update`) or ``"triton"``
-    (the Triton kernels on any device; on CPU only under ``TRITON_INTERPRET=1``).
+    ``path``: ``"kernel"`` (default: on CPU the compiled :func:`emulator.engines.cpu_kernels.bfp_update` on
+    zero-copy numpy views, on CUDA the Triton lane kernels of :mod:`emulator.engines.gpu_kernels`, the
+    reference path elsewhere), ``"reference"`` (stream words + :func:`update`) or ``"triton"`` (the Triton
+    kernels on any device; on CPU only under ``TRITON_INTERPRET=1``).
     """
 
     def __init__(self, cfg: BfpConfig, seed: int, *, device: Any = "cpu", rng: Any = None, path: str = "kernel"):
@@ -160,6 +166,15 @@ class TorchBfpEngine:
         g = self._check(grad, cfg.grad, "grad", check_words)
         if tuple(th.mant.shape) != tuple(g.mant.shape):
             raise ValueError(f"theta shape {tuple(th.mant.shape)} != grad shape {tuple(g.mant.shape)}")
+        if self.path == "kernel" and self.device.type == "cpu" and block_shape(tuple(th.mant.shape))[1] > 0:
+            s0, s1 = self.rng.s0.clone(), self.rng.s1.clone()
+            r = kernel_step(cfg, regs, s0.numpy(), s1.numpy(), _np(th), _np(g))
+            self.rng.s0, self.rng.s1 = s0, s1  # only after the kernel finished: a failed call changes nothing
+            st = BfpTensor(torch.from_numpy(r.state.mant), torch.from_numpy(r.state.exp))
+            w = st
+            if r.weight is not r.state:
+                w = BfpTensor(torch.from_numpy(r.weight.mant), torch.from_numpy(r.weight.exp))
+            return BfpUpdateResult(st, w)
         with transaction(self.rng):  # a step that raises leaves the lanes as they were
             if self.uses_triton:
                 return self._triton(th, g, regs)

@@ -7,9 +7,10 @@ logical right shift is the arithmetic one masked to ``64 - r`` bits (:func:`_shr
 Element order, lanes and random streams follow docs/spec.md section 8 exactly as the numpy
 engine does. These paths compute the same integers:
 
-* ``path="kernel"`` (default unless ``compile=True``): on CUDA the Triton lane kernels of
-  :mod:`emulator.engines.gpu_kernels`; elsewhere the fused path below. ``path="triton"`` runs
-  the Triton kernels on any device (CPU tensors only under ``TRITON_INTERPRET=1``).
+* ``path="kernel"`` (default unless ``compile=True``): on CPU the compiled lane kernels of
+  :mod:`emulator.engines.cpu_kernels` (numba) on zero-copy numpy views of the tensors; on CUDA the
+  Triton lane kernels of :mod:`emulator.engines.gpu_kernels`; elsewhere the fused path below.
+  ``path="triton"`` runs the Triton kernels on any device (CPU tensors only under ``TRITON_INTERPRET=1``).
 
 * ``path="reference"``: :func:`torch_stream_words` materializes every element's random words,
   then :func:`torch_update` runs the datapath as plain per-tensor ops (a line-by-line port of
@@ -37,6 +38,7 @@ from ..spec.datapath import WORD_BITS, DatapathConfig, Field, StepRegisters, Var
 from ..spec.formats import FixedFormat
 from ..spec.gaussian import GaussianSpec
 from ..spec.rng import LaneRng, XoroshiroSpec, vec
+from . import cpu_kernels
 from .numpy_engine import check_engine_state, check_rng_layout, engine_state, transaction
 
 _I64 = torch.int64
@@ -538,6 +540,7 @@ def torch_update(
 # ---- the engine ----------------------------------------------------------------------
 
 _PATHS = ("kernel", "fused", "reference", "triton")
+_KERNEL_FLOATS = (torch.float16, torch.float32, torch.float64)  # gradients the CPU kernel reads as numpy views
 Kernel = Callable[..., tuple[Tensor, Tensor]]
 
 
@@ -617,10 +620,11 @@ class TorchEngine:
     >>> eng = TorchEngine(cfg, seed=1, device="cuda")          # doctest: +SKIP
     >>> state, weight = eng.step(theta_words, grad_words, regs)  # doctest: +SKIP
 
-    ``path``: ``"kernel"`` (default unless ``compile=True``: the Triton lane kernels of
-    :mod:`emulator.engines.gpu_kernels` on CUDA, the fused path elsewhere), ``"fused"``, ``"reference"``
-    or ``"triton"`` (the Triton kernels on any device: on CPU tensors only under ``TRITON_INTERPRET=1``,
-    set before triton is imported; the tests use it). ``compile=True`` (fused path only) runs
+    ``path``: ``"kernel"`` (default unless ``compile=True``: the compiled numba lane kernels on CPU, the
+    Triton lane kernels of :mod:`emulator.engines.gpu_kernels` on CUDA, the fused path elsewhere),
+    ``"fused"``, ``"reference"`` or ``"triton"`` (the Triton kernels on any device: on CPU tensors only
+    under ``TRITON_INTERPRET=1``, set before triton is imported; the tests use it). ``compile=True``
+    (fused path only) runs
     the per-cycle kernel and the jumps as ``torch.compile`` kernels (automatic dynamic shapes,
     see :func:`_kernel`); the first calls compile (tens of seconds per kernel on CPU). Tested
     equal to the reference path and ``NumpyEngine`` on CPU; ``scripts/gpu_check.py`` checks CUDA.
@@ -676,6 +680,14 @@ class TorchEngine:
         shape = theta.shape
         th = self._check(theta, cfg.state, "theta", check_words)
         g = self._check(grad, cfg.grad, "grad", check_words)
+        if self._on_cpu_kernel():
+            state = torch.empty_like(th)
+            weight = torch.empty_like(th) if cfg.variant.has_accumulator else state
+            s0, s1 = self.rng.s0.clone(), self.rng.s1.clone()
+            cpu_kernels.fixed_update(cfg, regs, s0.numpy(), s1.numpy(), th.numpy(), g.numpy(), state.numpy(),
+                                     weight.numpy())
+            self.rng.s0, self.rng.s1 = s0, s1  # only after the kernel finished: a failed call changes nothing
+            return TorchUpdateResult(state.view(shape), weight.view(shape))
         with transaction(self.rng):  # a step that raises leaves the lanes as they were
             if self.path == "reference":
                 words = torch_stream_words(self.rng, th.numel())
@@ -686,6 +698,9 @@ class TorchEngine:
                 return TorchUpdateResult(state.view(shape), weight.view(shape))
             state, weight = self._fused(th, g, regs)
         return TorchUpdateResult(state.view(shape), weight.view(shape))
+
+    def _on_cpu_kernel(self) -> bool:
+        return self.path == "kernel" and self.device.type == "cpu"
 
     def step_quantize(self, theta: Tensor, grad: Tensor, regs: StepRegisters, *, grad_rng: TorchLaneRng | None,
                       rounding: str = "stochastic", sr_bits: int = 32, check_words: bool = True) -> TorchUpdateResult:
@@ -721,6 +736,20 @@ class TorchEngine:
                 else None
             g = _quantize_words(grad.detach().reshape(-1), cfg.grad, rounding, u, sr_bits).view(grad.shape)
             return self.step(theta, g, regs, check_words=check_words)
+        if self._on_cpu_kernel() and grad.dtype in _KERNEL_FLOATS:
+            shape = theta.shape
+            th = self._check(theta, cfg.state, "theta", check_words)
+            state = torch.empty_like(th)
+            weight = torch.empty_like(th) if cfg.variant.has_accumulator else state
+            s0, s1 = self.rng.s0.clone(), self.rng.s1.clone()
+            g0, g1 = (grad_rng.s0.clone(), grad_rng.s1.clone()) if stochastic and grad_rng else (s0, s1)
+            cpu_kernels.fixed_quantize_update(cfg, regs, s0.numpy(), s1.numpy(), g0.numpy(), g1.numpy(), th.numpy(),
+                                              grad.detach().contiguous().view(-1).numpy(), state.numpy(),
+                                              weight.numpy(), rounding=rounding, sr_bits=sr_bits)
+            self.rng.s0, self.rng.s1 = s0, s1  # only after the kernel finished
+            if stochastic and grad_rng:
+                grad_rng.s0, grad_rng.s1 = g0, g1
+            return TorchUpdateResult(state.view(shape), weight.view(shape))
         shape = theta.shape
         th = self._check(theta, cfg.state, "theta", check_words)
         gf = grad.detach().contiguous().view(-1)

@@ -13,14 +13,17 @@ where ``theta`` is the integer state held in ``optimizer.state[p]``: the weight 
 round-to-nearest into the state format on the first step. A group's ``config`` selects the
 number format:
 
-* fixed point (:class:`DatapathConfig` or a preset name): ``state[p]['words']`` (int64, ``p``'s
-  shape); ``datapath`` is docs/spec.md section 6 run by :class:`emulator.engines.torch_engine.TorchEngine`:
+* fixed point (:class:`DatapathConfig` or a preset name): ``state[p]['words']`` (``p``'s shape, the
+  narrowest integer dtype holding the state format: int8 for W <= 8, int16, int32, int64; int64 words
+  of older checkpoints are narrowed on the next step); ``datapath`` is docs/spec.md section 6 run by
+  :class:`emulator.engines.torch_engine.TorchEngine` (on CPU: one compiled call per tensor,
+  :func:`emulator.engines.cpu_kernels.fixed_group_step`; ``path='reference'``: :func:`sgld_lp`'s engine calls):
   ``mu = theta - a g_w - (a wd) theta`` exactly (weight decay is the Gaussian prior, applied
   inside the exact sum), then ``naive``/``lp_f``: ``SR(mu + sqrt(v) z)``, ``vc``:
   ``Q_vc(mu, v)``, ``sgd_l``/``sgd_f``: ``SR(mu)``; the ``-F`` variants emit
   ``nearest(theta)`` in the weight format. Registers from
   :func:`emulator.spec.host.step_registers_flushed`.
-* block floating point (:class:`emulator.spec.bfp.BfpConfig`): ``state[p]['mant']`` (int64, ``p``'s
+* block floating point (:class:`emulator.spec.bfp.BfpConfig`): ``state[p]['mant']`` (narrowest integer dtype, ``p``'s
   shape) and ``state[p]['exp']`` (int64, one exponent per row of dim 0); ``-F`` variants also
   keep the emitted weight in ``state[p]['weight_mant']``, ``['weight_exp']``. ``Q_G`` is
   :func:`emulator.engines.torch_bfp_engine.quantize_torch` (``BfpFormat.quantize``'s definition, headroom
@@ -52,10 +55,12 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..engines import cpu_kernels
 from ..engines.torch_bfp_engine import TorchBfpEngine, exact_in, quantize_torch, to_float_torch
 from ..engines.torch_engine import TorchEngine, TorchLaneRng, torch_quantize, torch_stream_words
 from ..spec.bfp import (
@@ -64,6 +69,7 @@ from ..spec.bfp import (
     BfpRegisters,
     BfpTensor,
     bfp_registers_flushed,
+    block_shape,
     check_headroom,
     check_quantize_bits,
 )
@@ -77,6 +83,14 @@ from ..spec.sizing import SIZED_NAMES, SizedConfig, sized_config
 FP = "fp"
 _MASK64 = (1 << 64) - 1
 _BFP_KEYS = ("mant", "exp", "weight_mant", "weight_exp")
+
+
+def word_dtype(width: int) -> torch.dtype:
+    """The narrowest signed integer dtype holding ``width``-bit words (state words, BFP mantissas)."""
+    for bits, dtype in ((8, torch.int8), (16, torch.int16), (32, torch.int32)):
+        if width <= bits:
+            return dtype
+    return torch.int64
 
 
 def derive_seed(seed: int, tag: int) -> int:
@@ -119,19 +133,66 @@ def sgld_lp(params: list[Tensor], grads: list[Tensor], words: list[Tensor], *, e
     out-of-range gradients saturate (as :meth:`FixedFormat.quantize`).
     """
     cfg = engine.cfg
+    if _group_kernel_ok(engine, params, grads, words):
+        _sgld_lp_kernel(params, grads, words, engine=engine, grad_rng=grad_rng, regs=regs, grad_rounding=grad_rounding,
+                        grad_sr_bits=grad_sr_bits)
+        return
     for p, g, w in zip(params, grads, words, strict=True):
         # = gradient_uniforms + torch_quantize + engine.step; the fused path never stores the gradient words
-        r = engine.step_quantize(w, g, regs, grad_rng=grad_rng, rounding=grad_rounding, sr_bits=grad_sr_bits,
+        th = w if w.dtype == torch.int64 else w.to(torch.int64)  # the reference paths work on int64 words
+        r = engine.step_quantize(th, g, regs, grad_rng=grad_rng, rounding=grad_rounding, sr_bits=grad_sr_bits,
                                  check_words=False)  # state words are in range by construction
         w.copy_(r.state)
         p.copy_(weight_to_float(r.weight, cfg.weight, p.dtype))
 
 
+_KERNEL_PARAM_DTYPES = (torch.float32, torch.float64)
+_KERNEL_GRAD_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def _group_kernel_ok(engine: TorchEngine, params: list[Tensor], grads: list[Tensor], words: list[Tensor]) -> bool:
+    """The group runs as one compiled CPU step: engine path 'kernel' on CPU, dense contiguous tensors."""
+    if engine.path != "kernel" or engine.device.type != "cpu":
+        return False
+    return all(p.dtype in _KERNEL_PARAM_DTYPES and p.is_contiguous() and g.dtype in _KERNEL_GRAD_DTYPES
+               and w.is_contiguous() for p, g, w in zip(params, grads, words, strict=True))
+
+
+def _sgld_lp_kernel(params: list[Tensor], grads: list[Tensor], words: list[Tensor], *, engine: TorchEngine,
+                    grad_rng: TorchLaneRng, regs: StepRegisters, grad_rounding: str, grad_sr_bits: int) -> None:
+    """:func:`sgld_lp` as :func:`emulator.engines.cpu_kernels.fixed_group_step` (the same words, lanes and p)."""
+    stochastic = grad_rounding == "stochastic"
+    s0, s1 = engine.rng.s0.clone(), engine.rng.s1.clone()
+    g0, g1 = (grad_rng.s0.clone(), grad_rng.s1.clone()) if stochastic else (s0, s1)
+    cpu_kernels.fixed_group_step(engine.cfg, regs, s0.numpy(), s1.numpy(), g0.numpy(), g1.numpy(),
+                                 [p.detach().view(-1).numpy() for p in params],
+                                 [g.detach().contiguous().view(-1).numpy() for g in grads],
+                                 [w.view(-1).numpy() for w in words], rounding=grad_rounding, sr_bits=grad_sr_bits)
+    engine.rng.s0, engine.rng.s1 = s0, s1
+    if stochastic:
+        grad_rng.s0, grad_rng.s1 = g0, g1
+
+
 def quantize_gradient_bfp(grad: Tensor, fmt: BfpFormat, grad_rng: TorchLaneRng, *, rounding: str = "stochastic",
-                          sr_bits: int = 32, headroom: int = 0) -> BfpTensor:
+                          sr_bits: int = 32, headroom: int = 0, fast: bool = False) -> BfpTensor:
     """``Q_G(g)`` of a BFP group: the gradient stream's next ``numel`` uniforms (stochastic; none drawn
     for nearest) and :func:`emulator.engines.torch_bfp_engine.quantize_torch` (``BfpFormat.quantize``'s definition)."""
-    u = gradient_uniforms(grad_rng, grad.numel(), sr_bits) if rounding == "stochastic" else None
+    u: Any = None
+    rows, cols = block_shape(tuple(grad.shape))
+    if fast and grad_rng.device.type == "cpu" and cols and grad.dtype in _KERNEL_GRAD_DTYPES:
+        # the compiled word stream and row quantizer: the same words (quantize_torch's checks done by the caller)
+        h = check_headroom(fmt, headroom)
+        k = check_quantize_bits(fmt, sr_bits) if rounding == "stochastic" else 1
+        if rounding == "stochastic":
+            words = cpu_kernels.stream_words(grad_rng.spec, grad_rng.s0.numpy(), grad_rng.s1.numpy(), grad.numel())
+            u = words[:, 0].view(np.int64) & ((1 << sr_bits) - 1)
+        mant = torch.empty(grad.shape, dtype=torch.int64)
+        exp = torch.empty(rows, dtype=torch.int64)
+        cpu_kernels.bfp_quantize(fmt, grad.detach().contiguous().view(-1).numpy(), rows, k, u, h, mant.numpy(),
+                                 exp.numpy())
+        return BfpTensor(mant, exp)
+    if rounding == "stochastic":
+        u = gradient_uniforms(grad_rng, grad.numel(), sr_bits)
     return quantize_torch(grad, fmt, rounding, u=u, sr_bits=sr_bits, headroom=headroom)
 
 
@@ -145,15 +206,17 @@ def sgld_bfp(params: list[Tensor], grads: list[Tensor], states: list[dict[str, T
     raise ValueError; +-Inf and out-of-range gradients saturate.
     """
     cfg = engine.cfg
+    fast = engine.path == "kernel"
     for p, g, st in zip(params, grads, states, strict=True):
         gq = quantize_gradient_bfp(g, cfg.grad, grad_rng, rounding=grad_rounding, sr_bits=grad_sr_bits,
-                                   headroom=grad_headroom)
-        r = engine.step(BfpTensor(st["mant"], st["exp"]), gq, regs, check_words=False)  # in range by construction
+                                   headroom=grad_headroom, fast=fast)
+        mant = st["mant"].to(torch.int64)  # narrow mantissas in the state, int64 in the engines
+        r = engine.step(BfpTensor(mant, st["exp"]), gq, regs, check_words=False)  # in range by construction
         st["mant"].copy_(r.state.mant)
         st["exp"].copy_(r.state.exp)
         if cfg.variant.has_accumulator:
             if "weight_mant" not in st:
-                st["weight_mant"] = torch.empty_like(r.weight.mant)
+                st["weight_mant"] = torch.empty(r.weight.mant.shape, dtype=word_dtype(cfg.weight.width))
                 st["weight_exp"] = torch.empty_like(r.weight.exp)
             st["weight_mant"].copy_(r.weight.mant)
             st["weight_exp"].copy_(r.weight.exp)
@@ -540,8 +603,11 @@ class LowPrecisionSGLD(Optimizer):
 
     def _words(self, p: Tensor, cfg: DatapathConfig) -> Tensor:
         st = self.state[p]
+        dtype = word_dtype(cfg.state.width)
         if "words" not in st:
-            st["words"] = torch_quantize(p.detach(), cfg.state, "nearest")
+            st["words"] = torch_quantize(p.detach(), cfg.state, "nearest").to(dtype)
+        elif st["words"].dtype != dtype:  # e.g. int64 words of an older checkpoint: same values, narrowed
+            st["words"] = st["words"].to(dtype)
         words: Tensor = st["words"]
         return words
 
@@ -551,6 +617,9 @@ class LowPrecisionSGLD(Optimizer):
         if "mant" not in st:
             t = quantize_torch(p.detach(), cfg.state, "nearest", headroom=cfg.headroom)
             st["mant"], st["exp"] = t.mant, t.exp
+        for key, fmt in (("mant", cfg.state), ("weight_mant", cfg.weight)):  # narrowest dtype (old checkpoints: int64)
+            if key in st and st[key].dtype != word_dtype(fmt.width):
+                st[key] = st[key].to(word_dtype(fmt.width))
         return st
 
     def _check_gradients(self, groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]) -> None:

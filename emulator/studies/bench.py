@@ -34,7 +34,11 @@ def _best(fn: Callable[[], object], repeat: int) -> float:
 VARIANTS = tuple(_PRESET)
 
 
-def run_bench(elements: int, lanes: Sequence[int], repeat: int, variants: Sequence[str]) -> list[dict[str, object]]:
+def run_bench(elements: int, lanes: Sequence[int], repeat: int, variants: Sequence[str],
+              paths: Sequence[str] = ("kernel",), quiet: bool = False) -> list[dict[str, object]]:
+    """Rows ``{"name", "variant", "lanes", "path", "ms", "ratio"}`` (best of ``repeat``), ratios to a
+    numpy float32 SGLD step of the same size measured in the same run; a table unless ``quiet``."""
+    say = (lambda _: None) if quiet else print
     rng = np.random.default_rng(0)
     theta32 = rng.standard_normal(elements, dtype=np.float32)
     g32 = rng.standard_normal(elements, dtype=np.float32)
@@ -44,10 +48,10 @@ def run_bench(elements: int, lanes: Sequence[int], repeat: int, variants: Sequen
         return theta32 - lr32 * g32 + sigma32 * rng.standard_normal(elements, dtype=np.float32)
 
     base = _best(float_step, repeat)
-    print(f"{elements:,} elements; float32 numpy SGLD step (theta - a*g + s*randn): "
-          f"{base * 1e3:.1f} ms = {elements / base / 1e6:.1f} M elem/s")
-    print(f"{'variant':>8} {'lanes':>7} {'ms':>9} {'M elem/s':>9} {'x float32':>10}")
-    rows: list[dict[str, object]] = []
+    say(f"{elements:,} elements; float32 numpy SGLD step (theta - a*g + s*randn): "
+        f"{base * 1e3:.1f} ms = {elements / base / 1e6:.1f} M elem/s")
+    say(f"{'variant':>8} {'lanes':>7} {'path':>9} {'ms':>9} {'M elem/s':>9} {'x float32':>10}")
+    rows: list[dict[str, object]] = [{"name": "float32 numpy SGLD", "ms": round(base * 1e3, 3), "ratio": 1.0}]
     for v in variants:
         for L in lanes:
             name, lr = _PRESET[v]
@@ -56,8 +60,11 @@ def run_bench(elements: int, lanes: Sequence[int], repeat: int, variants: Sequen
             st = cfg.state
             theta = rng.integers(st.min_word // 2, st.max_word // 2, elements)
             grad = rng.integers(cfg.grad.min_word // 2, cfg.grad.max_word // 2, elements)
-            eng = NumpyEngine(cfg, 1)
-            t = _best(lambda: eng.step(theta, grad, regs), repeat)  # noqa: B023
-            rows.append({"variant": v, "lanes": L, "seconds": t, "ratio": t / base})
-            print(f"{v:>8} {L:>7} {t * 1e3:9.1f} {elements / t / 1e6:9.1f} {t / base:10.2f}")
+            for path in paths:
+                eng = NumpyEngine(cfg, 1, path=path)
+                eng.step(theta[:1], grad[:1], regs)  # loads (or compiles) the kernel
+                t = _best(lambda: eng.step(theta, grad, regs), repeat)  # noqa: B023
+                rows.append({"name": f"NumpyEngine {v}, L={L}, {path}", "variant": v, "lanes": L, "path": path,
+                             "ms": round(t * 1e3, 3), "ratio": round(t / base, 4)})
+                say(f"{v:>8} {L:>7} {path:>9} {t * 1e3:9.1f} {elements / t / 1e6:9.1f} {t / base:10.2f}")
     return rows

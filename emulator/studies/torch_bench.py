@@ -6,24 +6,33 @@
 * ``float VC (reference style)``: the variance-corrected step written as the paper's reference
   code does it, many elementwise float ops (gradient SR with ``torch.rand``, the branch logic in
   float) - not bit-exact, a speed baseline only;
-* the bit-exact engine step (int64 words in and out) and the full ``LowPrecisionSGLD.step``
-  (gradient quantization from the xoroshiro gradient stream, engine, float weights out),
+* fixed VC at each lane count and temperature (branch A and B): the bit-exact update alone (the
+  engine step on int64 words; on CPU also the kernel on int8 words in place) and the full
+  ``LowPrecisionSGLD.step`` (gradient SR from the gradient stream, update, float weights out);
+* BFP VC (``BfpConfig.paper``): the engine step and the full optimizer step;
+* the full fixed VC optimizer step on the 784-100-10 MLP's parameters (per-call overhead),
 
-and prints each one's ratio to the float32 SGLD step.
+and prints each one's ratio to the float32 SGLD step of the same parameter set, measured in the
+same run (``--json``: one JSON object ``{"rows": [{"name", "ms", "ratio"}, ...]}``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..engines import cpu_kernels
+from ..engines.torch_bfp_engine import TorchBfpEngine, quantize_torch
 from ..engines.torch_engine import TorchEngine, torch_quantize
 from ..optim import LowPrecisionSGLD
+from ..spec.bfp import BfpConfig, BfpRegisters, bfp_registers
 from ..spec.datapath import DatapathConfig, StepRegisters, Variant
 from ..spec.formats import FixedFormat
 from ..spec.host import HyperParams, step_registers
@@ -92,84 +101,152 @@ def _best(fn: Callable[[], object], repeat: int, sync: Callable[[], None]) -> fl
     return best
 
 
-def run(device: str = "cpu", lanes: Sequence[int] = (1024, 8), repeat: int = 3, lr: float = 0.5,
-        temperatures: Sequence[float] = (1.0, 1e-3), dataset_size: int = 50000,
-        compiled: bool = False) -> list[dict[str, object]]:
-    """Print and return the rows; ``compiled`` adds the ``compile=True`` engine and optimizer rows
-    (each warmed up by one untimed call, which compiles)."""
-    dev = torch.device(device)
-    sync: Callable[[], None] = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    gen = torch.Generator(device=dev).manual_seed(0)
-    shapes = resnet18_shapes()
-    n = sum(math.prod(s) for s in shapes)
-    params = [0.05 * torch.randn(s, generator=gen, device=dev) for s in shapes]
-    grads = [0.05 * torch.randn(s, generator=gen, device=dev) for s in shapes]
-    print(f"ResNet-18 parameter set: {len(shapes)} tensors, {n:,} parameters; device {dev}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {repeat}")
+def _reps(key: str, repeat: int) -> int:
+    """Best of ``repeat`` for the ResNet-18 set; 20 times more for the small MLP steps (sub-ms, scheduler noise)."""
+    return repeat * 20 if key == "mlp" else repeat
 
-    def float_sgld() -> None:
-        sigma = math.sqrt(2 * lr / dataset_size)
+
+def mlp_shapes() -> list[tuple[int, ...]]:
+    """Parameter shapes of the 784-100-10 MLP (per-call overhead dominates its step)."""
+    return [(100, 784), (100,), (10, 100), (10,)]
+
+
+def _float_sgld(params: list[Tensor], grads: list[Tensor], lr: float, sigma: float) -> Callable[[], None]:
+    def step() -> None:
         for p, g in zip(params, grads, strict=True):
             p.add_(g, alpha=-lr)
             p.add_(torch.randn_like(p), alpha=sigma)
 
-    base = _best(float_sgld, repeat, sync)
-    rows: list[dict[str, object]] = [{"step": "float32 SGLD", "seconds": base, "ratio": 1.0}]
-    print(f"{'step':<54} {'ms':>9} {'x float32':>10}")
-    print(f"{'float32 SGLD (add_, randn_like)':<54} {base * 1e3:9.1f} {1.0:10.2f}")
+    return step
 
-    def row(name: str, seconds: float) -> None:
-        rows.append({"step": name, "seconds": seconds, "ratio": seconds / base})
-        print(f"{name:<54} {seconds * 1e3:9.1f} {seconds / base:10.2f}", flush=True)
 
-    wf = FixedFormat(8, 8)
-    for temp in temperatures:
-        var = 2 * lr * temp / dataset_size
-        branch = "A" if var > wf.lsb**2 / 4 else "B"
+def _optimizer(params: list[Tensor], grads: list[Tensor], cfg: DatapathConfig | BfpConfig, lr: float, temp: float,
+               dataset_size: int, path: str | None) -> LowPrecisionSGLD:
+    ps = [torch.nn.Parameter(p.clone()) for p in params]
+    for p, g in zip(ps, grads, strict=True):
+        p.grad = g
+    opt = LowPrecisionSGLD(ps, lr=lr, config=cfg, temperature=temp, dataset_size=dataset_size, seed=1,
+                           weight_decay=5e-4, path=path)
+    opt.step()  # the first step initializes the state words (and loads or compiles the kernels)
+    return opt
+
+
+def run(device: str = "cpu", lanes: Sequence[int] = (8, 1024, 65536), repeat: int = 3, lr: float = 0.5,
+        temperatures: Sequence[float] = (1.0, 1e-3), dataset_size: int = 50000, path: str | None = None,
+        quiet: bool = False) -> list[dict[str, object]]:
+    """Rows ``{"name", "ms", "ratio"}`` (best of ``repeat``), ratios to the float32 SGLD step of the same
+    parameter set measured in the same run; printed as a table unless ``quiet``.
+
+    ``path``: the engines' and the optimizer's path (default: the compiled kernels on CPU).
+    """
+    dev = torch.device(device)
+    sync: Callable[[], None] = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    say: Callable[[str], None] = (lambda _: None) if quiet else (lambda t: print(t, flush=True))
+    rows: list[dict[str, object]] = []
+    base = {"resnet18": 0.0, "mlp": 0.0}
+
+    def row(name: str, seconds: float, ref: str) -> None:
+        r = seconds / base[ref] if base[ref] else 1.0
+        rows.append({"name": name, "ms": round(seconds * 1e3, 3), "ratio": round(r, 4)})
+        say(f"{name:<62} {seconds * 1e3:10.2f} {r:10.2f}")
+
+    sets = {}
+    for key, shapes in (("resnet18", resnet18_shapes()), ("mlp", mlp_shapes())):
+        params = [0.05 * torch.randn(s, generator=gen, device=dev) for s in shapes]
+        grads = [0.05 * torch.randn(s, generator=gen, device=dev) for s in shapes]
+        sets[key] = (params, grads)
+    n = sum(p.numel() for p in sets["resnet18"][0])
+    say(f"ResNet-18 parameter set: {len(sets['resnet18'][0])} tensors, {n:,} parameters; MLP 784-100-10: "
+        f"{sum(p.numel() for p in sets['mlp'][0]):,}; device {dev}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; best of {repeat}")
+    say(f"{'step':<62} {'ms':>10} {'x float32':>10}")
+    sigma = math.sqrt(2 * lr / dataset_size)
+    for key in ("resnet18", "mlp"):
+        params, grads = sets[key]
         work = [p.clone() for p in params]
-        row(f"float VC, reference style (T={temp:g}, {branch})",
-            _best(lambda: reference_style_vc_step(work, grads, lr, var, wf.lsb, wf.min_value,  # noqa: B023
-                                                  wf.max_value, gen), repeat, sync))
+        base[key] = _best(_float_sgld(work, grads, lr, sigma), _reps(key, repeat), sync)
+        row(f"float32 SGLD (add_, randn_like), {key}", base[key], key)
+    params, grads = sets["resnet18"]
+    wf = FixedFormat(8, 8)
+    var = 2 * lr * temperatures[0] / dataset_size
+    work = [p.clone() for p in params]
+    row(f"float VC, reference style (T={temperatures[0]:g}), resnet18",
+        _best(lambda: reference_style_vc_step(work, grads, lr, var, wf.lsb, wf.min_value, wf.max_value, gen),
+              repeat, sync), "resnet18")
     for L in lanes:
         cfg = bench_config("vc", L)
         theta = [torch_quantize(p, cfg.weight) for p in params]
         gw = [torch_quantize(g, cfg.grad) for g in grads]
         for temp in temperatures:
-            regs = step_registers(cfg, HyperParams(lr, temp, dataset_size))
-            branch = "A" if regs.vc_noise else "B"
-            for comp in (False, True) if compiled else (False,):
-                tag = ", compiled" if comp else ""
-                eng = TorchEngine(cfg, 1, device=dev, compile=comp)
+            regs = step_registers(cfg, HyperParams(lr, temp, dataset_size, 5e-4))
+            tag = f"L={L}, T={temp:g}, branch {'A' if regs.vc_noise else 'B'}"
+            eng = TorchEngine(cfg, 1, device=dev, path=path)
 
-                def engine_step(eng: TorchEngine = eng, regs: StepRegisters = regs, theta: list[Tensor] = theta,
-                                gw: list[Tensor] = gw) -> None:
-                    for t, g in zip(theta, gw, strict=True):
-                        eng.step(t, g, regs)
+            def engine_step(eng: TorchEngine = eng, regs: StepRegisters = regs, theta: list[Tensor] = theta,
+                            gw: list[Tensor] = gw) -> None:
+                for t, g in zip(theta, gw, strict=True):
+                    eng.step(t, g, regs, check_words=False)
 
-                if comp:
-                    engine_step()  # compiles
-                row(f"bit-exact VC engine, L={L} (T={temp:g}, {branch}{tag})", _best(engine_step, repeat, sync))
-                ps = [torch.nn.Parameter(p.clone()) for p in params]
-                for p, g in zip(ps, grads, strict=True):
-                    p.grad = g
-                opt = LowPrecisionSGLD(ps, lr=lr, config=cfg, temperature=temp, dataset_size=dataset_size, seed=1,
-                                       compile=comp)
-                opt.step()  # first step initializes the words (and compiles)
-                row(f"LowPrecisionSGLD.step vc, L={L} (T={temp:g}, {branch}{tag})", _best(opt.step, repeat, sync))
+            engine_step()
+            row(f"fixed VC update alone (engine, int64 words), {tag}", _best(engine_step, repeat, sync), "resnet18")
+            if dev.type == "cpu" and eng.path == "kernel":
+                narrow = [t.to(torch.int8) for t in theta]
+                g8 = [g.to(torch.int8) for g in gw]
+                s0, s1 = eng.rng.s0.numpy(), eng.rng.s1.numpy()
+
+                def kernel_step(regs: StepRegisters = regs, cfg: DatapathConfig = cfg, narrow: list[Tensor] = narrow,
+                                g8: list[Tensor] = g8, s0: Any = s0, s1: Any = s1) -> None:
+                    for t, g in zip(narrow, g8, strict=True):
+                        a = t.view(-1).numpy()
+                        cpu_kernels.fixed_update(cfg, regs, s0, s1, a, g.view(-1).numpy(), a, None)
+
+                kernel_step()
+                row(f"fixed VC update alone (kernel, int8 words in place), {tag}", _best(kernel_step, repeat, sync),
+                    "resnet18")
+            opt = _optimizer(params, grads, cfg, lr, temp, dataset_size, path)
+            row(f"LowPrecisionSGLD.step fixed VC, {tag}", _best(opt.step, repeat, sync), "resnet18")
+        bcfg = BfpConfig.paper("vc", lanes=L, max_lr=lr, temperature=temperatures[-1], dataset_size=dataset_size)
+        bregs = bfp_registers(bcfg, HyperParams(lr, temperatures[-1], dataset_size, 5e-4), underflow="flush")
+        btag = f"L={L}, T={temperatures[-1]:g}"
+        beng = TorchBfpEngine(bcfg, 1, device=dev, **({} if path is None else {"path": path}))
+        bt = [quantize_torch(p, bcfg.weight, headroom=bcfg.headroom) for p in params]
+        bg = [quantize_torch(g, bcfg.grad) for g in grads]
+
+        def bfp_step(beng: TorchBfpEngine = beng, bregs: BfpRegisters = bregs, bt: list[Any] = bt,
+                     bg: list[Any] = bg) -> None:
+            for t, g in zip(bt, bg, strict=True):
+                beng.step(t, g, bregs, check_words=False)
+
+        bfp_step()
+        row(f"BFP VC update alone (engine, int64 words), {btag}", _best(bfp_step, repeat, sync), "resnet18")
+        opt = _optimizer(params, grads, bcfg, lr, temperatures[-1], dataset_size, path)
+        row(f"LowPrecisionSGLD.step BFP VC, {btag}", _best(opt.step, repeat, sync), "resnet18")
+    mp, mg = sets["mlp"]
+    for L in lanes:
+        for temp in temperatures:
+            cfg = bench_config("vc", L)
+            opt = _optimizer(mp, mg, cfg, lr, temp, dataset_size, path)
+            row(f"LowPrecisionSGLD.step fixed VC, mlp, L={L}, T={temp:g}", _best(opt.step, _reps("mlp", repeat), sync),
+                "mlp")
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--lanes", type=int, nargs="+", default=[1024, 8])
+    ap.add_argument("--lanes", type=int, nargs="+", default=[8, 1024, 65536])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
-    ap.add_argument("--compile", action="store_true", help="also time the torch.compile engine and optimizer")
+    ap.add_argument("--path", default=None, choices=["kernel", "fused", "reference"],
+                    help="engine / optimizer path (default: the compiled kernels on CPU)")
+    ap.add_argument("--json", action="store_true", help='print one JSON object {"rows": [...]} instead of a table')
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(args.device, args.lanes, args.repeat, compiled=args.compile)
+    rows = run(args.device, args.lanes, args.repeat, path=args.path, quiet=args.json)
+    if args.json:
+        print(json.dumps({"rows": rows}))
     return 0
 
 

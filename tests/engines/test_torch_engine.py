@@ -182,7 +182,7 @@ def _run_both(cfg, regs_list, sizes, seed=7, path="fused", corners=True):
 
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("lanes", [1, 4, 8, 1024])
-@pytest.mark.parametrize("path", ["fused", "reference"])
+@pytest.mark.parametrize("path", ["kernel", "fused", "reference"])
 def test_engine_equals_numpy_presets(name, lanes, path):
     cfg = preset(name, lanes)
     regs = _register_cases(cfg, name.split("-")[0])
@@ -195,7 +195,7 @@ def test_both_vc_branches_are_exercised():
     assert not step_registers(cfg, HyperParams(1e-3)).vc_noise
 
 
-@pytest.mark.parametrize("path", ["fused", "reference"])
+@pytest.mark.parametrize("path", ["kernel", "fused", "reference"])
 @pytest.mark.parametrize("sr_bits", [None, 1, 3])
 @pytest.mark.parametrize("name", ["w8-vc", "w8-naive", "w8-lpf", "w8-sgd-f"])
 def test_engine_equals_numpy_small_sr_bits(name, sr_bits, path):
@@ -203,7 +203,7 @@ def test_engine_equals_numpy_small_sr_bits(name, sr_bits, path):
     _run_both(cfg, _register_cases(cfg, "w8"), (300, 17), path=path)
 
 
-@pytest.mark.parametrize("path", ["fused", "reference"])
+@pytest.mark.parametrize("path", ["kernel", "fused", "reference"])
 @pytest.mark.parametrize("variant", ["naive", "vc", "lp_f"])
 def test_engine_equals_numpy_two_words(variant, path):
     # 6 x 8 Gaussian bits + 24 SR bits do not fit one word: gauss moves to word 1
@@ -330,7 +330,7 @@ def test_stream_words_any_chunk_target(virtual):
 def test_fused_path_equals_reference_path(name):
     cfg = preset(name, 1024)
     rng = np.random.default_rng(5)
-    fused, ref = TorchEngine(cfg, 1), TorchEngine(cfg, 1, path="reference")
+    fused, ref = TorchEngine(cfg, 1, path="fused"), TorchEngine(cfg, 1, path="reference")
     for i, regs in enumerate(_register_cases(cfg, name.split("-")[0])):
         n = 20_000 + 333 * i
         theta = torch.from_numpy(rng.integers(cfg.state.min_word, cfg.state.max_word + 1, n))
@@ -401,7 +401,7 @@ def test_soak_random_sizes_and_lanes(name):
     for lanes in (1, 2, 3, 5, 8, 1000, 1024, 4096):
         cfg = preset(name, lanes)
         sizes = [int(x) for x in rng.integers(0, 300_000, 4)] + [int(x) for x in rng.integers(0, 3 * lanes, 3)]
-        for path in ("fused", "reference"):
+        for path in ("kernel", "fused", "reference"):
             _run_both(cfg, _register_cases(cfg, name.split("-")[0]), sizes, seed=int(rng.integers(1 << 62)), path=path)
 
 

@@ -82,10 +82,21 @@ def test_cli_stationary_json(capsys):
 def test_bench_runs_and_reports_ratios(capsys):
     from emulator.studies.bench import VARIANTS, run_bench
 
-    rows = run_bench(5000, [1, 3], 1, VARIANTS)
-    assert [(r["variant"], r["lanes"]) for r in rows] == [(v, n) for v in VARIANTS for n in (1, 3)]
-    assert all(r["seconds"] > 0 and r["ratio"] > 0 for r in rows)
+    rows = run_bench(5000, [1, 3], 1, VARIANTS, paths=("kernel", "reference"))
+    assert rows[0]["name"] == "float32 numpy SGLD" and rows[0]["ratio"] == 1.0
+    assert [(r["variant"], r["lanes"], r["path"]) for r in rows[1:]] == [
+        (v, n, p) for v in VARIANTS for n in (1, 3) for p in ("kernel", "reference")]
+    assert all(r["ms"] > 0 and r["ratio"] > 0 for r in rows)
     assert "x float32" in capsys.readouterr().out
+
+
+def test_bench_json(capsys):
+    from emulator.cli import main
+
+    assert main(["bench", "--elements", "3000", "--lanes", "4", "--repeat", "1", "--variants", "vc", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in out["rows"]] == ["float32 numpy SGLD", "NumpyEngine vc, L=4, kernel"]
+    assert all(set(r) >= {"name", "ms", "ratio"} for r in out["rows"])
 
 
 def test_float_reference_checks_inputs():

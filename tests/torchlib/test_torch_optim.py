@@ -291,7 +291,7 @@ def test_resume_from_checkpoint_is_bit_identical(config):
         assert torch.equal(p1, p2)
         if config != "fp":
             w1, w2 = o1.state[p1]["words"], o2.state[p2]["words"]
-            assert w2.dtype == torch.int64 and torch.equal(w1, w2)
+            assert w2.dtype == w1.dtype and torch.equal(w1, w2)  # narrowest dtype, also after a reload
     assert o1.flush_counts() == o2.flush_counts()
 
 
