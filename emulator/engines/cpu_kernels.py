@@ -367,7 +367,11 @@ def _fixed_elem(th: Any, g: Any, w0: Any, w1: Any, p: Any, tab: Any) -> Any:
 @njit(cache=True, inline="always")
 def _quantize(x: Any, fq: Any, p: Any, u: Any) -> Any:
     """emulator.engines.torch_engine._quantize_words of one float (NaN excluded by the caller)."""
-    t = min(max(np.float64(x) * fq[0], fq[1] - 1.0), fq[2] + 1.0)  # exact power-of-two scaling, then clamp
+    xd = np.float64(x)
+    t = xd * fq[0]  # exact power-of-two scaling, unless it underflows
+    if xd != 0.0 and abs(xd) < fq[5]:
+        t = 2.0**-64 if xd > 0.0 else -(2.0**-64)  # as FixedFormat.quantize: only the sign of |x 2^F| < 2^-64 counts
+    t = min(max(t, fq[1] - 1.0), fq[2] + 1.0)
     fl = np.floor(t)
     if p[P_Q_MODE] == Q_NEAREST:
         q = fl + (1.0 if t - fl >= 0.5 else 0.0)
@@ -460,7 +464,8 @@ def _prepare_fixed(cfg: DatapathConfig, regs: StepRegisters, rounding: str | Non
                    write_back: bool) -> tuple[np.ndarray, np.ndarray]:
     """The kernel's int64 parameter vector and float constants of one step (shared by a group's tensors)."""
     prm = fixed_params(cfg, regs)
-    fq = np.array([2.0**cfg.grad.frac, cfg.grad.min_word, cfg.grad.max_word, 2.0**sr_bits, cfg.weight.lsb])
+    fq = np.array([2.0**cfg.grad.frac, cfg.grad.min_word, cfg.grad.max_word, 2.0**sr_bits, cfg.weight.lsb,
+                   2.0 ** (-64 - cfg.grad.frac)])
     if rounding is not None:
         prm[P_Q_MODE] = Q_STOCHASTIC if rounding == "stochastic" else Q_NEAREST
         prm[P_Q_LO], prm[P_Q_HI], prm[P_Q_MASK] = cfg.grad.min_word, cfg.grad.max_word, sr_bits

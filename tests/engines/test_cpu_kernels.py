@@ -225,6 +225,27 @@ def test_torch_step_quantize_kernel_equals_reference(name, lanes, sr_bits, round
     assert streams[0] == streams[1] and engines[0].rng == engines[1].rng
 
 
+def test_gradient_quantization_keeps_the_sign_of_underflowing_values():
+    """docs/spec.md: |x 2^F| < 2^-64 rounds as +-2^-64; with F = -3, -5e-324 * 2^-3 underflows to -0 in
+    float64, and SR with one bit must still give -1 with probability 1/2 (as FixedFormat.quantize)."""
+    torch = pytest.importorskip("torch")
+    import dataclasses
+
+    from emulator.engines.torch_engine import TorchEngine, TorchLaneRng
+    from emulator.spec.host import step_registers
+
+    cfg = dataclasses.replace(preset("w8-lpf", 4), grad=FixedFormat(8, -3))
+    regs = step_registers(cfg, HyperParams(1e-3, 1.0, 1))
+    grad = torch.tensor([-5e-324, 5e-324, -1e-300] * 20, dtype=torch.float64)
+    out = []
+    for path in ("reference", "kernel"):
+        g = TorchLaneRng.seeded(cfg.rng, 9, 4, 1)
+        r = TorchEngine(cfg, 2, path=path).step_quantize(torch.zeros(60, dtype=torch.int64), grad, regs,
+                                                         grad_rng=g, rounding="stochastic", sr_bits=1)
+        out.append(r.state)
+    assert torch.equal(out[0], out[1])
+
+
 def test_torch_engines_kernel_equal_reference():
     torch = pytest.importorskip("torch")
     from emulator.engines.torch_bfp_engine import TorchBfpEngine
