@@ -14,6 +14,8 @@ from typing import Any
 from .gaussian import GaussianSpec
 from .golden import PRESETS
 
+TARGETS = ("ice40-hx", "dsp18", "generic")  # hw.options.TARGETS (checked equal by a test; hw needs Amaranth)
+
 
 def _gaussian_spec(text: str) -> GaussianSpec:
     """Parse 'table:TERMSxBITS[:FRAC]' or 'clt:TERMSxBITS'."""
@@ -171,11 +173,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     if args.lanes < 1:
         raise ValueError(f"--lanes must be >= 1, got {args.lanes}")
+    from hw.options import HwOptions
+
     configs = list(SHIPPED) if args.shipped else [(args.config, args.lanes)]
     table = run_cli(configs, device=args.device, seeds=args.seeds, freq_mhz=args.freq, hierarchy=args.hierarchy,
                     registers=args.registers, router=args.router, pnr_timeout_s=args.pnr_timeout,
                     place=not args.no_place, build_dir=args.build,
-                    json_out=args.json, progress=lambda msg: print(msg, file=sys.stderr))
+                    json_out=args.json, progress=lambda msg: print(msg, file=sys.stderr),
+                    hw_opts=HwOptions(args.target, args.pipeline))
     print(table)
     return 0
 
@@ -189,21 +194,27 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
         print(f"lpsgld: error: the rtl command needs Amaranth ({e.name} is not installed); "
               "run: bash scripts/setup.sh hw", file=sys.stderr)
         return 2
+    from hw.options import HwOptions
+
     from .golden import preset
 
     if args.shipped == (args.config is not None):
         raise ValueError("give exactly one of --config NAME or --shipped")
     if args.shipped:
-        if args.name is not None or args.lanes is not None or args.reset_seed != 0:
-            raise ValueError("--shipped writes the fixed shipped set; --name, --lanes and --reset-seed do not apply")
+        if (args.name is not None or args.lanes is not None or args.reset_seed != 0
+                or args.target is not None or args.pipeline is not None):
+            raise ValueError("--shipped writes the fixed shipped set; --name, --lanes, --reset-seed, --target and "
+                             "--pipeline do not apply")
         manifests = hw_export.export_shipped(args.out)
     else:
         lanes = 1 if args.lanes is None else args.lanes
+        opts = HwOptions(args.target or "ice40-hx", 1 if args.pipeline is None else args.pipeline)
         manifests = [hw_export.export(preset(args.config, lanes), args.out, name=args.name,
-                                      reset_seed=args.reset_seed)]
+                                      reset_seed=args.reset_seed, opts=opts)]
     for man in manifests:
         path = os.path.join(args.out, man["module"])
-        print(f"wrote {path}.v and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes)")
+        print(f"wrote {path}.v and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes, "
+              f"target {man['target']}, pipeline {man['pipeline_depth']})")
     return 0
 
 
@@ -411,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-place", action="store_true", help="synthesis area only, no place and route")
     p.add_argument("--build", default=None, help="keep build files under this directory (default: temporary)")
     p.add_argument("--json", metavar="OUT", default=None, help="write the full report as JSON to OUT")
+    p.add_argument("--target", default="ice40-hx", choices=TARGETS,
+                   help="arithmetic target: ice40-hx (2-bit digit products, default), dsp18 (whole products on "
+                        "18x18 DSPs), generic (whole products, ASIC flows)")
+    p.add_argument("--pipeline", type=int, default=1, help="register every k-th adder-tree level (default 1)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("rtl", help="generate Verilog + JSON manifest of the hardware top (needs the hw extra)")
@@ -419,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shipped", action="store_true", help="write every shipped configuration (rtl/)")
     p.add_argument("--name", default=None, help="module name (default lpsgld_<config>_l<L>)")
     p.add_argument("--reset-seed", type=int, default=0, help="generator seed loaded by rst (default 0)")
+    p.add_argument("--target", default=None, choices=TARGETS,
+                   help="arithmetic target: ice40-hx (default), dsp18, generic (same integers; docs/hardware.md)")
+    p.add_argument("--pipeline", type=int, default=None, help="register every k-th adder-tree level (default 1)")
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_rtl)
 

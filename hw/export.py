@@ -23,6 +23,7 @@ from emulator.golden import PRESETS, preset
 
 from . import control
 from .datapath import pipeline_stages
+from .options import HwOptions, check_options
 from .top import UpdateTop, sink_layout, source_layout
 
 SHIPPED = tuple((name, lanes) for name in ("w8-vc", "w8-lpf", "w8-naive") for lanes in (1, 8))
@@ -37,11 +38,12 @@ def preset_name(cfg: DatapathConfig) -> str | None:
     return None
 
 
-def default_name(cfg: DatapathConfig) -> str:
-    """``lpsgld_<preset>_l<L>`` (dashes to underscores), ``lpsgld_custom_<variant>_l<L>`` otherwise."""
+def default_name(cfg: DatapathConfig, opts: HwOptions | None = None) -> str:
+    """``lpsgld_<preset>_l<L>`` (dashes to underscores), ``lpsgld_custom_<variant>_l<L>`` otherwise;
+    non-default options append ``_<target>_p<k>`` (``HwOptions.suffix``)."""
     p = preset_name(cfg)
     stem = p.replace("-", "_") if p else f"custom_{cfg.variant.value}"
-    return f"lpsgld_{stem}_l{cfg.lanes}"
+    return f"lpsgld_{stem}_l{cfg.lanes}{check_options(opts).suffix}"
 
 
 def config_dict(cfg: DatapathConfig) -> dict[str, Any]:
@@ -61,7 +63,9 @@ def _layout_fields(layout: data.StructLayout) -> dict[str, dict[str, Any]]:
     return out
 
 
-def manifest(cfg: DatapathConfig, name: str, reset_seed: int, latency: int) -> dict[str, Any]:
+def manifest(cfg: DatapathConfig, name: str, reset_seed: int, latency: int,
+             opts: HwOptions | None = None) -> dict[str, Any]:
+    opts = check_options(opts)
     sink, source = sink_layout(cfg), source_layout(cfg)
     ports = [
         {"name": "clk", "dir": "in", "width": 1},
@@ -87,8 +91,10 @@ def manifest(cfg: DatapathConfig, name: str, reset_seed: int, latency: int) -> d
         "state_format": {"width": cfg.state.width, "frac": cfg.state.frac},
         "weight_format": {"width": cfg.weight.width, "frac": cfg.weight.frac},
         "latency": latency,
+        "target": opts.target,
+        "pipeline_depth": opts.pipeline,
         "throughput_beats_per_clock": 1,
-        "pipeline": [{"unit": u, "stages": n, "does": d} for u, n, d in pipeline_stages(cfg)],
+        "pipeline": [{"unit": u, "stages": n, "does": d} for u, n, d in pipeline_stages(cfg, opts)],
         "ports": ports,
         "registers": control.register_map(cfg),
         "seed_registers": {"base": control.SEED_BASE, "streams": control.streams(cfg),
@@ -100,17 +106,21 @@ def manifest(cfg: DatapathConfig, name: str, reset_seed: int, latency: int) -> d
 
 
 def export(cfg: DatapathConfig, out_dir: str | os.PathLike[str], *, name: str | None = None,
-           reset_seed: int = 0) -> dict[str, Any]:
-    """Write ``<name>.v`` and ``<name>.json`` into ``out_dir``; return the manifest."""
+           reset_seed: int = 0, opts: HwOptions | None = None) -> dict[str, Any]:
+    """Write ``<name>.v`` and ``<name>.json`` into ``out_dir``; return the manifest.
+
+    ``opts`` (:class:`hw.options.HwOptions`): target and pipeline depth (default: ice40-hx, 1).
+    """
     if not isinstance(cfg, DatapathConfig):
         raise TypeError(f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}")
+    opts = check_options(opts)
     if name is None:
-        name = default_name(cfg)
+        name = default_name(cfg, opts)
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"module name must be a Verilog identifier, got {name!r}")
-    top = UpdateTop(cfg, reset_seed=reset_seed)  # checks reset_seed
+    top = UpdateTop(cfg, reset_seed=reset_seed, opts=opts)  # checks reset_seed
     text = verilog.convert(top, name=name, emit_src=False)
-    man = manifest(cfg, name, top.reset_seed, top.latency)
+    man = manifest(cfg, name, top.reset_seed, top.latency, opts)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{name}.v"), "w") as f:
         f.write(text)

@@ -4,9 +4,11 @@ The whole top is one pipeline with a global enable ``advance = ~source.valid |
 source.ready``: every stage (data, valid and keep) moves together, so one beat per
 clock flows when the output is taken and everything holds while it is not (no beat
 lost or duplicated). ``sink.ready = advance`` (combinational on ``source.ready``).
-Lane ``l``'s generators present their output with the beat and step on the transfer
-edge iff ``keep[l]``; control writes (registers and generator states) take effect on
-the write edge and win over a step on the same edge. See docs/hardware.md.
+Lane ``l``'s generators present their output while the beat is in the input stage and
+step on the edge it leaves that stage iff ``keep[l]``. Register writes take effect on the
+write edge (each lane keeps a registered copy); generator loads are decoded into a
+register and land one edge later, which is still before any beat transferred after the
+write reads the generator (a load wins over a step on the same edge). See docs/hardware.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from emulator.rng import LaneRng
 from . import control
 from ._util import rejected
 from .datapath import UpdateLane, lane_latency, register_ports
+from .options import HwOptions, check_options
 from .rng import XoroshiroGenerator
 
 
@@ -61,14 +64,15 @@ class UpdateTop(wiring.Component):
     edge ``t + latency - 1`` on, i.e. it can be taken at edge ``t + latency`` at the earliest.
     """
 
-    def __init__(self, cfg: DatapathConfig, *, reset_seed: int = 0):
+    def __init__(self, cfg: DatapathConfig, *, reset_seed: int = 0, opts: HwOptions | None = None):
         try:
             seed = self._check(cfg, reset_seed)
+            self.opts = check_options(opts)
         except (TypeError, ValueError) as e:
             raise rejected(self, e) from None
         self.cfg = cfg
         self.reset_seed = seed
-        self.latency = lane_latency(cfg)
+        self.latency = lane_latency(cfg, self.opts)
         super().__init__({
             "sink": In(stream.Signature(sink_layout(cfg))),
             "source": Out(stream.Signature(source_layout(cfg))),
@@ -100,11 +104,9 @@ class UpdateTop(wiring.Component):
         valid = [Signal(name=f"valid_{i + 1}") for i in range(self.latency)]
         keep = [Signal(lanes, name=f"keep_{i + 1}", reset_less=True) for i in range(self.latency)]
         advance = Signal()
-        transfer = Signal()
         m.d.comb += [
             advance.eq(~valid[-1] | self.source.ready),
             self.sink.ready.eq(advance),
-            transfer.eq(self.sink.valid & advance),
             self.source.valid.eq(valid[-1]),
             self.source.payload.keep.eq(keep[-1]),
             self.idle.eq(~Cat(valid).any()),
@@ -124,6 +126,9 @@ class UpdateTop(wiring.Component):
                         m.d.sync += sig.eq(self.ctl.data[: len(sig)])
 
         # ---- generators and lanes ---------------------------------------------------------
+        # seed loads: the decode is registered (off the generators' clock-enable path)
+        seed_data = Signal(cfg.rng.word_bits, name="seed_data", reset_less=True)
+        m.d.sync += seed_data.eq(self.ctl.data[: cfg.rng.word_bits])
         init = LaneRng.seeded(cfg.rng, self.reset_seed, lanes, words)
         for lane in range(lanes):
             gens = []
@@ -132,14 +137,16 @@ class UpdateTop(wiring.Component):
                 gen = XoroshiroGenerator(cfg.rng, (int(init.s0[lane, k]), int(init.s1[lane, k])))
                 m.submodules[f"rng_{lane}_{k}"] = gen
                 addr = control.SEED_BASE + 2 * j
+                load = Signal(2, name=f"seed_load_{j}")
+                m.d.sync += load.eq(Cat(self.ctl.addr == addr, self.ctl.addr == addr + 1) & self.ctl.we.replicate(2))
                 m.d.comb += [
-                    gen.step.eq(transfer & self.sink.payload.keep[lane]),
-                    gen.load0.eq(self.ctl.we & (self.ctl.addr == addr)),
-                    gen.load1.eq(self.ctl.we & (self.ctl.addr == addr + 1)),
-                    gen.data.eq(self.ctl.data[: cfg.rng.word_bits]),
+                    gen.step.eq(advance & valid[0] & keep[0][lane]),  # the beat leaves the input stage
+                    gen.load0.eq(load[0]),
+                    gen.load1.eq(load[1]),
+                    gen.data.eq(seed_data),
                 ]
                 gens.append(gen.out)
-            m.submodules[f"lane_{lane}"] = ln = UpdateLane(cfg)
+            m.submodules[f"lane_{lane}"] = ln = UpdateLane(cfg, self.opts)
             m.d.comb += [
                 ln.en.eq(advance),
                 ln.theta.eq(self.sink.payload.theta[lane]),

@@ -31,9 +31,10 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [15:0] \$31 ;
   reg [11:0] \$32 ;
   reg [15:0] \$33 ;
+  reg [1:0] \$34 ;
   wire \$4 ;
-  reg \$5 ;
-  reg \$6 ;
+  wire \$5 ;
+  wire [1:0] \$6 ;
   reg \$7 ;
   reg \$8 ;
   reg \$9 ;
@@ -46,7 +47,7 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
+  reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
   wire [7:0] grad;
@@ -56,7 +57,6 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg keep_10 = 1'h0;
   reg keep_11 = 1'h0;
   reg keep_12 = 1'h0;
-  reg keep_13 = 1'h0;
   reg keep_2 = 1'h0;
   reg keep_3 = 1'h0;
   reg keep_4 = 1'h0;
@@ -77,6 +77,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [15:0] reg_step;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg [1:0] seed_load_0 = 2'h0;
   input [32:0] sink__payload;
   wire [32:0] sink__payload;
   wire [7:0] \sink__payload.grad ;
@@ -101,15 +104,13 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg source__valid = 1'h0;
   wire [23:0] state;
   wire step;
-  reg [15:0] \step$39  = 16'h0000;
+  reg [15:0] \step$40  = 16'h0000;
   wire [23:0] theta;
-  wire transfer;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
-  reg valid_12 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_13;
+  wire valid_12;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
   reg valid_4 = 1'h0;
@@ -121,73 +122,72 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [7:0] weight;
   wire [63:0] words;
   always @(posedge clk)
+    seed_load_0 <= \$34 ;
+  assign \$1  = ~ source__valid;
+  assign sink__ready = \$1  | source__ready;
+  assign \$2  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$2 ;
+  assign \$3  = sink__ready & valid_1;
+  assign step = \$3  & keep_1;
+  assign \$4  = ctl__addr == 9'h100;
+  assign \$5  = ctl__addr == 9'h101;
+  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
+  always @(posedge clk)
+    valid_1 <= \$7 ;
+  always @(posedge clk)
+    keep_1 <= \$8 ;
+  always @(posedge clk)
+    valid_2 <= \$9 ;
+  always @(posedge clk)
+    valid_3 <= \$10 ;
+  always @(posedge clk)
+    valid_4 <= \$11 ;
+  always @(posedge clk)
+    valid_5 <= \$12 ;
+  always @(posedge clk)
+    valid_6 <= \$13 ;
+  always @(posedge clk)
+    valid_7 <= \$14 ;
+  always @(posedge clk)
+    valid_8 <= \$15 ;
+  always @(posedge clk)
+    valid_9 <= \$16 ;
+  always @(posedge clk)
+    valid_10 <= \$17 ;
+  always @(posedge clk)
+    valid_11 <= \$18 ;
+  always @(posedge clk)
+    source__valid <= \$19 ;
+  always @(posedge clk)
+    keep_2 <= \$20 ;
+  always @(posedge clk)
+    keep_3 <= \$21 ;
+  always @(posedge clk)
+    keep_4 <= \$22 ;
+  always @(posedge clk)
+    keep_5 <= \$23 ;
+  always @(posedge clk)
+    keep_6 <= \$24 ;
+  always @(posedge clk)
+    keep_7 <= \$25 ;
+  always @(posedge clk)
+    keep_8 <= \$26 ;
+  always @(posedge clk)
+    keep_9 <= \$27 ;
+  always @(posedge clk)
+    keep_10 <= \$28 ;
+  always @(posedge clk)
+    keep_11 <= \$29 ;
+  always @(posedge clk)
+    keep_12 <= \$30 ;
+  always @(posedge clk)
+    \step$40  <= \$31 ;
+  always @(posedge clk)
     decay <= \$32 ;
   always @(posedge clk)
     noise <= \$33 ;
-  assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
-  assign transfer = sink__valid & sink__ready;
-  assign \$2  = | { source__valid, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
   always @(posedge clk)
-    valid_1 <= \$5 ;
-  always @(posedge clk)
-    keep_1 <= \$6 ;
-  always @(posedge clk)
-    valid_2 <= \$7 ;
-  always @(posedge clk)
-    valid_3 <= \$8 ;
-  always @(posedge clk)
-    valid_4 <= \$9 ;
-  always @(posedge clk)
-    valid_5 <= \$10 ;
-  always @(posedge clk)
-    valid_6 <= \$11 ;
-  always @(posedge clk)
-    valid_7 <= \$12 ;
-  always @(posedge clk)
-    valid_8 <= \$13 ;
-  always @(posedge clk)
-    valid_9 <= \$14 ;
-  always @(posedge clk)
-    valid_10 <= \$15 ;
-  always @(posedge clk)
-    valid_11 <= \$16 ;
-  always @(posedge clk)
-    valid_12 <= \$17 ;
-  always @(posedge clk)
-    source__valid <= \$18 ;
-  always @(posedge clk)
-    keep_2 <= \$19 ;
-  always @(posedge clk)
-    keep_3 <= \$20 ;
-  always @(posedge clk)
-    keep_4 <= \$21 ;
-  always @(posedge clk)
-    keep_5 <= \$22 ;
-  always @(posedge clk)
-    keep_6 <= \$23 ;
-  always @(posedge clk)
-    keep_7 <= \$24 ;
-  always @(posedge clk)
-    keep_8 <= \$25 ;
-  always @(posedge clk)
-    keep_9 <= \$26 ;
-  always @(posedge clk)
-    keep_10 <= \$27 ;
-  always @(posedge clk)
-    keep_11 <= \$28 ;
-  always @(posedge clk)
-    keep_12 <= \$29 ;
-  always @(posedge clk)
-    keep_13 <= \$30 ;
-  always @(posedge clk)
-    \step$39  <= \$31 ;
+    data <= ctl__data;
   \lpsgld_w8_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -196,58 +196,30 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .\port$0$3 (sink__payload[32:1]),
     .rst(rst),
     .state(state),
-    .step(\step$39 ),
+    .step(\step$40 ),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w8_lpf_l1.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(load0),
-    .load1(load1),
+    .data(data),
     .out(words),
+    .\port$1188$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$33  = ctl__data[15:0];
-      endcase
-    end
+    \$34  = \$6 ;
     if (rst) begin
-      \$33  = 16'h0000;
+      \$34  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$5  = valid_1;
+    \$7  = valid_1;
     if (sink__ready) begin
-      \$5  = sink__valid;
-    end
-    if (rst) begin
-      \$5  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$6  = keep_1;
-    if (sink__ready) begin
-      \$6  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_2;
-    if (sink__ready) begin
-      \$7  = valid_1;
+      \$7  = sink__valid;
     end
     if (rst) begin
       \$7  = 1'h0;
@@ -255,19 +227,16 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = valid_3;
+    \$8  = keep_1;
     if (sink__ready) begin
-      \$8  = valid_2;
-    end
-    if (rst) begin
-      \$8  = 1'h0;
+      \$8  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_4;
+    \$9  = valid_2;
     if (sink__ready) begin
-      \$9  = valid_3;
+      \$9  = valid_1;
     end
     if (rst) begin
       \$9  = 1'h0;
@@ -275,9 +244,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_5;
+    \$10  = valid_3;
     if (sink__ready) begin
-      \$10  = valid_4;
+      \$10  = valid_2;
     end
     if (rst) begin
       \$10  = 1'h0;
@@ -285,9 +254,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_6;
+    \$11  = valid_4;
     if (sink__ready) begin
-      \$11  = valid_5;
+      \$11  = valid_3;
     end
     if (rst) begin
       \$11  = 1'h0;
@@ -295,9 +264,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_7;
+    \$12  = valid_5;
     if (sink__ready) begin
-      \$12  = valid_6;
+      \$12  = valid_4;
     end
     if (rst) begin
       \$12  = 1'h0;
@@ -305,9 +274,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_8;
+    \$13  = valid_6;
     if (sink__ready) begin
-      \$13  = valid_7;
+      \$13  = valid_5;
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -315,9 +284,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_9;
+    \$14  = valid_7;
     if (sink__ready) begin
-      \$14  = valid_8;
+      \$14  = valid_6;
     end
     if (rst) begin
       \$14  = 1'h0;
@@ -325,9 +294,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_10;
+    \$15  = valid_8;
     if (sink__ready) begin
-      \$15  = valid_9;
+      \$15  = valid_7;
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -335,9 +304,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_11;
+    \$16  = valid_9;
     if (sink__ready) begin
-      \$16  = valid_10;
+      \$16  = valid_8;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -345,9 +314,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_12;
+    \$17  = valid_10;
     if (sink__ready) begin
-      \$17  = valid_11;
+      \$17  = valid_9;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -355,9 +324,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = source__valid;
+    \$18  = valid_11;
     if (sink__ready) begin
-      \$18  = valid_12;
+      \$18  = valid_10;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -365,91 +334,94 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = keep_2;
+    \$19  = source__valid;
     if (sink__ready) begin
-      \$19  = keep_1;
+      \$19  = valid_11;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_3;
+    \$20  = keep_2;
     if (sink__ready) begin
-      \$20  = keep_2;
+      \$20  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = keep_4;
+    \$21  = keep_3;
     if (sink__ready) begin
-      \$21  = keep_3;
+      \$21  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = keep_5;
+    \$22  = keep_4;
     if (sink__ready) begin
-      \$22  = keep_4;
+      \$22  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = keep_6;
+    \$23  = keep_5;
     if (sink__ready) begin
-      \$23  = keep_5;
+      \$23  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_7;
+    \$24  = keep_6;
     if (sink__ready) begin
-      \$24  = keep_6;
+      \$24  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_8;
+    \$25  = keep_7;
     if (sink__ready) begin
-      \$25  = keep_7;
+      \$25  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_9;
+    \$26  = keep_8;
     if (sink__ready) begin
-      \$26  = keep_8;
+      \$26  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_10;
+    \$27  = keep_9;
     if (sink__ready) begin
-      \$27  = keep_9;
+      \$27  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_11;
+    \$28  = keep_10;
     if (sink__ready) begin
-      \$28  = keep_10;
+      \$28  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_12;
+    \$29  = keep_11;
     if (sink__ready) begin
-      \$29  = keep_11;
+      \$29  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_13;
+    \$30  = keep_12;
     if (sink__ready) begin
-      \$30  = keep_12;
+      \$30  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = \step$39 ;
+    \$31  = \step$40 ;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -475,14 +447,33 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
       \$32  = 12'h000;
     end
   end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = noise;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$33  = ctl__data[15:0];
+      endcase
+    end
+    if (rst) begin
+      \$33  = 16'h0000;
+    end
+  end
   assign advance = sink__ready;
-  assign valid_13 = source__valid;
-  assign data = ctl__data;
+  assign valid_12 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
+  assign seed_data = data;
   assign en = sink__ready;
   assign theta = sink__payload[24:1];
   assign grad = sink__payload[32:25];
   assign out = words;
-  assign reg_step = \step$39 ;
+  assign reg_step = \step$40 ;
   assign reg_decay = decay;
   assign reg_noise = noise;
   assign \sink__payload.keep  = sink__payload[0];
@@ -497,7 +488,7 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[0]  = source__payload[32:25];
   assign source__payload[32:25] = weight;
   assign source__payload[24:1] = state;
-  assign source__payload[0] = keep_13;
+  assign source__payload[0] = keep_12;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -505,39 +496,33 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [23:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [23:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [23:0] \$6 ;
   reg [23:0] \$7 ;
-  reg [7:0] \$8 ;
+  reg [23:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -546,83 +531,71 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
   input [31:0] \port$0$3 ;
   wire [31:0] \port$0$3 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_lpf_l1.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -634,18 +607,18 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l1.lane_0.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -665,139 +638,104 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
+      \$14  = lane_u_sr_d1;
     end
   end
   assign theta = \port$0$3 [23:0];
   assign grad = \port$0$3 [31:24];
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
+  assign \weight$40  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2977,29 +2915,27 @@ module \lpsgld_w8_lpf_l1.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l1.lane_0.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -3007,70 +2943,57 @@ module \lpsgld_w8_lpf_l1.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -3078,7 +3001,7 @@ module \lpsgld_w8_lpf_l1.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
@@ -3093,60 +3016,62 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   wire [39:0] \$19 ;
   wire [17:0] \$2 ;
   wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
+  wire [33:0] \$21 ;
   wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [28:0] \$23 ;
+  wire [32:0] \$24 ;
+  wire [36:0] \$25 ;
+  wire [49:0] \$26 ;
+  wire [42:0] \$27 ;
+  wire [38:0] \$28 ;
+  wire [33:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
+  wire [50:0] \$30 ;
+  wire [39:0] \$31 ;
+  wire [51:0] \$32 ;
+  wire [52:0] \$33 ;
+  reg [23:0] \$34 ;
   reg [17:0] \$35 ;
   reg [17:0] \$36 ;
   reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
+  reg [17:0] \$38 ;
   reg [25:0] \$39 ;
   wire [17:0] \$4 ;
   reg [25:0] \$40 ;
   reg [25:0] \$41 ;
   reg [25:0] \$42 ;
   reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
+  reg [25:0] \$44 ;
   reg [17:0] \$45 ;
   reg [17:0] \$46 ;
   reg [17:0] \$47 ;
   reg [17:0] \$48 ;
   reg [17:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  reg [17:0] \$50 ;
+  reg [23:0] \$51 ;
+  reg [48:0] \$52 ;
+  reg [35:0] \$53 ;
+  reg [39:0] \$54 ;
+  reg [41:0] \$55 ;
+  reg [33:0] \$56 ;
+  reg [37:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [32:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  reg [36:0] \$60 ;
+  reg [49:0] \$61 ;
+  reg [42:0] \$62 ;
+  reg [38:0] \$63 ;
+  reg [33:0] \$64 ;
+  reg [36:0] \$65 ;
+  reg [50:0] \$66 ;
+  reg [39:0] \$67 ;
+  reg [36:0] \$68 ;
+  reg [51:0] \$69 ;
   wire [25:0] \$7 ;
+  reg [36:0] \$70 ;
+  reg [52:0] \$71 ;
   wire [25:0] \$8 ;
   wire [25:0] \$9 ;
   input clk;
@@ -3180,108 +3105,116 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
+  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
   always @(posedge clk)
-    sum_theta <= \$33 ;
+    sum_theta <= \$34 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
+    sum_step_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
+    sum_step_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
+    sum_step_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
+    sum_step_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
+    sum_decay_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
+    sum_decay_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
+    sum_decay_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
+    sum_decay_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
+    sum_decay_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
+    sum_decay_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
+    sum_noise_pp0 <= \$45 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
+    sum_noise_pp1 <= \$46 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
+    sum_noise_pp2 <= \$47 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
+    sum_noise_pp3 <= \$48 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
+    sum_noise_pp4 <= \$49 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
+    sum_noise_pp5 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
+    sum_u_sr <= \$51 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
+    sum_x_l0_0 <= \$52 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
+    sum_x_l0_1 <= \$53 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
+    sum_x_l0_2 <= \$54 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
+    sum_x_l0_3 <= \$55 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
+    sum_x_l0_4 <= \$56 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
+    sum_x_l0_5 <= \$57 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
+    sum_x_l0_6 <= \$58 ;
   always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
+    sum_x_l0_7 <= \$59 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
+    sum_x_l0_8 <= \$60 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
+    sum_x_l1_0 <= \$61 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
+    sum_x_l1_1 <= \$62 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
+    sum_x_l1_2 <= \$63 ;
   always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
+    sum_x_l1_3 <= \$64 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
+    sum_x_l1_4 <= \$65 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
+    sum_x_l2_0 <= \$66 ;
   always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
+    sum_x_l2_1 <= \$67 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
+    sum_x_l2_2 <= \$68 ;
   always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
+    sum_x_l3_0 <= \$69 ;
   always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
+    sum_x_l3_1 <= \$70 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -3301,281 +3234,286 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
   assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
   assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_theta;
+    \$34  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$34  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_step_pp0;
+    \$35  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$35  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_step_pp1;
+    \$36  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$36  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_step_pp2;
+    \$37  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$37  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_step_pp3;
+    \$38  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$38  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_decay_pp0;
+    \$39  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$39  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_decay_pp1;
+    \$40  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$40  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_decay_pp2;
+    \$41  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$41  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_decay_pp3;
+    \$42  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$42  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_decay_pp4;
+    \$43  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$43  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_decay_pp5;
+    \$44  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$44  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_noise_pp0;
+    \$45  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$45  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_noise_pp1;
+    \$46  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$46  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_noise_pp2;
+    \$47  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$47  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_noise_pp3;
+    \$48  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$48  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_noise_pp4;
+    \$49  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$49  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_noise_pp5;
+    \$50  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$50  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_0;
+    \$51  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$51  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_1;
+    \$52  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$52  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l0_2;
+    \$53  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$53  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l0_3;
+    \$54  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$54  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l0_4;
+    \$55  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$55  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l0_5;
+    \$56  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$56  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l0_6;
+    \$57  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$57  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l0_7;
+    \$58  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l0_8;
+    \$59  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$59  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$59  = sum_x_l1_0;
+    \$60  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$60  = sum_x_l1_1;
+    \$61  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$61  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$61  = sum_x_l1_2;
+    \$62  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$62  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$62  = sum_x_l1_3;
+    \$63  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$63  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$63  = sum_x_l1_4;
-    if (en) begin
-      \$63  = sum_x_l0_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$64  = sum_x_l2_0;
+    \$64  = sum_x_l1_3;
     if (en) begin
       \$64  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$65  = sum_x_l2_1;
+    \$65  = sum_x_l1_4;
     if (en) begin
-      \$65  = \$30 ;
+      \$65  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$66  = sum_x_l2_2;
+    \$66  = sum_x_l2_0;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$66  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$67  = sum_x_l3_0;
+    \$67  = sum_x_l2_1;
     if (en) begin
       \$67  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$68  = sum_x_l3_1;
+    \$68  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$68  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$69  = sum_x_l4_0;
+    \$69  = sum_x_l3_0;
     if (en) begin
       \$69  = \$32 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$70  = sum_x_l3_1;
+    if (en) begin
+      \$70  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$71  = sum_x_l4_0;
+    if (en) begin
+      \$71  = \$33 ;
     end
   end
   assign x = sum_x_l4_0[49:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1188$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3595,12 +3533,12 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$1188$0 ;
+  wire [1:0] \port$1188$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3630,7 +3568,7 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$1188$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3643,11 +3581,13 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$1188$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$1188$0 [0];
+  assign load1 = \port$1188$0 [1];
 endmodule

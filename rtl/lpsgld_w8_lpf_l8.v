@@ -8,46 +8,68 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [1:0] \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire \$16 ;
+  wire [1:0] \$16 ;
   wire \$17 ;
   wire \$18 ;
-  reg \$19 ;
+  wire [1:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg \$21 ;
-  reg \$22 ;
-  reg \$23 ;
-  reg \$24 ;
-  reg \$25 ;
-  reg \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg \$29 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire [1:0] \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire [1:0] \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire [1:0] \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg \$31 ;
-  reg \$32 ;
-  reg [7:0] \$33 ;
-  reg [7:0] \$34 ;
-  reg [7:0] \$35 ;
+  wire \$30 ;
+  wire [1:0] \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire [1:0] \$34 ;
+  reg \$35 ;
   reg [7:0] \$36 ;
-  reg [7:0] \$37 ;
-  reg [7:0] \$38 ;
-  reg [7:0] \$39 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
-  reg [7:0] \$40 ;
-  reg [7:0] \$41 ;
-  reg [7:0] \$42 ;
-  reg [7:0] \$43 ;
-  reg [7:0] \$44 ;
-  reg [15:0] \$45 ;
-  reg [11:0] \$46 ;
-  reg [15:0] \$47 ;
+  reg \$40 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg \$46 ;
+  reg \$47 ;
+  reg [7:0] \$48 ;
+  reg [7:0] \$49 ;
   wire \$5 ;
+  reg [7:0] \$50 ;
+  reg [7:0] \$51 ;
+  reg [7:0] \$52 ;
+  reg [7:0] \$53 ;
+  reg [7:0] \$54 ;
+  reg [7:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg [7:0] \$57 ;
+  reg [7:0] \$58 ;
+  reg [15:0] \$59 ;
   wire \$6 ;
+  reg [11:0] \$60 ;
+  reg [15:0] \$61 ;
+  reg [1:0] \$62 ;
+  reg [1:0] \$63 ;
+  reg [1:0] \$64 ;
+  reg [1:0] \$65 ;
+  reg [1:0] \$66 ;
+  reg [1:0] \$67 ;
+  reg [1:0] \$68 ;
+  reg [1:0] \$69 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
@@ -60,52 +82,58 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
-  wire [63:0] \data$104 ;
-  wire [63:0] \data$118 ;
-  wire [63:0] \data$132 ;
-  wire [63:0] \data$48 ;
-  wire [63:0] \data$62 ;
-  wire [63:0] \data$76 ;
-  wire [63:0] \data$90 ;
+  reg [63:0] data = 64'h0000000000000000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$110 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$125 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$140 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$50 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$65 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$80 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$95 ;
   reg [11:0] decay = 12'h000;
   (* init = 12'h000 *)
-  wire [11:0] \decay$113 ;
+  wire [11:0] \decay$104 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$127 ;
+  wire [11:0] \decay$119 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$141 ;
+  wire [11:0] \decay$134 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$57 ;
+  wire [11:0] \decay$149 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$71 ;
+  wire [11:0] \decay$59 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$85 ;
+  wire [11:0] \decay$74 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$99 ;
+  wire [11:0] \decay$89 ;
   wire en;
-  wire \en$105 ;
-  wire \en$119 ;
-  wire \en$133 ;
-  wire \en$49 ;
-  wire \en$63 ;
-  wire \en$77 ;
-  wire \en$91 ;
+  wire \en$111 ;
+  wire \en$126 ;
+  wire \en$141 ;
+  wire \en$51 ;
+  wire \en$66 ;
+  wire \en$81 ;
+  wire \en$96 ;
   wire [7:0] grad;
-  wire [7:0] \grad$107 ;
-  wire [7:0] \grad$121 ;
-  wire [7:0] \grad$135 ;
-  wire [7:0] \grad$51 ;
-  wire [7:0] \grad$65 ;
-  wire [7:0] \grad$79 ;
-  wire [7:0] \grad$93 ;
+  wire [7:0] \grad$113 ;
+  wire [7:0] \grad$128 ;
+  wire [7:0] \grad$143 ;
+  wire [7:0] \grad$53 ;
+  wire [7:0] \grad$68 ;
+  wire [7:0] \grad$83 ;
+  wire [7:0] \grad$98 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
   reg [7:0] keep_10 = 8'h00;
   reg [7:0] keep_11 = 8'h00;
   reg [7:0] keep_12 = 8'h00;
-  reg [7:0] keep_13 = 8'h00;
   reg [7:0] keep_2 = 8'h00;
   reg [7:0] keep_3 = 8'h00;
   reg [7:0] keep_4 = 8'h00;
@@ -115,44 +143,44 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$102 ;
-  wire \load0$116 ;
-  wire \load0$130 ;
-  wire \load0$46 ;
-  wire \load0$60 ;
-  wire \load0$74 ;
-  wire \load0$88 ;
+  wire \load0$107 ;
+  wire \load0$122 ;
+  wire \load0$137 ;
+  wire \load0$47 ;
+  wire \load0$62 ;
+  wire \load0$77 ;
+  wire \load0$92 ;
   wire load1;
-  wire \load1$103 ;
-  wire \load1$117 ;
-  wire \load1$131 ;
-  wire \load1$47 ;
-  wire \load1$61 ;
-  wire \load1$75 ;
-  wire \load1$89 ;
+  wire \load1$109 ;
+  wire \load1$124 ;
+  wire \load1$139 ;
+  wire \load1$49 ;
+  wire \load1$64 ;
+  wire \load1$79 ;
+  wire \load1$94 ;
   reg [15:0] noise = 16'h0000;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$100 ;
+  wire [15:0] \noise$105 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$114 ;
+  wire [15:0] \noise$120 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$128 ;
+  wire [15:0] \noise$135 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$142 ;
+  wire [15:0] \noise$150 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$58 ;
+  wire [15:0] \noise$60 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$72 ;
+  wire [15:0] \noise$75 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$86 ;
+  wire [15:0] \noise$90 ;
   wire [63:0] out;
-  wire [63:0] \out$109 ;
-  wire [63:0] \out$123 ;
-  wire [63:0] \out$137 ;
-  wire [63:0] \out$53 ;
-  wire [63:0] \out$67 ;
-  wire [63:0] \out$81 ;
-  wire [63:0] \out$95 ;
+  wire [63:0] \out$100 ;
+  wire [63:0] \out$115 ;
+  wire [63:0] \out$130 ;
+  wire [63:0] \out$145 ;
+  wire [63:0] \out$55 ;
+  wire [63:0] \out$70 ;
+  wire [63:0] \out$85 ;
   (* init = 12'h000 *)
   wire [11:0] reg_decay;
   (* init = 16'h0000 *)
@@ -161,6 +189,16 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [15:0] reg_step;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg [1:0] seed_load_0 = 2'h0;
+  reg [1:0] seed_load_1 = 2'h0;
+  reg [1:0] seed_load_2 = 2'h0;
+  reg [1:0] seed_load_3 = 2'h0;
+  reg [1:0] seed_load_4 = 2'h0;
+  reg [1:0] seed_load_5 = 2'h0;
+  reg [1:0] seed_load_6 = 2'h0;
+  reg [1:0] seed_load_7 = 2'h0;
   input [263:0] sink__payload;
   wire [263:0] sink__payload;
   wire [63:0] \sink__payload.grad ;
@@ -212,51 +250,49 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   output source__valid;
   reg source__valid = 1'h0;
   wire [23:0] state;
-  wire [23:0] \state$110 ;
-  wire [23:0] \state$124 ;
-  wire [23:0] \state$138 ;
-  wire [23:0] \state$54 ;
-  wire [23:0] \state$68 ;
-  wire [23:0] \state$82 ;
-  wire [23:0] \state$96 ;
+  wire [23:0] \state$101 ;
+  wire [23:0] \state$116 ;
+  wire [23:0] \state$131 ;
+  wire [23:0] \state$146 ;
+  wire [23:0] \state$56 ;
+  wire [23:0] \state$71 ;
+  wire [23:0] \state$86 ;
   wire step;
-  wire \step$101 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$112 ;
-  wire \step$115 ;
+  wire [15:0] \step$103 ;
+  wire \step$106 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$126 ;
-  wire \step$129 ;
+  wire [15:0] \step$118 ;
+  wire \step$121 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$140 ;
-  reg [15:0] \step$39  = 16'h0000;
-  wire \step$45 ;
+  wire [15:0] \step$133 ;
+  wire \step$136 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$56 ;
-  wire \step$59 ;
+  wire [15:0] \step$148 ;
+  reg [15:0] \step$40  = 16'h0000;
+  wire \step$46 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$70 ;
-  wire \step$73 ;
+  wire [15:0] \step$58 ;
+  wire \step$61 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$84 ;
-  wire \step$87 ;
+  wire [15:0] \step$73 ;
+  wire \step$76 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$98 ;
+  wire [15:0] \step$88 ;
+  wire \step$91 ;
   wire [23:0] theta;
-  wire [23:0] \theta$106 ;
-  wire [23:0] \theta$120 ;
-  wire [23:0] \theta$134 ;
-  wire [23:0] \theta$50 ;
-  wire [23:0] \theta$64 ;
-  wire [23:0] \theta$78 ;
-  wire [23:0] \theta$92 ;
-  wire transfer;
+  wire [23:0] \theta$112 ;
+  wire [23:0] \theta$127 ;
+  wire [23:0] \theta$142 ;
+  wire [23:0] \theta$52 ;
+  wire [23:0] \theta$67 ;
+  wire [23:0] \theta$82 ;
+  wire [23:0] \theta$97 ;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
-  reg valid_12 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_13;
+  wire valid_12;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
   reg valid_4 = 1'h0;
@@ -266,124 +302,137 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
   wire [7:0] weight;
-  wire [7:0] \weight$111 ;
-  wire [7:0] \weight$125 ;
-  wire [7:0] \weight$139 ;
-  wire [7:0] \weight$55 ;
-  wire [7:0] \weight$69 ;
-  wire [7:0] \weight$83 ;
-  wire [7:0] \weight$97 ;
+  wire [7:0] \weight$102 ;
+  wire [7:0] \weight$117 ;
+  wire [7:0] \weight$132 ;
+  wire [7:0] \weight$147 ;
+  wire [7:0] \weight$57 ;
+  wire [7:0] \weight$72 ;
+  wire [7:0] \weight$87 ;
   wire [63:0] words;
-  wire [63:0] \words$108 ;
-  wire [63:0] \words$122 ;
-  wire [63:0] \words$136 ;
-  wire [63:0] \words$52 ;
-  wire [63:0] \words$66 ;
-  wire [63:0] \words$80 ;
-  wire [63:0] \words$94 ;
+  wire [63:0] \words$114 ;
+  wire [63:0] \words$129 ;
+  wire [63:0] \words$144 ;
+  wire [63:0] \words$54 ;
+  wire [63:0] \words$69 ;
+  wire [63:0] \words$84 ;
+  wire [63:0] \words$99 ;
+  assign \$21  = ctl__addr == 9'h107;
+  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
+  assign \$23  = ctl__addr == 9'h108;
+  assign \$24  = ctl__addr == 9'h109;
+  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
+  assign \$26  = ctl__addr == 9'h10a;
+  assign \$27  = ctl__addr == 9'h10b;
+  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
+  assign \$29  = ctl__addr == 9'h10c;
+  assign \$30  = ctl__addr == 9'h10d;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h10e;
+  assign \$33  = ctl__addr == 9'h10f;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_3 <= \$22 ;
+    valid_1 <= \$35 ;
   always @(posedge clk)
-    valid_4 <= \$23 ;
+    keep_1 <= \$36 ;
   always @(posedge clk)
-    valid_5 <= \$24 ;
+    valid_2 <= \$37 ;
   always @(posedge clk)
-    valid_6 <= \$25 ;
+    valid_3 <= \$38 ;
   always @(posedge clk)
-    valid_7 <= \$26 ;
+    valid_4 <= \$39 ;
   always @(posedge clk)
-    valid_8 <= \$27 ;
+    valid_5 <= \$40 ;
   always @(posedge clk)
-    valid_9 <= \$28 ;
+    valid_6 <= \$41 ;
   always @(posedge clk)
-    valid_10 <= \$29 ;
+    valid_7 <= \$42 ;
   always @(posedge clk)
-    valid_11 <= \$30 ;
+    valid_8 <= \$43 ;
   always @(posedge clk)
-    valid_12 <= \$31 ;
+    valid_9 <= \$44 ;
   always @(posedge clk)
-    source__valid <= \$32 ;
+    valid_10 <= \$45 ;
   always @(posedge clk)
-    keep_2 <= \$33 ;
+    valid_11 <= \$46 ;
   always @(posedge clk)
-    keep_3 <= \$34 ;
+    source__valid <= \$47 ;
   always @(posedge clk)
-    keep_4 <= \$35 ;
+    keep_2 <= \$48 ;
   always @(posedge clk)
-    keep_5 <= \$36 ;
+    keep_3 <= \$49 ;
   always @(posedge clk)
-    keep_6 <= \$37 ;
+    keep_4 <= \$50 ;
   always @(posedge clk)
-    keep_7 <= \$38 ;
+    keep_5 <= \$51 ;
   always @(posedge clk)
-    keep_8 <= \$39 ;
+    keep_6 <= \$52 ;
   always @(posedge clk)
-    keep_9 <= \$40 ;
+    keep_7 <= \$53 ;
   always @(posedge clk)
-    keep_10 <= \$41 ;
+    keep_8 <= \$54 ;
   always @(posedge clk)
-    keep_11 <= \$42 ;
+    keep_9 <= \$55 ;
   always @(posedge clk)
-    keep_12 <= \$43 ;
+    keep_10 <= \$56 ;
   always @(posedge clk)
-    keep_13 <= \$44 ;
+    keep_11 <= \$57 ;
   always @(posedge clk)
-    \step$39  <= \$45 ;
+    keep_12 <= \$58 ;
   always @(posedge clk)
-    decay <= \$46 ;
+    \step$40  <= \$59 ;
   always @(posedge clk)
-    noise <= \$47 ;
+    decay <= \$60 ;
+  always @(posedge clk)
+    noise <= \$61 ;
+  always @(posedge clk)
+    data <= ctl__data;
+  always @(posedge clk)
+    seed_load_0 <= \$62 ;
+  always @(posedge clk)
+    seed_load_1 <= \$63 ;
+  always @(posedge clk)
+    seed_load_2 <= \$64 ;
+  always @(posedge clk)
+    seed_load_3 <= \$65 ;
+  always @(posedge clk)
+    seed_load_4 <= \$66 ;
+  always @(posedge clk)
+    seed_load_5 <= \$67 ;
+  always @(posedge clk)
+    seed_load_6 <= \$68 ;
+  always @(posedge clk)
+    seed_load_7 <= \$69 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
-  assign transfer = sink__valid & sink__ready;
-  assign \$2  = | { source__valid, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign \$2  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
-  assign \step$45  = transfer & sink__payload[1];
-  assign \$5  = ctl__addr == 9'h102;
-  assign \load0$46  = ctl__we & \$5 ;
-  assign \$6  = ctl__addr == 9'h103;
-  assign \load1$47  = ctl__we & \$6 ;
-  assign \step$59  = transfer & sink__payload[2];
-  assign \$7  = ctl__addr == 9'h104;
-  assign \load0$60  = ctl__we & \$7 ;
-  assign \$8  = ctl__addr == 9'h105;
-  assign \load1$61  = ctl__we & \$8 ;
-  assign \step$73  = transfer & sink__payload[3];
-  assign \$9  = ctl__addr == 9'h106;
-  assign \load0$74  = ctl__we & \$9 ;
-  assign \$10  = ctl__addr == 9'h107;
-  assign \load1$75  = ctl__we & \$10 ;
-  assign \step$87  = transfer & sink__payload[4];
-  assign \$11  = ctl__addr == 9'h108;
-  assign \load0$88  = ctl__we & \$11 ;
-  assign \$12  = ctl__addr == 9'h109;
-  assign \load1$89  = ctl__we & \$12 ;
-  assign \step$101  = transfer & sink__payload[5];
-  assign \$13  = ctl__addr == 9'h10a;
-  assign \load0$102  = ctl__we & \$13 ;
-  assign \$14  = ctl__addr == 9'h10b;
-  assign \load1$103  = ctl__we & \$14 ;
-  assign \step$115  = transfer & sink__payload[6];
-  assign \$15  = ctl__addr == 9'h10c;
-  assign \load0$116  = ctl__we & \$15 ;
-  assign \$16  = ctl__addr == 9'h10d;
-  assign \load1$117  = ctl__we & \$16 ;
-  assign \step$129  = transfer & sink__payload[7];
-  assign \$17  = ctl__addr == 9'h10e;
-  assign \load0$130  = ctl__we & \$17 ;
-  assign \$18  = ctl__addr == 9'h10f;
-  assign \load1$131  = ctl__we & \$18 ;
-  always @(posedge clk)
-    valid_1 <= \$19 ;
-  always @(posedge clk)
-    keep_1 <= \$20 ;
-  always @(posedge clk)
-    valid_2 <= \$21 ;
+  assign \$3  = sink__ready & valid_1;
+  assign step = \$3  & keep_1[0];
+  assign \$4  = sink__ready & valid_1;
+  assign \step$46  = \$4  & keep_1[1];
+  assign \$5  = sink__ready & valid_1;
+  assign \step$61  = \$5  & keep_1[2];
+  assign \$6  = sink__ready & valid_1;
+  assign \step$76  = \$6  & keep_1[3];
+  assign \$7  = sink__ready & valid_1;
+  assign \step$91  = \$7  & keep_1[4];
+  assign \$8  = sink__ready & valid_1;
+  assign \step$106  = \$8  & keep_1[5];
+  assign \$9  = sink__ready & valid_1;
+  assign \step$121  = \$9  & keep_1[6];
+  assign \$10  = sink__ready & valid_1;
+  assign \step$136  = \$10  & keep_1[7];
+  assign \$11  = ctl__addr == 9'h100;
+  assign \$12  = ctl__addr == 9'h101;
+  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
+  assign \$14  = ctl__addr == 9'h102;
+  assign \$15  = ctl__addr == 9'h103;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
+  assign \$17  = ctl__addr == 9'h104;
+  assign \$18  = ctl__addr == 9'h105;
+  assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
+  assign \$20  = ctl__addr == 9'h106;
   \lpsgld_w8_lpf_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -392,7 +441,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$39 ),
+    .step(\step$40 ),
     .theta(sink__payload[31:8]),
     .weight(weight),
     .words(words)
@@ -404,11 +453,11 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .grad(sink__payload[215:208]),
     .noise(noise),
     .rst(rst),
-    .state(\state$54 ),
-    .step(\step$39 ),
+    .state(\state$56 ),
+    .step(\step$40 ),
     .theta(sink__payload[55:32]),
-    .weight(\weight$55 ),
-    .words(\words$52 )
+    .weight(\weight$57 ),
+    .words(\words$54 )
   );
   \lpsgld_w8_lpf_l8.lane_2  lane_2 (
     .clk(clk),
@@ -417,11 +466,11 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .grad(sink__payload[223:216]),
     .noise(noise),
     .rst(rst),
-    .state(\state$68 ),
-    .step(\step$39 ),
+    .state(\state$71 ),
+    .step(\step$40 ),
     .theta(sink__payload[79:56]),
-    .weight(\weight$69 ),
-    .words(\words$66 )
+    .weight(\weight$72 ),
+    .words(\words$69 )
   );
   \lpsgld_w8_lpf_l8.lane_3  lane_3 (
     .clk(clk),
@@ -430,11 +479,11 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .grad(sink__payload[231:224]),
     .noise(noise),
     .rst(rst),
-    .state(\state$82 ),
-    .step(\step$39 ),
+    .state(\state$86 ),
+    .step(\step$40 ),
     .theta(sink__payload[103:80]),
-    .weight(\weight$83 ),
-    .words(\words$80 )
+    .weight(\weight$87 ),
+    .words(\words$84 )
   );
   \lpsgld_w8_lpf_l8.lane_4  lane_4 (
     .clk(clk),
@@ -443,11 +492,11 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .grad(sink__payload[239:232]),
     .noise(noise),
     .rst(rst),
-    .state(\state$96 ),
-    .step(\step$39 ),
+    .state(\state$101 ),
+    .step(\step$40 ),
     .theta(sink__payload[127:104]),
-    .weight(\weight$97 ),
-    .words(\words$94 )
+    .weight(\weight$102 ),
+    .words(\words$99 )
   );
   \lpsgld_w8_lpf_l8.lane_5  lane_5 (
     .clk(clk),
@@ -456,11 +505,11 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .grad(sink__payload[247:240]),
     .noise(noise),
     .rst(rst),
-    .state(\state$110 ),
-    .step(\step$39 ),
+    .state(\state$116 ),
+    .step(\step$40 ),
     .theta(sink__payload[151:128]),
-    .weight(\weight$111 ),
-    .words(\words$108 )
+    .weight(\weight$117 ),
+    .words(\words$114 )
   );
   \lpsgld_w8_lpf_l8.lane_6  lane_6 (
     .clk(clk),
@@ -469,11 +518,11 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .grad(sink__payload[255:248]),
     .noise(noise),
     .rst(rst),
-    .state(\state$124 ),
-    .step(\step$39 ),
+    .state(\state$131 ),
+    .step(\step$40 ),
     .theta(sink__payload[175:152]),
-    .weight(\weight$125 ),
-    .words(\words$122 )
+    .weight(\weight$132 ),
+    .words(\words$129 )
   );
   \lpsgld_w8_lpf_l8.lane_7  lane_7 (
     .clk(clk),
@@ -482,309 +531,311 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .grad(sink__payload[263:256]),
     .noise(noise),
     .rst(rst),
-    .state(\state$138 ),
-    .step(\step$39 ),
+    .state(\state$146 ),
+    .step(\step$40 ),
     .theta(sink__payload[199:176]),
-    .weight(\weight$139 ),
-    .words(\words$136 )
+    .weight(\weight$147 ),
+    .words(\words$144 )
   );
   \lpsgld_w8_lpf_l8.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(load0),
-    .load1(load1),
+    .data(data),
     .out(words),
+    .\port$9000$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w8_lpf_l8.rng_1_0  rng_1_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$46 ),
-    .load1(\load1$47 ),
-    .out(\words$52 ),
+    .data(data),
+    .out(\words$54 ),
+    .\port$9002$0 (seed_load_1),
     .rst(rst),
-    .step(\step$45 )
+    .step(\step$46 )
   );
   \lpsgld_w8_lpf_l8.rng_2_0  rng_2_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$60 ),
-    .load1(\load1$61 ),
-    .out(\words$66 ),
+    .data(data),
+    .out(\words$69 ),
+    .\port$9004$0 (seed_load_2),
     .rst(rst),
-    .step(\step$59 )
+    .step(\step$61 )
   );
   \lpsgld_w8_lpf_l8.rng_3_0  rng_3_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$74 ),
-    .load1(\load1$75 ),
-    .out(\words$80 ),
+    .data(data),
+    .out(\words$84 ),
+    .\port$9006$0 (seed_load_3),
     .rst(rst),
-    .step(\step$73 )
+    .step(\step$76 )
   );
   \lpsgld_w8_lpf_l8.rng_4_0  rng_4_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$88 ),
-    .load1(\load1$89 ),
-    .out(\words$94 ),
+    .data(data),
+    .out(\words$99 ),
+    .\port$9008$0 (seed_load_4),
     .rst(rst),
-    .step(\step$87 )
+    .step(\step$91 )
   );
   \lpsgld_w8_lpf_l8.rng_5_0  rng_5_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$102 ),
-    .load1(\load1$103 ),
-    .out(\words$108 ),
+    .data(data),
+    .out(\words$114 ),
+    .\port$9010$0 (seed_load_5),
     .rst(rst),
-    .step(\step$101 )
+    .step(\step$106 )
   );
   \lpsgld_w8_lpf_l8.rng_6_0  rng_6_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$116 ),
-    .load1(\load1$117 ),
-    .out(\words$122 ),
+    .data(data),
+    .out(\words$129 ),
+    .\port$9012$0 (seed_load_6),
     .rst(rst),
-    .step(\step$115 )
+    .step(\step$121 )
   );
   \lpsgld_w8_lpf_l8.rng_7_0  rng_7_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$130 ),
-    .load1(\load1$131 ),
-    .out(\words$136 ),
+    .data(data),
+    .out(\words$144 ),
+    .\port$9014$0 (seed_load_7),
     .rst(rst),
-    .step(\step$129 )
+    .step(\step$136 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_3;
+    \$35  = valid_1;
     if (sink__ready) begin
-      \$22  = valid_2;
+      \$35  = sink__valid;
     end
     if (rst) begin
-      \$22  = 1'h0;
+      \$35  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_4;
+    \$36  = keep_1;
     if (sink__ready) begin
-      \$23  = valid_3;
+      \$36  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = valid_2;
+    if (sink__ready) begin
+      \$37  = valid_1;
     end
     if (rst) begin
-      \$23  = 1'h0;
+      \$37  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_5;
+    \$38  = valid_3;
     if (sink__ready) begin
-      \$24  = valid_4;
+      \$38  = valid_2;
     end
     if (rst) begin
-      \$24  = 1'h0;
+      \$38  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_6;
+    \$39  = valid_4;
     if (sink__ready) begin
-      \$25  = valid_5;
+      \$39  = valid_3;
     end
     if (rst) begin
-      \$25  = 1'h0;
+      \$39  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_7;
+    \$40  = valid_5;
     if (sink__ready) begin
-      \$26  = valid_6;
+      \$40  = valid_4;
     end
     if (rst) begin
-      \$26  = 1'h0;
+      \$40  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_8;
+    \$41  = valid_6;
     if (sink__ready) begin
-      \$27  = valid_7;
+      \$41  = valid_5;
     end
     if (rst) begin
-      \$27  = 1'h0;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_9;
+    \$42  = valid_7;
     if (sink__ready) begin
-      \$28  = valid_8;
+      \$42  = valid_6;
     end
     if (rst) begin
-      \$28  = 1'h0;
+      \$42  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = valid_10;
+    \$43  = valid_8;
     if (sink__ready) begin
-      \$29  = valid_9;
+      \$43  = valid_7;
     end
     if (rst) begin
-      \$29  = 1'h0;
+      \$43  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = valid_11;
+    \$44  = valid_9;
     if (sink__ready) begin
-      \$30  = valid_10;
+      \$44  = valid_8;
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = valid_12;
+    \$45  = valid_10;
     if (sink__ready) begin
-      \$31  = valid_11;
+      \$45  = valid_9;
     end
     if (rst) begin
-      \$31  = 1'h0;
+      \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = source__valid;
+    \$46  = valid_11;
     if (sink__ready) begin
-      \$32  = valid_12;
+      \$46  = valid_10;
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_2;
+    \$47  = source__valid;
     if (sink__ready) begin
-      \$33  = keep_1;
+      \$47  = valid_11;
+    end
+    if (rst) begin
+      \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_3;
+    \$48  = keep_2;
     if (sink__ready) begin
-      \$34  = keep_2;
+      \$48  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_4;
+    \$49  = keep_3;
     if (sink__ready) begin
-      \$35  = keep_3;
+      \$49  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_5;
+    \$50  = keep_4;
     if (sink__ready) begin
-      \$36  = keep_4;
+      \$50  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_6;
+    \$51  = keep_5;
     if (sink__ready) begin
-      \$37  = keep_5;
+      \$51  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_7;
+    \$52  = keep_6;
     if (sink__ready) begin
-      \$38  = keep_6;
+      \$52  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_8;
+    \$53  = keep_7;
     if (sink__ready) begin
-      \$39  = keep_7;
+      \$53  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_9;
+    \$54  = keep_8;
     if (sink__ready) begin
-      \$40  = keep_8;
+      \$54  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_10;
+    \$55  = keep_9;
     if (sink__ready) begin
-      \$41  = keep_9;
+      \$55  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_11;
+    \$56  = keep_10;
     if (sink__ready) begin
-      \$42  = keep_10;
+      \$56  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_12;
+    \$57  = keep_11;
     if (sink__ready) begin
-      \$43  = keep_11;
+      \$57  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_13;
+    \$58  = keep_12;
     if (sink__ready) begin
-      \$44  = keep_12;
+      \$58  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = \step$39 ;
+    \$59  = \step$40 ;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$45  = ctl__data[15:0];
+            \$59  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$45  = 16'h0000;
+      \$59  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = decay;
+    \$60  = decay;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$46  = ctl__data[11:0];
+            \$60  = ctl__data[11:0];
       endcase
     end
     if (rst) begin
-      \$46  = 12'h000;
+      \$60  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = noise;
+    \$61  = noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -792,106 +843,151 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$47  = ctl__data[15:0];
+            \$61  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$47  = 16'h0000;
+      \$61  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_1;
-    if (sink__ready) begin
-      \$19  = sink__valid;
-    end
+    \$62  = \$13 ;
     if (rst) begin
-      \$19  = 1'h0;
+      \$62  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_1;
-    if (sink__ready) begin
-      \$20  = sink__payload[7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_2;
-    if (sink__ready) begin
-      \$21  = valid_1;
-    end
+    \$63  = \$16 ;
     if (rst) begin
-      \$21  = 1'h0;
+      \$63  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = \$19 ;
+    if (rst) begin
+      \$64  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = \$22 ;
+    if (rst) begin
+      \$65  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = \$25 ;
+    if (rst) begin
+      \$66  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = \$28 ;
+    if (rst) begin
+      \$67  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = \$31 ;
+    if (rst) begin
+      \$68  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = \$34 ;
+    if (rst) begin
+      \$69  = 2'h0;
     end
   end
   assign advance = sink__ready;
-  assign valid_13 = source__valid;
-  assign data = ctl__data;
+  assign valid_12 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
+  assign seed_data = data;
   assign en = sink__ready;
   assign theta = sink__payload[31:8];
   assign grad = sink__payload[207:200];
   assign out = words;
-  assign reg_step = \step$39 ;
+  assign reg_step = \step$40 ;
   assign reg_decay = decay;
   assign reg_noise = noise;
-  assign \data$48  = ctl__data;
-  assign \en$49  = sink__ready;
-  assign \theta$50  = sink__payload[55:32];
-  assign \grad$51  = sink__payload[215:208];
-  assign \out$53  = \words$52 ;
-  assign \step$56  = \step$39 ;
-  assign \decay$57  = decay;
-  assign \noise$58  = noise;
-  assign \data$62  = ctl__data;
-  assign \en$63  = sink__ready;
-  assign \theta$64  = sink__payload[79:56];
-  assign \grad$65  = sink__payload[223:216];
-  assign \out$67  = \words$66 ;
-  assign \step$70  = \step$39 ;
-  assign \decay$71  = decay;
-  assign \noise$72  = noise;
-  assign \data$76  = ctl__data;
-  assign \en$77  = sink__ready;
-  assign \theta$78  = sink__payload[103:80];
-  assign \grad$79  = sink__payload[231:224];
-  assign \out$81  = \words$80 ;
-  assign \step$84  = \step$39 ;
-  assign \decay$85  = decay;
-  assign \noise$86  = noise;
-  assign \data$90  = ctl__data;
-  assign \en$91  = sink__ready;
-  assign \theta$92  = sink__payload[127:104];
-  assign \grad$93  = sink__payload[239:232];
-  assign \out$95  = \words$94 ;
-  assign \step$98  = \step$39 ;
-  assign \decay$99  = decay;
-  assign \noise$100  = noise;
-  assign \data$104  = ctl__data;
-  assign \en$105  = sink__ready;
-  assign \theta$106  = sink__payload[151:128];
-  assign \grad$107  = sink__payload[247:240];
-  assign \out$109  = \words$108 ;
-  assign \step$112  = \step$39 ;
-  assign \decay$113  = decay;
-  assign \noise$114  = noise;
-  assign \data$118  = ctl__data;
-  assign \en$119  = sink__ready;
-  assign \theta$120  = sink__payload[175:152];
-  assign \grad$121  = sink__payload[255:248];
-  assign \out$123  = \words$122 ;
-  assign \step$126  = \step$39 ;
-  assign \decay$127  = decay;
-  assign \noise$128  = noise;
-  assign \data$132  = ctl__data;
-  assign \en$133  = sink__ready;
-  assign \theta$134  = sink__payload[199:176];
-  assign \grad$135  = sink__payload[263:256];
-  assign \out$137  = \words$136 ;
-  assign \step$140  = \step$39 ;
-  assign \decay$141  = decay;
-  assign \noise$142  = noise;
+  assign \load0$47  = seed_load_1[0];
+  assign \load1$49  = seed_load_1[1];
+  assign \data$50  = data;
+  assign \en$51  = sink__ready;
+  assign \theta$52  = sink__payload[55:32];
+  assign \grad$53  = sink__payload[215:208];
+  assign \out$55  = \words$54 ;
+  assign \step$58  = \step$40 ;
+  assign \decay$59  = decay;
+  assign \noise$60  = noise;
+  assign \load0$62  = seed_load_2[0];
+  assign \load1$64  = seed_load_2[1];
+  assign \data$65  = data;
+  assign \en$66  = sink__ready;
+  assign \theta$67  = sink__payload[79:56];
+  assign \grad$68  = sink__payload[223:216];
+  assign \out$70  = \words$69 ;
+  assign \step$73  = \step$40 ;
+  assign \decay$74  = decay;
+  assign \noise$75  = noise;
+  assign \load0$77  = seed_load_3[0];
+  assign \load1$79  = seed_load_3[1];
+  assign \data$80  = data;
+  assign \en$81  = sink__ready;
+  assign \theta$82  = sink__payload[103:80];
+  assign \grad$83  = sink__payload[231:224];
+  assign \out$85  = \words$84 ;
+  assign \step$88  = \step$40 ;
+  assign \decay$89  = decay;
+  assign \noise$90  = noise;
+  assign \load0$92  = seed_load_4[0];
+  assign \load1$94  = seed_load_4[1];
+  assign \data$95  = data;
+  assign \en$96  = sink__ready;
+  assign \theta$97  = sink__payload[127:104];
+  assign \grad$98  = sink__payload[239:232];
+  assign \out$100  = \words$99 ;
+  assign \step$103  = \step$40 ;
+  assign \decay$104  = decay;
+  assign \noise$105  = noise;
+  assign \load0$107  = seed_load_5[0];
+  assign \load1$109  = seed_load_5[1];
+  assign \data$110  = data;
+  assign \en$111  = sink__ready;
+  assign \theta$112  = sink__payload[151:128];
+  assign \grad$113  = sink__payload[247:240];
+  assign \out$115  = \words$114 ;
+  assign \step$118  = \step$40 ;
+  assign \decay$119  = decay;
+  assign \noise$120  = noise;
+  assign \load0$122  = seed_load_6[0];
+  assign \load1$124  = seed_load_6[1];
+  assign \data$125  = data;
+  assign \en$126  = sink__ready;
+  assign \theta$127  = sink__payload[175:152];
+  assign \grad$128  = sink__payload[255:248];
+  assign \out$130  = \words$129 ;
+  assign \step$133  = \step$40 ;
+  assign \decay$134  = decay;
+  assign \noise$135  = noise;
+  assign \load0$137  = seed_load_7[0];
+  assign \load1$139  = seed_load_7[1];
+  assign \data$140  = data;
+  assign \en$141  = sink__ready;
+  assign \theta$142  = sink__payload[199:176];
+  assign \grad$143  = sink__payload[263:256];
+  assign \out$145  = \words$144 ;
+  assign \step$148  = \step$40 ;
+  assign \decay$149  = decay;
+  assign \noise$150  = noise;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[199:8];
   assign \sink__payload.theta[0]  = sink__payload[31:8];
@@ -930,23 +1026,23 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[5]  = source__payload[247:240];
   assign \source__payload.weight[6]  = source__payload[255:248];
   assign \source__payload.weight[7]  = source__payload[263:256];
-  assign source__payload[263:256] = \weight$139 ;
-  assign source__payload[199:176] = \state$138 ;
-  assign source__payload[255:248] = \weight$125 ;
-  assign source__payload[175:152] = \state$124 ;
-  assign source__payload[247:240] = \weight$111 ;
-  assign source__payload[151:128] = \state$110 ;
-  assign source__payload[239:232] = \weight$97 ;
-  assign source__payload[127:104] = \state$96 ;
-  assign source__payload[231:224] = \weight$83 ;
-  assign source__payload[103:80] = \state$82 ;
-  assign source__payload[223:216] = \weight$69 ;
-  assign source__payload[79:56] = \state$68 ;
-  assign source__payload[215:208] = \weight$55 ;
-  assign source__payload[55:32] = \state$54 ;
+  assign source__payload[263:256] = \weight$147 ;
+  assign source__payload[199:176] = \state$146 ;
+  assign source__payload[255:248] = \weight$132 ;
+  assign source__payload[175:152] = \state$131 ;
+  assign source__payload[247:240] = \weight$117 ;
+  assign source__payload[151:128] = \state$116 ;
+  assign source__payload[239:232] = \weight$102 ;
+  assign source__payload[127:104] = \state$101 ;
+  assign source__payload[231:224] = \weight$87 ;
+  assign source__payload[103:80] = \state$86 ;
+  assign source__payload[223:216] = \weight$72 ;
+  assign source__payload[79:56] = \state$71 ;
+  assign source__payload[215:208] = \weight$57 ;
+  assign source__payload[55:32] = \state$56 ;
   assign source__payload[207:200] = weight;
   assign source__payload[31:8] = state;
-  assign source__payload[7:0] = keep_13;
+  assign source__payload[7:0] = keep_12;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -954,40 +1050,34 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [23:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [23:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [23:0] \$6 ;
   reg [23:0] \$7 ;
-  reg [7:0] \$8 ;
+  reg [23:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -996,82 +1086,70 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_lpf_l8.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -1083,18 +1161,18 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_0.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -1114,137 +1192,102 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
+  assign \weight$40  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3424,29 +3467,27 @@ module \lpsgld_w8_lpf_l8.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_0.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -3454,70 +3495,57 @@ module \lpsgld_w8_lpf_l8.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -3525,7 +3553,7 @@ module \lpsgld_w8_lpf_l8.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
@@ -3540,60 +3568,62 @@ module \lpsgld_w8_lpf_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   wire [39:0] \$19 ;
   wire [17:0] \$2 ;
   wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
+  wire [33:0] \$21 ;
   wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [28:0] \$23 ;
+  wire [32:0] \$24 ;
+  wire [36:0] \$25 ;
+  wire [49:0] \$26 ;
+  wire [42:0] \$27 ;
+  wire [38:0] \$28 ;
+  wire [33:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
+  wire [50:0] \$30 ;
+  wire [39:0] \$31 ;
+  wire [51:0] \$32 ;
+  wire [52:0] \$33 ;
+  reg [23:0] \$34 ;
   reg [17:0] \$35 ;
   reg [17:0] \$36 ;
   reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
+  reg [17:0] \$38 ;
   reg [25:0] \$39 ;
   wire [17:0] \$4 ;
   reg [25:0] \$40 ;
   reg [25:0] \$41 ;
   reg [25:0] \$42 ;
   reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
+  reg [25:0] \$44 ;
   reg [17:0] \$45 ;
   reg [17:0] \$46 ;
   reg [17:0] \$47 ;
   reg [17:0] \$48 ;
   reg [17:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  reg [17:0] \$50 ;
+  reg [23:0] \$51 ;
+  reg [48:0] \$52 ;
+  reg [35:0] \$53 ;
+  reg [39:0] \$54 ;
+  reg [41:0] \$55 ;
+  reg [33:0] \$56 ;
+  reg [37:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [32:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  reg [36:0] \$60 ;
+  reg [49:0] \$61 ;
+  reg [42:0] \$62 ;
+  reg [38:0] \$63 ;
+  reg [33:0] \$64 ;
+  reg [36:0] \$65 ;
+  reg [50:0] \$66 ;
+  reg [39:0] \$67 ;
+  reg [36:0] \$68 ;
+  reg [51:0] \$69 ;
   wire [25:0] \$7 ;
+  reg [36:0] \$70 ;
+  reg [52:0] \$71 ;
   wire [25:0] \$8 ;
   wire [25:0] \$9 ;
   input clk;
@@ -3627,108 +3657,116 @@ module \lpsgld_w8_lpf_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
+  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
   always @(posedge clk)
-    sum_theta <= \$33 ;
+    sum_theta <= \$34 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
+    sum_step_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
+    sum_step_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
+    sum_step_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
+    sum_step_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
+    sum_decay_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
+    sum_decay_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
+    sum_decay_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
+    sum_decay_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
+    sum_decay_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
+    sum_decay_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
+    sum_noise_pp0 <= \$45 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
+    sum_noise_pp1 <= \$46 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
+    sum_noise_pp2 <= \$47 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
+    sum_noise_pp3 <= \$48 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
+    sum_noise_pp4 <= \$49 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
+    sum_noise_pp5 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
+    sum_u_sr <= \$51 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
+    sum_x_l0_0 <= \$52 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
+    sum_x_l0_1 <= \$53 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
+    sum_x_l0_2 <= \$54 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
+    sum_x_l0_3 <= \$55 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
+    sum_x_l0_4 <= \$56 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
+    sum_x_l0_5 <= \$57 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
+    sum_x_l0_6 <= \$58 ;
   always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
+    sum_x_l0_7 <= \$59 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
+    sum_x_l0_8 <= \$60 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
+    sum_x_l1_0 <= \$61 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
+    sum_x_l1_1 <= \$62 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
+    sum_x_l1_2 <= \$63 ;
   always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
+    sum_x_l1_3 <= \$64 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
+    sum_x_l1_4 <= \$65 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
+    sum_x_l2_0 <= \$66 ;
   always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
+    sum_x_l2_1 <= \$67 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
+    sum_x_l2_2 <= \$68 ;
   always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
+    sum_x_l3_0 <= \$69 ;
   always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
+    sum_x_l3_1 <= \$70 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -3748,274 +3786,279 @@ module \lpsgld_w8_lpf_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
   assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
   assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_theta;
+    \$34  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$34  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_step_pp0;
+    \$35  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$35  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_step_pp1;
+    \$36  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$36  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_step_pp2;
+    \$37  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$37  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_step_pp3;
+    \$38  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$38  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_decay_pp0;
+    \$39  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$39  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_decay_pp1;
+    \$40  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$40  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_decay_pp2;
+    \$41  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$41  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_decay_pp3;
+    \$42  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$42  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_decay_pp4;
+    \$43  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$43  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_decay_pp5;
+    \$44  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$44  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_noise_pp0;
+    \$45  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$45  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_noise_pp1;
+    \$46  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$46  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_noise_pp2;
+    \$47  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$47  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_noise_pp3;
+    \$48  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$48  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_noise_pp4;
+    \$49  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$49  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_noise_pp5;
+    \$50  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$50  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_0;
+    \$51  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$51  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_1;
+    \$52  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$52  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l0_2;
+    \$53  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$53  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l0_3;
+    \$54  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$54  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l0_4;
+    \$55  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$55  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l0_5;
+    \$56  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$56  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l0_6;
+    \$57  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$57  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l0_7;
+    \$58  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l0_8;
+    \$59  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$59  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$59  = sum_x_l1_0;
+    \$60  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$60  = sum_x_l1_1;
+    \$61  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$61  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$61  = sum_x_l1_2;
+    \$62  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$62  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$62  = sum_x_l1_3;
+    \$63  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$63  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$63  = sum_x_l1_4;
-    if (en) begin
-      \$63  = sum_x_l0_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$64  = sum_x_l2_0;
+    \$64  = sum_x_l1_3;
     if (en) begin
       \$64  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$65  = sum_x_l2_1;
+    \$65  = sum_x_l1_4;
     if (en) begin
-      \$65  = \$30 ;
+      \$65  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$66  = sum_x_l2_2;
+    \$66  = sum_x_l2_0;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$66  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$67  = sum_x_l3_0;
+    \$67  = sum_x_l2_1;
     if (en) begin
       \$67  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$68  = sum_x_l3_1;
+    \$68  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$68  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$69  = sum_x_l4_0;
+    \$69  = sum_x_l3_0;
     if (en) begin
       \$69  = \$32 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$70  = sum_x_l3_1;
+    if (en) begin
+      \$70  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$71  = sum_x_l4_0;
+    if (en) begin
+      \$71  = \$33 ;
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -4026,40 +4069,34 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   reg [23:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [23:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [23:0] \$6 ;
   reg [23:0] \$7 ;
-  reg [7:0] \$8 ;
+  reg [23:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -4068,82 +4105,70 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_lpf_l8.lane_1.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -4155,18 +4180,18 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_1.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -4186,137 +4211,102 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
+  assign \weight$40  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6496,29 +6486,27 @@ module \lpsgld_w8_lpf_l8.lane_1.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_1.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_1.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -6526,70 +6514,57 @@ module \lpsgld_w8_lpf_l8.lane_1.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -6597,7 +6572,7 @@ module \lpsgld_w8_lpf_l8.lane_1.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
@@ -6612,60 +6587,62 @@ module \lpsgld_w8_lpf_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x
   wire [39:0] \$19 ;
   wire [17:0] \$2 ;
   wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
+  wire [33:0] \$21 ;
   wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [28:0] \$23 ;
+  wire [32:0] \$24 ;
+  wire [36:0] \$25 ;
+  wire [49:0] \$26 ;
+  wire [42:0] \$27 ;
+  wire [38:0] \$28 ;
+  wire [33:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
+  wire [50:0] \$30 ;
+  wire [39:0] \$31 ;
+  wire [51:0] \$32 ;
+  wire [52:0] \$33 ;
+  reg [23:0] \$34 ;
   reg [17:0] \$35 ;
   reg [17:0] \$36 ;
   reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
+  reg [17:0] \$38 ;
   reg [25:0] \$39 ;
   wire [17:0] \$4 ;
   reg [25:0] \$40 ;
   reg [25:0] \$41 ;
   reg [25:0] \$42 ;
   reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
+  reg [25:0] \$44 ;
   reg [17:0] \$45 ;
   reg [17:0] \$46 ;
   reg [17:0] \$47 ;
   reg [17:0] \$48 ;
   reg [17:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  reg [17:0] \$50 ;
+  reg [23:0] \$51 ;
+  reg [48:0] \$52 ;
+  reg [35:0] \$53 ;
+  reg [39:0] \$54 ;
+  reg [41:0] \$55 ;
+  reg [33:0] \$56 ;
+  reg [37:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [32:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  reg [36:0] \$60 ;
+  reg [49:0] \$61 ;
+  reg [42:0] \$62 ;
+  reg [38:0] \$63 ;
+  reg [33:0] \$64 ;
+  reg [36:0] \$65 ;
+  reg [50:0] \$66 ;
+  reg [39:0] \$67 ;
+  reg [36:0] \$68 ;
+  reg [51:0] \$69 ;
   wire [25:0] \$7 ;
+  reg [36:0] \$70 ;
+  reg [52:0] \$71 ;
   wire [25:0] \$8 ;
   wire [25:0] \$9 ;
   input clk;
@@ -6699,108 +6676,116 @@ module \lpsgld_w8_lpf_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
+  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
   always @(posedge clk)
-    sum_theta <= \$33 ;
+    sum_theta <= \$34 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
+    sum_step_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
+    sum_step_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
+    sum_step_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
+    sum_step_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
+    sum_decay_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
+    sum_decay_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
+    sum_decay_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
+    sum_decay_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
+    sum_decay_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
+    sum_decay_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
+    sum_noise_pp0 <= \$45 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
+    sum_noise_pp1 <= \$46 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
+    sum_noise_pp2 <= \$47 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
+    sum_noise_pp3 <= \$48 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
+    sum_noise_pp4 <= \$49 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
+    sum_noise_pp5 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
+    sum_u_sr <= \$51 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
+    sum_x_l0_0 <= \$52 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
+    sum_x_l0_1 <= \$53 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
+    sum_x_l0_2 <= \$54 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
+    sum_x_l0_3 <= \$55 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
+    sum_x_l0_4 <= \$56 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
+    sum_x_l0_5 <= \$57 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
+    sum_x_l0_6 <= \$58 ;
   always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
+    sum_x_l0_7 <= \$59 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
+    sum_x_l0_8 <= \$60 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
+    sum_x_l1_0 <= \$61 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
+    sum_x_l1_1 <= \$62 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
+    sum_x_l1_2 <= \$63 ;
   always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
+    sum_x_l1_3 <= \$64 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
+    sum_x_l1_4 <= \$65 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
+    sum_x_l2_0 <= \$66 ;
   always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
+    sum_x_l2_1 <= \$67 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
+    sum_x_l2_2 <= \$68 ;
   always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
+    sum_x_l3_0 <= \$69 ;
   always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
+    sum_x_l3_1 <= \$70 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -6820,274 +6805,279 @@ module \lpsgld_w8_lpf_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
   assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
   assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$33  = sum_theta;
+    \$34  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$34  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$34  = sum_step_pp0;
+    \$35  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$35  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$35  = sum_step_pp1;
+    \$36  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$36  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$36  = sum_step_pp2;
+    \$37  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$37  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$37  = sum_step_pp3;
+    \$38  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$38  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$38  = sum_decay_pp0;
+    \$39  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$39  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$39  = sum_decay_pp1;
+    \$40  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$40  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$40  = sum_decay_pp2;
+    \$41  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$41  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$41  = sum_decay_pp3;
+    \$42  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$42  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$42  = sum_decay_pp4;
+    \$43  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$43  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$43  = sum_decay_pp5;
+    \$44  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$44  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$44  = sum_noise_pp0;
+    \$45  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$45  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$45  = sum_noise_pp1;
+    \$46  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$46  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$46  = sum_noise_pp2;
+    \$47  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$47  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$47  = sum_noise_pp3;
+    \$48  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$48  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$48  = sum_noise_pp4;
+    \$49  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$49  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$49  = sum_noise_pp5;
+    \$50  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$50  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$50  = sum_x_l0_0;
+    \$51  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$51  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$51  = sum_x_l0_1;
+    \$52  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$52  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$52  = sum_x_l0_2;
+    \$53  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$53  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$53  = sum_x_l0_3;
+    \$54  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$54  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$54  = sum_x_l0_4;
+    \$55  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$55  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$55  = sum_x_l0_5;
+    \$56  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$56  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$56  = sum_x_l0_6;
+    \$57  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$57  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$57  = sum_x_l0_7;
+    \$58  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$58  = sum_x_l0_8;
+    \$59  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$59  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$59  = sum_x_l1_0;
+    \$60  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$60  = sum_x_l1_1;
+    \$61  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$61  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$61  = sum_x_l1_2;
+    \$62  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$62  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$62  = sum_x_l1_3;
+    \$63  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$63  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$63  = sum_x_l1_4;
-    if (en) begin
-      \$63  = sum_x_l0_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$64  = sum_x_l2_0;
+    \$64  = sum_x_l1_3;
     if (en) begin
       \$64  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$65  = sum_x_l2_1;
+    \$65  = sum_x_l1_4;
     if (en) begin
-      \$65  = \$30 ;
+      \$65  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$66  = sum_x_l2_2;
+    \$66  = sum_x_l2_0;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$66  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$67  = sum_x_l3_0;
+    \$67  = sum_x_l2_1;
     if (en) begin
       \$67  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$68  = sum_x_l3_1;
+    \$68  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$68  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$69  = sum_x_l4_0;
+    \$69  = sum_x_l3_0;
     if (en) begin
       \$69  = \$32 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$70  = sum_x_l3_1;
+    if (en) begin
+      \$70  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$71  = sum_x_l4_0;
+    if (en) begin
+      \$71  = \$33 ;
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -7098,40 +7088,34 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   reg [23:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [23:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [23:0] \$6 ;
   reg [23:0] \$7 ;
-  reg [7:0] \$8 ;
+  reg [23:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -7140,82 +7124,70 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_lpf_l8.lane_2.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -7227,18 +7199,18 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_2.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -7258,137 +7230,102 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
+  assign \weight$40  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -9568,29 +9505,27 @@ module \lpsgld_w8_lpf_l8.lane_2.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_2.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_2.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -9598,70 +9533,57 @@ module \lpsgld_w8_lpf_l8.lane_2.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -9669,7 +9591,7 @@ module \lpsgld_w8_lpf_l8.lane_2.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
@@ -9684,60 +9606,62 @@ module \lpsgld_w8_lpf_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x
   wire [39:0] \$19 ;
   wire [17:0] \$2 ;
   wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
+  wire [33:0] \$21 ;
   wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [28:0] \$23 ;
+  wire [32:0] \$24 ;
+  wire [36:0] \$25 ;
+  wire [49:0] \$26 ;
+  wire [42:0] \$27 ;
+  wire [38:0] \$28 ;
+  wire [33:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
+  wire [50:0] \$30 ;
+  wire [39:0] \$31 ;
+  wire [51:0] \$32 ;
+  wire [52:0] \$33 ;
+  reg [23:0] \$34 ;
   reg [17:0] \$35 ;
   reg [17:0] \$36 ;
   reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
+  reg [17:0] \$38 ;
   reg [25:0] \$39 ;
   wire [17:0] \$4 ;
   reg [25:0] \$40 ;
   reg [25:0] \$41 ;
   reg [25:0] \$42 ;
   reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
+  reg [25:0] \$44 ;
   reg [17:0] \$45 ;
   reg [17:0] \$46 ;
   reg [17:0] \$47 ;
   reg [17:0] \$48 ;
   reg [17:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  reg [17:0] \$50 ;
+  reg [23:0] \$51 ;
+  reg [48:0] \$52 ;
+  reg [35:0] \$53 ;
+  reg [39:0] \$54 ;
+  reg [41:0] \$55 ;
+  reg [33:0] \$56 ;
+  reg [37:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [32:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  reg [36:0] \$60 ;
+  reg [49:0] \$61 ;
+  reg [42:0] \$62 ;
+  reg [38:0] \$63 ;
+  reg [33:0] \$64 ;
+  reg [36:0] \$65 ;
+  reg [50:0] \$66 ;
+  reg [39:0] \$67 ;
+  reg [36:0] \$68 ;
+  reg [51:0] \$69 ;
   wire [25:0] \$7 ;
+  reg [36:0] \$70 ;
+  reg [52:0] \$71 ;
   wire [25:0] \$8 ;
   wire [25:0] \$9 ;
   input clk;
@@ -9771,108 +9695,116 @@ module \lpsgld_w8_lpf_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
+  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
   always @(posedge clk)
-    sum_theta <= \$33 ;
+    sum_theta <= \$34 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
+    sum_step_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
+    sum_step_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
+    sum_step_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
+    sum_step_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
+    sum_decay_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
+    sum_decay_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
+    sum_decay_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
+    sum_decay_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
+    sum_decay_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
+    sum_decay_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
+    sum_noise_pp0 <= \$45 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
+    sum_noise_pp1 <= \$46 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
+    sum_noise_pp2 <= \$47 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
+    sum_noise_pp3 <= \$48 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
+    sum_noise_pp4 <= \$49 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
+    sum_noise_pp5 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
+    sum_u_sr <= \$51 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
+    sum_x_l0_0 <= \$52 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
+    sum_x_l0_1 <= \$53 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
+    sum_x_l0_2 <= \$54 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
+    sum_x_l0_3 <= \$55 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
+    sum_x_l0_4 <= \$56 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
+    sum_x_l0_5 <= \$57 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
+    sum_x_l0_6 <= \$58 ;
   always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
+    sum_x_l0_7 <= \$59 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
+    sum_x_l0_8 <= \$60 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
+    sum_x_l1_0 <= \$61 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
+    sum_x_l1_1 <= \$62 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
+    sum_x_l1_2 <= \$63 ;
   always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
+    sum_x_l1_3 <= \$64 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
+    sum_x_l1_4 <= \$65 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
+    sum_x_l2_0 <= \$66 ;
   always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
+    sum_x_l2_1 <= \$67 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
+    sum_x_l2_2 <= \$68 ;
   always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
+    sum_x_l3_0 <= \$69 ;
   always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
+    sum_x_l3_1 <= \$70 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -9892,274 +9824,279 @@ module \lpsgld_w8_lpf_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
   assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
   assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$33  = sum_theta;
+    \$34  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$34  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$34  = sum_step_pp0;
+    \$35  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$35  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$35  = sum_step_pp1;
+    \$36  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$36  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$36  = sum_step_pp2;
+    \$37  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$37  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$37  = sum_step_pp3;
+    \$38  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$38  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$38  = sum_decay_pp0;
+    \$39  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$39  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$39  = sum_decay_pp1;
+    \$40  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$40  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$40  = sum_decay_pp2;
+    \$41  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$41  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$41  = sum_decay_pp3;
+    \$42  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$42  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$42  = sum_decay_pp4;
+    \$43  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$43  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$43  = sum_decay_pp5;
+    \$44  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$44  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$44  = sum_noise_pp0;
+    \$45  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$45  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$45  = sum_noise_pp1;
+    \$46  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$46  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$46  = sum_noise_pp2;
+    \$47  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$47  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$47  = sum_noise_pp3;
+    \$48  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$48  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$48  = sum_noise_pp4;
+    \$49  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$49  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$49  = sum_noise_pp5;
+    \$50  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$50  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$50  = sum_x_l0_0;
+    \$51  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$51  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$51  = sum_x_l0_1;
+    \$52  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$52  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$52  = sum_x_l0_2;
+    \$53  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$53  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$53  = sum_x_l0_3;
+    \$54  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$54  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$54  = sum_x_l0_4;
+    \$55  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$55  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$55  = sum_x_l0_5;
+    \$56  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$56  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$56  = sum_x_l0_6;
+    \$57  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$57  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$57  = sum_x_l0_7;
+    \$58  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$58  = sum_x_l0_8;
+    \$59  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$59  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$59  = sum_x_l1_0;
+    \$60  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$60  = sum_x_l1_1;
+    \$61  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$61  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$61  = sum_x_l1_2;
+    \$62  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$62  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$62  = sum_x_l1_3;
+    \$63  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$63  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$63  = sum_x_l1_4;
-    if (en) begin
-      \$63  = sum_x_l0_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$64  = sum_x_l2_0;
+    \$64  = sum_x_l1_3;
     if (en) begin
       \$64  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$65  = sum_x_l2_1;
+    \$65  = sum_x_l1_4;
     if (en) begin
-      \$65  = \$30 ;
+      \$65  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$66  = sum_x_l2_2;
+    \$66  = sum_x_l2_0;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$66  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$67  = sum_x_l3_0;
+    \$67  = sum_x_l2_1;
     if (en) begin
       \$67  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$68  = sum_x_l3_1;
+    \$68  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$68  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$69  = sum_x_l4_0;
+    \$69  = sum_x_l3_0;
     if (en) begin
       \$69  = \$32 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$70  = sum_x_l3_1;
+    if (en) begin
+      \$70  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$71  = sum_x_l4_0;
+    if (en) begin
+      \$71  = \$33 ;
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -10170,40 +10107,34 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   reg [23:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [23:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [23:0] \$6 ;
   reg [23:0] \$7 ;
-  reg [7:0] \$8 ;
+  reg [23:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -10212,82 +10143,70 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_lpf_l8.lane_3.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -10299,18 +10218,18 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_3.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -10330,137 +10249,102 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
+  assign \weight$40  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -12640,29 +12524,27 @@ module \lpsgld_w8_lpf_l8.lane_3.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_3.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_3.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -12670,70 +12552,57 @@ module \lpsgld_w8_lpf_l8.lane_3.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -12741,7 +12610,7 @@ module \lpsgld_w8_lpf_l8.lane_3.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
@@ -12756,60 +12625,62 @@ module \lpsgld_w8_lpf_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x
   wire [39:0] \$19 ;
   wire [17:0] \$2 ;
   wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
+  wire [33:0] \$21 ;
   wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [28:0] \$23 ;
+  wire [32:0] \$24 ;
+  wire [36:0] \$25 ;
+  wire [49:0] \$26 ;
+  wire [42:0] \$27 ;
+  wire [38:0] \$28 ;
+  wire [33:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
+  wire [50:0] \$30 ;
+  wire [39:0] \$31 ;
+  wire [51:0] \$32 ;
+  wire [52:0] \$33 ;
+  reg [23:0] \$34 ;
   reg [17:0] \$35 ;
   reg [17:0] \$36 ;
   reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
+  reg [17:0] \$38 ;
   reg [25:0] \$39 ;
   wire [17:0] \$4 ;
   reg [25:0] \$40 ;
   reg [25:0] \$41 ;
   reg [25:0] \$42 ;
   reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
+  reg [25:0] \$44 ;
   reg [17:0] \$45 ;
   reg [17:0] \$46 ;
   reg [17:0] \$47 ;
   reg [17:0] \$48 ;
   reg [17:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  reg [17:0] \$50 ;
+  reg [23:0] \$51 ;
+  reg [48:0] \$52 ;
+  reg [35:0] \$53 ;
+  reg [39:0] \$54 ;
+  reg [41:0] \$55 ;
+  reg [33:0] \$56 ;
+  reg [37:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [32:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  reg [36:0] \$60 ;
+  reg [49:0] \$61 ;
+  reg [42:0] \$62 ;
+  reg [38:0] \$63 ;
+  reg [33:0] \$64 ;
+  reg [36:0] \$65 ;
+  reg [50:0] \$66 ;
+  reg [39:0] \$67 ;
+  reg [36:0] \$68 ;
+  reg [51:0] \$69 ;
   wire [25:0] \$7 ;
+  reg [36:0] \$70 ;
+  reg [52:0] \$71 ;
   wire [25:0] \$8 ;
   wire [25:0] \$9 ;
   input clk;
@@ -12843,108 +12714,116 @@ module \lpsgld_w8_lpf_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
+  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
   always @(posedge clk)
-    sum_theta <= \$33 ;
+    sum_theta <= \$34 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
+    sum_step_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
+    sum_step_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
+    sum_step_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
+    sum_step_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
+    sum_decay_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
+    sum_decay_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
+    sum_decay_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
+    sum_decay_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
+    sum_decay_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
+    sum_decay_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
+    sum_noise_pp0 <= \$45 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
+    sum_noise_pp1 <= \$46 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
+    sum_noise_pp2 <= \$47 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
+    sum_noise_pp3 <= \$48 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
+    sum_noise_pp4 <= \$49 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
+    sum_noise_pp5 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
+    sum_u_sr <= \$51 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
+    sum_x_l0_0 <= \$52 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
+    sum_x_l0_1 <= \$53 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
+    sum_x_l0_2 <= \$54 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
+    sum_x_l0_3 <= \$55 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
+    sum_x_l0_4 <= \$56 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
+    sum_x_l0_5 <= \$57 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
+    sum_x_l0_6 <= \$58 ;
   always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
+    sum_x_l0_7 <= \$59 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
+    sum_x_l0_8 <= \$60 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
+    sum_x_l1_0 <= \$61 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
+    sum_x_l1_1 <= \$62 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
+    sum_x_l1_2 <= \$63 ;
   always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
+    sum_x_l1_3 <= \$64 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
+    sum_x_l1_4 <= \$65 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
+    sum_x_l2_0 <= \$66 ;
   always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
+    sum_x_l2_1 <= \$67 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
+    sum_x_l2_2 <= \$68 ;
   always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
+    sum_x_l3_0 <= \$69 ;
   always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
+    sum_x_l3_1 <= \$70 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -12964,274 +12843,279 @@ module \lpsgld_w8_lpf_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
   assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
   assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$33  = sum_theta;
+    \$34  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$34  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$34  = sum_step_pp0;
+    \$35  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$35  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$35  = sum_step_pp1;
+    \$36  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$36  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$36  = sum_step_pp2;
+    \$37  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$37  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$37  = sum_step_pp3;
+    \$38  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$38  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$38  = sum_decay_pp0;
+    \$39  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$39  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$39  = sum_decay_pp1;
+    \$40  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$40  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$40  = sum_decay_pp2;
+    \$41  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$41  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$41  = sum_decay_pp3;
+    \$42  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$42  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$42  = sum_decay_pp4;
+    \$43  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$43  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$43  = sum_decay_pp5;
+    \$44  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$44  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$44  = sum_noise_pp0;
+    \$45  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$45  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$45  = sum_noise_pp1;
+    \$46  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$46  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$46  = sum_noise_pp2;
+    \$47  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$47  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$47  = sum_noise_pp3;
+    \$48  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$48  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$48  = sum_noise_pp4;
+    \$49  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$49  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$49  = sum_noise_pp5;
+    \$50  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$50  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$50  = sum_x_l0_0;
+    \$51  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$51  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$51  = sum_x_l0_1;
+    \$52  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$52  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$52  = sum_x_l0_2;
+    \$53  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$53  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$53  = sum_x_l0_3;
+    \$54  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$54  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$54  = sum_x_l0_4;
+    \$55  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$55  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$55  = sum_x_l0_5;
+    \$56  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$56  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$56  = sum_x_l0_6;
+    \$57  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$57  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$57  = sum_x_l0_7;
+    \$58  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$58  = sum_x_l0_8;
+    \$59  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$59  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$59  = sum_x_l1_0;
+    \$60  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$60  = sum_x_l1_1;
+    \$61  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$61  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$61  = sum_x_l1_2;
+    \$62  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$62  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$62  = sum_x_l1_3;
+    \$63  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$63  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$63  = sum_x_l1_4;
-    if (en) begin
-      \$63  = sum_x_l0_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$64  = sum_x_l2_0;
+    \$64  = sum_x_l1_3;
     if (en) begin
       \$64  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$65  = sum_x_l2_1;
+    \$65  = sum_x_l1_4;
     if (en) begin
-      \$65  = \$30 ;
+      \$65  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$66  = sum_x_l2_2;
+    \$66  = sum_x_l2_0;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$66  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$67  = sum_x_l3_0;
+    \$67  = sum_x_l2_1;
     if (en) begin
       \$67  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$68  = sum_x_l3_1;
+    \$68  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$68  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$69  = sum_x_l4_0;
+    \$69  = sum_x_l3_0;
     if (en) begin
       \$69  = \$32 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$70  = sum_x_l3_1;
+    if (en) begin
+      \$70  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$71  = sum_x_l4_0;
+    if (en) begin
+      \$71  = \$33 ;
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -13242,40 +13126,34 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   reg [23:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [23:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [23:0] \$6 ;
   reg [23:0] \$7 ;
-  reg [7:0] \$8 ;
+  reg [23:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -13284,82 +13162,70 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_lpf_l8.lane_4.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -13371,18 +13237,18 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_4.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -13402,137 +13268,102 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
+  assign \weight$40  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -15712,29 +15543,27 @@ module \lpsgld_w8_lpf_l8.lane_4.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_4.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_4.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -15742,70 +15571,57 @@ module \lpsgld_w8_lpf_l8.lane_4.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -15813,7 +15629,7 @@ module \lpsgld_w8_lpf_l8.lane_4.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
@@ -15828,60 +15644,62 @@ module \lpsgld_w8_lpf_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x
   wire [39:0] \$19 ;
   wire [17:0] \$2 ;
   wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
+  wire [33:0] \$21 ;
   wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [28:0] \$23 ;
+  wire [32:0] \$24 ;
+  wire [36:0] \$25 ;
+  wire [49:0] \$26 ;
+  wire [42:0] \$27 ;
+  wire [38:0] \$28 ;
+  wire [33:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
+  wire [50:0] \$30 ;
+  wire [39:0] \$31 ;
+  wire [51:0] \$32 ;
+  wire [52:0] \$33 ;
+  reg [23:0] \$34 ;
   reg [17:0] \$35 ;
   reg [17:0] \$36 ;
   reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
+  reg [17:0] \$38 ;
   reg [25:0] \$39 ;
   wire [17:0] \$4 ;
   reg [25:0] \$40 ;
   reg [25:0] \$41 ;
   reg [25:0] \$42 ;
   reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
+  reg [25:0] \$44 ;
   reg [17:0] \$45 ;
   reg [17:0] \$46 ;
   reg [17:0] \$47 ;
   reg [17:0] \$48 ;
   reg [17:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  reg [17:0] \$50 ;
+  reg [23:0] \$51 ;
+  reg [48:0] \$52 ;
+  reg [35:0] \$53 ;
+  reg [39:0] \$54 ;
+  reg [41:0] \$55 ;
+  reg [33:0] \$56 ;
+  reg [37:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [32:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  reg [36:0] \$60 ;
+  reg [49:0] \$61 ;
+  reg [42:0] \$62 ;
+  reg [38:0] \$63 ;
+  reg [33:0] \$64 ;
+  reg [36:0] \$65 ;
+  reg [50:0] \$66 ;
+  reg [39:0] \$67 ;
+  reg [36:0] \$68 ;
+  reg [51:0] \$69 ;
   wire [25:0] \$7 ;
+  reg [36:0] \$70 ;
+  reg [52:0] \$71 ;
   wire [25:0] \$8 ;
   wire [25:0] \$9 ;
   input clk;
@@ -15915,108 +15733,116 @@ module \lpsgld_w8_lpf_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
+  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
   always @(posedge clk)
-    sum_theta <= \$33 ;
+    sum_theta <= \$34 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
+    sum_step_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
+    sum_step_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
+    sum_step_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
+    sum_step_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
+    sum_decay_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
+    sum_decay_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
+    sum_decay_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
+    sum_decay_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
+    sum_decay_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
+    sum_decay_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
+    sum_noise_pp0 <= \$45 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
+    sum_noise_pp1 <= \$46 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
+    sum_noise_pp2 <= \$47 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
+    sum_noise_pp3 <= \$48 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
+    sum_noise_pp4 <= \$49 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
+    sum_noise_pp5 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
+    sum_u_sr <= \$51 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
+    sum_x_l0_0 <= \$52 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
+    sum_x_l0_1 <= \$53 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
+    sum_x_l0_2 <= \$54 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
+    sum_x_l0_3 <= \$55 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
+    sum_x_l0_4 <= \$56 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
+    sum_x_l0_5 <= \$57 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
+    sum_x_l0_6 <= \$58 ;
   always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
+    sum_x_l0_7 <= \$59 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
+    sum_x_l0_8 <= \$60 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
+    sum_x_l1_0 <= \$61 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
+    sum_x_l1_1 <= \$62 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
+    sum_x_l1_2 <= \$63 ;
   always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
+    sum_x_l1_3 <= \$64 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
+    sum_x_l1_4 <= \$65 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
+    sum_x_l2_0 <= \$66 ;
   always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
+    sum_x_l2_1 <= \$67 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
+    sum_x_l2_2 <= \$68 ;
   always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
+    sum_x_l3_0 <= \$69 ;
   always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
+    sum_x_l3_1 <= \$70 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -16036,274 +15862,279 @@ module \lpsgld_w8_lpf_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
   assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
   assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$33  = sum_theta;
+    \$34  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$34  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$34  = sum_step_pp0;
+    \$35  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$35  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$35  = sum_step_pp1;
+    \$36  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$36  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$36  = sum_step_pp2;
+    \$37  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$37  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$37  = sum_step_pp3;
+    \$38  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$38  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$38  = sum_decay_pp0;
+    \$39  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$39  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$39  = sum_decay_pp1;
+    \$40  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$40  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$40  = sum_decay_pp2;
+    \$41  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$41  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$41  = sum_decay_pp3;
+    \$42  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$42  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$42  = sum_decay_pp4;
+    \$43  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$43  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$43  = sum_decay_pp5;
+    \$44  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$44  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$44  = sum_noise_pp0;
+    \$45  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$45  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$45  = sum_noise_pp1;
+    \$46  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$46  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$46  = sum_noise_pp2;
+    \$47  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$47  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$47  = sum_noise_pp3;
+    \$48  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$48  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$48  = sum_noise_pp4;
+    \$49  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$49  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$49  = sum_noise_pp5;
+    \$50  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$50  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$50  = sum_x_l0_0;
+    \$51  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$51  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$51  = sum_x_l0_1;
+    \$52  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$52  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$52  = sum_x_l0_2;
+    \$53  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$53  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$53  = sum_x_l0_3;
+    \$54  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$54  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$54  = sum_x_l0_4;
+    \$55  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$55  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$55  = sum_x_l0_5;
+    \$56  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$56  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$56  = sum_x_l0_6;
+    \$57  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$57  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$57  = sum_x_l0_7;
+    \$58  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$58  = sum_x_l0_8;
+    \$59  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$59  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$59  = sum_x_l1_0;
+    \$60  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$60  = sum_x_l1_1;
+    \$61  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$61  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$61  = sum_x_l1_2;
+    \$62  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$62  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$62  = sum_x_l1_3;
+    \$63  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$63  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$63  = sum_x_l1_4;
-    if (en) begin
-      \$63  = sum_x_l0_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$64  = sum_x_l2_0;
+    \$64  = sum_x_l1_3;
     if (en) begin
       \$64  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$65  = sum_x_l2_1;
+    \$65  = sum_x_l1_4;
     if (en) begin
-      \$65  = \$30 ;
+      \$65  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$66  = sum_x_l2_2;
+    \$66  = sum_x_l2_0;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$66  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$67  = sum_x_l3_0;
+    \$67  = sum_x_l2_1;
     if (en) begin
       \$67  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$68  = sum_x_l3_1;
+    \$68  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$68  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$69  = sum_x_l4_0;
+    \$69  = sum_x_l3_0;
     if (en) begin
       \$69  = \$32 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
+    \$70  = sum_x_l3_1;
+    if (en) begin
+      \$70  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
+    \$71  = sum_x_l4_0;
+    if (en) begin
+      \$71  = \$33 ;
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -16314,40 +16145,34 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
   reg [23:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [23:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [23:0] \$6 ;
   reg [23:0] \$7 ;
-  reg [7:0] \$8 ;
+  reg [23:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -16356,82 +16181,70 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_lpf_l8.lane_5.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -16443,18 +16256,18 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_5.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -16474,137 +16287,102 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
+  assign \weight$40  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -18784,29 +18562,27 @@ module \lpsgld_w8_lpf_l8.lane_5.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_5.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_5.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$24  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -18814,70 +18590,57 @@ module \lpsgld_w8_lpf_l8.lane_5.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -18885,7 +18648,7 @@ module \lpsgld_w8_lpf_l8.lane_5.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$25  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
@@ -18900,60 +18663,62 @@ module \lpsgld_w8_lpf_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x
   wire [39:0] \$19 ;
   wire [17:0] \$2 ;
   wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
+  wire [33:0] \$21 ;
   wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [28:0] \$23 ;
+  wire [32:0] \$24 ;
+  wire [36:0] \$25 ;
+  wire [49:0] \$26 ;
+  wire [42:0] \$27 ;
+  wire [38:0] \$28 ;
+  wire [33:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
+  wire [50:0] \$30 ;
+  wire [39:0] \$31 ;
+  wire [51:0] \$32 ;
+  wire [52:0] \$33 ;
+  reg [23:0] \$34 ;
   reg [17:0] \$35 ;
   reg [17:0] \$36 ;
   reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
+  reg [17:0] \$38 ;
   reg [25:0] \$39 ;
   wire [17:0] \$4 ;
   reg [25:0] \$40 ;
   reg [25:0] \$41 ;
   reg [25:0] \$42 ;
   reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
+  reg [25:0] \$44 ;
   reg [17:0] \$45 ;
   reg [17:0] \$46 ;
   reg [17:0] \$47 ;
   reg [17:0] \$48 ;
   reg [17:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  reg [17:0] \$50 ;
+  reg [23:0] \$51 ;
+  reg [48:0] \$52 ;
+  reg [35:0] \$53 ;
+  reg [39:0] \$54 ;
+  reg [41:0] \$55 ;
+  reg [33:0] \$56 ;
+  reg [37:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [32:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  reg [36:0] \$60 ;
+  reg [49:0] \$61 ;
+  reg [42:0] \$62 ;
+  reg [38:0] \$63 ;
+  reg [33:0] \$64 ;
+  reg [36:0] \$65 ;
+  reg [50:0] \$66 ;
+  reg [39:0] \$67 ;
+  reg [36:0] \$68 ;
+  reg [51:0] \$69 ;
   wire [25:0] \$7 ;
+  reg [36:0] \$70 ;
+  reg [52:0] \$71 ;
   wire [25:0] \$8 ;
   wire [25:0] \$9 ;
   input clk;
@@ -18987,108 +18752,116 @@ module \lpsgld_w8_lpf_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
+  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
   always @(posedge clk)
-    sum_theta <= \$33 ;
+    sum_theta <= \$34 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
+    sum_step_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
+    sum_step_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
+    sum_step_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
+    sum_step_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
+    sum_decay_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
+    sum_decay_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
+    sum_decay_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
+    sum_decay_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
+    sum_decay_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
+    sum_decay_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
+    sum_noise_pp0 <= \$45 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
+    sum_noise_pp1 <= \$46 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
+    sum_noise_pp2 <= \$47 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
+    sum_noise_pp3 <= \$48 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
+    sum_noise_pp4 <= \$49 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
+    sum_noise_pp5 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
+    sum_u_sr <= \$51 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
+    sum_x_l0_0 <= \$52 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
+    sum_x_l0_1 <= \$53 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
+    sum_x_l0_2 <= \$54 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
+    sum_x_l0_3 <= \$55 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
+    sum_x_l0_4 <= \$56 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
+    sum_x_l0_5 <= \$57 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
+    sum_x_l0_6 <= \$58 ;
   always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
+    sum_x_l0_7 <= \$59 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
+    sum_x_l0_8 <= \$60 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
+    sum_x_l1_0 <= \$61 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
+    sum_x_l1_1 <= \$62 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
+    sum_x_l1_2 <= \$63 ;
   always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
+    sum_x_l1_3 <= \$64 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
+    sum_x_l1_4 <= \$65 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
+    sum_x_l2_0 <= \$66 ;
   always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
+    sum_x_l2_1 <= \$67 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
+    sum_x_l2_2 <= \$68 ;
   always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
+    sum_x_l3_0 <= \$69 ;
   always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
+    sum_x_l3_1 <= \$70 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -19108,274 +18881,279 @@ module \lpsgld_w8_lpf_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
   assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
   assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$33  = sum_theta;
+    \$34  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$34  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$34  = sum_step_pp0;
+    \$35  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$35  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$35  = sum_step_pp1;
+    \$36  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$36  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$36  = sum_step_pp2;
+    \$37  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$37  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$37  = sum_step_pp3;
+    \$38  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$38  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$38  = sum_decay_pp0;
+    \$39  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$39  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$39  = sum_decay_pp1;
+    \$40  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$40  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$40  = sum_decay_pp2;
+    \$41  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$41  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$41  = sum_decay_pp3;
+    \$42  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$42  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$42  = sum_decay_pp4;
+    \$43  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$43  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$43  = sum_decay_pp5;
+    \$44  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$44  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$44  = sum_noise_pp0;
+    \$45  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$45  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$45  = sum_noise_pp1;
+    \$46  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$46  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$46  = sum_noise_pp2;
+    \$47  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$47  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$47  = sum_noise_pp3;
+    \$48  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$48  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$48  = sum_noise_pp4;
+    \$49  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$49  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$49  = sum_noise_pp5;
+    \$50  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$50  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$50  = sum_x_l0_0;
+    \$51  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$51  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$51  = sum_x_l0_1;
+    \$52  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$52  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$52  = sum_x_l0_2;
+    \$53  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$53  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$53  = sum_x_l0_3;
+    \$54  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$54  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$54  = sum_x_l0_4;
+    \$55  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$55  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$55  = sum_x_l0_5;
+    \$56  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$56  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$56  = sum_x_l0_6;
+    \$57  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$57  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$57  = sum_x_l0_7;
+    \$58  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$58  = sum_x_l0_8;
+    \$59  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$59  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$59  = sum_x_l1_0;
+    \$60  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$60  = sum_x_l1_1;
+    \$61  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$61  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$61  = sum_x_l1_2;
+    \$62  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$62  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$62  = sum_x_l1_3;
+    \$63  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$63  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$63  = sum_x_l1_4;
-    if (en) begin
-      \$63  = sum_x_l0_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$64  = sum_x_l2_0;
+    \$64  = sum_x_l1_3;
     if (en) begin
       \$64  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$65  = sum_x_l2_1;
+    \$65  = sum_x_l1_4;
     if (en) begin
-      \$65  = \$30 ;
+      \$65  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$66  = sum_x_l2_2;
+    \$66  = sum_x_l2_0;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$66  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$67  = sum_x_l3_0;
+    \$67  = sum_x_l2_1;
     if (en) begin
       \$67  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$68  = sum_x_l3_1;
+    \$68  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$68  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$69  = sum_x_l4_0;
+    \$69  = sum_x_l3_0;
     if (en) begin
       \$69  = \$32 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$70  = sum_x_l3_1;
+    if (en) begin
+      \$70  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$71  = sum_x_l4_0;
+    if (en) begin
+      \$71  = \$33 ;
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -19386,40 +19164,34 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
   reg [23:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [23:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [23:0] \$6 ;
   reg [23:0] \$7 ;
-  reg [7:0] \$8 ;
+  reg [23:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -19428,82 +19200,70 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_lpf_l8.lane_6.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -19515,18 +19275,18 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_6.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -19546,137 +19306,102 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
+  assign \weight$40  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -21856,29 +21581,27 @@ module \lpsgld_w8_lpf_l8.lane_6.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_6.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_6.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$28  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -21886,70 +21609,57 @@ module \lpsgld_w8_lpf_l8.lane_6.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -21957,7 +21667,7 @@ module \lpsgld_w8_lpf_l8.lane_6.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$29  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
@@ -21972,60 +21682,62 @@ module \lpsgld_w8_lpf_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x
   wire [39:0] \$19 ;
   wire [17:0] \$2 ;
   wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
+  wire [33:0] \$21 ;
   wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [28:0] \$23 ;
+  wire [32:0] \$24 ;
+  wire [36:0] \$25 ;
+  wire [49:0] \$26 ;
+  wire [42:0] \$27 ;
+  wire [38:0] \$28 ;
+  wire [33:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
+  wire [50:0] \$30 ;
+  wire [39:0] \$31 ;
+  wire [51:0] \$32 ;
+  wire [52:0] \$33 ;
+  reg [23:0] \$34 ;
   reg [17:0] \$35 ;
   reg [17:0] \$36 ;
   reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
+  reg [17:0] \$38 ;
   reg [25:0] \$39 ;
   wire [17:0] \$4 ;
   reg [25:0] \$40 ;
   reg [25:0] \$41 ;
   reg [25:0] \$42 ;
   reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
+  reg [25:0] \$44 ;
   reg [17:0] \$45 ;
   reg [17:0] \$46 ;
   reg [17:0] \$47 ;
   reg [17:0] \$48 ;
   reg [17:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  reg [17:0] \$50 ;
+  reg [23:0] \$51 ;
+  reg [48:0] \$52 ;
+  reg [35:0] \$53 ;
+  reg [39:0] \$54 ;
+  reg [41:0] \$55 ;
+  reg [33:0] \$56 ;
+  reg [37:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [32:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  reg [36:0] \$60 ;
+  reg [49:0] \$61 ;
+  reg [42:0] \$62 ;
+  reg [38:0] \$63 ;
+  reg [33:0] \$64 ;
+  reg [36:0] \$65 ;
+  reg [50:0] \$66 ;
+  reg [39:0] \$67 ;
+  reg [36:0] \$68 ;
+  reg [51:0] \$69 ;
   wire [25:0] \$7 ;
+  reg [36:0] \$70 ;
+  reg [52:0] \$71 ;
   wire [25:0] \$8 ;
   wire [25:0] \$9 ;
   input clk;
@@ -22059,108 +21771,116 @@ module \lpsgld_w8_lpf_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
+  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
   always @(posedge clk)
-    sum_theta <= \$33 ;
+    sum_theta <= \$34 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
+    sum_step_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
+    sum_step_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
+    sum_step_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
+    sum_step_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
+    sum_decay_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
+    sum_decay_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
+    sum_decay_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
+    sum_decay_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
+    sum_decay_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
+    sum_decay_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
+    sum_noise_pp0 <= \$45 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
+    sum_noise_pp1 <= \$46 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
+    sum_noise_pp2 <= \$47 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
+    sum_noise_pp3 <= \$48 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
+    sum_noise_pp4 <= \$49 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
+    sum_noise_pp5 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
+    sum_u_sr <= \$51 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
+    sum_x_l0_0 <= \$52 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
+    sum_x_l0_1 <= \$53 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
+    sum_x_l0_2 <= \$54 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
+    sum_x_l0_3 <= \$55 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
+    sum_x_l0_4 <= \$56 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
+    sum_x_l0_5 <= \$57 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
+    sum_x_l0_6 <= \$58 ;
   always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
+    sum_x_l0_7 <= \$59 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
+    sum_x_l0_8 <= \$60 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
+    sum_x_l1_0 <= \$61 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
+    sum_x_l1_1 <= \$62 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
+    sum_x_l1_2 <= \$63 ;
   always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
+    sum_x_l1_3 <= \$64 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
+    sum_x_l1_4 <= \$65 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
+    sum_x_l2_0 <= \$66 ;
   always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
+    sum_x_l2_1 <= \$67 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
+    sum_x_l2_2 <= \$68 ;
   always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
+    sum_x_l3_0 <= \$69 ;
   always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
+    sum_x_l3_1 <= \$70 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -22180,274 +21900,279 @@ module \lpsgld_w8_lpf_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
   assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
   assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$33  = sum_theta;
+    \$34  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$34  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$34  = sum_step_pp0;
+    \$35  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$35  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$35  = sum_step_pp1;
+    \$36  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$36  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$36  = sum_step_pp2;
+    \$37  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$37  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$37  = sum_step_pp3;
+    \$38  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$38  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$38  = sum_decay_pp0;
+    \$39  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$39  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$39  = sum_decay_pp1;
+    \$40  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$40  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$40  = sum_decay_pp2;
+    \$41  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$41  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$41  = sum_decay_pp3;
+    \$42  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$42  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$42  = sum_decay_pp4;
+    \$43  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$43  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$43  = sum_decay_pp5;
+    \$44  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$44  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$44  = sum_noise_pp0;
+    \$45  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$45  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$45  = sum_noise_pp1;
+    \$46  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$46  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$46  = sum_noise_pp2;
+    \$47  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$47  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$47  = sum_noise_pp3;
+    \$48  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$48  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$48  = sum_noise_pp4;
+    \$49  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$49  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$49  = sum_noise_pp5;
+    \$50  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$50  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$50  = sum_x_l0_0;
+    \$51  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$51  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$51  = sum_x_l0_1;
+    \$52  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$52  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$52  = sum_x_l0_2;
+    \$53  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$53  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$53  = sum_x_l0_3;
+    \$54  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$54  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$54  = sum_x_l0_4;
+    \$55  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$55  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$55  = sum_x_l0_5;
+    \$56  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$56  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$56  = sum_x_l0_6;
+    \$57  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$57  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$57  = sum_x_l0_7;
+    \$58  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$58  = sum_x_l0_8;
+    \$59  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$59  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$59  = sum_x_l1_0;
+    \$60  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$60  = sum_x_l1_1;
+    \$61  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$61  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$61  = sum_x_l1_2;
+    \$62  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$62  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$62  = sum_x_l1_3;
+    \$63  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$63  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$63  = sum_x_l1_4;
-    if (en) begin
-      \$63  = sum_x_l0_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$64  = sum_x_l2_0;
+    \$64  = sum_x_l1_3;
     if (en) begin
       \$64  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$65  = sum_x_l2_1;
+    \$65  = sum_x_l1_4;
     if (en) begin
-      \$65  = \$30 ;
+      \$65  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$66  = sum_x_l2_2;
+    \$66  = sum_x_l2_0;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$66  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$67  = sum_x_l3_0;
+    \$67  = sum_x_l2_1;
     if (en) begin
       \$67  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$68  = sum_x_l3_1;
+    \$68  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$68  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$69  = sum_x_l4_0;
+    \$69  = sum_x_l3_0;
     if (en) begin
       \$69  = \$32 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
+    \$70  = sum_x_l3_1;
+    if (en) begin
+      \$70  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
+    \$71  = sum_x_l4_0;
+    if (en) begin
+      \$71  = \$33 ;
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -22458,40 +22183,34 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
   reg [23:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [23:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [23:0] \$6 ;
   reg [23:0] \$7 ;
-  reg [7:0] \$8 ;
+  reg [23:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -22500,82 +22219,70 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_lpf_l8.lane_7.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -22587,18 +22294,18 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_7.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -22618,137 +22325,102 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
+  assign \weight$40  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -24928,29 +24600,27 @@ module \lpsgld_w8_lpf_l8.lane_7.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_7.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_7.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$32  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -24958,70 +24628,57 @@ module \lpsgld_w8_lpf_l8.lane_7.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -25029,7 +24686,7 @@ module \lpsgld_w8_lpf_l8.lane_7.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$33  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
@@ -25044,60 +24701,62 @@ module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x
   wire [39:0] \$19 ;
   wire [17:0] \$2 ;
   wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
+  wire [33:0] \$21 ;
   wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [28:0] \$23 ;
+  wire [32:0] \$24 ;
+  wire [36:0] \$25 ;
+  wire [49:0] \$26 ;
+  wire [42:0] \$27 ;
+  wire [38:0] \$28 ;
+  wire [33:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
+  wire [50:0] \$30 ;
+  wire [39:0] \$31 ;
+  wire [51:0] \$32 ;
+  wire [52:0] \$33 ;
+  reg [23:0] \$34 ;
   reg [17:0] \$35 ;
   reg [17:0] \$36 ;
   reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
+  reg [17:0] \$38 ;
   reg [25:0] \$39 ;
   wire [17:0] \$4 ;
   reg [25:0] \$40 ;
   reg [25:0] \$41 ;
   reg [25:0] \$42 ;
   reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
+  reg [25:0] \$44 ;
   reg [17:0] \$45 ;
   reg [17:0] \$46 ;
   reg [17:0] \$47 ;
   reg [17:0] \$48 ;
   reg [17:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  reg [17:0] \$50 ;
+  reg [23:0] \$51 ;
+  reg [48:0] \$52 ;
+  reg [35:0] \$53 ;
+  reg [39:0] \$54 ;
+  reg [41:0] \$55 ;
+  reg [33:0] \$56 ;
+  reg [37:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [32:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  reg [36:0] \$60 ;
+  reg [49:0] \$61 ;
+  reg [42:0] \$62 ;
+  reg [38:0] \$63 ;
+  reg [33:0] \$64 ;
+  reg [36:0] \$65 ;
+  reg [50:0] \$66 ;
+  reg [39:0] \$67 ;
+  reg [36:0] \$68 ;
+  reg [51:0] \$69 ;
   wire [25:0] \$7 ;
+  reg [36:0] \$70 ;
+  reg [52:0] \$71 ;
   wire [25:0] \$8 ;
   wire [25:0] \$9 ;
   input clk;
@@ -25131,108 +24790,116 @@ module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
+  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
   always @(posedge clk)
-    sum_theta <= \$33 ;
+    sum_theta <= \$34 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
+    sum_step_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
+    sum_step_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
+    sum_step_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
+    sum_step_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
+    sum_decay_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
+    sum_decay_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
+    sum_decay_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
+    sum_decay_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
+    sum_decay_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
+    sum_decay_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
+    sum_noise_pp0 <= \$45 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
+    sum_noise_pp1 <= \$46 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
+    sum_noise_pp2 <= \$47 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
+    sum_noise_pp3 <= \$48 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
+    sum_noise_pp4 <= \$49 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
+    sum_noise_pp5 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
+    sum_u_sr <= \$51 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
+    sum_x_l0_0 <= \$52 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
+    sum_x_l0_1 <= \$53 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
+    sum_x_l0_2 <= \$54 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
+    sum_x_l0_3 <= \$55 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
+    sum_x_l0_4 <= \$56 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
+    sum_x_l0_5 <= \$57 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
+    sum_x_l0_6 <= \$58 ;
   always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
+    sum_x_l0_7 <= \$59 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
+    sum_x_l0_8 <= \$60 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
+    sum_x_l1_0 <= \$61 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
+    sum_x_l1_1 <= \$62 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
+    sum_x_l1_2 <= \$63 ;
   always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
+    sum_x_l1_3 <= \$64 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
+    sum_x_l1_4 <= \$65 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
+    sum_x_l2_0 <= \$66 ;
   always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
+    sum_x_l2_1 <= \$67 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
+    sum_x_l2_2 <= \$68 ;
   always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
+    sum_x_l3_0 <= \$69 ;
   always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
+    sum_x_l3_1 <= \$70 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -25252,281 +24919,286 @@ module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
   assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
   assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$33  = sum_theta;
+    \$34  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$34  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$34  = sum_step_pp0;
+    \$35  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$35  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$35  = sum_step_pp1;
+    \$36  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$36  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$36  = sum_step_pp2;
+    \$37  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$37  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$37  = sum_step_pp3;
+    \$38  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$38  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$38  = sum_decay_pp0;
+    \$39  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$39  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$39  = sum_decay_pp1;
+    \$40  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$40  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$40  = sum_decay_pp2;
+    \$41  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$41  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$41  = sum_decay_pp3;
+    \$42  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$42  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$42  = sum_decay_pp4;
+    \$43  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$43  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$43  = sum_decay_pp5;
+    \$44  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$44  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$44  = sum_noise_pp0;
+    \$45  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$45  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$45  = sum_noise_pp1;
+    \$46  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$46  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$46  = sum_noise_pp2;
+    \$47  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$47  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$47  = sum_noise_pp3;
+    \$48  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$48  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$48  = sum_noise_pp4;
+    \$49  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$49  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$49  = sum_noise_pp5;
+    \$50  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$50  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$50  = sum_x_l0_0;
+    \$51  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$51  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$51  = sum_x_l0_1;
+    \$52  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$52  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$52  = sum_x_l0_2;
+    \$53  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$53  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$53  = sum_x_l0_3;
+    \$54  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$54  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$54  = sum_x_l0_4;
+    \$55  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$55  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$55  = sum_x_l0_5;
+    \$56  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$56  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$56  = sum_x_l0_6;
+    \$57  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$57  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$57  = sum_x_l0_7;
+    \$58  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$58  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$58  = sum_x_l0_8;
+    \$59  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$59  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$59  = sum_x_l1_0;
+    \$60  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$60  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$60  = sum_x_l1_1;
+    \$61  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$61  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$61  = sum_x_l1_2;
+    \$62  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$62  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$62  = sum_x_l1_3;
+    \$63  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$63  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$63  = sum_x_l1_4;
-    if (en) begin
-      \$63  = sum_x_l0_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$64  = sum_x_l2_0;
+    \$64  = sum_x_l1_3;
     if (en) begin
       \$64  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$65  = sum_x_l2_1;
+    \$65  = sum_x_l1_4;
     if (en) begin
-      \$65  = \$30 ;
+      \$65  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$66  = sum_x_l2_2;
+    \$66  = sum_x_l2_0;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$66  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$67  = sum_x_l3_0;
+    \$67  = sum_x_l2_1;
     if (en) begin
       \$67  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$68  = sum_x_l3_1;
+    \$68  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$68  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$69  = sum_x_l4_0;
+    \$69  = sum_x_l3_0;
     if (en) begin
       \$69  = \$32 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
+    \$70  = sum_x_l3_1;
+    if (en) begin
+      \$70  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
+    \$71  = sum_x_l4_0;
+    if (en) begin
+      \$71  = \$33 ;
     end
   end
   assign x = sum_x_l4_0[49:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9000$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25546,12 +25218,12 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9000$0 ;
+  wire [1:0] \port$9000$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -25581,7 +25253,7 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9000$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25594,17 +25266,19 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9000$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$9000$0 [0];
+  assign load1 = \port$9000$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9002$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25624,12 +25298,12 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9002$0 ;
+  wire [1:0] \port$9002$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -25659,7 +25333,7 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9002$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25672,17 +25346,19 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9002$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
+  assign load0 = \port$9002$0 [0];
+  assign load1 = \port$9002$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9004$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25702,12 +25378,12 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9004$0 ;
+  wire [1:0] \port$9004$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -25737,7 +25413,7 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9004$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25750,17 +25426,19 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9004$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
+  assign load0 = \port$9004$0 [0];
+  assign load1 = \port$9004$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9006$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25780,12 +25458,12 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9006$0 ;
+  wire [1:0] \port$9006$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -25815,7 +25493,7 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9006$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25828,17 +25506,19 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9006$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
+  assign load0 = \port$9006$0 [0];
+  assign load1 = \port$9006$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9008$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25858,12 +25538,12 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9008$0 ;
+  wire [1:0] \port$9008$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -25893,7 +25573,7 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9008$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25906,17 +25586,19 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9008$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
+  assign load0 = \port$9008$0 [0];
+  assign load1 = \port$9008$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9010$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25936,12 +25618,12 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9010$0 ;
+  wire [1:0] \port$9010$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -25971,7 +25653,7 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9010$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25984,17 +25666,19 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9010$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
+  assign load0 = \port$9010$0 [0];
+  assign load1 = \port$9010$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9012$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26014,12 +25698,12 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9012$0 ;
+  wire [1:0] \port$9012$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -26049,7 +25733,7 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9012$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26062,17 +25746,19 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9012$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
+  assign load0 = \port$9012$0 [0];
+  assign load1 = \port$9012$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9014$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26092,12 +25778,12 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9014$0 ;
+  wire [1:0] \port$9014$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -26127,7 +25813,7 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9014$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26140,11 +25826,13 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9014$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
+  assign load0 = \port$9014$0 [0];
+  assign load1 = \port$9014$0 [1];
 endmodule

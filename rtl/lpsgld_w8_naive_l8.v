@@ -8,42 +8,64 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [1:0] \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire \$16 ;
+  wire [1:0] \$16 ;
   wire \$17 ;
   wire \$18 ;
-  reg \$19 ;
+  wire [1:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg \$21 ;
-  reg \$22 ;
-  reg \$23 ;
-  reg \$24 ;
-  reg \$25 ;
-  reg \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg \$29 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire [1:0] \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire [1:0] \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire [1:0] \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg [7:0] \$31 ;
-  reg [7:0] \$32 ;
-  reg [7:0] \$33 ;
-  reg [7:0] \$34 ;
-  reg [7:0] \$35 ;
+  wire \$30 ;
+  wire [1:0] \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire [1:0] \$34 ;
+  reg \$35 ;
   reg [7:0] \$36 ;
-  reg [7:0] \$37 ;
-  reg [7:0] \$38 ;
-  reg [7:0] \$39 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
-  reg [7:0] \$40 ;
-  reg [15:0] \$41 ;
-  reg [11:0] \$42 ;
-  reg [15:0] \$43 ;
+  reg \$40 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg [7:0] \$46 ;
+  reg [7:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [7:0] \$49 ;
   wire \$5 ;
+  reg [7:0] \$50 ;
+  reg [7:0] \$51 ;
+  reg [7:0] \$52 ;
+  reg [7:0] \$53 ;
+  reg [7:0] \$54 ;
+  reg [15:0] \$55 ;
+  reg [11:0] \$56 ;
+  reg [15:0] \$57 ;
+  reg [1:0] \$58 ;
+  reg [1:0] \$59 ;
   wire \$6 ;
+  reg [1:0] \$60 ;
+  reg [1:0] \$61 ;
+  reg [1:0] \$62 ;
+  reg [1:0] \$63 ;
+  reg [1:0] \$64 ;
+  reg [1:0] \$65 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
@@ -56,50 +78,56 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
-  wire [63:0] \data$102 ;
-  wire [63:0] \data$116 ;
-  wire [63:0] \data$130 ;
-  wire [63:0] \data$46 ;
-  wire [63:0] \data$60 ;
-  wire [63:0] \data$74 ;
-  wire [63:0] \data$88 ;
+  reg [63:0] data = 64'h0000000000000000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$108 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$123 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$138 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$48 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$63 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$78 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$93 ;
   reg [11:0] decay = 12'h000;
   (* init = 12'h000 *)
-  wire [11:0] \decay$111 ;
+  wire [11:0] \decay$102 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$125 ;
+  wire [11:0] \decay$117 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$139 ;
+  wire [11:0] \decay$132 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$55 ;
+  wire [11:0] \decay$147 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$69 ;
+  wire [11:0] \decay$57 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$83 ;
+  wire [11:0] \decay$72 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$97 ;
+  wire [11:0] \decay$87 ;
   wire en;
-  wire \en$103 ;
-  wire \en$117 ;
-  wire \en$131 ;
-  wire \en$47 ;
-  wire \en$61 ;
-  wire \en$75 ;
-  wire \en$89 ;
+  wire \en$109 ;
+  wire \en$124 ;
+  wire \en$139 ;
+  wire \en$49 ;
+  wire \en$64 ;
+  wire \en$79 ;
+  wire \en$94 ;
   wire [7:0] grad;
-  wire [7:0] \grad$105 ;
-  wire [7:0] \grad$119 ;
-  wire [7:0] \grad$133 ;
-  wire [7:0] \grad$49 ;
-  wire [7:0] \grad$63 ;
-  wire [7:0] \grad$77 ;
-  wire [7:0] \grad$91 ;
+  wire [7:0] \grad$111 ;
+  wire [7:0] \grad$126 ;
+  wire [7:0] \grad$141 ;
+  wire [7:0] \grad$51 ;
+  wire [7:0] \grad$66 ;
+  wire [7:0] \grad$81 ;
+  wire [7:0] \grad$96 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
   reg [7:0] keep_10 = 8'h00;
-  reg [7:0] keep_11 = 8'h00;
   reg [7:0] keep_2 = 8'h00;
   reg [7:0] keep_3 = 8'h00;
   reg [7:0] keep_4 = 8'h00;
@@ -109,44 +137,44 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$100 ;
-  wire \load0$114 ;
-  wire \load0$128 ;
-  wire \load0$44 ;
-  wire \load0$58 ;
-  wire \load0$72 ;
-  wire \load0$86 ;
+  wire \load0$105 ;
+  wire \load0$120 ;
+  wire \load0$135 ;
+  wire \load0$45 ;
+  wire \load0$60 ;
+  wire \load0$75 ;
+  wire \load0$90 ;
   wire load1;
-  wire \load1$101 ;
-  wire \load1$115 ;
-  wire \load1$129 ;
-  wire \load1$45 ;
-  wire \load1$59 ;
-  wire \load1$73 ;
-  wire \load1$87 ;
+  wire \load1$107 ;
+  wire \load1$122 ;
+  wire \load1$137 ;
+  wire \load1$47 ;
+  wire \load1$62 ;
+  wire \load1$77 ;
+  wire \load1$92 ;
   reg [15:0] noise = 16'h0000;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$112 ;
+  wire [15:0] \noise$103 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$126 ;
+  wire [15:0] \noise$118 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$140 ;
+  wire [15:0] \noise$133 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$56 ;
+  wire [15:0] \noise$148 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$70 ;
+  wire [15:0] \noise$58 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$84 ;
+  wire [15:0] \noise$73 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$98 ;
+  wire [15:0] \noise$88 ;
   wire [63:0] out;
-  wire [63:0] \out$107 ;
-  wire [63:0] \out$121 ;
-  wire [63:0] \out$135 ;
-  wire [63:0] \out$51 ;
-  wire [63:0] \out$65 ;
-  wire [63:0] \out$79 ;
-  wire [63:0] \out$93 ;
+  wire [63:0] \out$113 ;
+  wire [63:0] \out$128 ;
+  wire [63:0] \out$143 ;
+  wire [63:0] \out$53 ;
+  wire [63:0] \out$68 ;
+  wire [63:0] \out$83 ;
+  wire [63:0] \out$98 ;
   (* init = 12'h000 *)
   wire [11:0] reg_decay;
   (* init = 16'h0000 *)
@@ -155,6 +183,16 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [15:0] reg_step;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg [1:0] seed_load_0 = 2'h0;
+  reg [1:0] seed_load_1 = 2'h0;
+  reg [1:0] seed_load_2 = 2'h0;
+  reg [1:0] seed_load_3 = 2'h0;
+  reg [1:0] seed_load_4 = 2'h0;
+  reg [1:0] seed_load_5 = 2'h0;
+  reg [1:0] seed_load_6 = 2'h0;
+  reg [1:0] seed_load_7 = 2'h0;
   input [135:0] sink__payload;
   wire [135:0] sink__payload;
   wire [63:0] \sink__payload.grad ;
@@ -206,49 +244,47 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$108 ;
-  wire [7:0] \state$122 ;
-  wire [7:0] \state$136 ;
-  wire [7:0] \state$52 ;
-  wire [7:0] \state$66 ;
-  wire [7:0] \state$80 ;
-  wire [7:0] \state$94 ;
+  wire [7:0] \state$114 ;
+  wire [7:0] \state$129 ;
+  wire [7:0] \state$144 ;
+  wire [7:0] \state$54 ;
+  wire [7:0] \state$69 ;
+  wire [7:0] \state$84 ;
+  wire [7:0] \state$99 ;
   wire step;
   (* init = 16'h0000 *)
-  wire [15:0] \step$110 ;
-  wire \step$113 ;
+  wire [15:0] \step$101 ;
+  wire \step$104 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$124 ;
-  wire \step$127 ;
+  wire [15:0] \step$116 ;
+  wire \step$119 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$138 ;
-  reg [15:0] \step$37  = 16'h0000;
-  wire \step$43 ;
+  wire [15:0] \step$131 ;
+  wire \step$134 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$54 ;
-  wire \step$57 ;
+  wire [15:0] \step$146 ;
+  reg [15:0] \step$38  = 16'h0000;
+  wire \step$44 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$68 ;
-  wire \step$71 ;
+  wire [15:0] \step$56 ;
+  wire \step$59 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$82 ;
-  wire \step$85 ;
+  wire [15:0] \step$71 ;
+  wire \step$74 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$96 ;
-  wire \step$99 ;
+  wire [15:0] \step$86 ;
+  wire \step$89 ;
   wire [7:0] theta;
-  wire [7:0] \theta$104 ;
-  wire [7:0] \theta$118 ;
-  wire [7:0] \theta$132 ;
-  wire [7:0] \theta$48 ;
-  wire [7:0] \theta$62 ;
-  wire [7:0] \theta$76 ;
-  wire [7:0] \theta$90 ;
-  wire transfer;
+  wire [7:0] \theta$110 ;
+  wire [7:0] \theta$125 ;
+  wire [7:0] \theta$140 ;
+  wire [7:0] \theta$50 ;
+  wire [7:0] \theta$65 ;
+  wire [7:0] \theta$80 ;
+  wire [7:0] \theta$95 ;
   reg valid_1 = 1'h0;
-  reg valid_10 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_11;
+  wire valid_10;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
   reg valid_4 = 1'h0;
@@ -258,116 +294,129 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
   wire [7:0] weight;
-  wire [7:0] \weight$109 ;
-  wire [7:0] \weight$123 ;
-  wire [7:0] \weight$137 ;
-  wire [7:0] \weight$53 ;
-  wire [7:0] \weight$67 ;
-  wire [7:0] \weight$81 ;
-  wire [7:0] \weight$95 ;
+  wire [7:0] \weight$100 ;
+  wire [7:0] \weight$115 ;
+  wire [7:0] \weight$130 ;
+  wire [7:0] \weight$145 ;
+  wire [7:0] \weight$55 ;
+  wire [7:0] \weight$70 ;
+  wire [7:0] \weight$85 ;
   wire [63:0] words;
-  wire [63:0] \words$106 ;
-  wire [63:0] \words$120 ;
-  wire [63:0] \words$134 ;
-  wire [63:0] \words$50 ;
-  wire [63:0] \words$64 ;
-  wire [63:0] \words$78 ;
-  wire [63:0] \words$92 ;
+  wire [63:0] \words$112 ;
+  wire [63:0] \words$127 ;
+  wire [63:0] \words$142 ;
+  wire [63:0] \words$52 ;
+  wire [63:0] \words$67 ;
+  wire [63:0] \words$82 ;
+  wire [63:0] \words$97 ;
+  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
+  assign \$26  = ctl__addr == 9'h10a;
+  assign \$27  = ctl__addr == 9'h10b;
+  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
+  assign \$29  = ctl__addr == 9'h10c;
+  assign \$30  = ctl__addr == 9'h10d;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h10e;
+  assign \$33  = ctl__addr == 9'h10f;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_5 <= \$24 ;
+    valid_1 <= \$35 ;
   always @(posedge clk)
-    valid_6 <= \$25 ;
+    keep_1 <= \$36 ;
   always @(posedge clk)
-    valid_7 <= \$26 ;
+    valid_2 <= \$37 ;
   always @(posedge clk)
-    valid_8 <= \$27 ;
+    valid_3 <= \$38 ;
   always @(posedge clk)
-    valid_9 <= \$28 ;
+    valid_4 <= \$39 ;
   always @(posedge clk)
-    valid_10 <= \$29 ;
+    valid_5 <= \$40 ;
   always @(posedge clk)
-    source__valid <= \$30 ;
+    valid_6 <= \$41 ;
   always @(posedge clk)
-    keep_2 <= \$31 ;
+    valid_7 <= \$42 ;
   always @(posedge clk)
-    keep_3 <= \$32 ;
+    valid_8 <= \$43 ;
   always @(posedge clk)
-    keep_4 <= \$33 ;
+    valid_9 <= \$44 ;
   always @(posedge clk)
-    keep_5 <= \$34 ;
+    source__valid <= \$45 ;
   always @(posedge clk)
-    keep_6 <= \$35 ;
+    keep_2 <= \$46 ;
   always @(posedge clk)
-    keep_7 <= \$36 ;
+    keep_3 <= \$47 ;
   always @(posedge clk)
-    keep_8 <= \$37 ;
+    keep_4 <= \$48 ;
   always @(posedge clk)
-    keep_9 <= \$38 ;
+    keep_5 <= \$49 ;
   always @(posedge clk)
-    keep_10 <= \$39 ;
+    keep_6 <= \$50 ;
   always @(posedge clk)
-    keep_11 <= \$40 ;
+    keep_7 <= \$51 ;
   always @(posedge clk)
-    \step$37  <= \$41 ;
+    keep_8 <= \$52 ;
   always @(posedge clk)
-    decay <= \$42 ;
+    keep_9 <= \$53 ;
   always @(posedge clk)
-    noise <= \$43 ;
+    keep_10 <= \$54 ;
+  always @(posedge clk)
+    \step$38  <= \$55 ;
+  always @(posedge clk)
+    decay <= \$56 ;
+  always @(posedge clk)
+    noise <= \$57 ;
+  always @(posedge clk)
+    data <= ctl__data;
+  always @(posedge clk)
+    seed_load_0 <= \$58 ;
+  always @(posedge clk)
+    seed_load_1 <= \$59 ;
+  always @(posedge clk)
+    seed_load_2 <= \$60 ;
+  always @(posedge clk)
+    seed_load_3 <= \$61 ;
+  always @(posedge clk)
+    seed_load_4 <= \$62 ;
+  always @(posedge clk)
+    seed_load_5 <= \$63 ;
+  always @(posedge clk)
+    seed_load_6 <= \$64 ;
+  always @(posedge clk)
+    seed_load_7 <= \$65 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
-  assign transfer = sink__valid & sink__ready;
-  assign \$2  = | { source__valid, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign \$2  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
-  assign \step$43  = transfer & sink__payload[1];
-  assign \$5  = ctl__addr == 9'h102;
-  assign \load0$44  = ctl__we & \$5 ;
-  assign \$6  = ctl__addr == 9'h103;
-  assign \load1$45  = ctl__we & \$6 ;
-  assign \step$57  = transfer & sink__payload[2];
-  assign \$7  = ctl__addr == 9'h104;
-  assign \load0$58  = ctl__we & \$7 ;
-  assign \$8  = ctl__addr == 9'h105;
-  assign \load1$59  = ctl__we & \$8 ;
-  assign \step$71  = transfer & sink__payload[3];
-  assign \$9  = ctl__addr == 9'h106;
-  assign \load0$72  = ctl__we & \$9 ;
-  assign \$10  = ctl__addr == 9'h107;
-  assign \load1$73  = ctl__we & \$10 ;
-  assign \step$85  = transfer & sink__payload[4];
-  assign \$11  = ctl__addr == 9'h108;
-  assign \load0$86  = ctl__we & \$11 ;
-  assign \$12  = ctl__addr == 9'h109;
-  assign \load1$87  = ctl__we & \$12 ;
-  assign \step$99  = transfer & sink__payload[5];
-  assign \$13  = ctl__addr == 9'h10a;
-  assign \load0$100  = ctl__we & \$13 ;
-  assign \$14  = ctl__addr == 9'h10b;
-  assign \load1$101  = ctl__we & \$14 ;
-  assign \step$113  = transfer & sink__payload[6];
-  assign \$15  = ctl__addr == 9'h10c;
-  assign \load0$114  = ctl__we & \$15 ;
-  assign \$16  = ctl__addr == 9'h10d;
-  assign \load1$115  = ctl__we & \$16 ;
-  assign \step$127  = transfer & sink__payload[7];
-  assign \$17  = ctl__addr == 9'h10e;
-  assign \load0$128  = ctl__we & \$17 ;
-  assign \$18  = ctl__addr == 9'h10f;
-  assign \load1$129  = ctl__we & \$18 ;
-  always @(posedge clk)
-    valid_1 <= \$19 ;
-  always @(posedge clk)
-    keep_1 <= \$20 ;
-  always @(posedge clk)
-    valid_2 <= \$21 ;
-  always @(posedge clk)
-    valid_3 <= \$22 ;
-  always @(posedge clk)
-    valid_4 <= \$23 ;
+  assign \$3  = sink__ready & valid_1;
+  assign step = \$3  & keep_1[0];
+  assign \$4  = sink__ready & valid_1;
+  assign \step$44  = \$4  & keep_1[1];
+  assign \$5  = sink__ready & valid_1;
+  assign \step$59  = \$5  & keep_1[2];
+  assign \$6  = sink__ready & valid_1;
+  assign \step$74  = \$6  & keep_1[3];
+  assign \$7  = sink__ready & valid_1;
+  assign \step$89  = \$7  & keep_1[4];
+  assign \$8  = sink__ready & valid_1;
+  assign \step$104  = \$8  & keep_1[5];
+  assign \$9  = sink__ready & valid_1;
+  assign \step$119  = \$9  & keep_1[6];
+  assign \$10  = sink__ready & valid_1;
+  assign \step$134  = \$10  & keep_1[7];
+  assign \$11  = ctl__addr == 9'h100;
+  assign \$12  = ctl__addr == 9'h101;
+  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
+  assign \$14  = ctl__addr == 9'h102;
+  assign \$15  = ctl__addr == 9'h103;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
+  assign \$17  = ctl__addr == 9'h104;
+  assign \$18  = ctl__addr == 9'h105;
+  assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
+  assign \$20  = ctl__addr == 9'h106;
+  assign \$21  = ctl__addr == 9'h107;
+  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
+  assign \$23  = ctl__addr == 9'h108;
+  assign \$24  = ctl__addr == 9'h109;
   \lpsgld_w8_naive_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -376,7 +425,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$37 ),
+    .step(\step$38 ),
     .theta(sink__payload[15:8]),
     .words(words)
   );
@@ -387,10 +436,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .grad(sink__payload[87:80]),
     .noise(noise),
     .rst(rst),
-    .state(\state$52 ),
-    .step(\step$37 ),
+    .state(\state$54 ),
+    .step(\step$38 ),
     .theta(sink__payload[23:16]),
-    .words(\words$50 )
+    .words(\words$52 )
   );
   \lpsgld_w8_naive_l8.lane_2  lane_2 (
     .clk(clk),
@@ -399,10 +448,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .grad(sink__payload[95:88]),
     .noise(noise),
     .rst(rst),
-    .state(\state$66 ),
-    .step(\step$37 ),
+    .state(\state$69 ),
+    .step(\step$38 ),
     .theta(sink__payload[31:24]),
-    .words(\words$64 )
+    .words(\words$67 )
   );
   \lpsgld_w8_naive_l8.lane_3  lane_3 (
     .clk(clk),
@@ -411,10 +460,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .grad(sink__payload[103:96]),
     .noise(noise),
     .rst(rst),
-    .state(\state$80 ),
-    .step(\step$37 ),
+    .state(\state$84 ),
+    .step(\step$38 ),
     .theta(sink__payload[39:32]),
-    .words(\words$78 )
+    .words(\words$82 )
   );
   \lpsgld_w8_naive_l8.lane_4  lane_4 (
     .clk(clk),
@@ -423,10 +472,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .grad(sink__payload[111:104]),
     .noise(noise),
     .rst(rst),
-    .state(\state$94 ),
-    .step(\step$37 ),
+    .state(\state$99 ),
+    .step(\step$38 ),
     .theta(sink__payload[47:40]),
-    .words(\words$92 )
+    .words(\words$97 )
   );
   \lpsgld_w8_naive_l8.lane_5  lane_5 (
     .clk(clk),
@@ -435,10 +484,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .grad(sink__payload[119:112]),
     .noise(noise),
     .rst(rst),
-    .state(\state$108 ),
-    .step(\step$37 ),
+    .state(\state$114 ),
+    .step(\step$38 ),
     .theta(sink__payload[55:48]),
-    .words(\words$106 )
+    .words(\words$112 )
   );
   \lpsgld_w8_naive_l8.lane_6  lane_6 (
     .clk(clk),
@@ -447,10 +496,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .grad(sink__payload[127:120]),
     .noise(noise),
     .rst(rst),
-    .state(\state$122 ),
-    .step(\step$37 ),
+    .state(\state$129 ),
+    .step(\step$38 ),
     .theta(sink__payload[63:56]),
-    .words(\words$120 )
+    .words(\words$127 )
   );
   \lpsgld_w8_naive_l8.lane_7  lane_7 (
     .clk(clk),
@@ -459,254 +508,276 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .grad(sink__payload[135:128]),
     .noise(noise),
     .rst(rst),
-    .state(\state$136 ),
-    .step(\step$37 ),
+    .state(\state$144 ),
+    .step(\step$38 ),
     .theta(sink__payload[71:64]),
-    .words(\words$134 )
+    .words(\words$142 )
   );
   \lpsgld_w8_naive_l8.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(load0),
-    .load1(load1),
+    .data(data),
     .out(words),
+    .\port$8880$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w8_naive_l8.rng_1_0  rng_1_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$44 ),
-    .load1(\load1$45 ),
-    .out(\words$50 ),
+    .data(data),
+    .out(\words$52 ),
+    .\port$8882$0 (seed_load_1),
     .rst(rst),
-    .step(\step$43 )
+    .step(\step$44 )
   );
   \lpsgld_w8_naive_l8.rng_2_0  rng_2_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$58 ),
-    .load1(\load1$59 ),
-    .out(\words$64 ),
+    .data(data),
+    .out(\words$67 ),
+    .\port$8884$0 (seed_load_2),
     .rst(rst),
-    .step(\step$57 )
+    .step(\step$59 )
   );
   \lpsgld_w8_naive_l8.rng_3_0  rng_3_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$72 ),
-    .load1(\load1$73 ),
-    .out(\words$78 ),
+    .data(data),
+    .out(\words$82 ),
+    .\port$8886$0 (seed_load_3),
     .rst(rst),
-    .step(\step$71 )
+    .step(\step$74 )
   );
   \lpsgld_w8_naive_l8.rng_4_0  rng_4_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$86 ),
-    .load1(\load1$87 ),
-    .out(\words$92 ),
+    .data(data),
+    .out(\words$97 ),
+    .\port$8888$0 (seed_load_4),
     .rst(rst),
-    .step(\step$85 )
+    .step(\step$89 )
   );
   \lpsgld_w8_naive_l8.rng_5_0  rng_5_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$100 ),
-    .load1(\load1$101 ),
-    .out(\words$106 ),
+    .data(data),
+    .out(\words$112 ),
+    .\port$8890$0 (seed_load_5),
     .rst(rst),
-    .step(\step$99 )
+    .step(\step$104 )
   );
   \lpsgld_w8_naive_l8.rng_6_0  rng_6_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$114 ),
-    .load1(\load1$115 ),
-    .out(\words$120 ),
+    .data(data),
+    .out(\words$127 ),
+    .\port$8892$0 (seed_load_6),
     .rst(rst),
-    .step(\step$113 )
+    .step(\step$119 )
   );
   \lpsgld_w8_naive_l8.rng_7_0  rng_7_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$128 ),
-    .load1(\load1$129 ),
-    .out(\words$134 ),
+    .data(data),
+    .out(\words$142 ),
+    .\port$8894$0 (seed_load_7),
     .rst(rst),
-    .step(\step$127 )
+    .step(\step$134 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_5;
+    \$35  = valid_1;
     if (sink__ready) begin
-      \$24  = valid_4;
+      \$35  = sink__valid;
     end
     if (rst) begin
-      \$24  = 1'h0;
+      \$35  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_6;
+    \$36  = keep_1;
     if (sink__ready) begin
-      \$25  = valid_5;
+      \$36  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = valid_2;
+    if (sink__ready) begin
+      \$37  = valid_1;
     end
     if (rst) begin
-      \$25  = 1'h0;
+      \$37  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_7;
+    \$38  = valid_3;
     if (sink__ready) begin
-      \$26  = valid_6;
+      \$38  = valid_2;
     end
     if (rst) begin
-      \$26  = 1'h0;
+      \$38  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_8;
+    \$39  = valid_4;
     if (sink__ready) begin
-      \$27  = valid_7;
+      \$39  = valid_3;
     end
     if (rst) begin
-      \$27  = 1'h0;
+      \$39  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_9;
+    \$40  = valid_5;
     if (sink__ready) begin
-      \$28  = valid_8;
+      \$40  = valid_4;
     end
     if (rst) begin
-      \$28  = 1'h0;
+      \$40  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = valid_10;
+    \$41  = valid_6;
     if (sink__ready) begin
-      \$29  = valid_9;
+      \$41  = valid_5;
     end
     if (rst) begin
-      \$29  = 1'h0;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = source__valid;
+    \$42  = valid_7;
     if (sink__ready) begin
-      \$30  = valid_10;
+      \$42  = valid_6;
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$42  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_2;
+    \$43  = valid_8;
     if (sink__ready) begin
-      \$31  = keep_1;
+      \$43  = valid_7;
+    end
+    if (rst) begin
+      \$43  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_3;
+    \$44  = valid_9;
     if (sink__ready) begin
-      \$32  = keep_2;
+      \$44  = valid_8;
+    end
+    if (rst) begin
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_4;
+    \$45  = source__valid;
     if (sink__ready) begin
-      \$33  = keep_3;
+      \$45  = valid_9;
+    end
+    if (rst) begin
+      \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_5;
+    \$46  = keep_2;
     if (sink__ready) begin
-      \$34  = keep_4;
+      \$46  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_6;
+    \$47  = keep_3;
     if (sink__ready) begin
-      \$35  = keep_5;
+      \$47  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_7;
+    \$48  = keep_4;
     if (sink__ready) begin
-      \$36  = keep_6;
+      \$48  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_8;
+    \$49  = keep_5;
     if (sink__ready) begin
-      \$37  = keep_7;
+      \$49  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_9;
+    \$50  = keep_6;
     if (sink__ready) begin
-      \$38  = keep_8;
+      \$50  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_10;
+    \$51  = keep_7;
     if (sink__ready) begin
-      \$39  = keep_9;
+      \$51  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_11;
+    \$52  = keep_8;
     if (sink__ready) begin
-      \$40  = keep_10;
+      \$52  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = \step$37 ;
+    \$53  = keep_9;
+    if (sink__ready) begin
+      \$53  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$54  = keep_10;
+    if (sink__ready) begin
+      \$54  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$55  = \step$38 ;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$41  = ctl__data[15:0];
+            \$55  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$41  = 16'h0000;
+      \$55  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = decay;
+    \$56  = decay;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$42  = ctl__data[11:0];
+            \$56  = ctl__data[11:0];
       endcase
     end
     if (rst) begin
-      \$42  = 12'h000;
+      \$56  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = noise;
+    \$57  = noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -714,134 +785,159 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$43  = ctl__data[15:0];
+            \$57  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$43  = 16'h0000;
+      \$57  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_1;
-    if (sink__ready) begin
-      \$19  = sink__valid;
-    end
+    \$58  = \$13 ;
     if (rst) begin
-      \$19  = 1'h0;
+      \$58  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_1;
-    if (sink__ready) begin
-      \$20  = sink__payload[7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_2;
-    if (sink__ready) begin
-      \$21  = valid_1;
-    end
+    \$59  = \$16 ;
     if (rst) begin
-      \$21  = 1'h0;
+      \$59  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_3;
-    if (sink__ready) begin
-      \$22  = valid_2;
-    end
+    \$60  = \$19 ;
     if (rst) begin
-      \$22  = 1'h0;
+      \$60  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_4;
-    if (sink__ready) begin
-      \$23  = valid_3;
-    end
+    \$61  = \$22 ;
     if (rst) begin
-      \$23  = 1'h0;
+      \$61  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = \$25 ;
+    if (rst) begin
+      \$62  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = \$28 ;
+    if (rst) begin
+      \$63  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = \$31 ;
+    if (rst) begin
+      \$64  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = \$34 ;
+    if (rst) begin
+      \$65  = 2'h0;
     end
   end
   assign advance = sink__ready;
-  assign valid_11 = source__valid;
-  assign data = ctl__data;
+  assign valid_10 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
+  assign seed_data = data;
   assign en = sink__ready;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$37 ;
+  assign reg_step = \step$38 ;
   assign reg_decay = decay;
   assign reg_noise = noise;
-  assign \data$46  = ctl__data;
-  assign \en$47  = sink__ready;
-  assign \theta$48  = sink__payload[23:16];
-  assign \grad$49  = sink__payload[87:80];
-  assign \out$51  = \words$50 ;
-  assign \weight$53  = \state$52 ;
-  assign \step$54  = \step$37 ;
-  assign \decay$55  = decay;
-  assign \noise$56  = noise;
-  assign \data$60  = ctl__data;
-  assign \en$61  = sink__ready;
-  assign \theta$62  = sink__payload[31:24];
-  assign \grad$63  = sink__payload[95:88];
-  assign \out$65  = \words$64 ;
-  assign \weight$67  = \state$66 ;
-  assign \step$68  = \step$37 ;
-  assign \decay$69  = decay;
-  assign \noise$70  = noise;
-  assign \data$74  = ctl__data;
-  assign \en$75  = sink__ready;
-  assign \theta$76  = sink__payload[39:32];
-  assign \grad$77  = sink__payload[103:96];
-  assign \out$79  = \words$78 ;
-  assign \weight$81  = \state$80 ;
-  assign \step$82  = \step$37 ;
-  assign \decay$83  = decay;
-  assign \noise$84  = noise;
-  assign \data$88  = ctl__data;
-  assign \en$89  = sink__ready;
-  assign \theta$90  = sink__payload[47:40];
-  assign \grad$91  = sink__payload[111:104];
-  assign \out$93  = \words$92 ;
-  assign \weight$95  = \state$94 ;
-  assign \step$96  = \step$37 ;
-  assign \decay$97  = decay;
-  assign \noise$98  = noise;
-  assign \data$102  = ctl__data;
-  assign \en$103  = sink__ready;
-  assign \theta$104  = sink__payload[55:48];
-  assign \grad$105  = sink__payload[119:112];
-  assign \out$107  = \words$106 ;
-  assign \weight$109  = \state$108 ;
-  assign \step$110  = \step$37 ;
-  assign \decay$111  = decay;
-  assign \noise$112  = noise;
-  assign \data$116  = ctl__data;
-  assign \en$117  = sink__ready;
-  assign \theta$118  = sink__payload[63:56];
-  assign \grad$119  = sink__payload[127:120];
-  assign \out$121  = \words$120 ;
-  assign \weight$123  = \state$122 ;
-  assign \step$124  = \step$37 ;
-  assign \decay$125  = decay;
-  assign \noise$126  = noise;
-  assign \data$130  = ctl__data;
-  assign \en$131  = sink__ready;
-  assign \theta$132  = sink__payload[71:64];
-  assign \grad$133  = sink__payload[135:128];
-  assign \out$135  = \words$134 ;
-  assign \weight$137  = \state$136 ;
-  assign \step$138  = \step$37 ;
-  assign \decay$139  = decay;
-  assign \noise$140  = noise;
+  assign \load0$45  = seed_load_1[0];
+  assign \load1$47  = seed_load_1[1];
+  assign \data$48  = data;
+  assign \en$49  = sink__ready;
+  assign \theta$50  = sink__payload[23:16];
+  assign \grad$51  = sink__payload[87:80];
+  assign \out$53  = \words$52 ;
+  assign \weight$55  = \state$54 ;
+  assign \step$56  = \step$38 ;
+  assign \decay$57  = decay;
+  assign \noise$58  = noise;
+  assign \load0$60  = seed_load_2[0];
+  assign \load1$62  = seed_load_2[1];
+  assign \data$63  = data;
+  assign \en$64  = sink__ready;
+  assign \theta$65  = sink__payload[31:24];
+  assign \grad$66  = sink__payload[95:88];
+  assign \out$68  = \words$67 ;
+  assign \weight$70  = \state$69 ;
+  assign \step$71  = \step$38 ;
+  assign \decay$72  = decay;
+  assign \noise$73  = noise;
+  assign \load0$75  = seed_load_3[0];
+  assign \load1$77  = seed_load_3[1];
+  assign \data$78  = data;
+  assign \en$79  = sink__ready;
+  assign \theta$80  = sink__payload[39:32];
+  assign \grad$81  = sink__payload[103:96];
+  assign \out$83  = \words$82 ;
+  assign \weight$85  = \state$84 ;
+  assign \step$86  = \step$38 ;
+  assign \decay$87  = decay;
+  assign \noise$88  = noise;
+  assign \load0$90  = seed_load_4[0];
+  assign \load1$92  = seed_load_4[1];
+  assign \data$93  = data;
+  assign \en$94  = sink__ready;
+  assign \theta$95  = sink__payload[47:40];
+  assign \grad$96  = sink__payload[111:104];
+  assign \out$98  = \words$97 ;
+  assign \weight$100  = \state$99 ;
+  assign \step$101  = \step$38 ;
+  assign \decay$102  = decay;
+  assign \noise$103  = noise;
+  assign \load0$105  = seed_load_5[0];
+  assign \load1$107  = seed_load_5[1];
+  assign \data$108  = data;
+  assign \en$109  = sink__ready;
+  assign \theta$110  = sink__payload[55:48];
+  assign \grad$111  = sink__payload[119:112];
+  assign \out$113  = \words$112 ;
+  assign \weight$115  = \state$114 ;
+  assign \step$116  = \step$38 ;
+  assign \decay$117  = decay;
+  assign \noise$118  = noise;
+  assign \load0$120  = seed_load_6[0];
+  assign \load1$122  = seed_load_6[1];
+  assign \data$123  = data;
+  assign \en$124  = sink__ready;
+  assign \theta$125  = sink__payload[63:56];
+  assign \grad$126  = sink__payload[127:120];
+  assign \out$128  = \words$127 ;
+  assign \weight$130  = \state$129 ;
+  assign \step$131  = \step$38 ;
+  assign \decay$132  = decay;
+  assign \noise$133  = noise;
+  assign \load0$135  = seed_load_7[0];
+  assign \load1$137  = seed_load_7[1];
+  assign \data$138  = data;
+  assign \en$139  = sink__ready;
+  assign \theta$140  = sink__payload[71:64];
+  assign \grad$141  = sink__payload[135:128];
+  assign \out$143  = \words$142 ;
+  assign \weight$145  = \state$144 ;
+  assign \step$146  = \step$38 ;
+  assign \decay$147  = decay;
+  assign \noise$148  = noise;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -880,23 +976,23 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$136 ;
-  assign source__payload[71:64] = \state$136 ;
-  assign source__payload[127:120] = \state$122 ;
-  assign source__payload[63:56] = \state$122 ;
-  assign source__payload[119:112] = \state$108 ;
-  assign source__payload[55:48] = \state$108 ;
-  assign source__payload[111:104] = \state$94 ;
-  assign source__payload[47:40] = \state$94 ;
-  assign source__payload[103:96] = \state$80 ;
-  assign source__payload[39:32] = \state$80 ;
-  assign source__payload[95:88] = \state$66 ;
-  assign source__payload[31:24] = \state$66 ;
-  assign source__payload[87:80] = \state$52 ;
-  assign source__payload[23:16] = \state$52 ;
+  assign source__payload[135:128] = \state$144 ;
+  assign source__payload[71:64] = \state$144 ;
+  assign source__payload[127:120] = \state$129 ;
+  assign source__payload[63:56] = \state$129 ;
+  assign source__payload[119:112] = \state$114 ;
+  assign source__payload[55:48] = \state$114 ;
+  assign source__payload[111:104] = \state$99 ;
+  assign source__payload[47:40] = \state$99 ;
+  assign source__payload[103:96] = \state$84 ;
+  assign source__payload[39:32] = \state$84 ;
+  assign source__payload[95:88] = \state$69 ;
+  assign source__payload[31:24] = \state$69 ;
+  assign source__payload[87:80] = \state$54 ;
+  assign source__payload[23:16] = \state$54 ;
   assign source__payload[79:72] = state;
   assign source__payload[15:8] = state;
-  assign source__payload[7:0] = keep_11;
+  assign source__payload[7:0] = keep_10;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -904,39 +1000,34 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [7:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -945,78 +1036,69 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_naive_l8.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -1027,18 +1109,18 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_0.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -1058,131 +1140,103 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$40  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3362,57 +3416,42 @@ module \lpsgld_w8_naive_l8.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_0.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -3420,7 +3459,7 @@ module \lpsgld_w8_naive_l8.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -3432,51 +3471,53 @@ module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -3509,75 +3550,82 @@ module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -3595,237 +3643,243 @@ module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -3836,39 +3890,34 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [7:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -3877,78 +3926,69 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_naive_l8.lane_1.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -3959,18 +3999,18 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_1.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -3990,131 +4030,103 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$40  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6294,57 +6306,42 @@ module \lpsgld_w8_naive_l8.lane_1.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_1.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_1.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -6352,7 +6349,7 @@ module \lpsgld_w8_naive_l8.lane_1.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -6364,51 +6361,53 @@ module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -6441,75 +6440,82 @@ module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -6527,237 +6533,243 @@ module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -6768,39 +6780,34 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [7:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -6809,78 +6816,69 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_naive_l8.lane_2.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -6891,18 +6889,18 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_2.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -6922,131 +6920,103 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$40  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -9226,57 +9196,42 @@ module \lpsgld_w8_naive_l8.lane_2.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_2.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_2.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -9284,7 +9239,7 @@ module \lpsgld_w8_naive_l8.lane_2.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -9296,51 +9251,53 @@ module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -9373,75 +9330,82 @@ module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -9459,237 +9423,243 @@ module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -9700,39 +9670,34 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [7:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -9741,78 +9706,69 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_naive_l8.lane_3.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -9823,18 +9779,18 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_3.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -9854,131 +9810,103 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$40  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -12158,57 +12086,42 @@ module \lpsgld_w8_naive_l8.lane_3.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_3.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_3.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -12216,7 +12129,7 @@ module \lpsgld_w8_naive_l8.lane_3.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -12228,51 +12141,53 @@ module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -12305,75 +12220,82 @@ module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -12391,237 +12313,243 @@ module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -12632,39 +12560,34 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [7:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -12673,78 +12596,69 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_naive_l8.lane_4.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -12755,18 +12669,18 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_4.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -12786,131 +12700,103 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$40  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -15090,57 +14976,42 @@ module \lpsgld_w8_naive_l8.lane_4.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_4.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_4.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -15148,7 +15019,7 @@ module \lpsgld_w8_naive_l8.lane_4.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -15160,51 +15031,53 @@ module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -15237,75 +15110,82 @@ module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -15323,237 +15203,243 @@ module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -15564,39 +15450,34 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [7:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -15605,78 +15486,69 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_naive_l8.lane_5.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -15687,18 +15559,18 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_5.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -15718,131 +15590,103 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$40  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -18022,57 +17866,42 @@ module \lpsgld_w8_naive_l8.lane_5.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_5.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_5.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$24  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -18080,7 +17909,7 @@ module \lpsgld_w8_naive_l8.lane_5.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$25  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -18092,51 +17921,53 @@ module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -18169,75 +18000,82 @@ module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -18255,237 +18093,243 @@ module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -18496,39 +18340,34 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [7:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -18537,78 +18376,69 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_naive_l8.lane_6.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -18619,18 +18449,18 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_6.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -18650,131 +18480,103 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$40  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -20954,57 +20756,42 @@ module \lpsgld_w8_naive_l8.lane_6.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_6.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_6.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$28  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -21012,7 +20799,7 @@ module \lpsgld_w8_naive_l8.lane_6.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$29  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -21024,51 +20811,53 @@ module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -21101,75 +20890,82 @@ module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -21187,237 +20983,243 @@ module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -21428,39 +21230,34 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
   reg [7:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [23:0] \$11 ;
+  reg [7:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
-  reg [7:0] \$5 ;
+  reg [15:0] \$3 ;
+  reg [11:0] \$4 ;
+  reg [15:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$25 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$23 ;
+  wire \en$26 ;
+  wire \en$34 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$32 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -21469,78 +21266,69 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$28 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$38 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$24 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$31 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$40 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$36 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$30 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    reg_decay <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    reg_noise <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_theta_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_theta_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_theta_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_grad_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_grad_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
+    lane_grad_d2 <= \$11 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$14 ;
   \lpsgld_w8_naive_l8.lane_7.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -21551,18 +21339,18 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_7.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -21582,131 +21370,103 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[23:0];
+    \$3  = step;
+    if (rst) begin
+      \$3  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$4  = lane_gauss;
-    if (en) begin
-      \$4  = words[55:24];
+    \$4  = decay;
+    if (rst) begin
+      \$4  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$5  = lane_theta_d0;
-    if (en) begin
-      \$5  = lane_theta;
+    \$5  = noise;
+    if (rst) begin
+      \$5  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$12  = lane_u_sr_d1;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$12  = lane_u_sr_d0;
+      \$12  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$13  = lane_u_sr_d2;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d1;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$14  = lane_u_sr_d3;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d2;
+      \$14  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$23  = en;
+  assign \step$24  = reg_step;
+  assign \decay$25  = reg_decay;
+  assign \en$26  = en;
+  assign bits = words[55:24];
+  assign \noise$28  = reg_noise;
+  assign \z$30  = z;
+  assign \theta$31  = lane_theta_d2;
+  assign \grad$32  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$34  = en;
+  assign \x$36  = x;
+  assign \state$38  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$40  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -23886,57 +23646,42 @@ module \lpsgld_w8_naive_l8.lane_7.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_7.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_7.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$32  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -23944,7 +23689,7 @@ module \lpsgld_w8_naive_l8.lane_7.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$33  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -23956,51 +23701,53 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -24033,75 +23780,82 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -24119,244 +23873,250 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8880$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24376,12 +24136,12 @@ module \lpsgld_w8_naive_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$8880$0 ;
+  wire [1:0] \port$8880$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -24411,7 +24171,7 @@ module \lpsgld_w8_naive_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$8880$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24424,17 +24184,19 @@ module \lpsgld_w8_naive_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$8880$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$8880$0 [0];
+  assign load1 = \port$8880$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8882$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24454,12 +24216,12 @@ module \lpsgld_w8_naive_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$8882$0 ;
+  wire [1:0] \port$8882$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -24489,7 +24251,7 @@ module \lpsgld_w8_naive_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$8882$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24502,17 +24264,19 @@ module \lpsgld_w8_naive_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$8882$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
+  assign load0 = \port$8882$0 [0];
+  assign load1 = \port$8882$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8884$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24532,12 +24296,12 @@ module \lpsgld_w8_naive_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$8884$0 ;
+  wire [1:0] \port$8884$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -24567,7 +24331,7 @@ module \lpsgld_w8_naive_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$8884$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24580,17 +24344,19 @@ module \lpsgld_w8_naive_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$8884$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
+  assign load0 = \port$8884$0 [0];
+  assign load1 = \port$8884$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8886$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24610,12 +24376,12 @@ module \lpsgld_w8_naive_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$8886$0 ;
+  wire [1:0] \port$8886$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -24645,7 +24411,7 @@ module \lpsgld_w8_naive_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$8886$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24658,17 +24424,19 @@ module \lpsgld_w8_naive_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$8886$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
+  assign load0 = \port$8886$0 [0];
+  assign load1 = \port$8886$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8888$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24688,12 +24456,12 @@ module \lpsgld_w8_naive_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$8888$0 ;
+  wire [1:0] \port$8888$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -24723,7 +24491,7 @@ module \lpsgld_w8_naive_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$8888$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24736,17 +24504,19 @@ module \lpsgld_w8_naive_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$8888$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
+  assign load0 = \port$8888$0 [0];
+  assign load1 = \port$8888$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8890$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24766,12 +24536,12 @@ module \lpsgld_w8_naive_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$8890$0 ;
+  wire [1:0] \port$8890$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -24801,7 +24571,7 @@ module \lpsgld_w8_naive_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$8890$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24814,17 +24584,19 @@ module \lpsgld_w8_naive_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$8890$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
+  assign load0 = \port$8890$0 [0];
+  assign load1 = \port$8890$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8892$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24844,12 +24616,12 @@ module \lpsgld_w8_naive_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$8892$0 ;
+  wire [1:0] \port$8892$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -24879,7 +24651,7 @@ module \lpsgld_w8_naive_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$8892$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24892,17 +24664,19 @@ module \lpsgld_w8_naive_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$8892$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
+  assign load0 = \port$8892$0 [0];
+  assign load1 = \port$8892$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8894$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24922,12 +24696,12 @@ module \lpsgld_w8_naive_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$8894$0 ;
+  wire [1:0] \port$8894$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -24957,7 +24731,7 @@ module \lpsgld_w8_naive_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$8894$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24970,11 +24744,13 @@ module \lpsgld_w8_naive_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$8894$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
+  assign load0 = \port$8894$0 [0];
+  assign load1 = \port$8894$0 [1];
 endmodule

@@ -39,13 +39,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$39 ;
   wire \$4 ;
   reg \$40 ;
-  reg [15:0] \$41 ;
-  reg [11:0] \$42 ;
+  reg \$41 ;
+  reg \$42 ;
   reg [15:0] \$43 ;
-  reg [14:0] \$44 ;
-  reg \$45 ;
-  reg \$5 ;
-  reg \$6 ;
+  reg [11:0] \$44 ;
+  reg [15:0] \$45 ;
+  reg [14:0] \$46 ;
+  reg \$47 ;
+  reg [1:0] \$48 ;
+  wire \$5 ;
+  wire [1:0] \$6 ;
   reg \$7 ;
   reg \$8 ;
   reg \$9 ;
@@ -58,7 +61,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
+  reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
   wire [7:0] grad;
@@ -98,6 +101,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [14:0] reg_vc_var;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg [1:0] seed_load_0 = 2'h0;
   input [16:0] sink__payload;
   wire [16:0] sink__payload;
   wire [7:0] \sink__payload.grad ;
@@ -122,9 +128,8 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
-  reg [15:0] \step$44  = 16'h0000;
+  reg [15:0] \step$46  = 16'h0000;
   wire [7:0] theta;
-  wire transfer;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -149,255 +154,232 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [7:0] weight;
   wire [63:0] words;
   always @(posedge clk)
-    keep_4 <= \$26 ;
+    keep_3 <= \$27 ;
   always @(posedge clk)
-    keep_5 <= \$27 ;
+    keep_4 <= \$28 ;
   always @(posedge clk)
-    keep_6 <= \$28 ;
+    keep_5 <= \$29 ;
   always @(posedge clk)
-    keep_7 <= \$29 ;
+    keep_6 <= \$30 ;
   always @(posedge clk)
-    keep_8 <= \$30 ;
+    keep_7 <= \$31 ;
   always @(posedge clk)
-    keep_9 <= \$31 ;
+    keep_8 <= \$32 ;
   always @(posedge clk)
-    keep_10 <= \$32 ;
+    keep_9 <= \$33 ;
   always @(posedge clk)
-    keep_11 <= \$33 ;
+    keep_10 <= \$34 ;
   always @(posedge clk)
-    keep_12 <= \$34 ;
+    keep_11 <= \$35 ;
   always @(posedge clk)
-    keep_13 <= \$35 ;
+    keep_12 <= \$36 ;
   always @(posedge clk)
-    keep_14 <= \$36 ;
+    keep_13 <= \$37 ;
   always @(posedge clk)
-    keep_15 <= \$37 ;
+    keep_14 <= \$38 ;
   always @(posedge clk)
-    keep_16 <= \$38 ;
+    keep_15 <= \$39 ;
   always @(posedge clk)
-    keep_17 <= \$39 ;
+    keep_16 <= \$40 ;
   always @(posedge clk)
-    keep_18 <= \$40 ;
+    keep_17 <= \$41 ;
   always @(posedge clk)
-    \step$44  <= \$41 ;
+    keep_18 <= \$42 ;
   always @(posedge clk)
-    decay <= \$42 ;
+    \step$46  <= \$43 ;
   always @(posedge clk)
-    noise <= \$43 ;
+    decay <= \$44 ;
   always @(posedge clk)
-    vc_var <= \$44 ;
+    noise <= \$45 ;
   always @(posedge clk)
-    vc_noise <= \$45 ;
+    vc_var <= \$46 ;
+  always @(posedge clk)
+    vc_noise <= \$47 ;
+  always @(posedge clk)
+    data <= ctl__data;
+  always @(posedge clk)
+    seed_load_0 <= \$48 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
-  assign transfer = sink__valid & sink__ready;
   assign \$2  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
+  assign \$3  = sink__ready & valid_1;
+  assign step = \$3  & keep_1;
+  assign \$4  = ctl__addr == 9'h100;
+  assign \$5  = ctl__addr == 9'h101;
+  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$5 ;
+    valid_1 <= \$7 ;
   always @(posedge clk)
-    keep_1 <= \$6 ;
+    keep_1 <= \$8 ;
   always @(posedge clk)
-    valid_2 <= \$7 ;
+    valid_2 <= \$9 ;
   always @(posedge clk)
-    valid_3 <= \$8 ;
+    valid_3 <= \$10 ;
   always @(posedge clk)
-    valid_4 <= \$9 ;
+    valid_4 <= \$11 ;
   always @(posedge clk)
-    valid_5 <= \$10 ;
+    valid_5 <= \$12 ;
   always @(posedge clk)
-    valid_6 <= \$11 ;
+    valid_6 <= \$13 ;
   always @(posedge clk)
-    valid_7 <= \$12 ;
+    valid_7 <= \$14 ;
   always @(posedge clk)
-    valid_8 <= \$13 ;
+    valid_8 <= \$15 ;
   always @(posedge clk)
-    valid_9 <= \$14 ;
+    valid_9 <= \$16 ;
   always @(posedge clk)
-    valid_10 <= \$15 ;
+    valid_10 <= \$17 ;
   always @(posedge clk)
-    valid_11 <= \$16 ;
+    valid_11 <= \$18 ;
   always @(posedge clk)
-    valid_12 <= \$17 ;
+    valid_12 <= \$19 ;
   always @(posedge clk)
-    valid_13 <= \$18 ;
+    valid_13 <= \$20 ;
   always @(posedge clk)
-    valid_14 <= \$19 ;
+    valid_14 <= \$21 ;
   always @(posedge clk)
-    valid_15 <= \$20 ;
+    valid_15 <= \$22 ;
   always @(posedge clk)
-    valid_16 <= \$21 ;
+    valid_16 <= \$23 ;
   always @(posedge clk)
-    valid_17 <= \$22 ;
+    valid_17 <= \$24 ;
   always @(posedge clk)
-    source__valid <= \$23 ;
+    source__valid <= \$25 ;
   always @(posedge clk)
-    keep_2 <= \$24 ;
-  always @(posedge clk)
-    keep_3 <= \$25 ;
+    keep_2 <= \$26 ;
   \lpsgld_w8_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
     .en(sink__ready),
-    .\noise$42 (noise),
+    .noise(noise),
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
     .state(state),
-    .step(\step$44 ),
+    .step(\step$46 ),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .words(words)
   );
   \lpsgld_w8_vc_l1.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(load0),
-    .load1(load1),
+    .data(data),
     .out(words),
+    .\port$1261$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_5;
+    \$28  = keep_4;
     if (sink__ready) begin
-      \$27  = keep_4;
+      \$28  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_6;
+    \$29  = keep_5;
     if (sink__ready) begin
-      \$28  = keep_5;
+      \$29  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_7;
+    \$30  = keep_6;
     if (sink__ready) begin
-      \$29  = keep_6;
+      \$30  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_8;
+    \$31  = keep_7;
     if (sink__ready) begin
-      \$30  = keep_7;
+      \$31  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_9;
+    \$32  = keep_8;
     if (sink__ready) begin
-      \$31  = keep_8;
+      \$32  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_10;
+    \$33  = keep_9;
     if (sink__ready) begin
-      \$32  = keep_9;
+      \$33  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_11;
+    \$34  = keep_10;
     if (sink__ready) begin
-      \$33  = keep_10;
+      \$34  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_12;
+    \$35  = keep_11;
     if (sink__ready) begin
-      \$34  = keep_11;
+      \$35  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_13;
+    \$36  = keep_12;
     if (sink__ready) begin
-      \$35  = keep_12;
+      \$36  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_14;
+    \$37  = keep_13;
     if (sink__ready) begin
-      \$36  = keep_13;
+      \$37  = keep_12;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_15;
+    \$38  = keep_14;
     if (sink__ready) begin
-      \$37  = keep_14;
+      \$38  = keep_13;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_16;
+    \$39  = keep_15;
     if (sink__ready) begin
-      \$38  = keep_15;
+      \$39  = keep_14;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_17;
+    \$40  = keep_16;
     if (sink__ready) begin
-      \$39  = keep_16;
+      \$40  = keep_15;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_18;
+    \$41  = keep_17;
     if (sink__ready) begin
-      \$40  = keep_17;
+      \$41  = keep_16;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = \step$44 ;
+    \$42  = keep_18;
+    if (sink__ready) begin
+      \$42  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = \step$46 ;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$41  = ctl__data[15:0];
-      endcase
-    end
-    if (rst) begin
-      \$41  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = decay;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$42  = ctl__data[11:0];
-      endcase
-    end
-    if (rst) begin
-      \$42  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
             \$43  = ctl__data[15:0];
       endcase
     end
@@ -407,7 +389,39 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = vc_var;
+    \$44  = decay;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$44  = ctl__data[11:0];
+      endcase
+    end
+    if (rst) begin
+      \$44  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = noise;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$45  = ctl__data[15:0];
+      endcase
+    end
+    if (rst) begin
+      \$45  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = vc_var;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -417,16 +431,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$44  = ctl__data[14:0];
+            \$46  = ctl__data[14:0];
       endcase
     end
     if (rst) begin
-      \$44  = 15'h0000;
+      \$46  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = vc_noise;
+    \$47  = vc_noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -438,35 +452,25 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$45  = ctl__data[0];
+            \$47  = ctl__data[0];
       endcase
     end
     if (rst) begin
-      \$45  = 1'h0;
+      \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$5  = valid_1;
-    if (sink__ready) begin
-      \$5  = sink__valid;
-    end
+    \$48  = \$6 ;
     if (rst) begin
-      \$5  = 1'h0;
+      \$48  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$6  = keep_1;
+    \$7  = valid_1;
     if (sink__ready) begin
-      \$6  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_2;
-    if (sink__ready) begin
-      \$7  = valid_1;
+      \$7  = sink__valid;
     end
     if (rst) begin
       \$7  = 1'h0;
@@ -474,19 +478,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = valid_3;
+    \$8  = keep_1;
     if (sink__ready) begin
-      \$8  = valid_2;
-    end
-    if (rst) begin
-      \$8  = 1'h0;
+      \$8  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_4;
+    \$9  = valid_2;
     if (sink__ready) begin
-      \$9  = valid_3;
+      \$9  = valid_1;
     end
     if (rst) begin
       \$9  = 1'h0;
@@ -494,9 +495,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_5;
+    \$10  = valid_3;
     if (sink__ready) begin
-      \$10  = valid_4;
+      \$10  = valid_2;
     end
     if (rst) begin
       \$10  = 1'h0;
@@ -504,9 +505,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_6;
+    \$11  = valid_4;
     if (sink__ready) begin
-      \$11  = valid_5;
+      \$11  = valid_3;
     end
     if (rst) begin
       \$11  = 1'h0;
@@ -514,9 +515,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_7;
+    \$12  = valid_5;
     if (sink__ready) begin
-      \$12  = valid_6;
+      \$12  = valid_4;
     end
     if (rst) begin
       \$12  = 1'h0;
@@ -524,9 +525,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_8;
+    \$13  = valid_6;
     if (sink__ready) begin
-      \$13  = valid_7;
+      \$13  = valid_5;
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -534,9 +535,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_9;
+    \$14  = valid_7;
     if (sink__ready) begin
-      \$14  = valid_8;
+      \$14  = valid_6;
     end
     if (rst) begin
       \$14  = 1'h0;
@@ -544,9 +545,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_10;
+    \$15  = valid_8;
     if (sink__ready) begin
-      \$15  = valid_9;
+      \$15  = valid_7;
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -554,9 +555,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_11;
+    \$16  = valid_9;
     if (sink__ready) begin
-      \$16  = valid_10;
+      \$16  = valid_8;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -564,9 +565,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_12;
+    \$17  = valid_10;
     if (sink__ready) begin
-      \$17  = valid_11;
+      \$17  = valid_9;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -574,9 +575,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_13;
+    \$18  = valid_11;
     if (sink__ready) begin
-      \$18  = valid_12;
+      \$18  = valid_10;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -584,9 +585,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_14;
+    \$19  = valid_12;
     if (sink__ready) begin
-      \$19  = valid_13;
+      \$19  = valid_11;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -594,9 +595,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_15;
+    \$20  = valid_13;
     if (sink__ready) begin
-      \$20  = valid_14;
+      \$20  = valid_12;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -604,9 +605,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_16;
+    \$21  = valid_14;
     if (sink__ready) begin
-      \$21  = valid_15;
+      \$21  = valid_13;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -614,9 +615,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_17;
+    \$22  = valid_15;
     if (sink__ready) begin
-      \$22  = valid_16;
+      \$22  = valid_14;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -624,9 +625,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = source__valid;
+    \$23  = valid_16;
     if (sink__ready) begin
-      \$23  = valid_17;
+      \$23  = valid_15;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -634,34 +635,49 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_2;
+    \$24  = valid_17;
     if (sink__ready) begin
-      \$24  = keep_1;
+      \$24  = valid_16;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_3;
+    \$25  = source__valid;
     if (sink__ready) begin
-      \$25  = keep_2;
+      \$25  = valid_17;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_4;
+    \$26  = keep_2;
     if (sink__ready) begin
-      \$26  = keep_3;
+      \$26  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_3;
+    if (sink__ready) begin
+      \$27  = keep_2;
     end
   end
   assign advance = sink__ready;
   assign valid_18 = source__valid;
-  assign data = ctl__data;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
+  assign seed_data = data;
   assign en = sink__ready;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$44 ;
+  assign reg_step = \step$46 ;
   assign reg_decay = decay;
   assign reg_noise = noise;
   assign reg_vc_var = vc_var;
@@ -682,51 +698,54 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, \port$0$3 );
+module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, \port$0$3 );
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
   reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
+  reg [7:0] \$12 ;
+  reg [7:0] \$13 ;
+  reg [7:0] \$14 ;
+  reg [7:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
   reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [16:0] \$20 ;
-  reg [16:0] \$21 ;
-  reg [16:0] \$22 ;
-  reg [16:0] \$23 ;
+  reg [23:0] \$20 ;
+  reg [23:0] \$21 ;
+  reg [23:0] \$22 ;
+  reg [23:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
   reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [7:0] \$7 ;
-  reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [16:0] \$28 ;
+  reg [16:0] \$29 ;
+  reg [7:0] \$3 ;
+  reg [16:0] \$30 ;
+  reg [16:0] \$31 ;
+  reg [15:0] \$4 ;
+  reg [11:0] \$5 ;
+  reg [15:0] \$6 ;
+  reg [14:0] \$7 ;
+  reg \$8 ;
+  reg [15:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$37 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$43 ;
   input en;
   wire en;
-  wire \en$33 ;
-  wire \en$38 ;
-  wire \en$47 ;
+  wire \en$41 ;
+  wire \en$44 ;
+  wire \en$51 ;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$50 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -743,7 +762,6 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -752,97 +770,112 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$46 ;
   wire [7:0] out;
   input [15:0] \port$0$3 ;
   wire [15:0] \port$0$3 ;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_noise_gated = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
+  reg reg_vc_noise = 1'h0;
+  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$35 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$42 ;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$49 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  (* init = 1'h0 *)
+  wire \vc_noise$56 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  (* init = 15'h0000 *)
+  wire [14:0] \vc_var$57 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$53 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$48 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    reg_decay <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    reg_noise <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    reg_vc_var <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    reg_vc_noise <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    reg_noise_gated <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_theta_d0 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_theta_d1 <= \$11 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_theta_d2 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
+    lane_grad_d0 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
+    lane_grad_d1 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_grad_d2 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$15 ;
+    lane_u_sr <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$16 ;
+    lane_u_sr_d0 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$17 ;
+    lane_u_sr_d1 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$18 ;
+    lane_u_sr_d2 <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_sr_d3 <= \$20 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$20 ;
+    lane_u_sr_d4 <= \$21 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$21 ;
+    lane_u_sr_d5 <= \$22 ;
   always @(posedge clk)
-    lane_u_vc_d2 <= \$22 ;
+    lane_u_sr_d6 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc_d3 <= \$23 ;
+    lane_u_vc <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d4 <= \$24 ;
+    lane_u_vc_d0 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d5 <= \$25 ;
+    lane_u_vc_d1 <= \$26 ;
   always @(posedge clk)
-    lane_u_vc_d6 <= \$26 ;
+    lane_u_vc_d2 <= \$27 ;
   always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
+    lane_u_vc_d3 <= \$28 ;
+  always @(posedge clk)
+    lane_u_vc_d4 <= \$29 ;
+  always @(posedge clk)
+    lane_u_vc_d5 <= \$30 ;
+  always @(posedge clk)
+    lane_u_vc_d6 <= \$31 ;
   \lpsgld_w8_vc_l1.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -853,229 +886,251 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
+    .vc_noise(reg_vc_noise),
+    .vc_var(reg_vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l1.lane_0.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = \port$0$3 [7:0];
+      \$2  = \port$0$3 [7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = \port$0$3 [15:8];
+      \$3  = \port$0$3 [15:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = step;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_u_vc;
-    if (en) begin
-      \$4  = words[16:0];
+    \$5  = decay;
+    if (rst) begin
+      \$5  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_gauss;
-    if (en) begin
-      \$5  = words[48:17];
+    \$6  = noise;
+    if (rst) begin
+      \$6  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
-    if (en) begin
-      \$6  = lane_theta;
+    \$7  = vc_var;
+    if (rst) begin
+      \$7  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
-    if (en) begin
-      \$7  = lane_theta_d0;
+    \$8  = vc_noise;
+    if (rst) begin
+      \$8  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_theta_d2;
-    if (en) begin
-      \$8  = lane_theta_d1;
+    \$9  = \$1 ;
+    if (rst) begin
+      \$9  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_theta_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_theta_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$11  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_grad_d2;
+    \$12  = lane_theta_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$12  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$13  = lane_grad_d0;
     if (en) begin
-      \$12  = lane_u_sr;
+      \$13  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$14  = lane_grad_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$14  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$15  = lane_grad_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$15  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d3;
+    \$16  = lane_u_sr;
     if (en) begin
-      \$15  = lane_u_sr_d2;
+      \$16  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr_d4;
+    \$17  = lane_u_sr_d0;
     if (en) begin
-      \$16  = lane_u_sr_d3;
+      \$17  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d5;
+    \$18  = lane_u_sr_d1;
     if (en) begin
-      \$17  = lane_u_sr_d4;
+      \$18  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d6;
+    \$19  = lane_u_sr_d2;
     if (en) begin
-      \$18  = lane_u_sr_d5;
+      \$19  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$20  = lane_u_sr_d3;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$20  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$20  = lane_u_vc_d0;
+    \$21  = lane_u_sr_d4;
     if (en) begin
-      \$20  = lane_u_vc;
+      \$21  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$21  = lane_u_vc_d1;
+    \$22  = lane_u_sr_d5;
     if (en) begin
-      \$21  = lane_u_vc_d0;
+      \$22  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$22  = lane_u_vc_d2;
+    \$23  = lane_u_sr_d6;
     if (en) begin
-      \$22  = lane_u_vc_d1;
+      \$23  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$23  = lane_u_vc_d3;
+    \$24  = lane_u_vc;
     if (en) begin
-      \$23  = lane_u_vc_d2;
+      \$24  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$24  = lane_u_vc_d4;
+    \$25  = lane_u_vc_d0;
     if (en) begin
-      \$24  = lane_u_vc_d3;
+      \$25  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$25  = lane_u_vc_d5;
+    \$26  = lane_u_vc_d1;
     if (en) begin
-      \$25  = lane_u_vc_d4;
+      \$26  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$26  = lane_u_vc_d6;
+    \$27  = lane_u_vc_d2;
     if (en) begin
-      \$26  = lane_u_vc_d5;
+      \$27  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$27  = lane_u_vc_d7;
+    \$28  = lane_u_vc_d3;
     if (en) begin
-      \$27  = lane_u_vc_d6;
+      \$28  = lane_u_vc_d2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$29  = lane_u_vc_d4;
+    if (en) begin
+      \$29  = lane_u_vc_d3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$30  = lane_u_vc_d5;
+    if (en) begin
+      \$30  = lane_u_vc_d4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$31  = lane_u_vc_d6;
+    if (en) begin
+      \$31  = lane_u_vc_d5;
     end
   end
   assign theta = \port$0$3 [7:0];
   assign grad = \port$0$3 [15:8];
-  assign \en$33  = en;
-  assign \step$35  = step;
-  assign \decay$37  = decay;
-  assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign \en$41  = en;
+  assign \step$42  = reg_step;
+  assign \decay$43  = reg_decay;
+  assign \en$44  = en;
+  assign bits = words[48:17];
+  assign \noise$46  = reg_noise_gated;
+  assign \z$48  = z;
+  assign \theta$49  = lane_theta_d2;
+  assign \grad$50  = lane_grad_d2;
+  assign \en$51  = en;
+  assign \x$53  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$56  = reg_vc_noise;
+  assign \vc_var$57  = reg_vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -3971,7 +4026,7 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -4383,7 +4438,7 @@ module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1261$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -4403,12 +4458,12 @@ module \lpsgld_w8_vc_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$1261$0 ;
+  wire [1:0] \port$1261$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -4438,7 +4493,7 @@ module \lpsgld_w8_vc_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$1261$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -4451,11 +4506,13 @@ module \lpsgld_w8_vc_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$1261$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$1261$0 [0];
+  assign load1 = \port$1261$0 [1];
 endmodule

@@ -8,60 +8,84 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [1:0] \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire \$16 ;
+  wire [1:0] \$16 ;
   wire \$17 ;
   wire \$18 ;
-  reg \$19 ;
+  wire [1:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg \$21 ;
-  reg \$22 ;
-  reg \$23 ;
-  reg \$24 ;
-  reg \$25 ;
-  reg \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg \$29 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire [1:0] \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire [1:0] \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire [1:0] \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg \$31 ;
-  reg \$32 ;
-  reg \$33 ;
-  reg \$34 ;
+  wire \$30 ;
+  wire [1:0] \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire [1:0] \$34 ;
   reg \$35 ;
-  reg \$36 ;
+  reg [7:0] \$36 ;
   reg \$37 ;
-  reg [7:0] \$38 ;
-  reg [7:0] \$39 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
-  reg [7:0] \$40 ;
-  reg [7:0] \$41 ;
-  reg [7:0] \$42 ;
-  reg [7:0] \$43 ;
-  reg [7:0] \$44 ;
-  reg [7:0] \$45 ;
-  reg [7:0] \$46 ;
-  reg [7:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg [7:0] \$49 ;
+  reg \$40 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg \$46 ;
+  reg \$47 ;
+  reg \$48 ;
+  reg \$49 ;
   wire \$5 ;
-  reg [7:0] \$50 ;
-  reg [7:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [7:0] \$53 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg \$52 ;
+  reg \$53 ;
   reg [7:0] \$54 ;
-  reg [15:0] \$55 ;
-  reg [11:0] \$56 ;
-  reg [15:0] \$57 ;
-  reg [14:0] \$58 ;
-  reg \$59 ;
+  reg [7:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg [7:0] \$57 ;
+  reg [7:0] \$58 ;
+  reg [7:0] \$59 ;
   wire \$6 ;
+  reg [7:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [7:0] \$63 ;
+  reg [7:0] \$64 ;
+  reg [7:0] \$65 ;
+  reg [7:0] \$66 ;
+  reg [7:0] \$67 ;
+  reg [7:0] \$68 ;
+  reg [7:0] \$69 ;
   wire \$7 ;
+  reg [7:0] \$70 ;
+  reg [15:0] \$71 ;
+  reg [11:0] \$72 ;
+  reg [15:0] \$73 ;
+  reg [14:0] \$74 ;
+  reg \$75 ;
+  reg [1:0] \$76 ;
+  reg [1:0] \$77 ;
+  reg [1:0] \$78 ;
+  reg [1:0] \$79 ;
   wire \$8 ;
+  reg [1:0] \$80 ;
+  reg [1:0] \$81 ;
+  reg [1:0] \$82 ;
+  reg [1:0] \$83 ;
   wire \$9 ;
   wire advance;
   input clk;
@@ -72,45 +96,52 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
-  wire [63:0] \data$105 ;
-  wire [63:0] \data$121 ;
-  wire [63:0] \data$137 ;
-  wire [63:0] \data$153 ;
-  wire [63:0] \data$57 ;
-  wire [63:0] \data$73 ;
-  wire [63:0] \data$89 ;
+  reg [63:0] data = 64'h0000000000000000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$111 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$128 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$145 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$162 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$60 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$77 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$94 ;
   reg [11:0] decay = 12'h000;
   (* init = 12'h000 *)
-  wire [11:0] \decay$114 ;
+  wire [11:0] \decay$103 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$130 ;
+  wire [11:0] \decay$120 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$146 ;
+  wire [11:0] \decay$137 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$162 ;
+  wire [11:0] \decay$154 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$66 ;
+  wire [11:0] \decay$171 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$82 ;
+  wire [11:0] \decay$69 ;
   (* init = 12'h000 *)
-  wire [11:0] \decay$98 ;
+  wire [11:0] \decay$86 ;
   wire en;
-  wire \en$106 ;
-  wire \en$122 ;
-  wire \en$138 ;
-  wire \en$154 ;
-  wire \en$58 ;
-  wire \en$74 ;
-  wire \en$90 ;
+  wire \en$112 ;
+  wire \en$129 ;
+  wire \en$146 ;
+  wire \en$163 ;
+  wire \en$61 ;
+  wire \en$78 ;
+  wire \en$95 ;
   wire [7:0] grad;
-  wire [7:0] \grad$108 ;
-  wire [7:0] \grad$124 ;
-  wire [7:0] \grad$140 ;
-  wire [7:0] \grad$156 ;
-  wire [7:0] \grad$60 ;
-  wire [7:0] \grad$76 ;
-  wire [7:0] \grad$92 ;
+  wire [7:0] \grad$114 ;
+  wire [7:0] \grad$131 ;
+  wire [7:0] \grad$148 ;
+  wire [7:0] \grad$165 ;
+  wire [7:0] \grad$63 ;
+  wire [7:0] \grad$80 ;
+  wire [7:0] \grad$97 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -132,44 +163,44 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$103 ;
-  wire \load0$119 ;
-  wire \load0$135 ;
-  wire \load0$151 ;
-  wire \load0$55 ;
-  wire \load0$71 ;
-  wire \load0$87 ;
+  wire \load0$108 ;
+  wire \load0$125 ;
+  wire \load0$142 ;
+  wire \load0$159 ;
+  wire \load0$57 ;
+  wire \load0$74 ;
+  wire \load0$91 ;
   wire load1;
-  wire \load1$104 ;
-  wire \load1$120 ;
-  wire \load1$136 ;
-  wire \load1$152 ;
-  wire \load1$56 ;
-  wire \load1$72 ;
-  wire \load1$88 ;
+  wire \load1$110 ;
+  wire \load1$127 ;
+  wire \load1$144 ;
+  wire \load1$161 ;
+  wire \load1$59 ;
+  wire \load1$76 ;
+  wire \load1$93 ;
   reg [15:0] noise = 16'h0000;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$115 ;
+  wire [15:0] \noise$104 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$131 ;
+  wire [15:0] \noise$121 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$147 ;
+  wire [15:0] \noise$138 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$163 ;
+  wire [15:0] \noise$155 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$67 ;
+  wire [15:0] \noise$172 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$83 ;
+  wire [15:0] \noise$70 ;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$99 ;
+  wire [15:0] \noise$87 ;
   wire [63:0] out;
-  wire [63:0] \out$110 ;
-  wire [63:0] \out$126 ;
-  wire [63:0] \out$142 ;
-  wire [63:0] \out$158 ;
-  wire [63:0] \out$62 ;
-  wire [63:0] \out$78 ;
-  wire [63:0] \out$94 ;
+  wire [63:0] \out$116 ;
+  wire [63:0] \out$133 ;
+  wire [63:0] \out$150 ;
+  wire [63:0] \out$167 ;
+  wire [63:0] \out$65 ;
+  wire [63:0] \out$82 ;
+  wire [63:0] \out$99 ;
   (* init = 12'h000 *)
   wire [11:0] reg_decay;
   (* init = 16'h0000 *)
@@ -182,6 +213,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [14:0] reg_vc_var;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg [1:0] seed_load_0 = 2'h0;
+  reg [1:0] seed_load_1 = 2'h0;
+  reg [1:0] seed_load_2 = 2'h0;
+  reg [1:0] seed_load_3 = 2'h0;
+  reg [1:0] seed_load_4 = 2'h0;
+  reg [1:0] seed_load_5 = 2'h0;
+  reg [1:0] seed_load_6 = 2'h0;
+  reg [1:0] seed_load_7 = 2'h0;
   input [135:0] sink__payload;
   wire [135:0] sink__payload;
   wire [63:0] \sink__payload.grad ;
@@ -233,45 +274,44 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$111 ;
-  wire [7:0] \state$127 ;
-  wire [7:0] \state$143 ;
-  wire [7:0] \state$159 ;
-  wire [7:0] \state$63 ;
-  wire [7:0] \state$79 ;
-  wire [7:0] \state$95 ;
+  wire [7:0] \state$100 ;
+  wire [7:0] \state$117 ;
+  wire [7:0] \state$134 ;
+  wire [7:0] \state$151 ;
+  wire [7:0] \state$168 ;
+  wire [7:0] \state$66 ;
+  wire [7:0] \state$83 ;
   wire step;
-  wire \step$102 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$113 ;
-  wire \step$118 ;
+  wire [15:0] \step$102 ;
+  wire \step$107 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$129 ;
-  wire \step$134 ;
+  wire [15:0] \step$119 ;
+  wire \step$124 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$145 ;
-  wire \step$150 ;
+  wire [15:0] \step$136 ;
+  wire \step$141 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$161 ;
-  reg [15:0] \step$44  = 16'h0000;
-  wire \step$54 ;
+  wire [15:0] \step$153 ;
+  wire \step$158 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$65 ;
-  wire \step$70 ;
+  wire [15:0] \step$170 ;
+  reg [15:0] \step$46  = 16'h0000;
+  wire \step$56 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$81 ;
-  wire \step$86 ;
+  wire [15:0] \step$68 ;
+  wire \step$73 ;
   (* init = 16'h0000 *)
-  wire [15:0] \step$97 ;
+  wire [15:0] \step$85 ;
+  wire \step$90 ;
   wire [7:0] theta;
-  wire [7:0] \theta$107 ;
-  wire [7:0] \theta$123 ;
-  wire [7:0] \theta$139 ;
-  wire [7:0] \theta$155 ;
-  wire [7:0] \theta$59 ;
-  wire [7:0] \theta$75 ;
-  wire [7:0] \theta$91 ;
-  wire transfer;
+  wire [7:0] \theta$113 ;
+  wire [7:0] \theta$130 ;
+  wire [7:0] \theta$147 ;
+  wire [7:0] \theta$164 ;
+  wire [7:0] \theta$62 ;
+  wire [7:0] \theta$79 ;
+  wire [7:0] \theta$96 ;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -293,186 +333,203 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
   (* init = 1'h0 *)
-  wire \vc_noise$101 ;
+  wire \vc_noise$106 ;
   (* init = 1'h0 *)
-  wire \vc_noise$117 ;
+  wire \vc_noise$123 ;
   (* init = 1'h0 *)
-  wire \vc_noise$133 ;
+  wire \vc_noise$140 ;
   (* init = 1'h0 *)
-  wire \vc_noise$149 ;
+  wire \vc_noise$157 ;
   (* init = 1'h0 *)
-  wire \vc_noise$165 ;
+  wire \vc_noise$174 ;
   (* init = 1'h0 *)
-  wire \vc_noise$69 ;
+  wire \vc_noise$72 ;
   (* init = 1'h0 *)
-  wire \vc_noise$85 ;
+  wire \vc_noise$89 ;
   reg [14:0] vc_var = 15'h0000;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$100 ;
+  wire [14:0] \vc_var$105 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$116 ;
+  wire [14:0] \vc_var$122 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$132 ;
+  wire [14:0] \vc_var$139 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$148 ;
+  wire [14:0] \vc_var$156 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$164 ;
+  wire [14:0] \vc_var$173 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$68 ;
+  wire [14:0] \vc_var$71 ;
   (* init = 15'h0000 *)
-  wire [14:0] \vc_var$84 ;
+  wire [14:0] \vc_var$88 ;
   wire [7:0] weight;
-  wire [7:0] \weight$112 ;
-  wire [7:0] \weight$128 ;
-  wire [7:0] \weight$144 ;
-  wire [7:0] \weight$160 ;
-  wire [7:0] \weight$64 ;
-  wire [7:0] \weight$80 ;
-  wire [7:0] \weight$96 ;
+  wire [7:0] \weight$101 ;
+  wire [7:0] \weight$118 ;
+  wire [7:0] \weight$135 ;
+  wire [7:0] \weight$152 ;
+  wire [7:0] \weight$169 ;
+  wire [7:0] \weight$67 ;
+  wire [7:0] \weight$84 ;
   wire [63:0] words;
-  wire [63:0] \words$109 ;
-  wire [63:0] \words$125 ;
-  wire [63:0] \words$141 ;
-  wire [63:0] \words$157 ;
-  wire [63:0] \words$61 ;
-  wire [63:0] \words$77 ;
-  wire [63:0] \words$93 ;
-  assign \step$150  = transfer & sink__payload[7];
-  assign \$17  = ctl__addr == 9'h10e;
-  assign \load0$151  = ctl__we & \$17 ;
-  assign \$18  = ctl__addr == 9'h10f;
-  assign \load1$152  = ctl__we & \$18 ;
+  wire [63:0] \words$115 ;
+  wire [63:0] \words$132 ;
+  wire [63:0] \words$149 ;
+  wire [63:0] \words$166 ;
+  wire [63:0] \words$64 ;
+  wire [63:0] \words$81 ;
+  wire [63:0] \words$98 ;
+  assign \$9  = sink__ready & valid_1;
+  assign \step$141  = \$9  & keep_1[6];
+  assign \$10  = sink__ready & valid_1;
+  assign \step$158  = \$10  & keep_1[7];
+  assign \$11  = ctl__addr == 9'h100;
+  assign \$12  = ctl__addr == 9'h101;
+  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
+  assign \$14  = ctl__addr == 9'h102;
+  assign \$15  = ctl__addr == 9'h103;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
+  assign \$17  = ctl__addr == 9'h104;
+  assign \$18  = ctl__addr == 9'h105;
+  assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
+  assign \$20  = ctl__addr == 9'h106;
+  assign \$21  = ctl__addr == 9'h107;
+  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
+  assign \$23  = ctl__addr == 9'h108;
+  assign \$24  = ctl__addr == 9'h109;
+  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
+  assign \$26  = ctl__addr == 9'h10a;
+  assign \$27  = ctl__addr == 9'h10b;
+  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
+  assign \$29  = ctl__addr == 9'h10c;
+  assign \$30  = ctl__addr == 9'h10d;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h10e;
+  assign \$33  = ctl__addr == 9'h10f;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$19 ;
+    valid_1 <= \$35 ;
   always @(posedge clk)
-    keep_1 <= \$20 ;
+    keep_1 <= \$36 ;
   always @(posedge clk)
-    valid_2 <= \$21 ;
+    valid_2 <= \$37 ;
   always @(posedge clk)
-    valid_3 <= \$22 ;
+    valid_3 <= \$38 ;
   always @(posedge clk)
-    valid_4 <= \$23 ;
+    valid_4 <= \$39 ;
   always @(posedge clk)
-    valid_5 <= \$24 ;
+    valid_5 <= \$40 ;
   always @(posedge clk)
-    valid_6 <= \$25 ;
+    valid_6 <= \$41 ;
   always @(posedge clk)
-    valid_7 <= \$26 ;
+    valid_7 <= \$42 ;
   always @(posedge clk)
-    valid_8 <= \$27 ;
+    valid_8 <= \$43 ;
   always @(posedge clk)
-    valid_9 <= \$28 ;
+    valid_9 <= \$44 ;
   always @(posedge clk)
-    valid_10 <= \$29 ;
+    valid_10 <= \$45 ;
   always @(posedge clk)
-    valid_11 <= \$30 ;
+    valid_11 <= \$46 ;
   always @(posedge clk)
-    valid_12 <= \$31 ;
+    valid_12 <= \$47 ;
   always @(posedge clk)
-    valid_13 <= \$32 ;
+    valid_13 <= \$48 ;
   always @(posedge clk)
-    valid_14 <= \$33 ;
+    valid_14 <= \$49 ;
   always @(posedge clk)
-    valid_15 <= \$34 ;
+    valid_15 <= \$50 ;
   always @(posedge clk)
-    valid_16 <= \$35 ;
+    valid_16 <= \$51 ;
   always @(posedge clk)
-    valid_17 <= \$36 ;
+    valid_17 <= \$52 ;
   always @(posedge clk)
-    source__valid <= \$37 ;
+    source__valid <= \$53 ;
   always @(posedge clk)
-    keep_2 <= \$38 ;
+    keep_2 <= \$54 ;
   always @(posedge clk)
-    keep_3 <= \$39 ;
+    keep_3 <= \$55 ;
   always @(posedge clk)
-    keep_4 <= \$40 ;
+    keep_4 <= \$56 ;
   always @(posedge clk)
-    keep_5 <= \$41 ;
+    keep_5 <= \$57 ;
   always @(posedge clk)
-    keep_6 <= \$42 ;
+    keep_6 <= \$58 ;
   always @(posedge clk)
-    keep_7 <= \$43 ;
+    keep_7 <= \$59 ;
   always @(posedge clk)
-    keep_8 <= \$44 ;
+    keep_8 <= \$60 ;
   always @(posedge clk)
-    keep_9 <= \$45 ;
+    keep_9 <= \$61 ;
   always @(posedge clk)
-    keep_10 <= \$46 ;
+    keep_10 <= \$62 ;
   always @(posedge clk)
-    keep_11 <= \$47 ;
+    keep_11 <= \$63 ;
   always @(posedge clk)
-    keep_12 <= \$48 ;
+    keep_12 <= \$64 ;
   always @(posedge clk)
-    keep_13 <= \$49 ;
+    keep_13 <= \$65 ;
   always @(posedge clk)
-    keep_14 <= \$50 ;
+    keep_14 <= \$66 ;
   always @(posedge clk)
-    keep_15 <= \$51 ;
+    keep_15 <= \$67 ;
   always @(posedge clk)
-    keep_16 <= \$52 ;
+    keep_16 <= \$68 ;
   always @(posedge clk)
-    keep_17 <= \$53 ;
+    keep_17 <= \$69 ;
   always @(posedge clk)
-    keep_18 <= \$54 ;
+    keep_18 <= \$70 ;
   always @(posedge clk)
-    \step$44  <= \$55 ;
+    \step$46  <= \$71 ;
   always @(posedge clk)
-    decay <= \$56 ;
+    decay <= \$72 ;
   always @(posedge clk)
-    noise <= \$57 ;
+    noise <= \$73 ;
   always @(posedge clk)
-    vc_var <= \$58 ;
+    vc_var <= \$74 ;
   always @(posedge clk)
-    vc_noise <= \$59 ;
+    vc_noise <= \$75 ;
+  always @(posedge clk)
+    data <= ctl__data;
+  always @(posedge clk)
+    seed_load_0 <= \$76 ;
+  always @(posedge clk)
+    seed_load_1 <= \$77 ;
+  always @(posedge clk)
+    seed_load_2 <= \$78 ;
+  always @(posedge clk)
+    seed_load_3 <= \$79 ;
+  always @(posedge clk)
+    seed_load_4 <= \$80 ;
+  always @(posedge clk)
+    seed_load_5 <= \$81 ;
+  always @(posedge clk)
+    seed_load_6 <= \$82 ;
+  always @(posedge clk)
+    seed_load_7 <= \$83 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
-  assign transfer = sink__valid & sink__ready;
   assign \$2  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
-  assign step = transfer & sink__payload[0];
-  assign \$3  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$3 ;
-  assign \$4  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$4 ;
-  assign \step$54  = transfer & sink__payload[1];
-  assign \$5  = ctl__addr == 9'h102;
-  assign \load0$55  = ctl__we & \$5 ;
-  assign \$6  = ctl__addr == 9'h103;
-  assign \load1$56  = ctl__we & \$6 ;
-  assign \step$70  = transfer & sink__payload[2];
-  assign \$7  = ctl__addr == 9'h104;
-  assign \load0$71  = ctl__we & \$7 ;
-  assign \$8  = ctl__addr == 9'h105;
-  assign \load1$72  = ctl__we & \$8 ;
-  assign \step$86  = transfer & sink__payload[3];
-  assign \$9  = ctl__addr == 9'h106;
-  assign \load0$87  = ctl__we & \$9 ;
-  assign \$10  = ctl__addr == 9'h107;
-  assign \load1$88  = ctl__we & \$10 ;
-  assign \step$102  = transfer & sink__payload[4];
-  assign \$11  = ctl__addr == 9'h108;
-  assign \load0$103  = ctl__we & \$11 ;
-  assign \$12  = ctl__addr == 9'h109;
-  assign \load1$104  = ctl__we & \$12 ;
-  assign \step$118  = transfer & sink__payload[5];
-  assign \$13  = ctl__addr == 9'h10a;
-  assign \load0$119  = ctl__we & \$13 ;
-  assign \$14  = ctl__addr == 9'h10b;
-  assign \load1$120  = ctl__we & \$14 ;
-  assign \step$134  = transfer & sink__payload[6];
-  assign \$15  = ctl__addr == 9'h10c;
-  assign \load0$135  = ctl__we & \$15 ;
-  assign \$16  = ctl__addr == 9'h10d;
-  assign \load1$136  = ctl__we & \$16 ;
+  assign \$3  = sink__ready & valid_1;
+  assign step = \$3  & keep_1[0];
+  assign \$4  = sink__ready & valid_1;
+  assign \step$56  = \$4  & keep_1[1];
+  assign \$5  = sink__ready & valid_1;
+  assign \step$73  = \$5  & keep_1[2];
+  assign \$6  = sink__ready & valid_1;
+  assign \step$90  = \$6  & keep_1[3];
+  assign \$7  = sink__ready & valid_1;
+  assign \step$107  = \$7  & keep_1[4];
+  assign \$8  = sink__ready & valid_1;
+  assign \step$124  = \$8  & keep_1[5];
   \lpsgld_w8_vc_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
     .en(sink__ready),
     .grad(sink__payload[79:72]),
-    .\noise$42 (noise),
+    .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$44 ),
+    .step(\step$46 ),
     .theta(sink__payload[15:8]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
@@ -483,333 +540,168 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .decay(decay),
     .en(sink__ready),
     .grad(sink__payload[87:80]),
-    .\noise$42 (noise),
+    .noise(noise),
     .rst(rst),
-    .state(\state$63 ),
-    .step(\step$44 ),
+    .state(\state$66 ),
+    .step(\step$46 ),
     .theta(sink__payload[23:16]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
-    .words(\words$61 )
+    .words(\words$64 )
   );
   \lpsgld_w8_vc_l8.lane_2  lane_2 (
     .clk(clk),
     .decay(decay),
     .en(sink__ready),
     .grad(sink__payload[95:88]),
-    .\noise$42 (noise),
+    .noise(noise),
     .rst(rst),
-    .state(\state$79 ),
-    .step(\step$44 ),
+    .state(\state$83 ),
+    .step(\step$46 ),
     .theta(sink__payload[31:24]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
-    .words(\words$77 )
+    .words(\words$81 )
   );
   \lpsgld_w8_vc_l8.lane_3  lane_3 (
     .clk(clk),
     .decay(decay),
     .en(sink__ready),
     .grad(sink__payload[103:96]),
-    .\noise$42 (noise),
+    .noise(noise),
     .rst(rst),
-    .state(\state$95 ),
-    .step(\step$44 ),
+    .state(\state$100 ),
+    .step(\step$46 ),
     .theta(sink__payload[39:32]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
-    .words(\words$93 )
+    .words(\words$98 )
   );
   \lpsgld_w8_vc_l8.lane_4  lane_4 (
     .clk(clk),
     .decay(decay),
     .en(sink__ready),
     .grad(sink__payload[111:104]),
-    .\noise$42 (noise),
+    .noise(noise),
     .rst(rst),
-    .state(\state$111 ),
-    .step(\step$44 ),
+    .state(\state$117 ),
+    .step(\step$46 ),
     .theta(sink__payload[47:40]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
-    .words(\words$109 )
+    .words(\words$115 )
   );
   \lpsgld_w8_vc_l8.lane_5  lane_5 (
     .clk(clk),
     .decay(decay),
     .en(sink__ready),
     .grad(sink__payload[119:112]),
-    .\noise$42 (noise),
+    .noise(noise),
     .rst(rst),
-    .state(\state$127 ),
-    .step(\step$44 ),
+    .state(\state$134 ),
+    .step(\step$46 ),
     .theta(sink__payload[55:48]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
-    .words(\words$125 )
+    .words(\words$132 )
   );
   \lpsgld_w8_vc_l8.lane_6  lane_6 (
     .clk(clk),
     .decay(decay),
     .en(sink__ready),
     .grad(sink__payload[127:120]),
-    .\noise$42 (noise),
+    .noise(noise),
     .rst(rst),
-    .state(\state$143 ),
-    .step(\step$44 ),
+    .state(\state$151 ),
+    .step(\step$46 ),
     .theta(sink__payload[63:56]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
-    .words(\words$141 )
+    .words(\words$149 )
   );
   \lpsgld_w8_vc_l8.lane_7  lane_7 (
     .clk(clk),
     .decay(decay),
     .en(sink__ready),
     .grad(sink__payload[135:128]),
-    .\noise$42 (noise),
+    .noise(noise),
     .rst(rst),
-    .state(\state$159 ),
-    .step(\step$44 ),
+    .state(\state$168 ),
+    .step(\step$46 ),
     .theta(sink__payload[71:64]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
-    .words(\words$157 )
+    .words(\words$166 )
   );
   \lpsgld_w8_vc_l8.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(load0),
-    .load1(load1),
+    .data(data),
     .out(words),
+    .\port$9374$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w8_vc_l8.rng_1_0  rng_1_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$55 ),
-    .load1(\load1$56 ),
-    .out(\words$61 ),
+    .data(data),
+    .out(\words$64 ),
+    .\port$9376$0 (seed_load_1),
     .rst(rst),
-    .step(\step$54 )
+    .step(\step$56 )
   );
   \lpsgld_w8_vc_l8.rng_2_0  rng_2_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$71 ),
-    .load1(\load1$72 ),
-    .out(\words$77 ),
+    .data(data),
+    .out(\words$81 ),
+    .\port$9378$0 (seed_load_2),
     .rst(rst),
-    .step(\step$70 )
+    .step(\step$73 )
   );
   \lpsgld_w8_vc_l8.rng_3_0  rng_3_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$87 ),
-    .load1(\load1$88 ),
-    .out(\words$93 ),
+    .data(data),
+    .out(\words$98 ),
+    .\port$9380$0 (seed_load_3),
     .rst(rst),
-    .step(\step$86 )
+    .step(\step$90 )
   );
   \lpsgld_w8_vc_l8.rng_4_0  rng_4_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$103 ),
-    .load1(\load1$104 ),
-    .out(\words$109 ),
+    .data(data),
+    .out(\words$115 ),
+    .\port$9382$0 (seed_load_4),
     .rst(rst),
-    .step(\step$102 )
+    .step(\step$107 )
   );
   \lpsgld_w8_vc_l8.rng_5_0  rng_5_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$119 ),
-    .load1(\load1$120 ),
-    .out(\words$125 ),
+    .data(data),
+    .out(\words$132 ),
+    .\port$9384$0 (seed_load_5),
     .rst(rst),
-    .step(\step$118 )
+    .step(\step$124 )
   );
   \lpsgld_w8_vc_l8.rng_6_0  rng_6_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$135 ),
-    .load1(\load1$136 ),
-    .out(\words$141 ),
+    .data(data),
+    .out(\words$149 ),
+    .\port$9386$0 (seed_load_6),
     .rst(rst),
-    .step(\step$134 )
+    .step(\step$141 )
   );
   \lpsgld_w8_vc_l8.rng_7_0  rng_7_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$151 ),
-    .load1(\load1$152 ),
-    .out(\words$157 ),
+    .data(data),
+    .out(\words$166 ),
+    .\port$9388$0 (seed_load_7),
     .rst(rst),
-    .step(\step$150 )
+    .step(\step$158 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_1;
+    \$35  = valid_1;
     if (sink__ready) begin
-      \$19  = sink__valid;
-    end
-    if (rst) begin
-      \$19  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_1;
-    if (sink__ready) begin
-      \$20  = sink__payload[7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_2;
-    if (sink__ready) begin
-      \$21  = valid_1;
-    end
-    if (rst) begin
-      \$21  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_3;
-    if (sink__ready) begin
-      \$22  = valid_2;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_4;
-    if (sink__ready) begin
-      \$23  = valid_3;
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_5;
-    if (sink__ready) begin
-      \$24  = valid_4;
-    end
-    if (rst) begin
-      \$24  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_6;
-    if (sink__ready) begin
-      \$25  = valid_5;
-    end
-    if (rst) begin
-      \$25  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_7;
-    if (sink__ready) begin
-      \$26  = valid_6;
-    end
-    if (rst) begin
-      \$26  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_8;
-    if (sink__ready) begin
-      \$27  = valid_7;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_9;
-    if (sink__ready) begin
-      \$28  = valid_8;
-    end
-    if (rst) begin
-      \$28  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = valid_10;
-    if (sink__ready) begin
-      \$29  = valid_9;
-    end
-    if (rst) begin
-      \$29  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = valid_11;
-    if (sink__ready) begin
-      \$30  = valid_10;
-    end
-    if (rst) begin
-      \$30  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = valid_12;
-    if (sink__ready) begin
-      \$31  = valid_11;
-    end
-    if (rst) begin
-      \$31  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = valid_13;
-    if (sink__ready) begin
-      \$32  = valid_12;
-    end
-    if (rst) begin
-      \$32  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = valid_14;
-    if (sink__ready) begin
-      \$33  = valid_13;
-    end
-    if (rst) begin
-      \$33  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = valid_15;
-    if (sink__ready) begin
-      \$34  = valid_14;
-    end
-    if (rst) begin
-      \$34  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_16;
-    if (sink__ready) begin
-      \$35  = valid_15;
+      \$35  = sink__valid;
     end
     if (rst) begin
       \$35  = 1'h0;
@@ -817,19 +709,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = valid_17;
+    \$36  = keep_1;
     if (sink__ready) begin
-      \$36  = valid_16;
-    end
-    if (rst) begin
-      \$36  = 1'h0;
+      \$36  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = source__valid;
+    \$37  = valid_2;
     if (sink__ready) begin
-      \$37  = valid_17;
+      \$37  = valid_1;
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -837,154 +726,314 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_2;
+    \$38  = valid_3;
     if (sink__ready) begin
-      \$38  = keep_1;
+      \$38  = valid_2;
+    end
+    if (rst) begin
+      \$38  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_3;
+    \$39  = valid_4;
     if (sink__ready) begin
-      \$39  = keep_2;
+      \$39  = valid_3;
+    end
+    if (rst) begin
+      \$39  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_4;
+    \$40  = valid_5;
     if (sink__ready) begin
-      \$40  = keep_3;
+      \$40  = valid_4;
+    end
+    if (rst) begin
+      \$40  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_5;
+    \$41  = valid_6;
     if (sink__ready) begin
-      \$41  = keep_4;
+      \$41  = valid_5;
+    end
+    if (rst) begin
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_6;
+    \$42  = valid_7;
     if (sink__ready) begin
-      \$42  = keep_5;
+      \$42  = valid_6;
+    end
+    if (rst) begin
+      \$42  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_7;
+    \$43  = valid_8;
     if (sink__ready) begin
-      \$43  = keep_6;
+      \$43  = valid_7;
+    end
+    if (rst) begin
+      \$43  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_8;
+    \$44  = valid_9;
     if (sink__ready) begin
-      \$44  = keep_7;
+      \$44  = valid_8;
+    end
+    if (rst) begin
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_9;
+    \$45  = valid_10;
     if (sink__ready) begin
-      \$45  = keep_8;
+      \$45  = valid_9;
+    end
+    if (rst) begin
+      \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_10;
+    \$46  = valid_11;
     if (sink__ready) begin
-      \$46  = keep_9;
+      \$46  = valid_10;
+    end
+    if (rst) begin
+      \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = keep_11;
+    \$47  = valid_12;
     if (sink__ready) begin
-      \$47  = keep_10;
+      \$47  = valid_11;
+    end
+    if (rst) begin
+      \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_12;
+    \$48  = valid_13;
     if (sink__ready) begin
-      \$48  = keep_11;
+      \$48  = valid_12;
+    end
+    if (rst) begin
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_13;
+    \$49  = valid_14;
     if (sink__ready) begin
-      \$49  = keep_12;
+      \$49  = valid_13;
+    end
+    if (rst) begin
+      \$49  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = keep_14;
+    \$50  = valid_15;
     if (sink__ready) begin
-      \$50  = keep_13;
+      \$50  = valid_14;
+    end
+    if (rst) begin
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = keep_15;
+    \$51  = valid_16;
     if (sink__ready) begin
-      \$51  = keep_14;
+      \$51  = valid_15;
+    end
+    if (rst) begin
+      \$51  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = keep_16;
+    \$52  = valid_17;
     if (sink__ready) begin
-      \$52  = keep_15;
+      \$52  = valid_16;
+    end
+    if (rst) begin
+      \$52  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = keep_17;
+    \$53  = source__valid;
     if (sink__ready) begin
-      \$53  = keep_16;
+      \$53  = valid_17;
+    end
+    if (rst) begin
+      \$53  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_18;
+    \$54  = keep_2;
     if (sink__ready) begin
-      \$54  = keep_17;
+      \$54  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = \step$44 ;
+    \$55  = keep_3;
+    if (sink__ready) begin
+      \$55  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$56  = keep_4;
+    if (sink__ready) begin
+      \$56  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$57  = keep_5;
+    if (sink__ready) begin
+      \$57  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$58  = keep_6;
+    if (sink__ready) begin
+      \$58  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = keep_7;
+    if (sink__ready) begin
+      \$59  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$60  = keep_8;
+    if (sink__ready) begin
+      \$60  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$61  = keep_9;
+    if (sink__ready) begin
+      \$61  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = keep_10;
+    if (sink__ready) begin
+      \$62  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = keep_11;
+    if (sink__ready) begin
+      \$63  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = keep_12;
+    if (sink__ready) begin
+      \$64  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = keep_13;
+    if (sink__ready) begin
+      \$65  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = keep_14;
+    if (sink__ready) begin
+      \$66  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = keep_15;
+    if (sink__ready) begin
+      \$67  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = keep_16;
+    if (sink__ready) begin
+      \$68  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = keep_17;
+    if (sink__ready) begin
+      \$69  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = keep_18;
+    if (sink__ready) begin
+      \$70  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = \step$46 ;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$55  = ctl__data[15:0];
+            \$71  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$55  = 16'h0000;
+      \$71  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = decay;
+    \$72  = decay;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$56  = ctl__data[11:0];
+            \$72  = ctl__data[11:0];
       endcase
     end
     if (rst) begin
-      \$56  = 12'h000;
+      \$72  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = noise;
+    \$73  = noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -992,16 +1041,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$57  = ctl__data[15:0];
+            \$73  = ctl__data[15:0];
       endcase
     end
     if (rst) begin
-      \$57  = 16'h0000;
+      \$73  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = vc_var;
+    \$74  = vc_var;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1011,16 +1060,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$58  = ctl__data[14:0];
+            \$74  = ctl__data[14:0];
       endcase
     end
     if (rst) begin
-      \$58  = 15'h0000;
+      \$74  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = vc_noise;
+    \$75  = vc_noise;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1032,103 +1081,175 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$59  = ctl__data[0];
+            \$75  = ctl__data[0];
       endcase
     end
     if (rst) begin
-      \$59  = 1'h0;
+      \$75  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = \$13 ;
+    if (rst) begin
+      \$76  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = \$16 ;
+    if (rst) begin
+      \$77  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = \$19 ;
+    if (rst) begin
+      \$78  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = \$22 ;
+    if (rst) begin
+      \$79  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = \$25 ;
+    if (rst) begin
+      \$80  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = \$28 ;
+    if (rst) begin
+      \$81  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = \$31 ;
+    if (rst) begin
+      \$82  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = \$34 ;
+    if (rst) begin
+      \$83  = 2'h0;
     end
   end
   assign advance = sink__ready;
   assign valid_18 = source__valid;
-  assign data = ctl__data;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
+  assign seed_data = data;
   assign en = sink__ready;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$44 ;
+  assign reg_step = \step$46 ;
   assign reg_decay = decay;
   assign reg_noise = noise;
   assign reg_vc_var = vc_var;
   assign reg_vc_noise = vc_noise;
-  assign \data$57  = ctl__data;
-  assign \en$58  = sink__ready;
-  assign \theta$59  = sink__payload[23:16];
-  assign \grad$60  = sink__payload[87:80];
-  assign \out$62  = \words$61 ;
-  assign \weight$64  = \state$63 ;
-  assign \step$65  = \step$44 ;
-  assign \decay$66  = decay;
-  assign \noise$67  = noise;
-  assign \vc_var$68  = vc_var;
-  assign \vc_noise$69  = vc_noise;
-  assign \data$73  = ctl__data;
-  assign \en$74  = sink__ready;
-  assign \theta$75  = sink__payload[31:24];
-  assign \grad$76  = sink__payload[95:88];
-  assign \out$78  = \words$77 ;
-  assign \weight$80  = \state$79 ;
-  assign \step$81  = \step$44 ;
-  assign \decay$82  = decay;
-  assign \noise$83  = noise;
-  assign \vc_var$84  = vc_var;
-  assign \vc_noise$85  = vc_noise;
-  assign \data$89  = ctl__data;
-  assign \en$90  = sink__ready;
-  assign \theta$91  = sink__payload[39:32];
-  assign \grad$92  = sink__payload[103:96];
-  assign \out$94  = \words$93 ;
-  assign \weight$96  = \state$95 ;
-  assign \step$97  = \step$44 ;
-  assign \decay$98  = decay;
-  assign \noise$99  = noise;
-  assign \vc_var$100  = vc_var;
-  assign \vc_noise$101  = vc_noise;
-  assign \data$105  = ctl__data;
-  assign \en$106  = sink__ready;
-  assign \theta$107  = sink__payload[47:40];
-  assign \grad$108  = sink__payload[111:104];
-  assign \out$110  = \words$109 ;
-  assign \weight$112  = \state$111 ;
-  assign \step$113  = \step$44 ;
-  assign \decay$114  = decay;
-  assign \noise$115  = noise;
-  assign \vc_var$116  = vc_var;
-  assign \vc_noise$117  = vc_noise;
-  assign \data$121  = ctl__data;
-  assign \en$122  = sink__ready;
-  assign \theta$123  = sink__payload[55:48];
-  assign \grad$124  = sink__payload[119:112];
-  assign \out$126  = \words$125 ;
-  assign \weight$128  = \state$127 ;
-  assign \step$129  = \step$44 ;
-  assign \decay$130  = decay;
-  assign \noise$131  = noise;
-  assign \vc_var$132  = vc_var;
-  assign \vc_noise$133  = vc_noise;
-  assign \data$137  = ctl__data;
-  assign \en$138  = sink__ready;
-  assign \theta$139  = sink__payload[63:56];
-  assign \grad$140  = sink__payload[127:120];
-  assign \out$142  = \words$141 ;
-  assign \weight$144  = \state$143 ;
-  assign \step$145  = \step$44 ;
-  assign \decay$146  = decay;
-  assign \noise$147  = noise;
-  assign \vc_var$148  = vc_var;
-  assign \vc_noise$149  = vc_noise;
-  assign \data$153  = ctl__data;
-  assign \en$154  = sink__ready;
-  assign \theta$155  = sink__payload[71:64];
-  assign \grad$156  = sink__payload[135:128];
-  assign \out$158  = \words$157 ;
-  assign \weight$160  = \state$159 ;
-  assign \step$161  = \step$44 ;
-  assign \decay$162  = decay;
-  assign \noise$163  = noise;
-  assign \vc_var$164  = vc_var;
-  assign \vc_noise$165  = vc_noise;
+  assign \load0$57  = seed_load_1[0];
+  assign \load1$59  = seed_load_1[1];
+  assign \data$60  = data;
+  assign \en$61  = sink__ready;
+  assign \theta$62  = sink__payload[23:16];
+  assign \grad$63  = sink__payload[87:80];
+  assign \out$65  = \words$64 ;
+  assign \weight$67  = \state$66 ;
+  assign \step$68  = \step$46 ;
+  assign \decay$69  = decay;
+  assign \noise$70  = noise;
+  assign \vc_var$71  = vc_var;
+  assign \vc_noise$72  = vc_noise;
+  assign \load0$74  = seed_load_2[0];
+  assign \load1$76  = seed_load_2[1];
+  assign \data$77  = data;
+  assign \en$78  = sink__ready;
+  assign \theta$79  = sink__payload[31:24];
+  assign \grad$80  = sink__payload[95:88];
+  assign \out$82  = \words$81 ;
+  assign \weight$84  = \state$83 ;
+  assign \step$85  = \step$46 ;
+  assign \decay$86  = decay;
+  assign \noise$87  = noise;
+  assign \vc_var$88  = vc_var;
+  assign \vc_noise$89  = vc_noise;
+  assign \load0$91  = seed_load_3[0];
+  assign \load1$93  = seed_load_3[1];
+  assign \data$94  = data;
+  assign \en$95  = sink__ready;
+  assign \theta$96  = sink__payload[39:32];
+  assign \grad$97  = sink__payload[103:96];
+  assign \out$99  = \words$98 ;
+  assign \weight$101  = \state$100 ;
+  assign \step$102  = \step$46 ;
+  assign \decay$103  = decay;
+  assign \noise$104  = noise;
+  assign \vc_var$105  = vc_var;
+  assign \vc_noise$106  = vc_noise;
+  assign \load0$108  = seed_load_4[0];
+  assign \load1$110  = seed_load_4[1];
+  assign \data$111  = data;
+  assign \en$112  = sink__ready;
+  assign \theta$113  = sink__payload[47:40];
+  assign \grad$114  = sink__payload[111:104];
+  assign \out$116  = \words$115 ;
+  assign \weight$118  = \state$117 ;
+  assign \step$119  = \step$46 ;
+  assign \decay$120  = decay;
+  assign \noise$121  = noise;
+  assign \vc_var$122  = vc_var;
+  assign \vc_noise$123  = vc_noise;
+  assign \load0$125  = seed_load_5[0];
+  assign \load1$127  = seed_load_5[1];
+  assign \data$128  = data;
+  assign \en$129  = sink__ready;
+  assign \theta$130  = sink__payload[55:48];
+  assign \grad$131  = sink__payload[119:112];
+  assign \out$133  = \words$132 ;
+  assign \weight$135  = \state$134 ;
+  assign \step$136  = \step$46 ;
+  assign \decay$137  = decay;
+  assign \noise$138  = noise;
+  assign \vc_var$139  = vc_var;
+  assign \vc_noise$140  = vc_noise;
+  assign \load0$142  = seed_load_6[0];
+  assign \load1$144  = seed_load_6[1];
+  assign \data$145  = data;
+  assign \en$146  = sink__ready;
+  assign \theta$147  = sink__payload[63:56];
+  assign \grad$148  = sink__payload[127:120];
+  assign \out$150  = \words$149 ;
+  assign \weight$152  = \state$151 ;
+  assign \step$153  = \step$46 ;
+  assign \decay$154  = decay;
+  assign \noise$155  = noise;
+  assign \vc_var$156  = vc_var;
+  assign \vc_noise$157  = vc_noise;
+  assign \load0$159  = seed_load_7[0];
+  assign \load1$161  = seed_load_7[1];
+  assign \data$162  = data;
+  assign \en$163  = sink__ready;
+  assign \theta$164  = sink__payload[71:64];
+  assign \grad$165  = sink__payload[135:128];
+  assign \out$167  = \words$166 ;
+  assign \weight$169  = \state$168 ;
+  assign \step$170  = \step$46 ;
+  assign \decay$171  = decay;
+  assign \noise$172  = noise;
+  assign \vc_var$173  = vc_var;
+  assign \vc_noise$174  = vc_noise;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -1167,72 +1288,75 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$159 ;
-  assign source__payload[71:64] = \state$159 ;
-  assign source__payload[127:120] = \state$143 ;
-  assign source__payload[63:56] = \state$143 ;
-  assign source__payload[119:112] = \state$127 ;
-  assign source__payload[55:48] = \state$127 ;
-  assign source__payload[111:104] = \state$111 ;
-  assign source__payload[47:40] = \state$111 ;
-  assign source__payload[103:96] = \state$95 ;
-  assign source__payload[39:32] = \state$95 ;
-  assign source__payload[95:88] = \state$79 ;
-  assign source__payload[31:24] = \state$79 ;
-  assign source__payload[87:80] = \state$63 ;
-  assign source__payload[23:16] = \state$63 ;
+  assign source__payload[135:128] = \state$168 ;
+  assign source__payload[71:64] = \state$168 ;
+  assign source__payload[127:120] = \state$151 ;
+  assign source__payload[63:56] = \state$151 ;
+  assign source__payload[119:112] = \state$134 ;
+  assign source__payload[55:48] = \state$134 ;
+  assign source__payload[111:104] = \state$117 ;
+  assign source__payload[47:40] = \state$117 ;
+  assign source__payload[103:96] = \state$100 ;
+  assign source__payload[39:32] = \state$100 ;
+  assign source__payload[95:88] = \state$83 ;
+  assign source__payload[31:24] = \state$83 ;
+  assign source__payload[87:80] = \state$66 ;
+  assign source__payload[23:16] = \state$66 ;
   assign source__payload[79:72] = state;
   assign source__payload[15:8] = state;
   assign source__payload[7:0] = keep_18;
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
   reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
+  reg [7:0] \$12 ;
+  reg [7:0] \$13 ;
+  reg [7:0] \$14 ;
+  reg [7:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
   reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [16:0] \$20 ;
-  reg [16:0] \$21 ;
-  reg [16:0] \$22 ;
-  reg [16:0] \$23 ;
+  reg [23:0] \$20 ;
+  reg [23:0] \$21 ;
+  reg [23:0] \$22 ;
+  reg [23:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
   reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [7:0] \$7 ;
-  reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [16:0] \$28 ;
+  reg [16:0] \$29 ;
+  reg [7:0] \$3 ;
+  reg [16:0] \$30 ;
+  reg [16:0] \$31 ;
+  reg [15:0] \$4 ;
+  reg [11:0] \$5 ;
+  reg [15:0] \$6 ;
+  reg [14:0] \$7 ;
+  reg \$8 ;
+  reg [15:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$37 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$43 ;
   input en;
   wire en;
-  wire \en$33 ;
-  wire \en$38 ;
-  wire \en$47 ;
+  wire \en$41 ;
+  wire \en$44 ;
+  wire \en$51 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$50 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -1249,7 +1373,6 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -1258,96 +1381,111 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$46 ;
   wire [7:0] out;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_noise_gated = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
+  reg reg_vc_noise = 1'h0;
+  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$35 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$42 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$49 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  (* init = 1'h0 *)
+  wire \vc_noise$56 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  (* init = 15'h0000 *)
+  wire [14:0] \vc_var$57 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$53 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$48 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    reg_decay <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    reg_noise <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    reg_vc_var <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    reg_vc_noise <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    reg_noise_gated <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_theta_d0 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_theta_d1 <= \$11 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_theta_d2 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
+    lane_grad_d0 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
+    lane_grad_d1 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_grad_d2 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$15 ;
+    lane_u_sr <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$16 ;
+    lane_u_sr_d0 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$17 ;
+    lane_u_sr_d1 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$18 ;
+    lane_u_sr_d2 <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_sr_d3 <= \$20 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$20 ;
+    lane_u_sr_d4 <= \$21 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$21 ;
+    lane_u_sr_d5 <= \$22 ;
   always @(posedge clk)
-    lane_u_vc_d2 <= \$22 ;
+    lane_u_sr_d6 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc_d3 <= \$23 ;
+    lane_u_vc <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d4 <= \$24 ;
+    lane_u_vc_d0 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d5 <= \$25 ;
+    lane_u_vc_d1 <= \$26 ;
   always @(posedge clk)
-    lane_u_vc_d6 <= \$26 ;
+    lane_u_vc_d2 <= \$27 ;
   always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
+    lane_u_vc_d3 <= \$28 ;
+  always @(posedge clk)
+    lane_u_vc_d4 <= \$29 ;
+  always @(posedge clk)
+    lane_u_vc_d5 <= \$30 ;
+  always @(posedge clk)
+    lane_u_vc_d6 <= \$31 ;
   \lpsgld_w8_vc_l8.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -1358,227 +1496,249 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
+    .vc_noise(reg_vc_noise),
+    .vc_var(reg_vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_0.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = step;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_u_vc;
-    if (en) begin
-      \$4  = words[16:0];
+    \$5  = decay;
+    if (rst) begin
+      \$5  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_gauss;
-    if (en) begin
-      \$5  = words[48:17];
+    \$6  = noise;
+    if (rst) begin
+      \$6  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
-    if (en) begin
-      \$6  = lane_theta;
+    \$7  = vc_var;
+    if (rst) begin
+      \$7  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
-    if (en) begin
-      \$7  = lane_theta_d0;
+    \$8  = vc_noise;
+    if (rst) begin
+      \$8  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_theta_d2;
-    if (en) begin
-      \$8  = lane_theta_d1;
+    \$9  = \$1 ;
+    if (rst) begin
+      \$9  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_theta_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_theta_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$11  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_grad_d2;
+    \$12  = lane_theta_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$12  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$13  = lane_grad_d0;
     if (en) begin
-      \$12  = lane_u_sr;
+      \$13  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$14  = lane_grad_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$14  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$15  = lane_grad_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$15  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d3;
+    \$16  = lane_u_sr;
     if (en) begin
-      \$15  = lane_u_sr_d2;
+      \$16  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr_d4;
+    \$17  = lane_u_sr_d0;
     if (en) begin
-      \$16  = lane_u_sr_d3;
+      \$17  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d5;
+    \$18  = lane_u_sr_d1;
     if (en) begin
-      \$17  = lane_u_sr_d4;
+      \$18  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d6;
+    \$19  = lane_u_sr_d2;
     if (en) begin
-      \$18  = lane_u_sr_d5;
+      \$19  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$20  = lane_u_sr_d3;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$20  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$20  = lane_u_vc_d0;
+    \$21  = lane_u_sr_d4;
     if (en) begin
-      \$20  = lane_u_vc;
+      \$21  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$21  = lane_u_vc_d1;
+    \$22  = lane_u_sr_d5;
     if (en) begin
-      \$21  = lane_u_vc_d0;
+      \$22  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$22  = lane_u_vc_d2;
+    \$23  = lane_u_sr_d6;
     if (en) begin
-      \$22  = lane_u_vc_d1;
+      \$23  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$23  = lane_u_vc_d3;
+    \$24  = lane_u_vc;
     if (en) begin
-      \$23  = lane_u_vc_d2;
+      \$24  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$24  = lane_u_vc_d4;
+    \$25  = lane_u_vc_d0;
     if (en) begin
-      \$24  = lane_u_vc_d3;
+      \$25  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$25  = lane_u_vc_d5;
+    \$26  = lane_u_vc_d1;
     if (en) begin
-      \$25  = lane_u_vc_d4;
+      \$26  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$26  = lane_u_vc_d6;
+    \$27  = lane_u_vc_d2;
     if (en) begin
-      \$26  = lane_u_vc_d5;
+      \$27  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$27  = lane_u_vc_d7;
+    \$28  = lane_u_vc_d3;
     if (en) begin
-      \$27  = lane_u_vc_d6;
+      \$28  = lane_u_vc_d2;
     end
   end
-  assign \en$33  = en;
-  assign \step$35  = step;
-  assign \decay$37  = decay;
-  assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$29  = lane_u_vc_d4;
+    if (en) begin
+      \$29  = lane_u_vc_d3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$30  = lane_u_vc_d5;
+    if (en) begin
+      \$30  = lane_u_vc_d4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$31  = lane_u_vc_d6;
+    if (en) begin
+      \$31  = lane_u_vc_d5;
+    end
+  end
+  assign \en$41  = en;
+  assign \step$42  = reg_step;
+  assign \decay$43  = reg_decay;
+  assign \en$44  = en;
+  assign bits = words[48:17];
+  assign \noise$46  = reg_noise_gated;
+  assign \z$48  = z;
+  assign \theta$49  = lane_theta_d2;
+  assign \grad$50  = lane_grad_d2;
+  assign \en$51  = en;
+  assign \x$53  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$56  = reg_vc_noise;
+  assign \vc_var$57  = reg_vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -4474,7 +4634,7 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -4886,52 +5046,55 @@ module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
   reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
+  reg [7:0] \$12 ;
+  reg [7:0] \$13 ;
+  reg [7:0] \$14 ;
+  reg [7:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
   reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [16:0] \$20 ;
-  reg [16:0] \$21 ;
-  reg [16:0] \$22 ;
-  reg [16:0] \$23 ;
+  reg [23:0] \$20 ;
+  reg [23:0] \$21 ;
+  reg [23:0] \$22 ;
+  reg [23:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
   reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [7:0] \$7 ;
-  reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [16:0] \$28 ;
+  reg [16:0] \$29 ;
+  reg [7:0] \$3 ;
+  reg [16:0] \$30 ;
+  reg [16:0] \$31 ;
+  reg [15:0] \$4 ;
+  reg [11:0] \$5 ;
+  reg [15:0] \$6 ;
+  reg [14:0] \$7 ;
+  reg \$8 ;
+  reg [15:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$37 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$43 ;
   input en;
   wire en;
-  wire \en$33 ;
-  wire \en$38 ;
-  wire \en$47 ;
+  wire \en$41 ;
+  wire \en$44 ;
+  wire \en$51 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$50 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -4948,7 +5111,6 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -4957,96 +5119,111 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$46 ;
   wire [7:0] out;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_noise_gated = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
+  reg reg_vc_noise = 1'h0;
+  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$35 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$42 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$49 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  (* init = 1'h0 *)
+  wire \vc_noise$56 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  (* init = 15'h0000 *)
+  wire [14:0] \vc_var$57 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$53 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$48 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    reg_decay <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    reg_noise <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    reg_vc_var <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    reg_vc_noise <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    reg_noise_gated <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_theta_d0 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_theta_d1 <= \$11 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_theta_d2 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
+    lane_grad_d0 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
+    lane_grad_d1 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_grad_d2 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$15 ;
+    lane_u_sr <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$16 ;
+    lane_u_sr_d0 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$17 ;
+    lane_u_sr_d1 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$18 ;
+    lane_u_sr_d2 <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_sr_d3 <= \$20 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$20 ;
+    lane_u_sr_d4 <= \$21 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$21 ;
+    lane_u_sr_d5 <= \$22 ;
   always @(posedge clk)
-    lane_u_vc_d2 <= \$22 ;
+    lane_u_sr_d6 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc_d3 <= \$23 ;
+    lane_u_vc <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d4 <= \$24 ;
+    lane_u_vc_d0 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d5 <= \$25 ;
+    lane_u_vc_d1 <= \$26 ;
   always @(posedge clk)
-    lane_u_vc_d6 <= \$26 ;
+    lane_u_vc_d2 <= \$27 ;
   always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
+    lane_u_vc_d3 <= \$28 ;
+  always @(posedge clk)
+    lane_u_vc_d4 <= \$29 ;
+  always @(posedge clk)
+    lane_u_vc_d5 <= \$30 ;
+  always @(posedge clk)
+    lane_u_vc_d6 <= \$31 ;
   \lpsgld_w8_vc_l8.lane_1.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -5057,227 +5234,249 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
+    .vc_noise(reg_vc_noise),
+    .vc_var(reg_vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_1.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = step;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = lane_u_vc;
-    if (en) begin
-      \$4  = words[16:0];
+    \$5  = decay;
+    if (rst) begin
+      \$5  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = lane_gauss;
-    if (en) begin
-      \$5  = words[48:17];
+    \$6  = noise;
+    if (rst) begin
+      \$6  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d0;
-    if (en) begin
-      \$6  = lane_theta;
+    \$7  = vc_var;
+    if (rst) begin
+      \$7  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_theta_d1;
-    if (en) begin
-      \$7  = lane_theta_d0;
+    \$8  = vc_noise;
+    if (rst) begin
+      \$8  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_theta_d2;
-    if (en) begin
-      \$8  = lane_theta_d1;
+    \$9  = \$1 ;
+    if (rst) begin
+      \$9  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_theta_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_theta_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$11  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_grad_d2;
+    \$12  = lane_theta_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$12  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$13  = lane_grad_d0;
     if (en) begin
-      \$12  = lane_u_sr;
+      \$13  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$14  = lane_grad_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$14  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$15  = lane_grad_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$15  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$15  = lane_u_sr_d3;
+    \$16  = lane_u_sr;
     if (en) begin
-      \$15  = lane_u_sr_d2;
+      \$16  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$16  = lane_u_sr_d4;
+    \$17  = lane_u_sr_d0;
     if (en) begin
-      \$16  = lane_u_sr_d3;
+      \$17  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$17  = lane_u_sr_d5;
+    \$18  = lane_u_sr_d1;
     if (en) begin
-      \$17  = lane_u_sr_d4;
+      \$18  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$18  = lane_u_sr_d6;
+    \$19  = lane_u_sr_d2;
     if (en) begin
-      \$18  = lane_u_sr_d5;
+      \$19  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$20  = lane_u_sr_d3;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$20  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$20  = lane_u_vc_d0;
+    \$21  = lane_u_sr_d4;
     if (en) begin
-      \$20  = lane_u_vc;
+      \$21  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$21  = lane_u_vc_d1;
+    \$22  = lane_u_sr_d5;
     if (en) begin
-      \$21  = lane_u_vc_d0;
+      \$22  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$22  = lane_u_vc_d2;
+    \$23  = lane_u_sr_d6;
     if (en) begin
-      \$22  = lane_u_vc_d1;
+      \$23  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$23  = lane_u_vc_d3;
+    \$24  = lane_u_vc;
     if (en) begin
-      \$23  = lane_u_vc_d2;
+      \$24  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$24  = lane_u_vc_d4;
+    \$25  = lane_u_vc_d0;
     if (en) begin
-      \$24  = lane_u_vc_d3;
+      \$25  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$25  = lane_u_vc_d5;
+    \$26  = lane_u_vc_d1;
     if (en) begin
-      \$25  = lane_u_vc_d4;
+      \$26  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$26  = lane_u_vc_d6;
+    \$27  = lane_u_vc_d2;
     if (en) begin
-      \$26  = lane_u_vc_d5;
+      \$27  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$27  = lane_u_vc_d7;
+    \$28  = lane_u_vc_d3;
     if (en) begin
-      \$27  = lane_u_vc_d6;
+      \$28  = lane_u_vc_d2;
     end
   end
-  assign \en$33  = en;
-  assign \step$35  = step;
-  assign \decay$37  = decay;
-  assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$29  = lane_u_vc_d4;
+    if (en) begin
+      \$29  = lane_u_vc_d3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$30  = lane_u_vc_d5;
+    if (en) begin
+      \$30  = lane_u_vc_d4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$31  = lane_u_vc_d6;
+    if (en) begin
+      \$31  = lane_u_vc_d5;
+    end
+  end
+  assign \en$41  = en;
+  assign \step$42  = reg_step;
+  assign \decay$43  = reg_decay;
+  assign \en$44  = en;
+  assign bits = words[48:17];
+  assign \noise$46  = reg_noise_gated;
+  assign \z$48  = z;
+  assign \theta$49  = lane_theta_d2;
+  assign \grad$50  = lane_grad_d2;
+  assign \en$51  = en;
+  assign \x$53  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$56  = reg_vc_noise;
+  assign \vc_var$57  = reg_vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -8173,7 +8372,7 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -8585,52 +8784,55 @@ module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
   reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
+  reg [7:0] \$12 ;
+  reg [7:0] \$13 ;
+  reg [7:0] \$14 ;
+  reg [7:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
   reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [16:0] \$20 ;
-  reg [16:0] \$21 ;
-  reg [16:0] \$22 ;
-  reg [16:0] \$23 ;
+  reg [23:0] \$20 ;
+  reg [23:0] \$21 ;
+  reg [23:0] \$22 ;
+  reg [23:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
   reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [7:0] \$7 ;
-  reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [16:0] \$28 ;
+  reg [16:0] \$29 ;
+  reg [7:0] \$3 ;
+  reg [16:0] \$30 ;
+  reg [16:0] \$31 ;
+  reg [15:0] \$4 ;
+  reg [11:0] \$5 ;
+  reg [15:0] \$6 ;
+  reg [14:0] \$7 ;
+  reg \$8 ;
+  reg [15:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$37 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$43 ;
   input en;
   wire en;
-  wire \en$33 ;
-  wire \en$38 ;
-  wire \en$47 ;
+  wire \en$41 ;
+  wire \en$44 ;
+  wire \en$51 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$50 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -8647,7 +8849,6 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -8656,96 +8857,111 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$46 ;
   wire [7:0] out;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_noise_gated = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
+  reg reg_vc_noise = 1'h0;
+  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$35 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$42 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$49 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  (* init = 1'h0 *)
+  wire \vc_noise$56 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  (* init = 15'h0000 *)
+  wire [14:0] \vc_var$57 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$53 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$48 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    reg_decay <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    reg_noise <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    reg_vc_var <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    reg_vc_noise <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    reg_noise_gated <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_theta_d0 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_theta_d1 <= \$11 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_theta_d2 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
+    lane_grad_d0 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
+    lane_grad_d1 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_grad_d2 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$15 ;
+    lane_u_sr <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$16 ;
+    lane_u_sr_d0 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$17 ;
+    lane_u_sr_d1 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$18 ;
+    lane_u_sr_d2 <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_sr_d3 <= \$20 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$20 ;
+    lane_u_sr_d4 <= \$21 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$21 ;
+    lane_u_sr_d5 <= \$22 ;
   always @(posedge clk)
-    lane_u_vc_d2 <= \$22 ;
+    lane_u_sr_d6 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc_d3 <= \$23 ;
+    lane_u_vc <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d4 <= \$24 ;
+    lane_u_vc_d0 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d5 <= \$25 ;
+    lane_u_vc_d1 <= \$26 ;
   always @(posedge clk)
-    lane_u_vc_d6 <= \$26 ;
+    lane_u_vc_d2 <= \$27 ;
   always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
+    lane_u_vc_d3 <= \$28 ;
+  always @(posedge clk)
+    lane_u_vc_d4 <= \$29 ;
+  always @(posedge clk)
+    lane_u_vc_d5 <= \$30 ;
+  always @(posedge clk)
+    lane_u_vc_d6 <= \$31 ;
   \lpsgld_w8_vc_l8.lane_2.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -8756,227 +8972,249 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
+    .vc_noise(reg_vc_noise),
+    .vc_var(reg_vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_2.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = step;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = lane_u_vc;
-    if (en) begin
-      \$4  = words[16:0];
+    \$5  = decay;
+    if (rst) begin
+      \$5  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = lane_gauss;
-    if (en) begin
-      \$5  = words[48:17];
+    \$6  = noise;
+    if (rst) begin
+      \$6  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d0;
-    if (en) begin
-      \$6  = lane_theta;
+    \$7  = vc_var;
+    if (rst) begin
+      \$7  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_theta_d1;
-    if (en) begin
-      \$7  = lane_theta_d0;
+    \$8  = vc_noise;
+    if (rst) begin
+      \$8  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_theta_d2;
-    if (en) begin
-      \$8  = lane_theta_d1;
+    \$9  = \$1 ;
+    if (rst) begin
+      \$9  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_theta_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_theta_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$11  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_grad_d2;
+    \$12  = lane_theta_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$12  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$13  = lane_grad_d0;
     if (en) begin
-      \$12  = lane_u_sr;
+      \$13  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$14  = lane_grad_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$14  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$15  = lane_grad_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$15  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$15  = lane_u_sr_d3;
+    \$16  = lane_u_sr;
     if (en) begin
-      \$15  = lane_u_sr_d2;
+      \$16  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$16  = lane_u_sr_d4;
+    \$17  = lane_u_sr_d0;
     if (en) begin
-      \$16  = lane_u_sr_d3;
+      \$17  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$17  = lane_u_sr_d5;
+    \$18  = lane_u_sr_d1;
     if (en) begin
-      \$17  = lane_u_sr_d4;
+      \$18  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$18  = lane_u_sr_d6;
+    \$19  = lane_u_sr_d2;
     if (en) begin
-      \$18  = lane_u_sr_d5;
+      \$19  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$20  = lane_u_sr_d3;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$20  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$20  = lane_u_vc_d0;
+    \$21  = lane_u_sr_d4;
     if (en) begin
-      \$20  = lane_u_vc;
+      \$21  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$21  = lane_u_vc_d1;
+    \$22  = lane_u_sr_d5;
     if (en) begin
-      \$21  = lane_u_vc_d0;
+      \$22  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$22  = lane_u_vc_d2;
+    \$23  = lane_u_sr_d6;
     if (en) begin
-      \$22  = lane_u_vc_d1;
+      \$23  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$23  = lane_u_vc_d3;
+    \$24  = lane_u_vc;
     if (en) begin
-      \$23  = lane_u_vc_d2;
+      \$24  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$24  = lane_u_vc_d4;
+    \$25  = lane_u_vc_d0;
     if (en) begin
-      \$24  = lane_u_vc_d3;
+      \$25  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$25  = lane_u_vc_d5;
+    \$26  = lane_u_vc_d1;
     if (en) begin
-      \$25  = lane_u_vc_d4;
+      \$26  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$26  = lane_u_vc_d6;
+    \$27  = lane_u_vc_d2;
     if (en) begin
-      \$26  = lane_u_vc_d5;
+      \$27  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$27  = lane_u_vc_d7;
+    \$28  = lane_u_vc_d3;
     if (en) begin
-      \$27  = lane_u_vc_d6;
+      \$28  = lane_u_vc_d2;
     end
   end
-  assign \en$33  = en;
-  assign \step$35  = step;
-  assign \decay$37  = decay;
-  assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$29  = lane_u_vc_d4;
+    if (en) begin
+      \$29  = lane_u_vc_d3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$30  = lane_u_vc_d5;
+    if (en) begin
+      \$30  = lane_u_vc_d4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$31  = lane_u_vc_d6;
+    if (en) begin
+      \$31  = lane_u_vc_d5;
+    end
+  end
+  assign \en$41  = en;
+  assign \step$42  = reg_step;
+  assign \decay$43  = reg_decay;
+  assign \en$44  = en;
+  assign bits = words[48:17];
+  assign \noise$46  = reg_noise_gated;
+  assign \z$48  = z;
+  assign \theta$49  = lane_theta_d2;
+  assign \grad$50  = lane_grad_d2;
+  assign \en$51  = en;
+  assign \x$53  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$56  = reg_vc_noise;
+  assign \vc_var$57  = reg_vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -11872,7 +12110,7 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -12284,52 +12522,55 @@ module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
   reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
+  reg [7:0] \$12 ;
+  reg [7:0] \$13 ;
+  reg [7:0] \$14 ;
+  reg [7:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
   reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [16:0] \$20 ;
-  reg [16:0] \$21 ;
-  reg [16:0] \$22 ;
-  reg [16:0] \$23 ;
+  reg [23:0] \$20 ;
+  reg [23:0] \$21 ;
+  reg [23:0] \$22 ;
+  reg [23:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
   reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [7:0] \$7 ;
-  reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [16:0] \$28 ;
+  reg [16:0] \$29 ;
+  reg [7:0] \$3 ;
+  reg [16:0] \$30 ;
+  reg [16:0] \$31 ;
+  reg [15:0] \$4 ;
+  reg [11:0] \$5 ;
+  reg [15:0] \$6 ;
+  reg [14:0] \$7 ;
+  reg \$8 ;
+  reg [15:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$37 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$43 ;
   input en;
   wire en;
-  wire \en$33 ;
-  wire \en$38 ;
-  wire \en$47 ;
+  wire \en$41 ;
+  wire \en$44 ;
+  wire \en$51 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$50 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -12346,7 +12587,6 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -12355,96 +12595,111 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$46 ;
   wire [7:0] out;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_noise_gated = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
+  reg reg_vc_noise = 1'h0;
+  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$35 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$42 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$49 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  (* init = 1'h0 *)
+  wire \vc_noise$56 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  (* init = 15'h0000 *)
+  wire [14:0] \vc_var$57 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$53 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$48 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    reg_decay <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    reg_noise <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    reg_vc_var <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    reg_vc_noise <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    reg_noise_gated <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_theta_d0 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_theta_d1 <= \$11 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_theta_d2 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
+    lane_grad_d0 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
+    lane_grad_d1 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_grad_d2 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$15 ;
+    lane_u_sr <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$16 ;
+    lane_u_sr_d0 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$17 ;
+    lane_u_sr_d1 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$18 ;
+    lane_u_sr_d2 <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_sr_d3 <= \$20 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$20 ;
+    lane_u_sr_d4 <= \$21 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$21 ;
+    lane_u_sr_d5 <= \$22 ;
   always @(posedge clk)
-    lane_u_vc_d2 <= \$22 ;
+    lane_u_sr_d6 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc_d3 <= \$23 ;
+    lane_u_vc <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d4 <= \$24 ;
+    lane_u_vc_d0 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d5 <= \$25 ;
+    lane_u_vc_d1 <= \$26 ;
   always @(posedge clk)
-    lane_u_vc_d6 <= \$26 ;
+    lane_u_vc_d2 <= \$27 ;
   always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
+    lane_u_vc_d3 <= \$28 ;
+  always @(posedge clk)
+    lane_u_vc_d4 <= \$29 ;
+  always @(posedge clk)
+    lane_u_vc_d5 <= \$30 ;
+  always @(posedge clk)
+    lane_u_vc_d6 <= \$31 ;
   \lpsgld_w8_vc_l8.lane_3.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -12455,227 +12710,249 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
+    .vc_noise(reg_vc_noise),
+    .vc_var(reg_vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_3.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = step;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = lane_u_vc;
-    if (en) begin
-      \$4  = words[16:0];
+    \$5  = decay;
+    if (rst) begin
+      \$5  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = lane_gauss;
-    if (en) begin
-      \$5  = words[48:17];
+    \$6  = noise;
+    if (rst) begin
+      \$6  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d0;
-    if (en) begin
-      \$6  = lane_theta;
+    \$7  = vc_var;
+    if (rst) begin
+      \$7  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_theta_d1;
-    if (en) begin
-      \$7  = lane_theta_d0;
+    \$8  = vc_noise;
+    if (rst) begin
+      \$8  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_theta_d2;
-    if (en) begin
-      \$8  = lane_theta_d1;
+    \$9  = \$1 ;
+    if (rst) begin
+      \$9  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_theta_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_theta_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$11  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_grad_d2;
+    \$12  = lane_theta_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$12  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$13  = lane_grad_d0;
     if (en) begin
-      \$12  = lane_u_sr;
+      \$13  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$14  = lane_grad_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$14  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$15  = lane_grad_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$15  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$15  = lane_u_sr_d3;
+    \$16  = lane_u_sr;
     if (en) begin
-      \$15  = lane_u_sr_d2;
+      \$16  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$16  = lane_u_sr_d4;
+    \$17  = lane_u_sr_d0;
     if (en) begin
-      \$16  = lane_u_sr_d3;
+      \$17  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$17  = lane_u_sr_d5;
+    \$18  = lane_u_sr_d1;
     if (en) begin
-      \$17  = lane_u_sr_d4;
+      \$18  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$18  = lane_u_sr_d6;
+    \$19  = lane_u_sr_d2;
     if (en) begin
-      \$18  = lane_u_sr_d5;
+      \$19  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$20  = lane_u_sr_d3;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$20  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$20  = lane_u_vc_d0;
+    \$21  = lane_u_sr_d4;
     if (en) begin
-      \$20  = lane_u_vc;
+      \$21  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$21  = lane_u_vc_d1;
+    \$22  = lane_u_sr_d5;
     if (en) begin
-      \$21  = lane_u_vc_d0;
+      \$22  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$22  = lane_u_vc_d2;
+    \$23  = lane_u_sr_d6;
     if (en) begin
-      \$22  = lane_u_vc_d1;
+      \$23  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$23  = lane_u_vc_d3;
+    \$24  = lane_u_vc;
     if (en) begin
-      \$23  = lane_u_vc_d2;
+      \$24  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$24  = lane_u_vc_d4;
+    \$25  = lane_u_vc_d0;
     if (en) begin
-      \$24  = lane_u_vc_d3;
+      \$25  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$25  = lane_u_vc_d5;
+    \$26  = lane_u_vc_d1;
     if (en) begin
-      \$25  = lane_u_vc_d4;
+      \$26  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$26  = lane_u_vc_d6;
+    \$27  = lane_u_vc_d2;
     if (en) begin
-      \$26  = lane_u_vc_d5;
+      \$27  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$27  = lane_u_vc_d7;
+    \$28  = lane_u_vc_d3;
     if (en) begin
-      \$27  = lane_u_vc_d6;
+      \$28  = lane_u_vc_d2;
     end
   end
-  assign \en$33  = en;
-  assign \step$35  = step;
-  assign \decay$37  = decay;
-  assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$29  = lane_u_vc_d4;
+    if (en) begin
+      \$29  = lane_u_vc_d3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$30  = lane_u_vc_d5;
+    if (en) begin
+      \$30  = lane_u_vc_d4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$31  = lane_u_vc_d6;
+    if (en) begin
+      \$31  = lane_u_vc_d5;
+    end
+  end
+  assign \en$41  = en;
+  assign \step$42  = reg_step;
+  assign \decay$43  = reg_decay;
+  assign \en$44  = en;
+  assign bits = words[48:17];
+  assign \noise$46  = reg_noise_gated;
+  assign \z$48  = z;
+  assign \theta$49  = lane_theta_d2;
+  assign \grad$50  = lane_grad_d2;
+  assign \en$51  = en;
+  assign \x$53  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$56  = reg_vc_noise;
+  assign \vc_var$57  = reg_vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -15571,7 +15848,7 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -15983,52 +16260,55 @@ module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
   reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
+  reg [7:0] \$12 ;
+  reg [7:0] \$13 ;
+  reg [7:0] \$14 ;
+  reg [7:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
   reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [16:0] \$20 ;
-  reg [16:0] \$21 ;
-  reg [16:0] \$22 ;
-  reg [16:0] \$23 ;
+  reg [23:0] \$20 ;
+  reg [23:0] \$21 ;
+  reg [23:0] \$22 ;
+  reg [23:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
   reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [7:0] \$7 ;
-  reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [16:0] \$28 ;
+  reg [16:0] \$29 ;
+  reg [7:0] \$3 ;
+  reg [16:0] \$30 ;
+  reg [16:0] \$31 ;
+  reg [15:0] \$4 ;
+  reg [11:0] \$5 ;
+  reg [15:0] \$6 ;
+  reg [14:0] \$7 ;
+  reg \$8 ;
+  reg [15:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$37 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$43 ;
   input en;
   wire en;
-  wire \en$33 ;
-  wire \en$38 ;
-  wire \en$47 ;
+  wire \en$41 ;
+  wire \en$44 ;
+  wire \en$51 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$50 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -16045,7 +16325,6 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -16054,96 +16333,111 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$46 ;
   wire [7:0] out;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_noise_gated = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
+  reg reg_vc_noise = 1'h0;
+  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$35 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$42 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$49 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  (* init = 1'h0 *)
+  wire \vc_noise$56 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  (* init = 15'h0000 *)
+  wire [14:0] \vc_var$57 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$53 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$48 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    reg_decay <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    reg_noise <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    reg_vc_var <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    reg_vc_noise <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    reg_noise_gated <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_theta_d0 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_theta_d1 <= \$11 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_theta_d2 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
+    lane_grad_d0 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
+    lane_grad_d1 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_grad_d2 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$15 ;
+    lane_u_sr <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$16 ;
+    lane_u_sr_d0 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$17 ;
+    lane_u_sr_d1 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$18 ;
+    lane_u_sr_d2 <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_sr_d3 <= \$20 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$20 ;
+    lane_u_sr_d4 <= \$21 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$21 ;
+    lane_u_sr_d5 <= \$22 ;
   always @(posedge clk)
-    lane_u_vc_d2 <= \$22 ;
+    lane_u_sr_d6 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc_d3 <= \$23 ;
+    lane_u_vc <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d4 <= \$24 ;
+    lane_u_vc_d0 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d5 <= \$25 ;
+    lane_u_vc_d1 <= \$26 ;
   always @(posedge clk)
-    lane_u_vc_d6 <= \$26 ;
+    lane_u_vc_d2 <= \$27 ;
   always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
+    lane_u_vc_d3 <= \$28 ;
+  always @(posedge clk)
+    lane_u_vc_d4 <= \$29 ;
+  always @(posedge clk)
+    lane_u_vc_d5 <= \$30 ;
+  always @(posedge clk)
+    lane_u_vc_d6 <= \$31 ;
   \lpsgld_w8_vc_l8.lane_4.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -16154,227 +16448,249 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
+    .vc_noise(reg_vc_noise),
+    .vc_var(reg_vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_4.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = step;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$4  = lane_u_vc;
-    if (en) begin
-      \$4  = words[16:0];
+    \$5  = decay;
+    if (rst) begin
+      \$5  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$5  = lane_gauss;
-    if (en) begin
-      \$5  = words[48:17];
+    \$6  = noise;
+    if (rst) begin
+      \$6  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$6  = lane_theta_d0;
-    if (en) begin
-      \$6  = lane_theta;
+    \$7  = vc_var;
+    if (rst) begin
+      \$7  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$7  = lane_theta_d1;
-    if (en) begin
-      \$7  = lane_theta_d0;
+    \$8  = vc_noise;
+    if (rst) begin
+      \$8  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$8  = lane_theta_d2;
-    if (en) begin
-      \$8  = lane_theta_d1;
+    \$9  = \$1 ;
+    if (rst) begin
+      \$9  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_theta_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_theta_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$11  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = lane_grad_d2;
+    \$12  = lane_theta_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$12  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$13  = lane_grad_d0;
     if (en) begin
-      \$12  = lane_u_sr;
+      \$13  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$14  = lane_grad_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$14  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$15  = lane_grad_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$15  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$15  = lane_u_sr_d3;
+    \$16  = lane_u_sr;
     if (en) begin
-      \$15  = lane_u_sr_d2;
+      \$16  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$16  = lane_u_sr_d4;
+    \$17  = lane_u_sr_d0;
     if (en) begin
-      \$16  = lane_u_sr_d3;
+      \$17  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$17  = lane_u_sr_d5;
+    \$18  = lane_u_sr_d1;
     if (en) begin
-      \$17  = lane_u_sr_d4;
+      \$18  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$18  = lane_u_sr_d6;
+    \$19  = lane_u_sr_d2;
     if (en) begin
-      \$18  = lane_u_sr_d5;
+      \$19  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$20  = lane_u_sr_d3;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$20  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$20  = lane_u_vc_d0;
+    \$21  = lane_u_sr_d4;
     if (en) begin
-      \$20  = lane_u_vc;
+      \$21  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$21  = lane_u_vc_d1;
+    \$22  = lane_u_sr_d5;
     if (en) begin
-      \$21  = lane_u_vc_d0;
+      \$22  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$22  = lane_u_vc_d2;
+    \$23  = lane_u_sr_d6;
     if (en) begin
-      \$22  = lane_u_vc_d1;
+      \$23  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$23  = lane_u_vc_d3;
+    \$24  = lane_u_vc;
     if (en) begin
-      \$23  = lane_u_vc_d2;
+      \$24  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$24  = lane_u_vc_d4;
+    \$25  = lane_u_vc_d0;
     if (en) begin
-      \$24  = lane_u_vc_d3;
+      \$25  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$25  = lane_u_vc_d5;
+    \$26  = lane_u_vc_d1;
     if (en) begin
-      \$25  = lane_u_vc_d4;
+      \$26  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$26  = lane_u_vc_d6;
+    \$27  = lane_u_vc_d2;
     if (en) begin
-      \$26  = lane_u_vc_d5;
+      \$27  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$27  = lane_u_vc_d7;
+    \$28  = lane_u_vc_d3;
     if (en) begin
-      \$27  = lane_u_vc_d6;
+      \$28  = lane_u_vc_d2;
     end
   end
-  assign \en$33  = en;
-  assign \step$35  = step;
-  assign \decay$37  = decay;
-  assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$29  = lane_u_vc_d4;
+    if (en) begin
+      \$29  = lane_u_vc_d3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$30  = lane_u_vc_d5;
+    if (en) begin
+      \$30  = lane_u_vc_d4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$31  = lane_u_vc_d6;
+    if (en) begin
+      \$31  = lane_u_vc_d5;
+    end
+  end
+  assign \en$41  = en;
+  assign \step$42  = reg_step;
+  assign \decay$43  = reg_decay;
+  assign \en$44  = en;
+  assign bits = words[48:17];
+  assign \noise$46  = reg_noise_gated;
+  assign \z$48  = z;
+  assign \theta$49  = lane_theta_d2;
+  assign \grad$50  = lane_grad_d2;
+  assign \en$51  = en;
+  assign \x$53  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$56  = reg_vc_noise;
+  assign \vc_var$57  = reg_vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -19270,7 +19586,7 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -19682,52 +19998,55 @@ module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
   reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
+  reg [7:0] \$12 ;
+  reg [7:0] \$13 ;
+  reg [7:0] \$14 ;
+  reg [7:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
   reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [16:0] \$20 ;
-  reg [16:0] \$21 ;
-  reg [16:0] \$22 ;
-  reg [16:0] \$23 ;
+  reg [23:0] \$20 ;
+  reg [23:0] \$21 ;
+  reg [23:0] \$22 ;
+  reg [23:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
   reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [7:0] \$7 ;
-  reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [16:0] \$28 ;
+  reg [16:0] \$29 ;
+  reg [7:0] \$3 ;
+  reg [16:0] \$30 ;
+  reg [16:0] \$31 ;
+  reg [15:0] \$4 ;
+  reg [11:0] \$5 ;
+  reg [15:0] \$6 ;
+  reg [14:0] \$7 ;
+  reg \$8 ;
+  reg [15:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$37 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$43 ;
   input en;
   wire en;
-  wire \en$33 ;
-  wire \en$38 ;
-  wire \en$47 ;
+  wire \en$41 ;
+  wire \en$44 ;
+  wire \en$51 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$50 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -19744,7 +20063,6 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -19753,96 +20071,111 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$46 ;
   wire [7:0] out;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_noise_gated = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
+  reg reg_vc_noise = 1'h0;
+  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$35 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$42 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$49 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  (* init = 1'h0 *)
+  wire \vc_noise$56 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  (* init = 15'h0000 *)
+  wire [14:0] \vc_var$57 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$53 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$48 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    reg_decay <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    reg_noise <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    reg_vc_var <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    reg_vc_noise <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    reg_noise_gated <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_theta_d0 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_theta_d1 <= \$11 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_theta_d2 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
+    lane_grad_d0 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
+    lane_grad_d1 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_grad_d2 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$15 ;
+    lane_u_sr <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$16 ;
+    lane_u_sr_d0 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$17 ;
+    lane_u_sr_d1 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$18 ;
+    lane_u_sr_d2 <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_sr_d3 <= \$20 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$20 ;
+    lane_u_sr_d4 <= \$21 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$21 ;
+    lane_u_sr_d5 <= \$22 ;
   always @(posedge clk)
-    lane_u_vc_d2 <= \$22 ;
+    lane_u_sr_d6 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc_d3 <= \$23 ;
+    lane_u_vc <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d4 <= \$24 ;
+    lane_u_vc_d0 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d5 <= \$25 ;
+    lane_u_vc_d1 <= \$26 ;
   always @(posedge clk)
-    lane_u_vc_d6 <= \$26 ;
+    lane_u_vc_d2 <= \$27 ;
   always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
+    lane_u_vc_d3 <= \$28 ;
+  always @(posedge clk)
+    lane_u_vc_d4 <= \$29 ;
+  always @(posedge clk)
+    lane_u_vc_d5 <= \$30 ;
+  always @(posedge clk)
+    lane_u_vc_d6 <= \$31 ;
   \lpsgld_w8_vc_l8.lane_5.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -19853,227 +20186,249 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
+    .vc_noise(reg_vc_noise),
+    .vc_var(reg_vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_5.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = step;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$4  = lane_u_vc;
-    if (en) begin
-      \$4  = words[16:0];
+    \$5  = decay;
+    if (rst) begin
+      \$5  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$5  = lane_gauss;
-    if (en) begin
-      \$5  = words[48:17];
+    \$6  = noise;
+    if (rst) begin
+      \$6  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$6  = lane_theta_d0;
-    if (en) begin
-      \$6  = lane_theta;
+    \$7  = vc_var;
+    if (rst) begin
+      \$7  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$7  = lane_theta_d1;
-    if (en) begin
-      \$7  = lane_theta_d0;
+    \$8  = vc_noise;
+    if (rst) begin
+      \$8  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$8  = lane_theta_d2;
-    if (en) begin
-      \$8  = lane_theta_d1;
+    \$9  = \$1 ;
+    if (rst) begin
+      \$9  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_theta_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_theta_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$11  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$11  = lane_grad_d2;
+    \$12  = lane_theta_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$12  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$13  = lane_grad_d0;
     if (en) begin
-      \$12  = lane_u_sr;
+      \$13  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$14  = lane_grad_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$14  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$15  = lane_grad_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$15  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$15  = lane_u_sr_d3;
+    \$16  = lane_u_sr;
     if (en) begin
-      \$15  = lane_u_sr_d2;
+      \$16  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$16  = lane_u_sr_d4;
+    \$17  = lane_u_sr_d0;
     if (en) begin
-      \$16  = lane_u_sr_d3;
+      \$17  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$17  = lane_u_sr_d5;
+    \$18  = lane_u_sr_d1;
     if (en) begin
-      \$17  = lane_u_sr_d4;
+      \$18  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$18  = lane_u_sr_d6;
+    \$19  = lane_u_sr_d2;
     if (en) begin
-      \$18  = lane_u_sr_d5;
+      \$19  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$20  = lane_u_sr_d3;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$20  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$20  = lane_u_vc_d0;
+    \$21  = lane_u_sr_d4;
     if (en) begin
-      \$20  = lane_u_vc;
+      \$21  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$21  = lane_u_vc_d1;
+    \$22  = lane_u_sr_d5;
     if (en) begin
-      \$21  = lane_u_vc_d0;
+      \$22  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$22  = lane_u_vc_d2;
+    \$23  = lane_u_sr_d6;
     if (en) begin
-      \$22  = lane_u_vc_d1;
+      \$23  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$23  = lane_u_vc_d3;
+    \$24  = lane_u_vc;
     if (en) begin
-      \$23  = lane_u_vc_d2;
+      \$24  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$24  = lane_u_vc_d4;
+    \$25  = lane_u_vc_d0;
     if (en) begin
-      \$24  = lane_u_vc_d3;
+      \$25  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$25  = lane_u_vc_d5;
+    \$26  = lane_u_vc_d1;
     if (en) begin
-      \$25  = lane_u_vc_d4;
+      \$26  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$26  = lane_u_vc_d6;
+    \$27  = lane_u_vc_d2;
     if (en) begin
-      \$26  = lane_u_vc_d5;
+      \$27  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$27  = lane_u_vc_d7;
+    \$28  = lane_u_vc_d3;
     if (en) begin
-      \$27  = lane_u_vc_d6;
+      \$28  = lane_u_vc_d2;
     end
   end
-  assign \en$33  = en;
-  assign \step$35  = step;
-  assign \decay$37  = decay;
-  assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
+    \$29  = lane_u_vc_d4;
+    if (en) begin
+      \$29  = lane_u_vc_d3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
+    \$30  = lane_u_vc_d5;
+    if (en) begin
+      \$30  = lane_u_vc_d4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
+    \$31  = lane_u_vc_d6;
+    if (en) begin
+      \$31  = lane_u_vc_d5;
+    end
+  end
+  assign \en$41  = en;
+  assign \step$42  = reg_step;
+  assign \decay$43  = reg_decay;
+  assign \en$44  = en;
+  assign bits = words[48:17];
+  assign \noise$46  = reg_noise_gated;
+  assign \z$48  = z;
+  assign \theta$49  = lane_theta_d2;
+  assign \grad$50  = lane_grad_d2;
+  assign \en$51  = en;
+  assign \x$53  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$56  = reg_vc_noise;
+  assign \vc_var$57  = reg_vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -22969,7 +23324,7 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$25  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -23381,52 +23736,55 @@ module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
   reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
+  reg [7:0] \$12 ;
+  reg [7:0] \$13 ;
+  reg [7:0] \$14 ;
+  reg [7:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
   reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [16:0] \$20 ;
-  reg [16:0] \$21 ;
-  reg [16:0] \$22 ;
-  reg [16:0] \$23 ;
+  reg [23:0] \$20 ;
+  reg [23:0] \$21 ;
+  reg [23:0] \$22 ;
+  reg [23:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
   reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [7:0] \$7 ;
-  reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [16:0] \$28 ;
+  reg [16:0] \$29 ;
+  reg [7:0] \$3 ;
+  reg [16:0] \$30 ;
+  reg [16:0] \$31 ;
+  reg [15:0] \$4 ;
+  reg [11:0] \$5 ;
+  reg [15:0] \$6 ;
+  reg [14:0] \$7 ;
+  reg \$8 ;
+  reg [15:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$37 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$43 ;
   input en;
   wire en;
-  wire \en$33 ;
-  wire \en$38 ;
-  wire \en$47 ;
+  wire \en$41 ;
+  wire \en$44 ;
+  wire \en$51 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$50 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -23443,7 +23801,6 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -23452,96 +23809,111 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$46 ;
   wire [7:0] out;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_noise_gated = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
+  reg reg_vc_noise = 1'h0;
+  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$35 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$42 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$49 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  (* init = 1'h0 *)
+  wire \vc_noise$56 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  (* init = 15'h0000 *)
+  wire [14:0] \vc_var$57 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$53 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$48 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    reg_decay <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    reg_noise <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    reg_vc_var <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    reg_vc_noise <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    reg_noise_gated <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_theta_d0 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_theta_d1 <= \$11 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_theta_d2 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
+    lane_grad_d0 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
+    lane_grad_d1 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_grad_d2 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$15 ;
+    lane_u_sr <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$16 ;
+    lane_u_sr_d0 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$17 ;
+    lane_u_sr_d1 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$18 ;
+    lane_u_sr_d2 <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_sr_d3 <= \$20 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$20 ;
+    lane_u_sr_d4 <= \$21 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$21 ;
+    lane_u_sr_d5 <= \$22 ;
   always @(posedge clk)
-    lane_u_vc_d2 <= \$22 ;
+    lane_u_sr_d6 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc_d3 <= \$23 ;
+    lane_u_vc <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d4 <= \$24 ;
+    lane_u_vc_d0 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d5 <= \$25 ;
+    lane_u_vc_d1 <= \$26 ;
   always @(posedge clk)
-    lane_u_vc_d6 <= \$26 ;
+    lane_u_vc_d2 <= \$27 ;
   always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
+    lane_u_vc_d3 <= \$28 ;
+  always @(posedge clk)
+    lane_u_vc_d4 <= \$29 ;
+  always @(posedge clk)
+    lane_u_vc_d5 <= \$30 ;
+  always @(posedge clk)
+    lane_u_vc_d6 <= \$31 ;
   \lpsgld_w8_vc_l8.lane_6.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -23552,227 +23924,249 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
+    .vc_noise(reg_vc_noise),
+    .vc_var(reg_vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_6.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = step;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$4  = lane_u_vc;
-    if (en) begin
-      \$4  = words[16:0];
+    \$5  = decay;
+    if (rst) begin
+      \$5  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$5  = lane_gauss;
-    if (en) begin
-      \$5  = words[48:17];
+    \$6  = noise;
+    if (rst) begin
+      \$6  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$6  = lane_theta_d0;
-    if (en) begin
-      \$6  = lane_theta;
+    \$7  = vc_var;
+    if (rst) begin
+      \$7  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$7  = lane_theta_d1;
-    if (en) begin
-      \$7  = lane_theta_d0;
+    \$8  = vc_noise;
+    if (rst) begin
+      \$8  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$8  = lane_theta_d2;
-    if (en) begin
-      \$8  = lane_theta_d1;
+    \$9  = \$1 ;
+    if (rst) begin
+      \$9  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_theta_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_theta_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$11  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$11  = lane_grad_d2;
+    \$12  = lane_theta_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$12  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$13  = lane_grad_d0;
     if (en) begin
-      \$12  = lane_u_sr;
+      \$13  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$14  = lane_grad_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$14  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$15  = lane_grad_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$15  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$15  = lane_u_sr_d3;
+    \$16  = lane_u_sr;
     if (en) begin
-      \$15  = lane_u_sr_d2;
+      \$16  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$16  = lane_u_sr_d4;
+    \$17  = lane_u_sr_d0;
     if (en) begin
-      \$16  = lane_u_sr_d3;
+      \$17  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$17  = lane_u_sr_d5;
+    \$18  = lane_u_sr_d1;
     if (en) begin
-      \$17  = lane_u_sr_d4;
+      \$18  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$18  = lane_u_sr_d6;
+    \$19  = lane_u_sr_d2;
     if (en) begin
-      \$18  = lane_u_sr_d5;
+      \$19  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$20  = lane_u_sr_d3;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$20  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$20  = lane_u_vc_d0;
+    \$21  = lane_u_sr_d4;
     if (en) begin
-      \$20  = lane_u_vc;
+      \$21  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$21  = lane_u_vc_d1;
+    \$22  = lane_u_sr_d5;
     if (en) begin
-      \$21  = lane_u_vc_d0;
+      \$22  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$22  = lane_u_vc_d2;
+    \$23  = lane_u_sr_d6;
     if (en) begin
-      \$22  = lane_u_vc_d1;
+      \$23  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$23  = lane_u_vc_d3;
+    \$24  = lane_u_vc;
     if (en) begin
-      \$23  = lane_u_vc_d2;
+      \$24  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$24  = lane_u_vc_d4;
+    \$25  = lane_u_vc_d0;
     if (en) begin
-      \$24  = lane_u_vc_d3;
+      \$25  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$25  = lane_u_vc_d5;
+    \$26  = lane_u_vc_d1;
     if (en) begin
-      \$25  = lane_u_vc_d4;
+      \$26  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$26  = lane_u_vc_d6;
+    \$27  = lane_u_vc_d2;
     if (en) begin
-      \$26  = lane_u_vc_d5;
+      \$27  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$27  = lane_u_vc_d7;
+    \$28  = lane_u_vc_d3;
     if (en) begin
-      \$27  = lane_u_vc_d6;
+      \$28  = lane_u_vc_d2;
     end
   end
-  assign \en$33  = en;
-  assign \step$35  = step;
-  assign \decay$37  = decay;
-  assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
+    \$29  = lane_u_vc_d4;
+    if (en) begin
+      \$29  = lane_u_vc_d3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
+    \$30  = lane_u_vc_d5;
+    if (en) begin
+      \$30  = lane_u_vc_d4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
+    \$31  = lane_u_vc_d6;
+    if (en) begin
+      \$31  = lane_u_vc_d5;
+    end
+  end
+  assign \en$41  = en;
+  assign \step$42  = reg_step;
+  assign \decay$43  = reg_decay;
+  assign \en$44  = en;
+  assign bits = words[48:17];
+  assign \noise$46  = reg_noise_gated;
+  assign \z$48  = z;
+  assign \theta$49  = lane_theta_d2;
+  assign \grad$50  = lane_grad_d2;
+  assign \en$51  = en;
+  assign \x$53  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$56  = reg_vc_noise;
+  assign \vc_var$57  = reg_vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -26668,7 +27062,7 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$29  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -27080,52 +27474,55 @@ module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
   reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
+  reg [7:0] \$12 ;
+  reg [7:0] \$13 ;
+  reg [7:0] \$14 ;
+  reg [7:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
   reg [23:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [16:0] \$20 ;
-  reg [16:0] \$21 ;
-  reg [16:0] \$22 ;
-  reg [16:0] \$23 ;
+  reg [23:0] \$20 ;
+  reg [23:0] \$21 ;
+  reg [23:0] \$22 ;
+  reg [23:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
   reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [7:0] \$7 ;
-  reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [16:0] \$28 ;
+  reg [16:0] \$29 ;
+  reg [7:0] \$3 ;
+  reg [16:0] \$30 ;
+  reg [16:0] \$31 ;
+  reg [15:0] \$4 ;
+  reg [11:0] \$5 ;
+  reg [15:0] \$6 ;
+  reg [14:0] \$7 ;
+  reg \$8 ;
+  reg [15:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$37 ;
+  (* init = 12'h000 *)
+  wire [11:0] \decay$43 ;
   input en;
   wire en;
-  wire \en$33 ;
-  wire \en$38 ;
-  wire \en$47 ;
+  wire \en$41 ;
+  wire \en$44 ;
+  wire \en$51 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$50 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -27142,7 +27539,6 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -27151,96 +27547,111 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$46 ;
   wire [7:0] out;
+  reg [11:0] reg_decay = 12'h000;
+  reg [15:0] reg_noise = 16'h0000;
+  reg [15:0] reg_noise_gated = 16'h0000;
+  reg [15:0] reg_step = 16'h0000;
+  reg reg_vc_noise = 1'h0;
+  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$35 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \step$42 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$49 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  (* init = 1'h0 *)
+  wire \vc_noise$56 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  (* init = 15'h0000 *)
+  wire [14:0] \vc_var$57 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$53 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$48 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_step <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    reg_decay <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    reg_noise <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    reg_vc_var <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    reg_vc_noise <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    reg_noise_gated <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_theta_d0 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_theta_d1 <= \$11 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_theta_d2 <= \$12 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
+    lane_grad_d0 <= \$13 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
+    lane_grad_d1 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_grad_d2 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$15 ;
+    lane_u_sr <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$16 ;
+    lane_u_sr_d0 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$17 ;
+    lane_u_sr_d1 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$18 ;
+    lane_u_sr_d2 <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_sr_d3 <= \$20 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$20 ;
+    lane_u_sr_d4 <= \$21 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$21 ;
+    lane_u_sr_d5 <= \$22 ;
   always @(posedge clk)
-    lane_u_vc_d2 <= \$22 ;
+    lane_u_sr_d6 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc_d3 <= \$23 ;
+    lane_u_vc <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d4 <= \$24 ;
+    lane_u_vc_d0 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d5 <= \$25 ;
+    lane_u_vc_d1 <= \$26 ;
   always @(posedge clk)
-    lane_u_vc_d6 <= \$26 ;
+    lane_u_vc_d2 <= \$27 ;
   always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
+    lane_u_vc_d3 <= \$28 ;
+  always @(posedge clk)
+    lane_u_vc_d4 <= \$29 ;
+  always @(posedge clk)
+    lane_u_vc_d5 <= \$30 ;
+  always @(posedge clk)
+    lane_u_vc_d6 <= \$31 ;
   \lpsgld_w8_vc_l8.lane_7.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -27251,227 +27662,249 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
+    .vc_noise(reg_vc_noise),
+    .vc_var(reg_vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_7.sum  sum (
     .clk(clk),
-    .decay(decay),
+    .decay(reg_decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
-    .step(step),
+    .step(reg_step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = step;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$4  = lane_u_vc;
-    if (en) begin
-      \$4  = words[16:0];
+    \$5  = decay;
+    if (rst) begin
+      \$5  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$5  = lane_gauss;
-    if (en) begin
-      \$5  = words[48:17];
+    \$6  = noise;
+    if (rst) begin
+      \$6  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$6  = lane_theta_d0;
-    if (en) begin
-      \$6  = lane_theta;
+    \$7  = vc_var;
+    if (rst) begin
+      \$7  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$7  = lane_theta_d1;
-    if (en) begin
-      \$7  = lane_theta_d0;
+    \$8  = vc_noise;
+    if (rst) begin
+      \$8  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$8  = lane_theta_d2;
-    if (en) begin
-      \$8  = lane_theta_d1;
+    \$9  = \$1 ;
+    if (rst) begin
+      \$9  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_theta_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_theta_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$11  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$11  = lane_grad_d2;
+    \$12  = lane_theta_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$12  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$13  = lane_grad_d0;
     if (en) begin
-      \$12  = lane_u_sr;
+      \$13  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$14  = lane_grad_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$14  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$15  = lane_grad_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$15  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$15  = lane_u_sr_d3;
+    \$16  = lane_u_sr;
     if (en) begin
-      \$15  = lane_u_sr_d2;
+      \$16  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$16  = lane_u_sr_d4;
+    \$17  = lane_u_sr_d0;
     if (en) begin
-      \$16  = lane_u_sr_d3;
+      \$17  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$17  = lane_u_sr_d5;
+    \$18  = lane_u_sr_d1;
     if (en) begin
-      \$17  = lane_u_sr_d4;
+      \$18  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$18  = lane_u_sr_d6;
+    \$19  = lane_u_sr_d2;
     if (en) begin
-      \$18  = lane_u_sr_d5;
+      \$19  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$20  = lane_u_sr_d3;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$20  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$20  = lane_u_vc_d0;
+    \$21  = lane_u_sr_d4;
     if (en) begin
-      \$20  = lane_u_vc;
+      \$21  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$21  = lane_u_vc_d1;
+    \$22  = lane_u_sr_d5;
     if (en) begin
-      \$21  = lane_u_vc_d0;
+      \$22  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$22  = lane_u_vc_d2;
+    \$23  = lane_u_sr_d6;
     if (en) begin
-      \$22  = lane_u_vc_d1;
+      \$23  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$23  = lane_u_vc_d3;
+    \$24  = lane_u_vc;
     if (en) begin
-      \$23  = lane_u_vc_d2;
+      \$24  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$24  = lane_u_vc_d4;
+    \$25  = lane_u_vc_d0;
     if (en) begin
-      \$24  = lane_u_vc_d3;
+      \$25  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$25  = lane_u_vc_d5;
+    \$26  = lane_u_vc_d1;
     if (en) begin
-      \$25  = lane_u_vc_d4;
+      \$26  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$26  = lane_u_vc_d6;
+    \$27  = lane_u_vc_d2;
     if (en) begin
-      \$26  = lane_u_vc_d5;
+      \$27  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$27  = lane_u_vc_d7;
+    \$28  = lane_u_vc_d3;
     if (en) begin
-      \$27  = lane_u_vc_d6;
+      \$28  = lane_u_vc_d2;
     end
   end
-  assign \en$33  = en;
-  assign \step$35  = step;
-  assign \decay$37  = decay;
-  assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
+    \$29  = lane_u_vc_d4;
+    if (en) begin
+      \$29  = lane_u_vc_d3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
+    \$30  = lane_u_vc_d5;
+    if (en) begin
+      \$30  = lane_u_vc_d4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
+    \$31  = lane_u_vc_d6;
+    if (en) begin
+      \$31  = lane_u_vc_d5;
+    end
+  end
+  assign \en$41  = en;
+  assign \step$42  = reg_step;
+  assign \decay$43  = reg_decay;
+  assign \en$44  = en;
+  assign bits = words[48:17];
+  assign \noise$46  = reg_noise_gated;
+  assign \z$48  = z;
+  assign \theta$49  = lane_theta_d2;
+  assign \grad$50  = lane_grad_d2;
+  assign \en$51  = en;
+  assign \x$53  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$56  = reg_vc_noise;
+  assign \vc_var$57  = reg_vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -30367,7 +30800,7 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$33  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -30779,7 +31212,7 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9374$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -30799,12 +31232,12 @@ module \lpsgld_w8_vc_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9374$0 ;
+  wire [1:0] \port$9374$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -30834,7 +31267,7 @@ module \lpsgld_w8_vc_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9374$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -30847,17 +31280,19 @@ module \lpsgld_w8_vc_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9374$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$9374$0 [0];
+  assign load1 = \port$9374$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9376$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -30877,12 +31312,12 @@ module \lpsgld_w8_vc_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9376$0 ;
+  wire [1:0] \port$9376$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -30912,7 +31347,7 @@ module \lpsgld_w8_vc_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9376$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -30925,17 +31360,19 @@ module \lpsgld_w8_vc_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9376$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
+  assign load0 = \port$9376$0 [0];
+  assign load1 = \port$9376$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9378$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -30955,12 +31392,12 @@ module \lpsgld_w8_vc_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9378$0 ;
+  wire [1:0] \port$9378$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -30990,7 +31427,7 @@ module \lpsgld_w8_vc_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9378$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31003,17 +31440,19 @@ module \lpsgld_w8_vc_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9378$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
+  assign load0 = \port$9378$0 [0];
+  assign load1 = \port$9378$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9380$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31033,12 +31472,12 @@ module \lpsgld_w8_vc_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9380$0 ;
+  wire [1:0] \port$9380$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -31068,7 +31507,7 @@ module \lpsgld_w8_vc_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9380$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31081,17 +31520,19 @@ module \lpsgld_w8_vc_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9380$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
+  assign load0 = \port$9380$0 [0];
+  assign load1 = \port$9380$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9382$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31111,12 +31552,12 @@ module \lpsgld_w8_vc_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9382$0 ;
+  wire [1:0] \port$9382$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -31146,7 +31587,7 @@ module \lpsgld_w8_vc_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9382$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31159,17 +31600,19 @@ module \lpsgld_w8_vc_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9382$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
+  assign load0 = \port$9382$0 [0];
+  assign load1 = \port$9382$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9384$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31189,12 +31632,12 @@ module \lpsgld_w8_vc_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9384$0 ;
+  wire [1:0] \port$9384$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -31224,7 +31667,7 @@ module \lpsgld_w8_vc_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9384$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31237,17 +31680,19 @@ module \lpsgld_w8_vc_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9384$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
+  assign load0 = \port$9384$0 [0];
+  assign load1 = \port$9384$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9386$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31267,12 +31712,12 @@ module \lpsgld_w8_vc_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9386$0 ;
+  wire [1:0] \port$9386$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -31302,7 +31747,7 @@ module \lpsgld_w8_vc_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9386$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31315,17 +31760,19 @@ module \lpsgld_w8_vc_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9386$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
+  assign load0 = \port$9386$0 [0];
+  assign load1 = \port$9386$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9388$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31345,12 +31792,12 @@ module \lpsgld_w8_vc_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9388$0 ;
+  wire [1:0] \port$9388$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -31380,7 +31827,7 @@ module \lpsgld_w8_vc_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (load0) begin
+    if (\port$9388$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31393,11 +31840,13 @@ module \lpsgld_w8_vc_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (load1) begin
+    if (\port$9388$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
+  assign load0 = \port$9388$0 [0];
+  assign load1 = \port$9388$0 [1];
 endmodule

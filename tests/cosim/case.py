@@ -29,16 +29,20 @@ def _override(name: str, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Design:
-    """A hardware build: preset name, lane count, overrides of DatapathConfig fields, reset seed."""
+    """A hardware build: preset name, lane count, overrides of DatapathConfig fields, reset seed,
+    and the implementation choice (``target``, ``pipeline``: ``hw.options.HwOptions``)."""
 
     preset: str
     lanes: int
     overrides: tuple[tuple[str, Any], ...] = ()
     reset_seed: int = 0
+    target: str = "ice40-hx"
+    pipeline: int = 1
 
     @classmethod
-    def of(cls, preset_name: str, lanes: int, reset_seed: int = 0, **overrides: Any) -> Design:
-        return cls(preset_name, lanes, tuple(sorted(overrides.items())), reset_seed)
+    def of(cls, preset_name: str, lanes: int, reset_seed: int = 0, *, target: str = "ice40-hx", pipeline: int = 1,
+           **overrides: Any) -> Design:
+        return cls(preset_name, lanes, tuple(sorted(overrides.items())), reset_seed, target, pipeline)
 
     def config(self) -> DatapathConfig:
         cfg = preset(self.preset, self.lanes)
@@ -65,6 +69,8 @@ class Design:
                 parts.append(f"{k}{hashlib.sha1(repr(v).encode()).hexdigest()[:6]}")
         if self.reset_seed:
             parts.append(f"rs{self.reset_seed}")
+        if (self.target, self.pipeline) != ("ice40-hx", 1):
+            parts.append(f"{self.target.replace('-', '')}_p{self.pipeline}")
         return "_".join(parts)
 
     @property
@@ -74,11 +80,12 @@ class Design:
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "lanes": self.lanes, "overrides": dict(self.overrides),
-                "reset_seed": self.reset_seed}
+                "reset_seed": self.reset_seed, "target": self.target, "pipeline": self.pipeline}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Design:
-        return cls.of(d["preset"], d["lanes"], d.get("reset_seed", 0), **d.get("overrides", {}))
+        return cls.of(d["preset"], d["lanes"], d.get("reset_seed", 0), target=d.get("target", "ice40-hx"),
+                      pipeline=d.get("pipeline", 1), **d.get("overrides", {}))
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ MUTANTS = [
     Mutant("M06", VC4, "rng_1_0", rf"(= s0;\n(?:.*\n)*?\s+if \(rst\) begin\n\s+{TMP} = 64'h[0-9a-f]{{15}})([0-9a-f])",
            _flip_reset_lsb, "reset state of s0 (lane 1): bit 0 flipped"),
     # top: keep, handshake, control
-    Mutant("M07", VC4, "", r"(= transfer & sink__payload\[)1(\];)", r"\g<1>2\2",
+    Mutant("M07", VC4, "", rf"(= {TMP} & keep_1\[)1(\];)", r"\g<1>2\2",
            "lane 1's generator steps on lane 2's keep bit"),
     Mutant("M08", VC4, "", r"(ctl__addr == 9'h10)3;", r"\g<1>2;", "seed load: s1 of stream 1 decoded at s0's address"),
     Mutant("M09", VC4, "", rf"(assign {TMP} = \| \{{ )source__valid, ", r"\1", "idle ignores the output stage"),
@@ -127,8 +127,8 @@ MUTANTS = [
            "weight saturation dropped (wraps)"),
     Mutant("M35", LPF1, "lane_0.narrow", rf"({TMP} = rnd_state_d;\n\s+if \()en(\) begin)", r"\g<1>1'h1\2",
            "state delay register ignores the pipeline enable"),
-    Mutant("M36", LPF1, "lane_0.narrow", r"(\$signed\(x\)) \+ (\$signed\(\{ 1'h0, u_sr \}\))", r"\1 - \2",
-           "SR: x + u computed as x - u"),
+    Mutant("M36", LPF1, "lane_0.sum", r"\) \+ (\$signed\(\{ 1'h0, sum_u_sr \}\))", r") - \1",
+           "SR: x + u computed as x - u (the uniform is a leaf of the exact sum)"),
     Mutant("M37", LPF1, "lane_0.narrow", r"\? 24'h800000 : 24'h7fffff;", "? 24'h800000 : 24'h7ffffe;",
            "accumulator saturation max off by one"),
 ]
