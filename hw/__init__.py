@@ -7,7 +7,8 @@
 * :mod:`hw.datapath`: exact sum, SR rounder, VC quantizer, one update lane;
 * :mod:`hw.top`: ``UpdateTop``, the L-lane stream top with control registers;
 * :mod:`hw.control`: register map, ``seed_writes``, ``register_writes``;
-* :mod:`hw.export`: Verilog + JSON manifest (``lpsgld rtl``).
+* :mod:`hw.flows`: Verilog + JSON manifest export (``lpsgld rtl``), synthesis (``lpsgld synth``);
+* :mod:`hw.verify`: ``amaranth.sim`` host driver, vectorized exhaustive evaluation.
 
 See docs/hardware.md.
 """

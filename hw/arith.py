@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 
-from emulator.formats import FixedFormat
+from emulator.spec.formats import FixedFormat
 
 from .options import DSP_DIGIT_BITS, DSP_OPERAND_BITS, HwOptions, registered_level
 

@@ -6,9 +6,9 @@ one clock; writes are only meaningful while the top is ``idle``.
 
 from __future__ import annotations
 
-from emulator.datapath import DatapathConfig, StepRegisters
-from emulator.formats import check_int
-from emulator.rng import LaneRng
+from emulator.spec.datapath import DatapathConfig, StepRegisters
+from emulator.spec.formats import check_int
+from emulator.spec.rng import LaneRng
 
 from .datapath import register_ports
 
@@ -25,7 +25,7 @@ MAX_STREAMS = ((1 << ADDR_WIDTH) - SEED_BASE) // 2
 
 def _check_cfg(cfg: object) -> DatapathConfig:
     if not isinstance(cfg, DatapathConfig):
-        raise TypeError(f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}")
+        raise TypeError(f"cfg must be an emulator.spec.datapath.DatapathConfig, got {type(cfg).__name__}")
     return cfg
 
 

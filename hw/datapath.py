@@ -1,6 +1,6 @@
 """One update lane: exact sum, Gaussian noise, rounding / VC quantizer, saturation.
 
-Every unit is built from the emulator's :class:`~emulator.datapath.DatapathConfig`
+Every unit is built from the emulator's :class:`~emulator.spec.datapath.DatapathConfig`
 and is a fixed-latency pipeline under one enable ``en`` (all registers load when it
 is high, hold when it is low). The arithmetic is docs/spec.md section 6, word for word:
 
@@ -25,7 +25,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from emulator.datapath import WORD_BITS, DatapathConfig, Variant
+from emulator.spec.datapath import WORD_BITS, DatapathConfig, Variant
 
 from ._util import rejected
 from .arith import Stages, product_count, product_operands, round_nearest, saturate, sum_tree
@@ -36,7 +36,7 @@ from .options import HwOptions, check_options, tree_levels
 def _check_cfg(component: object, cfg: object) -> DatapathConfig:
     if not isinstance(cfg, DatapathConfig):
         raise rejected(component, TypeError(
-            f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}"))
+            f"cfg must be an emulator.spec.datapath.DatapathConfig, got {type(cfg).__name__}"))
     return cfg
 
 

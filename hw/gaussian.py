@@ -12,7 +12,7 @@ from amaranth.hdl import Array, Const, Module, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from emulator.gaussian import GaussianSpec
+from emulator.spec.gaussian import GaussianSpec
 
 from ._util import rejected
 from .arith import Stages, sum_tree

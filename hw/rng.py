@@ -12,7 +12,7 @@ from amaranth.hdl import Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from emulator.rng import XoroshiroSpec
+from emulator.spec.rng import XoroshiroSpec
 
 from ._util import rejected
 

@@ -17,9 +17,9 @@ from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from emulator.datapath import DatapathConfig
-from emulator.formats import check_int
-from emulator.rng import LaneRng
+from emulator.spec.datapath import DatapathConfig
+from emulator.spec.formats import check_int
+from emulator.spec.rng import LaneRng
 
 from . import control
 from ._util import rejected
@@ -83,7 +83,7 @@ class UpdateTop(wiring.Component):
     @staticmethod
     def _check(cfg: object, reset_seed: object) -> int:
         if not isinstance(cfg, DatapathConfig):
-            raise TypeError(f"cfg must be an emulator.datapath.DatapathConfig, got {type(cfg).__name__}")
+            raise TypeError(f"cfg must be an emulator.spec.datapath.DatapathConfig, got {type(cfg).__name__}")
         seed = check_int("reset_seed", reset_seed)
         if not 0 <= seed < 1 << 64:
             raise ValueError(f"reset_seed must be in [0, 2**64), got {seed}")

@@ -10,9 +10,10 @@ import time
 
 import numpy as np
 
-from emulator.bfp import BfpConfig, BfpEngine, BfpFormat, BfpTensor, bfp_registers, update
-from emulator.engine import stream_words
-from emulator.host import HyperParams
+from emulator.engines.bfp_engine import BfpEngine
+from emulator.engines.numpy_engine import stream_words
+from emulator.spec.bfp import BfpConfig, BfpFormat, BfpTensor, bfp_registers, update
+from emulator.spec.host import HyperParams
 
 
 def best(fn, repeat):

@@ -26,12 +26,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from emulator.golden import PRESETS, preset
-from emulator.host import HyperParams, step_registers
+from emulator.engines.torch_engine import TorchEngine, TorchLaneRng, torch_quantize, torch_stream_words
 from emulator.optim import LowPrecisionSGLD
-from emulator.rng import XoroshiroSpec
-from emulator.torch_bench import bench_config, resnet18_shapes
-from emulator.torch_engine import TorchEngine, TorchLaneRng, torch_quantize, torch_stream_words
+from emulator.spec.host import HyperParams, step_registers
+from emulator.spec.presets import PRESETS, preset
+from emulator.spec.rng import XoroshiroSpec
+from emulator.studies.torch_bench import bench_config, resnet18_shapes
 
 _LRS = {"w4": (0.5, 0.25, 0.0625), "w8": (2e-3, 1e-3, 1e-4), "w16": (1e-3, 5e-4, 1e-5)}
 

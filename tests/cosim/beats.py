@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.datapath import DatapathConfig
+from emulator.spec.datapath import DatapathConfig
 
 
 def _bits(words: np.ndarray, width: int) -> np.ndarray:

@@ -14,9 +14,9 @@ import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from emulator.datapath import DatapathConfig
-from emulator.gaussian import GaussianSpec
-from emulator.golden import preset
+from emulator.spec.datapath import DatapathConfig
+from emulator.spec.gaussian import GaussianSpec
+from emulator.spec.presets import preset
 
 ENV_VAR = "LPSGLD_COSIM"
 

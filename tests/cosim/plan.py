@@ -3,7 +3,7 @@
 A run is a list of :class:`Segment`: optional reset, control writes (registers, a seed load,
 junk to unmapped addresses), then one stream of input beats. Every random choice comes from
 one ``numpy.random.Generator`` seeded by the case's ``stream_seed``. Expected words are
-computed vectorized with :class:`emulator.engine.NumpyEngine` before simulation:
+computed vectorized with :class:`emulator.engines.numpy_engine.NumpyEngine` before simulation:
 
 * a tensor call (keep = the low ``M - (beats-1) L`` bits on the last beat) is
   ``engine.step`` on the flat tensor, exactly as a host would call it;
@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from emulator.datapath import DatapathConfig, StepRegisters, Variant
-from emulator.engine import NumpyEngine
-from emulator.formats import FixedFormat
-from emulator.golden import _CASES
-from emulator.host import HyperParams, step_registers
-from emulator.rng import LaneRng
+from emulator.engines.numpy_engine import NumpyEngine
+from emulator.spec.datapath import DatapathConfig, StepRegisters, Variant
+from emulator.spec.formats import FixedFormat
+from emulator.spec.host import HyperParams, step_registers
+from emulator.spec.presets import _CASES
+from emulator.spec.rng import LaneRng
 
 from .beats import BeatLayout
 from .case import CosimCase

@@ -116,8 +116,8 @@ def tool_env() -> Iterator[None]:
 
 
 def export_design(design: Design, out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """``hw.export.export`` of the design: Verilog path and manifest."""
-    from hw.export import export
+    """``hw.flows.export.export`` of the design: Verilog path and manifest."""
+    from hw.flows.export import export
     from hw.options import HwOptions
 
     manifest = export(design.config(), out_dir, name=design.module_name, reset_seed=design.reset_seed,

@@ -1,0 +1,137 @@
+"""The vectorized numpy engine: lanes, element order, random streams and the update.
+
+Element order (normative): a call streams the flattened tensor through the
+``L`` lanes starting at lane 0; element ``i`` goes to lane ``i mod L`` at cycle
+``i div L``. A lane's generator advances exactly once per element it consumes,
+so after ``M`` elements lane ``l`` has advanced ``ceil((M - l) / L)`` updates.
+
+Speed: the generator is F2-linear, so the engine jumps each lane ahead to the
+start of ``K`` chunks of cycles and steps all ``K * L`` chunk states together
+(:func:`stream_words`); the output is identical to stepping each lane cycle by
+cycle, which the tests check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..spec import gf2
+from ..spec.datapath import DatapathConfig, StepRegisters, UpdateResult, update
+from ..spec.rng import LaneRng, vec
+
+_VIRTUAL_LANES = 1 << 14  # parallel chunk states to aim for when lanes are few
+_BLOCK = 1 << 13  # elements per kernel block: temporaries stay in L2 (measured best of 4K..128K)
+
+
+def stream_words(rng: LaneRng, n: int) -> np.ndarray:
+    """Random words for elements 0..n-1 in element order, shape (n, words); advances ``rng``.
+
+    Equal to calling ``rng.next()`` once per cycle and keeping lanes
+    ``0 .. min(L, n - c*L) - 1`` of cycle ``c``.
+    """
+    lanes, words = rng.lanes, rng.words
+    if n < 0:
+        raise ValueError(f"element count must be >= 0, got {n}")
+    if n == 0:
+        return np.empty((0, words), dtype=np.uint64)
+    v = vec(rng.spec)
+    cycles = -(-n // lanes)
+    busy = n - (cycles - 1) * lanes  # lanes that take part in the last cycle
+    start0, start1 = rng.s0, rng.s1
+    if cycles == 1:
+        out = v.output(start0[:n], start1[:n])
+    else:
+        chunks = max(1, min(cycles, _VIRTUAL_LANES // lanes))
+        per = -(-cycles // chunks)
+        chunks = -(-cycles // per)
+        s0, s1 = _spread(rng, chunks, per)  # (chunks, lanes, words)
+        buf = np.empty((chunks, per, lanes, words), dtype=np.uint64)
+        for b in range(per):
+            buf[:, b], s0, s1 = v.output_step(s0, s1)
+        out = buf.reshape(-1, words)[:n]  # a view: element order is (chunk, cycle, lane)
+    _advance(rng, slice(0, busy), cycles)
+    _advance(rng, slice(busy, lanes), cycles - 1)
+    return out
+
+
+def _advance(rng: LaneRng, lanes: slice, n: int) -> None:
+    if n == 0 or lanes.start == lanes.stop:
+        return
+    v = vec(rng.spec)
+    s0, s1 = rng.s0[lanes], rng.s1[lanes]
+    rng.s0[lanes], rng.s1[lanes] = v.step(s0, s1) if n == 1 else v.jump(s0, s1, n)
+
+
+def _spread(rng: LaneRng, chunks: int, spacing: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lane states jumped by c*spacing for c in [0, chunks), shape (chunks, lanes, words)."""
+    v = vec(rng.spec)
+    p = rng.spec.charpoly
+    poly = rng.spec.jump_poly(spacing)
+    c0, c1 = rng.s0[None].copy(), rng.s1[None].copy()
+    while c0.shape[0] < chunks:
+        n0, n1 = v.apply_poly(c0, c1, poly)
+        c0 = np.concatenate([c0, n0])
+        c1 = np.concatenate([c1, n1])
+        poly = gf2.mulmod(poly, poly, p)  # jump distance doubles with the stack
+    return c0[:chunks], c1[:chunks]
+
+
+def check_rng_layout(cfg: Any, rng: Any, *, loaded: bool = False) -> None:
+    """Raise ValueError unless ``rng`` (a LaneRng or TorchLaneRng) has ``cfg``'s generator, lanes and words.
+
+    Shared by every engine's constructor (``loaded=False``) and ``load_state_dict`` (``loaded=True``).
+    """
+    if (rng.spec, rng.lanes, rng.words) != (cfg.rng, cfg.lanes, cfg.rng_words):
+        if loaded:
+            raise ValueError("state_dict was saved for a different generator, lane count or rng_words")
+        raise ValueError("rng does not match the configuration's generator, lanes or rng_words")
+
+
+class NumpyEngine:
+    """Runs a :class:`DatapathConfig` on numpy arrays, bit-exact to the hardware.
+
+    >>> eng = NumpyEngine(cfg, seed=1)                    # doctest: +SKIP
+    >>> new = eng.step(theta_words, grad_words, regs)     # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: DatapathConfig, seed: int, *, rng: LaneRng | None = None):
+        if not isinstance(cfg, DatapathConfig):
+            raise TypeError(f"cfg must be a DatapathConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        if rng is None:
+            rng = LaneRng.seeded(cfg.rng, seed, cfg.lanes, cfg.rng_words)
+        else:
+            check_rng_layout(cfg, rng)
+        self.rng = rng
+
+    def step(self, theta: np.ndarray, grad: np.ndarray, regs: StepRegisters) -> UpdateResult:
+        """One SGLD update of every element; returns new state words and emitted weight words."""
+        cfg = self.cfg
+        cfg.check_registers(regs)
+        th = cfg.state.check_words(theta, "theta")
+        g = cfg.grad.check_words(grad, "grad")
+        if th.shape != g.shape:
+            raise ValueError(f"theta shape {th.shape} != grad shape {g.shape}")
+        shape = th.shape
+        th = th.ravel()
+        g = g.ravel()
+        words = stream_words(self.rng, th.size)
+        state = np.empty_like(th)
+        weight = state if not cfg.variant.has_accumulator else np.empty_like(th)
+        for lo in range(0, th.size, _BLOCK):
+            hi = min(lo + _BLOCK, th.size)
+            r = update(cfg, th[lo:hi], g[lo:hi], regs, words[lo:hi])
+            state[lo:hi] = r.state
+            if weight is not state:
+                weight[lo:hi] = r.weight
+        return UpdateResult(state.reshape(shape), weight.reshape(shape))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rng = LaneRng.from_state_dict(state["rng"])
+        check_rng_layout(self.cfg, rng, loaded=True)
+        self.rng = rng

@@ -1,0 +1,1 @@
+"""Tool flows over the hardware units: Verilog + manifest export, FPGA synthesis."""
