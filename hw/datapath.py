@@ -289,9 +289,10 @@ class VCQuantizer(wiring.Component):
         l_a = st.reg(y[:p], "l_a")
         q_b = st.reg(t.shift_right(k), "q_b")
         f_h = st.reg(fh, "f_h")
+        # the squarer operand, selected here by the static branch bit (off the product stage's path)
+        sq_in = st.reg(Mux(self.vc_noise, y[:p], fh), "sq_in")  # l (p bits) in branch A, f_H (2p bits) in B
         u = st.reg(u, "u_1")
-        # ---- stage 2: squarer input and partial products ---------------------------------
-        sq_in = Mux(self.vc_noise, l_a, f_h)  # l (p bits) in branch A, f_H (2p bits) in branch B
+        # ---- stage 2: squarer partial products -------------------------------------------
         leaves = [(st.reg(pp.shift_left(sh), f"sq_pp{i}"), False)
                   for i, (pp, sh) in enumerate(product_operands(sq_in, sq_in, self.opts))]
         m_a = st.reg((1 << (p - 1)) - l_a, "m_a")  # 2^(p-1) - l, signed

@@ -637,7 +637,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$9374$0 (seed_load_0),
+    .\port$9254$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
@@ -645,7 +645,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$64 ),
-    .\port$9376$0 (seed_load_1),
+    .\port$9256$0 (seed_load_1),
     .rst(rst),
     .step(\step$56 )
   );
@@ -653,7 +653,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$81 ),
-    .\port$9378$0 (seed_load_2),
+    .\port$9258$0 (seed_load_2),
     .rst(rst),
     .step(\step$73 )
   );
@@ -661,7 +661,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$98 ),
-    .\port$9380$0 (seed_load_3),
+    .\port$9260$0 (seed_load_3),
     .rst(rst),
     .step(\step$90 )
   );
@@ -669,7 +669,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$115 ),
-    .\port$9382$0 (seed_load_4),
+    .\port$9262$0 (seed_load_4),
     .rst(rst),
     .step(\step$107 )
   );
@@ -677,7 +677,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$132 ),
-    .\port$9384$0 (seed_load_5),
+    .\port$9264$0 (seed_load_5),
     .rst(rst),
     .step(\step$124 )
   );
@@ -685,7 +685,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$149 ),
-    .\port$9386$0 (seed_load_6),
+    .\port$9266$0 (seed_load_6),
     .rst(rst),
     .step(\step$141 )
   );
@@ -693,7 +693,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$166 ),
-    .\port$9388$0 (seed_load_7),
+    .\port$9268$0 (seed_load_7),
     .rst(rst),
     .step(\step$158 )
   );
@@ -3924,117 +3924,103 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -4077,6 +4063,7 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -4109,524 +4096,518 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -7662,117 +7643,103 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -7815,6 +7782,7 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -7847,524 +7815,518 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -11400,117 +11362,103 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -11553,6 +11501,7 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -11585,524 +11534,518 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -15138,117 +15081,103 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -15291,6 +15220,7 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -15323,524 +15253,518 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -18876,117 +18800,103 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -19029,6 +18939,7 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -19061,524 +18972,518 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -22614,117 +22519,103 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$24  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -22767,6 +22658,7 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -22799,524 +22691,518 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -26352,117 +26238,103 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$28  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -26505,6 +26377,7 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -26537,524 +26410,518 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -30090,117 +29957,103 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$32  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -30243,6 +30096,7 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -30275,524 +30129,518 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -31212,7 +31060,7 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9374$0 , clk);
+module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9254$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31236,8 +31084,8 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9374$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9374$0 ;
-  wire [1:0] \port$9374$0 ;
+  input [1:0] \port$9254$0 ;
+  wire [1:0] \port$9254$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -31267,7 +31115,7 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9374$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9374$0 [0]) begin
+    if (\port$9254$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31280,19 +31128,19 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9374$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9374$0 [1]) begin
+    if (\port$9254$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$9374$0 [0];
-  assign load1 = \port$9374$0 [1];
+  assign load0 = \port$9254$0 [0];
+  assign load1 = \port$9254$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9376$0 , clk);
+module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9256$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31316,8 +31164,8 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9376$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9376$0 ;
-  wire [1:0] \port$9376$0 ;
+  input [1:0] \port$9256$0 ;
+  wire [1:0] \port$9256$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -31347,7 +31195,7 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9376$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9376$0 [0]) begin
+    if (\port$9256$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31360,19 +31208,19 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9376$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9376$0 [1]) begin
+    if (\port$9256$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$9376$0 [0];
-  assign load1 = \port$9376$0 [1];
+  assign load0 = \port$9256$0 [0];
+  assign load1 = \port$9256$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9378$0 , clk);
+module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9258$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31396,8 +31244,8 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9378$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9378$0 ;
-  wire [1:0] \port$9378$0 ;
+  input [1:0] \port$9258$0 ;
+  wire [1:0] \port$9258$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -31427,7 +31275,7 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9378$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9378$0 [0]) begin
+    if (\port$9258$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31440,19 +31288,19 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9378$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9378$0 [1]) begin
+    if (\port$9258$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$9378$0 [0];
-  assign load1 = \port$9378$0 [1];
+  assign load0 = \port$9258$0 [0];
+  assign load1 = \port$9258$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9380$0 , clk);
+module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9260$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31476,8 +31324,8 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9380$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9380$0 ;
-  wire [1:0] \port$9380$0 ;
+  input [1:0] \port$9260$0 ;
+  wire [1:0] \port$9260$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -31507,7 +31355,7 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9380$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9380$0 [0]) begin
+    if (\port$9260$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31520,19 +31368,19 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9380$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9380$0 [1]) begin
+    if (\port$9260$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$9380$0 [0];
-  assign load1 = \port$9380$0 [1];
+  assign load0 = \port$9260$0 [0];
+  assign load1 = \port$9260$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9382$0 , clk);
+module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9262$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31556,8 +31404,8 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9382$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9382$0 ;
-  wire [1:0] \port$9382$0 ;
+  input [1:0] \port$9262$0 ;
+  wire [1:0] \port$9262$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -31587,7 +31435,7 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9382$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9382$0 [0]) begin
+    if (\port$9262$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31600,19 +31448,19 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9382$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9382$0 [1]) begin
+    if (\port$9262$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$9382$0 [0];
-  assign load1 = \port$9382$0 [1];
+  assign load0 = \port$9262$0 [0];
+  assign load1 = \port$9262$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9384$0 , clk);
+module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9264$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31636,8 +31484,8 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9384$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9384$0 ;
-  wire [1:0] \port$9384$0 ;
+  input [1:0] \port$9264$0 ;
+  wire [1:0] \port$9264$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -31667,7 +31515,7 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9384$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9384$0 [0]) begin
+    if (\port$9264$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31680,19 +31528,19 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9384$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9384$0 [1]) begin
+    if (\port$9264$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$9384$0 [0];
-  assign load1 = \port$9384$0 [1];
+  assign load0 = \port$9264$0 [0];
+  assign load1 = \port$9264$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9386$0 , clk);
+module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9266$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31716,8 +31564,8 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9386$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9386$0 ;
-  wire [1:0] \port$9386$0 ;
+  input [1:0] \port$9266$0 ;
+  wire [1:0] \port$9266$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -31747,7 +31595,7 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9386$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9386$0 [0]) begin
+    if (\port$9266$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31760,19 +31608,19 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9386$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9386$0 [1]) begin
+    if (\port$9266$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$9386$0 [0];
-  assign load1 = \port$9386$0 [1];
+  assign load0 = \port$9266$0 [0];
+  assign load1 = \port$9266$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9388$0 , clk);
+module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9268$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31796,8 +31644,8 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9388$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9388$0 ;
-  wire [1:0] \port$9388$0 ;
+  input [1:0] \port$9268$0 ;
+  wire [1:0] \port$9268$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -31827,7 +31675,7 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9388$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9388$0 [0]) begin
+    if (\port$9268$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31840,13 +31688,13 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9388$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9388$0 [1]) begin
+    if (\port$9268$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$9388$0 [0];
-  assign load1 = \port$9388$0 [1];
+  assign load0 = \port$9268$0 [0];
+  assign load1 = \port$9268$0 [1];
 endmodule
