@@ -340,10 +340,9 @@ class UpdateLane(wiring.Component):
     by its first consumer (the Gaussian table look-ups, the ``u_sr`` / ``u_vc`` registers),
     so no random bits are registered at the input. ``words`` holds generator word ``k`` at
     bits ``[64k, 64k+64)``; fields are cut out with ``cfg.fields``. The register inputs are
-    copied into lane-local registers every clock (the VC noise gate and branch select
-    precomputed there): a register changed before edge ``w`` is seen by a beat presented
-    for edge ``w`` or later. ``state`` / ``weight`` are valid ``latency`` enabled edges after
-    the beat is presented.
+    read from the stage after the input stage on (the VC noise gate is precomputed in a
+    register of its own), so they may change up to the edge that registers the beat.
+    ``state`` / ``weight`` are valid ``latency`` enabled edges after the beat is presented.
     """
 
     words_delay = 1
@@ -379,12 +378,7 @@ class UpdateLane(wiring.Component):
         theta = st.reg(self.theta, "theta")
         grad = st.reg(self.grad, "grad")
         words = self.words  # the generator output while the beat is in the input stage
-        # lane-local copies of the broadcast registers (static while beats flow): short local nets
-        regs = {}
-        for name in register_ports(cfg):
-            port = getattr(self, name)
-            regs[name] = q = Signal(port.shape(), name=f"reg_{name}")
-            m.d.sync += q.eq(port)
+        regs = {name: getattr(self, name) for name in register_ports(cfg)}
         m.submodules.sum = esum = ExactSum(cfg, self.opts)
         m.d.comb += [esum.en.eq(self.en), esum.step.eq(regs["step"])]
         if cfg.decay is not None:

@@ -5,10 +5,10 @@ source.ready``: every stage (data, valid and keep) moves together, so one beat p
 clock flows when the output is taken and everything holds while it is not (no beat
 lost or duplicated). ``sink.ready = advance`` (combinational on ``source.ready``).
 Lane ``l``'s generators present their output while the beat is in the input stage and
-step on the edge it leaves that stage iff ``keep[l]``. Register writes take effect on the
-write edge (each lane keeps a registered copy); generator loads are decoded into a
-register and land one edge later, which is still before any beat transferred after the
-write reads the generator (a load wins over a step on the same edge). See docs/hardware.md.
+step on the edge it leaves that stage iff ``keep[l]``. Control writes are decoded into a
+register and land one edge later (each lane holds its own copy of the per-step registers),
+which is still before any beat transferred after the write reads them (a generator load
+wins over a step on the same edge). See docs/hardware.md.
 """
 
 from __future__ import annotations
@@ -116,19 +116,16 @@ class UpdateTop(wiring.Component):
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.latency)]
             m.d.sync += [keep[i].eq(keep[i - 1]) for i in range(1, self.latency)]
 
-        # ---- per-step registers -------------------------------------------------------------
-        regs = {name: Signal(width, name=f"reg_{name}") for name, width in register_ports(cfg).items()}
+        # ---- control writes: the decode is registered (off the clock-enable paths) ---------------
+        # A write on edge w lands in the lane registers / generators on edge w + 1: before any
+        # beat transferred after the write reads them (first read while the beat is in stage 1).
+        wdata = Signal(control.DATA_WIDTH, name="wdata", reset_less=True)
+        m.d.sync += wdata.eq(self.ctl.data)
         rmap = control.register_map(cfg)
-        with m.If(self.ctl.we):
-            with m.Switch(self.ctl.addr):
-                for name, sig in regs.items():
-                    with m.Case(rmap[name]["addr"]):
-                        m.d.sync += sig.eq(self.ctl.data[: len(sig)])
+        write = {name: Signal(name=f"write_{name}") for name in rmap}
+        m.d.sync += [w.eq(self.ctl.we & (self.ctl.addr == rmap[name]["addr"])) for name, w in write.items()]
 
         # ---- generators and lanes ---------------------------------------------------------
-        # seed loads: the decode is registered (off the generators' clock-enable path)
-        seed_data = Signal(cfg.rng.word_bits, name="seed_data", reset_less=True)
-        m.d.sync += seed_data.eq(self.ctl.data[: cfg.rng.word_bits])
         init = LaneRng.seeded(cfg.rng, self.reset_seed, lanes, words)
         for lane in range(lanes):
             gens = []
@@ -143,7 +140,7 @@ class UpdateTop(wiring.Component):
                     gen.step.eq(advance & valid[0] & keep[0][lane]),  # the beat leaves the input stage
                     gen.load0.eq(load[0]),
                     gen.load1.eq(load[1]),
-                    gen.data.eq(seed_data),
+                    gen.data.eq(wdata[: cfg.rng.word_bits]),
                 ]
                 gens.append(gen.out)
             m.submodules[f"lane_{lane}"] = ln = UpdateLane(cfg, self.opts)
@@ -155,5 +152,10 @@ class UpdateTop(wiring.Component):
                 self.source.payload.state[lane].eq(ln.state),
                 self.source.payload.weight[lane].eq(ln.weight),
             ]
-            m.d.comb += [getattr(ln, name).eq(sig) for name, sig in regs.items()]
+            # each lane holds its own copy of the per-step registers (short local nets)
+            for name, width in register_ports(cfg).items():
+                reg = Signal(width, name=f"reg_{name}_{lane}")
+                with m.If(write[name]):
+                    m.d.sync += reg.eq(wdata[:width])
+                m.d.comb += getattr(ln, name).eq(reg)
         return m

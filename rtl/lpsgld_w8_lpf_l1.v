@@ -5,9 +5,9 @@
 module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  reg \$10 ;
-  reg \$11 ;
-  reg \$12 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [1:0] \$12 ;
   reg \$13 ;
   reg \$14 ;
   reg \$15 ;
@@ -28,16 +28,25 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$29 ;
   wire \$3 ;
   reg \$30 ;
-  reg [15:0] \$31 ;
-  reg [11:0] \$32 ;
-  reg [15:0] \$33 ;
-  reg [1:0] \$34 ;
+  reg \$31 ;
+  reg \$32 ;
+  reg \$33 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
+  reg [1:0] \$40 ;
+  reg [15:0] \$41 ;
+  reg [11:0] \$42 ;
+  reg [15:0] \$43 ;
   wire \$5 ;
-  wire [1:0] \$6 ;
-  reg \$7 ;
-  reg \$8 ;
-  reg \$9 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -70,15 +79,13 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [15:0] noise = 16'h0000;
   wire [63:0] out;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_step_0;
   input rst;
   wire rst;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] seed_data;
   reg [1:0] seed_load_0 = 2'h0;
   input [32:0] sink__payload;
   wire [32:0] sink__payload;
@@ -119,75 +126,92 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] wdata;
   wire [7:0] weight;
   wire [63:0] words;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
   always @(posedge clk)
-    seed_load_0 <= \$34 ;
+    keep_9 <= \$33 ;
+  always @(posedge clk)
+    keep_10 <= \$34 ;
+  always @(posedge clk)
+    keep_11 <= \$35 ;
+  always @(posedge clk)
+    keep_12 <= \$36 ;
+  always @(posedge clk)
+    data <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$37 ;
+  always @(posedge clk)
+    write_decay <= \$38 ;
+  always @(posedge clk)
+    write_noise <= \$39 ;
+  always @(posedge clk)
+    seed_load_0 <= \$40 ;
+  always @(posedge clk)
+    \step$40  <= \$41 ;
+  always @(posedge clk)
+    decay <= \$42 ;
+  always @(posedge clk)
+    noise <= \$43 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign \$2  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
   assign \$3  = sink__ready & valid_1;
   assign step = \$3  & keep_1;
-  assign \$4  = ctl__addr == 9'h100;
-  assign \$5  = ctl__addr == 9'h101;
-  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
+  assign \$4  = ! ctl__addr;
+  assign \$5  = ctl__we & \$4 ;
+  assign \$6  = ctl__addr == 1'h1;
+  assign \$7  = ctl__we & \$6 ;
+  assign \$8  = ctl__addr == 2'h2;
+  assign \$9  = ctl__we & \$8 ;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$7 ;
+    valid_1 <= \$13 ;
   always @(posedge clk)
-    keep_1 <= \$8 ;
+    keep_1 <= \$14 ;
   always @(posedge clk)
-    valid_2 <= \$9 ;
+    valid_2 <= \$15 ;
   always @(posedge clk)
-    valid_3 <= \$10 ;
+    valid_3 <= \$16 ;
   always @(posedge clk)
-    valid_4 <= \$11 ;
+    valid_4 <= \$17 ;
   always @(posedge clk)
-    valid_5 <= \$12 ;
+    valid_5 <= \$18 ;
   always @(posedge clk)
-    valid_6 <= \$13 ;
+    valid_6 <= \$19 ;
   always @(posedge clk)
-    valid_7 <= \$14 ;
+    valid_7 <= \$20 ;
   always @(posedge clk)
-    valid_8 <= \$15 ;
+    valid_8 <= \$21 ;
   always @(posedge clk)
-    valid_9 <= \$16 ;
+    valid_9 <= \$22 ;
   always @(posedge clk)
-    valid_10 <= \$17 ;
+    valid_10 <= \$23 ;
   always @(posedge clk)
-    valid_11 <= \$18 ;
+    valid_11 <= \$24 ;
   always @(posedge clk)
-    source__valid <= \$19 ;
+    source__valid <= \$25 ;
   always @(posedge clk)
-    keep_2 <= \$20 ;
+    keep_2 <= \$26 ;
   always @(posedge clk)
-    keep_3 <= \$21 ;
+    keep_3 <= \$27 ;
   always @(posedge clk)
-    keep_4 <= \$22 ;
+    keep_4 <= \$28 ;
   always @(posedge clk)
-    keep_5 <= \$23 ;
+    keep_5 <= \$29 ;
   always @(posedge clk)
-    keep_6 <= \$24 ;
+    keep_6 <= \$30 ;
   always @(posedge clk)
-    keep_7 <= \$25 ;
+    keep_7 <= \$31 ;
   always @(posedge clk)
-    keep_8 <= \$26 ;
-  always @(posedge clk)
-    keep_9 <= \$27 ;
-  always @(posedge clk)
-    keep_10 <= \$28 ;
-  always @(posedge clk)
-    keep_11 <= \$29 ;
-  always @(posedge clk)
-    keep_12 <= \$30 ;
-  always @(posedge clk)
-    \step$40  <= \$31 ;
-  always @(posedge clk)
-    decay <= \$32 ;
-  always @(posedge clk)
-    noise <= \$33 ;
-  always @(posedge clk)
-    data <= ctl__data;
+    keep_8 <= \$32 ;
   \lpsgld_w8_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -204,79 +228,101 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$1188$0 (seed_load_0),
+    .\port$1194$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = \$6 ;
+    \$33  = keep_9;
+    if (sink__ready) begin
+      \$33  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = keep_10;
+    if (sink__ready) begin
+      \$34  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = keep_11;
+    if (sink__ready) begin
+      \$35  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_12;
+    if (sink__ready) begin
+      \$36  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = \$5 ;
     if (rst) begin
-      \$34  = 2'h0;
+      \$37  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_1;
-    if (sink__ready) begin
-      \$7  = sink__valid;
+    \$38  = \$7 ;
+    if (rst) begin
+      \$38  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = \$9 ;
+    if (rst) begin
+      \$39  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = \$12 ;
+    if (rst) begin
+      \$40  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = \step$40 ;
+    if (write_step) begin
+      \$41  = data[15:0];
     end
     if (rst) begin
-      \$7  = 1'h0;
+      \$41  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = keep_1;
-    if (sink__ready) begin
-      \$8  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_2;
-    if (sink__ready) begin
-      \$9  = valid_1;
+    \$42  = decay;
+    if (write_decay) begin
+      \$42  = data[11:0];
     end
     if (rst) begin
-      \$9  = 1'h0;
+      \$42  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_3;
-    if (sink__ready) begin
-      \$10  = valid_2;
+    \$43  = noise;
+    if (write_noise) begin
+      \$43  = data[15:0];
     end
     if (rst) begin
-      \$10  = 1'h0;
+      \$43  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_4;
+    \$13  = valid_1;
     if (sink__ready) begin
-      \$11  = valid_3;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_5;
-    if (sink__ready) begin
-      \$12  = valid_4;
-    end
-    if (rst) begin
-      \$12  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_6;
-    if (sink__ready) begin
-      \$13  = valid_5;
+      \$13  = sink__valid;
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -284,19 +330,16 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_7;
+    \$14  = keep_1;
     if (sink__ready) begin
-      \$14  = valid_6;
-    end
-    if (rst) begin
-      \$14  = 1'h0;
+      \$14  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_8;
+    \$15  = valid_2;
     if (sink__ready) begin
-      \$15  = valid_7;
+      \$15  = valid_1;
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -304,9 +347,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_9;
+    \$16  = valid_3;
     if (sink__ready) begin
-      \$16  = valid_8;
+      \$16  = valid_2;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -314,9 +357,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_10;
+    \$17  = valid_4;
     if (sink__ready) begin
-      \$17  = valid_9;
+      \$17  = valid_3;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -324,9 +367,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_11;
+    \$18  = valid_5;
     if (sink__ready) begin
-      \$18  = valid_10;
+      \$18  = valid_4;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -334,9 +377,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = source__valid;
+    \$19  = valid_6;
     if (sink__ready) begin
-      \$19  = valid_11;
+      \$19  = valid_5;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -344,138 +387,125 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_2;
+    \$20  = valid_7;
     if (sink__ready) begin
-      \$20  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = keep_3;
-    if (sink__ready) begin
-      \$21  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = keep_4;
-    if (sink__ready) begin
-      \$22  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = keep_5;
-    if (sink__ready) begin
-      \$23  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_6;
-    if (sink__ready) begin
-      \$24  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_7;
-    if (sink__ready) begin
-      \$25  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_8;
-    if (sink__ready) begin
-      \$26  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_9;
-    if (sink__ready) begin
-      \$27  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_10;
-    if (sink__ready) begin
-      \$28  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_11;
-    if (sink__ready) begin
-      \$29  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_12;
-    if (sink__ready) begin
-      \$30  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = \step$40 ;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$31  = ctl__data[15:0];
-      endcase
+      \$20  = valid_6;
     end
     if (rst) begin
-      \$31  = 16'h0000;
+      \$20  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = decay;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$32  = ctl__data[11:0];
-      endcase
+    \$21  = valid_8;
+    if (sink__ready) begin
+      \$21  = valid_7;
     end
     if (rst) begin
-      \$32  = 12'h000;
+      \$21  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$33  = ctl__data[15:0];
-      endcase
+    \$22  = valid_9;
+    if (sink__ready) begin
+      \$22  = valid_8;
     end
     if (rst) begin
-      \$33  = 16'h0000;
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_10;
+    if (sink__ready) begin
+      \$23  = valid_9;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_11;
+    if (sink__ready) begin
+      \$24  = valid_10;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = source__valid;
+    if (sink__ready) begin
+      \$25  = valid_11;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = keep_2;
+    if (sink__ready) begin
+      \$26  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_3;
+    if (sink__ready) begin
+      \$27  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_4;
+    if (sink__ready) begin
+      \$28  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_5;
+    if (sink__ready) begin
+      \$29  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_6;
+    if (sink__ready) begin
+      \$30  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_7;
+    if (sink__ready) begin
+      \$31  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = keep_8;
+    if (sink__ready) begin
+      \$32  = keep_7;
     end
   end
   assign advance = sink__ready;
   assign valid_12 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
-  assign seed_data = data;
+  assign wdata = data;
   assign en = sink__ready;
   assign theta = sink__payload[24:1];
   assign grad = sink__payload[32:25];
   assign out = words;
-  assign reg_step = \step$40 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
+  assign reg_step_0 = \step$40 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
   assign \sink__payload.theta  = sink__payload[24:1];
   assign \sink__payload.theta[0]  = sink__payload[24:1];
@@ -495,34 +525,30 @@ endmodule
 module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight, state, \port$0$3 );
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
-  reg [23:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$3 ;
+  reg [23:0] \$4 ;
+  reg [23:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -536,64 +562,53 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
+  wire [15:0] \noise$25 ;
   input [31:0] \port$0$3 ;
   wire [31:0] \port$0$3 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$38 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$31 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$36 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l1.lane_0.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -611,12 +626,12 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
   );
   \lpsgld_w8_lpf_l1.lane_0.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -638,104 +653,83 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
   assign theta = \port$0$3 [23:0];
   assign grad = \port$0$3 [31:24];
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3513,7 +3507,7 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1188$0 , clk);
+module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1194$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3537,8 +3531,8 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1188$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1188$0 ;
-  wire [1:0] \port$1188$0 ;
+  input [1:0] \port$1194$0 ;
+  wire [1:0] \port$1194$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3568,7 +3562,7 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1188$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1188$0 [0]) begin
+    if (\port$1194$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3581,13 +3575,13 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1188$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1188$0 [1]) begin
+    if (\port$1194$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1188$0 [0];
-  assign load1 = \port$1188$0 [1];
+  assign load0 = \port$1194$0 [0];
+  assign load1 = \port$1194$0 [1];
 endmodule

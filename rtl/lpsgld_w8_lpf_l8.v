@@ -8,10 +8,10 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire [1:0] \$13 ;
+  wire \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire [1:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
   wire [1:0] \$19 ;
@@ -32,47 +32,77 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$32 ;
   wire \$33 ;
   wire [1:0] \$34 ;
-  reg \$35 ;
-  reg [7:0] \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire [1:0] \$37 ;
+  wire \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg \$40 ;
+  wire [1:0] \$40 ;
   reg \$41 ;
-  reg \$42 ;
+  reg [7:0] \$42 ;
   reg \$43 ;
   reg \$44 ;
   reg \$45 ;
   reg \$46 ;
   reg \$47 ;
-  reg [7:0] \$48 ;
-  reg [7:0] \$49 ;
+  reg \$48 ;
+  reg \$49 ;
   wire \$5 ;
-  reg [7:0] \$50 ;
-  reg [7:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [7:0] \$53 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg \$52 ;
+  reg \$53 ;
   reg [7:0] \$54 ;
   reg [7:0] \$55 ;
   reg [7:0] \$56 ;
   reg [7:0] \$57 ;
   reg [7:0] \$58 ;
-  reg [15:0] \$59 ;
+  reg [7:0] \$59 ;
   wire \$6 ;
-  reg [11:0] \$60 ;
-  reg [15:0] \$61 ;
-  reg [1:0] \$62 ;
-  reg [1:0] \$63 ;
-  reg [1:0] \$64 ;
-  reg [1:0] \$65 ;
-  reg [1:0] \$66 ;
-  reg [1:0] \$67 ;
+  reg [7:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [7:0] \$63 ;
+  reg [7:0] \$64 ;
+  reg \$65 ;
+  reg \$66 ;
+  reg \$67 ;
   reg [1:0] \$68 ;
-  reg [1:0] \$69 ;
+  reg [15:0] \$69 ;
   wire \$7 ;
+  reg [11:0] \$70 ;
+  reg [15:0] \$71 ;
+  reg [1:0] \$72 ;
+  reg [15:0] \$73 ;
+  reg [11:0] \$74 ;
+  reg [15:0] \$75 ;
+  reg [1:0] \$76 ;
+  reg [15:0] \$77 ;
+  reg [11:0] \$78 ;
+  reg [15:0] \$79 ;
   wire \$8 ;
+  reg [1:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [11:0] \$82 ;
+  reg [15:0] \$83 ;
+  reg [1:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [11:0] \$86 ;
+  reg [15:0] \$87 ;
+  reg [1:0] \$88 ;
+  reg [15:0] \$89 ;
   wire \$9 ;
+  reg [11:0] \$90 ;
+  reg [15:0] \$91 ;
+  reg [1:0] \$92 ;
+  reg [15:0] \$93 ;
+  reg [11:0] \$94 ;
+  reg [15:0] \$95 ;
+  reg [1:0] \$96 ;
+  reg [15:0] \$97 ;
+  reg [11:0] \$98 ;
+  reg [15:0] \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -84,50 +114,43 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$110 ;
+  wire [63:0] \data$104 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$125 ;
+  wire [63:0] \data$122 ;
   (* init = 64'h0000000000000000 *)
   wire [63:0] \data$140 ;
   (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$158 ;
+  (* init = 64'h0000000000000000 *)
   wire [63:0] \data$50 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$65 ;
+  wire [63:0] \data$68 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$80 ;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$95 ;
+  wire [63:0] \data$86 ;
   reg [11:0] decay = 12'h000;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$104 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$119 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$134 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$149 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$59 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$74 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$89 ;
+  reg [11:0] \decay$114  = 12'h000;
+  reg [11:0] \decay$132  = 12'h000;
+  reg [11:0] \decay$150  = 12'h000;
+  reg [11:0] \decay$168  = 12'h000;
+  reg [11:0] \decay$60  = 12'h000;
+  reg [11:0] \decay$78  = 12'h000;
+  reg [11:0] \decay$96  = 12'h000;
   wire en;
-  wire \en$111 ;
-  wire \en$126 ;
+  wire \en$105 ;
+  wire \en$123 ;
   wire \en$141 ;
+  wire \en$159 ;
   wire \en$51 ;
-  wire \en$66 ;
-  wire \en$81 ;
-  wire \en$96 ;
+  wire \en$69 ;
+  wire \en$87 ;
   wire [7:0] grad;
-  wire [7:0] \grad$113 ;
-  wire [7:0] \grad$128 ;
+  wire [7:0] \grad$107 ;
+  wire [7:0] \grad$125 ;
   wire [7:0] \grad$143 ;
+  wire [7:0] \grad$161 ;
   wire [7:0] \grad$53 ;
-  wire [7:0] \grad$68 ;
-  wire [7:0] \grad$83 ;
-  wire [7:0] \grad$98 ;
+  wire [7:0] \grad$71 ;
+  wire [7:0] \grad$89 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -143,54 +166,87 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$107 ;
-  wire \load0$122 ;
+  wire \load0$101 ;
+  wire \load0$119 ;
   wire \load0$137 ;
+  wire \load0$155 ;
   wire \load0$47 ;
-  wire \load0$62 ;
-  wire \load0$77 ;
-  wire \load0$92 ;
+  wire \load0$65 ;
+  wire \load0$83 ;
   wire load1;
-  wire \load1$109 ;
-  wire \load1$124 ;
+  wire \load1$103 ;
+  wire \load1$121 ;
   wire \load1$139 ;
+  wire \load1$157 ;
   wire \load1$49 ;
-  wire \load1$64 ;
-  wire \load1$79 ;
-  wire \load1$94 ;
+  wire \load1$67 ;
+  wire \load1$85 ;
   reg [15:0] noise = 16'h0000;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$105 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$120 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$135 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$150 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$60 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$75 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$90 ;
+  reg [15:0] \noise$116  = 16'h0000;
+  reg [15:0] \noise$134  = 16'h0000;
+  reg [15:0] \noise$152  = 16'h0000;
+  reg [15:0] \noise$170  = 16'h0000;
+  reg [15:0] \noise$62  = 16'h0000;
+  reg [15:0] \noise$80  = 16'h0000;
+  reg [15:0] \noise$98  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$100 ;
-  wire [63:0] \out$115 ;
-  wire [63:0] \out$130 ;
+  wire [63:0] \out$109 ;
+  wire [63:0] \out$127 ;
   wire [63:0] \out$145 ;
+  wire [63:0] \out$163 ;
   wire [63:0] \out$55 ;
-  wire [63:0] \out$70 ;
-  wire [63:0] \out$85 ;
+  wire [63:0] \out$73 ;
+  wire [63:0] \out$91 ;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_1;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_2;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_3;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_4;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_5;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_6;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_7;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_noise_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_7;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_0;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_7;
   input rst;
   wire rst;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] seed_data;
   reg [1:0] seed_load_0 = 2'h0;
   reg [1:0] seed_load_1 = 2'h0;
   reg [1:0] seed_load_2 = 2'h0;
@@ -250,44 +306,37 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   output source__valid;
   reg source__valid = 1'h0;
   wire [23:0] state;
-  wire [23:0] \state$101 ;
-  wire [23:0] \state$116 ;
-  wire [23:0] \state$131 ;
+  wire [23:0] \state$110 ;
+  wire [23:0] \state$128 ;
   wire [23:0] \state$146 ;
+  wire [23:0] \state$164 ;
   wire [23:0] \state$56 ;
-  wire [23:0] \state$71 ;
-  wire [23:0] \state$86 ;
+  wire [23:0] \state$74 ;
+  wire [23:0] \state$92 ;
   wire step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$103 ;
-  wire \step$106 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$118 ;
-  wire \step$121 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$133 ;
+  wire \step$100 ;
+  reg [15:0] \step$112  = 16'h0000;
+  wire \step$118 ;
+  reg [15:0] \step$130  = 16'h0000;
   wire \step$136 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$148 ;
+  reg [15:0] \step$148  = 16'h0000;
+  wire \step$154 ;
+  reg [15:0] \step$166  = 16'h0000;
   reg [15:0] \step$40  = 16'h0000;
   wire \step$46 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$58 ;
-  wire \step$61 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$73 ;
-  wire \step$76 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$88 ;
-  wire \step$91 ;
+  reg [15:0] \step$58  = 16'h0000;
+  wire \step$64 ;
+  reg [15:0] \step$76  = 16'h0000;
+  wire \step$82 ;
+  reg [15:0] \step$94  = 16'h0000;
   wire [23:0] theta;
-  wire [23:0] \theta$112 ;
-  wire [23:0] \theta$127 ;
+  wire [23:0] \theta$106 ;
+  wire [23:0] \theta$124 ;
   wire [23:0] \theta$142 ;
+  wire [23:0] \theta$160 ;
   wire [23:0] \theta$52 ;
-  wire [23:0] \theta$67 ;
-  wire [23:0] \theta$82 ;
-  wire [23:0] \theta$97 ;
+  wire [23:0] \theta$70 ;
+  wire [23:0] \theta$88 ;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -301,108 +350,27 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] wdata;
   wire [7:0] weight;
-  wire [7:0] \weight$102 ;
-  wire [7:0] \weight$117 ;
-  wire [7:0] \weight$132 ;
+  wire [7:0] \weight$111 ;
+  wire [7:0] \weight$129 ;
   wire [7:0] \weight$147 ;
+  wire [7:0] \weight$165 ;
   wire [7:0] \weight$57 ;
-  wire [7:0] \weight$72 ;
-  wire [7:0] \weight$87 ;
+  wire [7:0] \weight$75 ;
+  wire [7:0] \weight$93 ;
   wire [63:0] words;
-  wire [63:0] \words$114 ;
-  wire [63:0] \words$129 ;
+  wire [63:0] \words$108 ;
+  wire [63:0] \words$126 ;
   wire [63:0] \words$144 ;
+  wire [63:0] \words$162 ;
   wire [63:0] \words$54 ;
-  wire [63:0] \words$69 ;
-  wire [63:0] \words$84 ;
-  wire [63:0] \words$99 ;
-  assign \$21  = ctl__addr == 9'h107;
-  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h108;
-  assign \$24  = ctl__addr == 9'h109;
-  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h10a;
-  assign \$27  = ctl__addr == 9'h10b;
-  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h10c;
-  assign \$30  = ctl__addr == 9'h10d;
-  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h10e;
-  assign \$33  = ctl__addr == 9'h10f;
-  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
-  always @(posedge clk)
-    valid_1 <= \$35 ;
-  always @(posedge clk)
-    keep_1 <= \$36 ;
-  always @(posedge clk)
-    valid_2 <= \$37 ;
-  always @(posedge clk)
-    valid_3 <= \$38 ;
-  always @(posedge clk)
-    valid_4 <= \$39 ;
-  always @(posedge clk)
-    valid_5 <= \$40 ;
-  always @(posedge clk)
-    valid_6 <= \$41 ;
-  always @(posedge clk)
-    valid_7 <= \$42 ;
-  always @(posedge clk)
-    valid_8 <= \$43 ;
-  always @(posedge clk)
-    valid_9 <= \$44 ;
-  always @(posedge clk)
-    valid_10 <= \$45 ;
-  always @(posedge clk)
-    valid_11 <= \$46 ;
-  always @(posedge clk)
-    source__valid <= \$47 ;
-  always @(posedge clk)
-    keep_2 <= \$48 ;
-  always @(posedge clk)
-    keep_3 <= \$49 ;
-  always @(posedge clk)
-    keep_4 <= \$50 ;
-  always @(posedge clk)
-    keep_5 <= \$51 ;
-  always @(posedge clk)
-    keep_6 <= \$52 ;
-  always @(posedge clk)
-    keep_7 <= \$53 ;
-  always @(posedge clk)
-    keep_8 <= \$54 ;
-  always @(posedge clk)
-    keep_9 <= \$55 ;
-  always @(posedge clk)
-    keep_10 <= \$56 ;
-  always @(posedge clk)
-    keep_11 <= \$57 ;
-  always @(posedge clk)
-    keep_12 <= \$58 ;
-  always @(posedge clk)
-    \step$40  <= \$59 ;
-  always @(posedge clk)
-    decay <= \$60 ;
-  always @(posedge clk)
-    noise <= \$61 ;
-  always @(posedge clk)
-    data <= ctl__data;
-  always @(posedge clk)
-    seed_load_0 <= \$62 ;
-  always @(posedge clk)
-    seed_load_1 <= \$63 ;
-  always @(posedge clk)
-    seed_load_2 <= \$64 ;
-  always @(posedge clk)
-    seed_load_3 <= \$65 ;
-  always @(posedge clk)
-    seed_load_4 <= \$66 ;
-  always @(posedge clk)
-    seed_load_5 <= \$67 ;
-  always @(posedge clk)
-    seed_load_6 <= \$68 ;
-  always @(posedge clk)
-    seed_load_7 <= \$69 ;
+  wire [63:0] \words$72 ;
+  wire [63:0] \words$90 ;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign \$2  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
@@ -412,27 +380,167 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \$4  = sink__ready & valid_1;
   assign \step$46  = \$4  & keep_1[1];
   assign \$5  = sink__ready & valid_1;
-  assign \step$61  = \$5  & keep_1[2];
+  assign \step$64  = \$5  & keep_1[2];
   assign \$6  = sink__ready & valid_1;
-  assign \step$76  = \$6  & keep_1[3];
+  assign \step$82  = \$6  & keep_1[3];
   assign \$7  = sink__ready & valid_1;
-  assign \step$91  = \$7  & keep_1[4];
+  assign \step$100  = \$7  & keep_1[4];
   assign \$8  = sink__ready & valid_1;
-  assign \step$106  = \$8  & keep_1[5];
+  assign \step$118  = \$8  & keep_1[5];
   assign \$9  = sink__ready & valid_1;
-  assign \step$121  = \$9  & keep_1[6];
+  assign \step$136  = \$9  & keep_1[6];
   assign \$10  = sink__ready & valid_1;
-  assign \step$136  = \$10  & keep_1[7];
-  assign \$11  = ctl__addr == 9'h100;
-  assign \$12  = ctl__addr == 9'h101;
-  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
-  assign \$14  = ctl__addr == 9'h102;
-  assign \$15  = ctl__addr == 9'h103;
-  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
-  assign \$17  = ctl__addr == 9'h104;
-  assign \$18  = ctl__addr == 9'h105;
+  assign \step$154  = \$10  & keep_1[7];
+  assign \$11  = ! ctl__addr;
+  assign \$12  = ctl__we & \$11 ;
+  assign \$13  = ctl__addr == 1'h1;
+  assign \$14  = ctl__we & \$13 ;
+  assign \$15  = ctl__addr == 2'h2;
+  assign \$16  = ctl__we & \$15 ;
+  assign \$17  = ctl__addr == 9'h100;
+  assign \$18  = ctl__addr == 9'h101;
   assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
-  assign \$20  = ctl__addr == 9'h106;
+  assign \$20  = ctl__addr == 9'h102;
+  assign \$21  = ctl__addr == 9'h103;
+  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
+  assign \$23  = ctl__addr == 9'h104;
+  assign \$24  = ctl__addr == 9'h105;
+  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
+  assign \$26  = ctl__addr == 9'h106;
+  assign \$27  = ctl__addr == 9'h107;
+  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
+  assign \$29  = ctl__addr == 9'h108;
+  assign \$30  = ctl__addr == 9'h109;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h10a;
+  assign \$33  = ctl__addr == 9'h10b;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$35  = ctl__addr == 9'h10c;
+  assign \$36  = ctl__addr == 9'h10d;
+  assign \$37  = { \$36 , \$35  } & { ctl__we, ctl__we };
+  assign \$38  = ctl__addr == 9'h10e;
+  assign \$39  = ctl__addr == 9'h10f;
+  assign \$40  = { \$39 , \$38  } & { ctl__we, ctl__we };
+  always @(posedge clk)
+    valid_1 <= \$41 ;
+  always @(posedge clk)
+    keep_1 <= \$42 ;
+  always @(posedge clk)
+    valid_2 <= \$43 ;
+  always @(posedge clk)
+    valid_3 <= \$44 ;
+  always @(posedge clk)
+    valid_4 <= \$45 ;
+  always @(posedge clk)
+    valid_5 <= \$46 ;
+  always @(posedge clk)
+    valid_6 <= \$47 ;
+  always @(posedge clk)
+    valid_7 <= \$48 ;
+  always @(posedge clk)
+    valid_8 <= \$49 ;
+  always @(posedge clk)
+    valid_9 <= \$50 ;
+  always @(posedge clk)
+    valid_10 <= \$51 ;
+  always @(posedge clk)
+    valid_11 <= \$52 ;
+  always @(posedge clk)
+    source__valid <= \$53 ;
+  always @(posedge clk)
+    keep_2 <= \$54 ;
+  always @(posedge clk)
+    keep_3 <= \$55 ;
+  always @(posedge clk)
+    keep_4 <= \$56 ;
+  always @(posedge clk)
+    keep_5 <= \$57 ;
+  always @(posedge clk)
+    keep_6 <= \$58 ;
+  always @(posedge clk)
+    keep_7 <= \$59 ;
+  always @(posedge clk)
+    keep_8 <= \$60 ;
+  always @(posedge clk)
+    keep_9 <= \$61 ;
+  always @(posedge clk)
+    keep_10 <= \$62 ;
+  always @(posedge clk)
+    keep_11 <= \$63 ;
+  always @(posedge clk)
+    keep_12 <= \$64 ;
+  always @(posedge clk)
+    data <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$65 ;
+  always @(posedge clk)
+    write_decay <= \$66 ;
+  always @(posedge clk)
+    write_noise <= \$67 ;
+  always @(posedge clk)
+    seed_load_0 <= \$68 ;
+  always @(posedge clk)
+    \step$40  <= \$69 ;
+  always @(posedge clk)
+    decay <= \$70 ;
+  always @(posedge clk)
+    noise <= \$71 ;
+  always @(posedge clk)
+    seed_load_1 <= \$72 ;
+  always @(posedge clk)
+    \step$58  <= \$73 ;
+  always @(posedge clk)
+    \decay$60  <= \$74 ;
+  always @(posedge clk)
+    \noise$62  <= \$75 ;
+  always @(posedge clk)
+    seed_load_2 <= \$76 ;
+  always @(posedge clk)
+    \step$76  <= \$77 ;
+  always @(posedge clk)
+    \decay$78  <= \$78 ;
+  always @(posedge clk)
+    \noise$80  <= \$79 ;
+  always @(posedge clk)
+    seed_load_3 <= \$80 ;
+  always @(posedge clk)
+    \step$94  <= \$81 ;
+  always @(posedge clk)
+    \decay$96  <= \$82 ;
+  always @(posedge clk)
+    \noise$98  <= \$83 ;
+  always @(posedge clk)
+    seed_load_4 <= \$84 ;
+  always @(posedge clk)
+    \step$112  <= \$85 ;
+  always @(posedge clk)
+    \decay$114  <= \$86 ;
+  always @(posedge clk)
+    \noise$116  <= \$87 ;
+  always @(posedge clk)
+    seed_load_5 <= \$88 ;
+  always @(posedge clk)
+    \step$130  <= \$89 ;
+  always @(posedge clk)
+    \decay$132  <= \$90 ;
+  always @(posedge clk)
+    \noise$134  <= \$91 ;
+  always @(posedge clk)
+    seed_load_6 <= \$92 ;
+  always @(posedge clk)
+    \step$148  <= \$93 ;
+  always @(posedge clk)
+    \decay$150  <= \$94 ;
+  always @(posedge clk)
+    \noise$152  <= \$95 ;
+  always @(posedge clk)
+    seed_load_7 <= \$96 ;
+  always @(posedge clk)
+    \step$166  <= \$97 ;
+  always @(posedge clk)
+    \decay$168  <= \$98 ;
+  always @(posedge clk)
+    \noise$170  <= \$99 ;
   \lpsgld_w8_lpf_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -448,100 +556,100 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   );
   \lpsgld_w8_lpf_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$60 ),
     .en(sink__ready),
     .grad(sink__payload[215:208]),
-    .noise(noise),
+    .noise(\noise$62 ),
     .rst(rst),
     .state(\state$56 ),
-    .step(\step$40 ),
+    .step(\step$58 ),
     .theta(sink__payload[55:32]),
     .weight(\weight$57 ),
     .words(\words$54 )
   );
   \lpsgld_w8_lpf_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$78 ),
     .en(sink__ready),
     .grad(sink__payload[223:216]),
-    .noise(noise),
+    .noise(\noise$80 ),
     .rst(rst),
-    .state(\state$71 ),
-    .step(\step$40 ),
+    .state(\state$74 ),
+    .step(\step$76 ),
     .theta(sink__payload[79:56]),
-    .weight(\weight$72 ),
-    .words(\words$69 )
+    .weight(\weight$75 ),
+    .words(\words$72 )
   );
   \lpsgld_w8_lpf_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$96 ),
     .en(sink__ready),
     .grad(sink__payload[231:224]),
-    .noise(noise),
+    .noise(\noise$98 ),
     .rst(rst),
-    .state(\state$86 ),
-    .step(\step$40 ),
+    .state(\state$92 ),
+    .step(\step$94 ),
     .theta(sink__payload[103:80]),
-    .weight(\weight$87 ),
-    .words(\words$84 )
+    .weight(\weight$93 ),
+    .words(\words$90 )
   );
   \lpsgld_w8_lpf_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$114 ),
     .en(sink__ready),
     .grad(sink__payload[239:232]),
-    .noise(noise),
+    .noise(\noise$116 ),
     .rst(rst),
-    .state(\state$101 ),
-    .step(\step$40 ),
+    .state(\state$110 ),
+    .step(\step$112 ),
     .theta(sink__payload[127:104]),
-    .weight(\weight$102 ),
-    .words(\words$99 )
+    .weight(\weight$111 ),
+    .words(\words$108 )
   );
   \lpsgld_w8_lpf_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$132 ),
     .en(sink__ready),
     .grad(sink__payload[247:240]),
-    .noise(noise),
+    .noise(\noise$134 ),
     .rst(rst),
-    .state(\state$116 ),
-    .step(\step$40 ),
+    .state(\state$128 ),
+    .step(\step$130 ),
     .theta(sink__payload[151:128]),
-    .weight(\weight$117 ),
-    .words(\words$114 )
+    .weight(\weight$129 ),
+    .words(\words$126 )
   );
   \lpsgld_w8_lpf_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$150 ),
     .en(sink__ready),
     .grad(sink__payload[255:248]),
-    .noise(noise),
+    .noise(\noise$152 ),
     .rst(rst),
-    .state(\state$131 ),
-    .step(\step$40 ),
+    .state(\state$146 ),
+    .step(\step$148 ),
     .theta(sink__payload[175:152]),
-    .weight(\weight$132 ),
-    .words(\words$129 )
+    .weight(\weight$147 ),
+    .words(\words$144 )
   );
   \lpsgld_w8_lpf_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$168 ),
     .en(sink__ready),
     .grad(sink__payload[263:256]),
-    .noise(noise),
+    .noise(\noise$170 ),
     .rst(rst),
-    .state(\state$146 ),
-    .step(\step$40 ),
+    .state(\state$164 ),
+    .step(\step$166 ),
     .theta(sink__payload[199:176]),
-    .weight(\weight$147 ),
-    .words(\words$144 )
+    .weight(\weight$165 ),
+    .words(\words$162 )
   );
   \lpsgld_w8_lpf_l8.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$9000$0 (seed_load_0),
+    .\port$9006$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
@@ -549,120 +657,63 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(\words$54 ),
-    .\port$9002$0 (seed_load_1),
+    .\port$9014$0 (seed_load_1),
     .rst(rst),
     .step(\step$46 )
   );
   \lpsgld_w8_lpf_l8.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .out(\words$69 ),
-    .\port$9004$0 (seed_load_2),
+    .out(\words$72 ),
+    .\port$9022$0 (seed_load_2),
     .rst(rst),
-    .step(\step$61 )
+    .step(\step$64 )
   );
   \lpsgld_w8_lpf_l8.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .out(\words$84 ),
-    .\port$9006$0 (seed_load_3),
+    .out(\words$90 ),
+    .\port$9030$0 (seed_load_3),
     .rst(rst),
-    .step(\step$76 )
+    .step(\step$82 )
   );
   \lpsgld_w8_lpf_l8.rng_4_0  rng_4_0 (
     .clk(clk),
     .data(data),
-    .out(\words$99 ),
-    .\port$9008$0 (seed_load_4),
+    .out(\words$108 ),
+    .\port$9038$0 (seed_load_4),
     .rst(rst),
-    .step(\step$91 )
+    .step(\step$100 )
   );
   \lpsgld_w8_lpf_l8.rng_5_0  rng_5_0 (
     .clk(clk),
     .data(data),
-    .out(\words$114 ),
-    .\port$9010$0 (seed_load_5),
+    .out(\words$126 ),
+    .\port$9046$0 (seed_load_5),
     .rst(rst),
-    .step(\step$106 )
+    .step(\step$118 )
   );
   \lpsgld_w8_lpf_l8.rng_6_0  rng_6_0 (
     .clk(clk),
     .data(data),
-    .out(\words$129 ),
-    .\port$9012$0 (seed_load_6),
+    .out(\words$144 ),
+    .\port$9054$0 (seed_load_6),
     .rst(rst),
-    .step(\step$121 )
+    .step(\step$136 )
   );
   \lpsgld_w8_lpf_l8.rng_7_0  rng_7_0 (
     .clk(clk),
     .data(data),
-    .out(\words$144 ),
-    .\port$9014$0 (seed_load_7),
+    .out(\words$162 ),
+    .\port$9062$0 (seed_load_7),
     .rst(rst),
-    .step(\step$136 )
+    .step(\step$154 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_1;
+    \$41  = valid_1;
     if (sink__ready) begin
-      \$35  = sink__valid;
-    end
-    if (rst) begin
-      \$35  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_1;
-    if (sink__ready) begin
-      \$36  = sink__payload[7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = valid_2;
-    if (sink__ready) begin
-      \$37  = valid_1;
-    end
-    if (rst) begin
-      \$37  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = valid_3;
-    if (sink__ready) begin
-      \$38  = valid_2;
-    end
-    if (rst) begin
-      \$38  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = valid_4;
-    if (sink__ready) begin
-      \$39  = valid_3;
-    end
-    if (rst) begin
-      \$39  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = valid_5;
-    if (sink__ready) begin
-      \$40  = valid_4;
-    end
-    if (rst) begin
-      \$40  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = valid_6;
-    if (sink__ready) begin
-      \$41  = valid_5;
+      \$41  = sink__valid;
     end
     if (rst) begin
       \$41  = 1'h0;
@@ -670,19 +721,16 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = valid_7;
+    \$42  = keep_1;
     if (sink__ready) begin
-      \$42  = valid_6;
-    end
-    if (rst) begin
-      \$42  = 1'h0;
+      \$42  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = valid_8;
+    \$43  = valid_2;
     if (sink__ready) begin
-      \$43  = valid_7;
+      \$43  = valid_1;
     end
     if (rst) begin
       \$43  = 1'h0;
@@ -690,9 +738,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_9;
+    \$44  = valid_3;
     if (sink__ready) begin
-      \$44  = valid_8;
+      \$44  = valid_2;
     end
     if (rst) begin
       \$44  = 1'h0;
@@ -700,9 +748,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = valid_10;
+    \$45  = valid_4;
     if (sink__ready) begin
-      \$45  = valid_9;
+      \$45  = valid_3;
     end
     if (rst) begin
       \$45  = 1'h0;
@@ -710,9 +758,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = valid_11;
+    \$46  = valid_5;
     if (sink__ready) begin
-      \$46  = valid_10;
+      \$46  = valid_4;
     end
     if (rst) begin
       \$46  = 1'h0;
@@ -720,9 +768,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = source__valid;
+    \$47  = valid_6;
     if (sink__ready) begin
-      \$47  = valid_11;
+      \$47  = valid_5;
     end
     if (rst) begin
       \$47  = 1'h0;
@@ -730,194 +778,470 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_2;
+    \$48  = valid_7;
     if (sink__ready) begin
-      \$48  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_3;
-    if (sink__ready) begin
-      \$49  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = keep_4;
-    if (sink__ready) begin
-      \$50  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = keep_5;
-    if (sink__ready) begin
-      \$51  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = keep_6;
-    if (sink__ready) begin
-      \$52  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = keep_7;
-    if (sink__ready) begin
-      \$53  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_8;
-    if (sink__ready) begin
-      \$54  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = keep_9;
-    if (sink__ready) begin
-      \$55  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = keep_10;
-    if (sink__ready) begin
-      \$56  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = keep_11;
-    if (sink__ready) begin
-      \$57  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = keep_12;
-    if (sink__ready) begin
-      \$58  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = \step$40 ;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$59  = ctl__data[15:0];
-      endcase
+      \$48  = valid_6;
     end
     if (rst) begin
-      \$59  = 16'h0000;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = decay;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$60  = ctl__data[11:0];
-      endcase
+    \$49  = valid_8;
+    if (sink__ready) begin
+      \$49  = valid_7;
     end
     if (rst) begin
-      \$60  = 12'h000;
+      \$49  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$61  = ctl__data[15:0];
-      endcase
+    \$50  = valid_9;
+    if (sink__ready) begin
+      \$50  = valid_8;
     end
     if (rst) begin
-      \$61  = 16'h0000;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = \$13 ;
+    \$51  = valid_10;
+    if (sink__ready) begin
+      \$51  = valid_9;
+    end
     if (rst) begin
-      \$62  = 2'h0;
+      \$51  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = \$16 ;
+    \$52  = valid_11;
+    if (sink__ready) begin
+      \$52  = valid_10;
+    end
     if (rst) begin
-      \$63  = 2'h0;
+      \$52  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = \$19 ;
+    \$53  = source__valid;
+    if (sink__ready) begin
+      \$53  = valid_11;
+    end
     if (rst) begin
-      \$64  = 2'h0;
+      \$53  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = \$22 ;
+    \$54  = keep_2;
+    if (sink__ready) begin
+      \$54  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$55  = keep_3;
+    if (sink__ready) begin
+      \$55  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$56  = keep_4;
+    if (sink__ready) begin
+      \$56  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$57  = keep_5;
+    if (sink__ready) begin
+      \$57  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$58  = keep_6;
+    if (sink__ready) begin
+      \$58  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = keep_7;
+    if (sink__ready) begin
+      \$59  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$60  = keep_8;
+    if (sink__ready) begin
+      \$60  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$61  = keep_9;
+    if (sink__ready) begin
+      \$61  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = keep_10;
+    if (sink__ready) begin
+      \$62  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = keep_11;
+    if (sink__ready) begin
+      \$63  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = keep_12;
+    if (sink__ready) begin
+      \$64  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = \$12 ;
     if (rst) begin
-      \$65  = 2'h0;
+      \$65  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = \$25 ;
+    \$66  = \$14 ;
     if (rst) begin
-      \$66  = 2'h0;
+      \$66  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = \$28 ;
+    \$67  = \$16 ;
     if (rst) begin
-      \$67  = 2'h0;
+      \$67  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = \$31 ;
+    \$68  = \$19 ;
     if (rst) begin
       \$68  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = \$34 ;
+    \$69  = \step$40 ;
+    if (write_step) begin
+      \$69  = data[15:0];
+    end
     if (rst) begin
-      \$69  = 2'h0;
+      \$69  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = decay;
+    if (write_decay) begin
+      \$70  = data[11:0];
+    end
+    if (rst) begin
+      \$70  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = noise;
+    if (write_noise) begin
+      \$71  = data[15:0];
+    end
+    if (rst) begin
+      \$71  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$72  = \$22 ;
+    if (rst) begin
+      \$72  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = \step$58 ;
+    if (write_step) begin
+      \$73  = data[15:0];
+    end
+    if (rst) begin
+      \$73  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = \decay$60 ;
+    if (write_decay) begin
+      \$74  = data[11:0];
+    end
+    if (rst) begin
+      \$74  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = \noise$62 ;
+    if (write_noise) begin
+      \$75  = data[15:0];
+    end
+    if (rst) begin
+      \$75  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = \$25 ;
+    if (rst) begin
+      \$76  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = \step$76 ;
+    if (write_step) begin
+      \$77  = data[15:0];
+    end
+    if (rst) begin
+      \$77  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = \decay$78 ;
+    if (write_decay) begin
+      \$78  = data[11:0];
+    end
+    if (rst) begin
+      \$78  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = \noise$80 ;
+    if (write_noise) begin
+      \$79  = data[15:0];
+    end
+    if (rst) begin
+      \$79  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = \$28 ;
+    if (rst) begin
+      \$80  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = \step$94 ;
+    if (write_step) begin
+      \$81  = data[15:0];
+    end
+    if (rst) begin
+      \$81  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = \decay$96 ;
+    if (write_decay) begin
+      \$82  = data[11:0];
+    end
+    if (rst) begin
+      \$82  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = \noise$98 ;
+    if (write_noise) begin
+      \$83  = data[15:0];
+    end
+    if (rst) begin
+      \$83  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$84  = \$31 ;
+    if (rst) begin
+      \$84  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = \step$112 ;
+    if (write_step) begin
+      \$85  = data[15:0];
+    end
+    if (rst) begin
+      \$85  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = \decay$114 ;
+    if (write_decay) begin
+      \$86  = data[11:0];
+    end
+    if (rst) begin
+      \$86  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$87  = \noise$116 ;
+    if (write_noise) begin
+      \$87  = data[15:0];
+    end
+    if (rst) begin
+      \$87  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$88  = \$34 ;
+    if (rst) begin
+      \$88  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$89  = \step$130 ;
+    if (write_step) begin
+      \$89  = data[15:0];
+    end
+    if (rst) begin
+      \$89  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = \decay$132 ;
+    if (write_decay) begin
+      \$90  = data[11:0];
+    end
+    if (rst) begin
+      \$90  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = \noise$134 ;
+    if (write_noise) begin
+      \$91  = data[15:0];
+    end
+    if (rst) begin
+      \$91  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = \$37 ;
+    if (rst) begin
+      \$92  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$93  = \step$148 ;
+    if (write_step) begin
+      \$93  = data[15:0];
+    end
+    if (rst) begin
+      \$93  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$94  = \decay$150 ;
+    if (write_decay) begin
+      \$94  = data[11:0];
+    end
+    if (rst) begin
+      \$94  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = \noise$152 ;
+    if (write_noise) begin
+      \$95  = data[15:0];
+    end
+    if (rst) begin
+      \$95  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$96  = \$40 ;
+    if (rst) begin
+      \$96  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$97  = \step$166 ;
+    if (write_step) begin
+      \$97  = data[15:0];
+    end
+    if (rst) begin
+      \$97  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = \decay$168 ;
+    if (write_decay) begin
+      \$98  = data[11:0];
+    end
+    if (rst) begin
+      \$98  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$99  = \noise$170 ;
+    if (write_noise) begin
+      \$99  = data[15:0];
+    end
+    if (rst) begin
+      \$99  = 16'h0000;
     end
   end
   assign advance = sink__ready;
   assign valid_12 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
-  assign seed_data = data;
+  assign wdata = data;
   assign en = sink__ready;
   assign theta = sink__payload[31:8];
   assign grad = sink__payload[207:200];
   assign out = words;
-  assign reg_step = \step$40 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
+  assign reg_step_0 = \step$40 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
   assign \load0$47  = seed_load_1[0];
   assign \load1$49  = seed_load_1[1];
   assign \data$50  = data;
@@ -925,69 +1249,69 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \theta$52  = sink__payload[55:32];
   assign \grad$53  = sink__payload[215:208];
   assign \out$55  = \words$54 ;
-  assign \step$58  = \step$40 ;
-  assign \decay$59  = decay;
-  assign \noise$60  = noise;
-  assign \load0$62  = seed_load_2[0];
-  assign \load1$64  = seed_load_2[1];
-  assign \data$65  = data;
-  assign \en$66  = sink__ready;
-  assign \theta$67  = sink__payload[79:56];
-  assign \grad$68  = sink__payload[223:216];
-  assign \out$70  = \words$69 ;
-  assign \step$73  = \step$40 ;
-  assign \decay$74  = decay;
-  assign \noise$75  = noise;
-  assign \load0$77  = seed_load_3[0];
-  assign \load1$79  = seed_load_3[1];
-  assign \data$80  = data;
-  assign \en$81  = sink__ready;
-  assign \theta$82  = sink__payload[103:80];
-  assign \grad$83  = sink__payload[231:224];
-  assign \out$85  = \words$84 ;
-  assign \step$88  = \step$40 ;
-  assign \decay$89  = decay;
-  assign \noise$90  = noise;
-  assign \load0$92  = seed_load_4[0];
-  assign \load1$94  = seed_load_4[1];
-  assign \data$95  = data;
-  assign \en$96  = sink__ready;
-  assign \theta$97  = sink__payload[127:104];
-  assign \grad$98  = sink__payload[239:232];
-  assign \out$100  = \words$99 ;
-  assign \step$103  = \step$40 ;
-  assign \decay$104  = decay;
-  assign \noise$105  = noise;
-  assign \load0$107  = seed_load_5[0];
-  assign \load1$109  = seed_load_5[1];
-  assign \data$110  = data;
-  assign \en$111  = sink__ready;
-  assign \theta$112  = sink__payload[151:128];
-  assign \grad$113  = sink__payload[247:240];
-  assign \out$115  = \words$114 ;
-  assign \step$118  = \step$40 ;
-  assign \decay$119  = decay;
-  assign \noise$120  = noise;
-  assign \load0$122  = seed_load_6[0];
-  assign \load1$124  = seed_load_6[1];
-  assign \data$125  = data;
-  assign \en$126  = sink__ready;
-  assign \theta$127  = sink__payload[175:152];
-  assign \grad$128  = sink__payload[255:248];
-  assign \out$130  = \words$129 ;
-  assign \step$133  = \step$40 ;
-  assign \decay$134  = decay;
-  assign \noise$135  = noise;
-  assign \load0$137  = seed_load_7[0];
-  assign \load1$139  = seed_load_7[1];
+  assign reg_step_1 = \step$58 ;
+  assign reg_decay_1 = \decay$60 ;
+  assign reg_noise_1 = \noise$62 ;
+  assign \load0$65  = seed_load_2[0];
+  assign \load1$67  = seed_load_2[1];
+  assign \data$68  = data;
+  assign \en$69  = sink__ready;
+  assign \theta$70  = sink__payload[79:56];
+  assign \grad$71  = sink__payload[223:216];
+  assign \out$73  = \words$72 ;
+  assign reg_step_2 = \step$76 ;
+  assign reg_decay_2 = \decay$78 ;
+  assign reg_noise_2 = \noise$80 ;
+  assign \load0$83  = seed_load_3[0];
+  assign \load1$85  = seed_load_3[1];
+  assign \data$86  = data;
+  assign \en$87  = sink__ready;
+  assign \theta$88  = sink__payload[103:80];
+  assign \grad$89  = sink__payload[231:224];
+  assign \out$91  = \words$90 ;
+  assign reg_step_3 = \step$94 ;
+  assign reg_decay_3 = \decay$96 ;
+  assign reg_noise_3 = \noise$98 ;
+  assign \load0$101  = seed_load_4[0];
+  assign \load1$103  = seed_load_4[1];
+  assign \data$104  = data;
+  assign \en$105  = sink__ready;
+  assign \theta$106  = sink__payload[127:104];
+  assign \grad$107  = sink__payload[239:232];
+  assign \out$109  = \words$108 ;
+  assign reg_step_4 = \step$112 ;
+  assign reg_decay_4 = \decay$114 ;
+  assign reg_noise_4 = \noise$116 ;
+  assign \load0$119  = seed_load_5[0];
+  assign \load1$121  = seed_load_5[1];
+  assign \data$122  = data;
+  assign \en$123  = sink__ready;
+  assign \theta$124  = sink__payload[151:128];
+  assign \grad$125  = sink__payload[247:240];
+  assign \out$127  = \words$126 ;
+  assign reg_step_5 = \step$130 ;
+  assign reg_decay_5 = \decay$132 ;
+  assign reg_noise_5 = \noise$134 ;
+  assign \load0$137  = seed_load_6[0];
+  assign \load1$139  = seed_load_6[1];
   assign \data$140  = data;
   assign \en$141  = sink__ready;
-  assign \theta$142  = sink__payload[199:176];
-  assign \grad$143  = sink__payload[263:256];
+  assign \theta$142  = sink__payload[175:152];
+  assign \grad$143  = sink__payload[255:248];
   assign \out$145  = \words$144 ;
-  assign \step$148  = \step$40 ;
-  assign \decay$149  = decay;
-  assign \noise$150  = noise;
+  assign reg_step_6 = \step$148 ;
+  assign reg_decay_6 = \decay$150 ;
+  assign reg_noise_6 = \noise$152 ;
+  assign \load0$155  = seed_load_7[0];
+  assign \load1$157  = seed_load_7[1];
+  assign \data$158  = data;
+  assign \en$159  = sink__ready;
+  assign \theta$160  = sink__payload[199:176];
+  assign \grad$161  = sink__payload[263:256];
+  assign \out$163  = \words$162 ;
+  assign reg_step_7 = \step$166 ;
+  assign reg_decay_7 = \decay$168 ;
+  assign reg_noise_7 = \noise$170 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[199:8];
   assign \sink__payload.theta[0]  = sink__payload[31:8];
@@ -1026,18 +1350,18 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[5]  = source__payload[247:240];
   assign \source__payload.weight[6]  = source__payload[255:248];
   assign \source__payload.weight[7]  = source__payload[263:256];
-  assign source__payload[263:256] = \weight$147 ;
-  assign source__payload[199:176] = \state$146 ;
-  assign source__payload[255:248] = \weight$132 ;
-  assign source__payload[175:152] = \state$131 ;
-  assign source__payload[247:240] = \weight$117 ;
-  assign source__payload[151:128] = \state$116 ;
-  assign source__payload[239:232] = \weight$102 ;
-  assign source__payload[127:104] = \state$101 ;
-  assign source__payload[231:224] = \weight$87 ;
-  assign source__payload[103:80] = \state$86 ;
-  assign source__payload[223:216] = \weight$72 ;
-  assign source__payload[79:56] = \state$71 ;
+  assign source__payload[263:256] = \weight$165 ;
+  assign source__payload[199:176] = \state$164 ;
+  assign source__payload[255:248] = \weight$147 ;
+  assign source__payload[175:152] = \state$146 ;
+  assign source__payload[247:240] = \weight$129 ;
+  assign source__payload[151:128] = \state$128 ;
+  assign source__payload[239:232] = \weight$111 ;
+  assign source__payload[127:104] = \state$110 ;
+  assign source__payload[231:224] = \weight$93 ;
+  assign source__payload[103:80] = \state$92 ;
+  assign source__payload[223:216] = \weight$75 ;
+  assign source__payload[79:56] = \state$74 ;
   assign source__payload[215:208] = \weight$57 ;
   assign source__payload[55:32] = \state$56 ;
   assign source__payload[207:200] = weight;
@@ -1049,35 +1373,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
-  reg [23:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$3 ;
+  reg [23:0] \$4 ;
+  reg [23:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -1091,63 +1411,52 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$38 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$31 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$36 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_0.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -1165,12 +1474,12 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
   );
   \lpsgld_w8_lpf_l8.lane_0.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -1192,102 +1501,81 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -4068,35 +4356,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
-  reg [23:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$3 ;
+  reg [23:0] \$4 ;
+  reg [23:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -4110,63 +4394,52 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$38 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$31 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$36 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_1.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -4184,12 +4457,12 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
   );
   \lpsgld_w8_lpf_l8.lane_1.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -4211,102 +4484,81 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -7087,35 +7339,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
-  reg [23:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$3 ;
+  reg [23:0] \$4 ;
+  reg [23:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -7129,63 +7377,52 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$38 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$31 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$36 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_2.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -7203,12 +7440,12 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
   );
   \lpsgld_w8_lpf_l8.lane_2.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -7230,102 +7467,81 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -10106,35 +10322,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
-  reg [23:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$3 ;
+  reg [23:0] \$4 ;
+  reg [23:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -10148,63 +10360,52 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$38 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$31 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$36 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_3.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -10222,12 +10423,12 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
   );
   \lpsgld_w8_lpf_l8.lane_3.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -10249,102 +10450,81 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -13125,35 +13305,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
-  reg [23:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$3 ;
+  reg [23:0] \$4 ;
+  reg [23:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -13167,63 +13343,52 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$38 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$31 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$36 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_4.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -13241,12 +13406,12 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
   );
   \lpsgld_w8_lpf_l8.lane_4.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -13268,102 +13433,81 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -16144,35 +16288,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
-  reg [23:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$3 ;
+  reg [23:0] \$4 ;
+  reg [23:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -16186,63 +16326,52 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$38 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$31 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$36 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_5.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -16260,12 +16389,12 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
   );
   \lpsgld_w8_lpf_l8.lane_5.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -16287,102 +16416,81 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -19163,35 +19271,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
-  reg [23:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$3 ;
+  reg [23:0] \$4 ;
+  reg [23:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -19205,63 +19309,52 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$38 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$31 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$36 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_6.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -19279,12 +19372,12 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
   );
   \lpsgld_w8_lpf_l8.lane_6.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -19306,102 +19399,81 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -22182,35 +22254,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
-  reg [23:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$3 ;
+  reg [23:0] \$4 ;
+  reg [23:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -22224,63 +22292,52 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$38 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$31 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$36 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_7.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -22298,12 +22355,12 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
   );
   \lpsgld_w8_lpf_l8.lane_7.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -22325,102 +22382,81 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -25198,7 +25234,7 @@ module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9000$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9006$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25222,8 +25258,8 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9000$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9000$0 ;
-  wire [1:0] \port$9000$0 ;
+  input [1:0] \port$9006$0 ;
+  wire [1:0] \port$9006$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -25253,7 +25289,7 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9000$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9000$0 [0]) begin
+    if (\port$9006$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25266,19 +25302,19 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9000$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9000$0 [1]) begin
+    if (\port$9006$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$9000$0 [0];
-  assign load1 = \port$9000$0 [1];
+  assign load0 = \port$9006$0 [0];
+  assign load1 = \port$9006$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9002$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9014$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25302,8 +25338,8 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9002$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9002$0 ;
-  wire [1:0] \port$9002$0 ;
+  input [1:0] \port$9014$0 ;
+  wire [1:0] \port$9014$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -25333,7 +25369,7 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9002$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9002$0 [0]) begin
+    if (\port$9014$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25346,19 +25382,19 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9002$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9002$0 [1]) begin
+    if (\port$9014$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$9002$0 [0];
-  assign load1 = \port$9002$0 [1];
+  assign load0 = \port$9014$0 [0];
+  assign load1 = \port$9014$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9004$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9022$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25382,8 +25418,8 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9004$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9004$0 ;
-  wire [1:0] \port$9004$0 ;
+  input [1:0] \port$9022$0 ;
+  wire [1:0] \port$9022$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -25413,7 +25449,7 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9004$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9004$0 [0]) begin
+    if (\port$9022$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25426,19 +25462,19 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9004$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9004$0 [1]) begin
+    if (\port$9022$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$9004$0 [0];
-  assign load1 = \port$9004$0 [1];
+  assign load0 = \port$9022$0 [0];
+  assign load1 = \port$9022$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9006$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9030$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25462,8 +25498,8 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9006$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9006$0 ;
-  wire [1:0] \port$9006$0 ;
+  input [1:0] \port$9030$0 ;
+  wire [1:0] \port$9030$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -25493,7 +25529,7 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9006$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9006$0 [0]) begin
+    if (\port$9030$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25506,19 +25542,19 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9006$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9006$0 [1]) begin
+    if (\port$9030$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$9006$0 [0];
-  assign load1 = \port$9006$0 [1];
+  assign load0 = \port$9030$0 [0];
+  assign load1 = \port$9030$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9008$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9038$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25542,8 +25578,8 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9008$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9008$0 ;
-  wire [1:0] \port$9008$0 ;
+  input [1:0] \port$9038$0 ;
+  wire [1:0] \port$9038$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -25573,7 +25609,7 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9008$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9008$0 [0]) begin
+    if (\port$9038$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25586,19 +25622,19 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9008$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9008$0 [1]) begin
+    if (\port$9038$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$9008$0 [0];
-  assign load1 = \port$9008$0 [1];
+  assign load0 = \port$9038$0 [0];
+  assign load1 = \port$9038$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9010$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9046$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25622,8 +25658,8 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9010$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9010$0 ;
-  wire [1:0] \port$9010$0 ;
+  input [1:0] \port$9046$0 ;
+  wire [1:0] \port$9046$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -25653,7 +25689,7 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9010$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9010$0 [0]) begin
+    if (\port$9046$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25666,19 +25702,19 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9010$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9010$0 [1]) begin
+    if (\port$9046$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$9010$0 [0];
-  assign load1 = \port$9010$0 [1];
+  assign load0 = \port$9046$0 [0];
+  assign load1 = \port$9046$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9012$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9054$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25702,8 +25738,8 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9012$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9012$0 ;
-  wire [1:0] \port$9012$0 ;
+  input [1:0] \port$9054$0 ;
+  wire [1:0] \port$9054$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -25733,7 +25769,7 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9012$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9012$0 [0]) begin
+    if (\port$9054$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25746,19 +25782,19 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9012$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9012$0 [1]) begin
+    if (\port$9054$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$9012$0 [0];
-  assign load1 = \port$9012$0 [1];
+  assign load0 = \port$9054$0 [0];
+  assign load1 = \port$9054$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9014$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9062$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25782,8 +25818,8 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9014$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9014$0 ;
-  wire [1:0] \port$9014$0 ;
+  input [1:0] \port$9062$0 ;
+  wire [1:0] \port$9062$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -25813,7 +25849,7 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9014$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9014$0 [0]) begin
+    if (\port$9062$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -25826,13 +25862,13 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9014$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9014$0 [1]) begin
+    if (\port$9062$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$9014$0 [0];
-  assign load1 = \port$9014$0 [1];
+  assign load0 = \port$9062$0 [0];
+  assign load1 = \port$9062$0 [1];
 endmodule

@@ -5,9 +5,9 @@
 module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  reg \$10 ;
-  reg \$11 ;
-  reg \$12 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [1:0] \$12 ;
   reg \$13 ;
   reg \$14 ;
   reg \$15 ;
@@ -23,17 +23,26 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg [15:0] \$27 ;
-  reg [11:0] \$28 ;
-  reg [15:0] \$29 ;
+  reg \$27 ;
+  reg \$28 ;
+  reg \$29 ;
   wire \$3 ;
-  reg [1:0] \$30 ;
+  reg \$30 ;
+  reg \$31 ;
+  reg \$32 ;
+  reg \$33 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg [1:0] \$36 ;
+  reg [15:0] \$37 ;
+  reg [11:0] \$38 ;
+  reg [15:0] \$39 ;
   wire \$4 ;
   wire \$5 ;
-  wire [1:0] \$6 ;
-  reg \$7 ;
-  reg \$8 ;
-  reg \$9 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -64,15 +73,13 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [15:0] noise = 16'h0000;
   wire [63:0] out;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_step_0;
   input rst;
   wire rst;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] seed_data;
   reg [1:0] seed_load_0 = 2'h0;
   input [16:0] sink__payload;
   wire [16:0] sink__payload;
@@ -111,67 +118,84 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] wdata;
   wire [7:0] weight;
   wire [63:0] words;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  always @(posedge clk)
+    write_decay <= \$34 ;
+  always @(posedge clk)
+    write_noise <= \$35 ;
+  always @(posedge clk)
+    seed_load_0 <= \$36 ;
+  always @(posedge clk)
+    \step$38  <= \$37 ;
+  always @(posedge clk)
+    decay <= \$38 ;
+  always @(posedge clk)
+    noise <= \$39 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign \$2  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
   assign \$3  = sink__ready & valid_1;
   assign step = \$3  & keep_1;
-  assign \$4  = ctl__addr == 9'h100;
-  assign \$5  = ctl__addr == 9'h101;
-  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
+  assign \$4  = ! ctl__addr;
+  assign \$5  = ctl__we & \$4 ;
+  assign \$6  = ctl__addr == 1'h1;
+  assign \$7  = ctl__we & \$6 ;
+  assign \$8  = ctl__addr == 2'h2;
+  assign \$9  = ctl__we & \$8 ;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$7 ;
+    valid_1 <= \$13 ;
   always @(posedge clk)
-    keep_1 <= \$8 ;
+    keep_1 <= \$14 ;
   always @(posedge clk)
-    valid_2 <= \$9 ;
+    valid_2 <= \$15 ;
   always @(posedge clk)
-    valid_3 <= \$10 ;
+    valid_3 <= \$16 ;
   always @(posedge clk)
-    valid_4 <= \$11 ;
+    valid_4 <= \$17 ;
   always @(posedge clk)
-    valid_5 <= \$12 ;
+    valid_5 <= \$18 ;
   always @(posedge clk)
-    valid_6 <= \$13 ;
+    valid_6 <= \$19 ;
   always @(posedge clk)
-    valid_7 <= \$14 ;
+    valid_7 <= \$20 ;
   always @(posedge clk)
-    valid_8 <= \$15 ;
+    valid_8 <= \$21 ;
   always @(posedge clk)
-    valid_9 <= \$16 ;
+    valid_9 <= \$22 ;
   always @(posedge clk)
-    source__valid <= \$17 ;
+    source__valid <= \$23 ;
   always @(posedge clk)
-    keep_2 <= \$18 ;
+    keep_2 <= \$24 ;
   always @(posedge clk)
-    keep_3 <= \$19 ;
+    keep_3 <= \$25 ;
   always @(posedge clk)
-    keep_4 <= \$20 ;
+    keep_4 <= \$26 ;
   always @(posedge clk)
-    keep_5 <= \$21 ;
+    keep_5 <= \$27 ;
   always @(posedge clk)
-    keep_6 <= \$22 ;
+    keep_6 <= \$28 ;
   always @(posedge clk)
-    keep_7 <= \$23 ;
+    keep_7 <= \$29 ;
   always @(posedge clk)
-    keep_8 <= \$24 ;
+    keep_8 <= \$30 ;
   always @(posedge clk)
-    keep_9 <= \$25 ;
+    keep_9 <= \$31 ;
   always @(posedge clk)
-    keep_10 <= \$26 ;
-  always @(posedge clk)
-    \step$38  <= \$27 ;
-  always @(posedge clk)
-    decay <= \$28 ;
-  always @(posedge clk)
-    noise <= \$29 ;
+    keep_10 <= \$32 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    seed_load_0 <= \$30 ;
+    write_step <= \$33 ;
   \lpsgld_w8_naive_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -187,72 +211,59 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$1166$0 (seed_load_0),
+    .\port$1172$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_1;
-    if (sink__ready) begin
-      \$7  = sink__valid;
+    \$35  = \$9 ;
+    if (rst) begin
+      \$35  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = \$12 ;
+    if (rst) begin
+      \$36  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = \step$38 ;
+    if (write_step) begin
+      \$37  = data[15:0];
     end
     if (rst) begin
-      \$7  = 1'h0;
+      \$37  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = keep_1;
-    if (sink__ready) begin
-      \$8  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_2;
-    if (sink__ready) begin
-      \$9  = valid_1;
+    \$38  = decay;
+    if (write_decay) begin
+      \$38  = data[11:0];
     end
     if (rst) begin
-      \$9  = 1'h0;
+      \$38  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_3;
-    if (sink__ready) begin
-      \$10  = valid_2;
+    \$39  = noise;
+    if (write_noise) begin
+      \$39  = data[15:0];
     end
     if (rst) begin
-      \$10  = 1'h0;
+      \$39  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_4;
+    \$13  = valid_1;
     if (sink__ready) begin
-      \$11  = valid_3;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_5;
-    if (sink__ready) begin
-      \$12  = valid_4;
-    end
-    if (rst) begin
-      \$12  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_6;
-    if (sink__ready) begin
-      \$13  = valid_5;
+      \$13  = sink__valid;
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -260,19 +271,16 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_7;
+    \$14  = keep_1;
     if (sink__ready) begin
-      \$14  = valid_6;
-    end
-    if (rst) begin
-      \$14  = 1'h0;
+      \$14  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_8;
+    \$15  = valid_2;
     if (sink__ready) begin
-      \$15  = valid_7;
+      \$15  = valid_1;
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -280,9 +288,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_9;
+    \$16  = valid_3;
     if (sink__ready) begin
-      \$16  = valid_8;
+      \$16  = valid_2;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -290,9 +298,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = source__valid;
+    \$17  = valid_4;
     if (sink__ready) begin
-      \$17  = valid_9;
+      \$17  = valid_3;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -300,132 +308,154 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = keep_2;
+    \$18  = valid_5;
     if (sink__ready) begin
-      \$18  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = keep_3;
-    if (sink__ready) begin
-      \$19  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_4;
-    if (sink__ready) begin
-      \$20  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = keep_5;
-    if (sink__ready) begin
-      \$21  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = keep_6;
-    if (sink__ready) begin
-      \$22  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = keep_7;
-    if (sink__ready) begin
-      \$23  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_8;
-    if (sink__ready) begin
-      \$24  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_9;
-    if (sink__ready) begin
-      \$25  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_10;
-    if (sink__ready) begin
-      \$26  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = \step$38 ;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$27  = ctl__data[15:0];
-      endcase
+      \$18  = valid_4;
     end
     if (rst) begin
-      \$27  = 16'h0000;
+      \$18  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = decay;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$28  = ctl__data[11:0];
-      endcase
+    \$19  = valid_6;
+    if (sink__ready) begin
+      \$19  = valid_5;
     end
     if (rst) begin
-      \$28  = 12'h000;
+      \$19  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$29  = ctl__data[15:0];
-      endcase
+    \$20  = valid_7;
+    if (sink__ready) begin
+      \$20  = valid_6;
     end
     if (rst) begin
-      \$29  = 16'h0000;
+      \$20  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = \$6 ;
+    \$21  = valid_8;
+    if (sink__ready) begin
+      \$21  = valid_7;
+    end
     if (rst) begin
-      \$30  = 2'h0;
+      \$21  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = valid_9;
+    if (sink__ready) begin
+      \$22  = valid_8;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = source__valid;
+    if (sink__ready) begin
+      \$23  = valid_9;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = keep_2;
+    if (sink__ready) begin
+      \$24  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = keep_3;
+    if (sink__ready) begin
+      \$25  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = keep_4;
+    if (sink__ready) begin
+      \$26  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_5;
+    if (sink__ready) begin
+      \$27  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_6;
+    if (sink__ready) begin
+      \$28  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_7;
+    if (sink__ready) begin
+      \$29  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_8;
+    if (sink__ready) begin
+      \$30  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_9;
+    if (sink__ready) begin
+      \$31  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = keep_10;
+    if (sink__ready) begin
+      \$32  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = \$5 ;
+    if (rst) begin
+      \$33  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = \$7 ;
+    if (rst) begin
+      \$34  = 1'h0;
     end
   end
   assign advance = sink__ready;
   assign valid_10 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
-  assign seed_data = data;
+  assign wdata = data;
   assign en = sink__ready;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$38 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
+  assign reg_step_0 = \step$38 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
   assign \sink__payload.theta  = sink__payload[8:1];
   assign \sink__payload.theta[0]  = sink__payload[8:1];
@@ -445,34 +475,30 @@ endmodule
 module \lpsgld_w8_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, state, \port$0$3 );
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -486,63 +512,52 @@ module \lpsgld_w8_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
+  wire [15:0] \noise$25 ;
   input [15:0] \port$0$3 ;
   wire [15:0] \port$0$3 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$36 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l1.lane_0.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -559,12 +574,12 @@ module \lpsgld_w8_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
   );
   \lpsgld_w8_naive_l1.lane_0.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -586,105 +601,84 @@ module \lpsgld_w8_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
   assign theta = \port$0$3 [7:0];
   assign grad = \port$0$3 [15:8];
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3334,7 +3328,7 @@ module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, out, data, \port$1166$0 , clk);
+module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, out, data, \port$1172$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3358,8 +3352,8 @@ module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, out, data, \port$1166$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1166$0 ;
-  wire [1:0] \port$1166$0 ;
+  input [1:0] \port$1172$0 ;
+  wire [1:0] \port$1172$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3389,7 +3383,7 @@ module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, out, data, \port$1166$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1166$0 [0]) begin
+    if (\port$1172$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3402,13 +3396,13 @@ module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, out, data, \port$1166$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1166$0 [1]) begin
+    if (\port$1172$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1166$0 [0];
-  assign load1 = \port$1166$0 [1];
+  assign load0 = \port$1172$0 [0];
+  assign load1 = \port$1172$0 [1];
 endmodule

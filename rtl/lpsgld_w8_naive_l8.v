@@ -8,10 +8,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire [1:0] \$13 ;
+  wire \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire [1:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
   wire [1:0] \$19 ;
@@ -32,43 +32,73 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$32 ;
   wire \$33 ;
   wire [1:0] \$34 ;
-  reg \$35 ;
-  reg [7:0] \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire [1:0] \$37 ;
+  wire \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg \$40 ;
+  wire [1:0] \$40 ;
   reg \$41 ;
-  reg \$42 ;
+  reg [7:0] \$42 ;
   reg \$43 ;
   reg \$44 ;
   reg \$45 ;
-  reg [7:0] \$46 ;
-  reg [7:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg [7:0] \$49 ;
+  reg \$46 ;
+  reg \$47 ;
+  reg \$48 ;
+  reg \$49 ;
   wire \$5 ;
-  reg [7:0] \$50 ;
-  reg [7:0] \$51 ;
+  reg \$50 ;
+  reg \$51 ;
   reg [7:0] \$52 ;
   reg [7:0] \$53 ;
   reg [7:0] \$54 ;
-  reg [15:0] \$55 ;
-  reg [11:0] \$56 ;
-  reg [15:0] \$57 ;
-  reg [1:0] \$58 ;
-  reg [1:0] \$59 ;
+  reg [7:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg [7:0] \$57 ;
+  reg [7:0] \$58 ;
+  reg [7:0] \$59 ;
   wire \$6 ;
-  reg [1:0] \$60 ;
-  reg [1:0] \$61 ;
-  reg [1:0] \$62 ;
-  reg [1:0] \$63 ;
+  reg [7:0] \$60 ;
+  reg \$61 ;
+  reg \$62 ;
+  reg \$63 ;
   reg [1:0] \$64 ;
-  reg [1:0] \$65 ;
+  reg [15:0] \$65 ;
+  reg [11:0] \$66 ;
+  reg [15:0] \$67 ;
+  reg [1:0] \$68 ;
+  reg [15:0] \$69 ;
   wire \$7 ;
+  reg [11:0] \$70 ;
+  reg [15:0] \$71 ;
+  reg [1:0] \$72 ;
+  reg [15:0] \$73 ;
+  reg [11:0] \$74 ;
+  reg [15:0] \$75 ;
+  reg [1:0] \$76 ;
+  reg [15:0] \$77 ;
+  reg [11:0] \$78 ;
+  reg [15:0] \$79 ;
   wire \$8 ;
+  reg [1:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [11:0] \$82 ;
+  reg [15:0] \$83 ;
+  reg [1:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [11:0] \$86 ;
+  reg [15:0] \$87 ;
+  reg [1:0] \$88 ;
+  reg [15:0] \$89 ;
   wire \$9 ;
+  reg [11:0] \$90 ;
+  reg [15:0] \$91 ;
+  reg [1:0] \$92 ;
+  reg [15:0] \$93 ;
+  reg [11:0] \$94 ;
+  reg [15:0] \$95 ;
   wire advance;
   input clk;
   wire clk;
@@ -80,50 +110,43 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$108 ;
+  wire [63:0] \data$102 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$123 ;
+  wire [63:0] \data$120 ;
   (* init = 64'h0000000000000000 *)
   wire [63:0] \data$138 ;
   (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$156 ;
+  (* init = 64'h0000000000000000 *)
   wire [63:0] \data$48 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$63 ;
+  wire [63:0] \data$66 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$78 ;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$93 ;
+  wire [63:0] \data$84 ;
   reg [11:0] decay = 12'h000;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$102 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$117 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$132 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$147 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$57 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$72 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$87 ;
+  reg [11:0] \decay$112  = 12'h000;
+  reg [11:0] \decay$130  = 12'h000;
+  reg [11:0] \decay$148  = 12'h000;
+  reg [11:0] \decay$166  = 12'h000;
+  reg [11:0] \decay$58  = 12'h000;
+  reg [11:0] \decay$76  = 12'h000;
+  reg [11:0] \decay$94  = 12'h000;
   wire en;
-  wire \en$109 ;
-  wire \en$124 ;
+  wire \en$103 ;
+  wire \en$121 ;
   wire \en$139 ;
+  wire \en$157 ;
   wire \en$49 ;
-  wire \en$64 ;
-  wire \en$79 ;
-  wire \en$94 ;
+  wire \en$67 ;
+  wire \en$85 ;
   wire [7:0] grad;
-  wire [7:0] \grad$111 ;
-  wire [7:0] \grad$126 ;
+  wire [7:0] \grad$105 ;
+  wire [7:0] \grad$123 ;
   wire [7:0] \grad$141 ;
+  wire [7:0] \grad$159 ;
   wire [7:0] \grad$51 ;
-  wire [7:0] \grad$66 ;
-  wire [7:0] \grad$81 ;
-  wire [7:0] \grad$96 ;
+  wire [7:0] \grad$69 ;
+  wire [7:0] \grad$87 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -137,54 +160,87 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$105 ;
-  wire \load0$120 ;
+  wire \load0$117 ;
   wire \load0$135 ;
+  wire \load0$153 ;
   wire \load0$45 ;
-  wire \load0$60 ;
-  wire \load0$75 ;
-  wire \load0$90 ;
+  wire \load0$63 ;
+  wire \load0$81 ;
+  wire \load0$99 ;
   wire load1;
-  wire \load1$107 ;
-  wire \load1$122 ;
+  wire \load1$101 ;
+  wire \load1$119 ;
   wire \load1$137 ;
+  wire \load1$155 ;
   wire \load1$47 ;
-  wire \load1$62 ;
-  wire \load1$77 ;
-  wire \load1$92 ;
+  wire \load1$65 ;
+  wire \load1$83 ;
   reg [15:0] noise = 16'h0000;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$103 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$118 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$133 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$148 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$58 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$73 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$88 ;
+  reg [15:0] \noise$114  = 16'h0000;
+  reg [15:0] \noise$132  = 16'h0000;
+  reg [15:0] \noise$150  = 16'h0000;
+  reg [15:0] \noise$168  = 16'h0000;
+  reg [15:0] \noise$60  = 16'h0000;
+  reg [15:0] \noise$78  = 16'h0000;
+  reg [15:0] \noise$96  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$113 ;
-  wire [63:0] \out$128 ;
+  wire [63:0] \out$107 ;
+  wire [63:0] \out$125 ;
   wire [63:0] \out$143 ;
+  wire [63:0] \out$161 ;
   wire [63:0] \out$53 ;
-  wire [63:0] \out$68 ;
-  wire [63:0] \out$83 ;
-  wire [63:0] \out$98 ;
+  wire [63:0] \out$71 ;
+  wire [63:0] \out$89 ;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_1;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_2;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_3;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_4;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_5;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_6;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_7;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_noise_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_7;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_0;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_7;
   input rst;
   wire rst;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] seed_data;
   reg [1:0] seed_load_0 = 2'h0;
   reg [1:0] seed_load_1 = 2'h0;
   reg [1:0] seed_load_2 = 2'h0;
@@ -244,44 +300,37 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$114 ;
-  wire [7:0] \state$129 ;
+  wire [7:0] \state$108 ;
+  wire [7:0] \state$126 ;
   wire [7:0] \state$144 ;
+  wire [7:0] \state$162 ;
   wire [7:0] \state$54 ;
-  wire [7:0] \state$69 ;
-  wire [7:0] \state$84 ;
-  wire [7:0] \state$99 ;
+  wire [7:0] \state$72 ;
+  wire [7:0] \state$90 ;
   wire step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$101 ;
-  wire \step$104 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$116 ;
-  wire \step$119 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$131 ;
+  reg [15:0] \step$110  = 16'h0000;
+  wire \step$116 ;
+  reg [15:0] \step$128  = 16'h0000;
   wire \step$134 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$146 ;
+  reg [15:0] \step$146  = 16'h0000;
+  wire \step$152 ;
+  reg [15:0] \step$164  = 16'h0000;
   reg [15:0] \step$38  = 16'h0000;
   wire \step$44 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$56 ;
-  wire \step$59 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$71 ;
-  wire \step$74 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$86 ;
-  wire \step$89 ;
+  reg [15:0] \step$56  = 16'h0000;
+  wire \step$62 ;
+  reg [15:0] \step$74  = 16'h0000;
+  wire \step$80 ;
+  reg [15:0] \step$92  = 16'h0000;
+  wire \step$98 ;
   wire [7:0] theta;
-  wire [7:0] \theta$110 ;
-  wire [7:0] \theta$125 ;
+  wire [7:0] \theta$104 ;
+  wire [7:0] \theta$122 ;
   wire [7:0] \theta$140 ;
+  wire [7:0] \theta$158 ;
   wire [7:0] \theta$50 ;
-  wire [7:0] \theta$65 ;
-  wire [7:0] \theta$80 ;
-  wire [7:0] \theta$95 ;
+  wire [7:0] \theta$68 ;
+  wire [7:0] \theta$86 ;
   reg valid_1 = 1'h0;
   (* init = 1'h0 *)
   wire valid_10;
@@ -293,130 +342,189 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] wdata;
   wire [7:0] weight;
-  wire [7:0] \weight$100 ;
-  wire [7:0] \weight$115 ;
-  wire [7:0] \weight$130 ;
+  wire [7:0] \weight$109 ;
+  wire [7:0] \weight$127 ;
   wire [7:0] \weight$145 ;
+  wire [7:0] \weight$163 ;
   wire [7:0] \weight$55 ;
-  wire [7:0] \weight$70 ;
-  wire [7:0] \weight$85 ;
+  wire [7:0] \weight$73 ;
+  wire [7:0] \weight$91 ;
   wire [63:0] words;
-  wire [63:0] \words$112 ;
-  wire [63:0] \words$127 ;
+  wire [63:0] \words$106 ;
+  wire [63:0] \words$124 ;
   wire [63:0] \words$142 ;
+  wire [63:0] \words$160 ;
   wire [63:0] \words$52 ;
-  wire [63:0] \words$67 ;
-  wire [63:0] \words$82 ;
-  wire [63:0] \words$97 ;
-  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h10a;
-  assign \$27  = ctl__addr == 9'h10b;
-  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h10c;
-  assign \$30  = ctl__addr == 9'h10d;
-  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h10e;
-  assign \$33  = ctl__addr == 9'h10f;
-  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
-  always @(posedge clk)
-    valid_1 <= \$35 ;
-  always @(posedge clk)
-    keep_1 <= \$36 ;
-  always @(posedge clk)
-    valid_2 <= \$37 ;
-  always @(posedge clk)
-    valid_3 <= \$38 ;
-  always @(posedge clk)
-    valid_4 <= \$39 ;
-  always @(posedge clk)
-    valid_5 <= \$40 ;
-  always @(posedge clk)
-    valid_6 <= \$41 ;
-  always @(posedge clk)
-    valid_7 <= \$42 ;
-  always @(posedge clk)
-    valid_8 <= \$43 ;
-  always @(posedge clk)
-    valid_9 <= \$44 ;
-  always @(posedge clk)
-    source__valid <= \$45 ;
-  always @(posedge clk)
-    keep_2 <= \$46 ;
-  always @(posedge clk)
-    keep_3 <= \$47 ;
-  always @(posedge clk)
-    keep_4 <= \$48 ;
-  always @(posedge clk)
-    keep_5 <= \$49 ;
-  always @(posedge clk)
-    keep_6 <= \$50 ;
-  always @(posedge clk)
-    keep_7 <= \$51 ;
-  always @(posedge clk)
-    keep_8 <= \$52 ;
-  always @(posedge clk)
-    keep_9 <= \$53 ;
-  always @(posedge clk)
-    keep_10 <= \$54 ;
-  always @(posedge clk)
-    \step$38  <= \$55 ;
-  always @(posedge clk)
-    decay <= \$56 ;
-  always @(posedge clk)
-    noise <= \$57 ;
-  always @(posedge clk)
-    data <= ctl__data;
-  always @(posedge clk)
-    seed_load_0 <= \$58 ;
-  always @(posedge clk)
-    seed_load_1 <= \$59 ;
-  always @(posedge clk)
-    seed_load_2 <= \$60 ;
-  always @(posedge clk)
-    seed_load_3 <= \$61 ;
-  always @(posedge clk)
-    seed_load_4 <= \$62 ;
-  always @(posedge clk)
-    seed_load_5 <= \$63 ;
-  always @(posedge clk)
-    seed_load_6 <= \$64 ;
-  always @(posedge clk)
-    seed_load_7 <= \$65 ;
-  assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
-  assign \$2  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
+  wire [63:0] \words$70 ;
+  wire [63:0] \words$88 ;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
   assign \$3  = sink__ready & valid_1;
   assign step = \$3  & keep_1[0];
   assign \$4  = sink__ready & valid_1;
   assign \step$44  = \$4  & keep_1[1];
   assign \$5  = sink__ready & valid_1;
-  assign \step$59  = \$5  & keep_1[2];
+  assign \step$62  = \$5  & keep_1[2];
   assign \$6  = sink__ready & valid_1;
-  assign \step$74  = \$6  & keep_1[3];
+  assign \step$80  = \$6  & keep_1[3];
   assign \$7  = sink__ready & valid_1;
-  assign \step$89  = \$7  & keep_1[4];
+  assign \step$98  = \$7  & keep_1[4];
   assign \$8  = sink__ready & valid_1;
-  assign \step$104  = \$8  & keep_1[5];
+  assign \step$116  = \$8  & keep_1[5];
   assign \$9  = sink__ready & valid_1;
-  assign \step$119  = \$9  & keep_1[6];
+  assign \step$134  = \$9  & keep_1[6];
   assign \$10  = sink__ready & valid_1;
-  assign \step$134  = \$10  & keep_1[7];
-  assign \$11  = ctl__addr == 9'h100;
-  assign \$12  = ctl__addr == 9'h101;
-  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
-  assign \$14  = ctl__addr == 9'h102;
-  assign \$15  = ctl__addr == 9'h103;
-  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
-  assign \$17  = ctl__addr == 9'h104;
-  assign \$18  = ctl__addr == 9'h105;
+  assign \step$152  = \$10  & keep_1[7];
+  assign \$11  = ! ctl__addr;
+  assign \$12  = ctl__we & \$11 ;
+  assign \$13  = ctl__addr == 1'h1;
+  assign \$14  = ctl__we & \$13 ;
+  assign \$15  = ctl__addr == 2'h2;
+  assign \$16  = ctl__we & \$15 ;
+  assign \$17  = ctl__addr == 9'h100;
+  assign \$18  = ctl__addr == 9'h101;
   assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
-  assign \$20  = ctl__addr == 9'h106;
-  assign \$21  = ctl__addr == 9'h107;
+  assign \$20  = ctl__addr == 9'h102;
+  assign \$21  = ctl__addr == 9'h103;
   assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h108;
-  assign \$24  = ctl__addr == 9'h109;
+  assign \$23  = ctl__addr == 9'h104;
+  assign \$24  = ctl__addr == 9'h105;
+  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
+  assign \$26  = ctl__addr == 9'h106;
+  assign \$27  = ctl__addr == 9'h107;
+  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
+  assign \$29  = ctl__addr == 9'h108;
+  assign \$30  = ctl__addr == 9'h109;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h10a;
+  assign \$33  = ctl__addr == 9'h10b;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$35  = ctl__addr == 9'h10c;
+  assign \$36  = ctl__addr == 9'h10d;
+  assign \$37  = { \$36 , \$35  } & { ctl__we, ctl__we };
+  assign \$38  = ctl__addr == 9'h10e;
+  assign \$39  = ctl__addr == 9'h10f;
+  assign \$40  = { \$39 , \$38  } & { ctl__we, ctl__we };
+  always @(posedge clk)
+    valid_1 <= \$41 ;
+  always @(posedge clk)
+    keep_1 <= \$42 ;
+  always @(posedge clk)
+    valid_2 <= \$43 ;
+  always @(posedge clk)
+    valid_3 <= \$44 ;
+  always @(posedge clk)
+    valid_4 <= \$45 ;
+  always @(posedge clk)
+    valid_5 <= \$46 ;
+  always @(posedge clk)
+    valid_6 <= \$47 ;
+  always @(posedge clk)
+    valid_7 <= \$48 ;
+  always @(posedge clk)
+    valid_8 <= \$49 ;
+  always @(posedge clk)
+    valid_9 <= \$50 ;
+  always @(posedge clk)
+    source__valid <= \$51 ;
+  always @(posedge clk)
+    keep_2 <= \$52 ;
+  always @(posedge clk)
+    keep_3 <= \$53 ;
+  always @(posedge clk)
+    keep_4 <= \$54 ;
+  always @(posedge clk)
+    keep_5 <= \$55 ;
+  always @(posedge clk)
+    keep_6 <= \$56 ;
+  always @(posedge clk)
+    keep_7 <= \$57 ;
+  always @(posedge clk)
+    keep_8 <= \$58 ;
+  always @(posedge clk)
+    keep_9 <= \$59 ;
+  always @(posedge clk)
+    keep_10 <= \$60 ;
+  always @(posedge clk)
+    data <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$61 ;
+  always @(posedge clk)
+    write_decay <= \$62 ;
+  always @(posedge clk)
+    write_noise <= \$63 ;
+  always @(posedge clk)
+    seed_load_0 <= \$64 ;
+  always @(posedge clk)
+    \step$38  <= \$65 ;
+  always @(posedge clk)
+    decay <= \$66 ;
+  always @(posedge clk)
+    noise <= \$67 ;
+  always @(posedge clk)
+    seed_load_1 <= \$68 ;
+  always @(posedge clk)
+    \step$56  <= \$69 ;
+  always @(posedge clk)
+    \decay$58  <= \$70 ;
+  always @(posedge clk)
+    \noise$60  <= \$71 ;
+  always @(posedge clk)
+    seed_load_2 <= \$72 ;
+  always @(posedge clk)
+    \step$74  <= \$73 ;
+  always @(posedge clk)
+    \decay$76  <= \$74 ;
+  always @(posedge clk)
+    \noise$78  <= \$75 ;
+  always @(posedge clk)
+    seed_load_3 <= \$76 ;
+  always @(posedge clk)
+    \step$92  <= \$77 ;
+  always @(posedge clk)
+    \decay$94  <= \$78 ;
+  always @(posedge clk)
+    \noise$96  <= \$79 ;
+  always @(posedge clk)
+    seed_load_4 <= \$80 ;
+  always @(posedge clk)
+    \step$110  <= \$81 ;
+  always @(posedge clk)
+    \decay$112  <= \$82 ;
+  always @(posedge clk)
+    \noise$114  <= \$83 ;
+  always @(posedge clk)
+    seed_load_5 <= \$84 ;
+  always @(posedge clk)
+    \step$128  <= \$85 ;
+  always @(posedge clk)
+    \decay$130  <= \$86 ;
+  always @(posedge clk)
+    \noise$132  <= \$87 ;
+  always @(posedge clk)
+    seed_load_6 <= \$88 ;
+  always @(posedge clk)
+    \step$146  <= \$89 ;
+  always @(posedge clk)
+    \decay$148  <= \$90 ;
+  always @(posedge clk)
+    \noise$150  <= \$91 ;
+  always @(posedge clk)
+    seed_load_7 <= \$92 ;
+  always @(posedge clk)
+    \step$164  <= \$93 ;
+  always @(posedge clk)
+    \decay$166  <= \$94 ;
+  always @(posedge clk)
+    \noise$168  <= \$95 ;
+  assign \$1  = ~ source__valid;
+  assign sink__ready = \$1  | source__ready;
+  assign \$2  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$2 ;
   \lpsgld_w8_naive_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -431,93 +539,93 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   );
   \lpsgld_w8_naive_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$58 ),
     .en(sink__ready),
     .grad(sink__payload[87:80]),
-    .noise(noise),
+    .noise(\noise$60 ),
     .rst(rst),
     .state(\state$54 ),
-    .step(\step$38 ),
+    .step(\step$56 ),
     .theta(sink__payload[23:16]),
     .words(\words$52 )
   );
   \lpsgld_w8_naive_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$76 ),
     .en(sink__ready),
     .grad(sink__payload[95:88]),
-    .noise(noise),
+    .noise(\noise$78 ),
     .rst(rst),
-    .state(\state$69 ),
-    .step(\step$38 ),
+    .state(\state$72 ),
+    .step(\step$74 ),
     .theta(sink__payload[31:24]),
-    .words(\words$67 )
+    .words(\words$70 )
   );
   \lpsgld_w8_naive_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$94 ),
     .en(sink__ready),
     .grad(sink__payload[103:96]),
-    .noise(noise),
+    .noise(\noise$96 ),
     .rst(rst),
-    .state(\state$84 ),
-    .step(\step$38 ),
+    .state(\state$90 ),
+    .step(\step$92 ),
     .theta(sink__payload[39:32]),
-    .words(\words$82 )
+    .words(\words$88 )
   );
   \lpsgld_w8_naive_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$112 ),
     .en(sink__ready),
     .grad(sink__payload[111:104]),
-    .noise(noise),
+    .noise(\noise$114 ),
     .rst(rst),
-    .state(\state$99 ),
-    .step(\step$38 ),
+    .state(\state$108 ),
+    .step(\step$110 ),
     .theta(sink__payload[47:40]),
-    .words(\words$97 )
+    .words(\words$106 )
   );
   \lpsgld_w8_naive_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$130 ),
     .en(sink__ready),
     .grad(sink__payload[119:112]),
-    .noise(noise),
+    .noise(\noise$132 ),
     .rst(rst),
-    .state(\state$114 ),
-    .step(\step$38 ),
+    .state(\state$126 ),
+    .step(\step$128 ),
     .theta(sink__payload[55:48]),
-    .words(\words$112 )
+    .words(\words$124 )
   );
   \lpsgld_w8_naive_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$148 ),
     .en(sink__ready),
     .grad(sink__payload[127:120]),
-    .noise(noise),
+    .noise(\noise$150 ),
     .rst(rst),
-    .state(\state$129 ),
-    .step(\step$38 ),
+    .state(\state$144 ),
+    .step(\step$146 ),
     .theta(sink__payload[63:56]),
-    .words(\words$127 )
+    .words(\words$142 )
   );
   \lpsgld_w8_naive_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$166 ),
     .en(sink__ready),
     .grad(sink__payload[135:128]),
-    .noise(noise),
+    .noise(\noise$168 ),
     .rst(rst),
-    .state(\state$144 ),
-    .step(\step$38 ),
+    .state(\state$162 ),
+    .step(\step$164 ),
     .theta(sink__payload[71:64]),
-    .words(\words$142 )
+    .words(\words$160 )
   );
   \lpsgld_w8_naive_l8.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$8880$0 (seed_load_0),
+    .\port$8886$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
@@ -525,120 +633,63 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(\words$52 ),
-    .\port$8882$0 (seed_load_1),
+    .\port$8894$0 (seed_load_1),
     .rst(rst),
     .step(\step$44 )
   );
   \lpsgld_w8_naive_l8.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .out(\words$67 ),
-    .\port$8884$0 (seed_load_2),
+    .out(\words$70 ),
+    .\port$8902$0 (seed_load_2),
     .rst(rst),
-    .step(\step$59 )
+    .step(\step$62 )
   );
   \lpsgld_w8_naive_l8.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .out(\words$82 ),
-    .\port$8886$0 (seed_load_3),
+    .out(\words$88 ),
+    .\port$8910$0 (seed_load_3),
     .rst(rst),
-    .step(\step$74 )
+    .step(\step$80 )
   );
   \lpsgld_w8_naive_l8.rng_4_0  rng_4_0 (
     .clk(clk),
     .data(data),
-    .out(\words$97 ),
-    .\port$8888$0 (seed_load_4),
+    .out(\words$106 ),
+    .\port$8918$0 (seed_load_4),
     .rst(rst),
-    .step(\step$89 )
+    .step(\step$98 )
   );
   \lpsgld_w8_naive_l8.rng_5_0  rng_5_0 (
     .clk(clk),
     .data(data),
-    .out(\words$112 ),
-    .\port$8890$0 (seed_load_5),
+    .out(\words$124 ),
+    .\port$8926$0 (seed_load_5),
     .rst(rst),
-    .step(\step$104 )
+    .step(\step$116 )
   );
   \lpsgld_w8_naive_l8.rng_6_0  rng_6_0 (
     .clk(clk),
     .data(data),
-    .out(\words$127 ),
-    .\port$8892$0 (seed_load_6),
+    .out(\words$142 ),
+    .\port$8934$0 (seed_load_6),
     .rst(rst),
-    .step(\step$119 )
+    .step(\step$134 )
   );
   \lpsgld_w8_naive_l8.rng_7_0  rng_7_0 (
     .clk(clk),
     .data(data),
-    .out(\words$142 ),
-    .\port$8894$0 (seed_load_7),
+    .out(\words$160 ),
+    .\port$8942$0 (seed_load_7),
     .rst(rst),
-    .step(\step$134 )
+    .step(\step$152 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_1;
+    \$41  = valid_1;
     if (sink__ready) begin
-      \$35  = sink__valid;
-    end
-    if (rst) begin
-      \$35  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_1;
-    if (sink__ready) begin
-      \$36  = sink__payload[7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = valid_2;
-    if (sink__ready) begin
-      \$37  = valid_1;
-    end
-    if (rst) begin
-      \$37  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = valid_3;
-    if (sink__ready) begin
-      \$38  = valid_2;
-    end
-    if (rst) begin
-      \$38  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = valid_4;
-    if (sink__ready) begin
-      \$39  = valid_3;
-    end
-    if (rst) begin
-      \$39  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = valid_5;
-    if (sink__ready) begin
-      \$40  = valid_4;
-    end
-    if (rst) begin
-      \$40  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = valid_6;
-    if (sink__ready) begin
-      \$41  = valid_5;
+      \$41  = sink__valid;
     end
     if (rst) begin
       \$41  = 1'h0;
@@ -646,19 +697,16 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = valid_7;
+    \$42  = keep_1;
     if (sink__ready) begin
-      \$42  = valid_6;
-    end
-    if (rst) begin
-      \$42  = 1'h0;
+      \$42  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = valid_8;
+    \$43  = valid_2;
     if (sink__ready) begin
-      \$43  = valid_7;
+      \$43  = valid_1;
     end
     if (rst) begin
       \$43  = 1'h0;
@@ -666,9 +714,9 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_9;
+    \$44  = valid_3;
     if (sink__ready) begin
-      \$44  = valid_8;
+      \$44  = valid_2;
     end
     if (rst) begin
       \$44  = 1'h0;
@@ -676,9 +724,9 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = source__valid;
+    \$45  = valid_4;
     if (sink__ready) begin
-      \$45  = valid_9;
+      \$45  = valid_3;
     end
     if (rst) begin
       \$45  = 1'h0;
@@ -686,181 +734,457 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_2;
+    \$46  = valid_5;
     if (sink__ready) begin
-      \$46  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = keep_3;
-    if (sink__ready) begin
-      \$47  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_4;
-    if (sink__ready) begin
-      \$48  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_5;
-    if (sink__ready) begin
-      \$49  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = keep_6;
-    if (sink__ready) begin
-      \$50  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = keep_7;
-    if (sink__ready) begin
-      \$51  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = keep_8;
-    if (sink__ready) begin
-      \$52  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = keep_9;
-    if (sink__ready) begin
-      \$53  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_10;
-    if (sink__ready) begin
-      \$54  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = \step$38 ;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$55  = ctl__data[15:0];
-      endcase
+      \$46  = valid_4;
     end
     if (rst) begin
-      \$55  = 16'h0000;
+      \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = decay;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$56  = ctl__data[11:0];
-      endcase
+    \$47  = valid_6;
+    if (sink__ready) begin
+      \$47  = valid_5;
     end
     if (rst) begin
-      \$56  = 12'h000;
+      \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$57  = ctl__data[15:0];
-      endcase
+    \$48  = valid_7;
+    if (sink__ready) begin
+      \$48  = valid_6;
     end
     if (rst) begin
-      \$57  = 16'h0000;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = \$13 ;
+    \$49  = valid_8;
+    if (sink__ready) begin
+      \$49  = valid_7;
+    end
     if (rst) begin
-      \$58  = 2'h0;
+      \$49  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = \$16 ;
+    \$50  = valid_9;
+    if (sink__ready) begin
+      \$50  = valid_8;
+    end
     if (rst) begin
-      \$59  = 2'h0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = \$19 ;
+    \$51  = source__valid;
+    if (sink__ready) begin
+      \$51  = valid_9;
+    end
     if (rst) begin
-      \$60  = 2'h0;
+      \$51  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = \$22 ;
+    \$52  = keep_2;
+    if (sink__ready) begin
+      \$52  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = keep_3;
+    if (sink__ready) begin
+      \$53  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$54  = keep_4;
+    if (sink__ready) begin
+      \$54  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$55  = keep_5;
+    if (sink__ready) begin
+      \$55  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$56  = keep_6;
+    if (sink__ready) begin
+      \$56  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$57  = keep_7;
+    if (sink__ready) begin
+      \$57  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$58  = keep_8;
+    if (sink__ready) begin
+      \$58  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = keep_9;
+    if (sink__ready) begin
+      \$59  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$60  = keep_10;
+    if (sink__ready) begin
+      \$60  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$61  = \$12 ;
     if (rst) begin
-      \$61  = 2'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = \$25 ;
+    \$62  = \$14 ;
     if (rst) begin
-      \$62  = 2'h0;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = \$28 ;
+    \$63  = \$16 ;
     if (rst) begin
-      \$63  = 2'h0;
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = \$31 ;
+    \$64  = \$19 ;
     if (rst) begin
       \$64  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = \$34 ;
+    \$65  = \step$38 ;
+    if (write_step) begin
+      \$65  = data[15:0];
+    end
     if (rst) begin
-      \$65  = 2'h0;
+      \$65  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = decay;
+    if (write_decay) begin
+      \$66  = data[11:0];
+    end
+    if (rst) begin
+      \$66  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = noise;
+    if (write_noise) begin
+      \$67  = data[15:0];
+    end
+    if (rst) begin
+      \$67  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = \$22 ;
+    if (rst) begin
+      \$68  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = \step$56 ;
+    if (write_step) begin
+      \$69  = data[15:0];
+    end
+    if (rst) begin
+      \$69  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = \decay$58 ;
+    if (write_decay) begin
+      \$70  = data[11:0];
+    end
+    if (rst) begin
+      \$70  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = \noise$60 ;
+    if (write_noise) begin
+      \$71  = data[15:0];
+    end
+    if (rst) begin
+      \$71  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$72  = \$25 ;
+    if (rst) begin
+      \$72  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = \step$74 ;
+    if (write_step) begin
+      \$73  = data[15:0];
+    end
+    if (rst) begin
+      \$73  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = \decay$76 ;
+    if (write_decay) begin
+      \$74  = data[11:0];
+    end
+    if (rst) begin
+      \$74  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = \noise$78 ;
+    if (write_noise) begin
+      \$75  = data[15:0];
+    end
+    if (rst) begin
+      \$75  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = \$28 ;
+    if (rst) begin
+      \$76  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = \step$92 ;
+    if (write_step) begin
+      \$77  = data[15:0];
+    end
+    if (rst) begin
+      \$77  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = \decay$94 ;
+    if (write_decay) begin
+      \$78  = data[11:0];
+    end
+    if (rst) begin
+      \$78  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = \noise$96 ;
+    if (write_noise) begin
+      \$79  = data[15:0];
+    end
+    if (rst) begin
+      \$79  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = \$31 ;
+    if (rst) begin
+      \$80  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = \step$110 ;
+    if (write_step) begin
+      \$81  = data[15:0];
+    end
+    if (rst) begin
+      \$81  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = \decay$112 ;
+    if (write_decay) begin
+      \$82  = data[11:0];
+    end
+    if (rst) begin
+      \$82  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = \noise$114 ;
+    if (write_noise) begin
+      \$83  = data[15:0];
+    end
+    if (rst) begin
+      \$83  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$84  = \$34 ;
+    if (rst) begin
+      \$84  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = \step$128 ;
+    if (write_step) begin
+      \$85  = data[15:0];
+    end
+    if (rst) begin
+      \$85  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = \decay$130 ;
+    if (write_decay) begin
+      \$86  = data[11:0];
+    end
+    if (rst) begin
+      \$86  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$87  = \noise$132 ;
+    if (write_noise) begin
+      \$87  = data[15:0];
+    end
+    if (rst) begin
+      \$87  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$88  = \$37 ;
+    if (rst) begin
+      \$88  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$89  = \step$146 ;
+    if (write_step) begin
+      \$89  = data[15:0];
+    end
+    if (rst) begin
+      \$89  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = \decay$148 ;
+    if (write_decay) begin
+      \$90  = data[11:0];
+    end
+    if (rst) begin
+      \$90  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = \noise$150 ;
+    if (write_noise) begin
+      \$91  = data[15:0];
+    end
+    if (rst) begin
+      \$91  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = \$40 ;
+    if (rst) begin
+      \$92  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$93  = \step$164 ;
+    if (write_step) begin
+      \$93  = data[15:0];
+    end
+    if (rst) begin
+      \$93  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$94  = \decay$166 ;
+    if (write_decay) begin
+      \$94  = data[11:0];
+    end
+    if (rst) begin
+      \$94  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = \noise$168 ;
+    if (write_noise) begin
+      \$95  = data[15:0];
+    end
+    if (rst) begin
+      \$95  = 16'h0000;
     end
   end
   assign advance = sink__ready;
   assign valid_10 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
-  assign seed_data = data;
+  assign wdata = data;
   assign en = sink__ready;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$38 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
+  assign reg_step_0 = \step$38 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
   assign \load0$45  = seed_load_1[0];
   assign \load1$47  = seed_load_1[1];
   assign \data$48  = data;
@@ -869,75 +1193,75 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \grad$51  = sink__payload[87:80];
   assign \out$53  = \words$52 ;
   assign \weight$55  = \state$54 ;
-  assign \step$56  = \step$38 ;
-  assign \decay$57  = decay;
-  assign \noise$58  = noise;
-  assign \load0$60  = seed_load_2[0];
-  assign \load1$62  = seed_load_2[1];
-  assign \data$63  = data;
-  assign \en$64  = sink__ready;
-  assign \theta$65  = sink__payload[31:24];
-  assign \grad$66  = sink__payload[95:88];
-  assign \out$68  = \words$67 ;
-  assign \weight$70  = \state$69 ;
-  assign \step$71  = \step$38 ;
-  assign \decay$72  = decay;
-  assign \noise$73  = noise;
-  assign \load0$75  = seed_load_3[0];
-  assign \load1$77  = seed_load_3[1];
-  assign \data$78  = data;
-  assign \en$79  = sink__ready;
-  assign \theta$80  = sink__payload[39:32];
-  assign \grad$81  = sink__payload[103:96];
-  assign \out$83  = \words$82 ;
-  assign \weight$85  = \state$84 ;
-  assign \step$86  = \step$38 ;
-  assign \decay$87  = decay;
-  assign \noise$88  = noise;
-  assign \load0$90  = seed_load_4[0];
-  assign \load1$92  = seed_load_4[1];
-  assign \data$93  = data;
-  assign \en$94  = sink__ready;
-  assign \theta$95  = sink__payload[47:40];
-  assign \grad$96  = sink__payload[111:104];
-  assign \out$98  = \words$97 ;
-  assign \weight$100  = \state$99 ;
-  assign \step$101  = \step$38 ;
-  assign \decay$102  = decay;
-  assign \noise$103  = noise;
-  assign \load0$105  = seed_load_5[0];
-  assign \load1$107  = seed_load_5[1];
-  assign \data$108  = data;
-  assign \en$109  = sink__ready;
-  assign \theta$110  = sink__payload[55:48];
-  assign \grad$111  = sink__payload[119:112];
-  assign \out$113  = \words$112 ;
-  assign \weight$115  = \state$114 ;
-  assign \step$116  = \step$38 ;
-  assign \decay$117  = decay;
-  assign \noise$118  = noise;
-  assign \load0$120  = seed_load_6[0];
-  assign \load1$122  = seed_load_6[1];
-  assign \data$123  = data;
-  assign \en$124  = sink__ready;
-  assign \theta$125  = sink__payload[63:56];
-  assign \grad$126  = sink__payload[127:120];
-  assign \out$128  = \words$127 ;
-  assign \weight$130  = \state$129 ;
-  assign \step$131  = \step$38 ;
-  assign \decay$132  = decay;
-  assign \noise$133  = noise;
-  assign \load0$135  = seed_load_7[0];
-  assign \load1$137  = seed_load_7[1];
+  assign reg_step_1 = \step$56 ;
+  assign reg_decay_1 = \decay$58 ;
+  assign reg_noise_1 = \noise$60 ;
+  assign \load0$63  = seed_load_2[0];
+  assign \load1$65  = seed_load_2[1];
+  assign \data$66  = data;
+  assign \en$67  = sink__ready;
+  assign \theta$68  = sink__payload[31:24];
+  assign \grad$69  = sink__payload[95:88];
+  assign \out$71  = \words$70 ;
+  assign \weight$73  = \state$72 ;
+  assign reg_step_2 = \step$74 ;
+  assign reg_decay_2 = \decay$76 ;
+  assign reg_noise_2 = \noise$78 ;
+  assign \load0$81  = seed_load_3[0];
+  assign \load1$83  = seed_load_3[1];
+  assign \data$84  = data;
+  assign \en$85  = sink__ready;
+  assign \theta$86  = sink__payload[39:32];
+  assign \grad$87  = sink__payload[103:96];
+  assign \out$89  = \words$88 ;
+  assign \weight$91  = \state$90 ;
+  assign reg_step_3 = \step$92 ;
+  assign reg_decay_3 = \decay$94 ;
+  assign reg_noise_3 = \noise$96 ;
+  assign \load0$99  = seed_load_4[0];
+  assign \load1$101  = seed_load_4[1];
+  assign \data$102  = data;
+  assign \en$103  = sink__ready;
+  assign \theta$104  = sink__payload[47:40];
+  assign \grad$105  = sink__payload[111:104];
+  assign \out$107  = \words$106 ;
+  assign \weight$109  = \state$108 ;
+  assign reg_step_4 = \step$110 ;
+  assign reg_decay_4 = \decay$112 ;
+  assign reg_noise_4 = \noise$114 ;
+  assign \load0$117  = seed_load_5[0];
+  assign \load1$119  = seed_load_5[1];
+  assign \data$120  = data;
+  assign \en$121  = sink__ready;
+  assign \theta$122  = sink__payload[55:48];
+  assign \grad$123  = sink__payload[119:112];
+  assign \out$125  = \words$124 ;
+  assign \weight$127  = \state$126 ;
+  assign reg_step_5 = \step$128 ;
+  assign reg_decay_5 = \decay$130 ;
+  assign reg_noise_5 = \noise$132 ;
+  assign \load0$135  = seed_load_6[0];
+  assign \load1$137  = seed_load_6[1];
   assign \data$138  = data;
   assign \en$139  = sink__ready;
-  assign \theta$140  = sink__payload[71:64];
-  assign \grad$141  = sink__payload[135:128];
+  assign \theta$140  = sink__payload[63:56];
+  assign \grad$141  = sink__payload[127:120];
   assign \out$143  = \words$142 ;
   assign \weight$145  = \state$144 ;
-  assign \step$146  = \step$38 ;
-  assign \decay$147  = decay;
-  assign \noise$148  = noise;
+  assign reg_step_6 = \step$146 ;
+  assign reg_decay_6 = \decay$148 ;
+  assign reg_noise_6 = \noise$150 ;
+  assign \load0$153  = seed_load_7[0];
+  assign \load1$155  = seed_load_7[1];
+  assign \data$156  = data;
+  assign \en$157  = sink__ready;
+  assign \theta$158  = sink__payload[71:64];
+  assign \grad$159  = sink__payload[135:128];
+  assign \out$161  = \words$160 ;
+  assign \weight$163  = \state$162 ;
+  assign reg_step_7 = \step$164 ;
+  assign reg_decay_7 = \decay$166 ;
+  assign reg_noise_7 = \noise$168 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -976,18 +1300,18 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$144 ;
-  assign source__payload[71:64] = \state$144 ;
-  assign source__payload[127:120] = \state$129 ;
-  assign source__payload[63:56] = \state$129 ;
-  assign source__payload[119:112] = \state$114 ;
-  assign source__payload[55:48] = \state$114 ;
-  assign source__payload[111:104] = \state$99 ;
-  assign source__payload[47:40] = \state$99 ;
-  assign source__payload[103:96] = \state$84 ;
-  assign source__payload[39:32] = \state$84 ;
-  assign source__payload[95:88] = \state$69 ;
-  assign source__payload[31:24] = \state$69 ;
+  assign source__payload[135:128] = \state$162 ;
+  assign source__payload[71:64] = \state$162 ;
+  assign source__payload[127:120] = \state$144 ;
+  assign source__payload[63:56] = \state$144 ;
+  assign source__payload[119:112] = \state$126 ;
+  assign source__payload[55:48] = \state$126 ;
+  assign source__payload[111:104] = \state$108 ;
+  assign source__payload[47:40] = \state$108 ;
+  assign source__payload[103:96] = \state$90 ;
+  assign source__payload[39:32] = \state$90 ;
+  assign source__payload[95:88] = \state$72 ;
+  assign source__payload[31:24] = \state$72 ;
   assign source__payload[87:80] = \state$54 ;
   assign source__payload[23:16] = \state$54 ;
   assign source__payload[79:72] = state;
@@ -999,35 +1323,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -1041,62 +1361,51 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$36 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_0.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -1113,12 +1422,12 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
   );
   \lpsgld_w8_naive_l8.lane_0.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -1140,103 +1449,82 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3889,35 +4177,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -3931,62 +4215,51 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$36 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_1.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -4003,12 +4276,12 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
   );
   \lpsgld_w8_naive_l8.lane_1.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -4030,103 +4303,82 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6779,35 +7031,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -6821,62 +7069,51 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$36 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_2.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -6893,12 +7130,12 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
   );
   \lpsgld_w8_naive_l8.lane_2.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -6920,103 +7157,82 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -9669,35 +9885,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -9711,62 +9923,51 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$36 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_3.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -9783,12 +9984,12 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
   );
   \lpsgld_w8_naive_l8.lane_3.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -9810,103 +10011,82 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -12559,35 +12739,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -12601,62 +12777,51 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$36 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_4.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -12673,12 +12838,12 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
   );
   \lpsgld_w8_naive_l8.lane_4.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -12700,103 +12865,82 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -15449,35 +15593,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -15491,62 +15631,51 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$36 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_5.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -15563,12 +15692,12 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
   );
   \lpsgld_w8_naive_l8.lane_5.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -15590,103 +15719,82 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -18339,35 +18447,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -18381,62 +18485,51 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$36 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_6.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -18453,12 +18546,12 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
   );
   \lpsgld_w8_naive_l8.lane_6.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -18480,103 +18573,82 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -21229,35 +21301,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
+  reg [23:0] \$10 ;
+  reg [23:0] \$11 ;
   reg [7:0] \$2 ;
-  reg [15:0] \$3 ;
-  reg [11:0] \$4 ;
-  reg [15:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$25 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$23 ;
-  wire \en$26 ;
-  wire \en$34 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$32 ;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -21271,62 +21339,51 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
   reg [23:0] lane_u_sr_d2 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$28 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$24 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$40 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$36 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$30 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    reg_step <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    reg_decay <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    reg_noise <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$14 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_7.gauss  gauss (
     .bits(words[55:24]),
     .clk(clk),
@@ -21343,12 +21400,12 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
   );
   \lpsgld_w8_naive_l8.lane_7.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(reg_noise),
+    .noise(noise),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .u_sr(lane_u_sr_d2),
     .x(x),
@@ -21370,103 +21427,82 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$3  = step;
-    if (rst) begin
-      \$3  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$4  = decay;
-    if (rst) begin
-      \$4  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$5  = noise;
-    if (rst) begin
-      \$5  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$6  = lane_theta_d0;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$7  = lane_theta_d1;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$8  = lane_theta_d2;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$9  = lane_grad_d0;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$9  = lane_grad;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$10  = lane_grad_d1;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$10  = lane_grad_d0;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$11  = lane_grad_d2;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$11  = lane_grad_d1;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$12  = lane_u_sr_d0;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$12  = words[23:0];
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$13  = lane_u_sr_d1;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$13  = lane_u_sr_d0;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$14  = lane_u_sr_d2;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$14  = lane_u_sr_d1;
+      \$11  = lane_u_sr_d1;
     end
   end
-  assign \en$23  = en;
-  assign \step$24  = reg_step;
-  assign \decay$25  = reg_decay;
-  assign \en$26  = en;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
   assign bits = words[55:24];
-  assign \noise$28  = reg_noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d2;
-  assign \grad$32  = lane_grad_d2;
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
   assign u_sr = lane_u_sr_d2;
-  assign \en$34  = en;
-  assign \x$36  = x;
-  assign \state$38  = state;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -24116,7 +24152,7 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8880$0 , clk);
+module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8886$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24140,8 +24176,8 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8880$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8880$0 ;
-  wire [1:0] \port$8880$0 ;
+  input [1:0] \port$8886$0 ;
+  wire [1:0] \port$8886$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -24171,7 +24207,7 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8880$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8880$0 [0]) begin
+    if (\port$8886$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24184,19 +24220,19 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8880$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8880$0 [1]) begin
+    if (\port$8886$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$8880$0 [0];
-  assign load1 = \port$8880$0 [1];
+  assign load0 = \port$8886$0 [0];
+  assign load1 = \port$8886$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8882$0 , clk);
+module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8894$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24220,8 +24256,8 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8882$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8882$0 ;
-  wire [1:0] \port$8882$0 ;
+  input [1:0] \port$8894$0 ;
+  wire [1:0] \port$8894$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -24251,7 +24287,7 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8882$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8882$0 [0]) begin
+    if (\port$8894$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24264,19 +24300,19 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8882$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8882$0 [1]) begin
+    if (\port$8894$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$8882$0 [0];
-  assign load1 = \port$8882$0 [1];
+  assign load0 = \port$8894$0 [0];
+  assign load1 = \port$8894$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8884$0 , clk);
+module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8902$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24300,8 +24336,8 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8884$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8884$0 ;
-  wire [1:0] \port$8884$0 ;
+  input [1:0] \port$8902$0 ;
+  wire [1:0] \port$8902$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -24331,7 +24367,7 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8884$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8884$0 [0]) begin
+    if (\port$8902$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24344,19 +24380,19 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8884$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8884$0 [1]) begin
+    if (\port$8902$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$8884$0 [0];
-  assign load1 = \port$8884$0 [1];
+  assign load0 = \port$8902$0 [0];
+  assign load1 = \port$8902$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8886$0 , clk);
+module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8910$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24380,8 +24416,8 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8886$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8886$0 ;
-  wire [1:0] \port$8886$0 ;
+  input [1:0] \port$8910$0 ;
+  wire [1:0] \port$8910$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -24411,7 +24447,7 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8886$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8886$0 [0]) begin
+    if (\port$8910$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24424,19 +24460,19 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8886$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8886$0 [1]) begin
+    if (\port$8910$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$8886$0 [0];
-  assign load1 = \port$8886$0 [1];
+  assign load0 = \port$8910$0 [0];
+  assign load1 = \port$8910$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8888$0 , clk);
+module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8918$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24460,8 +24496,8 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8888$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8888$0 ;
-  wire [1:0] \port$8888$0 ;
+  input [1:0] \port$8918$0 ;
+  wire [1:0] \port$8918$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -24491,7 +24527,7 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8888$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8888$0 [0]) begin
+    if (\port$8918$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24504,19 +24540,19 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8888$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8888$0 [1]) begin
+    if (\port$8918$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$8888$0 [0];
-  assign load1 = \port$8888$0 [1];
+  assign load0 = \port$8918$0 [0];
+  assign load1 = \port$8918$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8890$0 , clk);
+module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8926$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24540,8 +24576,8 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8890$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8890$0 ;
-  wire [1:0] \port$8890$0 ;
+  input [1:0] \port$8926$0 ;
+  wire [1:0] \port$8926$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -24571,7 +24607,7 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8890$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8890$0 [0]) begin
+    if (\port$8926$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24584,19 +24620,19 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8890$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8890$0 [1]) begin
+    if (\port$8926$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$8890$0 [0];
-  assign load1 = \port$8890$0 [1];
+  assign load0 = \port$8926$0 [0];
+  assign load1 = \port$8926$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8892$0 , clk);
+module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8934$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24620,8 +24656,8 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8892$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8892$0 ;
-  wire [1:0] \port$8892$0 ;
+  input [1:0] \port$8934$0 ;
+  wire [1:0] \port$8934$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -24651,7 +24687,7 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8892$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8892$0 [0]) begin
+    if (\port$8934$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24664,19 +24700,19 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8892$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8892$0 [1]) begin
+    if (\port$8934$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$8892$0 [0];
-  assign load1 = \port$8892$0 [1];
+  assign load0 = \port$8934$0 [0];
+  assign load1 = \port$8934$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8894$0 , clk);
+module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8942$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24700,8 +24736,8 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8894$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8894$0 ;
-  wire [1:0] \port$8894$0 ;
+  input [1:0] \port$8942$0 ;
+  wire [1:0] \port$8942$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -24731,7 +24767,7 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8894$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8894$0 [0]) begin
+    if (\port$8942$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24744,13 +24780,13 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8894$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8894$0 [1]) begin
+    if (\port$8942$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$8894$0 [0];
-  assign load1 = \port$8894$0 [1];
+  assign load0 = \port$8942$0 [0];
+  assign load1 = \port$8942$0 [1];
 endmodule

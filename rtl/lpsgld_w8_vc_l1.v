@@ -5,13 +5,13 @@
 module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  reg \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -41,17 +41,32 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$40 ;
   reg \$41 ;
   reg \$42 ;
-  reg [15:0] \$43 ;
-  reg [11:0] \$44 ;
-  reg [15:0] \$45 ;
-  reg [14:0] \$46 ;
+  reg \$43 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg \$46 ;
   reg \$47 ;
-  reg [1:0] \$48 ;
+  reg \$48 ;
+  reg \$49 ;
   wire \$5 ;
-  wire [1:0] \$6 ;
-  reg \$7 ;
-  reg \$8 ;
-  reg \$9 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg \$52 ;
+  reg \$53 ;
+  reg \$54 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg [1:0] \$58 ;
+  reg [15:0] \$59 ;
+  wire \$6 ;
+  reg [11:0] \$60 ;
+  reg [15:0] \$61 ;
+  reg [14:0] \$62 ;
+  reg \$63 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -90,19 +105,17 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [15:0] noise = 16'h0000;
   wire [63:0] out;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_step_0;
   (* init = 1'h0 *)
-  wire reg_vc_noise;
+  wire reg_vc_noise_0;
   (* init = 15'h0000 *)
-  wire [14:0] reg_vc_var;
+  wire [14:0] reg_vc_var_0;
   input rst;
   wire rst;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] seed_data;
   reg [1:0] seed_load_0 = 2'h0;
   input [16:0] sink__payload;
   wire [16:0] sink__payload;
@@ -151,103 +164,130 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
   reg [14:0] vc_var = 15'h0000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] wdata;
   wire [7:0] weight;
   wire [63:0] words;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  reg write_vc_noise = 1'h0;
+  reg write_vc_var = 1'h0;
   always @(posedge clk)
-    keep_3 <= \$27 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    keep_4 <= \$28 ;
+    valid_9 <= \$26 ;
   always @(posedge clk)
-    keep_5 <= \$29 ;
+    valid_10 <= \$27 ;
   always @(posedge clk)
-    keep_6 <= \$30 ;
+    valid_11 <= \$28 ;
   always @(posedge clk)
-    keep_7 <= \$31 ;
+    valid_12 <= \$29 ;
   always @(posedge clk)
-    keep_8 <= \$32 ;
+    valid_13 <= \$30 ;
   always @(posedge clk)
-    keep_9 <= \$33 ;
+    valid_14 <= \$31 ;
   always @(posedge clk)
-    keep_10 <= \$34 ;
+    valid_15 <= \$32 ;
   always @(posedge clk)
-    keep_11 <= \$35 ;
+    valid_16 <= \$33 ;
   always @(posedge clk)
-    keep_12 <= \$36 ;
+    valid_17 <= \$34 ;
   always @(posedge clk)
-    keep_13 <= \$37 ;
+    source__valid <= \$35 ;
   always @(posedge clk)
-    keep_14 <= \$38 ;
+    keep_2 <= \$36 ;
   always @(posedge clk)
-    keep_15 <= \$39 ;
+    keep_3 <= \$37 ;
   always @(posedge clk)
-    keep_16 <= \$40 ;
+    keep_4 <= \$38 ;
   always @(posedge clk)
-    keep_17 <= \$41 ;
+    keep_5 <= \$39 ;
   always @(posedge clk)
-    keep_18 <= \$42 ;
+    keep_6 <= \$40 ;
   always @(posedge clk)
-    \step$46  <= \$43 ;
+    keep_7 <= \$41 ;
   always @(posedge clk)
-    decay <= \$44 ;
+    keep_8 <= \$42 ;
   always @(posedge clk)
-    noise <= \$45 ;
+    keep_9 <= \$43 ;
   always @(posedge clk)
-    vc_var <= \$46 ;
+    keep_10 <= \$44 ;
   always @(posedge clk)
-    vc_noise <= \$47 ;
+    keep_11 <= \$45 ;
+  always @(posedge clk)
+    keep_12 <= \$46 ;
+  always @(posedge clk)
+    keep_13 <= \$47 ;
+  always @(posedge clk)
+    keep_14 <= \$48 ;
+  always @(posedge clk)
+    keep_15 <= \$49 ;
+  always @(posedge clk)
+    keep_16 <= \$50 ;
+  always @(posedge clk)
+    keep_17 <= \$51 ;
+  always @(posedge clk)
+    keep_18 <= \$52 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    seed_load_0 <= \$48 ;
+    write_step <= \$53 ;
+  always @(posedge clk)
+    write_decay <= \$54 ;
+  always @(posedge clk)
+    write_noise <= \$55 ;
+  always @(posedge clk)
+    write_vc_var <= \$56 ;
+  always @(posedge clk)
+    write_vc_noise <= \$57 ;
+  always @(posedge clk)
+    seed_load_0 <= \$58 ;
+  always @(posedge clk)
+    \step$46  <= \$59 ;
+  always @(posedge clk)
+    decay <= \$60 ;
+  always @(posedge clk)
+    noise <= \$61 ;
+  always @(posedge clk)
+    vc_var <= \$62 ;
+  always @(posedge clk)
+    vc_noise <= \$63 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign \$2  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
   assign \$3  = sink__ready & valid_1;
   assign step = \$3  & keep_1;
-  assign \$4  = ctl__addr == 9'h100;
-  assign \$5  = ctl__addr == 9'h101;
-  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
+  assign \$4  = ! ctl__addr;
+  assign \$5  = ctl__we & \$4 ;
+  assign \$6  = ctl__addr == 1'h1;
+  assign \$7  = ctl__we & \$6 ;
+  assign \$8  = ctl__addr == 2'h2;
+  assign \$9  = ctl__we & \$8 ;
+  assign \$10  = ctl__addr == 2'h3;
+  assign \$11  = ctl__we & \$10 ;
+  assign \$12  = ctl__addr == 3'h4;
+  assign \$13  = ctl__we & \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$7 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$8 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$9 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$10 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$11 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$12 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$13 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$14 ;
-  always @(posedge clk)
-    valid_8 <= \$15 ;
-  always @(posedge clk)
-    valid_9 <= \$16 ;
-  always @(posedge clk)
-    valid_10 <= \$17 ;
-  always @(posedge clk)
-    valid_11 <= \$18 ;
-  always @(posedge clk)
-    valid_12 <= \$19 ;
-  always @(posedge clk)
-    valid_13 <= \$20 ;
-  always @(posedge clk)
-    valid_14 <= \$21 ;
-  always @(posedge clk)
-    valid_15 <= \$22 ;
-  always @(posedge clk)
-    valid_16 <= \$23 ;
-  always @(posedge clk)
-    valid_17 <= \$24 ;
-  always @(posedge clk)
-    source__valid <= \$25 ;
-  always @(posedge clk)
-    keep_2 <= \$26 ;
+    valid_7 <= \$24 ;
   \lpsgld_w8_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -265,389 +305,15 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$1246$0 (seed_load_0),
+    .\port$1258$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_4;
+    \$25  = valid_8;
     if (sink__ready) begin
-      \$28  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_5;
-    if (sink__ready) begin
-      \$29  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_6;
-    if (sink__ready) begin
-      \$30  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_7;
-    if (sink__ready) begin
-      \$31  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_8;
-    if (sink__ready) begin
-      \$32  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_9;
-    if (sink__ready) begin
-      \$33  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_10;
-    if (sink__ready) begin
-      \$34  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_11;
-    if (sink__ready) begin
-      \$35  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_12;
-    if (sink__ready) begin
-      \$36  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_13;
-    if (sink__ready) begin
-      \$37  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_14;
-    if (sink__ready) begin
-      \$38  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_15;
-    if (sink__ready) begin
-      \$39  = keep_14;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_16;
-    if (sink__ready) begin
-      \$40  = keep_15;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_17;
-    if (sink__ready) begin
-      \$41  = keep_16;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_18;
-    if (sink__ready) begin
-      \$42  = keep_17;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = \step$46 ;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$43  = ctl__data[15:0];
-      endcase
-    end
-    if (rst) begin
-      \$43  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = decay;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$44  = ctl__data[11:0];
-      endcase
-    end
-    if (rst) begin
-      \$44  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$45  = ctl__data[15:0];
-      endcase
-    end
-    if (rst) begin
-      \$45  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = vc_var;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            /* empty */;
-        16'h0003:
-            \$46  = ctl__data[14:0];
-      endcase
-    end
-    if (rst) begin
-      \$46  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = vc_noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            /* empty */;
-        16'h0003:
-            /* empty */;
-        16'h0004:
-            \$47  = ctl__data[0];
-      endcase
-    end
-    if (rst) begin
-      \$47  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = \$6 ;
-    if (rst) begin
-      \$48  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_1;
-    if (sink__ready) begin
-      \$7  = sink__valid;
-    end
-    if (rst) begin
-      \$7  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = keep_1;
-    if (sink__ready) begin
-      \$8  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_2;
-    if (sink__ready) begin
-      \$9  = valid_1;
-    end
-    if (rst) begin
-      \$9  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_3;
-    if (sink__ready) begin
-      \$10  = valid_2;
-    end
-    if (rst) begin
-      \$10  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_4;
-    if (sink__ready) begin
-      \$11  = valid_3;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_5;
-    if (sink__ready) begin
-      \$12  = valid_4;
-    end
-    if (rst) begin
-      \$12  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_6;
-    if (sink__ready) begin
-      \$13  = valid_5;
-    end
-    if (rst) begin
-      \$13  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_7;
-    if (sink__ready) begin
-      \$14  = valid_6;
-    end
-    if (rst) begin
-      \$14  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_8;
-    if (sink__ready) begin
-      \$15  = valid_7;
-    end
-    if (rst) begin
-      \$15  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_9;
-    if (sink__ready) begin
-      \$16  = valid_8;
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_10;
-    if (sink__ready) begin
-      \$17  = valid_9;
-    end
-    if (rst) begin
-      \$17  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_11;
-    if (sink__ready) begin
-      \$18  = valid_10;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_12;
-    if (sink__ready) begin
-      \$19  = valid_11;
-    end
-    if (rst) begin
-      \$19  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_13;
-    if (sink__ready) begin
-      \$20  = valid_12;
-    end
-    if (rst) begin
-      \$20  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_14;
-    if (sink__ready) begin
-      \$21  = valid_13;
-    end
-    if (rst) begin
-      \$21  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_15;
-    if (sink__ready) begin
-      \$22  = valid_14;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_16;
-    if (sink__ready) begin
-      \$23  = valid_15;
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_17;
-    if (sink__ready) begin
-      \$24  = valid_16;
-    end
-    if (rst) begin
-      \$24  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = source__valid;
-    if (sink__ready) begin
-      \$25  = valid_17;
+      \$25  = valid_7;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -655,33 +321,407 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_2;
+    \$26  = valid_9;
     if (sink__ready) begin
-      \$26  = keep_1;
+      \$26  = valid_8;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_3;
+    \$27  = valid_10;
     if (sink__ready) begin
-      \$27  = keep_2;
+      \$27  = valid_9;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = valid_11;
+    if (sink__ready) begin
+      \$28  = valid_10;
+    end
+    if (rst) begin
+      \$28  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = valid_12;
+    if (sink__ready) begin
+      \$29  = valid_11;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = valid_13;
+    if (sink__ready) begin
+      \$30  = valid_12;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = valid_14;
+    if (sink__ready) begin
+      \$31  = valid_13;
+    end
+    if (rst) begin
+      \$31  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = valid_15;
+    if (sink__ready) begin
+      \$32  = valid_14;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = valid_16;
+    if (sink__ready) begin
+      \$33  = valid_15;
+    end
+    if (rst) begin
+      \$33  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = valid_17;
+    if (sink__ready) begin
+      \$34  = valid_16;
+    end
+    if (rst) begin
+      \$34  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = source__valid;
+    if (sink__ready) begin
+      \$35  = valid_17;
+    end
+    if (rst) begin
+      \$35  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_2;
+    if (sink__ready) begin
+      \$36  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = keep_3;
+    if (sink__ready) begin
+      \$37  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = keep_4;
+    if (sink__ready) begin
+      \$38  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = keep_5;
+    if (sink__ready) begin
+      \$39  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = keep_6;
+    if (sink__ready) begin
+      \$40  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = keep_7;
+    if (sink__ready) begin
+      \$41  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = keep_8;
+    if (sink__ready) begin
+      \$42  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = keep_9;
+    if (sink__ready) begin
+      \$43  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = keep_10;
+    if (sink__ready) begin
+      \$44  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = keep_11;
+    if (sink__ready) begin
+      \$45  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = keep_12;
+    if (sink__ready) begin
+      \$46  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = keep_13;
+    if (sink__ready) begin
+      \$47  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$48  = keep_14;
+    if (sink__ready) begin
+      \$48  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$49  = keep_15;
+    if (sink__ready) begin
+      \$49  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$50  = keep_16;
+    if (sink__ready) begin
+      \$50  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = keep_17;
+    if (sink__ready) begin
+      \$51  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = keep_18;
+    if (sink__ready) begin
+      \$52  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = \$5 ;
+    if (rst) begin
+      \$53  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$54  = \$7 ;
+    if (rst) begin
+      \$54  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$55  = \$9 ;
+    if (rst) begin
+      \$55  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$56  = \$11 ;
+    if (rst) begin
+      \$56  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$57  = \$13 ;
+    if (rst) begin
+      \$57  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$58  = \$16 ;
+    if (rst) begin
+      \$58  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = \step$46 ;
+    if (write_step) begin
+      \$59  = data[15:0];
+    end
+    if (rst) begin
+      \$59  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$60  = decay;
+    if (write_decay) begin
+      \$60  = data[11:0];
+    end
+    if (rst) begin
+      \$60  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$61  = noise;
+    if (write_noise) begin
+      \$61  = data[15:0];
+    end
+    if (rst) begin
+      \$61  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = vc_var;
+    if (write_vc_var) begin
+      \$62  = data[14:0];
+    end
+    if (rst) begin
+      \$62  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = vc_noise;
+    if (write_vc_noise) begin
+      \$63  = data[0];
+    end
+    if (rst) begin
+      \$63  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
+    if (sink__ready) begin
+      \$17  = sink__valid;
+    end
+    if (rst) begin
+      \$17  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$18  = keep_1;
+    if (sink__ready) begin
+      \$18  = sink__payload[0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$19  = valid_2;
+    if (sink__ready) begin
+      \$19  = valid_1;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$20  = valid_3;
+    if (sink__ready) begin
+      \$20  = valid_2;
+    end
+    if (rst) begin
+      \$20  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = valid_4;
+    if (sink__ready) begin
+      \$21  = valid_3;
+    end
+    if (rst) begin
+      \$21  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = valid_5;
+    if (sink__ready) begin
+      \$22  = valid_4;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_6;
+    if (sink__ready) begin
+      \$23  = valid_5;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_7;
+    if (sink__ready) begin
+      \$24  = valid_6;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
     end
   end
   assign advance = sink__ready;
   assign valid_18 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
-  assign seed_data = data;
+  assign wdata = data;
   assign en = sink__ready;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$46 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign reg_vc_var = vc_var;
-  assign reg_vc_noise = vc_noise;
+  assign reg_step_0 = \step$46 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign reg_vc_var_0 = vc_var;
+  assign reg_vc_noise_0 = vc_noise;
   assign \sink__payload.keep  = sink__payload[0];
   assign \sink__payload.theta  = sink__payload[8:1];
   assign \sink__payload.theta[0]  = sink__payload[8:1];
@@ -702,50 +742,44 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, noise, vc_var,
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [7:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [7:0] \$14 ;
-  reg [7:0] \$15 ;
+  reg [23:0] \$11 ;
+  reg [23:0] \$12 ;
+  reg [23:0] \$13 ;
+  reg [23:0] \$14 ;
+  reg [23:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$20 ;
-  reg [23:0] \$21 ;
-  reg [23:0] \$22 ;
-  reg [23:0] \$23 ;
+  reg [16:0] \$20 ;
+  reg [16:0] \$21 ;
+  reg [16:0] \$22 ;
+  reg [16:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [16:0] \$28 ;
-  reg [16:0] \$29 ;
   reg [7:0] \$3 ;
-  reg [16:0] \$30 ;
-  reg [16:0] \$31 ;
   reg [15:0] \$4 ;
-  reg [11:0] \$5 ;
-  reg [15:0] \$6 ;
-  reg [14:0] \$7 ;
-  reg \$8 ;
-  reg [15:0] \$9 ;
+  reg [7:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [7:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$43 ;
+  wire [11:0] \decay$37 ;
   input en;
   wire en;
-  wire \en$41 ;
-  wire \en$44 ;
-  wire \en$51 ;
+  wire \en$33 ;
+  wire \en$38 ;
+  wire \en$45 ;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$50 ;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -773,107 +807,89 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, noise, vc_var,
   input [15:0] noise;
   wire [15:0] noise;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$46 ;
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
   input [15:0] \port$0$3 ;
   wire [15:0] \port$0$3 ;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
   reg [15:0] reg_noise_gated = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
-  reg reg_vc_noise = 1'h0;
-  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$42 ;
+  wire [15:0] \step$35 ;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$49 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  (* init = 1'h0 *)
-  wire \vc_noise$56 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$57 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$53 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$48 ;
+  wire [11:0] \z$42 ;
   assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
     lane_theta <= \$2 ;
   always @(posedge clk)
     lane_grad <= \$3 ;
   always @(posedge clk)
-    reg_step <= \$4 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    reg_decay <= \$5 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    reg_noise <= \$6 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    reg_vc_var <= \$7 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    reg_vc_noise <= \$8 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    reg_noise_gated <= \$9 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$10 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$14 ;
+    lane_u_sr_d2 <= \$14 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$15 ;
+    lane_u_sr_d3 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr <= \$16 ;
+    lane_u_sr_d4 <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$17 ;
+    lane_u_sr_d5 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$18 ;
+    lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$20 ;
+    lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$21 ;
+    lane_u_vc_d1 <= \$21 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$22 ;
+    lane_u_vc_d2 <= \$22 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$23 ;
+    lane_u_vc_d3 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc <= \$24 ;
+    lane_u_vc_d4 <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$25 ;
+    lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d2 <= \$27 ;
-  always @(posedge clk)
-    lane_u_vc_d3 <= \$28 ;
-  always @(posedge clk)
-    lane_u_vc_d4 <= \$29 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$30 ;
-  always @(posedge clk)
-    lane_u_vc_d6 <= \$31 ;
+    lane_u_vc_d6 <= \$26 ;
   \lpsgld_w8_vc_l1.lane_0.gauss  gauss (
     .bits(words[48:17]),
     .clk(clk),
@@ -888,18 +904,18 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, noise, vc_var,
     .rst(rst),
     .u_sr(lane_u_sr_d6),
     .u_vc(lane_u_vc_d6),
-    .vc_noise(reg_vc_noise),
-    .vc_var(reg_vc_var),
+    .vc_noise(vc_noise),
+    .vc_var(vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l1.lane_0.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
     .noise(reg_noise_gated),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
@@ -920,217 +936,182 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, noise, vc_var,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = step;
+    \$4  = \$1 ;
     if (rst) begin
       \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = decay;
-    if (rst) begin
-      \$5  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = noise;
-    if (rst) begin
-      \$6  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = vc_var;
-    if (rst) begin
-      \$7  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = vc_noise;
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = \$1 ;
-    if (rst) begin
-      \$9  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_theta_d0;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$10  = lane_theta;
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_theta_d1;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$11  = lane_theta_d0;
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_theta_d2;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$12  = lane_theta_d1;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_grad_d0;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$13  = lane_grad;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_grad_d1;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$14  = lane_grad_d0;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_grad_d2;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$15  = lane_grad_d1;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$16  = words[40:17];
+      \$11  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d0;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$17  = lane_u_sr;
+      \$12  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d1;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$18  = lane_u_sr_d0;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d2;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$19  = lane_u_sr_d1;
+      \$14  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$20  = lane_u_sr_d3;
+    \$15  = lane_u_sr_d3;
     if (en) begin
-      \$20  = lane_u_sr_d2;
+      \$15  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$21  = lane_u_sr_d4;
+    \$16  = lane_u_sr_d4;
     if (en) begin
-      \$21  = lane_u_sr_d3;
+      \$16  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$22  = lane_u_sr_d5;
+    \$17  = lane_u_sr_d5;
     if (en) begin
-      \$22  = lane_u_sr_d4;
+      \$17  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$23  = lane_u_sr_d6;
+    \$18  = lane_u_sr_d6;
     if (en) begin
-      \$23  = lane_u_sr_d5;
+      \$18  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$24  = lane_u_vc;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$24  = words[16:0];
+      \$19  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$25  = lane_u_vc_d0;
+    \$20  = lane_u_vc_d0;
     if (en) begin
-      \$25  = lane_u_vc;
+      \$20  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$26  = lane_u_vc_d1;
+    \$21  = lane_u_vc_d1;
     if (en) begin
-      \$26  = lane_u_vc_d0;
+      \$21  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$27  = lane_u_vc_d2;
+    \$22  = lane_u_vc_d2;
     if (en) begin
-      \$27  = lane_u_vc_d1;
+      \$22  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$28  = lane_u_vc_d3;
+    \$23  = lane_u_vc_d3;
     if (en) begin
-      \$28  = lane_u_vc_d2;
+      \$23  = lane_u_vc_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$29  = lane_u_vc_d4;
+    \$24  = lane_u_vc_d4;
     if (en) begin
-      \$29  = lane_u_vc_d3;
+      \$24  = lane_u_vc_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$30  = lane_u_vc_d5;
+    \$25  = lane_u_vc_d5;
     if (en) begin
-      \$30  = lane_u_vc_d4;
+      \$25  = lane_u_vc_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$31  = lane_u_vc_d6;
+    \$26  = lane_u_vc_d6;
     if (en) begin
-      \$31  = lane_u_vc_d5;
+      \$26  = lane_u_vc_d5;
     end
   end
   assign theta = \port$0$3 [7:0];
   assign grad = \port$0$3 [15:8];
-  assign \en$41  = en;
-  assign \step$42  = reg_step;
-  assign \decay$43  = reg_decay;
-  assign \en$44  = en;
+  assign \en$33  = en;
+  assign \step$35  = step;
+  assign \decay$37  = decay;
+  assign \en$38  = en;
   assign bits = words[48:17];
-  assign \noise$46  = reg_noise_gated;
-  assign \z$48  = z;
-  assign \theta$49  = lane_theta_d2;
-  assign \grad$50  = lane_grad_d2;
-  assign \en$51  = en;
-  assign \x$53  = x;
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
   assign u_sr = lane_u_sr_d6;
   assign u_vc = lane_u_vc_d6;
-  assign \vc_noise$56  = reg_vc_noise;
-  assign \vc_var$57  = reg_vc_var;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -4419,7 +4400,7 @@ module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1246$0 , clk);
+module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1258$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -4443,8 +4424,8 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1246$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1246$0 ;
-  wire [1:0] \port$1246$0 ;
+  input [1:0] \port$1258$0 ;
+  wire [1:0] \port$1258$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -4474,7 +4455,7 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1246$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1246$0 [0]) begin
+    if (\port$1258$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -4487,13 +4468,13 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1246$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1246$0 [1]) begin
+    if (\port$1258$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1246$0 [0];
-  assign load1 = \port$1246$0 [1];
+  assign load0 = \port$1258$0 [0];
+  assign load1 = \port$1258$0 [1];
 endmodule

@@ -6,45 +6,79 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg [11:0] \$100 ;
+  reg [15:0] \$101 ;
+  reg [14:0] \$102 ;
+  reg \$103 ;
+  reg [1:0] \$104 ;
+  reg [15:0] \$105 ;
+  reg [11:0] \$106 ;
+  reg [15:0] \$107 ;
+  reg [14:0] \$108 ;
+  reg \$109 ;
   wire \$11 ;
+  reg [1:0] \$110 ;
+  reg [15:0] \$111 ;
+  reg [11:0] \$112 ;
+  reg [15:0] \$113 ;
+  reg [14:0] \$114 ;
+  reg \$115 ;
+  reg [1:0] \$116 ;
+  reg [15:0] \$117 ;
+  reg [11:0] \$118 ;
+  reg [15:0] \$119 ;
   wire \$12 ;
-  wire [1:0] \$13 ;
+  reg [14:0] \$120 ;
+  reg \$121 ;
+  reg [1:0] \$122 ;
+  reg [15:0] \$123 ;
+  reg [11:0] \$124 ;
+  reg [15:0] \$125 ;
+  reg [14:0] \$126 ;
+  reg \$127 ;
+  reg [1:0] \$128 ;
+  reg [15:0] \$129 ;
+  wire \$13 ;
+  reg [11:0] \$130 ;
+  reg [15:0] \$131 ;
+  reg [14:0] \$132 ;
+  reg \$133 ;
   wire \$14 ;
   wire \$15 ;
-  wire [1:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [1:0] \$19 ;
+  wire \$19 ;
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
-  wire [1:0] \$22 ;
-  wire \$23 ;
+  wire \$22 ;
+  wire [1:0] \$23 ;
   wire \$24 ;
-  wire [1:0] \$25 ;
-  wire \$26 ;
+  wire \$25 ;
+  wire [1:0] \$26 ;
   wire \$27 ;
-  wire [1:0] \$28 ;
-  wire \$29 ;
+  wire \$28 ;
+  wire [1:0] \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire [1:0] \$31 ;
-  wire \$32 ;
+  wire \$31 ;
+  wire [1:0] \$32 ;
   wire \$33 ;
-  wire [1:0] \$34 ;
-  reg \$35 ;
-  reg [7:0] \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  wire \$34 ;
+  wire [1:0] \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire [1:0] \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg \$41 ;
-  reg \$42 ;
-  reg \$43 ;
-  reg \$44 ;
+  wire \$40 ;
+  wire [1:0] \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire [1:0] \$44 ;
   reg \$45 ;
-  reg \$46 ;
+  reg [7:0] \$46 ;
   reg \$47 ;
   reg \$48 ;
   reg \$49 ;
@@ -53,17 +87,17 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$51 ;
   reg \$52 ;
   reg \$53 ;
-  reg [7:0] \$54 ;
-  reg [7:0] \$55 ;
-  reg [7:0] \$56 ;
-  reg [7:0] \$57 ;
-  reg [7:0] \$58 ;
-  reg [7:0] \$59 ;
+  reg \$54 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg \$58 ;
+  reg \$59 ;
   wire \$6 ;
-  reg [7:0] \$60 ;
-  reg [7:0] \$61 ;
-  reg [7:0] \$62 ;
-  reg [7:0] \$63 ;
+  reg \$60 ;
+  reg \$61 ;
+  reg \$62 ;
+  reg \$63 ;
   reg [7:0] \$64 ;
   reg [7:0] \$65 ;
   reg [7:0] \$66 ;
@@ -72,21 +106,37 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [7:0] \$69 ;
   wire \$7 ;
   reg [7:0] \$70 ;
-  reg [15:0] \$71 ;
-  reg [11:0] \$72 ;
-  reg [15:0] \$73 ;
-  reg [14:0] \$74 ;
-  reg \$75 ;
-  reg [1:0] \$76 ;
-  reg [1:0] \$77 ;
-  reg [1:0] \$78 ;
-  reg [1:0] \$79 ;
+  reg [7:0] \$71 ;
+  reg [7:0] \$72 ;
+  reg [7:0] \$73 ;
+  reg [7:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [7:0] \$76 ;
+  reg [7:0] \$77 ;
+  reg [7:0] \$78 ;
+  reg [7:0] \$79 ;
   wire \$8 ;
-  reg [1:0] \$80 ;
-  reg [1:0] \$81 ;
-  reg [1:0] \$82 ;
-  reg [1:0] \$83 ;
+  reg [7:0] \$80 ;
+  reg \$81 ;
+  reg \$82 ;
+  reg \$83 ;
+  reg \$84 ;
+  reg \$85 ;
+  reg [1:0] \$86 ;
+  reg [15:0] \$87 ;
+  reg [11:0] \$88 ;
+  reg [15:0] \$89 ;
   wire \$9 ;
+  reg [14:0] \$90 ;
+  reg \$91 ;
+  reg [1:0] \$92 ;
+  reg [15:0] \$93 ;
+  reg [11:0] \$94 ;
+  reg [15:0] \$95 ;
+  reg [14:0] \$96 ;
+  reg \$97 ;
+  reg [1:0] \$98 ;
+  reg [15:0] \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -98,50 +148,43 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$111 ;
+  wire [63:0] \data$104 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$128 ;
+  wire [63:0] \data$126 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$145 ;
+  wire [63:0] \data$148 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$162 ;
+  wire [63:0] \data$170 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$192 ;
   (* init = 64'h0000000000000000 *)
   wire [63:0] \data$60 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$77 ;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$94 ;
+  wire [63:0] \data$82 ;
   reg [11:0] decay = 12'h000;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$103 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$120 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$137 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$154 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$171 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$69 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$86 ;
+  reg [11:0] \decay$114  = 12'h000;
+  reg [11:0] \decay$136  = 12'h000;
+  reg [11:0] \decay$158  = 12'h000;
+  reg [11:0] \decay$180  = 12'h000;
+  reg [11:0] \decay$202  = 12'h000;
+  reg [11:0] \decay$70  = 12'h000;
+  reg [11:0] \decay$92  = 12'h000;
   wire en;
-  wire \en$112 ;
-  wire \en$129 ;
-  wire \en$146 ;
-  wire \en$163 ;
+  wire \en$105 ;
+  wire \en$127 ;
+  wire \en$149 ;
+  wire \en$171 ;
+  wire \en$193 ;
   wire \en$61 ;
-  wire \en$78 ;
-  wire \en$95 ;
+  wire \en$83 ;
   wire [7:0] grad;
-  wire [7:0] \grad$114 ;
-  wire [7:0] \grad$131 ;
-  wire [7:0] \grad$148 ;
-  wire [7:0] \grad$165 ;
+  wire [7:0] \grad$107 ;
+  wire [7:0] \grad$129 ;
+  wire [7:0] \grad$151 ;
+  wire [7:0] \grad$173 ;
+  wire [7:0] \grad$195 ;
   wire [7:0] \grad$63 ;
-  wire [7:0] \grad$80 ;
-  wire [7:0] \grad$97 ;
+  wire [7:0] \grad$85 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -163,58 +206,119 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$108 ;
-  wire \load0$125 ;
-  wire \load0$142 ;
-  wire \load0$159 ;
+  wire \load0$101 ;
+  wire \load0$123 ;
+  wire \load0$145 ;
+  wire \load0$167 ;
+  wire \load0$189 ;
   wire \load0$57 ;
-  wire \load0$74 ;
-  wire \load0$91 ;
+  wire \load0$79 ;
   wire load1;
-  wire \load1$110 ;
-  wire \load1$127 ;
-  wire \load1$144 ;
-  wire \load1$161 ;
+  wire \load1$103 ;
+  wire \load1$125 ;
+  wire \load1$147 ;
+  wire \load1$169 ;
+  wire \load1$191 ;
   wire \load1$59 ;
-  wire \load1$76 ;
-  wire \load1$93 ;
+  wire \load1$81 ;
   reg [15:0] noise = 16'h0000;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$104 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$121 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$138 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$155 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$172 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$70 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$87 ;
+  reg [15:0] \noise$116  = 16'h0000;
+  reg [15:0] \noise$138  = 16'h0000;
+  reg [15:0] \noise$160  = 16'h0000;
+  reg [15:0] \noise$182  = 16'h0000;
+  reg [15:0] \noise$204  = 16'h0000;
+  reg [15:0] \noise$72  = 16'h0000;
+  reg [15:0] \noise$94  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$116 ;
-  wire [63:0] \out$133 ;
-  wire [63:0] \out$150 ;
-  wire [63:0] \out$167 ;
+  wire [63:0] \out$109 ;
+  wire [63:0] \out$131 ;
+  wire [63:0] \out$153 ;
+  wire [63:0] \out$175 ;
+  wire [63:0] \out$197 ;
   wire [63:0] \out$65 ;
-  wire [63:0] \out$82 ;
-  wire [63:0] \out$99 ;
+  wire [63:0] \out$87 ;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_1;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_2;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_3;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_4;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_5;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_6;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_7;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_noise_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_7;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_0;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_7;
   (* init = 1'h0 *)
-  wire reg_vc_noise;
+  wire reg_vc_noise_0;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_1;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_2;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_3;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_4;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_5;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_6;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_7;
   (* init = 15'h0000 *)
-  wire [14:0] reg_vc_var;
+  wire [14:0] reg_vc_var_0;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_1;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_2;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_3;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_4;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_5;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_6;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_7;
   input rst;
   wire rst;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] seed_data;
   reg [1:0] seed_load_0 = 2'h0;
   reg [1:0] seed_load_1 = 2'h0;
   reg [1:0] seed_load_2 = 2'h0;
@@ -274,44 +378,37 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$100 ;
-  wire [7:0] \state$117 ;
-  wire [7:0] \state$134 ;
-  wire [7:0] \state$151 ;
-  wire [7:0] \state$168 ;
+  wire [7:0] \state$110 ;
+  wire [7:0] \state$132 ;
+  wire [7:0] \state$154 ;
+  wire [7:0] \state$176 ;
+  wire [7:0] \state$198 ;
   wire [7:0] \state$66 ;
-  wire [7:0] \state$83 ;
+  wire [7:0] \state$88 ;
   wire step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$102 ;
-  wire \step$107 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$119 ;
-  wire \step$124 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$136 ;
-  wire \step$141 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$153 ;
-  wire \step$158 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$170 ;
+  wire \step$100 ;
+  reg [15:0] \step$112  = 16'h0000;
+  wire \step$122 ;
+  reg [15:0] \step$134  = 16'h0000;
+  wire \step$144 ;
+  reg [15:0] \step$156  = 16'h0000;
+  wire \step$166 ;
+  reg [15:0] \step$178  = 16'h0000;
+  wire \step$188 ;
+  reg [15:0] \step$200  = 16'h0000;
   reg [15:0] \step$46  = 16'h0000;
   wire \step$56 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$68 ;
-  wire \step$73 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$85 ;
-  wire \step$90 ;
+  reg [15:0] \step$68  = 16'h0000;
+  wire \step$78 ;
+  reg [15:0] \step$90  = 16'h0000;
   wire [7:0] theta;
-  wire [7:0] \theta$113 ;
-  wire [7:0] \theta$130 ;
-  wire [7:0] \theta$147 ;
-  wire [7:0] \theta$164 ;
+  wire [7:0] \theta$106 ;
+  wire [7:0] \theta$128 ;
+  wire [7:0] \theta$150 ;
+  wire [7:0] \theta$172 ;
+  wire [7:0] \theta$194 ;
   wire [7:0] \theta$62 ;
-  wire [7:0] \theta$79 ;
-  wire [7:0] \theta$96 ;
+  wire [7:0] \theta$84 ;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -332,179 +429,44 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
-  (* init = 1'h0 *)
-  wire \vc_noise$106 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$123 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$140 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$157 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$174 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$72 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$89 ;
+  reg \vc_noise$120  = 1'h0;
+  reg \vc_noise$142  = 1'h0;
+  reg \vc_noise$164  = 1'h0;
+  reg \vc_noise$186  = 1'h0;
+  reg \vc_noise$208  = 1'h0;
+  reg \vc_noise$76  = 1'h0;
+  reg \vc_noise$98  = 1'h0;
   reg [14:0] vc_var = 15'h0000;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$105 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$122 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$139 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$156 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$173 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$71 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$88 ;
+  reg [14:0] \vc_var$118  = 15'h0000;
+  reg [14:0] \vc_var$140  = 15'h0000;
+  reg [14:0] \vc_var$162  = 15'h0000;
+  reg [14:0] \vc_var$184  = 15'h0000;
+  reg [14:0] \vc_var$206  = 15'h0000;
+  reg [14:0] \vc_var$74  = 15'h0000;
+  reg [14:0] \vc_var$96  = 15'h0000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] wdata;
   wire [7:0] weight;
-  wire [7:0] \weight$101 ;
-  wire [7:0] \weight$118 ;
-  wire [7:0] \weight$135 ;
-  wire [7:0] \weight$152 ;
-  wire [7:0] \weight$169 ;
+  wire [7:0] \weight$111 ;
+  wire [7:0] \weight$133 ;
+  wire [7:0] \weight$155 ;
+  wire [7:0] \weight$177 ;
+  wire [7:0] \weight$199 ;
   wire [7:0] \weight$67 ;
-  wire [7:0] \weight$84 ;
+  wire [7:0] \weight$89 ;
   wire [63:0] words;
-  wire [63:0] \words$115 ;
-  wire [63:0] \words$132 ;
-  wire [63:0] \words$149 ;
-  wire [63:0] \words$166 ;
+  wire [63:0] \words$108 ;
+  wire [63:0] \words$130 ;
+  wire [63:0] \words$152 ;
+  wire [63:0] \words$174 ;
+  wire [63:0] \words$196 ;
   wire [63:0] \words$64 ;
-  wire [63:0] \words$81 ;
-  wire [63:0] \words$98 ;
-  assign \$9  = sink__ready & valid_1;
-  assign \step$141  = \$9  & keep_1[6];
-  assign \$10  = sink__ready & valid_1;
-  assign \step$158  = \$10  & keep_1[7];
-  assign \$11  = ctl__addr == 9'h100;
-  assign \$12  = ctl__addr == 9'h101;
-  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
-  assign \$14  = ctl__addr == 9'h102;
-  assign \$15  = ctl__addr == 9'h103;
-  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
-  assign \$17  = ctl__addr == 9'h104;
-  assign \$18  = ctl__addr == 9'h105;
-  assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
-  assign \$20  = ctl__addr == 9'h106;
-  assign \$21  = ctl__addr == 9'h107;
-  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h108;
-  assign \$24  = ctl__addr == 9'h109;
-  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h10a;
-  assign \$27  = ctl__addr == 9'h10b;
-  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h10c;
-  assign \$30  = ctl__addr == 9'h10d;
-  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h10e;
-  assign \$33  = ctl__addr == 9'h10f;
-  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
-  always @(posedge clk)
-    valid_1 <= \$35 ;
-  always @(posedge clk)
-    keep_1 <= \$36 ;
-  always @(posedge clk)
-    valid_2 <= \$37 ;
-  always @(posedge clk)
-    valid_3 <= \$38 ;
-  always @(posedge clk)
-    valid_4 <= \$39 ;
-  always @(posedge clk)
-    valid_5 <= \$40 ;
-  always @(posedge clk)
-    valid_6 <= \$41 ;
-  always @(posedge clk)
-    valid_7 <= \$42 ;
-  always @(posedge clk)
-    valid_8 <= \$43 ;
-  always @(posedge clk)
-    valid_9 <= \$44 ;
-  always @(posedge clk)
-    valid_10 <= \$45 ;
-  always @(posedge clk)
-    valid_11 <= \$46 ;
-  always @(posedge clk)
-    valid_12 <= \$47 ;
-  always @(posedge clk)
-    valid_13 <= \$48 ;
-  always @(posedge clk)
-    valid_14 <= \$49 ;
-  always @(posedge clk)
-    valid_15 <= \$50 ;
-  always @(posedge clk)
-    valid_16 <= \$51 ;
-  always @(posedge clk)
-    valid_17 <= \$52 ;
-  always @(posedge clk)
-    source__valid <= \$53 ;
-  always @(posedge clk)
-    keep_2 <= \$54 ;
-  always @(posedge clk)
-    keep_3 <= \$55 ;
-  always @(posedge clk)
-    keep_4 <= \$56 ;
-  always @(posedge clk)
-    keep_5 <= \$57 ;
-  always @(posedge clk)
-    keep_6 <= \$58 ;
-  always @(posedge clk)
-    keep_7 <= \$59 ;
-  always @(posedge clk)
-    keep_8 <= \$60 ;
-  always @(posedge clk)
-    keep_9 <= \$61 ;
-  always @(posedge clk)
-    keep_10 <= \$62 ;
-  always @(posedge clk)
-    keep_11 <= \$63 ;
-  always @(posedge clk)
-    keep_12 <= \$64 ;
-  always @(posedge clk)
-    keep_13 <= \$65 ;
-  always @(posedge clk)
-    keep_14 <= \$66 ;
-  always @(posedge clk)
-    keep_15 <= \$67 ;
-  always @(posedge clk)
-    keep_16 <= \$68 ;
-  always @(posedge clk)
-    keep_17 <= \$69 ;
-  always @(posedge clk)
-    keep_18 <= \$70 ;
-  always @(posedge clk)
-    \step$46  <= \$71 ;
-  always @(posedge clk)
-    decay <= \$72 ;
-  always @(posedge clk)
-    noise <= \$73 ;
-  always @(posedge clk)
-    vc_var <= \$74 ;
-  always @(posedge clk)
-    vc_noise <= \$75 ;
-  always @(posedge clk)
-    data <= ctl__data;
-  always @(posedge clk)
-    seed_load_0 <= \$76 ;
-  always @(posedge clk)
-    seed_load_1 <= \$77 ;
-  always @(posedge clk)
-    seed_load_2 <= \$78 ;
-  always @(posedge clk)
-    seed_load_3 <= \$79 ;
-  always @(posedge clk)
-    seed_load_4 <= \$80 ;
-  always @(posedge clk)
-    seed_load_5 <= \$81 ;
-  always @(posedge clk)
-    seed_load_6 <= \$82 ;
-  always @(posedge clk)
-    seed_load_7 <= \$83 ;
+  wire [63:0] \words$86 ;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  reg write_vc_noise = 1'h0;
+  reg write_vc_var = 1'h0;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign \$2  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
@@ -514,13 +476,231 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \$4  = sink__ready & valid_1;
   assign \step$56  = \$4  & keep_1[1];
   assign \$5  = sink__ready & valid_1;
-  assign \step$73  = \$5  & keep_1[2];
+  assign \step$78  = \$5  & keep_1[2];
   assign \$6  = sink__ready & valid_1;
-  assign \step$90  = \$6  & keep_1[3];
+  assign \step$100  = \$6  & keep_1[3];
   assign \$7  = sink__ready & valid_1;
-  assign \step$107  = \$7  & keep_1[4];
+  assign \step$122  = \$7  & keep_1[4];
   assign \$8  = sink__ready & valid_1;
-  assign \step$124  = \$8  & keep_1[5];
+  assign \step$144  = \$8  & keep_1[5];
+  assign \$9  = sink__ready & valid_1;
+  assign \step$166  = \$9  & keep_1[6];
+  assign \$10  = sink__ready & valid_1;
+  assign \step$188  = \$10  & keep_1[7];
+  assign \$11  = ! ctl__addr;
+  assign \$12  = ctl__we & \$11 ;
+  assign \$13  = ctl__addr == 1'h1;
+  assign \$14  = ctl__we & \$13 ;
+  assign \$15  = ctl__addr == 2'h2;
+  assign \$16  = ctl__we & \$15 ;
+  assign \$17  = ctl__addr == 2'h3;
+  assign \$18  = ctl__we & \$17 ;
+  assign \$19  = ctl__addr == 3'h4;
+  assign \$20  = ctl__we & \$19 ;
+  assign \$21  = ctl__addr == 9'h100;
+  assign \$22  = ctl__addr == 9'h101;
+  assign \$23  = { \$22 , \$21  } & { ctl__we, ctl__we };
+  assign \$24  = ctl__addr == 9'h102;
+  assign \$25  = ctl__addr == 9'h103;
+  assign \$26  = { \$25 , \$24  } & { ctl__we, ctl__we };
+  assign \$27  = ctl__addr == 9'h104;
+  assign \$28  = ctl__addr == 9'h105;
+  assign \$29  = { \$28 , \$27  } & { ctl__we, ctl__we };
+  assign \$30  = ctl__addr == 9'h106;
+  assign \$31  = ctl__addr == 9'h107;
+  assign \$32  = { \$31 , \$30  } & { ctl__we, ctl__we };
+  assign \$33  = ctl__addr == 9'h108;
+  assign \$34  = ctl__addr == 9'h109;
+  assign \$35  = { \$34 , \$33  } & { ctl__we, ctl__we };
+  assign \$36  = ctl__addr == 9'h10a;
+  assign \$37  = ctl__addr == 9'h10b;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h10c;
+  assign \$40  = ctl__addr == 9'h10d;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = ctl__addr == 9'h10e;
+  assign \$43  = ctl__addr == 9'h10f;
+  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
+  always @(posedge clk)
+    valid_1 <= \$45 ;
+  always @(posedge clk)
+    keep_1 <= \$46 ;
+  always @(posedge clk)
+    valid_2 <= \$47 ;
+  always @(posedge clk)
+    valid_3 <= \$48 ;
+  always @(posedge clk)
+    valid_4 <= \$49 ;
+  always @(posedge clk)
+    valid_5 <= \$50 ;
+  always @(posedge clk)
+    valid_6 <= \$51 ;
+  always @(posedge clk)
+    valid_7 <= \$52 ;
+  always @(posedge clk)
+    valid_8 <= \$53 ;
+  always @(posedge clk)
+    valid_9 <= \$54 ;
+  always @(posedge clk)
+    valid_10 <= \$55 ;
+  always @(posedge clk)
+    valid_11 <= \$56 ;
+  always @(posedge clk)
+    valid_12 <= \$57 ;
+  always @(posedge clk)
+    valid_13 <= \$58 ;
+  always @(posedge clk)
+    valid_14 <= \$59 ;
+  always @(posedge clk)
+    valid_15 <= \$60 ;
+  always @(posedge clk)
+    valid_16 <= \$61 ;
+  always @(posedge clk)
+    valid_17 <= \$62 ;
+  always @(posedge clk)
+    source__valid <= \$63 ;
+  always @(posedge clk)
+    keep_2 <= \$64 ;
+  always @(posedge clk)
+    keep_3 <= \$65 ;
+  always @(posedge clk)
+    keep_4 <= \$66 ;
+  always @(posedge clk)
+    keep_5 <= \$67 ;
+  always @(posedge clk)
+    keep_6 <= \$68 ;
+  always @(posedge clk)
+    keep_7 <= \$69 ;
+  always @(posedge clk)
+    keep_8 <= \$70 ;
+  always @(posedge clk)
+    keep_9 <= \$71 ;
+  always @(posedge clk)
+    keep_10 <= \$72 ;
+  always @(posedge clk)
+    keep_11 <= \$73 ;
+  always @(posedge clk)
+    keep_12 <= \$74 ;
+  always @(posedge clk)
+    keep_13 <= \$75 ;
+  always @(posedge clk)
+    keep_14 <= \$76 ;
+  always @(posedge clk)
+    keep_15 <= \$77 ;
+  always @(posedge clk)
+    keep_16 <= \$78 ;
+  always @(posedge clk)
+    keep_17 <= \$79 ;
+  always @(posedge clk)
+    keep_18 <= \$80 ;
+  always @(posedge clk)
+    data <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$81 ;
+  always @(posedge clk)
+    write_decay <= \$82 ;
+  always @(posedge clk)
+    write_noise <= \$83 ;
+  always @(posedge clk)
+    write_vc_var <= \$84 ;
+  always @(posedge clk)
+    write_vc_noise <= \$85 ;
+  always @(posedge clk)
+    seed_load_0 <= \$86 ;
+  always @(posedge clk)
+    \step$46  <= \$87 ;
+  always @(posedge clk)
+    decay <= \$88 ;
+  always @(posedge clk)
+    noise <= \$89 ;
+  always @(posedge clk)
+    vc_var <= \$90 ;
+  always @(posedge clk)
+    vc_noise <= \$91 ;
+  always @(posedge clk)
+    seed_load_1 <= \$92 ;
+  always @(posedge clk)
+    \step$68  <= \$93 ;
+  always @(posedge clk)
+    \decay$70  <= \$94 ;
+  always @(posedge clk)
+    \noise$72  <= \$95 ;
+  always @(posedge clk)
+    \vc_var$74  <= \$96 ;
+  always @(posedge clk)
+    \vc_noise$76  <= \$97 ;
+  always @(posedge clk)
+    seed_load_2 <= \$98 ;
+  always @(posedge clk)
+    \step$90  <= \$99 ;
+  always @(posedge clk)
+    \decay$92  <= \$100 ;
+  always @(posedge clk)
+    \noise$94  <= \$101 ;
+  always @(posedge clk)
+    \vc_var$96  <= \$102 ;
+  always @(posedge clk)
+    \vc_noise$98  <= \$103 ;
+  always @(posedge clk)
+    seed_load_3 <= \$104 ;
+  always @(posedge clk)
+    \step$112  <= \$105 ;
+  always @(posedge clk)
+    \decay$114  <= \$106 ;
+  always @(posedge clk)
+    \noise$116  <= \$107 ;
+  always @(posedge clk)
+    \vc_var$118  <= \$108 ;
+  always @(posedge clk)
+    \vc_noise$120  <= \$109 ;
+  always @(posedge clk)
+    seed_load_4 <= \$110 ;
+  always @(posedge clk)
+    \step$134  <= \$111 ;
+  always @(posedge clk)
+    \decay$136  <= \$112 ;
+  always @(posedge clk)
+    \noise$138  <= \$113 ;
+  always @(posedge clk)
+    \vc_var$140  <= \$114 ;
+  always @(posedge clk)
+    \vc_noise$142  <= \$115 ;
+  always @(posedge clk)
+    seed_load_5 <= \$116 ;
+  always @(posedge clk)
+    \step$156  <= \$117 ;
+  always @(posedge clk)
+    \decay$158  <= \$118 ;
+  always @(posedge clk)
+    \noise$160  <= \$119 ;
+  always @(posedge clk)
+    \vc_var$162  <= \$120 ;
+  always @(posedge clk)
+    \vc_noise$164  <= \$121 ;
+  always @(posedge clk)
+    seed_load_6 <= \$122 ;
+  always @(posedge clk)
+    \step$178  <= \$123 ;
+  always @(posedge clk)
+    \decay$180  <= \$124 ;
+  always @(posedge clk)
+    \noise$182  <= \$125 ;
+  always @(posedge clk)
+    \vc_var$184  <= \$126 ;
+  always @(posedge clk)
+    \vc_noise$186  <= \$127 ;
+  always @(posedge clk)
+    seed_load_7 <= \$128 ;
+  always @(posedge clk)
+    \step$200  <= \$129 ;
+  always @(posedge clk)
+    \decay$202  <= \$130 ;
+  always @(posedge clk)
+    \noise$204  <= \$131 ;
+  always @(posedge clk)
+    \vc_var$206  <= \$132 ;
+  always @(posedge clk)
+    \vc_noise$208  <= \$133 ;
   \lpsgld_w8_vc_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -537,107 +717,107 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   \lpsgld_w8_vc_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$70 ),
     .en(sink__ready),
     .grad(sink__payload[87:80]),
-    .noise(noise),
+    .noise(\noise$72 ),
     .rst(rst),
     .state(\state$66 ),
-    .step(\step$46 ),
+    .step(\step$68 ),
     .theta(sink__payload[23:16]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
+    .vc_noise(\vc_noise$76 ),
+    .vc_var(\vc_var$74 ),
     .words(\words$64 )
   );
   \lpsgld_w8_vc_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$92 ),
     .en(sink__ready),
     .grad(sink__payload[95:88]),
-    .noise(noise),
+    .noise(\noise$94 ),
     .rst(rst),
-    .state(\state$83 ),
-    .step(\step$46 ),
+    .state(\state$88 ),
+    .step(\step$90 ),
     .theta(sink__payload[31:24]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$81 )
+    .vc_noise(\vc_noise$98 ),
+    .vc_var(\vc_var$96 ),
+    .words(\words$86 )
   );
   \lpsgld_w8_vc_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$114 ),
     .en(sink__ready),
     .grad(sink__payload[103:96]),
-    .noise(noise),
+    .noise(\noise$116 ),
     .rst(rst),
-    .state(\state$100 ),
-    .step(\step$46 ),
+    .state(\state$110 ),
+    .step(\step$112 ),
     .theta(sink__payload[39:32]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$98 )
+    .vc_noise(\vc_noise$120 ),
+    .vc_var(\vc_var$118 ),
+    .words(\words$108 )
   );
   \lpsgld_w8_vc_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$136 ),
     .en(sink__ready),
     .grad(sink__payload[111:104]),
-    .noise(noise),
+    .noise(\noise$138 ),
     .rst(rst),
-    .state(\state$117 ),
-    .step(\step$46 ),
+    .state(\state$132 ),
+    .step(\step$134 ),
     .theta(sink__payload[47:40]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$115 )
+    .vc_noise(\vc_noise$142 ),
+    .vc_var(\vc_var$140 ),
+    .words(\words$130 )
   );
   \lpsgld_w8_vc_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$158 ),
     .en(sink__ready),
     .grad(sink__payload[119:112]),
-    .noise(noise),
+    .noise(\noise$160 ),
     .rst(rst),
-    .state(\state$134 ),
-    .step(\step$46 ),
+    .state(\state$154 ),
+    .step(\step$156 ),
     .theta(sink__payload[55:48]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$132 )
+    .vc_noise(\vc_noise$164 ),
+    .vc_var(\vc_var$162 ),
+    .words(\words$152 )
   );
   \lpsgld_w8_vc_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$180 ),
     .en(sink__ready),
     .grad(sink__payload[127:120]),
-    .noise(noise),
+    .noise(\noise$182 ),
     .rst(rst),
-    .state(\state$151 ),
-    .step(\step$46 ),
+    .state(\state$176 ),
+    .step(\step$178 ),
     .theta(sink__payload[63:56]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$149 )
+    .vc_noise(\vc_noise$186 ),
+    .vc_var(\vc_var$184 ),
+    .words(\words$174 )
   );
   \lpsgld_w8_vc_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$202 ),
     .en(sink__ready),
     .grad(sink__payload[135:128]),
-    .noise(noise),
+    .noise(\noise$204 ),
     .rst(rst),
-    .state(\state$168 ),
-    .step(\step$46 ),
+    .state(\state$198 ),
+    .step(\step$200 ),
     .theta(sink__payload[71:64]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$166 )
+    .vc_noise(\vc_noise$208 ),
+    .vc_var(\vc_var$206 ),
+    .words(\words$196 )
   );
   \lpsgld_w8_vc_l8.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$9254$0 (seed_load_0),
+    .\port$9266$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
@@ -645,160 +825,63 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$64 ),
-    .\port$9256$0 (seed_load_1),
+    .\port$9278$0 (seed_load_1),
     .rst(rst),
     .step(\step$56 )
   );
   \lpsgld_w8_vc_l8.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .out(\words$81 ),
-    .\port$9258$0 (seed_load_2),
+    .out(\words$86 ),
+    .\port$9290$0 (seed_load_2),
     .rst(rst),
-    .step(\step$73 )
+    .step(\step$78 )
   );
   \lpsgld_w8_vc_l8.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .out(\words$98 ),
-    .\port$9260$0 (seed_load_3),
+    .out(\words$108 ),
+    .\port$9302$0 (seed_load_3),
     .rst(rst),
-    .step(\step$90 )
+    .step(\step$100 )
   );
   \lpsgld_w8_vc_l8.rng_4_0  rng_4_0 (
     .clk(clk),
     .data(data),
-    .out(\words$115 ),
-    .\port$9262$0 (seed_load_4),
+    .out(\words$130 ),
+    .\port$9314$0 (seed_load_4),
     .rst(rst),
-    .step(\step$107 )
+    .step(\step$122 )
   );
   \lpsgld_w8_vc_l8.rng_5_0  rng_5_0 (
     .clk(clk),
     .data(data),
-    .out(\words$132 ),
-    .\port$9264$0 (seed_load_5),
+    .out(\words$152 ),
+    .\port$9326$0 (seed_load_5),
     .rst(rst),
-    .step(\step$124 )
+    .step(\step$144 )
   );
   \lpsgld_w8_vc_l8.rng_6_0  rng_6_0 (
     .clk(clk),
     .data(data),
-    .out(\words$149 ),
-    .\port$9266$0 (seed_load_6),
+    .out(\words$174 ),
+    .\port$9338$0 (seed_load_6),
     .rst(rst),
-    .step(\step$141 )
+    .step(\step$166 )
   );
   \lpsgld_w8_vc_l8.rng_7_0  rng_7_0 (
     .clk(clk),
     .data(data),
-    .out(\words$166 ),
-    .\port$9268$0 (seed_load_7),
+    .out(\words$196 ),
+    .\port$9350$0 (seed_load_7),
     .rst(rst),
-    .step(\step$158 )
+    .step(\step$188 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_1;
+    \$45  = valid_1;
     if (sink__ready) begin
-      \$35  = sink__valid;
-    end
-    if (rst) begin
-      \$35  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_1;
-    if (sink__ready) begin
-      \$36  = sink__payload[7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = valid_2;
-    if (sink__ready) begin
-      \$37  = valid_1;
-    end
-    if (rst) begin
-      \$37  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = valid_3;
-    if (sink__ready) begin
-      \$38  = valid_2;
-    end
-    if (rst) begin
-      \$38  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = valid_4;
-    if (sink__ready) begin
-      \$39  = valid_3;
-    end
-    if (rst) begin
-      \$39  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = valid_5;
-    if (sink__ready) begin
-      \$40  = valid_4;
-    end
-    if (rst) begin
-      \$40  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = valid_6;
-    if (sink__ready) begin
-      \$41  = valid_5;
-    end
-    if (rst) begin
-      \$41  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = valid_7;
-    if (sink__ready) begin
-      \$42  = valid_6;
-    end
-    if (rst) begin
-      \$42  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = valid_8;
-    if (sink__ready) begin
-      \$43  = valid_7;
-    end
-    if (rst) begin
-      \$43  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_9;
-    if (sink__ready) begin
-      \$44  = valid_8;
-    end
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = valid_10;
-    if (sink__ready) begin
-      \$45  = valid_9;
+      \$45  = sink__valid;
     end
     if (rst) begin
       \$45  = 1'h0;
@@ -806,19 +889,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = valid_11;
+    \$46  = keep_1;
     if (sink__ready) begin
-      \$46  = valid_10;
-    end
-    if (rst) begin
-      \$46  = 1'h0;
+      \$46  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = valid_12;
+    \$47  = valid_2;
     if (sink__ready) begin
-      \$47  = valid_11;
+      \$47  = valid_1;
     end
     if (rst) begin
       \$47  = 1'h0;
@@ -826,9 +906,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = valid_13;
+    \$48  = valid_3;
     if (sink__ready) begin
-      \$48  = valid_12;
+      \$48  = valid_2;
     end
     if (rst) begin
       \$48  = 1'h0;
@@ -836,9 +916,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = valid_14;
+    \$49  = valid_4;
     if (sink__ready) begin
-      \$49  = valid_13;
+      \$49  = valid_3;
     end
     if (rst) begin
       \$49  = 1'h0;
@@ -846,9 +926,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = valid_15;
+    \$50  = valid_5;
     if (sink__ready) begin
-      \$50  = valid_14;
+      \$50  = valid_4;
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -856,9 +936,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = valid_16;
+    \$51  = valid_6;
     if (sink__ready) begin
-      \$51  = valid_15;
+      \$51  = valid_5;
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -866,9 +946,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = valid_17;
+    \$52  = valid_7;
     if (sink__ready) begin
-      \$52  = valid_16;
+      \$52  = valid_6;
     end
     if (rst) begin
       \$52  = 1'h0;
@@ -876,9 +956,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = source__valid;
+    \$53  = valid_8;
     if (sink__ready) begin
-      \$53  = valid_17;
+      \$53  = valid_7;
     end
     if (rst) begin
       \$53  = 1'h0;
@@ -886,279 +966,729 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_2;
+    \$54  = valid_9;
     if (sink__ready) begin
-      \$54  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = keep_3;
-    if (sink__ready) begin
-      \$55  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = keep_4;
-    if (sink__ready) begin
-      \$56  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = keep_5;
-    if (sink__ready) begin
-      \$57  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = keep_6;
-    if (sink__ready) begin
-      \$58  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = keep_7;
-    if (sink__ready) begin
-      \$59  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = keep_8;
-    if (sink__ready) begin
-      \$60  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_9;
-    if (sink__ready) begin
-      \$61  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = keep_10;
-    if (sink__ready) begin
-      \$62  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = keep_11;
-    if (sink__ready) begin
-      \$63  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = keep_12;
-    if (sink__ready) begin
-      \$64  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = keep_13;
-    if (sink__ready) begin
-      \$65  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = keep_14;
-    if (sink__ready) begin
-      \$66  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = keep_15;
-    if (sink__ready) begin
-      \$67  = keep_14;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = keep_16;
-    if (sink__ready) begin
-      \$68  = keep_15;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = keep_17;
-    if (sink__ready) begin
-      \$69  = keep_16;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = keep_18;
-    if (sink__ready) begin
-      \$70  = keep_17;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = \step$46 ;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$71  = ctl__data[15:0];
-      endcase
+      \$54  = valid_8;
     end
     if (rst) begin
-      \$71  = 16'h0000;
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = decay;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$72  = ctl__data[11:0];
-      endcase
+    \$55  = valid_10;
+    if (sink__ready) begin
+      \$55  = valid_9;
     end
     if (rst) begin
-      \$72  = 12'h000;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$73  = ctl__data[15:0];
-      endcase
+    \$56  = valid_11;
+    if (sink__ready) begin
+      \$56  = valid_10;
     end
     if (rst) begin
-      \$73  = 16'h0000;
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = vc_var;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            /* empty */;
-        16'h0003:
-            \$74  = ctl__data[14:0];
-      endcase
+    \$57  = valid_12;
+    if (sink__ready) begin
+      \$57  = valid_11;
     end
     if (rst) begin
-      \$74  = 15'h0000;
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = vc_noise;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            /* empty */;
-        16'h0003:
-            /* empty */;
-        16'h0004:
-            \$75  = ctl__data[0];
-      endcase
+    \$58  = valid_13;
+    if (sink__ready) begin
+      \$58  = valid_12;
     end
     if (rst) begin
-      \$75  = 1'h0;
+      \$58  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = \$13 ;
+    \$59  = valid_14;
+    if (sink__ready) begin
+      \$59  = valid_13;
+    end
     if (rst) begin
-      \$76  = 2'h0;
+      \$59  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = \$16 ;
+    \$60  = valid_15;
+    if (sink__ready) begin
+      \$60  = valid_14;
+    end
     if (rst) begin
-      \$77  = 2'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = \$19 ;
+    \$61  = valid_16;
+    if (sink__ready) begin
+      \$61  = valid_15;
+    end
     if (rst) begin
-      \$78  = 2'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = \$22 ;
+    \$62  = valid_17;
+    if (sink__ready) begin
+      \$62  = valid_16;
+    end
     if (rst) begin
-      \$79  = 2'h0;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = \$25 ;
+    \$63  = source__valid;
+    if (sink__ready) begin
+      \$63  = valid_17;
+    end
     if (rst) begin
-      \$80  = 2'h0;
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = \$28 ;
-    if (rst) begin
-      \$81  = 2'h0;
+    \$64  = keep_2;
+    if (sink__ready) begin
+      \$64  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = \$31 ;
-    if (rst) begin
-      \$82  = 2'h0;
+    \$65  = keep_3;
+    if (sink__ready) begin
+      \$65  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = \$34 ;
+    \$66  = keep_4;
+    if (sink__ready) begin
+      \$66  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = keep_5;
+    if (sink__ready) begin
+      \$67  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = keep_6;
+    if (sink__ready) begin
+      \$68  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = keep_7;
+    if (sink__ready) begin
+      \$69  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = keep_8;
+    if (sink__ready) begin
+      \$70  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = keep_9;
+    if (sink__ready) begin
+      \$71  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$72  = keep_10;
+    if (sink__ready) begin
+      \$72  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = keep_11;
+    if (sink__ready) begin
+      \$73  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = keep_12;
+    if (sink__ready) begin
+      \$74  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = keep_13;
+    if (sink__ready) begin
+      \$75  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = keep_14;
+    if (sink__ready) begin
+      \$76  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = keep_15;
+    if (sink__ready) begin
+      \$77  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = keep_16;
+    if (sink__ready) begin
+      \$78  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = keep_17;
+    if (sink__ready) begin
+      \$79  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = keep_18;
+    if (sink__ready) begin
+      \$80  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = \$12 ;
     if (rst) begin
-      \$83  = 2'h0;
+      \$81  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = \$14 ;
+    if (rst) begin
+      \$82  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = \$16 ;
+    if (rst) begin
+      \$83  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$84  = \$18 ;
+    if (rst) begin
+      \$84  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = \$20 ;
+    if (rst) begin
+      \$85  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = \$23 ;
+    if (rst) begin
+      \$86  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$87  = \step$46 ;
+    if (write_step) begin
+      \$87  = data[15:0];
+    end
+    if (rst) begin
+      \$87  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$88  = decay;
+    if (write_decay) begin
+      \$88  = data[11:0];
+    end
+    if (rst) begin
+      \$88  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$89  = noise;
+    if (write_noise) begin
+      \$89  = data[15:0];
+    end
+    if (rst) begin
+      \$89  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = vc_var;
+    if (write_vc_var) begin
+      \$90  = data[14:0];
+    end
+    if (rst) begin
+      \$90  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = vc_noise;
+    if (write_vc_noise) begin
+      \$91  = data[0];
+    end
+    if (rst) begin
+      \$91  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = \$26 ;
+    if (rst) begin
+      \$92  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$93  = \step$68 ;
+    if (write_step) begin
+      \$93  = data[15:0];
+    end
+    if (rst) begin
+      \$93  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$94  = \decay$70 ;
+    if (write_decay) begin
+      \$94  = data[11:0];
+    end
+    if (rst) begin
+      \$94  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = \noise$72 ;
+    if (write_noise) begin
+      \$95  = data[15:0];
+    end
+    if (rst) begin
+      \$95  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$96  = \vc_var$74 ;
+    if (write_vc_var) begin
+      \$96  = data[14:0];
+    end
+    if (rst) begin
+      \$96  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$97  = \vc_noise$76 ;
+    if (write_vc_noise) begin
+      \$97  = data[0];
+    end
+    if (rst) begin
+      \$97  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = \$29 ;
+    if (rst) begin
+      \$98  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$99  = \step$90 ;
+    if (write_step) begin
+      \$99  = data[15:0];
+    end
+    if (rst) begin
+      \$99  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$100  = \decay$92 ;
+    if (write_decay) begin
+      \$100  = data[11:0];
+    end
+    if (rst) begin
+      \$100  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$101  = \noise$94 ;
+    if (write_noise) begin
+      \$101  = data[15:0];
+    end
+    if (rst) begin
+      \$101  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$102  = \vc_var$96 ;
+    if (write_vc_var) begin
+      \$102  = data[14:0];
+    end
+    if (rst) begin
+      \$102  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$103  = \vc_noise$98 ;
+    if (write_vc_noise) begin
+      \$103  = data[0];
+    end
+    if (rst) begin
+      \$103  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$104  = \$32 ;
+    if (rst) begin
+      \$104  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$105  = \step$112 ;
+    if (write_step) begin
+      \$105  = data[15:0];
+    end
+    if (rst) begin
+      \$105  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$106  = \decay$114 ;
+    if (write_decay) begin
+      \$106  = data[11:0];
+    end
+    if (rst) begin
+      \$106  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$107  = \noise$116 ;
+    if (write_noise) begin
+      \$107  = data[15:0];
+    end
+    if (rst) begin
+      \$107  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$108  = \vc_var$118 ;
+    if (write_vc_var) begin
+      \$108  = data[14:0];
+    end
+    if (rst) begin
+      \$108  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$109  = \vc_noise$120 ;
+    if (write_vc_noise) begin
+      \$109  = data[0];
+    end
+    if (rst) begin
+      \$109  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$110  = \$35 ;
+    if (rst) begin
+      \$110  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$111  = \step$134 ;
+    if (write_step) begin
+      \$111  = data[15:0];
+    end
+    if (rst) begin
+      \$111  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$112  = \decay$136 ;
+    if (write_decay) begin
+      \$112  = data[11:0];
+    end
+    if (rst) begin
+      \$112  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$113  = \noise$138 ;
+    if (write_noise) begin
+      \$113  = data[15:0];
+    end
+    if (rst) begin
+      \$113  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$114  = \vc_var$140 ;
+    if (write_vc_var) begin
+      \$114  = data[14:0];
+    end
+    if (rst) begin
+      \$114  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$115  = \vc_noise$142 ;
+    if (write_vc_noise) begin
+      \$115  = data[0];
+    end
+    if (rst) begin
+      \$115  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$116  = \$38 ;
+    if (rst) begin
+      \$116  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$117  = \step$156 ;
+    if (write_step) begin
+      \$117  = data[15:0];
+    end
+    if (rst) begin
+      \$117  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$118  = \decay$158 ;
+    if (write_decay) begin
+      \$118  = data[11:0];
+    end
+    if (rst) begin
+      \$118  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$119  = \noise$160 ;
+    if (write_noise) begin
+      \$119  = data[15:0];
+    end
+    if (rst) begin
+      \$119  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$120  = \vc_var$162 ;
+    if (write_vc_var) begin
+      \$120  = data[14:0];
+    end
+    if (rst) begin
+      \$120  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$121  = \vc_noise$164 ;
+    if (write_vc_noise) begin
+      \$121  = data[0];
+    end
+    if (rst) begin
+      \$121  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$122  = \$41 ;
+    if (rst) begin
+      \$122  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$123  = \step$178 ;
+    if (write_step) begin
+      \$123  = data[15:0];
+    end
+    if (rst) begin
+      \$123  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$124  = \decay$180 ;
+    if (write_decay) begin
+      \$124  = data[11:0];
+    end
+    if (rst) begin
+      \$124  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$125  = \noise$182 ;
+    if (write_noise) begin
+      \$125  = data[15:0];
+    end
+    if (rst) begin
+      \$125  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$126  = \vc_var$184 ;
+    if (write_vc_var) begin
+      \$126  = data[14:0];
+    end
+    if (rst) begin
+      \$126  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$127  = \vc_noise$186 ;
+    if (write_vc_noise) begin
+      \$127  = data[0];
+    end
+    if (rst) begin
+      \$127  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$128  = \$44 ;
+    if (rst) begin
+      \$128  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$129  = \step$200 ;
+    if (write_step) begin
+      \$129  = data[15:0];
+    end
+    if (rst) begin
+      \$129  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$130  = \decay$202 ;
+    if (write_decay) begin
+      \$130  = data[11:0];
+    end
+    if (rst) begin
+      \$130  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$131  = \noise$204 ;
+    if (write_noise) begin
+      \$131  = data[15:0];
+    end
+    if (rst) begin
+      \$131  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$132  = \vc_var$206 ;
+    if (write_vc_var) begin
+      \$132  = data[14:0];
+    end
+    if (rst) begin
+      \$132  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$133  = \vc_noise$208 ;
+    if (write_vc_noise) begin
+      \$133  = data[0];
+    end
+    if (rst) begin
+      \$133  = 1'h0;
     end
   end
   assign advance = sink__ready;
   assign valid_18 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
-  assign seed_data = data;
+  assign wdata = data;
   assign en = sink__ready;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$46 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign reg_vc_var = vc_var;
-  assign reg_vc_noise = vc_noise;
+  assign reg_step_0 = \step$46 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign reg_vc_var_0 = vc_var;
+  assign reg_vc_noise_0 = vc_noise;
   assign \load0$57  = seed_load_1[0];
   assign \load1$59  = seed_load_1[1];
   assign \data$60  = data;
@@ -1167,89 +1697,89 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \grad$63  = sink__payload[87:80];
   assign \out$65  = \words$64 ;
   assign \weight$67  = \state$66 ;
-  assign \step$68  = \step$46 ;
-  assign \decay$69  = decay;
-  assign \noise$70  = noise;
-  assign \vc_var$71  = vc_var;
-  assign \vc_noise$72  = vc_noise;
-  assign \load0$74  = seed_load_2[0];
-  assign \load1$76  = seed_load_2[1];
-  assign \data$77  = data;
-  assign \en$78  = sink__ready;
-  assign \theta$79  = sink__payload[31:24];
-  assign \grad$80  = sink__payload[95:88];
-  assign \out$82  = \words$81 ;
-  assign \weight$84  = \state$83 ;
-  assign \step$85  = \step$46 ;
-  assign \decay$86  = decay;
-  assign \noise$87  = noise;
-  assign \vc_var$88  = vc_var;
-  assign \vc_noise$89  = vc_noise;
-  assign \load0$91  = seed_load_3[0];
-  assign \load1$93  = seed_load_3[1];
-  assign \data$94  = data;
-  assign \en$95  = sink__ready;
-  assign \theta$96  = sink__payload[39:32];
-  assign \grad$97  = sink__payload[103:96];
-  assign \out$99  = \words$98 ;
-  assign \weight$101  = \state$100 ;
-  assign \step$102  = \step$46 ;
-  assign \decay$103  = decay;
-  assign \noise$104  = noise;
-  assign \vc_var$105  = vc_var;
-  assign \vc_noise$106  = vc_noise;
-  assign \load0$108  = seed_load_4[0];
-  assign \load1$110  = seed_load_4[1];
-  assign \data$111  = data;
-  assign \en$112  = sink__ready;
-  assign \theta$113  = sink__payload[47:40];
-  assign \grad$114  = sink__payload[111:104];
-  assign \out$116  = \words$115 ;
-  assign \weight$118  = \state$117 ;
-  assign \step$119  = \step$46 ;
-  assign \decay$120  = decay;
-  assign \noise$121  = noise;
-  assign \vc_var$122  = vc_var;
-  assign \vc_noise$123  = vc_noise;
-  assign \load0$125  = seed_load_5[0];
-  assign \load1$127  = seed_load_5[1];
-  assign \data$128  = data;
-  assign \en$129  = sink__ready;
-  assign \theta$130  = sink__payload[55:48];
-  assign \grad$131  = sink__payload[119:112];
-  assign \out$133  = \words$132 ;
-  assign \weight$135  = \state$134 ;
-  assign \step$136  = \step$46 ;
-  assign \decay$137  = decay;
-  assign \noise$138  = noise;
-  assign \vc_var$139  = vc_var;
-  assign \vc_noise$140  = vc_noise;
-  assign \load0$142  = seed_load_6[0];
-  assign \load1$144  = seed_load_6[1];
-  assign \data$145  = data;
-  assign \en$146  = sink__ready;
-  assign \theta$147  = sink__payload[63:56];
-  assign \grad$148  = sink__payload[127:120];
-  assign \out$150  = \words$149 ;
-  assign \weight$152  = \state$151 ;
-  assign \step$153  = \step$46 ;
-  assign \decay$154  = decay;
-  assign \noise$155  = noise;
-  assign \vc_var$156  = vc_var;
-  assign \vc_noise$157  = vc_noise;
-  assign \load0$159  = seed_load_7[0];
-  assign \load1$161  = seed_load_7[1];
-  assign \data$162  = data;
-  assign \en$163  = sink__ready;
-  assign \theta$164  = sink__payload[71:64];
-  assign \grad$165  = sink__payload[135:128];
-  assign \out$167  = \words$166 ;
-  assign \weight$169  = \state$168 ;
-  assign \step$170  = \step$46 ;
-  assign \decay$171  = decay;
-  assign \noise$172  = noise;
-  assign \vc_var$173  = vc_var;
-  assign \vc_noise$174  = vc_noise;
+  assign reg_step_1 = \step$68 ;
+  assign reg_decay_1 = \decay$70 ;
+  assign reg_noise_1 = \noise$72 ;
+  assign reg_vc_var_1 = \vc_var$74 ;
+  assign reg_vc_noise_1 = \vc_noise$76 ;
+  assign \load0$79  = seed_load_2[0];
+  assign \load1$81  = seed_load_2[1];
+  assign \data$82  = data;
+  assign \en$83  = sink__ready;
+  assign \theta$84  = sink__payload[31:24];
+  assign \grad$85  = sink__payload[95:88];
+  assign \out$87  = \words$86 ;
+  assign \weight$89  = \state$88 ;
+  assign reg_step_2 = \step$90 ;
+  assign reg_decay_2 = \decay$92 ;
+  assign reg_noise_2 = \noise$94 ;
+  assign reg_vc_var_2 = \vc_var$96 ;
+  assign reg_vc_noise_2 = \vc_noise$98 ;
+  assign \load0$101  = seed_load_3[0];
+  assign \load1$103  = seed_load_3[1];
+  assign \data$104  = data;
+  assign \en$105  = sink__ready;
+  assign \theta$106  = sink__payload[39:32];
+  assign \grad$107  = sink__payload[103:96];
+  assign \out$109  = \words$108 ;
+  assign \weight$111  = \state$110 ;
+  assign reg_step_3 = \step$112 ;
+  assign reg_decay_3 = \decay$114 ;
+  assign reg_noise_3 = \noise$116 ;
+  assign reg_vc_var_3 = \vc_var$118 ;
+  assign reg_vc_noise_3 = \vc_noise$120 ;
+  assign \load0$123  = seed_load_4[0];
+  assign \load1$125  = seed_load_4[1];
+  assign \data$126  = data;
+  assign \en$127  = sink__ready;
+  assign \theta$128  = sink__payload[47:40];
+  assign \grad$129  = sink__payload[111:104];
+  assign \out$131  = \words$130 ;
+  assign \weight$133  = \state$132 ;
+  assign reg_step_4 = \step$134 ;
+  assign reg_decay_4 = \decay$136 ;
+  assign reg_noise_4 = \noise$138 ;
+  assign reg_vc_var_4 = \vc_var$140 ;
+  assign reg_vc_noise_4 = \vc_noise$142 ;
+  assign \load0$145  = seed_load_5[0];
+  assign \load1$147  = seed_load_5[1];
+  assign \data$148  = data;
+  assign \en$149  = sink__ready;
+  assign \theta$150  = sink__payload[55:48];
+  assign \grad$151  = sink__payload[119:112];
+  assign \out$153  = \words$152 ;
+  assign \weight$155  = \state$154 ;
+  assign reg_step_5 = \step$156 ;
+  assign reg_decay_5 = \decay$158 ;
+  assign reg_noise_5 = \noise$160 ;
+  assign reg_vc_var_5 = \vc_var$162 ;
+  assign reg_vc_noise_5 = \vc_noise$164 ;
+  assign \load0$167  = seed_load_6[0];
+  assign \load1$169  = seed_load_6[1];
+  assign \data$170  = data;
+  assign \en$171  = sink__ready;
+  assign \theta$172  = sink__payload[63:56];
+  assign \grad$173  = sink__payload[127:120];
+  assign \out$175  = \words$174 ;
+  assign \weight$177  = \state$176 ;
+  assign reg_step_6 = \step$178 ;
+  assign reg_decay_6 = \decay$180 ;
+  assign reg_noise_6 = \noise$182 ;
+  assign reg_vc_var_6 = \vc_var$184 ;
+  assign reg_vc_noise_6 = \vc_noise$186 ;
+  assign \load0$189  = seed_load_7[0];
+  assign \load1$191  = seed_load_7[1];
+  assign \data$192  = data;
+  assign \en$193  = sink__ready;
+  assign \theta$194  = sink__payload[71:64];
+  assign \grad$195  = sink__payload[135:128];
+  assign \out$197  = \words$196 ;
+  assign \weight$199  = \state$198 ;
+  assign reg_step_7 = \step$200 ;
+  assign reg_decay_7 = \decay$202 ;
+  assign reg_noise_7 = \noise$204 ;
+  assign reg_vc_var_7 = \vc_var$206 ;
+  assign reg_vc_noise_7 = \vc_noise$208 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -1288,18 +1818,18 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$168 ;
-  assign source__payload[71:64] = \state$168 ;
-  assign source__payload[127:120] = \state$151 ;
-  assign source__payload[63:56] = \state$151 ;
-  assign source__payload[119:112] = \state$134 ;
-  assign source__payload[55:48] = \state$134 ;
-  assign source__payload[111:104] = \state$117 ;
-  assign source__payload[47:40] = \state$117 ;
-  assign source__payload[103:96] = \state$100 ;
-  assign source__payload[39:32] = \state$100 ;
-  assign source__payload[95:88] = \state$83 ;
-  assign source__payload[31:24] = \state$83 ;
+  assign source__payload[135:128] = \state$198 ;
+  assign source__payload[71:64] = \state$198 ;
+  assign source__payload[127:120] = \state$176 ;
+  assign source__payload[63:56] = \state$176 ;
+  assign source__payload[119:112] = \state$154 ;
+  assign source__payload[55:48] = \state$154 ;
+  assign source__payload[111:104] = \state$132 ;
+  assign source__payload[47:40] = \state$132 ;
+  assign source__payload[103:96] = \state$110 ;
+  assign source__payload[39:32] = \state$110 ;
+  assign source__payload[95:88] = \state$88 ;
+  assign source__payload[31:24] = \state$88 ;
   assign source__payload[87:80] = \state$66 ;
   assign source__payload[23:16] = \state$66 ;
   assign source__payload[79:72] = state;
@@ -1312,51 +1842,45 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, v
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [7:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [7:0] \$14 ;
-  reg [7:0] \$15 ;
+  reg [23:0] \$11 ;
+  reg [23:0] \$12 ;
+  reg [23:0] \$13 ;
+  reg [23:0] \$14 ;
+  reg [23:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$20 ;
-  reg [23:0] \$21 ;
-  reg [23:0] \$22 ;
-  reg [23:0] \$23 ;
+  reg [16:0] \$20 ;
+  reg [16:0] \$21 ;
+  reg [16:0] \$22 ;
+  reg [16:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [16:0] \$28 ;
-  reg [16:0] \$29 ;
   reg [7:0] \$3 ;
-  reg [16:0] \$30 ;
-  reg [16:0] \$31 ;
   reg [15:0] \$4 ;
-  reg [11:0] \$5 ;
-  reg [15:0] \$6 ;
-  reg [14:0] \$7 ;
-  reg \$8 ;
-  reg [15:0] \$9 ;
+  reg [7:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [7:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$43 ;
+  wire [11:0] \decay$37 ;
   input en;
   wire en;
-  wire \en$41 ;
-  wire \en$44 ;
-  wire \en$51 ;
+  wire \en$33 ;
+  wire \en$38 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$50 ;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -1384,106 +1908,88 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, v
   input [15:0] noise;
   wire [15:0] noise;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$46 ;
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
   reg [15:0] reg_noise_gated = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
-  reg reg_vc_noise = 1'h0;
-  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$42 ;
+  wire [15:0] \step$35 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$49 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  (* init = 1'h0 *)
-  wire \vc_noise$56 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$57 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$53 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$48 ;
+  wire [11:0] \z$42 ;
   assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
     lane_theta <= \$2 ;
   always @(posedge clk)
     lane_grad <= \$3 ;
   always @(posedge clk)
-    reg_step <= \$4 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    reg_decay <= \$5 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    reg_noise <= \$6 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    reg_vc_var <= \$7 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    reg_vc_noise <= \$8 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    reg_noise_gated <= \$9 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$10 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$14 ;
+    lane_u_sr_d2 <= \$14 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$15 ;
+    lane_u_sr_d3 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr <= \$16 ;
+    lane_u_sr_d4 <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$17 ;
+    lane_u_sr_d5 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$18 ;
+    lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$20 ;
+    lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$21 ;
+    lane_u_vc_d1 <= \$21 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$22 ;
+    lane_u_vc_d2 <= \$22 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$23 ;
+    lane_u_vc_d3 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc <= \$24 ;
+    lane_u_vc_d4 <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$25 ;
+    lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d2 <= \$27 ;
-  always @(posedge clk)
-    lane_u_vc_d3 <= \$28 ;
-  always @(posedge clk)
-    lane_u_vc_d4 <= \$29 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$30 ;
-  always @(posedge clk)
-    lane_u_vc_d6 <= \$31 ;
+    lane_u_vc_d6 <= \$26 ;
   \lpsgld_w8_vc_l8.lane_0.gauss  gauss (
     .bits(words[48:17]),
     .clk(clk),
@@ -1498,18 +2004,18 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, v
     .rst(rst),
     .u_sr(lane_u_sr_d6),
     .u_vc(lane_u_vc_d6),
-    .vc_noise(reg_vc_noise),
-    .vc_var(reg_vc_var),
+    .vc_noise(vc_noise),
+    .vc_var(vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_0.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
     .noise(reg_noise_gated),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
@@ -1530,215 +2036,180 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, v
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = step;
+    \$4  = \$1 ;
     if (rst) begin
       \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = decay;
-    if (rst) begin
-      \$5  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = noise;
-    if (rst) begin
-      \$6  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = vc_var;
-    if (rst) begin
-      \$7  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = vc_noise;
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = \$1 ;
-    if (rst) begin
-      \$9  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_theta_d0;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$10  = lane_theta;
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_theta_d1;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$11  = lane_theta_d0;
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_theta_d2;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$12  = lane_theta_d1;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_grad_d0;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$13  = lane_grad;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_grad_d1;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$14  = lane_grad_d0;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_grad_d2;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$15  = lane_grad_d1;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$16  = words[40:17];
+      \$11  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d0;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$17  = lane_u_sr;
+      \$12  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d1;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$18  = lane_u_sr_d0;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d2;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$19  = lane_u_sr_d1;
+      \$14  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$20  = lane_u_sr_d3;
+    \$15  = lane_u_sr_d3;
     if (en) begin
-      \$20  = lane_u_sr_d2;
+      \$15  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$21  = lane_u_sr_d4;
+    \$16  = lane_u_sr_d4;
     if (en) begin
-      \$21  = lane_u_sr_d3;
+      \$16  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$22  = lane_u_sr_d5;
+    \$17  = lane_u_sr_d5;
     if (en) begin
-      \$22  = lane_u_sr_d4;
+      \$17  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$23  = lane_u_sr_d6;
+    \$18  = lane_u_sr_d6;
     if (en) begin
-      \$23  = lane_u_sr_d5;
+      \$18  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$24  = lane_u_vc;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$24  = words[16:0];
+      \$19  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$25  = lane_u_vc_d0;
+    \$20  = lane_u_vc_d0;
     if (en) begin
-      \$25  = lane_u_vc;
+      \$20  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$26  = lane_u_vc_d1;
+    \$21  = lane_u_vc_d1;
     if (en) begin
-      \$26  = lane_u_vc_d0;
+      \$21  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$27  = lane_u_vc_d2;
+    \$22  = lane_u_vc_d2;
     if (en) begin
-      \$27  = lane_u_vc_d1;
+      \$22  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$28  = lane_u_vc_d3;
+    \$23  = lane_u_vc_d3;
     if (en) begin
-      \$28  = lane_u_vc_d2;
+      \$23  = lane_u_vc_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$29  = lane_u_vc_d4;
+    \$24  = lane_u_vc_d4;
     if (en) begin
-      \$29  = lane_u_vc_d3;
+      \$24  = lane_u_vc_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$30  = lane_u_vc_d5;
+    \$25  = lane_u_vc_d5;
     if (en) begin
-      \$30  = lane_u_vc_d4;
+      \$25  = lane_u_vc_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$31  = lane_u_vc_d6;
+    \$26  = lane_u_vc_d6;
     if (en) begin
-      \$31  = lane_u_vc_d5;
+      \$26  = lane_u_vc_d5;
     end
   end
-  assign \en$41  = en;
-  assign \step$42  = reg_step;
-  assign \decay$43  = reg_decay;
-  assign \en$44  = en;
+  assign \en$33  = en;
+  assign \step$35  = step;
+  assign \decay$37  = decay;
+  assign \en$38  = en;
   assign bits = words[48:17];
-  assign \noise$46  = reg_noise_gated;
-  assign \z$48  = z;
-  assign \theta$49  = lane_theta_d2;
-  assign \grad$50  = lane_grad_d2;
-  assign \en$51  = en;
-  assign \x$53  = x;
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
   assign u_sr = lane_u_sr_d6;
   assign u_vc = lane_u_vc_d6;
-  assign \vc_noise$56  = reg_vc_noise;
-  assign \vc_var$57  = reg_vc_var;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -5031,51 +5502,45 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, v
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [7:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [7:0] \$14 ;
-  reg [7:0] \$15 ;
+  reg [23:0] \$11 ;
+  reg [23:0] \$12 ;
+  reg [23:0] \$13 ;
+  reg [23:0] \$14 ;
+  reg [23:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$20 ;
-  reg [23:0] \$21 ;
-  reg [23:0] \$22 ;
-  reg [23:0] \$23 ;
+  reg [16:0] \$20 ;
+  reg [16:0] \$21 ;
+  reg [16:0] \$22 ;
+  reg [16:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [16:0] \$28 ;
-  reg [16:0] \$29 ;
   reg [7:0] \$3 ;
-  reg [16:0] \$30 ;
-  reg [16:0] \$31 ;
   reg [15:0] \$4 ;
-  reg [11:0] \$5 ;
-  reg [15:0] \$6 ;
-  reg [14:0] \$7 ;
-  reg \$8 ;
-  reg [15:0] \$9 ;
+  reg [7:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [7:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$43 ;
+  wire [11:0] \decay$37 ;
   input en;
   wire en;
-  wire \en$41 ;
-  wire \en$44 ;
-  wire \en$51 ;
+  wire \en$33 ;
+  wire \en$38 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$50 ;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -5103,106 +5568,88 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, v
   input [15:0] noise;
   wire [15:0] noise;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$46 ;
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
   reg [15:0] reg_noise_gated = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
-  reg reg_vc_noise = 1'h0;
-  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$42 ;
+  wire [15:0] \step$35 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$49 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  (* init = 1'h0 *)
-  wire \vc_noise$56 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$57 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$53 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$48 ;
+  wire [11:0] \z$42 ;
   assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
     lane_theta <= \$2 ;
   always @(posedge clk)
     lane_grad <= \$3 ;
   always @(posedge clk)
-    reg_step <= \$4 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    reg_decay <= \$5 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    reg_noise <= \$6 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    reg_vc_var <= \$7 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    reg_vc_noise <= \$8 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    reg_noise_gated <= \$9 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$10 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$14 ;
+    lane_u_sr_d2 <= \$14 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$15 ;
+    lane_u_sr_d3 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr <= \$16 ;
+    lane_u_sr_d4 <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$17 ;
+    lane_u_sr_d5 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$18 ;
+    lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$20 ;
+    lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$21 ;
+    lane_u_vc_d1 <= \$21 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$22 ;
+    lane_u_vc_d2 <= \$22 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$23 ;
+    lane_u_vc_d3 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc <= \$24 ;
+    lane_u_vc_d4 <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$25 ;
+    lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d2 <= \$27 ;
-  always @(posedge clk)
-    lane_u_vc_d3 <= \$28 ;
-  always @(posedge clk)
-    lane_u_vc_d4 <= \$29 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$30 ;
-  always @(posedge clk)
-    lane_u_vc_d6 <= \$31 ;
+    lane_u_vc_d6 <= \$26 ;
   \lpsgld_w8_vc_l8.lane_1.gauss  gauss (
     .bits(words[48:17]),
     .clk(clk),
@@ -5217,18 +5664,18 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, v
     .rst(rst),
     .u_sr(lane_u_sr_d6),
     .u_vc(lane_u_vc_d6),
-    .vc_noise(reg_vc_noise),
-    .vc_var(reg_vc_var),
+    .vc_noise(vc_noise),
+    .vc_var(vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_1.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
     .noise(reg_noise_gated),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
@@ -5249,215 +5696,180 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, v
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = step;
+    \$4  = \$1 ;
     if (rst) begin
       \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = decay;
-    if (rst) begin
-      \$5  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = noise;
-    if (rst) begin
-      \$6  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = vc_var;
-    if (rst) begin
-      \$7  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = vc_noise;
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = \$1 ;
-    if (rst) begin
-      \$9  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_theta_d0;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$10  = lane_theta;
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_theta_d1;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$11  = lane_theta_d0;
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_theta_d2;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$12  = lane_theta_d1;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_grad_d0;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$13  = lane_grad;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_grad_d1;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$14  = lane_grad_d0;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$15  = lane_grad_d2;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$15  = lane_grad_d1;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$16  = lane_u_sr;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$16  = words[40:17];
+      \$11  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$17  = lane_u_sr_d0;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$17  = lane_u_sr;
+      \$12  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$18  = lane_u_sr_d1;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$18  = lane_u_sr_d0;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$19  = lane_u_sr_d2;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$19  = lane_u_sr_d1;
+      \$14  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$20  = lane_u_sr_d3;
+    \$15  = lane_u_sr_d3;
     if (en) begin
-      \$20  = lane_u_sr_d2;
+      \$15  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$21  = lane_u_sr_d4;
+    \$16  = lane_u_sr_d4;
     if (en) begin
-      \$21  = lane_u_sr_d3;
+      \$16  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$22  = lane_u_sr_d5;
+    \$17  = lane_u_sr_d5;
     if (en) begin
-      \$22  = lane_u_sr_d4;
+      \$17  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$23  = lane_u_sr_d6;
+    \$18  = lane_u_sr_d6;
     if (en) begin
-      \$23  = lane_u_sr_d5;
+      \$18  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$24  = lane_u_vc;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$24  = words[16:0];
+      \$19  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$25  = lane_u_vc_d0;
+    \$20  = lane_u_vc_d0;
     if (en) begin
-      \$25  = lane_u_vc;
+      \$20  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$26  = lane_u_vc_d1;
+    \$21  = lane_u_vc_d1;
     if (en) begin
-      \$26  = lane_u_vc_d0;
+      \$21  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$27  = lane_u_vc_d2;
+    \$22  = lane_u_vc_d2;
     if (en) begin
-      \$27  = lane_u_vc_d1;
+      \$22  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$28  = lane_u_vc_d3;
+    \$23  = lane_u_vc_d3;
     if (en) begin
-      \$28  = lane_u_vc_d2;
+      \$23  = lane_u_vc_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$29  = lane_u_vc_d4;
+    \$24  = lane_u_vc_d4;
     if (en) begin
-      \$29  = lane_u_vc_d3;
+      \$24  = lane_u_vc_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$30  = lane_u_vc_d5;
+    \$25  = lane_u_vc_d5;
     if (en) begin
-      \$30  = lane_u_vc_d4;
+      \$25  = lane_u_vc_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$31  = lane_u_vc_d6;
+    \$26  = lane_u_vc_d6;
     if (en) begin
-      \$31  = lane_u_vc_d5;
+      \$26  = lane_u_vc_d5;
     end
   end
-  assign \en$41  = en;
-  assign \step$42  = reg_step;
-  assign \decay$43  = reg_decay;
-  assign \en$44  = en;
+  assign \en$33  = en;
+  assign \step$35  = step;
+  assign \decay$37  = decay;
+  assign \en$38  = en;
   assign bits = words[48:17];
-  assign \noise$46  = reg_noise_gated;
-  assign \z$48  = z;
-  assign \theta$49  = lane_theta_d2;
-  assign \grad$50  = lane_grad_d2;
-  assign \en$51  = en;
-  assign \x$53  = x;
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
   assign u_sr = lane_u_sr_d6;
   assign u_vc = lane_u_vc_d6;
-  assign \vc_noise$56  = reg_vc_noise;
-  assign \vc_var$57  = reg_vc_var;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -8750,51 +9162,45 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, v
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [7:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [7:0] \$14 ;
-  reg [7:0] \$15 ;
+  reg [23:0] \$11 ;
+  reg [23:0] \$12 ;
+  reg [23:0] \$13 ;
+  reg [23:0] \$14 ;
+  reg [23:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$20 ;
-  reg [23:0] \$21 ;
-  reg [23:0] \$22 ;
-  reg [23:0] \$23 ;
+  reg [16:0] \$20 ;
+  reg [16:0] \$21 ;
+  reg [16:0] \$22 ;
+  reg [16:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [16:0] \$28 ;
-  reg [16:0] \$29 ;
   reg [7:0] \$3 ;
-  reg [16:0] \$30 ;
-  reg [16:0] \$31 ;
   reg [15:0] \$4 ;
-  reg [11:0] \$5 ;
-  reg [15:0] \$6 ;
-  reg [14:0] \$7 ;
-  reg \$8 ;
-  reg [15:0] \$9 ;
+  reg [7:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [7:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$43 ;
+  wire [11:0] \decay$37 ;
   input en;
   wire en;
-  wire \en$41 ;
-  wire \en$44 ;
-  wire \en$51 ;
+  wire \en$33 ;
+  wire \en$38 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$50 ;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -8822,106 +9228,88 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, v
   input [15:0] noise;
   wire [15:0] noise;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$46 ;
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
   reg [15:0] reg_noise_gated = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
-  reg reg_vc_noise = 1'h0;
-  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$42 ;
+  wire [15:0] \step$35 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$49 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  (* init = 1'h0 *)
-  wire \vc_noise$56 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$57 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$53 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$48 ;
+  wire [11:0] \z$42 ;
   assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
     lane_theta <= \$2 ;
   always @(posedge clk)
     lane_grad <= \$3 ;
   always @(posedge clk)
-    reg_step <= \$4 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    reg_decay <= \$5 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    reg_noise <= \$6 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    reg_vc_var <= \$7 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    reg_vc_noise <= \$8 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    reg_noise_gated <= \$9 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$10 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$14 ;
+    lane_u_sr_d2 <= \$14 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$15 ;
+    lane_u_sr_d3 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr <= \$16 ;
+    lane_u_sr_d4 <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$17 ;
+    lane_u_sr_d5 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$18 ;
+    lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$20 ;
+    lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$21 ;
+    lane_u_vc_d1 <= \$21 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$22 ;
+    lane_u_vc_d2 <= \$22 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$23 ;
+    lane_u_vc_d3 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc <= \$24 ;
+    lane_u_vc_d4 <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$25 ;
+    lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d2 <= \$27 ;
-  always @(posedge clk)
-    lane_u_vc_d3 <= \$28 ;
-  always @(posedge clk)
-    lane_u_vc_d4 <= \$29 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$30 ;
-  always @(posedge clk)
-    lane_u_vc_d6 <= \$31 ;
+    lane_u_vc_d6 <= \$26 ;
   \lpsgld_w8_vc_l8.lane_2.gauss  gauss (
     .bits(words[48:17]),
     .clk(clk),
@@ -8936,18 +9324,18 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, v
     .rst(rst),
     .u_sr(lane_u_sr_d6),
     .u_vc(lane_u_vc_d6),
-    .vc_noise(reg_vc_noise),
-    .vc_var(reg_vc_var),
+    .vc_noise(vc_noise),
+    .vc_var(vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_2.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
     .noise(reg_noise_gated),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
@@ -8968,215 +9356,180 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, v
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = step;
+    \$4  = \$1 ;
     if (rst) begin
       \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = decay;
-    if (rst) begin
-      \$5  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = noise;
-    if (rst) begin
-      \$6  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = vc_var;
-    if (rst) begin
-      \$7  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = vc_noise;
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = \$1 ;
-    if (rst) begin
-      \$9  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_theta_d0;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$10  = lane_theta;
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_theta_d1;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$11  = lane_theta_d0;
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_theta_d2;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$12  = lane_theta_d1;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_grad_d0;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$13  = lane_grad;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_grad_d1;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$14  = lane_grad_d0;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$15  = lane_grad_d2;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$15  = lane_grad_d1;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$16  = lane_u_sr;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$16  = words[40:17];
+      \$11  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$17  = lane_u_sr_d0;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$17  = lane_u_sr;
+      \$12  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$18  = lane_u_sr_d1;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$18  = lane_u_sr_d0;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$19  = lane_u_sr_d2;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$19  = lane_u_sr_d1;
+      \$14  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$20  = lane_u_sr_d3;
+    \$15  = lane_u_sr_d3;
     if (en) begin
-      \$20  = lane_u_sr_d2;
+      \$15  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$21  = lane_u_sr_d4;
+    \$16  = lane_u_sr_d4;
     if (en) begin
-      \$21  = lane_u_sr_d3;
+      \$16  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$22  = lane_u_sr_d5;
+    \$17  = lane_u_sr_d5;
     if (en) begin
-      \$22  = lane_u_sr_d4;
+      \$17  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$23  = lane_u_sr_d6;
+    \$18  = lane_u_sr_d6;
     if (en) begin
-      \$23  = lane_u_sr_d5;
+      \$18  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$24  = lane_u_vc;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$24  = words[16:0];
+      \$19  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$25  = lane_u_vc_d0;
+    \$20  = lane_u_vc_d0;
     if (en) begin
-      \$25  = lane_u_vc;
+      \$20  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$26  = lane_u_vc_d1;
+    \$21  = lane_u_vc_d1;
     if (en) begin
-      \$26  = lane_u_vc_d0;
+      \$21  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$27  = lane_u_vc_d2;
+    \$22  = lane_u_vc_d2;
     if (en) begin
-      \$27  = lane_u_vc_d1;
+      \$22  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$28  = lane_u_vc_d3;
+    \$23  = lane_u_vc_d3;
     if (en) begin
-      \$28  = lane_u_vc_d2;
+      \$23  = lane_u_vc_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$29  = lane_u_vc_d4;
+    \$24  = lane_u_vc_d4;
     if (en) begin
-      \$29  = lane_u_vc_d3;
+      \$24  = lane_u_vc_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$30  = lane_u_vc_d5;
+    \$25  = lane_u_vc_d5;
     if (en) begin
-      \$30  = lane_u_vc_d4;
+      \$25  = lane_u_vc_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$31  = lane_u_vc_d6;
+    \$26  = lane_u_vc_d6;
     if (en) begin
-      \$31  = lane_u_vc_d5;
+      \$26  = lane_u_vc_d5;
     end
   end
-  assign \en$41  = en;
-  assign \step$42  = reg_step;
-  assign \decay$43  = reg_decay;
-  assign \en$44  = en;
+  assign \en$33  = en;
+  assign \step$35  = step;
+  assign \decay$37  = decay;
+  assign \en$38  = en;
   assign bits = words[48:17];
-  assign \noise$46  = reg_noise_gated;
-  assign \z$48  = z;
-  assign \theta$49  = lane_theta_d2;
-  assign \grad$50  = lane_grad_d2;
-  assign \en$51  = en;
-  assign \x$53  = x;
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
   assign u_sr = lane_u_sr_d6;
   assign u_vc = lane_u_vc_d6;
-  assign \vc_noise$56  = reg_vc_noise;
-  assign \vc_var$57  = reg_vc_var;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -12469,51 +12822,45 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, v
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [7:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [7:0] \$14 ;
-  reg [7:0] \$15 ;
+  reg [23:0] \$11 ;
+  reg [23:0] \$12 ;
+  reg [23:0] \$13 ;
+  reg [23:0] \$14 ;
+  reg [23:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$20 ;
-  reg [23:0] \$21 ;
-  reg [23:0] \$22 ;
-  reg [23:0] \$23 ;
+  reg [16:0] \$20 ;
+  reg [16:0] \$21 ;
+  reg [16:0] \$22 ;
+  reg [16:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [16:0] \$28 ;
-  reg [16:0] \$29 ;
   reg [7:0] \$3 ;
-  reg [16:0] \$30 ;
-  reg [16:0] \$31 ;
   reg [15:0] \$4 ;
-  reg [11:0] \$5 ;
-  reg [15:0] \$6 ;
-  reg [14:0] \$7 ;
-  reg \$8 ;
-  reg [15:0] \$9 ;
+  reg [7:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [7:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$43 ;
+  wire [11:0] \decay$37 ;
   input en;
   wire en;
-  wire \en$41 ;
-  wire \en$44 ;
-  wire \en$51 ;
+  wire \en$33 ;
+  wire \en$38 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$50 ;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -12541,106 +12888,88 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, v
   input [15:0] noise;
   wire [15:0] noise;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$46 ;
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
   reg [15:0] reg_noise_gated = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
-  reg reg_vc_noise = 1'h0;
-  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$42 ;
+  wire [15:0] \step$35 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$49 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  (* init = 1'h0 *)
-  wire \vc_noise$56 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$57 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$53 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$48 ;
+  wire [11:0] \z$42 ;
   assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
     lane_theta <= \$2 ;
   always @(posedge clk)
     lane_grad <= \$3 ;
   always @(posedge clk)
-    reg_step <= \$4 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    reg_decay <= \$5 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    reg_noise <= \$6 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    reg_vc_var <= \$7 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    reg_vc_noise <= \$8 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    reg_noise_gated <= \$9 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$10 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$14 ;
+    lane_u_sr_d2 <= \$14 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$15 ;
+    lane_u_sr_d3 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr <= \$16 ;
+    lane_u_sr_d4 <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$17 ;
+    lane_u_sr_d5 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$18 ;
+    lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$20 ;
+    lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$21 ;
+    lane_u_vc_d1 <= \$21 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$22 ;
+    lane_u_vc_d2 <= \$22 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$23 ;
+    lane_u_vc_d3 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc <= \$24 ;
+    lane_u_vc_d4 <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$25 ;
+    lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d2 <= \$27 ;
-  always @(posedge clk)
-    lane_u_vc_d3 <= \$28 ;
-  always @(posedge clk)
-    lane_u_vc_d4 <= \$29 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$30 ;
-  always @(posedge clk)
-    lane_u_vc_d6 <= \$31 ;
+    lane_u_vc_d6 <= \$26 ;
   \lpsgld_w8_vc_l8.lane_3.gauss  gauss (
     .bits(words[48:17]),
     .clk(clk),
@@ -12655,18 +12984,18 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, v
     .rst(rst),
     .u_sr(lane_u_sr_d6),
     .u_vc(lane_u_vc_d6),
-    .vc_noise(reg_vc_noise),
-    .vc_var(reg_vc_var),
+    .vc_noise(vc_noise),
+    .vc_var(vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_3.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
     .noise(reg_noise_gated),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
@@ -12687,215 +13016,180 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, v
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = step;
+    \$4  = \$1 ;
     if (rst) begin
       \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = decay;
-    if (rst) begin
-      \$5  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = noise;
-    if (rst) begin
-      \$6  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = vc_var;
-    if (rst) begin
-      \$7  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = vc_noise;
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = \$1 ;
-    if (rst) begin
-      \$9  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_theta_d0;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$10  = lane_theta;
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_theta_d1;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$11  = lane_theta_d0;
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_theta_d2;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$12  = lane_theta_d1;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_grad_d0;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$13  = lane_grad;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_grad_d1;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$14  = lane_grad_d0;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$15  = lane_grad_d2;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$15  = lane_grad_d1;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$16  = lane_u_sr;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$16  = words[40:17];
+      \$11  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$17  = lane_u_sr_d0;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$17  = lane_u_sr;
+      \$12  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$18  = lane_u_sr_d1;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$18  = lane_u_sr_d0;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$19  = lane_u_sr_d2;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$19  = lane_u_sr_d1;
+      \$14  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$20  = lane_u_sr_d3;
+    \$15  = lane_u_sr_d3;
     if (en) begin
-      \$20  = lane_u_sr_d2;
+      \$15  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$21  = lane_u_sr_d4;
+    \$16  = lane_u_sr_d4;
     if (en) begin
-      \$21  = lane_u_sr_d3;
+      \$16  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$22  = lane_u_sr_d5;
+    \$17  = lane_u_sr_d5;
     if (en) begin
-      \$22  = lane_u_sr_d4;
+      \$17  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$23  = lane_u_sr_d6;
+    \$18  = lane_u_sr_d6;
     if (en) begin
-      \$23  = lane_u_sr_d5;
+      \$18  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$24  = lane_u_vc;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$24  = words[16:0];
+      \$19  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$25  = lane_u_vc_d0;
+    \$20  = lane_u_vc_d0;
     if (en) begin
-      \$25  = lane_u_vc;
+      \$20  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$26  = lane_u_vc_d1;
+    \$21  = lane_u_vc_d1;
     if (en) begin
-      \$26  = lane_u_vc_d0;
+      \$21  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$27  = lane_u_vc_d2;
+    \$22  = lane_u_vc_d2;
     if (en) begin
-      \$27  = lane_u_vc_d1;
+      \$22  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$28  = lane_u_vc_d3;
+    \$23  = lane_u_vc_d3;
     if (en) begin
-      \$28  = lane_u_vc_d2;
+      \$23  = lane_u_vc_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$29  = lane_u_vc_d4;
+    \$24  = lane_u_vc_d4;
     if (en) begin
-      \$29  = lane_u_vc_d3;
+      \$24  = lane_u_vc_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$30  = lane_u_vc_d5;
+    \$25  = lane_u_vc_d5;
     if (en) begin
-      \$30  = lane_u_vc_d4;
+      \$25  = lane_u_vc_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$31  = lane_u_vc_d6;
+    \$26  = lane_u_vc_d6;
     if (en) begin
-      \$31  = lane_u_vc_d5;
+      \$26  = lane_u_vc_d5;
     end
   end
-  assign \en$41  = en;
-  assign \step$42  = reg_step;
-  assign \decay$43  = reg_decay;
-  assign \en$44  = en;
+  assign \en$33  = en;
+  assign \step$35  = step;
+  assign \decay$37  = decay;
+  assign \en$38  = en;
   assign bits = words[48:17];
-  assign \noise$46  = reg_noise_gated;
-  assign \z$48  = z;
-  assign \theta$49  = lane_theta_d2;
-  assign \grad$50  = lane_grad_d2;
-  assign \en$51  = en;
-  assign \x$53  = x;
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
   assign u_sr = lane_u_sr_d6;
   assign u_vc = lane_u_vc_d6;
-  assign \vc_noise$56  = reg_vc_noise;
-  assign \vc_var$57  = reg_vc_var;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -16188,51 +16482,45 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, v
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [7:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [7:0] \$14 ;
-  reg [7:0] \$15 ;
+  reg [23:0] \$11 ;
+  reg [23:0] \$12 ;
+  reg [23:0] \$13 ;
+  reg [23:0] \$14 ;
+  reg [23:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$20 ;
-  reg [23:0] \$21 ;
-  reg [23:0] \$22 ;
-  reg [23:0] \$23 ;
+  reg [16:0] \$20 ;
+  reg [16:0] \$21 ;
+  reg [16:0] \$22 ;
+  reg [16:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [16:0] \$28 ;
-  reg [16:0] \$29 ;
   reg [7:0] \$3 ;
-  reg [16:0] \$30 ;
-  reg [16:0] \$31 ;
   reg [15:0] \$4 ;
-  reg [11:0] \$5 ;
-  reg [15:0] \$6 ;
-  reg [14:0] \$7 ;
-  reg \$8 ;
-  reg [15:0] \$9 ;
+  reg [7:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [7:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$43 ;
+  wire [11:0] \decay$37 ;
   input en;
   wire en;
-  wire \en$41 ;
-  wire \en$44 ;
-  wire \en$51 ;
+  wire \en$33 ;
+  wire \en$38 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$50 ;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -16260,106 +16548,88 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, v
   input [15:0] noise;
   wire [15:0] noise;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$46 ;
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
   reg [15:0] reg_noise_gated = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
-  reg reg_vc_noise = 1'h0;
-  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$42 ;
+  wire [15:0] \step$35 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$49 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  (* init = 1'h0 *)
-  wire \vc_noise$56 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$57 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$53 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$48 ;
+  wire [11:0] \z$42 ;
   assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
     lane_theta <= \$2 ;
   always @(posedge clk)
     lane_grad <= \$3 ;
   always @(posedge clk)
-    reg_step <= \$4 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    reg_decay <= \$5 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    reg_noise <= \$6 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    reg_vc_var <= \$7 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    reg_vc_noise <= \$8 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    reg_noise_gated <= \$9 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$10 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$14 ;
+    lane_u_sr_d2 <= \$14 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$15 ;
+    lane_u_sr_d3 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr <= \$16 ;
+    lane_u_sr_d4 <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$17 ;
+    lane_u_sr_d5 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$18 ;
+    lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$20 ;
+    lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$21 ;
+    lane_u_vc_d1 <= \$21 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$22 ;
+    lane_u_vc_d2 <= \$22 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$23 ;
+    lane_u_vc_d3 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc <= \$24 ;
+    lane_u_vc_d4 <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$25 ;
+    lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d2 <= \$27 ;
-  always @(posedge clk)
-    lane_u_vc_d3 <= \$28 ;
-  always @(posedge clk)
-    lane_u_vc_d4 <= \$29 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$30 ;
-  always @(posedge clk)
-    lane_u_vc_d6 <= \$31 ;
+    lane_u_vc_d6 <= \$26 ;
   \lpsgld_w8_vc_l8.lane_4.gauss  gauss (
     .bits(words[48:17]),
     .clk(clk),
@@ -16374,18 +16644,18 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, v
     .rst(rst),
     .u_sr(lane_u_sr_d6),
     .u_vc(lane_u_vc_d6),
-    .vc_noise(reg_vc_noise),
-    .vc_var(reg_vc_var),
+    .vc_noise(vc_noise),
+    .vc_var(vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_4.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
     .noise(reg_noise_gated),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
@@ -16406,215 +16676,180 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, v
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$4  = step;
+    \$4  = \$1 ;
     if (rst) begin
       \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$5  = decay;
-    if (rst) begin
-      \$5  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$6  = noise;
-    if (rst) begin
-      \$6  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$7  = vc_var;
-    if (rst) begin
-      \$7  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$8  = vc_noise;
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$9  = \$1 ;
-    if (rst) begin
-      \$9  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$10  = lane_theta_d0;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$10  = lane_theta;
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = lane_theta_d1;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$11  = lane_theta_d0;
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$12  = lane_theta_d2;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$12  = lane_theta_d1;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$13  = lane_grad_d0;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$13  = lane_grad;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$14  = lane_grad_d1;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$14  = lane_grad_d0;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$15  = lane_grad_d2;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$15  = lane_grad_d1;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$16  = lane_u_sr;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$16  = words[40:17];
+      \$11  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$17  = lane_u_sr_d0;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$17  = lane_u_sr;
+      \$12  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$18  = lane_u_sr_d1;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$18  = lane_u_sr_d0;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$19  = lane_u_sr_d2;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$19  = lane_u_sr_d1;
+      \$14  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$20  = lane_u_sr_d3;
+    \$15  = lane_u_sr_d3;
     if (en) begin
-      \$20  = lane_u_sr_d2;
+      \$15  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$21  = lane_u_sr_d4;
+    \$16  = lane_u_sr_d4;
     if (en) begin
-      \$21  = lane_u_sr_d3;
+      \$16  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$22  = lane_u_sr_d5;
+    \$17  = lane_u_sr_d5;
     if (en) begin
-      \$22  = lane_u_sr_d4;
+      \$17  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$23  = lane_u_sr_d6;
+    \$18  = lane_u_sr_d6;
     if (en) begin
-      \$23  = lane_u_sr_d5;
+      \$18  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$24  = lane_u_vc;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$24  = words[16:0];
+      \$19  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$25  = lane_u_vc_d0;
+    \$20  = lane_u_vc_d0;
     if (en) begin
-      \$25  = lane_u_vc;
+      \$20  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$26  = lane_u_vc_d1;
+    \$21  = lane_u_vc_d1;
     if (en) begin
-      \$26  = lane_u_vc_d0;
+      \$21  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$27  = lane_u_vc_d2;
+    \$22  = lane_u_vc_d2;
     if (en) begin
-      \$27  = lane_u_vc_d1;
+      \$22  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$28  = lane_u_vc_d3;
+    \$23  = lane_u_vc_d3;
     if (en) begin
-      \$28  = lane_u_vc_d2;
+      \$23  = lane_u_vc_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$29  = lane_u_vc_d4;
+    \$24  = lane_u_vc_d4;
     if (en) begin
-      \$29  = lane_u_vc_d3;
+      \$24  = lane_u_vc_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$30  = lane_u_vc_d5;
+    \$25  = lane_u_vc_d5;
     if (en) begin
-      \$30  = lane_u_vc_d4;
+      \$25  = lane_u_vc_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$31  = lane_u_vc_d6;
+    \$26  = lane_u_vc_d6;
     if (en) begin
-      \$31  = lane_u_vc_d5;
+      \$26  = lane_u_vc_d5;
     end
   end
-  assign \en$41  = en;
-  assign \step$42  = reg_step;
-  assign \decay$43  = reg_decay;
-  assign \en$44  = en;
+  assign \en$33  = en;
+  assign \step$35  = step;
+  assign \decay$37  = decay;
+  assign \en$38  = en;
   assign bits = words[48:17];
-  assign \noise$46  = reg_noise_gated;
-  assign \z$48  = z;
-  assign \theta$49  = lane_theta_d2;
-  assign \grad$50  = lane_grad_d2;
-  assign \en$51  = en;
-  assign \x$53  = x;
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
   assign u_sr = lane_u_sr_d6;
   assign u_vc = lane_u_vc_d6;
-  assign \vc_noise$56  = reg_vc_noise;
-  assign \vc_var$57  = reg_vc_var;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -19907,51 +20142,45 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, v
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
   wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [7:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [7:0] \$14 ;
-  reg [7:0] \$15 ;
+  reg [23:0] \$11 ;
+  reg [23:0] \$12 ;
+  reg [23:0] \$13 ;
+  reg [23:0] \$14 ;
+  reg [23:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$20 ;
-  reg [23:0] \$21 ;
-  reg [23:0] \$22 ;
-  reg [23:0] \$23 ;
+  reg [16:0] \$20 ;
+  reg [16:0] \$21 ;
+  reg [16:0] \$22 ;
+  reg [16:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [16:0] \$28 ;
-  reg [16:0] \$29 ;
   reg [7:0] \$3 ;
-  reg [16:0] \$30 ;
-  reg [16:0] \$31 ;
   reg [15:0] \$4 ;
-  reg [11:0] \$5 ;
-  reg [15:0] \$6 ;
-  reg [14:0] \$7 ;
-  reg \$8 ;
-  reg [15:0] \$9 ;
+  reg [7:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [7:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$43 ;
+  wire [11:0] \decay$37 ;
   input en;
   wire en;
-  wire \en$41 ;
-  wire \en$44 ;
-  wire \en$51 ;
+  wire \en$33 ;
+  wire \en$38 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$50 ;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -19979,106 +20208,88 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, v
   input [15:0] noise;
   wire [15:0] noise;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$46 ;
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
   reg [15:0] reg_noise_gated = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
-  reg reg_vc_noise = 1'h0;
-  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$42 ;
+  wire [15:0] \step$35 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$49 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  (* init = 1'h0 *)
-  wire \vc_noise$56 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$57 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$53 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$48 ;
+  wire [11:0] \z$42 ;
   assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
     lane_theta <= \$2 ;
   always @(posedge clk)
     lane_grad <= \$3 ;
   always @(posedge clk)
-    reg_step <= \$4 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    reg_decay <= \$5 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    reg_noise <= \$6 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    reg_vc_var <= \$7 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    reg_vc_noise <= \$8 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    reg_noise_gated <= \$9 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$10 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$14 ;
+    lane_u_sr_d2 <= \$14 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$15 ;
+    lane_u_sr_d3 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr <= \$16 ;
+    lane_u_sr_d4 <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$17 ;
+    lane_u_sr_d5 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$18 ;
+    lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$20 ;
+    lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$21 ;
+    lane_u_vc_d1 <= \$21 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$22 ;
+    lane_u_vc_d2 <= \$22 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$23 ;
+    lane_u_vc_d3 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc <= \$24 ;
+    lane_u_vc_d4 <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$25 ;
+    lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d2 <= \$27 ;
-  always @(posedge clk)
-    lane_u_vc_d3 <= \$28 ;
-  always @(posedge clk)
-    lane_u_vc_d4 <= \$29 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$30 ;
-  always @(posedge clk)
-    lane_u_vc_d6 <= \$31 ;
+    lane_u_vc_d6 <= \$26 ;
   \lpsgld_w8_vc_l8.lane_5.gauss  gauss (
     .bits(words[48:17]),
     .clk(clk),
@@ -20093,18 +20304,18 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, v
     .rst(rst),
     .u_sr(lane_u_sr_d6),
     .u_vc(lane_u_vc_d6),
-    .vc_noise(reg_vc_noise),
-    .vc_var(reg_vc_var),
+    .vc_noise(vc_noise),
+    .vc_var(vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_5.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
     .noise(reg_noise_gated),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
@@ -20125,215 +20336,180 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, v
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$4  = step;
+    \$4  = \$1 ;
     if (rst) begin
       \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$5  = decay;
-    if (rst) begin
-      \$5  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$6  = noise;
-    if (rst) begin
-      \$6  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$7  = vc_var;
-    if (rst) begin
-      \$7  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$8  = vc_noise;
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$9  = \$1 ;
-    if (rst) begin
-      \$9  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$10  = lane_theta_d0;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$10  = lane_theta;
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$11  = lane_theta_d1;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$11  = lane_theta_d0;
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$12  = lane_theta_d2;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$12  = lane_theta_d1;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$13  = lane_grad_d0;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$13  = lane_grad;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$14  = lane_grad_d1;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$14  = lane_grad_d0;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$15  = lane_grad_d2;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$15  = lane_grad_d1;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$16  = lane_u_sr;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$16  = words[40:17];
+      \$11  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$17  = lane_u_sr_d0;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$17  = lane_u_sr;
+      \$12  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$18  = lane_u_sr_d1;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$18  = lane_u_sr_d0;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$19  = lane_u_sr_d2;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$19  = lane_u_sr_d1;
+      \$14  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$20  = lane_u_sr_d3;
+    \$15  = lane_u_sr_d3;
     if (en) begin
-      \$20  = lane_u_sr_d2;
+      \$15  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$21  = lane_u_sr_d4;
+    \$16  = lane_u_sr_d4;
     if (en) begin
-      \$21  = lane_u_sr_d3;
+      \$16  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$22  = lane_u_sr_d5;
+    \$17  = lane_u_sr_d5;
     if (en) begin
-      \$22  = lane_u_sr_d4;
+      \$17  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$23  = lane_u_sr_d6;
+    \$18  = lane_u_sr_d6;
     if (en) begin
-      \$23  = lane_u_sr_d5;
+      \$18  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$24  = lane_u_vc;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$24  = words[16:0];
+      \$19  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$25  = lane_u_vc_d0;
+    \$20  = lane_u_vc_d0;
     if (en) begin
-      \$25  = lane_u_vc;
+      \$20  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$26  = lane_u_vc_d1;
+    \$21  = lane_u_vc_d1;
     if (en) begin
-      \$26  = lane_u_vc_d0;
+      \$21  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$27  = lane_u_vc_d2;
+    \$22  = lane_u_vc_d2;
     if (en) begin
-      \$27  = lane_u_vc_d1;
+      \$22  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$28  = lane_u_vc_d3;
+    \$23  = lane_u_vc_d3;
     if (en) begin
-      \$28  = lane_u_vc_d2;
+      \$23  = lane_u_vc_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$29  = lane_u_vc_d4;
+    \$24  = lane_u_vc_d4;
     if (en) begin
-      \$29  = lane_u_vc_d3;
+      \$24  = lane_u_vc_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$30  = lane_u_vc_d5;
+    \$25  = lane_u_vc_d5;
     if (en) begin
-      \$30  = lane_u_vc_d4;
+      \$25  = lane_u_vc_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$31  = lane_u_vc_d6;
+    \$26  = lane_u_vc_d6;
     if (en) begin
-      \$31  = lane_u_vc_d5;
+      \$26  = lane_u_vc_d5;
     end
   end
-  assign \en$41  = en;
-  assign \step$42  = reg_step;
-  assign \decay$43  = reg_decay;
-  assign \en$44  = en;
+  assign \en$33  = en;
+  assign \step$35  = step;
+  assign \decay$37  = decay;
+  assign \en$38  = en;
   assign bits = words[48:17];
-  assign \noise$46  = reg_noise_gated;
-  assign \z$48  = z;
-  assign \theta$49  = lane_theta_d2;
-  assign \grad$50  = lane_grad_d2;
-  assign \en$51  = en;
-  assign \x$53  = x;
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
   assign u_sr = lane_u_sr_d6;
   assign u_vc = lane_u_vc_d6;
-  assign \vc_noise$56  = reg_vc_noise;
-  assign \vc_var$57  = reg_vc_var;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -23626,51 +23802,45 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, v
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
   wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [7:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [7:0] \$14 ;
-  reg [7:0] \$15 ;
+  reg [23:0] \$11 ;
+  reg [23:0] \$12 ;
+  reg [23:0] \$13 ;
+  reg [23:0] \$14 ;
+  reg [23:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$20 ;
-  reg [23:0] \$21 ;
-  reg [23:0] \$22 ;
-  reg [23:0] \$23 ;
+  reg [16:0] \$20 ;
+  reg [16:0] \$21 ;
+  reg [16:0] \$22 ;
+  reg [16:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [16:0] \$28 ;
-  reg [16:0] \$29 ;
   reg [7:0] \$3 ;
-  reg [16:0] \$30 ;
-  reg [16:0] \$31 ;
   reg [15:0] \$4 ;
-  reg [11:0] \$5 ;
-  reg [15:0] \$6 ;
-  reg [14:0] \$7 ;
-  reg \$8 ;
-  reg [15:0] \$9 ;
+  reg [7:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [7:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$43 ;
+  wire [11:0] \decay$37 ;
   input en;
   wire en;
-  wire \en$41 ;
-  wire \en$44 ;
-  wire \en$51 ;
+  wire \en$33 ;
+  wire \en$38 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$50 ;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -23698,106 +23868,88 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, v
   input [15:0] noise;
   wire [15:0] noise;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$46 ;
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
   reg [15:0] reg_noise_gated = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
-  reg reg_vc_noise = 1'h0;
-  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$42 ;
+  wire [15:0] \step$35 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$49 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  (* init = 1'h0 *)
-  wire \vc_noise$56 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$57 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$53 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$48 ;
+  wire [11:0] \z$42 ;
   assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
     lane_theta <= \$2 ;
   always @(posedge clk)
     lane_grad <= \$3 ;
   always @(posedge clk)
-    reg_step <= \$4 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    reg_decay <= \$5 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    reg_noise <= \$6 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    reg_vc_var <= \$7 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    reg_vc_noise <= \$8 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    reg_noise_gated <= \$9 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$10 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$14 ;
+    lane_u_sr_d2 <= \$14 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$15 ;
+    lane_u_sr_d3 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr <= \$16 ;
+    lane_u_sr_d4 <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$17 ;
+    lane_u_sr_d5 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$18 ;
+    lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$20 ;
+    lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$21 ;
+    lane_u_vc_d1 <= \$21 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$22 ;
+    lane_u_vc_d2 <= \$22 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$23 ;
+    lane_u_vc_d3 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc <= \$24 ;
+    lane_u_vc_d4 <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$25 ;
+    lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d2 <= \$27 ;
-  always @(posedge clk)
-    lane_u_vc_d3 <= \$28 ;
-  always @(posedge clk)
-    lane_u_vc_d4 <= \$29 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$30 ;
-  always @(posedge clk)
-    lane_u_vc_d6 <= \$31 ;
+    lane_u_vc_d6 <= \$26 ;
   \lpsgld_w8_vc_l8.lane_6.gauss  gauss (
     .bits(words[48:17]),
     .clk(clk),
@@ -23812,18 +23964,18 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, v
     .rst(rst),
     .u_sr(lane_u_sr_d6),
     .u_vc(lane_u_vc_d6),
-    .vc_noise(reg_vc_noise),
-    .vc_var(reg_vc_var),
+    .vc_noise(vc_noise),
+    .vc_var(vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_6.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
     .noise(reg_noise_gated),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
@@ -23844,215 +23996,180 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, v
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$4  = step;
+    \$4  = \$1 ;
     if (rst) begin
       \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$5  = decay;
-    if (rst) begin
-      \$5  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$6  = noise;
-    if (rst) begin
-      \$6  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$7  = vc_var;
-    if (rst) begin
-      \$7  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$8  = vc_noise;
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$9  = \$1 ;
-    if (rst) begin
-      \$9  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$10  = lane_theta_d0;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$10  = lane_theta;
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$11  = lane_theta_d1;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$11  = lane_theta_d0;
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$12  = lane_theta_d2;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$12  = lane_theta_d1;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$13  = lane_grad_d0;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$13  = lane_grad;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$14  = lane_grad_d1;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$14  = lane_grad_d0;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$15  = lane_grad_d2;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$15  = lane_grad_d1;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$16  = lane_u_sr;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$16  = words[40:17];
+      \$11  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$17  = lane_u_sr_d0;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$17  = lane_u_sr;
+      \$12  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$18  = lane_u_sr_d1;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$18  = lane_u_sr_d0;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$19  = lane_u_sr_d2;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$19  = lane_u_sr_d1;
+      \$14  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$20  = lane_u_sr_d3;
+    \$15  = lane_u_sr_d3;
     if (en) begin
-      \$20  = lane_u_sr_d2;
+      \$15  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$21  = lane_u_sr_d4;
+    \$16  = lane_u_sr_d4;
     if (en) begin
-      \$21  = lane_u_sr_d3;
+      \$16  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$22  = lane_u_sr_d5;
+    \$17  = lane_u_sr_d5;
     if (en) begin
-      \$22  = lane_u_sr_d4;
+      \$17  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$23  = lane_u_sr_d6;
+    \$18  = lane_u_sr_d6;
     if (en) begin
-      \$23  = lane_u_sr_d5;
+      \$18  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$24  = lane_u_vc;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$24  = words[16:0];
+      \$19  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$25  = lane_u_vc_d0;
+    \$20  = lane_u_vc_d0;
     if (en) begin
-      \$25  = lane_u_vc;
+      \$20  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$26  = lane_u_vc_d1;
+    \$21  = lane_u_vc_d1;
     if (en) begin
-      \$26  = lane_u_vc_d0;
+      \$21  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$27  = lane_u_vc_d2;
+    \$22  = lane_u_vc_d2;
     if (en) begin
-      \$27  = lane_u_vc_d1;
+      \$22  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$28  = lane_u_vc_d3;
+    \$23  = lane_u_vc_d3;
     if (en) begin
-      \$28  = lane_u_vc_d2;
+      \$23  = lane_u_vc_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$29  = lane_u_vc_d4;
+    \$24  = lane_u_vc_d4;
     if (en) begin
-      \$29  = lane_u_vc_d3;
+      \$24  = lane_u_vc_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$30  = lane_u_vc_d5;
+    \$25  = lane_u_vc_d5;
     if (en) begin
-      \$30  = lane_u_vc_d4;
+      \$25  = lane_u_vc_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$31  = lane_u_vc_d6;
+    \$26  = lane_u_vc_d6;
     if (en) begin
-      \$31  = lane_u_vc_d5;
+      \$26  = lane_u_vc_d5;
     end
   end
-  assign \en$41  = en;
-  assign \step$42  = reg_step;
-  assign \decay$43  = reg_decay;
-  assign \en$44  = en;
+  assign \en$33  = en;
+  assign \step$35  = step;
+  assign \decay$37  = decay;
+  assign \en$38  = en;
   assign bits = words[48:17];
-  assign \noise$46  = reg_noise_gated;
-  assign \z$48  = z;
-  assign \theta$49  = lane_theta_d2;
-  assign \grad$50  = lane_grad_d2;
-  assign \en$51  = en;
-  assign \x$53  = x;
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
   assign u_sr = lane_u_sr_d6;
   assign u_vc = lane_u_vc_d6;
-  assign \vc_noise$56  = reg_vc_noise;
-  assign \vc_var$57  = reg_vc_var;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -27345,51 +27462,45 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, v
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
   wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
-  reg [7:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [7:0] \$14 ;
-  reg [7:0] \$15 ;
+  reg [23:0] \$11 ;
+  reg [23:0] \$12 ;
+  reg [23:0] \$13 ;
+  reg [23:0] \$14 ;
+  reg [23:0] \$15 ;
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$20 ;
-  reg [23:0] \$21 ;
-  reg [23:0] \$22 ;
-  reg [23:0] \$23 ;
+  reg [16:0] \$20 ;
+  reg [16:0] \$21 ;
+  reg [16:0] \$22 ;
+  reg [16:0] \$23 ;
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [16:0] \$28 ;
-  reg [16:0] \$29 ;
   reg [7:0] \$3 ;
-  reg [16:0] \$30 ;
-  reg [16:0] \$31 ;
   reg [15:0] \$4 ;
-  reg [11:0] \$5 ;
-  reg [15:0] \$6 ;
-  reg [14:0] \$7 ;
-  reg \$8 ;
-  reg [15:0] \$9 ;
+  reg [7:0] \$5 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
+  reg [7:0] \$8 ;
+  reg [7:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$43 ;
+  wire [11:0] \decay$37 ;
   input en;
   wire en;
-  wire \en$41 ;
-  wire \en$44 ;
-  wire \en$51 ;
+  wire \en$33 ;
+  wire \en$38 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$50 ;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -27417,106 +27528,88 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, v
   input [15:0] noise;
   wire [15:0] noise;
   (* init = 16'h0000 *)
-  wire [15:0] \noise$46 ;
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
-  reg [11:0] reg_decay = 12'h000;
-  reg [15:0] reg_noise = 16'h0000;
   reg [15:0] reg_noise_gated = 16'h0000;
-  reg [15:0] reg_step = 16'h0000;
-  reg reg_vc_noise = 1'h0;
-  reg [14:0] reg_vc_var = 15'h0000;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
   input [15:0] step;
   wire [15:0] step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$42 ;
+  wire [15:0] \step$35 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$49 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  (* init = 1'h0 *)
-  wire \vc_noise$56 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$57 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$53 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$48 ;
+  wire [11:0] \z$42 ;
   assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
     lane_theta <= \$2 ;
   always @(posedge clk)
     lane_grad <= \$3 ;
   always @(posedge clk)
-    reg_step <= \$4 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    reg_decay <= \$5 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    reg_noise <= \$6 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    reg_vc_var <= \$7 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    reg_vc_noise <= \$8 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    reg_noise_gated <= \$9 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$10 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$12 ;
+    lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$13 ;
+    lane_u_sr_d1 <= \$13 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$14 ;
+    lane_u_sr_d2 <= \$14 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$15 ;
+    lane_u_sr_d3 <= \$15 ;
   always @(posedge clk)
-    lane_u_sr <= \$16 ;
+    lane_u_sr_d4 <= \$16 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$17 ;
+    lane_u_sr_d5 <= \$17 ;
   always @(posedge clk)
-    lane_u_sr_d1 <= \$18 ;
+    lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d2 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
-    lane_u_sr_d3 <= \$20 ;
+    lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
-    lane_u_sr_d4 <= \$21 ;
+    lane_u_vc_d1 <= \$21 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$22 ;
+    lane_u_vc_d2 <= \$22 ;
   always @(posedge clk)
-    lane_u_sr_d6 <= \$23 ;
+    lane_u_vc_d3 <= \$23 ;
   always @(posedge clk)
-    lane_u_vc <= \$24 ;
+    lane_u_vc_d4 <= \$24 ;
   always @(posedge clk)
-    lane_u_vc_d0 <= \$25 ;
+    lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
-    lane_u_vc_d1 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d2 <= \$27 ;
-  always @(posedge clk)
-    lane_u_vc_d3 <= \$28 ;
-  always @(posedge clk)
-    lane_u_vc_d4 <= \$29 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$30 ;
-  always @(posedge clk)
-    lane_u_vc_d6 <= \$31 ;
+    lane_u_vc_d6 <= \$26 ;
   \lpsgld_w8_vc_l8.lane_7.gauss  gauss (
     .bits(words[48:17]),
     .clk(clk),
@@ -27531,18 +27624,18 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, v
     .rst(rst),
     .u_sr(lane_u_sr_d6),
     .u_vc(lane_u_vc_d6),
-    .vc_noise(reg_vc_noise),
-    .vc_var(reg_vc_var),
+    .vc_noise(vc_noise),
+    .vc_var(vc_var),
     .x(x)
   );
   \lpsgld_w8_vc_l8.lane_7.sum  sum (
     .clk(clk),
-    .decay(reg_decay),
+    .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
     .noise(reg_noise_gated),
     .rst(rst),
-    .step(reg_step),
+    .step(step),
     .theta(lane_theta_d2),
     .x(x),
     .z(z)
@@ -27563,215 +27656,180 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, v
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$4  = step;
+    \$4  = \$1 ;
     if (rst) begin
       \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$5  = decay;
-    if (rst) begin
-      \$5  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$6  = noise;
-    if (rst) begin
-      \$6  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$7  = vc_var;
-    if (rst) begin
-      \$7  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$8  = vc_noise;
-    if (rst) begin
-      \$8  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$9  = \$1 ;
-    if (rst) begin
-      \$9  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$10  = lane_theta_d0;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$10  = lane_theta;
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$11  = lane_theta_d1;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$11  = lane_theta_d0;
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$12  = lane_theta_d2;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$12  = lane_theta_d1;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$13  = lane_grad_d0;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$13  = lane_grad;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$14  = lane_grad_d1;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$14  = lane_grad_d0;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$15  = lane_grad_d2;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$15  = lane_grad_d1;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$16  = lane_u_sr;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$16  = words[40:17];
+      \$11  = words[40:17];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$17  = lane_u_sr_d0;
+    \$12  = lane_u_sr_d0;
     if (en) begin
-      \$17  = lane_u_sr;
+      \$12  = lane_u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$18  = lane_u_sr_d1;
+    \$13  = lane_u_sr_d1;
     if (en) begin
-      \$18  = lane_u_sr_d0;
+      \$13  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$19  = lane_u_sr_d2;
+    \$14  = lane_u_sr_d2;
     if (en) begin
-      \$19  = lane_u_sr_d1;
+      \$14  = lane_u_sr_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$20  = lane_u_sr_d3;
+    \$15  = lane_u_sr_d3;
     if (en) begin
-      \$20  = lane_u_sr_d2;
+      \$15  = lane_u_sr_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$21  = lane_u_sr_d4;
+    \$16  = lane_u_sr_d4;
     if (en) begin
-      \$21  = lane_u_sr_d3;
+      \$16  = lane_u_sr_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$22  = lane_u_sr_d5;
+    \$17  = lane_u_sr_d5;
     if (en) begin
-      \$22  = lane_u_sr_d4;
+      \$17  = lane_u_sr_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$23  = lane_u_sr_d6;
+    \$18  = lane_u_sr_d6;
     if (en) begin
-      \$23  = lane_u_sr_d5;
+      \$18  = lane_u_sr_d5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$24  = lane_u_vc;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$24  = words[16:0];
+      \$19  = words[16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$25  = lane_u_vc_d0;
+    \$20  = lane_u_vc_d0;
     if (en) begin
-      \$25  = lane_u_vc;
+      \$20  = lane_u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$26  = lane_u_vc_d1;
+    \$21  = lane_u_vc_d1;
     if (en) begin
-      \$26  = lane_u_vc_d0;
+      \$21  = lane_u_vc_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$27  = lane_u_vc_d2;
+    \$22  = lane_u_vc_d2;
     if (en) begin
-      \$27  = lane_u_vc_d1;
+      \$22  = lane_u_vc_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$28  = lane_u_vc_d3;
+    \$23  = lane_u_vc_d3;
     if (en) begin
-      \$28  = lane_u_vc_d2;
+      \$23  = lane_u_vc_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$29  = lane_u_vc_d4;
+    \$24  = lane_u_vc_d4;
     if (en) begin
-      \$29  = lane_u_vc_d3;
+      \$24  = lane_u_vc_d3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$30  = lane_u_vc_d5;
+    \$25  = lane_u_vc_d5;
     if (en) begin
-      \$30  = lane_u_vc_d4;
+      \$25  = lane_u_vc_d4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$31  = lane_u_vc_d6;
+    \$26  = lane_u_vc_d6;
     if (en) begin
-      \$31  = lane_u_vc_d5;
+      \$26  = lane_u_vc_d5;
     end
   end
-  assign \en$41  = en;
-  assign \step$42  = reg_step;
-  assign \decay$43  = reg_decay;
-  assign \en$44  = en;
+  assign \en$33  = en;
+  assign \step$35  = step;
+  assign \decay$37  = decay;
+  assign \en$38  = en;
   assign bits = words[48:17];
-  assign \noise$46  = reg_noise_gated;
-  assign \z$48  = z;
-  assign \theta$49  = lane_theta_d2;
-  assign \grad$50  = lane_grad_d2;
-  assign \en$51  = en;
-  assign \x$53  = x;
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
   assign u_sr = lane_u_sr_d6;
   assign u_vc = lane_u_vc_d6;
-  assign \vc_noise$56  = reg_vc_noise;
-  assign \vc_var$57  = reg_vc_var;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -31060,7 +31118,7 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9254$0 , clk);
+module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9266$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31084,8 +31142,8 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9254$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9254$0 ;
-  wire [1:0] \port$9254$0 ;
+  input [1:0] \port$9266$0 ;
+  wire [1:0] \port$9266$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -31115,7 +31173,7 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9254$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9254$0 [0]) begin
+    if (\port$9266$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31128,19 +31186,19 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9254$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9254$0 [1]) begin
+    if (\port$9266$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$9254$0 [0];
-  assign load1 = \port$9254$0 [1];
+  assign load0 = \port$9266$0 [0];
+  assign load1 = \port$9266$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9256$0 , clk);
+module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9278$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31164,8 +31222,8 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9256$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9256$0 ;
-  wire [1:0] \port$9256$0 ;
+  input [1:0] \port$9278$0 ;
+  wire [1:0] \port$9278$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -31195,7 +31253,7 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9256$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9256$0 [0]) begin
+    if (\port$9278$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31208,19 +31266,19 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9256$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9256$0 [1]) begin
+    if (\port$9278$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$9256$0 [0];
-  assign load1 = \port$9256$0 [1];
+  assign load0 = \port$9278$0 [0];
+  assign load1 = \port$9278$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9258$0 , clk);
+module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9290$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31244,8 +31302,8 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9258$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9258$0 ;
-  wire [1:0] \port$9258$0 ;
+  input [1:0] \port$9290$0 ;
+  wire [1:0] \port$9290$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -31275,7 +31333,7 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9258$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9258$0 [0]) begin
+    if (\port$9290$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31288,19 +31346,19 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9258$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9258$0 [1]) begin
+    if (\port$9290$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$9258$0 [0];
-  assign load1 = \port$9258$0 [1];
+  assign load0 = \port$9290$0 [0];
+  assign load1 = \port$9290$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9260$0 , clk);
+module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9302$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31324,8 +31382,8 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9260$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9260$0 ;
-  wire [1:0] \port$9260$0 ;
+  input [1:0] \port$9302$0 ;
+  wire [1:0] \port$9302$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -31355,7 +31413,7 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9260$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9260$0 [0]) begin
+    if (\port$9302$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31368,19 +31426,19 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9260$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9260$0 [1]) begin
+    if (\port$9302$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$9260$0 [0];
-  assign load1 = \port$9260$0 [1];
+  assign load0 = \port$9302$0 [0];
+  assign load1 = \port$9302$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9262$0 , clk);
+module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9314$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31404,8 +31462,8 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9262$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9262$0 ;
-  wire [1:0] \port$9262$0 ;
+  input [1:0] \port$9314$0 ;
+  wire [1:0] \port$9314$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -31435,7 +31493,7 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9262$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9262$0 [0]) begin
+    if (\port$9314$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31448,19 +31506,19 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9262$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9262$0 [1]) begin
+    if (\port$9314$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$9262$0 [0];
-  assign load1 = \port$9262$0 [1];
+  assign load0 = \port$9314$0 [0];
+  assign load1 = \port$9314$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9264$0 , clk);
+module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9326$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31484,8 +31542,8 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9264$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9264$0 ;
-  wire [1:0] \port$9264$0 ;
+  input [1:0] \port$9326$0 ;
+  wire [1:0] \port$9326$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -31515,7 +31573,7 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9264$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9264$0 [0]) begin
+    if (\port$9326$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31528,19 +31586,19 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9264$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9264$0 [1]) begin
+    if (\port$9326$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$9264$0 [0];
-  assign load1 = \port$9264$0 [1];
+  assign load0 = \port$9326$0 [0];
+  assign load1 = \port$9326$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9266$0 , clk);
+module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9338$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31564,8 +31622,8 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9266$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9266$0 ;
-  wire [1:0] \port$9266$0 ;
+  input [1:0] \port$9338$0 ;
+  wire [1:0] \port$9338$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -31595,7 +31653,7 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9266$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9266$0 [0]) begin
+    if (\port$9338$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31608,19 +31666,19 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9266$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9266$0 [1]) begin
+    if (\port$9338$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$9266$0 [0];
-  assign load1 = \port$9266$0 [1];
+  assign load0 = \port$9338$0 [0];
+  assign load1 = \port$9338$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9268$0 , clk);
+module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9350$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31644,8 +31702,8 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9268$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9268$0 ;
-  wire [1:0] \port$9268$0 ;
+  input [1:0] \port$9350$0 ;
+  wire [1:0] \port$9350$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -31675,7 +31733,7 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9268$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9268$0 [0]) begin
+    if (\port$9350$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31688,13 +31746,13 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9268$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9268$0 [1]) begin
+    if (\port$9350$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$9268$0 [0];
-  assign load1 = \port$9268$0 [1];
+  assign load0 = \port$9350$0 [0];
+  assign load1 = \port$9350$0 [1];
 endmodule
