@@ -123,7 +123,12 @@ class UpdateTop(wiring.Component):
         m.d.sync += wdata.eq(self.ctl.data)
         rmap = control.register_map(cfg)
         write = {name: Signal(name=f"write_{name}") for name in rmap}
-        m.d.sync += [w.eq(self.ctl.we & (self.ctl.addr == rmap[name]["addr"])) for name, w in write.items()]
+        m.d.sync += [w.eq(0) for w in write.values()]  # high for one clock per write
+        with m.If(self.ctl.we):
+            with m.Switch(self.ctl.addr):
+                for name, w in write.items():
+                    with m.Case(rmap[name]["addr"]):
+                        m.d.sync += w.eq(1)
 
         # ---- generators and lanes ---------------------------------------------------------
         init = LaneRng.seeded(cfg.rng, self.reset_seed, lanes, words)

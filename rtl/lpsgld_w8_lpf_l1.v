@@ -5,9 +5,9 @@
 module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire [1:0] \$12 ;
+  reg \$10 ;
+  reg \$11 ;
+  reg \$12 ;
   reg \$13 ;
   reg \$14 ;
   reg \$15 ;
@@ -31,22 +31,16 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$31 ;
   reg \$32 ;
   reg \$33 ;
-  reg \$34 ;
-  reg \$35 ;
-  reg \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  reg [1:0] \$34 ;
+  reg [15:0] \$35 ;
+  reg [11:0] \$36 ;
+  reg [15:0] \$37 ;
   wire \$4 ;
-  reg [1:0] \$40 ;
-  reg [15:0] \$41 ;
-  reg [11:0] \$42 ;
-  reg [15:0] \$43 ;
   wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
+  wire [1:0] \$6 ;
+  reg \$7 ;
+  reg \$8 ;
+  reg \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -134,84 +128,78 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   always @(posedge clk)
-    keep_9 <= \$33 ;
+    write_decay <= \$32 ;
   always @(posedge clk)
-    keep_10 <= \$34 ;
+    write_noise <= \$33 ;
   always @(posedge clk)
-    keep_11 <= \$35 ;
+    seed_load_0 <= \$34 ;
   always @(posedge clk)
-    keep_12 <= \$36 ;
+    \step$40  <= \$35 ;
   always @(posedge clk)
-    data <= ctl__data;
+    decay <= \$36 ;
   always @(posedge clk)
-    write_step <= \$37 ;
-  always @(posedge clk)
-    write_decay <= \$38 ;
-  always @(posedge clk)
-    write_noise <= \$39 ;
-  always @(posedge clk)
-    seed_load_0 <= \$40 ;
-  always @(posedge clk)
-    \step$40  <= \$41 ;
-  always @(posedge clk)
-    decay <= \$42 ;
-  always @(posedge clk)
-    noise <= \$43 ;
+    noise <= \$37 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign \$2  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
   assign \$3  = sink__ready & valid_1;
   assign step = \$3  & keep_1;
-  assign \$4  = ! ctl__addr;
-  assign \$5  = ctl__we & \$4 ;
-  assign \$6  = ctl__addr == 1'h1;
-  assign \$7  = ctl__we & \$6 ;
-  assign \$8  = ctl__addr == 2'h2;
-  assign \$9  = ctl__we & \$8 ;
-  assign \$10  = ctl__addr == 9'h100;
-  assign \$11  = ctl__addr == 9'h101;
-  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$4  = ctl__addr == 9'h100;
+  assign \$5  = ctl__addr == 9'h101;
+  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$13 ;
+    valid_1 <= \$7 ;
   always @(posedge clk)
-    keep_1 <= \$14 ;
+    keep_1 <= \$8 ;
   always @(posedge clk)
-    valid_2 <= \$15 ;
+    valid_2 <= \$9 ;
   always @(posedge clk)
-    valid_3 <= \$16 ;
+    valid_3 <= \$10 ;
   always @(posedge clk)
-    valid_4 <= \$17 ;
+    valid_4 <= \$11 ;
   always @(posedge clk)
-    valid_5 <= \$18 ;
+    valid_5 <= \$12 ;
   always @(posedge clk)
-    valid_6 <= \$19 ;
+    valid_6 <= \$13 ;
   always @(posedge clk)
-    valid_7 <= \$20 ;
+    valid_7 <= \$14 ;
   always @(posedge clk)
-    valid_8 <= \$21 ;
+    valid_8 <= \$15 ;
   always @(posedge clk)
-    valid_9 <= \$22 ;
+    valid_9 <= \$16 ;
   always @(posedge clk)
-    valid_10 <= \$23 ;
+    valid_10 <= \$17 ;
   always @(posedge clk)
-    valid_11 <= \$24 ;
+    valid_11 <= \$18 ;
   always @(posedge clk)
-    source__valid <= \$25 ;
+    source__valid <= \$19 ;
   always @(posedge clk)
-    keep_2 <= \$26 ;
+    keep_2 <= \$20 ;
   always @(posedge clk)
-    keep_3 <= \$27 ;
+    keep_3 <= \$21 ;
   always @(posedge clk)
-    keep_4 <= \$28 ;
+    keep_4 <= \$22 ;
   always @(posedge clk)
-    keep_5 <= \$29 ;
+    keep_5 <= \$23 ;
   always @(posedge clk)
-    keep_6 <= \$30 ;
+    keep_6 <= \$24 ;
   always @(posedge clk)
-    keep_7 <= \$31 ;
+    keep_7 <= \$25 ;
   always @(posedge clk)
-    keep_8 <= \$32 ;
+    keep_8 <= \$26 ;
+  always @(posedge clk)
+    keep_9 <= \$27 ;
+  always @(posedge clk)
+    keep_10 <= \$28 ;
+  always @(posedge clk)
+    keep_11 <= \$29 ;
+  always @(posedge clk)
+    keep_12 <= \$30 ;
+  always @(posedge clk)
+    data <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$31 ;
   \lpsgld_w8_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -234,95 +222,120 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_9;
-    if (sink__ready) begin
-      \$33  = keep_8;
+    \$33  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$33  = 1'h1;
+      endcase
     end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_10;
-    if (sink__ready) begin
-      \$34  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_11;
-    if (sink__ready) begin
-      \$35  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_12;
-    if (sink__ready) begin
-      \$36  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = \$5 ;
     if (rst) begin
-      \$37  = 1'h0;
+      \$33  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = \$7 ;
+    \$34  = \$6 ;
     if (rst) begin
-      \$38  = 1'h0;
+      \$34  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = \$9 ;
-    if (rst) begin
-      \$39  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = \$12 ;
-    if (rst) begin
-      \$40  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = \step$40 ;
+    \$35  = \step$40 ;
     if (write_step) begin
-      \$41  = data[15:0];
+      \$35  = data[15:0];
     end
     if (rst) begin
-      \$41  = 16'h0000;
+      \$35  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = decay;
+    \$36  = decay;
     if (write_decay) begin
-      \$42  = data[11:0];
+      \$36  = data[11:0];
     end
     if (rst) begin
-      \$42  = 12'h000;
+      \$36  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = noise;
+    \$37  = noise;
     if (write_noise) begin
-      \$43  = data[15:0];
+      \$37  = data[15:0];
     end
     if (rst) begin
-      \$43  = 16'h0000;
+      \$37  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_1;
+    \$7  = valid_1;
     if (sink__ready) begin
-      \$13  = sink__valid;
+      \$7  = sink__valid;
+    end
+    if (rst) begin
+      \$7  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$8  = keep_1;
+    if (sink__ready) begin
+      \$8  = sink__payload[0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$9  = valid_2;
+    if (sink__ready) begin
+      \$9  = valid_1;
+    end
+    if (rst) begin
+      \$9  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$10  = valid_3;
+    if (sink__ready) begin
+      \$10  = valid_2;
+    end
+    if (rst) begin
+      \$10  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$11  = valid_4;
+    if (sink__ready) begin
+      \$11  = valid_3;
+    end
+    if (rst) begin
+      \$11  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$12  = valid_5;
+    if (sink__ready) begin
+      \$12  = valid_4;
+    end
+    if (rst) begin
+      \$12  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$13  = valid_6;
+    if (sink__ready) begin
+      \$13  = valid_5;
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -330,16 +343,19 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = keep_1;
+    \$14  = valid_7;
     if (sink__ready) begin
-      \$14  = sink__payload[0];
+      \$14  = valid_6;
+    end
+    if (rst) begin
+      \$14  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_2;
+    \$15  = valid_8;
     if (sink__ready) begin
-      \$15  = valid_1;
+      \$15  = valid_7;
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -347,9 +363,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_3;
+    \$16  = valid_9;
     if (sink__ready) begin
-      \$16  = valid_2;
+      \$16  = valid_8;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -357,9 +373,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_4;
+    \$17  = valid_10;
     if (sink__ready) begin
-      \$17  = valid_3;
+      \$17  = valid_9;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -367,9 +383,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_5;
+    \$18  = valid_11;
     if (sink__ready) begin
-      \$18  = valid_4;
+      \$18  = valid_10;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -377,9 +393,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_6;
+    \$19  = source__valid;
     if (sink__ready) begin
-      \$19  = valid_5;
+      \$19  = valid_11;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -387,111 +403,107 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_7;
+    \$20  = keep_2;
     if (sink__ready) begin
-      \$20  = valid_6;
+      \$20  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = keep_3;
+    if (sink__ready) begin
+      \$21  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = keep_4;
+    if (sink__ready) begin
+      \$22  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = keep_5;
+    if (sink__ready) begin
+      \$23  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = keep_6;
+    if (sink__ready) begin
+      \$24  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = keep_7;
+    if (sink__ready) begin
+      \$25  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = keep_8;
+    if (sink__ready) begin
+      \$26  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_9;
+    if (sink__ready) begin
+      \$27  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_10;
+    if (sink__ready) begin
+      \$28  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_11;
+    if (sink__ready) begin
+      \$29  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_12;
+    if (sink__ready) begin
+      \$30  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$31  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$20  = 1'h0;
+      \$31  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_8;
-    if (sink__ready) begin
-      \$21  = valid_7;
+    \$32  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$32  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$21  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_9;
-    if (sink__ready) begin
-      \$22  = valid_8;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_10;
-    if (sink__ready) begin
-      \$23  = valid_9;
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_11;
-    if (sink__ready) begin
-      \$24  = valid_10;
-    end
-    if (rst) begin
-      \$24  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = source__valid;
-    if (sink__ready) begin
-      \$25  = valid_11;
-    end
-    if (rst) begin
-      \$25  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_2;
-    if (sink__ready) begin
-      \$26  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_3;
-    if (sink__ready) begin
-      \$27  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_4;
-    if (sink__ready) begin
-      \$28  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_5;
-    if (sink__ready) begin
-      \$29  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_6;
-    if (sink__ready) begin
-      \$30  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_7;
-    if (sink__ready) begin
-      \$31  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_8;
-    if (sink__ready) begin
-      \$32  = keep_7;
+      \$32  = 1'h0;
     end
   end
   assign advance = sink__ready;

@@ -8,10 +8,10 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [1:0] \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire \$16 ;
+  wire [1:0] \$16 ;
   wire \$17 ;
   wire \$18 ;
   wire [1:0] \$19 ;
@@ -32,77 +32,71 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$32 ;
   wire \$33 ;
   wire [1:0] \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire [1:0] \$37 ;
-  wire \$38 ;
-  wire \$39 ;
+  reg \$35 ;
+  reg [7:0] \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
-  wire [1:0] \$40 ;
+  reg \$40 ;
   reg \$41 ;
-  reg [7:0] \$42 ;
+  reg \$42 ;
   reg \$43 ;
   reg \$44 ;
   reg \$45 ;
   reg \$46 ;
   reg \$47 ;
-  reg \$48 ;
-  reg \$49 ;
+  reg [7:0] \$48 ;
+  reg [7:0] \$49 ;
   wire \$5 ;
-  reg \$50 ;
-  reg \$51 ;
-  reg \$52 ;
-  reg \$53 ;
+  reg [7:0] \$50 ;
+  reg [7:0] \$51 ;
+  reg [7:0] \$52 ;
+  reg [7:0] \$53 ;
   reg [7:0] \$54 ;
   reg [7:0] \$55 ;
   reg [7:0] \$56 ;
   reg [7:0] \$57 ;
   reg [7:0] \$58 ;
-  reg [7:0] \$59 ;
+  reg \$59 ;
   wire \$6 ;
-  reg [7:0] \$60 ;
-  reg [7:0] \$61 ;
-  reg [7:0] \$62 ;
-  reg [7:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg \$65 ;
-  reg \$66 ;
-  reg \$67 ;
-  reg [1:0] \$68 ;
+  reg \$60 ;
+  reg \$61 ;
+  reg [1:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [11:0] \$64 ;
+  reg [15:0] \$65 ;
+  reg [1:0] \$66 ;
+  reg [15:0] \$67 ;
+  reg [11:0] \$68 ;
   reg [15:0] \$69 ;
   wire \$7 ;
-  reg [11:0] \$70 ;
+  reg [1:0] \$70 ;
   reg [15:0] \$71 ;
-  reg [1:0] \$72 ;
+  reg [11:0] \$72 ;
   reg [15:0] \$73 ;
-  reg [11:0] \$74 ;
+  reg [1:0] \$74 ;
   reg [15:0] \$75 ;
-  reg [1:0] \$76 ;
+  reg [11:0] \$76 ;
   reg [15:0] \$77 ;
-  reg [11:0] \$78 ;
+  reg [1:0] \$78 ;
   reg [15:0] \$79 ;
   wire \$8 ;
-  reg [1:0] \$80 ;
+  reg [11:0] \$80 ;
   reg [15:0] \$81 ;
-  reg [11:0] \$82 ;
+  reg [1:0] \$82 ;
   reg [15:0] \$83 ;
-  reg [1:0] \$84 ;
+  reg [11:0] \$84 ;
   reg [15:0] \$85 ;
-  reg [11:0] \$86 ;
+  reg [1:0] \$86 ;
   reg [15:0] \$87 ;
-  reg [1:0] \$88 ;
+  reg [11:0] \$88 ;
   reg [15:0] \$89 ;
   wire \$9 ;
-  reg [11:0] \$90 ;
+  reg [1:0] \$90 ;
   reg [15:0] \$91 ;
-  reg [1:0] \$92 ;
+  reg [11:0] \$92 ;
   reg [15:0] \$93 ;
-  reg [11:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [1:0] \$96 ;
-  reg [15:0] \$97 ;
-  reg [11:0] \$98 ;
-  reg [15:0] \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -371,12 +365,6 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
-  assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
-  assign \$2  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign \$3  = sink__ready & valid_1;
-  assign step = \$3  & keep_1[0];
   assign \$4  = sink__ready & valid_1;
   assign \step$46  = \$4  & keep_1[1];
   assign \$5  = sink__ready & valid_1;
@@ -391,156 +379,156 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \step$136  = \$9  & keep_1[6];
   assign \$10  = sink__ready & valid_1;
   assign \step$154  = \$10  & keep_1[7];
-  assign \$11  = ! ctl__addr;
-  assign \$12  = ctl__we & \$11 ;
-  assign \$13  = ctl__addr == 1'h1;
-  assign \$14  = ctl__we & \$13 ;
-  assign \$15  = ctl__addr == 2'h2;
-  assign \$16  = ctl__we & \$15 ;
-  assign \$17  = ctl__addr == 9'h100;
-  assign \$18  = ctl__addr == 9'h101;
+  assign \$11  = ctl__addr == 9'h100;
+  assign \$12  = ctl__addr == 9'h101;
+  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
+  assign \$14  = ctl__addr == 9'h102;
+  assign \$15  = ctl__addr == 9'h103;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
+  assign \$17  = ctl__addr == 9'h104;
+  assign \$18  = ctl__addr == 9'h105;
   assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
-  assign \$20  = ctl__addr == 9'h102;
-  assign \$21  = ctl__addr == 9'h103;
+  assign \$20  = ctl__addr == 9'h106;
+  assign \$21  = ctl__addr == 9'h107;
   assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h104;
-  assign \$24  = ctl__addr == 9'h105;
+  assign \$23  = ctl__addr == 9'h108;
+  assign \$24  = ctl__addr == 9'h109;
   assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h106;
-  assign \$27  = ctl__addr == 9'h107;
+  assign \$26  = ctl__addr == 9'h10a;
+  assign \$27  = ctl__addr == 9'h10b;
   assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h108;
-  assign \$30  = ctl__addr == 9'h109;
+  assign \$29  = ctl__addr == 9'h10c;
+  assign \$30  = ctl__addr == 9'h10d;
   assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h10a;
-  assign \$33  = ctl__addr == 9'h10b;
+  assign \$32  = ctl__addr == 9'h10e;
+  assign \$33  = ctl__addr == 9'h10f;
   assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
-  assign \$35  = ctl__addr == 9'h10c;
-  assign \$36  = ctl__addr == 9'h10d;
-  assign \$37  = { \$36 , \$35  } & { ctl__we, ctl__we };
-  assign \$38  = ctl__addr == 9'h10e;
-  assign \$39  = ctl__addr == 9'h10f;
-  assign \$40  = { \$39 , \$38  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$41 ;
+    valid_1 <= \$35 ;
   always @(posedge clk)
-    keep_1 <= \$42 ;
+    keep_1 <= \$36 ;
   always @(posedge clk)
-    valid_2 <= \$43 ;
+    valid_2 <= \$37 ;
   always @(posedge clk)
-    valid_3 <= \$44 ;
+    valid_3 <= \$38 ;
   always @(posedge clk)
-    valid_4 <= \$45 ;
+    valid_4 <= \$39 ;
   always @(posedge clk)
-    valid_5 <= \$46 ;
+    valid_5 <= \$40 ;
   always @(posedge clk)
-    valid_6 <= \$47 ;
+    valid_6 <= \$41 ;
   always @(posedge clk)
-    valid_7 <= \$48 ;
+    valid_7 <= \$42 ;
   always @(posedge clk)
-    valid_8 <= \$49 ;
+    valid_8 <= \$43 ;
   always @(posedge clk)
-    valid_9 <= \$50 ;
+    valid_9 <= \$44 ;
   always @(posedge clk)
-    valid_10 <= \$51 ;
+    valid_10 <= \$45 ;
   always @(posedge clk)
-    valid_11 <= \$52 ;
+    valid_11 <= \$46 ;
   always @(posedge clk)
-    source__valid <= \$53 ;
+    source__valid <= \$47 ;
   always @(posedge clk)
-    keep_2 <= \$54 ;
+    keep_2 <= \$48 ;
   always @(posedge clk)
-    keep_3 <= \$55 ;
+    keep_3 <= \$49 ;
   always @(posedge clk)
-    keep_4 <= \$56 ;
+    keep_4 <= \$50 ;
   always @(posedge clk)
-    keep_5 <= \$57 ;
+    keep_5 <= \$51 ;
   always @(posedge clk)
-    keep_6 <= \$58 ;
+    keep_6 <= \$52 ;
   always @(posedge clk)
-    keep_7 <= \$59 ;
+    keep_7 <= \$53 ;
   always @(posedge clk)
-    keep_8 <= \$60 ;
+    keep_8 <= \$54 ;
   always @(posedge clk)
-    keep_9 <= \$61 ;
+    keep_9 <= \$55 ;
   always @(posedge clk)
-    keep_10 <= \$62 ;
+    keep_10 <= \$56 ;
   always @(posedge clk)
-    keep_11 <= \$63 ;
+    keep_11 <= \$57 ;
   always @(posedge clk)
-    keep_12 <= \$64 ;
+    keep_12 <= \$58 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    write_step <= \$65 ;
+    write_step <= \$59 ;
   always @(posedge clk)
-    write_decay <= \$66 ;
+    write_decay <= \$60 ;
   always @(posedge clk)
-    write_noise <= \$67 ;
+    write_noise <= \$61 ;
   always @(posedge clk)
-    seed_load_0 <= \$68 ;
+    seed_load_0 <= \$62 ;
   always @(posedge clk)
-    \step$40  <= \$69 ;
+    \step$40  <= \$63 ;
   always @(posedge clk)
-    decay <= \$70 ;
+    decay <= \$64 ;
   always @(posedge clk)
-    noise <= \$71 ;
+    noise <= \$65 ;
   always @(posedge clk)
-    seed_load_1 <= \$72 ;
+    seed_load_1 <= \$66 ;
   always @(posedge clk)
-    \step$58  <= \$73 ;
+    \step$58  <= \$67 ;
   always @(posedge clk)
-    \decay$60  <= \$74 ;
+    \decay$60  <= \$68 ;
   always @(posedge clk)
-    \noise$62  <= \$75 ;
+    \noise$62  <= \$69 ;
   always @(posedge clk)
-    seed_load_2 <= \$76 ;
+    seed_load_2 <= \$70 ;
   always @(posedge clk)
-    \step$76  <= \$77 ;
+    \step$76  <= \$71 ;
   always @(posedge clk)
-    \decay$78  <= \$78 ;
+    \decay$78  <= \$72 ;
   always @(posedge clk)
-    \noise$80  <= \$79 ;
+    \noise$80  <= \$73 ;
   always @(posedge clk)
-    seed_load_3 <= \$80 ;
+    seed_load_3 <= \$74 ;
   always @(posedge clk)
-    \step$94  <= \$81 ;
+    \step$94  <= \$75 ;
   always @(posedge clk)
-    \decay$96  <= \$82 ;
+    \decay$96  <= \$76 ;
   always @(posedge clk)
-    \noise$98  <= \$83 ;
+    \noise$98  <= \$77 ;
   always @(posedge clk)
-    seed_load_4 <= \$84 ;
+    seed_load_4 <= \$78 ;
   always @(posedge clk)
-    \step$112  <= \$85 ;
+    \step$112  <= \$79 ;
   always @(posedge clk)
-    \decay$114  <= \$86 ;
+    \decay$114  <= \$80 ;
   always @(posedge clk)
-    \noise$116  <= \$87 ;
+    \noise$116  <= \$81 ;
   always @(posedge clk)
-    seed_load_5 <= \$88 ;
+    seed_load_5 <= \$82 ;
   always @(posedge clk)
-    \step$130  <= \$89 ;
+    \step$130  <= \$83 ;
   always @(posedge clk)
-    \decay$132  <= \$90 ;
+    \decay$132  <= \$84 ;
   always @(posedge clk)
-    \noise$134  <= \$91 ;
+    \noise$134  <= \$85 ;
   always @(posedge clk)
-    seed_load_6 <= \$92 ;
+    seed_load_6 <= \$86 ;
   always @(posedge clk)
-    \step$148  <= \$93 ;
+    \step$148  <= \$87 ;
   always @(posedge clk)
-    \decay$150  <= \$94 ;
+    \decay$150  <= \$88 ;
   always @(posedge clk)
-    \noise$152  <= \$95 ;
+    \noise$152  <= \$89 ;
   always @(posedge clk)
-    seed_load_7 <= \$96 ;
+    seed_load_7 <= \$90 ;
   always @(posedge clk)
-    \step$166  <= \$97 ;
+    \step$166  <= \$91 ;
   always @(posedge clk)
-    \decay$168  <= \$98 ;
+    \decay$168  <= \$92 ;
   always @(posedge clk)
-    \noise$170  <= \$99 ;
+    \noise$170  <= \$93 ;
+  assign \$1  = ~ source__valid;
+  assign sink__ready = \$1  | source__ready;
+  assign \$2  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$2 ;
+  assign \$3  = sink__ready & valid_1;
+  assign step = \$3  & keep_1[0];
   \lpsgld_w8_lpf_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -711,9 +699,66 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = valid_1;
+    \$35  = valid_1;
     if (sink__ready) begin
-      \$41  = sink__valid;
+      \$35  = sink__valid;
+    end
+    if (rst) begin
+      \$35  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_1;
+    if (sink__ready) begin
+      \$36  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = valid_2;
+    if (sink__ready) begin
+      \$37  = valid_1;
+    end
+    if (rst) begin
+      \$37  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = valid_3;
+    if (sink__ready) begin
+      \$38  = valid_2;
+    end
+    if (rst) begin
+      \$38  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = valid_4;
+    if (sink__ready) begin
+      \$39  = valid_3;
+    end
+    if (rst) begin
+      \$39  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = valid_5;
+    if (sink__ready) begin
+      \$40  = valid_4;
+    end
+    if (rst) begin
+      \$40  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = valid_6;
+    if (sink__ready) begin
+      \$41  = valid_5;
     end
     if (rst) begin
       \$41  = 1'h0;
@@ -721,16 +766,19 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_1;
+    \$42  = valid_7;
     if (sink__ready) begin
-      \$42  = sink__payload[7:0];
+      \$42  = valid_6;
+    end
+    if (rst) begin
+      \$42  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = valid_2;
+    \$43  = valid_8;
     if (sink__ready) begin
-      \$43  = valid_1;
+      \$43  = valid_7;
     end
     if (rst) begin
       \$43  = 1'h0;
@@ -738,9 +786,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_3;
+    \$44  = valid_9;
     if (sink__ready) begin
-      \$44  = valid_2;
+      \$44  = valid_8;
     end
     if (rst) begin
       \$44  = 1'h0;
@@ -748,9 +796,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = valid_4;
+    \$45  = valid_10;
     if (sink__ready) begin
-      \$45  = valid_3;
+      \$45  = valid_9;
     end
     if (rst) begin
       \$45  = 1'h0;
@@ -758,9 +806,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = valid_5;
+    \$46  = valid_11;
     if (sink__ready) begin
-      \$46  = valid_4;
+      \$46  = valid_10;
     end
     if (rst) begin
       \$46  = 1'h0;
@@ -768,9 +816,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = valid_6;
+    \$47  = source__valid;
     if (sink__ready) begin
-      \$47  = valid_5;
+      \$47  = valid_11;
     end
     if (rst) begin
       \$47  = 1'h0;
@@ -778,173 +826,194 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = valid_7;
+    \$48  = keep_2;
     if (sink__ready) begin
-      \$48  = valid_6;
+      \$48  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$49  = keep_3;
+    if (sink__ready) begin
+      \$49  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$50  = keep_4;
+    if (sink__ready) begin
+      \$50  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = keep_5;
+    if (sink__ready) begin
+      \$51  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = keep_6;
+    if (sink__ready) begin
+      \$52  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = keep_7;
+    if (sink__ready) begin
+      \$53  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$54  = keep_8;
+    if (sink__ready) begin
+      \$54  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$55  = keep_9;
+    if (sink__ready) begin
+      \$55  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$56  = keep_10;
+    if (sink__ready) begin
+      \$56  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$57  = keep_11;
+    if (sink__ready) begin
+      \$57  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$58  = keep_12;
+    if (sink__ready) begin
+      \$58  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$59  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$48  = 1'h0;
+      \$59  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = valid_8;
-    if (sink__ready) begin
-      \$49  = valid_7;
+    \$60  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$60  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$49  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = valid_9;
-    if (sink__ready) begin
-      \$50  = valid_8;
+    \$61  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$61  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$50  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = valid_10;
-    if (sink__ready) begin
-      \$51  = valid_9;
-    end
+    \$62  = \$13 ;
     if (rst) begin
-      \$51  = 1'h0;
+      \$62  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = valid_11;
-    if (sink__ready) begin
-      \$52  = valid_10;
-    end
-    if (rst) begin
-      \$52  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = source__valid;
-    if (sink__ready) begin
-      \$53  = valid_11;
-    end
-    if (rst) begin
-      \$53  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_2;
-    if (sink__ready) begin
-      \$54  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = keep_3;
-    if (sink__ready) begin
-      \$55  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = keep_4;
-    if (sink__ready) begin
-      \$56  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = keep_5;
-    if (sink__ready) begin
-      \$57  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = keep_6;
-    if (sink__ready) begin
-      \$58  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = keep_7;
-    if (sink__ready) begin
-      \$59  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = keep_8;
-    if (sink__ready) begin
-      \$60  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_9;
-    if (sink__ready) begin
-      \$61  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = keep_10;
-    if (sink__ready) begin
-      \$62  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = keep_11;
-    if (sink__ready) begin
-      \$63  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = keep_12;
-    if (sink__ready) begin
-      \$64  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = \$12 ;
-    if (rst) begin
-      \$65  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = \$14 ;
-    if (rst) begin
-      \$66  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = \$16 ;
-    if (rst) begin
-      \$67  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = \$19 ;
-    if (rst) begin
-      \$68  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = \step$40 ;
+    \$63  = \step$40 ;
     if (write_step) begin
+      \$63  = data[15:0];
+    end
+    if (rst) begin
+      \$63  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = decay;
+    if (write_decay) begin
+      \$64  = data[11:0];
+    end
+    if (rst) begin
+      \$64  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = noise;
+    if (write_noise) begin
+      \$65  = data[15:0];
+    end
+    if (rst) begin
+      \$65  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = \$16 ;
+    if (rst) begin
+      \$66  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = \step$58 ;
+    if (write_step) begin
+      \$67  = data[15:0];
+    end
+    if (rst) begin
+      \$67  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = \decay$60 ;
+    if (write_decay) begin
+      \$68  = data[11:0];
+    end
+    if (rst) begin
+      \$68  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = \noise$62 ;
+    if (write_noise) begin
       \$69  = data[15:0];
     end
     if (rst) begin
@@ -953,18 +1022,15 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = decay;
-    if (write_decay) begin
-      \$70  = data[11:0];
-    end
+    \$70  = \$19 ;
     if (rst) begin
-      \$70  = 12'h000;
+      \$70  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = noise;
-    if (write_noise) begin
+    \$71  = \step$76 ;
+    if (write_step) begin
       \$71  = data[15:0];
     end
     if (rst) begin
@@ -973,15 +1039,18 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = \$22 ;
+    \$72  = \decay$78 ;
+    if (write_decay) begin
+      \$72  = data[11:0];
+    end
     if (rst) begin
-      \$72  = 2'h0;
+      \$72  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = \step$58 ;
-    if (write_step) begin
+    \$73  = \noise$80 ;
+    if (write_noise) begin
       \$73  = data[15:0];
     end
     if (rst) begin
@@ -990,18 +1059,15 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = \decay$60 ;
-    if (write_decay) begin
-      \$74  = data[11:0];
-    end
+    \$74  = \$22 ;
     if (rst) begin
-      \$74  = 12'h000;
+      \$74  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = \noise$62 ;
-    if (write_noise) begin
+    \$75  = \step$94 ;
+    if (write_step) begin
       \$75  = data[15:0];
     end
     if (rst) begin
@@ -1010,15 +1076,18 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = \$25 ;
+    \$76  = \decay$96 ;
+    if (write_decay) begin
+      \$76  = data[11:0];
+    end
     if (rst) begin
-      \$76  = 2'h0;
+      \$76  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = \step$76 ;
-    if (write_step) begin
+    \$77  = \noise$98 ;
+    if (write_noise) begin
       \$77  = data[15:0];
     end
     if (rst) begin
@@ -1027,18 +1096,15 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = \decay$78 ;
-    if (write_decay) begin
-      \$78  = data[11:0];
-    end
+    \$78  = \$25 ;
     if (rst) begin
-      \$78  = 12'h000;
+      \$78  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = \noise$80 ;
-    if (write_noise) begin
+    \$79  = \step$112 ;
+    if (write_step) begin
       \$79  = data[15:0];
     end
     if (rst) begin
@@ -1047,15 +1113,18 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = \$28 ;
+    \$80  = \decay$114 ;
+    if (write_decay) begin
+      \$80  = data[11:0];
+    end
     if (rst) begin
-      \$80  = 2'h0;
+      \$80  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = \step$94 ;
-    if (write_step) begin
+    \$81  = \noise$116 ;
+    if (write_noise) begin
       \$81  = data[15:0];
     end
     if (rst) begin
@@ -1064,18 +1133,15 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = \decay$96 ;
-    if (write_decay) begin
-      \$82  = data[11:0];
-    end
+    \$82  = \$28 ;
     if (rst) begin
-      \$82  = 12'h000;
+      \$82  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = \noise$98 ;
-    if (write_noise) begin
+    \$83  = \step$130 ;
+    if (write_step) begin
       \$83  = data[15:0];
     end
     if (rst) begin
@@ -1084,15 +1150,18 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = \$31 ;
+    \$84  = \decay$132 ;
+    if (write_decay) begin
+      \$84  = data[11:0];
+    end
     if (rst) begin
-      \$84  = 2'h0;
+      \$84  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = \step$112 ;
-    if (write_step) begin
+    \$85  = \noise$134 ;
+    if (write_noise) begin
       \$85  = data[15:0];
     end
     if (rst) begin
@@ -1101,18 +1170,15 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = \decay$114 ;
-    if (write_decay) begin
-      \$86  = data[11:0];
-    end
+    \$86  = \$31 ;
     if (rst) begin
-      \$86  = 12'h000;
+      \$86  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \noise$116 ;
-    if (write_noise) begin
+    \$87  = \step$148 ;
+    if (write_step) begin
       \$87  = data[15:0];
     end
     if (rst) begin
@@ -1121,15 +1187,18 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = \$34 ;
+    \$88  = \decay$150 ;
+    if (write_decay) begin
+      \$88  = data[11:0];
+    end
     if (rst) begin
-      \$88  = 2'h0;
+      \$88  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = \step$130 ;
-    if (write_step) begin
+    \$89  = \noise$152 ;
+    if (write_noise) begin
       \$89  = data[15:0];
     end
     if (rst) begin
@@ -1138,18 +1207,15 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = \decay$132 ;
-    if (write_decay) begin
-      \$90  = data[11:0];
-    end
+    \$90  = \$34 ;
     if (rst) begin
-      \$90  = 12'h000;
+      \$90  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = \noise$134 ;
-    if (write_noise) begin
+    \$91  = \step$166 ;
+    if (write_step) begin
       \$91  = data[15:0];
     end
     if (rst) begin
@@ -1158,76 +1224,22 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = \$37 ;
+    \$92  = \decay$168 ;
+    if (write_decay) begin
+      \$92  = data[11:0];
+    end
     if (rst) begin
-      \$92  = 2'h0;
+      \$92  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = \step$148 ;
-    if (write_step) begin
+    \$93  = \noise$170 ;
+    if (write_noise) begin
       \$93  = data[15:0];
     end
     if (rst) begin
       \$93  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = \decay$150 ;
-    if (write_decay) begin
-      \$94  = data[11:0];
-    end
-    if (rst) begin
-      \$94  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = \noise$152 ;
-    if (write_noise) begin
-      \$95  = data[15:0];
-    end
-    if (rst) begin
-      \$95  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = \$40 ;
-    if (rst) begin
-      \$96  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = \step$166 ;
-    if (write_step) begin
-      \$97  = data[15:0];
-    end
-    if (rst) begin
-      \$97  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = \decay$168 ;
-    if (write_decay) begin
-      \$98  = data[11:0];
-    end
-    if (rst) begin
-      \$98  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = \noise$170 ;
-    if (write_noise) begin
-      \$99  = data[15:0];
-    end
-    if (rst) begin
-      \$99  = 16'h0000;
     end
   end
   assign advance = sink__ready;

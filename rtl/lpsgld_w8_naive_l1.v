@@ -5,9 +5,9 @@
 module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire [1:0] \$12 ;
+  reg \$10 ;
+  reg \$11 ;
+  reg \$12 ;
   reg \$13 ;
   reg \$14 ;
   reg \$15 ;
@@ -27,22 +27,16 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$28 ;
   reg \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg \$31 ;
-  reg \$32 ;
-  reg \$33 ;
-  reg \$34 ;
-  reg \$35 ;
-  reg [1:0] \$36 ;
-  reg [15:0] \$37 ;
-  reg [11:0] \$38 ;
-  reg [15:0] \$39 ;
+  reg [1:0] \$30 ;
+  reg [15:0] \$31 ;
+  reg [11:0] \$32 ;
+  reg [15:0] \$33 ;
   wire \$4 ;
   wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
+  wire [1:0] \$6 ;
+  reg \$7 ;
+  reg \$8 ;
+  reg \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -125,77 +119,71 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
-  always @(posedge clk)
-    write_decay <= \$34 ;
-  always @(posedge clk)
-    write_noise <= \$35 ;
-  always @(posedge clk)
-    seed_load_0 <= \$36 ;
-  always @(posedge clk)
-    \step$38  <= \$37 ;
-  always @(posedge clk)
-    decay <= \$38 ;
-  always @(posedge clk)
-    noise <= \$39 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign \$2  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
   assign \$3  = sink__ready & valid_1;
   assign step = \$3  & keep_1;
-  assign \$4  = ! ctl__addr;
-  assign \$5  = ctl__we & \$4 ;
-  assign \$6  = ctl__addr == 1'h1;
-  assign \$7  = ctl__we & \$6 ;
-  assign \$8  = ctl__addr == 2'h2;
-  assign \$9  = ctl__we & \$8 ;
-  assign \$10  = ctl__addr == 9'h100;
-  assign \$11  = ctl__addr == 9'h101;
-  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$4  = ctl__addr == 9'h100;
+  assign \$5  = ctl__addr == 9'h101;
+  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$13 ;
+    valid_1 <= \$7 ;
   always @(posedge clk)
-    keep_1 <= \$14 ;
+    keep_1 <= \$8 ;
   always @(posedge clk)
-    valid_2 <= \$15 ;
+    valid_2 <= \$9 ;
   always @(posedge clk)
-    valid_3 <= \$16 ;
+    valid_3 <= \$10 ;
   always @(posedge clk)
-    valid_4 <= \$17 ;
+    valid_4 <= \$11 ;
   always @(posedge clk)
-    valid_5 <= \$18 ;
+    valid_5 <= \$12 ;
   always @(posedge clk)
-    valid_6 <= \$19 ;
+    valid_6 <= \$13 ;
   always @(posedge clk)
-    valid_7 <= \$20 ;
+    valid_7 <= \$14 ;
   always @(posedge clk)
-    valid_8 <= \$21 ;
+    valid_8 <= \$15 ;
   always @(posedge clk)
-    valid_9 <= \$22 ;
+    valid_9 <= \$16 ;
   always @(posedge clk)
-    source__valid <= \$23 ;
+    source__valid <= \$17 ;
   always @(posedge clk)
-    keep_2 <= \$24 ;
+    keep_2 <= \$18 ;
   always @(posedge clk)
-    keep_3 <= \$25 ;
+    keep_3 <= \$19 ;
   always @(posedge clk)
-    keep_4 <= \$26 ;
+    keep_4 <= \$20 ;
   always @(posedge clk)
-    keep_5 <= \$27 ;
+    keep_5 <= \$21 ;
   always @(posedge clk)
-    keep_6 <= \$28 ;
+    keep_6 <= \$22 ;
   always @(posedge clk)
-    keep_7 <= \$29 ;
+    keep_7 <= \$23 ;
   always @(posedge clk)
-    keep_8 <= \$30 ;
+    keep_8 <= \$24 ;
   always @(posedge clk)
-    keep_9 <= \$31 ;
+    keep_9 <= \$25 ;
   always @(posedge clk)
-    keep_10 <= \$32 ;
+    keep_10 <= \$26 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    write_step <= \$33 ;
+    write_step <= \$27 ;
+  always @(posedge clk)
+    write_decay <= \$28 ;
+  always @(posedge clk)
+    write_noise <= \$29 ;
+  always @(posedge clk)
+    seed_load_0 <= \$30 ;
+  always @(posedge clk)
+    \step$38  <= \$31 ;
+  always @(posedge clk)
+    decay <= \$32 ;
+  always @(posedge clk)
+    noise <= \$33 ;
   \lpsgld_w8_naive_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -217,53 +205,66 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = \$9 ;
-    if (rst) begin
-      \$35  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = \$12 ;
-    if (rst) begin
-      \$36  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = \step$38 ;
-    if (write_step) begin
-      \$37  = data[15:0];
-    end
-    if (rst) begin
-      \$37  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = decay;
-    if (write_decay) begin
-      \$38  = data[11:0];
-    end
-    if (rst) begin
-      \$38  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = noise;
-    if (write_noise) begin
-      \$39  = data[15:0];
-    end
-    if (rst) begin
-      \$39  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_1;
+    \$7  = valid_1;
     if (sink__ready) begin
-      \$13  = sink__valid;
+      \$7  = sink__valid;
+    end
+    if (rst) begin
+      \$7  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$8  = keep_1;
+    if (sink__ready) begin
+      \$8  = sink__payload[0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$9  = valid_2;
+    if (sink__ready) begin
+      \$9  = valid_1;
+    end
+    if (rst) begin
+      \$9  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$10  = valid_3;
+    if (sink__ready) begin
+      \$10  = valid_2;
+    end
+    if (rst) begin
+      \$10  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$11  = valid_4;
+    if (sink__ready) begin
+      \$11  = valid_3;
+    end
+    if (rst) begin
+      \$11  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$12  = valid_5;
+    if (sink__ready) begin
+      \$12  = valid_4;
+    end
+    if (rst) begin
+      \$12  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$13  = valid_6;
+    if (sink__ready) begin
+      \$13  = valid_5;
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -271,16 +272,19 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = keep_1;
+    \$14  = valid_7;
     if (sink__ready) begin
-      \$14  = sink__payload[0];
+      \$14  = valid_6;
+    end
+    if (rst) begin
+      \$14  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_2;
+    \$15  = valid_8;
     if (sink__ready) begin
-      \$15  = valid_1;
+      \$15  = valid_7;
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -288,9 +292,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_3;
+    \$16  = valid_9;
     if (sink__ready) begin
-      \$16  = valid_2;
+      \$16  = valid_8;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -298,9 +302,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_4;
+    \$17  = source__valid;
     if (sink__ready) begin
-      \$17  = valid_3;
+      \$17  = valid_9;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -308,139 +312,147 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_5;
+    \$18  = keep_2;
     if (sink__ready) begin
-      \$18  = valid_4;
+      \$18  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$19  = keep_3;
+    if (sink__ready) begin
+      \$19  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$20  = keep_4;
+    if (sink__ready) begin
+      \$20  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = keep_5;
+    if (sink__ready) begin
+      \$21  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = keep_6;
+    if (sink__ready) begin
+      \$22  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = keep_7;
+    if (sink__ready) begin
+      \$23  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = keep_8;
+    if (sink__ready) begin
+      \$24  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = keep_9;
+    if (sink__ready) begin
+      \$25  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = keep_10;
+    if (sink__ready) begin
+      \$26  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$27  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$18  = 1'h0;
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_6;
-    if (sink__ready) begin
-      \$19  = valid_5;
+    \$28  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$28  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$19  = 1'h0;
+      \$28  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_7;
-    if (sink__ready) begin
-      \$20  = valid_6;
+    \$29  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$29  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$20  = 1'h0;
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_8;
-    if (sink__ready) begin
-      \$21  = valid_7;
+    \$30  = \$6 ;
+    if (rst) begin
+      \$30  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = \step$38 ;
+    if (write_step) begin
+      \$31  = data[15:0];
     end
     if (rst) begin
-      \$21  = 1'h0;
+      \$31  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_9;
-    if (sink__ready) begin
-      \$22  = valid_8;
+    \$32  = decay;
+    if (write_decay) begin
+      \$32  = data[11:0];
     end
     if (rst) begin
-      \$22  = 1'h0;
+      \$32  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = source__valid;
-    if (sink__ready) begin
-      \$23  = valid_9;
+    \$33  = noise;
+    if (write_noise) begin
+      \$33  = data[15:0];
     end
     if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_2;
-    if (sink__ready) begin
-      \$24  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_3;
-    if (sink__ready) begin
-      \$25  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_4;
-    if (sink__ready) begin
-      \$26  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_5;
-    if (sink__ready) begin
-      \$27  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_6;
-    if (sink__ready) begin
-      \$28  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_7;
-    if (sink__ready) begin
-      \$29  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_8;
-    if (sink__ready) begin
-      \$30  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_9;
-    if (sink__ready) begin
-      \$31  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_10;
-    if (sink__ready) begin
-      \$32  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = \$5 ;
-    if (rst) begin
-      \$33  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = \$7 ;
-    if (rst) begin
-      \$34  = 1'h0;
+      \$33  = 16'h0000;
     end
   end
   assign advance = sink__ready;

@@ -5,13 +5,13 @@
 module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire [1:0] \$16 ;
+  reg \$10 ;
+  reg \$11 ;
+  reg \$12 ;
+  reg \$13 ;
+  reg \$14 ;
+  reg \$15 ;
+  reg \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -46,27 +46,17 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$45 ;
   reg \$46 ;
   reg \$47 ;
-  reg \$48 ;
-  reg \$49 ;
+  reg [1:0] \$48 ;
+  reg [15:0] \$49 ;
   wire \$5 ;
-  reg \$50 ;
-  reg \$51 ;
-  reg \$52 ;
+  reg [11:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [14:0] \$52 ;
   reg \$53 ;
-  reg \$54 ;
-  reg \$55 ;
-  reg \$56 ;
-  reg \$57 ;
-  reg [1:0] \$58 ;
-  reg [15:0] \$59 ;
-  wire \$6 ;
-  reg [11:0] \$60 ;
-  reg [15:0] \$61 ;
-  reg [14:0] \$62 ;
-  reg \$63 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
+  wire [1:0] \$6 ;
+  reg \$7 ;
+  reg \$8 ;
+  reg \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -174,120 +164,110 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg write_vc_noise = 1'h0;
   reg write_vc_var = 1'h0;
   always @(posedge clk)
-    valid_8 <= \$25 ;
+    source__valid <= \$25 ;
   always @(posedge clk)
-    valid_9 <= \$26 ;
+    keep_2 <= \$26 ;
   always @(posedge clk)
-    valid_10 <= \$27 ;
+    keep_3 <= \$27 ;
   always @(posedge clk)
-    valid_11 <= \$28 ;
+    keep_4 <= \$28 ;
   always @(posedge clk)
-    valid_12 <= \$29 ;
+    keep_5 <= \$29 ;
   always @(posedge clk)
-    valid_13 <= \$30 ;
+    keep_6 <= \$30 ;
   always @(posedge clk)
-    valid_14 <= \$31 ;
+    keep_7 <= \$31 ;
   always @(posedge clk)
-    valid_15 <= \$32 ;
+    keep_8 <= \$32 ;
   always @(posedge clk)
-    valid_16 <= \$33 ;
+    keep_9 <= \$33 ;
   always @(posedge clk)
-    valid_17 <= \$34 ;
+    keep_10 <= \$34 ;
   always @(posedge clk)
-    source__valid <= \$35 ;
+    keep_11 <= \$35 ;
   always @(posedge clk)
-    keep_2 <= \$36 ;
+    keep_12 <= \$36 ;
   always @(posedge clk)
-    keep_3 <= \$37 ;
+    keep_13 <= \$37 ;
   always @(posedge clk)
-    keep_4 <= \$38 ;
+    keep_14 <= \$38 ;
   always @(posedge clk)
-    keep_5 <= \$39 ;
+    keep_15 <= \$39 ;
   always @(posedge clk)
-    keep_6 <= \$40 ;
+    keep_16 <= \$40 ;
   always @(posedge clk)
-    keep_7 <= \$41 ;
+    keep_17 <= \$41 ;
   always @(posedge clk)
-    keep_8 <= \$42 ;
-  always @(posedge clk)
-    keep_9 <= \$43 ;
-  always @(posedge clk)
-    keep_10 <= \$44 ;
-  always @(posedge clk)
-    keep_11 <= \$45 ;
-  always @(posedge clk)
-    keep_12 <= \$46 ;
-  always @(posedge clk)
-    keep_13 <= \$47 ;
-  always @(posedge clk)
-    keep_14 <= \$48 ;
-  always @(posedge clk)
-    keep_15 <= \$49 ;
-  always @(posedge clk)
-    keep_16 <= \$50 ;
-  always @(posedge clk)
-    keep_17 <= \$51 ;
-  always @(posedge clk)
-    keep_18 <= \$52 ;
+    keep_18 <= \$42 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    write_step <= \$53 ;
+    write_step <= \$43 ;
   always @(posedge clk)
-    write_decay <= \$54 ;
+    write_decay <= \$44 ;
   always @(posedge clk)
-    write_noise <= \$55 ;
+    write_noise <= \$45 ;
   always @(posedge clk)
-    write_vc_var <= \$56 ;
+    write_vc_var <= \$46 ;
   always @(posedge clk)
-    write_vc_noise <= \$57 ;
+    write_vc_noise <= \$47 ;
   always @(posedge clk)
-    seed_load_0 <= \$58 ;
+    seed_load_0 <= \$48 ;
   always @(posedge clk)
-    \step$46  <= \$59 ;
+    \step$46  <= \$49 ;
   always @(posedge clk)
-    decay <= \$60 ;
+    decay <= \$50 ;
   always @(posedge clk)
-    noise <= \$61 ;
+    noise <= \$51 ;
   always @(posedge clk)
-    vc_var <= \$62 ;
+    vc_var <= \$52 ;
   always @(posedge clk)
-    vc_noise <= \$63 ;
+    vc_noise <= \$53 ;
   assign \$1  = ~ source__valid;
   assign sink__ready = \$1  | source__ready;
   assign \$2  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$2 ;
   assign \$3  = sink__ready & valid_1;
   assign step = \$3  & keep_1;
-  assign \$4  = ! ctl__addr;
-  assign \$5  = ctl__we & \$4 ;
-  assign \$6  = ctl__addr == 1'h1;
-  assign \$7  = ctl__we & \$6 ;
-  assign \$8  = ctl__addr == 2'h2;
-  assign \$9  = ctl__we & \$8 ;
-  assign \$10  = ctl__addr == 2'h3;
-  assign \$11  = ctl__we & \$10 ;
-  assign \$12  = ctl__addr == 3'h4;
-  assign \$13  = ctl__we & \$12 ;
-  assign \$14  = ctl__addr == 9'h100;
-  assign \$15  = ctl__addr == 9'h101;
-  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
+  assign \$4  = ctl__addr == 9'h100;
+  assign \$5  = ctl__addr == 9'h101;
+  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$17 ;
+    valid_1 <= \$7 ;
   always @(posedge clk)
-    keep_1 <= \$18 ;
+    keep_1 <= \$8 ;
   always @(posedge clk)
-    valid_2 <= \$19 ;
+    valid_2 <= \$9 ;
   always @(posedge clk)
-    valid_3 <= \$20 ;
+    valid_3 <= \$10 ;
   always @(posedge clk)
-    valid_4 <= \$21 ;
+    valid_4 <= \$11 ;
   always @(posedge clk)
-    valid_5 <= \$22 ;
+    valid_5 <= \$12 ;
   always @(posedge clk)
-    valid_6 <= \$23 ;
+    valid_6 <= \$13 ;
   always @(posedge clk)
-    valid_7 <= \$24 ;
+    valid_7 <= \$14 ;
+  always @(posedge clk)
+    valid_8 <= \$15 ;
+  always @(posedge clk)
+    valid_9 <= \$16 ;
+  always @(posedge clk)
+    valid_10 <= \$17 ;
+  always @(posedge clk)
+    valid_11 <= \$18 ;
+  always @(posedge clk)
+    valid_12 <= \$19 ;
+  always @(posedge clk)
+    valid_13 <= \$20 ;
+  always @(posedge clk)
+    valid_14 <= \$21 ;
+  always @(posedge clk)
+    valid_15 <= \$22 ;
+  always @(posedge clk)
+    valid_16 <= \$23 ;
+  always @(posedge clk)
+    valid_17 <= \$24 ;
   \lpsgld_w8_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -305,15 +285,15 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$1258$0 (seed_load_0),
+    .\port$1256$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_8;
+    \$25  = source__valid;
     if (sink__ready) begin
-      \$25  = valid_7;
+      \$25  = valid_17;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -321,320 +301,367 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_9;
+    \$26  = keep_2;
     if (sink__ready) begin
-      \$26  = valid_8;
+      \$26  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_3;
+    if (sink__ready) begin
+      \$27  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_4;
+    if (sink__ready) begin
+      \$28  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_5;
+    if (sink__ready) begin
+      \$29  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_6;
+    if (sink__ready) begin
+      \$30  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_7;
+    if (sink__ready) begin
+      \$31  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = keep_8;
+    if (sink__ready) begin
+      \$32  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = keep_9;
+    if (sink__ready) begin
+      \$33  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = keep_10;
+    if (sink__ready) begin
+      \$34  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = keep_11;
+    if (sink__ready) begin
+      \$35  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_12;
+    if (sink__ready) begin
+      \$36  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = keep_13;
+    if (sink__ready) begin
+      \$37  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = keep_14;
+    if (sink__ready) begin
+      \$38  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = keep_15;
+    if (sink__ready) begin
+      \$39  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = keep_16;
+    if (sink__ready) begin
+      \$40  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = keep_17;
+    if (sink__ready) begin
+      \$41  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = keep_18;
+    if (sink__ready) begin
+      \$42  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$43  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$26  = 1'h0;
+      \$43  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_10;
-    if (sink__ready) begin
-      \$27  = valid_9;
+    \$44  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$44  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$27  = 1'h0;
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_11;
-    if (sink__ready) begin
-      \$28  = valid_10;
+    \$45  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$45  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$28  = 1'h0;
+      \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = valid_12;
-    if (sink__ready) begin
-      \$29  = valid_11;
+    \$46  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            /* empty */;
+        16'h0003:
+            \$46  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$29  = 1'h0;
+      \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = valid_13;
-    if (sink__ready) begin
-      \$30  = valid_12;
+    \$47  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            /* empty */;
+        16'h0003:
+            /* empty */;
+        16'h0004:
+            \$47  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = valid_14;
-    if (sink__ready) begin
-      \$31  = valid_13;
+    \$48  = \$6 ;
+    if (rst) begin
+      \$48  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$49  = \step$46 ;
+    if (write_step) begin
+      \$49  = data[15:0];
     end
     if (rst) begin
-      \$31  = 1'h0;
+      \$49  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = valid_15;
-    if (sink__ready) begin
-      \$32  = valid_14;
+    \$50  = decay;
+    if (write_decay) begin
+      \$50  = data[11:0];
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$50  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = valid_16;
-    if (sink__ready) begin
-      \$33  = valid_15;
+    \$51  = noise;
+    if (write_noise) begin
+      \$51  = data[15:0];
     end
     if (rst) begin
-      \$33  = 1'h0;
+      \$51  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = valid_17;
-    if (sink__ready) begin
-      \$34  = valid_16;
+    \$52  = vc_var;
+    if (write_vc_var) begin
+      \$52  = data[14:0];
     end
     if (rst) begin
-      \$34  = 1'h0;
+      \$52  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = source__valid;
-    if (sink__ready) begin
-      \$35  = valid_17;
+    \$53  = vc_noise;
+    if (write_vc_noise) begin
+      \$53  = data[0];
     end
-    if (rst) begin
-      \$35  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_2;
-    if (sink__ready) begin
-      \$36  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_3;
-    if (sink__ready) begin
-      \$37  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_4;
-    if (sink__ready) begin
-      \$38  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_5;
-    if (sink__ready) begin
-      \$39  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_6;
-    if (sink__ready) begin
-      \$40  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_7;
-    if (sink__ready) begin
-      \$41  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_8;
-    if (sink__ready) begin
-      \$42  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_9;
-    if (sink__ready) begin
-      \$43  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_10;
-    if (sink__ready) begin
-      \$44  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_11;
-    if (sink__ready) begin
-      \$45  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_12;
-    if (sink__ready) begin
-      \$46  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = keep_13;
-    if (sink__ready) begin
-      \$47  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_14;
-    if (sink__ready) begin
-      \$48  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_15;
-    if (sink__ready) begin
-      \$49  = keep_14;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = keep_16;
-    if (sink__ready) begin
-      \$50  = keep_15;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = keep_17;
-    if (sink__ready) begin
-      \$51  = keep_16;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = keep_18;
-    if (sink__ready) begin
-      \$52  = keep_17;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = \$5 ;
     if (rst) begin
       \$53  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = \$7 ;
-    if (rst) begin
-      \$54  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = \$9 ;
-    if (rst) begin
-      \$55  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = \$11 ;
-    if (rst) begin
-      \$56  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = \$13 ;
-    if (rst) begin
-      \$57  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = \$16 ;
-    if (rst) begin
-      \$58  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = \step$46 ;
-    if (write_step) begin
-      \$59  = data[15:0];
-    end
-    if (rst) begin
-      \$59  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = decay;
-    if (write_decay) begin
-      \$60  = data[11:0];
-    end
-    if (rst) begin
-      \$60  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = noise;
-    if (write_noise) begin
-      \$61  = data[15:0];
-    end
-    if (rst) begin
-      \$61  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = vc_var;
-    if (write_vc_var) begin
-      \$62  = data[14:0];
-    end
-    if (rst) begin
-      \$62  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = vc_noise;
-    if (write_vc_noise) begin
-      \$63  = data[0];
-    end
-    if (rst) begin
-      \$63  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_1;
+    \$7  = valid_1;
     if (sink__ready) begin
-      \$17  = sink__valid;
+      \$7  = sink__valid;
+    end
+    if (rst) begin
+      \$7  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$8  = keep_1;
+    if (sink__ready) begin
+      \$8  = sink__payload[0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$9  = valid_2;
+    if (sink__ready) begin
+      \$9  = valid_1;
+    end
+    if (rst) begin
+      \$9  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$10  = valid_3;
+    if (sink__ready) begin
+      \$10  = valid_2;
+    end
+    if (rst) begin
+      \$10  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$11  = valid_4;
+    if (sink__ready) begin
+      \$11  = valid_3;
+    end
+    if (rst) begin
+      \$11  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$12  = valid_5;
+    if (sink__ready) begin
+      \$12  = valid_4;
+    end
+    if (rst) begin
+      \$12  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$13  = valid_6;
+    if (sink__ready) begin
+      \$13  = valid_5;
+    end
+    if (rst) begin
+      \$13  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$14  = valid_7;
+    if (sink__ready) begin
+      \$14  = valid_6;
+    end
+    if (rst) begin
+      \$14  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$15  = valid_8;
+    if (sink__ready) begin
+      \$15  = valid_7;
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$16  = valid_9;
+    if (sink__ready) begin
+      \$16  = valid_8;
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_10;
+    if (sink__ready) begin
+      \$17  = valid_9;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -642,16 +669,19 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = keep_1;
+    \$18  = valid_11;
     if (sink__ready) begin
-      \$18  = sink__payload[0];
+      \$18  = valid_10;
+    end
+    if (rst) begin
+      \$18  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_2;
+    \$19  = valid_12;
     if (sink__ready) begin
-      \$19  = valid_1;
+      \$19  = valid_11;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -659,9 +689,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_3;
+    \$20  = valid_13;
     if (sink__ready) begin
-      \$20  = valid_2;
+      \$20  = valid_12;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -669,9 +699,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_4;
+    \$21  = valid_14;
     if (sink__ready) begin
-      \$21  = valid_3;
+      \$21  = valid_13;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -679,9 +709,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_5;
+    \$22  = valid_15;
     if (sink__ready) begin
-      \$22  = valid_4;
+      \$22  = valid_14;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -689,9 +719,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_6;
+    \$23  = valid_16;
     if (sink__ready) begin
-      \$23  = valid_5;
+      \$23  = valid_15;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -699,9 +729,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_7;
+    \$24  = valid_17;
     if (sink__ready) begin
-      \$24  = valid_6;
+      \$24  = valid_16;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -4400,7 +4430,7 @@ module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1258$0 , clk);
+module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -4424,8 +4454,8 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1258$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1258$0 ;
-  wire [1:0] \port$1258$0 ;
+  input [1:0] \port$1256$0 ;
+  wire [1:0] \port$1256$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -4455,7 +4485,7 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1258$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1258$0 [0]) begin
+    if (\port$1256$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -4468,13 +4498,13 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1258$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1258$0 [1]) begin
+    if (\port$1256$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1258$0 [0];
-  assign load1 = \port$1258$0 [1];
+  assign load0 = \port$1256$0 [0];
+  assign load1 = \port$1256$0 [1];
 endmodule

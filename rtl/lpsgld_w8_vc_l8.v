@@ -6,79 +6,69 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg [11:0] \$100 ;
+  reg [1:0] \$100 ;
   reg [15:0] \$101 ;
-  reg [14:0] \$102 ;
-  reg \$103 ;
-  reg [1:0] \$104 ;
-  reg [15:0] \$105 ;
-  reg [11:0] \$106 ;
+  reg [11:0] \$102 ;
+  reg [15:0] \$103 ;
+  reg [14:0] \$104 ;
+  reg \$105 ;
+  reg [1:0] \$106 ;
   reg [15:0] \$107 ;
-  reg [14:0] \$108 ;
-  reg \$109 ;
+  reg [11:0] \$108 ;
+  reg [15:0] \$109 ;
   wire \$11 ;
-  reg [1:0] \$110 ;
-  reg [15:0] \$111 ;
-  reg [11:0] \$112 ;
+  reg [14:0] \$110 ;
+  reg \$111 ;
+  reg [1:0] \$112 ;
   reg [15:0] \$113 ;
-  reg [14:0] \$114 ;
-  reg \$115 ;
-  reg [1:0] \$116 ;
-  reg [15:0] \$117 ;
-  reg [11:0] \$118 ;
+  reg [11:0] \$114 ;
+  reg [15:0] \$115 ;
+  reg [14:0] \$116 ;
+  reg \$117 ;
+  reg [1:0] \$118 ;
   reg [15:0] \$119 ;
   wire \$12 ;
-  reg [14:0] \$120 ;
-  reg \$121 ;
-  reg [1:0] \$122 ;
-  reg [15:0] \$123 ;
-  reg [11:0] \$124 ;
-  reg [15:0] \$125 ;
-  reg [14:0] \$126 ;
-  reg \$127 ;
-  reg [1:0] \$128 ;
-  reg [15:0] \$129 ;
-  wire \$13 ;
-  reg [11:0] \$130 ;
-  reg [15:0] \$131 ;
-  reg [14:0] \$132 ;
-  reg \$133 ;
+  reg [11:0] \$120 ;
+  reg [15:0] \$121 ;
+  reg [14:0] \$122 ;
+  reg \$123 ;
+  wire [1:0] \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire \$16 ;
+  wire [1:0] \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire \$19 ;
+  wire [1:0] \$19 ;
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
-  wire \$22 ;
-  wire [1:0] \$23 ;
+  wire [1:0] \$22 ;
+  wire \$23 ;
   wire \$24 ;
-  wire \$25 ;
-  wire [1:0] \$26 ;
+  wire [1:0] \$25 ;
+  wire \$26 ;
   wire \$27 ;
-  wire \$28 ;
-  wire [1:0] \$29 ;
+  wire [1:0] \$28 ;
+  wire \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [1:0] \$32 ;
+  wire [1:0] \$31 ;
+  wire \$32 ;
   wire \$33 ;
-  wire \$34 ;
-  wire [1:0] \$35 ;
-  wire \$36 ;
-  wire \$37 ;
-  wire [1:0] \$38 ;
-  wire \$39 ;
+  wire [1:0] \$34 ;
+  reg \$35 ;
+  reg [7:0] \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
-  wire \$40 ;
-  wire [1:0] \$41 ;
-  wire \$42 ;
-  wire \$43 ;
-  wire [1:0] \$44 ;
+  reg \$40 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
+  reg \$44 ;
   reg \$45 ;
-  reg [7:0] \$46 ;
+  reg \$46 ;
   reg \$47 ;
   reg \$48 ;
   reg \$49 ;
@@ -87,17 +77,17 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$51 ;
   reg \$52 ;
   reg \$53 ;
-  reg \$54 ;
-  reg \$55 ;
-  reg \$56 ;
-  reg \$57 ;
-  reg \$58 ;
-  reg \$59 ;
+  reg [7:0] \$54 ;
+  reg [7:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg [7:0] \$57 ;
+  reg [7:0] \$58 ;
+  reg [7:0] \$59 ;
   wire \$6 ;
-  reg \$60 ;
-  reg \$61 ;
-  reg \$62 ;
-  reg \$63 ;
+  reg [7:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [7:0] \$63 ;
   reg [7:0] \$64 ;
   reg [7:0] \$65 ;
   reg [7:0] \$66 ;
@@ -106,37 +96,37 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [7:0] \$69 ;
   wire \$7 ;
   reg [7:0] \$70 ;
-  reg [7:0] \$71 ;
-  reg [7:0] \$72 ;
-  reg [7:0] \$73 ;
-  reg [7:0] \$74 ;
-  reg [7:0] \$75 ;
-  reg [7:0] \$76 ;
-  reg [7:0] \$77 ;
-  reg [7:0] \$78 ;
-  reg [7:0] \$79 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg \$73 ;
+  reg \$74 ;
+  reg \$75 ;
+  reg [1:0] \$76 ;
+  reg [15:0] \$77 ;
+  reg [11:0] \$78 ;
+  reg [15:0] \$79 ;
   wire \$8 ;
-  reg [7:0] \$80 ;
+  reg [14:0] \$80 ;
   reg \$81 ;
-  reg \$82 ;
-  reg \$83 ;
-  reg \$84 ;
-  reg \$85 ;
-  reg [1:0] \$86 ;
-  reg [15:0] \$87 ;
-  reg [11:0] \$88 ;
+  reg [1:0] \$82 ;
+  reg [15:0] \$83 ;
+  reg [11:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [14:0] \$86 ;
+  reg \$87 ;
+  reg [1:0] \$88 ;
   reg [15:0] \$89 ;
   wire \$9 ;
-  reg [14:0] \$90 ;
-  reg \$91 ;
-  reg [1:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [11:0] \$94 ;
+  reg [11:0] \$90 ;
+  reg [15:0] \$91 ;
+  reg [14:0] \$92 ;
+  reg \$93 ;
+  reg [1:0] \$94 ;
   reg [15:0] \$95 ;
-  reg [14:0] \$96 ;
-  reg \$97 ;
-  reg [1:0] \$98 ;
-  reg [15:0] \$99 ;
+  reg [11:0] \$96 ;
+  reg [15:0] \$97 ;
+  reg [14:0] \$98 ;
+  reg \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -487,220 +477,210 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \step$166  = \$9  & keep_1[6];
   assign \$10  = sink__ready & valid_1;
   assign \step$188  = \$10  & keep_1[7];
-  assign \$11  = ! ctl__addr;
-  assign \$12  = ctl__we & \$11 ;
-  assign \$13  = ctl__addr == 1'h1;
-  assign \$14  = ctl__we & \$13 ;
-  assign \$15  = ctl__addr == 2'h2;
-  assign \$16  = ctl__we & \$15 ;
-  assign \$17  = ctl__addr == 2'h3;
-  assign \$18  = ctl__we & \$17 ;
-  assign \$19  = ctl__addr == 3'h4;
-  assign \$20  = ctl__we & \$19 ;
-  assign \$21  = ctl__addr == 9'h100;
-  assign \$22  = ctl__addr == 9'h101;
-  assign \$23  = { \$22 , \$21  } & { ctl__we, ctl__we };
-  assign \$24  = ctl__addr == 9'h102;
-  assign \$25  = ctl__addr == 9'h103;
-  assign \$26  = { \$25 , \$24  } & { ctl__we, ctl__we };
-  assign \$27  = ctl__addr == 9'h104;
-  assign \$28  = ctl__addr == 9'h105;
-  assign \$29  = { \$28 , \$27  } & { ctl__we, ctl__we };
-  assign \$30  = ctl__addr == 9'h106;
-  assign \$31  = ctl__addr == 9'h107;
-  assign \$32  = { \$31 , \$30  } & { ctl__we, ctl__we };
-  assign \$33  = ctl__addr == 9'h108;
-  assign \$34  = ctl__addr == 9'h109;
-  assign \$35  = { \$34 , \$33  } & { ctl__we, ctl__we };
-  assign \$36  = ctl__addr == 9'h10a;
-  assign \$37  = ctl__addr == 9'h10b;
-  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
-  assign \$39  = ctl__addr == 9'h10c;
-  assign \$40  = ctl__addr == 9'h10d;
-  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
-  assign \$42  = ctl__addr == 9'h10e;
-  assign \$43  = ctl__addr == 9'h10f;
-  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
+  assign \$11  = ctl__addr == 9'h100;
+  assign \$12  = ctl__addr == 9'h101;
+  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
+  assign \$14  = ctl__addr == 9'h102;
+  assign \$15  = ctl__addr == 9'h103;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
+  assign \$17  = ctl__addr == 9'h104;
+  assign \$18  = ctl__addr == 9'h105;
+  assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
+  assign \$20  = ctl__addr == 9'h106;
+  assign \$21  = ctl__addr == 9'h107;
+  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
+  assign \$23  = ctl__addr == 9'h108;
+  assign \$24  = ctl__addr == 9'h109;
+  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
+  assign \$26  = ctl__addr == 9'h10a;
+  assign \$27  = ctl__addr == 9'h10b;
+  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
+  assign \$29  = ctl__addr == 9'h10c;
+  assign \$30  = ctl__addr == 9'h10d;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h10e;
+  assign \$33  = ctl__addr == 9'h10f;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$45 ;
+    valid_1 <= \$35 ;
   always @(posedge clk)
-    keep_1 <= \$46 ;
+    keep_1 <= \$36 ;
   always @(posedge clk)
-    valid_2 <= \$47 ;
+    valid_2 <= \$37 ;
   always @(posedge clk)
-    valid_3 <= \$48 ;
+    valid_3 <= \$38 ;
   always @(posedge clk)
-    valid_4 <= \$49 ;
+    valid_4 <= \$39 ;
   always @(posedge clk)
-    valid_5 <= \$50 ;
+    valid_5 <= \$40 ;
   always @(posedge clk)
-    valid_6 <= \$51 ;
+    valid_6 <= \$41 ;
   always @(posedge clk)
-    valid_7 <= \$52 ;
+    valid_7 <= \$42 ;
   always @(posedge clk)
-    valid_8 <= \$53 ;
+    valid_8 <= \$43 ;
   always @(posedge clk)
-    valid_9 <= \$54 ;
+    valid_9 <= \$44 ;
   always @(posedge clk)
-    valid_10 <= \$55 ;
+    valid_10 <= \$45 ;
   always @(posedge clk)
-    valid_11 <= \$56 ;
+    valid_11 <= \$46 ;
   always @(posedge clk)
-    valid_12 <= \$57 ;
+    valid_12 <= \$47 ;
   always @(posedge clk)
-    valid_13 <= \$58 ;
+    valid_13 <= \$48 ;
   always @(posedge clk)
-    valid_14 <= \$59 ;
+    valid_14 <= \$49 ;
   always @(posedge clk)
-    valid_15 <= \$60 ;
+    valid_15 <= \$50 ;
   always @(posedge clk)
-    valid_16 <= \$61 ;
+    valid_16 <= \$51 ;
   always @(posedge clk)
-    valid_17 <= \$62 ;
+    valid_17 <= \$52 ;
   always @(posedge clk)
-    source__valid <= \$63 ;
+    source__valid <= \$53 ;
   always @(posedge clk)
-    keep_2 <= \$64 ;
+    keep_2 <= \$54 ;
   always @(posedge clk)
-    keep_3 <= \$65 ;
+    keep_3 <= \$55 ;
   always @(posedge clk)
-    keep_4 <= \$66 ;
+    keep_4 <= \$56 ;
   always @(posedge clk)
-    keep_5 <= \$67 ;
+    keep_5 <= \$57 ;
   always @(posedge clk)
-    keep_6 <= \$68 ;
+    keep_6 <= \$58 ;
   always @(posedge clk)
-    keep_7 <= \$69 ;
+    keep_7 <= \$59 ;
   always @(posedge clk)
-    keep_8 <= \$70 ;
+    keep_8 <= \$60 ;
   always @(posedge clk)
-    keep_9 <= \$71 ;
+    keep_9 <= \$61 ;
   always @(posedge clk)
-    keep_10 <= \$72 ;
+    keep_10 <= \$62 ;
   always @(posedge clk)
-    keep_11 <= \$73 ;
+    keep_11 <= \$63 ;
   always @(posedge clk)
-    keep_12 <= \$74 ;
+    keep_12 <= \$64 ;
   always @(posedge clk)
-    keep_13 <= \$75 ;
+    keep_13 <= \$65 ;
   always @(posedge clk)
-    keep_14 <= \$76 ;
+    keep_14 <= \$66 ;
   always @(posedge clk)
-    keep_15 <= \$77 ;
+    keep_15 <= \$67 ;
   always @(posedge clk)
-    keep_16 <= \$78 ;
+    keep_16 <= \$68 ;
   always @(posedge clk)
-    keep_17 <= \$79 ;
+    keep_17 <= \$69 ;
   always @(posedge clk)
-    keep_18 <= \$80 ;
+    keep_18 <= \$70 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    write_step <= \$81 ;
+    write_step <= \$71 ;
   always @(posedge clk)
-    write_decay <= \$82 ;
+    write_decay <= \$72 ;
   always @(posedge clk)
-    write_noise <= \$83 ;
+    write_noise <= \$73 ;
   always @(posedge clk)
-    write_vc_var <= \$84 ;
+    write_vc_var <= \$74 ;
   always @(posedge clk)
-    write_vc_noise <= \$85 ;
+    write_vc_noise <= \$75 ;
   always @(posedge clk)
-    seed_load_0 <= \$86 ;
+    seed_load_0 <= \$76 ;
   always @(posedge clk)
-    \step$46  <= \$87 ;
+    \step$46  <= \$77 ;
   always @(posedge clk)
-    decay <= \$88 ;
+    decay <= \$78 ;
   always @(posedge clk)
-    noise <= \$89 ;
+    noise <= \$79 ;
   always @(posedge clk)
-    vc_var <= \$90 ;
+    vc_var <= \$80 ;
   always @(posedge clk)
-    vc_noise <= \$91 ;
+    vc_noise <= \$81 ;
   always @(posedge clk)
-    seed_load_1 <= \$92 ;
+    seed_load_1 <= \$82 ;
   always @(posedge clk)
-    \step$68  <= \$93 ;
+    \step$68  <= \$83 ;
   always @(posedge clk)
-    \decay$70  <= \$94 ;
+    \decay$70  <= \$84 ;
   always @(posedge clk)
-    \noise$72  <= \$95 ;
+    \noise$72  <= \$85 ;
   always @(posedge clk)
-    \vc_var$74  <= \$96 ;
+    \vc_var$74  <= \$86 ;
   always @(posedge clk)
-    \vc_noise$76  <= \$97 ;
+    \vc_noise$76  <= \$87 ;
   always @(posedge clk)
-    seed_load_2 <= \$98 ;
+    seed_load_2 <= \$88 ;
   always @(posedge clk)
-    \step$90  <= \$99 ;
+    \step$90  <= \$89 ;
   always @(posedge clk)
-    \decay$92  <= \$100 ;
+    \decay$92  <= \$90 ;
   always @(posedge clk)
-    \noise$94  <= \$101 ;
+    \noise$94  <= \$91 ;
   always @(posedge clk)
-    \vc_var$96  <= \$102 ;
+    \vc_var$96  <= \$92 ;
   always @(posedge clk)
-    \vc_noise$98  <= \$103 ;
+    \vc_noise$98  <= \$93 ;
   always @(posedge clk)
-    seed_load_3 <= \$104 ;
+    seed_load_3 <= \$94 ;
   always @(posedge clk)
-    \step$112  <= \$105 ;
+    \step$112  <= \$95 ;
   always @(posedge clk)
-    \decay$114  <= \$106 ;
+    \decay$114  <= \$96 ;
   always @(posedge clk)
-    \noise$116  <= \$107 ;
+    \noise$116  <= \$97 ;
   always @(posedge clk)
-    \vc_var$118  <= \$108 ;
+    \vc_var$118  <= \$98 ;
   always @(posedge clk)
-    \vc_noise$120  <= \$109 ;
+    \vc_noise$120  <= \$99 ;
   always @(posedge clk)
-    seed_load_4 <= \$110 ;
+    seed_load_4 <= \$100 ;
   always @(posedge clk)
-    \step$134  <= \$111 ;
+    \step$134  <= \$101 ;
   always @(posedge clk)
-    \decay$136  <= \$112 ;
+    \decay$136  <= \$102 ;
   always @(posedge clk)
-    \noise$138  <= \$113 ;
+    \noise$138  <= \$103 ;
   always @(posedge clk)
-    \vc_var$140  <= \$114 ;
+    \vc_var$140  <= \$104 ;
   always @(posedge clk)
-    \vc_noise$142  <= \$115 ;
+    \vc_noise$142  <= \$105 ;
   always @(posedge clk)
-    seed_load_5 <= \$116 ;
+    seed_load_5 <= \$106 ;
   always @(posedge clk)
-    \step$156  <= \$117 ;
+    \step$156  <= \$107 ;
   always @(posedge clk)
-    \decay$158  <= \$118 ;
+    \decay$158  <= \$108 ;
   always @(posedge clk)
-    \noise$160  <= \$119 ;
+    \noise$160  <= \$109 ;
   always @(posedge clk)
-    \vc_var$162  <= \$120 ;
+    \vc_var$162  <= \$110 ;
   always @(posedge clk)
-    \vc_noise$164  <= \$121 ;
+    \vc_noise$164  <= \$111 ;
   always @(posedge clk)
-    seed_load_6 <= \$122 ;
+    seed_load_6 <= \$112 ;
   always @(posedge clk)
-    \step$178  <= \$123 ;
+    \step$178  <= \$113 ;
   always @(posedge clk)
-    \decay$180  <= \$124 ;
+    \decay$180  <= \$114 ;
   always @(posedge clk)
-    \noise$182  <= \$125 ;
+    \noise$182  <= \$115 ;
   always @(posedge clk)
-    \vc_var$184  <= \$126 ;
+    \vc_var$184  <= \$116 ;
   always @(posedge clk)
-    \vc_noise$186  <= \$127 ;
+    \vc_noise$186  <= \$117 ;
   always @(posedge clk)
-    seed_load_7 <= \$128 ;
+    seed_load_7 <= \$118 ;
   always @(posedge clk)
-    \step$200  <= \$129 ;
+    \step$200  <= \$119 ;
   always @(posedge clk)
-    \decay$202  <= \$130 ;
+    \decay$202  <= \$120 ;
   always @(posedge clk)
-    \noise$204  <= \$131 ;
+    \noise$204  <= \$121 ;
   always @(posedge clk)
-    \vc_var$206  <= \$132 ;
+    \vc_var$206  <= \$122 ;
   always @(posedge clk)
-    \vc_noise$208  <= \$133 ;
+    \vc_noise$208  <= \$123 ;
   \lpsgld_w8_vc_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -817,7 +797,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$9266$0 (seed_load_0),
+    .\port$9264$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
@@ -825,7 +805,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$64 ),
-    .\port$9278$0 (seed_load_1),
+    .\port$9276$0 (seed_load_1),
     .rst(rst),
     .step(\step$56 )
   );
@@ -833,7 +813,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$86 ),
-    .\port$9290$0 (seed_load_2),
+    .\port$9288$0 (seed_load_2),
     .rst(rst),
     .step(\step$78 )
   );
@@ -841,7 +821,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$108 ),
-    .\port$9302$0 (seed_load_3),
+    .\port$9300$0 (seed_load_3),
     .rst(rst),
     .step(\step$100 )
   );
@@ -849,7 +829,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$130 ),
-    .\port$9314$0 (seed_load_4),
+    .\port$9312$0 (seed_load_4),
     .rst(rst),
     .step(\step$122 )
   );
@@ -857,7 +837,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$152 ),
-    .\port$9326$0 (seed_load_5),
+    .\port$9324$0 (seed_load_5),
     .rst(rst),
     .step(\step$144 )
   );
@@ -865,7 +845,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$174 ),
-    .\port$9338$0 (seed_load_6),
+    .\port$9336$0 (seed_load_6),
     .rst(rst),
     .step(\step$166 )
   );
@@ -873,15 +853,112 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$196 ),
-    .\port$9350$0 (seed_load_7),
+    .\port$9348$0 (seed_load_7),
     .rst(rst),
     .step(\step$188 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = valid_1;
+    \$35  = valid_1;
     if (sink__ready) begin
-      \$45  = sink__valid;
+      \$35  = sink__valid;
+    end
+    if (rst) begin
+      \$35  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_1;
+    if (sink__ready) begin
+      \$36  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = valid_2;
+    if (sink__ready) begin
+      \$37  = valid_1;
+    end
+    if (rst) begin
+      \$37  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = valid_3;
+    if (sink__ready) begin
+      \$38  = valid_2;
+    end
+    if (rst) begin
+      \$38  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = valid_4;
+    if (sink__ready) begin
+      \$39  = valid_3;
+    end
+    if (rst) begin
+      \$39  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = valid_5;
+    if (sink__ready) begin
+      \$40  = valid_4;
+    end
+    if (rst) begin
+      \$40  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = valid_6;
+    if (sink__ready) begin
+      \$41  = valid_5;
+    end
+    if (rst) begin
+      \$41  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = valid_7;
+    if (sink__ready) begin
+      \$42  = valid_6;
+    end
+    if (rst) begin
+      \$42  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = valid_8;
+    if (sink__ready) begin
+      \$43  = valid_7;
+    end
+    if (rst) begin
+      \$43  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = valid_9;
+    if (sink__ready) begin
+      \$44  = valid_8;
+    end
+    if (rst) begin
+      \$44  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = valid_10;
+    if (sink__ready) begin
+      \$45  = valid_9;
     end
     if (rst) begin
       \$45  = 1'h0;
@@ -889,16 +966,19 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_1;
+    \$46  = valid_11;
     if (sink__ready) begin
-      \$46  = sink__payload[7:0];
+      \$46  = valid_10;
+    end
+    if (rst) begin
+      \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = valid_2;
+    \$47  = valid_12;
     if (sink__ready) begin
-      \$47  = valid_1;
+      \$47  = valid_11;
     end
     if (rst) begin
       \$47  = 1'h0;
@@ -906,9 +986,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = valid_3;
+    \$48  = valid_13;
     if (sink__ready) begin
-      \$48  = valid_2;
+      \$48  = valid_12;
     end
     if (rst) begin
       \$48  = 1'h0;
@@ -916,9 +996,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = valid_4;
+    \$49  = valid_14;
     if (sink__ready) begin
-      \$49  = valid_3;
+      \$49  = valid_13;
     end
     if (rst) begin
       \$49  = 1'h0;
@@ -926,9 +1006,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = valid_5;
+    \$50  = valid_15;
     if (sink__ready) begin
-      \$50  = valid_4;
+      \$50  = valid_14;
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -936,9 +1016,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = valid_6;
+    \$51  = valid_16;
     if (sink__ready) begin
-      \$51  = valid_5;
+      \$51  = valid_15;
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -946,9 +1026,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = valid_7;
+    \$52  = valid_17;
     if (sink__ready) begin
-      \$52  = valid_6;
+      \$52  = valid_16;
     end
     if (rst) begin
       \$52  = 1'h0;
@@ -956,9 +1036,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = valid_8;
+    \$53  = source__valid;
     if (sink__ready) begin
-      \$53  = valid_7;
+      \$53  = valid_17;
     end
     if (rst) begin
       \$53  = 1'h0;
@@ -966,289 +1046,333 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = valid_9;
+    \$54  = keep_2;
     if (sink__ready) begin
-      \$54  = valid_8;
+      \$54  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$55  = keep_3;
+    if (sink__ready) begin
+      \$55  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$56  = keep_4;
+    if (sink__ready) begin
+      \$56  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$57  = keep_5;
+    if (sink__ready) begin
+      \$57  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$58  = keep_6;
+    if (sink__ready) begin
+      \$58  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = keep_7;
+    if (sink__ready) begin
+      \$59  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$60  = keep_8;
+    if (sink__ready) begin
+      \$60  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$61  = keep_9;
+    if (sink__ready) begin
+      \$61  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = keep_10;
+    if (sink__ready) begin
+      \$62  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = keep_11;
+    if (sink__ready) begin
+      \$63  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = keep_12;
+    if (sink__ready) begin
+      \$64  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = keep_13;
+    if (sink__ready) begin
+      \$65  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = keep_14;
+    if (sink__ready) begin
+      \$66  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = keep_15;
+    if (sink__ready) begin
+      \$67  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = keep_16;
+    if (sink__ready) begin
+      \$68  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = keep_17;
+    if (sink__ready) begin
+      \$69  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = keep_18;
+    if (sink__ready) begin
+      \$70  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$71  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$54  = 1'h0;
+      \$71  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = valid_10;
-    if (sink__ready) begin
-      \$55  = valid_9;
+    \$72  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$72  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$55  = 1'h0;
+      \$72  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = valid_11;
-    if (sink__ready) begin
-      \$56  = valid_10;
+    \$73  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$73  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$56  = 1'h0;
+      \$73  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = valid_12;
-    if (sink__ready) begin
-      \$57  = valid_11;
+    \$74  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            /* empty */;
+        16'h0003:
+            \$74  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$57  = 1'h0;
+      \$74  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = valid_13;
-    if (sink__ready) begin
-      \$58  = valid_12;
+    \$75  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            /* empty */;
+        16'h0003:
+            /* empty */;
+        16'h0004:
+            \$75  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$58  = 1'h0;
+      \$75  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = valid_14;
-    if (sink__ready) begin
-      \$59  = valid_13;
+    \$76  = \$13 ;
+    if (rst) begin
+      \$76  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = \step$46 ;
+    if (write_step) begin
+      \$77  = data[15:0];
     end
     if (rst) begin
-      \$59  = 1'h0;
+      \$77  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = valid_15;
-    if (sink__ready) begin
-      \$60  = valid_14;
+    \$78  = decay;
+    if (write_decay) begin
+      \$78  = data[11:0];
     end
     if (rst) begin
-      \$60  = 1'h0;
+      \$78  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = valid_16;
-    if (sink__ready) begin
-      \$61  = valid_15;
+    \$79  = noise;
+    if (write_noise) begin
+      \$79  = data[15:0];
     end
     if (rst) begin
-      \$61  = 1'h0;
+      \$79  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = valid_17;
-    if (sink__ready) begin
-      \$62  = valid_16;
+    \$80  = vc_var;
+    if (write_vc_var) begin
+      \$80  = data[14:0];
     end
     if (rst) begin
-      \$62  = 1'h0;
+      \$80  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = source__valid;
-    if (sink__ready) begin
-      \$63  = valid_17;
+    \$81  = vc_noise;
+    if (write_vc_noise) begin
+      \$81  = data[0];
     end
-    if (rst) begin
-      \$63  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = keep_2;
-    if (sink__ready) begin
-      \$64  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = keep_3;
-    if (sink__ready) begin
-      \$65  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = keep_4;
-    if (sink__ready) begin
-      \$66  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = keep_5;
-    if (sink__ready) begin
-      \$67  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = keep_6;
-    if (sink__ready) begin
-      \$68  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = keep_7;
-    if (sink__ready) begin
-      \$69  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = keep_8;
-    if (sink__ready) begin
-      \$70  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = keep_9;
-    if (sink__ready) begin
-      \$71  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = keep_10;
-    if (sink__ready) begin
-      \$72  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = keep_11;
-    if (sink__ready) begin
-      \$73  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = keep_12;
-    if (sink__ready) begin
-      \$74  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = keep_13;
-    if (sink__ready) begin
-      \$75  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = keep_14;
-    if (sink__ready) begin
-      \$76  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = keep_15;
-    if (sink__ready) begin
-      \$77  = keep_14;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = keep_16;
-    if (sink__ready) begin
-      \$78  = keep_15;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = keep_17;
-    if (sink__ready) begin
-      \$79  = keep_16;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = keep_18;
-    if (sink__ready) begin
-      \$80  = keep_17;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = \$12 ;
     if (rst) begin
       \$81  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = \$14 ;
+    \$82  = \$16 ;
     if (rst) begin
-      \$82  = 1'h0;
+      \$82  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = \$16 ;
-    if (rst) begin
-      \$83  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = \$18 ;
-    if (rst) begin
-      \$84  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = \$20 ;
-    if (rst) begin
-      \$85  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = \$23 ;
-    if (rst) begin
-      \$86  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \step$46 ;
+    \$83  = \step$68 ;
     if (write_step) begin
-      \$87  = data[15:0];
+      \$83  = data[15:0];
     end
     if (rst) begin
-      \$87  = 16'h0000;
+      \$83  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = decay;
+    \$84  = \decay$70 ;
     if (write_decay) begin
-      \$88  = data[11:0];
+      \$84  = data[11:0];
     end
     if (rst) begin
-      \$88  = 12'h000;
+      \$84  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = noise;
+    \$85  = \noise$72 ;
     if (write_noise) begin
+      \$85  = data[15:0];
+    end
+    if (rst) begin
+      \$85  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = \vc_var$74 ;
+    if (write_vc_var) begin
+      \$86  = data[14:0];
+    end
+    if (rst) begin
+      \$86  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$87  = \vc_noise$76 ;
+    if (write_vc_noise) begin
+      \$87  = data[0];
+    end
+    if (rst) begin
+      \$87  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$88  = \$19 ;
+    if (rst) begin
+      \$88  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$89  = \step$90 ;
+    if (write_step) begin
       \$89  = data[15:0];
     end
     if (rst) begin
@@ -1257,55 +1381,55 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = vc_var;
-    if (write_vc_var) begin
-      \$90  = data[14:0];
-    end
-    if (rst) begin
-      \$90  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = vc_noise;
-    if (write_vc_noise) begin
-      \$91  = data[0];
-    end
-    if (rst) begin
-      \$91  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = \$26 ;
-    if (rst) begin
-      \$92  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = \step$68 ;
-    if (write_step) begin
-      \$93  = data[15:0];
-    end
-    if (rst) begin
-      \$93  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = \decay$70 ;
+    \$90  = \decay$92 ;
     if (write_decay) begin
-      \$94  = data[11:0];
+      \$90  = data[11:0];
     end
     if (rst) begin
-      \$94  = 12'h000;
+      \$90  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = \noise$72 ;
+    \$91  = \noise$94 ;
     if (write_noise) begin
+      \$91  = data[15:0];
+    end
+    if (rst) begin
+      \$91  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = \vc_var$96 ;
+    if (write_vc_var) begin
+      \$92  = data[14:0];
+    end
+    if (rst) begin
+      \$92  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$93  = \vc_noise$98 ;
+    if (write_vc_noise) begin
+      \$93  = data[0];
+    end
+    if (rst) begin
+      \$93  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$94  = \$22 ;
+    if (rst) begin
+      \$94  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = \step$112 ;
+    if (write_step) begin
       \$95  = data[15:0];
     end
     if (rst) begin
@@ -1314,55 +1438,55 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = \vc_var$74 ;
-    if (write_vc_var) begin
-      \$96  = data[14:0];
-    end
-    if (rst) begin
-      \$96  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = \vc_noise$76 ;
-    if (write_vc_noise) begin
-      \$97  = data[0];
-    end
-    if (rst) begin
-      \$97  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = \$29 ;
-    if (rst) begin
-      \$98  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = \step$90 ;
-    if (write_step) begin
-      \$99  = data[15:0];
-    end
-    if (rst) begin
-      \$99  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$100  = \decay$92 ;
+    \$96  = \decay$114 ;
     if (write_decay) begin
-      \$100  = data[11:0];
+      \$96  = data[11:0];
     end
     if (rst) begin
-      \$100  = 12'h000;
+      \$96  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = \noise$94 ;
+    \$97  = \noise$116 ;
     if (write_noise) begin
+      \$97  = data[15:0];
+    end
+    if (rst) begin
+      \$97  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = \vc_var$118 ;
+    if (write_vc_var) begin
+      \$98  = data[14:0];
+    end
+    if (rst) begin
+      \$98  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$99  = \vc_noise$120 ;
+    if (write_vc_noise) begin
+      \$99  = data[0];
+    end
+    if (rst) begin
+      \$99  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$100  = \$25 ;
+    if (rst) begin
+      \$100  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$101  = \step$134 ;
+    if (write_step) begin
       \$101  = data[15:0];
     end
     if (rst) begin
@@ -1371,55 +1495,55 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = \vc_var$96 ;
-    if (write_vc_var) begin
-      \$102  = data[14:0];
-    end
-    if (rst) begin
-      \$102  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = \vc_noise$98 ;
-    if (write_vc_noise) begin
-      \$103  = data[0];
-    end
-    if (rst) begin
-      \$103  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = \$32 ;
-    if (rst) begin
-      \$104  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = \step$112 ;
-    if (write_step) begin
-      \$105  = data[15:0];
-    end
-    if (rst) begin
-      \$105  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = \decay$114 ;
+    \$102  = \decay$136 ;
     if (write_decay) begin
-      \$106  = data[11:0];
+      \$102  = data[11:0];
     end
     if (rst) begin
-      \$106  = 12'h000;
+      \$102  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = \noise$116 ;
+    \$103  = \noise$138 ;
     if (write_noise) begin
+      \$103  = data[15:0];
+    end
+    if (rst) begin
+      \$103  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$104  = \vc_var$140 ;
+    if (write_vc_var) begin
+      \$104  = data[14:0];
+    end
+    if (rst) begin
+      \$104  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$105  = \vc_noise$142 ;
+    if (write_vc_noise) begin
+      \$105  = data[0];
+    end
+    if (rst) begin
+      \$105  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$106  = \$28 ;
+    if (rst) begin
+      \$106  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$107  = \step$156 ;
+    if (write_step) begin
       \$107  = data[15:0];
     end
     if (rst) begin
@@ -1428,55 +1552,55 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = \vc_var$118 ;
-    if (write_vc_var) begin
-      \$108  = data[14:0];
-    end
-    if (rst) begin
-      \$108  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = \vc_noise$120 ;
-    if (write_vc_noise) begin
-      \$109  = data[0];
-    end
-    if (rst) begin
-      \$109  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = \$35 ;
-    if (rst) begin
-      \$110  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = \step$134 ;
-    if (write_step) begin
-      \$111  = data[15:0];
-    end
-    if (rst) begin
-      \$111  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = \decay$136 ;
+    \$108  = \decay$158 ;
     if (write_decay) begin
-      \$112  = data[11:0];
+      \$108  = data[11:0];
     end
     if (rst) begin
-      \$112  = 12'h000;
+      \$108  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = \noise$138 ;
+    \$109  = \noise$160 ;
     if (write_noise) begin
+      \$109  = data[15:0];
+    end
+    if (rst) begin
+      \$109  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$110  = \vc_var$162 ;
+    if (write_vc_var) begin
+      \$110  = data[14:0];
+    end
+    if (rst) begin
+      \$110  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$111  = \vc_noise$164 ;
+    if (write_vc_noise) begin
+      \$111  = data[0];
+    end
+    if (rst) begin
+      \$111  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$112  = \$31 ;
+    if (rst) begin
+      \$112  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$113  = \step$178 ;
+    if (write_step) begin
       \$113  = data[15:0];
     end
     if (rst) begin
@@ -1485,55 +1609,55 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = \vc_var$140 ;
-    if (write_vc_var) begin
-      \$114  = data[14:0];
-    end
-    if (rst) begin
-      \$114  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$115  = \vc_noise$142 ;
-    if (write_vc_noise) begin
-      \$115  = data[0];
-    end
-    if (rst) begin
-      \$115  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$116  = \$38 ;
-    if (rst) begin
-      \$116  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$117  = \step$156 ;
-    if (write_step) begin
-      \$117  = data[15:0];
-    end
-    if (rst) begin
-      \$117  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$118  = \decay$158 ;
+    \$114  = \decay$180 ;
     if (write_decay) begin
-      \$118  = data[11:0];
+      \$114  = data[11:0];
     end
     if (rst) begin
-      \$118  = 12'h000;
+      \$114  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$119  = \noise$160 ;
+    \$115  = \noise$182 ;
     if (write_noise) begin
+      \$115  = data[15:0];
+    end
+    if (rst) begin
+      \$115  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$116  = \vc_var$184 ;
+    if (write_vc_var) begin
+      \$116  = data[14:0];
+    end
+    if (rst) begin
+      \$116  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$117  = \vc_noise$186 ;
+    if (write_vc_noise) begin
+      \$117  = data[0];
+    end
+    if (rst) begin
+      \$117  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$118  = \$34 ;
+    if (rst) begin
+      \$118  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$119  = \step$200 ;
+    if (write_step) begin
       \$119  = data[15:0];
     end
     if (rst) begin
@@ -1542,136 +1666,42 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$120  = \vc_var$162 ;
-    if (write_vc_var) begin
-      \$120  = data[14:0];
-    end
-    if (rst) begin
-      \$120  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$121  = \vc_noise$164 ;
-    if (write_vc_noise) begin
-      \$121  = data[0];
-    end
-    if (rst) begin
-      \$121  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$122  = \$41 ;
-    if (rst) begin
-      \$122  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$123  = \step$178 ;
-    if (write_step) begin
-      \$123  = data[15:0];
-    end
-    if (rst) begin
-      \$123  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$124  = \decay$180 ;
+    \$120  = \decay$202 ;
     if (write_decay) begin
-      \$124  = data[11:0];
+      \$120  = data[11:0];
     end
     if (rst) begin
-      \$124  = 12'h000;
+      \$120  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$125  = \noise$182 ;
+    \$121  = \noise$204 ;
     if (write_noise) begin
-      \$125  = data[15:0];
+      \$121  = data[15:0];
     end
     if (rst) begin
-      \$125  = 16'h0000;
+      \$121  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$126  = \vc_var$184 ;
+    \$122  = \vc_var$206 ;
     if (write_vc_var) begin
-      \$126  = data[14:0];
+      \$122  = data[14:0];
     end
     if (rst) begin
-      \$126  = 15'h0000;
+      \$122  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$127  = \vc_noise$186 ;
+    \$123  = \vc_noise$208 ;
     if (write_vc_noise) begin
-      \$127  = data[0];
+      \$123  = data[0];
     end
     if (rst) begin
-      \$127  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$128  = \$44 ;
-    if (rst) begin
-      \$128  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$129  = \step$200 ;
-    if (write_step) begin
-      \$129  = data[15:0];
-    end
-    if (rst) begin
-      \$129  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$130  = \decay$202 ;
-    if (write_decay) begin
-      \$130  = data[11:0];
-    end
-    if (rst) begin
-      \$130  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$131  = \noise$204 ;
-    if (write_noise) begin
-      \$131  = data[15:0];
-    end
-    if (rst) begin
-      \$131  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$132  = \vc_var$206 ;
-    if (write_vc_var) begin
-      \$132  = data[14:0];
-    end
-    if (rst) begin
-      \$132  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$133  = \vc_noise$208 ;
-    if (write_vc_noise) begin
-      \$133  = data[0];
-    end
-    if (rst) begin
-      \$133  = 1'h0;
+      \$123  = 1'h0;
     end
   end
   assign advance = sink__ready;
@@ -31118,7 +31148,7 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9266$0 , clk);
+module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9264$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31142,8 +31172,8 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9266$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9266$0 ;
-  wire [1:0] \port$9266$0 ;
+  input [1:0] \port$9264$0 ;
+  wire [1:0] \port$9264$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -31173,7 +31203,7 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9266$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9266$0 [0]) begin
+    if (\port$9264$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31186,19 +31216,19 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9266$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9266$0 [1]) begin
+    if (\port$9264$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$9266$0 [0];
-  assign load1 = \port$9266$0 [1];
+  assign load0 = \port$9264$0 [0];
+  assign load1 = \port$9264$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9278$0 , clk);
+module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9276$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31222,8 +31252,8 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9278$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9278$0 ;
-  wire [1:0] \port$9278$0 ;
+  input [1:0] \port$9276$0 ;
+  wire [1:0] \port$9276$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -31253,7 +31283,7 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9278$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9278$0 [0]) begin
+    if (\port$9276$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31266,19 +31296,19 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9278$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9278$0 [1]) begin
+    if (\port$9276$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$9278$0 [0];
-  assign load1 = \port$9278$0 [1];
+  assign load0 = \port$9276$0 [0];
+  assign load1 = \port$9276$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9290$0 , clk);
+module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9288$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31302,8 +31332,8 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9290$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9290$0 ;
-  wire [1:0] \port$9290$0 ;
+  input [1:0] \port$9288$0 ;
+  wire [1:0] \port$9288$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -31333,7 +31363,7 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9290$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9290$0 [0]) begin
+    if (\port$9288$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31346,19 +31376,19 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9290$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9290$0 [1]) begin
+    if (\port$9288$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$9290$0 [0];
-  assign load1 = \port$9290$0 [1];
+  assign load0 = \port$9288$0 [0];
+  assign load1 = \port$9288$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9302$0 , clk);
+module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9300$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31382,8 +31412,8 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9302$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9302$0 ;
-  wire [1:0] \port$9302$0 ;
+  input [1:0] \port$9300$0 ;
+  wire [1:0] \port$9300$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -31413,7 +31443,7 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9302$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9302$0 [0]) begin
+    if (\port$9300$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31426,19 +31456,19 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9302$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9302$0 [1]) begin
+    if (\port$9300$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$9302$0 [0];
-  assign load1 = \port$9302$0 [1];
+  assign load0 = \port$9300$0 [0];
+  assign load1 = \port$9300$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9314$0 , clk);
+module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9312$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31462,8 +31492,8 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9314$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9314$0 ;
-  wire [1:0] \port$9314$0 ;
+  input [1:0] \port$9312$0 ;
+  wire [1:0] \port$9312$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -31493,7 +31523,7 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9314$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9314$0 [0]) begin
+    if (\port$9312$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31506,19 +31536,19 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9314$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9314$0 [1]) begin
+    if (\port$9312$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$9314$0 [0];
-  assign load1 = \port$9314$0 [1];
+  assign load0 = \port$9312$0 [0];
+  assign load1 = \port$9312$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9326$0 , clk);
+module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9324$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31542,8 +31572,8 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9326$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9326$0 ;
-  wire [1:0] \port$9326$0 ;
+  input [1:0] \port$9324$0 ;
+  wire [1:0] \port$9324$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -31573,7 +31603,7 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9326$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9326$0 [0]) begin
+    if (\port$9324$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31586,19 +31616,19 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9326$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9326$0 [1]) begin
+    if (\port$9324$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$9326$0 [0];
-  assign load1 = \port$9326$0 [1];
+  assign load0 = \port$9324$0 [0];
+  assign load1 = \port$9324$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9338$0 , clk);
+module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9336$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31622,8 +31652,8 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9338$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9338$0 ;
-  wire [1:0] \port$9338$0 ;
+  input [1:0] \port$9336$0 ;
+  wire [1:0] \port$9336$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -31653,7 +31683,7 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9338$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9338$0 [0]) begin
+    if (\port$9336$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31666,19 +31696,19 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9338$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9338$0 [1]) begin
+    if (\port$9336$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$9338$0 [0];
-  assign load1 = \port$9338$0 [1];
+  assign load0 = \port$9336$0 [0];
+  assign load1 = \port$9336$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9350$0 , clk);
+module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9348$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31702,8 +31732,8 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9350$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9350$0 ;
-  wire [1:0] \port$9350$0 ;
+  input [1:0] \port$9348$0 ;
+  wire [1:0] \port$9348$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -31733,7 +31763,7 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9350$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9350$0 [0]) begin
+    if (\port$9348$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31746,13 +31776,13 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9350$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9350$0 [1]) begin
+    if (\port$9348$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$9350$0 [0];
-  assign load1 = \port$9350$0 [1];
+  assign load0 = \port$9348$0 [0];
+  assign load1 = \port$9348$0 [1];
 endmodule

@@ -85,7 +85,7 @@ MUTANTS = [
            "vc_var registers (every lane's copy) take data bits [15:1]", count=4),
     Mutant("M13", VC4, "", rf"(= vc_noise;\n(?:.*\n)*?\s+if \(rst\) begin\n\s+{TMP} = )1'h0;", r"\g<1>1'h1;",
            "vc_noise resets to 1"),
-    Mutant("M14", VC4, "", rf"(assign {TMP} = )! ctl__addr;", r"\1ctl__addr == 16'h0005;",
+    Mutant("M14", VC4, "", rf"16'h0000:(\n\s+{TMP} = 1'h1;)", r"16'h0005:\1",
            "step register decoded at address 0x0005"),
     # exact sum (lane 2 of 4)
     Mutant("M15", VC4, "lane_2.sum", r"(= \$signed\(sum_x_l2_0\)) - (\$signed\(sum_x_l2_1\);)", r"\1 + \2",
