@@ -410,7 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", default="w8-vc", help="one of: " + ", ".join(PRESETS))
     p.add_argument("--lanes", type=int, default=1)
     p.add_argument("--shipped", action="store_true", help="w8-vc, w8-lpf, w8-naive at 1 and 8 lanes")
-    p.add_argument("--device", default="hx8k", help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k, ecp5-25k-nodsp")
+    p.add_argument("--device", default="hx8k",
+                   help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k, ecp5-25k-nodsp, generic "
+                        "(technology-independent gate count and NAND2-equivalents, no place and route)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="nextpnr seeds, one run each")
     p.add_argument("--freq", type=float, default=100.0, help="nextpnr timing target (MHz)")
     p.add_argument("--router", default="router1", help="nextpnr router: router1 (default) or router2")
