@@ -124,12 +124,37 @@ def product_operands(a: Value, b: Value, opts: HwOptions | None = None) -> list[
     return [(a * b, 0)]
 
 
-def sum_tree(stages: Stages, leaves: list[tuple[Value, bool]], name: str, pipeline: int = 1) -> tuple[Value, int]:
+def add_sub(a: Value, b: Value, sub: bool, max_carry: int | None = None) -> Value:
+    """``a - b`` if ``sub`` else ``a + b`` (Amaranth's width); with ``max_carry`` and a wider result,
+    a carry-select adder: the low half, and the high half twice (carry in 0 and 1) side by side,
+    the low half's carry picking one, so no carry chain is longer than about half the width."""
+    a, b = Value.cast(a), Value.cast(b)
+    exact = a - b if sub else a + b
+    w = len(exact)
+    if max_carry is None or w <= max_carry:
+        return exact
+    # two's complement over w bits: a + (sub ? ~b + 1 : b); exact because the result fits w bits
+    sa = a.as_signed() if a.shape().signed else Cat(a, Const(0, 1)).as_signed()
+    sb = b.as_signed() if b.shape().signed else Cat(b, Const(0, 1)).as_signed()
+    ea, eb = Cat(sa, sa[-1].replicate(w - len(sa))), Cat(sb, sb[-1].replicate(w - len(sb)))
+    if sub:
+        eb = ~eb
+    h = w // 2
+    low = ea[:h] + eb[:h] + int(sub)  # h + 1 bits: the carry into the high half on top
+    hi0 = (ea[h:] + eb[h:])[: w - h]
+    hi1 = (ea[h:] + eb[h:] + 1)[: w - h]
+    out = Cat(low[:h], Mux(low[h], hi1, hi0))
+    return out.as_signed() if exact.shape().signed else out
+
+
+def sum_tree(stages: Stages, leaves: list[tuple[Value, bool]], name: str, pipeline: int = 1,
+             max_carry: int | None = None) -> tuple[Value, int]:
     """Sum of signed leaves ``(value, negate)``; a register on every ``pipeline``-th level and the root.
 
     A node adds or subtracts its two inputs and passes a negate flag up, so no
     negation is ever computed: ``(-a) + (-b)`` is ``-(a + b)``, ``a + (-b)`` is
     ``a - b``. The result must be positive at the root (some leaf is not negated).
+    ``max_carry``: adders wider than this are carry-select adders (:func:`add_sub`).
     Returns the sum and the number of register levels.
     """
     n, total = len(leaves), 0
@@ -152,11 +177,11 @@ def sum_tree(stages: Stages, leaves: list[tuple[Value, bool]], name: str, pipeli
         for i in range(0, len(level) - 1, 2):
             (a, na), (b, nb) = level[i], level[i + 1]
             if na == nb:
-                v, neg = a + b, na
+                v, neg = add_sub(a, b, False, max_carry), na
             elif nb:
-                v, neg = a - b, False
+                v, neg = add_sub(a, b, True, max_carry), False
             else:
-                v, neg = b - a, False
+                v, neg = add_sub(b, a, True, max_carry), False
             nxt.append((node(v, i // 2), neg))
         if len(level) % 2:
             a, na = level[-1]

@@ -196,7 +196,7 @@ class ExactSum(wiring.Component):
                 leaves.append((st.reg(pp, f"{name}_pp{i}").shift_left(shift + align), neg))
         if sum_adds_sr(cfg):  # SR_k(x) = (x + (u << (s-k))) >> s: the uniform is one more leaf
             leaves.append((st.reg(self.u_sr, "u_sr").shift_left(cfg.drop_bits - cfg.sr_k), False))
-        x, depth = sum_tree(st, leaves, "x", self.opts.pipeline)
+        x, depth = sum_tree(st, leaves, "x", self.opts.pipeline, self.opts.max_carry)
         assert 1 + depth == self.latency  # the latency functions match what is built
         m.d.comb += self.x.eq(x)  # |x| < 2^(sum_width - 2): the truncation is exact
         return m

@@ -6,7 +6,8 @@ golden model's words; only the structure of the multipliers and where the regist
 change (docs/hardware.md, "Targets and pipeline depth").
 
 * ``ice40-hx`` (default, the shipped RTL): no DSP blocks. Every product is split into
-  2-bit digit products of the narrower operand (one adder deep each), summed by the tree.
+  2-bit digit products of the narrower operand (one adder deep each), summed by the tree;
+  exact-sum adders wider than ``ICE40_MAX_CARRY`` bits are carry-select adders.
 * ``dsp18``: devices with 18x18 multipliers (ECP5 MULT18X18D, iCE40 UP5K SB_MAC16,
   Xilinx / Intel DSPs). Whole products, one multiplier each, the product registered (the
   DSP's output register); an operand wider than 18 signed bits is split into 17-bit
@@ -29,6 +30,7 @@ TARGETS = ("ice40-hx", "dsp18", "generic")
 MAX_PIPELINE = 8
 DSP_DIGIT_BITS = 17  # an unsigned 17-bit digit is an 18-bit signed DSP operand
 DSP_OPERAND_BITS = 18
+ICE40_MAX_CARRY = 40  # iCE40 carry chains: 34 bits run at about 120 MHz, 50 bits below 100 MHz (synthesis.md)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class HwOptions:
     def digit_products(self) -> bool:
         """Products as 2-bit digit products (no DSP blocks)."""
         return self.target == "ice40-hx"
+
+    @property
+    def max_carry(self) -> int | None:
+        """Widest plain adder of the exact-sum tree; wider ones are carry-select adders (iCE40: a
+        carry chain of about 50 bits alone is slower than 10 ns). None: no limit."""
+        return ICE40_MAX_CARRY if self.target == "ice40-hx" else None
 
     @property
     def register_table(self) -> bool:

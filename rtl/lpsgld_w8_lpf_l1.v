@@ -216,7 +216,7 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$1194$0 (seed_load_0),
+    .\port$1251$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
@@ -3011,75 +3011,132 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [33:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [28:0] \$23 ;
-  wire [32:0] \$24 ;
-  wire [36:0] \$25 ;
-  wire [49:0] \$26 ;
-  wire [42:0] \$27 ;
-  wire [38:0] \$28 ;
-  wire [33:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [50:0] \$30 ;
-  wire [39:0] \$31 ;
-  wire [51:0] \$32 ;
-  wire [52:0] \$33 ;
-  reg [23:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [25:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [17:0] \$50 ;
-  reg [23:0] \$51 ;
-  reg [48:0] \$52 ;
-  reg [35:0] \$53 ;
-  reg [39:0] \$54 ;
-  reg [41:0] \$55 ;
-  reg [33:0] \$56 ;
-  reg [37:0] \$57 ;
-  reg [28:0] \$58 ;
-  reg [32:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [36:0] \$60 ;
-  reg [49:0] \$61 ;
-  reg [42:0] \$62 ;
-  reg [38:0] \$63 ;
-  reg [33:0] \$64 ;
-  reg [36:0] \$65 ;
-  reg [50:0] \$66 ;
-  reg [39:0] \$67 ;
-  reg [36:0] \$68 ;
-  reg [51:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
-  reg [36:0] \$70 ;
-  reg [52:0] \$71 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -3140,87 +3197,6 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$29  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$30  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$31  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$32  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$33  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$49 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$50 ;
-  always @(posedge clk)
-    sum_u_sr <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$69 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$70 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$71 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -3237,289 +3213,427 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$21  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
-  assign \$22  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
-  assign \$23  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
-  assign \$24  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$25  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
-  assign \$26  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$27  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$28  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$34  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$35  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$36  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$37  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$38  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$39  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$40  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$41  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$42  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$43  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$44  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_u_sr;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$51  = u_sr;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l0_0;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$52  = \$17 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l0_1;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$53  = \$18 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l0_2;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$54  = \$19 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l0_3;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$55  = \$20 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l0_4;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$56  = \$21 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l0_5;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$57  = \$22 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l0_6;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$58  = \$23 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$59  = sum_x_l0_7;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$59  = \$24 ;
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$60  = sum_x_l0_8;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$60  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$61  = sum_x_l1_0;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$61  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$62  = sum_x_l1_1;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$62  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$63  = sum_x_l1_2;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$63  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$64  = sum_x_l1_3;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$64  = \$29 ;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$65  = sum_x_l1_4;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$65  = sum_x_l0_8;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$66  = sum_x_l2_0;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$66  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$67  = sum_x_l2_1;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$67  = \$31 ;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$68  = sum_x_l2_2;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$68  = sum_x_l1_4;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$69  = sum_x_l3_0;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$69  = \$32 ;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$70  = sum_x_l3_1;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$70  = sum_x_l2_2;
+      \$127  = sum_x_l2_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$71  = sum_x_l4_0;
+    \$128  = sum_x_l4_0;
     if (en) begin
-      \$71  = \$33 ;
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1194$0 , clk);
+module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1251$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3543,8 +3657,8 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1194$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1194$0 ;
-  wire [1:0] \port$1194$0 ;
+  input [1:0] \port$1251$0 ;
+  wire [1:0] \port$1251$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3574,7 +3688,7 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1194$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1194$0 [0]) begin
+    if (\port$1251$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3587,13 +3701,13 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1194$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1194$0 [1]) begin
+    if (\port$1251$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1194$0 [0];
-  assign load1 = \port$1194$0 [1];
+  assign load0 = \port$1251$0 [0];
+  assign load1 = \port$1251$0 [1];
 endmodule

@@ -127,8 +127,8 @@ MUTANTS = [
            "weight saturation dropped (wraps)"),
     Mutant("M35", LPF1, "lane_0.narrow", rf"({TMP} = rnd_state_d;\n\s+if \()en(\) begin)", r"\g<1>1'h1\2",
            "state delay register ignores the pipeline enable"),
-    Mutant("M36", LPF1, "lane_0.sum", r"\) \+ (\$signed\(\{ 1'h0, sum_u_sr \}\))", r") - \1",
-           "SR: x + u computed as x - u (the uniform is a leaf of the exact sum)"),
+    Mutant("M36", LPF1, "lane_0.sum", r"= 1'h0 \+ sum_u_sr\[20:0\];", "= 1'h0 - sum_u_sr[20:0];",
+           "SR: x + u computed as x - u in the low half of the uniform's (carry-select) adder", count=2),
     Mutant("M37", LPF1, "lane_0.narrow", r"\? 24'h800000 : 24'h7fffff;", "? 24'h800000 : 24'h7ffffe;",
            "accumulator saturation max off by one"),
 ]
