@@ -120,7 +120,8 @@ MUTANTS = [
     Mutant("M30", NAIVE4, "lane_1.gauss", r"casez \(bits\[15:8\]\)", "casez (bits[16:9])",
            "Gaussian term 1 index bits [16:9]"),
     Mutant("M31", NAIVE4, "lane_1", r"= words\[23:0\];", "= words[24:1];", "sr field read one bit too high"),
-    Mutant("M32", W4NAIVE4, "lane_1", r"= words\[11:6\];", "= words[11:6] ^ 6'h01;", "gauss field bit 0 inverted"),
+    Mutant("M32", W4NAIVE4, "lane_1", r"\.bits\(words\[11:6\]\)", ".bits(words[11:6] ^ 6'h01)",
+           "gauss field bit 0 inverted (the field goes straight from the generator word to the table look-ups)"),
     # SR rounding and the lp_f weight (one lane)
     Mutant("M33", W4LPF1, "lane_0.narrow", r"4'h4\)", "4'h3)", "weight RN tie constant (all four copies)", count=4),
     Mutant("M34", LPF1, "lane_0.narrow", rf"(assign {TMP} = ){TMP} \? ({TMP}\[20:13\]) : {TMP};", r"\1\2;",
