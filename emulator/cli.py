@@ -175,6 +175,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from hw.options import HwOptions
 
     configs = list(SHIPPED) if args.shipped else [(args.config, args.lanes)]
+    if args.device == "generic":  # technology-independent: yosys generic gates, NAND2-equivalent area
+        from hw.flows.generic_area import run_cli as run_generic
+
+        print(run_generic(configs, build_dir=args.build, json_out=args.json,
+                          hw_opts=HwOptions(args.target, args.pipeline)))
+        return 0
     table = run_cli(configs, device=args.device, seeds=args.seeds, freq_mhz=args.freq, hierarchy=args.hierarchy,
                     registers=args.registers, router=args.router, pnr_timeout_s=args.pnr_timeout,
                     place=not args.no_place, build_dir=args.build,
@@ -200,21 +206,34 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
     if args.shipped == (args.config is not None):
         raise ValueError("give exactly one of --config NAME or --shipped")
     if args.shipped:
-        if (args.name is not None or args.lanes is not None or args.reset_seed != 0
+        if (args.name is not None or args.lanes is not None or args.reset_seed != 0 or args.no_init_values
                 or args.target is not None or args.pipeline is not None):
-            raise ValueError("--shipped writes the fixed shipped set; --name, --lanes, --reset-seed, --target and "
-                             "--pipeline do not apply")
+            raise ValueError("--shipped writes the fixed shipped set; --name, --lanes, --reset-seed, "
+                             "--no-init-values, --target and --pipeline do not apply")
         manifests = hw_export.export_shipped(args.out)
     else:
         lanes = 1 if args.lanes is None else args.lanes
         opts = HwOptions(args.target or "ice40-hx", 1 if args.pipeline is None else args.pipeline)
         manifests = [hw_export.export(preset(args.config, lanes), args.out, name=args.name,
-                                      reset_seed=args.reset_seed, opts=opts)]
+                                      reset_seed=args.reset_seed, init_values=not args.no_init_values, opts=opts)]
     for man in manifests:
         path = os.path.join(args.out, man["module"])
-        print(f"wrote {path}.v and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes, "
+        print(f"wrote {path}.v, {path}.vlt and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes, "
               f"target {man['target']}, pipeline {man['pipeline_depth']})")
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from hw.verify.verify import verify
+
+    try:
+        res = verify(args.sources, args.manifest, top=args.top, sim=args.sim, elements=args.elements,
+                     seed=args.seed, waves=args.waves, build_root=args.build)
+    except RuntimeError as e:  # simulator missing, build failed
+        print(f"lpsgld: error: {e}", file=sys.stderr)
+        return 2
+    print(res.report)
+    return 0 if res.ok else 1
 
 
 def _study_presets() -> tuple[str, ...]:
@@ -411,8 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lanes", type=int, default=1)
     p.add_argument("--shipped", action="store_true", help="w8-vc, w8-lpf, w8-naive at 1 and 8 lanes")
     p.add_argument("--device", default="hx8k",
-                   help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k, ecp5-25k-nodsp, generic "
-                        "(technology-independent gate count and NAND2-equivalents, no place and route)")
+                   help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k, ecp5-25k-nodsp, or generic "
+                        "(technology-independent gates, flip-flops and NAND2-equivalent area; no place and route)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="nextpnr seeds, one run each")
     p.add_argument("--freq", type=float, default=100.0, help="nextpnr timing target (MHz)")
     p.add_argument("--router", default="router1", help="nextpnr router: router1 (default) or router2")
@@ -435,11 +454,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shipped", action="store_true", help="write every shipped configuration (rtl/)")
     p.add_argument("--name", default=None, help="module name (default lpsgld_<config>_l<L>)")
     p.add_argument("--reset-seed", type=int, default=0, help="generator seed loaded by rst (default 0)")
+    p.add_argument("--no-init-values", action="store_true",
+                   help="no declaration initial values (reset-only state, for ASIC flows); rst needed before use")
     p.add_argument("--target", default=None, choices=TARGETS,
                    help="arithmetic target: ice40-hx (default), dsp18, generic (same integers; docs/hardware.md)")
     p.add_argument("--pipeline", type=int, default=None, help="register every k-th adder-tree level (default 1)")
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_rtl)
+
+    p = sub.add_parser("verify", help="co-verify any RTL that follows a manifest against the golden model "
+                                      "(cocotb on Icarus or Verilator; needs the sim extra)")
+    p.add_argument("sources", nargs="+", help="Verilog / SystemVerilog source files (and .vlt files for Verilator)")
+    p.add_argument("--manifest", required=True, help="the design's JSON manifest (e.g. rtl/lpsgld_w8_vc_l1.json)")
+    p.add_argument("--top", default=None, help="top-level module (default: the manifest's module)")
+    p.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
+    p.add_argument("--elements", type=int, default=1000, help="elements to verify in the random plan (default 1000)")
+    p.add_argument("--seed", type=int, default=1, help="stimulus seed (default 1)")
+    p.add_argument("--waves", action="store_true", help="dump waveforms in the run directories")
+    p.add_argument("--build", default=None, help="build directory (default sim_build/verify)")
+    p.set_defaults(func=_cmd_verify)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # for the study's "command" line

@@ -3,17 +3,19 @@
 The whole top is one pipeline with a global enable ``advance = ~source.valid |
 source.ready``: every stage (data, valid and keep) moves together, so one beat per
 clock flows when the output is taken and everything holds while it is not (no beat
-lost or duplicated). ``sink.ready = advance`` (combinational on ``source.ready``).
-Lane ``l``'s generators present their output while the beat is in the input stage and
-step on the edge it leaves that stage iff ``keep[l]``. Control writes are decoded into a
-register and land one edge later (each lane holds its own copy of the per-step registers),
-which is still before any beat transferred after the write reads them (a generator load
-wins over a step on the same edge). See docs/hardware.md.
+lost or duplicated). ``sink.ready = advance & ~rst`` (combinational on ``source.ready``;
+no beat is taken while reset is asserted). Lane ``l``'s generators present their output
+while the beat is in the input stage and step on the edge it leaves that stage iff
+``keep[l]``. Control writes are decoded into a register and land one edge later (each lane
+holds its own copy of the per-step registers), which is still before any beat transferred
+after the write reads them. A generator write holds the whole generator on the edge it lands
+(the written word loads, the other keeps its value; the beat that would have stepped it on
+that edge is the one transferred on the write edge, as in the contract). See docs/hardware.md.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, ResetSignal, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -106,7 +108,7 @@ class UpdateTop(wiring.Component):
         advance = Signal()
         m.d.comb += [
             advance.eq(~valid[-1] | self.source.ready),
-            self.sink.ready.eq(advance),
+            self.sink.ready.eq(advance & ~ResetSignal()),  # no beat is taken (and lost) during reset
             self.source.valid.eq(valid[-1]),
             self.source.payload.keep.eq(keep[-1]),
             self.idle.eq(~Cat(valid).any()),
@@ -142,7 +144,8 @@ class UpdateTop(wiring.Component):
                 load = Signal(2, name=f"seed_load_{j}")
                 m.d.sync += load.eq(Cat(self.ctl.addr == addr, self.ctl.addr == addr + 1) & self.ctl.we.replicate(2))
                 m.d.comb += [
-                    gen.step.eq(advance & valid[0] & keep[0][lane]),  # the beat leaves the input stage
+                    # the beat leaves the input stage; a seed write holds the whole generator on the edge it lands
+                    gen.step.eq(advance & valid[0] & keep[0][lane] & ~load.any()),
                     gen.load0.eq(load[0]),
                     gen.load1.eq(load[1]),
                     gen.data.eq(wdata[: cfg.rng.word_bits]),

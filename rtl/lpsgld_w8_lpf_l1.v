@@ -5,7 +5,7 @@
 module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  reg \$10 ;
+  wire [1:0] \$10 ;
   reg \$11 ;
   reg \$12 ;
   reg \$13 ;
@@ -31,16 +31,20 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$31 ;
   reg \$32 ;
   reg \$33 ;
-  reg [1:0] \$34 ;
-  reg [15:0] \$35 ;
-  reg [11:0] \$36 ;
-  reg [15:0] \$37 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg \$36 ;
+  reg \$37 ;
+  reg [1:0] \$38 ;
+  reg [15:0] \$39 ;
   wire \$4 ;
+  reg [11:0] \$40 ;
+  reg [15:0] \$41 ;
   wire \$5 ;
-  wire [1:0] \$6 ;
-  reg \$7 ;
-  reg \$8 ;
-  reg \$9 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -128,82 +132,87 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   always @(posedge clk)
-    write_decay <= \$32 ;
+    keep_10 <= \$32 ;
   always @(posedge clk)
-    write_noise <= \$33 ;
+    keep_11 <= \$33 ;
   always @(posedge clk)
-    seed_load_0 <= \$34 ;
-  always @(posedge clk)
-    \step$40  <= \$35 ;
-  always @(posedge clk)
-    decay <= \$36 ;
-  always @(posedge clk)
-    noise <= \$37 ;
-  assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
-  assign \$2  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign \$3  = sink__ready & valid_1;
-  assign step = \$3  & keep_1;
-  assign \$4  = ctl__addr == 9'h100;
-  assign \$5  = ctl__addr == 9'h101;
-  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
-  always @(posedge clk)
-    valid_1 <= \$7 ;
-  always @(posedge clk)
-    keep_1 <= \$8 ;
-  always @(posedge clk)
-    valid_2 <= \$9 ;
-  always @(posedge clk)
-    valid_3 <= \$10 ;
-  always @(posedge clk)
-    valid_4 <= \$11 ;
-  always @(posedge clk)
-    valid_5 <= \$12 ;
-  always @(posedge clk)
-    valid_6 <= \$13 ;
-  always @(posedge clk)
-    valid_7 <= \$14 ;
-  always @(posedge clk)
-    valid_8 <= \$15 ;
-  always @(posedge clk)
-    valid_9 <= \$16 ;
-  always @(posedge clk)
-    valid_10 <= \$17 ;
-  always @(posedge clk)
-    valid_11 <= \$18 ;
-  always @(posedge clk)
-    source__valid <= \$19 ;
-  always @(posedge clk)
-    keep_2 <= \$20 ;
-  always @(posedge clk)
-    keep_3 <= \$21 ;
-  always @(posedge clk)
-    keep_4 <= \$22 ;
-  always @(posedge clk)
-    keep_5 <= \$23 ;
-  always @(posedge clk)
-    keep_6 <= \$24 ;
-  always @(posedge clk)
-    keep_7 <= \$25 ;
-  always @(posedge clk)
-    keep_8 <= \$26 ;
-  always @(posedge clk)
-    keep_9 <= \$27 ;
-  always @(posedge clk)
-    keep_10 <= \$28 ;
-  always @(posedge clk)
-    keep_11 <= \$29 ;
-  always @(posedge clk)
-    keep_12 <= \$30 ;
+    keep_12 <= \$34 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    write_step <= \$31 ;
+    write_step <= \$35 ;
+  always @(posedge clk)
+    write_decay <= \$36 ;
+  always @(posedge clk)
+    write_noise <= \$37 ;
+  always @(posedge clk)
+    seed_load_0 <= \$38 ;
+  always @(posedge clk)
+    \step$40  <= \$39 ;
+  always @(posedge clk)
+    decay <= \$40 ;
+  always @(posedge clk)
+    noise <= \$41 ;
+  assign \$1  = ~ source__valid;
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
+  assign \$3  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = advance & valid_1;
+  assign \$5  = \$4  & keep_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = ~ \$6 ;
+  assign step = \$5  & \$7 ;
+  assign \$8  = ctl__addr == 9'h100;
+  assign \$9  = ctl__addr == 9'h101;
+  assign \$10  = { \$9 , \$8  } & { ctl__we, ctl__we };
+  always @(posedge clk)
+    valid_1 <= \$11 ;
+  always @(posedge clk)
+    keep_1 <= \$12 ;
+  always @(posedge clk)
+    valid_2 <= \$13 ;
+  always @(posedge clk)
+    valid_3 <= \$14 ;
+  always @(posedge clk)
+    valid_4 <= \$15 ;
+  always @(posedge clk)
+    valid_5 <= \$16 ;
+  always @(posedge clk)
+    valid_6 <= \$17 ;
+  always @(posedge clk)
+    valid_7 <= \$18 ;
+  always @(posedge clk)
+    valid_8 <= \$19 ;
+  always @(posedge clk)
+    valid_9 <= \$20 ;
+  always @(posedge clk)
+    valid_10 <= \$21 ;
+  always @(posedge clk)
+    valid_11 <= \$22 ;
+  always @(posedge clk)
+    source__valid <= \$23 ;
+  always @(posedge clk)
+    keep_2 <= \$24 ;
+  always @(posedge clk)
+    keep_3 <= \$25 ;
+  always @(posedge clk)
+    keep_4 <= \$26 ;
+  always @(posedge clk)
+    keep_5 <= \$27 ;
+  always @(posedge clk)
+    keep_6 <= \$28 ;
+  always @(posedge clk)
+    keep_7 <= \$29 ;
+  always @(posedge clk)
+    keep_8 <= \$30 ;
+  always @(posedge clk)
+    keep_9 <= \$31 ;
   \lpsgld_w8_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .noise(noise),
     .\port$0$3 (sink__payload[32:1]),
     .rst(rst),
@@ -216,13 +225,55 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$1251$0 (seed_load_0),
+    .\port$1256$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = 1'h0;
+    \$33  = keep_11;
+    if (advance) begin
+      \$33  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = keep_12;
+    if (advance) begin
+      \$34  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$35  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$35  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$36  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$36  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -230,92 +281,55 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$33  = 1'h1;
+            \$37  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$33  = 1'h0;
+      \$37  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = \$6 ;
+    \$38  = \$10 ;
     if (rst) begin
-      \$34  = 2'h0;
+      \$38  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = \step$40 ;
+    \$39  = \step$40 ;
     if (write_step) begin
-      \$35  = data[15:0];
+      \$39  = data[15:0];
     end
     if (rst) begin
-      \$35  = 16'h0000;
+      \$39  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = decay;
+    \$40  = decay;
     if (write_decay) begin
-      \$36  = data[11:0];
+      \$40  = data[11:0];
     end
     if (rst) begin
-      \$36  = 12'h000;
+      \$40  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = noise;
+    \$41  = noise;
     if (write_noise) begin
-      \$37  = data[15:0];
+      \$41  = data[15:0];
     end
     if (rst) begin
-      \$37  = 16'h0000;
+      \$41  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_1;
-    if (sink__ready) begin
-      \$7  = sink__valid;
-    end
-    if (rst) begin
-      \$7  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = keep_1;
-    if (sink__ready) begin
-      \$8  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_2;
-    if (sink__ready) begin
-      \$9  = valid_1;
-    end
-    if (rst) begin
-      \$9  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_3;
-    if (sink__ready) begin
-      \$10  = valid_2;
-    end
-    if (rst) begin
-      \$10  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_4;
-    if (sink__ready) begin
-      \$11  = valid_3;
+    \$11  = valid_1;
+    if (advance) begin
+      \$11  = sink__valid;
     end
     if (rst) begin
       \$11  = 1'h0;
@@ -323,19 +337,16 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_5;
-    if (sink__ready) begin
-      \$12  = valid_4;
-    end
-    if (rst) begin
-      \$12  = 1'h0;
+    \$12  = keep_1;
+    if (advance) begin
+      \$12  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_6;
-    if (sink__ready) begin
-      \$13  = valid_5;
+    \$13  = valid_2;
+    if (advance) begin
+      \$13  = valid_1;
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -343,9 +354,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_7;
-    if (sink__ready) begin
-      \$14  = valid_6;
+    \$14  = valid_3;
+    if (advance) begin
+      \$14  = valid_2;
     end
     if (rst) begin
       \$14  = 1'h0;
@@ -353,9 +364,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_8;
-    if (sink__ready) begin
-      \$15  = valid_7;
+    \$15  = valid_4;
+    if (advance) begin
+      \$15  = valid_3;
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -363,9 +374,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_9;
-    if (sink__ready) begin
-      \$16  = valid_8;
+    \$16  = valid_5;
+    if (advance) begin
+      \$16  = valid_4;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -373,9 +384,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_10;
-    if (sink__ready) begin
-      \$17  = valid_9;
+    \$17  = valid_6;
+    if (advance) begin
+      \$17  = valid_5;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -383,9 +394,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_11;
-    if (sink__ready) begin
-      \$18  = valid_10;
+    \$18  = valid_7;
+    if (advance) begin
+      \$18  = valid_6;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -393,9 +404,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = source__valid;
-    if (sink__ready) begin
-      \$19  = valid_11;
+    \$19  = valid_8;
+    if (advance) begin
+      \$19  = valid_7;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -403,115 +414,112 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_2;
-    if (sink__ready) begin
-      \$20  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = keep_3;
-    if (sink__ready) begin
-      \$21  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = keep_4;
-    if (sink__ready) begin
-      \$22  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = keep_5;
-    if (sink__ready) begin
-      \$23  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_6;
-    if (sink__ready) begin
-      \$24  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_7;
-    if (sink__ready) begin
-      \$25  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_8;
-    if (sink__ready) begin
-      \$26  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_9;
-    if (sink__ready) begin
-      \$27  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_10;
-    if (sink__ready) begin
-      \$28  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_11;
-    if (sink__ready) begin
-      \$29  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_12;
-    if (sink__ready) begin
-      \$30  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$31  = 1'h1;
-      endcase
+    \$20  = valid_9;
+    if (advance) begin
+      \$20  = valid_8;
     end
     if (rst) begin
-      \$31  = 1'h0;
+      \$20  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$32  = 1'h1;
-      endcase
+    \$21  = valid_10;
+    if (advance) begin
+      \$21  = valid_9;
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$21  = 1'h0;
     end
   end
-  assign advance = sink__ready;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = valid_11;
+    if (advance) begin
+      \$22  = valid_10;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = source__valid;
+    if (advance) begin
+      \$23  = valid_11;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = keep_2;
+    if (advance) begin
+      \$24  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = keep_3;
+    if (advance) begin
+      \$25  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = keep_4;
+    if (advance) begin
+      \$26  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_5;
+    if (advance) begin
+      \$27  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_6;
+    if (advance) begin
+      \$28  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_7;
+    if (advance) begin
+      \$29  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_8;
+    if (advance) begin
+      \$30  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_9;
+    if (advance) begin
+      \$31  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = keep_10;
+    if (advance) begin
+      \$32  = keep_9;
+    end
+  end
   assign valid_12 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
   assign wdata = data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[24:1];
   assign grad = sink__payload[32:25];
   assign out = words;
@@ -3633,7 +3641,7 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1251$0 , clk);
+module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3657,8 +3665,8 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1251$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1251$0 ;
-  wire [1:0] \port$1251$0 ;
+  input [1:0] \port$1256$0 ;
+  wire [1:0] \port$1256$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3688,7 +3696,7 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1251$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1251$0 [0]) begin
+    if (\port$1256$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3701,13 +3709,13 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1251$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1251$0 [1]) begin
+    if (\port$1256$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1251$0 [0];
-  assign load1 = \port$1251$0 [1];
+  assign load0 = \port$1256$0 [0];
+  assign load1 = \port$1256$0 [1];
 endmodule

@@ -6,97 +6,122 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg [15:0] \$100 ;
+  reg [11:0] \$101 ;
+  reg [15:0] \$102 ;
+  reg [1:0] \$103 ;
+  reg [15:0] \$104 ;
+  reg [11:0] \$105 ;
+  reg [15:0] \$106 ;
+  reg [1:0] \$107 ;
+  reg [15:0] \$108 ;
+  reg [11:0] \$109 ;
   wire \$11 ;
+  reg [15:0] \$110 ;
+  reg [1:0] \$111 ;
+  reg [15:0] \$112 ;
+  reg [11:0] \$113 ;
+  reg [15:0] \$114 ;
+  reg [1:0] \$115 ;
+  reg [15:0] \$116 ;
+  reg [11:0] \$117 ;
+  reg [15:0] \$118 ;
   wire \$12 ;
-  wire [1:0] \$13 ;
+  wire \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire [1:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [1:0] \$19 ;
+  wire \$19 ;
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
-  wire [1:0] \$22 ;
+  wire \$22 ;
   wire \$23 ;
   wire \$24 ;
-  wire [1:0] \$25 ;
+  wire \$25 ;
   wire \$26 ;
   wire \$27 ;
-  wire [1:0] \$28 ;
+  wire \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire [1:0] \$31 ;
+  wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [1:0] \$34 ;
-  reg \$35 ;
-  reg [7:0] \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire [1:0] \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg \$41 ;
-  reg \$42 ;
-  reg \$43 ;
-  reg \$44 ;
-  reg \$45 ;
-  reg \$46 ;
-  reg \$47 ;
-  reg [7:0] \$48 ;
-  reg [7:0] \$49 ;
+  wire \$40 ;
+  wire [1:0] \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire [1:0] \$44 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire [1:0] \$47 ;
+  wire \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg [7:0] \$50 ;
-  reg [7:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [7:0] \$53 ;
-  reg [7:0] \$54 ;
-  reg [7:0] \$55 ;
-  reg [7:0] \$56 ;
-  reg [7:0] \$57 ;
-  reg [7:0] \$58 ;
-  reg \$59 ;
+  wire [1:0] \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire [1:0] \$53 ;
+  wire \$54 ;
+  wire \$55 ;
+  wire [1:0] \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  wire [1:0] \$59 ;
   wire \$6 ;
   reg \$60 ;
-  reg \$61 ;
-  reg [1:0] \$62 ;
-  reg [15:0] \$63 ;
-  reg [11:0] \$64 ;
-  reg [15:0] \$65 ;
-  reg [1:0] \$66 ;
-  reg [15:0] \$67 ;
-  reg [11:0] \$68 ;
-  reg [15:0] \$69 ;
+  reg [7:0] \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg \$64 ;
+  reg \$65 ;
+  reg \$66 ;
+  reg \$67 ;
+  reg \$68 ;
+  reg \$69 ;
   wire \$7 ;
-  reg [1:0] \$70 ;
-  reg [15:0] \$71 ;
-  reg [11:0] \$72 ;
-  reg [15:0] \$73 ;
-  reg [1:0] \$74 ;
-  reg [15:0] \$75 ;
-  reg [11:0] \$76 ;
-  reg [15:0] \$77 ;
-  reg [1:0] \$78 ;
-  reg [15:0] \$79 ;
+  reg \$70 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg [7:0] \$73 ;
+  reg [7:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [7:0] \$76 ;
+  reg [7:0] \$77 ;
+  reg [7:0] \$78 ;
+  reg [7:0] \$79 ;
   wire \$8 ;
-  reg [11:0] \$80 ;
-  reg [15:0] \$81 ;
-  reg [1:0] \$82 ;
-  reg [15:0] \$83 ;
-  reg [11:0] \$84 ;
-  reg [15:0] \$85 ;
-  reg [1:0] \$86 ;
-  reg [15:0] \$87 ;
-  reg [11:0] \$88 ;
-  reg [15:0] \$89 ;
+  reg [7:0] \$80 ;
+  reg [7:0] \$81 ;
+  reg [7:0] \$82 ;
+  reg [7:0] \$83 ;
+  reg \$84 ;
+  reg \$85 ;
+  reg \$86 ;
+  reg [1:0] \$87 ;
+  reg [15:0] \$88 ;
+  reg [11:0] \$89 ;
   wire \$9 ;
-  reg [1:0] \$90 ;
-  reg [15:0] \$91 ;
-  reg [11:0] \$92 ;
-  reg [15:0] \$93 ;
+  reg [15:0] \$90 ;
+  reg [1:0] \$91 ;
+  reg [15:0] \$92 ;
+  reg [11:0] \$93 ;
+  reg [15:0] \$94 ;
+  reg [1:0] \$95 ;
+  reg [15:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [15:0] \$98 ;
+  reg [1:0] \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -160,13 +185,13 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$101 ;
-  wire \load0$119 ;
-  wire \load0$137 ;
-  wire \load0$155 ;
-  wire \load0$47 ;
-  wire \load0$65 ;
-  wire \load0$83 ;
+  wire \load0$102 ;
+  wire \load0$120 ;
+  wire \load0$138 ;
+  wire \load0$156 ;
+  wire \load0$48 ;
+  wire \load0$66 ;
+  wire \load0$84 ;
   wire load1;
   wire \load1$103 ;
   wire \load1$121 ;
@@ -365,174 +390,200 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
-  assign \$4  = sink__ready & valid_1;
-  assign \step$46  = \$4  & keep_1[1];
-  assign \$5  = sink__ready & valid_1;
-  assign \step$64  = \$5  & keep_1[2];
-  assign \$6  = sink__ready & valid_1;
-  assign \step$82  = \$6  & keep_1[3];
-  assign \$7  = sink__ready & valid_1;
-  assign \step$100  = \$7  & keep_1[4];
-  assign \$8  = sink__ready & valid_1;
-  assign \step$118  = \$8  & keep_1[5];
-  assign \$9  = sink__ready & valid_1;
-  assign \step$136  = \$9  & keep_1[6];
-  assign \$10  = sink__ready & valid_1;
-  assign \step$154  = \$10  & keep_1[7];
-  assign \$11  = ctl__addr == 9'h100;
-  assign \$12  = ctl__addr == 9'h101;
-  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
-  assign \$14  = ctl__addr == 9'h102;
-  assign \$15  = ctl__addr == 9'h103;
-  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
-  assign \$17  = ctl__addr == 9'h104;
-  assign \$18  = ctl__addr == 9'h105;
-  assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
-  assign \$20  = ctl__addr == 9'h106;
-  assign \$21  = ctl__addr == 9'h107;
-  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h108;
-  assign \$24  = ctl__addr == 9'h109;
-  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h10a;
-  assign \$27  = ctl__addr == 9'h10b;
-  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h10c;
-  assign \$30  = ctl__addr == 9'h10d;
-  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h10e;
-  assign \$33  = ctl__addr == 9'h10f;
-  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$1  = ~ source__valid;
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
+  assign \$3  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = advance & valid_1;
+  assign \$5  = \$4  & keep_1[0];
+  assign \$6  = | seed_load_0;
+  assign \$7  = ~ \$6 ;
+  assign step = \$5  & \$7 ;
+  assign \$8  = advance & valid_1;
+  assign \$9  = \$8  & keep_1[1];
+  assign \$10  = | seed_load_1;
+  assign \$11  = ~ \$10 ;
+  assign \step$46  = \$9  & \$11 ;
+  assign \$12  = advance & valid_1;
+  assign \$13  = \$12  & keep_1[2];
+  assign \$14  = | seed_load_2;
+  assign \$15  = ~ \$14 ;
+  assign \step$64  = \$13  & \$15 ;
+  assign \$16  = advance & valid_1;
+  assign \$17  = \$16  & keep_1[3];
+  assign \$18  = | seed_load_3;
+  assign \$19  = ~ \$18 ;
+  assign \step$82  = \$17  & \$19 ;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[4];
+  assign \$22  = | seed_load_4;
+  assign \$23  = ~ \$22 ;
+  assign \step$100  = \$21  & \$23 ;
+  assign \$24  = advance & valid_1;
+  assign \$25  = \$24  & keep_1[5];
+  assign \$26  = | seed_load_5;
+  assign \$27  = ~ \$26 ;
+  assign \step$118  = \$25  & \$27 ;
+  assign \$28  = advance & valid_1;
+  assign \$29  = \$28  & keep_1[6];
+  assign \$30  = | seed_load_6;
+  assign \$31  = ~ \$30 ;
+  assign \step$136  = \$29  & \$31 ;
+  assign \$32  = advance & valid_1;
+  assign \$33  = \$32  & keep_1[7];
+  assign \$34  = | seed_load_7;
+  assign \$35  = ~ \$34 ;
+  assign \step$154  = \$33  & \$35 ;
+  assign \$36  = ctl__addr == 9'h100;
+  assign \$37  = ctl__addr == 9'h101;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h102;
+  assign \$40  = ctl__addr == 9'h103;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = ctl__addr == 9'h104;
+  assign \$43  = ctl__addr == 9'h105;
+  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
+  assign \$45  = ctl__addr == 9'h106;
+  assign \$46  = ctl__addr == 9'h107;
+  assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
+  assign \$48  = ctl__addr == 9'h108;
+  assign \$49  = ctl__addr == 9'h109;
+  assign \$50  = { \$49 , \$48  } & { ctl__we, ctl__we };
+  assign \$51  = ctl__addr == 9'h10a;
+  assign \$52  = ctl__addr == 9'h10b;
+  assign \$53  = { \$52 , \$51  } & { ctl__we, ctl__we };
+  assign \$54  = ctl__addr == 9'h10c;
+  assign \$55  = ctl__addr == 9'h10d;
+  assign \$56  = { \$55 , \$54  } & { ctl__we, ctl__we };
+  assign \$57  = ctl__addr == 9'h10e;
+  assign \$58  = ctl__addr == 9'h10f;
+  assign \$59  = { \$58 , \$57  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$35 ;
+    valid_1 <= \$60 ;
   always @(posedge clk)
-    keep_1 <= \$36 ;
+    keep_1 <= \$61 ;
   always @(posedge clk)
-    valid_2 <= \$37 ;
+    valid_2 <= \$62 ;
   always @(posedge clk)
-    valid_3 <= \$38 ;
+    valid_3 <= \$63 ;
   always @(posedge clk)
-    valid_4 <= \$39 ;
+    valid_4 <= \$64 ;
   always @(posedge clk)
-    valid_5 <= \$40 ;
+    valid_5 <= \$65 ;
   always @(posedge clk)
-    valid_6 <= \$41 ;
+    valid_6 <= \$66 ;
   always @(posedge clk)
-    valid_7 <= \$42 ;
+    valid_7 <= \$67 ;
   always @(posedge clk)
-    valid_8 <= \$43 ;
+    valid_8 <= \$68 ;
   always @(posedge clk)
-    valid_9 <= \$44 ;
+    valid_9 <= \$69 ;
   always @(posedge clk)
-    valid_10 <= \$45 ;
+    valid_10 <= \$70 ;
   always @(posedge clk)
-    valid_11 <= \$46 ;
+    valid_11 <= \$71 ;
   always @(posedge clk)
-    source__valid <= \$47 ;
+    source__valid <= \$72 ;
   always @(posedge clk)
-    keep_2 <= \$48 ;
+    keep_2 <= \$73 ;
   always @(posedge clk)
-    keep_3 <= \$49 ;
+    keep_3 <= \$74 ;
   always @(posedge clk)
-    keep_4 <= \$50 ;
+    keep_4 <= \$75 ;
   always @(posedge clk)
-    keep_5 <= \$51 ;
+    keep_5 <= \$76 ;
   always @(posedge clk)
-    keep_6 <= \$52 ;
+    keep_6 <= \$77 ;
   always @(posedge clk)
-    keep_7 <= \$53 ;
+    keep_7 <= \$78 ;
   always @(posedge clk)
-    keep_8 <= \$54 ;
+    keep_8 <= \$79 ;
   always @(posedge clk)
-    keep_9 <= \$55 ;
+    keep_9 <= \$80 ;
   always @(posedge clk)
-    keep_10 <= \$56 ;
+    keep_10 <= \$81 ;
   always @(posedge clk)
-    keep_11 <= \$57 ;
+    keep_11 <= \$82 ;
   always @(posedge clk)
-    keep_12 <= \$58 ;
+    keep_12 <= \$83 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    write_step <= \$59 ;
+    write_step <= \$84 ;
   always @(posedge clk)
-    write_decay <= \$60 ;
+    write_decay <= \$85 ;
   always @(posedge clk)
-    write_noise <= \$61 ;
+    write_noise <= \$86 ;
   always @(posedge clk)
-    seed_load_0 <= \$62 ;
+    seed_load_0 <= \$87 ;
   always @(posedge clk)
-    \step$40  <= \$63 ;
+    \step$40  <= \$88 ;
   always @(posedge clk)
-    decay <= \$64 ;
+    decay <= \$89 ;
   always @(posedge clk)
-    noise <= \$65 ;
+    noise <= \$90 ;
   always @(posedge clk)
-    seed_load_1 <= \$66 ;
+    seed_load_1 <= \$91 ;
   always @(posedge clk)
-    \step$58  <= \$67 ;
+    \step$58  <= \$92 ;
   always @(posedge clk)
-    \decay$60  <= \$68 ;
+    \decay$60  <= \$93 ;
   always @(posedge clk)
-    \noise$62  <= \$69 ;
+    \noise$62  <= \$94 ;
   always @(posedge clk)
-    seed_load_2 <= \$70 ;
+    seed_load_2 <= \$95 ;
   always @(posedge clk)
-    \step$76  <= \$71 ;
+    \step$76  <= \$96 ;
   always @(posedge clk)
-    \decay$78  <= \$72 ;
+    \decay$78  <= \$97 ;
   always @(posedge clk)
-    \noise$80  <= \$73 ;
+    \noise$80  <= \$98 ;
   always @(posedge clk)
-    seed_load_3 <= \$74 ;
+    seed_load_3 <= \$99 ;
   always @(posedge clk)
-    \step$94  <= \$75 ;
+    \step$94  <= \$100 ;
   always @(posedge clk)
-    \decay$96  <= \$76 ;
+    \decay$96  <= \$101 ;
   always @(posedge clk)
-    \noise$98  <= \$77 ;
+    \noise$98  <= \$102 ;
   always @(posedge clk)
-    seed_load_4 <= \$78 ;
+    seed_load_4 <= \$103 ;
   always @(posedge clk)
-    \step$112  <= \$79 ;
+    \step$112  <= \$104 ;
   always @(posedge clk)
-    \decay$114  <= \$80 ;
+    \decay$114  <= \$105 ;
   always @(posedge clk)
-    \noise$116  <= \$81 ;
+    \noise$116  <= \$106 ;
   always @(posedge clk)
-    seed_load_5 <= \$82 ;
+    seed_load_5 <= \$107 ;
   always @(posedge clk)
-    \step$130  <= \$83 ;
+    \step$130  <= \$108 ;
   always @(posedge clk)
-    \decay$132  <= \$84 ;
+    \decay$132  <= \$109 ;
   always @(posedge clk)
-    \noise$134  <= \$85 ;
+    \noise$134  <= \$110 ;
   always @(posedge clk)
-    seed_load_6 <= \$86 ;
+    seed_load_6 <= \$111 ;
   always @(posedge clk)
-    \step$148  <= \$87 ;
+    \step$148  <= \$112 ;
   always @(posedge clk)
-    \decay$150  <= \$88 ;
+    \decay$150  <= \$113 ;
   always @(posedge clk)
-    \noise$152  <= \$89 ;
+    \noise$152  <= \$114 ;
   always @(posedge clk)
-    seed_load_7 <= \$90 ;
+    seed_load_7 <= \$115 ;
   always @(posedge clk)
-    \step$166  <= \$91 ;
+    \step$166  <= \$116 ;
   always @(posedge clk)
-    \decay$168  <= \$92 ;
+    \decay$168  <= \$117 ;
   always @(posedge clk)
-    \noise$170  <= \$93 ;
-  assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
-  assign \$2  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign \$3  = sink__ready & valid_1;
-  assign step = \$3  & keep_1[0];
+    \noise$170  <= \$118 ;
   \lpsgld_w8_lpf_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[207:200]),
     .noise(noise),
     .rst(rst),
@@ -545,7 +596,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   \lpsgld_w8_lpf_l8.lane_1  lane_1 (
     .clk(clk),
     .decay(\decay$60 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[215:208]),
     .noise(\noise$62 ),
     .rst(rst),
@@ -558,7 +609,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   \lpsgld_w8_lpf_l8.lane_2  lane_2 (
     .clk(clk),
     .decay(\decay$78 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[223:216]),
     .noise(\noise$80 ),
     .rst(rst),
@@ -571,7 +622,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   \lpsgld_w8_lpf_l8.lane_3  lane_3 (
     .clk(clk),
     .decay(\decay$96 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[231:224]),
     .noise(\noise$98 ),
     .rst(rst),
@@ -584,7 +635,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   \lpsgld_w8_lpf_l8.lane_4  lane_4 (
     .clk(clk),
     .decay(\decay$114 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[239:232]),
     .noise(\noise$116 ),
     .rst(rst),
@@ -597,7 +648,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   \lpsgld_w8_lpf_l8.lane_5  lane_5 (
     .clk(clk),
     .decay(\decay$132 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[247:240]),
     .noise(\noise$134 ),
     .rst(rst),
@@ -610,7 +661,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   \lpsgld_w8_lpf_l8.lane_6  lane_6 (
     .clk(clk),
     .decay(\decay$150 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[255:248]),
     .noise(\noise$152 ),
     .rst(rst),
@@ -623,7 +674,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   \lpsgld_w8_lpf_l8.lane_7  lane_7 (
     .clk(clk),
     .decay(\decay$168 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[263:256]),
     .noise(\noise$170 ),
     .rst(rst),
@@ -637,7 +688,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$9462$0 (seed_load_0),
+    .\port$9488$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
@@ -645,7 +696,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(\words$54 ),
-    .\port$9470$0 (seed_load_1),
+    .\port$9496$0 (seed_load_1),
     .rst(rst),
     .step(\step$46 )
   );
@@ -653,7 +704,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(\words$72 ),
-    .\port$9478$0 (seed_load_2),
+    .\port$9504$0 (seed_load_2),
     .rst(rst),
     .step(\step$64 )
   );
@@ -661,7 +712,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(\words$90 ),
-    .\port$9486$0 (seed_load_3),
+    .\port$9512$0 (seed_load_3),
     .rst(rst),
     .step(\step$82 )
   );
@@ -669,7 +720,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(\words$108 ),
-    .\port$9494$0 (seed_load_4),
+    .\port$9520$0 (seed_load_4),
     .rst(rst),
     .step(\step$100 )
   );
@@ -677,7 +728,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(\words$126 ),
-    .\port$9502$0 (seed_load_5),
+    .\port$9528$0 (seed_load_5),
     .rst(rst),
     .step(\step$118 )
   );
@@ -685,7 +736,7 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(\words$144 ),
-    .\port$9510$0 (seed_load_6),
+    .\port$9536$0 (seed_load_6),
     .rst(rst),
     .step(\step$136 )
   );
@@ -693,237 +744,15 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .clk(clk),
     .data(data),
     .out(\words$162 ),
-    .\port$9518$0 (seed_load_7),
+    .\port$9544$0 (seed_load_7),
     .rst(rst),
     .step(\step$154 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_1;
-    if (sink__ready) begin
-      \$35  = sink__valid;
-    end
-    if (rst) begin
-      \$35  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_1;
-    if (sink__ready) begin
-      \$36  = sink__payload[7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = valid_2;
-    if (sink__ready) begin
-      \$37  = valid_1;
-    end
-    if (rst) begin
-      \$37  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = valid_3;
-    if (sink__ready) begin
-      \$38  = valid_2;
-    end
-    if (rst) begin
-      \$38  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = valid_4;
-    if (sink__ready) begin
-      \$39  = valid_3;
-    end
-    if (rst) begin
-      \$39  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = valid_5;
-    if (sink__ready) begin
-      \$40  = valid_4;
-    end
-    if (rst) begin
-      \$40  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = valid_6;
-    if (sink__ready) begin
-      \$41  = valid_5;
-    end
-    if (rst) begin
-      \$41  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = valid_7;
-    if (sink__ready) begin
-      \$42  = valid_6;
-    end
-    if (rst) begin
-      \$42  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = valid_8;
-    if (sink__ready) begin
-      \$43  = valid_7;
-    end
-    if (rst) begin
-      \$43  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_9;
-    if (sink__ready) begin
-      \$44  = valid_8;
-    end
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = valid_10;
-    if (sink__ready) begin
-      \$45  = valid_9;
-    end
-    if (rst) begin
-      \$45  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = valid_11;
-    if (sink__ready) begin
-      \$46  = valid_10;
-    end
-    if (rst) begin
-      \$46  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = source__valid;
-    if (sink__ready) begin
-      \$47  = valid_11;
-    end
-    if (rst) begin
-      \$47  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_2;
-    if (sink__ready) begin
-      \$48  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_3;
-    if (sink__ready) begin
-      \$49  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = keep_4;
-    if (sink__ready) begin
-      \$50  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = keep_5;
-    if (sink__ready) begin
-      \$51  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = keep_6;
-    if (sink__ready) begin
-      \$52  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = keep_7;
-    if (sink__ready) begin
-      \$53  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_8;
-    if (sink__ready) begin
-      \$54  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = keep_9;
-    if (sink__ready) begin
-      \$55  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = keep_10;
-    if (sink__ready) begin
-      \$56  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = keep_11;
-    if (sink__ready) begin
-      \$57  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = keep_12;
-    if (sink__ready) begin
-      \$58  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$59  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$59  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$60  = 1'h1;
-      endcase
+    \$60  = valid_1;
+    if (advance) begin
+      \$60  = sink__valid;
     end
     if (rst) begin
       \$60  = 1'h0;
@@ -931,7 +760,229 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = 1'h0;
+    \$61  = keep_1;
+    if (advance) begin
+      \$61  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = valid_2;
+    if (advance) begin
+      \$62  = valid_1;
+    end
+    if (rst) begin
+      \$62  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = valid_3;
+    if (advance) begin
+      \$63  = valid_2;
+    end
+    if (rst) begin
+      \$63  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = valid_4;
+    if (advance) begin
+      \$64  = valid_3;
+    end
+    if (rst) begin
+      \$64  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = valid_5;
+    if (advance) begin
+      \$65  = valid_4;
+    end
+    if (rst) begin
+      \$65  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = valid_6;
+    if (advance) begin
+      \$66  = valid_5;
+    end
+    if (rst) begin
+      \$66  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = valid_7;
+    if (advance) begin
+      \$67  = valid_6;
+    end
+    if (rst) begin
+      \$67  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = valid_8;
+    if (advance) begin
+      \$68  = valid_7;
+    end
+    if (rst) begin
+      \$68  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = valid_9;
+    if (advance) begin
+      \$69  = valid_8;
+    end
+    if (rst) begin
+      \$69  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = valid_10;
+    if (advance) begin
+      \$70  = valid_9;
+    end
+    if (rst) begin
+      \$70  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = valid_11;
+    if (advance) begin
+      \$71  = valid_10;
+    end
+    if (rst) begin
+      \$71  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$72  = source__valid;
+    if (advance) begin
+      \$72  = valid_11;
+    end
+    if (rst) begin
+      \$72  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = keep_2;
+    if (advance) begin
+      \$73  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = keep_3;
+    if (advance) begin
+      \$74  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = keep_4;
+    if (advance) begin
+      \$75  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = keep_5;
+    if (advance) begin
+      \$76  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = keep_6;
+    if (advance) begin
+      \$77  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = keep_7;
+    if (advance) begin
+      \$78  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = keep_8;
+    if (advance) begin
+      \$79  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = keep_9;
+    if (advance) begin
+      \$80  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = keep_10;
+    if (advance) begin
+      \$81  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = keep_11;
+    if (advance) begin
+      \$82  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = keep_12;
+    if (advance) begin
+      \$83  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$84  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$84  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$84  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$85  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$85  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -939,385 +990,384 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$61  = 1'h1;
+            \$86  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$61  = 1'h0;
+      \$86  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = \$13 ;
+    \$87  = \$38 ;
     if (rst) begin
-      \$62  = 2'h0;
+      \$87  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = \step$40 ;
+    \$88  = \step$40 ;
     if (write_step) begin
-      \$63  = data[15:0];
+      \$88  = data[15:0];
     end
     if (rst) begin
-      \$63  = 16'h0000;
+      \$88  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = decay;
+    \$89  = decay;
     if (write_decay) begin
-      \$64  = data[11:0];
+      \$89  = data[11:0];
     end
     if (rst) begin
-      \$64  = 12'h000;
+      \$89  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = noise;
+    \$90  = noise;
     if (write_noise) begin
-      \$65  = data[15:0];
+      \$90  = data[15:0];
     end
     if (rst) begin
-      \$65  = 16'h0000;
+      \$90  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = \$16 ;
+    \$91  = \$41 ;
     if (rst) begin
-      \$66  = 2'h0;
+      \$91  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = \step$58 ;
+    \$92  = \step$58 ;
     if (write_step) begin
-      \$67  = data[15:0];
+      \$92  = data[15:0];
     end
     if (rst) begin
-      \$67  = 16'h0000;
+      \$92  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = \decay$60 ;
+    \$93  = \decay$60 ;
     if (write_decay) begin
-      \$68  = data[11:0];
+      \$93  = data[11:0];
     end
     if (rst) begin
-      \$68  = 12'h000;
+      \$93  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = \noise$62 ;
+    \$94  = \noise$62 ;
     if (write_noise) begin
-      \$69  = data[15:0];
+      \$94  = data[15:0];
     end
     if (rst) begin
-      \$69  = 16'h0000;
+      \$94  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = \$19 ;
+    \$95  = \$44 ;
     if (rst) begin
-      \$70  = 2'h0;
+      \$95  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = \step$76 ;
+    \$96  = \step$76 ;
     if (write_step) begin
-      \$71  = data[15:0];
+      \$96  = data[15:0];
     end
     if (rst) begin
-      \$71  = 16'h0000;
+      \$96  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = \decay$78 ;
+    \$97  = \decay$78 ;
     if (write_decay) begin
-      \$72  = data[11:0];
+      \$97  = data[11:0];
     end
     if (rst) begin
-      \$72  = 12'h000;
+      \$97  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = \noise$80 ;
+    \$98  = \noise$80 ;
     if (write_noise) begin
-      \$73  = data[15:0];
+      \$98  = data[15:0];
     end
     if (rst) begin
-      \$73  = 16'h0000;
+      \$98  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = \$22 ;
+    \$99  = \$47 ;
     if (rst) begin
-      \$74  = 2'h0;
+      \$99  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = \step$94 ;
+    \$100  = \step$94 ;
     if (write_step) begin
-      \$75  = data[15:0];
+      \$100  = data[15:0];
     end
     if (rst) begin
-      \$75  = 16'h0000;
+      \$100  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = \decay$96 ;
+    \$101  = \decay$96 ;
     if (write_decay) begin
-      \$76  = data[11:0];
+      \$101  = data[11:0];
     end
     if (rst) begin
-      \$76  = 12'h000;
+      \$101  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = \noise$98 ;
+    \$102  = \noise$98 ;
     if (write_noise) begin
-      \$77  = data[15:0];
+      \$102  = data[15:0];
     end
     if (rst) begin
-      \$77  = 16'h0000;
+      \$102  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = \$25 ;
+    \$103  = \$50 ;
     if (rst) begin
-      \$78  = 2'h0;
+      \$103  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = \step$112 ;
+    \$104  = \step$112 ;
     if (write_step) begin
-      \$79  = data[15:0];
+      \$104  = data[15:0];
     end
     if (rst) begin
-      \$79  = 16'h0000;
+      \$104  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = \decay$114 ;
+    \$105  = \decay$114 ;
     if (write_decay) begin
-      \$80  = data[11:0];
+      \$105  = data[11:0];
     end
     if (rst) begin
-      \$80  = 12'h000;
+      \$105  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = \noise$116 ;
+    \$106  = \noise$116 ;
     if (write_noise) begin
-      \$81  = data[15:0];
+      \$106  = data[15:0];
     end
     if (rst) begin
-      \$81  = 16'h0000;
+      \$106  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = \$28 ;
+    \$107  = \$53 ;
     if (rst) begin
-      \$82  = 2'h0;
+      \$107  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = \step$130 ;
+    \$108  = \step$130 ;
     if (write_step) begin
-      \$83  = data[15:0];
+      \$108  = data[15:0];
     end
     if (rst) begin
-      \$83  = 16'h0000;
+      \$108  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = \decay$132 ;
+    \$109  = \decay$132 ;
     if (write_decay) begin
-      \$84  = data[11:0];
+      \$109  = data[11:0];
     end
     if (rst) begin
-      \$84  = 12'h000;
+      \$109  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = \noise$134 ;
+    \$110  = \noise$134 ;
     if (write_noise) begin
-      \$85  = data[15:0];
+      \$110  = data[15:0];
     end
     if (rst) begin
-      \$85  = 16'h0000;
+      \$110  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = \$31 ;
+    \$111  = \$56 ;
     if (rst) begin
-      \$86  = 2'h0;
+      \$111  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \step$148 ;
+    \$112  = \step$148 ;
     if (write_step) begin
-      \$87  = data[15:0];
+      \$112  = data[15:0];
     end
     if (rst) begin
-      \$87  = 16'h0000;
+      \$112  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = \decay$150 ;
+    \$113  = \decay$150 ;
     if (write_decay) begin
-      \$88  = data[11:0];
+      \$113  = data[11:0];
     end
     if (rst) begin
-      \$88  = 12'h000;
+      \$113  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = \noise$152 ;
+    \$114  = \noise$152 ;
     if (write_noise) begin
-      \$89  = data[15:0];
+      \$114  = data[15:0];
     end
     if (rst) begin
-      \$89  = 16'h0000;
+      \$114  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = \$34 ;
+    \$115  = \$59 ;
     if (rst) begin
-      \$90  = 2'h0;
+      \$115  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = \step$166 ;
+    \$116  = \step$166 ;
     if (write_step) begin
-      \$91  = data[15:0];
+      \$116  = data[15:0];
     end
     if (rst) begin
-      \$91  = 16'h0000;
+      \$116  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = \decay$168 ;
+    \$117  = \decay$168 ;
     if (write_decay) begin
-      \$92  = data[11:0];
+      \$117  = data[11:0];
     end
     if (rst) begin
-      \$92  = 12'h000;
+      \$117  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = \noise$170 ;
+    \$118  = \noise$170 ;
     if (write_noise) begin
-      \$93  = data[15:0];
+      \$118  = data[15:0];
     end
     if (rst) begin
-      \$93  = 16'h0000;
+      \$118  = 16'h0000;
     end
   end
-  assign advance = sink__ready;
   assign valid_12 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
   assign wdata = data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[31:8];
   assign grad = sink__payload[207:200];
   assign out = words;
   assign reg_step_0 = \step$40 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \load0$47  = seed_load_1[0];
+  assign \load0$48  = seed_load_1[0];
   assign \load1$49  = seed_load_1[1];
   assign \data$50  = data;
-  assign \en$51  = sink__ready;
+  assign \en$51  = advance;
   assign \theta$52  = sink__payload[55:32];
   assign \grad$53  = sink__payload[215:208];
   assign \out$55  = \words$54 ;
   assign reg_step_1 = \step$58 ;
   assign reg_decay_1 = \decay$60 ;
   assign reg_noise_1 = \noise$62 ;
-  assign \load0$65  = seed_load_2[0];
+  assign \load0$66  = seed_load_2[0];
   assign \load1$67  = seed_load_2[1];
   assign \data$68  = data;
-  assign \en$69  = sink__ready;
+  assign \en$69  = advance;
   assign \theta$70  = sink__payload[79:56];
   assign \grad$71  = sink__payload[223:216];
   assign \out$73  = \words$72 ;
   assign reg_step_2 = \step$76 ;
   assign reg_decay_2 = \decay$78 ;
   assign reg_noise_2 = \noise$80 ;
-  assign \load0$83  = seed_load_3[0];
+  assign \load0$84  = seed_load_3[0];
   assign \load1$85  = seed_load_3[1];
   assign \data$86  = data;
-  assign \en$87  = sink__ready;
+  assign \en$87  = advance;
   assign \theta$88  = sink__payload[103:80];
   assign \grad$89  = sink__payload[231:224];
   assign \out$91  = \words$90 ;
   assign reg_step_3 = \step$94 ;
   assign reg_decay_3 = \decay$96 ;
   assign reg_noise_3 = \noise$98 ;
-  assign \load0$101  = seed_load_4[0];
+  assign \load0$102  = seed_load_4[0];
   assign \load1$103  = seed_load_4[1];
   assign \data$104  = data;
-  assign \en$105  = sink__ready;
+  assign \en$105  = advance;
   assign \theta$106  = sink__payload[127:104];
   assign \grad$107  = sink__payload[239:232];
   assign \out$109  = \words$108 ;
   assign reg_step_4 = \step$112 ;
   assign reg_decay_4 = \decay$114 ;
   assign reg_noise_4 = \noise$116 ;
-  assign \load0$119  = seed_load_5[0];
+  assign \load0$120  = seed_load_5[0];
   assign \load1$121  = seed_load_5[1];
   assign \data$122  = data;
-  assign \en$123  = sink__ready;
+  assign \en$123  = advance;
   assign \theta$124  = sink__payload[151:128];
   assign \grad$125  = sink__payload[247:240];
   assign \out$127  = \words$126 ;
   assign reg_step_5 = \step$130 ;
   assign reg_decay_5 = \decay$132 ;
   assign reg_noise_5 = \noise$134 ;
-  assign \load0$137  = seed_load_6[0];
+  assign \load0$138  = seed_load_6[0];
   assign \load1$139  = seed_load_6[1];
   assign \data$140  = data;
-  assign \en$141  = sink__ready;
+  assign \en$141  = advance;
   assign \theta$142  = sink__payload[175:152];
   assign \grad$143  = sink__payload[255:248];
   assign \out$145  = \words$144 ;
   assign reg_step_6 = \step$148 ;
   assign reg_decay_6 = \decay$150 ;
   assign reg_noise_6 = \noise$152 ;
-  assign \load0$155  = seed_load_7[0];
+  assign \load0$156  = seed_load_7[0];
   assign \load1$157  = seed_load_7[1];
   assign \data$158  = data;
-  assign \en$159  = sink__ready;
+  assign \en$159  = advance;
   assign \theta$160  = sink__payload[199:176];
   assign \grad$161  = sink__payload[263:256];
   assign \out$163  = \words$162 ;
@@ -26158,7 +26208,7 @@ module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9462$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9488$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26182,8 +26232,8 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9462$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9462$0 ;
-  wire [1:0] \port$9462$0 ;
+  input [1:0] \port$9488$0 ;
+  wire [1:0] \port$9488$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -26213,7 +26263,7 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9462$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9462$0 [0]) begin
+    if (\port$9488$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26226,19 +26276,19 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9462$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9462$0 [1]) begin
+    if (\port$9488$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$9462$0 [0];
-  assign load1 = \port$9462$0 [1];
+  assign load0 = \port$9488$0 [0];
+  assign load1 = \port$9488$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9470$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9496$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26262,8 +26312,8 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9470$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9470$0 ;
-  wire [1:0] \port$9470$0 ;
+  input [1:0] \port$9496$0 ;
+  wire [1:0] \port$9496$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -26293,7 +26343,7 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9470$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9470$0 [0]) begin
+    if (\port$9496$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26306,19 +26356,19 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9470$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9470$0 [1]) begin
+    if (\port$9496$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$9470$0 [0];
-  assign load1 = \port$9470$0 [1];
+  assign load0 = \port$9496$0 [0];
+  assign load1 = \port$9496$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9478$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9504$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26342,8 +26392,8 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9478$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9478$0 ;
-  wire [1:0] \port$9478$0 ;
+  input [1:0] \port$9504$0 ;
+  wire [1:0] \port$9504$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -26373,7 +26423,7 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9478$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9478$0 [0]) begin
+    if (\port$9504$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26386,19 +26436,19 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9478$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9478$0 [1]) begin
+    if (\port$9504$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$9478$0 [0];
-  assign load1 = \port$9478$0 [1];
+  assign load0 = \port$9504$0 [0];
+  assign load1 = \port$9504$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9486$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9512$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26422,8 +26472,8 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9486$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9486$0 ;
-  wire [1:0] \port$9486$0 ;
+  input [1:0] \port$9512$0 ;
+  wire [1:0] \port$9512$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -26453,7 +26503,7 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9486$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9486$0 [0]) begin
+    if (\port$9512$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26466,19 +26516,19 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9486$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9486$0 [1]) begin
+    if (\port$9512$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$9486$0 [0];
-  assign load1 = \port$9486$0 [1];
+  assign load0 = \port$9512$0 [0];
+  assign load1 = \port$9512$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9494$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9520$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26502,8 +26552,8 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9494$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9494$0 ;
-  wire [1:0] \port$9494$0 ;
+  input [1:0] \port$9520$0 ;
+  wire [1:0] \port$9520$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -26533,7 +26583,7 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9494$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9494$0 [0]) begin
+    if (\port$9520$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26546,19 +26596,19 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9494$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9494$0 [1]) begin
+    if (\port$9520$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$9494$0 [0];
-  assign load1 = \port$9494$0 [1];
+  assign load0 = \port$9520$0 [0];
+  assign load1 = \port$9520$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9502$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9528$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26582,8 +26632,8 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9502$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9502$0 ;
-  wire [1:0] \port$9502$0 ;
+  input [1:0] \port$9528$0 ;
+  wire [1:0] \port$9528$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -26613,7 +26663,7 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9502$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9502$0 [0]) begin
+    if (\port$9528$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26626,19 +26676,19 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9502$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9502$0 [1]) begin
+    if (\port$9528$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$9502$0 [0];
-  assign load1 = \port$9502$0 [1];
+  assign load0 = \port$9528$0 [0];
+  assign load1 = \port$9528$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9510$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9536$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26662,8 +26712,8 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9510$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9510$0 ;
-  wire [1:0] \port$9510$0 ;
+  input [1:0] \port$9536$0 ;
+  wire [1:0] \port$9536$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -26693,7 +26743,7 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9510$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9510$0 [0]) begin
+    if (\port$9536$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26706,19 +26756,19 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9510$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9510$0 [1]) begin
+    if (\port$9536$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$9510$0 [0];
-  assign load1 = \port$9510$0 [1];
+  assign load0 = \port$9536$0 [0];
+  assign load1 = \port$9536$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9518$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9544$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26742,8 +26792,8 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9518$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9518$0 ;
-  wire [1:0] \port$9518$0 ;
+  input [1:0] \port$9544$0 ;
+  wire [1:0] \port$9544$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -26773,7 +26823,7 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9518$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9518$0 [0]) begin
+    if (\port$9544$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26786,13 +26836,13 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9518$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9518$0 [1]) begin
+    if (\port$9544$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$9518$0 [0];
-  assign load1 = \port$9518$0 [1];
+  assign load0 = \port$9544$0 [0];
+  assign load1 = \port$9544$0 [1];
 endmodule

@@ -6,93 +6,118 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg [15:0] \$100 ;
+  reg [11:0] \$101 ;
+  reg [15:0] \$102 ;
+  reg [1:0] \$103 ;
+  reg [15:0] \$104 ;
+  reg [11:0] \$105 ;
+  reg [15:0] \$106 ;
+  reg [1:0] \$107 ;
+  reg [15:0] \$108 ;
+  reg [11:0] \$109 ;
   wire \$11 ;
+  reg [15:0] \$110 ;
+  reg [1:0] \$111 ;
+  reg [15:0] \$112 ;
+  reg [11:0] \$113 ;
+  reg [15:0] \$114 ;
   wire \$12 ;
-  wire [1:0] \$13 ;
+  wire \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire [1:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [1:0] \$19 ;
+  wire \$19 ;
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
-  wire [1:0] \$22 ;
+  wire \$22 ;
   wire \$23 ;
   wire \$24 ;
-  wire [1:0] \$25 ;
+  wire \$25 ;
   wire \$26 ;
   wire \$27 ;
-  wire [1:0] \$28 ;
+  wire \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire [1:0] \$31 ;
+  wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [1:0] \$34 ;
-  reg \$35 ;
-  reg [7:0] \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire [1:0] \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg \$41 ;
-  reg \$42 ;
-  reg \$43 ;
-  reg \$44 ;
-  reg \$45 ;
-  reg [7:0] \$46 ;
-  reg [7:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg [7:0] \$49 ;
+  wire \$40 ;
+  wire [1:0] \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire [1:0] \$44 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire [1:0] \$47 ;
+  wire \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg [7:0] \$50 ;
-  reg [7:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [7:0] \$53 ;
-  reg [7:0] \$54 ;
-  reg \$55 ;
-  reg \$56 ;
-  reg \$57 ;
-  reg [1:0] \$58 ;
-  reg [15:0] \$59 ;
+  wire [1:0] \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire [1:0] \$53 ;
+  wire \$54 ;
+  wire \$55 ;
+  wire [1:0] \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  wire [1:0] \$59 ;
   wire \$6 ;
-  reg [11:0] \$60 ;
-  reg [15:0] \$61 ;
-  reg [1:0] \$62 ;
-  reg [15:0] \$63 ;
-  reg [11:0] \$64 ;
-  reg [15:0] \$65 ;
-  reg [1:0] \$66 ;
-  reg [15:0] \$67 ;
-  reg [11:0] \$68 ;
-  reg [15:0] \$69 ;
+  reg \$60 ;
+  reg [7:0] \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg \$64 ;
+  reg \$65 ;
+  reg \$66 ;
+  reg \$67 ;
+  reg \$68 ;
+  reg \$69 ;
   wire \$7 ;
-  reg [1:0] \$70 ;
-  reg [15:0] \$71 ;
-  reg [11:0] \$72 ;
-  reg [15:0] \$73 ;
-  reg [1:0] \$74 ;
-  reg [15:0] \$75 ;
-  reg [11:0] \$76 ;
-  reg [15:0] \$77 ;
-  reg [1:0] \$78 ;
-  reg [15:0] \$79 ;
+  reg \$70 ;
+  reg [7:0] \$71 ;
+  reg [7:0] \$72 ;
+  reg [7:0] \$73 ;
+  reg [7:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [7:0] \$76 ;
+  reg [7:0] \$77 ;
+  reg [7:0] \$78 ;
+  reg [7:0] \$79 ;
   wire \$8 ;
-  reg [11:0] \$80 ;
-  reg [15:0] \$81 ;
-  reg [1:0] \$82 ;
-  reg [15:0] \$83 ;
-  reg [11:0] \$84 ;
-  reg [15:0] \$85 ;
-  reg [1:0] \$86 ;
-  reg [15:0] \$87 ;
-  reg [11:0] \$88 ;
-  reg [15:0] \$89 ;
+  reg \$80 ;
+  reg \$81 ;
+  reg \$82 ;
+  reg [1:0] \$83 ;
+  reg [15:0] \$84 ;
+  reg [11:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [1:0] \$87 ;
+  reg [15:0] \$88 ;
+  reg [11:0] \$89 ;
   wire \$9 ;
+  reg [15:0] \$90 ;
+  reg [1:0] \$91 ;
+  reg [15:0] \$92 ;
+  reg [11:0] \$93 ;
+  reg [15:0] \$94 ;
+  reg [1:0] \$95 ;
+  reg [15:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [15:0] \$98 ;
+  reg [1:0] \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -154,13 +179,13 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$117 ;
-  wire \load0$135 ;
-  wire \load0$153 ;
-  wire \load0$45 ;
-  wire \load0$63 ;
-  wire \load0$81 ;
-  wire \load0$99 ;
+  wire \load0$100 ;
+  wire \load0$118 ;
+  wire \load0$136 ;
+  wire \load0$154 ;
+  wire \load0$46 ;
+  wire \load0$64 ;
+  wire \load0$82 ;
   wire load1;
   wire \load1$101 ;
   wire \load1$119 ;
@@ -357,166 +382,192 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
-  assign \$6  = sink__ready & valid_1;
-  assign \step$80  = \$6  & keep_1[3];
-  assign \$7  = sink__ready & valid_1;
-  assign \step$98  = \$7  & keep_1[4];
-  assign \$8  = sink__ready & valid_1;
-  assign \step$116  = \$8  & keep_1[5];
-  assign \$9  = sink__ready & valid_1;
-  assign \step$134  = \$9  & keep_1[6];
-  assign \$10  = sink__ready & valid_1;
-  assign \step$152  = \$10  & keep_1[7];
-  assign \$11  = ctl__addr == 9'h100;
-  assign \$12  = ctl__addr == 9'h101;
-  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
-  assign \$14  = ctl__addr == 9'h102;
-  assign \$15  = ctl__addr == 9'h103;
-  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
-  assign \$17  = ctl__addr == 9'h104;
-  assign \$18  = ctl__addr == 9'h105;
-  assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
-  assign \$20  = ctl__addr == 9'h106;
-  assign \$21  = ctl__addr == 9'h107;
-  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h108;
-  assign \$24  = ctl__addr == 9'h109;
-  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h10a;
-  assign \$27  = ctl__addr == 9'h10b;
-  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h10c;
-  assign \$30  = ctl__addr == 9'h10d;
-  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h10e;
-  assign \$33  = ctl__addr == 9'h10f;
-  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$1  = ~ source__valid;
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
+  assign \$3  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = advance & valid_1;
+  assign \$5  = \$4  & keep_1[0];
+  assign \$6  = | seed_load_0;
+  assign \$7  = ~ \$6 ;
+  assign step = \$5  & \$7 ;
+  assign \$8  = advance & valid_1;
+  assign \$9  = \$8  & keep_1[1];
+  assign \$10  = | seed_load_1;
+  assign \$11  = ~ \$10 ;
+  assign \step$44  = \$9  & \$11 ;
+  assign \$12  = advance & valid_1;
+  assign \$13  = \$12  & keep_1[2];
+  assign \$14  = | seed_load_2;
+  assign \$15  = ~ \$14 ;
+  assign \step$62  = \$13  & \$15 ;
+  assign \$16  = advance & valid_1;
+  assign \$17  = \$16  & keep_1[3];
+  assign \$18  = | seed_load_3;
+  assign \$19  = ~ \$18 ;
+  assign \step$80  = \$17  & \$19 ;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[4];
+  assign \$22  = | seed_load_4;
+  assign \$23  = ~ \$22 ;
+  assign \step$98  = \$21  & \$23 ;
+  assign \$24  = advance & valid_1;
+  assign \$25  = \$24  & keep_1[5];
+  assign \$26  = | seed_load_5;
+  assign \$27  = ~ \$26 ;
+  assign \step$116  = \$25  & \$27 ;
+  assign \$28  = advance & valid_1;
+  assign \$29  = \$28  & keep_1[6];
+  assign \$30  = | seed_load_6;
+  assign \$31  = ~ \$30 ;
+  assign \step$134  = \$29  & \$31 ;
+  assign \$32  = advance & valid_1;
+  assign \$33  = \$32  & keep_1[7];
+  assign \$34  = | seed_load_7;
+  assign \$35  = ~ \$34 ;
+  assign \step$152  = \$33  & \$35 ;
+  assign \$36  = ctl__addr == 9'h100;
+  assign \$37  = ctl__addr == 9'h101;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h102;
+  assign \$40  = ctl__addr == 9'h103;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = ctl__addr == 9'h104;
+  assign \$43  = ctl__addr == 9'h105;
+  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
+  assign \$45  = ctl__addr == 9'h106;
+  assign \$46  = ctl__addr == 9'h107;
+  assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
+  assign \$48  = ctl__addr == 9'h108;
+  assign \$49  = ctl__addr == 9'h109;
+  assign \$50  = { \$49 , \$48  } & { ctl__we, ctl__we };
+  assign \$51  = ctl__addr == 9'h10a;
+  assign \$52  = ctl__addr == 9'h10b;
+  assign \$53  = { \$52 , \$51  } & { ctl__we, ctl__we };
+  assign \$54  = ctl__addr == 9'h10c;
+  assign \$55  = ctl__addr == 9'h10d;
+  assign \$56  = { \$55 , \$54  } & { ctl__we, ctl__we };
+  assign \$57  = ctl__addr == 9'h10e;
+  assign \$58  = ctl__addr == 9'h10f;
+  assign \$59  = { \$58 , \$57  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$35 ;
+    valid_1 <= \$60 ;
   always @(posedge clk)
-    keep_1 <= \$36 ;
+    keep_1 <= \$61 ;
   always @(posedge clk)
-    valid_2 <= \$37 ;
+    valid_2 <= \$62 ;
   always @(posedge clk)
-    valid_3 <= \$38 ;
+    valid_3 <= \$63 ;
   always @(posedge clk)
-    valid_4 <= \$39 ;
+    valid_4 <= \$64 ;
   always @(posedge clk)
-    valid_5 <= \$40 ;
+    valid_5 <= \$65 ;
   always @(posedge clk)
-    valid_6 <= \$41 ;
+    valid_6 <= \$66 ;
   always @(posedge clk)
-    valid_7 <= \$42 ;
+    valid_7 <= \$67 ;
   always @(posedge clk)
-    valid_8 <= \$43 ;
+    valid_8 <= \$68 ;
   always @(posedge clk)
-    valid_9 <= \$44 ;
+    valid_9 <= \$69 ;
   always @(posedge clk)
-    source__valid <= \$45 ;
+    source__valid <= \$70 ;
   always @(posedge clk)
-    keep_2 <= \$46 ;
+    keep_2 <= \$71 ;
   always @(posedge clk)
-    keep_3 <= \$47 ;
+    keep_3 <= \$72 ;
   always @(posedge clk)
-    keep_4 <= \$48 ;
+    keep_4 <= \$73 ;
   always @(posedge clk)
-    keep_5 <= \$49 ;
+    keep_5 <= \$74 ;
   always @(posedge clk)
-    keep_6 <= \$50 ;
+    keep_6 <= \$75 ;
   always @(posedge clk)
-    keep_7 <= \$51 ;
+    keep_7 <= \$76 ;
   always @(posedge clk)
-    keep_8 <= \$52 ;
+    keep_8 <= \$77 ;
   always @(posedge clk)
-    keep_9 <= \$53 ;
+    keep_9 <= \$78 ;
   always @(posedge clk)
-    keep_10 <= \$54 ;
+    keep_10 <= \$79 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    write_step <= \$55 ;
+    write_step <= \$80 ;
   always @(posedge clk)
-    write_decay <= \$56 ;
+    write_decay <= \$81 ;
   always @(posedge clk)
-    write_noise <= \$57 ;
+    write_noise <= \$82 ;
   always @(posedge clk)
-    seed_load_0 <= \$58 ;
+    seed_load_0 <= \$83 ;
   always @(posedge clk)
-    \step$38  <= \$59 ;
+    \step$38  <= \$84 ;
   always @(posedge clk)
-    decay <= \$60 ;
+    decay <= \$85 ;
   always @(posedge clk)
-    noise <= \$61 ;
+    noise <= \$86 ;
   always @(posedge clk)
-    seed_load_1 <= \$62 ;
+    seed_load_1 <= \$87 ;
   always @(posedge clk)
-    \step$56  <= \$63 ;
+    \step$56  <= \$88 ;
   always @(posedge clk)
-    \decay$58  <= \$64 ;
+    \decay$58  <= \$89 ;
   always @(posedge clk)
-    \noise$60  <= \$65 ;
+    \noise$60  <= \$90 ;
   always @(posedge clk)
-    seed_load_2 <= \$66 ;
+    seed_load_2 <= \$91 ;
   always @(posedge clk)
-    \step$74  <= \$67 ;
+    \step$74  <= \$92 ;
   always @(posedge clk)
-    \decay$76  <= \$68 ;
+    \decay$76  <= \$93 ;
   always @(posedge clk)
-    \noise$78  <= \$69 ;
+    \noise$78  <= \$94 ;
   always @(posedge clk)
-    seed_load_3 <= \$70 ;
+    seed_load_3 <= \$95 ;
   always @(posedge clk)
-    \step$92  <= \$71 ;
+    \step$92  <= \$96 ;
   always @(posedge clk)
-    \decay$94  <= \$72 ;
+    \decay$94  <= \$97 ;
   always @(posedge clk)
-    \noise$96  <= \$73 ;
+    \noise$96  <= \$98 ;
   always @(posedge clk)
-    seed_load_4 <= \$74 ;
+    seed_load_4 <= \$99 ;
   always @(posedge clk)
-    \step$110  <= \$75 ;
+    \step$110  <= \$100 ;
   always @(posedge clk)
-    \decay$112  <= \$76 ;
+    \decay$112  <= \$101 ;
   always @(posedge clk)
-    \noise$114  <= \$77 ;
+    \noise$114  <= \$102 ;
   always @(posedge clk)
-    seed_load_5 <= \$78 ;
+    seed_load_5 <= \$103 ;
   always @(posedge clk)
-    \step$128  <= \$79 ;
+    \step$128  <= \$104 ;
   always @(posedge clk)
-    \decay$130  <= \$80 ;
+    \decay$130  <= \$105 ;
   always @(posedge clk)
-    \noise$132  <= \$81 ;
+    \noise$132  <= \$106 ;
   always @(posedge clk)
-    seed_load_6 <= \$82 ;
+    seed_load_6 <= \$107 ;
   always @(posedge clk)
-    \step$146  <= \$83 ;
+    \step$146  <= \$108 ;
   always @(posedge clk)
-    \decay$148  <= \$84 ;
+    \decay$148  <= \$109 ;
   always @(posedge clk)
-    \noise$150  <= \$85 ;
+    \noise$150  <= \$110 ;
   always @(posedge clk)
-    seed_load_7 <= \$86 ;
+    seed_load_7 <= \$111 ;
   always @(posedge clk)
-    \step$164  <= \$87 ;
+    \step$164  <= \$112 ;
   always @(posedge clk)
-    \decay$166  <= \$88 ;
+    \decay$166  <= \$113 ;
   always @(posedge clk)
-    \noise$168  <= \$89 ;
-  assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
-  assign \$2  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign \$3  = sink__ready & valid_1;
-  assign step = \$3  & keep_1[0];
-  assign \$4  = sink__ready & valid_1;
-  assign \step$44  = \$4  & keep_1[1];
-  assign \$5  = sink__ready & valid_1;
-  assign \step$62  = \$5  & keep_1[2];
+    \noise$168  <= \$114 ;
   \lpsgld_w8_naive_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[79:72]),
     .noise(noise),
     .rst(rst),
@@ -528,7 +579,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_1  lane_1 (
     .clk(clk),
     .decay(\decay$58 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[87:80]),
     .noise(\noise$60 ),
     .rst(rst),
@@ -540,7 +591,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_2  lane_2 (
     .clk(clk),
     .decay(\decay$76 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[95:88]),
     .noise(\noise$78 ),
     .rst(rst),
@@ -552,7 +603,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_3  lane_3 (
     .clk(clk),
     .decay(\decay$94 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[103:96]),
     .noise(\noise$96 ),
     .rst(rst),
@@ -564,7 +615,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_4  lane_4 (
     .clk(clk),
     .decay(\decay$112 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[111:104]),
     .noise(\noise$114 ),
     .rst(rst),
@@ -576,7 +627,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_5  lane_5 (
     .clk(clk),
     .decay(\decay$130 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[119:112]),
     .noise(\noise$132 ),
     .rst(rst),
@@ -588,7 +639,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_6  lane_6 (
     .clk(clk),
     .decay(\decay$148 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[127:120]),
     .noise(\noise$150 ),
     .rst(rst),
@@ -600,7 +651,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   \lpsgld_w8_naive_l8.lane_7  lane_7 (
     .clk(clk),
     .decay(\decay$166 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[135:128]),
     .noise(\noise$168 ),
     .rst(rst),
@@ -613,7 +664,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$8886$0 (seed_load_0),
+    .\port$8912$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
@@ -621,7 +672,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(\words$52 ),
-    .\port$8894$0 (seed_load_1),
+    .\port$8920$0 (seed_load_1),
     .rst(rst),
     .step(\step$44 )
   );
@@ -629,7 +680,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(\words$70 ),
-    .\port$8902$0 (seed_load_2),
+    .\port$8928$0 (seed_load_2),
     .rst(rst),
     .step(\step$62 )
   );
@@ -637,7 +688,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(\words$88 ),
-    .\port$8910$0 (seed_load_3),
+    .\port$8936$0 (seed_load_3),
     .rst(rst),
     .step(\step$80 )
   );
@@ -645,7 +696,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(\words$106 ),
-    .\port$8918$0 (seed_load_4),
+    .\port$8944$0 (seed_load_4),
     .rst(rst),
     .step(\step$98 )
   );
@@ -653,7 +704,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(\words$124 ),
-    .\port$8926$0 (seed_load_5),
+    .\port$8952$0 (seed_load_5),
     .rst(rst),
     .step(\step$116 )
   );
@@ -661,7 +712,7 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(\words$142 ),
-    .\port$8934$0 (seed_load_6),
+    .\port$8960$0 (seed_load_6),
     .rst(rst),
     .step(\step$134 )
   );
@@ -669,211 +720,211 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .clk(clk),
     .data(data),
     .out(\words$160 ),
-    .\port$8942$0 (seed_load_7),
+    .\port$8968$0 (seed_load_7),
     .rst(rst),
     .step(\step$152 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_1;
-    if (sink__ready) begin
-      \$35  = sink__valid;
+    \$60  = valid_1;
+    if (advance) begin
+      \$60  = sink__valid;
     end
     if (rst) begin
-      \$35  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_1;
-    if (sink__ready) begin
-      \$36  = sink__payload[7:0];
+    \$61  = keep_1;
+    if (advance) begin
+      \$61  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = valid_2;
-    if (sink__ready) begin
-      \$37  = valid_1;
+    \$62  = valid_2;
+    if (advance) begin
+      \$62  = valid_1;
     end
     if (rst) begin
-      \$37  = 1'h0;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = valid_3;
-    if (sink__ready) begin
-      \$38  = valid_2;
+    \$63  = valid_3;
+    if (advance) begin
+      \$63  = valid_2;
     end
     if (rst) begin
-      \$38  = 1'h0;
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = valid_4;
-    if (sink__ready) begin
-      \$39  = valid_3;
+    \$64  = valid_4;
+    if (advance) begin
+      \$64  = valid_3;
     end
     if (rst) begin
-      \$39  = 1'h0;
+      \$64  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = valid_5;
-    if (sink__ready) begin
-      \$40  = valid_4;
+    \$65  = valid_5;
+    if (advance) begin
+      \$65  = valid_4;
     end
     if (rst) begin
-      \$40  = 1'h0;
+      \$65  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = valid_6;
-    if (sink__ready) begin
-      \$41  = valid_5;
+    \$66  = valid_6;
+    if (advance) begin
+      \$66  = valid_5;
     end
     if (rst) begin
-      \$41  = 1'h0;
+      \$66  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = valid_7;
-    if (sink__ready) begin
-      \$42  = valid_6;
+    \$67  = valid_7;
+    if (advance) begin
+      \$67  = valid_6;
     end
     if (rst) begin
-      \$42  = 1'h0;
+      \$67  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = valid_8;
-    if (sink__ready) begin
-      \$43  = valid_7;
+    \$68  = valid_8;
+    if (advance) begin
+      \$68  = valid_7;
     end
     if (rst) begin
-      \$43  = 1'h0;
+      \$68  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_9;
-    if (sink__ready) begin
-      \$44  = valid_8;
+    \$69  = valid_9;
+    if (advance) begin
+      \$69  = valid_8;
     end
     if (rst) begin
-      \$44  = 1'h0;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = source__valid;
-    if (sink__ready) begin
-      \$45  = valid_9;
+    \$70  = source__valid;
+    if (advance) begin
+      \$70  = valid_9;
     end
     if (rst) begin
-      \$45  = 1'h0;
+      \$70  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_2;
-    if (sink__ready) begin
-      \$46  = keep_1;
+    \$71  = keep_2;
+    if (advance) begin
+      \$71  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = keep_3;
-    if (sink__ready) begin
-      \$47  = keep_2;
+    \$72  = keep_3;
+    if (advance) begin
+      \$72  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_4;
-    if (sink__ready) begin
-      \$48  = keep_3;
+    \$73  = keep_4;
+    if (advance) begin
+      \$73  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_5;
-    if (sink__ready) begin
-      \$49  = keep_4;
+    \$74  = keep_5;
+    if (advance) begin
+      \$74  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = keep_6;
-    if (sink__ready) begin
-      \$50  = keep_5;
+    \$75  = keep_6;
+    if (advance) begin
+      \$75  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = keep_7;
-    if (sink__ready) begin
-      \$51  = keep_6;
+    \$76  = keep_7;
+    if (advance) begin
+      \$76  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = keep_8;
-    if (sink__ready) begin
-      \$52  = keep_7;
+    \$77  = keep_8;
+    if (advance) begin
+      \$77  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = keep_9;
-    if (sink__ready) begin
-      \$53  = keep_8;
+    \$78  = keep_9;
+    if (advance) begin
+      \$78  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_10;
-    if (sink__ready) begin
-      \$54  = keep_9;
+    \$79  = keep_10;
+    if (advance) begin
+      \$79  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = 1'h0;
+    \$80  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$55  = 1'h1;
+            \$80  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$55  = 1'h0;
+      \$80  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = 1'h0;
+    \$81  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$56  = 1'h1;
+            \$81  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$56  = 1'h0;
+      \$81  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = 1'h0;
+    \$82  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -881,315 +932,314 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$57  = 1'h1;
+            \$82  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$57  = 1'h0;
+      \$82  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = \$13 ;
+    \$83  = \$38 ;
     if (rst) begin
-      \$58  = 2'h0;
+      \$83  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = \step$38 ;
+    \$84  = \step$38 ;
     if (write_step) begin
-      \$59  = data[15:0];
+      \$84  = data[15:0];
     end
     if (rst) begin
-      \$59  = 16'h0000;
+      \$84  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = decay;
+    \$85  = decay;
     if (write_decay) begin
-      \$60  = data[11:0];
+      \$85  = data[11:0];
     end
     if (rst) begin
-      \$60  = 12'h000;
+      \$85  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = noise;
+    \$86  = noise;
     if (write_noise) begin
-      \$61  = data[15:0];
+      \$86  = data[15:0];
     end
     if (rst) begin
-      \$61  = 16'h0000;
+      \$86  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = \$16 ;
+    \$87  = \$41 ;
     if (rst) begin
-      \$62  = 2'h0;
+      \$87  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = \step$56 ;
+    \$88  = \step$56 ;
     if (write_step) begin
-      \$63  = data[15:0];
+      \$88  = data[15:0];
     end
     if (rst) begin
-      \$63  = 16'h0000;
+      \$88  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = \decay$58 ;
+    \$89  = \decay$58 ;
     if (write_decay) begin
-      \$64  = data[11:0];
+      \$89  = data[11:0];
     end
     if (rst) begin
-      \$64  = 12'h000;
+      \$89  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = \noise$60 ;
+    \$90  = \noise$60 ;
     if (write_noise) begin
-      \$65  = data[15:0];
+      \$90  = data[15:0];
     end
     if (rst) begin
-      \$65  = 16'h0000;
+      \$90  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = \$19 ;
+    \$91  = \$44 ;
     if (rst) begin
-      \$66  = 2'h0;
+      \$91  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = \step$74 ;
+    \$92  = \step$74 ;
     if (write_step) begin
-      \$67  = data[15:0];
+      \$92  = data[15:0];
     end
     if (rst) begin
-      \$67  = 16'h0000;
+      \$92  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = \decay$76 ;
+    \$93  = \decay$76 ;
     if (write_decay) begin
-      \$68  = data[11:0];
+      \$93  = data[11:0];
     end
     if (rst) begin
-      \$68  = 12'h000;
+      \$93  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = \noise$78 ;
+    \$94  = \noise$78 ;
     if (write_noise) begin
-      \$69  = data[15:0];
+      \$94  = data[15:0];
     end
     if (rst) begin
-      \$69  = 16'h0000;
+      \$94  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = \$22 ;
+    \$95  = \$47 ;
     if (rst) begin
-      \$70  = 2'h0;
+      \$95  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = \step$92 ;
+    \$96  = \step$92 ;
     if (write_step) begin
-      \$71  = data[15:0];
+      \$96  = data[15:0];
     end
     if (rst) begin
-      \$71  = 16'h0000;
+      \$96  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = \decay$94 ;
+    \$97  = \decay$94 ;
     if (write_decay) begin
-      \$72  = data[11:0];
+      \$97  = data[11:0];
     end
     if (rst) begin
-      \$72  = 12'h000;
+      \$97  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = \noise$96 ;
+    \$98  = \noise$96 ;
     if (write_noise) begin
-      \$73  = data[15:0];
+      \$98  = data[15:0];
     end
     if (rst) begin
-      \$73  = 16'h0000;
+      \$98  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = \$25 ;
+    \$99  = \$50 ;
     if (rst) begin
-      \$74  = 2'h0;
+      \$99  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = \step$110 ;
+    \$100  = \step$110 ;
     if (write_step) begin
-      \$75  = data[15:0];
+      \$100  = data[15:0];
     end
     if (rst) begin
-      \$75  = 16'h0000;
+      \$100  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = \decay$112 ;
+    \$101  = \decay$112 ;
     if (write_decay) begin
-      \$76  = data[11:0];
+      \$101  = data[11:0];
     end
     if (rst) begin
-      \$76  = 12'h000;
+      \$101  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = \noise$114 ;
+    \$102  = \noise$114 ;
     if (write_noise) begin
-      \$77  = data[15:0];
+      \$102  = data[15:0];
     end
     if (rst) begin
-      \$77  = 16'h0000;
+      \$102  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = \$28 ;
+    \$103  = \$53 ;
     if (rst) begin
-      \$78  = 2'h0;
+      \$103  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = \step$128 ;
+    \$104  = \step$128 ;
     if (write_step) begin
-      \$79  = data[15:0];
+      \$104  = data[15:0];
     end
     if (rst) begin
-      \$79  = 16'h0000;
+      \$104  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = \decay$130 ;
+    \$105  = \decay$130 ;
     if (write_decay) begin
-      \$80  = data[11:0];
+      \$105  = data[11:0];
     end
     if (rst) begin
-      \$80  = 12'h000;
+      \$105  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = \noise$132 ;
+    \$106  = \noise$132 ;
     if (write_noise) begin
-      \$81  = data[15:0];
+      \$106  = data[15:0];
     end
     if (rst) begin
-      \$81  = 16'h0000;
+      \$106  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = \$31 ;
+    \$107  = \$56 ;
     if (rst) begin
-      \$82  = 2'h0;
+      \$107  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = \step$146 ;
+    \$108  = \step$146 ;
     if (write_step) begin
-      \$83  = data[15:0];
+      \$108  = data[15:0];
     end
     if (rst) begin
-      \$83  = 16'h0000;
+      \$108  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = \decay$148 ;
+    \$109  = \decay$148 ;
     if (write_decay) begin
-      \$84  = data[11:0];
+      \$109  = data[11:0];
     end
     if (rst) begin
-      \$84  = 12'h000;
+      \$109  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = \noise$150 ;
+    \$110  = \noise$150 ;
     if (write_noise) begin
-      \$85  = data[15:0];
+      \$110  = data[15:0];
     end
     if (rst) begin
-      \$85  = 16'h0000;
+      \$110  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = \$34 ;
+    \$111  = \$59 ;
     if (rst) begin
-      \$86  = 2'h0;
+      \$111  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \step$164 ;
+    \$112  = \step$164 ;
     if (write_step) begin
-      \$87  = data[15:0];
+      \$112  = data[15:0];
     end
     if (rst) begin
-      \$87  = 16'h0000;
+      \$112  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = \decay$166 ;
+    \$113  = \decay$166 ;
     if (write_decay) begin
-      \$88  = data[11:0];
+      \$113  = data[11:0];
     end
     if (rst) begin
-      \$88  = 12'h000;
+      \$113  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = \noise$168 ;
+    \$114  = \noise$168 ;
     if (write_noise) begin
-      \$89  = data[15:0];
+      \$114  = data[15:0];
     end
     if (rst) begin
-      \$89  = 16'h0000;
+      \$114  = 16'h0000;
     end
   end
-  assign advance = sink__ready;
   assign valid_10 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
   assign wdata = data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
@@ -1197,10 +1247,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign reg_step_0 = \step$38 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \load0$45  = seed_load_1[0];
+  assign \load0$46  = seed_load_1[0];
   assign \load1$47  = seed_load_1[1];
   assign \data$48  = data;
-  assign \en$49  = sink__ready;
+  assign \en$49  = advance;
   assign \theta$50  = sink__payload[23:16];
   assign \grad$51  = sink__payload[87:80];
   assign \out$53  = \words$52 ;
@@ -1208,10 +1258,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign reg_step_1 = \step$56 ;
   assign reg_decay_1 = \decay$58 ;
   assign reg_noise_1 = \noise$60 ;
-  assign \load0$63  = seed_load_2[0];
+  assign \load0$64  = seed_load_2[0];
   assign \load1$65  = seed_load_2[1];
   assign \data$66  = data;
-  assign \en$67  = sink__ready;
+  assign \en$67  = advance;
   assign \theta$68  = sink__payload[31:24];
   assign \grad$69  = sink__payload[95:88];
   assign \out$71  = \words$70 ;
@@ -1219,10 +1269,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign reg_step_2 = \step$74 ;
   assign reg_decay_2 = \decay$76 ;
   assign reg_noise_2 = \noise$78 ;
-  assign \load0$81  = seed_load_3[0];
+  assign \load0$82  = seed_load_3[0];
   assign \load1$83  = seed_load_3[1];
   assign \data$84  = data;
-  assign \en$85  = sink__ready;
+  assign \en$85  = advance;
   assign \theta$86  = sink__payload[39:32];
   assign \grad$87  = sink__payload[103:96];
   assign \out$89  = \words$88 ;
@@ -1230,10 +1280,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign reg_step_3 = \step$92 ;
   assign reg_decay_3 = \decay$94 ;
   assign reg_noise_3 = \noise$96 ;
-  assign \load0$99  = seed_load_4[0];
+  assign \load0$100  = seed_load_4[0];
   assign \load1$101  = seed_load_4[1];
   assign \data$102  = data;
-  assign \en$103  = sink__ready;
+  assign \en$103  = advance;
   assign \theta$104  = sink__payload[47:40];
   assign \grad$105  = sink__payload[111:104];
   assign \out$107  = \words$106 ;
@@ -1241,10 +1291,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign reg_step_4 = \step$110 ;
   assign reg_decay_4 = \decay$112 ;
   assign reg_noise_4 = \noise$114 ;
-  assign \load0$117  = seed_load_5[0];
+  assign \load0$118  = seed_load_5[0];
   assign \load1$119  = seed_load_5[1];
   assign \data$120  = data;
-  assign \en$121  = sink__ready;
+  assign \en$121  = advance;
   assign \theta$122  = sink__payload[55:48];
   assign \grad$123  = sink__payload[119:112];
   assign \out$125  = \words$124 ;
@@ -1252,10 +1302,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign reg_step_5 = \step$128 ;
   assign reg_decay_5 = \decay$130 ;
   assign reg_noise_5 = \noise$132 ;
-  assign \load0$135  = seed_load_6[0];
+  assign \load0$136  = seed_load_6[0];
   assign \load1$137  = seed_load_6[1];
   assign \data$138  = data;
-  assign \en$139  = sink__ready;
+  assign \en$139  = advance;
   assign \theta$140  = sink__payload[63:56];
   assign \grad$141  = sink__payload[127:120];
   assign \out$143  = \words$142 ;
@@ -1263,10 +1313,10 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign reg_step_6 = \step$146 ;
   assign reg_decay_6 = \decay$148 ;
   assign reg_noise_6 = \noise$150 ;
-  assign \load0$153  = seed_load_7[0];
+  assign \load0$154  = seed_load_7[0];
   assign \load1$155  = seed_load_7[1];
   assign \data$156  = data;
-  assign \en$157  = sink__ready;
+  assign \en$157  = advance;
   assign \theta$158  = sink__payload[71:64];
   assign \grad$159  = sink__payload[135:128];
   assign \out$161  = \words$160 ;
@@ -24164,7 +24214,7 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8886$0 , clk);
+module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8912$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24188,8 +24238,8 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8886$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8886$0 ;
-  wire [1:0] \port$8886$0 ;
+  input [1:0] \port$8912$0 ;
+  wire [1:0] \port$8912$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -24219,7 +24269,7 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8886$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8886$0 [0]) begin
+    if (\port$8912$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24232,19 +24282,19 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8886$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8886$0 [1]) begin
+    if (\port$8912$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$8886$0 [0];
-  assign load1 = \port$8886$0 [1];
+  assign load0 = \port$8912$0 [0];
+  assign load1 = \port$8912$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8894$0 , clk);
+module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8920$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24268,8 +24318,8 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8894$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8894$0 ;
-  wire [1:0] \port$8894$0 ;
+  input [1:0] \port$8920$0 ;
+  wire [1:0] \port$8920$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -24299,7 +24349,7 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8894$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8894$0 [0]) begin
+    if (\port$8920$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24312,19 +24362,19 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8894$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8894$0 [1]) begin
+    if (\port$8920$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$8894$0 [0];
-  assign load1 = \port$8894$0 [1];
+  assign load0 = \port$8920$0 [0];
+  assign load1 = \port$8920$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8902$0 , clk);
+module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8928$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24348,8 +24398,8 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8902$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8902$0 ;
-  wire [1:0] \port$8902$0 ;
+  input [1:0] \port$8928$0 ;
+  wire [1:0] \port$8928$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -24379,7 +24429,7 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8902$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8902$0 [0]) begin
+    if (\port$8928$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24392,19 +24442,19 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8902$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8902$0 [1]) begin
+    if (\port$8928$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$8902$0 [0];
-  assign load1 = \port$8902$0 [1];
+  assign load0 = \port$8928$0 [0];
+  assign load1 = \port$8928$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8910$0 , clk);
+module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8936$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24428,8 +24478,8 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8910$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8910$0 ;
-  wire [1:0] \port$8910$0 ;
+  input [1:0] \port$8936$0 ;
+  wire [1:0] \port$8936$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -24459,7 +24509,7 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8910$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8910$0 [0]) begin
+    if (\port$8936$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24472,19 +24522,19 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8910$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8910$0 [1]) begin
+    if (\port$8936$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$8910$0 [0];
-  assign load1 = \port$8910$0 [1];
+  assign load0 = \port$8936$0 [0];
+  assign load1 = \port$8936$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8918$0 , clk);
+module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8944$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24508,8 +24558,8 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8918$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8918$0 ;
-  wire [1:0] \port$8918$0 ;
+  input [1:0] \port$8944$0 ;
+  wire [1:0] \port$8944$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -24539,7 +24589,7 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8918$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8918$0 [0]) begin
+    if (\port$8944$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24552,19 +24602,19 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8918$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8918$0 [1]) begin
+    if (\port$8944$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$8918$0 [0];
-  assign load1 = \port$8918$0 [1];
+  assign load0 = \port$8944$0 [0];
+  assign load1 = \port$8944$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8926$0 , clk);
+module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8952$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24588,8 +24638,8 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8926$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8926$0 ;
-  wire [1:0] \port$8926$0 ;
+  input [1:0] \port$8952$0 ;
+  wire [1:0] \port$8952$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -24619,7 +24669,7 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8926$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8926$0 [0]) begin
+    if (\port$8952$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24632,19 +24682,19 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8926$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8926$0 [1]) begin
+    if (\port$8952$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$8926$0 [0];
-  assign load1 = \port$8926$0 [1];
+  assign load0 = \port$8952$0 [0];
+  assign load1 = \port$8952$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8934$0 , clk);
+module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8960$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24668,8 +24718,8 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8934$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8934$0 ;
-  wire [1:0] \port$8934$0 ;
+  input [1:0] \port$8960$0 ;
+  wire [1:0] \port$8960$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -24699,7 +24749,7 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8934$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8934$0 [0]) begin
+    if (\port$8960$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24712,19 +24762,19 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8934$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8934$0 [1]) begin
+    if (\port$8960$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$8934$0 [0];
-  assign load1 = \port$8934$0 [1];
+  assign load0 = \port$8960$0 [0];
+  assign load1 = \port$8960$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8942$0 , clk);
+module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8968$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24748,8 +24798,8 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8942$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8942$0 ;
-  wire [1:0] \port$8942$0 ;
+  input [1:0] \port$8968$0 ;
+  wire [1:0] \port$8968$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -24779,7 +24829,7 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8942$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8942$0 [0]) begin
+    if (\port$8968$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24792,13 +24842,13 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8942$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8942$0 [1]) begin
+    if (\port$8968$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$8942$0 [0];
-  assign load1 = \port$8942$0 [1];
+  assign load0 = \port$8968$0 [0];
+  assign load1 = \port$8968$0 [1];
 endmodule

@@ -5,7 +5,7 @@
 module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  reg \$10 ;
+  wire [1:0] \$10 ;
   reg \$11 ;
   reg \$12 ;
   reg \$13 ;
@@ -46,17 +46,21 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$45 ;
   reg \$46 ;
   reg \$47 ;
-  reg [1:0] \$48 ;
-  reg [15:0] \$49 ;
+  reg \$48 ;
+  reg \$49 ;
   wire \$5 ;
-  reg [11:0] \$50 ;
-  reg [15:0] \$51 ;
-  reg [14:0] \$52 ;
-  reg \$53 ;
-  wire [1:0] \$6 ;
-  reg \$7 ;
-  reg \$8 ;
-  reg \$9 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg [1:0] \$52 ;
+  reg [15:0] \$53 ;
+  reg [11:0] \$54 ;
+  reg [15:0] \$55 ;
+  reg [14:0] \$56 ;
+  reg \$57 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
   wire advance;
   input clk;
   wire clk;
@@ -164,114 +168,119 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg write_vc_noise = 1'h0;
   reg write_vc_var = 1'h0;
   always @(posedge clk)
-    source__valid <= \$25 ;
+    valid_13 <= \$24 ;
   always @(posedge clk)
-    keep_2 <= \$26 ;
+    valid_14 <= \$25 ;
   always @(posedge clk)
-    keep_3 <= \$27 ;
+    valid_15 <= \$26 ;
   always @(posedge clk)
-    keep_4 <= \$28 ;
+    valid_16 <= \$27 ;
   always @(posedge clk)
-    keep_5 <= \$29 ;
+    valid_17 <= \$28 ;
   always @(posedge clk)
-    keep_6 <= \$30 ;
+    source__valid <= \$29 ;
   always @(posedge clk)
-    keep_7 <= \$31 ;
+    keep_2 <= \$30 ;
   always @(posedge clk)
-    keep_8 <= \$32 ;
+    keep_3 <= \$31 ;
   always @(posedge clk)
-    keep_9 <= \$33 ;
+    keep_4 <= \$32 ;
   always @(posedge clk)
-    keep_10 <= \$34 ;
+    keep_5 <= \$33 ;
   always @(posedge clk)
-    keep_11 <= \$35 ;
+    keep_6 <= \$34 ;
   always @(posedge clk)
-    keep_12 <= \$36 ;
+    keep_7 <= \$35 ;
   always @(posedge clk)
-    keep_13 <= \$37 ;
+    keep_8 <= \$36 ;
   always @(posedge clk)
-    keep_14 <= \$38 ;
+    keep_9 <= \$37 ;
   always @(posedge clk)
-    keep_15 <= \$39 ;
+    keep_10 <= \$38 ;
   always @(posedge clk)
-    keep_16 <= \$40 ;
+    keep_11 <= \$39 ;
   always @(posedge clk)
-    keep_17 <= \$41 ;
+    keep_12 <= \$40 ;
   always @(posedge clk)
-    keep_18 <= \$42 ;
+    keep_13 <= \$41 ;
+  always @(posedge clk)
+    keep_14 <= \$42 ;
+  always @(posedge clk)
+    keep_15 <= \$43 ;
+  always @(posedge clk)
+    keep_16 <= \$44 ;
+  always @(posedge clk)
+    keep_17 <= \$45 ;
+  always @(posedge clk)
+    keep_18 <= \$46 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    write_step <= \$43 ;
+    write_step <= \$47 ;
   always @(posedge clk)
-    write_decay <= \$44 ;
+    write_decay <= \$48 ;
   always @(posedge clk)
-    write_noise <= \$45 ;
+    write_noise <= \$49 ;
   always @(posedge clk)
-    write_vc_var <= \$46 ;
+    write_vc_var <= \$50 ;
   always @(posedge clk)
-    write_vc_noise <= \$47 ;
+    write_vc_noise <= \$51 ;
   always @(posedge clk)
-    seed_load_0 <= \$48 ;
+    seed_load_0 <= \$52 ;
   always @(posedge clk)
-    \step$46  <= \$49 ;
+    \step$46  <= \$53 ;
   always @(posedge clk)
-    decay <= \$50 ;
+    decay <= \$54 ;
   always @(posedge clk)
-    noise <= \$51 ;
+    noise <= \$55 ;
   always @(posedge clk)
-    vc_var <= \$52 ;
+    vc_var <= \$56 ;
   always @(posedge clk)
-    vc_noise <= \$53 ;
+    vc_noise <= \$57 ;
   assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
-  assign \$2  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign \$3  = sink__ready & valid_1;
-  assign step = \$3  & keep_1;
-  assign \$4  = ctl__addr == 9'h100;
-  assign \$5  = ctl__addr == 9'h101;
-  assign \$6  = { \$5 , \$4  } & { ctl__we, ctl__we };
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
+  assign \$3  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = advance & valid_1;
+  assign \$5  = \$4  & keep_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = ~ \$6 ;
+  assign step = \$5  & \$7 ;
+  assign \$8  = ctl__addr == 9'h100;
+  assign \$9  = ctl__addr == 9'h101;
+  assign \$10  = { \$9 , \$8  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$7 ;
+    valid_1 <= \$11 ;
   always @(posedge clk)
-    keep_1 <= \$8 ;
+    keep_1 <= \$12 ;
   always @(posedge clk)
-    valid_2 <= \$9 ;
+    valid_2 <= \$13 ;
   always @(posedge clk)
-    valid_3 <= \$10 ;
+    valid_3 <= \$14 ;
   always @(posedge clk)
-    valid_4 <= \$11 ;
+    valid_4 <= \$15 ;
   always @(posedge clk)
-    valid_5 <= \$12 ;
+    valid_5 <= \$16 ;
   always @(posedge clk)
-    valid_6 <= \$13 ;
+    valid_6 <= \$17 ;
   always @(posedge clk)
-    valid_7 <= \$14 ;
+    valid_7 <= \$18 ;
   always @(posedge clk)
-    valid_8 <= \$15 ;
+    valid_8 <= \$19 ;
   always @(posedge clk)
-    valid_9 <= \$16 ;
+    valid_9 <= \$20 ;
   always @(posedge clk)
-    valid_10 <= \$17 ;
+    valid_10 <= \$21 ;
   always @(posedge clk)
-    valid_11 <= \$18 ;
+    valid_11 <= \$22 ;
   always @(posedge clk)
-    valid_12 <= \$19 ;
-  always @(posedge clk)
-    valid_13 <= \$20 ;
-  always @(posedge clk)
-    valid_14 <= \$21 ;
-  always @(posedge clk)
-    valid_15 <= \$22 ;
-  always @(posedge clk)
-    valid_16 <= \$23 ;
-  always @(posedge clk)
-    valid_17 <= \$24 ;
+    valid_12 <= \$23 ;
   \lpsgld_w8_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .noise(noise),
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
@@ -285,15 +294,15 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$1256$0 (seed_load_0),
+    .\port$1261$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = source__valid;
-    if (sink__ready) begin
-      \$25  = valid_17;
+    \$25  = valid_14;
+    if (advance) begin
+      \$25  = valid_13;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -301,154 +310,194 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_2;
-    if (sink__ready) begin
-      \$26  = keep_1;
+    \$26  = valid_15;
+    if (advance) begin
+      \$26  = valid_14;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_3;
-    if (sink__ready) begin
-      \$27  = keep_2;
+    \$27  = valid_16;
+    if (advance) begin
+      \$27  = valid_15;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_4;
-    if (sink__ready) begin
-      \$28  = keep_3;
+    \$28  = valid_17;
+    if (advance) begin
+      \$28  = valid_16;
+    end
+    if (rst) begin
+      \$28  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_5;
-    if (sink__ready) begin
-      \$29  = keep_4;
+    \$29  = source__valid;
+    if (advance) begin
+      \$29  = valid_17;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_6;
-    if (sink__ready) begin
-      \$30  = keep_5;
+    \$30  = keep_2;
+    if (advance) begin
+      \$30  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_7;
-    if (sink__ready) begin
-      \$31  = keep_6;
+    \$31  = keep_3;
+    if (advance) begin
+      \$31  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_8;
-    if (sink__ready) begin
-      \$32  = keep_7;
+    \$32  = keep_4;
+    if (advance) begin
+      \$32  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_9;
-    if (sink__ready) begin
-      \$33  = keep_8;
+    \$33  = keep_5;
+    if (advance) begin
+      \$33  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_10;
-    if (sink__ready) begin
-      \$34  = keep_9;
+    \$34  = keep_6;
+    if (advance) begin
+      \$34  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_11;
-    if (sink__ready) begin
-      \$35  = keep_10;
+    \$35  = keep_7;
+    if (advance) begin
+      \$35  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_12;
-    if (sink__ready) begin
-      \$36  = keep_11;
+    \$36  = keep_8;
+    if (advance) begin
+      \$36  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_13;
-    if (sink__ready) begin
-      \$37  = keep_12;
+    \$37  = keep_9;
+    if (advance) begin
+      \$37  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_14;
-    if (sink__ready) begin
-      \$38  = keep_13;
+    \$38  = keep_10;
+    if (advance) begin
+      \$38  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_15;
-    if (sink__ready) begin
-      \$39  = keep_14;
+    \$39  = keep_11;
+    if (advance) begin
+      \$39  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_16;
-    if (sink__ready) begin
-      \$40  = keep_15;
+    \$40  = keep_12;
+    if (advance) begin
+      \$40  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_17;
-    if (sink__ready) begin
-      \$41  = keep_16;
+    \$41  = keep_13;
+    if (advance) begin
+      \$41  = keep_12;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_18;
-    if (sink__ready) begin
-      \$42  = keep_17;
+    \$42  = keep_14;
+    if (advance) begin
+      \$42  = keep_13;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = 1'h0;
+    \$43  = keep_15;
+    if (advance) begin
+      \$43  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = keep_16;
+    if (advance) begin
+      \$44  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = keep_17;
+    if (advance) begin
+      \$45  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = keep_18;
+    if (advance) begin
+      \$46  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$43  = 1'h1;
+            \$47  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$43  = 1'h0;
+      \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = 1'h0;
+    \$48  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$44  = 1'h1;
+            \$48  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$44  = 1'h0;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = 1'h0;
+    \$49  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -456,16 +505,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$45  = 1'h1;
+            \$49  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$45  = 1'h0;
+      \$49  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = 1'h0;
+    \$50  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -475,16 +524,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$46  = 1'h1;
+            \$50  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$46  = 1'h0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = 1'h0;
+    \$51  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -496,112 +545,75 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$47  = 1'h1;
+            \$51  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$47  = 1'h0;
+      \$51  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = \$6 ;
+    \$52  = \$10 ;
     if (rst) begin
-      \$48  = 2'h0;
+      \$52  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = \step$46 ;
+    \$53  = \step$46 ;
     if (write_step) begin
-      \$49  = data[15:0];
+      \$53  = data[15:0];
     end
     if (rst) begin
-      \$49  = 16'h0000;
+      \$53  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = decay;
+    \$54  = decay;
     if (write_decay) begin
-      \$50  = data[11:0];
+      \$54  = data[11:0];
     end
     if (rst) begin
-      \$50  = 12'h000;
+      \$54  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = noise;
+    \$55  = noise;
     if (write_noise) begin
-      \$51  = data[15:0];
+      \$55  = data[15:0];
     end
     if (rst) begin
-      \$51  = 16'h0000;
+      \$55  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = vc_var;
+    \$56  = vc_var;
     if (write_vc_var) begin
-      \$52  = data[14:0];
+      \$56  = data[14:0];
     end
     if (rst) begin
-      \$52  = 15'h0000;
+      \$56  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = vc_noise;
+    \$57  = vc_noise;
     if (write_vc_noise) begin
-      \$53  = data[0];
+      \$57  = data[0];
     end
     if (rst) begin
-      \$53  = 1'h0;
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$7  = valid_1;
-    if (sink__ready) begin
-      \$7  = sink__valid;
-    end
-    if (rst) begin
-      \$7  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$8  = keep_1;
-    if (sink__ready) begin
-      \$8  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$9  = valid_2;
-    if (sink__ready) begin
-      \$9  = valid_1;
-    end
-    if (rst) begin
-      \$9  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$10  = valid_3;
-    if (sink__ready) begin
-      \$10  = valid_2;
-    end
-    if (rst) begin
-      \$10  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_4;
-    if (sink__ready) begin
-      \$11  = valid_3;
+    \$11  = valid_1;
+    if (advance) begin
+      \$11  = sink__valid;
     end
     if (rst) begin
       \$11  = 1'h0;
@@ -609,19 +621,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = valid_5;
-    if (sink__ready) begin
-      \$12  = valid_4;
-    end
-    if (rst) begin
-      \$12  = 1'h0;
+    \$12  = keep_1;
+    if (advance) begin
+      \$12  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_6;
-    if (sink__ready) begin
-      \$13  = valid_5;
+    \$13  = valid_2;
+    if (advance) begin
+      \$13  = valid_1;
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -629,9 +638,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_7;
-    if (sink__ready) begin
-      \$14  = valid_6;
+    \$14  = valid_3;
+    if (advance) begin
+      \$14  = valid_2;
     end
     if (rst) begin
       \$14  = 1'h0;
@@ -639,9 +648,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_8;
-    if (sink__ready) begin
-      \$15  = valid_7;
+    \$15  = valid_4;
+    if (advance) begin
+      \$15  = valid_3;
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -649,9 +658,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_9;
-    if (sink__ready) begin
-      \$16  = valid_8;
+    \$16  = valid_5;
+    if (advance) begin
+      \$16  = valid_4;
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -659,9 +668,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_10;
-    if (sink__ready) begin
-      \$17  = valid_9;
+    \$17  = valid_6;
+    if (advance) begin
+      \$17  = valid_5;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -669,9 +678,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_11;
-    if (sink__ready) begin
-      \$18  = valid_10;
+    \$18  = valid_7;
+    if (advance) begin
+      \$18  = valid_6;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -679,9 +688,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_12;
-    if (sink__ready) begin
-      \$19  = valid_11;
+    \$19  = valid_8;
+    if (advance) begin
+      \$19  = valid_7;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -689,9 +698,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_13;
-    if (sink__ready) begin
-      \$20  = valid_12;
+    \$20  = valid_9;
+    if (advance) begin
+      \$20  = valid_8;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -699,9 +708,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_14;
-    if (sink__ready) begin
-      \$21  = valid_13;
+    \$21  = valid_10;
+    if (advance) begin
+      \$21  = valid_9;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -709,9 +718,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_15;
-    if (sink__ready) begin
-      \$22  = valid_14;
+    \$22  = valid_11;
+    if (advance) begin
+      \$22  = valid_10;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -719,9 +728,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_16;
-    if (sink__ready) begin
-      \$23  = valid_15;
+    \$23  = valid_12;
+    if (advance) begin
+      \$23  = valid_11;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -729,20 +738,19 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_17;
-    if (sink__ready) begin
-      \$24  = valid_16;
+    \$24  = valid_13;
+    if (advance) begin
+      \$24  = valid_12;
     end
     if (rst) begin
       \$24  = 1'h0;
     end
   end
-  assign advance = sink__ready;
   assign valid_18 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
   assign wdata = data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
@@ -4430,7 +4438,7 @@ module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
+module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1261$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -4454,8 +4462,8 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1256$0 ;
-  wire [1:0] \port$1256$0 ;
+  input [1:0] \port$1261$0 ;
+  wire [1:0] \port$1261$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -4485,7 +4493,7 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1256$0 [0]) begin
+    if (\port$1261$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -4498,13 +4506,13 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1256$0 [1]) begin
+    if (\port$1261$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1256$0 [0];
-  assign load1 = \port$1256$0 [1];
+  assign load0 = \port$1261$0 [0];
+  assign load1 = \port$1261$0 [1];
 endmodule

@@ -6,126 +6,151 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg [1:0] \$100 ;
-  reg [15:0] \$101 ;
-  reg [11:0] \$102 ;
-  reg [15:0] \$103 ;
-  reg [14:0] \$104 ;
-  reg \$105 ;
-  reg [1:0] \$106 ;
-  reg [15:0] \$107 ;
-  reg [11:0] \$108 ;
-  reg [15:0] \$109 ;
+  reg \$100 ;
+  reg [1:0] \$101 ;
+  reg [15:0] \$102 ;
+  reg [11:0] \$103 ;
+  reg [15:0] \$104 ;
+  reg [14:0] \$105 ;
+  reg \$106 ;
+  reg [1:0] \$107 ;
+  reg [15:0] \$108 ;
+  reg [11:0] \$109 ;
   wire \$11 ;
-  reg [14:0] \$110 ;
-  reg \$111 ;
-  reg [1:0] \$112 ;
-  reg [15:0] \$113 ;
-  reg [11:0] \$114 ;
-  reg [15:0] \$115 ;
-  reg [14:0] \$116 ;
-  reg \$117 ;
-  reg [1:0] \$118 ;
-  reg [15:0] \$119 ;
+  reg [15:0] \$110 ;
+  reg [14:0] \$111 ;
+  reg \$112 ;
+  reg [1:0] \$113 ;
+  reg [15:0] \$114 ;
+  reg [11:0] \$115 ;
+  reg [15:0] \$116 ;
+  reg [14:0] \$117 ;
+  reg \$118 ;
+  reg [1:0] \$119 ;
   wire \$12 ;
-  reg [11:0] \$120 ;
-  reg [15:0] \$121 ;
-  reg [14:0] \$122 ;
-  reg \$123 ;
-  wire [1:0] \$13 ;
+  reg [15:0] \$120 ;
+  reg [11:0] \$121 ;
+  reg [15:0] \$122 ;
+  reg [14:0] \$123 ;
+  reg \$124 ;
+  reg [1:0] \$125 ;
+  reg [15:0] \$126 ;
+  reg [11:0] \$127 ;
+  reg [15:0] \$128 ;
+  reg [14:0] \$129 ;
+  wire \$13 ;
+  reg \$130 ;
+  reg [1:0] \$131 ;
+  reg [15:0] \$132 ;
+  reg [11:0] \$133 ;
+  reg [15:0] \$134 ;
+  reg [14:0] \$135 ;
+  reg \$136 ;
+  reg [1:0] \$137 ;
+  reg [15:0] \$138 ;
+  reg [11:0] \$139 ;
   wire \$14 ;
+  reg [15:0] \$140 ;
+  reg [14:0] \$141 ;
+  reg \$142 ;
+  reg [1:0] \$143 ;
+  reg [15:0] \$144 ;
+  reg [11:0] \$145 ;
+  reg [15:0] \$146 ;
+  reg [14:0] \$147 ;
+  reg \$148 ;
   wire \$15 ;
-  wire [1:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [1:0] \$19 ;
+  wire \$19 ;
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
-  wire [1:0] \$22 ;
+  wire \$22 ;
   wire \$23 ;
   wire \$24 ;
-  wire [1:0] \$25 ;
+  wire \$25 ;
   wire \$26 ;
   wire \$27 ;
-  wire [1:0] \$28 ;
+  wire \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire [1:0] \$31 ;
+  wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [1:0] \$34 ;
-  reg \$35 ;
-  reg [7:0] \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire [1:0] \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg \$41 ;
-  reg \$42 ;
-  reg \$43 ;
-  reg \$44 ;
-  reg \$45 ;
-  reg \$46 ;
-  reg \$47 ;
-  reg \$48 ;
-  reg \$49 ;
+  wire \$40 ;
+  wire [1:0] \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire [1:0] \$44 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire [1:0] \$47 ;
+  wire \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg \$50 ;
-  reg \$51 ;
-  reg \$52 ;
-  reg \$53 ;
-  reg [7:0] \$54 ;
-  reg [7:0] \$55 ;
-  reg [7:0] \$56 ;
-  reg [7:0] \$57 ;
-  reg [7:0] \$58 ;
-  reg [7:0] \$59 ;
+  wire [1:0] \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire [1:0] \$53 ;
+  wire \$54 ;
+  wire \$55 ;
+  wire [1:0] \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  wire [1:0] \$59 ;
   wire \$6 ;
-  reg [7:0] \$60 ;
+  reg \$60 ;
   reg [7:0] \$61 ;
-  reg [7:0] \$62 ;
-  reg [7:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [7:0] \$65 ;
-  reg [7:0] \$66 ;
-  reg [7:0] \$67 ;
-  reg [7:0] \$68 ;
-  reg [7:0] \$69 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg \$64 ;
+  reg \$65 ;
+  reg \$66 ;
+  reg \$67 ;
+  reg \$68 ;
+  reg \$69 ;
   wire \$7 ;
-  reg [7:0] \$70 ;
+  reg \$70 ;
   reg \$71 ;
   reg \$72 ;
   reg \$73 ;
   reg \$74 ;
   reg \$75 ;
-  reg [1:0] \$76 ;
-  reg [15:0] \$77 ;
-  reg [11:0] \$78 ;
-  reg [15:0] \$79 ;
+  reg \$76 ;
+  reg \$77 ;
+  reg \$78 ;
+  reg [7:0] \$79 ;
   wire \$8 ;
-  reg [14:0] \$80 ;
-  reg \$81 ;
-  reg [1:0] \$82 ;
-  reg [15:0] \$83 ;
-  reg [11:0] \$84 ;
-  reg [15:0] \$85 ;
-  reg [14:0] \$86 ;
-  reg \$87 ;
-  reg [1:0] \$88 ;
-  reg [15:0] \$89 ;
+  reg [7:0] \$80 ;
+  reg [7:0] \$81 ;
+  reg [7:0] \$82 ;
+  reg [7:0] \$83 ;
+  reg [7:0] \$84 ;
+  reg [7:0] \$85 ;
+  reg [7:0] \$86 ;
+  reg [7:0] \$87 ;
+  reg [7:0] \$88 ;
+  reg [7:0] \$89 ;
   wire \$9 ;
-  reg [11:0] \$90 ;
-  reg [15:0] \$91 ;
-  reg [14:0] \$92 ;
-  reg \$93 ;
-  reg [1:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [11:0] \$96 ;
-  reg [15:0] \$97 ;
-  reg [14:0] \$98 ;
+  reg [7:0] \$90 ;
+  reg [7:0] \$91 ;
+  reg [7:0] \$92 ;
+  reg [7:0] \$93 ;
+  reg [7:0] \$94 ;
+  reg [7:0] \$95 ;
+  reg \$96 ;
+  reg \$97 ;
+  reg \$98 ;
   reg \$99 ;
   wire advance;
   input clk;
@@ -196,13 +221,13 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$101 ;
-  wire \load0$123 ;
-  wire \load0$145 ;
-  wire \load0$167 ;
-  wire \load0$189 ;
-  wire \load0$57 ;
-  wire \load0$79 ;
+  wire \load0$102 ;
+  wire \load0$124 ;
+  wire \load0$146 ;
+  wire \load0$168 ;
+  wire \load0$190 ;
+  wire \load0$58 ;
+  wire \load0$80 ;
   wire load1;
   wire \load1$103 ;
   wire \load1$125 ;
@@ -458,233 +483,259 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg write_vc_noise = 1'h0;
   reg write_vc_var = 1'h0;
   assign \$1  = ~ source__valid;
-  assign sink__ready = \$1  | source__ready;
-  assign \$2  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$2 ;
-  assign \$3  = sink__ready & valid_1;
-  assign step = \$3  & keep_1[0];
-  assign \$4  = sink__ready & valid_1;
-  assign \step$56  = \$4  & keep_1[1];
-  assign \$5  = sink__ready & valid_1;
-  assign \step$78  = \$5  & keep_1[2];
-  assign \$6  = sink__ready & valid_1;
-  assign \step$100  = \$6  & keep_1[3];
-  assign \$7  = sink__ready & valid_1;
-  assign \step$122  = \$7  & keep_1[4];
-  assign \$8  = sink__ready & valid_1;
-  assign \step$144  = \$8  & keep_1[5];
-  assign \$9  = sink__ready & valid_1;
-  assign \step$166  = \$9  & keep_1[6];
-  assign \$10  = sink__ready & valid_1;
-  assign \step$188  = \$10  & keep_1[7];
-  assign \$11  = ctl__addr == 9'h100;
-  assign \$12  = ctl__addr == 9'h101;
-  assign \$13  = { \$12 , \$11  } & { ctl__we, ctl__we };
-  assign \$14  = ctl__addr == 9'h102;
-  assign \$15  = ctl__addr == 9'h103;
-  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
-  assign \$17  = ctl__addr == 9'h104;
-  assign \$18  = ctl__addr == 9'h105;
-  assign \$19  = { \$18 , \$17  } & { ctl__we, ctl__we };
-  assign \$20  = ctl__addr == 9'h106;
-  assign \$21  = ctl__addr == 9'h107;
-  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h108;
-  assign \$24  = ctl__addr == 9'h109;
-  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h10a;
-  assign \$27  = ctl__addr == 9'h10b;
-  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h10c;
-  assign \$30  = ctl__addr == 9'h10d;
-  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h10e;
-  assign \$33  = ctl__addr == 9'h10f;
-  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign advance = \$1  | source__ready;
+  assign \$2  = ~ rst;
+  assign sink__ready = advance & \$2 ;
+  assign \$3  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = advance & valid_1;
+  assign \$5  = \$4  & keep_1[0];
+  assign \$6  = | seed_load_0;
+  assign \$7  = ~ \$6 ;
+  assign step = \$5  & \$7 ;
+  assign \$8  = advance & valid_1;
+  assign \$9  = \$8  & keep_1[1];
+  assign \$10  = | seed_load_1;
+  assign \$11  = ~ \$10 ;
+  assign \step$56  = \$9  & \$11 ;
+  assign \$12  = advance & valid_1;
+  assign \$13  = \$12  & keep_1[2];
+  assign \$14  = | seed_load_2;
+  assign \$15  = ~ \$14 ;
+  assign \step$78  = \$13  & \$15 ;
+  assign \$16  = advance & valid_1;
+  assign \$17  = \$16  & keep_1[3];
+  assign \$18  = | seed_load_3;
+  assign \$19  = ~ \$18 ;
+  assign \step$100  = \$17  & \$19 ;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[4];
+  assign \$22  = | seed_load_4;
+  assign \$23  = ~ \$22 ;
+  assign \step$122  = \$21  & \$23 ;
+  assign \$24  = advance & valid_1;
+  assign \$25  = \$24  & keep_1[5];
+  assign \$26  = | seed_load_5;
+  assign \$27  = ~ \$26 ;
+  assign \step$144  = \$25  & \$27 ;
+  assign \$28  = advance & valid_1;
+  assign \$29  = \$28  & keep_1[6];
+  assign \$30  = | seed_load_6;
+  assign \$31  = ~ \$30 ;
+  assign \step$166  = \$29  & \$31 ;
+  assign \$32  = advance & valid_1;
+  assign \$33  = \$32  & keep_1[7];
+  assign \$34  = | seed_load_7;
+  assign \$35  = ~ \$34 ;
+  assign \step$188  = \$33  & \$35 ;
+  assign \$36  = ctl__addr == 9'h100;
+  assign \$37  = ctl__addr == 9'h101;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h102;
+  assign \$40  = ctl__addr == 9'h103;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = ctl__addr == 9'h104;
+  assign \$43  = ctl__addr == 9'h105;
+  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
+  assign \$45  = ctl__addr == 9'h106;
+  assign \$46  = ctl__addr == 9'h107;
+  assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
+  assign \$48  = ctl__addr == 9'h108;
+  assign \$49  = ctl__addr == 9'h109;
+  assign \$50  = { \$49 , \$48  } & { ctl__we, ctl__we };
+  assign \$51  = ctl__addr == 9'h10a;
+  assign \$52  = ctl__addr == 9'h10b;
+  assign \$53  = { \$52 , \$51  } & { ctl__we, ctl__we };
+  assign \$54  = ctl__addr == 9'h10c;
+  assign \$55  = ctl__addr == 9'h10d;
+  assign \$56  = { \$55 , \$54  } & { ctl__we, ctl__we };
+  assign \$57  = ctl__addr == 9'h10e;
+  assign \$58  = ctl__addr == 9'h10f;
+  assign \$59  = { \$58 , \$57  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$35 ;
+    valid_1 <= \$60 ;
   always @(posedge clk)
-    keep_1 <= \$36 ;
+    keep_1 <= \$61 ;
   always @(posedge clk)
-    valid_2 <= \$37 ;
+    valid_2 <= \$62 ;
   always @(posedge clk)
-    valid_3 <= \$38 ;
+    valid_3 <= \$63 ;
   always @(posedge clk)
-    valid_4 <= \$39 ;
+    valid_4 <= \$64 ;
   always @(posedge clk)
-    valid_5 <= \$40 ;
+    valid_5 <= \$65 ;
   always @(posedge clk)
-    valid_6 <= \$41 ;
+    valid_6 <= \$66 ;
   always @(posedge clk)
-    valid_7 <= \$42 ;
+    valid_7 <= \$67 ;
   always @(posedge clk)
-    valid_8 <= \$43 ;
+    valid_8 <= \$68 ;
   always @(posedge clk)
-    valid_9 <= \$44 ;
+    valid_9 <= \$69 ;
   always @(posedge clk)
-    valid_10 <= \$45 ;
+    valid_10 <= \$70 ;
   always @(posedge clk)
-    valid_11 <= \$46 ;
+    valid_11 <= \$71 ;
   always @(posedge clk)
-    valid_12 <= \$47 ;
+    valid_12 <= \$72 ;
   always @(posedge clk)
-    valid_13 <= \$48 ;
+    valid_13 <= \$73 ;
   always @(posedge clk)
-    valid_14 <= \$49 ;
+    valid_14 <= \$74 ;
   always @(posedge clk)
-    valid_15 <= \$50 ;
+    valid_15 <= \$75 ;
   always @(posedge clk)
-    valid_16 <= \$51 ;
+    valid_16 <= \$76 ;
   always @(posedge clk)
-    valid_17 <= \$52 ;
+    valid_17 <= \$77 ;
   always @(posedge clk)
-    source__valid <= \$53 ;
+    source__valid <= \$78 ;
   always @(posedge clk)
-    keep_2 <= \$54 ;
+    keep_2 <= \$79 ;
   always @(posedge clk)
-    keep_3 <= \$55 ;
+    keep_3 <= \$80 ;
   always @(posedge clk)
-    keep_4 <= \$56 ;
+    keep_4 <= \$81 ;
   always @(posedge clk)
-    keep_5 <= \$57 ;
+    keep_5 <= \$82 ;
   always @(posedge clk)
-    keep_6 <= \$58 ;
+    keep_6 <= \$83 ;
   always @(posedge clk)
-    keep_7 <= \$59 ;
+    keep_7 <= \$84 ;
   always @(posedge clk)
-    keep_8 <= \$60 ;
+    keep_8 <= \$85 ;
   always @(posedge clk)
-    keep_9 <= \$61 ;
+    keep_9 <= \$86 ;
   always @(posedge clk)
-    keep_10 <= \$62 ;
+    keep_10 <= \$87 ;
   always @(posedge clk)
-    keep_11 <= \$63 ;
+    keep_11 <= \$88 ;
   always @(posedge clk)
-    keep_12 <= \$64 ;
+    keep_12 <= \$89 ;
   always @(posedge clk)
-    keep_13 <= \$65 ;
+    keep_13 <= \$90 ;
   always @(posedge clk)
-    keep_14 <= \$66 ;
+    keep_14 <= \$91 ;
   always @(posedge clk)
-    keep_15 <= \$67 ;
+    keep_15 <= \$92 ;
   always @(posedge clk)
-    keep_16 <= \$68 ;
+    keep_16 <= \$93 ;
   always @(posedge clk)
-    keep_17 <= \$69 ;
+    keep_17 <= \$94 ;
   always @(posedge clk)
-    keep_18 <= \$70 ;
+    keep_18 <= \$95 ;
   always @(posedge clk)
     data <= ctl__data;
   always @(posedge clk)
-    write_step <= \$71 ;
+    write_step <= \$96 ;
   always @(posedge clk)
-    write_decay <= \$72 ;
+    write_decay <= \$97 ;
   always @(posedge clk)
-    write_noise <= \$73 ;
+    write_noise <= \$98 ;
   always @(posedge clk)
-    write_vc_var <= \$74 ;
+    write_vc_var <= \$99 ;
   always @(posedge clk)
-    write_vc_noise <= \$75 ;
+    write_vc_noise <= \$100 ;
   always @(posedge clk)
-    seed_load_0 <= \$76 ;
+    seed_load_0 <= \$101 ;
   always @(posedge clk)
-    \step$46  <= \$77 ;
+    \step$46  <= \$102 ;
   always @(posedge clk)
-    decay <= \$78 ;
+    decay <= \$103 ;
   always @(posedge clk)
-    noise <= \$79 ;
+    noise <= \$104 ;
   always @(posedge clk)
-    vc_var <= \$80 ;
+    vc_var <= \$105 ;
   always @(posedge clk)
-    vc_noise <= \$81 ;
+    vc_noise <= \$106 ;
   always @(posedge clk)
-    seed_load_1 <= \$82 ;
+    seed_load_1 <= \$107 ;
   always @(posedge clk)
-    \step$68  <= \$83 ;
+    \step$68  <= \$108 ;
   always @(posedge clk)
-    \decay$70  <= \$84 ;
+    \decay$70  <= \$109 ;
   always @(posedge clk)
-    \noise$72  <= \$85 ;
+    \noise$72  <= \$110 ;
   always @(posedge clk)
-    \vc_var$74  <= \$86 ;
+    \vc_var$74  <= \$111 ;
   always @(posedge clk)
-    \vc_noise$76  <= \$87 ;
+    \vc_noise$76  <= \$112 ;
   always @(posedge clk)
-    seed_load_2 <= \$88 ;
+    seed_load_2 <= \$113 ;
   always @(posedge clk)
-    \step$90  <= \$89 ;
+    \step$90  <= \$114 ;
   always @(posedge clk)
-    \decay$92  <= \$90 ;
+    \decay$92  <= \$115 ;
   always @(posedge clk)
-    \noise$94  <= \$91 ;
+    \noise$94  <= \$116 ;
   always @(posedge clk)
-    \vc_var$96  <= \$92 ;
+    \vc_var$96  <= \$117 ;
   always @(posedge clk)
-    \vc_noise$98  <= \$93 ;
+    \vc_noise$98  <= \$118 ;
   always @(posedge clk)
-    seed_load_3 <= \$94 ;
+    seed_load_3 <= \$119 ;
   always @(posedge clk)
-    \step$112  <= \$95 ;
+    \step$112  <= \$120 ;
   always @(posedge clk)
-    \decay$114  <= \$96 ;
+    \decay$114  <= \$121 ;
   always @(posedge clk)
-    \noise$116  <= \$97 ;
+    \noise$116  <= \$122 ;
   always @(posedge clk)
-    \vc_var$118  <= \$98 ;
+    \vc_var$118  <= \$123 ;
   always @(posedge clk)
-    \vc_noise$120  <= \$99 ;
+    \vc_noise$120  <= \$124 ;
   always @(posedge clk)
-    seed_load_4 <= \$100 ;
+    seed_load_4 <= \$125 ;
   always @(posedge clk)
-    \step$134  <= \$101 ;
+    \step$134  <= \$126 ;
   always @(posedge clk)
-    \decay$136  <= \$102 ;
+    \decay$136  <= \$127 ;
   always @(posedge clk)
-    \noise$138  <= \$103 ;
+    \noise$138  <= \$128 ;
   always @(posedge clk)
-    \vc_var$140  <= \$104 ;
+    \vc_var$140  <= \$129 ;
   always @(posedge clk)
-    \vc_noise$142  <= \$105 ;
+    \vc_noise$142  <= \$130 ;
   always @(posedge clk)
-    seed_load_5 <= \$106 ;
+    seed_load_5 <= \$131 ;
   always @(posedge clk)
-    \step$156  <= \$107 ;
+    \step$156  <= \$132 ;
   always @(posedge clk)
-    \decay$158  <= \$108 ;
+    \decay$158  <= \$133 ;
   always @(posedge clk)
-    \noise$160  <= \$109 ;
+    \noise$160  <= \$134 ;
   always @(posedge clk)
-    \vc_var$162  <= \$110 ;
+    \vc_var$162  <= \$135 ;
   always @(posedge clk)
-    \vc_noise$164  <= \$111 ;
+    \vc_noise$164  <= \$136 ;
   always @(posedge clk)
-    seed_load_6 <= \$112 ;
+    seed_load_6 <= \$137 ;
   always @(posedge clk)
-    \step$178  <= \$113 ;
+    \step$178  <= \$138 ;
   always @(posedge clk)
-    \decay$180  <= \$114 ;
+    \decay$180  <= \$139 ;
   always @(posedge clk)
-    \noise$182  <= \$115 ;
+    \noise$182  <= \$140 ;
   always @(posedge clk)
-    \vc_var$184  <= \$116 ;
+    \vc_var$184  <= \$141 ;
   always @(posedge clk)
-    \vc_noise$186  <= \$117 ;
+    \vc_noise$186  <= \$142 ;
   always @(posedge clk)
-    seed_load_7 <= \$118 ;
+    seed_load_7 <= \$143 ;
   always @(posedge clk)
-    \step$200  <= \$119 ;
+    \step$200  <= \$144 ;
   always @(posedge clk)
-    \decay$202  <= \$120 ;
+    \decay$202  <= \$145 ;
   always @(posedge clk)
-    \noise$204  <= \$121 ;
+    \noise$204  <= \$146 ;
   always @(posedge clk)
-    \vc_var$206  <= \$122 ;
+    \vc_var$206  <= \$147 ;
   always @(posedge clk)
-    \vc_noise$208  <= \$123 ;
+    \vc_noise$208  <= \$148 ;
   \lpsgld_w8_vc_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[79:72]),
     .noise(noise),
     .rst(rst),
@@ -698,7 +749,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_1  lane_1 (
     .clk(clk),
     .decay(\decay$70 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[87:80]),
     .noise(\noise$72 ),
     .rst(rst),
@@ -712,7 +763,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_2  lane_2 (
     .clk(clk),
     .decay(\decay$92 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[95:88]),
     .noise(\noise$94 ),
     .rst(rst),
@@ -726,7 +777,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_3  lane_3 (
     .clk(clk),
     .decay(\decay$114 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[103:96]),
     .noise(\noise$116 ),
     .rst(rst),
@@ -740,7 +791,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_4  lane_4 (
     .clk(clk),
     .decay(\decay$136 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[111:104]),
     .noise(\noise$138 ),
     .rst(rst),
@@ -754,7 +805,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_5  lane_5 (
     .clk(clk),
     .decay(\decay$158 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[119:112]),
     .noise(\noise$160 ),
     .rst(rst),
@@ -768,7 +819,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_6  lane_6 (
     .clk(clk),
     .decay(\decay$180 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[127:120]),
     .noise(\noise$182 ),
     .rst(rst),
@@ -782,7 +833,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l8.lane_7  lane_7 (
     .clk(clk),
     .decay(\decay$202 ),
-    .en(sink__ready),
+    .en(advance),
     .grad(sink__payload[135:128]),
     .noise(\noise$204 ),
     .rst(rst),
@@ -797,7 +848,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(words),
-    .\port$9264$0 (seed_load_0),
+    .\port$9290$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
@@ -805,7 +856,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$64 ),
-    .\port$9276$0 (seed_load_1),
+    .\port$9302$0 (seed_load_1),
     .rst(rst),
     .step(\step$56 )
   );
@@ -813,7 +864,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$86 ),
-    .\port$9288$0 (seed_load_2),
+    .\port$9314$0 (seed_load_2),
     .rst(rst),
     .step(\step$78 )
   );
@@ -821,7 +872,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$108 ),
-    .\port$9300$0 (seed_load_3),
+    .\port$9326$0 (seed_load_3),
     .rst(rst),
     .step(\step$100 )
   );
@@ -829,7 +880,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$130 ),
-    .\port$9312$0 (seed_load_4),
+    .\port$9338$0 (seed_load_4),
     .rst(rst),
     .step(\step$122 )
   );
@@ -837,7 +888,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$152 ),
-    .\port$9324$0 (seed_load_5),
+    .\port$9350$0 (seed_load_5),
     .rst(rst),
     .step(\step$144 )
   );
@@ -845,7 +896,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$174 ),
-    .\port$9336$0 (seed_load_6),
+    .\port$9362$0 (seed_load_6),
     .rst(rst),
     .step(\step$166 )
   );
@@ -853,324 +904,122 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .clk(clk),
     .data(data),
     .out(\words$196 ),
-    .\port$9348$0 (seed_load_7),
+    .\port$9374$0 (seed_load_7),
     .rst(rst),
     .step(\step$188 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_1;
-    if (sink__ready) begin
-      \$35  = sink__valid;
+    \$60  = valid_1;
+    if (advance) begin
+      \$60  = sink__valid;
     end
     if (rst) begin
-      \$35  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_1;
-    if (sink__ready) begin
-      \$36  = sink__payload[7:0];
+    \$61  = keep_1;
+    if (advance) begin
+      \$61  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = valid_2;
-    if (sink__ready) begin
-      \$37  = valid_1;
+    \$62  = valid_2;
+    if (advance) begin
+      \$62  = valid_1;
     end
     if (rst) begin
-      \$37  = 1'h0;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = valid_3;
-    if (sink__ready) begin
-      \$38  = valid_2;
+    \$63  = valid_3;
+    if (advance) begin
+      \$63  = valid_2;
     end
     if (rst) begin
-      \$38  = 1'h0;
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = valid_4;
-    if (sink__ready) begin
-      \$39  = valid_3;
+    \$64  = valid_4;
+    if (advance) begin
+      \$64  = valid_3;
     end
     if (rst) begin
-      \$39  = 1'h0;
+      \$64  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = valid_5;
-    if (sink__ready) begin
-      \$40  = valid_4;
+    \$65  = valid_5;
+    if (advance) begin
+      \$65  = valid_4;
     end
     if (rst) begin
-      \$40  = 1'h0;
+      \$65  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = valid_6;
-    if (sink__ready) begin
-      \$41  = valid_5;
+    \$66  = valid_6;
+    if (advance) begin
+      \$66  = valid_5;
     end
     if (rst) begin
-      \$41  = 1'h0;
+      \$66  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = valid_7;
-    if (sink__ready) begin
-      \$42  = valid_6;
+    \$67  = valid_7;
+    if (advance) begin
+      \$67  = valid_6;
     end
     if (rst) begin
-      \$42  = 1'h0;
+      \$67  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = valid_8;
-    if (sink__ready) begin
-      \$43  = valid_7;
+    \$68  = valid_8;
+    if (advance) begin
+      \$68  = valid_7;
     end
     if (rst) begin
-      \$43  = 1'h0;
+      \$68  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_9;
-    if (sink__ready) begin
-      \$44  = valid_8;
+    \$69  = valid_9;
+    if (advance) begin
+      \$69  = valid_8;
     end
     if (rst) begin
-      \$44  = 1'h0;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = valid_10;
-    if (sink__ready) begin
-      \$45  = valid_9;
+    \$70  = valid_10;
+    if (advance) begin
+      \$70  = valid_9;
     end
     if (rst) begin
-      \$45  = 1'h0;
+      \$70  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = valid_11;
-    if (sink__ready) begin
-      \$46  = valid_10;
-    end
-    if (rst) begin
-      \$46  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = valid_12;
-    if (sink__ready) begin
-      \$47  = valid_11;
-    end
-    if (rst) begin
-      \$47  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = valid_13;
-    if (sink__ready) begin
-      \$48  = valid_12;
-    end
-    if (rst) begin
-      \$48  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = valid_14;
-    if (sink__ready) begin
-      \$49  = valid_13;
-    end
-    if (rst) begin
-      \$49  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = valid_15;
-    if (sink__ready) begin
-      \$50  = valid_14;
-    end
-    if (rst) begin
-      \$50  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = valid_16;
-    if (sink__ready) begin
-      \$51  = valid_15;
-    end
-    if (rst) begin
-      \$51  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = valid_17;
-    if (sink__ready) begin
-      \$52  = valid_16;
-    end
-    if (rst) begin
-      \$52  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = source__valid;
-    if (sink__ready) begin
-      \$53  = valid_17;
-    end
-    if (rst) begin
-      \$53  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_2;
-    if (sink__ready) begin
-      \$54  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = keep_3;
-    if (sink__ready) begin
-      \$55  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = keep_4;
-    if (sink__ready) begin
-      \$56  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = keep_5;
-    if (sink__ready) begin
-      \$57  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = keep_6;
-    if (sink__ready) begin
-      \$58  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = keep_7;
-    if (sink__ready) begin
-      \$59  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = keep_8;
-    if (sink__ready) begin
-      \$60  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_9;
-    if (sink__ready) begin
-      \$61  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = keep_10;
-    if (sink__ready) begin
-      \$62  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = keep_11;
-    if (sink__ready) begin
-      \$63  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = keep_12;
-    if (sink__ready) begin
-      \$64  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = keep_13;
-    if (sink__ready) begin
-      \$65  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = keep_14;
-    if (sink__ready) begin
-      \$66  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = keep_15;
-    if (sink__ready) begin
-      \$67  = keep_14;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = keep_16;
-    if (sink__ready) begin
-      \$68  = keep_15;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = keep_17;
-    if (sink__ready) begin
-      \$69  = keep_16;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = keep_18;
-    if (sink__ready) begin
-      \$70  = keep_17;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$71  = 1'h1;
-      endcase
+    \$71  = valid_11;
+    if (advance) begin
+      \$71  = valid_10;
     end
     if (rst) begin
       \$71  = 1'h0;
@@ -1178,14 +1027,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$72  = 1'h1;
-      endcase
+    \$72  = valid_12;
+    if (advance) begin
+      \$72  = valid_11;
     end
     if (rst) begin
       \$72  = 1'h0;
@@ -1193,16 +1037,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$73  = 1'h1;
-      endcase
+    \$73  = valid_13;
+    if (advance) begin
+      \$73  = valid_12;
     end
     if (rst) begin
       \$73  = 1'h0;
@@ -1210,7 +1047,221 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = 1'h0;
+    \$74  = valid_14;
+    if (advance) begin
+      \$74  = valid_13;
+    end
+    if (rst) begin
+      \$74  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = valid_15;
+    if (advance) begin
+      \$75  = valid_14;
+    end
+    if (rst) begin
+      \$75  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = valid_16;
+    if (advance) begin
+      \$76  = valid_15;
+    end
+    if (rst) begin
+      \$76  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = valid_17;
+    if (advance) begin
+      \$77  = valid_16;
+    end
+    if (rst) begin
+      \$77  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = source__valid;
+    if (advance) begin
+      \$78  = valid_17;
+    end
+    if (rst) begin
+      \$78  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = keep_2;
+    if (advance) begin
+      \$79  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = keep_3;
+    if (advance) begin
+      \$80  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = keep_4;
+    if (advance) begin
+      \$81  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = keep_5;
+    if (advance) begin
+      \$82  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = keep_6;
+    if (advance) begin
+      \$83  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$84  = keep_7;
+    if (advance) begin
+      \$84  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = keep_8;
+    if (advance) begin
+      \$85  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = keep_9;
+    if (advance) begin
+      \$86  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$87  = keep_10;
+    if (advance) begin
+      \$87  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$88  = keep_11;
+    if (advance) begin
+      \$88  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$89  = keep_12;
+    if (advance) begin
+      \$89  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = keep_13;
+    if (advance) begin
+      \$90  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = keep_14;
+    if (advance) begin
+      \$91  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = keep_15;
+    if (advance) begin
+      \$92  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$93  = keep_16;
+    if (advance) begin
+      \$93  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$94  = keep_17;
+    if (advance) begin
+      \$94  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = keep_18;
+    if (advance) begin
+      \$95  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$96  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$96  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$96  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$97  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$97  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$97  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$98  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$98  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$99  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1220,16 +1271,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$74  = 1'h1;
+            \$99  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$74  = 1'h0;
+      \$99  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = 1'h0;
+    \$100  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1241,475 +1292,474 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$75  = 1'h1;
+            \$100  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$75  = 1'h0;
+      \$100  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = \$13 ;
+    \$101  = \$38 ;
     if (rst) begin
-      \$76  = 2'h0;
+      \$101  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = \step$46 ;
+    \$102  = \step$46 ;
     if (write_step) begin
-      \$77  = data[15:0];
+      \$102  = data[15:0];
     end
     if (rst) begin
-      \$77  = 16'h0000;
+      \$102  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = decay;
+    \$103  = decay;
     if (write_decay) begin
-      \$78  = data[11:0];
+      \$103  = data[11:0];
     end
     if (rst) begin
-      \$78  = 12'h000;
+      \$103  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = noise;
+    \$104  = noise;
     if (write_noise) begin
-      \$79  = data[15:0];
+      \$104  = data[15:0];
     end
     if (rst) begin
-      \$79  = 16'h0000;
+      \$104  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = vc_var;
+    \$105  = vc_var;
     if (write_vc_var) begin
-      \$80  = data[14:0];
+      \$105  = data[14:0];
     end
     if (rst) begin
-      \$80  = 15'h0000;
+      \$105  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = vc_noise;
+    \$106  = vc_noise;
     if (write_vc_noise) begin
-      \$81  = data[0];
+      \$106  = data[0];
     end
     if (rst) begin
-      \$81  = 1'h0;
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = \$16 ;
+    \$107  = \$41 ;
     if (rst) begin
-      \$82  = 2'h0;
+      \$107  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = \step$68 ;
+    \$108  = \step$68 ;
     if (write_step) begin
-      \$83  = data[15:0];
+      \$108  = data[15:0];
     end
     if (rst) begin
-      \$83  = 16'h0000;
+      \$108  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = \decay$70 ;
+    \$109  = \decay$70 ;
     if (write_decay) begin
-      \$84  = data[11:0];
+      \$109  = data[11:0];
     end
     if (rst) begin
-      \$84  = 12'h000;
+      \$109  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = \noise$72 ;
+    \$110  = \noise$72 ;
     if (write_noise) begin
-      \$85  = data[15:0];
+      \$110  = data[15:0];
     end
     if (rst) begin
-      \$85  = 16'h0000;
+      \$110  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = \vc_var$74 ;
+    \$111  = \vc_var$74 ;
     if (write_vc_var) begin
-      \$86  = data[14:0];
+      \$111  = data[14:0];
     end
     if (rst) begin
-      \$86  = 15'h0000;
+      \$111  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \vc_noise$76 ;
+    \$112  = \vc_noise$76 ;
     if (write_vc_noise) begin
-      \$87  = data[0];
+      \$112  = data[0];
     end
     if (rst) begin
-      \$87  = 1'h0;
+      \$112  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = \$19 ;
+    \$113  = \$44 ;
     if (rst) begin
-      \$88  = 2'h0;
+      \$113  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = \step$90 ;
+    \$114  = \step$90 ;
     if (write_step) begin
-      \$89  = data[15:0];
+      \$114  = data[15:0];
     end
     if (rst) begin
-      \$89  = 16'h0000;
+      \$114  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = \decay$92 ;
+    \$115  = \decay$92 ;
     if (write_decay) begin
-      \$90  = data[11:0];
+      \$115  = data[11:0];
     end
     if (rst) begin
-      \$90  = 12'h000;
+      \$115  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = \noise$94 ;
+    \$116  = \noise$94 ;
     if (write_noise) begin
-      \$91  = data[15:0];
+      \$116  = data[15:0];
     end
     if (rst) begin
-      \$91  = 16'h0000;
+      \$116  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = \vc_var$96 ;
+    \$117  = \vc_var$96 ;
     if (write_vc_var) begin
-      \$92  = data[14:0];
+      \$117  = data[14:0];
     end
     if (rst) begin
-      \$92  = 15'h0000;
+      \$117  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = \vc_noise$98 ;
+    \$118  = \vc_noise$98 ;
     if (write_vc_noise) begin
-      \$93  = data[0];
+      \$118  = data[0];
     end
     if (rst) begin
-      \$93  = 1'h0;
+      \$118  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = \$22 ;
+    \$119  = \$47 ;
     if (rst) begin
-      \$94  = 2'h0;
+      \$119  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = \step$112 ;
+    \$120  = \step$112 ;
     if (write_step) begin
-      \$95  = data[15:0];
+      \$120  = data[15:0];
     end
     if (rst) begin
-      \$95  = 16'h0000;
+      \$120  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = \decay$114 ;
+    \$121  = \decay$114 ;
     if (write_decay) begin
-      \$96  = data[11:0];
+      \$121  = data[11:0];
     end
     if (rst) begin
-      \$96  = 12'h000;
+      \$121  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = \noise$116 ;
+    \$122  = \noise$116 ;
     if (write_noise) begin
-      \$97  = data[15:0];
+      \$122  = data[15:0];
     end
     if (rst) begin
-      \$97  = 16'h0000;
+      \$122  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = \vc_var$118 ;
+    \$123  = \vc_var$118 ;
     if (write_vc_var) begin
-      \$98  = data[14:0];
+      \$123  = data[14:0];
     end
     if (rst) begin
-      \$98  = 15'h0000;
+      \$123  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = \vc_noise$120 ;
+    \$124  = \vc_noise$120 ;
     if (write_vc_noise) begin
-      \$99  = data[0];
+      \$124  = data[0];
     end
     if (rst) begin
-      \$99  = 1'h0;
+      \$124  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$100  = \$25 ;
+    \$125  = \$50 ;
     if (rst) begin
-      \$100  = 2'h0;
+      \$125  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = \step$134 ;
+    \$126  = \step$134 ;
     if (write_step) begin
-      \$101  = data[15:0];
+      \$126  = data[15:0];
     end
     if (rst) begin
-      \$101  = 16'h0000;
+      \$126  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = \decay$136 ;
+    \$127  = \decay$136 ;
     if (write_decay) begin
-      \$102  = data[11:0];
+      \$127  = data[11:0];
     end
     if (rst) begin
-      \$102  = 12'h000;
+      \$127  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = \noise$138 ;
+    \$128  = \noise$138 ;
     if (write_noise) begin
-      \$103  = data[15:0];
+      \$128  = data[15:0];
     end
     if (rst) begin
-      \$103  = 16'h0000;
+      \$128  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = \vc_var$140 ;
+    \$129  = \vc_var$140 ;
     if (write_vc_var) begin
-      \$104  = data[14:0];
+      \$129  = data[14:0];
     end
     if (rst) begin
-      \$104  = 15'h0000;
+      \$129  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = \vc_noise$142 ;
+    \$130  = \vc_noise$142 ;
     if (write_vc_noise) begin
-      \$105  = data[0];
+      \$130  = data[0];
     end
     if (rst) begin
-      \$105  = 1'h0;
+      \$130  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = \$28 ;
+    \$131  = \$53 ;
     if (rst) begin
-      \$106  = 2'h0;
+      \$131  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = \step$156 ;
+    \$132  = \step$156 ;
     if (write_step) begin
-      \$107  = data[15:0];
+      \$132  = data[15:0];
     end
     if (rst) begin
-      \$107  = 16'h0000;
+      \$132  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = \decay$158 ;
+    \$133  = \decay$158 ;
     if (write_decay) begin
-      \$108  = data[11:0];
+      \$133  = data[11:0];
     end
     if (rst) begin
-      \$108  = 12'h000;
+      \$133  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = \noise$160 ;
+    \$134  = \noise$160 ;
     if (write_noise) begin
-      \$109  = data[15:0];
+      \$134  = data[15:0];
     end
     if (rst) begin
-      \$109  = 16'h0000;
+      \$134  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = \vc_var$162 ;
+    \$135  = \vc_var$162 ;
     if (write_vc_var) begin
-      \$110  = data[14:0];
+      \$135  = data[14:0];
     end
     if (rst) begin
-      \$110  = 15'h0000;
+      \$135  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = \vc_noise$164 ;
+    \$136  = \vc_noise$164 ;
     if (write_vc_noise) begin
-      \$111  = data[0];
+      \$136  = data[0];
     end
     if (rst) begin
-      \$111  = 1'h0;
+      \$136  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = \$31 ;
+    \$137  = \$56 ;
     if (rst) begin
-      \$112  = 2'h0;
+      \$137  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = \step$178 ;
+    \$138  = \step$178 ;
     if (write_step) begin
-      \$113  = data[15:0];
+      \$138  = data[15:0];
     end
     if (rst) begin
-      \$113  = 16'h0000;
+      \$138  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = \decay$180 ;
+    \$139  = \decay$180 ;
     if (write_decay) begin
-      \$114  = data[11:0];
+      \$139  = data[11:0];
     end
     if (rst) begin
-      \$114  = 12'h000;
+      \$139  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$115  = \noise$182 ;
+    \$140  = \noise$182 ;
     if (write_noise) begin
-      \$115  = data[15:0];
+      \$140  = data[15:0];
     end
     if (rst) begin
-      \$115  = 16'h0000;
+      \$140  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$116  = \vc_var$184 ;
+    \$141  = \vc_var$184 ;
     if (write_vc_var) begin
-      \$116  = data[14:0];
+      \$141  = data[14:0];
     end
     if (rst) begin
-      \$116  = 15'h0000;
+      \$141  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$117  = \vc_noise$186 ;
+    \$142  = \vc_noise$186 ;
     if (write_vc_noise) begin
-      \$117  = data[0];
+      \$142  = data[0];
     end
     if (rst) begin
-      \$117  = 1'h0;
+      \$142  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$118  = \$34 ;
+    \$143  = \$59 ;
     if (rst) begin
-      \$118  = 2'h0;
+      \$143  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$119  = \step$200 ;
+    \$144  = \step$200 ;
     if (write_step) begin
-      \$119  = data[15:0];
+      \$144  = data[15:0];
     end
     if (rst) begin
-      \$119  = 16'h0000;
+      \$144  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$120  = \decay$202 ;
+    \$145  = \decay$202 ;
     if (write_decay) begin
-      \$120  = data[11:0];
+      \$145  = data[11:0];
     end
     if (rst) begin
-      \$120  = 12'h000;
+      \$145  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$121  = \noise$204 ;
+    \$146  = \noise$204 ;
     if (write_noise) begin
-      \$121  = data[15:0];
+      \$146  = data[15:0];
     end
     if (rst) begin
-      \$121  = 16'h0000;
+      \$146  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$122  = \vc_var$206 ;
+    \$147  = \vc_var$206 ;
     if (write_vc_var) begin
-      \$122  = data[14:0];
+      \$147  = data[14:0];
     end
     if (rst) begin
-      \$122  = 15'h0000;
+      \$147  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$123  = \vc_noise$208 ;
+    \$148  = \vc_noise$208 ;
     if (write_vc_noise) begin
-      \$123  = data[0];
+      \$148  = data[0];
     end
     if (rst) begin
-      \$123  = 1'h0;
+      \$148  = 1'h0;
     end
   end
-  assign advance = sink__ready;
   assign valid_18 = source__valid;
   assign load0 = seed_load_0[0];
   assign load1 = seed_load_0[1];
   assign wdata = data;
-  assign en = sink__ready;
+  assign en = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
@@ -1719,10 +1769,10 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_noise_0 = noise;
   assign reg_vc_var_0 = vc_var;
   assign reg_vc_noise_0 = vc_noise;
-  assign \load0$57  = seed_load_1[0];
+  assign \load0$58  = seed_load_1[0];
   assign \load1$59  = seed_load_1[1];
   assign \data$60  = data;
-  assign \en$61  = sink__ready;
+  assign \en$61  = advance;
   assign \theta$62  = sink__payload[23:16];
   assign \grad$63  = sink__payload[87:80];
   assign \out$65  = \words$64 ;
@@ -1732,10 +1782,10 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_noise_1 = \noise$72 ;
   assign reg_vc_var_1 = \vc_var$74 ;
   assign reg_vc_noise_1 = \vc_noise$76 ;
-  assign \load0$79  = seed_load_2[0];
+  assign \load0$80  = seed_load_2[0];
   assign \load1$81  = seed_load_2[1];
   assign \data$82  = data;
-  assign \en$83  = sink__ready;
+  assign \en$83  = advance;
   assign \theta$84  = sink__payload[31:24];
   assign \grad$85  = sink__payload[95:88];
   assign \out$87  = \words$86 ;
@@ -1745,10 +1795,10 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_noise_2 = \noise$94 ;
   assign reg_vc_var_2 = \vc_var$96 ;
   assign reg_vc_noise_2 = \vc_noise$98 ;
-  assign \load0$101  = seed_load_3[0];
+  assign \load0$102  = seed_load_3[0];
   assign \load1$103  = seed_load_3[1];
   assign \data$104  = data;
-  assign \en$105  = sink__ready;
+  assign \en$105  = advance;
   assign \theta$106  = sink__payload[39:32];
   assign \grad$107  = sink__payload[103:96];
   assign \out$109  = \words$108 ;
@@ -1758,10 +1808,10 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_noise_3 = \noise$116 ;
   assign reg_vc_var_3 = \vc_var$118 ;
   assign reg_vc_noise_3 = \vc_noise$120 ;
-  assign \load0$123  = seed_load_4[0];
+  assign \load0$124  = seed_load_4[0];
   assign \load1$125  = seed_load_4[1];
   assign \data$126  = data;
-  assign \en$127  = sink__ready;
+  assign \en$127  = advance;
   assign \theta$128  = sink__payload[47:40];
   assign \grad$129  = sink__payload[111:104];
   assign \out$131  = \words$130 ;
@@ -1771,10 +1821,10 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_noise_4 = \noise$138 ;
   assign reg_vc_var_4 = \vc_var$140 ;
   assign reg_vc_noise_4 = \vc_noise$142 ;
-  assign \load0$145  = seed_load_5[0];
+  assign \load0$146  = seed_load_5[0];
   assign \load1$147  = seed_load_5[1];
   assign \data$148  = data;
-  assign \en$149  = sink__ready;
+  assign \en$149  = advance;
   assign \theta$150  = sink__payload[55:48];
   assign \grad$151  = sink__payload[119:112];
   assign \out$153  = \words$152 ;
@@ -1784,10 +1834,10 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_noise_5 = \noise$160 ;
   assign reg_vc_var_5 = \vc_var$162 ;
   assign reg_vc_noise_5 = \vc_noise$164 ;
-  assign \load0$167  = seed_load_6[0];
+  assign \load0$168  = seed_load_6[0];
   assign \load1$169  = seed_load_6[1];
   assign \data$170  = data;
-  assign \en$171  = sink__ready;
+  assign \en$171  = advance;
   assign \theta$172  = sink__payload[63:56];
   assign \grad$173  = sink__payload[127:120];
   assign \out$175  = \words$174 ;
@@ -1797,10 +1847,10 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign reg_noise_6 = \noise$182 ;
   assign reg_vc_var_6 = \vc_var$184 ;
   assign reg_vc_noise_6 = \vc_noise$186 ;
-  assign \load0$189  = seed_load_7[0];
+  assign \load0$190  = seed_load_7[0];
   assign \load1$191  = seed_load_7[1];
   assign \data$192  = data;
-  assign \en$193  = sink__ready;
+  assign \en$193  = advance;
   assign \theta$194  = sink__payload[71:64];
   assign \grad$195  = sink__payload[135:128];
   assign \out$197  = \words$196 ;
@@ -31148,7 +31198,7 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9264$0 , clk);
+module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9290$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31172,8 +31222,8 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9264$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9264$0 ;
-  wire [1:0] \port$9264$0 ;
+  input [1:0] \port$9290$0 ;
+  wire [1:0] \port$9290$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -31203,7 +31253,7 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9264$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9264$0 [0]) begin
+    if (\port$9290$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31216,19 +31266,19 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9264$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9264$0 [1]) begin
+    if (\port$9290$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$9264$0 [0];
-  assign load1 = \port$9264$0 [1];
+  assign load0 = \port$9290$0 [0];
+  assign load1 = \port$9290$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9276$0 , clk);
+module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9302$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31252,8 +31302,8 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9276$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9276$0 ;
-  wire [1:0] \port$9276$0 ;
+  input [1:0] \port$9302$0 ;
+  wire [1:0] \port$9302$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -31283,7 +31333,7 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9276$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9276$0 [0]) begin
+    if (\port$9302$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31296,19 +31346,19 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9276$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9276$0 [1]) begin
+    if (\port$9302$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$9276$0 [0];
-  assign load1 = \port$9276$0 [1];
+  assign load0 = \port$9302$0 [0];
+  assign load1 = \port$9302$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9288$0 , clk);
+module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9314$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31332,8 +31382,8 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9288$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9288$0 ;
-  wire [1:0] \port$9288$0 ;
+  input [1:0] \port$9314$0 ;
+  wire [1:0] \port$9314$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -31363,7 +31413,7 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9288$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9288$0 [0]) begin
+    if (\port$9314$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31376,19 +31426,19 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9288$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9288$0 [1]) begin
+    if (\port$9314$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$9288$0 [0];
-  assign load1 = \port$9288$0 [1];
+  assign load0 = \port$9314$0 [0];
+  assign load1 = \port$9314$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9300$0 , clk);
+module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9326$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31412,8 +31462,8 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9300$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9300$0 ;
-  wire [1:0] \port$9300$0 ;
+  input [1:0] \port$9326$0 ;
+  wire [1:0] \port$9326$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -31443,7 +31493,7 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9300$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9300$0 [0]) begin
+    if (\port$9326$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31456,19 +31506,19 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9300$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9300$0 [1]) begin
+    if (\port$9326$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$9300$0 [0];
-  assign load1 = \port$9300$0 [1];
+  assign load0 = \port$9326$0 [0];
+  assign load1 = \port$9326$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9312$0 , clk);
+module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9338$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31492,8 +31542,8 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9312$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9312$0 ;
-  wire [1:0] \port$9312$0 ;
+  input [1:0] \port$9338$0 ;
+  wire [1:0] \port$9338$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -31523,7 +31573,7 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9312$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9312$0 [0]) begin
+    if (\port$9338$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31536,19 +31586,19 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9312$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9312$0 [1]) begin
+    if (\port$9338$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$9312$0 [0];
-  assign load1 = \port$9312$0 [1];
+  assign load0 = \port$9338$0 [0];
+  assign load1 = \port$9338$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9324$0 , clk);
+module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9350$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31572,8 +31622,8 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9324$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9324$0 ;
-  wire [1:0] \port$9324$0 ;
+  input [1:0] \port$9350$0 ;
+  wire [1:0] \port$9350$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -31603,7 +31653,7 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9324$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9324$0 [0]) begin
+    if (\port$9350$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31616,19 +31666,19 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9324$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9324$0 [1]) begin
+    if (\port$9350$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$9324$0 [0];
-  assign load1 = \port$9324$0 [1];
+  assign load0 = \port$9350$0 [0];
+  assign load1 = \port$9350$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9336$0 , clk);
+module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9362$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31652,8 +31702,8 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9336$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9336$0 ;
-  wire [1:0] \port$9336$0 ;
+  input [1:0] \port$9362$0 ;
+  wire [1:0] \port$9362$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -31683,7 +31733,7 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9336$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9336$0 [0]) begin
+    if (\port$9362$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31696,19 +31746,19 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9336$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9336$0 [1]) begin
+    if (\port$9362$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$9336$0 [0];
-  assign load1 = \port$9336$0 [1];
+  assign load0 = \port$9362$0 [0];
+  assign load1 = \port$9362$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9348$0 , clk);
+module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9374$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31732,8 +31782,8 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9348$0 , clk);
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9348$0 ;
-  wire [1:0] \port$9348$0 ;
+  input [1:0] \port$9374$0 ;
+  wire [1:0] \port$9374$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -31763,7 +31813,7 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9348$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9348$0 [0]) begin
+    if (\port$9374$0 [0]) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31776,13 +31826,13 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9348$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9348$0 [1]) begin
+    if (\port$9374$0 [1]) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$9348$0 [0];
-  assign load1 = \port$9348$0 [1];
+  assign load0 = \port$9374$0 [0];
+  assign load1 = \port$9374$0 [1];
 endmodule

@@ -94,17 +94,27 @@ def to_float_torch(t: BfpTensor, fmt: BfpFormat, dtype: Any = None) -> Any:
     return (t.mant.reshape(rows, cols).to(torch.float64) * g).reshape(t.mant.shape).to(dtype)
 
 
+_BFP_PATHS = ("kernel", "reference", "triton")
+
+
 class TorchBfpEngine:
     """:class:`BfpEngine` on torch int64 tensors (CPU or CUDA): the same lanes, streams and kernel.
 
     Words come from :func:`emulator.engines.torch_engine.torch_stream_words` (element ``i``: lane
     ``i mod L``, cycle ``i div L``); the update is :func:`update`. Equal to :class:`BfpEngine`
     word for word given the same seed and inputs.
+
+    ``path``: ``"kernel"`` (default: the Triton lane kernels of :mod:`emulator.engines.gpu_kernels` on
+    CUDA, the reference path elsewhere), ``"reference"`` (stream words + :func:`update`) or ``"triton"``
+    (the Triton kernels on any device; on CPU only under ``TRITON_INTERPRET=1``).
     """
 
-    def __init__(self, cfg: BfpConfig, seed: int, *, device: Any = "cpu", rng: Any = None):
+    def __init__(self, cfg: BfpConfig, seed: int, *, device: Any = "cpu", rng: Any = None, path: str = "kernel"):
         if not isinstance(cfg, BfpConfig):
             raise TypeError(f"cfg must be a BfpConfig, got {type(cfg).__name__}")
+        if path not in _BFP_PATHS:
+            raise ValueError(f"path must be one of {_BFP_PATHS}, got {path!r}")
+        self.path = path
         self.cfg = cfg
         self.device = torch.device(device)
         if rng is None:
@@ -150,8 +160,28 @@ class TorchBfpEngine:
         g = self._check(grad, cfg.grad, "grad", check_words)
         if tuple(th.mant.shape) != tuple(g.mant.shape):
             raise ValueError(f"theta shape {tuple(th.mant.shape)} != grad shape {tuple(g.mant.shape)}")
+        if self.uses_triton:
+            return self._triton(th, g, regs)
         words = torch_stream_words(self.rng, th.mant.numel())
         return update(cfg, th, g, regs, words)
+
+    @property
+    def uses_triton(self) -> bool:
+        """True when steps run the Triton lane kernels (path ``"triton"``, or ``"kernel"`` on CUDA)."""
+        return self.path == "triton" or (self.path == "kernel" and self.device.type == "cuda")
+
+    def _triton(self, th: BfpTensor, g: BfpTensor, regs: BfpRegisters) -> BfpUpdateResult:
+        from . import gpu_kernels  # triton is needed only here
+
+        cfg = self.cfg
+        rng = self.rng
+        rng.s0, rng.s1 = rng.s0.contiguous(), rng.s1.contiguous()
+        out = BfpTensor(torch.empty_like(th.mant), torch.empty_like(th.exp))
+        weight = BfpTensor(torch.empty_like(th.mant), torch.empty_like(th.exp)) if cfg.variant.has_accumulator \
+            else None
+        gpu_kernels.bfp_update(cfg, regs, rng.s0, rng.s1, BfpTensor(th.mant.contiguous(), th.exp.contiguous()),
+                               BfpTensor(g.mant.contiguous(), g.exp.contiguous()), out, weight)
+        return BfpUpdateResult(out, weight if weight is not None else out)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.state_dict()}

@@ -5,12 +5,16 @@ same bits: XOR/AND/OR are unchanged, ``<<`` wraps modulo 2^64 (checked by the te
 logical right shift is the arithmetic one masked to ``64 - r`` bits (:func:`_shr`).
 
 Element order, lanes and random streams follow docs/spec.md section 8 exactly as the numpy
-engine does. Two paths compute the same integers:
+engine does. These paths compute the same integers:
+
+* ``path="kernel"`` (default unless ``compile=True``): on CUDA the Triton lane kernels of
+  :mod:`emulator.engines.gpu_kernels`; elsewhere the fused path below. ``path="triton"`` runs
+  the Triton kernels on any device (CPU tensors only under ``TRITON_INTERPRET=1``).
 
 * ``path="reference"``: :func:`torch_stream_words` materializes every element's random words,
   then :func:`torch_update` runs the datapath as plain per-tensor ops (a line-by-line port of
   :func:`emulator.spec.datapath.update`).
-* ``path="fused"`` (default): the lanes are jumped to the starts of chunks of cycles (GF(2)
+* ``path="fused"`` (the default with ``compile=True``): the lanes are jumped to the starts of chunks of cycles (GF(2)
   jump-ahead with byte tables) and all chunk states step together; each step produces one
   cycle's words for every chunk and feeds them straight into the update, so the words are
   never stored. With ``compile=True`` that per-cycle function (generator output, transition,
@@ -533,7 +537,7 @@ def torch_update(
 
 # ---- the engine ----------------------------------------------------------------------
 
-_PATHS = ("fused", "reference")
+_PATHS = ("kernel", "fused", "reference", "triton")
 Kernel = Callable[..., tuple[Tensor, Tensor]]
 
 
@@ -613,16 +617,21 @@ class TorchEngine:
     >>> eng = TorchEngine(cfg, seed=1, device="cuda")          # doctest: +SKIP
     >>> state, weight = eng.step(theta_words, grad_words, regs)  # doctest: +SKIP
 
-    ``path``: ``"fused"`` (default) or ``"reference"``. ``compile=True`` (fused path only) runs
+    ``path``: ``"kernel"`` (default unless ``compile=True``: the Triton lane kernels of
+    :mod:`emulator.engines.gpu_kernels` on CUDA, the fused path elsewhere), ``"fused"``, ``"reference"``
+    or ``"triton"`` (the Triton kernels on any device: on CPU tensors only under ``TRITON_INTERPRET=1``,
+    set before triton is imported; the tests use it). ``compile=True`` (fused path only) runs
     the per-cycle kernel and the jumps as ``torch.compile`` kernels (automatic dynamic shapes,
     see :func:`_kernel`); the first calls compile (tens of seconds per kernel on CPU). Tested
     equal to the reference path and ``NumpyEngine`` on CPU; ``scripts/gpu_check.py`` checks CUDA.
     """
 
-    def __init__(self, cfg: DatapathConfig, seed: int, *, device: DeviceLike = "cpu", path: str = "fused",
+    def __init__(self, cfg: DatapathConfig, seed: int, *, device: DeviceLike = "cpu", path: str | None = None,
                  compile: bool = False, rng: TorchLaneRng | None = None):
         if not isinstance(cfg, DatapathConfig):
             raise TypeError(f"cfg must be a DatapathConfig, got {type(cfg).__name__}")
+        if path is None:
+            path = "fused" if compile else "kernel"
         if path not in _PATHS:
             raise ValueError(f"path must be one of {_PATHS}, got {path!r}")
         self.cfg = cfg
@@ -671,6 +680,9 @@ class TorchEngine:
             words = torch_stream_words(self.rng, th.numel())
             r = torch_update(cfg, th, g, regs, words)
             return TorchUpdateResult(r.state.view(shape), r.weight.view(shape))
+        if self.uses_triton:
+            state, weight = self._triton(th, g, regs)
+            return TorchUpdateResult(state.view(shape), weight.view(shape))
         state, weight = self._fused(th, g, regs)
         return TorchUpdateResult(state.view(shape), weight.view(shape))
 
@@ -704,6 +716,10 @@ class TorchEngine:
         shape = theta.shape
         th = self._check(theta, cfg.state, "theta", check_words)
         gf = grad.detach().contiguous().view(-1)
+        if self.uses_triton:
+            state, weight = self._triton(th, gf, regs, grad_rng=grad_rng if stochastic else None, rounding=rounding,
+                                         sr_bits=sr_bits)
+            return TorchUpdateResult(state.view(shape), weight.view(shape))
         n = th.numel()
         state = torch.empty_like(th)
         weight = torch.empty_like(th) if cfg.variant.has_accumulator else state
@@ -739,6 +755,32 @@ class TorchEngine:
 
         drive_cycles(rngs, n, body, compiled=self.compile)
         return TorchUpdateResult(state.view(shape), weight.view(shape))
+
+    @property
+    def uses_triton(self) -> bool:
+        """True when steps run the Triton lane kernels (path ``"triton"``, or ``"kernel"`` on CUDA)."""
+        return self.path == "triton" or (self.path == "kernel" and self.device.type == "cuda")
+
+    def _triton(self, th: Tensor, g: Tensor, regs: StepRegisters, *, grad_rng: TorchLaneRng | None = None,
+                rounding: str | None = None, sr_bits: int = 32) -> tuple[Tensor, Tensor]:
+        """:mod:`emulator.engines.gpu_kernels` on flat ``th`` and ``g`` (words, or floats with ``rounding``)."""
+        from . import gpu_kernels  # triton is needed only here
+
+        cfg = self.cfg
+        state = torch.empty_like(th)
+        weight = torch.empty_like(th) if cfg.variant.has_accumulator else state
+        rng = self.rng
+        rng.s0, rng.s1 = rng.s0.contiguous(), rng.s1.contiguous()
+        if rounding is None:
+            gpu_kernels.fixed_update(cfg, regs, rng.s0, rng.s1, th, g, state, weight)
+            return state, weight
+        g0 = g1 = None
+        if grad_rng is not None:
+            grad_rng.s0, grad_rng.s1 = grad_rng.s0.contiguous(), grad_rng.s1.contiguous()
+            g0, g1 = grad_rng.s0, grad_rng.s1
+        gpu_kernels.fixed_quantize_update(cfg, regs, rng.s0, rng.s1, g0, g1, th, g, state, weight,
+                                          rounding=rounding, sr_bits=sr_bits)
+        return state, weight
 
     def _fused(self, th: Tensor, g: Tensor, regs: StepRegisters) -> tuple[Tensor, Tensor]:
         cfg = self.cfg

@@ -166,6 +166,16 @@ class BayesianAverage:
             raise ValueError("no samples added yet")
         return self._sum / self.samples
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{'sum': summed probabilities (float64 array or None), 'samples': count}``, for checkpoints."""
+        return {"sum": None if self._sum is None else self._sum.copy(), "samples": self.samples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (``sum`` may be any array-like, e.g. a float64 torch tensor)."""
+        s = state["sum"]
+        self._sum = None if s is None else np.array(s, dtype=np.float64)
+        self.samples = int(state["samples"])
+
     def metrics(self, labels: Any, bins: int = DEFAULT_BINS) -> dict[str, float]:
         out = metrics(self.probs, labels, bins)
         out["samples"] = float(self.samples)

@@ -18,13 +18,16 @@ with ``key = sm(sm(sm(seed) ^ layer) ^ (2 * call + direction))``, ``sm(x) = mix6
 ``layer`` the quantizer's index in the model, ``call`` its forward-call counter and
 ``direction`` 0 for activations, 1 for errors (the backward of call ``c`` uses ``c``).
 
-:func:`quantize_model` adds a quantizer after every ``Linear`` / ``Conv2d`` with a
-forward hook (the model and its ``state_dict`` keys are unchanged) and returns a
-handle whose ``remove()`` takes them out again.
+:func:`quantize_model` adds a quantizer module after every ``Linear`` / ``Conv2d`` (a
+child of the layer, run by a forward hook; its counters and seed are buffers in the
+model's ``state_dict``) and returns a handle whose ``remove()`` takes them out again.
+Evaluation (``eval()`` or no gradients) rounds to nearest by default and never moves a
+training stream (:class:`Quantizer`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,28 +159,49 @@ def quantize_tensor(x: torch.Tensor, spec: QuantSpec, u: torch.Tensor | None = N
     return out.to(x.dtype)
 
 
+EVAL_ROUNDINGS = ("nearest", "stochastic", "train")
+EVAL_SALT = 0x6C707367_6C646576  # separates the evaluation streams from the training streams
+
+
 class _QuantizeFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, q: Quantizer, call: int) -> torch.Tensor:
-        ctx.q, ctx.call = q, call
-        return q.quantize(x, call, 0) if q.act is not None else x.clone()
+    def forward(ctx: Any, x: torch.Tensor, q: Quantizer, stream: tuple[int, int, int] | None) -> torch.Tensor:
+        ctx.q, ctx.stream = q, stream
+        return q.quantize_stream(x, stream, 0) if q.act is not None else x.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:
         q: Quantizer = ctx.q
-        return (q.quantize(grad, ctx.call, 1) if q.err is not None else grad), None, None
+        return (q.quantize_stream(grad, ctx.stream, 1) if q.err is not None else grad), None, None
+
+
+def _nearest(spec: QuantSpec | None) -> QuantSpec | None:
+    return None if spec is None else dataclasses.replace(spec, rounding="nearest")
 
 
 class Quantizer(nn.Module):
     """Identity in value flow that quantizes activations (forward) and errors (backward).
 
-    ``layer`` distinguishes quantizers of one model in the random streams; ``calls``
-    counts forward calls (saved in the state dict so a resumed run continues the streams).
+    ``layer`` distinguishes quantizers of one model in the random streams. Buffers (in the model's
+    ``state_dict``, copied by ``deepcopy``): ``calls`` counts training forward calls (the stream
+    position), ``eval_calls`` stochastic evaluation calls, ``seed`` the stream seed (its 64-bit
+    pattern as int64).
+
+    Evaluation (``not self.training`` or gradients disabled) with ``eval_rounding``:
+    ``'nearest'`` (default) rounds to nearest and touches no counter; ``'stochastic'`` rounds
+    stochastically from a separate evaluation stream (seed ``seed ^ EVAL_SALT``, counter
+    ``eval_calls``), so the training streams never move; ``'train'`` behaves as in training
+    (training stream and counter; what the library did before, kept for the studies' recorded runs).
+    ``forward`` is excluded from ``torch.compile`` (``torch.compiler.disable``): a compiled model runs
+    the quantizers eagerly, between compiled graphs, so it equals the eager model bit for bit.
     """
 
     calls: torch.Tensor
+    eval_calls: torch.Tensor
+    seed_bits: torch.Tensor
 
-    def __init__(self, act: QuantSpec | None, err: QuantSpec | None, seed: int = 0, layer: int = 0):
+    def __init__(self, act: QuantSpec | None, err: QuantSpec | None, seed: int = 0, layer: int = 0,
+                 eval_rounding: str = "nearest"):
         super().__init__()
         for name, spec in (("act", act), ("err", err)):
             if spec is not None and not isinstance(spec, QuantSpec):
@@ -187,57 +211,99 @@ class Quantizer(nn.Module):
         seed = check_int("seed", seed)
         if not 0 <= seed < 1 << 64:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        self.act, self.err, self.seed, self.layer = act, err, seed, check_int("layer", layer)
+        if eval_rounding not in EVAL_ROUNDINGS:
+            raise ValueError(f"eval_rounding must be one of {EVAL_ROUNDINGS}, got {eval_rounding!r}")
+        self.act, self.err, self.layer = act, err, check_int("layer", layer)
+        self.eval_rounding = eval_rounding
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("eval_calls", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("seed_bits", torch.tensor(_signed(seed), dtype=torch.int64))
+
+    @property
+    def seed(self) -> int:
+        return int(self.seed_bits) & _M64
 
     def quantize(self, x: torch.Tensor, call: int, direction: int) -> torch.Tensor:
+        """``x`` quantized with the training stream of forward call ``call`` (direction 0 act, 1 err)."""
+        return self.quantize_stream(x, (self.seed, self.layer, call), direction)
+
+    def quantize_stream(self, x: torch.Tensor, stream: tuple[int, int, int] | None, direction: int) -> torch.Tensor:
+        """``x`` quantized with the stream ``(seed, layer, call)``; None rounds to nearest."""
         spec = self.act if direction == 0 else self.err
         if spec is None:
             raise ValueError(f"quantizer {self.layer} has no {'act' if direction == 0 else 'err'} spec")
         u = None
-        if spec.rounding == "stochastic":
-            key = stream_key(self.seed, self.layer, call, direction)
+        if stream is None:
+            spec = _nearest(spec)
+        elif spec.rounding == "stochastic":
+            key = stream_key(stream[0], stream[1], stream[2], direction)
             u = uniform_bits(key, x.numel(), spec.sr_bits, x.device).reshape(x.shape)
+        assert spec is not None
         return quantize_tensor(x, spec, u)
 
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        call = int(self.calls)
-        self.calls += 1
-        out: torch.Tensor = _QuantizeFn.apply(x, self, call)
+        evaluating = not self.training or not torch.is_grad_enabled()
+        stream: tuple[int, int, int] | None
+        if not evaluating or self.eval_rounding == "train":
+            stream = (self.seed, self.layer, int(self.calls))
+            self.calls += 1
+        elif self.eval_rounding == "stochastic":
+            stream = (self.seed ^ EVAL_SALT, self.layer, int(self.eval_calls))
+            self.eval_calls += 1
+        else:
+            stream = None
+        out: torch.Tensor = _QuantizeFn.apply(x, self, stream)
         return out
 
     def extra_repr(self) -> str:
-        return f"act={self.act}, err={self.err}, seed={self.seed}, layer={self.layer}"
+        return f"act={self.act}, err={self.err}, seed={self.seed}, layer={self.layer}, eval={self.eval_rounding}"
 
 
-_ATTR = "_lpsgld_quantization"
+CHILD = "lpsgld_quantizer"
+
+
+@torch.compiler.disable
+def _quantize_output(module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    """The forward hook: the layer's output through its quantizer child (a module-level function, so the
+    model pickles, and a deepcopy's hook uses the copy's own quantizer)."""
+    out: torch.Tensor = getattr(module, CHILD)(output)
+    return out
+
+
+def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: mod for name, mod in model.named_modules() if isinstance(getattr(mod, CHILD, None), Quantizer)}
 
 
 class QuantizedModel:
-    """Handle returned by :func:`quantize_model`: the quantizers, their hooks, and ``remove()``."""
+    """Handle returned by :func:`quantize_model`: the quantizers by layer name, and ``remove()``.
 
-    def __init__(self, model: nn.Module, quantizers: dict[str, Quantizer], hooks: list[Any]):
+    Everything lives in the model (quantizer children ``<layer>.lpsgld_quantizer`` and a forward hook
+    on each layer); the handle only looks it up, so a deepcopy or a loaded ``torch.save(model)``
+    is quantized without it (``QuantizedModel(model)`` makes a handle for such a model).
+    """
+
+    def __init__(self, model: nn.Module):
         self.model = model
-        self.quantizers = quantizers
-        self._hooks = hooks
+
+    @property
+    def quantizers(self) -> dict[str, Quantizer]:
+        return {name: getattr(mod, CHILD) for name, mod in _quantized_layers(self.model).items()}
 
     def remove(self) -> None:
         """Take every quantizer out of the model (idempotent)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-        if getattr(self.model, _ATTR, None) is self:
-            delattr(self.model, _ATTR)
+        remove_quantization(self.model)
 
     def state_dict(self) -> dict[str, int]:
-        """Forward-call counters per quantized layer name (the random streams' positions)."""
+        """Forward-call counters per quantized layer name (also in ``model.state_dict()`` as buffers)."""
         return {name: int(q.calls) for name, q in self.quantizers.items()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if set(state) != set(self.quantizers):
-            raise ValueError(f"state has layers {sorted(state)}, expected {sorted(self.quantizers)}")
+        qs = self.quantizers
+        if set(state) != set(qs):
+            raise ValueError(f"state has layers {sorted(state)}, expected {sorted(qs)}")
         for name, n in state.items():
-            self.quantizers[name].calls.fill_(check_int(f"calls of {name}", n))
+            qs[name].calls.fill_(check_int(f"calls of {name}", n))
 
 
 def quantize_model(
@@ -246,36 +312,45 @@ def quantize_model(
     err: QuantSpec | None = None,
     seed: int = 0,
     layer_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
+    *,
+    quantize_output: bool = True,
+    eval_rounding: str = "nearest",
 ) -> QuantizedModel:
     """Quantize the output of every ``layer_types`` module (activations) and the error flowing into it.
 
-    Layers are numbered in ``model.named_modules()`` order; the hooks leave the model's
-    parameters and state-dict keys untouched. Raises ValueError if the model is already
-    quantized or has no such layer.
+    Layers are numbered in ``model.named_modules()`` order. Each gets a :class:`Quantizer` child
+    ``lpsgld_quantizer`` (its counters and seed are buffers, so ``model.state_dict()`` gains
+    ``<layer>.lpsgld_quantizer.{calls,eval_calls,seed_bits}``; parameters are unchanged) and a forward
+    hook. ``quantize_output=False`` leaves the last such layer (a classifier's logits) unquantized.
+    ``eval_rounding``: see :class:`Quantizer`. Raises ValueError if the model is already quantized
+    or has no such layer.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if getattr(model, _ATTR, None) is not None:
+    if not isinstance(quantize_output, bool):
+        raise TypeError(f"quantize_output must be a bool, got {quantize_output!r}")
+    if _quantized_layers(model):
         raise ValueError("model is already quantized; call remove_quantization(model) first")
-    quantizers: dict[str, Quantizer] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, layer_types):
-            q = Quantizer(act, err, seed, len(quantizers))
-            quantizers[name] = q
-            hooks.append(mod.register_forward_hook(lambda _m, _inp, out, q=q: q(out)))
-    if not quantizers:
+    layers = [mod for mod in model.modules() if isinstance(mod, layer_types)]
+    if not layers:
         raise ValueError(f"model has no {', '.join(t.__name__ for t in layer_types)} layer to quantize")
-    handle = QuantizedModel(model, quantizers, hooks)
-    setattr(model, _ATTR, handle)
-    return handle
+    if not quantize_output:
+        layers = layers[:-1]
+    quantizers = [Quantizer(act, err, seed, i, eval_rounding) for i in range(len(layers))]  # validates first
+    for mod, q in zip(layers, quantizers, strict=True):
+        mod.add_module(CHILD, q)
+        mod.register_forward_hook(_quantize_output)
+    return QuantizedModel(model)
 
 
 def remove_quantization(model: nn.Module) -> None:
     """Undo :func:`quantize_model` (no-op if the model is not quantized)."""
-    handle = getattr(model, _ATTR, None)
-    if handle is not None:
-        handle.remove()
+    for mod in _quantized_layers(model).values():
+        delattr(mod, CHILD)
+        for key in [k for k, h in mod._forward_hooks.items() if h is _quantize_output]:
+            del mod._forward_hooks[key]
+            mod._forward_hooks_with_kwargs.pop(key, None)
+            mod._forward_hooks_always_called.pop(key, None)
 
 
 def host_uniforms(key: int, shape: tuple[int, ...], k: int) -> np.ndarray:

@@ -46,7 +46,9 @@ Decisions (documented in docs/torch.md and docs/bfp.md):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,7 +56,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..engines.torch_bfp_engine import TorchBfpEngine, quantize_torch, to_float_torch
+from ..engines.torch_bfp_engine import TorchBfpEngine, exact_in, quantize_torch, to_float_torch
 from ..engines.torch_engine import TorchEngine, TorchLaneRng, torch_quantize, torch_stream_words
 from ..spec.bfp import (
     BfpConfig,
@@ -65,11 +67,12 @@ from ..spec.bfp import (
     check_headroom,
     check_quantize_bits,
 )
-from ..spec.datapath import DatapathConfig, StepRegisters
+from ..spec.datapath import DatapathConfig, StepRegisters, Variant
 from ..spec.formats import FixedFormat
 from ..spec.host import HyperParams, step_registers_flushed
 from ..spec.presets import PRESETS, preset
 from ..spec.rng import splitmix64
+from ..spec.sizing import SIZED_NAMES, SizedConfig, sized_config
 
 FP = "fp"
 _MASK64 = (1 << 64) - 1
@@ -157,16 +160,80 @@ def sgld_bfp(params: list[Tensor], grads: list[Tensor], states: list[dict[str, T
         p.copy_(to_float_torch(r.weight, cfg.weight, p.dtype))
 
 
+def _device_group_step(rt: _GroupRuntime, params: list[Tensor], grads: list[Tensor], state: list[Any],
+                       regs: StepRegisters | BfpRegisters, group: dict[str, Any]) -> bool:
+    """The group's step by the Triton kernels (``gpu_kernels.fixed_group_step`` / ``bfp_group_step``) when its
+    engine runs them (CUDA by default): the same integers as :func:`sgld_lp` / :func:`sgld_bfp`, the streams
+    advanced in place, no host synchronization. False (nothing done) for other engines and for parameters the
+    kernels do not write (non-contiguous, or not float32/float64)."""
+    eng, grng = rt.engine, rt.grad_rng
+    if eng is None or grng is None or not eng.uses_triton:
+        return False
+    if any(not p.is_contiguous() or p.dtype not in (torch.float32, torch.float64) for p in params):
+        return False
+    from ..engines import gpu_kernels  # triton is needed only here
+
+    for r in (eng.rng, grng):
+        r.s0, r.s1 = r.s0.contiguous(), r.s1.contiguous()
+    opts = dict(rounding=group["grad_rounding"], sr_bits=group["grad_sr_bits"])
+    if isinstance(rt.cfg, BfpConfig) and isinstance(regs, BfpRegisters):
+        gpu_kernels.bfp_group_step(rt.cfg, regs, eng.rng.s0, eng.rng.s1, grng.s0, grng.s1, params, grads, state,
+                                   headroom=group["grad_headroom"], **opts)
+        return True
+    if isinstance(rt.cfg, DatapathConfig) and isinstance(regs, StepRegisters):
+        gpu_kernels.fixed_group_step(rt.cfg, regs, eng.rng.s0, eng.rng.s1, grng.s0, grng.s1, params, grads, state,
+                                     **opts)
+        return True
+    return False
+
+
+class LowPrecisionWarning(UserWarning):
+    """A one-time notice from :class:`LowPrecisionSGLD`: a register flushed to 0, saturated weights,
+    lr = 0 rounding, a parameter dtype that cannot hold the weight format exactly."""
+
+
+def count_saturated(cfg: DatapathConfig | BfpConfig, states: list[Tensor] | list[dict[str, Tensor]]) -> Tensor:
+    """Number of state words at the limits of the state format, as a 0-d int64 tensor (no device sync).
+
+    Fixed point: ``states`` are the state words; a word equal to ``cfg.state``'s min or max word counts.
+    BFP: ``states`` are the dicts with ``'mant'`` and ``'exp'``; a mantissa of magnitude ``max_mant``
+    in a row at ``max_exp`` counts. Computed from the engine's outputs after a step, so any update
+    path (per tensor or fused) can call it.
+    """
+    if not states:
+        return torch.zeros((), dtype=torch.int64)
+    total: Tensor | None = None
+    for st in states:
+        if isinstance(cfg, BfpConfig):
+            if not isinstance(st, dict):
+                raise TypeError("BFP states must be dicts with 'mant' and 'exp'")
+            fmt = cfg.state
+            mant, exp = st["mant"], st["exp"]
+            top = (exp == fmt.max_exp).reshape((-1,) + (1,) * max(mant.dim() - 1, 0))
+            n = ((mant.abs() == fmt.max_mant) & top).sum()
+        else:
+            if not isinstance(st, Tensor):
+                raise TypeError("fixed-point states must be word tensors")
+            f = cfg.state
+            n = ((st == f.min_word) | (st == f.max_word)).sum()
+        n = n.to(torch.int64)
+        total = n if total is None else total + n.to(total.device)
+    assert total is not None
+    return total
+
+
 class _GroupRuntime:
     """A group's engine, gradient stream (or float generator) and counters."""
 
     def __init__(self, cfg: DatapathConfig | BfpConfig | None, seed: int, index: int, device: torch.device,
-                 path: str, compile: bool):
+                 path: str | None, compile: bool):
         self.cfg = cfg
         self.device = device
         self.steps = 0
         self.flushed_steps = 0
         self.flushed: dict[str, int] = {}
+        self.saturated = torch.zeros((), dtype=torch.int64, device=device)  # after the latest step
+        self.saturated_total = torch.zeros((), dtype=torch.int64, device=device)  # summed over steps
         self.engine: TorchEngine | TorchBfpEngine | None = None
         self.grad_rng: TorchLaneRng | None = None
         self.generator: torch.Generator | None = None
@@ -175,7 +242,8 @@ class _GroupRuntime:
             self.generator.manual_seed(derive_seed(seed, 2 * index))
             return
         if isinstance(cfg, BfpConfig):
-            self.engine = TorchBfpEngine(cfg, derive_seed(seed, 2 * index), device=device)
+            bfp_path = path if path in ("reference", "triton") else "kernel"  # BFP has no fused path
+            self.engine = TorchBfpEngine(cfg, derive_seed(seed, 2 * index), device=device, path=bfp_path)
         else:
             self.engine = TorchEngine(cfg, derive_seed(seed, 2 * index), device=device, path=path, compile=compile)
         self.grad_rng = TorchLaneRng.seeded(cfg.rng, derive_seed(seed, 2 * index + 1), cfg.lanes, 1, device)
@@ -186,8 +254,16 @@ class _GroupRuntime:
             for name in flushed:
                 self.flushed[name] = self.flushed.get(name, 0) + 1
 
+    def count_saturated(self, n: Tensor) -> None:
+        self.saturated = n.to(self.saturated.device)
+        self.saturated_total = self.saturated_total + self.saturated
+
+    def telemetry(self) -> dict[str, Any]:
+        return {"steps": self.steps, "flushed_steps": self.flushed_steps, "flushed": dict(self.flushed),
+                "saturated": int(self.saturated), "saturated_total": int(self.saturated_total)}
+
     def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"steps": self.steps, "flushed_steps": self.flushed_steps, "flushed": dict(self.flushed)}
+        out: dict[str, Any] = self.telemetry()
         if self.engine is not None and self.grad_rng is not None:
             out["engine"] = self.engine.state_dict()
             out["grad_rng"] = self.grad_rng.state_dict()
@@ -199,6 +275,8 @@ class _GroupRuntime:
         self.steps = int(state["steps"])
         self.flushed_steps = int(state["flushed_steps"])
         self.flushed = {str(k): int(v) for k, v in state["flushed"].items()}
+        self.saturated.fill_(int(state.get("saturated", 0)))  # absent in checkpoints from before telemetry
+        self.saturated_total.fill_(int(state.get("saturated_total", 0)))
         if self.engine is not None and self.grad_rng is not None:
             self.engine.load_state_dict(state["engine"])
             self.grad_rng = TorchLaneRng.from_state_dict(state["grad_rng"], self.grad_rng.device)
@@ -208,6 +286,68 @@ class _GroupRuntime:
 
 def _config_key(cfg: DatapathConfig | BfpConfig | str) -> str:
     return cfg if isinstance(cfg, str) else repr(cfg)
+
+
+def config_fields(cfg: DatapathConfig | BfpConfig | str) -> dict[str, str]:
+    """A configuration as flat ``{field: str(value)}`` (plain strings: safe for ``weights_only`` loads)."""
+    if isinstance(cfg, str):
+        return {"config": cfg}
+    out = {"type": type(cfg).__name__}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = v.value if isinstance(v, Variant) else str(v) if isinstance(v, FixedFormat) else repr(v)
+    return out
+
+
+def config_diff(saved: dict[str, str], current: dict[str, str]) -> str:
+    """``field: saved -> current`` for the fields that differ, comma-separated."""
+    keys = list(dict.fromkeys([*saved, *current]))
+    return ", ".join(f"{k}: {saved.get(k, '(none)')} (saved) vs {current.get(k, '(none)')} (optimizer)"
+                     for k in keys if saved.get(k) != current.get(k))
+
+
+def _fixed_exact_in(fmt: FixedFormat, dtype: torch.dtype) -> bool:
+    """True if every value of ``fmt`` is a value of the float ``dtype`` (the weight write is exact)."""
+    fi = torch.finfo(dtype)
+    nmant = -math.frexp(fi.eps)[1] + 1
+    emin_sub = math.frexp(fi.tiny)[1] - 1 - nmant
+    emax = math.frexp(fi.max)[1] - 1
+    return fmt.width - 1 <= nmant + 1 and -fmt.frac >= emin_sub and fmt.width - 1 - fmt.frac <= emax
+
+
+def _lr_value(lr: Any, where: str) -> float:
+    """A float lr from a number or a one-element tensor (as torch.optim accepts), validated."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"{where}: a tensor lr must have one element, got shape {tuple(lr.shape)}")
+        lr = lr.item()
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"{where}: lr must be a real number or a 0-d tensor, got {lr!r}")
+    x = float(lr)
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"{where}: lr={lr!r} is invalid; lr must be finite and >= 0")
+    return x
+
+
+# torch.optim.SGD keywords: (value that means "off", why anything else is refused)
+_SGD_OFF: dict[str, tuple[Any, str]] = {
+    "momentum": (0, "the SGLD datapath has no velocity register: each step is theta <- datapath(theta, "
+                    "Q_G(g), registers), so there is no momentum buffer to emulate bit-exactly"),
+    "dampening": (0, "dampening only scales momentum, which the SGLD datapath does not have"),
+    "nesterov": (False, "Nesterov momentum needs a velocity register the SGLD datapath does not have"),
+    "foreach": (None, "it selects torch's multi-tensor kernels, and the emulated datapath runs its own "
+                      "engine (one call per tensor), so there is no foreach implementation to choose"),
+    "fused": (None, "it selects torch's fused SGD kernel; the emulated datapath is its own kernel"),
+    "differentiable": (False, "the update is integer arithmetic on the optimizer's words; it cannot be "
+                              "differentiated through"),
+}
+
+
+def _check_sgd_keyword(name: str, value: Any, where: str) -> None:
+    off, why = _SGD_OFF[name]
+    if value is None or value == off or (off is None and value is False):
+        return
+    raise ValueError(f"{where}: {name}={value!r} is not supported by LowPrecisionSGLD: {why}; leave {name} unset")
 
 
 def _first_nan(grads: list[Tensor]) -> tuple[int, int] | None:
@@ -225,73 +365,178 @@ def _first_nan(grads: list[Tensor]) -> tuple[int, int] | None:
     return i, int(torch.nonzero(torch.isnan(grads[i]).reshape(-1))[0])
 
 
+DEFAULT_CONFIG = "bfp8-vc"
+
+
 class LowPrecisionSGLD(Optimizer):
     """Bit-exact low-precision SGLD (and SGD) on the emulated datapath; see the module docstring.
 
-    ``config``: a :class:`DatapathConfig` (its variant is the update rule), a
-    :class:`emulator.spec.bfp.BfpConfig` (block floating point, e.g. ``BfpConfig.paper('vc')``),
-    a preset name from :data:`emulator.spec.presets.PRESETS` (built with ``lanes`` lanes, default
-    1024), or ``"fp"`` for float32 SGLD. Each parameter group may set its own ``lr``,
-    ``weight_decay``, ``temperature``, ``dataset_size``, ``config``, ``grad_rounding``,
-    ``grad_sr_bits`` and (BFP groups) ``grad_headroom``. ``path``/``compile`` select the
-    fixed-point engine's path (see :class:`TorchEngine`).
+    ``config`` (default ``'bfp8-vc'``: 8-bit BFP VC with registers sized from the group's
+    hyper-parameters):
 
-    >>> opt = LowPrecisionSGLD(model.parameters(), lr=0.5, config="w8-vc", weight_decay=5e-4,  # doctest: +SKIP
+    * a format-only configuration, sized from the group's ``max(lr, max_lr)``, ``temperature``,
+      ``dataset_size`` and ``weight_decay`` (:mod:`emulator.spec.sizing`): a name from
+      :data:`emulator.spec.sizing.SIZED_NAMES` (``'bfp8-vc'``, ``'fixed8-lpf'``, ...) or a
+      :class:`emulator.spec.sizing.SizedConfig`;
+    * a complete :class:`DatapathConfig` (e.g. ``DatapathConfig.paper('vc', max_lr=0.5)``) or
+      :class:`emulator.spec.bfp.BfpConfig` (e.g. ``BfpConfig.paper('vc')``);
+    * a toy preset name from :data:`emulator.spec.presets.PRESETS` (built with ``lanes`` lanes,
+      default 1024; the ``w8-*`` step register holds lr up to 0.0039);
+    * ``"fp"`` for float32 SGLD.
+
+    Each parameter group may set its own ``lr``, ``max_lr``, ``weight_decay``, ``temperature``,
+    ``dataset_size``, ``config``, ``maximize``, ``grad_rounding``, ``grad_sr_bits`` and (BFP groups)
+    ``grad_headroom``. ``path``/``compile`` select the fixed-point engine's path (see
+    :class:`TorchEngine`; default: the Triton kernels on CUDA; ``path="reference"`` / ``"triton"`` also
+    select the BFP engine's path; on CUDA a group's step is one call of
+    :func:`emulator.engines.gpu_kernels.fixed_group_step` / ``bfp_group_step``). ``lr`` and ``max_lr``
+    that the registers cannot hold are refused here;
+    an lr a scheduler sets later is checked at the step that uses it. ``momentum``, ``dampening``,
+    ``nesterov``, ``foreach``, ``fused`` and ``differentiable`` are accepted only at their off
+    values (the message says why); ``maximize=True`` ascends (the gradient is negated before
+    quantization).
+
+    >>> opt = LowPrecisionSGLD(model.parameters(), lr=0.5, weight_decay=5e-4,  # doctest: +SKIP
     ...                        dataset_size=50000, temperature=1e-3, seed=1)
     """
 
-    def __init__(self, params: Iterable[Any], lr: float, config: DatapathConfig | BfpConfig | str = "w8-vc", *,
-                 lanes: int = 1024, temperature: float = 1.0, dataset_size: int = 1, weight_decay: float = 0.0,
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3,
+                 config: DatapathConfig | BfpConfig | SizedConfig | str = DEFAULT_CONFIG, *,
+                 lanes: int = 1024, temperature: float = 1.0, dataset_size: int | None = None,
+                 weight_decay: float = 0.0, max_lr: float | None = None, maximize: bool = False,
                  grad_rounding: str = "stochastic", grad_sr_bits: int = 32, grad_headroom: int = 0, seed: int = 0,
-                 path: str = "fused", compile: bool = False):
+                 path: str | None = None, compile: bool = False, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, foreach: bool | None = None, fused: bool | None = None,
+                 differentiable: bool = False):
+        for name, value in (("momentum", momentum), ("dampening", dampening), ("nesterov", nesterov),
+                            ("foreach", foreach), ("fused", fused), ("differentiable", differentiable)):
+            _check_sgd_keyword(name, value, "LowPrecisionSGLD")
         derive_seed(seed, 0)  # validates the seed
         self.seed = seed
         self.lanes = lanes
         self.path = path
         self.compile = compile
         self._runtime: list[_GroupRuntime] = []
-        HyperParams(lr, temperature, dataset_size, weight_decay)  # validates the defaults
+        self._warned: set[str] = set()
+        HyperParams(_lr_value(lr, "LowPrecisionSGLD"), temperature, 1 if dataset_size is None else dataset_size,
+                    weight_decay)  # validates
         defaults = dict(lr=lr, config=config, temperature=temperature, dataset_size=dataset_size,
-                        weight_decay=weight_decay, grad_rounding=grad_rounding, grad_sr_bits=grad_sr_bits,
-                        grad_headroom=grad_headroom)
+                        weight_decay=weight_decay, max_lr=max_lr, maximize=maximize, grad_rounding=grad_rounding,
+                        grad_sr_bits=grad_sr_bits, grad_headroom=grad_headroom)
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message, LowPrecisionWarning, stacklevel=3)
+
+    def _resolve_config(self, group: dict[str, Any], where: str) -> DatapathConfig | BfpConfig | str:
+        """The group's complete configuration: names resolved, format-only configurations sized."""
         cfg = group["config"]
         if isinstance(cfg, str):
-            if cfg != FP and cfg not in PRESETS:
-                raise ValueError(f"unknown config {cfg!r}; expected 'fp', a DatapathConfig, a BfpConfig or one of "
+            if cfg == FP:
+                return cfg
+            if cfg in PRESETS:
+                return preset(cfg, self.lanes)
+            if cfg in SIZED_NAMES:
+                cfg = sized_config(cfg)
+            else:
+                raise ValueError(f"{where}: unknown config {cfg!r}; expected 'fp', a DatapathConfig, a BfpConfig, "
+                                 f"a SizedConfig, one of {SIZED_NAMES} (registers sized from lr) or a toy preset "
                                  f"{PRESETS}")
-            cfg = group["config"] = cfg if cfg == FP else preset(cfg, self.lanes)
-        elif not isinstance(cfg, (DatapathConfig, BfpConfig)):
-            raise TypeError(f"config must be a DatapathConfig, a BfpConfig or a preset name, got {type(cfg).__name__}")
+        if isinstance(cfg, SizedConfig):
+            lr = _lr_value(group["lr"], where)
+            top = max(lr, group["max_lr"] or 0.0)
+            hp = HyperParams(top, group["temperature"], group["dataset_size"], group["weight_decay"])
+            if not top > 0:
+                raise ValueError(f"{where}: config {cfg.name!r} sizes its registers for the largest lr, but lr=0 "
+                                 "and max_lr is not set; pass max_lr= (the largest lr your schedule reaches)")
+            return cfg.build(hp, self.lanes)
+        if not isinstance(cfg, (DatapathConfig, BfpConfig)):
+            raise TypeError(f"{where}: config must be a DatapathConfig, a BfpConfig, a SizedConfig or a name, "
+                            f"got {type(cfg).__name__}")
+        return cfg
+
+    def _registers(self, cfg: DatapathConfig | BfpConfig, hp: HyperParams,
+                   ) -> tuple[StepRegisters | BfpRegisters, tuple[str, ...]]:
+        if isinstance(cfg, BfpConfig):
+            return bfp_registers_flushed(cfg, hp)
+        return step_registers_flushed(cfg, hp)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        where = f"parameter group {len(self.param_groups)}"
+        for name in _SGD_OFF:
+            if name in param_group:
+                _check_sgd_keyword(name, param_group[name], where)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        n_unset = group["dataset_size"] is None
+        if n_unset:
+            group["dataset_size"] = 1
+        given = group["config"]
+        cfg = group["config"] = self._resolve_config(group, where)
+        langevin = cfg == FP or (isinstance(cfg, (DatapathConfig, BfpConfig)) and cfg.variant.is_langevin)
+        if n_unset and langevin and group["temperature"] > 0:
+            self._warn_once("dataset_size", f"{where}: dataset_size not given, so N = 1 and the injected noise "
+                                            "variance is 2 lr T / N = 2 lr T (std sqrt(2 lr T) per step), far too "
+                                            "much for a network: pass dataset_size=len(train_set) (temperature=0 or an "
+                                            "sgd variant for SGD)")
         if group["grad_rounding"] not in ("stochastic", "nearest"):
             raise ValueError(f"grad_rounding must be 'stochastic' or 'nearest', got {group['grad_rounding']!r}")
         k = group["grad_sr_bits"]
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 52:
             raise ValueError(f"grad_sr_bits must be an int in [1, 52], got {k!r}")
+        if not isinstance(group["maximize"], bool):
+            raise TypeError(f"{where}: maximize must be a bool, got {group['maximize']!r}")
         if isinstance(cfg, BfpConfig):
             check_quantize_bits(cfg.grad, k)
             check_headroom(cfg.grad, group["grad_headroom"])
         elif group["grad_headroom"] != 0:
             raise ValueError(f"grad_headroom is a BFP option; got grad_headroom={group['grad_headroom']!r} for "
                              f"config {_config_key(cfg)}")
-        HyperParams(float(group["lr"]), group["temperature"], group["dataset_size"], group["weight_decay"])
+        lr = _lr_value(group["lr"], where)
+        max_lr = group["max_lr"]
+        if max_lr is not None:
+            _lr_value(max_lr, f"{where} (max_lr)")
+        for name, value in (("lr", lr), ("max_lr", max_lr)):
+            if value is None:
+                continue
+            hp = HyperParams(float(value), group["temperature"], group["dataset_size"], group["weight_decay"])
+            if isinstance(cfg, (DatapathConfig, BfpConfig)):
+                try:
+                    self._registers(cfg, hp)
+                except ValueError as e:
+                    what = f"preset {given!r}" if isinstance(given, str) else type(cfg).__name__
+                    raise ValueError(
+                        f"{where}: {name}={value:g} does not fit the registers of config {what}: {e}. Use a "
+                        f"config sized for it (config='bfp8-vc' or 'fixed8-vc' size the registers from lr and "
+                        f"max_lr; DatapathConfig.paper / BfpConfig.paper take max_lr=) or lower {name}") from None
         devices = {p.device for p in group["params"]}
         if len(devices) != 1:
             raise ValueError(f"a parameter group must live on one device, got {sorted(map(str, devices))}")
         for p in group["params"]:
             if not p.is_floating_point():
                 raise TypeError(f"parameters must be floating point, got {p.dtype}")
-        self._runtime.append(_GroupRuntime(None if cfg == FP else cfg, self.seed, len(self._runtime),
-                                           devices.pop(), self.path, self.compile))
+        if isinstance(cfg, (DatapathConfig, BfpConfig)):
+            inexact = sorted({str(p.dtype) for p in group["params"]
+                              if not (exact_in(cfg.weight, p.dtype) if isinstance(cfg, BfpConfig)
+                                      else _fixed_exact_in(cfg.weight, p.dtype))})
+            if inexact:
+                self._warn_once("dtype", f"{where}: parameters of dtype {', '.join(inexact)} cannot hold every "
+                                         f"value of the weight format {cfg.weight} exactly; the weights the model "
+                                         "sees are rounded (the optimizer's words stay exact). Use float32.")
+        self._runtime.append(_GroupRuntime(cfg if isinstance(cfg, (DatapathConfig, BfpConfig)) else None, self.seed,
+                                           len(self._runtime), devices.pop(), self.path, self.compile))
 
     def flush_counts(self) -> list[dict[str, Any]]:
         """Per group: steps taken, steps with at least one register flushed to 0, and counts per register."""
         return [{"steps": rt.steps, "flushed_steps": rt.flushed_steps, "flushed": dict(rt.flushed)}
                 for rt in self._runtime]
+
+    def telemetry(self) -> list[dict[str, Any]]:
+        """Per group: :meth:`flush_counts`' entries, ``saturated`` (state words at the format's limits
+        after the latest step) and ``saturated_total`` (summed over steps). Also in :meth:`state_dict`."""
+        return [rt.telemetry() for rt in self._runtime]
 
     def _words(self, p: Tensor, cfg: DatapathConfig) -> Tensor:
         st = self.state[p]
@@ -319,6 +564,40 @@ class LowPrecisionSGLD(Optimizer):
             raise ValueError(f"cannot quantize NaN (first at flat index {hit[1]}) in the gradient of parameter {pi} "
                              f"of group {gi}; the step was not applied")
 
+    def _group_registers(self, gi: int, rt: _GroupRuntime, hp: HyperParams,
+                         ) -> tuple[StepRegisters | BfpRegisters, tuple[str, ...]]:
+        """The step's registers; an lr the registers cannot hold names the step and the lr."""
+        assert rt.cfg is not None
+        try:
+            return self._registers(rt.cfg, hp)
+        except ValueError as e:
+            raise ValueError(f"step {rt.steps + 1} of parameter group {gi}: lr={hp.lr:g} does not fit the group's "
+                             f"registers ({e}); the step was not applied. Size the configuration for the largest "
+                             "lr the schedule reaches (max_lr=)") from None
+
+    def _before_group(self, gi: int, rt: _GroupRuntime, params: list[Tensor], lr: float) -> None:
+        if lr == 0 and any(not self.state[p] for p in params):
+            self._warn_once("lr0", f"parameter group {gi}: lr=0 at the first step still moves the weights: they "
+                                   "are rounded onto the format's grid when the optimizer's words are created")
+
+    def _after_group(self, gi: int, rt: _GroupRuntime, params: list[Tensor], flushed: tuple[str, ...]) -> None:
+        """Telemetry from the engine's outputs (the state words after the step) and one-time warnings."""
+        assert rt.cfg is not None
+        if isinstance(rt.cfg, BfpConfig):
+            rt.count_saturated(count_saturated(rt.cfg, [self.state[p] for p in params]))
+        else:
+            rt.count_saturated(count_saturated(rt.cfg, [self.state[p]["words"] for p in params]))
+        if flushed:
+            self._warn_once("flush", f"parameter group {gi}: register(s) {', '.join(flushed)} flushed to 0 at step "
+                                     f"{rt.steps} (the value is below half a register LSB; e.g. the end of a "
+                                     "cosine cycle); counted in optimizer.telemetry()")
+        if rt.steps == 1 and "saturation" not in self._warned:
+            n = int(rt.saturated)
+            if n:
+                self._warn_once("saturation", f"parameter group {gi}: {n} state word(s) are at the limits of "
+                                              f"{rt.cfg.state} after the first step (weights outside the format's "
+                                              "range saturate); counted in optimizer.telemetry()")
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = None
@@ -334,7 +613,7 @@ class LowPrecisionSGLD(Optimizer):
                 if p.grad.is_sparse:
                     raise TypeError("LowPrecisionSGLD does not support sparse gradients")
                 params.append(p)
-                grads.append(p.grad)
+                grads.append(-p.grad if group["maximize"] else p.grad)
             work.append((group, params, grads))
         self._check_gradients(work)
         for gi, ((_, params, _), rt) in enumerate(zip(work, self._runtime, strict=True)):
@@ -342,40 +621,46 @@ class LowPrecisionSGLD(Optimizer):
             if moved:
                 raise ValueError(f"group {gi}: parameters on {moved[0]}, but the optimizer's engines were built "
                                  f"on {rt.device}; move the model before creating the optimizer")
-        for (group, params, grads), rt in zip(work, self._runtime, strict=True):
+        for gi, ((group, params, grads), rt) in enumerate(zip(work, self._runtime, strict=True)):
             if not params:
                 continue
-            lr = float(group["lr"])
+            lr = _lr_value(group["lr"], f"step {rt.steps + 1} of parameter group {gi}")
             hp = HyperParams(lr, group["temperature"], group["dataset_size"], group["weight_decay"])
-            rt.steps += 1
             if rt.generator is not None:  # fp group
+                rt.steps += 1
                 sgld_fp(params, grads, lr=lr, weight_decay=hp.weight_decay,
                         noise_std=math.sqrt(hp.noise_variance), generator=rt.generator)
                 continue
             if rt.cfg is None or rt.engine is None or rt.grad_rng is None:
                 raise RuntimeError("low-precision group without an engine")  # unreachable: built together
+            regs, flushed = self._group_registers(gi, rt, hp)
+            self._before_group(gi, rt, params, lr)
+            rt.steps += 1
+            rt.count_flushed(flushed)
             if isinstance(rt.cfg, BfpConfig) and isinstance(rt.engine, TorchBfpEngine):
-                bregs, flushed = bfp_registers_flushed(rt.cfg, hp)
-                rt.count_flushed(flushed)
+                assert isinstance(regs, BfpRegisters)
                 states = [self._bfp_state(p, rt.cfg) for p in params]
-                sgld_bfp(params, grads, states, engine=rt.engine, grad_rng=rt.grad_rng, regs=bregs,
-                         grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"],
-                         grad_headroom=group["grad_headroom"])
+                if not _device_group_step(rt, params, grads, states, regs, group):
+                    sgld_bfp(params, grads, states, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
+                             grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"],
+                             grad_headroom=group["grad_headroom"])
             elif isinstance(rt.cfg, DatapathConfig) and isinstance(rt.engine, TorchEngine):
-                regs, flushed = step_registers_flushed(rt.cfg, hp)
-                rt.count_flushed(flushed)
+                assert isinstance(regs, StepRegisters)
                 words = [self._words(p, rt.cfg) for p in params]
-                sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
-                        grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
+                if not _device_group_step(rt, params, grads, words, regs, group):
+                    sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
+                            grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
             else:
                 raise RuntimeError("group engine does not match its config")  # unreachable: built together
+            self._after_group(gi, rt, params, flushed)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         for g in sd["param_groups"]:
             g["config"] = _config_key(g["config"])
-        sd["lpsgld"] = {"seed": self.seed, "groups": [rt.state_dict() for rt in self._runtime]}
+        sd["lpsgld"] = {"seed": self.seed, "groups": [rt.state_dict() for rt in self._runtime],
+                        "configs": [config_fields(g["config"]) for g in self.param_groups]}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -386,20 +671,38 @@ class LowPrecisionSGLD(Optimizer):
         saved = sd["param_groups"]
         if len(saved) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(saved)} parameter groups, the optimizer {len(self.param_groups)}")
+        saved_fields = extra.get("configs")
         for i, (g, cur) in enumerate(zip(saved, self.param_groups, strict=True)):
             if g["config"] != _config_key(cur["config"]):
+                if saved_fields is not None:
+                    diff = config_diff(saved_fields[i], config_fields(cur["config"]))
+                    raise ValueError(f"group {i}: the state_dict was saved for a different config; {diff}")
                 raise ValueError(f"group {i}: state_dict was saved for config {g['config']}, "
                                  f"the optimizer has {_config_key(cur['config'])}")
+            if len(g["params"]) != len(cur["params"]):
+                raise ValueError(f"group {i}: the state_dict has {len(g['params'])} parameters, the optimizer "
+                                 f"{len(cur['params'])}")
         sd["param_groups"] = [dict(g, config=cur["config"]) for g, cur in zip(saved, self.param_groups, strict=True)]
         # integer state (fixed words, BFP mantissas and exponents) must not go through torch's
         # cast-to-parameter-dtype: restore it directly
         ids = [i for g in saved for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
+        where = {pid: (gi, pi) for gi, g in enumerate(saved) for pi, pid in enumerate(g["params"])}
+        by_id = dict(zip(ids, params, strict=True))
         ints: dict[Any, dict[str, Tensor]] = {}
         state = {}
         for k, v in sd["state"].items():
             v = dict(v)
             ints[k] = {name: v.pop(name) for name in ("words", *_BFP_KEYS) if name in v}
+            p = by_id.get(k)
+            if p is not None:
+                for name, t in ints[k].items():
+                    want = tuple(p.shape) if name in ("words", "mant", "weight_mant") else (_rows(p),)
+                    if tuple(t.shape) != want:
+                        gi, pi = where[k]
+                        raise ValueError(f"group {gi}, parameter {pi}: the saved state {name!r} has shape "
+                                         f"{tuple(t.shape)}, the parameter needs {want} (parameter shape "
+                                         f"{tuple(p.shape)}); the state_dict is for a different model")
             state[k] = v
         sd["state"] = state
         super().load_state_dict(sd)
@@ -409,3 +712,32 @@ class LowPrecisionSGLD(Optimizer):
         for rt, s in zip(self._runtime, extra["groups"], strict=True):
             rt.load_state_dict(s)
         self.seed = int(extra["seed"])  # groups added later derive their streams from the saved seed
+
+    # copy.deepcopy and pickle: the engines and streams are rebuilt from their state dicts
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state = dict(state)
+        state["_lpsgld"] = {"seed": self.seed, "lanes": self.lanes, "path": self.path, "compile": self.compile,
+                            "warned": sorted(self._warned), "groups": [rt.state_dict() for rt in self._runtime]}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        extra = state.pop("_lpsgld", None)
+        super().__setstate__(state)
+        if extra is None:
+            return
+        self.seed, self.lanes, self.path, self.compile = extra["seed"], extra["lanes"], extra["path"], extra["compile"]
+        self._warned = set(extra["warned"])
+        self._runtime = []
+        for i, (group, s) in enumerate(zip(self.param_groups, extra["groups"], strict=True)):
+            cfg = group["config"]
+            device = group["params"][0].device if group["params"] else torch.device("cpu")
+            rt = _GroupRuntime(None if cfg == FP else cfg, self.seed, i, device, self.path, self.compile)
+            rt.load_state_dict(s)
+            self._runtime.append(rt)
+
+
+def _rows(p: Tensor) -> int:
+    """BFP rows of a parameter: dim 0 (one row per element of a 1-D tensor, one row for a scalar)."""
+    return int(p.shape[0]) if p.dim() else 1

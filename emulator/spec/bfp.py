@@ -457,6 +457,8 @@ class BfpConfig:
         dataset_size: int = 50000,
         acc_width: int = 16,
         register_width: int = 16,
+        width: int = 8,
+        exp_bits: int = 8,
     ) -> BfpConfig:
         """The paper's 8-bit BFP setting, registers sized for the largest hyper-parameters given.
 
@@ -468,7 +470,8 @@ class BfpConfig:
         with the most fractional bits that still hold the value at ``lr = max_lr``: smaller lr only
         loses relative precision, and an lr below half a register LSB underflows (the optimizer
         flushes it to 0). Defaults: the paper's CIFAR runs (lr 0.5, weight decay 5e-4, T = 1e-3,
-        N = 50000).
+        N = 50000). ``width``/``exp_bits`` change the weight and gradient format (and the
+        accumulator's exponent bits) for other word sizes.
         """
         v = _coerce_variant(variant)
         hp = HyperParams(max_lr, temperature, dataset_size, weight_decay)  # validates the values
@@ -481,9 +484,9 @@ class BfpConfig:
         kw: dict[str, Any] = sized_registers(v, hp, width=w)
         return cls(
             v,
-            weight=BfpFormat(8, 8),
-            grad=BfpFormat(8, 8),
-            acc=BfpFormat(acc_width, 8) if v.has_accumulator else None,
+            weight=BfpFormat(width, exp_bits),
+            grad=BfpFormat(width, exp_bits),
+            acc=BfpFormat(acc_width, exp_bits) if v.has_accumulator else None,
             headroom=2 if v is Variant.VC else 1,
             lanes=lanes,
             **kw,

@@ -21,6 +21,7 @@ narrowing is the final one, except in VC branch A, which first rounds ``x`` to
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from enum import Enum
@@ -174,6 +175,113 @@ class DatapathConfig:
                 "reduce register fractional bits or word widths"
             )
         _ = self.fields  # validates the random budget
+
+    # ---- plain-dict form (manifests, JSON) -----------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field; ``DatapathConfig.from_dict(cfg.to_dict()) == cfg``."""
+        def fmt(f: FixedFormat | None) -> dict[str, Any] | None:
+            return None if f is None else {"width": f.width, "frac": f.frac, "signed": f.signed}
+
+        g, r = self.gaussian, self.rng
+        return {
+            "variant": self.variant.value, "weight": fmt(self.weight), "grad": fmt(self.grad), "acc": fmt(self.acc),
+            "step": fmt(self.step), "noise": fmt(self.noise), "decay": fmt(self.decay),
+            "gaussian": {"kind": g.kind, "terms": g.terms, "index_bits": g.index_bits, "frac": g.frac},
+            "sr_bits": self.sr_bits, "vc_frac_bits": self.vc_frac_bits,
+            "rng": {"word_bits": r.word_bits, "a": r.a, "b": r.b, "c": r.c, "scrambler": r.scrambler},
+            "rng_words": self.rng_words, "lanes": self.lanes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DatapathConfig:
+        """The configuration of a :meth:`to_dict` dict (e.g. a manifest's ``config``); missing keys take
+        the defaults, unknown keys are a ValueError naming them, wrong types a TypeError."""
+        if not isinstance(d, dict):
+            raise TypeError(f"configuration must be a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; expected some of {sorted(known)}")
+        if "variant" not in d:
+            raise ValueError("configuration dict has no 'variant'")
+
+        def sub(name: str, kind: type, optional: bool = False) -> Any:
+            v = d[name]
+            if v is None and optional:
+                return None
+            if not isinstance(v, dict):
+                raise TypeError(f"configuration {name!r} must be a dict{' or None' if optional else ''}, got {v!r}")
+            try:
+                return kind(**v)
+            except TypeError as e:
+                raise TypeError(f"configuration {name!r} = {v!r}: {e}") from None
+
+        kw: dict[str, Any] = {}
+        for name in d:
+            if name in ("weight", "grad", "step", "noise"):
+                kw[name] = sub(name, FixedFormat)
+            elif name in ("acc", "decay"):
+                kw[name] = sub(name, FixedFormat, optional=True)
+            elif name == "gaussian":
+                kw[name] = sub(name, GaussianSpec)
+            elif name == "rng":
+                kw[name] = sub(name, XoroshiroSpec)
+            else:
+                kw[name] = d[name]
+        return cls(**kw)
+
+    @classmethod
+    def paper(
+        cls,
+        variant: Variant | str,
+        *,
+        width: int = 8,
+        frac: int = 8,
+        lanes: int = 1024,
+        max_lr: float = 0.5,
+        weight_decay: float = 5e-4,
+        temperature: float = 1e-3,
+        dataset_size: int = 50000,
+        acc_width: int | None = None,
+        acc_frac: int | None = None,
+        register_width: int = 16,
+        gaussian: GaussianSpec | None = None,
+        sr_bits: int | None = None,
+    ) -> DatapathConfig:
+        """Fixed point sized from hyper-parameters, the counterpart of ``BfpConfig.paper``.
+
+        Weights and gradients ``Q(width, frac)`` (default the paper's Q(8,8)); ``lp_f``/``sgd_f``
+        keep a ``Q(acc_width, acc_frac)`` accumulator (default ``Q(width + 16, frac + 8)``).
+        ``step``, ``decay`` (none when ``weight_decay == 0``) and ``noise`` are unsigned
+        ``register_width``-bit formats with the most fractional bits that still hold their values
+        at ``lr = max_lr`` (:func:`emulator.spec.host.sized_registers`); ``rng_words`` is the
+        fewest generator words the resulting random layout needs. Defaults: the paper's CIFAR
+        runs (lr 0.5, weight decay 5e-4, T = 1e-3, N = 50000).
+        """
+        from .host import HyperParams, sized_registers  # host builds on this module
+
+        v = _coerce_variant(variant)
+        hp = HyperParams(max_lr, temperature, dataset_size, weight_decay)  # validates the values
+        if max_lr <= 0:
+            raise ValueError(f"max_lr must be > 0 (the registers are sized for it), got {max_lr!r}")
+        rw = register_width
+        if isinstance(rw, bool) or not isinstance(rw, int) or not 2 <= rw <= 32:
+            raise ValueError(f"register_width must be an int in [2, 32], got {rw!r}")
+        gauss = gaussian if gaussian is not None else GaussianSpec()
+        acc = None
+        if v.has_accumulator:
+            acc = FixedFormat(width + 16 if acc_width is None else acc_width,
+                              frac + 8 if acc_frac is None else acc_frac)
+        elif acc_width is not None or acc_frac is not None:
+            raise ValueError(f"variant {v.value!r} has no accumulator; got acc_width={acc_width}, acc_frac={acc_frac}")
+        kw: dict[str, Any] = dict(weight=FixedFormat(width, frac), grad=FixedFormat(width, frac), acc=acc,
+                                  gaussian=gauss, sr_bits=sr_bits, lanes=lanes,
+                                  **sized_registers(v, hp, width=rw, gaussian=gauss))
+        # a small lr gets a step register with many fractional bits, so exact SR may drop more bits than
+        # one 64-bit generator word holds next to the Gaussian's: give the lane the words its layout uses
+        probe = cls(v, rng_words=8, **kw)
+        return cls(v, rng_words=1 + max(f.word for f in probe.fields.values()), **kw)
 
     # ---- derived quantities ------------------------------------------------------
 

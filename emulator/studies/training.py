@@ -38,13 +38,12 @@ import torch
 from torch import nn
 
 from ..metrics.evaluation import DEFAULT_BINS, BayesianAverage, metrics, reliability, softmax
+from ..nn.qlayers import CHILD as QUANTIZER_CHILD
 from ..nn.qlayers import QuantSpec, quantize_model
 from ..optim import LowPrecisionSGLD, derive_seed
 from ..spec.bfp import BfpConfig, BfpFormat
 from ..spec.datapath import DatapathConfig, Variant
-from ..spec.formats import FixedFormat
 from ..spec.gaussian import GaussianSpec
-from ..spec.host import HyperParams, sized_registers
 from .data import Dataset
 from .models import build_model
 
@@ -156,18 +155,9 @@ def fixed_training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig:
     (constant) step size, as ``BfpConfig.paper`` does; ``lp_f``/``sgd_f`` keep a
     ``Q(width + 16, frac + 8)`` accumulator.
     """
-    v = Variant(spec.variant)
-    w, f = spec.width, spec.frac
-    gauss = GAUSSIANS[spec.gaussian]
-    regs = sized_registers(v, HyperParams(spec.lr, spec.temperature, dataset_size, spec.weight_decay),
-                           gaussian=gauss)
-    kw: dict[str, Any] = dict(weight=FixedFormat(w, f), grad=FixedFormat(w, f),
-                              acc=FixedFormat(w + 16, f + 8) if v.has_accumulator else None,
-                              gaussian=gauss, sr_bits=spec.sr_bits, lanes=spec.lanes, **regs)
-    # a small lr gets a step register with many fractional bits, so exact SR may drop more bits than
-    # one 64-bit generator word holds next to the Gaussian's: give the lane the words its layout uses
-    probe = DatapathConfig(v, rng_words=8, **kw)
-    return DatapathConfig(v, rng_words=1 + max(fld.word for fld in probe.fields.values()), **kw)
+    return DatapathConfig.paper(spec.variant, width=spec.width, frac=spec.frac, lanes=spec.lanes, max_lr=spec.lr,
+                                weight_decay=spec.weight_decay, temperature=spec.temperature,
+                                dataset_size=dataset_size, gaussian=GAUSSIANS[spec.gaussian], sr_bits=spec.sr_bits)
 
 
 def training_config(spec: RunSpec, dataset_size: int) -> DatapathConfig | BfpConfig | str:
@@ -265,7 +255,8 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
     qmodel = None
     if spec.number_format == "bfp" and not spec.is_float:
         q = QuantSpec(BfpFormat(8, 8), "stochastic", headroom=1)
-        qmodel = quantize_model(model, act=q, err=q, seed=derive_seed(spec.seed, 101))
+        qmodel = quantize_model(model, act=q, err=q, seed=derive_seed(spec.seed, 101),
+                                eval_rounding="train")  # the recorded runs evaluated on the training streams
     temperature = 0.0 if spec.method in ("sgd",) else spec.temperature
     opt = LowPrecisionSGLD(model.parameters(), lr=spec.lr, config=training_config(spec, n), lanes=spec.lanes,
                            temperature=temperature, dataset_size=n, weight_decay=spec.weight_decay,
@@ -278,7 +269,11 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
         st = torch.load(ckpt, weights_only=False, map_location=device)
         if RunSpec(**st["spec"]).key != spec.key:
             raise ValueError(f"checkpoint {ckpt} was written for a different run: {st['spec']}")
-        model.load_state_dict(st["model"])
+        # checkpoints written before the quantizers' buffers joined model.state_dict() lack them; the
+        # counters come from st["qlayers"] below either way
+        missing, unexpected = model.load_state_dict(st["model"], strict=False)
+        if unexpected or any(f".{QUANTIZER_CHILD}." not in k for k in missing):
+            raise ValueError(f"checkpoint {ckpt} does not match the model: missing {missing}, unexpected {unexpected}")
         opt.load_state_dict(st["opt"])
         order.set_state(st["order"])
         if st["bma_sum"] is not None:

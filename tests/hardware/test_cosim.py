@@ -5,7 +5,7 @@ last beats, sparse keep masks with empty beats, register changes (both VC branch
 extremes), control writes with junk above the register widths and to unmapped addresses, a
 seed load, a mid-stream reset and a reset between calls, random sink valid gaps and source
 ready stalls. Every state and weight word of every kept lane is compared by equality; see
-``tests/cosim`` and docs/cosim.md. ``LPSGLD_SOAK=1``: 200 segments and three stimulus seeds
+``hw/verify`` and docs/cosim.md. ``LPSGLD_SOAK=1``: 200 segments and three stimulus seeds
 per design. ``LPSGLD_WAVES=1``: waveforms in the run directories (separate builds).
 
 Matrix (what builds are spent on): Verilator builds cost 5-25 s each, Icarus builds about a
@@ -22,8 +22,8 @@ from dataclasses import replace
 
 import pytest
 
-from tests.cosim.case import Design, ci_case
-from tests.cosim.sim import build, missing_tool, run, soak_requested, waves_requested
+from hw.verify.case import Design, ci_case
+from hw.verify.runner import build, missing_tool, run, soak_requested, waves_requested
 
 _G6 = dict(kind="table", terms=6, index_bits=8, frac=8)  # 48 Gaussian bits: moves a field to word 1
 VARIANTS = ("vc", "naive", "lpf", "sgd-l", "sgd-f")
@@ -119,7 +119,7 @@ def test_register_map_matches_hw_control():
 
     control = pytest.importorskip("hw.control", reason="hw.control needs amaranth")
     from emulator.spec.datapath import StepRegisters
-    from tests.cosim.plan import register_widths, register_writes, seed_writes
+    from hw.verify.plan import register_widths, register_writes, seed_writes
 
     for design in (Design.of("w8-vc", 3), Design.of("w8-sgd-l", 2, rng_words=2), Design.of("w16-lpf", 1)):
         cfg = design.config()

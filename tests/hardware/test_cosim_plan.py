@@ -10,9 +10,9 @@ from emulator.engines.numpy_engine import NumpyEngine
 from emulator.spec.datapath import StepRegisters, update
 from emulator.spec.presets import preset
 from emulator.spec.rng import LaneRng
-from tests.cosim.beats import BeatLayout
-from tests.cosim.case import CosimCase, Design
-from tests.cosim.plan import (
+from hw.verify.beats import BeatLayout
+from hw.verify.case import CosimCase, Design
+from hw.verify.plan import (
     ADDR_RNG,
     call_beats,
     junk_writes,

@@ -24,9 +24,9 @@ RTL = ROOT / "rtl"
 
 def test_shipped_rtl_is_fresh(tmp_path):
     mans = hw_export.export_shipped(tmp_path, jobs=2)
-    names = sorted(f"{m['module']}.{ext}" for m in mans for ext in ("v", "json"))
-    assert len(names) == 12
-    shipped = sorted(p.name for p in RTL.iterdir() if p.suffix in (".v", ".json"))
+    names = sorted(f"{m['module']}.{ext}" for m in mans for ext in ("v", "vlt", "json"))
+    assert len(names) == 36
+    shipped = sorted(p.name for p in RTL.iterdir() if p.suffix in (".v", ".vlt", ".json"))
     assert shipped == names, "rtl/ holds other files than the shipped set: run lpsgld rtl --shipped -o rtl/"
     for n in names:
         assert (tmp_path / n).read_bytes() == (RTL / n).read_bytes(), f"rtl/{n} is stale: lpsgld rtl --shipped -o rtl/"
@@ -62,7 +62,9 @@ def test_manifest_matches_verilog_and_contract(name):
     assert ports["source__payload"]["fields"]["weight"]["offset"] == lanes + lanes * s
     assert man["latency"] == lane_latency(cfg) == sum(st["stages"] for st in man["pipeline"])
     assert man["target"] == "ice40-hx" and man["pipeline_depth"] == 1
-    assert man["registers"]["step"] == {"addr": 0, "width": cfg.step.width}
+    step = man["registers"]["step"]
+    assert (step["addr"], step["width"], step["reset"]) == (0, cfg.step.width, 0)
+    assert step["format"] == {"width": cfg.step.width, "frac": cfg.step.frac, "signed": False}
     assert man["reset_seed"] == 0
     assert man["config"]["variant"] == cfg.variant.value
     assert man["config"]["lanes"] == lanes
@@ -140,6 +142,7 @@ def test_verilator_lint(name, tmp_path):
     exe, venv_bin = _verilator()
     waivers = _waivers()
     assert waivers == ["WIDTHEXPAND", "UNUSEDSIGNAL", "PROCASSINIT", "CASEINCOMPLETE", "DECLFILENAME"]
+    assert tuple(waivers) == hw_export.LINT_WAIVERS  # the .vlt beside each design waives exactly these
     env = dict(os.environ, PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
     src = RTL / f"{name}.v"
     if ":" in name:  # another target / pipeline depth, exported here

@@ -152,16 +152,6 @@ def test_area_classes():
         e.per(0)
     with pytest.raises(ValueError, match="unknown FPGA family 'xc7'"):
         area_from_cells({}, "xc7")
-    g = area_from_cells({"$_AND_": 3, "$_XOR_": 2, "$_MUX_": 1, "$_NOT_": 1, "$_DFF_P_": 4}, "generic")
-    assert g == Area(lut=7, ff=4)
-
-
-def test_nand2_equivalents():
-    from hw.flows.synth import NAND2_EQ, nand2_equivalents
-
-    assert nand2_equivalents({"$_NAND_": 3, "$_DFF_P_": 2, "$scopeinfo": 1}) == 3 + 2 * NAND2_EQ["$_DFF_P_"]
-    with pytest.raises(ValueError, match=r"^no NAND2-equivalent weight for cell types \$_DFFE_PP_$"):
-        nand2_equivalents({"$_DFFE_PP_": 1})
 
 
 def test_portlist():
@@ -202,16 +192,14 @@ def test_bad_arguments(tmp_path):
         synthesize_verilog(v, "t", router="router3")
     with pytest.raises(ValueError, match=r"Verilog file '.*missing\.v' does not exist"):
         synthesize_verilog(tmp_path / "missing.v", "t")
-    with pytest.raises(ValueError, match=r"^device 'generic' has no place and route \(technology-independent count\); "
-                                         r"use place=False$"):
-        synthesize_verilog(v, "t", device="generic")
 
 
 def test_shipped_set_is_the_exported_one():
     export = pytest.importorskip("hw.flows.export", reason="needs amaranth (bash scripts/setup.sh hw)")
     from hw.flows.synth import SHIPPED
 
-    assert SHIPPED == export.SHIPPED
+    # the FPGA figures cover the w8 designs; rtl/ also ships w4 ones (low-order-bit verification targets)
+    assert SHIPPED == tuple(c for c in export.SHIPPED if c[0].startswith("w8-"))
 
 
 def test_cli_rejects_bad_lanes(capsys):
@@ -286,17 +274,6 @@ def test_real_synthesis_of_a_small_component(tmp_path):
     again = synthesize(_tiny_mac(), "tiny_mac", build_dir=tmp_path / "again", seeds=(1,))
     assert again.area == r.area and again.pnr[0].fmax_mhz == p.fmax_mhz
     assert json.loads(json.dumps(r.to_json()))["fmax_summary"]["median"] == p.fmax_mhz
-
-
-@needs_synth
-def test_generic_gate_count_of_a_small_component(tmp_path):
-    from hw.flows.synth import nand2_equivalents, synthesize
-
-    r = synthesize(_tiny_mac(), "tiny_mac", build_dir=tmp_path, device="generic", place=False)
-    assert r.area.ff == 36 and r.area.lut > 100 and not r.area.other and r.pnr == ()
-    assert set(r.cells) - {"$scopeinfo"} <= {"$_NOT_", "$_AND_", "$_NAND_", "$_OR_", "$_NOR_", "$_XOR_", "$_XNOR_",
-                                              "$_ANDNOT_", "$_ORNOT_", "$_MUX_", "$_DFF_P_"}
-    assert nand2_equivalents(r.cells) > r.area.lut
 
 
 @needs_synth

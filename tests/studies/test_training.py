@@ -223,3 +223,23 @@ def test_summary_of_an_infinite_nll() -> None:
     (row,) = summarize(runs)
     assert row["nll"] == float("inf") and row["nll_std"] != row["nll_std"] and row["seeds"] == 2
     assert row["error"] == 0.1 and "inf" in format_table([row])
+
+
+def test_resume_from_a_checkpoint_without_quantizer_buffers(digits, tmp_path) -> None:
+    """Checkpoints written before the quantizers' counters joined model.state_dict() still resume."""
+    spec = RunSpec(method="vc", number_format="bfp", **SMALL)
+    whole = train_run(spec, digits)
+
+    def stop_after_two(msg: str) -> None:
+        if "epoch 2/3" in msg:
+            raise Interrupt(msg)
+
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Interrupt):
+        train_run(spec, digits, ckpt=ckpt, progress=stop_after_two)
+    st = torch.load(ckpt, weights_only=False)
+    assert any(".lpsgld_quantizer." in k for k in st["model"])
+    st["model"] = {k: v for k, v in st["model"].items() if ".lpsgld_quantizer." not in k}
+    torch.save(st, ckpt)
+    resumed = train_run(spec, digits, ckpt=ckpt)
+    assert resumed.metrics == whole.metrics and resumed.history[-1]["train_loss"] == whole.history[-1]["train_loss"]

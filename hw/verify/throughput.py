@@ -1,7 +1,7 @@
 """Co-simulation throughput: verified elements per second on each simulator.
 
-    .venv/bin/python -m tests.cosim.throughput                      # w8-vc, 8 lanes
-    .venv/bin/python -m tests.cosim.throughput --config w8-lpf --lanes 4 --elements 400000 40000
+    .venv/bin/python -m hw.verify.throughput                      # w8-vc, 8 lanes
+    .venv/bin/python -m hw.verify.throughput --config w8-lpf --lanes 4 --elements 400000 40000
 
 One register load, then one tensor call streamed at full rate (no valid gaps, no ready
 stalls), every output word compared with the numpy engine's. Verilator is built with its
@@ -18,7 +18,7 @@ import sys
 import time
 
 from .case import CosimCase, Design
-from .sim import SIMULATORS, build, missing_tool, run
+from .runner import SIMULATORS, build, missing_tool, run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,14 +124,14 @@ def _reg_value(fmt: FixedFormat | None, rng: np.random.Generator, style: str) ->
 
 
 def random_registers(
-    cfg: DatapathConfig, family: str, rng: np.random.Generator, branch: bool | None = None
+    cfg: DatapathConfig, family: str | None, rng: np.random.Generator, branch: bool | None = None
 ) -> StepRegisters:
     """A legal register set: the host's answer for a golden hyper-parameter case, or random
     words, powers of two (exact rounding ties), or format extremes (large step: saturation).
     ``branch`` forces VC's vc_noise."""
     style = str(rng.choice(["host", "random", "pow2", "max", "zero"], p=[0.3, 0.3, 0.2, 0.1, 0.1]))
     regs = None
-    if style == "host":
+    if style == "host" and family is not None:
         lr, temp, n, wd = _CASES[family][int(rng.integers(0, len(_CASES[family])))]
         try:
             regs = step_registers(cfg, HyperParams(lr, temp, n, wd if cfg.decay is not None else 0.0))
@@ -175,6 +175,11 @@ class Segment:
     weight: np.ndarray  # (beats, L) expected weight words
     reset_after: int | None = None  # mid-stream reset once this many input beats were accepted
     sink_words: list[int] = field(default_factory=list)
+    # corner cases (docs/hardware.md "Reset and seeds"): the first beat is offered while rst is
+    # high (it must not be taken: sink__ready = 0 during reset), and generator seed words are
+    # written on the edges that transfer given beats (the whole generator holds on such an edge)
+    offer_in_reset: bool = False
+    write_on_transfer: dict[int, tuple[int, int]] = field(default_factory=dict)  # beat -> (addr, data)
 
     @property
     def beats(self) -> int:
@@ -226,9 +231,10 @@ class Plan:
 def _script(case: CosimCase, cfg: DatapathConfig, rng: np.random.Generator) -> list[dict]:
     """The host actions, segment by segment. The first segments are fixed so every short run
     covers: zero registers after reset, both VC branches, a sparse-keep stream, a seed load,
-    a mid-stream reset and a reload; the rest are random."""
+    a mid-stream reset and a reload, a beat offered during reset, a seed word written on a
+    transfer edge; the rest are random."""
     vc = cfg.variant is Variant.VC
-    fixed = [
+    fixed: list[dict] = [
         dict(kind="call"),  # registers 0 straight out of reset
         dict(kind="call", regs=True, branch=True if vc else None),
         dict(kind="call", regs=True, branch=False if vc else None),
@@ -237,13 +243,19 @@ def _script(case: CosimCase, cfg: DatapathConfig, rng: np.random.Generator) -> l
         dict(kind="call", mid_reset=True, regs=True),
         dict(kind="call", regs=True),
         dict(kind="call", seed=True, regs=True, reset_before=True),
+        dict(kind="call", regs=True, reset_before=True, offer_in_reset=True),
+        dict(kind="call", regs=True, write_on_transfer=True),
     ]
     out = fixed[: case.segments]
     while len(out) < case.segments:
-        r = rng.random(5)
-        out.append(dict(kind="sparse" if r[0] < 0.2 else "call", regs=bool(r[1] < 0.7), seed=bool(r[2] < 0.15),
-                        mid_reset=bool(r[3] < 0.08), reset_before=bool(r[4] < 0.05)))
+        out.append(_random_action(rng))
     return out
+
+
+def _random_action(rng: np.random.Generator) -> dict:
+    r = rng.random(5)
+    return dict(kind="sparse" if r[0] < 0.2 else "call", regs=bool(r[1] < 0.7), seed=bool(r[2] < 0.15),
+                mid_reset=bool(r[3] < 0.08), reset_before=bool(r[4] < 0.05))
 
 
 def _throughput_plan(case: CosimCase, cfg: DatapathConfig, layout: BeatLayout) -> Plan:
@@ -277,13 +289,17 @@ def make_plan(case: CosimCase) -> Plan:
     origin = f"reset seed {reset_seed}"
     regs = StepRegisters(0)
     tie_bits = cfg.state.frac - cfg.weight.frac  # lp_f / sgd_f: the weight is RN(state, tie_bits)
-    segments = []
-    for i, act in enumerate(_script(case, cfg, rng)):
+    segments: list[Segment] = []
+    actions = _script(case, cfg, rng)
+    verified = 0
+    i = 0
+    while i < len(actions) or verified < case.min_elements:
+        act = actions[i] if i < len(actions) else _random_action(rng)
         writes: list[tuple[int, int]] = []
         notes = []
         if act.get("reset_before"):
             engine, regs, origin = NumpyEngine(cfg, reset_seed), StepRegisters(0), f"reset seed {reset_seed}"
-            notes.append("reset")
+            notes.append("reset, a beat offered during reset" if act.get("offer_in_reset") else "reset")
         if act.get("seed"):
             n = int(rng.integers(0, 1 << 64, dtype=np.uint64))
             writes += seed_writes(cfg, n)
@@ -310,12 +326,40 @@ def make_plan(case: CosimCase) -> Plan:
         theta = random_words(cfg.state, rng, keep.shape, tie_bits)
         grad = random_words(cfg.grad, rng, keep.shape)
         # lanes with keep = 0 carry arbitrary words: they must not matter
-        if act["kind"] == "call":
-            k = keep.ravel()
-            r = engine.step(theta.ravel()[k], grad.ravel()[k], regs)
+        wot: dict[int, tuple[int, int]] = {}
+        if act.get("write_on_transfer"):
+            # every generator gets both words written, each on the transfer edge of its own beat
+            gens = [(lane, k, word) for lane in range(L) for k in range(cfg.rng_words) for word in (0, 1)]
+            gens = [gens[j] for j in rng.permutation(len(gens))]
+            beats = max(beats, len(gens) + 1)
+            keep = call_beats(int(rng.integers((beats - 1) * L + 1, beats * L, endpoint=True)), L)
+            theta = random_words(cfg.state, rng, keep.shape, tie_bits)
+            grad = random_words(cfg.grad, rng, keep.shape)
+            at = sorted(int(b) for b in rng.choice(beats - 1, size=len(gens), replace=False))
+            parts_s, parts_w = [], []
+            start = 0
+            for b, (lane, k, word) in zip(at, gens, strict=True):
+                data = int(rng.integers(1, 1 << 63)) * 2 + 1
+                wot[b] = (ADDR_RNG + 2 * (lane * cfg.rng_words + k) + word, data)
+                for lo, hi in ((start, b), (b, b + 1)):
+                    if lo == b:
+                        held = (int(engine.rng.s0[lane, k]), int(engine.rng.s1[lane, k]))
+                    s_, w_ = step_lanes(engine, keep[lo:hi], theta[lo:hi], grad[lo:hi], regs)
+                    parts_s.append(s_)
+                    parts_w.append(w_)
+                # the written word loads; the other word keeps its value from before the edge (no step)
+                engine.rng.s0[lane, k] = data if word == 0 else held[0]
+                engine.rng.s1[lane, k] = data if word == 1 else held[1]
+                start = b + 1
+            s_, w_ = step_lanes(engine, keep[start:], theta[start:], grad[start:], regs)
+            state, weight = np.concatenate([*parts_s, s_]), np.concatenate([*parts_w, w_])
+            notes.append(f"{len(gens)} seed words written on transfer edges")
+        elif act["kind"] == "call":
+            kf = keep.ravel()
+            r = engine.step(theta.ravel()[kf], grad.ravel()[kf], regs)
             state = np.zeros(keep.size, np.int64)
             weight = np.zeros(keep.size, np.int64)
-            state[k], weight[k] = r.state, r.weight
+            state[kf], weight[kf] = r.state, r.weight
             state, weight = state.reshape(keep.shape), weight.reshape(keep.shape)
         else:
             state, weight = step_lanes(engine, keep, theta, grad, regs)
@@ -324,13 +368,17 @@ def make_plan(case: CosimCase) -> Plan:
             f"{', '.join(notes)})",
             reset_before=bool(act.get("reset_before")), writes=writes, keep=keep, theta=theta, grad=grad,
             regs=regs, engine_seed=origin, state=state, weight=weight,
+            offer_in_reset=bool(act.get("offer_in_reset")), write_on_transfer=wot,
         )
         if act.get("mid_reset"):
             seg.reset_after = int(rng.integers(1, beats))
             seg.label += f", reset after {seg.reset_after} input beats"
             engine, regs, origin = NumpyEngine(cfg, reset_seed), StepRegisters(0), f"reset seed {reset_seed}"
+        else:
+            verified += seg.elements
         seg.sink_words = layout.pack_sink(keep, theta, grad)
         segments.append(seg)
+        i += 1
     return Plan(case, cfg, layout, segments)
 
 

@@ -1,9 +1,11 @@
 """What one co-simulation run is: the design (configuration, lanes, reset seed) and the stimulus.
 
 A :class:`Design` names a preset plus ``dataclasses.replace`` overrides, so custom random
-budgets (``sr_bits``, ``rng_words``, a wider Gaussian) are plain JSON. A :class:`CosimCase`
-adds the stimulus parameters; it round-trips through JSON, which is how pytest hands it to
-the cocotb module (environment variable ``LPSGLD_COSIM``) and how a failure is reproduced.
+budgets (``sr_bits``, ``rng_words``, a wider Gaussian) are plain JSON; or it carries a whole
+configuration dict and a module name (:meth:`Design.from_manifest`: anyone's RTL described by a
+manifest). A :class:`CosimCase` adds the stimulus parameters; it round-trips through JSON,
+which is how the runner hands it to the cocotb module (environment variable ``LPSGLD_COSIM``)
+and how a failure is reproduced.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from emulator.spec.datapath import DatapathConfig
 from emulator.spec.gaussian import GaussianSpec
-from emulator.spec.presets import preset
+from emulator.spec.presets import _CASES, preset
 
 ENV_VAR = "LPSGLD_COSIM"
 
@@ -29,34 +31,52 @@ def _override(name: str, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Design:
-    """A hardware build: preset name, lane count, overrides of DatapathConfig fields, reset seed,
-    and the implementation choice (``target``, ``pipeline``: ``hw.options.HwOptions``)."""
+    """A hardware build: preset name, lane count, overrides of DatapathConfig fields, reset seed;
+    or (``preset`` None) a whole configuration as sorted JSON in ``config_json`` and the
+    top-level ``module`` name, as read from a manifest. ``target`` / ``pipeline``: the
+    implementation choice (``hw.options.HwOptions``) the build is exported with."""
 
-    preset: str
+    preset: str | None
     lanes: int
     overrides: tuple[tuple[str, Any], ...] = ()
     reset_seed: int = 0
+    config_json: str | None = None
+    module: str | None = None
     target: str = "ice40-hx"
     pipeline: int = 1
 
     @classmethod
     def of(cls, preset_name: str, lanes: int, reset_seed: int = 0, *, target: str = "ice40-hx", pipeline: int = 1,
            **overrides: Any) -> Design:
-        return cls(preset_name, lanes, tuple(sorted(overrides.items())), reset_seed, target, pipeline)
+        return cls(preset_name, lanes, tuple(sorted(overrides.items())), reset_seed, target=target, pipeline=pipeline)
+
+    @classmethod
+    def from_config(cls, cfg: DatapathConfig, module: str, reset_seed: int = 0) -> Design:
+        """A design given by its whole configuration (e.g. from a manifest) and module name."""
+        return cls(None, cfg.lanes, (), reset_seed, json.dumps(cfg.to_dict(), sort_keys=True), module)
 
     def config(self) -> DatapathConfig:
+        if self.config_json is not None:
+            return DatapathConfig.from_dict(json.loads(self.config_json))
+        if self.preset is None:
+            raise ValueError("a Design needs a preset or a configuration")
         cfg = preset(self.preset, self.lanes)
         if self.overrides:
             cfg = replace(cfg, **{k: _override(k, v) for k, v in self.overrides})
         return cfg
 
     @property
-    def family(self) -> str:
-        return self.preset.split("-")[0]
+    def family(self) -> str | None:
+        """The golden hyper-parameter family (``w8``) whose host cases fit, or None."""
+        fam = self.preset.split("-")[0] if self.preset else f"w{self.config().weight.width}"
+        return fam if fam in _CASES else None
 
     @property
     def name(self) -> str:
-        """Readable, unique, filesystem-safe: ``w8-vc_l8_sr3_rw2_s0``."""
+        """Readable, unique, filesystem-safe: ``w8-vc_l8_sr3_rw2_s0`` (or the module name)."""
+        if self.preset is None:
+            h = hashlib.sha1((self.config_json or "").encode()).hexdigest()[:6]
+            return f"{self.module or 'custom'}_{h}" + (f"_rs{self.reset_seed}" if self.reset_seed else "")
         parts = [self.preset, f"l{self.lanes}"]
         for k, v in self.overrides:
             if k == "gaussian":
@@ -76,16 +96,26 @@ class Design:
     @property
     def module_name(self) -> str:
         """Verilog top-level name of this build."""
-        return "lpsgld_" + self.name.replace("-", "_")
+        return self.module or "lpsgld_" + self.name.replace("-", "_")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"preset": self.preset, "lanes": self.lanes, "overrides": dict(self.overrides),
-                "reset_seed": self.reset_seed, "target": self.target, "pipeline": self.pipeline}
+        d: dict[str, Any] = {"preset": self.preset, "lanes": self.lanes, "overrides": dict(self.overrides),
+                             "reset_seed": self.reset_seed, "target": self.target, "pipeline": self.pipeline}
+        if self.config_json is not None:
+            d["config"] = json.loads(self.config_json)
+        if self.module is not None:
+            d["module"] = self.module
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Design:
-        return cls.of(d["preset"], d["lanes"], d.get("reset_seed", 0), target=d.get("target", "ice40-hx"),
-                      pipeline=d.get("pipeline", 1), **d.get("overrides", {}))
+        hw = {"target": d.get("target", "ice40-hx"), "pipeline": d.get("pipeline", 1)}
+        if d.get("config") is not None:
+            cfg = DatapathConfig.from_dict(d["config"])
+            return cls(d.get("preset"), cfg.lanes, (), d.get("reset_seed", 0),
+                       json.dumps(cfg.to_dict(), sort_keys=True), d.get("module"), **hw)
+        base = cls.of(d["preset"], d["lanes"], d.get("reset_seed", 0), **hw, **d.get("overrides", {}))
+        return replace(base, module=d.get("module"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +124,8 @@ class CosimCase:
 
     ``stream_seed`` seeds every random choice of the stimulus (calls, sizes, inputs, register
     sets, loaded seeds, gap/stall patterns); ``segments`` is the number of host actions
-    (register/seed writes + one stream each); ``p_gap`` is the probability that the
+    (register/seed writes + one stream each), at least (``min_elements`` adds random segments
+    until that many elements are verified); ``p_gap`` is the probability that the
     testbench withholds sink valid for a cycle between beats, ``p_stall`` that it lowers
     source ready; ``max_beats`` bounds a call's length.
     """
@@ -107,6 +138,7 @@ class CosimCase:
     p_stall: float = 0.25
     waves: bool = False
     summary_file: str = ""
+    min_elements: int = 0  # random segments are added until this many elements are verified
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -1,4 +1,4 @@
-"""cocotb test module run inside the simulator (Icarus or Verilator) by ``tests.cosim.sim``.
+"""cocotb test module run inside the simulator (Icarus or Verilator) by ``hw.verify.runner``.
 
 The whole configuration arrives as JSON in ``$LPSGLD_COSIM`` (:class:`CosimCase`); the
 stimulus and the expected words are regenerated here from it (``plan.make_plan``), so a
@@ -16,9 +16,9 @@ import time
 import cocotb
 import numpy as np
 
-from tests.cosim.case import ENV_VAR, CosimCase
-from tests.cosim.plan import Segment, describe_registers, first_mismatch, make_plan
-from tests.cosim.tb import StreamResult, UpdateTopTB
+from hw.verify.case import ENV_VAR, CosimCase
+from hw.verify.plan import Segment, describe_registers, first_mismatch, make_plan
+from hw.verify.tb import StreamResult, UpdateTopTB
 
 
 def _check(seg: Segment, res: StreamResult, layout, case: CosimCase) -> str | None:
@@ -62,11 +62,11 @@ async def _run(dut, case: CosimCase) -> None:
     latency = None
     stream_cycles = 0
     for seg in plan.segments:
-        if seg.reset_before:
-            await tb.reset()
-        await tb.write(seg.writes)
         try:
-            res = await tb.stream(seg.sink_words, seg.reset_after)
+            if seg.reset_before:
+                await tb.reset(offer=seg.sink_words[0] if seg.offer_in_reset else None)
+            await tb.write(seg.writes)
+            res = await tb.stream(seg.sink_words, seg.reset_after, seg.write_on_transfer)
         except AssertionError as e:
             raise AssertionError(f"{seg.label}: {e}; registers {describe_registers(seg.regs)}") from None
         stream_cycles += res.cycles

@@ -1,9 +1,10 @@
 """Mutation check of the co-verification: inject single faults into the exported Verilog and
-require the short CI cosim run of that design to fail on each.
+require ``verify`` (what ``lpsgld verify`` runs) to fail on each.
 
-    .venv/bin/python -m tests.cosim.mutate                 # all mutants, Icarus, 2 workers
-    .venv/bin/python -m tests.cosim.mutate --list
-    .venv/bin/python -m tests.cosim.mutate --only M07 M20 --sim verilator
+    .venv/bin/python -m hw.verify.mutate                 # all mutants, Icarus, 2 workers
+    .venv/bin/python -m hw.verify.mutate --list
+    .venv/bin/python -m hw.verify.mutate --only M07 M20 --sim verilator
+    .venv/bin/python -m hw.verify.mutate --only M38 --keep   # keep sim_build/mutants/M38/<module>.v/.json
 
 A mutant is one precise textual edit of the generated Verilog, inside one module (``scope``):
 a regular expression that must match exactly ``count`` times there (else the mutant is
@@ -11,25 +12,32 @@ reported as stale: the generator changed and the table needs updating), replaced
 ``repl``. ``$#`` in a pattern stands for an Amaranth/Yosys temporary (``\\$123 ``). Multi-lane
 designs are mutated in one lane only, so the check also shows every lane is compared. Each
 mutant must build; it is killed when the run reports a mismatch (or a hang, an idle or reset
-error). Builds go to ``sim_build/mutants/``.
+error). Each mutant is written with the design's manifest into ``sim_build/mutants/<id>/`` and
+checked by :func:`hw.verify.verify.verify` exactly as ``lpsgld verify <id>/<module>.v --manifest
+<id>/<module>.json`` would (same plan, same stimulus seed per design); the unmutated design must
+pass the same command first.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .case import Design, ci_case
-from .sim import SIM_BUILD, build, export_design, missing_tool, run, tool_env
+from .case import Design
+from .runner import SIM_BUILD, export_design, missing_tool, tool_env
+from .verify import verify
 
+ELEMENTS = 600  # per verify run: about the CI run of a 4-lane design
 TMP = r"\\\$\d+ "  # an Amaranth temporary: backslash, dollar, digits, one space
 
 
@@ -42,6 +50,7 @@ class Mutant:
     repl: str | Callable[[re.Match[str]], str]
     what: str
     count: int = 1
+    elements: int | None = None  # a longer verify run for faults that flip about one output in 2^7
 
 
 VC4 = Design.of("w8-vc", 4)
@@ -77,8 +86,8 @@ MUTANTS = [
            "lane 1's generator steps on lane 2's keep bit"),
     Mutant("M08", VC4, "", r"(ctl__addr == 9'h10)3;", r"\g<1>2;", "seed load: s1 of stream 1 decoded at s0's address"),
     Mutant("M09", VC4, "", rf"(assign {TMP} = \| \{{ )source__valid, ", r"\1", "idle ignores the output stage"),
-    Mutant("M10", VC4, "", rf"assign sink__ready = {TMP} \| source__ready;", "assign sink__ready = 1'h1;",
-           "backpressure ignored (sink always ready, pipeline always advances)"),
+    Mutant("M10", VC4, "", rf"assign sink__ready = advance & ({TMP});", r"assign sink__ready = \1;",
+           "backpressure ignored (sink ready while the pipeline stalls)"),
     Mutant("M11", VC4, "", rf"({TMP} = )sink__payload\[3:0\];", r"\1{ 1'h1, sink__payload[2:0] };",
            "keep echo: bit 3 stuck at 1"),
     Mutant("M12", VC4, "", rf"(if \(write_vc_var\) begin\n\s+{TMP} = )data\[14:0\];", r"\1data[15:1];",
@@ -110,7 +119,7 @@ MUTANTS = [
     Mutant("M24", W4VC4, "lane_3.narrow", rf"(assign {TMP} = ){TMP}\[6\] \? 6'h00 : ({TMP}\[5:0\];)", r"\1\2",
            "branch B: max(vc_var - vs, 0) clamp dropped (both copies)", count=2),
     Mutant("M25", W4VC4, "lane_3.narrow", r"\{ vc_f_h_d1, 6'h20 \}", "{ vc_f_h_d1, 6'h00 }",
-           "branch B: f(1-f) rounding constant dropped (truncation)"),
+           "branch B: f(1-f) rounding constant dropped (truncation)", elements=20000),
     Mutant("M26", VC4, "lane_3.narrow", r"\? 8'h80 : 8'h7f;", "? 8'h80 : 8'h7e;", "weight saturation max 127 -> 126"),
     Mutant("M27", W4VC4, "lane_3.narrow", r"= 3'h4 - vc_l_a;", "= 3'h3 - vc_l_a;", "branch A: 2^(p-1) - l off by one"),
     Mutant("M28", VC4, "lane_3.narrow", rf"\{{ ({TMP}), 1'h0 \}}", r"{ 1'h0, \1 }", "branch B: down threshold 2w -> w"),
@@ -132,6 +141,11 @@ MUTANTS = [
            "SR: x + u computed as x - u in the low half of the uniform's (carry-select) adder", count=2),
     Mutant("M37", LPF1, "lane_0.narrow", r"\? 24'h800000 : 24'h7fffff;", "? 24'h800000 : 24'h7ffffe;",
            "accumulator saturation max off by one"),
+    # the contract's corner cases (docs/hardware.md "Reset and seeds")
+    Mutant("M38", VC4, "", rf"assign sink__ready = advance & {TMP};", "assign sink__ready = advance;",
+           "sink ready not gated by reset (a beat offered during reset is taken)"),
+    Mutant("M39", VC4, "", rf"(assign \\step\$56  = {TMP}) & {TMP};", r"\1;",
+           "lane 1's generator steps on the edge a seed word of it lands (no hold)"),
 ]
 
 
@@ -163,36 +177,39 @@ def apply(mutant: Mutant, text: str, top: str) -> str:
     return text[:lo] + new + text[hi:]
 
 
-def _base_exporter(cache: dict[str, tuple[str, dict[str, Any]]]):
-    def export(design: Design, out_dir: Path) -> tuple[Path, dict[str, Any]]:
-        text, manifest = cache[design.name]
-        path = out_dir / f"{design.module_name}.v"
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-        return path, manifest
-    return export
+def _write(d: Path, module: str, text: str, manifest: dict[str, Any]) -> tuple[Path, Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    src, man = d / f"{module}.v", d / f"{module}.json"
+    src.write_text(text)
+    man.write_text(json.dumps(manifest, indent=1) + "\n")
+    return src, man
 
 
-def check(mutant: Mutant, sim: str, cache, root: Path) -> tuple[str, str, float]:
+def stimulus_seed(design: Design) -> int:
+    return zlib.crc32(f"{design.name}/mutate".encode())
+
+
+def check(mutant: Mutant, sim: str, cache: dict[str, tuple[str, dict[str, Any]]], root: Path,
+          elements: int = ELEMENTS) -> tuple[str, str, float]:
     """(verdict, detail, seconds): verdict is killed, SURVIVED, stale or build-error."""
     t0 = time.perf_counter()
     text, manifest = cache[mutant.design.name]
+    module = mutant.design.module_name
     try:
-        mutated = apply(mutant, text, mutant.design.module_name)
+        mutated = apply(mutant, text, module)
     except StaleMutant as e:
         return "stale", str(e), time.perf_counter() - t0
+    src, man = _write(root / mutant.id, module, mutated, manifest)
     try:
-        b = build(mutant.design, sim, exporter=_base_exporter(cache), root=root / mutant.id,
-                  transform=lambda _: mutated)
-    except (RuntimeError, SystemExit) as e:
+        res = verify([src], man, sim=sim, elements=max(elements, mutant.elements or 0),
+                     seed=stimulus_seed(mutant.design),
+                     build_root=root / mutant.id / "build")
+    except RuntimeError as e:
         return "build-error", f"{e}", time.perf_counter() - t0
-    case = ci_case(mutant.design, manifest["latency"])
-    try:
-        run(b, case, "mutant")
-    except AssertionError as e:
-        first = str(e).splitlines()[0]
+    if not res.ok:
+        first = res.report.splitlines()[0]
         return "killed", first[:300], time.perf_counter() - t0
-    return "SURVIVED", "", time.perf_counter() - t0
+    return "SURVIVED", res.report, time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
     ap.add_argument("--only", nargs="*", help="mutant ids")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--elements", type=int, default=ELEMENTS, help=f"elements per verify run (default {ELEMENTS})")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="only export and apply the edits (finds stale mutants)")
     ap.add_argument("--markdown", action="store_true", help="print the kill table as markdown")
@@ -236,11 +254,14 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             path, manifest = export_design(d, out)
             cache[d.name] = (path.read_text(), manifest)
-            # the unmutated design must pass the same run, or a "kill" means nothing
-            b = build(d, args.sim, exporter=_base_exporter(cache), root=root / "base")
-            run(b, ci_case(d, manifest["latency"]), "baseline")
+            # the unmutated design must pass the same command, or a "kill" means nothing
+            base = verify([path], out / f"{d.module_name}.json", sim=args.sim, elements=args.elements,
+                          seed=stimulus_seed(d), build_root=out / "build")
+            if not base.ok:
+                print(f"baseline {d.name} fails: {base.report}", file=sys.stderr)
+                return 1
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(lambda m: (m, *check(m, args.sim, cache, root)), chosen))
+            results = list(pool.map(lambda m: (m, *check(m, args.sim, cache, root, args.elements)), chosen))
     killed = sum(v == "killed" for _, v, _, _ in results)
     if args.markdown:
         print("| mutant | design | module | fault | verdict | first report |")
