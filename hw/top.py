@@ -119,8 +119,8 @@ class UpdateTop(wiring.Component):
             m.d.sync += [keep[i].eq(keep[i - 1]) for i in range(1, self.latency)]
 
         # ---- control writes: the decode is registered (off the clock-enable paths) ---------------
-        # A write on edge w lands in the lane registers / generators on edge w + 1: before any
-        # beat transferred after the write reads them (first read while the beat is in stage 1).
+        # A register write on edge w lands in the lanes' registers on edge w + 1: before any beat
+        # transferred after the write reads them (first read while the beat is in stage 1).
         wdata = Signal(control.DATA_WIDTH, name="wdata", reset_less=True)
         m.d.sync += wdata.eq(self.ctl.data)
         rmap = control.register_map(cfg)
@@ -133,6 +133,15 @@ class UpdateTop(wiring.Component):
                         m.d.sync += w.eq(1)
 
         # ---- generators and lanes ---------------------------------------------------------
+        # A seed write is registered (off the generators' clock-enable path) and applied on the first
+        # edge the input stage moves on (or is empty): a beat transferred on the write edge has read the
+        # old output by then, and its step is the one the contract's hold replaces.
+        seed_data = Signal(cfg.rng.word_bits, name="seed_data", reset_less=True)
+        with m.If(self.ctl.we):
+            m.d.sync += seed_data.eq(self.ctl.data[: cfg.rng.word_bits])
+        free = Signal()  # the input stage moves on this edge (or holds no beat)
+        took = Signal()  # a beat transfers on this edge
+        m.d.comb += [free.eq(advance | ~valid[0]), took.eq(self.sink.valid & self.sink.ready)]
         init = LaneRng.seeded(cfg.rng, self.reset_seed, lanes, words)
         for lane in range(lanes):
             gens = []
@@ -141,14 +150,19 @@ class UpdateTop(wiring.Component):
                 gen = XoroshiroGenerator(cfg.rng, (int(init.s0[lane, k]), int(init.s1[lane, k])))
                 m.submodules[f"rng_{lane}_{k}"] = gen
                 addr = control.SEED_BASE + 2 * j
-                load = Signal(2, name=f"seed_load_{j}")
-                m.d.sync += load.eq(Cat(self.ctl.addr == addr, self.ctl.addr == addr + 1) & self.ctl.we.replicate(2))
+                load = Signal(2, name=f"seed_load_{j}")  # pending word loads
+                hold = Signal(name=f"seed_hold_{j}")  # the write came with a transfer: hold the generator
+                hit = Cat(self.ctl.addr == addr, self.ctl.addr == addr + 1) & self.ctl.we.replicate(2)
+                with m.If(hit.any()):
+                    m.d.sync += [load.eq(hit), hold.eq(took)]
+                with m.Elif(free):
+                    m.d.sync += load.eq(0)
                 m.d.comb += [
-                    # the beat leaves the input stage; a seed write holds the whole generator on the edge it lands
-                    gen.step.eq(advance & valid[0] & keep[0][lane] & ~load.any()),
-                    gen.load0.eq(load[0]),
-                    gen.load1.eq(load[1]),
-                    gen.data.eq(wdata[: cfg.rng.word_bits]),
+                    # the beat leaves the input stage; a seed write on its transfer edge holds the generator
+                    gen.step.eq(advance & valid[0] & keep[0][lane] & ~(load.any() & hold)),
+                    gen.load0.eq(load[0] & free),
+                    gen.load1.eq(load[1] & free),
+                    gen.data.eq(seed_data),
                 ]
                 gens.append(gen.out)
             m.submodules[f"lane_{lane}"] = ln = UpdateLane(cfg, self.opts)

@@ -5,13 +5,13 @@
 module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire [1:0] \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [1:0] \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -29,11 +29,19 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$3 ;
   reg \$30 ;
   reg \$31 ;
-  reg [1:0] \$32 ;
-  reg [3:0] \$33 ;
-  reg [3:0] \$34 ;
-  reg [3:0] \$35 ;
+  reg \$32 ;
+  reg \$33 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg \$36 ;
+  reg \$37 ;
+  reg [63:0] \$38 ;
+  reg [1:0] \$39 ;
   wire \$4 ;
+  reg \$40 ;
+  reg [3:0] \$41 ;
+  reg [3:0] \$42 ;
+  reg [3:0] \$43 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -51,6 +59,7 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [63:0] data = 64'h0000000000000000;
   reg [3:0] decay = 4'h0;
   wire en;
+  wire free;
   wire [3:0] grad;
   output idle;
   wire idle;
@@ -75,6 +84,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [3:0] reg_step_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   input [12:0] sink__payload;
   wire [12:0] sink__payload;
@@ -100,8 +112,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
-  reg [3:0] \step$37  = 4'h0;
+  reg [3:0] \step$40  = 4'h0;
   wire [7:0] theta;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
@@ -112,79 +125,92 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_8 = 1'h0;
   (* init = 1'h0 *)
   wire valid_9;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
   wire [63:0] words;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   always @(posedge clk)
-    noise <= \$35 ;
+    keep_7 <= \$32 ;
+  always @(posedge clk)
+    keep_8 <= \$33 ;
+  always @(posedge clk)
+    keep_9 <= \$34 ;
+  always @(posedge clk)
+    wdata <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$35 ;
+  always @(posedge clk)
+    write_decay <= \$36 ;
+  always @(posedge clk)
+    write_noise <= \$37 ;
+  always @(posedge clk)
+    data <= \$38 ;
+  always @(posedge clk)
+    seed_load_0 <= \$39 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$40 ;
+  always @(posedge clk)
+    \step$40  <= \$41 ;
+  always @(posedge clk)
+    decay <= \$42 ;
+  always @(posedge clk)
+    noise <= \$43 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1;
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = ctl__addr == 9'h100;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = { \$9 , \$8  } & { ctl__we, ctl__we };
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$11 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$12 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$13 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$14 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$15 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$16 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$17 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$18 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$19 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    source__valid <= \$20 ;
+    source__valid <= \$26 ;
   always @(posedge clk)
-    keep_2 <= \$21 ;
+    keep_2 <= \$27 ;
   always @(posedge clk)
-    keep_3 <= \$22 ;
+    keep_3 <= \$28 ;
   always @(posedge clk)
-    keep_4 <= \$23 ;
+    keep_4 <= \$29 ;
   always @(posedge clk)
-    keep_5 <= \$24 ;
+    keep_5 <= \$30 ;
   always @(posedge clk)
-    keep_6 <= \$25 ;
-  always @(posedge clk)
-    keep_7 <= \$26 ;
-  always @(posedge clk)
-    keep_8 <= \$27 ;
-  always @(posedge clk)
-    keep_9 <= \$28 ;
-  always @(posedge clk)
-    data <= ctl__data;
-  always @(posedge clk)
-    write_step <= \$29 ;
-  always @(posedge clk)
-    write_decay <= \$30 ;
-  always @(posedge clk)
-    write_noise <= \$31 ;
-  always @(posedge clk)
-    seed_load_0 <= \$32 ;
-  always @(posedge clk)
-    \step$37  <= \$33 ;
-  always @(posedge clk)
-    decay <= \$34 ;
+    keep_6 <= \$31 ;
   \lpsgld_w4_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -193,212 +219,64 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .\port$0$3 (sink__payload[12:1]),
     .rst(rst),
     .state(state),
-    .step(\step$37 ),
+    .step(\step$40 ),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w4_lpf_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$153$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = noise;
-    if (write_noise) begin
-      \$35  = data[3:0];
-    end
-    if (rst) begin
-      \$35  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_1;
+    \$33  = keep_8;
     if (advance) begin
-      \$11  = sink__valid;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
+      \$33  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = keep_1;
+    \$34  = keep_9;
     if (advance) begin
-      \$12  = sink__payload[0];
+      \$34  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_2;
-    if (advance) begin
-      \$13  = valid_1;
-    end
-    if (rst) begin
-      \$13  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_3;
-    if (advance) begin
-      \$14  = valid_2;
-    end
-    if (rst) begin
-      \$14  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_4;
-    if (advance) begin
-      \$15  = valid_3;
-    end
-    if (rst) begin
-      \$15  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_5;
-    if (advance) begin
-      \$16  = valid_4;
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_6;
-    if (advance) begin
-      \$17  = valid_5;
-    end
-    if (rst) begin
-      \$17  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_7;
-    if (advance) begin
-      \$18  = valid_6;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_8;
-    if (advance) begin
-      \$19  = valid_7;
-    end
-    if (rst) begin
-      \$19  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = source__valid;
-    if (advance) begin
-      \$20  = valid_8;
-    end
-    if (rst) begin
-      \$20  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = keep_2;
-    if (advance) begin
-      \$21  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = keep_3;
-    if (advance) begin
-      \$22  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = keep_4;
-    if (advance) begin
-      \$23  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_5;
-    if (advance) begin
-      \$24  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_6;
-    if (advance) begin
-      \$25  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_7;
-    if (advance) begin
-      \$26  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_8;
-    if (advance) begin
-      \$27  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_9;
-    if (advance) begin
-      \$28  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = 1'h0;
+    \$35  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$29  = 1'h1;
+            \$35  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$29  = 1'h0;
+      \$35  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = 1'h0;
+    \$36  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$30  = 1'h1;
+            \$36  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$36  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = 1'h0;
+    \$37  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -406,49 +284,218 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$31  = 1'h1;
+            \$37  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$31  = 1'h0;
+      \$37  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = \$10 ;
+    \$38  = data;
+    if (ctl__we) begin
+      \$38  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = seed_load_0;
+    if (\$13 ) begin
+      \$39  = \$16 ;
+    end else if (free) begin
+      \$39  = 2'h0;
+    end
     if (rst) begin
-      \$32  = 2'h0;
+      \$39  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = \step$37 ;
+    \$40  = seed_hold_0;
+    if (\$13 ) begin
+      \$40  = took;
+    end
+    if (rst) begin
+      \$40  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = \step$40 ;
     if (write_step) begin
-      \$33  = data[3:0];
+      \$41  = wdata[3:0];
     end
     if (rst) begin
-      \$33  = 4'h0;
+      \$41  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = decay;
+    \$42  = decay;
     if (write_decay) begin
-      \$34  = data[3:0];
+      \$42  = wdata[3:0];
     end
     if (rst) begin
-      \$34  = 4'h0;
+      \$42  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = noise;
+    if (write_noise) begin
+      \$43  = wdata[3:0];
+    end
+    if (rst) begin
+      \$43  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
+    if (advance) begin
+      \$17  = sink__valid;
+    end
+    if (rst) begin
+      \$17  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$18  = keep_1;
+    if (advance) begin
+      \$18  = sink__payload[0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$19  = valid_2;
+    if (advance) begin
+      \$19  = valid_1;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$20  = valid_3;
+    if (advance) begin
+      \$20  = valid_2;
+    end
+    if (rst) begin
+      \$20  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = valid_4;
+    if (advance) begin
+      \$21  = valid_3;
+    end
+    if (rst) begin
+      \$21  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = valid_5;
+    if (advance) begin
+      \$22  = valid_4;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_6;
+    if (advance) begin
+      \$23  = valid_5;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_7;
+    if (advance) begin
+      \$24  = valid_6;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = valid_8;
+    if (advance) begin
+      \$25  = valid_7;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = source__valid;
+    if (advance) begin
+      \$26  = valid_8;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_2;
+    if (advance) begin
+      \$27  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_3;
+    if (advance) begin
+      \$28  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_4;
+    if (advance) begin
+      \$29  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_5;
+    if (advance) begin
+      \$30  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_6;
+    if (advance) begin
+      \$31  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = keep_7;
+    if (advance) begin
+      \$32  = keep_6;
     end
   end
   assign valid_9 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[12:9];
   assign out = words;
-  assign reg_step_0 = \step$37 ;
+  assign reg_step_0 = \step$40 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
@@ -1049,7 +1096,7 @@ module \lpsgld_w4_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l1.rng_0_0 (rst, step, out, data, \port$153$0 , clk);
+module \lpsgld_w4_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -1069,12 +1116,12 @@ module \lpsgld_w4_lpf_l1.rng_0_0 (rst, step, out, data, \port$153$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$153$0 ;
-  wire [1:0] \port$153$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -1104,7 +1151,7 @@ module \lpsgld_w4_lpf_l1.rng_0_0 (rst, step, out, data, \port$153$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$153$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -1117,13 +1164,11 @@ module \lpsgld_w4_lpf_l1.rng_0_0 (rst, step, out, data, \port$153$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$153$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$153$0 [0];
-  assign load1 = \port$153$0 [1];
 endmodule

@@ -18,60 +18,86 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
-  wire [1:0] \$22 ;
+  wire \$22 ;
   wire \$23 ;
   wire \$24 ;
-  wire [1:0] \$25 ;
+  wire \$25 ;
   wire \$26 ;
-  wire \$27 ;
-  wire [1:0] \$28 ;
+  wire [1:0] \$27 ;
+  wire \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire [1:0] \$31 ;
-  reg \$32 ;
-  reg [3:0] \$33 ;
-  reg \$34 ;
-  reg \$35 ;
-  reg \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire [1:0] \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire [1:0] \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg \$41 ;
-  reg [3:0] \$42 ;
-  reg [3:0] \$43 ;
-  reg [3:0] \$44 ;
-  reg [3:0] \$45 ;
-  reg [3:0] \$46 ;
-  reg [3:0] \$47 ;
-  reg [3:0] \$48 ;
-  reg [3:0] \$49 ;
+  wire \$40 ;
+  wire [1:0] \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire [1:0] \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire [1:0] \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg \$50 ;
-  reg \$51 ;
-  reg \$52 ;
-  reg [1:0] \$53 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire [1:0] \$52 ;
+  reg \$53 ;
   reg [3:0] \$54 ;
-  reg [3:0] \$55 ;
-  reg [3:0] \$56 ;
-  reg [1:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [3:0] \$59 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg \$58 ;
+  reg \$59 ;
   wire \$6 ;
-  reg [3:0] \$60 ;
-  reg [1:0] \$61 ;
-  reg [3:0] \$62 ;
+  reg \$60 ;
+  reg \$61 ;
+  reg \$62 ;
   reg [3:0] \$63 ;
   reg [3:0] \$64 ;
-  reg [1:0] \$65 ;
+  reg [3:0] \$65 ;
   reg [3:0] \$66 ;
   reg [3:0] \$67 ;
   reg [3:0] \$68 ;
+  reg [3:0] \$69 ;
   wire \$7 ;
+  reg [3:0] \$70 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg \$73 ;
+  reg [63:0] \$74 ;
+  reg [1:0] \$75 ;
+  reg \$76 ;
+  reg [3:0] \$77 ;
+  reg [3:0] \$78 ;
+  reg [3:0] \$79 ;
   wire \$8 ;
+  reg [1:0] \$80 ;
+  reg \$81 ;
+  reg [3:0] \$82 ;
+  reg [3:0] \$83 ;
+  reg [3:0] \$84 ;
+  reg [1:0] \$85 ;
+  reg \$86 ;
+  reg [3:0] \$87 ;
+  reg [3:0] \$88 ;
+  reg [3:0] \$89 ;
   wire \$9 ;
+  reg [1:0] \$90 ;
+  reg \$91 ;
+  reg [3:0] \$92 ;
+  reg [3:0] \$93 ;
+  reg [3:0] \$94 ;
   wire advance;
   input clk;
   wire clk;
@@ -83,23 +109,24 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$47 ;
+  wire [63:0] \data$51 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$65 ;
+  wire [63:0] \data$70 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$83 ;
+  wire [63:0] \data$89 ;
   reg [3:0] decay = 4'h0;
-  reg [3:0] \decay$57  = 4'h0;
-  reg [3:0] \decay$75  = 4'h0;
-  reg [3:0] \decay$93  = 4'h0;
+  reg [3:0] \decay$61  = 4'h0;
+  reg [3:0] \decay$80  = 4'h0;
+  reg [3:0] \decay$99  = 4'h0;
   wire en;
-  wire \en$48 ;
-  wire \en$66 ;
-  wire \en$84 ;
+  wire \en$52 ;
+  wire \en$71 ;
+  wire \en$90 ;
+  wire free;
   wire [3:0] grad;
-  wire [3:0] \grad$50 ;
-  wire [3:0] \grad$68 ;
-  wire [3:0] \grad$86 ;
+  wire [3:0] \grad$54 ;
+  wire [3:0] \grad$73 ;
+  wire [3:0] \grad$92 ;
   output idle;
   wire idle;
   reg [3:0] keep_1 = 4'h0;
@@ -112,21 +139,21 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [3:0] keep_8 = 4'h0;
   reg [3:0] keep_9 = 4'h0;
   wire load0;
-  wire \load0$45 ;
-  wire \load0$63 ;
-  wire \load0$81 ;
+  wire \load0$49 ;
+  wire \load0$68 ;
+  wire \load0$87 ;
   wire load1;
-  wire \load1$46 ;
-  wire \load1$64 ;
-  wire \load1$82 ;
+  wire \load1$50 ;
+  wire \load1$69 ;
+  wire \load1$88 ;
   reg [3:0] noise = 4'h0;
-  reg [3:0] \noise$59  = 4'h0;
-  reg [3:0] \noise$77  = 4'h0;
-  reg [3:0] \noise$95  = 4'h0;
+  reg [3:0] \noise$101  = 4'h0;
+  reg [3:0] \noise$63  = 4'h0;
+  reg [3:0] \noise$82  = 4'h0;
   wire [63:0] out;
-  wire [63:0] \out$52 ;
-  wire [63:0] \out$70 ;
-  wire [63:0] \out$88 ;
+  wire [63:0] \out$56 ;
+  wire [63:0] \out$75 ;
+  wire [63:0] \out$94 ;
   (* init = 4'h0 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
@@ -153,6 +180,12 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [3:0] reg_step_3;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   reg [1:0] seed_load_1 = 2'h0;
   reg [1:0] seed_load_2 = 2'h0;
@@ -192,21 +225,22 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$53 ;
-  wire [7:0] \state$71 ;
-  wire [7:0] \state$89 ;
+  wire [7:0] \state$57 ;
+  wire [7:0] \state$76 ;
+  wire [7:0] \state$95 ;
   wire step;
-  reg [3:0] \step$37  = 4'h0;
-  wire \step$43 ;
-  reg [3:0] \step$55  = 4'h0;
-  wire \step$61 ;
-  reg [3:0] \step$73  = 4'h0;
-  wire \step$79 ;
-  reg [3:0] \step$91  = 4'h0;
+  reg [3:0] \step$40  = 4'h0;
+  wire \step$46 ;
+  reg [3:0] \step$59  = 4'h0;
+  wire \step$65 ;
+  reg [3:0] \step$78  = 4'h0;
+  wire \step$84 ;
+  reg [3:0] \step$97  = 4'h0;
   wire [7:0] theta;
-  wire [7:0] \theta$49 ;
-  wire [7:0] \theta$67 ;
-  wire [7:0] \theta$85 ;
+  wire [7:0] \theta$53 ;
+  wire [7:0] \theta$72 ;
+  wire [7:0] \theta$91 ;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
@@ -217,133 +251,173 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_8 = 1'h0;
   (* init = 1'h0 *)
   wire valid_9;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
-  wire [3:0] \weight$54 ;
-  wire [3:0] \weight$72 ;
-  wire [3:0] \weight$90 ;
+  wire [3:0] \weight$58 ;
+  wire [3:0] \weight$77 ;
+  wire [3:0] \weight$96 ;
   wire [63:0] words;
-  wire [63:0] \words$51 ;
-  wire [63:0] \words$69 ;
-  wire [63:0] \words$87 ;
+  wire [63:0] \words$55 ;
+  wire [63:0] \words$74 ;
+  wire [63:0] \words$93 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
-  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h104;
-  assign \$27  = ctl__addr == 9'h105;
-  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h106;
-  assign \$30  = ctl__addr == 9'h107;
+  assign idle = ~ \$3 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$46  = \$11  & \$14 ;
+  assign \load0$49  = seed_load_1[0] & free;
+  assign \load1$50  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
+  assign \$19  = ~ \$18 ;
+  assign \step$65  = \$16  & \$19 ;
+  assign \load0$68  = seed_load_2[0] & free;
+  assign \load1$69  = seed_load_2[1] & free;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$84  = \$21  & \$24 ;
+  assign \load0$87  = seed_load_3[0] & free;
+  assign \load1$88  = seed_load_3[1] & free;
+  assign \$25  = ctl__addr == 9'h100;
+  assign \$26  = ctl__addr == 9'h101;
+  assign \$27  = { \$26 , \$25  } & { ctl__we, ctl__we };
+  assign \$28  = | \$27 ;
+  assign \$29  = ctl__addr == 9'h100;
+  assign \$30  = ctl__addr == 9'h101;
   assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h102;
+  assign \$33  = ctl__addr == 9'h103;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$35  = | \$34 ;
+  assign \$36  = ctl__addr == 9'h102;
+  assign \$37  = ctl__addr == 9'h103;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h104;
+  assign \$40  = ctl__addr == 9'h105;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = | \$41 ;
+  assign \$43  = ctl__addr == 9'h104;
+  assign \$44  = ctl__addr == 9'h105;
+  assign \$45  = { \$44 , \$43  } & { ctl__we, ctl__we };
+  assign \$46  = ctl__addr == 9'h106;
+  assign \$47  = ctl__addr == 9'h107;
+  assign \$48  = { \$47 , \$46  } & { ctl__we, ctl__we };
+  assign \$49  = | \$48 ;
+  assign \$50  = ctl__addr == 9'h106;
+  assign \$51  = ctl__addr == 9'h107;
+  assign \$52  = { \$51 , \$50  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$32 ;
+    valid_1 <= \$53 ;
   always @(posedge clk)
-    keep_1 <= \$33 ;
+    keep_1 <= \$54 ;
   always @(posedge clk)
-    valid_2 <= \$34 ;
+    valid_2 <= \$55 ;
   always @(posedge clk)
-    valid_3 <= \$35 ;
+    valid_3 <= \$56 ;
   always @(posedge clk)
-    valid_4 <= \$36 ;
+    valid_4 <= \$57 ;
   always @(posedge clk)
-    valid_5 <= \$37 ;
+    valid_5 <= \$58 ;
   always @(posedge clk)
-    valid_6 <= \$38 ;
+    valid_6 <= \$59 ;
   always @(posedge clk)
-    valid_7 <= \$39 ;
+    valid_7 <= \$60 ;
   always @(posedge clk)
-    valid_8 <= \$40 ;
+    valid_8 <= \$61 ;
   always @(posedge clk)
-    source__valid <= \$41 ;
+    source__valid <= \$62 ;
   always @(posedge clk)
-    keep_2 <= \$42 ;
+    keep_2 <= \$63 ;
   always @(posedge clk)
-    keep_3 <= \$43 ;
+    keep_3 <= \$64 ;
   always @(posedge clk)
-    keep_4 <= \$44 ;
+    keep_4 <= \$65 ;
   always @(posedge clk)
-    keep_5 <= \$45 ;
+    keep_5 <= \$66 ;
   always @(posedge clk)
-    keep_6 <= \$46 ;
+    keep_6 <= \$67 ;
   always @(posedge clk)
-    keep_7 <= \$47 ;
+    keep_7 <= \$68 ;
   always @(posedge clk)
-    keep_8 <= \$48 ;
+    keep_8 <= \$69 ;
   always @(posedge clk)
-    keep_9 <= \$49 ;
+    keep_9 <= \$70 ;
   always @(posedge clk)
-    data <= ctl__data;
+    wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$50 ;
+    write_step <= \$71 ;
   always @(posedge clk)
-    write_decay <= \$51 ;
+    write_decay <= \$72 ;
   always @(posedge clk)
-    write_noise <= \$52 ;
+    write_noise <= \$73 ;
   always @(posedge clk)
-    seed_load_0 <= \$53 ;
+    data <= \$74 ;
   always @(posedge clk)
-    \step$37  <= \$54 ;
+    seed_load_0 <= \$75 ;
   always @(posedge clk)
-    decay <= \$55 ;
+    seed_hold_0 <= \$76 ;
   always @(posedge clk)
-    noise <= \$56 ;
+    \step$40  <= \$77 ;
   always @(posedge clk)
-    seed_load_1 <= \$57 ;
+    decay <= \$78 ;
   always @(posedge clk)
-    \step$55  <= \$58 ;
+    noise <= \$79 ;
   always @(posedge clk)
-    \decay$57  <= \$59 ;
+    seed_load_1 <= \$80 ;
   always @(posedge clk)
-    \noise$59  <= \$60 ;
+    seed_hold_1 <= \$81 ;
   always @(posedge clk)
-    seed_load_2 <= \$61 ;
+    \step$59  <= \$82 ;
   always @(posedge clk)
-    \step$73  <= \$62 ;
+    \decay$61  <= \$83 ;
   always @(posedge clk)
-    \decay$75  <= \$63 ;
+    \noise$63  <= \$84 ;
   always @(posedge clk)
-    \noise$77  <= \$64 ;
+    seed_load_2 <= \$85 ;
   always @(posedge clk)
-    seed_load_3 <= \$65 ;
+    seed_hold_2 <= \$86 ;
   always @(posedge clk)
-    \step$91  <= \$66 ;
+    \step$78  <= \$87 ;
   always @(posedge clk)
-    \decay$93  <= \$67 ;
+    \decay$80  <= \$88 ;
   always @(posedge clk)
-    \noise$95  <= \$68 ;
+    \noise$82  <= \$89 ;
+  always @(posedge clk)
+    seed_load_3 <= \$90 ;
+  always @(posedge clk)
+    seed_hold_3 <= \$91 ;
+  always @(posedge clk)
+    \step$97  <= \$92 ;
+  always @(posedge clk)
+    \decay$99  <= \$93 ;
+  always @(posedge clk)
+    \noise$101  <= \$94 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1[0];
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = advance & valid_1;
-  assign \$9  = \$8  & keep_1[1];
-  assign \$10  = | seed_load_1;
-  assign \$11  = ~ \$10 ;
-  assign \step$43  = \$9  & \$11 ;
-  assign \$12  = advance & valid_1;
-  assign \$13  = \$12  & keep_1[2];
-  assign \$14  = | seed_load_2;
-  assign \$15  = ~ \$14 ;
-  assign \step$61  = \$13  & \$15 ;
-  assign \$16  = advance & valid_1;
-  assign \$17  = \$16  & keep_1[3];
-  assign \$18  = | seed_load_3;
-  assign \$19  = ~ \$18 ;
-  assign \step$79  = \$17  & \$19 ;
-  assign \$20  = ctl__addr == 9'h100;
-  assign \$21  = ctl__addr == 9'h101;
-  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h102;
-  assign \$24  = ctl__addr == 9'h103;
   \lpsgld_w4_lpf_l4.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -352,266 +426,270 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$37 ),
+    .step(\step$40 ),
     .theta(sink__payload[11:4]),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w4_lpf_l4.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$57 ),
+    .decay(\decay$61 ),
     .en(advance),
     .grad(sink__payload[43:40]),
-    .noise(\noise$59 ),
+    .noise(\noise$63 ),
     .rst(rst),
-    .state(\state$53 ),
-    .step(\step$55 ),
+    .state(\state$57 ),
+    .step(\step$59 ),
     .theta(sink__payload[19:12]),
-    .weight(\weight$54 ),
-    .words(\words$51 )
+    .weight(\weight$58 ),
+    .words(\words$55 )
   );
   \lpsgld_w4_lpf_l4.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$75 ),
+    .decay(\decay$80 ),
     .en(advance),
     .grad(sink__payload[47:44]),
-    .noise(\noise$77 ),
+    .noise(\noise$82 ),
     .rst(rst),
-    .state(\state$71 ),
-    .step(\step$73 ),
+    .state(\state$76 ),
+    .step(\step$78 ),
     .theta(sink__payload[27:20]),
-    .weight(\weight$72 ),
-    .words(\words$69 )
+    .weight(\weight$77 ),
+    .words(\words$74 )
   );
   \lpsgld_w4_lpf_l4.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$93 ),
+    .decay(\decay$99 ),
     .en(advance),
     .grad(sink__payload[51:48]),
-    .noise(\noise$95 ),
+    .noise(\noise$101 ),
     .rst(rst),
-    .state(\state$89 ),
-    .step(\step$91 ),
+    .state(\state$95 ),
+    .step(\step$97 ),
     .theta(sink__payload[35:28]),
-    .weight(\weight$90 ),
-    .words(\words$87 )
+    .weight(\weight$96 ),
+    .words(\words$93 )
   );
   \lpsgld_w4_lpf_l4.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$408$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w4_lpf_l4.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .out(\words$51 ),
-    .\port$416$0 (seed_load_1),
+    .load0(\load0$49 ),
+    .load1(\load1$50 ),
+    .out(\words$55 ),
     .rst(rst),
-    .step(\step$43 )
+    .step(\step$46 )
   );
   \lpsgld_w4_lpf_l4.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .out(\words$69 ),
-    .\port$424$0 (seed_load_2),
+    .load0(\load0$68 ),
+    .load1(\load1$69 ),
+    .out(\words$74 ),
     .rst(rst),
-    .step(\step$61 )
+    .step(\step$65 )
   );
   \lpsgld_w4_lpf_l4.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .out(\words$87 ),
-    .\port$432$0 (seed_load_3),
+    .load0(\load0$87 ),
+    .load1(\load1$88 ),
+    .out(\words$93 ),
     .rst(rst),
-    .step(\step$79 )
+    .step(\step$84 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = valid_1;
+    \$53  = valid_1;
     if (advance) begin
-      \$32  = sink__valid;
+      \$53  = sink__valid;
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$53  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_1;
+    \$54  = keep_1;
     if (advance) begin
-      \$33  = sink__payload[3:0];
+      \$54  = sink__payload[3:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = valid_2;
+    \$55  = valid_2;
     if (advance) begin
-      \$34  = valid_1;
+      \$55  = valid_1;
     end
     if (rst) begin
-      \$34  = 1'h0;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_3;
+    \$56  = valid_3;
     if (advance) begin
-      \$35  = valid_2;
+      \$56  = valid_2;
     end
     if (rst) begin
-      \$35  = 1'h0;
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = valid_4;
+    \$57  = valid_4;
     if (advance) begin
-      \$36  = valid_3;
+      \$57  = valid_3;
     end
     if (rst) begin
-      \$36  = 1'h0;
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = valid_5;
+    \$58  = valid_5;
     if (advance) begin
-      \$37  = valid_4;
+      \$58  = valid_4;
     end
     if (rst) begin
-      \$37  = 1'h0;
+      \$58  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = valid_6;
+    \$59  = valid_6;
     if (advance) begin
-      \$38  = valid_5;
+      \$59  = valid_5;
     end
     if (rst) begin
-      \$38  = 1'h0;
+      \$59  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = valid_7;
+    \$60  = valid_7;
     if (advance) begin
-      \$39  = valid_6;
+      \$60  = valid_6;
     end
     if (rst) begin
-      \$39  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = valid_8;
+    \$61  = valid_8;
     if (advance) begin
-      \$40  = valid_7;
+      \$61  = valid_7;
     end
     if (rst) begin
-      \$40  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = source__valid;
+    \$62  = source__valid;
     if (advance) begin
-      \$41  = valid_8;
+      \$62  = valid_8;
     end
     if (rst) begin
-      \$41  = 1'h0;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_2;
+    \$63  = keep_2;
     if (advance) begin
-      \$42  = keep_1;
+      \$63  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_3;
+    \$64  = keep_3;
     if (advance) begin
-      \$43  = keep_2;
+      \$64  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_4;
+    \$65  = keep_4;
     if (advance) begin
-      \$44  = keep_3;
+      \$65  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_5;
+    \$66  = keep_5;
     if (advance) begin
-      \$45  = keep_4;
+      \$66  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_6;
+    \$67  = keep_6;
     if (advance) begin
-      \$46  = keep_5;
+      \$67  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = keep_7;
+    \$68  = keep_7;
     if (advance) begin
-      \$47  = keep_6;
+      \$68  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_8;
+    \$69  = keep_8;
     if (advance) begin
-      \$48  = keep_7;
+      \$69  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_9;
+    \$70  = keep_9;
     if (advance) begin
-      \$49  = keep_8;
+      \$70  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = 1'h0;
+    \$71  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$50  = 1'h1;
+            \$71  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$50  = 1'h0;
+      \$71  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = 1'h0;
+    \$72  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$51  = 1'h1;
+            \$72  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$51  = 1'h0;
+      \$72  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = 1'h0;
+    \$73  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -619,202 +697,261 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$52  = 1'h1;
+            \$73  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$52  = 1'h0;
+      \$73  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = \$22 ;
+    \$74  = data;
+    if (ctl__we) begin
+      \$74  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = seed_load_0;
+    if (\$28 ) begin
+      \$75  = \$31 ;
+    end else if (free) begin
+      \$75  = 2'h0;
+    end
     if (rst) begin
-      \$53  = 2'h0;
+      \$75  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = \step$37 ;
+    \$76  = seed_hold_0;
+    if (\$28 ) begin
+      \$76  = took;
+    end
+    if (rst) begin
+      \$76  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = \step$40 ;
     if (write_step) begin
-      \$54  = data[3:0];
+      \$77  = wdata[3:0];
     end
     if (rst) begin
-      \$54  = 4'h0;
+      \$77  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = decay;
+    \$78  = decay;
     if (write_decay) begin
-      \$55  = data[3:0];
+      \$78  = wdata[3:0];
     end
     if (rst) begin
-      \$55  = 4'h0;
+      \$78  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = noise;
+    \$79  = noise;
     if (write_noise) begin
-      \$56  = data[3:0];
+      \$79  = wdata[3:0];
     end
     if (rst) begin
-      \$56  = 4'h0;
+      \$79  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = \$25 ;
+    \$80  = seed_load_1;
+    if (\$35 ) begin
+      \$80  = \$38 ;
+    end else if (free) begin
+      \$80  = 2'h0;
+    end
     if (rst) begin
-      \$57  = 2'h0;
+      \$80  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = \step$55 ;
+    \$81  = seed_hold_1;
+    if (\$35 ) begin
+      \$81  = took;
+    end
+    if (rst) begin
+      \$81  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = \step$59 ;
     if (write_step) begin
-      \$58  = data[3:0];
+      \$82  = wdata[3:0];
     end
     if (rst) begin
-      \$58  = 4'h0;
+      \$82  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = \decay$57 ;
+    \$83  = \decay$61 ;
     if (write_decay) begin
-      \$59  = data[3:0];
+      \$83  = wdata[3:0];
     end
     if (rst) begin
-      \$59  = 4'h0;
+      \$83  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = \noise$59 ;
+    \$84  = \noise$63 ;
     if (write_noise) begin
-      \$60  = data[3:0];
+      \$84  = wdata[3:0];
     end
     if (rst) begin
-      \$60  = 4'h0;
+      \$84  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = \$28 ;
+    \$85  = seed_load_2;
+    if (\$42 ) begin
+      \$85  = \$45 ;
+    end else if (free) begin
+      \$85  = 2'h0;
+    end
     if (rst) begin
-      \$61  = 2'h0;
+      \$85  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = \step$73 ;
+    \$86  = seed_hold_2;
+    if (\$42 ) begin
+      \$86  = took;
+    end
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$87  = \step$78 ;
     if (write_step) begin
-      \$62  = data[3:0];
+      \$87  = wdata[3:0];
     end
     if (rst) begin
-      \$62  = 4'h0;
+      \$87  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = \decay$75 ;
+    \$88  = \decay$80 ;
     if (write_decay) begin
-      \$63  = data[3:0];
+      \$88  = wdata[3:0];
     end
     if (rst) begin
-      \$63  = 4'h0;
+      \$88  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = \noise$77 ;
+    \$89  = \noise$82 ;
     if (write_noise) begin
-      \$64  = data[3:0];
+      \$89  = wdata[3:0];
     end
     if (rst) begin
-      \$64  = 4'h0;
+      \$89  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = \$31 ;
+    \$90  = seed_load_3;
+    if (\$49 ) begin
+      \$90  = \$52 ;
+    end else if (free) begin
+      \$90  = 2'h0;
+    end
     if (rst) begin
-      \$65  = 2'h0;
+      \$90  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = \step$91 ;
+    \$91  = seed_hold_3;
+    if (\$49 ) begin
+      \$91  = took;
+    end
+    if (rst) begin
+      \$91  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = \step$97 ;
     if (write_step) begin
-      \$66  = data[3:0];
+      \$92  = wdata[3:0];
     end
     if (rst) begin
-      \$66  = 4'h0;
+      \$92  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = \decay$93 ;
+    \$93  = \decay$99 ;
     if (write_decay) begin
-      \$67  = data[3:0];
+      \$93  = wdata[3:0];
     end
     if (rst) begin
-      \$67  = 4'h0;
+      \$93  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = \noise$95 ;
+    \$94  = \noise$101 ;
     if (write_noise) begin
-      \$68  = data[3:0];
+      \$94  = wdata[3:0];
     end
     if (rst) begin
-      \$68  = 4'h0;
+      \$94  = 4'h0;
     end
   end
   assign valid_9 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[11:4];
   assign grad = sink__payload[39:36];
   assign out = words;
-  assign reg_step_0 = \step$37 ;
+  assign reg_step_0 = \step$40 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \load0$45  = seed_load_1[0];
-  assign \load1$46  = seed_load_1[1];
-  assign \data$47  = data;
-  assign \en$48  = advance;
-  assign \theta$49  = sink__payload[19:12];
-  assign \grad$50  = sink__payload[43:40];
-  assign \out$52  = \words$51 ;
-  assign reg_step_1 = \step$55 ;
-  assign reg_decay_1 = \decay$57 ;
-  assign reg_noise_1 = \noise$59 ;
-  assign \load0$63  = seed_load_2[0];
-  assign \load1$64  = seed_load_2[1];
-  assign \data$65  = data;
-  assign \en$66  = advance;
-  assign \theta$67  = sink__payload[27:20];
-  assign \grad$68  = sink__payload[47:44];
-  assign \out$70  = \words$69 ;
-  assign reg_step_2 = \step$73 ;
-  assign reg_decay_2 = \decay$75 ;
-  assign reg_noise_2 = \noise$77 ;
-  assign \load0$81  = seed_load_3[0];
-  assign \load1$82  = seed_load_3[1];
-  assign \data$83  = data;
-  assign \en$84  = advance;
-  assign \theta$85  = sink__payload[35:28];
-  assign \grad$86  = sink__payload[51:48];
-  assign \out$88  = \words$87 ;
-  assign reg_step_3 = \step$91 ;
-  assign reg_decay_3 = \decay$93 ;
-  assign reg_noise_3 = \noise$95 ;
+  assign \data$51  = data;
+  assign \en$52  = advance;
+  assign \theta$53  = sink__payload[19:12];
+  assign \grad$54  = sink__payload[43:40];
+  assign \out$56  = \words$55 ;
+  assign reg_step_1 = \step$59 ;
+  assign reg_decay_1 = \decay$61 ;
+  assign reg_noise_1 = \noise$63 ;
+  assign \data$70  = data;
+  assign \en$71  = advance;
+  assign \theta$72  = sink__payload[27:20];
+  assign \grad$73  = sink__payload[47:44];
+  assign \out$75  = \words$74 ;
+  assign reg_step_2 = \step$78 ;
+  assign reg_decay_2 = \decay$80 ;
+  assign reg_noise_2 = \noise$82 ;
+  assign \data$89  = data;
+  assign \en$90  = advance;
+  assign \theta$91  = sink__payload[35:28];
+  assign \grad$92  = sink__payload[51:48];
+  assign \out$94  = \words$93 ;
+  assign reg_step_3 = \step$97 ;
+  assign reg_decay_3 = \decay$99 ;
+  assign reg_noise_3 = \noise$101 ;
   assign \sink__payload.keep  = sink__payload[3:0];
   assign \sink__payload.theta  = sink__payload[35:4];
   assign \sink__payload.theta[0]  = sink__payload[11:4];
@@ -837,12 +974,12 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[1]  = source__payload[43:40];
   assign \source__payload.weight[2]  = source__payload[47:44];
   assign \source__payload.weight[3]  = source__payload[51:48];
-  assign source__payload[51:48] = \weight$90 ;
-  assign source__payload[35:28] = \state$89 ;
-  assign source__payload[47:44] = \weight$72 ;
-  assign source__payload[27:20] = \state$71 ;
-  assign source__payload[43:40] = \weight$54 ;
-  assign source__payload[19:12] = \state$53 ;
+  assign source__payload[51:48] = \weight$96 ;
+  assign source__payload[35:28] = \state$95 ;
+  assign source__payload[47:44] = \weight$77 ;
+  assign source__payload[27:20] = \state$76 ;
+  assign source__payload[43:40] = \weight$58 ;
+  assign source__payload[19:12] = \state$57 ;
   assign source__payload[39:36] = weight;
   assign source__payload[11:4] = state;
   assign source__payload[3:0] = keep_9;
@@ -3169,7 +3306,7 @@ module \lpsgld_w4_lpf_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, out, data, \port$408$0 , clk);
+module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3189,12 +3326,12 @@ module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, out, data, \port$408$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$408$0 ;
-  wire [1:0] \port$408$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3224,7 +3361,7 @@ module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, out, data, \port$408$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$408$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3237,19 +3374,17 @@ module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, out, data, \port$408$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$408$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$408$0 [0];
-  assign load1 = \port$408$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, out, data, \port$416$0 , clk);
+module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3269,12 +3404,12 @@ module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, out, data, \port$416$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$416$0 ;
-  wire [1:0] \port$416$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -3304,7 +3439,7 @@ module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, out, data, \port$416$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$416$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3317,19 +3452,17 @@ module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, out, data, \port$416$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$416$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$416$0 [0];
-  assign load1 = \port$416$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, out, data, \port$424$0 , clk);
+module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3349,12 +3482,12 @@ module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, out, data, \port$424$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$424$0 ;
-  wire [1:0] \port$424$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -3384,7 +3517,7 @@ module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, out, data, \port$424$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$424$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3397,19 +3530,17 @@ module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, out, data, \port$424$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$424$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$424$0 [0];
-  assign load1 = \port$424$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, out, data, \port$432$0 , clk);
+module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3429,12 +3560,12 @@ module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, out, data, \port$432$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$432$0 ;
-  wire [1:0] \port$432$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -3464,7 +3595,7 @@ module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, out, data, \port$432$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$432$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3477,13 +3608,11 @@ module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, out, data, \port$432$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$432$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$432$0 [0];
-  assign load1 = \port$432$0 [1];
 endmodule

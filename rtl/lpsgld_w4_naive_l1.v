@@ -5,13 +5,13 @@
 module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire [1:0] \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [1:0] \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -27,11 +27,19 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$28 ;
   reg \$29 ;
   wire \$3 ;
-  reg [1:0] \$30 ;
-  reg [3:0] \$31 ;
-  reg [3:0] \$32 ;
-  reg [3:0] \$33 ;
+  reg \$30 ;
+  reg \$31 ;
+  reg \$32 ;
+  reg \$33 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg [63:0] \$36 ;
+  reg [1:0] \$37 ;
+  reg \$38 ;
+  reg [3:0] \$39 ;
   wire \$4 ;
+  reg [3:0] \$40 ;
+  reg [3:0] \$41 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -49,6 +57,7 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [63:0] data = 64'h0000000000000000;
   reg [3:0] decay = 4'h0;
   wire en;
+  wire free;
   wire [3:0] grad;
   output idle;
   wire idle;
@@ -72,6 +81,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [3:0] reg_step_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   input [8:0] sink__payload;
   wire [8:0] sink__payload;
@@ -97,8 +109,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg source__valid = 1'h0;
   wire [3:0] state;
   wire step;
-  reg [3:0] \step$36  = 4'h0;
+  reg [3:0] \step$39  = 4'h0;
   wire [3:0] theta;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
@@ -108,75 +121,88 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_7 = 1'h0;
   (* init = 1'h0 *)
   wire valid_8;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
   wire [63:0] words;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
+  always @(posedge clk)
+    write_step <= \$33 ;
+  always @(posedge clk)
+    write_decay <= \$34 ;
+  always @(posedge clk)
+    write_noise <= \$35 ;
+  always @(posedge clk)
+    data <= \$36 ;
+  always @(posedge clk)
+    seed_load_0 <= \$37 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$38 ;
+  always @(posedge clk)
+    \step$39  <= \$39 ;
+  always @(posedge clk)
+    decay <= \$40 ;
+  always @(posedge clk)
+    noise <= \$41 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1;
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = ctl__addr == 9'h100;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = { \$9 , \$8  } & { ctl__we, ctl__we };
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$11 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$12 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$13 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$14 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$15 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$16 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$17 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$18 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    source__valid <= \$19 ;
+    source__valid <= \$25 ;
   always @(posedge clk)
-    keep_2 <= \$20 ;
+    keep_2 <= \$26 ;
   always @(posedge clk)
-    keep_3 <= \$21 ;
+    keep_3 <= \$27 ;
   always @(posedge clk)
-    keep_4 <= \$22 ;
+    keep_4 <= \$28 ;
   always @(posedge clk)
-    keep_5 <= \$23 ;
+    keep_5 <= \$29 ;
   always @(posedge clk)
-    keep_6 <= \$24 ;
+    keep_6 <= \$30 ;
   always @(posedge clk)
-    keep_7 <= \$25 ;
+    keep_7 <= \$31 ;
   always @(posedge clk)
-    keep_8 <= \$26 ;
+    keep_8 <= \$32 ;
   always @(posedge clk)
-    data <= ctl__data;
-  always @(posedge clk)
-    write_step <= \$27 ;
-  always @(posedge clk)
-    write_decay <= \$28 ;
-  always @(posedge clk)
-    write_noise <= \$29 ;
-  always @(posedge clk)
-    seed_load_0 <= \$30 ;
-  always @(posedge clk)
-    \step$36  <= \$31 ;
-  always @(posedge clk)
-    decay <= \$32 ;
-  always @(posedge clk)
-    noise <= \$33 ;
+    wdata <= ctl__data;
   \lpsgld_w4_naive_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -185,184 +211,49 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .\port$0$3 (sink__payload[8:1]),
     .rst(rst),
     .state(state),
-    .step(\step$36 ),
+    .step(\step$39 ),
     .words(words)
   );
   \lpsgld_w4_naive_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$139$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_1;
-    if (advance) begin
-      \$11  = sink__valid;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = keep_1;
-    if (advance) begin
-      \$12  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_2;
-    if (advance) begin
-      \$13  = valid_1;
-    end
-    if (rst) begin
-      \$13  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_3;
-    if (advance) begin
-      \$14  = valid_2;
-    end
-    if (rst) begin
-      \$14  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_4;
-    if (advance) begin
-      \$15  = valid_3;
-    end
-    if (rst) begin
-      \$15  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_5;
-    if (advance) begin
-      \$16  = valid_4;
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_6;
-    if (advance) begin
-      \$17  = valid_5;
-    end
-    if (rst) begin
-      \$17  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_7;
-    if (advance) begin
-      \$18  = valid_6;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = source__valid;
-    if (advance) begin
-      \$19  = valid_7;
-    end
-    if (rst) begin
-      \$19  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = keep_2;
-    if (advance) begin
-      \$20  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = keep_3;
-    if (advance) begin
-      \$21  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = keep_4;
-    if (advance) begin
-      \$22  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = keep_5;
-    if (advance) begin
-      \$23  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_6;
-    if (advance) begin
-      \$24  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_7;
-    if (advance) begin
-      \$25  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_8;
-    if (advance) begin
-      \$26  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = 1'h0;
+    \$33  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$27  = 1'h1;
+            \$33  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$27  = 1'h0;
+      \$33  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = 1'h0;
+    \$34  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$28  = 1'h1;
+            \$34  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$28  = 1'h0;
+      \$34  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = 1'h0;
+    \$35  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -370,60 +261,216 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$29  = 1'h1;
+            \$35  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$29  = 1'h0;
+      \$35  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = \$10 ;
+    \$36  = data;
+    if (ctl__we) begin
+      \$36  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = seed_load_0;
+    if (\$13 ) begin
+      \$37  = \$16 ;
+    end else if (free) begin
+      \$37  = 2'h0;
+    end
     if (rst) begin
-      \$30  = 2'h0;
+      \$37  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = \step$36 ;
+    \$38  = seed_hold_0;
+    if (\$13 ) begin
+      \$38  = took;
+    end
+    if (rst) begin
+      \$38  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = \step$39 ;
     if (write_step) begin
-      \$31  = data[3:0];
+      \$39  = wdata[3:0];
     end
     if (rst) begin
-      \$31  = 4'h0;
+      \$39  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = decay;
+    \$40  = decay;
     if (write_decay) begin
-      \$32  = data[3:0];
+      \$40  = wdata[3:0];
     end
     if (rst) begin
-      \$32  = 4'h0;
+      \$40  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = noise;
+    \$41  = noise;
     if (write_noise) begin
-      \$33  = data[3:0];
+      \$41  = wdata[3:0];
     end
     if (rst) begin
-      \$33  = 4'h0;
+      \$41  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
+    if (advance) begin
+      \$17  = sink__valid;
+    end
+    if (rst) begin
+      \$17  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$18  = keep_1;
+    if (advance) begin
+      \$18  = sink__payload[0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$19  = valid_2;
+    if (advance) begin
+      \$19  = valid_1;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$20  = valid_3;
+    if (advance) begin
+      \$20  = valid_2;
+    end
+    if (rst) begin
+      \$20  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = valid_4;
+    if (advance) begin
+      \$21  = valid_3;
+    end
+    if (rst) begin
+      \$21  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = valid_5;
+    if (advance) begin
+      \$22  = valid_4;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_6;
+    if (advance) begin
+      \$23  = valid_5;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_7;
+    if (advance) begin
+      \$24  = valid_6;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = source__valid;
+    if (advance) begin
+      \$25  = valid_7;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = keep_2;
+    if (advance) begin
+      \$26  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_3;
+    if (advance) begin
+      \$27  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_4;
+    if (advance) begin
+      \$28  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_5;
+    if (advance) begin
+      \$29  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_6;
+    if (advance) begin
+      \$30  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_7;
+    if (advance) begin
+      \$31  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = keep_8;
+    if (advance) begin
+      \$32  = keep_7;
     end
   end
   assign valid_8 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[4:1];
   assign grad = sink__payload[8:5];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$36 ;
+  assign reg_step_0 = \step$39 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
@@ -979,7 +1026,7 @@ module \lpsgld_w4_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, out, data, \port$139$0 , clk);
+module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -999,12 +1046,12 @@ module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, out, data, \port$139$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$139$0 ;
-  wire [1:0] \port$139$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -1034,7 +1081,7 @@ module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, out, data, \port$139$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$139$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -1047,13 +1094,11 @@ module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, out, data, \port$139$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$139$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$139$0 [0];
-  assign load1 = \port$139$0 [1];
 endmodule

@@ -18,58 +18,84 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
-  wire [1:0] \$22 ;
+  wire \$22 ;
   wire \$23 ;
   wire \$24 ;
-  wire [1:0] \$25 ;
+  wire \$25 ;
   wire \$26 ;
-  wire \$27 ;
-  wire [1:0] \$28 ;
+  wire [1:0] \$27 ;
+  wire \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire [1:0] \$31 ;
-  reg \$32 ;
-  reg [3:0] \$33 ;
-  reg \$34 ;
-  reg \$35 ;
-  reg \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire [1:0] \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire [1:0] \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg [3:0] \$41 ;
-  reg [3:0] \$42 ;
-  reg [3:0] \$43 ;
-  reg [3:0] \$44 ;
-  reg [3:0] \$45 ;
-  reg [3:0] \$46 ;
-  reg [3:0] \$47 ;
-  reg \$48 ;
-  reg \$49 ;
+  wire \$40 ;
+  wire [1:0] \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire [1:0] \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire [1:0] \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg \$50 ;
-  reg [1:0] \$51 ;
-  reg [3:0] \$52 ;
-  reg [3:0] \$53 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire [1:0] \$52 ;
+  reg \$53 ;
   reg [3:0] \$54 ;
-  reg [1:0] \$55 ;
-  reg [3:0] \$56 ;
-  reg [3:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [1:0] \$59 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg \$58 ;
+  reg \$59 ;
   wire \$6 ;
-  reg [3:0] \$60 ;
-  reg [3:0] \$61 ;
+  reg \$60 ;
+  reg \$61 ;
   reg [3:0] \$62 ;
-  reg [1:0] \$63 ;
+  reg [3:0] \$63 ;
   reg [3:0] \$64 ;
   reg [3:0] \$65 ;
   reg [3:0] \$66 ;
+  reg [3:0] \$67 ;
+  reg [3:0] \$68 ;
+  reg \$69 ;
   wire \$7 ;
+  reg \$70 ;
+  reg \$71 ;
+  reg [63:0] \$72 ;
+  reg [1:0] \$73 ;
+  reg \$74 ;
+  reg [3:0] \$75 ;
+  reg [3:0] \$76 ;
+  reg [3:0] \$77 ;
+  reg [1:0] \$78 ;
+  reg \$79 ;
   wire \$8 ;
+  reg [3:0] \$80 ;
+  reg [3:0] \$81 ;
+  reg [3:0] \$82 ;
+  reg [1:0] \$83 ;
+  reg \$84 ;
+  reg [3:0] \$85 ;
+  reg [3:0] \$86 ;
+  reg [3:0] \$87 ;
+  reg [1:0] \$88 ;
+  reg \$89 ;
   wire \$9 ;
+  reg [3:0] \$90 ;
+  reg [3:0] \$91 ;
+  reg [3:0] \$92 ;
   wire advance;
   input clk;
   wire clk;
@@ -81,23 +107,24 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$46 ;
+  wire [63:0] \data$50 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$64 ;
+  wire [63:0] \data$69 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$82 ;
+  wire [63:0] \data$88 ;
   reg [3:0] decay = 4'h0;
-  reg [3:0] \decay$56  = 4'h0;
-  reg [3:0] \decay$74  = 4'h0;
-  reg [3:0] \decay$92  = 4'h0;
+  reg [3:0] \decay$60  = 4'h0;
+  reg [3:0] \decay$79  = 4'h0;
+  reg [3:0] \decay$98  = 4'h0;
   wire en;
-  wire \en$47 ;
-  wire \en$65 ;
-  wire \en$83 ;
+  wire \en$51 ;
+  wire \en$70 ;
+  wire \en$89 ;
+  wire free;
   wire [3:0] grad;
-  wire [3:0] \grad$49 ;
-  wire [3:0] \grad$67 ;
-  wire [3:0] \grad$85 ;
+  wire [3:0] \grad$53 ;
+  wire [3:0] \grad$72 ;
+  wire [3:0] \grad$91 ;
   output idle;
   wire idle;
   reg [3:0] keep_1 = 4'h0;
@@ -109,21 +136,21 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [3:0] keep_7 = 4'h0;
   reg [3:0] keep_8 = 4'h0;
   wire load0;
-  wire \load0$44 ;
-  wire \load0$62 ;
-  wire \load0$80 ;
+  wire \load0$48 ;
+  wire \load0$67 ;
+  wire \load0$86 ;
   wire load1;
-  wire \load1$45 ;
-  wire \load1$63 ;
-  wire \load1$81 ;
+  wire \load1$49 ;
+  wire \load1$68 ;
+  wire \load1$87 ;
   reg [3:0] noise = 4'h0;
-  reg [3:0] \noise$58  = 4'h0;
-  reg [3:0] \noise$76  = 4'h0;
-  reg [3:0] \noise$94  = 4'h0;
+  reg [3:0] \noise$100  = 4'h0;
+  reg [3:0] \noise$62  = 4'h0;
+  reg [3:0] \noise$81  = 4'h0;
   wire [63:0] out;
-  wire [63:0] \out$51 ;
-  wire [63:0] \out$69 ;
-  wire [63:0] \out$87 ;
+  wire [63:0] \out$55 ;
+  wire [63:0] \out$74 ;
+  wire [63:0] \out$93 ;
   (* init = 4'h0 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
@@ -150,6 +177,12 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [3:0] reg_step_3;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   reg [1:0] seed_load_1 = 2'h0;
   reg [1:0] seed_load_2 = 2'h0;
@@ -189,21 +222,22 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   output source__valid;
   reg source__valid = 1'h0;
   wire [3:0] state;
-  wire [3:0] \state$52 ;
-  wire [3:0] \state$70 ;
-  wire [3:0] \state$88 ;
+  wire [3:0] \state$56 ;
+  wire [3:0] \state$75 ;
+  wire [3:0] \state$94 ;
   wire step;
-  reg [3:0] \step$36  = 4'h0;
-  wire \step$42 ;
-  reg [3:0] \step$54  = 4'h0;
-  wire \step$60 ;
-  reg [3:0] \step$72  = 4'h0;
-  wire \step$78 ;
-  reg [3:0] \step$90  = 4'h0;
+  reg [3:0] \step$39  = 4'h0;
+  wire \step$45 ;
+  reg [3:0] \step$58  = 4'h0;
+  wire \step$64 ;
+  reg [3:0] \step$77  = 4'h0;
+  wire \step$83 ;
+  reg [3:0] \step$96  = 4'h0;
   wire [3:0] theta;
-  wire [3:0] \theta$48 ;
-  wire [3:0] \theta$66 ;
-  wire [3:0] \theta$84 ;
+  wire [3:0] \theta$52 ;
+  wire [3:0] \theta$71 ;
+  wire [3:0] \theta$90 ;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
@@ -213,129 +247,169 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_7 = 1'h0;
   (* init = 1'h0 *)
   wire valid_8;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
-  wire [3:0] \weight$53 ;
-  wire [3:0] \weight$71 ;
-  wire [3:0] \weight$89 ;
+  wire [3:0] \weight$57 ;
+  wire [3:0] \weight$76 ;
+  wire [3:0] \weight$95 ;
   wire [63:0] words;
-  wire [63:0] \words$50 ;
-  wire [63:0] \words$68 ;
-  wire [63:0] \words$86 ;
+  wire [63:0] \words$54 ;
+  wire [63:0] \words$73 ;
+  wire [63:0] \words$92 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
-  assign \$27  = ctl__addr == 9'h105;
-  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h106;
-  assign \$30  = ctl__addr == 9'h107;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$45  = \$11  & \$14 ;
+  assign \load0$48  = seed_load_1[0] & free;
+  assign \load1$49  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
+  assign \$19  = ~ \$18 ;
+  assign \step$64  = \$16  & \$19 ;
+  assign \load0$67  = seed_load_2[0] & free;
+  assign \load1$68  = seed_load_2[1] & free;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$83  = \$21  & \$24 ;
+  assign \load0$86  = seed_load_3[0] & free;
+  assign \load1$87  = seed_load_3[1] & free;
+  assign \$25  = ctl__addr == 9'h100;
+  assign \$26  = ctl__addr == 9'h101;
+  assign \$27  = { \$26 , \$25  } & { ctl__we, ctl__we };
+  assign \$28  = | \$27 ;
+  assign \$29  = ctl__addr == 9'h100;
+  assign \$30  = ctl__addr == 9'h101;
   assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h102;
+  assign \$33  = ctl__addr == 9'h103;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$35  = | \$34 ;
+  assign \$36  = ctl__addr == 9'h102;
+  assign \$37  = ctl__addr == 9'h103;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h104;
+  assign \$40  = ctl__addr == 9'h105;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = | \$41 ;
+  assign \$43  = ctl__addr == 9'h104;
+  assign \$44  = ctl__addr == 9'h105;
+  assign \$45  = { \$44 , \$43  } & { ctl__we, ctl__we };
+  assign \$46  = ctl__addr == 9'h106;
+  assign \$47  = ctl__addr == 9'h107;
+  assign \$48  = { \$47 , \$46  } & { ctl__we, ctl__we };
+  assign \$49  = | \$48 ;
+  assign \$50  = ctl__addr == 9'h106;
+  assign \$51  = ctl__addr == 9'h107;
+  assign \$52  = { \$51 , \$50  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$32 ;
+    valid_1 <= \$53 ;
   always @(posedge clk)
-    keep_1 <= \$33 ;
+    keep_1 <= \$54 ;
   always @(posedge clk)
-    valid_2 <= \$34 ;
+    valid_2 <= \$55 ;
   always @(posedge clk)
-    valid_3 <= \$35 ;
+    valid_3 <= \$56 ;
   always @(posedge clk)
-    valid_4 <= \$36 ;
+    valid_4 <= \$57 ;
   always @(posedge clk)
-    valid_5 <= \$37 ;
+    valid_5 <= \$58 ;
   always @(posedge clk)
-    valid_6 <= \$38 ;
+    valid_6 <= \$59 ;
   always @(posedge clk)
-    valid_7 <= \$39 ;
+    valid_7 <= \$60 ;
   always @(posedge clk)
-    source__valid <= \$40 ;
+    source__valid <= \$61 ;
   always @(posedge clk)
-    keep_2 <= \$41 ;
+    keep_2 <= \$62 ;
   always @(posedge clk)
-    keep_3 <= \$42 ;
+    keep_3 <= \$63 ;
   always @(posedge clk)
-    keep_4 <= \$43 ;
+    keep_4 <= \$64 ;
   always @(posedge clk)
-    keep_5 <= \$44 ;
+    keep_5 <= \$65 ;
   always @(posedge clk)
-    keep_6 <= \$45 ;
+    keep_6 <= \$66 ;
   always @(posedge clk)
-    keep_7 <= \$46 ;
+    keep_7 <= \$67 ;
   always @(posedge clk)
-    keep_8 <= \$47 ;
+    keep_8 <= \$68 ;
   always @(posedge clk)
-    data <= ctl__data;
+    wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$48 ;
+    write_step <= \$69 ;
   always @(posedge clk)
-    write_decay <= \$49 ;
+    write_decay <= \$70 ;
   always @(posedge clk)
-    write_noise <= \$50 ;
+    write_noise <= \$71 ;
   always @(posedge clk)
-    seed_load_0 <= \$51 ;
+    data <= \$72 ;
   always @(posedge clk)
-    \step$36  <= \$52 ;
+    seed_load_0 <= \$73 ;
   always @(posedge clk)
-    decay <= \$53 ;
+    seed_hold_0 <= \$74 ;
   always @(posedge clk)
-    noise <= \$54 ;
+    \step$39  <= \$75 ;
   always @(posedge clk)
-    seed_load_1 <= \$55 ;
+    decay <= \$76 ;
   always @(posedge clk)
-    \step$54  <= \$56 ;
+    noise <= \$77 ;
   always @(posedge clk)
-    \decay$56  <= \$57 ;
+    seed_load_1 <= \$78 ;
   always @(posedge clk)
-    \noise$58  <= \$58 ;
+    seed_hold_1 <= \$79 ;
   always @(posedge clk)
-    seed_load_2 <= \$59 ;
+    \step$58  <= \$80 ;
   always @(posedge clk)
-    \step$72  <= \$60 ;
+    \decay$60  <= \$81 ;
   always @(posedge clk)
-    \decay$74  <= \$61 ;
+    \noise$62  <= \$82 ;
   always @(posedge clk)
-    \noise$76  <= \$62 ;
+    seed_load_2 <= \$83 ;
   always @(posedge clk)
-    seed_load_3 <= \$63 ;
+    seed_hold_2 <= \$84 ;
   always @(posedge clk)
-    \step$90  <= \$64 ;
+    \step$77  <= \$85 ;
   always @(posedge clk)
-    \decay$92  <= \$65 ;
+    \decay$79  <= \$86 ;
   always @(posedge clk)
-    \noise$94  <= \$66 ;
+    \noise$81  <= \$87 ;
+  always @(posedge clk)
+    seed_load_3 <= \$88 ;
+  always @(posedge clk)
+    seed_hold_3 <= \$89 ;
+  always @(posedge clk)
+    \step$96  <= \$90 ;
+  always @(posedge clk)
+    \decay$98  <= \$91 ;
+  always @(posedge clk)
+    \noise$100  <= \$92 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1[0];
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = advance & valid_1;
-  assign \$9  = \$8  & keep_1[1];
-  assign \$10  = | seed_load_1;
-  assign \$11  = ~ \$10 ;
-  assign \step$42  = \$9  & \$11 ;
-  assign \$12  = advance & valid_1;
-  assign \$13  = \$12  & keep_1[2];
-  assign \$14  = | seed_load_2;
-  assign \$15  = ~ \$14 ;
-  assign \step$60  = \$13  & \$15 ;
-  assign \$16  = advance & valid_1;
-  assign \$17  = \$16  & keep_1[3];
-  assign \$18  = | seed_load_3;
-  assign \$19  = ~ \$18 ;
-  assign \step$78  = \$17  & \$19 ;
-  assign \$20  = ctl__addr == 9'h100;
-  assign \$21  = ctl__addr == 9'h101;
-  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h102;
-  assign \$24  = ctl__addr == 9'h103;
-  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h104;
+  assign \$4  = ~ valid_1;
   \lpsgld_w4_naive_l4.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -344,245 +418,249 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$36 ),
+    .step(\step$39 ),
     .theta(sink__payload[7:4]),
     .words(words)
   );
   \lpsgld_w4_naive_l4.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$56 ),
+    .decay(\decay$60 ),
     .en(advance),
     .grad(sink__payload[27:24]),
-    .noise(\noise$58 ),
+    .noise(\noise$62 ),
     .rst(rst),
-    .state(\state$52 ),
-    .step(\step$54 ),
+    .state(\state$56 ),
+    .step(\step$58 ),
     .theta(sink__payload[11:8]),
-    .words(\words$50 )
+    .words(\words$54 )
   );
   \lpsgld_w4_naive_l4.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$74 ),
+    .decay(\decay$79 ),
     .en(advance),
     .grad(sink__payload[31:28]),
-    .noise(\noise$76 ),
+    .noise(\noise$81 ),
     .rst(rst),
-    .state(\state$70 ),
-    .step(\step$72 ),
+    .state(\state$75 ),
+    .step(\step$77 ),
     .theta(sink__payload[15:12]),
-    .words(\words$68 )
+    .words(\words$73 )
   );
   \lpsgld_w4_naive_l4.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$92 ),
+    .decay(\decay$98 ),
     .en(advance),
     .grad(sink__payload[35:32]),
-    .noise(\noise$94 ),
+    .noise(\noise$100 ),
     .rst(rst),
-    .state(\state$88 ),
-    .step(\step$90 ),
+    .state(\state$94 ),
+    .step(\step$96 ),
     .theta(sink__payload[19:16]),
-    .words(\words$86 )
+    .words(\words$92 )
   );
   \lpsgld_w4_naive_l4.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$364$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w4_naive_l4.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .out(\words$50 ),
-    .\port$372$0 (seed_load_1),
+    .load0(\load0$48 ),
+    .load1(\load1$49 ),
+    .out(\words$54 ),
     .rst(rst),
-    .step(\step$42 )
+    .step(\step$45 )
   );
   \lpsgld_w4_naive_l4.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .out(\words$68 ),
-    .\port$380$0 (seed_load_2),
+    .load0(\load0$67 ),
+    .load1(\load1$68 ),
+    .out(\words$73 ),
     .rst(rst),
-    .step(\step$60 )
+    .step(\step$64 )
   );
   \lpsgld_w4_naive_l4.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .out(\words$86 ),
-    .\port$388$0 (seed_load_3),
+    .load0(\load0$86 ),
+    .load1(\load1$87 ),
+    .out(\words$92 ),
     .rst(rst),
-    .step(\step$78 )
+    .step(\step$83 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = valid_1;
+    \$53  = valid_1;
     if (advance) begin
-      \$32  = sink__valid;
+      \$53  = sink__valid;
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$53  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_1;
+    \$54  = keep_1;
     if (advance) begin
-      \$33  = sink__payload[3:0];
+      \$54  = sink__payload[3:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = valid_2;
+    \$55  = valid_2;
     if (advance) begin
-      \$34  = valid_1;
+      \$55  = valid_1;
     end
     if (rst) begin
-      \$34  = 1'h0;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_3;
+    \$56  = valid_3;
     if (advance) begin
-      \$35  = valid_2;
+      \$56  = valid_2;
     end
     if (rst) begin
-      \$35  = 1'h0;
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = valid_4;
+    \$57  = valid_4;
     if (advance) begin
-      \$36  = valid_3;
+      \$57  = valid_3;
     end
     if (rst) begin
-      \$36  = 1'h0;
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = valid_5;
+    \$58  = valid_5;
     if (advance) begin
-      \$37  = valid_4;
+      \$58  = valid_4;
     end
     if (rst) begin
-      \$37  = 1'h0;
+      \$58  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = valid_6;
+    \$59  = valid_6;
     if (advance) begin
-      \$38  = valid_5;
+      \$59  = valid_5;
     end
     if (rst) begin
-      \$38  = 1'h0;
+      \$59  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = valid_7;
+    \$60  = valid_7;
     if (advance) begin
-      \$39  = valid_6;
+      \$60  = valid_6;
     end
     if (rst) begin
-      \$39  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = source__valid;
+    \$61  = source__valid;
     if (advance) begin
-      \$40  = valid_7;
+      \$61  = valid_7;
     end
     if (rst) begin
-      \$40  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_2;
+    \$62  = keep_2;
     if (advance) begin
-      \$41  = keep_1;
+      \$62  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_3;
+    \$63  = keep_3;
     if (advance) begin
-      \$42  = keep_2;
+      \$63  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_4;
+    \$64  = keep_4;
     if (advance) begin
-      \$43  = keep_3;
+      \$64  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_5;
+    \$65  = keep_5;
     if (advance) begin
-      \$44  = keep_4;
+      \$65  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_6;
+    \$66  = keep_6;
     if (advance) begin
-      \$45  = keep_5;
+      \$66  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_7;
+    \$67  = keep_7;
     if (advance) begin
-      \$46  = keep_6;
+      \$67  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = keep_8;
+    \$68  = keep_8;
     if (advance) begin
-      \$47  = keep_7;
+      \$68  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = 1'h0;
+    \$69  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$48  = 1'h1;
+            \$69  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$48  = 1'h0;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = 1'h0;
+    \$70  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$49  = 1'h1;
+            \$70  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$49  = 1'h0;
+      \$70  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = 1'h0;
+    \$71  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -590,206 +668,265 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$50  = 1'h1;
+            \$71  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$50  = 1'h0;
+      \$71  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = \$22 ;
+    \$72  = data;
+    if (ctl__we) begin
+      \$72  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = seed_load_0;
+    if (\$28 ) begin
+      \$73  = \$31 ;
+    end else if (free) begin
+      \$73  = 2'h0;
+    end
     if (rst) begin
-      \$51  = 2'h0;
+      \$73  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = \step$36 ;
+    \$74  = seed_hold_0;
+    if (\$28 ) begin
+      \$74  = took;
+    end
+    if (rst) begin
+      \$74  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = \step$39 ;
     if (write_step) begin
-      \$52  = data[3:0];
+      \$75  = wdata[3:0];
     end
     if (rst) begin
-      \$52  = 4'h0;
+      \$75  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = decay;
+    \$76  = decay;
     if (write_decay) begin
-      \$53  = data[3:0];
+      \$76  = wdata[3:0];
     end
     if (rst) begin
-      \$53  = 4'h0;
+      \$76  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = noise;
+    \$77  = noise;
     if (write_noise) begin
-      \$54  = data[3:0];
+      \$77  = wdata[3:0];
     end
     if (rst) begin
-      \$54  = 4'h0;
+      \$77  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = \$25 ;
+    \$78  = seed_load_1;
+    if (\$35 ) begin
+      \$78  = \$38 ;
+    end else if (free) begin
+      \$78  = 2'h0;
+    end
     if (rst) begin
-      \$55  = 2'h0;
+      \$78  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = \step$54 ;
+    \$79  = seed_hold_1;
+    if (\$35 ) begin
+      \$79  = took;
+    end
+    if (rst) begin
+      \$79  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = \step$58 ;
     if (write_step) begin
-      \$56  = data[3:0];
+      \$80  = wdata[3:0];
     end
     if (rst) begin
-      \$56  = 4'h0;
+      \$80  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = \decay$56 ;
+    \$81  = \decay$60 ;
     if (write_decay) begin
-      \$57  = data[3:0];
+      \$81  = wdata[3:0];
     end
     if (rst) begin
-      \$57  = 4'h0;
+      \$81  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = \noise$58 ;
+    \$82  = \noise$62 ;
     if (write_noise) begin
-      \$58  = data[3:0];
+      \$82  = wdata[3:0];
     end
     if (rst) begin
-      \$58  = 4'h0;
+      \$82  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = \$28 ;
+    \$83  = seed_load_2;
+    if (\$42 ) begin
+      \$83  = \$45 ;
+    end else if (free) begin
+      \$83  = 2'h0;
+    end
     if (rst) begin
-      \$59  = 2'h0;
+      \$83  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = \step$72 ;
+    \$84  = seed_hold_2;
+    if (\$42 ) begin
+      \$84  = took;
+    end
+    if (rst) begin
+      \$84  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = \step$77 ;
     if (write_step) begin
-      \$60  = data[3:0];
+      \$85  = wdata[3:0];
     end
     if (rst) begin
-      \$60  = 4'h0;
+      \$85  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = \decay$74 ;
+    \$86  = \decay$79 ;
     if (write_decay) begin
-      \$61  = data[3:0];
+      \$86  = wdata[3:0];
     end
     if (rst) begin
-      \$61  = 4'h0;
+      \$86  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = \noise$76 ;
+    \$87  = \noise$81 ;
     if (write_noise) begin
-      \$62  = data[3:0];
+      \$87  = wdata[3:0];
     end
     if (rst) begin
-      \$62  = 4'h0;
+      \$87  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = \$31 ;
+    \$88  = seed_load_3;
+    if (\$49 ) begin
+      \$88  = \$52 ;
+    end else if (free) begin
+      \$88  = 2'h0;
+    end
     if (rst) begin
-      \$63  = 2'h0;
+      \$88  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = \step$90 ;
+    \$89  = seed_hold_3;
+    if (\$49 ) begin
+      \$89  = took;
+    end
+    if (rst) begin
+      \$89  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = \step$96 ;
     if (write_step) begin
-      \$64  = data[3:0];
+      \$90  = wdata[3:0];
     end
     if (rst) begin
-      \$64  = 4'h0;
+      \$90  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = \decay$92 ;
+    \$91  = \decay$98 ;
     if (write_decay) begin
-      \$65  = data[3:0];
+      \$91  = wdata[3:0];
     end
     if (rst) begin
-      \$65  = 4'h0;
+      \$91  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = \noise$94 ;
+    \$92  = \noise$100 ;
     if (write_noise) begin
-      \$66  = data[3:0];
+      \$92  = wdata[3:0];
     end
     if (rst) begin
-      \$66  = 4'h0;
+      \$92  = 4'h0;
     end
   end
   assign valid_8 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[7:4];
   assign grad = sink__payload[23:20];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$36 ;
+  assign reg_step_0 = \step$39 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \load0$44  = seed_load_1[0];
-  assign \load1$45  = seed_load_1[1];
-  assign \data$46  = data;
-  assign \en$47  = advance;
-  assign \theta$48  = sink__payload[11:8];
-  assign \grad$49  = sink__payload[27:24];
-  assign \out$51  = \words$50 ;
-  assign \weight$53  = \state$52 ;
-  assign reg_step_1 = \step$54 ;
-  assign reg_decay_1 = \decay$56 ;
-  assign reg_noise_1 = \noise$58 ;
-  assign \load0$62  = seed_load_2[0];
-  assign \load1$63  = seed_load_2[1];
-  assign \data$64  = data;
-  assign \en$65  = advance;
-  assign \theta$66  = sink__payload[15:12];
-  assign \grad$67  = sink__payload[31:28];
-  assign \out$69  = \words$68 ;
-  assign \weight$71  = \state$70 ;
-  assign reg_step_2 = \step$72 ;
-  assign reg_decay_2 = \decay$74 ;
-  assign reg_noise_2 = \noise$76 ;
-  assign \load0$80  = seed_load_3[0];
-  assign \load1$81  = seed_load_3[1];
-  assign \data$82  = data;
-  assign \en$83  = advance;
-  assign \theta$84  = sink__payload[19:16];
-  assign \grad$85  = sink__payload[35:32];
-  assign \out$87  = \words$86 ;
-  assign \weight$89  = \state$88 ;
-  assign reg_step_3 = \step$90 ;
-  assign reg_decay_3 = \decay$92 ;
-  assign reg_noise_3 = \noise$94 ;
+  assign \data$50  = data;
+  assign \en$51  = advance;
+  assign \theta$52  = sink__payload[11:8];
+  assign \grad$53  = sink__payload[27:24];
+  assign \out$55  = \words$54 ;
+  assign \weight$57  = \state$56 ;
+  assign reg_step_1 = \step$58 ;
+  assign reg_decay_1 = \decay$60 ;
+  assign reg_noise_1 = \noise$62 ;
+  assign \data$69  = data;
+  assign \en$70  = advance;
+  assign \theta$71  = sink__payload[15:12];
+  assign \grad$72  = sink__payload[31:28];
+  assign \out$74  = \words$73 ;
+  assign \weight$76  = \state$75 ;
+  assign reg_step_2 = \step$77 ;
+  assign reg_decay_2 = \decay$79 ;
+  assign reg_noise_2 = \noise$81 ;
+  assign \data$88  = data;
+  assign \en$89  = advance;
+  assign \theta$90  = sink__payload[19:16];
+  assign \grad$91  = sink__payload[35:32];
+  assign \out$93  = \words$92 ;
+  assign \weight$95  = \state$94 ;
+  assign reg_step_3 = \step$96 ;
+  assign reg_decay_3 = \decay$98 ;
+  assign reg_noise_3 = \noise$100 ;
   assign \sink__payload.keep  = sink__payload[3:0];
   assign \sink__payload.theta  = sink__payload[19:4];
   assign \sink__payload.theta[0]  = sink__payload[7:4];
@@ -812,12 +949,12 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[1]  = source__payload[27:24];
   assign \source__payload.weight[2]  = source__payload[31:28];
   assign \source__payload.weight[3]  = source__payload[35:32];
-  assign source__payload[35:32] = \state$88 ;
-  assign source__payload[19:16] = \state$88 ;
-  assign source__payload[31:28] = \state$70 ;
-  assign source__payload[15:12] = \state$70 ;
-  assign source__payload[27:24] = \state$52 ;
-  assign source__payload[11:8] = \state$52 ;
+  assign source__payload[35:32] = \state$94 ;
+  assign source__payload[19:16] = \state$94 ;
+  assign source__payload[31:28] = \state$75 ;
+  assign source__payload[15:12] = \state$75 ;
+  assign source__payload[27:24] = \state$56 ;
+  assign source__payload[11:8] = \state$56 ;
   assign source__payload[23:20] = state;
   assign source__payload[7:4] = state;
   assign source__payload[3:0] = keep_8;
@@ -2964,7 +3101,7 @@ module \lpsgld_w4_naive_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, out, data, \port$364$0 , clk);
+module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -2984,12 +3121,12 @@ module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, out, data, \port$364$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$364$0 ;
-  wire [1:0] \port$364$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3019,7 +3156,7 @@ module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, out, data, \port$364$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$364$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3032,19 +3169,17 @@ module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, out, data, \port$364$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$364$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$364$0 [0];
-  assign load1 = \port$364$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, out, data, \port$372$0 , clk);
+module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3064,12 +3199,12 @@ module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, out, data, \port$372$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$372$0 ;
-  wire [1:0] \port$372$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -3099,7 +3234,7 @@ module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, out, data, \port$372$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$372$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3112,19 +3247,17 @@ module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, out, data, \port$372$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$372$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$372$0 [0];
-  assign load1 = \port$372$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, out, data, \port$380$0 , clk);
+module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3144,12 +3277,12 @@ module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, out, data, \port$380$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$380$0 ;
-  wire [1:0] \port$380$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -3179,7 +3312,7 @@ module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, out, data, \port$380$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$380$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3192,19 +3325,17 @@ module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, out, data, \port$380$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$380$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$380$0 [0];
-  assign load1 = \port$380$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, out, data, \port$388$0 , clk);
+module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3224,12 +3355,12 @@ module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, out, data, \port$388$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$388$0 ;
-  wire [1:0] \port$388$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -3259,7 +3390,7 @@ module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, out, data, \port$388$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$388$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3272,13 +3403,11 @@ module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, out, data, \port$388$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$388$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$388$0 [0];
-  assign load1 = \port$388$0 [1];
 endmodule

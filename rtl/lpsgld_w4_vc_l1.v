@@ -5,13 +5,13 @@
 module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire [1:0] \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [1:0] \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -44,13 +44,21 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$43 ;
   reg \$44 ;
   reg \$45 ;
-  reg [1:0] \$46 ;
-  reg [3:0] \$47 ;
-  reg [3:0] \$48 ;
-  reg [3:0] \$49 ;
+  reg \$46 ;
+  reg \$47 ;
+  reg \$48 ;
+  reg \$49 ;
   wire \$5 ;
-  reg [4:0] \$50 ;
+  reg \$50 ;
   reg \$51 ;
+  reg [63:0] \$52 ;
+  reg [1:0] \$53 ;
+  reg \$54 ;
+  reg [3:0] \$55 ;
+  reg [3:0] \$56 ;
+  reg [3:0] \$57 ;
+  reg [4:0] \$58 ;
+  reg \$59 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
@@ -67,6 +75,7 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [63:0] data = 64'h0000000000000000;
   reg [3:0] decay = 4'h0;
   wire en;
+  wire free;
   wire [3:0] grad;
   output idle;
   wire idle;
@@ -101,6 +110,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [4:0] reg_vc_var_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   input [8:0] sink__payload;
   wire [8:0] sink__payload;
@@ -126,8 +138,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg source__valid = 1'h0;
   wire [3:0] state;
   wire step;
-  reg [3:0] \step$43  = 4'h0;
+  reg [3:0] \step$46  = 4'h0;
   wire [3:0] theta;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -146,8 +159,7 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
   reg [4:0] vc_var = 5'h00;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
   wire [63:0] words;
   reg write_decay = 1'h0;
@@ -156,103 +168,117 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg write_vc_noise = 1'h0;
   reg write_vc_var = 1'h0;
   always @(posedge clk)
-    keep_2 <= \$27 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    keep_3 <= \$28 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    keep_4 <= \$29 ;
+    valid_9 <= \$26 ;
   always @(posedge clk)
-    keep_5 <= \$30 ;
+    valid_10 <= \$27 ;
   always @(posedge clk)
-    keep_6 <= \$31 ;
+    valid_11 <= \$28 ;
   always @(posedge clk)
-    keep_7 <= \$32 ;
+    valid_12 <= \$29 ;
   always @(posedge clk)
-    keep_8 <= \$33 ;
+    valid_13 <= \$30 ;
   always @(posedge clk)
-    keep_9 <= \$34 ;
+    valid_14 <= \$31 ;
   always @(posedge clk)
-    keep_10 <= \$35 ;
+    source__valid <= \$32 ;
   always @(posedge clk)
-    keep_11 <= \$36 ;
+    keep_2 <= \$33 ;
   always @(posedge clk)
-    keep_12 <= \$37 ;
+    keep_3 <= \$34 ;
   always @(posedge clk)
-    keep_13 <= \$38 ;
+    keep_4 <= \$35 ;
   always @(posedge clk)
-    keep_14 <= \$39 ;
+    keep_5 <= \$36 ;
   always @(posedge clk)
-    keep_15 <= \$40 ;
+    keep_6 <= \$37 ;
   always @(posedge clk)
-    data <= ctl__data;
+    keep_7 <= \$38 ;
   always @(posedge clk)
-    write_step <= \$41 ;
+    keep_8 <= \$39 ;
   always @(posedge clk)
-    write_decay <= \$42 ;
+    keep_9 <= \$40 ;
   always @(posedge clk)
-    write_noise <= \$43 ;
+    keep_10 <= \$41 ;
   always @(posedge clk)
-    write_vc_var <= \$44 ;
+    keep_11 <= \$42 ;
   always @(posedge clk)
-    write_vc_noise <= \$45 ;
+    keep_12 <= \$43 ;
   always @(posedge clk)
-    seed_load_0 <= \$46 ;
+    keep_13 <= \$44 ;
   always @(posedge clk)
-    \step$43  <= \$47 ;
+    keep_14 <= \$45 ;
   always @(posedge clk)
-    decay <= \$48 ;
+    keep_15 <= \$46 ;
   always @(posedge clk)
-    noise <= \$49 ;
+    wdata <= ctl__data;
   always @(posedge clk)
-    vc_var <= \$50 ;
+    write_step <= \$47 ;
   always @(posedge clk)
-    vc_noise <= \$51 ;
+    write_decay <= \$48 ;
+  always @(posedge clk)
+    write_noise <= \$49 ;
+  always @(posedge clk)
+    write_vc_var <= \$50 ;
+  always @(posedge clk)
+    write_vc_noise <= \$51 ;
+  always @(posedge clk)
+    data <= \$52 ;
+  always @(posedge clk)
+    seed_load_0 <= \$53 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$54 ;
+  always @(posedge clk)
+    \step$46  <= \$55 ;
+  always @(posedge clk)
+    decay <= \$56 ;
+  always @(posedge clk)
+    noise <= \$57 ;
+  always @(posedge clk)
+    vc_var <= \$58 ;
+  always @(posedge clk)
+    vc_noise <= \$59 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1;
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = ctl__addr == 9'h100;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = { \$9 , \$8  } & { ctl__we, ctl__we };
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$11 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$12 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$13 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$14 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$15 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$16 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$17 ;
-  always @(posedge clk)
-    valid_7 <= \$18 ;
-  always @(posedge clk)
-    valid_8 <= \$19 ;
-  always @(posedge clk)
-    valid_9 <= \$20 ;
-  always @(posedge clk)
-    valid_10 <= \$21 ;
-  always @(posedge clk)
-    valid_11 <= \$22 ;
-  always @(posedge clk)
-    valid_12 <= \$23 ;
-  always @(posedge clk)
-    valid_13 <= \$24 ;
-  always @(posedge clk)
-    valid_14 <= \$25 ;
-  always @(posedge clk)
-    source__valid <= \$26 ;
+    valid_6 <= \$23 ;
   \lpsgld_w4_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -261,7 +287,7 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .\port$0$3 (sink__payload[8:1]),
     .rst(rst),
     .state(state),
-    .step(\step$43 ),
+    .step(\step$46 ),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .words(words)
@@ -269,133 +295,221 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w4_vc_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$209$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_3;
+    \$25  = valid_8;
     if (advance) begin
-      \$28  = keep_2;
+      \$25  = valid_7;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_4;
+    \$26  = valid_9;
     if (advance) begin
-      \$29  = keep_3;
+      \$26  = valid_8;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_5;
+    \$27  = valid_10;
     if (advance) begin
-      \$30  = keep_4;
+      \$27  = valid_9;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_6;
+    \$28  = valid_11;
     if (advance) begin
-      \$31  = keep_5;
+      \$28  = valid_10;
+    end
+    if (rst) begin
+      \$28  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_7;
+    \$29  = valid_12;
     if (advance) begin
-      \$32  = keep_6;
+      \$29  = valid_11;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_8;
+    \$30  = valid_13;
     if (advance) begin
-      \$33  = keep_7;
+      \$30  = valid_12;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_9;
+    \$31  = valid_14;
     if (advance) begin
-      \$34  = keep_8;
+      \$31  = valid_13;
+    end
+    if (rst) begin
+      \$31  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_10;
+    \$32  = source__valid;
     if (advance) begin
-      \$35  = keep_9;
+      \$32  = valid_14;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_11;
+    \$33  = keep_2;
     if (advance) begin
-      \$36  = keep_10;
+      \$33  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_12;
+    \$34  = keep_3;
     if (advance) begin
-      \$37  = keep_11;
+      \$34  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_13;
+    \$35  = keep_4;
     if (advance) begin
-      \$38  = keep_12;
+      \$35  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_14;
+    \$36  = keep_5;
     if (advance) begin
-      \$39  = keep_13;
+      \$36  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_15;
+    \$37  = keep_6;
     if (advance) begin
-      \$40  = keep_14;
+      \$37  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = 1'h0;
+    \$38  = keep_7;
+    if (advance) begin
+      \$38  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = keep_8;
+    if (advance) begin
+      \$39  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = keep_9;
+    if (advance) begin
+      \$40  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = keep_10;
+    if (advance) begin
+      \$41  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = keep_11;
+    if (advance) begin
+      \$42  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = keep_12;
+    if (advance) begin
+      \$43  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = keep_13;
+    if (advance) begin
+      \$44  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = keep_14;
+    if (advance) begin
+      \$45  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = keep_15;
+    if (advance) begin
+      \$46  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$41  = 1'h1;
+            \$47  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$41  = 1'h0;
+      \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = 1'h0;
+    \$48  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$42  = 1'h1;
+            \$48  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$42  = 1'h0;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = 1'h0;
+    \$49  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -403,16 +517,16 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$43  = 1'h1;
+            \$49  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$43  = 1'h0;
+      \$49  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = 1'h0;
+    \$50  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -422,16 +536,16 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$44  = 1'h1;
+            \$50  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$44  = 1'h0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = 1'h0;
+    \$51  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -443,65 +557,8 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$45  = 1'h1;
+            \$51  = 1'h1;
       endcase
-    end
-    if (rst) begin
-      \$45  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = \$10 ;
-    if (rst) begin
-      \$46  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = \step$43 ;
-    if (write_step) begin
-      \$47  = data[3:0];
-    end
-    if (rst) begin
-      \$47  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = decay;
-    if (write_decay) begin
-      \$48  = data[3:0];
-    end
-    if (rst) begin
-      \$48  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = noise;
-    if (write_noise) begin
-      \$49  = data[3:0];
-    end
-    if (rst) begin
-      \$49  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = vc_var;
-    if (write_vc_var) begin
-      \$50  = data[4:0];
-    end
-    if (rst) begin
-      \$50  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = vc_noise;
-    if (write_vc_noise) begin
-      \$51  = data[0];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -509,66 +566,88 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_1;
-    if (advance) begin
-      \$11  = sink__valid;
+    \$52  = data;
+    if (ctl__we) begin
+      \$52  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = seed_load_0;
+    if (\$13 ) begin
+      \$53  = \$16 ;
+    end else if (free) begin
+      \$53  = 2'h0;
     end
     if (rst) begin
-      \$11  = 1'h0;
+      \$53  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = keep_1;
-    if (advance) begin
-      \$12  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_2;
-    if (advance) begin
-      \$13  = valid_1;
+    \$54  = seed_hold_0;
+    if (\$13 ) begin
+      \$54  = took;
     end
     if (rst) begin
-      \$13  = 1'h0;
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_3;
-    if (advance) begin
-      \$14  = valid_2;
+    \$55  = \step$46 ;
+    if (write_step) begin
+      \$55  = wdata[3:0];
     end
     if (rst) begin
-      \$14  = 1'h0;
+      \$55  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_4;
-    if (advance) begin
-      \$15  = valid_3;
+    \$56  = decay;
+    if (write_decay) begin
+      \$56  = wdata[3:0];
     end
     if (rst) begin
-      \$15  = 1'h0;
+      \$56  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_5;
-    if (advance) begin
-      \$16  = valid_4;
+    \$57  = noise;
+    if (write_noise) begin
+      \$57  = wdata[3:0];
     end
     if (rst) begin
-      \$16  = 1'h0;
+      \$57  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_6;
+    \$58  = vc_var;
+    if (write_vc_var) begin
+      \$58  = wdata[4:0];
+    end
+    if (rst) begin
+      \$58  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = vc_noise;
+    if (write_vc_noise) begin
+      \$59  = wdata[0];
+    end
+    if (rst) begin
+      \$59  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
     if (advance) begin
-      \$17  = valid_5;
+      \$17  = sink__valid;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -576,19 +655,16 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_7;
+    \$18  = keep_1;
     if (advance) begin
-      \$18  = valid_6;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
+      \$18  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_8;
+    \$19  = valid_2;
     if (advance) begin
-      \$19  = valid_7;
+      \$19  = valid_1;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -596,9 +672,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_9;
+    \$20  = valid_3;
     if (advance) begin
-      \$20  = valid_8;
+      \$20  = valid_2;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -606,9 +682,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_10;
+    \$21  = valid_4;
     if (advance) begin
-      \$21  = valid_9;
+      \$21  = valid_3;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -616,9 +692,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_11;
+    \$22  = valid_5;
     if (advance) begin
-      \$22  = valid_10;
+      \$22  = valid_4;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -626,9 +702,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_12;
+    \$23  = valid_6;
     if (advance) begin
-      \$23  = valid_11;
+      \$23  = valid_5;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -636,51 +712,22 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_13;
+    \$24  = valid_7;
     if (advance) begin
-      \$24  = valid_12;
+      \$24  = valid_6;
     end
     if (rst) begin
       \$24  = 1'h0;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_14;
-    if (advance) begin
-      \$25  = valid_13;
-    end
-    if (rst) begin
-      \$25  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = source__valid;
-    if (advance) begin
-      \$26  = valid_14;
-    end
-    if (rst) begin
-      \$26  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_2;
-    if (advance) begin
-      \$27  = keep_1;
-    end
-  end
   assign valid_15 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[4:1];
   assign grad = sink__payload[8:5];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$43 ;
+  assign reg_step_0 = \step$46 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign reg_vc_var_0 = vc_var;
@@ -1848,7 +1895,7 @@ module \lpsgld_w4_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, out, data, \port$209$0 , clk);
+module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -1868,12 +1915,12 @@ module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, out, data, \port$209$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$209$0 ;
-  wire [1:0] \port$209$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -1903,7 +1950,7 @@ module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, out, data, \port$209$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$209$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -1916,13 +1963,11 @@ module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, out, data, \port$209$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$209$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$209$0 [0];
-  assign load1 = \port$209$0 [1];
 endmodule

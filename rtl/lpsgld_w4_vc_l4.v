@@ -6,7 +6,24 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg [3:0] \$100 ;
+  reg [4:0] \$101 ;
+  reg \$102 ;
+  reg [1:0] \$103 ;
+  reg \$104 ;
+  reg [3:0] \$105 ;
+  reg [3:0] \$106 ;
+  reg [3:0] \$107 ;
+  reg [4:0] \$108 ;
+  reg \$109 ;
   wire \$11 ;
+  reg [1:0] \$110 ;
+  reg \$111 ;
+  reg [3:0] \$112 ;
+  reg [3:0] \$113 ;
+  reg [3:0] \$114 ;
+  reg [4:0] \$115 ;
+  reg \$116 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -18,82 +35,91 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
-  wire [1:0] \$22 ;
+  wire \$22 ;
   wire \$23 ;
   wire \$24 ;
-  wire [1:0] \$25 ;
+  wire \$25 ;
   wire \$26 ;
-  wire \$27 ;
-  wire [1:0] \$28 ;
+  wire [1:0] \$27 ;
+  wire \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire [1:0] \$31 ;
-  reg \$32 ;
-  reg [3:0] \$33 ;
-  reg \$34 ;
-  reg \$35 ;
-  reg \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg \$39 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire [1:0] \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire [1:0] \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg \$41 ;
-  reg \$42 ;
-  reg \$43 ;
-  reg \$44 ;
-  reg \$45 ;
-  reg \$46 ;
-  reg \$47 ;
-  reg [3:0] \$48 ;
-  reg [3:0] \$49 ;
+  wire \$40 ;
+  wire [1:0] \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire [1:0] \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire [1:0] \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg [3:0] \$50 ;
-  reg [3:0] \$51 ;
-  reg [3:0] \$52 ;
-  reg [3:0] \$53 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire [1:0] \$52 ;
+  reg \$53 ;
   reg [3:0] \$54 ;
-  reg [3:0] \$55 ;
-  reg [3:0] \$56 ;
-  reg [3:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [3:0] \$59 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg \$58 ;
+  reg \$59 ;
   wire \$6 ;
-  reg [3:0] \$60 ;
-  reg [3:0] \$61 ;
+  reg \$60 ;
+  reg \$61 ;
   reg \$62 ;
   reg \$63 ;
   reg \$64 ;
   reg \$65 ;
   reg \$66 ;
-  reg [1:0] \$67 ;
-  reg [3:0] \$68 ;
+  reg \$67 ;
+  reg \$68 ;
   reg [3:0] \$69 ;
   wire \$7 ;
   reg [3:0] \$70 ;
-  reg [4:0] \$71 ;
-  reg \$72 ;
-  reg [1:0] \$73 ;
+  reg [3:0] \$71 ;
+  reg [3:0] \$72 ;
+  reg [3:0] \$73 ;
   reg [3:0] \$74 ;
   reg [3:0] \$75 ;
   reg [3:0] \$76 ;
-  reg [4:0] \$77 ;
-  reg \$78 ;
-  reg [1:0] \$79 ;
+  reg [3:0] \$77 ;
+  reg [3:0] \$78 ;
+  reg [3:0] \$79 ;
   wire \$8 ;
   reg [3:0] \$80 ;
   reg [3:0] \$81 ;
   reg [3:0] \$82 ;
-  reg [4:0] \$83 ;
+  reg \$83 ;
   reg \$84 ;
-  reg [1:0] \$85 ;
-  reg [3:0] \$86 ;
-  reg [3:0] \$87 ;
-  reg [3:0] \$88 ;
-  reg [4:0] \$89 ;
+  reg \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg [63:0] \$88 ;
+  reg [1:0] \$89 ;
   wire \$9 ;
   reg \$90 ;
+  reg [3:0] \$91 ;
+  reg [3:0] \$92 ;
+  reg [3:0] \$93 ;
+  reg [4:0] \$94 ;
+  reg \$95 ;
+  reg [1:0] \$96 ;
+  reg \$97 ;
+  reg [3:0] \$98 ;
+  reg [3:0] \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -105,23 +131,24 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$101 ;
+  wire [63:0] \data$107 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$57 ;
+  wire [63:0] \data$61 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$79 ;
+  wire [63:0] \data$84 ;
   reg [3:0] decay = 4'h0;
-  reg [3:0] \decay$111  = 4'h0;
-  reg [3:0] \decay$67  = 4'h0;
-  reg [3:0] \decay$89  = 4'h0;
+  reg [3:0] \decay$117  = 4'h0;
+  reg [3:0] \decay$71  = 4'h0;
+  reg [3:0] \decay$94  = 4'h0;
   wire en;
-  wire \en$102 ;
-  wire \en$58 ;
-  wire \en$80 ;
+  wire \en$108 ;
+  wire \en$62 ;
+  wire \en$85 ;
+  wire free;
   wire [3:0] grad;
-  wire [3:0] \grad$104 ;
-  wire [3:0] \grad$60 ;
-  wire [3:0] \grad$82 ;
+  wire [3:0] \grad$110 ;
+  wire [3:0] \grad$64 ;
+  wire [3:0] \grad$87 ;
   output idle;
   wire idle;
   reg [3:0] keep_1 = 4'h0;
@@ -140,21 +167,21 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [3:0] keep_8 = 4'h0;
   reg [3:0] keep_9 = 4'h0;
   wire load0;
-  wire \load0$55 ;
-  wire \load0$77 ;
-  wire \load0$99 ;
+  wire \load0$105 ;
+  wire \load0$59 ;
+  wire \load0$82 ;
   wire load1;
-  wire \load1$100 ;
-  wire \load1$56 ;
-  wire \load1$78 ;
+  wire \load1$106 ;
+  wire \load1$60 ;
+  wire \load1$83 ;
   reg [3:0] noise = 4'h0;
-  reg [3:0] \noise$113  = 4'h0;
-  reg [3:0] \noise$69  = 4'h0;
-  reg [3:0] \noise$91  = 4'h0;
+  reg [3:0] \noise$119  = 4'h0;
+  reg [3:0] \noise$73  = 4'h0;
+  reg [3:0] \noise$96  = 4'h0;
   wire [63:0] out;
-  wire [63:0] \out$106 ;
-  wire [63:0] \out$62 ;
-  wire [63:0] \out$84 ;
+  wire [63:0] \out$112 ;
+  wire [63:0] \out$66 ;
+  wire [63:0] \out$89 ;
   (* init = 4'h0 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
@@ -197,6 +224,12 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [4:0] reg_vc_var_3;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   reg [1:0] seed_load_1 = 2'h0;
   reg [1:0] seed_load_2 = 2'h0;
@@ -236,21 +269,22 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   output source__valid;
   reg source__valid = 1'h0;
   wire [3:0] state;
-  wire [3:0] \state$107 ;
-  wire [3:0] \state$63 ;
-  wire [3:0] \state$85 ;
+  wire [3:0] \state$113 ;
+  wire [3:0] \state$67 ;
+  wire [3:0] \state$90 ;
   wire step;
-  reg [3:0] \step$109  = 4'h0;
-  reg [3:0] \step$43  = 4'h0;
-  wire \step$53 ;
-  reg [3:0] \step$65  = 4'h0;
-  wire \step$75 ;
-  reg [3:0] \step$87  = 4'h0;
-  wire \step$97 ;
+  wire \step$102 ;
+  reg [3:0] \step$115  = 4'h0;
+  reg [3:0] \step$46  = 4'h0;
+  wire \step$56 ;
+  reg [3:0] \step$69  = 4'h0;
+  wire \step$79 ;
+  reg [3:0] \step$92  = 4'h0;
   wire [3:0] theta;
-  wire [3:0] \theta$103 ;
-  wire [3:0] \theta$59 ;
-  wire [3:0] \theta$81 ;
+  wire [3:0] \theta$109 ;
+  wire [3:0] \theta$63 ;
+  wire [3:0] \theta$86 ;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -268,186 +302,226 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
-  reg \vc_noise$117  = 1'h0;
-  reg \vc_noise$73  = 1'h0;
-  reg \vc_noise$95  = 1'h0;
+  reg \vc_noise$100  = 1'h0;
+  reg \vc_noise$123  = 1'h0;
+  reg \vc_noise$77  = 1'h0;
   reg [4:0] vc_var = 5'h00;
-  reg [4:0] \vc_var$115  = 5'h00;
-  reg [4:0] \vc_var$71  = 5'h00;
-  reg [4:0] \vc_var$93  = 5'h00;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [4:0] \vc_var$121  = 5'h00;
+  reg [4:0] \vc_var$75  = 5'h00;
+  reg [4:0] \vc_var$98  = 5'h00;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
-  wire [3:0] \weight$108 ;
-  wire [3:0] \weight$64 ;
-  wire [3:0] \weight$86 ;
+  wire [3:0] \weight$114 ;
+  wire [3:0] \weight$68 ;
+  wire [3:0] \weight$91 ;
   wire [63:0] words;
-  wire [63:0] \words$105 ;
-  wire [63:0] \words$61 ;
-  wire [63:0] \words$83 ;
+  wire [63:0] \words$111 ;
+  wire [63:0] \words$65 ;
+  wire [63:0] \words$88 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   reg write_vc_noise = 1'h0;
   reg write_vc_var = 1'h0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = advance & valid_1;
-  assign \$9  = \$8  & keep_1[1];
-  assign \$10  = | seed_load_1;
-  assign \$11  = ~ \$10 ;
-  assign \step$53  = \$9  & \$11 ;
-  assign \$12  = advance & valid_1;
-  assign \$13  = \$12  & keep_1[2];
-  assign \$14  = | seed_load_2;
-  assign \$15  = ~ \$14 ;
-  assign \step$75  = \$13  & \$15 ;
-  assign \$16  = advance & valid_1;
-  assign \$17  = \$16  & keep_1[3];
-  assign \$18  = | seed_load_3;
-  assign \$19  = ~ \$18 ;
-  assign \step$97  = \$17  & \$19 ;
-  assign \$20  = ctl__addr == 9'h100;
-  assign \$21  = ctl__addr == 9'h101;
-  assign \$22  = { \$21 , \$20  } & { ctl__we, ctl__we };
-  assign \$23  = ctl__addr == 9'h102;
-  assign \$24  = ctl__addr == 9'h103;
-  assign \$25  = { \$24 , \$23  } & { ctl__we, ctl__we };
-  assign \$26  = ctl__addr == 9'h104;
-  assign \$27  = ctl__addr == 9'h105;
-  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
-  assign \$29  = ctl__addr == 9'h106;
-  assign \$30  = ctl__addr == 9'h107;
-  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  always @(posedge clk)
-    valid_1 <= \$32 ;
-  always @(posedge clk)
-    keep_1 <= \$33 ;
-  always @(posedge clk)
-    valid_2 <= \$34 ;
-  always @(posedge clk)
-    valid_3 <= \$35 ;
-  always @(posedge clk)
-    valid_4 <= \$36 ;
-  always @(posedge clk)
-    valid_5 <= \$37 ;
-  always @(posedge clk)
-    valid_6 <= \$38 ;
-  always @(posedge clk)
-    valid_7 <= \$39 ;
-  always @(posedge clk)
-    valid_8 <= \$40 ;
-  always @(posedge clk)
-    valid_9 <= \$41 ;
-  always @(posedge clk)
-    valid_10 <= \$42 ;
-  always @(posedge clk)
-    valid_11 <= \$43 ;
-  always @(posedge clk)
-    valid_12 <= \$44 ;
-  always @(posedge clk)
-    valid_13 <= \$45 ;
-  always @(posedge clk)
-    valid_14 <= \$46 ;
-  always @(posedge clk)
-    source__valid <= \$47 ;
-  always @(posedge clk)
-    keep_2 <= \$48 ;
-  always @(posedge clk)
-    keep_3 <= \$49 ;
-  always @(posedge clk)
-    keep_4 <= \$50 ;
-  always @(posedge clk)
-    keep_5 <= \$51 ;
-  always @(posedge clk)
-    keep_6 <= \$52 ;
-  always @(posedge clk)
-    keep_7 <= \$53 ;
-  always @(posedge clk)
-    keep_8 <= \$54 ;
-  always @(posedge clk)
-    keep_9 <= \$55 ;
-  always @(posedge clk)
-    keep_10 <= \$56 ;
-  always @(posedge clk)
-    keep_11 <= \$57 ;
-  always @(posedge clk)
-    keep_12 <= \$58 ;
-  always @(posedge clk)
-    keep_13 <= \$59 ;
-  always @(posedge clk)
-    keep_14 <= \$60 ;
-  always @(posedge clk)
-    keep_15 <= \$61 ;
-  always @(posedge clk)
-    data <= ctl__data;
-  always @(posedge clk)
-    write_step <= \$62 ;
-  always @(posedge clk)
-    write_decay <= \$63 ;
-  always @(posedge clk)
-    write_noise <= \$64 ;
-  always @(posedge clk)
-    write_vc_var <= \$65 ;
-  always @(posedge clk)
-    write_vc_noise <= \$66 ;
-  always @(posedge clk)
-    seed_load_0 <= \$67 ;
-  always @(posedge clk)
-    \step$43  <= \$68 ;
-  always @(posedge clk)
-    decay <= \$69 ;
-  always @(posedge clk)
-    noise <= \$70 ;
-  always @(posedge clk)
-    vc_var <= \$71 ;
-  always @(posedge clk)
-    vc_noise <= \$72 ;
-  always @(posedge clk)
-    seed_load_1 <= \$73 ;
-  always @(posedge clk)
-    \step$65  <= \$74 ;
-  always @(posedge clk)
-    \decay$67  <= \$75 ;
-  always @(posedge clk)
-    \noise$69  <= \$76 ;
-  always @(posedge clk)
-    \vc_var$71  <= \$77 ;
-  always @(posedge clk)
-    \vc_noise$73  <= \$78 ;
-  always @(posedge clk)
-    seed_load_2 <= \$79 ;
-  always @(posedge clk)
-    \step$87  <= \$80 ;
-  always @(posedge clk)
-    \decay$89  <= \$81 ;
-  always @(posedge clk)
-    \noise$91  <= \$82 ;
-  always @(posedge clk)
-    \vc_var$93  <= \$83 ;
-  always @(posedge clk)
-    \vc_noise$95  <= \$84 ;
-  always @(posedge clk)
-    seed_load_3 <= \$85 ;
-  always @(posedge clk)
-    \step$109  <= \$86 ;
-  always @(posedge clk)
-    \decay$111  <= \$87 ;
-  always @(posedge clk)
-    \noise$113  <= \$88 ;
-  always @(posedge clk)
-    \vc_var$115  <= \$89 ;
-  always @(posedge clk)
-    \vc_noise$117  <= \$90 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1[0];
-  assign \$6  = | seed_load_0;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$56  = \$11  & \$14 ;
+  assign \load0$59  = seed_load_1[0] & free;
+  assign \load1$60  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
+  assign \$19  = ~ \$18 ;
+  assign \step$79  = \$16  & \$19 ;
+  assign \load0$82  = seed_load_2[0] & free;
+  assign \load1$83  = seed_load_2[1] & free;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$102  = \$21  & \$24 ;
+  assign \load0$105  = seed_load_3[0] & free;
+  assign \load1$106  = seed_load_3[1] & free;
+  assign \$25  = ctl__addr == 9'h100;
+  assign \$26  = ctl__addr == 9'h101;
+  assign \$27  = { \$26 , \$25  } & { ctl__we, ctl__we };
+  assign \$28  = | \$27 ;
+  assign \$29  = ctl__addr == 9'h100;
+  assign \$30  = ctl__addr == 9'h101;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h102;
+  assign \$33  = ctl__addr == 9'h103;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$35  = | \$34 ;
+  assign \$36  = ctl__addr == 9'h102;
+  assign \$37  = ctl__addr == 9'h103;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h104;
+  assign \$40  = ctl__addr == 9'h105;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = | \$41 ;
+  assign \$43  = ctl__addr == 9'h104;
+  assign \$44  = ctl__addr == 9'h105;
+  assign \$45  = { \$44 , \$43  } & { ctl__we, ctl__we };
+  assign \$46  = ctl__addr == 9'h106;
+  assign \$47  = ctl__addr == 9'h107;
+  assign \$48  = { \$47 , \$46  } & { ctl__we, ctl__we };
+  assign \$49  = | \$48 ;
+  assign \$50  = ctl__addr == 9'h106;
+  assign \$51  = ctl__addr == 9'h107;
+  assign \$52  = { \$51 , \$50  } & { ctl__we, ctl__we };
+  always @(posedge clk)
+    valid_1 <= \$53 ;
+  always @(posedge clk)
+    keep_1 <= \$54 ;
+  always @(posedge clk)
+    valid_2 <= \$55 ;
+  always @(posedge clk)
+    valid_3 <= \$56 ;
+  always @(posedge clk)
+    valid_4 <= \$57 ;
+  always @(posedge clk)
+    valid_5 <= \$58 ;
+  always @(posedge clk)
+    valid_6 <= \$59 ;
+  always @(posedge clk)
+    valid_7 <= \$60 ;
+  always @(posedge clk)
+    valid_8 <= \$61 ;
+  always @(posedge clk)
+    valid_9 <= \$62 ;
+  always @(posedge clk)
+    valid_10 <= \$63 ;
+  always @(posedge clk)
+    valid_11 <= \$64 ;
+  always @(posedge clk)
+    valid_12 <= \$65 ;
+  always @(posedge clk)
+    valid_13 <= \$66 ;
+  always @(posedge clk)
+    valid_14 <= \$67 ;
+  always @(posedge clk)
+    source__valid <= \$68 ;
+  always @(posedge clk)
+    keep_2 <= \$69 ;
+  always @(posedge clk)
+    keep_3 <= \$70 ;
+  always @(posedge clk)
+    keep_4 <= \$71 ;
+  always @(posedge clk)
+    keep_5 <= \$72 ;
+  always @(posedge clk)
+    keep_6 <= \$73 ;
+  always @(posedge clk)
+    keep_7 <= \$74 ;
+  always @(posedge clk)
+    keep_8 <= \$75 ;
+  always @(posedge clk)
+    keep_9 <= \$76 ;
+  always @(posedge clk)
+    keep_10 <= \$77 ;
+  always @(posedge clk)
+    keep_11 <= \$78 ;
+  always @(posedge clk)
+    keep_12 <= \$79 ;
+  always @(posedge clk)
+    keep_13 <= \$80 ;
+  always @(posedge clk)
+    keep_14 <= \$81 ;
+  always @(posedge clk)
+    keep_15 <= \$82 ;
+  always @(posedge clk)
+    wdata <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$83 ;
+  always @(posedge clk)
+    write_decay <= \$84 ;
+  always @(posedge clk)
+    write_noise <= \$85 ;
+  always @(posedge clk)
+    write_vc_var <= \$86 ;
+  always @(posedge clk)
+    write_vc_noise <= \$87 ;
+  always @(posedge clk)
+    data <= \$88 ;
+  always @(posedge clk)
+    seed_load_0 <= \$89 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$90 ;
+  always @(posedge clk)
+    \step$46  <= \$91 ;
+  always @(posedge clk)
+    decay <= \$92 ;
+  always @(posedge clk)
+    noise <= \$93 ;
+  always @(posedge clk)
+    vc_var <= \$94 ;
+  always @(posedge clk)
+    vc_noise <= \$95 ;
+  always @(posedge clk)
+    seed_load_1 <= \$96 ;
+  always @(posedge clk)
+    seed_hold_1 <= \$97 ;
+  always @(posedge clk)
+    \step$69  <= \$98 ;
+  always @(posedge clk)
+    \decay$71  <= \$99 ;
+  always @(posedge clk)
+    \noise$73  <= \$100 ;
+  always @(posedge clk)
+    \vc_var$75  <= \$101 ;
+  always @(posedge clk)
+    \vc_noise$77  <= \$102 ;
+  always @(posedge clk)
+    seed_load_2 <= \$103 ;
+  always @(posedge clk)
+    seed_hold_2 <= \$104 ;
+  always @(posedge clk)
+    \step$92  <= \$105 ;
+  always @(posedge clk)
+    \decay$94  <= \$106 ;
+  always @(posedge clk)
+    \noise$96  <= \$107 ;
+  always @(posedge clk)
+    \vc_var$98  <= \$108 ;
+  always @(posedge clk)
+    \vc_noise$100  <= \$109 ;
+  always @(posedge clk)
+    seed_load_3 <= \$110 ;
+  always @(posedge clk)
+    seed_hold_3 <= \$111 ;
+  always @(posedge clk)
+    \step$115  <= \$112 ;
+  always @(posedge clk)
+    \decay$117  <= \$113 ;
+  always @(posedge clk)
+    \noise$119  <= \$114 ;
+  always @(posedge clk)
+    \vc_var$121  <= \$115 ;
+  always @(posedge clk)
+    \vc_noise$123  <= \$116 ;
   \lpsgld_w4_vc_l4.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -456,7 +530,7 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$43 ),
+    .step(\step$46 ),
     .theta(sink__payload[7:4]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
@@ -464,341 +538,174 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   \lpsgld_w4_vc_l4.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$67 ),
+    .decay(\decay$71 ),
     .en(advance),
     .grad(sink__payload[27:24]),
-    .noise(\noise$69 ),
+    .noise(\noise$73 ),
     .rst(rst),
-    .state(\state$63 ),
-    .step(\step$65 ),
+    .state(\state$67 ),
+    .step(\step$69 ),
     .theta(sink__payload[11:8]),
-    .vc_noise(\vc_noise$73 ),
-    .vc_var(\vc_var$71 ),
-    .words(\words$61 )
+    .vc_noise(\vc_noise$77 ),
+    .vc_var(\vc_var$75 ),
+    .words(\words$65 )
   );
   \lpsgld_w4_vc_l4.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$89 ),
+    .decay(\decay$94 ),
     .en(advance),
     .grad(sink__payload[31:28]),
-    .noise(\noise$91 ),
+    .noise(\noise$96 ),
     .rst(rst),
-    .state(\state$85 ),
-    .step(\step$87 ),
+    .state(\state$90 ),
+    .step(\step$92 ),
     .theta(sink__payload[15:12]),
-    .vc_noise(\vc_noise$95 ),
-    .vc_var(\vc_var$93 ),
-    .words(\words$83 )
+    .vc_noise(\vc_noise$100 ),
+    .vc_var(\vc_var$98 ),
+    .words(\words$88 )
   );
   \lpsgld_w4_vc_l4.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$111 ),
+    .decay(\decay$117 ),
     .en(advance),
     .grad(sink__payload[35:32]),
-    .noise(\noise$113 ),
+    .noise(\noise$119 ),
     .rst(rst),
-    .state(\state$107 ),
-    .step(\step$109 ),
+    .state(\state$113 ),
+    .step(\step$115 ),
     .theta(sink__payload[19:16]),
-    .vc_noise(\vc_noise$117 ),
-    .vc_var(\vc_var$115 ),
-    .words(\words$105 )
+    .vc_noise(\vc_noise$123 ),
+    .vc_var(\vc_var$121 ),
+    .words(\words$111 )
   );
   \lpsgld_w4_vc_l4.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$530$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w4_vc_l4.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .out(\words$61 ),
-    .\port$542$0 (seed_load_1),
+    .load0(\load0$59 ),
+    .load1(\load1$60 ),
+    .out(\words$65 ),
     .rst(rst),
-    .step(\step$53 )
+    .step(\step$56 )
   );
   \lpsgld_w4_vc_l4.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .out(\words$83 ),
-    .\port$554$0 (seed_load_2),
+    .load0(\load0$82 ),
+    .load1(\load1$83 ),
+    .out(\words$88 ),
     .rst(rst),
-    .step(\step$75 )
+    .step(\step$79 )
   );
   \lpsgld_w4_vc_l4.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .out(\words$105 ),
-    .\port$566$0 (seed_load_3),
+    .load0(\load0$105 ),
+    .load1(\load1$106 ),
+    .out(\words$111 ),
     .rst(rst),
-    .step(\step$97 )
+    .step(\step$102 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = valid_1;
+    \$53  = valid_1;
     if (advance) begin
-      \$32  = sink__valid;
+      \$53  = sink__valid;
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$53  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_1;
+    \$54  = keep_1;
     if (advance) begin
-      \$33  = sink__payload[3:0];
+      \$54  = sink__payload[3:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = valid_2;
+    \$55  = valid_2;
     if (advance) begin
-      \$34  = valid_1;
+      \$55  = valid_1;
     end
     if (rst) begin
-      \$34  = 1'h0;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = valid_3;
+    \$56  = valid_3;
     if (advance) begin
-      \$35  = valid_2;
+      \$56  = valid_2;
     end
     if (rst) begin
-      \$35  = 1'h0;
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = valid_4;
+    \$57  = valid_4;
     if (advance) begin
-      \$36  = valid_3;
+      \$57  = valid_3;
     end
     if (rst) begin
-      \$36  = 1'h0;
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = valid_5;
+    \$58  = valid_5;
     if (advance) begin
-      \$37  = valid_4;
+      \$58  = valid_4;
     end
     if (rst) begin
-      \$37  = 1'h0;
+      \$58  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = valid_6;
+    \$59  = valid_6;
     if (advance) begin
-      \$38  = valid_5;
+      \$59  = valid_5;
     end
     if (rst) begin
-      \$38  = 1'h0;
+      \$59  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = valid_7;
+    \$60  = valid_7;
     if (advance) begin
-      \$39  = valid_6;
+      \$60  = valid_6;
     end
     if (rst) begin
-      \$39  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = valid_8;
+    \$61  = valid_8;
     if (advance) begin
-      \$40  = valid_7;
+      \$61  = valid_7;
     end
     if (rst) begin
-      \$40  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = valid_9;
+    \$62  = valid_9;
     if (advance) begin
-      \$41  = valid_8;
-    end
-    if (rst) begin
-      \$41  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = valid_10;
-    if (advance) begin
-      \$42  = valid_9;
-    end
-    if (rst) begin
-      \$42  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = valid_11;
-    if (advance) begin
-      \$43  = valid_10;
-    end
-    if (rst) begin
-      \$43  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_12;
-    if (advance) begin
-      \$44  = valid_11;
-    end
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = valid_13;
-    if (advance) begin
-      \$45  = valid_12;
-    end
-    if (rst) begin
-      \$45  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = valid_14;
-    if (advance) begin
-      \$46  = valid_13;
-    end
-    if (rst) begin
-      \$46  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = source__valid;
-    if (advance) begin
-      \$47  = valid_14;
-    end
-    if (rst) begin
-      \$47  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_2;
-    if (advance) begin
-      \$48  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_3;
-    if (advance) begin
-      \$49  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = keep_4;
-    if (advance) begin
-      \$50  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = keep_5;
-    if (advance) begin
-      \$51  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = keep_6;
-    if (advance) begin
-      \$52  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = keep_7;
-    if (advance) begin
-      \$53  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_8;
-    if (advance) begin
-      \$54  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = keep_9;
-    if (advance) begin
-      \$55  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = keep_10;
-    if (advance) begin
-      \$56  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = keep_11;
-    if (advance) begin
-      \$57  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = keep_12;
-    if (advance) begin
-      \$58  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = keep_13;
-    if (advance) begin
-      \$59  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = keep_14;
-    if (advance) begin
-      \$60  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_15;
-    if (advance) begin
-      \$61  = keep_14;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$62  = 1'h1;
-      endcase
+      \$62  = valid_8;
     end
     if (rst) begin
       \$62  = 1'h0;
@@ -806,14 +713,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$63  = 1'h1;
-      endcase
+    \$63  = valid_10;
+    if (advance) begin
+      \$63  = valid_9;
     end
     if (rst) begin
       \$63  = 1'h0;
@@ -821,16 +723,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$64  = 1'h1;
-      endcase
+    \$64  = valid_11;
+    if (advance) begin
+      \$64  = valid_10;
     end
     if (rst) begin
       \$64  = 1'h0;
@@ -838,7 +733,190 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = 1'h0;
+    \$65  = valid_12;
+    if (advance) begin
+      \$65  = valid_11;
+    end
+    if (rst) begin
+      \$65  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = valid_13;
+    if (advance) begin
+      \$66  = valid_12;
+    end
+    if (rst) begin
+      \$66  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = valid_14;
+    if (advance) begin
+      \$67  = valid_13;
+    end
+    if (rst) begin
+      \$67  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = source__valid;
+    if (advance) begin
+      \$68  = valid_14;
+    end
+    if (rst) begin
+      \$68  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = keep_2;
+    if (advance) begin
+      \$69  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = keep_3;
+    if (advance) begin
+      \$70  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = keep_4;
+    if (advance) begin
+      \$71  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$72  = keep_5;
+    if (advance) begin
+      \$72  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = keep_6;
+    if (advance) begin
+      \$73  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = keep_7;
+    if (advance) begin
+      \$74  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = keep_8;
+    if (advance) begin
+      \$75  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = keep_9;
+    if (advance) begin
+      \$76  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = keep_10;
+    if (advance) begin
+      \$77  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = keep_11;
+    if (advance) begin
+      \$78  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = keep_12;
+    if (advance) begin
+      \$79  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = keep_13;
+    if (advance) begin
+      \$80  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = keep_14;
+    if (advance) begin
+      \$81  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = keep_15;
+    if (advance) begin
+      \$82  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$83  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$83  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$84  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$84  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$84  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$85  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$85  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -848,16 +926,16 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$65  = 1'h1;
+            \$86  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$65  = 1'h0;
+      \$86  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = 1'h0;
+    \$87  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -869,294 +947,353 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$66  = 1'h1;
+            \$87  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$66  = 1'h0;
+      \$87  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = \$22 ;
-    if (rst) begin
-      \$67  = 2'h0;
+    \$88  = data;
+    if (ctl__we) begin
+      \$88  = ctl__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = \step$43 ;
-    if (write_step) begin
-      \$68  = data[3:0];
-    end
-    if (rst) begin
-      \$68  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = decay;
-    if (write_decay) begin
-      \$69  = data[3:0];
+    \$89  = seed_load_0;
+    if (\$28 ) begin
+      \$89  = \$31 ;
+    end else if (free) begin
+      \$89  = 2'h0;
     end
     if (rst) begin
-      \$69  = 4'h0;
+      \$89  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = noise;
-    if (write_noise) begin
-      \$70  = data[3:0];
-    end
-    if (rst) begin
-      \$70  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = vc_var;
-    if (write_vc_var) begin
-      \$71  = data[4:0];
-    end
-    if (rst) begin
-      \$71  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = vc_noise;
-    if (write_vc_noise) begin
-      \$72  = data[0];
-    end
-    if (rst) begin
-      \$72  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = \$25 ;
-    if (rst) begin
-      \$73  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = \step$65 ;
-    if (write_step) begin
-      \$74  = data[3:0];
-    end
-    if (rst) begin
-      \$74  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = \decay$67 ;
-    if (write_decay) begin
-      \$75  = data[3:0];
-    end
-    if (rst) begin
-      \$75  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = \noise$69 ;
-    if (write_noise) begin
-      \$76  = data[3:0];
-    end
-    if (rst) begin
-      \$76  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = \vc_var$71 ;
-    if (write_vc_var) begin
-      \$77  = data[4:0];
-    end
-    if (rst) begin
-      \$77  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = \vc_noise$73 ;
-    if (write_vc_noise) begin
-      \$78  = data[0];
-    end
-    if (rst) begin
-      \$78  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = \$28 ;
-    if (rst) begin
-      \$79  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = \step$87 ;
-    if (write_step) begin
-      \$80  = data[3:0];
-    end
-    if (rst) begin
-      \$80  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = \decay$89 ;
-    if (write_decay) begin
-      \$81  = data[3:0];
-    end
-    if (rst) begin
-      \$81  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = \noise$91 ;
-    if (write_noise) begin
-      \$82  = data[3:0];
-    end
-    if (rst) begin
-      \$82  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = \vc_var$93 ;
-    if (write_vc_var) begin
-      \$83  = data[4:0];
-    end
-    if (rst) begin
-      \$83  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = \vc_noise$95 ;
-    if (write_vc_noise) begin
-      \$84  = data[0];
-    end
-    if (rst) begin
-      \$84  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = \$31 ;
-    if (rst) begin
-      \$85  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = \step$109 ;
-    if (write_step) begin
-      \$86  = data[3:0];
-    end
-    if (rst) begin
-      \$86  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \decay$111 ;
-    if (write_decay) begin
-      \$87  = data[3:0];
-    end
-    if (rst) begin
-      \$87  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = \noise$113 ;
-    if (write_noise) begin
-      \$88  = data[3:0];
-    end
-    if (rst) begin
-      \$88  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = \vc_var$115 ;
-    if (write_vc_var) begin
-      \$89  = data[4:0];
-    end
-    if (rst) begin
-      \$89  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = \vc_noise$117 ;
-    if (write_vc_noise) begin
-      \$90  = data[0];
+    \$90  = seed_hold_0;
+    if (\$28 ) begin
+      \$90  = took;
     end
     if (rst) begin
       \$90  = 1'h0;
     end
   end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = \step$46 ;
+    if (write_step) begin
+      \$91  = wdata[3:0];
+    end
+    if (rst) begin
+      \$91  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = decay;
+    if (write_decay) begin
+      \$92  = wdata[3:0];
+    end
+    if (rst) begin
+      \$92  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$93  = noise;
+    if (write_noise) begin
+      \$93  = wdata[3:0];
+    end
+    if (rst) begin
+      \$93  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$94  = vc_var;
+    if (write_vc_var) begin
+      \$94  = wdata[4:0];
+    end
+    if (rst) begin
+      \$94  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = vc_noise;
+    if (write_vc_noise) begin
+      \$95  = wdata[0];
+    end
+    if (rst) begin
+      \$95  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$96  = seed_load_1;
+    if (\$35 ) begin
+      \$96  = \$38 ;
+    end else if (free) begin
+      \$96  = 2'h0;
+    end
+    if (rst) begin
+      \$96  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$97  = seed_hold_1;
+    if (\$35 ) begin
+      \$97  = took;
+    end
+    if (rst) begin
+      \$97  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = \step$69 ;
+    if (write_step) begin
+      \$98  = wdata[3:0];
+    end
+    if (rst) begin
+      \$98  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$99  = \decay$71 ;
+    if (write_decay) begin
+      \$99  = wdata[3:0];
+    end
+    if (rst) begin
+      \$99  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$100  = \noise$73 ;
+    if (write_noise) begin
+      \$100  = wdata[3:0];
+    end
+    if (rst) begin
+      \$100  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$101  = \vc_var$75 ;
+    if (write_vc_var) begin
+      \$101  = wdata[4:0];
+    end
+    if (rst) begin
+      \$101  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$102  = \vc_noise$77 ;
+    if (write_vc_noise) begin
+      \$102  = wdata[0];
+    end
+    if (rst) begin
+      \$102  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$103  = seed_load_2;
+    if (\$42 ) begin
+      \$103  = \$45 ;
+    end else if (free) begin
+      \$103  = 2'h0;
+    end
+    if (rst) begin
+      \$103  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$104  = seed_hold_2;
+    if (\$42 ) begin
+      \$104  = took;
+    end
+    if (rst) begin
+      \$104  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$105  = \step$92 ;
+    if (write_step) begin
+      \$105  = wdata[3:0];
+    end
+    if (rst) begin
+      \$105  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$106  = \decay$94 ;
+    if (write_decay) begin
+      \$106  = wdata[3:0];
+    end
+    if (rst) begin
+      \$106  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$107  = \noise$96 ;
+    if (write_noise) begin
+      \$107  = wdata[3:0];
+    end
+    if (rst) begin
+      \$107  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$108  = \vc_var$98 ;
+    if (write_vc_var) begin
+      \$108  = wdata[4:0];
+    end
+    if (rst) begin
+      \$108  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$109  = \vc_noise$100 ;
+    if (write_vc_noise) begin
+      \$109  = wdata[0];
+    end
+    if (rst) begin
+      \$109  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$110  = seed_load_3;
+    if (\$49 ) begin
+      \$110  = \$52 ;
+    end else if (free) begin
+      \$110  = 2'h0;
+    end
+    if (rst) begin
+      \$110  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$111  = seed_hold_3;
+    if (\$49 ) begin
+      \$111  = took;
+    end
+    if (rst) begin
+      \$111  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$112  = \step$115 ;
+    if (write_step) begin
+      \$112  = wdata[3:0];
+    end
+    if (rst) begin
+      \$112  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$113  = \decay$117 ;
+    if (write_decay) begin
+      \$113  = wdata[3:0];
+    end
+    if (rst) begin
+      \$113  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$114  = \noise$119 ;
+    if (write_noise) begin
+      \$114  = wdata[3:0];
+    end
+    if (rst) begin
+      \$114  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$115  = \vc_var$121 ;
+    if (write_vc_var) begin
+      \$115  = wdata[4:0];
+    end
+    if (rst) begin
+      \$115  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$116  = \vc_noise$123 ;
+    if (write_vc_noise) begin
+      \$116  = wdata[0];
+    end
+    if (rst) begin
+      \$116  = 1'h0;
+    end
+  end
   assign valid_15 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[7:4];
   assign grad = sink__payload[23:20];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$43 ;
+  assign reg_step_0 = \step$46 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign reg_vc_var_0 = vc_var;
   assign reg_vc_noise_0 = vc_noise;
-  assign \load0$55  = seed_load_1[0];
-  assign \load1$56  = seed_load_1[1];
-  assign \data$57  = data;
-  assign \en$58  = advance;
-  assign \theta$59  = sink__payload[11:8];
-  assign \grad$60  = sink__payload[27:24];
-  assign \out$62  = \words$61 ;
-  assign \weight$64  = \state$63 ;
-  assign reg_step_1 = \step$65 ;
-  assign reg_decay_1 = \decay$67 ;
-  assign reg_noise_1 = \noise$69 ;
-  assign reg_vc_var_1 = \vc_var$71 ;
-  assign reg_vc_noise_1 = \vc_noise$73 ;
-  assign \load0$77  = seed_load_2[0];
-  assign \load1$78  = seed_load_2[1];
-  assign \data$79  = data;
-  assign \en$80  = advance;
-  assign \theta$81  = sink__payload[15:12];
-  assign \grad$82  = sink__payload[31:28];
-  assign \out$84  = \words$83 ;
-  assign \weight$86  = \state$85 ;
-  assign reg_step_2 = \step$87 ;
-  assign reg_decay_2 = \decay$89 ;
-  assign reg_noise_2 = \noise$91 ;
-  assign reg_vc_var_2 = \vc_var$93 ;
-  assign reg_vc_noise_2 = \vc_noise$95 ;
-  assign \load0$99  = seed_load_3[0];
-  assign \load1$100  = seed_load_3[1];
-  assign \data$101  = data;
-  assign \en$102  = advance;
-  assign \theta$103  = sink__payload[19:16];
-  assign \grad$104  = sink__payload[35:32];
-  assign \out$106  = \words$105 ;
-  assign \weight$108  = \state$107 ;
-  assign reg_step_3 = \step$109 ;
-  assign reg_decay_3 = \decay$111 ;
-  assign reg_noise_3 = \noise$113 ;
-  assign reg_vc_var_3 = \vc_var$115 ;
-  assign reg_vc_noise_3 = \vc_noise$117 ;
+  assign \data$61  = data;
+  assign \en$62  = advance;
+  assign \theta$63  = sink__payload[11:8];
+  assign \grad$64  = sink__payload[27:24];
+  assign \out$66  = \words$65 ;
+  assign \weight$68  = \state$67 ;
+  assign reg_step_1 = \step$69 ;
+  assign reg_decay_1 = \decay$71 ;
+  assign reg_noise_1 = \noise$73 ;
+  assign reg_vc_var_1 = \vc_var$75 ;
+  assign reg_vc_noise_1 = \vc_noise$77 ;
+  assign \data$84  = data;
+  assign \en$85  = advance;
+  assign \theta$86  = sink__payload[15:12];
+  assign \grad$87  = sink__payload[31:28];
+  assign \out$89  = \words$88 ;
+  assign \weight$91  = \state$90 ;
+  assign reg_step_2 = \step$92 ;
+  assign reg_decay_2 = \decay$94 ;
+  assign reg_noise_2 = \noise$96 ;
+  assign reg_vc_var_2 = \vc_var$98 ;
+  assign reg_vc_noise_2 = \vc_noise$100 ;
+  assign \data$107  = data;
+  assign \en$108  = advance;
+  assign \theta$109  = sink__payload[19:16];
+  assign \grad$110  = sink__payload[35:32];
+  assign \out$112  = \words$111 ;
+  assign \weight$114  = \state$113 ;
+  assign reg_step_3 = \step$115 ;
+  assign reg_decay_3 = \decay$117 ;
+  assign reg_noise_3 = \noise$119 ;
+  assign reg_vc_var_3 = \vc_var$121 ;
+  assign reg_vc_noise_3 = \vc_noise$123 ;
   assign \sink__payload.keep  = sink__payload[3:0];
   assign \sink__payload.theta  = sink__payload[19:4];
   assign \sink__payload.theta[0]  = sink__payload[7:4];
@@ -1179,12 +1316,12 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \source__payload.weight[1]  = source__payload[27:24];
   assign \source__payload.weight[2]  = source__payload[31:28];
   assign \source__payload.weight[3]  = source__payload[35:32];
-  assign source__payload[35:32] = \state$107 ;
-  assign source__payload[19:16] = \state$107 ;
-  assign source__payload[31:28] = \state$85 ;
-  assign source__payload[15:12] = \state$85 ;
-  assign source__payload[27:24] = \state$63 ;
-  assign source__payload[11:8] = \state$63 ;
+  assign source__payload[35:32] = \state$113 ;
+  assign source__payload[19:16] = \state$113 ;
+  assign source__payload[31:28] = \state$90 ;
+  assign source__payload[15:12] = \state$90 ;
+  assign source__payload[27:24] = \state$67 ;
+  assign source__payload[11:8] = \state$67 ;
   assign source__payload[23:20] = state;
   assign source__payload[7:4] = state;
   assign source__payload[3:0] = keep_15;
@@ -5771,7 +5908,7 @@ module \lpsgld_w4_vc_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, out, data, \port$530$0 , clk);
+module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -5791,12 +5928,12 @@ module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, out, data, \port$530$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$530$0 ;
-  wire [1:0] \port$530$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -5826,7 +5963,7 @@ module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, out, data, \port$530$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$530$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -5839,19 +5976,17 @@ module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, out, data, \port$530$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$530$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$530$0 [0];
-  assign load1 = \port$530$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, out, data, \port$542$0 , clk);
+module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -5871,12 +6006,12 @@ module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, out, data, \port$542$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$542$0 ;
-  wire [1:0] \port$542$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -5906,7 +6041,7 @@ module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, out, data, \port$542$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$542$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -5919,19 +6054,17 @@ module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, out, data, \port$542$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$542$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$542$0 [0];
-  assign load1 = \port$542$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, out, data, \port$554$0 , clk);
+module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -5951,12 +6084,12 @@ module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, out, data, \port$554$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$554$0 ;
-  wire [1:0] \port$554$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -5986,7 +6119,7 @@ module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, out, data, \port$554$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$554$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -5999,19 +6132,17 @@ module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, out, data, \port$554$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$554$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$554$0 [0];
-  assign load1 = \port$554$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, out, data, \port$566$0 , clk);
+module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -6031,12 +6162,12 @@ module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, out, data, \port$566$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$566$0 ;
-  wire [1:0] \port$566$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -6066,7 +6197,7 @@ module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, out, data, \port$566$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$566$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -6079,13 +6210,11 @@ module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, out, data, \port$566$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$566$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$566$0 [0];
-  assign load1 = \port$566$0 [1];
 endmodule

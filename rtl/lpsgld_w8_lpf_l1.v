@@ -5,13 +5,13 @@
 module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire [1:0] \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [1:0] \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -35,11 +35,19 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$35 ;
   reg \$36 ;
   reg \$37 ;
-  reg [1:0] \$38 ;
-  reg [15:0] \$39 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
-  reg [11:0] \$40 ;
-  reg [15:0] \$41 ;
+  reg \$40 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
+  reg [63:0] \$44 ;
+  reg [1:0] \$45 ;
+  reg \$46 ;
+  reg [15:0] \$47 ;
+  reg [11:0] \$48 ;
+  reg [15:0] \$49 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -57,6 +65,7 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
+  wire free;
   wire [7:0] grad;
   output idle;
   wire idle;
@@ -84,6 +93,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [15:0] reg_step_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   input [32:0] sink__payload;
   wire [32:0] sink__payload;
@@ -109,8 +121,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg source__valid = 1'h0;
   wire [23:0] state;
   wire step;
-  reg [15:0] \step$40  = 16'h0000;
+  reg [15:0] \step$43  = 16'h0000;
   wire [23:0] theta;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -124,91 +137,104 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
   wire [63:0] words;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   always @(posedge clk)
-    keep_10 <= \$32 ;
+    source__valid <= \$29 ;
   always @(posedge clk)
-    keep_11 <= \$33 ;
+    keep_2 <= \$30 ;
   always @(posedge clk)
-    keep_12 <= \$34 ;
+    keep_3 <= \$31 ;
   always @(posedge clk)
-    data <= ctl__data;
+    keep_4 <= \$32 ;
   always @(posedge clk)
-    write_step <= \$35 ;
+    keep_5 <= \$33 ;
   always @(posedge clk)
-    write_decay <= \$36 ;
+    keep_6 <= \$34 ;
   always @(posedge clk)
-    write_noise <= \$37 ;
+    keep_7 <= \$35 ;
   always @(posedge clk)
-    seed_load_0 <= \$38 ;
+    keep_8 <= \$36 ;
   always @(posedge clk)
-    \step$40  <= \$39 ;
+    keep_9 <= \$37 ;
   always @(posedge clk)
-    decay <= \$40 ;
+    keep_10 <= \$38 ;
   always @(posedge clk)
-    noise <= \$41 ;
+    keep_11 <= \$39 ;
+  always @(posedge clk)
+    keep_12 <= \$40 ;
+  always @(posedge clk)
+    wdata <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$41 ;
+  always @(posedge clk)
+    write_decay <= \$42 ;
+  always @(posedge clk)
+    write_noise <= \$43 ;
+  always @(posedge clk)
+    data <= \$44 ;
+  always @(posedge clk)
+    seed_load_0 <= \$45 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$46 ;
+  always @(posedge clk)
+    \step$43  <= \$47 ;
+  always @(posedge clk)
+    decay <= \$48 ;
+  always @(posedge clk)
+    noise <= \$49 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1;
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = ctl__addr == 9'h100;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = { \$9 , \$8  } & { ctl__we, ctl__we };
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$11 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$12 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$13 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$14 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$15 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$16 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$17 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$18 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$19 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    valid_9 <= \$20 ;
+    valid_9 <= \$26 ;
   always @(posedge clk)
-    valid_10 <= \$21 ;
+    valid_10 <= \$27 ;
   always @(posedge clk)
-    valid_11 <= \$22 ;
-  always @(posedge clk)
-    source__valid <= \$23 ;
-  always @(posedge clk)
-    keep_2 <= \$24 ;
-  always @(posedge clk)
-    keep_3 <= \$25 ;
-  always @(posedge clk)
-    keep_4 <= \$26 ;
-  always @(posedge clk)
-    keep_5 <= \$27 ;
-  always @(posedge clk)
-    keep_6 <= \$28 ;
-  always @(posedge clk)
-    keep_7 <= \$29 ;
-  always @(posedge clk)
-    keep_8 <= \$30 ;
-  always @(posedge clk)
-    keep_9 <= \$31 ;
+    valid_11 <= \$28 ;
   \lpsgld_w8_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -217,63 +243,127 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .\port$0$3 (sink__payload[32:1]),
     .rst(rst),
     .state(state),
-    .step(\step$40 ),
+    .step(\step$43 ),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w8_lpf_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$1256$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_11;
+    \$30  = keep_2;
     if (advance) begin
-      \$33  = keep_10;
+      \$30  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_12;
+    \$31  = keep_3;
     if (advance) begin
-      \$34  = keep_11;
+      \$31  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = 1'h0;
+    \$32  = keep_4;
+    if (advance) begin
+      \$32  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = keep_5;
+    if (advance) begin
+      \$33  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = keep_6;
+    if (advance) begin
+      \$34  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = keep_7;
+    if (advance) begin
+      \$35  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_8;
+    if (advance) begin
+      \$36  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = keep_9;
+    if (advance) begin
+      \$37  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = keep_10;
+    if (advance) begin
+      \$38  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = keep_11;
+    if (advance) begin
+      \$39  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = keep_12;
+    if (advance) begin
+      \$40  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$35  = 1'h1;
+            \$41  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$35  = 1'h0;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = 1'h0;
+    \$42  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$36  = 1'h1;
+            \$42  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$36  = 1'h0;
+      \$42  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = 1'h0;
+    \$43  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -281,112 +371,77 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$37  = 1'h1;
+            \$43  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$37  = 1'h0;
+      \$43  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = \$10 ;
+    \$44  = data;
+    if (ctl__we) begin
+      \$44  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = seed_load_0;
+    if (\$13 ) begin
+      \$45  = \$16 ;
+    end else if (free) begin
+      \$45  = 2'h0;
+    end
     if (rst) begin
-      \$38  = 2'h0;
+      \$45  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = \step$40 ;
+    \$46  = seed_hold_0;
+    if (\$13 ) begin
+      \$46  = took;
+    end
+    if (rst) begin
+      \$46  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = \step$43 ;
     if (write_step) begin
-      \$39  = data[15:0];
+      \$47  = wdata[15:0];
     end
     if (rst) begin
-      \$39  = 16'h0000;
+      \$47  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = decay;
+    \$48  = decay;
     if (write_decay) begin
-      \$40  = data[11:0];
+      \$48  = wdata[11:0];
     end
     if (rst) begin
-      \$40  = 12'h000;
+      \$48  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = noise;
+    \$49  = noise;
     if (write_noise) begin
-      \$41  = data[15:0];
+      \$49  = wdata[15:0];
     end
     if (rst) begin
-      \$41  = 16'h0000;
+      \$49  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_1;
+    \$17  = valid_1;
     if (advance) begin
-      \$11  = sink__valid;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = keep_1;
-    if (advance) begin
-      \$12  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_2;
-    if (advance) begin
-      \$13  = valid_1;
-    end
-    if (rst) begin
-      \$13  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_3;
-    if (advance) begin
-      \$14  = valid_2;
-    end
-    if (rst) begin
-      \$14  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_4;
-    if (advance) begin
-      \$15  = valid_3;
-    end
-    if (rst) begin
-      \$15  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_5;
-    if (advance) begin
-      \$16  = valid_4;
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_6;
-    if (advance) begin
-      \$17  = valid_5;
+      \$17  = sink__valid;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -394,19 +449,16 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_7;
+    \$18  = keep_1;
     if (advance) begin
-      \$18  = valid_6;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
+      \$18  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_8;
+    \$19  = valid_2;
     if (advance) begin
-      \$19  = valid_7;
+      \$19  = valid_1;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -414,9 +466,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_9;
+    \$20  = valid_3;
     if (advance) begin
-      \$20  = valid_8;
+      \$20  = valid_2;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -424,9 +476,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_10;
+    \$21  = valid_4;
     if (advance) begin
-      \$21  = valid_9;
+      \$21  = valid_3;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -434,9 +486,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_11;
+    \$22  = valid_5;
     if (advance) begin
-      \$22  = valid_10;
+      \$22  = valid_4;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -444,9 +496,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = source__valid;
+    \$23  = valid_6;
     if (advance) begin
-      \$23  = valid_11;
+      \$23  = valid_5;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -454,76 +506,71 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_2;
+    \$24  = valid_7;
     if (advance) begin
-      \$24  = keep_1;
+      \$24  = valid_6;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_3;
+    \$25  = valid_8;
     if (advance) begin
-      \$25  = keep_2;
+      \$25  = valid_7;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_4;
+    \$26  = valid_9;
     if (advance) begin
-      \$26  = keep_3;
+      \$26  = valid_8;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_5;
+    \$27  = valid_10;
     if (advance) begin
-      \$27  = keep_4;
+      \$27  = valid_9;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_6;
+    \$28  = valid_11;
     if (advance) begin
-      \$28  = keep_5;
+      \$28  = valid_10;
+    end
+    if (rst) begin
+      \$28  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_7;
+    \$29  = source__valid;
     if (advance) begin
-      \$29  = keep_6;
+      \$29  = valid_11;
     end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_8;
-    if (advance) begin
-      \$30  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_9;
-    if (advance) begin
-      \$31  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_10;
-    if (advance) begin
-      \$32  = keep_9;
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   assign valid_12 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[24:1];
   assign grad = sink__payload[32:25];
   assign out = words;
-  assign reg_step_0 = \step$40 ;
+  assign reg_step_0 = \step$43 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
@@ -3641,7 +3688,7 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
+module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3661,12 +3708,12 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1256$0 ;
-  wire [1:0] \port$1256$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3696,7 +3743,7 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1256$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3709,13 +3756,11 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, out, data, \port$1256$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1256$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1256$0 [0];
-  assign load1 = \port$1256$0 [1];
 endmodule

@@ -6,31 +6,81 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg [15:0] \$100 ;
-  reg [11:0] \$101 ;
-  reg [15:0] \$102 ;
-  reg [1:0] \$103 ;
-  reg [15:0] \$104 ;
-  reg [11:0] \$105 ;
-  reg [15:0] \$106 ;
-  reg [1:0] \$107 ;
-  reg [15:0] \$108 ;
-  reg [11:0] \$109 ;
+  wire [1:0] \$100 ;
+  reg \$101 ;
+  reg [7:0] \$102 ;
+  reg \$103 ;
+  reg \$104 ;
+  reg \$105 ;
+  reg \$106 ;
+  reg \$107 ;
+  reg \$108 ;
+  reg \$109 ;
   wire \$11 ;
-  reg [15:0] \$110 ;
-  reg [1:0] \$111 ;
-  reg [15:0] \$112 ;
-  reg [11:0] \$113 ;
-  reg [15:0] \$114 ;
-  reg [1:0] \$115 ;
-  reg [15:0] \$116 ;
-  reg [11:0] \$117 ;
-  reg [15:0] \$118 ;
+  reg \$110 ;
+  reg \$111 ;
+  reg \$112 ;
+  reg \$113 ;
+  reg [7:0] \$114 ;
+  reg [7:0] \$115 ;
+  reg [7:0] \$116 ;
+  reg [7:0] \$117 ;
+  reg [7:0] \$118 ;
+  reg [7:0] \$119 ;
   wire \$12 ;
+  reg [7:0] \$120 ;
+  reg [7:0] \$121 ;
+  reg [7:0] \$122 ;
+  reg [7:0] \$123 ;
+  reg [7:0] \$124 ;
+  reg \$125 ;
+  reg \$126 ;
+  reg \$127 ;
+  reg [63:0] \$128 ;
+  reg [1:0] \$129 ;
   wire \$13 ;
+  reg \$130 ;
+  reg [15:0] \$131 ;
+  reg [11:0] \$132 ;
+  reg [15:0] \$133 ;
+  reg [1:0] \$134 ;
+  reg \$135 ;
+  reg [15:0] \$136 ;
+  reg [11:0] \$137 ;
+  reg [15:0] \$138 ;
+  reg [1:0] \$139 ;
   wire \$14 ;
+  reg \$140 ;
+  reg [15:0] \$141 ;
+  reg [11:0] \$142 ;
+  reg [15:0] \$143 ;
+  reg [1:0] \$144 ;
+  reg \$145 ;
+  reg [15:0] \$146 ;
+  reg [11:0] \$147 ;
+  reg [15:0] \$148 ;
+  reg [1:0] \$149 ;
   wire \$15 ;
+  reg \$150 ;
+  reg [15:0] \$151 ;
+  reg [11:0] \$152 ;
+  reg [15:0] \$153 ;
+  reg [1:0] \$154 ;
+  reg \$155 ;
+  reg [15:0] \$156 ;
+  reg [11:0] \$157 ;
+  reg [15:0] \$158 ;
+  reg [1:0] \$159 ;
   wire \$16 ;
+  reg \$160 ;
+  reg [15:0] \$161 ;
+  reg [11:0] \$162 ;
+  reg [15:0] \$163 ;
+  reg [1:0] \$164 ;
+  reg \$165 ;
+  reg [15:0] \$166 ;
+  reg [11:0] \$167 ;
+  reg [15:0] \$168 ;
   wire \$17 ;
   wire \$18 ;
   wire \$19 ;
@@ -54,74 +104,74 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
-  wire [1:0] \$38 ;
+  wire \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire [1:0] \$41 ;
+  wire \$41 ;
   wire \$42 ;
   wire \$43 ;
-  wire [1:0] \$44 ;
+  wire \$44 ;
   wire \$45 ;
   wire \$46 ;
   wire [1:0] \$47 ;
   wire \$48 ;
   wire \$49 ;
   wire \$5 ;
-  wire [1:0] \$50 ;
-  wire \$51 ;
+  wire \$50 ;
+  wire [1:0] \$51 ;
   wire \$52 ;
-  wire [1:0] \$53 ;
-  wire \$54 ;
+  wire \$53 ;
+  wire [1:0] \$54 ;
   wire \$55 ;
-  wire [1:0] \$56 ;
+  wire \$56 ;
   wire \$57 ;
-  wire \$58 ;
-  wire [1:0] \$59 ;
+  wire [1:0] \$58 ;
+  wire \$59 ;
   wire \$6 ;
-  reg \$60 ;
-  reg [7:0] \$61 ;
-  reg \$62 ;
-  reg \$63 ;
-  reg \$64 ;
-  reg \$65 ;
-  reg \$66 ;
-  reg \$67 ;
-  reg \$68 ;
-  reg \$69 ;
+  wire \$60 ;
+  wire [1:0] \$61 ;
+  wire \$62 ;
+  wire \$63 ;
+  wire \$64 ;
+  wire [1:0] \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire [1:0] \$68 ;
+  wire \$69 ;
   wire \$7 ;
-  reg \$70 ;
-  reg \$71 ;
-  reg \$72 ;
-  reg [7:0] \$73 ;
-  reg [7:0] \$74 ;
-  reg [7:0] \$75 ;
-  reg [7:0] \$76 ;
-  reg [7:0] \$77 ;
-  reg [7:0] \$78 ;
-  reg [7:0] \$79 ;
+  wire \$70 ;
+  wire \$71 ;
+  wire [1:0] \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire [1:0] \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire [1:0] \$79 ;
   wire \$8 ;
-  reg [7:0] \$80 ;
-  reg [7:0] \$81 ;
-  reg [7:0] \$82 ;
-  reg [7:0] \$83 ;
-  reg \$84 ;
-  reg \$85 ;
-  reg \$86 ;
-  reg [1:0] \$87 ;
-  reg [15:0] \$88 ;
-  reg [11:0] \$89 ;
+  wire \$80 ;
+  wire \$81 ;
+  wire [1:0] \$82 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire [1:0] \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire [1:0] \$89 ;
   wire \$9 ;
-  reg [15:0] \$90 ;
-  reg [1:0] \$91 ;
-  reg [15:0] \$92 ;
-  reg [11:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [1:0] \$95 ;
-  reg [15:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [15:0] \$98 ;
-  reg [1:0] \$99 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire [1:0] \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire [1:0] \$96 ;
+  wire \$97 ;
+  wire \$98 ;
+  wire \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -133,43 +183,44 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$104 ;
+  wire [63:0] \data$111 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$122 ;
+  wire [63:0] \data$130 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$140 ;
+  wire [63:0] \data$149 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$158 ;
+  wire [63:0] \data$168 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$50 ;
+  wire [63:0] \data$54 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$68 ;
+  wire [63:0] \data$73 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$86 ;
+  wire [63:0] \data$92 ;
   reg [11:0] decay = 12'h000;
-  reg [11:0] \decay$114  = 12'h000;
-  reg [11:0] \decay$132  = 12'h000;
-  reg [11:0] \decay$150  = 12'h000;
-  reg [11:0] \decay$168  = 12'h000;
-  reg [11:0] \decay$60  = 12'h000;
-  reg [11:0] \decay$78  = 12'h000;
-  reg [11:0] \decay$96  = 12'h000;
+  reg [11:0] \decay$102  = 12'h000;
+  reg [11:0] \decay$121  = 12'h000;
+  reg [11:0] \decay$140  = 12'h000;
+  reg [11:0] \decay$159  = 12'h000;
+  reg [11:0] \decay$178  = 12'h000;
+  reg [11:0] \decay$64  = 12'h000;
+  reg [11:0] \decay$83  = 12'h000;
   wire en;
-  wire \en$105 ;
-  wire \en$123 ;
-  wire \en$141 ;
-  wire \en$159 ;
-  wire \en$51 ;
-  wire \en$69 ;
-  wire \en$87 ;
+  wire \en$112 ;
+  wire \en$131 ;
+  wire \en$150 ;
+  wire \en$169 ;
+  wire \en$55 ;
+  wire \en$74 ;
+  wire \en$93 ;
+  wire free;
   wire [7:0] grad;
-  wire [7:0] \grad$107 ;
-  wire [7:0] \grad$125 ;
-  wire [7:0] \grad$143 ;
-  wire [7:0] \grad$161 ;
-  wire [7:0] \grad$53 ;
-  wire [7:0] \grad$71 ;
-  wire [7:0] \grad$89 ;
+  wire [7:0] \grad$114 ;
+  wire [7:0] \grad$133 ;
+  wire [7:0] \grad$152 ;
+  wire [7:0] \grad$171 ;
+  wire [7:0] \grad$57 ;
+  wire [7:0] \grad$76 ;
+  wire [7:0] \grad$95 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -185,37 +236,37 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$102 ;
-  wire \load0$120 ;
-  wire \load0$138 ;
-  wire \load0$156 ;
-  wire \load0$48 ;
-  wire \load0$66 ;
-  wire \load0$84 ;
+  wire \load0$109 ;
+  wire \load0$128 ;
+  wire \load0$147 ;
+  wire \load0$166 ;
+  wire \load0$52 ;
+  wire \load0$71 ;
+  wire \load0$90 ;
   wire load1;
-  wire \load1$103 ;
-  wire \load1$121 ;
-  wire \load1$139 ;
-  wire \load1$157 ;
-  wire \load1$49 ;
-  wire \load1$67 ;
-  wire \load1$85 ;
+  wire \load1$110 ;
+  wire \load1$129 ;
+  wire \load1$148 ;
+  wire \load1$167 ;
+  wire \load1$53 ;
+  wire \load1$72 ;
+  wire \load1$91 ;
   reg [15:0] noise = 16'h0000;
-  reg [15:0] \noise$116  = 16'h0000;
-  reg [15:0] \noise$134  = 16'h0000;
-  reg [15:0] \noise$152  = 16'h0000;
-  reg [15:0] \noise$170  = 16'h0000;
-  reg [15:0] \noise$62  = 16'h0000;
-  reg [15:0] \noise$80  = 16'h0000;
-  reg [15:0] \noise$98  = 16'h0000;
+  reg [15:0] \noise$104  = 16'h0000;
+  reg [15:0] \noise$123  = 16'h0000;
+  reg [15:0] \noise$142  = 16'h0000;
+  reg [15:0] \noise$161  = 16'h0000;
+  reg [15:0] \noise$180  = 16'h0000;
+  reg [15:0] \noise$66  = 16'h0000;
+  reg [15:0] \noise$85  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$109 ;
-  wire [63:0] \out$127 ;
-  wire [63:0] \out$145 ;
-  wire [63:0] \out$163 ;
-  wire [63:0] \out$55 ;
-  wire [63:0] \out$73 ;
-  wire [63:0] \out$91 ;
+  wire [63:0] \out$116 ;
+  wire [63:0] \out$135 ;
+  wire [63:0] \out$154 ;
+  wire [63:0] \out$173 ;
+  wire [63:0] \out$59 ;
+  wire [63:0] \out$78 ;
+  wire [63:0] \out$97 ;
   (* init = 12'h000 *)
   wire [11:0] reg_decay_0;
   (* init = 12'h000 *)
@@ -266,6 +317,16 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [15:0] reg_step_7;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
+  reg seed_hold_4 = 1'h0;
+  reg seed_hold_5 = 1'h0;
+  reg seed_hold_6 = 1'h0;
+  reg seed_hold_7 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   reg [1:0] seed_load_1 = 2'h0;
   reg [1:0] seed_load_2 = 2'h0;
@@ -325,37 +386,38 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   output source__valid;
   reg source__valid = 1'h0;
   wire [23:0] state;
-  wire [23:0] \state$110 ;
-  wire [23:0] \state$128 ;
-  wire [23:0] \state$146 ;
-  wire [23:0] \state$164 ;
-  wire [23:0] \state$56 ;
-  wire [23:0] \state$74 ;
-  wire [23:0] \state$92 ;
+  wire [23:0] \state$117 ;
+  wire [23:0] \state$136 ;
+  wire [23:0] \state$155 ;
+  wire [23:0] \state$174 ;
+  wire [23:0] \state$60 ;
+  wire [23:0] \state$79 ;
+  wire [23:0] \state$98 ;
   wire step;
-  wire \step$100 ;
-  reg [15:0] \step$112  = 16'h0000;
-  wire \step$118 ;
-  reg [15:0] \step$130  = 16'h0000;
-  wire \step$136 ;
-  reg [15:0] \step$148  = 16'h0000;
-  wire \step$154 ;
-  reg [15:0] \step$166  = 16'h0000;
-  reg [15:0] \step$40  = 16'h0000;
-  wire \step$46 ;
-  reg [15:0] \step$58  = 16'h0000;
-  wire \step$64 ;
-  reg [15:0] \step$76  = 16'h0000;
-  wire \step$82 ;
-  reg [15:0] \step$94  = 16'h0000;
+  reg [15:0] \step$100  = 16'h0000;
+  wire \step$106 ;
+  reg [15:0] \step$119  = 16'h0000;
+  wire \step$125 ;
+  reg [15:0] \step$138  = 16'h0000;
+  wire \step$144 ;
+  reg [15:0] \step$157  = 16'h0000;
+  wire \step$163 ;
+  reg [15:0] \step$176  = 16'h0000;
+  reg [15:0] \step$43  = 16'h0000;
+  wire \step$49 ;
+  reg [15:0] \step$62  = 16'h0000;
+  wire \step$68 ;
+  reg [15:0] \step$81  = 16'h0000;
+  wire \step$87 ;
   wire [23:0] theta;
-  wire [23:0] \theta$106 ;
-  wire [23:0] \theta$124 ;
-  wire [23:0] \theta$142 ;
-  wire [23:0] \theta$160 ;
-  wire [23:0] \theta$52 ;
-  wire [23:0] \theta$70 ;
-  wire [23:0] \theta$88 ;
+  wire [23:0] \theta$113 ;
+  wire [23:0] \theta$132 ;
+  wire [23:0] \theta$151 ;
+  wire [23:0] \theta$170 ;
+  wire [23:0] \theta$56 ;
+  wire [23:0] \theta$75 ;
+  wire [23:0] \theta$94 ;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -369,24 +431,23 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
-  wire [7:0] \weight$111 ;
-  wire [7:0] \weight$129 ;
-  wire [7:0] \weight$147 ;
-  wire [7:0] \weight$165 ;
-  wire [7:0] \weight$57 ;
-  wire [7:0] \weight$75 ;
-  wire [7:0] \weight$93 ;
+  wire [7:0] \weight$118 ;
+  wire [7:0] \weight$137 ;
+  wire [7:0] \weight$156 ;
+  wire [7:0] \weight$175 ;
+  wire [7:0] \weight$61 ;
+  wire [7:0] \weight$80 ;
+  wire [7:0] \weight$99 ;
   wire [63:0] words;
-  wire [63:0] \words$108 ;
-  wire [63:0] \words$126 ;
-  wire [63:0] \words$144 ;
-  wire [63:0] \words$162 ;
-  wire [63:0] \words$54 ;
-  wire [63:0] \words$72 ;
-  wire [63:0] \words$90 ;
+  wire [63:0] \words$115 ;
+  wire [63:0] \words$134 ;
+  wire [63:0] \words$153 ;
+  wire [63:0] \words$172 ;
+  wire [63:0] \words$58 ;
+  wire [63:0] \words$77 ;
+  wire [63:0] \words$96 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
@@ -396,190 +457,267 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1[0];
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = advance & valid_1;
-  assign \$9  = \$8  & keep_1[1];
-  assign \$10  = | seed_load_1;
-  assign \$11  = ~ \$10 ;
-  assign \step$46  = \$9  & \$11 ;
-  assign \$12  = advance & valid_1;
-  assign \$13  = \$12  & keep_1[2];
-  assign \$14  = | seed_load_2;
-  assign \$15  = ~ \$14 ;
-  assign \step$64  = \$13  & \$15 ;
-  assign \$16  = advance & valid_1;
-  assign \$17  = \$16  & keep_1[3];
-  assign \$18  = | seed_load_3;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$49  = \$11  & \$14 ;
+  assign \load0$52  = seed_load_1[0] & free;
+  assign \load1$53  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
   assign \$19  = ~ \$18 ;
-  assign \step$82  = \$17  & \$19 ;
+  assign \step$68  = \$16  & \$19 ;
+  assign \load0$71  = seed_load_2[0] & free;
+  assign \load1$72  = seed_load_2[1] & free;
   assign \$20  = advance & valid_1;
-  assign \$21  = \$20  & keep_1[4];
-  assign \$22  = | seed_load_4;
-  assign \$23  = ~ \$22 ;
-  assign \step$100  = \$21  & \$23 ;
-  assign \$24  = advance & valid_1;
-  assign \$25  = \$24  & keep_1[5];
-  assign \$26  = | seed_load_5;
-  assign \$27  = ~ \$26 ;
-  assign \step$118  = \$25  & \$27 ;
-  assign \$28  = advance & valid_1;
-  assign \$29  = \$28  & keep_1[6];
-  assign \$30  = | seed_load_6;
-  assign \$31  = ~ \$30 ;
-  assign \step$136  = \$29  & \$31 ;
-  assign \$32  = advance & valid_1;
-  assign \$33  = \$32  & keep_1[7];
-  assign \$34  = | seed_load_7;
-  assign \$35  = ~ \$34 ;
-  assign \step$154  = \$33  & \$35 ;
-  assign \$36  = ctl__addr == 9'h100;
-  assign \$37  = ctl__addr == 9'h101;
-  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
-  assign \$39  = ctl__addr == 9'h102;
-  assign \$40  = ctl__addr == 9'h103;
-  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
-  assign \$42  = ctl__addr == 9'h104;
-  assign \$43  = ctl__addr == 9'h105;
-  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
-  assign \$45  = ctl__addr == 9'h106;
-  assign \$46  = ctl__addr == 9'h107;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$87  = \$21  & \$24 ;
+  assign \load0$90  = seed_load_3[0] & free;
+  assign \load1$91  = seed_load_3[1] & free;
+  assign \$25  = advance & valid_1;
+  assign \$26  = \$25  & keep_1[4];
+  assign \$27  = | seed_load_4;
+  assign \$28  = \$27  & seed_hold_4;
+  assign \$29  = ~ \$28 ;
+  assign \step$106  = \$26  & \$29 ;
+  assign \load0$109  = seed_load_4[0] & free;
+  assign \load1$110  = seed_load_4[1] & free;
+  assign \$30  = advance & valid_1;
+  assign \$31  = \$30  & keep_1[5];
+  assign \$32  = | seed_load_5;
+  assign \$33  = \$32  & seed_hold_5;
+  assign \$34  = ~ \$33 ;
+  assign \step$125  = \$31  & \$34 ;
+  assign \load0$128  = seed_load_5[0] & free;
+  assign \load1$129  = seed_load_5[1] & free;
+  assign \$35  = advance & valid_1;
+  assign \$36  = \$35  & keep_1[6];
+  assign \$37  = | seed_load_6;
+  assign \$38  = \$37  & seed_hold_6;
+  assign \$39  = ~ \$38 ;
+  assign \step$144  = \$36  & \$39 ;
+  assign \load0$147  = seed_load_6[0] & free;
+  assign \load1$148  = seed_load_6[1] & free;
+  assign \$40  = advance & valid_1;
+  assign \$41  = \$40  & keep_1[7];
+  assign \$42  = | seed_load_7;
+  assign \$43  = \$42  & seed_hold_7;
+  assign \$44  = ~ \$43 ;
+  assign \step$163  = \$41  & \$44 ;
+  assign \load0$166  = seed_load_7[0] & free;
+  assign \load1$167  = seed_load_7[1] & free;
+  assign \$45  = ctl__addr == 9'h100;
+  assign \$46  = ctl__addr == 9'h101;
   assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
-  assign \$48  = ctl__addr == 9'h108;
-  assign \$49  = ctl__addr == 9'h109;
-  assign \$50  = { \$49 , \$48  } & { ctl__we, ctl__we };
-  assign \$51  = ctl__addr == 9'h10a;
-  assign \$52  = ctl__addr == 9'h10b;
-  assign \$53  = { \$52 , \$51  } & { ctl__we, ctl__we };
-  assign \$54  = ctl__addr == 9'h10c;
-  assign \$55  = ctl__addr == 9'h10d;
-  assign \$56  = { \$55 , \$54  } & { ctl__we, ctl__we };
-  assign \$57  = ctl__addr == 9'h10e;
-  assign \$58  = ctl__addr == 9'h10f;
-  assign \$59  = { \$58 , \$57  } & { ctl__we, ctl__we };
+  assign \$48  = | \$47 ;
+  assign \$49  = ctl__addr == 9'h100;
+  assign \$50  = ctl__addr == 9'h101;
+  assign \$51  = { \$50 , \$49  } & { ctl__we, ctl__we };
+  assign \$52  = ctl__addr == 9'h102;
+  assign \$53  = ctl__addr == 9'h103;
+  assign \$54  = { \$53 , \$52  } & { ctl__we, ctl__we };
+  assign \$55  = | \$54 ;
+  assign \$56  = ctl__addr == 9'h102;
+  assign \$57  = ctl__addr == 9'h103;
+  assign \$58  = { \$57 , \$56  } & { ctl__we, ctl__we };
+  assign \$59  = ctl__addr == 9'h104;
+  assign \$60  = ctl__addr == 9'h105;
+  assign \$61  = { \$60 , \$59  } & { ctl__we, ctl__we };
+  assign \$62  = | \$61 ;
+  assign \$63  = ctl__addr == 9'h104;
+  assign \$64  = ctl__addr == 9'h105;
+  assign \$65  = { \$64 , \$63  } & { ctl__we, ctl__we };
+  assign \$66  = ctl__addr == 9'h106;
+  assign \$67  = ctl__addr == 9'h107;
+  assign \$68  = { \$67 , \$66  } & { ctl__we, ctl__we };
+  assign \$69  = | \$68 ;
+  assign \$70  = ctl__addr == 9'h106;
+  assign \$71  = ctl__addr == 9'h107;
+  assign \$72  = { \$71 , \$70  } & { ctl__we, ctl__we };
+  assign \$73  = ctl__addr == 9'h108;
+  assign \$74  = ctl__addr == 9'h109;
+  assign \$75  = { \$74 , \$73  } & { ctl__we, ctl__we };
+  assign \$76  = | \$75 ;
+  assign \$77  = ctl__addr == 9'h108;
+  assign \$78  = ctl__addr == 9'h109;
+  assign \$79  = { \$78 , \$77  } & { ctl__we, ctl__we };
+  assign \$80  = ctl__addr == 9'h10a;
+  assign \$81  = ctl__addr == 9'h10b;
+  assign \$82  = { \$81 , \$80  } & { ctl__we, ctl__we };
+  assign \$83  = | \$82 ;
+  assign \$84  = ctl__addr == 9'h10a;
+  assign \$85  = ctl__addr == 9'h10b;
+  assign \$86  = { \$85 , \$84  } & { ctl__we, ctl__we };
+  assign \$87  = ctl__addr == 9'h10c;
+  assign \$88  = ctl__addr == 9'h10d;
+  assign \$89  = { \$88 , \$87  } & { ctl__we, ctl__we };
+  assign \$90  = | \$89 ;
+  assign \$91  = ctl__addr == 9'h10c;
+  assign \$92  = ctl__addr == 9'h10d;
+  assign \$93  = { \$92 , \$91  } & { ctl__we, ctl__we };
+  assign \$94  = ctl__addr == 9'h10e;
+  assign \$95  = ctl__addr == 9'h10f;
+  assign \$96  = { \$95 , \$94  } & { ctl__we, ctl__we };
+  assign \$97  = | \$96 ;
+  assign \$98  = ctl__addr == 9'h10e;
+  assign \$99  = ctl__addr == 9'h10f;
+  assign \$100  = { \$99 , \$98  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$60 ;
+    valid_1 <= \$101 ;
   always @(posedge clk)
-    keep_1 <= \$61 ;
+    keep_1 <= \$102 ;
   always @(posedge clk)
-    valid_2 <= \$62 ;
+    valid_2 <= \$103 ;
   always @(posedge clk)
-    valid_3 <= \$63 ;
+    valid_3 <= \$104 ;
   always @(posedge clk)
-    valid_4 <= \$64 ;
+    valid_4 <= \$105 ;
   always @(posedge clk)
-    valid_5 <= \$65 ;
+    valid_5 <= \$106 ;
   always @(posedge clk)
-    valid_6 <= \$66 ;
+    valid_6 <= \$107 ;
   always @(posedge clk)
-    valid_7 <= \$67 ;
+    valid_7 <= \$108 ;
   always @(posedge clk)
-    valid_8 <= \$68 ;
+    valid_8 <= \$109 ;
   always @(posedge clk)
-    valid_9 <= \$69 ;
+    valid_9 <= \$110 ;
   always @(posedge clk)
-    valid_10 <= \$70 ;
+    valid_10 <= \$111 ;
   always @(posedge clk)
-    valid_11 <= \$71 ;
+    valid_11 <= \$112 ;
   always @(posedge clk)
-    source__valid <= \$72 ;
+    source__valid <= \$113 ;
   always @(posedge clk)
-    keep_2 <= \$73 ;
+    keep_2 <= \$114 ;
   always @(posedge clk)
-    keep_3 <= \$74 ;
+    keep_3 <= \$115 ;
   always @(posedge clk)
-    keep_4 <= \$75 ;
+    keep_4 <= \$116 ;
   always @(posedge clk)
-    keep_5 <= \$76 ;
+    keep_5 <= \$117 ;
   always @(posedge clk)
-    keep_6 <= \$77 ;
+    keep_6 <= \$118 ;
   always @(posedge clk)
-    keep_7 <= \$78 ;
+    keep_7 <= \$119 ;
   always @(posedge clk)
-    keep_8 <= \$79 ;
+    keep_8 <= \$120 ;
   always @(posedge clk)
-    keep_9 <= \$80 ;
+    keep_9 <= \$121 ;
   always @(posedge clk)
-    keep_10 <= \$81 ;
+    keep_10 <= \$122 ;
   always @(posedge clk)
-    keep_11 <= \$82 ;
+    keep_11 <= \$123 ;
   always @(posedge clk)
-    keep_12 <= \$83 ;
+    keep_12 <= \$124 ;
   always @(posedge clk)
-    data <= ctl__data;
+    wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$84 ;
+    write_step <= \$125 ;
   always @(posedge clk)
-    write_decay <= \$85 ;
+    write_decay <= \$126 ;
   always @(posedge clk)
-    write_noise <= \$86 ;
+    write_noise <= \$127 ;
   always @(posedge clk)
-    seed_load_0 <= \$87 ;
+    data <= \$128 ;
   always @(posedge clk)
-    \step$40  <= \$88 ;
+    seed_load_0 <= \$129 ;
   always @(posedge clk)
-    decay <= \$89 ;
+    seed_hold_0 <= \$130 ;
   always @(posedge clk)
-    noise <= \$90 ;
+    \step$43  <= \$131 ;
   always @(posedge clk)
-    seed_load_1 <= \$91 ;
+    decay <= \$132 ;
   always @(posedge clk)
-    \step$58  <= \$92 ;
+    noise <= \$133 ;
   always @(posedge clk)
-    \decay$60  <= \$93 ;
+    seed_load_1 <= \$134 ;
   always @(posedge clk)
-    \noise$62  <= \$94 ;
+    seed_hold_1 <= \$135 ;
   always @(posedge clk)
-    seed_load_2 <= \$95 ;
+    \step$62  <= \$136 ;
   always @(posedge clk)
-    \step$76  <= \$96 ;
+    \decay$64  <= \$137 ;
   always @(posedge clk)
-    \decay$78  <= \$97 ;
+    \noise$66  <= \$138 ;
   always @(posedge clk)
-    \noise$80  <= \$98 ;
+    seed_load_2 <= \$139 ;
   always @(posedge clk)
-    seed_load_3 <= \$99 ;
+    seed_hold_2 <= \$140 ;
   always @(posedge clk)
-    \step$94  <= \$100 ;
+    \step$81  <= \$141 ;
   always @(posedge clk)
-    \decay$96  <= \$101 ;
+    \decay$83  <= \$142 ;
   always @(posedge clk)
-    \noise$98  <= \$102 ;
+    \noise$85  <= \$143 ;
   always @(posedge clk)
-    seed_load_4 <= \$103 ;
+    seed_load_3 <= \$144 ;
   always @(posedge clk)
-    \step$112  <= \$104 ;
+    seed_hold_3 <= \$145 ;
   always @(posedge clk)
-    \decay$114  <= \$105 ;
+    \step$100  <= \$146 ;
   always @(posedge clk)
-    \noise$116  <= \$106 ;
+    \decay$102  <= \$147 ;
   always @(posedge clk)
-    seed_load_5 <= \$107 ;
+    \noise$104  <= \$148 ;
   always @(posedge clk)
-    \step$130  <= \$108 ;
+    seed_load_4 <= \$149 ;
   always @(posedge clk)
-    \decay$132  <= \$109 ;
+    seed_hold_4 <= \$150 ;
   always @(posedge clk)
-    \noise$134  <= \$110 ;
+    \step$119  <= \$151 ;
   always @(posedge clk)
-    seed_load_6 <= \$111 ;
+    \decay$121  <= \$152 ;
   always @(posedge clk)
-    \step$148  <= \$112 ;
+    \noise$123  <= \$153 ;
   always @(posedge clk)
-    \decay$150  <= \$113 ;
+    seed_load_5 <= \$154 ;
   always @(posedge clk)
-    \noise$152  <= \$114 ;
+    seed_hold_5 <= \$155 ;
   always @(posedge clk)
-    seed_load_7 <= \$115 ;
+    \step$138  <= \$156 ;
   always @(posedge clk)
-    \step$166  <= \$116 ;
+    \decay$140  <= \$157 ;
   always @(posedge clk)
-    \decay$168  <= \$117 ;
+    \noise$142  <= \$158 ;
   always @(posedge clk)
-    \noise$170  <= \$118 ;
+    seed_load_6 <= \$159 ;
+  always @(posedge clk)
+    seed_hold_6 <= \$160 ;
+  always @(posedge clk)
+    \step$157  <= \$161 ;
+  always @(posedge clk)
+    \decay$159  <= \$162 ;
+  always @(posedge clk)
+    \noise$161  <= \$163 ;
+  always @(posedge clk)
+    seed_load_7 <= \$164 ;
+  always @(posedge clk)
+    seed_hold_7 <= \$165 ;
+  always @(posedge clk)
+    \step$176  <= \$166 ;
+  always @(posedge clk)
+    \decay$178  <= \$167 ;
+  always @(posedge clk)
+    \noise$180  <= \$168 ;
   \lpsgld_w8_lpf_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -588,401 +726,409 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$40 ),
+    .step(\step$43 ),
     .theta(sink__payload[31:8]),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w8_lpf_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$60 ),
+    .decay(\decay$64 ),
     .en(advance),
     .grad(sink__payload[215:208]),
-    .noise(\noise$62 ),
+    .noise(\noise$66 ),
     .rst(rst),
-    .state(\state$56 ),
-    .step(\step$58 ),
+    .state(\state$60 ),
+    .step(\step$62 ),
     .theta(sink__payload[55:32]),
-    .weight(\weight$57 ),
-    .words(\words$54 )
+    .weight(\weight$61 ),
+    .words(\words$58 )
   );
   \lpsgld_w8_lpf_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$78 ),
+    .decay(\decay$83 ),
     .en(advance),
     .grad(sink__payload[223:216]),
-    .noise(\noise$80 ),
+    .noise(\noise$85 ),
     .rst(rst),
-    .state(\state$74 ),
-    .step(\step$76 ),
+    .state(\state$79 ),
+    .step(\step$81 ),
     .theta(sink__payload[79:56]),
-    .weight(\weight$75 ),
-    .words(\words$72 )
+    .weight(\weight$80 ),
+    .words(\words$77 )
   );
   \lpsgld_w8_lpf_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$96 ),
+    .decay(\decay$102 ),
     .en(advance),
     .grad(sink__payload[231:224]),
-    .noise(\noise$98 ),
+    .noise(\noise$104 ),
     .rst(rst),
-    .state(\state$92 ),
-    .step(\step$94 ),
+    .state(\state$98 ),
+    .step(\step$100 ),
     .theta(sink__payload[103:80]),
-    .weight(\weight$93 ),
-    .words(\words$90 )
+    .weight(\weight$99 ),
+    .words(\words$96 )
   );
   \lpsgld_w8_lpf_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(\decay$114 ),
+    .decay(\decay$121 ),
     .en(advance),
     .grad(sink__payload[239:232]),
-    .noise(\noise$116 ),
+    .noise(\noise$123 ),
     .rst(rst),
-    .state(\state$110 ),
-    .step(\step$112 ),
+    .state(\state$117 ),
+    .step(\step$119 ),
     .theta(sink__payload[127:104]),
-    .weight(\weight$111 ),
-    .words(\words$108 )
+    .weight(\weight$118 ),
+    .words(\words$115 )
   );
   \lpsgld_w8_lpf_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(\decay$132 ),
+    .decay(\decay$140 ),
     .en(advance),
     .grad(sink__payload[247:240]),
-    .noise(\noise$134 ),
+    .noise(\noise$142 ),
     .rst(rst),
-    .state(\state$128 ),
-    .step(\step$130 ),
+    .state(\state$136 ),
+    .step(\step$138 ),
     .theta(sink__payload[151:128]),
-    .weight(\weight$129 ),
-    .words(\words$126 )
+    .weight(\weight$137 ),
+    .words(\words$134 )
   );
   \lpsgld_w8_lpf_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(\decay$150 ),
+    .decay(\decay$159 ),
     .en(advance),
     .grad(sink__payload[255:248]),
-    .noise(\noise$152 ),
+    .noise(\noise$161 ),
     .rst(rst),
-    .state(\state$146 ),
-    .step(\step$148 ),
+    .state(\state$155 ),
+    .step(\step$157 ),
     .theta(sink__payload[175:152]),
-    .weight(\weight$147 ),
-    .words(\words$144 )
+    .weight(\weight$156 ),
+    .words(\words$153 )
   );
   \lpsgld_w8_lpf_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(\decay$168 ),
+    .decay(\decay$178 ),
     .en(advance),
     .grad(sink__payload[263:256]),
-    .noise(\noise$170 ),
+    .noise(\noise$180 ),
     .rst(rst),
-    .state(\state$164 ),
-    .step(\step$166 ),
+    .state(\state$174 ),
+    .step(\step$176 ),
     .theta(sink__payload[199:176]),
-    .weight(\weight$165 ),
-    .words(\words$162 )
+    .weight(\weight$175 ),
+    .words(\words$172 )
   );
   \lpsgld_w8_lpf_l8.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$9488$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w8_lpf_l8.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .out(\words$54 ),
-    .\port$9496$0 (seed_load_1),
+    .load0(\load0$52 ),
+    .load1(\load1$53 ),
+    .out(\words$58 ),
     .rst(rst),
-    .step(\step$46 )
+    .step(\step$49 )
   );
   \lpsgld_w8_lpf_l8.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .out(\words$72 ),
-    .\port$9504$0 (seed_load_2),
+    .load0(\load0$71 ),
+    .load1(\load1$72 ),
+    .out(\words$77 ),
     .rst(rst),
-    .step(\step$64 )
+    .step(\step$68 )
   );
   \lpsgld_w8_lpf_l8.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .out(\words$90 ),
-    .\port$9512$0 (seed_load_3),
+    .load0(\load0$90 ),
+    .load1(\load1$91 ),
+    .out(\words$96 ),
     .rst(rst),
-    .step(\step$82 )
+    .step(\step$87 )
   );
   \lpsgld_w8_lpf_l8.rng_4_0  rng_4_0 (
     .clk(clk),
     .data(data),
-    .out(\words$108 ),
-    .\port$9520$0 (seed_load_4),
+    .load0(\load0$109 ),
+    .load1(\load1$110 ),
+    .out(\words$115 ),
     .rst(rst),
-    .step(\step$100 )
+    .step(\step$106 )
   );
   \lpsgld_w8_lpf_l8.rng_5_0  rng_5_0 (
     .clk(clk),
     .data(data),
-    .out(\words$126 ),
-    .\port$9528$0 (seed_load_5),
+    .load0(\load0$128 ),
+    .load1(\load1$129 ),
+    .out(\words$134 ),
     .rst(rst),
-    .step(\step$118 )
+    .step(\step$125 )
   );
   \lpsgld_w8_lpf_l8.rng_6_0  rng_6_0 (
     .clk(clk),
     .data(data),
-    .out(\words$144 ),
-    .\port$9536$0 (seed_load_6),
+    .load0(\load0$147 ),
+    .load1(\load1$148 ),
+    .out(\words$153 ),
     .rst(rst),
-    .step(\step$136 )
+    .step(\step$144 )
   );
   \lpsgld_w8_lpf_l8.rng_7_0  rng_7_0 (
     .clk(clk),
     .data(data),
-    .out(\words$162 ),
-    .\port$9544$0 (seed_load_7),
+    .load0(\load0$166 ),
+    .load1(\load1$167 ),
+    .out(\words$172 ),
     .rst(rst),
-    .step(\step$154 )
+    .step(\step$163 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = valid_1;
+    \$101  = valid_1;
     if (advance) begin
-      \$60  = sink__valid;
+      \$101  = sink__valid;
     end
     if (rst) begin
-      \$60  = 1'h0;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_1;
+    \$102  = keep_1;
     if (advance) begin
-      \$61  = sink__payload[7:0];
+      \$102  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = valid_2;
+    \$103  = valid_2;
     if (advance) begin
-      \$62  = valid_1;
+      \$103  = valid_1;
     end
     if (rst) begin
-      \$62  = 1'h0;
+      \$103  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = valid_3;
+    \$104  = valid_3;
     if (advance) begin
-      \$63  = valid_2;
+      \$104  = valid_2;
     end
     if (rst) begin
-      \$63  = 1'h0;
+      \$104  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = valid_4;
+    \$105  = valid_4;
     if (advance) begin
-      \$64  = valid_3;
+      \$105  = valid_3;
     end
     if (rst) begin
-      \$64  = 1'h0;
+      \$105  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = valid_5;
+    \$106  = valid_5;
     if (advance) begin
-      \$65  = valid_4;
+      \$106  = valid_4;
     end
     if (rst) begin
-      \$65  = 1'h0;
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = valid_6;
+    \$107  = valid_6;
     if (advance) begin
-      \$66  = valid_5;
+      \$107  = valid_5;
     end
     if (rst) begin
-      \$66  = 1'h0;
+      \$107  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = valid_7;
+    \$108  = valid_7;
     if (advance) begin
-      \$67  = valid_6;
+      \$108  = valid_6;
     end
     if (rst) begin
-      \$67  = 1'h0;
+      \$108  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = valid_8;
+    \$109  = valid_8;
     if (advance) begin
-      \$68  = valid_7;
+      \$109  = valid_7;
     end
     if (rst) begin
-      \$68  = 1'h0;
+      \$109  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = valid_9;
+    \$110  = valid_9;
     if (advance) begin
-      \$69  = valid_8;
+      \$110  = valid_8;
     end
     if (rst) begin
-      \$69  = 1'h0;
+      \$110  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = valid_10;
+    \$111  = valid_10;
     if (advance) begin
-      \$70  = valid_9;
+      \$111  = valid_9;
     end
     if (rst) begin
-      \$70  = 1'h0;
+      \$111  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = valid_11;
+    \$112  = valid_11;
     if (advance) begin
-      \$71  = valid_10;
+      \$112  = valid_10;
     end
     if (rst) begin
-      \$71  = 1'h0;
+      \$112  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = source__valid;
+    \$113  = source__valid;
     if (advance) begin
-      \$72  = valid_11;
+      \$113  = valid_11;
     end
     if (rst) begin
-      \$72  = 1'h0;
+      \$113  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = keep_2;
+    \$114  = keep_2;
     if (advance) begin
-      \$73  = keep_1;
+      \$114  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = keep_3;
+    \$115  = keep_3;
     if (advance) begin
-      \$74  = keep_2;
+      \$115  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = keep_4;
+    \$116  = keep_4;
     if (advance) begin
-      \$75  = keep_3;
+      \$116  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = keep_5;
+    \$117  = keep_5;
     if (advance) begin
-      \$76  = keep_4;
+      \$117  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = keep_6;
+    \$118  = keep_6;
     if (advance) begin
-      \$77  = keep_5;
+      \$118  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = keep_7;
+    \$119  = keep_7;
     if (advance) begin
-      \$78  = keep_6;
+      \$119  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = keep_8;
+    \$120  = keep_8;
     if (advance) begin
-      \$79  = keep_7;
+      \$120  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = keep_9;
+    \$121  = keep_9;
     if (advance) begin
-      \$80  = keep_8;
+      \$121  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = keep_10;
+    \$122  = keep_10;
     if (advance) begin
-      \$81  = keep_9;
+      \$122  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = keep_11;
+    \$123  = keep_11;
     if (advance) begin
-      \$82  = keep_10;
+      \$123  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = keep_12;
+    \$124  = keep_12;
     if (advance) begin
-      \$83  = keep_11;
+      \$124  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = 1'h0;
+    \$125  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$84  = 1'h1;
+            \$125  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$84  = 1'h0;
+      \$125  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = 1'h0;
+    \$126  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$85  = 1'h1;
+            \$126  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$85  = 1'h0;
+      \$126  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = 1'h0;
+    \$127  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -990,390 +1136,501 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$86  = 1'h1;
+            \$127  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$86  = 1'h0;
+      \$127  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \$38 ;
+    \$128  = data;
+    if (ctl__we) begin
+      \$128  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$129  = seed_load_0;
+    if (\$48 ) begin
+      \$129  = \$51 ;
+    end else if (free) begin
+      \$129  = 2'h0;
+    end
     if (rst) begin
-      \$87  = 2'h0;
+      \$129  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = \step$40 ;
+    \$130  = seed_hold_0;
+    if (\$48 ) begin
+      \$130  = took;
+    end
+    if (rst) begin
+      \$130  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$131  = \step$43 ;
     if (write_step) begin
-      \$88  = data[15:0];
+      \$131  = wdata[15:0];
     end
     if (rst) begin
-      \$88  = 16'h0000;
+      \$131  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = decay;
+    \$132  = decay;
     if (write_decay) begin
-      \$89  = data[11:0];
+      \$132  = wdata[11:0];
     end
     if (rst) begin
-      \$89  = 12'h000;
+      \$132  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = noise;
+    \$133  = noise;
     if (write_noise) begin
-      \$90  = data[15:0];
+      \$133  = wdata[15:0];
     end
     if (rst) begin
-      \$90  = 16'h0000;
+      \$133  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = \$41 ;
+    \$134  = seed_load_1;
+    if (\$55 ) begin
+      \$134  = \$58 ;
+    end else if (free) begin
+      \$134  = 2'h0;
+    end
     if (rst) begin
-      \$91  = 2'h0;
+      \$134  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = \step$58 ;
+    \$135  = seed_hold_1;
+    if (\$55 ) begin
+      \$135  = took;
+    end
+    if (rst) begin
+      \$135  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$136  = \step$62 ;
     if (write_step) begin
-      \$92  = data[15:0];
+      \$136  = wdata[15:0];
     end
     if (rst) begin
-      \$92  = 16'h0000;
+      \$136  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = \decay$60 ;
+    \$137  = \decay$64 ;
     if (write_decay) begin
-      \$93  = data[11:0];
+      \$137  = wdata[11:0];
     end
     if (rst) begin
-      \$93  = 12'h000;
+      \$137  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = \noise$62 ;
+    \$138  = \noise$66 ;
     if (write_noise) begin
-      \$94  = data[15:0];
+      \$138  = wdata[15:0];
     end
     if (rst) begin
-      \$94  = 16'h0000;
+      \$138  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = \$44 ;
+    \$139  = seed_load_2;
+    if (\$62 ) begin
+      \$139  = \$65 ;
+    end else if (free) begin
+      \$139  = 2'h0;
+    end
     if (rst) begin
-      \$95  = 2'h0;
+      \$139  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = \step$76 ;
+    \$140  = seed_hold_2;
+    if (\$62 ) begin
+      \$140  = took;
+    end
+    if (rst) begin
+      \$140  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$141  = \step$81 ;
     if (write_step) begin
-      \$96  = data[15:0];
+      \$141  = wdata[15:0];
     end
     if (rst) begin
-      \$96  = 16'h0000;
+      \$141  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = \decay$78 ;
+    \$142  = \decay$83 ;
     if (write_decay) begin
-      \$97  = data[11:0];
+      \$142  = wdata[11:0];
     end
     if (rst) begin
-      \$97  = 12'h000;
+      \$142  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = \noise$80 ;
+    \$143  = \noise$85 ;
     if (write_noise) begin
-      \$98  = data[15:0];
+      \$143  = wdata[15:0];
     end
     if (rst) begin
-      \$98  = 16'h0000;
+      \$143  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = \$47 ;
+    \$144  = seed_load_3;
+    if (\$69 ) begin
+      \$144  = \$72 ;
+    end else if (free) begin
+      \$144  = 2'h0;
+    end
     if (rst) begin
-      \$99  = 2'h0;
+      \$144  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$100  = \step$94 ;
+    \$145  = seed_hold_3;
+    if (\$69 ) begin
+      \$145  = took;
+    end
+    if (rst) begin
+      \$145  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$146  = \step$100 ;
     if (write_step) begin
-      \$100  = data[15:0];
+      \$146  = wdata[15:0];
     end
     if (rst) begin
-      \$100  = 16'h0000;
+      \$146  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = \decay$96 ;
+    \$147  = \decay$102 ;
     if (write_decay) begin
-      \$101  = data[11:0];
+      \$147  = wdata[11:0];
     end
     if (rst) begin
-      \$101  = 12'h000;
+      \$147  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = \noise$98 ;
+    \$148  = \noise$104 ;
     if (write_noise) begin
-      \$102  = data[15:0];
+      \$148  = wdata[15:0];
     end
     if (rst) begin
-      \$102  = 16'h0000;
+      \$148  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = \$50 ;
+    \$149  = seed_load_4;
+    if (\$76 ) begin
+      \$149  = \$79 ;
+    end else if (free) begin
+      \$149  = 2'h0;
+    end
     if (rst) begin
-      \$103  = 2'h0;
+      \$149  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = \step$112 ;
+    \$150  = seed_hold_4;
+    if (\$76 ) begin
+      \$150  = took;
+    end
+    if (rst) begin
+      \$150  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$151  = \step$119 ;
     if (write_step) begin
-      \$104  = data[15:0];
+      \$151  = wdata[15:0];
     end
     if (rst) begin
-      \$104  = 16'h0000;
+      \$151  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = \decay$114 ;
+    \$152  = \decay$121 ;
     if (write_decay) begin
-      \$105  = data[11:0];
+      \$152  = wdata[11:0];
     end
     if (rst) begin
-      \$105  = 12'h000;
+      \$152  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = \noise$116 ;
+    \$153  = \noise$123 ;
     if (write_noise) begin
-      \$106  = data[15:0];
+      \$153  = wdata[15:0];
     end
     if (rst) begin
-      \$106  = 16'h0000;
+      \$153  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = \$53 ;
+    \$154  = seed_load_5;
+    if (\$83 ) begin
+      \$154  = \$86 ;
+    end else if (free) begin
+      \$154  = 2'h0;
+    end
     if (rst) begin
-      \$107  = 2'h0;
+      \$154  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = \step$130 ;
+    \$155  = seed_hold_5;
+    if (\$83 ) begin
+      \$155  = took;
+    end
+    if (rst) begin
+      \$155  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$156  = \step$138 ;
     if (write_step) begin
-      \$108  = data[15:0];
+      \$156  = wdata[15:0];
     end
     if (rst) begin
-      \$108  = 16'h0000;
+      \$156  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = \decay$132 ;
+    \$157  = \decay$140 ;
     if (write_decay) begin
-      \$109  = data[11:0];
+      \$157  = wdata[11:0];
     end
     if (rst) begin
-      \$109  = 12'h000;
+      \$157  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = \noise$134 ;
+    \$158  = \noise$142 ;
     if (write_noise) begin
-      \$110  = data[15:0];
+      \$158  = wdata[15:0];
     end
     if (rst) begin
-      \$110  = 16'h0000;
+      \$158  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = \$56 ;
+    \$159  = seed_load_6;
+    if (\$90 ) begin
+      \$159  = \$93 ;
+    end else if (free) begin
+      \$159  = 2'h0;
+    end
     if (rst) begin
-      \$111  = 2'h0;
+      \$159  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = \step$148 ;
+    \$160  = seed_hold_6;
+    if (\$90 ) begin
+      \$160  = took;
+    end
+    if (rst) begin
+      \$160  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$161  = \step$157 ;
     if (write_step) begin
-      \$112  = data[15:0];
+      \$161  = wdata[15:0];
     end
     if (rst) begin
-      \$112  = 16'h0000;
+      \$161  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = \decay$150 ;
+    \$162  = \decay$159 ;
     if (write_decay) begin
-      \$113  = data[11:0];
+      \$162  = wdata[11:0];
     end
     if (rst) begin
-      \$113  = 12'h000;
+      \$162  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = \noise$152 ;
+    \$163  = \noise$161 ;
     if (write_noise) begin
-      \$114  = data[15:0];
+      \$163  = wdata[15:0];
     end
     if (rst) begin
-      \$114  = 16'h0000;
+      \$163  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$115  = \$59 ;
+    \$164  = seed_load_7;
+    if (\$97 ) begin
+      \$164  = \$100 ;
+    end else if (free) begin
+      \$164  = 2'h0;
+    end
     if (rst) begin
-      \$115  = 2'h0;
+      \$164  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$116  = \step$166 ;
+    \$165  = seed_hold_7;
+    if (\$97 ) begin
+      \$165  = took;
+    end
+    if (rst) begin
+      \$165  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$166  = \step$176 ;
     if (write_step) begin
-      \$116  = data[15:0];
+      \$166  = wdata[15:0];
     end
     if (rst) begin
-      \$116  = 16'h0000;
+      \$166  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$117  = \decay$168 ;
+    \$167  = \decay$178 ;
     if (write_decay) begin
-      \$117  = data[11:0];
+      \$167  = wdata[11:0];
     end
     if (rst) begin
-      \$117  = 12'h000;
+      \$167  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$118  = \noise$170 ;
+    \$168  = \noise$180 ;
     if (write_noise) begin
-      \$118  = data[15:0];
+      \$168  = wdata[15:0];
     end
     if (rst) begin
-      \$118  = 16'h0000;
+      \$168  = 16'h0000;
     end
   end
   assign valid_12 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[31:8];
   assign grad = sink__payload[207:200];
   assign out = words;
-  assign reg_step_0 = \step$40 ;
+  assign reg_step_0 = \step$43 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \load0$48  = seed_load_1[0];
-  assign \load1$49  = seed_load_1[1];
-  assign \data$50  = data;
-  assign \en$51  = advance;
-  assign \theta$52  = sink__payload[55:32];
-  assign \grad$53  = sink__payload[215:208];
-  assign \out$55  = \words$54 ;
-  assign reg_step_1 = \step$58 ;
-  assign reg_decay_1 = \decay$60 ;
-  assign reg_noise_1 = \noise$62 ;
-  assign \load0$66  = seed_load_2[0];
-  assign \load1$67  = seed_load_2[1];
-  assign \data$68  = data;
-  assign \en$69  = advance;
-  assign \theta$70  = sink__payload[79:56];
-  assign \grad$71  = sink__payload[223:216];
-  assign \out$73  = \words$72 ;
-  assign reg_step_2 = \step$76 ;
-  assign reg_decay_2 = \decay$78 ;
-  assign reg_noise_2 = \noise$80 ;
-  assign \load0$84  = seed_load_3[0];
-  assign \load1$85  = seed_load_3[1];
-  assign \data$86  = data;
-  assign \en$87  = advance;
-  assign \theta$88  = sink__payload[103:80];
-  assign \grad$89  = sink__payload[231:224];
-  assign \out$91  = \words$90 ;
-  assign reg_step_3 = \step$94 ;
-  assign reg_decay_3 = \decay$96 ;
-  assign reg_noise_3 = \noise$98 ;
-  assign \load0$102  = seed_load_4[0];
-  assign \load1$103  = seed_load_4[1];
-  assign \data$104  = data;
-  assign \en$105  = advance;
-  assign \theta$106  = sink__payload[127:104];
-  assign \grad$107  = sink__payload[239:232];
-  assign \out$109  = \words$108 ;
-  assign reg_step_4 = \step$112 ;
-  assign reg_decay_4 = \decay$114 ;
-  assign reg_noise_4 = \noise$116 ;
-  assign \load0$120  = seed_load_5[0];
-  assign \load1$121  = seed_load_5[1];
-  assign \data$122  = data;
-  assign \en$123  = advance;
-  assign \theta$124  = sink__payload[151:128];
-  assign \grad$125  = sink__payload[247:240];
-  assign \out$127  = \words$126 ;
-  assign reg_step_5 = \step$130 ;
-  assign reg_decay_5 = \decay$132 ;
-  assign reg_noise_5 = \noise$134 ;
-  assign \load0$138  = seed_load_6[0];
-  assign \load1$139  = seed_load_6[1];
-  assign \data$140  = data;
-  assign \en$141  = advance;
-  assign \theta$142  = sink__payload[175:152];
-  assign \grad$143  = sink__payload[255:248];
-  assign \out$145  = \words$144 ;
-  assign reg_step_6 = \step$148 ;
-  assign reg_decay_6 = \decay$150 ;
-  assign reg_noise_6 = \noise$152 ;
-  assign \load0$156  = seed_load_7[0];
-  assign \load1$157  = seed_load_7[1];
-  assign \data$158  = data;
-  assign \en$159  = advance;
-  assign \theta$160  = sink__payload[199:176];
-  assign \grad$161  = sink__payload[263:256];
-  assign \out$163  = \words$162 ;
-  assign reg_step_7 = \step$166 ;
-  assign reg_decay_7 = \decay$168 ;
-  assign reg_noise_7 = \noise$170 ;
+  assign \data$54  = data;
+  assign \en$55  = advance;
+  assign \theta$56  = sink__payload[55:32];
+  assign \grad$57  = sink__payload[215:208];
+  assign \out$59  = \words$58 ;
+  assign reg_step_1 = \step$62 ;
+  assign reg_decay_1 = \decay$64 ;
+  assign reg_noise_1 = \noise$66 ;
+  assign \data$73  = data;
+  assign \en$74  = advance;
+  assign \theta$75  = sink__payload[79:56];
+  assign \grad$76  = sink__payload[223:216];
+  assign \out$78  = \words$77 ;
+  assign reg_step_2 = \step$81 ;
+  assign reg_decay_2 = \decay$83 ;
+  assign reg_noise_2 = \noise$85 ;
+  assign \data$92  = data;
+  assign \en$93  = advance;
+  assign \theta$94  = sink__payload[103:80];
+  assign \grad$95  = sink__payload[231:224];
+  assign \out$97  = \words$96 ;
+  assign reg_step_3 = \step$100 ;
+  assign reg_decay_3 = \decay$102 ;
+  assign reg_noise_3 = \noise$104 ;
+  assign \data$111  = data;
+  assign \en$112  = advance;
+  assign \theta$113  = sink__payload[127:104];
+  assign \grad$114  = sink__payload[239:232];
+  assign \out$116  = \words$115 ;
+  assign reg_step_4 = \step$119 ;
+  assign reg_decay_4 = \decay$121 ;
+  assign reg_noise_4 = \noise$123 ;
+  assign \data$130  = data;
+  assign \en$131  = advance;
+  assign \theta$132  = sink__payload[151:128];
+  assign \grad$133  = sink__payload[247:240];
+  assign \out$135  = \words$134 ;
+  assign reg_step_5 = \step$138 ;
+  assign reg_decay_5 = \decay$140 ;
+  assign reg_noise_5 = \noise$142 ;
+  assign \data$149  = data;
+  assign \en$150  = advance;
+  assign \theta$151  = sink__payload[175:152];
+  assign \grad$152  = sink__payload[255:248];
+  assign \out$154  = \words$153 ;
+  assign reg_step_6 = \step$157 ;
+  assign reg_decay_6 = \decay$159 ;
+  assign reg_noise_6 = \noise$161 ;
+  assign \data$168  = data;
+  assign \en$169  = advance;
+  assign \theta$170  = sink__payload[199:176];
+  assign \grad$171  = sink__payload[263:256];
+  assign \out$173  = \words$172 ;
+  assign reg_step_7 = \step$176 ;
+  assign reg_decay_7 = \decay$178 ;
+  assign reg_noise_7 = \noise$180 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[199:8];
   assign \sink__payload.theta[0]  = sink__payload[31:8];
@@ -1412,20 +1669,20 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[5]  = source__payload[247:240];
   assign \source__payload.weight[6]  = source__payload[255:248];
   assign \source__payload.weight[7]  = source__payload[263:256];
-  assign source__payload[263:256] = \weight$165 ;
-  assign source__payload[199:176] = \state$164 ;
-  assign source__payload[255:248] = \weight$147 ;
-  assign source__payload[175:152] = \state$146 ;
-  assign source__payload[247:240] = \weight$129 ;
-  assign source__payload[151:128] = \state$128 ;
-  assign source__payload[239:232] = \weight$111 ;
-  assign source__payload[127:104] = \state$110 ;
-  assign source__payload[231:224] = \weight$93 ;
-  assign source__payload[103:80] = \state$92 ;
-  assign source__payload[223:216] = \weight$75 ;
-  assign source__payload[79:56] = \state$74 ;
-  assign source__payload[215:208] = \weight$57 ;
-  assign source__payload[55:32] = \state$56 ;
+  assign source__payload[263:256] = \weight$175 ;
+  assign source__payload[199:176] = \state$174 ;
+  assign source__payload[255:248] = \weight$156 ;
+  assign source__payload[175:152] = \state$155 ;
+  assign source__payload[247:240] = \weight$137 ;
+  assign source__payload[151:128] = \state$136 ;
+  assign source__payload[239:232] = \weight$118 ;
+  assign source__payload[127:104] = \state$117 ;
+  assign source__payload[231:224] = \weight$99 ;
+  assign source__payload[103:80] = \state$98 ;
+  assign source__payload[223:216] = \weight$80 ;
+  assign source__payload[79:56] = \state$79 ;
+  assign source__payload[215:208] = \weight$61 ;
+  assign source__payload[55:32] = \state$60 ;
   assign source__payload[207:200] = weight;
   assign source__payload[31:8] = state;
   assign source__payload[7:0] = keep_12;
@@ -26208,7 +26465,7 @@ module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9488$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26228,12 +26485,12 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9488$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9488$0 ;
-  wire [1:0] \port$9488$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -26263,7 +26520,7 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9488$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9488$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26276,19 +26533,17 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, out, data, \port$9488$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9488$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$9488$0 [0];
-  assign load1 = \port$9488$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9496$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26308,12 +26563,12 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9496$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9496$0 ;
-  wire [1:0] \port$9496$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -26343,7 +26598,7 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9496$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9496$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26356,19 +26611,17 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, out, data, \port$9496$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9496$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$9496$0 [0];
-  assign load1 = \port$9496$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9504$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26388,12 +26641,12 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9504$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9504$0 ;
-  wire [1:0] \port$9504$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -26423,7 +26676,7 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9504$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9504$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26436,19 +26689,17 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, out, data, \port$9504$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9504$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$9504$0 [0];
-  assign load1 = \port$9504$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9512$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26468,12 +26719,12 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9512$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9512$0 ;
-  wire [1:0] \port$9512$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -26503,7 +26754,7 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9512$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9512$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26516,19 +26767,17 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, out, data, \port$9512$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9512$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$9512$0 [0];
-  assign load1 = \port$9512$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9520$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26548,12 +26797,12 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9520$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9520$0 ;
-  wire [1:0] \port$9520$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -26583,7 +26832,7 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9520$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9520$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26596,19 +26845,17 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, out, data, \port$9520$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9520$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$9520$0 [0];
-  assign load1 = \port$9520$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9528$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26628,12 +26875,12 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9528$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9528$0 ;
-  wire [1:0] \port$9528$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -26663,7 +26910,7 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9528$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9528$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26676,19 +26923,17 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, out, data, \port$9528$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9528$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$9528$0 [0];
-  assign load1 = \port$9528$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9536$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26708,12 +26953,12 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9536$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9536$0 ;
-  wire [1:0] \port$9536$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -26743,7 +26988,7 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9536$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9536$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26756,19 +27001,17 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, out, data, \port$9536$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9536$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$9536$0 [0];
-  assign load1 = \port$9536$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9544$0 , clk);
+module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26788,12 +27031,12 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9544$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9544$0 ;
-  wire [1:0] \port$9544$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -26823,7 +27066,7 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9544$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9544$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -26836,13 +27079,11 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, out, data, \port$9544$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9544$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$9544$0 [0];
-  assign load1 = \port$9544$0 [1];
 endmodule

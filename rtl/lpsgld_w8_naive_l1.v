@@ -5,13 +5,13 @@
 module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire [1:0] \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [1:0] \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -31,11 +31,19 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$31 ;
   reg \$32 ;
   reg \$33 ;
-  reg [1:0] \$34 ;
-  reg [15:0] \$35 ;
-  reg [11:0] \$36 ;
-  reg [15:0] \$37 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
+  reg [63:0] \$40 ;
+  reg [1:0] \$41 ;
+  reg \$42 ;
+  reg [15:0] \$43 ;
+  reg [11:0] \$44 ;
+  reg [15:0] \$45 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -53,6 +61,7 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
+  wire free;
   wire [7:0] grad;
   output idle;
   wire idle;
@@ -78,6 +87,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [15:0] reg_step_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   input [16:0] sink__payload;
   wire [16:0] sink__payload;
@@ -103,8 +115,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
-  reg [15:0] \step$38  = 16'h0000;
+  reg [15:0] \step$41  = 16'h0000;
   wire [7:0] theta;
+  wire took;
   reg valid_1 = 1'h0;
   (* init = 1'h0 *)
   wire valid_10;
@@ -116,83 +129,96 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
   wire [63:0] words;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   always @(posedge clk)
-    seed_load_0 <= \$34 ;
+    keep_5 <= \$31 ;
   always @(posedge clk)
-    \step$38  <= \$35 ;
+    keep_6 <= \$32 ;
   always @(posedge clk)
-    decay <= \$36 ;
+    keep_7 <= \$33 ;
   always @(posedge clk)
-    noise <= \$37 ;
+    keep_8 <= \$34 ;
+  always @(posedge clk)
+    keep_9 <= \$35 ;
+  always @(posedge clk)
+    keep_10 <= \$36 ;
+  always @(posedge clk)
+    wdata <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$37 ;
+  always @(posedge clk)
+    write_decay <= \$38 ;
+  always @(posedge clk)
+    write_noise <= \$39 ;
+  always @(posedge clk)
+    data <= \$40 ;
+  always @(posedge clk)
+    seed_load_0 <= \$41 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$42 ;
+  always @(posedge clk)
+    \step$41  <= \$43 ;
+  always @(posedge clk)
+    decay <= \$44 ;
+  always @(posedge clk)
+    noise <= \$45 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1;
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = ctl__addr == 9'h100;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = { \$9 , \$8  } & { ctl__we, ctl__we };
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$11 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$12 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$13 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$14 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$15 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$16 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$17 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$18 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$19 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    valid_9 <= \$20 ;
+    valid_9 <= \$26 ;
   always @(posedge clk)
-    source__valid <= \$21 ;
+    source__valid <= \$27 ;
   always @(posedge clk)
-    keep_2 <= \$22 ;
+    keep_2 <= \$28 ;
   always @(posedge clk)
-    keep_3 <= \$23 ;
+    keep_3 <= \$29 ;
   always @(posedge clk)
-    keep_4 <= \$24 ;
-  always @(posedge clk)
-    keep_5 <= \$25 ;
-  always @(posedge clk)
-    keep_6 <= \$26 ;
-  always @(posedge clk)
-    keep_7 <= \$27 ;
-  always @(posedge clk)
-    keep_8 <= \$28 ;
-  always @(posedge clk)
-    keep_9 <= \$29 ;
-  always @(posedge clk)
-    keep_10 <= \$30 ;
-  always @(posedge clk)
-    data <= ctl__data;
-  always @(posedge clk)
-    write_step <= \$31 ;
-  always @(posedge clk)
-    write_decay <= \$32 ;
-  always @(posedge clk)
-    write_noise <= \$33 ;
+    keep_4 <= \$30 ;
   \lpsgld_w8_naive_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -201,255 +227,84 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
     .state(state),
-    .step(\step$38 ),
+    .step(\step$41 ),
     .words(words)
   );
   \lpsgld_w8_naive_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$1177$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = \$10 ;
-    if (rst) begin
-      \$34  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = \step$38 ;
-    if (write_step) begin
-      \$35  = data[15:0];
-    end
-    if (rst) begin
-      \$35  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = decay;
-    if (write_decay) begin
-      \$36  = data[11:0];
-    end
-    if (rst) begin
-      \$36  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = noise;
-    if (write_noise) begin
-      \$37  = data[15:0];
-    end
-    if (rst) begin
-      \$37  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_1;
+    \$32  = keep_6;
     if (advance) begin
-      \$11  = sink__valid;
-    end
-    if (rst) begin
-      \$11  = 1'h0;
+      \$32  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = keep_1;
+    \$33  = keep_7;
     if (advance) begin
-      \$12  = sink__payload[0];
+      \$33  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_2;
+    \$34  = keep_8;
     if (advance) begin
-      \$13  = valid_1;
-    end
-    if (rst) begin
-      \$13  = 1'h0;
+      \$34  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_3;
+    \$35  = keep_9;
     if (advance) begin
-      \$14  = valid_2;
-    end
-    if (rst) begin
-      \$14  = 1'h0;
+      \$35  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_4;
+    \$36  = keep_10;
     if (advance) begin
-      \$15  = valid_3;
-    end
-    if (rst) begin
-      \$15  = 1'h0;
+      \$36  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_5;
-    if (advance) begin
-      \$16  = valid_4;
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_6;
-    if (advance) begin
-      \$17  = valid_5;
-    end
-    if (rst) begin
-      \$17  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_7;
-    if (advance) begin
-      \$18  = valid_6;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_8;
-    if (advance) begin
-      \$19  = valid_7;
-    end
-    if (rst) begin
-      \$19  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_9;
-    if (advance) begin
-      \$20  = valid_8;
-    end
-    if (rst) begin
-      \$20  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = source__valid;
-    if (advance) begin
-      \$21  = valid_9;
-    end
-    if (rst) begin
-      \$21  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = keep_2;
-    if (advance) begin
-      \$22  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = keep_3;
-    if (advance) begin
-      \$23  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_4;
-    if (advance) begin
-      \$24  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_5;
-    if (advance) begin
-      \$25  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_6;
-    if (advance) begin
-      \$26  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_7;
-    if (advance) begin
-      \$27  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_8;
-    if (advance) begin
-      \$28  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_9;
-    if (advance) begin
-      \$29  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_10;
-    if (advance) begin
-      \$30  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = 1'h0;
+    \$37  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$31  = 1'h1;
+            \$37  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$31  = 1'h0;
+      \$37  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = 1'h0;
+    \$38  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$32  = 1'h1;
+            \$38  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$38  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = 1'h0;
+    \$39  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -457,23 +312,215 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$33  = 1'h1;
+            \$39  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$33  = 1'h0;
+      \$39  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = data;
+    if (ctl__we) begin
+      \$40  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = seed_load_0;
+    if (\$13 ) begin
+      \$41  = \$16 ;
+    end else if (free) begin
+      \$41  = 2'h0;
+    end
+    if (rst) begin
+      \$41  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = seed_hold_0;
+    if (\$13 ) begin
+      \$42  = took;
+    end
+    if (rst) begin
+      \$42  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = \step$41 ;
+    if (write_step) begin
+      \$43  = wdata[15:0];
+    end
+    if (rst) begin
+      \$43  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = decay;
+    if (write_decay) begin
+      \$44  = wdata[11:0];
+    end
+    if (rst) begin
+      \$44  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = noise;
+    if (write_noise) begin
+      \$45  = wdata[15:0];
+    end
+    if (rst) begin
+      \$45  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
+    if (advance) begin
+      \$17  = sink__valid;
+    end
+    if (rst) begin
+      \$17  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$18  = keep_1;
+    if (advance) begin
+      \$18  = sink__payload[0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$19  = valid_2;
+    if (advance) begin
+      \$19  = valid_1;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$20  = valid_3;
+    if (advance) begin
+      \$20  = valid_2;
+    end
+    if (rst) begin
+      \$20  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = valid_4;
+    if (advance) begin
+      \$21  = valid_3;
+    end
+    if (rst) begin
+      \$21  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = valid_5;
+    if (advance) begin
+      \$22  = valid_4;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_6;
+    if (advance) begin
+      \$23  = valid_5;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_7;
+    if (advance) begin
+      \$24  = valid_6;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = valid_8;
+    if (advance) begin
+      \$25  = valid_7;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = valid_9;
+    if (advance) begin
+      \$26  = valid_8;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = source__valid;
+    if (advance) begin
+      \$27  = valid_9;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_2;
+    if (advance) begin
+      \$28  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_3;
+    if (advance) begin
+      \$29  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_4;
+    if (advance) begin
+      \$30  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_5;
+    if (advance) begin
+      \$31  = keep_4;
     end
   end
   assign valid_10 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$38 ;
+  assign reg_step_0 = \step$41 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
@@ -3348,7 +3395,7 @@ module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, out, data, \port$1177$0 , clk);
+module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3368,12 +3415,12 @@ module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, out, data, \port$1177$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1177$0 ;
-  wire [1:0] \port$1177$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3403,7 +3450,7 @@ module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, out, data, \port$1177$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1177$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -3416,13 +3463,11 @@ module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, out, data, \port$1177$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1177$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1177$0 [0];
-  assign load1 = \port$1177$0 [1];
 endmodule

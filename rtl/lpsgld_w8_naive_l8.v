@@ -6,27 +6,77 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg [15:0] \$100 ;
-  reg [11:0] \$101 ;
-  reg [15:0] \$102 ;
-  reg [1:0] \$103 ;
-  reg [15:0] \$104 ;
-  reg [11:0] \$105 ;
-  reg [15:0] \$106 ;
-  reg [1:0] \$107 ;
-  reg [15:0] \$108 ;
-  reg [11:0] \$109 ;
+  wire [1:0] \$100 ;
+  reg \$101 ;
+  reg [7:0] \$102 ;
+  reg \$103 ;
+  reg \$104 ;
+  reg \$105 ;
+  reg \$106 ;
+  reg \$107 ;
+  reg \$108 ;
+  reg \$109 ;
   wire \$11 ;
-  reg [15:0] \$110 ;
-  reg [1:0] \$111 ;
-  reg [15:0] \$112 ;
-  reg [11:0] \$113 ;
-  reg [15:0] \$114 ;
+  reg \$110 ;
+  reg \$111 ;
+  reg [7:0] \$112 ;
+  reg [7:0] \$113 ;
+  reg [7:0] \$114 ;
+  reg [7:0] \$115 ;
+  reg [7:0] \$116 ;
+  reg [7:0] \$117 ;
+  reg [7:0] \$118 ;
+  reg [7:0] \$119 ;
   wire \$12 ;
+  reg [7:0] \$120 ;
+  reg \$121 ;
+  reg \$122 ;
+  reg \$123 ;
+  reg [63:0] \$124 ;
+  reg [1:0] \$125 ;
+  reg \$126 ;
+  reg [15:0] \$127 ;
+  reg [11:0] \$128 ;
+  reg [15:0] \$129 ;
   wire \$13 ;
+  reg [1:0] \$130 ;
+  reg \$131 ;
+  reg [15:0] \$132 ;
+  reg [11:0] \$133 ;
+  reg [15:0] \$134 ;
+  reg [1:0] \$135 ;
+  reg \$136 ;
+  reg [15:0] \$137 ;
+  reg [11:0] \$138 ;
+  reg [15:0] \$139 ;
   wire \$14 ;
+  reg [1:0] \$140 ;
+  reg \$141 ;
+  reg [15:0] \$142 ;
+  reg [11:0] \$143 ;
+  reg [15:0] \$144 ;
+  reg [1:0] \$145 ;
+  reg \$146 ;
+  reg [15:0] \$147 ;
+  reg [11:0] \$148 ;
+  reg [15:0] \$149 ;
   wire \$15 ;
+  reg [1:0] \$150 ;
+  reg \$151 ;
+  reg [15:0] \$152 ;
+  reg [11:0] \$153 ;
+  reg [15:0] \$154 ;
+  reg [1:0] \$155 ;
+  reg \$156 ;
+  reg [15:0] \$157 ;
+  reg [11:0] \$158 ;
+  reg [15:0] \$159 ;
   wire \$16 ;
+  reg [1:0] \$160 ;
+  reg \$161 ;
+  reg [15:0] \$162 ;
+  reg [11:0] \$163 ;
+  reg [15:0] \$164 ;
   wire \$17 ;
   wire \$18 ;
   wire \$19 ;
@@ -50,74 +100,74 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
-  wire [1:0] \$38 ;
+  wire \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire [1:0] \$41 ;
+  wire \$41 ;
   wire \$42 ;
   wire \$43 ;
-  wire [1:0] \$44 ;
+  wire \$44 ;
   wire \$45 ;
   wire \$46 ;
   wire [1:0] \$47 ;
   wire \$48 ;
   wire \$49 ;
   wire \$5 ;
-  wire [1:0] \$50 ;
-  wire \$51 ;
+  wire \$50 ;
+  wire [1:0] \$51 ;
   wire \$52 ;
-  wire [1:0] \$53 ;
-  wire \$54 ;
+  wire \$53 ;
+  wire [1:0] \$54 ;
   wire \$55 ;
-  wire [1:0] \$56 ;
+  wire \$56 ;
   wire \$57 ;
-  wire \$58 ;
-  wire [1:0] \$59 ;
+  wire [1:0] \$58 ;
+  wire \$59 ;
   wire \$6 ;
-  reg \$60 ;
-  reg [7:0] \$61 ;
-  reg \$62 ;
-  reg \$63 ;
-  reg \$64 ;
-  reg \$65 ;
-  reg \$66 ;
-  reg \$67 ;
-  reg \$68 ;
-  reg \$69 ;
+  wire \$60 ;
+  wire [1:0] \$61 ;
+  wire \$62 ;
+  wire \$63 ;
+  wire \$64 ;
+  wire [1:0] \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire [1:0] \$68 ;
+  wire \$69 ;
   wire \$7 ;
-  reg \$70 ;
-  reg [7:0] \$71 ;
-  reg [7:0] \$72 ;
-  reg [7:0] \$73 ;
-  reg [7:0] \$74 ;
-  reg [7:0] \$75 ;
-  reg [7:0] \$76 ;
-  reg [7:0] \$77 ;
-  reg [7:0] \$78 ;
-  reg [7:0] \$79 ;
+  wire \$70 ;
+  wire \$71 ;
+  wire [1:0] \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire [1:0] \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire [1:0] \$79 ;
   wire \$8 ;
-  reg \$80 ;
-  reg \$81 ;
-  reg \$82 ;
-  reg [1:0] \$83 ;
-  reg [15:0] \$84 ;
-  reg [11:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [1:0] \$87 ;
-  reg [15:0] \$88 ;
-  reg [11:0] \$89 ;
+  wire \$80 ;
+  wire \$81 ;
+  wire [1:0] \$82 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire [1:0] \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire [1:0] \$89 ;
   wire \$9 ;
-  reg [15:0] \$90 ;
-  reg [1:0] \$91 ;
-  reg [15:0] \$92 ;
-  reg [11:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [1:0] \$95 ;
-  reg [15:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [15:0] \$98 ;
-  reg [1:0] \$99 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire [1:0] \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire [1:0] \$96 ;
+  wire \$97 ;
+  wire \$98 ;
+  wire \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -129,43 +179,44 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$102 ;
+  wire [63:0] \data$109 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$120 ;
+  wire [63:0] \data$128 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$138 ;
+  wire [63:0] \data$147 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$156 ;
+  wire [63:0] \data$166 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$48 ;
+  wire [63:0] \data$52 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$66 ;
+  wire [63:0] \data$71 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$84 ;
+  wire [63:0] \data$90 ;
   reg [11:0] decay = 12'h000;
-  reg [11:0] \decay$112  = 12'h000;
-  reg [11:0] \decay$130  = 12'h000;
-  reg [11:0] \decay$148  = 12'h000;
-  reg [11:0] \decay$166  = 12'h000;
-  reg [11:0] \decay$58  = 12'h000;
-  reg [11:0] \decay$76  = 12'h000;
-  reg [11:0] \decay$94  = 12'h000;
+  reg [11:0] \decay$100  = 12'h000;
+  reg [11:0] \decay$119  = 12'h000;
+  reg [11:0] \decay$138  = 12'h000;
+  reg [11:0] \decay$157  = 12'h000;
+  reg [11:0] \decay$176  = 12'h000;
+  reg [11:0] \decay$62  = 12'h000;
+  reg [11:0] \decay$81  = 12'h000;
   wire en;
-  wire \en$103 ;
-  wire \en$121 ;
-  wire \en$139 ;
-  wire \en$157 ;
-  wire \en$49 ;
-  wire \en$67 ;
-  wire \en$85 ;
+  wire \en$110 ;
+  wire \en$129 ;
+  wire \en$148 ;
+  wire \en$167 ;
+  wire \en$53 ;
+  wire \en$72 ;
+  wire \en$91 ;
+  wire free;
   wire [7:0] grad;
-  wire [7:0] \grad$105 ;
-  wire [7:0] \grad$123 ;
-  wire [7:0] \grad$141 ;
-  wire [7:0] \grad$159 ;
-  wire [7:0] \grad$51 ;
-  wire [7:0] \grad$69 ;
-  wire [7:0] \grad$87 ;
+  wire [7:0] \grad$112 ;
+  wire [7:0] \grad$131 ;
+  wire [7:0] \grad$150 ;
+  wire [7:0] \grad$169 ;
+  wire [7:0] \grad$55 ;
+  wire [7:0] \grad$74 ;
+  wire [7:0] \grad$93 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -179,37 +230,37 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$100 ;
-  wire \load0$118 ;
-  wire \load0$136 ;
-  wire \load0$154 ;
-  wire \load0$46 ;
-  wire \load0$64 ;
-  wire \load0$82 ;
+  wire \load0$107 ;
+  wire \load0$126 ;
+  wire \load0$145 ;
+  wire \load0$164 ;
+  wire \load0$50 ;
+  wire \load0$69 ;
+  wire \load0$88 ;
   wire load1;
-  wire \load1$101 ;
-  wire \load1$119 ;
-  wire \load1$137 ;
-  wire \load1$155 ;
-  wire \load1$47 ;
-  wire \load1$65 ;
-  wire \load1$83 ;
+  wire \load1$108 ;
+  wire \load1$127 ;
+  wire \load1$146 ;
+  wire \load1$165 ;
+  wire \load1$51 ;
+  wire \load1$70 ;
+  wire \load1$89 ;
   reg [15:0] noise = 16'h0000;
-  reg [15:0] \noise$114  = 16'h0000;
-  reg [15:0] \noise$132  = 16'h0000;
-  reg [15:0] \noise$150  = 16'h0000;
-  reg [15:0] \noise$168  = 16'h0000;
-  reg [15:0] \noise$60  = 16'h0000;
-  reg [15:0] \noise$78  = 16'h0000;
-  reg [15:0] \noise$96  = 16'h0000;
+  reg [15:0] \noise$102  = 16'h0000;
+  reg [15:0] \noise$121  = 16'h0000;
+  reg [15:0] \noise$140  = 16'h0000;
+  reg [15:0] \noise$159  = 16'h0000;
+  reg [15:0] \noise$178  = 16'h0000;
+  reg [15:0] \noise$64  = 16'h0000;
+  reg [15:0] \noise$83  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$107 ;
-  wire [63:0] \out$125 ;
-  wire [63:0] \out$143 ;
-  wire [63:0] \out$161 ;
-  wire [63:0] \out$53 ;
-  wire [63:0] \out$71 ;
-  wire [63:0] \out$89 ;
+  wire [63:0] \out$114 ;
+  wire [63:0] \out$133 ;
+  wire [63:0] \out$152 ;
+  wire [63:0] \out$171 ;
+  wire [63:0] \out$57 ;
+  wire [63:0] \out$76 ;
+  wire [63:0] \out$95 ;
   (* init = 12'h000 *)
   wire [11:0] reg_decay_0;
   (* init = 12'h000 *)
@@ -260,6 +311,16 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [15:0] reg_step_7;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
+  reg seed_hold_4 = 1'h0;
+  reg seed_hold_5 = 1'h0;
+  reg seed_hold_6 = 1'h0;
+  reg seed_hold_7 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   reg [1:0] seed_load_1 = 2'h0;
   reg [1:0] seed_load_2 = 2'h0;
@@ -319,37 +380,38 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$108 ;
-  wire [7:0] \state$126 ;
-  wire [7:0] \state$144 ;
-  wire [7:0] \state$162 ;
-  wire [7:0] \state$54 ;
-  wire [7:0] \state$72 ;
-  wire [7:0] \state$90 ;
+  wire [7:0] \state$115 ;
+  wire [7:0] \state$134 ;
+  wire [7:0] \state$153 ;
+  wire [7:0] \state$172 ;
+  wire [7:0] \state$58 ;
+  wire [7:0] \state$77 ;
+  wire [7:0] \state$96 ;
   wire step;
-  reg [15:0] \step$110  = 16'h0000;
-  wire \step$116 ;
-  reg [15:0] \step$128  = 16'h0000;
-  wire \step$134 ;
-  reg [15:0] \step$146  = 16'h0000;
-  wire \step$152 ;
-  reg [15:0] \step$164  = 16'h0000;
-  reg [15:0] \step$38  = 16'h0000;
-  wire \step$44 ;
-  reg [15:0] \step$56  = 16'h0000;
-  wire \step$62 ;
-  reg [15:0] \step$74  = 16'h0000;
-  wire \step$80 ;
-  reg [15:0] \step$92  = 16'h0000;
-  wire \step$98 ;
+  wire \step$104 ;
+  reg [15:0] \step$117  = 16'h0000;
+  wire \step$123 ;
+  reg [15:0] \step$136  = 16'h0000;
+  wire \step$142 ;
+  reg [15:0] \step$155  = 16'h0000;
+  wire \step$161 ;
+  reg [15:0] \step$174  = 16'h0000;
+  reg [15:0] \step$41  = 16'h0000;
+  wire \step$47 ;
+  reg [15:0] \step$60  = 16'h0000;
+  wire \step$66 ;
+  reg [15:0] \step$79  = 16'h0000;
+  wire \step$85 ;
+  reg [15:0] \step$98  = 16'h0000;
   wire [7:0] theta;
-  wire [7:0] \theta$104 ;
-  wire [7:0] \theta$122 ;
-  wire [7:0] \theta$140 ;
-  wire [7:0] \theta$158 ;
-  wire [7:0] \theta$50 ;
-  wire [7:0] \theta$68 ;
-  wire [7:0] \theta$86 ;
+  wire [7:0] \theta$111 ;
+  wire [7:0] \theta$130 ;
+  wire [7:0] \theta$149 ;
+  wire [7:0] \theta$168 ;
+  wire [7:0] \theta$54 ;
+  wire [7:0] \theta$73 ;
+  wire [7:0] \theta$92 ;
+  wire took;
   reg valid_1 = 1'h0;
   (* init = 1'h0 *)
   wire valid_10;
@@ -361,24 +423,23 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
-  wire [7:0] \weight$109 ;
-  wire [7:0] \weight$127 ;
-  wire [7:0] \weight$145 ;
-  wire [7:0] \weight$163 ;
-  wire [7:0] \weight$55 ;
-  wire [7:0] \weight$73 ;
-  wire [7:0] \weight$91 ;
+  wire [7:0] \weight$116 ;
+  wire [7:0] \weight$135 ;
+  wire [7:0] \weight$154 ;
+  wire [7:0] \weight$173 ;
+  wire [7:0] \weight$59 ;
+  wire [7:0] \weight$78 ;
+  wire [7:0] \weight$97 ;
   wire [63:0] words;
-  wire [63:0] \words$106 ;
-  wire [63:0] \words$124 ;
-  wire [63:0] \words$142 ;
-  wire [63:0] \words$160 ;
-  wire [63:0] \words$52 ;
-  wire [63:0] \words$70 ;
-  wire [63:0] \words$88 ;
+  wire [63:0] \words$113 ;
+  wire [63:0] \words$132 ;
+  wire [63:0] \words$151 ;
+  wire [63:0] \words$170 ;
+  wire [63:0] \words$56 ;
+  wire [63:0] \words$75 ;
+  wire [63:0] \words$94 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
@@ -388,182 +449,259 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1[0];
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = advance & valid_1;
-  assign \$9  = \$8  & keep_1[1];
-  assign \$10  = | seed_load_1;
-  assign \$11  = ~ \$10 ;
-  assign \step$44  = \$9  & \$11 ;
-  assign \$12  = advance & valid_1;
-  assign \$13  = \$12  & keep_1[2];
-  assign \$14  = | seed_load_2;
-  assign \$15  = ~ \$14 ;
-  assign \step$62  = \$13  & \$15 ;
-  assign \$16  = advance & valid_1;
-  assign \$17  = \$16  & keep_1[3];
-  assign \$18  = | seed_load_3;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$47  = \$11  & \$14 ;
+  assign \load0$50  = seed_load_1[0] & free;
+  assign \load1$51  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
   assign \$19  = ~ \$18 ;
-  assign \step$80  = \$17  & \$19 ;
+  assign \step$66  = \$16  & \$19 ;
+  assign \load0$69  = seed_load_2[0] & free;
+  assign \load1$70  = seed_load_2[1] & free;
   assign \$20  = advance & valid_1;
-  assign \$21  = \$20  & keep_1[4];
-  assign \$22  = | seed_load_4;
-  assign \$23  = ~ \$22 ;
-  assign \step$98  = \$21  & \$23 ;
-  assign \$24  = advance & valid_1;
-  assign \$25  = \$24  & keep_1[5];
-  assign \$26  = | seed_load_5;
-  assign \$27  = ~ \$26 ;
-  assign \step$116  = \$25  & \$27 ;
-  assign \$28  = advance & valid_1;
-  assign \$29  = \$28  & keep_1[6];
-  assign \$30  = | seed_load_6;
-  assign \$31  = ~ \$30 ;
-  assign \step$134  = \$29  & \$31 ;
-  assign \$32  = advance & valid_1;
-  assign \$33  = \$32  & keep_1[7];
-  assign \$34  = | seed_load_7;
-  assign \$35  = ~ \$34 ;
-  assign \step$152  = \$33  & \$35 ;
-  assign \$36  = ctl__addr == 9'h100;
-  assign \$37  = ctl__addr == 9'h101;
-  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
-  assign \$39  = ctl__addr == 9'h102;
-  assign \$40  = ctl__addr == 9'h103;
-  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
-  assign \$42  = ctl__addr == 9'h104;
-  assign \$43  = ctl__addr == 9'h105;
-  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
-  assign \$45  = ctl__addr == 9'h106;
-  assign \$46  = ctl__addr == 9'h107;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$85  = \$21  & \$24 ;
+  assign \load0$88  = seed_load_3[0] & free;
+  assign \load1$89  = seed_load_3[1] & free;
+  assign \$25  = advance & valid_1;
+  assign \$26  = \$25  & keep_1[4];
+  assign \$27  = | seed_load_4;
+  assign \$28  = \$27  & seed_hold_4;
+  assign \$29  = ~ \$28 ;
+  assign \step$104  = \$26  & \$29 ;
+  assign \load0$107  = seed_load_4[0] & free;
+  assign \load1$108  = seed_load_4[1] & free;
+  assign \$30  = advance & valid_1;
+  assign \$31  = \$30  & keep_1[5];
+  assign \$32  = | seed_load_5;
+  assign \$33  = \$32  & seed_hold_5;
+  assign \$34  = ~ \$33 ;
+  assign \step$123  = \$31  & \$34 ;
+  assign \load0$126  = seed_load_5[0] & free;
+  assign \load1$127  = seed_load_5[1] & free;
+  assign \$35  = advance & valid_1;
+  assign \$36  = \$35  & keep_1[6];
+  assign \$37  = | seed_load_6;
+  assign \$38  = \$37  & seed_hold_6;
+  assign \$39  = ~ \$38 ;
+  assign \step$142  = \$36  & \$39 ;
+  assign \load0$145  = seed_load_6[0] & free;
+  assign \load1$146  = seed_load_6[1] & free;
+  assign \$40  = advance & valid_1;
+  assign \$41  = \$40  & keep_1[7];
+  assign \$42  = | seed_load_7;
+  assign \$43  = \$42  & seed_hold_7;
+  assign \$44  = ~ \$43 ;
+  assign \step$161  = \$41  & \$44 ;
+  assign \load0$164  = seed_load_7[0] & free;
+  assign \load1$165  = seed_load_7[1] & free;
+  assign \$45  = ctl__addr == 9'h100;
+  assign \$46  = ctl__addr == 9'h101;
   assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
-  assign \$48  = ctl__addr == 9'h108;
-  assign \$49  = ctl__addr == 9'h109;
-  assign \$50  = { \$49 , \$48  } & { ctl__we, ctl__we };
-  assign \$51  = ctl__addr == 9'h10a;
-  assign \$52  = ctl__addr == 9'h10b;
-  assign \$53  = { \$52 , \$51  } & { ctl__we, ctl__we };
-  assign \$54  = ctl__addr == 9'h10c;
-  assign \$55  = ctl__addr == 9'h10d;
-  assign \$56  = { \$55 , \$54  } & { ctl__we, ctl__we };
-  assign \$57  = ctl__addr == 9'h10e;
-  assign \$58  = ctl__addr == 9'h10f;
-  assign \$59  = { \$58 , \$57  } & { ctl__we, ctl__we };
+  assign \$48  = | \$47 ;
+  assign \$49  = ctl__addr == 9'h100;
+  assign \$50  = ctl__addr == 9'h101;
+  assign \$51  = { \$50 , \$49  } & { ctl__we, ctl__we };
+  assign \$52  = ctl__addr == 9'h102;
+  assign \$53  = ctl__addr == 9'h103;
+  assign \$54  = { \$53 , \$52  } & { ctl__we, ctl__we };
+  assign \$55  = | \$54 ;
+  assign \$56  = ctl__addr == 9'h102;
+  assign \$57  = ctl__addr == 9'h103;
+  assign \$58  = { \$57 , \$56  } & { ctl__we, ctl__we };
+  assign \$59  = ctl__addr == 9'h104;
+  assign \$60  = ctl__addr == 9'h105;
+  assign \$61  = { \$60 , \$59  } & { ctl__we, ctl__we };
+  assign \$62  = | \$61 ;
+  assign \$63  = ctl__addr == 9'h104;
+  assign \$64  = ctl__addr == 9'h105;
+  assign \$65  = { \$64 , \$63  } & { ctl__we, ctl__we };
+  assign \$66  = ctl__addr == 9'h106;
+  assign \$67  = ctl__addr == 9'h107;
+  assign \$68  = { \$67 , \$66  } & { ctl__we, ctl__we };
+  assign \$69  = | \$68 ;
+  assign \$70  = ctl__addr == 9'h106;
+  assign \$71  = ctl__addr == 9'h107;
+  assign \$72  = { \$71 , \$70  } & { ctl__we, ctl__we };
+  assign \$73  = ctl__addr == 9'h108;
+  assign \$74  = ctl__addr == 9'h109;
+  assign \$75  = { \$74 , \$73  } & { ctl__we, ctl__we };
+  assign \$76  = | \$75 ;
+  assign \$77  = ctl__addr == 9'h108;
+  assign \$78  = ctl__addr == 9'h109;
+  assign \$79  = { \$78 , \$77  } & { ctl__we, ctl__we };
+  assign \$80  = ctl__addr == 9'h10a;
+  assign \$81  = ctl__addr == 9'h10b;
+  assign \$82  = { \$81 , \$80  } & { ctl__we, ctl__we };
+  assign \$83  = | \$82 ;
+  assign \$84  = ctl__addr == 9'h10a;
+  assign \$85  = ctl__addr == 9'h10b;
+  assign \$86  = { \$85 , \$84  } & { ctl__we, ctl__we };
+  assign \$87  = ctl__addr == 9'h10c;
+  assign \$88  = ctl__addr == 9'h10d;
+  assign \$89  = { \$88 , \$87  } & { ctl__we, ctl__we };
+  assign \$90  = | \$89 ;
+  assign \$91  = ctl__addr == 9'h10c;
+  assign \$92  = ctl__addr == 9'h10d;
+  assign \$93  = { \$92 , \$91  } & { ctl__we, ctl__we };
+  assign \$94  = ctl__addr == 9'h10e;
+  assign \$95  = ctl__addr == 9'h10f;
+  assign \$96  = { \$95 , \$94  } & { ctl__we, ctl__we };
+  assign \$97  = | \$96 ;
+  assign \$98  = ctl__addr == 9'h10e;
+  assign \$99  = ctl__addr == 9'h10f;
+  assign \$100  = { \$99 , \$98  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$60 ;
+    valid_1 <= \$101 ;
   always @(posedge clk)
-    keep_1 <= \$61 ;
+    keep_1 <= \$102 ;
   always @(posedge clk)
-    valid_2 <= \$62 ;
+    valid_2 <= \$103 ;
   always @(posedge clk)
-    valid_3 <= \$63 ;
+    valid_3 <= \$104 ;
   always @(posedge clk)
-    valid_4 <= \$64 ;
+    valid_4 <= \$105 ;
   always @(posedge clk)
-    valid_5 <= \$65 ;
+    valid_5 <= \$106 ;
   always @(posedge clk)
-    valid_6 <= \$66 ;
+    valid_6 <= \$107 ;
   always @(posedge clk)
-    valid_7 <= \$67 ;
+    valid_7 <= \$108 ;
   always @(posedge clk)
-    valid_8 <= \$68 ;
+    valid_8 <= \$109 ;
   always @(posedge clk)
-    valid_9 <= \$69 ;
+    valid_9 <= \$110 ;
   always @(posedge clk)
-    source__valid <= \$70 ;
+    source__valid <= \$111 ;
   always @(posedge clk)
-    keep_2 <= \$71 ;
+    keep_2 <= \$112 ;
   always @(posedge clk)
-    keep_3 <= \$72 ;
+    keep_3 <= \$113 ;
   always @(posedge clk)
-    keep_4 <= \$73 ;
+    keep_4 <= \$114 ;
   always @(posedge clk)
-    keep_5 <= \$74 ;
+    keep_5 <= \$115 ;
   always @(posedge clk)
-    keep_6 <= \$75 ;
+    keep_6 <= \$116 ;
   always @(posedge clk)
-    keep_7 <= \$76 ;
+    keep_7 <= \$117 ;
   always @(posedge clk)
-    keep_8 <= \$77 ;
+    keep_8 <= \$118 ;
   always @(posedge clk)
-    keep_9 <= \$78 ;
+    keep_9 <= \$119 ;
   always @(posedge clk)
-    keep_10 <= \$79 ;
+    keep_10 <= \$120 ;
   always @(posedge clk)
-    data <= ctl__data;
+    wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$80 ;
+    write_step <= \$121 ;
   always @(posedge clk)
-    write_decay <= \$81 ;
+    write_decay <= \$122 ;
   always @(posedge clk)
-    write_noise <= \$82 ;
+    write_noise <= \$123 ;
   always @(posedge clk)
-    seed_load_0 <= \$83 ;
+    data <= \$124 ;
   always @(posedge clk)
-    \step$38  <= \$84 ;
+    seed_load_0 <= \$125 ;
   always @(posedge clk)
-    decay <= \$85 ;
+    seed_hold_0 <= \$126 ;
   always @(posedge clk)
-    noise <= \$86 ;
+    \step$41  <= \$127 ;
   always @(posedge clk)
-    seed_load_1 <= \$87 ;
+    decay <= \$128 ;
   always @(posedge clk)
-    \step$56  <= \$88 ;
+    noise <= \$129 ;
   always @(posedge clk)
-    \decay$58  <= \$89 ;
+    seed_load_1 <= \$130 ;
   always @(posedge clk)
-    \noise$60  <= \$90 ;
+    seed_hold_1 <= \$131 ;
   always @(posedge clk)
-    seed_load_2 <= \$91 ;
+    \step$60  <= \$132 ;
   always @(posedge clk)
-    \step$74  <= \$92 ;
+    \decay$62  <= \$133 ;
   always @(posedge clk)
-    \decay$76  <= \$93 ;
+    \noise$64  <= \$134 ;
   always @(posedge clk)
-    \noise$78  <= \$94 ;
+    seed_load_2 <= \$135 ;
   always @(posedge clk)
-    seed_load_3 <= \$95 ;
+    seed_hold_2 <= \$136 ;
   always @(posedge clk)
-    \step$92  <= \$96 ;
+    \step$79  <= \$137 ;
   always @(posedge clk)
-    \decay$94  <= \$97 ;
+    \decay$81  <= \$138 ;
   always @(posedge clk)
-    \noise$96  <= \$98 ;
+    \noise$83  <= \$139 ;
   always @(posedge clk)
-    seed_load_4 <= \$99 ;
+    seed_load_3 <= \$140 ;
   always @(posedge clk)
-    \step$110  <= \$100 ;
+    seed_hold_3 <= \$141 ;
   always @(posedge clk)
-    \decay$112  <= \$101 ;
+    \step$98  <= \$142 ;
   always @(posedge clk)
-    \noise$114  <= \$102 ;
+    \decay$100  <= \$143 ;
   always @(posedge clk)
-    seed_load_5 <= \$103 ;
+    \noise$102  <= \$144 ;
   always @(posedge clk)
-    \step$128  <= \$104 ;
+    seed_load_4 <= \$145 ;
   always @(posedge clk)
-    \decay$130  <= \$105 ;
+    seed_hold_4 <= \$146 ;
   always @(posedge clk)
-    \noise$132  <= \$106 ;
+    \step$117  <= \$147 ;
   always @(posedge clk)
-    seed_load_6 <= \$107 ;
+    \decay$119  <= \$148 ;
   always @(posedge clk)
-    \step$146  <= \$108 ;
+    \noise$121  <= \$149 ;
   always @(posedge clk)
-    \decay$148  <= \$109 ;
+    seed_load_5 <= \$150 ;
   always @(posedge clk)
-    \noise$150  <= \$110 ;
+    seed_hold_5 <= \$151 ;
   always @(posedge clk)
-    seed_load_7 <= \$111 ;
+    \step$136  <= \$152 ;
   always @(posedge clk)
-    \step$164  <= \$112 ;
+    \decay$138  <= \$153 ;
   always @(posedge clk)
-    \decay$166  <= \$113 ;
+    \noise$140  <= \$154 ;
   always @(posedge clk)
-    \noise$168  <= \$114 ;
+    seed_load_6 <= \$155 ;
+  always @(posedge clk)
+    seed_hold_6 <= \$156 ;
+  always @(posedge clk)
+    \step$155  <= \$157 ;
+  always @(posedge clk)
+    \decay$157  <= \$158 ;
+  always @(posedge clk)
+    \noise$159  <= \$159 ;
+  always @(posedge clk)
+    seed_load_7 <= \$160 ;
+  always @(posedge clk)
+    seed_hold_7 <= \$161 ;
+  always @(posedge clk)
+    \step$174  <= \$162 ;
+  always @(posedge clk)
+    \decay$176  <= \$163 ;
+  always @(posedge clk)
+    \noise$178  <= \$164 ;
   \lpsgld_w8_naive_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -572,359 +710,367 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$38 ),
+    .step(\step$41 ),
     .theta(sink__payload[15:8]),
     .words(words)
   );
   \lpsgld_w8_naive_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$58 ),
+    .decay(\decay$62 ),
     .en(advance),
     .grad(sink__payload[87:80]),
-    .noise(\noise$60 ),
+    .noise(\noise$64 ),
     .rst(rst),
-    .state(\state$54 ),
-    .step(\step$56 ),
+    .state(\state$58 ),
+    .step(\step$60 ),
     .theta(sink__payload[23:16]),
-    .words(\words$52 )
+    .words(\words$56 )
   );
   \lpsgld_w8_naive_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$76 ),
+    .decay(\decay$81 ),
     .en(advance),
     .grad(sink__payload[95:88]),
-    .noise(\noise$78 ),
+    .noise(\noise$83 ),
     .rst(rst),
-    .state(\state$72 ),
-    .step(\step$74 ),
+    .state(\state$77 ),
+    .step(\step$79 ),
     .theta(sink__payload[31:24]),
-    .words(\words$70 )
+    .words(\words$75 )
   );
   \lpsgld_w8_naive_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$94 ),
+    .decay(\decay$100 ),
     .en(advance),
     .grad(sink__payload[103:96]),
-    .noise(\noise$96 ),
+    .noise(\noise$102 ),
     .rst(rst),
-    .state(\state$90 ),
-    .step(\step$92 ),
+    .state(\state$96 ),
+    .step(\step$98 ),
     .theta(sink__payload[39:32]),
-    .words(\words$88 )
+    .words(\words$94 )
   );
   \lpsgld_w8_naive_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(\decay$112 ),
+    .decay(\decay$119 ),
     .en(advance),
     .grad(sink__payload[111:104]),
-    .noise(\noise$114 ),
+    .noise(\noise$121 ),
     .rst(rst),
-    .state(\state$108 ),
-    .step(\step$110 ),
+    .state(\state$115 ),
+    .step(\step$117 ),
     .theta(sink__payload[47:40]),
-    .words(\words$106 )
+    .words(\words$113 )
   );
   \lpsgld_w8_naive_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(\decay$130 ),
+    .decay(\decay$138 ),
     .en(advance),
     .grad(sink__payload[119:112]),
-    .noise(\noise$132 ),
+    .noise(\noise$140 ),
     .rst(rst),
-    .state(\state$126 ),
-    .step(\step$128 ),
+    .state(\state$134 ),
+    .step(\step$136 ),
     .theta(sink__payload[55:48]),
-    .words(\words$124 )
+    .words(\words$132 )
   );
   \lpsgld_w8_naive_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(\decay$148 ),
+    .decay(\decay$157 ),
     .en(advance),
     .grad(sink__payload[127:120]),
-    .noise(\noise$150 ),
+    .noise(\noise$159 ),
     .rst(rst),
-    .state(\state$144 ),
-    .step(\step$146 ),
+    .state(\state$153 ),
+    .step(\step$155 ),
     .theta(sink__payload[63:56]),
-    .words(\words$142 )
+    .words(\words$151 )
   );
   \lpsgld_w8_naive_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(\decay$166 ),
+    .decay(\decay$176 ),
     .en(advance),
     .grad(sink__payload[135:128]),
-    .noise(\noise$168 ),
+    .noise(\noise$178 ),
     .rst(rst),
-    .state(\state$162 ),
-    .step(\step$164 ),
+    .state(\state$172 ),
+    .step(\step$174 ),
     .theta(sink__payload[71:64]),
-    .words(\words$160 )
+    .words(\words$170 )
   );
   \lpsgld_w8_naive_l8.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$8912$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w8_naive_l8.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .out(\words$52 ),
-    .\port$8920$0 (seed_load_1),
+    .load0(\load0$50 ),
+    .load1(\load1$51 ),
+    .out(\words$56 ),
     .rst(rst),
-    .step(\step$44 )
+    .step(\step$47 )
   );
   \lpsgld_w8_naive_l8.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .out(\words$70 ),
-    .\port$8928$0 (seed_load_2),
+    .load0(\load0$69 ),
+    .load1(\load1$70 ),
+    .out(\words$75 ),
     .rst(rst),
-    .step(\step$62 )
+    .step(\step$66 )
   );
   \lpsgld_w8_naive_l8.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .out(\words$88 ),
-    .\port$8936$0 (seed_load_3),
+    .load0(\load0$88 ),
+    .load1(\load1$89 ),
+    .out(\words$94 ),
     .rst(rst),
-    .step(\step$80 )
+    .step(\step$85 )
   );
   \lpsgld_w8_naive_l8.rng_4_0  rng_4_0 (
     .clk(clk),
     .data(data),
-    .out(\words$106 ),
-    .\port$8944$0 (seed_load_4),
+    .load0(\load0$107 ),
+    .load1(\load1$108 ),
+    .out(\words$113 ),
     .rst(rst),
-    .step(\step$98 )
+    .step(\step$104 )
   );
   \lpsgld_w8_naive_l8.rng_5_0  rng_5_0 (
     .clk(clk),
     .data(data),
-    .out(\words$124 ),
-    .\port$8952$0 (seed_load_5),
+    .load0(\load0$126 ),
+    .load1(\load1$127 ),
+    .out(\words$132 ),
     .rst(rst),
-    .step(\step$116 )
+    .step(\step$123 )
   );
   \lpsgld_w8_naive_l8.rng_6_0  rng_6_0 (
     .clk(clk),
     .data(data),
-    .out(\words$142 ),
-    .\port$8960$0 (seed_load_6),
+    .load0(\load0$145 ),
+    .load1(\load1$146 ),
+    .out(\words$151 ),
     .rst(rst),
-    .step(\step$134 )
+    .step(\step$142 )
   );
   \lpsgld_w8_naive_l8.rng_7_0  rng_7_0 (
     .clk(clk),
     .data(data),
-    .out(\words$160 ),
-    .\port$8968$0 (seed_load_7),
+    .load0(\load0$164 ),
+    .load1(\load1$165 ),
+    .out(\words$170 ),
     .rst(rst),
-    .step(\step$152 )
+    .step(\step$161 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = valid_1;
+    \$101  = valid_1;
     if (advance) begin
-      \$60  = sink__valid;
+      \$101  = sink__valid;
     end
     if (rst) begin
-      \$60  = 1'h0;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_1;
+    \$102  = keep_1;
     if (advance) begin
-      \$61  = sink__payload[7:0];
+      \$102  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = valid_2;
+    \$103  = valid_2;
     if (advance) begin
-      \$62  = valid_1;
+      \$103  = valid_1;
     end
     if (rst) begin
-      \$62  = 1'h0;
+      \$103  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = valid_3;
+    \$104  = valid_3;
     if (advance) begin
-      \$63  = valid_2;
+      \$104  = valid_2;
     end
     if (rst) begin
-      \$63  = 1'h0;
+      \$104  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = valid_4;
+    \$105  = valid_4;
     if (advance) begin
-      \$64  = valid_3;
+      \$105  = valid_3;
     end
     if (rst) begin
-      \$64  = 1'h0;
+      \$105  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = valid_5;
+    \$106  = valid_5;
     if (advance) begin
-      \$65  = valid_4;
+      \$106  = valid_4;
     end
     if (rst) begin
-      \$65  = 1'h0;
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = valid_6;
+    \$107  = valid_6;
     if (advance) begin
-      \$66  = valid_5;
+      \$107  = valid_5;
     end
     if (rst) begin
-      \$66  = 1'h0;
+      \$107  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = valid_7;
+    \$108  = valid_7;
     if (advance) begin
-      \$67  = valid_6;
+      \$108  = valid_6;
     end
     if (rst) begin
-      \$67  = 1'h0;
+      \$108  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = valid_8;
+    \$109  = valid_8;
     if (advance) begin
-      \$68  = valid_7;
+      \$109  = valid_7;
     end
     if (rst) begin
-      \$68  = 1'h0;
+      \$109  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = valid_9;
+    \$110  = valid_9;
     if (advance) begin
-      \$69  = valid_8;
+      \$110  = valid_8;
     end
     if (rst) begin
-      \$69  = 1'h0;
+      \$110  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = source__valid;
+    \$111  = source__valid;
     if (advance) begin
-      \$70  = valid_9;
+      \$111  = valid_9;
     end
     if (rst) begin
-      \$70  = 1'h0;
+      \$111  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = keep_2;
+    \$112  = keep_2;
     if (advance) begin
-      \$71  = keep_1;
+      \$112  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = keep_3;
+    \$113  = keep_3;
     if (advance) begin
-      \$72  = keep_2;
+      \$113  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = keep_4;
+    \$114  = keep_4;
     if (advance) begin
-      \$73  = keep_3;
+      \$114  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = keep_5;
+    \$115  = keep_5;
     if (advance) begin
-      \$74  = keep_4;
+      \$115  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = keep_6;
+    \$116  = keep_6;
     if (advance) begin
-      \$75  = keep_5;
+      \$116  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = keep_7;
+    \$117  = keep_7;
     if (advance) begin
-      \$76  = keep_6;
+      \$117  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = keep_8;
+    \$118  = keep_8;
     if (advance) begin
-      \$77  = keep_7;
+      \$118  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = keep_9;
+    \$119  = keep_9;
     if (advance) begin
-      \$78  = keep_8;
+      \$119  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = keep_10;
+    \$120  = keep_10;
     if (advance) begin
-      \$79  = keep_9;
+      \$120  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = 1'h0;
+    \$121  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$80  = 1'h1;
+            \$121  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$80  = 1'h0;
+      \$121  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = 1'h0;
+    \$122  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$81  = 1'h1;
+            \$122  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$81  = 1'h0;
+      \$122  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = 1'h0;
+    \$123  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -932,398 +1078,509 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$82  = 1'h1;
+            \$123  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$82  = 1'h0;
+      \$123  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = \$38 ;
+    \$124  = data;
+    if (ctl__we) begin
+      \$124  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$125  = seed_load_0;
+    if (\$48 ) begin
+      \$125  = \$51 ;
+    end else if (free) begin
+      \$125  = 2'h0;
+    end
     if (rst) begin
-      \$83  = 2'h0;
+      \$125  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = \step$38 ;
+    \$126  = seed_hold_0;
+    if (\$48 ) begin
+      \$126  = took;
+    end
+    if (rst) begin
+      \$126  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$127  = \step$41 ;
     if (write_step) begin
-      \$84  = data[15:0];
+      \$127  = wdata[15:0];
     end
     if (rst) begin
-      \$84  = 16'h0000;
+      \$127  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = decay;
+    \$128  = decay;
     if (write_decay) begin
-      \$85  = data[11:0];
+      \$128  = wdata[11:0];
     end
     if (rst) begin
-      \$85  = 12'h000;
+      \$128  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = noise;
+    \$129  = noise;
     if (write_noise) begin
-      \$86  = data[15:0];
+      \$129  = wdata[15:0];
     end
     if (rst) begin
-      \$86  = 16'h0000;
+      \$129  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \$41 ;
+    \$130  = seed_load_1;
+    if (\$55 ) begin
+      \$130  = \$58 ;
+    end else if (free) begin
+      \$130  = 2'h0;
+    end
     if (rst) begin
-      \$87  = 2'h0;
+      \$130  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = \step$56 ;
+    \$131  = seed_hold_1;
+    if (\$55 ) begin
+      \$131  = took;
+    end
+    if (rst) begin
+      \$131  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$132  = \step$60 ;
     if (write_step) begin
-      \$88  = data[15:0];
+      \$132  = wdata[15:0];
     end
     if (rst) begin
-      \$88  = 16'h0000;
+      \$132  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = \decay$58 ;
+    \$133  = \decay$62 ;
     if (write_decay) begin
-      \$89  = data[11:0];
+      \$133  = wdata[11:0];
     end
     if (rst) begin
-      \$89  = 12'h000;
+      \$133  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = \noise$60 ;
+    \$134  = \noise$64 ;
     if (write_noise) begin
-      \$90  = data[15:0];
+      \$134  = wdata[15:0];
     end
     if (rst) begin
-      \$90  = 16'h0000;
+      \$134  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = \$44 ;
+    \$135  = seed_load_2;
+    if (\$62 ) begin
+      \$135  = \$65 ;
+    end else if (free) begin
+      \$135  = 2'h0;
+    end
     if (rst) begin
-      \$91  = 2'h0;
+      \$135  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = \step$74 ;
+    \$136  = seed_hold_2;
+    if (\$62 ) begin
+      \$136  = took;
+    end
+    if (rst) begin
+      \$136  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$137  = \step$79 ;
     if (write_step) begin
-      \$92  = data[15:0];
+      \$137  = wdata[15:0];
     end
     if (rst) begin
-      \$92  = 16'h0000;
+      \$137  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = \decay$76 ;
+    \$138  = \decay$81 ;
     if (write_decay) begin
-      \$93  = data[11:0];
+      \$138  = wdata[11:0];
     end
     if (rst) begin
-      \$93  = 12'h000;
+      \$138  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = \noise$78 ;
+    \$139  = \noise$83 ;
     if (write_noise) begin
-      \$94  = data[15:0];
+      \$139  = wdata[15:0];
     end
     if (rst) begin
-      \$94  = 16'h0000;
+      \$139  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = \$47 ;
+    \$140  = seed_load_3;
+    if (\$69 ) begin
+      \$140  = \$72 ;
+    end else if (free) begin
+      \$140  = 2'h0;
+    end
     if (rst) begin
-      \$95  = 2'h0;
+      \$140  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = \step$92 ;
+    \$141  = seed_hold_3;
+    if (\$69 ) begin
+      \$141  = took;
+    end
+    if (rst) begin
+      \$141  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$142  = \step$98 ;
     if (write_step) begin
-      \$96  = data[15:0];
+      \$142  = wdata[15:0];
     end
     if (rst) begin
-      \$96  = 16'h0000;
+      \$142  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = \decay$94 ;
+    \$143  = \decay$100 ;
     if (write_decay) begin
-      \$97  = data[11:0];
+      \$143  = wdata[11:0];
     end
     if (rst) begin
-      \$97  = 12'h000;
+      \$143  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = \noise$96 ;
+    \$144  = \noise$102 ;
     if (write_noise) begin
-      \$98  = data[15:0];
+      \$144  = wdata[15:0];
     end
     if (rst) begin
-      \$98  = 16'h0000;
+      \$144  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = \$50 ;
+    \$145  = seed_load_4;
+    if (\$76 ) begin
+      \$145  = \$79 ;
+    end else if (free) begin
+      \$145  = 2'h0;
+    end
     if (rst) begin
-      \$99  = 2'h0;
+      \$145  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$100  = \step$110 ;
+    \$146  = seed_hold_4;
+    if (\$76 ) begin
+      \$146  = took;
+    end
+    if (rst) begin
+      \$146  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$147  = \step$117 ;
     if (write_step) begin
-      \$100  = data[15:0];
+      \$147  = wdata[15:0];
     end
     if (rst) begin
-      \$100  = 16'h0000;
+      \$147  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = \decay$112 ;
+    \$148  = \decay$119 ;
     if (write_decay) begin
-      \$101  = data[11:0];
+      \$148  = wdata[11:0];
     end
     if (rst) begin
-      \$101  = 12'h000;
+      \$148  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = \noise$114 ;
+    \$149  = \noise$121 ;
     if (write_noise) begin
-      \$102  = data[15:0];
+      \$149  = wdata[15:0];
     end
     if (rst) begin
-      \$102  = 16'h0000;
+      \$149  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = \$53 ;
+    \$150  = seed_load_5;
+    if (\$83 ) begin
+      \$150  = \$86 ;
+    end else if (free) begin
+      \$150  = 2'h0;
+    end
     if (rst) begin
-      \$103  = 2'h0;
+      \$150  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = \step$128 ;
+    \$151  = seed_hold_5;
+    if (\$83 ) begin
+      \$151  = took;
+    end
+    if (rst) begin
+      \$151  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$152  = \step$136 ;
     if (write_step) begin
-      \$104  = data[15:0];
+      \$152  = wdata[15:0];
     end
     if (rst) begin
-      \$104  = 16'h0000;
+      \$152  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = \decay$130 ;
+    \$153  = \decay$138 ;
     if (write_decay) begin
-      \$105  = data[11:0];
+      \$153  = wdata[11:0];
     end
     if (rst) begin
-      \$105  = 12'h000;
+      \$153  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = \noise$132 ;
+    \$154  = \noise$140 ;
     if (write_noise) begin
-      \$106  = data[15:0];
+      \$154  = wdata[15:0];
     end
     if (rst) begin
-      \$106  = 16'h0000;
+      \$154  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = \$56 ;
+    \$155  = seed_load_6;
+    if (\$90 ) begin
+      \$155  = \$93 ;
+    end else if (free) begin
+      \$155  = 2'h0;
+    end
     if (rst) begin
-      \$107  = 2'h0;
+      \$155  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = \step$146 ;
+    \$156  = seed_hold_6;
+    if (\$90 ) begin
+      \$156  = took;
+    end
+    if (rst) begin
+      \$156  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$157  = \step$155 ;
     if (write_step) begin
-      \$108  = data[15:0];
+      \$157  = wdata[15:0];
     end
     if (rst) begin
-      \$108  = 16'h0000;
+      \$157  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = \decay$148 ;
+    \$158  = \decay$157 ;
     if (write_decay) begin
-      \$109  = data[11:0];
+      \$158  = wdata[11:0];
     end
     if (rst) begin
-      \$109  = 12'h000;
+      \$158  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = \noise$150 ;
+    \$159  = \noise$159 ;
     if (write_noise) begin
-      \$110  = data[15:0];
+      \$159  = wdata[15:0];
     end
     if (rst) begin
-      \$110  = 16'h0000;
+      \$159  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = \$59 ;
+    \$160  = seed_load_7;
+    if (\$97 ) begin
+      \$160  = \$100 ;
+    end else if (free) begin
+      \$160  = 2'h0;
+    end
     if (rst) begin
-      \$111  = 2'h0;
+      \$160  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = \step$164 ;
+    \$161  = seed_hold_7;
+    if (\$97 ) begin
+      \$161  = took;
+    end
+    if (rst) begin
+      \$161  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$162  = \step$174 ;
     if (write_step) begin
-      \$112  = data[15:0];
+      \$162  = wdata[15:0];
     end
     if (rst) begin
-      \$112  = 16'h0000;
+      \$162  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = \decay$166 ;
+    \$163  = \decay$176 ;
     if (write_decay) begin
-      \$113  = data[11:0];
+      \$163  = wdata[11:0];
     end
     if (rst) begin
-      \$113  = 12'h000;
+      \$163  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = \noise$168 ;
+    \$164  = \noise$178 ;
     if (write_noise) begin
-      \$114  = data[15:0];
+      \$164  = wdata[15:0];
     end
     if (rst) begin
-      \$114  = 16'h0000;
+      \$164  = 16'h0000;
     end
   end
   assign valid_10 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$38 ;
+  assign reg_step_0 = \step$41 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \load0$46  = seed_load_1[0];
-  assign \load1$47  = seed_load_1[1];
-  assign \data$48  = data;
-  assign \en$49  = advance;
-  assign \theta$50  = sink__payload[23:16];
-  assign \grad$51  = sink__payload[87:80];
-  assign \out$53  = \words$52 ;
-  assign \weight$55  = \state$54 ;
-  assign reg_step_1 = \step$56 ;
-  assign reg_decay_1 = \decay$58 ;
-  assign reg_noise_1 = \noise$60 ;
-  assign \load0$64  = seed_load_2[0];
-  assign \load1$65  = seed_load_2[1];
-  assign \data$66  = data;
-  assign \en$67  = advance;
-  assign \theta$68  = sink__payload[31:24];
-  assign \grad$69  = sink__payload[95:88];
-  assign \out$71  = \words$70 ;
-  assign \weight$73  = \state$72 ;
-  assign reg_step_2 = \step$74 ;
-  assign reg_decay_2 = \decay$76 ;
-  assign reg_noise_2 = \noise$78 ;
-  assign \load0$82  = seed_load_3[0];
-  assign \load1$83  = seed_load_3[1];
-  assign \data$84  = data;
-  assign \en$85  = advance;
-  assign \theta$86  = sink__payload[39:32];
-  assign \grad$87  = sink__payload[103:96];
-  assign \out$89  = \words$88 ;
-  assign \weight$91  = \state$90 ;
-  assign reg_step_3 = \step$92 ;
-  assign reg_decay_3 = \decay$94 ;
-  assign reg_noise_3 = \noise$96 ;
-  assign \load0$100  = seed_load_4[0];
-  assign \load1$101  = seed_load_4[1];
-  assign \data$102  = data;
-  assign \en$103  = advance;
-  assign \theta$104  = sink__payload[47:40];
-  assign \grad$105  = sink__payload[111:104];
-  assign \out$107  = \words$106 ;
-  assign \weight$109  = \state$108 ;
-  assign reg_step_4 = \step$110 ;
-  assign reg_decay_4 = \decay$112 ;
-  assign reg_noise_4 = \noise$114 ;
-  assign \load0$118  = seed_load_5[0];
-  assign \load1$119  = seed_load_5[1];
-  assign \data$120  = data;
-  assign \en$121  = advance;
-  assign \theta$122  = sink__payload[55:48];
-  assign \grad$123  = sink__payload[119:112];
-  assign \out$125  = \words$124 ;
-  assign \weight$127  = \state$126 ;
-  assign reg_step_5 = \step$128 ;
-  assign reg_decay_5 = \decay$130 ;
-  assign reg_noise_5 = \noise$132 ;
-  assign \load0$136  = seed_load_6[0];
-  assign \load1$137  = seed_load_6[1];
-  assign \data$138  = data;
-  assign \en$139  = advance;
-  assign \theta$140  = sink__payload[63:56];
-  assign \grad$141  = sink__payload[127:120];
-  assign \out$143  = \words$142 ;
-  assign \weight$145  = \state$144 ;
-  assign reg_step_6 = \step$146 ;
-  assign reg_decay_6 = \decay$148 ;
-  assign reg_noise_6 = \noise$150 ;
-  assign \load0$154  = seed_load_7[0];
-  assign \load1$155  = seed_load_7[1];
-  assign \data$156  = data;
-  assign \en$157  = advance;
-  assign \theta$158  = sink__payload[71:64];
-  assign \grad$159  = sink__payload[135:128];
-  assign \out$161  = \words$160 ;
-  assign \weight$163  = \state$162 ;
-  assign reg_step_7 = \step$164 ;
-  assign reg_decay_7 = \decay$166 ;
-  assign reg_noise_7 = \noise$168 ;
+  assign \data$52  = data;
+  assign \en$53  = advance;
+  assign \theta$54  = sink__payload[23:16];
+  assign \grad$55  = sink__payload[87:80];
+  assign \out$57  = \words$56 ;
+  assign \weight$59  = \state$58 ;
+  assign reg_step_1 = \step$60 ;
+  assign reg_decay_1 = \decay$62 ;
+  assign reg_noise_1 = \noise$64 ;
+  assign \data$71  = data;
+  assign \en$72  = advance;
+  assign \theta$73  = sink__payload[31:24];
+  assign \grad$74  = sink__payload[95:88];
+  assign \out$76  = \words$75 ;
+  assign \weight$78  = \state$77 ;
+  assign reg_step_2 = \step$79 ;
+  assign reg_decay_2 = \decay$81 ;
+  assign reg_noise_2 = \noise$83 ;
+  assign \data$90  = data;
+  assign \en$91  = advance;
+  assign \theta$92  = sink__payload[39:32];
+  assign \grad$93  = sink__payload[103:96];
+  assign \out$95  = \words$94 ;
+  assign \weight$97  = \state$96 ;
+  assign reg_step_3 = \step$98 ;
+  assign reg_decay_3 = \decay$100 ;
+  assign reg_noise_3 = \noise$102 ;
+  assign \data$109  = data;
+  assign \en$110  = advance;
+  assign \theta$111  = sink__payload[47:40];
+  assign \grad$112  = sink__payload[111:104];
+  assign \out$114  = \words$113 ;
+  assign \weight$116  = \state$115 ;
+  assign reg_step_4 = \step$117 ;
+  assign reg_decay_4 = \decay$119 ;
+  assign reg_noise_4 = \noise$121 ;
+  assign \data$128  = data;
+  assign \en$129  = advance;
+  assign \theta$130  = sink__payload[55:48];
+  assign \grad$131  = sink__payload[119:112];
+  assign \out$133  = \words$132 ;
+  assign \weight$135  = \state$134 ;
+  assign reg_step_5 = \step$136 ;
+  assign reg_decay_5 = \decay$138 ;
+  assign reg_noise_5 = \noise$140 ;
+  assign \data$147  = data;
+  assign \en$148  = advance;
+  assign \theta$149  = sink__payload[63:56];
+  assign \grad$150  = sink__payload[127:120];
+  assign \out$152  = \words$151 ;
+  assign \weight$154  = \state$153 ;
+  assign reg_step_6 = \step$155 ;
+  assign reg_decay_6 = \decay$157 ;
+  assign reg_noise_6 = \noise$159 ;
+  assign \data$166  = data;
+  assign \en$167  = advance;
+  assign \theta$168  = sink__payload[71:64];
+  assign \grad$169  = sink__payload[135:128];
+  assign \out$171  = \words$170 ;
+  assign \weight$173  = \state$172 ;
+  assign reg_step_7 = \step$174 ;
+  assign reg_decay_7 = \decay$176 ;
+  assign reg_noise_7 = \noise$178 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -1362,20 +1619,20 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$162 ;
-  assign source__payload[71:64] = \state$162 ;
-  assign source__payload[127:120] = \state$144 ;
-  assign source__payload[63:56] = \state$144 ;
-  assign source__payload[119:112] = \state$126 ;
-  assign source__payload[55:48] = \state$126 ;
-  assign source__payload[111:104] = \state$108 ;
-  assign source__payload[47:40] = \state$108 ;
-  assign source__payload[103:96] = \state$90 ;
-  assign source__payload[39:32] = \state$90 ;
-  assign source__payload[95:88] = \state$72 ;
-  assign source__payload[31:24] = \state$72 ;
-  assign source__payload[87:80] = \state$54 ;
-  assign source__payload[23:16] = \state$54 ;
+  assign source__payload[135:128] = \state$172 ;
+  assign source__payload[71:64] = \state$172 ;
+  assign source__payload[127:120] = \state$153 ;
+  assign source__payload[63:56] = \state$153 ;
+  assign source__payload[119:112] = \state$134 ;
+  assign source__payload[55:48] = \state$134 ;
+  assign source__payload[111:104] = \state$115 ;
+  assign source__payload[47:40] = \state$115 ;
+  assign source__payload[103:96] = \state$96 ;
+  assign source__payload[39:32] = \state$96 ;
+  assign source__payload[95:88] = \state$77 ;
+  assign source__payload[31:24] = \state$77 ;
+  assign source__payload[87:80] = \state$58 ;
+  assign source__payload[23:16] = \state$58 ;
   assign source__payload[79:72] = state;
   assign source__payload[15:8] = state;
   assign source__payload[7:0] = keep_10;
@@ -24214,7 +24471,7 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8912$0 , clk);
+module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24234,12 +24491,12 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8912$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8912$0 ;
-  wire [1:0] \port$8912$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -24269,7 +24526,7 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8912$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8912$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24282,19 +24539,17 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, out, data, \port$8912$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8912$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$8912$0 [0];
-  assign load1 = \port$8912$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8920$0 , clk);
+module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24314,12 +24569,12 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8920$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8920$0 ;
-  wire [1:0] \port$8920$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -24349,7 +24604,7 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8920$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8920$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24362,19 +24617,17 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, out, data, \port$8920$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8920$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$8920$0 [0];
-  assign load1 = \port$8920$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8928$0 , clk);
+module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24394,12 +24647,12 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8928$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8928$0 ;
-  wire [1:0] \port$8928$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -24429,7 +24682,7 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8928$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8928$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24442,19 +24695,17 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, out, data, \port$8928$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8928$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$8928$0 [0];
-  assign load1 = \port$8928$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8936$0 , clk);
+module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24474,12 +24725,12 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8936$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8936$0 ;
-  wire [1:0] \port$8936$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -24509,7 +24760,7 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8936$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8936$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24522,19 +24773,17 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, out, data, \port$8936$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8936$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$8936$0 [0];
-  assign load1 = \port$8936$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8944$0 , clk);
+module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24554,12 +24803,12 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8944$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8944$0 ;
-  wire [1:0] \port$8944$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -24589,7 +24838,7 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8944$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8944$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24602,19 +24851,17 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, out, data, \port$8944$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8944$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$8944$0 [0];
-  assign load1 = \port$8944$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8952$0 , clk);
+module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24634,12 +24881,12 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8952$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8952$0 ;
-  wire [1:0] \port$8952$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -24669,7 +24916,7 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8952$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8952$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24682,19 +24929,17 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, out, data, \port$8952$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8952$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$8952$0 [0];
-  assign load1 = \port$8952$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8960$0 , clk);
+module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24714,12 +24959,12 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8960$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8960$0 ;
-  wire [1:0] \port$8960$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -24749,7 +24994,7 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8960$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8960$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24762,19 +25007,17 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, out, data, \port$8960$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8960$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$8960$0 [0];
-  assign load1 = \port$8960$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8968$0 , clk);
+module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24794,12 +25037,12 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8968$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$8968$0 ;
-  wire [1:0] \port$8968$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -24829,7 +25072,7 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8968$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$8968$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -24842,13 +25085,11 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, out, data, \port$8968$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$8968$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$8968$0 [0];
-  assign load1 = \port$8968$0 [1];
 endmodule

@@ -5,13 +5,13 @@
 module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we, clk, rst, sink__ready, source__payload, source__valid, idle, sink__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire [1:0] \$10 ;
-  reg \$11 ;
-  reg \$12 ;
-  reg \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [1:0] \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -51,13 +51,21 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$5 ;
   reg \$50 ;
   reg \$51 ;
-  reg [1:0] \$52 ;
-  reg [15:0] \$53 ;
-  reg [11:0] \$54 ;
-  reg [15:0] \$55 ;
-  reg [14:0] \$56 ;
+  reg \$52 ;
+  reg \$53 ;
+  reg \$54 ;
+  reg \$55 ;
+  reg \$56 ;
   reg \$57 ;
+  reg [63:0] \$58 ;
+  reg [1:0] \$59 ;
   wire \$6 ;
+  reg \$60 ;
+  reg [15:0] \$61 ;
+  reg [11:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [14:0] \$64 ;
+  reg \$65 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
@@ -73,6 +81,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
+  wire free;
   wire [7:0] grad;
   output idle;
   wire idle;
@@ -110,6 +119,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [14:0] reg_vc_var_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   input [16:0] sink__payload;
   wire [16:0] sink__payload;
@@ -135,8 +147,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
-  reg [15:0] \step$46  = 16'h0000;
+  reg [15:0] \step$49  = 16'h0000;
   wire [7:0] theta;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -158,8 +171,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
   reg [14:0] vc_var = 15'h0000;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
   wire [63:0] words;
   reg write_decay = 1'h0;
@@ -168,115 +180,129 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg write_vc_noise = 1'h0;
   reg write_vc_var = 1'h0;
   always @(posedge clk)
-    valid_13 <= \$24 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_14 <= \$25 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_15 <= \$26 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_16 <= \$27 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    valid_17 <= \$28 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    source__valid <= \$29 ;
+    valid_9 <= \$26 ;
   always @(posedge clk)
-    keep_2 <= \$30 ;
+    valid_10 <= \$27 ;
   always @(posedge clk)
-    keep_3 <= \$31 ;
+    valid_11 <= \$28 ;
   always @(posedge clk)
-    keep_4 <= \$32 ;
+    valid_12 <= \$29 ;
   always @(posedge clk)
-    keep_5 <= \$33 ;
+    valid_13 <= \$30 ;
   always @(posedge clk)
-    keep_6 <= \$34 ;
+    valid_14 <= \$31 ;
   always @(posedge clk)
-    keep_7 <= \$35 ;
+    valid_15 <= \$32 ;
   always @(posedge clk)
-    keep_8 <= \$36 ;
+    valid_16 <= \$33 ;
   always @(posedge clk)
-    keep_9 <= \$37 ;
+    valid_17 <= \$34 ;
   always @(posedge clk)
-    keep_10 <= \$38 ;
+    source__valid <= \$35 ;
   always @(posedge clk)
-    keep_11 <= \$39 ;
+    keep_2 <= \$36 ;
   always @(posedge clk)
-    keep_12 <= \$40 ;
+    keep_3 <= \$37 ;
   always @(posedge clk)
-    keep_13 <= \$41 ;
+    keep_4 <= \$38 ;
   always @(posedge clk)
-    keep_14 <= \$42 ;
+    keep_5 <= \$39 ;
   always @(posedge clk)
-    keep_15 <= \$43 ;
+    keep_6 <= \$40 ;
   always @(posedge clk)
-    keep_16 <= \$44 ;
+    keep_7 <= \$41 ;
   always @(posedge clk)
-    keep_17 <= \$45 ;
+    keep_8 <= \$42 ;
   always @(posedge clk)
-    keep_18 <= \$46 ;
+    keep_9 <= \$43 ;
   always @(posedge clk)
-    data <= ctl__data;
+    keep_10 <= \$44 ;
   always @(posedge clk)
-    write_step <= \$47 ;
+    keep_11 <= \$45 ;
   always @(posedge clk)
-    write_decay <= \$48 ;
+    keep_12 <= \$46 ;
   always @(posedge clk)
-    write_noise <= \$49 ;
+    keep_13 <= \$47 ;
   always @(posedge clk)
-    write_vc_var <= \$50 ;
+    keep_14 <= \$48 ;
   always @(posedge clk)
-    write_vc_noise <= \$51 ;
+    keep_15 <= \$49 ;
   always @(posedge clk)
-    seed_load_0 <= \$52 ;
+    keep_16 <= \$50 ;
   always @(posedge clk)
-    \step$46  <= \$53 ;
+    keep_17 <= \$51 ;
   always @(posedge clk)
-    decay <= \$54 ;
+    keep_18 <= \$52 ;
   always @(posedge clk)
-    noise <= \$55 ;
+    wdata <= ctl__data;
   always @(posedge clk)
-    vc_var <= \$56 ;
+    write_step <= \$53 ;
   always @(posedge clk)
-    vc_noise <= \$57 ;
+    write_decay <= \$54 ;
+  always @(posedge clk)
+    write_noise <= \$55 ;
+  always @(posedge clk)
+    write_vc_var <= \$56 ;
+  always @(posedge clk)
+    write_vc_noise <= \$57 ;
+  always @(posedge clk)
+    data <= \$58 ;
+  always @(posedge clk)
+    seed_load_0 <= \$59 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$60 ;
+  always @(posedge clk)
+    \step$49  <= \$61 ;
+  always @(posedge clk)
+    decay <= \$62 ;
+  always @(posedge clk)
+    noise <= \$63 ;
+  always @(posedge clk)
+    vc_var <= \$64 ;
+  always @(posedge clk)
+    vc_noise <= \$65 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1;
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = ctl__addr == 9'h100;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = { \$9 , \$8  } & { ctl__we, ctl__we };
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$11 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$12 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$13 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$14 ;
-  always @(posedge clk)
-    valid_4 <= \$15 ;
-  always @(posedge clk)
-    valid_5 <= \$16 ;
-  always @(posedge clk)
-    valid_6 <= \$17 ;
-  always @(posedge clk)
-    valid_7 <= \$18 ;
-  always @(posedge clk)
-    valid_8 <= \$19 ;
-  always @(posedge clk)
-    valid_9 <= \$20 ;
-  always @(posedge clk)
-    valid_10 <= \$21 ;
-  always @(posedge clk)
-    valid_11 <= \$22 ;
-  always @(posedge clk)
-    valid_12 <= \$23 ;
+    valid_3 <= \$20 ;
   \lpsgld_w8_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -285,7 +311,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
     .state(state),
-    .step(\step$46 ),
+    .step(\step$49 ),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .words(words)
@@ -293,16 +319,47 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$1261$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_14;
+    \$22  = valid_5;
     if (advance) begin
-      \$25  = valid_13;
+      \$22  = valid_4;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_6;
+    if (advance) begin
+      \$23  = valid_5;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_7;
+    if (advance) begin
+      \$24  = valid_6;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = valid_8;
+    if (advance) begin
+      \$25  = valid_7;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -310,9 +367,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_15;
+    \$26  = valid_9;
     if (advance) begin
-      \$26  = valid_14;
+      \$26  = valid_8;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -320,9 +377,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_16;
+    \$27  = valid_10;
     if (advance) begin
-      \$27  = valid_15;
+      \$27  = valid_9;
     end
     if (rst) begin
       \$27  = 1'h0;
@@ -330,9 +387,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_17;
+    \$28  = valid_11;
     if (advance) begin
-      \$28  = valid_16;
+      \$28  = valid_10;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -340,9 +397,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = source__valid;
+    \$29  = valid_12;
     if (advance) begin
-      \$29  = valid_17;
+      \$29  = valid_11;
     end
     if (rst) begin
       \$29  = 1'h0;
@@ -350,154 +407,214 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_2;
+    \$30  = valid_13;
     if (advance) begin
-      \$30  = keep_1;
+      \$30  = valid_12;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_3;
+    \$31  = valid_14;
     if (advance) begin
-      \$31  = keep_2;
+      \$31  = valid_13;
+    end
+    if (rst) begin
+      \$31  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_4;
+    \$32  = valid_15;
     if (advance) begin
-      \$32  = keep_3;
+      \$32  = valid_14;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_5;
+    \$33  = valid_16;
     if (advance) begin
-      \$33  = keep_4;
+      \$33  = valid_15;
+    end
+    if (rst) begin
+      \$33  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_6;
+    \$34  = valid_17;
     if (advance) begin
-      \$34  = keep_5;
+      \$34  = valid_16;
+    end
+    if (rst) begin
+      \$34  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_7;
+    \$35  = source__valid;
     if (advance) begin
-      \$35  = keep_6;
+      \$35  = valid_17;
+    end
+    if (rst) begin
+      \$35  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_8;
+    \$36  = keep_2;
     if (advance) begin
-      \$36  = keep_7;
+      \$36  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_9;
+    \$37  = keep_3;
     if (advance) begin
-      \$37  = keep_8;
+      \$37  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_10;
+    \$38  = keep_4;
     if (advance) begin
-      \$38  = keep_9;
+      \$38  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_11;
+    \$39  = keep_5;
     if (advance) begin
-      \$39  = keep_10;
+      \$39  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_12;
+    \$40  = keep_6;
     if (advance) begin
-      \$40  = keep_11;
+      \$40  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_13;
+    \$41  = keep_7;
     if (advance) begin
-      \$41  = keep_12;
+      \$41  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_14;
+    \$42  = keep_8;
     if (advance) begin
-      \$42  = keep_13;
+      \$42  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_15;
+    \$43  = keep_9;
     if (advance) begin
-      \$43  = keep_14;
+      \$43  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_16;
+    \$44  = keep_10;
     if (advance) begin
-      \$44  = keep_15;
+      \$44  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_17;
+    \$45  = keep_11;
     if (advance) begin
-      \$45  = keep_16;
+      \$45  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_18;
+    \$46  = keep_12;
     if (advance) begin
-      \$46  = keep_17;
+      \$46  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = 1'h0;
+    \$47  = keep_13;
+    if (advance) begin
+      \$47  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$48  = keep_14;
+    if (advance) begin
+      \$48  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$49  = keep_15;
+    if (advance) begin
+      \$49  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$50  = keep_16;
+    if (advance) begin
+      \$50  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = keep_17;
+    if (advance) begin
+      \$51  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = keep_18;
+    if (advance) begin
+      \$52  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$47  = 1'h1;
+            \$53  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$47  = 1'h0;
+      \$53  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = 1'h0;
+    \$54  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$48  = 1'h1;
+            \$54  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$48  = 1'h0;
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = 1'h0;
+    \$55  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -505,16 +622,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$49  = 1'h1;
+            \$55  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$49  = 1'h0;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = 1'h0;
+    \$56  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -524,16 +641,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$50  = 1'h1;
+            \$56  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$50  = 1'h0;
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = 1'h0;
+    \$57  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -545,65 +662,8 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$51  = 1'h1;
+            \$57  = 1'h1;
       endcase
-    end
-    if (rst) begin
-      \$51  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = \$10 ;
-    if (rst) begin
-      \$52  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = \step$46 ;
-    if (write_step) begin
-      \$53  = data[15:0];
-    end
-    if (rst) begin
-      \$53  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = decay;
-    if (write_decay) begin
-      \$54  = data[11:0];
-    end
-    if (rst) begin
-      \$54  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = noise;
-    if (write_noise) begin
-      \$55  = data[15:0];
-    end
-    if (rst) begin
-      \$55  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = vc_var;
-    if (write_vc_var) begin
-      \$56  = data[14:0];
-    end
-    if (rst) begin
-      \$56  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = vc_noise;
-    if (write_vc_noise) begin
-      \$57  = data[0];
     end
     if (rst) begin
       \$57  = 1'h0;
@@ -611,66 +671,88 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$11  = valid_1;
-    if (advance) begin
-      \$11  = sink__valid;
+    \$58  = data;
+    if (ctl__we) begin
+      \$58  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = seed_load_0;
+    if (\$13 ) begin
+      \$59  = \$16 ;
+    end else if (free) begin
+      \$59  = 2'h0;
     end
     if (rst) begin
-      \$11  = 1'h0;
+      \$59  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = keep_1;
-    if (advance) begin
-      \$12  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = valid_2;
-    if (advance) begin
-      \$13  = valid_1;
+    \$60  = seed_hold_0;
+    if (\$13 ) begin
+      \$60  = took;
     end
     if (rst) begin
-      \$13  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_3;
-    if (advance) begin
-      \$14  = valid_2;
+    \$61  = \step$49 ;
+    if (write_step) begin
+      \$61  = wdata[15:0];
     end
     if (rst) begin
-      \$14  = 1'h0;
+      \$61  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = valid_4;
-    if (advance) begin
-      \$15  = valid_3;
+    \$62  = decay;
+    if (write_decay) begin
+      \$62  = wdata[11:0];
     end
     if (rst) begin
-      \$15  = 1'h0;
+      \$62  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_5;
-    if (advance) begin
-      \$16  = valid_4;
+    \$63  = noise;
+    if (write_noise) begin
+      \$63  = wdata[15:0];
     end
     if (rst) begin
-      \$16  = 1'h0;
+      \$63  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_6;
+    \$64  = vc_var;
+    if (write_vc_var) begin
+      \$64  = wdata[14:0];
+    end
+    if (rst) begin
+      \$64  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = vc_noise;
+    if (write_vc_noise) begin
+      \$65  = wdata[0];
+    end
+    if (rst) begin
+      \$65  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
     if (advance) begin
-      \$17  = valid_5;
+      \$17  = sink__valid;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -678,19 +760,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_7;
+    \$18  = keep_1;
     if (advance) begin
-      \$18  = valid_6;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
+      \$18  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_8;
+    \$19  = valid_2;
     if (advance) begin
-      \$19  = valid_7;
+      \$19  = valid_1;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -698,9 +777,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_9;
+    \$20  = valid_3;
     if (advance) begin
-      \$20  = valid_8;
+      \$20  = valid_2;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -708,54 +787,22 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_10;
+    \$21  = valid_4;
     if (advance) begin
-      \$21  = valid_9;
+      \$21  = valid_3;
     end
     if (rst) begin
       \$21  = 1'h0;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_11;
-    if (advance) begin
-      \$22  = valid_10;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_12;
-    if (advance) begin
-      \$23  = valid_11;
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_13;
-    if (advance) begin
-      \$24  = valid_12;
-    end
-    if (rst) begin
-      \$24  = 1'h0;
-    end
-  end
   assign valid_18 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$46 ;
+  assign reg_step_0 = \step$49 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign reg_vc_var_0 = vc_var;
@@ -4438,7 +4485,7 @@ module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1261$0 , clk);
+module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -4458,12 +4505,12 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1261$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$1261$0 ;
-  wire [1:0] \port$1261$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -4493,7 +4540,7 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1261$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$1261$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -4506,13 +4553,11 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, out, data, \port$1261$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$1261$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$1261$0 [0];
-  assign load1 = \port$1261$0 [1];
 endmodule

@@ -6,64 +6,114 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg \$100 ;
-  reg [1:0] \$101 ;
-  reg [15:0] \$102 ;
-  reg [11:0] \$103 ;
-  reg [15:0] \$104 ;
-  reg [14:0] \$105 ;
+  wire [1:0] \$100 ;
+  reg \$101 ;
+  reg [7:0] \$102 ;
+  reg \$103 ;
+  reg \$104 ;
+  reg \$105 ;
   reg \$106 ;
-  reg [1:0] \$107 ;
-  reg [15:0] \$108 ;
-  reg [11:0] \$109 ;
+  reg \$107 ;
+  reg \$108 ;
+  reg \$109 ;
   wire \$11 ;
-  reg [15:0] \$110 ;
-  reg [14:0] \$111 ;
+  reg \$110 ;
+  reg \$111 ;
   reg \$112 ;
-  reg [1:0] \$113 ;
-  reg [15:0] \$114 ;
-  reg [11:0] \$115 ;
-  reg [15:0] \$116 ;
-  reg [14:0] \$117 ;
+  reg \$113 ;
+  reg \$114 ;
+  reg \$115 ;
+  reg \$116 ;
+  reg \$117 ;
   reg \$118 ;
-  reg [1:0] \$119 ;
+  reg \$119 ;
   wire \$12 ;
-  reg [15:0] \$120 ;
-  reg [11:0] \$121 ;
-  reg [15:0] \$122 ;
-  reg [14:0] \$123 ;
-  reg \$124 ;
-  reg [1:0] \$125 ;
-  reg [15:0] \$126 ;
-  reg [11:0] \$127 ;
-  reg [15:0] \$128 ;
-  reg [14:0] \$129 ;
+  reg [7:0] \$120 ;
+  reg [7:0] \$121 ;
+  reg [7:0] \$122 ;
+  reg [7:0] \$123 ;
+  reg [7:0] \$124 ;
+  reg [7:0] \$125 ;
+  reg [7:0] \$126 ;
+  reg [7:0] \$127 ;
+  reg [7:0] \$128 ;
+  reg [7:0] \$129 ;
   wire \$13 ;
-  reg \$130 ;
-  reg [1:0] \$131 ;
-  reg [15:0] \$132 ;
-  reg [11:0] \$133 ;
-  reg [15:0] \$134 ;
-  reg [14:0] \$135 ;
-  reg \$136 ;
-  reg [1:0] \$137 ;
-  reg [15:0] \$138 ;
-  reg [11:0] \$139 ;
+  reg [7:0] \$130 ;
+  reg [7:0] \$131 ;
+  reg [7:0] \$132 ;
+  reg [7:0] \$133 ;
+  reg [7:0] \$134 ;
+  reg [7:0] \$135 ;
+  reg [7:0] \$136 ;
+  reg \$137 ;
+  reg \$138 ;
+  reg \$139 ;
   wire \$14 ;
-  reg [15:0] \$140 ;
-  reg [14:0] \$141 ;
-  reg \$142 ;
+  reg \$140 ;
+  reg \$141 ;
+  reg [63:0] \$142 ;
   reg [1:0] \$143 ;
-  reg [15:0] \$144 ;
-  reg [11:0] \$145 ;
-  reg [15:0] \$146 ;
-  reg [14:0] \$147 ;
-  reg \$148 ;
+  reg \$144 ;
+  reg [15:0] \$145 ;
+  reg [11:0] \$146 ;
+  reg [15:0] \$147 ;
+  reg [14:0] \$148 ;
+  reg \$149 ;
   wire \$15 ;
+  reg [1:0] \$150 ;
+  reg \$151 ;
+  reg [15:0] \$152 ;
+  reg [11:0] \$153 ;
+  reg [15:0] \$154 ;
+  reg [14:0] \$155 ;
+  reg \$156 ;
+  reg [1:0] \$157 ;
+  reg \$158 ;
+  reg [15:0] \$159 ;
   wire \$16 ;
+  reg [11:0] \$160 ;
+  reg [15:0] \$161 ;
+  reg [14:0] \$162 ;
+  reg \$163 ;
+  reg [1:0] \$164 ;
+  reg \$165 ;
+  reg [15:0] \$166 ;
+  reg [11:0] \$167 ;
+  reg [15:0] \$168 ;
+  reg [14:0] \$169 ;
   wire \$17 ;
+  reg \$170 ;
+  reg [1:0] \$171 ;
+  reg \$172 ;
+  reg [15:0] \$173 ;
+  reg [11:0] \$174 ;
+  reg [15:0] \$175 ;
+  reg [14:0] \$176 ;
+  reg \$177 ;
+  reg [1:0] \$178 ;
+  reg \$179 ;
   wire \$18 ;
+  reg [15:0] \$180 ;
+  reg [11:0] \$181 ;
+  reg [15:0] \$182 ;
+  reg [14:0] \$183 ;
+  reg \$184 ;
+  reg [1:0] \$185 ;
+  reg \$186 ;
+  reg [15:0] \$187 ;
+  reg [11:0] \$188 ;
+  reg [15:0] \$189 ;
   wire \$19 ;
+  reg [14:0] \$190 ;
+  reg \$191 ;
+  reg [1:0] \$192 ;
+  reg \$193 ;
+  reg [15:0] \$194 ;
+  reg [11:0] \$195 ;
+  reg [15:0] \$196 ;
+  reg [14:0] \$197 ;
+  reg \$198 ;
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
@@ -84,74 +134,74 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
-  wire [1:0] \$38 ;
+  wire \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire [1:0] \$41 ;
+  wire \$41 ;
   wire \$42 ;
   wire \$43 ;
-  wire [1:0] \$44 ;
+  wire \$44 ;
   wire \$45 ;
   wire \$46 ;
   wire [1:0] \$47 ;
   wire \$48 ;
   wire \$49 ;
   wire \$5 ;
-  wire [1:0] \$50 ;
-  wire \$51 ;
+  wire \$50 ;
+  wire [1:0] \$51 ;
   wire \$52 ;
-  wire [1:0] \$53 ;
-  wire \$54 ;
+  wire \$53 ;
+  wire [1:0] \$54 ;
   wire \$55 ;
-  wire [1:0] \$56 ;
+  wire \$56 ;
   wire \$57 ;
-  wire \$58 ;
-  wire [1:0] \$59 ;
+  wire [1:0] \$58 ;
+  wire \$59 ;
   wire \$6 ;
-  reg \$60 ;
-  reg [7:0] \$61 ;
-  reg \$62 ;
-  reg \$63 ;
-  reg \$64 ;
-  reg \$65 ;
-  reg \$66 ;
-  reg \$67 ;
-  reg \$68 ;
-  reg \$69 ;
+  wire \$60 ;
+  wire [1:0] \$61 ;
+  wire \$62 ;
+  wire \$63 ;
+  wire \$64 ;
+  wire [1:0] \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire [1:0] \$68 ;
+  wire \$69 ;
   wire \$7 ;
-  reg \$70 ;
-  reg \$71 ;
-  reg \$72 ;
-  reg \$73 ;
-  reg \$74 ;
-  reg \$75 ;
-  reg \$76 ;
-  reg \$77 ;
-  reg \$78 ;
-  reg [7:0] \$79 ;
+  wire \$70 ;
+  wire \$71 ;
+  wire [1:0] \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire [1:0] \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire [1:0] \$79 ;
   wire \$8 ;
-  reg [7:0] \$80 ;
-  reg [7:0] \$81 ;
-  reg [7:0] \$82 ;
-  reg [7:0] \$83 ;
-  reg [7:0] \$84 ;
-  reg [7:0] \$85 ;
-  reg [7:0] \$86 ;
-  reg [7:0] \$87 ;
-  reg [7:0] \$88 ;
-  reg [7:0] \$89 ;
+  wire \$80 ;
+  wire \$81 ;
+  wire [1:0] \$82 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire [1:0] \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire [1:0] \$89 ;
   wire \$9 ;
-  reg [7:0] \$90 ;
-  reg [7:0] \$91 ;
-  reg [7:0] \$92 ;
-  reg [7:0] \$93 ;
-  reg [7:0] \$94 ;
-  reg [7:0] \$95 ;
-  reg \$96 ;
-  reg \$97 ;
-  reg \$98 ;
-  reg \$99 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire [1:0] \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire [1:0] \$96 ;
+  wire \$97 ;
+  wire \$98 ;
+  wire \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -163,43 +213,44 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$104 ;
+  wire [63:0] \data$110 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$126 ;
+  wire [63:0] \data$133 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$148 ;
+  wire [63:0] \data$156 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$170 ;
+  wire [63:0] \data$179 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$192 ;
+  wire [63:0] \data$202 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$60 ;
+  wire [63:0] \data$64 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$82 ;
+  wire [63:0] \data$87 ;
   reg [11:0] decay = 12'h000;
-  reg [11:0] \decay$114  = 12'h000;
-  reg [11:0] \decay$136  = 12'h000;
-  reg [11:0] \decay$158  = 12'h000;
-  reg [11:0] \decay$180  = 12'h000;
-  reg [11:0] \decay$202  = 12'h000;
-  reg [11:0] \decay$70  = 12'h000;
-  reg [11:0] \decay$92  = 12'h000;
+  reg [11:0] \decay$120  = 12'h000;
+  reg [11:0] \decay$143  = 12'h000;
+  reg [11:0] \decay$166  = 12'h000;
+  reg [11:0] \decay$189  = 12'h000;
+  reg [11:0] \decay$212  = 12'h000;
+  reg [11:0] \decay$74  = 12'h000;
+  reg [11:0] \decay$97  = 12'h000;
   wire en;
-  wire \en$105 ;
-  wire \en$127 ;
-  wire \en$149 ;
-  wire \en$171 ;
-  wire \en$193 ;
-  wire \en$61 ;
-  wire \en$83 ;
+  wire \en$111 ;
+  wire \en$134 ;
+  wire \en$157 ;
+  wire \en$180 ;
+  wire \en$203 ;
+  wire \en$65 ;
+  wire \en$88 ;
+  wire free;
   wire [7:0] grad;
-  wire [7:0] \grad$107 ;
-  wire [7:0] \grad$129 ;
-  wire [7:0] \grad$151 ;
-  wire [7:0] \grad$173 ;
-  wire [7:0] \grad$195 ;
-  wire [7:0] \grad$63 ;
-  wire [7:0] \grad$85 ;
+  wire [7:0] \grad$113 ;
+  wire [7:0] \grad$136 ;
+  wire [7:0] \grad$159 ;
+  wire [7:0] \grad$182 ;
+  wire [7:0] \grad$205 ;
+  wire [7:0] \grad$67 ;
+  wire [7:0] \grad$90 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -221,37 +272,37 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$102 ;
-  wire \load0$124 ;
-  wire \load0$146 ;
-  wire \load0$168 ;
-  wire \load0$190 ;
-  wire \load0$58 ;
-  wire \load0$80 ;
+  wire \load0$108 ;
+  wire \load0$131 ;
+  wire \load0$154 ;
+  wire \load0$177 ;
+  wire \load0$200 ;
+  wire \load0$62 ;
+  wire \load0$85 ;
   wire load1;
-  wire \load1$103 ;
-  wire \load1$125 ;
-  wire \load1$147 ;
-  wire \load1$169 ;
-  wire \load1$191 ;
-  wire \load1$59 ;
-  wire \load1$81 ;
+  wire \load1$109 ;
+  wire \load1$132 ;
+  wire \load1$155 ;
+  wire \load1$178 ;
+  wire \load1$201 ;
+  wire \load1$63 ;
+  wire \load1$86 ;
   reg [15:0] noise = 16'h0000;
-  reg [15:0] \noise$116  = 16'h0000;
-  reg [15:0] \noise$138  = 16'h0000;
-  reg [15:0] \noise$160  = 16'h0000;
-  reg [15:0] \noise$182  = 16'h0000;
-  reg [15:0] \noise$204  = 16'h0000;
-  reg [15:0] \noise$72  = 16'h0000;
-  reg [15:0] \noise$94  = 16'h0000;
+  reg [15:0] \noise$122  = 16'h0000;
+  reg [15:0] \noise$145  = 16'h0000;
+  reg [15:0] \noise$168  = 16'h0000;
+  reg [15:0] \noise$191  = 16'h0000;
+  reg [15:0] \noise$214  = 16'h0000;
+  reg [15:0] \noise$76  = 16'h0000;
+  reg [15:0] \noise$99  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$109 ;
-  wire [63:0] \out$131 ;
-  wire [63:0] \out$153 ;
-  wire [63:0] \out$175 ;
-  wire [63:0] \out$197 ;
-  wire [63:0] \out$65 ;
-  wire [63:0] \out$87 ;
+  wire [63:0] \out$115 ;
+  wire [63:0] \out$138 ;
+  wire [63:0] \out$161 ;
+  wire [63:0] \out$184 ;
+  wire [63:0] \out$207 ;
+  wire [63:0] \out$69 ;
+  wire [63:0] \out$92 ;
   (* init = 12'h000 *)
   wire [11:0] reg_decay_0;
   (* init = 12'h000 *)
@@ -334,6 +385,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [14:0] reg_vc_var_7;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
+  reg seed_hold_4 = 1'h0;
+  reg seed_hold_5 = 1'h0;
+  reg seed_hold_6 = 1'h0;
+  reg seed_hold_7 = 1'h0;
   reg [1:0] seed_load_0 = 2'h0;
   reg [1:0] seed_load_1 = 2'h0;
   reg [1:0] seed_load_2 = 2'h0;
@@ -393,37 +454,38 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$110 ;
-  wire [7:0] \state$132 ;
-  wire [7:0] \state$154 ;
-  wire [7:0] \state$176 ;
-  wire [7:0] \state$198 ;
-  wire [7:0] \state$66 ;
-  wire [7:0] \state$88 ;
+  wire [7:0] \state$116 ;
+  wire [7:0] \state$139 ;
+  wire [7:0] \state$162 ;
+  wire [7:0] \state$185 ;
+  wire [7:0] \state$208 ;
+  wire [7:0] \state$70 ;
+  wire [7:0] \state$93 ;
   wire step;
-  wire \step$100 ;
-  reg [15:0] \step$112  = 16'h0000;
-  wire \step$122 ;
-  reg [15:0] \step$134  = 16'h0000;
-  wire \step$144 ;
-  reg [15:0] \step$156  = 16'h0000;
-  wire \step$166 ;
-  reg [15:0] \step$178  = 16'h0000;
-  wire \step$188 ;
-  reg [15:0] \step$200  = 16'h0000;
-  reg [15:0] \step$46  = 16'h0000;
-  wire \step$56 ;
-  reg [15:0] \step$68  = 16'h0000;
-  wire \step$78 ;
-  reg [15:0] \step$90  = 16'h0000;
+  wire \step$105 ;
+  reg [15:0] \step$118  = 16'h0000;
+  wire \step$128 ;
+  reg [15:0] \step$141  = 16'h0000;
+  wire \step$151 ;
+  reg [15:0] \step$164  = 16'h0000;
+  wire \step$174 ;
+  reg [15:0] \step$187  = 16'h0000;
+  wire \step$197 ;
+  reg [15:0] \step$210  = 16'h0000;
+  reg [15:0] \step$49  = 16'h0000;
+  wire \step$59 ;
+  reg [15:0] \step$72  = 16'h0000;
+  wire \step$82 ;
+  reg [15:0] \step$95  = 16'h0000;
   wire [7:0] theta;
-  wire [7:0] \theta$106 ;
-  wire [7:0] \theta$128 ;
-  wire [7:0] \theta$150 ;
-  wire [7:0] \theta$172 ;
-  wire [7:0] \theta$194 ;
-  wire [7:0] \theta$62 ;
-  wire [7:0] \theta$84 ;
+  wire [7:0] \theta$112 ;
+  wire [7:0] \theta$135 ;
+  wire [7:0] \theta$158 ;
+  wire [7:0] \theta$181 ;
+  wire [7:0] \theta$204 ;
+  wire [7:0] \theta$66 ;
+  wire [7:0] \theta$89 ;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -444,39 +506,38 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
-  reg \vc_noise$120  = 1'h0;
-  reg \vc_noise$142  = 1'h0;
-  reg \vc_noise$164  = 1'h0;
-  reg \vc_noise$186  = 1'h0;
-  reg \vc_noise$208  = 1'h0;
-  reg \vc_noise$76  = 1'h0;
-  reg \vc_noise$98  = 1'h0;
+  reg \vc_noise$103  = 1'h0;
+  reg \vc_noise$126  = 1'h0;
+  reg \vc_noise$149  = 1'h0;
+  reg \vc_noise$172  = 1'h0;
+  reg \vc_noise$195  = 1'h0;
+  reg \vc_noise$218  = 1'h0;
+  reg \vc_noise$80  = 1'h0;
   reg [14:0] vc_var = 15'h0000;
-  reg [14:0] \vc_var$118  = 15'h0000;
-  reg [14:0] \vc_var$140  = 15'h0000;
-  reg [14:0] \vc_var$162  = 15'h0000;
-  reg [14:0] \vc_var$184  = 15'h0000;
-  reg [14:0] \vc_var$206  = 15'h0000;
-  reg [14:0] \vc_var$74  = 15'h0000;
-  reg [14:0] \vc_var$96  = 15'h0000;
-  (* init = 64'h0000000000000000 *)
-  wire [63:0] wdata;
+  reg [14:0] \vc_var$101  = 15'h0000;
+  reg [14:0] \vc_var$124  = 15'h0000;
+  reg [14:0] \vc_var$147  = 15'h0000;
+  reg [14:0] \vc_var$170  = 15'h0000;
+  reg [14:0] \vc_var$193  = 15'h0000;
+  reg [14:0] \vc_var$216  = 15'h0000;
+  reg [14:0] \vc_var$78  = 15'h0000;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
-  wire [7:0] \weight$111 ;
-  wire [7:0] \weight$133 ;
-  wire [7:0] \weight$155 ;
-  wire [7:0] \weight$177 ;
-  wire [7:0] \weight$199 ;
-  wire [7:0] \weight$67 ;
-  wire [7:0] \weight$89 ;
+  wire [7:0] \weight$117 ;
+  wire [7:0] \weight$140 ;
+  wire [7:0] \weight$163 ;
+  wire [7:0] \weight$186 ;
+  wire [7:0] \weight$209 ;
+  wire [7:0] \weight$71 ;
+  wire [7:0] \weight$94 ;
   wire [63:0] words;
-  wire [63:0] \words$108 ;
-  wire [63:0] \words$130 ;
-  wire [63:0] \words$152 ;
-  wire [63:0] \words$174 ;
-  wire [63:0] \words$196 ;
-  wire [63:0] \words$64 ;
-  wire [63:0] \words$86 ;
+  wire [63:0] \words$114 ;
+  wire [63:0] \words$137 ;
+  wire [63:0] \words$160 ;
+  wire [63:0] \words$183 ;
+  wire [63:0] \words$206 ;
+  wire [63:0] \words$68 ;
+  wire [63:0] \words$91 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
@@ -488,250 +549,327 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = advance & valid_1;
-  assign \$5  = \$4  & keep_1[0];
-  assign \$6  = | seed_load_0;
-  assign \$7  = ~ \$6 ;
-  assign step = \$5  & \$7 ;
-  assign \$8  = advance & valid_1;
-  assign \$9  = \$8  & keep_1[1];
-  assign \$10  = | seed_load_1;
-  assign \$11  = ~ \$10 ;
-  assign \step$56  = \$9  & \$11 ;
-  assign \$12  = advance & valid_1;
-  assign \$13  = \$12  & keep_1[2];
-  assign \$14  = | seed_load_2;
-  assign \$15  = ~ \$14 ;
-  assign \step$78  = \$13  & \$15 ;
-  assign \$16  = advance & valid_1;
-  assign \$17  = \$16  & keep_1[3];
-  assign \$18  = | seed_load_3;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$59  = \$11  & \$14 ;
+  assign \load0$62  = seed_load_1[0] & free;
+  assign \load1$63  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
   assign \$19  = ~ \$18 ;
-  assign \step$100  = \$17  & \$19 ;
+  assign \step$82  = \$16  & \$19 ;
+  assign \load0$85  = seed_load_2[0] & free;
+  assign \load1$86  = seed_load_2[1] & free;
   assign \$20  = advance & valid_1;
-  assign \$21  = \$20  & keep_1[4];
-  assign \$22  = | seed_load_4;
-  assign \$23  = ~ \$22 ;
-  assign \step$122  = \$21  & \$23 ;
-  assign \$24  = advance & valid_1;
-  assign \$25  = \$24  & keep_1[5];
-  assign \$26  = | seed_load_5;
-  assign \$27  = ~ \$26 ;
-  assign \step$144  = \$25  & \$27 ;
-  assign \$28  = advance & valid_1;
-  assign \$29  = \$28  & keep_1[6];
-  assign \$30  = | seed_load_6;
-  assign \$31  = ~ \$30 ;
-  assign \step$166  = \$29  & \$31 ;
-  assign \$32  = advance & valid_1;
-  assign \$33  = \$32  & keep_1[7];
-  assign \$34  = | seed_load_7;
-  assign \$35  = ~ \$34 ;
-  assign \step$188  = \$33  & \$35 ;
-  assign \$36  = ctl__addr == 9'h100;
-  assign \$37  = ctl__addr == 9'h101;
-  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
-  assign \$39  = ctl__addr == 9'h102;
-  assign \$40  = ctl__addr == 9'h103;
-  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
-  assign \$42  = ctl__addr == 9'h104;
-  assign \$43  = ctl__addr == 9'h105;
-  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
-  assign \$45  = ctl__addr == 9'h106;
-  assign \$46  = ctl__addr == 9'h107;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$105  = \$21  & \$24 ;
+  assign \load0$108  = seed_load_3[0] & free;
+  assign \load1$109  = seed_load_3[1] & free;
+  assign \$25  = advance & valid_1;
+  assign \$26  = \$25  & keep_1[4];
+  assign \$27  = | seed_load_4;
+  assign \$28  = \$27  & seed_hold_4;
+  assign \$29  = ~ \$28 ;
+  assign \step$128  = \$26  & \$29 ;
+  assign \load0$131  = seed_load_4[0] & free;
+  assign \load1$132  = seed_load_4[1] & free;
+  assign \$30  = advance & valid_1;
+  assign \$31  = \$30  & keep_1[5];
+  assign \$32  = | seed_load_5;
+  assign \$33  = \$32  & seed_hold_5;
+  assign \$34  = ~ \$33 ;
+  assign \step$151  = \$31  & \$34 ;
+  assign \load0$154  = seed_load_5[0] & free;
+  assign \load1$155  = seed_load_5[1] & free;
+  assign \$35  = advance & valid_1;
+  assign \$36  = \$35  & keep_1[6];
+  assign \$37  = | seed_load_6;
+  assign \$38  = \$37  & seed_hold_6;
+  assign \$39  = ~ \$38 ;
+  assign \step$174  = \$36  & \$39 ;
+  assign \load0$177  = seed_load_6[0] & free;
+  assign \load1$178  = seed_load_6[1] & free;
+  assign \$40  = advance & valid_1;
+  assign \$41  = \$40  & keep_1[7];
+  assign \$42  = | seed_load_7;
+  assign \$43  = \$42  & seed_hold_7;
+  assign \$44  = ~ \$43 ;
+  assign \step$197  = \$41  & \$44 ;
+  assign \load0$200  = seed_load_7[0] & free;
+  assign \load1$201  = seed_load_7[1] & free;
+  assign \$45  = ctl__addr == 9'h100;
+  assign \$46  = ctl__addr == 9'h101;
   assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
-  assign \$48  = ctl__addr == 9'h108;
-  assign \$49  = ctl__addr == 9'h109;
-  assign \$50  = { \$49 , \$48  } & { ctl__we, ctl__we };
-  assign \$51  = ctl__addr == 9'h10a;
-  assign \$52  = ctl__addr == 9'h10b;
-  assign \$53  = { \$52 , \$51  } & { ctl__we, ctl__we };
-  assign \$54  = ctl__addr == 9'h10c;
-  assign \$55  = ctl__addr == 9'h10d;
-  assign \$56  = { \$55 , \$54  } & { ctl__we, ctl__we };
-  assign \$57  = ctl__addr == 9'h10e;
-  assign \$58  = ctl__addr == 9'h10f;
-  assign \$59  = { \$58 , \$57  } & { ctl__we, ctl__we };
+  assign \$48  = | \$47 ;
+  assign \$49  = ctl__addr == 9'h100;
+  assign \$50  = ctl__addr == 9'h101;
+  assign \$51  = { \$50 , \$49  } & { ctl__we, ctl__we };
+  assign \$52  = ctl__addr == 9'h102;
+  assign \$53  = ctl__addr == 9'h103;
+  assign \$54  = { \$53 , \$52  } & { ctl__we, ctl__we };
+  assign \$55  = | \$54 ;
+  assign \$56  = ctl__addr == 9'h102;
+  assign \$57  = ctl__addr == 9'h103;
+  assign \$58  = { \$57 , \$56  } & { ctl__we, ctl__we };
+  assign \$59  = ctl__addr == 9'h104;
+  assign \$60  = ctl__addr == 9'h105;
+  assign \$61  = { \$60 , \$59  } & { ctl__we, ctl__we };
+  assign \$62  = | \$61 ;
+  assign \$63  = ctl__addr == 9'h104;
+  assign \$64  = ctl__addr == 9'h105;
+  assign \$65  = { \$64 , \$63  } & { ctl__we, ctl__we };
+  assign \$66  = ctl__addr == 9'h106;
+  assign \$67  = ctl__addr == 9'h107;
+  assign \$68  = { \$67 , \$66  } & { ctl__we, ctl__we };
+  assign \$69  = | \$68 ;
+  assign \$70  = ctl__addr == 9'h106;
+  assign \$71  = ctl__addr == 9'h107;
+  assign \$72  = { \$71 , \$70  } & { ctl__we, ctl__we };
+  assign \$73  = ctl__addr == 9'h108;
+  assign \$74  = ctl__addr == 9'h109;
+  assign \$75  = { \$74 , \$73  } & { ctl__we, ctl__we };
+  assign \$76  = | \$75 ;
+  assign \$77  = ctl__addr == 9'h108;
+  assign \$78  = ctl__addr == 9'h109;
+  assign \$79  = { \$78 , \$77  } & { ctl__we, ctl__we };
+  assign \$80  = ctl__addr == 9'h10a;
+  assign \$81  = ctl__addr == 9'h10b;
+  assign \$82  = { \$81 , \$80  } & { ctl__we, ctl__we };
+  assign \$83  = | \$82 ;
+  assign \$84  = ctl__addr == 9'h10a;
+  assign \$85  = ctl__addr == 9'h10b;
+  assign \$86  = { \$85 , \$84  } & { ctl__we, ctl__we };
+  assign \$87  = ctl__addr == 9'h10c;
+  assign \$88  = ctl__addr == 9'h10d;
+  assign \$89  = { \$88 , \$87  } & { ctl__we, ctl__we };
+  assign \$90  = | \$89 ;
+  assign \$91  = ctl__addr == 9'h10c;
+  assign \$92  = ctl__addr == 9'h10d;
+  assign \$93  = { \$92 , \$91  } & { ctl__we, ctl__we };
+  assign \$94  = ctl__addr == 9'h10e;
+  assign \$95  = ctl__addr == 9'h10f;
+  assign \$96  = { \$95 , \$94  } & { ctl__we, ctl__we };
+  assign \$97  = | \$96 ;
+  assign \$98  = ctl__addr == 9'h10e;
+  assign \$99  = ctl__addr == 9'h10f;
+  assign \$100  = { \$99 , \$98  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$60 ;
+    valid_1 <= \$101 ;
   always @(posedge clk)
-    keep_1 <= \$61 ;
+    keep_1 <= \$102 ;
   always @(posedge clk)
-    valid_2 <= \$62 ;
+    valid_2 <= \$103 ;
   always @(posedge clk)
-    valid_3 <= \$63 ;
+    valid_3 <= \$104 ;
   always @(posedge clk)
-    valid_4 <= \$64 ;
+    valid_4 <= \$105 ;
   always @(posedge clk)
-    valid_5 <= \$65 ;
+    valid_5 <= \$106 ;
   always @(posedge clk)
-    valid_6 <= \$66 ;
+    valid_6 <= \$107 ;
   always @(posedge clk)
-    valid_7 <= \$67 ;
+    valid_7 <= \$108 ;
   always @(posedge clk)
-    valid_8 <= \$68 ;
+    valid_8 <= \$109 ;
   always @(posedge clk)
-    valid_9 <= \$69 ;
+    valid_9 <= \$110 ;
   always @(posedge clk)
-    valid_10 <= \$70 ;
+    valid_10 <= \$111 ;
   always @(posedge clk)
-    valid_11 <= \$71 ;
+    valid_11 <= \$112 ;
   always @(posedge clk)
-    valid_12 <= \$72 ;
+    valid_12 <= \$113 ;
   always @(posedge clk)
-    valid_13 <= \$73 ;
+    valid_13 <= \$114 ;
   always @(posedge clk)
-    valid_14 <= \$74 ;
+    valid_14 <= \$115 ;
   always @(posedge clk)
-    valid_15 <= \$75 ;
+    valid_15 <= \$116 ;
   always @(posedge clk)
-    valid_16 <= \$76 ;
+    valid_16 <= \$117 ;
   always @(posedge clk)
-    valid_17 <= \$77 ;
+    valid_17 <= \$118 ;
   always @(posedge clk)
-    source__valid <= \$78 ;
+    source__valid <= \$119 ;
   always @(posedge clk)
-    keep_2 <= \$79 ;
+    keep_2 <= \$120 ;
   always @(posedge clk)
-    keep_3 <= \$80 ;
+    keep_3 <= \$121 ;
   always @(posedge clk)
-    keep_4 <= \$81 ;
+    keep_4 <= \$122 ;
   always @(posedge clk)
-    keep_5 <= \$82 ;
+    keep_5 <= \$123 ;
   always @(posedge clk)
-    keep_6 <= \$83 ;
+    keep_6 <= \$124 ;
   always @(posedge clk)
-    keep_7 <= \$84 ;
+    keep_7 <= \$125 ;
   always @(posedge clk)
-    keep_8 <= \$85 ;
+    keep_8 <= \$126 ;
   always @(posedge clk)
-    keep_9 <= \$86 ;
+    keep_9 <= \$127 ;
   always @(posedge clk)
-    keep_10 <= \$87 ;
+    keep_10 <= \$128 ;
   always @(posedge clk)
-    keep_11 <= \$88 ;
+    keep_11 <= \$129 ;
   always @(posedge clk)
-    keep_12 <= \$89 ;
+    keep_12 <= \$130 ;
   always @(posedge clk)
-    keep_13 <= \$90 ;
+    keep_13 <= \$131 ;
   always @(posedge clk)
-    keep_14 <= \$91 ;
+    keep_14 <= \$132 ;
   always @(posedge clk)
-    keep_15 <= \$92 ;
+    keep_15 <= \$133 ;
   always @(posedge clk)
-    keep_16 <= \$93 ;
+    keep_16 <= \$134 ;
   always @(posedge clk)
-    keep_17 <= \$94 ;
+    keep_17 <= \$135 ;
   always @(posedge clk)
-    keep_18 <= \$95 ;
+    keep_18 <= \$136 ;
   always @(posedge clk)
-    data <= ctl__data;
+    wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$96 ;
+    write_step <= \$137 ;
   always @(posedge clk)
-    write_decay <= \$97 ;
+    write_decay <= \$138 ;
   always @(posedge clk)
-    write_noise <= \$98 ;
+    write_noise <= \$139 ;
   always @(posedge clk)
-    write_vc_var <= \$99 ;
+    write_vc_var <= \$140 ;
   always @(posedge clk)
-    write_vc_noise <= \$100 ;
+    write_vc_noise <= \$141 ;
   always @(posedge clk)
-    seed_load_0 <= \$101 ;
+    data <= \$142 ;
   always @(posedge clk)
-    \step$46  <= \$102 ;
+    seed_load_0 <= \$143 ;
   always @(posedge clk)
-    decay <= \$103 ;
+    seed_hold_0 <= \$144 ;
   always @(posedge clk)
-    noise <= \$104 ;
+    \step$49  <= \$145 ;
   always @(posedge clk)
-    vc_var <= \$105 ;
+    decay <= \$146 ;
   always @(posedge clk)
-    vc_noise <= \$106 ;
+    noise <= \$147 ;
   always @(posedge clk)
-    seed_load_1 <= \$107 ;
+    vc_var <= \$148 ;
   always @(posedge clk)
-    \step$68  <= \$108 ;
+    vc_noise <= \$149 ;
   always @(posedge clk)
-    \decay$70  <= \$109 ;
+    seed_load_1 <= \$150 ;
   always @(posedge clk)
-    \noise$72  <= \$110 ;
+    seed_hold_1 <= \$151 ;
   always @(posedge clk)
-    \vc_var$74  <= \$111 ;
+    \step$72  <= \$152 ;
   always @(posedge clk)
-    \vc_noise$76  <= \$112 ;
+    \decay$74  <= \$153 ;
   always @(posedge clk)
-    seed_load_2 <= \$113 ;
+    \noise$76  <= \$154 ;
   always @(posedge clk)
-    \step$90  <= \$114 ;
+    \vc_var$78  <= \$155 ;
   always @(posedge clk)
-    \decay$92  <= \$115 ;
+    \vc_noise$80  <= \$156 ;
   always @(posedge clk)
-    \noise$94  <= \$116 ;
+    seed_load_2 <= \$157 ;
   always @(posedge clk)
-    \vc_var$96  <= \$117 ;
+    seed_hold_2 <= \$158 ;
   always @(posedge clk)
-    \vc_noise$98  <= \$118 ;
+    \step$95  <= \$159 ;
   always @(posedge clk)
-    seed_load_3 <= \$119 ;
+    \decay$97  <= \$160 ;
   always @(posedge clk)
-    \step$112  <= \$120 ;
+    \noise$99  <= \$161 ;
   always @(posedge clk)
-    \decay$114  <= \$121 ;
+    \vc_var$101  <= \$162 ;
   always @(posedge clk)
-    \noise$116  <= \$122 ;
+    \vc_noise$103  <= \$163 ;
   always @(posedge clk)
-    \vc_var$118  <= \$123 ;
+    seed_load_3 <= \$164 ;
   always @(posedge clk)
-    \vc_noise$120  <= \$124 ;
+    seed_hold_3 <= \$165 ;
   always @(posedge clk)
-    seed_load_4 <= \$125 ;
+    \step$118  <= \$166 ;
   always @(posedge clk)
-    \step$134  <= \$126 ;
+    \decay$120  <= \$167 ;
   always @(posedge clk)
-    \decay$136  <= \$127 ;
+    \noise$122  <= \$168 ;
   always @(posedge clk)
-    \noise$138  <= \$128 ;
+    \vc_var$124  <= \$169 ;
   always @(posedge clk)
-    \vc_var$140  <= \$129 ;
+    \vc_noise$126  <= \$170 ;
   always @(posedge clk)
-    \vc_noise$142  <= \$130 ;
+    seed_load_4 <= \$171 ;
   always @(posedge clk)
-    seed_load_5 <= \$131 ;
+    seed_hold_4 <= \$172 ;
   always @(posedge clk)
-    \step$156  <= \$132 ;
+    \step$141  <= \$173 ;
   always @(posedge clk)
-    \decay$158  <= \$133 ;
+    \decay$143  <= \$174 ;
   always @(posedge clk)
-    \noise$160  <= \$134 ;
+    \noise$145  <= \$175 ;
   always @(posedge clk)
-    \vc_var$162  <= \$135 ;
+    \vc_var$147  <= \$176 ;
   always @(posedge clk)
-    \vc_noise$164  <= \$136 ;
+    \vc_noise$149  <= \$177 ;
   always @(posedge clk)
-    seed_load_6 <= \$137 ;
+    seed_load_5 <= \$178 ;
   always @(posedge clk)
-    \step$178  <= \$138 ;
+    seed_hold_5 <= \$179 ;
   always @(posedge clk)
-    \decay$180  <= \$139 ;
+    \step$164  <= \$180 ;
   always @(posedge clk)
-    \noise$182  <= \$140 ;
+    \decay$166  <= \$181 ;
   always @(posedge clk)
-    \vc_var$184  <= \$141 ;
+    \noise$168  <= \$182 ;
   always @(posedge clk)
-    \vc_noise$186  <= \$142 ;
+    \vc_var$170  <= \$183 ;
   always @(posedge clk)
-    seed_load_7 <= \$143 ;
+    \vc_noise$172  <= \$184 ;
   always @(posedge clk)
-    \step$200  <= \$144 ;
+    seed_load_6 <= \$185 ;
   always @(posedge clk)
-    \decay$202  <= \$145 ;
+    seed_hold_6 <= \$186 ;
   always @(posedge clk)
-    \noise$204  <= \$146 ;
+    \step$187  <= \$187 ;
   always @(posedge clk)
-    \vc_var$206  <= \$147 ;
+    \decay$189  <= \$188 ;
   always @(posedge clk)
-    \vc_noise$208  <= \$148 ;
+    \noise$191  <= \$189 ;
+  always @(posedge clk)
+    \vc_var$193  <= \$190 ;
+  always @(posedge clk)
+    \vc_noise$195  <= \$191 ;
+  always @(posedge clk)
+    seed_load_7 <= \$192 ;
+  always @(posedge clk)
+    seed_hold_7 <= \$193 ;
+  always @(posedge clk)
+    \step$210  <= \$194 ;
+  always @(posedge clk)
+    \decay$212  <= \$195 ;
+  always @(posedge clk)
+    \noise$214  <= \$196 ;
+  always @(posedge clk)
+    \vc_var$216  <= \$197 ;
+  always @(posedge clk)
+    \vc_noise$218  <= \$198 ;
   \lpsgld_w8_vc_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -740,7 +878,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$46 ),
+    .step(\step$49 ),
     .theta(sink__payload[15:8]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
@@ -748,503 +886,511 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   \lpsgld_w8_vc_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$70 ),
+    .decay(\decay$74 ),
     .en(advance),
     .grad(sink__payload[87:80]),
-    .noise(\noise$72 ),
+    .noise(\noise$76 ),
     .rst(rst),
-    .state(\state$66 ),
-    .step(\step$68 ),
+    .state(\state$70 ),
+    .step(\step$72 ),
     .theta(sink__payload[23:16]),
-    .vc_noise(\vc_noise$76 ),
-    .vc_var(\vc_var$74 ),
-    .words(\words$64 )
+    .vc_noise(\vc_noise$80 ),
+    .vc_var(\vc_var$78 ),
+    .words(\words$68 )
   );
   \lpsgld_w8_vc_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$92 ),
+    .decay(\decay$97 ),
     .en(advance),
     .grad(sink__payload[95:88]),
-    .noise(\noise$94 ),
+    .noise(\noise$99 ),
     .rst(rst),
-    .state(\state$88 ),
-    .step(\step$90 ),
+    .state(\state$93 ),
+    .step(\step$95 ),
     .theta(sink__payload[31:24]),
-    .vc_noise(\vc_noise$98 ),
-    .vc_var(\vc_var$96 ),
-    .words(\words$86 )
+    .vc_noise(\vc_noise$103 ),
+    .vc_var(\vc_var$101 ),
+    .words(\words$91 )
   );
   \lpsgld_w8_vc_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$114 ),
+    .decay(\decay$120 ),
     .en(advance),
     .grad(sink__payload[103:96]),
-    .noise(\noise$116 ),
+    .noise(\noise$122 ),
     .rst(rst),
-    .state(\state$110 ),
-    .step(\step$112 ),
+    .state(\state$116 ),
+    .step(\step$118 ),
     .theta(sink__payload[39:32]),
-    .vc_noise(\vc_noise$120 ),
-    .vc_var(\vc_var$118 ),
-    .words(\words$108 )
+    .vc_noise(\vc_noise$126 ),
+    .vc_var(\vc_var$124 ),
+    .words(\words$114 )
   );
   \lpsgld_w8_vc_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(\decay$136 ),
+    .decay(\decay$143 ),
     .en(advance),
     .grad(sink__payload[111:104]),
-    .noise(\noise$138 ),
+    .noise(\noise$145 ),
     .rst(rst),
-    .state(\state$132 ),
-    .step(\step$134 ),
+    .state(\state$139 ),
+    .step(\step$141 ),
     .theta(sink__payload[47:40]),
-    .vc_noise(\vc_noise$142 ),
-    .vc_var(\vc_var$140 ),
-    .words(\words$130 )
+    .vc_noise(\vc_noise$149 ),
+    .vc_var(\vc_var$147 ),
+    .words(\words$137 )
   );
   \lpsgld_w8_vc_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(\decay$158 ),
+    .decay(\decay$166 ),
     .en(advance),
     .grad(sink__payload[119:112]),
-    .noise(\noise$160 ),
+    .noise(\noise$168 ),
     .rst(rst),
-    .state(\state$154 ),
-    .step(\step$156 ),
+    .state(\state$162 ),
+    .step(\step$164 ),
     .theta(sink__payload[55:48]),
-    .vc_noise(\vc_noise$164 ),
-    .vc_var(\vc_var$162 ),
-    .words(\words$152 )
+    .vc_noise(\vc_noise$172 ),
+    .vc_var(\vc_var$170 ),
+    .words(\words$160 )
   );
   \lpsgld_w8_vc_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(\decay$180 ),
+    .decay(\decay$189 ),
     .en(advance),
     .grad(sink__payload[127:120]),
-    .noise(\noise$182 ),
+    .noise(\noise$191 ),
     .rst(rst),
-    .state(\state$176 ),
-    .step(\step$178 ),
+    .state(\state$185 ),
+    .step(\step$187 ),
     .theta(sink__payload[63:56]),
-    .vc_noise(\vc_noise$186 ),
-    .vc_var(\vc_var$184 ),
-    .words(\words$174 )
+    .vc_noise(\vc_noise$195 ),
+    .vc_var(\vc_var$193 ),
+    .words(\words$183 )
   );
   \lpsgld_w8_vc_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(\decay$202 ),
+    .decay(\decay$212 ),
     .en(advance),
     .grad(sink__payload[135:128]),
-    .noise(\noise$204 ),
+    .noise(\noise$214 ),
     .rst(rst),
-    .state(\state$198 ),
-    .step(\step$200 ),
+    .state(\state$208 ),
+    .step(\step$210 ),
     .theta(sink__payload[71:64]),
-    .vc_noise(\vc_noise$208 ),
-    .vc_var(\vc_var$206 ),
-    .words(\words$196 )
+    .vc_noise(\vc_noise$218 ),
+    .vc_var(\vc_var$216 ),
+    .words(\words$206 )
   );
   \lpsgld_w8_vc_l8.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
+    .load0(load0),
+    .load1(load1),
     .out(words),
-    .\port$9290$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w8_vc_l8.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .out(\words$64 ),
-    .\port$9302$0 (seed_load_1),
+    .load0(\load0$62 ),
+    .load1(\load1$63 ),
+    .out(\words$68 ),
     .rst(rst),
-    .step(\step$56 )
+    .step(\step$59 )
   );
   \lpsgld_w8_vc_l8.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .out(\words$86 ),
-    .\port$9314$0 (seed_load_2),
+    .load0(\load0$85 ),
+    .load1(\load1$86 ),
+    .out(\words$91 ),
     .rst(rst),
-    .step(\step$78 )
+    .step(\step$82 )
   );
   \lpsgld_w8_vc_l8.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .out(\words$108 ),
-    .\port$9326$0 (seed_load_3),
+    .load0(\load0$108 ),
+    .load1(\load1$109 ),
+    .out(\words$114 ),
     .rst(rst),
-    .step(\step$100 )
+    .step(\step$105 )
   );
   \lpsgld_w8_vc_l8.rng_4_0  rng_4_0 (
     .clk(clk),
     .data(data),
-    .out(\words$130 ),
-    .\port$9338$0 (seed_load_4),
+    .load0(\load0$131 ),
+    .load1(\load1$132 ),
+    .out(\words$137 ),
     .rst(rst),
-    .step(\step$122 )
+    .step(\step$128 )
   );
   \lpsgld_w8_vc_l8.rng_5_0  rng_5_0 (
     .clk(clk),
     .data(data),
-    .out(\words$152 ),
-    .\port$9350$0 (seed_load_5),
+    .load0(\load0$154 ),
+    .load1(\load1$155 ),
+    .out(\words$160 ),
     .rst(rst),
-    .step(\step$144 )
+    .step(\step$151 )
   );
   \lpsgld_w8_vc_l8.rng_6_0  rng_6_0 (
     .clk(clk),
     .data(data),
-    .out(\words$174 ),
-    .\port$9362$0 (seed_load_6),
+    .load0(\load0$177 ),
+    .load1(\load1$178 ),
+    .out(\words$183 ),
     .rst(rst),
-    .step(\step$166 )
+    .step(\step$174 )
   );
   \lpsgld_w8_vc_l8.rng_7_0  rng_7_0 (
     .clk(clk),
     .data(data),
-    .out(\words$196 ),
-    .\port$9374$0 (seed_load_7),
+    .load0(\load0$200 ),
+    .load1(\load1$201 ),
+    .out(\words$206 ),
     .rst(rst),
-    .step(\step$188 )
+    .step(\step$197 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = valid_1;
+    \$101  = valid_1;
     if (advance) begin
-      \$60  = sink__valid;
+      \$101  = sink__valid;
     end
     if (rst) begin
-      \$60  = 1'h0;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_1;
+    \$102  = keep_1;
     if (advance) begin
-      \$61  = sink__payload[7:0];
+      \$102  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = valid_2;
+    \$103  = valid_2;
     if (advance) begin
-      \$62  = valid_1;
+      \$103  = valid_1;
     end
     if (rst) begin
-      \$62  = 1'h0;
+      \$103  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = valid_3;
+    \$104  = valid_3;
     if (advance) begin
-      \$63  = valid_2;
+      \$104  = valid_2;
     end
     if (rst) begin
-      \$63  = 1'h0;
+      \$104  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = valid_4;
+    \$105  = valid_4;
     if (advance) begin
-      \$64  = valid_3;
+      \$105  = valid_3;
     end
     if (rst) begin
-      \$64  = 1'h0;
+      \$105  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = valid_5;
+    \$106  = valid_5;
     if (advance) begin
-      \$65  = valid_4;
+      \$106  = valid_4;
     end
     if (rst) begin
-      \$65  = 1'h0;
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = valid_6;
+    \$107  = valid_6;
     if (advance) begin
-      \$66  = valid_5;
+      \$107  = valid_5;
     end
     if (rst) begin
-      \$66  = 1'h0;
+      \$107  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = valid_7;
+    \$108  = valid_7;
     if (advance) begin
-      \$67  = valid_6;
+      \$108  = valid_6;
     end
     if (rst) begin
-      \$67  = 1'h0;
+      \$108  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = valid_8;
+    \$109  = valid_8;
     if (advance) begin
-      \$68  = valid_7;
+      \$109  = valid_7;
     end
     if (rst) begin
-      \$68  = 1'h0;
+      \$109  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = valid_9;
+    \$110  = valid_9;
     if (advance) begin
-      \$69  = valid_8;
+      \$110  = valid_8;
     end
     if (rst) begin
-      \$69  = 1'h0;
+      \$110  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = valid_10;
+    \$111  = valid_10;
     if (advance) begin
-      \$70  = valid_9;
+      \$111  = valid_9;
     end
     if (rst) begin
-      \$70  = 1'h0;
+      \$111  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = valid_11;
+    \$112  = valid_11;
     if (advance) begin
-      \$71  = valid_10;
+      \$112  = valid_10;
     end
     if (rst) begin
-      \$71  = 1'h0;
+      \$112  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = valid_12;
+    \$113  = valid_12;
     if (advance) begin
-      \$72  = valid_11;
+      \$113  = valid_11;
     end
     if (rst) begin
-      \$72  = 1'h0;
+      \$113  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = valid_13;
+    \$114  = valid_13;
     if (advance) begin
-      \$73  = valid_12;
+      \$114  = valid_12;
     end
     if (rst) begin
-      \$73  = 1'h0;
+      \$114  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = valid_14;
+    \$115  = valid_14;
     if (advance) begin
-      \$74  = valid_13;
+      \$115  = valid_13;
     end
     if (rst) begin
-      \$74  = 1'h0;
+      \$115  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = valid_15;
+    \$116  = valid_15;
     if (advance) begin
-      \$75  = valid_14;
+      \$116  = valid_14;
     end
     if (rst) begin
-      \$75  = 1'h0;
+      \$116  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = valid_16;
+    \$117  = valid_16;
     if (advance) begin
-      \$76  = valid_15;
+      \$117  = valid_15;
     end
     if (rst) begin
-      \$76  = 1'h0;
+      \$117  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = valid_17;
+    \$118  = valid_17;
     if (advance) begin
-      \$77  = valid_16;
+      \$118  = valid_16;
     end
     if (rst) begin
-      \$77  = 1'h0;
+      \$118  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = source__valid;
+    \$119  = source__valid;
     if (advance) begin
-      \$78  = valid_17;
+      \$119  = valid_17;
     end
     if (rst) begin
-      \$78  = 1'h0;
+      \$119  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = keep_2;
+    \$120  = keep_2;
     if (advance) begin
-      \$79  = keep_1;
+      \$120  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = keep_3;
+    \$121  = keep_3;
     if (advance) begin
-      \$80  = keep_2;
+      \$121  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = keep_4;
+    \$122  = keep_4;
     if (advance) begin
-      \$81  = keep_3;
+      \$122  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = keep_5;
+    \$123  = keep_5;
     if (advance) begin
-      \$82  = keep_4;
+      \$123  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = keep_6;
+    \$124  = keep_6;
     if (advance) begin
-      \$83  = keep_5;
+      \$124  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = keep_7;
+    \$125  = keep_7;
     if (advance) begin
-      \$84  = keep_6;
+      \$125  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = keep_8;
+    \$126  = keep_8;
     if (advance) begin
-      \$85  = keep_7;
+      \$126  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = keep_9;
+    \$127  = keep_9;
     if (advance) begin
-      \$86  = keep_8;
+      \$127  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = keep_10;
+    \$128  = keep_10;
     if (advance) begin
-      \$87  = keep_9;
+      \$128  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = keep_11;
+    \$129  = keep_11;
     if (advance) begin
-      \$88  = keep_10;
+      \$129  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = keep_12;
+    \$130  = keep_12;
     if (advance) begin
-      \$89  = keep_11;
+      \$130  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = keep_13;
+    \$131  = keep_13;
     if (advance) begin
-      \$90  = keep_12;
+      \$131  = keep_12;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = keep_14;
+    \$132  = keep_14;
     if (advance) begin
-      \$91  = keep_13;
+      \$132  = keep_13;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = keep_15;
+    \$133  = keep_15;
     if (advance) begin
-      \$92  = keep_14;
+      \$133  = keep_14;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = keep_16;
+    \$134  = keep_16;
     if (advance) begin
-      \$93  = keep_15;
+      \$134  = keep_15;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = keep_17;
+    \$135  = keep_17;
     if (advance) begin
-      \$94  = keep_16;
+      \$135  = keep_16;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = keep_18;
+    \$136  = keep_18;
     if (advance) begin
-      \$95  = keep_17;
+      \$136  = keep_17;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = 1'h0;
+    \$137  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$96  = 1'h1;
+            \$137  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$96  = 1'h0;
+      \$137  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = 1'h0;
+    \$138  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$97  = 1'h1;
+            \$138  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$97  = 1'h0;
+      \$138  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = 1'h0;
+    \$139  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1252,16 +1398,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$98  = 1'h1;
+            \$139  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$98  = 1'h0;
+      \$139  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = 1'h0;
+    \$140  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1271,16 +1417,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$99  = 1'h1;
+            \$140  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$99  = 1'h0;
+      \$140  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$100  = 1'h0;
+    \$141  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1292,574 +1438,685 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$100  = 1'h1;
+            \$141  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$100  = 1'h0;
+      \$141  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = \$38 ;
-    if (rst) begin
-      \$101  = 2'h0;
+    \$142  = data;
+    if (ctl__we) begin
+      \$142  = ctl__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = \step$46 ;
-    if (write_step) begin
-      \$102  = data[15:0];
+    \$143  = seed_load_0;
+    if (\$48 ) begin
+      \$143  = \$51 ;
+    end else if (free) begin
+      \$143  = 2'h0;
     end
-    if (rst) begin
-      \$102  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = decay;
-    if (write_decay) begin
-      \$103  = data[11:0];
-    end
-    if (rst) begin
-      \$103  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = noise;
-    if (write_noise) begin
-      \$104  = data[15:0];
-    end
-    if (rst) begin
-      \$104  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = vc_var;
-    if (write_vc_var) begin
-      \$105  = data[14:0];
-    end
-    if (rst) begin
-      \$105  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = vc_noise;
-    if (write_vc_noise) begin
-      \$106  = data[0];
-    end
-    if (rst) begin
-      \$106  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = \$41 ;
-    if (rst) begin
-      \$107  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = \step$68 ;
-    if (write_step) begin
-      \$108  = data[15:0];
-    end
-    if (rst) begin
-      \$108  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = \decay$70 ;
-    if (write_decay) begin
-      \$109  = data[11:0];
-    end
-    if (rst) begin
-      \$109  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = \noise$72 ;
-    if (write_noise) begin
-      \$110  = data[15:0];
-    end
-    if (rst) begin
-      \$110  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = \vc_var$74 ;
-    if (write_vc_var) begin
-      \$111  = data[14:0];
-    end
-    if (rst) begin
-      \$111  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = \vc_noise$76 ;
-    if (write_vc_noise) begin
-      \$112  = data[0];
-    end
-    if (rst) begin
-      \$112  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = \$44 ;
-    if (rst) begin
-      \$113  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = \step$90 ;
-    if (write_step) begin
-      \$114  = data[15:0];
-    end
-    if (rst) begin
-      \$114  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$115  = \decay$92 ;
-    if (write_decay) begin
-      \$115  = data[11:0];
-    end
-    if (rst) begin
-      \$115  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$116  = \noise$94 ;
-    if (write_noise) begin
-      \$116  = data[15:0];
-    end
-    if (rst) begin
-      \$116  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$117  = \vc_var$96 ;
-    if (write_vc_var) begin
-      \$117  = data[14:0];
-    end
-    if (rst) begin
-      \$117  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$118  = \vc_noise$98 ;
-    if (write_vc_noise) begin
-      \$118  = data[0];
-    end
-    if (rst) begin
-      \$118  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$119  = \$47 ;
-    if (rst) begin
-      \$119  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$120  = \step$112 ;
-    if (write_step) begin
-      \$120  = data[15:0];
-    end
-    if (rst) begin
-      \$120  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$121  = \decay$114 ;
-    if (write_decay) begin
-      \$121  = data[11:0];
-    end
-    if (rst) begin
-      \$121  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$122  = \noise$116 ;
-    if (write_noise) begin
-      \$122  = data[15:0];
-    end
-    if (rst) begin
-      \$122  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$123  = \vc_var$118 ;
-    if (write_vc_var) begin
-      \$123  = data[14:0];
-    end
-    if (rst) begin
-      \$123  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$124  = \vc_noise$120 ;
-    if (write_vc_noise) begin
-      \$124  = data[0];
-    end
-    if (rst) begin
-      \$124  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$125  = \$50 ;
-    if (rst) begin
-      \$125  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$126  = \step$134 ;
-    if (write_step) begin
-      \$126  = data[15:0];
-    end
-    if (rst) begin
-      \$126  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$127  = \decay$136 ;
-    if (write_decay) begin
-      \$127  = data[11:0];
-    end
-    if (rst) begin
-      \$127  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$128  = \noise$138 ;
-    if (write_noise) begin
-      \$128  = data[15:0];
-    end
-    if (rst) begin
-      \$128  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$129  = \vc_var$140 ;
-    if (write_vc_var) begin
-      \$129  = data[14:0];
-    end
-    if (rst) begin
-      \$129  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$130  = \vc_noise$142 ;
-    if (write_vc_noise) begin
-      \$130  = data[0];
-    end
-    if (rst) begin
-      \$130  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$131  = \$53 ;
-    if (rst) begin
-      \$131  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$132  = \step$156 ;
-    if (write_step) begin
-      \$132  = data[15:0];
-    end
-    if (rst) begin
-      \$132  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$133  = \decay$158 ;
-    if (write_decay) begin
-      \$133  = data[11:0];
-    end
-    if (rst) begin
-      \$133  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$134  = \noise$160 ;
-    if (write_noise) begin
-      \$134  = data[15:0];
-    end
-    if (rst) begin
-      \$134  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$135  = \vc_var$162 ;
-    if (write_vc_var) begin
-      \$135  = data[14:0];
-    end
-    if (rst) begin
-      \$135  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$136  = \vc_noise$164 ;
-    if (write_vc_noise) begin
-      \$136  = data[0];
-    end
-    if (rst) begin
-      \$136  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$137  = \$56 ;
-    if (rst) begin
-      \$137  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$138  = \step$178 ;
-    if (write_step) begin
-      \$138  = data[15:0];
-    end
-    if (rst) begin
-      \$138  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$139  = \decay$180 ;
-    if (write_decay) begin
-      \$139  = data[11:0];
-    end
-    if (rst) begin
-      \$139  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$140  = \noise$182 ;
-    if (write_noise) begin
-      \$140  = data[15:0];
-    end
-    if (rst) begin
-      \$140  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$141  = \vc_var$184 ;
-    if (write_vc_var) begin
-      \$141  = data[14:0];
-    end
-    if (rst) begin
-      \$141  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$142  = \vc_noise$186 ;
-    if (write_vc_noise) begin
-      \$142  = data[0];
-    end
-    if (rst) begin
-      \$142  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$143  = \$59 ;
     if (rst) begin
       \$143  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$144  = \step$200 ;
+    \$144  = seed_hold_0;
+    if (\$48 ) begin
+      \$144  = took;
+    end
+    if (rst) begin
+      \$144  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$145  = \step$49 ;
     if (write_step) begin
-      \$144  = data[15:0];
+      \$145  = wdata[15:0];
     end
     if (rst) begin
-      \$144  = 16'h0000;
+      \$145  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$145  = \decay$202 ;
+    \$146  = decay;
     if (write_decay) begin
-      \$145  = data[11:0];
+      \$146  = wdata[11:0];
     end
     if (rst) begin
-      \$145  = 12'h000;
+      \$146  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$146  = \noise$204 ;
+    \$147  = noise;
     if (write_noise) begin
-      \$146  = data[15:0];
+      \$147  = wdata[15:0];
     end
     if (rst) begin
-      \$146  = 16'h0000;
+      \$147  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$147  = \vc_var$206 ;
+    \$148  = vc_var;
     if (write_vc_var) begin
-      \$147  = data[14:0];
+      \$148  = wdata[14:0];
     end
     if (rst) begin
-      \$147  = 15'h0000;
+      \$148  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$148  = \vc_noise$208 ;
+    \$149  = vc_noise;
     if (write_vc_noise) begin
-      \$148  = data[0];
+      \$149  = wdata[0];
     end
     if (rst) begin
-      \$148  = 1'h0;
+      \$149  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$150  = seed_load_1;
+    if (\$55 ) begin
+      \$150  = \$58 ;
+    end else if (free) begin
+      \$150  = 2'h0;
+    end
+    if (rst) begin
+      \$150  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$151  = seed_hold_1;
+    if (\$55 ) begin
+      \$151  = took;
+    end
+    if (rst) begin
+      \$151  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$152  = \step$72 ;
+    if (write_step) begin
+      \$152  = wdata[15:0];
+    end
+    if (rst) begin
+      \$152  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$153  = \decay$74 ;
+    if (write_decay) begin
+      \$153  = wdata[11:0];
+    end
+    if (rst) begin
+      \$153  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$154  = \noise$76 ;
+    if (write_noise) begin
+      \$154  = wdata[15:0];
+    end
+    if (rst) begin
+      \$154  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$155  = \vc_var$78 ;
+    if (write_vc_var) begin
+      \$155  = wdata[14:0];
+    end
+    if (rst) begin
+      \$155  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$156  = \vc_noise$80 ;
+    if (write_vc_noise) begin
+      \$156  = wdata[0];
+    end
+    if (rst) begin
+      \$156  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$157  = seed_load_2;
+    if (\$62 ) begin
+      \$157  = \$65 ;
+    end else if (free) begin
+      \$157  = 2'h0;
+    end
+    if (rst) begin
+      \$157  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$158  = seed_hold_2;
+    if (\$62 ) begin
+      \$158  = took;
+    end
+    if (rst) begin
+      \$158  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$159  = \step$95 ;
+    if (write_step) begin
+      \$159  = wdata[15:0];
+    end
+    if (rst) begin
+      \$159  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$160  = \decay$97 ;
+    if (write_decay) begin
+      \$160  = wdata[11:0];
+    end
+    if (rst) begin
+      \$160  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$161  = \noise$99 ;
+    if (write_noise) begin
+      \$161  = wdata[15:0];
+    end
+    if (rst) begin
+      \$161  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$162  = \vc_var$101 ;
+    if (write_vc_var) begin
+      \$162  = wdata[14:0];
+    end
+    if (rst) begin
+      \$162  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$163  = \vc_noise$103 ;
+    if (write_vc_noise) begin
+      \$163  = wdata[0];
+    end
+    if (rst) begin
+      \$163  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$164  = seed_load_3;
+    if (\$69 ) begin
+      \$164  = \$72 ;
+    end else if (free) begin
+      \$164  = 2'h0;
+    end
+    if (rst) begin
+      \$164  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$165  = seed_hold_3;
+    if (\$69 ) begin
+      \$165  = took;
+    end
+    if (rst) begin
+      \$165  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$166  = \step$118 ;
+    if (write_step) begin
+      \$166  = wdata[15:0];
+    end
+    if (rst) begin
+      \$166  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$167  = \decay$120 ;
+    if (write_decay) begin
+      \$167  = wdata[11:0];
+    end
+    if (rst) begin
+      \$167  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$168  = \noise$122 ;
+    if (write_noise) begin
+      \$168  = wdata[15:0];
+    end
+    if (rst) begin
+      \$168  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$169  = \vc_var$124 ;
+    if (write_vc_var) begin
+      \$169  = wdata[14:0];
+    end
+    if (rst) begin
+      \$169  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$170  = \vc_noise$126 ;
+    if (write_vc_noise) begin
+      \$170  = wdata[0];
+    end
+    if (rst) begin
+      \$170  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$171  = seed_load_4;
+    if (\$76 ) begin
+      \$171  = \$79 ;
+    end else if (free) begin
+      \$171  = 2'h0;
+    end
+    if (rst) begin
+      \$171  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$172  = seed_hold_4;
+    if (\$76 ) begin
+      \$172  = took;
+    end
+    if (rst) begin
+      \$172  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$173  = \step$141 ;
+    if (write_step) begin
+      \$173  = wdata[15:0];
+    end
+    if (rst) begin
+      \$173  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$174  = \decay$143 ;
+    if (write_decay) begin
+      \$174  = wdata[11:0];
+    end
+    if (rst) begin
+      \$174  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$175  = \noise$145 ;
+    if (write_noise) begin
+      \$175  = wdata[15:0];
+    end
+    if (rst) begin
+      \$175  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$176  = \vc_var$147 ;
+    if (write_vc_var) begin
+      \$176  = wdata[14:0];
+    end
+    if (rst) begin
+      \$176  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$177  = \vc_noise$149 ;
+    if (write_vc_noise) begin
+      \$177  = wdata[0];
+    end
+    if (rst) begin
+      \$177  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$178  = seed_load_5;
+    if (\$83 ) begin
+      \$178  = \$86 ;
+    end else if (free) begin
+      \$178  = 2'h0;
+    end
+    if (rst) begin
+      \$178  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$179  = seed_hold_5;
+    if (\$83 ) begin
+      \$179  = took;
+    end
+    if (rst) begin
+      \$179  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$180  = \step$164 ;
+    if (write_step) begin
+      \$180  = wdata[15:0];
+    end
+    if (rst) begin
+      \$180  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$181  = \decay$166 ;
+    if (write_decay) begin
+      \$181  = wdata[11:0];
+    end
+    if (rst) begin
+      \$181  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$182  = \noise$168 ;
+    if (write_noise) begin
+      \$182  = wdata[15:0];
+    end
+    if (rst) begin
+      \$182  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$183  = \vc_var$170 ;
+    if (write_vc_var) begin
+      \$183  = wdata[14:0];
+    end
+    if (rst) begin
+      \$183  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$184  = \vc_noise$172 ;
+    if (write_vc_noise) begin
+      \$184  = wdata[0];
+    end
+    if (rst) begin
+      \$184  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$185  = seed_load_6;
+    if (\$90 ) begin
+      \$185  = \$93 ;
+    end else if (free) begin
+      \$185  = 2'h0;
+    end
+    if (rst) begin
+      \$185  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$186  = seed_hold_6;
+    if (\$90 ) begin
+      \$186  = took;
+    end
+    if (rst) begin
+      \$186  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$187  = \step$187 ;
+    if (write_step) begin
+      \$187  = wdata[15:0];
+    end
+    if (rst) begin
+      \$187  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$188  = \decay$189 ;
+    if (write_decay) begin
+      \$188  = wdata[11:0];
+    end
+    if (rst) begin
+      \$188  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$189  = \noise$191 ;
+    if (write_noise) begin
+      \$189  = wdata[15:0];
+    end
+    if (rst) begin
+      \$189  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$190  = \vc_var$193 ;
+    if (write_vc_var) begin
+      \$190  = wdata[14:0];
+    end
+    if (rst) begin
+      \$190  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$191  = \vc_noise$195 ;
+    if (write_vc_noise) begin
+      \$191  = wdata[0];
+    end
+    if (rst) begin
+      \$191  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$192  = seed_load_7;
+    if (\$97 ) begin
+      \$192  = \$100 ;
+    end else if (free) begin
+      \$192  = 2'h0;
+    end
+    if (rst) begin
+      \$192  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$193  = seed_hold_7;
+    if (\$97 ) begin
+      \$193  = took;
+    end
+    if (rst) begin
+      \$193  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$194  = \step$210 ;
+    if (write_step) begin
+      \$194  = wdata[15:0];
+    end
+    if (rst) begin
+      \$194  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$195  = \decay$212 ;
+    if (write_decay) begin
+      \$195  = wdata[11:0];
+    end
+    if (rst) begin
+      \$195  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$196  = \noise$214 ;
+    if (write_noise) begin
+      \$196  = wdata[15:0];
+    end
+    if (rst) begin
+      \$196  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$197  = \vc_var$216 ;
+    if (write_vc_var) begin
+      \$197  = wdata[14:0];
+    end
+    if (rst) begin
+      \$197  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$198  = \vc_noise$218 ;
+    if (write_vc_noise) begin
+      \$198  = wdata[0];
+    end
+    if (rst) begin
+      \$198  = 1'h0;
     end
   end
   assign valid_18 = source__valid;
-  assign load0 = seed_load_0[0];
-  assign load1 = seed_load_0[1];
-  assign wdata = data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$46 ;
+  assign reg_step_0 = \step$49 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign reg_vc_var_0 = vc_var;
   assign reg_vc_noise_0 = vc_noise;
-  assign \load0$58  = seed_load_1[0];
-  assign \load1$59  = seed_load_1[1];
-  assign \data$60  = data;
-  assign \en$61  = advance;
-  assign \theta$62  = sink__payload[23:16];
-  assign \grad$63  = sink__payload[87:80];
-  assign \out$65  = \words$64 ;
-  assign \weight$67  = \state$66 ;
-  assign reg_step_1 = \step$68 ;
-  assign reg_decay_1 = \decay$70 ;
-  assign reg_noise_1 = \noise$72 ;
-  assign reg_vc_var_1 = \vc_var$74 ;
-  assign reg_vc_noise_1 = \vc_noise$76 ;
-  assign \load0$80  = seed_load_2[0];
-  assign \load1$81  = seed_load_2[1];
-  assign \data$82  = data;
-  assign \en$83  = advance;
-  assign \theta$84  = sink__payload[31:24];
-  assign \grad$85  = sink__payload[95:88];
-  assign \out$87  = \words$86 ;
-  assign \weight$89  = \state$88 ;
-  assign reg_step_2 = \step$90 ;
-  assign reg_decay_2 = \decay$92 ;
-  assign reg_noise_2 = \noise$94 ;
-  assign reg_vc_var_2 = \vc_var$96 ;
-  assign reg_vc_noise_2 = \vc_noise$98 ;
-  assign \load0$102  = seed_load_3[0];
-  assign \load1$103  = seed_load_3[1];
-  assign \data$104  = data;
-  assign \en$105  = advance;
-  assign \theta$106  = sink__payload[39:32];
-  assign \grad$107  = sink__payload[103:96];
-  assign \out$109  = \words$108 ;
-  assign \weight$111  = \state$110 ;
-  assign reg_step_3 = \step$112 ;
-  assign reg_decay_3 = \decay$114 ;
-  assign reg_noise_3 = \noise$116 ;
-  assign reg_vc_var_3 = \vc_var$118 ;
-  assign reg_vc_noise_3 = \vc_noise$120 ;
-  assign \load0$124  = seed_load_4[0];
-  assign \load1$125  = seed_load_4[1];
-  assign \data$126  = data;
-  assign \en$127  = advance;
-  assign \theta$128  = sink__payload[47:40];
-  assign \grad$129  = sink__payload[111:104];
-  assign \out$131  = \words$130 ;
-  assign \weight$133  = \state$132 ;
-  assign reg_step_4 = \step$134 ;
-  assign reg_decay_4 = \decay$136 ;
-  assign reg_noise_4 = \noise$138 ;
-  assign reg_vc_var_4 = \vc_var$140 ;
-  assign reg_vc_noise_4 = \vc_noise$142 ;
-  assign \load0$146  = seed_load_5[0];
-  assign \load1$147  = seed_load_5[1];
-  assign \data$148  = data;
-  assign \en$149  = advance;
-  assign \theta$150  = sink__payload[55:48];
-  assign \grad$151  = sink__payload[119:112];
-  assign \out$153  = \words$152 ;
-  assign \weight$155  = \state$154 ;
-  assign reg_step_5 = \step$156 ;
-  assign reg_decay_5 = \decay$158 ;
-  assign reg_noise_5 = \noise$160 ;
-  assign reg_vc_var_5 = \vc_var$162 ;
-  assign reg_vc_noise_5 = \vc_noise$164 ;
-  assign \load0$168  = seed_load_6[0];
-  assign \load1$169  = seed_load_6[1];
-  assign \data$170  = data;
-  assign \en$171  = advance;
-  assign \theta$172  = sink__payload[63:56];
-  assign \grad$173  = sink__payload[127:120];
-  assign \out$175  = \words$174 ;
-  assign \weight$177  = \state$176 ;
-  assign reg_step_6 = \step$178 ;
-  assign reg_decay_6 = \decay$180 ;
-  assign reg_noise_6 = \noise$182 ;
-  assign reg_vc_var_6 = \vc_var$184 ;
-  assign reg_vc_noise_6 = \vc_noise$186 ;
-  assign \load0$190  = seed_load_7[0];
-  assign \load1$191  = seed_load_7[1];
-  assign \data$192  = data;
-  assign \en$193  = advance;
-  assign \theta$194  = sink__payload[71:64];
-  assign \grad$195  = sink__payload[135:128];
-  assign \out$197  = \words$196 ;
-  assign \weight$199  = \state$198 ;
-  assign reg_step_7 = \step$200 ;
-  assign reg_decay_7 = \decay$202 ;
-  assign reg_noise_7 = \noise$204 ;
-  assign reg_vc_var_7 = \vc_var$206 ;
-  assign reg_vc_noise_7 = \vc_noise$208 ;
+  assign \data$64  = data;
+  assign \en$65  = advance;
+  assign \theta$66  = sink__payload[23:16];
+  assign \grad$67  = sink__payload[87:80];
+  assign \out$69  = \words$68 ;
+  assign \weight$71  = \state$70 ;
+  assign reg_step_1 = \step$72 ;
+  assign reg_decay_1 = \decay$74 ;
+  assign reg_noise_1 = \noise$76 ;
+  assign reg_vc_var_1 = \vc_var$78 ;
+  assign reg_vc_noise_1 = \vc_noise$80 ;
+  assign \data$87  = data;
+  assign \en$88  = advance;
+  assign \theta$89  = sink__payload[31:24];
+  assign \grad$90  = sink__payload[95:88];
+  assign \out$92  = \words$91 ;
+  assign \weight$94  = \state$93 ;
+  assign reg_step_2 = \step$95 ;
+  assign reg_decay_2 = \decay$97 ;
+  assign reg_noise_2 = \noise$99 ;
+  assign reg_vc_var_2 = \vc_var$101 ;
+  assign reg_vc_noise_2 = \vc_noise$103 ;
+  assign \data$110  = data;
+  assign \en$111  = advance;
+  assign \theta$112  = sink__payload[39:32];
+  assign \grad$113  = sink__payload[103:96];
+  assign \out$115  = \words$114 ;
+  assign \weight$117  = \state$116 ;
+  assign reg_step_3 = \step$118 ;
+  assign reg_decay_3 = \decay$120 ;
+  assign reg_noise_3 = \noise$122 ;
+  assign reg_vc_var_3 = \vc_var$124 ;
+  assign reg_vc_noise_3 = \vc_noise$126 ;
+  assign \data$133  = data;
+  assign \en$134  = advance;
+  assign \theta$135  = sink__payload[47:40];
+  assign \grad$136  = sink__payload[111:104];
+  assign \out$138  = \words$137 ;
+  assign \weight$140  = \state$139 ;
+  assign reg_step_4 = \step$141 ;
+  assign reg_decay_4 = \decay$143 ;
+  assign reg_noise_4 = \noise$145 ;
+  assign reg_vc_var_4 = \vc_var$147 ;
+  assign reg_vc_noise_4 = \vc_noise$149 ;
+  assign \data$156  = data;
+  assign \en$157  = advance;
+  assign \theta$158  = sink__payload[55:48];
+  assign \grad$159  = sink__payload[119:112];
+  assign \out$161  = \words$160 ;
+  assign \weight$163  = \state$162 ;
+  assign reg_step_5 = \step$164 ;
+  assign reg_decay_5 = \decay$166 ;
+  assign reg_noise_5 = \noise$168 ;
+  assign reg_vc_var_5 = \vc_var$170 ;
+  assign reg_vc_noise_5 = \vc_noise$172 ;
+  assign \data$179  = data;
+  assign \en$180  = advance;
+  assign \theta$181  = sink__payload[63:56];
+  assign \grad$182  = sink__payload[127:120];
+  assign \out$184  = \words$183 ;
+  assign \weight$186  = \state$185 ;
+  assign reg_step_6 = \step$187 ;
+  assign reg_decay_6 = \decay$189 ;
+  assign reg_noise_6 = \noise$191 ;
+  assign reg_vc_var_6 = \vc_var$193 ;
+  assign reg_vc_noise_6 = \vc_noise$195 ;
+  assign \data$202  = data;
+  assign \en$203  = advance;
+  assign \theta$204  = sink__payload[71:64];
+  assign \grad$205  = sink__payload[135:128];
+  assign \out$207  = \words$206 ;
+  assign \weight$209  = \state$208 ;
+  assign reg_step_7 = \step$210 ;
+  assign reg_decay_7 = \decay$212 ;
+  assign reg_noise_7 = \noise$214 ;
+  assign reg_vc_var_7 = \vc_var$216 ;
+  assign reg_vc_noise_7 = \vc_noise$218 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -1898,20 +2155,20 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$198 ;
-  assign source__payload[71:64] = \state$198 ;
-  assign source__payload[127:120] = \state$176 ;
-  assign source__payload[63:56] = \state$176 ;
-  assign source__payload[119:112] = \state$154 ;
-  assign source__payload[55:48] = \state$154 ;
-  assign source__payload[111:104] = \state$132 ;
-  assign source__payload[47:40] = \state$132 ;
-  assign source__payload[103:96] = \state$110 ;
-  assign source__payload[39:32] = \state$110 ;
-  assign source__payload[95:88] = \state$88 ;
-  assign source__payload[31:24] = \state$88 ;
-  assign source__payload[87:80] = \state$66 ;
-  assign source__payload[23:16] = \state$66 ;
+  assign source__payload[135:128] = \state$208 ;
+  assign source__payload[71:64] = \state$208 ;
+  assign source__payload[127:120] = \state$185 ;
+  assign source__payload[63:56] = \state$185 ;
+  assign source__payload[119:112] = \state$162 ;
+  assign source__payload[55:48] = \state$162 ;
+  assign source__payload[111:104] = \state$139 ;
+  assign source__payload[47:40] = \state$139 ;
+  assign source__payload[103:96] = \state$116 ;
+  assign source__payload[39:32] = \state$116 ;
+  assign source__payload[95:88] = \state$93 ;
+  assign source__payload[31:24] = \state$93 ;
+  assign source__payload[87:80] = \state$70 ;
+  assign source__payload[23:16] = \state$70 ;
   assign source__payload[79:72] = state;
   assign source__payload[15:8] = state;
   assign source__payload[7:0] = keep_18;
@@ -31198,7 +31455,7 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9290$0 , clk);
+module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31218,12 +31475,12 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9290$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9290$0 ;
-  wire [1:0] \port$9290$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -31253,7 +31510,7 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9290$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9290$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31266,19 +31523,17 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, out, data, \port$9290$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9290$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
-  assign load0 = \port$9290$0 [0];
-  assign load1 = \port$9290$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9302$0 , clk);
+module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31298,12 +31553,12 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9302$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9302$0 ;
-  wire [1:0] \port$9302$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -31333,7 +31588,7 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9302$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9302$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31346,19 +31601,17 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, out, data, \port$9302$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9302$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
-  assign load0 = \port$9302$0 [0];
-  assign load1 = \port$9302$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9314$0 , clk);
+module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31378,12 +31631,12 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9314$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9314$0 ;
-  wire [1:0] \port$9314$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -31413,7 +31666,7 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9314$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9314$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31426,19 +31679,17 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, out, data, \port$9314$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9314$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
-  assign load0 = \port$9314$0 [0];
-  assign load1 = \port$9314$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9326$0 , clk);
+module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31458,12 +31709,12 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9326$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9326$0 ;
-  wire [1:0] \port$9326$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -31493,7 +31744,7 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9326$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9326$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31506,19 +31757,17 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, out, data, \port$9326$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9326$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
-  assign load0 = \port$9326$0 [0];
-  assign load1 = \port$9326$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9338$0 , clk);
+module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31538,12 +31787,12 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9338$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9338$0 ;
-  wire [1:0] \port$9338$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -31573,7 +31822,7 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9338$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9338$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31586,19 +31835,17 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, out, data, \port$9338$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9338$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
-  assign load0 = \port$9338$0 [0];
-  assign load1 = \port$9338$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9350$0 , clk);
+module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31618,12 +31865,12 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9350$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9350$0 ;
-  wire [1:0] \port$9350$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -31653,7 +31900,7 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9350$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9350$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31666,19 +31913,17 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, out, data, \port$9350$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9350$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
-  assign load0 = \port$9350$0 [0];
-  assign load1 = \port$9350$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9362$0 , clk);
+module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31698,12 +31943,12 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9362$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9362$0 ;
-  wire [1:0] \port$9362$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -31733,7 +31978,7 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9362$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9362$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31746,19 +31991,17 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, out, data, \port$9362$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9362$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
-  assign load0 = \port$9362$0 [0];
-  assign load1 = \port$9362$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9374$0 , clk);
+module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31778,12 +32021,12 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9374$0 , clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
+  input load0;
   wire load0;
+  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
-  input [1:0] \port$9374$0 ;
-  wire [1:0] \port$9374$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -31813,7 +32056,7 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9374$0 , clk);
     if (step) begin
       \$13  = \$10 ;
     end
-    if (\port$9374$0 [0]) begin
+    if (load0) begin
       \$13  = data;
     end
     if (rst) begin
@@ -31826,13 +32069,11 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, out, data, \port$9374$0 , clk);
     if (step) begin
       \$14  = { \$12 [27:0], \$11 [63:28] };
     end
-    if (\port$9374$0 [1]) begin
+    if (load1) begin
       \$14  = data;
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
-  assign load0 = \port$9374$0 [0];
-  assign load1 = \port$9374$0 [1];
 endmodule

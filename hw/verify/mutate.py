@@ -84,13 +84,14 @@ MUTANTS = [
     # top: keep, handshake, control
     Mutant("M07", VC4, "", rf"(= {TMP} & keep_1\[)1(\];)", r"\g<1>2\2",
            "lane 1's generator steps on lane 2's keep bit"),
-    Mutant("M08", VC4, "", r"(ctl__addr == 9'h10)3;", r"\g<1>2;", "seed load: s1 of stream 1 decoded at s0's address"),
+    Mutant("M08", VC4, "", r"(ctl__addr == 9'h10)3;", r"\g<1>2;", "seed load: s1 of stream 1 decoded at s0's address",
+           count=2),
     Mutant("M09", VC4, "", rf"(assign {TMP} = \| \{{ )source__valid, ", r"\1", "idle ignores the output stage"),
     Mutant("M10", VC4, "", rf"assign sink__ready = advance & ({TMP});", r"assign sink__ready = \1;",
            "backpressure ignored (sink ready while the pipeline stalls)"),
     Mutant("M11", VC4, "", rf"({TMP} = )sink__payload\[3:0\];", r"\1{ 1'h1, sink__payload[2:0] };",
            "keep echo: bit 3 stuck at 1"),
-    Mutant("M12", VC4, "", rf"(if \(write_vc_var\) begin\n\s+{TMP} = )data\[14:0\];", r"\1data[15:1];",
+    Mutant("M12", VC4, "", rf"(if \(write_vc_var\) begin\n\s+{TMP} = )wdata\[14:0\];", r"\1wdata[15:1];",
            "vc_var registers (every lane's copy) take data bits [15:1]", count=4),
     Mutant("M13", VC4, "", rf"(= vc_noise;\n(?:.*\n)*?\s+if \(rst\) begin\n\s+{TMP} = )1'h0;", r"\g<1>1'h1;",
            "vc_noise resets to 1"),
@@ -144,8 +145,8 @@ MUTANTS = [
     # the contract's corner cases (docs/hardware.md "Reset and seeds")
     Mutant("M38", VC4, "", rf"assign sink__ready = advance & {TMP};", "assign sink__ready = advance;",
            "sink ready not gated by reset (a beat offered during reset is taken)"),
-    Mutant("M39", VC4, "", rf"(assign \\step\$56  = {TMP}) & {TMP};", r"\1;",
-           "lane 1's generator steps on the edge a seed word of it lands (no hold)"),
+    Mutant("M39", VC4, "", rf"(assign {TMP} = {TMP}) & seed_hold_1;", r"\1 & 1'h0;",
+           "lane 1's generator steps when a seed word of it is written on a transfer edge (no hold)"),
 ]
 
 
