@@ -5,16 +5,107 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .spec.gaussian import GaussianSpec
 from .spec.presets import PRESETS
 
 TARGETS = ("ice40-hx", "dsp18", "generic")  # hw.options.TARGETS (checked equal by a test; hw needs Amaranth)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else f"{x:,}".replace(",", "_") if abs(x) >= 100_000 else str(x)
+
+
+def _number(kind: type, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            hi_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float, finite) in the range; the message states the range."""
+    name = "an integer" if kind is int else "a finite number"
+    rng = ""
+    if lo is not None and hi is not None:
+        rng = f" in {'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}{')' if hi_open else ']'}"
+    elif lo is not None:
+        rng = f" {'>' if lo_open else '>='} {_fmt(lo)}"
+    want = name + rng
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        if (lo is not None and (v < lo or (lo_open and v == lo))) or \
+                (hi is not None and (v > hi or (hi_open and v == hi))):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return v
+
+    parse.__name__ = want
+    return parse
+
+
+def _device(text: str) -> str:
+    """cpu, cuda or cuda:N (what the studies and benchmarks run on)."""
+    if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+def _check_cuda(device: str, option: str = "--device") -> None:
+    """Fail before any work when ``device`` asks for CUDA that this torch build or machine lacks."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {device}: CUDA is not available here (torch {torch.__version__}); "
+                             f"use --device cpu")
+        idx = int(device[5:] or 0)
+        if idx >= torch.cuda.device_count():
+            raise ValueError(f"{option} {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
+def _writable_dir(path: str, option: str) -> None:
+    """Create ``path`` (a directory) or fail now, naming the option, before any work."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{option} {path!r}: cannot create the directory ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path!r}: the directory is not writable")
+
+
+def _writable_file(path: str, option: str) -> None:
+    """``path`` can be written as a file (its directory exists and is writable; it is not a directory)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a directory, expected a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option} {path!r}: the directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option} {path!r} is not writable")
+
+
+def _print_json(obj: Any, indent: int | None = None) -> None:
+    """JSON on stdout; NaN and Infinity (not JSON) as null."""
+    print(json.dumps(_json_safe(obj), indent=indent, allow_nan=False))
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
 
 
 def _gaussian_spec(text: str) -> GaussianSpec:
@@ -31,42 +122,47 @@ def _gaussian_spec(text: str) -> GaussianSpec:
 
 
 def _cmd_gaussian(args: argparse.Namespace) -> int:
+    from .studies.store import atomic_write_json
     from .studies.toy import ToySettings, check_expectations, format_table, plot, run_toy, summary_rows
 
-    settings = ToySettings(
-        alphas=tuple(args.alpha),
-        variants=tuple(args.variants),
-        width=args.width,
-        frac=args.frac,
-        sr_bits=args.sr_bits,
-        gaussian=args.gaussian,
-        chains=args.chains,
-        burn=args.burn,
-        collect=args.collect,
-        min_collect_steps=args.min_collect,
-        seed=args.seed,
-    )
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    os.makedirs(args.out, exist_ok=True)
-    if not os.access(args.out, os.W_OK):
-        raise ValueError(f"output directory {args.out!r} is not writable")
+    try:
+        settings = ToySettings(
+            alphas=tuple(args.alpha),
+            variants=tuple(args.variants),
+            width=args.width,
+            frac=args.frac,
+            sr_bits=args.sr_bits,
+            gaussian=args.gaussian,
+            chains=args.chains,
+            burn=args.burn,
+            collect=args.collect,
+            min_collect_steps=args.min_collect,
+            seed=args.seed,
+        )
+    except ValueError as e:
+        raise ValueError(f"--alpha {' '.join(map(str, args.alpha))} with --width {args.width} --frac {args.frac} "
+                         f"--sr-bits {args.sr_bits} --gaussian: no datapath fits ({e})") from None
+    _writable_dir(args.out, "--out")  # every output path checked before the minutes of sampling
+    png = os.path.join(args.out, "gaussian_toy.png")
+    json_path = os.path.join(args.out, "gaussian_toy.json")
+    _writable_file(png, "--out")
+    _writable_file(json_path, "--out")
     print(
         f"Gaussian toy: Q({settings.width},{settings.frac}), {settings.chains} chains per run, "
         f"{len(settings.alphas)} step sizes x {len(settings.variants)} variants on {args.jobs} processes",
         file=sys.stderr,
     )
     report = run_toy(settings, jobs=args.jobs, verbose=not args.quiet)
-    png = os.path.join(args.out, "gaussian_toy.png")
-    plot(report, png)
-    with open(os.path.join(args.out, "gaussian_toy.json"), "w") as f:
-        json.dump(report, f, indent=1)
     problems = check_expectations(report)
+    # the results first: a failing write below must not lose them
     if args.json:
-        print(json.dumps({"results": summary_rows(report)}))
+        _print_json({"results": summary_rows(report)})
     else:
-        print(format_table(report))
-        print(f"\nhistograms: {png}; full report: {os.path.join(args.out, 'gaussian_toy.json')}")
+        print(format_table(report), flush=True)
+    atomic_write_json(Path(json_path), _json_safe(report))
+    plot(report, png)
+    if not args.json:
+        print(f"\nhistograms: {png}; full report: {json_path}")
         print(f"elapsed {report['seconds']:.1f} s")
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
@@ -76,15 +172,19 @@ def _cmd_gaussian(args: argparse.Namespace) -> int:
 def _cmd_stationary(args: argparse.Namespace) -> int:
     from .studies.toy import ToySettings, toy_stationary
 
-    settings = ToySettings(alphas=tuple(args.alpha), width=args.width, frac=args.frac, sr_bits=args.sr_bits,
-                           gaussian=args.gaussian)
+    try:
+        settings = ToySettings(alphas=tuple(args.alpha), width=args.width, frac=args.frac, sr_bits=args.sr_bits,
+                               gaussian=args.gaussian)
+    except ValueError as e:
+        raise ValueError(f"--alpha {' '.join(map(str, args.alpha))} with --width {args.width} --frac {args.frac} "
+                         f"--sr-bits {args.sr_bits} --gaussian: no datapath fits ({e})") from None
     rows = []
     for a in args.alpha:
         for v in args.variants:
             r = toy_stationary(v, a, settings)
             rows.append({k: r[k] for k in ("alpha", "variant", "mean", "std")})
     if args.json:
-        print(json.dumps({"results": rows}))
+        _print_json({"results": rows})
         return 0
     print(f"exact stationary distribution of the Gaussian toy chain, Q({args.width},{args.frac}):")
     print(f"{'step':>8} {'variant':>8} {'mean':>9} {'std':>8}")
@@ -94,7 +194,7 @@ def _cmd_stationary(args: argparse.Namespace) -> int:
 
 
 def _cmd_design_space(args: argparse.Namespace) -> int:
-    from .studies.design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space
+    from .studies.design_space import DesignSpaceSettings, format_report, jsonable, parse_sr_bits, run_design_space
     from .studies.design_space import write_outputs as write_design_space
     from .studies.toy import stderr_progress
 
@@ -107,16 +207,16 @@ def _cmd_design_space(args: argparse.Namespace) -> int:
         bnn_temperatures=tuple(args.bnn_temperature), bnn_seeds=args.bnn_seeds, bnn_lr=args.bnn_lr,
         bnn_epochs=args.bnn_epochs, bnn_burnin=args.bnn_burnin, bnn_lanes=args.bnn_lanes, threads=args.threads,
     )
-    os.makedirs(args.out, exist_ok=True)
-    if not os.access(args.out, os.W_OK):
-        raise ValueError(f"output directory {args.out!r} is not writable")
+    _writable_dir(args.out, "--out")
     report = run_design_space(settings, None if args.quiet else stderr_progress)
-    paths = write_design_space(report, args.out)
+    # the results first: a failing write below must not lose them
     if args.json:
-        print(paths["json"].read_text())
-        return 0
-    print(format_report(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+        _print_json(jsonable(report), indent=1)  # the text of design_space.json
+    else:
+        print(format_report(report), flush=True)
+    paths = write_design_space(report, args.out)
+    if not args.json:
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -132,6 +232,7 @@ def _cmd_bench_torch(args: argparse.Namespace) -> int:
         from .studies.torch_bench import main as bench_main
     except ImportError as e:
         raise ValueError(f"bench-torch needs torch (pip install -e '.[torch]'): {e}") from None
+    _check_cuda(args.device)
     argv = ["--device", args.device, "--repeat", str(args.repeat), "--lanes", *map(str, args.lanes)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
@@ -170,8 +271,10 @@ def _cmd_vectors(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from hw.flows.synth import SHIPPED, run_cli
 
-    if args.lanes < 1:
-        raise ValueError(f"--lanes must be >= 1, got {args.lanes}")
+    if args.json is not None:
+        _writable_file(args.json, "--json")  # before the minutes of synthesis
+    if args.build is not None:
+        _writable_dir(args.build, "--build")
     from hw.options import HwOptions
 
     configs = list(SHIPPED) if args.shipped else [(args.config, args.lanes)]
@@ -185,8 +288,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                     registers=args.registers, router=args.router, pnr_timeout_s=args.pnr_timeout,
                     place=not args.no_place, build_dir=args.build,
                     json_out=args.json, progress=lambda msg: print(msg, file=sys.stderr),
-                    hw_opts=HwOptions(args.target, args.pipeline))
-    print(table)
+                    hw_opts=HwOptions(args.target, args.pipeline), on_table=lambda text: print(text, flush=True))
+    del table  # printed by on_table before the JSON is written
     return 0
 
 
@@ -246,9 +349,51 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
     def parse(text: str) -> tuple[Any, ...]:
         try:
             return tuple(kind(x) for x in text.split(",") if x)
-        except ValueError as e:
+        except (ValueError, argparse.ArgumentTypeError) as e:
             raise argparse.ArgumentTypeError(f"bad list {text!r}: {e}") from None
     return parse
+
+
+# the studies' names without importing torch (tests check them against the library's)
+STUDY_MODELS = ("logreg", "mlp", "cnn", "resnet18")
+STUDY_FORMATS = ("fixed", "bfp")
+STUDY_METHODS = ("sgld", "sgd", "sgldlp-f", "naive", "vc", "sgdlp-f", "sgdlp-l")
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+    return parse
+
+
+ALPHA = _number(float, 1e-6, 1, hi_open=True)
+FRAC = _number(int, -16, 32)
+SR_BITS = _number(int, 1, 62)
+JOBS = _number(int, 1, 1024)
+LANES = _number(int, 1, 1 << 24)
+REPEAT = _number(int, 1, 1000)
+LR = _number(float, 0, 10, lo_open=True)
+EPOCHS = _number(int, 1, 100_000)
+BURNIN = _number(int, 0, 100_000)
+COUNT = _number(int, 1, 10**7)
+
+
+def _sr_bits_or_full(text: str) -> str:
+    if text == "full" or (text.isdigit() and 1 <= int(text) <= 62):
+        return text
+    raise argparse.ArgumentTypeError(f"expected an integer in [1, 62] or 'full', got {text!r}")
+
+
+def _toy_gaussian(text: str) -> str:
+    from .studies.design_space import parse_gaussian
+
+    try:
+        parse_gaussian(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected KINDTERMSxBITS such as table4x8 or clt8x4: {e}") from None
+    return text
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -275,15 +420,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"lpsgld train: {how} on CUDA, which is not available here; pass --device cpu to run on the "
                   f"CPU (slow)", file=sys.stderr)
             return 2
+        _check_cuda(plan.device)
     jobs = args.jobs if args.jobs is not None else 1 if plan.device != "cpu" else min(2, os.cpu_count() or 1)
     command = "lpsgld train " + " ".join(shlex.quote(a) for a in (args.argv or []))
-    results = run_study(plan, out, jobs=jobs, fresh=args.fresh, runs=args.runs)
+    results = run_study(plan, out, jobs=jobs, fresh=args.fresh, runs=args.runs, strict=args.strict)
     rows = summarize(results)
-    if not args.json:  # the table first: it does not depend on matplotlib
-        print(format_table(rows))
-    paths = write_outputs(plan, results, out, command.strip())
+    if not args.json:  # the table first: a failing write below must not lose it
+        print(format_table(rows), flush=True)
+    try:
+        paths = write_outputs(plan, results, out, command.strip())
+    except OSError:
+        if args.json:  # the summary still comes out, without files
+            _print_json({"summary": rows, "files": None}, indent=1)
+        raise
     if args.json:
-        print(json.dumps({"summary": rows, "files": paths}, indent=1))
+        _print_json({"summary": rows, "files": paths}, indent=1)
     else:
         print("\nwrote " + ", ".join(paths.values()))
     return 0
@@ -296,20 +447,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("gaussian", help="the paper's Gaussian toy with the hardware's arithmetic")
-    p.add_argument("--alpha", type=float, nargs="+", default=[2e-3, 1e-3, 1e-4], help="step sizes")
+    p.add_argument("--alpha", type=ALPHA, nargs="+", default=[2e-3, 1e-3, 1e-4], help="step sizes in [1e-6, 1)")
     p.add_argument("--variants", nargs="+", default=["fp", "lp_f", "naive", "vc"],
                    choices=["fp", "lp_f", "naive", "vc"])
-    p.add_argument("--width", type=int, default=8, help="weight word length W")
-    p.add_argument("--frac", type=int, default=3, help="weight fractional bits F")
-    p.add_argument("--sr-bits", type=int, default=None, help="SR random bits (default: all dropped bits)")
+    p.add_argument("--width", type=_number(int, 2, 16), default=8, help="weight word length W, in [2, 16]")
+    p.add_argument("--frac", type=FRAC, default=3, help="weight fractional bits F, in [-16, 32]")
+    p.add_argument("--sr-bits", type=SR_BITS, default=None,
+                   help="SR random bits in [1, 62] (default: all dropped bits)")
     p.add_argument("--gaussian", type=_gaussian_spec, default=GaussianSpec(),
                    help="Gaussian generator, e.g. table:4x8 or clt:4x8 (default table:4x8:8)")
-    p.add_argument("--chains", type=int, default=4096, help="parallel chains (lanes)")
-    p.add_argument("--burn", type=float, default=2.5, help="burn-in in units of 1/alpha steps")
-    p.add_argument("--collect", type=float, default=4.0, help="collection window in units of 1/alpha steps")
-    p.add_argument("--min-collect", type=int, default=10_000, help="at least this many collection steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--chains", type=_number(int, 1, 1 << 24), default=4096, help="parallel chains (lanes)")
+    p.add_argument("--burn", type=_number(float, 0, 1000), default=2.5, help="burn-in in units of 1/alpha steps")
+    p.add_argument("--collect", type=_number(float, 0, 1000, lo_open=True), default=4.0,
+                   help="collection window in units of 1/alpha steps")
+    p.add_argument("--min-collect", type=_number(int, 0, 10**9), default=10_000,
+                   help="at least this many collection steps")
+    p.add_argument("--seed", type=_number(int, 0, (1 << 64) - 1), default=0)
+    p.add_argument("--jobs", type=JOBS, default=min(2, os.cpu_count() or 1),
+                   help="worker processes (at most one per task and per CPU core are started)")
     p.add_argument("--out", default="results/gaussian", help="output directory for PNG and JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -319,65 +474,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_cmd_gaussian)
 
     p = sub.add_parser("stationary", help="exact stationary std of the toy chain (naive, vc, sgd_l), no sampling")
-    p.add_argument("--alpha", type=float, nargs="+", default=[2e-3, 1e-3, 1e-4], help="step sizes")
+    p.add_argument("--alpha", type=ALPHA, nargs="+", default=[2e-3, 1e-3, 1e-4], help="step sizes in [1e-6, 1)")
     p.add_argument("--variants", nargs="+", default=["naive", "vc"], choices=["naive", "vc", "sgd_l"])
-    p.add_argument("--width", type=int, default=8, help="weight word length W")
-    p.add_argument("--frac", type=int, default=3, help="weight fractional bits F")
-    p.add_argument("--sr-bits", type=int, default=None, help="SR random bits (default: all dropped bits)")
+    p.add_argument("--width", type=_number(int, 2, 12), default=8,
+                   help="weight word length W, in [2, 12] (the exact solver's matrix has 4^W entries)")
+    p.add_argument("--frac", type=FRAC, default=3, help="weight fractional bits F, in [-16, 32]")
+    p.add_argument("--sr-bits", type=SR_BITS, default=None,
+                   help="SR random bits in [1, 62] (default: all dropped bits)")
     p.add_argument("--gaussian", type=_gaussian_spec, default=GaussianSpec(), help="Gaussian generator")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=_cmd_stationary)
 
     p = sub.add_parser("design-space", help="how many SR random bits, which Gaussian, which word length: exact toy "
                                             "+ BNN study (tables, JSON, PNG)")
-    p.add_argument("--alpha", type=float, nargs="+", default=[2e-3, 1e-3, 1e-4], help="toy step sizes")
+    p.add_argument("--alpha", type=ALPHA, nargs="+", default=[2e-3, 1e-3, 1e-4],
+                   help="toy step sizes in [1e-6, 1)")
     p.add_argument("--variants", nargs="+", default=["naive", "vc", "sgd_l"], choices=["naive", "vc", "sgd_l"],
                    help="toy variants (exact stationary distribution)")
-    p.add_argument("--sr-bits", nargs="+", default=["1", "2", "4", "8", "12", "16", "full"],
+    p.add_argument("--sr-bits", type=_sr_bits_or_full, nargs="+",
+                   default=["1", "2", "4", "8", "12", "16", "full"],
                    help="SR random bits to compare ('full': every dropped bit)")
-    p.add_argument("--gaussians", nargs="+", default=["table4x8", "table1x8", "table2x8", "clt4x8", "clt1x8",
-                                                      "table1x16", "table4x4", "clt8x4", "clt12x4"],
+    p.add_argument("--gaussians", type=_toy_gaussian, nargs="+",
+                   default=["table4x8", "table1x8", "table2x8", "clt4x8", "clt1x8", "table1x16", "table4x4", "clt8x4",
+                            "clt12x4"],
                    help="toy Gaussian generators, KINDTERMSxBITS (e.g. table4x8, clt:8x4)")
-    p.add_argument("--widths", type=int, nargs="+", default=[6, 8, 10],
+    p.add_argument("--widths", type=_number(int, 6, 12), nargs="+", default=[6, 8, 10],
                    help="toy word lengths W, as Q(W, W-5): range [-16, 16) kept, LSB moves")
-    p.add_argument("--toy-width", type=int, default=8,
+    p.add_argument("--toy-width", type=_number(int, 6, 12), default=8,
                    help="toy word length of the SR-bits and Gaussian axes, as Q(W, W-5) (default Q(8,3))")
     p.add_argument("--no-bnn", action="store_true", help="toy and Gaussian tables only (seconds, not minutes)")
     p.add_argument("--bnn-dataset", default="digits", choices=["digits", "fashion-mnist"])
-    p.add_argument("--bnn-n-train", type=int, default=None, help="first N training examples (default: all)")
-    p.add_argument("--bnn-n-test", type=int, default=None, help="first N test examples (default: all)")
+    p.add_argument("--bnn-n-train", type=COUNT, default=None, help="first N training examples (default: all)")
+    p.add_argument("--bnn-n-test", type=COUNT, default=None, help="first N test examples (default: all)")
     p.add_argument("--bnn-methods", nargs="+", default=["vc", "naive", "sgdlp-l"],
                    choices=["vc", "naive", "sgdlp-l", "sgldlp-f", "sgdlp-f"])
     p.add_argument("--bnn-gaussians", nargs="+", default=["table4x8", "table1x8", "table2x8", "clt4x8", "clt1x8"],
                    help="BNN Gaussian generators (keys of emulator.studies.training.GAUSSIANS)")
-    p.add_argument("--bnn-widths", type=int, nargs="+", default=[6, 8, 10], help="BNN word lengths W, as Q(W, W)")
-    p.add_argument("--bnn-temperature", type=float, nargs="+", default=[1e-3, 1.0],
+    p.add_argument("--bnn-widths", type=_number(int, 4, 16), nargs="+", default=[6, 8, 10],
+                   help="BNN word lengths W, as Q(W, W)")
+    p.add_argument("--bnn-temperature", type=_number(float, 0, 1e6, lo_open=True), nargs="+", default=[1e-3, 1.0],
                    help="posterior temperatures (1e-3: VC branch B, reads SR bits; 1: branch A, reads the Gaussian)")
-    p.add_argument("--bnn-seeds", type=int, default=3)
-    p.add_argument("--bnn-lr", type=float, default=0.5)
-    p.add_argument("--bnn-epochs", type=int, default=20)
-    p.add_argument("--bnn-burnin", type=int, default=10)
-    p.add_argument("--bnn-lanes", type=int, default=8192)
-    p.add_argument("--threads", type=int, default=1, help="torch threads for the BNN runs")
+    p.add_argument("--bnn-seeds", type=_number(int, 1, 1000), default=3)
+    p.add_argument("--bnn-lr", type=LR, default=0.5, help="step size in (0, 10]")
+    p.add_argument("--bnn-epochs", type=EPOCHS, default=20)
+    p.add_argument("--bnn-burnin", type=BURNIN, default=10)
+    p.add_argument("--bnn-lanes", type=LANES, default=8192)
+    p.add_argument("--threads", type=_number(int, 1, 1024), default=1, help="torch threads for the BNN runs")
     p.add_argument("--out", default="results/design-space", help="output directory (JSON, Markdown, PNG)")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the tables")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_design_space)
 
     p = sub.add_parser("bench", help="engine throughput vs a float32 numpy SGLD step")
-    p.add_argument("--elements", type=int, default=10_000_000)
-    p.add_argument("--lanes", type=int, nargs="+", default=[8, 1024, 65536])
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--elements", type=_number(int, 1, 10**8), default=10_000_000)
+    p.add_argument("--lanes", type=LANES, nargs="+", default=[8, 1024, 65536])
+    p.add_argument("--repeat", type=REPEAT, default=3)
     p.add_argument("--variants", nargs="+", default=["sgd_l", "naive", "lp_f", "vc", "vc_b"],
                    choices=["sgd_l", "sgd_f", "naive", "lp_f", "vc", "vc_b"],
                    help="vc: VC branch A (lr 2e-3); vc_b: VC branch B (lr 1e-3)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("bench-torch", help="torch optimizer step on ResNet-18's parameters vs float32 SGLD")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--lanes", type=int, nargs="+", default=[1024, 8])
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--lanes", type=LANES, nargs="+", default=[1024, 8])
+    p.add_argument("--repeat", type=REPEAT, default=3)
+    p.add_argument("--threads", type=_number(int, 0, 1024), default=0,
+                   help="torch.set_num_threads, in [0, 1024] (0: torch's default)")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile engine and optimizer")
     p.set_defaults(func=_cmd_bench_torch)
 
@@ -386,33 +548,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="study preset (default quick: digits logistic regression, about 2 minutes); "
                         "options below override it")
     p.add_argument("--dataset", choices=["fashion-mnist", "digits"])
-    p.add_argument("--models", type=_csv(str), help="comma list of logreg, mlp, cnn, resnet18")
-    p.add_argument("--formats", type=_csv(str), help="comma list of fixed, bfp (8-bit)")
-    p.add_argument("--methods", type=_csv(str), help="comma list of sgld, sgd, sgldlp-f, naive, vc, sgdlp-f, sgdlp-l")
-    p.add_argument("--lrs", type=_csv(float), help="comma list of step sizes")
-    p.add_argument("--seeds", type=_csv(int), help="comma list of seeds")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--burnin", type=int, help="epochs before samples are collected")
-    p.add_argument("--samples-per-epoch", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--n-train", type=int, help="use the first N training examples")
-    p.add_argument("--n-test", type=int, help="use the first N test examples")
-    p.add_argument("--lanes", type=int, help="datapath lanes (statistics do not depend on it; speed does)")
-    p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--width", type=int, help="fixed point word length W of Q(W,F) (default 8)")
-    p.add_argument("--frac", type=int, help="fixed point fractional bits F of Q(W,F) (preset's choice)")
-    p.add_argument("--sr-bits", type=int, help="datapath SR random bits (default: every dropped bit)")
-    p.add_argument("--grad-sr-bits", type=int, help="SR bits of the host's gradient conversion (default 32)")
-    p.add_argument("--gaussian", help="Gaussian generator: table4x8 (default), table1x8, table2x8, clt4x8, clt1x8")
-    p.add_argument("--pad-to", type=int, help="zero-pad images to N x N")
-    p.add_argument("--jobs", type=int,
+    p.add_argument("--models", type=_csv(_one_of(STUDY_MODELS)), help="comma list of " + ", ".join(STUDY_MODELS))
+    p.add_argument("--formats", type=_csv(_one_of(STUDY_FORMATS)), help="comma list of fixed, bfp (8-bit)")
+    p.add_argument("--methods", type=_csv(_one_of(STUDY_METHODS)), help="comma list of " + ", ".join(STUDY_METHODS))
+    p.add_argument("--lrs", type=_csv(LR), help="comma list of step sizes, each in (0, 10]")
+    p.add_argument("--seeds", type=_csv(_number(int, 0, (1 << 32) - 1)), help="comma list of seeds in [0, 2^32)")
+    p.add_argument("--epochs", type=EPOCHS)
+    p.add_argument("--burnin", type=BURNIN, help="epochs before samples are collected")
+    p.add_argument("--samples-per-epoch", type=_number(int, 1, 10_000))
+    p.add_argument("--batch-size", type=_number(int, 1, 1_000_000))
+    p.add_argument("--temperature", type=_number(float, 0, 1e6))
+    p.add_argument("--weight-decay", type=_number(float, 0, 1e3))
+    p.add_argument("--n-train", type=COUNT, help="use the first N training examples")
+    p.add_argument("--n-test", type=COUNT, help="use the first N test examples")
+    p.add_argument("--lanes", type=LANES, help="datapath lanes (statistics do not depend on it; speed does)")
+    p.add_argument("--device", type=_device, help="cpu, cuda or cuda:N")
+    p.add_argument("--width", type=_number(int, 2, 32), help="fixed point word length W of Q(W,F) (default 8)")
+    p.add_argument("--frac", type=_number(int, -16, 48), help="fixed point fractional bits F of Q(W,F) "
+                                                                "(preset's choice)")
+    p.add_argument("--sr-bits", type=SR_BITS, help="datapath SR random bits (default: every dropped bit)")
+    p.add_argument("--grad-sr-bits", type=_number(int, 1, 32),
+                   help="SR bits of the host's gradient conversion, in [1, 32] (default 32)")
+    p.add_argument("--gaussian", choices=["table4x8", "table1x8", "table2x8", "clt4x8", "clt1x8"],
+                   help="Gaussian generator (default table4x8)")
+    p.add_argument("--pad-to", type=_number(int, 1, 1024), help="zero-pad images to N x N")
+    p.add_argument("--jobs", type=JOBS,
                    help="runs in parallel (processes, one torch thread each; default min(2, CPUs), 1 on a GPU)")
     p.add_argument("--out", help="output directory (default results/<preset>); rerun the same command to resume")
     p.add_argument("--runs", help="directory of finished runs and checkpoints, shareable between studies "
                                   "(default OUT/runs)")
-    p.add_argument("--fresh", action="store_true", help="delete earlier results and checkpoints in --out first")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete what an earlier run of the study wrote in --out first (only a study directory "
+                        "lpsgld train made; never the working directory or a parent of it)")
+    p.add_argument("--strict", action="store_true",
+                   help="a corrupt or foreign result or checkpoint is an error (default: quarantined, recomputed)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_train)
 
@@ -426,16 +595,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("synth", help="FPGA area, Fmax and critical path of a configuration's RTL (yowasp yosys + "
                                      "nextpnr; needs the synth extra)")
-    p.add_argument("--config", default="w8-vc", help="one of: " + ", ".join(PRESETS))
-    p.add_argument("--lanes", type=int, default=1)
+    p.add_argument("--config", default="w8-vc", choices=list(PRESETS), help="one of: " + ", ".join(PRESETS))
+    p.add_argument("--lanes", type=_number(int, 1, 64), default=1, help="lanes, in [1, 64]")
     p.add_argument("--shipped", action="store_true", help="w8-vc, w8-lpf, w8-naive at 1 and 8 lanes")
-    p.add_argument("--device", default="hx8k",
+    p.add_argument("--device", default="hx8k", choices=["hx8k", "up5k", "ecp5-25k", "ecp5-25k-nodsp", "generic"],
                    help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k, ecp5-25k-nodsp, or generic "
                         "(technology-independent gates, flip-flops and NAND2-equivalent area; no place and route)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="nextpnr seeds, one run each")
-    p.add_argument("--freq", type=float, default=100.0, help="nextpnr timing target (MHz)")
-    p.add_argument("--router", default="router1", help="nextpnr router: router1 (default) or router2")
-    p.add_argument("--pnr-timeout", type=float, default=300.0,
+    p.add_argument("--seeds", type=_number(int, 0, (1 << 31) - 1), nargs="+", default=[1],
+                   help="nextpnr seeds, one run each")
+    p.add_argument("--freq", type=_number(float, 0, 2000, lo_open=True), default=100.0,
+                   help="nextpnr timing target (MHz), in (0, 2000]")
+    p.add_argument("--router", default="router1", choices=["router1", "router2"],
+                   help="nextpnr router: router1 (default) or router2")
+    p.add_argument("--pnr-timeout", type=_number(float, 0, 86400, lo_open=True), default=300.0,
                    help="seconds per nextpnr run; router1 runs that take longer are redone with router2")
     p.add_argument("--hierarchy", action="store_true", help="also the area per module (synthesis with -noflatten)")
     p.add_argument("--registers", action="store_true", help="also the area grouped by the register each cell feeds")
@@ -481,6 +653,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as e:
         print(f"lpsgld: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"lpsgld: error: out of memory in {args.command}; try smaller sizes", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lpsgld {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a worker's or a signal's stop
+        from .studies.workers import Interrupted
+
+        if isinstance(e, Interrupted):
+            print(f"lpsgld {args.command}: {e}; workers stopped; rerun the same command to resume", file=sys.stderr)
+            return 128 + e.signum
+        raise
 
 
 if __name__ == "__main__":

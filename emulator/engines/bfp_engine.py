@@ -6,7 +6,7 @@ from typing import Any
 
 from ..spec.bfp import BfpConfig, BfpRegisters, BfpTensor, BfpUpdateResult, check_registers, update
 from ..spec.rng import LaneRng
-from .numpy_engine import check_rng_layout, stream_words
+from .numpy_engine import check_engine_state, check_rng_layout, engine_state, stream_words, transaction
 
 
 class BfpEngine:
@@ -34,13 +34,15 @@ class BfpEngine:
         g = cfg.grad.check(grad, "grad")
         if th.mant.shape != g.mant.shape:
             raise ValueError(f"theta shape {th.mant.shape} != grad shape {g.mant.shape}")
-        words = stream_words(self.rng, th.mant.size)
-        return update(cfg, th, g, regs, words)
+        with transaction(self.rng):  # a step that raises leaves the lanes as they were
+            words = stream_words(self.rng, th.mant.size)
+            return update(cfg, th, g, regs, words)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.state_dict()}
+        """The lane states, the configuration's identity (``repr``) and the state format version."""
+        return engine_state(self.cfg, self.rng.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        rng = LaneRng.from_state_dict(state["rng"])
+        rng = LaneRng.from_state_dict(check_engine_state(self.cfg, state))
         check_rng_layout(self.cfg, rng, loaded=True)
         self.rng = rng

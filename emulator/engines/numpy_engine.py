@@ -13,6 +13,8 @@ cycle, which the tests check.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -89,6 +91,47 @@ def check_rng_layout(cfg: Any, rng: Any, *, loaded: bool = False) -> None:
         raise ValueError("rng does not match the configuration's generator, lanes or rng_words")
 
 
+STATE_FORMAT = 1  # version of every engine's state dict layout
+
+
+@contextlib.contextmanager
+def transaction(*rngs: Any) -> Iterator[None]:
+    """Restore the lane states of ``rngs`` (LaneRng or TorchLaneRng) when the body raises.
+
+    A step that fails after drawing its random words (out of memory, a bad register found late,
+    an interrupt) leaves the engine exactly as it was: the next step equals a fresh engine's.
+    """
+    saved = [(r.s0.copy() if isinstance(r.s0, np.ndarray) else r.s0.clone(),
+              r.s1.copy() if isinstance(r.s1, np.ndarray) else r.s1.clone()) for r in rngs]
+    try:
+        yield
+    except BaseException:
+        for r, (s0, s1) in zip(rngs, saved, strict=True):
+            r.s0, r.s1 = s0, s1
+        raise
+
+
+def engine_state(cfg: Any, rng_state: dict[str, Any]) -> dict[str, Any]:
+    """An engine's state dict: the lane states plus the configuration's identity and the format version."""
+    return {"format": STATE_FORMAT, "config": repr(cfg), "rng": rng_state}
+
+
+def check_engine_state(cfg: Any, state: Any) -> dict[str, Any]:
+    """The ``rng`` entry of ``state`` after checking it was saved by an engine of configuration ``cfg``."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+    missing = [k for k in ("format", "config", "rng") if k not in state]
+    if missing:
+        raise ValueError(f"state_dict lacks {missing} (keys present: {sorted(state)}); it was not saved by "
+                         f"an engine of this version")
+    if state["format"] != STATE_FORMAT:
+        raise ValueError(f"state_dict format {state['format']!r}, this engine reads format {STATE_FORMAT}")
+    if state["config"] != repr(cfg):
+        raise ValueError(f"state_dict was saved for configuration {state['config']}, this engine runs {cfg!r}")
+    rng_state: dict[str, Any] = state["rng"]
+    return rng_state
+
+
 class NumpyEngine:
     """Runs a :class:`DatapathConfig` on numpy arrays, bit-exact to the hardware.
 
@@ -117,21 +160,24 @@ class NumpyEngine:
         shape = th.shape
         th = th.ravel()
         g = g.ravel()
-        words = stream_words(self.rng, th.size)
-        state = np.empty_like(th)
-        weight = state if not cfg.variant.has_accumulator else np.empty_like(th)
-        for lo in range(0, th.size, _BLOCK):
-            hi = min(lo + _BLOCK, th.size)
-            r = update(cfg, th[lo:hi], g[lo:hi], regs, words[lo:hi])
-            state[lo:hi] = r.state
-            if weight is not state:
-                weight[lo:hi] = r.weight
+        with transaction(self.rng):  # a step that raises leaves the lanes as they were
+            words = stream_words(self.rng, th.size)
+            state = np.empty_like(th)
+            weight = state if not cfg.variant.has_accumulator else np.empty_like(th)
+            for lo in range(0, th.size, _BLOCK):
+                hi = min(lo + _BLOCK, th.size)
+                r = update(cfg, th[lo:hi], g[lo:hi], regs, words[lo:hi])
+                state[lo:hi] = r.state
+                if weight is not state:
+                    weight[lo:hi] = r.weight
         return UpdateResult(state.reshape(shape), weight.reshape(shape))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.state_dict()}
+        """The lane states, the configuration's identity (``repr``) and the state format version."""
+        return engine_state(self.cfg, self.rng.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        rng = LaneRng.from_state_dict(state["rng"])
+        """Restore :meth:`state_dict`; ValueError when it was saved for another configuration or format."""
+        rng = LaneRng.from_state_dict(check_engine_state(self.cfg, state))
         check_rng_layout(self.cfg, rng, loaded=True)
         self.rng = rng

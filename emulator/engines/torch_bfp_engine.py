@@ -26,7 +26,7 @@ from ..spec.bfp import (
     quantize_core,
     update,
 )
-from .numpy_engine import check_rng_layout
+from .numpy_engine import check_engine_state, check_rng_layout, engine_state, transaction
 from .torch_engine import TorchLaneRng, torch_stream_words
 
 
@@ -160,10 +160,11 @@ class TorchBfpEngine:
         g = self._check(grad, cfg.grad, "grad", check_words)
         if tuple(th.mant.shape) != tuple(g.mant.shape):
             raise ValueError(f"theta shape {tuple(th.mant.shape)} != grad shape {tuple(g.mant.shape)}")
-        if self.uses_triton:
-            return self._triton(th, g, regs)
-        words = torch_stream_words(self.rng, th.mant.numel())
-        return update(cfg, th, g, regs, words)
+        with transaction(self.rng):  # a step that raises leaves the lanes as they were
+            if self.uses_triton:
+                return self._triton(th, g, regs)
+            words = torch_stream_words(self.rng, th.mant.numel())
+            return update(cfg, th, g, regs, words)
 
     @property
     def uses_triton(self) -> bool:
@@ -184,10 +185,11 @@ class TorchBfpEngine:
         return BfpUpdateResult(out, weight if weight is not None else out)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.state_dict()}
+        """The lane states, the configuration's identity (``repr``) and the state format version."""
+        return engine_state(self.cfg, self.rng.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Also reads a :class:`BfpEngine` state dict (numpy lane states)."""
-        rng = TorchLaneRng.from_state_dict(state["rng"], self.device)
+        """Also reads a :class:`BfpEngine` state dict (numpy lane states) of the same configuration."""
+        rng = TorchLaneRng.from_state_dict(check_engine_state(self.cfg, state), self.device)
         check_rng_layout(self.cfg, rng, loaded=True)
         self.rng = rng

@@ -37,7 +37,7 @@ from ..spec.datapath import WORD_BITS, DatapathConfig, Field, StepRegisters, Var
 from ..spec.formats import FixedFormat
 from ..spec.gaussian import GaussianSpec
 from ..spec.rng import LaneRng, XoroshiroSpec, vec
-from .numpy_engine import check_rng_layout
+from .numpy_engine import check_engine_state, check_rng_layout, engine_state, transaction
 
 _I64 = torch.int64
 _VIRTUAL_LANES = 1 << 16  # chunk states stepped together (CPU): temporaries stay near the caches
@@ -676,14 +676,15 @@ class TorchEngine:
         shape = theta.shape
         th = self._check(theta, cfg.state, "theta", check_words)
         g = self._check(grad, cfg.grad, "grad", check_words)
-        if self.path == "reference":
-            words = torch_stream_words(self.rng, th.numel())
-            r = torch_update(cfg, th, g, regs, words)
-            return TorchUpdateResult(r.state.view(shape), r.weight.view(shape))
-        if self.uses_triton:
-            state, weight = self._triton(th, g, regs)
-            return TorchUpdateResult(state.view(shape), weight.view(shape))
-        state, weight = self._fused(th, g, regs)
+        with transaction(self.rng):  # a step that raises leaves the lanes as they were
+            if self.path == "reference":
+                words = torch_stream_words(self.rng, th.numel())
+                r = torch_update(cfg, th, g, regs, words)
+                return TorchUpdateResult(r.state.view(shape), r.weight.view(shape))
+            if self.uses_triton:
+                state, weight = self._triton(th, g, regs)
+                return TorchUpdateResult(state.view(shape), weight.view(shape))
+            state, weight = self._fused(th, g, regs)
         return TorchUpdateResult(state.view(shape), weight.view(shape))
 
     def step_quantize(self, theta: Tensor, grad: Tensor, regs: StepRegisters, *, grad_rng: TorchLaneRng | None,
@@ -708,6 +709,13 @@ class TorchEngine:
         if stochastic and (grad_rng is None or grad_rng.lanes != cfg.lanes or grad_rng.device != self.device):
             raise ValueError("stochastic gradient rounding needs grad_rng with the engine's lane count and device")
         _check_nan(grad, cfg.grad)
+        with transaction(*([self.rng, grad_rng] if grad_rng is not None else [self.rng])):
+            return self._step_quantize(theta, grad, regs, grad_rng, rounding, sr_bits, check_words)
+
+    def _step_quantize(self, theta: Tensor, grad: Tensor, regs: StepRegisters, grad_rng: TorchLaneRng | None,
+                       rounding: str, sr_bits: int, check_words: bool) -> TorchUpdateResult:
+        cfg = self.cfg
+        stochastic = rounding == "stochastic"
         if self.path == "reference":
             u = torch_stream_words(grad_rng, grad.numel())[:, 0] & ((1 << sr_bits) - 1) if grad_rng and stochastic \
                 else None
@@ -808,10 +816,12 @@ class TorchEngine:
         return state, weight
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.state_dict()}
+        """The lane states, the configuration's identity (``repr``) and the state format version."""
+        return engine_state(self.cfg, self.rng.state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        rng = TorchLaneRng.from_state_dict(state["rng"], self.device)
+        """Restore :meth:`state_dict` (also a NumpyEngine's); ValueError for another configuration or format."""
+        rng = TorchLaneRng.from_state_dict(check_engine_state(self.cfg, state), self.device)
         check_rng_layout(self.cfg, rng, loaded=True)
         self.rng = rng
 
@@ -836,7 +846,12 @@ def _check_rounding(rounding: str, sr_bits: int) -> None:
 def _quantize_words(x: Tensor, fmt: FixedFormat, rounding: str, u: Tensor | None, sr_bits: int) -> Tensor:
     """The float64 steps of FixedFormat.quantize (NaN already excluded); ``u`` shaped like ``x``."""
     lo, hi = fmt.min_word, fmt.max_word
-    t = torch.clamp(x.to(torch.float64) * 2.0**fmt.frac, lo - 1.0, hi + 1.0)  # exact power-of-two scaling
+    xd = x.to(torch.float64)
+    t = xd * 2.0**fmt.frac  # exact power-of-two scaling, unless it underflows
+    # as FixedFormat.quantize: |x 2^F| < 2^-64 rounds as +-2^-64 (an underflow to -0 would lose the sign)
+    tiny = (xd != 0) & (xd.abs() < 2.0 ** (-64 - fmt.frac))
+    t = torch.where(tiny, torch.copysign(torch.full_like(t, 2.0**-64), xd), t)
+    t = torch.clamp(t, lo - 1.0, hi + 1.0)
     fl = torch.floor(t)
     if rounding == "nearest" or u is None:
         q = fl + (t - fl >= 0.5).to(torch.float64)

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .datapath import Field, Variant, _coerce_variant, field_layout, sr_variance
-from .formats import FixedFormat, check_int
+from .formats import FixedFormat, check_int, reject_masked
 from .gaussian import GaussianSpec
 from .host import UNDERFLOW_POLICIES, HyperParams, _register, shared_registers, sized_registers
 from .rng import XoroshiroSpec
@@ -103,6 +103,8 @@ class BfpFormat:
         """Validate numpy words: integer dtypes, exponent shape ``(rows,)``, every word in range."""
         if not isinstance(t, tuple) or len(t) != 2:
             raise TypeError(f"{name} must be a BfpTensor(mant, exp), got {type(t).__name__}")
+        reject_masked(t[0], f"{name} mantissas")
+        reject_masked(t[1], f"{name} exponents")
         mant, exp = np.asarray(t[0]), np.asarray(t[1])
         for part, arr in (("mantissas", mant), ("exponents", exp)):
             if arr.dtype.kind not in "iu":
@@ -141,6 +143,7 @@ class BfpFormat:
         when its maximum exceeds ``(max_mant - h) * D`` (see :func:`check_headroom`).
         """
         h = check_headroom(self, headroom)
+        reject_masked(values, "values")
         x = np.asarray(values, dtype=np.float64)
         if np.isnan(x).any():
             idx = int(np.flatnonzero(np.isnan(x.ravel()))[0])

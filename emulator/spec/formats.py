@@ -89,7 +89,8 @@ class FixedFormat:
         return np.clip(words, self.min_word, self.max_word)
 
     def check_words(self, words: np.ndarray, name: str = "words") -> np.ndarray:
-        """Validate an integer word array: dtype integer, every word in range."""
+        """Validate an integer word array: dtype integer, every word in range; masked arrays refused."""
+        reject_masked(words, name)
         arr = np.asarray(words)
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{name} must be an integer array for {self}, got dtype {arr.dtype}")
@@ -120,11 +121,19 @@ class FixedFormat:
         (an explicit, seeded ``numpy.random.Generator``). NaN raises ValueError;
         +-Inf and out-of-range values saturate.
         """
+        reject_masked(values, "values")
         x = np.asarray(values, dtype=np.float64)
         if np.isnan(x).any():
             idx = int(np.flatnonzero(np.isnan(x.ravel()))[0])
             raise ValueError(f"cannot quantize NaN (first at flat index {idx}) to {self}")
-        t = np.ldexp(x, self.frac)  # exact scaling by a power of two
+        with np.errstate(over="ignore"):  # an overflow to +-inf saturates below, as the docstring says
+            t = np.ldexp(x, self.frac)  # exact scaling by a power of two, unless it underflows
+        # |x * 2^F| < 2^-64: ldexp may flush it to +-0 (or lose bits as a subnormal), but only its sign
+        # matters to every rule: replace it by +-2^-64, which rounds alike (floor -1 or 0, and the
+        # k <= 52 SR bits below the point all ones or all zeros)
+        tiny = (x != 0) & (np.abs(x) < np.ldexp(1.0, -64 - self.frac))
+        if tiny.any():
+            t = np.where(tiny, np.copysign(2.0**-64, x), t)
         lo, hi = self.min_word, self.max_word
         t = np.clip(t, lo - 1.0, hi + 1.0)  # saturate early: also maps +-inf
         if rounding == "nearest":
@@ -149,6 +158,13 @@ class FixedFormat:
             raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
         # q is within [lo - 1, hi + 1] (< 2^62): convert, then clamp exactly in the integer domain
         return np.clip(q.astype(np.int64), lo, hi)
+
+
+def reject_masked(values: object, name: str) -> None:
+    """TypeError for a numpy masked array: the datapath has no mask, and ignoring it would be silent."""
+    if isinstance(values, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy masked array; the datapath has no mask: pass "
+                        f"{name}.filled(value) or the unmasked elements")
 
 
 def round_nearest(x: Word, s: int) -> Word:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if p.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
-        except (EOFError, OSError) as e:  # truncated or not gzip at all
+        except (EOFError, OSError, zlib.error) as e:  # truncated, corrupt deflate data, or not gzip at all
             raise IdxError(f"{p}: not a readable gzip file ({e})") from None
     return parse_idx(raw, str(p))
 

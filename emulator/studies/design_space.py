@@ -436,6 +436,26 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     return float(statistics.fmean(xs)), float(statistics.stdev(xs)) if len(xs) > 1 else 0.0
 
 
+def check_bnn(s: DesignSpaceSettings) -> None:
+    """Every BNN run's data subset, RunSpec and datapath configuration, checked before any work
+    (a bad ``bnn_n_train`` or ``bnn_lr`` fails here, not after the toy axes' minutes)."""
+    from .data import load_dataset
+    from .training import RunSpec, fixed_training_config
+
+    data = load_dataset(s.bnn_dataset)
+    if s.bnn_n_train is not None or s.bnn_n_test is not None:
+        try:
+            data = data.subset(s.bnn_n_train, s.bnn_n_test)
+        except ValueError as e:  # "n_train must be in [1, N] ...": name the setting (--bnn-n-train)
+            raise ValueError(f"bnn_{e}") from None
+    for _, _, fields in _bnn_plan(s):
+        spec_fields = {k: v for k, v in fields.items() if k != "report_temperature"}
+        spec = RunSpec(dataset=s.bnn_dataset, model="mlp", lr=s.bnn_lr, seed=0, epochs=s.bnn_epochs,
+                       burnin=s.bnn_burnin, n_train=s.bnn_n_train, n_test=s.bnn_n_test, lanes=s.bnn_lanes,
+                       **spec_fields)
+        fixed_training_config(spec, len(data.y_train))
+
+
 def run_bnn_axes(s: DesignSpaceSettings, progress: Progress | None = None) -> list[dict[str, Any]]:
     """Train every BNN configuration for ``s.bnn_seeds`` seeds; one row per (axis value, method, temperature)."""
     import torch
@@ -496,6 +516,8 @@ def run_bnn_axes(s: DesignSpaceSettings, progress: Progress | None = None) -> li
 
 def run_design_space(s: DesignSpaceSettings, progress: Progress | None = None) -> dict[str, Any]:
     """Gaussian table, toy axes and (unless ``s.bnn`` is False) BNN axes, with wall times."""
+    if s.bnn:
+        check_bnn(s)
     t0 = time.perf_counter()
     gauss = [gaussian_exact(parse_gaussian(g)) for g in s.gaussians]
     t_g = time.perf_counter()
@@ -799,13 +821,15 @@ class _Null:
 # ---- outputs -----------------------------------------------------------------------------------------
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN or Infinity
     if isinstance(x, Fraction):
         return {"num": x.numerator, "den": x.denominator, "float": float(x)}
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     return x
 
 
@@ -820,7 +844,7 @@ def write_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path
         "width": out / "design_space_word_length.png",
         "gaussian": out / "design_space_gaussian.png",
     }
-    paths["json"].write_text(json.dumps(_jsonable(report), indent=1))
+    paths["json"].write_text(json.dumps(jsonable(report), indent=1, allow_nan=False))
     paths["md"].write_text(format_report(report))
     plot_axis(report, "sr_bits", paths["sr_bits"])
     plot_axis(report, "width", paths["width"])

@@ -12,14 +12,15 @@ writes ``results.json``, ``results.md``, ``error_vs_lr.png`` and ``reliability.p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -30,8 +31,32 @@ import numpy as np
 from ..metrics.evaluation import DEFAULT_BINS, Reliability
 from .data import DATASETS, Dataset, load_dataset
 from .models import MODELS
+from .store import (
+    CHECKPOINT_MAGIC,
+    MARKER,
+    CorruptFile,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_fresh_target,
+    path_error,
+    quarantine,
+    read_result,
+    run_lock,
+    seal_result,
+)
 from .toy import stderr_progress
-from .training import FORMATS, LABELS, METHODS, RunResult, RunSpec, is_langevin, train_run
+from .training import (
+    FORMATS,
+    LABELS,
+    METHODS,
+    RunResult,
+    RunSpec,
+    check_data,
+    is_langevin,
+    train_run,
+    training_config,
+)
+from .workers import interruptible, pool_size, supervised_pool
 
 METHOD_ORDER = tuple(METHODS)
 
@@ -137,85 +162,246 @@ def prepare_data(plan: StudyPlan) -> Dataset:
 
 
 _WORKER_DATA: dict[str, Dataset] = {}
+TORCH_THREADS = 1  # every run, in-process or in a worker: float results do not depend on --jobs
+OUTPUT_NAMES = ("plan.json", "results.json", "results.md", "error_vs_lr.png", "reliability.png")
 
 
-def _worker(args: tuple[StudyPlan, RunSpec, str]) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(1)
-    plan, spec, runs = args
+def _worker(args: tuple[StudyPlan, RunSpec, str, bool, bool]) -> dict[str, Any] | None:
+    plan, spec, runs, wait, strict = args
     if plan.name not in _WORKER_DATA:
         _WORKER_DATA[plan.name] = prepare_data(plan)
-    return _run_one(spec, Path(runs), _WORKER_DATA[plan.name])
+    return _run_one(spec, Path(runs), _WORKER_DATA[plan.name], wait=wait, strict=strict)
 
 
-def _run_one(spec: RunSpec, runs: Path, data: Dataset) -> dict[str, Any]:
-    ckpt = runs / "checkpoints" / f"{spec.key}.pt"
-    t0 = time.perf_counter()
+def result_path(runs: Path, key: str) -> Path:
+    return runs / f"{key}.json"
+
+
+def checkpoint_path(runs: Path, key: str) -> Path:
+    return runs / "checkpoints" / f"{key}.ckpt"
+
+
+def check_result(path: Path, key: str, runs: Path, *, strict: bool,
+                 progress: Callable[[str], None] = stderr_progress) -> dict[str, Any] | None:
+    """The intact result of run ``key`` at ``path``, or None (absent; or corrupt and quarantined).
+
+    ``strict``: a corrupt or foreign file is an error (:class:`~emulator.studies.store.CorruptFile`).
+    """
+    if not path.exists():
+        return None
     try:
-        res = train_run(spec, data, ckpt=ckpt, progress=stderr_progress).to_dict()
-    except FloatingPointError as e:  # a diverged run is a result (recorded, shown), not a crash of the study
-        res = RunResult(spec.to_dict(), {k: None for k in ("error", "nll", "ece", "samples")},
-                        {k: None for k in ("error", "nll", "ece")}, {}, [], [], time.perf_counter() - t0,
-                        diverged=str(e)).to_dict()
-    path = runs / f"{spec.key}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, path)
-    ckpt.unlink(missing_ok=True)
-    return res
+        return read_result(path, key)
+    except CorruptFile as e:
+        legacy = _legacy_result(path, key)
+        if legacy is not None:  # written before results carried a checksum: its spec names this run
+            sealed = seal_result(legacy, key)
+            atomic_write_json(path, sealed)
+            progress(f"{path}: written before results carried a checksum; its spec is this run's, sealed as is")
+            return sealed
+        if strict:
+            raise
+        dest = quarantine(path, runs)
+        progress(f"warning: {e}; moved to {dest}, the run is recomputed")
+        return None
+
+
+def _legacy_result(path: Path, key: str) -> dict[str, Any] | None:
+    """A result written before the integrity record existed, if its own spec hashes to ``key``."""
+    try:
+        res = json.loads(path.read_text())
+        if not isinstance(res, dict) or "integrity" in res or not isinstance(res.get("metrics"), dict):
+            return None
+        return res if RunSpec(**res["spec"]).key == key else None
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return None
+
+
+def _run_one(spec: RunSpec, runs: Path, data: Dataset, *, wait: bool = True, strict: bool = False,
+             progress: Callable[[str], None] = stderr_progress) -> dict[str, Any] | None:
+    """Train ``spec`` under its lock and store the result; None when another process holds the lock
+    (``wait=False``). A result another process finished meanwhile is returned, not recomputed."""
+    import torch
+
+    with run_lock(runs, spec.key, wait=wait) as mine:
+        if not mine:
+            return None
+        path = result_path(runs, spec.key)
+        done = check_result(path, spec.key, runs, strict=strict, progress=progress)
+        if done is not None:
+            return done
+        ckpt = checkpoint_path(runs, spec.key)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(TORCH_THREADS)
+        t0 = time.perf_counter()
+        try:
+            try:
+                res = train_run(spec, data, ckpt=ckpt, progress=progress).to_dict()
+            except CorruptFile as e:
+                if strict:
+                    raise
+                dest = quarantine(e.path, runs)
+                progress(f"warning: {e}; moved to {dest}, the run starts over")
+                res = train_run(spec, data, ckpt=ckpt, progress=progress).to_dict()
+        except FloatingPointError as e:  # a diverged run is a result (recorded, shown), not a crash of the study
+            res = RunResult(spec.to_dict(), {k: None for k in ("error", "nll", "ece", "samples")},
+                            {k: None for k in ("error", "nll", "ece")}, {}, [], [], time.perf_counter() - t0,
+                            diverged=str(e)).to_dict()
+        finally:
+            torch.set_num_threads(threads)
+        res["torch_threads"] = TORCH_THREADS
+        res = seal_result(res, spec.key)
+        atomic_write_json(path, res)
+        ckpt.unlink(missing_ok=True)
+        return res
+
+
+def _study_output_paths(root: Path, rdir: Path) -> list[Path]:
+    """What the runner writes under ``root`` (``--fresh`` deletes these and nothing else)."""
+    paths = [root / n for n in OUTPUT_NAMES]
+    if rdir.resolve().parent == root.resolve():  # the default runs directory: the runner's own files in it
+        paths += [p for p in rdir.glob("*.json") if p.is_file() and _is_result(p)]
+        paths += [p for p in (rdir / "checkpoints").glob("*.ckpt") if p.is_file() and _is_checkpoint(p)]
+        paths += [p for p in (rdir / "locks").glob("*.lock") if p.is_file() and p.stat().st_size == 0]
+        paths += [*rdir.glob(".*.json.*.tmp"), *(rdir / "checkpoints").glob(".*.ckpt.*.tmp")]
+    return paths  # the quarantine stays: it holds files the runner refused, for their owner to inspect
+
+
+def _is_result(path: Path) -> bool:
+    try:
+        read_result(path, path.stem)
+        return True
+    except (CorruptFile, OSError):
+        return False
+
+
+def _is_checkpoint(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(CHECKPOINT_MAGIC)) == CHECKPOINT_MAGIC
+    except OSError:
+        return False
+
+
+def _remove_fresh(root: Path, rdir: Path) -> None:
+    check_fresh_target(root)
+    if not root.exists():
+        return
+    for p in _study_output_paths(root, rdir):
+        p.unlink(missing_ok=True)
+    if rdir.resolve().parent == root.resolve():
+        for sub in ("checkpoints", "locks", ""):
+            with contextlib.suppress(OSError):
+                (rdir / sub).rmdir()  # only when empty: files the runner did not write stay
+    (root / MARKER).unlink(missing_ok=True)
+
+
+def prepare_out(root: Path, rdir: Path) -> None:
+    """Create (or check) the study and runs directories before any work: a path that cannot be
+    written fails here, naming it, not after hours of training."""
+    for d in (root, rdir, rdir / "checkpoints", rdir / "locks"):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise path_error(e, d, "create the directory") from e
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise OSError(errno.EACCES, f"cannot write into {d}: permission denied")
+    marker = root / MARKER
+    if not marker.exists():
+        atomic_write_bytes(marker, b"written by lpsgld train; --fresh deletes only what the runner wrote\n")
 
 
 def run_study(plan: StudyPlan, out: str | os.PathLike[str], *, jobs: int = 1, fresh: bool = False,
-              runs: str | os.PathLike[str] | None = None,
+              runs: str | os.PathLike[str] | None = None, strict: bool = False,
               progress: Callable[[str], None] = stderr_progress) -> list[dict[str, Any]]:
     """Train every run of ``plan`` that has no result yet; returns all results in plan order.
 
     Finished runs are JSON files named by :attr:`RunSpec.key` (a hash of every setting) in
     ``runs`` (default ``out/runs``), checkpoints in ``runs/checkpoints``: studies that name the
-    same ``runs`` directory share the runs they have in common.
+    same ``runs`` directory share the runs they have in common (each run is trained under a lock,
+    once). A corrupt or foreign result or checkpoint is quarantined and recomputed; ``strict``
+    makes it an error. Guarantees: docs/studies.md.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     root = Path(out)
     plan_file = root / "plan.json"
-    if fresh and root.exists():
-        shutil.rmtree(root)
-    if plan_file.exists() and json.loads(plan_file.read_text()) != json.loads(json.dumps(plan.to_dict())):
-        # runs are stored by a hash of their settings, so a changed plan reuses exactly the runs it shares
-        progress(f"{root} held another plan; it is replaced, and finished runs it shares are reused")
     rdir = Path(runs) if runs is not None else root / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    (rdir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(json.dumps(plan.to_dict(), indent=1))
+    if fresh:
+        _remove_fresh(root, rdir)
+    if plan_file.exists():
+        try:
+            old = json.loads(plan_file.read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            old = None
+            progress(f"warning: {plan_file} is unreadable ({e}); it is rewritten")
+        if old is not None and old != json.loads(json.dumps(plan.to_dict())):
+            # runs are stored by a hash of their settings, so a changed plan reuses exactly the runs it shares
+            progress(f"{root} held another plan; it is replaced, and finished runs it shares are reused")
+    prepare_out(root, rdir)
+    atomic_write_json(plan_file, plan.to_dict())
     specs = plan.runs()
-    done = {s.key for s in specs if (rdir / f"{s.key}.json").exists()}
+    data = prepare_data(plan)
+    for spec in specs:  # every run's data and datapath configuration checked before any training
+        check_data(spec, data)
+        try:
+            training_config(spec, len(data.y_train))
+        except ValueError as e:
+            raise ValueError(f"run {spec.key}: {e}") from None
+    done = {s.key for s in specs
+            if check_result(result_path(rdir, s.key), s.key, rdir, strict=strict, progress=progress) is not None}
     todo = [s for s in specs if s.key not in done]
-    partial = [s for s in todo if (rdir / "checkpoints" / f"{s.key}.pt").exists()]
+    partial = [s for s in todo if checkpoint_path(rdir, s.key).exists()]
     progress(f"study {plan.name}: {len(specs)} runs, {len(done)} done, {len(partial)} to resume from checkpoints, "
              f"{len(todo) - len(partial)} to start; results in {root}")
     t0 = time.perf_counter()
+    count = 0
 
-    def report(i: int, res: dict[str, Any]) -> None:
+    def report(res: dict[str, Any]) -> None:
+        nonlocal count
+        count += 1
         m = res["metrics"]
         el = time.perf_counter() - t0
-        eta = el / i * (len(todo) - i)
+        eta = el / count * (len(todo) - count)
         nll = "inf" if m["nll"] is None else f"{m['nll']:.4f}"  # None: a test label at probability 0
         what = f"DIVERGED: {res['diverged']}" if res.get("diverged") else \
             f"error {100 * m['error']:.2f}% NLL {nll} ECE {100 * m['ece']:.2f}%"
-        progress(f"[{i}/{len(todo)}] {RunSpec(**res['spec']).key}: {what} ({res['seconds']:.0f} s; "
+        progress(f"[{count}/{len(todo)}] {RunSpec(**res['spec']).key}: {what} ({res['seconds']:.0f} s; "
                  f"elapsed {el:.0f} s, about {eta:.0f} s left)")
 
-    if todo and (jobs == 1 or len(todo) == 1):
-        data = prepare_data(plan)
-        for i, spec in enumerate(todo, 1):
-            report(i, _run_one(spec, rdir, data))
+    # first pass: runs no other process is training; second pass: wait for the ones another process held
+    busy: list[RunSpec] = []
+    workers = pool_size(jobs, len(todo))
+    if todo and workers == 1:
+        with interruptible():  # SIGTERM as SIGINT: the run's lock and last checkpoint stay consistent
+            for wait, queue in ((False, todo), (True, busy)):
+                for spec in list(queue):
+                    if wait:
+                        progress(f"{spec.key}: another process is training it; waiting for its lock")
+                    res = _run_one(spec, rdir, data, wait=wait, strict=strict, progress=progress)
+                    if res is None:
+                        busy.append(spec)
+                    else:
+                        report(res)
     elif todo:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as ex:
-            futs = [ex.submit(_worker, (plan, s, str(rdir))) for s in todo]
-            for i, f in enumerate(as_completed(futs), 1):
-                report(i, f.result())
-    return [json.loads((rdir / f"{s.key}.json").read_text()) for s in specs]
+        del data  # the workers load their own copy
+        with supervised_pool(workers, get_context("spawn")) as ex:
+            futs = {ex.submit(_worker, (plan, s, str(rdir), False, strict)): s for s in todo}
+            for f in as_completed(futs):
+                res = f.result()
+                if res is None:
+                    busy.append(futs[f])
+                else:
+                    report(res)
+            if busy:
+                progress(f"{len(busy)} runs are being trained by another process; waiting for their locks")
+            futs = {ex.submit(_worker, (plan, s, str(rdir), True, strict)): s for s in busy}
+            for f in as_completed(futs):
+                res = f.result()
+                if res is None:  # unreachable: a waiting worker always gets the lock
+                    raise RuntimeError(f"run {futs[f].key}: lock not acquired")
+                report(res)
+    return [read_result(result_path(rdir, s.key), s.key) for s in specs]
 
 
 # ---- aggregation and outputs ---------------------------------------------------------------

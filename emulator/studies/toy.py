@@ -15,7 +15,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from ..spec.datapath import DatapathConfig, Variant
 from ..spec.formats import FixedFormat
 from ..spec.gaussian import GaussianSpec
 from ..spec.host import HyperParams, step_registers
+from .workers import pool_size, supervised_pool
 
 TOY_VARIANTS = ("fp", "lp_f", "naive", "vc")
 REG_WIDTH = 16  # step and noise register widths
@@ -62,7 +62,8 @@ class ToySettings:
             raise ValueError(f"grad_noise must be in (0, 1000), got {self.grad_noise}")
         for v in self.variants:
             if v != "fp":
-                toy_config(v, self)  # every format and register width checked before any run
+                for a in self.alphas:
+                    toy_config(v, self, a)  # every format and register width checked before any run
         if self.burn < 0 or self.collect <= 0 or self.min_collect_steps < 0:
             raise ValueError(
                 f"burn and min_collect_steps must be >= 0 and collect > 0, "
@@ -76,17 +77,23 @@ def _unsigned_format(max_value: float) -> FixedFormat:
     return FixedFormat(REG_WIDTH, frac, signed=False)
 
 
-def toy_config(variant: str, settings: ToySettings) -> DatapathConfig:
-    """The datapath configuration the toy uses for ``variant`` (not for 'fp')."""
+def toy_config(variant: str, settings: ToySettings, alpha: float | None = None) -> DatapathConfig:
+    """The datapath configuration the toy uses for ``variant`` (not for 'fp') at step size ``alpha``.
+
+    The step and noise registers are sized for ``alpha`` alone (default: the largest of
+    ``settings.alphas``), so ``lpsgld gaussian`` and ``lpsgld stationary`` run the same chain at a
+    given step size whatever other step sizes the run holds.
+    """
+    a = max(settings.alphas) if alpha is None else alpha
     w = FixedFormat(settings.width, settings.frac)
     g = settings.gaussian
-    max_noise = math.sqrt(2 * max(settings.alphas)) / g.std
+    max_noise = math.sqrt(2 * a) / g.std
     return DatapathConfig(
         variant=Variant(variant),
         weight=w,
         grad=w,
         acc=FixedFormat(settings.width + 16, settings.frac + 13) if variant == "lp_f" else None,
-        step=_unsigned_format(max(settings.alphas)),
+        step=_unsigned_format(a),
         noise=_unsigned_format(max_noise),
         gaussian=g,
         sr_bits=settings.sr_bits,
@@ -94,8 +101,11 @@ def toy_config(variant: str, settings: ToySettings) -> DatapathConfig:
     )
 
 
-def _job_seeds(seed: int, ai: int, vi: int) -> tuple[int, np.random.Generator]:
-    ss = np.random.SeedSequence([seed, ai, vi])
+def _job_seeds(seed: int, alpha: float, vi: int) -> tuple[int, np.random.Generator]:
+    """The streams of one (step size, variant) job: from the step size's value, not its position in
+    the run, so ``--alpha 1e-4`` alone samples the same chains as the default three-step run."""
+    bits = int(np.float64(alpha).view(np.uint64))
+    ss = np.random.SeedSequence([seed, bits, vi])
     engine_seed = int(ss.generate_state(1, dtype=np.uint64)[0])
     return engine_seed, np.random.Generator(np.random.PCG64(ss.spawn(1)[0]))
 
@@ -111,7 +121,7 @@ def run_chain_set(
     """Run ``settings.chains`` chains of one variant at one step size; return moments and a histogram."""
     burn = math.ceil(settings.burn / alpha)
     steps = burn + max(math.ceil(settings.collect / alpha), settings.min_collect_steps)
-    engine_seed, grng = _job_seeds(settings.seed, ai, vi)
+    engine_seed, grng = _job_seeds(settings.seed, alpha, vi)
     wfmt = FixedFormat(settings.width, settings.frac)
     lsb = wfmt.lsb
     n_bins = wfmt.max_word - wfmt.min_word + 1
@@ -122,7 +132,7 @@ def run_chain_set(
     if variant == "fp":
         theta: np.ndarray = np.zeros(chains)
     else:
-        cfg = toy_config(variant, settings)
+        cfg = toy_config(variant, settings, alpha)
         eng = NumpyEngine(cfg, engine_seed)
         regs = step_registers(cfg, HyperParams(alpha))
         state = np.zeros(chains, dtype=np.int64)
@@ -184,8 +194,9 @@ def run_toy(settings: ToySettings, jobs: int = 2, verbose: bool = True) -> dict[
     ]
     tasks.sort(key=lambda t: -1 / t[1])
     t0 = time.time()
-    if jobs > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+    workers = pool_size(jobs, len(tasks))  # never more processes than tasks or cores
+    if workers > 1:
+        with supervised_pool(workers) as pool:
             results = list(pool.map(_job, tasks))
     else:
         results = [_job(t) for t in tasks]
@@ -272,7 +283,7 @@ def toy_stationary(variant: str, alpha: float, settings: ToySettings | None = No
     """Exact long-run mean and std of the toy chain for a ``-L`` variant (naive, vc, sgd_l)."""
     # variants left as they are: ToySettings lists the sampled toy's variants, and sgd_l is not one
     settings = dataclasses.replace(settings or ToySettings(), alphas=(alpha,))
-    cfg = toy_config(variant, settings)
+    cfg = toy_config(variant, settings, alpha)
     regs = step_registers(cfg, HyperParams(alpha))
     pi = stationary(transition_matrix(cfg, regs, settings.grad_noise))
     x = np.arange(cfg.state.min_word, cfg.state.max_word + 1) * cfg.state.lsb

@@ -46,6 +46,7 @@ from ..spec.datapath import DatapathConfig, Variant
 from ..spec.gaussian import GaussianSpec
 from .data import Dataset
 from .models import build_model
+from .store import CorruptFile, load_checkpoint, save_checkpoint
 
 METHODS: dict[str, str] = {
     "sgld": "fp", "sgd": "fp", "sgldlp-f": "lp_f", "naive": "naive", "vc": "vc", "sgdlp-f": "sgd_f",
@@ -210,12 +211,6 @@ def _json_floats(a: np.ndarray) -> list[float | None]:
     return [None if math.isnan(x) else float(x) for x in a.tolist()]
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def check_data(spec: RunSpec, data: Dataset) -> None:
     """``data`` must be the data set, subset, padding ``spec`` names (:func:`emulator.studies.study.prepare_data`)."""
     if data.name.split("[")[0].split("@")[0] != spec.dataset:
@@ -266,9 +261,10 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
     history: list[dict[str, float]] = []
     start = 0
     if ckpt is not None and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False, map_location=device)
+        # plain types and tensors, weights_only=True, run key and checksum checked (CorruptFile otherwise)
+        st = load_checkpoint(ckpt, spec.key, map_location=device)
         if RunSpec(**st["spec"]).key != spec.key:
-            raise ValueError(f"checkpoint {ckpt} was written for a different run: {st['spec']}")
+            raise CorruptFile(ckpt, f"written for a different run: {st['spec']}")
         # checkpoints written before the quantizers' buffers joined model.state_dict() lack them; the
         # counters come from st["qlayers"] below either way
         missing, unexpected = model.load_state_dict(st["model"], strict=False)
@@ -304,10 +300,10 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
                 bma.add_probs(_predict(model, x_test))
         history.append({"epoch": epoch + 1, "train_loss": total / n, "seconds": time.perf_counter() - te})
         if ckpt is not None:
-            _atomic_save({"spec": spec.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
+            save_checkpoint(ckpt, spec.key, {"spec": spec.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
                           "opt": opt.state_dict(), "order": order.get_state(), "history": history,
                           "bma_sum": bma._sum, "bma_samples": bma.samples,
-                          "qlayers": qmodel.state_dict() if qmodel is not None else None}, ckpt)
+                          "qlayers": qmodel.state_dict() if qmodel is not None else None})
         if progress:
             progress(f"{spec.key}: epoch {epoch + 1}/{spec.epochs} train loss {total / n:.4f} "
                      f"({time.perf_counter() - te:.1f} s)")

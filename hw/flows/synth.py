@@ -755,6 +755,7 @@ def run_cli(
     json_out: str | None,
     progress: Any = None,
     hw_opts: Any = None,
+    on_table: Any = None,
 ) -> str:
     """``lpsgld synth``: synthesize each (preset, lanes); return the text table, write JSON."""
     import datetime
@@ -785,6 +786,8 @@ def run_cli(
             r = synthesize_config(cfg, build_dir=Path(build_dir) / f"{config}_l{lanes}{hw_opts.suffix}",
                                   hw_opts=hw_opts, **opts)
         rows.append((config, lanes, r))
+    if on_table is not None:  # the results out before the JSON write, which can fail
+        on_table(format_table(rows))
     if json_out is not None:
         doc = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -123,3 +123,12 @@ def test_truncated_gzip_is_an_idx_error(tmp_path) -> None:
     (tmp_path / "x.gz").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(IdxError, match="not a readable gzip file"):
         read_idx(tmp_path / "x.gz")
+
+
+def test_read_idx_names_a_gz_file_with_corrupt_deflate_data(tmp_path) -> None:
+    good = gzip.compress(idx_bytes(np.arange(200, dtype=np.uint8)))
+    bad = good[:20] + bytes(b ^ 0x5A for b in good[20:40]) + good[40:]  # the deflate stream, damaged
+    path = tmp_path / "x-idx1-ubyte.gz"
+    path.write_bytes(bad)
+    with pytest.raises(IdxError, match=f"{path}: not a readable gzip file"):  # was a bare zlib.error
+        read_idx(path)

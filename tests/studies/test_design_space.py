@@ -167,7 +167,8 @@ def test_cli_design_space_writes_json_markdown_and_png(tmp_path, capsys):
 
 
 def test_cli_design_space_bad_options(tmp_path, capsys):
-    assert main(["design-space", "--sr-bits", "0", "--no-bnn", "--out", str(tmp_path)]) == 2
-    assert "'0'" in capsys.readouterr().err
-    assert main(["design-space", "--gaussians", "box4x8", "--no-bnn", "--out", str(tmp_path)]) == 2
-    assert "box4x8" in capsys.readouterr().err
+    for argv, msg in ((["--sr-bits", "0"], "argument --sr-bits: expected an integer in [1, 62] or 'full', got '0'"),
+                      (["--gaussians", "box4x8"], "argument --gaussians: expected KINDTERMSxBITS")):
+        with pytest.raises(SystemExit) as e:  # at parse time, before any work
+            main(["design-space", *argv, "--no-bnn", "--out", str(tmp_path)])
+        assert e.value.code == 2 and msg in capsys.readouterr().err

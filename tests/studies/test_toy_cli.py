@@ -61,10 +61,13 @@ def test_cli_spec_and_errors(capsys):
     assert "vc: word 0 bits [0, 17)" in out and "tail_reach_sigma" in out
     assert main(["spec", "--config", "w9-vc"]) == 2
     assert "unknown configuration 'w9-vc'" in capsys.readouterr().err
-    assert main(["gaussian", "--width", "100"]) == 2  # rejected before any run
-    assert "width must be in [2, 62], got 100" in capsys.readouterr().err
-    assert main(["gaussian", "--jobs", "0"]) == 2
-    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # rejected at parse time, before any run
+        main(["gaussian", "--width", "100"])
+    assert e.value.code == 2
+    assert "argument --width: expected an integer in [2, 16], got '100'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["gaussian", "--jobs", "0"])
+    assert "argument --jobs: expected an integer in [1, 1024], got '0'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["gaussian", "--gaussian", "table:4by8"])
 

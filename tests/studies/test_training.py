@@ -14,6 +14,7 @@ from emulator.spec.datapath import DatapathConfig, Variant
 from emulator.spec.host import HyperParams, step_registers
 from emulator.studies.data import load_digits
 from emulator.studies.models import MODELS, build_model
+from emulator.studies.store import CorruptFile, load_checkpoint, save_checkpoint
 from emulator.studies.study import StudyPlan, format_table, run_study, summarize, write_outputs
 from emulator.studies.training import RunSpec, fixed_training_config, train_run, training_config
 
@@ -42,7 +43,7 @@ def test_resume_is_bit_identical(digits, tmp_path, method: str, fmt: str) -> Non
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Interrupt):
         train_run(spec, digits, ckpt=ckpt, progress=stop_after_two)
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 2
+    assert load_checkpoint(ckpt, spec.key)["epoch"] == 2
     lines: list[str] = []
     resumed = train_run(spec, digits, ckpt=ckpt, progress=lines.append)
     assert lines[0].endswith("resumed after epoch 2")
@@ -69,7 +70,7 @@ def test_checkpoint_of_another_run_is_refused(digits, tmp_path) -> None:
 
     with pytest.raises(Interrupt):
         train_run(spec, digits, ckpt=ckpt, progress=stop)
-    with pytest.raises(ValueError, match="was written for a different run"):
+    with pytest.raises(CorruptFile, match=f"{ckpt}: checkpoint of run '{spec.key}'"):
         train_run(RunSpec(method="vc", seed=5, **SMALL), digits, ckpt=ckpt)
 
 
@@ -160,8 +161,10 @@ def test_cli_train(tmp_path, capsys) -> None:
     text = capsys.readouterr().out
     assert "VC SGLDLP-L" in text and "SGDLP-L" in text and "results.md" in text and "fixed Q(8,5)" in text
     assert json.loads((out / "results.json").read_text())["command"].startswith("lpsgld train --methods vc,sgdlp-l")
-    assert main(["train", "--lrs", "-1", "--out", str(tmp_path / "bad")]) == 2
-    assert "lr must be a finite number > 0, got -1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--lrs", "-1", "--out", str(tmp_path / "bad")])
+    assert e.value.code == 2
+    assert "argument --lrs: bad list '-1': expected a finite number in (0, 10], got '-1'" in capsys.readouterr().err
 
 
 def test_resnet_standin_preset(tmp_path, capsys) -> None:
@@ -237,9 +240,9 @@ def test_resume_from_a_checkpoint_without_quantizer_buffers(digits, tmp_path) ->
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Interrupt):
         train_run(spec, digits, ckpt=ckpt, progress=stop_after_two)
-    st = torch.load(ckpt, weights_only=False)
+    st = load_checkpoint(ckpt, spec.key)
     assert any(".lpsgld_quantizer." in k for k in st["model"])
     st["model"] = {k: v for k, v in st["model"].items() if ".lpsgld_quantizer." not in k}
-    torch.save(st, ckpt)
+    save_checkpoint(ckpt, spec.key, st)
     resumed = train_run(spec, digits, ckpt=ckpt)
     assert resumed.metrics == whole.metrics and resumed.history[-1]["train_loss"] == whole.history[-1]["train_loss"]

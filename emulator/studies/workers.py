@@ -1,0 +1,117 @@
+"""Bounded, supervised worker processes for the studies (``gaussian``, ``train``).
+
+* never more workers than tasks, than the caller's ``jobs`` or than :func:`worker_cap`;
+* SIGINT and SIGTERM in the parent stop the study: the parent terminates and reaps every worker,
+  then raises :class:`Interrupted` (the CLI exits 130 / 143);
+* a worker dies with its parent, even one killed by SIGKILL: ``PR_SET_PDEATHSIG`` on Linux and a
+  watchdog thread that exits once the parent is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.context import BaseContext
+from types import FrameType
+
+
+class Interrupted(Exception):
+    """The study was stopped by a signal; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def worker_cap() -> int:
+    """The most worker processes a study starts: one per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def pool_size(jobs: int, tasks: int) -> int:
+    return max(1, min(jobs, tasks, worker_cap()))
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.2)
+
+
+def child_init(parent: int) -> None:
+    """Runs first in every worker: leave signals to the parent, and die with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread for the block's duration."""
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        for s in old:
+            signal.signal(s, _raise_interrupted)
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def supervised_pool(workers: int, mp_context: BaseContext | None = None) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers never outlive the ``with`` block, nor the parent."""
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGPIPE")
+    # the pool's queue feeder writes to pipes of workers that may just have been terminated: an
+    # EPIPE there must be an error the pool handles, not a SIGPIPE that kills the parent unreported
+    old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN) if main else None
+    try:
+        with _pool(workers, mp_context) as ex:
+            yield ex
+    finally:
+        if main:
+            signal.signal(signal.SIGPIPE, old_pipe)
+
+
+@contextlib.contextmanager
+def _pool(workers: int, mp_context: BaseContext | None) -> Iterator[ProcessPoolExecutor]:
+    with interruptible():
+        ex = ProcessPoolExecutor(workers, mp_context=mp_context, initializer=child_init, initargs=(os.getpid(),))
+        try:
+            yield ex
+        except BaseException:
+            procs = list((getattr(ex, "_processes", None) or {}).values())
+            for p in procs:
+                with contextlib.suppress(Exception):
+                    p.terminate()
+            for p in procs:
+                with contextlib.suppress(Exception):
+                    p.join(5)
+                    if p.is_alive():
+                        p.kill()
+                        p.join(5)
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True)
