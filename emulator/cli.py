@@ -16,6 +16,8 @@ from typing import Any
 from .spec.gaussian import GaussianSpec
 from .spec.presets import PRESETS
 
+TARGETS = ("ice40-hx", "dsp18", "generic")  # hw.options.TARGETS (checked equal by a test; hw needs Amaranth)
+
 
 def _fmt(x: float) -> str:
     return f"{x:g}" if isinstance(x, float) else f"{x:,}".replace(",", "_") if abs(x) >= 100_000 else str(x)
@@ -277,17 +279,20 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         _writable_file(args.json, "--json")  # before the minutes of synthesis
     if args.build is not None:
         _writable_dir(args.build, "--build")
+    from hw.options import HwOptions
+
     configs = list(SHIPPED) if args.shipped else [(args.config, args.lanes)]
     if args.device == "generic":  # technology-independent: yosys generic gates, NAND2-equivalent area
         from hw.flows.generic_area import run_cli as run_generic
 
-        print(run_generic(configs, build_dir=args.build, json_out=args.json))
+        print(run_generic(configs, build_dir=args.build, json_out=args.json,
+                          hw_opts=HwOptions(args.target, args.pipeline)))
         return 0
     table = run_cli(configs, device=args.device, seeds=args.seeds, freq_mhz=args.freq, hierarchy=args.hierarchy,
                     registers=args.registers, router=args.router, pnr_timeout_s=args.pnr_timeout,
                     place=not args.no_place, build_dir=args.build,
                     json_out=args.json, progress=lambda msg: print(msg, file=sys.stderr),
-                    on_table=lambda text: print(text, flush=True))
+                    hw_opts=HwOptions(args.target, args.pipeline), on_table=lambda text: print(text, flush=True))
     del table  # printed by on_table before the JSON is written
     return 0
 
@@ -301,22 +306,27 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
         print(f"lpsgld: error: the rtl command needs Amaranth ({e.name} is not installed); "
               "run: bash scripts/setup.sh hw", file=sys.stderr)
         return 2
+    from hw.options import HwOptions
+
     from .spec.presets import preset
 
     if args.shipped == (args.config is not None):
         raise ValueError("give exactly one of --config NAME or --shipped")
     if args.shipped:
-        if args.name is not None or args.lanes is not None or args.reset_seed != 0 or args.no_init_values:
-            raise ValueError("--shipped writes the fixed shipped set; --name, --lanes, --reset-seed and "
-                             "--no-init-values do not apply")
+        if (args.name is not None or args.lanes is not None or args.reset_seed != 0 or args.no_init_values
+                or args.target is not None or args.pipeline is not None):
+            raise ValueError("--shipped writes the fixed shipped set; --name, --lanes, --reset-seed, "
+                             "--no-init-values, --target and --pipeline do not apply")
         manifests = hw_export.export_shipped(args.out)
     else:
         lanes = 1 if args.lanes is None else args.lanes
+        opts = HwOptions(args.target or "ice40-hx", 1 if args.pipeline is None else args.pipeline)
         manifests = [hw_export.export(preset(args.config, lanes), args.out, name=args.name,
-                                      reset_seed=args.reset_seed, init_values=not args.no_init_values)]
+                                      reset_seed=args.reset_seed, init_values=not args.no_init_values, opts=opts)]
     for man in manifests:
         path = os.path.join(args.out, man["module"])
-        print(f"wrote {path}.v, {path}.vlt and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes)")
+        print(f"wrote {path}.v, {path}.vlt and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes, "
+              f"target {man['target']}, pipeline {man['pipeline_depth']})")
     return 0
 
 
@@ -613,6 +623,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-place", action="store_true", help="synthesis area only, no place and route")
     p.add_argument("--build", default=None, help="keep build files under this directory (default: temporary)")
     p.add_argument("--json", metavar="OUT", default=None, help="write the full report as JSON to OUT")
+    p.add_argument("--target", default="ice40-hx", choices=TARGETS,
+                   help="arithmetic target: ice40-hx (2-bit digit products, default), dsp18 (whole products on "
+                        "18x18 DSPs), generic (whole products, ASIC flows)")
+    p.add_argument("--pipeline", type=int, default=1, help="register every k-th adder-tree level (default 1)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("rtl", help="generate Verilog + JSON manifest of the hardware top (needs the hw extra)")
@@ -623,6 +637,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reset-seed", type=int, default=0, help="generator seed loaded by rst (default 0)")
     p.add_argument("--no-init-values", action="store_true",
                    help="no declaration initial values (reset-only state, for ASIC flows); rst needed before use")
+    p.add_argument("--target", default=None, choices=TARGETS,
+                   help="arithmetic target: ice40-hx (default), dsp18, generic (same integers; docs/hardware.md)")
+    p.add_argument("--pipeline", type=int, default=None, help="register every k-th adder-tree level (default 1)")
     p.add_argument("-o", "--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_rtl)
 

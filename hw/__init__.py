@@ -1,5 +1,6 @@
 """Amaranth HDL implementation of the datapath, built from the emulator's configuration objects.
 
+* :mod:`hw.options`: ``HwOptions``: target (ice40-hx / dsp18 / generic) and pipeline depth;
 * :mod:`hw.rng`: xoroshiro generator (transition and scrambler from ``XoroshiroSpec``);
 * :mod:`hw.gaussian`: table Gaussian generator (table from ``GaussianSpec``);
 * :mod:`hw.arith`: saturation, round-to-nearest, partial products, pipelined adder trees;

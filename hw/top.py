@@ -5,10 +5,12 @@ source.ready``: every stage (data, valid and keep) moves together, so one beat p
 clock flows when the output is taken and everything holds while it is not (no beat
 lost or duplicated). ``sink.ready = advance & ~rst`` (combinational on ``source.ready``;
 no beat is taken while reset is asserted). Lane ``l``'s generators present their output
-with the beat and step on the transfer edge iff ``keep[l]``; control writes (registers and
-generator states) take effect on the write edge, and a write to either word of a generator
-holds the whole generator on that edge (the written word loads, the other keeps its value).
-See docs/hardware.md.
+while the beat is in the input stage and step on the edge it leaves that stage iff
+``keep[l]``. Control writes are decoded into a register and land one edge later (each lane
+holds its own copy of the per-step registers), which is still before any beat transferred
+after the write reads them. A generator write holds the whole generator on the edge it lands
+(the written word loads, the other keeps its value; the beat that would have stepped it on
+that edge is the one transferred on the write edge, as in the contract). See docs/hardware.md.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from emulator.spec.rng import LaneRng
 from . import control
 from ._util import rejected
 from .datapath import UpdateLane, lane_latency, register_ports
+from .options import HwOptions, check_options
 from .rng import XoroshiroGenerator
 
 
@@ -63,14 +66,15 @@ class UpdateTop(wiring.Component):
     edge ``t + latency - 1`` on, i.e. it can be taken at edge ``t + latency`` at the earliest.
     """
 
-    def __init__(self, cfg: DatapathConfig, *, reset_seed: int = 0):
+    def __init__(self, cfg: DatapathConfig, *, reset_seed: int = 0, opts: HwOptions | None = None):
         try:
             seed = self._check(cfg, reset_seed)
+            self.opts = check_options(opts)
         except (TypeError, ValueError) as e:
             raise rejected(self, e) from None
         self.cfg = cfg
         self.reset_seed = seed
-        self.latency = lane_latency(cfg)
+        self.latency = lane_latency(cfg, self.opts)
         super().__init__({
             "sink": In(stream.Signature(sink_layout(cfg))),
             "source": Out(stream.Signature(source_layout(cfg))),
@@ -102,11 +106,9 @@ class UpdateTop(wiring.Component):
         valid = [Signal(name=f"valid_{i + 1}") for i in range(self.latency)]
         keep = [Signal(lanes, name=f"keep_{i + 1}", reset_less=True) for i in range(self.latency)]
         advance = Signal()
-        transfer = Signal()
         m.d.comb += [
             advance.eq(~valid[-1] | self.source.ready),
             self.sink.ready.eq(advance & ~ResetSignal()),  # no beat is taken (and lost) during reset
-            transfer.eq(self.sink.valid & self.sink.ready),
             self.source.valid.eq(valid[-1]),
             self.source.payload.keep.eq(keep[-1]),
             self.idle.eq(~Cat(valid).any()),
@@ -116,16 +118,30 @@ class UpdateTop(wiring.Component):
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.latency)]
             m.d.sync += [keep[i].eq(keep[i - 1]) for i in range(1, self.latency)]
 
-        # ---- per-step registers -------------------------------------------------------------
-        regs = {name: Signal(width, name=f"reg_{name}") for name, width in register_ports(cfg).items()}
+        # ---- control writes: the decode is registered (off the clock-enable paths) ---------------
+        # A register write on edge w lands in the lanes' registers on edge w + 1: before any beat
+        # transferred after the write reads them (first read while the beat is in stage 1).
+        wdata = Signal(control.DATA_WIDTH, name="wdata", reset_less=True)
+        m.d.sync += wdata.eq(self.ctl.data)
         rmap = control.register_map(cfg)
+        write = {name: Signal(name=f"write_{name}") for name in rmap}
+        m.d.sync += [w.eq(0) for w in write.values()]  # high for one clock per write
         with m.If(self.ctl.we):
             with m.Switch(self.ctl.addr):
-                for name, sig in regs.items():
+                for name, w in write.items():
                     with m.Case(rmap[name]["addr"]):
-                        m.d.sync += sig.eq(self.ctl.data[: len(sig)])
+                        m.d.sync += w.eq(1)
 
         # ---- generators and lanes ---------------------------------------------------------
+        # A seed write is registered (off the generators' clock-enable path) and applied on the first
+        # edge the input stage moves on (or is empty): a beat transferred on the write edge has read the
+        # old output by then, and its step is the one the contract's hold replaces.
+        seed_data = Signal(cfg.rng.word_bits, name="seed_data", reset_less=True)
+        with m.If(self.ctl.we):
+            m.d.sync += seed_data.eq(self.ctl.data[: cfg.rng.word_bits])
+        free = Signal()  # the input stage moves on this edge (or holds no beat)
+        took = Signal()  # a beat transfers on this edge
+        m.d.comb += [free.eq(advance | ~valid[0]), took.eq(self.sink.valid & self.sink.ready)]
         init = LaneRng.seeded(cfg.rng, self.reset_seed, lanes, words)
         for lane in range(lanes):
             gens = []
@@ -134,17 +150,22 @@ class UpdateTop(wiring.Component):
                 gen = XoroshiroGenerator(cfg.rng, (int(init.s0[lane, k]), int(init.s1[lane, k])))
                 m.submodules[f"rng_{lane}_{k}"] = gen
                 addr = control.SEED_BASE + 2 * j
-                load0 = self.ctl.we & (self.ctl.addr == addr)
-                load1 = self.ctl.we & (self.ctl.addr == addr + 1)
+                load = Signal(2, name=f"seed_load_{j}")  # pending word loads
+                hold = Signal(name=f"seed_hold_{j}")  # the write came with a transfer: hold the generator
+                hit = Cat(self.ctl.addr == addr, self.ctl.addr == addr + 1) & self.ctl.we.replicate(2)
+                with m.If(hit.any()):
+                    m.d.sync += [load.eq(hit), hold.eq(took)]
+                with m.Elif(free):
+                    m.d.sync += load.eq(0)
                 m.d.comb += [
-                    # a seed write to either word holds the whole generator on that edge
-                    gen.step.eq(transfer & self.sink.payload.keep[lane] & ~load0 & ~load1),
-                    gen.load0.eq(load0),
-                    gen.load1.eq(load1),
-                    gen.data.eq(self.ctl.data[: cfg.rng.word_bits]),
+                    # the beat leaves the input stage; a seed write on its transfer edge holds the generator
+                    gen.step.eq(advance & valid[0] & keep[0][lane] & ~(load.any() & hold)),
+                    gen.load0.eq(load[0] & free),
+                    gen.load1.eq(load[1] & free),
+                    gen.data.eq(seed_data),
                 ]
                 gens.append(gen.out)
-            m.submodules[f"lane_{lane}"] = ln = UpdateLane(cfg)
+            m.submodules[f"lane_{lane}"] = ln = UpdateLane(cfg, self.opts)
             m.d.comb += [
                 ln.en.eq(advance),
                 ln.theta.eq(self.sink.payload.theta[lane]),
@@ -153,5 +174,10 @@ class UpdateTop(wiring.Component):
                 self.source.payload.state[lane].eq(ln.state),
                 self.source.payload.weight[lane].eq(ln.weight),
             ]
-            m.d.comb += [getattr(ln, name).eq(sig) for name, sig in regs.items()]
+            # each lane holds its own copy of the per-step registers (short local nets)
+            for name, width in register_ports(cfg).items():
+                reg = Signal(width, name=f"reg_{name}_{lane}")
+                with m.If(write[name]):
+                    m.d.sync += reg.eq(wdata[:width])
+                m.d.comb += getattr(ln, name).eq(reg)
         return m

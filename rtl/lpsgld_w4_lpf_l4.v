@@ -23,53 +23,81 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$24 ;
   wire \$25 ;
   wire \$26 ;
-  wire \$27 ;
+  wire [1:0] \$27 ;
   wire \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire \$31 ;
+  wire [1:0] \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire \$34 ;
+  wire [1:0] \$34 ;
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
-  wire \$38 ;
+  wire [1:0] \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire \$41 ;
+  wire [1:0] \$41 ;
   wire \$42 ;
   wire \$43 ;
-  reg \$44 ;
-  reg [3:0] \$45 ;
-  reg \$46 ;
-  reg \$47 ;
-  reg \$48 ;
-  reg \$49 ;
+  wire \$44 ;
+  wire [1:0] \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire [1:0] \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg \$50 ;
-  reg \$51 ;
-  reg \$52 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire [1:0] \$52 ;
   reg \$53 ;
-  reg \$54 ;
-  reg [3:0] \$55 ;
-  reg [3:0] \$56 ;
-  reg [3:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [3:0] \$59 ;
+  reg [3:0] \$54 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg \$58 ;
+  reg \$59 ;
   wire \$6 ;
-  reg [3:0] \$60 ;
-  reg [3:0] \$61 ;
-  reg [3:0] \$62 ;
+  reg \$60 ;
+  reg \$61 ;
+  reg \$62 ;
   reg [3:0] \$63 ;
   reg [3:0] \$64 ;
   reg [3:0] \$65 ;
   reg [3:0] \$66 ;
+  reg [3:0] \$67 ;
+  reg [3:0] \$68 ;
+  reg [3:0] \$69 ;
   wire \$7 ;
+  reg [3:0] \$70 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg \$73 ;
+  reg [63:0] \$74 ;
+  reg [1:0] \$75 ;
+  reg \$76 ;
+  reg [3:0] \$77 ;
+  reg [3:0] \$78 ;
+  reg [3:0] \$79 ;
   wire \$8 ;
+  reg [1:0] \$80 ;
+  reg \$81 ;
+  reg [3:0] \$82 ;
+  reg [3:0] \$83 ;
+  reg [3:0] \$84 ;
+  reg [1:0] \$85 ;
+  reg \$86 ;
+  reg [3:0] \$87 ;
+  reg [3:0] \$88 ;
+  reg [3:0] \$89 ;
   wire \$9 ;
+  reg [1:0] \$90 ;
+  reg \$91 ;
+  reg [3:0] \$92 ;
+  reg [3:0] \$93 ;
+  reg [3:0] \$94 ;
   wire advance;
   input clk;
   wire clk;
@@ -79,29 +107,29 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
-  wire [63:0] \data$45 ;
-  wire [63:0] \data$59 ;
-  wire [63:0] \data$73 ;
+  reg [63:0] data = 64'h0000000000000000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$51 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$70 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$89 ;
   reg [3:0] decay = 4'h0;
-  (* init = 4'h0 *)
-  wire [3:0] \decay$54 ;
-  (* init = 4'h0 *)
-  wire [3:0] \decay$68 ;
-  (* init = 4'h0 *)
-  wire [3:0] \decay$82 ;
+  reg [3:0] \decay$61  = 4'h0;
+  reg [3:0] \decay$80  = 4'h0;
+  reg [3:0] \decay$99  = 4'h0;
   wire en;
-  wire \en$46 ;
-  wire \en$60 ;
-  wire \en$74 ;
+  wire \en$52 ;
+  wire \en$71 ;
+  wire \en$90 ;
+  wire free;
   wire [3:0] grad;
-  wire [3:0] \grad$48 ;
-  wire [3:0] \grad$62 ;
-  wire [3:0] \grad$76 ;
+  wire [3:0] \grad$54 ;
+  wire [3:0] \grad$73 ;
+  wire [3:0] \grad$92 ;
   output idle;
   wire idle;
   reg [3:0] keep_1 = 4'h0;
-  reg [3:0] keep_10 = 4'h0;
   reg [3:0] keep_2 = 4'h0;
   reg [3:0] keep_3 = 4'h0;
   reg [3:0] keep_4 = 4'h0;
@@ -111,32 +139,57 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [3:0] keep_8 = 4'h0;
   reg [3:0] keep_9 = 4'h0;
   wire load0;
-  wire \load0$43 ;
-  wire \load0$57 ;
-  wire \load0$71 ;
+  wire \load0$49 ;
+  wire \load0$68 ;
+  wire \load0$87 ;
   wire load1;
-  wire \load1$44 ;
-  wire \load1$58 ;
-  wire \load1$72 ;
+  wire \load1$50 ;
+  wire \load1$69 ;
+  wire \load1$88 ;
   reg [3:0] noise = 4'h0;
-  (* init = 4'h0 *)
-  wire [3:0] \noise$55 ;
-  (* init = 4'h0 *)
-  wire [3:0] \noise$69 ;
-  (* init = 4'h0 *)
-  wire [3:0] \noise$83 ;
+  reg [3:0] \noise$101  = 4'h0;
+  reg [3:0] \noise$63  = 4'h0;
+  reg [3:0] \noise$82  = 4'h0;
   wire [63:0] out;
-  wire [63:0] \out$50 ;
-  wire [63:0] \out$64 ;
-  wire [63:0] \out$78 ;
+  wire [63:0] \out$56 ;
+  wire [63:0] \out$75 ;
+  wire [63:0] \out$94 ;
   (* init = 4'h0 *)
-  wire [3:0] reg_decay;
+  wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
-  wire [3:0] reg_noise;
+  wire [3:0] reg_decay_1;
   (* init = 4'h0 *)
-  wire [3:0] reg_step;
+  wire [3:0] reg_decay_2;
+  (* init = 4'h0 *)
+  wire [3:0] reg_decay_3;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_0;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_1;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_2;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_3;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_0;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_1;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_2;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_3;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
+  reg [1:0] seed_load_1 = 2'h0;
+  reg [1:0] seed_load_2 = 2'h0;
+  reg [1:0] seed_load_3 = 2'h0;
   input [51:0] sink__payload;
   wire [51:0] sink__payload;
   wire [15:0] \sink__payload.grad ;
@@ -172,28 +225,23 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$51 ;
-  wire [7:0] \state$65 ;
-  wire [7:0] \state$79 ;
+  wire [7:0] \state$57 ;
+  wire [7:0] \state$76 ;
+  wire [7:0] \state$95 ;
   wire step;
-  reg [3:0] \step$36  = 4'h0;
-  wire \step$42 ;
-  (* init = 4'h0 *)
-  wire [3:0] \step$53 ;
-  wire \step$56 ;
-  (* init = 4'h0 *)
-  wire [3:0] \step$67 ;
-  wire \step$70 ;
-  (* init = 4'h0 *)
-  wire [3:0] \step$81 ;
+  reg [3:0] \step$40  = 4'h0;
+  wire \step$46 ;
+  reg [3:0] \step$59  = 4'h0;
+  wire \step$65 ;
+  reg [3:0] \step$78  = 4'h0;
+  wire \step$84 ;
+  reg [3:0] \step$97  = 4'h0;
   wire [7:0] theta;
-  wire [7:0] \theta$47 ;
-  wire [7:0] \theta$61 ;
-  wire [7:0] \theta$75 ;
-  wire transfer;
+  wire [7:0] \theta$53 ;
+  wire [7:0] \theta$72 ;
+  wire [7:0] \theta$91 ;
+  wire took;
   reg valid_1 = 1'h0;
-  (* init = 1'h0 *)
-  wire valid_10;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
   reg valid_4 = 1'h0;
@@ -201,120 +249,175 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_6 = 1'h0;
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
-  reg valid_9 = 1'h0;
+  (* init = 1'h0 *)
+  wire valid_9;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
-  wire [3:0] \weight$52 ;
-  wire [3:0] \weight$66 ;
-  wire [3:0] \weight$80 ;
+  wire [3:0] \weight$58 ;
+  wire [3:0] \weight$77 ;
+  wire [3:0] \weight$96 ;
   wire [63:0] words;
-  wire [63:0] \words$49 ;
-  wire [63:0] \words$63 ;
-  wire [63:0] \words$77 ;
-  assign \$24  = transfer & sink__payload[2];
-  assign \$25  = ctl__addr == 9'h104;
-  assign \$26  = ctl__we & \$25 ;
-  assign \$27  = ~ \$26 ;
-  assign \$28  = \$24  & \$27 ;
-  assign \$29  = ctl__addr == 9'h105;
-  assign \$30  = ctl__we & \$29 ;
-  assign \$31  = ~ \$30 ;
-  assign \step$56  = \$28  & \$31 ;
-  assign \$32  = ctl__addr == 9'h104;
-  assign \load0$57  = ctl__we & \$32 ;
-  assign \$33  = ctl__addr == 9'h105;
-  assign \load1$58  = ctl__we & \$33 ;
-  assign \$34  = transfer & sink__payload[3];
-  assign \$35  = ctl__addr == 9'h106;
-  assign \$36  = ctl__we & \$35 ;
-  assign \$37  = ~ \$36 ;
-  assign \$38  = \$34  & \$37 ;
-  assign \$39  = ctl__addr == 9'h107;
-  assign \$40  = ctl__we & \$39 ;
-  assign \$41  = ~ \$40 ;
-  assign \step$70  = \$38  & \$41 ;
-  assign \$42  = ctl__addr == 9'h106;
-  assign \load0$71  = ctl__we & \$42 ;
-  assign \$43  = ctl__addr == 9'h107;
-  assign \load1$72  = ctl__we & \$43 ;
+  wire [63:0] \words$55 ;
+  wire [63:0] \words$74 ;
+  wire [63:0] \words$93 ;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  assign idle = ~ \$3 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$46  = \$11  & \$14 ;
+  assign \load0$49  = seed_load_1[0] & free;
+  assign \load1$50  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
+  assign \$19  = ~ \$18 ;
+  assign \step$65  = \$16  & \$19 ;
+  assign \load0$68  = seed_load_2[0] & free;
+  assign \load1$69  = seed_load_2[1] & free;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$84  = \$21  & \$24 ;
+  assign \load0$87  = seed_load_3[0] & free;
+  assign \load1$88  = seed_load_3[1] & free;
+  assign \$25  = ctl__addr == 9'h100;
+  assign \$26  = ctl__addr == 9'h101;
+  assign \$27  = { \$26 , \$25  } & { ctl__we, ctl__we };
+  assign \$28  = | \$27 ;
+  assign \$29  = ctl__addr == 9'h100;
+  assign \$30  = ctl__addr == 9'h101;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h102;
+  assign \$33  = ctl__addr == 9'h103;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$35  = | \$34 ;
+  assign \$36  = ctl__addr == 9'h102;
+  assign \$37  = ctl__addr == 9'h103;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h104;
+  assign \$40  = ctl__addr == 9'h105;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = | \$41 ;
+  assign \$43  = ctl__addr == 9'h104;
+  assign \$44  = ctl__addr == 9'h105;
+  assign \$45  = { \$44 , \$43  } & { ctl__we, ctl__we };
+  assign \$46  = ctl__addr == 9'h106;
+  assign \$47  = ctl__addr == 9'h107;
+  assign \$48  = { \$47 , \$46  } & { ctl__we, ctl__we };
+  assign \$49  = | \$48 ;
+  assign \$50  = ctl__addr == 9'h106;
+  assign \$51  = ctl__addr == 9'h107;
+  assign \$52  = { \$51 , \$50  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$44 ;
+    valid_1 <= \$53 ;
   always @(posedge clk)
-    keep_1 <= \$45 ;
+    keep_1 <= \$54 ;
   always @(posedge clk)
-    valid_2 <= \$46 ;
+    valid_2 <= \$55 ;
   always @(posedge clk)
-    valid_3 <= \$47 ;
+    valid_3 <= \$56 ;
   always @(posedge clk)
-    valid_4 <= \$48 ;
+    valid_4 <= \$57 ;
   always @(posedge clk)
-    valid_5 <= \$49 ;
+    valid_5 <= \$58 ;
   always @(posedge clk)
-    valid_6 <= \$50 ;
+    valid_6 <= \$59 ;
   always @(posedge clk)
-    valid_7 <= \$51 ;
+    valid_7 <= \$60 ;
   always @(posedge clk)
-    valid_8 <= \$52 ;
+    valid_8 <= \$61 ;
   always @(posedge clk)
-    valid_9 <= \$53 ;
+    source__valid <= \$62 ;
   always @(posedge clk)
-    source__valid <= \$54 ;
+    keep_2 <= \$63 ;
   always @(posedge clk)
-    keep_2 <= \$55 ;
+    keep_3 <= \$64 ;
   always @(posedge clk)
-    keep_3 <= \$56 ;
+    keep_4 <= \$65 ;
   always @(posedge clk)
-    keep_4 <= \$57 ;
+    keep_5 <= \$66 ;
   always @(posedge clk)
-    keep_5 <= \$58 ;
+    keep_6 <= \$67 ;
   always @(posedge clk)
-    keep_6 <= \$59 ;
+    keep_7 <= \$68 ;
   always @(posedge clk)
-    keep_7 <= \$60 ;
+    keep_8 <= \$69 ;
   always @(posedge clk)
-    keep_8 <= \$61 ;
+    keep_9 <= \$70 ;
   always @(posedge clk)
-    keep_9 <= \$62 ;
+    wdata <= ctl__data;
   always @(posedge clk)
-    keep_10 <= \$63 ;
+    write_step <= \$71 ;
   always @(posedge clk)
-    \step$36  <= \$64 ;
+    write_decay <= \$72 ;
   always @(posedge clk)
-    decay <= \$65 ;
+    write_noise <= \$73 ;
   always @(posedge clk)
-    noise <= \$66 ;
+    data <= \$74 ;
+  always @(posedge clk)
+    seed_load_0 <= \$75 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$76 ;
+  always @(posedge clk)
+    \step$40  <= \$77 ;
+  always @(posedge clk)
+    decay <= \$78 ;
+  always @(posedge clk)
+    noise <= \$79 ;
+  always @(posedge clk)
+    seed_load_1 <= \$80 ;
+  always @(posedge clk)
+    seed_hold_1 <= \$81 ;
+  always @(posedge clk)
+    \step$59  <= \$82 ;
+  always @(posedge clk)
+    \decay$61  <= \$83 ;
+  always @(posedge clk)
+    \noise$63  <= \$84 ;
+  always @(posedge clk)
+    seed_load_2 <= \$85 ;
+  always @(posedge clk)
+    seed_hold_2 <= \$86 ;
+  always @(posedge clk)
+    \step$78  <= \$87 ;
+  always @(posedge clk)
+    \decay$80  <= \$88 ;
+  always @(posedge clk)
+    \noise$82  <= \$89 ;
+  always @(posedge clk)
+    seed_load_3 <= \$90 ;
+  always @(posedge clk)
+    seed_hold_3 <= \$91 ;
+  always @(posedge clk)
+    \step$97  <= \$92 ;
+  always @(posedge clk)
+    \decay$99  <= \$93 ;
+  always @(posedge clk)
+    \noise$101  <= \$94 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
-  assign \$3  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
-  assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
-  assign \$14  = transfer & sink__payload[1];
-  assign \$15  = ctl__addr == 9'h102;
-  assign \$16  = ctl__we & \$15 ;
-  assign \$17  = ~ \$16 ;
-  assign \$18  = \$14  & \$17 ;
-  assign \$19  = ctl__addr == 9'h103;
-  assign \$20  = ctl__we & \$19 ;
-  assign \$21  = ~ \$20 ;
-  assign \step$42  = \$18  & \$21 ;
-  assign \$22  = ctl__addr == 9'h102;
-  assign \load0$43  = ctl__we & \$22 ;
-  assign \$23  = ctl__addr == 9'h103;
-  assign \load1$44  = ctl__we & \$23 ;
+  assign \$3  = | { source__valid, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   \lpsgld_w4_lpf_l4.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -323,53 +426,53 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$36 ),
+    .step(\step$40 ),
     .theta(sink__payload[11:4]),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w4_lpf_l4.lane_1  lane_1 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$61 ),
     .en(advance),
     .grad(sink__payload[43:40]),
-    .noise(noise),
+    .noise(\noise$63 ),
     .rst(rst),
-    .state(\state$51 ),
-    .step(\step$36 ),
+    .state(\state$57 ),
+    .step(\step$59 ),
     .theta(sink__payload[19:12]),
-    .weight(\weight$52 ),
-    .words(\words$49 )
+    .weight(\weight$58 ),
+    .words(\words$55 )
   );
   \lpsgld_w4_lpf_l4.lane_2  lane_2 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$80 ),
     .en(advance),
     .grad(sink__payload[47:44]),
-    .noise(noise),
+    .noise(\noise$82 ),
     .rst(rst),
-    .state(\state$65 ),
-    .step(\step$36 ),
+    .state(\state$76 ),
+    .step(\step$78 ),
     .theta(sink__payload[27:20]),
-    .weight(\weight$66 ),
-    .words(\words$63 )
+    .weight(\weight$77 ),
+    .words(\words$74 )
   );
   \lpsgld_w4_lpf_l4.lane_3  lane_3 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$99 ),
     .en(advance),
     .grad(sink__payload[51:48]),
-    .noise(noise),
+    .noise(\noise$101 ),
     .rst(rst),
-    .state(\state$79 ),
-    .step(\step$36 ),
+    .state(\state$95 ),
+    .step(\step$97 ),
     .theta(sink__payload[35:28]),
-    .weight(\weight$80 ),
-    .words(\words$77 )
+    .weight(\weight$96 ),
+    .words(\words$93 )
   );
   \lpsgld_w4_lpf_l4.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -378,123 +481,36 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   );
   \lpsgld_w4_lpf_l4.rng_1_0  rng_1_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$43 ),
-    .load1(\load1$44 ),
-    .out(\words$49 ),
+    .data(data),
+    .load0(\load0$49 ),
+    .load1(\load1$50 ),
+    .out(\words$55 ),
     .rst(rst),
-    .step(\step$42 )
+    .step(\step$46 )
   );
   \lpsgld_w4_lpf_l4.rng_2_0  rng_2_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$57 ),
-    .load1(\load1$58 ),
-    .out(\words$63 ),
+    .data(data),
+    .load0(\load0$68 ),
+    .load1(\load1$69 ),
+    .out(\words$74 ),
     .rst(rst),
-    .step(\step$56 )
+    .step(\step$65 )
   );
   \lpsgld_w4_lpf_l4.rng_3_0  rng_3_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$71 ),
-    .load1(\load1$72 ),
-    .out(\words$77 ),
+    .data(data),
+    .load0(\load0$87 ),
+    .load1(\load1$88 ),
+    .out(\words$93 ),
     .rst(rst),
-    .step(\step$70 )
+    .step(\step$84 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_1;
+    \$53  = valid_1;
     if (advance) begin
-      \$44  = sink__valid;
-    end
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_1;
-    if (advance) begin
-      \$45  = sink__payload[3:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = valid_2;
-    if (advance) begin
-      \$46  = valid_1;
-    end
-    if (rst) begin
-      \$46  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = valid_3;
-    if (advance) begin
-      \$47  = valid_2;
-    end
-    if (rst) begin
-      \$47  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = valid_4;
-    if (advance) begin
-      \$48  = valid_3;
-    end
-    if (rst) begin
-      \$48  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = valid_5;
-    if (advance) begin
-      \$49  = valid_4;
-    end
-    if (rst) begin
-      \$49  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = valid_6;
-    if (advance) begin
-      \$50  = valid_5;
-    end
-    if (rst) begin
-      \$50  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = valid_7;
-    if (advance) begin
-      \$51  = valid_6;
-    end
-    if (rst) begin
-      \$51  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = valid_8;
-    if (advance) begin
-      \$52  = valid_7;
-    end
-    if (rst) begin
-      \$52  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = valid_9;
-    if (advance) begin
-      \$53  = valid_8;
+      \$53  = sink__valid;
     end
     if (rst) begin
       \$53  = 1'h0;
@@ -502,108 +518,178 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = source__valid;
+    \$54  = keep_1;
     if (advance) begin
-      \$54  = valid_9;
+      \$54  = sink__payload[3:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$55  = valid_2;
+    if (advance) begin
+      \$55  = valid_1;
     end
     if (rst) begin
-      \$54  = 1'h0;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = keep_2;
+    \$56  = valid_3;
     if (advance) begin
-      \$55  = keep_1;
+      \$56  = valid_2;
+    end
+    if (rst) begin
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = keep_3;
+    \$57  = valid_4;
     if (advance) begin
-      \$56  = keep_2;
+      \$57  = valid_3;
+    end
+    if (rst) begin
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = keep_4;
+    \$58  = valid_5;
     if (advance) begin
-      \$57  = keep_3;
+      \$58  = valid_4;
+    end
+    if (rst) begin
+      \$58  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = keep_5;
+    \$59  = valid_6;
     if (advance) begin
-      \$58  = keep_4;
+      \$59  = valid_5;
+    end
+    if (rst) begin
+      \$59  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = keep_6;
+    \$60  = valid_7;
     if (advance) begin
-      \$59  = keep_5;
+      \$60  = valid_6;
+    end
+    if (rst) begin
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = keep_7;
+    \$61  = valid_8;
     if (advance) begin
-      \$60  = keep_6;
+      \$61  = valid_7;
+    end
+    if (rst) begin
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_8;
+    \$62  = source__valid;
     if (advance) begin
-      \$61  = keep_7;
+      \$62  = valid_8;
+    end
+    if (rst) begin
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = keep_9;
+    \$63  = keep_2;
     if (advance) begin
-      \$62  = keep_8;
+      \$63  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = keep_10;
+    \$64  = keep_3;
     if (advance) begin
-      \$63  = keep_9;
+      \$64  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = \step$36 ;
+    \$65  = keep_4;
+    if (advance) begin
+      \$65  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = keep_5;
+    if (advance) begin
+      \$66  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = keep_6;
+    if (advance) begin
+      \$67  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = keep_7;
+    if (advance) begin
+      \$68  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = keep_8;
+    if (advance) begin
+      \$69  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = keep_9;
+    if (advance) begin
+      \$70  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$64  = ctl__data[3:0];
+            \$71  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$64  = 4'h0;
+      \$71  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = decay;
+    \$72  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$65  = ctl__data[3:0];
+            \$72  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$65  = 4'h0;
+      \$72  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = noise;
+    \$73  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -611,46 +697,261 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$66  = ctl__data[3:0];
+            \$73  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$66  = 4'h0;
+      \$73  = 1'h0;
     end
   end
-  assign valid_10 = source__valid;
-  assign data = ctl__data;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = data;
+    if (ctl__we) begin
+      \$74  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = seed_load_0;
+    if (\$28 ) begin
+      \$75  = \$31 ;
+    end else if (free) begin
+      \$75  = 2'h0;
+    end
+    if (rst) begin
+      \$75  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = seed_hold_0;
+    if (\$28 ) begin
+      \$76  = took;
+    end
+    if (rst) begin
+      \$76  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = \step$40 ;
+    if (write_step) begin
+      \$77  = wdata[3:0];
+    end
+    if (rst) begin
+      \$77  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = decay;
+    if (write_decay) begin
+      \$78  = wdata[3:0];
+    end
+    if (rst) begin
+      \$78  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = noise;
+    if (write_noise) begin
+      \$79  = wdata[3:0];
+    end
+    if (rst) begin
+      \$79  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = seed_load_1;
+    if (\$35 ) begin
+      \$80  = \$38 ;
+    end else if (free) begin
+      \$80  = 2'h0;
+    end
+    if (rst) begin
+      \$80  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = seed_hold_1;
+    if (\$35 ) begin
+      \$81  = took;
+    end
+    if (rst) begin
+      \$81  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = \step$59 ;
+    if (write_step) begin
+      \$82  = wdata[3:0];
+    end
+    if (rst) begin
+      \$82  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = \decay$61 ;
+    if (write_decay) begin
+      \$83  = wdata[3:0];
+    end
+    if (rst) begin
+      \$83  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$84  = \noise$63 ;
+    if (write_noise) begin
+      \$84  = wdata[3:0];
+    end
+    if (rst) begin
+      \$84  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = seed_load_2;
+    if (\$42 ) begin
+      \$85  = \$45 ;
+    end else if (free) begin
+      \$85  = 2'h0;
+    end
+    if (rst) begin
+      \$85  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = seed_hold_2;
+    if (\$42 ) begin
+      \$86  = took;
+    end
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$87  = \step$78 ;
+    if (write_step) begin
+      \$87  = wdata[3:0];
+    end
+    if (rst) begin
+      \$87  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$88  = \decay$80 ;
+    if (write_decay) begin
+      \$88  = wdata[3:0];
+    end
+    if (rst) begin
+      \$88  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$89  = \noise$82 ;
+    if (write_noise) begin
+      \$89  = wdata[3:0];
+    end
+    if (rst) begin
+      \$89  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = seed_load_3;
+    if (\$49 ) begin
+      \$90  = \$52 ;
+    end else if (free) begin
+      \$90  = 2'h0;
+    end
+    if (rst) begin
+      \$90  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = seed_hold_3;
+    if (\$49 ) begin
+      \$91  = took;
+    end
+    if (rst) begin
+      \$91  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = \step$97 ;
+    if (write_step) begin
+      \$92  = wdata[3:0];
+    end
+    if (rst) begin
+      \$92  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$93  = \decay$99 ;
+    if (write_decay) begin
+      \$93  = wdata[3:0];
+    end
+    if (rst) begin
+      \$93  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$94  = \noise$101 ;
+    if (write_noise) begin
+      \$94  = wdata[3:0];
+    end
+    if (rst) begin
+      \$94  = 4'h0;
+    end
+  end
+  assign valid_9 = source__valid;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[11:4];
   assign grad = sink__payload[39:36];
   assign out = words;
-  assign reg_step = \step$36 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign \data$45  = ctl__data;
-  assign \en$46  = advance;
-  assign \theta$47  = sink__payload[19:12];
-  assign \grad$48  = sink__payload[43:40];
-  assign \out$50  = \words$49 ;
-  assign \step$53  = \step$36 ;
-  assign \decay$54  = decay;
-  assign \noise$55  = noise;
-  assign \data$59  = ctl__data;
-  assign \en$60  = advance;
-  assign \theta$61  = sink__payload[27:20];
-  assign \grad$62  = sink__payload[47:44];
-  assign \out$64  = \words$63 ;
-  assign \step$67  = \step$36 ;
-  assign \decay$68  = decay;
-  assign \noise$69  = noise;
-  assign \data$73  = ctl__data;
-  assign \en$74  = advance;
-  assign \theta$75  = sink__payload[35:28];
-  assign \grad$76  = sink__payload[51:48];
-  assign \out$78  = \words$77 ;
-  assign \step$81  = \step$36 ;
-  assign \decay$82  = decay;
-  assign \noise$83  = noise;
+  assign reg_step_0 = \step$40 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign \data$51  = data;
+  assign \en$52  = advance;
+  assign \theta$53  = sink__payload[19:12];
+  assign \grad$54  = sink__payload[43:40];
+  assign \out$56  = \words$55 ;
+  assign reg_step_1 = \step$59 ;
+  assign reg_decay_1 = \decay$61 ;
+  assign reg_noise_1 = \noise$63 ;
+  assign \data$70  = data;
+  assign \en$71  = advance;
+  assign \theta$72  = sink__payload[27:20];
+  assign \grad$73  = sink__payload[47:44];
+  assign \out$75  = \words$74 ;
+  assign reg_step_2 = \step$78 ;
+  assign reg_decay_2 = \decay$80 ;
+  assign reg_noise_2 = \noise$82 ;
+  assign \data$89  = data;
+  assign \en$90  = advance;
+  assign \theta$91  = sink__payload[35:28];
+  assign \grad$92  = sink__payload[51:48];
+  assign \out$94  = \words$93 ;
+  assign reg_step_3 = \step$97 ;
+  assign reg_decay_3 = \decay$99 ;
+  assign reg_noise_3 = \noise$101 ;
   assign \sink__payload.keep  = sink__payload[3:0];
   assign \sink__payload.theta  = sink__payload[35:4];
   assign \sink__payload.theta[0]  = sink__payload[11:4];
@@ -673,120 +974,95 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[1]  = source__payload[43:40];
   assign \source__payload.weight[2]  = source__payload[47:44];
   assign \source__payload.weight[3]  = source__payload[51:48];
-  assign source__payload[51:48] = \weight$80 ;
-  assign source__payload[35:28] = \state$79 ;
-  assign source__payload[47:44] = \weight$66 ;
-  assign source__payload[27:20] = \state$65 ;
-  assign source__payload[43:40] = \weight$52 ;
-  assign source__payload[19:12] = \state$51 ;
+  assign source__payload[51:48] = \weight$96 ;
+  assign source__payload[35:28] = \state$95 ;
+  assign source__payload[47:44] = \weight$77 ;
+  assign source__payload[27:20] = \state$76 ;
+  assign source__payload[43:40] = \weight$58 ;
+  assign source__payload[19:12] = \state$57 ;
   assign source__payload[39:36] = weight;
   assign source__payload[11:4] = state;
-  assign source__payload[3:0] = keep_10;
+  assign source__payload[3:0] = keep_9;
 endmodule
 
 (* generator = "Amaranth" *)
 module \lpsgld_w4_lpf_l4.lane_0 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [7:0] \$1 ;
-  reg [5:0] \$10 ;
-  reg [5:0] \$11 ;
-  reg [5:0] \$12 ;
-  reg [5:0] \$13 ;
-  reg [5:0] \$14 ;
   reg [3:0] \$2 ;
-  reg [5:0] \$3 ;
-  reg [5:0] \$4 ;
-  reg [7:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [3:0] \$7 ;
-  reg [3:0] \$8 ;
-  reg [5:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [3:0] \$5 ;
+  reg [3:0] \$6 ;
+  reg [5:0] \$7 ;
+  reg [5:0] \$8 ;
   wire [5:0] bits;
   input clk;
   wire clk;
   input [3:0] decay;
   wire [3:0] decay;
-  wire [3:0] \decay$24 ;
+  wire [3:0] \decay$18 ;
   input en;
   wire en;
-  wire \en$20 ;
-  wire \en$25 ;
-  wire \en$33 ;
+  wire \en$14 ;
+  wire \en$19 ;
+  wire \en$28 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$32 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$26 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
   reg [7:0] lane_theta = 8'h00;
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
-  reg [5:0] lane_u_sr = 6'h00;
   reg [5:0] lane_u_sr_d0 = 6'h00;
   reg [5:0] lane_u_sr_d1 = 6'h00;
-  reg [5:0] lane_u_sr_d2 = 6'h00;
-  reg [5:0] lane_u_sr_d3 = 6'h00;
-  reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   input [3:0] noise;
   wire [3:0] noise;
-  wire [3:0] \noise$28 ;
+  wire [3:0] \noise$22 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$32 ;
   input [3:0] step;
   wire [3:0] step;
-  wire [3:0] \step$22 ;
+  wire [3:0] \step$16 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$25 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   output [3:0] weight;
   wire [3:0] weight;
-  wire [3:0] \weight$40 ;
+  wire [3:0] \weight$34 ;
   input [63:0] words;
   wire [63:0] words;
   wire [16:0] x;
-  wire [16:0] \x$35 ;
+  wire [16:0] \x$30 ;
   wire [5:0] z;
-  wire [5:0] \z$30 ;
+  wire [5:0] \z$24 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_grad_d0 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d1 <= \$6 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$7 ;
+    lane_u_sr_d0 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$8 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$9 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$14 ;
+    lane_u_sr_d1 <= \$8 ;
   \lpsgld_w4_lpf_l4.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[11:6]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -798,7 +1074,6 @@ module \lpsgld_w4_lpf_l4.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
     .x(x)
   );
   \lpsgld_w4_lpf_l4.lane_0.sum  sum (
@@ -811,15 +1086,9 @@ module \lpsgld_w4_lpf_l4.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
     .step(step),
     .sum_x_l2_0(x),
     .theta(lane_theta_d1),
+    .u_sr(lane_u_sr_d1),
     .z(z)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$1  = lane_theta;
-    if (en) begin
-      \$1  = theta;
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$2  = lane_grad;
@@ -829,102 +1098,67 @@ module \lpsgld_w4_lpf_l4.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[5:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[11:6];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_grad_d0;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d1;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_grad_d0;
+    \$7  = lane_u_sr_d0;
     if (en) begin
-      \$7  = lane_grad;
+      \$7  = words[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d1;
+    \$8  = lane_u_sr_d1;
     if (en) begin
-      \$8  = lane_grad_d0;
+      \$8  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_u_sr_d0;
+    \$1  = lane_theta;
     if (en) begin
-      \$9  = lane_u_sr;
+      \$1  = theta;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_u_sr_d1;
-    if (en) begin
-      \$10  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d2;
-    if (en) begin
-      \$11  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d3;
-    if (en) begin
-      \$12  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d4;
-    if (en) begin
-      \$13  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d5;
-    if (en) begin
-      \$14  = lane_u_sr_d4;
-    end
-  end
-  assign \en$20  = en;
-  assign \step$22  = step;
-  assign \decay$24  = decay;
-  assign \en$25  = en;
-  assign bits = lane_gauss;
-  assign \noise$28  = noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d1;
-  assign \grad$32  = lane_grad_d1;
-  assign \en$33  = en;
-  assign \x$35  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$14  = en;
+  assign \step$16  = step;
+  assign \decay$18  = decay;
+  assign \en$19  = en;
+  assign bits = words[11:6];
+  assign \noise$22  = noise;
+  assign \z$24  = z;
+  assign \theta$25  = lane_theta_d1;
+  assign \grad$26  = lane_grad_d1;
+  assign u_sr = lane_u_sr_d1;
+  assign \en$28  = en;
+  assign \x$30  = x;
+  assign \state$32  = state;
+  assign \weight$34  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1026,29 +1260,27 @@ module \lpsgld_w4_lpf_l4.lane_0.gauss (rst, en, bits, gauss_z_l0_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w4_lpf_l4.lane_0.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [17:0] \$1 ;
-  wire [8:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [8:0] \$13 ;
   wire [8:0] \$14 ;
-  wire [8:0] \$15 ;
+  wire [3:0] \$15 ;
   wire [3:0] \$16 ;
-  wire [3:0] \$17 ;
-  reg [17:0] \$18 ;
+  reg [7:0] \$17 ;
+  reg [3:0] \$18 ;
   reg [7:0] \$19 ;
   wire \$2 ;
-  reg [3:0] \$20 ;
-  reg [7:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  wire [8:0] \$8 ;
-  wire \$9 ;
+  wire [8:0] \$7 ;
+  wire \$8 ;
+  wire [8:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -1056,70 +1288,57 @@ module \lpsgld_w4_lpf_l4.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [7:0] rnd_state = 8'h00;
   output [7:0] rnd_state_d;
   reg [7:0] rnd_state_d = 8'h00;
-  reg [17:0] rnd_t = 18'h00000;
   output [3:0] rnd_weight;
   reg [3:0] rnd_weight = 4'h0;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [5:0] u_sr;
-  wire [5:0] u_sr;
   (* init = 4'h0 *)
   wire [3:0] weight;
   input [16:0] x;
   wire [16:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[17:13];
-  assign \$3  = | rnd_t[17:13];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[17] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[13:6] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(4'h4);
-  assign \$9  = & \$8 [8:6];
-  assign \$10  = $signed(rnd_state) + $signed(4'h4);
-  assign \$11  = | \$10 [8:6];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[16:13];
+  assign \$2  = | x[16:13];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[16] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[13:6] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(4'h4);
+  assign \$8  = & \$7 [8:6];
+  assign \$9  = $signed(rnd_state) + $signed(4'h4);
+  assign \$10  = | \$9 [8:6];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(4'h4);
   assign \$14  = $signed(rnd_state) + $signed(4'h4);
-  assign \$15  = $signed(rnd_state) + $signed(4'h4);
-  assign \$16  = \$15 [8] ? 4'h8 : 4'h7;
-  assign \$17  = \$13  ? \$14 [6:3] : \$16 ;
+  assign \$15  = \$14 [8] ? 4'h8 : 4'h7;
+  assign \$16  = \$12  ? \$13 [6:3] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -1127,27 +1346,29 @@ module \lpsgld_w4_lpf_l4.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.lane_0.sum (rst, en, step, decay, noise, theta, grad, sum_x_l2_0, z, clk);
+module \lpsgld_w4_lpf_l4.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, sum_x_l2_0, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [5:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [14:0] \$11 ;
-  wire [16:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [5:0] \$14 ;
+  wire [12:0] \$10 ;
+  wire [15:0] \$11 ;
+  wire [14:0] \$12 ;
+  wire [16:0] \$13 ;
+  reg [7:0] \$14 ;
   reg [5:0] \$15 ;
-  reg [9:0] \$16 ;
+  reg [5:0] \$16 ;
   reg [9:0] \$17 ;
-  reg [7:0] \$18 ;
+  reg [9:0] \$18 ;
   reg [7:0] \$19 ;
   wire [5:0] \$2 ;
-  reg [14:0] \$20 ;
-  reg [14:0] \$21 ;
-  reg [13:0] \$22 ;
-  reg [11:0] \$23 ;
-  reg [15:0] \$24 ;
-  reg [14:0] \$25 ;
-  reg [16:0] \$26 ;
+  reg [7:0] \$20 ;
+  reg [5:0] \$21 ;
+  reg [14:0] \$22 ;
+  reg [14:0] \$23 ;
+  reg [13:0] \$24 ;
+  reg [12:0] \$25 ;
+  reg [15:0] \$26 ;
+  reg [14:0] \$27 ;
+  reg [16:0] \$28 ;
   wire [9:0] \$3 ;
   wire [9:0] \$4 ;
   wire [7:0] \$5 ;
@@ -1176,16 +1397,19 @@ module \lpsgld_w4_lpf_l4.lane_0.sum (rst, en, step, decay, noise, theta, grad, s
   reg [5:0] sum_step_pp0 = 6'h00;
   reg [5:0] sum_step_pp1 = 6'h00;
   reg [7:0] sum_theta = 8'h00;
+  reg [5:0] sum_u_sr = 6'h00;
   reg [14:0] sum_x_l0_0 = 15'h0000;
   reg [14:0] sum_x_l0_1 = 15'h0000;
   reg [13:0] sum_x_l0_2 = 14'h0000;
-  reg [11:0] sum_x_l0_3 = 12'h000;
+  reg [12:0] sum_x_l0_3 = 13'h0000;
   reg [15:0] sum_x_l1_0 = 16'h0000;
   reg [14:0] sum_x_l1_1 = 15'h0000;
   output [16:0] sum_x_l2_0;
   reg [16:0] sum_x_l2_0 = 17'h00000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [5:0] u_sr;
+  wire [5:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] x;
   input [5:0] z;
@@ -1197,135 +1421,145 @@ module \lpsgld_w4_lpf_l4.lane_0.sum (rst, en, step, decay, noise, theta, grad, s
   assign \$5  = $signed(z) * $signed({ 1'h0, noise[1:0] });
   assign \$6  = $signed(z) * $signed({ 1'h0, noise[3:2] });
   assign \$7  = $signed({ sum_theta, 6'h00 }) + $signed({ sum_noise_pp0, 4'h0 });
-  assign \$8  = $signed({ sum_noise_pp1, 6'h00 }) - $signed({ 1'h0, sum_step_pp0, 5'h00 });
-  assign \$9  = $signed({ sum_step_pp1, 7'h00 }) + $signed(sum_decay_pp0);
-  assign \$10  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
-  assign \$11  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
-  assign \$12  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
+  assign \$8  = $signed({ sum_noise_pp1, 6'h00 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$9  = $signed({ 1'h0, sum_step_pp0, 5'h00 }) + $signed({ sum_step_pp1, 7'h00 });
+  assign \$10  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$11  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
+  assign \$12  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
+  assign \$13  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
   always @(posedge clk)
-    sum_theta <= \$13 ;
+    sum_theta <= \$14 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$14 ;
+    sum_step_pp0 <= \$15 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$15 ;
+    sum_step_pp1 <= \$16 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$16 ;
+    sum_decay_pp0 <= \$17 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$17 ;
+    sum_decay_pp1 <= \$18 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$18 ;
+    sum_noise_pp0 <= \$19 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$19 ;
+    sum_noise_pp1 <= \$20 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$20 ;
+    sum_u_sr <= \$21 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$21 ;
+    sum_x_l0_0 <= \$22 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$22 ;
+    sum_x_l0_1 <= \$23 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$23 ;
+    sum_x_l0_2 <= \$24 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$24 ;
+    sum_x_l0_3 <= \$25 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$25 ;
+    sum_x_l1_0 <= \$26 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$26 ;
+    sum_x_l1_1 <= \$27 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$28 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$13  = sum_theta;
+    \$14  = sum_theta;
     if (en) begin
-      \$13  = theta;
+      \$14  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$14  = sum_step_pp0;
+    \$15  = sum_step_pp0;
     if (en) begin
-      \$14  = \$1 ;
+      \$15  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$15  = sum_step_pp1;
+    \$16  = sum_step_pp1;
     if (en) begin
-      \$15  = \$2 ;
+      \$16  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$16  = sum_decay_pp0;
+    \$17  = sum_decay_pp0;
     if (en) begin
-      \$16  = \$3 ;
+      \$17  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$17  = sum_decay_pp1;
+    \$18  = sum_decay_pp1;
     if (en) begin
-      \$17  = \$4 ;
+      \$18  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$18  = sum_noise_pp0;
+    \$19  = sum_noise_pp0;
     if (en) begin
-      \$18  = \$5 ;
+      \$19  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$19  = sum_noise_pp1;
+    \$20  = sum_noise_pp1;
     if (en) begin
-      \$19  = \$6 ;
+      \$20  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$20  = sum_x_l0_0;
+    \$21  = sum_u_sr;
     if (en) begin
-      \$20  = \$7 ;
+      \$21  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$21  = sum_x_l0_1;
+    \$22  = sum_x_l0_0;
     if (en) begin
-      \$21  = \$8 ;
+      \$22  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$22  = sum_x_l0_2;
+    \$23  = sum_x_l0_1;
     if (en) begin
-      \$22  = \$9 ;
+      \$23  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$23  = sum_x_l0_3;
+    \$24  = sum_x_l0_2;
     if (en) begin
-      \$23  = { sum_decay_pp1, 2'h0 };
+      \$24  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$24  = sum_x_l1_0;
+    \$25  = sum_x_l0_3;
     if (en) begin
-      \$24  = \$10 ;
+      \$25  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$25  = sum_x_l1_1;
+    \$26  = sum_x_l1_0;
     if (en) begin
-      \$25  = \$11 ;
+      \$26  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$26  = sum_x_l2_0;
+    \$27  = sum_x_l1_1;
     if (en) begin
-      \$26  = \$12 ;
+      \$27  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$28  = sum_x_l2_0;
+    if (en) begin
+      \$28  = \$13 ;
     end
   end
   assign x = sum_x_l2_0;
@@ -1335,105 +1569,80 @@ endmodule
 module \lpsgld_w4_lpf_l4.lane_1 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   reg [7:0] \$1 ;
-  reg [5:0] \$10 ;
-  reg [5:0] \$11 ;
-  reg [5:0] \$12 ;
-  reg [5:0] \$13 ;
-  reg [5:0] \$14 ;
   reg [3:0] \$2 ;
-  reg [5:0] \$3 ;
-  reg [5:0] \$4 ;
-  reg [7:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [3:0] \$7 ;
-  reg [3:0] \$8 ;
-  reg [5:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [3:0] \$5 ;
+  reg [3:0] \$6 ;
+  reg [5:0] \$7 ;
+  reg [5:0] \$8 ;
   wire [5:0] bits;
   input clk;
   wire clk;
   input [3:0] decay;
   wire [3:0] decay;
-  wire [3:0] \decay$24 ;
+  wire [3:0] \decay$18 ;
   input en;
   wire en;
-  wire \en$20 ;
-  wire \en$25 ;
-  wire \en$33 ;
+  wire \en$14 ;
+  wire \en$19 ;
+  wire \en$28 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$32 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$26 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
   reg [7:0] lane_theta = 8'h00;
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
-  reg [5:0] lane_u_sr = 6'h00;
   reg [5:0] lane_u_sr_d0 = 6'h00;
   reg [5:0] lane_u_sr_d1 = 6'h00;
-  reg [5:0] lane_u_sr_d2 = 6'h00;
-  reg [5:0] lane_u_sr_d3 = 6'h00;
-  reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   input [3:0] noise;
   wire [3:0] noise;
-  wire [3:0] \noise$28 ;
+  wire [3:0] \noise$22 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$32 ;
   input [3:0] step;
   wire [3:0] step;
-  wire [3:0] \step$22 ;
+  wire [3:0] \step$16 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$25 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   output [3:0] weight;
   wire [3:0] weight;
-  wire [3:0] \weight$40 ;
+  wire [3:0] \weight$34 ;
   input [63:0] words;
   wire [63:0] words;
   wire [16:0] x;
-  wire [16:0] \x$35 ;
+  wire [16:0] \x$30 ;
   wire [5:0] z;
-  wire [5:0] \z$30 ;
+  wire [5:0] \z$24 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_grad_d0 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d1 <= \$6 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$7 ;
+    lane_u_sr_d0 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$8 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$9 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$14 ;
+    lane_u_sr_d1 <= \$8 ;
   \lpsgld_w4_lpf_l4.lane_1.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[11:6]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -1445,7 +1654,6 @@ module \lpsgld_w4_lpf_l4.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
     .x(x)
   );
   \lpsgld_w4_lpf_l4.lane_1.sum  sum (
@@ -1458,15 +1666,9 @@ module \lpsgld_w4_lpf_l4.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
     .step(step),
     .sum_x_l2_0(x),
     .theta(lane_theta_d1),
+    .u_sr(lane_u_sr_d1),
     .z(z)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$1  = lane_theta;
-    if (en) begin
-      \$1  = theta;
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$2  = lane_grad;
@@ -1476,102 +1678,67 @@ module \lpsgld_w4_lpf_l4.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[5:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[11:6];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_grad_d0;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d1;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_grad_d0;
+    \$7  = lane_u_sr_d0;
     if (en) begin
-      \$7  = lane_grad;
+      \$7  = words[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_grad_d1;
+    \$8  = lane_u_sr_d1;
     if (en) begin
-      \$8  = lane_grad_d0;
+      \$8  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_u_sr_d0;
+    \$1  = lane_theta;
     if (en) begin
-      \$9  = lane_u_sr;
+      \$1  = theta;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_u_sr_d1;
-    if (en) begin
-      \$10  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_u_sr_d2;
-    if (en) begin
-      \$11  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_u_sr_d3;
-    if (en) begin
-      \$12  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_u_sr_d4;
-    if (en) begin
-      \$13  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_u_sr_d5;
-    if (en) begin
-      \$14  = lane_u_sr_d4;
-    end
-  end
-  assign \en$20  = en;
-  assign \step$22  = step;
-  assign \decay$24  = decay;
-  assign \en$25  = en;
-  assign bits = lane_gauss;
-  assign \noise$28  = noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d1;
-  assign \grad$32  = lane_grad_d1;
-  assign \en$33  = en;
-  assign \x$35  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$14  = en;
+  assign \step$16  = step;
+  assign \decay$18  = decay;
+  assign \en$19  = en;
+  assign bits = words[11:6];
+  assign \noise$22  = noise;
+  assign \z$24  = z;
+  assign \theta$25  = lane_theta_d1;
+  assign \grad$26  = lane_grad_d1;
+  assign u_sr = lane_u_sr_d1;
+  assign \en$28  = en;
+  assign \x$30  = x;
+  assign \state$32  = state;
+  assign \weight$34  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1673,29 +1840,27 @@ module \lpsgld_w4_lpf_l4.lane_1.gauss (rst, en, bits, gauss_z_l0_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.lane_1.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w4_lpf_l4.lane_1.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
-  wire [17:0] \$1 ;
-  wire [8:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [8:0] \$13 ;
   wire [8:0] \$14 ;
-  wire [8:0] \$15 ;
+  wire [3:0] \$15 ;
   wire [3:0] \$16 ;
-  wire [3:0] \$17 ;
-  reg [17:0] \$18 ;
+  reg [7:0] \$17 ;
+  reg [3:0] \$18 ;
   reg [7:0] \$19 ;
   wire \$2 ;
-  reg [3:0] \$20 ;
-  reg [7:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  wire [8:0] \$8 ;
-  wire \$9 ;
+  wire [8:0] \$7 ;
+  wire \$8 ;
+  wire [8:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -1703,70 +1868,57 @@ module \lpsgld_w4_lpf_l4.lane_1.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [7:0] rnd_state = 8'h00;
   output [7:0] rnd_state_d;
   reg [7:0] rnd_state_d = 8'h00;
-  reg [17:0] rnd_t = 18'h00000;
   output [3:0] rnd_weight;
   reg [3:0] rnd_weight = 4'h0;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [5:0] u_sr;
-  wire [5:0] u_sr;
   (* init = 4'h0 *)
   wire [3:0] weight;
   input [16:0] x;
   wire [16:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[17:13];
-  assign \$3  = | rnd_t[17:13];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[17] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[13:6] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(4'h4);
-  assign \$9  = & \$8 [8:6];
-  assign \$10  = $signed(rnd_state) + $signed(4'h4);
-  assign \$11  = | \$10 [8:6];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[16:13];
+  assign \$2  = | x[16:13];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[16] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[13:6] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(4'h4);
+  assign \$8  = & \$7 [8:6];
+  assign \$9  = $signed(rnd_state) + $signed(4'h4);
+  assign \$10  = | \$9 [8:6];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(4'h4);
   assign \$14  = $signed(rnd_state) + $signed(4'h4);
-  assign \$15  = $signed(rnd_state) + $signed(4'h4);
-  assign \$16  = \$15 [8] ? 4'h8 : 4'h7;
-  assign \$17  = \$13  ? \$14 [6:3] : \$16 ;
+  assign \$15  = \$14 [8] ? 4'h8 : 4'h7;
+  assign \$16  = \$12  ? \$13 [6:3] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -1774,27 +1926,29 @@ module \lpsgld_w4_lpf_l4.lane_1.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.lane_1.sum (rst, en, step, decay, noise, theta, grad, sum_x_l2_0, z, clk);
+module \lpsgld_w4_lpf_l4.lane_1.sum (rst, en, step, decay, noise, theta, grad, u_sr, sum_x_l2_0, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [5:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [14:0] \$11 ;
-  wire [16:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [5:0] \$14 ;
+  wire [12:0] \$10 ;
+  wire [15:0] \$11 ;
+  wire [14:0] \$12 ;
+  wire [16:0] \$13 ;
+  reg [7:0] \$14 ;
   reg [5:0] \$15 ;
-  reg [9:0] \$16 ;
+  reg [5:0] \$16 ;
   reg [9:0] \$17 ;
-  reg [7:0] \$18 ;
+  reg [9:0] \$18 ;
   reg [7:0] \$19 ;
   wire [5:0] \$2 ;
-  reg [14:0] \$20 ;
-  reg [14:0] \$21 ;
-  reg [13:0] \$22 ;
-  reg [11:0] \$23 ;
-  reg [15:0] \$24 ;
-  reg [14:0] \$25 ;
-  reg [16:0] \$26 ;
+  reg [7:0] \$20 ;
+  reg [5:0] \$21 ;
+  reg [14:0] \$22 ;
+  reg [14:0] \$23 ;
+  reg [13:0] \$24 ;
+  reg [12:0] \$25 ;
+  reg [15:0] \$26 ;
+  reg [14:0] \$27 ;
+  reg [16:0] \$28 ;
   wire [9:0] \$3 ;
   wire [9:0] \$4 ;
   wire [7:0] \$5 ;
@@ -1823,16 +1977,19 @@ module \lpsgld_w4_lpf_l4.lane_1.sum (rst, en, step, decay, noise, theta, grad, s
   reg [5:0] sum_step_pp0 = 6'h00;
   reg [5:0] sum_step_pp1 = 6'h00;
   reg [7:0] sum_theta = 8'h00;
+  reg [5:0] sum_u_sr = 6'h00;
   reg [14:0] sum_x_l0_0 = 15'h0000;
   reg [14:0] sum_x_l0_1 = 15'h0000;
   reg [13:0] sum_x_l0_2 = 14'h0000;
-  reg [11:0] sum_x_l0_3 = 12'h000;
+  reg [12:0] sum_x_l0_3 = 13'h0000;
   reg [15:0] sum_x_l1_0 = 16'h0000;
   reg [14:0] sum_x_l1_1 = 15'h0000;
   output [16:0] sum_x_l2_0;
   reg [16:0] sum_x_l2_0 = 17'h00000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [5:0] u_sr;
+  wire [5:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] x;
   input [5:0] z;
@@ -1844,135 +2001,145 @@ module \lpsgld_w4_lpf_l4.lane_1.sum (rst, en, step, decay, noise, theta, grad, s
   assign \$5  = $signed(z) * $signed({ 1'h0, noise[1:0] });
   assign \$6  = $signed(z) * $signed({ 1'h0, noise[3:2] });
   assign \$7  = $signed({ sum_theta, 6'h00 }) + $signed({ sum_noise_pp0, 4'h0 });
-  assign \$8  = $signed({ sum_noise_pp1, 6'h00 }) - $signed({ 1'h0, sum_step_pp0, 5'h00 });
-  assign \$9  = $signed({ sum_step_pp1, 7'h00 }) + $signed(sum_decay_pp0);
-  assign \$10  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
-  assign \$11  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
-  assign \$12  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
+  assign \$8  = $signed({ sum_noise_pp1, 6'h00 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$9  = $signed({ 1'h0, sum_step_pp0, 5'h00 }) + $signed({ sum_step_pp1, 7'h00 });
+  assign \$10  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$11  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
+  assign \$12  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
+  assign \$13  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
   always @(posedge clk)
-    sum_theta <= \$13 ;
+    sum_theta <= \$14 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$14 ;
+    sum_step_pp0 <= \$15 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$15 ;
+    sum_step_pp1 <= \$16 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$16 ;
+    sum_decay_pp0 <= \$17 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$17 ;
+    sum_decay_pp1 <= \$18 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$18 ;
+    sum_noise_pp0 <= \$19 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$19 ;
+    sum_noise_pp1 <= \$20 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$20 ;
+    sum_u_sr <= \$21 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$21 ;
+    sum_x_l0_0 <= \$22 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$22 ;
+    sum_x_l0_1 <= \$23 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$23 ;
+    sum_x_l0_2 <= \$24 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$24 ;
+    sum_x_l0_3 <= \$25 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$25 ;
+    sum_x_l1_0 <= \$26 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$26 ;
+    sum_x_l1_1 <= \$27 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$28 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$13  = sum_theta;
+    \$14  = sum_theta;
     if (en) begin
-      \$13  = theta;
+      \$14  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$14  = sum_step_pp0;
+    \$15  = sum_step_pp0;
     if (en) begin
-      \$14  = \$1 ;
+      \$15  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$15  = sum_step_pp1;
+    \$16  = sum_step_pp1;
     if (en) begin
-      \$15  = \$2 ;
+      \$16  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$16  = sum_decay_pp0;
+    \$17  = sum_decay_pp0;
     if (en) begin
-      \$16  = \$3 ;
+      \$17  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$17  = sum_decay_pp1;
+    \$18  = sum_decay_pp1;
     if (en) begin
-      \$17  = \$4 ;
+      \$18  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$18  = sum_noise_pp0;
+    \$19  = sum_noise_pp0;
     if (en) begin
-      \$18  = \$5 ;
+      \$19  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$19  = sum_noise_pp1;
+    \$20  = sum_noise_pp1;
     if (en) begin
-      \$19  = \$6 ;
+      \$20  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$20  = sum_x_l0_0;
+    \$21  = sum_u_sr;
     if (en) begin
-      \$20  = \$7 ;
+      \$21  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$21  = sum_x_l0_1;
+    \$22  = sum_x_l0_0;
     if (en) begin
-      \$21  = \$8 ;
+      \$22  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$22  = sum_x_l0_2;
+    \$23  = sum_x_l0_1;
     if (en) begin
-      \$22  = \$9 ;
+      \$23  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$23  = sum_x_l0_3;
+    \$24  = sum_x_l0_2;
     if (en) begin
-      \$23  = { sum_decay_pp1, 2'h0 };
+      \$24  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$24  = sum_x_l1_0;
+    \$25  = sum_x_l0_3;
     if (en) begin
-      \$24  = \$10 ;
+      \$25  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$25  = sum_x_l1_1;
+    \$26  = sum_x_l1_0;
     if (en) begin
-      \$25  = \$11 ;
+      \$26  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$26  = sum_x_l2_0;
+    \$27  = sum_x_l1_1;
     if (en) begin
-      \$26  = \$12 ;
+      \$27  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$28  = sum_x_l2_0;
+    if (en) begin
+      \$28  = \$13 ;
     end
   end
   assign x = sum_x_l2_0;
@@ -1982,105 +2149,80 @@ endmodule
 module \lpsgld_w4_lpf_l4.lane_2 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   reg [7:0] \$1 ;
-  reg [5:0] \$10 ;
-  reg [5:0] \$11 ;
-  reg [5:0] \$12 ;
-  reg [5:0] \$13 ;
-  reg [5:0] \$14 ;
   reg [3:0] \$2 ;
-  reg [5:0] \$3 ;
-  reg [5:0] \$4 ;
-  reg [7:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [3:0] \$7 ;
-  reg [3:0] \$8 ;
-  reg [5:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [3:0] \$5 ;
+  reg [3:0] \$6 ;
+  reg [5:0] \$7 ;
+  reg [5:0] \$8 ;
   wire [5:0] bits;
   input clk;
   wire clk;
   input [3:0] decay;
   wire [3:0] decay;
-  wire [3:0] \decay$24 ;
+  wire [3:0] \decay$18 ;
   input en;
   wire en;
-  wire \en$20 ;
-  wire \en$25 ;
-  wire \en$33 ;
+  wire \en$14 ;
+  wire \en$19 ;
+  wire \en$28 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$32 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$26 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
   reg [7:0] lane_theta = 8'h00;
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
-  reg [5:0] lane_u_sr = 6'h00;
   reg [5:0] lane_u_sr_d0 = 6'h00;
   reg [5:0] lane_u_sr_d1 = 6'h00;
-  reg [5:0] lane_u_sr_d2 = 6'h00;
-  reg [5:0] lane_u_sr_d3 = 6'h00;
-  reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   input [3:0] noise;
   wire [3:0] noise;
-  wire [3:0] \noise$28 ;
+  wire [3:0] \noise$22 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$32 ;
   input [3:0] step;
   wire [3:0] step;
-  wire [3:0] \step$22 ;
+  wire [3:0] \step$16 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$25 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   output [3:0] weight;
   wire [3:0] weight;
-  wire [3:0] \weight$40 ;
+  wire [3:0] \weight$34 ;
   input [63:0] words;
   wire [63:0] words;
   wire [16:0] x;
-  wire [16:0] \x$35 ;
+  wire [16:0] \x$30 ;
   wire [5:0] z;
-  wire [5:0] \z$30 ;
+  wire [5:0] \z$24 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_grad_d0 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d1 <= \$6 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$7 ;
+    lane_u_sr_d0 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$8 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$9 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$14 ;
+    lane_u_sr_d1 <= \$8 ;
   \lpsgld_w4_lpf_l4.lane_2.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[11:6]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -2092,7 +2234,6 @@ module \lpsgld_w4_lpf_l4.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
     .x(x)
   );
   \lpsgld_w4_lpf_l4.lane_2.sum  sum (
@@ -2105,15 +2246,9 @@ module \lpsgld_w4_lpf_l4.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
     .step(step),
     .sum_x_l2_0(x),
     .theta(lane_theta_d1),
+    .u_sr(lane_u_sr_d1),
     .z(z)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$1  = lane_theta;
-    if (en) begin
-      \$1  = theta;
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$2  = lane_grad;
@@ -2123,102 +2258,67 @@ module \lpsgld_w4_lpf_l4.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[5:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[11:6];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_grad_d0;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d1;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_grad_d0;
+    \$7  = lane_u_sr_d0;
     if (en) begin
-      \$7  = lane_grad;
+      \$7  = words[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_grad_d1;
+    \$8  = lane_u_sr_d1;
     if (en) begin
-      \$8  = lane_grad_d0;
+      \$8  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_u_sr_d0;
+    \$1  = lane_theta;
     if (en) begin
-      \$9  = lane_u_sr;
+      \$1  = theta;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_u_sr_d1;
-    if (en) begin
-      \$10  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_u_sr_d2;
-    if (en) begin
-      \$11  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_u_sr_d3;
-    if (en) begin
-      \$12  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_u_sr_d4;
-    if (en) begin
-      \$13  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_u_sr_d5;
-    if (en) begin
-      \$14  = lane_u_sr_d4;
-    end
-  end
-  assign \en$20  = en;
-  assign \step$22  = step;
-  assign \decay$24  = decay;
-  assign \en$25  = en;
-  assign bits = lane_gauss;
-  assign \noise$28  = noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d1;
-  assign \grad$32  = lane_grad_d1;
-  assign \en$33  = en;
-  assign \x$35  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$14  = en;
+  assign \step$16  = step;
+  assign \decay$18  = decay;
+  assign \en$19  = en;
+  assign bits = words[11:6];
+  assign \noise$22  = noise;
+  assign \z$24  = z;
+  assign \theta$25  = lane_theta_d1;
+  assign \grad$26  = lane_grad_d1;
+  assign u_sr = lane_u_sr_d1;
+  assign \en$28  = en;
+  assign \x$30  = x;
+  assign \state$32  = state;
+  assign \weight$34  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2320,29 +2420,27 @@ module \lpsgld_w4_lpf_l4.lane_2.gauss (rst, en, bits, gauss_z_l0_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.lane_2.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w4_lpf_l4.lane_2.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
-  wire [17:0] \$1 ;
-  wire [8:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [8:0] \$13 ;
   wire [8:0] \$14 ;
-  wire [8:0] \$15 ;
+  wire [3:0] \$15 ;
   wire [3:0] \$16 ;
-  wire [3:0] \$17 ;
-  reg [17:0] \$18 ;
+  reg [7:0] \$17 ;
+  reg [3:0] \$18 ;
   reg [7:0] \$19 ;
   wire \$2 ;
-  reg [3:0] \$20 ;
-  reg [7:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  wire [8:0] \$8 ;
-  wire \$9 ;
+  wire [8:0] \$7 ;
+  wire \$8 ;
+  wire [8:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -2350,70 +2448,57 @@ module \lpsgld_w4_lpf_l4.lane_2.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [7:0] rnd_state = 8'h00;
   output [7:0] rnd_state_d;
   reg [7:0] rnd_state_d = 8'h00;
-  reg [17:0] rnd_t = 18'h00000;
   output [3:0] rnd_weight;
   reg [3:0] rnd_weight = 4'h0;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [5:0] u_sr;
-  wire [5:0] u_sr;
   (* init = 4'h0 *)
   wire [3:0] weight;
   input [16:0] x;
   wire [16:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[17:13];
-  assign \$3  = | rnd_t[17:13];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[17] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[13:6] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(4'h4);
-  assign \$9  = & \$8 [8:6];
-  assign \$10  = $signed(rnd_state) + $signed(4'h4);
-  assign \$11  = | \$10 [8:6];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[16:13];
+  assign \$2  = | x[16:13];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[16] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[13:6] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(4'h4);
+  assign \$8  = & \$7 [8:6];
+  assign \$9  = $signed(rnd_state) + $signed(4'h4);
+  assign \$10  = | \$9 [8:6];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(4'h4);
   assign \$14  = $signed(rnd_state) + $signed(4'h4);
-  assign \$15  = $signed(rnd_state) + $signed(4'h4);
-  assign \$16  = \$15 [8] ? 4'h8 : 4'h7;
-  assign \$17  = \$13  ? \$14 [6:3] : \$16 ;
+  assign \$15  = \$14 [8] ? 4'h8 : 4'h7;
+  assign \$16  = \$12  ? \$13 [6:3] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -2421,27 +2506,29 @@ module \lpsgld_w4_lpf_l4.lane_2.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.lane_2.sum (rst, en, step, decay, noise, theta, grad, sum_x_l2_0, z, clk);
+module \lpsgld_w4_lpf_l4.lane_2.sum (rst, en, step, decay, noise, theta, grad, u_sr, sum_x_l2_0, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [5:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [14:0] \$11 ;
-  wire [16:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [5:0] \$14 ;
+  wire [12:0] \$10 ;
+  wire [15:0] \$11 ;
+  wire [14:0] \$12 ;
+  wire [16:0] \$13 ;
+  reg [7:0] \$14 ;
   reg [5:0] \$15 ;
-  reg [9:0] \$16 ;
+  reg [5:0] \$16 ;
   reg [9:0] \$17 ;
-  reg [7:0] \$18 ;
+  reg [9:0] \$18 ;
   reg [7:0] \$19 ;
   wire [5:0] \$2 ;
-  reg [14:0] \$20 ;
-  reg [14:0] \$21 ;
-  reg [13:0] \$22 ;
-  reg [11:0] \$23 ;
-  reg [15:0] \$24 ;
-  reg [14:0] \$25 ;
-  reg [16:0] \$26 ;
+  reg [7:0] \$20 ;
+  reg [5:0] \$21 ;
+  reg [14:0] \$22 ;
+  reg [14:0] \$23 ;
+  reg [13:0] \$24 ;
+  reg [12:0] \$25 ;
+  reg [15:0] \$26 ;
+  reg [14:0] \$27 ;
+  reg [16:0] \$28 ;
   wire [9:0] \$3 ;
   wire [9:0] \$4 ;
   wire [7:0] \$5 ;
@@ -2470,16 +2557,19 @@ module \lpsgld_w4_lpf_l4.lane_2.sum (rst, en, step, decay, noise, theta, grad, s
   reg [5:0] sum_step_pp0 = 6'h00;
   reg [5:0] sum_step_pp1 = 6'h00;
   reg [7:0] sum_theta = 8'h00;
+  reg [5:0] sum_u_sr = 6'h00;
   reg [14:0] sum_x_l0_0 = 15'h0000;
   reg [14:0] sum_x_l0_1 = 15'h0000;
   reg [13:0] sum_x_l0_2 = 14'h0000;
-  reg [11:0] sum_x_l0_3 = 12'h000;
+  reg [12:0] sum_x_l0_3 = 13'h0000;
   reg [15:0] sum_x_l1_0 = 16'h0000;
   reg [14:0] sum_x_l1_1 = 15'h0000;
   output [16:0] sum_x_l2_0;
   reg [16:0] sum_x_l2_0 = 17'h00000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [5:0] u_sr;
+  wire [5:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] x;
   input [5:0] z;
@@ -2491,135 +2581,145 @@ module \lpsgld_w4_lpf_l4.lane_2.sum (rst, en, step, decay, noise, theta, grad, s
   assign \$5  = $signed(z) * $signed({ 1'h0, noise[1:0] });
   assign \$6  = $signed(z) * $signed({ 1'h0, noise[3:2] });
   assign \$7  = $signed({ sum_theta, 6'h00 }) + $signed({ sum_noise_pp0, 4'h0 });
-  assign \$8  = $signed({ sum_noise_pp1, 6'h00 }) - $signed({ 1'h0, sum_step_pp0, 5'h00 });
-  assign \$9  = $signed({ sum_step_pp1, 7'h00 }) + $signed(sum_decay_pp0);
-  assign \$10  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
-  assign \$11  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
-  assign \$12  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
+  assign \$8  = $signed({ sum_noise_pp1, 6'h00 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$9  = $signed({ 1'h0, sum_step_pp0, 5'h00 }) + $signed({ sum_step_pp1, 7'h00 });
+  assign \$10  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$11  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
+  assign \$12  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
+  assign \$13  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
   always @(posedge clk)
-    sum_theta <= \$13 ;
+    sum_theta <= \$14 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$14 ;
+    sum_step_pp0 <= \$15 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$15 ;
+    sum_step_pp1 <= \$16 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$16 ;
+    sum_decay_pp0 <= \$17 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$17 ;
+    sum_decay_pp1 <= \$18 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$18 ;
+    sum_noise_pp0 <= \$19 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$19 ;
+    sum_noise_pp1 <= \$20 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$20 ;
+    sum_u_sr <= \$21 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$21 ;
+    sum_x_l0_0 <= \$22 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$22 ;
+    sum_x_l0_1 <= \$23 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$23 ;
+    sum_x_l0_2 <= \$24 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$24 ;
+    sum_x_l0_3 <= \$25 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$25 ;
+    sum_x_l1_0 <= \$26 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$26 ;
+    sum_x_l1_1 <= \$27 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$28 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$13  = sum_theta;
+    \$14  = sum_theta;
     if (en) begin
-      \$13  = theta;
+      \$14  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$14  = sum_step_pp0;
+    \$15  = sum_step_pp0;
     if (en) begin
-      \$14  = \$1 ;
+      \$15  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$15  = sum_step_pp1;
+    \$16  = sum_step_pp1;
     if (en) begin
-      \$15  = \$2 ;
+      \$16  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$16  = sum_decay_pp0;
+    \$17  = sum_decay_pp0;
     if (en) begin
-      \$16  = \$3 ;
+      \$17  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$17  = sum_decay_pp1;
+    \$18  = sum_decay_pp1;
     if (en) begin
-      \$17  = \$4 ;
+      \$18  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$18  = sum_noise_pp0;
+    \$19  = sum_noise_pp0;
     if (en) begin
-      \$18  = \$5 ;
+      \$19  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$19  = sum_noise_pp1;
+    \$20  = sum_noise_pp1;
     if (en) begin
-      \$19  = \$6 ;
+      \$20  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$20  = sum_x_l0_0;
+    \$21  = sum_u_sr;
     if (en) begin
-      \$20  = \$7 ;
+      \$21  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$21  = sum_x_l0_1;
+    \$22  = sum_x_l0_0;
     if (en) begin
-      \$21  = \$8 ;
+      \$22  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$22  = sum_x_l0_2;
+    \$23  = sum_x_l0_1;
     if (en) begin
-      \$22  = \$9 ;
+      \$23  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$23  = sum_x_l0_3;
+    \$24  = sum_x_l0_2;
     if (en) begin
-      \$23  = { sum_decay_pp1, 2'h0 };
+      \$24  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$24  = sum_x_l1_0;
+    \$25  = sum_x_l0_3;
     if (en) begin
-      \$24  = \$10 ;
+      \$25  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$25  = sum_x_l1_1;
+    \$26  = sum_x_l1_0;
     if (en) begin
-      \$25  = \$11 ;
+      \$26  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$26  = sum_x_l2_0;
+    \$27  = sum_x_l1_1;
     if (en) begin
-      \$26  = \$12 ;
+      \$27  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$28  = sum_x_l2_0;
+    if (en) begin
+      \$28  = \$13 ;
     end
   end
   assign x = sum_x_l2_0;
@@ -2629,105 +2729,80 @@ endmodule
 module \lpsgld_w4_lpf_l4.lane_3 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   reg [7:0] \$1 ;
-  reg [5:0] \$10 ;
-  reg [5:0] \$11 ;
-  reg [5:0] \$12 ;
-  reg [5:0] \$13 ;
-  reg [5:0] \$14 ;
   reg [3:0] \$2 ;
-  reg [5:0] \$3 ;
-  reg [5:0] \$4 ;
-  reg [7:0] \$5 ;
-  reg [7:0] \$6 ;
-  reg [3:0] \$7 ;
-  reg [3:0] \$8 ;
-  reg [5:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
+  reg [3:0] \$5 ;
+  reg [3:0] \$6 ;
+  reg [5:0] \$7 ;
+  reg [5:0] \$8 ;
   wire [5:0] bits;
   input clk;
   wire clk;
   input [3:0] decay;
   wire [3:0] decay;
-  wire [3:0] \decay$24 ;
+  wire [3:0] \decay$18 ;
   input en;
   wire en;
-  wire \en$20 ;
-  wire \en$25 ;
-  wire \en$33 ;
+  wire \en$14 ;
+  wire \en$19 ;
+  wire \en$28 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$32 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$26 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
   reg [7:0] lane_theta = 8'h00;
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
-  reg [5:0] lane_u_sr = 6'h00;
   reg [5:0] lane_u_sr_d0 = 6'h00;
   reg [5:0] lane_u_sr_d1 = 6'h00;
-  reg [5:0] lane_u_sr_d2 = 6'h00;
-  reg [5:0] lane_u_sr_d3 = 6'h00;
-  reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   input [3:0] noise;
   wire [3:0] noise;
-  wire [3:0] \noise$28 ;
+  wire [3:0] \noise$22 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$38 ;
+  wire [7:0] \state$32 ;
   input [3:0] step;
   wire [3:0] step;
-  wire [3:0] \step$22 ;
+  wire [3:0] \step$16 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$31 ;
+  wire [7:0] \theta$25 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   output [3:0] weight;
   wire [3:0] weight;
-  wire [3:0] \weight$40 ;
+  wire [3:0] \weight$34 ;
   input [63:0] words;
   wire [63:0] words;
   wire [16:0] x;
-  wire [16:0] \x$35 ;
+  wire [16:0] \x$30 ;
   wire [5:0] z;
-  wire [5:0] \z$30 ;
+  wire [5:0] \z$24 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_grad_d0 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d1 <= \$6 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$7 ;
+    lane_u_sr_d0 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$8 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$9 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$14 ;
+    lane_u_sr_d1 <= \$8 ;
   \lpsgld_w4_lpf_l4.lane_3.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[11:6]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -2739,7 +2814,6 @@ module \lpsgld_w4_lpf_l4.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
     .x(x)
   );
   \lpsgld_w4_lpf_l4.lane_3.sum  sum (
@@ -2752,15 +2826,9 @@ module \lpsgld_w4_lpf_l4.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
     .step(step),
     .sum_x_l2_0(x),
     .theta(lane_theta_d1),
+    .u_sr(lane_u_sr_d1),
     .z(z)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$1  = lane_theta;
-    if (en) begin
-      \$1  = theta;
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$2  = lane_grad;
@@ -2770,102 +2838,67 @@ module \lpsgld_w4_lpf_l4.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[5:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[11:6];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_grad_d0;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d1;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_grad_d0;
+    \$7  = lane_u_sr_d0;
     if (en) begin
-      \$7  = lane_grad;
+      \$7  = words[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_grad_d1;
+    \$8  = lane_u_sr_d1;
     if (en) begin
-      \$8  = lane_grad_d0;
+      \$8  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_u_sr_d0;
+    \$1  = lane_theta;
     if (en) begin
-      \$9  = lane_u_sr;
+      \$1  = theta;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_u_sr_d1;
-    if (en) begin
-      \$10  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_u_sr_d2;
-    if (en) begin
-      \$11  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_u_sr_d3;
-    if (en) begin
-      \$12  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_u_sr_d4;
-    if (en) begin
-      \$13  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_u_sr_d5;
-    if (en) begin
-      \$14  = lane_u_sr_d4;
-    end
-  end
-  assign \en$20  = en;
-  assign \step$22  = step;
-  assign \decay$24  = decay;
-  assign \en$25  = en;
-  assign bits = lane_gauss;
-  assign \noise$28  = noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d1;
-  assign \grad$32  = lane_grad_d1;
-  assign \en$33  = en;
-  assign \x$35  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign \state$38  = state;
-  assign \weight$40  = weight;
+  assign \en$14  = en;
+  assign \step$16  = step;
+  assign \decay$18  = decay;
+  assign \en$19  = en;
+  assign bits = words[11:6];
+  assign \noise$22  = noise;
+  assign \z$24  = z;
+  assign \theta$25  = lane_theta_d1;
+  assign \grad$26  = lane_grad_d1;
+  assign u_sr = lane_u_sr_d1;
+  assign \en$28  = en;
+  assign \x$30  = x;
+  assign \state$32  = state;
+  assign \weight$34  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2967,29 +3000,27 @@ module \lpsgld_w4_lpf_l4.lane_3.gauss (rst, en, bits, gauss_z_l0_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.lane_3.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w4_lpf_l4.lane_3.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
-  wire [17:0] \$1 ;
-  wire [8:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [8:0] \$13 ;
   wire [8:0] \$14 ;
-  wire [8:0] \$15 ;
+  wire [3:0] \$15 ;
   wire [3:0] \$16 ;
-  wire [3:0] \$17 ;
-  reg [17:0] \$18 ;
+  reg [7:0] \$17 ;
+  reg [3:0] \$18 ;
   reg [7:0] \$19 ;
   wire \$2 ;
-  reg [3:0] \$20 ;
-  reg [7:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  wire [8:0] \$8 ;
-  wire \$9 ;
+  wire [8:0] \$7 ;
+  wire \$8 ;
+  wire [8:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -2997,70 +3028,57 @@ module \lpsgld_w4_lpf_l4.lane_3.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [7:0] rnd_state = 8'h00;
   output [7:0] rnd_state_d;
   reg [7:0] rnd_state_d = 8'h00;
-  reg [17:0] rnd_t = 18'h00000;
   output [3:0] rnd_weight;
   reg [3:0] rnd_weight = 4'h0;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [5:0] u_sr;
-  wire [5:0] u_sr;
   (* init = 4'h0 *)
   wire [3:0] weight;
   input [16:0] x;
   wire [16:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[17:13];
-  assign \$3  = | rnd_t[17:13];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[17] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[13:6] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(4'h4);
-  assign \$9  = & \$8 [8:6];
-  assign \$10  = $signed(rnd_state) + $signed(4'h4);
-  assign \$11  = | \$10 [8:6];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[16:13];
+  assign \$2  = | x[16:13];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[16] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[13:6] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(4'h4);
+  assign \$8  = & \$7 [8:6];
+  assign \$9  = $signed(rnd_state) + $signed(4'h4);
+  assign \$10  = | \$9 [8:6];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(4'h4);
   assign \$14  = $signed(rnd_state) + $signed(4'h4);
-  assign \$15  = $signed(rnd_state) + $signed(4'h4);
-  assign \$16  = \$15 [8] ? 4'h8 : 4'h7;
-  assign \$17  = \$13  ? \$14 [6:3] : \$16 ;
+  assign \$15  = \$14 [8] ? 4'h8 : 4'h7;
+  assign \$16  = \$12  ? \$13 [6:3] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -3068,27 +3086,29 @@ module \lpsgld_w4_lpf_l4.lane_3.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, sum_x_l2_0, z, clk);
+module \lpsgld_w4_lpf_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, u_sr, sum_x_l2_0, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [5:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [14:0] \$11 ;
-  wire [16:0] \$12 ;
-  reg [7:0] \$13 ;
-  reg [5:0] \$14 ;
+  wire [12:0] \$10 ;
+  wire [15:0] \$11 ;
+  wire [14:0] \$12 ;
+  wire [16:0] \$13 ;
+  reg [7:0] \$14 ;
   reg [5:0] \$15 ;
-  reg [9:0] \$16 ;
+  reg [5:0] \$16 ;
   reg [9:0] \$17 ;
-  reg [7:0] \$18 ;
+  reg [9:0] \$18 ;
   reg [7:0] \$19 ;
   wire [5:0] \$2 ;
-  reg [14:0] \$20 ;
-  reg [14:0] \$21 ;
-  reg [13:0] \$22 ;
-  reg [11:0] \$23 ;
-  reg [15:0] \$24 ;
-  reg [14:0] \$25 ;
-  reg [16:0] \$26 ;
+  reg [7:0] \$20 ;
+  reg [5:0] \$21 ;
+  reg [14:0] \$22 ;
+  reg [14:0] \$23 ;
+  reg [13:0] \$24 ;
+  reg [12:0] \$25 ;
+  reg [15:0] \$26 ;
+  reg [14:0] \$27 ;
+  reg [16:0] \$28 ;
   wire [9:0] \$3 ;
   wire [9:0] \$4 ;
   wire [7:0] \$5 ;
@@ -3117,16 +3137,19 @@ module \lpsgld_w4_lpf_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, s
   reg [5:0] sum_step_pp0 = 6'h00;
   reg [5:0] sum_step_pp1 = 6'h00;
   reg [7:0] sum_theta = 8'h00;
+  reg [5:0] sum_u_sr = 6'h00;
   reg [14:0] sum_x_l0_0 = 15'h0000;
   reg [14:0] sum_x_l0_1 = 15'h0000;
   reg [13:0] sum_x_l0_2 = 14'h0000;
-  reg [11:0] sum_x_l0_3 = 12'h000;
+  reg [12:0] sum_x_l0_3 = 13'h0000;
   reg [15:0] sum_x_l1_0 = 16'h0000;
   reg [14:0] sum_x_l1_1 = 15'h0000;
   output [16:0] sum_x_l2_0;
   reg [16:0] sum_x_l2_0 = 17'h00000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [5:0] u_sr;
+  wire [5:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] x;
   input [5:0] z;
@@ -3138,142 +3161,152 @@ module \lpsgld_w4_lpf_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, s
   assign \$5  = $signed(z) * $signed({ 1'h0, noise[1:0] });
   assign \$6  = $signed(z) * $signed({ 1'h0, noise[3:2] });
   assign \$7  = $signed({ sum_theta, 6'h00 }) + $signed({ sum_noise_pp0, 4'h0 });
-  assign \$8  = $signed({ sum_noise_pp1, 6'h00 }) - $signed({ 1'h0, sum_step_pp0, 5'h00 });
-  assign \$9  = $signed({ sum_step_pp1, 7'h00 }) + $signed(sum_decay_pp0);
-  assign \$10  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
-  assign \$11  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
-  assign \$12  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
+  assign \$8  = $signed({ sum_noise_pp1, 6'h00 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$9  = $signed({ 1'h0, sum_step_pp0, 5'h00 }) + $signed({ sum_step_pp1, 7'h00 });
+  assign \$10  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$11  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
+  assign \$12  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
+  assign \$13  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
   always @(posedge clk)
-    sum_theta <= \$13 ;
+    sum_theta <= \$14 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$14 ;
+    sum_step_pp0 <= \$15 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$15 ;
+    sum_step_pp1 <= \$16 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$16 ;
+    sum_decay_pp0 <= \$17 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$17 ;
+    sum_decay_pp1 <= \$18 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$18 ;
+    sum_noise_pp0 <= \$19 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$19 ;
+    sum_noise_pp1 <= \$20 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$20 ;
+    sum_u_sr <= \$21 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$21 ;
+    sum_x_l0_0 <= \$22 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$22 ;
+    sum_x_l0_1 <= \$23 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$23 ;
+    sum_x_l0_2 <= \$24 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$24 ;
+    sum_x_l0_3 <= \$25 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$25 ;
+    sum_x_l1_0 <= \$26 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$26 ;
+    sum_x_l1_1 <= \$27 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$28 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$13  = sum_theta;
+    \$14  = sum_theta;
     if (en) begin
-      \$13  = theta;
+      \$14  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$14  = sum_step_pp0;
+    \$15  = sum_step_pp0;
     if (en) begin
-      \$14  = \$1 ;
+      \$15  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$15  = sum_step_pp1;
+    \$16  = sum_step_pp1;
     if (en) begin
-      \$15  = \$2 ;
+      \$16  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$16  = sum_decay_pp0;
+    \$17  = sum_decay_pp0;
     if (en) begin
-      \$16  = \$3 ;
+      \$17  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$17  = sum_decay_pp1;
+    \$18  = sum_decay_pp1;
     if (en) begin
-      \$17  = \$4 ;
+      \$18  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$18  = sum_noise_pp0;
+    \$19  = sum_noise_pp0;
     if (en) begin
-      \$18  = \$5 ;
+      \$19  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$19  = sum_noise_pp1;
+    \$20  = sum_noise_pp1;
     if (en) begin
-      \$19  = \$6 ;
+      \$20  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$20  = sum_x_l0_0;
+    \$21  = sum_u_sr;
     if (en) begin
-      \$20  = \$7 ;
+      \$21  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$21  = sum_x_l0_1;
+    \$22  = sum_x_l0_0;
     if (en) begin
-      \$21  = \$8 ;
+      \$22  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$22  = sum_x_l0_2;
+    \$23  = sum_x_l0_1;
     if (en) begin
-      \$22  = \$9 ;
+      \$23  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$23  = sum_x_l0_3;
+    \$24  = sum_x_l0_2;
     if (en) begin
-      \$23  = { sum_decay_pp1, 2'h0 };
+      \$24  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$24  = sum_x_l1_0;
+    \$25  = sum_x_l0_3;
     if (en) begin
-      \$24  = \$10 ;
+      \$25  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$25  = sum_x_l1_1;
+    \$26  = sum_x_l1_0;
     if (en) begin
-      \$25  = \$11 ;
+      \$26  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$26  = sum_x_l2_0;
+    \$27  = sum_x_l1_1;
     if (en) begin
-      \$26  = \$12 ;
+      \$27  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$28  = sum_x_l2_0;
+    if (en) begin
+      \$28  = \$13 ;
     end
   end
   assign x = sum_x_l2_0;
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3351,7 +3384,7 @@ module \lpsgld_w4_lpf_l4.rng_0_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_1_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3429,7 +3462,7 @@ module \lpsgld_w4_lpf_l4.rng_1_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_2_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3507,7 +3540,7 @@ module \lpsgld_w4_lpf_l4.rng_2_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_3_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

@@ -7,11 +7,11 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire \$12 ;
+  wire [1:0] \$12 ;
   wire \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -29,10 +29,17 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$3 ;
   reg \$30 ;
   reg \$31 ;
-  reg [3:0] \$32 ;
-  reg [3:0] \$33 ;
-  reg [3:0] \$34 ;
+  reg \$32 ;
+  reg \$33 ;
+  reg \$34 ;
+  reg \$35 ;
+  reg [63:0] \$36 ;
+  reg [1:0] \$37 ;
+  reg \$38 ;
+  reg [3:0] \$39 ;
   wire \$4 ;
+  reg [3:0] \$40 ;
+  reg [3:0] \$41 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -47,9 +54,10 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
+  reg [63:0] data = 64'h0000000000000000;
   reg [3:0] decay = 4'h0;
   wire en;
+  wire free;
   wire [3:0] grad;
   output idle;
   wire idle;
@@ -61,19 +69,22 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg keep_6 = 1'h0;
   reg keep_7 = 1'h0;
   reg keep_8 = 1'h0;
-  reg keep_9 = 1'h0;
   wire load0;
   wire load1;
   reg [3:0] noise = 4'h0;
   wire [63:0] out;
   (* init = 4'h0 *)
-  wire [3:0] reg_decay;
+  wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
-  wire [3:0] reg_noise;
+  wire [3:0] reg_noise_0;
   (* init = 4'h0 *)
-  wire [3:0] reg_step;
+  wire [3:0] reg_step_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
   input [8:0] sink__payload;
   wire [8:0] sink__payload;
   wire [3:0] \sink__payload.grad ;
@@ -98,9 +109,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg source__valid = 1'h0;
   wire [3:0] state;
   wire step;
-  reg [3:0] \step$35  = 4'h0;
+  reg [3:0] \step$39  = 4'h0;
   wire [3:0] theta;
-  wire transfer;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
@@ -108,73 +119,90 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_5 = 1'h0;
   reg valid_6 = 1'h0;
   reg valid_7 = 1'h0;
-  reg valid_8 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_9;
+  wire valid_8;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
   wire [63:0] words;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  always @(posedge clk)
+    write_step <= \$33 ;
+  always @(posedge clk)
+    write_decay <= \$34 ;
+  always @(posedge clk)
+    write_noise <= \$35 ;
+  always @(posedge clk)
+    data <= \$36 ;
+  always @(posedge clk)
+    seed_load_0 <= \$37 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$38 ;
+  always @(posedge clk)
+    \step$39  <= \$39 ;
+  always @(posedge clk)
+    decay <= \$40 ;
+  always @(posedge clk)
+    noise <= \$41 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
-  assign \$3  = | { source__valid, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign \$3  = | { source__valid, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$14 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$15 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$16 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$17 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$18 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$19 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$20 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$21 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$22 ;
+    source__valid <= \$25 ;
   always @(posedge clk)
-    source__valid <= \$23 ;
+    keep_2 <= \$26 ;
   always @(posedge clk)
-    keep_2 <= \$24 ;
+    keep_3 <= \$27 ;
   always @(posedge clk)
-    keep_3 <= \$25 ;
+    keep_4 <= \$28 ;
   always @(posedge clk)
-    keep_4 <= \$26 ;
+    keep_5 <= \$29 ;
   always @(posedge clk)
-    keep_5 <= \$27 ;
+    keep_6 <= \$30 ;
   always @(posedge clk)
-    keep_6 <= \$28 ;
+    keep_7 <= \$31 ;
   always @(posedge clk)
-    keep_7 <= \$29 ;
+    keep_8 <= \$32 ;
   always @(posedge clk)
-    keep_8 <= \$30 ;
-  always @(posedge clk)
-    keep_9 <= \$31 ;
-  always @(posedge clk)
-    \step$35  <= \$32 ;
-  always @(posedge clk)
-    decay <= \$33 ;
-  always @(posedge clk)
-    noise <= \$34 ;
+    wdata <= ctl__data;
   \lpsgld_w4_naive_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -183,12 +211,12 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .\port$0$3 (sink__payload[8:1]),
     .rst(rst),
     .state(state),
-    .step(\step$35 ),
+    .step(\step$39 ),
     .words(words)
   );
   \lpsgld_w4_naive_l1.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -197,188 +225,35 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_1;
-    if (advance) begin
-      \$14  = sink__valid;
-    end
-    if (rst) begin
-      \$14  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = keep_1;
-    if (advance) begin
-      \$15  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_2;
-    if (advance) begin
-      \$16  = valid_1;
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_3;
-    if (advance) begin
-      \$17  = valid_2;
-    end
-    if (rst) begin
-      \$17  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_4;
-    if (advance) begin
-      \$18  = valid_3;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_5;
-    if (advance) begin
-      \$19  = valid_4;
-    end
-    if (rst) begin
-      \$19  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_6;
-    if (advance) begin
-      \$20  = valid_5;
-    end
-    if (rst) begin
-      \$20  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_7;
-    if (advance) begin
-      \$21  = valid_6;
-    end
-    if (rst) begin
-      \$21  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_8;
-    if (advance) begin
-      \$22  = valid_7;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = source__valid;
-    if (advance) begin
-      \$23  = valid_8;
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = keep_2;
-    if (advance) begin
-      \$24  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = keep_3;
-    if (advance) begin
-      \$25  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_4;
-    if (advance) begin
-      \$26  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_5;
-    if (advance) begin
-      \$27  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_6;
-    if (advance) begin
-      \$28  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_7;
-    if (advance) begin
-      \$29  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_8;
-    if (advance) begin
-      \$30  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_9;
-    if (advance) begin
-      \$31  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = \step$35 ;
+    \$33  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$32  = ctl__data[3:0];
+            \$33  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$32  = 4'h0;
+      \$33  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = decay;
+    \$34  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$33  = ctl__data[3:0];
+            \$34  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$33  = 4'h0;
+      \$34  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = noise;
+    \$35  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -386,23 +261,218 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$34  = ctl__data[3:0];
+            \$35  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$34  = 4'h0;
+      \$35  = 1'h0;
     end
   end
-  assign valid_9 = source__valid;
-  assign data = ctl__data;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = data;
+    if (ctl__we) begin
+      \$36  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = seed_load_0;
+    if (\$13 ) begin
+      \$37  = \$16 ;
+    end else if (free) begin
+      \$37  = 2'h0;
+    end
+    if (rst) begin
+      \$37  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = seed_hold_0;
+    if (\$13 ) begin
+      \$38  = took;
+    end
+    if (rst) begin
+      \$38  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = \step$39 ;
+    if (write_step) begin
+      \$39  = wdata[3:0];
+    end
+    if (rst) begin
+      \$39  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = decay;
+    if (write_decay) begin
+      \$40  = wdata[3:0];
+    end
+    if (rst) begin
+      \$40  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = noise;
+    if (write_noise) begin
+      \$41  = wdata[3:0];
+    end
+    if (rst) begin
+      \$41  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
+    if (advance) begin
+      \$17  = sink__valid;
+    end
+    if (rst) begin
+      \$17  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$18  = keep_1;
+    if (advance) begin
+      \$18  = sink__payload[0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$19  = valid_2;
+    if (advance) begin
+      \$19  = valid_1;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$20  = valid_3;
+    if (advance) begin
+      \$20  = valid_2;
+    end
+    if (rst) begin
+      \$20  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = valid_4;
+    if (advance) begin
+      \$21  = valid_3;
+    end
+    if (rst) begin
+      \$21  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = valid_5;
+    if (advance) begin
+      \$22  = valid_4;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_6;
+    if (advance) begin
+      \$23  = valid_5;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_7;
+    if (advance) begin
+      \$24  = valid_6;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = source__valid;
+    if (advance) begin
+      \$25  = valid_7;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = keep_2;
+    if (advance) begin
+      \$26  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = keep_3;
+    if (advance) begin
+      \$27  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = keep_4;
+    if (advance) begin
+      \$28  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = keep_5;
+    if (advance) begin
+      \$29  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = keep_6;
+    if (advance) begin
+      \$30  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_7;
+    if (advance) begin
+      \$31  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = keep_8;
+    if (advance) begin
+      \$32  = keep_7;
+    end
+  end
+  assign valid_8 = source__valid;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[4:1];
   assign grad = sink__payload[8:5];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$35 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
+  assign reg_step_0 = \step$39 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
   assign \sink__payload.theta  = sink__payload[4:1];
   assign \sink__payload.theta[0]  = sink__payload[4:1];
@@ -415,111 +485,86 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[0]  = source__payload[8:5];
   assign source__payload[8:5] = state;
   assign source__payload[4:1] = state;
-  assign source__payload[0] = keep_9;
+  assign source__payload[0] = keep_8;
 endmodule
 
 (* generator = "Amaranth" *)
 module \lpsgld_w4_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, state, \port$0$3 );
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [3:0] \$1 ;
-  reg [5:0] \$10 ;
-  reg [5:0] \$11 ;
-  reg [5:0] \$12 ;
-  reg [5:0] \$13 ;
-  reg [5:0] \$14 ;
   reg [3:0] \$2 ;
-  reg [5:0] \$3 ;
-  reg [5:0] \$4 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
   reg [3:0] \$5 ;
   reg [3:0] \$6 ;
-  reg [3:0] \$7 ;
-  reg [3:0] \$8 ;
-  reg [5:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$7 ;
+  reg [5:0] \$8 ;
   wire [5:0] bits;
   input clk;
   wire clk;
   input [3:0] decay;
   wire [3:0] decay;
-  wire [3:0] \decay$24 ;
+  wire [3:0] \decay$18 ;
   input en;
   wire en;
-  wire \en$20 ;
-  wire \en$25 ;
-  wire \en$33 ;
+  wire \en$14 ;
+  wire \en$19 ;
+  wire \en$28 ;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$32 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$26 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
   reg [3:0] lane_theta = 4'h0;
   reg [3:0] lane_theta_d0 = 4'h0;
   reg [3:0] lane_theta_d1 = 4'h0;
-  reg [5:0] lane_u_sr = 6'h00;
   reg [5:0] lane_u_sr_d0 = 6'h00;
   reg [5:0] lane_u_sr_d1 = 6'h00;
-  reg [5:0] lane_u_sr_d2 = 6'h00;
-  reg [5:0] lane_u_sr_d3 = 6'h00;
-  reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   input [3:0] noise;
   wire [3:0] noise;
-  wire [3:0] \noise$28 ;
+  wire [3:0] \noise$22 ;
   input [7:0] \port$0$3 ;
   wire [7:0] \port$0$3 ;
   input rst;
   wire rst;
   output [3:0] state;
   wire [3:0] state;
-  wire [3:0] \state$38 ;
+  wire [3:0] \state$32 ;
   input [3:0] step;
   wire [3:0] step;
-  wire [3:0] \step$22 ;
+  wire [3:0] \step$16 ;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$31 ;
+  wire [3:0] \theta$25 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   wire [3:0] weight;
-  wire [3:0] \weight$40 ;
+  wire [3:0] \weight$34 ;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$35 ;
+  wire [12:0] \x$30 ;
   wire [5:0] z;
-  wire [5:0] \z$30 ;
+  wire [5:0] \z$24 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_grad_d0 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d1 <= \$6 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$7 ;
+    lane_u_sr_d0 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$8 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$9 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$14 ;
+    lane_u_sr_d1 <= \$8 ;
   \lpsgld_w4_naive_l1.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[11:6]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -530,7 +575,6 @@ module \lpsgld_w4_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
     .x(x)
   );
   \lpsgld_w4_naive_l1.lane_0.sum  sum (
@@ -542,16 +586,10 @@ module \lpsgld_w4_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
+    .u_sr(lane_u_sr_d1),
     .x(x),
     .z(z)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$1  = lane_theta;
-    if (en) begin
-      \$1  = \port$0$3 [3:0];
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$2  = lane_grad;
@@ -561,105 +599,70 @@ module \lpsgld_w4_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[5:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[11:6];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_grad_d0;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d1;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_grad_d0;
+    \$7  = lane_u_sr_d0;
     if (en) begin
-      \$7  = lane_grad;
+      \$7  = words[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d1;
+    \$8  = lane_u_sr_d1;
     if (en) begin
-      \$8  = lane_grad_d0;
+      \$8  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_u_sr_d0;
+    \$1  = lane_theta;
     if (en) begin
-      \$9  = lane_u_sr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_u_sr_d1;
-    if (en) begin
-      \$10  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d2;
-    if (en) begin
-      \$11  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d3;
-    if (en) begin
-      \$12  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d4;
-    if (en) begin
-      \$13  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d5;
-    if (en) begin
-      \$14  = lane_u_sr_d4;
+      \$1  = \port$0$3 [3:0];
     end
   end
   assign theta = \port$0$3 [3:0];
   assign grad = \port$0$3 [7:4];
-  assign \en$20  = en;
-  assign \step$22  = step;
-  assign \decay$24  = decay;
-  assign \en$25  = en;
-  assign bits = lane_gauss;
-  assign \noise$28  = noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d1;
-  assign \grad$32  = lane_grad_d1;
-  assign \en$33  = en;
-  assign \x$35  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign \state$38  = state;
+  assign \en$14  = en;
+  assign \step$16  = step;
+  assign \decay$18  = decay;
+  assign \en$19  = en;
+  assign bits = words[11:6];
+  assign \noise$22  = noise;
+  assign \z$24  = z;
+  assign \theta$25  = lane_theta_d1;
+  assign \grad$26  = lane_grad_d1;
+  assign u_sr = lane_u_sr_d1;
+  assign \en$28  = en;
+  assign \x$30  = x;
+  assign \state$32  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$34  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -761,57 +764,42 @@ module \lpsgld_w4_naive_l1.lane_0.gauss (rst, en, bits, gauss_z_l0_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l1.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w4_naive_l1.lane_0.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [13:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [3:0] \$5 ;
   wire [3:0] \$6 ;
-  wire [3:0] \$7 ;
-  reg [13:0] \$8 ;
-  reg [3:0] \$9 ;
+  reg [3:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [3:0] rnd_state;
   reg [3:0] rnd_state = 4'h0;
-  reg [13:0] rnd_t = 14'h0000;
   input rst;
   wire rst;
   (* init = 4'h0 *)
   wire [3:0] state;
-  input [5:0] u_sr;
-  wire [5:0] u_sr;
   (* init = 4'h0 *)
   wire [3:0] weight;
   input [12:0] x;
   wire [12:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[13:9];
-  assign \$3  = | rnd_t[13:9];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[13] ? 4'h8 : 4'h7;
-  assign \$7  = \$5  ? rnd_t[9:6] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[12] ? 4'h8 : 4'h7;
+  assign \$6  = \$4  ? x[9:6] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[12:9];
+  assign \$2  = | x[12:9];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -819,27 +807,29 @@ module \lpsgld_w4_naive_l1.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w4_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [5:0] \$1 ;
-  wire [12:0] \$10 ;
-  wire [11:0] \$11 ;
-  wire [13:0] \$12 ;
-  reg [3:0] \$13 ;
-  reg [5:0] \$14 ;
+  wire [8:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [11:0] \$12 ;
+  wire [13:0] \$13 ;
+  reg [3:0] \$14 ;
   reg [5:0] \$15 ;
   reg [5:0] \$16 ;
   reg [5:0] \$17 ;
-  reg [7:0] \$18 ;
+  reg [5:0] \$18 ;
   reg [7:0] \$19 ;
   wire [5:0] \$2 ;
-  reg [10:0] \$20 ;
-  reg [11:0] \$21 ;
+  reg [7:0] \$20 ;
+  reg [5:0] \$21 ;
   reg [10:0] \$22 ;
-  reg [7:0] \$23 ;
-  reg [12:0] \$24 ;
-  reg [11:0] \$25 ;
-  reg [13:0] \$26 ;
+  reg [11:0] \$23 ;
+  reg [10:0] \$24 ;
+  reg [8:0] \$25 ;
+  reg [12:0] \$26 ;
+  reg [11:0] \$27 ;
+  reg [13:0] \$28 ;
   wire [5:0] \$3 ;
   wire [5:0] \$4 ;
   wire [7:0] \$5 ;
@@ -868,15 +858,18 @@ module \lpsgld_w4_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   reg [5:0] sum_step_pp0 = 6'h00;
   reg [5:0] sum_step_pp1 = 6'h00;
   reg [3:0] sum_theta = 4'h0;
+  reg [5:0] sum_u_sr = 6'h00;
   reg [10:0] sum_x_l0_0 = 11'h000;
   reg [11:0] sum_x_l0_1 = 12'h000;
   reg [10:0] sum_x_l0_2 = 11'h000;
-  reg [7:0] sum_x_l0_3 = 8'h00;
+  reg [8:0] sum_x_l0_3 = 9'h000;
   reg [12:0] sum_x_l1_0 = 13'h0000;
   reg [11:0] sum_x_l1_1 = 12'h000;
   reg [13:0] sum_x_l2_0 = 14'h0000;
   input [3:0] theta;
   wire [3:0] theta;
+  input [5:0] u_sr;
+  wire [5:0] u_sr;
   output [12:0] x;
   wire [12:0] x;
   input [5:0] z;
@@ -888,142 +881,152 @@ module \lpsgld_w4_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   assign \$5  = $signed(z) * $signed({ 1'h0, noise[1:0] });
   assign \$6  = $signed(z) * $signed({ 1'h0, noise[3:2] });
   assign \$7  = $signed({ sum_theta, 6'h00 }) + $signed({ sum_noise_pp0, 1'h0 });
-  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) - $signed({ 1'h0, sum_step_pp0, 2'h0 });
-  assign \$9  = $signed({ sum_step_pp1, 4'h0 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$10  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
-  assign \$11  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
-  assign \$12  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
+  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$9  = $signed({ 1'h0, sum_step_pp0, 2'h0 }) + $signed({ sum_step_pp1, 4'h0 });
+  assign \$10  = $signed({ 1'h0, sum_decay_pp0 }) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$11  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
+  assign \$12  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
+  assign \$13  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
   always @(posedge clk)
-    sum_theta <= \$13 ;
+    sum_theta <= \$14 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$14 ;
+    sum_step_pp0 <= \$15 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$15 ;
+    sum_step_pp1 <= \$16 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$16 ;
+    sum_decay_pp0 <= \$17 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$17 ;
+    sum_decay_pp1 <= \$18 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$18 ;
+    sum_noise_pp0 <= \$19 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$19 ;
+    sum_noise_pp1 <= \$20 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$20 ;
+    sum_u_sr <= \$21 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$21 ;
+    sum_x_l0_0 <= \$22 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$22 ;
+    sum_x_l0_1 <= \$23 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$23 ;
+    sum_x_l0_2 <= \$24 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$24 ;
+    sum_x_l0_3 <= \$25 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$25 ;
+    sum_x_l1_0 <= \$26 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$26 ;
+    sum_x_l1_1 <= \$27 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$28 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$13  = sum_theta;
+    \$14  = sum_theta;
     if (en) begin
-      \$13  = theta;
+      \$14  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$14  = sum_step_pp0;
+    \$15  = sum_step_pp0;
     if (en) begin
-      \$14  = \$1 ;
+      \$15  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$15  = sum_step_pp1;
+    \$16  = sum_step_pp1;
     if (en) begin
-      \$15  = \$2 ;
+      \$16  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$16  = sum_decay_pp0;
+    \$17  = sum_decay_pp0;
     if (en) begin
-      \$16  = \$3 ;
+      \$17  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$17  = sum_decay_pp1;
+    \$18  = sum_decay_pp1;
     if (en) begin
-      \$17  = \$4 ;
+      \$18  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$18  = sum_noise_pp0;
+    \$19  = sum_noise_pp0;
     if (en) begin
-      \$18  = \$5 ;
+      \$19  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$19  = sum_noise_pp1;
+    \$20  = sum_noise_pp1;
     if (en) begin
-      \$19  = \$6 ;
+      \$20  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$20  = sum_x_l0_0;
+    \$21  = sum_u_sr;
     if (en) begin
-      \$20  = \$7 ;
+      \$21  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$21  = sum_x_l0_1;
+    \$22  = sum_x_l0_0;
     if (en) begin
-      \$21  = \$8 ;
+      \$22  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$22  = sum_x_l0_2;
+    \$23  = sum_x_l0_1;
     if (en) begin
-      \$22  = \$9 ;
+      \$23  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$23  = sum_x_l0_3;
+    \$24  = sum_x_l0_2;
     if (en) begin
-      \$23  = { sum_decay_pp1, 2'h0 };
+      \$24  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$24  = sum_x_l1_0;
+    \$25  = sum_x_l0_3;
     if (en) begin
-      \$24  = \$10 ;
+      \$25  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$25  = sum_x_l1_1;
+    \$26  = sum_x_l1_0;
     if (en) begin
-      \$25  = \$11 ;
+      \$26  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$26  = sum_x_l2_0;
+    \$27  = sum_x_l1_1;
     if (en) begin
-      \$26  = \$12 ;
+      \$27  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$28  = sum_x_l2_0;
+    if (en) begin
+      \$28  = \$13 ;
     end
   end
   assign x = sum_x_l2_0[12:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

@@ -23,51 +23,79 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$24 ;
   wire \$25 ;
   wire \$26 ;
-  wire \$27 ;
+  wire [1:0] \$27 ;
   wire \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire \$31 ;
+  wire [1:0] \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire \$34 ;
+  wire [1:0] \$34 ;
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
-  wire \$38 ;
+  wire [1:0] \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire \$41 ;
+  wire [1:0] \$41 ;
   wire \$42 ;
   wire \$43 ;
-  reg \$44 ;
-  reg [3:0] \$45 ;
-  reg \$46 ;
-  reg \$47 ;
-  reg \$48 ;
-  reg \$49 ;
+  wire \$44 ;
+  wire [1:0] \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire [1:0] \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg \$50 ;
-  reg \$51 ;
-  reg \$52 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire [1:0] \$52 ;
   reg \$53 ;
   reg [3:0] \$54 ;
-  reg [3:0] \$55 ;
-  reg [3:0] \$56 ;
-  reg [3:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [3:0] \$59 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg \$58 ;
+  reg \$59 ;
   wire \$6 ;
-  reg [3:0] \$60 ;
-  reg [3:0] \$61 ;
+  reg \$60 ;
+  reg \$61 ;
   reg [3:0] \$62 ;
   reg [3:0] \$63 ;
   reg [3:0] \$64 ;
+  reg [3:0] \$65 ;
+  reg [3:0] \$66 ;
+  reg [3:0] \$67 ;
+  reg [3:0] \$68 ;
+  reg \$69 ;
   wire \$7 ;
+  reg \$70 ;
+  reg \$71 ;
+  reg [63:0] \$72 ;
+  reg [1:0] \$73 ;
+  reg \$74 ;
+  reg [3:0] \$75 ;
+  reg [3:0] \$76 ;
+  reg [3:0] \$77 ;
+  reg [1:0] \$78 ;
+  reg \$79 ;
   wire \$8 ;
+  reg [3:0] \$80 ;
+  reg [3:0] \$81 ;
+  reg [3:0] \$82 ;
+  reg [1:0] \$83 ;
+  reg \$84 ;
+  reg [3:0] \$85 ;
+  reg [3:0] \$86 ;
+  reg [3:0] \$87 ;
+  reg [1:0] \$88 ;
+  reg \$89 ;
   wire \$9 ;
+  reg [3:0] \$90 ;
+  reg [3:0] \$91 ;
+  reg [3:0] \$92 ;
   wire advance;
   input clk;
   wire clk;
@@ -77,25 +105,26 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
-  wire [63:0] \data$44 ;
-  wire [63:0] \data$58 ;
-  wire [63:0] \data$72 ;
+  reg [63:0] data = 64'h0000000000000000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$50 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$69 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$88 ;
   reg [3:0] decay = 4'h0;
-  (* init = 4'h0 *)
-  wire [3:0] \decay$53 ;
-  (* init = 4'h0 *)
-  wire [3:0] \decay$67 ;
-  (* init = 4'h0 *)
-  wire [3:0] \decay$81 ;
+  reg [3:0] \decay$60  = 4'h0;
+  reg [3:0] \decay$79  = 4'h0;
+  reg [3:0] \decay$98  = 4'h0;
   wire en;
-  wire \en$45 ;
-  wire \en$59 ;
-  wire \en$73 ;
+  wire \en$51 ;
+  wire \en$70 ;
+  wire \en$89 ;
+  wire free;
   wire [3:0] grad;
-  wire [3:0] \grad$47 ;
-  wire [3:0] \grad$61 ;
-  wire [3:0] \grad$75 ;
+  wire [3:0] \grad$53 ;
+  wire [3:0] \grad$72 ;
+  wire [3:0] \grad$91 ;
   output idle;
   wire idle;
   reg [3:0] keep_1 = 4'h0;
@@ -106,34 +135,58 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [3:0] keep_6 = 4'h0;
   reg [3:0] keep_7 = 4'h0;
   reg [3:0] keep_8 = 4'h0;
-  reg [3:0] keep_9 = 4'h0;
   wire load0;
-  wire \load0$42 ;
-  wire \load0$56 ;
-  wire \load0$70 ;
+  wire \load0$48 ;
+  wire \load0$67 ;
+  wire \load0$86 ;
   wire load1;
-  wire \load1$43 ;
-  wire \load1$57 ;
-  wire \load1$71 ;
+  wire \load1$49 ;
+  wire \load1$68 ;
+  wire \load1$87 ;
   reg [3:0] noise = 4'h0;
-  (* init = 4'h0 *)
-  wire [3:0] \noise$54 ;
-  (* init = 4'h0 *)
-  wire [3:0] \noise$68 ;
-  (* init = 4'h0 *)
-  wire [3:0] \noise$82 ;
+  reg [3:0] \noise$100  = 4'h0;
+  reg [3:0] \noise$62  = 4'h0;
+  reg [3:0] \noise$81  = 4'h0;
   wire [63:0] out;
-  wire [63:0] \out$49 ;
-  wire [63:0] \out$63 ;
-  wire [63:0] \out$77 ;
+  wire [63:0] \out$55 ;
+  wire [63:0] \out$74 ;
+  wire [63:0] \out$93 ;
   (* init = 4'h0 *)
-  wire [3:0] reg_decay;
+  wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
-  wire [3:0] reg_noise;
+  wire [3:0] reg_decay_1;
   (* init = 4'h0 *)
-  wire [3:0] reg_step;
+  wire [3:0] reg_decay_2;
+  (* init = 4'h0 *)
+  wire [3:0] reg_decay_3;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_0;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_1;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_2;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_3;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_0;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_1;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_2;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_3;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
+  reg [1:0] seed_load_1 = 2'h0;
+  reg [1:0] seed_load_2 = 2'h0;
+  reg [1:0] seed_load_3 = 2'h0;
   input [35:0] sink__payload;
   wire [35:0] sink__payload;
   wire [15:0] \sink__payload.grad ;
@@ -169,25 +222,22 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   output source__valid;
   reg source__valid = 1'h0;
   wire [3:0] state;
-  wire [3:0] \state$50 ;
-  wire [3:0] \state$64 ;
-  wire [3:0] \state$78 ;
+  wire [3:0] \state$56 ;
+  wire [3:0] \state$75 ;
+  wire [3:0] \state$94 ;
   wire step;
-  reg [3:0] \step$35  = 4'h0;
-  wire \step$41 ;
-  (* init = 4'h0 *)
-  wire [3:0] \step$52 ;
-  wire \step$55 ;
-  (* init = 4'h0 *)
-  wire [3:0] \step$66 ;
-  wire \step$69 ;
-  (* init = 4'h0 *)
-  wire [3:0] \step$80 ;
+  reg [3:0] \step$39  = 4'h0;
+  wire \step$45 ;
+  reg [3:0] \step$58  = 4'h0;
+  wire \step$64 ;
+  reg [3:0] \step$77  = 4'h0;
+  wire \step$83 ;
+  reg [3:0] \step$96  = 4'h0;
   wire [3:0] theta;
-  wire [3:0] \theta$46 ;
-  wire [3:0] \theta$60 ;
-  wire [3:0] \theta$74 ;
-  wire transfer;
+  wire [3:0] \theta$52 ;
+  wire [3:0] \theta$71 ;
+  wire [3:0] \theta$90 ;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
@@ -195,118 +245,171 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_5 = 1'h0;
   reg valid_6 = 1'h0;
   reg valid_7 = 1'h0;
-  reg valid_8 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_9;
+  wire valid_8;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
-  wire [3:0] \weight$51 ;
-  wire [3:0] \weight$65 ;
-  wire [3:0] \weight$79 ;
+  wire [3:0] \weight$57 ;
+  wire [3:0] \weight$76 ;
+  wire [3:0] \weight$95 ;
   wire [63:0] words;
-  wire [63:0] \words$48 ;
-  wire [63:0] \words$62 ;
-  wire [63:0] \words$76 ;
-  assign \$26  = ctl__we & \$25 ;
-  assign \$27  = ~ \$26 ;
-  assign \$28  = \$24  & \$27 ;
-  assign \$29  = ctl__addr == 9'h105;
-  assign \$30  = ctl__we & \$29 ;
-  assign \$31  = ~ \$30 ;
-  assign \step$55  = \$28  & \$31 ;
-  assign \$32  = ctl__addr == 9'h104;
-  assign \load0$56  = ctl__we & \$32 ;
-  assign \$33  = ctl__addr == 9'h105;
-  assign \load1$57  = ctl__we & \$33 ;
-  assign \$34  = transfer & sink__payload[3];
-  assign \$35  = ctl__addr == 9'h106;
-  assign \$36  = ctl__we & \$35 ;
-  assign \$37  = ~ \$36 ;
-  assign \$38  = \$34  & \$37 ;
-  assign \$39  = ctl__addr == 9'h107;
-  assign \$40  = ctl__we & \$39 ;
-  assign \$41  = ~ \$40 ;
-  assign \step$69  = \$38  & \$41 ;
-  assign \$42  = ctl__addr == 9'h106;
-  assign \load0$70  = ctl__we & \$42 ;
-  assign \$43  = ctl__addr == 9'h107;
-  assign \load1$71  = ctl__we & \$43 ;
+  wire [63:0] \words$54 ;
+  wire [63:0] \words$73 ;
+  wire [63:0] \words$92 ;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$45  = \$11  & \$14 ;
+  assign \load0$48  = seed_load_1[0] & free;
+  assign \load1$49  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
+  assign \$19  = ~ \$18 ;
+  assign \step$64  = \$16  & \$19 ;
+  assign \load0$67  = seed_load_2[0] & free;
+  assign \load1$68  = seed_load_2[1] & free;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$83  = \$21  & \$24 ;
+  assign \load0$86  = seed_load_3[0] & free;
+  assign \load1$87  = seed_load_3[1] & free;
+  assign \$25  = ctl__addr == 9'h100;
+  assign \$26  = ctl__addr == 9'h101;
+  assign \$27  = { \$26 , \$25  } & { ctl__we, ctl__we };
+  assign \$28  = | \$27 ;
+  assign \$29  = ctl__addr == 9'h100;
+  assign \$30  = ctl__addr == 9'h101;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h102;
+  assign \$33  = ctl__addr == 9'h103;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$35  = | \$34 ;
+  assign \$36  = ctl__addr == 9'h102;
+  assign \$37  = ctl__addr == 9'h103;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h104;
+  assign \$40  = ctl__addr == 9'h105;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = | \$41 ;
+  assign \$43  = ctl__addr == 9'h104;
+  assign \$44  = ctl__addr == 9'h105;
+  assign \$45  = { \$44 , \$43  } & { ctl__we, ctl__we };
+  assign \$46  = ctl__addr == 9'h106;
+  assign \$47  = ctl__addr == 9'h107;
+  assign \$48  = { \$47 , \$46  } & { ctl__we, ctl__we };
+  assign \$49  = | \$48 ;
+  assign \$50  = ctl__addr == 9'h106;
+  assign \$51  = ctl__addr == 9'h107;
+  assign \$52  = { \$51 , \$50  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$44 ;
+    valid_1 <= \$53 ;
   always @(posedge clk)
-    keep_1 <= \$45 ;
+    keep_1 <= \$54 ;
   always @(posedge clk)
-    valid_2 <= \$46 ;
+    valid_2 <= \$55 ;
   always @(posedge clk)
-    valid_3 <= \$47 ;
+    valid_3 <= \$56 ;
   always @(posedge clk)
-    valid_4 <= \$48 ;
+    valid_4 <= \$57 ;
   always @(posedge clk)
-    valid_5 <= \$49 ;
+    valid_5 <= \$58 ;
   always @(posedge clk)
-    valid_6 <= \$50 ;
+    valid_6 <= \$59 ;
   always @(posedge clk)
-    valid_7 <= \$51 ;
+    valid_7 <= \$60 ;
   always @(posedge clk)
-    valid_8 <= \$52 ;
+    source__valid <= \$61 ;
   always @(posedge clk)
-    source__valid <= \$53 ;
+    keep_2 <= \$62 ;
   always @(posedge clk)
-    keep_2 <= \$54 ;
+    keep_3 <= \$63 ;
   always @(posedge clk)
-    keep_3 <= \$55 ;
+    keep_4 <= \$64 ;
   always @(posedge clk)
-    keep_4 <= \$56 ;
+    keep_5 <= \$65 ;
   always @(posedge clk)
-    keep_5 <= \$57 ;
+    keep_6 <= \$66 ;
   always @(posedge clk)
-    keep_6 <= \$58 ;
+    keep_7 <= \$67 ;
   always @(posedge clk)
-    keep_7 <= \$59 ;
+    keep_8 <= \$68 ;
   always @(posedge clk)
-    keep_8 <= \$60 ;
+    wdata <= ctl__data;
   always @(posedge clk)
-    keep_9 <= \$61 ;
+    write_step <= \$69 ;
   always @(posedge clk)
-    \step$35  <= \$62 ;
+    write_decay <= \$70 ;
   always @(posedge clk)
-    decay <= \$63 ;
+    write_noise <= \$71 ;
   always @(posedge clk)
-    noise <= \$64 ;
+    data <= \$72 ;
+  always @(posedge clk)
+    seed_load_0 <= \$73 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$74 ;
+  always @(posedge clk)
+    \step$39  <= \$75 ;
+  always @(posedge clk)
+    decay <= \$76 ;
+  always @(posedge clk)
+    noise <= \$77 ;
+  always @(posedge clk)
+    seed_load_1 <= \$78 ;
+  always @(posedge clk)
+    seed_hold_1 <= \$79 ;
+  always @(posedge clk)
+    \step$58  <= \$80 ;
+  always @(posedge clk)
+    \decay$60  <= \$81 ;
+  always @(posedge clk)
+    \noise$62  <= \$82 ;
+  always @(posedge clk)
+    seed_load_2 <= \$83 ;
+  always @(posedge clk)
+    seed_hold_2 <= \$84 ;
+  always @(posedge clk)
+    \step$77  <= \$85 ;
+  always @(posedge clk)
+    \decay$79  <= \$86 ;
+  always @(posedge clk)
+    \noise$81  <= \$87 ;
+  always @(posedge clk)
+    seed_load_3 <= \$88 ;
+  always @(posedge clk)
+    seed_hold_3 <= \$89 ;
+  always @(posedge clk)
+    \step$96  <= \$90 ;
+  always @(posedge clk)
+    \decay$98  <= \$91 ;
+  always @(posedge clk)
+    \noise$100  <= \$92 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
-  assign \$3  = | { source__valid, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign \$3  = | { source__valid, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
-  assign \$14  = transfer & sink__payload[1];
-  assign \$15  = ctl__addr == 9'h102;
-  assign \$16  = ctl__we & \$15 ;
-  assign \$17  = ~ \$16 ;
-  assign \$18  = \$14  & \$17 ;
-  assign \$19  = ctl__addr == 9'h103;
-  assign \$20  = ctl__we & \$19 ;
-  assign \$21  = ~ \$20 ;
-  assign \step$41  = \$18  & \$21 ;
-  assign \$22  = ctl__addr == 9'h102;
-  assign \load0$42  = ctl__we & \$22 ;
-  assign \$23  = ctl__addr == 9'h103;
-  assign \load1$43  = ctl__we & \$23 ;
-  assign \$24  = transfer & sink__payload[2];
-  assign \$25  = ctl__addr == 9'h104;
+  assign \$4  = ~ valid_1;
   \lpsgld_w4_naive_l4.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -315,49 +418,49 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$35 ),
+    .step(\step$39 ),
     .theta(sink__payload[7:4]),
     .words(words)
   );
   \lpsgld_w4_naive_l4.lane_1  lane_1 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$60 ),
     .en(advance),
     .grad(sink__payload[27:24]),
-    .noise(noise),
+    .noise(\noise$62 ),
     .rst(rst),
-    .state(\state$50 ),
-    .step(\step$35 ),
+    .state(\state$56 ),
+    .step(\step$58 ),
     .theta(sink__payload[11:8]),
-    .words(\words$48 )
+    .words(\words$54 )
   );
   \lpsgld_w4_naive_l4.lane_2  lane_2 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$79 ),
     .en(advance),
     .grad(sink__payload[31:28]),
-    .noise(noise),
+    .noise(\noise$81 ),
     .rst(rst),
-    .state(\state$64 ),
-    .step(\step$35 ),
+    .state(\state$75 ),
+    .step(\step$77 ),
     .theta(sink__payload[15:12]),
-    .words(\words$62 )
+    .words(\words$73 )
   );
   \lpsgld_w4_naive_l4.lane_3  lane_3 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$98 ),
     .en(advance),
     .grad(sink__payload[35:32]),
-    .noise(noise),
+    .noise(\noise$100 ),
     .rst(rst),
-    .state(\state$78 ),
-    .step(\step$35 ),
+    .state(\state$94 ),
+    .step(\step$96 ),
     .theta(sink__payload[19:16]),
-    .words(\words$76 )
+    .words(\words$92 )
   );
   \lpsgld_w4_naive_l4.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -366,123 +469,36 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   );
   \lpsgld_w4_naive_l4.rng_1_0  rng_1_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$42 ),
-    .load1(\load1$43 ),
-    .out(\words$48 ),
+    .data(data),
+    .load0(\load0$48 ),
+    .load1(\load1$49 ),
+    .out(\words$54 ),
     .rst(rst),
-    .step(\step$41 )
+    .step(\step$45 )
   );
   \lpsgld_w4_naive_l4.rng_2_0  rng_2_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$56 ),
-    .load1(\load1$57 ),
-    .out(\words$62 ),
+    .data(data),
+    .load0(\load0$67 ),
+    .load1(\load1$68 ),
+    .out(\words$73 ),
     .rst(rst),
-    .step(\step$55 )
+    .step(\step$64 )
   );
   \lpsgld_w4_naive_l4.rng_3_0  rng_3_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$70 ),
-    .load1(\load1$71 ),
-    .out(\words$76 ),
+    .data(data),
+    .load0(\load0$86 ),
+    .load1(\load1$87 ),
+    .out(\words$92 ),
     .rst(rst),
-    .step(\step$69 )
+    .step(\step$83 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_1;
+    \$53  = valid_1;
     if (advance) begin
-      \$44  = sink__valid;
-    end
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_1;
-    if (advance) begin
-      \$45  = sink__payload[3:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = valid_2;
-    if (advance) begin
-      \$46  = valid_1;
-    end
-    if (rst) begin
-      \$46  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = valid_3;
-    if (advance) begin
-      \$47  = valid_2;
-    end
-    if (rst) begin
-      \$47  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = valid_4;
-    if (advance) begin
-      \$48  = valid_3;
-    end
-    if (rst) begin
-      \$48  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = valid_5;
-    if (advance) begin
-      \$49  = valid_4;
-    end
-    if (rst) begin
-      \$49  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = valid_6;
-    if (advance) begin
-      \$50  = valid_5;
-    end
-    if (rst) begin
-      \$50  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = valid_7;
-    if (advance) begin
-      \$51  = valid_6;
-    end
-    if (rst) begin
-      \$51  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = valid_8;
-    if (advance) begin
-      \$52  = valid_7;
-    end
-    if (rst) begin
-      \$52  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = source__valid;
-    if (advance) begin
-      \$53  = valid_8;
+      \$53  = sink__valid;
     end
     if (rst) begin
       \$53  = 1'h0;
@@ -490,91 +506,161 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_2;
+    \$54  = keep_1;
     if (advance) begin
-      \$54  = keep_1;
+      \$54  = sink__payload[3:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = keep_3;
+    \$55  = valid_2;
     if (advance) begin
-      \$55  = keep_2;
+      \$55  = valid_1;
+    end
+    if (rst) begin
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = keep_4;
+    \$56  = valid_3;
     if (advance) begin
-      \$56  = keep_3;
+      \$56  = valid_2;
+    end
+    if (rst) begin
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = keep_5;
+    \$57  = valid_4;
     if (advance) begin
-      \$57  = keep_4;
+      \$57  = valid_3;
+    end
+    if (rst) begin
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = keep_6;
+    \$58  = valid_5;
     if (advance) begin
-      \$58  = keep_5;
+      \$58  = valid_4;
+    end
+    if (rst) begin
+      \$58  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = keep_7;
+    \$59  = valid_6;
     if (advance) begin
-      \$59  = keep_6;
+      \$59  = valid_5;
+    end
+    if (rst) begin
+      \$59  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = keep_8;
+    \$60  = valid_7;
     if (advance) begin
-      \$60  = keep_7;
+      \$60  = valid_6;
+    end
+    if (rst) begin
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_9;
+    \$61  = source__valid;
     if (advance) begin
-      \$61  = keep_8;
+      \$61  = valid_7;
+    end
+    if (rst) begin
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = \step$35 ;
+    \$62  = keep_2;
+    if (advance) begin
+      \$62  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = keep_3;
+    if (advance) begin
+      \$63  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = keep_4;
+    if (advance) begin
+      \$64  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = keep_5;
+    if (advance) begin
+      \$65  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = keep_6;
+    if (advance) begin
+      \$66  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = keep_7;
+    if (advance) begin
+      \$67  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = keep_8;
+    if (advance) begin
+      \$68  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$62  = ctl__data[3:0];
+            \$69  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$62  = 4'h0;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = decay;
+    \$70  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$63  = ctl__data[3:0];
+            \$70  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$63  = 4'h0;
+      \$70  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = noise;
+    \$71  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -582,50 +668,265 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$64  = ctl__data[3:0];
+            \$71  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$64  = 4'h0;
+      \$71  = 1'h0;
     end
   end
-  assign valid_9 = source__valid;
-  assign data = ctl__data;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$72  = data;
+    if (ctl__we) begin
+      \$72  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = seed_load_0;
+    if (\$28 ) begin
+      \$73  = \$31 ;
+    end else if (free) begin
+      \$73  = 2'h0;
+    end
+    if (rst) begin
+      \$73  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = seed_hold_0;
+    if (\$28 ) begin
+      \$74  = took;
+    end
+    if (rst) begin
+      \$74  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = \step$39 ;
+    if (write_step) begin
+      \$75  = wdata[3:0];
+    end
+    if (rst) begin
+      \$75  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = decay;
+    if (write_decay) begin
+      \$76  = wdata[3:0];
+    end
+    if (rst) begin
+      \$76  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = noise;
+    if (write_noise) begin
+      \$77  = wdata[3:0];
+    end
+    if (rst) begin
+      \$77  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = seed_load_1;
+    if (\$35 ) begin
+      \$78  = \$38 ;
+    end else if (free) begin
+      \$78  = 2'h0;
+    end
+    if (rst) begin
+      \$78  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = seed_hold_1;
+    if (\$35 ) begin
+      \$79  = took;
+    end
+    if (rst) begin
+      \$79  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = \step$58 ;
+    if (write_step) begin
+      \$80  = wdata[3:0];
+    end
+    if (rst) begin
+      \$80  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = \decay$60 ;
+    if (write_decay) begin
+      \$81  = wdata[3:0];
+    end
+    if (rst) begin
+      \$81  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = \noise$62 ;
+    if (write_noise) begin
+      \$82  = wdata[3:0];
+    end
+    if (rst) begin
+      \$82  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = seed_load_2;
+    if (\$42 ) begin
+      \$83  = \$45 ;
+    end else if (free) begin
+      \$83  = 2'h0;
+    end
+    if (rst) begin
+      \$83  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$84  = seed_hold_2;
+    if (\$42 ) begin
+      \$84  = took;
+    end
+    if (rst) begin
+      \$84  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = \step$77 ;
+    if (write_step) begin
+      \$85  = wdata[3:0];
+    end
+    if (rst) begin
+      \$85  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = \decay$79 ;
+    if (write_decay) begin
+      \$86  = wdata[3:0];
+    end
+    if (rst) begin
+      \$86  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$87  = \noise$81 ;
+    if (write_noise) begin
+      \$87  = wdata[3:0];
+    end
+    if (rst) begin
+      \$87  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$88  = seed_load_3;
+    if (\$49 ) begin
+      \$88  = \$52 ;
+    end else if (free) begin
+      \$88  = 2'h0;
+    end
+    if (rst) begin
+      \$88  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$89  = seed_hold_3;
+    if (\$49 ) begin
+      \$89  = took;
+    end
+    if (rst) begin
+      \$89  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = \step$96 ;
+    if (write_step) begin
+      \$90  = wdata[3:0];
+    end
+    if (rst) begin
+      \$90  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = \decay$98 ;
+    if (write_decay) begin
+      \$91  = wdata[3:0];
+    end
+    if (rst) begin
+      \$91  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = \noise$100 ;
+    if (write_noise) begin
+      \$92  = wdata[3:0];
+    end
+    if (rst) begin
+      \$92  = 4'h0;
+    end
+  end
+  assign valid_8 = source__valid;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[7:4];
   assign grad = sink__payload[23:20];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$35 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign \data$44  = ctl__data;
-  assign \en$45  = advance;
-  assign \theta$46  = sink__payload[11:8];
-  assign \grad$47  = sink__payload[27:24];
-  assign \out$49  = \words$48 ;
-  assign \weight$51  = \state$50 ;
-  assign \step$52  = \step$35 ;
-  assign \decay$53  = decay;
-  assign \noise$54  = noise;
-  assign \data$58  = ctl__data;
-  assign \en$59  = advance;
-  assign \theta$60  = sink__payload[15:12];
-  assign \grad$61  = sink__payload[31:28];
-  assign \out$63  = \words$62 ;
-  assign \weight$65  = \state$64 ;
-  assign \step$66  = \step$35 ;
-  assign \decay$67  = decay;
-  assign \noise$68  = noise;
-  assign \data$72  = ctl__data;
-  assign \en$73  = advance;
-  assign \theta$74  = sink__payload[19:16];
-  assign \grad$75  = sink__payload[35:32];
-  assign \out$77  = \words$76 ;
-  assign \weight$79  = \state$78 ;
-  assign \step$80  = \step$35 ;
-  assign \decay$81  = decay;
-  assign \noise$82  = noise;
+  assign reg_step_0 = \step$39 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign \data$50  = data;
+  assign \en$51  = advance;
+  assign \theta$52  = sink__payload[11:8];
+  assign \grad$53  = sink__payload[27:24];
+  assign \out$55  = \words$54 ;
+  assign \weight$57  = \state$56 ;
+  assign reg_step_1 = \step$58 ;
+  assign reg_decay_1 = \decay$60 ;
+  assign reg_noise_1 = \noise$62 ;
+  assign \data$69  = data;
+  assign \en$70  = advance;
+  assign \theta$71  = sink__payload[15:12];
+  assign \grad$72  = sink__payload[31:28];
+  assign \out$74  = \words$73 ;
+  assign \weight$76  = \state$75 ;
+  assign reg_step_2 = \step$77 ;
+  assign reg_decay_2 = \decay$79 ;
+  assign reg_noise_2 = \noise$81 ;
+  assign \data$88  = data;
+  assign \en$89  = advance;
+  assign \theta$90  = sink__payload[19:16];
+  assign \grad$91  = sink__payload[35:32];
+  assign \out$93  = \words$92 ;
+  assign \weight$95  = \state$94 ;
+  assign reg_step_3 = \step$96 ;
+  assign reg_decay_3 = \decay$98 ;
+  assign reg_noise_3 = \noise$100 ;
   assign \sink__payload.keep  = sink__payload[3:0];
   assign \sink__payload.theta  = sink__payload[19:4];
   assign \sink__payload.theta[0]  = sink__payload[7:4];
@@ -648,119 +949,94 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[1]  = source__payload[27:24];
   assign \source__payload.weight[2]  = source__payload[31:28];
   assign \source__payload.weight[3]  = source__payload[35:32];
-  assign source__payload[35:32] = \state$78 ;
-  assign source__payload[19:16] = \state$78 ;
-  assign source__payload[31:28] = \state$64 ;
-  assign source__payload[15:12] = \state$64 ;
-  assign source__payload[27:24] = \state$50 ;
-  assign source__payload[11:8] = \state$50 ;
+  assign source__payload[35:32] = \state$94 ;
+  assign source__payload[19:16] = \state$94 ;
+  assign source__payload[31:28] = \state$75 ;
+  assign source__payload[15:12] = \state$75 ;
+  assign source__payload[27:24] = \state$56 ;
+  assign source__payload[11:8] = \state$56 ;
   assign source__payload[23:20] = state;
   assign source__payload[7:4] = state;
-  assign source__payload[3:0] = keep_9;
+  assign source__payload[3:0] = keep_8;
 endmodule
 
 (* generator = "Amaranth" *)
 module \lpsgld_w4_naive_l4.lane_0 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [3:0] \$1 ;
-  reg [5:0] \$10 ;
-  reg [5:0] \$11 ;
-  reg [5:0] \$12 ;
-  reg [5:0] \$13 ;
-  reg [5:0] \$14 ;
   reg [3:0] \$2 ;
-  reg [5:0] \$3 ;
-  reg [5:0] \$4 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
   reg [3:0] \$5 ;
   reg [3:0] \$6 ;
-  reg [3:0] \$7 ;
-  reg [3:0] \$8 ;
-  reg [5:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$7 ;
+  reg [5:0] \$8 ;
   wire [5:0] bits;
   input clk;
   wire clk;
   input [3:0] decay;
   wire [3:0] decay;
-  wire [3:0] \decay$24 ;
+  wire [3:0] \decay$18 ;
   input en;
   wire en;
-  wire \en$20 ;
-  wire \en$25 ;
-  wire \en$33 ;
+  wire \en$14 ;
+  wire \en$19 ;
+  wire \en$28 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$32 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$26 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
   reg [3:0] lane_theta = 4'h0;
   reg [3:0] lane_theta_d0 = 4'h0;
   reg [3:0] lane_theta_d1 = 4'h0;
-  reg [5:0] lane_u_sr = 6'h00;
   reg [5:0] lane_u_sr_d0 = 6'h00;
   reg [5:0] lane_u_sr_d1 = 6'h00;
-  reg [5:0] lane_u_sr_d2 = 6'h00;
-  reg [5:0] lane_u_sr_d3 = 6'h00;
-  reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   input [3:0] noise;
   wire [3:0] noise;
-  wire [3:0] \noise$28 ;
+  wire [3:0] \noise$22 ;
   input rst;
   wire rst;
   output [3:0] state;
   wire [3:0] state;
-  wire [3:0] \state$38 ;
+  wire [3:0] \state$32 ;
   input [3:0] step;
   wire [3:0] step;
-  wire [3:0] \step$22 ;
+  wire [3:0] \step$16 ;
   input [3:0] theta;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$31 ;
+  wire [3:0] \theta$25 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   wire [3:0] weight;
-  wire [3:0] \weight$40 ;
+  wire [3:0] \weight$34 ;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$35 ;
+  wire [12:0] \x$30 ;
   wire [5:0] z;
-  wire [5:0] \z$30 ;
+  wire [5:0] \z$24 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_grad_d0 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d1 <= \$6 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$7 ;
+    lane_u_sr_d0 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$8 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$9 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$14 ;
+    lane_u_sr_d1 <= \$8 ;
   \lpsgld_w4_naive_l4.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[11:6]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -771,7 +1047,6 @@ module \lpsgld_w4_naive_l4.lane_0 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
     .x(x)
   );
   \lpsgld_w4_naive_l4.lane_0.sum  sum (
@@ -783,16 +1058,10 @@ module \lpsgld_w4_naive_l4.lane_0 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
+    .u_sr(lane_u_sr_d1),
     .x(x),
     .z(z)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$1  = lane_theta;
-    if (en) begin
-      \$1  = theta;
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$2  = lane_grad;
@@ -802,103 +1071,68 @@ module \lpsgld_w4_naive_l4.lane_0 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[5:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[11:6];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_grad_d0;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d1;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_grad_d0;
+    \$7  = lane_u_sr_d0;
     if (en) begin
-      \$7  = lane_grad;
+      \$7  = words[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d1;
+    \$8  = lane_u_sr_d1;
     if (en) begin
-      \$8  = lane_grad_d0;
+      \$8  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_u_sr_d0;
+    \$1  = lane_theta;
     if (en) begin
-      \$9  = lane_u_sr;
+      \$1  = theta;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_u_sr_d1;
-    if (en) begin
-      \$10  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d2;
-    if (en) begin
-      \$11  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d3;
-    if (en) begin
-      \$12  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d4;
-    if (en) begin
-      \$13  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d5;
-    if (en) begin
-      \$14  = lane_u_sr_d4;
-    end
-  end
-  assign \en$20  = en;
-  assign \step$22  = step;
-  assign \decay$24  = decay;
-  assign \en$25  = en;
-  assign bits = lane_gauss;
-  assign \noise$28  = noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d1;
-  assign \grad$32  = lane_grad_d1;
-  assign \en$33  = en;
-  assign \x$35  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign \state$38  = state;
+  assign \en$14  = en;
+  assign \step$16  = step;
+  assign \decay$18  = decay;
+  assign \en$19  = en;
+  assign bits = words[11:6];
+  assign \noise$22  = noise;
+  assign \z$24  = z;
+  assign \theta$25  = lane_theta_d1;
+  assign \grad$26  = lane_grad_d1;
+  assign u_sr = lane_u_sr_d1;
+  assign \en$28  = en;
+  assign \x$30  = x;
+  assign \state$32  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$34  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1000,57 +1234,42 @@ module \lpsgld_w4_naive_l4.lane_0.gauss (rst, en, bits, gauss_z_l0_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w4_naive_l4.lane_0.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [13:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [3:0] \$5 ;
   wire [3:0] \$6 ;
-  wire [3:0] \$7 ;
-  reg [13:0] \$8 ;
-  reg [3:0] \$9 ;
+  reg [3:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [3:0] rnd_state;
   reg [3:0] rnd_state = 4'h0;
-  reg [13:0] rnd_t = 14'h0000;
   input rst;
   wire rst;
   (* init = 4'h0 *)
   wire [3:0] state;
-  input [5:0] u_sr;
-  wire [5:0] u_sr;
   (* init = 4'h0 *)
   wire [3:0] weight;
   input [12:0] x;
   wire [12:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[13:9];
-  assign \$3  = | rnd_t[13:9];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[13] ? 4'h8 : 4'h7;
-  assign \$7  = \$5  ? rnd_t[9:6] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[12] ? 4'h8 : 4'h7;
+  assign \$6  = \$4  ? x[9:6] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[12:9];
+  assign \$2  = | x[12:9];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -1058,27 +1277,29 @@ module \lpsgld_w4_naive_l4.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w4_naive_l4.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [5:0] \$1 ;
-  wire [12:0] \$10 ;
-  wire [11:0] \$11 ;
-  wire [13:0] \$12 ;
-  reg [3:0] \$13 ;
-  reg [5:0] \$14 ;
+  wire [8:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [11:0] \$12 ;
+  wire [13:0] \$13 ;
+  reg [3:0] \$14 ;
   reg [5:0] \$15 ;
   reg [5:0] \$16 ;
   reg [5:0] \$17 ;
-  reg [7:0] \$18 ;
+  reg [5:0] \$18 ;
   reg [7:0] \$19 ;
   wire [5:0] \$2 ;
-  reg [10:0] \$20 ;
-  reg [11:0] \$21 ;
+  reg [7:0] \$20 ;
+  reg [5:0] \$21 ;
   reg [10:0] \$22 ;
-  reg [7:0] \$23 ;
-  reg [12:0] \$24 ;
-  reg [11:0] \$25 ;
-  reg [13:0] \$26 ;
+  reg [11:0] \$23 ;
+  reg [10:0] \$24 ;
+  reg [8:0] \$25 ;
+  reg [12:0] \$26 ;
+  reg [11:0] \$27 ;
+  reg [13:0] \$28 ;
   wire [5:0] \$3 ;
   wire [5:0] \$4 ;
   wire [7:0] \$5 ;
@@ -1107,15 +1328,18 @@ module \lpsgld_w4_naive_l4.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   reg [5:0] sum_step_pp0 = 6'h00;
   reg [5:0] sum_step_pp1 = 6'h00;
   reg [3:0] sum_theta = 4'h0;
+  reg [5:0] sum_u_sr = 6'h00;
   reg [10:0] sum_x_l0_0 = 11'h000;
   reg [11:0] sum_x_l0_1 = 12'h000;
   reg [10:0] sum_x_l0_2 = 11'h000;
-  reg [7:0] sum_x_l0_3 = 8'h00;
+  reg [8:0] sum_x_l0_3 = 9'h000;
   reg [12:0] sum_x_l1_0 = 13'h0000;
   reg [11:0] sum_x_l1_1 = 12'h000;
   reg [13:0] sum_x_l2_0 = 14'h0000;
   input [3:0] theta;
   wire [3:0] theta;
+  input [5:0] u_sr;
+  wire [5:0] u_sr;
   output [12:0] x;
   wire [12:0] x;
   input [5:0] z;
@@ -1127,135 +1351,145 @@ module \lpsgld_w4_naive_l4.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   assign \$5  = $signed(z) * $signed({ 1'h0, noise[1:0] });
   assign \$6  = $signed(z) * $signed({ 1'h0, noise[3:2] });
   assign \$7  = $signed({ sum_theta, 6'h00 }) + $signed({ sum_noise_pp0, 1'h0 });
-  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) - $signed({ 1'h0, sum_step_pp0, 2'h0 });
-  assign \$9  = $signed({ sum_step_pp1, 4'h0 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$10  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
-  assign \$11  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
-  assign \$12  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
+  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$9  = $signed({ 1'h0, sum_step_pp0, 2'h0 }) + $signed({ sum_step_pp1, 4'h0 });
+  assign \$10  = $signed({ 1'h0, sum_decay_pp0 }) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$11  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
+  assign \$12  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
+  assign \$13  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
   always @(posedge clk)
-    sum_theta <= \$13 ;
+    sum_theta <= \$14 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$14 ;
+    sum_step_pp0 <= \$15 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$15 ;
+    sum_step_pp1 <= \$16 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$16 ;
+    sum_decay_pp0 <= \$17 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$17 ;
+    sum_decay_pp1 <= \$18 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$18 ;
+    sum_noise_pp0 <= \$19 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$19 ;
+    sum_noise_pp1 <= \$20 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$20 ;
+    sum_u_sr <= \$21 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$21 ;
+    sum_x_l0_0 <= \$22 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$22 ;
+    sum_x_l0_1 <= \$23 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$23 ;
+    sum_x_l0_2 <= \$24 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$24 ;
+    sum_x_l0_3 <= \$25 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$25 ;
+    sum_x_l1_0 <= \$26 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$26 ;
+    sum_x_l1_1 <= \$27 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$28 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$13  = sum_theta;
+    \$14  = sum_theta;
     if (en) begin
-      \$13  = theta;
+      \$14  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$14  = sum_step_pp0;
+    \$15  = sum_step_pp0;
     if (en) begin
-      \$14  = \$1 ;
+      \$15  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$15  = sum_step_pp1;
+    \$16  = sum_step_pp1;
     if (en) begin
-      \$15  = \$2 ;
+      \$16  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$16  = sum_decay_pp0;
+    \$17  = sum_decay_pp0;
     if (en) begin
-      \$16  = \$3 ;
+      \$17  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$17  = sum_decay_pp1;
+    \$18  = sum_decay_pp1;
     if (en) begin
-      \$17  = \$4 ;
+      \$18  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$18  = sum_noise_pp0;
+    \$19  = sum_noise_pp0;
     if (en) begin
-      \$18  = \$5 ;
+      \$19  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$19  = sum_noise_pp1;
+    \$20  = sum_noise_pp1;
     if (en) begin
-      \$19  = \$6 ;
+      \$20  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$20  = sum_x_l0_0;
+    \$21  = sum_u_sr;
     if (en) begin
-      \$20  = \$7 ;
+      \$21  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$21  = sum_x_l0_1;
+    \$22  = sum_x_l0_0;
     if (en) begin
-      \$21  = \$8 ;
+      \$22  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$22  = sum_x_l0_2;
+    \$23  = sum_x_l0_1;
     if (en) begin
-      \$22  = \$9 ;
+      \$23  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$23  = sum_x_l0_3;
+    \$24  = sum_x_l0_2;
     if (en) begin
-      \$23  = { sum_decay_pp1, 2'h0 };
+      \$24  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$24  = sum_x_l1_0;
+    \$25  = sum_x_l0_3;
     if (en) begin
-      \$24  = \$10 ;
+      \$25  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$25  = sum_x_l1_1;
+    \$26  = sum_x_l1_0;
     if (en) begin
-      \$25  = \$11 ;
+      \$26  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$26  = sum_x_l2_0;
+    \$27  = sum_x_l1_1;
     if (en) begin
-      \$26  = \$12 ;
+      \$27  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$28  = sum_x_l2_0;
+    if (en) begin
+      \$28  = \$13 ;
     end
   end
   assign x = sum_x_l2_0[12:0];
@@ -1265,104 +1499,79 @@ endmodule
 module \lpsgld_w4_naive_l4.lane_1 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   reg [3:0] \$1 ;
-  reg [5:0] \$10 ;
-  reg [5:0] \$11 ;
-  reg [5:0] \$12 ;
-  reg [5:0] \$13 ;
-  reg [5:0] \$14 ;
   reg [3:0] \$2 ;
-  reg [5:0] \$3 ;
-  reg [5:0] \$4 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
   reg [3:0] \$5 ;
   reg [3:0] \$6 ;
-  reg [3:0] \$7 ;
-  reg [3:0] \$8 ;
-  reg [5:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$7 ;
+  reg [5:0] \$8 ;
   wire [5:0] bits;
   input clk;
   wire clk;
   input [3:0] decay;
   wire [3:0] decay;
-  wire [3:0] \decay$24 ;
+  wire [3:0] \decay$18 ;
   input en;
   wire en;
-  wire \en$20 ;
-  wire \en$25 ;
-  wire \en$33 ;
+  wire \en$14 ;
+  wire \en$19 ;
+  wire \en$28 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$32 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$26 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
   reg [3:0] lane_theta = 4'h0;
   reg [3:0] lane_theta_d0 = 4'h0;
   reg [3:0] lane_theta_d1 = 4'h0;
-  reg [5:0] lane_u_sr = 6'h00;
   reg [5:0] lane_u_sr_d0 = 6'h00;
   reg [5:0] lane_u_sr_d1 = 6'h00;
-  reg [5:0] lane_u_sr_d2 = 6'h00;
-  reg [5:0] lane_u_sr_d3 = 6'h00;
-  reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   input [3:0] noise;
   wire [3:0] noise;
-  wire [3:0] \noise$28 ;
+  wire [3:0] \noise$22 ;
   input rst;
   wire rst;
   output [3:0] state;
   wire [3:0] state;
-  wire [3:0] \state$38 ;
+  wire [3:0] \state$32 ;
   input [3:0] step;
   wire [3:0] step;
-  wire [3:0] \step$22 ;
+  wire [3:0] \step$16 ;
   input [3:0] theta;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$31 ;
+  wire [3:0] \theta$25 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   wire [3:0] weight;
-  wire [3:0] \weight$40 ;
+  wire [3:0] \weight$34 ;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$35 ;
+  wire [12:0] \x$30 ;
   wire [5:0] z;
-  wire [5:0] \z$30 ;
+  wire [5:0] \z$24 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_grad_d0 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d1 <= \$6 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$7 ;
+    lane_u_sr_d0 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$8 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$9 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$14 ;
+    lane_u_sr_d1 <= \$8 ;
   \lpsgld_w4_naive_l4.lane_1.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[11:6]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -1373,7 +1582,6 @@ module \lpsgld_w4_naive_l4.lane_1 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
     .x(x)
   );
   \lpsgld_w4_naive_l4.lane_1.sum  sum (
@@ -1385,16 +1593,10 @@ module \lpsgld_w4_naive_l4.lane_1 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
+    .u_sr(lane_u_sr_d1),
     .x(x),
     .z(z)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$1  = lane_theta;
-    if (en) begin
-      \$1  = theta;
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$2  = lane_grad;
@@ -1404,103 +1606,68 @@ module \lpsgld_w4_naive_l4.lane_1 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[5:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[11:6];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_grad_d0;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d1;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_grad_d0;
+    \$7  = lane_u_sr_d0;
     if (en) begin
-      \$7  = lane_grad;
+      \$7  = words[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_grad_d1;
+    \$8  = lane_u_sr_d1;
     if (en) begin
-      \$8  = lane_grad_d0;
+      \$8  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_u_sr_d0;
+    \$1  = lane_theta;
     if (en) begin
-      \$9  = lane_u_sr;
+      \$1  = theta;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_u_sr_d1;
-    if (en) begin
-      \$10  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_u_sr_d2;
-    if (en) begin
-      \$11  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_u_sr_d3;
-    if (en) begin
-      \$12  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_u_sr_d4;
-    if (en) begin
-      \$13  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_u_sr_d5;
-    if (en) begin
-      \$14  = lane_u_sr_d4;
-    end
-  end
-  assign \en$20  = en;
-  assign \step$22  = step;
-  assign \decay$24  = decay;
-  assign \en$25  = en;
-  assign bits = lane_gauss;
-  assign \noise$28  = noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d1;
-  assign \grad$32  = lane_grad_d1;
-  assign \en$33  = en;
-  assign \x$35  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign \state$38  = state;
+  assign \en$14  = en;
+  assign \step$16  = step;
+  assign \decay$18  = decay;
+  assign \en$19  = en;
+  assign bits = words[11:6];
+  assign \noise$22  = noise;
+  assign \z$24  = z;
+  assign \theta$25  = lane_theta_d1;
+  assign \grad$26  = lane_grad_d1;
+  assign u_sr = lane_u_sr_d1;
+  assign \en$28  = en;
+  assign \x$30  = x;
+  assign \state$32  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$34  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1602,57 +1769,42 @@ module \lpsgld_w4_naive_l4.lane_1.gauss (rst, en, bits, gauss_z_l0_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.lane_1.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w4_naive_l4.lane_1.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
-  wire [13:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [3:0] \$5 ;
   wire [3:0] \$6 ;
-  wire [3:0] \$7 ;
-  reg [13:0] \$8 ;
-  reg [3:0] \$9 ;
+  reg [3:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [3:0] rnd_state;
   reg [3:0] rnd_state = 4'h0;
-  reg [13:0] rnd_t = 14'h0000;
   input rst;
   wire rst;
   (* init = 4'h0 *)
   wire [3:0] state;
-  input [5:0] u_sr;
-  wire [5:0] u_sr;
   (* init = 4'h0 *)
   wire [3:0] weight;
   input [12:0] x;
   wire [12:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[13:9];
-  assign \$3  = | rnd_t[13:9];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[13] ? 4'h8 : 4'h7;
-  assign \$7  = \$5  ? rnd_t[9:6] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[12] ? 4'h8 : 4'h7;
+  assign \$6  = \$4  ? x[9:6] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[12:9];
+  assign \$2  = | x[12:9];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -1660,27 +1812,29 @@ module \lpsgld_w4_naive_l4.lane_1.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.lane_1.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w4_naive_l4.lane_1.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [5:0] \$1 ;
-  wire [12:0] \$10 ;
-  wire [11:0] \$11 ;
-  wire [13:0] \$12 ;
-  reg [3:0] \$13 ;
-  reg [5:0] \$14 ;
+  wire [8:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [11:0] \$12 ;
+  wire [13:0] \$13 ;
+  reg [3:0] \$14 ;
   reg [5:0] \$15 ;
   reg [5:0] \$16 ;
   reg [5:0] \$17 ;
-  reg [7:0] \$18 ;
+  reg [5:0] \$18 ;
   reg [7:0] \$19 ;
   wire [5:0] \$2 ;
-  reg [10:0] \$20 ;
-  reg [11:0] \$21 ;
+  reg [7:0] \$20 ;
+  reg [5:0] \$21 ;
   reg [10:0] \$22 ;
-  reg [7:0] \$23 ;
-  reg [12:0] \$24 ;
-  reg [11:0] \$25 ;
-  reg [13:0] \$26 ;
+  reg [11:0] \$23 ;
+  reg [10:0] \$24 ;
+  reg [8:0] \$25 ;
+  reg [12:0] \$26 ;
+  reg [11:0] \$27 ;
+  reg [13:0] \$28 ;
   wire [5:0] \$3 ;
   wire [5:0] \$4 ;
   wire [7:0] \$5 ;
@@ -1709,15 +1863,18 @@ module \lpsgld_w4_naive_l4.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   reg [5:0] sum_step_pp0 = 6'h00;
   reg [5:0] sum_step_pp1 = 6'h00;
   reg [3:0] sum_theta = 4'h0;
+  reg [5:0] sum_u_sr = 6'h00;
   reg [10:0] sum_x_l0_0 = 11'h000;
   reg [11:0] sum_x_l0_1 = 12'h000;
   reg [10:0] sum_x_l0_2 = 11'h000;
-  reg [7:0] sum_x_l0_3 = 8'h00;
+  reg [8:0] sum_x_l0_3 = 9'h000;
   reg [12:0] sum_x_l1_0 = 13'h0000;
   reg [11:0] sum_x_l1_1 = 12'h000;
   reg [13:0] sum_x_l2_0 = 14'h0000;
   input [3:0] theta;
   wire [3:0] theta;
+  input [5:0] u_sr;
+  wire [5:0] u_sr;
   output [12:0] x;
   wire [12:0] x;
   input [5:0] z;
@@ -1729,135 +1886,145 @@ module \lpsgld_w4_naive_l4.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   assign \$5  = $signed(z) * $signed({ 1'h0, noise[1:0] });
   assign \$6  = $signed(z) * $signed({ 1'h0, noise[3:2] });
   assign \$7  = $signed({ sum_theta, 6'h00 }) + $signed({ sum_noise_pp0, 1'h0 });
-  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) - $signed({ 1'h0, sum_step_pp0, 2'h0 });
-  assign \$9  = $signed({ sum_step_pp1, 4'h0 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$10  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
-  assign \$11  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
-  assign \$12  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
+  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$9  = $signed({ 1'h0, sum_step_pp0, 2'h0 }) + $signed({ sum_step_pp1, 4'h0 });
+  assign \$10  = $signed({ 1'h0, sum_decay_pp0 }) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$11  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
+  assign \$12  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
+  assign \$13  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
   always @(posedge clk)
-    sum_theta <= \$13 ;
+    sum_theta <= \$14 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$14 ;
+    sum_step_pp0 <= \$15 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$15 ;
+    sum_step_pp1 <= \$16 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$16 ;
+    sum_decay_pp0 <= \$17 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$17 ;
+    sum_decay_pp1 <= \$18 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$18 ;
+    sum_noise_pp0 <= \$19 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$19 ;
+    sum_noise_pp1 <= \$20 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$20 ;
+    sum_u_sr <= \$21 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$21 ;
+    sum_x_l0_0 <= \$22 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$22 ;
+    sum_x_l0_1 <= \$23 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$23 ;
+    sum_x_l0_2 <= \$24 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$24 ;
+    sum_x_l0_3 <= \$25 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$25 ;
+    sum_x_l1_0 <= \$26 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$26 ;
+    sum_x_l1_1 <= \$27 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$28 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$13  = sum_theta;
+    \$14  = sum_theta;
     if (en) begin
-      \$13  = theta;
+      \$14  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$14  = sum_step_pp0;
+    \$15  = sum_step_pp0;
     if (en) begin
-      \$14  = \$1 ;
+      \$15  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$15  = sum_step_pp1;
+    \$16  = sum_step_pp1;
     if (en) begin
-      \$15  = \$2 ;
+      \$16  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$16  = sum_decay_pp0;
+    \$17  = sum_decay_pp0;
     if (en) begin
-      \$16  = \$3 ;
+      \$17  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$17  = sum_decay_pp1;
+    \$18  = sum_decay_pp1;
     if (en) begin
-      \$17  = \$4 ;
+      \$18  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$18  = sum_noise_pp0;
+    \$19  = sum_noise_pp0;
     if (en) begin
-      \$18  = \$5 ;
+      \$19  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$19  = sum_noise_pp1;
+    \$20  = sum_noise_pp1;
     if (en) begin
-      \$19  = \$6 ;
+      \$20  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$20  = sum_x_l0_0;
+    \$21  = sum_u_sr;
     if (en) begin
-      \$20  = \$7 ;
+      \$21  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$21  = sum_x_l0_1;
+    \$22  = sum_x_l0_0;
     if (en) begin
-      \$21  = \$8 ;
+      \$22  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$22  = sum_x_l0_2;
+    \$23  = sum_x_l0_1;
     if (en) begin
-      \$22  = \$9 ;
+      \$23  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$23  = sum_x_l0_3;
+    \$24  = sum_x_l0_2;
     if (en) begin
-      \$23  = { sum_decay_pp1, 2'h0 };
+      \$24  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$24  = sum_x_l1_0;
+    \$25  = sum_x_l0_3;
     if (en) begin
-      \$24  = \$10 ;
+      \$25  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$25  = sum_x_l1_1;
+    \$26  = sum_x_l1_0;
     if (en) begin
-      \$25  = \$11 ;
+      \$26  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$26  = sum_x_l2_0;
+    \$27  = sum_x_l1_1;
     if (en) begin
-      \$26  = \$12 ;
+      \$27  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$28  = sum_x_l2_0;
+    if (en) begin
+      \$28  = \$13 ;
     end
   end
   assign x = sum_x_l2_0[12:0];
@@ -1867,104 +2034,79 @@ endmodule
 module \lpsgld_w4_naive_l4.lane_2 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   reg [3:0] \$1 ;
-  reg [5:0] \$10 ;
-  reg [5:0] \$11 ;
-  reg [5:0] \$12 ;
-  reg [5:0] \$13 ;
-  reg [5:0] \$14 ;
   reg [3:0] \$2 ;
-  reg [5:0] \$3 ;
-  reg [5:0] \$4 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
   reg [3:0] \$5 ;
   reg [3:0] \$6 ;
-  reg [3:0] \$7 ;
-  reg [3:0] \$8 ;
-  reg [5:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$7 ;
+  reg [5:0] \$8 ;
   wire [5:0] bits;
   input clk;
   wire clk;
   input [3:0] decay;
   wire [3:0] decay;
-  wire [3:0] \decay$24 ;
+  wire [3:0] \decay$18 ;
   input en;
   wire en;
-  wire \en$20 ;
-  wire \en$25 ;
-  wire \en$33 ;
+  wire \en$14 ;
+  wire \en$19 ;
+  wire \en$28 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$32 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$26 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
   reg [3:0] lane_theta = 4'h0;
   reg [3:0] lane_theta_d0 = 4'h0;
   reg [3:0] lane_theta_d1 = 4'h0;
-  reg [5:0] lane_u_sr = 6'h00;
   reg [5:0] lane_u_sr_d0 = 6'h00;
   reg [5:0] lane_u_sr_d1 = 6'h00;
-  reg [5:0] lane_u_sr_d2 = 6'h00;
-  reg [5:0] lane_u_sr_d3 = 6'h00;
-  reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   input [3:0] noise;
   wire [3:0] noise;
-  wire [3:0] \noise$28 ;
+  wire [3:0] \noise$22 ;
   input rst;
   wire rst;
   output [3:0] state;
   wire [3:0] state;
-  wire [3:0] \state$38 ;
+  wire [3:0] \state$32 ;
   input [3:0] step;
   wire [3:0] step;
-  wire [3:0] \step$22 ;
+  wire [3:0] \step$16 ;
   input [3:0] theta;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$31 ;
+  wire [3:0] \theta$25 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   wire [3:0] weight;
-  wire [3:0] \weight$40 ;
+  wire [3:0] \weight$34 ;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$35 ;
+  wire [12:0] \x$30 ;
   wire [5:0] z;
-  wire [5:0] \z$30 ;
+  wire [5:0] \z$24 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_grad_d0 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d1 <= \$6 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$7 ;
+    lane_u_sr_d0 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$8 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$9 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$14 ;
+    lane_u_sr_d1 <= \$8 ;
   \lpsgld_w4_naive_l4.lane_2.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[11:6]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -1975,7 +2117,6 @@ module \lpsgld_w4_naive_l4.lane_2 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
     .x(x)
   );
   \lpsgld_w4_naive_l4.lane_2.sum  sum (
@@ -1987,16 +2128,10 @@ module \lpsgld_w4_naive_l4.lane_2 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
+    .u_sr(lane_u_sr_d1),
     .x(x),
     .z(z)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$1  = lane_theta;
-    if (en) begin
-      \$1  = theta;
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$2  = lane_grad;
@@ -2006,103 +2141,68 @@ module \lpsgld_w4_naive_l4.lane_2 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[5:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[11:6];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_grad_d0;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d1;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_grad_d0;
+    \$7  = lane_u_sr_d0;
     if (en) begin
-      \$7  = lane_grad;
+      \$7  = words[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_grad_d1;
+    \$8  = lane_u_sr_d1;
     if (en) begin
-      \$8  = lane_grad_d0;
+      \$8  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_u_sr_d0;
+    \$1  = lane_theta;
     if (en) begin
-      \$9  = lane_u_sr;
+      \$1  = theta;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_u_sr_d1;
-    if (en) begin
-      \$10  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_u_sr_d2;
-    if (en) begin
-      \$11  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_u_sr_d3;
-    if (en) begin
-      \$12  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_u_sr_d4;
-    if (en) begin
-      \$13  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_u_sr_d5;
-    if (en) begin
-      \$14  = lane_u_sr_d4;
-    end
-  end
-  assign \en$20  = en;
-  assign \step$22  = step;
-  assign \decay$24  = decay;
-  assign \en$25  = en;
-  assign bits = lane_gauss;
-  assign \noise$28  = noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d1;
-  assign \grad$32  = lane_grad_d1;
-  assign \en$33  = en;
-  assign \x$35  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign \state$38  = state;
+  assign \en$14  = en;
+  assign \step$16  = step;
+  assign \decay$18  = decay;
+  assign \en$19  = en;
+  assign bits = words[11:6];
+  assign \noise$22  = noise;
+  assign \z$24  = z;
+  assign \theta$25  = lane_theta_d1;
+  assign \grad$26  = lane_grad_d1;
+  assign u_sr = lane_u_sr_d1;
+  assign \en$28  = en;
+  assign \x$30  = x;
+  assign \state$32  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$34  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2204,57 +2304,42 @@ module \lpsgld_w4_naive_l4.lane_2.gauss (rst, en, bits, gauss_z_l0_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.lane_2.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w4_naive_l4.lane_2.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
-  wire [13:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [3:0] \$5 ;
   wire [3:0] \$6 ;
-  wire [3:0] \$7 ;
-  reg [13:0] \$8 ;
-  reg [3:0] \$9 ;
+  reg [3:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [3:0] rnd_state;
   reg [3:0] rnd_state = 4'h0;
-  reg [13:0] rnd_t = 14'h0000;
   input rst;
   wire rst;
   (* init = 4'h0 *)
   wire [3:0] state;
-  input [5:0] u_sr;
-  wire [5:0] u_sr;
   (* init = 4'h0 *)
   wire [3:0] weight;
   input [12:0] x;
   wire [12:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[13:9];
-  assign \$3  = | rnd_t[13:9];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[13] ? 4'h8 : 4'h7;
-  assign \$7  = \$5  ? rnd_t[9:6] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[12] ? 4'h8 : 4'h7;
+  assign \$6  = \$4  ? x[9:6] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[12:9];
+  assign \$2  = | x[12:9];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -2262,27 +2347,29 @@ module \lpsgld_w4_naive_l4.lane_2.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.lane_2.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w4_naive_l4.lane_2.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [5:0] \$1 ;
-  wire [12:0] \$10 ;
-  wire [11:0] \$11 ;
-  wire [13:0] \$12 ;
-  reg [3:0] \$13 ;
-  reg [5:0] \$14 ;
+  wire [8:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [11:0] \$12 ;
+  wire [13:0] \$13 ;
+  reg [3:0] \$14 ;
   reg [5:0] \$15 ;
   reg [5:0] \$16 ;
   reg [5:0] \$17 ;
-  reg [7:0] \$18 ;
+  reg [5:0] \$18 ;
   reg [7:0] \$19 ;
   wire [5:0] \$2 ;
-  reg [10:0] \$20 ;
-  reg [11:0] \$21 ;
+  reg [7:0] \$20 ;
+  reg [5:0] \$21 ;
   reg [10:0] \$22 ;
-  reg [7:0] \$23 ;
-  reg [12:0] \$24 ;
-  reg [11:0] \$25 ;
-  reg [13:0] \$26 ;
+  reg [11:0] \$23 ;
+  reg [10:0] \$24 ;
+  reg [8:0] \$25 ;
+  reg [12:0] \$26 ;
+  reg [11:0] \$27 ;
+  reg [13:0] \$28 ;
   wire [5:0] \$3 ;
   wire [5:0] \$4 ;
   wire [7:0] \$5 ;
@@ -2311,15 +2398,18 @@ module \lpsgld_w4_naive_l4.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   reg [5:0] sum_step_pp0 = 6'h00;
   reg [5:0] sum_step_pp1 = 6'h00;
   reg [3:0] sum_theta = 4'h0;
+  reg [5:0] sum_u_sr = 6'h00;
   reg [10:0] sum_x_l0_0 = 11'h000;
   reg [11:0] sum_x_l0_1 = 12'h000;
   reg [10:0] sum_x_l0_2 = 11'h000;
-  reg [7:0] sum_x_l0_3 = 8'h00;
+  reg [8:0] sum_x_l0_3 = 9'h000;
   reg [12:0] sum_x_l1_0 = 13'h0000;
   reg [11:0] sum_x_l1_1 = 12'h000;
   reg [13:0] sum_x_l2_0 = 14'h0000;
   input [3:0] theta;
   wire [3:0] theta;
+  input [5:0] u_sr;
+  wire [5:0] u_sr;
   output [12:0] x;
   wire [12:0] x;
   input [5:0] z;
@@ -2331,135 +2421,145 @@ module \lpsgld_w4_naive_l4.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   assign \$5  = $signed(z) * $signed({ 1'h0, noise[1:0] });
   assign \$6  = $signed(z) * $signed({ 1'h0, noise[3:2] });
   assign \$7  = $signed({ sum_theta, 6'h00 }) + $signed({ sum_noise_pp0, 1'h0 });
-  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) - $signed({ 1'h0, sum_step_pp0, 2'h0 });
-  assign \$9  = $signed({ sum_step_pp1, 4'h0 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$10  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
-  assign \$11  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
-  assign \$12  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
+  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$9  = $signed({ 1'h0, sum_step_pp0, 2'h0 }) + $signed({ sum_step_pp1, 4'h0 });
+  assign \$10  = $signed({ 1'h0, sum_decay_pp0 }) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$11  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
+  assign \$12  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
+  assign \$13  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
   always @(posedge clk)
-    sum_theta <= \$13 ;
+    sum_theta <= \$14 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$14 ;
+    sum_step_pp0 <= \$15 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$15 ;
+    sum_step_pp1 <= \$16 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$16 ;
+    sum_decay_pp0 <= \$17 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$17 ;
+    sum_decay_pp1 <= \$18 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$18 ;
+    sum_noise_pp0 <= \$19 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$19 ;
+    sum_noise_pp1 <= \$20 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$20 ;
+    sum_u_sr <= \$21 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$21 ;
+    sum_x_l0_0 <= \$22 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$22 ;
+    sum_x_l0_1 <= \$23 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$23 ;
+    sum_x_l0_2 <= \$24 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$24 ;
+    sum_x_l0_3 <= \$25 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$25 ;
+    sum_x_l1_0 <= \$26 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$26 ;
+    sum_x_l1_1 <= \$27 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$28 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$13  = sum_theta;
+    \$14  = sum_theta;
     if (en) begin
-      \$13  = theta;
+      \$14  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$14  = sum_step_pp0;
+    \$15  = sum_step_pp0;
     if (en) begin
-      \$14  = \$1 ;
+      \$15  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$15  = sum_step_pp1;
+    \$16  = sum_step_pp1;
     if (en) begin
-      \$15  = \$2 ;
+      \$16  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$16  = sum_decay_pp0;
+    \$17  = sum_decay_pp0;
     if (en) begin
-      \$16  = \$3 ;
+      \$17  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$17  = sum_decay_pp1;
+    \$18  = sum_decay_pp1;
     if (en) begin
-      \$17  = \$4 ;
+      \$18  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$18  = sum_noise_pp0;
+    \$19  = sum_noise_pp0;
     if (en) begin
-      \$18  = \$5 ;
+      \$19  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$19  = sum_noise_pp1;
+    \$20  = sum_noise_pp1;
     if (en) begin
-      \$19  = \$6 ;
+      \$20  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$20  = sum_x_l0_0;
+    \$21  = sum_u_sr;
     if (en) begin
-      \$20  = \$7 ;
+      \$21  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$21  = sum_x_l0_1;
+    \$22  = sum_x_l0_0;
     if (en) begin
-      \$21  = \$8 ;
+      \$22  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$22  = sum_x_l0_2;
+    \$23  = sum_x_l0_1;
     if (en) begin
-      \$22  = \$9 ;
+      \$23  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$23  = sum_x_l0_3;
+    \$24  = sum_x_l0_2;
     if (en) begin
-      \$23  = { sum_decay_pp1, 2'h0 };
+      \$24  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$24  = sum_x_l1_0;
+    \$25  = sum_x_l0_3;
     if (en) begin
-      \$24  = \$10 ;
+      \$25  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$25  = sum_x_l1_1;
+    \$26  = sum_x_l1_0;
     if (en) begin
-      \$25  = \$11 ;
+      \$26  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$26  = sum_x_l2_0;
+    \$27  = sum_x_l1_1;
     if (en) begin
-      \$26  = \$12 ;
+      \$27  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$28  = sum_x_l2_0;
+    if (en) begin
+      \$28  = \$13 ;
     end
   end
   assign x = sum_x_l2_0[12:0];
@@ -2469,104 +2569,79 @@ endmodule
 module \lpsgld_w4_naive_l4.lane_3 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   reg [3:0] \$1 ;
-  reg [5:0] \$10 ;
-  reg [5:0] \$11 ;
-  reg [5:0] \$12 ;
-  reg [5:0] \$13 ;
-  reg [5:0] \$14 ;
   reg [3:0] \$2 ;
-  reg [5:0] \$3 ;
-  reg [5:0] \$4 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
   reg [3:0] \$5 ;
   reg [3:0] \$6 ;
-  reg [3:0] \$7 ;
-  reg [3:0] \$8 ;
-  reg [5:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$7 ;
+  reg [5:0] \$8 ;
   wire [5:0] bits;
   input clk;
   wire clk;
   input [3:0] decay;
   wire [3:0] decay;
-  wire [3:0] \decay$24 ;
+  wire [3:0] \decay$18 ;
   input en;
   wire en;
-  wire \en$20 ;
-  wire \en$25 ;
-  wire \en$33 ;
+  wire \en$14 ;
+  wire \en$19 ;
+  wire \en$28 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$32 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$26 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
   reg [3:0] lane_theta = 4'h0;
   reg [3:0] lane_theta_d0 = 4'h0;
   reg [3:0] lane_theta_d1 = 4'h0;
-  reg [5:0] lane_u_sr = 6'h00;
   reg [5:0] lane_u_sr_d0 = 6'h00;
   reg [5:0] lane_u_sr_d1 = 6'h00;
-  reg [5:0] lane_u_sr_d2 = 6'h00;
-  reg [5:0] lane_u_sr_d3 = 6'h00;
-  reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   input [3:0] noise;
   wire [3:0] noise;
-  wire [3:0] \noise$28 ;
+  wire [3:0] \noise$22 ;
   input rst;
   wire rst;
   output [3:0] state;
   wire [3:0] state;
-  wire [3:0] \state$38 ;
+  wire [3:0] \state$32 ;
   input [3:0] step;
   wire [3:0] step;
-  wire [3:0] \step$22 ;
+  wire [3:0] \step$16 ;
   input [3:0] theta;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$31 ;
+  wire [3:0] \theta$25 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   wire [3:0] weight;
-  wire [3:0] \weight$40 ;
+  wire [3:0] \weight$34 ;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$35 ;
+  wire [12:0] \x$30 ;
   wire [5:0] z;
-  wire [5:0] \z$30 ;
+  wire [5:0] \z$24 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_grad_d0 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d1 <= \$6 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$7 ;
+    lane_u_sr_d0 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$8 ;
-  always @(posedge clk)
-    lane_u_sr_d0 <= \$9 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$14 ;
+    lane_u_sr_d1 <= \$8 ;
   \lpsgld_w4_naive_l4.lane_3.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[11:6]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -2577,7 +2652,6 @@ module \lpsgld_w4_naive_l4.lane_3 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
     .x(x)
   );
   \lpsgld_w4_naive_l4.lane_3.sum  sum (
@@ -2589,16 +2663,10 @@ module \lpsgld_w4_naive_l4.lane_3 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
+    .u_sr(lane_u_sr_d1),
     .x(x),
     .z(z)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$1  = lane_theta;
-    if (en) begin
-      \$1  = theta;
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$2  = lane_grad;
@@ -2608,103 +2676,68 @@ module \lpsgld_w4_naive_l4.lane_3 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[5:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[11:6];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_grad_d0;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d1;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_grad_d0;
+    \$7  = lane_u_sr_d0;
     if (en) begin
-      \$7  = lane_grad;
+      \$7  = words[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_grad_d1;
+    \$8  = lane_u_sr_d1;
     if (en) begin
-      \$8  = lane_grad_d0;
+      \$8  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_u_sr_d0;
+    \$1  = lane_theta;
     if (en) begin
-      \$9  = lane_u_sr;
+      \$1  = theta;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_u_sr_d1;
-    if (en) begin
-      \$10  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_u_sr_d2;
-    if (en) begin
-      \$11  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_u_sr_d3;
-    if (en) begin
-      \$12  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_u_sr_d4;
-    if (en) begin
-      \$13  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_u_sr_d5;
-    if (en) begin
-      \$14  = lane_u_sr_d4;
-    end
-  end
-  assign \en$20  = en;
-  assign \step$22  = step;
-  assign \decay$24  = decay;
-  assign \en$25  = en;
-  assign bits = lane_gauss;
-  assign \noise$28  = noise;
-  assign \z$30  = z;
-  assign \theta$31  = lane_theta_d1;
-  assign \grad$32  = lane_grad_d1;
-  assign \en$33  = en;
-  assign \x$35  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign \state$38  = state;
+  assign \en$14  = en;
+  assign \step$16  = step;
+  assign \decay$18  = decay;
+  assign \en$19  = en;
+  assign bits = words[11:6];
+  assign \noise$22  = noise;
+  assign \z$24  = z;
+  assign \theta$25  = lane_theta_d1;
+  assign \grad$26  = lane_grad_d1;
+  assign u_sr = lane_u_sr_d1;
+  assign \en$28  = en;
+  assign \x$30  = x;
+  assign \state$32  = state;
   assign weight = state;
-  assign \weight$40  = state;
+  assign \weight$34  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2806,57 +2839,42 @@ module \lpsgld_w4_naive_l4.lane_3.gauss (rst, en, bits, gauss_z_l0_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.lane_3.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w4_naive_l4.lane_3.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
-  wire [13:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [3:0] \$5 ;
   wire [3:0] \$6 ;
-  wire [3:0] \$7 ;
-  reg [13:0] \$8 ;
-  reg [3:0] \$9 ;
+  reg [3:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [3:0] rnd_state;
   reg [3:0] rnd_state = 4'h0;
-  reg [13:0] rnd_t = 14'h0000;
   input rst;
   wire rst;
   (* init = 4'h0 *)
   wire [3:0] state;
-  input [5:0] u_sr;
-  wire [5:0] u_sr;
   (* init = 4'h0 *)
   wire [3:0] weight;
   input [12:0] x;
   wire [12:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[13:9];
-  assign \$3  = | rnd_t[13:9];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[13] ? 4'h8 : 4'h7;
-  assign \$7  = \$5  ? rnd_t[9:6] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[12] ? 4'h8 : 4'h7;
+  assign \$6  = \$4  ? x[9:6] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[12:9];
+  assign \$2  = | x[12:9];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -2864,27 +2882,29 @@ module \lpsgld_w4_naive_l4.lane_3.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w4_naive_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [5:0] \$1 ;
-  wire [12:0] \$10 ;
-  wire [11:0] \$11 ;
-  wire [13:0] \$12 ;
-  reg [3:0] \$13 ;
-  reg [5:0] \$14 ;
+  wire [8:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [11:0] \$12 ;
+  wire [13:0] \$13 ;
+  reg [3:0] \$14 ;
   reg [5:0] \$15 ;
   reg [5:0] \$16 ;
   reg [5:0] \$17 ;
-  reg [7:0] \$18 ;
+  reg [5:0] \$18 ;
   reg [7:0] \$19 ;
   wire [5:0] \$2 ;
-  reg [10:0] \$20 ;
-  reg [11:0] \$21 ;
+  reg [7:0] \$20 ;
+  reg [5:0] \$21 ;
   reg [10:0] \$22 ;
-  reg [7:0] \$23 ;
-  reg [12:0] \$24 ;
-  reg [11:0] \$25 ;
-  reg [13:0] \$26 ;
+  reg [11:0] \$23 ;
+  reg [10:0] \$24 ;
+  reg [8:0] \$25 ;
+  reg [12:0] \$26 ;
+  reg [11:0] \$27 ;
+  reg [13:0] \$28 ;
   wire [5:0] \$3 ;
   wire [5:0] \$4 ;
   wire [7:0] \$5 ;
@@ -2913,15 +2933,18 @@ module \lpsgld_w4_naive_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   reg [5:0] sum_step_pp0 = 6'h00;
   reg [5:0] sum_step_pp1 = 6'h00;
   reg [3:0] sum_theta = 4'h0;
+  reg [5:0] sum_u_sr = 6'h00;
   reg [10:0] sum_x_l0_0 = 11'h000;
   reg [11:0] sum_x_l0_1 = 12'h000;
   reg [10:0] sum_x_l0_2 = 11'h000;
-  reg [7:0] sum_x_l0_3 = 8'h00;
+  reg [8:0] sum_x_l0_3 = 9'h000;
   reg [12:0] sum_x_l1_0 = 13'h0000;
   reg [11:0] sum_x_l1_1 = 12'h000;
   reg [13:0] sum_x_l2_0 = 14'h0000;
   input [3:0] theta;
   wire [3:0] theta;
+  input [5:0] u_sr;
+  wire [5:0] u_sr;
   output [12:0] x;
   wire [12:0] x;
   input [5:0] z;
@@ -2933,142 +2956,152 @@ module \lpsgld_w4_naive_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   assign \$5  = $signed(z) * $signed({ 1'h0, noise[1:0] });
   assign \$6  = $signed(z) * $signed({ 1'h0, noise[3:2] });
   assign \$7  = $signed({ sum_theta, 6'h00 }) + $signed({ sum_noise_pp0, 1'h0 });
-  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) - $signed({ 1'h0, sum_step_pp0, 2'h0 });
-  assign \$9  = $signed({ sum_step_pp1, 4'h0 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$10  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
-  assign \$11  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
-  assign \$12  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
+  assign \$8  = $signed({ sum_noise_pp1, 3'h0 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$9  = $signed({ 1'h0, sum_step_pp0, 2'h0 }) + $signed({ sum_step_pp1, 4'h0 });
+  assign \$10  = $signed({ 1'h0, sum_decay_pp0 }) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$11  = $signed(sum_x_l0_0) + $signed(sum_x_l0_1);
+  assign \$12  = $signed(sum_x_l0_2) + $signed(sum_x_l0_3);
+  assign \$13  = $signed(sum_x_l1_0) - $signed(sum_x_l1_1);
   always @(posedge clk)
-    sum_theta <= \$13 ;
+    sum_theta <= \$14 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$14 ;
+    sum_step_pp0 <= \$15 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$15 ;
+    sum_step_pp1 <= \$16 ;
   always @(posedge clk)
-    sum_decay_pp0 <= \$16 ;
+    sum_decay_pp0 <= \$17 ;
   always @(posedge clk)
-    sum_decay_pp1 <= \$17 ;
+    sum_decay_pp1 <= \$18 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$18 ;
+    sum_noise_pp0 <= \$19 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$19 ;
+    sum_noise_pp1 <= \$20 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$20 ;
+    sum_u_sr <= \$21 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$21 ;
+    sum_x_l0_0 <= \$22 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$22 ;
+    sum_x_l0_1 <= \$23 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$23 ;
+    sum_x_l0_2 <= \$24 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$24 ;
+    sum_x_l0_3 <= \$25 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$25 ;
+    sum_x_l1_0 <= \$26 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$26 ;
+    sum_x_l1_1 <= \$27 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$28 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$13  = sum_theta;
+    \$14  = sum_theta;
     if (en) begin
-      \$13  = theta;
+      \$14  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$14  = sum_step_pp0;
+    \$15  = sum_step_pp0;
     if (en) begin
-      \$14  = \$1 ;
+      \$15  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$15  = sum_step_pp1;
+    \$16  = sum_step_pp1;
     if (en) begin
-      \$15  = \$2 ;
+      \$16  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$16  = sum_decay_pp0;
+    \$17  = sum_decay_pp0;
     if (en) begin
-      \$16  = \$3 ;
+      \$17  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$17  = sum_decay_pp1;
+    \$18  = sum_decay_pp1;
     if (en) begin
-      \$17  = \$4 ;
+      \$18  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$18  = sum_noise_pp0;
+    \$19  = sum_noise_pp0;
     if (en) begin
-      \$18  = \$5 ;
+      \$19  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$19  = sum_noise_pp1;
+    \$20  = sum_noise_pp1;
     if (en) begin
-      \$19  = \$6 ;
+      \$20  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$20  = sum_x_l0_0;
+    \$21  = sum_u_sr;
     if (en) begin
-      \$20  = \$7 ;
+      \$21  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$21  = sum_x_l0_1;
+    \$22  = sum_x_l0_0;
     if (en) begin
-      \$21  = \$8 ;
+      \$22  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$22  = sum_x_l0_2;
+    \$23  = sum_x_l0_1;
     if (en) begin
-      \$22  = \$9 ;
+      \$23  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$23  = sum_x_l0_3;
+    \$24  = sum_x_l0_2;
     if (en) begin
-      \$23  = { sum_decay_pp1, 2'h0 };
+      \$24  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$24  = sum_x_l1_0;
+    \$25  = sum_x_l0_3;
     if (en) begin
-      \$24  = \$10 ;
+      \$25  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$25  = sum_x_l1_1;
+    \$26  = sum_x_l1_0;
     if (en) begin
-      \$25  = \$11 ;
+      \$26  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$26  = sum_x_l2_0;
+    \$27  = sum_x_l1_1;
     if (en) begin
-      \$26  = \$12 ;
+      \$27  = \$12 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$28  = sum_x_l2_0;
+    if (en) begin
+      \$28  = \$13 ;
     end
   end
   assign x = sum_x_l2_0[12:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3146,7 +3179,7 @@ module \lpsgld_w4_naive_l4.rng_0_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_1_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3224,7 +3257,7 @@ module \lpsgld_w4_naive_l4.rng_1_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_2_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3302,7 +3335,7 @@ module \lpsgld_w4_naive_l4.rng_2_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_3_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

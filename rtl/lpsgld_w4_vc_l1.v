@@ -7,11 +7,11 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire \$12 ;
+  wire [1:0] \$12 ;
   wire \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -42,12 +42,23 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$41 ;
   reg \$42 ;
   reg \$43 ;
-  reg [3:0] \$44 ;
-  reg [3:0] \$45 ;
-  reg [3:0] \$46 ;
-  reg [4:0] \$47 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg \$46 ;
+  reg \$47 ;
   reg \$48 ;
+  reg \$49 ;
   wire \$5 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg [63:0] \$52 ;
+  reg [1:0] \$53 ;
+  reg \$54 ;
+  reg [3:0] \$55 ;
+  reg [3:0] \$56 ;
+  reg [3:0] \$57 ;
+  reg [4:0] \$58 ;
+  reg \$59 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
@@ -61,9 +72,10 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
+  reg [63:0] data = 64'h0000000000000000;
   reg [3:0] decay = 4'h0;
   wire en;
+  wire free;
   wire [3:0] grad;
   output idle;
   wire idle;
@@ -87,17 +99,21 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [3:0] noise = 4'h0;
   wire [63:0] out;
   (* init = 4'h0 *)
-  wire [3:0] reg_decay;
+  wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
-  wire [3:0] reg_noise;
+  wire [3:0] reg_noise_0;
   (* init = 4'h0 *)
-  wire [3:0] reg_step;
+  wire [3:0] reg_step_0;
   (* init = 1'h0 *)
-  wire reg_vc_noise;
+  wire reg_vc_noise_0;
   (* init = 5'h00 *)
-  wire [4:0] reg_vc_var;
+  wire [4:0] reg_vc_var_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
   input [8:0] sink__payload;
   wire [8:0] sink__payload;
   wire [3:0] \sink__payload.grad ;
@@ -122,9 +138,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg source__valid = 1'h0;
   wire [3:0] state;
   wire step;
-  reg [3:0] \step$41  = 4'h0;
+  reg [3:0] \step$46  = 4'h0;
   wire [3:0] theta;
-  wire transfer;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -143,114 +159,142 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
   reg [4:0] vc_var = 5'h00;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
   wire [63:0] words;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  reg write_vc_noise = 1'h0;
+  reg write_vc_var = 1'h0;
   always @(posedge clk)
-    source__valid <= \$29 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    keep_2 <= \$30 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    keep_3 <= \$31 ;
+    valid_9 <= \$26 ;
   always @(posedge clk)
-    keep_4 <= \$32 ;
+    valid_10 <= \$27 ;
   always @(posedge clk)
-    keep_5 <= \$33 ;
+    valid_11 <= \$28 ;
   always @(posedge clk)
-    keep_6 <= \$34 ;
+    valid_12 <= \$29 ;
   always @(posedge clk)
-    keep_7 <= \$35 ;
+    valid_13 <= \$30 ;
   always @(posedge clk)
-    keep_8 <= \$36 ;
+    valid_14 <= \$31 ;
   always @(posedge clk)
-    keep_9 <= \$37 ;
+    source__valid <= \$32 ;
   always @(posedge clk)
-    keep_10 <= \$38 ;
+    keep_2 <= \$33 ;
   always @(posedge clk)
-    keep_11 <= \$39 ;
+    keep_3 <= \$34 ;
   always @(posedge clk)
-    keep_12 <= \$40 ;
+    keep_4 <= \$35 ;
   always @(posedge clk)
-    keep_13 <= \$41 ;
+    keep_5 <= \$36 ;
   always @(posedge clk)
-    keep_14 <= \$42 ;
+    keep_6 <= \$37 ;
   always @(posedge clk)
-    keep_15 <= \$43 ;
+    keep_7 <= \$38 ;
   always @(posedge clk)
-    \step$41  <= \$44 ;
+    keep_8 <= \$39 ;
   always @(posedge clk)
-    decay <= \$45 ;
+    keep_9 <= \$40 ;
   always @(posedge clk)
-    noise <= \$46 ;
+    keep_10 <= \$41 ;
   always @(posedge clk)
-    vc_var <= \$47 ;
+    keep_11 <= \$42 ;
   always @(posedge clk)
-    vc_noise <= \$48 ;
+    keep_12 <= \$43 ;
+  always @(posedge clk)
+    keep_13 <= \$44 ;
+  always @(posedge clk)
+    keep_14 <= \$45 ;
+  always @(posedge clk)
+    keep_15 <= \$46 ;
+  always @(posedge clk)
+    wdata <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$47 ;
+  always @(posedge clk)
+    write_decay <= \$48 ;
+  always @(posedge clk)
+    write_noise <= \$49 ;
+  always @(posedge clk)
+    write_vc_var <= \$50 ;
+  always @(posedge clk)
+    write_vc_noise <= \$51 ;
+  always @(posedge clk)
+    data <= \$52 ;
+  always @(posedge clk)
+    seed_load_0 <= \$53 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$54 ;
+  always @(posedge clk)
+    \step$46  <= \$55 ;
+  always @(posedge clk)
+    decay <= \$56 ;
+  always @(posedge clk)
+    noise <= \$57 ;
+  always @(posedge clk)
+    vc_var <= \$58 ;
+  always @(posedge clk)
+    vc_noise <= \$59 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
   assign \$3  = | { source__valid, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$14 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$15 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$16 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$17 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$18 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$19 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$20 ;
-  always @(posedge clk)
-    valid_7 <= \$21 ;
-  always @(posedge clk)
-    valid_8 <= \$22 ;
-  always @(posedge clk)
-    valid_9 <= \$23 ;
-  always @(posedge clk)
-    valid_10 <= \$24 ;
-  always @(posedge clk)
-    valid_11 <= \$25 ;
-  always @(posedge clk)
-    valid_12 <= \$26 ;
-  always @(posedge clk)
-    valid_13 <= \$27 ;
-  always @(posedge clk)
-    valid_14 <= \$28 ;
+    valid_6 <= \$23 ;
   \lpsgld_w4_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
     .en(advance),
-    .\noise$36 (noise),
+    .noise(noise),
     .\port$0$3 (sink__payload[8:1]),
     .rst(rst),
     .state(state),
-    .step(\step$41 ),
+    .step(\step$46 ),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .words(words)
   );
   \lpsgld_w4_vc_l1.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -259,9 +303,49 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = source__valid;
+    \$25  = valid_8;
     if (advance) begin
-      \$29  = valid_14;
+      \$25  = valid_7;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = valid_9;
+    if (advance) begin
+      \$26  = valid_8;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = valid_10;
+    if (advance) begin
+      \$27  = valid_9;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = valid_11;
+    if (advance) begin
+      \$28  = valid_10;
+    end
+    if (rst) begin
+      \$28  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = valid_12;
+    if (advance) begin
+      \$29  = valid_11;
     end
     if (rst) begin
       \$29  = 1'h0;
@@ -269,133 +353,163 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_2;
+    \$30  = valid_13;
     if (advance) begin
-      \$30  = keep_1;
+      \$30  = valid_12;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_3;
+    \$31  = valid_14;
     if (advance) begin
-      \$31  = keep_2;
+      \$31  = valid_13;
+    end
+    if (rst) begin
+      \$31  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_4;
+    \$32  = source__valid;
     if (advance) begin
-      \$32  = keep_3;
+      \$32  = valid_14;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_5;
+    \$33  = keep_2;
     if (advance) begin
-      \$33  = keep_4;
+      \$33  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_6;
+    \$34  = keep_3;
     if (advance) begin
-      \$34  = keep_5;
+      \$34  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_7;
+    \$35  = keep_4;
     if (advance) begin
-      \$35  = keep_6;
+      \$35  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_8;
+    \$36  = keep_5;
     if (advance) begin
-      \$36  = keep_7;
+      \$36  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_9;
+    \$37  = keep_6;
     if (advance) begin
-      \$37  = keep_8;
+      \$37  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_10;
+    \$38  = keep_7;
     if (advance) begin
-      \$38  = keep_9;
+      \$38  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_11;
+    \$39  = keep_8;
     if (advance) begin
-      \$39  = keep_10;
+      \$39  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_12;
+    \$40  = keep_9;
     if (advance) begin
-      \$40  = keep_11;
+      \$40  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_13;
+    \$41  = keep_10;
     if (advance) begin
-      \$41  = keep_12;
+      \$41  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_14;
+    \$42  = keep_11;
     if (advance) begin
-      \$42  = keep_13;
+      \$42  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_15;
+    \$43  = keep_12;
     if (advance) begin
-      \$43  = keep_14;
+      \$43  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = \step$41 ;
+    \$44  = keep_13;
+    if (advance) begin
+      \$44  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = keep_14;
+    if (advance) begin
+      \$45  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = keep_15;
+    if (advance) begin
+      \$46  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$44  = ctl__data[3:0];
+            \$47  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$44  = 4'h0;
+      \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = decay;
+    \$48  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$45  = ctl__data[3:0];
+            \$48  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$45  = 4'h0;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = noise;
+    \$49  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -403,16 +517,16 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$46  = ctl__data[3:0];
+            \$49  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$46  = 4'h0;
+      \$49  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = vc_var;
+    \$50  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -422,16 +536,16 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$47  = ctl__data[4:0];
+            \$50  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$47  = 5'h00;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = vc_noise;
+    \$51  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -443,45 +557,97 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$48  = ctl__data[0];
+            \$51  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$48  = 1'h0;
+      \$51  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_1;
-    if (advance) begin
-      \$14  = sink__valid;
+    \$52  = data;
+    if (ctl__we) begin
+      \$52  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = seed_load_0;
+    if (\$13 ) begin
+      \$53  = \$16 ;
+    end else if (free) begin
+      \$53  = 2'h0;
     end
     if (rst) begin
-      \$14  = 1'h0;
+      \$53  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = keep_1;
-    if (advance) begin
-      \$15  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_2;
-    if (advance) begin
-      \$16  = valid_1;
+    \$54  = seed_hold_0;
+    if (\$13 ) begin
+      \$54  = took;
     end
     if (rst) begin
-      \$16  = 1'h0;
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_3;
+    \$55  = \step$46 ;
+    if (write_step) begin
+      \$55  = wdata[3:0];
+    end
+    if (rst) begin
+      \$55  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$56  = decay;
+    if (write_decay) begin
+      \$56  = wdata[3:0];
+    end
+    if (rst) begin
+      \$56  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$57  = noise;
+    if (write_noise) begin
+      \$57  = wdata[3:0];
+    end
+    if (rst) begin
+      \$57  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$58  = vc_var;
+    if (write_vc_var) begin
+      \$58  = wdata[4:0];
+    end
+    if (rst) begin
+      \$58  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = vc_noise;
+    if (write_vc_noise) begin
+      \$59  = wdata[0];
+    end
+    if (rst) begin
+      \$59  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
     if (advance) begin
-      \$17  = valid_2;
+      \$17  = sink__valid;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -489,19 +655,16 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_4;
+    \$18  = keep_1;
     if (advance) begin
-      \$18  = valid_3;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
+      \$18  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_5;
+    \$19  = valid_2;
     if (advance) begin
-      \$19  = valid_4;
+      \$19  = valid_1;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -509,9 +672,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_6;
+    \$20  = valid_3;
     if (advance) begin
-      \$20  = valid_5;
+      \$20  = valid_2;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -519,9 +682,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_7;
+    \$21  = valid_4;
     if (advance) begin
-      \$21  = valid_6;
+      \$21  = valid_3;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -529,9 +692,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_8;
+    \$22  = valid_5;
     if (advance) begin
-      \$22  = valid_7;
+      \$22  = valid_4;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -539,9 +702,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_9;
+    \$23  = valid_6;
     if (advance) begin
-      \$23  = valid_8;
+      \$23  = valid_5;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -549,66 +712,26 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_10;
+    \$24  = valid_7;
     if (advance) begin
-      \$24  = valid_9;
+      \$24  = valid_6;
     end
     if (rst) begin
       \$24  = 1'h0;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_11;
-    if (advance) begin
-      \$25  = valid_10;
-    end
-    if (rst) begin
-      \$25  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_12;
-    if (advance) begin
-      \$26  = valid_11;
-    end
-    if (rst) begin
-      \$26  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_13;
-    if (advance) begin
-      \$27  = valid_12;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_14;
-    if (advance) begin
-      \$28  = valid_13;
-    end
-    if (rst) begin
-      \$28  = 1'h0;
-    end
-  end
   assign valid_15 = source__valid;
-  assign data = ctl__data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[4:1];
   assign grad = sink__payload[8:5];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$41 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign reg_vc_var = vc_var;
-  assign reg_vc_noise = vc_noise;
+  assign reg_step_0 = \step$46 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign reg_vc_var_0 = vc_var;
+  assign reg_vc_noise_0 = vc_noise;
   assign \sink__payload.keep  = sink__payload[0];
   assign \sink__payload.theta  = sink__payload[4:1];
   assign \sink__payload.theta[0]  = sink__payload[4:1];
@@ -625,30 +748,28 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc_var, vc_noise, state, \port$0$3 );
+module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, \port$0$3 );
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
-  reg [3:0] \$1 ;
+  wire [3:0] \$1 ;
   reg [5:0] \$10 ;
   reg [5:0] \$11 ;
   reg [5:0] \$12 ;
   reg [5:0] \$13 ;
   reg [5:0] \$14 ;
-  reg [5:0] \$15 ;
+  reg [6:0] \$15 ;
   reg [6:0] \$16 ;
   reg [6:0] \$17 ;
   reg [6:0] \$18 ;
   reg [6:0] \$19 ;
   reg [3:0] \$2 ;
   reg [6:0] \$20 ;
-  reg [6:0] \$21 ;
-  reg [5:0] \$3 ;
-  reg [6:0] \$4 ;
-  reg [5:0] \$5 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
+  reg [3:0] \$5 ;
   reg [3:0] \$6 ;
   reg [3:0] \$7 ;
   reg [3:0] \$8 ;
-  reg [3:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$9 ;
   wire [5:0] bits;
   input clk;
   wire clk;
@@ -659,11 +780,10 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
   wire en;
   wire \en$27 ;
   wire \en$32 ;
-  wire \en$41 ;
+  wire \en$39 ;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$40 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$38 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
@@ -676,20 +796,20 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
   reg [5:0] lane_u_sr_d2 = 6'h00;
   reg [5:0] lane_u_sr_d3 = 6'h00;
   reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   reg [6:0] lane_u_vc = 7'h00;
   reg [6:0] lane_u_vc_d0 = 7'h00;
   reg [6:0] lane_u_vc_d1 = 7'h00;
   reg [6:0] lane_u_vc_d2 = 7'h00;
   reg [6:0] lane_u_vc_d3 = 7'h00;
   reg [6:0] lane_u_vc_d4 = 7'h00;
-  reg [6:0] lane_u_vc_d5 = 7'h00;
+  input [3:0] noise;
   wire [3:0] noise;
-  input [3:0] \noise$36 ;
-  wire [3:0] \noise$36 ;
+  (* init = 4'h0 *)
+  wire [3:0] \noise$34 ;
   wire [3:0] out;
   input [7:0] \port$0$3 ;
   wire [7:0] \port$0$3 ;
+  reg [3:0] reg_noise_gated = 4'h0;
   input rst;
   wire rst;
   output [3:0] state;
@@ -699,43 +819,41 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
   wire [3:0] \step$29 ;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$39 ;
+  wire [3:0] \theta$37 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   (* init = 7'h00 *)
   wire [6:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$46 ;
+  wire \vc_noise$44 ;
   input [4:0] vc_var;
   wire [4:0] vc_var;
-  wire [4:0] \vc_var$48 ;
+  wire [4:0] \vc_var$46 ;
   wire [3:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$43 ;
+  wire [12:0] \x$41 ;
   wire [5:0] z;
-  wire [5:0] \z$38 ;
-  assign noise = vc_noise ? \noise$36  : 4'h0;
+  wire [5:0] \z$36 ;
+  assign \$1  = vc_noise ? noise : 4'h0;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
-  always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr <= \$9 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$10 ;
   always @(posedge clk)
@@ -747,7 +865,7 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
   always @(posedge clk)
     lane_u_sr_d4 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$15 ;
+    lane_u_vc <= \$15 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$16 ;
   always @(posedge clk)
@@ -758,10 +876,8 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
     lane_u_vc_d3 <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d4 <= \$20 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$21 ;
   \lpsgld_w4_vc_l1.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[12:7]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -772,8 +888,8 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
-    .u_vc(lane_u_vc_d5),
+    .u_sr(lane_u_sr_d4),
+    .u_vc(lane_u_vc_d4),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -783,7 +899,7 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
     .decay(decay),
     .en(en),
     .grad(lane_grad_d1),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
@@ -792,65 +908,58 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = \port$0$3 [3:0];
+      \$2  = \port$0$3 [3:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = \port$0$3 [7:4];
+      \$3  = \port$0$3 [7:4];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[12:7];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[6:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[12:7];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d0;
+    \$9  = lane_u_sr;
     if (en) begin
-      \$8  = lane_grad;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d1;
-    if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[12:7];
     end
   end
   always @* begin
@@ -890,9 +999,9 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d5;
+    \$15  = lane_u_vc;
     if (en) begin
-      \$15  = lane_u_sr_d4;
+      \$15  = words[6:0];
     end
   end
   always @* begin
@@ -930,29 +1039,23 @@ module \lpsgld_w4_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$36 , vc
       \$20  = lane_u_vc_d3;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$21  = lane_u_vc_d5;
-    if (en) begin
-      \$21  = lane_u_vc_d4;
-    end
-  end
   assign theta = \port$0$3 [3:0];
   assign grad = \port$0$3 [7:4];
   assign \en$27  = en;
   assign \step$29  = step;
   assign \decay$31  = decay;
   assign \en$32  = en;
-  assign bits = lane_gauss;
-  assign \z$38  = z;
-  assign \theta$39  = lane_theta_d1;
-  assign \grad$40  = lane_grad_d1;
-  assign \en$41  = en;
-  assign \x$43  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign u_vc = lane_u_vc_d5;
-  assign \vc_noise$46  = vc_noise;
-  assign \vc_var$48  = vc_var;
+  assign bits = words[12:7];
+  assign \noise$34  = reg_noise_gated;
+  assign \z$36  = z;
+  assign \theta$37  = lane_theta_d1;
+  assign \grad$38  = lane_grad_d1;
+  assign \en$39  = en;
+  assign \x$41  = x;
+  assign u_sr = lane_u_sr_d4;
+  assign u_vc = lane_u_vc_d4;
+  assign \vc_noise$44  = vc_noise;
+  assign \vc_var$46  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -1059,85 +1162,81 @@ endmodule
 module \lpsgld_w4_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [13:0] \$1 ;
-  wire [7:0] \$10 ;
-  wire [3:0] \$11 ;
-  wire [7:0] \$12 ;
-  wire [10:0] \$13 ;
-  wire [12:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [13:0] \$16 ;
+  wire [15:0] \$10 ;
+  wire [13:0] \$11 ;
+  wire [6:0] \$12 ;
+  wire [6:0] \$13 ;
+  wire [5:0] \$14 ;
+  wire [12:0] \$15 ;
+  wire [6:0] \$16 ;
   wire [6:0] \$17 ;
-  wire [6:0] \$18 ;
-  wire [5:0] \$19 ;
+  wire [5:0] \$18 ;
+  wire [6:0] \$19 ;
   wire [5:0] \$2 ;
-  wire [12:0] \$20 ;
-  wire [6:0] \$21 ;
-  wire [6:0] \$22 ;
-  wire [5:0] \$23 ;
-  wire [6:0] \$24 ;
-  wire \$25 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire [8:0] \$22 ;
+  wire [8:0] \$23 ;
+  wire [8:0] \$24 ;
+  wire [8:0] \$25 ;
   wire \$26 ;
   wire [8:0] \$27 ;
   wire [8:0] \$28 ;
-  wire [8:0] \$29 ;
-  wire [5:0] \$3 ;
-  wire [8:0] \$30 ;
+  wire \$29 ;
+  wire [7:0] \$3 ;
+  wire \$30 ;
   wire \$31 ;
   wire [8:0] \$32 ;
   wire [8:0] \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire [8:0] \$37 ;
-  wire [8:0] \$38 ;
-  wire [8:0] \$39 ;
+  wire [8:0] \$34 ;
+  wire [8:0] \$35 ;
+  wire [3:0] \$36 ;
+  wire [3:0] \$37 ;
+  reg [7:0] \$38 ;
+  reg [2:0] \$39 ;
   wire [7:0] \$4 ;
-  wire [8:0] \$40 ;
-  wire [3:0] \$41 ;
-  wire [3:0] \$42 ;
-  reg [7:0] \$43 ;
-  reg [2:0] \$44 ;
-  reg [7:0] \$45 ;
-  reg [5:0] \$46 ;
-  reg [6:0] \$47 ;
+  reg [7:0] \$40 ;
+  reg [5:0] \$41 ;
+  reg [5:0] \$42 ;
+  reg [6:0] \$43 ;
+  reg [7:0] \$44 ;
+  reg [9:0] \$45 ;
+  reg [11:0] \$46 ;
+  reg [3:0] \$47 ;
   reg [7:0] \$48 ;
-  reg [9:0] \$49 ;
-  wire [5:0] \$5 ;
-  reg [11:0] \$50 ;
-  reg [3:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [5:0] \$53 ;
-  reg [6:0] \$54 ;
-  reg [10:0] \$55 ;
-  reg [11:0] \$56 ;
-  reg [12:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [3:0] \$59 ;
-  wire [5:0] \$6 ;
-  reg [7:0] \$60 ;
-  reg [7:0] \$61 ;
-  reg [5:0] \$62 ;
+  reg [5:0] \$49 ;
+  wire [7:0] \$5 ;
+  reg [6:0] \$50 ;
+  reg [10:0] \$51 ;
+  reg [11:0] \$52 ;
+  reg [12:0] \$53 ;
+  reg [3:0] \$54 ;
+  reg [3:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg [7:0] \$57 ;
+  reg [5:0] \$58 ;
+  reg [5:0] \$59 ;
+  wire [3:0] \$6 ;
+  reg [6:0] \$60 ;
+  reg [6:0] \$61 ;
+  reg [15:0] \$62 ;
   reg [5:0] \$63 ;
-  reg [6:0] \$64 ;
-  reg [6:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [5:0] \$67 ;
-  reg [12:0] \$68 ;
+  reg [12:0] \$64 ;
+  reg [7:0] \$65 ;
+  reg [6:0] \$66 ;
+  reg [12:0] \$67 ;
+  reg [6:0] \$68 ;
   reg [7:0] \$69 ;
   wire [7:0] \$7 ;
   reg [6:0] \$70 ;
-  reg [12:0] \$71 ;
-  reg [6:0] \$72 ;
-  reg [7:0] \$73 ;
-  reg [6:0] \$74 ;
-  reg \$75 ;
-  reg \$76 ;
-  reg [8:0] \$77 ;
-  reg [8:0] \$78 ;
-  reg [7:0] \$79 ;
-  wire [5:0] \$8 ;
-  reg [3:0] \$80 ;
-  wire [5:0] \$9 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [3:0] \$76 ;
+  wire [10:0] \$8 ;
+  wire [12:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -1177,6 +1276,7 @@ module \lpsgld_w4_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q_d1 = 8'h00;
   reg [8:0] vc_q_dn = 9'h000;
   reg [8:0] vc_q_up = 9'h000;
+  reg [5:0] vc_sq_in = 6'h00;
   reg [10:0] vc_sq_l0_0 = 11'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
@@ -1197,389 +1297,393 @@ module \lpsgld_w4_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$19  = \$17 [6] ? 6'h00 : \$18 [5:0];
-  assign \$20  = vc_noise ? vc_up_a : { 7'h00, \$19  };
-  assign \$21  = vc_var - vc_vs;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = \$21 [6] ? 6'h00 : \$22 [5:0];
-  assign \$24  = vc_noise ? vc_down_a[6:0] : { \$23 , 1'h0 };
-  assign \$25  = vc_u_4 < vc_up;
-  assign \$26  = vc_u_4 < vc_down;
-  assign \$27  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$28  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$29  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$30  = vc_lt_up ? vc_q_up : \$29 ;
-  assign \$31  = & \$30 [8:3];
+  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
+  assign \$26  = & \$25 [8:3];
+  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
+  assign \$29  = | \$28 [8:3];
+  assign \$30  = ~ \$29 ;
+  assign \$31  = \$26  | \$30 ;
   assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
   assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = | \$33 [8:3];
-  assign \$35  = ~ \$34 ;
-  assign \$36  = \$31  | \$35 ;
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$40  = vc_lt_up ? vc_q_up : \$39 ;
-  assign \$41  = \$40 [8] ? 4'h8 : 4'h7;
-  assign \$42  = \$36  ? \$38 [3:0] : \$41 ;
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
+  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
   always @(posedge clk)
-    vc_q_a <= \$43 ;
+    vc_q_a <= \$38 ;
   always @(posedge clk)
-    vc_l_a <= \$44 ;
+    vc_l_a <= \$39 ;
   always @(posedge clk)
-    vc_q_b <= \$45 ;
+    vc_q_b <= \$40 ;
   always @(posedge clk)
-    vc_f_h <= \$46 ;
+    vc_f_h <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$47 ;
+    vc_sq_in <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$48 ;
+    vc_u_1 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$49 ;
+    vc_sq_pp0 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$50 ;
+    vc_sq_pp1 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$51 ;
+    vc_sq_pp2 <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$52 ;
+    vc_m_a <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$53 ;
+    vc_q <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$54 ;
+    vc_f_h2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$55 ;
+    vc_u_2 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$56 ;
+    vc_sq_l0_0 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$57 ;
+    vc_sq_l0_1 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$58 ;
+    vc_sq_l1_0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$59 ;
+    vc_m_a_d0 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$60 ;
+    vc_m_a_d1 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$61 ;
+    vc_q_d0 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$62 ;
+    vc_q_d1 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$63 ;
+    vc_f_h_d0 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$64 ;
+    vc_f_h_d1 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$65 ;
+    vc_u_d0 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$66 ;
+    vc_u_d1 <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$67 ;
+    vc_down_a <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$68 ;
+    vc_vs <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$69 ;
+    vc_up_a <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$70 ;
+    vc_q_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$71 ;
+    vc_u_3 <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$72 ;
+    vc_up <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$73 ;
+    vc_down <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$74 ;
+    vc_q_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$75 ;
+    vc_u_4 <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$76 ;
+    vc_lt_up <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$77 ;
+    vc_lt_down <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$78 ;
+    vc_q_up <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$79 ;
+    vc_q_dn <= \$74 ;
   always @(posedge clk)
-    out <= \$80 ;
+    vc_q_5 <= \$75 ;
+  always @(posedge clk)
+    out <= \$76 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = 3'h4 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$15  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$16  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = 3'h4 - vc_l_a;
+  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$12  = vc_var - vc_vs;
+  assign \$13  = vc_var - vc_vs;
+  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
+  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
+  assign \$16  = vc_var - vc_vs;
   assign \$17  = vc_var - vc_vs;
-  assign \$18  = vc_var - vc_vs;
+  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
+  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
+  assign \$20  = vc_u_4 < vc_up;
+  assign \$21  = vc_u_4 < vc_down;
+  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$43  = vc_q_a;
+    \$38  = vc_q_a;
     if (en) begin
-      \$43  = \$1 [13:6];
+      \$38  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$44  = vc_l_a;
+    \$39  = vc_l_a;
     if (en) begin
-      \$44  = \$1 [5:3];
+      \$39  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$45  = vc_q_b;
+    \$40  = vc_q_b;
     if (en) begin
-      \$45  = t[13:6];
+      \$40  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$46  = vc_f_h;
+    \$41  = vc_f_h;
     if (en) begin
-      \$46  = x[5:0];
+      \$41  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$47  = vc_u_1;
+    \$42  = vc_sq_in;
     if (en) begin
-      \$47  = u_vc;
+      \$42  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$48  = vc_sq_pp0;
+    \$43  = vc_u_1;
     if (en) begin
-      \$48  = \$4 ;
+      \$43  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$49  = vc_sq_pp1;
+    \$44  = vc_sq_pp0;
     if (en) begin
-      \$49  = { \$7 , 2'h0 };
+      \$44  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$50  = vc_sq_pp2;
+    \$45  = vc_sq_pp1;
     if (en) begin
-      \$50  = { \$10 , 4'h0 };
+      \$45  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$51  = vc_m_a;
+    \$46  = vc_sq_pp2;
     if (en) begin
-      \$51  = \$11 ;
+      \$46  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$52  = vc_q;
+    \$47  = vc_m_a;
     if (en) begin
-      \$52  = \$12 ;
+      \$47  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$53  = vc_f_h2;
+    \$48  = vc_q;
     if (en) begin
-      \$53  = vc_f_h;
+      \$48  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$54  = vc_u_2;
+    \$49  = vc_f_h2;
     if (en) begin
-      \$54  = vc_u_1;
+      \$49  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$55  = vc_sq_l0_0;
+    \$50  = vc_u_2;
     if (en) begin
-      \$55  = \$13 ;
+      \$50  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$56  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_0;
     if (en) begin
-      \$56  = vc_sq_pp2;
+      \$51  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$57  = vc_sq_l1_0;
+    \$52  = vc_sq_l0_1;
     if (en) begin
-      \$57  = \$14 ;
+      \$52  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$58  = vc_m_a_d0;
+    \$53  = vc_sq_l1_0;
     if (en) begin
-      \$58  = vc_m_a;
+      \$53  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$59  = vc_m_a_d1;
+    \$54  = vc_m_a_d0;
     if (en) begin
-      \$59  = vc_m_a_d0;
+      \$54  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$60  = vc_q_d0;
+    \$55  = vc_m_a_d1;
     if (en) begin
-      \$60  = vc_q;
+      \$55  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$61  = vc_q_d1;
+    \$56  = vc_q_d0;
     if (en) begin
-      \$61  = vc_q_d0;
+      \$56  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$62  = vc_f_h_d0;
+    \$57  = vc_q_d1;
     if (en) begin
-      \$62  = vc_f_h2;
+      \$57  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = vc_f_h_d1;
+    \$58  = vc_f_h_d0;
     if (en) begin
-      \$63  = vc_f_h_d0;
+      \$58  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$64  = vc_u_d0;
+    \$59  = vc_f_h_d1;
     if (en) begin
-      \$64  = vc_u_2;
+      \$59  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_u_d1;
+    \$60  = vc_u_d0;
     if (en) begin
-      \$65  = vc_u_d0;
+      \$60  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_down_a;
+    \$61  = vc_u_d1;
     if (en) begin
-      \$66  = \$15 ;
+      \$61  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_vs;
+    \$62  = vc_down_a;
     if (en) begin
-      \$67  = \$16 [11:6];
+      \$62  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_up_a;
+    \$63  = vc_vs;
     if (en) begin
-      \$68  = vc_sq_l1_0;
+      \$63  = \$11 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_q_3;
+    \$64  = vc_up_a;
     if (en) begin
-      \$69  = vc_q_d1;
+      \$64  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_u_3;
+    \$65  = vc_q_3;
     if (en) begin
-      \$70  = vc_u_d1;
+      \$65  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_up;
+    \$66  = vc_u_3;
+    if (en) begin
+      \$66  = vc_u_d1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$67  = vc_up;
+    if (en) begin
+      \$67  = \$15 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$68  = vc_down;
+    if (en) begin
+      \$68  = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$69  = vc_q_4;
+    if (en) begin
+      \$69  = vc_q_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$70  = vc_u_4;
+    if (en) begin
+      \$70  = vc_u_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$71  = vc_lt_up;
     if (en) begin
       \$71  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_down;
+    \$72  = vc_lt_down;
     if (en) begin
-      \$72  = \$24 ;
+      \$72  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_q_4;
+    \$73  = vc_q_up;
     if (en) begin
-      \$73  = vc_q_3;
+      \$73  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_u_4;
+    \$74  = vc_q_dn;
     if (en) begin
-      \$74  = vc_u_3;
+      \$74  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_lt_up;
+    \$75  = vc_q_5;
     if (en) begin
-      \$75  = \$25 ;
+      \$75  = vc_q_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = vc_lt_down;
+    \$76  = out;
     if (en) begin
-      \$76  = \$26 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$77  = vc_q_up;
-    if (en) begin
-      \$77  = \$27 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$78  = vc_q_dn;
-    if (en) begin
-      \$78  = \$28 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$79  = vc_q_5;
-    if (en) begin
-      \$79  = vc_q_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$80  = out;
-    if (en) begin
-      \$80  = \$42 ;
+      \$76  = \$37 ;
     end
   end
   assign y = \$1 [13:3];
@@ -1587,7 +1691,7 @@ module \lpsgld_w4_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l1.lane_0.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w4_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [5:0] \$1 ;
   wire [12:0] \$10 ;
@@ -1791,7 +1895,7 @@ module \lpsgld_w4_vc_l1.lane_0.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

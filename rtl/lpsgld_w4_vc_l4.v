@@ -6,7 +6,24 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg [3:0] \$100 ;
+  reg [4:0] \$101 ;
+  reg \$102 ;
+  reg [1:0] \$103 ;
+  reg \$104 ;
+  reg [3:0] \$105 ;
+  reg [3:0] \$106 ;
+  reg [3:0] \$107 ;
+  reg [4:0] \$108 ;
+  reg \$109 ;
   wire \$11 ;
+  reg [1:0] \$110 ;
+  reg \$111 ;
+  reg [3:0] \$112 ;
+  reg [3:0] \$113 ;
+  reg [3:0] \$114 ;
+  reg [4:0] \$115 ;
+  reg \$116 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -23,52 +40,52 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$24 ;
   wire \$25 ;
   wire \$26 ;
-  wire \$27 ;
+  wire [1:0] \$27 ;
   wire \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire \$31 ;
+  wire [1:0] \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire \$34 ;
+  wire [1:0] \$34 ;
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
-  wire \$38 ;
+  wire [1:0] \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire \$41 ;
+  wire [1:0] \$41 ;
   wire \$42 ;
   wire \$43 ;
-  reg \$44 ;
-  reg [3:0] \$45 ;
-  reg \$46 ;
-  reg \$47 ;
-  reg \$48 ;
-  reg \$49 ;
+  wire \$44 ;
+  wire [1:0] \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire [1:0] \$48 ;
+  wire \$49 ;
   wire \$5 ;
-  reg \$50 ;
-  reg \$51 ;
-  reg \$52 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire [1:0] \$52 ;
   reg \$53 ;
-  reg \$54 ;
+  reg [3:0] \$54 ;
   reg \$55 ;
   reg \$56 ;
   reg \$57 ;
   reg \$58 ;
   reg \$59 ;
   wire \$6 ;
-  reg [3:0] \$60 ;
-  reg [3:0] \$61 ;
-  reg [3:0] \$62 ;
-  reg [3:0] \$63 ;
-  reg [3:0] \$64 ;
-  reg [3:0] \$65 ;
-  reg [3:0] \$66 ;
-  reg [3:0] \$67 ;
-  reg [3:0] \$68 ;
+  reg \$60 ;
+  reg \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg \$64 ;
+  reg \$65 ;
+  reg \$66 ;
+  reg \$67 ;
+  reg \$68 ;
   reg [3:0] \$69 ;
   wire \$7 ;
   reg [3:0] \$70 ;
@@ -78,10 +95,31 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [3:0] \$74 ;
   reg [3:0] \$75 ;
   reg [3:0] \$76 ;
-  reg [4:0] \$77 ;
-  reg \$78 ;
+  reg [3:0] \$77 ;
+  reg [3:0] \$78 ;
+  reg [3:0] \$79 ;
   wire \$8 ;
+  reg [3:0] \$80 ;
+  reg [3:0] \$81 ;
+  reg [3:0] \$82 ;
+  reg \$83 ;
+  reg \$84 ;
+  reg \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg [63:0] \$88 ;
+  reg [1:0] \$89 ;
   wire \$9 ;
+  reg \$90 ;
+  reg [3:0] \$91 ;
+  reg [3:0] \$92 ;
+  reg [3:0] \$93 ;
+  reg [4:0] \$94 ;
+  reg \$95 ;
+  reg [1:0] \$96 ;
+  reg \$97 ;
+  reg [3:0] \$98 ;
+  reg [3:0] \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -91,25 +129,26 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
-  wire [63:0] \data$54 ;
-  wire [63:0] \data$70 ;
-  wire [63:0] \data$86 ;
+  reg [63:0] data = 64'h0000000000000000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$107 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$61 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$84 ;
   reg [3:0] decay = 4'h0;
-  (* init = 4'h0 *)
-  wire [3:0] \decay$63 ;
-  (* init = 4'h0 *)
-  wire [3:0] \decay$79 ;
-  (* init = 4'h0 *)
-  wire [3:0] \decay$95 ;
+  reg [3:0] \decay$117  = 4'h0;
+  reg [3:0] \decay$71  = 4'h0;
+  reg [3:0] \decay$94  = 4'h0;
   wire en;
-  wire \en$55 ;
-  wire \en$71 ;
-  wire \en$87 ;
+  wire \en$108 ;
+  wire \en$62 ;
+  wire \en$85 ;
+  wire free;
   wire [3:0] grad;
-  wire [3:0] \grad$57 ;
-  wire [3:0] \grad$73 ;
-  wire [3:0] \grad$89 ;
+  wire [3:0] \grad$110 ;
+  wire [3:0] \grad$64 ;
+  wire [3:0] \grad$87 ;
   output idle;
   wire idle;
   reg [3:0] keep_1 = 4'h0;
@@ -128,36 +167,73 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [3:0] keep_8 = 4'h0;
   reg [3:0] keep_9 = 4'h0;
   wire load0;
-  wire \load0$52 ;
-  wire \load0$68 ;
-  wire \load0$84 ;
+  wire \load0$105 ;
+  wire \load0$59 ;
+  wire \load0$82 ;
   wire load1;
-  wire \load1$53 ;
-  wire \load1$69 ;
-  wire \load1$85 ;
+  wire \load1$106 ;
+  wire \load1$60 ;
+  wire \load1$83 ;
   reg [3:0] noise = 4'h0;
-  (* init = 4'h0 *)
-  wire [3:0] \noise$64 ;
-  (* init = 4'h0 *)
-  wire [3:0] \noise$80 ;
-  (* init = 4'h0 *)
-  wire [3:0] \noise$96 ;
+  reg [3:0] \noise$119  = 4'h0;
+  reg [3:0] \noise$73  = 4'h0;
+  reg [3:0] \noise$96  = 4'h0;
   wire [63:0] out;
-  wire [63:0] \out$59 ;
-  wire [63:0] \out$75 ;
-  wire [63:0] \out$91 ;
+  wire [63:0] \out$112 ;
+  wire [63:0] \out$66 ;
+  wire [63:0] \out$89 ;
   (* init = 4'h0 *)
-  wire [3:0] reg_decay;
+  wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
-  wire [3:0] reg_noise;
+  wire [3:0] reg_decay_1;
   (* init = 4'h0 *)
-  wire [3:0] reg_step;
+  wire [3:0] reg_decay_2;
+  (* init = 4'h0 *)
+  wire [3:0] reg_decay_3;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_0;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_1;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_2;
+  (* init = 4'h0 *)
+  wire [3:0] reg_noise_3;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_0;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_1;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_2;
+  (* init = 4'h0 *)
+  wire [3:0] reg_step_3;
   (* init = 1'h0 *)
-  wire reg_vc_noise;
+  wire reg_vc_noise_0;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_1;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_2;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_3;
   (* init = 5'h00 *)
-  wire [4:0] reg_vc_var;
+  wire [4:0] reg_vc_var_0;
+  (* init = 5'h00 *)
+  wire [4:0] reg_vc_var_1;
+  (* init = 5'h00 *)
+  wire [4:0] reg_vc_var_2;
+  (* init = 5'h00 *)
+  wire [4:0] reg_vc_var_3;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
+  reg [1:0] seed_load_1 = 2'h0;
+  reg [1:0] seed_load_2 = 2'h0;
+  reg [1:0] seed_load_3 = 2'h0;
   input [35:0] sink__payload;
   wire [35:0] sink__payload;
   wire [15:0] \sink__payload.grad ;
@@ -193,25 +269,22 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   output source__valid;
   reg source__valid = 1'h0;
   wire [3:0] state;
-  wire [3:0] \state$60 ;
-  wire [3:0] \state$76 ;
-  wire [3:0] \state$92 ;
+  wire [3:0] \state$113 ;
+  wire [3:0] \state$67 ;
+  wire [3:0] \state$90 ;
   wire step;
-  reg [3:0] \step$41  = 4'h0;
-  wire \step$51 ;
-  (* init = 4'h0 *)
-  wire [3:0] \step$62 ;
-  wire \step$67 ;
-  (* init = 4'h0 *)
-  wire [3:0] \step$78 ;
-  wire \step$83 ;
-  (* init = 4'h0 *)
-  wire [3:0] \step$94 ;
+  wire \step$102 ;
+  reg [3:0] \step$115  = 4'h0;
+  reg [3:0] \step$46  = 4'h0;
+  wire \step$56 ;
+  reg [3:0] \step$69  = 4'h0;
+  wire \step$79 ;
+  reg [3:0] \step$92  = 4'h0;
   wire [3:0] theta;
-  wire [3:0] \theta$56 ;
-  wire [3:0] \theta$72 ;
-  wire [3:0] \theta$88 ;
-  wire transfer;
+  wire [3:0] \theta$109 ;
+  wire [3:0] \theta$63 ;
+  wire [3:0] \theta$86 ;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -229,165 +302,235 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
-  (* init = 1'h0 *)
-  wire \vc_noise$66 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$82 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$98 ;
+  reg \vc_noise$100  = 1'h0;
+  reg \vc_noise$123  = 1'h0;
+  reg \vc_noise$77  = 1'h0;
   reg [4:0] vc_var = 5'h00;
-  (* init = 5'h00 *)
-  wire [4:0] \vc_var$65 ;
-  (* init = 5'h00 *)
-  wire [4:0] \vc_var$81 ;
-  (* init = 5'h00 *)
-  wire [4:0] \vc_var$97 ;
+  reg [4:0] \vc_var$121  = 5'h00;
+  reg [4:0] \vc_var$75  = 5'h00;
+  reg [4:0] \vc_var$98  = 5'h00;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
-  wire [3:0] \weight$61 ;
-  wire [3:0] \weight$77 ;
-  wire [3:0] \weight$93 ;
+  wire [3:0] \weight$114 ;
+  wire [3:0] \weight$68 ;
+  wire [3:0] \weight$91 ;
   wire [63:0] words;
-  wire [63:0] \words$58 ;
-  wire [63:0] \words$74 ;
-  wire [63:0] \words$90 ;
-  assign \$15  = ctl__addr == 9'h102;
-  assign \$16  = ctl__we & \$15 ;
-  assign \$17  = ~ \$16 ;
-  assign \$18  = \$14  & \$17 ;
-  assign \$19  = ctl__addr == 9'h103;
-  assign \$20  = ctl__we & \$19 ;
-  assign \$21  = ~ \$20 ;
-  assign \step$51  = \$18  & \$21 ;
-  assign \$22  = ctl__addr == 9'h102;
-  assign \load0$52  = ctl__we & \$22 ;
-  assign \$23  = ctl__addr == 9'h103;
-  assign \load1$53  = ctl__we & \$23 ;
-  assign \$24  = transfer & sink__payload[2];
-  assign \$25  = ctl__addr == 9'h104;
-  assign \$26  = ctl__we & \$25 ;
-  assign \$27  = ~ \$26 ;
-  assign \$28  = \$24  & \$27 ;
-  assign \$29  = ctl__addr == 9'h105;
-  assign \$30  = ctl__we & \$29 ;
-  assign \$31  = ~ \$30 ;
-  assign \step$67  = \$28  & \$31 ;
-  assign \$32  = ctl__addr == 9'h104;
-  assign \load0$68  = ctl__we & \$32 ;
-  assign \$33  = ctl__addr == 9'h105;
-  assign \load1$69  = ctl__we & \$33 ;
-  assign \$34  = transfer & sink__payload[3];
-  assign \$35  = ctl__addr == 9'h106;
-  assign \$36  = ctl__we & \$35 ;
-  assign \$37  = ~ \$36 ;
-  assign \$38  = \$34  & \$37 ;
-  assign \$39  = ctl__addr == 9'h107;
-  assign \$40  = ctl__we & \$39 ;
-  assign \$41  = ~ \$40 ;
-  assign \step$83  = \$38  & \$41 ;
-  assign \$42  = ctl__addr == 9'h106;
-  assign \load0$84  = ctl__we & \$42 ;
-  assign \$43  = ctl__addr == 9'h107;
-  assign \load1$85  = ctl__we & \$43 ;
-  always @(posedge clk)
-    valid_1 <= \$44 ;
-  always @(posedge clk)
-    keep_1 <= \$45 ;
-  always @(posedge clk)
-    valid_2 <= \$46 ;
-  always @(posedge clk)
-    valid_3 <= \$47 ;
-  always @(posedge clk)
-    valid_4 <= \$48 ;
-  always @(posedge clk)
-    valid_5 <= \$49 ;
-  always @(posedge clk)
-    valid_6 <= \$50 ;
-  always @(posedge clk)
-    valid_7 <= \$51 ;
-  always @(posedge clk)
-    valid_8 <= \$52 ;
-  always @(posedge clk)
-    valid_9 <= \$53 ;
-  always @(posedge clk)
-    valid_10 <= \$54 ;
-  always @(posedge clk)
-    valid_11 <= \$55 ;
-  always @(posedge clk)
-    valid_12 <= \$56 ;
-  always @(posedge clk)
-    valid_13 <= \$57 ;
-  always @(posedge clk)
-    valid_14 <= \$58 ;
-  always @(posedge clk)
-    source__valid <= \$59 ;
-  always @(posedge clk)
-    keep_2 <= \$60 ;
-  always @(posedge clk)
-    keep_3 <= \$61 ;
-  always @(posedge clk)
-    keep_4 <= \$62 ;
-  always @(posedge clk)
-    keep_5 <= \$63 ;
-  always @(posedge clk)
-    keep_6 <= \$64 ;
-  always @(posedge clk)
-    keep_7 <= \$65 ;
-  always @(posedge clk)
-    keep_8 <= \$66 ;
-  always @(posedge clk)
-    keep_9 <= \$67 ;
-  always @(posedge clk)
-    keep_10 <= \$68 ;
-  always @(posedge clk)
-    keep_11 <= \$69 ;
-  always @(posedge clk)
-    keep_12 <= \$70 ;
-  always @(posedge clk)
-    keep_13 <= \$71 ;
-  always @(posedge clk)
-    keep_14 <= \$72 ;
-  always @(posedge clk)
-    keep_15 <= \$73 ;
-  always @(posedge clk)
-    \step$41  <= \$74 ;
-  always @(posedge clk)
-    decay <= \$75 ;
-  always @(posedge clk)
-    noise <= \$76 ;
-  always @(posedge clk)
-    vc_var <= \$77 ;
-  always @(posedge clk)
-    vc_noise <= \$78 ;
+  wire [63:0] \words$111 ;
+  wire [63:0] \words$65 ;
+  wire [63:0] \words$88 ;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  reg write_vc_noise = 1'h0;
+  reg write_vc_var = 1'h0;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
   assign \$3  = | { source__valid, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
-  assign \$14  = transfer & sink__payload[1];
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$56  = \$11  & \$14 ;
+  assign \load0$59  = seed_load_1[0] & free;
+  assign \load1$60  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
+  assign \$19  = ~ \$18 ;
+  assign \step$79  = \$16  & \$19 ;
+  assign \load0$82  = seed_load_2[0] & free;
+  assign \load1$83  = seed_load_2[1] & free;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$102  = \$21  & \$24 ;
+  assign \load0$105  = seed_load_3[0] & free;
+  assign \load1$106  = seed_load_3[1] & free;
+  assign \$25  = ctl__addr == 9'h100;
+  assign \$26  = ctl__addr == 9'h101;
+  assign \$27  = { \$26 , \$25  } & { ctl__we, ctl__we };
+  assign \$28  = | \$27 ;
+  assign \$29  = ctl__addr == 9'h100;
+  assign \$30  = ctl__addr == 9'h101;
+  assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
+  assign \$32  = ctl__addr == 9'h102;
+  assign \$33  = ctl__addr == 9'h103;
+  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
+  assign \$35  = | \$34 ;
+  assign \$36  = ctl__addr == 9'h102;
+  assign \$37  = ctl__addr == 9'h103;
+  assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
+  assign \$39  = ctl__addr == 9'h104;
+  assign \$40  = ctl__addr == 9'h105;
+  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
+  assign \$42  = | \$41 ;
+  assign \$43  = ctl__addr == 9'h104;
+  assign \$44  = ctl__addr == 9'h105;
+  assign \$45  = { \$44 , \$43  } & { ctl__we, ctl__we };
+  assign \$46  = ctl__addr == 9'h106;
+  assign \$47  = ctl__addr == 9'h107;
+  assign \$48  = { \$47 , \$46  } & { ctl__we, ctl__we };
+  assign \$49  = | \$48 ;
+  assign \$50  = ctl__addr == 9'h106;
+  assign \$51  = ctl__addr == 9'h107;
+  assign \$52  = { \$51 , \$50  } & { ctl__we, ctl__we };
+  always @(posedge clk)
+    valid_1 <= \$53 ;
+  always @(posedge clk)
+    keep_1 <= \$54 ;
+  always @(posedge clk)
+    valid_2 <= \$55 ;
+  always @(posedge clk)
+    valid_3 <= \$56 ;
+  always @(posedge clk)
+    valid_4 <= \$57 ;
+  always @(posedge clk)
+    valid_5 <= \$58 ;
+  always @(posedge clk)
+    valid_6 <= \$59 ;
+  always @(posedge clk)
+    valid_7 <= \$60 ;
+  always @(posedge clk)
+    valid_8 <= \$61 ;
+  always @(posedge clk)
+    valid_9 <= \$62 ;
+  always @(posedge clk)
+    valid_10 <= \$63 ;
+  always @(posedge clk)
+    valid_11 <= \$64 ;
+  always @(posedge clk)
+    valid_12 <= \$65 ;
+  always @(posedge clk)
+    valid_13 <= \$66 ;
+  always @(posedge clk)
+    valid_14 <= \$67 ;
+  always @(posedge clk)
+    source__valid <= \$68 ;
+  always @(posedge clk)
+    keep_2 <= \$69 ;
+  always @(posedge clk)
+    keep_3 <= \$70 ;
+  always @(posedge clk)
+    keep_4 <= \$71 ;
+  always @(posedge clk)
+    keep_5 <= \$72 ;
+  always @(posedge clk)
+    keep_6 <= \$73 ;
+  always @(posedge clk)
+    keep_7 <= \$74 ;
+  always @(posedge clk)
+    keep_8 <= \$75 ;
+  always @(posedge clk)
+    keep_9 <= \$76 ;
+  always @(posedge clk)
+    keep_10 <= \$77 ;
+  always @(posedge clk)
+    keep_11 <= \$78 ;
+  always @(posedge clk)
+    keep_12 <= \$79 ;
+  always @(posedge clk)
+    keep_13 <= \$80 ;
+  always @(posedge clk)
+    keep_14 <= \$81 ;
+  always @(posedge clk)
+    keep_15 <= \$82 ;
+  always @(posedge clk)
+    wdata <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$83 ;
+  always @(posedge clk)
+    write_decay <= \$84 ;
+  always @(posedge clk)
+    write_noise <= \$85 ;
+  always @(posedge clk)
+    write_vc_var <= \$86 ;
+  always @(posedge clk)
+    write_vc_noise <= \$87 ;
+  always @(posedge clk)
+    data <= \$88 ;
+  always @(posedge clk)
+    seed_load_0 <= \$89 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$90 ;
+  always @(posedge clk)
+    \step$46  <= \$91 ;
+  always @(posedge clk)
+    decay <= \$92 ;
+  always @(posedge clk)
+    noise <= \$93 ;
+  always @(posedge clk)
+    vc_var <= \$94 ;
+  always @(posedge clk)
+    vc_noise <= \$95 ;
+  always @(posedge clk)
+    seed_load_1 <= \$96 ;
+  always @(posedge clk)
+    seed_hold_1 <= \$97 ;
+  always @(posedge clk)
+    \step$69  <= \$98 ;
+  always @(posedge clk)
+    \decay$71  <= \$99 ;
+  always @(posedge clk)
+    \noise$73  <= \$100 ;
+  always @(posedge clk)
+    \vc_var$75  <= \$101 ;
+  always @(posedge clk)
+    \vc_noise$77  <= \$102 ;
+  always @(posedge clk)
+    seed_load_2 <= \$103 ;
+  always @(posedge clk)
+    seed_hold_2 <= \$104 ;
+  always @(posedge clk)
+    \step$92  <= \$105 ;
+  always @(posedge clk)
+    \decay$94  <= \$106 ;
+  always @(posedge clk)
+    \noise$96  <= \$107 ;
+  always @(posedge clk)
+    \vc_var$98  <= \$108 ;
+  always @(posedge clk)
+    \vc_noise$100  <= \$109 ;
+  always @(posedge clk)
+    seed_load_3 <= \$110 ;
+  always @(posedge clk)
+    seed_hold_3 <= \$111 ;
+  always @(posedge clk)
+    \step$115  <= \$112 ;
+  always @(posedge clk)
+    \decay$117  <= \$113 ;
+  always @(posedge clk)
+    \noise$119  <= \$114 ;
+  always @(posedge clk)
+    \vc_var$121  <= \$115 ;
+  always @(posedge clk)
+    \vc_noise$123  <= \$116 ;
   \lpsgld_w4_vc_l4.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
     .en(advance),
     .grad(sink__payload[23:20]),
-    .\noise$36 (noise),
+    .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$41 ),
+    .step(\step$46 ),
     .theta(sink__payload[7:4]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
@@ -395,49 +538,49 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   \lpsgld_w4_vc_l4.lane_1  lane_1 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$71 ),
     .en(advance),
     .grad(sink__payload[27:24]),
-    .\noise$36 (noise),
+    .noise(\noise$73 ),
     .rst(rst),
-    .state(\state$60 ),
-    .step(\step$41 ),
+    .state(\state$67 ),
+    .step(\step$69 ),
     .theta(sink__payload[11:8]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$58 )
+    .vc_noise(\vc_noise$77 ),
+    .vc_var(\vc_var$75 ),
+    .words(\words$65 )
   );
   \lpsgld_w4_vc_l4.lane_2  lane_2 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$94 ),
     .en(advance),
     .grad(sink__payload[31:28]),
-    .\noise$36 (noise),
+    .noise(\noise$96 ),
     .rst(rst),
-    .state(\state$76 ),
-    .step(\step$41 ),
+    .state(\state$90 ),
+    .step(\step$92 ),
     .theta(sink__payload[15:12]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$74 )
+    .vc_noise(\vc_noise$100 ),
+    .vc_var(\vc_var$98 ),
+    .words(\words$88 )
   );
   \lpsgld_w4_vc_l4.lane_3  lane_3 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$117 ),
     .en(advance),
     .grad(sink__payload[35:32]),
-    .\noise$36 (noise),
+    .noise(\noise$119 ),
     .rst(rst),
-    .state(\state$92 ),
-    .step(\step$41 ),
+    .state(\state$113 ),
+    .step(\step$115 ),
     .theta(sink__payload[19:16]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$90 )
+    .vc_noise(\vc_noise$123 ),
+    .vc_var(\vc_var$121 ),
+    .words(\words$111 )
   );
   \lpsgld_w4_vc_l4.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -446,123 +589,36 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   \lpsgld_w4_vc_l4.rng_1_0  rng_1_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$52 ),
-    .load1(\load1$53 ),
-    .out(\words$58 ),
+    .data(data),
+    .load0(\load0$59 ),
+    .load1(\load1$60 ),
+    .out(\words$65 ),
     .rst(rst),
-    .step(\step$51 )
+    .step(\step$56 )
   );
   \lpsgld_w4_vc_l4.rng_2_0  rng_2_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$68 ),
-    .load1(\load1$69 ),
-    .out(\words$74 ),
+    .data(data),
+    .load0(\load0$82 ),
+    .load1(\load1$83 ),
+    .out(\words$88 ),
     .rst(rst),
-    .step(\step$67 )
+    .step(\step$79 )
   );
   \lpsgld_w4_vc_l4.rng_3_0  rng_3_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$84 ),
-    .load1(\load1$85 ),
-    .out(\words$90 ),
+    .data(data),
+    .load0(\load0$105 ),
+    .load1(\load1$106 ),
+    .out(\words$111 ),
     .rst(rst),
-    .step(\step$83 )
+    .step(\step$102 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = valid_1;
+    \$53  = valid_1;
     if (advance) begin
-      \$44  = sink__valid;
-    end
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_1;
-    if (advance) begin
-      \$45  = sink__payload[3:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = valid_2;
-    if (advance) begin
-      \$46  = valid_1;
-    end
-    if (rst) begin
-      \$46  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = valid_3;
-    if (advance) begin
-      \$47  = valid_2;
-    end
-    if (rst) begin
-      \$47  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = valid_4;
-    if (advance) begin
-      \$48  = valid_3;
-    end
-    if (rst) begin
-      \$48  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = valid_5;
-    if (advance) begin
-      \$49  = valid_4;
-    end
-    if (rst) begin
-      \$49  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = valid_6;
-    if (advance) begin
-      \$50  = valid_5;
-    end
-    if (rst) begin
-      \$50  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = valid_7;
-    if (advance) begin
-      \$51  = valid_6;
-    end
-    if (rst) begin
-      \$51  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = valid_8;
-    if (advance) begin
-      \$52  = valid_7;
-    end
-    if (rst) begin
-      \$52  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = valid_9;
-    if (advance) begin
-      \$53  = valid_8;
+      \$53  = sink__valid;
     end
     if (rst) begin
       \$53  = 1'h0;
@@ -570,19 +626,16 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = valid_10;
+    \$54  = keep_1;
     if (advance) begin
-      \$54  = valid_9;
-    end
-    if (rst) begin
-      \$54  = 1'h0;
+      \$54  = sink__payload[3:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = valid_11;
+    \$55  = valid_2;
     if (advance) begin
-      \$55  = valid_10;
+      \$55  = valid_1;
     end
     if (rst) begin
       \$55  = 1'h0;
@@ -590,9 +643,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = valid_12;
+    \$56  = valid_3;
     if (advance) begin
-      \$56  = valid_11;
+      \$56  = valid_2;
     end
     if (rst) begin
       \$56  = 1'h0;
@@ -600,9 +653,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = valid_13;
+    \$57  = valid_4;
     if (advance) begin
-      \$57  = valid_12;
+      \$57  = valid_3;
     end
     if (rst) begin
       \$57  = 1'h0;
@@ -610,9 +663,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = valid_14;
+    \$58  = valid_5;
     if (advance) begin
-      \$58  = valid_13;
+      \$58  = valid_4;
     end
     if (rst) begin
       \$58  = 1'h0;
@@ -620,9 +673,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = source__valid;
+    \$59  = valid_6;
     if (advance) begin
-      \$59  = valid_14;
+      \$59  = valid_5;
     end
     if (rst) begin
       \$59  = 1'h0;
@@ -630,133 +683,223 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = keep_2;
+    \$60  = valid_7;
     if (advance) begin
-      \$60  = keep_1;
+      \$60  = valid_6;
+    end
+    if (rst) begin
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = keep_3;
+    \$61  = valid_8;
     if (advance) begin
-      \$61  = keep_2;
+      \$61  = valid_7;
+    end
+    if (rst) begin
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = keep_4;
+    \$62  = valid_9;
     if (advance) begin
-      \$62  = keep_3;
+      \$62  = valid_8;
+    end
+    if (rst) begin
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = keep_5;
+    \$63  = valid_10;
     if (advance) begin
-      \$63  = keep_4;
+      \$63  = valid_9;
+    end
+    if (rst) begin
+      \$63  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = keep_6;
+    \$64  = valid_11;
     if (advance) begin
-      \$64  = keep_5;
+      \$64  = valid_10;
+    end
+    if (rst) begin
+      \$64  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = keep_7;
+    \$65  = valid_12;
     if (advance) begin
-      \$65  = keep_6;
+      \$65  = valid_11;
+    end
+    if (rst) begin
+      \$65  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = keep_8;
+    \$66  = valid_13;
     if (advance) begin
-      \$66  = keep_7;
+      \$66  = valid_12;
+    end
+    if (rst) begin
+      \$66  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = keep_9;
+    \$67  = valid_14;
     if (advance) begin
-      \$67  = keep_8;
+      \$67  = valid_13;
+    end
+    if (rst) begin
+      \$67  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = keep_10;
+    \$68  = source__valid;
     if (advance) begin
-      \$68  = keep_9;
+      \$68  = valid_14;
+    end
+    if (rst) begin
+      \$68  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = keep_11;
+    \$69  = keep_2;
     if (advance) begin
-      \$69  = keep_10;
+      \$69  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = keep_12;
+    \$70  = keep_3;
     if (advance) begin
-      \$70  = keep_11;
+      \$70  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = keep_13;
+    \$71  = keep_4;
     if (advance) begin
-      \$71  = keep_12;
+      \$71  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = keep_14;
+    \$72  = keep_5;
     if (advance) begin
-      \$72  = keep_13;
+      \$72  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = keep_15;
+    \$73  = keep_6;
     if (advance) begin
-      \$73  = keep_14;
+      \$73  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = \step$41 ;
+    \$74  = keep_7;
+    if (advance) begin
+      \$74  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = keep_8;
+    if (advance) begin
+      \$75  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = keep_9;
+    if (advance) begin
+      \$76  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = keep_10;
+    if (advance) begin
+      \$77  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = keep_11;
+    if (advance) begin
+      \$78  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = keep_12;
+    if (advance) begin
+      \$79  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = keep_13;
+    if (advance) begin
+      \$80  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = keep_14;
+    if (advance) begin
+      \$81  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = keep_15;
+    if (advance) begin
+      \$82  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$83  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$74  = ctl__data[3:0];
+            \$83  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$74  = 4'h0;
+      \$83  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = decay;
+    \$84  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$75  = ctl__data[3:0];
+            \$84  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$75  = 4'h0;
+      \$84  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = noise;
+    \$85  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -764,16 +907,16 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$76  = ctl__data[3:0];
+            \$85  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$76  = 4'h0;
+      \$85  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = vc_var;
+    \$86  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -783,16 +926,16 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$77  = ctl__data[4:0];
+            \$86  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$77  = 5'h00;
+      \$86  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = vc_noise;
+    \$87  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -804,58 +947,353 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$78  = ctl__data[0];
+            \$87  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$78  = 1'h0;
+      \$87  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$88  = data;
+    if (ctl__we) begin
+      \$88  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$89  = seed_load_0;
+    if (\$28 ) begin
+      \$89  = \$31 ;
+    end else if (free) begin
+      \$89  = 2'h0;
+    end
+    if (rst) begin
+      \$89  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = seed_hold_0;
+    if (\$28 ) begin
+      \$90  = took;
+    end
+    if (rst) begin
+      \$90  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = \step$46 ;
+    if (write_step) begin
+      \$91  = wdata[3:0];
+    end
+    if (rst) begin
+      \$91  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = decay;
+    if (write_decay) begin
+      \$92  = wdata[3:0];
+    end
+    if (rst) begin
+      \$92  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$93  = noise;
+    if (write_noise) begin
+      \$93  = wdata[3:0];
+    end
+    if (rst) begin
+      \$93  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$94  = vc_var;
+    if (write_vc_var) begin
+      \$94  = wdata[4:0];
+    end
+    if (rst) begin
+      \$94  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = vc_noise;
+    if (write_vc_noise) begin
+      \$95  = wdata[0];
+    end
+    if (rst) begin
+      \$95  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$96  = seed_load_1;
+    if (\$35 ) begin
+      \$96  = \$38 ;
+    end else if (free) begin
+      \$96  = 2'h0;
+    end
+    if (rst) begin
+      \$96  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$97  = seed_hold_1;
+    if (\$35 ) begin
+      \$97  = took;
+    end
+    if (rst) begin
+      \$97  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = \step$69 ;
+    if (write_step) begin
+      \$98  = wdata[3:0];
+    end
+    if (rst) begin
+      \$98  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$99  = \decay$71 ;
+    if (write_decay) begin
+      \$99  = wdata[3:0];
+    end
+    if (rst) begin
+      \$99  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$100  = \noise$73 ;
+    if (write_noise) begin
+      \$100  = wdata[3:0];
+    end
+    if (rst) begin
+      \$100  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$101  = \vc_var$75 ;
+    if (write_vc_var) begin
+      \$101  = wdata[4:0];
+    end
+    if (rst) begin
+      \$101  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$102  = \vc_noise$77 ;
+    if (write_vc_noise) begin
+      \$102  = wdata[0];
+    end
+    if (rst) begin
+      \$102  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$103  = seed_load_2;
+    if (\$42 ) begin
+      \$103  = \$45 ;
+    end else if (free) begin
+      \$103  = 2'h0;
+    end
+    if (rst) begin
+      \$103  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$104  = seed_hold_2;
+    if (\$42 ) begin
+      \$104  = took;
+    end
+    if (rst) begin
+      \$104  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$105  = \step$92 ;
+    if (write_step) begin
+      \$105  = wdata[3:0];
+    end
+    if (rst) begin
+      \$105  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$106  = \decay$94 ;
+    if (write_decay) begin
+      \$106  = wdata[3:0];
+    end
+    if (rst) begin
+      \$106  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$107  = \noise$96 ;
+    if (write_noise) begin
+      \$107  = wdata[3:0];
+    end
+    if (rst) begin
+      \$107  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$108  = \vc_var$98 ;
+    if (write_vc_var) begin
+      \$108  = wdata[4:0];
+    end
+    if (rst) begin
+      \$108  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$109  = \vc_noise$100 ;
+    if (write_vc_noise) begin
+      \$109  = wdata[0];
+    end
+    if (rst) begin
+      \$109  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$110  = seed_load_3;
+    if (\$49 ) begin
+      \$110  = \$52 ;
+    end else if (free) begin
+      \$110  = 2'h0;
+    end
+    if (rst) begin
+      \$110  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$111  = seed_hold_3;
+    if (\$49 ) begin
+      \$111  = took;
+    end
+    if (rst) begin
+      \$111  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$112  = \step$115 ;
+    if (write_step) begin
+      \$112  = wdata[3:0];
+    end
+    if (rst) begin
+      \$112  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$113  = \decay$117 ;
+    if (write_decay) begin
+      \$113  = wdata[3:0];
+    end
+    if (rst) begin
+      \$113  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$114  = \noise$119 ;
+    if (write_noise) begin
+      \$114  = wdata[3:0];
+    end
+    if (rst) begin
+      \$114  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$115  = \vc_var$121 ;
+    if (write_vc_var) begin
+      \$115  = wdata[4:0];
+    end
+    if (rst) begin
+      \$115  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$116  = \vc_noise$123 ;
+    if (write_vc_noise) begin
+      \$116  = wdata[0];
+    end
+    if (rst) begin
+      \$116  = 1'h0;
     end
   end
   assign valid_15 = source__valid;
-  assign data = ctl__data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[7:4];
   assign grad = sink__payload[23:20];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$41 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign reg_vc_var = vc_var;
-  assign reg_vc_noise = vc_noise;
-  assign \data$54  = ctl__data;
-  assign \en$55  = advance;
-  assign \theta$56  = sink__payload[11:8];
-  assign \grad$57  = sink__payload[27:24];
-  assign \out$59  = \words$58 ;
-  assign \weight$61  = \state$60 ;
-  assign \step$62  = \step$41 ;
-  assign \decay$63  = decay;
-  assign \noise$64  = noise;
-  assign \vc_var$65  = vc_var;
-  assign \vc_noise$66  = vc_noise;
-  assign \data$70  = ctl__data;
-  assign \en$71  = advance;
-  assign \theta$72  = sink__payload[15:12];
-  assign \grad$73  = sink__payload[31:28];
-  assign \out$75  = \words$74 ;
-  assign \weight$77  = \state$76 ;
-  assign \step$78  = \step$41 ;
-  assign \decay$79  = decay;
-  assign \noise$80  = noise;
-  assign \vc_var$81  = vc_var;
-  assign \vc_noise$82  = vc_noise;
-  assign \data$86  = ctl__data;
-  assign \en$87  = advance;
-  assign \theta$88  = sink__payload[19:16];
-  assign \grad$89  = sink__payload[35:32];
-  assign \out$91  = \words$90 ;
-  assign \weight$93  = \state$92 ;
-  assign \step$94  = \step$41 ;
-  assign \decay$95  = decay;
-  assign \noise$96  = noise;
-  assign \vc_var$97  = vc_var;
-  assign \vc_noise$98  = vc_noise;
+  assign reg_step_0 = \step$46 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign reg_vc_var_0 = vc_var;
+  assign reg_vc_noise_0 = vc_noise;
+  assign \data$61  = data;
+  assign \en$62  = advance;
+  assign \theta$63  = sink__payload[11:8];
+  assign \grad$64  = sink__payload[27:24];
+  assign \out$66  = \words$65 ;
+  assign \weight$68  = \state$67 ;
+  assign reg_step_1 = \step$69 ;
+  assign reg_decay_1 = \decay$71 ;
+  assign reg_noise_1 = \noise$73 ;
+  assign reg_vc_var_1 = \vc_var$75 ;
+  assign reg_vc_noise_1 = \vc_noise$77 ;
+  assign \data$84  = data;
+  assign \en$85  = advance;
+  assign \theta$86  = sink__payload[15:12];
+  assign \grad$87  = sink__payload[31:28];
+  assign \out$89  = \words$88 ;
+  assign \weight$91  = \state$90 ;
+  assign reg_step_2 = \step$92 ;
+  assign reg_decay_2 = \decay$94 ;
+  assign reg_noise_2 = \noise$96 ;
+  assign reg_vc_var_2 = \vc_var$98 ;
+  assign reg_vc_noise_2 = \vc_noise$100 ;
+  assign \data$107  = data;
+  assign \en$108  = advance;
+  assign \theta$109  = sink__payload[19:16];
+  assign \grad$110  = sink__payload[35:32];
+  assign \out$112  = \words$111 ;
+  assign \weight$114  = \state$113 ;
+  assign reg_step_3 = \step$115 ;
+  assign reg_decay_3 = \decay$117 ;
+  assign reg_noise_3 = \noise$119 ;
+  assign reg_vc_var_3 = \vc_var$121 ;
+  assign reg_vc_noise_3 = \vc_noise$123 ;
   assign \sink__payload.keep  = sink__payload[3:0];
   assign \sink__payload.theta  = sink__payload[19:4];
   assign \sink__payload.theta[0]  = sink__payload[7:4];
@@ -878,42 +1316,40 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \source__payload.weight[1]  = source__payload[27:24];
   assign \source__payload.weight[2]  = source__payload[31:28];
   assign \source__payload.weight[3]  = source__payload[35:32];
-  assign source__payload[35:32] = \state$92 ;
-  assign source__payload[19:16] = \state$92 ;
-  assign source__payload[31:28] = \state$76 ;
-  assign source__payload[15:12] = \state$76 ;
-  assign source__payload[27:24] = \state$60 ;
-  assign source__payload[11:8] = \state$60 ;
+  assign source__payload[35:32] = \state$113 ;
+  assign source__payload[19:16] = \state$113 ;
+  assign source__payload[31:28] = \state$90 ;
+  assign source__payload[15:12] = \state$90 ;
+  assign source__payload[27:24] = \state$67 ;
+  assign source__payload[11:8] = \state$67 ;
   assign source__payload[23:20] = state;
   assign source__payload[7:4] = state;
   assign source__payload[3:0] = keep_15;
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$36 , vc_var, vc_noise, state, theta);
+module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
-  reg [3:0] \$1 ;
+  wire [3:0] \$1 ;
   reg [5:0] \$10 ;
   reg [5:0] \$11 ;
   reg [5:0] \$12 ;
   reg [5:0] \$13 ;
   reg [5:0] \$14 ;
-  reg [5:0] \$15 ;
+  reg [6:0] \$15 ;
   reg [6:0] \$16 ;
   reg [6:0] \$17 ;
   reg [6:0] \$18 ;
   reg [6:0] \$19 ;
   reg [3:0] \$2 ;
   reg [6:0] \$20 ;
-  reg [6:0] \$21 ;
-  reg [5:0] \$3 ;
-  reg [6:0] \$4 ;
-  reg [5:0] \$5 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
+  reg [3:0] \$5 ;
   reg [3:0] \$6 ;
   reg [3:0] \$7 ;
   reg [3:0] \$8 ;
-  reg [3:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$9 ;
   wire [5:0] bits;
   input clk;
   wire clk;
@@ -924,12 +1360,11 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
   wire en;
   wire \en$27 ;
   wire \en$32 ;
-  wire \en$41 ;
+  wire \en$39 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$40 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$38 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
@@ -942,18 +1377,18 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
   reg [5:0] lane_u_sr_d2 = 6'h00;
   reg [5:0] lane_u_sr_d3 = 6'h00;
   reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   reg [6:0] lane_u_vc = 7'h00;
   reg [6:0] lane_u_vc_d0 = 7'h00;
   reg [6:0] lane_u_vc_d1 = 7'h00;
   reg [6:0] lane_u_vc_d2 = 7'h00;
   reg [6:0] lane_u_vc_d3 = 7'h00;
   reg [6:0] lane_u_vc_d4 = 7'h00;
-  reg [6:0] lane_u_vc_d5 = 7'h00;
+  input [3:0] noise;
   wire [3:0] noise;
-  input [3:0] \noise$36 ;
-  wire [3:0] \noise$36 ;
+  (* init = 4'h0 *)
+  wire [3:0] \noise$34 ;
   wire [3:0] out;
+  reg [3:0] reg_noise_gated = 4'h0;
   input rst;
   wire rst;
   output [3:0] state;
@@ -964,43 +1399,41 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
   input [3:0] theta;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$39 ;
+  wire [3:0] \theta$37 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   (* init = 7'h00 *)
   wire [6:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$46 ;
+  wire \vc_noise$44 ;
   input [4:0] vc_var;
   wire [4:0] vc_var;
-  wire [4:0] \vc_var$48 ;
+  wire [4:0] \vc_var$46 ;
   wire [3:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$43 ;
+  wire [12:0] \x$41 ;
   wire [5:0] z;
-  wire [5:0] \z$38 ;
-  assign noise = vc_noise ? \noise$36  : 4'h0;
+  wire [5:0] \z$36 ;
+  assign \$1  = vc_noise ? noise : 4'h0;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
-  always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr <= \$9 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$10 ;
   always @(posedge clk)
@@ -1012,7 +1445,7 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
   always @(posedge clk)
     lane_u_sr_d4 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$15 ;
+    lane_u_vc <= \$15 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$16 ;
   always @(posedge clk)
@@ -1023,10 +1456,8 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
     lane_u_vc_d3 <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d4 <= \$20 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$21 ;
   \lpsgld_w4_vc_l4.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[12:7]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -1037,8 +1468,8 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
-    .u_vc(lane_u_vc_d5),
+    .u_sr(lane_u_sr_d4),
+    .u_vc(lane_u_vc_d4),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -1048,7 +1479,7 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
     .decay(decay),
     .en(en),
     .grad(lane_grad_d1),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
@@ -1057,65 +1488,58 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[12:7];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[6:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[12:7];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d0;
+    \$9  = lane_u_sr;
     if (en) begin
-      \$8  = lane_grad;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d1;
-    if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[12:7];
     end
   end
   always @* begin
@@ -1155,9 +1579,9 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d5;
+    \$15  = lane_u_vc;
     if (en) begin
-      \$15  = lane_u_sr_d4;
+      \$15  = words[6:0];
     end
   end
   always @* begin
@@ -1195,27 +1619,21 @@ module \lpsgld_w4_vc_l4.lane_0 (grad, clk, rst, en, words, step, decay, \noise$3
       \$20  = lane_u_vc_d3;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$21  = lane_u_vc_d5;
-    if (en) begin
-      \$21  = lane_u_vc_d4;
-    end
-  end
   assign \en$27  = en;
   assign \step$29  = step;
   assign \decay$31  = decay;
   assign \en$32  = en;
-  assign bits = lane_gauss;
-  assign \z$38  = z;
-  assign \theta$39  = lane_theta_d1;
-  assign \grad$40  = lane_grad_d1;
-  assign \en$41  = en;
-  assign \x$43  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign u_vc = lane_u_vc_d5;
-  assign \vc_noise$46  = vc_noise;
-  assign \vc_var$48  = vc_var;
+  assign bits = words[12:7];
+  assign \noise$34  = reg_noise_gated;
+  assign \z$36  = z;
+  assign \theta$37  = lane_theta_d1;
+  assign \grad$38  = lane_grad_d1;
+  assign \en$39  = en;
+  assign \x$41  = x;
+  assign u_sr = lane_u_sr_d4;
+  assign u_vc = lane_u_vc_d4;
+  assign \vc_noise$44  = vc_noise;
+  assign \vc_var$46  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -1322,85 +1740,81 @@ endmodule
 module \lpsgld_w4_vc_l4.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [13:0] \$1 ;
-  wire [7:0] \$10 ;
-  wire [3:0] \$11 ;
-  wire [7:0] \$12 ;
-  wire [10:0] \$13 ;
-  wire [12:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [13:0] \$16 ;
+  wire [15:0] \$10 ;
+  wire [13:0] \$11 ;
+  wire [6:0] \$12 ;
+  wire [6:0] \$13 ;
+  wire [5:0] \$14 ;
+  wire [12:0] \$15 ;
+  wire [6:0] \$16 ;
   wire [6:0] \$17 ;
-  wire [6:0] \$18 ;
-  wire [5:0] \$19 ;
+  wire [5:0] \$18 ;
+  wire [6:0] \$19 ;
   wire [5:0] \$2 ;
-  wire [12:0] \$20 ;
-  wire [6:0] \$21 ;
-  wire [6:0] \$22 ;
-  wire [5:0] \$23 ;
-  wire [6:0] \$24 ;
-  wire \$25 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire [8:0] \$22 ;
+  wire [8:0] \$23 ;
+  wire [8:0] \$24 ;
+  wire [8:0] \$25 ;
   wire \$26 ;
   wire [8:0] \$27 ;
   wire [8:0] \$28 ;
-  wire [8:0] \$29 ;
-  wire [5:0] \$3 ;
-  wire [8:0] \$30 ;
+  wire \$29 ;
+  wire [7:0] \$3 ;
+  wire \$30 ;
   wire \$31 ;
   wire [8:0] \$32 ;
   wire [8:0] \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire [8:0] \$37 ;
-  wire [8:0] \$38 ;
-  wire [8:0] \$39 ;
+  wire [8:0] \$34 ;
+  wire [8:0] \$35 ;
+  wire [3:0] \$36 ;
+  wire [3:0] \$37 ;
+  reg [7:0] \$38 ;
+  reg [2:0] \$39 ;
   wire [7:0] \$4 ;
-  wire [8:0] \$40 ;
-  wire [3:0] \$41 ;
-  wire [3:0] \$42 ;
-  reg [7:0] \$43 ;
-  reg [2:0] \$44 ;
-  reg [7:0] \$45 ;
-  reg [5:0] \$46 ;
-  reg [6:0] \$47 ;
+  reg [7:0] \$40 ;
+  reg [5:0] \$41 ;
+  reg [5:0] \$42 ;
+  reg [6:0] \$43 ;
+  reg [7:0] \$44 ;
+  reg [9:0] \$45 ;
+  reg [11:0] \$46 ;
+  reg [3:0] \$47 ;
   reg [7:0] \$48 ;
-  reg [9:0] \$49 ;
-  wire [5:0] \$5 ;
-  reg [11:0] \$50 ;
-  reg [3:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [5:0] \$53 ;
-  reg [6:0] \$54 ;
-  reg [10:0] \$55 ;
-  reg [11:0] \$56 ;
-  reg [12:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [3:0] \$59 ;
-  wire [5:0] \$6 ;
-  reg [7:0] \$60 ;
-  reg [7:0] \$61 ;
-  reg [5:0] \$62 ;
+  reg [5:0] \$49 ;
+  wire [7:0] \$5 ;
+  reg [6:0] \$50 ;
+  reg [10:0] \$51 ;
+  reg [11:0] \$52 ;
+  reg [12:0] \$53 ;
+  reg [3:0] \$54 ;
+  reg [3:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg [7:0] \$57 ;
+  reg [5:0] \$58 ;
+  reg [5:0] \$59 ;
+  wire [3:0] \$6 ;
+  reg [6:0] \$60 ;
+  reg [6:0] \$61 ;
+  reg [15:0] \$62 ;
   reg [5:0] \$63 ;
-  reg [6:0] \$64 ;
-  reg [6:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [5:0] \$67 ;
-  reg [12:0] \$68 ;
+  reg [12:0] \$64 ;
+  reg [7:0] \$65 ;
+  reg [6:0] \$66 ;
+  reg [12:0] \$67 ;
+  reg [6:0] \$68 ;
   reg [7:0] \$69 ;
   wire [7:0] \$7 ;
   reg [6:0] \$70 ;
-  reg [12:0] \$71 ;
-  reg [6:0] \$72 ;
-  reg [7:0] \$73 ;
-  reg [6:0] \$74 ;
-  reg \$75 ;
-  reg \$76 ;
-  reg [8:0] \$77 ;
-  reg [8:0] \$78 ;
-  reg [7:0] \$79 ;
-  wire [5:0] \$8 ;
-  reg [3:0] \$80 ;
-  wire [5:0] \$9 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [3:0] \$76 ;
+  wire [10:0] \$8 ;
+  wire [12:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -1440,6 +1854,7 @@ module \lpsgld_w4_vc_l4.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q_d1 = 8'h00;
   reg [8:0] vc_q_dn = 9'h000;
   reg [8:0] vc_q_up = 9'h000;
+  reg [5:0] vc_sq_in = 6'h00;
   reg [10:0] vc_sq_l0_0 = 11'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
@@ -1460,389 +1875,393 @@ module \lpsgld_w4_vc_l4.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$19  = \$17 [6] ? 6'h00 : \$18 [5:0];
-  assign \$20  = vc_noise ? vc_up_a : { 7'h00, \$19  };
-  assign \$21  = vc_var - vc_vs;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = \$21 [6] ? 6'h00 : \$22 [5:0];
-  assign \$24  = vc_noise ? vc_down_a[6:0] : { \$23 , 1'h0 };
-  assign \$25  = vc_u_4 < vc_up;
-  assign \$26  = vc_u_4 < vc_down;
-  assign \$27  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$28  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$29  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$30  = vc_lt_up ? vc_q_up : \$29 ;
-  assign \$31  = & \$30 [8:3];
+  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
+  assign \$26  = & \$25 [8:3];
+  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
+  assign \$29  = | \$28 [8:3];
+  assign \$30  = ~ \$29 ;
+  assign \$31  = \$26  | \$30 ;
   assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
   assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = | \$33 [8:3];
-  assign \$35  = ~ \$34 ;
-  assign \$36  = \$31  | \$35 ;
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$40  = vc_lt_up ? vc_q_up : \$39 ;
-  assign \$41  = \$40 [8] ? 4'h8 : 4'h7;
-  assign \$42  = \$36  ? \$38 [3:0] : \$41 ;
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
+  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
   always @(posedge clk)
-    vc_q_a <= \$43 ;
+    vc_q_a <= \$38 ;
   always @(posedge clk)
-    vc_l_a <= \$44 ;
+    vc_l_a <= \$39 ;
   always @(posedge clk)
-    vc_q_b <= \$45 ;
+    vc_q_b <= \$40 ;
   always @(posedge clk)
-    vc_f_h <= \$46 ;
+    vc_f_h <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$47 ;
+    vc_sq_in <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$48 ;
+    vc_u_1 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$49 ;
+    vc_sq_pp0 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$50 ;
+    vc_sq_pp1 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$51 ;
+    vc_sq_pp2 <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$52 ;
+    vc_m_a <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$53 ;
+    vc_q <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$54 ;
+    vc_f_h2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$55 ;
+    vc_u_2 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$56 ;
+    vc_sq_l0_0 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$57 ;
+    vc_sq_l0_1 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$58 ;
+    vc_sq_l1_0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$59 ;
+    vc_m_a_d0 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$60 ;
+    vc_m_a_d1 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$61 ;
+    vc_q_d0 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$62 ;
+    vc_q_d1 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$63 ;
+    vc_f_h_d0 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$64 ;
+    vc_f_h_d1 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$65 ;
+    vc_u_d0 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$66 ;
+    vc_u_d1 <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$67 ;
+    vc_down_a <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$68 ;
+    vc_vs <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$69 ;
+    vc_up_a <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$70 ;
+    vc_q_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$71 ;
+    vc_u_3 <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$72 ;
+    vc_up <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$73 ;
+    vc_down <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$74 ;
+    vc_q_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$75 ;
+    vc_u_4 <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$76 ;
+    vc_lt_up <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$77 ;
+    vc_lt_down <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$78 ;
+    vc_q_up <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$79 ;
+    vc_q_dn <= \$74 ;
   always @(posedge clk)
-    out <= \$80 ;
+    vc_q_5 <= \$75 ;
+  always @(posedge clk)
+    out <= \$76 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = 3'h4 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$15  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$16  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = 3'h4 - vc_l_a;
+  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$12  = vc_var - vc_vs;
+  assign \$13  = vc_var - vc_vs;
+  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
+  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
+  assign \$16  = vc_var - vc_vs;
   assign \$17  = vc_var - vc_vs;
-  assign \$18  = vc_var - vc_vs;
+  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
+  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
+  assign \$20  = vc_u_4 < vc_up;
+  assign \$21  = vc_u_4 < vc_down;
+  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$43  = vc_q_a;
+    \$38  = vc_q_a;
     if (en) begin
-      \$43  = \$1 [13:6];
+      \$38  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$44  = vc_l_a;
+    \$39  = vc_l_a;
     if (en) begin
-      \$44  = \$1 [5:3];
+      \$39  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$45  = vc_q_b;
+    \$40  = vc_q_b;
     if (en) begin
-      \$45  = t[13:6];
+      \$40  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$46  = vc_f_h;
+    \$41  = vc_f_h;
     if (en) begin
-      \$46  = x[5:0];
+      \$41  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$47  = vc_u_1;
+    \$42  = vc_sq_in;
     if (en) begin
-      \$47  = u_vc;
+      \$42  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$48  = vc_sq_pp0;
+    \$43  = vc_u_1;
     if (en) begin
-      \$48  = \$4 ;
+      \$43  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$49  = vc_sq_pp1;
+    \$44  = vc_sq_pp0;
     if (en) begin
-      \$49  = { \$7 , 2'h0 };
+      \$44  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$50  = vc_sq_pp2;
+    \$45  = vc_sq_pp1;
     if (en) begin
-      \$50  = { \$10 , 4'h0 };
+      \$45  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$51  = vc_m_a;
+    \$46  = vc_sq_pp2;
     if (en) begin
-      \$51  = \$11 ;
+      \$46  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$52  = vc_q;
+    \$47  = vc_m_a;
     if (en) begin
-      \$52  = \$12 ;
+      \$47  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$53  = vc_f_h2;
+    \$48  = vc_q;
     if (en) begin
-      \$53  = vc_f_h;
+      \$48  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$54  = vc_u_2;
+    \$49  = vc_f_h2;
     if (en) begin
-      \$54  = vc_u_1;
+      \$49  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$55  = vc_sq_l0_0;
+    \$50  = vc_u_2;
     if (en) begin
-      \$55  = \$13 ;
+      \$50  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$56  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_0;
     if (en) begin
-      \$56  = vc_sq_pp2;
+      \$51  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$57  = vc_sq_l1_0;
+    \$52  = vc_sq_l0_1;
     if (en) begin
-      \$57  = \$14 ;
+      \$52  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$58  = vc_m_a_d0;
+    \$53  = vc_sq_l1_0;
     if (en) begin
-      \$58  = vc_m_a;
+      \$53  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$59  = vc_m_a_d1;
+    \$54  = vc_m_a_d0;
     if (en) begin
-      \$59  = vc_m_a_d0;
+      \$54  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$60  = vc_q_d0;
+    \$55  = vc_m_a_d1;
     if (en) begin
-      \$60  = vc_q;
+      \$55  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$61  = vc_q_d1;
+    \$56  = vc_q_d0;
     if (en) begin
-      \$61  = vc_q_d0;
+      \$56  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$62  = vc_f_h_d0;
+    \$57  = vc_q_d1;
     if (en) begin
-      \$62  = vc_f_h2;
+      \$57  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = vc_f_h_d1;
+    \$58  = vc_f_h_d0;
     if (en) begin
-      \$63  = vc_f_h_d0;
+      \$58  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$64  = vc_u_d0;
+    \$59  = vc_f_h_d1;
     if (en) begin
-      \$64  = vc_u_2;
+      \$59  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_u_d1;
+    \$60  = vc_u_d0;
     if (en) begin
-      \$65  = vc_u_d0;
+      \$60  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_down_a;
+    \$61  = vc_u_d1;
     if (en) begin
-      \$66  = \$15 ;
+      \$61  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_vs;
+    \$62  = vc_down_a;
     if (en) begin
-      \$67  = \$16 [11:6];
+      \$62  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_up_a;
+    \$63  = vc_vs;
     if (en) begin
-      \$68  = vc_sq_l1_0;
+      \$63  = \$11 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_q_3;
+    \$64  = vc_up_a;
     if (en) begin
-      \$69  = vc_q_d1;
+      \$64  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_u_3;
+    \$65  = vc_q_3;
     if (en) begin
-      \$70  = vc_u_d1;
+      \$65  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_up;
+    \$66  = vc_u_3;
+    if (en) begin
+      \$66  = vc_u_d1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$67  = vc_up;
+    if (en) begin
+      \$67  = \$15 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$68  = vc_down;
+    if (en) begin
+      \$68  = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$69  = vc_q_4;
+    if (en) begin
+      \$69  = vc_q_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$70  = vc_u_4;
+    if (en) begin
+      \$70  = vc_u_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$71  = vc_lt_up;
     if (en) begin
       \$71  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_down;
+    \$72  = vc_lt_down;
     if (en) begin
-      \$72  = \$24 ;
+      \$72  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_q_4;
+    \$73  = vc_q_up;
     if (en) begin
-      \$73  = vc_q_3;
+      \$73  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_u_4;
+    \$74  = vc_q_dn;
     if (en) begin
-      \$74  = vc_u_3;
+      \$74  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_lt_up;
+    \$75  = vc_q_5;
     if (en) begin
-      \$75  = \$25 ;
+      \$75  = vc_q_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = vc_lt_down;
+    \$76  = out;
     if (en) begin
-      \$76  = \$26 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$77  = vc_q_up;
-    if (en) begin
-      \$77  = \$27 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$78  = vc_q_dn;
-    if (en) begin
-      \$78  = \$28 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$79  = vc_q_5;
-    if (en) begin
-      \$79  = vc_q_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$80  = out;
-    if (en) begin
-      \$80  = \$42 ;
+      \$76  = \$37 ;
     end
   end
   assign y = \$1 [13:3];
@@ -1850,7 +2269,7 @@ module \lpsgld_w4_vc_l4.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.lane_0.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w4_vc_l4.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [5:0] \$1 ;
   wire [12:0] \$10 ;
@@ -2054,30 +2473,28 @@ module \lpsgld_w4_vc_l4.lane_0.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$36 , vc_var, vc_noise, state, theta);
+module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
-  reg [3:0] \$1 ;
+  wire [3:0] \$1 ;
   reg [5:0] \$10 ;
   reg [5:0] \$11 ;
   reg [5:0] \$12 ;
   reg [5:0] \$13 ;
   reg [5:0] \$14 ;
-  reg [5:0] \$15 ;
+  reg [6:0] \$15 ;
   reg [6:0] \$16 ;
   reg [6:0] \$17 ;
   reg [6:0] \$18 ;
   reg [6:0] \$19 ;
   reg [3:0] \$2 ;
   reg [6:0] \$20 ;
-  reg [6:0] \$21 ;
-  reg [5:0] \$3 ;
-  reg [6:0] \$4 ;
-  reg [5:0] \$5 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
+  reg [3:0] \$5 ;
   reg [3:0] \$6 ;
   reg [3:0] \$7 ;
   reg [3:0] \$8 ;
-  reg [3:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$9 ;
   wire [5:0] bits;
   input clk;
   wire clk;
@@ -2088,12 +2505,11 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
   wire en;
   wire \en$27 ;
   wire \en$32 ;
-  wire \en$41 ;
+  wire \en$39 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$40 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$38 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
@@ -2106,18 +2522,18 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
   reg [5:0] lane_u_sr_d2 = 6'h00;
   reg [5:0] lane_u_sr_d3 = 6'h00;
   reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   reg [6:0] lane_u_vc = 7'h00;
   reg [6:0] lane_u_vc_d0 = 7'h00;
   reg [6:0] lane_u_vc_d1 = 7'h00;
   reg [6:0] lane_u_vc_d2 = 7'h00;
   reg [6:0] lane_u_vc_d3 = 7'h00;
   reg [6:0] lane_u_vc_d4 = 7'h00;
-  reg [6:0] lane_u_vc_d5 = 7'h00;
+  input [3:0] noise;
   wire [3:0] noise;
-  input [3:0] \noise$36 ;
-  wire [3:0] \noise$36 ;
+  (* init = 4'h0 *)
+  wire [3:0] \noise$34 ;
   wire [3:0] out;
+  reg [3:0] reg_noise_gated = 4'h0;
   input rst;
   wire rst;
   output [3:0] state;
@@ -2128,43 +2544,41 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
   input [3:0] theta;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$39 ;
+  wire [3:0] \theta$37 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   (* init = 7'h00 *)
   wire [6:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$46 ;
+  wire \vc_noise$44 ;
   input [4:0] vc_var;
   wire [4:0] vc_var;
-  wire [4:0] \vc_var$48 ;
+  wire [4:0] \vc_var$46 ;
   wire [3:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$43 ;
+  wire [12:0] \x$41 ;
   wire [5:0] z;
-  wire [5:0] \z$38 ;
-  assign noise = vc_noise ? \noise$36  : 4'h0;
+  wire [5:0] \z$36 ;
+  assign \$1  = vc_noise ? noise : 4'h0;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
-  always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr <= \$9 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$10 ;
   always @(posedge clk)
@@ -2176,7 +2590,7 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
   always @(posedge clk)
     lane_u_sr_d4 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$15 ;
+    lane_u_vc <= \$15 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$16 ;
   always @(posedge clk)
@@ -2187,10 +2601,8 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
     lane_u_vc_d3 <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d4 <= \$20 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$21 ;
   \lpsgld_w4_vc_l4.lane_1.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[12:7]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -2201,8 +2613,8 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
-    .u_vc(lane_u_vc_d5),
+    .u_sr(lane_u_sr_d4),
+    .u_vc(lane_u_vc_d4),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -2212,7 +2624,7 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
     .decay(decay),
     .en(en),
     .grad(lane_grad_d1),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
@@ -2221,65 +2633,58 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[12:7];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[6:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[12:7];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_grad_d0;
+    \$9  = lane_u_sr;
     if (en) begin
-      \$8  = lane_grad;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_grad_d1;
-    if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[12:7];
     end
   end
   always @* begin
@@ -2319,9 +2724,9 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$15  = lane_u_sr_d5;
+    \$15  = lane_u_vc;
     if (en) begin
-      \$15  = lane_u_sr_d4;
+      \$15  = words[6:0];
     end
   end
   always @* begin
@@ -2359,27 +2764,21 @@ module \lpsgld_w4_vc_l4.lane_1 (grad, clk, rst, en, words, step, decay, \noise$3
       \$20  = lane_u_vc_d3;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$21  = lane_u_vc_d5;
-    if (en) begin
-      \$21  = lane_u_vc_d4;
-    end
-  end
   assign \en$27  = en;
   assign \step$29  = step;
   assign \decay$31  = decay;
   assign \en$32  = en;
-  assign bits = lane_gauss;
-  assign \z$38  = z;
-  assign \theta$39  = lane_theta_d1;
-  assign \grad$40  = lane_grad_d1;
-  assign \en$41  = en;
-  assign \x$43  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign u_vc = lane_u_vc_d5;
-  assign \vc_noise$46  = vc_noise;
-  assign \vc_var$48  = vc_var;
+  assign bits = words[12:7];
+  assign \noise$34  = reg_noise_gated;
+  assign \z$36  = z;
+  assign \theta$37  = lane_theta_d1;
+  assign \grad$38  = lane_grad_d1;
+  assign \en$39  = en;
+  assign \x$41  = x;
+  assign u_sr = lane_u_sr_d4;
+  assign u_vc = lane_u_vc_d4;
+  assign \vc_noise$44  = vc_noise;
+  assign \vc_var$46  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -2486,85 +2885,81 @@ endmodule
 module \lpsgld_w4_vc_l4.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [13:0] \$1 ;
-  wire [7:0] \$10 ;
-  wire [3:0] \$11 ;
-  wire [7:0] \$12 ;
-  wire [10:0] \$13 ;
-  wire [12:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [13:0] \$16 ;
+  wire [15:0] \$10 ;
+  wire [13:0] \$11 ;
+  wire [6:0] \$12 ;
+  wire [6:0] \$13 ;
+  wire [5:0] \$14 ;
+  wire [12:0] \$15 ;
+  wire [6:0] \$16 ;
   wire [6:0] \$17 ;
-  wire [6:0] \$18 ;
-  wire [5:0] \$19 ;
+  wire [5:0] \$18 ;
+  wire [6:0] \$19 ;
   wire [5:0] \$2 ;
-  wire [12:0] \$20 ;
-  wire [6:0] \$21 ;
-  wire [6:0] \$22 ;
-  wire [5:0] \$23 ;
-  wire [6:0] \$24 ;
-  wire \$25 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire [8:0] \$22 ;
+  wire [8:0] \$23 ;
+  wire [8:0] \$24 ;
+  wire [8:0] \$25 ;
   wire \$26 ;
   wire [8:0] \$27 ;
   wire [8:0] \$28 ;
-  wire [8:0] \$29 ;
-  wire [5:0] \$3 ;
-  wire [8:0] \$30 ;
+  wire \$29 ;
+  wire [7:0] \$3 ;
+  wire \$30 ;
   wire \$31 ;
   wire [8:0] \$32 ;
   wire [8:0] \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire [8:0] \$37 ;
-  wire [8:0] \$38 ;
-  wire [8:0] \$39 ;
+  wire [8:0] \$34 ;
+  wire [8:0] \$35 ;
+  wire [3:0] \$36 ;
+  wire [3:0] \$37 ;
+  reg [7:0] \$38 ;
+  reg [2:0] \$39 ;
   wire [7:0] \$4 ;
-  wire [8:0] \$40 ;
-  wire [3:0] \$41 ;
-  wire [3:0] \$42 ;
-  reg [7:0] \$43 ;
-  reg [2:0] \$44 ;
-  reg [7:0] \$45 ;
-  reg [5:0] \$46 ;
-  reg [6:0] \$47 ;
+  reg [7:0] \$40 ;
+  reg [5:0] \$41 ;
+  reg [5:0] \$42 ;
+  reg [6:0] \$43 ;
+  reg [7:0] \$44 ;
+  reg [9:0] \$45 ;
+  reg [11:0] \$46 ;
+  reg [3:0] \$47 ;
   reg [7:0] \$48 ;
-  reg [9:0] \$49 ;
-  wire [5:0] \$5 ;
-  reg [11:0] \$50 ;
-  reg [3:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [5:0] \$53 ;
-  reg [6:0] \$54 ;
-  reg [10:0] \$55 ;
-  reg [11:0] \$56 ;
-  reg [12:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [3:0] \$59 ;
-  wire [5:0] \$6 ;
-  reg [7:0] \$60 ;
-  reg [7:0] \$61 ;
-  reg [5:0] \$62 ;
+  reg [5:0] \$49 ;
+  wire [7:0] \$5 ;
+  reg [6:0] \$50 ;
+  reg [10:0] \$51 ;
+  reg [11:0] \$52 ;
+  reg [12:0] \$53 ;
+  reg [3:0] \$54 ;
+  reg [3:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg [7:0] \$57 ;
+  reg [5:0] \$58 ;
+  reg [5:0] \$59 ;
+  wire [3:0] \$6 ;
+  reg [6:0] \$60 ;
+  reg [6:0] \$61 ;
+  reg [15:0] \$62 ;
   reg [5:0] \$63 ;
-  reg [6:0] \$64 ;
-  reg [6:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [5:0] \$67 ;
-  reg [12:0] \$68 ;
+  reg [12:0] \$64 ;
+  reg [7:0] \$65 ;
+  reg [6:0] \$66 ;
+  reg [12:0] \$67 ;
+  reg [6:0] \$68 ;
   reg [7:0] \$69 ;
   wire [7:0] \$7 ;
   reg [6:0] \$70 ;
-  reg [12:0] \$71 ;
-  reg [6:0] \$72 ;
-  reg [7:0] \$73 ;
-  reg [6:0] \$74 ;
-  reg \$75 ;
-  reg \$76 ;
-  reg [8:0] \$77 ;
-  reg [8:0] \$78 ;
-  reg [7:0] \$79 ;
-  wire [5:0] \$8 ;
-  reg [3:0] \$80 ;
-  wire [5:0] \$9 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [3:0] \$76 ;
+  wire [10:0] \$8 ;
+  wire [12:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -2604,6 +2999,7 @@ module \lpsgld_w4_vc_l4.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q_d1 = 8'h00;
   reg [8:0] vc_q_dn = 9'h000;
   reg [8:0] vc_q_up = 9'h000;
+  reg [5:0] vc_sq_in = 6'h00;
   reg [10:0] vc_sq_l0_0 = 11'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
@@ -2624,389 +3020,393 @@ module \lpsgld_w4_vc_l4.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$19  = \$17 [6] ? 6'h00 : \$18 [5:0];
-  assign \$20  = vc_noise ? vc_up_a : { 7'h00, \$19  };
-  assign \$21  = vc_var - vc_vs;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = \$21 [6] ? 6'h00 : \$22 [5:0];
-  assign \$24  = vc_noise ? vc_down_a[6:0] : { \$23 , 1'h0 };
-  assign \$25  = vc_u_4 < vc_up;
-  assign \$26  = vc_u_4 < vc_down;
-  assign \$27  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$28  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$29  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$30  = vc_lt_up ? vc_q_up : \$29 ;
-  assign \$31  = & \$30 [8:3];
+  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
+  assign \$26  = & \$25 [8:3];
+  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
+  assign \$29  = | \$28 [8:3];
+  assign \$30  = ~ \$29 ;
+  assign \$31  = \$26  | \$30 ;
   assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
   assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = | \$33 [8:3];
-  assign \$35  = ~ \$34 ;
-  assign \$36  = \$31  | \$35 ;
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$40  = vc_lt_up ? vc_q_up : \$39 ;
-  assign \$41  = \$40 [8] ? 4'h8 : 4'h7;
-  assign \$42  = \$36  ? \$38 [3:0] : \$41 ;
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
+  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
   always @(posedge clk)
-    vc_q_a <= \$43 ;
+    vc_q_a <= \$38 ;
   always @(posedge clk)
-    vc_l_a <= \$44 ;
+    vc_l_a <= \$39 ;
   always @(posedge clk)
-    vc_q_b <= \$45 ;
+    vc_q_b <= \$40 ;
   always @(posedge clk)
-    vc_f_h <= \$46 ;
+    vc_f_h <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$47 ;
+    vc_sq_in <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$48 ;
+    vc_u_1 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$49 ;
+    vc_sq_pp0 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$50 ;
+    vc_sq_pp1 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$51 ;
+    vc_sq_pp2 <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$52 ;
+    vc_m_a <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$53 ;
+    vc_q <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$54 ;
+    vc_f_h2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$55 ;
+    vc_u_2 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$56 ;
+    vc_sq_l0_0 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$57 ;
+    vc_sq_l0_1 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$58 ;
+    vc_sq_l1_0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$59 ;
+    vc_m_a_d0 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$60 ;
+    vc_m_a_d1 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$61 ;
+    vc_q_d0 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$62 ;
+    vc_q_d1 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$63 ;
+    vc_f_h_d0 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$64 ;
+    vc_f_h_d1 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$65 ;
+    vc_u_d0 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$66 ;
+    vc_u_d1 <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$67 ;
+    vc_down_a <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$68 ;
+    vc_vs <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$69 ;
+    vc_up_a <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$70 ;
+    vc_q_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$71 ;
+    vc_u_3 <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$72 ;
+    vc_up <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$73 ;
+    vc_down <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$74 ;
+    vc_q_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$75 ;
+    vc_u_4 <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$76 ;
+    vc_lt_up <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$77 ;
+    vc_lt_down <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$78 ;
+    vc_q_up <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$79 ;
+    vc_q_dn <= \$74 ;
   always @(posedge clk)
-    out <= \$80 ;
+    vc_q_5 <= \$75 ;
+  always @(posedge clk)
+    out <= \$76 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = 3'h4 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$15  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$16  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = 3'h4 - vc_l_a;
+  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$12  = vc_var - vc_vs;
+  assign \$13  = vc_var - vc_vs;
+  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
+  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
+  assign \$16  = vc_var - vc_vs;
   assign \$17  = vc_var - vc_vs;
-  assign \$18  = vc_var - vc_vs;
+  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
+  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
+  assign \$20  = vc_u_4 < vc_up;
+  assign \$21  = vc_u_4 < vc_down;
+  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$43  = vc_q_a;
+    \$38  = vc_q_a;
     if (en) begin
-      \$43  = \$1 [13:6];
+      \$38  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$44  = vc_l_a;
+    \$39  = vc_l_a;
     if (en) begin
-      \$44  = \$1 [5:3];
+      \$39  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$45  = vc_q_b;
+    \$40  = vc_q_b;
     if (en) begin
-      \$45  = t[13:6];
+      \$40  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$46  = vc_f_h;
+    \$41  = vc_f_h;
     if (en) begin
-      \$46  = x[5:0];
+      \$41  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$47  = vc_u_1;
+    \$42  = vc_sq_in;
     if (en) begin
-      \$47  = u_vc;
+      \$42  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$48  = vc_sq_pp0;
+    \$43  = vc_u_1;
     if (en) begin
-      \$48  = \$4 ;
+      \$43  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$49  = vc_sq_pp1;
+    \$44  = vc_sq_pp0;
     if (en) begin
-      \$49  = { \$7 , 2'h0 };
+      \$44  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$50  = vc_sq_pp2;
+    \$45  = vc_sq_pp1;
     if (en) begin
-      \$50  = { \$10 , 4'h0 };
+      \$45  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$51  = vc_m_a;
+    \$46  = vc_sq_pp2;
     if (en) begin
-      \$51  = \$11 ;
+      \$46  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$52  = vc_q;
+    \$47  = vc_m_a;
     if (en) begin
-      \$52  = \$12 ;
+      \$47  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$53  = vc_f_h2;
+    \$48  = vc_q;
     if (en) begin
-      \$53  = vc_f_h;
+      \$48  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$54  = vc_u_2;
+    \$49  = vc_f_h2;
     if (en) begin
-      \$54  = vc_u_1;
+      \$49  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$55  = vc_sq_l0_0;
+    \$50  = vc_u_2;
     if (en) begin
-      \$55  = \$13 ;
+      \$50  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$56  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_0;
     if (en) begin
-      \$56  = vc_sq_pp2;
+      \$51  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$57  = vc_sq_l1_0;
+    \$52  = vc_sq_l0_1;
     if (en) begin
-      \$57  = \$14 ;
+      \$52  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$58  = vc_m_a_d0;
+    \$53  = vc_sq_l1_0;
     if (en) begin
-      \$58  = vc_m_a;
+      \$53  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$59  = vc_m_a_d1;
+    \$54  = vc_m_a_d0;
     if (en) begin
-      \$59  = vc_m_a_d0;
+      \$54  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$60  = vc_q_d0;
+    \$55  = vc_m_a_d1;
     if (en) begin
-      \$60  = vc_q;
+      \$55  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$61  = vc_q_d1;
+    \$56  = vc_q_d0;
     if (en) begin
-      \$61  = vc_q_d0;
+      \$56  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$62  = vc_f_h_d0;
+    \$57  = vc_q_d1;
     if (en) begin
-      \$62  = vc_f_h2;
+      \$57  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$63  = vc_f_h_d1;
+    \$58  = vc_f_h_d0;
     if (en) begin
-      \$63  = vc_f_h_d0;
+      \$58  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$64  = vc_u_d0;
+    \$59  = vc_f_h_d1;
     if (en) begin
-      \$64  = vc_u_2;
+      \$59  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$65  = vc_u_d1;
+    \$60  = vc_u_d0;
     if (en) begin
-      \$65  = vc_u_d0;
+      \$60  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$66  = vc_down_a;
+    \$61  = vc_u_d1;
     if (en) begin
-      \$66  = \$15 ;
+      \$61  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$67  = vc_vs;
+    \$62  = vc_down_a;
     if (en) begin
-      \$67  = \$16 [11:6];
+      \$62  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$68  = vc_up_a;
+    \$63  = vc_vs;
     if (en) begin
-      \$68  = vc_sq_l1_0;
+      \$63  = \$11 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$69  = vc_q_3;
+    \$64  = vc_up_a;
     if (en) begin
-      \$69  = vc_q_d1;
+      \$64  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$70  = vc_u_3;
+    \$65  = vc_q_3;
     if (en) begin
-      \$70  = vc_u_d1;
+      \$65  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$71  = vc_up;
+    \$66  = vc_u_3;
+    if (en) begin
+      \$66  = vc_u_d1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$67  = vc_up;
+    if (en) begin
+      \$67  = \$15 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$68  = vc_down;
+    if (en) begin
+      \$68  = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$69  = vc_q_4;
+    if (en) begin
+      \$69  = vc_q_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$70  = vc_u_4;
+    if (en) begin
+      \$70  = vc_u_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$71  = vc_lt_up;
     if (en) begin
       \$71  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$72  = vc_down;
+    \$72  = vc_lt_down;
     if (en) begin
-      \$72  = \$24 ;
+      \$72  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$73  = vc_q_4;
+    \$73  = vc_q_up;
     if (en) begin
-      \$73  = vc_q_3;
+      \$73  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$74  = vc_u_4;
+    \$74  = vc_q_dn;
     if (en) begin
-      \$74  = vc_u_3;
+      \$74  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$75  = vc_lt_up;
+    \$75  = vc_q_5;
     if (en) begin
-      \$75  = \$25 ;
+      \$75  = vc_q_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$76  = vc_lt_down;
+    \$76  = out;
     if (en) begin
-      \$76  = \$26 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$77  = vc_q_up;
-    if (en) begin
-      \$77  = \$27 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$78  = vc_q_dn;
-    if (en) begin
-      \$78  = \$28 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$79  = vc_q_5;
-    if (en) begin
-      \$79  = vc_q_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$80  = out;
-    if (en) begin
-      \$80  = \$42 ;
+      \$76  = \$37 ;
     end
   end
   assign y = \$1 [13:3];
@@ -3014,7 +3414,7 @@ module \lpsgld_w4_vc_l4.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.lane_1.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w4_vc_l4.lane_1.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [5:0] \$1 ;
   wire [12:0] \$10 ;
@@ -3218,30 +3618,28 @@ module \lpsgld_w4_vc_l4.lane_1.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$36 , vc_var, vc_noise, state, theta);
+module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
-  reg [3:0] \$1 ;
+  wire [3:0] \$1 ;
   reg [5:0] \$10 ;
   reg [5:0] \$11 ;
   reg [5:0] \$12 ;
   reg [5:0] \$13 ;
   reg [5:0] \$14 ;
-  reg [5:0] \$15 ;
+  reg [6:0] \$15 ;
   reg [6:0] \$16 ;
   reg [6:0] \$17 ;
   reg [6:0] \$18 ;
   reg [6:0] \$19 ;
   reg [3:0] \$2 ;
   reg [6:0] \$20 ;
-  reg [6:0] \$21 ;
-  reg [5:0] \$3 ;
-  reg [6:0] \$4 ;
-  reg [5:0] \$5 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
+  reg [3:0] \$5 ;
   reg [3:0] \$6 ;
   reg [3:0] \$7 ;
   reg [3:0] \$8 ;
-  reg [3:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$9 ;
   wire [5:0] bits;
   input clk;
   wire clk;
@@ -3252,12 +3650,11 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
   wire en;
   wire \en$27 ;
   wire \en$32 ;
-  wire \en$41 ;
+  wire \en$39 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$40 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$38 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
@@ -3270,18 +3667,18 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
   reg [5:0] lane_u_sr_d2 = 6'h00;
   reg [5:0] lane_u_sr_d3 = 6'h00;
   reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   reg [6:0] lane_u_vc = 7'h00;
   reg [6:0] lane_u_vc_d0 = 7'h00;
   reg [6:0] lane_u_vc_d1 = 7'h00;
   reg [6:0] lane_u_vc_d2 = 7'h00;
   reg [6:0] lane_u_vc_d3 = 7'h00;
   reg [6:0] lane_u_vc_d4 = 7'h00;
-  reg [6:0] lane_u_vc_d5 = 7'h00;
+  input [3:0] noise;
   wire [3:0] noise;
-  input [3:0] \noise$36 ;
-  wire [3:0] \noise$36 ;
+  (* init = 4'h0 *)
+  wire [3:0] \noise$34 ;
   wire [3:0] out;
+  reg [3:0] reg_noise_gated = 4'h0;
   input rst;
   wire rst;
   output [3:0] state;
@@ -3292,43 +3689,41 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
   input [3:0] theta;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$39 ;
+  wire [3:0] \theta$37 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   (* init = 7'h00 *)
   wire [6:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$46 ;
+  wire \vc_noise$44 ;
   input [4:0] vc_var;
   wire [4:0] vc_var;
-  wire [4:0] \vc_var$48 ;
+  wire [4:0] \vc_var$46 ;
   wire [3:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$43 ;
+  wire [12:0] \x$41 ;
   wire [5:0] z;
-  wire [5:0] \z$38 ;
-  assign noise = vc_noise ? \noise$36  : 4'h0;
+  wire [5:0] \z$36 ;
+  assign \$1  = vc_noise ? noise : 4'h0;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
-  always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr <= \$9 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$10 ;
   always @(posedge clk)
@@ -3340,7 +3735,7 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
   always @(posedge clk)
     lane_u_sr_d4 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$15 ;
+    lane_u_vc <= \$15 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$16 ;
   always @(posedge clk)
@@ -3351,10 +3746,8 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
     lane_u_vc_d3 <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d4 <= \$20 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$21 ;
   \lpsgld_w4_vc_l4.lane_2.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[12:7]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -3365,8 +3758,8 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
-    .u_vc(lane_u_vc_d5),
+    .u_sr(lane_u_sr_d4),
+    .u_vc(lane_u_vc_d4),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -3376,7 +3769,7 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
     .decay(decay),
     .en(en),
     .grad(lane_grad_d1),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
@@ -3385,65 +3778,58 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[12:7];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[6:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[12:7];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_grad_d0;
+    \$9  = lane_u_sr;
     if (en) begin
-      \$8  = lane_grad;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_grad_d1;
-    if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[12:7];
     end
   end
   always @* begin
@@ -3483,9 +3869,9 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$15  = lane_u_sr_d5;
+    \$15  = lane_u_vc;
     if (en) begin
-      \$15  = lane_u_sr_d4;
+      \$15  = words[6:0];
     end
   end
   always @* begin
@@ -3523,27 +3909,21 @@ module \lpsgld_w4_vc_l4.lane_2 (grad, clk, rst, en, words, step, decay, \noise$3
       \$20  = lane_u_vc_d3;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$21  = lane_u_vc_d5;
-    if (en) begin
-      \$21  = lane_u_vc_d4;
-    end
-  end
   assign \en$27  = en;
   assign \step$29  = step;
   assign \decay$31  = decay;
   assign \en$32  = en;
-  assign bits = lane_gauss;
-  assign \z$38  = z;
-  assign \theta$39  = lane_theta_d1;
-  assign \grad$40  = lane_grad_d1;
-  assign \en$41  = en;
-  assign \x$43  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign u_vc = lane_u_vc_d5;
-  assign \vc_noise$46  = vc_noise;
-  assign \vc_var$48  = vc_var;
+  assign bits = words[12:7];
+  assign \noise$34  = reg_noise_gated;
+  assign \z$36  = z;
+  assign \theta$37  = lane_theta_d1;
+  assign \grad$38  = lane_grad_d1;
+  assign \en$39  = en;
+  assign \x$41  = x;
+  assign u_sr = lane_u_sr_d4;
+  assign u_vc = lane_u_vc_d4;
+  assign \vc_noise$44  = vc_noise;
+  assign \vc_var$46  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -3650,85 +4030,81 @@ endmodule
 module \lpsgld_w4_vc_l4.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire [13:0] \$1 ;
-  wire [7:0] \$10 ;
-  wire [3:0] \$11 ;
-  wire [7:0] \$12 ;
-  wire [10:0] \$13 ;
-  wire [12:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [13:0] \$16 ;
+  wire [15:0] \$10 ;
+  wire [13:0] \$11 ;
+  wire [6:0] \$12 ;
+  wire [6:0] \$13 ;
+  wire [5:0] \$14 ;
+  wire [12:0] \$15 ;
+  wire [6:0] \$16 ;
   wire [6:0] \$17 ;
-  wire [6:0] \$18 ;
-  wire [5:0] \$19 ;
+  wire [5:0] \$18 ;
+  wire [6:0] \$19 ;
   wire [5:0] \$2 ;
-  wire [12:0] \$20 ;
-  wire [6:0] \$21 ;
-  wire [6:0] \$22 ;
-  wire [5:0] \$23 ;
-  wire [6:0] \$24 ;
-  wire \$25 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire [8:0] \$22 ;
+  wire [8:0] \$23 ;
+  wire [8:0] \$24 ;
+  wire [8:0] \$25 ;
   wire \$26 ;
   wire [8:0] \$27 ;
   wire [8:0] \$28 ;
-  wire [8:0] \$29 ;
-  wire [5:0] \$3 ;
-  wire [8:0] \$30 ;
+  wire \$29 ;
+  wire [7:0] \$3 ;
+  wire \$30 ;
   wire \$31 ;
   wire [8:0] \$32 ;
   wire [8:0] \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire [8:0] \$37 ;
-  wire [8:0] \$38 ;
-  wire [8:0] \$39 ;
+  wire [8:0] \$34 ;
+  wire [8:0] \$35 ;
+  wire [3:0] \$36 ;
+  wire [3:0] \$37 ;
+  reg [7:0] \$38 ;
+  reg [2:0] \$39 ;
   wire [7:0] \$4 ;
-  wire [8:0] \$40 ;
-  wire [3:0] \$41 ;
-  wire [3:0] \$42 ;
-  reg [7:0] \$43 ;
-  reg [2:0] \$44 ;
-  reg [7:0] \$45 ;
-  reg [5:0] \$46 ;
-  reg [6:0] \$47 ;
+  reg [7:0] \$40 ;
+  reg [5:0] \$41 ;
+  reg [5:0] \$42 ;
+  reg [6:0] \$43 ;
+  reg [7:0] \$44 ;
+  reg [9:0] \$45 ;
+  reg [11:0] \$46 ;
+  reg [3:0] \$47 ;
   reg [7:0] \$48 ;
-  reg [9:0] \$49 ;
-  wire [5:0] \$5 ;
-  reg [11:0] \$50 ;
-  reg [3:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [5:0] \$53 ;
-  reg [6:0] \$54 ;
-  reg [10:0] \$55 ;
-  reg [11:0] \$56 ;
-  reg [12:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [3:0] \$59 ;
-  wire [5:0] \$6 ;
-  reg [7:0] \$60 ;
-  reg [7:0] \$61 ;
-  reg [5:0] \$62 ;
+  reg [5:0] \$49 ;
+  wire [7:0] \$5 ;
+  reg [6:0] \$50 ;
+  reg [10:0] \$51 ;
+  reg [11:0] \$52 ;
+  reg [12:0] \$53 ;
+  reg [3:0] \$54 ;
+  reg [3:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg [7:0] \$57 ;
+  reg [5:0] \$58 ;
+  reg [5:0] \$59 ;
+  wire [3:0] \$6 ;
+  reg [6:0] \$60 ;
+  reg [6:0] \$61 ;
+  reg [15:0] \$62 ;
   reg [5:0] \$63 ;
-  reg [6:0] \$64 ;
-  reg [6:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [5:0] \$67 ;
-  reg [12:0] \$68 ;
+  reg [12:0] \$64 ;
+  reg [7:0] \$65 ;
+  reg [6:0] \$66 ;
+  reg [12:0] \$67 ;
+  reg [6:0] \$68 ;
   reg [7:0] \$69 ;
   wire [7:0] \$7 ;
   reg [6:0] \$70 ;
-  reg [12:0] \$71 ;
-  reg [6:0] \$72 ;
-  reg [7:0] \$73 ;
-  reg [6:0] \$74 ;
-  reg \$75 ;
-  reg \$76 ;
-  reg [8:0] \$77 ;
-  reg [8:0] \$78 ;
-  reg [7:0] \$79 ;
-  wire [5:0] \$8 ;
-  reg [3:0] \$80 ;
-  wire [5:0] \$9 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [3:0] \$76 ;
+  wire [10:0] \$8 ;
+  wire [12:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -3768,6 +4144,7 @@ module \lpsgld_w4_vc_l4.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q_d1 = 8'h00;
   reg [8:0] vc_q_dn = 9'h000;
   reg [8:0] vc_q_up = 9'h000;
+  reg [5:0] vc_sq_in = 6'h00;
   reg [10:0] vc_sq_l0_0 = 11'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
@@ -3788,389 +4165,393 @@ module \lpsgld_w4_vc_l4.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$19  = \$17 [6] ? 6'h00 : \$18 [5:0];
-  assign \$20  = vc_noise ? vc_up_a : { 7'h00, \$19  };
-  assign \$21  = vc_var - vc_vs;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = \$21 [6] ? 6'h00 : \$22 [5:0];
-  assign \$24  = vc_noise ? vc_down_a[6:0] : { \$23 , 1'h0 };
-  assign \$25  = vc_u_4 < vc_up;
-  assign \$26  = vc_u_4 < vc_down;
-  assign \$27  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$28  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$29  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$30  = vc_lt_up ? vc_q_up : \$29 ;
-  assign \$31  = & \$30 [8:3];
+  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
+  assign \$26  = & \$25 [8:3];
+  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
+  assign \$29  = | \$28 [8:3];
+  assign \$30  = ~ \$29 ;
+  assign \$31  = \$26  | \$30 ;
   assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
   assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = | \$33 [8:3];
-  assign \$35  = ~ \$34 ;
-  assign \$36  = \$31  | \$35 ;
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$40  = vc_lt_up ? vc_q_up : \$39 ;
-  assign \$41  = \$40 [8] ? 4'h8 : 4'h7;
-  assign \$42  = \$36  ? \$38 [3:0] : \$41 ;
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
+  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
   always @(posedge clk)
-    vc_q_a <= \$43 ;
+    vc_q_a <= \$38 ;
   always @(posedge clk)
-    vc_l_a <= \$44 ;
+    vc_l_a <= \$39 ;
   always @(posedge clk)
-    vc_q_b <= \$45 ;
+    vc_q_b <= \$40 ;
   always @(posedge clk)
-    vc_f_h <= \$46 ;
+    vc_f_h <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$47 ;
+    vc_sq_in <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$48 ;
+    vc_u_1 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$49 ;
+    vc_sq_pp0 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$50 ;
+    vc_sq_pp1 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$51 ;
+    vc_sq_pp2 <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$52 ;
+    vc_m_a <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$53 ;
+    vc_q <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$54 ;
+    vc_f_h2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$55 ;
+    vc_u_2 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$56 ;
+    vc_sq_l0_0 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$57 ;
+    vc_sq_l0_1 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$58 ;
+    vc_sq_l1_0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$59 ;
+    vc_m_a_d0 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$60 ;
+    vc_m_a_d1 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$61 ;
+    vc_q_d0 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$62 ;
+    vc_q_d1 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$63 ;
+    vc_f_h_d0 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$64 ;
+    vc_f_h_d1 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$65 ;
+    vc_u_d0 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$66 ;
+    vc_u_d1 <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$67 ;
+    vc_down_a <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$68 ;
+    vc_vs <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$69 ;
+    vc_up_a <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$70 ;
+    vc_q_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$71 ;
+    vc_u_3 <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$72 ;
+    vc_up <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$73 ;
+    vc_down <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$74 ;
+    vc_q_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$75 ;
+    vc_u_4 <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$76 ;
+    vc_lt_up <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$77 ;
+    vc_lt_down <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$78 ;
+    vc_q_up <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$79 ;
+    vc_q_dn <= \$74 ;
   always @(posedge clk)
-    out <= \$80 ;
+    vc_q_5 <= \$75 ;
+  always @(posedge clk)
+    out <= \$76 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = 3'h4 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$15  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$16  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = 3'h4 - vc_l_a;
+  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$12  = vc_var - vc_vs;
+  assign \$13  = vc_var - vc_vs;
+  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
+  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
+  assign \$16  = vc_var - vc_vs;
   assign \$17  = vc_var - vc_vs;
-  assign \$18  = vc_var - vc_vs;
+  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
+  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
+  assign \$20  = vc_u_4 < vc_up;
+  assign \$21  = vc_u_4 < vc_down;
+  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$43  = vc_q_a;
+    \$38  = vc_q_a;
     if (en) begin
-      \$43  = \$1 [13:6];
+      \$38  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$44  = vc_l_a;
+    \$39  = vc_l_a;
     if (en) begin
-      \$44  = \$1 [5:3];
+      \$39  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$45  = vc_q_b;
+    \$40  = vc_q_b;
     if (en) begin
-      \$45  = t[13:6];
+      \$40  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$46  = vc_f_h;
+    \$41  = vc_f_h;
     if (en) begin
-      \$46  = x[5:0];
+      \$41  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$47  = vc_u_1;
+    \$42  = vc_sq_in;
     if (en) begin
-      \$47  = u_vc;
+      \$42  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$48  = vc_sq_pp0;
+    \$43  = vc_u_1;
     if (en) begin
-      \$48  = \$4 ;
+      \$43  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$49  = vc_sq_pp1;
+    \$44  = vc_sq_pp0;
     if (en) begin
-      \$49  = { \$7 , 2'h0 };
+      \$44  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$50  = vc_sq_pp2;
+    \$45  = vc_sq_pp1;
     if (en) begin
-      \$50  = { \$10 , 4'h0 };
+      \$45  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$51  = vc_m_a;
+    \$46  = vc_sq_pp2;
     if (en) begin
-      \$51  = \$11 ;
+      \$46  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$52  = vc_q;
+    \$47  = vc_m_a;
     if (en) begin
-      \$52  = \$12 ;
+      \$47  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$53  = vc_f_h2;
+    \$48  = vc_q;
     if (en) begin
-      \$53  = vc_f_h;
+      \$48  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$54  = vc_u_2;
+    \$49  = vc_f_h2;
     if (en) begin
-      \$54  = vc_u_1;
+      \$49  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$55  = vc_sq_l0_0;
+    \$50  = vc_u_2;
     if (en) begin
-      \$55  = \$13 ;
+      \$50  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$56  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_0;
     if (en) begin
-      \$56  = vc_sq_pp2;
+      \$51  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$57  = vc_sq_l1_0;
+    \$52  = vc_sq_l0_1;
     if (en) begin
-      \$57  = \$14 ;
+      \$52  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$58  = vc_m_a_d0;
+    \$53  = vc_sq_l1_0;
     if (en) begin
-      \$58  = vc_m_a;
+      \$53  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$59  = vc_m_a_d1;
+    \$54  = vc_m_a_d0;
     if (en) begin
-      \$59  = vc_m_a_d0;
+      \$54  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$60  = vc_q_d0;
+    \$55  = vc_m_a_d1;
     if (en) begin
-      \$60  = vc_q;
+      \$55  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$61  = vc_q_d1;
+    \$56  = vc_q_d0;
     if (en) begin
-      \$61  = vc_q_d0;
+      \$56  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$62  = vc_f_h_d0;
+    \$57  = vc_q_d1;
     if (en) begin
-      \$62  = vc_f_h2;
+      \$57  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$63  = vc_f_h_d1;
+    \$58  = vc_f_h_d0;
     if (en) begin
-      \$63  = vc_f_h_d0;
+      \$58  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$64  = vc_u_d0;
+    \$59  = vc_f_h_d1;
     if (en) begin
-      \$64  = vc_u_2;
+      \$59  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$65  = vc_u_d1;
+    \$60  = vc_u_d0;
     if (en) begin
-      \$65  = vc_u_d0;
+      \$60  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$66  = vc_down_a;
+    \$61  = vc_u_d1;
     if (en) begin
-      \$66  = \$15 ;
+      \$61  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$67  = vc_vs;
+    \$62  = vc_down_a;
     if (en) begin
-      \$67  = \$16 [11:6];
+      \$62  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$68  = vc_up_a;
+    \$63  = vc_vs;
     if (en) begin
-      \$68  = vc_sq_l1_0;
+      \$63  = \$11 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$69  = vc_q_3;
+    \$64  = vc_up_a;
     if (en) begin
-      \$69  = vc_q_d1;
+      \$64  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$70  = vc_u_3;
+    \$65  = vc_q_3;
     if (en) begin
-      \$70  = vc_u_d1;
+      \$65  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$71  = vc_up;
+    \$66  = vc_u_3;
+    if (en) begin
+      \$66  = vc_u_d1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$67  = vc_up;
+    if (en) begin
+      \$67  = \$15 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$68  = vc_down;
+    if (en) begin
+      \$68  = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$69  = vc_q_4;
+    if (en) begin
+      \$69  = vc_q_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$70  = vc_u_4;
+    if (en) begin
+      \$70  = vc_u_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$71  = vc_lt_up;
     if (en) begin
       \$71  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$72  = vc_down;
+    \$72  = vc_lt_down;
     if (en) begin
-      \$72  = \$24 ;
+      \$72  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$73  = vc_q_4;
+    \$73  = vc_q_up;
     if (en) begin
-      \$73  = vc_q_3;
+      \$73  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$74  = vc_u_4;
+    \$74  = vc_q_dn;
     if (en) begin
-      \$74  = vc_u_3;
+      \$74  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$75  = vc_lt_up;
+    \$75  = vc_q_5;
     if (en) begin
-      \$75  = \$25 ;
+      \$75  = vc_q_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$76  = vc_lt_down;
+    \$76  = out;
     if (en) begin
-      \$76  = \$26 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$77  = vc_q_up;
-    if (en) begin
-      \$77  = \$27 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$78  = vc_q_dn;
-    if (en) begin
-      \$78  = \$28 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$79  = vc_q_5;
-    if (en) begin
-      \$79  = vc_q_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$80  = out;
-    if (en) begin
-      \$80  = \$42 ;
+      \$76  = \$37 ;
     end
   end
   assign y = \$1 [13:3];
@@ -4178,7 +4559,7 @@ module \lpsgld_w4_vc_l4.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.lane_2.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w4_vc_l4.lane_2.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [5:0] \$1 ;
   wire [12:0] \$10 ;
@@ -4382,30 +4763,28 @@ module \lpsgld_w4_vc_l4.lane_2.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$36 , vc_var, vc_noise, state, theta);
+module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
-  reg [3:0] \$1 ;
+  wire [3:0] \$1 ;
   reg [5:0] \$10 ;
   reg [5:0] \$11 ;
   reg [5:0] \$12 ;
   reg [5:0] \$13 ;
   reg [5:0] \$14 ;
-  reg [5:0] \$15 ;
+  reg [6:0] \$15 ;
   reg [6:0] \$16 ;
   reg [6:0] \$17 ;
   reg [6:0] \$18 ;
   reg [6:0] \$19 ;
   reg [3:0] \$2 ;
   reg [6:0] \$20 ;
-  reg [6:0] \$21 ;
-  reg [5:0] \$3 ;
-  reg [6:0] \$4 ;
-  reg [5:0] \$5 ;
+  reg [3:0] \$3 ;
+  reg [3:0] \$4 ;
+  reg [3:0] \$5 ;
   reg [3:0] \$6 ;
   reg [3:0] \$7 ;
   reg [3:0] \$8 ;
-  reg [3:0] \$9 ;
-  (* init = 6'h00 *)
+  reg [5:0] \$9 ;
   wire [5:0] bits;
   input clk;
   wire clk;
@@ -4416,12 +4795,11 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
   wire en;
   wire \en$27 ;
   wire \en$32 ;
-  wire \en$41 ;
+  wire \en$39 ;
   input [3:0] grad;
   wire [3:0] grad;
   (* init = 4'h0 *)
-  wire [3:0] \grad$40 ;
-  reg [5:0] lane_gauss = 6'h00;
+  wire [3:0] \grad$38 ;
   reg [3:0] lane_grad = 4'h0;
   reg [3:0] lane_grad_d0 = 4'h0;
   reg [3:0] lane_grad_d1 = 4'h0;
@@ -4434,18 +4812,18 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
   reg [5:0] lane_u_sr_d2 = 6'h00;
   reg [5:0] lane_u_sr_d3 = 6'h00;
   reg [5:0] lane_u_sr_d4 = 6'h00;
-  reg [5:0] lane_u_sr_d5 = 6'h00;
   reg [6:0] lane_u_vc = 7'h00;
   reg [6:0] lane_u_vc_d0 = 7'h00;
   reg [6:0] lane_u_vc_d1 = 7'h00;
   reg [6:0] lane_u_vc_d2 = 7'h00;
   reg [6:0] lane_u_vc_d3 = 7'h00;
   reg [6:0] lane_u_vc_d4 = 7'h00;
-  reg [6:0] lane_u_vc_d5 = 7'h00;
+  input [3:0] noise;
   wire [3:0] noise;
-  input [3:0] \noise$36 ;
-  wire [3:0] \noise$36 ;
+  (* init = 4'h0 *)
+  wire [3:0] \noise$34 ;
   wire [3:0] out;
+  reg [3:0] reg_noise_gated = 4'h0;
   input rst;
   wire rst;
   output [3:0] state;
@@ -4456,43 +4834,41 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
   input [3:0] theta;
   wire [3:0] theta;
   (* init = 4'h0 *)
-  wire [3:0] \theta$39 ;
+  wire [3:0] \theta$37 ;
   (* init = 6'h00 *)
   wire [5:0] u_sr;
   (* init = 7'h00 *)
   wire [6:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$46 ;
+  wire \vc_noise$44 ;
   input [4:0] vc_var;
   wire [4:0] vc_var;
-  wire [4:0] \vc_var$48 ;
+  wire [4:0] \vc_var$46 ;
   wire [3:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [12:0] x;
-  wire [12:0] \x$43 ;
+  wire [12:0] \x$41 ;
   wire [5:0] z;
-  wire [5:0] \z$38 ;
-  assign noise = vc_noise ? \noise$36  : 4'h0;
+  wire [5:0] \z$36 ;
+  assign \$1  = vc_noise ? noise : 4'h0;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_grad_d0 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d1 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
-  always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr <= \$9 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$10 ;
   always @(posedge clk)
@@ -4504,7 +4880,7 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
   always @(posedge clk)
     lane_u_sr_d4 <= \$14 ;
   always @(posedge clk)
-    lane_u_sr_d5 <= \$15 ;
+    lane_u_vc <= \$15 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$16 ;
   always @(posedge clk)
@@ -4515,10 +4891,8 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
     lane_u_vc_d3 <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d4 <= \$20 ;
-  always @(posedge clk)
-    lane_u_vc_d5 <= \$21 ;
   \lpsgld_w4_vc_l4.lane_3.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[12:7]),
     .clk(clk),
     .en(en),
     .gauss_z_l0_0(z),
@@ -4529,8 +4903,8 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d5),
-    .u_vc(lane_u_vc_d5),
+    .u_sr(lane_u_sr_d4),
+    .u_vc(lane_u_vc_d4),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -4540,7 +4914,7 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
     .decay(decay),
     .en(en),
     .grad(lane_grad_d1),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d1),
@@ -4549,65 +4923,58 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[12:7];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[6:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[12:7];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_grad_d0;
+    \$9  = lane_u_sr;
     if (en) begin
-      \$8  = lane_grad;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_grad_d1;
-    if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[12:7];
     end
   end
   always @* begin
@@ -4647,9 +5014,9 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$15  = lane_u_sr_d5;
+    \$15  = lane_u_vc;
     if (en) begin
-      \$15  = lane_u_sr_d4;
+      \$15  = words[6:0];
     end
   end
   always @* begin
@@ -4687,27 +5054,21 @@ module \lpsgld_w4_vc_l4.lane_3 (grad, clk, rst, en, words, step, decay, \noise$3
       \$20  = lane_u_vc_d3;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$21  = lane_u_vc_d5;
-    if (en) begin
-      \$21  = lane_u_vc_d4;
-    end
-  end
   assign \en$27  = en;
   assign \step$29  = step;
   assign \decay$31  = decay;
   assign \en$32  = en;
-  assign bits = lane_gauss;
-  assign \z$38  = z;
-  assign \theta$39  = lane_theta_d1;
-  assign \grad$40  = lane_grad_d1;
-  assign \en$41  = en;
-  assign \x$43  = x;
-  assign u_sr = lane_u_sr_d5;
-  assign u_vc = lane_u_vc_d5;
-  assign \vc_noise$46  = vc_noise;
-  assign \vc_var$48  = vc_var;
+  assign bits = words[12:7];
+  assign \noise$34  = reg_noise_gated;
+  assign \z$36  = z;
+  assign \theta$37  = lane_theta_d1;
+  assign \grad$38  = lane_grad_d1;
+  assign \en$39  = en;
+  assign \x$41  = x;
+  assign u_sr = lane_u_sr_d4;
+  assign u_vc = lane_u_vc_d4;
+  assign \vc_noise$44  = vc_noise;
+  assign \vc_var$46  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -4814,85 +5175,81 @@ endmodule
 module \lpsgld_w4_vc_l4.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire [13:0] \$1 ;
-  wire [7:0] \$10 ;
-  wire [3:0] \$11 ;
-  wire [7:0] \$12 ;
-  wire [10:0] \$13 ;
-  wire [12:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [13:0] \$16 ;
+  wire [15:0] \$10 ;
+  wire [13:0] \$11 ;
+  wire [6:0] \$12 ;
+  wire [6:0] \$13 ;
+  wire [5:0] \$14 ;
+  wire [12:0] \$15 ;
+  wire [6:0] \$16 ;
   wire [6:0] \$17 ;
-  wire [6:0] \$18 ;
-  wire [5:0] \$19 ;
+  wire [5:0] \$18 ;
+  wire [6:0] \$19 ;
   wire [5:0] \$2 ;
-  wire [12:0] \$20 ;
-  wire [6:0] \$21 ;
-  wire [6:0] \$22 ;
-  wire [5:0] \$23 ;
-  wire [6:0] \$24 ;
-  wire \$25 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire [8:0] \$22 ;
+  wire [8:0] \$23 ;
+  wire [8:0] \$24 ;
+  wire [8:0] \$25 ;
   wire \$26 ;
   wire [8:0] \$27 ;
   wire [8:0] \$28 ;
-  wire [8:0] \$29 ;
-  wire [5:0] \$3 ;
-  wire [8:0] \$30 ;
+  wire \$29 ;
+  wire [7:0] \$3 ;
+  wire \$30 ;
   wire \$31 ;
   wire [8:0] \$32 ;
   wire [8:0] \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire [8:0] \$37 ;
-  wire [8:0] \$38 ;
-  wire [8:0] \$39 ;
+  wire [8:0] \$34 ;
+  wire [8:0] \$35 ;
+  wire [3:0] \$36 ;
+  wire [3:0] \$37 ;
+  reg [7:0] \$38 ;
+  reg [2:0] \$39 ;
   wire [7:0] \$4 ;
-  wire [8:0] \$40 ;
-  wire [3:0] \$41 ;
-  wire [3:0] \$42 ;
-  reg [7:0] \$43 ;
-  reg [2:0] \$44 ;
-  reg [7:0] \$45 ;
-  reg [5:0] \$46 ;
-  reg [6:0] \$47 ;
+  reg [7:0] \$40 ;
+  reg [5:0] \$41 ;
+  reg [5:0] \$42 ;
+  reg [6:0] \$43 ;
+  reg [7:0] \$44 ;
+  reg [9:0] \$45 ;
+  reg [11:0] \$46 ;
+  reg [3:0] \$47 ;
   reg [7:0] \$48 ;
-  reg [9:0] \$49 ;
-  wire [5:0] \$5 ;
-  reg [11:0] \$50 ;
-  reg [3:0] \$51 ;
-  reg [7:0] \$52 ;
-  reg [5:0] \$53 ;
-  reg [6:0] \$54 ;
-  reg [10:0] \$55 ;
-  reg [11:0] \$56 ;
-  reg [12:0] \$57 ;
-  reg [3:0] \$58 ;
-  reg [3:0] \$59 ;
-  wire [5:0] \$6 ;
-  reg [7:0] \$60 ;
-  reg [7:0] \$61 ;
-  reg [5:0] \$62 ;
+  reg [5:0] \$49 ;
+  wire [7:0] \$5 ;
+  reg [6:0] \$50 ;
+  reg [10:0] \$51 ;
+  reg [11:0] \$52 ;
+  reg [12:0] \$53 ;
+  reg [3:0] \$54 ;
+  reg [3:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg [7:0] \$57 ;
+  reg [5:0] \$58 ;
+  reg [5:0] \$59 ;
+  wire [3:0] \$6 ;
+  reg [6:0] \$60 ;
+  reg [6:0] \$61 ;
+  reg [15:0] \$62 ;
   reg [5:0] \$63 ;
-  reg [6:0] \$64 ;
-  reg [6:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [5:0] \$67 ;
-  reg [12:0] \$68 ;
+  reg [12:0] \$64 ;
+  reg [7:0] \$65 ;
+  reg [6:0] \$66 ;
+  reg [12:0] \$67 ;
+  reg [6:0] \$68 ;
   reg [7:0] \$69 ;
   wire [7:0] \$7 ;
   reg [6:0] \$70 ;
-  reg [12:0] \$71 ;
-  reg [6:0] \$72 ;
-  reg [7:0] \$73 ;
-  reg [6:0] \$74 ;
-  reg \$75 ;
-  reg \$76 ;
-  reg [8:0] \$77 ;
-  reg [8:0] \$78 ;
-  reg [7:0] \$79 ;
-  wire [5:0] \$8 ;
-  reg [3:0] \$80 ;
-  wire [5:0] \$9 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [7:0] \$75 ;
+  reg [3:0] \$76 ;
+  wire [10:0] \$8 ;
+  wire [12:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -4932,6 +5289,7 @@ module \lpsgld_w4_vc_l4.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q_d1 = 8'h00;
   reg [8:0] vc_q_dn = 9'h000;
   reg [8:0] vc_q_up = 9'h000;
+  reg [5:0] vc_sq_in = 6'h00;
   reg [10:0] vc_sq_l0_0 = 11'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
@@ -4952,389 +5310,393 @@ module \lpsgld_w4_vc_l4.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$19  = \$17 [6] ? 6'h00 : \$18 [5:0];
-  assign \$20  = vc_noise ? vc_up_a : { 7'h00, \$19  };
-  assign \$21  = vc_var - vc_vs;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = \$21 [6] ? 6'h00 : \$22 [5:0];
-  assign \$24  = vc_noise ? vc_down_a[6:0] : { \$23 , 1'h0 };
-  assign \$25  = vc_u_4 < vc_up;
-  assign \$26  = vc_u_4 < vc_down;
-  assign \$27  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$28  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$29  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$30  = vc_lt_up ? vc_q_up : \$29 ;
-  assign \$31  = & \$30 [8:3];
+  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
+  assign \$26  = & \$25 [8:3];
+  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
+  assign \$29  = | \$28 [8:3];
+  assign \$30  = ~ \$29 ;
+  assign \$31  = \$26  | \$30 ;
   assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
   assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = | \$33 [8:3];
-  assign \$35  = ~ \$34 ;
-  assign \$36  = \$31  | \$35 ;
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$40  = vc_lt_up ? vc_q_up : \$39 ;
-  assign \$41  = \$40 [8] ? 4'h8 : 4'h7;
-  assign \$42  = \$36  ? \$38 [3:0] : \$41 ;
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
+  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
   always @(posedge clk)
-    vc_q_a <= \$43 ;
+    vc_q_a <= \$38 ;
   always @(posedge clk)
-    vc_l_a <= \$44 ;
+    vc_l_a <= \$39 ;
   always @(posedge clk)
-    vc_q_b <= \$45 ;
+    vc_q_b <= \$40 ;
   always @(posedge clk)
-    vc_f_h <= \$46 ;
+    vc_f_h <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$47 ;
+    vc_sq_in <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$48 ;
+    vc_u_1 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$49 ;
+    vc_sq_pp0 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$50 ;
+    vc_sq_pp1 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$51 ;
+    vc_sq_pp2 <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$52 ;
+    vc_m_a <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$53 ;
+    vc_q <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$54 ;
+    vc_f_h2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$55 ;
+    vc_u_2 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$56 ;
+    vc_sq_l0_0 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$57 ;
+    vc_sq_l0_1 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$58 ;
+    vc_sq_l1_0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$59 ;
+    vc_m_a_d0 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$60 ;
+    vc_m_a_d1 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$61 ;
+    vc_q_d0 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$62 ;
+    vc_q_d1 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$63 ;
+    vc_f_h_d0 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$64 ;
+    vc_f_h_d1 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$65 ;
+    vc_u_d0 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$66 ;
+    vc_u_d1 <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$67 ;
+    vc_down_a <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$68 ;
+    vc_vs <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$69 ;
+    vc_up_a <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$70 ;
+    vc_q_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$71 ;
+    vc_u_3 <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$72 ;
+    vc_up <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$73 ;
+    vc_down <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$74 ;
+    vc_q_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$75 ;
+    vc_u_4 <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$76 ;
+    vc_lt_up <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$77 ;
+    vc_lt_down <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$78 ;
+    vc_q_up <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$79 ;
+    vc_q_dn <= \$74 ;
   always @(posedge clk)
-    out <= \$80 ;
+    vc_q_5 <= \$75 ;
+  always @(posedge clk)
+    out <= \$76 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 3'h0, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = 3'h4 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$15  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$16  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = 3'h4 - vc_l_a;
+  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$12  = vc_var - vc_vs;
+  assign \$13  = vc_var - vc_vs;
+  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
+  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
+  assign \$16  = vc_var - vc_vs;
   assign \$17  = vc_var - vc_vs;
-  assign \$18  = vc_var - vc_vs;
+  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
+  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
+  assign \$20  = vc_u_4 < vc_up;
+  assign \$21  = vc_u_4 < vc_down;
+  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$43  = vc_q_a;
+    \$38  = vc_q_a;
     if (en) begin
-      \$43  = \$1 [13:6];
+      \$38  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$44  = vc_l_a;
+    \$39  = vc_l_a;
     if (en) begin
-      \$44  = \$1 [5:3];
+      \$39  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$45  = vc_q_b;
+    \$40  = vc_q_b;
     if (en) begin
-      \$45  = t[13:6];
+      \$40  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$46  = vc_f_h;
+    \$41  = vc_f_h;
     if (en) begin
-      \$46  = x[5:0];
+      \$41  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$47  = vc_u_1;
+    \$42  = vc_sq_in;
     if (en) begin
-      \$47  = u_vc;
+      \$42  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$48  = vc_sq_pp0;
+    \$43  = vc_u_1;
     if (en) begin
-      \$48  = \$4 ;
+      \$43  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$49  = vc_sq_pp1;
+    \$44  = vc_sq_pp0;
     if (en) begin
-      \$49  = { \$7 , 2'h0 };
+      \$44  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$50  = vc_sq_pp2;
+    \$45  = vc_sq_pp1;
     if (en) begin
-      \$50  = { \$10 , 4'h0 };
+      \$45  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$51  = vc_m_a;
+    \$46  = vc_sq_pp2;
     if (en) begin
-      \$51  = \$11 ;
+      \$46  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$52  = vc_q;
+    \$47  = vc_m_a;
     if (en) begin
-      \$52  = \$12 ;
+      \$47  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$53  = vc_f_h2;
+    \$48  = vc_q;
     if (en) begin
-      \$53  = vc_f_h;
+      \$48  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$54  = vc_u_2;
+    \$49  = vc_f_h2;
     if (en) begin
-      \$54  = vc_u_1;
+      \$49  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$55  = vc_sq_l0_0;
+    \$50  = vc_u_2;
     if (en) begin
-      \$55  = \$13 ;
+      \$50  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$56  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_0;
     if (en) begin
-      \$56  = vc_sq_pp2;
+      \$51  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$57  = vc_sq_l1_0;
+    \$52  = vc_sq_l0_1;
     if (en) begin
-      \$57  = \$14 ;
+      \$52  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$58  = vc_m_a_d0;
+    \$53  = vc_sq_l1_0;
     if (en) begin
-      \$58  = vc_m_a;
+      \$53  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$59  = vc_m_a_d1;
+    \$54  = vc_m_a_d0;
     if (en) begin
-      \$59  = vc_m_a_d0;
+      \$54  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$60  = vc_q_d0;
+    \$55  = vc_m_a_d1;
     if (en) begin
-      \$60  = vc_q;
+      \$55  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$61  = vc_q_d1;
+    \$56  = vc_q_d0;
     if (en) begin
-      \$61  = vc_q_d0;
+      \$56  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$62  = vc_f_h_d0;
+    \$57  = vc_q_d1;
     if (en) begin
-      \$62  = vc_f_h2;
+      \$57  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$63  = vc_f_h_d1;
+    \$58  = vc_f_h_d0;
     if (en) begin
-      \$63  = vc_f_h_d0;
+      \$58  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$64  = vc_u_d0;
+    \$59  = vc_f_h_d1;
     if (en) begin
-      \$64  = vc_u_2;
+      \$59  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$65  = vc_u_d1;
+    \$60  = vc_u_d0;
     if (en) begin
-      \$65  = vc_u_d0;
+      \$60  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$66  = vc_down_a;
+    \$61  = vc_u_d1;
     if (en) begin
-      \$66  = \$15 ;
+      \$61  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$67  = vc_vs;
+    \$62  = vc_down_a;
     if (en) begin
-      \$67  = \$16 [11:6];
+      \$62  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$68  = vc_up_a;
+    \$63  = vc_vs;
     if (en) begin
-      \$68  = vc_sq_l1_0;
+      \$63  = \$11 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$69  = vc_q_3;
+    \$64  = vc_up_a;
     if (en) begin
-      \$69  = vc_q_d1;
+      \$64  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$70  = vc_u_3;
+    \$65  = vc_q_3;
     if (en) begin
-      \$70  = vc_u_d1;
+      \$65  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$71  = vc_up;
+    \$66  = vc_u_3;
+    if (en) begin
+      \$66  = vc_u_d1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$67  = vc_up;
+    if (en) begin
+      \$67  = \$15 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$68  = vc_down;
+    if (en) begin
+      \$68  = \$19 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$69  = vc_q_4;
+    if (en) begin
+      \$69  = vc_q_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$70  = vc_u_4;
+    if (en) begin
+      \$70  = vc_u_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$71  = vc_lt_up;
     if (en) begin
       \$71  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$72  = vc_down;
+    \$72  = vc_lt_down;
     if (en) begin
-      \$72  = \$24 ;
+      \$72  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$73  = vc_q_4;
+    \$73  = vc_q_up;
     if (en) begin
-      \$73  = vc_q_3;
+      \$73  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$74  = vc_u_4;
+    \$74  = vc_q_dn;
     if (en) begin
-      \$74  = vc_u_3;
+      \$74  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$75  = vc_lt_up;
+    \$75  = vc_q_5;
     if (en) begin
-      \$75  = \$25 ;
+      \$75  = vc_q_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$76  = vc_lt_down;
+    \$76  = out;
     if (en) begin
-      \$76  = \$26 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$77  = vc_q_up;
-    if (en) begin
-      \$77  = \$27 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$78  = vc_q_dn;
-    if (en) begin
-      \$78  = \$28 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$79  = vc_q_5;
-    if (en) begin
-      \$79  = vc_q_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$80  = out;
-    if (en) begin
-      \$80  = \$42 ;
+      \$76  = \$37 ;
     end
   end
   assign y = \$1 [13:3];
@@ -5342,7 +5704,7 @@ module \lpsgld_w4_vc_l4.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.lane_3.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w4_vc_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [5:0] \$1 ;
   wire [12:0] \$10 ;
@@ -5546,7 +5908,7 @@ module \lpsgld_w4_vc_l4.lane_3.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -5624,7 +5986,7 @@ module \lpsgld_w4_vc_l4.rng_0_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_1_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -5702,7 +6064,7 @@ module \lpsgld_w4_vc_l4.rng_1_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_2_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -5780,7 +6142,7 @@ module \lpsgld_w4_vc_l4.rng_2_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_3_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

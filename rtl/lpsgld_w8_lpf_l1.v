@@ -7,11 +7,11 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire \$12 ;
+  wire [1:0] \$12 ;
   wire \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -38,9 +38,16 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$38 ;
   reg \$39 ;
   wire \$4 ;
-  reg [15:0] \$40 ;
-  reg [11:0] \$41 ;
-  reg [15:0] \$42 ;
+  reg \$40 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
+  reg [63:0] \$44 ;
+  reg [1:0] \$45 ;
+  reg \$46 ;
+  reg [15:0] \$47 ;
+  reg [11:0] \$48 ;
+  reg [15:0] \$49 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -55,9 +62,10 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
+  reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
+  wire free;
   wire [7:0] grad;
   output idle;
   wire idle;
@@ -65,7 +73,6 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg keep_10 = 1'h0;
   reg keep_11 = 1'h0;
   reg keep_12 = 1'h0;
-  reg keep_13 = 1'h0;
   reg keep_2 = 1'h0;
   reg keep_3 = 1'h0;
   reg keep_4 = 1'h0;
@@ -79,13 +86,17 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [15:0] noise = 16'h0000;
   wire [63:0] out;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_step_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
   input [32:0] sink__payload;
   wire [32:0] sink__payload;
   wire [7:0] \sink__payload.grad ;
@@ -110,15 +121,14 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg source__valid = 1'h0;
   wire [23:0] state;
   wire step;
-  reg [15:0] \step$39  = 16'h0000;
+  reg [15:0] \step$43  = 16'h0000;
   wire [23:0] theta;
-  wire transfer;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
-  reg valid_12 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_13;
+  wire valid_12;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
   reg valid_4 = 1'h0;
@@ -127,86 +137,104 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
   wire [63:0] words;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
   always @(posedge clk)
-    keep_6 <= \$32 ;
+    source__valid <= \$29 ;
   always @(posedge clk)
-    keep_7 <= \$33 ;
+    keep_2 <= \$30 ;
   always @(posedge clk)
-    keep_8 <= \$34 ;
+    keep_3 <= \$31 ;
   always @(posedge clk)
-    keep_9 <= \$35 ;
+    keep_4 <= \$32 ;
   always @(posedge clk)
-    keep_10 <= \$36 ;
+    keep_5 <= \$33 ;
   always @(posedge clk)
-    keep_11 <= \$37 ;
+    keep_6 <= \$34 ;
   always @(posedge clk)
-    keep_12 <= \$38 ;
+    keep_7 <= \$35 ;
   always @(posedge clk)
-    keep_13 <= \$39 ;
+    keep_8 <= \$36 ;
   always @(posedge clk)
-    \step$39  <= \$40 ;
+    keep_9 <= \$37 ;
   always @(posedge clk)
-    decay <= \$41 ;
+    keep_10 <= \$38 ;
   always @(posedge clk)
-    noise <= \$42 ;
+    keep_11 <= \$39 ;
+  always @(posedge clk)
+    keep_12 <= \$40 ;
+  always @(posedge clk)
+    wdata <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$41 ;
+  always @(posedge clk)
+    write_decay <= \$42 ;
+  always @(posedge clk)
+    write_noise <= \$43 ;
+  always @(posedge clk)
+    data <= \$44 ;
+  always @(posedge clk)
+    seed_load_0 <= \$45 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$46 ;
+  always @(posedge clk)
+    \step$43  <= \$47 ;
+  always @(posedge clk)
+    decay <= \$48 ;
+  always @(posedge clk)
+    noise <= \$49 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
-  assign \$3  = | { source__valid, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign \$3  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$14 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$15 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$16 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$17 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$18 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$19 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$20 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$21 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$22 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    valid_9 <= \$23 ;
+    valid_9 <= \$26 ;
   always @(posedge clk)
-    valid_10 <= \$24 ;
+    valid_10 <= \$27 ;
   always @(posedge clk)
-    valid_11 <= \$25 ;
-  always @(posedge clk)
-    valid_12 <= \$26 ;
-  always @(posedge clk)
-    source__valid <= \$27 ;
-  always @(posedge clk)
-    keep_2 <= \$28 ;
-  always @(posedge clk)
-    keep_3 <= \$29 ;
-  always @(posedge clk)
-    keep_4 <= \$30 ;
-  always @(posedge clk)
-    keep_5 <= \$31 ;
+    valid_11 <= \$28 ;
   \lpsgld_w8_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -215,13 +243,13 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .\port$0$3 (sink__payload[32:1]),
     .rst(rst),
     .state(state),
-    .step(\step$39 ),
+    .step(\step$43 ),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w8_lpf_l1.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -230,91 +258,112 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_6;
+    \$30  = keep_2;
     if (advance) begin
-      \$32  = keep_5;
+      \$30  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_7;
+    \$31  = keep_3;
     if (advance) begin
-      \$33  = keep_6;
+      \$31  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_8;
+    \$32  = keep_4;
     if (advance) begin
-      \$34  = keep_7;
+      \$32  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_9;
+    \$33  = keep_5;
     if (advance) begin
-      \$35  = keep_8;
+      \$33  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_10;
+    \$34  = keep_6;
     if (advance) begin
-      \$36  = keep_9;
+      \$34  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_11;
+    \$35  = keep_7;
     if (advance) begin
-      \$37  = keep_10;
+      \$35  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_12;
+    \$36  = keep_8;
     if (advance) begin
-      \$38  = keep_11;
+      \$36  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_13;
+    \$37  = keep_9;
     if (advance) begin
-      \$39  = keep_12;
+      \$37  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = \step$39 ;
+    \$38  = keep_10;
+    if (advance) begin
+      \$38  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = keep_11;
+    if (advance) begin
+      \$39  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = keep_12;
+    if (advance) begin
+      \$40  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$40  = ctl__data[15:0];
+            \$41  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$40  = 16'h0000;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = decay;
+    \$42  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$41  = ctl__data[11:0];
+            \$42  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$41  = 12'h000;
+      \$42  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = noise;
+    \$43  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -322,45 +371,77 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$42  = ctl__data[15:0];
+            \$43  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$42  = 16'h0000;
+      \$43  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_1;
-    if (advance) begin
-      \$14  = sink__valid;
+    \$44  = data;
+    if (ctl__we) begin
+      \$44  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = seed_load_0;
+    if (\$13 ) begin
+      \$45  = \$16 ;
+    end else if (free) begin
+      \$45  = 2'h0;
     end
     if (rst) begin
-      \$14  = 1'h0;
+      \$45  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = keep_1;
-    if (advance) begin
-      \$15  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_2;
-    if (advance) begin
-      \$16  = valid_1;
+    \$46  = seed_hold_0;
+    if (\$13 ) begin
+      \$46  = took;
     end
     if (rst) begin
-      \$16  = 1'h0;
+      \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_3;
+    \$47  = \step$43 ;
+    if (write_step) begin
+      \$47  = wdata[15:0];
+    end
+    if (rst) begin
+      \$47  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$48  = decay;
+    if (write_decay) begin
+      \$48  = wdata[11:0];
+    end
+    if (rst) begin
+      \$48  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$49  = noise;
+    if (write_noise) begin
+      \$49  = wdata[15:0];
+    end
+    if (rst) begin
+      \$49  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
     if (advance) begin
-      \$17  = valid_2;
+      \$17  = sink__valid;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -368,19 +449,16 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_4;
+    \$18  = keep_1;
     if (advance) begin
-      \$18  = valid_3;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
+      \$18  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_5;
+    \$19  = valid_2;
     if (advance) begin
-      \$19  = valid_4;
+      \$19  = valid_1;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -388,9 +466,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_6;
+    \$20  = valid_3;
     if (advance) begin
-      \$20  = valid_5;
+      \$20  = valid_2;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -398,9 +476,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_7;
+    \$21  = valid_4;
     if (advance) begin
-      \$21  = valid_6;
+      \$21  = valid_3;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -408,9 +486,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_8;
+    \$22  = valid_5;
     if (advance) begin
-      \$22  = valid_7;
+      \$22  = valid_4;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -418,9 +496,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_9;
+    \$23  = valid_6;
     if (advance) begin
-      \$23  = valid_8;
+      \$23  = valid_5;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -428,9 +506,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_10;
+    \$24  = valid_7;
     if (advance) begin
-      \$24  = valid_9;
+      \$24  = valid_6;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -438,9 +516,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_11;
+    \$25  = valid_8;
     if (advance) begin
-      \$25  = valid_10;
+      \$25  = valid_7;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -448,9 +526,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_12;
+    \$26  = valid_9;
     if (advance) begin
-      \$26  = valid_11;
+      \$26  = valid_8;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -458,9 +536,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = source__valid;
+    \$27  = valid_10;
     if (advance) begin
-      \$27  = valid_12;
+      \$27  = valid_9;
     end
     if (rst) begin
       \$27  = 1'h0;
@@ -468,41 +546,33 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_2;
+    \$28  = valid_11;
     if (advance) begin
-      \$28  = keep_1;
+      \$28  = valid_10;
+    end
+    if (rst) begin
+      \$28  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_3;
+    \$29  = source__valid;
     if (advance) begin
-      \$29  = keep_2;
+      \$29  = valid_11;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_4;
-    if (advance) begin
-      \$30  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_5;
-    if (advance) begin
-      \$31  = keep_4;
-    end
-  end
-  assign valid_13 = source__valid;
-  assign data = ctl__data;
+  assign valid_12 = source__valid;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[24:1];
   assign grad = sink__payload[32:25];
   assign out = words;
-  assign reg_step = \step$39 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
+  assign reg_step_0 = \step$43 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
   assign \sink__payload.theta  = sink__payload[24:1];
   assign \sink__payload.theta[0]  = sink__payload[24:1];
@@ -515,47 +585,37 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[0]  = source__payload[32:25];
   assign source__payload[32:25] = weight;
   assign source__payload[24:1] = state;
-  assign source__payload[0] = keep_13;
+  assign source__payload[0] = keep_12;
 endmodule
 
 (* generator = "Amaranth" *)
 module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight, state, \port$0$3 );
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
   reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [23:0] \$4 ;
   reg [23:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -564,83 +624,60 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  wire [15:0] \noise$25 ;
   input [31:0] \port$0$3 ;
   wire [31:0] \port$0$3 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  wire [15:0] \step$19 ;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l1.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -652,7 +689,6 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l1.lane_0.sum  sum (
@@ -664,6 +700,7 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -683,139 +720,83 @@ module \lpsgld_w8_lpf_l1.lane_0 (clk, rst, en, words, step, decay, noise, weight
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
+      \$11  = lane_u_sr_d1;
     end
   end
   assign theta = \port$0$3 [23:0];
   assign grad = \port$0$3 [31:24];
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2995,29 +2976,27 @@ module \lpsgld_w8_lpf_l1.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l1.lane_0.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -3025,70 +3004,57 @@ module \lpsgld_w8_lpf_l1.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -3096,77 +3062,136 @@ module \lpsgld_w8_lpf_l1.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -3198,108 +3223,35 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$33 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -3316,284 +3268,427 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_0;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_1;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l0_2;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l0_3;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l0_4;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l0_5;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l0_6;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l0_7;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l0_8;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$59  = sum_x_l1_0;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$60  = sum_x_l1_1;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$61  = sum_x_l1_2;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$62  = sum_x_l1_3;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$63  = sum_x_l1_4;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$63  = sum_x_l0_8;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$64  = sum_x_l2_0;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$64  = \$29 ;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$65  = sum_x_l2_1;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$65  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$66  = sum_x_l2_2;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$67  = sum_x_l3_0;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$67  = \$31 ;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$68  = sum_x_l3_1;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$69  = sum_x_l4_0;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$69  = \$32 ;
+      \$127  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$128  = sum_x_l4_0;
+    if (en) begin
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

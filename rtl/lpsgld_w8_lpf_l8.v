@@ -6,25 +6,81 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg [7:0] \$100 ;
-  reg [7:0] \$101 ;
+  wire [1:0] \$100 ;
+  reg \$101 ;
   reg [7:0] \$102 ;
-  reg [7:0] \$103 ;
-  reg [7:0] \$104 ;
-  reg [7:0] \$105 ;
-  reg [7:0] \$106 ;
-  reg [7:0] \$107 ;
-  reg [7:0] \$108 ;
-  reg [7:0] \$109 ;
+  reg \$103 ;
+  reg \$104 ;
+  reg \$105 ;
+  reg \$106 ;
+  reg \$107 ;
+  reg \$108 ;
+  reg \$109 ;
   wire \$11 ;
-  reg [15:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [15:0] \$112 ;
+  reg \$110 ;
+  reg \$111 ;
+  reg \$112 ;
+  reg \$113 ;
+  reg [7:0] \$114 ;
+  reg [7:0] \$115 ;
+  reg [7:0] \$116 ;
+  reg [7:0] \$117 ;
+  reg [7:0] \$118 ;
+  reg [7:0] \$119 ;
   wire \$12 ;
+  reg [7:0] \$120 ;
+  reg [7:0] \$121 ;
+  reg [7:0] \$122 ;
+  reg [7:0] \$123 ;
+  reg [7:0] \$124 ;
+  reg \$125 ;
+  reg \$126 ;
+  reg \$127 ;
+  reg [63:0] \$128 ;
+  reg [1:0] \$129 ;
   wire \$13 ;
+  reg \$130 ;
+  reg [15:0] \$131 ;
+  reg [11:0] \$132 ;
+  reg [15:0] \$133 ;
+  reg [1:0] \$134 ;
+  reg \$135 ;
+  reg [15:0] \$136 ;
+  reg [11:0] \$137 ;
+  reg [15:0] \$138 ;
+  reg [1:0] \$139 ;
   wire \$14 ;
+  reg \$140 ;
+  reg [15:0] \$141 ;
+  reg [11:0] \$142 ;
+  reg [15:0] \$143 ;
+  reg [1:0] \$144 ;
+  reg \$145 ;
+  reg [15:0] \$146 ;
+  reg [11:0] \$147 ;
+  reg [15:0] \$148 ;
+  reg [1:0] \$149 ;
   wire \$15 ;
+  reg \$150 ;
+  reg [15:0] \$151 ;
+  reg [11:0] \$152 ;
+  reg [15:0] \$153 ;
+  reg [1:0] \$154 ;
+  reg \$155 ;
+  reg [15:0] \$156 ;
+  reg [11:0] \$157 ;
+  reg [15:0] \$158 ;
+  reg [1:0] \$159 ;
   wire \$16 ;
+  reg \$160 ;
+  reg [15:0] \$161 ;
+  reg [11:0] \$162 ;
+  reg [15:0] \$163 ;
+  reg [1:0] \$164 ;
+  reg \$165 ;
+  reg [15:0] \$166 ;
+  reg [11:0] \$167 ;
+  reg [15:0] \$168 ;
   wire \$17 ;
   wire \$18 ;
   wire \$19 ;
@@ -58,64 +114,64 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$44 ;
   wire \$45 ;
   wire \$46 ;
-  wire \$47 ;
+  wire [1:0] \$47 ;
   wire \$48 ;
   wire \$49 ;
   wire \$5 ;
   wire \$50 ;
-  wire \$51 ;
+  wire [1:0] \$51 ;
   wire \$52 ;
   wire \$53 ;
-  wire \$54 ;
+  wire [1:0] \$54 ;
   wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire \$58 ;
+  wire [1:0] \$58 ;
   wire \$59 ;
   wire \$6 ;
   wire \$60 ;
-  wire \$61 ;
+  wire [1:0] \$61 ;
   wire \$62 ;
   wire \$63 ;
   wire \$64 ;
-  wire \$65 ;
+  wire [1:0] \$65 ;
   wire \$66 ;
   wire \$67 ;
-  wire \$68 ;
+  wire [1:0] \$68 ;
   wire \$69 ;
   wire \$7 ;
   wire \$70 ;
   wire \$71 ;
-  wire \$72 ;
+  wire [1:0] \$72 ;
   wire \$73 ;
   wire \$74 ;
-  wire \$75 ;
+  wire [1:0] \$75 ;
   wire \$76 ;
   wire \$77 ;
   wire \$78 ;
-  wire \$79 ;
+  wire [1:0] \$79 ;
   wire \$8 ;
   wire \$80 ;
   wire \$81 ;
-  wire \$82 ;
+  wire [1:0] \$82 ;
   wire \$83 ;
-  reg \$84 ;
-  reg [7:0] \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg \$88 ;
-  reg \$89 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire [1:0] \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire [1:0] \$89 ;
   wire \$9 ;
-  reg \$90 ;
-  reg \$91 ;
-  reg \$92 ;
-  reg \$93 ;
-  reg \$94 ;
-  reg \$95 ;
-  reg \$96 ;
-  reg \$97 ;
-  reg [7:0] \$98 ;
-  reg [7:0] \$99 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire [1:0] \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire [1:0] \$96 ;
+  wire \$97 ;
+  wire \$98 ;
+  wire \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -125,52 +181,52 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
-  wire [63:0] \data$104 ;
-  wire [63:0] \data$118 ;
-  wire [63:0] \data$132 ;
-  wire [63:0] \data$48 ;
-  wire [63:0] \data$62 ;
-  wire [63:0] \data$76 ;
-  wire [63:0] \data$90 ;
+  reg [63:0] data = 64'h0000000000000000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$111 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$130 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$149 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$168 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$54 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$73 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$92 ;
   reg [11:0] decay = 12'h000;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$113 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$127 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$141 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$57 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$71 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$85 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$99 ;
+  reg [11:0] \decay$102  = 12'h000;
+  reg [11:0] \decay$121  = 12'h000;
+  reg [11:0] \decay$140  = 12'h000;
+  reg [11:0] \decay$159  = 12'h000;
+  reg [11:0] \decay$178  = 12'h000;
+  reg [11:0] \decay$64  = 12'h000;
+  reg [11:0] \decay$83  = 12'h000;
   wire en;
-  wire \en$105 ;
-  wire \en$119 ;
-  wire \en$133 ;
-  wire \en$49 ;
-  wire \en$63 ;
-  wire \en$77 ;
-  wire \en$91 ;
+  wire \en$112 ;
+  wire \en$131 ;
+  wire \en$150 ;
+  wire \en$169 ;
+  wire \en$55 ;
+  wire \en$74 ;
+  wire \en$93 ;
+  wire free;
   wire [7:0] grad;
-  wire [7:0] \grad$107 ;
-  wire [7:0] \grad$121 ;
-  wire [7:0] \grad$135 ;
-  wire [7:0] \grad$51 ;
-  wire [7:0] \grad$65 ;
-  wire [7:0] \grad$79 ;
-  wire [7:0] \grad$93 ;
+  wire [7:0] \grad$114 ;
+  wire [7:0] \grad$133 ;
+  wire [7:0] \grad$152 ;
+  wire [7:0] \grad$171 ;
+  wire [7:0] \grad$57 ;
+  wire [7:0] \grad$76 ;
+  wire [7:0] \grad$95 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
   reg [7:0] keep_10 = 8'h00;
   reg [7:0] keep_11 = 8'h00;
   reg [7:0] keep_12 = 8'h00;
-  reg [7:0] keep_13 = 8'h00;
   reg [7:0] keep_2 = 8'h00;
   reg [7:0] keep_3 = 8'h00;
   reg [7:0] keep_4 = 8'h00;
@@ -180,52 +236,105 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$102 ;
-  wire \load0$116 ;
-  wire \load0$130 ;
-  wire \load0$46 ;
-  wire \load0$60 ;
-  wire \load0$74 ;
-  wire \load0$88 ;
+  wire \load0$109 ;
+  wire \load0$128 ;
+  wire \load0$147 ;
+  wire \load0$166 ;
+  wire \load0$52 ;
+  wire \load0$71 ;
+  wire \load0$90 ;
   wire load1;
-  wire \load1$103 ;
-  wire \load1$117 ;
-  wire \load1$131 ;
-  wire \load1$47 ;
-  wire \load1$61 ;
-  wire \load1$75 ;
-  wire \load1$89 ;
+  wire \load1$110 ;
+  wire \load1$129 ;
+  wire \load1$148 ;
+  wire \load1$167 ;
+  wire \load1$53 ;
+  wire \load1$72 ;
+  wire \load1$91 ;
   reg [15:0] noise = 16'h0000;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$100 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$114 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$128 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$142 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$58 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$72 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$86 ;
+  reg [15:0] \noise$104  = 16'h0000;
+  reg [15:0] \noise$123  = 16'h0000;
+  reg [15:0] \noise$142  = 16'h0000;
+  reg [15:0] \noise$161  = 16'h0000;
+  reg [15:0] \noise$180  = 16'h0000;
+  reg [15:0] \noise$66  = 16'h0000;
+  reg [15:0] \noise$85  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$109 ;
-  wire [63:0] \out$123 ;
-  wire [63:0] \out$137 ;
-  wire [63:0] \out$53 ;
-  wire [63:0] \out$67 ;
-  wire [63:0] \out$81 ;
-  wire [63:0] \out$95 ;
+  wire [63:0] \out$116 ;
+  wire [63:0] \out$135 ;
+  wire [63:0] \out$154 ;
+  wire [63:0] \out$173 ;
+  wire [63:0] \out$59 ;
+  wire [63:0] \out$78 ;
+  wire [63:0] \out$97 ;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_1;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_2;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_3;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_4;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_5;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_6;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_7;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_noise_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_7;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_0;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_7;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
+  reg seed_hold_4 = 1'h0;
+  reg seed_hold_5 = 1'h0;
+  reg seed_hold_6 = 1'h0;
+  reg seed_hold_7 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
+  reg [1:0] seed_load_1 = 2'h0;
+  reg [1:0] seed_load_2 = 2'h0;
+  reg [1:0] seed_load_3 = 2'h0;
+  reg [1:0] seed_load_4 = 2'h0;
+  reg [1:0] seed_load_5 = 2'h0;
+  reg [1:0] seed_load_6 = 2'h0;
+  reg [1:0] seed_load_7 = 2'h0;
   input [263:0] sink__payload;
   wire [263:0] sink__payload;
   wire [63:0] \sink__payload.grad ;
@@ -277,51 +386,43 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   output source__valid;
   reg source__valid = 1'h0;
   wire [23:0] state;
-  wire [23:0] \state$110 ;
-  wire [23:0] \state$124 ;
-  wire [23:0] \state$138 ;
-  wire [23:0] \state$54 ;
-  wire [23:0] \state$68 ;
-  wire [23:0] \state$82 ;
-  wire [23:0] \state$96 ;
+  wire [23:0] \state$117 ;
+  wire [23:0] \state$136 ;
+  wire [23:0] \state$155 ;
+  wire [23:0] \state$174 ;
+  wire [23:0] \state$60 ;
+  wire [23:0] \state$79 ;
+  wire [23:0] \state$98 ;
   wire step;
-  wire \step$101 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$112 ;
-  wire \step$115 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$126 ;
-  wire \step$129 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$140 ;
-  reg [15:0] \step$39  = 16'h0000;
-  wire \step$45 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$56 ;
-  wire \step$59 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$70 ;
-  wire \step$73 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$84 ;
+  reg [15:0] \step$100  = 16'h0000;
+  wire \step$106 ;
+  reg [15:0] \step$119  = 16'h0000;
+  wire \step$125 ;
+  reg [15:0] \step$138  = 16'h0000;
+  wire \step$144 ;
+  reg [15:0] \step$157  = 16'h0000;
+  wire \step$163 ;
+  reg [15:0] \step$176  = 16'h0000;
+  reg [15:0] \step$43  = 16'h0000;
+  wire \step$49 ;
+  reg [15:0] \step$62  = 16'h0000;
+  wire \step$68 ;
+  reg [15:0] \step$81  = 16'h0000;
   wire \step$87 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$98 ;
   wire [23:0] theta;
-  wire [23:0] \theta$106 ;
-  wire [23:0] \theta$120 ;
-  wire [23:0] \theta$134 ;
-  wire [23:0] \theta$50 ;
-  wire [23:0] \theta$64 ;
-  wire [23:0] \theta$78 ;
-  wire [23:0] \theta$92 ;
-  wire transfer;
+  wire [23:0] \theta$113 ;
+  wire [23:0] \theta$132 ;
+  wire [23:0] \theta$151 ;
+  wire [23:0] \theta$170 ;
+  wire [23:0] \theta$56 ;
+  wire [23:0] \theta$75 ;
+  wire [23:0] \theta$94 ;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
-  reg valid_12 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_13;
+  wire valid_12;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
   reg valid_4 = 1'h0;
@@ -330,191 +431,293 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
-  wire [7:0] \weight$111 ;
-  wire [7:0] \weight$125 ;
-  wire [7:0] \weight$139 ;
-  wire [7:0] \weight$55 ;
-  wire [7:0] \weight$69 ;
-  wire [7:0] \weight$83 ;
-  wire [7:0] \weight$97 ;
+  wire [7:0] \weight$118 ;
+  wire [7:0] \weight$137 ;
+  wire [7:0] \weight$156 ;
+  wire [7:0] \weight$175 ;
+  wire [7:0] \weight$61 ;
+  wire [7:0] \weight$80 ;
+  wire [7:0] \weight$99 ;
   wire [63:0] words;
-  wire [63:0] \words$108 ;
-  wire [63:0] \words$122 ;
-  wire [63:0] \words$136 ;
-  wire [63:0] \words$52 ;
-  wire [63:0] \words$66 ;
-  wire [63:0] \words$80 ;
-  wire [63:0] \words$94 ;
+  wire [63:0] \words$115 ;
+  wire [63:0] \words$134 ;
+  wire [63:0] \words$153 ;
+  wire [63:0] \words$172 ;
+  wire [63:0] \words$58 ;
+  wire [63:0] \words$77 ;
+  wire [63:0] \words$96 ;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
-  assign \$3  = | { source__valid, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign \$3  = | { source__valid, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
-  assign \$14  = transfer & sink__payload[1];
-  assign \$15  = ctl__addr == 9'h102;
-  assign \$16  = ctl__we & \$15 ;
-  assign \$17  = ~ \$16 ;
-  assign \$18  = \$14  & \$17 ;
-  assign \$19  = ctl__addr == 9'h103;
-  assign \$20  = ctl__we & \$19 ;
-  assign \$21  = ~ \$20 ;
-  assign \step$45  = \$18  & \$21 ;
-  assign \$22  = ctl__addr == 9'h102;
-  assign \load0$46  = ctl__we & \$22 ;
-  assign \$23  = ctl__addr == 9'h103;
-  assign \load1$47  = ctl__we & \$23 ;
-  assign \$24  = transfer & sink__payload[2];
-  assign \$25  = ctl__addr == 9'h104;
-  assign \$26  = ctl__we & \$25 ;
-  assign \$27  = ~ \$26 ;
-  assign \$28  = \$24  & \$27 ;
-  assign \$29  = ctl__addr == 9'h105;
-  assign \$30  = ctl__we & \$29 ;
-  assign \$31  = ~ \$30 ;
-  assign \step$59  = \$28  & \$31 ;
-  assign \$32  = ctl__addr == 9'h104;
-  assign \load0$60  = ctl__we & \$32 ;
-  assign \$33  = ctl__addr == 9'h105;
-  assign \load1$61  = ctl__we & \$33 ;
-  assign \$34  = transfer & sink__payload[3];
-  assign \$35  = ctl__addr == 9'h106;
-  assign \$36  = ctl__we & \$35 ;
-  assign \$37  = ~ \$36 ;
-  assign \$38  = \$34  & \$37 ;
-  assign \$39  = ctl__addr == 9'h107;
-  assign \$40  = ctl__we & \$39 ;
-  assign \$41  = ~ \$40 ;
-  assign \step$73  = \$38  & \$41 ;
-  assign \$42  = ctl__addr == 9'h106;
-  assign \load0$74  = ctl__we & \$42 ;
-  assign \$43  = ctl__addr == 9'h107;
-  assign \load1$75  = ctl__we & \$43 ;
-  assign \$44  = transfer & sink__payload[4];
-  assign \$45  = ctl__addr == 9'h108;
-  assign \$46  = ctl__we & \$45 ;
-  assign \$47  = ~ \$46 ;
-  assign \$48  = \$44  & \$47 ;
-  assign \$49  = ctl__addr == 9'h109;
-  assign \$50  = ctl__we & \$49 ;
-  assign \$51  = ~ \$50 ;
-  assign \step$87  = \$48  & \$51 ;
-  assign \$52  = ctl__addr == 9'h108;
-  assign \load0$88  = ctl__we & \$52 ;
-  assign \$53  = ctl__addr == 9'h109;
-  assign \load1$89  = ctl__we & \$53 ;
-  assign \$54  = transfer & sink__payload[5];
-  assign \$55  = ctl__addr == 9'h10a;
-  assign \$56  = ctl__we & \$55 ;
-  assign \$57  = ~ \$56 ;
-  assign \$58  = \$54  & \$57 ;
-  assign \$59  = ctl__addr == 9'h10b;
-  assign \$60  = ctl__we & \$59 ;
-  assign \$61  = ~ \$60 ;
-  assign \step$101  = \$58  & \$61 ;
-  assign \$62  = ctl__addr == 9'h10a;
-  assign \load0$102  = ctl__we & \$62 ;
-  assign \$63  = ctl__addr == 9'h10b;
-  assign \load1$103  = ctl__we & \$63 ;
-  assign \$64  = transfer & sink__payload[6];
-  assign \$65  = ctl__addr == 9'h10c;
-  assign \$66  = ctl__we & \$65 ;
-  assign \$67  = ~ \$66 ;
-  assign \$68  = \$64  & \$67 ;
-  assign \$69  = ctl__addr == 9'h10d;
-  assign \$70  = ctl__we & \$69 ;
-  assign \$71  = ~ \$70 ;
-  assign \step$115  = \$68  & \$71 ;
-  assign \$72  = ctl__addr == 9'h10c;
-  assign \load0$116  = ctl__we & \$72 ;
-  assign \$73  = ctl__addr == 9'h10d;
-  assign \load1$117  = ctl__we & \$73 ;
-  assign \$74  = transfer & sink__payload[7];
-  assign \$75  = ctl__addr == 9'h10e;
-  assign \$76  = ctl__we & \$75 ;
-  assign \$77  = ~ \$76 ;
-  assign \$78  = \$74  & \$77 ;
-  assign \$79  = ctl__addr == 9'h10f;
-  assign \$80  = ctl__we & \$79 ;
-  assign \$81  = ~ \$80 ;
-  assign \step$129  = \$78  & \$81 ;
-  assign \$82  = ctl__addr == 9'h10e;
-  assign \load0$130  = ctl__we & \$82 ;
-  assign \$83  = ctl__addr == 9'h10f;
-  assign \load1$131  = ctl__we & \$83 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$49  = \$11  & \$14 ;
+  assign \load0$52  = seed_load_1[0] & free;
+  assign \load1$53  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
+  assign \$19  = ~ \$18 ;
+  assign \step$68  = \$16  & \$19 ;
+  assign \load0$71  = seed_load_2[0] & free;
+  assign \load1$72  = seed_load_2[1] & free;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$87  = \$21  & \$24 ;
+  assign \load0$90  = seed_load_3[0] & free;
+  assign \load1$91  = seed_load_3[1] & free;
+  assign \$25  = advance & valid_1;
+  assign \$26  = \$25  & keep_1[4];
+  assign \$27  = | seed_load_4;
+  assign \$28  = \$27  & seed_hold_4;
+  assign \$29  = ~ \$28 ;
+  assign \step$106  = \$26  & \$29 ;
+  assign \load0$109  = seed_load_4[0] & free;
+  assign \load1$110  = seed_load_4[1] & free;
+  assign \$30  = advance & valid_1;
+  assign \$31  = \$30  & keep_1[5];
+  assign \$32  = | seed_load_5;
+  assign \$33  = \$32  & seed_hold_5;
+  assign \$34  = ~ \$33 ;
+  assign \step$125  = \$31  & \$34 ;
+  assign \load0$128  = seed_load_5[0] & free;
+  assign \load1$129  = seed_load_5[1] & free;
+  assign \$35  = advance & valid_1;
+  assign \$36  = \$35  & keep_1[6];
+  assign \$37  = | seed_load_6;
+  assign \$38  = \$37  & seed_hold_6;
+  assign \$39  = ~ \$38 ;
+  assign \step$144  = \$36  & \$39 ;
+  assign \load0$147  = seed_load_6[0] & free;
+  assign \load1$148  = seed_load_6[1] & free;
+  assign \$40  = advance & valid_1;
+  assign \$41  = \$40  & keep_1[7];
+  assign \$42  = | seed_load_7;
+  assign \$43  = \$42  & seed_hold_7;
+  assign \$44  = ~ \$43 ;
+  assign \step$163  = \$41  & \$44 ;
+  assign \load0$166  = seed_load_7[0] & free;
+  assign \load1$167  = seed_load_7[1] & free;
+  assign \$45  = ctl__addr == 9'h100;
+  assign \$46  = ctl__addr == 9'h101;
+  assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
+  assign \$48  = | \$47 ;
+  assign \$49  = ctl__addr == 9'h100;
+  assign \$50  = ctl__addr == 9'h101;
+  assign \$51  = { \$50 , \$49  } & { ctl__we, ctl__we };
+  assign \$52  = ctl__addr == 9'h102;
+  assign \$53  = ctl__addr == 9'h103;
+  assign \$54  = { \$53 , \$52  } & { ctl__we, ctl__we };
+  assign \$55  = | \$54 ;
+  assign \$56  = ctl__addr == 9'h102;
+  assign \$57  = ctl__addr == 9'h103;
+  assign \$58  = { \$57 , \$56  } & { ctl__we, ctl__we };
+  assign \$59  = ctl__addr == 9'h104;
+  assign \$60  = ctl__addr == 9'h105;
+  assign \$61  = { \$60 , \$59  } & { ctl__we, ctl__we };
+  assign \$62  = | \$61 ;
+  assign \$63  = ctl__addr == 9'h104;
+  assign \$64  = ctl__addr == 9'h105;
+  assign \$65  = { \$64 , \$63  } & { ctl__we, ctl__we };
+  assign \$66  = ctl__addr == 9'h106;
+  assign \$67  = ctl__addr == 9'h107;
+  assign \$68  = { \$67 , \$66  } & { ctl__we, ctl__we };
+  assign \$69  = | \$68 ;
+  assign \$70  = ctl__addr == 9'h106;
+  assign \$71  = ctl__addr == 9'h107;
+  assign \$72  = { \$71 , \$70  } & { ctl__we, ctl__we };
+  assign \$73  = ctl__addr == 9'h108;
+  assign \$74  = ctl__addr == 9'h109;
+  assign \$75  = { \$74 , \$73  } & { ctl__we, ctl__we };
+  assign \$76  = | \$75 ;
+  assign \$77  = ctl__addr == 9'h108;
+  assign \$78  = ctl__addr == 9'h109;
+  assign \$79  = { \$78 , \$77  } & { ctl__we, ctl__we };
+  assign \$80  = ctl__addr == 9'h10a;
+  assign \$81  = ctl__addr == 9'h10b;
+  assign \$82  = { \$81 , \$80  } & { ctl__we, ctl__we };
+  assign \$83  = | \$82 ;
+  assign \$84  = ctl__addr == 9'h10a;
+  assign \$85  = ctl__addr == 9'h10b;
+  assign \$86  = { \$85 , \$84  } & { ctl__we, ctl__we };
+  assign \$87  = ctl__addr == 9'h10c;
+  assign \$88  = ctl__addr == 9'h10d;
+  assign \$89  = { \$88 , \$87  } & { ctl__we, ctl__we };
+  assign \$90  = | \$89 ;
+  assign \$91  = ctl__addr == 9'h10c;
+  assign \$92  = ctl__addr == 9'h10d;
+  assign \$93  = { \$92 , \$91  } & { ctl__we, ctl__we };
+  assign \$94  = ctl__addr == 9'h10e;
+  assign \$95  = ctl__addr == 9'h10f;
+  assign \$96  = { \$95 , \$94  } & { ctl__we, ctl__we };
+  assign \$97  = | \$96 ;
+  assign \$98  = ctl__addr == 9'h10e;
+  assign \$99  = ctl__addr == 9'h10f;
+  assign \$100  = { \$99 , \$98  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$84 ;
+    valid_1 <= \$101 ;
   always @(posedge clk)
-    keep_1 <= \$85 ;
+    keep_1 <= \$102 ;
   always @(posedge clk)
-    valid_2 <= \$86 ;
+    valid_2 <= \$103 ;
   always @(posedge clk)
-    valid_3 <= \$87 ;
+    valid_3 <= \$104 ;
   always @(posedge clk)
-    valid_4 <= \$88 ;
+    valid_4 <= \$105 ;
   always @(posedge clk)
-    valid_5 <= \$89 ;
+    valid_5 <= \$106 ;
   always @(posedge clk)
-    valid_6 <= \$90 ;
+    valid_6 <= \$107 ;
   always @(posedge clk)
-    valid_7 <= \$91 ;
+    valid_7 <= \$108 ;
   always @(posedge clk)
-    valid_8 <= \$92 ;
+    valid_8 <= \$109 ;
   always @(posedge clk)
-    valid_9 <= \$93 ;
+    valid_9 <= \$110 ;
   always @(posedge clk)
-    valid_10 <= \$94 ;
+    valid_10 <= \$111 ;
   always @(posedge clk)
-    valid_11 <= \$95 ;
+    valid_11 <= \$112 ;
   always @(posedge clk)
-    valid_12 <= \$96 ;
+    source__valid <= \$113 ;
   always @(posedge clk)
-    source__valid <= \$97 ;
+    keep_2 <= \$114 ;
   always @(posedge clk)
-    keep_2 <= \$98 ;
+    keep_3 <= \$115 ;
   always @(posedge clk)
-    keep_3 <= \$99 ;
+    keep_4 <= \$116 ;
   always @(posedge clk)
-    keep_4 <= \$100 ;
+    keep_5 <= \$117 ;
   always @(posedge clk)
-    keep_5 <= \$101 ;
+    keep_6 <= \$118 ;
   always @(posedge clk)
-    keep_6 <= \$102 ;
+    keep_7 <= \$119 ;
   always @(posedge clk)
-    keep_7 <= \$103 ;
+    keep_8 <= \$120 ;
   always @(posedge clk)
-    keep_8 <= \$104 ;
+    keep_9 <= \$121 ;
   always @(posedge clk)
-    keep_9 <= \$105 ;
+    keep_10 <= \$122 ;
   always @(posedge clk)
-    keep_10 <= \$106 ;
+    keep_11 <= \$123 ;
   always @(posedge clk)
-    keep_11 <= \$107 ;
+    keep_12 <= \$124 ;
   always @(posedge clk)
-    keep_12 <= \$108 ;
+    wdata <= ctl__data;
   always @(posedge clk)
-    keep_13 <= \$109 ;
+    write_step <= \$125 ;
   always @(posedge clk)
-    \step$39  <= \$110 ;
+    write_decay <= \$126 ;
   always @(posedge clk)
-    decay <= \$111 ;
+    write_noise <= \$127 ;
   always @(posedge clk)
-    noise <= \$112 ;
+    data <= \$128 ;
+  always @(posedge clk)
+    seed_load_0 <= \$129 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$130 ;
+  always @(posedge clk)
+    \step$43  <= \$131 ;
+  always @(posedge clk)
+    decay <= \$132 ;
+  always @(posedge clk)
+    noise <= \$133 ;
+  always @(posedge clk)
+    seed_load_1 <= \$134 ;
+  always @(posedge clk)
+    seed_hold_1 <= \$135 ;
+  always @(posedge clk)
+    \step$62  <= \$136 ;
+  always @(posedge clk)
+    \decay$64  <= \$137 ;
+  always @(posedge clk)
+    \noise$66  <= \$138 ;
+  always @(posedge clk)
+    seed_load_2 <= \$139 ;
+  always @(posedge clk)
+    seed_hold_2 <= \$140 ;
+  always @(posedge clk)
+    \step$81  <= \$141 ;
+  always @(posedge clk)
+    \decay$83  <= \$142 ;
+  always @(posedge clk)
+    \noise$85  <= \$143 ;
+  always @(posedge clk)
+    seed_load_3 <= \$144 ;
+  always @(posedge clk)
+    seed_hold_3 <= \$145 ;
+  always @(posedge clk)
+    \step$100  <= \$146 ;
+  always @(posedge clk)
+    \decay$102  <= \$147 ;
+  always @(posedge clk)
+    \noise$104  <= \$148 ;
+  always @(posedge clk)
+    seed_load_4 <= \$149 ;
+  always @(posedge clk)
+    seed_hold_4 <= \$150 ;
+  always @(posedge clk)
+    \step$119  <= \$151 ;
+  always @(posedge clk)
+    \decay$121  <= \$152 ;
+  always @(posedge clk)
+    \noise$123  <= \$153 ;
+  always @(posedge clk)
+    seed_load_5 <= \$154 ;
+  always @(posedge clk)
+    seed_hold_5 <= \$155 ;
+  always @(posedge clk)
+    \step$138  <= \$156 ;
+  always @(posedge clk)
+    \decay$140  <= \$157 ;
+  always @(posedge clk)
+    \noise$142  <= \$158 ;
+  always @(posedge clk)
+    seed_load_6 <= \$159 ;
+  always @(posedge clk)
+    seed_hold_6 <= \$160 ;
+  always @(posedge clk)
+    \step$157  <= \$161 ;
+  always @(posedge clk)
+    \decay$159  <= \$162 ;
+  always @(posedge clk)
+    \noise$161  <= \$163 ;
+  always @(posedge clk)
+    seed_load_7 <= \$164 ;
+  always @(posedge clk)
+    seed_hold_7 <= \$165 ;
+  always @(posedge clk)
+    \step$176  <= \$166 ;
+  always @(posedge clk)
+    \decay$178  <= \$167 ;
+  always @(posedge clk)
+    \noise$180  <= \$168 ;
   \lpsgld_w8_lpf_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -523,105 +726,105 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$39 ),
+    .step(\step$43 ),
     .theta(sink__payload[31:8]),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w8_lpf_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$64 ),
     .en(advance),
     .grad(sink__payload[215:208]),
-    .noise(noise),
+    .noise(\noise$66 ),
     .rst(rst),
-    .state(\state$54 ),
-    .step(\step$39 ),
+    .state(\state$60 ),
+    .step(\step$62 ),
     .theta(sink__payload[55:32]),
-    .weight(\weight$55 ),
-    .words(\words$52 )
+    .weight(\weight$61 ),
+    .words(\words$58 )
   );
   \lpsgld_w8_lpf_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$83 ),
     .en(advance),
     .grad(sink__payload[223:216]),
-    .noise(noise),
+    .noise(\noise$85 ),
     .rst(rst),
-    .state(\state$68 ),
-    .step(\step$39 ),
+    .state(\state$79 ),
+    .step(\step$81 ),
     .theta(sink__payload[79:56]),
-    .weight(\weight$69 ),
-    .words(\words$66 )
+    .weight(\weight$80 ),
+    .words(\words$77 )
   );
   \lpsgld_w8_lpf_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$102 ),
     .en(advance),
     .grad(sink__payload[231:224]),
-    .noise(noise),
+    .noise(\noise$104 ),
     .rst(rst),
-    .state(\state$82 ),
-    .step(\step$39 ),
+    .state(\state$98 ),
+    .step(\step$100 ),
     .theta(sink__payload[103:80]),
-    .weight(\weight$83 ),
-    .words(\words$80 )
+    .weight(\weight$99 ),
+    .words(\words$96 )
   );
   \lpsgld_w8_lpf_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$121 ),
     .en(advance),
     .grad(sink__payload[239:232]),
-    .noise(noise),
+    .noise(\noise$123 ),
     .rst(rst),
-    .state(\state$96 ),
-    .step(\step$39 ),
+    .state(\state$117 ),
+    .step(\step$119 ),
     .theta(sink__payload[127:104]),
-    .weight(\weight$97 ),
-    .words(\words$94 )
+    .weight(\weight$118 ),
+    .words(\words$115 )
   );
   \lpsgld_w8_lpf_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$140 ),
     .en(advance),
     .grad(sink__payload[247:240]),
-    .noise(noise),
+    .noise(\noise$142 ),
     .rst(rst),
-    .state(\state$110 ),
-    .step(\step$39 ),
+    .state(\state$136 ),
+    .step(\step$138 ),
     .theta(sink__payload[151:128]),
-    .weight(\weight$111 ),
-    .words(\words$108 )
+    .weight(\weight$137 ),
+    .words(\words$134 )
   );
   \lpsgld_w8_lpf_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$159 ),
     .en(advance),
     .grad(sink__payload[255:248]),
-    .noise(noise),
+    .noise(\noise$161 ),
     .rst(rst),
-    .state(\state$124 ),
-    .step(\step$39 ),
+    .state(\state$155 ),
+    .step(\step$157 ),
     .theta(sink__payload[175:152]),
-    .weight(\weight$125 ),
-    .words(\words$122 )
+    .weight(\weight$156 ),
+    .words(\words$153 )
   );
   \lpsgld_w8_lpf_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$178 ),
     .en(advance),
     .grad(sink__payload[263:256]),
-    .noise(noise),
+    .noise(\noise$180 ),
     .rst(rst),
-    .state(\state$138 ),
-    .step(\step$39 ),
+    .state(\state$174 ),
+    .step(\step$176 ),
     .theta(sink__payload[199:176]),
-    .weight(\weight$139 ),
-    .words(\words$136 )
+    .weight(\weight$175 ),
+    .words(\words$172 )
   );
   \lpsgld_w8_lpf_l8.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -630,319 +833,302 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   );
   \lpsgld_w8_lpf_l8.rng_1_0  rng_1_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$46 ),
-    .load1(\load1$47 ),
-    .out(\words$52 ),
+    .data(data),
+    .load0(\load0$52 ),
+    .load1(\load1$53 ),
+    .out(\words$58 ),
     .rst(rst),
-    .step(\step$45 )
+    .step(\step$49 )
   );
   \lpsgld_w8_lpf_l8.rng_2_0  rng_2_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$60 ),
-    .load1(\load1$61 ),
-    .out(\words$66 ),
+    .data(data),
+    .load0(\load0$71 ),
+    .load1(\load1$72 ),
+    .out(\words$77 ),
     .rst(rst),
-    .step(\step$59 )
+    .step(\step$68 )
   );
   \lpsgld_w8_lpf_l8.rng_3_0  rng_3_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$74 ),
-    .load1(\load1$75 ),
-    .out(\words$80 ),
-    .rst(rst),
-    .step(\step$73 )
-  );
-  \lpsgld_w8_lpf_l8.rng_4_0  rng_4_0 (
-    .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$88 ),
-    .load1(\load1$89 ),
-    .out(\words$94 ),
+    .data(data),
+    .load0(\load0$90 ),
+    .load1(\load1$91 ),
+    .out(\words$96 ),
     .rst(rst),
     .step(\step$87 )
   );
+  \lpsgld_w8_lpf_l8.rng_4_0  rng_4_0 (
+    .clk(clk),
+    .data(data),
+    .load0(\load0$109 ),
+    .load1(\load1$110 ),
+    .out(\words$115 ),
+    .rst(rst),
+    .step(\step$106 )
+  );
   \lpsgld_w8_lpf_l8.rng_5_0  rng_5_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$102 ),
-    .load1(\load1$103 ),
-    .out(\words$108 ),
+    .data(data),
+    .load0(\load0$128 ),
+    .load1(\load1$129 ),
+    .out(\words$134 ),
     .rst(rst),
-    .step(\step$101 )
+    .step(\step$125 )
   );
   \lpsgld_w8_lpf_l8.rng_6_0  rng_6_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$116 ),
-    .load1(\load1$117 ),
-    .out(\words$122 ),
+    .data(data),
+    .load0(\load0$147 ),
+    .load1(\load1$148 ),
+    .out(\words$153 ),
     .rst(rst),
-    .step(\step$115 )
+    .step(\step$144 )
   );
   \lpsgld_w8_lpf_l8.rng_7_0  rng_7_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$130 ),
-    .load1(\load1$131 ),
-    .out(\words$136 ),
+    .data(data),
+    .load0(\load0$166 ),
+    .load1(\load1$167 ),
+    .out(\words$172 ),
     .rst(rst),
-    .step(\step$129 )
+    .step(\step$163 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = valid_1;
+    \$101  = valid_1;
     if (advance) begin
-      \$84  = sink__valid;
+      \$101  = sink__valid;
     end
     if (rst) begin
-      \$84  = 1'h0;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = keep_1;
+    \$102  = keep_1;
     if (advance) begin
-      \$85  = sink__payload[7:0];
+      \$102  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = valid_2;
+    \$103  = valid_2;
     if (advance) begin
-      \$86  = valid_1;
+      \$103  = valid_1;
     end
     if (rst) begin
-      \$86  = 1'h0;
+      \$103  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = valid_3;
+    \$104  = valid_3;
     if (advance) begin
-      \$87  = valid_2;
+      \$104  = valid_2;
     end
     if (rst) begin
-      \$87  = 1'h0;
+      \$104  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = valid_4;
+    \$105  = valid_4;
     if (advance) begin
-      \$88  = valid_3;
+      \$105  = valid_3;
     end
     if (rst) begin
-      \$88  = 1'h0;
+      \$105  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = valid_5;
+    \$106  = valid_5;
     if (advance) begin
-      \$89  = valid_4;
+      \$106  = valid_4;
     end
     if (rst) begin
-      \$89  = 1'h0;
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = valid_6;
+    \$107  = valid_6;
     if (advance) begin
-      \$90  = valid_5;
+      \$107  = valid_5;
     end
     if (rst) begin
-      \$90  = 1'h0;
+      \$107  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = valid_7;
+    \$108  = valid_7;
     if (advance) begin
-      \$91  = valid_6;
+      \$108  = valid_6;
     end
     if (rst) begin
-      \$91  = 1'h0;
+      \$108  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = valid_8;
+    \$109  = valid_8;
     if (advance) begin
-      \$92  = valid_7;
+      \$109  = valid_7;
     end
     if (rst) begin
-      \$92  = 1'h0;
+      \$109  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = valid_9;
+    \$110  = valid_9;
     if (advance) begin
-      \$93  = valid_8;
+      \$110  = valid_8;
     end
     if (rst) begin
-      \$93  = 1'h0;
+      \$110  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = valid_10;
+    \$111  = valid_10;
     if (advance) begin
-      \$94  = valid_9;
+      \$111  = valid_9;
     end
     if (rst) begin
-      \$94  = 1'h0;
+      \$111  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = valid_11;
+    \$112  = valid_11;
     if (advance) begin
-      \$95  = valid_10;
+      \$112  = valid_10;
     end
     if (rst) begin
-      \$95  = 1'h0;
+      \$112  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = valid_12;
+    \$113  = source__valid;
     if (advance) begin
-      \$96  = valid_11;
+      \$113  = valid_11;
     end
     if (rst) begin
-      \$96  = 1'h0;
+      \$113  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = source__valid;
+    \$114  = keep_2;
     if (advance) begin
-      \$97  = valid_12;
-    end
-    if (rst) begin
-      \$97  = 1'h0;
+      \$114  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = keep_2;
+    \$115  = keep_3;
     if (advance) begin
-      \$98  = keep_1;
+      \$115  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = keep_3;
+    \$116  = keep_4;
     if (advance) begin
-      \$99  = keep_2;
+      \$116  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$100  = keep_4;
+    \$117  = keep_5;
     if (advance) begin
-      \$100  = keep_3;
+      \$117  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = keep_5;
+    \$118  = keep_6;
     if (advance) begin
-      \$101  = keep_4;
+      \$118  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = keep_6;
+    \$119  = keep_7;
     if (advance) begin
-      \$102  = keep_5;
+      \$119  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = keep_7;
+    \$120  = keep_8;
     if (advance) begin
-      \$103  = keep_6;
+      \$120  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = keep_8;
+    \$121  = keep_9;
     if (advance) begin
-      \$104  = keep_7;
+      \$121  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = keep_9;
+    \$122  = keep_10;
     if (advance) begin
-      \$105  = keep_8;
+      \$122  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = keep_10;
+    \$123  = keep_11;
     if (advance) begin
-      \$106  = keep_9;
+      \$123  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = keep_11;
+    \$124  = keep_12;
     if (advance) begin
-      \$107  = keep_10;
+      \$124  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = keep_12;
-    if (advance) begin
-      \$108  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = keep_13;
-    if (advance) begin
-      \$109  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = \step$39 ;
+    \$125  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$110  = ctl__data[15:0];
+            \$125  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$110  = 16'h0000;
+      \$125  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = decay;
+    \$126  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$111  = ctl__data[11:0];
+            \$126  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$111  = 12'h000;
+      \$126  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = noise;
+    \$127  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -950,78 +1136,501 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$112  = ctl__data[15:0];
+            \$127  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$112  = 16'h0000;
+      \$127  = 1'h0;
     end
   end
-  assign valid_13 = source__valid;
-  assign data = ctl__data;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$128  = data;
+    if (ctl__we) begin
+      \$128  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$129  = seed_load_0;
+    if (\$48 ) begin
+      \$129  = \$51 ;
+    end else if (free) begin
+      \$129  = 2'h0;
+    end
+    if (rst) begin
+      \$129  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$130  = seed_hold_0;
+    if (\$48 ) begin
+      \$130  = took;
+    end
+    if (rst) begin
+      \$130  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$131  = \step$43 ;
+    if (write_step) begin
+      \$131  = wdata[15:0];
+    end
+    if (rst) begin
+      \$131  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$132  = decay;
+    if (write_decay) begin
+      \$132  = wdata[11:0];
+    end
+    if (rst) begin
+      \$132  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$133  = noise;
+    if (write_noise) begin
+      \$133  = wdata[15:0];
+    end
+    if (rst) begin
+      \$133  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$134  = seed_load_1;
+    if (\$55 ) begin
+      \$134  = \$58 ;
+    end else if (free) begin
+      \$134  = 2'h0;
+    end
+    if (rst) begin
+      \$134  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$135  = seed_hold_1;
+    if (\$55 ) begin
+      \$135  = took;
+    end
+    if (rst) begin
+      \$135  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$136  = \step$62 ;
+    if (write_step) begin
+      \$136  = wdata[15:0];
+    end
+    if (rst) begin
+      \$136  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$137  = \decay$64 ;
+    if (write_decay) begin
+      \$137  = wdata[11:0];
+    end
+    if (rst) begin
+      \$137  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$138  = \noise$66 ;
+    if (write_noise) begin
+      \$138  = wdata[15:0];
+    end
+    if (rst) begin
+      \$138  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$139  = seed_load_2;
+    if (\$62 ) begin
+      \$139  = \$65 ;
+    end else if (free) begin
+      \$139  = 2'h0;
+    end
+    if (rst) begin
+      \$139  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$140  = seed_hold_2;
+    if (\$62 ) begin
+      \$140  = took;
+    end
+    if (rst) begin
+      \$140  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$141  = \step$81 ;
+    if (write_step) begin
+      \$141  = wdata[15:0];
+    end
+    if (rst) begin
+      \$141  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$142  = \decay$83 ;
+    if (write_decay) begin
+      \$142  = wdata[11:0];
+    end
+    if (rst) begin
+      \$142  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$143  = \noise$85 ;
+    if (write_noise) begin
+      \$143  = wdata[15:0];
+    end
+    if (rst) begin
+      \$143  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$144  = seed_load_3;
+    if (\$69 ) begin
+      \$144  = \$72 ;
+    end else if (free) begin
+      \$144  = 2'h0;
+    end
+    if (rst) begin
+      \$144  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$145  = seed_hold_3;
+    if (\$69 ) begin
+      \$145  = took;
+    end
+    if (rst) begin
+      \$145  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$146  = \step$100 ;
+    if (write_step) begin
+      \$146  = wdata[15:0];
+    end
+    if (rst) begin
+      \$146  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$147  = \decay$102 ;
+    if (write_decay) begin
+      \$147  = wdata[11:0];
+    end
+    if (rst) begin
+      \$147  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$148  = \noise$104 ;
+    if (write_noise) begin
+      \$148  = wdata[15:0];
+    end
+    if (rst) begin
+      \$148  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$149  = seed_load_4;
+    if (\$76 ) begin
+      \$149  = \$79 ;
+    end else if (free) begin
+      \$149  = 2'h0;
+    end
+    if (rst) begin
+      \$149  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$150  = seed_hold_4;
+    if (\$76 ) begin
+      \$150  = took;
+    end
+    if (rst) begin
+      \$150  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$151  = \step$119 ;
+    if (write_step) begin
+      \$151  = wdata[15:0];
+    end
+    if (rst) begin
+      \$151  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$152  = \decay$121 ;
+    if (write_decay) begin
+      \$152  = wdata[11:0];
+    end
+    if (rst) begin
+      \$152  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$153  = \noise$123 ;
+    if (write_noise) begin
+      \$153  = wdata[15:0];
+    end
+    if (rst) begin
+      \$153  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$154  = seed_load_5;
+    if (\$83 ) begin
+      \$154  = \$86 ;
+    end else if (free) begin
+      \$154  = 2'h0;
+    end
+    if (rst) begin
+      \$154  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$155  = seed_hold_5;
+    if (\$83 ) begin
+      \$155  = took;
+    end
+    if (rst) begin
+      \$155  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$156  = \step$138 ;
+    if (write_step) begin
+      \$156  = wdata[15:0];
+    end
+    if (rst) begin
+      \$156  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$157  = \decay$140 ;
+    if (write_decay) begin
+      \$157  = wdata[11:0];
+    end
+    if (rst) begin
+      \$157  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$158  = \noise$142 ;
+    if (write_noise) begin
+      \$158  = wdata[15:0];
+    end
+    if (rst) begin
+      \$158  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$159  = seed_load_6;
+    if (\$90 ) begin
+      \$159  = \$93 ;
+    end else if (free) begin
+      \$159  = 2'h0;
+    end
+    if (rst) begin
+      \$159  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$160  = seed_hold_6;
+    if (\$90 ) begin
+      \$160  = took;
+    end
+    if (rst) begin
+      \$160  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$161  = \step$157 ;
+    if (write_step) begin
+      \$161  = wdata[15:0];
+    end
+    if (rst) begin
+      \$161  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$162  = \decay$159 ;
+    if (write_decay) begin
+      \$162  = wdata[11:0];
+    end
+    if (rst) begin
+      \$162  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$163  = \noise$161 ;
+    if (write_noise) begin
+      \$163  = wdata[15:0];
+    end
+    if (rst) begin
+      \$163  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$164  = seed_load_7;
+    if (\$97 ) begin
+      \$164  = \$100 ;
+    end else if (free) begin
+      \$164  = 2'h0;
+    end
+    if (rst) begin
+      \$164  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$165  = seed_hold_7;
+    if (\$97 ) begin
+      \$165  = took;
+    end
+    if (rst) begin
+      \$165  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$166  = \step$176 ;
+    if (write_step) begin
+      \$166  = wdata[15:0];
+    end
+    if (rst) begin
+      \$166  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$167  = \decay$178 ;
+    if (write_decay) begin
+      \$167  = wdata[11:0];
+    end
+    if (rst) begin
+      \$167  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$168  = \noise$180 ;
+    if (write_noise) begin
+      \$168  = wdata[15:0];
+    end
+    if (rst) begin
+      \$168  = 16'h0000;
+    end
+  end
+  assign valid_12 = source__valid;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[31:8];
   assign grad = sink__payload[207:200];
   assign out = words;
-  assign reg_step = \step$39 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign \data$48  = ctl__data;
-  assign \en$49  = advance;
-  assign \theta$50  = sink__payload[55:32];
-  assign \grad$51  = sink__payload[215:208];
-  assign \out$53  = \words$52 ;
-  assign \step$56  = \step$39 ;
-  assign \decay$57  = decay;
-  assign \noise$58  = noise;
-  assign \data$62  = ctl__data;
-  assign \en$63  = advance;
-  assign \theta$64  = sink__payload[79:56];
-  assign \grad$65  = sink__payload[223:216];
-  assign \out$67  = \words$66 ;
-  assign \step$70  = \step$39 ;
-  assign \decay$71  = decay;
-  assign \noise$72  = noise;
-  assign \data$76  = ctl__data;
-  assign \en$77  = advance;
-  assign \theta$78  = sink__payload[103:80];
-  assign \grad$79  = sink__payload[231:224];
-  assign \out$81  = \words$80 ;
-  assign \step$84  = \step$39 ;
-  assign \decay$85  = decay;
-  assign \noise$86  = noise;
-  assign \data$90  = ctl__data;
-  assign \en$91  = advance;
-  assign \theta$92  = sink__payload[127:104];
-  assign \grad$93  = sink__payload[239:232];
-  assign \out$95  = \words$94 ;
-  assign \step$98  = \step$39 ;
-  assign \decay$99  = decay;
-  assign \noise$100  = noise;
-  assign \data$104  = ctl__data;
-  assign \en$105  = advance;
-  assign \theta$106  = sink__payload[151:128];
-  assign \grad$107  = sink__payload[247:240];
-  assign \out$109  = \words$108 ;
-  assign \step$112  = \step$39 ;
-  assign \decay$113  = decay;
-  assign \noise$114  = noise;
-  assign \data$118  = ctl__data;
-  assign \en$119  = advance;
-  assign \theta$120  = sink__payload[175:152];
-  assign \grad$121  = sink__payload[255:248];
-  assign \out$123  = \words$122 ;
-  assign \step$126  = \step$39 ;
-  assign \decay$127  = decay;
-  assign \noise$128  = noise;
-  assign \data$132  = ctl__data;
-  assign \en$133  = advance;
-  assign \theta$134  = sink__payload[199:176];
-  assign \grad$135  = sink__payload[263:256];
-  assign \out$137  = \words$136 ;
-  assign \step$140  = \step$39 ;
-  assign \decay$141  = decay;
-  assign \noise$142  = noise;
+  assign reg_step_0 = \step$43 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign \data$54  = data;
+  assign \en$55  = advance;
+  assign \theta$56  = sink__payload[55:32];
+  assign \grad$57  = sink__payload[215:208];
+  assign \out$59  = \words$58 ;
+  assign reg_step_1 = \step$62 ;
+  assign reg_decay_1 = \decay$64 ;
+  assign reg_noise_1 = \noise$66 ;
+  assign \data$73  = data;
+  assign \en$74  = advance;
+  assign \theta$75  = sink__payload[79:56];
+  assign \grad$76  = sink__payload[223:216];
+  assign \out$78  = \words$77 ;
+  assign reg_step_2 = \step$81 ;
+  assign reg_decay_2 = \decay$83 ;
+  assign reg_noise_2 = \noise$85 ;
+  assign \data$92  = data;
+  assign \en$93  = advance;
+  assign \theta$94  = sink__payload[103:80];
+  assign \grad$95  = sink__payload[231:224];
+  assign \out$97  = \words$96 ;
+  assign reg_step_3 = \step$100 ;
+  assign reg_decay_3 = \decay$102 ;
+  assign reg_noise_3 = \noise$104 ;
+  assign \data$111  = data;
+  assign \en$112  = advance;
+  assign \theta$113  = sink__payload[127:104];
+  assign \grad$114  = sink__payload[239:232];
+  assign \out$116  = \words$115 ;
+  assign reg_step_4 = \step$119 ;
+  assign reg_decay_4 = \decay$121 ;
+  assign reg_noise_4 = \noise$123 ;
+  assign \data$130  = data;
+  assign \en$131  = advance;
+  assign \theta$132  = sink__payload[151:128];
+  assign \grad$133  = sink__payload[247:240];
+  assign \out$135  = \words$134 ;
+  assign reg_step_5 = \step$138 ;
+  assign reg_decay_5 = \decay$140 ;
+  assign reg_noise_5 = \noise$142 ;
+  assign \data$149  = data;
+  assign \en$150  = advance;
+  assign \theta$151  = sink__payload[175:152];
+  assign \grad$152  = sink__payload[255:248];
+  assign \out$154  = \words$153 ;
+  assign reg_step_6 = \step$157 ;
+  assign reg_decay_6 = \decay$159 ;
+  assign reg_noise_6 = \noise$161 ;
+  assign \data$168  = data;
+  assign \en$169  = advance;
+  assign \theta$170  = sink__payload[199:176];
+  assign \grad$171  = sink__payload[263:256];
+  assign \out$173  = \words$172 ;
+  assign reg_step_7 = \step$176 ;
+  assign reg_decay_7 = \decay$178 ;
+  assign reg_noise_7 = \noise$180 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[199:8];
   assign \sink__payload.theta[0]  = sink__payload[31:8];
@@ -1060,64 +1669,54 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[5]  = source__payload[247:240];
   assign \source__payload.weight[6]  = source__payload[255:248];
   assign \source__payload.weight[7]  = source__payload[263:256];
-  assign source__payload[263:256] = \weight$139 ;
-  assign source__payload[199:176] = \state$138 ;
-  assign source__payload[255:248] = \weight$125 ;
-  assign source__payload[175:152] = \state$124 ;
-  assign source__payload[247:240] = \weight$111 ;
-  assign source__payload[151:128] = \state$110 ;
-  assign source__payload[239:232] = \weight$97 ;
-  assign source__payload[127:104] = \state$96 ;
-  assign source__payload[231:224] = \weight$83 ;
-  assign source__payload[103:80] = \state$82 ;
-  assign source__payload[223:216] = \weight$69 ;
-  assign source__payload[79:56] = \state$68 ;
-  assign source__payload[215:208] = \weight$55 ;
-  assign source__payload[55:32] = \state$54 ;
+  assign source__payload[263:256] = \weight$175 ;
+  assign source__payload[199:176] = \state$174 ;
+  assign source__payload[255:248] = \weight$156 ;
+  assign source__payload[175:152] = \state$155 ;
+  assign source__payload[247:240] = \weight$137 ;
+  assign source__payload[151:128] = \state$136 ;
+  assign source__payload[239:232] = \weight$118 ;
+  assign source__payload[127:104] = \state$117 ;
+  assign source__payload[231:224] = \weight$99 ;
+  assign source__payload[103:80] = \state$98 ;
+  assign source__payload[223:216] = \weight$80 ;
+  assign source__payload[79:56] = \state$79 ;
+  assign source__payload[215:208] = \weight$61 ;
+  assign source__payload[55:32] = \state$60 ;
   assign source__payload[207:200] = weight;
   assign source__payload[31:8] = state;
-  assign source__payload[7:0] = keep_13;
+  assign source__payload[7:0] = keep_12;
 endmodule
 
 (* generator = "Amaranth" *)
 module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
   reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [23:0] \$4 ;
   reg [23:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -1126,82 +1725,59 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -1213,7 +1789,6 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_0.sum  sum (
@@ -1225,6 +1800,7 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -1244,137 +1820,81 @@ module \lpsgld_w8_lpf_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3554,29 +4074,27 @@ module \lpsgld_w8_lpf_l8.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_0.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -3584,70 +4102,57 @@ module \lpsgld_w8_lpf_l8.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -3655,77 +4160,136 @@ module \lpsgld_w8_lpf_l8.lane_0.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -3757,108 +4321,35 @@ module \lpsgld_w8_lpf_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$33 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -3875,277 +4366,420 @@ module \lpsgld_w8_lpf_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_0;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_1;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l0_2;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l0_3;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l0_4;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l0_5;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l0_6;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l0_7;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l0_8;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$59  = sum_x_l1_0;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$60  = sum_x_l1_1;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$61  = sum_x_l1_2;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$62  = sum_x_l1_3;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$63  = sum_x_l1_4;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$63  = sum_x_l0_8;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$64  = sum_x_l2_0;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$64  = \$29 ;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$65  = sum_x_l2_1;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$65  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$66  = sum_x_l2_2;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$67  = sum_x_l3_0;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$67  = \$31 ;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$68  = sum_x_l3_1;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$69  = sum_x_l4_0;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$69  = \$32 ;
+      \$127  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$128  = sum_x_l4_0;
+    if (en) begin
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -4155,41 +4789,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
   reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [23:0] \$4 ;
   reg [23:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -4198,82 +4822,59 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_1.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -4285,7 +4886,6 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_1.sum  sum (
@@ -4297,6 +4897,7 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -4316,137 +4917,81 @@ module \lpsgld_w8_lpf_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6626,29 +7171,27 @@ module \lpsgld_w8_lpf_l8.lane_1.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_1.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_1.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -6656,70 +7199,57 @@ module \lpsgld_w8_lpf_l8.lane_1.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -6727,77 +7257,136 @@ module \lpsgld_w8_lpf_l8.lane_1.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -6829,108 +7418,35 @@ module \lpsgld_w8_lpf_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$33 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -6947,277 +7463,420 @@ module \lpsgld_w8_lpf_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$33  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$34  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$35  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$36  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$37  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$38  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$39  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$40  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$41  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$42  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$43  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$44  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$45  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$46  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$47  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$48  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$49  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$50  = sum_x_l0_0;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$51  = sum_x_l0_1;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$52  = sum_x_l0_2;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$53  = sum_x_l0_3;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$54  = sum_x_l0_4;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$55  = sum_x_l0_5;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$56  = sum_x_l0_6;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$57  = sum_x_l0_7;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$58  = sum_x_l0_8;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$59  = sum_x_l1_0;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$60  = sum_x_l1_1;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$61  = sum_x_l1_2;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$62  = sum_x_l1_3;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$63  = sum_x_l1_4;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$63  = sum_x_l0_8;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$64  = sum_x_l2_0;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$64  = \$29 ;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$65  = sum_x_l2_1;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$65  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$66  = sum_x_l2_2;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$67  = sum_x_l3_0;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$67  = \$31 ;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$68  = sum_x_l3_1;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$69  = sum_x_l4_0;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$69  = \$32 ;
+      \$127  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$128  = sum_x_l4_0;
+    if (en) begin
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -7227,41 +7886,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
   reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [23:0] \$4 ;
   reg [23:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -7270,82 +7919,59 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_2.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -7357,7 +7983,6 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_2.sum  sum (
@@ -7369,6 +7994,7 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -7388,137 +8014,81 @@ module \lpsgld_w8_lpf_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -9698,29 +10268,27 @@ module \lpsgld_w8_lpf_l8.lane_2.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_2.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_2.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -9728,70 +10296,57 @@ module \lpsgld_w8_lpf_l8.lane_2.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -9799,77 +10354,136 @@ module \lpsgld_w8_lpf_l8.lane_2.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -9901,108 +10515,35 @@ module \lpsgld_w8_lpf_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$33 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -10019,277 +10560,420 @@ module \lpsgld_w8_lpf_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$33  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$34  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$35  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$36  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$37  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$38  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$39  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$40  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$41  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$42  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$43  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$44  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$45  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$46  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$47  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$48  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$49  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$50  = sum_x_l0_0;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$51  = sum_x_l0_1;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$52  = sum_x_l0_2;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$53  = sum_x_l0_3;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$54  = sum_x_l0_4;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$55  = sum_x_l0_5;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$56  = sum_x_l0_6;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$57  = sum_x_l0_7;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$58  = sum_x_l0_8;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$59  = sum_x_l1_0;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$60  = sum_x_l1_1;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$61  = sum_x_l1_2;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$62  = sum_x_l1_3;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$63  = sum_x_l1_4;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$63  = sum_x_l0_8;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$64  = sum_x_l2_0;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$64  = \$29 ;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$65  = sum_x_l2_1;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$65  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$66  = sum_x_l2_2;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$67  = sum_x_l3_0;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$67  = \$31 ;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$68  = sum_x_l3_1;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$69  = sum_x_l4_0;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$69  = \$32 ;
+      \$127  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$128  = sum_x_l4_0;
+    if (en) begin
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -10299,41 +10983,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
   reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [23:0] \$4 ;
   reg [23:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -10342,82 +11016,59 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_3.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -10429,7 +11080,6 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_3.sum  sum (
@@ -10441,6 +11091,7 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -10460,137 +11111,81 @@ module \lpsgld_w8_lpf_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -12770,29 +13365,27 @@ module \lpsgld_w8_lpf_l8.lane_3.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_3.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_3.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -12800,70 +13393,57 @@ module \lpsgld_w8_lpf_l8.lane_3.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -12871,77 +13451,136 @@ module \lpsgld_w8_lpf_l8.lane_3.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -12973,108 +13612,35 @@ module \lpsgld_w8_lpf_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$33 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -13091,277 +13657,420 @@ module \lpsgld_w8_lpf_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$33  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$34  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$35  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$36  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$37  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$38  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$39  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$40  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$41  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$42  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$43  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$44  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$45  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$46  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$47  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$48  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$49  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$50  = sum_x_l0_0;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$51  = sum_x_l0_1;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$52  = sum_x_l0_2;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$53  = sum_x_l0_3;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$54  = sum_x_l0_4;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$55  = sum_x_l0_5;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$56  = sum_x_l0_6;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$57  = sum_x_l0_7;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$58  = sum_x_l0_8;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$59  = sum_x_l1_0;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$60  = sum_x_l1_1;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$61  = sum_x_l1_2;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$62  = sum_x_l1_3;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$63  = sum_x_l1_4;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$63  = sum_x_l0_8;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$64  = sum_x_l2_0;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$64  = \$29 ;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$65  = sum_x_l2_1;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$65  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$66  = sum_x_l2_2;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$67  = sum_x_l3_0;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$67  = \$31 ;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$68  = sum_x_l3_1;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$69  = sum_x_l4_0;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$69  = \$32 ;
+      \$127  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$128  = sum_x_l4_0;
+    if (en) begin
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -13371,41 +14080,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
   reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [23:0] \$4 ;
   reg [23:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -13414,82 +14113,59 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_4.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -13501,7 +14177,6 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_4.sum  sum (
@@ -13513,6 +14188,7 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -13532,137 +14208,81 @@ module \lpsgld_w8_lpf_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -15842,29 +16462,27 @@ module \lpsgld_w8_lpf_l8.lane_4.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_4.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_4.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -15872,70 +16490,57 @@ module \lpsgld_w8_lpf_l8.lane_4.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -15943,77 +16548,136 @@ module \lpsgld_w8_lpf_l8.lane_4.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -16045,108 +16709,35 @@ module \lpsgld_w8_lpf_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$33 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -16163,277 +16754,420 @@ module \lpsgld_w8_lpf_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$33  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$34  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$35  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$36  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$37  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$38  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$39  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$40  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$41  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$42  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$43  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$44  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$45  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$46  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$47  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$48  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$49  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$50  = sum_x_l0_0;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$51  = sum_x_l0_1;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$52  = sum_x_l0_2;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$53  = sum_x_l0_3;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$54  = sum_x_l0_4;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$55  = sum_x_l0_5;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$56  = sum_x_l0_6;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$57  = sum_x_l0_7;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$58  = sum_x_l0_8;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$59  = sum_x_l1_0;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$60  = sum_x_l1_1;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$61  = sum_x_l1_2;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$62  = sum_x_l1_3;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$63  = sum_x_l1_4;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$63  = sum_x_l0_8;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$64  = sum_x_l2_0;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$64  = \$29 ;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$65  = sum_x_l2_1;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$65  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$66  = sum_x_l2_2;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$67  = sum_x_l3_0;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$67  = \$31 ;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$68  = sum_x_l3_1;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$69  = sum_x_l4_0;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$69  = \$32 ;
+      \$127  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
+    \$128  = sum_x_l4_0;
+    if (en) begin
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -16443,41 +17177,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
   reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [23:0] \$4 ;
   reg [23:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -16486,82 +17210,59 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_5.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -16573,7 +17274,6 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_5.sum  sum (
@@ -16585,6 +17285,7 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -16604,137 +17305,81 @@ module \lpsgld_w8_lpf_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -18914,29 +19559,27 @@ module \lpsgld_w8_lpf_l8.lane_5.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_5.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_5.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$24  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -18944,70 +19587,57 @@ module \lpsgld_w8_lpf_l8.lane_5.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -19015,77 +19645,136 @@ module \lpsgld_w8_lpf_l8.lane_5.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$25  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -19117,108 +19806,35 @@ module \lpsgld_w8_lpf_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$33 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -19235,277 +19851,420 @@ module \lpsgld_w8_lpf_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$33  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$34  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$35  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$36  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$37  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$38  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$39  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$40  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$41  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$42  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$43  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$44  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$45  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$46  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$47  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$48  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$49  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$50  = sum_x_l0_0;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$51  = sum_x_l0_1;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$52  = sum_x_l0_2;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$53  = sum_x_l0_3;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$54  = sum_x_l0_4;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$55  = sum_x_l0_5;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$56  = sum_x_l0_6;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$57  = sum_x_l0_7;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$58  = sum_x_l0_8;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$59  = sum_x_l1_0;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$60  = sum_x_l1_1;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$61  = sum_x_l1_2;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$62  = sum_x_l1_3;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$63  = sum_x_l1_4;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$63  = sum_x_l0_8;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$64  = sum_x_l2_0;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$64  = \$29 ;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$65  = sum_x_l2_1;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$65  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$66  = sum_x_l2_2;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$67  = sum_x_l3_0;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$67  = \$31 ;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$68  = sum_x_l3_1;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$69  = sum_x_l4_0;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$69  = \$32 ;
+      \$127  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$128  = sum_x_l4_0;
+    if (en) begin
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -19515,41 +20274,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
   reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [23:0] \$4 ;
   reg [23:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -19558,82 +20307,59 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_6.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -19645,7 +20371,6 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_6.sum  sum (
@@ -19657,6 +20382,7 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -19676,137 +20402,81 @@ module \lpsgld_w8_lpf_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -21986,29 +22656,27 @@ module \lpsgld_w8_lpf_l8.lane_6.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_6.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_6.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$28  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -22016,70 +22684,57 @@ module \lpsgld_w8_lpf_l8.lane_6.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -22087,77 +22742,136 @@ module \lpsgld_w8_lpf_l8.lane_6.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$29  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -22189,108 +22903,35 @@ module \lpsgld_w8_lpf_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$33 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -22307,277 +22948,420 @@ module \lpsgld_w8_lpf_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$33  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$34  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$35  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$36  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$37  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$38  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$39  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$40  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$41  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$42  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$43  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$44  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$45  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$46  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$47  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$48  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$49  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$50  = sum_x_l0_0;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$51  = sum_x_l0_1;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$52  = sum_x_l0_2;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$53  = sum_x_l0_3;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$54  = sum_x_l0_4;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$55  = sum_x_l0_5;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$56  = sum_x_l0_6;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$57  = sum_x_l0_7;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$58  = sum_x_l0_8;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$59  = sum_x_l1_0;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$60  = sum_x_l1_1;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$61  = sum_x_l1_2;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$62  = sum_x_l1_3;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$63  = sum_x_l1_4;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$63  = sum_x_l0_8;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$64  = sum_x_l2_0;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$64  = \$29 ;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$65  = sum_x_l2_1;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$65  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$66  = sum_x_l2_2;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$67  = sum_x_l3_0;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$67  = \$31 ;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$68  = sum_x_l3_1;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$69  = sum_x_l4_0;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$69  = \$32 ;
+      \$127  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
+    \$128  = sum_x_l4_0;
+    if (en) begin
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
@@ -22587,41 +23371,31 @@ endmodule
 module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, weight, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
   reg [23:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
   reg [7:0] \$2 ;
   reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [23:0] \$4 ;
   reg [23:0] \$5 ;
-  reg [23:0] \$6 ;
-  reg [23:0] \$7 ;
+  reg [7:0] \$6 ;
+  reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$29 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$25 ;
-  wire \en$30 ;
-  wire \en$38 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$37 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -22630,82 +23404,59 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
   reg [23:0] lane_theta_d0 = 24'h000000;
   reg [23:0] lane_theta_d1 = 24'h000000;
   reg [23:0] lane_theta_d2 = 24'h000000;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
-  reg [23:0] lane_u_sr_d8 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$33 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [23:0] state;
   wire [23:0] state;
-  wire [23:0] \state$43 ;
+  wire [23:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$27 ;
+  wire [15:0] \step$19 ;
   input [23:0] theta;
   wire [23:0] theta;
   (* init = 24'h000000 *)
-  wire [23:0] \theta$36 ;
+  wire [23:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   output [7:0] weight;
   wire [7:0] weight;
-  wire [7:0] \weight$45 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [49:0] x;
-  wire [49:0] \x$40 ;
+  wire [49:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$35 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
-  always @(posedge clk)
-    lane_u_sr_d8 <= \$19 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_lpf_l8.lane_7.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -22717,7 +23468,6 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
     .rnd_state_d(state),
     .rnd_weight(weight),
     .rst(rst),
-    .u_sr(lane_u_sr_d8),
     .x(x)
   );
   \lpsgld_w8_lpf_l8.lane_7.sum  sum (
@@ -22729,6 +23479,7 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -22748,137 +23499,81 @@ module \lpsgld_w8_lpf_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$19  = lane_u_sr_d8;
-    if (en) begin
-      \$19  = lane_u_sr_d7;
-    end
-  end
-  assign \en$25  = en;
-  assign \step$27  = step;
-  assign \decay$29  = decay;
-  assign \en$30  = en;
-  assign bits = lane_gauss;
-  assign \noise$33  = noise;
-  assign \z$35  = z;
-  assign \theta$36  = lane_theta_d2;
-  assign \grad$37  = lane_grad_d2;
-  assign \en$38  = en;
-  assign \x$40  = x;
-  assign u_sr = lane_u_sr_d8;
-  assign \state$43  = state;
-  assign \weight$45  = weight;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
+  assign \weight$37  = weight;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -25058,29 +25753,27 @@ module \lpsgld_w8_lpf_l8.lane_7.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_7.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_d, clk);
+module \lpsgld_w8_lpf_l8.lane_7.narrow (rst, en, x, rnd_weight, rnd_state_d, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$32  = 0;
-  wire [50:0] \$1 ;
-  wire [24:0] \$10 ;
+  wire \$1 ;
+  wire \$10 ;
   wire \$11 ;
   wire \$12 ;
-  wire \$13 ;
+  wire [24:0] \$13 ;
   wire [24:0] \$14 ;
-  wire [24:0] \$15 ;
+  wire [7:0] \$15 ;
   wire [7:0] \$16 ;
-  wire [7:0] \$17 ;
-  reg [50:0] \$18 ;
+  reg [23:0] \$17 ;
+  reg [7:0] \$18 ;
   reg [23:0] \$19 ;
   wire \$2 ;
-  reg [7:0] \$20 ;
-  reg [23:0] \$21 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [23:0] \$5 ;
   wire [23:0] \$6 ;
-  wire [23:0] \$7 ;
-  wire [24:0] \$8 ;
-  wire \$9 ;
+  wire [24:0] \$7 ;
+  wire \$8 ;
+  wire [24:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -25088,70 +25781,57 @@ module \lpsgld_w8_lpf_l8.lane_7.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
   reg [23:0] rnd_state = 24'h000000;
   output [23:0] rnd_state_d;
   reg [23:0] rnd_state_d = 24'h000000;
-  reg [50:0] rnd_t = 51'h0000000000000;
   output [7:0] rnd_weight;
   reg [7:0] rnd_weight = 8'h00;
   input rst;
   wire rst;
   (* init = 24'h000000 *)
   wire [23:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [49:0] x;
   wire [49:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[50:47];
-  assign \$3  = | rnd_t[50:47];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[50] ? 24'h800000 : 24'h7fffff;
-  assign \$7  = \$5  ? rnd_t[47:24] : \$6 ;
-  assign \$8  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$9  = & \$8 [24:20];
-  assign \$10  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$11  = | \$10 [24:20];
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$9  | \$12 ;
+  assign \$1  = & x[49:47];
+  assign \$2  = | x[49:47];
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[49] ? 24'h800000 : 24'h7fffff;
+  assign \$6  = \$4  ? x[47:24] : \$5 ;
+  assign \$7  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$8  = & \$7 [24:20];
+  assign \$9  = $signed(rnd_state) + $signed(14'h1000);
+  assign \$10  = | \$9 [24:20];
+  assign \$11  = ~ \$10 ;
+  assign \$12  = \$8  | \$11 ;
+  assign \$13  = $signed(rnd_state) + $signed(14'h1000);
   assign \$14  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$15  = $signed(rnd_state) + $signed(14'h1000);
-  assign \$16  = \$15 [24] ? 8'h80 : 8'h7f;
-  assign \$17  = \$13  ? \$14 [20:13] : \$16 ;
+  assign \$15  = \$14 [24] ? 8'h80 : 8'h7f;
+  assign \$16  = \$12  ? \$13 [20:13] : \$15 ;
   always @(posedge clk)
-    rnd_t <= \$18 ;
+    rnd_state <= \$17 ;
   always @(posedge clk)
-    rnd_state <= \$19 ;
+    rnd_weight <= \$18 ;
   always @(posedge clk)
-    rnd_weight <= \$20 ;
-  always @(posedge clk)
-    rnd_state_d <= \$21 ;
+    rnd_state_d <= \$19 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$18  = rnd_t;
+    \$17  = rnd_state;
     if (en) begin
-      \$18  = \$1 ;
+      \$17  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$19  = rnd_state;
+    \$18  = rnd_weight;
     if (en) begin
-      \$19  = \$7 ;
+      \$18  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$20  = rnd_weight;
+    \$19  = rnd_state_d;
     if (en) begin
-      \$20  = \$17 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$21  = rnd_state_d;
-    if (en) begin
-      \$21  = rnd_state;
+      \$19  = rnd_state;
     end
   end
   assign weight = rnd_weight;
@@ -25159,77 +25839,136 @@ module \lpsgld_w8_lpf_l8.lane_7.narrow (rst, en, u_sr, x, rnd_weight, rnd_state_
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$33  = 0;
   wire [17:0] \$1 ;
   wire [25:0] \$10 ;
+  reg [25:0] \$100 ;
+  reg [25:0] \$101 ;
+  reg [17:0] \$102 ;
+  reg [17:0] \$103 ;
+  reg [17:0] \$104 ;
+  reg [17:0] \$105 ;
+  reg [17:0] \$106 ;
+  reg [17:0] \$107 ;
+  reg [23:0] \$108 ;
+  reg [48:0] \$109 ;
   wire [17:0] \$11 ;
+  reg [35:0] \$110 ;
+  reg [39:0] \$111 ;
+  reg [41:0] \$112 ;
+  reg [33:0] \$113 ;
+  reg [37:0] \$114 ;
+  reg [28:0] \$115 ;
+  reg [32:0] \$116 ;
+  reg [36:0] \$117 ;
+  reg [49:0] \$118 ;
+  reg [42:0] \$119 ;
   wire [17:0] \$12 ;
+  reg [38:0] \$120 ;
+  reg [33:0] \$121 ;
+  reg [36:0] \$122 ;
+  reg [50:0] \$123 ;
+  reg [39:0] \$124 ;
+  reg [36:0] \$125 ;
+  reg [51:0] \$126 ;
+  reg [36:0] \$127 ;
+  reg [52:0] \$128 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
   wire [17:0] \$15 ;
   wire [17:0] \$16 ;
-  wire [48:0] \$17 ;
-  wire [35:0] \$18 ;
-  wire [39:0] \$19 ;
+  wire [24:0] \$17 ;
+  wire [25:0] \$18 ;
+  wire [24:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [41:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [37:0] \$22 ;
-  wire [30:0] \$23 ;
-  wire [34:0] \$24 ;
-  wire [49:0] \$25 ;
-  wire [42:0] \$26 ;
-  wire [38:0] \$27 ;
-  wire [35:0] \$28 ;
-  wire [50:0] \$29 ;
+  wire [25:0] \$20 ;
+  wire [25:0] \$21 ;
+  wire [26:0] \$22 ;
+  wire [25:0] \$23 ;
+  wire [24:0] \$24 ;
+  wire [35:0] \$25 ;
+  wire [39:0] \$26 ;
+  wire [21:0] \$27 ;
+  wire [22:0] \$28 ;
+  wire [21:0] \$29 ;
   wire [17:0] \$3 ;
-  wire [39:0] \$30 ;
-  wire [51:0] \$31 ;
-  wire [52:0] \$32 ;
-  reg [23:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [17:0] \$35 ;
-  reg [17:0] \$36 ;
-  reg [17:0] \$37 ;
-  reg [25:0] \$38 ;
-  reg [25:0] \$39 ;
+  wire [22:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire [22:0] \$32 ;
+  wire [21:0] \$33 ;
+  wire [20:0] \$34 ;
+  wire [33:0] \$35 ;
+  wire [37:0] \$36 ;
+  wire [28:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire [36:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [25:0] \$40 ;
-  reg [25:0] \$41 ;
-  reg [25:0] \$42 ;
-  reg [25:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [17:0] \$45 ;
-  reg [17:0] \$46 ;
-  reg [17:0] \$47 ;
-  reg [17:0] \$48 ;
-  reg [17:0] \$49 ;
+  wire [25:0] \$40 ;
+  wire [26:0] \$41 ;
+  wire [25:0] \$42 ;
+  wire [26:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire [26:0] \$45 ;
+  wire [25:0] \$46 ;
+  wire [24:0] \$47 ;
+  wire [21:0] \$48 ;
+  wire [22:0] \$49 ;
   wire [25:0] \$5 ;
-  reg [48:0] \$50 ;
-  reg [35:0] \$51 ;
-  reg [39:0] \$52 ;
-  reg [41:0] \$53 ;
-  reg [35:0] \$54 ;
-  reg [37:0] \$55 ;
-  reg [30:0] \$56 ;
-  reg [34:0] \$57 ;
-  reg [35:0] \$58 ;
-  reg [49:0] \$59 ;
+  wire [21:0] \$50 ;
+  wire [22:0] \$51 ;
+  wire [22:0] \$52 ;
+  wire [23:0] \$53 ;
+  wire [22:0] \$54 ;
+  wire [21:0] \$55 ;
+  wire [38:0] \$56 ;
+  wire [33:0] \$57 ;
+  wire [25:0] \$58 ;
+  wire [26:0] \$59 ;
   wire [25:0] \$6 ;
-  reg [42:0] \$60 ;
-  reg [38:0] \$61 ;
-  reg [35:0] \$62 ;
-  reg [35:0] \$63 ;
-  reg [50:0] \$64 ;
-  reg [39:0] \$65 ;
-  reg [35:0] \$66 ;
-  reg [51:0] \$67 ;
-  reg [35:0] \$68 ;
-  reg [52:0] \$69 ;
+  wire [25:0] \$60 ;
+  wire [26:0] \$61 ;
+  wire [26:0] \$62 ;
+  wire [27:0] \$63 ;
+  wire [26:0] \$64 ;
+  wire [25:0] \$65 ;
+  wire [39:0] \$66 ;
+  wire [51:0] \$67 ;
+  wire [26:0] \$68 ;
+  wire [27:0] \$69 ;
   wire [25:0] \$7 ;
+  wire [51:0] \$70 ;
+  wire [26:0] \$71 ;
+  wire [27:0] \$72 ;
+  wire [51:0] \$73 ;
+  wire [26:0] \$74 ;
+  wire [27:0] \$75 ;
+  wire [51:0] \$76 ;
+  wire [26:0] \$77 ;
+  wire [25:0] \$78 ;
+  wire [52:0] \$79 ;
   wire [25:0] \$8 ;
+  wire [26:0] \$80 ;
+  wire [27:0] \$81 ;
+  wire [52:0] \$82 ;
+  wire [26:0] \$83 ;
+  wire [27:0] \$84 ;
+  wire [52:0] \$85 ;
+  wire [27:0] \$86 ;
+  wire [28:0] \$87 ;
+  wire [52:0] \$88 ;
+  wire [27:0] \$89 ;
   wire [25:0] \$9 ;
+  wire [26:0] \$90 ;
+  reg [23:0] \$91 ;
+  reg [17:0] \$92 ;
+  reg [17:0] \$93 ;
+  reg [17:0] \$94 ;
+  reg [17:0] \$95 ;
+  reg [25:0] \$96 ;
+  reg [25:0] \$97 ;
+  reg [25:0] \$98 ;
+  reg [25:0] \$99 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -25261,108 +26000,35 @@ module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [23:0] sum_theta = 24'h000000;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [48:0] sum_x_l0_0 = 49'h0000000000000;
   reg [35:0] sum_x_l0_1 = 36'h000000000;
   reg [39:0] sum_x_l0_2 = 40'h0000000000;
   reg [41:0] sum_x_l0_3 = 42'h00000000000;
-  reg [35:0] sum_x_l0_4 = 36'h000000000;
+  reg [33:0] sum_x_l0_4 = 34'h000000000;
   reg [37:0] sum_x_l0_5 = 38'h0000000000;
-  reg [30:0] sum_x_l0_6 = 31'h00000000;
-  reg [34:0] sum_x_l0_7 = 35'h000000000;
-  reg [35:0] sum_x_l0_8 = 36'h000000000;
+  reg [28:0] sum_x_l0_6 = 29'h00000000;
+  reg [32:0] sum_x_l0_7 = 33'h000000000;
+  reg [36:0] sum_x_l0_8 = 37'h0000000000;
   reg [49:0] sum_x_l1_0 = 50'h0000000000000;
   reg [42:0] sum_x_l1_1 = 43'h00000000000;
   reg [38:0] sum_x_l1_2 = 39'h0000000000;
-  reg [35:0] sum_x_l1_3 = 36'h000000000;
-  reg [35:0] sum_x_l1_4 = 36'h000000000;
+  reg [33:0] sum_x_l1_3 = 34'h000000000;
+  reg [36:0] sum_x_l1_4 = 37'h0000000000;
   reg [50:0] sum_x_l2_0 = 51'h0000000000000;
   reg [39:0] sum_x_l2_1 = 40'h0000000000;
-  reg [35:0] sum_x_l2_2 = 36'h000000000;
+  reg [36:0] sum_x_l2_2 = 37'h0000000000;
   reg [51:0] sum_x_l3_0 = 52'h0000000000000;
-  reg [35:0] sum_x_l3_1 = 36'h000000000;
+  reg [36:0] sum_x_l3_1 = 37'h0000000000;
   reg [52:0] sum_x_l4_0 = 53'h00000000000000;
   input [23:0] theta;
   wire [23:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [49:0] x;
   wire [49:0] x;
   input [11:0] z;
   wire [11:0] z;
-  assign \$31  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  assign \$32  = $signed(sum_x_l3_0) - $signed(sum_x_l3_1);
-  always @(posedge clk)
-    sum_theta <= \$33 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$34 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$35 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$36 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$38 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$39 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$40 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$41 ;
-  always @(posedge clk)
-    sum_decay_pp4 <= \$42 ;
-  always @(posedge clk)
-    sum_decay_pp5 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$44 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$45 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$46 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$47 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$48 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l0_8 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$60 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$61 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$62 ;
-  always @(posedge clk)
-    sum_x_l1_4 <= \$63 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$64 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$65 ;
-  always @(posedge clk)
-    sum_x_l2_2 <= \$66 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$67 ;
-  always @(posedge clk)
-    sum_x_l3_1 <= \$68 ;
-  always @(posedge clk)
-    sum_x_l4_0 <= \$69 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -25379,284 +26045,427 @@ module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x
   assign \$14  = noise * z[7:6];
   assign \$15  = noise * z[9:8];
   assign \$16  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$17  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0, 13'h0000 });
-  assign \$18  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
-  assign \$19  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
-  assign \$20  = $signed({ sum_noise_pp5, 23'h000000 }) - $signed({ 1'h0, sum_step_pp0, 13'h0000 });
-  assign \$21  = { sum_step_pp1, 15'h0000 } + { sum_step_pp2, 17'h00000 };
-  assign \$22  = $signed({ sum_step_pp3, 19'h00000 }) + $signed(sum_decay_pp0);
-  assign \$23  = $signed({ sum_decay_pp1, 2'h0 }) + $signed({ sum_decay_pp2, 4'h0 });
-  assign \$24  = $signed({ sum_decay_pp3, 6'h00 }) + $signed({ sum_decay_pp4, 8'h00 });
-  assign \$25  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$26  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$27  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$28  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
-  assign \$29  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$30  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$17  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = 1'h0 + { sum_noise_pp0[10:0], 13'h0000 };
+  assign \$20  = \$19  + 1'h0;
+  assign \$21  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$22  = \$21  + 1'h1;
+  assign \$23  = { sum_theta[23], sum_theta } + sum_noise_pp0[17:11];
+  assign \$24  = \$20 [24] ? \$22 [24:0] : \$23 [24:0];
+  assign \$25  = { sum_noise_pp1, 15'h0000 } + { sum_noise_pp2, 17'h00000 };
+  assign \$26  = { sum_noise_pp3, 19'h00000 } + { sum_noise_pp4, 21'h000000 };
+  assign \$27  = 1'h0 + sum_u_sr[20:0];
+  assign \$28  = \$27  + 1'h0;
+  assign \$29  = 1'h0 + sum_u_sr[20:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$32  = \$31  + 1'h1;
+  assign \$33  = { sum_noise_pp5[17], sum_noise_pp5, 2'h0 } + sum_u_sr[23:21];
+  assign \$34  = \$30 [21] ? \$32 [20:0] : \$33 [20:0];
+  assign \$35  = { sum_step_pp0, 13'h0000 } + { sum_step_pp1, 15'h0000 };
+  assign \$36  = $signed({ 1'h0, sum_step_pp2, 17'h00000 }) + $signed({ sum_step_pp3, 19'h00000 });
+  assign \$37  = $signed(sum_decay_pp0) + $signed({ sum_decay_pp1, 2'h0 });
+  assign \$38  = $signed({ sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$39  = $signed({ sum_decay_pp4, 8'h00 }) + $signed({ sum_decay_pp5, 10'h000 });
+  assign \$40  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l0_0[24:0] + sum_x_l0_1[24:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l0_0[48], sum_x_l0_0[48:25] } + sum_x_l0_1[35:25];
+  assign \$47  = \$43 [25] ? \$45 [24:0] : \$46 [24:0];
+  assign \$48  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$49  = \$48  + 1'h0;
+  assign \$50  = sum_x_l0_2[20:0] + sum_x_l0_3[20:0];
+  assign \$51  = \$50  + 1'h0;
+  assign \$52  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$53  = \$52  + 1'h1;
+  assign \$54  = sum_x_l0_2[39:21] + { sum_x_l0_3[41], sum_x_l0_3[41:21] };
+  assign \$55  = \$51 [21] ? \$53 [21:0] : \$54 [21:0];
+  assign \$56  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$57  = $signed(sum_x_l0_6) + $signed(sum_x_l0_7);
+  assign \$58  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$59  = \$58  + 1'h0;
+  assign \$60  = sum_x_l1_0[24:0] + sum_x_l1_1[24:0];
+  assign \$61  = \$60  + 1'h0;
+  assign \$62  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$63  = \$62  + 1'h1;
+  assign \$64  = { sum_x_l1_0[49], sum_x_l1_0[49:25] } + { sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42], sum_x_l1_1[42:25] };
+  assign \$65  = \$61 [25] ? \$63 [25:0] : \$64 [25:0];
+  assign \$66  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$67  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$68  = sum_x_l2_0[25:0] + \$67 [25:0];
+  assign \$69  = \$68  + 1'h1;
+  assign \$70  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$71  = sum_x_l2_0[25:0] + \$70 [25:0];
+  assign \$72  = \$71  + 1'h1;
+  assign \$73  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$74  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$73 [51:26];
+  assign \$75  = \$74  + 1'h1;
+  assign \$76  = ~ { sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1[39], sum_x_l2_1 };
+  assign \$77  = { sum_x_l2_0[50], sum_x_l2_0[50:26] } + \$76 [51:26];
+  assign \$78  = \$72 [26] ? \$75 [25:0] : \$77 [25:0];
+  assign \$79  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$80  = sum_x_l3_0[25:0] + \$79 [25:0];
+  assign \$81  = \$80  + 1'h1;
+  assign \$82  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$83  = sum_x_l3_0[25:0] + \$82 [25:0];
+  assign \$84  = \$83  + 1'h1;
+  assign \$85  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$86  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$85 [52:26];
+  assign \$87  = \$86  + 1'h1;
+  assign \$88  = ~ { sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1[36], sum_x_l3_1 };
+  assign \$89  = { sum_x_l3_0[51], sum_x_l3_0[51:26] } + \$88 [52:26];
+  assign \$90  = \$84 [26] ? \$87 [26:0] : \$89 [26:0];
+  always @(posedge clk)
+    sum_theta <= \$91 ;
+  always @(posedge clk)
+    sum_step_pp0 <= \$92 ;
+  always @(posedge clk)
+    sum_step_pp1 <= \$93 ;
+  always @(posedge clk)
+    sum_step_pp2 <= \$94 ;
+  always @(posedge clk)
+    sum_step_pp3 <= \$95 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$96 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$97 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$98 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$99 ;
+  always @(posedge clk)
+    sum_decay_pp4 <= \$100 ;
+  always @(posedge clk)
+    sum_decay_pp5 <= \$101 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$102 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$103 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$104 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$105 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$106 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$107 ;
+  always @(posedge clk)
+    sum_u_sr <= \$108 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$109 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$110 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$111 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$112 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$113 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$114 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$115 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$116 ;
+  always @(posedge clk)
+    sum_x_l0_8 <= \$117 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$118 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$119 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$120 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$121 ;
+  always @(posedge clk)
+    sum_x_l1_4 <= \$122 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$123 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$124 ;
+  always @(posedge clk)
+    sum_x_l2_2 <= \$125 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$126 ;
+  always @(posedge clk)
+    sum_x_l3_1 <= \$127 ;
+  always @(posedge clk)
+    sum_x_l4_0 <= \$128 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$33  = sum_theta;
+    \$91  = sum_theta;
     if (en) begin
-      \$33  = theta;
+      \$91  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$34  = sum_step_pp0;
+    \$92  = sum_step_pp0;
     if (en) begin
-      \$34  = \$1 ;
+      \$92  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$35  = sum_step_pp1;
+    \$93  = sum_step_pp1;
     if (en) begin
-      \$35  = \$2 ;
+      \$93  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$36  = sum_step_pp2;
+    \$94  = sum_step_pp2;
     if (en) begin
-      \$36  = \$3 ;
+      \$94  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$37  = sum_step_pp3;
+    \$95  = sum_step_pp3;
     if (en) begin
-      \$37  = \$4 ;
+      \$95  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$38  = sum_decay_pp0;
+    \$96  = sum_decay_pp0;
     if (en) begin
-      \$38  = \$5 ;
+      \$96  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$39  = sum_decay_pp1;
+    \$97  = sum_decay_pp1;
     if (en) begin
-      \$39  = \$6 ;
+      \$97  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$40  = sum_decay_pp2;
+    \$98  = sum_decay_pp2;
     if (en) begin
-      \$40  = \$7 ;
+      \$98  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$41  = sum_decay_pp3;
+    \$99  = sum_decay_pp3;
     if (en) begin
-      \$41  = \$8 ;
+      \$99  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$42  = sum_decay_pp4;
+    \$100  = sum_decay_pp4;
     if (en) begin
-      \$42  = \$9 ;
+      \$100  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$43  = sum_decay_pp5;
+    \$101  = sum_decay_pp5;
     if (en) begin
-      \$43  = \$10 ;
+      \$101  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$44  = sum_noise_pp0;
+    \$102  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$11 ;
+      \$102  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$45  = sum_noise_pp1;
+    \$103  = sum_noise_pp1;
     if (en) begin
-      \$45  = \$12 ;
+      \$103  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$46  = sum_noise_pp2;
+    \$104  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$13 ;
+      \$104  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$47  = sum_noise_pp3;
+    \$105  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$14 ;
+      \$105  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$48  = sum_noise_pp4;
+    \$106  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$15 ;
+      \$106  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$49  = sum_noise_pp5;
+    \$107  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$16 ;
+      \$107  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$50  = sum_x_l0_0;
+    \$108  = sum_u_sr;
     if (en) begin
-      \$50  = \$17 ;
+      \$108  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$51  = sum_x_l0_1;
+    \$109  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$18 ;
+      \$109  = { \$24 , \$18 [23:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$52  = sum_x_l0_2;
+    \$110  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$19 ;
+      \$110  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$53  = sum_x_l0_3;
+    \$111  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$20 ;
+      \$111  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$54  = sum_x_l0_4;
+    \$112  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$21 ;
+      \$112  = { \$34 , \$28 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$55  = sum_x_l0_5;
+    \$113  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$22 ;
+      \$113  = \$35 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$56  = sum_x_l0_6;
+    \$114  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$23 ;
+      \$114  = \$36 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$57  = sum_x_l0_7;
+    \$115  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$24 ;
+      \$115  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$58  = sum_x_l0_8;
+    \$116  = sum_x_l0_7;
     if (en) begin
-      \$58  = { sum_decay_pp5, 10'h000 };
+      \$116  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$59  = sum_x_l1_0;
+    \$117  = sum_x_l0_8;
     if (en) begin
-      \$59  = \$25 ;
+      \$117  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$60  = sum_x_l1_1;
+    \$118  = sum_x_l1_0;
     if (en) begin
-      \$60  = \$26 ;
+      \$118  = { \$47 , \$41 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$61  = sum_x_l1_2;
+    \$119  = sum_x_l1_1;
     if (en) begin
-      \$61  = \$27 ;
+      \$119  = { \$55 , \$49 [20:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$62  = sum_x_l1_3;
+    \$120  = sum_x_l1_2;
     if (en) begin
-      \$62  = \$28 ;
+      \$120  = \$56 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$63  = sum_x_l1_4;
+    \$121  = sum_x_l1_3;
     if (en) begin
-      \$63  = sum_x_l0_8;
+      \$121  = \$57 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$64  = sum_x_l2_0;
+    \$122  = sum_x_l1_4;
     if (en) begin
-      \$64  = \$29 ;
+      \$122  = sum_x_l0_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$65  = sum_x_l2_1;
+    \$123  = sum_x_l2_0;
     if (en) begin
-      \$65  = \$30 ;
+      \$123  = { \$65 , \$59 [24:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$66  = sum_x_l2_2;
+    \$124  = sum_x_l2_1;
     if (en) begin
-      \$66  = sum_x_l1_4;
+      \$124  = \$66 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$67  = sum_x_l3_0;
+    \$125  = sum_x_l2_2;
     if (en) begin
-      \$67  = \$31 ;
+      \$125  = sum_x_l1_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$68  = sum_x_l3_1;
+    \$126  = sum_x_l3_0;
     if (en) begin
-      \$68  = sum_x_l2_2;
+      \$126  = { \$78 , \$69 [25:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$69  = sum_x_l4_0;
+    \$127  = sum_x_l3_1;
     if (en) begin
-      \$69  = \$32 ;
+      \$127  = sum_x_l2_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
+    \$128  = sum_x_l4_0;
+    if (en) begin
+      \$128  = { \$90 , \$81 [25:0] };
     end
   end
   assign x = sum_x_l4_0[49:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25734,7 +26543,7 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25812,7 +26621,7 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25890,7 +26699,7 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25968,7 +26777,7 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26046,7 +26855,7 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26124,7 +26933,7 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26202,7 +27011,7 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

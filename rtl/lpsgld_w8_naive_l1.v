@@ -7,11 +7,11 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire \$12 ;
+  wire [1:0] \$12 ;
   wire \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -33,10 +33,17 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$33 ;
   reg \$34 ;
   reg \$35 ;
-  reg [15:0] \$36 ;
-  reg [11:0] \$37 ;
-  reg [15:0] \$38 ;
+  reg \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
+  reg [63:0] \$40 ;
+  reg [1:0] \$41 ;
+  reg \$42 ;
+  reg [15:0] \$43 ;
+  reg [11:0] \$44 ;
+  reg [15:0] \$45 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -51,15 +58,15 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
+  reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
+  wire free;
   wire [7:0] grad;
   output idle;
   wire idle;
   reg keep_1 = 1'h0;
   reg keep_10 = 1'h0;
-  reg keep_11 = 1'h0;
   reg keep_2 = 1'h0;
   reg keep_3 = 1'h0;
   reg keep_4 = 1'h0;
@@ -73,13 +80,17 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [15:0] noise = 16'h0000;
   wire [63:0] out;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_step_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
   input [16:0] sink__payload;
   wire [16:0] sink__payload;
   wire [7:0] \sink__payload.grad ;
@@ -104,13 +115,12 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
-  reg [15:0] \step$37  = 16'h0000;
+  reg [15:0] \step$41  = 16'h0000;
   wire [7:0] theta;
-  wire transfer;
+  wire took;
   reg valid_1 = 1'h0;
-  reg valid_10 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_11;
+  wire valid_10;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
   reg valid_4 = 1'h0;
@@ -119,78 +129,96 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
   wire [63:0] words;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
   always @(posedge clk)
-    keep_10 <= \$34 ;
+    keep_5 <= \$31 ;
   always @(posedge clk)
-    keep_11 <= \$35 ;
+    keep_6 <= \$32 ;
   always @(posedge clk)
-    \step$37  <= \$36 ;
+    keep_7 <= \$33 ;
   always @(posedge clk)
-    decay <= \$37 ;
+    keep_8 <= \$34 ;
   always @(posedge clk)
-    noise <= \$38 ;
+    keep_9 <= \$35 ;
+  always @(posedge clk)
+    keep_10 <= \$36 ;
+  always @(posedge clk)
+    wdata <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$37 ;
+  always @(posedge clk)
+    write_decay <= \$38 ;
+  always @(posedge clk)
+    write_noise <= \$39 ;
+  always @(posedge clk)
+    data <= \$40 ;
+  always @(posedge clk)
+    seed_load_0 <= \$41 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$42 ;
+  always @(posedge clk)
+    \step$41  <= \$43 ;
+  always @(posedge clk)
+    decay <= \$44 ;
+  always @(posedge clk)
+    noise <= \$45 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
-  assign \$3  = | { source__valid, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign \$3  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$14 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$15 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$16 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$17 ;
+    valid_3 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$18 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$19 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$20 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$21 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$22 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    valid_9 <= \$23 ;
+    valid_9 <= \$26 ;
   always @(posedge clk)
-    valid_10 <= \$24 ;
+    source__valid <= \$27 ;
   always @(posedge clk)
-    source__valid <= \$25 ;
+    keep_2 <= \$28 ;
   always @(posedge clk)
-    keep_2 <= \$26 ;
+    keep_3 <= \$29 ;
   always @(posedge clk)
-    keep_3 <= \$27 ;
-  always @(posedge clk)
-    keep_4 <= \$28 ;
-  always @(posedge clk)
-    keep_5 <= \$29 ;
-  always @(posedge clk)
-    keep_6 <= \$30 ;
-  always @(posedge clk)
-    keep_7 <= \$31 ;
-  always @(posedge clk)
-    keep_8 <= \$32 ;
-  always @(posedge clk)
-    keep_9 <= \$33 ;
+    keep_4 <= \$30 ;
   \lpsgld_w8_naive_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -199,12 +227,12 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
     .state(state),
-    .step(\step$37 ),
+    .step(\step$41 ),
     .words(words)
   );
   \lpsgld_w8_naive_l1.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -213,49 +241,70 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_10;
+    \$32  = keep_6;
     if (advance) begin
-      \$34  = keep_9;
+      \$32  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_11;
+    \$33  = keep_7;
     if (advance) begin
-      \$35  = keep_10;
+      \$33  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = \step$37 ;
+    \$34  = keep_8;
+    if (advance) begin
+      \$34  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = keep_9;
+    if (advance) begin
+      \$35  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_10;
+    if (advance) begin
+      \$36  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$36  = ctl__data[15:0];
+            \$37  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$36  = 16'h0000;
+      \$37  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = decay;
+    \$38  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$37  = ctl__data[11:0];
+            \$38  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$37  = 12'h000;
+      \$38  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = noise;
+    \$39  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -263,45 +312,77 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$38  = ctl__data[15:0];
+            \$39  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$38  = 16'h0000;
+      \$39  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_1;
-    if (advance) begin
-      \$14  = sink__valid;
+    \$40  = data;
+    if (ctl__we) begin
+      \$40  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = seed_load_0;
+    if (\$13 ) begin
+      \$41  = \$16 ;
+    end else if (free) begin
+      \$41  = 2'h0;
     end
     if (rst) begin
-      \$14  = 1'h0;
+      \$41  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = keep_1;
-    if (advance) begin
-      \$15  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_2;
-    if (advance) begin
-      \$16  = valid_1;
+    \$42  = seed_hold_0;
+    if (\$13 ) begin
+      \$42  = took;
     end
     if (rst) begin
-      \$16  = 1'h0;
+      \$42  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_3;
+    \$43  = \step$41 ;
+    if (write_step) begin
+      \$43  = wdata[15:0];
+    end
+    if (rst) begin
+      \$43  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = decay;
+    if (write_decay) begin
+      \$44  = wdata[11:0];
+    end
+    if (rst) begin
+      \$44  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = noise;
+    if (write_noise) begin
+      \$45  = wdata[15:0];
+    end
+    if (rst) begin
+      \$45  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
     if (advance) begin
-      \$17  = valid_2;
+      \$17  = sink__valid;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -309,19 +390,16 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_4;
+    \$18  = keep_1;
     if (advance) begin
-      \$18  = valid_3;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
+      \$18  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_5;
+    \$19  = valid_2;
     if (advance) begin
-      \$19  = valid_4;
+      \$19  = valid_1;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -329,9 +407,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_6;
+    \$20  = valid_3;
     if (advance) begin
-      \$20  = valid_5;
+      \$20  = valid_2;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -339,9 +417,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_7;
+    \$21  = valid_4;
     if (advance) begin
-      \$21  = valid_6;
+      \$21  = valid_3;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -349,9 +427,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_8;
+    \$22  = valid_5;
     if (advance) begin
-      \$22  = valid_7;
+      \$22  = valid_4;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -359,9 +437,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_9;
+    \$23  = valid_6;
     if (advance) begin
-      \$23  = valid_8;
+      \$23  = valid_5;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -369,9 +447,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_10;
+    \$24  = valid_7;
     if (advance) begin
-      \$24  = valid_9;
+      \$24  = valid_6;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -379,9 +457,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = source__valid;
+    \$25  = valid_8;
     if (advance) begin
-      \$25  = valid_10;
+      \$25  = valid_7;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -389,70 +467,62 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_2;
+    \$26  = valid_9;
     if (advance) begin
-      \$26  = keep_1;
+      \$26  = valid_8;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_3;
+    \$27  = source__valid;
     if (advance) begin
-      \$27  = keep_2;
+      \$27  = valid_9;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_4;
+    \$28  = keep_2;
     if (advance) begin
-      \$28  = keep_3;
+      \$28  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_5;
+    \$29  = keep_3;
     if (advance) begin
-      \$29  = keep_4;
+      \$29  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_6;
+    \$30  = keep_4;
     if (advance) begin
-      \$30  = keep_5;
+      \$30  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_7;
+    \$31  = keep_5;
     if (advance) begin
-      \$31  = keep_6;
+      \$31  = keep_4;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_8;
-    if (advance) begin
-      \$32  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_9;
-    if (advance) begin
-      \$33  = keep_8;
-    end
-  end
-  assign valid_11 = source__valid;
-  assign data = ctl__data;
+  assign valid_10 = source__valid;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$37 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
+  assign reg_step_0 = \step$41 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
   assign \sink__payload.theta  = sink__payload[8:1];
   assign \sink__payload.theta[0]  = sink__payload[8:1];
@@ -465,46 +535,37 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[0]  = source__payload[16:9];
   assign source__payload[16:9] = state;
   assign source__payload[8:1] = state;
-  assign source__payload[0] = keep_11;
+  assign source__payload[0] = keep_10;
 endmodule
 
 (* generator = "Amaranth" *)
 module \lpsgld_w8_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, state, \port$0$3 );
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
   reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -513,79 +574,59 @@ module \lpsgld_w8_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  wire [15:0] \noise$25 ;
   input [15:0] \port$0$3 ;
   wire [15:0] \port$0$3 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  wire [15:0] \step$19 ;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l1.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -596,7 +637,6 @@ module \lpsgld_w8_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l1.lane_0.sum  sum (
@@ -608,6 +648,7 @@ module \lpsgld_w8_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -627,133 +668,84 @@ module \lpsgld_w8_naive_l1.lane_0 (clk, rst, en, words, step, decay, noise, stat
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
+      \$11  = lane_u_sr_d1;
     end
   end
   assign theta = \port$0$3 [7:0];
   assign grad = \port$0$3 [15:8];
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2933,57 +2925,42 @@ module \lpsgld_w8_naive_l1.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l1.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l1.lane_0.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -2991,7 +2968,7 @@ module \lpsgld_w8_naive_l1.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -3003,51 +2980,53 @@ module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -3080,75 +3059,82 @@ module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -3166,244 +3152,250 @@ module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

@@ -6,21 +6,77 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg [7:0] \$100 ;
-  reg [7:0] \$101 ;
+  wire [1:0] \$100 ;
+  reg \$101 ;
   reg [7:0] \$102 ;
-  reg [7:0] \$103 ;
-  reg [7:0] \$104 ;
-  reg [7:0] \$105 ;
-  reg [15:0] \$106 ;
-  reg [11:0] \$107 ;
-  reg [15:0] \$108 ;
+  reg \$103 ;
+  reg \$104 ;
+  reg \$105 ;
+  reg \$106 ;
+  reg \$107 ;
+  reg \$108 ;
+  reg \$109 ;
   wire \$11 ;
+  reg \$110 ;
+  reg \$111 ;
+  reg [7:0] \$112 ;
+  reg [7:0] \$113 ;
+  reg [7:0] \$114 ;
+  reg [7:0] \$115 ;
+  reg [7:0] \$116 ;
+  reg [7:0] \$117 ;
+  reg [7:0] \$118 ;
+  reg [7:0] \$119 ;
   wire \$12 ;
+  reg [7:0] \$120 ;
+  reg \$121 ;
+  reg \$122 ;
+  reg \$123 ;
+  reg [63:0] \$124 ;
+  reg [1:0] \$125 ;
+  reg \$126 ;
+  reg [15:0] \$127 ;
+  reg [11:0] \$128 ;
+  reg [15:0] \$129 ;
   wire \$13 ;
+  reg [1:0] \$130 ;
+  reg \$131 ;
+  reg [15:0] \$132 ;
+  reg [11:0] \$133 ;
+  reg [15:0] \$134 ;
+  reg [1:0] \$135 ;
+  reg \$136 ;
+  reg [15:0] \$137 ;
+  reg [11:0] \$138 ;
+  reg [15:0] \$139 ;
   wire \$14 ;
+  reg [1:0] \$140 ;
+  reg \$141 ;
+  reg [15:0] \$142 ;
+  reg [11:0] \$143 ;
+  reg [15:0] \$144 ;
+  reg [1:0] \$145 ;
+  reg \$146 ;
+  reg [15:0] \$147 ;
+  reg [11:0] \$148 ;
+  reg [15:0] \$149 ;
   wire \$15 ;
+  reg [1:0] \$150 ;
+  reg \$151 ;
+  reg [15:0] \$152 ;
+  reg [11:0] \$153 ;
+  reg [15:0] \$154 ;
+  reg [1:0] \$155 ;
+  reg \$156 ;
+  reg [15:0] \$157 ;
+  reg [11:0] \$158 ;
+  reg [15:0] \$159 ;
   wire \$16 ;
+  reg [1:0] \$160 ;
+  reg \$161 ;
+  reg [15:0] \$162 ;
+  reg [11:0] \$163 ;
+  reg [15:0] \$164 ;
   wire \$17 ;
   wire \$18 ;
   wire \$19 ;
@@ -54,64 +110,64 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$44 ;
   wire \$45 ;
   wire \$46 ;
-  wire \$47 ;
+  wire [1:0] \$47 ;
   wire \$48 ;
   wire \$49 ;
   wire \$5 ;
   wire \$50 ;
-  wire \$51 ;
+  wire [1:0] \$51 ;
   wire \$52 ;
   wire \$53 ;
-  wire \$54 ;
+  wire [1:0] \$54 ;
   wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire \$58 ;
+  wire [1:0] \$58 ;
   wire \$59 ;
   wire \$6 ;
   wire \$60 ;
-  wire \$61 ;
+  wire [1:0] \$61 ;
   wire \$62 ;
   wire \$63 ;
   wire \$64 ;
-  wire \$65 ;
+  wire [1:0] \$65 ;
   wire \$66 ;
   wire \$67 ;
-  wire \$68 ;
+  wire [1:0] \$68 ;
   wire \$69 ;
   wire \$7 ;
   wire \$70 ;
   wire \$71 ;
-  wire \$72 ;
+  wire [1:0] \$72 ;
   wire \$73 ;
   wire \$74 ;
-  wire \$75 ;
+  wire [1:0] \$75 ;
   wire \$76 ;
   wire \$77 ;
   wire \$78 ;
-  wire \$79 ;
+  wire [1:0] \$79 ;
   wire \$8 ;
   wire \$80 ;
   wire \$81 ;
-  wire \$82 ;
+  wire [1:0] \$82 ;
   wire \$83 ;
-  reg \$84 ;
-  reg [7:0] \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg \$88 ;
-  reg \$89 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire [1:0] \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire [1:0] \$89 ;
   wire \$9 ;
-  reg \$90 ;
-  reg \$91 ;
-  reg \$92 ;
-  reg \$93 ;
-  reg \$94 ;
-  reg \$95 ;
-  reg [7:0] \$96 ;
-  reg [7:0] \$97 ;
-  reg [7:0] \$98 ;
-  reg [7:0] \$99 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire [1:0] \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire [1:0] \$96 ;
+  wire \$97 ;
+  wire \$98 ;
+  wire \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -121,50 +177,50 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
-  wire [63:0] \data$102 ;
-  wire [63:0] \data$116 ;
-  wire [63:0] \data$130 ;
-  wire [63:0] \data$46 ;
-  wire [63:0] \data$60 ;
-  wire [63:0] \data$74 ;
-  wire [63:0] \data$88 ;
+  reg [63:0] data = 64'h0000000000000000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$109 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$128 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$147 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$166 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$52 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$71 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$90 ;
   reg [11:0] decay = 12'h000;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$111 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$125 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$139 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$55 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$69 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$83 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$97 ;
+  reg [11:0] \decay$100  = 12'h000;
+  reg [11:0] \decay$119  = 12'h000;
+  reg [11:0] \decay$138  = 12'h000;
+  reg [11:0] \decay$157  = 12'h000;
+  reg [11:0] \decay$176  = 12'h000;
+  reg [11:0] \decay$62  = 12'h000;
+  reg [11:0] \decay$81  = 12'h000;
   wire en;
-  wire \en$103 ;
-  wire \en$117 ;
-  wire \en$131 ;
-  wire \en$47 ;
-  wire \en$61 ;
-  wire \en$75 ;
-  wire \en$89 ;
+  wire \en$110 ;
+  wire \en$129 ;
+  wire \en$148 ;
+  wire \en$167 ;
+  wire \en$53 ;
+  wire \en$72 ;
+  wire \en$91 ;
+  wire free;
   wire [7:0] grad;
-  wire [7:0] \grad$105 ;
-  wire [7:0] \grad$119 ;
-  wire [7:0] \grad$133 ;
-  wire [7:0] \grad$49 ;
-  wire [7:0] \grad$63 ;
-  wire [7:0] \grad$77 ;
-  wire [7:0] \grad$91 ;
+  wire [7:0] \grad$112 ;
+  wire [7:0] \grad$131 ;
+  wire [7:0] \grad$150 ;
+  wire [7:0] \grad$169 ;
+  wire [7:0] \grad$55 ;
+  wire [7:0] \grad$74 ;
+  wire [7:0] \grad$93 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
   reg [7:0] keep_10 = 8'h00;
-  reg [7:0] keep_11 = 8'h00;
   reg [7:0] keep_2 = 8'h00;
   reg [7:0] keep_3 = 8'h00;
   reg [7:0] keep_4 = 8'h00;
@@ -174,52 +230,105 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$100 ;
-  wire \load0$114 ;
-  wire \load0$128 ;
-  wire \load0$44 ;
-  wire \load0$58 ;
-  wire \load0$72 ;
-  wire \load0$86 ;
+  wire \load0$107 ;
+  wire \load0$126 ;
+  wire \load0$145 ;
+  wire \load0$164 ;
+  wire \load0$50 ;
+  wire \load0$69 ;
+  wire \load0$88 ;
   wire load1;
-  wire \load1$101 ;
-  wire \load1$115 ;
-  wire \load1$129 ;
-  wire \load1$45 ;
-  wire \load1$59 ;
-  wire \load1$73 ;
-  wire \load1$87 ;
+  wire \load1$108 ;
+  wire \load1$127 ;
+  wire \load1$146 ;
+  wire \load1$165 ;
+  wire \load1$51 ;
+  wire \load1$70 ;
+  wire \load1$89 ;
   reg [15:0] noise = 16'h0000;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$112 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$126 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$140 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$56 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$70 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$84 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$98 ;
+  reg [15:0] \noise$102  = 16'h0000;
+  reg [15:0] \noise$121  = 16'h0000;
+  reg [15:0] \noise$140  = 16'h0000;
+  reg [15:0] \noise$159  = 16'h0000;
+  reg [15:0] \noise$178  = 16'h0000;
+  reg [15:0] \noise$64  = 16'h0000;
+  reg [15:0] \noise$83  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$107 ;
-  wire [63:0] \out$121 ;
-  wire [63:0] \out$135 ;
-  wire [63:0] \out$51 ;
-  wire [63:0] \out$65 ;
-  wire [63:0] \out$79 ;
-  wire [63:0] \out$93 ;
+  wire [63:0] \out$114 ;
+  wire [63:0] \out$133 ;
+  wire [63:0] \out$152 ;
+  wire [63:0] \out$171 ;
+  wire [63:0] \out$57 ;
+  wire [63:0] \out$76 ;
+  wire [63:0] \out$95 ;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_1;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_2;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_3;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_4;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_5;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_6;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_7;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_noise_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_7;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_0;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_7;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
+  reg seed_hold_4 = 1'h0;
+  reg seed_hold_5 = 1'h0;
+  reg seed_hold_6 = 1'h0;
+  reg seed_hold_7 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
+  reg [1:0] seed_load_1 = 2'h0;
+  reg [1:0] seed_load_2 = 2'h0;
+  reg [1:0] seed_load_3 = 2'h0;
+  reg [1:0] seed_load_4 = 2'h0;
+  reg [1:0] seed_load_5 = 2'h0;
+  reg [1:0] seed_load_6 = 2'h0;
+  reg [1:0] seed_load_7 = 2'h0;
   input [135:0] sink__payload;
   wire [135:0] sink__payload;
   wire [63:0] \sink__payload.grad ;
@@ -271,49 +380,41 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$108 ;
-  wire [7:0] \state$122 ;
-  wire [7:0] \state$136 ;
-  wire [7:0] \state$52 ;
-  wire [7:0] \state$66 ;
-  wire [7:0] \state$80 ;
-  wire [7:0] \state$94 ;
+  wire [7:0] \state$115 ;
+  wire [7:0] \state$134 ;
+  wire [7:0] \state$153 ;
+  wire [7:0] \state$172 ;
+  wire [7:0] \state$58 ;
+  wire [7:0] \state$77 ;
+  wire [7:0] \state$96 ;
   wire step;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$110 ;
-  wire \step$113 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$124 ;
-  wire \step$127 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$138 ;
-  reg [15:0] \step$37  = 16'h0000;
-  wire \step$43 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$54 ;
-  wire \step$57 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$68 ;
-  wire \step$71 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$82 ;
+  wire \step$104 ;
+  reg [15:0] \step$117  = 16'h0000;
+  wire \step$123 ;
+  reg [15:0] \step$136  = 16'h0000;
+  wire \step$142 ;
+  reg [15:0] \step$155  = 16'h0000;
+  wire \step$161 ;
+  reg [15:0] \step$174  = 16'h0000;
+  reg [15:0] \step$41  = 16'h0000;
+  wire \step$47 ;
+  reg [15:0] \step$60  = 16'h0000;
+  wire \step$66 ;
+  reg [15:0] \step$79  = 16'h0000;
   wire \step$85 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$96 ;
-  wire \step$99 ;
+  reg [15:0] \step$98  = 16'h0000;
   wire [7:0] theta;
-  wire [7:0] \theta$104 ;
-  wire [7:0] \theta$118 ;
-  wire [7:0] \theta$132 ;
-  wire [7:0] \theta$48 ;
-  wire [7:0] \theta$62 ;
-  wire [7:0] \theta$76 ;
-  wire [7:0] \theta$90 ;
-  wire transfer;
+  wire [7:0] \theta$111 ;
+  wire [7:0] \theta$130 ;
+  wire [7:0] \theta$149 ;
+  wire [7:0] \theta$168 ;
+  wire [7:0] \theta$54 ;
+  wire [7:0] \theta$73 ;
+  wire [7:0] \theta$92 ;
+  wire took;
   reg valid_1 = 1'h0;
-  reg valid_10 = 1'h0;
   (* init = 1'h0 *)
-  wire valid_11;
+  wire valid_10;
   reg valid_2 = 1'h0;
   reg valid_3 = 1'h0;
   reg valid_4 = 1'h0;
@@ -322,183 +423,285 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
-  wire [7:0] \weight$109 ;
-  wire [7:0] \weight$123 ;
-  wire [7:0] \weight$137 ;
-  wire [7:0] \weight$53 ;
-  wire [7:0] \weight$67 ;
-  wire [7:0] \weight$81 ;
-  wire [7:0] \weight$95 ;
+  wire [7:0] \weight$116 ;
+  wire [7:0] \weight$135 ;
+  wire [7:0] \weight$154 ;
+  wire [7:0] \weight$173 ;
+  wire [7:0] \weight$59 ;
+  wire [7:0] \weight$78 ;
+  wire [7:0] \weight$97 ;
   wire [63:0] words;
-  wire [63:0] \words$106 ;
-  wire [63:0] \words$120 ;
-  wire [63:0] \words$134 ;
-  wire [63:0] \words$50 ;
-  wire [63:0] \words$64 ;
-  wire [63:0] \words$78 ;
-  wire [63:0] \words$92 ;
+  wire [63:0] \words$113 ;
+  wire [63:0] \words$132 ;
+  wire [63:0] \words$151 ;
+  wire [63:0] \words$170 ;
+  wire [63:0] \words$56 ;
+  wire [63:0] \words$75 ;
+  wire [63:0] \words$94 ;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
-  assign \$3  = | { source__valid, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign \$3  = | { source__valid, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
-  assign \$14  = transfer & sink__payload[1];
-  assign \$15  = ctl__addr == 9'h102;
-  assign \$16  = ctl__we & \$15 ;
-  assign \$17  = ~ \$16 ;
-  assign \$18  = \$14  & \$17 ;
-  assign \$19  = ctl__addr == 9'h103;
-  assign \$20  = ctl__we & \$19 ;
-  assign \$21  = ~ \$20 ;
-  assign \step$43  = \$18  & \$21 ;
-  assign \$22  = ctl__addr == 9'h102;
-  assign \load0$44  = ctl__we & \$22 ;
-  assign \$23  = ctl__addr == 9'h103;
-  assign \load1$45  = ctl__we & \$23 ;
-  assign \$24  = transfer & sink__payload[2];
-  assign \$25  = ctl__addr == 9'h104;
-  assign \$26  = ctl__we & \$25 ;
-  assign \$27  = ~ \$26 ;
-  assign \$28  = \$24  & \$27 ;
-  assign \$29  = ctl__addr == 9'h105;
-  assign \$30  = ctl__we & \$29 ;
-  assign \$31  = ~ \$30 ;
-  assign \step$57  = \$28  & \$31 ;
-  assign \$32  = ctl__addr == 9'h104;
-  assign \load0$58  = ctl__we & \$32 ;
-  assign \$33  = ctl__addr == 9'h105;
-  assign \load1$59  = ctl__we & \$33 ;
-  assign \$34  = transfer & sink__payload[3];
-  assign \$35  = ctl__addr == 9'h106;
-  assign \$36  = ctl__we & \$35 ;
-  assign \$37  = ~ \$36 ;
-  assign \$38  = \$34  & \$37 ;
-  assign \$39  = ctl__addr == 9'h107;
-  assign \$40  = ctl__we & \$39 ;
-  assign \$41  = ~ \$40 ;
-  assign \step$71  = \$38  & \$41 ;
-  assign \$42  = ctl__addr == 9'h106;
-  assign \load0$72  = ctl__we & \$42 ;
-  assign \$43  = ctl__addr == 9'h107;
-  assign \load1$73  = ctl__we & \$43 ;
-  assign \$44  = transfer & sink__payload[4];
-  assign \$45  = ctl__addr == 9'h108;
-  assign \$46  = ctl__we & \$45 ;
-  assign \$47  = ~ \$46 ;
-  assign \$48  = \$44  & \$47 ;
-  assign \$49  = ctl__addr == 9'h109;
-  assign \$50  = ctl__we & \$49 ;
-  assign \$51  = ~ \$50 ;
-  assign \step$85  = \$48  & \$51 ;
-  assign \$52  = ctl__addr == 9'h108;
-  assign \load0$86  = ctl__we & \$52 ;
-  assign \$53  = ctl__addr == 9'h109;
-  assign \load1$87  = ctl__we & \$53 ;
-  assign \$54  = transfer & sink__payload[5];
-  assign \$55  = ctl__addr == 9'h10a;
-  assign \$56  = ctl__we & \$55 ;
-  assign \$57  = ~ \$56 ;
-  assign \$58  = \$54  & \$57 ;
-  assign \$59  = ctl__addr == 9'h10b;
-  assign \$60  = ctl__we & \$59 ;
-  assign \$61  = ~ \$60 ;
-  assign \step$99  = \$58  & \$61 ;
-  assign \$62  = ctl__addr == 9'h10a;
-  assign \load0$100  = ctl__we & \$62 ;
-  assign \$63  = ctl__addr == 9'h10b;
-  assign \load1$101  = ctl__we & \$63 ;
-  assign \$64  = transfer & sink__payload[6];
-  assign \$65  = ctl__addr == 9'h10c;
-  assign \$66  = ctl__we & \$65 ;
-  assign \$67  = ~ \$66 ;
-  assign \$68  = \$64  & \$67 ;
-  assign \$69  = ctl__addr == 9'h10d;
-  assign \$70  = ctl__we & \$69 ;
-  assign \$71  = ~ \$70 ;
-  assign \step$113  = \$68  & \$71 ;
-  assign \$72  = ctl__addr == 9'h10c;
-  assign \load0$114  = ctl__we & \$72 ;
-  assign \$73  = ctl__addr == 9'h10d;
-  assign \load1$115  = ctl__we & \$73 ;
-  assign \$74  = transfer & sink__payload[7];
-  assign \$75  = ctl__addr == 9'h10e;
-  assign \$76  = ctl__we & \$75 ;
-  assign \$77  = ~ \$76 ;
-  assign \$78  = \$74  & \$77 ;
-  assign \$79  = ctl__addr == 9'h10f;
-  assign \$80  = ctl__we & \$79 ;
-  assign \$81  = ~ \$80 ;
-  assign \step$127  = \$78  & \$81 ;
-  assign \$82  = ctl__addr == 9'h10e;
-  assign \load0$128  = ctl__we & \$82 ;
-  assign \$83  = ctl__addr == 9'h10f;
-  assign \load1$129  = ctl__we & \$83 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$47  = \$11  & \$14 ;
+  assign \load0$50  = seed_load_1[0] & free;
+  assign \load1$51  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
+  assign \$19  = ~ \$18 ;
+  assign \step$66  = \$16  & \$19 ;
+  assign \load0$69  = seed_load_2[0] & free;
+  assign \load1$70  = seed_load_2[1] & free;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$85  = \$21  & \$24 ;
+  assign \load0$88  = seed_load_3[0] & free;
+  assign \load1$89  = seed_load_3[1] & free;
+  assign \$25  = advance & valid_1;
+  assign \$26  = \$25  & keep_1[4];
+  assign \$27  = | seed_load_4;
+  assign \$28  = \$27  & seed_hold_4;
+  assign \$29  = ~ \$28 ;
+  assign \step$104  = \$26  & \$29 ;
+  assign \load0$107  = seed_load_4[0] & free;
+  assign \load1$108  = seed_load_4[1] & free;
+  assign \$30  = advance & valid_1;
+  assign \$31  = \$30  & keep_1[5];
+  assign \$32  = | seed_load_5;
+  assign \$33  = \$32  & seed_hold_5;
+  assign \$34  = ~ \$33 ;
+  assign \step$123  = \$31  & \$34 ;
+  assign \load0$126  = seed_load_5[0] & free;
+  assign \load1$127  = seed_load_5[1] & free;
+  assign \$35  = advance & valid_1;
+  assign \$36  = \$35  & keep_1[6];
+  assign \$37  = | seed_load_6;
+  assign \$38  = \$37  & seed_hold_6;
+  assign \$39  = ~ \$38 ;
+  assign \step$142  = \$36  & \$39 ;
+  assign \load0$145  = seed_load_6[0] & free;
+  assign \load1$146  = seed_load_6[1] & free;
+  assign \$40  = advance & valid_1;
+  assign \$41  = \$40  & keep_1[7];
+  assign \$42  = | seed_load_7;
+  assign \$43  = \$42  & seed_hold_7;
+  assign \$44  = ~ \$43 ;
+  assign \step$161  = \$41  & \$44 ;
+  assign \load0$164  = seed_load_7[0] & free;
+  assign \load1$165  = seed_load_7[1] & free;
+  assign \$45  = ctl__addr == 9'h100;
+  assign \$46  = ctl__addr == 9'h101;
+  assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
+  assign \$48  = | \$47 ;
+  assign \$49  = ctl__addr == 9'h100;
+  assign \$50  = ctl__addr == 9'h101;
+  assign \$51  = { \$50 , \$49  } & { ctl__we, ctl__we };
+  assign \$52  = ctl__addr == 9'h102;
+  assign \$53  = ctl__addr == 9'h103;
+  assign \$54  = { \$53 , \$52  } & { ctl__we, ctl__we };
+  assign \$55  = | \$54 ;
+  assign \$56  = ctl__addr == 9'h102;
+  assign \$57  = ctl__addr == 9'h103;
+  assign \$58  = { \$57 , \$56  } & { ctl__we, ctl__we };
+  assign \$59  = ctl__addr == 9'h104;
+  assign \$60  = ctl__addr == 9'h105;
+  assign \$61  = { \$60 , \$59  } & { ctl__we, ctl__we };
+  assign \$62  = | \$61 ;
+  assign \$63  = ctl__addr == 9'h104;
+  assign \$64  = ctl__addr == 9'h105;
+  assign \$65  = { \$64 , \$63  } & { ctl__we, ctl__we };
+  assign \$66  = ctl__addr == 9'h106;
+  assign \$67  = ctl__addr == 9'h107;
+  assign \$68  = { \$67 , \$66  } & { ctl__we, ctl__we };
+  assign \$69  = | \$68 ;
+  assign \$70  = ctl__addr == 9'h106;
+  assign \$71  = ctl__addr == 9'h107;
+  assign \$72  = { \$71 , \$70  } & { ctl__we, ctl__we };
+  assign \$73  = ctl__addr == 9'h108;
+  assign \$74  = ctl__addr == 9'h109;
+  assign \$75  = { \$74 , \$73  } & { ctl__we, ctl__we };
+  assign \$76  = | \$75 ;
+  assign \$77  = ctl__addr == 9'h108;
+  assign \$78  = ctl__addr == 9'h109;
+  assign \$79  = { \$78 , \$77  } & { ctl__we, ctl__we };
+  assign \$80  = ctl__addr == 9'h10a;
+  assign \$81  = ctl__addr == 9'h10b;
+  assign \$82  = { \$81 , \$80  } & { ctl__we, ctl__we };
+  assign \$83  = | \$82 ;
+  assign \$84  = ctl__addr == 9'h10a;
+  assign \$85  = ctl__addr == 9'h10b;
+  assign \$86  = { \$85 , \$84  } & { ctl__we, ctl__we };
+  assign \$87  = ctl__addr == 9'h10c;
+  assign \$88  = ctl__addr == 9'h10d;
+  assign \$89  = { \$88 , \$87  } & { ctl__we, ctl__we };
+  assign \$90  = | \$89 ;
+  assign \$91  = ctl__addr == 9'h10c;
+  assign \$92  = ctl__addr == 9'h10d;
+  assign \$93  = { \$92 , \$91  } & { ctl__we, ctl__we };
+  assign \$94  = ctl__addr == 9'h10e;
+  assign \$95  = ctl__addr == 9'h10f;
+  assign \$96  = { \$95 , \$94  } & { ctl__we, ctl__we };
+  assign \$97  = | \$96 ;
+  assign \$98  = ctl__addr == 9'h10e;
+  assign \$99  = ctl__addr == 9'h10f;
+  assign \$100  = { \$99 , \$98  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$84 ;
+    valid_1 <= \$101 ;
   always @(posedge clk)
-    keep_1 <= \$85 ;
+    keep_1 <= \$102 ;
   always @(posedge clk)
-    valid_2 <= \$86 ;
+    valid_2 <= \$103 ;
   always @(posedge clk)
-    valid_3 <= \$87 ;
+    valid_3 <= \$104 ;
   always @(posedge clk)
-    valid_4 <= \$88 ;
+    valid_4 <= \$105 ;
   always @(posedge clk)
-    valid_5 <= \$89 ;
+    valid_5 <= \$106 ;
   always @(posedge clk)
-    valid_6 <= \$90 ;
+    valid_6 <= \$107 ;
   always @(posedge clk)
-    valid_7 <= \$91 ;
+    valid_7 <= \$108 ;
   always @(posedge clk)
-    valid_8 <= \$92 ;
+    valid_8 <= \$109 ;
   always @(posedge clk)
-    valid_9 <= \$93 ;
+    valid_9 <= \$110 ;
   always @(posedge clk)
-    valid_10 <= \$94 ;
+    source__valid <= \$111 ;
   always @(posedge clk)
-    source__valid <= \$95 ;
+    keep_2 <= \$112 ;
   always @(posedge clk)
-    keep_2 <= \$96 ;
+    keep_3 <= \$113 ;
   always @(posedge clk)
-    keep_3 <= \$97 ;
+    keep_4 <= \$114 ;
   always @(posedge clk)
-    keep_4 <= \$98 ;
+    keep_5 <= \$115 ;
   always @(posedge clk)
-    keep_5 <= \$99 ;
+    keep_6 <= \$116 ;
   always @(posedge clk)
-    keep_6 <= \$100 ;
+    keep_7 <= \$117 ;
   always @(posedge clk)
-    keep_7 <= \$101 ;
+    keep_8 <= \$118 ;
   always @(posedge clk)
-    keep_8 <= \$102 ;
+    keep_9 <= \$119 ;
   always @(posedge clk)
-    keep_9 <= \$103 ;
+    keep_10 <= \$120 ;
   always @(posedge clk)
-    keep_10 <= \$104 ;
+    wdata <= ctl__data;
   always @(posedge clk)
-    keep_11 <= \$105 ;
+    write_step <= \$121 ;
   always @(posedge clk)
-    \step$37  <= \$106 ;
+    write_decay <= \$122 ;
   always @(posedge clk)
-    decay <= \$107 ;
+    write_noise <= \$123 ;
   always @(posedge clk)
-    noise <= \$108 ;
+    data <= \$124 ;
+  always @(posedge clk)
+    seed_load_0 <= \$125 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$126 ;
+  always @(posedge clk)
+    \step$41  <= \$127 ;
+  always @(posedge clk)
+    decay <= \$128 ;
+  always @(posedge clk)
+    noise <= \$129 ;
+  always @(posedge clk)
+    seed_load_1 <= \$130 ;
+  always @(posedge clk)
+    seed_hold_1 <= \$131 ;
+  always @(posedge clk)
+    \step$60  <= \$132 ;
+  always @(posedge clk)
+    \decay$62  <= \$133 ;
+  always @(posedge clk)
+    \noise$64  <= \$134 ;
+  always @(posedge clk)
+    seed_load_2 <= \$135 ;
+  always @(posedge clk)
+    seed_hold_2 <= \$136 ;
+  always @(posedge clk)
+    \step$79  <= \$137 ;
+  always @(posedge clk)
+    \decay$81  <= \$138 ;
+  always @(posedge clk)
+    \noise$83  <= \$139 ;
+  always @(posedge clk)
+    seed_load_3 <= \$140 ;
+  always @(posedge clk)
+    seed_hold_3 <= \$141 ;
+  always @(posedge clk)
+    \step$98  <= \$142 ;
+  always @(posedge clk)
+    \decay$100  <= \$143 ;
+  always @(posedge clk)
+    \noise$102  <= \$144 ;
+  always @(posedge clk)
+    seed_load_4 <= \$145 ;
+  always @(posedge clk)
+    seed_hold_4 <= \$146 ;
+  always @(posedge clk)
+    \step$117  <= \$147 ;
+  always @(posedge clk)
+    \decay$119  <= \$148 ;
+  always @(posedge clk)
+    \noise$121  <= \$149 ;
+  always @(posedge clk)
+    seed_load_5 <= \$150 ;
+  always @(posedge clk)
+    seed_hold_5 <= \$151 ;
+  always @(posedge clk)
+    \step$136  <= \$152 ;
+  always @(posedge clk)
+    \decay$138  <= \$153 ;
+  always @(posedge clk)
+    \noise$140  <= \$154 ;
+  always @(posedge clk)
+    seed_load_6 <= \$155 ;
+  always @(posedge clk)
+    seed_hold_6 <= \$156 ;
+  always @(posedge clk)
+    \step$155  <= \$157 ;
+  always @(posedge clk)
+    \decay$157  <= \$158 ;
+  always @(posedge clk)
+    \noise$159  <= \$159 ;
+  always @(posedge clk)
+    seed_load_7 <= \$160 ;
+  always @(posedge clk)
+    seed_hold_7 <= \$161 ;
+  always @(posedge clk)
+    \step$174  <= \$162 ;
+  always @(posedge clk)
+    \decay$176  <= \$163 ;
+  always @(posedge clk)
+    \noise$178  <= \$164 ;
   \lpsgld_w8_naive_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -507,97 +710,97 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$37 ),
+    .step(\step$41 ),
     .theta(sink__payload[15:8]),
     .words(words)
   );
   \lpsgld_w8_naive_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$62 ),
     .en(advance),
     .grad(sink__payload[87:80]),
-    .noise(noise),
+    .noise(\noise$64 ),
     .rst(rst),
-    .state(\state$52 ),
-    .step(\step$37 ),
+    .state(\state$58 ),
+    .step(\step$60 ),
     .theta(sink__payload[23:16]),
-    .words(\words$50 )
+    .words(\words$56 )
   );
   \lpsgld_w8_naive_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$81 ),
     .en(advance),
     .grad(sink__payload[95:88]),
-    .noise(noise),
+    .noise(\noise$83 ),
     .rst(rst),
-    .state(\state$66 ),
-    .step(\step$37 ),
+    .state(\state$77 ),
+    .step(\step$79 ),
     .theta(sink__payload[31:24]),
-    .words(\words$64 )
+    .words(\words$75 )
   );
   \lpsgld_w8_naive_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$100 ),
     .en(advance),
     .grad(sink__payload[103:96]),
-    .noise(noise),
+    .noise(\noise$102 ),
     .rst(rst),
-    .state(\state$80 ),
-    .step(\step$37 ),
+    .state(\state$96 ),
+    .step(\step$98 ),
     .theta(sink__payload[39:32]),
-    .words(\words$78 )
+    .words(\words$94 )
   );
   \lpsgld_w8_naive_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$119 ),
     .en(advance),
     .grad(sink__payload[111:104]),
-    .noise(noise),
+    .noise(\noise$121 ),
     .rst(rst),
-    .state(\state$94 ),
-    .step(\step$37 ),
+    .state(\state$115 ),
+    .step(\step$117 ),
     .theta(sink__payload[47:40]),
-    .words(\words$92 )
+    .words(\words$113 )
   );
   \lpsgld_w8_naive_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$138 ),
     .en(advance),
     .grad(sink__payload[119:112]),
-    .noise(noise),
+    .noise(\noise$140 ),
     .rst(rst),
-    .state(\state$108 ),
-    .step(\step$37 ),
+    .state(\state$134 ),
+    .step(\step$136 ),
     .theta(sink__payload[55:48]),
-    .words(\words$106 )
+    .words(\words$132 )
   );
   \lpsgld_w8_naive_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$157 ),
     .en(advance),
     .grad(sink__payload[127:120]),
-    .noise(noise),
+    .noise(\noise$159 ),
     .rst(rst),
-    .state(\state$122 ),
-    .step(\step$37 ),
+    .state(\state$153 ),
+    .step(\step$155 ),
     .theta(sink__payload[63:56]),
-    .words(\words$120 )
+    .words(\words$151 )
   );
   \lpsgld_w8_naive_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$176 ),
     .en(advance),
     .grad(sink__payload[135:128]),
-    .noise(noise),
+    .noise(\noise$178 ),
     .rst(rst),
-    .state(\state$136 ),
-    .step(\step$37 ),
+    .state(\state$172 ),
+    .step(\step$174 ),
     .theta(sink__payload[71:64]),
-    .words(\words$134 )
+    .words(\words$170 )
   );
   \lpsgld_w8_naive_l8.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -606,285 +809,268 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   );
   \lpsgld_w8_naive_l8.rng_1_0  rng_1_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$44 ),
-    .load1(\load1$45 ),
-    .out(\words$50 ),
+    .data(data),
+    .load0(\load0$50 ),
+    .load1(\load1$51 ),
+    .out(\words$56 ),
     .rst(rst),
-    .step(\step$43 )
+    .step(\step$47 )
   );
   \lpsgld_w8_naive_l8.rng_2_0  rng_2_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$58 ),
-    .load1(\load1$59 ),
-    .out(\words$64 ),
+    .data(data),
+    .load0(\load0$69 ),
+    .load1(\load1$70 ),
+    .out(\words$75 ),
     .rst(rst),
-    .step(\step$57 )
+    .step(\step$66 )
   );
   \lpsgld_w8_naive_l8.rng_3_0  rng_3_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$72 ),
-    .load1(\load1$73 ),
-    .out(\words$78 ),
-    .rst(rst),
-    .step(\step$71 )
-  );
-  \lpsgld_w8_naive_l8.rng_4_0  rng_4_0 (
-    .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$86 ),
-    .load1(\load1$87 ),
-    .out(\words$92 ),
+    .data(data),
+    .load0(\load0$88 ),
+    .load1(\load1$89 ),
+    .out(\words$94 ),
     .rst(rst),
     .step(\step$85 )
   );
+  \lpsgld_w8_naive_l8.rng_4_0  rng_4_0 (
+    .clk(clk),
+    .data(data),
+    .load0(\load0$107 ),
+    .load1(\load1$108 ),
+    .out(\words$113 ),
+    .rst(rst),
+    .step(\step$104 )
+  );
   \lpsgld_w8_naive_l8.rng_5_0  rng_5_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$100 ),
-    .load1(\load1$101 ),
-    .out(\words$106 ),
+    .data(data),
+    .load0(\load0$126 ),
+    .load1(\load1$127 ),
+    .out(\words$132 ),
     .rst(rst),
-    .step(\step$99 )
+    .step(\step$123 )
   );
   \lpsgld_w8_naive_l8.rng_6_0  rng_6_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$114 ),
-    .load1(\load1$115 ),
-    .out(\words$120 ),
+    .data(data),
+    .load0(\load0$145 ),
+    .load1(\load1$146 ),
+    .out(\words$151 ),
     .rst(rst),
-    .step(\step$113 )
+    .step(\step$142 )
   );
   \lpsgld_w8_naive_l8.rng_7_0  rng_7_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$128 ),
-    .load1(\load1$129 ),
-    .out(\words$134 ),
+    .data(data),
+    .load0(\load0$164 ),
+    .load1(\load1$165 ),
+    .out(\words$170 ),
     .rst(rst),
-    .step(\step$127 )
+    .step(\step$161 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = valid_1;
+    \$101  = valid_1;
     if (advance) begin
-      \$84  = sink__valid;
+      \$101  = sink__valid;
     end
     if (rst) begin
-      \$84  = 1'h0;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = keep_1;
+    \$102  = keep_1;
     if (advance) begin
-      \$85  = sink__payload[7:0];
+      \$102  = sink__payload[7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = valid_2;
+    \$103  = valid_2;
     if (advance) begin
-      \$86  = valid_1;
+      \$103  = valid_1;
     end
     if (rst) begin
-      \$86  = 1'h0;
+      \$103  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = valid_3;
+    \$104  = valid_3;
     if (advance) begin
-      \$87  = valid_2;
+      \$104  = valid_2;
     end
     if (rst) begin
-      \$87  = 1'h0;
+      \$104  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = valid_4;
+    \$105  = valid_4;
     if (advance) begin
-      \$88  = valid_3;
+      \$105  = valid_3;
     end
     if (rst) begin
-      \$88  = 1'h0;
+      \$105  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = valid_5;
+    \$106  = valid_5;
     if (advance) begin
-      \$89  = valid_4;
+      \$106  = valid_4;
     end
     if (rst) begin
-      \$89  = 1'h0;
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = valid_6;
+    \$107  = valid_6;
     if (advance) begin
-      \$90  = valid_5;
+      \$107  = valid_5;
     end
     if (rst) begin
-      \$90  = 1'h0;
+      \$107  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = valid_7;
+    \$108  = valid_7;
     if (advance) begin
-      \$91  = valid_6;
+      \$108  = valid_6;
     end
     if (rst) begin
-      \$91  = 1'h0;
+      \$108  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = valid_8;
+    \$109  = valid_8;
     if (advance) begin
-      \$92  = valid_7;
+      \$109  = valid_7;
     end
     if (rst) begin
-      \$92  = 1'h0;
+      \$109  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = valid_9;
+    \$110  = valid_9;
     if (advance) begin
-      \$93  = valid_8;
+      \$110  = valid_8;
     end
     if (rst) begin
-      \$93  = 1'h0;
+      \$110  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = valid_10;
+    \$111  = source__valid;
     if (advance) begin
-      \$94  = valid_9;
+      \$111  = valid_9;
     end
     if (rst) begin
-      \$94  = 1'h0;
+      \$111  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = source__valid;
+    \$112  = keep_2;
     if (advance) begin
-      \$95  = valid_10;
-    end
-    if (rst) begin
-      \$95  = 1'h0;
+      \$112  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = keep_2;
+    \$113  = keep_3;
     if (advance) begin
-      \$96  = keep_1;
+      \$113  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = keep_3;
+    \$114  = keep_4;
     if (advance) begin
-      \$97  = keep_2;
+      \$114  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = keep_4;
+    \$115  = keep_5;
     if (advance) begin
-      \$98  = keep_3;
+      \$115  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = keep_5;
+    \$116  = keep_6;
     if (advance) begin
-      \$99  = keep_4;
+      \$116  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$100  = keep_6;
+    \$117  = keep_7;
     if (advance) begin
-      \$100  = keep_5;
+      \$117  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = keep_7;
+    \$118  = keep_8;
     if (advance) begin
-      \$101  = keep_6;
+      \$118  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = keep_8;
+    \$119  = keep_9;
     if (advance) begin
-      \$102  = keep_7;
+      \$119  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = keep_9;
+    \$120  = keep_10;
     if (advance) begin
-      \$103  = keep_8;
+      \$120  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = keep_10;
-    if (advance) begin
-      \$104  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = keep_11;
-    if (advance) begin
-      \$105  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = \step$37 ;
+    \$121  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$106  = ctl__data[15:0];
+            \$121  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$106  = 16'h0000;
+      \$121  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = decay;
+    \$122  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$107  = ctl__data[11:0];
+            \$122  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$107  = 12'h000;
+      \$122  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = noise;
+    \$123  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -892,86 +1078,509 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$108  = ctl__data[15:0];
+            \$123  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$108  = 16'h0000;
+      \$123  = 1'h0;
     end
   end
-  assign valid_11 = source__valid;
-  assign data = ctl__data;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$124  = data;
+    if (ctl__we) begin
+      \$124  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$125  = seed_load_0;
+    if (\$48 ) begin
+      \$125  = \$51 ;
+    end else if (free) begin
+      \$125  = 2'h0;
+    end
+    if (rst) begin
+      \$125  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$126  = seed_hold_0;
+    if (\$48 ) begin
+      \$126  = took;
+    end
+    if (rst) begin
+      \$126  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$127  = \step$41 ;
+    if (write_step) begin
+      \$127  = wdata[15:0];
+    end
+    if (rst) begin
+      \$127  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$128  = decay;
+    if (write_decay) begin
+      \$128  = wdata[11:0];
+    end
+    if (rst) begin
+      \$128  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$129  = noise;
+    if (write_noise) begin
+      \$129  = wdata[15:0];
+    end
+    if (rst) begin
+      \$129  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$130  = seed_load_1;
+    if (\$55 ) begin
+      \$130  = \$58 ;
+    end else if (free) begin
+      \$130  = 2'h0;
+    end
+    if (rst) begin
+      \$130  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$131  = seed_hold_1;
+    if (\$55 ) begin
+      \$131  = took;
+    end
+    if (rst) begin
+      \$131  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$132  = \step$60 ;
+    if (write_step) begin
+      \$132  = wdata[15:0];
+    end
+    if (rst) begin
+      \$132  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$133  = \decay$62 ;
+    if (write_decay) begin
+      \$133  = wdata[11:0];
+    end
+    if (rst) begin
+      \$133  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$134  = \noise$64 ;
+    if (write_noise) begin
+      \$134  = wdata[15:0];
+    end
+    if (rst) begin
+      \$134  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$135  = seed_load_2;
+    if (\$62 ) begin
+      \$135  = \$65 ;
+    end else if (free) begin
+      \$135  = 2'h0;
+    end
+    if (rst) begin
+      \$135  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$136  = seed_hold_2;
+    if (\$62 ) begin
+      \$136  = took;
+    end
+    if (rst) begin
+      \$136  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$137  = \step$79 ;
+    if (write_step) begin
+      \$137  = wdata[15:0];
+    end
+    if (rst) begin
+      \$137  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$138  = \decay$81 ;
+    if (write_decay) begin
+      \$138  = wdata[11:0];
+    end
+    if (rst) begin
+      \$138  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$139  = \noise$83 ;
+    if (write_noise) begin
+      \$139  = wdata[15:0];
+    end
+    if (rst) begin
+      \$139  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$140  = seed_load_3;
+    if (\$69 ) begin
+      \$140  = \$72 ;
+    end else if (free) begin
+      \$140  = 2'h0;
+    end
+    if (rst) begin
+      \$140  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$141  = seed_hold_3;
+    if (\$69 ) begin
+      \$141  = took;
+    end
+    if (rst) begin
+      \$141  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$142  = \step$98 ;
+    if (write_step) begin
+      \$142  = wdata[15:0];
+    end
+    if (rst) begin
+      \$142  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$143  = \decay$100 ;
+    if (write_decay) begin
+      \$143  = wdata[11:0];
+    end
+    if (rst) begin
+      \$143  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$144  = \noise$102 ;
+    if (write_noise) begin
+      \$144  = wdata[15:0];
+    end
+    if (rst) begin
+      \$144  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$145  = seed_load_4;
+    if (\$76 ) begin
+      \$145  = \$79 ;
+    end else if (free) begin
+      \$145  = 2'h0;
+    end
+    if (rst) begin
+      \$145  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$146  = seed_hold_4;
+    if (\$76 ) begin
+      \$146  = took;
+    end
+    if (rst) begin
+      \$146  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$147  = \step$117 ;
+    if (write_step) begin
+      \$147  = wdata[15:0];
+    end
+    if (rst) begin
+      \$147  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$148  = \decay$119 ;
+    if (write_decay) begin
+      \$148  = wdata[11:0];
+    end
+    if (rst) begin
+      \$148  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$149  = \noise$121 ;
+    if (write_noise) begin
+      \$149  = wdata[15:0];
+    end
+    if (rst) begin
+      \$149  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$150  = seed_load_5;
+    if (\$83 ) begin
+      \$150  = \$86 ;
+    end else if (free) begin
+      \$150  = 2'h0;
+    end
+    if (rst) begin
+      \$150  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$151  = seed_hold_5;
+    if (\$83 ) begin
+      \$151  = took;
+    end
+    if (rst) begin
+      \$151  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$152  = \step$136 ;
+    if (write_step) begin
+      \$152  = wdata[15:0];
+    end
+    if (rst) begin
+      \$152  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$153  = \decay$138 ;
+    if (write_decay) begin
+      \$153  = wdata[11:0];
+    end
+    if (rst) begin
+      \$153  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$154  = \noise$140 ;
+    if (write_noise) begin
+      \$154  = wdata[15:0];
+    end
+    if (rst) begin
+      \$154  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$155  = seed_load_6;
+    if (\$90 ) begin
+      \$155  = \$93 ;
+    end else if (free) begin
+      \$155  = 2'h0;
+    end
+    if (rst) begin
+      \$155  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$156  = seed_hold_6;
+    if (\$90 ) begin
+      \$156  = took;
+    end
+    if (rst) begin
+      \$156  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$157  = \step$155 ;
+    if (write_step) begin
+      \$157  = wdata[15:0];
+    end
+    if (rst) begin
+      \$157  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$158  = \decay$157 ;
+    if (write_decay) begin
+      \$158  = wdata[11:0];
+    end
+    if (rst) begin
+      \$158  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$159  = \noise$159 ;
+    if (write_noise) begin
+      \$159  = wdata[15:0];
+    end
+    if (rst) begin
+      \$159  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$160  = seed_load_7;
+    if (\$97 ) begin
+      \$160  = \$100 ;
+    end else if (free) begin
+      \$160  = 2'h0;
+    end
+    if (rst) begin
+      \$160  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$161  = seed_hold_7;
+    if (\$97 ) begin
+      \$161  = took;
+    end
+    if (rst) begin
+      \$161  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$162  = \step$174 ;
+    if (write_step) begin
+      \$162  = wdata[15:0];
+    end
+    if (rst) begin
+      \$162  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$163  = \decay$176 ;
+    if (write_decay) begin
+      \$163  = wdata[11:0];
+    end
+    if (rst) begin
+      \$163  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$164  = \noise$178 ;
+    if (write_noise) begin
+      \$164  = wdata[15:0];
+    end
+    if (rst) begin
+      \$164  = 16'h0000;
+    end
+  end
+  assign valid_10 = source__valid;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$37 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign \data$46  = ctl__data;
-  assign \en$47  = advance;
-  assign \theta$48  = sink__payload[23:16];
-  assign \grad$49  = sink__payload[87:80];
-  assign \out$51  = \words$50 ;
-  assign \weight$53  = \state$52 ;
-  assign \step$54  = \step$37 ;
-  assign \decay$55  = decay;
-  assign \noise$56  = noise;
-  assign \data$60  = ctl__data;
-  assign \en$61  = advance;
-  assign \theta$62  = sink__payload[31:24];
-  assign \grad$63  = sink__payload[95:88];
-  assign \out$65  = \words$64 ;
-  assign \weight$67  = \state$66 ;
-  assign \step$68  = \step$37 ;
-  assign \decay$69  = decay;
-  assign \noise$70  = noise;
-  assign \data$74  = ctl__data;
-  assign \en$75  = advance;
-  assign \theta$76  = sink__payload[39:32];
-  assign \grad$77  = sink__payload[103:96];
-  assign \out$79  = \words$78 ;
-  assign \weight$81  = \state$80 ;
-  assign \step$82  = \step$37 ;
-  assign \decay$83  = decay;
-  assign \noise$84  = noise;
-  assign \data$88  = ctl__data;
-  assign \en$89  = advance;
-  assign \theta$90  = sink__payload[47:40];
-  assign \grad$91  = sink__payload[111:104];
-  assign \out$93  = \words$92 ;
-  assign \weight$95  = \state$94 ;
-  assign \step$96  = \step$37 ;
-  assign \decay$97  = decay;
-  assign \noise$98  = noise;
-  assign \data$102  = ctl__data;
-  assign \en$103  = advance;
-  assign \theta$104  = sink__payload[55:48];
-  assign \grad$105  = sink__payload[119:112];
-  assign \out$107  = \words$106 ;
-  assign \weight$109  = \state$108 ;
-  assign \step$110  = \step$37 ;
-  assign \decay$111  = decay;
-  assign \noise$112  = noise;
-  assign \data$116  = ctl__data;
-  assign \en$117  = advance;
-  assign \theta$118  = sink__payload[63:56];
-  assign \grad$119  = sink__payload[127:120];
-  assign \out$121  = \words$120 ;
-  assign \weight$123  = \state$122 ;
-  assign \step$124  = \step$37 ;
-  assign \decay$125  = decay;
-  assign \noise$126  = noise;
-  assign \data$130  = ctl__data;
-  assign \en$131  = advance;
-  assign \theta$132  = sink__payload[71:64];
-  assign \grad$133  = sink__payload[135:128];
-  assign \out$135  = \words$134 ;
-  assign \weight$137  = \state$136 ;
-  assign \step$138  = \step$37 ;
-  assign \decay$139  = decay;
-  assign \noise$140  = noise;
+  assign reg_step_0 = \step$41 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign \data$52  = data;
+  assign \en$53  = advance;
+  assign \theta$54  = sink__payload[23:16];
+  assign \grad$55  = sink__payload[87:80];
+  assign \out$57  = \words$56 ;
+  assign \weight$59  = \state$58 ;
+  assign reg_step_1 = \step$60 ;
+  assign reg_decay_1 = \decay$62 ;
+  assign reg_noise_1 = \noise$64 ;
+  assign \data$71  = data;
+  assign \en$72  = advance;
+  assign \theta$73  = sink__payload[31:24];
+  assign \grad$74  = sink__payload[95:88];
+  assign \out$76  = \words$75 ;
+  assign \weight$78  = \state$77 ;
+  assign reg_step_2 = \step$79 ;
+  assign reg_decay_2 = \decay$81 ;
+  assign reg_noise_2 = \noise$83 ;
+  assign \data$90  = data;
+  assign \en$91  = advance;
+  assign \theta$92  = sink__payload[39:32];
+  assign \grad$93  = sink__payload[103:96];
+  assign \out$95  = \words$94 ;
+  assign \weight$97  = \state$96 ;
+  assign reg_step_3 = \step$98 ;
+  assign reg_decay_3 = \decay$100 ;
+  assign reg_noise_3 = \noise$102 ;
+  assign \data$109  = data;
+  assign \en$110  = advance;
+  assign \theta$111  = sink__payload[47:40];
+  assign \grad$112  = sink__payload[111:104];
+  assign \out$114  = \words$113 ;
+  assign \weight$116  = \state$115 ;
+  assign reg_step_4 = \step$117 ;
+  assign reg_decay_4 = \decay$119 ;
+  assign reg_noise_4 = \noise$121 ;
+  assign \data$128  = data;
+  assign \en$129  = advance;
+  assign \theta$130  = sink__payload[55:48];
+  assign \grad$131  = sink__payload[119:112];
+  assign \out$133  = \words$132 ;
+  assign \weight$135  = \state$134 ;
+  assign reg_step_5 = \step$136 ;
+  assign reg_decay_5 = \decay$138 ;
+  assign reg_noise_5 = \noise$140 ;
+  assign \data$147  = data;
+  assign \en$148  = advance;
+  assign \theta$149  = sink__payload[63:56];
+  assign \grad$150  = sink__payload[127:120];
+  assign \out$152  = \words$151 ;
+  assign \weight$154  = \state$153 ;
+  assign reg_step_6 = \step$155 ;
+  assign reg_decay_6 = \decay$157 ;
+  assign reg_noise_6 = \noise$159 ;
+  assign \data$166  = data;
+  assign \en$167  = advance;
+  assign \theta$168  = sink__payload[71:64];
+  assign \grad$169  = sink__payload[135:128];
+  assign \out$171  = \words$170 ;
+  assign \weight$173  = \state$172 ;
+  assign reg_step_7 = \step$174 ;
+  assign reg_decay_7 = \decay$176 ;
+  assign reg_noise_7 = \noise$178 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -1010,63 +1619,54 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$136 ;
-  assign source__payload[71:64] = \state$136 ;
-  assign source__payload[127:120] = \state$122 ;
-  assign source__payload[63:56] = \state$122 ;
-  assign source__payload[119:112] = \state$108 ;
-  assign source__payload[55:48] = \state$108 ;
-  assign source__payload[111:104] = \state$94 ;
-  assign source__payload[47:40] = \state$94 ;
-  assign source__payload[103:96] = \state$80 ;
-  assign source__payload[39:32] = \state$80 ;
-  assign source__payload[95:88] = \state$66 ;
-  assign source__payload[31:24] = \state$66 ;
-  assign source__payload[87:80] = \state$52 ;
-  assign source__payload[23:16] = \state$52 ;
+  assign source__payload[135:128] = \state$172 ;
+  assign source__payload[71:64] = \state$172 ;
+  assign source__payload[127:120] = \state$153 ;
+  assign source__payload[63:56] = \state$153 ;
+  assign source__payload[119:112] = \state$134 ;
+  assign source__payload[55:48] = \state$134 ;
+  assign source__payload[111:104] = \state$115 ;
+  assign source__payload[47:40] = \state$115 ;
+  assign source__payload[103:96] = \state$96 ;
+  assign source__payload[39:32] = \state$96 ;
+  assign source__payload[95:88] = \state$77 ;
+  assign source__payload[31:24] = \state$77 ;
+  assign source__payload[87:80] = \state$58 ;
+  assign source__payload[23:16] = \state$58 ;
   assign source__payload[79:72] = state;
   assign source__payload[15:8] = state;
-  assign source__payload[7:0] = keep_11;
+  assign source__payload[7:0] = keep_10;
 endmodule
 
 (* generator = "Amaranth" *)
 module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
   reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -1075,78 +1675,58 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -1157,7 +1737,6 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_0.sum  sum (
@@ -1169,6 +1748,7 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -1188,131 +1768,82 @@ module \lpsgld_w8_naive_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3492,57 +4023,42 @@ module \lpsgld_w8_naive_l8.lane_0.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_0.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -3550,7 +4066,7 @@ module \lpsgld_w8_naive_l8.lane_0.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -3562,51 +4078,53 @@ module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -3639,75 +4157,82 @@ module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -3725,237 +4250,243 @@ module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -3965,40 +4496,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
   reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -4007,78 +4529,58 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_1.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -4089,7 +4591,6 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_1.sum  sum (
@@ -4101,6 +4602,7 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -4120,131 +4622,82 @@ module \lpsgld_w8_naive_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6424,57 +6877,42 @@ module \lpsgld_w8_naive_l8.lane_1.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_1.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_1.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -6482,7 +6920,7 @@ module \lpsgld_w8_naive_l8.lane_1.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -6494,51 +6932,53 @@ module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -6571,75 +7011,82 @@ module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -6657,237 +7104,243 @@ module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -6897,40 +7350,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
   reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -6939,78 +7383,58 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_2.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -7021,7 +7445,6 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_2.sum  sum (
@@ -7033,6 +7456,7 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -7052,131 +7476,82 @@ module \lpsgld_w8_naive_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -9356,57 +9731,42 @@ module \lpsgld_w8_naive_l8.lane_2.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_2.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_2.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -9414,7 +9774,7 @@ module \lpsgld_w8_naive_l8.lane_2.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -9426,51 +9786,53 @@ module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -9503,75 +9865,82 @@ module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -9589,237 +9958,243 @@ module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -9829,40 +10204,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
   reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -9871,78 +10237,58 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_3.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -9953,7 +10299,6 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_3.sum  sum (
@@ -9965,6 +10310,7 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -9984,131 +10330,82 @@ module \lpsgld_w8_naive_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -12288,57 +12585,42 @@ module \lpsgld_w8_naive_l8.lane_3.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_3.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_3.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -12346,7 +12628,7 @@ module \lpsgld_w8_naive_l8.lane_3.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -12358,51 +12640,53 @@ module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -12435,75 +12719,82 @@ module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -12521,237 +12812,243 @@ module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -12761,40 +13058,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
   reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -12803,78 +13091,58 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_4.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -12885,7 +13153,6 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_4.sum  sum (
@@ -12897,6 +13164,7 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -12916,131 +13184,82 @@ module \lpsgld_w8_naive_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -15220,57 +15439,42 @@ module \lpsgld_w8_naive_l8.lane_4.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_4.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_4.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -15278,7 +15482,7 @@ module \lpsgld_w8_naive_l8.lane_4.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -15290,51 +15494,53 @@ module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -15367,75 +15573,82 @@ module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -15453,237 +15666,243 @@ module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -15693,40 +15912,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
   reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -15735,78 +15945,58 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_5.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -15817,7 +16007,6 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_5.sum  sum (
@@ -15829,6 +16018,7 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -15848,131 +16038,82 @@ module \lpsgld_w8_naive_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -18152,57 +18293,42 @@ module \lpsgld_w8_naive_l8.lane_5.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_5.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_5.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$24  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -18210,7 +18336,7 @@ module \lpsgld_w8_naive_l8.lane_5.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$25  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -18222,51 +18348,53 @@ module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -18299,75 +18427,82 @@ module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -18385,237 +18520,243 @@ module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -18625,40 +18766,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
   reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -18667,78 +18799,58 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_6.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -18749,7 +18861,6 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_6.sum  sum (
@@ -18761,6 +18872,7 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -18780,131 +18892,82 @@ module \lpsgld_w8_naive_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -21084,57 +21147,42 @@ module \lpsgld_w8_naive_l8.lane_6.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_6.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_6.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$28  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -21142,7 +21190,7 @@ module \lpsgld_w8_naive_l8.lane_6.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$29  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -21154,51 +21202,53 @@ module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -21231,75 +21281,82 @@ module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -21317,237 +21374,243 @@ module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -21557,40 +21620,31 @@ endmodule
 module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
   reg [7:0] \$1 ;
-  reg [7:0] \$10 ;
+  reg [23:0] \$10 ;
   reg [23:0] \$11 ;
-  reg [23:0] \$12 ;
-  reg [23:0] \$13 ;
-  reg [23:0] \$14 ;
-  reg [23:0] \$15 ;
-  reg [23:0] \$16 ;
-  reg [23:0] \$17 ;
-  reg [23:0] \$18 ;
   reg [7:0] \$2 ;
-  reg [23:0] \$3 ;
-  reg [31:0] \$4 ;
+  reg [7:0] \$3 ;
+  reg [7:0] \$4 ;
   reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
-  reg [7:0] \$9 ;
-  (* init = 32'd0 *)
+  reg [23:0] \$9 ;
   wire [31:0] bits;
   input clk;
   wire clk;
   input [11:0] decay;
   wire [11:0] decay;
-  wire [11:0] \decay$28 ;
+  wire [11:0] \decay$21 ;
   input en;
   wire en;
-  wire \en$24 ;
-  wire \en$29 ;
-  wire \en$37 ;
+  wire \en$17 ;
+  wire \en$22 ;
+  wire \en$31 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$36 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$29 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -21599,78 +21653,58 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
   reg [7:0] lane_theta_d0 = 8'h00;
   reg [7:0] lane_theta_d1 = 8'h00;
   reg [7:0] lane_theta_d2 = 8'h00;
-  reg [23:0] lane_u_sr = 24'h000000;
   reg [23:0] lane_u_sr_d0 = 24'h000000;
   reg [23:0] lane_u_sr_d1 = 24'h000000;
   reg [23:0] lane_u_sr_d2 = 24'h000000;
-  reg [23:0] lane_u_sr_d3 = 24'h000000;
-  reg [23:0] lane_u_sr_d4 = 24'h000000;
-  reg [23:0] lane_u_sr_d5 = 24'h000000;
-  reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   input [15:0] noise;
   wire [15:0] noise;
-  wire [15:0] \noise$32 ;
+  wire [15:0] \noise$25 ;
   input rst;
   wire rst;
   output [7:0] state;
   wire [7:0] state;
-  wire [7:0] \state$42 ;
+  wire [7:0] \state$35 ;
   input [15:0] step;
   wire [15:0] step;
-  wire [15:0] \step$26 ;
+  wire [15:0] \step$19 ;
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$35 ;
+  wire [7:0] \theta$28 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   wire [7:0] weight;
-  wire [7:0] \weight$44 ;
+  wire [7:0] \weight$37 ;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$39 ;
+  wire [33:0] \x$33 ;
   wire [11:0] z;
-  wire [11:0] \z$34 ;
+  wire [11:0] \z$27 ;
   always @(posedge clk)
     lane_theta <= \$1 ;
   always @(posedge clk)
     lane_grad <= \$2 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    lane_theta_d0 <= \$3 ;
   always @(posedge clk)
-    lane_gauss <= \$4 ;
+    lane_theta_d1 <= \$4 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$5 ;
+    lane_theta_d2 <= \$5 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$6 ;
+    lane_grad_d0 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$7 ;
+    lane_grad_d1 <= \$7 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$8 ;
+    lane_grad_d2 <= \$8 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$9 ;
+    lane_u_sr_d0 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d2 <= \$10 ;
+    lane_u_sr_d1 <= \$10 ;
   always @(posedge clk)
-    lane_u_sr_d0 <= \$11 ;
-  always @(posedge clk)
-    lane_u_sr_d1 <= \$12 ;
-  always @(posedge clk)
-    lane_u_sr_d2 <= \$13 ;
-  always @(posedge clk)
-    lane_u_sr_d3 <= \$14 ;
-  always @(posedge clk)
-    lane_u_sr_d4 <= \$15 ;
-  always @(posedge clk)
-    lane_u_sr_d5 <= \$16 ;
-  always @(posedge clk)
-    lane_u_sr_d6 <= \$17 ;
-  always @(posedge clk)
-    lane_u_sr_d7 <= \$18 ;
+    lane_u_sr_d2 <= \$11 ;
   \lpsgld_w8_naive_l8.lane_7.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[55:24]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -21681,7 +21715,6 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
     .en(en),
     .rnd_state(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
     .x(x)
   );
   \lpsgld_w8_naive_l8.lane_7.sum  sum (
@@ -21693,6 +21726,7 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
+    .u_sr(lane_u_sr_d2),
     .x(x),
     .z(z)
   );
@@ -21712,131 +21746,82 @@ module \lpsgld_w8_naive_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$3  = lane_u_sr;
+    \$3  = lane_theta_d0;
     if (en) begin
-      \$3  = words[23:0];
+      \$3  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$4  = lane_gauss;
+    \$4  = lane_theta_d1;
     if (en) begin
-      \$4  = words[55:24];
+      \$4  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$5  = lane_theta_d0;
+    \$5  = lane_theta_d2;
     if (en) begin
-      \$5  = lane_theta;
+      \$5  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$6  = lane_theta_d1;
+    \$6  = lane_grad_d0;
     if (en) begin
-      \$6  = lane_theta_d0;
+      \$6  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$7  = lane_theta_d2;
+    \$7  = lane_grad_d1;
     if (en) begin
-      \$7  = lane_theta_d1;
+      \$7  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$8  = lane_grad_d0;
+    \$8  = lane_grad_d2;
     if (en) begin
-      \$8  = lane_grad;
+      \$8  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$9  = lane_grad_d1;
+    \$9  = lane_u_sr_d0;
     if (en) begin
-      \$9  = lane_grad_d0;
+      \$9  = words[23:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$10  = lane_grad_d2;
+    \$10  = lane_u_sr_d1;
     if (en) begin
-      \$10  = lane_grad_d1;
+      \$10  = lane_u_sr_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$11  = lane_u_sr_d0;
+    \$11  = lane_u_sr_d2;
     if (en) begin
-      \$11  = lane_u_sr;
+      \$11  = lane_u_sr_d1;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$12  = lane_u_sr_d1;
-    if (en) begin
-      \$12  = lane_u_sr_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$13  = lane_u_sr_d2;
-    if (en) begin
-      \$13  = lane_u_sr_d1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$14  = lane_u_sr_d3;
-    if (en) begin
-      \$14  = lane_u_sr_d2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$15  = lane_u_sr_d4;
-    if (en) begin
-      \$15  = lane_u_sr_d3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$16  = lane_u_sr_d5;
-    if (en) begin
-      \$16  = lane_u_sr_d4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$17  = lane_u_sr_d6;
-    if (en) begin
-      \$17  = lane_u_sr_d5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$18  = lane_u_sr_d7;
-    if (en) begin
-      \$18  = lane_u_sr_d6;
-    end
-  end
-  assign \en$24  = en;
-  assign \step$26  = step;
-  assign \decay$28  = decay;
-  assign \en$29  = en;
-  assign bits = lane_gauss;
-  assign \noise$32  = noise;
-  assign \z$34  = z;
-  assign \theta$35  = lane_theta_d2;
-  assign \grad$36  = lane_grad_d2;
-  assign \en$37  = en;
-  assign \x$39  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign \state$42  = state;
+  assign \en$17  = en;
+  assign \step$19  = step;
+  assign \decay$21  = decay;
+  assign \en$22  = en;
+  assign bits = words[55:24];
+  assign \noise$25  = noise;
+  assign \z$27  = z;
+  assign \theta$28  = lane_theta_d2;
+  assign \grad$29  = lane_grad_d2;
+  assign u_sr = lane_u_sr_d2;
+  assign \en$31  = en;
+  assign \x$33  = x;
+  assign \state$35  = state;
   assign weight = state;
-  assign \weight$44  = state;
+  assign \weight$37  = state;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -24016,57 +24001,42 @@ module \lpsgld_w8_naive_l8.lane_7.gauss (rst, en, bits, gauss_z_l1_0, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_7.narrow (rst, en, u_sr, x, rnd_state, clk);
+module \lpsgld_w8_naive_l8.lane_7.narrow (rst, en, x, rnd_state, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$32  = 0;
-  wire [34:0] \$1 ;
+  wire \$1 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
-  wire \$5 ;
+  wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  reg [34:0] \$8 ;
-  reg [7:0] \$9 ;
+  reg [7:0] \$7 ;
   input clk;
   wire clk;
   input en;
   wire en;
   output [7:0] rnd_state;
   reg [7:0] rnd_state = 8'h00;
-  reg [34:0] rnd_t = 35'h000000000;
   input rst;
   wire rst;
   (* init = 8'h00 *)
   wire [7:0] state;
-  input [23:0] u_sr;
-  wire [23:0] u_sr;
   (* init = 8'h00 *)
   wire [7:0] weight;
   input [33:0] x;
   wire [33:0] x;
-  assign \$1  = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = & rnd_t[34:31];
-  assign \$3  = | rnd_t[34:31];
-  assign \$4  = ~ \$3 ;
-  assign \$5  = \$2  | \$4 ;
-  assign \$6  = rnd_t[34] ? 8'h80 : 8'h7f;
-  assign \$7  = \$5  ? rnd_t[31:24] : \$6 ;
+  assign \$3  = ~ \$2 ;
+  assign \$4  = \$1  | \$3 ;
+  assign \$5  = x[33] ? 8'h80 : 8'h7f;
+  assign \$6  = \$4  ? x[31:24] : \$5 ;
   always @(posedge clk)
-    rnd_t <= \$8 ;
-  always @(posedge clk)
-    rnd_state <= \$9 ;
+    rnd_state <= \$7 ;
+  assign \$1  = & x[33:31];
+  assign \$2  = | x[33:31];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$8  = rnd_t;
+    \$7  = rnd_state;
     if (en) begin
-      \$8  = \$1 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$9  = rnd_state;
-    if (en) begin
-      \$9  = \$7 ;
+      \$7  = \$6 ;
     end
   end
   assign weight = rnd_state;
@@ -24074,7 +24044,7 @@ module \lpsgld_w8_naive_l8.lane_7.narrow (rst, en, u_sr, x, rnd_state, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
+module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, u_sr, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$33  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -24086,51 +24056,53 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
   wire [22:0] \$16 ;
   wire [26:0] \$17 ;
   wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [20:0] \$19 ;
   wire [17:0] \$2 ;
   wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [16:0] \$21 ;
+  wire [20:0] \$22 ;
+  wire [33:0] \$23 ;
+  wire [29:0] \$24 ;
+  wire [25:0] \$25 ;
+  wire [21:0] \$26 ;
+  wire [34:0] \$27 ;
+  wire [26:0] \$28 ;
+  wire [35:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
+  reg [7:0] \$30 ;
   reg [17:0] \$31 ;
   reg [17:0] \$32 ;
   reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
+  reg [17:0] \$34 ;
   reg [13:0] \$35 ;
   reg [13:0] \$36 ;
   reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
+  reg [13:0] \$38 ;
   reg [17:0] \$39 ;
   wire [17:0] \$4 ;
   reg [17:0] \$40 ;
   reg [17:0] \$41 ;
   reg [17:0] \$42 ;
   reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  reg [17:0] \$44 ;
+  reg [23:0] \$45 ;
+  reg [32:0] \$46 ;
+  reg [22:0] \$47 ;
+  reg [26:0] \$48 ;
+  reg [28:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  reg [20:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [16:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [33:0] \$54 ;
+  reg [29:0] \$55 ;
+  reg [25:0] \$56 ;
+  reg [21:0] \$57 ;
+  reg [34:0] \$58 ;
+  reg [26:0] \$59 ;
   wire [13:0] \$6 ;
+  reg [35:0] \$60 ;
   wire [13:0] \$7 ;
   wire [13:0] \$8 ;
   wire [17:0] \$9 ;
@@ -24163,75 +24135,82 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
   reg [17:0] sum_step_pp2 = 18'h00000;
   reg [17:0] sum_step_pp3 = 18'h00000;
   reg [7:0] sum_theta = 8'h00;
+  reg [23:0] sum_u_sr = 24'h000000;
   reg [32:0] sum_x_l0_0 = 33'h000000000;
   reg [22:0] sum_x_l0_1 = 23'h000000;
   reg [26:0] sum_x_l0_2 = 27'h0000000;
   reg [28:0] sum_x_l0_3 = 29'h00000000;
-  reg [22:0] sum_x_l0_4 = 23'h000000;
+  reg [20:0] sum_x_l0_4 = 21'h000000;
   reg [24:0] sum_x_l0_5 = 25'h0000000;
-  reg [18:0] sum_x_l0_6 = 19'h00000;
-  reg [19:0] sum_x_l0_7 = 20'h00000;
+  reg [16:0] sum_x_l0_6 = 17'h00000;
+  reg [20:0] sum_x_l0_7 = 21'h000000;
   reg [33:0] sum_x_l1_0 = 34'h000000000;
   reg [29:0] sum_x_l1_1 = 30'h00000000;
   reg [25:0] sum_x_l1_2 = 26'h0000000;
-  reg [20:0] sum_x_l1_3 = 21'h000000;
+  reg [21:0] sum_x_l1_3 = 22'h000000;
   reg [34:0] sum_x_l2_0 = 35'h000000000;
   reg [26:0] sum_x_l2_1 = 27'h0000000;
   reg [35:0] sum_x_l3_0 = 36'h000000000;
   input [7:0] theta;
   wire [7:0] theta;
+  input [23:0] u_sr;
+  wire [23:0] u_sr;
   output [33:0] x;
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_decay_pp0 <= \$35 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_decay_pp1 <= \$36 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_decay_pp2 <= \$37 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_decay_pp3 <= \$38 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_noise_pp0 <= \$39 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_noise_pp1 <= \$40 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_noise_pp2 <= \$41 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_noise_pp3 <= \$42 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_noise_pp4 <= \$43 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp5 <= \$44 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_u_sr <= \$45 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_x_l0_0 <= \$46 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_x_l0_1 <= \$47 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_x_l0_2 <= \$48 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_x_l0_3 <= \$49 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_4 <= \$50 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_5 <= \$51 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_6 <= \$52 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_7 <= \$53 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l1_0 <= \$54 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l1_1 <= \$55 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l1_2 <= \$56 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l1_3 <= \$57 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l2_0 <= \$58 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$59 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$60 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -24249,244 +24228,250 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
   assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
   assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
   assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
+  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
+  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
   always @(posedge clk)
-    sum_theta <= \$29 ;
+    sum_theta <= \$30 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
+    sum_step_pp0 <= \$31 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
+    sum_step_pp1 <= \$32 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
+    sum_step_pp2 <= \$33 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
+    sum_step_pp3 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$36  = sum_decay_pp2;
+    \$35  = sum_decay_pp0;
     if (en) begin
-      \$36  = \$7 ;
+      \$35  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$37  = sum_decay_pp3;
+    \$36  = sum_decay_pp1;
     if (en) begin
-      \$37  = \$8 ;
+      \$36  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$38  = sum_noise_pp0;
+    \$37  = sum_decay_pp2;
     if (en) begin
-      \$38  = \$9 ;
+      \$37  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$39  = sum_noise_pp1;
+    \$38  = sum_decay_pp3;
     if (en) begin
-      \$39  = \$10 ;
+      \$38  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$40  = sum_noise_pp2;
+    \$39  = sum_noise_pp0;
     if (en) begin
-      \$40  = \$11 ;
+      \$39  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$41  = sum_noise_pp3;
+    \$40  = sum_noise_pp1;
     if (en) begin
-      \$41  = \$12 ;
+      \$40  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$42  = sum_noise_pp4;
+    \$41  = sum_noise_pp2;
     if (en) begin
-      \$42  = \$13 ;
+      \$41  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$43  = sum_noise_pp5;
+    \$42  = sum_noise_pp3;
     if (en) begin
-      \$43  = \$14 ;
+      \$42  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$44  = sum_x_l0_0;
+    \$43  = sum_noise_pp4;
     if (en) begin
-      \$44  = \$15 ;
+      \$43  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$45  = sum_x_l0_1;
+    \$44  = sum_noise_pp5;
     if (en) begin
-      \$45  = \$16 ;
+      \$44  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$46  = sum_x_l0_2;
+    \$45  = sum_u_sr;
     if (en) begin
-      \$46  = \$17 ;
+      \$45  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$47  = sum_x_l0_3;
+    \$46  = sum_x_l0_0;
     if (en) begin
-      \$47  = \$18 ;
+      \$46  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$48  = sum_x_l0_4;
+    \$47  = sum_x_l0_1;
     if (en) begin
-      \$48  = \$19 ;
+      \$47  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$49  = sum_x_l0_5;
+    \$48  = sum_x_l0_2;
     if (en) begin
-      \$49  = \$20 ;
+      \$48  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$50  = sum_x_l0_6;
+    \$49  = sum_x_l0_3;
     if (en) begin
-      \$50  = \$21 ;
+      \$49  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$51  = sum_x_l0_7;
+    \$50  = sum_x_l0_4;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$50  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$52  = sum_x_l1_0;
+    \$51  = sum_x_l0_5;
     if (en) begin
-      \$52  = \$22 ;
+      \$51  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$53  = sum_x_l1_1;
+    \$52  = sum_x_l0_6;
     if (en) begin
-      \$53  = \$23 ;
+      \$52  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$54  = sum_x_l1_2;
+    \$53  = sum_x_l0_7;
     if (en) begin
-      \$54  = \$24 ;
+      \$53  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$55  = sum_x_l1_3;
+    \$54  = sum_x_l1_0;
     if (en) begin
-      \$55  = \$25 ;
+      \$54  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$56  = sum_x_l2_0;
+    \$55  = sum_x_l1_1;
     if (en) begin
-      \$56  = \$26 ;
+      \$55  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$57  = sum_x_l2_1;
+    \$56  = sum_x_l1_2;
     if (en) begin
-      \$57  = \$27 ;
+      \$56  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$58  = sum_x_l3_0;
+    \$57  = sum_x_l1_3;
     if (en) begin
-      \$58  = \$28 ;
+      \$57  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$29  = sum_theta;
+    \$58  = sum_x_l2_0;
     if (en) begin
-      \$29  = theta;
+      \$58  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$30  = sum_step_pp0;
+    \$59  = sum_x_l2_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$59  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$31  = sum_step_pp1;
+    \$60  = sum_x_l3_0;
     if (en) begin
-      \$31  = \$2 ;
+      \$60  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$32  = sum_step_pp2;
+    \$30  = sum_theta;
     if (en) begin
-      \$32  = \$3 ;
+      \$30  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$33  = sum_step_pp3;
+    \$31  = sum_step_pp0;
     if (en) begin
-      \$33  = \$4 ;
+      \$31  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$34  = sum_decay_pp0;
+    \$32  = sum_step_pp1;
     if (en) begin
-      \$34  = \$5 ;
+      \$32  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$35  = sum_decay_pp1;
+    \$33  = sum_step_pp2;
     if (en) begin
-      \$35  = \$6 ;
+      \$33  = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
+    \$34  = sum_step_pp3;
+    if (en) begin
+      \$34  = \$4 ;
     end
   end
   assign x = sum_x_l3_0[33:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24564,7 +24549,7 @@ module \lpsgld_w8_naive_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24642,7 +24627,7 @@ module \lpsgld_w8_naive_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24720,7 +24705,7 @@ module \lpsgld_w8_naive_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24798,7 +24783,7 @@ module \lpsgld_w8_naive_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24876,7 +24861,7 @@ module \lpsgld_w8_naive_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24954,7 +24939,7 @@ module \lpsgld_w8_naive_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25032,7 +25017,7 @@ module \lpsgld_w8_naive_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

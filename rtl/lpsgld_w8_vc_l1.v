@@ -7,11 +7,11 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire \$12 ;
+  wire [1:0] \$12 ;
   wire \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire [1:0] \$16 ;
   reg \$17 ;
   reg \$18 ;
   reg \$19 ;
@@ -49,12 +49,23 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$48 ;
   reg \$49 ;
   wire \$5 ;
-  reg [15:0] \$50 ;
-  reg [11:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [14:0] \$53 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg \$52 ;
+  reg \$53 ;
   reg \$54 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg \$57 ;
+  reg [63:0] \$58 ;
+  reg [1:0] \$59 ;
   wire \$6 ;
+  reg \$60 ;
+  reg [15:0] \$61 ;
+  reg [11:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [14:0] \$64 ;
+  reg \$65 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
@@ -67,9 +78,10 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
+  reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
+  wire free;
   wire [7:0] grad;
   output idle;
   wire idle;
@@ -96,17 +108,21 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [15:0] noise = 16'h0000;
   wire [63:0] out;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_step_0;
   (* init = 1'h0 *)
-  wire reg_vc_noise;
+  wire reg_vc_noise_0;
   (* init = 15'h0000 *)
-  wire [14:0] reg_vc_var;
+  wire [14:0] reg_vc_var_0;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
   input [16:0] sink__payload;
   wire [16:0] sink__payload;
   wire [7:0] \sink__payload.grad ;
@@ -131,9 +147,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
-  reg [15:0] \step$44  = 16'h0000;
+  reg [15:0] \step$49  = 16'h0000;
   wire [7:0] theta;
-  wire transfer;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -155,126 +171,154 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
   reg [14:0] vc_var = 15'h0000;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
   wire [63:0] words;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  reg write_vc_noise = 1'h0;
+  reg write_vc_var = 1'h0;
   always @(posedge clk)
-    valid_12 <= \$26 ;
+    valid_4 <= \$21 ;
   always @(posedge clk)
-    valid_13 <= \$27 ;
+    valid_5 <= \$22 ;
   always @(posedge clk)
-    valid_14 <= \$28 ;
+    valid_6 <= \$23 ;
   always @(posedge clk)
-    valid_15 <= \$29 ;
+    valid_7 <= \$24 ;
   always @(posedge clk)
-    valid_16 <= \$30 ;
+    valid_8 <= \$25 ;
   always @(posedge clk)
-    valid_17 <= \$31 ;
+    valid_9 <= \$26 ;
   always @(posedge clk)
-    source__valid <= \$32 ;
+    valid_10 <= \$27 ;
   always @(posedge clk)
-    keep_2 <= \$33 ;
+    valid_11 <= \$28 ;
   always @(posedge clk)
-    keep_3 <= \$34 ;
+    valid_12 <= \$29 ;
   always @(posedge clk)
-    keep_4 <= \$35 ;
+    valid_13 <= \$30 ;
   always @(posedge clk)
-    keep_5 <= \$36 ;
+    valid_14 <= \$31 ;
   always @(posedge clk)
-    keep_6 <= \$37 ;
+    valid_15 <= \$32 ;
   always @(posedge clk)
-    keep_7 <= \$38 ;
+    valid_16 <= \$33 ;
   always @(posedge clk)
-    keep_8 <= \$39 ;
+    valid_17 <= \$34 ;
   always @(posedge clk)
-    keep_9 <= \$40 ;
+    source__valid <= \$35 ;
   always @(posedge clk)
-    keep_10 <= \$41 ;
+    keep_2 <= \$36 ;
   always @(posedge clk)
-    keep_11 <= \$42 ;
+    keep_3 <= \$37 ;
   always @(posedge clk)
-    keep_12 <= \$43 ;
+    keep_4 <= \$38 ;
   always @(posedge clk)
-    keep_13 <= \$44 ;
+    keep_5 <= \$39 ;
   always @(posedge clk)
-    keep_14 <= \$45 ;
+    keep_6 <= \$40 ;
   always @(posedge clk)
-    keep_15 <= \$46 ;
+    keep_7 <= \$41 ;
   always @(posedge clk)
-    keep_16 <= \$47 ;
+    keep_8 <= \$42 ;
   always @(posedge clk)
-    keep_17 <= \$48 ;
+    keep_9 <= \$43 ;
   always @(posedge clk)
-    keep_18 <= \$49 ;
+    keep_10 <= \$44 ;
   always @(posedge clk)
-    \step$44  <= \$50 ;
+    keep_11 <= \$45 ;
   always @(posedge clk)
-    decay <= \$51 ;
+    keep_12 <= \$46 ;
   always @(posedge clk)
-    noise <= \$52 ;
+    keep_13 <= \$47 ;
   always @(posedge clk)
-    vc_var <= \$53 ;
+    keep_14 <= \$48 ;
   always @(posedge clk)
-    vc_noise <= \$54 ;
+    keep_15 <= \$49 ;
+  always @(posedge clk)
+    keep_16 <= \$50 ;
+  always @(posedge clk)
+    keep_17 <= \$51 ;
+  always @(posedge clk)
+    keep_18 <= \$52 ;
+  always @(posedge clk)
+    wdata <= ctl__data;
+  always @(posedge clk)
+    write_step <= \$53 ;
+  always @(posedge clk)
+    write_decay <= \$54 ;
+  always @(posedge clk)
+    write_noise <= \$55 ;
+  always @(posedge clk)
+    write_vc_var <= \$56 ;
+  always @(posedge clk)
+    write_vc_noise <= \$57 ;
+  always @(posedge clk)
+    data <= \$58 ;
+  always @(posedge clk)
+    seed_load_0 <= \$59 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$60 ;
+  always @(posedge clk)
+    \step$49  <= \$61 ;
+  always @(posedge clk)
+    decay <= \$62 ;
+  always @(posedge clk)
+    noise <= \$63 ;
+  always @(posedge clk)
+    vc_var <= \$64 ;
+  always @(posedge clk)
+    vc_noise <= \$65 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
   assign \$3  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1;
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = ctl__addr == 9'h100;
+  assign \$11  = ctl__addr == 9'h101;
+  assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
+  assign \$13  = | \$12 ;
+  assign \$14  = ctl__addr == 9'h100;
+  assign \$15  = ctl__addr == 9'h101;
+  assign \$16  = { \$15 , \$14  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$14 ;
+    valid_1 <= \$17 ;
   always @(posedge clk)
-    keep_1 <= \$15 ;
+    keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$16 ;
+    valid_2 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$17 ;
-  always @(posedge clk)
-    valid_4 <= \$18 ;
-  always @(posedge clk)
-    valid_5 <= \$19 ;
-  always @(posedge clk)
-    valid_6 <= \$20 ;
-  always @(posedge clk)
-    valid_7 <= \$21 ;
-  always @(posedge clk)
-    valid_8 <= \$22 ;
-  always @(posedge clk)
-    valid_9 <= \$23 ;
-  always @(posedge clk)
-    valid_10 <= \$24 ;
-  always @(posedge clk)
-    valid_11 <= \$25 ;
+    valid_3 <= \$20 ;
   \lpsgld_w8_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
     .en(advance),
-    .\noise$42 (noise),
+    .noise(noise),
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
     .state(state),
-    .step(\step$44 ),
+    .step(\step$49 ),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .words(words)
   );
   \lpsgld_w8_vc_l1.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -283,9 +327,49 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_12;
+    \$22  = valid_5;
     if (advance) begin
-      \$26  = valid_11;
+      \$22  = valid_4;
+    end
+    if (rst) begin
+      \$22  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = valid_6;
+    if (advance) begin
+      \$23  = valid_5;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = valid_7;
+    if (advance) begin
+      \$24  = valid_6;
+    end
+    if (rst) begin
+      \$24  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = valid_8;
+    if (advance) begin
+      \$25  = valid_7;
+    end
+    if (rst) begin
+      \$25  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = valid_9;
+    if (advance) begin
+      \$26  = valid_8;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -293,9 +377,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_13;
+    \$27  = valid_10;
     if (advance) begin
-      \$27  = valid_12;
+      \$27  = valid_9;
     end
     if (rst) begin
       \$27  = 1'h0;
@@ -303,9 +387,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_14;
+    \$28  = valid_11;
     if (advance) begin
-      \$28  = valid_13;
+      \$28  = valid_10;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -313,9 +397,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = valid_15;
+    \$29  = valid_12;
     if (advance) begin
-      \$29  = valid_14;
+      \$29  = valid_11;
     end
     if (rst) begin
       \$29  = 1'h0;
@@ -323,9 +407,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = valid_16;
+    \$30  = valid_13;
     if (advance) begin
-      \$30  = valid_15;
+      \$30  = valid_12;
     end
     if (rst) begin
       \$30  = 1'h0;
@@ -333,9 +417,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = valid_17;
+    \$31  = valid_14;
     if (advance) begin
-      \$31  = valid_16;
+      \$31  = valid_13;
     end
     if (rst) begin
       \$31  = 1'h0;
@@ -343,9 +427,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = source__valid;
+    \$32  = valid_15;
     if (advance) begin
-      \$32  = valid_17;
+      \$32  = valid_14;
     end
     if (rst) begin
       \$32  = 1'h0;
@@ -353,154 +437,184 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_2;
+    \$33  = valid_16;
     if (advance) begin
-      \$33  = keep_1;
+      \$33  = valid_15;
+    end
+    if (rst) begin
+      \$33  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_3;
+    \$34  = valid_17;
     if (advance) begin
-      \$34  = keep_2;
+      \$34  = valid_16;
+    end
+    if (rst) begin
+      \$34  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_4;
+    \$35  = source__valid;
     if (advance) begin
-      \$35  = keep_3;
+      \$35  = valid_17;
+    end
+    if (rst) begin
+      \$35  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_5;
+    \$36  = keep_2;
     if (advance) begin
-      \$36  = keep_4;
+      \$36  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_6;
+    \$37  = keep_3;
     if (advance) begin
-      \$37  = keep_5;
+      \$37  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_7;
+    \$38  = keep_4;
     if (advance) begin
-      \$38  = keep_6;
+      \$38  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_8;
+    \$39  = keep_5;
     if (advance) begin
-      \$39  = keep_7;
+      \$39  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_9;
+    \$40  = keep_6;
     if (advance) begin
-      \$40  = keep_8;
+      \$40  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_10;
+    \$41  = keep_7;
     if (advance) begin
-      \$41  = keep_9;
+      \$41  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_11;
+    \$42  = keep_8;
     if (advance) begin
-      \$42  = keep_10;
+      \$42  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_12;
+    \$43  = keep_9;
     if (advance) begin
-      \$43  = keep_11;
+      \$43  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_13;
+    \$44  = keep_10;
     if (advance) begin
-      \$44  = keep_12;
+      \$44  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_14;
+    \$45  = keep_11;
     if (advance) begin
-      \$45  = keep_13;
+      \$45  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_15;
+    \$46  = keep_12;
     if (advance) begin
-      \$46  = keep_14;
+      \$46  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = keep_16;
+    \$47  = keep_13;
     if (advance) begin
-      \$47  = keep_15;
+      \$47  = keep_12;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_17;
+    \$48  = keep_14;
     if (advance) begin
-      \$48  = keep_16;
+      \$48  = keep_13;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_18;
+    \$49  = keep_15;
     if (advance) begin
-      \$49  = keep_17;
+      \$49  = keep_14;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = \step$44 ;
+    \$50  = keep_16;
+    if (advance) begin
+      \$50  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = keep_17;
+    if (advance) begin
+      \$51  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = keep_18;
+    if (advance) begin
+      \$52  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$50  = ctl__data[15:0];
+            \$53  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$50  = 16'h0000;
+      \$53  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = decay;
+    \$54  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$51  = ctl__data[11:0];
+            \$54  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$51  = 12'h000;
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = noise;
+    \$55  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -508,16 +622,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$52  = ctl__data[15:0];
+            \$55  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$52  = 16'h0000;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = vc_var;
+    \$56  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -527,16 +641,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$53  = ctl__data[14:0];
+            \$56  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$53  = 15'h0000;
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = vc_noise;
+    \$57  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -548,45 +662,97 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$54  = ctl__data[0];
+            \$57  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$54  = 1'h0;
+      \$57  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = valid_1;
-    if (advance) begin
-      \$14  = sink__valid;
+    \$58  = data;
+    if (ctl__we) begin
+      \$58  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = seed_load_0;
+    if (\$13 ) begin
+      \$59  = \$16 ;
+    end else if (free) begin
+      \$59  = 2'h0;
     end
     if (rst) begin
-      \$14  = 1'h0;
+      \$59  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = keep_1;
-    if (advance) begin
-      \$15  = sink__payload[0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = valid_2;
-    if (advance) begin
-      \$16  = valid_1;
+    \$60  = seed_hold_0;
+    if (\$13 ) begin
+      \$60  = took;
     end
     if (rst) begin
-      \$16  = 1'h0;
+      \$60  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = valid_3;
+    \$61  = \step$49 ;
+    if (write_step) begin
+      \$61  = wdata[15:0];
+    end
+    if (rst) begin
+      \$61  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = decay;
+    if (write_decay) begin
+      \$62  = wdata[11:0];
+    end
+    if (rst) begin
+      \$62  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = noise;
+    if (write_noise) begin
+      \$63  = wdata[15:0];
+    end
+    if (rst) begin
+      \$63  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = vc_var;
+    if (write_vc_var) begin
+      \$64  = wdata[14:0];
+    end
+    if (rst) begin
+      \$64  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = vc_noise;
+    if (write_vc_noise) begin
+      \$65  = wdata[0];
+    end
+    if (rst) begin
+      \$65  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = valid_1;
     if (advance) begin
-      \$17  = valid_2;
+      \$17  = sink__valid;
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -594,19 +760,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = valid_4;
+    \$18  = keep_1;
     if (advance) begin
-      \$18  = valid_3;
-    end
-    if (rst) begin
-      \$18  = 1'h0;
+      \$18  = sink__payload[0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_5;
+    \$19  = valid_2;
     if (advance) begin
-      \$19  = valid_4;
+      \$19  = valid_1;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -614,9 +777,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_6;
+    \$20  = valid_3;
     if (advance) begin
-      \$20  = valid_5;
+      \$20  = valid_2;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -624,66 +787,26 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_7;
+    \$21  = valid_4;
     if (advance) begin
-      \$21  = valid_6;
+      \$21  = valid_3;
     end
     if (rst) begin
       \$21  = 1'h0;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_8;
-    if (advance) begin
-      \$22  = valid_7;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_9;
-    if (advance) begin
-      \$23  = valid_8;
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_10;
-    if (advance) begin
-      \$24  = valid_9;
-    end
-    if (rst) begin
-      \$24  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_11;
-    if (advance) begin
-      \$25  = valid_10;
-    end
-    if (rst) begin
-      \$25  = 1'h0;
-    end
-  end
   assign valid_18 = source__valid;
-  assign data = ctl__data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$44 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign reg_vc_var = vc_var;
-  assign reg_vc_noise = vc_noise;
+  assign reg_step_0 = \step$49 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign reg_vc_var_0 = vc_var;
+  assign reg_vc_noise_0 = vc_noise;
   assign \sink__payload.keep  = sink__payload[0];
   assign \sink__payload.theta  = sink__payload[8:1];
   assign \sink__payload.theta[0]  = sink__payload[8:1];
@@ -700,11 +823,11 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, \port$0$3 );
+module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, \port$0$3 );
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
+  reg [23:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
@@ -712,7 +835,7 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
   reg [16:0] \$20 ;
   reg [16:0] \$21 ;
@@ -721,15 +844,13 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [15:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
@@ -740,11 +861,10 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   wire en;
   wire \en$33 ;
   wire \en$38 ;
-  wire \en$47 ;
+  wire \en$45 ;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -761,7 +881,6 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -770,13 +889,14 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
   input [15:0] \port$0$3 ;
   wire [15:0] \port$0$3 ;
+  reg [15:0] reg_noise_gated = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
@@ -786,47 +906,45 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   wire [15:0] \step$35 ;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$42 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
@@ -842,7 +960,7 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   always @(posedge clk)
     lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
@@ -857,10 +975,8 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
     lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
     lane_u_vc_d6 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
   \lpsgld_w8_vc_l1.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -871,8 +987,8 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -882,7 +998,7 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
     .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
@@ -891,79 +1007,72 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = \port$0$3 [7:0];
+      \$2  = \port$0$3 [7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = \port$0$3 [15:8];
+      \$3  = \port$0$3 [15:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[16:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[48:17];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_theta_d2;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$10  = lane_grad_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_grad_d2;
-    if (en) begin
-      \$11  = lane_grad_d1;
+      \$11  = words[40:17];
     end
   end
   always @* begin
@@ -1017,9 +1126,9 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$19  = words[16:0];
     end
   end
   always @* begin
@@ -1071,29 +1180,23 @@ module \lpsgld_w8_vc_l1.lane_0 (clk, rst, en, words, step, decay, \noise$42 , vc
       \$26  = lane_u_vc_d5;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$27  = lane_u_vc_d7;
-    if (en) begin
-      \$27  = lane_u_vc_d6;
-    end
-  end
   assign theta = \port$0$3 [7:0];
   assign grad = \port$0$3 [15:8];
   assign \en$33  = en;
   assign \step$35  = step;
   assign \decay$37  = decay;
   assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign bits = words[48:17];
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -3279,117 +3382,103 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -3432,6 +3521,7 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -3464,524 +3554,518 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -3989,7 +4073,7 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -4401,7 +4485,7 @@ module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

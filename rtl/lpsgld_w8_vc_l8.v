@@ -6,40 +6,114 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg \$100 ;
+  wire [1:0] \$100 ;
   reg \$101 ;
-  reg \$102 ;
-  reg [7:0] \$103 ;
-  reg [7:0] \$104 ;
-  reg [7:0] \$105 ;
-  reg [7:0] \$106 ;
-  reg [7:0] \$107 ;
-  reg [7:0] \$108 ;
-  reg [7:0] \$109 ;
+  reg [7:0] \$102 ;
+  reg \$103 ;
+  reg \$104 ;
+  reg \$105 ;
+  reg \$106 ;
+  reg \$107 ;
+  reg \$108 ;
+  reg \$109 ;
   wire \$11 ;
-  reg [7:0] \$110 ;
-  reg [7:0] \$111 ;
-  reg [7:0] \$112 ;
-  reg [7:0] \$113 ;
-  reg [7:0] \$114 ;
-  reg [7:0] \$115 ;
-  reg [7:0] \$116 ;
-  reg [7:0] \$117 ;
-  reg [7:0] \$118 ;
-  reg [7:0] \$119 ;
+  reg \$110 ;
+  reg \$111 ;
+  reg \$112 ;
+  reg \$113 ;
+  reg \$114 ;
+  reg \$115 ;
+  reg \$116 ;
+  reg \$117 ;
+  reg \$118 ;
+  reg \$119 ;
   wire \$12 ;
-  reg [15:0] \$120 ;
-  reg [11:0] \$121 ;
-  reg [15:0] \$122 ;
-  reg [14:0] \$123 ;
-  reg \$124 ;
+  reg [7:0] \$120 ;
+  reg [7:0] \$121 ;
+  reg [7:0] \$122 ;
+  reg [7:0] \$123 ;
+  reg [7:0] \$124 ;
+  reg [7:0] \$125 ;
+  reg [7:0] \$126 ;
+  reg [7:0] \$127 ;
+  reg [7:0] \$128 ;
+  reg [7:0] \$129 ;
   wire \$13 ;
+  reg [7:0] \$130 ;
+  reg [7:0] \$131 ;
+  reg [7:0] \$132 ;
+  reg [7:0] \$133 ;
+  reg [7:0] \$134 ;
+  reg [7:0] \$135 ;
+  reg [7:0] \$136 ;
+  reg \$137 ;
+  reg \$138 ;
+  reg \$139 ;
   wire \$14 ;
+  reg \$140 ;
+  reg \$141 ;
+  reg [63:0] \$142 ;
+  reg [1:0] \$143 ;
+  reg \$144 ;
+  reg [15:0] \$145 ;
+  reg [11:0] \$146 ;
+  reg [15:0] \$147 ;
+  reg [14:0] \$148 ;
+  reg \$149 ;
   wire \$15 ;
+  reg [1:0] \$150 ;
+  reg \$151 ;
+  reg [15:0] \$152 ;
+  reg [11:0] \$153 ;
+  reg [15:0] \$154 ;
+  reg [14:0] \$155 ;
+  reg \$156 ;
+  reg [1:0] \$157 ;
+  reg \$158 ;
+  reg [15:0] \$159 ;
   wire \$16 ;
+  reg [11:0] \$160 ;
+  reg [15:0] \$161 ;
+  reg [14:0] \$162 ;
+  reg \$163 ;
+  reg [1:0] \$164 ;
+  reg \$165 ;
+  reg [15:0] \$166 ;
+  reg [11:0] \$167 ;
+  reg [15:0] \$168 ;
+  reg [14:0] \$169 ;
   wire \$17 ;
+  reg \$170 ;
+  reg [1:0] \$171 ;
+  reg \$172 ;
+  reg [15:0] \$173 ;
+  reg [11:0] \$174 ;
+  reg [15:0] \$175 ;
+  reg [14:0] \$176 ;
+  reg \$177 ;
+  reg [1:0] \$178 ;
+  reg \$179 ;
   wire \$18 ;
+  reg [15:0] \$180 ;
+  reg [11:0] \$181 ;
+  reg [15:0] \$182 ;
+  reg [14:0] \$183 ;
+  reg \$184 ;
+  reg [1:0] \$185 ;
+  reg \$186 ;
+  reg [15:0] \$187 ;
+  reg [11:0] \$188 ;
+  reg [15:0] \$189 ;
   wire \$19 ;
+  reg [14:0] \$190 ;
+  reg \$191 ;
+  reg [1:0] \$192 ;
+  reg \$193 ;
+  reg [15:0] \$194 ;
+  reg [11:0] \$195 ;
+  reg [15:0] \$196 ;
+  reg [14:0] \$197 ;
+  reg \$198 ;
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
@@ -70,64 +144,64 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$44 ;
   wire \$45 ;
   wire \$46 ;
-  wire \$47 ;
+  wire [1:0] \$47 ;
   wire \$48 ;
   wire \$49 ;
   wire \$5 ;
   wire \$50 ;
-  wire \$51 ;
+  wire [1:0] \$51 ;
   wire \$52 ;
   wire \$53 ;
-  wire \$54 ;
+  wire [1:0] \$54 ;
   wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire \$58 ;
+  wire [1:0] \$58 ;
   wire \$59 ;
   wire \$6 ;
   wire \$60 ;
-  wire \$61 ;
+  wire [1:0] \$61 ;
   wire \$62 ;
   wire \$63 ;
   wire \$64 ;
-  wire \$65 ;
+  wire [1:0] \$65 ;
   wire \$66 ;
   wire \$67 ;
-  wire \$68 ;
+  wire [1:0] \$68 ;
   wire \$69 ;
   wire \$7 ;
   wire \$70 ;
   wire \$71 ;
-  wire \$72 ;
+  wire [1:0] \$72 ;
   wire \$73 ;
   wire \$74 ;
-  wire \$75 ;
+  wire [1:0] \$75 ;
   wire \$76 ;
   wire \$77 ;
   wire \$78 ;
-  wire \$79 ;
+  wire [1:0] \$79 ;
   wire \$8 ;
   wire \$80 ;
   wire \$81 ;
-  wire \$82 ;
+  wire [1:0] \$82 ;
   wire \$83 ;
-  reg \$84 ;
-  reg [7:0] \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg \$88 ;
-  reg \$89 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire [1:0] \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire [1:0] \$89 ;
   wire \$9 ;
-  reg \$90 ;
-  reg \$91 ;
-  reg \$92 ;
-  reg \$93 ;
-  reg \$94 ;
-  reg \$95 ;
-  reg \$96 ;
-  reg \$97 ;
-  reg \$98 ;
-  reg \$99 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire [1:0] \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire [1:0] \$96 ;
+  wire \$97 ;
+  wire \$98 ;
+  wire \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -137,45 +211,46 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] ctl__data;
   input ctl__we;
   wire ctl__we;
-  wire [63:0] data;
-  wire [63:0] \data$105 ;
-  wire [63:0] \data$121 ;
-  wire [63:0] \data$137 ;
-  wire [63:0] \data$153 ;
-  wire [63:0] \data$57 ;
-  wire [63:0] \data$73 ;
-  wire [63:0] \data$89 ;
+  reg [63:0] data = 64'h0000000000000000;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$110 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$133 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$156 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$179 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$202 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$64 ;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] \data$87 ;
   reg [11:0] decay = 12'h000;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$114 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$130 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$146 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$162 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$66 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$82 ;
-  (* init = 12'h000 *)
-  wire [11:0] \decay$98 ;
+  reg [11:0] \decay$120  = 12'h000;
+  reg [11:0] \decay$143  = 12'h000;
+  reg [11:0] \decay$166  = 12'h000;
+  reg [11:0] \decay$189  = 12'h000;
+  reg [11:0] \decay$212  = 12'h000;
+  reg [11:0] \decay$74  = 12'h000;
+  reg [11:0] \decay$97  = 12'h000;
   wire en;
-  wire \en$106 ;
-  wire \en$122 ;
-  wire \en$138 ;
-  wire \en$154 ;
-  wire \en$58 ;
-  wire \en$74 ;
-  wire \en$90 ;
+  wire \en$111 ;
+  wire \en$134 ;
+  wire \en$157 ;
+  wire \en$180 ;
+  wire \en$203 ;
+  wire \en$65 ;
+  wire \en$88 ;
+  wire free;
   wire [7:0] grad;
-  wire [7:0] \grad$108 ;
-  wire [7:0] \grad$124 ;
-  wire [7:0] \grad$140 ;
-  wire [7:0] \grad$156 ;
-  wire [7:0] \grad$60 ;
-  wire [7:0] \grad$76 ;
-  wire [7:0] \grad$92 ;
+  wire [7:0] \grad$113 ;
+  wire [7:0] \grad$136 ;
+  wire [7:0] \grad$159 ;
+  wire [7:0] \grad$182 ;
+  wire [7:0] \grad$205 ;
+  wire [7:0] \grad$67 ;
+  wire [7:0] \grad$90 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -197,56 +272,137 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
   wire load0;
-  wire \load0$103 ;
-  wire \load0$119 ;
-  wire \load0$135 ;
-  wire \load0$151 ;
-  wire \load0$55 ;
-  wire \load0$71 ;
-  wire \load0$87 ;
+  wire \load0$108 ;
+  wire \load0$131 ;
+  wire \load0$154 ;
+  wire \load0$177 ;
+  wire \load0$200 ;
+  wire \load0$62 ;
+  wire \load0$85 ;
   wire load1;
-  wire \load1$104 ;
-  wire \load1$120 ;
-  wire \load1$136 ;
-  wire \load1$152 ;
-  wire \load1$56 ;
-  wire \load1$72 ;
-  wire \load1$88 ;
+  wire \load1$109 ;
+  wire \load1$132 ;
+  wire \load1$155 ;
+  wire \load1$178 ;
+  wire \load1$201 ;
+  wire \load1$63 ;
+  wire \load1$86 ;
   reg [15:0] noise = 16'h0000;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$115 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$131 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$147 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$163 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$67 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$83 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \noise$99 ;
+  reg [15:0] \noise$122  = 16'h0000;
+  reg [15:0] \noise$145  = 16'h0000;
+  reg [15:0] \noise$168  = 16'h0000;
+  reg [15:0] \noise$191  = 16'h0000;
+  reg [15:0] \noise$214  = 16'h0000;
+  reg [15:0] \noise$76  = 16'h0000;
+  reg [15:0] \noise$99  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$110 ;
-  wire [63:0] \out$126 ;
-  wire [63:0] \out$142 ;
-  wire [63:0] \out$158 ;
-  wire [63:0] \out$62 ;
-  wire [63:0] \out$78 ;
-  wire [63:0] \out$94 ;
+  wire [63:0] \out$115 ;
+  wire [63:0] \out$138 ;
+  wire [63:0] \out$161 ;
+  wire [63:0] \out$184 ;
+  wire [63:0] \out$207 ;
+  wire [63:0] \out$69 ;
+  wire [63:0] \out$92 ;
   (* init = 12'h000 *)
-  wire [11:0] reg_decay;
+  wire [11:0] reg_decay_0;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_1;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_2;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_3;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_4;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_5;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_6;
+  (* init = 12'h000 *)
+  wire [11:0] reg_decay_7;
   (* init = 16'h0000 *)
-  wire [15:0] reg_noise;
+  wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
-  wire [15:0] reg_step;
+  wire [15:0] reg_noise_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_noise_7;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_0;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_1;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_2;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_3;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_4;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_5;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_6;
+  (* init = 16'h0000 *)
+  wire [15:0] reg_step_7;
   (* init = 1'h0 *)
-  wire reg_vc_noise;
+  wire reg_vc_noise_0;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_1;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_2;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_3;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_4;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_5;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_6;
+  (* init = 1'h0 *)
+  wire reg_vc_noise_7;
   (* init = 15'h0000 *)
-  wire [14:0] reg_vc_var;
+  wire [14:0] reg_vc_var_0;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_1;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_2;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_3;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_4;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_5;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_6;
+  (* init = 15'h0000 *)
+  wire [14:0] reg_vc_var_7;
   input rst;
   wire rst;
+  (* init = 64'h0000000000000000 *)
+  wire [63:0] seed_data;
+  reg seed_hold_0 = 1'h0;
+  reg seed_hold_1 = 1'h0;
+  reg seed_hold_2 = 1'h0;
+  reg seed_hold_3 = 1'h0;
+  reg seed_hold_4 = 1'h0;
+  reg seed_hold_5 = 1'h0;
+  reg seed_hold_6 = 1'h0;
+  reg seed_hold_7 = 1'h0;
+  reg [1:0] seed_load_0 = 2'h0;
+  reg [1:0] seed_load_1 = 2'h0;
+  reg [1:0] seed_load_2 = 2'h0;
+  reg [1:0] seed_load_3 = 2'h0;
+  reg [1:0] seed_load_4 = 2'h0;
+  reg [1:0] seed_load_5 = 2'h0;
+  reg [1:0] seed_load_6 = 2'h0;
+  reg [1:0] seed_load_7 = 2'h0;
   input [135:0] sink__payload;
   wire [135:0] sink__payload;
   wire [63:0] \sink__payload.grad ;
@@ -298,45 +454,38 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$111 ;
-  wire [7:0] \state$127 ;
-  wire [7:0] \state$143 ;
-  wire [7:0] \state$159 ;
-  wire [7:0] \state$63 ;
-  wire [7:0] \state$79 ;
-  wire [7:0] \state$95 ;
+  wire [7:0] \state$116 ;
+  wire [7:0] \state$139 ;
+  wire [7:0] \state$162 ;
+  wire [7:0] \state$185 ;
+  wire [7:0] \state$208 ;
+  wire [7:0] \state$70 ;
+  wire [7:0] \state$93 ;
   wire step;
-  wire \step$102 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$113 ;
-  wire \step$118 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$129 ;
-  wire \step$134 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$145 ;
-  wire \step$150 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$161 ;
-  reg [15:0] \step$44  = 16'h0000;
-  wire \step$54 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$65 ;
-  wire \step$70 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$81 ;
-  wire \step$86 ;
-  (* init = 16'h0000 *)
-  wire [15:0] \step$97 ;
+  wire \step$105 ;
+  reg [15:0] \step$118  = 16'h0000;
+  wire \step$128 ;
+  reg [15:0] \step$141  = 16'h0000;
+  wire \step$151 ;
+  reg [15:0] \step$164  = 16'h0000;
+  wire \step$174 ;
+  reg [15:0] \step$187  = 16'h0000;
+  wire \step$197 ;
+  reg [15:0] \step$210  = 16'h0000;
+  reg [15:0] \step$49  = 16'h0000;
+  wire \step$59 ;
+  reg [15:0] \step$72  = 16'h0000;
+  wire \step$82 ;
+  reg [15:0] \step$95  = 16'h0000;
   wire [7:0] theta;
-  wire [7:0] \theta$107 ;
-  wire [7:0] \theta$123 ;
-  wire [7:0] \theta$139 ;
-  wire [7:0] \theta$155 ;
-  wire [7:0] \theta$59 ;
-  wire [7:0] \theta$75 ;
-  wire [7:0] \theta$91 ;
-  wire transfer;
+  wire [7:0] \theta$112 ;
+  wire [7:0] \theta$135 ;
+  wire [7:0] \theta$158 ;
+  wire [7:0] \theta$181 ;
+  wire [7:0] \theta$204 ;
+  wire [7:0] \theta$66 ;
+  wire [7:0] \theta$89 ;
+  wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
   reg valid_11 = 1'h0;
@@ -357,253 +506,379 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
-  (* init = 1'h0 *)
-  wire \vc_noise$101 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$117 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$133 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$149 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$165 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$69 ;
-  (* init = 1'h0 *)
-  wire \vc_noise$85 ;
+  reg \vc_noise$103  = 1'h0;
+  reg \vc_noise$126  = 1'h0;
+  reg \vc_noise$149  = 1'h0;
+  reg \vc_noise$172  = 1'h0;
+  reg \vc_noise$195  = 1'h0;
+  reg \vc_noise$218  = 1'h0;
+  reg \vc_noise$80  = 1'h0;
   reg [14:0] vc_var = 15'h0000;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$100 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$116 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$132 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$148 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$164 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$68 ;
-  (* init = 15'h0000 *)
-  wire [14:0] \vc_var$84 ;
+  reg [14:0] \vc_var$101  = 15'h0000;
+  reg [14:0] \vc_var$124  = 15'h0000;
+  reg [14:0] \vc_var$147  = 15'h0000;
+  reg [14:0] \vc_var$170  = 15'h0000;
+  reg [14:0] \vc_var$193  = 15'h0000;
+  reg [14:0] \vc_var$216  = 15'h0000;
+  reg [14:0] \vc_var$78  = 15'h0000;
+  reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
-  wire [7:0] \weight$112 ;
-  wire [7:0] \weight$128 ;
-  wire [7:0] \weight$144 ;
-  wire [7:0] \weight$160 ;
-  wire [7:0] \weight$64 ;
-  wire [7:0] \weight$80 ;
-  wire [7:0] \weight$96 ;
+  wire [7:0] \weight$117 ;
+  wire [7:0] \weight$140 ;
+  wire [7:0] \weight$163 ;
+  wire [7:0] \weight$186 ;
+  wire [7:0] \weight$209 ;
+  wire [7:0] \weight$71 ;
+  wire [7:0] \weight$94 ;
   wire [63:0] words;
-  wire [63:0] \words$109 ;
-  wire [63:0] \words$125 ;
-  wire [63:0] \words$141 ;
-  wire [63:0] \words$157 ;
-  wire [63:0] \words$61 ;
-  wire [63:0] \words$77 ;
-  wire [63:0] \words$93 ;
+  wire [63:0] \words$114 ;
+  wire [63:0] \words$137 ;
+  wire [63:0] \words$160 ;
+  wire [63:0] \words$183 ;
+  wire [63:0] \words$206 ;
+  wire [63:0] \words$68 ;
+  wire [63:0] \words$91 ;
+  reg write_decay = 1'h0;
+  reg write_noise = 1'h0;
+  reg write_step = 1'h0;
+  reg write_vc_noise = 1'h0;
+  reg write_vc_var = 1'h0;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
-  assign transfer = sink__valid & sink__ready;
   assign \$3  = | { source__valid, valid_17, valid_16, valid_15, valid_14, valid_13, valid_12, valid_11, valid_10, valid_9, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
-  assign \$4  = transfer & sink__payload[0];
-  assign \$5  = ctl__addr == 9'h100;
-  assign \$6  = ctl__we & \$5 ;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$4  & \$7 ;
-  assign \$9  = ctl__addr == 9'h101;
-  assign \$10  = ctl__we & \$9 ;
-  assign \$11  = ~ \$10 ;
-  assign step = \$8  & \$11 ;
-  assign \$12  = ctl__addr == 9'h100;
-  assign load0 = ctl__we & \$12 ;
-  assign \$13  = ctl__addr == 9'h101;
-  assign load1 = ctl__we & \$13 ;
-  assign \$14  = transfer & sink__payload[1];
-  assign \$15  = ctl__addr == 9'h102;
-  assign \$16  = ctl__we & \$15 ;
-  assign \$17  = ~ \$16 ;
-  assign \$18  = \$14  & \$17 ;
-  assign \$19  = ctl__addr == 9'h103;
-  assign \$20  = ctl__we & \$19 ;
-  assign \$21  = ~ \$20 ;
-  assign \step$54  = \$18  & \$21 ;
-  assign \$22  = ctl__addr == 9'h102;
-  assign \load0$55  = ctl__we & \$22 ;
-  assign \$23  = ctl__addr == 9'h103;
-  assign \load1$56  = ctl__we & \$23 ;
-  assign \$24  = transfer & sink__payload[2];
-  assign \$25  = ctl__addr == 9'h104;
-  assign \$26  = ctl__we & \$25 ;
-  assign \$27  = ~ \$26 ;
-  assign \$28  = \$24  & \$27 ;
-  assign \$29  = ctl__addr == 9'h105;
-  assign \$30  = ctl__we & \$29 ;
-  assign \$31  = ~ \$30 ;
-  assign \step$70  = \$28  & \$31 ;
-  assign \$32  = ctl__addr == 9'h104;
-  assign \load0$71  = ctl__we & \$32 ;
-  assign \$33  = ctl__addr == 9'h105;
-  assign \load1$72  = ctl__we & \$33 ;
-  assign \$34  = transfer & sink__payload[3];
-  assign \$35  = ctl__addr == 9'h106;
-  assign \$36  = ctl__we & \$35 ;
-  assign \$37  = ~ \$36 ;
-  assign \$38  = \$34  & \$37 ;
-  assign \$39  = ctl__addr == 9'h107;
-  assign \$40  = ctl__we & \$39 ;
-  assign \$41  = ~ \$40 ;
-  assign \step$86  = \$38  & \$41 ;
-  assign \$42  = ctl__addr == 9'h106;
-  assign \load0$87  = ctl__we & \$42 ;
-  assign \$43  = ctl__addr == 9'h107;
-  assign \load1$88  = ctl__we & \$43 ;
-  assign \$44  = transfer & sink__payload[4];
-  assign \$45  = ctl__addr == 9'h108;
-  assign \$46  = ctl__we & \$45 ;
-  assign \$47  = ~ \$46 ;
-  assign \$48  = \$44  & \$47 ;
-  assign \$49  = ctl__addr == 9'h109;
-  assign \$50  = ctl__we & \$49 ;
-  assign \$51  = ~ \$50 ;
-  assign \step$102  = \$48  & \$51 ;
-  assign \$52  = ctl__addr == 9'h108;
-  assign \load0$103  = ctl__we & \$52 ;
-  assign \$53  = ctl__addr == 9'h109;
-  assign \load1$104  = ctl__we & \$53 ;
-  assign \$54  = transfer & sink__payload[5];
-  assign \$55  = ctl__addr == 9'h10a;
-  assign \$56  = ctl__we & \$55 ;
-  assign \$57  = ~ \$56 ;
-  assign \$58  = \$54  & \$57 ;
-  assign \$59  = ctl__addr == 9'h10b;
-  assign \$60  = ctl__we & \$59 ;
-  assign \$61  = ~ \$60 ;
-  assign \step$118  = \$58  & \$61 ;
-  assign \$62  = ctl__addr == 9'h10a;
-  assign \load0$119  = ctl__we & \$62 ;
-  assign \$63  = ctl__addr == 9'h10b;
-  assign \load1$120  = ctl__we & \$63 ;
-  assign \$64  = transfer & sink__payload[6];
-  assign \$65  = ctl__addr == 9'h10c;
-  assign \$66  = ctl__we & \$65 ;
-  assign \$67  = ~ \$66 ;
-  assign \$68  = \$64  & \$67 ;
-  assign \$69  = ctl__addr == 9'h10d;
-  assign \$70  = ctl__we & \$69 ;
-  assign \$71  = ~ \$70 ;
-  assign \step$134  = \$68  & \$71 ;
-  assign \$72  = ctl__addr == 9'h10c;
-  assign \load0$135  = ctl__we & \$72 ;
-  assign \$73  = ctl__addr == 9'h10d;
-  assign \load1$136  = ctl__we & \$73 ;
-  assign \$74  = transfer & sink__payload[7];
-  assign \$75  = ctl__addr == 9'h10e;
-  assign \$76  = ctl__we & \$75 ;
-  assign \$77  = ~ \$76 ;
-  assign \$78  = \$74  & \$77 ;
-  assign \$79  = ctl__addr == 9'h10f;
-  assign \$80  = ctl__we & \$79 ;
-  assign \$81  = ~ \$80 ;
-  assign \step$150  = \$78  & \$81 ;
-  assign \$82  = ctl__addr == 9'h10e;
-  assign \load0$151  = ctl__we & \$82 ;
-  assign \$83  = ctl__addr == 9'h10f;
-  assign \load1$152  = ctl__we & \$83 ;
+  assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
+  assign \$5  = advance & valid_1;
+  assign \$6  = \$5  & keep_1[0];
+  assign \$7  = | seed_load_0;
+  assign \$8  = \$7  & seed_hold_0;
+  assign \$9  = ~ \$8 ;
+  assign step = \$6  & \$9 ;
+  assign load0 = seed_load_0[0] & free;
+  assign load1 = seed_load_0[1] & free;
+  assign \$10  = advance & valid_1;
+  assign \$11  = \$10  & keep_1[1];
+  assign \$12  = | seed_load_1;
+  assign \$13  = \$12  & seed_hold_1;
+  assign \$14  = ~ \$13 ;
+  assign \step$59  = \$11  & \$14 ;
+  assign \load0$62  = seed_load_1[0] & free;
+  assign \load1$63  = seed_load_1[1] & free;
+  assign \$15  = advance & valid_1;
+  assign \$16  = \$15  & keep_1[2];
+  assign \$17  = | seed_load_2;
+  assign \$18  = \$17  & seed_hold_2;
+  assign \$19  = ~ \$18 ;
+  assign \step$82  = \$16  & \$19 ;
+  assign \load0$85  = seed_load_2[0] & free;
+  assign \load1$86  = seed_load_2[1] & free;
+  assign \$20  = advance & valid_1;
+  assign \$21  = \$20  & keep_1[3];
+  assign \$22  = | seed_load_3;
+  assign \$23  = \$22  & seed_hold_3;
+  assign \$24  = ~ \$23 ;
+  assign \step$105  = \$21  & \$24 ;
+  assign \load0$108  = seed_load_3[0] & free;
+  assign \load1$109  = seed_load_3[1] & free;
+  assign \$25  = advance & valid_1;
+  assign \$26  = \$25  & keep_1[4];
+  assign \$27  = | seed_load_4;
+  assign \$28  = \$27  & seed_hold_4;
+  assign \$29  = ~ \$28 ;
+  assign \step$128  = \$26  & \$29 ;
+  assign \load0$131  = seed_load_4[0] & free;
+  assign \load1$132  = seed_load_4[1] & free;
+  assign \$30  = advance & valid_1;
+  assign \$31  = \$30  & keep_1[5];
+  assign \$32  = | seed_load_5;
+  assign \$33  = \$32  & seed_hold_5;
+  assign \$34  = ~ \$33 ;
+  assign \step$151  = \$31  & \$34 ;
+  assign \load0$154  = seed_load_5[0] & free;
+  assign \load1$155  = seed_load_5[1] & free;
+  assign \$35  = advance & valid_1;
+  assign \$36  = \$35  & keep_1[6];
+  assign \$37  = | seed_load_6;
+  assign \$38  = \$37  & seed_hold_6;
+  assign \$39  = ~ \$38 ;
+  assign \step$174  = \$36  & \$39 ;
+  assign \load0$177  = seed_load_6[0] & free;
+  assign \load1$178  = seed_load_6[1] & free;
+  assign \$40  = advance & valid_1;
+  assign \$41  = \$40  & keep_1[7];
+  assign \$42  = | seed_load_7;
+  assign \$43  = \$42  & seed_hold_7;
+  assign \$44  = ~ \$43 ;
+  assign \step$197  = \$41  & \$44 ;
+  assign \load0$200  = seed_load_7[0] & free;
+  assign \load1$201  = seed_load_7[1] & free;
+  assign \$45  = ctl__addr == 9'h100;
+  assign \$46  = ctl__addr == 9'h101;
+  assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
+  assign \$48  = | \$47 ;
+  assign \$49  = ctl__addr == 9'h100;
+  assign \$50  = ctl__addr == 9'h101;
+  assign \$51  = { \$50 , \$49  } & { ctl__we, ctl__we };
+  assign \$52  = ctl__addr == 9'h102;
+  assign \$53  = ctl__addr == 9'h103;
+  assign \$54  = { \$53 , \$52  } & { ctl__we, ctl__we };
+  assign \$55  = | \$54 ;
+  assign \$56  = ctl__addr == 9'h102;
+  assign \$57  = ctl__addr == 9'h103;
+  assign \$58  = { \$57 , \$56  } & { ctl__we, ctl__we };
+  assign \$59  = ctl__addr == 9'h104;
+  assign \$60  = ctl__addr == 9'h105;
+  assign \$61  = { \$60 , \$59  } & { ctl__we, ctl__we };
+  assign \$62  = | \$61 ;
+  assign \$63  = ctl__addr == 9'h104;
+  assign \$64  = ctl__addr == 9'h105;
+  assign \$65  = { \$64 , \$63  } & { ctl__we, ctl__we };
+  assign \$66  = ctl__addr == 9'h106;
+  assign \$67  = ctl__addr == 9'h107;
+  assign \$68  = { \$67 , \$66  } & { ctl__we, ctl__we };
+  assign \$69  = | \$68 ;
+  assign \$70  = ctl__addr == 9'h106;
+  assign \$71  = ctl__addr == 9'h107;
+  assign \$72  = { \$71 , \$70  } & { ctl__we, ctl__we };
+  assign \$73  = ctl__addr == 9'h108;
+  assign \$74  = ctl__addr == 9'h109;
+  assign \$75  = { \$74 , \$73  } & { ctl__we, ctl__we };
+  assign \$76  = | \$75 ;
+  assign \$77  = ctl__addr == 9'h108;
+  assign \$78  = ctl__addr == 9'h109;
+  assign \$79  = { \$78 , \$77  } & { ctl__we, ctl__we };
+  assign \$80  = ctl__addr == 9'h10a;
+  assign \$81  = ctl__addr == 9'h10b;
+  assign \$82  = { \$81 , \$80  } & { ctl__we, ctl__we };
+  assign \$83  = | \$82 ;
+  assign \$84  = ctl__addr == 9'h10a;
+  assign \$85  = ctl__addr == 9'h10b;
+  assign \$86  = { \$85 , \$84  } & { ctl__we, ctl__we };
+  assign \$87  = ctl__addr == 9'h10c;
+  assign \$88  = ctl__addr == 9'h10d;
+  assign \$89  = { \$88 , \$87  } & { ctl__we, ctl__we };
+  assign \$90  = | \$89 ;
+  assign \$91  = ctl__addr == 9'h10c;
+  assign \$92  = ctl__addr == 9'h10d;
+  assign \$93  = { \$92 , \$91  } & { ctl__we, ctl__we };
+  assign \$94  = ctl__addr == 9'h10e;
+  assign \$95  = ctl__addr == 9'h10f;
+  assign \$96  = { \$95 , \$94  } & { ctl__we, ctl__we };
+  assign \$97  = | \$96 ;
+  assign \$98  = ctl__addr == 9'h10e;
+  assign \$99  = ctl__addr == 9'h10f;
+  assign \$100  = { \$99 , \$98  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$84 ;
+    valid_1 <= \$101 ;
   always @(posedge clk)
-    keep_1 <= \$85 ;
+    keep_1 <= \$102 ;
   always @(posedge clk)
-    valid_2 <= \$86 ;
+    valid_2 <= \$103 ;
   always @(posedge clk)
-    valid_3 <= \$87 ;
+    valid_3 <= \$104 ;
   always @(posedge clk)
-    valid_4 <= \$88 ;
+    valid_4 <= \$105 ;
   always @(posedge clk)
-    valid_5 <= \$89 ;
+    valid_5 <= \$106 ;
   always @(posedge clk)
-    valid_6 <= \$90 ;
+    valid_6 <= \$107 ;
   always @(posedge clk)
-    valid_7 <= \$91 ;
+    valid_7 <= \$108 ;
   always @(posedge clk)
-    valid_8 <= \$92 ;
+    valid_8 <= \$109 ;
   always @(posedge clk)
-    valid_9 <= \$93 ;
+    valid_9 <= \$110 ;
   always @(posedge clk)
-    valid_10 <= \$94 ;
+    valid_10 <= \$111 ;
   always @(posedge clk)
-    valid_11 <= \$95 ;
+    valid_11 <= \$112 ;
   always @(posedge clk)
-    valid_12 <= \$96 ;
+    valid_12 <= \$113 ;
   always @(posedge clk)
-    valid_13 <= \$97 ;
+    valid_13 <= \$114 ;
   always @(posedge clk)
-    valid_14 <= \$98 ;
+    valid_14 <= \$115 ;
   always @(posedge clk)
-    valid_15 <= \$99 ;
+    valid_15 <= \$116 ;
   always @(posedge clk)
-    valid_16 <= \$100 ;
+    valid_16 <= \$117 ;
   always @(posedge clk)
-    valid_17 <= \$101 ;
+    valid_17 <= \$118 ;
   always @(posedge clk)
-    source__valid <= \$102 ;
+    source__valid <= \$119 ;
   always @(posedge clk)
-    keep_2 <= \$103 ;
+    keep_2 <= \$120 ;
   always @(posedge clk)
-    keep_3 <= \$104 ;
+    keep_3 <= \$121 ;
   always @(posedge clk)
-    keep_4 <= \$105 ;
+    keep_4 <= \$122 ;
   always @(posedge clk)
-    keep_5 <= \$106 ;
+    keep_5 <= \$123 ;
   always @(posedge clk)
-    keep_6 <= \$107 ;
+    keep_6 <= \$124 ;
   always @(posedge clk)
-    keep_7 <= \$108 ;
+    keep_7 <= \$125 ;
   always @(posedge clk)
-    keep_8 <= \$109 ;
+    keep_8 <= \$126 ;
   always @(posedge clk)
-    keep_9 <= \$110 ;
+    keep_9 <= \$127 ;
   always @(posedge clk)
-    keep_10 <= \$111 ;
+    keep_10 <= \$128 ;
   always @(posedge clk)
-    keep_11 <= \$112 ;
+    keep_11 <= \$129 ;
   always @(posedge clk)
-    keep_12 <= \$113 ;
+    keep_12 <= \$130 ;
   always @(posedge clk)
-    keep_13 <= \$114 ;
+    keep_13 <= \$131 ;
   always @(posedge clk)
-    keep_14 <= \$115 ;
+    keep_14 <= \$132 ;
   always @(posedge clk)
-    keep_15 <= \$116 ;
+    keep_15 <= \$133 ;
   always @(posedge clk)
-    keep_16 <= \$117 ;
+    keep_16 <= \$134 ;
   always @(posedge clk)
-    keep_17 <= \$118 ;
+    keep_17 <= \$135 ;
   always @(posedge clk)
-    keep_18 <= \$119 ;
+    keep_18 <= \$136 ;
   always @(posedge clk)
-    \step$44  <= \$120 ;
+    wdata <= ctl__data;
   always @(posedge clk)
-    decay <= \$121 ;
+    write_step <= \$137 ;
   always @(posedge clk)
-    noise <= \$122 ;
+    write_decay <= \$138 ;
   always @(posedge clk)
-    vc_var <= \$123 ;
+    write_noise <= \$139 ;
   always @(posedge clk)
-    vc_noise <= \$124 ;
+    write_vc_var <= \$140 ;
+  always @(posedge clk)
+    write_vc_noise <= \$141 ;
+  always @(posedge clk)
+    data <= \$142 ;
+  always @(posedge clk)
+    seed_load_0 <= \$143 ;
+  always @(posedge clk)
+    seed_hold_0 <= \$144 ;
+  always @(posedge clk)
+    \step$49  <= \$145 ;
+  always @(posedge clk)
+    decay <= \$146 ;
+  always @(posedge clk)
+    noise <= \$147 ;
+  always @(posedge clk)
+    vc_var <= \$148 ;
+  always @(posedge clk)
+    vc_noise <= \$149 ;
+  always @(posedge clk)
+    seed_load_1 <= \$150 ;
+  always @(posedge clk)
+    seed_hold_1 <= \$151 ;
+  always @(posedge clk)
+    \step$72  <= \$152 ;
+  always @(posedge clk)
+    \decay$74  <= \$153 ;
+  always @(posedge clk)
+    \noise$76  <= \$154 ;
+  always @(posedge clk)
+    \vc_var$78  <= \$155 ;
+  always @(posedge clk)
+    \vc_noise$80  <= \$156 ;
+  always @(posedge clk)
+    seed_load_2 <= \$157 ;
+  always @(posedge clk)
+    seed_hold_2 <= \$158 ;
+  always @(posedge clk)
+    \step$95  <= \$159 ;
+  always @(posedge clk)
+    \decay$97  <= \$160 ;
+  always @(posedge clk)
+    \noise$99  <= \$161 ;
+  always @(posedge clk)
+    \vc_var$101  <= \$162 ;
+  always @(posedge clk)
+    \vc_noise$103  <= \$163 ;
+  always @(posedge clk)
+    seed_load_3 <= \$164 ;
+  always @(posedge clk)
+    seed_hold_3 <= \$165 ;
+  always @(posedge clk)
+    \step$118  <= \$166 ;
+  always @(posedge clk)
+    \decay$120  <= \$167 ;
+  always @(posedge clk)
+    \noise$122  <= \$168 ;
+  always @(posedge clk)
+    \vc_var$124  <= \$169 ;
+  always @(posedge clk)
+    \vc_noise$126  <= \$170 ;
+  always @(posedge clk)
+    seed_load_4 <= \$171 ;
+  always @(posedge clk)
+    seed_hold_4 <= \$172 ;
+  always @(posedge clk)
+    \step$141  <= \$173 ;
+  always @(posedge clk)
+    \decay$143  <= \$174 ;
+  always @(posedge clk)
+    \noise$145  <= \$175 ;
+  always @(posedge clk)
+    \vc_var$147  <= \$176 ;
+  always @(posedge clk)
+    \vc_noise$149  <= \$177 ;
+  always @(posedge clk)
+    seed_load_5 <= \$178 ;
+  always @(posedge clk)
+    seed_hold_5 <= \$179 ;
+  always @(posedge clk)
+    \step$164  <= \$180 ;
+  always @(posedge clk)
+    \decay$166  <= \$181 ;
+  always @(posedge clk)
+    \noise$168  <= \$182 ;
+  always @(posedge clk)
+    \vc_var$170  <= \$183 ;
+  always @(posedge clk)
+    \vc_noise$172  <= \$184 ;
+  always @(posedge clk)
+    seed_load_6 <= \$185 ;
+  always @(posedge clk)
+    seed_hold_6 <= \$186 ;
+  always @(posedge clk)
+    \step$187  <= \$187 ;
+  always @(posedge clk)
+    \decay$189  <= \$188 ;
+  always @(posedge clk)
+    \noise$191  <= \$189 ;
+  always @(posedge clk)
+    \vc_var$193  <= \$190 ;
+  always @(posedge clk)
+    \vc_noise$195  <= \$191 ;
+  always @(posedge clk)
+    seed_load_7 <= \$192 ;
+  always @(posedge clk)
+    seed_hold_7 <= \$193 ;
+  always @(posedge clk)
+    \step$210  <= \$194 ;
+  always @(posedge clk)
+    \decay$212  <= \$195 ;
+  always @(posedge clk)
+    \noise$214  <= \$196 ;
+  always @(posedge clk)
+    \vc_var$216  <= \$197 ;
+  always @(posedge clk)
+    \vc_noise$218  <= \$198 ;
   \lpsgld_w8_vc_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
     .en(advance),
     .grad(sink__payload[79:72]),
-    .\noise$42 (noise),
+    .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$44 ),
+    .step(\step$49 ),
     .theta(sink__payload[15:8]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
@@ -611,105 +886,105 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   \lpsgld_w8_vc_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$74 ),
     .en(advance),
     .grad(sink__payload[87:80]),
-    .\noise$42 (noise),
+    .noise(\noise$76 ),
     .rst(rst),
-    .state(\state$63 ),
-    .step(\step$44 ),
+    .state(\state$70 ),
+    .step(\step$72 ),
     .theta(sink__payload[23:16]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$61 )
+    .vc_noise(\vc_noise$80 ),
+    .vc_var(\vc_var$78 ),
+    .words(\words$68 )
   );
   \lpsgld_w8_vc_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$97 ),
     .en(advance),
     .grad(sink__payload[95:88]),
-    .\noise$42 (noise),
+    .noise(\noise$99 ),
     .rst(rst),
-    .state(\state$79 ),
-    .step(\step$44 ),
+    .state(\state$93 ),
+    .step(\step$95 ),
     .theta(sink__payload[31:24]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$77 )
+    .vc_noise(\vc_noise$103 ),
+    .vc_var(\vc_var$101 ),
+    .words(\words$91 )
   );
   \lpsgld_w8_vc_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$120 ),
     .en(advance),
     .grad(sink__payload[103:96]),
-    .\noise$42 (noise),
+    .noise(\noise$122 ),
     .rst(rst),
-    .state(\state$95 ),
-    .step(\step$44 ),
+    .state(\state$116 ),
+    .step(\step$118 ),
     .theta(sink__payload[39:32]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$93 )
+    .vc_noise(\vc_noise$126 ),
+    .vc_var(\vc_var$124 ),
+    .words(\words$114 )
   );
   \lpsgld_w8_vc_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$143 ),
     .en(advance),
     .grad(sink__payload[111:104]),
-    .\noise$42 (noise),
+    .noise(\noise$145 ),
     .rst(rst),
-    .state(\state$111 ),
-    .step(\step$44 ),
+    .state(\state$139 ),
+    .step(\step$141 ),
     .theta(sink__payload[47:40]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$109 )
+    .vc_noise(\vc_noise$149 ),
+    .vc_var(\vc_var$147 ),
+    .words(\words$137 )
   );
   \lpsgld_w8_vc_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$166 ),
     .en(advance),
     .grad(sink__payload[119:112]),
-    .\noise$42 (noise),
+    .noise(\noise$168 ),
     .rst(rst),
-    .state(\state$127 ),
-    .step(\step$44 ),
+    .state(\state$162 ),
+    .step(\step$164 ),
     .theta(sink__payload[55:48]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$125 )
+    .vc_noise(\vc_noise$172 ),
+    .vc_var(\vc_var$170 ),
+    .words(\words$160 )
   );
   \lpsgld_w8_vc_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$189 ),
     .en(advance),
     .grad(sink__payload[127:120]),
-    .\noise$42 (noise),
+    .noise(\noise$191 ),
     .rst(rst),
-    .state(\state$143 ),
-    .step(\step$44 ),
+    .state(\state$185 ),
+    .step(\step$187 ),
     .theta(sink__payload[63:56]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$141 )
+    .vc_noise(\vc_noise$195 ),
+    .vc_var(\vc_var$193 ),
+    .words(\words$183 )
   );
   \lpsgld_w8_vc_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(decay),
+    .decay(\decay$212 ),
     .en(advance),
     .grad(sink__payload[135:128]),
-    .\noise$42 (noise),
+    .noise(\noise$214 ),
     .rst(rst),
-    .state(\state$159 ),
-    .step(\step$44 ),
+    .state(\state$208 ),
+    .step(\step$210 ),
     .theta(sink__payload[71:64]),
-    .vc_noise(vc_noise),
-    .vc_var(vc_var),
-    .words(\words$157 )
+    .vc_noise(\vc_noise$218 ),
+    .vc_var(\vc_var$216 ),
+    .words(\words$206 )
   );
   \lpsgld_w8_vc_l8.rng_0_0  rng_0_0 (
     .clk(clk),
-    .data(ctl__data),
+    .data(data),
     .load0(load0),
     .load1(load1),
     .out(words),
@@ -718,239 +993,72 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   \lpsgld_w8_vc_l8.rng_1_0  rng_1_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$55 ),
-    .load1(\load1$56 ),
-    .out(\words$61 ),
+    .data(data),
+    .load0(\load0$62 ),
+    .load1(\load1$63 ),
+    .out(\words$68 ),
     .rst(rst),
-    .step(\step$54 )
+    .step(\step$59 )
   );
   \lpsgld_w8_vc_l8.rng_2_0  rng_2_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$71 ),
-    .load1(\load1$72 ),
-    .out(\words$77 ),
+    .data(data),
+    .load0(\load0$85 ),
+    .load1(\load1$86 ),
+    .out(\words$91 ),
     .rst(rst),
-    .step(\step$70 )
+    .step(\step$82 )
   );
   \lpsgld_w8_vc_l8.rng_3_0  rng_3_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$87 ),
-    .load1(\load1$88 ),
-    .out(\words$93 ),
+    .data(data),
+    .load0(\load0$108 ),
+    .load1(\load1$109 ),
+    .out(\words$114 ),
     .rst(rst),
-    .step(\step$86 )
+    .step(\step$105 )
   );
   \lpsgld_w8_vc_l8.rng_4_0  rng_4_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$103 ),
-    .load1(\load1$104 ),
-    .out(\words$109 ),
+    .data(data),
+    .load0(\load0$131 ),
+    .load1(\load1$132 ),
+    .out(\words$137 ),
     .rst(rst),
-    .step(\step$102 )
+    .step(\step$128 )
   );
   \lpsgld_w8_vc_l8.rng_5_0  rng_5_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$119 ),
-    .load1(\load1$120 ),
-    .out(\words$125 ),
+    .data(data),
+    .load0(\load0$154 ),
+    .load1(\load1$155 ),
+    .out(\words$160 ),
     .rst(rst),
-    .step(\step$118 )
+    .step(\step$151 )
   );
   \lpsgld_w8_vc_l8.rng_6_0  rng_6_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$135 ),
-    .load1(\load1$136 ),
-    .out(\words$141 ),
+    .data(data),
+    .load0(\load0$177 ),
+    .load1(\load1$178 ),
+    .out(\words$183 ),
     .rst(rst),
-    .step(\step$134 )
+    .step(\step$174 )
   );
   \lpsgld_w8_vc_l8.rng_7_0  rng_7_0 (
     .clk(clk),
-    .data(ctl__data),
-    .load0(\load0$151 ),
-    .load1(\load1$152 ),
-    .out(\words$157 ),
+    .data(data),
+    .load0(\load0$200 ),
+    .load1(\load1$201 ),
+    .out(\words$206 ),
     .rst(rst),
-    .step(\step$150 )
+    .step(\step$197 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = valid_1;
+    \$101  = valid_1;
     if (advance) begin
-      \$84  = sink__valid;
-    end
-    if (rst) begin
-      \$84  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = keep_1;
-    if (advance) begin
-      \$85  = sink__payload[7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = valid_2;
-    if (advance) begin
-      \$86  = valid_1;
-    end
-    if (rst) begin
-      \$86  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = valid_3;
-    if (advance) begin
-      \$87  = valid_2;
-    end
-    if (rst) begin
-      \$87  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = valid_4;
-    if (advance) begin
-      \$88  = valid_3;
-    end
-    if (rst) begin
-      \$88  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = valid_5;
-    if (advance) begin
-      \$89  = valid_4;
-    end
-    if (rst) begin
-      \$89  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = valid_6;
-    if (advance) begin
-      \$90  = valid_5;
-    end
-    if (rst) begin
-      \$90  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = valid_7;
-    if (advance) begin
-      \$91  = valid_6;
-    end
-    if (rst) begin
-      \$91  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = valid_8;
-    if (advance) begin
-      \$92  = valid_7;
-    end
-    if (rst) begin
-      \$92  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = valid_9;
-    if (advance) begin
-      \$93  = valid_8;
-    end
-    if (rst) begin
-      \$93  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = valid_10;
-    if (advance) begin
-      \$94  = valid_9;
-    end
-    if (rst) begin
-      \$94  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = valid_11;
-    if (advance) begin
-      \$95  = valid_10;
-    end
-    if (rst) begin
-      \$95  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = valid_12;
-    if (advance) begin
-      \$96  = valid_11;
-    end
-    if (rst) begin
-      \$96  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = valid_13;
-    if (advance) begin
-      \$97  = valid_12;
-    end
-    if (rst) begin
-      \$97  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = valid_14;
-    if (advance) begin
-      \$98  = valid_13;
-    end
-    if (rst) begin
-      \$98  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = valid_15;
-    if (advance) begin
-      \$99  = valid_14;
-    end
-    if (rst) begin
-      \$99  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$100  = valid_16;
-    if (advance) begin
-      \$100  = valid_15;
-    end
-    if (rst) begin
-      \$100  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = valid_17;
-    if (advance) begin
-      \$101  = valid_16;
+      \$101  = sink__valid;
     end
     if (rst) begin
       \$101  = 1'h0;
@@ -958,164 +1066,331 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = source__valid;
+    \$102  = keep_1;
     if (advance) begin
-      \$102  = valid_17;
+      \$102  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$103  = valid_2;
+    if (advance) begin
+      \$103  = valid_1;
     end
     if (rst) begin
-      \$102  = 1'h0;
+      \$103  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = keep_2;
+    \$104  = valid_3;
     if (advance) begin
-      \$103  = keep_1;
+      \$104  = valid_2;
+    end
+    if (rst) begin
+      \$104  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = keep_3;
+    \$105  = valid_4;
     if (advance) begin
-      \$104  = keep_2;
+      \$105  = valid_3;
+    end
+    if (rst) begin
+      \$105  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = keep_4;
+    \$106  = valid_5;
     if (advance) begin
-      \$105  = keep_3;
+      \$106  = valid_4;
+    end
+    if (rst) begin
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = keep_5;
+    \$107  = valid_6;
     if (advance) begin
-      \$106  = keep_4;
+      \$107  = valid_5;
+    end
+    if (rst) begin
+      \$107  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = keep_6;
+    \$108  = valid_7;
     if (advance) begin
-      \$107  = keep_5;
+      \$108  = valid_6;
+    end
+    if (rst) begin
+      \$108  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = keep_7;
+    \$109  = valid_8;
     if (advance) begin
-      \$108  = keep_6;
+      \$109  = valid_7;
+    end
+    if (rst) begin
+      \$109  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = keep_8;
+    \$110  = valid_9;
     if (advance) begin
-      \$109  = keep_7;
+      \$110  = valid_8;
+    end
+    if (rst) begin
+      \$110  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = keep_9;
+    \$111  = valid_10;
     if (advance) begin
-      \$110  = keep_8;
+      \$111  = valid_9;
+    end
+    if (rst) begin
+      \$111  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = keep_10;
+    \$112  = valid_11;
     if (advance) begin
-      \$111  = keep_9;
+      \$112  = valid_10;
+    end
+    if (rst) begin
+      \$112  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = keep_11;
+    \$113  = valid_12;
     if (advance) begin
-      \$112  = keep_10;
+      \$113  = valid_11;
+    end
+    if (rst) begin
+      \$113  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = keep_12;
+    \$114  = valid_13;
     if (advance) begin
-      \$113  = keep_11;
+      \$114  = valid_12;
+    end
+    if (rst) begin
+      \$114  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = keep_13;
+    \$115  = valid_14;
     if (advance) begin
-      \$114  = keep_12;
+      \$115  = valid_13;
+    end
+    if (rst) begin
+      \$115  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$115  = keep_14;
+    \$116  = valid_15;
     if (advance) begin
-      \$115  = keep_13;
+      \$116  = valid_14;
+    end
+    if (rst) begin
+      \$116  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$116  = keep_15;
+    \$117  = valid_16;
     if (advance) begin
-      \$116  = keep_14;
+      \$117  = valid_15;
+    end
+    if (rst) begin
+      \$117  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$117  = keep_16;
+    \$118  = valid_17;
     if (advance) begin
-      \$117  = keep_15;
+      \$118  = valid_16;
+    end
+    if (rst) begin
+      \$118  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$118  = keep_17;
+    \$119  = source__valid;
     if (advance) begin
-      \$118  = keep_16;
+      \$119  = valid_17;
+    end
+    if (rst) begin
+      \$119  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$119  = keep_18;
+    \$120  = keep_2;
     if (advance) begin
-      \$119  = keep_17;
+      \$120  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$120  = \step$44 ;
+    \$121  = keep_3;
+    if (advance) begin
+      \$121  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$122  = keep_4;
+    if (advance) begin
+      \$122  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$123  = keep_5;
+    if (advance) begin
+      \$123  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$124  = keep_6;
+    if (advance) begin
+      \$124  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$125  = keep_7;
+    if (advance) begin
+      \$125  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$126  = keep_8;
+    if (advance) begin
+      \$126  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$127  = keep_9;
+    if (advance) begin
+      \$127  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$128  = keep_10;
+    if (advance) begin
+      \$128  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$129  = keep_11;
+    if (advance) begin
+      \$129  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$130  = keep_12;
+    if (advance) begin
+      \$130  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$131  = keep_13;
+    if (advance) begin
+      \$131  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$132  = keep_14;
+    if (advance) begin
+      \$132  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$133  = keep_15;
+    if (advance) begin
+      \$133  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$134  = keep_16;
+    if (advance) begin
+      \$134  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$135  = keep_17;
+    if (advance) begin
+      \$135  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$136  = keep_18;
+    if (advance) begin
+      \$136  = keep_17;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$137  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$120  = ctl__data[15:0];
+            \$137  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$120  = 16'h0000;
+      \$137  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$121  = decay;
+    \$138  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$121  = ctl__data[11:0];
+            \$138  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$121  = 12'h000;
+      \$138  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$122  = noise;
+    \$139  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1123,16 +1398,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$122  = ctl__data[15:0];
+            \$139  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$122  = 16'h0000;
+      \$139  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$123  = vc_var;
+    \$140  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1142,16 +1417,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$123  = ctl__data[14:0];
+            \$140  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$123  = 15'h0000;
+      \$140  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$124  = vc_noise;
+    \$141  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1163,102 +1438,685 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$124  = ctl__data[0];
+            \$141  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$124  = 1'h0;
+      \$141  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$142  = data;
+    if (ctl__we) begin
+      \$142  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$143  = seed_load_0;
+    if (\$48 ) begin
+      \$143  = \$51 ;
+    end else if (free) begin
+      \$143  = 2'h0;
+    end
+    if (rst) begin
+      \$143  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$144  = seed_hold_0;
+    if (\$48 ) begin
+      \$144  = took;
+    end
+    if (rst) begin
+      \$144  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$145  = \step$49 ;
+    if (write_step) begin
+      \$145  = wdata[15:0];
+    end
+    if (rst) begin
+      \$145  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$146  = decay;
+    if (write_decay) begin
+      \$146  = wdata[11:0];
+    end
+    if (rst) begin
+      \$146  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$147  = noise;
+    if (write_noise) begin
+      \$147  = wdata[15:0];
+    end
+    if (rst) begin
+      \$147  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$148  = vc_var;
+    if (write_vc_var) begin
+      \$148  = wdata[14:0];
+    end
+    if (rst) begin
+      \$148  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$149  = vc_noise;
+    if (write_vc_noise) begin
+      \$149  = wdata[0];
+    end
+    if (rst) begin
+      \$149  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$150  = seed_load_1;
+    if (\$55 ) begin
+      \$150  = \$58 ;
+    end else if (free) begin
+      \$150  = 2'h0;
+    end
+    if (rst) begin
+      \$150  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$151  = seed_hold_1;
+    if (\$55 ) begin
+      \$151  = took;
+    end
+    if (rst) begin
+      \$151  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$152  = \step$72 ;
+    if (write_step) begin
+      \$152  = wdata[15:0];
+    end
+    if (rst) begin
+      \$152  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$153  = \decay$74 ;
+    if (write_decay) begin
+      \$153  = wdata[11:0];
+    end
+    if (rst) begin
+      \$153  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$154  = \noise$76 ;
+    if (write_noise) begin
+      \$154  = wdata[15:0];
+    end
+    if (rst) begin
+      \$154  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$155  = \vc_var$78 ;
+    if (write_vc_var) begin
+      \$155  = wdata[14:0];
+    end
+    if (rst) begin
+      \$155  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$156  = \vc_noise$80 ;
+    if (write_vc_noise) begin
+      \$156  = wdata[0];
+    end
+    if (rst) begin
+      \$156  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$157  = seed_load_2;
+    if (\$62 ) begin
+      \$157  = \$65 ;
+    end else if (free) begin
+      \$157  = 2'h0;
+    end
+    if (rst) begin
+      \$157  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$158  = seed_hold_2;
+    if (\$62 ) begin
+      \$158  = took;
+    end
+    if (rst) begin
+      \$158  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$159  = \step$95 ;
+    if (write_step) begin
+      \$159  = wdata[15:0];
+    end
+    if (rst) begin
+      \$159  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$160  = \decay$97 ;
+    if (write_decay) begin
+      \$160  = wdata[11:0];
+    end
+    if (rst) begin
+      \$160  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$161  = \noise$99 ;
+    if (write_noise) begin
+      \$161  = wdata[15:0];
+    end
+    if (rst) begin
+      \$161  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$162  = \vc_var$101 ;
+    if (write_vc_var) begin
+      \$162  = wdata[14:0];
+    end
+    if (rst) begin
+      \$162  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$163  = \vc_noise$103 ;
+    if (write_vc_noise) begin
+      \$163  = wdata[0];
+    end
+    if (rst) begin
+      \$163  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$164  = seed_load_3;
+    if (\$69 ) begin
+      \$164  = \$72 ;
+    end else if (free) begin
+      \$164  = 2'h0;
+    end
+    if (rst) begin
+      \$164  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$165  = seed_hold_3;
+    if (\$69 ) begin
+      \$165  = took;
+    end
+    if (rst) begin
+      \$165  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$166  = \step$118 ;
+    if (write_step) begin
+      \$166  = wdata[15:0];
+    end
+    if (rst) begin
+      \$166  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$167  = \decay$120 ;
+    if (write_decay) begin
+      \$167  = wdata[11:0];
+    end
+    if (rst) begin
+      \$167  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$168  = \noise$122 ;
+    if (write_noise) begin
+      \$168  = wdata[15:0];
+    end
+    if (rst) begin
+      \$168  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$169  = \vc_var$124 ;
+    if (write_vc_var) begin
+      \$169  = wdata[14:0];
+    end
+    if (rst) begin
+      \$169  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$170  = \vc_noise$126 ;
+    if (write_vc_noise) begin
+      \$170  = wdata[0];
+    end
+    if (rst) begin
+      \$170  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$171  = seed_load_4;
+    if (\$76 ) begin
+      \$171  = \$79 ;
+    end else if (free) begin
+      \$171  = 2'h0;
+    end
+    if (rst) begin
+      \$171  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$172  = seed_hold_4;
+    if (\$76 ) begin
+      \$172  = took;
+    end
+    if (rst) begin
+      \$172  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$173  = \step$141 ;
+    if (write_step) begin
+      \$173  = wdata[15:0];
+    end
+    if (rst) begin
+      \$173  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$174  = \decay$143 ;
+    if (write_decay) begin
+      \$174  = wdata[11:0];
+    end
+    if (rst) begin
+      \$174  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$175  = \noise$145 ;
+    if (write_noise) begin
+      \$175  = wdata[15:0];
+    end
+    if (rst) begin
+      \$175  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$176  = \vc_var$147 ;
+    if (write_vc_var) begin
+      \$176  = wdata[14:0];
+    end
+    if (rst) begin
+      \$176  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$177  = \vc_noise$149 ;
+    if (write_vc_noise) begin
+      \$177  = wdata[0];
+    end
+    if (rst) begin
+      \$177  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$178  = seed_load_5;
+    if (\$83 ) begin
+      \$178  = \$86 ;
+    end else if (free) begin
+      \$178  = 2'h0;
+    end
+    if (rst) begin
+      \$178  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$179  = seed_hold_5;
+    if (\$83 ) begin
+      \$179  = took;
+    end
+    if (rst) begin
+      \$179  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$180  = \step$164 ;
+    if (write_step) begin
+      \$180  = wdata[15:0];
+    end
+    if (rst) begin
+      \$180  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$181  = \decay$166 ;
+    if (write_decay) begin
+      \$181  = wdata[11:0];
+    end
+    if (rst) begin
+      \$181  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$182  = \noise$168 ;
+    if (write_noise) begin
+      \$182  = wdata[15:0];
+    end
+    if (rst) begin
+      \$182  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$183  = \vc_var$170 ;
+    if (write_vc_var) begin
+      \$183  = wdata[14:0];
+    end
+    if (rst) begin
+      \$183  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$184  = \vc_noise$172 ;
+    if (write_vc_noise) begin
+      \$184  = wdata[0];
+    end
+    if (rst) begin
+      \$184  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$185  = seed_load_6;
+    if (\$90 ) begin
+      \$185  = \$93 ;
+    end else if (free) begin
+      \$185  = 2'h0;
+    end
+    if (rst) begin
+      \$185  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$186  = seed_hold_6;
+    if (\$90 ) begin
+      \$186  = took;
+    end
+    if (rst) begin
+      \$186  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$187  = \step$187 ;
+    if (write_step) begin
+      \$187  = wdata[15:0];
+    end
+    if (rst) begin
+      \$187  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$188  = \decay$189 ;
+    if (write_decay) begin
+      \$188  = wdata[11:0];
+    end
+    if (rst) begin
+      \$188  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$189  = \noise$191 ;
+    if (write_noise) begin
+      \$189  = wdata[15:0];
+    end
+    if (rst) begin
+      \$189  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$190  = \vc_var$193 ;
+    if (write_vc_var) begin
+      \$190  = wdata[14:0];
+    end
+    if (rst) begin
+      \$190  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$191  = \vc_noise$195 ;
+    if (write_vc_noise) begin
+      \$191  = wdata[0];
+    end
+    if (rst) begin
+      \$191  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$192  = seed_load_7;
+    if (\$97 ) begin
+      \$192  = \$100 ;
+    end else if (free) begin
+      \$192  = 2'h0;
+    end
+    if (rst) begin
+      \$192  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$193  = seed_hold_7;
+    if (\$97 ) begin
+      \$193  = took;
+    end
+    if (rst) begin
+      \$193  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$194  = \step$210 ;
+    if (write_step) begin
+      \$194  = wdata[15:0];
+    end
+    if (rst) begin
+      \$194  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$195  = \decay$212 ;
+    if (write_decay) begin
+      \$195  = wdata[11:0];
+    end
+    if (rst) begin
+      \$195  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$196  = \noise$214 ;
+    if (write_noise) begin
+      \$196  = wdata[15:0];
+    end
+    if (rst) begin
+      \$196  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$197  = \vc_var$216 ;
+    if (write_vc_var) begin
+      \$197  = wdata[14:0];
+    end
+    if (rst) begin
+      \$197  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$198  = \vc_noise$218 ;
+    if (write_vc_noise) begin
+      \$198  = wdata[0];
+    end
+    if (rst) begin
+      \$198  = 1'h0;
     end
   end
   assign valid_18 = source__valid;
-  assign data = ctl__data;
+  assign seed_data = data;
   assign en = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step = \step$44 ;
-  assign reg_decay = decay;
-  assign reg_noise = noise;
-  assign reg_vc_var = vc_var;
-  assign reg_vc_noise = vc_noise;
-  assign \data$57  = ctl__data;
-  assign \en$58  = advance;
-  assign \theta$59  = sink__payload[23:16];
-  assign \grad$60  = sink__payload[87:80];
-  assign \out$62  = \words$61 ;
-  assign \weight$64  = \state$63 ;
-  assign \step$65  = \step$44 ;
-  assign \decay$66  = decay;
-  assign \noise$67  = noise;
-  assign \vc_var$68  = vc_var;
-  assign \vc_noise$69  = vc_noise;
-  assign \data$73  = ctl__data;
-  assign \en$74  = advance;
-  assign \theta$75  = sink__payload[31:24];
-  assign \grad$76  = sink__payload[95:88];
-  assign \out$78  = \words$77 ;
-  assign \weight$80  = \state$79 ;
-  assign \step$81  = \step$44 ;
-  assign \decay$82  = decay;
-  assign \noise$83  = noise;
-  assign \vc_var$84  = vc_var;
-  assign \vc_noise$85  = vc_noise;
-  assign \data$89  = ctl__data;
-  assign \en$90  = advance;
-  assign \theta$91  = sink__payload[39:32];
-  assign \grad$92  = sink__payload[103:96];
-  assign \out$94  = \words$93 ;
-  assign \weight$96  = \state$95 ;
-  assign \step$97  = \step$44 ;
-  assign \decay$98  = decay;
-  assign \noise$99  = noise;
-  assign \vc_var$100  = vc_var;
-  assign \vc_noise$101  = vc_noise;
-  assign \data$105  = ctl__data;
-  assign \en$106  = advance;
-  assign \theta$107  = sink__payload[47:40];
-  assign \grad$108  = sink__payload[111:104];
-  assign \out$110  = \words$109 ;
-  assign \weight$112  = \state$111 ;
-  assign \step$113  = \step$44 ;
-  assign \decay$114  = decay;
-  assign \noise$115  = noise;
-  assign \vc_var$116  = vc_var;
-  assign \vc_noise$117  = vc_noise;
-  assign \data$121  = ctl__data;
-  assign \en$122  = advance;
-  assign \theta$123  = sink__payload[55:48];
-  assign \grad$124  = sink__payload[119:112];
-  assign \out$126  = \words$125 ;
-  assign \weight$128  = \state$127 ;
-  assign \step$129  = \step$44 ;
-  assign \decay$130  = decay;
-  assign \noise$131  = noise;
-  assign \vc_var$132  = vc_var;
-  assign \vc_noise$133  = vc_noise;
-  assign \data$137  = ctl__data;
-  assign \en$138  = advance;
-  assign \theta$139  = sink__payload[63:56];
-  assign \grad$140  = sink__payload[127:120];
-  assign \out$142  = \words$141 ;
-  assign \weight$144  = \state$143 ;
-  assign \step$145  = \step$44 ;
-  assign \decay$146  = decay;
-  assign \noise$147  = noise;
-  assign \vc_var$148  = vc_var;
-  assign \vc_noise$149  = vc_noise;
-  assign \data$153  = ctl__data;
-  assign \en$154  = advance;
-  assign \theta$155  = sink__payload[71:64];
-  assign \grad$156  = sink__payload[135:128];
-  assign \out$158  = \words$157 ;
-  assign \weight$160  = \state$159 ;
-  assign \step$161  = \step$44 ;
-  assign \decay$162  = decay;
-  assign \noise$163  = noise;
-  assign \vc_var$164  = vc_var;
-  assign \vc_noise$165  = vc_noise;
+  assign reg_step_0 = \step$49 ;
+  assign reg_decay_0 = decay;
+  assign reg_noise_0 = noise;
+  assign reg_vc_var_0 = vc_var;
+  assign reg_vc_noise_0 = vc_noise;
+  assign \data$64  = data;
+  assign \en$65  = advance;
+  assign \theta$66  = sink__payload[23:16];
+  assign \grad$67  = sink__payload[87:80];
+  assign \out$69  = \words$68 ;
+  assign \weight$71  = \state$70 ;
+  assign reg_step_1 = \step$72 ;
+  assign reg_decay_1 = \decay$74 ;
+  assign reg_noise_1 = \noise$76 ;
+  assign reg_vc_var_1 = \vc_var$78 ;
+  assign reg_vc_noise_1 = \vc_noise$80 ;
+  assign \data$87  = data;
+  assign \en$88  = advance;
+  assign \theta$89  = sink__payload[31:24];
+  assign \grad$90  = sink__payload[95:88];
+  assign \out$92  = \words$91 ;
+  assign \weight$94  = \state$93 ;
+  assign reg_step_2 = \step$95 ;
+  assign reg_decay_2 = \decay$97 ;
+  assign reg_noise_2 = \noise$99 ;
+  assign reg_vc_var_2 = \vc_var$101 ;
+  assign reg_vc_noise_2 = \vc_noise$103 ;
+  assign \data$110  = data;
+  assign \en$111  = advance;
+  assign \theta$112  = sink__payload[39:32];
+  assign \grad$113  = sink__payload[103:96];
+  assign \out$115  = \words$114 ;
+  assign \weight$117  = \state$116 ;
+  assign reg_step_3 = \step$118 ;
+  assign reg_decay_3 = \decay$120 ;
+  assign reg_noise_3 = \noise$122 ;
+  assign reg_vc_var_3 = \vc_var$124 ;
+  assign reg_vc_noise_3 = \vc_noise$126 ;
+  assign \data$133  = data;
+  assign \en$134  = advance;
+  assign \theta$135  = sink__payload[47:40];
+  assign \grad$136  = sink__payload[111:104];
+  assign \out$138  = \words$137 ;
+  assign \weight$140  = \state$139 ;
+  assign reg_step_4 = \step$141 ;
+  assign reg_decay_4 = \decay$143 ;
+  assign reg_noise_4 = \noise$145 ;
+  assign reg_vc_var_4 = \vc_var$147 ;
+  assign reg_vc_noise_4 = \vc_noise$149 ;
+  assign \data$156  = data;
+  assign \en$157  = advance;
+  assign \theta$158  = sink__payload[55:48];
+  assign \grad$159  = sink__payload[119:112];
+  assign \out$161  = \words$160 ;
+  assign \weight$163  = \state$162 ;
+  assign reg_step_5 = \step$164 ;
+  assign reg_decay_5 = \decay$166 ;
+  assign reg_noise_5 = \noise$168 ;
+  assign reg_vc_var_5 = \vc_var$170 ;
+  assign reg_vc_noise_5 = \vc_noise$172 ;
+  assign \data$179  = data;
+  assign \en$180  = advance;
+  assign \theta$181  = sink__payload[63:56];
+  assign \grad$182  = sink__payload[127:120];
+  assign \out$184  = \words$183 ;
+  assign \weight$186  = \state$185 ;
+  assign reg_step_6 = \step$187 ;
+  assign reg_decay_6 = \decay$189 ;
+  assign reg_noise_6 = \noise$191 ;
+  assign reg_vc_var_6 = \vc_var$193 ;
+  assign reg_vc_noise_6 = \vc_noise$195 ;
+  assign \data$202  = data;
+  assign \en$203  = advance;
+  assign \theta$204  = sink__payload[71:64];
+  assign \grad$205  = sink__payload[135:128];
+  assign \out$207  = \words$206 ;
+  assign \weight$209  = \state$208 ;
+  assign reg_step_7 = \step$210 ;
+  assign reg_decay_7 = \decay$212 ;
+  assign reg_noise_7 = \noise$214 ;
+  assign reg_vc_var_7 = \vc_var$216 ;
+  assign reg_vc_noise_7 = \vc_noise$218 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -1297,31 +2155,31 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$159 ;
-  assign source__payload[71:64] = \state$159 ;
-  assign source__payload[127:120] = \state$143 ;
-  assign source__payload[63:56] = \state$143 ;
-  assign source__payload[119:112] = \state$127 ;
-  assign source__payload[55:48] = \state$127 ;
-  assign source__payload[111:104] = \state$111 ;
-  assign source__payload[47:40] = \state$111 ;
-  assign source__payload[103:96] = \state$95 ;
-  assign source__payload[39:32] = \state$95 ;
-  assign source__payload[95:88] = \state$79 ;
-  assign source__payload[31:24] = \state$79 ;
-  assign source__payload[87:80] = \state$63 ;
-  assign source__payload[23:16] = \state$63 ;
+  assign source__payload[135:128] = \state$208 ;
+  assign source__payload[71:64] = \state$208 ;
+  assign source__payload[127:120] = \state$185 ;
+  assign source__payload[63:56] = \state$185 ;
+  assign source__payload[119:112] = \state$162 ;
+  assign source__payload[55:48] = \state$162 ;
+  assign source__payload[111:104] = \state$139 ;
+  assign source__payload[47:40] = \state$139 ;
+  assign source__payload[103:96] = \state$116 ;
+  assign source__payload[39:32] = \state$116 ;
+  assign source__payload[95:88] = \state$93 ;
+  assign source__payload[31:24] = \state$93 ;
+  assign source__payload[87:80] = \state$70 ;
+  assign source__payload[23:16] = \state$70 ;
   assign source__payload[79:72] = state;
   assign source__payload[15:8] = state;
   assign source__payload[7:0] = keep_18;
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
+  reg [23:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
@@ -1329,7 +2187,7 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
   reg [16:0] \$20 ;
   reg [16:0] \$21 ;
@@ -1338,15 +2196,13 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [15:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
@@ -1357,12 +2213,11 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   wire en;
   wire \en$33 ;
   wire \en$38 ;
-  wire \en$47 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -1379,7 +2234,6 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -1388,11 +2242,12 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
+  reg [15:0] reg_noise_gated = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
@@ -1403,47 +2258,45 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$42 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
@@ -1459,7 +2312,7 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   always @(posedge clk)
     lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
@@ -1474,10 +2327,8 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
     lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
     lane_u_vc_d6 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
   \lpsgld_w8_vc_l8.lane_0.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -1488,8 +2339,8 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -1499,7 +2350,7 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
     .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
@@ -1508,79 +2359,72 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[16:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[48:17];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$8  = lane_theta_d2;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$10  = lane_grad_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$11  = lane_grad_d2;
-    if (en) begin
-      \$11  = lane_grad_d1;
+      \$11  = words[40:17];
     end
   end
   always @* begin
@@ -1634,9 +2478,9 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$19  = words[16:0];
     end
   end
   always @* begin
@@ -1688,27 +2532,21 @@ module \lpsgld_w8_vc_l8.lane_0 (grad, clk, rst, en, words, step, decay, \noise$4
       \$26  = lane_u_vc_d5;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$27  = lane_u_vc_d7;
-    if (en) begin
-      \$27  = lane_u_vc_d6;
-    end
-  end
   assign \en$33  = en;
   assign \step$35  = step;
   assign \decay$37  = decay;
   assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign bits = words[48:17];
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -3894,117 +4732,103 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -4047,6 +4871,7 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -4079,524 +4904,518 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -4604,7 +5423,7 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -5016,11 +5835,11 @@ module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
+  reg [23:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
@@ -5028,7 +5847,7 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
   reg [16:0] \$20 ;
   reg [16:0] \$21 ;
@@ -5037,15 +5856,13 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [15:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
@@ -5056,12 +5873,11 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   wire en;
   wire \en$33 ;
   wire \en$38 ;
-  wire \en$47 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -5078,7 +5894,6 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -5087,11 +5902,12 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
+  reg [15:0] reg_noise_gated = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
@@ -5102,47 +5918,45 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$42 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
@@ -5158,7 +5972,7 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   always @(posedge clk)
     lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
@@ -5173,10 +5987,8 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
     lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
     lane_u_vc_d6 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
   \lpsgld_w8_vc_l8.lane_1.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -5187,8 +5999,8 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -5198,7 +6010,7 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
     .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
@@ -5207,79 +6019,72 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[16:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[48:17];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$8  = lane_theta_d2;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$10  = lane_grad_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$11  = lane_grad_d2;
-    if (en) begin
-      \$11  = lane_grad_d1;
+      \$11  = words[40:17];
     end
   end
   always @* begin
@@ -5333,9 +6138,9 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$19  = words[16:0];
     end
   end
   always @* begin
@@ -5387,27 +6192,21 @@ module \lpsgld_w8_vc_l8.lane_1 (grad, clk, rst, en, words, step, decay, \noise$4
       \$26  = lane_u_vc_d5;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$27  = lane_u_vc_d7;
-    if (en) begin
-      \$27  = lane_u_vc_d6;
-    end
-  end
   assign \en$33  = en;
   assign \step$35  = step;
   assign \decay$37  = decay;
   assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign bits = words[48:17];
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -7593,117 +8392,103 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -7746,6 +8531,7 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -7778,524 +8564,518 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -8303,7 +9083,7 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -8715,11 +9495,11 @@ module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
+  reg [23:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
@@ -8727,7 +9507,7 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
   reg [16:0] \$20 ;
   reg [16:0] \$21 ;
@@ -8736,15 +9516,13 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [15:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
@@ -8755,12 +9533,11 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   wire en;
   wire \en$33 ;
   wire \en$38 ;
-  wire \en$47 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -8777,7 +9554,6 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -8786,11 +9562,12 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
+  reg [15:0] reg_noise_gated = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
@@ -8801,47 +9578,45 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$42 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
@@ -8857,7 +9632,7 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   always @(posedge clk)
     lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
@@ -8872,10 +9647,8 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
     lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
     lane_u_vc_d6 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
   \lpsgld_w8_vc_l8.lane_2.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -8886,8 +9659,8 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -8897,7 +9670,7 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
     .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
@@ -8906,79 +9679,72 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[16:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[48:17];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$8  = lane_theta_d2;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$10  = lane_grad_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$11  = lane_grad_d2;
-    if (en) begin
-      \$11  = lane_grad_d1;
+      \$11  = words[40:17];
     end
   end
   always @* begin
@@ -9032,9 +9798,9 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$19  = words[16:0];
     end
   end
   always @* begin
@@ -9086,27 +9852,21 @@ module \lpsgld_w8_vc_l8.lane_2 (grad, clk, rst, en, words, step, decay, \noise$4
       \$26  = lane_u_vc_d5;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$27  = lane_u_vc_d7;
-    if (en) begin
-      \$27  = lane_u_vc_d6;
-    end
-  end
   assign \en$33  = en;
   assign \step$35  = step;
   assign \decay$37  = decay;
   assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign bits = words[48:17];
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -11292,117 +12052,103 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -11445,6 +12191,7 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -11477,524 +12224,518 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -12002,7 +12743,7 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -12414,11 +13155,11 @@ module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
+  reg [23:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
@@ -12426,7 +13167,7 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
   reg [16:0] \$20 ;
   reg [16:0] \$21 ;
@@ -12435,15 +13176,13 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [15:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
@@ -12454,12 +13193,11 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   wire en;
   wire \en$33 ;
   wire \en$38 ;
-  wire \en$47 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -12476,7 +13214,6 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -12485,11 +13222,12 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
+  reg [15:0] reg_noise_gated = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
@@ -12500,47 +13238,45 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$42 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
@@ -12556,7 +13292,7 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   always @(posedge clk)
     lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
@@ -12571,10 +13307,8 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
     lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
     lane_u_vc_d6 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
   \lpsgld_w8_vc_l8.lane_3.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -12585,8 +13319,8 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -12596,7 +13330,7 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
     .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
@@ -12605,79 +13339,72 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[16:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[48:17];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$8  = lane_theta_d2;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$10  = lane_grad_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$11  = lane_grad_d2;
-    if (en) begin
-      \$11  = lane_grad_d1;
+      \$11  = words[40:17];
     end
   end
   always @* begin
@@ -12731,9 +13458,9 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$19  = words[16:0];
     end
   end
   always @* begin
@@ -12785,27 +13512,21 @@ module \lpsgld_w8_vc_l8.lane_3 (grad, clk, rst, en, words, step, decay, \noise$4
       \$26  = lane_u_vc_d5;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$27  = lane_u_vc_d7;
-    if (en) begin
-      \$27  = lane_u_vc_d6;
-    end
-  end
   assign \en$33  = en;
   assign \step$35  = step;
   assign \decay$37  = decay;
   assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign bits = words[48:17];
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -14991,117 +15712,103 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -15144,6 +15851,7 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -15176,524 +15884,518 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -15701,7 +16403,7 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -16113,11 +16815,11 @@ module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
+  reg [23:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
@@ -16125,7 +16827,7 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
   reg [16:0] \$20 ;
   reg [16:0] \$21 ;
@@ -16134,15 +16836,13 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [15:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
@@ -16153,12 +16853,11 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   wire en;
   wire \en$33 ;
   wire \en$38 ;
-  wire \en$47 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -16175,7 +16874,6 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -16184,11 +16882,12 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
+  reg [15:0] reg_noise_gated = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
@@ -16199,47 +16898,45 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$42 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
@@ -16255,7 +16952,7 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   always @(posedge clk)
     lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
@@ -16270,10 +16967,8 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
     lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
     lane_u_vc_d6 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
   \lpsgld_w8_vc_l8.lane_4.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -16284,8 +16979,8 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -16295,7 +16990,7 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
     .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
@@ -16304,79 +16999,72 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[16:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[48:17];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$8  = lane_theta_d2;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$10  = lane_grad_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = lane_grad_d2;
-    if (en) begin
-      \$11  = lane_grad_d1;
+      \$11  = words[40:17];
     end
   end
   always @* begin
@@ -16430,9 +17118,9 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$19  = words[16:0];
     end
   end
   always @* begin
@@ -16484,27 +17172,21 @@ module \lpsgld_w8_vc_l8.lane_4 (grad, clk, rst, en, words, step, decay, \noise$4
       \$26  = lane_u_vc_d5;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$27  = lane_u_vc_d7;
-    if (en) begin
-      \$27  = lane_u_vc_d6;
-    end
-  end
   assign \en$33  = en;
   assign \step$35  = step;
   assign \decay$37  = decay;
   assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign bits = words[48:17];
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -18690,117 +19372,103 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -18843,6 +19511,7 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -18875,524 +19544,518 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -19400,7 +20063,7 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -19812,11 +20475,11 @@ module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$22  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
+  reg [23:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
@@ -19824,7 +20487,7 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
   reg [16:0] \$20 ;
   reg [16:0] \$21 ;
@@ -19833,15 +20496,13 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [15:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
@@ -19852,12 +20513,11 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   wire en;
   wire \en$33 ;
   wire \en$38 ;
-  wire \en$47 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -19874,7 +20534,6 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -19883,11 +20542,12 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
+  reg [15:0] reg_noise_gated = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
@@ -19898,47 +20558,45 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$42 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
@@ -19954,7 +20612,7 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   always @(posedge clk)
     lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
@@ -19969,10 +20627,8 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
     lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
     lane_u_vc_d6 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
   \lpsgld_w8_vc_l8.lane_5.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -19983,8 +20639,8 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -19994,7 +20650,7 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
     .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
@@ -20003,79 +20659,72 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[16:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[48:17];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$8  = lane_theta_d2;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$10  = lane_grad_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$11  = lane_grad_d2;
-    if (en) begin
-      \$11  = lane_grad_d1;
+      \$11  = words[40:17];
     end
   end
   always @* begin
@@ -20129,9 +20778,9 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$19  = words[16:0];
     end
   end
   always @* begin
@@ -20183,27 +20832,21 @@ module \lpsgld_w8_vc_l8.lane_5 (grad, clk, rst, en, words, step, decay, \noise$4
       \$26  = lane_u_vc_d5;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$22 ) begin end
-    \$27  = lane_u_vc_d7;
-    if (en) begin
-      \$27  = lane_u_vc_d6;
-    end
-  end
   assign \en$33  = en;
   assign \step$35  = step;
   assign \decay$37  = decay;
   assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign bits = words[48:17];
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -22389,117 +23032,103 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$24  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -22542,6 +23171,7 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -22574,524 +23204,518 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -23099,7 +23723,7 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$25  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -23511,11 +24135,11 @@ module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$26  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
+  reg [23:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
@@ -23523,7 +24147,7 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
   reg [16:0] \$20 ;
   reg [16:0] \$21 ;
@@ -23532,15 +24156,13 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [15:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
@@ -23551,12 +24173,11 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   wire en;
   wire \en$33 ;
   wire \en$38 ;
-  wire \en$47 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -23573,7 +24194,6 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -23582,11 +24202,12 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
+  reg [15:0] reg_noise_gated = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
@@ -23597,47 +24218,45 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$42 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
@@ -23653,7 +24272,7 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   always @(posedge clk)
     lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
@@ -23668,10 +24287,8 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
     lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
     lane_u_vc_d6 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
   \lpsgld_w8_vc_l8.lane_6.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -23682,8 +24299,8 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -23693,7 +24310,7 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
     .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
@@ -23702,79 +24319,72 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[16:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[48:17];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$8  = lane_theta_d2;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$10  = lane_grad_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$11  = lane_grad_d2;
-    if (en) begin
-      \$11  = lane_grad_d1;
+      \$11  = words[40:17];
     end
   end
   always @* begin
@@ -23828,9 +24438,9 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$19  = words[16:0];
     end
   end
   always @* begin
@@ -23882,27 +24492,21 @@ module \lpsgld_w8_vc_l8.lane_6 (grad, clk, rst, en, words, step, decay, \noise$4
       \$26  = lane_u_vc_d5;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$26 ) begin end
-    \$27  = lane_u_vc_d7;
-    if (en) begin
-      \$27  = lane_u_vc_d6;
-    end
-  end
   assign \en$33  = en;
   assign \step$35  = step;
   assign \decay$37  = decay;
   assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign bits = words[48:17];
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -26088,117 +26692,103 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$28  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -26241,6 +26831,7 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -26273,524 +26864,518 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -26798,7 +27383,7 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$29  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -27210,11 +27795,11 @@ module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$42 , vc_var, vc_noise, state, theta);
+module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, noise, vc_var, vc_noise, state, theta);
   reg \$auto$verilog_backend.cc:2355:dump_module$30  = 0;
-  reg [7:0] \$1 ;
+  wire [15:0] \$1 ;
   reg [7:0] \$10 ;
-  reg [7:0] \$11 ;
+  reg [23:0] \$11 ;
   reg [23:0] \$12 ;
   reg [23:0] \$13 ;
   reg [23:0] \$14 ;
@@ -27222,7 +27807,7 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] \$16 ;
   reg [23:0] \$17 ;
   reg [23:0] \$18 ;
-  reg [23:0] \$19 ;
+  reg [16:0] \$19 ;
   reg [7:0] \$2 ;
   reg [16:0] \$20 ;
   reg [16:0] \$21 ;
@@ -27231,15 +27816,13 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] \$24 ;
   reg [16:0] \$25 ;
   reg [16:0] \$26 ;
-  reg [16:0] \$27 ;
-  reg [23:0] \$3 ;
-  reg [16:0] \$4 ;
-  reg [31:0] \$5 ;
+  reg [7:0] \$3 ;
+  reg [15:0] \$4 ;
+  reg [7:0] \$5 ;
   reg [7:0] \$6 ;
   reg [7:0] \$7 ;
   reg [7:0] \$8 ;
   reg [7:0] \$9 ;
-  (* init = 32'd0 *)
   wire [31:0] bits;
   input clk;
   wire clk;
@@ -27250,12 +27833,11 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   wire en;
   wire \en$33 ;
   wire \en$38 ;
-  wire \en$47 ;
+  wire \en$45 ;
   input [7:0] grad;
   wire [7:0] grad;
   (* init = 8'h00 *)
-  wire [7:0] \grad$46 ;
-  reg [31:0] lane_gauss = 32'd0;
+  wire [7:0] \grad$44 ;
   reg [7:0] lane_grad = 8'h00;
   reg [7:0] lane_grad_d0 = 8'h00;
   reg [7:0] lane_grad_d1 = 8'h00;
@@ -27272,7 +27854,6 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [23:0] lane_u_sr_d4 = 24'h000000;
   reg [23:0] lane_u_sr_d5 = 24'h000000;
   reg [23:0] lane_u_sr_d6 = 24'h000000;
-  reg [23:0] lane_u_sr_d7 = 24'h000000;
   reg [16:0] lane_u_vc = 17'h00000;
   reg [16:0] lane_u_vc_d0 = 17'h00000;
   reg [16:0] lane_u_vc_d1 = 17'h00000;
@@ -27281,11 +27862,12 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   reg [16:0] lane_u_vc_d4 = 17'h00000;
   reg [16:0] lane_u_vc_d5 = 17'h00000;
   reg [16:0] lane_u_vc_d6 = 17'h00000;
-  reg [16:0] lane_u_vc_d7 = 17'h00000;
+  input [15:0] noise;
   wire [15:0] noise;
-  input [15:0] \noise$42 ;
-  wire [15:0] \noise$42 ;
+  (* init = 16'h0000 *)
+  wire [15:0] \noise$40 ;
   wire [7:0] out;
+  reg [15:0] reg_noise_gated = 16'h0000;
   input rst;
   wire rst;
   output [7:0] state;
@@ -27296,47 +27878,45 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   input [7:0] theta;
   wire [7:0] theta;
   (* init = 8'h00 *)
-  wire [7:0] \theta$45 ;
+  wire [7:0] \theta$43 ;
   (* init = 24'h000000 *)
   wire [23:0] u_sr;
   (* init = 17'h00000 *)
   wire [16:0] u_vc;
   input vc_noise;
   wire vc_noise;
-  wire \vc_noise$52 ;
+  wire \vc_noise$50 ;
   input [14:0] vc_var;
   wire [14:0] vc_var;
-  wire [14:0] \vc_var$54 ;
+  wire [14:0] \vc_var$52 ;
   wire [7:0] weight;
   input [63:0] words;
   wire [63:0] words;
   wire [33:0] x;
-  wire [33:0] \x$49 ;
+  wire [33:0] \x$47 ;
   wire [11:0] z;
-  wire [11:0] \z$44 ;
-  assign noise = vc_noise ? \noise$42  : 16'h0000;
+  wire [11:0] \z$42 ;
+  assign \$1  = vc_noise ? noise : 16'h0000;
   always @(posedge clk)
-    lane_theta <= \$1 ;
+    lane_theta <= \$2 ;
   always @(posedge clk)
-    lane_grad <= \$2 ;
+    lane_grad <= \$3 ;
   always @(posedge clk)
-    lane_u_sr <= \$3 ;
+    reg_noise_gated <= \$4 ;
   always @(posedge clk)
-    lane_u_vc <= \$4 ;
+    lane_theta_d0 <= \$5 ;
   always @(posedge clk)
-    lane_gauss <= \$5 ;
+    lane_theta_d1 <= \$6 ;
   always @(posedge clk)
-    lane_theta_d0 <= \$6 ;
+    lane_theta_d2 <= \$7 ;
   always @(posedge clk)
-    lane_theta_d1 <= \$7 ;
+    lane_grad_d0 <= \$8 ;
   always @(posedge clk)
-    lane_theta_d2 <= \$8 ;
+    lane_grad_d1 <= \$9 ;
   always @(posedge clk)
-    lane_grad_d0 <= \$9 ;
+    lane_grad_d2 <= \$10 ;
   always @(posedge clk)
-    lane_grad_d1 <= \$10 ;
-  always @(posedge clk)
-    lane_grad_d2 <= \$11 ;
+    lane_u_sr <= \$11 ;
   always @(posedge clk)
     lane_u_sr_d0 <= \$12 ;
   always @(posedge clk)
@@ -27352,7 +27932,7 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   always @(posedge clk)
     lane_u_sr_d6 <= \$18 ;
   always @(posedge clk)
-    lane_u_sr_d7 <= \$19 ;
+    lane_u_vc <= \$19 ;
   always @(posedge clk)
     lane_u_vc_d0 <= \$20 ;
   always @(posedge clk)
@@ -27367,10 +27947,8 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
     lane_u_vc_d5 <= \$25 ;
   always @(posedge clk)
     lane_u_vc_d6 <= \$26 ;
-  always @(posedge clk)
-    lane_u_vc_d7 <= \$27 ;
   \lpsgld_w8_vc_l8.lane_7.gauss  gauss (
-    .bits(lane_gauss),
+    .bits(words[48:17]),
     .clk(clk),
     .en(en),
     .gauss_z_l1_0(z),
@@ -27381,8 +27959,8 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
     .en(en),
     .out(state),
     .rst(rst),
-    .u_sr(lane_u_sr_d7),
-    .u_vc(lane_u_vc_d7),
+    .u_sr(lane_u_sr_d6),
+    .u_vc(lane_u_vc_d6),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .x(x)
@@ -27392,7 +27970,7 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
     .decay(decay),
     .en(en),
     .grad(lane_grad_d2),
-    .noise(noise),
+    .noise(reg_noise_gated),
     .rst(rst),
     .step(step),
     .theta(lane_theta_d2),
@@ -27401,79 +27979,72 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$1  = lane_theta;
+    \$2  = lane_theta;
     if (en) begin
-      \$1  = theta;
+      \$2  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$2  = lane_grad;
+    \$3  = lane_grad;
     if (en) begin
-      \$2  = grad;
+      \$3  = grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$3  = lane_u_sr;
-    if (en) begin
-      \$3  = words[40:17];
+    \$4  = \$1 ;
+    if (rst) begin
+      \$4  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$4  = lane_u_vc;
+    \$5  = lane_theta_d0;
     if (en) begin
-      \$4  = words[16:0];
+      \$5  = lane_theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$5  = lane_gauss;
+    \$6  = lane_theta_d1;
     if (en) begin
-      \$5  = words[48:17];
+      \$6  = lane_theta_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$6  = lane_theta_d0;
+    \$7  = lane_theta_d2;
     if (en) begin
-      \$6  = lane_theta;
+      \$7  = lane_theta_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$7  = lane_theta_d1;
+    \$8  = lane_grad_d0;
     if (en) begin
-      \$7  = lane_theta_d0;
+      \$8  = lane_grad;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$8  = lane_theta_d2;
+    \$9  = lane_grad_d1;
     if (en) begin
-      \$8  = lane_theta_d1;
+      \$9  = lane_grad_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$9  = lane_grad_d0;
+    \$10  = lane_grad_d2;
     if (en) begin
-      \$9  = lane_grad;
+      \$10  = lane_grad_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$10  = lane_grad_d1;
+    \$11  = lane_u_sr;
     if (en) begin
-      \$10  = lane_grad_d0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$11  = lane_grad_d2;
-    if (en) begin
-      \$11  = lane_grad_d1;
+      \$11  = words[40:17];
     end
   end
   always @* begin
@@ -27527,9 +28098,9 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$19  = lane_u_sr_d7;
+    \$19  = lane_u_vc;
     if (en) begin
-      \$19  = lane_u_sr_d6;
+      \$19  = words[16:0];
     end
   end
   always @* begin
@@ -27581,27 +28152,21 @@ module \lpsgld_w8_vc_l8.lane_7 (grad, clk, rst, en, words, step, decay, \noise$4
       \$26  = lane_u_vc_d5;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$30 ) begin end
-    \$27  = lane_u_vc_d7;
-    if (en) begin
-      \$27  = lane_u_vc_d6;
-    end
-  end
   assign \en$33  = en;
   assign \step$35  = step;
   assign \decay$37  = decay;
   assign \en$38  = en;
-  assign bits = lane_gauss;
-  assign \z$44  = z;
-  assign \theta$45  = lane_theta_d2;
-  assign \grad$46  = lane_grad_d2;
-  assign \en$47  = en;
-  assign \x$49  = x;
-  assign u_sr = lane_u_sr_d7;
-  assign u_vc = lane_u_vc_d7;
-  assign \vc_noise$52  = vc_noise;
-  assign \vc_var$54  = vc_var;
+  assign bits = words[48:17];
+  assign \noise$40  = reg_noise_gated;
+  assign \z$42  = z;
+  assign \theta$43  = lane_theta_d2;
+  assign \grad$44  = lane_grad_d2;
+  assign \en$45  = en;
+  assign \x$47  = x;
+  assign u_sr = lane_u_sr_d6;
+  assign u_vc = lane_u_vc_d6;
+  assign \vc_noise$50  = vc_noise;
+  assign \vc_var$52  = vc_var;
   assign out = state;
   assign weight = state;
 endmodule
@@ -29787,117 +30352,103 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg \$auto$verilog_backend.cc:2355:dump_module$32  = 0;
   wire [34:0] \$1 ;
   wire [17:0] \$10 ;
-  reg [15:0] \$100 ;
-  reg [34:0] \$101 ;
-  reg [10:0] \$102 ;
-  reg [16:0] \$103 ;
-  reg [34:0] \$104 ;
-  reg [16:0] \$105 ;
-  reg [10:0] \$106 ;
-  reg [16:0] \$107 ;
-  reg \$108 ;
-  reg \$109 ;
-  wire [15:0] \$11 ;
-  reg [11:0] \$110 ;
-  reg [11:0] \$111 ;
-  reg [10:0] \$112 ;
-  reg [7:0] \$113 ;
-  wire [15:0] \$12 ;
-  wire [17:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [17:0] \$16 ;
-  wire [15:0] \$17 ;
-  wire [15:0] \$18 ;
-  wire [17:0] \$19 ;
+  wire [8:0] \$11 ;
+  wire [10:0] \$12 ;
+  wire [20:0] \$13 ;
+  wire [24:0] \$14 ;
+  wire [28:0] \$15 ;
+  wire [32:0] \$16 ;
+  wire [25:0] \$17 ;
+  wire [33:0] \$18 ;
+  wire [34:0] \$19 ;
   wire [15:0] \$2 ;
-  wire [15:0] \$20 ;
-  wire [15:0] \$21 ;
-  wire [17:0] \$22 ;
-  wire [15:0] \$23 ;
+  wire [37:0] \$20 ;
+  wire [35:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [16:0] \$23 ;
   wire [15:0] \$24 ;
-  wire [17:0] \$25 ;
-  wire [8:0] \$26 ;
-  wire [10:0] \$27 ;
-  wire [20:0] \$28 ;
-  wire [24:0] \$29 ;
-  wire [15:0] \$3 ;
-  wire [28:0] \$30 ;
-  wire [32:0] \$31 ;
-  wire [25:0] \$32 ;
-  wire [33:0] \$33 ;
-  wire [34:0] \$34 ;
-  wire [37:0] \$35 ;
-  wire [35:0] \$36 ;
-  wire [16:0] \$37 ;
-  wire [16:0] \$38 ;
-  wire [15:0] \$39 ;
+  wire [34:0] \$25 ;
+  wire [16:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [16:0] \$29 ;
+  wire [17:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [11:0] \$32 ;
+  wire [11:0] \$33 ;
+  wire [11:0] \$34 ;
+  wire [11:0] \$35 ;
+  wire \$36 ;
+  wire [11:0] \$37 ;
+  wire [11:0] \$38 ;
+  wire \$39 ;
   wire [17:0] \$4 ;
-  wire [34:0] \$40 ;
-  wire [16:0] \$41 ;
-  wire [16:0] \$42 ;
-  wire [15:0] \$43 ;
-  wire [16:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [11:0] \$47 ;
-  wire [11:0] \$48 ;
-  wire [11:0] \$49 ;
-  wire [15:0] \$5 ;
-  wire [11:0] \$50 ;
-  wire \$51 ;
-  wire [11:0] \$52 ;
-  wire [11:0] \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire [11:0] \$57 ;
-  wire [11:0] \$58 ;
-  wire [11:0] \$59 ;
-  wire [15:0] \$6 ;
-  wire [11:0] \$60 ;
-  wire [7:0] \$61 ;
-  wire [7:0] \$62 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [11:0] \$42 ;
+  wire [11:0] \$43 ;
+  wire [11:0] \$44 ;
+  wire [11:0] \$45 ;
+  wire [7:0] \$46 ;
+  wire [7:0] \$47 ;
+  reg [10:0] \$48 ;
+  reg [7:0] \$49 ;
+  wire [17:0] \$5 ;
+  reg [10:0] \$50 ;
+  reg [15:0] \$51 ;
+  reg [15:0] \$52 ;
+  reg [16:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [19:0] \$55 ;
+  reg [21:0] \$56 ;
+  reg [23:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [27:0] \$59 ;
+  wire [17:0] \$6 ;
+  reg [29:0] \$60 ;
+  reg [31:0] \$61 ;
+  reg [8:0] \$62 ;
   reg [10:0] \$63 ;
-  reg [7:0] \$64 ;
-  reg [10:0] \$65 ;
-  reg [15:0] \$66 ;
-  reg [16:0] \$67 ;
-  reg [17:0] \$68 ;
-  reg [19:0] \$69 ;
+  reg [15:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [24:0] \$67 ;
+  reg [28:0] \$68 ;
+  reg [32:0] \$69 ;
   wire [17:0] \$7 ;
-  reg [21:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [25:0] \$72 ;
-  reg [27:0] \$73 ;
-  reg [29:0] \$74 ;
-  reg [31:0] \$75 ;
-  reg [8:0] \$76 ;
+  reg [25:0] \$70 ;
+  reg [33:0] \$71 ;
+  reg [34:0] \$72 ;
+  reg [8:0] \$73 ;
+  reg [8:0] \$74 ;
+  reg [8:0] \$75 ;
+  reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [15:0] \$78 ;
-  reg [16:0] \$79 ;
-  wire [15:0] \$8 ;
-  reg [20:0] \$80 ;
-  reg [24:0] \$81 ;
-  reg [28:0] \$82 ;
-  reg [32:0] \$83 ;
-  reg [25:0] \$84 ;
-  reg [33:0] \$85 ;
-  reg [34:0] \$86 ;
-  reg [8:0] \$87 ;
-  reg [8:0] \$88 ;
-  reg [8:0] \$89 ;
-  wire [15:0] \$9 ;
-  reg [10:0] \$90 ;
-  reg [10:0] \$91 ;
+  reg [10:0] \$78 ;
+  reg [15:0] \$79 ;
+  wire [17:0] \$8 ;
+  reg [15:0] \$80 ;
+  reg [15:0] \$81 ;
+  reg [16:0] \$82 ;
+  reg [16:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [37:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [34:0] \$87 ;
+  reg [10:0] \$88 ;
+  reg [16:0] \$89 ;
+  wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [16:0] \$91 ;
   reg [10:0] \$92 ;
-  reg [15:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [15:0] \$95 ;
-  reg [16:0] \$96 ;
-  reg [16:0] \$97 ;
-  reg [16:0] \$98 ;
-  reg [37:0] \$99 ;
+  reg [16:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [11:0] \$96 ;
+  reg [11:0] \$97 ;
+  reg [10:0] \$98 ;
+  reg [7:0] \$99 ;
   input clk;
   wire clk;
   input en;
@@ -29940,6 +30491,7 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q_d2 = 11'h000;
   reg [11:0] vc_q_dn = 12'h000;
   reg [11:0] vc_q_up = 12'h000;
+  reg [15:0] vc_sq_in = 16'h0000;
   reg [20:0] vc_sq_l0_0 = 21'h000000;
   reg [24:0] vc_sq_l0_1 = 25'h0000000;
   reg [28:0] vc_sq_l0_2 = 29'h00000000;
@@ -29972,524 +30524,518 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [18:0] y;
   assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$3  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$4  = \$2  * \$3 [1:0];
-  assign \$5  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$6  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$7  = \$5  * \$6 [3:2];
-  assign \$8  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$9  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$10  = \$8  * \$9 [5:4];
-  assign \$11  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$12  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$13  = \$11  * \$12 [7:6];
-  assign \$14  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$15  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$16  = \$14  * \$15 [9:8];
-  assign \$17  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$18  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$19  = \$17  * \$18 [11:10];
-  assign \$20  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$21  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$22  = \$20  * \$21 [13:12];
-  assign \$23  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$24  = vc_noise ? { 8'h00, vc_l_a } : vc_f_h;
-  assign \$25  = \$23  * \$24 [15:14];
-  assign \$26  = 8'h80 - vc_l_a;
-  assign \$27  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$28  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$29  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$30  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$31  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$32  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$33  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$34  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$35  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$36  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$37  = vc_var - vc_vs;
-  assign \$38  = vc_var - vc_vs;
-  assign \$39  = \$37 [16] ? 16'h0000 : \$38 [15:0];
-  assign \$40  = vc_noise ? vc_up_a : { 19'h00000, \$39  };
-  assign \$41  = vc_var - vc_vs;
-  assign \$42  = vc_var - vc_vs;
-  assign \$43  = \$41 [16] ? 16'h0000 : \$42 [15:0];
-  assign \$44  = vc_noise ? vc_down_a[16:0] : { \$43 , 1'h0 };
-  assign \$45  = vc_u_4 < vc_up;
-  assign \$46  = vc_u_4 < vc_down;
-  assign \$47  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$48  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$49  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$50  = vc_lt_up ? vc_q_up : \$49 ;
-  assign \$51  = & \$50 [11:7];
-  assign \$52  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$53  = vc_lt_up ? vc_q_up : \$52 ;
-  assign \$54  = | \$53 [11:7];
-  assign \$55  = ~ \$54 ;
-  assign \$56  = \$51  | \$55 ;
-  assign \$57  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$58  = vc_lt_up ? vc_q_up : \$57 ;
-  assign \$59  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$60  = vc_lt_up ? vc_q_up : \$59 ;
-  assign \$61  = \$60 [11] ? 8'h80 : 8'h7f;
-  assign \$62  = \$56  ? \$58 [7:0] : \$61 ;
+  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$3  = vc_sq_in * vc_sq_in[1:0];
+  assign \$4  = vc_sq_in * vc_sq_in[3:2];
+  assign \$5  = vc_sq_in * vc_sq_in[5:4];
+  assign \$6  = vc_sq_in * vc_sq_in[7:6];
+  assign \$7  = vc_sq_in * vc_sq_in[9:8];
+  assign \$8  = vc_sq_in * vc_sq_in[11:10];
+  assign \$9  = vc_sq_in * vc_sq_in[13:12];
+  assign \$10  = vc_sq_in * vc_sq_in[15:14];
+  assign \$11  = 8'h80 - vc_l_a;
+  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$22  = vc_var - vc_vs;
+  assign \$23  = vc_var - vc_vs;
+  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
+  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
+  assign \$26  = vc_var - vc_vs;
+  assign \$27  = vc_var - vc_vs;
+  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
+  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
+  assign \$30  = vc_u_4 < vc_up;
+  assign \$31  = vc_u_4 < vc_down;
+  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
+  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
+  assign \$36  = & \$35 [11:7];
+  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
+  assign \$39  = | \$38 [11:7];
+  assign \$40  = ~ \$39 ;
+  assign \$41  = \$36  | \$40 ;
+  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
+  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
+  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
+  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
+  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
   always @(posedge clk)
-    vc_q_a <= \$63 ;
+    vc_q_a <= \$48 ;
   always @(posedge clk)
-    vc_l_a <= \$64 ;
+    vc_l_a <= \$49 ;
   always @(posedge clk)
-    vc_q_b <= \$65 ;
+    vc_q_b <= \$50 ;
   always @(posedge clk)
-    vc_f_h <= \$66 ;
+    vc_f_h <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$67 ;
+    vc_sq_in <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$68 ;
+    vc_u_1 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$69 ;
+    vc_sq_pp0 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$70 ;
+    vc_sq_pp1 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$71 ;
+    vc_sq_pp2 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$72 ;
+    vc_sq_pp3 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$73 ;
+    vc_sq_pp4 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$74 ;
+    vc_sq_pp5 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$75 ;
+    vc_sq_pp6 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$76 ;
+    vc_sq_pp7 <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$77 ;
+    vc_m_a <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$78 ;
+    vc_q <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$79 ;
+    vc_f_h2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$80 ;
+    vc_u_2 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$81 ;
+    vc_sq_l0_0 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$82 ;
+    vc_sq_l0_1 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$83 ;
+    vc_sq_l0_2 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$84 ;
+    vc_sq_l0_3 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$85 ;
+    vc_sq_l1_0 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$86 ;
+    vc_sq_l1_1 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$87 ;
+    vc_sq_l2_0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$88 ;
+    vc_m_a_d0 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$89 ;
+    vc_m_a_d1 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$90 ;
+    vc_m_a_d2 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$91 ;
+    vc_q_d0 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$92 ;
+    vc_q_d1 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$93 ;
+    vc_q_d2 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$94 ;
+    vc_f_h_d0 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$95 ;
+    vc_f_h_d1 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$96 ;
+    vc_f_h_d2 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$97 ;
+    vc_u_d0 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$98 ;
+    vc_u_d1 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$99 ;
+    vc_u_d2 <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$100 ;
+    vc_down_a <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$101 ;
+    vc_vs <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$102 ;
+    vc_up_a <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$103 ;
+    vc_q_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$104 ;
+    vc_u_3 <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$105 ;
+    vc_up <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$106 ;
+    vc_down <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$107 ;
+    vc_q_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$108 ;
+    vc_u_4 <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$109 ;
+    vc_lt_up <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$110 ;
+    vc_lt_down <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$111 ;
+    vc_q_up <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$112 ;
+    vc_q_dn <= \$97 ;
   always @(posedge clk)
-    out <= \$113 ;
+    vc_q_5 <= \$98 ;
+  always @(posedge clk)
+    out <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$63  = vc_q_a;
+    \$48  = vc_q_a;
     if (en) begin
-      \$63  = \$1 [34:24];
+      \$48  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$64  = vc_l_a;
+    \$49  = vc_l_a;
     if (en) begin
-      \$64  = \$1 [23:16];
+      \$49  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$65  = vc_q_b;
+    \$50  = vc_q_b;
     if (en) begin
-      \$65  = t[34:24];
+      \$50  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$66  = vc_f_h;
+    \$51  = vc_f_h;
     if (en) begin
-      \$66  = x[23:8];
+      \$51  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$67  = vc_u_1;
+    \$52  = vc_sq_in;
     if (en) begin
-      \$67  = u_vc;
+      \$52  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$68  = vc_sq_pp0;
+    \$53  = vc_u_1;
     if (en) begin
-      \$68  = \$4 ;
+      \$53  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$69  = vc_sq_pp1;
+    \$54  = vc_sq_pp0;
     if (en) begin
-      \$69  = { \$7 , 2'h0 };
+      \$54  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$70  = vc_sq_pp2;
+    \$55  = vc_sq_pp1;
     if (en) begin
-      \$70  = { \$10 , 4'h0 };
+      \$55  = { \$4 , 2'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$71  = vc_sq_pp3;
+    \$56  = vc_sq_pp2;
     if (en) begin
-      \$71  = { \$13 , 6'h00 };
+      \$56  = { \$5 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$72  = vc_sq_pp4;
+    \$57  = vc_sq_pp3;
     if (en) begin
-      \$72  = { \$16 , 8'h00 };
+      \$57  = { \$6 , 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$73  = vc_sq_pp5;
+    \$58  = vc_sq_pp4;
     if (en) begin
-      \$73  = { \$19 , 10'h000 };
+      \$58  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$74  = vc_sq_pp6;
+    \$59  = vc_sq_pp5;
     if (en) begin
-      \$74  = { \$22 , 12'h000 };
+      \$59  = { \$8 , 10'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$75  = vc_sq_pp7;
+    \$60  = vc_sq_pp6;
     if (en) begin
-      \$75  = { \$25 , 14'h0000 };
+      \$60  = { \$9 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$76  = vc_m_a;
+    \$61  = vc_sq_pp7;
     if (en) begin
-      \$76  = \$26 ;
+      \$61  = { \$10 , 14'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$77  = vc_q;
+    \$62  = vc_m_a;
     if (en) begin
-      \$77  = \$27 ;
+      \$62  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$78  = vc_f_h2;
+    \$63  = vc_q;
     if (en) begin
-      \$78  = vc_f_h;
+      \$63  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$79  = vc_u_2;
+    \$64  = vc_f_h2;
     if (en) begin
-      \$79  = vc_u_1;
+      \$64  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$80  = vc_sq_l0_0;
+    \$65  = vc_u_2;
     if (en) begin
-      \$80  = \$28 ;
+      \$65  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$81  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_0;
     if (en) begin
-      \$81  = \$29 ;
+      \$66  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$82  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_1;
     if (en) begin
-      \$82  = \$30 ;
+      \$67  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$83  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_2;
     if (en) begin
-      \$83  = \$31 ;
+      \$68  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$84  = vc_sq_l1_0;
+    \$69  = vc_sq_l0_3;
     if (en) begin
-      \$84  = \$32 ;
+      \$69  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$85  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_0;
     if (en) begin
-      \$85  = \$33 ;
+      \$70  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$86  = vc_sq_l2_0;
+    \$71  = vc_sq_l1_1;
     if (en) begin
-      \$86  = \$34 ;
+      \$71  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$87  = vc_m_a_d0;
+    \$72  = vc_sq_l2_0;
     if (en) begin
-      \$87  = vc_m_a;
+      \$72  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$88  = vc_m_a_d1;
+    \$73  = vc_m_a_d0;
     if (en) begin
-      \$88  = vc_m_a_d0;
+      \$73  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$89  = vc_m_a_d2;
+    \$74  = vc_m_a_d1;
     if (en) begin
-      \$89  = vc_m_a_d1;
+      \$74  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$90  = vc_q_d0;
+    \$75  = vc_m_a_d2;
     if (en) begin
-      \$90  = vc_q;
+      \$75  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$91  = vc_q_d1;
+    \$76  = vc_q_d0;
     if (en) begin
-      \$91  = vc_q_d0;
+      \$76  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$92  = vc_q_d2;
+    \$77  = vc_q_d1;
     if (en) begin
-      \$92  = vc_q_d1;
+      \$77  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$93  = vc_f_h_d0;
+    \$78  = vc_q_d2;
     if (en) begin
-      \$93  = vc_f_h2;
+      \$78  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$94  = vc_f_h_d1;
+    \$79  = vc_f_h_d0;
     if (en) begin
-      \$94  = vc_f_h_d0;
+      \$79  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$95  = vc_f_h_d2;
+    \$80  = vc_f_h_d1;
     if (en) begin
-      \$95  = vc_f_h_d1;
+      \$80  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$96  = vc_u_d0;
+    \$81  = vc_f_h_d2;
     if (en) begin
-      \$96  = vc_u_2;
+      \$81  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$97  = vc_u_d1;
+    \$82  = vc_u_d0;
     if (en) begin
-      \$97  = vc_u_d0;
+      \$82  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$98  = vc_u_d2;
+    \$83  = vc_u_d1;
     if (en) begin
-      \$98  = vc_u_d1;
+      \$83  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$99  = vc_down_a;
+    \$84  = vc_u_d2;
     if (en) begin
-      \$99  = \$35 ;
+      \$84  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$100  = vc_vs;
+    \$85  = vc_down_a;
     if (en) begin
-      \$100  = \$36 [31:16];
+      \$85  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$101  = vc_up_a;
+    \$86  = vc_vs;
     if (en) begin
-      \$101  = vc_sq_l2_0;
+      \$86  = \$21 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$102  = vc_q_3;
+    \$87  = vc_up_a;
     if (en) begin
-      \$102  = vc_q_d2;
+      \$87  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$103  = vc_u_3;
+    \$88  = vc_q_3;
     if (en) begin
-      \$103  = vc_u_d2;
+      \$88  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$104  = vc_up;
+    \$89  = vc_u_3;
     if (en) begin
-      \$104  = \$40 ;
+      \$89  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$105  = vc_down;
+    \$90  = vc_up;
     if (en) begin
-      \$105  = \$44 ;
+      \$90  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$106  = vc_q_4;
+    \$91  = vc_down;
     if (en) begin
-      \$106  = vc_q_3;
+      \$91  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$107  = vc_u_4;
+    \$92  = vc_q_4;
     if (en) begin
-      \$107  = vc_u_3;
+      \$92  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$108  = vc_lt_up;
+    \$93  = vc_u_4;
     if (en) begin
-      \$108  = \$45 ;
+      \$93  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$109  = vc_lt_down;
+    \$94  = vc_lt_up;
     if (en) begin
-      \$109  = \$46 ;
+      \$94  = \$30 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$110  = vc_q_up;
+    \$95  = vc_lt_down;
     if (en) begin
-      \$110  = \$47 ;
+      \$95  = \$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$111  = vc_q_dn;
+    \$96  = vc_q_up;
     if (en) begin
-      \$111  = \$48 ;
+      \$96  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$112  = vc_q_5;
+    \$97  = vc_q_dn;
     if (en) begin
-      \$112  = vc_q_4;
+      \$97  = \$33 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$113  = out;
+    \$98  = vc_q_5;
     if (en) begin
-      \$113  = \$62 ;
+      \$98  = vc_q_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
+    \$99  = out;
+    if (en) begin
+      \$99  = \$47 ;
     end
   end
   assign y = \$1 [34:16];
@@ -30497,7 +31043,7 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, noise, step, decay, theta, grad, x, z, clk);
+module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x, z, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$33  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -30909,7 +31455,7 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, noise, step, decay, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -30987,7 +31533,7 @@ module \lpsgld_w8_vc_l8.rng_0_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31065,7 +31611,7 @@ module \lpsgld_w8_vc_l8.rng_1_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31143,7 +31689,7 @@ module \lpsgld_w8_vc_l8.rng_2_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31221,7 +31767,7 @@ module \lpsgld_w8_vc_l8.rng_3_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31299,7 +31845,7 @@ module \lpsgld_w8_vc_l8.rng_4_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31377,7 +31923,7 @@ module \lpsgld_w8_vc_l8.rng_5_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31455,7 +32001,7 @@ module \lpsgld_w8_vc_l8.rng_6_0 (clk, rst, step, load0, load1, out, data);
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_7_0 (clk, rst, step, load0, load1, out, data);
+module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;

@@ -14,11 +14,11 @@
 // Random source: xoroshiro128aox (a, b, c = 55, 14, 36); the beat uses the output of the
 // state before its transfer edge, and the generator steps on that edge iff keep = 1.
 // Structure: one input register stage, the arithmetic, then a delay line to the manifest's
-// latency (7), all under the global enable advance = ~source__valid | source__ready.
+// latency (6), all under the global enable advance = ~source__valid | source__ready.
 module sgd_w4_l1 #(
     parameter [63:0] RESET_S0 = 64'he220a8397b1dcdaf,  // manifest seed_registers.addresses[0].reset_s0
     parameter [63:0] RESET_S1 = 64'h6e789e6aa1b965f4,  // ... reset_s1 (reset seed 0)
-    parameter LATENCY = 7
+    parameter LATENCY = 6
 ) (
     input  wire        clk,
     input  wire        rst,

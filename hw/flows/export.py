@@ -25,6 +25,7 @@ from emulator.spec.rng import LaneRng
 
 from .. import control
 from ..datapath import pipeline_stages
+from ..options import HwOptions, check_options
 from ..top import UpdateTop, sink_layout, source_layout
 
 SHIPPED = (tuple((name, lanes) for name in ("w8-vc", "w8-lpf", "w8-naive") for lanes in (1, 8))
@@ -43,11 +44,12 @@ def preset_name(cfg: DatapathConfig) -> str | None:
     return None
 
 
-def default_name(cfg: DatapathConfig) -> str:
-    """``lpsgld_<preset>_l<L>`` (dashes to underscores), ``lpsgld_custom_<variant>_l<L>`` otherwise."""
+def default_name(cfg: DatapathConfig, opts: HwOptions | None = None) -> str:
+    """``lpsgld_<preset>_l<L>`` (dashes to underscores), ``lpsgld_custom_<variant>_l<L>`` otherwise;
+    non-default options append ``_<target>_p<k>`` (``HwOptions.suffix``)."""
     p = preset_name(cfg)
     stem = p.replace("-", "_") if p else f"custom_{cfg.variant.value}"
-    return f"lpsgld_{stem}_l{cfg.lanes}"
+    return f"lpsgld_{stem}_l{cfg.lanes}{check_options(opts).suffix}"
 
 
 def config_dict(cfg: DatapathConfig) -> dict[str, Any]:
@@ -129,7 +131,8 @@ PROTOCOL = {
              "lane i mod L at beat i div L; lane l steps its generators once per transferred beat with keep[l] = 1",
     "idle": "idle = 1 exactly when no transferred beat is still inside the pipeline (all output beats delivered)",
     "control": "write (ctl__addr, ctl__data) with ctl__we high for one clock; a register takes the low bits it "
-               "needs; other addresses are ignored; register writes are meant for idle periods",
+               "needs; other addresses are ignored; register writes are meant for idle periods; a write "
+               "strobed on edge w is seen by every beat transferred on edge w + 1 or later",
     "latency": "a beat transferred on edge t is valid on source after edge t + latency - 1 (taken at edge "
                "t + latency at the earliest); one beat per clock at full rate",
 }
@@ -146,7 +149,9 @@ def _layout_fields(layout: data.StructLayout) -> dict[str, dict[str, Any]]:
     return out
 
 
-def manifest(cfg: DatapathConfig, name: str, reset_seed: int, latency: int) -> dict[str, Any]:
+def manifest(cfg: DatapathConfig, name: str, reset_seed: int, latency: int,
+             opts: HwOptions | None = None) -> dict[str, Any]:
+    opts = check_options(opts)
     sink, source = sink_layout(cfg), source_layout(cfg)
     ports = [
         {"name": "clk", "dir": "in", "width": 1},
@@ -172,8 +177,10 @@ def manifest(cfg: DatapathConfig, name: str, reset_seed: int, latency: int) -> d
         "state_format": {"width": cfg.state.width, "frac": cfg.state.frac},
         "weight_format": {"width": cfg.weight.width, "frac": cfg.weight.frac},
         "latency": latency,
+        "target": opts.target,
+        "pipeline_depth": opts.pipeline,
         "throughput_beats_per_clock": 1,
-        "pipeline": [{"unit": u, "stages": n, "does": d} for u, n, d in pipeline_stages(cfg)],
+        "pipeline": [{"unit": u, "stages": n, "does": d} for u, n, d in pipeline_stages(cfg, opts)],
         "ports": ports,
         "protocol": PROTOCOL,
         "registers": _registers(cfg),
@@ -203,24 +210,26 @@ def vlt_text(name: str) -> str:
 
 
 def export(cfg: DatapathConfig, out_dir: str | os.PathLike[str], *, name: str | None = None,
-           reset_seed: int = 0, init_values: bool = True) -> dict[str, Any]:
+           reset_seed: int = 0, init_values: bool = True, opts: HwOptions | None = None) -> dict[str, Any]:
     """Write ``<name>.v``, ``<name>.vlt`` (Verilator lint waivers) and ``<name>.json`` into
     ``out_dir``; return the manifest. ``init_values=False`` leaves out the declaration initial
     values (reset-only state, for ASIC flows): the design then needs ``rst`` before use, and
-    behaves identically after it."""
+    behaves identically after it. ``opts`` (:class:`hw.options.HwOptions`): target and pipeline
+    depth (default: ice40-hx, 1)."""
     if not isinstance(cfg, DatapathConfig):
         raise TypeError(f"cfg must be an emulator.spec.datapath.DatapathConfig, got {type(cfg).__name__}")
+    opts = check_options(opts)
     if name is None:
-        name = default_name(cfg)
+        name = default_name(cfg, opts)
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"module name must be a Verilog identifier, got {name!r}")
-    top = UpdateTop(cfg, reset_seed=reset_seed)  # checks reset_seed
+    top = UpdateTop(cfg, reset_seed=reset_seed, opts=opts)  # checks reset_seed
     if not isinstance(init_values, bool):
         raise TypeError(f"init_values must be a bool, got {init_values!r}")
     text = verilog.convert(top, name=name, emit_src=False)
     if not init_values:
         text = strip_init_values(text)
-    man = manifest(cfg, name, top.reset_seed, top.latency)
+    man = manifest(cfg, name, top.reset_seed, top.latency, opts)
     man["init_values"] = init_values
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{name}.v"), "w") as f:

@@ -120,7 +120,8 @@ def format_table(rows: list[tuple[str, int, GenericArea]]) -> str:
     return "\n".join(lines)
 
 
-def run_cli(configs: list[tuple[str, int]], *, build_dir: str | None = None, json_out: str | None = None) -> str:
+def run_cli(configs: list[tuple[str, int]], *, build_dir: str | None = None, json_out: str | None = None,
+            hw_opts: Any = None) -> str:
     """``lpsgld synth --device generic``: export each (preset, lanes) and report its generic area."""
     from emulator.spec.presets import preset
 
@@ -129,7 +130,7 @@ def run_cli(configs: list[tuple[str, int]], *, build_dir: str | None = None, jso
     rows = []
     for name, lanes in configs:
         work = Path(build_dir) / f"{name}_l{lanes}" if build_dir else Path(tempfile.mkdtemp(prefix="lpsgld-generic-"))
-        man = export(preset(name, lanes), work)
+        man = export(preset(name, lanes), work, opts=hw_opts)  # hw_opts: hw.options.HwOptions (target, pipeline)
         rows.append((name, lanes, generic_area(work / f"{man['module']}.v", man["module"], work)))
     if json_out:
         Path(json_out).write_text(json.dumps([{"config": n, "lanes": L, **a.to_json()} for n, L, a in rows],

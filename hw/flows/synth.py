@@ -670,9 +670,10 @@ def synthesize(elaboratable: Any, name: str, **kwargs: Any) -> SynthReport:
 SHIPPED = tuple((name, lanes) for name in ("w8-vc", "w8-lpf", "w8-naive") for lanes in (1, 8))
 
 
-def synthesize_config(cfg: Any, *, name: str | None = None, reset_seed: int = 0, **kwargs: Any) -> SynthReport:
-    """Export ``cfg``'s top (``hw.flows.export.export``, the same Verilog as ``lpsgld rtl``) into the
-    build directory and run :func:`synthesize_verilog` on it."""
+def synthesize_config(cfg: Any, *, name: str | None = None, reset_seed: int = 0, hw_opts: Any = None,
+                      **kwargs: Any) -> SynthReport:
+    """Export ``cfg``'s top (``hw.flows.export.export``, the same Verilog as ``lpsgld rtl``; ``hw_opts``:
+    target and pipeline depth) into the build directory and run :func:`synthesize_verilog` on it."""
     from .export import export
 
     build = kwargs.pop("build_dir", None)
@@ -680,7 +681,7 @@ def synthesize_config(cfg: Any, *, name: str | None = None, reset_seed: int = 0,
     work.mkdir(parents=True, exist_ok=True)
     rtl = work / "rtl"
     rtl.mkdir(exist_ok=True)
-    export(cfg, rtl, name=name, reset_seed=reset_seed)
+    export(cfg, rtl, name=name, reset_seed=reset_seed, opts=hw_opts)
     designs = sorted(rtl.glob("*.v"))
     if len(designs) != 1:
         raise RuntimeError(f"expected one Verilog file from hw.flows.export.export in {rtl}, found {len(designs)}")
@@ -753,6 +754,7 @@ def run_cli(
     build_dir: str | None,
     json_out: str | None,
     progress: Any = None,
+    hw_opts: Any = None,
     on_table: Any = None,
 ) -> str:
     """``lpsgld synth``: synthesize each (preset, lanes); return the text table, write JSON."""
@@ -760,6 +762,10 @@ def run_cli(
     import platform
 
     from emulator.spec.presets import preset
+
+    from ..options import check_options
+
+    hw_opts = check_options(hw_opts)
 
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
@@ -769,15 +775,16 @@ def run_cli(
     for config, lanes in configs:
         cfg = preset(config, lanes)
         if progress is not None:
-            progress(f"synth: {config} x{lanes} on {device}")
+            progress(f"synth: {config} x{lanes} on {device} (target {hw_opts.target}, pipeline {hw_opts.pipeline})")
         opts: dict[str, Any] = dict(device=device, seeds=seeds, freq_mhz=freq_mhz, place=place,
                                     hierarchy=hierarchy, registers=registers, router=router,
                                     pnr_timeout_s=pnr_timeout_s)
         if build_dir is None:
             with tempfile.TemporaryDirectory(prefix="lpsgld-synth-") as tmp:
-                r = synthesize_config(cfg, build_dir=tmp, **opts)
+                r = synthesize_config(cfg, build_dir=tmp, hw_opts=hw_opts, **opts)
         else:
-            r = synthesize_config(cfg, build_dir=Path(build_dir) / f"{config}_l{lanes}", **opts)
+            r = synthesize_config(cfg, build_dir=Path(build_dir) / f"{config}_l{lanes}{hw_opts.suffix}",
+                                  hw_opts=hw_opts, **opts)
         rows.append((config, lanes, r))
     if on_table is not None:  # the results out before the JSON write, which can fail
         on_table(format_table(rows))
@@ -787,6 +794,8 @@ def run_cli(
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {platform.system()}",
             "tools": versions,
             "device": device,
+            "target": hw_opts.target,
+            "pipeline_depth": hw_opts.pipeline,
             "target_mhz": freq_mhz,
             "router": router,
             "source": revision,

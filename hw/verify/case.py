@@ -33,7 +33,8 @@ def _override(name: str, value: Any) -> Any:
 class Design:
     """A hardware build: preset name, lane count, overrides of DatapathConfig fields, reset seed;
     or (``preset`` None) a whole configuration as sorted JSON in ``config_json`` and the
-    top-level ``module`` name, as read from a manifest."""
+    top-level ``module`` name, as read from a manifest. ``target`` / ``pipeline``: the
+    implementation choice (``hw.options.HwOptions``) the build is exported with."""
 
     preset: str | None
     lanes: int
@@ -41,10 +42,13 @@ class Design:
     reset_seed: int = 0
     config_json: str | None = None
     module: str | None = None
+    target: str = "ice40-hx"
+    pipeline: int = 1
 
     @classmethod
-    def of(cls, preset_name: str, lanes: int, reset_seed: int = 0, **overrides: Any) -> Design:
-        return cls(preset_name, lanes, tuple(sorted(overrides.items())), reset_seed)
+    def of(cls, preset_name: str, lanes: int, reset_seed: int = 0, *, target: str = "ice40-hx", pipeline: int = 1,
+           **overrides: Any) -> Design:
+        return cls(preset_name, lanes, tuple(sorted(overrides.items())), reset_seed, target=target, pipeline=pipeline)
 
     @classmethod
     def from_config(cls, cfg: DatapathConfig, module: str, reset_seed: int = 0) -> Design:
@@ -85,6 +89,8 @@ class Design:
                 parts.append(f"{k}{hashlib.sha1(repr(v).encode()).hexdigest()[:6]}")
         if self.reset_seed:
             parts.append(f"rs{self.reset_seed}")
+        if (self.target, self.pipeline) != ("ice40-hx", 1):
+            parts.append(f"{self.target.replace('-', '')}_p{self.pipeline}")
         return "_".join(parts)
 
     @property
@@ -94,7 +100,7 @@ class Design:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"preset": self.preset, "lanes": self.lanes, "overrides": dict(self.overrides),
-                             "reset_seed": self.reset_seed}
+                             "reset_seed": self.reset_seed, "target": self.target, "pipeline": self.pipeline}
         if self.config_json is not None:
             d["config"] = json.loads(self.config_json)
         if self.module is not None:
@@ -103,11 +109,12 @@ class Design:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Design:
+        hw = {"target": d.get("target", "ice40-hx"), "pipeline": d.get("pipeline", 1)}
         if d.get("config") is not None:
             cfg = DatapathConfig.from_dict(d["config"])
             return cls(d.get("preset"), cfg.lanes, (), d.get("reset_seed", 0),
-                       json.dumps(cfg.to_dict(), sort_keys=True), d.get("module"))
-        base = cls.of(d["preset"], d["lanes"], d.get("reset_seed", 0), **d.get("overrides", {}))
+                       json.dumps(cfg.to_dict(), sort_keys=True), d.get("module"), **hw)
+        base = cls.of(d["preset"], d["lanes"], d.get("reset_seed", 0), **hw, **d.get("overrides", {}))
         return replace(base, module=d.get("module"))
 
 

@@ -82,7 +82,7 @@ MUTANTS = [
     Mutant("M06", VC4, "rng_1_0", rf"(= s0;\n(?:.*\n)*?\s+if \(rst\) begin\n\s+{TMP} = 64'h[0-9a-f]{{15}})([0-9a-f])",
            _flip_reset_lsb, "reset state of s0 (lane 1): bit 0 flipped"),
     # top: keep, handshake, control
-    Mutant("M07", VC4, "", r"(= transfer & sink__payload\[)1(\];)", r"\g<1>2\2",
+    Mutant("M07", VC4, "", rf"(= {TMP} & keep_1\[)1(\];)", r"\g<1>2\2",
            "lane 1's generator steps on lane 2's keep bit"),
     Mutant("M08", VC4, "", r"(ctl__addr == 9'h10)3;", r"\g<1>2;", "seed load: s1 of stream 1 decoded at s0's address",
            count=2),
@@ -91,11 +91,11 @@ MUTANTS = [
            "backpressure ignored (sink ready while the pipeline stalls)"),
     Mutant("M11", VC4, "", rf"({TMP} = )sink__payload\[3:0\];", r"\1{ 1'h1, sink__payload[2:0] };",
            "keep echo: bit 3 stuck at 1"),
-    Mutant("M12", VC4, "", rf"(16'h0003:\n\s+{TMP} = )ctl__data\[14:0\];", r"\1ctl__data[15:1];",
-           "vc_var register takes data bits [15:1]"),
+    Mutant("M12", VC4, "", rf"(if \(write_vc_var\) begin\n\s+{TMP} = )wdata\[14:0\];", r"\1wdata[15:1];",
+           "vc_var registers (every lane's copy) take data bits [15:1]", count=4),
     Mutant("M13", VC4, "", rf"(= vc_noise;\n(?:.*\n)*?\s+if \(rst\) begin\n\s+{TMP} = )1'h0;", r"\g<1>1'h1;",
            "vc_noise resets to 1"),
-    Mutant("M14", VC4, "", rf"16'h0000:(\n\s+{TMP} = ctl__data\[15:0\];)", r"16'h0005:\1",
+    Mutant("M14", VC4, "", rf"16'h0000:(\n\s+{TMP} = 1'h1;)", r"16'h0005:\1",
            "step register decoded at address 0x0005"),
     # exact sum (lane 2 of 4)
     Mutant("M15", VC4, "lane_2.sum", r"(= \$signed\(sum_x_l2_0\)) - (\$signed\(sum_x_l2_1\);)", r"\1 + \2",
@@ -130,22 +130,23 @@ MUTANTS = [
     Mutant("M30", NAIVE4, "lane_1.gauss", r"casez \(bits\[15:8\]\)", "casez (bits[16:9])",
            "Gaussian term 1 index bits [16:9]"),
     Mutant("M31", NAIVE4, "lane_1", r"= words\[23:0\];", "= words[24:1];", "sr field read one bit too high"),
-    Mutant("M32", W4NAIVE4, "lane_1", r"= words\[11:6\];", "= words[11:6] ^ 6'h01;", "gauss field bit 0 inverted"),
+    Mutant("M32", W4NAIVE4, "lane_1", r"\.bits\(words\[11:6\]\)", ".bits(words[11:6] ^ 6'h01)",
+           "gauss field bit 0 inverted (the field goes straight from the generator word to the table look-ups)"),
     # SR rounding and the lp_f weight (one lane)
     Mutant("M33", W4LPF1, "lane_0.narrow", r"4'h4\)", "4'h3)", "weight RN tie constant (all four copies)", count=4),
     Mutant("M34", LPF1, "lane_0.narrow", rf"(assign {TMP} = ){TMP} \? ({TMP}\[20:13\]) : {TMP};", r"\1\2;",
            "weight saturation dropped (wraps)"),
     Mutant("M35", LPF1, "lane_0.narrow", rf"({TMP} = rnd_state_d;\n\s+if \()en(\) begin)", r"\g<1>1'h1\2",
            "state delay register ignores the pipeline enable"),
-    Mutant("M36", LPF1, "lane_0.narrow", r"(\$signed\(x\)) \+ (\$signed\(\{ 1'h0, u_sr \}\))", r"\1 - \2",
-           "SR: x + u computed as x - u"),
+    Mutant("M36", LPF1, "lane_0.sum", r"= 1'h0 \+ sum_u_sr\[20:0\];", "= 1'h0 - sum_u_sr[20:0];",
+           "SR: x + u computed as x - u in the low half of the uniform's (carry-select) adder", count=2),
     Mutant("M37", LPF1, "lane_0.narrow", r"\? 24'h800000 : 24'h7fffff;", "? 24'h800000 : 24'h7ffffe;",
            "accumulator saturation max off by one"),
     # the contract's corner cases (docs/hardware.md "Reset and seeds")
     Mutant("M38", VC4, "", rf"assign sink__ready = advance & {TMP};", "assign sink__ready = advance;",
            "sink ready not gated by reset (a beat offered during reset is taken)"),
-    Mutant("M39", VC4, "", rf"(assign \\step\$54  = {TMP}) & {TMP};", r"\1;",
-           "lane 1's generator steps when its s1 is written on a transfer edge (no hold)"),
+    Mutant("M39", VC4, "", rf"(assign {TMP} = {TMP}) & seed_hold_1;", r"\1 & 1'h0;",
+           "lane 1's generator steps when a seed word of it is written on a transfer edge (no hold)"),
 ]
 
 

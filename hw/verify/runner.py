@@ -122,8 +122,10 @@ def tool_env() -> Iterator[None]:
 def export_design(design: Design, out_dir: Path) -> tuple[Path, dict[str, Any]]:
     """``hw.flows.export.export`` of the design: Verilog path and manifest (needs amaranth)."""
     from hw.flows.export import export
+    from hw.options import HwOptions
 
-    manifest = export(design.config(), out_dir, name=design.module_name, reset_seed=design.reset_seed)
+    manifest = export(design.config(), out_dir, name=design.module_name, reset_seed=design.reset_seed,
+                      opts=HwOptions(design.target, design.pipeline))
     return out_dir / f"{design.module_name}.v", manifest
 
 

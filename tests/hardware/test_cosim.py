@@ -10,8 +10,10 @@ per design. ``LPSGLD_WAVES=1``: waveforms in the run directories (separate build
 
 Matrix (what builds are spent on): Verilator builds cost 5-25 s each, Icarus builds about a
 second but simulate about 20x slower per clock. Icarus covers every preset at 1 and 4 lanes,
-every w8 variant at 8 lanes and the custom random budgets; Verilator covers every variant,
-every word length and every lane count on a smaller set, plus the full-rate/latency check.
+every w8 variant at 8 lanes and the custom random budgets, and every target / pipeline depth
+(``OPTIONS``) on every w8 variant and the w4 / w16 VC and LP-F presets; Verilator covers every
+variant, every word length, every lane count and every target on a smaller set, plus the
+full-rate/latency check (default and dsp18 at pipeline 2).
 """
 
 from __future__ import annotations
@@ -59,8 +61,21 @@ VERILATOR = [
     Design.of("w8-naive", 1, sr_bits=1),
 ]
 
+# Every target and pipeline depth (hw.options.HwOptions): the same words whatever the structure.
+# dsp18 splits operands wider than 18 signed bits (w8-lpf / w16 accumulators, the w16 squarer).
+OPTIONS = [("dsp18", 1), ("generic", 1), ("ice40-hx", 2), ("dsp18", 2), ("generic", 3)]
+ICARUS += [Design.of(f"w8-{v}", 4, target=t, pipeline=k) for t, k in OPTIONS for v in VARIANTS]
+ICARUS += [Design.of(f"{w}-{v}", 1, target=t, pipeline=k) for t, k in OPTIONS for w in ("w4", "w16")
+           for v in ("vc", "lpf")]
+ICARUS += [Design.of("w8-vc", 4, target="dsp18", pipeline=2, rng_words=2, gaussian=_G6),
+           Design.of("w8-naive", 2, target="generic", pipeline=2, sr_bits=1)]
+VERILATOR += [Design.of("w8-vc", 8, target="dsp18"), Design.of("w16-lpf", 1, target="generic", pipeline=2),
+              Design.of("w4-vc", 1, pipeline=3), Design.of("w8-naive", 4, target="dsp18", pipeline=2),
+              Design.of("w16-vc", 1, target="dsp18", pipeline=2)]
+
 MATRIX = [("icarus", d) for d in ICARUS] + [("verilator", d) for d in VERILATOR]
-FULL_RATE = [("icarus", Design.of("w8-vc", 8)), ("verilator", Design.of("w8-vc", 8))]
+FULL_RATE = [("icarus", Design.of("w8-vc", 8)), ("verilator", Design.of("w8-vc", 8)),
+             ("verilator", Design.of("w8-vc", 8, target="dsp18", pipeline=2))]
 
 _builds: dict[tuple[str, str, bool], object] = {}
 

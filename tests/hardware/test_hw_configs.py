@@ -4,7 +4,8 @@ The presets pin a few corners; the datapath is generated from any ``DatapathConf
 so this draws configurations (formats, alignments, sr_bits, vc_frac_bits, Gaussian
 shape, decay or not; one generator word: two-word layouts are in test_hw_top) from a seeded generator and checks the
 elaborated lane (evaluated by hw.verify.vectorsim) against ``emulator.spec.datapath.update`` on
-random and corner inputs under both VC branches. ``LPSGLD_SOAK=1`` draws 200.
+random and corner inputs under both VC branches, each with a random target and pipeline depth.
+``LPSGLD_SOAK=1`` draws 200.
 """
 
 import os
@@ -18,6 +19,7 @@ from emulator.spec.datapath import DatapathConfig, StepRegisters, Variant, updat
 from emulator.spec.formats import FixedFormat
 from emulator.spec.gaussian import GaussianSpec
 from hw.datapath import UpdateLane, register_ports
+from hw.options import TARGETS, HwOptions
 from hw.verify.vectorsim import evaluate
 
 COUNT = 200 if os.environ.get("LPSGLD_SOAK") == "1" else 40
@@ -68,6 +70,7 @@ def _registers(cfg, rng, branch_a):
 def test_random_configuration(index):
     rng = np.random.default_rng([index, 2026])
     cfg = _config(rng)
+    opts = HwOptions(str(rng.choice(TARGETS)), int(rng.integers(1, 4)))  # any target, pipeline depth 1-3
     n = 4000
     st, gr = cfg.state, cfg.grad
     theta = rng.integers(st.min_word, st.max_word + 1, n)
@@ -77,12 +80,12 @@ def test_random_configuration(index):
     for branch_a in (True, False) if cfg.variant is Variant.VC else (True,):
         regs = _registers(cfg, rng, branch_a)
         cfg.check_registers(regs)
-        lane = UpdateLane(cfg)
+        lane = UpdateLane(cfg, opts)
         values = {"step": regs.step, "decay": regs.decay, "noise": regs.noise, "vc_noise": int(regs.vc_noise),
                   "vc_var": regs.vc_var}
         ins = [(lane.en, 1), (lane.theta, theta), (lane.grad, grad), (lane.words, words[:, 0])]
         ins += [(getattr(lane, r), values[r]) for r in register_ports(cfg)]
         state, weight = evaluate(lane, ins, [lane.state, lane.weight])
         exp = update(cfg, theta, grad, regs, words.astype(np.uint64))
-        assert np.array_equal(state, exp.state), (cfg, regs)
-        assert np.array_equal(weight, exp.weight), (cfg, regs)
+        assert np.array_equal(state, exp.state), (cfg, opts, regs)
+        assert np.array_equal(weight, exp.weight), (cfg, opts, regs)

@@ -20,6 +20,7 @@ from emulator.spec.datapath import StepRegisters, update
 from emulator.spec.host import HyperParams, step_registers
 from emulator.spec.presets import preset
 from hw.datapath import UpdateLane, register_ports
+from hw.options import HwOptions
 from hw.verify.vectorsim import evaluate
 
 SOAK = os.environ.get("LPSGLD_SOAK") == "1"
@@ -41,8 +42,13 @@ def _all_inputs(cfg, gauss_values=None):
     return th.ravel(), g_.ravel(), w.ravel()
 
 
-def _check(cfg, regs, theta, grad, words):
-    lane = UpdateLane(cfg)
+# every target; pipeline depths 1 (every tree level registered) and 2 (every other level)
+OPTS = [HwOptions(), HwOptions("dsp18"), HwOptions("generic"), HwOptions("ice40-hx", 2), HwOptions("dsp18", 2)]
+OPT_IDS = [f"{o.target}-p{o.pipeline}" for o in OPTS]
+
+
+def _check(cfg, regs, theta, grad, words, opts=None):
+    lane = UpdateLane(cfg, opts)
     values = {"step": regs.step, "decay": regs.decay, "noise": regs.noise, "vc_noise": int(regs.vc_noise),
               "vc_var": regs.vc_var}
     ins = [(lane.en, 1), (lane.theta, theta), (lane.grad, grad), (lane.words, words)]
@@ -69,12 +75,13 @@ VC_REGS = {
 }
 
 
+@pytest.mark.parametrize("opts", OPTS, ids=OPT_IDS)
 @pytest.mark.parametrize("regs", list(VC_REGS), ids=list(VC_REGS))
-def test_w4_vc_every_input(regs):
+def test_w4_vc_every_input(regs, opts):
     cfg = preset("w4-vc")
     r = VC_REGS[regs](cfg)
     assert r.vc_noise == regs.startswith("A")  # the case exercises the branch it names
-    n = _check(cfg, r, *_all_inputs(cfg))
+    n = _check(cfg, r, *_all_inputs(cfg), opts)
     assert n == 16 * 16 * (1 << 13)
 
 
@@ -84,17 +91,19 @@ SR_REGS = {
 }
 
 
+@pytest.mark.parametrize("opts", OPTS, ids=OPT_IDS)
 @pytest.mark.parametrize("regs", list(SR_REGS), ids=list(SR_REGS))
 @pytest.mark.parametrize("name", ["w4-naive", "w4-sgd-l", "w4-sgd-f"])
-def test_w4_sr_variants_every_input(name, regs):
+def test_w4_sr_variants_every_input(name, regs, opts):
     cfg = preset(name)
-    _check(cfg, SR_REGS[regs](cfg), *_all_inputs(cfg))
+    _check(cfg, SR_REGS[regs](cfg), *_all_inputs(cfg), opts)
 
 
 @pytest.mark.parametrize("regs", list(SR_REGS), ids=list(SR_REGS))
-def test_w4_lpf_every_state_grad_and_sr_input(regs):
+@pytest.mark.parametrize("opts", OPTS, ids=OPT_IDS)
+def test_w4_lpf_every_state_grad_and_sr_input(regs, opts):
     """Every accumulator word, gradient and SR input; Gaussian indices: all under LPSGLD_SOAK=1."""
     cfg = preset("w4-lpf")
     g = cfg.fields["gauss"]
     gauss = np.arange(1 << g.width) if SOAK else np.array([0, 1, 9, 27, 36, 54, 62, 63])
-    _check(cfg, SR_REGS[regs](cfg), *_all_inputs(cfg, gauss))
+    _check(cfg, SR_REGS[regs](cfg), *_all_inputs(cfg, gauss), opts)

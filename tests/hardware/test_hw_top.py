@@ -16,6 +16,7 @@ from emulator.spec.host import HyperParams, step_registers
 from emulator.spec.presets import preset
 from emulator.spec.rng import LaneRng, XoroshiroSpec
 from hw import control
+from hw.options import HwOptions
 from hw.top import UpdateTop
 from hw.verify.amaranth_sim import Call, beats, simulate
 
@@ -62,10 +63,10 @@ def _words(fmt, rng, n):
     return w
 
 
-def _check(cfg, calls, *, reset_seed=0, seed=None, stall_seed=None):
+def _check(cfg, calls, *, reset_seed=0, seed=None, stall_seed=None, opts=None):
     pat = None if stall_seed is None else np.random.default_rng(stall_seed).random(100_000)
     trace = simulate(
-        cfg, calls, reset_seed=reset_seed, seed=seed,
+        cfg, calls, reset_seed=reset_seed, seed=seed, top=UpdateTop(cfg, reset_seed=reset_seed, opts=opts),
         sink_valid=None if pat is None else (lambda c: pat[c] < 0.8),
         source_ready=None if pat is None else (lambda c: pat[-1 - c] < 0.7),
     )
@@ -109,6 +110,22 @@ def test_top_matches_engine_custom(name):
     calls = [Call(_words(cfg.state, rng, m), _words(cfg.grad, rng, m), _registers(cfg, rng, i % 2 == 0))
              for i, m in enumerate((2 * cfg.lanes + 1, 3 * cfg.lanes, cfg.lanes))]
     _check(cfg, calls, seed=12345, stall_seed=3)
+
+
+OPTS = [HwOptions("dsp18"), HwOptions("generic"), HwOptions("ice40-hx", 2), HwOptions("dsp18", 2),
+        HwOptions("generic", 3)]
+
+
+@pytest.mark.parametrize("opts", OPTS, ids=[f"{o.target}-p{o.pipeline}" for o in OPTS])
+@pytest.mark.parametrize(("name", "lanes", "hp"), [W8_CASES[0], W8_CASES[1], W8_CASES[3], W8_CASES[6]],
+                         ids=["w8-vc-A", "w8-vc-B", "w8-lpf", "w16-vc"])
+def test_top_every_target_and_pipeline(name, lanes, hp, opts):
+    """Same words whatever the target and pipeline depth: stalls, a seed load, two calls."""
+    cfg = preset(name, lanes)
+    regs = step_registers(cfg, HyperParams(*hp))
+    rng = np.random.default_rng(lanes)
+    calls = [Call(_words(cfg.state, rng, m), _words(cfg.grad, rng, m), regs) for m in (2 * lanes + 1, lanes)]
+    _check(cfg, calls, seed=99, stall_seed=lanes, opts=opts)
 
 
 def test_seed_load_equals_engine_seed():
@@ -159,9 +176,10 @@ def _bench_with_reset(top, body):
     sim.run()
 
 
-def test_latency_throughput_idle_and_keep_zero():
+@pytest.mark.parametrize("opts", [HwOptions(), HwOptions("dsp18", 2)], ids=["ice40-hx-p1", "dsp18-p2"])
+def test_latency_throughput_idle_and_keep_zero(opts):
     cfg = preset("w8-naive", 2)
-    top = UpdateTop(cfg)
+    top = UpdateTop(cfg, opts=opts)
     regs = step_registers(cfg, HyperParams(2e-3))
     rng = np.random.default_rng(9)
     theta, grad = _words(cfg.state, rng, 8), _words(cfg.grad, rng, 8)
@@ -313,6 +331,8 @@ def test_constructor_errors():
         UpdateTop(preset("w8-vc"), reset_seed=-1)
     with pytest.raises(TypeError, match=r"^reset_seed must be an int, got bool True$"):
         UpdateTop(preset("w8-vc"), reset_seed=True)
+    with pytest.raises(TypeError, match=r"^opts must be an hw.options.HwOptions, got str$"):
+        UpdateTop(preset("w8-vc"), opts="dsp18")
     big = preset("w8-sgd-l", 32641)
     with pytest.raises(ValueError, match=r"^lanes \* rng_words = 32641 \* 1 = 32641 generator streams; "
                                          r"the control address map holds at most 32640$"):

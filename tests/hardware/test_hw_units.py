@@ -19,6 +19,7 @@ from hw.arith import round_nearest as round_nearest_hw
 from hw.arith import saturate
 from hw.datapath import ExactSum, Rounder, UpdateLane, VCQuantizer
 from hw.gaussian import GaussianGenerator
+from hw.options import HwOptions
 from hw.rng import XoroshiroGenerator
 from hw.verify.vectorsim import evaluate
 
@@ -42,6 +43,24 @@ def run_pipeline(dut, vectors, outputs, latency):
     sim.add_testbench(bench)
     sim.run()
     return np.array(got, dtype=np.int64).reshape(len(vectors), len(outputs))
+
+
+# every target, and pipeline depths that merge tree levels (2, 3) or leave one register per tree (8)
+OPTS = [HwOptions(), HwOptions("dsp18"), HwOptions("generic"), HwOptions("ice40-hx", 2), HwOptions("dsp18", 3),
+        HwOptions("generic", 8)]
+OPT_IDS = [f"{o.target}-p{o.pipeline}" for o in OPTS]
+opts_param = pytest.mark.parametrize("opts", OPTS, ids=OPT_IDS)
+
+
+def lane_vectors(dut, theta, grad, words, reg_ports):
+    """Vectors for ``UpdateLane``: beat i's words are presented ``words_delay`` cycles after its theta/grad.
+
+    One extra trailing vector carries the last beat's words; its own output is dropped by the caller.
+    """
+    d = dut.words_delay
+    n = len(theta)
+    return [[(dut.theta, theta[i] if i < n else 0), (dut.grad, grad[i] if i < n else 0),
+             (dut.words, words[i - d] if i >= d else 0), *reg_ports] for i in range(n + d)]
 
 
 # ---- random source ---------------------------------------------------------------------
@@ -107,11 +126,12 @@ def test_generator_errors():
 
 @pytest.mark.parametrize("spec", [GaussianSpec("table", 2, 3, 3), GaussianSpec(), GaussianSpec("clt", 3, 5, 0),
                                   GaussianSpec("table", 5, 4, 6)], ids=["w4", "default", "clt", "odd-terms"])
-def test_gaussian_equals_table_sum(spec):
+@opts_param
+def test_gaussian_equals_table_sum(spec, opts):
     rng = np.random.default_rng(spec.bits)
     n = 1 << spec.bits
     bits = np.arange(n) if n <= 512 else np.concatenate([[0, n - 1], rng.integers(0, n, 400)])
-    dut = GaussianGenerator(spec)
+    dut = GaussianGenerator(spec, opts)
     got = run_pipeline(dut, [[(dut.bits, b)] for b in bits], [dut.z], dut.latency)[:, 0]
     assert np.array_equal(got, spec.sample(bits.astype(np.uint64)))
 
@@ -119,6 +139,8 @@ def test_gaussian_equals_table_sum(spec):
 def test_gaussian_error():
     with pytest.raises(TypeError, match=r"^spec must be a GaussianSpec, got 'table'$"):
         GaussianGenerator("table")
+    with pytest.raises(TypeError, match=r"^opts must be an hw.options.HwOptions, got str$"):
+        GaussianGenerator(GaussianSpec(), "dsp18")
 
 
 # ---- exact sum, rounder, VC quantizer ---------------------------------------------------
@@ -135,8 +157,9 @@ def _regs(cfg, rng, branch_a=True):
     return StepRegisters(int(rng.integers(cfg.step.max_word + 1)), decay, noise)
 
 
-@pytest.mark.parametrize("name", ["w8-vc", "w8-lpf", "w16-naive", "w8-sgd-l"])
-def test_exact_sum(name):
+@opts_param
+@pytest.mark.parametrize("name", ["w8-vc", "w8-lpf", "w16-naive", "w8-sgd-l", "w16-lpf"])
+def test_exact_sum(name, opts):
     cfg = preset(name)
     rng = np.random.default_rng(1)
     n = 300
@@ -146,19 +169,25 @@ def test_exact_sum(name):
     grad[:4] = [cfg.grad.max_word, cfg.grad.min_word, cfg.grad.min_word, cfg.grad.max_word]
     fmt_max = {"step": cfg.step.max_word, "decay": cfg.decay.max_word, "noise": cfg.noise.max_word}
     regs = StepRegisters(fmt_max["step"], fmt_max["decay"], fmt_max["noise"] if cfg.variant.has_gaussian else 0)
-    dut = ExactSum(cfg)
+    dut = ExactSum(cfg, opts)
     ports = [(dut.step, regs.step), (dut.decay, regs.decay)]
     if cfg.variant.has_gaussian:
         gz = cfg.gaussian.max_abs
         z = rng.integers(-gz, gz + 1, n)
         z[:4] = [gz, -gz, -gz, gz]
         ports.append((dut.noise, regs.noise))
+    adds_sr = cfg.variant is not Variant.VC and cfg.drop_bits > 0
+    u = rng.integers(0, 1 << cfg.sr_k, n)
+    u[:2] = [0, (1 << cfg.sr_k) - 1]
     vecs = [[(dut.theta, theta[i]), (dut.grad, grad[i]), *ports]
-            + ([(dut.z, z[i])] if cfg.variant.has_gaussian else []) for i in range(n)]
+            + ([(dut.z, z[i])] if cfg.variant.has_gaussian else [])
+            + ([(dut.u_sr, u[i])] if adds_sr else []) for i in range(n)]
     got = run_pipeline(dut, vecs, [dut.x], dut.latency)[:, 0]
     exp = exact_sum(cfg, theta, grad, regs)
     if cfg.variant.has_gaussian:
         exp = exp + ((regs.noise * z) << (cfg.sum_frac - cfg.noise.frac - cfg.gaussian.frac))
+    if adds_sr:  # SR variants: the uniform is a leaf, x + (u << (s-k))
+        exp = exp + (u << (cfg.drop_bits - cfg.sr_k))
     assert np.array_equal(got, exp)
 
 
@@ -177,8 +206,8 @@ def test_rounder(name):
     k = cfg.sr_k
     u = rng.integers(0, 1 << k, n)
     dut = Rounder(cfg)
-    got = run_pipeline(dut, [[(dut.x, x[i]), (dut.u_sr, u[i])] for i in range(n)],
-                       [dut.state, dut.weight], dut.latency)
+    xu = x + (u << (cfg.drop_bits - k))  # ExactSum adds the uniform; the rounder drops s bits
+    got = run_pipeline(dut, [[(dut.x, xu[i])] for i in range(n)], [dut.state, dut.weight], dut.latency)
     state = cfg.state.saturate(round_stochastic(x, cfg.drop_bits, k, u))
     weight = state if not cfg.variant.has_accumulator else cfg.weight.saturate(
         round_nearest(state, cfg.state.frac - cfg.weight.frac))
@@ -187,8 +216,9 @@ def test_rounder(name):
 
 
 @pytest.mark.parametrize("branch_a", [True, False], ids=["A", "B"])
+@opts_param
 @pytest.mark.parametrize("name", ["w8-vc", "w16-vc"])
-def test_vc_quantizer(name, branch_a):
+def test_vc_quantizer(name, branch_a, opts):
     cfg = preset(name)
     rng = np.random.default_rng(3)
     n = 400
@@ -201,7 +231,7 @@ def test_vc_quantizer(name, branch_a):
     f = cfg.fields
     u_sr = (words[:, 0] >> np.uint64(f["sr"].offset)) & np.uint64((1 << f["sr"].width) - 1)
     u_vc = (words[:, 0] >> np.uint64(f["vc"].offset)) & np.uint64((1 << f["vc"].width) - 1)
-    dut = VCQuantizer(cfg)
+    dut = VCQuantizer(cfg, opts)
     vecs = [[(dut.x, mu[i]), (dut.u_sr, u_sr[i]), (dut.u_vc, u_vc[i]), (dut.vc_noise, int(regs.vc_noise)),
              (dut.vc_var, regs.vc_var)] for i in range(n)]
     got = run_pipeline(dut, vecs, [dut.out], dut.latency)[:, 0]
@@ -215,12 +245,31 @@ def test_unit_errors():
         VCQuantizer(preset("w8-naive"))
     with pytest.raises(TypeError, match=r"^cfg must be an emulator.spec.datapath.DatapathConfig, got dict$"):
         UpdateLane({})
+    with pytest.raises(TypeError, match=r"^opts must be an hw.options.HwOptions, got dict$"):
+        UpdateLane(preset("w8-vc"), {})
+    with pytest.raises(TypeError, match=r"^opts must be an hw.options.HwOptions, got str$"):
+        ExactSum(preset("w8-vc"), "dsp18")
+
+
+def test_options_errors():
+    with pytest.raises(ValueError, match=r"^target must be one of ice40-hx, dsp18, generic; got 'ecp5'$"):
+        HwOptions("ecp5")
+    with pytest.raises(TypeError, match=r"^target must be a str, one of ice40-hx, dsp18, generic; got 18$"):
+        HwOptions(18)
+    with pytest.raises(ValueError, match=r"^pipeline must be in \[1, 8\] \(register every k-th adder level\), got 0$"):
+        HwOptions(pipeline=0)
+    with pytest.raises(TypeError, match=r"^pipeline must be an int, got True$"):
+        HwOptions(pipeline=True)
+    with pytest.raises(TypeError, match=r"^pipeline must be an int, got 2.0$"):
+        HwOptions(pipeline=2.0)
+    assert HwOptions().suffix == "" and HwOptions("dsp18", 2).suffix == "_dsp18_p2"
 
 
 # ---- the whole lane, and the vectorized evaluator used by the exhaustive checks ------------
 
+@opts_param
 @pytest.mark.parametrize("name", ["w8-vc", "w8-lpf", "w16-vc"])
-def test_lane_sim_equals_golden_and_vectorsim(name):
+def test_lane_sim_equals_golden_and_vectorsim(name, opts):
     cfg = preset(name)
     rng = np.random.default_rng(4)
     n = 200
@@ -228,16 +277,16 @@ def test_lane_sim_equals_golden_and_vectorsim(name):
     grad = rng.integers(cfg.grad.min_word, cfg.grad.max_word + 1, n)
     words = rng.integers(0, 1 << 63, n)  # the evaluator takes words below 2**63
     regs = _regs(cfg, rng, branch_a=name != "w16-vc")
-    dut = UpdateLane(cfg)
+    dut = UpdateLane(cfg, opts)
     reg_ports = [(getattr(dut, k), int(v)) for k, v in
                  (("step", regs.step), ("decay", regs.decay), ("noise", regs.noise),
                   ("vc_noise", regs.vc_noise), ("vc_var", regs.vc_var)) if hasattr(dut, k)]
-    vecs = [[(dut.theta, theta[i]), (dut.grad, grad[i]), (dut.words, words[i]), *reg_ports] for i in range(n)]
-    got = run_pipeline(dut, vecs, [dut.state, dut.weight], dut.latency)
+    got = run_pipeline(dut, lane_vectors(dut, theta, grad, words, reg_ports), [dut.state, dut.weight],
+                       dut.latency)[:n]
     exp = update(cfg, theta, grad, regs, words.astype(np.uint64)[:, None])
     assert np.array_equal(got[:, 0], exp.state)
     assert np.array_equal(got[:, 1], exp.weight)
-    lane = UpdateLane(cfg)
+    lane = UpdateLane(cfg, opts)
     ins = [(lane.en, 1), (lane.theta, theta), (lane.grad, grad), (lane.words, words)]
     ins += [(getattr(lane, p.name), v) for p, v in reg_ports]
     ev = evaluate(lane, ins, [lane.state, lane.weight])
@@ -276,3 +325,32 @@ def test_round_nearest_every_value(s):
     (got,) = evaluate(dut, [(dut.inp, x)], [dut.out])
     assert np.array_equal(got, round_nearest(x, s))
     assert list(round_nearest(np.array([3, -3, 1, -1]), 1)) == [2, -1, 1, 0]  # the spec's examples
+
+
+@pytest.mark.parametrize("max_carry", [2, 3, 5])
+@pytest.mark.parametrize("sub", [False, True], ids=["add", "sub"])
+@pytest.mark.parametrize("signs", [(True, True), (True, False), (False, True), (False, False)],
+                         ids=["ss", "su", "us", "uu"])
+def test_carry_select_add_sub_every_value(signs, sub, max_carry):
+    """The carry-select adder (wide exact-sum nodes on ice40-hx) equals a + b / a - b for every operand pair."""
+    from hw.arith import add_sub
+
+    sa, sb = signs
+    a_sig, b_sig = Signal(signed(6) if sa else 6), Signal(signed(5) if sb else 5)
+
+    class _AddSub(Elaboratable):
+        def __init__(self):
+            self.a, self.b = a_sig, b_sig
+            self.out = Signal(signed(10))
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += self.out.eq(add_sub(self.a, self.b, sub, max_carry))
+            return m
+
+    dut = _AddSub()
+    a = np.arange(-32, 32) if sa else np.arange(64)
+    b = np.arange(-16, 16) if sb else np.arange(32)
+    aa, bb = (x.ravel() for x in np.meshgrid(a, b, indexing="ij"))
+    (got,) = evaluate(dut, [(dut.a, aa), (dut.b, bb)], [dut.out])
+    assert np.array_equal(got, aa - bb if sub else aa + bb)
