@@ -384,8 +384,9 @@ def _quantize(x: Any, fq: Any, p: Any, u: Any) -> Any:
 @njit(parallel=True, cache=True)
 def _fixed_kernel(s0: Any, s1: Any, g0: Any, g1: Any, block: Any, bits: Any, per: Any, n: Any, gp: Any, p: Any,
                   fq: Any, tab: Any, theta: Any, grad: Any, state_out: Any, weight_out: Any, has_weight: Any,
-                  p_out: Any) -> None:
-    """The fixed datapath over lane blocks x chunks; ``state_out`` may be ``theta`` (in place)."""
+                  p_out: Any, sat: Any) -> None:
+    """The fixed datapath over lane blocks x chunks; ``state_out`` may be ``theta`` (in place). ``sat[t]``:
+    task ``t``'s count of state words at the format's limits (the optimizer's saturation telemetry)."""
     lanes, nw = s0.shape
     aox = gp[3]
     cycles = (n + lanes - 1) // lanes
@@ -405,6 +406,7 @@ def _fixed_kernel(s0: Any, s1: Any, g0: Any, g1: Any, block: Any, bits: Any, per
             b0, b1 = _load(g0, g1, l0, nl, bits, j, gp)
         else:
             b0, b1 = a0, a1
+        nsat = 0
         for c in range(c0, c1):
             base = c * lanes + l0
             for q in range(min(nl, n - base)):
@@ -427,10 +429,13 @@ def _fixed_kernel(s0: Any, s1: Any, g0: Any, g1: Any, block: Any, bits: Any, per
                     gw = _quantize(grad[i], fq, p, u)
                 st, wt = _fixed_elem(np.int64(theta[i]), gw, w0, w1, p, tab)
                 state_out[i] = st
+                if st == p[P_ST_MIN] or st == p[P_ST_MAX]:
+                    nsat += 1
                 if has_weight:
                     weight_out[i] = wt
                 if p[P_WB]:
                     p_out[i] = np.float64(wt) * fq[4]  # exact in float64; one rounding to p's dtype
+        sat[t] = nsat
         if inplace:
             _store(a0, a1, s0, s1, l0, nl, lanes, n, j, per)
             if mode == Q_STOCHASTIC:
@@ -474,7 +479,8 @@ def _prepare_fixed(cfg: DatapathConfig, regs: StepRegisters, rounding: str | Non
 
 
 def _run_fixed(cfg: DatapathConfig, prepared: tuple[np.ndarray, np.ndarray], s0: Any, s1: Any, theta: Any, grad: Any,
-               state_out: Any, weight_out: Any, *, g0: Any = None, g1: Any = None, p_out: Any = None) -> None:
+               state_out: Any, weight_out: Any, *, g0: Any = None, g1: Any = None, p_out: Any = None) -> int:
+    """Runs the fixed kernel; returns the number of state words at the state format's limits."""
     prm, fq = prepared
     a0, a1 = _states(s0), _states(s1)
     th, g = np.asarray(theta).reshape(-1), np.asarray(grad).reshape(-1)
@@ -483,12 +489,14 @@ def _run_fixed(cfg: DatapathConfig, prepared: tuple[np.ndarray, np.ndarray], s0:
     wo = np.asarray(weight_out).reshape(-1) if has_weight else so
     n = th.size
     if n == 0:
-        return
+        return 0
     b0, b1 = (_states(g0), _states(g1)) if prm[P_Q_MODE] == Q_STOCHASTIC else (_NO_STATES, _NO_STATES)
     po = np.asarray(p_out).reshape(-1) if p_out is not None else _NO_FLOATS
     block, per, bits = lane_plan(cfg.rng, a0.shape[0], n)
+    sat = np.zeros(bits.shape[0] * -(-min(a0.shape[0], n) // block), dtype=np.int64)
     _launch(_fixed_kernel, n, a0, a1, b0, b1, block, bits, per, n, gen_params(cfg.rng), prm, fq, gauss_table(cfg), th,
-            g, so, wo, has_weight, po)
+            g, so, wo, has_weight, po, sat)
+    return int(sat.sum())
 
 
 def fixed_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, theta: Any, grad: Any,
@@ -513,16 +521,19 @@ def fixed_quantize_update(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1:
 
 
 def fixed_group_step(cfg: DatapathConfig, regs: StepRegisters, s0: Any, s1: Any, g0: Any, g1: Any,
-                     params: list[Any], grads: list[Any], words: list[Any], *, rounding: str, sr_bits: int) -> None:
+                     params: list[Any], grads: list[Any], words: list[Any], *, rounding: str, sr_bits: int) -> int:
     """One optimizer step of a fixed-point group (``emulator.optim.optimizer.sgld_lp``), in place.
 
     Per tensor in list order, each from lane 0: gradient SR from the gradient stream, the update,
     ``words[i]`` (state words, any integer dtype holding the format) rewritten, ``params[i]`` (float
-    numpy views) set to the emitted weight's value. One compiled call per tensor.
+    numpy views) set to the emitted weight's value. One compiled call per tensor. Returns the number of
+    state words at the state format's limits after the step (the optimizer's saturation telemetry).
     """
     prepared = _prepare_fixed(cfg, regs, rounding, sr_bits, True)
+    saturated = 0
     for p, g, w in zip(params, grads, words, strict=True):  # the weight words only go to p
-        _run_fixed(cfg, prepared, s0, s1, w, g, w, None, g0=g0, g1=g1, p_out=p)
+        saturated += _run_fixed(cfg, prepared, s0, s1, w, g, w, None, g0=g0, g1=g1, p_out=p)
+    return saturated
 
 
 # ---- the BFP datapath --------------------------------------------------------------------------

@@ -130,9 +130,15 @@ def engine_state(cfg: Any, rng_state: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_engine_state(cfg: Any, state: Any) -> dict[str, Any]:
-    """The ``rng`` entry of ``state`` after checking it was saved by an engine of configuration ``cfg``."""
+    """The ``rng`` entry of ``state`` after checking it was saved by an engine of configuration ``cfg``.
+
+    A state dict of format 0 (saved before format versions existed: ``{'rng': ...}`` only) still loads; it
+    carries no configuration identity, so only the generator, lane count and words are checked."""
     if not isinstance(state, dict):
         raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+    if set(state) == {"rng"}:  # format 0 (before format versions): lane states only; the caller checks their layout
+        legacy: dict[str, Any] = state["rng"]
+        return legacy
     missing = [k for k in ("format", "config", "rng") if k not in state]
     if missing:
         raise ValueError(f"state_dict lacks {missing} (keys present: {sorted(state)}); it was not saved by "

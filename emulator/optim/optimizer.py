@@ -126,17 +126,17 @@ def sgld_fp(params: list[Tensor], grads: list[Tensor], *, lr: float, weight_deca
 
 def sgld_lp(params: list[Tensor], grads: list[Tensor], words: list[Tensor], *, engine: TorchEngine,
             grad_rng: TorchLaneRng, regs: StepRegisters, grad_rounding: str = "stochastic",
-            grad_sr_bits: int = 32) -> None:
+            grad_sr_bits: int = 32) -> int | None:
     """Low-precision step in place: ``words[i]`` (state words) and ``params[i]`` (emitted weight's value).
 
     One engine call per tensor, in list order. NaN gradients raise ValueError; +-Inf and
-    out-of-range gradients saturate (as :meth:`FixedFormat.quantize`).
+    out-of-range gradients saturate (as :meth:`FixedFormat.quantize`). Returns the number of state
+    words at the state format's limits when the compiled CPU step counted them (None otherwise).
     """
     cfg = engine.cfg
     if _group_kernel_ok(engine, params, grads, words):
-        _sgld_lp_kernel(params, grads, words, engine=engine, grad_rng=grad_rng, regs=regs, grad_rounding=grad_rounding,
-                        grad_sr_bits=grad_sr_bits)
-        return
+        return _sgld_lp_kernel(params, grads, words, engine=engine, grad_rng=grad_rng, regs=regs,
+                               grad_rounding=grad_rounding, grad_sr_bits=grad_sr_bits)
     for p, g, w in zip(params, grads, words, strict=True):
         # = gradient_uniforms + torch_quantize + engine.step; the fused path never stores the gradient words
         th = w if w.dtype == torch.int64 else w.to(torch.int64)  # the reference paths work on int64 words
@@ -144,6 +144,7 @@ def sgld_lp(params: list[Tensor], grads: list[Tensor], words: list[Tensor], *, e
                                  check_words=False)  # state words are in range by construction
         w.copy_(r.state)
         p.copy_(weight_to_float(r.weight, cfg.weight, p.dtype))
+    return None
 
 
 _KERNEL_PARAM_DTYPES = (torch.float32, torch.float64)
@@ -159,18 +160,20 @@ def _group_kernel_ok(engine: TorchEngine, params: list[Tensor], grads: list[Tens
 
 
 def _sgld_lp_kernel(params: list[Tensor], grads: list[Tensor], words: list[Tensor], *, engine: TorchEngine,
-                    grad_rng: TorchLaneRng, regs: StepRegisters, grad_rounding: str, grad_sr_bits: int) -> None:
-    """:func:`sgld_lp` as :func:`emulator.engines.cpu_kernels.fixed_group_step` (the same words, lanes and p)."""
+                    grad_rng: TorchLaneRng, regs: StepRegisters, grad_rounding: str, grad_sr_bits: int) -> int:
+    """:func:`sgld_lp` as :func:`emulator.engines.cpu_kernels.fixed_group_step` (the same words, lanes and p);
+    returns the number of state words at the state format's limits."""
     stochastic = grad_rounding == "stochastic"
     s0, s1 = engine.rng.s0.clone(), engine.rng.s1.clone()
     g0, g1 = (grad_rng.s0.clone(), grad_rng.s1.clone()) if stochastic else (s0, s1)
-    cpu_kernels.fixed_group_step(engine.cfg, regs, s0.numpy(), s1.numpy(), g0.numpy(), g1.numpy(),
+    saturated = cpu_kernels.fixed_group_step(engine.cfg, regs, s0.numpy(), s1.numpy(), g0.numpy(), g1.numpy(),
                                  [p.detach().view(-1).numpy() for p in params],
                                  [g.detach().contiguous().view(-1).numpy() for g in grads],
                                  [w.view(-1).numpy() for w in words], rounding=grad_rounding, sr_bits=grad_sr_bits)
     engine.rng.s0, engine.rng.s1 = s0, s1
     if stochastic:
         grad_rng.s0, grad_rng.s1 = g0, g1
+    return saturated
 
 
 def quantize_gradient_bfp(grad: Tensor, fmt: BfpFormat, grad_rng: TorchLaneRng, *, rounding: str = "stochastic",
@@ -420,6 +423,10 @@ def _first_nan(grads: list[Tensor]) -> tuple[int, int] | None:
         by_device.setdefault(g.device, []).append(i)
     hits = []
     for idx in by_device.values():
+        # a NaN anywhere makes its tensor's sum NaN: one read of each gradient, no temporaries; only when a
+        # sum is NaN (a NaN, or +inf and -inf together) does the exact per-element test run
+        if not bool(torch.stack([grads[i].sum() for i in idx]).isnan().any()):
+            continue
         flags = torch.stack([torch.isnan(grads[i]).any() for i in idx]).cpu()
         hits += [i for i, f in zip(idx, flags.tolist(), strict=True) if f]
     if not hits:
@@ -649,10 +656,14 @@ class LowPrecisionSGLD(Optimizer):
             self._warn_once("lr0", f"parameter group {gi}: lr=0 at the first step still moves the weights: they "
                                    "are rounded onto the format's grid when the optimizer's words are created")
 
-    def _after_group(self, gi: int, rt: _GroupRuntime, params: list[Tensor], flushed: tuple[str, ...]) -> None:
-        """Telemetry from the engine's outputs (the state words after the step) and one-time warnings."""
+    def _after_group(self, gi: int, rt: _GroupRuntime, params: list[Tensor], flushed: tuple[str, ...],
+                     saturated: int | None = None) -> None:
+        """Telemetry from the engine's outputs (the state words after the step; ``saturated`` when the step's
+        kernel counted them already) and one-time warnings."""
         assert rt.cfg is not None
-        if isinstance(rt.cfg, BfpConfig):
+        if saturated is not None:
+            rt.count_saturated(torch.tensor(saturated, dtype=torch.int64))
+        elif isinstance(rt.cfg, BfpConfig):
             rt.count_saturated(count_saturated(rt.cfg, [self.state[p] for p in params]))
         else:
             rt.count_saturated(count_saturated(rt.cfg, [self.state[p]["words"] for p in params]))
@@ -703,6 +714,7 @@ class LowPrecisionSGLD(Optimizer):
             if rt.cfg is None or rt.engine is None or rt.grad_rng is None:
                 raise RuntimeError("low-precision group without an engine")  # unreachable: built together
             regs, flushed = self._group_registers(gi, rt, hp)
+            saturated = None
             self._before_group(gi, rt, params, lr)
             rt.steps += 1
             rt.count_flushed(flushed)
@@ -717,11 +729,11 @@ class LowPrecisionSGLD(Optimizer):
                 assert isinstance(regs, StepRegisters)
                 words = [self._words(p, rt.cfg) for p in params]
                 if not _device_group_step(rt, params, grads, words, regs, group):
-                    sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
-                            grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
+                    saturated = sgld_lp(params, grads, words, engine=rt.engine, grad_rng=rt.grad_rng, regs=regs,
+                                        grad_rounding=group["grad_rounding"], grad_sr_bits=group["grad_sr_bits"])
             else:
                 raise RuntimeError("group engine does not match its config")  # unreachable: built together
-            self._after_group(gi, rt, params, flushed)
+            self._after_group(gi, rt, params, flushed, saturated)
         return loss
 
     def state_dict(self) -> dict[str, Any]:

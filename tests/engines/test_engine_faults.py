@@ -28,13 +28,23 @@ def _words(n: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(-100, 100, n), rng.integers(-100, 100, n)
 
 
-def test_numpy_step_that_raises_leaves_the_lanes_as_they_were(monkeypatch) -> None:
+def _boom_midway(cfg: object, regs: object, s0: np.ndarray, s1: np.ndarray, *args: object, **kw: object) -> None:
+    s0 += 1  # a kernel that fails after it moved the lane states it was given
+    s1 += 1
+    raise Boom("simulated kernel failure midway")
+
+
+@pytest.mark.parametrize("path", ["reference", "kernel"])
+def test_numpy_step_that_raises_leaves_the_lanes_as_they_were(monkeypatch, path) -> None:
     cfg = preset("w8-vc", 4)
     regs = step_registers(cfg, HyperParams(2e-3))
     theta, grad = _words(37)
-    eng, fresh = NumpyEngine(cfg, 1), NumpyEngine(cfg, 1)
+    eng, fresh = NumpyEngine(cfg, 1, path=path), NumpyEngine(cfg, 1, path=path)
     with monkeypatch.context() as m:
-        m.setattr(numpy_engine_mod, "update", _boom)  # fails after stream_words advanced the lanes
+        if path == "reference":
+            m.setattr(numpy_engine_mod, "update", _boom)  # fails after stream_words advanced the lanes
+        else:
+            m.setattr(numpy_engine_mod.cpu_kernels, "fixed_update", _boom_midway)
         with pytest.raises(Boom):
             eng.step(theta, grad, regs)
     assert eng.rng == fresh.rng
@@ -51,13 +61,17 @@ def _bfp_inputs(cfg: BfpConfig) -> tuple[BfpTensor, BfpTensor]:
     return cfg.state.quantize(x), cfg.grad.quantize(x)
 
 
-def test_bfp_step_that_raises_leaves_the_lanes_as_they_were(monkeypatch) -> None:
+@pytest.mark.parametrize("path", ["reference", "kernel"])
+def test_bfp_step_that_raises_leaves_the_lanes_as_they_were(monkeypatch, path) -> None:
     cfg = _bfp_cfg()
     regs = bfp_registers(cfg, HyperParams(0.5, 1.0, 1000, 5e-4))
     th, g = _bfp_inputs(cfg)
-    eng, fresh = BfpEngine(cfg, 2), BfpEngine(cfg, 2)
+    eng, fresh = BfpEngine(cfg, 2, path=path), BfpEngine(cfg, 2, path=path)
     with monkeypatch.context() as m:
-        m.setattr(bfp_engine_mod, "update", _boom)
+        if path == "reference":
+            m.setattr(bfp_engine_mod, "update", _boom)
+        else:
+            m.setattr(bfp_engine_mod.cpu_kernels, "bfp_update", _boom_midway)
         with pytest.raises(Boom):
             eng.step(th, g, regs)
     assert eng.rng == fresh.rng
@@ -79,7 +93,7 @@ def test_torch_steps_that_raise_leave_the_lanes_as_they_were(monkeypatch) -> Non
         with pytest.raises(Boom):
             eng.step(theta, grad, regs)
     assert eng.rng == fresh.rng
-    fused = te.TorchEngine(cfg, 1)
+    fused = te.TorchEngine(cfg, 1, path="fused")
     grad_rng = te.TorchLaneRng.seeded(cfg.rng, 9, cfg.lanes, 1)
     before = grad_rng.copy()
     with monkeypatch.context() as m:
@@ -87,12 +101,18 @@ def test_torch_steps_that_raise_leave_the_lanes_as_they_were(monkeypatch) -> Non
         with pytest.raises(Boom):
             fused.step_quantize(theta, torch.randn(37, dtype=torch.float64) * 0.1, regs, grad_rng=grad_rng)
     assert fused.rng == fresh.rng and grad_rng == before
+    kernel = te.TorchEngine(cfg, 1, path="kernel")
+    with monkeypatch.context() as m:
+        m.setattr(te.cpu_kernels, "fixed_quantize_update", _boom_midway)  # the compiled CPU path
+        with pytest.raises(Boom):
+            kernel.step_quantize(theta, torch.randn(37, dtype=torch.float64) * 0.1, regs, grad_rng=grad_rng)
+    assert kernel.rng == fresh.rng and grad_rng == before
     bcfg = _bfp_cfg()
     bregs = bfp_registers(bcfg, HyperParams(0.5, 1.0, 1000, 5e-4))
     th, g = _bfp_inputs(bcfg)
     tth = BfpTensor(torch.from_numpy(th.mant), torch.from_numpy(th.exp))
     tg = BfpTensor(torch.from_numpy(g.mant), torch.from_numpy(g.exp))
-    beng, bfresh = tbe.TorchBfpEngine(bcfg, 2), tbe.TorchBfpEngine(bcfg, 2)
+    beng, bfresh = tbe.TorchBfpEngine(bcfg, 2, path="reference"), tbe.TorchBfpEngine(bcfg, 2)
     with monkeypatch.context() as m:
         m.setattr(tbe, "update", _boom)
         with pytest.raises(Boom):
@@ -106,8 +126,13 @@ def test_state_dict_carries_the_configuration_and_refuses_another() -> None:
     assert sd["format"] == STATE_FORMAT and sd["config"] == repr(preset("w16-vc", 4))
     with pytest.raises(ValueError, match=r"state_dict was saved for configuration DatapathConfig\(.*width=16"):
         w8.load_state_dict(sd)  # same generator, lanes and words: loaded silently before
-    with pytest.raises(ValueError, match=r"state_dict lacks \['format', 'config'\] \(keys present: \['rng'\]\)"):
-        w8.load_state_dict({"rng": w8.rng.state_dict()})
+    with pytest.raises(ValueError, match=r"state_dict lacks \['config'\] \(keys present: \['format', 'rng'\]\)"):
+        w8.load_state_dict({"format": STATE_FORMAT, "rng": w8.rng.state_dict()})
+    legacy = NumpyEngine(preset("w8-vc", 4), 5)
+    legacy.load_state_dict({"rng": w8.rng.state_dict()})  # format 0 (an older release): lane states only
+    assert legacy.rng == w8.rng
+    with pytest.raises(ValueError, match="different generator, lane count or rng_words"):
+        NumpyEngine(preset("w8-vc", 2), 5).load_state_dict({"rng": w8.rng.state_dict()})
     with pytest.raises(ValueError, match=r"state_dict format 99, this engine reads format 1"):
         w8.load_state_dict({**w8.state_dict(), "format": 99})
     b = BfpEngine(_bfp_cfg(), 1)
