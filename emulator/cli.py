@@ -346,7 +346,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _study_presets() -> tuple[str, ...]:
     # the names only: importing emulator.studies.study pulls in torch
     return ("quick", "fmnist-mlp", "fmnist-lr", "fmnist-logreg", "fmnist-cnn", "fmnist-calibration",
-            "resnet18-standin")
+            "fmnist-mlp30", "fmnist-branch-a", "resnet18-standin")
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:

@@ -300,6 +300,7 @@ class _GroupRuntime:
         self.flushed: dict[str, int] = {}
         self.saturated = torch.zeros((), dtype=torch.int64, device=device)  # after the latest step
         self.saturated_total = torch.zeros((), dtype=torch.int64, device=device)  # summed over steps
+        self.vc_branch = {"A": 0, "B": 0}  # fixed-point VC groups: steps per branch (one branch per step)
         self.engine: TorchEngine | TorchBfpEngine | None = None
         self.grad_rng: TorchLaneRng | None = None
         self.generator: torch.Generator | None = None
@@ -320,13 +321,21 @@ class _GroupRuntime:
             for name in flushed:
                 self.flushed[name] = self.flushed.get(name, 0) + 1
 
+    def count_branch(self, regs: StepRegisters | BfpRegisters) -> None:
+        """Fixed-point VC: the step's branch is a register (``vc_noise`` set: branch A, else B)."""
+        if isinstance(regs, StepRegisters) and isinstance(self.cfg, DatapathConfig) and self.cfg.variant is Variant.VC:
+            self.vc_branch["A" if regs.vc_noise else "B"] += 1
+
     def count_saturated(self, n: Tensor) -> None:
         self.saturated = n.to(self.saturated.device)
         self.saturated_total = self.saturated_total + self.saturated
 
     def telemetry(self) -> dict[str, Any]:
-        return {"steps": self.steps, "flushed_steps": self.flushed_steps, "flushed": dict(self.flushed),
-                "saturated": int(self.saturated), "saturated_total": int(self.saturated_total)}
+        out = {"steps": self.steps, "flushed_steps": self.flushed_steps, "flushed": dict(self.flushed),
+               "saturated": int(self.saturated), "saturated_total": int(self.saturated_total)}
+        if isinstance(self.cfg, DatapathConfig) and self.cfg.variant is Variant.VC:
+            out["vc_branch_steps"] = dict(self.vc_branch)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = self.telemetry()
@@ -343,6 +352,7 @@ class _GroupRuntime:
         self.flushed = {str(k): int(v) for k, v in state["flushed"].items()}
         self.saturated.fill_(int(state.get("saturated", 0)))  # absent in checkpoints from before telemetry
         self.saturated_total.fill_(int(state.get("saturated_total", 0)))
+        self.vc_branch = {k: int(v) for k, v in state.get("vc_branch_steps", {"A": 0, "B": 0}).items()}
         if self.engine is not None and self.grad_rng is not None:
             self.engine.load_state_dict(state["engine"])
             self.grad_rng = TorchLaneRng.from_state_dict(state["grad_rng"], self.grad_rng.device)
@@ -605,7 +615,8 @@ class LowPrecisionSGLD(Optimizer):
 
     def telemetry(self) -> list[dict[str, Any]]:
         """Per group: :meth:`flush_counts`' entries, ``saturated`` (state words at the format's limits
-        after the latest step) and ``saturated_total`` (summed over steps). Also in :meth:`state_dict`."""
+        after the latest step), ``saturated_total`` (summed over steps) and, for fixed-point VC groups,
+        ``vc_branch_steps`` (steps taken in VC branch A and B). Also in :meth:`state_dict`."""
         return [rt.telemetry() for rt in self._runtime]
 
     def _words(self, p: Tensor, cfg: DatapathConfig) -> Tensor:
@@ -715,6 +726,7 @@ class LowPrecisionSGLD(Optimizer):
                 raise RuntimeError("low-precision group without an engine")  # unreachable: built together
             regs, flushed = self._group_registers(gi, rt, hp)
             saturated = None
+            rt.count_branch(regs)
             self._before_group(gi, rt, params, lr)
             rt.steps += 1
             rt.count_flushed(flushed)

@@ -145,6 +145,15 @@ PRESETS: dict[str, StudyPlan] = {
     "fmnist-calibration": StudyPlan("fmnist-calibration", dataset="fashion-mnist", n_train=10000,
                                     formats=("fixed", "bfp"), methods=("sgld", "sgd", "naive", "vc", "sgdlp-l"),
                                     epochs=30, burnin=10, samples_per_epoch=1, extra={"frac": 6}),
+    # the MLP study at the float emulation's length (REFERENCE: 30 epochs, burn-in 10): Q(8,6), lr 0.5,
+    # T = 1, N = 60,000: v = 2 lr T / N = 1.67e-5 < LSB^2/4 = 6.1e-5, so VC takes branch B on every step
+    "fmnist-mlp30": StudyPlan("fmnist-mlp30", methods=("sgld", "sgldlp-f", "naive", "vc"), epochs=30, burnin=10,
+                              samples_per_epoch=2, dataset="fashion-mnist", extra={"frac": 6}),
+    # both VC branches on real data: 10,000 training examples make v = 2 lr T / N = 1e-4 > LSB^2/4, so VC takes
+    # branch A on every step (the posterior of a smaller data set; nothing else changes from fmnist-mlp30)
+    "fmnist-branch-a": StudyPlan("fmnist-branch-a", methods=("sgld", "sgldlp-f", "naive", "vc"), n_train=10000,
+                                 epochs=30, burnin=10, samples_per_epoch=2, dataset="fashion-mnist",
+                                 extra={"frac": 6}),
     # the GPU stand-in for the paper's CIFAR-10 ResNet-18 run (scripts/resnet_standin.sh), 8-bit BFP
     "resnet18-standin": StudyPlan("resnet18-standin", dataset="fashion-mnist", models=("resnet18",),
                                   formats=("bfp",), methods=("sgld", "sgldlp-f", "vc"), seeds=(0,), epochs=6,

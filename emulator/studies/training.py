@@ -186,6 +186,7 @@ class RunResult:
     flushed: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     diverged: str | None = None  # why the run stopped early (loss not finite); metrics are then None
+    telemetry: list[dict[str, Any]] = field(default_factory=list)  # the optimizer's per-group counters
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -315,4 +316,5 @@ def train_run(spec: RunSpec, data: Dataset, *, ckpt: Path | None = None,
     return RunResult(spec.to_dict(), _finite(bma.metrics(data.y_test)), _finite(metrics(last_probs, data.y_test)),
                      {"count": rel.count.tolist(), "accuracy": _json_floats(rel.accuracy),
                       "confidence": _json_floats(rel.confidence)},
-                     history, opt.flush_counts(), time.perf_counter() - t0)
+                     history, opt.flush_counts(), time.perf_counter() - t0,
+                     telemetry=opt.telemetry())

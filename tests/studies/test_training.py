@@ -246,3 +246,18 @@ def test_resume_from_a_checkpoint_without_quantizer_buffers(digits, tmp_path) ->
     save_checkpoint(ckpt, spec.key, st)
     resumed = train_run(spec, digits, ckpt=ckpt)
     assert resumed.metrics == whole.metrics and resumed.history[-1]["train_loss"] == whole.history[-1]["train_loss"]
+
+
+@pytest.mark.parametrize(("name", "branch_a"), [("fmnist-mlp30", False), ("fmnist-branch-a", True)])
+def test_real_data_presets_cover_both_vc_branches(name, branch_a) -> None:
+    """fmnist-mlp30 (N = 60,000) keeps VC in branch B; fmnist-branch-a (N = 10,000) puts it in branch A."""
+    from emulator.spec.host import HyperParams, step_registers
+    from emulator.studies.study import PRESETS
+    from emulator.studies.training import training_config
+
+    plan = PRESETS[name]
+    (vc,) = [s for s in plan.runs() if s.method == "vc" and s.seed == 0]
+    n = plan.n_train or 60000
+    cfg = training_config(vc, n)
+    regs = step_registers(cfg, HyperParams(vc.lr, vc.temperature, n, vc.weight_decay))
+    assert bool(regs.vc_noise) is branch_a

@@ -391,6 +391,22 @@ def test_saturation_is_counted_and_warned_at_the_first_step():
     assert opt.state_dict()["lpsgld"]["groups"][0]["saturated"] == t["saturated"]
 
 
+@pytest.mark.parametrize(("dataset_size", "branch"), [(10, "A"), (10**6, "B")])
+def test_vc_branch_steps_are_counted(dataset_size, branch):
+    """Fixed-point VC: v = 2 lr T / N above LSB^2/4 takes branch A on every step, below it branch B."""
+    x, y = _data()
+    model = _mlp()
+    opt = LowPrecisionSGLD(model.parameters(), lr=0.01, config="fixed8-vc", dataset_size=dataset_size)
+    _train(model, opt, 3, x, y)
+    t = opt.telemetry()[0]
+    assert t["vc_branch_steps"] == {"A": 3 if branch == "A" else 0, "B": 3 if branch == "B" else 0}
+    o2 = LowPrecisionSGLD(_mlp().parameters(), lr=0.01, config="fixed8-vc", dataset_size=dataset_size)
+    o2.load_state_dict(opt.state_dict())
+    assert o2.telemetry()[0]["vc_branch_steps"] == t["vc_branch_steps"]
+    assert "vc_branch_steps" not in LowPrecisionSGLD(_mlp().parameters(), lr=0.01, config="fixed8-lpf",
+                                                     dataset_size=10).telemetry()[0]
+
+
 def test_count_saturated_bfp():
     cfg = BfpConfig.paper("vc", lanes=4)
     mant = torch.tensor([[127, 5], [-127, 0], [127, 1]])
