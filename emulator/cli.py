@@ -15,6 +15,7 @@ from typing import Any
 
 from .spec.gaussian import GaussianSpec
 from .spec.presets import PRESETS
+from .studies.store import json_safe
 
 TARGETS = ("ice40-hx", "dsp18", "generic")  # hw.options.TARGETS (checked equal by a test; hw needs Amaranth)
 
@@ -95,17 +96,8 @@ def _writable_file(path: str, option: str) -> None:
 
 def _print_json(obj: Any, indent: int | None = None) -> None:
     """JSON on stdout; NaN and Infinity (not JSON) as null."""
-    print(json.dumps(_json_safe(obj), indent=indent, allow_nan=False))
+    print(json.dumps(json_safe(obj), indent=indent, allow_nan=False))
 
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 def _gaussian_spec(text: str) -> GaussianSpec:
@@ -159,7 +151,7 @@ def _cmd_gaussian(args: argparse.Namespace) -> int:
         _print_json({"results": summary_rows(report)})
     else:
         print(format_table(report), flush=True)
-    atomic_write_json(Path(json_path), _json_safe(report))
+    atomic_write_json(Path(json_path), json_safe(report))
     plot(report, png)
     if not args.json:
         print(f"\nhistograms: {png}; full report: {json_path}")
@@ -194,7 +186,7 @@ def _cmd_stationary(args: argparse.Namespace) -> int:
 
 
 def _cmd_design_space(args: argparse.Namespace) -> int:
-    from .studies.design_space import DesignSpaceSettings, format_report, jsonable, parse_sr_bits, run_design_space
+    from .studies.design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space
     from .studies.design_space import write_outputs as write_design_space
     from .studies.toy import stderr_progress
 
@@ -211,7 +203,7 @@ def _cmd_design_space(args: argparse.Namespace) -> int:
     report = run_design_space(settings, None if args.quiet else stderr_progress)
     # the results first: a failing write below must not lose them
     if args.json:
-        _print_json(jsonable(report), indent=1)  # the text of design_space.json
+        _print_json(report, indent=1)  # the text of design_space.json
     else:
         print(format_report(report), flush=True)
     paths = write_design_space(report, args.out)

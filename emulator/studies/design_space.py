@@ -41,6 +41,7 @@ from ..spec.datapath import WORD_BITS, DatapathConfig, Variant
 from ..spec.formats import sr_bias
 from ..spec.gaussian import GaussianSpec
 from ..spec.host import HyperParams, step_registers, step_registers_flushed
+from .store import json_safe
 from .toy import ToySettings, toy_config
 
 Progress = Callable[[str], None]
@@ -821,17 +822,6 @@ class _Null:
 # ---- outputs -----------------------------------------------------------------------------------------
 
 
-def jsonable(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None  # JSON has no NaN or Infinity
-    if isinstance(x, Fraction):
-        return {"num": x.numerator, "den": x.denominator, "float": float(x)}
-    if isinstance(x, dict):
-        return {k: jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    return x
-
 
 def write_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """design_space.json, design_space.md and the PNGs in ``out_dir``; returns their paths."""
@@ -844,7 +834,7 @@ def write_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path
         "width": out / "design_space_word_length.png",
         "gaussian": out / "design_space_gaussian.png",
     }
-    paths["json"].write_text(json.dumps(jsonable(report), indent=1, allow_nan=False))
+    paths["json"].write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
     paths["md"].write_text(format_report(report))
     plot_axis(report, "sr_bits", paths["sr_bits"])
     plot_axis(report, "width", paths["width"])

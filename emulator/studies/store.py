@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,17 @@ def check_fresh_target(root: Path) -> None:
     if not (isinstance(plan, dict) and "name" in plan and "methods" in plan):
         raise ValueError(f"--fresh refuses to delete {str(root)!r}: it is not a study directory written by lpsgld "
                          f"train (no {MARKER} marker, no plan.json); remove it yourself or choose another --out")
+
+
+def json_safe(x: Any) -> Any:
+    """``x`` with non-finite floats as null (JSON has no NaN or Infinity) and Fractions as
+    ``{"num", "den", "float"}``, through dicts, lists and tuples."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Fraction):
+        return {"num": x.numerator, "den": x.denominator, "float": float(x)}
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x

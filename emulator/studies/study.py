@@ -38,6 +38,7 @@ from .store import (
     atomic_write_bytes,
     atomic_write_json,
     check_fresh_target,
+    json_safe,
     path_error,
     quarantine,
     read_result,
@@ -576,7 +577,7 @@ def write_outputs(plan: StudyPlan, results: list[dict[str, Any]], out: str | os.
     rows = summarize(results)
     paths = {k: str(root / v) for k, v in (("json", "results.json"), ("markdown", "results.md"),
                                            ("error_vs_lr", "error_vs_lr.png"), ("reliability", "reliability.png"))}
-    Path(paths["json"]).write_text(json.dumps(_json_safe({"plan": plan.to_dict(), "command": command,
+    Path(paths["json"]).write_text(json.dumps(json_safe({"plan": plan.to_dict(), "command": command,
                                                           "summary": rows, "runs": results}), indent=1))
     md = [f"# Study `{plan.name}`", "", f"Command: `{command}`" if command else "", "",
           f"Data set {plan.dataset}, {plan.epochs} epochs (burn-in {plan.burnin}, {plan.samples_per_epoch} "
@@ -595,13 +596,3 @@ def write_outputs(plan: StudyPlan, results: list[dict[str, Any]], out: str | os.
         del paths["error_vs_lr"], paths["reliability"]
     return paths
 
-
-def _json_safe(x: Any) -> Any:
-    """Non-finite floats as null (JSON has no NaN or Infinity)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
