@@ -1,8 +1,5 @@
 """The compiled CPU lane kernels (numba) == the readable reference paths, word for word, lane states included."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,17 +14,6 @@ from emulator.spec.gaussian import GaussianSpec
 from emulator.spec.host import HyperParams
 from emulator.spec.presets import PRESETS, preset
 from emulator.spec.rng import LaneRng
-
-_BFP_TESTS = Path(__file__).resolve().parents[1] / "spec" / "test_bfp_datapath.py"
-
-
-def _bfp_helpers():
-    sys.path.insert(0, str(_BFP_TESTS.parent))
-    spec = importlib.util.spec_from_file_location("bfp_datapath_helpers", _BFP_TESTS)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def corner_words(fmt: FixedFormat, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -146,9 +132,9 @@ def assert_bfp_equal(cfg: BfpConfig, seed: int, calls: list[tuple[BfpTensor, Bfp
 
 @pytest.mark.parametrize("variant", ["vc", "naive", "lp_f", "sgd_l", "sgd_f"])
 @pytest.mark.parametrize("lanes", [1, 4, 8, 1024])
-def test_bfp_mixed_rows_equal_the_reference(variant, lanes):
+def test_bfp_mixed_rows_equal_the_reference(variant, lanes, bfp_builders):
     """Exponent limits, full-scale and zero rows, both VC branches (T = 1, N = 1: fine rows take branch A)."""
-    h = _bfp_helpers()
+    h = bfp_builders
     cfg = h.make_cfg(variant, lanes=lanes, headroom=2 if variant == "vc" else 0)
     rng = np.random.default_rng(lanes)
     calls = []
@@ -161,9 +147,9 @@ def test_bfp_mixed_rows_equal_the_reference(variant, lanes):
     assert_bfp_equal(cfg, 5, calls)
 
 
-def test_bfp_random_configurations_equal_the_reference():
+def test_bfp_random_configurations_equal_the_reference(bfp_builders):
     """Random formats, windows, SR / VC widths, headroom, three generator words and registers at their limits."""
-    h = _bfp_helpers()
+    h = bfp_builders
     rng = np.random.default_rng(2027)
     built = 0
     while built < 40:
@@ -246,7 +232,7 @@ def test_gradient_quantization_keeps_the_sign_of_underflowing_values():
     assert torch.equal(out[0], out[1])
 
 
-def test_torch_engines_kernel_equal_reference():
+def test_torch_engines_kernel_equal_reference(bfp_builders):
     torch = pytest.importorskip("torch")
     from emulator.engines.torch_bfp_engine import TorchBfpEngine
     from emulator.engines.torch_engine import TorchEngine
@@ -262,7 +248,7 @@ def test_torch_engines_kernel_equal_reference():
         a, b = k.step(th, g, regs), r.step(th, g, regs)
         assert torch.equal(a.state, b.state) and torch.equal(a.weight, b.weight)
     assert k.rng == r.rng
-    h = _bfp_helpers()
+    h = bfp_builders
     for variant in ("vc", "lp_f"):
         bcfg = h.make_cfg(variant, lanes=3)
         bk, br = TorchBfpEngine(bcfg, 1), TorchBfpEngine(bcfg, 1, path="reference")

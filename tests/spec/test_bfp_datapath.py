@@ -19,26 +19,8 @@ from emulator.spec.rng import LaneRng
 VARIANTS = ["vc", "naive", "lp_f", "sgd_l", "sgd_f"]
 
 
-def make_cfg(variant, width=8, exp_bits=8, lanes=1, **kw):
-    acc = BfpFormat(width + 8, exp_bits) if variant in ("lp_f", "sgd_f") else None
-    kw.setdefault("decay", FixedFormat(12, 24, signed=False))
-    return BfpConfig(variant, weight=BfpFormat(width, exp_bits), grad=BfpFormat(width, exp_bits), acc=acc,
-                     lanes=lanes, **kw)
 
 
-def mixed_rows(fmt: BfpFormat, rng, rows=9, cols=5, exps=None):
-    """Rows of mixed magnitudes: random exponents (incl. both limits), full-scale and small mantissas, zero rows."""
-    if exps is None:
-        exps = [fmt.max_exp, fmt.min_exp, 0, -3, 2, -1, 1, fmt.max_exp - 1, -5][:rows]
-    exp = np.array(exps, dtype=np.int64)
-    m = fmt.max_mant
-    mant = rng.integers(-m, m + 1, size=(rows, cols))
-    mant[0] = np.where(rng.random(cols) < 0.5, m, m - 1)  # full scale at the top exponent: overflow
-    if rows > 3:
-        mant[3] = 0  # an all-zero row
-    if rows > 5:
-        mant[5, :] = rng.integers(-2, 3, size=cols)  # tiny mantissas
-    return BfpTensor(mant.astype(np.int64), exp)
 
 
 def regs_for(cfg, lr, wd=0.0, temperature=1.0, n=1):
@@ -69,11 +51,11 @@ MATRIX = [
 
 
 @pytest.mark.parametrize(("variant", "width", "exp_bits", "lanes", "lr", "wd"), MATRIX)
-def test_kernel_equals_scalar_model_and_torch(variant, width, exp_bits, lanes, lr, wd):
-    cfg = make_cfg(variant, width, exp_bits, lanes, headroom=0 if lanes == 1 else 2)
+def test_kernel_equals_scalar_model_and_torch(variant, width, exp_bits, lanes, lr, wd, bfp_builders):
+    cfg = bfp_builders.make_cfg(variant, width, exp_bits, lanes, headroom=0 if lanes == 1 else 2)
     rng = np.random.default_rng([width, exp_bits, lanes, int(lr * 1e5)])
-    theta = mixed_rows(cfg.state, rng)
-    grad = mixed_rows(cfg.grad, rng, exps=[e for e in rng.integers(cfg.grad.min_exp, cfg.grad.max_exp + 1, 9)])
+    theta = bfp_builders.mixed_rows(cfg.state, rng)
+    grad = bfp_builders.mixed_rows(cfg.grad, rng, exps=list(rng.integers(cfg.grad.min_exp, cfg.grad.max_exp + 1, 9)))
     theta.mant[0] = cfg.state.max_mant  # full scale at the top exponent, pushed outward: saturates
     grad.mant[0], grad.exp[0] = -cfg.grad.max_mant, cfg.grad.max_exp
     regs = regs_for(cfg, lr, wd, temperature=0.5 if variant == "vc" else 1.0)
@@ -98,21 +80,21 @@ def test_kernel_equals_scalar_model_and_torch(variant, width, exp_bits, lanes, l
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("window_bits", [None, 40])
-def test_narrow_window_and_few_sr_bits(variant, window_bits):
+def test_narrow_window_and_few_sr_bits(variant, window_bits, bfp_builders):
     """A window that truncates terms and SR with fewer bits than dropped: still the scalar model's integers."""
     wb = (21 if variant in ("lp_f", "sgd_f") else 13) if window_bits is None else window_bits
-    cfg = make_cfg(variant, 8, 6, 4, window_bits=wb, sr_bits=5, vc_frac_bits=4)
+    cfg = bfp_builders.make_cfg(variant, 8, 6, 4, window_bits=wb, sr_bits=5, vc_frac_bits=4)
     rng = np.random.default_rng(5)
-    theta = mixed_rows(cfg.state, rng, rows=6, cols=7, exps=[31, -32, 0, -3, 5, -20])
-    grad = mixed_rows(cfg.grad, rng, rows=6, cols=7, exps=[-30, 20, 3, -3, 0, -32])
+    theta = bfp_builders.mixed_rows(cfg.state, rng, rows=6, cols=7, exps=[31, -32, 0, -3, 5, -20])
+    grad = bfp_builders.mixed_rows(cfg.grad, rng, rows=6, cols=7, exps=[-30, 20, 3, -3, 0, -32])
     regs = regs_for(cfg, 2e-3, 1e-1)
     r, ref, _ = run_all(cfg, theta, grad, regs, seed=3)
     assert_equal_ref(r, ref)
 
 
-def test_vectors_scalars_and_empty():
+def test_vectors_scalars_and_empty(bfp_builders):
     """A 1-D tensor's rows are single elements; a scalar is one block; empty tensors pass through."""
-    cfg = make_cfg("vc", 8, 8, 4)
+    cfg = bfp_builders.make_cfg("vc", 8, 8, 4)
     regs = regs_for(cfg, 1e-3)
     rng = np.random.default_rng(9)
     th = BfpTensor(rng.integers(-127, 128, 11), rng.integers(-6, 6, 11))
@@ -129,13 +111,13 @@ def test_vectors_scalars_and_empty():
     assert re.state.mant.shape == (3, 0) and np.array_equal(re.state.exp, [cfg.weight.min_exp] * 3)
 
 
-def test_engine_continues_the_lane_streams():
+def test_engine_continues_the_lane_streams(bfp_builders):
     """Two calls use consecutive words of each lane (element i -> lane i mod L), like NumpyEngine."""
-    cfg = make_cfg("naive", 8, 8, 4)
+    cfg = bfp_builders.make_cfg("naive", 8, 8, 4)
     regs = regs_for(cfg, 1e-3)
     rng = np.random.default_rng(2)
-    th = mixed_rows(cfg.weight, rng, rows=3, cols=3, exps=[0, 1, 2])
-    g = mixed_rows(cfg.grad, rng, rows=3, cols=3, exps=[0, 1, 2])
+    th = bfp_builders.mixed_rows(cfg.weight, rng, rows=3, cols=3, exps=[0, 1, 2])
+    g = bfp_builders.mixed_rows(cfg.grad, rng, rows=3, cols=3, exps=[0, 1, 2])
     eng = BfpEngine(cfg, 7)
     eng.step(th, g, regs)
     second = eng.step(th, g, regs)
@@ -157,8 +139,8 @@ def test_engine_continues_the_lane_streams():
 # ---- registers and inputs ------------------------------------------------------------------
 
 
-def test_vc_register_tables_follow_the_branch_rule():
-    cfg = make_cfg("vc", 8, 8)
+def test_vc_register_tables_follow_the_branch_rule(bfp_builders):
+    cfg = bfp_builders.make_cfg("vc", 8, 8)
     hp = HyperParams(2.0**-15 + 2.0**-45)  # v just above D^2/4 of E = 0: that entry's noise word rounds to 0
     regs = bfp_registers(cfg, hp)
     v = Fraction(hp.noise_variance)
@@ -191,15 +173,15 @@ def test_vc_register_tables_follow_the_branch_rule():
         ("naive", BfpRegisters(1, vc_var=(1,)), r"registers vc_noise/vc_var are VC-only"),
     ],
 )
-def test_bad_registers(variant, regs, msg):
+def test_bad_registers(variant, regs, msg, bfp_builders):
     if "16385" in msg:
         regs = BfpRegisters(1, vc_noise=(0,) * 256, vc_var=(1 << 14 | 1,) * 256)
     with pytest.raises(ValueError, match=msg):
-        check_registers(make_cfg(variant), regs)
+        check_registers(bfp_builders.make_cfg(variant), regs)
 
 
-def test_bad_inputs():
-    cfg = make_cfg("sgd_l")
+def test_bad_inputs(bfp_builders):
+    cfg = bfp_builders.make_cfg("sgd_l")
     eng = BfpEngine(cfg, 0)
     regs = BfpRegisters(3)
     ok = BfpTensor(np.zeros((2, 3), np.int64), np.zeros(2, np.int64))
@@ -392,9 +374,9 @@ def test_vc_branch_b_hits_the_target_variance(var_reg):
     assert s <= k and checked >= 3
 
 
-def test_window_truncation_bias_bound():
+def test_window_truncation_bias_bound(bfp_builders):
     """Each term is floored at the window LSB: the window sum is within (-terms * 2^L, 0] of the exact sum."""
-    cfg = make_cfg("sgd_l", 8, 8, window_bits=14)
+    cfg = bfp_builders.make_cfg("sgd_l", 8, 8, window_bits=14)
     regs = BfpRegisters(40000, decay=1000)
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -409,8 +391,8 @@ def test_window_truncation_bias_bound():
             assert -3 * Fraction(2) ** a["L"] < err <= 0
 
 
-def test_field_helper_matches_kernel_layout():
-    cfg = make_cfg("vc")
+def test_field_helper_matches_kernel_layout(bfp_builders):
+    cfg = bfp_builders.make_cfg("vc")
     assert cfg.fields["vc"].width == 2 * cfg.vc_frac_bits + 1
     assert field([0xABCDEF], cfg.fields["vc"]) == 0xABCDEF & ((1 << 17) - 1)
     assert window(cfg, 0, 0)["L"] == max(1, 2 - 8 - 24 + 16 + 8 - 1, -(27) + (65535 * 1476).bit_length(),
@@ -418,11 +400,11 @@ def test_field_helper_matches_kernel_layout():
     assert Variant(cfg.variant) is Variant.VC
 
 
-def test_engine_checkpoint_resumes_bit_identically():
-    cfg = make_cfg("vc", 8, 8, 4)
+def test_engine_checkpoint_resumes_bit_identically(bfp_builders):
+    cfg = bfp_builders.make_cfg("vc", 8, 8, 4)
     regs = regs_for(cfg, 1e-3)
     rng = np.random.default_rng(4)
-    th, g = mixed_rows(cfg.weight, rng), mixed_rows(cfg.grad, rng)
+    th, g = bfp_builders.mixed_rows(cfg.weight, rng), bfp_builders.mixed_rows(cfg.grad, rng)
     eng = BfpEngine(cfg, 3)
     eng.step(th, g, regs)
     saved = eng.state_dict()
@@ -447,14 +429,14 @@ def test_paper_scale_hyperparameters_fit_a_bfp8_configuration():
     assert np.abs(cfg.weight.to_float(r.weight) - cfg.weight.to_float(th)).max() < 0.05
 
 
-def test_cuda_equals_cpu():
+def test_cuda_equals_cpu(bfp_builders):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
     for variant in VARIANTS:
-        cfg = make_cfg(variant, 8, 8, 4)
+        cfg = bfp_builders.make_cfg(variant, 8, 8, 4)
         rng = np.random.default_rng(1)
-        th, g = mixed_rows(cfg.state, rng), mixed_rows(cfg.grad, rng)
+        th, g = bfp_builders.mixed_rows(cfg.state, rng), bfp_builders.mixed_rows(cfg.grad, rng)
         regs = regs_for(cfg, 1e-3)
         words = torch.from_numpy(stream_words(LaneRng.seeded(cfg.rng, 1, 4, 1), th.mant.size).view(np.int64))
 
@@ -467,9 +449,9 @@ def test_cuda_equals_cpu():
             assert torch.equal(x, y.cpu())
 
 
-def test_torch_kernel_rejects_wrong_dtypes():
+def test_torch_kernel_rejects_wrong_dtypes(bfp_builders):
     torch = pytest.importorskip("torch")
-    cfg = make_cfg("sgd_l")
+    cfg = bfp_builders.make_cfg("sgd_l")
     ok = BfpTensor(torch.zeros((2, 3), dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(TypeError, match=r"update\(\) needs int64 words, got torch.uint64"):
         update(cfg, ok, ok, BfpRegisters(1), torch.zeros((6, 1), dtype=torch.uint64))
@@ -479,66 +461,26 @@ def test_torch_kernel_rejects_wrong_dtypes():
         update(cfg, BfpTensor(ok.mant.int(), ok.exp), ok, BfpRegisters(1), torch.zeros((6, 1), dtype=torch.int64))
 
 
-def random_config(rng):
-    """A random valid configuration, biased toward the extremes of every parameter."""
-    variant = VARIANTS[int(rng.integers(len(VARIANTS)))]
-    w = int(rng.choice([2, 3, 8, 16, 24]))
-    eb = int(rng.choice([2, 3, 8]))
-    acc = None
-    if variant in ("lp_f", "sgd_f"):
-        acc = BfpFormat(min(24, w + int(rng.integers(0, 9))), int(rng.choice([2, 8])))
-    st_w = acc.width if acc else w
-    gw = int(rng.choice([2, 8, 24]))
-    step = FixedFormat(int(rng.choice([1, 16, 30])), int(rng.integers(-8, 40)), signed=False)
-    noise = FixedFormat(int(rng.choice([1, 16, 30])), int(rng.integers(-8, 40)), signed=False)
-    decay = None if rng.random() < 0.3 else FixedFormat(int(rng.choice([1, 12, 30])), int(rng.integers(0, 40)),
-                                                         signed=False)
-    p = int(rng.choice([1, 4, 15]))
-    k = int(rng.choice([1, 7, 24, 48]))
-    wb = int(rng.choice([st_w + 4, 30, 62]))
-    h = int(rng.choice([0, 0, 1, 2])) if w >= 4 else 0
-    return BfpConfig(variant, weight=BfpFormat(w, eb), grad=BfpFormat(gw, int(rng.choice([2, 8]))), acc=acc,
-                     step=step, noise=noise, decay=decay, sr_bits=k, vc_frac_bits=p, window_bits=wb, headroom=h,
-                     rng_words=3)
 
 
-def random_registers(cfg, rng):
-    def word(fmt):
-        return int(rng.choice([0, 1, fmt.max_word, int(rng.integers(0, fmt.max_word + 1))]))
-
-    decay = word(cfg.decay) if cfg.decay is not None else 0
-    if cfg.variant is Variant.VC:
-        n = 1 << cfg.weight.exp_bits
-        noise = [word(cfg.noise) if rng.random() < 0.5 else 0 for _ in range(n)]
-        vmax = 1 << (2 * cfg.vc_frac_bits - 2)
-        var = [int(rng.integers(0, vmax + 1)) for _ in range(n)]
-        return BfpRegisters(word(cfg.step), decay, 0, tuple(noise), tuple(var))
-    noise = word(cfg.noise) if cfg.variant in (Variant.NAIVE, Variant.LP_F) else 0
-    return BfpRegisters(word(cfg.step), decay, noise)
 
 
-def random_bfp(fmt, rng, rows, cols):
-    e = rng.choice([fmt.min_exp, fmt.max_exp, 0, int(rng.integers(fmt.min_exp, fmt.max_exp + 1))], size=rows)
-    m = rng.integers(-fmt.max_mant, fmt.max_mant + 1, size=(rows, cols))
-    m[rng.random(rows) < 0.2] = 0
-    m[rng.random((rows, cols)) < 0.1] = fmt.max_mant
-    return BfpTensor(m.astype(np.int64), e.astype(np.int64))
 
 
-def test_random_configurations_equal_the_scalar_model():
+def test_random_configurations_equal_the_scalar_model(bfp_builders):
     """Random formats, windows, SR / VC widths and registers at their limits: kernel == scalar model == torch."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(2026)
     built = 0
     while built < 60:
         try:
-            cfg = random_config(rng)
+            cfg = bfp_builders.random_config(rng)
         except ValueError:
             continue  # e.g. a term wider than 60 bits: rejected configurations are tested elsewhere
         built += 1
-        regs = random_registers(cfg, rng)
+        regs = bfp_builders.random_registers(cfg, rng)
         rows, cols = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        th, g = random_bfp(cfg.state, rng, rows, cols), random_bfp(cfg.grad, rng, rows, cols)
+        th, g = bfp_builders.random_bfp(cfg.state, rng, rows, cols), bfp_builders.random_bfp(cfg.grad, rng, rows, cols)
         words = rng.integers(0, 1 << 64, size=(rows * cols, 3), dtype=np.uint64)
         r = update(cfg, th, g, regs, words)
         assert_equal_ref(r, ref_update(cfg, th, g, regs, words))
