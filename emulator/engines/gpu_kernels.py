@@ -84,19 +84,25 @@ def _output_step(s0, s1, RA: tl.constexpr, RB: tl.constexpr, RC: tl.constexpr, A
 
 
 @triton.jit
+def _apply_jump(s0, s1, tab):
+    """T^n (s0, s1) from the 16 byte tables of T^n at ``tab`` (2-D states; GF(2)-linear: XOR of 32 gathers)."""
+    a0 = tl.zeros_like(s0)
+    a1 = tl.zeros_like(s1)
+    for b in tl.static_range(16):
+        if b < 8:
+            idx = ((s0 >> (8 * b)) & 255) + 256 * b
+        else:
+            idx = ((s1 >> (8 * (b - 8))) & 255) + 256 * b
+        a0 ^= tl.load(tab + idx)
+        a1 ^= tl.load(tab + 4096 + idx)
+    return a0, a1
+
+
+@triton.jit
 def _jump_start(s0, s1, chunk, jump_ptr, K):
     """``T^(chunk * per) (s0, s1)`` from the byte tables of ``T^(per 2^k)``, k < K (2-D states)."""
     for k in range(K):
-        a0 = tl.zeros_like(s0)
-        a1 = tl.zeros_like(s1)
-        base = jump_ptr + k * (2 * 4096)
-        for b in tl.static_range(16):
-            if b < 8:
-                idx = ((s0 >> (8 * b)) & 255) + 256 * b
-            else:
-                idx = ((s1 >> (8 * (b - 8))) & 255) + 256 * b
-            a0 ^= tl.load(base + idx)
-            a1 ^= tl.load(base + 4096 + idx)
+        a0, a1 = _apply_jump(s0, s1, jump_ptr + k * (2 * 4096))
         take = ((chunk >> k) & 1) != 0
         s0 = tl.where(take[:, None], a0, s0)
         s1 = tl.where(take[:, None], a1, s1)
@@ -158,21 +164,6 @@ def _sr_variance(fk, K: tl.constexpr, PM: tl.constexpr):
 
 
 # ---- the fixed-point datapath --------------------------------------------------------------
-
-
-@triton.jit
-def _apply_jump(s0, s1, tab):
-    """T^n (s0, s1) from the 16 byte tables of T^n at ``tab`` (2-D states; GF(2)-linear: XOR of 32 gathers)."""
-    a0 = tl.zeros_like(s0)
-    a1 = tl.zeros_like(s1)
-    for b in tl.static_range(16):
-        if b < 8:
-            idx = ((s0 >> (8 * b)) & 255) + 256 * b
-        else:
-            idx = ((s1 >> (8 * (b - 8))) & 255) + 256 * b
-        a0 ^= tl.load(tab + idx)
-        a1 ^= tl.load(tab + 4096 + idx)
-    return a0, a1
 
 
 @triton.jit
