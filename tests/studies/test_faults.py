@@ -139,6 +139,13 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _start_long_study(tmp_path: Path) -> tuple[subprocess.Popen, Path, set[int]]:
     err = tmp_path / "stderr"
     with err.open("w") as f:
@@ -170,9 +177,20 @@ def test_killing_the_parent_leaves_no_orphan(tmp_path) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_stops_and_reaps_the_workers(tmp_path) -> None:
     p, err, kids = _start_long_study(tmp_path)
+    workers = {k for k in kids if b"spawn_main" in _cmdline(k)}
+    if worker_cap() > 1:
+        assert workers, "the study started no worker process"
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 128 + signal.SIGTERM
-    assert not [k for k in kids if _alive(k)], "workers survived their parent's SIGTERM"
+    # the parent reaps its workers before it exits ...
+    left = {k: _cmdline(k)[:120] for k in workers if _alive(k)}
+    assert not left, f"workers survived their parent's SIGTERM: {left}"
+    # ... while multiprocessing's resource tracker leaves on its own once the parent's pipe closes
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(k) for k in kids):
+        time.sleep(0.1)
+    left = {k: _cmdline(k)[:120] for k in kids if _alive(k)}
+    assert not left, f"helper processes outlived the study: {left}"
     assert "interrupted by SIGTERM; workers stopped; rerun the same command to resume" in err.read_text()
 
 
