@@ -317,7 +317,8 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
                                       reset_seed=args.reset_seed, init_values=not args.no_init_values, opts=opts)]
     for man in manifests:
         path = os.path.join(args.out, man["module"])
-        print(f"wrote {path}.v, {path}.vlt and {path}.json (latency {man['latency']} cycles, {man['lanes']} lanes, "
+        lanes = f"{man['lanes']} lane{'' if man['lanes'] == 1 else 's'}"
+        print(f"wrote {path}.v, {path}.vlt and {path}.json (latency {man['latency']} cycles, {lanes}, "
               f"target {man['target']}, pipeline {man['pipeline_depth']})")
     return 0
 

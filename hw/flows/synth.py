@@ -449,7 +449,8 @@ def _tool(name: str) -> str:
         return str(local)
     found = shutil.which(name)
     if found is None:
-        raise ToolNotFound(f"{name} is not installed (pip install -e '.[synth]', or pip install {name})")
+        how = f"pip install {name}" if "ecp5" in name else f"pip install -e '.[synth]', or pip install {name}"
+        raise ToolNotFound(f"{name} is not installed ({how})")  # the synth extra holds the iCE40 flow only
     return found
 
 
