@@ -124,6 +124,45 @@ def product_operands(a: Value, b: Value, opts: HwOptions | None = None) -> list[
     return [(a * b, 0)]
 
 
+def square_count(width: int, signed_: bool, opts: HwOptions) -> int:
+    """Leaves :func:`square_operands` makes for an operand of ``width`` bits."""
+    return product_count((width, signed_), (width, signed_), opts)
+
+
+def square_operands(a: Value, opts: HwOptions | None = None) -> list[tuple[Value, int]]:
+    """``a * a`` as a list of ``(product, shift)`` leaves, per the target.
+
+    ``ice40-hx`` with an unsigned ``a = sum(d_i << b*i)`` (``b``-bit digits): the symmetric
+    squarer ``a^2 = sum(d_i * (d_i + (a >> b*(i+1)) << (b+1)) << 2*b*i)``, each cross term
+    ``d_i*d_j`` formed once (doubled by the shift) instead of twice, so digit ``i`` multiplies only
+    the bits above it: about half the partial-product cells of ``a * a``, and each operand bit
+    drives fewer of them. The operand ``d_i + (hi << (b+1))`` is a concatenation (no adder).
+    Other targets and signed operands: :func:`product_operands`.
+    """
+    opts = opts or HwOptions()
+    a = Value.cast(a)
+    if not opts.digit_products or a.shape().signed:
+        return product_operands(a, a, opts)
+    out = []
+    for d, lo in digits(a, CHUNK_BITS):
+        hi = a[lo + CHUNK_BITS:]
+        operand = Cat(d, Const(0, CHUNK_BITS + 1 - len(d)), hi) if len(hi) else d
+        out.append((d * operand, 2 * lo))
+    return out
+
+
+def cap_for_compare(value: Value, bits: int) -> Value:
+    """An unsigned ``value`` narrowed to ``bits + 1`` bits without changing any compare ``u < value``
+    for ``u < 2**bits``: the low ``bits`` bits and one bit set when any higher bit is (so the compare
+    is a ``bits + 1``-bit carry chain, not one as wide as ``value``)."""
+    value = Value.cast(value)
+    if value.shape().signed:
+        raise ValueError(f"cap_for_compare() needs an unsigned value, got {value.shape()}")
+    if len(value) <= bits + 1:
+        return value
+    return Cat(value[:bits], value[bits:].any())
+
+
 def add_sub(a: Value, b: Value, sub: bool, max_carry: int | None = None) -> Value:
     """``a - b`` if ``sub`` else ``a + b`` (Amaranth's width); with ``max_carry`` and a wider result,
     a carry-select adder: the low half, and the high half twice (carry in 0 and 1) side by side,

@@ -28,7 +28,17 @@ from amaranth.lib.wiring import In, Out
 from emulator.spec.datapath import WORD_BITS, DatapathConfig, Variant
 
 from ._util import rejected
-from .arith import Stages, product_count, product_operands, round_nearest, saturate, sum_tree
+from .arith import (
+    Stages,
+    cap_for_compare,
+    product_count,
+    product_operands,
+    round_nearest,
+    saturate,
+    square_count,
+    square_operands,
+    sum_tree,
+)
 from .gaussian import GaussianGenerator, gaussian_stages, tree_depth
 from .options import HwOptions, check_options, tree_levels
 
@@ -78,7 +88,7 @@ def _operand_count(cfg: DatapathConfig, opts: HwOptions) -> int:
 
 def _square_count(cfg: DatapathConfig, opts: HwOptions) -> int:
     h = 2 * cfg.vc_frac_bits
-    return product_count((h, False), (h, False), opts)
+    return square_count(h, False, opts)
 
 
 def exact_sum_latency(cfg: DatapathConfig, opts: HwOptions | None = None) -> int:
@@ -137,8 +147,8 @@ def pipeline_stages(cfg: DatapathConfig, opts: HwOptions | None = None) -> list[
              f"one 2p-bit squarer (l or f_H): {_products_text(opts)}, {d}-level tree{every}"),
             ("vc_thresholds", 2, "down = 2 l^2 + ((2^(p-1) - l) << (p+1)); vs = f_H(2^H - f_H) rounded; "
                                  "w = max(vc_var - vs, 0); thresholds of the active branch"),
-            ("vc_compare", 1, "u_vc < up, u_vc < down; q + 1, q - 1"),
-            ("vc_out", 1, "select q + c, saturate to the weight format"),
+            ("vc_compare", 1, "u_vc < up, u_vc < down; q + 1, q - 1, q, each saturated to the weight format"),
+            ("vc_out", 1, "select sat(q + c)"),
         ]
     else:
         out += [("sr_saturate", 1, "state = sat_S(x >> s) (x includes the SR uniform: one shift, no adder)")]
@@ -196,7 +206,7 @@ class ExactSum(wiring.Component):
                 leaves.append((st.reg(pp, f"{name}_pp{i}").shift_left(shift + align), neg))
         if sum_adds_sr(cfg):  # SR_k(x) = (x + (u << (s-k))) >> s: the uniform is one more leaf
             leaves.append((st.reg(self.u_sr, "u_sr").shift_left(cfg.drop_bits - cfg.sr_k), False))
-        x, depth = sum_tree(st, leaves, "x", self.opts.pipeline, self.opts.max_carry)
+        x, depth = sum_tree(st, leaves, "x", self.opts.pipeline, self.opts.max_carry(cfg.sum_width))
         assert 1 + depth == self.latency  # the latency functions match what is built
         m.d.comb += self.x.eq(x)  # |x| < 2^(sum_width - 2): the truncation is exact
         return m
@@ -294,7 +304,7 @@ class VCQuantizer(wiring.Component):
         u = st.reg(u, "u_1")
         # ---- stage 2: squarer partial products -------------------------------------------
         leaves = [(st.reg(pp.shift_left(sh), f"sq_pp{i}"), False)
-                  for i, (pp, sh) in enumerate(product_operands(sq_in, sq_in, self.opts))]
+                  for i, (pp, sh) in enumerate(square_operands(sq_in, self.opts))]
         m_a = st.reg((1 << (p - 1)) - l_a, "m_a")  # 2^(p-1) - l, signed
         q = st.reg(Mux(self.vc_noise, q_a, q_b), "q")
         f_h = st.reg(f_h, "f_h2")
@@ -314,19 +324,23 @@ class VCQuantizer(wiring.Component):
         u = st.reg(u, "u_3")
         # ---- stage: top-up w = max(vc_var - vs, 0); thresholds of the active branch ---
         wd = self.vc_var - vs
-        w = Mux(wd[-1], 0, wd[: len(wd) - 1])
-        up = st.reg(Mux(self.vc_noise, up_a, w), "up")
-        down = st.reg(Mux(self.vc_noise, down_a[: h + 1], w.shift_left(1)), "down")
+        w = _wire(m, Mux(wd[-1], 0, wd[: len(wd) - 1]), "vc_w")
+        # capped at 2^len(u): the same compare outcome on a carry chain of len(u) + 1 cells
+        nu = len(u)
+        up = st.reg(cap_for_compare(_wire(m, Mux(self.vc_noise, up_a, w), "vc_up_sel"), nu), "up")
+        down = st.reg(cap_for_compare(_wire(m, Mux(self.vc_noise, down_a[: h + 1], w.shift_left(1)), "vc_down_sel"),
+                                      nu), "down")
         q = st.reg(q, "q_4")
         u = st.reg(u, "u_4")
         # ---- stage: the two compares; q +- 1 in parallel ---------------------------------
         lt_up = st.reg(u < up, "lt_up")
         lt_down = st.reg(u < down, "lt_down")
-        q_up = st.reg(q + 1, "q_up")
-        q_dn = st.reg(q - 1, "q_dn")
-        q = st.reg(q, "q_5")
-        # ---- stage: select and saturate ----------------------------------------------------
-        out = st.reg(saturate(Mux(lt_up, q_up, Mux(lt_down, q_dn, q)), cfg.weight), "out")
+        # sat(select(...)) == select(sat(...)): each candidate saturated here, beside the compares
+        q_up = st.reg(saturate(_wire(m, q + 1, "vc_q_inc"), cfg.weight), "q_up")
+        q_dn = st.reg(saturate(_wire(m, q - 1, "vc_q_dec"), cfg.weight), "q_dn")
+        q = st.reg(saturate(q, cfg.weight), "q_5")
+        # ---- stage: select ----------------------------------------------------------------------
+        out = st.reg(Mux(lt_up, q_up, Mux(lt_down, q_dn, q)), "out")
         m.d.comb += self.out.eq(out)
         return m
 

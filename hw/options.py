@@ -7,7 +7,7 @@ change (docs/hardware.md, "Targets and pipeline depth").
 
 * ``ice40-hx`` (default, the shipped RTL): no DSP blocks. Every product is split into
   2-bit digit products of the narrower operand (one adder deep each), summed by the tree;
-  exact-sum adders wider than ``ICE40_MAX_CARRY`` bits are carry-select adders.
+  wide exact-sum adders are carry-select adders (``HwOptions.max_carry``).
 * ``dsp18``: devices with 18x18 multipliers (ECP5 MULT18X18D, iCE40 UP5K SB_MAC16,
   Xilinx / Intel DSPs). Whole products, one multiplier each, the product registered (the
   DSP's output register); an operand wider than 18 signed bits is split into 17-bit
@@ -30,7 +30,8 @@ TARGETS = ("ice40-hx", "dsp18", "generic")
 MAX_PIPELINE = 8
 DSP_DIGIT_BITS = 17  # an unsigned 17-bit digit is an 18-bit signed DSP operand
 DSP_OPERAND_BITS = 18
-ICE40_MAX_CARRY = 40  # iCE40 carry chains: 34 bits run at about 120 MHz, 50 bits below 100 MHz (synthesis.md)
+ICE40_MAX_CARRY = 32  # iCE40 HX: adders above 32 bits are carry-select adders ...
+ICE40_WIDE_SUM = 40  # ... or above 40 bits in an exact sum wider than 40 (HwOptions.max_carry)
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,18 @@ class HwOptions:
         """Products as 2-bit digit products (no DSP blocks)."""
         return self.target == "ice40-hx"
 
-    @property
-    def max_carry(self) -> int | None:
-        """Widest plain adder of the exact-sum tree; wider ones are carry-select adders (iCE40: a
-        carry chain of about 50 bits alone is slower than 10 ns). None: no limit."""
-        return ICE40_MAX_CARRY if self.target == "ice40-hx" else None
+    def max_carry(self, sum_width: int) -> int | None:
+        """Widest plain adder of an exact-sum tree whose root is ``sum_width`` bits; wider ones are
+        carry-select adders. None: no limit (the tool's adders).
+
+        iCE40 HX: a 34-cell chain runs at 119-121 MHz, so adders above 32 bits are split; where the
+        sum is wider than ``ICE40_WIDE_SUM`` (w8-lpf: 50 bits) the halves of its widest adders and
+        their multiplexer set the clock anyway, and only adders above that width are split
+        (splitting the 33-40-bit ones too cost w8-lpf 143 LUT4 for no gain, docs/synthesis.md).
+        """
+        if self.target != "ice40-hx":
+            return None
+        return ICE40_MAX_CARRY if sum_width <= ICE40_WIDE_SUM else ICE40_WIDE_SUM
 
     @property
     def register_table(self) -> bool:

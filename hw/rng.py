@@ -38,7 +38,11 @@ class XoroshiroGenerator(wiring.Component):
     """One generator: ``out`` is the current output; ``step`` advances on the clock edge.
 
     ``load0`` / ``load1`` write ``data`` into ``s0`` / ``s1`` (a seed load; a load wins
-    over a step of the same word). ``reset_state`` is the state after ``rst``.
+    over a step of the same word). All of it happens only on an edge with ``en`` high
+    (default 1): a top whose "this edge moves" condition arrives late (a pipeline's
+    ``advance``) drives ``en`` with it and ``step`` / ``load*`` from registers, so the late
+    signal only enables the state registers and never selects their data.
+    ``reset_state`` is the state after ``rst``.
     """
 
     def __init__(self, spec: XoroshiroSpec, reset_state: tuple[int, int] = (1, 0)):
@@ -59,6 +63,7 @@ class XoroshiroGenerator(wiring.Component):
             "step": In(1),
             "load0": In(1),
             "load1": In(1),
+            "en": In(1, init=1),
             "data": In(w),
         })
 
@@ -69,10 +74,13 @@ class XoroshiroGenerator(wiring.Component):
         s1 = Signal(w, init=self.reset_state[1])
         m.d.comb += self.out.eq(output(self.spec, s0, s1))
         n0, n1 = next_state(self.spec, s0, s1)
-        with m.If(self.step):
-            m.d.sync += [s0.eq(n0), s1.eq(n1)]
-        with m.If(self.load0):
-            m.d.sync += s0.eq(self.data)
-        with m.If(self.load1):
-            m.d.sync += s1.eq(self.data)
+        with m.If(self.en):
+            with m.If(self.load0):
+                m.d.sync += s0.eq(self.data)
+            with m.Elif(self.step):
+                m.d.sync += s0.eq(n0)
+            with m.If(self.load1):
+                m.d.sync += s1.eq(self.data)
+            with m.Elif(self.step):
+                m.d.sync += s1.eq(n1)
         return m

@@ -113,8 +113,10 @@ class UpdateTop(wiring.Component):
             self.source.payload.keep.eq(keep[-1]),
             self.idle.eq(~Cat(valid).any()),
         ]
+        live = Signal(lanes, name="live_1")  # valid[0] & keep[0], one flip-flop per lane (generator step)
         with m.If(advance):
-            m.d.sync += [valid[0].eq(self.sink.valid), keep[0].eq(self.sink.payload.keep)]
+            m.d.sync += [valid[0].eq(self.sink.valid), keep[0].eq(self.sink.payload.keep),
+                         live.eq(self.sink.payload.keep & self.sink.valid.replicate(lanes))]
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, self.latency)]
             m.d.sync += [keep[i].eq(keep[i - 1]) for i in range(1, self.latency)]
 
@@ -151,17 +153,20 @@ class UpdateTop(wiring.Component):
                 m.submodules[f"rng_{lane}_{k}"] = gen
                 addr = control.SEED_BASE + 2 * j
                 load = Signal(2, name=f"seed_load_{j}")  # pending word loads
-                hold = Signal(name=f"seed_hold_{j}")  # the write came with a transfer: hold the generator
+                hold = Signal(name=f"seed_hold_{j}")  # a load is pending and came with a transfer
                 hit = Cat(self.ctl.addr == addr, self.ctl.addr == addr + 1) & self.ctl.we.replicate(2)
                 with m.If(hit.any()):
                     m.d.sync += [load.eq(hit), hold.eq(took)]
                 with m.Elif(free):
-                    m.d.sync += load.eq(0)
+                    m.d.sync += [load.eq(0), hold.eq(0)]
                 m.d.comb += [
+                    # the edge moves the input stage, or applies a pending load to an empty one; only
+                    # this enable sees the late advance, step and loads come from registers
+                    gen.en.eq(advance | (~valid[0] & load.any())),
                     # the beat leaves the input stage; a seed write on its transfer edge holds the generator
-                    gen.step.eq(advance & valid[0] & keep[0][lane] & ~(load.any() & hold)),
-                    gen.load0.eq(load[0] & free),
-                    gen.load1.eq(load[1] & free),
+                    gen.step.eq(live[lane] & ~hold),
+                    gen.load0.eq(load[0]),
+                    gen.load1.eq(load[1]),
                     gen.data.eq(seed_data),
                 ]
                 gens.append(gen.out)

@@ -35,13 +35,14 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$35 ;
   reg \$36 ;
   reg \$37 ;
-  reg [63:0] \$38 ;
-  reg [1:0] \$39 ;
+  reg \$38 ;
+  reg [63:0] \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg [3:0] \$41 ;
+  reg [1:0] \$40 ;
+  reg \$41 ;
   reg [3:0] \$42 ;
   reg [3:0] \$43 ;
+  reg [3:0] \$44 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -59,6 +60,7 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [63:0] data = 64'h0000000000000000;
   reg [3:0] decay = 4'h0;
   wire en;
+  wire \en$34 ;
   wire free;
   wire [3:0] grad;
   output idle;
@@ -72,6 +74,7 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg keep_7 = 1'h0;
   reg keep_8 = 1'h0;
   reg keep_9 = 1'h0;
+  reg live_1 = 1'h0;
   wire load0;
   wire load1;
   reg [3:0] noise = 4'h0;
@@ -112,7 +115,7 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
-  reg [3:0] \step$40  = 4'h0;
+  reg [3:0] \step$41  = 4'h0;
   wire [7:0] theta;
   wire took;
   reg valid_1 = 1'h0;
@@ -132,31 +135,33 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   always @(posedge clk)
-    keep_7 <= \$32 ;
+    keep_6 <= \$32 ;
   always @(posedge clk)
-    keep_8 <= \$33 ;
+    keep_7 <= \$33 ;
   always @(posedge clk)
-    keep_9 <= \$34 ;
+    keep_8 <= \$34 ;
+  always @(posedge clk)
+    keep_9 <= \$35 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$35 ;
+    write_step <= \$36 ;
   always @(posedge clk)
-    write_decay <= \$36 ;
+    write_decay <= \$37 ;
   always @(posedge clk)
-    write_noise <= \$37 ;
+    write_noise <= \$38 ;
   always @(posedge clk)
-    data <= \$38 ;
+    data <= \$39 ;
   always @(posedge clk)
-    seed_load_0 <= \$39 ;
+    seed_load_0 <= \$40 ;
   always @(posedge clk)
-    seed_hold_0 <= \$40 ;
+    seed_hold_0 <= \$41 ;
   always @(posedge clk)
-    \step$40  <= \$41 ;
+    \step$41  <= \$42 ;
   always @(posedge clk)
-    decay <= \$42 ;
+    decay <= \$43 ;
   always @(posedge clk)
-    noise <= \$43 ;
+    noise <= \$44 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
@@ -166,14 +171,13 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1;
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1 & \$8 ;
+  assign \$9  = sink__payload[0] & sink__valid;
   assign \$10  = ctl__addr == 9'h100;
   assign \$11  = ctl__addr == 9'h101;
   assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
@@ -186,31 +190,31 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   always @(posedge clk)
     keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$19 ;
+    live_1 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$20 ;
+    valid_2 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$21 ;
+    valid_3 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$22 ;
+    valid_4 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$23 ;
+    valid_5 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$24 ;
+    valid_6 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$25 ;
+    valid_7 <= \$25 ;
   always @(posedge clk)
-    source__valid <= \$26 ;
+    valid_8 <= \$26 ;
   always @(posedge clk)
-    keep_2 <= \$27 ;
+    source__valid <= \$27 ;
   always @(posedge clk)
-    keep_3 <= \$28 ;
+    keep_2 <= \$28 ;
   always @(posedge clk)
-    keep_4 <= \$29 ;
+    keep_3 <= \$29 ;
   always @(posedge clk)
-    keep_5 <= \$30 ;
+    keep_4 <= \$30 ;
   always @(posedge clk)
-    keep_6 <= \$31 ;
+    keep_5 <= \$31 ;
   \lpsgld_w4_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -219,44 +223,38 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .\port$0$3 (sink__payload[12:1]),
     .rst(rst),
     .state(state),
-    .step(\step$40 ),
+    .step(\step$41 ),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w4_lpf_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$173$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_8;
+    \$33  = keep_7;
     if (advance) begin
-      \$33  = keep_7;
+      \$33  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_9;
+    \$34  = keep_8;
     if (advance) begin
-      \$34  = keep_8;
+      \$34  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$35  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$35  = 1'h0;
+    \$35  = keep_9;
+    if (advance) begin
+      \$35  = keep_8;
     end
   end
   always @* begin
@@ -265,8 +263,6 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            /* empty */;
-        16'h0001:
             \$36  = 1'h1;
       endcase
     end
@@ -282,8 +278,6 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0000:
             /* empty */;
         16'h0001:
-            /* empty */;
-        16'h0002:
             \$37  = 1'h1;
       endcase
     end
@@ -293,47 +287,56 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = data;
+    \$38  = 1'h0;
     if (ctl__we) begin
-      \$38  = ctl__data;
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$38  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$38  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = seed_load_0;
+    \$39  = data;
+    if (ctl__we) begin
+      \$39  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = seed_load_0;
     if (\$13 ) begin
-      \$39  = \$16 ;
+      \$40  = \$16 ;
     end else if (free) begin
-      \$39  = 2'h0;
+      \$40  = 2'h0;
     end
     if (rst) begin
-      \$39  = 2'h0;
+      \$40  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = seed_hold_0;
+    \$41  = seed_hold_0;
     if (\$13 ) begin
-      \$40  = took;
+      \$41  = took;
+    end else if (free) begin
+      \$41  = 1'h0;
     end
     if (rst) begin
-      \$40  = 1'h0;
+      \$41  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = \step$40 ;
+    \$42  = \step$41 ;
     if (write_step) begin
-      \$41  = wdata[3:0];
-    end
-    if (rst) begin
-      \$41  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = decay;
-    if (write_decay) begin
       \$42  = wdata[3:0];
     end
     if (rst) begin
@@ -342,12 +345,22 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = noise;
-    if (write_noise) begin
+    \$43  = decay;
+    if (write_decay) begin
       \$43  = wdata[3:0];
     end
     if (rst) begin
       \$43  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = noise;
+    if (write_noise) begin
+      \$44  = wdata[3:0];
+    end
+    if (rst) begin
+      \$44  = 4'h0;
     end
   end
   always @* begin
@@ -369,9 +382,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_2;
+    \$19  = live_1;
     if (advance) begin
-      \$19  = valid_1;
+      \$19  = \$9 ;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -379,9 +392,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_3;
+    \$20  = valid_2;
     if (advance) begin
-      \$20  = valid_2;
+      \$20  = valid_1;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -389,9 +402,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_4;
+    \$21  = valid_3;
     if (advance) begin
-      \$21  = valid_3;
+      \$21  = valid_2;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -399,9 +412,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_5;
+    \$22  = valid_4;
     if (advance) begin
-      \$22  = valid_4;
+      \$22  = valid_3;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -409,9 +422,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_6;
+    \$23  = valid_5;
     if (advance) begin
-      \$23  = valid_5;
+      \$23  = valid_4;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -419,9 +432,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_7;
+    \$24  = valid_6;
     if (advance) begin
-      \$24  = valid_6;
+      \$24  = valid_5;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -429,9 +442,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_8;
+    \$25  = valid_7;
     if (advance) begin
-      \$25  = valid_7;
+      \$25  = valid_6;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -439,9 +452,9 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = source__valid;
+    \$26  = valid_8;
     if (advance) begin
-      \$26  = valid_8;
+      \$26  = valid_7;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -449,53 +462,58 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_2;
+    \$27  = source__valid;
     if (advance) begin
-      \$27  = keep_1;
+      \$27  = valid_8;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_3;
+    \$28  = keep_2;
     if (advance) begin
-      \$28  = keep_2;
+      \$28  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_4;
+    \$29  = keep_3;
     if (advance) begin
-      \$29  = keep_3;
+      \$29  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_5;
+    \$30  = keep_4;
     if (advance) begin
-      \$30  = keep_4;
+      \$30  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_6;
+    \$31  = keep_5;
     if (advance) begin
-      \$31  = keep_5;
+      \$31  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_7;
+    \$32  = keep_6;
     if (advance) begin
-      \$32  = keep_6;
+      \$32  = keep_5;
     end
   end
   assign valid_9 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$34  = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[12:9];
   assign out = words;
-  assign reg_step_0 = \step$40 ;
+  assign reg_step_0 = \step$41 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
@@ -1096,7 +1114,7 @@ module \lpsgld_w4_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_lpf_l1.rng_0_0 (rst, en, step, out, data, \port$173$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -1116,12 +1134,14 @@ module \lpsgld_w4_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$173$0 ;
+  wire [1:0] \port$173$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -1148,11 +1168,12 @@ module \lpsgld_w4_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$173$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -1161,14 +1182,17 @@ module \lpsgld_w4_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$173$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$173$0 [0];
+  assign load1 = \port$173$0 [1];
 endmodule

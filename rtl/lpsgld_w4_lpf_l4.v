@@ -17,43 +17,43 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$19 ;
   wire \$2 ;
   wire \$20 ;
-  wire \$21 ;
+  wire [3:0] \$21 ;
   wire \$22 ;
   wire \$23 ;
-  wire \$24 ;
+  wire [1:0] \$24 ;
   wire \$25 ;
   wire \$26 ;
-  wire [1:0] \$27 ;
-  wire \$28 ;
+  wire \$27 ;
+  wire [1:0] \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire [1:0] \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [1:0] \$34 ;
-  wire \$35 ;
+  wire \$34 ;
+  wire [1:0] \$35 ;
   wire \$36 ;
   wire \$37 ;
   wire [1:0] \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire [1:0] \$41 ;
-  wire \$42 ;
+  wire \$41 ;
+  wire [1:0] \$42 ;
   wire \$43 ;
   wire \$44 ;
   wire [1:0] \$45 ;
   wire \$46 ;
   wire \$47 ;
-  wire [1:0] \$48 ;
-  wire \$49 ;
+  wire \$48 ;
+  wire [1:0] \$49 ;
   wire \$5 ;
-  wire \$50 ;
-  wire \$51 ;
-  wire [1:0] \$52 ;
+  reg \$50 ;
+  reg [3:0] \$51 ;
+  reg [3:0] \$52 ;
   reg \$53 ;
-  reg [3:0] \$54 ;
+  reg \$54 ;
   reg \$55 ;
   reg \$56 ;
   reg \$57 ;
@@ -61,43 +61,41 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$59 ;
   wire \$6 ;
   reg \$60 ;
-  reg \$61 ;
-  reg \$62 ;
+  reg [3:0] \$61 ;
+  reg [3:0] \$62 ;
   reg [3:0] \$63 ;
   reg [3:0] \$64 ;
   reg [3:0] \$65 ;
   reg [3:0] \$66 ;
   reg [3:0] \$67 ;
   reg [3:0] \$68 ;
-  reg [3:0] \$69 ;
+  reg \$69 ;
   wire \$7 ;
-  reg [3:0] \$70 ;
+  reg \$70 ;
   reg \$71 ;
-  reg \$72 ;
-  reg \$73 ;
-  reg [63:0] \$74 ;
-  reg [1:0] \$75 ;
-  reg \$76 ;
+  reg [63:0] \$72 ;
+  reg [1:0] \$73 ;
+  reg \$74 ;
+  reg [3:0] \$75 ;
+  reg [3:0] \$76 ;
   reg [3:0] \$77 ;
-  reg [3:0] \$78 ;
-  reg [3:0] \$79 ;
+  reg [1:0] \$78 ;
+  reg \$79 ;
   wire \$8 ;
-  reg [1:0] \$80 ;
-  reg \$81 ;
+  reg [3:0] \$80 ;
+  reg [3:0] \$81 ;
   reg [3:0] \$82 ;
-  reg [3:0] \$83 ;
-  reg [3:0] \$84 ;
-  reg [1:0] \$85 ;
-  reg \$86 ;
+  reg [1:0] \$83 ;
+  reg \$84 ;
+  reg [3:0] \$85 ;
+  reg [3:0] \$86 ;
   reg [3:0] \$87 ;
-  reg [3:0] \$88 ;
-  reg [3:0] \$89 ;
+  reg [1:0] \$88 ;
+  reg \$89 ;
   wire \$9 ;
-  reg [1:0] \$90 ;
-  reg \$91 ;
+  reg [3:0] \$90 ;
+  reg [3:0] \$91 ;
   reg [3:0] \$92 ;
-  reg [3:0] \$93 ;
-  reg [3:0] \$94 ;
   wire advance;
   input clk;
   wire clk;
@@ -109,24 +107,28 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$51 ;
+  wire [63:0] \data$53 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$70 ;
+  wire [63:0] \data$73 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$89 ;
+  wire [63:0] \data$93 ;
   reg [3:0] decay = 4'h0;
-  reg [3:0] \decay$61  = 4'h0;
-  reg [3:0] \decay$80  = 4'h0;
-  reg [3:0] \decay$99  = 4'h0;
+  reg [3:0] \decay$103  = 4'h0;
+  reg [3:0] \decay$63  = 4'h0;
+  reg [3:0] \decay$83  = 4'h0;
   wire en;
-  wire \en$52 ;
-  wire \en$71 ;
-  wire \en$90 ;
+  wire \en$34 ;
+  wire \en$47 ;
+  wire \en$54 ;
+  wire \en$67 ;
+  wire \en$74 ;
+  wire \en$87 ;
+  wire \en$94 ;
   wire free;
   wire [3:0] grad;
-  wire [3:0] \grad$54 ;
-  wire [3:0] \grad$73 ;
-  wire [3:0] \grad$92 ;
+  wire [3:0] \grad$56 ;
+  wire [3:0] \grad$76 ;
+  wire [3:0] \grad$96 ;
   output idle;
   wire idle;
   reg [3:0] keep_1 = 4'h0;
@@ -138,22 +140,23 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [3:0] keep_7 = 4'h0;
   reg [3:0] keep_8 = 4'h0;
   reg [3:0] keep_9 = 4'h0;
+  reg [3:0] live_1 = 4'h0;
   wire load0;
-  wire \load0$49 ;
-  wire \load0$68 ;
-  wire \load0$87 ;
+  wire \load0$51 ;
+  wire \load0$71 ;
+  wire \load0$91 ;
   wire load1;
-  wire \load1$50 ;
-  wire \load1$69 ;
-  wire \load1$88 ;
+  wire \load1$52 ;
+  wire \load1$72 ;
+  wire \load1$92 ;
   reg [3:0] noise = 4'h0;
-  reg [3:0] \noise$101  = 4'h0;
-  reg [3:0] \noise$63  = 4'h0;
-  reg [3:0] \noise$82  = 4'h0;
+  reg [3:0] \noise$105  = 4'h0;
+  reg [3:0] \noise$65  = 4'h0;
+  reg [3:0] \noise$85  = 4'h0;
   wire [63:0] out;
-  wire [63:0] \out$56 ;
-  wire [63:0] \out$75 ;
-  wire [63:0] \out$94 ;
+  wire [63:0] \out$58 ;
+  wire [63:0] \out$78 ;
+  wire [63:0] \out$98 ;
   (* init = 4'h0 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
@@ -225,21 +228,21 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$57 ;
-  wire [7:0] \state$76 ;
-  wire [7:0] \state$95 ;
+  wire [7:0] \state$59 ;
+  wire [7:0] \state$79 ;
+  wire [7:0] \state$99 ;
   wire step;
-  reg [3:0] \step$40  = 4'h0;
-  wire \step$46 ;
-  reg [3:0] \step$59  = 4'h0;
-  wire \step$65 ;
-  reg [3:0] \step$78  = 4'h0;
-  wire \step$84 ;
-  reg [3:0] \step$97  = 4'h0;
+  reg [3:0] \step$101  = 4'h0;
+  reg [3:0] \step$41  = 4'h0;
+  wire \step$49 ;
+  reg [3:0] \step$61  = 4'h0;
+  wire \step$69 ;
+  reg [3:0] \step$81  = 4'h0;
+  wire \step$89 ;
   wire [7:0] theta;
-  wire [7:0] \theta$53 ;
-  wire [7:0] \theta$72 ;
-  wire [7:0] \theta$91 ;
+  wire [7:0] \theta$55 ;
+  wire [7:0] \theta$75 ;
+  wire [7:0] \theta$95 ;
   wire took;
   reg valid_1 = 1'h0;
   reg valid_2 = 1'h0;
@@ -253,171 +256,166 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire valid_9;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
-  wire [3:0] \weight$58 ;
-  wire [3:0] \weight$77 ;
-  wire [3:0] \weight$96 ;
+  wire [3:0] \weight$100 ;
+  wire [3:0] \weight$60 ;
+  wire [3:0] \weight$80 ;
   wire [63:0] words;
-  wire [63:0] \words$55 ;
-  wire [63:0] \words$74 ;
-  wire [63:0] \words$93 ;
+  wire [63:0] \words$57 ;
+  wire [63:0] \words$77 ;
+  wire [63:0] \words$97 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
-  assign idle = ~ \$3 ;
-  assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1[0];
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
-  assign \$10  = advance & valid_1;
-  assign \$11  = \$10  & keep_1[1];
-  assign \$12  = | seed_load_1;
-  assign \$13  = \$12  & seed_hold_1;
-  assign \$14  = ~ \$13 ;
-  assign \step$46  = \$11  & \$14 ;
-  assign \load0$49  = seed_load_1[0] & free;
-  assign \load1$50  = seed_load_1[1] & free;
-  assign \$15  = advance & valid_1;
-  assign \$16  = \$15  & keep_1[2];
-  assign \$17  = | seed_load_2;
-  assign \$18  = \$17  & seed_hold_2;
-  assign \$19  = ~ \$18 ;
-  assign \step$65  = \$16  & \$19 ;
-  assign \load0$68  = seed_load_2[0] & free;
-  assign \load1$69  = seed_load_2[1] & free;
-  assign \$20  = advance & valid_1;
-  assign \$21  = \$20  & keep_1[3];
-  assign \$22  = | seed_load_3;
-  assign \$23  = \$22  & seed_hold_3;
-  assign \$24  = ~ \$23 ;
-  assign \step$84  = \$21  & \$24 ;
-  assign \load0$87  = seed_load_3[0] & free;
-  assign \load1$88  = seed_load_3[1] & free;
-  assign \$25  = ctl__addr == 9'h100;
-  assign \$26  = ctl__addr == 9'h101;
-  assign \$27  = { \$26 , \$25  } & { ctl__we, ctl__we };
-  assign \$28  = | \$27 ;
-  assign \$29  = ctl__addr == 9'h100;
-  assign \$30  = ctl__addr == 9'h101;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1[0] & \$8 ;
+  assign \$9  = ~ valid_1;
+  assign \$10  = | seed_load_1;
+  assign \$11  = \$9  & \$10 ;
+  assign \en$47  = advance | \$11 ;
+  assign \$12  = ~ seed_hold_1;
+  assign \step$49  = live_1[1] & \$12 ;
+  assign \$13  = ~ valid_1;
+  assign \$14  = | seed_load_2;
+  assign \$15  = \$13  & \$14 ;
+  assign \en$67  = advance | \$15 ;
+  assign \$16  = ~ seed_hold_2;
+  assign \step$69  = live_1[2] & \$16 ;
+  assign \$17  = ~ valid_1;
+  assign \$18  = | seed_load_3;
+  assign \$19  = \$17  & \$18 ;
+  assign \en$87  = advance | \$19 ;
+  assign \$20  = ~ seed_hold_3;
+  assign \step$89  = live_1[3] & \$20 ;
+  assign \$21  = sink__payload[3:0] & { sink__valid, sink__valid, sink__valid, sink__valid };
+  assign \$22  = ctl__addr == 9'h100;
+  assign \$23  = ctl__addr == 9'h101;
+  assign \$24  = { \$23 , \$22  } & { ctl__we, ctl__we };
+  assign \$25  = | \$24 ;
+  assign \$26  = ctl__addr == 9'h100;
+  assign \$27  = ctl__addr == 9'h101;
+  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
+  assign \$29  = ctl__addr == 9'h102;
+  assign \$30  = ctl__addr == 9'h103;
   assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h102;
-  assign \$33  = ctl__addr == 9'h103;
-  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
-  assign \$35  = | \$34 ;
-  assign \$36  = ctl__addr == 9'h102;
-  assign \$37  = ctl__addr == 9'h103;
+  assign \$32  = | \$31 ;
+  assign \$33  = ctl__addr == 9'h102;
+  assign \$34  = ctl__addr == 9'h103;
+  assign \$35  = { \$34 , \$33  } & { ctl__we, ctl__we };
+  assign \$36  = ctl__addr == 9'h104;
+  assign \$37  = ctl__addr == 9'h105;
   assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
-  assign \$39  = ctl__addr == 9'h104;
-  assign \$40  = ctl__addr == 9'h105;
-  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
-  assign \$42  = | \$41 ;
-  assign \$43  = ctl__addr == 9'h104;
-  assign \$44  = ctl__addr == 9'h105;
+  assign \$39  = | \$38 ;
+  assign \$40  = ctl__addr == 9'h104;
+  assign \$41  = ctl__addr == 9'h105;
+  assign \$42  = { \$41 , \$40  } & { ctl__we, ctl__we };
+  assign \$43  = ctl__addr == 9'h106;
+  assign \$44  = ctl__addr == 9'h107;
   assign \$45  = { \$44 , \$43  } & { ctl__we, ctl__we };
-  assign \$46  = ctl__addr == 9'h106;
-  assign \$47  = ctl__addr == 9'h107;
-  assign \$48  = { \$47 , \$46  } & { ctl__we, ctl__we };
-  assign \$49  = | \$48 ;
-  assign \$50  = ctl__addr == 9'h106;
-  assign \$51  = ctl__addr == 9'h107;
-  assign \$52  = { \$51 , \$50  } & { ctl__we, ctl__we };
+  assign \$46  = | \$45 ;
+  assign \$47  = ctl__addr == 9'h106;
+  assign \$48  = ctl__addr == 9'h107;
+  assign \$49  = { \$48 , \$47  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$53 ;
+    valid_1 <= \$50 ;
   always @(posedge clk)
-    keep_1 <= \$54 ;
+    keep_1 <= \$51 ;
   always @(posedge clk)
-    valid_2 <= \$55 ;
+    live_1 <= \$52 ;
   always @(posedge clk)
-    valid_3 <= \$56 ;
+    valid_2 <= \$53 ;
   always @(posedge clk)
-    valid_4 <= \$57 ;
+    valid_3 <= \$54 ;
   always @(posedge clk)
-    valid_5 <= \$58 ;
+    valid_4 <= \$55 ;
   always @(posedge clk)
-    valid_6 <= \$59 ;
+    valid_5 <= \$56 ;
   always @(posedge clk)
-    valid_7 <= \$60 ;
+    valid_6 <= \$57 ;
   always @(posedge clk)
-    valid_8 <= \$61 ;
+    valid_7 <= \$58 ;
   always @(posedge clk)
-    source__valid <= \$62 ;
+    valid_8 <= \$59 ;
   always @(posedge clk)
-    keep_2 <= \$63 ;
+    source__valid <= \$60 ;
   always @(posedge clk)
-    keep_3 <= \$64 ;
+    keep_2 <= \$61 ;
   always @(posedge clk)
-    keep_4 <= \$65 ;
+    keep_3 <= \$62 ;
   always @(posedge clk)
-    keep_5 <= \$66 ;
+    keep_4 <= \$63 ;
   always @(posedge clk)
-    keep_6 <= \$67 ;
+    keep_5 <= \$64 ;
   always @(posedge clk)
-    keep_7 <= \$68 ;
+    keep_6 <= \$65 ;
   always @(posedge clk)
-    keep_8 <= \$69 ;
+    keep_7 <= \$66 ;
   always @(posedge clk)
-    keep_9 <= \$70 ;
+    keep_8 <= \$67 ;
+  always @(posedge clk)
+    keep_9 <= \$68 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$71 ;
+    write_step <= \$69 ;
   always @(posedge clk)
-    write_decay <= \$72 ;
+    write_decay <= \$70 ;
   always @(posedge clk)
-    write_noise <= \$73 ;
+    write_noise <= \$71 ;
   always @(posedge clk)
-    data <= \$74 ;
+    data <= \$72 ;
   always @(posedge clk)
-    seed_load_0 <= \$75 ;
+    seed_load_0 <= \$73 ;
   always @(posedge clk)
-    seed_hold_0 <= \$76 ;
+    seed_hold_0 <= \$74 ;
   always @(posedge clk)
-    \step$40  <= \$77 ;
+    \step$41  <= \$75 ;
   always @(posedge clk)
-    decay <= \$78 ;
+    decay <= \$76 ;
   always @(posedge clk)
-    noise <= \$79 ;
+    noise <= \$77 ;
   always @(posedge clk)
-    seed_load_1 <= \$80 ;
+    seed_load_1 <= \$78 ;
   always @(posedge clk)
-    seed_hold_1 <= \$81 ;
+    seed_hold_1 <= \$79 ;
   always @(posedge clk)
-    \step$59  <= \$82 ;
+    \step$61  <= \$80 ;
   always @(posedge clk)
-    \decay$61  <= \$83 ;
+    \decay$63  <= \$81 ;
   always @(posedge clk)
-    \noise$63  <= \$84 ;
+    \noise$65  <= \$82 ;
   always @(posedge clk)
-    seed_load_2 <= \$85 ;
+    seed_load_2 <= \$83 ;
   always @(posedge clk)
-    seed_hold_2 <= \$86 ;
+    seed_hold_2 <= \$84 ;
   always @(posedge clk)
-    \step$78  <= \$87 ;
+    \step$81  <= \$85 ;
   always @(posedge clk)
-    \decay$80  <= \$88 ;
+    \decay$83  <= \$86 ;
   always @(posedge clk)
-    \noise$82  <= \$89 ;
+    \noise$85  <= \$87 ;
   always @(posedge clk)
-    seed_load_3 <= \$90 ;
+    seed_load_3 <= \$88 ;
   always @(posedge clk)
-    seed_hold_3 <= \$91 ;
+    seed_hold_3 <= \$89 ;
   always @(posedge clk)
-    \step$97  <= \$92 ;
+    \step$101  <= \$90 ;
   always @(posedge clk)
-    \decay$99  <= \$93 ;
+    \decay$103  <= \$91 ;
   always @(posedge clk)
-    \noise$101  <= \$94 ;
+    \noise$105  <= \$92 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
   assign sink__ready = advance & \$2 ;
   assign \$3  = | { source__valid, valid_8, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
+  assign idle = ~ \$3 ;
+  assign \$4  = ~ valid_1;
   \lpsgld_w4_lpf_l4.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -426,91 +424,118 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$40 ),
+    .step(\step$41 ),
     .theta(sink__payload[11:4]),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w4_lpf_l4.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$61 ),
+    .decay(\decay$63 ),
     .en(advance),
     .grad(sink__payload[43:40]),
-    .noise(\noise$63 ),
+    .noise(\noise$65 ),
     .rst(rst),
-    .state(\state$57 ),
-    .step(\step$59 ),
+    .state(\state$59 ),
+    .step(\step$61 ),
     .theta(sink__payload[19:12]),
-    .weight(\weight$58 ),
-    .words(\words$55 )
+    .weight(\weight$60 ),
+    .words(\words$57 )
   );
   \lpsgld_w4_lpf_l4.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$80 ),
+    .decay(\decay$83 ),
     .en(advance),
     .grad(sink__payload[47:44]),
-    .noise(\noise$82 ),
+    .noise(\noise$85 ),
     .rst(rst),
-    .state(\state$76 ),
-    .step(\step$78 ),
+    .state(\state$79 ),
+    .step(\step$81 ),
     .theta(sink__payload[27:20]),
-    .weight(\weight$77 ),
-    .words(\words$74 )
+    .weight(\weight$80 ),
+    .words(\words$77 )
   );
   \lpsgld_w4_lpf_l4.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$99 ),
+    .decay(\decay$103 ),
     .en(advance),
     .grad(sink__payload[51:48]),
-    .noise(\noise$101 ),
+    .noise(\noise$105 ),
     .rst(rst),
-    .state(\state$95 ),
-    .step(\step$97 ),
+    .state(\state$99 ),
+    .step(\step$101 ),
     .theta(sink__payload[35:28]),
-    .weight(\weight$96 ),
-    .words(\words$93 )
+    .weight(\weight$100 ),
+    .words(\words$97 )
   );
   \lpsgld_w4_lpf_l4.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$458$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w4_lpf_l4.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$49 ),
-    .load1(\load1$50 ),
-    .out(\words$55 ),
+    .en(\en$47 ),
+    .out(\words$57 ),
+    .\port$468$0 (seed_load_1),
     .rst(rst),
-    .step(\step$46 )
+    .step(\step$49 )
   );
   \lpsgld_w4_lpf_l4.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$68 ),
-    .load1(\load1$69 ),
-    .out(\words$74 ),
+    .en(\en$67 ),
+    .out(\words$77 ),
+    .\port$478$0 (seed_load_2),
     .rst(rst),
-    .step(\step$65 )
+    .step(\step$69 )
   );
   \lpsgld_w4_lpf_l4.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$87 ),
-    .load1(\load1$88 ),
-    .out(\words$93 ),
+    .en(\en$87 ),
+    .out(\words$97 ),
+    .\port$488$0 (seed_load_3),
     .rst(rst),
-    .step(\step$84 )
+    .step(\step$89 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = valid_1;
+    \$50  = valid_1;
     if (advance) begin
-      \$53  = sink__valid;
+      \$50  = sink__valid;
+    end
+    if (rst) begin
+      \$50  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = keep_1;
+    if (advance) begin
+      \$51  = sink__payload[3:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = live_1;
+    if (advance) begin
+      \$52  = \$21 ;
+    end
+    if (rst) begin
+      \$52  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = valid_2;
+    if (advance) begin
+      \$53  = valid_1;
     end
     if (rst) begin
       \$53  = 1'h0;
@@ -518,16 +543,19 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_1;
+    \$54  = valid_3;
     if (advance) begin
-      \$54  = sink__payload[3:0];
+      \$54  = valid_2;
+    end
+    if (rst) begin
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = valid_2;
+    \$55  = valid_4;
     if (advance) begin
-      \$55  = valid_1;
+      \$55  = valid_3;
     end
     if (rst) begin
       \$55  = 1'h0;
@@ -535,9 +563,9 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = valid_3;
+    \$56  = valid_5;
     if (advance) begin
-      \$56  = valid_2;
+      \$56  = valid_4;
     end
     if (rst) begin
       \$56  = 1'h0;
@@ -545,9 +573,9 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = valid_4;
+    \$57  = valid_6;
     if (advance) begin
-      \$57  = valid_3;
+      \$57  = valid_5;
     end
     if (rst) begin
       \$57  = 1'h0;
@@ -555,9 +583,9 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = valid_5;
+    \$58  = valid_7;
     if (advance) begin
-      \$58  = valid_4;
+      \$58  = valid_6;
     end
     if (rst) begin
       \$58  = 1'h0;
@@ -565,9 +593,9 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = valid_6;
+    \$59  = valid_8;
     if (advance) begin
-      \$59  = valid_5;
+      \$59  = valid_7;
     end
     if (rst) begin
       \$59  = 1'h0;
@@ -575,9 +603,9 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = valid_7;
+    \$60  = source__valid;
     if (advance) begin
-      \$60  = valid_6;
+      \$60  = valid_8;
     end
     if (rst) begin
       \$60  = 1'h0;
@@ -585,78 +613,86 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = valid_8;
+    \$61  = keep_2;
     if (advance) begin
-      \$61  = valid_7;
+      \$61  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = keep_3;
+    if (advance) begin
+      \$62  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = keep_4;
+    if (advance) begin
+      \$63  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = keep_5;
+    if (advance) begin
+      \$64  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = keep_6;
+    if (advance) begin
+      \$65  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = keep_7;
+    if (advance) begin
+      \$66  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = keep_8;
+    if (advance) begin
+      \$67  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = keep_9;
+    if (advance) begin
+      \$68  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$69  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$61  = 1'h0;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = source__valid;
-    if (advance) begin
-      \$62  = valid_8;
+    \$70  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$70  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$62  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = keep_2;
-    if (advance) begin
-      \$63  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = keep_3;
-    if (advance) begin
-      \$64  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = keep_4;
-    if (advance) begin
-      \$65  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = keep_5;
-    if (advance) begin
-      \$66  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = keep_6;
-    if (advance) begin
-      \$67  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = keep_7;
-    if (advance) begin
-      \$68  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = keep_8;
-    if (advance) begin
-      \$69  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = keep_9;
-    if (advance) begin
-      \$70  = keep_8;
+      \$70  = 1'h0;
     end
   end
   always @* begin
@@ -665,6 +701,10 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
             \$71  = 1'h1;
       endcase
     end
@@ -674,69 +714,59 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = 1'h0;
+    \$72  = data;
     if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$72  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$72  = 1'h0;
+      \$72  = ctl__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$73  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$73  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = data;
-    if (ctl__we) begin
-      \$74  = ctl__data;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = seed_load_0;
-    if (\$28 ) begin
-      \$75  = \$31 ;
+    \$73  = seed_load_0;
+    if (\$25 ) begin
+      \$73  = \$28 ;
     end else if (free) begin
-      \$75  = 2'h0;
+      \$73  = 2'h0;
     end
     if (rst) begin
-      \$75  = 2'h0;
+      \$73  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = seed_hold_0;
-    if (\$28 ) begin
-      \$76  = took;
+    \$74  = seed_hold_0;
+    if (\$25 ) begin
+      \$74  = took;
+    end else if (free) begin
+      \$74  = 1'h0;
     end
     if (rst) begin
-      \$76  = 1'h0;
+      \$74  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = \step$40 ;
+    \$75  = \step$41 ;
     if (write_step) begin
+      \$75  = wdata[3:0];
+    end
+    if (rst) begin
+      \$75  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = decay;
+    if (write_decay) begin
+      \$76  = wdata[3:0];
+    end
+    if (rst) begin
+      \$76  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = noise;
+    if (write_noise) begin
       \$77  = wdata[3:0];
     end
     if (rst) begin
@@ -745,50 +775,52 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = decay;
-    if (write_decay) begin
-      \$78  = wdata[3:0];
-    end
-    if (rst) begin
-      \$78  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = noise;
-    if (write_noise) begin
-      \$79  = wdata[3:0];
-    end
-    if (rst) begin
-      \$79  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = seed_load_1;
-    if (\$35 ) begin
-      \$80  = \$38 ;
+    \$78  = seed_load_1;
+    if (\$32 ) begin
+      \$78  = \$35 ;
     end else if (free) begin
-      \$80  = 2'h0;
+      \$78  = 2'h0;
     end
     if (rst) begin
-      \$80  = 2'h0;
+      \$78  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = seed_hold_1;
-    if (\$35 ) begin
-      \$81  = took;
+    \$79  = seed_hold_1;
+    if (\$32 ) begin
+      \$79  = took;
+    end else if (free) begin
+      \$79  = 1'h0;
     end
     if (rst) begin
-      \$81  = 1'h0;
+      \$79  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = \step$59 ;
+    \$80  = \step$61 ;
     if (write_step) begin
+      \$80  = wdata[3:0];
+    end
+    if (rst) begin
+      \$80  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = \decay$63 ;
+    if (write_decay) begin
+      \$81  = wdata[3:0];
+    end
+    if (rst) begin
+      \$81  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$82  = \noise$65 ;
+    if (write_noise) begin
       \$82  = wdata[3:0];
     end
     if (rst) begin
@@ -797,50 +829,52 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = \decay$61 ;
-    if (write_decay) begin
-      \$83  = wdata[3:0];
-    end
-    if (rst) begin
-      \$83  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = \noise$63 ;
-    if (write_noise) begin
-      \$84  = wdata[3:0];
-    end
-    if (rst) begin
-      \$84  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = seed_load_2;
-    if (\$42 ) begin
-      \$85  = \$45 ;
+    \$83  = seed_load_2;
+    if (\$39 ) begin
+      \$83  = \$42 ;
     end else if (free) begin
-      \$85  = 2'h0;
+      \$83  = 2'h0;
     end
     if (rst) begin
-      \$85  = 2'h0;
+      \$83  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = seed_hold_2;
-    if (\$42 ) begin
-      \$86  = took;
+    \$84  = seed_hold_2;
+    if (\$39 ) begin
+      \$84  = took;
+    end else if (free) begin
+      \$84  = 1'h0;
     end
     if (rst) begin
-      \$86  = 1'h0;
+      \$84  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \step$78 ;
+    \$85  = \step$81 ;
     if (write_step) begin
+      \$85  = wdata[3:0];
+    end
+    if (rst) begin
+      \$85  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$86  = \decay$83 ;
+    if (write_decay) begin
+      \$86  = wdata[3:0];
+    end
+    if (rst) begin
+      \$86  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$87  = \noise$85 ;
+    if (write_noise) begin
       \$87  = wdata[3:0];
     end
     if (rst) begin
@@ -849,109 +883,99 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = \decay$80 ;
-    if (write_decay) begin
-      \$88  = wdata[3:0];
-    end
-    if (rst) begin
-      \$88  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = \noise$82 ;
-    if (write_noise) begin
-      \$89  = wdata[3:0];
-    end
-    if (rst) begin
-      \$89  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = seed_load_3;
-    if (\$49 ) begin
-      \$90  = \$52 ;
+    \$88  = seed_load_3;
+    if (\$46 ) begin
+      \$88  = \$49 ;
     end else if (free) begin
-      \$90  = 2'h0;
+      \$88  = 2'h0;
     end
     if (rst) begin
-      \$90  = 2'h0;
+      \$88  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = seed_hold_3;
-    if (\$49 ) begin
-      \$91  = took;
+    \$89  = seed_hold_3;
+    if (\$46 ) begin
+      \$89  = took;
+    end else if (free) begin
+      \$89  = 1'h0;
     end
     if (rst) begin
-      \$91  = 1'h0;
+      \$89  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = \step$97 ;
+    \$90  = \step$101 ;
     if (write_step) begin
+      \$90  = wdata[3:0];
+    end
+    if (rst) begin
+      \$90  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = \decay$103 ;
+    if (write_decay) begin
+      \$91  = wdata[3:0];
+    end
+    if (rst) begin
+      \$91  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$92  = \noise$105 ;
+    if (write_noise) begin
       \$92  = wdata[3:0];
     end
     if (rst) begin
       \$92  = 4'h0;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = \decay$99 ;
-    if (write_decay) begin
-      \$93  = wdata[3:0];
-    end
-    if (rst) begin
-      \$93  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = \noise$101 ;
-    if (write_noise) begin
-      \$94  = wdata[3:0];
-    end
-    if (rst) begin
-      \$94  = 4'h0;
-    end
-  end
   assign valid_9 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$34  = advance;
   assign theta = sink__payload[11:4];
   assign grad = sink__payload[39:36];
   assign out = words;
-  assign reg_step_0 = \step$40 ;
+  assign reg_step_0 = \step$41 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \data$51  = data;
-  assign \en$52  = advance;
-  assign \theta$53  = sink__payload[19:12];
-  assign \grad$54  = sink__payload[43:40];
-  assign \out$56  = \words$55 ;
-  assign reg_step_1 = \step$59 ;
-  assign reg_decay_1 = \decay$61 ;
-  assign reg_noise_1 = \noise$63 ;
-  assign \data$70  = data;
-  assign \en$71  = advance;
-  assign \theta$72  = sink__payload[27:20];
-  assign \grad$73  = sink__payload[47:44];
-  assign \out$75  = \words$74 ;
-  assign reg_step_2 = \step$78 ;
-  assign reg_decay_2 = \decay$80 ;
-  assign reg_noise_2 = \noise$82 ;
-  assign \data$89  = data;
-  assign \en$90  = advance;
-  assign \theta$91  = sink__payload[35:28];
-  assign \grad$92  = sink__payload[51:48];
-  assign \out$94  = \words$93 ;
-  assign reg_step_3 = \step$97 ;
-  assign reg_decay_3 = \decay$99 ;
-  assign reg_noise_3 = \noise$101 ;
+  assign \load0$51  = seed_load_1[0];
+  assign \load1$52  = seed_load_1[1];
+  assign \data$53  = data;
+  assign \en$54  = advance;
+  assign \theta$55  = sink__payload[19:12];
+  assign \grad$56  = sink__payload[43:40];
+  assign \out$58  = \words$57 ;
+  assign reg_step_1 = \step$61 ;
+  assign reg_decay_1 = \decay$63 ;
+  assign reg_noise_1 = \noise$65 ;
+  assign \load0$71  = seed_load_2[0];
+  assign \load1$72  = seed_load_2[1];
+  assign \data$73  = data;
+  assign \en$74  = advance;
+  assign \theta$75  = sink__payload[27:20];
+  assign \grad$76  = sink__payload[47:44];
+  assign \out$78  = \words$77 ;
+  assign reg_step_2 = \step$81 ;
+  assign reg_decay_2 = \decay$83 ;
+  assign reg_noise_2 = \noise$85 ;
+  assign \load0$91  = seed_load_3[0];
+  assign \load1$92  = seed_load_3[1];
+  assign \data$93  = data;
+  assign \en$94  = advance;
+  assign \theta$95  = sink__payload[35:28];
+  assign \grad$96  = sink__payload[51:48];
+  assign \out$98  = \words$97 ;
+  assign reg_step_3 = \step$101 ;
+  assign reg_decay_3 = \decay$103 ;
+  assign reg_noise_3 = \noise$105 ;
   assign \sink__payload.keep  = sink__payload[3:0];
   assign \sink__payload.theta  = sink__payload[35:4];
   assign \sink__payload.theta[0]  = sink__payload[11:4];
@@ -974,12 +998,12 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[1]  = source__payload[43:40];
   assign \source__payload.weight[2]  = source__payload[47:44];
   assign \source__payload.weight[3]  = source__payload[51:48];
-  assign source__payload[51:48] = \weight$96 ;
-  assign source__payload[35:28] = \state$95 ;
-  assign source__payload[47:44] = \weight$77 ;
-  assign source__payload[27:20] = \state$76 ;
-  assign source__payload[43:40] = \weight$58 ;
-  assign source__payload[19:12] = \state$57 ;
+  assign source__payload[51:48] = \weight$100 ;
+  assign source__payload[35:28] = \state$99 ;
+  assign source__payload[47:44] = \weight$80 ;
+  assign source__payload[27:20] = \state$79 ;
+  assign source__payload[43:40] = \weight$60 ;
+  assign source__payload[19:12] = \state$59 ;
   assign source__payload[39:36] = weight;
   assign source__payload[11:4] = state;
   assign source__payload[3:0] = keep_9;
@@ -3306,7 +3330,7 @@ module \lpsgld_w4_lpf_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_lpf_l4.rng_0_0 (rst, en, step, out, data, \port$458$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3326,12 +3350,14 @@ module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$458$0 ;
+  wire [1:0] \port$458$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3358,11 +3384,12 @@ module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$458$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -3371,20 +3398,23 @@ module \lpsgld_w4_lpf_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$458$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$458$0 [0];
+  assign load1 = \port$458$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_lpf_l4.rng_1_0 (rst, en, step, out, data, \port$468$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3404,12 +3434,14 @@ module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$468$0 ;
+  wire [1:0] \port$468$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -3436,11 +3468,12 @@ module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$468$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'haf87b92be82a7e1a;
@@ -3449,20 +3482,23 @@ module \lpsgld_w4_lpf_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$468$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
+  assign load0 = \port$468$0 [0];
+  assign load1 = \port$468$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_lpf_l4.rng_2_0 (rst, en, step, out, data, \port$478$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3482,12 +3518,14 @@ module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$478$0 ;
+  wire [1:0] \port$478$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -3514,11 +3552,12 @@ module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$478$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'hea4cf92d0d3ebbb2;
@@ -3527,20 +3566,23 @@ module \lpsgld_w4_lpf_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$478$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
+  assign load0 = \port$478$0 [0];
+  assign load1 = \port$478$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_lpf_l4.rng_3_0 (rst, en, step, out, data, \port$488$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3560,12 +3602,14 @@ module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$488$0 ;
+  wire [1:0] \port$488$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -3592,11 +3636,12 @@ module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$488$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h9b349238c659227a;
@@ -3605,14 +3650,17 @@ module \lpsgld_w4_lpf_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$488$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
+  assign load0 = \port$488$0 [0];
+  assign load1 = \port$488$0 [1];
 endmodule

@@ -33,13 +33,14 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$33 ;
   reg \$34 ;
   reg \$35 ;
-  reg [63:0] \$36 ;
-  reg [1:0] \$37 ;
-  reg \$38 ;
-  reg [3:0] \$39 ;
+  reg \$36 ;
+  reg [63:0] \$37 ;
+  reg [1:0] \$38 ;
+  reg \$39 ;
   wire \$4 ;
   reg [3:0] \$40 ;
   reg [3:0] \$41 ;
+  reg [3:0] \$42 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -57,6 +58,7 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [63:0] data = 64'h0000000000000000;
   reg [3:0] decay = 4'h0;
   wire en;
+  wire \en$33 ;
   wire free;
   wire [3:0] grad;
   output idle;
@@ -69,6 +71,7 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg keep_6 = 1'h0;
   reg keep_7 = 1'h0;
   reg keep_8 = 1'h0;
+  reg live_1 = 1'h0;
   wire load0;
   wire load1;
   reg [3:0] noise = 4'h0;
@@ -109,7 +112,7 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg source__valid = 1'h0;
   wire [3:0] state;
   wire step;
-  reg [3:0] \step$39  = 4'h0;
+  reg [3:0] \step$40  = 4'h0;
   wire [3:0] theta;
   wire took;
   reg valid_1 = 1'h0;
@@ -128,23 +131,27 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   always @(posedge clk)
-    write_step <= \$33 ;
+    keep_8 <= \$33 ;
   always @(posedge clk)
-    write_decay <= \$34 ;
+    wdata <= ctl__data;
   always @(posedge clk)
-    write_noise <= \$35 ;
+    write_step <= \$34 ;
   always @(posedge clk)
-    data <= \$36 ;
+    write_decay <= \$35 ;
   always @(posedge clk)
-    seed_load_0 <= \$37 ;
+    write_noise <= \$36 ;
   always @(posedge clk)
-    seed_hold_0 <= \$38 ;
+    data <= \$37 ;
   always @(posedge clk)
-    \step$39  <= \$39 ;
+    seed_load_0 <= \$38 ;
   always @(posedge clk)
-    decay <= \$40 ;
+    seed_hold_0 <= \$39 ;
   always @(posedge clk)
-    noise <= \$41 ;
+    \step$40  <= \$40 ;
+  always @(posedge clk)
+    decay <= \$41 ;
+  always @(posedge clk)
+    noise <= \$42 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
@@ -154,14 +161,13 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1;
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1 & \$8 ;
+  assign \$9  = sink__payload[0] & sink__valid;
   assign \$10  = ctl__addr == 9'h100;
   assign \$11  = ctl__addr == 9'h101;
   assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
@@ -174,35 +180,33 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   always @(posedge clk)
     keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$19 ;
+    live_1 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$20 ;
+    valid_2 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$21 ;
+    valid_3 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$22 ;
+    valid_4 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$23 ;
+    valid_5 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$24 ;
+    valid_6 <= \$24 ;
   always @(posedge clk)
-    source__valid <= \$25 ;
+    valid_7 <= \$25 ;
   always @(posedge clk)
-    keep_2 <= \$26 ;
+    source__valid <= \$26 ;
   always @(posedge clk)
-    keep_3 <= \$27 ;
+    keep_2 <= \$27 ;
   always @(posedge clk)
-    keep_4 <= \$28 ;
+    keep_3 <= \$28 ;
   always @(posedge clk)
-    keep_5 <= \$29 ;
+    keep_4 <= \$29 ;
   always @(posedge clk)
-    keep_6 <= \$30 ;
+    keep_5 <= \$30 ;
   always @(posedge clk)
-    keep_7 <= \$31 ;
+    keep_6 <= \$31 ;
   always @(posedge clk)
-    keep_8 <= \$32 ;
-  always @(posedge clk)
-    wdata <= ctl__data;
+    keep_7 <= \$32 ;
   \lpsgld_w4_naive_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -211,39 +215,24 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .\port$0$3 (sink__payload[8:1]),
     .rst(rst),
     .state(state),
-    .step(\step$39 ),
+    .step(\step$40 ),
     .words(words)
   );
   \lpsgld_w4_naive_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$159$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$33  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$33  = 1'h0;
-    end
-  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     \$34  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            /* empty */;
-        16'h0001:
             \$34  = 1'h1;
       endcase
     end
@@ -259,8 +248,6 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0000:
             /* empty */;
         16'h0001:
-            /* empty */;
-        16'h0002:
             \$35  = 1'h1;
       endcase
     end
@@ -270,47 +257,56 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = data;
+    \$36  = 1'h0;
     if (ctl__we) begin
-      \$36  = ctl__data;
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$36  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$36  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = seed_load_0;
+    \$37  = data;
+    if (ctl__we) begin
+      \$37  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = seed_load_0;
     if (\$13 ) begin
-      \$37  = \$16 ;
+      \$38  = \$16 ;
     end else if (free) begin
-      \$37  = 2'h0;
+      \$38  = 2'h0;
     end
     if (rst) begin
-      \$37  = 2'h0;
+      \$38  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = seed_hold_0;
+    \$39  = seed_hold_0;
     if (\$13 ) begin
-      \$38  = took;
+      \$39  = took;
+    end else if (free) begin
+      \$39  = 1'h0;
     end
     if (rst) begin
-      \$38  = 1'h0;
+      \$39  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = \step$39 ;
+    \$40  = \step$40 ;
     if (write_step) begin
-      \$39  = wdata[3:0];
-    end
-    if (rst) begin
-      \$39  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = decay;
-    if (write_decay) begin
       \$40  = wdata[3:0];
     end
     if (rst) begin
@@ -319,12 +315,22 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = noise;
-    if (write_noise) begin
+    \$41  = decay;
+    if (write_decay) begin
       \$41  = wdata[3:0];
     end
     if (rst) begin
       \$41  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = noise;
+    if (write_noise) begin
+      \$42  = wdata[3:0];
+    end
+    if (rst) begin
+      \$42  = 4'h0;
     end
   end
   always @* begin
@@ -346,9 +352,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_2;
+    \$19  = live_1;
     if (advance) begin
-      \$19  = valid_1;
+      \$19  = \$9 ;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -356,9 +362,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_3;
+    \$20  = valid_2;
     if (advance) begin
-      \$20  = valid_2;
+      \$20  = valid_1;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -366,9 +372,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_4;
+    \$21  = valid_3;
     if (advance) begin
-      \$21  = valid_3;
+      \$21  = valid_2;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -376,9 +382,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_5;
+    \$22  = valid_4;
     if (advance) begin
-      \$22  = valid_4;
+      \$22  = valid_3;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -386,9 +392,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_6;
+    \$23  = valid_5;
     if (advance) begin
-      \$23  = valid_5;
+      \$23  = valid_4;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -396,9 +402,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_7;
+    \$24  = valid_6;
     if (advance) begin
-      \$24  = valid_6;
+      \$24  = valid_5;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -406,9 +412,9 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = source__valid;
+    \$25  = valid_7;
     if (advance) begin
-      \$25  = valid_7;
+      \$25  = valid_6;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -416,61 +422,73 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = keep_2;
+    \$26  = source__valid;
     if (advance) begin
-      \$26  = keep_1;
+      \$26  = valid_7;
+    end
+    if (rst) begin
+      \$26  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = keep_3;
+    \$27  = keep_2;
     if (advance) begin
-      \$27  = keep_2;
+      \$27  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_4;
+    \$28  = keep_3;
     if (advance) begin
-      \$28  = keep_3;
+      \$28  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_5;
+    \$29  = keep_4;
     if (advance) begin
-      \$29  = keep_4;
+      \$29  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_6;
+    \$30  = keep_5;
     if (advance) begin
-      \$30  = keep_5;
+      \$30  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_7;
+    \$31  = keep_6;
     if (advance) begin
-      \$31  = keep_6;
+      \$31  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_8;
+    \$32  = keep_7;
     if (advance) begin
-      \$32  = keep_7;
+      \$32  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = keep_8;
+    if (advance) begin
+      \$33  = keep_7;
     end
   end
   assign valid_8 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$33  = advance;
   assign theta = sink__payload[4:1];
   assign grad = sink__payload[8:5];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$39 ;
+  assign reg_step_0 = \step$40 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
@@ -1026,7 +1044,7 @@ module \lpsgld_w4_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_naive_l1.rng_0_0 (rst, en, step, out, data, \port$159$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -1046,12 +1064,14 @@ module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$159$0 ;
+  wire [1:0] \port$159$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -1078,11 +1098,12 @@ module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$159$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -1091,14 +1112,17 @@ module \lpsgld_w4_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$159$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$159$0 [0];
+  assign load1 = \port$159$0 [1];
 endmodule

@@ -17,85 +17,83 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$19 ;
   wire \$2 ;
   wire \$20 ;
-  wire \$21 ;
+  wire [3:0] \$21 ;
   wire \$22 ;
   wire \$23 ;
-  wire \$24 ;
+  wire [1:0] \$24 ;
   wire \$25 ;
   wire \$26 ;
-  wire [1:0] \$27 ;
-  wire \$28 ;
+  wire \$27 ;
+  wire [1:0] \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire [1:0] \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [1:0] \$34 ;
-  wire \$35 ;
+  wire \$34 ;
+  wire [1:0] \$35 ;
   wire \$36 ;
   wire \$37 ;
   wire [1:0] \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire [1:0] \$41 ;
-  wire \$42 ;
+  wire \$41 ;
+  wire [1:0] \$42 ;
   wire \$43 ;
   wire \$44 ;
   wire [1:0] \$45 ;
   wire \$46 ;
   wire \$47 ;
-  wire [1:0] \$48 ;
-  wire \$49 ;
+  wire \$48 ;
+  wire [1:0] \$49 ;
   wire \$5 ;
-  wire \$50 ;
-  wire \$51 ;
-  wire [1:0] \$52 ;
+  reg \$50 ;
+  reg [3:0] \$51 ;
+  reg [3:0] \$52 ;
   reg \$53 ;
-  reg [3:0] \$54 ;
+  reg \$54 ;
   reg \$55 ;
   reg \$56 ;
   reg \$57 ;
   reg \$58 ;
   reg \$59 ;
   wire \$6 ;
-  reg \$60 ;
-  reg \$61 ;
+  reg [3:0] \$60 ;
+  reg [3:0] \$61 ;
   reg [3:0] \$62 ;
   reg [3:0] \$63 ;
   reg [3:0] \$64 ;
   reg [3:0] \$65 ;
   reg [3:0] \$66 ;
-  reg [3:0] \$67 ;
-  reg [3:0] \$68 ;
+  reg \$67 ;
+  reg \$68 ;
   reg \$69 ;
   wire \$7 ;
-  reg \$70 ;
-  reg \$71 ;
-  reg [63:0] \$72 ;
-  reg [1:0] \$73 ;
-  reg \$74 ;
+  reg [63:0] \$70 ;
+  reg [1:0] \$71 ;
+  reg \$72 ;
+  reg [3:0] \$73 ;
+  reg [3:0] \$74 ;
   reg [3:0] \$75 ;
-  reg [3:0] \$76 ;
-  reg [3:0] \$77 ;
-  reg [1:0] \$78 ;
-  reg \$79 ;
+  reg [1:0] \$76 ;
+  reg \$77 ;
+  reg [3:0] \$78 ;
+  reg [3:0] \$79 ;
   wire \$8 ;
   reg [3:0] \$80 ;
-  reg [3:0] \$81 ;
-  reg [3:0] \$82 ;
-  reg [1:0] \$83 ;
-  reg \$84 ;
+  reg [1:0] \$81 ;
+  reg \$82 ;
+  reg [3:0] \$83 ;
+  reg [3:0] \$84 ;
   reg [3:0] \$85 ;
-  reg [3:0] \$86 ;
-  reg [3:0] \$87 ;
-  reg [1:0] \$88 ;
-  reg \$89 ;
+  reg [1:0] \$86 ;
+  reg \$87 ;
+  reg [3:0] \$88 ;
+  reg [3:0] \$89 ;
   wire \$9 ;
   reg [3:0] \$90 ;
-  reg [3:0] \$91 ;
-  reg [3:0] \$92 ;
   wire advance;
   input clk;
   wire clk;
@@ -107,24 +105,28 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$50 ;
+  wire [63:0] \data$52 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$69 ;
+  wire [63:0] \data$72 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$88 ;
+  wire [63:0] \data$92 ;
   reg [3:0] decay = 4'h0;
-  reg [3:0] \decay$60  = 4'h0;
-  reg [3:0] \decay$79  = 4'h0;
-  reg [3:0] \decay$98  = 4'h0;
+  reg [3:0] \decay$102  = 4'h0;
+  reg [3:0] \decay$62  = 4'h0;
+  reg [3:0] \decay$82  = 4'h0;
   wire en;
-  wire \en$51 ;
-  wire \en$70 ;
-  wire \en$89 ;
+  wire \en$33 ;
+  wire \en$46 ;
+  wire \en$53 ;
+  wire \en$66 ;
+  wire \en$73 ;
+  wire \en$86 ;
+  wire \en$93 ;
   wire free;
   wire [3:0] grad;
-  wire [3:0] \grad$53 ;
-  wire [3:0] \grad$72 ;
-  wire [3:0] \grad$91 ;
+  wire [3:0] \grad$55 ;
+  wire [3:0] \grad$75 ;
+  wire [3:0] \grad$95 ;
   output idle;
   wire idle;
   reg [3:0] keep_1 = 4'h0;
@@ -135,22 +137,23 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [3:0] keep_6 = 4'h0;
   reg [3:0] keep_7 = 4'h0;
   reg [3:0] keep_8 = 4'h0;
+  reg [3:0] live_1 = 4'h0;
   wire load0;
-  wire \load0$48 ;
-  wire \load0$67 ;
-  wire \load0$86 ;
+  wire \load0$50 ;
+  wire \load0$70 ;
+  wire \load0$90 ;
   wire load1;
-  wire \load1$49 ;
-  wire \load1$68 ;
-  wire \load1$87 ;
+  wire \load1$51 ;
+  wire \load1$71 ;
+  wire \load1$91 ;
   reg [3:0] noise = 4'h0;
-  reg [3:0] \noise$100  = 4'h0;
-  reg [3:0] \noise$62  = 4'h0;
-  reg [3:0] \noise$81  = 4'h0;
+  reg [3:0] \noise$104  = 4'h0;
+  reg [3:0] \noise$64  = 4'h0;
+  reg [3:0] \noise$84  = 4'h0;
   wire [63:0] out;
-  wire [63:0] \out$55 ;
-  wire [63:0] \out$74 ;
-  wire [63:0] \out$93 ;
+  wire [63:0] \out$57 ;
+  wire [63:0] \out$77 ;
+  wire [63:0] \out$97 ;
   (* init = 4'h0 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
@@ -222,21 +225,21 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   output source__valid;
   reg source__valid = 1'h0;
   wire [3:0] state;
-  wire [3:0] \state$56 ;
-  wire [3:0] \state$75 ;
-  wire [3:0] \state$94 ;
+  wire [3:0] \state$58 ;
+  wire [3:0] \state$78 ;
+  wire [3:0] \state$98 ;
   wire step;
-  reg [3:0] \step$39  = 4'h0;
-  wire \step$45 ;
-  reg [3:0] \step$58  = 4'h0;
-  wire \step$64 ;
-  reg [3:0] \step$77  = 4'h0;
-  wire \step$83 ;
-  reg [3:0] \step$96  = 4'h0;
+  reg [3:0] \step$100  = 4'h0;
+  reg [3:0] \step$40  = 4'h0;
+  wire \step$48 ;
+  reg [3:0] \step$60  = 4'h0;
+  wire \step$68 ;
+  reg [3:0] \step$80  = 4'h0;
+  wire \step$88 ;
   wire [3:0] theta;
-  wire [3:0] \theta$52 ;
-  wire [3:0] \theta$71 ;
-  wire [3:0] \theta$90 ;
+  wire [3:0] \theta$54 ;
+  wire [3:0] \theta$74 ;
+  wire [3:0] \theta$94 ;
   wire took;
   reg valid_1 = 1'h0;
   reg valid_2 = 1'h0;
@@ -249,160 +252,153 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire valid_8;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
-  wire [3:0] \weight$57 ;
-  wire [3:0] \weight$76 ;
-  wire [3:0] \weight$95 ;
+  wire [3:0] \weight$59 ;
+  wire [3:0] \weight$79 ;
+  wire [3:0] \weight$99 ;
   wire [63:0] words;
-  wire [63:0] \words$54 ;
-  wire [63:0] \words$73 ;
-  wire [63:0] \words$92 ;
+  wire [63:0] \words$56 ;
+  wire [63:0] \words$76 ;
+  wire [63:0] \words$96 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
-  assign free = advance | \$4 ;
-  assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1[0];
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
-  assign \$10  = advance & valid_1;
-  assign \$11  = \$10  & keep_1[1];
-  assign \$12  = | seed_load_1;
-  assign \$13  = \$12  & seed_hold_1;
-  assign \$14  = ~ \$13 ;
-  assign \step$45  = \$11  & \$14 ;
-  assign \load0$48  = seed_load_1[0] & free;
-  assign \load1$49  = seed_load_1[1] & free;
-  assign \$15  = advance & valid_1;
-  assign \$16  = \$15  & keep_1[2];
-  assign \$17  = | seed_load_2;
-  assign \$18  = \$17  & seed_hold_2;
-  assign \$19  = ~ \$18 ;
-  assign \step$64  = \$16  & \$19 ;
-  assign \load0$67  = seed_load_2[0] & free;
-  assign \load1$68  = seed_load_2[1] & free;
-  assign \$20  = advance & valid_1;
-  assign \$21  = \$20  & keep_1[3];
-  assign \$22  = | seed_load_3;
-  assign \$23  = \$22  & seed_hold_3;
-  assign \$24  = ~ \$23 ;
-  assign \step$83  = \$21  & \$24 ;
-  assign \load0$86  = seed_load_3[0] & free;
-  assign \load1$87  = seed_load_3[1] & free;
-  assign \$25  = ctl__addr == 9'h100;
-  assign \$26  = ctl__addr == 9'h101;
-  assign \$27  = { \$26 , \$25  } & { ctl__we, ctl__we };
-  assign \$28  = | \$27 ;
-  assign \$29  = ctl__addr == 9'h100;
-  assign \$30  = ctl__addr == 9'h101;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1[0] & \$8 ;
+  assign \$9  = ~ valid_1;
+  assign \$10  = | seed_load_1;
+  assign \$11  = \$9  & \$10 ;
+  assign \en$46  = advance | \$11 ;
+  assign \$12  = ~ seed_hold_1;
+  assign \step$48  = live_1[1] & \$12 ;
+  assign \$13  = ~ valid_1;
+  assign \$14  = | seed_load_2;
+  assign \$15  = \$13  & \$14 ;
+  assign \en$66  = advance | \$15 ;
+  assign \$16  = ~ seed_hold_2;
+  assign \step$68  = live_1[2] & \$16 ;
+  assign \$17  = ~ valid_1;
+  assign \$18  = | seed_load_3;
+  assign \$19  = \$17  & \$18 ;
+  assign \en$86  = advance | \$19 ;
+  assign \$20  = ~ seed_hold_3;
+  assign \step$88  = live_1[3] & \$20 ;
+  assign \$21  = sink__payload[3:0] & { sink__valid, sink__valid, sink__valid, sink__valid };
+  assign \$22  = ctl__addr == 9'h100;
+  assign \$23  = ctl__addr == 9'h101;
+  assign \$24  = { \$23 , \$22  } & { ctl__we, ctl__we };
+  assign \$25  = | \$24 ;
+  assign \$26  = ctl__addr == 9'h100;
+  assign \$27  = ctl__addr == 9'h101;
+  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
+  assign \$29  = ctl__addr == 9'h102;
+  assign \$30  = ctl__addr == 9'h103;
   assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h102;
-  assign \$33  = ctl__addr == 9'h103;
-  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
-  assign \$35  = | \$34 ;
-  assign \$36  = ctl__addr == 9'h102;
-  assign \$37  = ctl__addr == 9'h103;
+  assign \$32  = | \$31 ;
+  assign \$33  = ctl__addr == 9'h102;
+  assign \$34  = ctl__addr == 9'h103;
+  assign \$35  = { \$34 , \$33  } & { ctl__we, ctl__we };
+  assign \$36  = ctl__addr == 9'h104;
+  assign \$37  = ctl__addr == 9'h105;
   assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
-  assign \$39  = ctl__addr == 9'h104;
-  assign \$40  = ctl__addr == 9'h105;
-  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
-  assign \$42  = | \$41 ;
-  assign \$43  = ctl__addr == 9'h104;
-  assign \$44  = ctl__addr == 9'h105;
+  assign \$39  = | \$38 ;
+  assign \$40  = ctl__addr == 9'h104;
+  assign \$41  = ctl__addr == 9'h105;
+  assign \$42  = { \$41 , \$40  } & { ctl__we, ctl__we };
+  assign \$43  = ctl__addr == 9'h106;
+  assign \$44  = ctl__addr == 9'h107;
   assign \$45  = { \$44 , \$43  } & { ctl__we, ctl__we };
-  assign \$46  = ctl__addr == 9'h106;
-  assign \$47  = ctl__addr == 9'h107;
-  assign \$48  = { \$47 , \$46  } & { ctl__we, ctl__we };
-  assign \$49  = | \$48 ;
-  assign \$50  = ctl__addr == 9'h106;
-  assign \$51  = ctl__addr == 9'h107;
-  assign \$52  = { \$51 , \$50  } & { ctl__we, ctl__we };
+  assign \$46  = | \$45 ;
+  assign \$47  = ctl__addr == 9'h106;
+  assign \$48  = ctl__addr == 9'h107;
+  assign \$49  = { \$48 , \$47  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$53 ;
+    valid_1 <= \$50 ;
   always @(posedge clk)
-    keep_1 <= \$54 ;
+    keep_1 <= \$51 ;
   always @(posedge clk)
-    valid_2 <= \$55 ;
+    live_1 <= \$52 ;
   always @(posedge clk)
-    valid_3 <= \$56 ;
+    valid_2 <= \$53 ;
   always @(posedge clk)
-    valid_4 <= \$57 ;
+    valid_3 <= \$54 ;
   always @(posedge clk)
-    valid_5 <= \$58 ;
+    valid_4 <= \$55 ;
   always @(posedge clk)
-    valid_6 <= \$59 ;
+    valid_5 <= \$56 ;
   always @(posedge clk)
-    valid_7 <= \$60 ;
+    valid_6 <= \$57 ;
   always @(posedge clk)
-    source__valid <= \$61 ;
+    valid_7 <= \$58 ;
   always @(posedge clk)
-    keep_2 <= \$62 ;
+    source__valid <= \$59 ;
   always @(posedge clk)
-    keep_3 <= \$63 ;
+    keep_2 <= \$60 ;
   always @(posedge clk)
-    keep_4 <= \$64 ;
+    keep_3 <= \$61 ;
   always @(posedge clk)
-    keep_5 <= \$65 ;
+    keep_4 <= \$62 ;
   always @(posedge clk)
-    keep_6 <= \$66 ;
+    keep_5 <= \$63 ;
   always @(posedge clk)
-    keep_7 <= \$67 ;
+    keep_6 <= \$64 ;
   always @(posedge clk)
-    keep_8 <= \$68 ;
+    keep_7 <= \$65 ;
+  always @(posedge clk)
+    keep_8 <= \$66 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$69 ;
+    write_step <= \$67 ;
   always @(posedge clk)
-    write_decay <= \$70 ;
+    write_decay <= \$68 ;
   always @(posedge clk)
-    write_noise <= \$71 ;
+    write_noise <= \$69 ;
   always @(posedge clk)
-    data <= \$72 ;
+    data <= \$70 ;
   always @(posedge clk)
-    seed_load_0 <= \$73 ;
+    seed_load_0 <= \$71 ;
   always @(posedge clk)
-    seed_hold_0 <= \$74 ;
+    seed_hold_0 <= \$72 ;
   always @(posedge clk)
-    \step$39  <= \$75 ;
+    \step$40  <= \$73 ;
   always @(posedge clk)
-    decay <= \$76 ;
+    decay <= \$74 ;
   always @(posedge clk)
-    noise <= \$77 ;
+    noise <= \$75 ;
   always @(posedge clk)
-    seed_load_1 <= \$78 ;
+    seed_load_1 <= \$76 ;
   always @(posedge clk)
-    seed_hold_1 <= \$79 ;
+    seed_hold_1 <= \$77 ;
   always @(posedge clk)
-    \step$58  <= \$80 ;
+    \step$60  <= \$78 ;
   always @(posedge clk)
-    \decay$60  <= \$81 ;
+    \decay$62  <= \$79 ;
   always @(posedge clk)
-    \noise$62  <= \$82 ;
+    \noise$64  <= \$80 ;
   always @(posedge clk)
-    seed_load_2 <= \$83 ;
+    seed_load_2 <= \$81 ;
   always @(posedge clk)
-    seed_hold_2 <= \$84 ;
+    seed_hold_2 <= \$82 ;
   always @(posedge clk)
-    \step$77  <= \$85 ;
+    \step$80  <= \$83 ;
   always @(posedge clk)
-    \decay$79  <= \$86 ;
+    \decay$82  <= \$84 ;
   always @(posedge clk)
-    \noise$81  <= \$87 ;
+    \noise$84  <= \$85 ;
   always @(posedge clk)
-    seed_load_3 <= \$88 ;
+    seed_load_3 <= \$86 ;
   always @(posedge clk)
-    seed_hold_3 <= \$89 ;
+    seed_hold_3 <= \$87 ;
   always @(posedge clk)
-    \step$96  <= \$90 ;
+    \step$100  <= \$88 ;
   always @(posedge clk)
-    \decay$98  <= \$91 ;
+    \decay$102  <= \$89 ;
   always @(posedge clk)
-    \noise$100  <= \$92 ;
+    \noise$104  <= \$90 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
@@ -410,6 +406,8 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \$3  = | { source__valid, valid_7, valid_6, valid_5, valid_4, valid_3, valid_2, valid_1 };
   assign idle = ~ \$3 ;
   assign \$4  = ~ valid_1;
+  assign free = advance | \$4 ;
+  assign took = sink__valid & sink__ready;
   \lpsgld_w4_naive_l4.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -418,87 +416,114 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$39 ),
+    .step(\step$40 ),
     .theta(sink__payload[7:4]),
     .words(words)
   );
   \lpsgld_w4_naive_l4.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$60 ),
+    .decay(\decay$62 ),
     .en(advance),
     .grad(sink__payload[27:24]),
-    .noise(\noise$62 ),
+    .noise(\noise$64 ),
     .rst(rst),
-    .state(\state$56 ),
-    .step(\step$58 ),
+    .state(\state$58 ),
+    .step(\step$60 ),
     .theta(sink__payload[11:8]),
-    .words(\words$54 )
+    .words(\words$56 )
   );
   \lpsgld_w4_naive_l4.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$79 ),
+    .decay(\decay$82 ),
     .en(advance),
     .grad(sink__payload[31:28]),
-    .noise(\noise$81 ),
+    .noise(\noise$84 ),
     .rst(rst),
-    .state(\state$75 ),
-    .step(\step$77 ),
+    .state(\state$78 ),
+    .step(\step$80 ),
     .theta(sink__payload[15:12]),
-    .words(\words$73 )
+    .words(\words$76 )
   );
   \lpsgld_w4_naive_l4.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$98 ),
+    .decay(\decay$102 ),
     .en(advance),
     .grad(sink__payload[35:32]),
-    .noise(\noise$100 ),
+    .noise(\noise$104 ),
     .rst(rst),
-    .state(\state$94 ),
-    .step(\step$96 ),
+    .state(\state$98 ),
+    .step(\step$100 ),
     .theta(sink__payload[19:16]),
-    .words(\words$92 )
+    .words(\words$96 )
   );
   \lpsgld_w4_naive_l4.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$414$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w4_naive_l4.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$48 ),
-    .load1(\load1$49 ),
-    .out(\words$54 ),
+    .en(\en$46 ),
+    .out(\words$56 ),
+    .\port$424$0 (seed_load_1),
     .rst(rst),
-    .step(\step$45 )
+    .step(\step$48 )
   );
   \lpsgld_w4_naive_l4.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$67 ),
-    .load1(\load1$68 ),
-    .out(\words$73 ),
+    .en(\en$66 ),
+    .out(\words$76 ),
+    .\port$434$0 (seed_load_2),
     .rst(rst),
-    .step(\step$64 )
+    .step(\step$68 )
   );
   \lpsgld_w4_naive_l4.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$86 ),
-    .load1(\load1$87 ),
-    .out(\words$92 ),
+    .en(\en$86 ),
+    .out(\words$96 ),
+    .\port$444$0 (seed_load_3),
     .rst(rst),
-    .step(\step$83 )
+    .step(\step$88 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = valid_1;
+    \$50  = valid_1;
     if (advance) begin
-      \$53  = sink__valid;
+      \$50  = sink__valid;
+    end
+    if (rst) begin
+      \$50  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = keep_1;
+    if (advance) begin
+      \$51  = sink__payload[3:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = live_1;
+    if (advance) begin
+      \$52  = \$21 ;
+    end
+    if (rst) begin
+      \$52  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = valid_2;
+    if (advance) begin
+      \$53  = valid_1;
     end
     if (rst) begin
       \$53  = 1'h0;
@@ -506,16 +531,19 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_1;
+    \$54  = valid_3;
     if (advance) begin
-      \$54  = sink__payload[3:0];
+      \$54  = valid_2;
+    end
+    if (rst) begin
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = valid_2;
+    \$55  = valid_4;
     if (advance) begin
-      \$55  = valid_1;
+      \$55  = valid_3;
     end
     if (rst) begin
       \$55  = 1'h0;
@@ -523,9 +551,9 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = valid_3;
+    \$56  = valid_5;
     if (advance) begin
-      \$56  = valid_2;
+      \$56  = valid_4;
     end
     if (rst) begin
       \$56  = 1'h0;
@@ -533,9 +561,9 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = valid_4;
+    \$57  = valid_6;
     if (advance) begin
-      \$57  = valid_3;
+      \$57  = valid_5;
     end
     if (rst) begin
       \$57  = 1'h0;
@@ -543,9 +571,9 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = valid_5;
+    \$58  = valid_7;
     if (advance) begin
-      \$58  = valid_4;
+      \$58  = valid_6;
     end
     if (rst) begin
       \$58  = 1'h0;
@@ -553,9 +581,9 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = valid_6;
+    \$59  = source__valid;
     if (advance) begin
-      \$59  = valid_5;
+      \$59  = valid_7;
     end
     if (rst) begin
       \$59  = 1'h0;
@@ -563,71 +591,79 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = valid_7;
+    \$60  = keep_2;
     if (advance) begin
-      \$60  = valid_6;
+      \$60  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$61  = keep_3;
+    if (advance) begin
+      \$61  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = keep_4;
+    if (advance) begin
+      \$62  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = keep_5;
+    if (advance) begin
+      \$63  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = keep_6;
+    if (advance) begin
+      \$64  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = keep_7;
+    if (advance) begin
+      \$65  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = keep_8;
+    if (advance) begin
+      \$66  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$67  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$60  = 1'h0;
+      \$67  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = source__valid;
-    if (advance) begin
-      \$61  = valid_7;
+    \$68  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$68  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$61  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = keep_2;
-    if (advance) begin
-      \$62  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = keep_3;
-    if (advance) begin
-      \$63  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = keep_4;
-    if (advance) begin
-      \$64  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = keep_5;
-    if (advance) begin
-      \$65  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = keep_6;
-    if (advance) begin
-      \$66  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = keep_7;
-    if (advance) begin
-      \$67  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = keep_8;
-    if (advance) begin
-      \$68  = keep_7;
+      \$68  = 1'h0;
     end
   end
   always @* begin
@@ -636,6 +672,10 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
             \$69  = 1'h1;
       endcase
     end
@@ -645,69 +685,59 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = 1'h0;
+    \$70  = data;
     if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            \$70  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$70  = 1'h0;
+      \$70  = ctl__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            \$71  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$71  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = data;
-    if (ctl__we) begin
-      \$72  = ctl__data;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = seed_load_0;
-    if (\$28 ) begin
-      \$73  = \$31 ;
+    \$71  = seed_load_0;
+    if (\$25 ) begin
+      \$71  = \$28 ;
     end else if (free) begin
-      \$73  = 2'h0;
+      \$71  = 2'h0;
     end
     if (rst) begin
-      \$73  = 2'h0;
+      \$71  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = seed_hold_0;
-    if (\$28 ) begin
-      \$74  = took;
+    \$72  = seed_hold_0;
+    if (\$25 ) begin
+      \$72  = took;
+    end else if (free) begin
+      \$72  = 1'h0;
     end
     if (rst) begin
-      \$74  = 1'h0;
+      \$72  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = \step$39 ;
+    \$73  = \step$40 ;
     if (write_step) begin
+      \$73  = wdata[3:0];
+    end
+    if (rst) begin
+      \$73  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = decay;
+    if (write_decay) begin
+      \$74  = wdata[3:0];
+    end
+    if (rst) begin
+      \$74  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = noise;
+    if (write_noise) begin
       \$75  = wdata[3:0];
     end
     if (rst) begin
@@ -716,50 +746,52 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = decay;
-    if (write_decay) begin
-      \$76  = wdata[3:0];
-    end
-    if (rst) begin
-      \$76  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = noise;
-    if (write_noise) begin
-      \$77  = wdata[3:0];
-    end
-    if (rst) begin
-      \$77  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = seed_load_1;
-    if (\$35 ) begin
-      \$78  = \$38 ;
+    \$76  = seed_load_1;
+    if (\$32 ) begin
+      \$76  = \$35 ;
     end else if (free) begin
-      \$78  = 2'h0;
+      \$76  = 2'h0;
     end
     if (rst) begin
-      \$78  = 2'h0;
+      \$76  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = seed_hold_1;
-    if (\$35 ) begin
-      \$79  = took;
+    \$77  = seed_hold_1;
+    if (\$32 ) begin
+      \$77  = took;
+    end else if (free) begin
+      \$77  = 1'h0;
     end
     if (rst) begin
-      \$79  = 1'h0;
+      \$77  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = \step$58 ;
+    \$78  = \step$60 ;
     if (write_step) begin
+      \$78  = wdata[3:0];
+    end
+    if (rst) begin
+      \$78  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = \decay$62 ;
+    if (write_decay) begin
+      \$79  = wdata[3:0];
+    end
+    if (rst) begin
+      \$79  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = \noise$64 ;
+    if (write_noise) begin
       \$80  = wdata[3:0];
     end
     if (rst) begin
@@ -768,50 +800,52 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = \decay$60 ;
-    if (write_decay) begin
-      \$81  = wdata[3:0];
-    end
-    if (rst) begin
-      \$81  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = \noise$62 ;
-    if (write_noise) begin
-      \$82  = wdata[3:0];
-    end
-    if (rst) begin
-      \$82  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$83  = seed_load_2;
-    if (\$42 ) begin
-      \$83  = \$45 ;
+    \$81  = seed_load_2;
+    if (\$39 ) begin
+      \$81  = \$42 ;
     end else if (free) begin
-      \$83  = 2'h0;
+      \$81  = 2'h0;
     end
     if (rst) begin
-      \$83  = 2'h0;
+      \$81  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$84  = seed_hold_2;
-    if (\$42 ) begin
-      \$84  = took;
+    \$82  = seed_hold_2;
+    if (\$39 ) begin
+      \$82  = took;
+    end else if (free) begin
+      \$82  = 1'h0;
     end
     if (rst) begin
-      \$84  = 1'h0;
+      \$82  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$85  = \step$77 ;
+    \$83  = \step$80 ;
     if (write_step) begin
+      \$83  = wdata[3:0];
+    end
+    if (rst) begin
+      \$83  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$84  = \decay$82 ;
+    if (write_decay) begin
+      \$84  = wdata[3:0];
+    end
+    if (rst) begin
+      \$84  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$85  = \noise$84 ;
+    if (write_noise) begin
       \$85  = wdata[3:0];
     end
     if (rst) begin
@@ -820,113 +854,103 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = \decay$79 ;
-    if (write_decay) begin
-      \$86  = wdata[3:0];
-    end
-    if (rst) begin
-      \$86  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = \noise$81 ;
-    if (write_noise) begin
-      \$87  = wdata[3:0];
-    end
-    if (rst) begin
-      \$87  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = seed_load_3;
-    if (\$49 ) begin
-      \$88  = \$52 ;
+    \$86  = seed_load_3;
+    if (\$46 ) begin
+      \$86  = \$49 ;
     end else if (free) begin
-      \$88  = 2'h0;
+      \$86  = 2'h0;
     end
     if (rst) begin
-      \$88  = 2'h0;
+      \$86  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = seed_hold_3;
-    if (\$49 ) begin
-      \$89  = took;
+    \$87  = seed_hold_3;
+    if (\$46 ) begin
+      \$87  = took;
+    end else if (free) begin
+      \$87  = 1'h0;
     end
     if (rst) begin
-      \$89  = 1'h0;
+      \$87  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = \step$96 ;
+    \$88  = \step$100 ;
     if (write_step) begin
+      \$88  = wdata[3:0];
+    end
+    if (rst) begin
+      \$88  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$89  = \decay$102 ;
+    if (write_decay) begin
+      \$89  = wdata[3:0];
+    end
+    if (rst) begin
+      \$89  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = \noise$104 ;
+    if (write_noise) begin
       \$90  = wdata[3:0];
     end
     if (rst) begin
       \$90  = 4'h0;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = \decay$98 ;
-    if (write_decay) begin
-      \$91  = wdata[3:0];
-    end
-    if (rst) begin
-      \$91  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = \noise$100 ;
-    if (write_noise) begin
-      \$92  = wdata[3:0];
-    end
-    if (rst) begin
-      \$92  = 4'h0;
-    end
-  end
   assign valid_8 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$33  = advance;
   assign theta = sink__payload[7:4];
   assign grad = sink__payload[23:20];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$39 ;
+  assign reg_step_0 = \step$40 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \data$50  = data;
-  assign \en$51  = advance;
-  assign \theta$52  = sink__payload[11:8];
-  assign \grad$53  = sink__payload[27:24];
-  assign \out$55  = \words$54 ;
-  assign \weight$57  = \state$56 ;
-  assign reg_step_1 = \step$58 ;
-  assign reg_decay_1 = \decay$60 ;
-  assign reg_noise_1 = \noise$62 ;
-  assign \data$69  = data;
-  assign \en$70  = advance;
-  assign \theta$71  = sink__payload[15:12];
-  assign \grad$72  = sink__payload[31:28];
-  assign \out$74  = \words$73 ;
-  assign \weight$76  = \state$75 ;
-  assign reg_step_2 = \step$77 ;
-  assign reg_decay_2 = \decay$79 ;
-  assign reg_noise_2 = \noise$81 ;
-  assign \data$88  = data;
-  assign \en$89  = advance;
-  assign \theta$90  = sink__payload[19:16];
-  assign \grad$91  = sink__payload[35:32];
-  assign \out$93  = \words$92 ;
-  assign \weight$95  = \state$94 ;
-  assign reg_step_3 = \step$96 ;
-  assign reg_decay_3 = \decay$98 ;
-  assign reg_noise_3 = \noise$100 ;
+  assign \load0$50  = seed_load_1[0];
+  assign \load1$51  = seed_load_1[1];
+  assign \data$52  = data;
+  assign \en$53  = advance;
+  assign \theta$54  = sink__payload[11:8];
+  assign \grad$55  = sink__payload[27:24];
+  assign \out$57  = \words$56 ;
+  assign \weight$59  = \state$58 ;
+  assign reg_step_1 = \step$60 ;
+  assign reg_decay_1 = \decay$62 ;
+  assign reg_noise_1 = \noise$64 ;
+  assign \load0$70  = seed_load_2[0];
+  assign \load1$71  = seed_load_2[1];
+  assign \data$72  = data;
+  assign \en$73  = advance;
+  assign \theta$74  = sink__payload[15:12];
+  assign \grad$75  = sink__payload[31:28];
+  assign \out$77  = \words$76 ;
+  assign \weight$79  = \state$78 ;
+  assign reg_step_2 = \step$80 ;
+  assign reg_decay_2 = \decay$82 ;
+  assign reg_noise_2 = \noise$84 ;
+  assign \load0$90  = seed_load_3[0];
+  assign \load1$91  = seed_load_3[1];
+  assign \data$92  = data;
+  assign \en$93  = advance;
+  assign \theta$94  = sink__payload[19:16];
+  assign \grad$95  = sink__payload[35:32];
+  assign \out$97  = \words$96 ;
+  assign \weight$99  = \state$98 ;
+  assign reg_step_3 = \step$100 ;
+  assign reg_decay_3 = \decay$102 ;
+  assign reg_noise_3 = \noise$104 ;
   assign \sink__payload.keep  = sink__payload[3:0];
   assign \sink__payload.theta  = sink__payload[19:4];
   assign \sink__payload.theta[0]  = sink__payload[7:4];
@@ -949,12 +973,12 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[1]  = source__payload[27:24];
   assign \source__payload.weight[2]  = source__payload[31:28];
   assign \source__payload.weight[3]  = source__payload[35:32];
-  assign source__payload[35:32] = \state$94 ;
-  assign source__payload[19:16] = \state$94 ;
-  assign source__payload[31:28] = \state$75 ;
-  assign source__payload[15:12] = \state$75 ;
-  assign source__payload[27:24] = \state$56 ;
-  assign source__payload[11:8] = \state$56 ;
+  assign source__payload[35:32] = \state$98 ;
+  assign source__payload[19:16] = \state$98 ;
+  assign source__payload[31:28] = \state$78 ;
+  assign source__payload[15:12] = \state$78 ;
+  assign source__payload[27:24] = \state$58 ;
+  assign source__payload[11:8] = \state$58 ;
   assign source__payload[23:20] = state;
   assign source__payload[7:4] = state;
   assign source__payload[3:0] = keep_8;
@@ -3101,7 +3125,7 @@ module \lpsgld_w4_naive_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_naive_l4.rng_0_0 (rst, en, step, out, data, \port$414$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3121,12 +3145,14 @@ module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$414$0 ;
+  wire [1:0] \port$414$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3153,11 +3179,12 @@ module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$414$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -3166,20 +3193,23 @@ module \lpsgld_w4_naive_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$414$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$414$0 [0];
+  assign load1 = \port$414$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_naive_l4.rng_1_0 (rst, en, step, out, data, \port$424$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3199,12 +3229,14 @@ module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$424$0 ;
+  wire [1:0] \port$424$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -3231,11 +3263,12 @@ module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$424$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'haf87b92be82a7e1a;
@@ -3244,20 +3277,23 @@ module \lpsgld_w4_naive_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$424$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
+  assign load0 = \port$424$0 [0];
+  assign load1 = \port$424$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_naive_l4.rng_2_0 (rst, en, step, out, data, \port$434$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3277,12 +3313,14 @@ module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$434$0 ;
+  wire [1:0] \port$434$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -3309,11 +3347,12 @@ module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$434$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'hea4cf92d0d3ebbb2;
@@ -3322,20 +3361,23 @@ module \lpsgld_w4_naive_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$434$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
+  assign load0 = \port$434$0 [0];
+  assign load1 = \port$434$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_naive_l4.rng_3_0 (rst, en, step, out, data, \port$444$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3355,12 +3397,14 @@ module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$444$0 ;
+  wire [1:0] \port$444$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -3387,11 +3431,12 @@ module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$444$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h9b349238c659227a;
@@ -3400,14 +3445,17 @@ module \lpsgld_w4_naive_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$444$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
+  assign load0 = \port$444$0 [0];
+  assign load1 = \port$444$0 [1];
 endmodule

@@ -51,15 +51,16 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$5 ;
   reg \$50 ;
   reg \$51 ;
-  reg [63:0] \$52 ;
-  reg [1:0] \$53 ;
-  reg \$54 ;
-  reg [3:0] \$55 ;
+  reg \$52 ;
+  reg [63:0] \$53 ;
+  reg [1:0] \$54 ;
+  reg \$55 ;
   reg [3:0] \$56 ;
   reg [3:0] \$57 ;
-  reg [4:0] \$58 ;
-  reg \$59 ;
+  reg [3:0] \$58 ;
+  reg [4:0] \$59 ;
   wire \$6 ;
+  reg \$60 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
@@ -75,6 +76,7 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [63:0] data = 64'h0000000000000000;
   reg [3:0] decay = 4'h0;
   wire en;
+  wire \en$40 ;
   wire free;
   wire [3:0] grad;
   output idle;
@@ -94,6 +96,7 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg keep_7 = 1'h0;
   reg keep_8 = 1'h0;
   reg keep_9 = 1'h0;
+  reg live_1 = 1'h0;
   wire load0;
   wire load1;
   reg [3:0] noise = 4'h0;
@@ -138,7 +141,7 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg source__valid = 1'h0;
   wire [3:0] state;
   wire step;
-  reg [3:0] \step$46  = 4'h0;
+  reg [3:0] \step$47  = 4'h0;
   wire [3:0] theta;
   wire took;
   reg valid_1 = 1'h0;
@@ -168,79 +171,81 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg write_vc_noise = 1'h0;
   reg write_vc_var = 1'h0;
   always @(posedge clk)
-    valid_7 <= \$24 ;
+    valid_6 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$25 ;
+    valid_7 <= \$25 ;
   always @(posedge clk)
-    valid_9 <= \$26 ;
+    valid_8 <= \$26 ;
   always @(posedge clk)
-    valid_10 <= \$27 ;
+    valid_9 <= \$27 ;
   always @(posedge clk)
-    valid_11 <= \$28 ;
+    valid_10 <= \$28 ;
   always @(posedge clk)
-    valid_12 <= \$29 ;
+    valid_11 <= \$29 ;
   always @(posedge clk)
-    valid_13 <= \$30 ;
+    valid_12 <= \$30 ;
   always @(posedge clk)
-    valid_14 <= \$31 ;
+    valid_13 <= \$31 ;
   always @(posedge clk)
-    source__valid <= \$32 ;
+    valid_14 <= \$32 ;
   always @(posedge clk)
-    keep_2 <= \$33 ;
+    source__valid <= \$33 ;
   always @(posedge clk)
-    keep_3 <= \$34 ;
+    keep_2 <= \$34 ;
   always @(posedge clk)
-    keep_4 <= \$35 ;
+    keep_3 <= \$35 ;
   always @(posedge clk)
-    keep_5 <= \$36 ;
+    keep_4 <= \$36 ;
   always @(posedge clk)
-    keep_6 <= \$37 ;
+    keep_5 <= \$37 ;
   always @(posedge clk)
-    keep_7 <= \$38 ;
+    keep_6 <= \$38 ;
   always @(posedge clk)
-    keep_8 <= \$39 ;
+    keep_7 <= \$39 ;
   always @(posedge clk)
-    keep_9 <= \$40 ;
+    keep_8 <= \$40 ;
   always @(posedge clk)
-    keep_10 <= \$41 ;
+    keep_9 <= \$41 ;
   always @(posedge clk)
-    keep_11 <= \$42 ;
+    keep_10 <= \$42 ;
   always @(posedge clk)
-    keep_12 <= \$43 ;
+    keep_11 <= \$43 ;
   always @(posedge clk)
-    keep_13 <= \$44 ;
+    keep_12 <= \$44 ;
   always @(posedge clk)
-    keep_14 <= \$45 ;
+    keep_13 <= \$45 ;
   always @(posedge clk)
-    keep_15 <= \$46 ;
+    keep_14 <= \$46 ;
+  always @(posedge clk)
+    keep_15 <= \$47 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$47 ;
+    write_step <= \$48 ;
   always @(posedge clk)
-    write_decay <= \$48 ;
+    write_decay <= \$49 ;
   always @(posedge clk)
-    write_noise <= \$49 ;
+    write_noise <= \$50 ;
   always @(posedge clk)
-    write_vc_var <= \$50 ;
+    write_vc_var <= \$51 ;
   always @(posedge clk)
-    write_vc_noise <= \$51 ;
+    write_vc_noise <= \$52 ;
   always @(posedge clk)
-    data <= \$52 ;
+    data <= \$53 ;
   always @(posedge clk)
-    seed_load_0 <= \$53 ;
+    seed_load_0 <= \$54 ;
   always @(posedge clk)
-    seed_hold_0 <= \$54 ;
+    seed_hold_0 <= \$55 ;
   always @(posedge clk)
-    \step$46  <= \$55 ;
+    \step$47  <= \$56 ;
   always @(posedge clk)
-    decay <= \$56 ;
+    decay <= \$57 ;
   always @(posedge clk)
-    noise <= \$57 ;
+    noise <= \$58 ;
   always @(posedge clk)
-    vc_var <= \$58 ;
+    vc_var <= \$59 ;
   always @(posedge clk)
-    vc_noise <= \$59 ;
+    vc_noise <= \$60 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
@@ -250,14 +255,13 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1;
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1 & \$8 ;
+  assign \$9  = sink__payload[0] & sink__valid;
   assign \$10  = ctl__addr == 9'h100;
   assign \$11  = ctl__addr == 9'h101;
   assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
@@ -270,15 +274,15 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   always @(posedge clk)
     keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$19 ;
+    live_1 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$20 ;
+    valid_2 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$21 ;
+    valid_3 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$22 ;
+    valid_4 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$23 ;
+    valid_5 <= \$23 ;
   \lpsgld_w4_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -287,7 +291,7 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .\port$0$3 (sink__payload[8:1]),
     .rst(rst),
     .state(state),
-    .step(\step$46 ),
+    .step(\step$47 ),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .words(words)
@@ -295,17 +299,17 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w4_vc_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$233$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_8;
+    \$25  = valid_7;
     if (advance) begin
-      \$25  = valid_7;
+      \$25  = valid_6;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -313,9 +317,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_9;
+    \$26  = valid_8;
     if (advance) begin
-      \$26  = valid_8;
+      \$26  = valid_7;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -323,9 +327,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_10;
+    \$27  = valid_9;
     if (advance) begin
-      \$27  = valid_9;
+      \$27  = valid_8;
     end
     if (rst) begin
       \$27  = 1'h0;
@@ -333,9 +337,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_11;
+    \$28  = valid_10;
     if (advance) begin
-      \$28  = valid_10;
+      \$28  = valid_9;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -343,9 +347,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = valid_12;
+    \$29  = valid_11;
     if (advance) begin
-      \$29  = valid_11;
+      \$29  = valid_10;
     end
     if (rst) begin
       \$29  = 1'h0;
@@ -353,9 +357,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = valid_13;
+    \$30  = valid_12;
     if (advance) begin
-      \$30  = valid_12;
+      \$30  = valid_11;
     end
     if (rst) begin
       \$30  = 1'h0;
@@ -363,9 +367,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = valid_14;
+    \$31  = valid_13;
     if (advance) begin
-      \$31  = valid_13;
+      \$31  = valid_12;
     end
     if (rst) begin
       \$31  = 1'h0;
@@ -373,9 +377,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = source__valid;
+    \$32  = valid_14;
     if (advance) begin
-      \$32  = valid_14;
+      \$32  = valid_13;
     end
     if (rst) begin
       \$32  = 1'h0;
@@ -383,113 +387,110 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_2;
+    \$33  = source__valid;
     if (advance) begin
-      \$33  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_3;
-    if (advance) begin
-      \$34  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_4;
-    if (advance) begin
-      \$35  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_5;
-    if (advance) begin
-      \$36  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_6;
-    if (advance) begin
-      \$37  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_7;
-    if (advance) begin
-      \$38  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_8;
-    if (advance) begin
-      \$39  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_9;
-    if (advance) begin
-      \$40  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_10;
-    if (advance) begin
-      \$41  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_11;
-    if (advance) begin
-      \$42  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_12;
-    if (advance) begin
-      \$43  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_13;
-    if (advance) begin
-      \$44  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_14;
-    if (advance) begin
-      \$45  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_15;
-    if (advance) begin
-      \$46  = keep_14;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$47  = 1'h1;
-      endcase
+      \$33  = valid_14;
     end
     if (rst) begin
-      \$47  = 1'h0;
+      \$33  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = keep_2;
+    if (advance) begin
+      \$34  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = keep_3;
+    if (advance) begin
+      \$35  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_4;
+    if (advance) begin
+      \$36  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = keep_5;
+    if (advance) begin
+      \$37  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = keep_6;
+    if (advance) begin
+      \$38  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = keep_7;
+    if (advance) begin
+      \$39  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = keep_8;
+    if (advance) begin
+      \$40  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = keep_9;
+    if (advance) begin
+      \$41  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = keep_10;
+    if (advance) begin
+      \$42  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = keep_11;
+    if (advance) begin
+      \$43  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = keep_12;
+    if (advance) begin
+      \$44  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = keep_13;
+    if (advance) begin
+      \$45  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = keep_14;
+    if (advance) begin
+      \$46  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = keep_15;
+    if (advance) begin
+      \$47  = keep_14;
     end
   end
   always @* begin
@@ -498,8 +499,6 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            /* empty */;
-        16'h0001:
             \$48  = 1'h1;
       endcase
     end
@@ -515,8 +514,6 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0000:
             /* empty */;
         16'h0001:
-            /* empty */;
-        16'h0002:
             \$49  = 1'h1;
       endcase
     end
@@ -534,8 +531,6 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            /* empty */;
-        16'h0003:
             \$50  = 1'h1;
       endcase
     end
@@ -555,8 +550,6 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            /* empty */;
-        16'h0004:
             \$51  = 1'h1;
       endcase
     end
@@ -566,47 +559,60 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = data;
+    \$52  = 1'h0;
     if (ctl__we) begin
-      \$52  = ctl__data;
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            /* empty */;
+        16'h0003:
+            /* empty */;
+        16'h0004:
+            \$52  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$52  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = seed_load_0;
+    \$53  = data;
+    if (ctl__we) begin
+      \$53  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$54  = seed_load_0;
     if (\$13 ) begin
-      \$53  = \$16 ;
+      \$54  = \$16 ;
     end else if (free) begin
-      \$53  = 2'h0;
+      \$54  = 2'h0;
     end
     if (rst) begin
-      \$53  = 2'h0;
+      \$54  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = seed_hold_0;
+    \$55  = seed_hold_0;
     if (\$13 ) begin
-      \$54  = took;
+      \$55  = took;
+    end else if (free) begin
+      \$55  = 1'h0;
     end
     if (rst) begin
-      \$54  = 1'h0;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = \step$46 ;
+    \$56  = \step$47 ;
     if (write_step) begin
-      \$55  = wdata[3:0];
-    end
-    if (rst) begin
-      \$55  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = decay;
-    if (write_decay) begin
       \$56  = wdata[3:0];
     end
     if (rst) begin
@@ -615,8 +621,8 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = noise;
-    if (write_noise) begin
+    \$57  = decay;
+    if (write_decay) begin
       \$57  = wdata[3:0];
     end
     if (rst) begin
@@ -625,22 +631,32 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = vc_var;
-    if (write_vc_var) begin
-      \$58  = wdata[4:0];
+    \$58  = noise;
+    if (write_noise) begin
+      \$58  = wdata[3:0];
     end
     if (rst) begin
-      \$58  = 5'h00;
+      \$58  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = vc_noise;
-    if (write_vc_noise) begin
-      \$59  = wdata[0];
+    \$59  = vc_var;
+    if (write_vc_var) begin
+      \$59  = wdata[4:0];
     end
     if (rst) begin
-      \$59  = 1'h0;
+      \$59  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$60  = vc_noise;
+    if (write_vc_noise) begin
+      \$60  = wdata[0];
+    end
+    if (rst) begin
+      \$60  = 1'h0;
     end
   end
   always @* begin
@@ -662,9 +678,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_2;
+    \$19  = live_1;
     if (advance) begin
-      \$19  = valid_1;
+      \$19  = \$9 ;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -672,9 +688,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_3;
+    \$20  = valid_2;
     if (advance) begin
-      \$20  = valid_2;
+      \$20  = valid_1;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -682,9 +698,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_4;
+    \$21  = valid_3;
     if (advance) begin
-      \$21  = valid_3;
+      \$21  = valid_2;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -692,9 +708,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_5;
+    \$22  = valid_4;
     if (advance) begin
-      \$22  = valid_4;
+      \$22  = valid_3;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -702,9 +718,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_6;
+    \$23  = valid_5;
     if (advance) begin
-      \$23  = valid_5;
+      \$23  = valid_4;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -712,22 +728,24 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_7;
+    \$24  = valid_6;
     if (advance) begin
-      \$24  = valid_6;
+      \$24  = valid_5;
     end
     if (rst) begin
       \$24  = 1'h0;
     end
   end
   assign valid_15 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$40  = advance;
   assign theta = sink__payload[4:1];
   assign grad = sink__payload[8:5];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$46 ;
+  assign reg_step_0 = \step$47 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign reg_vc_var_0 = vc_var;
@@ -1162,81 +1180,80 @@ endmodule
 module \lpsgld_w4_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [13:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [13:0] \$11 ;
-  wire [6:0] \$12 ;
-  wire [6:0] \$13 ;
-  wire [5:0] \$14 ;
-  wire [12:0] \$15 ;
-  wire [6:0] \$16 ;
-  wire [6:0] \$17 ;
-  wire [5:0] \$18 ;
-  wire [6:0] \$19 ;
-  wire [5:0] \$2 ;
+  wire [11:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [15:0] \$12 ;
+  wire [13:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire [6:0] \$2 ;
   wire \$20 ;
-  wire \$21 ;
-  wire [8:0] \$22 ;
-  wire [8:0] \$23 ;
-  wire [8:0] \$24 ;
-  wire [8:0] \$25 ;
+  wire [3:0] \$21 ;
+  wire [3:0] \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
   wire \$26 ;
-  wire [8:0] \$27 ;
-  wire [8:0] \$28 ;
+  wire [3:0] \$27 ;
+  wire [3:0] \$28 ;
   wire \$29 ;
-  wire [7:0] \$3 ;
+  wire [6:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [8:0] \$32 ;
-  wire [8:0] \$33 ;
-  wire [8:0] \$34 ;
-  wire [8:0] \$35 ;
+  wire \$32 ;
+  wire [3:0] \$33 ;
+  wire [3:0] \$34 ;
+  wire [3:0] \$35 ;
   wire [3:0] \$36 ;
-  wire [3:0] \$37 ;
-  reg [7:0] \$38 ;
-  reg [2:0] \$39 ;
-  wire [7:0] \$4 ;
-  reg [7:0] \$40 ;
+  reg [7:0] \$37 ;
+  reg [2:0] \$38 ;
+  reg [7:0] \$39 ;
+  wire [5:0] \$4 ;
+  reg [5:0] \$40 ;
   reg [5:0] \$41 ;
-  reg [5:0] \$42 ;
-  reg [6:0] \$43 ;
-  reg [7:0] \$44 ;
-  reg [9:0] \$45 ;
-  reg [11:0] \$46 ;
-  reg [3:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg [5:0] \$49 ;
-  wire [7:0] \$5 ;
-  reg [6:0] \$50 ;
-  reg [10:0] \$51 ;
-  reg [11:0] \$52 ;
-  reg [12:0] \$53 ;
+  reg [6:0] \$42 ;
+  reg [8:0] \$43 ;
+  reg [10:0] \$44 ;
+  reg [11:0] \$45 ;
+  reg [3:0] \$46 ;
+  reg [7:0] \$47 ;
+  reg [5:0] \$48 ;
+  reg [6:0] \$49 ;
+  wire [8:0] \$5 ;
+  reg [11:0] \$50 ;
+  reg [11:0] \$51 ;
+  reg [12:0] \$52 ;
+  reg [3:0] \$53 ;
   reg [3:0] \$54 ;
-  reg [3:0] \$55 ;
+  reg [7:0] \$55 ;
   reg [7:0] \$56 ;
-  reg [7:0] \$57 ;
+  reg [5:0] \$57 ;
   reg [5:0] \$58 ;
-  reg [5:0] \$59 ;
-  wire [3:0] \$6 ;
+  reg [6:0] \$59 ;
+  wire [6:0] \$6 ;
   reg [6:0] \$60 ;
-  reg [6:0] \$61 ;
-  reg [15:0] \$62 ;
-  reg [5:0] \$63 ;
-  reg [12:0] \$64 ;
-  reg [7:0] \$65 ;
-  reg [6:0] \$66 ;
-  reg [12:0] \$67 ;
-  reg [6:0] \$68 ;
-  reg [7:0] \$69 ;
-  wire [7:0] \$7 ;
-  reg [6:0] \$70 ;
+  reg [15:0] \$61 ;
+  reg [5:0] \$62 ;
+  reg [12:0] \$63 ;
+  reg [7:0] \$64 ;
+  reg [6:0] \$65 ;
+  reg [7:0] \$66 ;
+  reg [6:0] \$67 ;
+  reg [7:0] \$68 ;
+  reg [6:0] \$69 ;
+  wire [3:0] \$7 ;
+  reg \$70 ;
   reg \$71 ;
-  reg \$72 ;
-  reg [8:0] \$73 ;
-  reg [8:0] \$74 ;
-  reg [7:0] \$75 ;
-  reg [3:0] \$76 ;
-  wire [10:0] \$8 ;
-  wire [12:0] \$9 ;
+  reg [3:0] \$72 ;
+  reg [3:0] \$73 ;
+  reg [3:0] \$74 ;
+  reg [3:0] \$75 ;
+  wire [3:0] \$8 ;
+  wire [7:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -1252,6 +1269,7 @@ module \lpsgld_w4_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [6:0] u_vc;
   reg [6:0] vc_down = 7'h00;
   reg [15:0] vc_down_a = 16'h0000;
+  wire [6:0] vc_down_sel;
   reg [5:0] vc_f_h = 6'h00;
   reg [5:0] vc_f_h2 = 6'h00;
   reg [5:0] vc_f_h_d0 = 6'h00;
@@ -1269,19 +1287,21 @@ module \lpsgld_w4_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q = 8'h00;
   reg [7:0] vc_q_3 = 8'h00;
   reg [7:0] vc_q_4 = 8'h00;
-  reg [7:0] vc_q_5 = 8'h00;
+  reg [3:0] vc_q_5 = 4'h0;
   reg [7:0] vc_q_a = 8'h00;
   reg [7:0] vc_q_b = 8'h00;
   reg [7:0] vc_q_d0 = 8'h00;
   reg [7:0] vc_q_d1 = 8'h00;
-  reg [8:0] vc_q_dn = 9'h000;
-  reg [8:0] vc_q_up = 9'h000;
+  wire [8:0] vc_q_dec;
+  reg [3:0] vc_q_dn = 4'h0;
+  wire [8:0] vc_q_inc;
+  reg [3:0] vc_q_up = 4'h0;
   reg [5:0] vc_sq_in = 6'h00;
-  reg [10:0] vc_sq_l0_0 = 11'h000;
+  reg [11:0] vc_sq_l0_0 = 12'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
-  reg [7:0] vc_sq_pp0 = 8'h00;
-  reg [9:0] vc_sq_pp1 = 10'h000;
+  reg [8:0] vc_sq_pp0 = 9'h000;
+  reg [10:0] vc_sq_pp1 = 11'h000;
   reg [11:0] vc_sq_pp2 = 12'h000;
   reg [6:0] vc_u_1 = 7'h00;
   reg [6:0] vc_u_2 = 7'h00;
@@ -1289,401 +1309,407 @@ module \lpsgld_w4_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [6:0] vc_u_4 = 7'h00;
   reg [6:0] vc_u_d0 = 7'h00;
   reg [6:0] vc_u_d1 = 7'h00;
-  reg [12:0] vc_up = 13'h0000;
+  reg [7:0] vc_up = 8'h00;
   reg [12:0] vc_up_a = 13'h0000;
+  wire [12:0] vc_up_sel;
   input [4:0] vc_var;
   wire [4:0] vc_var;
   reg [5:0] vc_vs = 6'h00;
+  wire [5:0] vc_w;
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
-  assign \$26  = & \$25 [8:3];
-  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
-  assign \$29  = | \$28 [8:3];
-  assign \$30  = ~ \$29 ;
-  assign \$31  = \$26  | \$30 ;
-  assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
-  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
+  assign \$19  = ~ \$18 ;
+  assign \$20  = \$17  | \$19 ;
+  assign \$21  = vc_q_inc[8] ? 4'h8 : 4'h7;
+  assign \$22  = \$20  ? vc_q_inc[3:0] : \$21 ;
+  assign \$23  = & vc_q_dec[8:3];
+  assign \$24  = | vc_q_dec[8:3];
+  assign \$25  = ~ \$24 ;
+  assign \$26  = \$23  | \$25 ;
+  assign \$27  = vc_q_dec[8] ? 4'h8 : 4'h7;
+  assign \$28  = \$26  ? vc_q_dec[3:0] : \$27 ;
+  assign \$29  = & vc_q_4[7:3];
+  assign \$30  = | vc_q_4[7:3];
+  assign \$31  = ~ \$30 ;
+  assign \$32  = \$29  | \$31 ;
+  assign \$33  = vc_q_4[7] ? 4'h8 : 4'h7;
+  assign \$34  = \$32  ? vc_q_4[3:0] : \$33 ;
+  assign \$35  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$36  = vc_lt_up ? vc_q_up : \$35 ;
   always @(posedge clk)
-    vc_q_a <= \$38 ;
+    vc_q_a <= \$37 ;
   always @(posedge clk)
-    vc_l_a <= \$39 ;
+    vc_l_a <= \$38 ;
   always @(posedge clk)
-    vc_q_b <= \$40 ;
+    vc_q_b <= \$39 ;
   always @(posedge clk)
-    vc_f_h <= \$41 ;
+    vc_f_h <= \$40 ;
   always @(posedge clk)
-    vc_sq_in <= \$42 ;
+    vc_sq_in <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$43 ;
+    vc_u_1 <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$44 ;
+    vc_sq_pp0 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$45 ;
+    vc_sq_pp1 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$46 ;
+    vc_sq_pp2 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$47 ;
+    vc_m_a <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$48 ;
+    vc_q <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$49 ;
+    vc_f_h2 <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$50 ;
+    vc_u_2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$51 ;
+    vc_sq_l0_0 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$52 ;
+    vc_sq_l0_1 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$53 ;
+    vc_sq_l1_0 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$54 ;
+    vc_m_a_d0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$55 ;
+    vc_m_a_d1 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$56 ;
+    vc_q_d0 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$57 ;
+    vc_q_d1 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$58 ;
+    vc_f_h_d0 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$59 ;
+    vc_f_h_d1 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$60 ;
+    vc_u_d0 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$61 ;
+    vc_u_d1 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$62 ;
+    vc_down_a <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$63 ;
+    vc_vs <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$64 ;
+    vc_up_a <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$65 ;
+    vc_q_3 <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$66 ;
+    vc_u_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$67 ;
+    vc_up <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$68 ;
+    vc_down <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$69 ;
+    vc_q_4 <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$70 ;
+    vc_u_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$71 ;
+    vc_lt_up <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$72 ;
+    vc_lt_down <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$73 ;
+    vc_q_up <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$74 ;
+    vc_q_dn <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$75 ;
+    vc_q_5 <= \$74 ;
   always @(posedge clk)
-    out <= \$76 ;
+    out <= \$75 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = 3'h4 - vc_l_a;
-  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
-  assign \$12  = vc_var - vc_vs;
-  assign \$13  = vc_var - vc_vs;
-  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
-  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
-  assign \$16  = vc_var - vc_vs;
-  assign \$17  = vc_var - vc_vs;
-  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
-  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
-  assign \$20  = vc_u_4 < vc_up;
-  assign \$21  = vc_u_4 < vc_down;
-  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [6] ? 6'h00 : \$3 [5:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 7'h00, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[6:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[5:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[5:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * vc_sq_in[5:4];
+  assign \$8  = 3'h4 - vc_l_a;
+  assign \$9  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$10  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$11  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$12  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$13  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$14  = | vc_up_sel[12:7];
+  assign \$15  = vc_u_4 < vc_up;
+  assign \$16  = vc_u_4 < vc_down;
+  assign \$17  = & vc_q_inc[8:3];
+  assign \$18  = | vc_q_inc[8:3];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$38  = vc_q_a;
+    \$37  = vc_q_a;
     if (en) begin
-      \$38  = \$1 [13:6];
+      \$37  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$39  = vc_l_a;
+    \$38  = vc_l_a;
     if (en) begin
-      \$39  = \$1 [5:3];
+      \$38  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$40  = vc_q_b;
+    \$39  = vc_q_b;
     if (en) begin
-      \$40  = t[13:6];
+      \$39  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$41  = vc_f_h;
+    \$40  = vc_f_h;
     if (en) begin
-      \$41  = x[5:0];
+      \$40  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$42  = vc_sq_in;
+    \$41  = vc_sq_in;
     if (en) begin
-      \$42  = \$2 ;
+      \$41  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$43  = vc_u_1;
+    \$42  = vc_u_1;
     if (en) begin
-      \$43  = u_vc;
+      \$42  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$44  = vc_sq_pp0;
+    \$43  = vc_sq_pp0;
     if (en) begin
-      \$44  = \$3 ;
+      \$43  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$45  = vc_sq_pp1;
+    \$44  = vc_sq_pp1;
     if (en) begin
-      \$45  = { \$4 , 2'h0 };
+      \$44  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$46  = vc_sq_pp2;
+    \$45  = vc_sq_pp2;
     if (en) begin
-      \$46  = { \$5 , 4'h0 };
+      \$45  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$47  = vc_m_a;
+    \$46  = vc_m_a;
     if (en) begin
-      \$47  = \$6 ;
+      \$46  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$48  = vc_q;
+    \$47  = vc_q;
     if (en) begin
-      \$48  = \$7 ;
+      \$47  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$49  = vc_f_h2;
+    \$48  = vc_f_h2;
     if (en) begin
-      \$49  = vc_f_h;
+      \$48  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$50  = vc_u_2;
+    \$49  = vc_u_2;
     if (en) begin
-      \$50  = vc_u_1;
+      \$49  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$51  = vc_sq_l0_0;
+    \$50  = vc_sq_l0_0;
     if (en) begin
-      \$51  = \$8 ;
+      \$50  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$52  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_1;
     if (en) begin
-      \$52  = vc_sq_pp2;
+      \$51  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$53  = vc_sq_l1_0;
+    \$52  = vc_sq_l1_0;
     if (en) begin
-      \$53  = \$9 ;
+      \$52  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$54  = vc_m_a_d0;
+    \$53  = vc_m_a_d0;
     if (en) begin
-      \$54  = vc_m_a;
+      \$53  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$55  = vc_m_a_d1;
+    \$54  = vc_m_a_d1;
     if (en) begin
-      \$55  = vc_m_a_d0;
+      \$54  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$56  = vc_q_d0;
+    \$55  = vc_q_d0;
     if (en) begin
-      \$56  = vc_q;
+      \$55  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$57  = vc_q_d1;
+    \$56  = vc_q_d1;
     if (en) begin
-      \$57  = vc_q_d0;
+      \$56  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$58  = vc_f_h_d0;
+    \$57  = vc_f_h_d0;
     if (en) begin
-      \$58  = vc_f_h2;
+      \$57  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$59  = vc_f_h_d1;
+    \$58  = vc_f_h_d1;
     if (en) begin
-      \$59  = vc_f_h_d0;
+      \$58  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$60  = vc_u_d0;
+    \$59  = vc_u_d0;
     if (en) begin
-      \$60  = vc_u_2;
+      \$59  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$61  = vc_u_d1;
+    \$60  = vc_u_d1;
     if (en) begin
-      \$61  = vc_u_d0;
+      \$60  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$62  = vc_down_a;
+    \$61  = vc_down_a;
     if (en) begin
-      \$62  = \$10 ;
+      \$61  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = vc_vs;
+    \$62  = vc_vs;
     if (en) begin
-      \$63  = \$11 [11:6];
+      \$62  = \$13 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$64  = vc_up_a;
+    \$63  = vc_up_a;
     if (en) begin
-      \$64  = vc_sq_l1_0;
+      \$63  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_q_3;
+    \$64  = vc_q_3;
     if (en) begin
-      \$65  = vc_q_d1;
+      \$64  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_u_3;
+    \$65  = vc_u_3;
     if (en) begin
-      \$66  = vc_u_d1;
+      \$65  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_up;
+    \$66  = vc_up;
     if (en) begin
-      \$67  = \$15 ;
+      \$66  = { \$14 , vc_up_sel[6:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_down;
+    \$67  = vc_down;
     if (en) begin
-      \$68  = \$19 ;
+      \$67  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_q_4;
+    \$68  = vc_q_4;
     if (en) begin
-      \$69  = vc_q_3;
+      \$68  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_u_4;
+    \$69  = vc_u_4;
     if (en) begin
-      \$70  = vc_u_3;
+      \$69  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_lt_up;
+    \$70  = vc_lt_up;
     if (en) begin
-      \$71  = \$20 ;
+      \$70  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_lt_down;
+    \$71  = vc_lt_down;
     if (en) begin
-      \$72  = \$21 ;
+      \$71  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_q_up;
+    \$72  = vc_q_up;
     if (en) begin
-      \$73  = \$22 ;
+      \$72  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_q_dn;
+    \$73  = vc_q_dn;
     if (en) begin
-      \$74  = \$23 ;
+      \$73  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_q_5;
+    \$74  = vc_q_5;
     if (en) begin
-      \$75  = vc_q_4;
+      \$74  = \$34 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = out;
+    \$75  = out;
     if (en) begin
-      \$76  = \$37 ;
+      \$75  = \$36 ;
     end
   end
   assign y = \$1 [13:3];
@@ -1895,7 +1921,7 @@ module \lpsgld_w4_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_vc_l1.rng_0_0 (rst, en, step, out, data, \port$233$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -1915,12 +1941,14 @@ module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$233$0 ;
+  wire [1:0] \port$233$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -1947,11 +1975,12 @@ module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$233$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -1960,14 +1989,17 @@ module \lpsgld_w4_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$233$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$233$0 [0];
+  assign load1 = \port$233$0 [1];
 endmodule

@@ -6,24 +6,22 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg [3:0] \$100 ;
-  reg [4:0] \$101 ;
+  reg \$100 ;
+  reg [1:0] \$101 ;
   reg \$102 ;
-  reg [1:0] \$103 ;
-  reg \$104 ;
+  reg [3:0] \$103 ;
+  reg [3:0] \$104 ;
   reg [3:0] \$105 ;
-  reg [3:0] \$106 ;
-  reg [3:0] \$107 ;
-  reg [4:0] \$108 ;
+  reg [4:0] \$106 ;
+  reg \$107 ;
+  reg [1:0] \$108 ;
   reg \$109 ;
   wire \$11 ;
-  reg [1:0] \$110 ;
-  reg \$111 ;
+  reg [3:0] \$110 ;
+  reg [3:0] \$111 ;
   reg [3:0] \$112 ;
-  reg [3:0] \$113 ;
-  reg [3:0] \$114 ;
-  reg [4:0] \$115 ;
-  reg \$116 ;
+  reg [4:0] \$113 ;
+  reg \$114 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -34,43 +32,43 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$19 ;
   wire \$2 ;
   wire \$20 ;
-  wire \$21 ;
+  wire [3:0] \$21 ;
   wire \$22 ;
   wire \$23 ;
-  wire \$24 ;
+  wire [1:0] \$24 ;
   wire \$25 ;
   wire \$26 ;
-  wire [1:0] \$27 ;
-  wire \$28 ;
+  wire \$27 ;
+  wire [1:0] \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire [1:0] \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [1:0] \$34 ;
-  wire \$35 ;
+  wire \$34 ;
+  wire [1:0] \$35 ;
   wire \$36 ;
   wire \$37 ;
   wire [1:0] \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire [1:0] \$41 ;
-  wire \$42 ;
+  wire \$41 ;
+  wire [1:0] \$42 ;
   wire \$43 ;
   wire \$44 ;
   wire [1:0] \$45 ;
   wire \$46 ;
   wire \$47 ;
-  wire [1:0] \$48 ;
-  wire \$49 ;
+  wire \$48 ;
+  wire [1:0] \$49 ;
   wire \$5 ;
-  wire \$50 ;
-  wire \$51 ;
-  wire [1:0] \$52 ;
+  reg \$50 ;
+  reg [3:0] \$51 ;
+  reg [3:0] \$52 ;
   reg \$53 ;
-  reg [3:0] \$54 ;
+  reg \$54 ;
   reg \$55 ;
   reg \$56 ;
   reg \$57 ;
@@ -84,8 +82,8 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$64 ;
   reg \$65 ;
   reg \$66 ;
-  reg \$67 ;
-  reg \$68 ;
+  reg [3:0] \$67 ;
+  reg [3:0] \$68 ;
   reg [3:0] \$69 ;
   wire \$7 ;
   reg [3:0] \$70 ;
@@ -100,26 +98,26 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [3:0] \$79 ;
   wire \$8 ;
   reg [3:0] \$80 ;
-  reg [3:0] \$81 ;
-  reg [3:0] \$82 ;
+  reg \$81 ;
+  reg \$82 ;
   reg \$83 ;
   reg \$84 ;
   reg \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg [63:0] \$88 ;
-  reg [1:0] \$89 ;
+  reg [63:0] \$86 ;
+  reg [1:0] \$87 ;
+  reg \$88 ;
+  reg [3:0] \$89 ;
   wire \$9 ;
-  reg \$90 ;
+  reg [3:0] \$90 ;
   reg [3:0] \$91 ;
-  reg [3:0] \$92 ;
-  reg [3:0] \$93 ;
-  reg [4:0] \$94 ;
+  reg [4:0] \$92 ;
+  reg \$93 ;
+  reg [1:0] \$94 ;
   reg \$95 ;
-  reg [1:0] \$96 ;
-  reg \$97 ;
+  reg [3:0] \$96 ;
+  reg [3:0] \$97 ;
   reg [3:0] \$98 ;
-  reg [3:0] \$99 ;
+  reg [4:0] \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -131,24 +129,28 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$107 ;
+  wire [63:0] \data$111 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$61 ;
+  wire [63:0] \data$63 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$84 ;
+  wire [63:0] \data$87 ;
   reg [3:0] decay = 4'h0;
-  reg [3:0] \decay$117  = 4'h0;
-  reg [3:0] \decay$71  = 4'h0;
-  reg [3:0] \decay$94  = 4'h0;
+  reg [3:0] \decay$121  = 4'h0;
+  reg [3:0] \decay$73  = 4'h0;
+  reg [3:0] \decay$97  = 4'h0;
   wire en;
-  wire \en$108 ;
-  wire \en$62 ;
-  wire \en$85 ;
+  wire \en$105 ;
+  wire \en$112 ;
+  wire \en$40 ;
+  wire \en$57 ;
+  wire \en$64 ;
+  wire \en$81 ;
+  wire \en$88 ;
   wire free;
   wire [3:0] grad;
-  wire [3:0] \grad$110 ;
-  wire [3:0] \grad$64 ;
-  wire [3:0] \grad$87 ;
+  wire [3:0] \grad$114 ;
+  wire [3:0] \grad$66 ;
+  wire [3:0] \grad$90 ;
   output idle;
   wire idle;
   reg [3:0] keep_1 = 4'h0;
@@ -166,22 +168,23 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [3:0] keep_7 = 4'h0;
   reg [3:0] keep_8 = 4'h0;
   reg [3:0] keep_9 = 4'h0;
+  reg [3:0] live_1 = 4'h0;
   wire load0;
-  wire \load0$105 ;
-  wire \load0$59 ;
-  wire \load0$82 ;
+  wire \load0$109 ;
+  wire \load0$61 ;
+  wire \load0$85 ;
   wire load1;
-  wire \load1$106 ;
-  wire \load1$60 ;
-  wire \load1$83 ;
+  wire \load1$110 ;
+  wire \load1$62 ;
+  wire \load1$86 ;
   reg [3:0] noise = 4'h0;
-  reg [3:0] \noise$119  = 4'h0;
-  reg [3:0] \noise$73  = 4'h0;
-  reg [3:0] \noise$96  = 4'h0;
+  reg [3:0] \noise$123  = 4'h0;
+  reg [3:0] \noise$75  = 4'h0;
+  reg [3:0] \noise$99  = 4'h0;
   wire [63:0] out;
-  wire [63:0] \out$112 ;
-  wire [63:0] \out$66 ;
-  wire [63:0] \out$89 ;
+  wire [63:0] \out$116 ;
+  wire [63:0] \out$68 ;
+  wire [63:0] \out$92 ;
   (* init = 4'h0 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
@@ -269,21 +272,21 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   output source__valid;
   reg source__valid = 1'h0;
   wire [3:0] state;
-  wire [3:0] \state$113 ;
-  wire [3:0] \state$67 ;
-  wire [3:0] \state$90 ;
+  wire [3:0] \state$117 ;
+  wire [3:0] \state$69 ;
+  wire [3:0] \state$93 ;
   wire step;
-  wire \step$102 ;
-  reg [3:0] \step$115  = 4'h0;
-  reg [3:0] \step$46  = 4'h0;
-  wire \step$56 ;
-  reg [3:0] \step$69  = 4'h0;
-  wire \step$79 ;
-  reg [3:0] \step$92  = 4'h0;
+  wire \step$107 ;
+  reg [3:0] \step$119  = 4'h0;
+  reg [3:0] \step$47  = 4'h0;
+  wire \step$59 ;
+  reg [3:0] \step$71  = 4'h0;
+  wire \step$83 ;
+  reg [3:0] \step$95  = 4'h0;
   wire [3:0] theta;
-  wire [3:0] \theta$109 ;
-  wire [3:0] \theta$63 ;
-  wire [3:0] \theta$86 ;
+  wire [3:0] \theta$113 ;
+  wire [3:0] \theta$65 ;
+  wire [3:0] \theta$89 ;
   wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
@@ -302,22 +305,22 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
-  reg \vc_noise$100  = 1'h0;
-  reg \vc_noise$123  = 1'h0;
-  reg \vc_noise$77  = 1'h0;
+  reg \vc_noise$103  = 1'h0;
+  reg \vc_noise$127  = 1'h0;
+  reg \vc_noise$79  = 1'h0;
   reg [4:0] vc_var = 5'h00;
-  reg [4:0] \vc_var$121  = 5'h00;
-  reg [4:0] \vc_var$75  = 5'h00;
-  reg [4:0] \vc_var$98  = 5'h00;
+  reg [4:0] \vc_var$101  = 5'h00;
+  reg [4:0] \vc_var$125  = 5'h00;
+  reg [4:0] \vc_var$77  = 5'h00;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
-  wire [3:0] \weight$114 ;
-  wire [3:0] \weight$68 ;
-  wire [3:0] \weight$91 ;
+  wire [3:0] \weight$118 ;
+  wire [3:0] \weight$70 ;
+  wire [3:0] \weight$94 ;
   wire [63:0] words;
-  wire [63:0] \words$111 ;
-  wire [63:0] \words$65 ;
-  wire [63:0] \words$88 ;
+  wire [63:0] \words$115 ;
+  wire [63:0] \words$67 ;
+  wire [63:0] \words$91 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
@@ -332,196 +335,191 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1[0];
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
-  assign \$10  = advance & valid_1;
-  assign \$11  = \$10  & keep_1[1];
-  assign \$12  = | seed_load_1;
-  assign \$13  = \$12  & seed_hold_1;
-  assign \$14  = ~ \$13 ;
-  assign \step$56  = \$11  & \$14 ;
-  assign \load0$59  = seed_load_1[0] & free;
-  assign \load1$60  = seed_load_1[1] & free;
-  assign \$15  = advance & valid_1;
-  assign \$16  = \$15  & keep_1[2];
-  assign \$17  = | seed_load_2;
-  assign \$18  = \$17  & seed_hold_2;
-  assign \$19  = ~ \$18 ;
-  assign \step$79  = \$16  & \$19 ;
-  assign \load0$82  = seed_load_2[0] & free;
-  assign \load1$83  = seed_load_2[1] & free;
-  assign \$20  = advance & valid_1;
-  assign \$21  = \$20  & keep_1[3];
-  assign \$22  = | seed_load_3;
-  assign \$23  = \$22  & seed_hold_3;
-  assign \$24  = ~ \$23 ;
-  assign \step$102  = \$21  & \$24 ;
-  assign \load0$105  = seed_load_3[0] & free;
-  assign \load1$106  = seed_load_3[1] & free;
-  assign \$25  = ctl__addr == 9'h100;
-  assign \$26  = ctl__addr == 9'h101;
-  assign \$27  = { \$26 , \$25  } & { ctl__we, ctl__we };
-  assign \$28  = | \$27 ;
-  assign \$29  = ctl__addr == 9'h100;
-  assign \$30  = ctl__addr == 9'h101;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1[0] & \$8 ;
+  assign \$9  = ~ valid_1;
+  assign \$10  = | seed_load_1;
+  assign \$11  = \$9  & \$10 ;
+  assign \en$57  = advance | \$11 ;
+  assign \$12  = ~ seed_hold_1;
+  assign \step$59  = live_1[1] & \$12 ;
+  assign \$13  = ~ valid_1;
+  assign \$14  = | seed_load_2;
+  assign \$15  = \$13  & \$14 ;
+  assign \en$81  = advance | \$15 ;
+  assign \$16  = ~ seed_hold_2;
+  assign \step$83  = live_1[2] & \$16 ;
+  assign \$17  = ~ valid_1;
+  assign \$18  = | seed_load_3;
+  assign \$19  = \$17  & \$18 ;
+  assign \en$105  = advance | \$19 ;
+  assign \$20  = ~ seed_hold_3;
+  assign \step$107  = live_1[3] & \$20 ;
+  assign \$21  = sink__payload[3:0] & { sink__valid, sink__valid, sink__valid, sink__valid };
+  assign \$22  = ctl__addr == 9'h100;
+  assign \$23  = ctl__addr == 9'h101;
+  assign \$24  = { \$23 , \$22  } & { ctl__we, ctl__we };
+  assign \$25  = | \$24 ;
+  assign \$26  = ctl__addr == 9'h100;
+  assign \$27  = ctl__addr == 9'h101;
+  assign \$28  = { \$27 , \$26  } & { ctl__we, ctl__we };
+  assign \$29  = ctl__addr == 9'h102;
+  assign \$30  = ctl__addr == 9'h103;
   assign \$31  = { \$30 , \$29  } & { ctl__we, ctl__we };
-  assign \$32  = ctl__addr == 9'h102;
-  assign \$33  = ctl__addr == 9'h103;
-  assign \$34  = { \$33 , \$32  } & { ctl__we, ctl__we };
-  assign \$35  = | \$34 ;
-  assign \$36  = ctl__addr == 9'h102;
-  assign \$37  = ctl__addr == 9'h103;
+  assign \$32  = | \$31 ;
+  assign \$33  = ctl__addr == 9'h102;
+  assign \$34  = ctl__addr == 9'h103;
+  assign \$35  = { \$34 , \$33  } & { ctl__we, ctl__we };
+  assign \$36  = ctl__addr == 9'h104;
+  assign \$37  = ctl__addr == 9'h105;
   assign \$38  = { \$37 , \$36  } & { ctl__we, ctl__we };
-  assign \$39  = ctl__addr == 9'h104;
-  assign \$40  = ctl__addr == 9'h105;
-  assign \$41  = { \$40 , \$39  } & { ctl__we, ctl__we };
-  assign \$42  = | \$41 ;
-  assign \$43  = ctl__addr == 9'h104;
-  assign \$44  = ctl__addr == 9'h105;
+  assign \$39  = | \$38 ;
+  assign \$40  = ctl__addr == 9'h104;
+  assign \$41  = ctl__addr == 9'h105;
+  assign \$42  = { \$41 , \$40  } & { ctl__we, ctl__we };
+  assign \$43  = ctl__addr == 9'h106;
+  assign \$44  = ctl__addr == 9'h107;
   assign \$45  = { \$44 , \$43  } & { ctl__we, ctl__we };
-  assign \$46  = ctl__addr == 9'h106;
-  assign \$47  = ctl__addr == 9'h107;
-  assign \$48  = { \$47 , \$46  } & { ctl__we, ctl__we };
-  assign \$49  = | \$48 ;
-  assign \$50  = ctl__addr == 9'h106;
-  assign \$51  = ctl__addr == 9'h107;
-  assign \$52  = { \$51 , \$50  } & { ctl__we, ctl__we };
+  assign \$46  = | \$45 ;
+  assign \$47  = ctl__addr == 9'h106;
+  assign \$48  = ctl__addr == 9'h107;
+  assign \$49  = { \$48 , \$47  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$53 ;
+    valid_1 <= \$50 ;
   always @(posedge clk)
-    keep_1 <= \$54 ;
+    keep_1 <= \$51 ;
   always @(posedge clk)
-    valid_2 <= \$55 ;
+    live_1 <= \$52 ;
   always @(posedge clk)
-    valid_3 <= \$56 ;
+    valid_2 <= \$53 ;
   always @(posedge clk)
-    valid_4 <= \$57 ;
+    valid_3 <= \$54 ;
   always @(posedge clk)
-    valid_5 <= \$58 ;
+    valid_4 <= \$55 ;
   always @(posedge clk)
-    valid_6 <= \$59 ;
+    valid_5 <= \$56 ;
   always @(posedge clk)
-    valid_7 <= \$60 ;
+    valid_6 <= \$57 ;
   always @(posedge clk)
-    valid_8 <= \$61 ;
+    valid_7 <= \$58 ;
   always @(posedge clk)
-    valid_9 <= \$62 ;
+    valid_8 <= \$59 ;
   always @(posedge clk)
-    valid_10 <= \$63 ;
+    valid_9 <= \$60 ;
   always @(posedge clk)
-    valid_11 <= \$64 ;
+    valid_10 <= \$61 ;
   always @(posedge clk)
-    valid_12 <= \$65 ;
+    valid_11 <= \$62 ;
   always @(posedge clk)
-    valid_13 <= \$66 ;
+    valid_12 <= \$63 ;
   always @(posedge clk)
-    valid_14 <= \$67 ;
+    valid_13 <= \$64 ;
   always @(posedge clk)
-    source__valid <= \$68 ;
+    valid_14 <= \$65 ;
   always @(posedge clk)
-    keep_2 <= \$69 ;
+    source__valid <= \$66 ;
   always @(posedge clk)
-    keep_3 <= \$70 ;
+    keep_2 <= \$67 ;
   always @(posedge clk)
-    keep_4 <= \$71 ;
+    keep_3 <= \$68 ;
   always @(posedge clk)
-    keep_5 <= \$72 ;
+    keep_4 <= \$69 ;
   always @(posedge clk)
-    keep_6 <= \$73 ;
+    keep_5 <= \$70 ;
   always @(posedge clk)
-    keep_7 <= \$74 ;
+    keep_6 <= \$71 ;
   always @(posedge clk)
-    keep_8 <= \$75 ;
+    keep_7 <= \$72 ;
   always @(posedge clk)
-    keep_9 <= \$76 ;
+    keep_8 <= \$73 ;
   always @(posedge clk)
-    keep_10 <= \$77 ;
+    keep_9 <= \$74 ;
   always @(posedge clk)
-    keep_11 <= \$78 ;
+    keep_10 <= \$75 ;
   always @(posedge clk)
-    keep_12 <= \$79 ;
+    keep_11 <= \$76 ;
   always @(posedge clk)
-    keep_13 <= \$80 ;
+    keep_12 <= \$77 ;
   always @(posedge clk)
-    keep_14 <= \$81 ;
+    keep_13 <= \$78 ;
   always @(posedge clk)
-    keep_15 <= \$82 ;
+    keep_14 <= \$79 ;
+  always @(posedge clk)
+    keep_15 <= \$80 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$83 ;
+    write_step <= \$81 ;
   always @(posedge clk)
-    write_decay <= \$84 ;
+    write_decay <= \$82 ;
   always @(posedge clk)
-    write_noise <= \$85 ;
+    write_noise <= \$83 ;
   always @(posedge clk)
-    write_vc_var <= \$86 ;
+    write_vc_var <= \$84 ;
   always @(posedge clk)
-    write_vc_noise <= \$87 ;
+    write_vc_noise <= \$85 ;
   always @(posedge clk)
-    data <= \$88 ;
+    data <= \$86 ;
   always @(posedge clk)
-    seed_load_0 <= \$89 ;
+    seed_load_0 <= \$87 ;
   always @(posedge clk)
-    seed_hold_0 <= \$90 ;
+    seed_hold_0 <= \$88 ;
   always @(posedge clk)
-    \step$46  <= \$91 ;
+    \step$47  <= \$89 ;
   always @(posedge clk)
-    decay <= \$92 ;
+    decay <= \$90 ;
   always @(posedge clk)
-    noise <= \$93 ;
+    noise <= \$91 ;
   always @(posedge clk)
-    vc_var <= \$94 ;
+    vc_var <= \$92 ;
   always @(posedge clk)
-    vc_noise <= \$95 ;
+    vc_noise <= \$93 ;
   always @(posedge clk)
-    seed_load_1 <= \$96 ;
+    seed_load_1 <= \$94 ;
   always @(posedge clk)
-    seed_hold_1 <= \$97 ;
+    seed_hold_1 <= \$95 ;
   always @(posedge clk)
-    \step$69  <= \$98 ;
+    \step$71  <= \$96 ;
   always @(posedge clk)
-    \decay$71  <= \$99 ;
+    \decay$73  <= \$97 ;
   always @(posedge clk)
-    \noise$73  <= \$100 ;
+    \noise$75  <= \$98 ;
   always @(posedge clk)
-    \vc_var$75  <= \$101 ;
+    \vc_var$77  <= \$99 ;
   always @(posedge clk)
-    \vc_noise$77  <= \$102 ;
+    \vc_noise$79  <= \$100 ;
   always @(posedge clk)
-    seed_load_2 <= \$103 ;
+    seed_load_2 <= \$101 ;
   always @(posedge clk)
-    seed_hold_2 <= \$104 ;
+    seed_hold_2 <= \$102 ;
   always @(posedge clk)
-    \step$92  <= \$105 ;
+    \step$95  <= \$103 ;
   always @(posedge clk)
-    \decay$94  <= \$106 ;
+    \decay$97  <= \$104 ;
   always @(posedge clk)
-    \noise$96  <= \$107 ;
+    \noise$99  <= \$105 ;
   always @(posedge clk)
-    \vc_var$98  <= \$108 ;
+    \vc_var$101  <= \$106 ;
   always @(posedge clk)
-    \vc_noise$100  <= \$109 ;
+    \vc_noise$103  <= \$107 ;
   always @(posedge clk)
-    seed_load_3 <= \$110 ;
+    seed_load_3 <= \$108 ;
   always @(posedge clk)
-    seed_hold_3 <= \$111 ;
+    seed_hold_3 <= \$109 ;
   always @(posedge clk)
-    \step$115  <= \$112 ;
+    \step$119  <= \$110 ;
   always @(posedge clk)
-    \decay$117  <= \$113 ;
+    \decay$121  <= \$111 ;
   always @(posedge clk)
-    \noise$119  <= \$114 ;
+    \noise$123  <= \$112 ;
   always @(posedge clk)
-    \vc_var$121  <= \$115 ;
+    \vc_var$125  <= \$113 ;
   always @(posedge clk)
-    \vc_noise$123  <= \$116 ;
+    \vc_noise$127  <= \$114 ;
   \lpsgld_w4_vc_l4.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -530,7 +528,7 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$46 ),
+    .step(\step$47 ),
     .theta(sink__payload[7:4]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
@@ -538,87 +536,114 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   \lpsgld_w4_vc_l4.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$71 ),
+    .decay(\decay$73 ),
     .en(advance),
     .grad(sink__payload[27:24]),
-    .noise(\noise$73 ),
+    .noise(\noise$75 ),
     .rst(rst),
-    .state(\state$67 ),
-    .step(\step$69 ),
+    .state(\state$69 ),
+    .step(\step$71 ),
     .theta(sink__payload[11:8]),
-    .vc_noise(\vc_noise$77 ),
-    .vc_var(\vc_var$75 ),
-    .words(\words$65 )
+    .vc_noise(\vc_noise$79 ),
+    .vc_var(\vc_var$77 ),
+    .words(\words$67 )
   );
   \lpsgld_w4_vc_l4.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$94 ),
+    .decay(\decay$97 ),
     .en(advance),
     .grad(sink__payload[31:28]),
-    .noise(\noise$96 ),
+    .noise(\noise$99 ),
     .rst(rst),
-    .state(\state$90 ),
-    .step(\step$92 ),
+    .state(\state$93 ),
+    .step(\step$95 ),
     .theta(sink__payload[15:12]),
-    .vc_noise(\vc_noise$100 ),
-    .vc_var(\vc_var$98 ),
-    .words(\words$88 )
+    .vc_noise(\vc_noise$103 ),
+    .vc_var(\vc_var$101 ),
+    .words(\words$91 )
   );
   \lpsgld_w4_vc_l4.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$117 ),
+    .decay(\decay$121 ),
     .en(advance),
     .grad(sink__payload[35:32]),
-    .noise(\noise$119 ),
+    .noise(\noise$123 ),
     .rst(rst),
-    .state(\state$113 ),
-    .step(\step$115 ),
+    .state(\state$117 ),
+    .step(\step$119 ),
     .theta(sink__payload[19:16]),
-    .vc_noise(\vc_noise$123 ),
-    .vc_var(\vc_var$121 ),
-    .words(\words$111 )
+    .vc_noise(\vc_noise$127 ),
+    .vc_var(\vc_var$125 ),
+    .words(\words$115 )
   );
   \lpsgld_w4_vc_l4.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$596$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w4_vc_l4.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$59 ),
-    .load1(\load1$60 ),
-    .out(\words$65 ),
+    .en(\en$57 ),
+    .out(\words$67 ),
+    .\port$610$0 (seed_load_1),
     .rst(rst),
-    .step(\step$56 )
+    .step(\step$59 )
   );
   \lpsgld_w4_vc_l4.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$82 ),
-    .load1(\load1$83 ),
-    .out(\words$88 ),
+    .en(\en$81 ),
+    .out(\words$91 ),
+    .\port$624$0 (seed_load_2),
     .rst(rst),
-    .step(\step$79 )
+    .step(\step$83 )
   );
   \lpsgld_w4_vc_l4.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$105 ),
-    .load1(\load1$106 ),
-    .out(\words$111 ),
+    .en(\en$105 ),
+    .out(\words$115 ),
+    .\port$638$0 (seed_load_3),
     .rst(rst),
-    .step(\step$102 )
+    .step(\step$107 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = valid_1;
+    \$50  = valid_1;
     if (advance) begin
-      \$53  = sink__valid;
+      \$50  = sink__valid;
+    end
+    if (rst) begin
+      \$50  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = keep_1;
+    if (advance) begin
+      \$51  = sink__payload[3:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = live_1;
+    if (advance) begin
+      \$52  = \$21 ;
+    end
+    if (rst) begin
+      \$52  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = valid_2;
+    if (advance) begin
+      \$53  = valid_1;
     end
     if (rst) begin
       \$53  = 1'h0;
@@ -626,16 +651,19 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = keep_1;
+    \$54  = valid_3;
     if (advance) begin
-      \$54  = sink__payload[3:0];
+      \$54  = valid_2;
+    end
+    if (rst) begin
+      \$54  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = valid_2;
+    \$55  = valid_4;
     if (advance) begin
-      \$55  = valid_1;
+      \$55  = valid_3;
     end
     if (rst) begin
       \$55  = 1'h0;
@@ -643,9 +671,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = valid_3;
+    \$56  = valid_5;
     if (advance) begin
-      \$56  = valid_2;
+      \$56  = valid_4;
     end
     if (rst) begin
       \$56  = 1'h0;
@@ -653,9 +681,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = valid_4;
+    \$57  = valid_6;
     if (advance) begin
-      \$57  = valid_3;
+      \$57  = valid_5;
     end
     if (rst) begin
       \$57  = 1'h0;
@@ -663,9 +691,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = valid_5;
+    \$58  = valid_7;
     if (advance) begin
-      \$58  = valid_4;
+      \$58  = valid_6;
     end
     if (rst) begin
       \$58  = 1'h0;
@@ -673,9 +701,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = valid_6;
+    \$59  = valid_8;
     if (advance) begin
-      \$59  = valid_5;
+      \$59  = valid_7;
     end
     if (rst) begin
       \$59  = 1'h0;
@@ -683,9 +711,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = valid_7;
+    \$60  = valid_9;
     if (advance) begin
-      \$60  = valid_6;
+      \$60  = valid_8;
     end
     if (rst) begin
       \$60  = 1'h0;
@@ -693,9 +721,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = valid_8;
+    \$61  = valid_10;
     if (advance) begin
-      \$61  = valid_7;
+      \$61  = valid_9;
     end
     if (rst) begin
       \$61  = 1'h0;
@@ -703,9 +731,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = valid_9;
+    \$62  = valid_11;
     if (advance) begin
-      \$62  = valid_8;
+      \$62  = valid_10;
     end
     if (rst) begin
       \$62  = 1'h0;
@@ -713,9 +741,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = valid_10;
+    \$63  = valid_12;
     if (advance) begin
-      \$63  = valid_9;
+      \$63  = valid_11;
     end
     if (rst) begin
       \$63  = 1'h0;
@@ -723,9 +751,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = valid_11;
+    \$64  = valid_13;
     if (advance) begin
-      \$64  = valid_10;
+      \$64  = valid_12;
     end
     if (rst) begin
       \$64  = 1'h0;
@@ -733,9 +761,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = valid_12;
+    \$65  = valid_14;
     if (advance) begin
-      \$65  = valid_11;
+      \$65  = valid_13;
     end
     if (rst) begin
       \$65  = 1'h0;
@@ -743,9 +771,9 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = valid_13;
+    \$66  = source__valid;
     if (advance) begin
-      \$66  = valid_12;
+      \$66  = valid_14;
     end
     if (rst) begin
       \$66  = 1'h0;
@@ -753,120 +781,128 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = valid_14;
+    \$67  = keep_2;
     if (advance) begin
-      \$67  = valid_13;
+      \$67  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = keep_3;
+    if (advance) begin
+      \$68  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = keep_4;
+    if (advance) begin
+      \$69  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = keep_5;
+    if (advance) begin
+      \$70  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = keep_6;
+    if (advance) begin
+      \$71  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$72  = keep_7;
+    if (advance) begin
+      \$72  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = keep_8;
+    if (advance) begin
+      \$73  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = keep_9;
+    if (advance) begin
+      \$74  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = keep_10;
+    if (advance) begin
+      \$75  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = keep_11;
+    if (advance) begin
+      \$76  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = keep_12;
+    if (advance) begin
+      \$77  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$78  = keep_13;
+    if (advance) begin
+      \$78  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$79  = keep_14;
+    if (advance) begin
+      \$79  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$80  = keep_15;
+    if (advance) begin
+      \$80  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$81  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            \$81  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$67  = 1'h0;
+      \$81  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = source__valid;
-    if (advance) begin
-      \$68  = valid_14;
+    \$82  = 1'h0;
+    if (ctl__we) begin
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            \$82  = 1'h1;
+      endcase
     end
     if (rst) begin
-      \$68  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = keep_2;
-    if (advance) begin
-      \$69  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = keep_3;
-    if (advance) begin
-      \$70  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = keep_4;
-    if (advance) begin
-      \$71  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = keep_5;
-    if (advance) begin
-      \$72  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = keep_6;
-    if (advance) begin
-      \$73  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = keep_7;
-    if (advance) begin
-      \$74  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = keep_8;
-    if (advance) begin
-      \$75  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = keep_9;
-    if (advance) begin
-      \$76  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$77  = keep_10;
-    if (advance) begin
-      \$77  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$78  = keep_11;
-    if (advance) begin
-      \$78  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$79  = keep_12;
-    if (advance) begin
-      \$79  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$80  = keep_13;
-    if (advance) begin
-      \$80  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$81  = keep_14;
-    if (advance) begin
-      \$81  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$82  = keep_15;
-    if (advance) begin
-      \$82  = keep_14;
+      \$82  = 1'h0;
     end
   end
   always @* begin
@@ -875,6 +911,10 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
             \$83  = 1'h1;
       endcase
     end
@@ -890,6 +930,10 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0000:
             /* empty */;
         16'h0001:
+            /* empty */;
+        16'h0002:
+            /* empty */;
+        16'h0003:
             \$84  = 1'h1;
       endcase
     end
@@ -907,6 +951,10 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
+            /* empty */;
+        16'h0003:
+            /* empty */;
+        16'h0004:
             \$85  = 1'h1;
       endcase
     end
@@ -916,77 +964,59 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$86  = 1'h0;
+    \$86  = data;
     if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            /* empty */;
-        16'h0003:
-            \$86  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$86  = 1'h0;
+      \$86  = ctl__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$87  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            /* empty */;
-        16'h0001:
-            /* empty */;
-        16'h0002:
-            /* empty */;
-        16'h0003:
-            /* empty */;
-        16'h0004:
-            \$87  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$87  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$88  = data;
-    if (ctl__we) begin
-      \$88  = ctl__data;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$89  = seed_load_0;
-    if (\$28 ) begin
-      \$89  = \$31 ;
+    \$87  = seed_load_0;
+    if (\$25 ) begin
+      \$87  = \$28 ;
     end else if (free) begin
-      \$89  = 2'h0;
+      \$87  = 2'h0;
     end
     if (rst) begin
-      \$89  = 2'h0;
+      \$87  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$90  = seed_hold_0;
-    if (\$28 ) begin
-      \$90  = took;
+    \$88  = seed_hold_0;
+    if (\$25 ) begin
+      \$88  = took;
+    end else if (free) begin
+      \$88  = 1'h0;
     end
     if (rst) begin
-      \$90  = 1'h0;
+      \$88  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$91  = \step$46 ;
+    \$89  = \step$47 ;
     if (write_step) begin
+      \$89  = wdata[3:0];
+    end
+    if (rst) begin
+      \$89  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$90  = decay;
+    if (write_decay) begin
+      \$90  = wdata[3:0];
+    end
+    if (rst) begin
+      \$90  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$91  = noise;
+    if (write_noise) begin
       \$91  = wdata[3:0];
     end
     if (rst) begin
@@ -995,39 +1025,43 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$92  = decay;
-    if (write_decay) begin
-      \$92  = wdata[3:0];
-    end
-    if (rst) begin
-      \$92  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$93  = noise;
-    if (write_noise) begin
-      \$93  = wdata[3:0];
-    end
-    if (rst) begin
-      \$93  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$94  = vc_var;
+    \$92  = vc_var;
     if (write_vc_var) begin
-      \$94  = wdata[4:0];
+      \$92  = wdata[4:0];
     end
     if (rst) begin
-      \$94  = 5'h00;
+      \$92  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$95  = vc_noise;
+    \$93  = vc_noise;
     if (write_vc_noise) begin
-      \$95  = wdata[0];
+      \$93  = wdata[0];
+    end
+    if (rst) begin
+      \$93  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$94  = seed_load_1;
+    if (\$32 ) begin
+      \$94  = \$35 ;
+    end else if (free) begin
+      \$94  = 2'h0;
+    end
+    if (rst) begin
+      \$94  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = seed_hold_1;
+    if (\$32 ) begin
+      \$95  = took;
+    end else if (free) begin
+      \$95  = 1'h0;
     end
     if (rst) begin
       \$95  = 1'h0;
@@ -1035,30 +1069,28 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$96  = seed_load_1;
-    if (\$35 ) begin
-      \$96  = \$38 ;
-    end else if (free) begin
-      \$96  = 2'h0;
-    end
-    if (rst) begin
-      \$96  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$97  = seed_hold_1;
-    if (\$35 ) begin
-      \$97  = took;
-    end
-    if (rst) begin
-      \$97  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$98  = \step$69 ;
+    \$96  = \step$71 ;
     if (write_step) begin
+      \$96  = wdata[3:0];
+    end
+    if (rst) begin
+      \$96  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$97  = \decay$73 ;
+    if (write_decay) begin
+      \$97  = wdata[3:0];
+    end
+    if (rst) begin
+      \$97  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = \noise$75 ;
+    if (write_noise) begin
       \$98  = wdata[3:0];
     end
     if (rst) begin
@@ -1067,39 +1099,43 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$99  = \decay$71 ;
-    if (write_decay) begin
-      \$99  = wdata[3:0];
-    end
-    if (rst) begin
-      \$99  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$100  = \noise$73 ;
-    if (write_noise) begin
-      \$100  = wdata[3:0];
-    end
-    if (rst) begin
-      \$100  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = \vc_var$75 ;
+    \$99  = \vc_var$77 ;
     if (write_vc_var) begin
-      \$101  = wdata[4:0];
+      \$99  = wdata[4:0];
     end
     if (rst) begin
-      \$101  = 5'h00;
+      \$99  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = \vc_noise$77 ;
+    \$100  = \vc_noise$79 ;
     if (write_vc_noise) begin
-      \$102  = wdata[0];
+      \$100  = wdata[0];
+    end
+    if (rst) begin
+      \$100  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$101  = seed_load_2;
+    if (\$39 ) begin
+      \$101  = \$42 ;
+    end else if (free) begin
+      \$101  = 2'h0;
+    end
+    if (rst) begin
+      \$101  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$102  = seed_hold_2;
+    if (\$39 ) begin
+      \$102  = took;
+    end else if (free) begin
+      \$102  = 1'h0;
     end
     if (rst) begin
       \$102  = 1'h0;
@@ -1107,30 +1143,28 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = seed_load_2;
-    if (\$42 ) begin
-      \$103  = \$45 ;
-    end else if (free) begin
-      \$103  = 2'h0;
-    end
-    if (rst) begin
-      \$103  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = seed_hold_2;
-    if (\$42 ) begin
-      \$104  = took;
-    end
-    if (rst) begin
-      \$104  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = \step$92 ;
+    \$103  = \step$95 ;
     if (write_step) begin
+      \$103  = wdata[3:0];
+    end
+    if (rst) begin
+      \$103  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$104  = \decay$97 ;
+    if (write_decay) begin
+      \$104  = wdata[3:0];
+    end
+    if (rst) begin
+      \$104  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$105  = \noise$99 ;
+    if (write_noise) begin
       \$105  = wdata[3:0];
     end
     if (rst) begin
@@ -1139,39 +1173,43 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = \decay$94 ;
-    if (write_decay) begin
-      \$106  = wdata[3:0];
-    end
-    if (rst) begin
-      \$106  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = \noise$96 ;
-    if (write_noise) begin
-      \$107  = wdata[3:0];
-    end
-    if (rst) begin
-      \$107  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = \vc_var$98 ;
+    \$106  = \vc_var$101 ;
     if (write_vc_var) begin
-      \$108  = wdata[4:0];
+      \$106  = wdata[4:0];
     end
     if (rst) begin
-      \$108  = 5'h00;
+      \$106  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = \vc_noise$100 ;
+    \$107  = \vc_noise$103 ;
     if (write_vc_noise) begin
-      \$109  = wdata[0];
+      \$107  = wdata[0];
+    end
+    if (rst) begin
+      \$107  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$108  = seed_load_3;
+    if (\$46 ) begin
+      \$108  = \$49 ;
+    end else if (free) begin
+      \$108  = 2'h0;
+    end
+    if (rst) begin
+      \$108  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$109  = seed_hold_3;
+    if (\$46 ) begin
+      \$109  = took;
+    end else if (free) begin
+      \$109  = 1'h0;
     end
     if (rst) begin
       \$109  = 1'h0;
@@ -1179,30 +1217,28 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = seed_load_3;
-    if (\$49 ) begin
-      \$110  = \$52 ;
-    end else if (free) begin
-      \$110  = 2'h0;
-    end
-    if (rst) begin
-      \$110  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = seed_hold_3;
-    if (\$49 ) begin
-      \$111  = took;
-    end
-    if (rst) begin
-      \$111  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = \step$115 ;
+    \$110  = \step$119 ;
     if (write_step) begin
+      \$110  = wdata[3:0];
+    end
+    if (rst) begin
+      \$110  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$111  = \decay$121 ;
+    if (write_decay) begin
+      \$111  = wdata[3:0];
+    end
+    if (rst) begin
+      \$111  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$112  = \noise$123 ;
+    if (write_noise) begin
       \$112  = wdata[3:0];
     end
     if (rst) begin
@@ -1211,89 +1247,77 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = \decay$117 ;
-    if (write_decay) begin
-      \$113  = wdata[3:0];
-    end
-    if (rst) begin
-      \$113  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = \noise$119 ;
-    if (write_noise) begin
-      \$114  = wdata[3:0];
-    end
-    if (rst) begin
-      \$114  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$115  = \vc_var$121 ;
+    \$113  = \vc_var$125 ;
     if (write_vc_var) begin
-      \$115  = wdata[4:0];
+      \$113  = wdata[4:0];
     end
     if (rst) begin
-      \$115  = 5'h00;
+      \$113  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$116  = \vc_noise$123 ;
+    \$114  = \vc_noise$127 ;
     if (write_vc_noise) begin
-      \$116  = wdata[0];
+      \$114  = wdata[0];
     end
     if (rst) begin
-      \$116  = 1'h0;
+      \$114  = 1'h0;
     end
   end
   assign valid_15 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$40  = advance;
   assign theta = sink__payload[7:4];
   assign grad = sink__payload[23:20];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$46 ;
+  assign reg_step_0 = \step$47 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign reg_vc_var_0 = vc_var;
   assign reg_vc_noise_0 = vc_noise;
-  assign \data$61  = data;
-  assign \en$62  = advance;
-  assign \theta$63  = sink__payload[11:8];
-  assign \grad$64  = sink__payload[27:24];
-  assign \out$66  = \words$65 ;
-  assign \weight$68  = \state$67 ;
-  assign reg_step_1 = \step$69 ;
-  assign reg_decay_1 = \decay$71 ;
-  assign reg_noise_1 = \noise$73 ;
-  assign reg_vc_var_1 = \vc_var$75 ;
-  assign reg_vc_noise_1 = \vc_noise$77 ;
-  assign \data$84  = data;
-  assign \en$85  = advance;
-  assign \theta$86  = sink__payload[15:12];
-  assign \grad$87  = sink__payload[31:28];
-  assign \out$89  = \words$88 ;
-  assign \weight$91  = \state$90 ;
-  assign reg_step_2 = \step$92 ;
-  assign reg_decay_2 = \decay$94 ;
-  assign reg_noise_2 = \noise$96 ;
-  assign reg_vc_var_2 = \vc_var$98 ;
-  assign reg_vc_noise_2 = \vc_noise$100 ;
-  assign \data$107  = data;
-  assign \en$108  = advance;
-  assign \theta$109  = sink__payload[19:16];
-  assign \grad$110  = sink__payload[35:32];
-  assign \out$112  = \words$111 ;
-  assign \weight$114  = \state$113 ;
-  assign reg_step_3 = \step$115 ;
-  assign reg_decay_3 = \decay$117 ;
-  assign reg_noise_3 = \noise$119 ;
-  assign reg_vc_var_3 = \vc_var$121 ;
-  assign reg_vc_noise_3 = \vc_noise$123 ;
+  assign \load0$61  = seed_load_1[0];
+  assign \load1$62  = seed_load_1[1];
+  assign \data$63  = data;
+  assign \en$64  = advance;
+  assign \theta$65  = sink__payload[11:8];
+  assign \grad$66  = sink__payload[27:24];
+  assign \out$68  = \words$67 ;
+  assign \weight$70  = \state$69 ;
+  assign reg_step_1 = \step$71 ;
+  assign reg_decay_1 = \decay$73 ;
+  assign reg_noise_1 = \noise$75 ;
+  assign reg_vc_var_1 = \vc_var$77 ;
+  assign reg_vc_noise_1 = \vc_noise$79 ;
+  assign \load0$85  = seed_load_2[0];
+  assign \load1$86  = seed_load_2[1];
+  assign \data$87  = data;
+  assign \en$88  = advance;
+  assign \theta$89  = sink__payload[15:12];
+  assign \grad$90  = sink__payload[31:28];
+  assign \out$92  = \words$91 ;
+  assign \weight$94  = \state$93 ;
+  assign reg_step_2 = \step$95 ;
+  assign reg_decay_2 = \decay$97 ;
+  assign reg_noise_2 = \noise$99 ;
+  assign reg_vc_var_2 = \vc_var$101 ;
+  assign reg_vc_noise_2 = \vc_noise$103 ;
+  assign \load0$109  = seed_load_3[0];
+  assign \load1$110  = seed_load_3[1];
+  assign \data$111  = data;
+  assign \en$112  = advance;
+  assign \theta$113  = sink__payload[19:16];
+  assign \grad$114  = sink__payload[35:32];
+  assign \out$116  = \words$115 ;
+  assign \weight$118  = \state$117 ;
+  assign reg_step_3 = \step$119 ;
+  assign reg_decay_3 = \decay$121 ;
+  assign reg_noise_3 = \noise$123 ;
+  assign reg_vc_var_3 = \vc_var$125 ;
+  assign reg_vc_noise_3 = \vc_noise$127 ;
   assign \sink__payload.keep  = sink__payload[3:0];
   assign \sink__payload.theta  = sink__payload[19:4];
   assign \sink__payload.theta[0]  = sink__payload[7:4];
@@ -1316,12 +1340,12 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \source__payload.weight[1]  = source__payload[27:24];
   assign \source__payload.weight[2]  = source__payload[31:28];
   assign \source__payload.weight[3]  = source__payload[35:32];
-  assign source__payload[35:32] = \state$113 ;
-  assign source__payload[19:16] = \state$113 ;
-  assign source__payload[31:28] = \state$90 ;
-  assign source__payload[15:12] = \state$90 ;
-  assign source__payload[27:24] = \state$67 ;
-  assign source__payload[11:8] = \state$67 ;
+  assign source__payload[35:32] = \state$117 ;
+  assign source__payload[19:16] = \state$117 ;
+  assign source__payload[31:28] = \state$93 ;
+  assign source__payload[15:12] = \state$93 ;
+  assign source__payload[27:24] = \state$69 ;
+  assign source__payload[11:8] = \state$69 ;
   assign source__payload[23:20] = state;
   assign source__payload[7:4] = state;
   assign source__payload[3:0] = keep_15;
@@ -1740,81 +1764,80 @@ endmodule
 module \lpsgld_w4_vc_l4.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [13:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [13:0] \$11 ;
-  wire [6:0] \$12 ;
-  wire [6:0] \$13 ;
-  wire [5:0] \$14 ;
-  wire [12:0] \$15 ;
-  wire [6:0] \$16 ;
-  wire [6:0] \$17 ;
-  wire [5:0] \$18 ;
-  wire [6:0] \$19 ;
-  wire [5:0] \$2 ;
+  wire [11:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [15:0] \$12 ;
+  wire [13:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire [6:0] \$2 ;
   wire \$20 ;
-  wire \$21 ;
-  wire [8:0] \$22 ;
-  wire [8:0] \$23 ;
-  wire [8:0] \$24 ;
-  wire [8:0] \$25 ;
+  wire [3:0] \$21 ;
+  wire [3:0] \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
   wire \$26 ;
-  wire [8:0] \$27 ;
-  wire [8:0] \$28 ;
+  wire [3:0] \$27 ;
+  wire [3:0] \$28 ;
   wire \$29 ;
-  wire [7:0] \$3 ;
+  wire [6:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [8:0] \$32 ;
-  wire [8:0] \$33 ;
-  wire [8:0] \$34 ;
-  wire [8:0] \$35 ;
+  wire \$32 ;
+  wire [3:0] \$33 ;
+  wire [3:0] \$34 ;
+  wire [3:0] \$35 ;
   wire [3:0] \$36 ;
-  wire [3:0] \$37 ;
-  reg [7:0] \$38 ;
-  reg [2:0] \$39 ;
-  wire [7:0] \$4 ;
-  reg [7:0] \$40 ;
+  reg [7:0] \$37 ;
+  reg [2:0] \$38 ;
+  reg [7:0] \$39 ;
+  wire [5:0] \$4 ;
+  reg [5:0] \$40 ;
   reg [5:0] \$41 ;
-  reg [5:0] \$42 ;
-  reg [6:0] \$43 ;
-  reg [7:0] \$44 ;
-  reg [9:0] \$45 ;
-  reg [11:0] \$46 ;
-  reg [3:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg [5:0] \$49 ;
-  wire [7:0] \$5 ;
-  reg [6:0] \$50 ;
-  reg [10:0] \$51 ;
-  reg [11:0] \$52 ;
-  reg [12:0] \$53 ;
+  reg [6:0] \$42 ;
+  reg [8:0] \$43 ;
+  reg [10:0] \$44 ;
+  reg [11:0] \$45 ;
+  reg [3:0] \$46 ;
+  reg [7:0] \$47 ;
+  reg [5:0] \$48 ;
+  reg [6:0] \$49 ;
+  wire [8:0] \$5 ;
+  reg [11:0] \$50 ;
+  reg [11:0] \$51 ;
+  reg [12:0] \$52 ;
+  reg [3:0] \$53 ;
   reg [3:0] \$54 ;
-  reg [3:0] \$55 ;
+  reg [7:0] \$55 ;
   reg [7:0] \$56 ;
-  reg [7:0] \$57 ;
+  reg [5:0] \$57 ;
   reg [5:0] \$58 ;
-  reg [5:0] \$59 ;
-  wire [3:0] \$6 ;
+  reg [6:0] \$59 ;
+  wire [6:0] \$6 ;
   reg [6:0] \$60 ;
-  reg [6:0] \$61 ;
-  reg [15:0] \$62 ;
-  reg [5:0] \$63 ;
-  reg [12:0] \$64 ;
-  reg [7:0] \$65 ;
-  reg [6:0] \$66 ;
-  reg [12:0] \$67 ;
-  reg [6:0] \$68 ;
-  reg [7:0] \$69 ;
-  wire [7:0] \$7 ;
-  reg [6:0] \$70 ;
+  reg [15:0] \$61 ;
+  reg [5:0] \$62 ;
+  reg [12:0] \$63 ;
+  reg [7:0] \$64 ;
+  reg [6:0] \$65 ;
+  reg [7:0] \$66 ;
+  reg [6:0] \$67 ;
+  reg [7:0] \$68 ;
+  reg [6:0] \$69 ;
+  wire [3:0] \$7 ;
+  reg \$70 ;
   reg \$71 ;
-  reg \$72 ;
-  reg [8:0] \$73 ;
-  reg [8:0] \$74 ;
-  reg [7:0] \$75 ;
-  reg [3:0] \$76 ;
-  wire [10:0] \$8 ;
-  wire [12:0] \$9 ;
+  reg [3:0] \$72 ;
+  reg [3:0] \$73 ;
+  reg [3:0] \$74 ;
+  reg [3:0] \$75 ;
+  wire [3:0] \$8 ;
+  wire [7:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -1830,6 +1853,7 @@ module \lpsgld_w4_vc_l4.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [6:0] u_vc;
   reg [6:0] vc_down = 7'h00;
   reg [15:0] vc_down_a = 16'h0000;
+  wire [6:0] vc_down_sel;
   reg [5:0] vc_f_h = 6'h00;
   reg [5:0] vc_f_h2 = 6'h00;
   reg [5:0] vc_f_h_d0 = 6'h00;
@@ -1847,19 +1871,21 @@ module \lpsgld_w4_vc_l4.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q = 8'h00;
   reg [7:0] vc_q_3 = 8'h00;
   reg [7:0] vc_q_4 = 8'h00;
-  reg [7:0] vc_q_5 = 8'h00;
+  reg [3:0] vc_q_5 = 4'h0;
   reg [7:0] vc_q_a = 8'h00;
   reg [7:0] vc_q_b = 8'h00;
   reg [7:0] vc_q_d0 = 8'h00;
   reg [7:0] vc_q_d1 = 8'h00;
-  reg [8:0] vc_q_dn = 9'h000;
-  reg [8:0] vc_q_up = 9'h000;
+  wire [8:0] vc_q_dec;
+  reg [3:0] vc_q_dn = 4'h0;
+  wire [8:0] vc_q_inc;
+  reg [3:0] vc_q_up = 4'h0;
   reg [5:0] vc_sq_in = 6'h00;
-  reg [10:0] vc_sq_l0_0 = 11'h000;
+  reg [11:0] vc_sq_l0_0 = 12'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
-  reg [7:0] vc_sq_pp0 = 8'h00;
-  reg [9:0] vc_sq_pp1 = 10'h000;
+  reg [8:0] vc_sq_pp0 = 9'h000;
+  reg [10:0] vc_sq_pp1 = 11'h000;
   reg [11:0] vc_sq_pp2 = 12'h000;
   reg [6:0] vc_u_1 = 7'h00;
   reg [6:0] vc_u_2 = 7'h00;
@@ -1867,401 +1893,407 @@ module \lpsgld_w4_vc_l4.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [6:0] vc_u_4 = 7'h00;
   reg [6:0] vc_u_d0 = 7'h00;
   reg [6:0] vc_u_d1 = 7'h00;
-  reg [12:0] vc_up = 13'h0000;
+  reg [7:0] vc_up = 8'h00;
   reg [12:0] vc_up_a = 13'h0000;
+  wire [12:0] vc_up_sel;
   input [4:0] vc_var;
   wire [4:0] vc_var;
   reg [5:0] vc_vs = 6'h00;
+  wire [5:0] vc_w;
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
-  assign \$26  = & \$25 [8:3];
-  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
-  assign \$29  = | \$28 [8:3];
-  assign \$30  = ~ \$29 ;
-  assign \$31  = \$26  | \$30 ;
-  assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
-  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
+  assign \$19  = ~ \$18 ;
+  assign \$20  = \$17  | \$19 ;
+  assign \$21  = vc_q_inc[8] ? 4'h8 : 4'h7;
+  assign \$22  = \$20  ? vc_q_inc[3:0] : \$21 ;
+  assign \$23  = & vc_q_dec[8:3];
+  assign \$24  = | vc_q_dec[8:3];
+  assign \$25  = ~ \$24 ;
+  assign \$26  = \$23  | \$25 ;
+  assign \$27  = vc_q_dec[8] ? 4'h8 : 4'h7;
+  assign \$28  = \$26  ? vc_q_dec[3:0] : \$27 ;
+  assign \$29  = & vc_q_4[7:3];
+  assign \$30  = | vc_q_4[7:3];
+  assign \$31  = ~ \$30 ;
+  assign \$32  = \$29  | \$31 ;
+  assign \$33  = vc_q_4[7] ? 4'h8 : 4'h7;
+  assign \$34  = \$32  ? vc_q_4[3:0] : \$33 ;
+  assign \$35  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$36  = vc_lt_up ? vc_q_up : \$35 ;
   always @(posedge clk)
-    vc_q_a <= \$38 ;
+    vc_q_a <= \$37 ;
   always @(posedge clk)
-    vc_l_a <= \$39 ;
+    vc_l_a <= \$38 ;
   always @(posedge clk)
-    vc_q_b <= \$40 ;
+    vc_q_b <= \$39 ;
   always @(posedge clk)
-    vc_f_h <= \$41 ;
+    vc_f_h <= \$40 ;
   always @(posedge clk)
-    vc_sq_in <= \$42 ;
+    vc_sq_in <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$43 ;
+    vc_u_1 <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$44 ;
+    vc_sq_pp0 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$45 ;
+    vc_sq_pp1 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$46 ;
+    vc_sq_pp2 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$47 ;
+    vc_m_a <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$48 ;
+    vc_q <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$49 ;
+    vc_f_h2 <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$50 ;
+    vc_u_2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$51 ;
+    vc_sq_l0_0 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$52 ;
+    vc_sq_l0_1 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$53 ;
+    vc_sq_l1_0 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$54 ;
+    vc_m_a_d0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$55 ;
+    vc_m_a_d1 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$56 ;
+    vc_q_d0 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$57 ;
+    vc_q_d1 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$58 ;
+    vc_f_h_d0 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$59 ;
+    vc_f_h_d1 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$60 ;
+    vc_u_d0 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$61 ;
+    vc_u_d1 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$62 ;
+    vc_down_a <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$63 ;
+    vc_vs <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$64 ;
+    vc_up_a <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$65 ;
+    vc_q_3 <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$66 ;
+    vc_u_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$67 ;
+    vc_up <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$68 ;
+    vc_down <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$69 ;
+    vc_q_4 <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$70 ;
+    vc_u_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$71 ;
+    vc_lt_up <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$72 ;
+    vc_lt_down <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$73 ;
+    vc_q_up <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$74 ;
+    vc_q_dn <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$75 ;
+    vc_q_5 <= \$74 ;
   always @(posedge clk)
-    out <= \$76 ;
+    out <= \$75 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = 3'h4 - vc_l_a;
-  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
-  assign \$12  = vc_var - vc_vs;
-  assign \$13  = vc_var - vc_vs;
-  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
-  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
-  assign \$16  = vc_var - vc_vs;
-  assign \$17  = vc_var - vc_vs;
-  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
-  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
-  assign \$20  = vc_u_4 < vc_up;
-  assign \$21  = vc_u_4 < vc_down;
-  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [6] ? 6'h00 : \$3 [5:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 7'h00, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[6:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[5:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[5:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * vc_sq_in[5:4];
+  assign \$8  = 3'h4 - vc_l_a;
+  assign \$9  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$10  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$11  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$12  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$13  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$14  = | vc_up_sel[12:7];
+  assign \$15  = vc_u_4 < vc_up;
+  assign \$16  = vc_u_4 < vc_down;
+  assign \$17  = & vc_q_inc[8:3];
+  assign \$18  = | vc_q_inc[8:3];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$38  = vc_q_a;
+    \$37  = vc_q_a;
     if (en) begin
-      \$38  = \$1 [13:6];
+      \$37  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$39  = vc_l_a;
+    \$38  = vc_l_a;
     if (en) begin
-      \$39  = \$1 [5:3];
+      \$38  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$40  = vc_q_b;
+    \$39  = vc_q_b;
     if (en) begin
-      \$40  = t[13:6];
+      \$39  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$41  = vc_f_h;
+    \$40  = vc_f_h;
     if (en) begin
-      \$41  = x[5:0];
+      \$40  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$42  = vc_sq_in;
+    \$41  = vc_sq_in;
     if (en) begin
-      \$42  = \$2 ;
+      \$41  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$43  = vc_u_1;
+    \$42  = vc_u_1;
     if (en) begin
-      \$43  = u_vc;
+      \$42  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$44  = vc_sq_pp0;
+    \$43  = vc_sq_pp0;
     if (en) begin
-      \$44  = \$3 ;
+      \$43  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$45  = vc_sq_pp1;
+    \$44  = vc_sq_pp1;
     if (en) begin
-      \$45  = { \$4 , 2'h0 };
+      \$44  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$46  = vc_sq_pp2;
+    \$45  = vc_sq_pp2;
     if (en) begin
-      \$46  = { \$5 , 4'h0 };
+      \$45  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$47  = vc_m_a;
+    \$46  = vc_m_a;
     if (en) begin
-      \$47  = \$6 ;
+      \$46  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$48  = vc_q;
+    \$47  = vc_q;
     if (en) begin
-      \$48  = \$7 ;
+      \$47  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$49  = vc_f_h2;
+    \$48  = vc_f_h2;
     if (en) begin
-      \$49  = vc_f_h;
+      \$48  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$50  = vc_u_2;
+    \$49  = vc_u_2;
     if (en) begin
-      \$50  = vc_u_1;
+      \$49  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$51  = vc_sq_l0_0;
+    \$50  = vc_sq_l0_0;
     if (en) begin
-      \$51  = \$8 ;
+      \$50  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$52  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_1;
     if (en) begin
-      \$52  = vc_sq_pp2;
+      \$51  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$53  = vc_sq_l1_0;
+    \$52  = vc_sq_l1_0;
     if (en) begin
-      \$53  = \$9 ;
+      \$52  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$54  = vc_m_a_d0;
+    \$53  = vc_m_a_d0;
     if (en) begin
-      \$54  = vc_m_a;
+      \$53  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$55  = vc_m_a_d1;
+    \$54  = vc_m_a_d1;
     if (en) begin
-      \$55  = vc_m_a_d0;
+      \$54  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$56  = vc_q_d0;
+    \$55  = vc_q_d0;
     if (en) begin
-      \$56  = vc_q;
+      \$55  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$57  = vc_q_d1;
+    \$56  = vc_q_d1;
     if (en) begin
-      \$57  = vc_q_d0;
+      \$56  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$58  = vc_f_h_d0;
+    \$57  = vc_f_h_d0;
     if (en) begin
-      \$58  = vc_f_h2;
+      \$57  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$59  = vc_f_h_d1;
+    \$58  = vc_f_h_d1;
     if (en) begin
-      \$59  = vc_f_h_d0;
+      \$58  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$60  = vc_u_d0;
+    \$59  = vc_u_d0;
     if (en) begin
-      \$60  = vc_u_2;
+      \$59  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$61  = vc_u_d1;
+    \$60  = vc_u_d1;
     if (en) begin
-      \$61  = vc_u_d0;
+      \$60  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$62  = vc_down_a;
+    \$61  = vc_down_a;
     if (en) begin
-      \$62  = \$10 ;
+      \$61  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = vc_vs;
+    \$62  = vc_vs;
     if (en) begin
-      \$63  = \$11 [11:6];
+      \$62  = \$13 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$64  = vc_up_a;
+    \$63  = vc_up_a;
     if (en) begin
-      \$64  = vc_sq_l1_0;
+      \$63  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_q_3;
+    \$64  = vc_q_3;
     if (en) begin
-      \$65  = vc_q_d1;
+      \$64  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_u_3;
+    \$65  = vc_u_3;
     if (en) begin
-      \$66  = vc_u_d1;
+      \$65  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_up;
+    \$66  = vc_up;
     if (en) begin
-      \$67  = \$15 ;
+      \$66  = { \$14 , vc_up_sel[6:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_down;
+    \$67  = vc_down;
     if (en) begin
-      \$68  = \$19 ;
+      \$67  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_q_4;
+    \$68  = vc_q_4;
     if (en) begin
-      \$69  = vc_q_3;
+      \$68  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_u_4;
+    \$69  = vc_u_4;
     if (en) begin
-      \$70  = vc_u_3;
+      \$69  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_lt_up;
+    \$70  = vc_lt_up;
     if (en) begin
-      \$71  = \$20 ;
+      \$70  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_lt_down;
+    \$71  = vc_lt_down;
     if (en) begin
-      \$72  = \$21 ;
+      \$71  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_q_up;
+    \$72  = vc_q_up;
     if (en) begin
-      \$73  = \$22 ;
+      \$72  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_q_dn;
+    \$73  = vc_q_dn;
     if (en) begin
-      \$74  = \$23 ;
+      \$73  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_q_5;
+    \$74  = vc_q_5;
     if (en) begin
-      \$75  = vc_q_4;
+      \$74  = \$34 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = out;
+    \$75  = out;
     if (en) begin
-      \$76  = \$37 ;
+      \$75  = \$36 ;
     end
   end
   assign y = \$1 [13:3];
@@ -2885,81 +2917,80 @@ endmodule
 module \lpsgld_w4_vc_l4.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [13:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [13:0] \$11 ;
-  wire [6:0] \$12 ;
-  wire [6:0] \$13 ;
-  wire [5:0] \$14 ;
-  wire [12:0] \$15 ;
-  wire [6:0] \$16 ;
-  wire [6:0] \$17 ;
-  wire [5:0] \$18 ;
-  wire [6:0] \$19 ;
-  wire [5:0] \$2 ;
+  wire [11:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [15:0] \$12 ;
+  wire [13:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire [6:0] \$2 ;
   wire \$20 ;
-  wire \$21 ;
-  wire [8:0] \$22 ;
-  wire [8:0] \$23 ;
-  wire [8:0] \$24 ;
-  wire [8:0] \$25 ;
+  wire [3:0] \$21 ;
+  wire [3:0] \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
   wire \$26 ;
-  wire [8:0] \$27 ;
-  wire [8:0] \$28 ;
+  wire [3:0] \$27 ;
+  wire [3:0] \$28 ;
   wire \$29 ;
-  wire [7:0] \$3 ;
+  wire [6:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [8:0] \$32 ;
-  wire [8:0] \$33 ;
-  wire [8:0] \$34 ;
-  wire [8:0] \$35 ;
+  wire \$32 ;
+  wire [3:0] \$33 ;
+  wire [3:0] \$34 ;
+  wire [3:0] \$35 ;
   wire [3:0] \$36 ;
-  wire [3:0] \$37 ;
-  reg [7:0] \$38 ;
-  reg [2:0] \$39 ;
-  wire [7:0] \$4 ;
-  reg [7:0] \$40 ;
+  reg [7:0] \$37 ;
+  reg [2:0] \$38 ;
+  reg [7:0] \$39 ;
+  wire [5:0] \$4 ;
+  reg [5:0] \$40 ;
   reg [5:0] \$41 ;
-  reg [5:0] \$42 ;
-  reg [6:0] \$43 ;
-  reg [7:0] \$44 ;
-  reg [9:0] \$45 ;
-  reg [11:0] \$46 ;
-  reg [3:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg [5:0] \$49 ;
-  wire [7:0] \$5 ;
-  reg [6:0] \$50 ;
-  reg [10:0] \$51 ;
-  reg [11:0] \$52 ;
-  reg [12:0] \$53 ;
+  reg [6:0] \$42 ;
+  reg [8:0] \$43 ;
+  reg [10:0] \$44 ;
+  reg [11:0] \$45 ;
+  reg [3:0] \$46 ;
+  reg [7:0] \$47 ;
+  reg [5:0] \$48 ;
+  reg [6:0] \$49 ;
+  wire [8:0] \$5 ;
+  reg [11:0] \$50 ;
+  reg [11:0] \$51 ;
+  reg [12:0] \$52 ;
+  reg [3:0] \$53 ;
   reg [3:0] \$54 ;
-  reg [3:0] \$55 ;
+  reg [7:0] \$55 ;
   reg [7:0] \$56 ;
-  reg [7:0] \$57 ;
+  reg [5:0] \$57 ;
   reg [5:0] \$58 ;
-  reg [5:0] \$59 ;
-  wire [3:0] \$6 ;
+  reg [6:0] \$59 ;
+  wire [6:0] \$6 ;
   reg [6:0] \$60 ;
-  reg [6:0] \$61 ;
-  reg [15:0] \$62 ;
-  reg [5:0] \$63 ;
-  reg [12:0] \$64 ;
-  reg [7:0] \$65 ;
-  reg [6:0] \$66 ;
-  reg [12:0] \$67 ;
-  reg [6:0] \$68 ;
-  reg [7:0] \$69 ;
-  wire [7:0] \$7 ;
-  reg [6:0] \$70 ;
+  reg [15:0] \$61 ;
+  reg [5:0] \$62 ;
+  reg [12:0] \$63 ;
+  reg [7:0] \$64 ;
+  reg [6:0] \$65 ;
+  reg [7:0] \$66 ;
+  reg [6:0] \$67 ;
+  reg [7:0] \$68 ;
+  reg [6:0] \$69 ;
+  wire [3:0] \$7 ;
+  reg \$70 ;
   reg \$71 ;
-  reg \$72 ;
-  reg [8:0] \$73 ;
-  reg [8:0] \$74 ;
-  reg [7:0] \$75 ;
-  reg [3:0] \$76 ;
-  wire [10:0] \$8 ;
-  wire [12:0] \$9 ;
+  reg [3:0] \$72 ;
+  reg [3:0] \$73 ;
+  reg [3:0] \$74 ;
+  reg [3:0] \$75 ;
+  wire [3:0] \$8 ;
+  wire [7:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -2975,6 +3006,7 @@ module \lpsgld_w4_vc_l4.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [6:0] u_vc;
   reg [6:0] vc_down = 7'h00;
   reg [15:0] vc_down_a = 16'h0000;
+  wire [6:0] vc_down_sel;
   reg [5:0] vc_f_h = 6'h00;
   reg [5:0] vc_f_h2 = 6'h00;
   reg [5:0] vc_f_h_d0 = 6'h00;
@@ -2992,19 +3024,21 @@ module \lpsgld_w4_vc_l4.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q = 8'h00;
   reg [7:0] vc_q_3 = 8'h00;
   reg [7:0] vc_q_4 = 8'h00;
-  reg [7:0] vc_q_5 = 8'h00;
+  reg [3:0] vc_q_5 = 4'h0;
   reg [7:0] vc_q_a = 8'h00;
   reg [7:0] vc_q_b = 8'h00;
   reg [7:0] vc_q_d0 = 8'h00;
   reg [7:0] vc_q_d1 = 8'h00;
-  reg [8:0] vc_q_dn = 9'h000;
-  reg [8:0] vc_q_up = 9'h000;
+  wire [8:0] vc_q_dec;
+  reg [3:0] vc_q_dn = 4'h0;
+  wire [8:0] vc_q_inc;
+  reg [3:0] vc_q_up = 4'h0;
   reg [5:0] vc_sq_in = 6'h00;
-  reg [10:0] vc_sq_l0_0 = 11'h000;
+  reg [11:0] vc_sq_l0_0 = 12'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
-  reg [7:0] vc_sq_pp0 = 8'h00;
-  reg [9:0] vc_sq_pp1 = 10'h000;
+  reg [8:0] vc_sq_pp0 = 9'h000;
+  reg [10:0] vc_sq_pp1 = 11'h000;
   reg [11:0] vc_sq_pp2 = 12'h000;
   reg [6:0] vc_u_1 = 7'h00;
   reg [6:0] vc_u_2 = 7'h00;
@@ -3012,401 +3046,407 @@ module \lpsgld_w4_vc_l4.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [6:0] vc_u_4 = 7'h00;
   reg [6:0] vc_u_d0 = 7'h00;
   reg [6:0] vc_u_d1 = 7'h00;
-  reg [12:0] vc_up = 13'h0000;
+  reg [7:0] vc_up = 8'h00;
   reg [12:0] vc_up_a = 13'h0000;
+  wire [12:0] vc_up_sel;
   input [4:0] vc_var;
   wire [4:0] vc_var;
   reg [5:0] vc_vs = 6'h00;
+  wire [5:0] vc_w;
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
-  assign \$26  = & \$25 [8:3];
-  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
-  assign \$29  = | \$28 [8:3];
-  assign \$30  = ~ \$29 ;
-  assign \$31  = \$26  | \$30 ;
-  assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
-  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
+  assign \$19  = ~ \$18 ;
+  assign \$20  = \$17  | \$19 ;
+  assign \$21  = vc_q_inc[8] ? 4'h8 : 4'h7;
+  assign \$22  = \$20  ? vc_q_inc[3:0] : \$21 ;
+  assign \$23  = & vc_q_dec[8:3];
+  assign \$24  = | vc_q_dec[8:3];
+  assign \$25  = ~ \$24 ;
+  assign \$26  = \$23  | \$25 ;
+  assign \$27  = vc_q_dec[8] ? 4'h8 : 4'h7;
+  assign \$28  = \$26  ? vc_q_dec[3:0] : \$27 ;
+  assign \$29  = & vc_q_4[7:3];
+  assign \$30  = | vc_q_4[7:3];
+  assign \$31  = ~ \$30 ;
+  assign \$32  = \$29  | \$31 ;
+  assign \$33  = vc_q_4[7] ? 4'h8 : 4'h7;
+  assign \$34  = \$32  ? vc_q_4[3:0] : \$33 ;
+  assign \$35  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$36  = vc_lt_up ? vc_q_up : \$35 ;
   always @(posedge clk)
-    vc_q_a <= \$38 ;
+    vc_q_a <= \$37 ;
   always @(posedge clk)
-    vc_l_a <= \$39 ;
+    vc_l_a <= \$38 ;
   always @(posedge clk)
-    vc_q_b <= \$40 ;
+    vc_q_b <= \$39 ;
   always @(posedge clk)
-    vc_f_h <= \$41 ;
+    vc_f_h <= \$40 ;
   always @(posedge clk)
-    vc_sq_in <= \$42 ;
+    vc_sq_in <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$43 ;
+    vc_u_1 <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$44 ;
+    vc_sq_pp0 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$45 ;
+    vc_sq_pp1 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$46 ;
+    vc_sq_pp2 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$47 ;
+    vc_m_a <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$48 ;
+    vc_q <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$49 ;
+    vc_f_h2 <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$50 ;
+    vc_u_2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$51 ;
+    vc_sq_l0_0 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$52 ;
+    vc_sq_l0_1 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$53 ;
+    vc_sq_l1_0 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$54 ;
+    vc_m_a_d0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$55 ;
+    vc_m_a_d1 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$56 ;
+    vc_q_d0 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$57 ;
+    vc_q_d1 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$58 ;
+    vc_f_h_d0 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$59 ;
+    vc_f_h_d1 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$60 ;
+    vc_u_d0 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$61 ;
+    vc_u_d1 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$62 ;
+    vc_down_a <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$63 ;
+    vc_vs <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$64 ;
+    vc_up_a <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$65 ;
+    vc_q_3 <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$66 ;
+    vc_u_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$67 ;
+    vc_up <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$68 ;
+    vc_down <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$69 ;
+    vc_q_4 <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$70 ;
+    vc_u_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$71 ;
+    vc_lt_up <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$72 ;
+    vc_lt_down <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$73 ;
+    vc_q_up <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$74 ;
+    vc_q_dn <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$75 ;
+    vc_q_5 <= \$74 ;
   always @(posedge clk)
-    out <= \$76 ;
+    out <= \$75 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = 3'h4 - vc_l_a;
-  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
-  assign \$12  = vc_var - vc_vs;
-  assign \$13  = vc_var - vc_vs;
-  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
-  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
-  assign \$16  = vc_var - vc_vs;
-  assign \$17  = vc_var - vc_vs;
-  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
-  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
-  assign \$20  = vc_u_4 < vc_up;
-  assign \$21  = vc_u_4 < vc_down;
-  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [6] ? 6'h00 : \$3 [5:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 7'h00, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[6:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[5:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[5:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * vc_sq_in[5:4];
+  assign \$8  = 3'h4 - vc_l_a;
+  assign \$9  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$10  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$11  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$12  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$13  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$14  = | vc_up_sel[12:7];
+  assign \$15  = vc_u_4 < vc_up;
+  assign \$16  = vc_u_4 < vc_down;
+  assign \$17  = & vc_q_inc[8:3];
+  assign \$18  = | vc_q_inc[8:3];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$38  = vc_q_a;
+    \$37  = vc_q_a;
     if (en) begin
-      \$38  = \$1 [13:6];
+      \$37  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$39  = vc_l_a;
+    \$38  = vc_l_a;
     if (en) begin
-      \$39  = \$1 [5:3];
+      \$38  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$40  = vc_q_b;
+    \$39  = vc_q_b;
     if (en) begin
-      \$40  = t[13:6];
+      \$39  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$41  = vc_f_h;
+    \$40  = vc_f_h;
     if (en) begin
-      \$41  = x[5:0];
+      \$40  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$42  = vc_sq_in;
+    \$41  = vc_sq_in;
     if (en) begin
-      \$42  = \$2 ;
+      \$41  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$43  = vc_u_1;
+    \$42  = vc_u_1;
     if (en) begin
-      \$43  = u_vc;
+      \$42  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$44  = vc_sq_pp0;
+    \$43  = vc_sq_pp0;
     if (en) begin
-      \$44  = \$3 ;
+      \$43  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$45  = vc_sq_pp1;
+    \$44  = vc_sq_pp1;
     if (en) begin
-      \$45  = { \$4 , 2'h0 };
+      \$44  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$46  = vc_sq_pp2;
+    \$45  = vc_sq_pp2;
     if (en) begin
-      \$46  = { \$5 , 4'h0 };
+      \$45  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$47  = vc_m_a;
+    \$46  = vc_m_a;
     if (en) begin
-      \$47  = \$6 ;
+      \$46  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$48  = vc_q;
+    \$47  = vc_q;
     if (en) begin
-      \$48  = \$7 ;
+      \$47  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$49  = vc_f_h2;
+    \$48  = vc_f_h2;
     if (en) begin
-      \$49  = vc_f_h;
+      \$48  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$50  = vc_u_2;
+    \$49  = vc_u_2;
     if (en) begin
-      \$50  = vc_u_1;
+      \$49  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$51  = vc_sq_l0_0;
+    \$50  = vc_sq_l0_0;
     if (en) begin
-      \$51  = \$8 ;
+      \$50  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$52  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_1;
     if (en) begin
-      \$52  = vc_sq_pp2;
+      \$51  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$53  = vc_sq_l1_0;
+    \$52  = vc_sq_l1_0;
     if (en) begin
-      \$53  = \$9 ;
+      \$52  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$54  = vc_m_a_d0;
+    \$53  = vc_m_a_d0;
     if (en) begin
-      \$54  = vc_m_a;
+      \$53  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$55  = vc_m_a_d1;
+    \$54  = vc_m_a_d1;
     if (en) begin
-      \$55  = vc_m_a_d0;
+      \$54  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$56  = vc_q_d0;
+    \$55  = vc_q_d0;
     if (en) begin
-      \$56  = vc_q;
+      \$55  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$57  = vc_q_d1;
+    \$56  = vc_q_d1;
     if (en) begin
-      \$57  = vc_q_d0;
+      \$56  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$58  = vc_f_h_d0;
+    \$57  = vc_f_h_d0;
     if (en) begin
-      \$58  = vc_f_h2;
+      \$57  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$59  = vc_f_h_d1;
+    \$58  = vc_f_h_d1;
     if (en) begin
-      \$59  = vc_f_h_d0;
+      \$58  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$60  = vc_u_d0;
+    \$59  = vc_u_d0;
     if (en) begin
-      \$60  = vc_u_2;
+      \$59  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$61  = vc_u_d1;
+    \$60  = vc_u_d1;
     if (en) begin
-      \$61  = vc_u_d0;
+      \$60  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$62  = vc_down_a;
+    \$61  = vc_down_a;
     if (en) begin
-      \$62  = \$10 ;
+      \$61  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$63  = vc_vs;
+    \$62  = vc_vs;
     if (en) begin
-      \$63  = \$11 [11:6];
+      \$62  = \$13 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$64  = vc_up_a;
+    \$63  = vc_up_a;
     if (en) begin
-      \$64  = vc_sq_l1_0;
+      \$63  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$65  = vc_q_3;
+    \$64  = vc_q_3;
     if (en) begin
-      \$65  = vc_q_d1;
+      \$64  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$66  = vc_u_3;
+    \$65  = vc_u_3;
     if (en) begin
-      \$66  = vc_u_d1;
+      \$65  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$67  = vc_up;
+    \$66  = vc_up;
     if (en) begin
-      \$67  = \$15 ;
+      \$66  = { \$14 , vc_up_sel[6:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$68  = vc_down;
+    \$67  = vc_down;
     if (en) begin
-      \$68  = \$19 ;
+      \$67  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$69  = vc_q_4;
+    \$68  = vc_q_4;
     if (en) begin
-      \$69  = vc_q_3;
+      \$68  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$70  = vc_u_4;
+    \$69  = vc_u_4;
     if (en) begin
-      \$70  = vc_u_3;
+      \$69  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$71  = vc_lt_up;
+    \$70  = vc_lt_up;
     if (en) begin
-      \$71  = \$20 ;
+      \$70  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$72  = vc_lt_down;
+    \$71  = vc_lt_down;
     if (en) begin
-      \$72  = \$21 ;
+      \$71  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$73  = vc_q_up;
+    \$72  = vc_q_up;
     if (en) begin
-      \$73  = \$22 ;
+      \$72  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$74  = vc_q_dn;
+    \$73  = vc_q_dn;
     if (en) begin
-      \$74  = \$23 ;
+      \$73  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$75  = vc_q_5;
+    \$74  = vc_q_5;
     if (en) begin
-      \$75  = vc_q_4;
+      \$74  = \$34 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$76  = out;
+    \$75  = out;
     if (en) begin
-      \$76  = \$37 ;
+      \$75  = \$36 ;
     end
   end
   assign y = \$1 [13:3];
@@ -4030,81 +4070,80 @@ endmodule
 module \lpsgld_w4_vc_l4.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire [13:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [13:0] \$11 ;
-  wire [6:0] \$12 ;
-  wire [6:0] \$13 ;
-  wire [5:0] \$14 ;
-  wire [12:0] \$15 ;
-  wire [6:0] \$16 ;
-  wire [6:0] \$17 ;
-  wire [5:0] \$18 ;
-  wire [6:0] \$19 ;
-  wire [5:0] \$2 ;
+  wire [11:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [15:0] \$12 ;
+  wire [13:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire [6:0] \$2 ;
   wire \$20 ;
-  wire \$21 ;
-  wire [8:0] \$22 ;
-  wire [8:0] \$23 ;
-  wire [8:0] \$24 ;
-  wire [8:0] \$25 ;
+  wire [3:0] \$21 ;
+  wire [3:0] \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
   wire \$26 ;
-  wire [8:0] \$27 ;
-  wire [8:0] \$28 ;
+  wire [3:0] \$27 ;
+  wire [3:0] \$28 ;
   wire \$29 ;
-  wire [7:0] \$3 ;
+  wire [6:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [8:0] \$32 ;
-  wire [8:0] \$33 ;
-  wire [8:0] \$34 ;
-  wire [8:0] \$35 ;
+  wire \$32 ;
+  wire [3:0] \$33 ;
+  wire [3:0] \$34 ;
+  wire [3:0] \$35 ;
   wire [3:0] \$36 ;
-  wire [3:0] \$37 ;
-  reg [7:0] \$38 ;
-  reg [2:0] \$39 ;
-  wire [7:0] \$4 ;
-  reg [7:0] \$40 ;
+  reg [7:0] \$37 ;
+  reg [2:0] \$38 ;
+  reg [7:0] \$39 ;
+  wire [5:0] \$4 ;
+  reg [5:0] \$40 ;
   reg [5:0] \$41 ;
-  reg [5:0] \$42 ;
-  reg [6:0] \$43 ;
-  reg [7:0] \$44 ;
-  reg [9:0] \$45 ;
-  reg [11:0] \$46 ;
-  reg [3:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg [5:0] \$49 ;
-  wire [7:0] \$5 ;
-  reg [6:0] \$50 ;
-  reg [10:0] \$51 ;
-  reg [11:0] \$52 ;
-  reg [12:0] \$53 ;
+  reg [6:0] \$42 ;
+  reg [8:0] \$43 ;
+  reg [10:0] \$44 ;
+  reg [11:0] \$45 ;
+  reg [3:0] \$46 ;
+  reg [7:0] \$47 ;
+  reg [5:0] \$48 ;
+  reg [6:0] \$49 ;
+  wire [8:0] \$5 ;
+  reg [11:0] \$50 ;
+  reg [11:0] \$51 ;
+  reg [12:0] \$52 ;
+  reg [3:0] \$53 ;
   reg [3:0] \$54 ;
-  reg [3:0] \$55 ;
+  reg [7:0] \$55 ;
   reg [7:0] \$56 ;
-  reg [7:0] \$57 ;
+  reg [5:0] \$57 ;
   reg [5:0] \$58 ;
-  reg [5:0] \$59 ;
-  wire [3:0] \$6 ;
+  reg [6:0] \$59 ;
+  wire [6:0] \$6 ;
   reg [6:0] \$60 ;
-  reg [6:0] \$61 ;
-  reg [15:0] \$62 ;
-  reg [5:0] \$63 ;
-  reg [12:0] \$64 ;
-  reg [7:0] \$65 ;
-  reg [6:0] \$66 ;
-  reg [12:0] \$67 ;
-  reg [6:0] \$68 ;
-  reg [7:0] \$69 ;
-  wire [7:0] \$7 ;
-  reg [6:0] \$70 ;
+  reg [15:0] \$61 ;
+  reg [5:0] \$62 ;
+  reg [12:0] \$63 ;
+  reg [7:0] \$64 ;
+  reg [6:0] \$65 ;
+  reg [7:0] \$66 ;
+  reg [6:0] \$67 ;
+  reg [7:0] \$68 ;
+  reg [6:0] \$69 ;
+  wire [3:0] \$7 ;
+  reg \$70 ;
   reg \$71 ;
-  reg \$72 ;
-  reg [8:0] \$73 ;
-  reg [8:0] \$74 ;
-  reg [7:0] \$75 ;
-  reg [3:0] \$76 ;
-  wire [10:0] \$8 ;
-  wire [12:0] \$9 ;
+  reg [3:0] \$72 ;
+  reg [3:0] \$73 ;
+  reg [3:0] \$74 ;
+  reg [3:0] \$75 ;
+  wire [3:0] \$8 ;
+  wire [7:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -4120,6 +4159,7 @@ module \lpsgld_w4_vc_l4.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [6:0] u_vc;
   reg [6:0] vc_down = 7'h00;
   reg [15:0] vc_down_a = 16'h0000;
+  wire [6:0] vc_down_sel;
   reg [5:0] vc_f_h = 6'h00;
   reg [5:0] vc_f_h2 = 6'h00;
   reg [5:0] vc_f_h_d0 = 6'h00;
@@ -4137,19 +4177,21 @@ module \lpsgld_w4_vc_l4.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q = 8'h00;
   reg [7:0] vc_q_3 = 8'h00;
   reg [7:0] vc_q_4 = 8'h00;
-  reg [7:0] vc_q_5 = 8'h00;
+  reg [3:0] vc_q_5 = 4'h0;
   reg [7:0] vc_q_a = 8'h00;
   reg [7:0] vc_q_b = 8'h00;
   reg [7:0] vc_q_d0 = 8'h00;
   reg [7:0] vc_q_d1 = 8'h00;
-  reg [8:0] vc_q_dn = 9'h000;
-  reg [8:0] vc_q_up = 9'h000;
+  wire [8:0] vc_q_dec;
+  reg [3:0] vc_q_dn = 4'h0;
+  wire [8:0] vc_q_inc;
+  reg [3:0] vc_q_up = 4'h0;
   reg [5:0] vc_sq_in = 6'h00;
-  reg [10:0] vc_sq_l0_0 = 11'h000;
+  reg [11:0] vc_sq_l0_0 = 12'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
-  reg [7:0] vc_sq_pp0 = 8'h00;
-  reg [9:0] vc_sq_pp1 = 10'h000;
+  reg [8:0] vc_sq_pp0 = 9'h000;
+  reg [10:0] vc_sq_pp1 = 11'h000;
   reg [11:0] vc_sq_pp2 = 12'h000;
   reg [6:0] vc_u_1 = 7'h00;
   reg [6:0] vc_u_2 = 7'h00;
@@ -4157,401 +4199,407 @@ module \lpsgld_w4_vc_l4.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [6:0] vc_u_4 = 7'h00;
   reg [6:0] vc_u_d0 = 7'h00;
   reg [6:0] vc_u_d1 = 7'h00;
-  reg [12:0] vc_up = 13'h0000;
+  reg [7:0] vc_up = 8'h00;
   reg [12:0] vc_up_a = 13'h0000;
+  wire [12:0] vc_up_sel;
   input [4:0] vc_var;
   wire [4:0] vc_var;
   reg [5:0] vc_vs = 6'h00;
+  wire [5:0] vc_w;
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
-  assign \$26  = & \$25 [8:3];
-  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
-  assign \$29  = | \$28 [8:3];
-  assign \$30  = ~ \$29 ;
-  assign \$31  = \$26  | \$30 ;
-  assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
-  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
+  assign \$19  = ~ \$18 ;
+  assign \$20  = \$17  | \$19 ;
+  assign \$21  = vc_q_inc[8] ? 4'h8 : 4'h7;
+  assign \$22  = \$20  ? vc_q_inc[3:0] : \$21 ;
+  assign \$23  = & vc_q_dec[8:3];
+  assign \$24  = | vc_q_dec[8:3];
+  assign \$25  = ~ \$24 ;
+  assign \$26  = \$23  | \$25 ;
+  assign \$27  = vc_q_dec[8] ? 4'h8 : 4'h7;
+  assign \$28  = \$26  ? vc_q_dec[3:0] : \$27 ;
+  assign \$29  = & vc_q_4[7:3];
+  assign \$30  = | vc_q_4[7:3];
+  assign \$31  = ~ \$30 ;
+  assign \$32  = \$29  | \$31 ;
+  assign \$33  = vc_q_4[7] ? 4'h8 : 4'h7;
+  assign \$34  = \$32  ? vc_q_4[3:0] : \$33 ;
+  assign \$35  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$36  = vc_lt_up ? vc_q_up : \$35 ;
   always @(posedge clk)
-    vc_q_a <= \$38 ;
+    vc_q_a <= \$37 ;
   always @(posedge clk)
-    vc_l_a <= \$39 ;
+    vc_l_a <= \$38 ;
   always @(posedge clk)
-    vc_q_b <= \$40 ;
+    vc_q_b <= \$39 ;
   always @(posedge clk)
-    vc_f_h <= \$41 ;
+    vc_f_h <= \$40 ;
   always @(posedge clk)
-    vc_sq_in <= \$42 ;
+    vc_sq_in <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$43 ;
+    vc_u_1 <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$44 ;
+    vc_sq_pp0 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$45 ;
+    vc_sq_pp1 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$46 ;
+    vc_sq_pp2 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$47 ;
+    vc_m_a <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$48 ;
+    vc_q <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$49 ;
+    vc_f_h2 <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$50 ;
+    vc_u_2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$51 ;
+    vc_sq_l0_0 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$52 ;
+    vc_sq_l0_1 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$53 ;
+    vc_sq_l1_0 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$54 ;
+    vc_m_a_d0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$55 ;
+    vc_m_a_d1 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$56 ;
+    vc_q_d0 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$57 ;
+    vc_q_d1 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$58 ;
+    vc_f_h_d0 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$59 ;
+    vc_f_h_d1 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$60 ;
+    vc_u_d0 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$61 ;
+    vc_u_d1 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$62 ;
+    vc_down_a <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$63 ;
+    vc_vs <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$64 ;
+    vc_up_a <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$65 ;
+    vc_q_3 <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$66 ;
+    vc_u_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$67 ;
+    vc_up <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$68 ;
+    vc_down <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$69 ;
+    vc_q_4 <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$70 ;
+    vc_u_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$71 ;
+    vc_lt_up <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$72 ;
+    vc_lt_down <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$73 ;
+    vc_q_up <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$74 ;
+    vc_q_dn <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$75 ;
+    vc_q_5 <= \$74 ;
   always @(posedge clk)
-    out <= \$76 ;
+    out <= \$75 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = 3'h4 - vc_l_a;
-  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
-  assign \$12  = vc_var - vc_vs;
-  assign \$13  = vc_var - vc_vs;
-  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
-  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
-  assign \$16  = vc_var - vc_vs;
-  assign \$17  = vc_var - vc_vs;
-  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
-  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
-  assign \$20  = vc_u_4 < vc_up;
-  assign \$21  = vc_u_4 < vc_down;
-  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [6] ? 6'h00 : \$3 [5:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 7'h00, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[6:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[5:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[5:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * vc_sq_in[5:4];
+  assign \$8  = 3'h4 - vc_l_a;
+  assign \$9  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$10  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$11  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$12  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$13  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$14  = | vc_up_sel[12:7];
+  assign \$15  = vc_u_4 < vc_up;
+  assign \$16  = vc_u_4 < vc_down;
+  assign \$17  = & vc_q_inc[8:3];
+  assign \$18  = | vc_q_inc[8:3];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$38  = vc_q_a;
+    \$37  = vc_q_a;
     if (en) begin
-      \$38  = \$1 [13:6];
+      \$37  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$39  = vc_l_a;
+    \$38  = vc_l_a;
     if (en) begin
-      \$39  = \$1 [5:3];
+      \$38  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$40  = vc_q_b;
+    \$39  = vc_q_b;
     if (en) begin
-      \$40  = t[13:6];
+      \$39  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$41  = vc_f_h;
+    \$40  = vc_f_h;
     if (en) begin
-      \$41  = x[5:0];
+      \$40  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$42  = vc_sq_in;
+    \$41  = vc_sq_in;
     if (en) begin
-      \$42  = \$2 ;
+      \$41  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$43  = vc_u_1;
+    \$42  = vc_u_1;
     if (en) begin
-      \$43  = u_vc;
+      \$42  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$44  = vc_sq_pp0;
+    \$43  = vc_sq_pp0;
     if (en) begin
-      \$44  = \$3 ;
+      \$43  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$45  = vc_sq_pp1;
+    \$44  = vc_sq_pp1;
     if (en) begin
-      \$45  = { \$4 , 2'h0 };
+      \$44  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$46  = vc_sq_pp2;
+    \$45  = vc_sq_pp2;
     if (en) begin
-      \$46  = { \$5 , 4'h0 };
+      \$45  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$47  = vc_m_a;
+    \$46  = vc_m_a;
     if (en) begin
-      \$47  = \$6 ;
+      \$46  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$48  = vc_q;
+    \$47  = vc_q;
     if (en) begin
-      \$48  = \$7 ;
+      \$47  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$49  = vc_f_h2;
+    \$48  = vc_f_h2;
     if (en) begin
-      \$49  = vc_f_h;
+      \$48  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$50  = vc_u_2;
+    \$49  = vc_u_2;
     if (en) begin
-      \$50  = vc_u_1;
+      \$49  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$51  = vc_sq_l0_0;
+    \$50  = vc_sq_l0_0;
     if (en) begin
-      \$51  = \$8 ;
+      \$50  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$52  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_1;
     if (en) begin
-      \$52  = vc_sq_pp2;
+      \$51  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$53  = vc_sq_l1_0;
+    \$52  = vc_sq_l1_0;
     if (en) begin
-      \$53  = \$9 ;
+      \$52  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$54  = vc_m_a_d0;
+    \$53  = vc_m_a_d0;
     if (en) begin
-      \$54  = vc_m_a;
+      \$53  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$55  = vc_m_a_d1;
+    \$54  = vc_m_a_d1;
     if (en) begin
-      \$55  = vc_m_a_d0;
+      \$54  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$56  = vc_q_d0;
+    \$55  = vc_q_d0;
     if (en) begin
-      \$56  = vc_q;
+      \$55  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$57  = vc_q_d1;
+    \$56  = vc_q_d1;
     if (en) begin
-      \$57  = vc_q_d0;
+      \$56  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$58  = vc_f_h_d0;
+    \$57  = vc_f_h_d0;
     if (en) begin
-      \$58  = vc_f_h2;
+      \$57  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$59  = vc_f_h_d1;
+    \$58  = vc_f_h_d1;
     if (en) begin
-      \$59  = vc_f_h_d0;
+      \$58  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$60  = vc_u_d0;
+    \$59  = vc_u_d0;
     if (en) begin
-      \$60  = vc_u_2;
+      \$59  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$61  = vc_u_d1;
+    \$60  = vc_u_d1;
     if (en) begin
-      \$61  = vc_u_d0;
+      \$60  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$62  = vc_down_a;
+    \$61  = vc_down_a;
     if (en) begin
-      \$62  = \$10 ;
+      \$61  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$63  = vc_vs;
+    \$62  = vc_vs;
     if (en) begin
-      \$63  = \$11 [11:6];
+      \$62  = \$13 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$64  = vc_up_a;
+    \$63  = vc_up_a;
     if (en) begin
-      \$64  = vc_sq_l1_0;
+      \$63  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$65  = vc_q_3;
+    \$64  = vc_q_3;
     if (en) begin
-      \$65  = vc_q_d1;
+      \$64  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$66  = vc_u_3;
+    \$65  = vc_u_3;
     if (en) begin
-      \$66  = vc_u_d1;
+      \$65  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$67  = vc_up;
+    \$66  = vc_up;
     if (en) begin
-      \$67  = \$15 ;
+      \$66  = { \$14 , vc_up_sel[6:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$68  = vc_down;
+    \$67  = vc_down;
     if (en) begin
-      \$68  = \$19 ;
+      \$67  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$69  = vc_q_4;
+    \$68  = vc_q_4;
     if (en) begin
-      \$69  = vc_q_3;
+      \$68  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$70  = vc_u_4;
+    \$69  = vc_u_4;
     if (en) begin
-      \$70  = vc_u_3;
+      \$69  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$71  = vc_lt_up;
+    \$70  = vc_lt_up;
     if (en) begin
-      \$71  = \$20 ;
+      \$70  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$72  = vc_lt_down;
+    \$71  = vc_lt_down;
     if (en) begin
-      \$72  = \$21 ;
+      \$71  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$73  = vc_q_up;
+    \$72  = vc_q_up;
     if (en) begin
-      \$73  = \$22 ;
+      \$72  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$74  = vc_q_dn;
+    \$73  = vc_q_dn;
     if (en) begin
-      \$74  = \$23 ;
+      \$73  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$75  = vc_q_5;
+    \$74  = vc_q_5;
     if (en) begin
-      \$75  = vc_q_4;
+      \$74  = \$34 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$76  = out;
+    \$75  = out;
     if (en) begin
-      \$76  = \$37 ;
+      \$75  = \$36 ;
     end
   end
   assign y = \$1 [13:3];
@@ -5175,81 +5223,80 @@ endmodule
 module \lpsgld_w4_vc_l4.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire [13:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [13:0] \$11 ;
-  wire [6:0] \$12 ;
-  wire [6:0] \$13 ;
-  wire [5:0] \$14 ;
-  wire [12:0] \$15 ;
-  wire [6:0] \$16 ;
-  wire [6:0] \$17 ;
-  wire [5:0] \$18 ;
-  wire [6:0] \$19 ;
-  wire [5:0] \$2 ;
+  wire [11:0] \$10 ;
+  wire [12:0] \$11 ;
+  wire [15:0] \$12 ;
+  wire [13:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire [6:0] \$2 ;
   wire \$20 ;
-  wire \$21 ;
-  wire [8:0] \$22 ;
-  wire [8:0] \$23 ;
-  wire [8:0] \$24 ;
-  wire [8:0] \$25 ;
+  wire [3:0] \$21 ;
+  wire [3:0] \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
   wire \$26 ;
-  wire [8:0] \$27 ;
-  wire [8:0] \$28 ;
+  wire [3:0] \$27 ;
+  wire [3:0] \$28 ;
   wire \$29 ;
-  wire [7:0] \$3 ;
+  wire [6:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [8:0] \$32 ;
-  wire [8:0] \$33 ;
-  wire [8:0] \$34 ;
-  wire [8:0] \$35 ;
+  wire \$32 ;
+  wire [3:0] \$33 ;
+  wire [3:0] \$34 ;
+  wire [3:0] \$35 ;
   wire [3:0] \$36 ;
-  wire [3:0] \$37 ;
-  reg [7:0] \$38 ;
-  reg [2:0] \$39 ;
-  wire [7:0] \$4 ;
-  reg [7:0] \$40 ;
+  reg [7:0] \$37 ;
+  reg [2:0] \$38 ;
+  reg [7:0] \$39 ;
+  wire [5:0] \$4 ;
+  reg [5:0] \$40 ;
   reg [5:0] \$41 ;
-  reg [5:0] \$42 ;
-  reg [6:0] \$43 ;
-  reg [7:0] \$44 ;
-  reg [9:0] \$45 ;
-  reg [11:0] \$46 ;
-  reg [3:0] \$47 ;
-  reg [7:0] \$48 ;
-  reg [5:0] \$49 ;
-  wire [7:0] \$5 ;
-  reg [6:0] \$50 ;
-  reg [10:0] \$51 ;
-  reg [11:0] \$52 ;
-  reg [12:0] \$53 ;
+  reg [6:0] \$42 ;
+  reg [8:0] \$43 ;
+  reg [10:0] \$44 ;
+  reg [11:0] \$45 ;
+  reg [3:0] \$46 ;
+  reg [7:0] \$47 ;
+  reg [5:0] \$48 ;
+  reg [6:0] \$49 ;
+  wire [8:0] \$5 ;
+  reg [11:0] \$50 ;
+  reg [11:0] \$51 ;
+  reg [12:0] \$52 ;
+  reg [3:0] \$53 ;
   reg [3:0] \$54 ;
-  reg [3:0] \$55 ;
+  reg [7:0] \$55 ;
   reg [7:0] \$56 ;
-  reg [7:0] \$57 ;
+  reg [5:0] \$57 ;
   reg [5:0] \$58 ;
-  reg [5:0] \$59 ;
-  wire [3:0] \$6 ;
+  reg [6:0] \$59 ;
+  wire [6:0] \$6 ;
   reg [6:0] \$60 ;
-  reg [6:0] \$61 ;
-  reg [15:0] \$62 ;
-  reg [5:0] \$63 ;
-  reg [12:0] \$64 ;
-  reg [7:0] \$65 ;
-  reg [6:0] \$66 ;
-  reg [12:0] \$67 ;
-  reg [6:0] \$68 ;
-  reg [7:0] \$69 ;
-  wire [7:0] \$7 ;
-  reg [6:0] \$70 ;
+  reg [15:0] \$61 ;
+  reg [5:0] \$62 ;
+  reg [12:0] \$63 ;
+  reg [7:0] \$64 ;
+  reg [6:0] \$65 ;
+  reg [7:0] \$66 ;
+  reg [6:0] \$67 ;
+  reg [7:0] \$68 ;
+  reg [6:0] \$69 ;
+  wire [3:0] \$7 ;
+  reg \$70 ;
   reg \$71 ;
-  reg \$72 ;
-  reg [8:0] \$73 ;
-  reg [8:0] \$74 ;
-  reg [7:0] \$75 ;
-  reg [3:0] \$76 ;
-  wire [10:0] \$8 ;
-  wire [12:0] \$9 ;
+  reg [3:0] \$72 ;
+  reg [3:0] \$73 ;
+  reg [3:0] \$74 ;
+  reg [3:0] \$75 ;
+  wire [3:0] \$8 ;
+  wire [7:0] \$9 ;
   input clk;
   wire clk;
   input en;
@@ -5265,6 +5312,7 @@ module \lpsgld_w4_vc_l4.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [6:0] u_vc;
   reg [6:0] vc_down = 7'h00;
   reg [15:0] vc_down_a = 16'h0000;
+  wire [6:0] vc_down_sel;
   reg [5:0] vc_f_h = 6'h00;
   reg [5:0] vc_f_h2 = 6'h00;
   reg [5:0] vc_f_h_d0 = 6'h00;
@@ -5282,19 +5330,21 @@ module \lpsgld_w4_vc_l4.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [7:0] vc_q = 8'h00;
   reg [7:0] vc_q_3 = 8'h00;
   reg [7:0] vc_q_4 = 8'h00;
-  reg [7:0] vc_q_5 = 8'h00;
+  reg [3:0] vc_q_5 = 4'h0;
   reg [7:0] vc_q_a = 8'h00;
   reg [7:0] vc_q_b = 8'h00;
   reg [7:0] vc_q_d0 = 8'h00;
   reg [7:0] vc_q_d1 = 8'h00;
-  reg [8:0] vc_q_dn = 9'h000;
-  reg [8:0] vc_q_up = 9'h000;
+  wire [8:0] vc_q_dec;
+  reg [3:0] vc_q_dn = 4'h0;
+  wire [8:0] vc_q_inc;
+  reg [3:0] vc_q_up = 4'h0;
   reg [5:0] vc_sq_in = 6'h00;
-  reg [10:0] vc_sq_l0_0 = 11'h000;
+  reg [11:0] vc_sq_l0_0 = 12'h000;
   reg [11:0] vc_sq_l0_1 = 12'h000;
   reg [12:0] vc_sq_l1_0 = 13'h0000;
-  reg [7:0] vc_sq_pp0 = 8'h00;
-  reg [9:0] vc_sq_pp1 = 10'h000;
+  reg [8:0] vc_sq_pp0 = 9'h000;
+  reg [10:0] vc_sq_pp1 = 11'h000;
   reg [11:0] vc_sq_pp2 = 12'h000;
   reg [6:0] vc_u_1 = 7'h00;
   reg [6:0] vc_u_2 = 7'h00;
@@ -5302,401 +5352,407 @@ module \lpsgld_w4_vc_l4.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [6:0] vc_u_4 = 7'h00;
   reg [6:0] vc_u_d0 = 7'h00;
   reg [6:0] vc_u_d1 = 7'h00;
-  reg [12:0] vc_up = 13'h0000;
+  reg [7:0] vc_up = 8'h00;
   reg [12:0] vc_up_a = 13'h0000;
+  wire [12:0] vc_up_sel;
   input [4:0] vc_var;
   wire [4:0] vc_var;
   reg [5:0] vc_vs = 6'h00;
+  wire [5:0] vc_w;
   input [12:0] x;
   wire [12:0] x;
   wire [10:0] y;
-  assign \$23  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$24  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$25  = vc_lt_up ? vc_q_up : \$24 ;
-  assign \$26  = & \$25 [8:3];
-  assign \$27  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$28  = vc_lt_up ? vc_q_up : \$27 ;
-  assign \$29  = | \$28 [8:3];
-  assign \$30  = ~ \$29 ;
-  assign \$31  = \$26  | \$30 ;
-  assign \$32  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$33  = vc_lt_up ? vc_q_up : \$32 ;
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[7], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = \$35 [8] ? 4'h8 : 4'h7;
-  assign \$37  = \$31  ? \$33 [3:0] : \$36 ;
+  assign \$19  = ~ \$18 ;
+  assign \$20  = \$17  | \$19 ;
+  assign \$21  = vc_q_inc[8] ? 4'h8 : 4'h7;
+  assign \$22  = \$20  ? vc_q_inc[3:0] : \$21 ;
+  assign \$23  = & vc_q_dec[8:3];
+  assign \$24  = | vc_q_dec[8:3];
+  assign \$25  = ~ \$24 ;
+  assign \$26  = \$23  | \$25 ;
+  assign \$27  = vc_q_dec[8] ? 4'h8 : 4'h7;
+  assign \$28  = \$26  ? vc_q_dec[3:0] : \$27 ;
+  assign \$29  = & vc_q_4[7:3];
+  assign \$30  = | vc_q_4[7:3];
+  assign \$31  = ~ \$30 ;
+  assign \$32  = \$29  | \$31 ;
+  assign \$33  = vc_q_4[7] ? 4'h8 : 4'h7;
+  assign \$34  = \$32  ? vc_q_4[3:0] : \$33 ;
+  assign \$35  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$36  = vc_lt_up ? vc_q_up : \$35 ;
   always @(posedge clk)
-    vc_q_a <= \$38 ;
+    vc_q_a <= \$37 ;
   always @(posedge clk)
-    vc_l_a <= \$39 ;
+    vc_l_a <= \$38 ;
   always @(posedge clk)
-    vc_q_b <= \$40 ;
+    vc_q_b <= \$39 ;
   always @(posedge clk)
-    vc_f_h <= \$41 ;
+    vc_f_h <= \$40 ;
   always @(posedge clk)
-    vc_sq_in <= \$42 ;
+    vc_sq_in <= \$41 ;
   always @(posedge clk)
-    vc_u_1 <= \$43 ;
+    vc_u_1 <= \$42 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$44 ;
+    vc_sq_pp0 <= \$43 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$45 ;
+    vc_sq_pp1 <= \$44 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$46 ;
+    vc_sq_pp2 <= \$45 ;
   always @(posedge clk)
-    vc_m_a <= \$47 ;
+    vc_m_a <= \$46 ;
   always @(posedge clk)
-    vc_q <= \$48 ;
+    vc_q <= \$47 ;
   always @(posedge clk)
-    vc_f_h2 <= \$49 ;
+    vc_f_h2 <= \$48 ;
   always @(posedge clk)
-    vc_u_2 <= \$50 ;
+    vc_u_2 <= \$49 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$51 ;
+    vc_sq_l0_0 <= \$50 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$52 ;
+    vc_sq_l0_1 <= \$51 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$53 ;
+    vc_sq_l1_0 <= \$52 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$54 ;
+    vc_m_a_d0 <= \$53 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$55 ;
+    vc_m_a_d1 <= \$54 ;
   always @(posedge clk)
-    vc_q_d0 <= \$56 ;
+    vc_q_d0 <= \$55 ;
   always @(posedge clk)
-    vc_q_d1 <= \$57 ;
+    vc_q_d1 <= \$56 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$58 ;
+    vc_f_h_d0 <= \$57 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$59 ;
+    vc_f_h_d1 <= \$58 ;
   always @(posedge clk)
-    vc_u_d0 <= \$60 ;
+    vc_u_d0 <= \$59 ;
   always @(posedge clk)
-    vc_u_d1 <= \$61 ;
+    vc_u_d1 <= \$60 ;
   always @(posedge clk)
-    vc_down_a <= \$62 ;
+    vc_down_a <= \$61 ;
   always @(posedge clk)
-    vc_vs <= \$63 ;
+    vc_vs <= \$62 ;
   always @(posedge clk)
-    vc_up_a <= \$64 ;
+    vc_up_a <= \$63 ;
   always @(posedge clk)
-    vc_q_3 <= \$65 ;
+    vc_q_3 <= \$64 ;
   always @(posedge clk)
-    vc_u_3 <= \$66 ;
+    vc_u_3 <= \$65 ;
   always @(posedge clk)
-    vc_up <= \$67 ;
+    vc_up <= \$66 ;
   always @(posedge clk)
-    vc_down <= \$68 ;
+    vc_down <= \$67 ;
   always @(posedge clk)
-    vc_q_4 <= \$69 ;
+    vc_q_4 <= \$68 ;
   always @(posedge clk)
-    vc_u_4 <= \$70 ;
+    vc_u_4 <= \$69 ;
   always @(posedge clk)
-    vc_lt_up <= \$71 ;
+    vc_lt_up <= \$70 ;
   always @(posedge clk)
-    vc_lt_down <= \$72 ;
+    vc_lt_down <= \$71 ;
   always @(posedge clk)
-    vc_q_up <= \$73 ;
+    vc_q_up <= \$72 ;
   always @(posedge clk)
-    vc_q_dn <= \$74 ;
+    vc_q_dn <= \$73 ;
   always @(posedge clk)
-    vc_q_5 <= \$75 ;
+    vc_q_5 <= \$74 ;
   always @(posedge clk)
-    out <= \$76 ;
+    out <= \$75 ;
   assign \$1  = $signed(x) + $signed(7'h24);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = 3'h4 - vc_l_a;
-  assign \$7  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$8  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$9  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$10  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
-  assign \$11  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
-  assign \$12  = vc_var - vc_vs;
-  assign \$13  = vc_var - vc_vs;
-  assign \$14  = \$12 [6] ? 6'h00 : \$13 [5:0];
-  assign \$15  = vc_noise ? vc_up_a : { 7'h00, \$14  };
-  assign \$16  = vc_var - vc_vs;
-  assign \$17  = vc_var - vc_vs;
-  assign \$18  = \$16 [6] ? 6'h00 : \$17 [5:0];
-  assign \$19  = vc_noise ? vc_down_a[6:0] : { \$18 , 1'h0 };
-  assign \$20  = vc_u_4 < vc_up;
-  assign \$21  = vc_u_4 < vc_down;
-  assign \$22  = $signed(vc_q_4) + $signed(2'h1);
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [6] ? 6'h00 : \$3 [5:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 7'h00, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[6:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 3'h0, \$1 [5:3] } : x[5:0];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[5:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[5:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * vc_sq_in[5:4];
+  assign \$8  = 3'h4 - vc_l_a;
+  assign \$9  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$10  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$11  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$12  = $signed({ 1'h0, vc_sq_l1_0, 1'h0 }) + $signed({ vc_m_a_d1, 4'h0 });
+  assign \$13  = { vc_f_h_d1, 6'h20 } - vc_sq_l1_0;
+  assign \$14  = | vc_up_sel[12:7];
+  assign \$15  = vc_u_4 < vc_up;
+  assign \$16  = vc_u_4 < vc_down;
+  assign \$17  = & vc_q_inc[8:3];
+  assign \$18  = | vc_q_inc[8:3];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$38  = vc_q_a;
+    \$37  = vc_q_a;
     if (en) begin
-      \$38  = \$1 [13:6];
+      \$37  = \$1 [13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$39  = vc_l_a;
+    \$38  = vc_l_a;
     if (en) begin
-      \$39  = \$1 [5:3];
+      \$38  = \$1 [5:3];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$40  = vc_q_b;
+    \$39  = vc_q_b;
     if (en) begin
-      \$40  = t[13:6];
+      \$39  = t[13:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$41  = vc_f_h;
+    \$40  = vc_f_h;
     if (en) begin
-      \$41  = x[5:0];
+      \$40  = x[5:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$42  = vc_sq_in;
+    \$41  = vc_sq_in;
     if (en) begin
-      \$42  = \$2 ;
+      \$41  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$43  = vc_u_1;
+    \$42  = vc_u_1;
     if (en) begin
-      \$43  = u_vc;
+      \$42  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$44  = vc_sq_pp0;
+    \$43  = vc_sq_pp0;
     if (en) begin
-      \$44  = \$3 ;
+      \$43  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$45  = vc_sq_pp1;
+    \$44  = vc_sq_pp1;
     if (en) begin
-      \$45  = { \$4 , 2'h0 };
+      \$44  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$46  = vc_sq_pp2;
+    \$45  = vc_sq_pp2;
     if (en) begin
-      \$46  = { \$5 , 4'h0 };
+      \$45  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$47  = vc_m_a;
+    \$46  = vc_m_a;
     if (en) begin
-      \$47  = \$6 ;
+      \$46  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$48  = vc_q;
+    \$47  = vc_q;
     if (en) begin
-      \$48  = \$7 ;
+      \$47  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$49  = vc_f_h2;
+    \$48  = vc_f_h2;
     if (en) begin
-      \$49  = vc_f_h;
+      \$48  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$50  = vc_u_2;
+    \$49  = vc_u_2;
     if (en) begin
-      \$50  = vc_u_1;
+      \$49  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$51  = vc_sq_l0_0;
+    \$50  = vc_sq_l0_0;
     if (en) begin
-      \$51  = \$8 ;
+      \$50  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$52  = vc_sq_l0_1;
+    \$51  = vc_sq_l0_1;
     if (en) begin
-      \$52  = vc_sq_pp2;
+      \$51  = vc_sq_pp2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$53  = vc_sq_l1_0;
+    \$52  = vc_sq_l1_0;
     if (en) begin
-      \$53  = \$9 ;
+      \$52  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$54  = vc_m_a_d0;
+    \$53  = vc_m_a_d0;
     if (en) begin
-      \$54  = vc_m_a;
+      \$53  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$55  = vc_m_a_d1;
+    \$54  = vc_m_a_d1;
     if (en) begin
-      \$55  = vc_m_a_d0;
+      \$54  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$56  = vc_q_d0;
+    \$55  = vc_q_d0;
     if (en) begin
-      \$56  = vc_q;
+      \$55  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$57  = vc_q_d1;
+    \$56  = vc_q_d1;
     if (en) begin
-      \$57  = vc_q_d0;
+      \$56  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$58  = vc_f_h_d0;
+    \$57  = vc_f_h_d0;
     if (en) begin
-      \$58  = vc_f_h2;
+      \$57  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$59  = vc_f_h_d1;
+    \$58  = vc_f_h_d1;
     if (en) begin
-      \$59  = vc_f_h_d0;
+      \$58  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$60  = vc_u_d0;
+    \$59  = vc_u_d0;
     if (en) begin
-      \$60  = vc_u_2;
+      \$59  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$61  = vc_u_d1;
+    \$60  = vc_u_d1;
     if (en) begin
-      \$61  = vc_u_d0;
+      \$60  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$62  = vc_down_a;
+    \$61  = vc_down_a;
     if (en) begin
-      \$62  = \$10 ;
+      \$61  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$63  = vc_vs;
+    \$62  = vc_vs;
     if (en) begin
-      \$63  = \$11 [11:6];
+      \$62  = \$13 [11:6];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$64  = vc_up_a;
+    \$63  = vc_up_a;
     if (en) begin
-      \$64  = vc_sq_l1_0;
+      \$63  = vc_sq_l1_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$65  = vc_q_3;
+    \$64  = vc_q_3;
     if (en) begin
-      \$65  = vc_q_d1;
+      \$64  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$66  = vc_u_3;
+    \$65  = vc_u_3;
     if (en) begin
-      \$66  = vc_u_d1;
+      \$65  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$67  = vc_up;
+    \$66  = vc_up;
     if (en) begin
-      \$67  = \$15 ;
+      \$66  = { \$14 , vc_up_sel[6:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$68  = vc_down;
+    \$67  = vc_down;
     if (en) begin
-      \$68  = \$19 ;
+      \$67  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$69  = vc_q_4;
+    \$68  = vc_q_4;
     if (en) begin
-      \$69  = vc_q_3;
+      \$68  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$70  = vc_u_4;
+    \$69  = vc_u_4;
     if (en) begin
-      \$70  = vc_u_3;
+      \$69  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$71  = vc_lt_up;
+    \$70  = vc_lt_up;
     if (en) begin
-      \$71  = \$20 ;
+      \$70  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$72  = vc_lt_down;
+    \$71  = vc_lt_down;
     if (en) begin
-      \$72  = \$21 ;
+      \$71  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$73  = vc_q_up;
+    \$72  = vc_q_up;
     if (en) begin
-      \$73  = \$22 ;
+      \$72  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$74  = vc_q_dn;
+    \$73  = vc_q_dn;
     if (en) begin
-      \$74  = \$23 ;
+      \$73  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$75  = vc_q_5;
+    \$74  = vc_q_5;
     if (en) begin
-      \$75  = vc_q_4;
+      \$74  = \$34 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$76  = out;
+    \$75  = out;
     if (en) begin
-      \$76  = \$37 ;
+      \$75  = \$36 ;
     end
   end
   assign y = \$1 [13:3];
@@ -5908,7 +5964,7 @@ module \lpsgld_w4_vc_l4.lane_3.sum (rst, en, step, decay, noise, theta, grad, x,
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_vc_l4.rng_0_0 (rst, en, step, out, data, \port$596$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -5928,12 +5984,14 @@ module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$596$0 ;
+  wire [1:0] \port$596$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -5960,11 +6018,12 @@ module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$596$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -5973,20 +6032,23 @@ module \lpsgld_w4_vc_l4.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$596$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$596$0 [0];
+  assign load1 = \port$596$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_vc_l4.rng_1_0 (rst, en, step, out, data, \port$610$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -6006,12 +6068,14 @@ module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$610$0 ;
+  wire [1:0] \port$610$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -6038,11 +6102,12 @@ module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$610$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'haf87b92be82a7e1a;
@@ -6051,20 +6116,23 @@ module \lpsgld_w4_vc_l4.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$610$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
+  assign load0 = \port$610$0 [0];
+  assign load1 = \port$610$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_vc_l4.rng_2_0 (rst, en, step, out, data, \port$624$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -6084,12 +6152,14 @@ module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$624$0 ;
+  wire [1:0] \port$624$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -6116,11 +6186,12 @@ module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$624$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'hea4cf92d0d3ebbb2;
@@ -6129,20 +6200,23 @@ module \lpsgld_w4_vc_l4.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$624$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
+  assign load0 = \port$624$0 [0];
+  assign load1 = \port$624$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w4_vc_l4.rng_3_0 (rst, en, step, out, data, \port$638$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$21  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -6162,12 +6236,14 @@ module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$638$0 ;
+  wire [1:0] \port$638$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -6194,11 +6270,12 @@ module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$638$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h9b349238c659227a;
@@ -6207,14 +6284,17 @@ module \lpsgld_w4_vc_l4.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$638$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
+  assign load0 = \port$638$0 [0];
+  assign load1 = \port$638$0 [1];
 endmodule

@@ -42,13 +42,14 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$41 ;
   reg \$42 ;
   reg \$43 ;
-  reg [63:0] \$44 ;
-  reg [1:0] \$45 ;
-  reg \$46 ;
-  reg [15:0] \$47 ;
-  reg [11:0] \$48 ;
-  reg [15:0] \$49 ;
+  reg \$44 ;
+  reg [63:0] \$45 ;
+  reg [1:0] \$46 ;
+  reg \$47 ;
+  reg [15:0] \$48 ;
+  reg [11:0] \$49 ;
   wire \$5 ;
+  reg [15:0] \$50 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
@@ -65,6 +66,7 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
+  wire \en$37 ;
   wire free;
   wire [7:0] grad;
   output idle;
@@ -81,6 +83,7 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg keep_7 = 1'h0;
   reg keep_8 = 1'h0;
   reg keep_9 = 1'h0;
+  reg live_1 = 1'h0;
   wire load0;
   wire load1;
   reg [15:0] noise = 16'h0000;
@@ -121,7 +124,7 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg source__valid = 1'h0;
   wire [23:0] state;
   wire step;
-  reg [15:0] \step$43  = 16'h0000;
+  reg [15:0] \step$44  = 16'h0000;
   wire [23:0] theta;
   wire took;
   reg valid_1 = 1'h0;
@@ -144,49 +147,51 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   always @(posedge clk)
-    source__valid <= \$29 ;
+    valid_11 <= \$29 ;
   always @(posedge clk)
-    keep_2 <= \$30 ;
+    source__valid <= \$30 ;
   always @(posedge clk)
-    keep_3 <= \$31 ;
+    keep_2 <= \$31 ;
   always @(posedge clk)
-    keep_4 <= \$32 ;
+    keep_3 <= \$32 ;
   always @(posedge clk)
-    keep_5 <= \$33 ;
+    keep_4 <= \$33 ;
   always @(posedge clk)
-    keep_6 <= \$34 ;
+    keep_5 <= \$34 ;
   always @(posedge clk)
-    keep_7 <= \$35 ;
+    keep_6 <= \$35 ;
   always @(posedge clk)
-    keep_8 <= \$36 ;
+    keep_7 <= \$36 ;
   always @(posedge clk)
-    keep_9 <= \$37 ;
+    keep_8 <= \$37 ;
   always @(posedge clk)
-    keep_10 <= \$38 ;
+    keep_9 <= \$38 ;
   always @(posedge clk)
-    keep_11 <= \$39 ;
+    keep_10 <= \$39 ;
   always @(posedge clk)
-    keep_12 <= \$40 ;
+    keep_11 <= \$40 ;
+  always @(posedge clk)
+    keep_12 <= \$41 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$41 ;
+    write_step <= \$42 ;
   always @(posedge clk)
-    write_decay <= \$42 ;
+    write_decay <= \$43 ;
   always @(posedge clk)
-    write_noise <= \$43 ;
+    write_noise <= \$44 ;
   always @(posedge clk)
-    data <= \$44 ;
+    data <= \$45 ;
   always @(posedge clk)
-    seed_load_0 <= \$45 ;
+    seed_load_0 <= \$46 ;
   always @(posedge clk)
-    seed_hold_0 <= \$46 ;
+    seed_hold_0 <= \$47 ;
   always @(posedge clk)
-    \step$43  <= \$47 ;
+    \step$44  <= \$48 ;
   always @(posedge clk)
-    decay <= \$48 ;
+    decay <= \$49 ;
   always @(posedge clk)
-    noise <= \$49 ;
+    noise <= \$50 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
@@ -196,14 +201,13 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1;
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1 & \$8 ;
+  assign \$9  = sink__payload[0] & sink__valid;
   assign \$10  = ctl__addr == 9'h100;
   assign \$11  = ctl__addr == 9'h101;
   assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
@@ -216,25 +220,25 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   always @(posedge clk)
     keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$19 ;
+    live_1 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$20 ;
+    valid_2 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$21 ;
+    valid_3 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$22 ;
+    valid_4 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$23 ;
+    valid_5 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$24 ;
+    valid_6 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$25 ;
+    valid_7 <= \$25 ;
   always @(posedge clk)
-    valid_9 <= \$26 ;
+    valid_8 <= \$26 ;
   always @(posedge clk)
-    valid_10 <= \$27 ;
+    valid_9 <= \$27 ;
   always @(posedge clk)
-    valid_11 <= \$28 ;
+    valid_10 <= \$28 ;
   \lpsgld_w8_lpf_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -243,107 +247,104 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .\port$0$3 (sink__payload[32:1]),
     .rst(rst),
     .state(state),
-    .step(\step$43 ),
+    .step(\step$44 ),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w8_lpf_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$1276$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_2;
+    \$30  = source__valid;
     if (advance) begin
-      \$30  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_3;
-    if (advance) begin
-      \$31  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_4;
-    if (advance) begin
-      \$32  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_5;
-    if (advance) begin
-      \$33  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_6;
-    if (advance) begin
-      \$34  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_7;
-    if (advance) begin
-      \$35  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_8;
-    if (advance) begin
-      \$36  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_9;
-    if (advance) begin
-      \$37  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_10;
-    if (advance) begin
-      \$38  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_11;
-    if (advance) begin
-      \$39  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_12;
-    if (advance) begin
-      \$40  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$41  = 1'h1;
-      endcase
+      \$30  = valid_11;
     end
     if (rst) begin
-      \$41  = 1'h0;
+      \$30  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = keep_2;
+    if (advance) begin
+      \$31  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = keep_3;
+    if (advance) begin
+      \$32  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = keep_4;
+    if (advance) begin
+      \$33  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = keep_5;
+    if (advance) begin
+      \$34  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = keep_6;
+    if (advance) begin
+      \$35  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = keep_7;
+    if (advance) begin
+      \$36  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = keep_8;
+    if (advance) begin
+      \$37  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = keep_9;
+    if (advance) begin
+      \$38  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = keep_10;
+    if (advance) begin
+      \$39  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = keep_11;
+    if (advance) begin
+      \$40  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = keep_12;
+    if (advance) begin
+      \$41  = keep_11;
     end
   end
   always @* begin
@@ -352,8 +353,6 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            /* empty */;
-        16'h0001:
             \$42  = 1'h1;
       endcase
     end
@@ -369,8 +368,6 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0000:
             /* empty */;
         16'h0001:
-            /* empty */;
-        16'h0002:
             \$43  = 1'h1;
       endcase
     end
@@ -380,61 +377,80 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = data;
+    \$44  = 1'h0;
     if (ctl__we) begin
-      \$44  = ctl__data;
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$44  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = seed_load_0;
+    \$45  = data;
+    if (ctl__we) begin
+      \$45  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = seed_load_0;
     if (\$13 ) begin
-      \$45  = \$16 ;
+      \$46  = \$16 ;
     end else if (free) begin
-      \$45  = 2'h0;
+      \$46  = 2'h0;
     end
     if (rst) begin
-      \$45  = 2'h0;
+      \$46  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = seed_hold_0;
+    \$47  = seed_hold_0;
     if (\$13 ) begin
-      \$46  = took;
+      \$47  = took;
+    end else if (free) begin
+      \$47  = 1'h0;
     end
     if (rst) begin
-      \$46  = 1'h0;
+      \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = \step$43 ;
+    \$48  = \step$44 ;
     if (write_step) begin
-      \$47  = wdata[15:0];
+      \$48  = wdata[15:0];
     end
     if (rst) begin
-      \$47  = 16'h0000;
+      \$48  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = decay;
+    \$49  = decay;
     if (write_decay) begin
-      \$48  = wdata[11:0];
+      \$49  = wdata[11:0];
     end
     if (rst) begin
-      \$48  = 12'h000;
+      \$49  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = noise;
+    \$50  = noise;
     if (write_noise) begin
-      \$49  = wdata[15:0];
+      \$50  = wdata[15:0];
     end
     if (rst) begin
-      \$49  = 16'h0000;
+      \$50  = 16'h0000;
     end
   end
   always @* begin
@@ -456,9 +472,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_2;
+    \$19  = live_1;
     if (advance) begin
-      \$19  = valid_1;
+      \$19  = \$9 ;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -466,9 +482,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_3;
+    \$20  = valid_2;
     if (advance) begin
-      \$20  = valid_2;
+      \$20  = valid_1;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -476,9 +492,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_4;
+    \$21  = valid_3;
     if (advance) begin
-      \$21  = valid_3;
+      \$21  = valid_2;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -486,9 +502,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_5;
+    \$22  = valid_4;
     if (advance) begin
-      \$22  = valid_4;
+      \$22  = valid_3;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -496,9 +512,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_6;
+    \$23  = valid_5;
     if (advance) begin
-      \$23  = valid_5;
+      \$23  = valid_4;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -506,9 +522,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_7;
+    \$24  = valid_6;
     if (advance) begin
-      \$24  = valid_6;
+      \$24  = valid_5;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -516,9 +532,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_8;
+    \$25  = valid_7;
     if (advance) begin
-      \$25  = valid_7;
+      \$25  = valid_6;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -526,9 +542,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_9;
+    \$26  = valid_8;
     if (advance) begin
-      \$26  = valid_8;
+      \$26  = valid_7;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -536,9 +552,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_10;
+    \$27  = valid_9;
     if (advance) begin
-      \$27  = valid_9;
+      \$27  = valid_8;
     end
     if (rst) begin
       \$27  = 1'h0;
@@ -546,9 +562,9 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_11;
+    \$28  = valid_10;
     if (advance) begin
-      \$28  = valid_10;
+      \$28  = valid_9;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -556,21 +572,23 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = source__valid;
+    \$29  = valid_11;
     if (advance) begin
-      \$29  = valid_11;
+      \$29  = valid_10;
     end
     if (rst) begin
       \$29  = 1'h0;
     end
   end
   assign valid_12 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$37  = advance;
   assign theta = sink__payload[24:1];
   assign grad = sink__payload[32:25];
   assign out = words;
-  assign reg_step_0 = \step$43 ;
+  assign reg_step_0 = \step$44 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
@@ -3688,7 +3706,7 @@ module \lpsgld_w8_lpf_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_lpf_l1.rng_0_0 (rst, en, step, out, data, \port$1276$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3708,12 +3726,14 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$1276$0 ;
+  wire [1:0] \port$1276$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3740,11 +3760,12 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$1276$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -3753,14 +3774,17 @@ module \lpsgld_w8_lpf_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$1276$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$1276$0 [0];
+  assign load1 = \port$1276$0 [1];
 endmodule

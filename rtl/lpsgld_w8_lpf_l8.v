@@ -6,81 +6,75 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire [1:0] \$100 ;
+  reg \$100 ;
   reg \$101 ;
-  reg [7:0] \$102 ;
+  reg \$102 ;
   reg \$103 ;
   reg \$104 ;
   reg \$105 ;
   reg \$106 ;
   reg \$107 ;
-  reg \$108 ;
-  reg \$109 ;
+  reg [7:0] \$108 ;
+  reg [7:0] \$109 ;
   wire \$11 ;
-  reg \$110 ;
-  reg \$111 ;
-  reg \$112 ;
-  reg \$113 ;
+  reg [7:0] \$110 ;
+  reg [7:0] \$111 ;
+  reg [7:0] \$112 ;
+  reg [7:0] \$113 ;
   reg [7:0] \$114 ;
   reg [7:0] \$115 ;
   reg [7:0] \$116 ;
   reg [7:0] \$117 ;
   reg [7:0] \$118 ;
-  reg [7:0] \$119 ;
+  reg \$119 ;
   wire \$12 ;
-  reg [7:0] \$120 ;
-  reg [7:0] \$121 ;
-  reg [7:0] \$122 ;
-  reg [7:0] \$123 ;
-  reg [7:0] \$124 ;
-  reg \$125 ;
-  reg \$126 ;
-  reg \$127 ;
-  reg [63:0] \$128 ;
-  reg [1:0] \$129 ;
+  reg \$120 ;
+  reg \$121 ;
+  reg [63:0] \$122 ;
+  reg [1:0] \$123 ;
+  reg \$124 ;
+  reg [15:0] \$125 ;
+  reg [11:0] \$126 ;
+  reg [15:0] \$127 ;
+  reg [1:0] \$128 ;
+  reg \$129 ;
   wire \$13 ;
-  reg \$130 ;
-  reg [15:0] \$131 ;
-  reg [11:0] \$132 ;
-  reg [15:0] \$133 ;
-  reg [1:0] \$134 ;
-  reg \$135 ;
-  reg [15:0] \$136 ;
-  reg [11:0] \$137 ;
-  reg [15:0] \$138 ;
-  reg [1:0] \$139 ;
+  reg [15:0] \$130 ;
+  reg [11:0] \$131 ;
+  reg [15:0] \$132 ;
+  reg [1:0] \$133 ;
+  reg \$134 ;
+  reg [15:0] \$135 ;
+  reg [11:0] \$136 ;
+  reg [15:0] \$137 ;
+  reg [1:0] \$138 ;
+  reg \$139 ;
   wire \$14 ;
-  reg \$140 ;
-  reg [15:0] \$141 ;
-  reg [11:0] \$142 ;
-  reg [15:0] \$143 ;
-  reg [1:0] \$144 ;
-  reg \$145 ;
-  reg [15:0] \$146 ;
-  reg [11:0] \$147 ;
-  reg [15:0] \$148 ;
-  reg [1:0] \$149 ;
+  reg [15:0] \$140 ;
+  reg [11:0] \$141 ;
+  reg [15:0] \$142 ;
+  reg [1:0] \$143 ;
+  reg \$144 ;
+  reg [15:0] \$145 ;
+  reg [11:0] \$146 ;
+  reg [15:0] \$147 ;
+  reg [1:0] \$148 ;
+  reg \$149 ;
   wire \$15 ;
-  reg \$150 ;
-  reg [15:0] \$151 ;
-  reg [11:0] \$152 ;
-  reg [15:0] \$153 ;
-  reg [1:0] \$154 ;
-  reg \$155 ;
-  reg [15:0] \$156 ;
-  reg [11:0] \$157 ;
-  reg [15:0] \$158 ;
-  reg [1:0] \$159 ;
+  reg [15:0] \$150 ;
+  reg [11:0] \$151 ;
+  reg [15:0] \$152 ;
+  reg [1:0] \$153 ;
+  reg \$154 ;
+  reg [15:0] \$155 ;
+  reg [11:0] \$156 ;
+  reg [15:0] \$157 ;
+  reg [1:0] \$158 ;
+  reg \$159 ;
   wire \$16 ;
-  reg \$160 ;
-  reg [15:0] \$161 ;
-  reg [11:0] \$162 ;
-  reg [15:0] \$163 ;
-  reg [1:0] \$164 ;
-  reg \$165 ;
-  reg [15:0] \$166 ;
-  reg [11:0] \$167 ;
-  reg [15:0] \$168 ;
+  reg [15:0] \$160 ;
+  reg [11:0] \$161 ;
+  reg [15:0] \$162 ;
   wire \$17 ;
   wire \$18 ;
   wire \$19 ;
@@ -103,15 +97,15 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$34 ;
   wire \$35 ;
   wire \$36 ;
-  wire \$37 ;
+  wire [7:0] \$37 ;
   wire \$38 ;
   wire \$39 ;
   wire \$4 ;
-  wire \$40 ;
+  wire [1:0] \$40 ;
   wire \$41 ;
   wire \$42 ;
   wire \$43 ;
-  wire \$44 ;
+  wire [1:0] \$44 ;
   wire \$45 ;
   wire \$46 ;
   wire [1:0] \$47 ;
@@ -166,12 +160,12 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \$91 ;
   wire \$92 ;
   wire [1:0] \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire [1:0] \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  reg \$94 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg \$97 ;
+  reg \$98 ;
+  reg \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -183,44 +177,52 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$111 ;
+  wire [63:0] \data$116 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$130 ;
+  wire [63:0] \data$136 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$149 ;
+  wire [63:0] \data$156 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$168 ;
+  wire [63:0] \data$176 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$54 ;
+  wire [63:0] \data$56 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$73 ;
+  wire [63:0] \data$76 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$92 ;
+  wire [63:0] \data$96 ;
   reg [11:0] decay = 12'h000;
-  reg [11:0] \decay$102  = 12'h000;
-  reg [11:0] \decay$121  = 12'h000;
-  reg [11:0] \decay$140  = 12'h000;
-  reg [11:0] \decay$159  = 12'h000;
-  reg [11:0] \decay$178  = 12'h000;
-  reg [11:0] \decay$64  = 12'h000;
-  reg [11:0] \decay$83  = 12'h000;
+  reg [11:0] \decay$106  = 12'h000;
+  reg [11:0] \decay$126  = 12'h000;
+  reg [11:0] \decay$146  = 12'h000;
+  reg [11:0] \decay$166  = 12'h000;
+  reg [11:0] \decay$186  = 12'h000;
+  reg [11:0] \decay$66  = 12'h000;
+  reg [11:0] \decay$86  = 12'h000;
   wire en;
-  wire \en$112 ;
-  wire \en$131 ;
+  wire \en$110 ;
+  wire \en$117 ;
+  wire \en$130 ;
+  wire \en$137 ;
   wire \en$150 ;
-  wire \en$169 ;
-  wire \en$55 ;
-  wire \en$74 ;
-  wire \en$93 ;
+  wire \en$157 ;
+  wire \en$170 ;
+  wire \en$177 ;
+  wire \en$37 ;
+  wire \en$50 ;
+  wire \en$57 ;
+  wire \en$70 ;
+  wire \en$77 ;
+  wire \en$90 ;
+  wire \en$97 ;
   wire free;
   wire [7:0] grad;
-  wire [7:0] \grad$114 ;
-  wire [7:0] \grad$133 ;
-  wire [7:0] \grad$152 ;
-  wire [7:0] \grad$171 ;
-  wire [7:0] \grad$57 ;
-  wire [7:0] \grad$76 ;
-  wire [7:0] \grad$95 ;
+  wire [7:0] \grad$119 ;
+  wire [7:0] \grad$139 ;
+  wire [7:0] \grad$159 ;
+  wire [7:0] \grad$179 ;
+  wire [7:0] \grad$59 ;
+  wire [7:0] \grad$79 ;
+  wire [7:0] \grad$99 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -235,38 +237,39 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg [7:0] keep_7 = 8'h00;
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
+  reg [7:0] live_1 = 8'h00;
   wire load0;
-  wire \load0$109 ;
-  wire \load0$128 ;
-  wire \load0$147 ;
-  wire \load0$166 ;
-  wire \load0$52 ;
-  wire \load0$71 ;
-  wire \load0$90 ;
+  wire \load0$114 ;
+  wire \load0$134 ;
+  wire \load0$154 ;
+  wire \load0$174 ;
+  wire \load0$54 ;
+  wire \load0$74 ;
+  wire \load0$94 ;
   wire load1;
-  wire \load1$110 ;
-  wire \load1$129 ;
-  wire \load1$148 ;
-  wire \load1$167 ;
-  wire \load1$53 ;
-  wire \load1$72 ;
-  wire \load1$91 ;
+  wire \load1$115 ;
+  wire \load1$135 ;
+  wire \load1$155 ;
+  wire \load1$175 ;
+  wire \load1$55 ;
+  wire \load1$75 ;
+  wire \load1$95 ;
   reg [15:0] noise = 16'h0000;
-  reg [15:0] \noise$104  = 16'h0000;
-  reg [15:0] \noise$123  = 16'h0000;
-  reg [15:0] \noise$142  = 16'h0000;
-  reg [15:0] \noise$161  = 16'h0000;
-  reg [15:0] \noise$180  = 16'h0000;
-  reg [15:0] \noise$66  = 16'h0000;
-  reg [15:0] \noise$85  = 16'h0000;
+  reg [15:0] \noise$108  = 16'h0000;
+  reg [15:0] \noise$128  = 16'h0000;
+  reg [15:0] \noise$148  = 16'h0000;
+  reg [15:0] \noise$168  = 16'h0000;
+  reg [15:0] \noise$188  = 16'h0000;
+  reg [15:0] \noise$68  = 16'h0000;
+  reg [15:0] \noise$88  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$116 ;
-  wire [63:0] \out$135 ;
-  wire [63:0] \out$154 ;
-  wire [63:0] \out$173 ;
-  wire [63:0] \out$59 ;
-  wire [63:0] \out$78 ;
-  wire [63:0] \out$97 ;
+  wire [63:0] \out$101 ;
+  wire [63:0] \out$121 ;
+  wire [63:0] \out$141 ;
+  wire [63:0] \out$161 ;
+  wire [63:0] \out$181 ;
+  wire [63:0] \out$61 ;
+  wire [63:0] \out$81 ;
   (* init = 12'h000 *)
   wire [11:0] reg_decay_0;
   (* init = 12'h000 *)
@@ -386,37 +389,37 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   output source__valid;
   reg source__valid = 1'h0;
   wire [23:0] state;
-  wire [23:0] \state$117 ;
-  wire [23:0] \state$136 ;
-  wire [23:0] \state$155 ;
-  wire [23:0] \state$174 ;
-  wire [23:0] \state$60 ;
-  wire [23:0] \state$79 ;
-  wire [23:0] \state$98 ;
+  wire [23:0] \state$102 ;
+  wire [23:0] \state$122 ;
+  wire [23:0] \state$142 ;
+  wire [23:0] \state$162 ;
+  wire [23:0] \state$182 ;
+  wire [23:0] \state$62 ;
+  wire [23:0] \state$82 ;
   wire step;
-  reg [15:0] \step$100  = 16'h0000;
-  wire \step$106 ;
-  reg [15:0] \step$119  = 16'h0000;
-  wire \step$125 ;
-  reg [15:0] \step$138  = 16'h0000;
-  wire \step$144 ;
-  reg [15:0] \step$157  = 16'h0000;
-  wire \step$163 ;
-  reg [15:0] \step$176  = 16'h0000;
-  reg [15:0] \step$43  = 16'h0000;
-  wire \step$49 ;
-  reg [15:0] \step$62  = 16'h0000;
-  wire \step$68 ;
-  reg [15:0] \step$81  = 16'h0000;
-  wire \step$87 ;
+  reg [15:0] \step$104  = 16'h0000;
+  wire \step$112 ;
+  reg [15:0] \step$124  = 16'h0000;
+  wire \step$132 ;
+  reg [15:0] \step$144  = 16'h0000;
+  wire \step$152 ;
+  reg [15:0] \step$164  = 16'h0000;
+  wire \step$172 ;
+  reg [15:0] \step$184  = 16'h0000;
+  reg [15:0] \step$44  = 16'h0000;
+  wire \step$52 ;
+  reg [15:0] \step$64  = 16'h0000;
+  wire \step$72 ;
+  reg [15:0] \step$84  = 16'h0000;
+  wire \step$92 ;
   wire [23:0] theta;
-  wire [23:0] \theta$113 ;
-  wire [23:0] \theta$132 ;
-  wire [23:0] \theta$151 ;
-  wire [23:0] \theta$170 ;
-  wire [23:0] \theta$56 ;
-  wire [23:0] \theta$75 ;
-  wire [23:0] \theta$94 ;
+  wire [23:0] \theta$118 ;
+  wire [23:0] \theta$138 ;
+  wire [23:0] \theta$158 ;
+  wire [23:0] \theta$178 ;
+  wire [23:0] \theta$58 ;
+  wire [23:0] \theta$78 ;
+  wire [23:0] \theta$98 ;
   wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
@@ -433,21 +436,21 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg valid_9 = 1'h0;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
-  wire [7:0] \weight$118 ;
-  wire [7:0] \weight$137 ;
-  wire [7:0] \weight$156 ;
-  wire [7:0] \weight$175 ;
-  wire [7:0] \weight$61 ;
-  wire [7:0] \weight$80 ;
-  wire [7:0] \weight$99 ;
+  wire [7:0] \weight$103 ;
+  wire [7:0] \weight$123 ;
+  wire [7:0] \weight$143 ;
+  wire [7:0] \weight$163 ;
+  wire [7:0] \weight$183 ;
+  wire [7:0] \weight$63 ;
+  wire [7:0] \weight$83 ;
   wire [63:0] words;
-  wire [63:0] \words$115 ;
-  wire [63:0] \words$134 ;
-  wire [63:0] \words$153 ;
-  wire [63:0] \words$172 ;
-  wire [63:0] \words$58 ;
-  wire [63:0] \words$77 ;
-  wire [63:0] \words$96 ;
+  wire [63:0] \words$100 ;
+  wire [63:0] \words$120 ;
+  wire [63:0] \words$140 ;
+  wire [63:0] \words$160 ;
+  wire [63:0] \words$180 ;
+  wire [63:0] \words$60 ;
+  wire [63:0] \words$80 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
@@ -460,264 +463,251 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1[0];
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
-  assign \$10  = advance & valid_1;
-  assign \$11  = \$10  & keep_1[1];
-  assign \$12  = | seed_load_1;
-  assign \$13  = \$12  & seed_hold_1;
-  assign \$14  = ~ \$13 ;
-  assign \step$49  = \$11  & \$14 ;
-  assign \load0$52  = seed_load_1[0] & free;
-  assign \load1$53  = seed_load_1[1] & free;
-  assign \$15  = advance & valid_1;
-  assign \$16  = \$15  & keep_1[2];
-  assign \$17  = | seed_load_2;
-  assign \$18  = \$17  & seed_hold_2;
-  assign \$19  = ~ \$18 ;
-  assign \step$68  = \$16  & \$19 ;
-  assign \load0$71  = seed_load_2[0] & free;
-  assign \load1$72  = seed_load_2[1] & free;
-  assign \$20  = advance & valid_1;
-  assign \$21  = \$20  & keep_1[3];
-  assign \$22  = | seed_load_3;
-  assign \$23  = \$22  & seed_hold_3;
-  assign \$24  = ~ \$23 ;
-  assign \step$87  = \$21  & \$24 ;
-  assign \load0$90  = seed_load_3[0] & free;
-  assign \load1$91  = seed_load_3[1] & free;
-  assign \$25  = advance & valid_1;
-  assign \$26  = \$25  & keep_1[4];
-  assign \$27  = | seed_load_4;
-  assign \$28  = \$27  & seed_hold_4;
-  assign \$29  = ~ \$28 ;
-  assign \step$106  = \$26  & \$29 ;
-  assign \load0$109  = seed_load_4[0] & free;
-  assign \load1$110  = seed_load_4[1] & free;
-  assign \$30  = advance & valid_1;
-  assign \$31  = \$30  & keep_1[5];
-  assign \$32  = | seed_load_5;
-  assign \$33  = \$32  & seed_hold_5;
-  assign \$34  = ~ \$33 ;
-  assign \step$125  = \$31  & \$34 ;
-  assign \load0$128  = seed_load_5[0] & free;
-  assign \load1$129  = seed_load_5[1] & free;
-  assign \$35  = advance & valid_1;
-  assign \$36  = \$35  & keep_1[6];
-  assign \$37  = | seed_load_6;
-  assign \$38  = \$37  & seed_hold_6;
-  assign \$39  = ~ \$38 ;
-  assign \step$144  = \$36  & \$39 ;
-  assign \load0$147  = seed_load_6[0] & free;
-  assign \load1$148  = seed_load_6[1] & free;
-  assign \$40  = advance & valid_1;
-  assign \$41  = \$40  & keep_1[7];
-  assign \$42  = | seed_load_7;
-  assign \$43  = \$42  & seed_hold_7;
-  assign \$44  = ~ \$43 ;
-  assign \step$163  = \$41  & \$44 ;
-  assign \load0$166  = seed_load_7[0] & free;
-  assign \load1$167  = seed_load_7[1] & free;
-  assign \$45  = ctl__addr == 9'h100;
-  assign \$46  = ctl__addr == 9'h101;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1[0] & \$8 ;
+  assign \$9  = ~ valid_1;
+  assign \$10  = | seed_load_1;
+  assign \$11  = \$9  & \$10 ;
+  assign \en$50  = advance | \$11 ;
+  assign \$12  = ~ seed_hold_1;
+  assign \step$52  = live_1[1] & \$12 ;
+  assign \$13  = ~ valid_1;
+  assign \$14  = | seed_load_2;
+  assign \$15  = \$13  & \$14 ;
+  assign \en$70  = advance | \$15 ;
+  assign \$16  = ~ seed_hold_2;
+  assign \step$72  = live_1[2] & \$16 ;
+  assign \$17  = ~ valid_1;
+  assign \$18  = | seed_load_3;
+  assign \$19  = \$17  & \$18 ;
+  assign \en$90  = advance | \$19 ;
+  assign \$20  = ~ seed_hold_3;
+  assign \step$92  = live_1[3] & \$20 ;
+  assign \$21  = ~ valid_1;
+  assign \$22  = | seed_load_4;
+  assign \$23  = \$21  & \$22 ;
+  assign \en$110  = advance | \$23 ;
+  assign \$24  = ~ seed_hold_4;
+  assign \step$112  = live_1[4] & \$24 ;
+  assign \$25  = ~ valid_1;
+  assign \$26  = | seed_load_5;
+  assign \$27  = \$25  & \$26 ;
+  assign \en$130  = advance | \$27 ;
+  assign \$28  = ~ seed_hold_5;
+  assign \step$132  = live_1[5] & \$28 ;
+  assign \$29  = ~ valid_1;
+  assign \$30  = | seed_load_6;
+  assign \$31  = \$29  & \$30 ;
+  assign \en$150  = advance | \$31 ;
+  assign \$32  = ~ seed_hold_6;
+  assign \step$152  = live_1[6] & \$32 ;
+  assign \$33  = ~ valid_1;
+  assign \$34  = | seed_load_7;
+  assign \$35  = \$33  & \$34 ;
+  assign \en$170  = advance | \$35 ;
+  assign \$36  = ~ seed_hold_7;
+  assign \step$172  = live_1[7] & \$36 ;
+  assign \$37  = sink__payload[7:0] & { sink__valid, sink__valid, sink__valid, sink__valid, sink__valid, sink__valid, sink__valid, sink__valid };
+  assign \$38  = ctl__addr == 9'h100;
+  assign \$39  = ctl__addr == 9'h101;
+  assign \$40  = { \$39 , \$38  } & { ctl__we, ctl__we };
+  assign \$41  = | \$40 ;
+  assign \$42  = ctl__addr == 9'h100;
+  assign \$43  = ctl__addr == 9'h101;
+  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
+  assign \$45  = ctl__addr == 9'h102;
+  assign \$46  = ctl__addr == 9'h103;
   assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
   assign \$48  = | \$47 ;
-  assign \$49  = ctl__addr == 9'h100;
-  assign \$50  = ctl__addr == 9'h101;
+  assign \$49  = ctl__addr == 9'h102;
+  assign \$50  = ctl__addr == 9'h103;
   assign \$51  = { \$50 , \$49  } & { ctl__we, ctl__we };
-  assign \$52  = ctl__addr == 9'h102;
-  assign \$53  = ctl__addr == 9'h103;
+  assign \$52  = ctl__addr == 9'h104;
+  assign \$53  = ctl__addr == 9'h105;
   assign \$54  = { \$53 , \$52  } & { ctl__we, ctl__we };
   assign \$55  = | \$54 ;
-  assign \$56  = ctl__addr == 9'h102;
-  assign \$57  = ctl__addr == 9'h103;
+  assign \$56  = ctl__addr == 9'h104;
+  assign \$57  = ctl__addr == 9'h105;
   assign \$58  = { \$57 , \$56  } & { ctl__we, ctl__we };
-  assign \$59  = ctl__addr == 9'h104;
-  assign \$60  = ctl__addr == 9'h105;
+  assign \$59  = ctl__addr == 9'h106;
+  assign \$60  = ctl__addr == 9'h107;
   assign \$61  = { \$60 , \$59  } & { ctl__we, ctl__we };
   assign \$62  = | \$61 ;
-  assign \$63  = ctl__addr == 9'h104;
-  assign \$64  = ctl__addr == 9'h105;
+  assign \$63  = ctl__addr == 9'h106;
+  assign \$64  = ctl__addr == 9'h107;
   assign \$65  = { \$64 , \$63  } & { ctl__we, ctl__we };
-  assign \$66  = ctl__addr == 9'h106;
-  assign \$67  = ctl__addr == 9'h107;
+  assign \$66  = ctl__addr == 9'h108;
+  assign \$67  = ctl__addr == 9'h109;
   assign \$68  = { \$67 , \$66  } & { ctl__we, ctl__we };
   assign \$69  = | \$68 ;
-  assign \$70  = ctl__addr == 9'h106;
-  assign \$71  = ctl__addr == 9'h107;
+  assign \$70  = ctl__addr == 9'h108;
+  assign \$71  = ctl__addr == 9'h109;
   assign \$72  = { \$71 , \$70  } & { ctl__we, ctl__we };
-  assign \$73  = ctl__addr == 9'h108;
-  assign \$74  = ctl__addr == 9'h109;
+  assign \$73  = ctl__addr == 9'h10a;
+  assign \$74  = ctl__addr == 9'h10b;
   assign \$75  = { \$74 , \$73  } & { ctl__we, ctl__we };
   assign \$76  = | \$75 ;
-  assign \$77  = ctl__addr == 9'h108;
-  assign \$78  = ctl__addr == 9'h109;
+  assign \$77  = ctl__addr == 9'h10a;
+  assign \$78  = ctl__addr == 9'h10b;
   assign \$79  = { \$78 , \$77  } & { ctl__we, ctl__we };
-  assign \$80  = ctl__addr == 9'h10a;
-  assign \$81  = ctl__addr == 9'h10b;
+  assign \$80  = ctl__addr == 9'h10c;
+  assign \$81  = ctl__addr == 9'h10d;
   assign \$82  = { \$81 , \$80  } & { ctl__we, ctl__we };
   assign \$83  = | \$82 ;
-  assign \$84  = ctl__addr == 9'h10a;
-  assign \$85  = ctl__addr == 9'h10b;
+  assign \$84  = ctl__addr == 9'h10c;
+  assign \$85  = ctl__addr == 9'h10d;
   assign \$86  = { \$85 , \$84  } & { ctl__we, ctl__we };
-  assign \$87  = ctl__addr == 9'h10c;
-  assign \$88  = ctl__addr == 9'h10d;
+  assign \$87  = ctl__addr == 9'h10e;
+  assign \$88  = ctl__addr == 9'h10f;
   assign \$89  = { \$88 , \$87  } & { ctl__we, ctl__we };
   assign \$90  = | \$89 ;
-  assign \$91  = ctl__addr == 9'h10c;
-  assign \$92  = ctl__addr == 9'h10d;
+  assign \$91  = ctl__addr == 9'h10e;
+  assign \$92  = ctl__addr == 9'h10f;
   assign \$93  = { \$92 , \$91  } & { ctl__we, ctl__we };
-  assign \$94  = ctl__addr == 9'h10e;
-  assign \$95  = ctl__addr == 9'h10f;
-  assign \$96  = { \$95 , \$94  } & { ctl__we, ctl__we };
-  assign \$97  = | \$96 ;
-  assign \$98  = ctl__addr == 9'h10e;
-  assign \$99  = ctl__addr == 9'h10f;
-  assign \$100  = { \$99 , \$98  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$101 ;
+    valid_1 <= \$94 ;
   always @(posedge clk)
-    keep_1 <= \$102 ;
+    keep_1 <= \$95 ;
   always @(posedge clk)
-    valid_2 <= \$103 ;
+    live_1 <= \$96 ;
   always @(posedge clk)
-    valid_3 <= \$104 ;
+    valid_2 <= \$97 ;
   always @(posedge clk)
-    valid_4 <= \$105 ;
+    valid_3 <= \$98 ;
   always @(posedge clk)
-    valid_5 <= \$106 ;
+    valid_4 <= \$99 ;
   always @(posedge clk)
-    valid_6 <= \$107 ;
+    valid_5 <= \$100 ;
   always @(posedge clk)
-    valid_7 <= \$108 ;
+    valid_6 <= \$101 ;
   always @(posedge clk)
-    valid_8 <= \$109 ;
+    valid_7 <= \$102 ;
   always @(posedge clk)
-    valid_9 <= \$110 ;
+    valid_8 <= \$103 ;
   always @(posedge clk)
-    valid_10 <= \$111 ;
+    valid_9 <= \$104 ;
   always @(posedge clk)
-    valid_11 <= \$112 ;
+    valid_10 <= \$105 ;
   always @(posedge clk)
-    source__valid <= \$113 ;
+    valid_11 <= \$106 ;
   always @(posedge clk)
-    keep_2 <= \$114 ;
+    source__valid <= \$107 ;
   always @(posedge clk)
-    keep_3 <= \$115 ;
+    keep_2 <= \$108 ;
   always @(posedge clk)
-    keep_4 <= \$116 ;
+    keep_3 <= \$109 ;
   always @(posedge clk)
-    keep_5 <= \$117 ;
+    keep_4 <= \$110 ;
   always @(posedge clk)
-    keep_6 <= \$118 ;
+    keep_5 <= \$111 ;
   always @(posedge clk)
-    keep_7 <= \$119 ;
+    keep_6 <= \$112 ;
   always @(posedge clk)
-    keep_8 <= \$120 ;
+    keep_7 <= \$113 ;
   always @(posedge clk)
-    keep_9 <= \$121 ;
+    keep_8 <= \$114 ;
   always @(posedge clk)
-    keep_10 <= \$122 ;
+    keep_9 <= \$115 ;
   always @(posedge clk)
-    keep_11 <= \$123 ;
+    keep_10 <= \$116 ;
   always @(posedge clk)
-    keep_12 <= \$124 ;
+    keep_11 <= \$117 ;
+  always @(posedge clk)
+    keep_12 <= \$118 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$125 ;
+    write_step <= \$119 ;
   always @(posedge clk)
-    write_decay <= \$126 ;
+    write_decay <= \$120 ;
   always @(posedge clk)
-    write_noise <= \$127 ;
+    write_noise <= \$121 ;
   always @(posedge clk)
-    data <= \$128 ;
+    data <= \$122 ;
   always @(posedge clk)
-    seed_load_0 <= \$129 ;
+    seed_load_0 <= \$123 ;
   always @(posedge clk)
-    seed_hold_0 <= \$130 ;
+    seed_hold_0 <= \$124 ;
   always @(posedge clk)
-    \step$43  <= \$131 ;
+    \step$44  <= \$125 ;
   always @(posedge clk)
-    decay <= \$132 ;
+    decay <= \$126 ;
   always @(posedge clk)
-    noise <= \$133 ;
+    noise <= \$127 ;
   always @(posedge clk)
-    seed_load_1 <= \$134 ;
+    seed_load_1 <= \$128 ;
   always @(posedge clk)
-    seed_hold_1 <= \$135 ;
+    seed_hold_1 <= \$129 ;
   always @(posedge clk)
-    \step$62  <= \$136 ;
+    \step$64  <= \$130 ;
   always @(posedge clk)
-    \decay$64  <= \$137 ;
+    \decay$66  <= \$131 ;
   always @(posedge clk)
-    \noise$66  <= \$138 ;
+    \noise$68  <= \$132 ;
   always @(posedge clk)
-    seed_load_2 <= \$139 ;
+    seed_load_2 <= \$133 ;
   always @(posedge clk)
-    seed_hold_2 <= \$140 ;
+    seed_hold_2 <= \$134 ;
   always @(posedge clk)
-    \step$81  <= \$141 ;
+    \step$84  <= \$135 ;
   always @(posedge clk)
-    \decay$83  <= \$142 ;
+    \decay$86  <= \$136 ;
   always @(posedge clk)
-    \noise$85  <= \$143 ;
+    \noise$88  <= \$137 ;
   always @(posedge clk)
-    seed_load_3 <= \$144 ;
+    seed_load_3 <= \$138 ;
   always @(posedge clk)
-    seed_hold_3 <= \$145 ;
+    seed_hold_3 <= \$139 ;
   always @(posedge clk)
-    \step$100  <= \$146 ;
+    \step$104  <= \$140 ;
   always @(posedge clk)
-    \decay$102  <= \$147 ;
+    \decay$106  <= \$141 ;
   always @(posedge clk)
-    \noise$104  <= \$148 ;
+    \noise$108  <= \$142 ;
   always @(posedge clk)
-    seed_load_4 <= \$149 ;
+    seed_load_4 <= \$143 ;
   always @(posedge clk)
-    seed_hold_4 <= \$150 ;
+    seed_hold_4 <= \$144 ;
   always @(posedge clk)
-    \step$119  <= \$151 ;
+    \step$124  <= \$145 ;
   always @(posedge clk)
-    \decay$121  <= \$152 ;
+    \decay$126  <= \$146 ;
   always @(posedge clk)
-    \noise$123  <= \$153 ;
+    \noise$128  <= \$147 ;
   always @(posedge clk)
-    seed_load_5 <= \$154 ;
+    seed_load_5 <= \$148 ;
   always @(posedge clk)
-    seed_hold_5 <= \$155 ;
+    seed_hold_5 <= \$149 ;
   always @(posedge clk)
-    \step$138  <= \$156 ;
+    \step$144  <= \$150 ;
   always @(posedge clk)
-    \decay$140  <= \$157 ;
+    \decay$146  <= \$151 ;
   always @(posedge clk)
-    \noise$142  <= \$158 ;
+    \noise$148  <= \$152 ;
   always @(posedge clk)
-    seed_load_6 <= \$159 ;
+    seed_load_6 <= \$153 ;
   always @(posedge clk)
-    seed_hold_6 <= \$160 ;
+    seed_hold_6 <= \$154 ;
   always @(posedge clk)
-    \step$157  <= \$161 ;
+    \step$164  <= \$155 ;
   always @(posedge clk)
-    \decay$159  <= \$162 ;
+    \decay$166  <= \$156 ;
   always @(posedge clk)
-    \noise$161  <= \$163 ;
+    \noise$168  <= \$157 ;
   always @(posedge clk)
-    seed_load_7 <= \$164 ;
+    seed_load_7 <= \$158 ;
   always @(posedge clk)
-    seed_hold_7 <= \$165 ;
+    seed_hold_7 <= \$159 ;
   always @(posedge clk)
-    \step$176  <= \$166 ;
+    \step$184  <= \$160 ;
   always @(posedge clk)
-    \decay$178  <= \$167 ;
+    \decay$186  <= \$161 ;
   always @(posedge clk)
-    \noise$180  <= \$168 ;
+    \noise$188  <= \$162 ;
   \lpsgld_w8_lpf_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -726,179 +716,246 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$43 ),
+    .step(\step$44 ),
     .theta(sink__payload[31:8]),
     .weight(weight),
     .words(words)
   );
   \lpsgld_w8_lpf_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$64 ),
+    .decay(\decay$66 ),
     .en(advance),
     .grad(sink__payload[215:208]),
-    .noise(\noise$66 ),
+    .noise(\noise$68 ),
     .rst(rst),
-    .state(\state$60 ),
-    .step(\step$62 ),
+    .state(\state$62 ),
+    .step(\step$64 ),
     .theta(sink__payload[55:32]),
-    .weight(\weight$61 ),
-    .words(\words$58 )
+    .weight(\weight$63 ),
+    .words(\words$60 )
   );
   \lpsgld_w8_lpf_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$83 ),
+    .decay(\decay$86 ),
     .en(advance),
     .grad(sink__payload[223:216]),
-    .noise(\noise$85 ),
+    .noise(\noise$88 ),
     .rst(rst),
-    .state(\state$79 ),
-    .step(\step$81 ),
+    .state(\state$82 ),
+    .step(\step$84 ),
     .theta(sink__payload[79:56]),
-    .weight(\weight$80 ),
-    .words(\words$77 )
+    .weight(\weight$83 ),
+    .words(\words$80 )
   );
   \lpsgld_w8_lpf_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$102 ),
+    .decay(\decay$106 ),
     .en(advance),
     .grad(sink__payload[231:224]),
-    .noise(\noise$104 ),
+    .noise(\noise$108 ),
     .rst(rst),
-    .state(\state$98 ),
-    .step(\step$100 ),
+    .state(\state$102 ),
+    .step(\step$104 ),
     .theta(sink__payload[103:80]),
-    .weight(\weight$99 ),
-    .words(\words$96 )
+    .weight(\weight$103 ),
+    .words(\words$100 )
   );
   \lpsgld_w8_lpf_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(\decay$121 ),
+    .decay(\decay$126 ),
     .en(advance),
     .grad(sink__payload[239:232]),
-    .noise(\noise$123 ),
+    .noise(\noise$128 ),
     .rst(rst),
-    .state(\state$117 ),
-    .step(\step$119 ),
+    .state(\state$122 ),
+    .step(\step$124 ),
     .theta(sink__payload[127:104]),
-    .weight(\weight$118 ),
-    .words(\words$115 )
+    .weight(\weight$123 ),
+    .words(\words$120 )
   );
   \lpsgld_w8_lpf_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(\decay$140 ),
+    .decay(\decay$146 ),
     .en(advance),
     .grad(sink__payload[247:240]),
-    .noise(\noise$142 ),
+    .noise(\noise$148 ),
     .rst(rst),
-    .state(\state$136 ),
-    .step(\step$138 ),
+    .state(\state$142 ),
+    .step(\step$144 ),
     .theta(sink__payload[151:128]),
-    .weight(\weight$137 ),
-    .words(\words$134 )
+    .weight(\weight$143 ),
+    .words(\words$140 )
   );
   \lpsgld_w8_lpf_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(\decay$159 ),
+    .decay(\decay$166 ),
     .en(advance),
     .grad(sink__payload[255:248]),
-    .noise(\noise$161 ),
+    .noise(\noise$168 ),
     .rst(rst),
-    .state(\state$155 ),
-    .step(\step$157 ),
+    .state(\state$162 ),
+    .step(\step$164 ),
     .theta(sink__payload[175:152]),
-    .weight(\weight$156 ),
-    .words(\words$153 )
+    .weight(\weight$163 ),
+    .words(\words$160 )
   );
   \lpsgld_w8_lpf_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(\decay$178 ),
+    .decay(\decay$186 ),
     .en(advance),
     .grad(sink__payload[263:256]),
-    .noise(\noise$180 ),
+    .noise(\noise$188 ),
     .rst(rst),
-    .state(\state$174 ),
-    .step(\step$176 ),
+    .state(\state$182 ),
+    .step(\step$184 ),
     .theta(sink__payload[199:176]),
-    .weight(\weight$175 ),
-    .words(\words$172 )
+    .weight(\weight$183 ),
+    .words(\words$180 )
   );
   \lpsgld_w8_lpf_l8.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$9578$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w8_lpf_l8.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$52 ),
-    .load1(\load1$53 ),
-    .out(\words$58 ),
+    .en(\en$50 ),
+    .out(\words$60 ),
+    .\port$9588$0 (seed_load_1),
     .rst(rst),
-    .step(\step$49 )
+    .step(\step$52 )
   );
   \lpsgld_w8_lpf_l8.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$71 ),
-    .load1(\load1$72 ),
-    .out(\words$77 ),
+    .en(\en$70 ),
+    .out(\words$80 ),
+    .\port$9598$0 (seed_load_2),
     .rst(rst),
-    .step(\step$68 )
+    .step(\step$72 )
   );
   \lpsgld_w8_lpf_l8.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$90 ),
-    .load1(\load1$91 ),
-    .out(\words$96 ),
+    .en(\en$90 ),
+    .out(\words$100 ),
+    .\port$9608$0 (seed_load_3),
     .rst(rst),
-    .step(\step$87 )
+    .step(\step$92 )
   );
   \lpsgld_w8_lpf_l8.rng_4_0  rng_4_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$109 ),
-    .load1(\load1$110 ),
-    .out(\words$115 ),
+    .en(\en$110 ),
+    .out(\words$120 ),
+    .\port$9618$0 (seed_load_4),
     .rst(rst),
-    .step(\step$106 )
+    .step(\step$112 )
   );
   \lpsgld_w8_lpf_l8.rng_5_0  rng_5_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$128 ),
-    .load1(\load1$129 ),
-    .out(\words$134 ),
+    .en(\en$130 ),
+    .out(\words$140 ),
+    .\port$9628$0 (seed_load_5),
     .rst(rst),
-    .step(\step$125 )
+    .step(\step$132 )
   );
   \lpsgld_w8_lpf_l8.rng_6_0  rng_6_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$147 ),
-    .load1(\load1$148 ),
-    .out(\words$153 ),
+    .en(\en$150 ),
+    .out(\words$160 ),
+    .\port$9638$0 (seed_load_6),
     .rst(rst),
-    .step(\step$144 )
+    .step(\step$152 )
   );
   \lpsgld_w8_lpf_l8.rng_7_0  rng_7_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$166 ),
-    .load1(\load1$167 ),
-    .out(\words$172 ),
+    .en(\en$170 ),
+    .out(\words$180 ),
+    .\port$9648$0 (seed_load_7),
     .rst(rst),
-    .step(\step$163 )
+    .step(\step$172 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = valid_1;
+    \$94  = valid_1;
     if (advance) begin
-      \$101  = sink__valid;
+      \$94  = sink__valid;
+    end
+    if (rst) begin
+      \$94  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = keep_1;
+    if (advance) begin
+      \$95  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$96  = live_1;
+    if (advance) begin
+      \$96  = \$37 ;
+    end
+    if (rst) begin
+      \$96  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$97  = valid_2;
+    if (advance) begin
+      \$97  = valid_1;
+    end
+    if (rst) begin
+      \$97  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = valid_3;
+    if (advance) begin
+      \$98  = valid_2;
+    end
+    if (rst) begin
+      \$98  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$99  = valid_4;
+    if (advance) begin
+      \$99  = valid_3;
+    end
+    if (rst) begin
+      \$99  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$100  = valid_5;
+    if (advance) begin
+      \$100  = valid_4;
+    end
+    if (rst) begin
+      \$100  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$101  = valid_6;
+    if (advance) begin
+      \$101  = valid_5;
     end
     if (rst) begin
       \$101  = 1'h0;
@@ -906,16 +963,19 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = keep_1;
+    \$102  = valid_7;
     if (advance) begin
-      \$102  = sink__payload[7:0];
+      \$102  = valid_6;
+    end
+    if (rst) begin
+      \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = valid_2;
+    \$103  = valid_8;
     if (advance) begin
-      \$103  = valid_1;
+      \$103  = valid_7;
     end
     if (rst) begin
       \$103  = 1'h0;
@@ -923,9 +983,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = valid_3;
+    \$104  = valid_9;
     if (advance) begin
-      \$104  = valid_2;
+      \$104  = valid_8;
     end
     if (rst) begin
       \$104  = 1'h0;
@@ -933,9 +993,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = valid_4;
+    \$105  = valid_10;
     if (advance) begin
-      \$105  = valid_3;
+      \$105  = valid_9;
     end
     if (rst) begin
       \$105  = 1'h0;
@@ -943,9 +1003,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = valid_5;
+    \$106  = valid_11;
     if (advance) begin
-      \$106  = valid_4;
+      \$106  = valid_10;
     end
     if (rst) begin
       \$106  = 1'h0;
@@ -953,9 +1013,9 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = valid_6;
+    \$107  = source__valid;
     if (advance) begin
-      \$107  = valid_5;
+      \$107  = valid_11;
     end
     if (rst) begin
       \$107  = 1'h0;
@@ -963,172 +1023,112 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = valid_7;
+    \$108  = keep_2;
     if (advance) begin
-      \$108  = valid_6;
-    end
-    if (rst) begin
-      \$108  = 1'h0;
+      \$108  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = valid_8;
+    \$109  = keep_3;
     if (advance) begin
-      \$109  = valid_7;
-    end
-    if (rst) begin
-      \$109  = 1'h0;
+      \$109  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = valid_9;
+    \$110  = keep_4;
     if (advance) begin
-      \$110  = valid_8;
-    end
-    if (rst) begin
-      \$110  = 1'h0;
+      \$110  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = valid_10;
+    \$111  = keep_5;
     if (advance) begin
-      \$111  = valid_9;
-    end
-    if (rst) begin
-      \$111  = 1'h0;
+      \$111  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = valid_11;
+    \$112  = keep_6;
     if (advance) begin
-      \$112  = valid_10;
-    end
-    if (rst) begin
-      \$112  = 1'h0;
+      \$112  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = source__valid;
+    \$113  = keep_7;
     if (advance) begin
-      \$113  = valid_11;
-    end
-    if (rst) begin
-      \$113  = 1'h0;
+      \$113  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = keep_2;
+    \$114  = keep_8;
     if (advance) begin
-      \$114  = keep_1;
+      \$114  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$115  = keep_3;
+    \$115  = keep_9;
     if (advance) begin
-      \$115  = keep_2;
+      \$115  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$116  = keep_4;
+    \$116  = keep_10;
     if (advance) begin
-      \$116  = keep_3;
+      \$116  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$117  = keep_5;
+    \$117  = keep_11;
     if (advance) begin
-      \$117  = keep_4;
+      \$117  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$118  = keep_6;
+    \$118  = keep_12;
     if (advance) begin
-      \$118  = keep_5;
+      \$118  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$119  = keep_7;
-    if (advance) begin
-      \$119  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$120  = keep_8;
-    if (advance) begin
-      \$120  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$121  = keep_9;
-    if (advance) begin
-      \$121  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$122  = keep_10;
-    if (advance) begin
-      \$122  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$123  = keep_11;
-    if (advance) begin
-      \$123  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$124  = keep_12;
-    if (advance) begin
-      \$124  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$125  = 1'h0;
+    \$119  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$125  = 1'h1;
+            \$119  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$125  = 1'h0;
+      \$119  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$126  = 1'h0;
+    \$120  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$126  = 1'h1;
+            \$120  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$126  = 1'h0;
+      \$120  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$127  = 1'h0;
+    \$121  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1136,501 +1136,533 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
         16'h0001:
             /* empty */;
         16'h0002:
-            \$127  = 1'h1;
+            \$121  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$127  = 1'h0;
+      \$121  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$128  = data;
+    \$122  = data;
     if (ctl__we) begin
-      \$128  = ctl__data;
+      \$122  = ctl__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$129  = seed_load_0;
+    \$123  = seed_load_0;
+    if (\$41 ) begin
+      \$123  = \$44 ;
+    end else if (free) begin
+      \$123  = 2'h0;
+    end
+    if (rst) begin
+      \$123  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$124  = seed_hold_0;
+    if (\$41 ) begin
+      \$124  = took;
+    end else if (free) begin
+      \$124  = 1'h0;
+    end
+    if (rst) begin
+      \$124  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$125  = \step$44 ;
+    if (write_step) begin
+      \$125  = wdata[15:0];
+    end
+    if (rst) begin
+      \$125  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$126  = decay;
+    if (write_decay) begin
+      \$126  = wdata[11:0];
+    end
+    if (rst) begin
+      \$126  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$127  = noise;
+    if (write_noise) begin
+      \$127  = wdata[15:0];
+    end
+    if (rst) begin
+      \$127  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$128  = seed_load_1;
     if (\$48 ) begin
-      \$129  = \$51 ;
+      \$128  = \$51 ;
     end else if (free) begin
-      \$129  = 2'h0;
+      \$128  = 2'h0;
     end
     if (rst) begin
-      \$129  = 2'h0;
+      \$128  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$130  = seed_hold_0;
+    \$129  = seed_hold_1;
     if (\$48 ) begin
-      \$130  = took;
+      \$129  = took;
+    end else if (free) begin
+      \$129  = 1'h0;
     end
     if (rst) begin
-      \$130  = 1'h0;
+      \$129  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$131  = \step$43 ;
+    \$130  = \step$64 ;
     if (write_step) begin
-      \$131  = wdata[15:0];
+      \$130  = wdata[15:0];
     end
     if (rst) begin
-      \$131  = 16'h0000;
+      \$130  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$132  = decay;
+    \$131  = \decay$66 ;
     if (write_decay) begin
-      \$132  = wdata[11:0];
+      \$131  = wdata[11:0];
     end
     if (rst) begin
-      \$132  = 12'h000;
+      \$131  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$133  = noise;
+    \$132  = \noise$68 ;
     if (write_noise) begin
-      \$133  = wdata[15:0];
+      \$132  = wdata[15:0];
     end
     if (rst) begin
-      \$133  = 16'h0000;
+      \$132  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$134  = seed_load_1;
+    \$133  = seed_load_2;
     if (\$55 ) begin
-      \$134  = \$58 ;
+      \$133  = \$58 ;
     end else if (free) begin
-      \$134  = 2'h0;
+      \$133  = 2'h0;
     end
     if (rst) begin
-      \$134  = 2'h0;
+      \$133  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$135  = seed_hold_1;
+    \$134  = seed_hold_2;
     if (\$55 ) begin
-      \$135  = took;
+      \$134  = took;
+    end else if (free) begin
+      \$134  = 1'h0;
     end
     if (rst) begin
-      \$135  = 1'h0;
+      \$134  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$136  = \step$62 ;
+    \$135  = \step$84 ;
     if (write_step) begin
-      \$136  = wdata[15:0];
+      \$135  = wdata[15:0];
     end
     if (rst) begin
-      \$136  = 16'h0000;
+      \$135  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$137  = \decay$64 ;
+    \$136  = \decay$86 ;
     if (write_decay) begin
-      \$137  = wdata[11:0];
+      \$136  = wdata[11:0];
     end
     if (rst) begin
-      \$137  = 12'h000;
+      \$136  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$138  = \noise$66 ;
+    \$137  = \noise$88 ;
     if (write_noise) begin
-      \$138  = wdata[15:0];
+      \$137  = wdata[15:0];
     end
     if (rst) begin
-      \$138  = 16'h0000;
+      \$137  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$139  = seed_load_2;
+    \$138  = seed_load_3;
     if (\$62 ) begin
-      \$139  = \$65 ;
+      \$138  = \$65 ;
     end else if (free) begin
-      \$139  = 2'h0;
+      \$138  = 2'h0;
     end
     if (rst) begin
-      \$139  = 2'h0;
+      \$138  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$140  = seed_hold_2;
+    \$139  = seed_hold_3;
     if (\$62 ) begin
-      \$140  = took;
+      \$139  = took;
+    end else if (free) begin
+      \$139  = 1'h0;
     end
     if (rst) begin
-      \$140  = 1'h0;
+      \$139  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$141  = \step$81 ;
+    \$140  = \step$104 ;
     if (write_step) begin
-      \$141  = wdata[15:0];
+      \$140  = wdata[15:0];
     end
     if (rst) begin
-      \$141  = 16'h0000;
+      \$140  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$142  = \decay$83 ;
+    \$141  = \decay$106 ;
     if (write_decay) begin
-      \$142  = wdata[11:0];
+      \$141  = wdata[11:0];
     end
     if (rst) begin
-      \$142  = 12'h000;
+      \$141  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$143  = \noise$85 ;
+    \$142  = \noise$108 ;
     if (write_noise) begin
-      \$143  = wdata[15:0];
+      \$142  = wdata[15:0];
     end
     if (rst) begin
-      \$143  = 16'h0000;
+      \$142  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$144  = seed_load_3;
+    \$143  = seed_load_4;
     if (\$69 ) begin
-      \$144  = \$72 ;
+      \$143  = \$72 ;
     end else if (free) begin
-      \$144  = 2'h0;
+      \$143  = 2'h0;
     end
     if (rst) begin
-      \$144  = 2'h0;
+      \$143  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$145  = seed_hold_3;
+    \$144  = seed_hold_4;
     if (\$69 ) begin
-      \$145  = took;
+      \$144  = took;
+    end else if (free) begin
+      \$144  = 1'h0;
     end
     if (rst) begin
-      \$145  = 1'h0;
+      \$144  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$146  = \step$100 ;
+    \$145  = \step$124 ;
     if (write_step) begin
-      \$146  = wdata[15:0];
+      \$145  = wdata[15:0];
     end
     if (rst) begin
-      \$146  = 16'h0000;
+      \$145  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$147  = \decay$102 ;
+    \$146  = \decay$126 ;
     if (write_decay) begin
-      \$147  = wdata[11:0];
+      \$146  = wdata[11:0];
     end
     if (rst) begin
-      \$147  = 12'h000;
+      \$146  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$148  = \noise$104 ;
+    \$147  = \noise$128 ;
     if (write_noise) begin
-      \$148  = wdata[15:0];
+      \$147  = wdata[15:0];
     end
     if (rst) begin
-      \$148  = 16'h0000;
+      \$147  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$149  = seed_load_4;
+    \$148  = seed_load_5;
     if (\$76 ) begin
-      \$149  = \$79 ;
+      \$148  = \$79 ;
     end else if (free) begin
-      \$149  = 2'h0;
+      \$148  = 2'h0;
     end
     if (rst) begin
-      \$149  = 2'h0;
+      \$148  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$150  = seed_hold_4;
+    \$149  = seed_hold_5;
     if (\$76 ) begin
-      \$150  = took;
+      \$149  = took;
+    end else if (free) begin
+      \$149  = 1'h0;
     end
     if (rst) begin
-      \$150  = 1'h0;
+      \$149  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$151  = \step$119 ;
+    \$150  = \step$144 ;
     if (write_step) begin
-      \$151  = wdata[15:0];
+      \$150  = wdata[15:0];
     end
     if (rst) begin
-      \$151  = 16'h0000;
+      \$150  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$152  = \decay$121 ;
+    \$151  = \decay$146 ;
     if (write_decay) begin
-      \$152  = wdata[11:0];
+      \$151  = wdata[11:0];
     end
     if (rst) begin
-      \$152  = 12'h000;
+      \$151  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$153  = \noise$123 ;
+    \$152  = \noise$148 ;
     if (write_noise) begin
-      \$153  = wdata[15:0];
+      \$152  = wdata[15:0];
     end
     if (rst) begin
-      \$153  = 16'h0000;
+      \$152  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$154  = seed_load_5;
+    \$153  = seed_load_6;
     if (\$83 ) begin
-      \$154  = \$86 ;
+      \$153  = \$86 ;
     end else if (free) begin
-      \$154  = 2'h0;
+      \$153  = 2'h0;
     end
     if (rst) begin
-      \$154  = 2'h0;
+      \$153  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$155  = seed_hold_5;
+    \$154  = seed_hold_6;
     if (\$83 ) begin
-      \$155  = took;
-    end
-    if (rst) begin
-      \$155  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$156  = \step$138 ;
-    if (write_step) begin
-      \$156  = wdata[15:0];
-    end
-    if (rst) begin
-      \$156  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$157  = \decay$140 ;
-    if (write_decay) begin
-      \$157  = wdata[11:0];
-    end
-    if (rst) begin
-      \$157  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$158  = \noise$142 ;
-    if (write_noise) begin
-      \$158  = wdata[15:0];
-    end
-    if (rst) begin
-      \$158  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$159  = seed_load_6;
-    if (\$90 ) begin
-      \$159  = \$93 ;
+      \$154  = took;
     end else if (free) begin
-      \$159  = 2'h0;
+      \$154  = 1'h0;
     end
     if (rst) begin
-      \$159  = 2'h0;
+      \$154  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$160  = seed_hold_6;
+    \$155  = \step$164 ;
+    if (write_step) begin
+      \$155  = wdata[15:0];
+    end
+    if (rst) begin
+      \$155  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$156  = \decay$166 ;
+    if (write_decay) begin
+      \$156  = wdata[11:0];
+    end
+    if (rst) begin
+      \$156  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$157  = \noise$168 ;
+    if (write_noise) begin
+      \$157  = wdata[15:0];
+    end
+    if (rst) begin
+      \$157  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$158  = seed_load_7;
     if (\$90 ) begin
-      \$160  = took;
-    end
-    if (rst) begin
-      \$160  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$161  = \step$157 ;
-    if (write_step) begin
-      \$161  = wdata[15:0];
-    end
-    if (rst) begin
-      \$161  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$162  = \decay$159 ;
-    if (write_decay) begin
-      \$162  = wdata[11:0];
-    end
-    if (rst) begin
-      \$162  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$163  = \noise$161 ;
-    if (write_noise) begin
-      \$163  = wdata[15:0];
-    end
-    if (rst) begin
-      \$163  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$164  = seed_load_7;
-    if (\$97 ) begin
-      \$164  = \$100 ;
+      \$158  = \$93 ;
     end else if (free) begin
-      \$164  = 2'h0;
+      \$158  = 2'h0;
     end
     if (rst) begin
-      \$164  = 2'h0;
+      \$158  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$165  = seed_hold_7;
-    if (\$97 ) begin
-      \$165  = took;
+    \$159  = seed_hold_7;
+    if (\$90 ) begin
+      \$159  = took;
+    end else if (free) begin
+      \$159  = 1'h0;
     end
     if (rst) begin
-      \$165  = 1'h0;
+      \$159  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$166  = \step$176 ;
+    \$160  = \step$184 ;
     if (write_step) begin
-      \$166  = wdata[15:0];
+      \$160  = wdata[15:0];
     end
     if (rst) begin
-      \$166  = 16'h0000;
+      \$160  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$167  = \decay$178 ;
+    \$161  = \decay$186 ;
     if (write_decay) begin
-      \$167  = wdata[11:0];
+      \$161  = wdata[11:0];
     end
     if (rst) begin
-      \$167  = 12'h000;
+      \$161  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$168  = \noise$180 ;
+    \$162  = \noise$188 ;
     if (write_noise) begin
-      \$168  = wdata[15:0];
+      \$162  = wdata[15:0];
     end
     if (rst) begin
-      \$168  = 16'h0000;
+      \$162  = 16'h0000;
     end
   end
   assign valid_12 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$37  = advance;
   assign theta = sink__payload[31:8];
   assign grad = sink__payload[207:200];
   assign out = words;
-  assign reg_step_0 = \step$43 ;
+  assign reg_step_0 = \step$44 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \data$54  = data;
-  assign \en$55  = advance;
-  assign \theta$56  = sink__payload[55:32];
-  assign \grad$57  = sink__payload[215:208];
-  assign \out$59  = \words$58 ;
-  assign reg_step_1 = \step$62 ;
-  assign reg_decay_1 = \decay$64 ;
-  assign reg_noise_1 = \noise$66 ;
-  assign \data$73  = data;
-  assign \en$74  = advance;
-  assign \theta$75  = sink__payload[79:56];
-  assign \grad$76  = sink__payload[223:216];
-  assign \out$78  = \words$77 ;
-  assign reg_step_2 = \step$81 ;
-  assign reg_decay_2 = \decay$83 ;
-  assign reg_noise_2 = \noise$85 ;
-  assign \data$92  = data;
-  assign \en$93  = advance;
-  assign \theta$94  = sink__payload[103:80];
-  assign \grad$95  = sink__payload[231:224];
-  assign \out$97  = \words$96 ;
-  assign reg_step_3 = \step$100 ;
-  assign reg_decay_3 = \decay$102 ;
-  assign reg_noise_3 = \noise$104 ;
-  assign \data$111  = data;
-  assign \en$112  = advance;
-  assign \theta$113  = sink__payload[127:104];
-  assign \grad$114  = sink__payload[239:232];
-  assign \out$116  = \words$115 ;
-  assign reg_step_4 = \step$119 ;
-  assign reg_decay_4 = \decay$121 ;
-  assign reg_noise_4 = \noise$123 ;
-  assign \data$130  = data;
-  assign \en$131  = advance;
-  assign \theta$132  = sink__payload[151:128];
-  assign \grad$133  = sink__payload[247:240];
-  assign \out$135  = \words$134 ;
-  assign reg_step_5 = \step$138 ;
-  assign reg_decay_5 = \decay$140 ;
-  assign reg_noise_5 = \noise$142 ;
-  assign \data$149  = data;
-  assign \en$150  = advance;
-  assign \theta$151  = sink__payload[175:152];
-  assign \grad$152  = sink__payload[255:248];
-  assign \out$154  = \words$153 ;
-  assign reg_step_6 = \step$157 ;
-  assign reg_decay_6 = \decay$159 ;
-  assign reg_noise_6 = \noise$161 ;
-  assign \data$168  = data;
-  assign \en$169  = advance;
-  assign \theta$170  = sink__payload[199:176];
-  assign \grad$171  = sink__payload[263:256];
-  assign \out$173  = \words$172 ;
-  assign reg_step_7 = \step$176 ;
-  assign reg_decay_7 = \decay$178 ;
-  assign reg_noise_7 = \noise$180 ;
+  assign \load0$54  = seed_load_1[0];
+  assign \load1$55  = seed_load_1[1];
+  assign \data$56  = data;
+  assign \en$57  = advance;
+  assign \theta$58  = sink__payload[55:32];
+  assign \grad$59  = sink__payload[215:208];
+  assign \out$61  = \words$60 ;
+  assign reg_step_1 = \step$64 ;
+  assign reg_decay_1 = \decay$66 ;
+  assign reg_noise_1 = \noise$68 ;
+  assign \load0$74  = seed_load_2[0];
+  assign \load1$75  = seed_load_2[1];
+  assign \data$76  = data;
+  assign \en$77  = advance;
+  assign \theta$78  = sink__payload[79:56];
+  assign \grad$79  = sink__payload[223:216];
+  assign \out$81  = \words$80 ;
+  assign reg_step_2 = \step$84 ;
+  assign reg_decay_2 = \decay$86 ;
+  assign reg_noise_2 = \noise$88 ;
+  assign \load0$94  = seed_load_3[0];
+  assign \load1$95  = seed_load_3[1];
+  assign \data$96  = data;
+  assign \en$97  = advance;
+  assign \theta$98  = sink__payload[103:80];
+  assign \grad$99  = sink__payload[231:224];
+  assign \out$101  = \words$100 ;
+  assign reg_step_3 = \step$104 ;
+  assign reg_decay_3 = \decay$106 ;
+  assign reg_noise_3 = \noise$108 ;
+  assign \load0$114  = seed_load_4[0];
+  assign \load1$115  = seed_load_4[1];
+  assign \data$116  = data;
+  assign \en$117  = advance;
+  assign \theta$118  = sink__payload[127:104];
+  assign \grad$119  = sink__payload[239:232];
+  assign \out$121  = \words$120 ;
+  assign reg_step_4 = \step$124 ;
+  assign reg_decay_4 = \decay$126 ;
+  assign reg_noise_4 = \noise$128 ;
+  assign \load0$134  = seed_load_5[0];
+  assign \load1$135  = seed_load_5[1];
+  assign \data$136  = data;
+  assign \en$137  = advance;
+  assign \theta$138  = sink__payload[151:128];
+  assign \grad$139  = sink__payload[247:240];
+  assign \out$141  = \words$140 ;
+  assign reg_step_5 = \step$144 ;
+  assign reg_decay_5 = \decay$146 ;
+  assign reg_noise_5 = \noise$148 ;
+  assign \load0$154  = seed_load_6[0];
+  assign \load1$155  = seed_load_6[1];
+  assign \data$156  = data;
+  assign \en$157  = advance;
+  assign \theta$158  = sink__payload[175:152];
+  assign \grad$159  = sink__payload[255:248];
+  assign \out$161  = \words$160 ;
+  assign reg_step_6 = \step$164 ;
+  assign reg_decay_6 = \decay$166 ;
+  assign reg_noise_6 = \noise$168 ;
+  assign \load0$174  = seed_load_7[0];
+  assign \load1$175  = seed_load_7[1];
+  assign \data$176  = data;
+  assign \en$177  = advance;
+  assign \theta$178  = sink__payload[199:176];
+  assign \grad$179  = sink__payload[263:256];
+  assign \out$181  = \words$180 ;
+  assign reg_step_7 = \step$184 ;
+  assign reg_decay_7 = \decay$186 ;
+  assign reg_noise_7 = \noise$188 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[199:8];
   assign \sink__payload.theta[0]  = sink__payload[31:8];
@@ -1669,20 +1701,20 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   assign \source__payload.weight[5]  = source__payload[247:240];
   assign \source__payload.weight[6]  = source__payload[255:248];
   assign \source__payload.weight[7]  = source__payload[263:256];
-  assign source__payload[263:256] = \weight$175 ;
-  assign source__payload[199:176] = \state$174 ;
-  assign source__payload[255:248] = \weight$156 ;
-  assign source__payload[175:152] = \state$155 ;
-  assign source__payload[247:240] = \weight$137 ;
-  assign source__payload[151:128] = \state$136 ;
-  assign source__payload[239:232] = \weight$118 ;
-  assign source__payload[127:104] = \state$117 ;
-  assign source__payload[231:224] = \weight$99 ;
-  assign source__payload[103:80] = \state$98 ;
-  assign source__payload[223:216] = \weight$80 ;
-  assign source__payload[79:56] = \state$79 ;
-  assign source__payload[215:208] = \weight$61 ;
-  assign source__payload[55:32] = \state$60 ;
+  assign source__payload[263:256] = \weight$183 ;
+  assign source__payload[199:176] = \state$182 ;
+  assign source__payload[255:248] = \weight$163 ;
+  assign source__payload[175:152] = \state$162 ;
+  assign source__payload[247:240] = \weight$143 ;
+  assign source__payload[151:128] = \state$142 ;
+  assign source__payload[239:232] = \weight$123 ;
+  assign source__payload[127:104] = \state$122 ;
+  assign source__payload[231:224] = \weight$103 ;
+  assign source__payload[103:80] = \state$102 ;
+  assign source__payload[223:216] = \weight$83 ;
+  assign source__payload[79:56] = \state$82 ;
+  assign source__payload[215:208] = \weight$63 ;
+  assign source__payload[55:32] = \state$62 ;
   assign source__payload[207:200] = weight;
   assign source__payload[31:8] = state;
   assign source__payload[7:0] = keep_12;
@@ -26465,7 +26497,7 @@ module \lpsgld_w8_lpf_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, u
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_lpf_l8.rng_0_0 (rst, en, step, out, data, \port$9578$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26485,12 +26517,14 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9578$0 ;
+  wire [1:0] \port$9578$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -26517,11 +26551,12 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$34 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9578$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -26530,20 +26565,23 @@ module \lpsgld_w8_lpf_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$34 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9578$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$9578$0 [0];
+  assign load1 = \port$9578$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_lpf_l8.rng_1_0 (rst, en, step, out, data, \port$9588$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26563,12 +26601,14 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9588$0 ;
+  wire [1:0] \port$9588$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -26595,11 +26635,12 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$35 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9588$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'haf87b92be82a7e1a;
@@ -26608,20 +26649,23 @@ module \lpsgld_w8_lpf_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$35 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9588$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
+  assign load0 = \port$9588$0 [0];
+  assign load1 = \port$9588$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_lpf_l8.rng_2_0 (rst, en, step, out, data, \port$9598$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26641,12 +26685,14 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9598$0 ;
+  wire [1:0] \port$9598$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -26673,11 +26719,12 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$36 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9598$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'hea4cf92d0d3ebbb2;
@@ -26686,20 +26733,23 @@ module \lpsgld_w8_lpf_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$36 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9598$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
+  assign load0 = \port$9598$0 [0];
+  assign load1 = \port$9598$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_lpf_l8.rng_3_0 (rst, en, step, out, data, \port$9608$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26719,12 +26769,14 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9608$0 ;
+  wire [1:0] \port$9608$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -26751,11 +26803,12 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$37 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9608$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h9b349238c659227a;
@@ -26764,20 +26817,23 @@ module \lpsgld_w8_lpf_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$37 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9608$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
+  assign load0 = \port$9608$0 [0];
+  assign load1 = \port$9608$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_lpf_l8.rng_4_0 (rst, en, step, out, data, \port$9618$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26797,12 +26853,14 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9618$0 ;
+  wire [1:0] \port$9618$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -26829,11 +26887,12 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$38 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9618$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h4848a7e4d3e77ed3;
@@ -26842,20 +26901,23 @@ module \lpsgld_w8_lpf_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$38 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9618$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
+  assign load0 = \port$9618$0 [0];
+  assign load1 = \port$9618$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_lpf_l8.rng_5_0 (rst, en, step, out, data, \port$9628$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26875,12 +26937,14 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9628$0 ;
+  wire [1:0] \port$9628$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -26907,11 +26971,12 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$39 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9628$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h827a07ff79b19156;
@@ -26920,20 +26985,23 @@ module \lpsgld_w8_lpf_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$39 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9628$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
+  assign load0 = \port$9628$0 [0];
+  assign load1 = \port$9628$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_lpf_l8.rng_6_0 (rst, en, step, out, data, \port$9638$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -26953,12 +27021,14 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9638$0 ;
+  wire [1:0] \port$9638$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -26985,11 +27055,12 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$40 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9638$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h87bb5cc865951d3a;
@@ -26998,20 +27069,23 @@ module \lpsgld_w8_lpf_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$40 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9638$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
+  assign load0 = \port$9638$0 [0];
+  assign load1 = \port$9638$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_lpf_l8.rng_7_0 (rst, en, step, out, data, \port$9648$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -27031,12 +27105,14 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9648$0 ;
+  wire [1:0] \port$9648$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -27063,11 +27139,12 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$41 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9648$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h30dc637b46b379dc;
@@ -27076,14 +27153,17 @@ module \lpsgld_w8_lpf_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$41 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9648$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
+  assign load0 = \port$9648$0 [0];
+  assign load1 = \port$9648$0 [1];
 endmodule

@@ -38,12 +38,13 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$38 ;
   reg \$39 ;
   wire \$4 ;
-  reg [63:0] \$40 ;
-  reg [1:0] \$41 ;
-  reg \$42 ;
-  reg [15:0] \$43 ;
-  reg [11:0] \$44 ;
-  reg [15:0] \$45 ;
+  reg \$40 ;
+  reg [63:0] \$41 ;
+  reg [1:0] \$42 ;
+  reg \$43 ;
+  reg [15:0] \$44 ;
+  reg [11:0] \$45 ;
+  reg [15:0] \$46 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -61,6 +62,7 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
+  wire \en$35 ;
   wire free;
   wire [7:0] grad;
   output idle;
@@ -75,6 +77,7 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg keep_7 = 1'h0;
   reg keep_8 = 1'h0;
   reg keep_9 = 1'h0;
+  reg live_1 = 1'h0;
   wire load0;
   wire load1;
   reg [15:0] noise = 16'h0000;
@@ -115,7 +118,7 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
-  reg [15:0] \step$41  = 16'h0000;
+  reg [15:0] \step$42  = 16'h0000;
   wire [7:0] theta;
   wire took;
   reg valid_1 = 1'h0;
@@ -136,37 +139,39 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
   always @(posedge clk)
-    keep_5 <= \$31 ;
+    keep_4 <= \$31 ;
   always @(posedge clk)
-    keep_6 <= \$32 ;
+    keep_5 <= \$32 ;
   always @(posedge clk)
-    keep_7 <= \$33 ;
+    keep_6 <= \$33 ;
   always @(posedge clk)
-    keep_8 <= \$34 ;
+    keep_7 <= \$34 ;
   always @(posedge clk)
-    keep_9 <= \$35 ;
+    keep_8 <= \$35 ;
   always @(posedge clk)
-    keep_10 <= \$36 ;
+    keep_9 <= \$36 ;
+  always @(posedge clk)
+    keep_10 <= \$37 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$37 ;
+    write_step <= \$38 ;
   always @(posedge clk)
-    write_decay <= \$38 ;
+    write_decay <= \$39 ;
   always @(posedge clk)
-    write_noise <= \$39 ;
+    write_noise <= \$40 ;
   always @(posedge clk)
-    data <= \$40 ;
+    data <= \$41 ;
   always @(posedge clk)
-    seed_load_0 <= \$41 ;
+    seed_load_0 <= \$42 ;
   always @(posedge clk)
-    seed_hold_0 <= \$42 ;
+    seed_hold_0 <= \$43 ;
   always @(posedge clk)
-    \step$41  <= \$43 ;
+    \step$42  <= \$44 ;
   always @(posedge clk)
-    decay <= \$44 ;
+    decay <= \$45 ;
   always @(posedge clk)
-    noise <= \$45 ;
+    noise <= \$46 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
@@ -176,14 +181,13 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1;
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1 & \$8 ;
+  assign \$9  = sink__payload[0] & sink__valid;
   assign \$10  = ctl__addr == 9'h100;
   assign \$11  = ctl__addr == 9'h101;
   assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
@@ -196,29 +200,29 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   always @(posedge clk)
     keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$19 ;
+    live_1 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$20 ;
+    valid_2 <= \$20 ;
   always @(posedge clk)
-    valid_4 <= \$21 ;
+    valid_3 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$22 ;
+    valid_4 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$23 ;
+    valid_5 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$24 ;
+    valid_6 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$25 ;
+    valid_7 <= \$25 ;
   always @(posedge clk)
-    valid_9 <= \$26 ;
+    valid_8 <= \$26 ;
   always @(posedge clk)
-    source__valid <= \$27 ;
+    valid_9 <= \$27 ;
   always @(posedge clk)
-    keep_2 <= \$28 ;
+    source__valid <= \$28 ;
   always @(posedge clk)
-    keep_3 <= \$29 ;
+    keep_2 <= \$29 ;
   always @(posedge clk)
-    keep_4 <= \$30 ;
+    keep_3 <= \$30 ;
   \lpsgld_w8_naive_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -227,64 +231,58 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
     .state(state),
-    .step(\step$41 ),
+    .step(\step$42 ),
     .words(words)
   );
   \lpsgld_w8_naive_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$1229$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = keep_6;
+    \$32  = keep_5;
     if (advance) begin
-      \$32  = keep_5;
+      \$32  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = keep_7;
+    \$33  = keep_6;
     if (advance) begin
-      \$33  = keep_6;
+      \$33  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = keep_8;
+    \$34  = keep_7;
     if (advance) begin
-      \$34  = keep_7;
+      \$34  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = keep_9;
+    \$35  = keep_8;
     if (advance) begin
-      \$35  = keep_8;
+      \$35  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_10;
+    \$36  = keep_9;
     if (advance) begin
-      \$36  = keep_9;
+      \$36  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$37  = 1'h1;
-      endcase
-    end
-    if (rst) begin
-      \$37  = 1'h0;
+    \$37  = keep_10;
+    if (advance) begin
+      \$37  = keep_9;
     end
   end
   always @* begin
@@ -293,8 +291,6 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            /* empty */;
-        16'h0001:
             \$38  = 1'h1;
       endcase
     end
@@ -310,8 +306,6 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0000:
             /* empty */;
         16'h0001:
-            /* empty */;
-        16'h0002:
             \$39  = 1'h1;
       endcase
     end
@@ -321,61 +315,80 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = data;
+    \$40  = 1'h0;
     if (ctl__we) begin
-      \$40  = ctl__data;
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            \$40  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$40  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = seed_load_0;
+    \$41  = data;
+    if (ctl__we) begin
+      \$41  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = seed_load_0;
     if (\$13 ) begin
-      \$41  = \$16 ;
+      \$42  = \$16 ;
     end else if (free) begin
-      \$41  = 2'h0;
+      \$42  = 2'h0;
     end
     if (rst) begin
-      \$41  = 2'h0;
+      \$42  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = seed_hold_0;
+    \$43  = seed_hold_0;
     if (\$13 ) begin
-      \$42  = took;
+      \$43  = took;
+    end else if (free) begin
+      \$43  = 1'h0;
     end
     if (rst) begin
-      \$42  = 1'h0;
+      \$43  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = \step$41 ;
+    \$44  = \step$42 ;
     if (write_step) begin
-      \$43  = wdata[15:0];
+      \$44  = wdata[15:0];
     end
     if (rst) begin
-      \$43  = 16'h0000;
+      \$44  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = decay;
+    \$45  = decay;
     if (write_decay) begin
-      \$44  = wdata[11:0];
+      \$45  = wdata[11:0];
     end
     if (rst) begin
-      \$44  = 12'h000;
+      \$45  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = noise;
+    \$46  = noise;
     if (write_noise) begin
-      \$45  = wdata[15:0];
+      \$46  = wdata[15:0];
     end
     if (rst) begin
-      \$45  = 16'h0000;
+      \$46  = 16'h0000;
     end
   end
   always @* begin
@@ -397,9 +410,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_2;
+    \$19  = live_1;
     if (advance) begin
-      \$19  = valid_1;
+      \$19  = \$9 ;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -407,9 +420,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_3;
+    \$20  = valid_2;
     if (advance) begin
-      \$20  = valid_2;
+      \$20  = valid_1;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -417,9 +430,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_4;
+    \$21  = valid_3;
     if (advance) begin
-      \$21  = valid_3;
+      \$21  = valid_2;
     end
     if (rst) begin
       \$21  = 1'h0;
@@ -427,9 +440,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_5;
+    \$22  = valid_4;
     if (advance) begin
-      \$22  = valid_4;
+      \$22  = valid_3;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -437,9 +450,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_6;
+    \$23  = valid_5;
     if (advance) begin
-      \$23  = valid_5;
+      \$23  = valid_4;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -447,9 +460,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_7;
+    \$24  = valid_6;
     if (advance) begin
-      \$24  = valid_6;
+      \$24  = valid_5;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -457,9 +470,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_8;
+    \$25  = valid_7;
     if (advance) begin
-      \$25  = valid_7;
+      \$25  = valid_6;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -467,9 +480,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_9;
+    \$26  = valid_8;
     if (advance) begin
-      \$26  = valid_8;
+      \$26  = valid_7;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -477,9 +490,9 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = source__valid;
+    \$27  = valid_9;
     if (advance) begin
-      \$27  = valid_9;
+      \$27  = valid_8;
     end
     if (rst) begin
       \$27  = 1'h0;
@@ -487,40 +500,45 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = keep_2;
+    \$28  = source__valid;
     if (advance) begin
-      \$28  = keep_1;
+      \$28  = valid_9;
+    end
+    if (rst) begin
+      \$28  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = keep_3;
+    \$29  = keep_2;
     if (advance) begin
-      \$29  = keep_2;
+      \$29  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = keep_4;
+    \$30  = keep_3;
     if (advance) begin
-      \$30  = keep_3;
+      \$30  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = keep_5;
+    \$31  = keep_4;
     if (advance) begin
-      \$31  = keep_4;
+      \$31  = keep_3;
     end
   end
   assign valid_10 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$35  = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$41 ;
+  assign reg_step_0 = \step$42 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign \sink__payload.keep  = sink__payload[0];
@@ -2976,60 +2994,92 @@ module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [20:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [16:0] \$21 ;
-  wire [20:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [29:0] \$24 ;
-  wire [25:0] \$25 ;
-  wire [21:0] \$26 ;
-  wire [34:0] \$27 ;
-  wire [26:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [20:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [16:0] \$28 ;
+  wire [20:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [7:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [13:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [17:0] \$30 ;
+  wire [18:0] \$31 ;
+  wire [17:0] \$32 ;
+  wire [18:0] \$33 ;
+  wire [17:0] \$34 ;
+  wire [18:0] \$35 ;
+  wire [17:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [29:0] \$38 ;
+  wire [25:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [23:0] \$45 ;
-  reg [32:0] \$46 ;
-  reg [22:0] \$47 ;
-  reg [26:0] \$48 ;
-  reg [28:0] \$49 ;
+  wire [21:0] \$40 ;
+  wire [17:0] \$41 ;
+  wire [18:0] \$42 ;
+  wire [17:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [18:0] \$45 ;
+  wire [19:0] \$46 ;
+  wire [18:0] \$47 ;
+  wire [17:0] \$48 ;
+  wire [26:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [20:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [16:0] \$52 ;
-  reg [20:0] \$53 ;
-  reg [33:0] \$54 ;
-  reg [29:0] \$55 ;
-  reg [25:0] \$56 ;
-  reg [21:0] \$57 ;
-  reg [34:0] \$58 ;
-  reg [26:0] \$59 ;
+  wire [35:0] \$50 ;
+  wire [18:0] \$51 ;
+  wire [19:0] \$52 ;
+  wire [35:0] \$53 ;
+  wire [18:0] \$54 ;
+  wire [19:0] \$55 ;
+  wire [35:0] \$56 ;
+  wire [18:0] \$57 ;
+  wire [19:0] \$58 ;
+  wire [35:0] \$59 ;
   wire [13:0] \$6 ;
-  reg [35:0] \$60 ;
+  wire [18:0] \$60 ;
+  wire [17:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [17:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [13:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [17:0] \$76 ;
+  reg [23:0] \$77 ;
+  reg [32:0] \$78 ;
+  reg [22:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [26:0] \$80 ;
+  reg [28:0] \$81 ;
+  reg [20:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [20:0] \$85 ;
+  reg [33:0] \$86 ;
+  reg [29:0] \$87 ;
+  reg [25:0] \$88 ;
+  reg [21:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [26:0] \$91 ;
+  reg [35:0] \$92 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -3083,65 +3133,6 @@ module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_u_sr <= \$45 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$46 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$47 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$48 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$60 ;
-  assign \$1  = step * grad[1:0];
-  assign \$2  = step * grad[3:2];
-  assign \$3  = step * grad[5:4];
-  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
-  assign \$5  = decay * theta[1:0];
-  assign \$6  = decay * theta[3:2];
-  assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
   assign \$10  = noise * z[3:2];
@@ -3149,253 +3140,344 @@ module \lpsgld_w8_naive_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   assign \$12  = noise * z[7:6];
   assign \$13  = noise * z[9:8];
   assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
-  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
-  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
-  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$26  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$27  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$28  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$29  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$30  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$31  = \$30  + 1'h0;
+  assign \$32  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$33  = \$32  + 1'h0;
+  assign \$34  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$35  = \$34  + 1'h1;
+  assign \$36  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$37  = \$33 [17] ? \$35 [16:0] : \$36 [16:0];
+  assign \$38  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$40  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$41  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$42  = \$41  + 1'h0;
+  assign \$43  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$44  = \$43  + 1'h0;
+  assign \$45  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$46  = \$45  + 1'h1;
+  assign \$47  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$48  = \$44 [17] ? \$46 [17:0] : \$47 [17:0];
+  assign \$49  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$50  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$51  = sum_x_l2_0[17:0] + \$50 [17:0];
+  assign \$52  = \$51  + 1'h1;
+  assign \$53  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$54  = sum_x_l2_0[17:0] + \$53 [17:0];
+  assign \$55  = \$54  + 1'h1;
+  assign \$56  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$57  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$56 [35:18];
+  assign \$58  = \$57  + 1'h1;
+  assign \$59  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$60  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$59 [35:18];
+  assign \$61  = \$55 [18] ? \$58 [17:0] : \$60 [17:0];
   always @(posedge clk)
-    sum_theta <= \$30 ;
+    sum_theta <= \$62 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$31 ;
+    sum_step_pp0 <= \$63 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$32 ;
+    sum_step_pp1 <= \$64 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$33 ;
+    sum_step_pp2 <= \$65 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$34 ;
+    sum_step_pp3 <= \$66 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$67 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$68 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$69 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$70 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$71 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$72 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$73 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$74 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$75 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$76 ;
+  always @(posedge clk)
+    sum_u_sr <= \$77 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$78 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$79 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$80 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$81 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$82 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$83 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$90 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$91 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$92 ;
+  assign \$1  = step * grad[1:0];
+  assign \$2  = step * grad[3:2];
+  assign \$3  = step * grad[5:4];
+  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
+  assign \$5  = decay * theta[1:0];
+  assign \$6  = decay * theta[3:2];
+  assign \$7  = decay * theta[5:4];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_decay_pp0;
+    \$62  = sum_theta;
     if (en) begin
-      \$35  = \$5 ;
+      \$62  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_decay_pp1;
+    \$63  = sum_step_pp0;
     if (en) begin
-      \$36  = \$6 ;
+      \$63  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_decay_pp2;
+    \$64  = sum_step_pp1;
     if (en) begin
-      \$37  = \$7 ;
+      \$64  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_decay_pp3;
+    \$65  = sum_step_pp2;
     if (en) begin
-      \$38  = \$8 ;
+      \$65  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_noise_pp0;
+    \$66  = sum_step_pp3;
     if (en) begin
-      \$39  = \$9 ;
+      \$66  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_noise_pp1;
+    \$67  = sum_decay_pp0;
     if (en) begin
-      \$40  = \$10 ;
+      \$67  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_noise_pp2;
+    \$68  = sum_decay_pp1;
     if (en) begin
-      \$41  = \$11 ;
+      \$68  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_noise_pp3;
+    \$69  = sum_decay_pp2;
     if (en) begin
-      \$42  = \$12 ;
+      \$69  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_noise_pp4;
+    \$70  = sum_decay_pp3;
     if (en) begin
-      \$43  = \$13 ;
+      \$70  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_noise_pp5;
+    \$71  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$14 ;
+      \$71  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_u_sr;
+    \$72  = sum_noise_pp1;
     if (en) begin
-      \$45  = u_sr;
+      \$72  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_x_l0_0;
+    \$73  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$15 ;
+      \$73  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_x_l0_1;
+    \$74  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$16 ;
+      \$74  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_x_l0_2;
+    \$75  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$17 ;
+      \$75  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_x_l0_3;
+    \$76  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$18 ;
+      \$76  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_4;
+    \$77  = sum_u_sr;
     if (en) begin
-      \$50  = \$19 ;
+      \$77  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_5;
+    \$78  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$20 ;
+      \$78  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l0_6;
+    \$79  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$21 ;
+      \$79  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l0_7;
+    \$80  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$22 ;
+      \$80  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l1_0;
+    \$81  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$23 ;
+      \$81  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l1_1;
+    \$82  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$24 ;
+      \$82  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l1_2;
+    \$83  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$25 ;
+      \$83  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l1_3;
+    \$84  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$26 ;
+      \$84  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l2_0;
+    \$85  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$27 ;
+      \$85  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$59  = sum_x_l2_1;
+    \$86  = sum_x_l1_0;
     if (en) begin
-      \$59  = \$28 ;
+      \$86  = { \$37 , \$31 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$60  = sum_x_l3_0;
+    \$87  = sum_x_l1_1;
     if (en) begin
-      \$60  = \$29 ;
+      \$87  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = sum_theta;
+    \$88  = sum_x_l1_2;
     if (en) begin
-      \$30  = theta;
+      \$88  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = sum_step_pp0;
+    \$89  = sum_x_l1_3;
     if (en) begin
-      \$31  = \$1 ;
+      \$89  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = sum_step_pp1;
+    \$90  = sum_x_l2_0;
     if (en) begin
-      \$32  = \$2 ;
+      \$90  = { \$48 , \$42 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_step_pp2;
+    \$91  = sum_x_l2_1;
     if (en) begin
-      \$33  = \$3 ;
+      \$91  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_step_pp3;
+    \$92  = sum_x_l3_0;
     if (en) begin
-      \$34  = \$4 ;
+      \$92  = { \$61 , \$52 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_naive_l1.rng_0_0 (rst, en, step, out, data, \port$1229$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -3415,12 +3497,14 @@ module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$1229$0 ;
+  wire [1:0] \port$1229$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -3447,11 +3531,12 @@ module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$1229$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -3460,14 +3545,17 @@ module \lpsgld_w8_naive_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$1229$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$1229$0 [0];
+  assign load1 = \port$1229$0 [1];
 endmodule

@@ -6,77 +6,71 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire [1:0] \$100 ;
+  reg \$100 ;
   reg \$101 ;
-  reg [7:0] \$102 ;
+  reg \$102 ;
   reg \$103 ;
   reg \$104 ;
   reg \$105 ;
-  reg \$106 ;
-  reg \$107 ;
-  reg \$108 ;
-  reg \$109 ;
+  reg [7:0] \$106 ;
+  reg [7:0] \$107 ;
+  reg [7:0] \$108 ;
+  reg [7:0] \$109 ;
   wire \$11 ;
-  reg \$110 ;
-  reg \$111 ;
+  reg [7:0] \$110 ;
+  reg [7:0] \$111 ;
   reg [7:0] \$112 ;
   reg [7:0] \$113 ;
   reg [7:0] \$114 ;
-  reg [7:0] \$115 ;
-  reg [7:0] \$116 ;
-  reg [7:0] \$117 ;
-  reg [7:0] \$118 ;
-  reg [7:0] \$119 ;
+  reg \$115 ;
+  reg \$116 ;
+  reg \$117 ;
+  reg [63:0] \$118 ;
+  reg [1:0] \$119 ;
   wire \$12 ;
-  reg [7:0] \$120 ;
-  reg \$121 ;
-  reg \$122 ;
-  reg \$123 ;
-  reg [63:0] \$124 ;
-  reg [1:0] \$125 ;
-  reg \$126 ;
-  reg [15:0] \$127 ;
-  reg [11:0] \$128 ;
-  reg [15:0] \$129 ;
+  reg \$120 ;
+  reg [15:0] \$121 ;
+  reg [11:0] \$122 ;
+  reg [15:0] \$123 ;
+  reg [1:0] \$124 ;
+  reg \$125 ;
+  reg [15:0] \$126 ;
+  reg [11:0] \$127 ;
+  reg [15:0] \$128 ;
+  reg [1:0] \$129 ;
   wire \$13 ;
-  reg [1:0] \$130 ;
-  reg \$131 ;
-  reg [15:0] \$132 ;
-  reg [11:0] \$133 ;
-  reg [15:0] \$134 ;
-  reg [1:0] \$135 ;
-  reg \$136 ;
-  reg [15:0] \$137 ;
-  reg [11:0] \$138 ;
-  reg [15:0] \$139 ;
+  reg \$130 ;
+  reg [15:0] \$131 ;
+  reg [11:0] \$132 ;
+  reg [15:0] \$133 ;
+  reg [1:0] \$134 ;
+  reg \$135 ;
+  reg [15:0] \$136 ;
+  reg [11:0] \$137 ;
+  reg [15:0] \$138 ;
+  reg [1:0] \$139 ;
   wire \$14 ;
-  reg [1:0] \$140 ;
-  reg \$141 ;
-  reg [15:0] \$142 ;
-  reg [11:0] \$143 ;
-  reg [15:0] \$144 ;
-  reg [1:0] \$145 ;
-  reg \$146 ;
-  reg [15:0] \$147 ;
-  reg [11:0] \$148 ;
-  reg [15:0] \$149 ;
+  reg \$140 ;
+  reg [15:0] \$141 ;
+  reg [11:0] \$142 ;
+  reg [15:0] \$143 ;
+  reg [1:0] \$144 ;
+  reg \$145 ;
+  reg [15:0] \$146 ;
+  reg [11:0] \$147 ;
+  reg [15:0] \$148 ;
+  reg [1:0] \$149 ;
   wire \$15 ;
-  reg [1:0] \$150 ;
-  reg \$151 ;
-  reg [15:0] \$152 ;
-  reg [11:0] \$153 ;
-  reg [15:0] \$154 ;
-  reg [1:0] \$155 ;
-  reg \$156 ;
-  reg [15:0] \$157 ;
-  reg [11:0] \$158 ;
-  reg [15:0] \$159 ;
+  reg \$150 ;
+  reg [15:0] \$151 ;
+  reg [11:0] \$152 ;
+  reg [15:0] \$153 ;
+  reg [1:0] \$154 ;
+  reg \$155 ;
+  reg [15:0] \$156 ;
+  reg [11:0] \$157 ;
+  reg [15:0] \$158 ;
   wire \$16 ;
-  reg [1:0] \$160 ;
-  reg \$161 ;
-  reg [15:0] \$162 ;
-  reg [11:0] \$163 ;
-  reg [15:0] \$164 ;
   wire \$17 ;
   wire \$18 ;
   wire \$19 ;
@@ -99,15 +93,15 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$34 ;
   wire \$35 ;
   wire \$36 ;
-  wire \$37 ;
+  wire [7:0] \$37 ;
   wire \$38 ;
   wire \$39 ;
   wire \$4 ;
-  wire \$40 ;
+  wire [1:0] \$40 ;
   wire \$41 ;
   wire \$42 ;
   wire \$43 ;
-  wire \$44 ;
+  wire [1:0] \$44 ;
   wire \$45 ;
   wire \$46 ;
   wire [1:0] \$47 ;
@@ -162,12 +156,12 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \$91 ;
   wire \$92 ;
   wire [1:0] \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire [1:0] \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  reg \$94 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg \$97 ;
+  reg \$98 ;
+  reg \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -179,44 +173,52 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$109 ;
+  wire [63:0] \data$114 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$128 ;
+  wire [63:0] \data$134 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$147 ;
+  wire [63:0] \data$154 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$166 ;
+  wire [63:0] \data$174 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$52 ;
+  wire [63:0] \data$54 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$71 ;
+  wire [63:0] \data$74 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$90 ;
+  wire [63:0] \data$94 ;
   reg [11:0] decay = 12'h000;
-  reg [11:0] \decay$100  = 12'h000;
-  reg [11:0] \decay$119  = 12'h000;
-  reg [11:0] \decay$138  = 12'h000;
-  reg [11:0] \decay$157  = 12'h000;
-  reg [11:0] \decay$176  = 12'h000;
-  reg [11:0] \decay$62  = 12'h000;
-  reg [11:0] \decay$81  = 12'h000;
+  reg [11:0] \decay$104  = 12'h000;
+  reg [11:0] \decay$124  = 12'h000;
+  reg [11:0] \decay$144  = 12'h000;
+  reg [11:0] \decay$164  = 12'h000;
+  reg [11:0] \decay$184  = 12'h000;
+  reg [11:0] \decay$64  = 12'h000;
+  reg [11:0] \decay$84  = 12'h000;
   wire en;
-  wire \en$110 ;
-  wire \en$129 ;
+  wire \en$108 ;
+  wire \en$115 ;
+  wire \en$128 ;
+  wire \en$135 ;
   wire \en$148 ;
-  wire \en$167 ;
-  wire \en$53 ;
-  wire \en$72 ;
-  wire \en$91 ;
+  wire \en$155 ;
+  wire \en$168 ;
+  wire \en$175 ;
+  wire \en$35 ;
+  wire \en$48 ;
+  wire \en$55 ;
+  wire \en$68 ;
+  wire \en$75 ;
+  wire \en$88 ;
+  wire \en$95 ;
   wire free;
   wire [7:0] grad;
-  wire [7:0] \grad$112 ;
-  wire [7:0] \grad$131 ;
-  wire [7:0] \grad$150 ;
-  wire [7:0] \grad$169 ;
-  wire [7:0] \grad$55 ;
-  wire [7:0] \grad$74 ;
-  wire [7:0] \grad$93 ;
+  wire [7:0] \grad$117 ;
+  wire [7:0] \grad$137 ;
+  wire [7:0] \grad$157 ;
+  wire [7:0] \grad$177 ;
+  wire [7:0] \grad$57 ;
+  wire [7:0] \grad$77 ;
+  wire [7:0] \grad$97 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -229,38 +231,39 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg [7:0] keep_7 = 8'h00;
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
+  reg [7:0] live_1 = 8'h00;
   wire load0;
-  wire \load0$107 ;
-  wire \load0$126 ;
-  wire \load0$145 ;
-  wire \load0$164 ;
-  wire \load0$50 ;
-  wire \load0$69 ;
-  wire \load0$88 ;
+  wire \load0$112 ;
+  wire \load0$132 ;
+  wire \load0$152 ;
+  wire \load0$172 ;
+  wire \load0$52 ;
+  wire \load0$72 ;
+  wire \load0$92 ;
   wire load1;
-  wire \load1$108 ;
-  wire \load1$127 ;
-  wire \load1$146 ;
-  wire \load1$165 ;
-  wire \load1$51 ;
-  wire \load1$70 ;
-  wire \load1$89 ;
+  wire \load1$113 ;
+  wire \load1$133 ;
+  wire \load1$153 ;
+  wire \load1$173 ;
+  wire \load1$53 ;
+  wire \load1$73 ;
+  wire \load1$93 ;
   reg [15:0] noise = 16'h0000;
-  reg [15:0] \noise$102  = 16'h0000;
-  reg [15:0] \noise$121  = 16'h0000;
-  reg [15:0] \noise$140  = 16'h0000;
-  reg [15:0] \noise$159  = 16'h0000;
-  reg [15:0] \noise$178  = 16'h0000;
-  reg [15:0] \noise$64  = 16'h0000;
-  reg [15:0] \noise$83  = 16'h0000;
+  reg [15:0] \noise$106  = 16'h0000;
+  reg [15:0] \noise$126  = 16'h0000;
+  reg [15:0] \noise$146  = 16'h0000;
+  reg [15:0] \noise$166  = 16'h0000;
+  reg [15:0] \noise$186  = 16'h0000;
+  reg [15:0] \noise$66  = 16'h0000;
+  reg [15:0] \noise$86  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$114 ;
-  wire [63:0] \out$133 ;
-  wire [63:0] \out$152 ;
-  wire [63:0] \out$171 ;
-  wire [63:0] \out$57 ;
-  wire [63:0] \out$76 ;
-  wire [63:0] \out$95 ;
+  wire [63:0] \out$119 ;
+  wire [63:0] \out$139 ;
+  wire [63:0] \out$159 ;
+  wire [63:0] \out$179 ;
+  wire [63:0] \out$59 ;
+  wire [63:0] \out$79 ;
+  wire [63:0] \out$99 ;
   (* init = 12'h000 *)
   wire [11:0] reg_decay_0;
   (* init = 12'h000 *)
@@ -380,37 +383,37 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$115 ;
-  wire [7:0] \state$134 ;
-  wire [7:0] \state$153 ;
-  wire [7:0] \state$172 ;
-  wire [7:0] \state$58 ;
-  wire [7:0] \state$77 ;
-  wire [7:0] \state$96 ;
+  wire [7:0] \state$100 ;
+  wire [7:0] \state$120 ;
+  wire [7:0] \state$140 ;
+  wire [7:0] \state$160 ;
+  wire [7:0] \state$180 ;
+  wire [7:0] \state$60 ;
+  wire [7:0] \state$80 ;
   wire step;
-  wire \step$104 ;
-  reg [15:0] \step$117  = 16'h0000;
-  wire \step$123 ;
-  reg [15:0] \step$136  = 16'h0000;
-  wire \step$142 ;
-  reg [15:0] \step$155  = 16'h0000;
-  wire \step$161 ;
-  reg [15:0] \step$174  = 16'h0000;
-  reg [15:0] \step$41  = 16'h0000;
-  wire \step$47 ;
-  reg [15:0] \step$60  = 16'h0000;
-  wire \step$66 ;
-  reg [15:0] \step$79  = 16'h0000;
-  wire \step$85 ;
-  reg [15:0] \step$98  = 16'h0000;
+  reg [15:0] \step$102  = 16'h0000;
+  wire \step$110 ;
+  reg [15:0] \step$122  = 16'h0000;
+  wire \step$130 ;
+  reg [15:0] \step$142  = 16'h0000;
+  wire \step$150 ;
+  reg [15:0] \step$162  = 16'h0000;
+  wire \step$170 ;
+  reg [15:0] \step$182  = 16'h0000;
+  reg [15:0] \step$42  = 16'h0000;
+  wire \step$50 ;
+  reg [15:0] \step$62  = 16'h0000;
+  wire \step$70 ;
+  reg [15:0] \step$82  = 16'h0000;
+  wire \step$90 ;
   wire [7:0] theta;
-  wire [7:0] \theta$111 ;
-  wire [7:0] \theta$130 ;
-  wire [7:0] \theta$149 ;
-  wire [7:0] \theta$168 ;
-  wire [7:0] \theta$54 ;
-  wire [7:0] \theta$73 ;
-  wire [7:0] \theta$92 ;
+  wire [7:0] \theta$116 ;
+  wire [7:0] \theta$136 ;
+  wire [7:0] \theta$156 ;
+  wire [7:0] \theta$176 ;
+  wire [7:0] \theta$56 ;
+  wire [7:0] \theta$76 ;
+  wire [7:0] \theta$96 ;
   wire took;
   reg valid_1 = 1'h0;
   (* init = 1'h0 *)
@@ -425,21 +428,21 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg valid_9 = 1'h0;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
-  wire [7:0] \weight$116 ;
-  wire [7:0] \weight$135 ;
-  wire [7:0] \weight$154 ;
-  wire [7:0] \weight$173 ;
-  wire [7:0] \weight$59 ;
-  wire [7:0] \weight$78 ;
-  wire [7:0] \weight$97 ;
+  wire [7:0] \weight$101 ;
+  wire [7:0] \weight$121 ;
+  wire [7:0] \weight$141 ;
+  wire [7:0] \weight$161 ;
+  wire [7:0] \weight$181 ;
+  wire [7:0] \weight$61 ;
+  wire [7:0] \weight$81 ;
   wire [63:0] words;
-  wire [63:0] \words$113 ;
-  wire [63:0] \words$132 ;
-  wire [63:0] \words$151 ;
-  wire [63:0] \words$170 ;
-  wire [63:0] \words$56 ;
-  wire [63:0] \words$75 ;
-  wire [63:0] \words$94 ;
+  wire [63:0] \words$118 ;
+  wire [63:0] \words$138 ;
+  wire [63:0] \words$158 ;
+  wire [63:0] \words$178 ;
+  wire [63:0] \words$58 ;
+  wire [63:0] \words$78 ;
+  wire [63:0] \words$98 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
@@ -452,256 +455,243 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1[0];
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
-  assign \$10  = advance & valid_1;
-  assign \$11  = \$10  & keep_1[1];
-  assign \$12  = | seed_load_1;
-  assign \$13  = \$12  & seed_hold_1;
-  assign \$14  = ~ \$13 ;
-  assign \step$47  = \$11  & \$14 ;
-  assign \load0$50  = seed_load_1[0] & free;
-  assign \load1$51  = seed_load_1[1] & free;
-  assign \$15  = advance & valid_1;
-  assign \$16  = \$15  & keep_1[2];
-  assign \$17  = | seed_load_2;
-  assign \$18  = \$17  & seed_hold_2;
-  assign \$19  = ~ \$18 ;
-  assign \step$66  = \$16  & \$19 ;
-  assign \load0$69  = seed_load_2[0] & free;
-  assign \load1$70  = seed_load_2[1] & free;
-  assign \$20  = advance & valid_1;
-  assign \$21  = \$20  & keep_1[3];
-  assign \$22  = | seed_load_3;
-  assign \$23  = \$22  & seed_hold_3;
-  assign \$24  = ~ \$23 ;
-  assign \step$85  = \$21  & \$24 ;
-  assign \load0$88  = seed_load_3[0] & free;
-  assign \load1$89  = seed_load_3[1] & free;
-  assign \$25  = advance & valid_1;
-  assign \$26  = \$25  & keep_1[4];
-  assign \$27  = | seed_load_4;
-  assign \$28  = \$27  & seed_hold_4;
-  assign \$29  = ~ \$28 ;
-  assign \step$104  = \$26  & \$29 ;
-  assign \load0$107  = seed_load_4[0] & free;
-  assign \load1$108  = seed_load_4[1] & free;
-  assign \$30  = advance & valid_1;
-  assign \$31  = \$30  & keep_1[5];
-  assign \$32  = | seed_load_5;
-  assign \$33  = \$32  & seed_hold_5;
-  assign \$34  = ~ \$33 ;
-  assign \step$123  = \$31  & \$34 ;
-  assign \load0$126  = seed_load_5[0] & free;
-  assign \load1$127  = seed_load_5[1] & free;
-  assign \$35  = advance & valid_1;
-  assign \$36  = \$35  & keep_1[6];
-  assign \$37  = | seed_load_6;
-  assign \$38  = \$37  & seed_hold_6;
-  assign \$39  = ~ \$38 ;
-  assign \step$142  = \$36  & \$39 ;
-  assign \load0$145  = seed_load_6[0] & free;
-  assign \load1$146  = seed_load_6[1] & free;
-  assign \$40  = advance & valid_1;
-  assign \$41  = \$40  & keep_1[7];
-  assign \$42  = | seed_load_7;
-  assign \$43  = \$42  & seed_hold_7;
-  assign \$44  = ~ \$43 ;
-  assign \step$161  = \$41  & \$44 ;
-  assign \load0$164  = seed_load_7[0] & free;
-  assign \load1$165  = seed_load_7[1] & free;
-  assign \$45  = ctl__addr == 9'h100;
-  assign \$46  = ctl__addr == 9'h101;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1[0] & \$8 ;
+  assign \$9  = ~ valid_1;
+  assign \$10  = | seed_load_1;
+  assign \$11  = \$9  & \$10 ;
+  assign \en$48  = advance | \$11 ;
+  assign \$12  = ~ seed_hold_1;
+  assign \step$50  = live_1[1] & \$12 ;
+  assign \$13  = ~ valid_1;
+  assign \$14  = | seed_load_2;
+  assign \$15  = \$13  & \$14 ;
+  assign \en$68  = advance | \$15 ;
+  assign \$16  = ~ seed_hold_2;
+  assign \step$70  = live_1[2] & \$16 ;
+  assign \$17  = ~ valid_1;
+  assign \$18  = | seed_load_3;
+  assign \$19  = \$17  & \$18 ;
+  assign \en$88  = advance | \$19 ;
+  assign \$20  = ~ seed_hold_3;
+  assign \step$90  = live_1[3] & \$20 ;
+  assign \$21  = ~ valid_1;
+  assign \$22  = | seed_load_4;
+  assign \$23  = \$21  & \$22 ;
+  assign \en$108  = advance | \$23 ;
+  assign \$24  = ~ seed_hold_4;
+  assign \step$110  = live_1[4] & \$24 ;
+  assign \$25  = ~ valid_1;
+  assign \$26  = | seed_load_5;
+  assign \$27  = \$25  & \$26 ;
+  assign \en$128  = advance | \$27 ;
+  assign \$28  = ~ seed_hold_5;
+  assign \step$130  = live_1[5] & \$28 ;
+  assign \$29  = ~ valid_1;
+  assign \$30  = | seed_load_6;
+  assign \$31  = \$29  & \$30 ;
+  assign \en$148  = advance | \$31 ;
+  assign \$32  = ~ seed_hold_6;
+  assign \step$150  = live_1[6] & \$32 ;
+  assign \$33  = ~ valid_1;
+  assign \$34  = | seed_load_7;
+  assign \$35  = \$33  & \$34 ;
+  assign \en$168  = advance | \$35 ;
+  assign \$36  = ~ seed_hold_7;
+  assign \step$170  = live_1[7] & \$36 ;
+  assign \$37  = sink__payload[7:0] & { sink__valid, sink__valid, sink__valid, sink__valid, sink__valid, sink__valid, sink__valid, sink__valid };
+  assign \$38  = ctl__addr == 9'h100;
+  assign \$39  = ctl__addr == 9'h101;
+  assign \$40  = { \$39 , \$38  } & { ctl__we, ctl__we };
+  assign \$41  = | \$40 ;
+  assign \$42  = ctl__addr == 9'h100;
+  assign \$43  = ctl__addr == 9'h101;
+  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
+  assign \$45  = ctl__addr == 9'h102;
+  assign \$46  = ctl__addr == 9'h103;
   assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
   assign \$48  = | \$47 ;
-  assign \$49  = ctl__addr == 9'h100;
-  assign \$50  = ctl__addr == 9'h101;
+  assign \$49  = ctl__addr == 9'h102;
+  assign \$50  = ctl__addr == 9'h103;
   assign \$51  = { \$50 , \$49  } & { ctl__we, ctl__we };
-  assign \$52  = ctl__addr == 9'h102;
-  assign \$53  = ctl__addr == 9'h103;
+  assign \$52  = ctl__addr == 9'h104;
+  assign \$53  = ctl__addr == 9'h105;
   assign \$54  = { \$53 , \$52  } & { ctl__we, ctl__we };
   assign \$55  = | \$54 ;
-  assign \$56  = ctl__addr == 9'h102;
-  assign \$57  = ctl__addr == 9'h103;
+  assign \$56  = ctl__addr == 9'h104;
+  assign \$57  = ctl__addr == 9'h105;
   assign \$58  = { \$57 , \$56  } & { ctl__we, ctl__we };
-  assign \$59  = ctl__addr == 9'h104;
-  assign \$60  = ctl__addr == 9'h105;
+  assign \$59  = ctl__addr == 9'h106;
+  assign \$60  = ctl__addr == 9'h107;
   assign \$61  = { \$60 , \$59  } & { ctl__we, ctl__we };
   assign \$62  = | \$61 ;
-  assign \$63  = ctl__addr == 9'h104;
-  assign \$64  = ctl__addr == 9'h105;
+  assign \$63  = ctl__addr == 9'h106;
+  assign \$64  = ctl__addr == 9'h107;
   assign \$65  = { \$64 , \$63  } & { ctl__we, ctl__we };
-  assign \$66  = ctl__addr == 9'h106;
-  assign \$67  = ctl__addr == 9'h107;
+  assign \$66  = ctl__addr == 9'h108;
+  assign \$67  = ctl__addr == 9'h109;
   assign \$68  = { \$67 , \$66  } & { ctl__we, ctl__we };
   assign \$69  = | \$68 ;
-  assign \$70  = ctl__addr == 9'h106;
-  assign \$71  = ctl__addr == 9'h107;
+  assign \$70  = ctl__addr == 9'h108;
+  assign \$71  = ctl__addr == 9'h109;
   assign \$72  = { \$71 , \$70  } & { ctl__we, ctl__we };
-  assign \$73  = ctl__addr == 9'h108;
-  assign \$74  = ctl__addr == 9'h109;
+  assign \$73  = ctl__addr == 9'h10a;
+  assign \$74  = ctl__addr == 9'h10b;
   assign \$75  = { \$74 , \$73  } & { ctl__we, ctl__we };
   assign \$76  = | \$75 ;
-  assign \$77  = ctl__addr == 9'h108;
-  assign \$78  = ctl__addr == 9'h109;
+  assign \$77  = ctl__addr == 9'h10a;
+  assign \$78  = ctl__addr == 9'h10b;
   assign \$79  = { \$78 , \$77  } & { ctl__we, ctl__we };
-  assign \$80  = ctl__addr == 9'h10a;
-  assign \$81  = ctl__addr == 9'h10b;
+  assign \$80  = ctl__addr == 9'h10c;
+  assign \$81  = ctl__addr == 9'h10d;
   assign \$82  = { \$81 , \$80  } & { ctl__we, ctl__we };
   assign \$83  = | \$82 ;
-  assign \$84  = ctl__addr == 9'h10a;
-  assign \$85  = ctl__addr == 9'h10b;
+  assign \$84  = ctl__addr == 9'h10c;
+  assign \$85  = ctl__addr == 9'h10d;
   assign \$86  = { \$85 , \$84  } & { ctl__we, ctl__we };
-  assign \$87  = ctl__addr == 9'h10c;
-  assign \$88  = ctl__addr == 9'h10d;
+  assign \$87  = ctl__addr == 9'h10e;
+  assign \$88  = ctl__addr == 9'h10f;
   assign \$89  = { \$88 , \$87  } & { ctl__we, ctl__we };
   assign \$90  = | \$89 ;
-  assign \$91  = ctl__addr == 9'h10c;
-  assign \$92  = ctl__addr == 9'h10d;
+  assign \$91  = ctl__addr == 9'h10e;
+  assign \$92  = ctl__addr == 9'h10f;
   assign \$93  = { \$92 , \$91  } & { ctl__we, ctl__we };
-  assign \$94  = ctl__addr == 9'h10e;
-  assign \$95  = ctl__addr == 9'h10f;
-  assign \$96  = { \$95 , \$94  } & { ctl__we, ctl__we };
-  assign \$97  = | \$96 ;
-  assign \$98  = ctl__addr == 9'h10e;
-  assign \$99  = ctl__addr == 9'h10f;
-  assign \$100  = { \$99 , \$98  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$101 ;
+    valid_1 <= \$94 ;
   always @(posedge clk)
-    keep_1 <= \$102 ;
+    keep_1 <= \$95 ;
   always @(posedge clk)
-    valid_2 <= \$103 ;
+    live_1 <= \$96 ;
   always @(posedge clk)
-    valid_3 <= \$104 ;
+    valid_2 <= \$97 ;
   always @(posedge clk)
-    valid_4 <= \$105 ;
+    valid_3 <= \$98 ;
   always @(posedge clk)
-    valid_5 <= \$106 ;
+    valid_4 <= \$99 ;
   always @(posedge clk)
-    valid_6 <= \$107 ;
+    valid_5 <= \$100 ;
   always @(posedge clk)
-    valid_7 <= \$108 ;
+    valid_6 <= \$101 ;
   always @(posedge clk)
-    valid_8 <= \$109 ;
+    valid_7 <= \$102 ;
   always @(posedge clk)
-    valid_9 <= \$110 ;
+    valid_8 <= \$103 ;
   always @(posedge clk)
-    source__valid <= \$111 ;
+    valid_9 <= \$104 ;
   always @(posedge clk)
-    keep_2 <= \$112 ;
+    source__valid <= \$105 ;
   always @(posedge clk)
-    keep_3 <= \$113 ;
+    keep_2 <= \$106 ;
   always @(posedge clk)
-    keep_4 <= \$114 ;
+    keep_3 <= \$107 ;
   always @(posedge clk)
-    keep_5 <= \$115 ;
+    keep_4 <= \$108 ;
   always @(posedge clk)
-    keep_6 <= \$116 ;
+    keep_5 <= \$109 ;
   always @(posedge clk)
-    keep_7 <= \$117 ;
+    keep_6 <= \$110 ;
   always @(posedge clk)
-    keep_8 <= \$118 ;
+    keep_7 <= \$111 ;
   always @(posedge clk)
-    keep_9 <= \$119 ;
+    keep_8 <= \$112 ;
   always @(posedge clk)
-    keep_10 <= \$120 ;
+    keep_9 <= \$113 ;
+  always @(posedge clk)
+    keep_10 <= \$114 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$121 ;
+    write_step <= \$115 ;
   always @(posedge clk)
-    write_decay <= \$122 ;
+    write_decay <= \$116 ;
   always @(posedge clk)
-    write_noise <= \$123 ;
+    write_noise <= \$117 ;
   always @(posedge clk)
-    data <= \$124 ;
+    data <= \$118 ;
   always @(posedge clk)
-    seed_load_0 <= \$125 ;
+    seed_load_0 <= \$119 ;
   always @(posedge clk)
-    seed_hold_0 <= \$126 ;
+    seed_hold_0 <= \$120 ;
   always @(posedge clk)
-    \step$41  <= \$127 ;
+    \step$42  <= \$121 ;
   always @(posedge clk)
-    decay <= \$128 ;
+    decay <= \$122 ;
   always @(posedge clk)
-    noise <= \$129 ;
+    noise <= \$123 ;
   always @(posedge clk)
-    seed_load_1 <= \$130 ;
+    seed_load_1 <= \$124 ;
   always @(posedge clk)
-    seed_hold_1 <= \$131 ;
+    seed_hold_1 <= \$125 ;
   always @(posedge clk)
-    \step$60  <= \$132 ;
+    \step$62  <= \$126 ;
   always @(posedge clk)
-    \decay$62  <= \$133 ;
+    \decay$64  <= \$127 ;
   always @(posedge clk)
-    \noise$64  <= \$134 ;
+    \noise$66  <= \$128 ;
   always @(posedge clk)
-    seed_load_2 <= \$135 ;
+    seed_load_2 <= \$129 ;
   always @(posedge clk)
-    seed_hold_2 <= \$136 ;
+    seed_hold_2 <= \$130 ;
   always @(posedge clk)
-    \step$79  <= \$137 ;
+    \step$82  <= \$131 ;
   always @(posedge clk)
-    \decay$81  <= \$138 ;
+    \decay$84  <= \$132 ;
   always @(posedge clk)
-    \noise$83  <= \$139 ;
+    \noise$86  <= \$133 ;
   always @(posedge clk)
-    seed_load_3 <= \$140 ;
+    seed_load_3 <= \$134 ;
   always @(posedge clk)
-    seed_hold_3 <= \$141 ;
+    seed_hold_3 <= \$135 ;
   always @(posedge clk)
-    \step$98  <= \$142 ;
+    \step$102  <= \$136 ;
   always @(posedge clk)
-    \decay$100  <= \$143 ;
+    \decay$104  <= \$137 ;
   always @(posedge clk)
-    \noise$102  <= \$144 ;
+    \noise$106  <= \$138 ;
   always @(posedge clk)
-    seed_load_4 <= \$145 ;
+    seed_load_4 <= \$139 ;
   always @(posedge clk)
-    seed_hold_4 <= \$146 ;
+    seed_hold_4 <= \$140 ;
   always @(posedge clk)
-    \step$117  <= \$147 ;
+    \step$122  <= \$141 ;
   always @(posedge clk)
-    \decay$119  <= \$148 ;
+    \decay$124  <= \$142 ;
   always @(posedge clk)
-    \noise$121  <= \$149 ;
+    \noise$126  <= \$143 ;
   always @(posedge clk)
-    seed_load_5 <= \$150 ;
+    seed_load_5 <= \$144 ;
   always @(posedge clk)
-    seed_hold_5 <= \$151 ;
+    seed_hold_5 <= \$145 ;
   always @(posedge clk)
-    \step$136  <= \$152 ;
+    \step$142  <= \$146 ;
   always @(posedge clk)
-    \decay$138  <= \$153 ;
+    \decay$144  <= \$147 ;
   always @(posedge clk)
-    \noise$140  <= \$154 ;
+    \noise$146  <= \$148 ;
   always @(posedge clk)
-    seed_load_6 <= \$155 ;
+    seed_load_6 <= \$149 ;
   always @(posedge clk)
-    seed_hold_6 <= \$156 ;
+    seed_hold_6 <= \$150 ;
   always @(posedge clk)
-    \step$155  <= \$157 ;
+    \step$162  <= \$151 ;
   always @(posedge clk)
-    \decay$157  <= \$158 ;
+    \decay$164  <= \$152 ;
   always @(posedge clk)
-    \noise$159  <= \$159 ;
+    \noise$166  <= \$153 ;
   always @(posedge clk)
-    seed_load_7 <= \$160 ;
+    seed_load_7 <= \$154 ;
   always @(posedge clk)
-    seed_hold_7 <= \$161 ;
+    seed_hold_7 <= \$155 ;
   always @(posedge clk)
-    \step$174  <= \$162 ;
+    \step$182  <= \$156 ;
   always @(posedge clk)
-    \decay$176  <= \$163 ;
+    \decay$184  <= \$157 ;
   always @(posedge clk)
-    \noise$178  <= \$164 ;
+    \noise$186  <= \$158 ;
   \lpsgld_w8_naive_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -710,171 +700,238 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$41 ),
+    .step(\step$42 ),
     .theta(sink__payload[15:8]),
     .words(words)
   );
   \lpsgld_w8_naive_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$62 ),
+    .decay(\decay$64 ),
     .en(advance),
     .grad(sink__payload[87:80]),
-    .noise(\noise$64 ),
+    .noise(\noise$66 ),
     .rst(rst),
-    .state(\state$58 ),
-    .step(\step$60 ),
+    .state(\state$60 ),
+    .step(\step$62 ),
     .theta(sink__payload[23:16]),
-    .words(\words$56 )
+    .words(\words$58 )
   );
   \lpsgld_w8_naive_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$81 ),
+    .decay(\decay$84 ),
     .en(advance),
     .grad(sink__payload[95:88]),
-    .noise(\noise$83 ),
+    .noise(\noise$86 ),
     .rst(rst),
-    .state(\state$77 ),
-    .step(\step$79 ),
+    .state(\state$80 ),
+    .step(\step$82 ),
     .theta(sink__payload[31:24]),
-    .words(\words$75 )
+    .words(\words$78 )
   );
   \lpsgld_w8_naive_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$100 ),
+    .decay(\decay$104 ),
     .en(advance),
     .grad(sink__payload[103:96]),
-    .noise(\noise$102 ),
+    .noise(\noise$106 ),
     .rst(rst),
-    .state(\state$96 ),
-    .step(\step$98 ),
+    .state(\state$100 ),
+    .step(\step$102 ),
     .theta(sink__payload[39:32]),
-    .words(\words$94 )
+    .words(\words$98 )
   );
   \lpsgld_w8_naive_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(\decay$119 ),
+    .decay(\decay$124 ),
     .en(advance),
     .grad(sink__payload[111:104]),
-    .noise(\noise$121 ),
+    .noise(\noise$126 ),
     .rst(rst),
-    .state(\state$115 ),
-    .step(\step$117 ),
+    .state(\state$120 ),
+    .step(\step$122 ),
     .theta(sink__payload[47:40]),
-    .words(\words$113 )
+    .words(\words$118 )
   );
   \lpsgld_w8_naive_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(\decay$138 ),
+    .decay(\decay$144 ),
     .en(advance),
     .grad(sink__payload[119:112]),
-    .noise(\noise$140 ),
+    .noise(\noise$146 ),
     .rst(rst),
-    .state(\state$134 ),
-    .step(\step$136 ),
+    .state(\state$140 ),
+    .step(\step$142 ),
     .theta(sink__payload[55:48]),
-    .words(\words$132 )
+    .words(\words$138 )
   );
   \lpsgld_w8_naive_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(\decay$157 ),
+    .decay(\decay$164 ),
     .en(advance),
     .grad(sink__payload[127:120]),
-    .noise(\noise$159 ),
+    .noise(\noise$166 ),
     .rst(rst),
-    .state(\state$153 ),
-    .step(\step$155 ),
+    .state(\state$160 ),
+    .step(\step$162 ),
     .theta(sink__payload[63:56]),
-    .words(\words$151 )
+    .words(\words$158 )
   );
   \lpsgld_w8_naive_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(\decay$176 ),
+    .decay(\decay$184 ),
     .en(advance),
     .grad(sink__payload[135:128]),
-    .noise(\noise$178 ),
+    .noise(\noise$186 ),
     .rst(rst),
-    .state(\state$172 ),
-    .step(\step$174 ),
+    .state(\state$180 ),
+    .step(\step$182 ),
     .theta(sink__payload[71:64]),
-    .words(\words$170 )
+    .words(\words$178 )
   );
   \lpsgld_w8_naive_l8.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$9258$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w8_naive_l8.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$50 ),
-    .load1(\load1$51 ),
-    .out(\words$56 ),
+    .en(\en$48 ),
+    .out(\words$58 ),
+    .\port$9268$0 (seed_load_1),
     .rst(rst),
-    .step(\step$47 )
+    .step(\step$50 )
   );
   \lpsgld_w8_naive_l8.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$69 ),
-    .load1(\load1$70 ),
-    .out(\words$75 ),
+    .en(\en$68 ),
+    .out(\words$78 ),
+    .\port$9278$0 (seed_load_2),
     .rst(rst),
-    .step(\step$66 )
+    .step(\step$70 )
   );
   \lpsgld_w8_naive_l8.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$88 ),
-    .load1(\load1$89 ),
-    .out(\words$94 ),
+    .en(\en$88 ),
+    .out(\words$98 ),
+    .\port$9288$0 (seed_load_3),
     .rst(rst),
-    .step(\step$85 )
+    .step(\step$90 )
   );
   \lpsgld_w8_naive_l8.rng_4_0  rng_4_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$107 ),
-    .load1(\load1$108 ),
-    .out(\words$113 ),
+    .en(\en$108 ),
+    .out(\words$118 ),
+    .\port$9298$0 (seed_load_4),
     .rst(rst),
-    .step(\step$104 )
+    .step(\step$110 )
   );
   \lpsgld_w8_naive_l8.rng_5_0  rng_5_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$126 ),
-    .load1(\load1$127 ),
-    .out(\words$132 ),
+    .en(\en$128 ),
+    .out(\words$138 ),
+    .\port$9308$0 (seed_load_5),
     .rst(rst),
-    .step(\step$123 )
+    .step(\step$130 )
   );
   \lpsgld_w8_naive_l8.rng_6_0  rng_6_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$145 ),
-    .load1(\load1$146 ),
-    .out(\words$151 ),
+    .en(\en$148 ),
+    .out(\words$158 ),
+    .\port$9318$0 (seed_load_6),
     .rst(rst),
-    .step(\step$142 )
+    .step(\step$150 )
   );
   \lpsgld_w8_naive_l8.rng_7_0  rng_7_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$164 ),
-    .load1(\load1$165 ),
-    .out(\words$170 ),
+    .en(\en$168 ),
+    .out(\words$178 ),
+    .\port$9328$0 (seed_load_7),
     .rst(rst),
-    .step(\step$161 )
+    .step(\step$170 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = valid_1;
+    \$94  = valid_1;
     if (advance) begin
-      \$101  = sink__valid;
+      \$94  = sink__valid;
+    end
+    if (rst) begin
+      \$94  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = keep_1;
+    if (advance) begin
+      \$95  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$96  = live_1;
+    if (advance) begin
+      \$96  = \$37 ;
+    end
+    if (rst) begin
+      \$96  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$97  = valid_2;
+    if (advance) begin
+      \$97  = valid_1;
+    end
+    if (rst) begin
+      \$97  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = valid_3;
+    if (advance) begin
+      \$98  = valid_2;
+    end
+    if (rst) begin
+      \$98  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$99  = valid_4;
+    if (advance) begin
+      \$99  = valid_3;
+    end
+    if (rst) begin
+      \$99  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$100  = valid_5;
+    if (advance) begin
+      \$100  = valid_4;
+    end
+    if (rst) begin
+      \$100  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$101  = valid_6;
+    if (advance) begin
+      \$101  = valid_5;
     end
     if (rst) begin
       \$101  = 1'h0;
@@ -882,16 +939,19 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = keep_1;
+    \$102  = valid_7;
     if (advance) begin
-      \$102  = sink__payload[7:0];
+      \$102  = valid_6;
+    end
+    if (rst) begin
+      \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = valid_2;
+    \$103  = valid_8;
     if (advance) begin
-      \$103  = valid_1;
+      \$103  = valid_7;
     end
     if (rst) begin
       \$103  = 1'h0;
@@ -899,9 +959,9 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = valid_3;
+    \$104  = valid_9;
     if (advance) begin
-      \$104  = valid_2;
+      \$104  = valid_8;
     end
     if (rst) begin
       \$104  = 1'h0;
@@ -909,9 +969,9 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = valid_4;
+    \$105  = source__valid;
     if (advance) begin
-      \$105  = valid_3;
+      \$105  = valid_9;
     end
     if (rst) begin
       \$105  = 1'h0;
@@ -919,158 +979,98 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = valid_5;
+    \$106  = keep_2;
     if (advance) begin
-      \$106  = valid_4;
-    end
-    if (rst) begin
-      \$106  = 1'h0;
+      \$106  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = valid_6;
+    \$107  = keep_3;
     if (advance) begin
-      \$107  = valid_5;
-    end
-    if (rst) begin
-      \$107  = 1'h0;
+      \$107  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = valid_7;
+    \$108  = keep_4;
     if (advance) begin
-      \$108  = valid_6;
-    end
-    if (rst) begin
-      \$108  = 1'h0;
+      \$108  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = valid_8;
+    \$109  = keep_5;
     if (advance) begin
-      \$109  = valid_7;
-    end
-    if (rst) begin
-      \$109  = 1'h0;
+      \$109  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = valid_9;
+    \$110  = keep_6;
     if (advance) begin
-      \$110  = valid_8;
-    end
-    if (rst) begin
-      \$110  = 1'h0;
+      \$110  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = source__valid;
+    \$111  = keep_7;
     if (advance) begin
-      \$111  = valid_9;
-    end
-    if (rst) begin
-      \$111  = 1'h0;
+      \$111  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = keep_2;
+    \$112  = keep_8;
     if (advance) begin
-      \$112  = keep_1;
+      \$112  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = keep_3;
+    \$113  = keep_9;
     if (advance) begin
-      \$113  = keep_2;
+      \$113  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = keep_4;
+    \$114  = keep_10;
     if (advance) begin
-      \$114  = keep_3;
+      \$114  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$115  = keep_5;
-    if (advance) begin
-      \$115  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$116  = keep_6;
-    if (advance) begin
-      \$116  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$117  = keep_7;
-    if (advance) begin
-      \$117  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$118  = keep_8;
-    if (advance) begin
-      \$118  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$119  = keep_9;
-    if (advance) begin
-      \$119  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$120  = keep_10;
-    if (advance) begin
-      \$120  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$121  = 1'h0;
+    \$115  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$121  = 1'h1;
+            \$115  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$121  = 1'h0;
+      \$115  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$122  = 1'h0;
+    \$116  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$122  = 1'h1;
+            \$116  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$122  = 1'h0;
+      \$116  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$123  = 1'h0;
+    \$117  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1078,509 +1078,541 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
         16'h0001:
             /* empty */;
         16'h0002:
-            \$123  = 1'h1;
+            \$117  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$123  = 1'h0;
+      \$117  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$124  = data;
+    \$118  = data;
     if (ctl__we) begin
-      \$124  = ctl__data;
+      \$118  = ctl__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$125  = seed_load_0;
+    \$119  = seed_load_0;
+    if (\$41 ) begin
+      \$119  = \$44 ;
+    end else if (free) begin
+      \$119  = 2'h0;
+    end
+    if (rst) begin
+      \$119  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$120  = seed_hold_0;
+    if (\$41 ) begin
+      \$120  = took;
+    end else if (free) begin
+      \$120  = 1'h0;
+    end
+    if (rst) begin
+      \$120  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$121  = \step$42 ;
+    if (write_step) begin
+      \$121  = wdata[15:0];
+    end
+    if (rst) begin
+      \$121  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$122  = decay;
+    if (write_decay) begin
+      \$122  = wdata[11:0];
+    end
+    if (rst) begin
+      \$122  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$123  = noise;
+    if (write_noise) begin
+      \$123  = wdata[15:0];
+    end
+    if (rst) begin
+      \$123  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$124  = seed_load_1;
     if (\$48 ) begin
-      \$125  = \$51 ;
+      \$124  = \$51 ;
     end else if (free) begin
-      \$125  = 2'h0;
+      \$124  = 2'h0;
     end
     if (rst) begin
-      \$125  = 2'h0;
+      \$124  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$126  = seed_hold_0;
+    \$125  = seed_hold_1;
     if (\$48 ) begin
-      \$126  = took;
+      \$125  = took;
+    end else if (free) begin
+      \$125  = 1'h0;
     end
     if (rst) begin
-      \$126  = 1'h0;
+      \$125  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$127  = \step$41 ;
+    \$126  = \step$62 ;
     if (write_step) begin
-      \$127  = wdata[15:0];
+      \$126  = wdata[15:0];
     end
     if (rst) begin
-      \$127  = 16'h0000;
+      \$126  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$128  = decay;
+    \$127  = \decay$64 ;
     if (write_decay) begin
-      \$128  = wdata[11:0];
+      \$127  = wdata[11:0];
     end
     if (rst) begin
-      \$128  = 12'h000;
+      \$127  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$129  = noise;
+    \$128  = \noise$66 ;
     if (write_noise) begin
-      \$129  = wdata[15:0];
+      \$128  = wdata[15:0];
     end
     if (rst) begin
-      \$129  = 16'h0000;
+      \$128  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$130  = seed_load_1;
+    \$129  = seed_load_2;
     if (\$55 ) begin
-      \$130  = \$58 ;
+      \$129  = \$58 ;
     end else if (free) begin
-      \$130  = 2'h0;
+      \$129  = 2'h0;
     end
     if (rst) begin
-      \$130  = 2'h0;
+      \$129  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$131  = seed_hold_1;
+    \$130  = seed_hold_2;
     if (\$55 ) begin
-      \$131  = took;
+      \$130  = took;
+    end else if (free) begin
+      \$130  = 1'h0;
     end
     if (rst) begin
-      \$131  = 1'h0;
+      \$130  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$132  = \step$60 ;
+    \$131  = \step$82 ;
     if (write_step) begin
-      \$132  = wdata[15:0];
+      \$131  = wdata[15:0];
     end
     if (rst) begin
-      \$132  = 16'h0000;
+      \$131  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$133  = \decay$62 ;
+    \$132  = \decay$84 ;
     if (write_decay) begin
-      \$133  = wdata[11:0];
+      \$132  = wdata[11:0];
     end
     if (rst) begin
-      \$133  = 12'h000;
+      \$132  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$134  = \noise$64 ;
+    \$133  = \noise$86 ;
     if (write_noise) begin
-      \$134  = wdata[15:0];
+      \$133  = wdata[15:0];
     end
     if (rst) begin
-      \$134  = 16'h0000;
+      \$133  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$135  = seed_load_2;
+    \$134  = seed_load_3;
     if (\$62 ) begin
-      \$135  = \$65 ;
+      \$134  = \$65 ;
     end else if (free) begin
-      \$135  = 2'h0;
+      \$134  = 2'h0;
     end
     if (rst) begin
-      \$135  = 2'h0;
+      \$134  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$136  = seed_hold_2;
+    \$135  = seed_hold_3;
     if (\$62 ) begin
-      \$136  = took;
+      \$135  = took;
+    end else if (free) begin
+      \$135  = 1'h0;
     end
     if (rst) begin
-      \$136  = 1'h0;
+      \$135  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$137  = \step$79 ;
+    \$136  = \step$102 ;
     if (write_step) begin
-      \$137  = wdata[15:0];
+      \$136  = wdata[15:0];
     end
     if (rst) begin
-      \$137  = 16'h0000;
+      \$136  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$138  = \decay$81 ;
+    \$137  = \decay$104 ;
     if (write_decay) begin
-      \$138  = wdata[11:0];
+      \$137  = wdata[11:0];
     end
     if (rst) begin
-      \$138  = 12'h000;
+      \$137  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$139  = \noise$83 ;
+    \$138  = \noise$106 ;
     if (write_noise) begin
-      \$139  = wdata[15:0];
+      \$138  = wdata[15:0];
     end
     if (rst) begin
-      \$139  = 16'h0000;
+      \$138  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$140  = seed_load_3;
+    \$139  = seed_load_4;
     if (\$69 ) begin
-      \$140  = \$72 ;
+      \$139  = \$72 ;
     end else if (free) begin
-      \$140  = 2'h0;
+      \$139  = 2'h0;
     end
     if (rst) begin
-      \$140  = 2'h0;
+      \$139  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$141  = seed_hold_3;
+    \$140  = seed_hold_4;
     if (\$69 ) begin
-      \$141  = took;
+      \$140  = took;
+    end else if (free) begin
+      \$140  = 1'h0;
     end
     if (rst) begin
-      \$141  = 1'h0;
+      \$140  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$142  = \step$98 ;
+    \$141  = \step$122 ;
     if (write_step) begin
-      \$142  = wdata[15:0];
+      \$141  = wdata[15:0];
     end
     if (rst) begin
-      \$142  = 16'h0000;
+      \$141  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$143  = \decay$100 ;
+    \$142  = \decay$124 ;
     if (write_decay) begin
-      \$143  = wdata[11:0];
+      \$142  = wdata[11:0];
     end
     if (rst) begin
-      \$143  = 12'h000;
+      \$142  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$144  = \noise$102 ;
+    \$143  = \noise$126 ;
     if (write_noise) begin
-      \$144  = wdata[15:0];
+      \$143  = wdata[15:0];
     end
     if (rst) begin
-      \$144  = 16'h0000;
+      \$143  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$145  = seed_load_4;
+    \$144  = seed_load_5;
     if (\$76 ) begin
-      \$145  = \$79 ;
+      \$144  = \$79 ;
     end else if (free) begin
-      \$145  = 2'h0;
+      \$144  = 2'h0;
     end
     if (rst) begin
-      \$145  = 2'h0;
+      \$144  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$146  = seed_hold_4;
+    \$145  = seed_hold_5;
     if (\$76 ) begin
-      \$146  = took;
+      \$145  = took;
+    end else if (free) begin
+      \$145  = 1'h0;
     end
     if (rst) begin
-      \$146  = 1'h0;
+      \$145  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$147  = \step$117 ;
+    \$146  = \step$142 ;
     if (write_step) begin
-      \$147  = wdata[15:0];
+      \$146  = wdata[15:0];
     end
     if (rst) begin
-      \$147  = 16'h0000;
+      \$146  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$148  = \decay$119 ;
+    \$147  = \decay$144 ;
     if (write_decay) begin
-      \$148  = wdata[11:0];
+      \$147  = wdata[11:0];
     end
     if (rst) begin
-      \$148  = 12'h000;
+      \$147  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$149  = \noise$121 ;
+    \$148  = \noise$146 ;
     if (write_noise) begin
-      \$149  = wdata[15:0];
+      \$148  = wdata[15:0];
     end
     if (rst) begin
-      \$149  = 16'h0000;
+      \$148  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$150  = seed_load_5;
+    \$149  = seed_load_6;
     if (\$83 ) begin
-      \$150  = \$86 ;
+      \$149  = \$86 ;
     end else if (free) begin
-      \$150  = 2'h0;
+      \$149  = 2'h0;
     end
     if (rst) begin
-      \$150  = 2'h0;
+      \$149  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$151  = seed_hold_5;
+    \$150  = seed_hold_6;
     if (\$83 ) begin
-      \$151  = took;
-    end
-    if (rst) begin
-      \$151  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$152  = \step$136 ;
-    if (write_step) begin
-      \$152  = wdata[15:0];
-    end
-    if (rst) begin
-      \$152  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$153  = \decay$138 ;
-    if (write_decay) begin
-      \$153  = wdata[11:0];
-    end
-    if (rst) begin
-      \$153  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$154  = \noise$140 ;
-    if (write_noise) begin
-      \$154  = wdata[15:0];
-    end
-    if (rst) begin
-      \$154  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$155  = seed_load_6;
-    if (\$90 ) begin
-      \$155  = \$93 ;
+      \$150  = took;
     end else if (free) begin
-      \$155  = 2'h0;
+      \$150  = 1'h0;
     end
     if (rst) begin
-      \$155  = 2'h0;
+      \$150  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$156  = seed_hold_6;
+    \$151  = \step$162 ;
+    if (write_step) begin
+      \$151  = wdata[15:0];
+    end
+    if (rst) begin
+      \$151  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$152  = \decay$164 ;
+    if (write_decay) begin
+      \$152  = wdata[11:0];
+    end
+    if (rst) begin
+      \$152  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$153  = \noise$166 ;
+    if (write_noise) begin
+      \$153  = wdata[15:0];
+    end
+    if (rst) begin
+      \$153  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$154  = seed_load_7;
     if (\$90 ) begin
-      \$156  = took;
-    end
-    if (rst) begin
-      \$156  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$157  = \step$155 ;
-    if (write_step) begin
-      \$157  = wdata[15:0];
-    end
-    if (rst) begin
-      \$157  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$158  = \decay$157 ;
-    if (write_decay) begin
-      \$158  = wdata[11:0];
-    end
-    if (rst) begin
-      \$158  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$159  = \noise$159 ;
-    if (write_noise) begin
-      \$159  = wdata[15:0];
-    end
-    if (rst) begin
-      \$159  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$160  = seed_load_7;
-    if (\$97 ) begin
-      \$160  = \$100 ;
+      \$154  = \$93 ;
     end else if (free) begin
-      \$160  = 2'h0;
+      \$154  = 2'h0;
     end
     if (rst) begin
-      \$160  = 2'h0;
+      \$154  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$161  = seed_hold_7;
-    if (\$97 ) begin
-      \$161  = took;
+    \$155  = seed_hold_7;
+    if (\$90 ) begin
+      \$155  = took;
+    end else if (free) begin
+      \$155  = 1'h0;
     end
     if (rst) begin
-      \$161  = 1'h0;
+      \$155  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$162  = \step$174 ;
+    \$156  = \step$182 ;
     if (write_step) begin
-      \$162  = wdata[15:0];
+      \$156  = wdata[15:0];
     end
     if (rst) begin
-      \$162  = 16'h0000;
+      \$156  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$163  = \decay$176 ;
+    \$157  = \decay$184 ;
     if (write_decay) begin
-      \$163  = wdata[11:0];
+      \$157  = wdata[11:0];
     end
     if (rst) begin
-      \$163  = 12'h000;
+      \$157  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$164  = \noise$178 ;
+    \$158  = \noise$186 ;
     if (write_noise) begin
-      \$164  = wdata[15:0];
+      \$158  = wdata[15:0];
     end
     if (rst) begin
-      \$164  = 16'h0000;
+      \$158  = 16'h0000;
     end
   end
   assign valid_10 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$35  = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$41 ;
+  assign reg_step_0 = \step$42 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
-  assign \data$52  = data;
-  assign \en$53  = advance;
-  assign \theta$54  = sink__payload[23:16];
-  assign \grad$55  = sink__payload[87:80];
-  assign \out$57  = \words$56 ;
-  assign \weight$59  = \state$58 ;
-  assign reg_step_1 = \step$60 ;
-  assign reg_decay_1 = \decay$62 ;
-  assign reg_noise_1 = \noise$64 ;
-  assign \data$71  = data;
-  assign \en$72  = advance;
-  assign \theta$73  = sink__payload[31:24];
-  assign \grad$74  = sink__payload[95:88];
-  assign \out$76  = \words$75 ;
-  assign \weight$78  = \state$77 ;
-  assign reg_step_2 = \step$79 ;
-  assign reg_decay_2 = \decay$81 ;
-  assign reg_noise_2 = \noise$83 ;
-  assign \data$90  = data;
-  assign \en$91  = advance;
-  assign \theta$92  = sink__payload[39:32];
-  assign \grad$93  = sink__payload[103:96];
-  assign \out$95  = \words$94 ;
-  assign \weight$97  = \state$96 ;
-  assign reg_step_3 = \step$98 ;
-  assign reg_decay_3 = \decay$100 ;
-  assign reg_noise_3 = \noise$102 ;
-  assign \data$109  = data;
-  assign \en$110  = advance;
-  assign \theta$111  = sink__payload[47:40];
-  assign \grad$112  = sink__payload[111:104];
-  assign \out$114  = \words$113 ;
-  assign \weight$116  = \state$115 ;
-  assign reg_step_4 = \step$117 ;
-  assign reg_decay_4 = \decay$119 ;
-  assign reg_noise_4 = \noise$121 ;
-  assign \data$128  = data;
-  assign \en$129  = advance;
-  assign \theta$130  = sink__payload[55:48];
-  assign \grad$131  = sink__payload[119:112];
-  assign \out$133  = \words$132 ;
-  assign \weight$135  = \state$134 ;
-  assign reg_step_5 = \step$136 ;
-  assign reg_decay_5 = \decay$138 ;
-  assign reg_noise_5 = \noise$140 ;
-  assign \data$147  = data;
-  assign \en$148  = advance;
-  assign \theta$149  = sink__payload[63:56];
-  assign \grad$150  = sink__payload[127:120];
-  assign \out$152  = \words$151 ;
-  assign \weight$154  = \state$153 ;
-  assign reg_step_6 = \step$155 ;
-  assign reg_decay_6 = \decay$157 ;
-  assign reg_noise_6 = \noise$159 ;
-  assign \data$166  = data;
-  assign \en$167  = advance;
-  assign \theta$168  = sink__payload[71:64];
-  assign \grad$169  = sink__payload[135:128];
-  assign \out$171  = \words$170 ;
-  assign \weight$173  = \state$172 ;
-  assign reg_step_7 = \step$174 ;
-  assign reg_decay_7 = \decay$176 ;
-  assign reg_noise_7 = \noise$178 ;
+  assign \load0$52  = seed_load_1[0];
+  assign \load1$53  = seed_load_1[1];
+  assign \data$54  = data;
+  assign \en$55  = advance;
+  assign \theta$56  = sink__payload[23:16];
+  assign \grad$57  = sink__payload[87:80];
+  assign \out$59  = \words$58 ;
+  assign \weight$61  = \state$60 ;
+  assign reg_step_1 = \step$62 ;
+  assign reg_decay_1 = \decay$64 ;
+  assign reg_noise_1 = \noise$66 ;
+  assign \load0$72  = seed_load_2[0];
+  assign \load1$73  = seed_load_2[1];
+  assign \data$74  = data;
+  assign \en$75  = advance;
+  assign \theta$76  = sink__payload[31:24];
+  assign \grad$77  = sink__payload[95:88];
+  assign \out$79  = \words$78 ;
+  assign \weight$81  = \state$80 ;
+  assign reg_step_2 = \step$82 ;
+  assign reg_decay_2 = \decay$84 ;
+  assign reg_noise_2 = \noise$86 ;
+  assign \load0$92  = seed_load_3[0];
+  assign \load1$93  = seed_load_3[1];
+  assign \data$94  = data;
+  assign \en$95  = advance;
+  assign \theta$96  = sink__payload[39:32];
+  assign \grad$97  = sink__payload[103:96];
+  assign \out$99  = \words$98 ;
+  assign \weight$101  = \state$100 ;
+  assign reg_step_3 = \step$102 ;
+  assign reg_decay_3 = \decay$104 ;
+  assign reg_noise_3 = \noise$106 ;
+  assign \load0$112  = seed_load_4[0];
+  assign \load1$113  = seed_load_4[1];
+  assign \data$114  = data;
+  assign \en$115  = advance;
+  assign \theta$116  = sink__payload[47:40];
+  assign \grad$117  = sink__payload[111:104];
+  assign \out$119  = \words$118 ;
+  assign \weight$121  = \state$120 ;
+  assign reg_step_4 = \step$122 ;
+  assign reg_decay_4 = \decay$124 ;
+  assign reg_noise_4 = \noise$126 ;
+  assign \load0$132  = seed_load_5[0];
+  assign \load1$133  = seed_load_5[1];
+  assign \data$134  = data;
+  assign \en$135  = advance;
+  assign \theta$136  = sink__payload[55:48];
+  assign \grad$137  = sink__payload[119:112];
+  assign \out$139  = \words$138 ;
+  assign \weight$141  = \state$140 ;
+  assign reg_step_5 = \step$142 ;
+  assign reg_decay_5 = \decay$144 ;
+  assign reg_noise_5 = \noise$146 ;
+  assign \load0$152  = seed_load_6[0];
+  assign \load1$153  = seed_load_6[1];
+  assign \data$154  = data;
+  assign \en$155  = advance;
+  assign \theta$156  = sink__payload[63:56];
+  assign \grad$157  = sink__payload[127:120];
+  assign \out$159  = \words$158 ;
+  assign \weight$161  = \state$160 ;
+  assign reg_step_6 = \step$162 ;
+  assign reg_decay_6 = \decay$164 ;
+  assign reg_noise_6 = \noise$166 ;
+  assign \load0$172  = seed_load_7[0];
+  assign \load1$173  = seed_load_7[1];
+  assign \data$174  = data;
+  assign \en$175  = advance;
+  assign \theta$176  = sink__payload[71:64];
+  assign \grad$177  = sink__payload[135:128];
+  assign \out$179  = \words$178 ;
+  assign \weight$181  = \state$180 ;
+  assign reg_step_7 = \step$182 ;
+  assign reg_decay_7 = \decay$184 ;
+  assign reg_noise_7 = \noise$186 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -1619,20 +1651,20 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$172 ;
-  assign source__payload[71:64] = \state$172 ;
-  assign source__payload[127:120] = \state$153 ;
-  assign source__payload[63:56] = \state$153 ;
-  assign source__payload[119:112] = \state$134 ;
-  assign source__payload[55:48] = \state$134 ;
-  assign source__payload[111:104] = \state$115 ;
-  assign source__payload[47:40] = \state$115 ;
-  assign source__payload[103:96] = \state$96 ;
-  assign source__payload[39:32] = \state$96 ;
-  assign source__payload[95:88] = \state$77 ;
-  assign source__payload[31:24] = \state$77 ;
-  assign source__payload[87:80] = \state$58 ;
-  assign source__payload[23:16] = \state$58 ;
+  assign source__payload[135:128] = \state$180 ;
+  assign source__payload[71:64] = \state$180 ;
+  assign source__payload[127:120] = \state$160 ;
+  assign source__payload[63:56] = \state$160 ;
+  assign source__payload[119:112] = \state$140 ;
+  assign source__payload[55:48] = \state$140 ;
+  assign source__payload[111:104] = \state$120 ;
+  assign source__payload[47:40] = \state$120 ;
+  assign source__payload[103:96] = \state$100 ;
+  assign source__payload[39:32] = \state$100 ;
+  assign source__payload[95:88] = \state$80 ;
+  assign source__payload[31:24] = \state$80 ;
+  assign source__payload[87:80] = \state$60 ;
+  assign source__payload[23:16] = \state$60 ;
   assign source__payload[79:72] = state;
   assign source__payload[15:8] = state;
   assign source__payload[7:0] = keep_10;
@@ -4074,60 +4106,92 @@ module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [20:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [16:0] \$21 ;
-  wire [20:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [29:0] \$24 ;
-  wire [25:0] \$25 ;
-  wire [21:0] \$26 ;
-  wire [34:0] \$27 ;
-  wire [26:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [20:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [16:0] \$28 ;
+  wire [20:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [7:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [13:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [17:0] \$30 ;
+  wire [18:0] \$31 ;
+  wire [17:0] \$32 ;
+  wire [18:0] \$33 ;
+  wire [17:0] \$34 ;
+  wire [18:0] \$35 ;
+  wire [17:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [29:0] \$38 ;
+  wire [25:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [23:0] \$45 ;
-  reg [32:0] \$46 ;
-  reg [22:0] \$47 ;
-  reg [26:0] \$48 ;
-  reg [28:0] \$49 ;
+  wire [21:0] \$40 ;
+  wire [17:0] \$41 ;
+  wire [18:0] \$42 ;
+  wire [17:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [18:0] \$45 ;
+  wire [19:0] \$46 ;
+  wire [18:0] \$47 ;
+  wire [17:0] \$48 ;
+  wire [26:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [20:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [16:0] \$52 ;
-  reg [20:0] \$53 ;
-  reg [33:0] \$54 ;
-  reg [29:0] \$55 ;
-  reg [25:0] \$56 ;
-  reg [21:0] \$57 ;
-  reg [34:0] \$58 ;
-  reg [26:0] \$59 ;
+  wire [35:0] \$50 ;
+  wire [18:0] \$51 ;
+  wire [19:0] \$52 ;
+  wire [35:0] \$53 ;
+  wire [18:0] \$54 ;
+  wire [19:0] \$55 ;
+  wire [35:0] \$56 ;
+  wire [18:0] \$57 ;
+  wire [19:0] \$58 ;
+  wire [35:0] \$59 ;
   wire [13:0] \$6 ;
-  reg [35:0] \$60 ;
+  wire [18:0] \$60 ;
+  wire [17:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [17:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [13:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [17:0] \$76 ;
+  reg [23:0] \$77 ;
+  reg [32:0] \$78 ;
+  reg [22:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [26:0] \$80 ;
+  reg [28:0] \$81 ;
+  reg [20:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [20:0] \$85 ;
+  reg [33:0] \$86 ;
+  reg [29:0] \$87 ;
+  reg [25:0] \$88 ;
+  reg [21:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [26:0] \$91 ;
+  reg [35:0] \$92 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -4181,65 +4245,6 @@ module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_u_sr <= \$45 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$46 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$47 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$48 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$60 ;
-  assign \$1  = step * grad[1:0];
-  assign \$2  = step * grad[3:2];
-  assign \$3  = step * grad[5:4];
-  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
-  assign \$5  = decay * theta[1:0];
-  assign \$6  = decay * theta[3:2];
-  assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
   assign \$10  = noise * z[3:2];
@@ -4247,246 +4252,337 @@ module \lpsgld_w8_naive_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad,
   assign \$12  = noise * z[7:6];
   assign \$13  = noise * z[9:8];
   assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
-  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
-  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
-  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$26  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$27  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$28  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$29  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$30  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$31  = \$30  + 1'h0;
+  assign \$32  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$33  = \$32  + 1'h0;
+  assign \$34  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$35  = \$34  + 1'h1;
+  assign \$36  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$37  = \$33 [17] ? \$35 [16:0] : \$36 [16:0];
+  assign \$38  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$40  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$41  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$42  = \$41  + 1'h0;
+  assign \$43  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$44  = \$43  + 1'h0;
+  assign \$45  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$46  = \$45  + 1'h1;
+  assign \$47  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$48  = \$44 [17] ? \$46 [17:0] : \$47 [17:0];
+  assign \$49  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$50  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$51  = sum_x_l2_0[17:0] + \$50 [17:0];
+  assign \$52  = \$51  + 1'h1;
+  assign \$53  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$54  = sum_x_l2_0[17:0] + \$53 [17:0];
+  assign \$55  = \$54  + 1'h1;
+  assign \$56  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$57  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$56 [35:18];
+  assign \$58  = \$57  + 1'h1;
+  assign \$59  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$60  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$59 [35:18];
+  assign \$61  = \$55 [18] ? \$58 [17:0] : \$60 [17:0];
   always @(posedge clk)
-    sum_theta <= \$30 ;
+    sum_theta <= \$62 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$31 ;
+    sum_step_pp0 <= \$63 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$32 ;
+    sum_step_pp1 <= \$64 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$33 ;
+    sum_step_pp2 <= \$65 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$34 ;
+    sum_step_pp3 <= \$66 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$67 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$68 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$69 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$70 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$71 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$72 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$73 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$74 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$75 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$76 ;
+  always @(posedge clk)
+    sum_u_sr <= \$77 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$78 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$79 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$80 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$81 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$82 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$83 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$90 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$91 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$92 ;
+  assign \$1  = step * grad[1:0];
+  assign \$2  = step * grad[3:2];
+  assign \$3  = step * grad[5:4];
+  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
+  assign \$5  = decay * theta[1:0];
+  assign \$6  = decay * theta[3:2];
+  assign \$7  = decay * theta[5:4];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_decay_pp0;
+    \$62  = sum_theta;
     if (en) begin
-      \$35  = \$5 ;
+      \$62  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_decay_pp1;
+    \$63  = sum_step_pp0;
     if (en) begin
-      \$36  = \$6 ;
+      \$63  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_decay_pp2;
+    \$64  = sum_step_pp1;
     if (en) begin
-      \$37  = \$7 ;
+      \$64  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_decay_pp3;
+    \$65  = sum_step_pp2;
     if (en) begin
-      \$38  = \$8 ;
+      \$65  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_noise_pp0;
+    \$66  = sum_step_pp3;
     if (en) begin
-      \$39  = \$9 ;
+      \$66  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_noise_pp1;
+    \$67  = sum_decay_pp0;
     if (en) begin
-      \$40  = \$10 ;
+      \$67  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_noise_pp2;
+    \$68  = sum_decay_pp1;
     if (en) begin
-      \$41  = \$11 ;
+      \$68  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_noise_pp3;
+    \$69  = sum_decay_pp2;
     if (en) begin
-      \$42  = \$12 ;
+      \$69  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_noise_pp4;
+    \$70  = sum_decay_pp3;
     if (en) begin
-      \$43  = \$13 ;
+      \$70  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_noise_pp5;
+    \$71  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$14 ;
+      \$71  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_u_sr;
+    \$72  = sum_noise_pp1;
     if (en) begin
-      \$45  = u_sr;
+      \$72  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_x_l0_0;
+    \$73  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$15 ;
+      \$73  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_x_l0_1;
+    \$74  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$16 ;
+      \$74  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_x_l0_2;
+    \$75  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$17 ;
+      \$75  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_x_l0_3;
+    \$76  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$18 ;
+      \$76  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_4;
+    \$77  = sum_u_sr;
     if (en) begin
-      \$50  = \$19 ;
+      \$77  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_5;
+    \$78  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$20 ;
+      \$78  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l0_6;
+    \$79  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$21 ;
+      \$79  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l0_7;
+    \$80  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$22 ;
+      \$80  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l1_0;
+    \$81  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$23 ;
+      \$81  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l1_1;
+    \$82  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$24 ;
+      \$82  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l1_2;
+    \$83  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$25 ;
+      \$83  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l1_3;
+    \$84  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$26 ;
+      \$84  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l2_0;
+    \$85  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$27 ;
+      \$85  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$59  = sum_x_l2_1;
+    \$86  = sum_x_l1_0;
     if (en) begin
-      \$59  = \$28 ;
+      \$86  = { \$37 , \$31 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$60  = sum_x_l3_0;
+    \$87  = sum_x_l1_1;
     if (en) begin
-      \$60  = \$29 ;
+      \$87  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = sum_theta;
+    \$88  = sum_x_l1_2;
     if (en) begin
-      \$30  = theta;
+      \$88  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = sum_step_pp0;
+    \$89  = sum_x_l1_3;
     if (en) begin
-      \$31  = \$1 ;
+      \$89  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = sum_step_pp1;
+    \$90  = sum_x_l2_0;
     if (en) begin
-      \$32  = \$2 ;
+      \$90  = { \$48 , \$42 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_step_pp2;
+    \$91  = sum_x_l2_1;
     if (en) begin
-      \$33  = \$3 ;
+      \$91  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_step_pp3;
+    \$92  = sum_x_l3_0;
     if (en) begin
-      \$34  = \$4 ;
+      \$92  = { \$61 , \$52 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -6928,60 +7024,92 @@ module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [20:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [16:0] \$21 ;
-  wire [20:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [29:0] \$24 ;
-  wire [25:0] \$25 ;
-  wire [21:0] \$26 ;
-  wire [34:0] \$27 ;
-  wire [26:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [20:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [16:0] \$28 ;
+  wire [20:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [7:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [13:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [17:0] \$30 ;
+  wire [18:0] \$31 ;
+  wire [17:0] \$32 ;
+  wire [18:0] \$33 ;
+  wire [17:0] \$34 ;
+  wire [18:0] \$35 ;
+  wire [17:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [29:0] \$38 ;
+  wire [25:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [23:0] \$45 ;
-  reg [32:0] \$46 ;
-  reg [22:0] \$47 ;
-  reg [26:0] \$48 ;
-  reg [28:0] \$49 ;
+  wire [21:0] \$40 ;
+  wire [17:0] \$41 ;
+  wire [18:0] \$42 ;
+  wire [17:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [18:0] \$45 ;
+  wire [19:0] \$46 ;
+  wire [18:0] \$47 ;
+  wire [17:0] \$48 ;
+  wire [26:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [20:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [16:0] \$52 ;
-  reg [20:0] \$53 ;
-  reg [33:0] \$54 ;
-  reg [29:0] \$55 ;
-  reg [25:0] \$56 ;
-  reg [21:0] \$57 ;
-  reg [34:0] \$58 ;
-  reg [26:0] \$59 ;
+  wire [35:0] \$50 ;
+  wire [18:0] \$51 ;
+  wire [19:0] \$52 ;
+  wire [35:0] \$53 ;
+  wire [18:0] \$54 ;
+  wire [19:0] \$55 ;
+  wire [35:0] \$56 ;
+  wire [18:0] \$57 ;
+  wire [19:0] \$58 ;
+  wire [35:0] \$59 ;
   wire [13:0] \$6 ;
-  reg [35:0] \$60 ;
+  wire [18:0] \$60 ;
+  wire [17:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [17:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [13:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [17:0] \$76 ;
+  reg [23:0] \$77 ;
+  reg [32:0] \$78 ;
+  reg [22:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [26:0] \$80 ;
+  reg [28:0] \$81 ;
+  reg [20:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [20:0] \$85 ;
+  reg [33:0] \$86 ;
+  reg [29:0] \$87 ;
+  reg [25:0] \$88 ;
+  reg [21:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [26:0] \$91 ;
+  reg [35:0] \$92 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -7035,65 +7163,6 @@ module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_u_sr <= \$45 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$46 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$47 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$48 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$60 ;
-  assign \$1  = step * grad[1:0];
-  assign \$2  = step * grad[3:2];
-  assign \$3  = step * grad[5:4];
-  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
-  assign \$5  = decay * theta[1:0];
-  assign \$6  = decay * theta[3:2];
-  assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
   assign \$10  = noise * z[3:2];
@@ -7101,246 +7170,337 @@ module \lpsgld_w8_naive_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad,
   assign \$12  = noise * z[7:6];
   assign \$13  = noise * z[9:8];
   assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
-  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
-  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
-  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$26  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$27  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$28  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$29  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$30  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$31  = \$30  + 1'h0;
+  assign \$32  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$33  = \$32  + 1'h0;
+  assign \$34  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$35  = \$34  + 1'h1;
+  assign \$36  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$37  = \$33 [17] ? \$35 [16:0] : \$36 [16:0];
+  assign \$38  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$40  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$41  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$42  = \$41  + 1'h0;
+  assign \$43  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$44  = \$43  + 1'h0;
+  assign \$45  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$46  = \$45  + 1'h1;
+  assign \$47  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$48  = \$44 [17] ? \$46 [17:0] : \$47 [17:0];
+  assign \$49  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$50  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$51  = sum_x_l2_0[17:0] + \$50 [17:0];
+  assign \$52  = \$51  + 1'h1;
+  assign \$53  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$54  = sum_x_l2_0[17:0] + \$53 [17:0];
+  assign \$55  = \$54  + 1'h1;
+  assign \$56  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$57  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$56 [35:18];
+  assign \$58  = \$57  + 1'h1;
+  assign \$59  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$60  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$59 [35:18];
+  assign \$61  = \$55 [18] ? \$58 [17:0] : \$60 [17:0];
   always @(posedge clk)
-    sum_theta <= \$30 ;
+    sum_theta <= \$62 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$31 ;
+    sum_step_pp0 <= \$63 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$32 ;
+    sum_step_pp1 <= \$64 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$33 ;
+    sum_step_pp2 <= \$65 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$34 ;
+    sum_step_pp3 <= \$66 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$67 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$68 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$69 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$70 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$71 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$72 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$73 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$74 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$75 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$76 ;
+  always @(posedge clk)
+    sum_u_sr <= \$77 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$78 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$79 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$80 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$81 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$82 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$83 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$90 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$91 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$92 ;
+  assign \$1  = step * grad[1:0];
+  assign \$2  = step * grad[3:2];
+  assign \$3  = step * grad[5:4];
+  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
+  assign \$5  = decay * theta[1:0];
+  assign \$6  = decay * theta[3:2];
+  assign \$7  = decay * theta[5:4];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$35  = sum_decay_pp0;
+    \$62  = sum_theta;
     if (en) begin
-      \$35  = \$5 ;
+      \$62  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$36  = sum_decay_pp1;
+    \$63  = sum_step_pp0;
     if (en) begin
-      \$36  = \$6 ;
+      \$63  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$37  = sum_decay_pp2;
+    \$64  = sum_step_pp1;
     if (en) begin
-      \$37  = \$7 ;
+      \$64  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$38  = sum_decay_pp3;
+    \$65  = sum_step_pp2;
     if (en) begin
-      \$38  = \$8 ;
+      \$65  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$39  = sum_noise_pp0;
+    \$66  = sum_step_pp3;
     if (en) begin
-      \$39  = \$9 ;
+      \$66  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$40  = sum_noise_pp1;
+    \$67  = sum_decay_pp0;
     if (en) begin
-      \$40  = \$10 ;
+      \$67  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$41  = sum_noise_pp2;
+    \$68  = sum_decay_pp1;
     if (en) begin
-      \$41  = \$11 ;
+      \$68  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$42  = sum_noise_pp3;
+    \$69  = sum_decay_pp2;
     if (en) begin
-      \$42  = \$12 ;
+      \$69  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$43  = sum_noise_pp4;
+    \$70  = sum_decay_pp3;
     if (en) begin
-      \$43  = \$13 ;
+      \$70  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$44  = sum_noise_pp5;
+    \$71  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$14 ;
+      \$71  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$45  = sum_u_sr;
+    \$72  = sum_noise_pp1;
     if (en) begin
-      \$45  = u_sr;
+      \$72  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$46  = sum_x_l0_0;
+    \$73  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$15 ;
+      \$73  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$47  = sum_x_l0_1;
+    \$74  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$16 ;
+      \$74  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$48  = sum_x_l0_2;
+    \$75  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$17 ;
+      \$75  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$49  = sum_x_l0_3;
+    \$76  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$18 ;
+      \$76  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$50  = sum_x_l0_4;
+    \$77  = sum_u_sr;
     if (en) begin
-      \$50  = \$19 ;
+      \$77  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$51  = sum_x_l0_5;
+    \$78  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$20 ;
+      \$78  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$52  = sum_x_l0_6;
+    \$79  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$21 ;
+      \$79  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$53  = sum_x_l0_7;
+    \$80  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$22 ;
+      \$80  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$54  = sum_x_l1_0;
+    \$81  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$23 ;
+      \$81  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$55  = sum_x_l1_1;
+    \$82  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$24 ;
+      \$82  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$56  = sum_x_l1_2;
+    \$83  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$25 ;
+      \$83  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$57  = sum_x_l1_3;
+    \$84  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$26 ;
+      \$84  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$58  = sum_x_l2_0;
+    \$85  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$27 ;
+      \$85  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$59  = sum_x_l2_1;
+    \$86  = sum_x_l1_0;
     if (en) begin
-      \$59  = \$28 ;
+      \$86  = { \$37 , \$31 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$60  = sum_x_l3_0;
+    \$87  = sum_x_l1_1;
     if (en) begin
-      \$60  = \$29 ;
+      \$87  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$30  = sum_theta;
+    \$88  = sum_x_l1_2;
     if (en) begin
-      \$30  = theta;
+      \$88  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$31  = sum_step_pp0;
+    \$89  = sum_x_l1_3;
     if (en) begin
-      \$31  = \$1 ;
+      \$89  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$32  = sum_step_pp1;
+    \$90  = sum_x_l2_0;
     if (en) begin
-      \$32  = \$2 ;
+      \$90  = { \$48 , \$42 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$33  = sum_step_pp2;
+    \$91  = sum_x_l2_1;
     if (en) begin
-      \$33  = \$3 ;
+      \$91  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$34  = sum_step_pp3;
+    \$92  = sum_x_l3_0;
     if (en) begin
-      \$34  = \$4 ;
+      \$92  = { \$61 , \$52 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -9782,60 +9942,92 @@ module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [20:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [16:0] \$21 ;
-  wire [20:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [29:0] \$24 ;
-  wire [25:0] \$25 ;
-  wire [21:0] \$26 ;
-  wire [34:0] \$27 ;
-  wire [26:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [20:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [16:0] \$28 ;
+  wire [20:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [7:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [13:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [17:0] \$30 ;
+  wire [18:0] \$31 ;
+  wire [17:0] \$32 ;
+  wire [18:0] \$33 ;
+  wire [17:0] \$34 ;
+  wire [18:0] \$35 ;
+  wire [17:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [29:0] \$38 ;
+  wire [25:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [23:0] \$45 ;
-  reg [32:0] \$46 ;
-  reg [22:0] \$47 ;
-  reg [26:0] \$48 ;
-  reg [28:0] \$49 ;
+  wire [21:0] \$40 ;
+  wire [17:0] \$41 ;
+  wire [18:0] \$42 ;
+  wire [17:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [18:0] \$45 ;
+  wire [19:0] \$46 ;
+  wire [18:0] \$47 ;
+  wire [17:0] \$48 ;
+  wire [26:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [20:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [16:0] \$52 ;
-  reg [20:0] \$53 ;
-  reg [33:0] \$54 ;
-  reg [29:0] \$55 ;
-  reg [25:0] \$56 ;
-  reg [21:0] \$57 ;
-  reg [34:0] \$58 ;
-  reg [26:0] \$59 ;
+  wire [35:0] \$50 ;
+  wire [18:0] \$51 ;
+  wire [19:0] \$52 ;
+  wire [35:0] \$53 ;
+  wire [18:0] \$54 ;
+  wire [19:0] \$55 ;
+  wire [35:0] \$56 ;
+  wire [18:0] \$57 ;
+  wire [19:0] \$58 ;
+  wire [35:0] \$59 ;
   wire [13:0] \$6 ;
-  reg [35:0] \$60 ;
+  wire [18:0] \$60 ;
+  wire [17:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [17:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [13:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [17:0] \$76 ;
+  reg [23:0] \$77 ;
+  reg [32:0] \$78 ;
+  reg [22:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [26:0] \$80 ;
+  reg [28:0] \$81 ;
+  reg [20:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [20:0] \$85 ;
+  reg [33:0] \$86 ;
+  reg [29:0] \$87 ;
+  reg [25:0] \$88 ;
+  reg [21:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [26:0] \$91 ;
+  reg [35:0] \$92 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -9889,65 +10081,6 @@ module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_u_sr <= \$45 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$46 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$47 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$48 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$60 ;
-  assign \$1  = step * grad[1:0];
-  assign \$2  = step * grad[3:2];
-  assign \$3  = step * grad[5:4];
-  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
-  assign \$5  = decay * theta[1:0];
-  assign \$6  = decay * theta[3:2];
-  assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
   assign \$10  = noise * z[3:2];
@@ -9955,246 +10088,337 @@ module \lpsgld_w8_naive_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad,
   assign \$12  = noise * z[7:6];
   assign \$13  = noise * z[9:8];
   assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
-  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
-  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
-  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$26  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$27  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$28  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$29  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$30  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$31  = \$30  + 1'h0;
+  assign \$32  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$33  = \$32  + 1'h0;
+  assign \$34  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$35  = \$34  + 1'h1;
+  assign \$36  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$37  = \$33 [17] ? \$35 [16:0] : \$36 [16:0];
+  assign \$38  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$40  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$41  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$42  = \$41  + 1'h0;
+  assign \$43  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$44  = \$43  + 1'h0;
+  assign \$45  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$46  = \$45  + 1'h1;
+  assign \$47  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$48  = \$44 [17] ? \$46 [17:0] : \$47 [17:0];
+  assign \$49  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$50  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$51  = sum_x_l2_0[17:0] + \$50 [17:0];
+  assign \$52  = \$51  + 1'h1;
+  assign \$53  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$54  = sum_x_l2_0[17:0] + \$53 [17:0];
+  assign \$55  = \$54  + 1'h1;
+  assign \$56  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$57  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$56 [35:18];
+  assign \$58  = \$57  + 1'h1;
+  assign \$59  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$60  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$59 [35:18];
+  assign \$61  = \$55 [18] ? \$58 [17:0] : \$60 [17:0];
   always @(posedge clk)
-    sum_theta <= \$30 ;
+    sum_theta <= \$62 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$31 ;
+    sum_step_pp0 <= \$63 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$32 ;
+    sum_step_pp1 <= \$64 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$33 ;
+    sum_step_pp2 <= \$65 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$34 ;
+    sum_step_pp3 <= \$66 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$67 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$68 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$69 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$70 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$71 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$72 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$73 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$74 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$75 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$76 ;
+  always @(posedge clk)
+    sum_u_sr <= \$77 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$78 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$79 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$80 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$81 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$82 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$83 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$90 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$91 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$92 ;
+  assign \$1  = step * grad[1:0];
+  assign \$2  = step * grad[3:2];
+  assign \$3  = step * grad[5:4];
+  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
+  assign \$5  = decay * theta[1:0];
+  assign \$6  = decay * theta[3:2];
+  assign \$7  = decay * theta[5:4];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$35  = sum_decay_pp0;
+    \$62  = sum_theta;
     if (en) begin
-      \$35  = \$5 ;
+      \$62  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$36  = sum_decay_pp1;
+    \$63  = sum_step_pp0;
     if (en) begin
-      \$36  = \$6 ;
+      \$63  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$37  = sum_decay_pp2;
+    \$64  = sum_step_pp1;
     if (en) begin
-      \$37  = \$7 ;
+      \$64  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$38  = sum_decay_pp3;
+    \$65  = sum_step_pp2;
     if (en) begin
-      \$38  = \$8 ;
+      \$65  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$39  = sum_noise_pp0;
+    \$66  = sum_step_pp3;
     if (en) begin
-      \$39  = \$9 ;
+      \$66  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$40  = sum_noise_pp1;
+    \$67  = sum_decay_pp0;
     if (en) begin
-      \$40  = \$10 ;
+      \$67  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$41  = sum_noise_pp2;
+    \$68  = sum_decay_pp1;
     if (en) begin
-      \$41  = \$11 ;
+      \$68  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$42  = sum_noise_pp3;
+    \$69  = sum_decay_pp2;
     if (en) begin
-      \$42  = \$12 ;
+      \$69  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$43  = sum_noise_pp4;
+    \$70  = sum_decay_pp3;
     if (en) begin
-      \$43  = \$13 ;
+      \$70  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$44  = sum_noise_pp5;
+    \$71  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$14 ;
+      \$71  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$45  = sum_u_sr;
+    \$72  = sum_noise_pp1;
     if (en) begin
-      \$45  = u_sr;
+      \$72  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$46  = sum_x_l0_0;
+    \$73  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$15 ;
+      \$73  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$47  = sum_x_l0_1;
+    \$74  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$16 ;
+      \$74  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$48  = sum_x_l0_2;
+    \$75  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$17 ;
+      \$75  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$49  = sum_x_l0_3;
+    \$76  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$18 ;
+      \$76  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$50  = sum_x_l0_4;
+    \$77  = sum_u_sr;
     if (en) begin
-      \$50  = \$19 ;
+      \$77  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$51  = sum_x_l0_5;
+    \$78  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$20 ;
+      \$78  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$52  = sum_x_l0_6;
+    \$79  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$21 ;
+      \$79  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$53  = sum_x_l0_7;
+    \$80  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$22 ;
+      \$80  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$54  = sum_x_l1_0;
+    \$81  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$23 ;
+      \$81  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$55  = sum_x_l1_1;
+    \$82  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$24 ;
+      \$82  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$56  = sum_x_l1_2;
+    \$83  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$25 ;
+      \$83  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$57  = sum_x_l1_3;
+    \$84  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$26 ;
+      \$84  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$58  = sum_x_l2_0;
+    \$85  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$27 ;
+      \$85  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$59  = sum_x_l2_1;
+    \$86  = sum_x_l1_0;
     if (en) begin
-      \$59  = \$28 ;
+      \$86  = { \$37 , \$31 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$60  = sum_x_l3_0;
+    \$87  = sum_x_l1_1;
     if (en) begin
-      \$60  = \$29 ;
+      \$87  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$30  = sum_theta;
+    \$88  = sum_x_l1_2;
     if (en) begin
-      \$30  = theta;
+      \$88  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$31  = sum_step_pp0;
+    \$89  = sum_x_l1_3;
     if (en) begin
-      \$31  = \$1 ;
+      \$89  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$32  = sum_step_pp1;
+    \$90  = sum_x_l2_0;
     if (en) begin
-      \$32  = \$2 ;
+      \$90  = { \$48 , \$42 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$33  = sum_step_pp2;
+    \$91  = sum_x_l2_1;
     if (en) begin
-      \$33  = \$3 ;
+      \$91  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$34  = sum_step_pp3;
+    \$92  = sum_x_l3_0;
     if (en) begin
-      \$34  = \$4 ;
+      \$92  = { \$61 , \$52 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -12636,60 +12860,92 @@ module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [20:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [16:0] \$21 ;
-  wire [20:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [29:0] \$24 ;
-  wire [25:0] \$25 ;
-  wire [21:0] \$26 ;
-  wire [34:0] \$27 ;
-  wire [26:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [20:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [16:0] \$28 ;
+  wire [20:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [7:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [13:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [17:0] \$30 ;
+  wire [18:0] \$31 ;
+  wire [17:0] \$32 ;
+  wire [18:0] \$33 ;
+  wire [17:0] \$34 ;
+  wire [18:0] \$35 ;
+  wire [17:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [29:0] \$38 ;
+  wire [25:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [23:0] \$45 ;
-  reg [32:0] \$46 ;
-  reg [22:0] \$47 ;
-  reg [26:0] \$48 ;
-  reg [28:0] \$49 ;
+  wire [21:0] \$40 ;
+  wire [17:0] \$41 ;
+  wire [18:0] \$42 ;
+  wire [17:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [18:0] \$45 ;
+  wire [19:0] \$46 ;
+  wire [18:0] \$47 ;
+  wire [17:0] \$48 ;
+  wire [26:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [20:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [16:0] \$52 ;
-  reg [20:0] \$53 ;
-  reg [33:0] \$54 ;
-  reg [29:0] \$55 ;
-  reg [25:0] \$56 ;
-  reg [21:0] \$57 ;
-  reg [34:0] \$58 ;
-  reg [26:0] \$59 ;
+  wire [35:0] \$50 ;
+  wire [18:0] \$51 ;
+  wire [19:0] \$52 ;
+  wire [35:0] \$53 ;
+  wire [18:0] \$54 ;
+  wire [19:0] \$55 ;
+  wire [35:0] \$56 ;
+  wire [18:0] \$57 ;
+  wire [19:0] \$58 ;
+  wire [35:0] \$59 ;
   wire [13:0] \$6 ;
-  reg [35:0] \$60 ;
+  wire [18:0] \$60 ;
+  wire [17:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [17:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [13:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [17:0] \$76 ;
+  reg [23:0] \$77 ;
+  reg [32:0] \$78 ;
+  reg [22:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [26:0] \$80 ;
+  reg [28:0] \$81 ;
+  reg [20:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [20:0] \$85 ;
+  reg [33:0] \$86 ;
+  reg [29:0] \$87 ;
+  reg [25:0] \$88 ;
+  reg [21:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [26:0] \$91 ;
+  reg [35:0] \$92 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -12743,65 +12999,6 @@ module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_u_sr <= \$45 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$46 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$47 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$48 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$60 ;
-  assign \$1  = step * grad[1:0];
-  assign \$2  = step * grad[3:2];
-  assign \$3  = step * grad[5:4];
-  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
-  assign \$5  = decay * theta[1:0];
-  assign \$6  = decay * theta[3:2];
-  assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
   assign \$10  = noise * z[3:2];
@@ -12809,246 +13006,337 @@ module \lpsgld_w8_naive_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad,
   assign \$12  = noise * z[7:6];
   assign \$13  = noise * z[9:8];
   assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
-  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
-  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
-  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$26  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$27  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$28  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$29  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$30  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$31  = \$30  + 1'h0;
+  assign \$32  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$33  = \$32  + 1'h0;
+  assign \$34  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$35  = \$34  + 1'h1;
+  assign \$36  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$37  = \$33 [17] ? \$35 [16:0] : \$36 [16:0];
+  assign \$38  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$40  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$41  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$42  = \$41  + 1'h0;
+  assign \$43  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$44  = \$43  + 1'h0;
+  assign \$45  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$46  = \$45  + 1'h1;
+  assign \$47  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$48  = \$44 [17] ? \$46 [17:0] : \$47 [17:0];
+  assign \$49  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$50  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$51  = sum_x_l2_0[17:0] + \$50 [17:0];
+  assign \$52  = \$51  + 1'h1;
+  assign \$53  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$54  = sum_x_l2_0[17:0] + \$53 [17:0];
+  assign \$55  = \$54  + 1'h1;
+  assign \$56  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$57  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$56 [35:18];
+  assign \$58  = \$57  + 1'h1;
+  assign \$59  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$60  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$59 [35:18];
+  assign \$61  = \$55 [18] ? \$58 [17:0] : \$60 [17:0];
   always @(posedge clk)
-    sum_theta <= \$30 ;
+    sum_theta <= \$62 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$31 ;
+    sum_step_pp0 <= \$63 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$32 ;
+    sum_step_pp1 <= \$64 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$33 ;
+    sum_step_pp2 <= \$65 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$34 ;
+    sum_step_pp3 <= \$66 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$67 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$68 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$69 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$70 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$71 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$72 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$73 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$74 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$75 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$76 ;
+  always @(posedge clk)
+    sum_u_sr <= \$77 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$78 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$79 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$80 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$81 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$82 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$83 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$90 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$91 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$92 ;
+  assign \$1  = step * grad[1:0];
+  assign \$2  = step * grad[3:2];
+  assign \$3  = step * grad[5:4];
+  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
+  assign \$5  = decay * theta[1:0];
+  assign \$6  = decay * theta[3:2];
+  assign \$7  = decay * theta[5:4];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$35  = sum_decay_pp0;
+    \$62  = sum_theta;
     if (en) begin
-      \$35  = \$5 ;
+      \$62  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$36  = sum_decay_pp1;
+    \$63  = sum_step_pp0;
     if (en) begin
-      \$36  = \$6 ;
+      \$63  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$37  = sum_decay_pp2;
+    \$64  = sum_step_pp1;
     if (en) begin
-      \$37  = \$7 ;
+      \$64  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$38  = sum_decay_pp3;
+    \$65  = sum_step_pp2;
     if (en) begin
-      \$38  = \$8 ;
+      \$65  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$39  = sum_noise_pp0;
+    \$66  = sum_step_pp3;
     if (en) begin
-      \$39  = \$9 ;
+      \$66  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$40  = sum_noise_pp1;
+    \$67  = sum_decay_pp0;
     if (en) begin
-      \$40  = \$10 ;
+      \$67  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$41  = sum_noise_pp2;
+    \$68  = sum_decay_pp1;
     if (en) begin
-      \$41  = \$11 ;
+      \$68  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$42  = sum_noise_pp3;
+    \$69  = sum_decay_pp2;
     if (en) begin
-      \$42  = \$12 ;
+      \$69  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$43  = sum_noise_pp4;
+    \$70  = sum_decay_pp3;
     if (en) begin
-      \$43  = \$13 ;
+      \$70  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$44  = sum_noise_pp5;
+    \$71  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$14 ;
+      \$71  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$45  = sum_u_sr;
+    \$72  = sum_noise_pp1;
     if (en) begin
-      \$45  = u_sr;
+      \$72  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$46  = sum_x_l0_0;
+    \$73  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$15 ;
+      \$73  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$47  = sum_x_l0_1;
+    \$74  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$16 ;
+      \$74  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$48  = sum_x_l0_2;
+    \$75  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$17 ;
+      \$75  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$49  = sum_x_l0_3;
+    \$76  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$18 ;
+      \$76  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$50  = sum_x_l0_4;
+    \$77  = sum_u_sr;
     if (en) begin
-      \$50  = \$19 ;
+      \$77  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$51  = sum_x_l0_5;
+    \$78  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$20 ;
+      \$78  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$52  = sum_x_l0_6;
+    \$79  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$21 ;
+      \$79  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$53  = sum_x_l0_7;
+    \$80  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$22 ;
+      \$80  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$54  = sum_x_l1_0;
+    \$81  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$23 ;
+      \$81  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$55  = sum_x_l1_1;
+    \$82  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$24 ;
+      \$82  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$56  = sum_x_l1_2;
+    \$83  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$25 ;
+      \$83  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$57  = sum_x_l1_3;
+    \$84  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$26 ;
+      \$84  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$58  = sum_x_l2_0;
+    \$85  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$27 ;
+      \$85  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$59  = sum_x_l2_1;
+    \$86  = sum_x_l1_0;
     if (en) begin
-      \$59  = \$28 ;
+      \$86  = { \$37 , \$31 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$60  = sum_x_l3_0;
+    \$87  = sum_x_l1_1;
     if (en) begin
-      \$60  = \$29 ;
+      \$87  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$30  = sum_theta;
+    \$88  = sum_x_l1_2;
     if (en) begin
-      \$30  = theta;
+      \$88  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$31  = sum_step_pp0;
+    \$89  = sum_x_l1_3;
     if (en) begin
-      \$31  = \$1 ;
+      \$89  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$32  = sum_step_pp1;
+    \$90  = sum_x_l2_0;
     if (en) begin
-      \$32  = \$2 ;
+      \$90  = { \$48 , \$42 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$33  = sum_step_pp2;
+    \$91  = sum_x_l2_1;
     if (en) begin
-      \$33  = \$3 ;
+      \$91  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$34  = sum_step_pp3;
+    \$92  = sum_x_l3_0;
     if (en) begin
-      \$34  = \$4 ;
+      \$92  = { \$61 , \$52 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -15490,60 +15778,92 @@ module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [20:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [16:0] \$21 ;
-  wire [20:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [29:0] \$24 ;
-  wire [25:0] \$25 ;
-  wire [21:0] \$26 ;
-  wire [34:0] \$27 ;
-  wire [26:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [20:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [16:0] \$28 ;
+  wire [20:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [7:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [13:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [17:0] \$30 ;
+  wire [18:0] \$31 ;
+  wire [17:0] \$32 ;
+  wire [18:0] \$33 ;
+  wire [17:0] \$34 ;
+  wire [18:0] \$35 ;
+  wire [17:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [29:0] \$38 ;
+  wire [25:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [23:0] \$45 ;
-  reg [32:0] \$46 ;
-  reg [22:0] \$47 ;
-  reg [26:0] \$48 ;
-  reg [28:0] \$49 ;
+  wire [21:0] \$40 ;
+  wire [17:0] \$41 ;
+  wire [18:0] \$42 ;
+  wire [17:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [18:0] \$45 ;
+  wire [19:0] \$46 ;
+  wire [18:0] \$47 ;
+  wire [17:0] \$48 ;
+  wire [26:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [20:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [16:0] \$52 ;
-  reg [20:0] \$53 ;
-  reg [33:0] \$54 ;
-  reg [29:0] \$55 ;
-  reg [25:0] \$56 ;
-  reg [21:0] \$57 ;
-  reg [34:0] \$58 ;
-  reg [26:0] \$59 ;
+  wire [35:0] \$50 ;
+  wire [18:0] \$51 ;
+  wire [19:0] \$52 ;
+  wire [35:0] \$53 ;
+  wire [18:0] \$54 ;
+  wire [19:0] \$55 ;
+  wire [35:0] \$56 ;
+  wire [18:0] \$57 ;
+  wire [19:0] \$58 ;
+  wire [35:0] \$59 ;
   wire [13:0] \$6 ;
-  reg [35:0] \$60 ;
+  wire [18:0] \$60 ;
+  wire [17:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [17:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [13:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [17:0] \$76 ;
+  reg [23:0] \$77 ;
+  reg [32:0] \$78 ;
+  reg [22:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [26:0] \$80 ;
+  reg [28:0] \$81 ;
+  reg [20:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [20:0] \$85 ;
+  reg [33:0] \$86 ;
+  reg [29:0] \$87 ;
+  reg [25:0] \$88 ;
+  reg [21:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [26:0] \$91 ;
+  reg [35:0] \$92 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -15597,65 +15917,6 @@ module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_u_sr <= \$45 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$46 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$47 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$48 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$60 ;
-  assign \$1  = step * grad[1:0];
-  assign \$2  = step * grad[3:2];
-  assign \$3  = step * grad[5:4];
-  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
-  assign \$5  = decay * theta[1:0];
-  assign \$6  = decay * theta[3:2];
-  assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
   assign \$10  = noise * z[3:2];
@@ -15663,246 +15924,337 @@ module \lpsgld_w8_naive_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad,
   assign \$12  = noise * z[7:6];
   assign \$13  = noise * z[9:8];
   assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
-  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
-  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
-  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$26  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$27  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$28  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$29  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$30  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$31  = \$30  + 1'h0;
+  assign \$32  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$33  = \$32  + 1'h0;
+  assign \$34  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$35  = \$34  + 1'h1;
+  assign \$36  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$37  = \$33 [17] ? \$35 [16:0] : \$36 [16:0];
+  assign \$38  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$40  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$41  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$42  = \$41  + 1'h0;
+  assign \$43  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$44  = \$43  + 1'h0;
+  assign \$45  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$46  = \$45  + 1'h1;
+  assign \$47  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$48  = \$44 [17] ? \$46 [17:0] : \$47 [17:0];
+  assign \$49  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$50  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$51  = sum_x_l2_0[17:0] + \$50 [17:0];
+  assign \$52  = \$51  + 1'h1;
+  assign \$53  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$54  = sum_x_l2_0[17:0] + \$53 [17:0];
+  assign \$55  = \$54  + 1'h1;
+  assign \$56  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$57  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$56 [35:18];
+  assign \$58  = \$57  + 1'h1;
+  assign \$59  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$60  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$59 [35:18];
+  assign \$61  = \$55 [18] ? \$58 [17:0] : \$60 [17:0];
   always @(posedge clk)
-    sum_theta <= \$30 ;
+    sum_theta <= \$62 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$31 ;
+    sum_step_pp0 <= \$63 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$32 ;
+    sum_step_pp1 <= \$64 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$33 ;
+    sum_step_pp2 <= \$65 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$34 ;
+    sum_step_pp3 <= \$66 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$67 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$68 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$69 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$70 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$71 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$72 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$73 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$74 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$75 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$76 ;
+  always @(posedge clk)
+    sum_u_sr <= \$77 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$78 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$79 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$80 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$81 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$82 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$83 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$90 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$91 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$92 ;
+  assign \$1  = step * grad[1:0];
+  assign \$2  = step * grad[3:2];
+  assign \$3  = step * grad[5:4];
+  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
+  assign \$5  = decay * theta[1:0];
+  assign \$6  = decay * theta[3:2];
+  assign \$7  = decay * theta[5:4];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$35  = sum_decay_pp0;
+    \$62  = sum_theta;
     if (en) begin
-      \$35  = \$5 ;
+      \$62  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$36  = sum_decay_pp1;
+    \$63  = sum_step_pp0;
     if (en) begin
-      \$36  = \$6 ;
+      \$63  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$37  = sum_decay_pp2;
+    \$64  = sum_step_pp1;
     if (en) begin
-      \$37  = \$7 ;
+      \$64  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$38  = sum_decay_pp3;
+    \$65  = sum_step_pp2;
     if (en) begin
-      \$38  = \$8 ;
+      \$65  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$39  = sum_noise_pp0;
+    \$66  = sum_step_pp3;
     if (en) begin
-      \$39  = \$9 ;
+      \$66  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$40  = sum_noise_pp1;
+    \$67  = sum_decay_pp0;
     if (en) begin
-      \$40  = \$10 ;
+      \$67  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$41  = sum_noise_pp2;
+    \$68  = sum_decay_pp1;
     if (en) begin
-      \$41  = \$11 ;
+      \$68  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$42  = sum_noise_pp3;
+    \$69  = sum_decay_pp2;
     if (en) begin
-      \$42  = \$12 ;
+      \$69  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$43  = sum_noise_pp4;
+    \$70  = sum_decay_pp3;
     if (en) begin
-      \$43  = \$13 ;
+      \$70  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$44  = sum_noise_pp5;
+    \$71  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$14 ;
+      \$71  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$45  = sum_u_sr;
+    \$72  = sum_noise_pp1;
     if (en) begin
-      \$45  = u_sr;
+      \$72  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$46  = sum_x_l0_0;
+    \$73  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$15 ;
+      \$73  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$47  = sum_x_l0_1;
+    \$74  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$16 ;
+      \$74  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$48  = sum_x_l0_2;
+    \$75  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$17 ;
+      \$75  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$49  = sum_x_l0_3;
+    \$76  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$18 ;
+      \$76  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$50  = sum_x_l0_4;
+    \$77  = sum_u_sr;
     if (en) begin
-      \$50  = \$19 ;
+      \$77  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$51  = sum_x_l0_5;
+    \$78  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$20 ;
+      \$78  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$52  = sum_x_l0_6;
+    \$79  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$21 ;
+      \$79  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$53  = sum_x_l0_7;
+    \$80  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$22 ;
+      \$80  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$54  = sum_x_l1_0;
+    \$81  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$23 ;
+      \$81  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$55  = sum_x_l1_1;
+    \$82  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$24 ;
+      \$82  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$56  = sum_x_l1_2;
+    \$83  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$25 ;
+      \$83  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$57  = sum_x_l1_3;
+    \$84  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$26 ;
+      \$84  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$58  = sum_x_l2_0;
+    \$85  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$27 ;
+      \$85  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$59  = sum_x_l2_1;
+    \$86  = sum_x_l1_0;
     if (en) begin
-      \$59  = \$28 ;
+      \$86  = { \$37 , \$31 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$60  = sum_x_l3_0;
+    \$87  = sum_x_l1_1;
     if (en) begin
-      \$60  = \$29 ;
+      \$87  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$30  = sum_theta;
+    \$88  = sum_x_l1_2;
     if (en) begin
-      \$30  = theta;
+      \$88  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$31  = sum_step_pp0;
+    \$89  = sum_x_l1_3;
     if (en) begin
-      \$31  = \$1 ;
+      \$89  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$32  = sum_step_pp1;
+    \$90  = sum_x_l2_0;
     if (en) begin
-      \$32  = \$2 ;
+      \$90  = { \$48 , \$42 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$33  = sum_step_pp2;
+    \$91  = sum_x_l2_1;
     if (en) begin
-      \$33  = \$3 ;
+      \$91  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$34  = sum_step_pp3;
+    \$92  = sum_x_l3_0;
     if (en) begin
-      \$34  = \$4 ;
+      \$92  = { \$61 , \$52 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -18344,60 +18696,92 @@ module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [20:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [16:0] \$21 ;
-  wire [20:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [29:0] \$24 ;
-  wire [25:0] \$25 ;
-  wire [21:0] \$26 ;
-  wire [34:0] \$27 ;
-  wire [26:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [20:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [16:0] \$28 ;
+  wire [20:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [7:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [13:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [17:0] \$30 ;
+  wire [18:0] \$31 ;
+  wire [17:0] \$32 ;
+  wire [18:0] \$33 ;
+  wire [17:0] \$34 ;
+  wire [18:0] \$35 ;
+  wire [17:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [29:0] \$38 ;
+  wire [25:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [23:0] \$45 ;
-  reg [32:0] \$46 ;
-  reg [22:0] \$47 ;
-  reg [26:0] \$48 ;
-  reg [28:0] \$49 ;
+  wire [21:0] \$40 ;
+  wire [17:0] \$41 ;
+  wire [18:0] \$42 ;
+  wire [17:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [18:0] \$45 ;
+  wire [19:0] \$46 ;
+  wire [18:0] \$47 ;
+  wire [17:0] \$48 ;
+  wire [26:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [20:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [16:0] \$52 ;
-  reg [20:0] \$53 ;
-  reg [33:0] \$54 ;
-  reg [29:0] \$55 ;
-  reg [25:0] \$56 ;
-  reg [21:0] \$57 ;
-  reg [34:0] \$58 ;
-  reg [26:0] \$59 ;
+  wire [35:0] \$50 ;
+  wire [18:0] \$51 ;
+  wire [19:0] \$52 ;
+  wire [35:0] \$53 ;
+  wire [18:0] \$54 ;
+  wire [19:0] \$55 ;
+  wire [35:0] \$56 ;
+  wire [18:0] \$57 ;
+  wire [19:0] \$58 ;
+  wire [35:0] \$59 ;
   wire [13:0] \$6 ;
-  reg [35:0] \$60 ;
+  wire [18:0] \$60 ;
+  wire [17:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [17:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [13:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [17:0] \$76 ;
+  reg [23:0] \$77 ;
+  reg [32:0] \$78 ;
+  reg [22:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [26:0] \$80 ;
+  reg [28:0] \$81 ;
+  reg [20:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [20:0] \$85 ;
+  reg [33:0] \$86 ;
+  reg [29:0] \$87 ;
+  reg [25:0] \$88 ;
+  reg [21:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [26:0] \$91 ;
+  reg [35:0] \$92 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -18451,65 +18835,6 @@ module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_u_sr <= \$45 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$46 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$47 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$48 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$60 ;
-  assign \$1  = step * grad[1:0];
-  assign \$2  = step * grad[3:2];
-  assign \$3  = step * grad[5:4];
-  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
-  assign \$5  = decay * theta[1:0];
-  assign \$6  = decay * theta[3:2];
-  assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
   assign \$10  = noise * z[3:2];
@@ -18517,246 +18842,337 @@ module \lpsgld_w8_naive_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad,
   assign \$12  = noise * z[7:6];
   assign \$13  = noise * z[9:8];
   assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
-  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
-  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
-  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$26  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$27  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$28  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$29  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$30  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$31  = \$30  + 1'h0;
+  assign \$32  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$33  = \$32  + 1'h0;
+  assign \$34  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$35  = \$34  + 1'h1;
+  assign \$36  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$37  = \$33 [17] ? \$35 [16:0] : \$36 [16:0];
+  assign \$38  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$40  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$41  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$42  = \$41  + 1'h0;
+  assign \$43  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$44  = \$43  + 1'h0;
+  assign \$45  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$46  = \$45  + 1'h1;
+  assign \$47  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$48  = \$44 [17] ? \$46 [17:0] : \$47 [17:0];
+  assign \$49  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$50  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$51  = sum_x_l2_0[17:0] + \$50 [17:0];
+  assign \$52  = \$51  + 1'h1;
+  assign \$53  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$54  = sum_x_l2_0[17:0] + \$53 [17:0];
+  assign \$55  = \$54  + 1'h1;
+  assign \$56  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$57  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$56 [35:18];
+  assign \$58  = \$57  + 1'h1;
+  assign \$59  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$60  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$59 [35:18];
+  assign \$61  = \$55 [18] ? \$58 [17:0] : \$60 [17:0];
   always @(posedge clk)
-    sum_theta <= \$30 ;
+    sum_theta <= \$62 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$31 ;
+    sum_step_pp0 <= \$63 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$32 ;
+    sum_step_pp1 <= \$64 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$33 ;
+    sum_step_pp2 <= \$65 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$34 ;
+    sum_step_pp3 <= \$66 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$67 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$68 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$69 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$70 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$71 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$72 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$73 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$74 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$75 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$76 ;
+  always @(posedge clk)
+    sum_u_sr <= \$77 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$78 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$79 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$80 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$81 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$82 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$83 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$90 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$91 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$92 ;
+  assign \$1  = step * grad[1:0];
+  assign \$2  = step * grad[3:2];
+  assign \$3  = step * grad[5:4];
+  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
+  assign \$5  = decay * theta[1:0];
+  assign \$6  = decay * theta[3:2];
+  assign \$7  = decay * theta[5:4];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$35  = sum_decay_pp0;
+    \$62  = sum_theta;
     if (en) begin
-      \$35  = \$5 ;
+      \$62  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$36  = sum_decay_pp1;
+    \$63  = sum_step_pp0;
     if (en) begin
-      \$36  = \$6 ;
+      \$63  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$37  = sum_decay_pp2;
+    \$64  = sum_step_pp1;
     if (en) begin
-      \$37  = \$7 ;
+      \$64  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$38  = sum_decay_pp3;
+    \$65  = sum_step_pp2;
     if (en) begin
-      \$38  = \$8 ;
+      \$65  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$39  = sum_noise_pp0;
+    \$66  = sum_step_pp3;
     if (en) begin
-      \$39  = \$9 ;
+      \$66  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$40  = sum_noise_pp1;
+    \$67  = sum_decay_pp0;
     if (en) begin
-      \$40  = \$10 ;
+      \$67  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$41  = sum_noise_pp2;
+    \$68  = sum_decay_pp1;
     if (en) begin
-      \$41  = \$11 ;
+      \$68  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$42  = sum_noise_pp3;
+    \$69  = sum_decay_pp2;
     if (en) begin
-      \$42  = \$12 ;
+      \$69  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$43  = sum_noise_pp4;
+    \$70  = sum_decay_pp3;
     if (en) begin
-      \$43  = \$13 ;
+      \$70  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$44  = sum_noise_pp5;
+    \$71  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$14 ;
+      \$71  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$45  = sum_u_sr;
+    \$72  = sum_noise_pp1;
     if (en) begin
-      \$45  = u_sr;
+      \$72  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$46  = sum_x_l0_0;
+    \$73  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$15 ;
+      \$73  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$47  = sum_x_l0_1;
+    \$74  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$16 ;
+      \$74  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$48  = sum_x_l0_2;
+    \$75  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$17 ;
+      \$75  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$49  = sum_x_l0_3;
+    \$76  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$18 ;
+      \$76  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$50  = sum_x_l0_4;
+    \$77  = sum_u_sr;
     if (en) begin
-      \$50  = \$19 ;
+      \$77  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$51  = sum_x_l0_5;
+    \$78  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$20 ;
+      \$78  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$52  = sum_x_l0_6;
+    \$79  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$21 ;
+      \$79  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$53  = sum_x_l0_7;
+    \$80  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$22 ;
+      \$80  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$54  = sum_x_l1_0;
+    \$81  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$23 ;
+      \$81  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$55  = sum_x_l1_1;
+    \$82  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$24 ;
+      \$82  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$56  = sum_x_l1_2;
+    \$83  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$25 ;
+      \$83  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$57  = sum_x_l1_3;
+    \$84  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$26 ;
+      \$84  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$58  = sum_x_l2_0;
+    \$85  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$27 ;
+      \$85  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$59  = sum_x_l2_1;
+    \$86  = sum_x_l1_0;
     if (en) begin
-      \$59  = \$28 ;
+      \$86  = { \$37 , \$31 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$60  = sum_x_l3_0;
+    \$87  = sum_x_l1_1;
     if (en) begin
-      \$60  = \$29 ;
+      \$87  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$30  = sum_theta;
+    \$88  = sum_x_l1_2;
     if (en) begin
-      \$30  = theta;
+      \$88  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$31  = sum_step_pp0;
+    \$89  = sum_x_l1_3;
     if (en) begin
-      \$31  = \$1 ;
+      \$89  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$32  = sum_step_pp1;
+    \$90  = sum_x_l2_0;
     if (en) begin
-      \$32  = \$2 ;
+      \$90  = { \$48 , \$42 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$33  = sum_step_pp2;
+    \$91  = sum_x_l2_1;
     if (en) begin
-      \$33  = \$3 ;
+      \$91  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$34  = sum_step_pp3;
+    \$92  = sum_x_l3_0;
     if (en) begin
-      \$34  = \$4 ;
+      \$92  = { \$61 , \$52 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -21198,60 +21614,92 @@ module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [20:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [16:0] \$21 ;
-  wire [20:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [29:0] \$24 ;
-  wire [25:0] \$25 ;
-  wire [21:0] \$26 ;
-  wire [34:0] \$27 ;
-  wire [26:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [20:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [16:0] \$28 ;
+  wire [20:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [7:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [13:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [17:0] \$30 ;
+  wire [18:0] \$31 ;
+  wire [17:0] \$32 ;
+  wire [18:0] \$33 ;
+  wire [17:0] \$34 ;
+  wire [18:0] \$35 ;
+  wire [17:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [29:0] \$38 ;
+  wire [25:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [23:0] \$45 ;
-  reg [32:0] \$46 ;
-  reg [22:0] \$47 ;
-  reg [26:0] \$48 ;
-  reg [28:0] \$49 ;
+  wire [21:0] \$40 ;
+  wire [17:0] \$41 ;
+  wire [18:0] \$42 ;
+  wire [17:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [18:0] \$45 ;
+  wire [19:0] \$46 ;
+  wire [18:0] \$47 ;
+  wire [17:0] \$48 ;
+  wire [26:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [20:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [16:0] \$52 ;
-  reg [20:0] \$53 ;
-  reg [33:0] \$54 ;
-  reg [29:0] \$55 ;
-  reg [25:0] \$56 ;
-  reg [21:0] \$57 ;
-  reg [34:0] \$58 ;
-  reg [26:0] \$59 ;
+  wire [35:0] \$50 ;
+  wire [18:0] \$51 ;
+  wire [19:0] \$52 ;
+  wire [35:0] \$53 ;
+  wire [18:0] \$54 ;
+  wire [19:0] \$55 ;
+  wire [35:0] \$56 ;
+  wire [18:0] \$57 ;
+  wire [19:0] \$58 ;
+  wire [35:0] \$59 ;
   wire [13:0] \$6 ;
-  reg [35:0] \$60 ;
+  wire [18:0] \$60 ;
+  wire [17:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [17:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [13:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [17:0] \$76 ;
+  reg [23:0] \$77 ;
+  reg [32:0] \$78 ;
+  reg [22:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [26:0] \$80 ;
+  reg [28:0] \$81 ;
+  reg [20:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [20:0] \$85 ;
+  reg [33:0] \$86 ;
+  reg [29:0] \$87 ;
+  reg [25:0] \$88 ;
+  reg [21:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [26:0] \$91 ;
+  reg [35:0] \$92 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -21305,65 +21753,6 @@ module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_u_sr <= \$45 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$46 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$47 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$48 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$60 ;
-  assign \$1  = step * grad[1:0];
-  assign \$2  = step * grad[3:2];
-  assign \$3  = step * grad[5:4];
-  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
-  assign \$5  = decay * theta[1:0];
-  assign \$6  = decay * theta[3:2];
-  assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
   assign \$10  = noise * z[3:2];
@@ -21371,246 +21760,337 @@ module \lpsgld_w8_naive_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad,
   assign \$12  = noise * z[7:6];
   assign \$13  = noise * z[9:8];
   assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
-  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
-  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
-  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$26  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$27  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$28  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$29  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$30  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$31  = \$30  + 1'h0;
+  assign \$32  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$33  = \$32  + 1'h0;
+  assign \$34  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$35  = \$34  + 1'h1;
+  assign \$36  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$37  = \$33 [17] ? \$35 [16:0] : \$36 [16:0];
+  assign \$38  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$40  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$41  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$42  = \$41  + 1'h0;
+  assign \$43  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$44  = \$43  + 1'h0;
+  assign \$45  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$46  = \$45  + 1'h1;
+  assign \$47  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$48  = \$44 [17] ? \$46 [17:0] : \$47 [17:0];
+  assign \$49  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$50  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$51  = sum_x_l2_0[17:0] + \$50 [17:0];
+  assign \$52  = \$51  + 1'h1;
+  assign \$53  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$54  = sum_x_l2_0[17:0] + \$53 [17:0];
+  assign \$55  = \$54  + 1'h1;
+  assign \$56  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$57  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$56 [35:18];
+  assign \$58  = \$57  + 1'h1;
+  assign \$59  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$60  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$59 [35:18];
+  assign \$61  = \$55 [18] ? \$58 [17:0] : \$60 [17:0];
   always @(posedge clk)
-    sum_theta <= \$30 ;
+    sum_theta <= \$62 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$31 ;
+    sum_step_pp0 <= \$63 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$32 ;
+    sum_step_pp1 <= \$64 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$33 ;
+    sum_step_pp2 <= \$65 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$34 ;
+    sum_step_pp3 <= \$66 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$67 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$68 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$69 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$70 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$71 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$72 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$73 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$74 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$75 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$76 ;
+  always @(posedge clk)
+    sum_u_sr <= \$77 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$78 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$79 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$80 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$81 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$82 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$83 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$90 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$91 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$92 ;
+  assign \$1  = step * grad[1:0];
+  assign \$2  = step * grad[3:2];
+  assign \$3  = step * grad[5:4];
+  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
+  assign \$5  = decay * theta[1:0];
+  assign \$6  = decay * theta[3:2];
+  assign \$7  = decay * theta[5:4];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$35  = sum_decay_pp0;
+    \$62  = sum_theta;
     if (en) begin
-      \$35  = \$5 ;
+      \$62  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$36  = sum_decay_pp1;
+    \$63  = sum_step_pp0;
     if (en) begin
-      \$36  = \$6 ;
+      \$63  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$37  = sum_decay_pp2;
+    \$64  = sum_step_pp1;
     if (en) begin
-      \$37  = \$7 ;
+      \$64  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$38  = sum_decay_pp3;
+    \$65  = sum_step_pp2;
     if (en) begin
-      \$38  = \$8 ;
+      \$65  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$39  = sum_noise_pp0;
+    \$66  = sum_step_pp3;
     if (en) begin
-      \$39  = \$9 ;
+      \$66  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$40  = sum_noise_pp1;
+    \$67  = sum_decay_pp0;
     if (en) begin
-      \$40  = \$10 ;
+      \$67  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$41  = sum_noise_pp2;
+    \$68  = sum_decay_pp1;
     if (en) begin
-      \$41  = \$11 ;
+      \$68  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$42  = sum_noise_pp3;
+    \$69  = sum_decay_pp2;
     if (en) begin
-      \$42  = \$12 ;
+      \$69  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$43  = sum_noise_pp4;
+    \$70  = sum_decay_pp3;
     if (en) begin
-      \$43  = \$13 ;
+      \$70  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$44  = sum_noise_pp5;
+    \$71  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$14 ;
+      \$71  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$45  = sum_u_sr;
+    \$72  = sum_noise_pp1;
     if (en) begin
-      \$45  = u_sr;
+      \$72  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$46  = sum_x_l0_0;
+    \$73  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$15 ;
+      \$73  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$47  = sum_x_l0_1;
+    \$74  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$16 ;
+      \$74  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$48  = sum_x_l0_2;
+    \$75  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$17 ;
+      \$75  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$49  = sum_x_l0_3;
+    \$76  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$18 ;
+      \$76  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$50  = sum_x_l0_4;
+    \$77  = sum_u_sr;
     if (en) begin
-      \$50  = \$19 ;
+      \$77  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$51  = sum_x_l0_5;
+    \$78  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$20 ;
+      \$78  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$52  = sum_x_l0_6;
+    \$79  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$21 ;
+      \$79  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$53  = sum_x_l0_7;
+    \$80  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$22 ;
+      \$80  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$54  = sum_x_l1_0;
+    \$81  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$23 ;
+      \$81  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$55  = sum_x_l1_1;
+    \$82  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$24 ;
+      \$82  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$56  = sum_x_l1_2;
+    \$83  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$25 ;
+      \$83  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$57  = sum_x_l1_3;
+    \$84  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$26 ;
+      \$84  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$58  = sum_x_l2_0;
+    \$85  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$27 ;
+      \$85  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$59  = sum_x_l2_1;
+    \$86  = sum_x_l1_0;
     if (en) begin
-      \$59  = \$28 ;
+      \$86  = { \$37 , \$31 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$60  = sum_x_l3_0;
+    \$87  = sum_x_l1_1;
     if (en) begin
-      \$60  = \$29 ;
+      \$87  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$30  = sum_theta;
+    \$88  = sum_x_l1_2;
     if (en) begin
-      \$30  = theta;
+      \$88  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$31  = sum_step_pp0;
+    \$89  = sum_x_l1_3;
     if (en) begin
-      \$31  = \$1 ;
+      \$89  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$32  = sum_step_pp1;
+    \$90  = sum_x_l2_0;
     if (en) begin
-      \$32  = \$2 ;
+      \$90  = { \$48 , \$42 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$33  = sum_step_pp2;
+    \$91  = sum_x_l2_1;
     if (en) begin
-      \$33  = \$3 ;
+      \$91  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$34  = sum_step_pp3;
+    \$92  = sum_x_l3_0;
     if (en) begin
-      \$34  = \$4 ;
+      \$92  = { \$61 , \$52 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -24052,60 +24532,92 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [20:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [16:0] \$21 ;
-  wire [20:0] \$22 ;
-  wire [33:0] \$23 ;
-  wire [29:0] \$24 ;
-  wire [25:0] \$25 ;
-  wire [21:0] \$26 ;
-  wire [34:0] \$27 ;
-  wire [26:0] \$28 ;
-  wire [35:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [20:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [16:0] \$28 ;
+  wire [20:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [7:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [17:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [13:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [17:0] \$30 ;
+  wire [18:0] \$31 ;
+  wire [17:0] \$32 ;
+  wire [18:0] \$33 ;
+  wire [17:0] \$34 ;
+  wire [18:0] \$35 ;
+  wire [17:0] \$36 ;
+  wire [16:0] \$37 ;
+  wire [29:0] \$38 ;
+  wire [25:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [17:0] \$44 ;
-  reg [23:0] \$45 ;
-  reg [32:0] \$46 ;
-  reg [22:0] \$47 ;
-  reg [26:0] \$48 ;
-  reg [28:0] \$49 ;
+  wire [21:0] \$40 ;
+  wire [17:0] \$41 ;
+  wire [18:0] \$42 ;
+  wire [17:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [18:0] \$45 ;
+  wire [19:0] \$46 ;
+  wire [18:0] \$47 ;
+  wire [17:0] \$48 ;
+  wire [26:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [20:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [16:0] \$52 ;
-  reg [20:0] \$53 ;
-  reg [33:0] \$54 ;
-  reg [29:0] \$55 ;
-  reg [25:0] \$56 ;
-  reg [21:0] \$57 ;
-  reg [34:0] \$58 ;
-  reg [26:0] \$59 ;
+  wire [35:0] \$50 ;
+  wire [18:0] \$51 ;
+  wire [19:0] \$52 ;
+  wire [35:0] \$53 ;
+  wire [18:0] \$54 ;
+  wire [19:0] \$55 ;
+  wire [35:0] \$56 ;
+  wire [18:0] \$57 ;
+  wire [19:0] \$58 ;
+  wire [35:0] \$59 ;
   wire [13:0] \$6 ;
-  reg [35:0] \$60 ;
+  wire [18:0] \$60 ;
+  wire [17:0] \$61 ;
+  reg [7:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [17:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [13:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [17:0] \$76 ;
+  reg [23:0] \$77 ;
+  reg [32:0] \$78 ;
+  reg [22:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [26:0] \$80 ;
+  reg [28:0] \$81 ;
+  reg [20:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [16:0] \$84 ;
+  reg [20:0] \$85 ;
+  reg [33:0] \$86 ;
+  reg [29:0] \$87 ;
+  reg [25:0] \$88 ;
+  reg [21:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [34:0] \$90 ;
+  reg [26:0] \$91 ;
+  reg [35:0] \$92 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -24159,65 +24671,6 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$35 ;
-  always @(posedge clk)
-    sum_decay_pp1 <= \$36 ;
-  always @(posedge clk)
-    sum_decay_pp2 <= \$37 ;
-  always @(posedge clk)
-    sum_decay_pp3 <= \$38 ;
-  always @(posedge clk)
-    sum_noise_pp0 <= \$39 ;
-  always @(posedge clk)
-    sum_noise_pp1 <= \$40 ;
-  always @(posedge clk)
-    sum_noise_pp2 <= \$41 ;
-  always @(posedge clk)
-    sum_noise_pp3 <= \$42 ;
-  always @(posedge clk)
-    sum_noise_pp4 <= \$43 ;
-  always @(posedge clk)
-    sum_noise_pp5 <= \$44 ;
-  always @(posedge clk)
-    sum_u_sr <= \$45 ;
-  always @(posedge clk)
-    sum_x_l0_0 <= \$46 ;
-  always @(posedge clk)
-    sum_x_l0_1 <= \$47 ;
-  always @(posedge clk)
-    sum_x_l0_2 <= \$48 ;
-  always @(posedge clk)
-    sum_x_l0_3 <= \$49 ;
-  always @(posedge clk)
-    sum_x_l0_4 <= \$50 ;
-  always @(posedge clk)
-    sum_x_l0_5 <= \$51 ;
-  always @(posedge clk)
-    sum_x_l0_6 <= \$52 ;
-  always @(posedge clk)
-    sum_x_l0_7 <= \$53 ;
-  always @(posedge clk)
-    sum_x_l1_0 <= \$54 ;
-  always @(posedge clk)
-    sum_x_l1_1 <= \$55 ;
-  always @(posedge clk)
-    sum_x_l1_2 <= \$56 ;
-  always @(posedge clk)
-    sum_x_l1_3 <= \$57 ;
-  always @(posedge clk)
-    sum_x_l2_0 <= \$58 ;
-  always @(posedge clk)
-    sum_x_l2_1 <= \$59 ;
-  always @(posedge clk)
-    sum_x_l3_0 <= \$60 ;
-  assign \$1  = step * grad[1:0];
-  assign \$2  = step * grad[3:2];
-  assign \$3  = step * grad[5:4];
-  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
-  assign \$5  = decay * theta[1:0];
-  assign \$6  = decay * theta[3:2];
-  assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
   assign \$10  = noise * z[3:2];
@@ -24225,253 +24678,344 @@ module \lpsgld_w8_naive_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad,
   assign \$12  = noise * z[7:6];
   assign \$13  = noise * z[9:8];
   assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
-  assign \$19  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
-  assign \$20  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
-  assign \$21  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
-  assign \$22  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
-  assign \$23  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$24  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$26  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$27  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$28  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$29  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) + $signed({ 1'h0, sum_u_sr });
+  assign \$26  = sum_step_pp0 + { sum_step_pp1, 2'h0 };
+  assign \$27  = $signed({ 1'h0, sum_step_pp2, 4'h0 }) + $signed({ sum_step_pp3, 6'h00 });
+  assign \$28  = sum_decay_pp0 + { sum_decay_pp1, 2'h0 };
+  assign \$29  = $signed({ 1'h0, sum_decay_pp2, 4'h0 }) + $signed({ sum_decay_pp3, 6'h00 });
+  assign \$30  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$31  = \$30  + 1'h0;
+  assign \$32  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$33  = \$32  + 1'h0;
+  assign \$34  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$35  = \$34  + 1'h1;
+  assign \$36  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$37  = \$33 [17] ? \$35 [16:0] : \$36 [16:0];
+  assign \$38  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$40  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$41  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$42  = \$41  + 1'h0;
+  assign \$43  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$44  = \$43  + 1'h0;
+  assign \$45  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$46  = \$45  + 1'h1;
+  assign \$47  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$48  = \$44 [17] ? \$46 [17:0] : \$47 [17:0];
+  assign \$49  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$50  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$51  = sum_x_l2_0[17:0] + \$50 [17:0];
+  assign \$52  = \$51  + 1'h1;
+  assign \$53  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$54  = sum_x_l2_0[17:0] + \$53 [17:0];
+  assign \$55  = \$54  + 1'h1;
+  assign \$56  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$57  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$56 [35:18];
+  assign \$58  = \$57  + 1'h1;
+  assign \$59  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$60  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$59 [35:18];
+  assign \$61  = \$55 [18] ? \$58 [17:0] : \$60 [17:0];
   always @(posedge clk)
-    sum_theta <= \$30 ;
+    sum_theta <= \$62 ;
   always @(posedge clk)
-    sum_step_pp0 <= \$31 ;
+    sum_step_pp0 <= \$63 ;
   always @(posedge clk)
-    sum_step_pp1 <= \$32 ;
+    sum_step_pp1 <= \$64 ;
   always @(posedge clk)
-    sum_step_pp2 <= \$33 ;
+    sum_step_pp2 <= \$65 ;
   always @(posedge clk)
-    sum_step_pp3 <= \$34 ;
+    sum_step_pp3 <= \$66 ;
+  always @(posedge clk)
+    sum_decay_pp0 <= \$67 ;
+  always @(posedge clk)
+    sum_decay_pp1 <= \$68 ;
+  always @(posedge clk)
+    sum_decay_pp2 <= \$69 ;
+  always @(posedge clk)
+    sum_decay_pp3 <= \$70 ;
+  always @(posedge clk)
+    sum_noise_pp0 <= \$71 ;
+  always @(posedge clk)
+    sum_noise_pp1 <= \$72 ;
+  always @(posedge clk)
+    sum_noise_pp2 <= \$73 ;
+  always @(posedge clk)
+    sum_noise_pp3 <= \$74 ;
+  always @(posedge clk)
+    sum_noise_pp4 <= \$75 ;
+  always @(posedge clk)
+    sum_noise_pp5 <= \$76 ;
+  always @(posedge clk)
+    sum_u_sr <= \$77 ;
+  always @(posedge clk)
+    sum_x_l0_0 <= \$78 ;
+  always @(posedge clk)
+    sum_x_l0_1 <= \$79 ;
+  always @(posedge clk)
+    sum_x_l0_2 <= \$80 ;
+  always @(posedge clk)
+    sum_x_l0_3 <= \$81 ;
+  always @(posedge clk)
+    sum_x_l0_4 <= \$82 ;
+  always @(posedge clk)
+    sum_x_l0_5 <= \$83 ;
+  always @(posedge clk)
+    sum_x_l0_6 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l0_7 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_0 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$90 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$91 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$92 ;
+  assign \$1  = step * grad[1:0];
+  assign \$2  = step * grad[3:2];
+  assign \$3  = step * grad[5:4];
+  assign \$4  = $signed({ 1'h0, step }) * $signed(grad[7:6]);
+  assign \$5  = decay * theta[1:0];
+  assign \$6  = decay * theta[3:2];
+  assign \$7  = decay * theta[5:4];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$35  = sum_decay_pp0;
+    \$62  = sum_theta;
     if (en) begin
-      \$35  = \$5 ;
+      \$62  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$36  = sum_decay_pp1;
+    \$63  = sum_step_pp0;
     if (en) begin
-      \$36  = \$6 ;
+      \$63  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$37  = sum_decay_pp2;
+    \$64  = sum_step_pp1;
     if (en) begin
-      \$37  = \$7 ;
+      \$64  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$38  = sum_decay_pp3;
+    \$65  = sum_step_pp2;
     if (en) begin
-      \$38  = \$8 ;
+      \$65  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$39  = sum_noise_pp0;
+    \$66  = sum_step_pp3;
     if (en) begin
-      \$39  = \$9 ;
+      \$66  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$40  = sum_noise_pp1;
+    \$67  = sum_decay_pp0;
     if (en) begin
-      \$40  = \$10 ;
+      \$67  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$41  = sum_noise_pp2;
+    \$68  = sum_decay_pp1;
     if (en) begin
-      \$41  = \$11 ;
+      \$68  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$42  = sum_noise_pp3;
+    \$69  = sum_decay_pp2;
     if (en) begin
-      \$42  = \$12 ;
+      \$69  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$43  = sum_noise_pp4;
+    \$70  = sum_decay_pp3;
     if (en) begin
-      \$43  = \$13 ;
+      \$70  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$44  = sum_noise_pp5;
+    \$71  = sum_noise_pp0;
     if (en) begin
-      \$44  = \$14 ;
+      \$71  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$45  = sum_u_sr;
+    \$72  = sum_noise_pp1;
     if (en) begin
-      \$45  = u_sr;
+      \$72  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$46  = sum_x_l0_0;
+    \$73  = sum_noise_pp2;
     if (en) begin
-      \$46  = \$15 ;
+      \$73  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$47  = sum_x_l0_1;
+    \$74  = sum_noise_pp3;
     if (en) begin
-      \$47  = \$16 ;
+      \$74  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$48  = sum_x_l0_2;
+    \$75  = sum_noise_pp4;
     if (en) begin
-      \$48  = \$17 ;
+      \$75  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$49  = sum_x_l0_3;
+    \$76  = sum_noise_pp5;
     if (en) begin
-      \$49  = \$18 ;
+      \$76  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$50  = sum_x_l0_4;
+    \$77  = sum_u_sr;
     if (en) begin
-      \$50  = \$19 ;
+      \$77  = u_sr;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$51  = sum_x_l0_5;
+    \$78  = sum_x_l0_0;
     if (en) begin
-      \$51  = \$20 ;
+      \$78  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$52  = sum_x_l0_6;
+    \$79  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$21 ;
+      \$79  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$53  = sum_x_l0_7;
+    \$80  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$22 ;
+      \$80  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$54  = sum_x_l1_0;
+    \$81  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$23 ;
+      \$81  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$55  = sum_x_l1_1;
+    \$82  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$24 ;
+      \$82  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$56  = sum_x_l1_2;
+    \$83  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$25 ;
+      \$83  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$57  = sum_x_l1_3;
+    \$84  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$26 ;
+      \$84  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$58  = sum_x_l2_0;
+    \$85  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$27 ;
+      \$85  = \$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$59  = sum_x_l2_1;
+    \$86  = sum_x_l1_0;
     if (en) begin
-      \$59  = \$28 ;
+      \$86  = { \$37 , \$31 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$60  = sum_x_l3_0;
+    \$87  = sum_x_l1_1;
     if (en) begin
-      \$60  = \$29 ;
+      \$87  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$30  = sum_theta;
+    \$88  = sum_x_l1_2;
     if (en) begin
-      \$30  = theta;
+      \$88  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$31  = sum_step_pp0;
+    \$89  = sum_x_l1_3;
     if (en) begin
-      \$31  = \$1 ;
+      \$89  = \$40 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$32  = sum_step_pp1;
+    \$90  = sum_x_l2_0;
     if (en) begin
-      \$32  = \$2 ;
+      \$90  = { \$48 , \$42 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$33  = sum_step_pp2;
+    \$91  = sum_x_l2_1;
     if (en) begin
-      \$33  = \$3 ;
+      \$91  = \$49 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$34  = sum_step_pp3;
+    \$92  = sum_x_l3_0;
     if (en) begin
-      \$34  = \$4 ;
+      \$92  = { \$61 , \$52 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_naive_l8.rng_0_0 (rst, en, step, out, data, \port$9258$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24491,12 +25035,14 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9258$0 ;
+  wire [1:0] \port$9258$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -24523,11 +25069,12 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$34 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9258$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -24536,20 +25083,23 @@ module \lpsgld_w8_naive_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$34 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9258$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$9258$0 [0];
+  assign load1 = \port$9258$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_naive_l8.rng_1_0 (rst, en, step, out, data, \port$9268$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24569,12 +25119,14 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9268$0 ;
+  wire [1:0] \port$9268$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -24601,11 +25153,12 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$35 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9268$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'haf87b92be82a7e1a;
@@ -24614,20 +25167,23 @@ module \lpsgld_w8_naive_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$35 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9268$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
+  assign load0 = \port$9268$0 [0];
+  assign load1 = \port$9268$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_naive_l8.rng_2_0 (rst, en, step, out, data, \port$9278$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24647,12 +25203,14 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9278$0 ;
+  wire [1:0] \port$9278$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -24679,11 +25237,12 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$36 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9278$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'hea4cf92d0d3ebbb2;
@@ -24692,20 +25251,23 @@ module \lpsgld_w8_naive_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$36 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9278$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
+  assign load0 = \port$9278$0 [0];
+  assign load1 = \port$9278$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_naive_l8.rng_3_0 (rst, en, step, out, data, \port$9288$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24725,12 +25287,14 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9288$0 ;
+  wire [1:0] \port$9288$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -24757,11 +25321,12 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$37 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9288$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h9b349238c659227a;
@@ -24770,20 +25335,23 @@ module \lpsgld_w8_naive_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$37 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9288$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
+  assign load0 = \port$9288$0 [0];
+  assign load1 = \port$9288$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_naive_l8.rng_4_0 (rst, en, step, out, data, \port$9298$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24803,12 +25371,14 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9298$0 ;
+  wire [1:0] \port$9298$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -24835,11 +25405,12 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$38 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9298$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h4848a7e4d3e77ed3;
@@ -24848,20 +25419,23 @@ module \lpsgld_w8_naive_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$38 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9298$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
+  assign load0 = \port$9298$0 [0];
+  assign load1 = \port$9298$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_naive_l8.rng_5_0 (rst, en, step, out, data, \port$9308$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24881,12 +25455,14 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9308$0 ;
+  wire [1:0] \port$9308$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -24913,11 +25489,12 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$39 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9308$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h827a07ff79b19156;
@@ -24926,20 +25503,23 @@ module \lpsgld_w8_naive_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$39 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9308$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
+  assign load0 = \port$9308$0 [0];
+  assign load1 = \port$9308$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_naive_l8.rng_6_0 (rst, en, step, out, data, \port$9318$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -24959,12 +25539,14 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9318$0 ;
+  wire [1:0] \port$9318$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -24991,11 +25573,12 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$40 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9318$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h87bb5cc865951d3a;
@@ -25004,20 +25587,23 @@ module \lpsgld_w8_naive_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$40 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9318$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
+  assign load0 = \port$9318$0 [0];
+  assign load1 = \port$9318$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_naive_l8.rng_7_0 (rst, en, step, out, data, \port$9328$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -25037,12 +25623,14 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9328$0 ;
+  wire [1:0] \port$9328$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -25069,11 +25657,12 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$41 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9328$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h30dc637b46b379dc;
@@ -25082,14 +25671,17 @@ module \lpsgld_w8_naive_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$41 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9328$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
+  assign load0 = \port$9328$0 [0];
+  assign load1 = \port$9328$0 [1];
 endmodule

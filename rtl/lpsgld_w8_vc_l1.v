@@ -57,15 +57,16 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$55 ;
   reg \$56 ;
   reg \$57 ;
-  reg [63:0] \$58 ;
-  reg [1:0] \$59 ;
+  reg \$58 ;
+  reg [63:0] \$59 ;
   wire \$6 ;
-  reg \$60 ;
-  reg [15:0] \$61 ;
-  reg [11:0] \$62 ;
-  reg [15:0] \$63 ;
-  reg [14:0] \$64 ;
-  reg \$65 ;
+  reg [1:0] \$60 ;
+  reg \$61 ;
+  reg [15:0] \$62 ;
+  reg [11:0] \$63 ;
+  reg [15:0] \$64 ;
+  reg [14:0] \$65 ;
+  reg \$66 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
@@ -81,6 +82,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [63:0] data = 64'h0000000000000000;
   reg [11:0] decay = 12'h000;
   wire en;
+  wire \en$43 ;
   wire free;
   wire [7:0] grad;
   output idle;
@@ -103,6 +105,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg keep_7 = 1'h0;
   reg keep_8 = 1'h0;
   reg keep_9 = 1'h0;
+  reg live_1 = 1'h0;
   wire load0;
   wire load1;
   reg [15:0] noise = 16'h0000;
@@ -147,7 +150,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
-  reg [15:0] \step$49  = 16'h0000;
+  reg [15:0] \step$50  = 16'h0000;
   wire [7:0] theta;
   wire took;
   reg valid_1 = 1'h0;
@@ -180,97 +183,99 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg write_vc_noise = 1'h0;
   reg write_vc_var = 1'h0;
   always @(posedge clk)
-    valid_4 <= \$21 ;
+    valid_3 <= \$21 ;
   always @(posedge clk)
-    valid_5 <= \$22 ;
+    valid_4 <= \$22 ;
   always @(posedge clk)
-    valid_6 <= \$23 ;
+    valid_5 <= \$23 ;
   always @(posedge clk)
-    valid_7 <= \$24 ;
+    valid_6 <= \$24 ;
   always @(posedge clk)
-    valid_8 <= \$25 ;
+    valid_7 <= \$25 ;
   always @(posedge clk)
-    valid_9 <= \$26 ;
+    valid_8 <= \$26 ;
   always @(posedge clk)
-    valid_10 <= \$27 ;
+    valid_9 <= \$27 ;
   always @(posedge clk)
-    valid_11 <= \$28 ;
+    valid_10 <= \$28 ;
   always @(posedge clk)
-    valid_12 <= \$29 ;
+    valid_11 <= \$29 ;
   always @(posedge clk)
-    valid_13 <= \$30 ;
+    valid_12 <= \$30 ;
   always @(posedge clk)
-    valid_14 <= \$31 ;
+    valid_13 <= \$31 ;
   always @(posedge clk)
-    valid_15 <= \$32 ;
+    valid_14 <= \$32 ;
   always @(posedge clk)
-    valid_16 <= \$33 ;
+    valid_15 <= \$33 ;
   always @(posedge clk)
-    valid_17 <= \$34 ;
+    valid_16 <= \$34 ;
   always @(posedge clk)
-    source__valid <= \$35 ;
+    valid_17 <= \$35 ;
   always @(posedge clk)
-    keep_2 <= \$36 ;
+    source__valid <= \$36 ;
   always @(posedge clk)
-    keep_3 <= \$37 ;
+    keep_2 <= \$37 ;
   always @(posedge clk)
-    keep_4 <= \$38 ;
+    keep_3 <= \$38 ;
   always @(posedge clk)
-    keep_5 <= \$39 ;
+    keep_4 <= \$39 ;
   always @(posedge clk)
-    keep_6 <= \$40 ;
+    keep_5 <= \$40 ;
   always @(posedge clk)
-    keep_7 <= \$41 ;
+    keep_6 <= \$41 ;
   always @(posedge clk)
-    keep_8 <= \$42 ;
+    keep_7 <= \$42 ;
   always @(posedge clk)
-    keep_9 <= \$43 ;
+    keep_8 <= \$43 ;
   always @(posedge clk)
-    keep_10 <= \$44 ;
+    keep_9 <= \$44 ;
   always @(posedge clk)
-    keep_11 <= \$45 ;
+    keep_10 <= \$45 ;
   always @(posedge clk)
-    keep_12 <= \$46 ;
+    keep_11 <= \$46 ;
   always @(posedge clk)
-    keep_13 <= \$47 ;
+    keep_12 <= \$47 ;
   always @(posedge clk)
-    keep_14 <= \$48 ;
+    keep_13 <= \$48 ;
   always @(posedge clk)
-    keep_15 <= \$49 ;
+    keep_14 <= \$49 ;
   always @(posedge clk)
-    keep_16 <= \$50 ;
+    keep_15 <= \$50 ;
   always @(posedge clk)
-    keep_17 <= \$51 ;
+    keep_16 <= \$51 ;
   always @(posedge clk)
-    keep_18 <= \$52 ;
+    keep_17 <= \$52 ;
+  always @(posedge clk)
+    keep_18 <= \$53 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$53 ;
+    write_step <= \$54 ;
   always @(posedge clk)
-    write_decay <= \$54 ;
+    write_decay <= \$55 ;
   always @(posedge clk)
-    write_noise <= \$55 ;
+    write_noise <= \$56 ;
   always @(posedge clk)
-    write_vc_var <= \$56 ;
+    write_vc_var <= \$57 ;
   always @(posedge clk)
-    write_vc_noise <= \$57 ;
+    write_vc_noise <= \$58 ;
   always @(posedge clk)
-    data <= \$58 ;
+    data <= \$59 ;
   always @(posedge clk)
-    seed_load_0 <= \$59 ;
+    seed_load_0 <= \$60 ;
   always @(posedge clk)
-    seed_hold_0 <= \$60 ;
+    seed_hold_0 <= \$61 ;
   always @(posedge clk)
-    \step$49  <= \$61 ;
+    \step$50  <= \$62 ;
   always @(posedge clk)
-    decay <= \$62 ;
+    decay <= \$63 ;
   always @(posedge clk)
-    noise <= \$63 ;
+    noise <= \$64 ;
   always @(posedge clk)
-    vc_var <= \$64 ;
+    vc_var <= \$65 ;
   always @(posedge clk)
-    vc_noise <= \$65 ;
+    vc_noise <= \$66 ;
   assign \$1  = ~ source__valid;
   assign advance = \$1  | source__ready;
   assign \$2  = ~ rst;
@@ -280,14 +285,13 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1;
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1 & \$8 ;
+  assign \$9  = sink__payload[0] & sink__valid;
   assign \$10  = ctl__addr == 9'h100;
   assign \$11  = ctl__addr == 9'h101;
   assign \$12  = { \$11 , \$10  } & { ctl__we, ctl__we };
@@ -300,9 +304,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   always @(posedge clk)
     keep_1 <= \$18 ;
   always @(posedge clk)
-    valid_2 <= \$19 ;
+    live_1 <= \$19 ;
   always @(posedge clk)
-    valid_3 <= \$20 ;
+    valid_2 <= \$20 ;
   \lpsgld_w8_vc_l1.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -311,7 +315,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .\port$0$3 (sink__payload[16:1]),
     .rst(rst),
     .state(state),
-    .step(\step$49 ),
+    .step(\step$50 ),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
     .words(words)
@@ -319,17 +323,17 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   \lpsgld_w8_vc_l1.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$1317$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = valid_5;
+    \$22  = valid_4;
     if (advance) begin
-      \$22  = valid_4;
+      \$22  = valid_3;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -337,9 +341,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = valid_6;
+    \$23  = valid_5;
     if (advance) begin
-      \$23  = valid_5;
+      \$23  = valid_4;
     end
     if (rst) begin
       \$23  = 1'h0;
@@ -347,9 +351,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = valid_7;
+    \$24  = valid_6;
     if (advance) begin
-      \$24  = valid_6;
+      \$24  = valid_5;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -357,9 +361,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = valid_8;
+    \$25  = valid_7;
     if (advance) begin
-      \$25  = valid_7;
+      \$25  = valid_6;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -367,9 +371,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = valid_9;
+    \$26  = valid_8;
     if (advance) begin
-      \$26  = valid_8;
+      \$26  = valid_7;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -377,9 +381,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = valid_10;
+    \$27  = valid_9;
     if (advance) begin
-      \$27  = valid_9;
+      \$27  = valid_8;
     end
     if (rst) begin
       \$27  = 1'h0;
@@ -387,9 +391,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = valid_11;
+    \$28  = valid_10;
     if (advance) begin
-      \$28  = valid_10;
+      \$28  = valid_9;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -397,9 +401,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = valid_12;
+    \$29  = valid_11;
     if (advance) begin
-      \$29  = valid_11;
+      \$29  = valid_10;
     end
     if (rst) begin
       \$29  = 1'h0;
@@ -407,9 +411,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = valid_13;
+    \$30  = valid_12;
     if (advance) begin
-      \$30  = valid_12;
+      \$30  = valid_11;
     end
     if (rst) begin
       \$30  = 1'h0;
@@ -417,9 +421,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = valid_14;
+    \$31  = valid_13;
     if (advance) begin
-      \$31  = valid_13;
+      \$31  = valid_12;
     end
     if (rst) begin
       \$31  = 1'h0;
@@ -427,9 +431,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = valid_15;
+    \$32  = valid_14;
     if (advance) begin
-      \$32  = valid_14;
+      \$32  = valid_13;
     end
     if (rst) begin
       \$32  = 1'h0;
@@ -437,9 +441,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = valid_16;
+    \$33  = valid_15;
     if (advance) begin
-      \$33  = valid_15;
+      \$33  = valid_14;
     end
     if (rst) begin
       \$33  = 1'h0;
@@ -447,9 +451,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = valid_17;
+    \$34  = valid_16;
     if (advance) begin
-      \$34  = valid_16;
+      \$34  = valid_15;
     end
     if (rst) begin
       \$34  = 1'h0;
@@ -457,9 +461,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = source__valid;
+    \$35  = valid_17;
     if (advance) begin
-      \$35  = valid_17;
+      \$35  = valid_16;
     end
     if (rst) begin
       \$35  = 1'h0;
@@ -467,134 +471,131 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = keep_2;
+    \$36  = source__valid;
     if (advance) begin
-      \$36  = keep_1;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = keep_3;
-    if (advance) begin
-      \$37  = keep_2;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = keep_4;
-    if (advance) begin
-      \$38  = keep_3;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = keep_5;
-    if (advance) begin
-      \$39  = keep_4;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = keep_6;
-    if (advance) begin
-      \$40  = keep_5;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = keep_7;
-    if (advance) begin
-      \$41  = keep_6;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = keep_8;
-    if (advance) begin
-      \$42  = keep_7;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = keep_9;
-    if (advance) begin
-      \$43  = keep_8;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = keep_10;
-    if (advance) begin
-      \$44  = keep_9;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = keep_11;
-    if (advance) begin
-      \$45  = keep_10;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = keep_12;
-    if (advance) begin
-      \$46  = keep_11;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = keep_13;
-    if (advance) begin
-      \$47  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = keep_14;
-    if (advance) begin
-      \$48  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = keep_15;
-    if (advance) begin
-      \$49  = keep_14;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = keep_16;
-    if (advance) begin
-      \$50  = keep_15;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = keep_17;
-    if (advance) begin
-      \$51  = keep_16;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = keep_18;
-    if (advance) begin
-      \$52  = keep_17;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = 1'h0;
-    if (ctl__we) begin
-      casez (ctl__addr)
-        16'h0000:
-            \$53  = 1'h1;
-      endcase
+      \$36  = valid_17;
     end
     if (rst) begin
-      \$53  = 1'h0;
+      \$36  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = keep_2;
+    if (advance) begin
+      \$37  = keep_1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = keep_3;
+    if (advance) begin
+      \$38  = keep_2;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = keep_4;
+    if (advance) begin
+      \$39  = keep_3;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = keep_5;
+    if (advance) begin
+      \$40  = keep_4;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = keep_6;
+    if (advance) begin
+      \$41  = keep_5;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = keep_7;
+    if (advance) begin
+      \$42  = keep_6;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = keep_8;
+    if (advance) begin
+      \$43  = keep_7;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = keep_9;
+    if (advance) begin
+      \$44  = keep_8;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = keep_10;
+    if (advance) begin
+      \$45  = keep_9;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = keep_11;
+    if (advance) begin
+      \$46  = keep_10;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = keep_12;
+    if (advance) begin
+      \$47  = keep_11;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$48  = keep_13;
+    if (advance) begin
+      \$48  = keep_12;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$49  = keep_14;
+    if (advance) begin
+      \$49  = keep_13;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$50  = keep_15;
+    if (advance) begin
+      \$50  = keep_14;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = keep_16;
+    if (advance) begin
+      \$51  = keep_15;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = keep_17;
+    if (advance) begin
+      \$52  = keep_16;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = keep_18;
+    if (advance) begin
+      \$53  = keep_17;
     end
   end
   always @* begin
@@ -603,8 +604,6 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            /* empty */;
-        16'h0001:
             \$54  = 1'h1;
       endcase
     end
@@ -620,8 +619,6 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0000:
             /* empty */;
         16'h0001:
-            /* empty */;
-        16'h0002:
             \$55  = 1'h1;
       endcase
     end
@@ -639,8 +636,6 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            /* empty */;
-        16'h0003:
             \$56  = 1'h1;
       endcase
     end
@@ -660,8 +655,6 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            /* empty */;
-        16'h0004:
             \$57  = 1'h1;
       endcase
     end
@@ -671,81 +664,104 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = data;
+    \$58  = 1'h0;
     if (ctl__we) begin
-      \$58  = ctl__data;
+      casez (ctl__addr)
+        16'h0000:
+            /* empty */;
+        16'h0001:
+            /* empty */;
+        16'h0002:
+            /* empty */;
+        16'h0003:
+            /* empty */;
+        16'h0004:
+            \$58  = 1'h1;
+      endcase
+    end
+    if (rst) begin
+      \$58  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = seed_load_0;
+    \$59  = data;
+    if (ctl__we) begin
+      \$59  = ctl__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$60  = seed_load_0;
     if (\$13 ) begin
-      \$59  = \$16 ;
+      \$60  = \$16 ;
     end else if (free) begin
-      \$59  = 2'h0;
+      \$60  = 2'h0;
     end
     if (rst) begin
-      \$59  = 2'h0;
+      \$60  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = seed_hold_0;
+    \$61  = seed_hold_0;
     if (\$13 ) begin
-      \$60  = took;
+      \$61  = took;
+    end else if (free) begin
+      \$61  = 1'h0;
     end
     if (rst) begin
-      \$60  = 1'h0;
+      \$61  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = \step$49 ;
+    \$62  = \step$50 ;
     if (write_step) begin
-      \$61  = wdata[15:0];
+      \$62  = wdata[15:0];
     end
     if (rst) begin
-      \$61  = 16'h0000;
+      \$62  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = decay;
+    \$63  = decay;
     if (write_decay) begin
-      \$62  = wdata[11:0];
+      \$63  = wdata[11:0];
     end
     if (rst) begin
-      \$62  = 12'h000;
+      \$63  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = noise;
+    \$64  = noise;
     if (write_noise) begin
-      \$63  = wdata[15:0];
+      \$64  = wdata[15:0];
     end
     if (rst) begin
-      \$63  = 16'h0000;
+      \$64  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = vc_var;
+    \$65  = vc_var;
     if (write_vc_var) begin
-      \$64  = wdata[14:0];
+      \$65  = wdata[14:0];
     end
     if (rst) begin
-      \$64  = 15'h0000;
+      \$65  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = vc_noise;
+    \$66  = vc_noise;
     if (write_vc_noise) begin
-      \$65  = wdata[0];
+      \$66  = wdata[0];
     end
     if (rst) begin
-      \$65  = 1'h0;
+      \$66  = 1'h0;
     end
   end
   always @* begin
@@ -767,9 +783,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = valid_2;
+    \$19  = live_1;
     if (advance) begin
-      \$19  = valid_1;
+      \$19  = \$9 ;
     end
     if (rst) begin
       \$19  = 1'h0;
@@ -777,9 +793,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = valid_3;
+    \$20  = valid_2;
     if (advance) begin
-      \$20  = valid_2;
+      \$20  = valid_1;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -787,22 +803,24 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = valid_4;
+    \$21  = valid_3;
     if (advance) begin
-      \$21  = valid_3;
+      \$21  = valid_2;
     end
     if (rst) begin
       \$21  = 1'h0;
     end
   end
   assign valid_18 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$43  = advance;
   assign theta = sink__payload[8:1];
   assign grad = sink__payload[16:9];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$49 ;
+  assign reg_step_0 = \step$50 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign reg_vc_var_0 = vc_var;
@@ -3381,104 +3399,103 @@ endmodule
 module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [34:0] \$1 ;
-  wire [17:0] \$10 ;
-  wire [8:0] \$11 ;
-  wire [10:0] \$12 ;
-  wire [20:0] \$13 ;
-  wire [24:0] \$14 ;
-  wire [28:0] \$15 ;
-  wire [32:0] \$16 ;
-  wire [25:0] \$17 ;
-  wire [33:0] \$18 ;
-  wire [34:0] \$19 ;
-  wire [15:0] \$2 ;
-  wire [37:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
-  wire [17:0] \$3 ;
+  wire [8:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire [3:0] \$12 ;
+  wire [8:0] \$13 ;
+  wire [10:0] \$14 ;
+  wire [21:0] \$15 ;
+  wire [25:0] \$16 ;
+  wire [29:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire [26:0] \$19 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [34:0] \$21 ;
+  wire [37:0] \$22 ;
+  wire [35:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [11:0] \$32 ;
-  wire [11:0] \$33 ;
-  wire [11:0] \$34 ;
-  wire [11:0] \$35 ;
+  wire [7:0] \$31 ;
+  wire [7:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
   wire \$36 ;
-  wire [11:0] \$37 ;
-  wire [11:0] \$38 ;
+  wire [7:0] \$37 ;
+  wire [7:0] \$38 ;
   wire \$39 ;
-  wire [17:0] \$4 ;
+  wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire [11:0] \$42 ;
-  wire [11:0] \$43 ;
-  wire [11:0] \$44 ;
-  wire [11:0] \$45 ;
+  wire \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
   wire [7:0] \$46 ;
-  wire [7:0] \$47 ;
-  reg [10:0] \$48 ;
-  reg [7:0] \$49 ;
-  wire [17:0] \$5 ;
-  reg [10:0] \$50 ;
+  reg [10:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [10:0] \$49 ;
+  wire [18:0] \$5 ;
+  reg [15:0] \$50 ;
   reg [15:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [16:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [19:0] \$55 ;
-  reg [21:0] \$56 ;
-  reg [23:0] \$57 ;
-  reg [25:0] \$58 ;
-  reg [27:0] \$59 ;
-  wire [17:0] \$6 ;
-  reg [29:0] \$60 ;
-  reg [31:0] \$61 ;
-  reg [8:0] \$62 ;
-  reg [10:0] \$63 ;
-  reg [15:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg [20:0] \$66 ;
-  reg [24:0] \$67 ;
-  reg [28:0] \$68 ;
-  reg [32:0] \$69 ;
-  wire [17:0] \$7 ;
-  reg [25:0] \$70 ;
-  reg [33:0] \$71 ;
-  reg [34:0] \$72 ;
+  reg [16:0] \$52 ;
+  reg [18:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [22:0] \$55 ;
+  reg [24:0] \$56 ;
+  reg [26:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [30:0] \$59 ;
+  wire [16:0] \$6 ;
+  reg [31:0] \$60 ;
+  reg [8:0] \$61 ;
+  reg [10:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [21:0] \$65 ;
+  reg [25:0] \$66 ;
+  reg [29:0] \$67 ;
+  reg [32:0] \$68 ;
+  reg [26:0] \$69 ;
+  wire [14:0] \$7 ;
+  reg [33:0] \$70 ;
+  reg [34:0] \$71 ;
+  reg [8:0] \$72 ;
   reg [8:0] \$73 ;
   reg [8:0] \$74 ;
-  reg [8:0] \$75 ;
+  reg [10:0] \$75 ;
   reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [10:0] \$78 ;
+  reg [15:0] \$78 ;
   reg [15:0] \$79 ;
-  wire [17:0] \$8 ;
+  wire [12:0] \$8 ;
   reg [15:0] \$80 ;
-  reg [15:0] \$81 ;
+  reg [16:0] \$81 ;
   reg [16:0] \$82 ;
   reg [16:0] \$83 ;
-  reg [16:0] \$84 ;
-  reg [37:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [34:0] \$87 ;
-  reg [10:0] \$88 ;
-  reg [16:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [34:0] \$90 ;
-  reg [16:0] \$91 ;
-  reg [10:0] \$92 ;
-  reg [16:0] \$93 ;
+  reg [37:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [10:0] \$87 ;
+  reg [16:0] \$88 ;
+  reg [17:0] \$89 ;
+  wire [10:0] \$9 ;
+  reg [16:0] \$90 ;
+  reg [10:0] \$91 ;
+  reg [16:0] \$92 ;
+  reg \$93 ;
   reg \$94 ;
-  reg \$95 ;
-  reg [11:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [10:0] \$98 ;
-  reg [7:0] \$99 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
   input clk;
   wire clk;
   input en;
@@ -3494,6 +3511,7 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [16:0] u_vc;
   reg [16:0] vc_down = 17'h00000;
   reg [37:0] vc_down_a = 38'h0000000000;
+  wire [16:0] vc_down_sel;
   reg [15:0] vc_f_h = 16'h0000;
   reg [15:0] vc_f_h2 = 16'h0000;
   reg [15:0] vc_f_h_d0 = 16'h0000;
@@ -3513,29 +3531,31 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
-  reg [10:0] vc_q_5 = 11'h000;
+  reg [7:0] vc_q_5 = 8'h00;
   reg [10:0] vc_q_a = 11'h000;
   reg [10:0] vc_q_b = 11'h000;
   reg [10:0] vc_q_d0 = 11'h000;
   reg [10:0] vc_q_d1 = 11'h000;
   reg [10:0] vc_q_d2 = 11'h000;
-  reg [11:0] vc_q_dn = 12'h000;
-  reg [11:0] vc_q_up = 12'h000;
+  wire [11:0] vc_q_dec;
+  reg [7:0] vc_q_dn = 8'h00;
+  wire [11:0] vc_q_inc;
+  reg [7:0] vc_q_up = 8'h00;
   reg [15:0] vc_sq_in = 16'h0000;
-  reg [20:0] vc_sq_l0_0 = 21'h000000;
-  reg [24:0] vc_sq_l0_1 = 25'h0000000;
-  reg [28:0] vc_sq_l0_2 = 29'h00000000;
+  reg [21:0] vc_sq_l0_0 = 22'h000000;
+  reg [25:0] vc_sq_l0_1 = 26'h0000000;
+  reg [29:0] vc_sq_l0_2 = 30'h00000000;
   reg [32:0] vc_sq_l0_3 = 33'h000000000;
-  reg [25:0] vc_sq_l1_0 = 26'h0000000;
+  reg [26:0] vc_sq_l1_0 = 27'h0000000;
   reg [33:0] vc_sq_l1_1 = 34'h000000000;
   reg [34:0] vc_sq_l2_0 = 35'h000000000;
-  reg [17:0] vc_sq_pp0 = 18'h00000;
-  reg [19:0] vc_sq_pp1 = 20'h00000;
-  reg [21:0] vc_sq_pp2 = 22'h000000;
-  reg [23:0] vc_sq_pp3 = 24'h000000;
-  reg [25:0] vc_sq_pp4 = 26'h0000000;
-  reg [27:0] vc_sq_pp5 = 28'h0000000;
-  reg [29:0] vc_sq_pp6 = 30'h00000000;
+  reg [18:0] vc_sq_pp0 = 19'h00000;
+  reg [20:0] vc_sq_pp1 = 21'h000000;
+  reg [22:0] vc_sq_pp2 = 23'h000000;
+  reg [24:0] vc_sq_pp3 = 25'h0000000;
+  reg [26:0] vc_sq_pp4 = 27'h0000000;
+  reg [28:0] vc_sq_pp5 = 29'h00000000;
+  reg [30:0] vc_sq_pp6 = 31'h00000000;
   reg [31:0] vc_sq_pp7 = 32'd0;
   reg [16:0] vc_u_1 = 17'h00000;
   reg [16:0] vc_u_2 = 17'h00000;
@@ -3544,528 +3564,534 @@ module \lpsgld_w8_vc_l1.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [16:0] vc_u_d0 = 17'h00000;
   reg [16:0] vc_u_d1 = 17'h00000;
   reg [16:0] vc_u_d2 = 17'h00000;
-  reg [34:0] vc_up = 35'h000000000;
+  reg [17:0] vc_up = 18'h00000;
   reg [34:0] vc_up_a = 35'h000000000;
+  wire [34:0] vc_up_sel;
   input [14:0] vc_var;
   wire [14:0] vc_var;
   reg [15:0] vc_vs = 16'h0000;
+  wire [15:0] vc_w;
   input [33:0] x;
   wire [33:0] x;
   wire [18:0] y;
-  assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = vc_sq_in * vc_sq_in[7:6];
-  assign \$7  = vc_sq_in * vc_sq_in[9:8];
-  assign \$8  = vc_sq_in * vc_sq_in[11:10];
-  assign \$9  = vc_sq_in * vc_sq_in[13:12];
-  assign \$10  = vc_sq_in * vc_sq_in[15:14];
-  assign \$11  = 8'h80 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = vc_var - vc_vs;
-  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
-  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
-  assign \$26  = vc_var - vc_vs;
-  assign \$27  = vc_var - vc_vs;
-  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
-  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
-  assign \$30  = vc_u_4 < vc_up;
-  assign \$31  = vc_u_4 < vc_down;
-  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = & \$35 [11:7];
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = | \$38 [11:7];
-  assign \$40  = ~ \$39 ;
-  assign \$41  = \$36  | \$40 ;
-  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
-  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
-  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
-  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [16] ? 16'h0000 : \$3 [15:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 19'h00000, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[16:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[15:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[15:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * { vc_sq_in[15:6], 1'h0, vc_sq_in[5:4] };
+  assign \$8  = vc_sq_in[7:6] * { vc_sq_in[15:8], 1'h0, vc_sq_in[7:6] };
+  assign \$9  = vc_sq_in[9:8] * { vc_sq_in[15:10], 1'h0, vc_sq_in[9:8] };
+  assign \$10  = vc_sq_in[11:10] * { vc_sq_in[15:12], 1'h0, vc_sq_in[11:10] };
+  assign \$11  = vc_sq_in[13:12] * { vc_sq_in[15:14], 1'h0, vc_sq_in[13:12] };
+  assign \$12  = vc_sq_in[15:14] * vc_sq_in[15:14];
+  assign \$13  = 8'h80 - vc_l_a;
+  assign \$14  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$15  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$16  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$17  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$18  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$19  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$20  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$21  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$22  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$23  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$24  = | vc_up_sel[34:17];
+  assign \$25  = vc_u_4 < vc_up;
+  assign \$26  = vc_u_4 < vc_down;
+  assign \$27  = & vc_q_inc[11:7];
+  assign \$28  = | vc_q_inc[11:7];
+  assign \$29  = ~ \$28 ;
+  assign \$30  = \$27  | \$29 ;
+  assign \$31  = vc_q_inc[11] ? 8'h80 : 8'h7f;
+  assign \$32  = \$30  ? vc_q_inc[7:0] : \$31 ;
+  assign \$33  = & vc_q_dec[11:7];
+  assign \$34  = | vc_q_dec[11:7];
+  assign \$35  = ~ \$34 ;
+  assign \$36  = \$33  | \$35 ;
+  assign \$37  = vc_q_dec[11] ? 8'h80 : 8'h7f;
+  assign \$38  = \$36  ? vc_q_dec[7:0] : \$37 ;
+  assign \$39  = & vc_q_4[10:7];
+  assign \$40  = | vc_q_4[10:7];
+  assign \$41  = ~ \$40 ;
+  assign \$42  = \$39  | \$41 ;
+  assign \$43  = vc_q_4[10] ? 8'h80 : 8'h7f;
+  assign \$44  = \$42  ? vc_q_4[7:0] : \$43 ;
+  assign \$45  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$46  = vc_lt_up ? vc_q_up : \$45 ;
   always @(posedge clk)
-    vc_q_a <= \$48 ;
+    vc_q_a <= \$47 ;
   always @(posedge clk)
-    vc_l_a <= \$49 ;
+    vc_l_a <= \$48 ;
   always @(posedge clk)
-    vc_q_b <= \$50 ;
+    vc_q_b <= \$49 ;
   always @(posedge clk)
-    vc_f_h <= \$51 ;
+    vc_f_h <= \$50 ;
   always @(posedge clk)
-    vc_sq_in <= \$52 ;
+    vc_sq_in <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$53 ;
+    vc_u_1 <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$54 ;
+    vc_sq_pp0 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$55 ;
+    vc_sq_pp1 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$56 ;
+    vc_sq_pp2 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$57 ;
+    vc_sq_pp3 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$58 ;
+    vc_sq_pp4 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$59 ;
+    vc_sq_pp5 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$60 ;
+    vc_sq_pp6 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$61 ;
+    vc_sq_pp7 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$62 ;
+    vc_m_a <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$63 ;
+    vc_q <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$64 ;
+    vc_f_h2 <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$65 ;
+    vc_u_2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$66 ;
+    vc_sq_l0_0 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$67 ;
+    vc_sq_l0_1 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$68 ;
+    vc_sq_l0_2 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$69 ;
+    vc_sq_l0_3 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$70 ;
+    vc_sq_l1_0 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$71 ;
+    vc_sq_l1_1 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$72 ;
+    vc_sq_l2_0 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$73 ;
+    vc_m_a_d0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$74 ;
+    vc_m_a_d1 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$75 ;
+    vc_m_a_d2 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$76 ;
+    vc_q_d0 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$77 ;
+    vc_q_d1 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$78 ;
+    vc_q_d2 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$79 ;
+    vc_f_h_d0 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$80 ;
+    vc_f_h_d1 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$81 ;
+    vc_f_h_d2 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$82 ;
+    vc_u_d0 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$83 ;
+    vc_u_d1 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$84 ;
+    vc_u_d2 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$85 ;
+    vc_down_a <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$86 ;
+    vc_vs <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$87 ;
+    vc_up_a <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$88 ;
+    vc_q_3 <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$89 ;
+    vc_u_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$90 ;
+    vc_up <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$91 ;
+    vc_down <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$92 ;
+    vc_q_4 <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$93 ;
+    vc_u_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$94 ;
+    vc_lt_up <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$95 ;
+    vc_lt_down <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$96 ;
+    vc_q_up <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$97 ;
+    vc_q_dn <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$98 ;
+    vc_q_5 <= \$97 ;
   always @(posedge clk)
-    out <= \$99 ;
+    out <= \$98 ;
+  assign \$1  = $signed(x) + $signed(25'h0808000);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$48  = vc_q_a;
+    \$47  = vc_q_a;
     if (en) begin
-      \$48  = \$1 [34:24];
+      \$47  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$49  = vc_l_a;
+    \$48  = vc_l_a;
     if (en) begin
-      \$49  = \$1 [23:16];
+      \$48  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$50  = vc_q_b;
+    \$49  = vc_q_b;
     if (en) begin
-      \$50  = t[34:24];
+      \$49  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$51  = vc_f_h;
+    \$50  = vc_f_h;
     if (en) begin
-      \$51  = x[23:8];
+      \$50  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$52  = vc_sq_in;
+    \$51  = vc_sq_in;
     if (en) begin
-      \$52  = \$2 ;
+      \$51  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$53  = vc_u_1;
+    \$52  = vc_u_1;
     if (en) begin
-      \$53  = u_vc;
+      \$52  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$54  = vc_sq_pp0;
+    \$53  = vc_sq_pp0;
     if (en) begin
-      \$54  = \$3 ;
+      \$53  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$55  = vc_sq_pp1;
+    \$54  = vc_sq_pp1;
     if (en) begin
-      \$55  = { \$4 , 2'h0 };
+      \$54  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$56  = vc_sq_pp2;
+    \$55  = vc_sq_pp2;
     if (en) begin
-      \$56  = { \$5 , 4'h0 };
+      \$55  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$57  = vc_sq_pp3;
+    \$56  = vc_sq_pp3;
     if (en) begin
-      \$57  = { \$6 , 6'h00 };
+      \$56  = { \$8 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$58  = vc_sq_pp4;
+    \$57  = vc_sq_pp4;
     if (en) begin
-      \$58  = { \$7 , 8'h00 };
+      \$57  = { \$9 , 16'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$59  = vc_sq_pp5;
+    \$58  = vc_sq_pp5;
     if (en) begin
-      \$59  = { \$8 , 10'h000 };
+      \$58  = { \$10 , 20'h00000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$60  = vc_sq_pp6;
+    \$59  = vc_sq_pp6;
     if (en) begin
-      \$60  = { \$9 , 12'h000 };
+      \$59  = { \$11 , 24'h000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$61  = vc_sq_pp7;
+    \$60  = vc_sq_pp7;
     if (en) begin
-      \$61  = { \$10 , 14'h0000 };
+      \$60  = { \$12 , 28'h0000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$62  = vc_m_a;
+    \$61  = vc_m_a;
     if (en) begin
-      \$62  = \$11 ;
+      \$61  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = vc_q;
+    \$62  = vc_q;
     if (en) begin
-      \$63  = \$12 ;
+      \$62  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$64  = vc_f_h2;
+    \$63  = vc_f_h2;
     if (en) begin
-      \$64  = vc_f_h;
+      \$63  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_u_2;
+    \$64  = vc_u_2;
     if (en) begin
-      \$65  = vc_u_1;
+      \$64  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_sq_l0_0;
+    \$65  = vc_sq_l0_0;
     if (en) begin
-      \$66  = \$13 ;
+      \$65  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_1;
     if (en) begin
-      \$67  = \$14 ;
+      \$66  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_2;
     if (en) begin
-      \$68  = \$15 ;
+      \$67  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_3;
     if (en) begin
-      \$69  = \$16 ;
+      \$68  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_sq_l1_0;
+    \$69  = vc_sq_l1_0;
     if (en) begin
-      \$70  = \$17 ;
+      \$69  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_1;
     if (en) begin
-      \$71  = \$18 ;
+      \$70  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_sq_l2_0;
+    \$71  = vc_sq_l2_0;
     if (en) begin
-      \$72  = \$19 ;
+      \$71  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_m_a_d0;
+    \$72  = vc_m_a_d0;
     if (en) begin
-      \$73  = vc_m_a;
+      \$72  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_m_a_d1;
+    \$73  = vc_m_a_d1;
     if (en) begin
-      \$74  = vc_m_a_d0;
+      \$73  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_m_a_d2;
+    \$74  = vc_m_a_d2;
     if (en) begin
-      \$75  = vc_m_a_d1;
+      \$74  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = vc_q_d0;
+    \$75  = vc_q_d0;
     if (en) begin
-      \$76  = vc_q;
+      \$75  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$77  = vc_q_d1;
+    \$76  = vc_q_d1;
     if (en) begin
-      \$77  = vc_q_d0;
+      \$76  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$78  = vc_q_d2;
+    \$77  = vc_q_d2;
     if (en) begin
-      \$78  = vc_q_d1;
+      \$77  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$79  = vc_f_h_d0;
+    \$78  = vc_f_h_d0;
     if (en) begin
-      \$79  = vc_f_h2;
+      \$78  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$80  = vc_f_h_d1;
+    \$79  = vc_f_h_d1;
     if (en) begin
-      \$80  = vc_f_h_d0;
+      \$79  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$81  = vc_f_h_d2;
+    \$80  = vc_f_h_d2;
     if (en) begin
-      \$81  = vc_f_h_d1;
+      \$80  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$82  = vc_u_d0;
+    \$81  = vc_u_d0;
     if (en) begin
-      \$82  = vc_u_2;
+      \$81  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$83  = vc_u_d1;
+    \$82  = vc_u_d1;
     if (en) begin
-      \$83  = vc_u_d0;
+      \$82  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$84  = vc_u_d2;
+    \$83  = vc_u_d2;
     if (en) begin
-      \$84  = vc_u_d1;
+      \$83  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$85  = vc_down_a;
+    \$84  = vc_down_a;
     if (en) begin
-      \$85  = \$20 ;
+      \$84  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$86  = vc_vs;
+    \$85  = vc_vs;
     if (en) begin
-      \$86  = \$21 [31:16];
+      \$85  = \$23 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$87  = vc_up_a;
+    \$86  = vc_up_a;
     if (en) begin
-      \$87  = vc_sq_l2_0;
+      \$86  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$88  = vc_q_3;
+    \$87  = vc_q_3;
     if (en) begin
-      \$88  = vc_q_d2;
+      \$87  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$89  = vc_u_3;
+    \$88  = vc_u_3;
     if (en) begin
-      \$89  = vc_u_d2;
+      \$88  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$90  = vc_up;
+    \$89  = vc_up;
     if (en) begin
-      \$90  = \$25 ;
+      \$89  = { \$24 , vc_up_sel[16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$91  = vc_down;
+    \$90  = vc_down;
     if (en) begin
-      \$91  = \$29 ;
+      \$90  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$92  = vc_q_4;
+    \$91  = vc_q_4;
     if (en) begin
-      \$92  = vc_q_3;
+      \$91  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$93  = vc_u_4;
+    \$92  = vc_u_4;
     if (en) begin
-      \$93  = vc_u_3;
+      \$92  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$94  = vc_lt_up;
+    \$93  = vc_lt_up;
     if (en) begin
-      \$94  = \$30 ;
+      \$93  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$95  = vc_lt_down;
+    \$94  = vc_lt_down;
     if (en) begin
-      \$95  = \$31 ;
+      \$94  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$96  = vc_q_up;
+    \$95  = vc_q_up;
     if (en) begin
-      \$96  = \$32 ;
+      \$95  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$97  = vc_q_dn;
+    \$96  = vc_q_dn;
     if (en) begin
-      \$97  = \$33 ;
+      \$96  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$98  = vc_q_5;
+    \$97  = vc_q_5;
     if (en) begin
-      \$98  = vc_q_4;
+      \$97  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$99  = out;
+    \$98  = out;
     if (en) begin
-      \$99  = \$47 ;
+      \$98  = \$46 ;
     end
   end
   assign y = \$1 [34:16];
@@ -4081,58 +4107,90 @@ module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [22:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [18:0] \$28 ;
+  wire [17:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [18:0] \$30 ;
+  wire [17:0] \$31 ;
+  wire [18:0] \$32 ;
+  wire [17:0] \$33 ;
+  wire [18:0] \$34 ;
+  wire [17:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [29:0] \$37 ;
+  wire [25:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  wire [17:0] \$40 ;
+  wire [18:0] \$41 ;
+  wire [17:0] \$42 ;
+  wire [18:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [19:0] \$45 ;
+  wire [18:0] \$46 ;
+  wire [17:0] \$47 ;
+  wire [26:0] \$48 ;
+  wire [35:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  wire [18:0] \$50 ;
+  wire [19:0] \$51 ;
+  wire [35:0] \$52 ;
+  wire [18:0] \$53 ;
+  wire [19:0] \$54 ;
+  wire [35:0] \$55 ;
+  wire [18:0] \$56 ;
+  wire [19:0] \$57 ;
+  wire [35:0] \$58 ;
+  wire [18:0] \$59 ;
   wire [13:0] \$6 ;
+  wire [17:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [17:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [13:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [17:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [32:0] \$76 ;
+  reg [22:0] \$77 ;
+  reg [26:0] \$78 ;
+  reg [28:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [22:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [18:0] \$82 ;
+  reg [19:0] \$83 ;
+  reg [33:0] \$84 ;
+  reg [29:0] \$85 ;
+  reg [25:0] \$86 ;
+  reg [20:0] \$87 ;
+  reg [34:0] \$88 ;
+  reg [26:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [35:0] \$90 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -4183,54 +4241,117 @@ module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
+  assign \$10  = noise * z[3:2];
+  assign \$11  = noise * z[5:4];
+  assign \$12  = noise * z[7:6];
+  assign \$13  = noise * z[9:8];
+  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
+  assign \$26  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
+  assign \$27  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
+  assign \$28  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
+  assign \$29  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$32  = \$31  + 1'h0;
+  assign \$33  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$34  = \$33  + 1'h1;
+  assign \$35  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$36  = \$32 [17] ? \$34 [16:0] : \$35 [16:0];
+  assign \$37  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$38  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$40  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$47  = \$43 [17] ? \$45 [17:0] : \$46 [17:0];
+  assign \$48  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$49  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$50  = sum_x_l2_0[17:0] + \$49 [17:0];
+  assign \$51  = \$50  + 1'h1;
+  assign \$52  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$53  = sum_x_l2_0[17:0] + \$52 [17:0];
+  assign \$54  = \$53  + 1'h1;
+  assign \$55  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$56  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$55 [35:18];
+  assign \$57  = \$56  + 1'h1;
+  assign \$58  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$59  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$58 [35:18];
+  assign \$60  = \$54 [18] ? \$57 [17:0] : \$59 [17:0];
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_theta <= \$61 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_step_pp0 <= \$62 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_step_pp1 <= \$63 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_step_pp2 <= \$64 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_step_pp3 <= \$65 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_decay_pp0 <= \$66 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_decay_pp1 <= \$67 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_decay_pp2 <= \$68 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_decay_pp3 <= \$69 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp0 <= \$70 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_noise_pp1 <= \$71 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_noise_pp2 <= \$72 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_noise_pp3 <= \$73 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_noise_pp4 <= \$74 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_noise_pp5 <= \$75 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_0 <= \$76 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_1 <= \$77 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_2 <= \$78 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_3 <= \$79 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l0_4 <= \$80 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l0_5 <= \$81 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l0_6 <= \$82 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l0_7 <= \$83 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l1_0 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$90 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -4240,252 +4361,221 @@ module \lpsgld_w8_vc_l1.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
   assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
-  assign \$10  = noise * z[3:2];
-  assign \$11  = noise * z[5:4];
-  assign \$12  = noise * z[7:6];
-  assign \$13  = noise * z[9:8];
-  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  always @(posedge clk)
-    sum_theta <= \$29 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_decay_pp2;
+    \$61  = sum_theta;
     if (en) begin
-      \$36  = \$7 ;
+      \$61  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_decay_pp3;
+    \$62  = sum_step_pp0;
     if (en) begin
-      \$37  = \$8 ;
+      \$62  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_noise_pp0;
+    \$63  = sum_step_pp1;
     if (en) begin
-      \$38  = \$9 ;
+      \$63  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_noise_pp1;
+    \$64  = sum_step_pp2;
     if (en) begin
-      \$39  = \$10 ;
+      \$64  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_noise_pp2;
+    \$65  = sum_step_pp3;
     if (en) begin
-      \$40  = \$11 ;
+      \$65  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_noise_pp3;
+    \$66  = sum_decay_pp0;
     if (en) begin
-      \$41  = \$12 ;
+      \$66  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_noise_pp4;
+    \$67  = sum_decay_pp1;
     if (en) begin
-      \$42  = \$13 ;
+      \$67  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_noise_pp5;
+    \$68  = sum_decay_pp2;
     if (en) begin
-      \$43  = \$14 ;
+      \$68  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_x_l0_0;
+    \$69  = sum_decay_pp3;
     if (en) begin
-      \$44  = \$15 ;
+      \$69  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_x_l0_1;
+    \$70  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$16 ;
+      \$70  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_x_l0_2;
+    \$71  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$17 ;
+      \$71  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_x_l0_3;
+    \$72  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$18 ;
+      \$72  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_x_l0_4;
+    \$73  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$19 ;
+      \$73  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_x_l0_5;
+    \$74  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$20 ;
+      \$74  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_6;
+    \$75  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$21 ;
+      \$75  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_7;
+    \$76  = sum_x_l0_0;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$76  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l1_0;
+    \$77  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$22 ;
+      \$77  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l1_1;
+    \$78  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$23 ;
+      \$78  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l1_2;
+    \$79  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$24 ;
+      \$79  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l1_3;
+    \$80  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$25 ;
+      \$80  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l2_0;
+    \$81  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$26 ;
+      \$81  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l2_1;
+    \$82  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$27 ;
+      \$82  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l3_0;
+    \$83  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$28 ;
+      \$83  = { sum_decay_pp3, 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$29  = sum_theta;
+    \$84  = sum_x_l1_0;
     if (en) begin
-      \$29  = theta;
+      \$84  = { \$36 , \$30 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = sum_step_pp0;
+    \$85  = sum_x_l1_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$85  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = sum_step_pp1;
+    \$86  = sum_x_l1_2;
     if (en) begin
-      \$31  = \$2 ;
+      \$86  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = sum_step_pp2;
+    \$87  = sum_x_l1_3;
     if (en) begin
-      \$32  = \$3 ;
+      \$87  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_step_pp3;
+    \$88  = sum_x_l2_0;
     if (en) begin
-      \$33  = \$4 ;
+      \$88  = { \$47 , \$41 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_decay_pp0;
+    \$89  = sum_x_l2_1;
     if (en) begin
-      \$34  = \$5 ;
+      \$89  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_decay_pp1;
+    \$90  = sum_x_l3_0;
     if (en) begin
-      \$35  = \$6 ;
+      \$90  = { \$60 , \$51 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_vc_l1.rng_0_0 (rst, en, step, out, data, \port$1317$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -4505,12 +4595,14 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$1317$0 ;
+  wire [1:0] \port$1317$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -4537,11 +4629,12 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$1317$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -4550,14 +4643,17 @@ module \lpsgld_w8_vc_l1.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$1317$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$1317$0 [0];
+  assign load1 = \port$1317$0 [1];
 endmodule

@@ -6,9 +6,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire [1:0] \$100 ;
+  reg \$100 ;
   reg \$101 ;
-  reg [7:0] \$102 ;
+  reg \$102 ;
   reg \$103 ;
   reg \$104 ;
   reg \$105 ;
@@ -21,12 +21,12 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg \$111 ;
   reg \$112 ;
   reg \$113 ;
-  reg \$114 ;
-  reg \$115 ;
-  reg \$116 ;
-  reg \$117 ;
-  reg \$118 ;
-  reg \$119 ;
+  reg [7:0] \$114 ;
+  reg [7:0] \$115 ;
+  reg [7:0] \$116 ;
+  reg [7:0] \$117 ;
+  reg [7:0] \$118 ;
+  reg [7:0] \$119 ;
   wire \$12 ;
   reg [7:0] \$120 ;
   reg [7:0] \$121 ;
@@ -40,80 +40,74 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [7:0] \$129 ;
   wire \$13 ;
   reg [7:0] \$130 ;
-  reg [7:0] \$131 ;
-  reg [7:0] \$132 ;
-  reg [7:0] \$133 ;
-  reg [7:0] \$134 ;
-  reg [7:0] \$135 ;
-  reg [7:0] \$136 ;
-  reg \$137 ;
+  reg \$131 ;
+  reg \$132 ;
+  reg \$133 ;
+  reg \$134 ;
+  reg \$135 ;
+  reg [63:0] \$136 ;
+  reg [1:0] \$137 ;
   reg \$138 ;
-  reg \$139 ;
+  reg [15:0] \$139 ;
   wire \$14 ;
-  reg \$140 ;
-  reg \$141 ;
-  reg [63:0] \$142 ;
-  reg [1:0] \$143 ;
-  reg \$144 ;
-  reg [15:0] \$145 ;
-  reg [11:0] \$146 ;
-  reg [15:0] \$147 ;
-  reg [14:0] \$148 ;
-  reg \$149 ;
+  reg [11:0] \$140 ;
+  reg [15:0] \$141 ;
+  reg [14:0] \$142 ;
+  reg \$143 ;
+  reg [1:0] \$144 ;
+  reg \$145 ;
+  reg [15:0] \$146 ;
+  reg [11:0] \$147 ;
+  reg [15:0] \$148 ;
+  reg [14:0] \$149 ;
   wire \$15 ;
-  reg [1:0] \$150 ;
-  reg \$151 ;
-  reg [15:0] \$152 ;
-  reg [11:0] \$153 ;
-  reg [15:0] \$154 ;
-  reg [14:0] \$155 ;
-  reg \$156 ;
-  reg [1:0] \$157 ;
-  reg \$158 ;
-  reg [15:0] \$159 ;
+  reg \$150 ;
+  reg [1:0] \$151 ;
+  reg \$152 ;
+  reg [15:0] \$153 ;
+  reg [11:0] \$154 ;
+  reg [15:0] \$155 ;
+  reg [14:0] \$156 ;
+  reg \$157 ;
+  reg [1:0] \$158 ;
+  reg \$159 ;
   wire \$16 ;
-  reg [11:0] \$160 ;
-  reg [15:0] \$161 ;
-  reg [14:0] \$162 ;
-  reg \$163 ;
-  reg [1:0] \$164 ;
-  reg \$165 ;
-  reg [15:0] \$166 ;
-  reg [11:0] \$167 ;
-  reg [15:0] \$168 ;
-  reg [14:0] \$169 ;
+  reg [15:0] \$160 ;
+  reg [11:0] \$161 ;
+  reg [15:0] \$162 ;
+  reg [14:0] \$163 ;
+  reg \$164 ;
+  reg [1:0] \$165 ;
+  reg \$166 ;
+  reg [15:0] \$167 ;
+  reg [11:0] \$168 ;
+  reg [15:0] \$169 ;
   wire \$17 ;
-  reg \$170 ;
-  reg [1:0] \$171 ;
-  reg \$172 ;
-  reg [15:0] \$173 ;
-  reg [11:0] \$174 ;
-  reg [15:0] \$175 ;
-  reg [14:0] \$176 ;
-  reg \$177 ;
-  reg [1:0] \$178 ;
-  reg \$179 ;
+  reg [14:0] \$170 ;
+  reg \$171 ;
+  reg [1:0] \$172 ;
+  reg \$173 ;
+  reg [15:0] \$174 ;
+  reg [11:0] \$175 ;
+  reg [15:0] \$176 ;
+  reg [14:0] \$177 ;
+  reg \$178 ;
+  reg [1:0] \$179 ;
   wire \$18 ;
-  reg [15:0] \$180 ;
-  reg [11:0] \$181 ;
-  reg [15:0] \$182 ;
-  reg [14:0] \$183 ;
-  reg \$184 ;
-  reg [1:0] \$185 ;
-  reg \$186 ;
-  reg [15:0] \$187 ;
-  reg [11:0] \$188 ;
-  reg [15:0] \$189 ;
+  reg \$180 ;
+  reg [15:0] \$181 ;
+  reg [11:0] \$182 ;
+  reg [15:0] \$183 ;
+  reg [14:0] \$184 ;
+  reg \$185 ;
+  reg [1:0] \$186 ;
+  reg \$187 ;
+  reg [15:0] \$188 ;
+  reg [11:0] \$189 ;
   wire \$19 ;
-  reg [14:0] \$190 ;
-  reg \$191 ;
-  reg [1:0] \$192 ;
-  reg \$193 ;
-  reg [15:0] \$194 ;
-  reg [11:0] \$195 ;
-  reg [15:0] \$196 ;
-  reg [14:0] \$197 ;
-  reg \$198 ;
+  reg [15:0] \$190 ;
+  reg [14:0] \$191 ;
+  reg \$192 ;
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
@@ -133,15 +127,15 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$34 ;
   wire \$35 ;
   wire \$36 ;
-  wire \$37 ;
+  wire [7:0] \$37 ;
   wire \$38 ;
   wire \$39 ;
   wire \$4 ;
-  wire \$40 ;
+  wire [1:0] \$40 ;
   wire \$41 ;
   wire \$42 ;
   wire \$43 ;
-  wire \$44 ;
+  wire [1:0] \$44 ;
   wire \$45 ;
   wire \$46 ;
   wire [1:0] \$47 ;
@@ -196,12 +190,12 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \$91 ;
   wire \$92 ;
   wire [1:0] \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire [1:0] \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  reg \$94 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg \$97 ;
+  reg \$98 ;
+  reg \$99 ;
   wire advance;
   input clk;
   wire clk;
@@ -213,44 +207,52 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$110 ;
+  wire [63:0] \data$114 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$133 ;
+  wire [63:0] \data$138 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$156 ;
+  wire [63:0] \data$162 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$179 ;
+  wire [63:0] \data$186 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$202 ;
+  wire [63:0] \data$210 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$64 ;
+  wire [63:0] \data$66 ;
   (* init = 64'h0000000000000000 *)
-  wire [63:0] \data$87 ;
+  wire [63:0] \data$90 ;
   reg [11:0] decay = 12'h000;
-  reg [11:0] \decay$120  = 12'h000;
-  reg [11:0] \decay$143  = 12'h000;
-  reg [11:0] \decay$166  = 12'h000;
-  reg [11:0] \decay$189  = 12'h000;
-  reg [11:0] \decay$212  = 12'h000;
-  reg [11:0] \decay$74  = 12'h000;
-  reg [11:0] \decay$97  = 12'h000;
+  reg [11:0] \decay$100  = 12'h000;
+  reg [11:0] \decay$124  = 12'h000;
+  reg [11:0] \decay$148  = 12'h000;
+  reg [11:0] \decay$172  = 12'h000;
+  reg [11:0] \decay$196  = 12'h000;
+  reg [11:0] \decay$220  = 12'h000;
+  reg [11:0] \decay$76  = 12'h000;
   wire en;
-  wire \en$111 ;
-  wire \en$134 ;
-  wire \en$157 ;
+  wire \en$108 ;
+  wire \en$115 ;
+  wire \en$132 ;
+  wire \en$139 ;
+  wire \en$156 ;
+  wire \en$163 ;
   wire \en$180 ;
-  wire \en$203 ;
-  wire \en$65 ;
-  wire \en$88 ;
+  wire \en$187 ;
+  wire \en$204 ;
+  wire \en$211 ;
+  wire \en$43 ;
+  wire \en$60 ;
+  wire \en$67 ;
+  wire \en$84 ;
+  wire \en$91 ;
   wire free;
   wire [7:0] grad;
-  wire [7:0] \grad$113 ;
-  wire [7:0] \grad$136 ;
-  wire [7:0] \grad$159 ;
-  wire [7:0] \grad$182 ;
-  wire [7:0] \grad$205 ;
-  wire [7:0] \grad$67 ;
-  wire [7:0] \grad$90 ;
+  wire [7:0] \grad$117 ;
+  wire [7:0] \grad$141 ;
+  wire [7:0] \grad$165 ;
+  wire [7:0] \grad$189 ;
+  wire [7:0] \grad$213 ;
+  wire [7:0] \grad$69 ;
+  wire [7:0] \grad$93 ;
   output idle;
   wire idle;
   reg [7:0] keep_1 = 8'h00;
@@ -271,38 +273,39 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg [7:0] keep_7 = 8'h00;
   reg [7:0] keep_8 = 8'h00;
   reg [7:0] keep_9 = 8'h00;
+  reg [7:0] live_1 = 8'h00;
   wire load0;
-  wire \load0$108 ;
-  wire \load0$131 ;
-  wire \load0$154 ;
-  wire \load0$177 ;
-  wire \load0$200 ;
-  wire \load0$62 ;
-  wire \load0$85 ;
+  wire \load0$112 ;
+  wire \load0$136 ;
+  wire \load0$160 ;
+  wire \load0$184 ;
+  wire \load0$208 ;
+  wire \load0$64 ;
+  wire \load0$88 ;
   wire load1;
-  wire \load1$109 ;
-  wire \load1$132 ;
-  wire \load1$155 ;
-  wire \load1$178 ;
-  wire \load1$201 ;
-  wire \load1$63 ;
-  wire \load1$86 ;
+  wire \load1$113 ;
+  wire \load1$137 ;
+  wire \load1$161 ;
+  wire \load1$185 ;
+  wire \load1$209 ;
+  wire \load1$65 ;
+  wire \load1$89 ;
   reg [15:0] noise = 16'h0000;
-  reg [15:0] \noise$122  = 16'h0000;
-  reg [15:0] \noise$145  = 16'h0000;
-  reg [15:0] \noise$168  = 16'h0000;
-  reg [15:0] \noise$191  = 16'h0000;
-  reg [15:0] \noise$214  = 16'h0000;
-  reg [15:0] \noise$76  = 16'h0000;
-  reg [15:0] \noise$99  = 16'h0000;
+  reg [15:0] \noise$102  = 16'h0000;
+  reg [15:0] \noise$126  = 16'h0000;
+  reg [15:0] \noise$150  = 16'h0000;
+  reg [15:0] \noise$174  = 16'h0000;
+  reg [15:0] \noise$198  = 16'h0000;
+  reg [15:0] \noise$222  = 16'h0000;
+  reg [15:0] \noise$78  = 16'h0000;
   wire [63:0] out;
-  wire [63:0] \out$115 ;
-  wire [63:0] \out$138 ;
-  wire [63:0] \out$161 ;
-  wire [63:0] \out$184 ;
-  wire [63:0] \out$207 ;
-  wire [63:0] \out$69 ;
-  wire [63:0] \out$92 ;
+  wire [63:0] \out$119 ;
+  wire [63:0] \out$143 ;
+  wire [63:0] \out$167 ;
+  wire [63:0] \out$191 ;
+  wire [63:0] \out$215 ;
+  wire [63:0] \out$71 ;
+  wire [63:0] \out$95 ;
   (* init = 12'h000 *)
   wire [11:0] reg_decay_0;
   (* init = 12'h000 *)
@@ -454,37 +457,37 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   output source__valid;
   reg source__valid = 1'h0;
   wire [7:0] state;
-  wire [7:0] \state$116 ;
-  wire [7:0] \state$139 ;
-  wire [7:0] \state$162 ;
-  wire [7:0] \state$185 ;
-  wire [7:0] \state$208 ;
-  wire [7:0] \state$70 ;
-  wire [7:0] \state$93 ;
+  wire [7:0] \state$120 ;
+  wire [7:0] \state$144 ;
+  wire [7:0] \state$168 ;
+  wire [7:0] \state$192 ;
+  wire [7:0] \state$216 ;
+  wire [7:0] \state$72 ;
+  wire [7:0] \state$96 ;
   wire step;
-  wire \step$105 ;
-  reg [15:0] \step$118  = 16'h0000;
-  wire \step$128 ;
-  reg [15:0] \step$141  = 16'h0000;
-  wire \step$151 ;
-  reg [15:0] \step$164  = 16'h0000;
-  wire \step$174 ;
-  reg [15:0] \step$187  = 16'h0000;
-  wire \step$197 ;
-  reg [15:0] \step$210  = 16'h0000;
-  reg [15:0] \step$49  = 16'h0000;
-  wire \step$59 ;
-  reg [15:0] \step$72  = 16'h0000;
-  wire \step$82 ;
-  reg [15:0] \step$95  = 16'h0000;
+  wire \step$110 ;
+  reg [15:0] \step$122  = 16'h0000;
+  wire \step$134 ;
+  reg [15:0] \step$146  = 16'h0000;
+  wire \step$158 ;
+  reg [15:0] \step$170  = 16'h0000;
+  wire \step$182 ;
+  reg [15:0] \step$194  = 16'h0000;
+  wire \step$206 ;
+  reg [15:0] \step$218  = 16'h0000;
+  reg [15:0] \step$50  = 16'h0000;
+  wire \step$62 ;
+  reg [15:0] \step$74  = 16'h0000;
+  wire \step$86 ;
+  reg [15:0] \step$98  = 16'h0000;
   wire [7:0] theta;
-  wire [7:0] \theta$112 ;
-  wire [7:0] \theta$135 ;
-  wire [7:0] \theta$158 ;
-  wire [7:0] \theta$181 ;
-  wire [7:0] \theta$204 ;
-  wire [7:0] \theta$66 ;
-  wire [7:0] \theta$89 ;
+  wire [7:0] \theta$116 ;
+  wire [7:0] \theta$140 ;
+  wire [7:0] \theta$164 ;
+  wire [7:0] \theta$188 ;
+  wire [7:0] \theta$212 ;
+  wire [7:0] \theta$68 ;
+  wire [7:0] \theta$92 ;
   wire took;
   reg valid_1 = 1'h0;
   reg valid_10 = 1'h0;
@@ -506,38 +509,38 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
   reg vc_noise = 1'h0;
-  reg \vc_noise$103  = 1'h0;
-  reg \vc_noise$126  = 1'h0;
-  reg \vc_noise$149  = 1'h0;
-  reg \vc_noise$172  = 1'h0;
-  reg \vc_noise$195  = 1'h0;
-  reg \vc_noise$218  = 1'h0;
-  reg \vc_noise$80  = 1'h0;
+  reg \vc_noise$106  = 1'h0;
+  reg \vc_noise$130  = 1'h0;
+  reg \vc_noise$154  = 1'h0;
+  reg \vc_noise$178  = 1'h0;
+  reg \vc_noise$202  = 1'h0;
+  reg \vc_noise$226  = 1'h0;
+  reg \vc_noise$82  = 1'h0;
   reg [14:0] vc_var = 15'h0000;
-  reg [14:0] \vc_var$101  = 15'h0000;
-  reg [14:0] \vc_var$124  = 15'h0000;
-  reg [14:0] \vc_var$147  = 15'h0000;
-  reg [14:0] \vc_var$170  = 15'h0000;
-  reg [14:0] \vc_var$193  = 15'h0000;
-  reg [14:0] \vc_var$216  = 15'h0000;
-  reg [14:0] \vc_var$78  = 15'h0000;
+  reg [14:0] \vc_var$104  = 15'h0000;
+  reg [14:0] \vc_var$128  = 15'h0000;
+  reg [14:0] \vc_var$152  = 15'h0000;
+  reg [14:0] \vc_var$176  = 15'h0000;
+  reg [14:0] \vc_var$200  = 15'h0000;
+  reg [14:0] \vc_var$224  = 15'h0000;
+  reg [14:0] \vc_var$80  = 15'h0000;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
-  wire [7:0] \weight$117 ;
-  wire [7:0] \weight$140 ;
-  wire [7:0] \weight$163 ;
-  wire [7:0] \weight$186 ;
-  wire [7:0] \weight$209 ;
-  wire [7:0] \weight$71 ;
-  wire [7:0] \weight$94 ;
+  wire [7:0] \weight$121 ;
+  wire [7:0] \weight$145 ;
+  wire [7:0] \weight$169 ;
+  wire [7:0] \weight$193 ;
+  wire [7:0] \weight$217 ;
+  wire [7:0] \weight$73 ;
+  wire [7:0] \weight$97 ;
   wire [63:0] words;
-  wire [63:0] \words$114 ;
-  wire [63:0] \words$137 ;
-  wire [63:0] \words$160 ;
-  wire [63:0] \words$183 ;
-  wire [63:0] \words$206 ;
-  wire [63:0] \words$68 ;
-  wire [63:0] \words$91 ;
+  wire [63:0] \words$118 ;
+  wire [63:0] \words$142 ;
+  wire [63:0] \words$166 ;
+  wire [63:0] \words$190 ;
+  wire [63:0] \words$214 ;
+  wire [63:0] \words$70 ;
+  wire [63:0] \words$94 ;
   reg write_decay = 1'h0;
   reg write_noise = 1'h0;
   reg write_step = 1'h0;
@@ -552,324 +555,311 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \$4  = ~ valid_1;
   assign free = advance | \$4 ;
   assign took = sink__valid & sink__ready;
-  assign \$5  = advance & valid_1;
-  assign \$6  = \$5  & keep_1[0];
-  assign \$7  = | seed_load_0;
-  assign \$8  = \$7  & seed_hold_0;
-  assign \$9  = ~ \$8 ;
-  assign step = \$6  & \$9 ;
-  assign load0 = seed_load_0[0] & free;
-  assign load1 = seed_load_0[1] & free;
-  assign \$10  = advance & valid_1;
-  assign \$11  = \$10  & keep_1[1];
-  assign \$12  = | seed_load_1;
-  assign \$13  = \$12  & seed_hold_1;
-  assign \$14  = ~ \$13 ;
-  assign \step$59  = \$11  & \$14 ;
-  assign \load0$62  = seed_load_1[0] & free;
-  assign \load1$63  = seed_load_1[1] & free;
-  assign \$15  = advance & valid_1;
-  assign \$16  = \$15  & keep_1[2];
-  assign \$17  = | seed_load_2;
-  assign \$18  = \$17  & seed_hold_2;
-  assign \$19  = ~ \$18 ;
-  assign \step$82  = \$16  & \$19 ;
-  assign \load0$85  = seed_load_2[0] & free;
-  assign \load1$86  = seed_load_2[1] & free;
-  assign \$20  = advance & valid_1;
-  assign \$21  = \$20  & keep_1[3];
-  assign \$22  = | seed_load_3;
-  assign \$23  = \$22  & seed_hold_3;
-  assign \$24  = ~ \$23 ;
-  assign \step$105  = \$21  & \$24 ;
-  assign \load0$108  = seed_load_3[0] & free;
-  assign \load1$109  = seed_load_3[1] & free;
-  assign \$25  = advance & valid_1;
-  assign \$26  = \$25  & keep_1[4];
-  assign \$27  = | seed_load_4;
-  assign \$28  = \$27  & seed_hold_4;
-  assign \$29  = ~ \$28 ;
-  assign \step$128  = \$26  & \$29 ;
-  assign \load0$131  = seed_load_4[0] & free;
-  assign \load1$132  = seed_load_4[1] & free;
-  assign \$30  = advance & valid_1;
-  assign \$31  = \$30  & keep_1[5];
-  assign \$32  = | seed_load_5;
-  assign \$33  = \$32  & seed_hold_5;
-  assign \$34  = ~ \$33 ;
-  assign \step$151  = \$31  & \$34 ;
-  assign \load0$154  = seed_load_5[0] & free;
-  assign \load1$155  = seed_load_5[1] & free;
-  assign \$35  = advance & valid_1;
-  assign \$36  = \$35  & keep_1[6];
-  assign \$37  = | seed_load_6;
-  assign \$38  = \$37  & seed_hold_6;
-  assign \$39  = ~ \$38 ;
-  assign \step$174  = \$36  & \$39 ;
-  assign \load0$177  = seed_load_6[0] & free;
-  assign \load1$178  = seed_load_6[1] & free;
-  assign \$40  = advance & valid_1;
-  assign \$41  = \$40  & keep_1[7];
-  assign \$42  = | seed_load_7;
-  assign \$43  = \$42  & seed_hold_7;
-  assign \$44  = ~ \$43 ;
-  assign \step$197  = \$41  & \$44 ;
-  assign \load0$200  = seed_load_7[0] & free;
-  assign \load1$201  = seed_load_7[1] & free;
-  assign \$45  = ctl__addr == 9'h100;
-  assign \$46  = ctl__addr == 9'h101;
+  assign \$5  = ~ valid_1;
+  assign \$6  = | seed_load_0;
+  assign \$7  = \$5  & \$6 ;
+  assign en = advance | \$7 ;
+  assign \$8  = ~ seed_hold_0;
+  assign step = live_1[0] & \$8 ;
+  assign \$9  = ~ valid_1;
+  assign \$10  = | seed_load_1;
+  assign \$11  = \$9  & \$10 ;
+  assign \en$60  = advance | \$11 ;
+  assign \$12  = ~ seed_hold_1;
+  assign \step$62  = live_1[1] & \$12 ;
+  assign \$13  = ~ valid_1;
+  assign \$14  = | seed_load_2;
+  assign \$15  = \$13  & \$14 ;
+  assign \en$84  = advance | \$15 ;
+  assign \$16  = ~ seed_hold_2;
+  assign \step$86  = live_1[2] & \$16 ;
+  assign \$17  = ~ valid_1;
+  assign \$18  = | seed_load_3;
+  assign \$19  = \$17  & \$18 ;
+  assign \en$108  = advance | \$19 ;
+  assign \$20  = ~ seed_hold_3;
+  assign \step$110  = live_1[3] & \$20 ;
+  assign \$21  = ~ valid_1;
+  assign \$22  = | seed_load_4;
+  assign \$23  = \$21  & \$22 ;
+  assign \en$132  = advance | \$23 ;
+  assign \$24  = ~ seed_hold_4;
+  assign \step$134  = live_1[4] & \$24 ;
+  assign \$25  = ~ valid_1;
+  assign \$26  = | seed_load_5;
+  assign \$27  = \$25  & \$26 ;
+  assign \en$156  = advance | \$27 ;
+  assign \$28  = ~ seed_hold_5;
+  assign \step$158  = live_1[5] & \$28 ;
+  assign \$29  = ~ valid_1;
+  assign \$30  = | seed_load_6;
+  assign \$31  = \$29  & \$30 ;
+  assign \en$180  = advance | \$31 ;
+  assign \$32  = ~ seed_hold_6;
+  assign \step$182  = live_1[6] & \$32 ;
+  assign \$33  = ~ valid_1;
+  assign \$34  = | seed_load_7;
+  assign \$35  = \$33  & \$34 ;
+  assign \en$204  = advance | \$35 ;
+  assign \$36  = ~ seed_hold_7;
+  assign \step$206  = live_1[7] & \$36 ;
+  assign \$37  = sink__payload[7:0] & { sink__valid, sink__valid, sink__valid, sink__valid, sink__valid, sink__valid, sink__valid, sink__valid };
+  assign \$38  = ctl__addr == 9'h100;
+  assign \$39  = ctl__addr == 9'h101;
+  assign \$40  = { \$39 , \$38  } & { ctl__we, ctl__we };
+  assign \$41  = | \$40 ;
+  assign \$42  = ctl__addr == 9'h100;
+  assign \$43  = ctl__addr == 9'h101;
+  assign \$44  = { \$43 , \$42  } & { ctl__we, ctl__we };
+  assign \$45  = ctl__addr == 9'h102;
+  assign \$46  = ctl__addr == 9'h103;
   assign \$47  = { \$46 , \$45  } & { ctl__we, ctl__we };
   assign \$48  = | \$47 ;
-  assign \$49  = ctl__addr == 9'h100;
-  assign \$50  = ctl__addr == 9'h101;
+  assign \$49  = ctl__addr == 9'h102;
+  assign \$50  = ctl__addr == 9'h103;
   assign \$51  = { \$50 , \$49  } & { ctl__we, ctl__we };
-  assign \$52  = ctl__addr == 9'h102;
-  assign \$53  = ctl__addr == 9'h103;
+  assign \$52  = ctl__addr == 9'h104;
+  assign \$53  = ctl__addr == 9'h105;
   assign \$54  = { \$53 , \$52  } & { ctl__we, ctl__we };
   assign \$55  = | \$54 ;
-  assign \$56  = ctl__addr == 9'h102;
-  assign \$57  = ctl__addr == 9'h103;
+  assign \$56  = ctl__addr == 9'h104;
+  assign \$57  = ctl__addr == 9'h105;
   assign \$58  = { \$57 , \$56  } & { ctl__we, ctl__we };
-  assign \$59  = ctl__addr == 9'h104;
-  assign \$60  = ctl__addr == 9'h105;
+  assign \$59  = ctl__addr == 9'h106;
+  assign \$60  = ctl__addr == 9'h107;
   assign \$61  = { \$60 , \$59  } & { ctl__we, ctl__we };
   assign \$62  = | \$61 ;
-  assign \$63  = ctl__addr == 9'h104;
-  assign \$64  = ctl__addr == 9'h105;
+  assign \$63  = ctl__addr == 9'h106;
+  assign \$64  = ctl__addr == 9'h107;
   assign \$65  = { \$64 , \$63  } & { ctl__we, ctl__we };
-  assign \$66  = ctl__addr == 9'h106;
-  assign \$67  = ctl__addr == 9'h107;
+  assign \$66  = ctl__addr == 9'h108;
+  assign \$67  = ctl__addr == 9'h109;
   assign \$68  = { \$67 , \$66  } & { ctl__we, ctl__we };
   assign \$69  = | \$68 ;
-  assign \$70  = ctl__addr == 9'h106;
-  assign \$71  = ctl__addr == 9'h107;
+  assign \$70  = ctl__addr == 9'h108;
+  assign \$71  = ctl__addr == 9'h109;
   assign \$72  = { \$71 , \$70  } & { ctl__we, ctl__we };
-  assign \$73  = ctl__addr == 9'h108;
-  assign \$74  = ctl__addr == 9'h109;
+  assign \$73  = ctl__addr == 9'h10a;
+  assign \$74  = ctl__addr == 9'h10b;
   assign \$75  = { \$74 , \$73  } & { ctl__we, ctl__we };
   assign \$76  = | \$75 ;
-  assign \$77  = ctl__addr == 9'h108;
-  assign \$78  = ctl__addr == 9'h109;
+  assign \$77  = ctl__addr == 9'h10a;
+  assign \$78  = ctl__addr == 9'h10b;
   assign \$79  = { \$78 , \$77  } & { ctl__we, ctl__we };
-  assign \$80  = ctl__addr == 9'h10a;
-  assign \$81  = ctl__addr == 9'h10b;
+  assign \$80  = ctl__addr == 9'h10c;
+  assign \$81  = ctl__addr == 9'h10d;
   assign \$82  = { \$81 , \$80  } & { ctl__we, ctl__we };
   assign \$83  = | \$82 ;
-  assign \$84  = ctl__addr == 9'h10a;
-  assign \$85  = ctl__addr == 9'h10b;
+  assign \$84  = ctl__addr == 9'h10c;
+  assign \$85  = ctl__addr == 9'h10d;
   assign \$86  = { \$85 , \$84  } & { ctl__we, ctl__we };
-  assign \$87  = ctl__addr == 9'h10c;
-  assign \$88  = ctl__addr == 9'h10d;
+  assign \$87  = ctl__addr == 9'h10e;
+  assign \$88  = ctl__addr == 9'h10f;
   assign \$89  = { \$88 , \$87  } & { ctl__we, ctl__we };
   assign \$90  = | \$89 ;
-  assign \$91  = ctl__addr == 9'h10c;
-  assign \$92  = ctl__addr == 9'h10d;
+  assign \$91  = ctl__addr == 9'h10e;
+  assign \$92  = ctl__addr == 9'h10f;
   assign \$93  = { \$92 , \$91  } & { ctl__we, ctl__we };
-  assign \$94  = ctl__addr == 9'h10e;
-  assign \$95  = ctl__addr == 9'h10f;
-  assign \$96  = { \$95 , \$94  } & { ctl__we, ctl__we };
-  assign \$97  = | \$96 ;
-  assign \$98  = ctl__addr == 9'h10e;
-  assign \$99  = ctl__addr == 9'h10f;
-  assign \$100  = { \$99 , \$98  } & { ctl__we, ctl__we };
   always @(posedge clk)
-    valid_1 <= \$101 ;
+    valid_1 <= \$94 ;
   always @(posedge clk)
-    keep_1 <= \$102 ;
+    keep_1 <= \$95 ;
   always @(posedge clk)
-    valid_2 <= \$103 ;
+    live_1 <= \$96 ;
   always @(posedge clk)
-    valid_3 <= \$104 ;
+    valid_2 <= \$97 ;
   always @(posedge clk)
-    valid_4 <= \$105 ;
+    valid_3 <= \$98 ;
   always @(posedge clk)
-    valid_5 <= \$106 ;
+    valid_4 <= \$99 ;
   always @(posedge clk)
-    valid_6 <= \$107 ;
+    valid_5 <= \$100 ;
   always @(posedge clk)
-    valid_7 <= \$108 ;
+    valid_6 <= \$101 ;
   always @(posedge clk)
-    valid_8 <= \$109 ;
+    valid_7 <= \$102 ;
   always @(posedge clk)
-    valid_9 <= \$110 ;
+    valid_8 <= \$103 ;
   always @(posedge clk)
-    valid_10 <= \$111 ;
+    valid_9 <= \$104 ;
   always @(posedge clk)
-    valid_11 <= \$112 ;
+    valid_10 <= \$105 ;
   always @(posedge clk)
-    valid_12 <= \$113 ;
+    valid_11 <= \$106 ;
   always @(posedge clk)
-    valid_13 <= \$114 ;
+    valid_12 <= \$107 ;
   always @(posedge clk)
-    valid_14 <= \$115 ;
+    valid_13 <= \$108 ;
   always @(posedge clk)
-    valid_15 <= \$116 ;
+    valid_14 <= \$109 ;
   always @(posedge clk)
-    valid_16 <= \$117 ;
+    valid_15 <= \$110 ;
   always @(posedge clk)
-    valid_17 <= \$118 ;
+    valid_16 <= \$111 ;
   always @(posedge clk)
-    source__valid <= \$119 ;
+    valid_17 <= \$112 ;
   always @(posedge clk)
-    keep_2 <= \$120 ;
+    source__valid <= \$113 ;
   always @(posedge clk)
-    keep_3 <= \$121 ;
+    keep_2 <= \$114 ;
   always @(posedge clk)
-    keep_4 <= \$122 ;
+    keep_3 <= \$115 ;
   always @(posedge clk)
-    keep_5 <= \$123 ;
+    keep_4 <= \$116 ;
   always @(posedge clk)
-    keep_6 <= \$124 ;
+    keep_5 <= \$117 ;
   always @(posedge clk)
-    keep_7 <= \$125 ;
+    keep_6 <= \$118 ;
   always @(posedge clk)
-    keep_8 <= \$126 ;
+    keep_7 <= \$119 ;
   always @(posedge clk)
-    keep_9 <= \$127 ;
+    keep_8 <= \$120 ;
   always @(posedge clk)
-    keep_10 <= \$128 ;
+    keep_9 <= \$121 ;
   always @(posedge clk)
-    keep_11 <= \$129 ;
+    keep_10 <= \$122 ;
   always @(posedge clk)
-    keep_12 <= \$130 ;
+    keep_11 <= \$123 ;
   always @(posedge clk)
-    keep_13 <= \$131 ;
+    keep_12 <= \$124 ;
   always @(posedge clk)
-    keep_14 <= \$132 ;
+    keep_13 <= \$125 ;
   always @(posedge clk)
-    keep_15 <= \$133 ;
+    keep_14 <= \$126 ;
   always @(posedge clk)
-    keep_16 <= \$134 ;
+    keep_15 <= \$127 ;
   always @(posedge clk)
-    keep_17 <= \$135 ;
+    keep_16 <= \$128 ;
   always @(posedge clk)
-    keep_18 <= \$136 ;
+    keep_17 <= \$129 ;
+  always @(posedge clk)
+    keep_18 <= \$130 ;
   always @(posedge clk)
     wdata <= ctl__data;
   always @(posedge clk)
-    write_step <= \$137 ;
+    write_step <= \$131 ;
   always @(posedge clk)
-    write_decay <= \$138 ;
+    write_decay <= \$132 ;
   always @(posedge clk)
-    write_noise <= \$139 ;
+    write_noise <= \$133 ;
   always @(posedge clk)
-    write_vc_var <= \$140 ;
+    write_vc_var <= \$134 ;
   always @(posedge clk)
-    write_vc_noise <= \$141 ;
+    write_vc_noise <= \$135 ;
   always @(posedge clk)
-    data <= \$142 ;
+    data <= \$136 ;
   always @(posedge clk)
-    seed_load_0 <= \$143 ;
+    seed_load_0 <= \$137 ;
   always @(posedge clk)
-    seed_hold_0 <= \$144 ;
+    seed_hold_0 <= \$138 ;
   always @(posedge clk)
-    \step$49  <= \$145 ;
+    \step$50  <= \$139 ;
   always @(posedge clk)
-    decay <= \$146 ;
+    decay <= \$140 ;
   always @(posedge clk)
-    noise <= \$147 ;
+    noise <= \$141 ;
   always @(posedge clk)
-    vc_var <= \$148 ;
+    vc_var <= \$142 ;
   always @(posedge clk)
-    vc_noise <= \$149 ;
+    vc_noise <= \$143 ;
   always @(posedge clk)
-    seed_load_1 <= \$150 ;
+    seed_load_1 <= \$144 ;
   always @(posedge clk)
-    seed_hold_1 <= \$151 ;
+    seed_hold_1 <= \$145 ;
   always @(posedge clk)
-    \step$72  <= \$152 ;
+    \step$74  <= \$146 ;
   always @(posedge clk)
-    \decay$74  <= \$153 ;
+    \decay$76  <= \$147 ;
   always @(posedge clk)
-    \noise$76  <= \$154 ;
+    \noise$78  <= \$148 ;
   always @(posedge clk)
-    \vc_var$78  <= \$155 ;
+    \vc_var$80  <= \$149 ;
   always @(posedge clk)
-    \vc_noise$80  <= \$156 ;
+    \vc_noise$82  <= \$150 ;
   always @(posedge clk)
-    seed_load_2 <= \$157 ;
+    seed_load_2 <= \$151 ;
   always @(posedge clk)
-    seed_hold_2 <= \$158 ;
+    seed_hold_2 <= \$152 ;
   always @(posedge clk)
-    \step$95  <= \$159 ;
+    \step$98  <= \$153 ;
   always @(posedge clk)
-    \decay$97  <= \$160 ;
+    \decay$100  <= \$154 ;
   always @(posedge clk)
-    \noise$99  <= \$161 ;
+    \noise$102  <= \$155 ;
   always @(posedge clk)
-    \vc_var$101  <= \$162 ;
+    \vc_var$104  <= \$156 ;
   always @(posedge clk)
-    \vc_noise$103  <= \$163 ;
+    \vc_noise$106  <= \$157 ;
   always @(posedge clk)
-    seed_load_3 <= \$164 ;
+    seed_load_3 <= \$158 ;
   always @(posedge clk)
-    seed_hold_3 <= \$165 ;
+    seed_hold_3 <= \$159 ;
   always @(posedge clk)
-    \step$118  <= \$166 ;
+    \step$122  <= \$160 ;
   always @(posedge clk)
-    \decay$120  <= \$167 ;
+    \decay$124  <= \$161 ;
   always @(posedge clk)
-    \noise$122  <= \$168 ;
+    \noise$126  <= \$162 ;
   always @(posedge clk)
-    \vc_var$124  <= \$169 ;
+    \vc_var$128  <= \$163 ;
   always @(posedge clk)
-    \vc_noise$126  <= \$170 ;
+    \vc_noise$130  <= \$164 ;
   always @(posedge clk)
-    seed_load_4 <= \$171 ;
+    seed_load_4 <= \$165 ;
   always @(posedge clk)
-    seed_hold_4 <= \$172 ;
+    seed_hold_4 <= \$166 ;
   always @(posedge clk)
-    \step$141  <= \$173 ;
+    \step$146  <= \$167 ;
   always @(posedge clk)
-    \decay$143  <= \$174 ;
+    \decay$148  <= \$168 ;
   always @(posedge clk)
-    \noise$145  <= \$175 ;
+    \noise$150  <= \$169 ;
   always @(posedge clk)
-    \vc_var$147  <= \$176 ;
+    \vc_var$152  <= \$170 ;
   always @(posedge clk)
-    \vc_noise$149  <= \$177 ;
+    \vc_noise$154  <= \$171 ;
   always @(posedge clk)
-    seed_load_5 <= \$178 ;
+    seed_load_5 <= \$172 ;
   always @(posedge clk)
-    seed_hold_5 <= \$179 ;
+    seed_hold_5 <= \$173 ;
   always @(posedge clk)
-    \step$164  <= \$180 ;
+    \step$170  <= \$174 ;
   always @(posedge clk)
-    \decay$166  <= \$181 ;
+    \decay$172  <= \$175 ;
   always @(posedge clk)
-    \noise$168  <= \$182 ;
+    \noise$174  <= \$176 ;
   always @(posedge clk)
-    \vc_var$170  <= \$183 ;
+    \vc_var$176  <= \$177 ;
   always @(posedge clk)
-    \vc_noise$172  <= \$184 ;
+    \vc_noise$178  <= \$178 ;
   always @(posedge clk)
-    seed_load_6 <= \$185 ;
+    seed_load_6 <= \$179 ;
   always @(posedge clk)
-    seed_hold_6 <= \$186 ;
+    seed_hold_6 <= \$180 ;
   always @(posedge clk)
-    \step$187  <= \$187 ;
+    \step$194  <= \$181 ;
   always @(posedge clk)
-    \decay$189  <= \$188 ;
+    \decay$196  <= \$182 ;
   always @(posedge clk)
-    \noise$191  <= \$189 ;
+    \noise$198  <= \$183 ;
   always @(posedge clk)
-    \vc_var$193  <= \$190 ;
+    \vc_var$200  <= \$184 ;
   always @(posedge clk)
-    \vc_noise$195  <= \$191 ;
+    \vc_noise$202  <= \$185 ;
   always @(posedge clk)
-    seed_load_7 <= \$192 ;
+    seed_load_7 <= \$186 ;
   always @(posedge clk)
-    seed_hold_7 <= \$193 ;
+    seed_hold_7 <= \$187 ;
   always @(posedge clk)
-    \step$210  <= \$194 ;
+    \step$218  <= \$188 ;
   always @(posedge clk)
-    \decay$212  <= \$195 ;
+    \decay$220  <= \$189 ;
   always @(posedge clk)
-    \noise$214  <= \$196 ;
+    \noise$222  <= \$190 ;
   always @(posedge clk)
-    \vc_var$216  <= \$197 ;
+    \vc_var$224  <= \$191 ;
   always @(posedge clk)
-    \vc_noise$218  <= \$198 ;
+    \vc_noise$226  <= \$192 ;
   \lpsgld_w8_vc_l8.lane_0  lane_0 (
     .clk(clk),
     .decay(decay),
@@ -878,7 +868,7 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     .noise(noise),
     .rst(rst),
     .state(state),
-    .step(\step$49 ),
+    .step(\step$50 ),
     .theta(sink__payload[15:8]),
     .vc_noise(vc_noise),
     .vc_var(vc_var),
@@ -886,179 +876,246 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   );
   \lpsgld_w8_vc_l8.lane_1  lane_1 (
     .clk(clk),
-    .decay(\decay$74 ),
+    .decay(\decay$76 ),
     .en(advance),
     .grad(sink__payload[87:80]),
-    .noise(\noise$76 ),
+    .noise(\noise$78 ),
     .rst(rst),
-    .state(\state$70 ),
-    .step(\step$72 ),
+    .state(\state$72 ),
+    .step(\step$74 ),
     .theta(sink__payload[23:16]),
-    .vc_noise(\vc_noise$80 ),
-    .vc_var(\vc_var$78 ),
-    .words(\words$68 )
+    .vc_noise(\vc_noise$82 ),
+    .vc_var(\vc_var$80 ),
+    .words(\words$70 )
   );
   \lpsgld_w8_vc_l8.lane_2  lane_2 (
     .clk(clk),
-    .decay(\decay$97 ),
+    .decay(\decay$100 ),
     .en(advance),
     .grad(sink__payload[95:88]),
-    .noise(\noise$99 ),
+    .noise(\noise$102 ),
     .rst(rst),
-    .state(\state$93 ),
-    .step(\step$95 ),
+    .state(\state$96 ),
+    .step(\step$98 ),
     .theta(sink__payload[31:24]),
-    .vc_noise(\vc_noise$103 ),
-    .vc_var(\vc_var$101 ),
-    .words(\words$91 )
+    .vc_noise(\vc_noise$106 ),
+    .vc_var(\vc_var$104 ),
+    .words(\words$94 )
   );
   \lpsgld_w8_vc_l8.lane_3  lane_3 (
     .clk(clk),
-    .decay(\decay$120 ),
+    .decay(\decay$124 ),
     .en(advance),
     .grad(sink__payload[103:96]),
-    .noise(\noise$122 ),
+    .noise(\noise$126 ),
     .rst(rst),
-    .state(\state$116 ),
-    .step(\step$118 ),
+    .state(\state$120 ),
+    .step(\step$122 ),
     .theta(sink__payload[39:32]),
-    .vc_noise(\vc_noise$126 ),
-    .vc_var(\vc_var$124 ),
-    .words(\words$114 )
+    .vc_noise(\vc_noise$130 ),
+    .vc_var(\vc_var$128 ),
+    .words(\words$118 )
   );
   \lpsgld_w8_vc_l8.lane_4  lane_4 (
     .clk(clk),
-    .decay(\decay$143 ),
+    .decay(\decay$148 ),
     .en(advance),
     .grad(sink__payload[111:104]),
-    .noise(\noise$145 ),
+    .noise(\noise$150 ),
     .rst(rst),
-    .state(\state$139 ),
-    .step(\step$141 ),
+    .state(\state$144 ),
+    .step(\step$146 ),
     .theta(sink__payload[47:40]),
-    .vc_noise(\vc_noise$149 ),
-    .vc_var(\vc_var$147 ),
-    .words(\words$137 )
+    .vc_noise(\vc_noise$154 ),
+    .vc_var(\vc_var$152 ),
+    .words(\words$142 )
   );
   \lpsgld_w8_vc_l8.lane_5  lane_5 (
     .clk(clk),
-    .decay(\decay$166 ),
+    .decay(\decay$172 ),
     .en(advance),
     .grad(sink__payload[119:112]),
-    .noise(\noise$168 ),
+    .noise(\noise$174 ),
     .rst(rst),
-    .state(\state$162 ),
-    .step(\step$164 ),
+    .state(\state$168 ),
+    .step(\step$170 ),
     .theta(sink__payload[55:48]),
-    .vc_noise(\vc_noise$172 ),
-    .vc_var(\vc_var$170 ),
-    .words(\words$160 )
+    .vc_noise(\vc_noise$178 ),
+    .vc_var(\vc_var$176 ),
+    .words(\words$166 )
   );
   \lpsgld_w8_vc_l8.lane_6  lane_6 (
     .clk(clk),
-    .decay(\decay$189 ),
+    .decay(\decay$196 ),
     .en(advance),
     .grad(sink__payload[127:120]),
-    .noise(\noise$191 ),
+    .noise(\noise$198 ),
     .rst(rst),
-    .state(\state$185 ),
-    .step(\step$187 ),
+    .state(\state$192 ),
+    .step(\step$194 ),
     .theta(sink__payload[63:56]),
-    .vc_noise(\vc_noise$195 ),
-    .vc_var(\vc_var$193 ),
-    .words(\words$183 )
+    .vc_noise(\vc_noise$202 ),
+    .vc_var(\vc_var$200 ),
+    .words(\words$190 )
   );
   \lpsgld_w8_vc_l8.lane_7  lane_7 (
     .clk(clk),
-    .decay(\decay$212 ),
+    .decay(\decay$220 ),
     .en(advance),
     .grad(sink__payload[135:128]),
-    .noise(\noise$214 ),
+    .noise(\noise$222 ),
     .rst(rst),
-    .state(\state$208 ),
-    .step(\step$210 ),
+    .state(\state$216 ),
+    .step(\step$218 ),
     .theta(sink__payload[71:64]),
-    .vc_noise(\vc_noise$218 ),
-    .vc_var(\vc_var$216 ),
-    .words(\words$206 )
+    .vc_noise(\vc_noise$226 ),
+    .vc_var(\vc_var$224 ),
+    .words(\words$214 )
   );
   \lpsgld_w8_vc_l8.rng_0_0  rng_0_0 (
     .clk(clk),
     .data(data),
-    .load0(load0),
-    .load1(load1),
+    .en(en),
     .out(words),
+    .\port$9668$0 (seed_load_0),
     .rst(rst),
     .step(step)
   );
   \lpsgld_w8_vc_l8.rng_1_0  rng_1_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$62 ),
-    .load1(\load1$63 ),
-    .out(\words$68 ),
+    .en(\en$60 ),
+    .out(\words$70 ),
+    .\port$9682$0 (seed_load_1),
     .rst(rst),
-    .step(\step$59 )
+    .step(\step$62 )
   );
   \lpsgld_w8_vc_l8.rng_2_0  rng_2_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$85 ),
-    .load1(\load1$86 ),
-    .out(\words$91 ),
+    .en(\en$84 ),
+    .out(\words$94 ),
+    .\port$9696$0 (seed_load_2),
     .rst(rst),
-    .step(\step$82 )
+    .step(\step$86 )
   );
   \lpsgld_w8_vc_l8.rng_3_0  rng_3_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$108 ),
-    .load1(\load1$109 ),
-    .out(\words$114 ),
+    .en(\en$108 ),
+    .out(\words$118 ),
+    .\port$9710$0 (seed_load_3),
     .rst(rst),
-    .step(\step$105 )
+    .step(\step$110 )
   );
   \lpsgld_w8_vc_l8.rng_4_0  rng_4_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$131 ),
-    .load1(\load1$132 ),
-    .out(\words$137 ),
+    .en(\en$132 ),
+    .out(\words$142 ),
+    .\port$9724$0 (seed_load_4),
     .rst(rst),
-    .step(\step$128 )
+    .step(\step$134 )
   );
   \lpsgld_w8_vc_l8.rng_5_0  rng_5_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$154 ),
-    .load1(\load1$155 ),
-    .out(\words$160 ),
+    .en(\en$156 ),
+    .out(\words$166 ),
+    .\port$9738$0 (seed_load_5),
     .rst(rst),
-    .step(\step$151 )
+    .step(\step$158 )
   );
   \lpsgld_w8_vc_l8.rng_6_0  rng_6_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$177 ),
-    .load1(\load1$178 ),
-    .out(\words$183 ),
+    .en(\en$180 ),
+    .out(\words$190 ),
+    .\port$9752$0 (seed_load_6),
     .rst(rst),
-    .step(\step$174 )
+    .step(\step$182 )
   );
   \lpsgld_w8_vc_l8.rng_7_0  rng_7_0 (
     .clk(clk),
     .data(data),
-    .load0(\load0$200 ),
-    .load1(\load1$201 ),
-    .out(\words$206 ),
+    .en(\en$204 ),
+    .out(\words$214 ),
+    .\port$9766$0 (seed_load_7),
     .rst(rst),
-    .step(\step$197 )
+    .step(\step$206 )
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$101  = valid_1;
+    \$94  = valid_1;
     if (advance) begin
-      \$101  = sink__valid;
+      \$94  = sink__valid;
+    end
+    if (rst) begin
+      \$94  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$95  = keep_1;
+    if (advance) begin
+      \$95  = sink__payload[7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$96  = live_1;
+    if (advance) begin
+      \$96  = \$37 ;
+    end
+    if (rst) begin
+      \$96  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$97  = valid_2;
+    if (advance) begin
+      \$97  = valid_1;
+    end
+    if (rst) begin
+      \$97  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$98  = valid_3;
+    if (advance) begin
+      \$98  = valid_2;
+    end
+    if (rst) begin
+      \$98  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$99  = valid_4;
+    if (advance) begin
+      \$99  = valid_3;
+    end
+    if (rst) begin
+      \$99  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$100  = valid_5;
+    if (advance) begin
+      \$100  = valid_4;
+    end
+    if (rst) begin
+      \$100  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$101  = valid_6;
+    if (advance) begin
+      \$101  = valid_5;
     end
     if (rst) begin
       \$101  = 1'h0;
@@ -1066,16 +1123,19 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$102  = keep_1;
+    \$102  = valid_7;
     if (advance) begin
-      \$102  = sink__payload[7:0];
+      \$102  = valid_6;
+    end
+    if (rst) begin
+      \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$103  = valid_2;
+    \$103  = valid_8;
     if (advance) begin
-      \$103  = valid_1;
+      \$103  = valid_7;
     end
     if (rst) begin
       \$103  = 1'h0;
@@ -1083,9 +1143,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$104  = valid_3;
+    \$104  = valid_9;
     if (advance) begin
-      \$104  = valid_2;
+      \$104  = valid_8;
     end
     if (rst) begin
       \$104  = 1'h0;
@@ -1093,9 +1153,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$105  = valid_4;
+    \$105  = valid_10;
     if (advance) begin
-      \$105  = valid_3;
+      \$105  = valid_9;
     end
     if (rst) begin
       \$105  = 1'h0;
@@ -1103,9 +1163,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$106  = valid_5;
+    \$106  = valid_11;
     if (advance) begin
-      \$106  = valid_4;
+      \$106  = valid_10;
     end
     if (rst) begin
       \$106  = 1'h0;
@@ -1113,9 +1173,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$107  = valid_6;
+    \$107  = valid_12;
     if (advance) begin
-      \$107  = valid_5;
+      \$107  = valid_11;
     end
     if (rst) begin
       \$107  = 1'h0;
@@ -1123,9 +1183,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$108  = valid_7;
+    \$108  = valid_13;
     if (advance) begin
-      \$108  = valid_6;
+      \$108  = valid_12;
     end
     if (rst) begin
       \$108  = 1'h0;
@@ -1133,9 +1193,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$109  = valid_8;
+    \$109  = valid_14;
     if (advance) begin
-      \$109  = valid_7;
+      \$109  = valid_13;
     end
     if (rst) begin
       \$109  = 1'h0;
@@ -1143,9 +1203,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$110  = valid_9;
+    \$110  = valid_15;
     if (advance) begin
-      \$110  = valid_8;
+      \$110  = valid_14;
     end
     if (rst) begin
       \$110  = 1'h0;
@@ -1153,9 +1213,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$111  = valid_10;
+    \$111  = valid_16;
     if (advance) begin
-      \$111  = valid_9;
+      \$111  = valid_15;
     end
     if (rst) begin
       \$111  = 1'h0;
@@ -1163,9 +1223,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$112  = valid_11;
+    \$112  = valid_17;
     if (advance) begin
-      \$112  = valid_10;
+      \$112  = valid_16;
     end
     if (rst) begin
       \$112  = 1'h0;
@@ -1173,9 +1233,9 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$113  = valid_12;
+    \$113  = source__valid;
     if (advance) begin
-      \$113  = valid_11;
+      \$113  = valid_17;
     end
     if (rst) begin
       \$113  = 1'h0;
@@ -1183,214 +1243,154 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$114  = valid_13;
+    \$114  = keep_2;
     if (advance) begin
-      \$114  = valid_12;
-    end
-    if (rst) begin
-      \$114  = 1'h0;
+      \$114  = keep_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$115  = valid_14;
+    \$115  = keep_3;
     if (advance) begin
-      \$115  = valid_13;
-    end
-    if (rst) begin
-      \$115  = 1'h0;
+      \$115  = keep_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$116  = valid_15;
+    \$116  = keep_4;
     if (advance) begin
-      \$116  = valid_14;
-    end
-    if (rst) begin
-      \$116  = 1'h0;
+      \$116  = keep_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$117  = valid_16;
+    \$117  = keep_5;
     if (advance) begin
-      \$117  = valid_15;
-    end
-    if (rst) begin
-      \$117  = 1'h0;
+      \$117  = keep_4;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$118  = valid_17;
+    \$118  = keep_6;
     if (advance) begin
-      \$118  = valid_16;
-    end
-    if (rst) begin
-      \$118  = 1'h0;
+      \$118  = keep_5;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$119  = source__valid;
+    \$119  = keep_7;
     if (advance) begin
-      \$119  = valid_17;
-    end
-    if (rst) begin
-      \$119  = 1'h0;
+      \$119  = keep_6;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$120  = keep_2;
+    \$120  = keep_8;
     if (advance) begin
-      \$120  = keep_1;
+      \$120  = keep_7;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$121  = keep_3;
+    \$121  = keep_9;
     if (advance) begin
-      \$121  = keep_2;
+      \$121  = keep_8;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$122  = keep_4;
+    \$122  = keep_10;
     if (advance) begin
-      \$122  = keep_3;
+      \$122  = keep_9;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$123  = keep_5;
+    \$123  = keep_11;
     if (advance) begin
-      \$123  = keep_4;
+      \$123  = keep_10;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$124  = keep_6;
+    \$124  = keep_12;
     if (advance) begin
-      \$124  = keep_5;
+      \$124  = keep_11;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$125  = keep_7;
+    \$125  = keep_13;
     if (advance) begin
-      \$125  = keep_6;
+      \$125  = keep_12;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$126  = keep_8;
+    \$126  = keep_14;
     if (advance) begin
-      \$126  = keep_7;
+      \$126  = keep_13;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$127  = keep_9;
+    \$127  = keep_15;
     if (advance) begin
-      \$127  = keep_8;
+      \$127  = keep_14;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$128  = keep_10;
+    \$128  = keep_16;
     if (advance) begin
-      \$128  = keep_9;
+      \$128  = keep_15;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$129  = keep_11;
+    \$129  = keep_17;
     if (advance) begin
-      \$129  = keep_10;
+      \$129  = keep_16;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$130  = keep_12;
+    \$130  = keep_18;
     if (advance) begin
-      \$130  = keep_11;
+      \$130  = keep_17;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$131  = keep_13;
-    if (advance) begin
-      \$131  = keep_12;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$132  = keep_14;
-    if (advance) begin
-      \$132  = keep_13;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$133  = keep_15;
-    if (advance) begin
-      \$133  = keep_14;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$134  = keep_16;
-    if (advance) begin
-      \$134  = keep_15;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$135  = keep_17;
-    if (advance) begin
-      \$135  = keep_16;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$136  = keep_18;
-    if (advance) begin
-      \$136  = keep_17;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$137  = 1'h0;
+    \$131  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
-            \$137  = 1'h1;
+            \$131  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$137  = 1'h0;
+      \$131  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$138  = 1'h0;
+    \$132  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
             /* empty */;
         16'h0001:
-            \$138  = 1'h1;
+            \$132  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$138  = 1'h0;
+      \$132  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$139  = 1'h0;
+    \$133  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1398,16 +1398,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0001:
             /* empty */;
         16'h0002:
-            \$139  = 1'h1;
+            \$133  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$139  = 1'h0;
+      \$133  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$140  = 1'h0;
+    \$134  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1417,16 +1417,16 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0002:
             /* empty */;
         16'h0003:
-            \$140  = 1'h1;
+            \$134  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$140  = 1'h0;
+      \$134  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$141  = 1'h0;
+    \$135  = 1'h0;
     if (ctl__we) begin
       casez (ctl__addr)
         16'h0000:
@@ -1438,685 +1438,717 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
         16'h0003:
             /* empty */;
         16'h0004:
-            \$141  = 1'h1;
+            \$135  = 1'h1;
       endcase
     end
     if (rst) begin
-      \$141  = 1'h0;
+      \$135  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$142  = data;
+    \$136  = data;
     if (ctl__we) begin
-      \$142  = ctl__data;
+      \$136  = ctl__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$143  = seed_load_0;
+    \$137  = seed_load_0;
+    if (\$41 ) begin
+      \$137  = \$44 ;
+    end else if (free) begin
+      \$137  = 2'h0;
+    end
+    if (rst) begin
+      \$137  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$138  = seed_hold_0;
+    if (\$41 ) begin
+      \$138  = took;
+    end else if (free) begin
+      \$138  = 1'h0;
+    end
+    if (rst) begin
+      \$138  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$139  = \step$50 ;
+    if (write_step) begin
+      \$139  = wdata[15:0];
+    end
+    if (rst) begin
+      \$139  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$140  = decay;
+    if (write_decay) begin
+      \$140  = wdata[11:0];
+    end
+    if (rst) begin
+      \$140  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$141  = noise;
+    if (write_noise) begin
+      \$141  = wdata[15:0];
+    end
+    if (rst) begin
+      \$141  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$142  = vc_var;
+    if (write_vc_var) begin
+      \$142  = wdata[14:0];
+    end
+    if (rst) begin
+      \$142  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$143  = vc_noise;
+    if (write_vc_noise) begin
+      \$143  = wdata[0];
+    end
+    if (rst) begin
+      \$143  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$144  = seed_load_1;
     if (\$48 ) begin
-      \$143  = \$51 ;
+      \$144  = \$51 ;
     end else if (free) begin
-      \$143  = 2'h0;
+      \$144  = 2'h0;
     end
     if (rst) begin
-      \$143  = 2'h0;
+      \$144  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$144  = seed_hold_0;
+    \$145  = seed_hold_1;
     if (\$48 ) begin
-      \$144  = took;
+      \$145  = took;
+    end else if (free) begin
+      \$145  = 1'h0;
     end
     if (rst) begin
-      \$144  = 1'h0;
+      \$145  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$145  = \step$49 ;
+    \$146  = \step$74 ;
     if (write_step) begin
-      \$145  = wdata[15:0];
+      \$146  = wdata[15:0];
     end
     if (rst) begin
-      \$145  = 16'h0000;
+      \$146  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$146  = decay;
+    \$147  = \decay$76 ;
     if (write_decay) begin
-      \$146  = wdata[11:0];
+      \$147  = wdata[11:0];
     end
     if (rst) begin
-      \$146  = 12'h000;
+      \$147  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$147  = noise;
+    \$148  = \noise$78 ;
     if (write_noise) begin
-      \$147  = wdata[15:0];
+      \$148  = wdata[15:0];
     end
     if (rst) begin
-      \$147  = 16'h0000;
+      \$148  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$148  = vc_var;
+    \$149  = \vc_var$80 ;
     if (write_vc_var) begin
-      \$148  = wdata[14:0];
+      \$149  = wdata[14:0];
     end
     if (rst) begin
-      \$148  = 15'h0000;
+      \$149  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$149  = vc_noise;
+    \$150  = \vc_noise$82 ;
     if (write_vc_noise) begin
-      \$149  = wdata[0];
+      \$150  = wdata[0];
     end
     if (rst) begin
-      \$149  = 1'h0;
+      \$150  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$150  = seed_load_1;
+    \$151  = seed_load_2;
     if (\$55 ) begin
-      \$150  = \$58 ;
+      \$151  = \$58 ;
     end else if (free) begin
-      \$150  = 2'h0;
+      \$151  = 2'h0;
     end
     if (rst) begin
-      \$150  = 2'h0;
+      \$151  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$151  = seed_hold_1;
+    \$152  = seed_hold_2;
     if (\$55 ) begin
-      \$151  = took;
+      \$152  = took;
+    end else if (free) begin
+      \$152  = 1'h0;
     end
     if (rst) begin
-      \$151  = 1'h0;
+      \$152  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$152  = \step$72 ;
+    \$153  = \step$98 ;
     if (write_step) begin
-      \$152  = wdata[15:0];
+      \$153  = wdata[15:0];
     end
     if (rst) begin
-      \$152  = 16'h0000;
+      \$153  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$153  = \decay$74 ;
+    \$154  = \decay$100 ;
     if (write_decay) begin
-      \$153  = wdata[11:0];
+      \$154  = wdata[11:0];
     end
     if (rst) begin
-      \$153  = 12'h000;
+      \$154  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$154  = \noise$76 ;
+    \$155  = \noise$102 ;
     if (write_noise) begin
-      \$154  = wdata[15:0];
+      \$155  = wdata[15:0];
     end
     if (rst) begin
-      \$154  = 16'h0000;
+      \$155  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$155  = \vc_var$78 ;
+    \$156  = \vc_var$104 ;
     if (write_vc_var) begin
-      \$155  = wdata[14:0];
+      \$156  = wdata[14:0];
     end
     if (rst) begin
-      \$155  = 15'h0000;
+      \$156  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$156  = \vc_noise$80 ;
+    \$157  = \vc_noise$106 ;
     if (write_vc_noise) begin
-      \$156  = wdata[0];
+      \$157  = wdata[0];
     end
     if (rst) begin
-      \$156  = 1'h0;
+      \$157  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$157  = seed_load_2;
+    \$158  = seed_load_3;
     if (\$62 ) begin
-      \$157  = \$65 ;
+      \$158  = \$65 ;
     end else if (free) begin
-      \$157  = 2'h0;
+      \$158  = 2'h0;
     end
     if (rst) begin
-      \$157  = 2'h0;
+      \$158  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$158  = seed_hold_2;
+    \$159  = seed_hold_3;
     if (\$62 ) begin
-      \$158  = took;
+      \$159  = took;
+    end else if (free) begin
+      \$159  = 1'h0;
     end
     if (rst) begin
-      \$158  = 1'h0;
+      \$159  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$159  = \step$95 ;
+    \$160  = \step$122 ;
     if (write_step) begin
-      \$159  = wdata[15:0];
+      \$160  = wdata[15:0];
     end
     if (rst) begin
-      \$159  = 16'h0000;
+      \$160  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$160  = \decay$97 ;
+    \$161  = \decay$124 ;
     if (write_decay) begin
-      \$160  = wdata[11:0];
+      \$161  = wdata[11:0];
     end
     if (rst) begin
-      \$160  = 12'h000;
+      \$161  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$161  = \noise$99 ;
+    \$162  = \noise$126 ;
     if (write_noise) begin
-      \$161  = wdata[15:0];
+      \$162  = wdata[15:0];
     end
     if (rst) begin
-      \$161  = 16'h0000;
+      \$162  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$162  = \vc_var$101 ;
+    \$163  = \vc_var$128 ;
     if (write_vc_var) begin
-      \$162  = wdata[14:0];
+      \$163  = wdata[14:0];
     end
     if (rst) begin
-      \$162  = 15'h0000;
+      \$163  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$163  = \vc_noise$103 ;
+    \$164  = \vc_noise$130 ;
     if (write_vc_noise) begin
-      \$163  = wdata[0];
+      \$164  = wdata[0];
     end
     if (rst) begin
-      \$163  = 1'h0;
+      \$164  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$164  = seed_load_3;
+    \$165  = seed_load_4;
     if (\$69 ) begin
-      \$164  = \$72 ;
+      \$165  = \$72 ;
     end else if (free) begin
-      \$164  = 2'h0;
+      \$165  = 2'h0;
     end
     if (rst) begin
-      \$164  = 2'h0;
+      \$165  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$165  = seed_hold_3;
+    \$166  = seed_hold_4;
     if (\$69 ) begin
-      \$165  = took;
+      \$166  = took;
+    end else if (free) begin
+      \$166  = 1'h0;
     end
     if (rst) begin
-      \$165  = 1'h0;
+      \$166  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$166  = \step$118 ;
+    \$167  = \step$146 ;
     if (write_step) begin
-      \$166  = wdata[15:0];
+      \$167  = wdata[15:0];
     end
     if (rst) begin
-      \$166  = 16'h0000;
+      \$167  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$167  = \decay$120 ;
+    \$168  = \decay$148 ;
     if (write_decay) begin
-      \$167  = wdata[11:0];
+      \$168  = wdata[11:0];
     end
     if (rst) begin
-      \$167  = 12'h000;
+      \$168  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$168  = \noise$122 ;
+    \$169  = \noise$150 ;
     if (write_noise) begin
-      \$168  = wdata[15:0];
+      \$169  = wdata[15:0];
     end
     if (rst) begin
-      \$168  = 16'h0000;
+      \$169  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$169  = \vc_var$124 ;
+    \$170  = \vc_var$152 ;
     if (write_vc_var) begin
-      \$169  = wdata[14:0];
+      \$170  = wdata[14:0];
     end
     if (rst) begin
-      \$169  = 15'h0000;
+      \$170  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$170  = \vc_noise$126 ;
+    \$171  = \vc_noise$154 ;
     if (write_vc_noise) begin
-      \$170  = wdata[0];
+      \$171  = wdata[0];
     end
     if (rst) begin
-      \$170  = 1'h0;
+      \$171  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$171  = seed_load_4;
+    \$172  = seed_load_5;
     if (\$76 ) begin
-      \$171  = \$79 ;
+      \$172  = \$79 ;
     end else if (free) begin
-      \$171  = 2'h0;
+      \$172  = 2'h0;
     end
     if (rst) begin
-      \$171  = 2'h0;
+      \$172  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$172  = seed_hold_4;
+    \$173  = seed_hold_5;
     if (\$76 ) begin
-      \$172  = took;
+      \$173  = took;
+    end else if (free) begin
+      \$173  = 1'h0;
     end
     if (rst) begin
-      \$172  = 1'h0;
+      \$173  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$173  = \step$141 ;
+    \$174  = \step$170 ;
     if (write_step) begin
-      \$173  = wdata[15:0];
+      \$174  = wdata[15:0];
     end
     if (rst) begin
-      \$173  = 16'h0000;
+      \$174  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$174  = \decay$143 ;
+    \$175  = \decay$172 ;
     if (write_decay) begin
-      \$174  = wdata[11:0];
+      \$175  = wdata[11:0];
     end
     if (rst) begin
-      \$174  = 12'h000;
+      \$175  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$175  = \noise$145 ;
+    \$176  = \noise$174 ;
     if (write_noise) begin
-      \$175  = wdata[15:0];
+      \$176  = wdata[15:0];
     end
     if (rst) begin
-      \$175  = 16'h0000;
+      \$176  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$176  = \vc_var$147 ;
+    \$177  = \vc_var$176 ;
     if (write_vc_var) begin
-      \$176  = wdata[14:0];
+      \$177  = wdata[14:0];
     end
     if (rst) begin
-      \$176  = 15'h0000;
+      \$177  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$177  = \vc_noise$149 ;
+    \$178  = \vc_noise$178 ;
     if (write_vc_noise) begin
-      \$177  = wdata[0];
+      \$178  = wdata[0];
     end
     if (rst) begin
-      \$177  = 1'h0;
+      \$178  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$178  = seed_load_5;
+    \$179  = seed_load_6;
     if (\$83 ) begin
-      \$178  = \$86 ;
+      \$179  = \$86 ;
     end else if (free) begin
-      \$178  = 2'h0;
+      \$179  = 2'h0;
     end
     if (rst) begin
-      \$178  = 2'h0;
+      \$179  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$179  = seed_hold_5;
+    \$180  = seed_hold_6;
     if (\$83 ) begin
-      \$179  = took;
-    end
-    if (rst) begin
-      \$179  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$180  = \step$164 ;
-    if (write_step) begin
-      \$180  = wdata[15:0];
-    end
-    if (rst) begin
-      \$180  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$181  = \decay$166 ;
-    if (write_decay) begin
-      \$181  = wdata[11:0];
-    end
-    if (rst) begin
-      \$181  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$182  = \noise$168 ;
-    if (write_noise) begin
-      \$182  = wdata[15:0];
-    end
-    if (rst) begin
-      \$182  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$183  = \vc_var$170 ;
-    if (write_vc_var) begin
-      \$183  = wdata[14:0];
-    end
-    if (rst) begin
-      \$183  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$184  = \vc_noise$172 ;
-    if (write_vc_noise) begin
-      \$184  = wdata[0];
-    end
-    if (rst) begin
-      \$184  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$185  = seed_load_6;
-    if (\$90 ) begin
-      \$185  = \$93 ;
+      \$180  = took;
     end else if (free) begin
-      \$185  = 2'h0;
+      \$180  = 1'h0;
     end
     if (rst) begin
-      \$185  = 2'h0;
+      \$180  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$186  = seed_hold_6;
+    \$181  = \step$194 ;
+    if (write_step) begin
+      \$181  = wdata[15:0];
+    end
+    if (rst) begin
+      \$181  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$182  = \decay$196 ;
+    if (write_decay) begin
+      \$182  = wdata[11:0];
+    end
+    if (rst) begin
+      \$182  = 12'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$183  = \noise$198 ;
+    if (write_noise) begin
+      \$183  = wdata[15:0];
+    end
+    if (rst) begin
+      \$183  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$184  = \vc_var$200 ;
+    if (write_vc_var) begin
+      \$184  = wdata[14:0];
+    end
+    if (rst) begin
+      \$184  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$185  = \vc_noise$202 ;
+    if (write_vc_noise) begin
+      \$185  = wdata[0];
+    end
+    if (rst) begin
+      \$185  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$186  = seed_load_7;
     if (\$90 ) begin
-      \$186  = took;
-    end
-    if (rst) begin
-      \$186  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$187  = \step$187 ;
-    if (write_step) begin
-      \$187  = wdata[15:0];
-    end
-    if (rst) begin
-      \$187  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$188  = \decay$189 ;
-    if (write_decay) begin
-      \$188  = wdata[11:0];
-    end
-    if (rst) begin
-      \$188  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$189  = \noise$191 ;
-    if (write_noise) begin
-      \$189  = wdata[15:0];
-    end
-    if (rst) begin
-      \$189  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$190  = \vc_var$193 ;
-    if (write_vc_var) begin
-      \$190  = wdata[14:0];
-    end
-    if (rst) begin
-      \$190  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$191  = \vc_noise$195 ;
-    if (write_vc_noise) begin
-      \$191  = wdata[0];
-    end
-    if (rst) begin
-      \$191  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$192  = seed_load_7;
-    if (\$97 ) begin
-      \$192  = \$100 ;
+      \$186  = \$93 ;
     end else if (free) begin
-      \$192  = 2'h0;
+      \$186  = 2'h0;
     end
     if (rst) begin
-      \$192  = 2'h0;
+      \$186  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$193  = seed_hold_7;
-    if (\$97 ) begin
-      \$193  = took;
+    \$187  = seed_hold_7;
+    if (\$90 ) begin
+      \$187  = took;
+    end else if (free) begin
+      \$187  = 1'h0;
     end
     if (rst) begin
-      \$193  = 1'h0;
+      \$187  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$194  = \step$210 ;
+    \$188  = \step$218 ;
     if (write_step) begin
-      \$194  = wdata[15:0];
+      \$188  = wdata[15:0];
     end
     if (rst) begin
-      \$194  = 16'h0000;
+      \$188  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$195  = \decay$212 ;
+    \$189  = \decay$220 ;
     if (write_decay) begin
-      \$195  = wdata[11:0];
+      \$189  = wdata[11:0];
     end
     if (rst) begin
-      \$195  = 12'h000;
+      \$189  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$196  = \noise$214 ;
+    \$190  = \noise$222 ;
     if (write_noise) begin
-      \$196  = wdata[15:0];
+      \$190  = wdata[15:0];
     end
     if (rst) begin
-      \$196  = 16'h0000;
+      \$190  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$197  = \vc_var$216 ;
+    \$191  = \vc_var$224 ;
     if (write_vc_var) begin
-      \$197  = wdata[14:0];
+      \$191  = wdata[14:0];
     end
     if (rst) begin
-      \$197  = 15'h0000;
+      \$191  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$198  = \vc_noise$218 ;
+    \$192  = \vc_noise$226 ;
     if (write_vc_noise) begin
-      \$198  = wdata[0];
+      \$192  = wdata[0];
     end
     if (rst) begin
-      \$198  = 1'h0;
+      \$192  = 1'h0;
     end
   end
   assign valid_18 = source__valid;
+  assign load0 = seed_load_0[0];
+  assign load1 = seed_load_0[1];
   assign seed_data = data;
-  assign en = advance;
+  assign \en$43  = advance;
   assign theta = sink__payload[15:8];
   assign grad = sink__payload[79:72];
   assign out = words;
   assign weight = state;
-  assign reg_step_0 = \step$49 ;
+  assign reg_step_0 = \step$50 ;
   assign reg_decay_0 = decay;
   assign reg_noise_0 = noise;
   assign reg_vc_var_0 = vc_var;
   assign reg_vc_noise_0 = vc_noise;
-  assign \data$64  = data;
-  assign \en$65  = advance;
-  assign \theta$66  = sink__payload[23:16];
-  assign \grad$67  = sink__payload[87:80];
-  assign \out$69  = \words$68 ;
-  assign \weight$71  = \state$70 ;
-  assign reg_step_1 = \step$72 ;
-  assign reg_decay_1 = \decay$74 ;
-  assign reg_noise_1 = \noise$76 ;
-  assign reg_vc_var_1 = \vc_var$78 ;
-  assign reg_vc_noise_1 = \vc_noise$80 ;
-  assign \data$87  = data;
-  assign \en$88  = advance;
-  assign \theta$89  = sink__payload[31:24];
-  assign \grad$90  = sink__payload[95:88];
-  assign \out$92  = \words$91 ;
-  assign \weight$94  = \state$93 ;
-  assign reg_step_2 = \step$95 ;
-  assign reg_decay_2 = \decay$97 ;
-  assign reg_noise_2 = \noise$99 ;
-  assign reg_vc_var_2 = \vc_var$101 ;
-  assign reg_vc_noise_2 = \vc_noise$103 ;
-  assign \data$110  = data;
-  assign \en$111  = advance;
-  assign \theta$112  = sink__payload[39:32];
-  assign \grad$113  = sink__payload[103:96];
-  assign \out$115  = \words$114 ;
-  assign \weight$117  = \state$116 ;
-  assign reg_step_3 = \step$118 ;
-  assign reg_decay_3 = \decay$120 ;
-  assign reg_noise_3 = \noise$122 ;
-  assign reg_vc_var_3 = \vc_var$124 ;
-  assign reg_vc_noise_3 = \vc_noise$126 ;
-  assign \data$133  = data;
-  assign \en$134  = advance;
-  assign \theta$135  = sink__payload[47:40];
-  assign \grad$136  = sink__payload[111:104];
-  assign \out$138  = \words$137 ;
-  assign \weight$140  = \state$139 ;
-  assign reg_step_4 = \step$141 ;
-  assign reg_decay_4 = \decay$143 ;
-  assign reg_noise_4 = \noise$145 ;
-  assign reg_vc_var_4 = \vc_var$147 ;
-  assign reg_vc_noise_4 = \vc_noise$149 ;
-  assign \data$156  = data;
-  assign \en$157  = advance;
-  assign \theta$158  = sink__payload[55:48];
-  assign \grad$159  = sink__payload[119:112];
-  assign \out$161  = \words$160 ;
-  assign \weight$163  = \state$162 ;
-  assign reg_step_5 = \step$164 ;
-  assign reg_decay_5 = \decay$166 ;
-  assign reg_noise_5 = \noise$168 ;
-  assign reg_vc_var_5 = \vc_var$170 ;
-  assign reg_vc_noise_5 = \vc_noise$172 ;
-  assign \data$179  = data;
-  assign \en$180  = advance;
-  assign \theta$181  = sink__payload[63:56];
-  assign \grad$182  = sink__payload[127:120];
-  assign \out$184  = \words$183 ;
-  assign \weight$186  = \state$185 ;
-  assign reg_step_6 = \step$187 ;
-  assign reg_decay_6 = \decay$189 ;
-  assign reg_noise_6 = \noise$191 ;
-  assign reg_vc_var_6 = \vc_var$193 ;
-  assign reg_vc_noise_6 = \vc_noise$195 ;
-  assign \data$202  = data;
-  assign \en$203  = advance;
-  assign \theta$204  = sink__payload[71:64];
-  assign \grad$205  = sink__payload[135:128];
-  assign \out$207  = \words$206 ;
-  assign \weight$209  = \state$208 ;
-  assign reg_step_7 = \step$210 ;
-  assign reg_decay_7 = \decay$212 ;
-  assign reg_noise_7 = \noise$214 ;
-  assign reg_vc_var_7 = \vc_var$216 ;
-  assign reg_vc_noise_7 = \vc_noise$218 ;
+  assign \load0$64  = seed_load_1[0];
+  assign \load1$65  = seed_load_1[1];
+  assign \data$66  = data;
+  assign \en$67  = advance;
+  assign \theta$68  = sink__payload[23:16];
+  assign \grad$69  = sink__payload[87:80];
+  assign \out$71  = \words$70 ;
+  assign \weight$73  = \state$72 ;
+  assign reg_step_1 = \step$74 ;
+  assign reg_decay_1 = \decay$76 ;
+  assign reg_noise_1 = \noise$78 ;
+  assign reg_vc_var_1 = \vc_var$80 ;
+  assign reg_vc_noise_1 = \vc_noise$82 ;
+  assign \load0$88  = seed_load_2[0];
+  assign \load1$89  = seed_load_2[1];
+  assign \data$90  = data;
+  assign \en$91  = advance;
+  assign \theta$92  = sink__payload[31:24];
+  assign \grad$93  = sink__payload[95:88];
+  assign \out$95  = \words$94 ;
+  assign \weight$97  = \state$96 ;
+  assign reg_step_2 = \step$98 ;
+  assign reg_decay_2 = \decay$100 ;
+  assign reg_noise_2 = \noise$102 ;
+  assign reg_vc_var_2 = \vc_var$104 ;
+  assign reg_vc_noise_2 = \vc_noise$106 ;
+  assign \load0$112  = seed_load_3[0];
+  assign \load1$113  = seed_load_3[1];
+  assign \data$114  = data;
+  assign \en$115  = advance;
+  assign \theta$116  = sink__payload[39:32];
+  assign \grad$117  = sink__payload[103:96];
+  assign \out$119  = \words$118 ;
+  assign \weight$121  = \state$120 ;
+  assign reg_step_3 = \step$122 ;
+  assign reg_decay_3 = \decay$124 ;
+  assign reg_noise_3 = \noise$126 ;
+  assign reg_vc_var_3 = \vc_var$128 ;
+  assign reg_vc_noise_3 = \vc_noise$130 ;
+  assign \load0$136  = seed_load_4[0];
+  assign \load1$137  = seed_load_4[1];
+  assign \data$138  = data;
+  assign \en$139  = advance;
+  assign \theta$140  = sink__payload[47:40];
+  assign \grad$141  = sink__payload[111:104];
+  assign \out$143  = \words$142 ;
+  assign \weight$145  = \state$144 ;
+  assign reg_step_4 = \step$146 ;
+  assign reg_decay_4 = \decay$148 ;
+  assign reg_noise_4 = \noise$150 ;
+  assign reg_vc_var_4 = \vc_var$152 ;
+  assign reg_vc_noise_4 = \vc_noise$154 ;
+  assign \load0$160  = seed_load_5[0];
+  assign \load1$161  = seed_load_5[1];
+  assign \data$162  = data;
+  assign \en$163  = advance;
+  assign \theta$164  = sink__payload[55:48];
+  assign \grad$165  = sink__payload[119:112];
+  assign \out$167  = \words$166 ;
+  assign \weight$169  = \state$168 ;
+  assign reg_step_5 = \step$170 ;
+  assign reg_decay_5 = \decay$172 ;
+  assign reg_noise_5 = \noise$174 ;
+  assign reg_vc_var_5 = \vc_var$176 ;
+  assign reg_vc_noise_5 = \vc_noise$178 ;
+  assign \load0$184  = seed_load_6[0];
+  assign \load1$185  = seed_load_6[1];
+  assign \data$186  = data;
+  assign \en$187  = advance;
+  assign \theta$188  = sink__payload[63:56];
+  assign \grad$189  = sink__payload[127:120];
+  assign \out$191  = \words$190 ;
+  assign \weight$193  = \state$192 ;
+  assign reg_step_6 = \step$194 ;
+  assign reg_decay_6 = \decay$196 ;
+  assign reg_noise_6 = \noise$198 ;
+  assign reg_vc_var_6 = \vc_var$200 ;
+  assign reg_vc_noise_6 = \vc_noise$202 ;
+  assign \load0$208  = seed_load_7[0];
+  assign \load1$209  = seed_load_7[1];
+  assign \data$210  = data;
+  assign \en$211  = advance;
+  assign \theta$212  = sink__payload[71:64];
+  assign \grad$213  = sink__payload[135:128];
+  assign \out$215  = \words$214 ;
+  assign \weight$217  = \state$216 ;
+  assign reg_step_7 = \step$218 ;
+  assign reg_decay_7 = \decay$220 ;
+  assign reg_noise_7 = \noise$222 ;
+  assign reg_vc_var_7 = \vc_var$224 ;
+  assign reg_vc_noise_7 = \vc_noise$226 ;
   assign \sink__payload.keep  = sink__payload[7:0];
   assign \sink__payload.theta  = sink__payload[71:8];
   assign \sink__payload.theta[0]  = sink__payload[15:8];
@@ -2155,20 +2187,20 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   assign \source__payload.weight[5]  = source__payload[119:112];
   assign \source__payload.weight[6]  = source__payload[127:120];
   assign \source__payload.weight[7]  = source__payload[135:128];
-  assign source__payload[135:128] = \state$208 ;
-  assign source__payload[71:64] = \state$208 ;
-  assign source__payload[127:120] = \state$185 ;
-  assign source__payload[63:56] = \state$185 ;
-  assign source__payload[119:112] = \state$162 ;
-  assign source__payload[55:48] = \state$162 ;
-  assign source__payload[111:104] = \state$139 ;
-  assign source__payload[47:40] = \state$139 ;
-  assign source__payload[103:96] = \state$116 ;
-  assign source__payload[39:32] = \state$116 ;
-  assign source__payload[95:88] = \state$93 ;
-  assign source__payload[31:24] = \state$93 ;
-  assign source__payload[87:80] = \state$70 ;
-  assign source__payload[23:16] = \state$70 ;
+  assign source__payload[135:128] = \state$216 ;
+  assign source__payload[71:64] = \state$216 ;
+  assign source__payload[127:120] = \state$192 ;
+  assign source__payload[63:56] = \state$192 ;
+  assign source__payload[119:112] = \state$168 ;
+  assign source__payload[55:48] = \state$168 ;
+  assign source__payload[111:104] = \state$144 ;
+  assign source__payload[47:40] = \state$144 ;
+  assign source__payload[103:96] = \state$120 ;
+  assign source__payload[39:32] = \state$120 ;
+  assign source__payload[95:88] = \state$96 ;
+  assign source__payload[31:24] = \state$96 ;
+  assign source__payload[87:80] = \state$72 ;
+  assign source__payload[23:16] = \state$72 ;
   assign source__payload[79:72] = state;
   assign source__payload[15:8] = state;
   assign source__payload[7:0] = keep_18;
@@ -4731,104 +4763,103 @@ endmodule
 module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [34:0] \$1 ;
-  wire [17:0] \$10 ;
-  wire [8:0] \$11 ;
-  wire [10:0] \$12 ;
-  wire [20:0] \$13 ;
-  wire [24:0] \$14 ;
-  wire [28:0] \$15 ;
-  wire [32:0] \$16 ;
-  wire [25:0] \$17 ;
-  wire [33:0] \$18 ;
-  wire [34:0] \$19 ;
-  wire [15:0] \$2 ;
-  wire [37:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
-  wire [17:0] \$3 ;
+  wire [8:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire [3:0] \$12 ;
+  wire [8:0] \$13 ;
+  wire [10:0] \$14 ;
+  wire [21:0] \$15 ;
+  wire [25:0] \$16 ;
+  wire [29:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire [26:0] \$19 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [34:0] \$21 ;
+  wire [37:0] \$22 ;
+  wire [35:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [11:0] \$32 ;
-  wire [11:0] \$33 ;
-  wire [11:0] \$34 ;
-  wire [11:0] \$35 ;
+  wire [7:0] \$31 ;
+  wire [7:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
   wire \$36 ;
-  wire [11:0] \$37 ;
-  wire [11:0] \$38 ;
+  wire [7:0] \$37 ;
+  wire [7:0] \$38 ;
   wire \$39 ;
-  wire [17:0] \$4 ;
+  wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire [11:0] \$42 ;
-  wire [11:0] \$43 ;
-  wire [11:0] \$44 ;
-  wire [11:0] \$45 ;
+  wire \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
   wire [7:0] \$46 ;
-  wire [7:0] \$47 ;
-  reg [10:0] \$48 ;
-  reg [7:0] \$49 ;
-  wire [17:0] \$5 ;
-  reg [10:0] \$50 ;
+  reg [10:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [10:0] \$49 ;
+  wire [18:0] \$5 ;
+  reg [15:0] \$50 ;
   reg [15:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [16:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [19:0] \$55 ;
-  reg [21:0] \$56 ;
-  reg [23:0] \$57 ;
-  reg [25:0] \$58 ;
-  reg [27:0] \$59 ;
-  wire [17:0] \$6 ;
-  reg [29:0] \$60 ;
-  reg [31:0] \$61 ;
-  reg [8:0] \$62 ;
-  reg [10:0] \$63 ;
-  reg [15:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg [20:0] \$66 ;
-  reg [24:0] \$67 ;
-  reg [28:0] \$68 ;
-  reg [32:0] \$69 ;
-  wire [17:0] \$7 ;
-  reg [25:0] \$70 ;
-  reg [33:0] \$71 ;
-  reg [34:0] \$72 ;
+  reg [16:0] \$52 ;
+  reg [18:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [22:0] \$55 ;
+  reg [24:0] \$56 ;
+  reg [26:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [30:0] \$59 ;
+  wire [16:0] \$6 ;
+  reg [31:0] \$60 ;
+  reg [8:0] \$61 ;
+  reg [10:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [21:0] \$65 ;
+  reg [25:0] \$66 ;
+  reg [29:0] \$67 ;
+  reg [32:0] \$68 ;
+  reg [26:0] \$69 ;
+  wire [14:0] \$7 ;
+  reg [33:0] \$70 ;
+  reg [34:0] \$71 ;
+  reg [8:0] \$72 ;
   reg [8:0] \$73 ;
   reg [8:0] \$74 ;
-  reg [8:0] \$75 ;
+  reg [10:0] \$75 ;
   reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [10:0] \$78 ;
+  reg [15:0] \$78 ;
   reg [15:0] \$79 ;
-  wire [17:0] \$8 ;
+  wire [12:0] \$8 ;
   reg [15:0] \$80 ;
-  reg [15:0] \$81 ;
+  reg [16:0] \$81 ;
   reg [16:0] \$82 ;
   reg [16:0] \$83 ;
-  reg [16:0] \$84 ;
-  reg [37:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [34:0] \$87 ;
-  reg [10:0] \$88 ;
-  reg [16:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [34:0] \$90 ;
-  reg [16:0] \$91 ;
-  reg [10:0] \$92 ;
-  reg [16:0] \$93 ;
+  reg [37:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [10:0] \$87 ;
+  reg [16:0] \$88 ;
+  reg [17:0] \$89 ;
+  wire [10:0] \$9 ;
+  reg [16:0] \$90 ;
+  reg [10:0] \$91 ;
+  reg [16:0] \$92 ;
+  reg \$93 ;
   reg \$94 ;
-  reg \$95 ;
-  reg [11:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [10:0] \$98 ;
-  reg [7:0] \$99 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
   input clk;
   wire clk;
   input en;
@@ -4844,6 +4875,7 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [16:0] u_vc;
   reg [16:0] vc_down = 17'h00000;
   reg [37:0] vc_down_a = 38'h0000000000;
+  wire [16:0] vc_down_sel;
   reg [15:0] vc_f_h = 16'h0000;
   reg [15:0] vc_f_h2 = 16'h0000;
   reg [15:0] vc_f_h_d0 = 16'h0000;
@@ -4863,29 +4895,31 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
-  reg [10:0] vc_q_5 = 11'h000;
+  reg [7:0] vc_q_5 = 8'h00;
   reg [10:0] vc_q_a = 11'h000;
   reg [10:0] vc_q_b = 11'h000;
   reg [10:0] vc_q_d0 = 11'h000;
   reg [10:0] vc_q_d1 = 11'h000;
   reg [10:0] vc_q_d2 = 11'h000;
-  reg [11:0] vc_q_dn = 12'h000;
-  reg [11:0] vc_q_up = 12'h000;
+  wire [11:0] vc_q_dec;
+  reg [7:0] vc_q_dn = 8'h00;
+  wire [11:0] vc_q_inc;
+  reg [7:0] vc_q_up = 8'h00;
   reg [15:0] vc_sq_in = 16'h0000;
-  reg [20:0] vc_sq_l0_0 = 21'h000000;
-  reg [24:0] vc_sq_l0_1 = 25'h0000000;
-  reg [28:0] vc_sq_l0_2 = 29'h00000000;
+  reg [21:0] vc_sq_l0_0 = 22'h000000;
+  reg [25:0] vc_sq_l0_1 = 26'h0000000;
+  reg [29:0] vc_sq_l0_2 = 30'h00000000;
   reg [32:0] vc_sq_l0_3 = 33'h000000000;
-  reg [25:0] vc_sq_l1_0 = 26'h0000000;
+  reg [26:0] vc_sq_l1_0 = 27'h0000000;
   reg [33:0] vc_sq_l1_1 = 34'h000000000;
   reg [34:0] vc_sq_l2_0 = 35'h000000000;
-  reg [17:0] vc_sq_pp0 = 18'h00000;
-  reg [19:0] vc_sq_pp1 = 20'h00000;
-  reg [21:0] vc_sq_pp2 = 22'h000000;
-  reg [23:0] vc_sq_pp3 = 24'h000000;
-  reg [25:0] vc_sq_pp4 = 26'h0000000;
-  reg [27:0] vc_sq_pp5 = 28'h0000000;
-  reg [29:0] vc_sq_pp6 = 30'h00000000;
+  reg [18:0] vc_sq_pp0 = 19'h00000;
+  reg [20:0] vc_sq_pp1 = 21'h000000;
+  reg [22:0] vc_sq_pp2 = 23'h000000;
+  reg [24:0] vc_sq_pp3 = 25'h0000000;
+  reg [26:0] vc_sq_pp4 = 27'h0000000;
+  reg [28:0] vc_sq_pp5 = 29'h00000000;
+  reg [30:0] vc_sq_pp6 = 31'h00000000;
   reg [31:0] vc_sq_pp7 = 32'd0;
   reg [16:0] vc_u_1 = 17'h00000;
   reg [16:0] vc_u_2 = 17'h00000;
@@ -4894,528 +4928,534 @@ module \lpsgld_w8_vc_l8.lane_0.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [16:0] vc_u_d0 = 17'h00000;
   reg [16:0] vc_u_d1 = 17'h00000;
   reg [16:0] vc_u_d2 = 17'h00000;
-  reg [34:0] vc_up = 35'h000000000;
+  reg [17:0] vc_up = 18'h00000;
   reg [34:0] vc_up_a = 35'h000000000;
+  wire [34:0] vc_up_sel;
   input [14:0] vc_var;
   wire [14:0] vc_var;
   reg [15:0] vc_vs = 16'h0000;
+  wire [15:0] vc_w;
   input [33:0] x;
   wire [33:0] x;
   wire [18:0] y;
-  assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = vc_sq_in * vc_sq_in[7:6];
-  assign \$7  = vc_sq_in * vc_sq_in[9:8];
-  assign \$8  = vc_sq_in * vc_sq_in[11:10];
-  assign \$9  = vc_sq_in * vc_sq_in[13:12];
-  assign \$10  = vc_sq_in * vc_sq_in[15:14];
-  assign \$11  = 8'h80 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = vc_var - vc_vs;
-  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
-  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
-  assign \$26  = vc_var - vc_vs;
-  assign \$27  = vc_var - vc_vs;
-  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
-  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
-  assign \$30  = vc_u_4 < vc_up;
-  assign \$31  = vc_u_4 < vc_down;
-  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = & \$35 [11:7];
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = | \$38 [11:7];
-  assign \$40  = ~ \$39 ;
-  assign \$41  = \$36  | \$40 ;
-  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
-  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
-  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
-  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [16] ? 16'h0000 : \$3 [15:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 19'h00000, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[16:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[15:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[15:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * { vc_sq_in[15:6], 1'h0, vc_sq_in[5:4] };
+  assign \$8  = vc_sq_in[7:6] * { vc_sq_in[15:8], 1'h0, vc_sq_in[7:6] };
+  assign \$9  = vc_sq_in[9:8] * { vc_sq_in[15:10], 1'h0, vc_sq_in[9:8] };
+  assign \$10  = vc_sq_in[11:10] * { vc_sq_in[15:12], 1'h0, vc_sq_in[11:10] };
+  assign \$11  = vc_sq_in[13:12] * { vc_sq_in[15:14], 1'h0, vc_sq_in[13:12] };
+  assign \$12  = vc_sq_in[15:14] * vc_sq_in[15:14];
+  assign \$13  = 8'h80 - vc_l_a;
+  assign \$14  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$15  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$16  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$17  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$18  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$19  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$20  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$21  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$22  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$23  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$24  = | vc_up_sel[34:17];
+  assign \$25  = vc_u_4 < vc_up;
+  assign \$26  = vc_u_4 < vc_down;
+  assign \$27  = & vc_q_inc[11:7];
+  assign \$28  = | vc_q_inc[11:7];
+  assign \$29  = ~ \$28 ;
+  assign \$30  = \$27  | \$29 ;
+  assign \$31  = vc_q_inc[11] ? 8'h80 : 8'h7f;
+  assign \$32  = \$30  ? vc_q_inc[7:0] : \$31 ;
+  assign \$33  = & vc_q_dec[11:7];
+  assign \$34  = | vc_q_dec[11:7];
+  assign \$35  = ~ \$34 ;
+  assign \$36  = \$33  | \$35 ;
+  assign \$37  = vc_q_dec[11] ? 8'h80 : 8'h7f;
+  assign \$38  = \$36  ? vc_q_dec[7:0] : \$37 ;
+  assign \$39  = & vc_q_4[10:7];
+  assign \$40  = | vc_q_4[10:7];
+  assign \$41  = ~ \$40 ;
+  assign \$42  = \$39  | \$41 ;
+  assign \$43  = vc_q_4[10] ? 8'h80 : 8'h7f;
+  assign \$44  = \$42  ? vc_q_4[7:0] : \$43 ;
+  assign \$45  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$46  = vc_lt_up ? vc_q_up : \$45 ;
   always @(posedge clk)
-    vc_q_a <= \$48 ;
+    vc_q_a <= \$47 ;
   always @(posedge clk)
-    vc_l_a <= \$49 ;
+    vc_l_a <= \$48 ;
   always @(posedge clk)
-    vc_q_b <= \$50 ;
+    vc_q_b <= \$49 ;
   always @(posedge clk)
-    vc_f_h <= \$51 ;
+    vc_f_h <= \$50 ;
   always @(posedge clk)
-    vc_sq_in <= \$52 ;
+    vc_sq_in <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$53 ;
+    vc_u_1 <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$54 ;
+    vc_sq_pp0 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$55 ;
+    vc_sq_pp1 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$56 ;
+    vc_sq_pp2 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$57 ;
+    vc_sq_pp3 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$58 ;
+    vc_sq_pp4 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$59 ;
+    vc_sq_pp5 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$60 ;
+    vc_sq_pp6 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$61 ;
+    vc_sq_pp7 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$62 ;
+    vc_m_a <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$63 ;
+    vc_q <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$64 ;
+    vc_f_h2 <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$65 ;
+    vc_u_2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$66 ;
+    vc_sq_l0_0 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$67 ;
+    vc_sq_l0_1 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$68 ;
+    vc_sq_l0_2 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$69 ;
+    vc_sq_l0_3 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$70 ;
+    vc_sq_l1_0 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$71 ;
+    vc_sq_l1_1 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$72 ;
+    vc_sq_l2_0 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$73 ;
+    vc_m_a_d0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$74 ;
+    vc_m_a_d1 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$75 ;
+    vc_m_a_d2 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$76 ;
+    vc_q_d0 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$77 ;
+    vc_q_d1 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$78 ;
+    vc_q_d2 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$79 ;
+    vc_f_h_d0 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$80 ;
+    vc_f_h_d1 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$81 ;
+    vc_f_h_d2 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$82 ;
+    vc_u_d0 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$83 ;
+    vc_u_d1 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$84 ;
+    vc_u_d2 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$85 ;
+    vc_down_a <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$86 ;
+    vc_vs <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$87 ;
+    vc_up_a <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$88 ;
+    vc_q_3 <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$89 ;
+    vc_u_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$90 ;
+    vc_up <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$91 ;
+    vc_down <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$92 ;
+    vc_q_4 <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$93 ;
+    vc_u_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$94 ;
+    vc_lt_up <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$95 ;
+    vc_lt_down <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$96 ;
+    vc_q_up <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$97 ;
+    vc_q_dn <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$98 ;
+    vc_q_5 <= \$97 ;
   always @(posedge clk)
-    out <= \$99 ;
+    out <= \$98 ;
+  assign \$1  = $signed(x) + $signed(25'h0808000);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$48  = vc_q_a;
+    \$47  = vc_q_a;
     if (en) begin
-      \$48  = \$1 [34:24];
+      \$47  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$49  = vc_l_a;
+    \$48  = vc_l_a;
     if (en) begin
-      \$49  = \$1 [23:16];
+      \$48  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$50  = vc_q_b;
+    \$49  = vc_q_b;
     if (en) begin
-      \$50  = t[34:24];
+      \$49  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$51  = vc_f_h;
+    \$50  = vc_f_h;
     if (en) begin
-      \$51  = x[23:8];
+      \$50  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$52  = vc_sq_in;
+    \$51  = vc_sq_in;
     if (en) begin
-      \$52  = \$2 ;
+      \$51  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$53  = vc_u_1;
+    \$52  = vc_u_1;
     if (en) begin
-      \$53  = u_vc;
+      \$52  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$54  = vc_sq_pp0;
+    \$53  = vc_sq_pp0;
     if (en) begin
-      \$54  = \$3 ;
+      \$53  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$55  = vc_sq_pp1;
+    \$54  = vc_sq_pp1;
     if (en) begin
-      \$55  = { \$4 , 2'h0 };
+      \$54  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$56  = vc_sq_pp2;
+    \$55  = vc_sq_pp2;
     if (en) begin
-      \$56  = { \$5 , 4'h0 };
+      \$55  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$57  = vc_sq_pp3;
+    \$56  = vc_sq_pp3;
     if (en) begin
-      \$57  = { \$6 , 6'h00 };
+      \$56  = { \$8 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$58  = vc_sq_pp4;
+    \$57  = vc_sq_pp4;
     if (en) begin
-      \$58  = { \$7 , 8'h00 };
+      \$57  = { \$9 , 16'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$59  = vc_sq_pp5;
+    \$58  = vc_sq_pp5;
     if (en) begin
-      \$59  = { \$8 , 10'h000 };
+      \$58  = { \$10 , 20'h00000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$60  = vc_sq_pp6;
+    \$59  = vc_sq_pp6;
     if (en) begin
-      \$60  = { \$9 , 12'h000 };
+      \$59  = { \$11 , 24'h000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$61  = vc_sq_pp7;
+    \$60  = vc_sq_pp7;
     if (en) begin
-      \$61  = { \$10 , 14'h0000 };
+      \$60  = { \$12 , 28'h0000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$62  = vc_m_a;
+    \$61  = vc_m_a;
     if (en) begin
-      \$62  = \$11 ;
+      \$61  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = vc_q;
+    \$62  = vc_q;
     if (en) begin
-      \$63  = \$12 ;
+      \$62  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$64  = vc_f_h2;
+    \$63  = vc_f_h2;
     if (en) begin
-      \$64  = vc_f_h;
+      \$63  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$65  = vc_u_2;
+    \$64  = vc_u_2;
     if (en) begin
-      \$65  = vc_u_1;
+      \$64  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$66  = vc_sq_l0_0;
+    \$65  = vc_sq_l0_0;
     if (en) begin
-      \$66  = \$13 ;
+      \$65  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$67  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_1;
     if (en) begin
-      \$67  = \$14 ;
+      \$66  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$68  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_2;
     if (en) begin
-      \$68  = \$15 ;
+      \$67  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$69  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_3;
     if (en) begin
-      \$69  = \$16 ;
+      \$68  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$70  = vc_sq_l1_0;
+    \$69  = vc_sq_l1_0;
     if (en) begin
-      \$70  = \$17 ;
+      \$69  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$71  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_1;
     if (en) begin
-      \$71  = \$18 ;
+      \$70  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$72  = vc_sq_l2_0;
+    \$71  = vc_sq_l2_0;
     if (en) begin
-      \$72  = \$19 ;
+      \$71  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$73  = vc_m_a_d0;
+    \$72  = vc_m_a_d0;
     if (en) begin
-      \$73  = vc_m_a;
+      \$72  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$74  = vc_m_a_d1;
+    \$73  = vc_m_a_d1;
     if (en) begin
-      \$74  = vc_m_a_d0;
+      \$73  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$75  = vc_m_a_d2;
+    \$74  = vc_m_a_d2;
     if (en) begin
-      \$75  = vc_m_a_d1;
+      \$74  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$76  = vc_q_d0;
+    \$75  = vc_q_d0;
     if (en) begin
-      \$76  = vc_q;
+      \$75  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$77  = vc_q_d1;
+    \$76  = vc_q_d1;
     if (en) begin
-      \$77  = vc_q_d0;
+      \$76  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$78  = vc_q_d2;
+    \$77  = vc_q_d2;
     if (en) begin
-      \$78  = vc_q_d1;
+      \$77  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$79  = vc_f_h_d0;
+    \$78  = vc_f_h_d0;
     if (en) begin
-      \$79  = vc_f_h2;
+      \$78  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$80  = vc_f_h_d1;
+    \$79  = vc_f_h_d1;
     if (en) begin
-      \$80  = vc_f_h_d0;
+      \$79  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$81  = vc_f_h_d2;
+    \$80  = vc_f_h_d2;
     if (en) begin
-      \$81  = vc_f_h_d1;
+      \$80  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$82  = vc_u_d0;
+    \$81  = vc_u_d0;
     if (en) begin
-      \$82  = vc_u_2;
+      \$81  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$83  = vc_u_d1;
+    \$82  = vc_u_d1;
     if (en) begin
-      \$83  = vc_u_d0;
+      \$82  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$84  = vc_u_d2;
+    \$83  = vc_u_d2;
     if (en) begin
-      \$84  = vc_u_d1;
+      \$83  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$85  = vc_down_a;
+    \$84  = vc_down_a;
     if (en) begin
-      \$85  = \$20 ;
+      \$84  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$86  = vc_vs;
+    \$85  = vc_vs;
     if (en) begin
-      \$86  = \$21 [31:16];
+      \$85  = \$23 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$87  = vc_up_a;
+    \$86  = vc_up_a;
     if (en) begin
-      \$87  = vc_sq_l2_0;
+      \$86  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$88  = vc_q_3;
+    \$87  = vc_q_3;
     if (en) begin
-      \$88  = vc_q_d2;
+      \$87  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$89  = vc_u_3;
+    \$88  = vc_u_3;
     if (en) begin
-      \$89  = vc_u_d2;
+      \$88  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$90  = vc_up;
+    \$89  = vc_up;
     if (en) begin
-      \$90  = \$25 ;
+      \$89  = { \$24 , vc_up_sel[16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$91  = vc_down;
+    \$90  = vc_down;
     if (en) begin
-      \$91  = \$29 ;
+      \$90  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$92  = vc_q_4;
+    \$91  = vc_q_4;
     if (en) begin
-      \$92  = vc_q_3;
+      \$91  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$93  = vc_u_4;
+    \$92  = vc_u_4;
     if (en) begin
-      \$93  = vc_u_3;
+      \$92  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$94  = vc_lt_up;
+    \$93  = vc_lt_up;
     if (en) begin
-      \$94  = \$30 ;
+      \$93  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$95  = vc_lt_down;
+    \$94  = vc_lt_down;
     if (en) begin
-      \$95  = \$31 ;
+      \$94  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$96  = vc_q_up;
+    \$95  = vc_q_up;
     if (en) begin
-      \$96  = \$32 ;
+      \$95  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$97  = vc_q_dn;
+    \$96  = vc_q_dn;
     if (en) begin
-      \$97  = \$33 ;
+      \$96  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$98  = vc_q_5;
+    \$97  = vc_q_5;
     if (en) begin
-      \$98  = vc_q_4;
+      \$97  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$99  = out;
+    \$98  = out;
     if (en) begin
-      \$99  = \$47 ;
+      \$98  = \$46 ;
     end
   end
   assign y = \$1 [34:16];
@@ -5431,58 +5471,90 @@ module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [22:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [18:0] \$28 ;
+  wire [17:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [18:0] \$30 ;
+  wire [17:0] \$31 ;
+  wire [18:0] \$32 ;
+  wire [17:0] \$33 ;
+  wire [18:0] \$34 ;
+  wire [17:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [29:0] \$37 ;
+  wire [25:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  wire [17:0] \$40 ;
+  wire [18:0] \$41 ;
+  wire [17:0] \$42 ;
+  wire [18:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [19:0] \$45 ;
+  wire [18:0] \$46 ;
+  wire [17:0] \$47 ;
+  wire [26:0] \$48 ;
+  wire [35:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  wire [18:0] \$50 ;
+  wire [19:0] \$51 ;
+  wire [35:0] \$52 ;
+  wire [18:0] \$53 ;
+  wire [19:0] \$54 ;
+  wire [35:0] \$55 ;
+  wire [18:0] \$56 ;
+  wire [19:0] \$57 ;
+  wire [35:0] \$58 ;
+  wire [18:0] \$59 ;
   wire [13:0] \$6 ;
+  wire [17:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [17:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [13:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [17:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [32:0] \$76 ;
+  reg [22:0] \$77 ;
+  reg [26:0] \$78 ;
+  reg [28:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [22:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [18:0] \$82 ;
+  reg [19:0] \$83 ;
+  reg [33:0] \$84 ;
+  reg [29:0] \$85 ;
+  reg [25:0] \$86 ;
+  reg [20:0] \$87 ;
+  reg [34:0] \$88 ;
+  reg [26:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [35:0] \$90 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -5533,54 +5605,117 @@ module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
+  assign \$10  = noise * z[3:2];
+  assign \$11  = noise * z[5:4];
+  assign \$12  = noise * z[7:6];
+  assign \$13  = noise * z[9:8];
+  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
+  assign \$26  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
+  assign \$27  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
+  assign \$28  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
+  assign \$29  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$32  = \$31  + 1'h0;
+  assign \$33  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$34  = \$33  + 1'h1;
+  assign \$35  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$36  = \$32 [17] ? \$34 [16:0] : \$35 [16:0];
+  assign \$37  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$38  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$40  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$47  = \$43 [17] ? \$45 [17:0] : \$46 [17:0];
+  assign \$48  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$49  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$50  = sum_x_l2_0[17:0] + \$49 [17:0];
+  assign \$51  = \$50  + 1'h1;
+  assign \$52  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$53  = sum_x_l2_0[17:0] + \$52 [17:0];
+  assign \$54  = \$53  + 1'h1;
+  assign \$55  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$56  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$55 [35:18];
+  assign \$57  = \$56  + 1'h1;
+  assign \$58  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$59  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$58 [35:18];
+  assign \$60  = \$54 [18] ? \$57 [17:0] : \$59 [17:0];
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_theta <= \$61 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_step_pp0 <= \$62 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_step_pp1 <= \$63 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_step_pp2 <= \$64 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_step_pp3 <= \$65 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_decay_pp0 <= \$66 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_decay_pp1 <= \$67 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_decay_pp2 <= \$68 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_decay_pp3 <= \$69 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp0 <= \$70 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_noise_pp1 <= \$71 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_noise_pp2 <= \$72 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_noise_pp3 <= \$73 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_noise_pp4 <= \$74 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_noise_pp5 <= \$75 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_0 <= \$76 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_1 <= \$77 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_2 <= \$78 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_3 <= \$79 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l0_4 <= \$80 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l0_5 <= \$81 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l0_6 <= \$82 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l0_7 <= \$83 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l1_0 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$90 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -5590,245 +5725,214 @@ module \lpsgld_w8_vc_l8.lane_0.sum (rst, en, step, decay, noise, theta, grad, x,
   assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
-  assign \$10  = noise * z[3:2];
-  assign \$11  = noise * z[5:4];
-  assign \$12  = noise * z[7:6];
-  assign \$13  = noise * z[9:8];
-  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  always @(posedge clk)
-    sum_theta <= \$29 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$36  = sum_decay_pp2;
+    \$61  = sum_theta;
     if (en) begin
-      \$36  = \$7 ;
+      \$61  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$37  = sum_decay_pp3;
+    \$62  = sum_step_pp0;
     if (en) begin
-      \$37  = \$8 ;
+      \$62  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$38  = sum_noise_pp0;
+    \$63  = sum_step_pp1;
     if (en) begin
-      \$38  = \$9 ;
+      \$63  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$39  = sum_noise_pp1;
+    \$64  = sum_step_pp2;
     if (en) begin
-      \$39  = \$10 ;
+      \$64  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$40  = sum_noise_pp2;
+    \$65  = sum_step_pp3;
     if (en) begin
-      \$40  = \$11 ;
+      \$65  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$41  = sum_noise_pp3;
+    \$66  = sum_decay_pp0;
     if (en) begin
-      \$41  = \$12 ;
+      \$66  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$42  = sum_noise_pp4;
+    \$67  = sum_decay_pp1;
     if (en) begin
-      \$42  = \$13 ;
+      \$67  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$43  = sum_noise_pp5;
+    \$68  = sum_decay_pp2;
     if (en) begin
-      \$43  = \$14 ;
+      \$68  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$44  = sum_x_l0_0;
+    \$69  = sum_decay_pp3;
     if (en) begin
-      \$44  = \$15 ;
+      \$69  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$45  = sum_x_l0_1;
+    \$70  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$16 ;
+      \$70  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$46  = sum_x_l0_2;
+    \$71  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$17 ;
+      \$71  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$47  = sum_x_l0_3;
+    \$72  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$18 ;
+      \$72  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$48  = sum_x_l0_4;
+    \$73  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$19 ;
+      \$73  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$49  = sum_x_l0_5;
+    \$74  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$20 ;
+      \$74  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$50  = sum_x_l0_6;
+    \$75  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$21 ;
+      \$75  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$51  = sum_x_l0_7;
+    \$76  = sum_x_l0_0;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$76  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$52  = sum_x_l1_0;
+    \$77  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$22 ;
+      \$77  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$53  = sum_x_l1_1;
+    \$78  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$23 ;
+      \$78  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$54  = sum_x_l1_2;
+    \$79  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$24 ;
+      \$79  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$55  = sum_x_l1_3;
+    \$80  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$25 ;
+      \$80  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$56  = sum_x_l2_0;
+    \$81  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$26 ;
+      \$81  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$57  = sum_x_l2_1;
+    \$82  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$27 ;
+      \$82  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$58  = sum_x_l3_0;
+    \$83  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$28 ;
+      \$83  = { sum_decay_pp3, 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$29  = sum_theta;
+    \$84  = sum_x_l1_0;
     if (en) begin
-      \$29  = theta;
+      \$84  = { \$36 , \$30 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = sum_step_pp0;
+    \$85  = sum_x_l1_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$85  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$31  = sum_step_pp1;
+    \$86  = sum_x_l1_2;
     if (en) begin
-      \$31  = \$2 ;
+      \$86  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = sum_step_pp2;
+    \$87  = sum_x_l1_3;
     if (en) begin
-      \$32  = \$3 ;
+      \$87  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$33  = sum_step_pp3;
+    \$88  = sum_x_l2_0;
     if (en) begin
-      \$33  = \$4 ;
+      \$88  = { \$47 , \$41 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$34  = sum_decay_pp0;
+    \$89  = sum_x_l2_1;
     if (en) begin
-      \$34  = \$5 ;
+      \$89  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$35  = sum_decay_pp1;
+    \$90  = sum_x_l3_0;
     if (en) begin
-      \$35  = \$6 ;
+      \$90  = { \$60 , \$51 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -8391,104 +8495,103 @@ endmodule
 module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [34:0] \$1 ;
-  wire [17:0] \$10 ;
-  wire [8:0] \$11 ;
-  wire [10:0] \$12 ;
-  wire [20:0] \$13 ;
-  wire [24:0] \$14 ;
-  wire [28:0] \$15 ;
-  wire [32:0] \$16 ;
-  wire [25:0] \$17 ;
-  wire [33:0] \$18 ;
-  wire [34:0] \$19 ;
-  wire [15:0] \$2 ;
-  wire [37:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
-  wire [17:0] \$3 ;
+  wire [8:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire [3:0] \$12 ;
+  wire [8:0] \$13 ;
+  wire [10:0] \$14 ;
+  wire [21:0] \$15 ;
+  wire [25:0] \$16 ;
+  wire [29:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire [26:0] \$19 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [34:0] \$21 ;
+  wire [37:0] \$22 ;
+  wire [35:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [11:0] \$32 ;
-  wire [11:0] \$33 ;
-  wire [11:0] \$34 ;
-  wire [11:0] \$35 ;
+  wire [7:0] \$31 ;
+  wire [7:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
   wire \$36 ;
-  wire [11:0] \$37 ;
-  wire [11:0] \$38 ;
+  wire [7:0] \$37 ;
+  wire [7:0] \$38 ;
   wire \$39 ;
-  wire [17:0] \$4 ;
+  wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire [11:0] \$42 ;
-  wire [11:0] \$43 ;
-  wire [11:0] \$44 ;
-  wire [11:0] \$45 ;
+  wire \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
   wire [7:0] \$46 ;
-  wire [7:0] \$47 ;
-  reg [10:0] \$48 ;
-  reg [7:0] \$49 ;
-  wire [17:0] \$5 ;
-  reg [10:0] \$50 ;
+  reg [10:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [10:0] \$49 ;
+  wire [18:0] \$5 ;
+  reg [15:0] \$50 ;
   reg [15:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [16:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [19:0] \$55 ;
-  reg [21:0] \$56 ;
-  reg [23:0] \$57 ;
-  reg [25:0] \$58 ;
-  reg [27:0] \$59 ;
-  wire [17:0] \$6 ;
-  reg [29:0] \$60 ;
-  reg [31:0] \$61 ;
-  reg [8:0] \$62 ;
-  reg [10:0] \$63 ;
-  reg [15:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg [20:0] \$66 ;
-  reg [24:0] \$67 ;
-  reg [28:0] \$68 ;
-  reg [32:0] \$69 ;
-  wire [17:0] \$7 ;
-  reg [25:0] \$70 ;
-  reg [33:0] \$71 ;
-  reg [34:0] \$72 ;
+  reg [16:0] \$52 ;
+  reg [18:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [22:0] \$55 ;
+  reg [24:0] \$56 ;
+  reg [26:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [30:0] \$59 ;
+  wire [16:0] \$6 ;
+  reg [31:0] \$60 ;
+  reg [8:0] \$61 ;
+  reg [10:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [21:0] \$65 ;
+  reg [25:0] \$66 ;
+  reg [29:0] \$67 ;
+  reg [32:0] \$68 ;
+  reg [26:0] \$69 ;
+  wire [14:0] \$7 ;
+  reg [33:0] \$70 ;
+  reg [34:0] \$71 ;
+  reg [8:0] \$72 ;
   reg [8:0] \$73 ;
   reg [8:0] \$74 ;
-  reg [8:0] \$75 ;
+  reg [10:0] \$75 ;
   reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [10:0] \$78 ;
+  reg [15:0] \$78 ;
   reg [15:0] \$79 ;
-  wire [17:0] \$8 ;
+  wire [12:0] \$8 ;
   reg [15:0] \$80 ;
-  reg [15:0] \$81 ;
+  reg [16:0] \$81 ;
   reg [16:0] \$82 ;
   reg [16:0] \$83 ;
-  reg [16:0] \$84 ;
-  reg [37:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [34:0] \$87 ;
-  reg [10:0] \$88 ;
-  reg [16:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [34:0] \$90 ;
-  reg [16:0] \$91 ;
-  reg [10:0] \$92 ;
-  reg [16:0] \$93 ;
+  reg [37:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [10:0] \$87 ;
+  reg [16:0] \$88 ;
+  reg [17:0] \$89 ;
+  wire [10:0] \$9 ;
+  reg [16:0] \$90 ;
+  reg [10:0] \$91 ;
+  reg [16:0] \$92 ;
+  reg \$93 ;
   reg \$94 ;
-  reg \$95 ;
-  reg [11:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [10:0] \$98 ;
-  reg [7:0] \$99 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
   input clk;
   wire clk;
   input en;
@@ -8504,6 +8607,7 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [16:0] u_vc;
   reg [16:0] vc_down = 17'h00000;
   reg [37:0] vc_down_a = 38'h0000000000;
+  wire [16:0] vc_down_sel;
   reg [15:0] vc_f_h = 16'h0000;
   reg [15:0] vc_f_h2 = 16'h0000;
   reg [15:0] vc_f_h_d0 = 16'h0000;
@@ -8523,29 +8627,31 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
-  reg [10:0] vc_q_5 = 11'h000;
+  reg [7:0] vc_q_5 = 8'h00;
   reg [10:0] vc_q_a = 11'h000;
   reg [10:0] vc_q_b = 11'h000;
   reg [10:0] vc_q_d0 = 11'h000;
   reg [10:0] vc_q_d1 = 11'h000;
   reg [10:0] vc_q_d2 = 11'h000;
-  reg [11:0] vc_q_dn = 12'h000;
-  reg [11:0] vc_q_up = 12'h000;
+  wire [11:0] vc_q_dec;
+  reg [7:0] vc_q_dn = 8'h00;
+  wire [11:0] vc_q_inc;
+  reg [7:0] vc_q_up = 8'h00;
   reg [15:0] vc_sq_in = 16'h0000;
-  reg [20:0] vc_sq_l0_0 = 21'h000000;
-  reg [24:0] vc_sq_l0_1 = 25'h0000000;
-  reg [28:0] vc_sq_l0_2 = 29'h00000000;
+  reg [21:0] vc_sq_l0_0 = 22'h000000;
+  reg [25:0] vc_sq_l0_1 = 26'h0000000;
+  reg [29:0] vc_sq_l0_2 = 30'h00000000;
   reg [32:0] vc_sq_l0_3 = 33'h000000000;
-  reg [25:0] vc_sq_l1_0 = 26'h0000000;
+  reg [26:0] vc_sq_l1_0 = 27'h0000000;
   reg [33:0] vc_sq_l1_1 = 34'h000000000;
   reg [34:0] vc_sq_l2_0 = 35'h000000000;
-  reg [17:0] vc_sq_pp0 = 18'h00000;
-  reg [19:0] vc_sq_pp1 = 20'h00000;
-  reg [21:0] vc_sq_pp2 = 22'h000000;
-  reg [23:0] vc_sq_pp3 = 24'h000000;
-  reg [25:0] vc_sq_pp4 = 26'h0000000;
-  reg [27:0] vc_sq_pp5 = 28'h0000000;
-  reg [29:0] vc_sq_pp6 = 30'h00000000;
+  reg [18:0] vc_sq_pp0 = 19'h00000;
+  reg [20:0] vc_sq_pp1 = 21'h000000;
+  reg [22:0] vc_sq_pp2 = 23'h000000;
+  reg [24:0] vc_sq_pp3 = 25'h0000000;
+  reg [26:0] vc_sq_pp4 = 27'h0000000;
+  reg [28:0] vc_sq_pp5 = 29'h00000000;
+  reg [30:0] vc_sq_pp6 = 31'h00000000;
   reg [31:0] vc_sq_pp7 = 32'd0;
   reg [16:0] vc_u_1 = 17'h00000;
   reg [16:0] vc_u_2 = 17'h00000;
@@ -8554,528 +8660,534 @@ module \lpsgld_w8_vc_l8.lane_1.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [16:0] vc_u_d0 = 17'h00000;
   reg [16:0] vc_u_d1 = 17'h00000;
   reg [16:0] vc_u_d2 = 17'h00000;
-  reg [34:0] vc_up = 35'h000000000;
+  reg [17:0] vc_up = 18'h00000;
   reg [34:0] vc_up_a = 35'h000000000;
+  wire [34:0] vc_up_sel;
   input [14:0] vc_var;
   wire [14:0] vc_var;
   reg [15:0] vc_vs = 16'h0000;
+  wire [15:0] vc_w;
   input [33:0] x;
   wire [33:0] x;
   wire [18:0] y;
-  assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = vc_sq_in * vc_sq_in[7:6];
-  assign \$7  = vc_sq_in * vc_sq_in[9:8];
-  assign \$8  = vc_sq_in * vc_sq_in[11:10];
-  assign \$9  = vc_sq_in * vc_sq_in[13:12];
-  assign \$10  = vc_sq_in * vc_sq_in[15:14];
-  assign \$11  = 8'h80 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = vc_var - vc_vs;
-  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
-  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
-  assign \$26  = vc_var - vc_vs;
-  assign \$27  = vc_var - vc_vs;
-  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
-  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
-  assign \$30  = vc_u_4 < vc_up;
-  assign \$31  = vc_u_4 < vc_down;
-  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = & \$35 [11:7];
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = | \$38 [11:7];
-  assign \$40  = ~ \$39 ;
-  assign \$41  = \$36  | \$40 ;
-  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
-  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
-  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
-  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [16] ? 16'h0000 : \$3 [15:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 19'h00000, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[16:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[15:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[15:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * { vc_sq_in[15:6], 1'h0, vc_sq_in[5:4] };
+  assign \$8  = vc_sq_in[7:6] * { vc_sq_in[15:8], 1'h0, vc_sq_in[7:6] };
+  assign \$9  = vc_sq_in[9:8] * { vc_sq_in[15:10], 1'h0, vc_sq_in[9:8] };
+  assign \$10  = vc_sq_in[11:10] * { vc_sq_in[15:12], 1'h0, vc_sq_in[11:10] };
+  assign \$11  = vc_sq_in[13:12] * { vc_sq_in[15:14], 1'h0, vc_sq_in[13:12] };
+  assign \$12  = vc_sq_in[15:14] * vc_sq_in[15:14];
+  assign \$13  = 8'h80 - vc_l_a;
+  assign \$14  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$15  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$16  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$17  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$18  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$19  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$20  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$21  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$22  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$23  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$24  = | vc_up_sel[34:17];
+  assign \$25  = vc_u_4 < vc_up;
+  assign \$26  = vc_u_4 < vc_down;
+  assign \$27  = & vc_q_inc[11:7];
+  assign \$28  = | vc_q_inc[11:7];
+  assign \$29  = ~ \$28 ;
+  assign \$30  = \$27  | \$29 ;
+  assign \$31  = vc_q_inc[11] ? 8'h80 : 8'h7f;
+  assign \$32  = \$30  ? vc_q_inc[7:0] : \$31 ;
+  assign \$33  = & vc_q_dec[11:7];
+  assign \$34  = | vc_q_dec[11:7];
+  assign \$35  = ~ \$34 ;
+  assign \$36  = \$33  | \$35 ;
+  assign \$37  = vc_q_dec[11] ? 8'h80 : 8'h7f;
+  assign \$38  = \$36  ? vc_q_dec[7:0] : \$37 ;
+  assign \$39  = & vc_q_4[10:7];
+  assign \$40  = | vc_q_4[10:7];
+  assign \$41  = ~ \$40 ;
+  assign \$42  = \$39  | \$41 ;
+  assign \$43  = vc_q_4[10] ? 8'h80 : 8'h7f;
+  assign \$44  = \$42  ? vc_q_4[7:0] : \$43 ;
+  assign \$45  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$46  = vc_lt_up ? vc_q_up : \$45 ;
   always @(posedge clk)
-    vc_q_a <= \$48 ;
+    vc_q_a <= \$47 ;
   always @(posedge clk)
-    vc_l_a <= \$49 ;
+    vc_l_a <= \$48 ;
   always @(posedge clk)
-    vc_q_b <= \$50 ;
+    vc_q_b <= \$49 ;
   always @(posedge clk)
-    vc_f_h <= \$51 ;
+    vc_f_h <= \$50 ;
   always @(posedge clk)
-    vc_sq_in <= \$52 ;
+    vc_sq_in <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$53 ;
+    vc_u_1 <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$54 ;
+    vc_sq_pp0 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$55 ;
+    vc_sq_pp1 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$56 ;
+    vc_sq_pp2 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$57 ;
+    vc_sq_pp3 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$58 ;
+    vc_sq_pp4 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$59 ;
+    vc_sq_pp5 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$60 ;
+    vc_sq_pp6 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$61 ;
+    vc_sq_pp7 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$62 ;
+    vc_m_a <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$63 ;
+    vc_q <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$64 ;
+    vc_f_h2 <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$65 ;
+    vc_u_2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$66 ;
+    vc_sq_l0_0 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$67 ;
+    vc_sq_l0_1 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$68 ;
+    vc_sq_l0_2 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$69 ;
+    vc_sq_l0_3 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$70 ;
+    vc_sq_l1_0 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$71 ;
+    vc_sq_l1_1 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$72 ;
+    vc_sq_l2_0 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$73 ;
+    vc_m_a_d0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$74 ;
+    vc_m_a_d1 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$75 ;
+    vc_m_a_d2 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$76 ;
+    vc_q_d0 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$77 ;
+    vc_q_d1 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$78 ;
+    vc_q_d2 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$79 ;
+    vc_f_h_d0 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$80 ;
+    vc_f_h_d1 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$81 ;
+    vc_f_h_d2 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$82 ;
+    vc_u_d0 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$83 ;
+    vc_u_d1 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$84 ;
+    vc_u_d2 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$85 ;
+    vc_down_a <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$86 ;
+    vc_vs <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$87 ;
+    vc_up_a <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$88 ;
+    vc_q_3 <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$89 ;
+    vc_u_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$90 ;
+    vc_up <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$91 ;
+    vc_down <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$92 ;
+    vc_q_4 <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$93 ;
+    vc_u_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$94 ;
+    vc_lt_up <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$95 ;
+    vc_lt_down <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$96 ;
+    vc_q_up <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$97 ;
+    vc_q_dn <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$98 ;
+    vc_q_5 <= \$97 ;
   always @(posedge clk)
-    out <= \$99 ;
+    out <= \$98 ;
+  assign \$1  = $signed(x) + $signed(25'h0808000);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$48  = vc_q_a;
+    \$47  = vc_q_a;
     if (en) begin
-      \$48  = \$1 [34:24];
+      \$47  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$49  = vc_l_a;
+    \$48  = vc_l_a;
     if (en) begin
-      \$49  = \$1 [23:16];
+      \$48  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$50  = vc_q_b;
+    \$49  = vc_q_b;
     if (en) begin
-      \$50  = t[34:24];
+      \$49  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$51  = vc_f_h;
+    \$50  = vc_f_h;
     if (en) begin
-      \$51  = x[23:8];
+      \$50  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$52  = vc_sq_in;
+    \$51  = vc_sq_in;
     if (en) begin
-      \$52  = \$2 ;
+      \$51  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$53  = vc_u_1;
+    \$52  = vc_u_1;
     if (en) begin
-      \$53  = u_vc;
+      \$52  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$54  = vc_sq_pp0;
+    \$53  = vc_sq_pp0;
     if (en) begin
-      \$54  = \$3 ;
+      \$53  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$55  = vc_sq_pp1;
+    \$54  = vc_sq_pp1;
     if (en) begin
-      \$55  = { \$4 , 2'h0 };
+      \$54  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$56  = vc_sq_pp2;
+    \$55  = vc_sq_pp2;
     if (en) begin
-      \$56  = { \$5 , 4'h0 };
+      \$55  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$57  = vc_sq_pp3;
+    \$56  = vc_sq_pp3;
     if (en) begin
-      \$57  = { \$6 , 6'h00 };
+      \$56  = { \$8 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$58  = vc_sq_pp4;
+    \$57  = vc_sq_pp4;
     if (en) begin
-      \$58  = { \$7 , 8'h00 };
+      \$57  = { \$9 , 16'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$59  = vc_sq_pp5;
+    \$58  = vc_sq_pp5;
     if (en) begin
-      \$59  = { \$8 , 10'h000 };
+      \$58  = { \$10 , 20'h00000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$60  = vc_sq_pp6;
+    \$59  = vc_sq_pp6;
     if (en) begin
-      \$60  = { \$9 , 12'h000 };
+      \$59  = { \$11 , 24'h000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$61  = vc_sq_pp7;
+    \$60  = vc_sq_pp7;
     if (en) begin
-      \$61  = { \$10 , 14'h0000 };
+      \$60  = { \$12 , 28'h0000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$62  = vc_m_a;
+    \$61  = vc_m_a;
     if (en) begin
-      \$62  = \$11 ;
+      \$61  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$63  = vc_q;
+    \$62  = vc_q;
     if (en) begin
-      \$63  = \$12 ;
+      \$62  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$64  = vc_f_h2;
+    \$63  = vc_f_h2;
     if (en) begin
-      \$64  = vc_f_h;
+      \$63  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$65  = vc_u_2;
+    \$64  = vc_u_2;
     if (en) begin
-      \$65  = vc_u_1;
+      \$64  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$66  = vc_sq_l0_0;
+    \$65  = vc_sq_l0_0;
     if (en) begin
-      \$66  = \$13 ;
+      \$65  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$67  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_1;
     if (en) begin
-      \$67  = \$14 ;
+      \$66  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$68  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_2;
     if (en) begin
-      \$68  = \$15 ;
+      \$67  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$69  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_3;
     if (en) begin
-      \$69  = \$16 ;
+      \$68  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$70  = vc_sq_l1_0;
+    \$69  = vc_sq_l1_0;
     if (en) begin
-      \$70  = \$17 ;
+      \$69  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$71  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_1;
     if (en) begin
-      \$71  = \$18 ;
+      \$70  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$72  = vc_sq_l2_0;
+    \$71  = vc_sq_l2_0;
     if (en) begin
-      \$72  = \$19 ;
+      \$71  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$73  = vc_m_a_d0;
+    \$72  = vc_m_a_d0;
     if (en) begin
-      \$73  = vc_m_a;
+      \$72  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$74  = vc_m_a_d1;
+    \$73  = vc_m_a_d1;
     if (en) begin
-      \$74  = vc_m_a_d0;
+      \$73  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$75  = vc_m_a_d2;
+    \$74  = vc_m_a_d2;
     if (en) begin
-      \$75  = vc_m_a_d1;
+      \$74  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$76  = vc_q_d0;
+    \$75  = vc_q_d0;
     if (en) begin
-      \$76  = vc_q;
+      \$75  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$77  = vc_q_d1;
+    \$76  = vc_q_d1;
     if (en) begin
-      \$77  = vc_q_d0;
+      \$76  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$78  = vc_q_d2;
+    \$77  = vc_q_d2;
     if (en) begin
-      \$78  = vc_q_d1;
+      \$77  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$79  = vc_f_h_d0;
+    \$78  = vc_f_h_d0;
     if (en) begin
-      \$79  = vc_f_h2;
+      \$78  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$80  = vc_f_h_d1;
+    \$79  = vc_f_h_d1;
     if (en) begin
-      \$80  = vc_f_h_d0;
+      \$79  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$81  = vc_f_h_d2;
+    \$80  = vc_f_h_d2;
     if (en) begin
-      \$81  = vc_f_h_d1;
+      \$80  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$82  = vc_u_d0;
+    \$81  = vc_u_d0;
     if (en) begin
-      \$82  = vc_u_2;
+      \$81  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$83  = vc_u_d1;
+    \$82  = vc_u_d1;
     if (en) begin
-      \$83  = vc_u_d0;
+      \$82  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$84  = vc_u_d2;
+    \$83  = vc_u_d2;
     if (en) begin
-      \$84  = vc_u_d1;
+      \$83  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$85  = vc_down_a;
+    \$84  = vc_down_a;
     if (en) begin
-      \$85  = \$20 ;
+      \$84  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$86  = vc_vs;
+    \$85  = vc_vs;
     if (en) begin
-      \$86  = \$21 [31:16];
+      \$85  = \$23 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$87  = vc_up_a;
+    \$86  = vc_up_a;
     if (en) begin
-      \$87  = vc_sq_l2_0;
+      \$86  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$88  = vc_q_3;
+    \$87  = vc_q_3;
     if (en) begin
-      \$88  = vc_q_d2;
+      \$87  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$89  = vc_u_3;
+    \$88  = vc_u_3;
     if (en) begin
-      \$89  = vc_u_d2;
+      \$88  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$90  = vc_up;
+    \$89  = vc_up;
     if (en) begin
-      \$90  = \$25 ;
+      \$89  = { \$24 , vc_up_sel[16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$91  = vc_down;
+    \$90  = vc_down;
     if (en) begin
-      \$91  = \$29 ;
+      \$90  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$92  = vc_q_4;
+    \$91  = vc_q_4;
     if (en) begin
-      \$92  = vc_q_3;
+      \$91  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$93  = vc_u_4;
+    \$92  = vc_u_4;
     if (en) begin
-      \$93  = vc_u_3;
+      \$92  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$94  = vc_lt_up;
+    \$93  = vc_lt_up;
     if (en) begin
-      \$94  = \$30 ;
+      \$93  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$95  = vc_lt_down;
+    \$94  = vc_lt_down;
     if (en) begin
-      \$95  = \$31 ;
+      \$94  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$96  = vc_q_up;
+    \$95  = vc_q_up;
     if (en) begin
-      \$96  = \$32 ;
+      \$95  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$97  = vc_q_dn;
+    \$96  = vc_q_dn;
     if (en) begin
-      \$97  = \$33 ;
+      \$96  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$98  = vc_q_5;
+    \$97  = vc_q_5;
     if (en) begin
-      \$98  = vc_q_4;
+      \$97  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$99  = out;
+    \$98  = out;
     if (en) begin
-      \$99  = \$47 ;
+      \$98  = \$46 ;
     end
   end
   assign y = \$1 [34:16];
@@ -9091,58 +9203,90 @@ module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [22:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [18:0] \$28 ;
+  wire [17:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [18:0] \$30 ;
+  wire [17:0] \$31 ;
+  wire [18:0] \$32 ;
+  wire [17:0] \$33 ;
+  wire [18:0] \$34 ;
+  wire [17:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [29:0] \$37 ;
+  wire [25:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  wire [17:0] \$40 ;
+  wire [18:0] \$41 ;
+  wire [17:0] \$42 ;
+  wire [18:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [19:0] \$45 ;
+  wire [18:0] \$46 ;
+  wire [17:0] \$47 ;
+  wire [26:0] \$48 ;
+  wire [35:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  wire [18:0] \$50 ;
+  wire [19:0] \$51 ;
+  wire [35:0] \$52 ;
+  wire [18:0] \$53 ;
+  wire [19:0] \$54 ;
+  wire [35:0] \$55 ;
+  wire [18:0] \$56 ;
+  wire [19:0] \$57 ;
+  wire [35:0] \$58 ;
+  wire [18:0] \$59 ;
   wire [13:0] \$6 ;
+  wire [17:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [17:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [13:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [17:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [32:0] \$76 ;
+  reg [22:0] \$77 ;
+  reg [26:0] \$78 ;
+  reg [28:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [22:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [18:0] \$82 ;
+  reg [19:0] \$83 ;
+  reg [33:0] \$84 ;
+  reg [29:0] \$85 ;
+  reg [25:0] \$86 ;
+  reg [20:0] \$87 ;
+  reg [34:0] \$88 ;
+  reg [26:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [35:0] \$90 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -9193,54 +9337,117 @@ module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
+  assign \$10  = noise * z[3:2];
+  assign \$11  = noise * z[5:4];
+  assign \$12  = noise * z[7:6];
+  assign \$13  = noise * z[9:8];
+  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
+  assign \$26  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
+  assign \$27  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
+  assign \$28  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
+  assign \$29  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$32  = \$31  + 1'h0;
+  assign \$33  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$34  = \$33  + 1'h1;
+  assign \$35  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$36  = \$32 [17] ? \$34 [16:0] : \$35 [16:0];
+  assign \$37  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$38  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$40  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$47  = \$43 [17] ? \$45 [17:0] : \$46 [17:0];
+  assign \$48  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$49  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$50  = sum_x_l2_0[17:0] + \$49 [17:0];
+  assign \$51  = \$50  + 1'h1;
+  assign \$52  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$53  = sum_x_l2_0[17:0] + \$52 [17:0];
+  assign \$54  = \$53  + 1'h1;
+  assign \$55  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$56  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$55 [35:18];
+  assign \$57  = \$56  + 1'h1;
+  assign \$58  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$59  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$58 [35:18];
+  assign \$60  = \$54 [18] ? \$57 [17:0] : \$59 [17:0];
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_theta <= \$61 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_step_pp0 <= \$62 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_step_pp1 <= \$63 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_step_pp2 <= \$64 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_step_pp3 <= \$65 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_decay_pp0 <= \$66 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_decay_pp1 <= \$67 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_decay_pp2 <= \$68 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_decay_pp3 <= \$69 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp0 <= \$70 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_noise_pp1 <= \$71 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_noise_pp2 <= \$72 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_noise_pp3 <= \$73 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_noise_pp4 <= \$74 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_noise_pp5 <= \$75 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_0 <= \$76 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_1 <= \$77 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_2 <= \$78 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_3 <= \$79 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l0_4 <= \$80 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l0_5 <= \$81 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l0_6 <= \$82 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l0_7 <= \$83 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l1_0 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$90 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -9250,245 +9457,214 @@ module \lpsgld_w8_vc_l8.lane_1.sum (rst, en, step, decay, noise, theta, grad, x,
   assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
-  assign \$10  = noise * z[3:2];
-  assign \$11  = noise * z[5:4];
-  assign \$12  = noise * z[7:6];
-  assign \$13  = noise * z[9:8];
-  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  always @(posedge clk)
-    sum_theta <= \$29 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$36  = sum_decay_pp2;
+    \$61  = sum_theta;
     if (en) begin
-      \$36  = \$7 ;
+      \$61  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$37  = sum_decay_pp3;
+    \$62  = sum_step_pp0;
     if (en) begin
-      \$37  = \$8 ;
+      \$62  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$38  = sum_noise_pp0;
+    \$63  = sum_step_pp1;
     if (en) begin
-      \$38  = \$9 ;
+      \$63  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$39  = sum_noise_pp1;
+    \$64  = sum_step_pp2;
     if (en) begin
-      \$39  = \$10 ;
+      \$64  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$40  = sum_noise_pp2;
+    \$65  = sum_step_pp3;
     if (en) begin
-      \$40  = \$11 ;
+      \$65  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$41  = sum_noise_pp3;
+    \$66  = sum_decay_pp0;
     if (en) begin
-      \$41  = \$12 ;
+      \$66  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$42  = sum_noise_pp4;
+    \$67  = sum_decay_pp1;
     if (en) begin
-      \$42  = \$13 ;
+      \$67  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$43  = sum_noise_pp5;
+    \$68  = sum_decay_pp2;
     if (en) begin
-      \$43  = \$14 ;
+      \$68  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$44  = sum_x_l0_0;
+    \$69  = sum_decay_pp3;
     if (en) begin
-      \$44  = \$15 ;
+      \$69  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$45  = sum_x_l0_1;
+    \$70  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$16 ;
+      \$70  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$46  = sum_x_l0_2;
+    \$71  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$17 ;
+      \$71  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$47  = sum_x_l0_3;
+    \$72  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$18 ;
+      \$72  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$48  = sum_x_l0_4;
+    \$73  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$19 ;
+      \$73  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$49  = sum_x_l0_5;
+    \$74  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$20 ;
+      \$74  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$50  = sum_x_l0_6;
+    \$75  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$21 ;
+      \$75  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$51  = sum_x_l0_7;
+    \$76  = sum_x_l0_0;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$76  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$52  = sum_x_l1_0;
+    \$77  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$22 ;
+      \$77  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$53  = sum_x_l1_1;
+    \$78  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$23 ;
+      \$78  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$54  = sum_x_l1_2;
+    \$79  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$24 ;
+      \$79  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$55  = sum_x_l1_3;
+    \$80  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$25 ;
+      \$80  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$56  = sum_x_l2_0;
+    \$81  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$26 ;
+      \$81  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$57  = sum_x_l2_1;
+    \$82  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$27 ;
+      \$82  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$58  = sum_x_l3_0;
+    \$83  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$28 ;
+      \$83  = { sum_decay_pp3, 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$29  = sum_theta;
+    \$84  = sum_x_l1_0;
     if (en) begin
-      \$29  = theta;
+      \$84  = { \$36 , \$30 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$30  = sum_step_pp0;
+    \$85  = sum_x_l1_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$85  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$31  = sum_step_pp1;
+    \$86  = sum_x_l1_2;
     if (en) begin
-      \$31  = \$2 ;
+      \$86  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$32  = sum_step_pp2;
+    \$87  = sum_x_l1_3;
     if (en) begin
-      \$32  = \$3 ;
+      \$87  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$33  = sum_step_pp3;
+    \$88  = sum_x_l2_0;
     if (en) begin
-      \$33  = \$4 ;
+      \$88  = { \$47 , \$41 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$34  = sum_decay_pp0;
+    \$89  = sum_x_l2_1;
     if (en) begin
-      \$34  = \$5 ;
+      \$89  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$35  = sum_decay_pp1;
+    \$90  = sum_x_l3_0;
     if (en) begin
-      \$35  = \$6 ;
+      \$90  = { \$60 , \$51 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -12051,104 +12227,103 @@ endmodule
 module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire [34:0] \$1 ;
-  wire [17:0] \$10 ;
-  wire [8:0] \$11 ;
-  wire [10:0] \$12 ;
-  wire [20:0] \$13 ;
-  wire [24:0] \$14 ;
-  wire [28:0] \$15 ;
-  wire [32:0] \$16 ;
-  wire [25:0] \$17 ;
-  wire [33:0] \$18 ;
-  wire [34:0] \$19 ;
-  wire [15:0] \$2 ;
-  wire [37:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
-  wire [17:0] \$3 ;
+  wire [8:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire [3:0] \$12 ;
+  wire [8:0] \$13 ;
+  wire [10:0] \$14 ;
+  wire [21:0] \$15 ;
+  wire [25:0] \$16 ;
+  wire [29:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire [26:0] \$19 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [34:0] \$21 ;
+  wire [37:0] \$22 ;
+  wire [35:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [11:0] \$32 ;
-  wire [11:0] \$33 ;
-  wire [11:0] \$34 ;
-  wire [11:0] \$35 ;
+  wire [7:0] \$31 ;
+  wire [7:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
   wire \$36 ;
-  wire [11:0] \$37 ;
-  wire [11:0] \$38 ;
+  wire [7:0] \$37 ;
+  wire [7:0] \$38 ;
   wire \$39 ;
-  wire [17:0] \$4 ;
+  wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire [11:0] \$42 ;
-  wire [11:0] \$43 ;
-  wire [11:0] \$44 ;
-  wire [11:0] \$45 ;
+  wire \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
   wire [7:0] \$46 ;
-  wire [7:0] \$47 ;
-  reg [10:0] \$48 ;
-  reg [7:0] \$49 ;
-  wire [17:0] \$5 ;
-  reg [10:0] \$50 ;
+  reg [10:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [10:0] \$49 ;
+  wire [18:0] \$5 ;
+  reg [15:0] \$50 ;
   reg [15:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [16:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [19:0] \$55 ;
-  reg [21:0] \$56 ;
-  reg [23:0] \$57 ;
-  reg [25:0] \$58 ;
-  reg [27:0] \$59 ;
-  wire [17:0] \$6 ;
-  reg [29:0] \$60 ;
-  reg [31:0] \$61 ;
-  reg [8:0] \$62 ;
-  reg [10:0] \$63 ;
-  reg [15:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg [20:0] \$66 ;
-  reg [24:0] \$67 ;
-  reg [28:0] \$68 ;
-  reg [32:0] \$69 ;
-  wire [17:0] \$7 ;
-  reg [25:0] \$70 ;
-  reg [33:0] \$71 ;
-  reg [34:0] \$72 ;
+  reg [16:0] \$52 ;
+  reg [18:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [22:0] \$55 ;
+  reg [24:0] \$56 ;
+  reg [26:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [30:0] \$59 ;
+  wire [16:0] \$6 ;
+  reg [31:0] \$60 ;
+  reg [8:0] \$61 ;
+  reg [10:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [21:0] \$65 ;
+  reg [25:0] \$66 ;
+  reg [29:0] \$67 ;
+  reg [32:0] \$68 ;
+  reg [26:0] \$69 ;
+  wire [14:0] \$7 ;
+  reg [33:0] \$70 ;
+  reg [34:0] \$71 ;
+  reg [8:0] \$72 ;
   reg [8:0] \$73 ;
   reg [8:0] \$74 ;
-  reg [8:0] \$75 ;
+  reg [10:0] \$75 ;
   reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [10:0] \$78 ;
+  reg [15:0] \$78 ;
   reg [15:0] \$79 ;
-  wire [17:0] \$8 ;
+  wire [12:0] \$8 ;
   reg [15:0] \$80 ;
-  reg [15:0] \$81 ;
+  reg [16:0] \$81 ;
   reg [16:0] \$82 ;
   reg [16:0] \$83 ;
-  reg [16:0] \$84 ;
-  reg [37:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [34:0] \$87 ;
-  reg [10:0] \$88 ;
-  reg [16:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [34:0] \$90 ;
-  reg [16:0] \$91 ;
-  reg [10:0] \$92 ;
-  reg [16:0] \$93 ;
+  reg [37:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [10:0] \$87 ;
+  reg [16:0] \$88 ;
+  reg [17:0] \$89 ;
+  wire [10:0] \$9 ;
+  reg [16:0] \$90 ;
+  reg [10:0] \$91 ;
+  reg [16:0] \$92 ;
+  reg \$93 ;
   reg \$94 ;
-  reg \$95 ;
-  reg [11:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [10:0] \$98 ;
-  reg [7:0] \$99 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
   input clk;
   wire clk;
   input en;
@@ -12164,6 +12339,7 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [16:0] u_vc;
   reg [16:0] vc_down = 17'h00000;
   reg [37:0] vc_down_a = 38'h0000000000;
+  wire [16:0] vc_down_sel;
   reg [15:0] vc_f_h = 16'h0000;
   reg [15:0] vc_f_h2 = 16'h0000;
   reg [15:0] vc_f_h_d0 = 16'h0000;
@@ -12183,29 +12359,31 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
-  reg [10:0] vc_q_5 = 11'h000;
+  reg [7:0] vc_q_5 = 8'h00;
   reg [10:0] vc_q_a = 11'h000;
   reg [10:0] vc_q_b = 11'h000;
   reg [10:0] vc_q_d0 = 11'h000;
   reg [10:0] vc_q_d1 = 11'h000;
   reg [10:0] vc_q_d2 = 11'h000;
-  reg [11:0] vc_q_dn = 12'h000;
-  reg [11:0] vc_q_up = 12'h000;
+  wire [11:0] vc_q_dec;
+  reg [7:0] vc_q_dn = 8'h00;
+  wire [11:0] vc_q_inc;
+  reg [7:0] vc_q_up = 8'h00;
   reg [15:0] vc_sq_in = 16'h0000;
-  reg [20:0] vc_sq_l0_0 = 21'h000000;
-  reg [24:0] vc_sq_l0_1 = 25'h0000000;
-  reg [28:0] vc_sq_l0_2 = 29'h00000000;
+  reg [21:0] vc_sq_l0_0 = 22'h000000;
+  reg [25:0] vc_sq_l0_1 = 26'h0000000;
+  reg [29:0] vc_sq_l0_2 = 30'h00000000;
   reg [32:0] vc_sq_l0_3 = 33'h000000000;
-  reg [25:0] vc_sq_l1_0 = 26'h0000000;
+  reg [26:0] vc_sq_l1_0 = 27'h0000000;
   reg [33:0] vc_sq_l1_1 = 34'h000000000;
   reg [34:0] vc_sq_l2_0 = 35'h000000000;
-  reg [17:0] vc_sq_pp0 = 18'h00000;
-  reg [19:0] vc_sq_pp1 = 20'h00000;
-  reg [21:0] vc_sq_pp2 = 22'h000000;
-  reg [23:0] vc_sq_pp3 = 24'h000000;
-  reg [25:0] vc_sq_pp4 = 26'h0000000;
-  reg [27:0] vc_sq_pp5 = 28'h0000000;
-  reg [29:0] vc_sq_pp6 = 30'h00000000;
+  reg [18:0] vc_sq_pp0 = 19'h00000;
+  reg [20:0] vc_sq_pp1 = 21'h000000;
+  reg [22:0] vc_sq_pp2 = 23'h000000;
+  reg [24:0] vc_sq_pp3 = 25'h0000000;
+  reg [26:0] vc_sq_pp4 = 27'h0000000;
+  reg [28:0] vc_sq_pp5 = 29'h00000000;
+  reg [30:0] vc_sq_pp6 = 31'h00000000;
   reg [31:0] vc_sq_pp7 = 32'd0;
   reg [16:0] vc_u_1 = 17'h00000;
   reg [16:0] vc_u_2 = 17'h00000;
@@ -12214,528 +12392,534 @@ module \lpsgld_w8_vc_l8.lane_2.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [16:0] vc_u_d0 = 17'h00000;
   reg [16:0] vc_u_d1 = 17'h00000;
   reg [16:0] vc_u_d2 = 17'h00000;
-  reg [34:0] vc_up = 35'h000000000;
+  reg [17:0] vc_up = 18'h00000;
   reg [34:0] vc_up_a = 35'h000000000;
+  wire [34:0] vc_up_sel;
   input [14:0] vc_var;
   wire [14:0] vc_var;
   reg [15:0] vc_vs = 16'h0000;
+  wire [15:0] vc_w;
   input [33:0] x;
   wire [33:0] x;
   wire [18:0] y;
-  assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = vc_sq_in * vc_sq_in[7:6];
-  assign \$7  = vc_sq_in * vc_sq_in[9:8];
-  assign \$8  = vc_sq_in * vc_sq_in[11:10];
-  assign \$9  = vc_sq_in * vc_sq_in[13:12];
-  assign \$10  = vc_sq_in * vc_sq_in[15:14];
-  assign \$11  = 8'h80 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = vc_var - vc_vs;
-  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
-  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
-  assign \$26  = vc_var - vc_vs;
-  assign \$27  = vc_var - vc_vs;
-  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
-  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
-  assign \$30  = vc_u_4 < vc_up;
-  assign \$31  = vc_u_4 < vc_down;
-  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = & \$35 [11:7];
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = | \$38 [11:7];
-  assign \$40  = ~ \$39 ;
-  assign \$41  = \$36  | \$40 ;
-  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
-  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
-  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
-  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [16] ? 16'h0000 : \$3 [15:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 19'h00000, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[16:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[15:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[15:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * { vc_sq_in[15:6], 1'h0, vc_sq_in[5:4] };
+  assign \$8  = vc_sq_in[7:6] * { vc_sq_in[15:8], 1'h0, vc_sq_in[7:6] };
+  assign \$9  = vc_sq_in[9:8] * { vc_sq_in[15:10], 1'h0, vc_sq_in[9:8] };
+  assign \$10  = vc_sq_in[11:10] * { vc_sq_in[15:12], 1'h0, vc_sq_in[11:10] };
+  assign \$11  = vc_sq_in[13:12] * { vc_sq_in[15:14], 1'h0, vc_sq_in[13:12] };
+  assign \$12  = vc_sq_in[15:14] * vc_sq_in[15:14];
+  assign \$13  = 8'h80 - vc_l_a;
+  assign \$14  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$15  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$16  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$17  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$18  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$19  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$20  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$21  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$22  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$23  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$24  = | vc_up_sel[34:17];
+  assign \$25  = vc_u_4 < vc_up;
+  assign \$26  = vc_u_4 < vc_down;
+  assign \$27  = & vc_q_inc[11:7];
+  assign \$28  = | vc_q_inc[11:7];
+  assign \$29  = ~ \$28 ;
+  assign \$30  = \$27  | \$29 ;
+  assign \$31  = vc_q_inc[11] ? 8'h80 : 8'h7f;
+  assign \$32  = \$30  ? vc_q_inc[7:0] : \$31 ;
+  assign \$33  = & vc_q_dec[11:7];
+  assign \$34  = | vc_q_dec[11:7];
+  assign \$35  = ~ \$34 ;
+  assign \$36  = \$33  | \$35 ;
+  assign \$37  = vc_q_dec[11] ? 8'h80 : 8'h7f;
+  assign \$38  = \$36  ? vc_q_dec[7:0] : \$37 ;
+  assign \$39  = & vc_q_4[10:7];
+  assign \$40  = | vc_q_4[10:7];
+  assign \$41  = ~ \$40 ;
+  assign \$42  = \$39  | \$41 ;
+  assign \$43  = vc_q_4[10] ? 8'h80 : 8'h7f;
+  assign \$44  = \$42  ? vc_q_4[7:0] : \$43 ;
+  assign \$45  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$46  = vc_lt_up ? vc_q_up : \$45 ;
   always @(posedge clk)
-    vc_q_a <= \$48 ;
+    vc_q_a <= \$47 ;
   always @(posedge clk)
-    vc_l_a <= \$49 ;
+    vc_l_a <= \$48 ;
   always @(posedge clk)
-    vc_q_b <= \$50 ;
+    vc_q_b <= \$49 ;
   always @(posedge clk)
-    vc_f_h <= \$51 ;
+    vc_f_h <= \$50 ;
   always @(posedge clk)
-    vc_sq_in <= \$52 ;
+    vc_sq_in <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$53 ;
+    vc_u_1 <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$54 ;
+    vc_sq_pp0 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$55 ;
+    vc_sq_pp1 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$56 ;
+    vc_sq_pp2 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$57 ;
+    vc_sq_pp3 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$58 ;
+    vc_sq_pp4 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$59 ;
+    vc_sq_pp5 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$60 ;
+    vc_sq_pp6 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$61 ;
+    vc_sq_pp7 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$62 ;
+    vc_m_a <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$63 ;
+    vc_q <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$64 ;
+    vc_f_h2 <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$65 ;
+    vc_u_2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$66 ;
+    vc_sq_l0_0 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$67 ;
+    vc_sq_l0_1 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$68 ;
+    vc_sq_l0_2 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$69 ;
+    vc_sq_l0_3 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$70 ;
+    vc_sq_l1_0 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$71 ;
+    vc_sq_l1_1 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$72 ;
+    vc_sq_l2_0 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$73 ;
+    vc_m_a_d0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$74 ;
+    vc_m_a_d1 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$75 ;
+    vc_m_a_d2 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$76 ;
+    vc_q_d0 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$77 ;
+    vc_q_d1 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$78 ;
+    vc_q_d2 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$79 ;
+    vc_f_h_d0 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$80 ;
+    vc_f_h_d1 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$81 ;
+    vc_f_h_d2 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$82 ;
+    vc_u_d0 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$83 ;
+    vc_u_d1 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$84 ;
+    vc_u_d2 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$85 ;
+    vc_down_a <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$86 ;
+    vc_vs <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$87 ;
+    vc_up_a <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$88 ;
+    vc_q_3 <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$89 ;
+    vc_u_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$90 ;
+    vc_up <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$91 ;
+    vc_down <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$92 ;
+    vc_q_4 <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$93 ;
+    vc_u_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$94 ;
+    vc_lt_up <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$95 ;
+    vc_lt_down <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$96 ;
+    vc_q_up <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$97 ;
+    vc_q_dn <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$98 ;
+    vc_q_5 <= \$97 ;
   always @(posedge clk)
-    out <= \$99 ;
+    out <= \$98 ;
+  assign \$1  = $signed(x) + $signed(25'h0808000);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$48  = vc_q_a;
+    \$47  = vc_q_a;
     if (en) begin
-      \$48  = \$1 [34:24];
+      \$47  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$49  = vc_l_a;
+    \$48  = vc_l_a;
     if (en) begin
-      \$49  = \$1 [23:16];
+      \$48  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$50  = vc_q_b;
+    \$49  = vc_q_b;
     if (en) begin
-      \$50  = t[34:24];
+      \$49  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$51  = vc_f_h;
+    \$50  = vc_f_h;
     if (en) begin
-      \$51  = x[23:8];
+      \$50  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$52  = vc_sq_in;
+    \$51  = vc_sq_in;
     if (en) begin
-      \$52  = \$2 ;
+      \$51  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$53  = vc_u_1;
+    \$52  = vc_u_1;
     if (en) begin
-      \$53  = u_vc;
+      \$52  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$54  = vc_sq_pp0;
+    \$53  = vc_sq_pp0;
     if (en) begin
-      \$54  = \$3 ;
+      \$53  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$55  = vc_sq_pp1;
+    \$54  = vc_sq_pp1;
     if (en) begin
-      \$55  = { \$4 , 2'h0 };
+      \$54  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$56  = vc_sq_pp2;
+    \$55  = vc_sq_pp2;
     if (en) begin
-      \$56  = { \$5 , 4'h0 };
+      \$55  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$57  = vc_sq_pp3;
+    \$56  = vc_sq_pp3;
     if (en) begin
-      \$57  = { \$6 , 6'h00 };
+      \$56  = { \$8 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$58  = vc_sq_pp4;
+    \$57  = vc_sq_pp4;
     if (en) begin
-      \$58  = { \$7 , 8'h00 };
+      \$57  = { \$9 , 16'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$59  = vc_sq_pp5;
+    \$58  = vc_sq_pp5;
     if (en) begin
-      \$59  = { \$8 , 10'h000 };
+      \$58  = { \$10 , 20'h00000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$60  = vc_sq_pp6;
+    \$59  = vc_sq_pp6;
     if (en) begin
-      \$60  = { \$9 , 12'h000 };
+      \$59  = { \$11 , 24'h000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$61  = vc_sq_pp7;
+    \$60  = vc_sq_pp7;
     if (en) begin
-      \$61  = { \$10 , 14'h0000 };
+      \$60  = { \$12 , 28'h0000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$62  = vc_m_a;
+    \$61  = vc_m_a;
     if (en) begin
-      \$62  = \$11 ;
+      \$61  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$63  = vc_q;
+    \$62  = vc_q;
     if (en) begin
-      \$63  = \$12 ;
+      \$62  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$64  = vc_f_h2;
+    \$63  = vc_f_h2;
     if (en) begin
-      \$64  = vc_f_h;
+      \$63  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$65  = vc_u_2;
+    \$64  = vc_u_2;
     if (en) begin
-      \$65  = vc_u_1;
+      \$64  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$66  = vc_sq_l0_0;
+    \$65  = vc_sq_l0_0;
     if (en) begin
-      \$66  = \$13 ;
+      \$65  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$67  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_1;
     if (en) begin
-      \$67  = \$14 ;
+      \$66  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$68  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_2;
     if (en) begin
-      \$68  = \$15 ;
+      \$67  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$69  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_3;
     if (en) begin
-      \$69  = \$16 ;
+      \$68  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$70  = vc_sq_l1_0;
+    \$69  = vc_sq_l1_0;
     if (en) begin
-      \$70  = \$17 ;
+      \$69  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$71  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_1;
     if (en) begin
-      \$71  = \$18 ;
+      \$70  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$72  = vc_sq_l2_0;
+    \$71  = vc_sq_l2_0;
     if (en) begin
-      \$72  = \$19 ;
+      \$71  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$73  = vc_m_a_d0;
+    \$72  = vc_m_a_d0;
     if (en) begin
-      \$73  = vc_m_a;
+      \$72  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$74  = vc_m_a_d1;
+    \$73  = vc_m_a_d1;
     if (en) begin
-      \$74  = vc_m_a_d0;
+      \$73  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$75  = vc_m_a_d2;
+    \$74  = vc_m_a_d2;
     if (en) begin
-      \$75  = vc_m_a_d1;
+      \$74  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$76  = vc_q_d0;
+    \$75  = vc_q_d0;
     if (en) begin
-      \$76  = vc_q;
+      \$75  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$77  = vc_q_d1;
+    \$76  = vc_q_d1;
     if (en) begin
-      \$77  = vc_q_d0;
+      \$76  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$78  = vc_q_d2;
+    \$77  = vc_q_d2;
     if (en) begin
-      \$78  = vc_q_d1;
+      \$77  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$79  = vc_f_h_d0;
+    \$78  = vc_f_h_d0;
     if (en) begin
-      \$79  = vc_f_h2;
+      \$78  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$80  = vc_f_h_d1;
+    \$79  = vc_f_h_d1;
     if (en) begin
-      \$80  = vc_f_h_d0;
+      \$79  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$81  = vc_f_h_d2;
+    \$80  = vc_f_h_d2;
     if (en) begin
-      \$81  = vc_f_h_d1;
+      \$80  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$82  = vc_u_d0;
+    \$81  = vc_u_d0;
     if (en) begin
-      \$82  = vc_u_2;
+      \$81  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$83  = vc_u_d1;
+    \$82  = vc_u_d1;
     if (en) begin
-      \$83  = vc_u_d0;
+      \$82  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$84  = vc_u_d2;
+    \$83  = vc_u_d2;
     if (en) begin
-      \$84  = vc_u_d1;
+      \$83  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$85  = vc_down_a;
+    \$84  = vc_down_a;
     if (en) begin
-      \$85  = \$20 ;
+      \$84  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$86  = vc_vs;
+    \$85  = vc_vs;
     if (en) begin
-      \$86  = \$21 [31:16];
+      \$85  = \$23 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$87  = vc_up_a;
+    \$86  = vc_up_a;
     if (en) begin
-      \$87  = vc_sq_l2_0;
+      \$86  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$88  = vc_q_3;
+    \$87  = vc_q_3;
     if (en) begin
-      \$88  = vc_q_d2;
+      \$87  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$89  = vc_u_3;
+    \$88  = vc_u_3;
     if (en) begin
-      \$89  = vc_u_d2;
+      \$88  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$90  = vc_up;
+    \$89  = vc_up;
     if (en) begin
-      \$90  = \$25 ;
+      \$89  = { \$24 , vc_up_sel[16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$91  = vc_down;
+    \$90  = vc_down;
     if (en) begin
-      \$91  = \$29 ;
+      \$90  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$92  = vc_q_4;
+    \$91  = vc_q_4;
     if (en) begin
-      \$92  = vc_q_3;
+      \$91  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$93  = vc_u_4;
+    \$92  = vc_u_4;
     if (en) begin
-      \$93  = vc_u_3;
+      \$92  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$94  = vc_lt_up;
+    \$93  = vc_lt_up;
     if (en) begin
-      \$94  = \$30 ;
+      \$93  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$95  = vc_lt_down;
+    \$94  = vc_lt_down;
     if (en) begin
-      \$95  = \$31 ;
+      \$94  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$96  = vc_q_up;
+    \$95  = vc_q_up;
     if (en) begin
-      \$96  = \$32 ;
+      \$95  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$97  = vc_q_dn;
+    \$96  = vc_q_dn;
     if (en) begin
-      \$97  = \$33 ;
+      \$96  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$98  = vc_q_5;
+    \$97  = vc_q_5;
     if (en) begin
-      \$98  = vc_q_4;
+      \$97  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$99  = out;
+    \$98  = out;
     if (en) begin
-      \$99  = \$47 ;
+      \$98  = \$46 ;
     end
   end
   assign y = \$1 [34:16];
@@ -12751,58 +12935,90 @@ module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [22:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [18:0] \$28 ;
+  wire [17:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [18:0] \$30 ;
+  wire [17:0] \$31 ;
+  wire [18:0] \$32 ;
+  wire [17:0] \$33 ;
+  wire [18:0] \$34 ;
+  wire [17:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [29:0] \$37 ;
+  wire [25:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  wire [17:0] \$40 ;
+  wire [18:0] \$41 ;
+  wire [17:0] \$42 ;
+  wire [18:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [19:0] \$45 ;
+  wire [18:0] \$46 ;
+  wire [17:0] \$47 ;
+  wire [26:0] \$48 ;
+  wire [35:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  wire [18:0] \$50 ;
+  wire [19:0] \$51 ;
+  wire [35:0] \$52 ;
+  wire [18:0] \$53 ;
+  wire [19:0] \$54 ;
+  wire [35:0] \$55 ;
+  wire [18:0] \$56 ;
+  wire [19:0] \$57 ;
+  wire [35:0] \$58 ;
+  wire [18:0] \$59 ;
   wire [13:0] \$6 ;
+  wire [17:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [17:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [13:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [17:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [32:0] \$76 ;
+  reg [22:0] \$77 ;
+  reg [26:0] \$78 ;
+  reg [28:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [22:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [18:0] \$82 ;
+  reg [19:0] \$83 ;
+  reg [33:0] \$84 ;
+  reg [29:0] \$85 ;
+  reg [25:0] \$86 ;
+  reg [20:0] \$87 ;
+  reg [34:0] \$88 ;
+  reg [26:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [35:0] \$90 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -12853,54 +13069,117 @@ module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
+  assign \$10  = noise * z[3:2];
+  assign \$11  = noise * z[5:4];
+  assign \$12  = noise * z[7:6];
+  assign \$13  = noise * z[9:8];
+  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
+  assign \$26  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
+  assign \$27  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
+  assign \$28  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
+  assign \$29  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$32  = \$31  + 1'h0;
+  assign \$33  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$34  = \$33  + 1'h1;
+  assign \$35  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$36  = \$32 [17] ? \$34 [16:0] : \$35 [16:0];
+  assign \$37  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$38  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$40  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$47  = \$43 [17] ? \$45 [17:0] : \$46 [17:0];
+  assign \$48  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$49  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$50  = sum_x_l2_0[17:0] + \$49 [17:0];
+  assign \$51  = \$50  + 1'h1;
+  assign \$52  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$53  = sum_x_l2_0[17:0] + \$52 [17:0];
+  assign \$54  = \$53  + 1'h1;
+  assign \$55  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$56  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$55 [35:18];
+  assign \$57  = \$56  + 1'h1;
+  assign \$58  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$59  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$58 [35:18];
+  assign \$60  = \$54 [18] ? \$57 [17:0] : \$59 [17:0];
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_theta <= \$61 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_step_pp0 <= \$62 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_step_pp1 <= \$63 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_step_pp2 <= \$64 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_step_pp3 <= \$65 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_decay_pp0 <= \$66 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_decay_pp1 <= \$67 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_decay_pp2 <= \$68 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_decay_pp3 <= \$69 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp0 <= \$70 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_noise_pp1 <= \$71 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_noise_pp2 <= \$72 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_noise_pp3 <= \$73 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_noise_pp4 <= \$74 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_noise_pp5 <= \$75 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_0 <= \$76 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_1 <= \$77 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_2 <= \$78 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_3 <= \$79 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l0_4 <= \$80 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l0_5 <= \$81 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l0_6 <= \$82 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l0_7 <= \$83 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l1_0 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$90 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -12910,245 +13189,214 @@ module \lpsgld_w8_vc_l8.lane_2.sum (rst, en, step, decay, noise, theta, grad, x,
   assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
-  assign \$10  = noise * z[3:2];
-  assign \$11  = noise * z[5:4];
-  assign \$12  = noise * z[7:6];
-  assign \$13  = noise * z[9:8];
-  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  always @(posedge clk)
-    sum_theta <= \$29 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$36  = sum_decay_pp2;
+    \$61  = sum_theta;
     if (en) begin
-      \$36  = \$7 ;
+      \$61  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$37  = sum_decay_pp3;
+    \$62  = sum_step_pp0;
     if (en) begin
-      \$37  = \$8 ;
+      \$62  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$38  = sum_noise_pp0;
+    \$63  = sum_step_pp1;
     if (en) begin
-      \$38  = \$9 ;
+      \$63  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$39  = sum_noise_pp1;
+    \$64  = sum_step_pp2;
     if (en) begin
-      \$39  = \$10 ;
+      \$64  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$40  = sum_noise_pp2;
+    \$65  = sum_step_pp3;
     if (en) begin
-      \$40  = \$11 ;
+      \$65  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$41  = sum_noise_pp3;
+    \$66  = sum_decay_pp0;
     if (en) begin
-      \$41  = \$12 ;
+      \$66  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$42  = sum_noise_pp4;
+    \$67  = sum_decay_pp1;
     if (en) begin
-      \$42  = \$13 ;
+      \$67  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$43  = sum_noise_pp5;
+    \$68  = sum_decay_pp2;
     if (en) begin
-      \$43  = \$14 ;
+      \$68  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$44  = sum_x_l0_0;
+    \$69  = sum_decay_pp3;
     if (en) begin
-      \$44  = \$15 ;
+      \$69  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$45  = sum_x_l0_1;
+    \$70  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$16 ;
+      \$70  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$46  = sum_x_l0_2;
+    \$71  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$17 ;
+      \$71  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$47  = sum_x_l0_3;
+    \$72  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$18 ;
+      \$72  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$48  = sum_x_l0_4;
+    \$73  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$19 ;
+      \$73  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$49  = sum_x_l0_5;
+    \$74  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$20 ;
+      \$74  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$50  = sum_x_l0_6;
+    \$75  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$21 ;
+      \$75  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$51  = sum_x_l0_7;
+    \$76  = sum_x_l0_0;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$76  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$52  = sum_x_l1_0;
+    \$77  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$22 ;
+      \$77  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$53  = sum_x_l1_1;
+    \$78  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$23 ;
+      \$78  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$54  = sum_x_l1_2;
+    \$79  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$24 ;
+      \$79  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$55  = sum_x_l1_3;
+    \$80  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$25 ;
+      \$80  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$56  = sum_x_l2_0;
+    \$81  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$26 ;
+      \$81  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$57  = sum_x_l2_1;
+    \$82  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$27 ;
+      \$82  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$58  = sum_x_l3_0;
+    \$83  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$28 ;
+      \$83  = { sum_decay_pp3, 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$29  = sum_theta;
+    \$84  = sum_x_l1_0;
     if (en) begin
-      \$29  = theta;
+      \$84  = { \$36 , \$30 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$30  = sum_step_pp0;
+    \$85  = sum_x_l1_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$85  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$31  = sum_step_pp1;
+    \$86  = sum_x_l1_2;
     if (en) begin
-      \$31  = \$2 ;
+      \$86  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$32  = sum_step_pp2;
+    \$87  = sum_x_l1_3;
     if (en) begin
-      \$32  = \$3 ;
+      \$87  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$33  = sum_step_pp3;
+    \$88  = sum_x_l2_0;
     if (en) begin
-      \$33  = \$4 ;
+      \$88  = { \$47 , \$41 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$34  = sum_decay_pp0;
+    \$89  = sum_x_l2_1;
     if (en) begin
-      \$34  = \$5 ;
+      \$89  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$35  = sum_decay_pp1;
+    \$90  = sum_x_l3_0;
     if (en) begin
-      \$35  = \$6 ;
+      \$90  = { \$60 , \$51 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -15711,104 +15959,103 @@ endmodule
 module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire [34:0] \$1 ;
-  wire [17:0] \$10 ;
-  wire [8:0] \$11 ;
-  wire [10:0] \$12 ;
-  wire [20:0] \$13 ;
-  wire [24:0] \$14 ;
-  wire [28:0] \$15 ;
-  wire [32:0] \$16 ;
-  wire [25:0] \$17 ;
-  wire [33:0] \$18 ;
-  wire [34:0] \$19 ;
-  wire [15:0] \$2 ;
-  wire [37:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
-  wire [17:0] \$3 ;
+  wire [8:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire [3:0] \$12 ;
+  wire [8:0] \$13 ;
+  wire [10:0] \$14 ;
+  wire [21:0] \$15 ;
+  wire [25:0] \$16 ;
+  wire [29:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire [26:0] \$19 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [34:0] \$21 ;
+  wire [37:0] \$22 ;
+  wire [35:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [11:0] \$32 ;
-  wire [11:0] \$33 ;
-  wire [11:0] \$34 ;
-  wire [11:0] \$35 ;
+  wire [7:0] \$31 ;
+  wire [7:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
   wire \$36 ;
-  wire [11:0] \$37 ;
-  wire [11:0] \$38 ;
+  wire [7:0] \$37 ;
+  wire [7:0] \$38 ;
   wire \$39 ;
-  wire [17:0] \$4 ;
+  wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire [11:0] \$42 ;
-  wire [11:0] \$43 ;
-  wire [11:0] \$44 ;
-  wire [11:0] \$45 ;
+  wire \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
   wire [7:0] \$46 ;
-  wire [7:0] \$47 ;
-  reg [10:0] \$48 ;
-  reg [7:0] \$49 ;
-  wire [17:0] \$5 ;
-  reg [10:0] \$50 ;
+  reg [10:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [10:0] \$49 ;
+  wire [18:0] \$5 ;
+  reg [15:0] \$50 ;
   reg [15:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [16:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [19:0] \$55 ;
-  reg [21:0] \$56 ;
-  reg [23:0] \$57 ;
-  reg [25:0] \$58 ;
-  reg [27:0] \$59 ;
-  wire [17:0] \$6 ;
-  reg [29:0] \$60 ;
-  reg [31:0] \$61 ;
-  reg [8:0] \$62 ;
-  reg [10:0] \$63 ;
-  reg [15:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg [20:0] \$66 ;
-  reg [24:0] \$67 ;
-  reg [28:0] \$68 ;
-  reg [32:0] \$69 ;
-  wire [17:0] \$7 ;
-  reg [25:0] \$70 ;
-  reg [33:0] \$71 ;
-  reg [34:0] \$72 ;
+  reg [16:0] \$52 ;
+  reg [18:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [22:0] \$55 ;
+  reg [24:0] \$56 ;
+  reg [26:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [30:0] \$59 ;
+  wire [16:0] \$6 ;
+  reg [31:0] \$60 ;
+  reg [8:0] \$61 ;
+  reg [10:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [21:0] \$65 ;
+  reg [25:0] \$66 ;
+  reg [29:0] \$67 ;
+  reg [32:0] \$68 ;
+  reg [26:0] \$69 ;
+  wire [14:0] \$7 ;
+  reg [33:0] \$70 ;
+  reg [34:0] \$71 ;
+  reg [8:0] \$72 ;
   reg [8:0] \$73 ;
   reg [8:0] \$74 ;
-  reg [8:0] \$75 ;
+  reg [10:0] \$75 ;
   reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [10:0] \$78 ;
+  reg [15:0] \$78 ;
   reg [15:0] \$79 ;
-  wire [17:0] \$8 ;
+  wire [12:0] \$8 ;
   reg [15:0] \$80 ;
-  reg [15:0] \$81 ;
+  reg [16:0] \$81 ;
   reg [16:0] \$82 ;
   reg [16:0] \$83 ;
-  reg [16:0] \$84 ;
-  reg [37:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [34:0] \$87 ;
-  reg [10:0] \$88 ;
-  reg [16:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [34:0] \$90 ;
-  reg [16:0] \$91 ;
-  reg [10:0] \$92 ;
-  reg [16:0] \$93 ;
+  reg [37:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [10:0] \$87 ;
+  reg [16:0] \$88 ;
+  reg [17:0] \$89 ;
+  wire [10:0] \$9 ;
+  reg [16:0] \$90 ;
+  reg [10:0] \$91 ;
+  reg [16:0] \$92 ;
+  reg \$93 ;
   reg \$94 ;
-  reg \$95 ;
-  reg [11:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [10:0] \$98 ;
-  reg [7:0] \$99 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
   input clk;
   wire clk;
   input en;
@@ -15824,6 +16071,7 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [16:0] u_vc;
   reg [16:0] vc_down = 17'h00000;
   reg [37:0] vc_down_a = 38'h0000000000;
+  wire [16:0] vc_down_sel;
   reg [15:0] vc_f_h = 16'h0000;
   reg [15:0] vc_f_h2 = 16'h0000;
   reg [15:0] vc_f_h_d0 = 16'h0000;
@@ -15843,29 +16091,31 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
-  reg [10:0] vc_q_5 = 11'h000;
+  reg [7:0] vc_q_5 = 8'h00;
   reg [10:0] vc_q_a = 11'h000;
   reg [10:0] vc_q_b = 11'h000;
   reg [10:0] vc_q_d0 = 11'h000;
   reg [10:0] vc_q_d1 = 11'h000;
   reg [10:0] vc_q_d2 = 11'h000;
-  reg [11:0] vc_q_dn = 12'h000;
-  reg [11:0] vc_q_up = 12'h000;
+  wire [11:0] vc_q_dec;
+  reg [7:0] vc_q_dn = 8'h00;
+  wire [11:0] vc_q_inc;
+  reg [7:0] vc_q_up = 8'h00;
   reg [15:0] vc_sq_in = 16'h0000;
-  reg [20:0] vc_sq_l0_0 = 21'h000000;
-  reg [24:0] vc_sq_l0_1 = 25'h0000000;
-  reg [28:0] vc_sq_l0_2 = 29'h00000000;
+  reg [21:0] vc_sq_l0_0 = 22'h000000;
+  reg [25:0] vc_sq_l0_1 = 26'h0000000;
+  reg [29:0] vc_sq_l0_2 = 30'h00000000;
   reg [32:0] vc_sq_l0_3 = 33'h000000000;
-  reg [25:0] vc_sq_l1_0 = 26'h0000000;
+  reg [26:0] vc_sq_l1_0 = 27'h0000000;
   reg [33:0] vc_sq_l1_1 = 34'h000000000;
   reg [34:0] vc_sq_l2_0 = 35'h000000000;
-  reg [17:0] vc_sq_pp0 = 18'h00000;
-  reg [19:0] vc_sq_pp1 = 20'h00000;
-  reg [21:0] vc_sq_pp2 = 22'h000000;
-  reg [23:0] vc_sq_pp3 = 24'h000000;
-  reg [25:0] vc_sq_pp4 = 26'h0000000;
-  reg [27:0] vc_sq_pp5 = 28'h0000000;
-  reg [29:0] vc_sq_pp6 = 30'h00000000;
+  reg [18:0] vc_sq_pp0 = 19'h00000;
+  reg [20:0] vc_sq_pp1 = 21'h000000;
+  reg [22:0] vc_sq_pp2 = 23'h000000;
+  reg [24:0] vc_sq_pp3 = 25'h0000000;
+  reg [26:0] vc_sq_pp4 = 27'h0000000;
+  reg [28:0] vc_sq_pp5 = 29'h00000000;
+  reg [30:0] vc_sq_pp6 = 31'h00000000;
   reg [31:0] vc_sq_pp7 = 32'd0;
   reg [16:0] vc_u_1 = 17'h00000;
   reg [16:0] vc_u_2 = 17'h00000;
@@ -15874,528 +16124,534 @@ module \lpsgld_w8_vc_l8.lane_3.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [16:0] vc_u_d0 = 17'h00000;
   reg [16:0] vc_u_d1 = 17'h00000;
   reg [16:0] vc_u_d2 = 17'h00000;
-  reg [34:0] vc_up = 35'h000000000;
+  reg [17:0] vc_up = 18'h00000;
   reg [34:0] vc_up_a = 35'h000000000;
+  wire [34:0] vc_up_sel;
   input [14:0] vc_var;
   wire [14:0] vc_var;
   reg [15:0] vc_vs = 16'h0000;
+  wire [15:0] vc_w;
   input [33:0] x;
   wire [33:0] x;
   wire [18:0] y;
-  assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = vc_sq_in * vc_sq_in[7:6];
-  assign \$7  = vc_sq_in * vc_sq_in[9:8];
-  assign \$8  = vc_sq_in * vc_sq_in[11:10];
-  assign \$9  = vc_sq_in * vc_sq_in[13:12];
-  assign \$10  = vc_sq_in * vc_sq_in[15:14];
-  assign \$11  = 8'h80 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = vc_var - vc_vs;
-  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
-  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
-  assign \$26  = vc_var - vc_vs;
-  assign \$27  = vc_var - vc_vs;
-  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
-  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
-  assign \$30  = vc_u_4 < vc_up;
-  assign \$31  = vc_u_4 < vc_down;
-  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = & \$35 [11:7];
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = | \$38 [11:7];
-  assign \$40  = ~ \$39 ;
-  assign \$41  = \$36  | \$40 ;
-  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
-  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
-  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
-  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [16] ? 16'h0000 : \$3 [15:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 19'h00000, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[16:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[15:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[15:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * { vc_sq_in[15:6], 1'h0, vc_sq_in[5:4] };
+  assign \$8  = vc_sq_in[7:6] * { vc_sq_in[15:8], 1'h0, vc_sq_in[7:6] };
+  assign \$9  = vc_sq_in[9:8] * { vc_sq_in[15:10], 1'h0, vc_sq_in[9:8] };
+  assign \$10  = vc_sq_in[11:10] * { vc_sq_in[15:12], 1'h0, vc_sq_in[11:10] };
+  assign \$11  = vc_sq_in[13:12] * { vc_sq_in[15:14], 1'h0, vc_sq_in[13:12] };
+  assign \$12  = vc_sq_in[15:14] * vc_sq_in[15:14];
+  assign \$13  = 8'h80 - vc_l_a;
+  assign \$14  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$15  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$16  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$17  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$18  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$19  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$20  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$21  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$22  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$23  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$24  = | vc_up_sel[34:17];
+  assign \$25  = vc_u_4 < vc_up;
+  assign \$26  = vc_u_4 < vc_down;
+  assign \$27  = & vc_q_inc[11:7];
+  assign \$28  = | vc_q_inc[11:7];
+  assign \$29  = ~ \$28 ;
+  assign \$30  = \$27  | \$29 ;
+  assign \$31  = vc_q_inc[11] ? 8'h80 : 8'h7f;
+  assign \$32  = \$30  ? vc_q_inc[7:0] : \$31 ;
+  assign \$33  = & vc_q_dec[11:7];
+  assign \$34  = | vc_q_dec[11:7];
+  assign \$35  = ~ \$34 ;
+  assign \$36  = \$33  | \$35 ;
+  assign \$37  = vc_q_dec[11] ? 8'h80 : 8'h7f;
+  assign \$38  = \$36  ? vc_q_dec[7:0] : \$37 ;
+  assign \$39  = & vc_q_4[10:7];
+  assign \$40  = | vc_q_4[10:7];
+  assign \$41  = ~ \$40 ;
+  assign \$42  = \$39  | \$41 ;
+  assign \$43  = vc_q_4[10] ? 8'h80 : 8'h7f;
+  assign \$44  = \$42  ? vc_q_4[7:0] : \$43 ;
+  assign \$45  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$46  = vc_lt_up ? vc_q_up : \$45 ;
   always @(posedge clk)
-    vc_q_a <= \$48 ;
+    vc_q_a <= \$47 ;
   always @(posedge clk)
-    vc_l_a <= \$49 ;
+    vc_l_a <= \$48 ;
   always @(posedge clk)
-    vc_q_b <= \$50 ;
+    vc_q_b <= \$49 ;
   always @(posedge clk)
-    vc_f_h <= \$51 ;
+    vc_f_h <= \$50 ;
   always @(posedge clk)
-    vc_sq_in <= \$52 ;
+    vc_sq_in <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$53 ;
+    vc_u_1 <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$54 ;
+    vc_sq_pp0 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$55 ;
+    vc_sq_pp1 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$56 ;
+    vc_sq_pp2 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$57 ;
+    vc_sq_pp3 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$58 ;
+    vc_sq_pp4 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$59 ;
+    vc_sq_pp5 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$60 ;
+    vc_sq_pp6 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$61 ;
+    vc_sq_pp7 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$62 ;
+    vc_m_a <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$63 ;
+    vc_q <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$64 ;
+    vc_f_h2 <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$65 ;
+    vc_u_2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$66 ;
+    vc_sq_l0_0 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$67 ;
+    vc_sq_l0_1 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$68 ;
+    vc_sq_l0_2 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$69 ;
+    vc_sq_l0_3 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$70 ;
+    vc_sq_l1_0 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$71 ;
+    vc_sq_l1_1 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$72 ;
+    vc_sq_l2_0 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$73 ;
+    vc_m_a_d0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$74 ;
+    vc_m_a_d1 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$75 ;
+    vc_m_a_d2 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$76 ;
+    vc_q_d0 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$77 ;
+    vc_q_d1 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$78 ;
+    vc_q_d2 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$79 ;
+    vc_f_h_d0 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$80 ;
+    vc_f_h_d1 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$81 ;
+    vc_f_h_d2 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$82 ;
+    vc_u_d0 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$83 ;
+    vc_u_d1 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$84 ;
+    vc_u_d2 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$85 ;
+    vc_down_a <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$86 ;
+    vc_vs <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$87 ;
+    vc_up_a <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$88 ;
+    vc_q_3 <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$89 ;
+    vc_u_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$90 ;
+    vc_up <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$91 ;
+    vc_down <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$92 ;
+    vc_q_4 <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$93 ;
+    vc_u_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$94 ;
+    vc_lt_up <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$95 ;
+    vc_lt_down <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$96 ;
+    vc_q_up <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$97 ;
+    vc_q_dn <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$98 ;
+    vc_q_5 <= \$97 ;
   always @(posedge clk)
-    out <= \$99 ;
+    out <= \$98 ;
+  assign \$1  = $signed(x) + $signed(25'h0808000);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$48  = vc_q_a;
+    \$47  = vc_q_a;
     if (en) begin
-      \$48  = \$1 [34:24];
+      \$47  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$49  = vc_l_a;
+    \$48  = vc_l_a;
     if (en) begin
-      \$49  = \$1 [23:16];
+      \$48  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$50  = vc_q_b;
+    \$49  = vc_q_b;
     if (en) begin
-      \$50  = t[34:24];
+      \$49  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$51  = vc_f_h;
+    \$50  = vc_f_h;
     if (en) begin
-      \$51  = x[23:8];
+      \$50  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$52  = vc_sq_in;
+    \$51  = vc_sq_in;
     if (en) begin
-      \$52  = \$2 ;
+      \$51  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$53  = vc_u_1;
+    \$52  = vc_u_1;
     if (en) begin
-      \$53  = u_vc;
+      \$52  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$54  = vc_sq_pp0;
+    \$53  = vc_sq_pp0;
     if (en) begin
-      \$54  = \$3 ;
+      \$53  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$55  = vc_sq_pp1;
+    \$54  = vc_sq_pp1;
     if (en) begin
-      \$55  = { \$4 , 2'h0 };
+      \$54  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$56  = vc_sq_pp2;
+    \$55  = vc_sq_pp2;
     if (en) begin
-      \$56  = { \$5 , 4'h0 };
+      \$55  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$57  = vc_sq_pp3;
+    \$56  = vc_sq_pp3;
     if (en) begin
-      \$57  = { \$6 , 6'h00 };
+      \$56  = { \$8 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$58  = vc_sq_pp4;
+    \$57  = vc_sq_pp4;
     if (en) begin
-      \$58  = { \$7 , 8'h00 };
+      \$57  = { \$9 , 16'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$59  = vc_sq_pp5;
+    \$58  = vc_sq_pp5;
     if (en) begin
-      \$59  = { \$8 , 10'h000 };
+      \$58  = { \$10 , 20'h00000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$60  = vc_sq_pp6;
+    \$59  = vc_sq_pp6;
     if (en) begin
-      \$60  = { \$9 , 12'h000 };
+      \$59  = { \$11 , 24'h000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$61  = vc_sq_pp7;
+    \$60  = vc_sq_pp7;
     if (en) begin
-      \$61  = { \$10 , 14'h0000 };
+      \$60  = { \$12 , 28'h0000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$62  = vc_m_a;
+    \$61  = vc_m_a;
     if (en) begin
-      \$62  = \$11 ;
+      \$61  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$63  = vc_q;
+    \$62  = vc_q;
     if (en) begin
-      \$63  = \$12 ;
+      \$62  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$64  = vc_f_h2;
+    \$63  = vc_f_h2;
     if (en) begin
-      \$64  = vc_f_h;
+      \$63  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$65  = vc_u_2;
+    \$64  = vc_u_2;
     if (en) begin
-      \$65  = vc_u_1;
+      \$64  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$66  = vc_sq_l0_0;
+    \$65  = vc_sq_l0_0;
     if (en) begin
-      \$66  = \$13 ;
+      \$65  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$67  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_1;
     if (en) begin
-      \$67  = \$14 ;
+      \$66  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$68  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_2;
     if (en) begin
-      \$68  = \$15 ;
+      \$67  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$69  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_3;
     if (en) begin
-      \$69  = \$16 ;
+      \$68  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$70  = vc_sq_l1_0;
+    \$69  = vc_sq_l1_0;
     if (en) begin
-      \$70  = \$17 ;
+      \$69  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$71  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_1;
     if (en) begin
-      \$71  = \$18 ;
+      \$70  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$72  = vc_sq_l2_0;
+    \$71  = vc_sq_l2_0;
     if (en) begin
-      \$72  = \$19 ;
+      \$71  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$73  = vc_m_a_d0;
+    \$72  = vc_m_a_d0;
     if (en) begin
-      \$73  = vc_m_a;
+      \$72  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$74  = vc_m_a_d1;
+    \$73  = vc_m_a_d1;
     if (en) begin
-      \$74  = vc_m_a_d0;
+      \$73  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$75  = vc_m_a_d2;
+    \$74  = vc_m_a_d2;
     if (en) begin
-      \$75  = vc_m_a_d1;
+      \$74  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$76  = vc_q_d0;
+    \$75  = vc_q_d0;
     if (en) begin
-      \$76  = vc_q;
+      \$75  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$77  = vc_q_d1;
+    \$76  = vc_q_d1;
     if (en) begin
-      \$77  = vc_q_d0;
+      \$76  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$78  = vc_q_d2;
+    \$77  = vc_q_d2;
     if (en) begin
-      \$78  = vc_q_d1;
+      \$77  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$79  = vc_f_h_d0;
+    \$78  = vc_f_h_d0;
     if (en) begin
-      \$79  = vc_f_h2;
+      \$78  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$80  = vc_f_h_d1;
+    \$79  = vc_f_h_d1;
     if (en) begin
-      \$80  = vc_f_h_d0;
+      \$79  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$81  = vc_f_h_d2;
+    \$80  = vc_f_h_d2;
     if (en) begin
-      \$81  = vc_f_h_d1;
+      \$80  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$82  = vc_u_d0;
+    \$81  = vc_u_d0;
     if (en) begin
-      \$82  = vc_u_2;
+      \$81  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$83  = vc_u_d1;
+    \$82  = vc_u_d1;
     if (en) begin
-      \$83  = vc_u_d0;
+      \$82  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$84  = vc_u_d2;
+    \$83  = vc_u_d2;
     if (en) begin
-      \$84  = vc_u_d1;
+      \$83  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$85  = vc_down_a;
+    \$84  = vc_down_a;
     if (en) begin
-      \$85  = \$20 ;
+      \$84  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$86  = vc_vs;
+    \$85  = vc_vs;
     if (en) begin
-      \$86  = \$21 [31:16];
+      \$85  = \$23 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$87  = vc_up_a;
+    \$86  = vc_up_a;
     if (en) begin
-      \$87  = vc_sq_l2_0;
+      \$86  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$88  = vc_q_3;
+    \$87  = vc_q_3;
     if (en) begin
-      \$88  = vc_q_d2;
+      \$87  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$89  = vc_u_3;
+    \$88  = vc_u_3;
     if (en) begin
-      \$89  = vc_u_d2;
+      \$88  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$90  = vc_up;
+    \$89  = vc_up;
     if (en) begin
-      \$90  = \$25 ;
+      \$89  = { \$24 , vc_up_sel[16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$91  = vc_down;
+    \$90  = vc_down;
     if (en) begin
-      \$91  = \$29 ;
+      \$90  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$92  = vc_q_4;
+    \$91  = vc_q_4;
     if (en) begin
-      \$92  = vc_q_3;
+      \$91  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$93  = vc_u_4;
+    \$92  = vc_u_4;
     if (en) begin
-      \$93  = vc_u_3;
+      \$92  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$94  = vc_lt_up;
+    \$93  = vc_lt_up;
     if (en) begin
-      \$94  = \$30 ;
+      \$93  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$95  = vc_lt_down;
+    \$94  = vc_lt_down;
     if (en) begin
-      \$95  = \$31 ;
+      \$94  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$96  = vc_q_up;
+    \$95  = vc_q_up;
     if (en) begin
-      \$96  = \$32 ;
+      \$95  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$97  = vc_q_dn;
+    \$96  = vc_q_dn;
     if (en) begin
-      \$97  = \$33 ;
+      \$96  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$98  = vc_q_5;
+    \$97  = vc_q_5;
     if (en) begin
-      \$98  = vc_q_4;
+      \$97  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$99  = out;
+    \$98  = out;
     if (en) begin
-      \$99  = \$47 ;
+      \$98  = \$46 ;
     end
   end
   assign y = \$1 [34:16];
@@ -16411,58 +16667,90 @@ module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [22:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [18:0] \$28 ;
+  wire [17:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [18:0] \$30 ;
+  wire [17:0] \$31 ;
+  wire [18:0] \$32 ;
+  wire [17:0] \$33 ;
+  wire [18:0] \$34 ;
+  wire [17:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [29:0] \$37 ;
+  wire [25:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  wire [17:0] \$40 ;
+  wire [18:0] \$41 ;
+  wire [17:0] \$42 ;
+  wire [18:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [19:0] \$45 ;
+  wire [18:0] \$46 ;
+  wire [17:0] \$47 ;
+  wire [26:0] \$48 ;
+  wire [35:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  wire [18:0] \$50 ;
+  wire [19:0] \$51 ;
+  wire [35:0] \$52 ;
+  wire [18:0] \$53 ;
+  wire [19:0] \$54 ;
+  wire [35:0] \$55 ;
+  wire [18:0] \$56 ;
+  wire [19:0] \$57 ;
+  wire [35:0] \$58 ;
+  wire [18:0] \$59 ;
   wire [13:0] \$6 ;
+  wire [17:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [17:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [13:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [17:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [32:0] \$76 ;
+  reg [22:0] \$77 ;
+  reg [26:0] \$78 ;
+  reg [28:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [22:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [18:0] \$82 ;
+  reg [19:0] \$83 ;
+  reg [33:0] \$84 ;
+  reg [29:0] \$85 ;
+  reg [25:0] \$86 ;
+  reg [20:0] \$87 ;
+  reg [34:0] \$88 ;
+  reg [26:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [35:0] \$90 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -16513,54 +16801,117 @@ module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
+  assign \$10  = noise * z[3:2];
+  assign \$11  = noise * z[5:4];
+  assign \$12  = noise * z[7:6];
+  assign \$13  = noise * z[9:8];
+  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
+  assign \$26  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
+  assign \$27  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
+  assign \$28  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
+  assign \$29  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$32  = \$31  + 1'h0;
+  assign \$33  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$34  = \$33  + 1'h1;
+  assign \$35  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$36  = \$32 [17] ? \$34 [16:0] : \$35 [16:0];
+  assign \$37  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$38  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$40  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$47  = \$43 [17] ? \$45 [17:0] : \$46 [17:0];
+  assign \$48  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$49  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$50  = sum_x_l2_0[17:0] + \$49 [17:0];
+  assign \$51  = \$50  + 1'h1;
+  assign \$52  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$53  = sum_x_l2_0[17:0] + \$52 [17:0];
+  assign \$54  = \$53  + 1'h1;
+  assign \$55  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$56  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$55 [35:18];
+  assign \$57  = \$56  + 1'h1;
+  assign \$58  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$59  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$58 [35:18];
+  assign \$60  = \$54 [18] ? \$57 [17:0] : \$59 [17:0];
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_theta <= \$61 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_step_pp0 <= \$62 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_step_pp1 <= \$63 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_step_pp2 <= \$64 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_step_pp3 <= \$65 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_decay_pp0 <= \$66 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_decay_pp1 <= \$67 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_decay_pp2 <= \$68 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_decay_pp3 <= \$69 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp0 <= \$70 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_noise_pp1 <= \$71 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_noise_pp2 <= \$72 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_noise_pp3 <= \$73 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_noise_pp4 <= \$74 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_noise_pp5 <= \$75 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_0 <= \$76 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_1 <= \$77 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_2 <= \$78 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_3 <= \$79 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l0_4 <= \$80 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l0_5 <= \$81 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l0_6 <= \$82 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l0_7 <= \$83 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l1_0 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$90 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -16570,245 +16921,214 @@ module \lpsgld_w8_vc_l8.lane_3.sum (rst, en, step, decay, noise, theta, grad, x,
   assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
-  assign \$10  = noise * z[3:2];
-  assign \$11  = noise * z[5:4];
-  assign \$12  = noise * z[7:6];
-  assign \$13  = noise * z[9:8];
-  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  always @(posedge clk)
-    sum_theta <= \$29 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$36  = sum_decay_pp2;
+    \$61  = sum_theta;
     if (en) begin
-      \$36  = \$7 ;
+      \$61  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$37  = sum_decay_pp3;
+    \$62  = sum_step_pp0;
     if (en) begin
-      \$37  = \$8 ;
+      \$62  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$38  = sum_noise_pp0;
+    \$63  = sum_step_pp1;
     if (en) begin
-      \$38  = \$9 ;
+      \$63  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$39  = sum_noise_pp1;
+    \$64  = sum_step_pp2;
     if (en) begin
-      \$39  = \$10 ;
+      \$64  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$40  = sum_noise_pp2;
+    \$65  = sum_step_pp3;
     if (en) begin
-      \$40  = \$11 ;
+      \$65  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$41  = sum_noise_pp3;
+    \$66  = sum_decay_pp0;
     if (en) begin
-      \$41  = \$12 ;
+      \$66  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$42  = sum_noise_pp4;
+    \$67  = sum_decay_pp1;
     if (en) begin
-      \$42  = \$13 ;
+      \$67  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$43  = sum_noise_pp5;
+    \$68  = sum_decay_pp2;
     if (en) begin
-      \$43  = \$14 ;
+      \$68  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$44  = sum_x_l0_0;
+    \$69  = sum_decay_pp3;
     if (en) begin
-      \$44  = \$15 ;
+      \$69  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$45  = sum_x_l0_1;
+    \$70  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$16 ;
+      \$70  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$46  = sum_x_l0_2;
+    \$71  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$17 ;
+      \$71  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$47  = sum_x_l0_3;
+    \$72  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$18 ;
+      \$72  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$48  = sum_x_l0_4;
+    \$73  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$19 ;
+      \$73  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$49  = sum_x_l0_5;
+    \$74  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$20 ;
+      \$74  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$50  = sum_x_l0_6;
+    \$75  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$21 ;
+      \$75  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$51  = sum_x_l0_7;
+    \$76  = sum_x_l0_0;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$76  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$52  = sum_x_l1_0;
+    \$77  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$22 ;
+      \$77  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$53  = sum_x_l1_1;
+    \$78  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$23 ;
+      \$78  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$54  = sum_x_l1_2;
+    \$79  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$24 ;
+      \$79  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$55  = sum_x_l1_3;
+    \$80  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$25 ;
+      \$80  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$56  = sum_x_l2_0;
+    \$81  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$26 ;
+      \$81  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$57  = sum_x_l2_1;
+    \$82  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$27 ;
+      \$82  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$58  = sum_x_l3_0;
+    \$83  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$28 ;
+      \$83  = { sum_decay_pp3, 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$29  = sum_theta;
+    \$84  = sum_x_l1_0;
     if (en) begin
-      \$29  = theta;
+      \$84  = { \$36 , \$30 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$30  = sum_step_pp0;
+    \$85  = sum_x_l1_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$85  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$31  = sum_step_pp1;
+    \$86  = sum_x_l1_2;
     if (en) begin
-      \$31  = \$2 ;
+      \$86  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$32  = sum_step_pp2;
+    \$87  = sum_x_l1_3;
     if (en) begin
-      \$32  = \$3 ;
+      \$87  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$33  = sum_step_pp3;
+    \$88  = sum_x_l2_0;
     if (en) begin
-      \$33  = \$4 ;
+      \$88  = { \$47 , \$41 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$34  = sum_decay_pp0;
+    \$89  = sum_x_l2_1;
     if (en) begin
-      \$34  = \$5 ;
+      \$89  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$35  = sum_decay_pp1;
+    \$90  = sum_x_l3_0;
     if (en) begin
-      \$35  = \$6 ;
+      \$90  = { \$60 , \$51 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -19371,104 +19691,103 @@ endmodule
 module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire [34:0] \$1 ;
-  wire [17:0] \$10 ;
-  wire [8:0] \$11 ;
-  wire [10:0] \$12 ;
-  wire [20:0] \$13 ;
-  wire [24:0] \$14 ;
-  wire [28:0] \$15 ;
-  wire [32:0] \$16 ;
-  wire [25:0] \$17 ;
-  wire [33:0] \$18 ;
-  wire [34:0] \$19 ;
-  wire [15:0] \$2 ;
-  wire [37:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
-  wire [17:0] \$3 ;
+  wire [8:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire [3:0] \$12 ;
+  wire [8:0] \$13 ;
+  wire [10:0] \$14 ;
+  wire [21:0] \$15 ;
+  wire [25:0] \$16 ;
+  wire [29:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire [26:0] \$19 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [34:0] \$21 ;
+  wire [37:0] \$22 ;
+  wire [35:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [11:0] \$32 ;
-  wire [11:0] \$33 ;
-  wire [11:0] \$34 ;
-  wire [11:0] \$35 ;
+  wire [7:0] \$31 ;
+  wire [7:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
   wire \$36 ;
-  wire [11:0] \$37 ;
-  wire [11:0] \$38 ;
+  wire [7:0] \$37 ;
+  wire [7:0] \$38 ;
   wire \$39 ;
-  wire [17:0] \$4 ;
+  wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire [11:0] \$42 ;
-  wire [11:0] \$43 ;
-  wire [11:0] \$44 ;
-  wire [11:0] \$45 ;
+  wire \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
   wire [7:0] \$46 ;
-  wire [7:0] \$47 ;
-  reg [10:0] \$48 ;
-  reg [7:0] \$49 ;
-  wire [17:0] \$5 ;
-  reg [10:0] \$50 ;
+  reg [10:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [10:0] \$49 ;
+  wire [18:0] \$5 ;
+  reg [15:0] \$50 ;
   reg [15:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [16:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [19:0] \$55 ;
-  reg [21:0] \$56 ;
-  reg [23:0] \$57 ;
-  reg [25:0] \$58 ;
-  reg [27:0] \$59 ;
-  wire [17:0] \$6 ;
-  reg [29:0] \$60 ;
-  reg [31:0] \$61 ;
-  reg [8:0] \$62 ;
-  reg [10:0] \$63 ;
-  reg [15:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg [20:0] \$66 ;
-  reg [24:0] \$67 ;
-  reg [28:0] \$68 ;
-  reg [32:0] \$69 ;
-  wire [17:0] \$7 ;
-  reg [25:0] \$70 ;
-  reg [33:0] \$71 ;
-  reg [34:0] \$72 ;
+  reg [16:0] \$52 ;
+  reg [18:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [22:0] \$55 ;
+  reg [24:0] \$56 ;
+  reg [26:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [30:0] \$59 ;
+  wire [16:0] \$6 ;
+  reg [31:0] \$60 ;
+  reg [8:0] \$61 ;
+  reg [10:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [21:0] \$65 ;
+  reg [25:0] \$66 ;
+  reg [29:0] \$67 ;
+  reg [32:0] \$68 ;
+  reg [26:0] \$69 ;
+  wire [14:0] \$7 ;
+  reg [33:0] \$70 ;
+  reg [34:0] \$71 ;
+  reg [8:0] \$72 ;
   reg [8:0] \$73 ;
   reg [8:0] \$74 ;
-  reg [8:0] \$75 ;
+  reg [10:0] \$75 ;
   reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [10:0] \$78 ;
+  reg [15:0] \$78 ;
   reg [15:0] \$79 ;
-  wire [17:0] \$8 ;
+  wire [12:0] \$8 ;
   reg [15:0] \$80 ;
-  reg [15:0] \$81 ;
+  reg [16:0] \$81 ;
   reg [16:0] \$82 ;
   reg [16:0] \$83 ;
-  reg [16:0] \$84 ;
-  reg [37:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [34:0] \$87 ;
-  reg [10:0] \$88 ;
-  reg [16:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [34:0] \$90 ;
-  reg [16:0] \$91 ;
-  reg [10:0] \$92 ;
-  reg [16:0] \$93 ;
+  reg [37:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [10:0] \$87 ;
+  reg [16:0] \$88 ;
+  reg [17:0] \$89 ;
+  wire [10:0] \$9 ;
+  reg [16:0] \$90 ;
+  reg [10:0] \$91 ;
+  reg [16:0] \$92 ;
+  reg \$93 ;
   reg \$94 ;
-  reg \$95 ;
-  reg [11:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [10:0] \$98 ;
-  reg [7:0] \$99 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
   input clk;
   wire clk;
   input en;
@@ -19484,6 +19803,7 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [16:0] u_vc;
   reg [16:0] vc_down = 17'h00000;
   reg [37:0] vc_down_a = 38'h0000000000;
+  wire [16:0] vc_down_sel;
   reg [15:0] vc_f_h = 16'h0000;
   reg [15:0] vc_f_h2 = 16'h0000;
   reg [15:0] vc_f_h_d0 = 16'h0000;
@@ -19503,29 +19823,31 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
-  reg [10:0] vc_q_5 = 11'h000;
+  reg [7:0] vc_q_5 = 8'h00;
   reg [10:0] vc_q_a = 11'h000;
   reg [10:0] vc_q_b = 11'h000;
   reg [10:0] vc_q_d0 = 11'h000;
   reg [10:0] vc_q_d1 = 11'h000;
   reg [10:0] vc_q_d2 = 11'h000;
-  reg [11:0] vc_q_dn = 12'h000;
-  reg [11:0] vc_q_up = 12'h000;
+  wire [11:0] vc_q_dec;
+  reg [7:0] vc_q_dn = 8'h00;
+  wire [11:0] vc_q_inc;
+  reg [7:0] vc_q_up = 8'h00;
   reg [15:0] vc_sq_in = 16'h0000;
-  reg [20:0] vc_sq_l0_0 = 21'h000000;
-  reg [24:0] vc_sq_l0_1 = 25'h0000000;
-  reg [28:0] vc_sq_l0_2 = 29'h00000000;
+  reg [21:0] vc_sq_l0_0 = 22'h000000;
+  reg [25:0] vc_sq_l0_1 = 26'h0000000;
+  reg [29:0] vc_sq_l0_2 = 30'h00000000;
   reg [32:0] vc_sq_l0_3 = 33'h000000000;
-  reg [25:0] vc_sq_l1_0 = 26'h0000000;
+  reg [26:0] vc_sq_l1_0 = 27'h0000000;
   reg [33:0] vc_sq_l1_1 = 34'h000000000;
   reg [34:0] vc_sq_l2_0 = 35'h000000000;
-  reg [17:0] vc_sq_pp0 = 18'h00000;
-  reg [19:0] vc_sq_pp1 = 20'h00000;
-  reg [21:0] vc_sq_pp2 = 22'h000000;
-  reg [23:0] vc_sq_pp3 = 24'h000000;
-  reg [25:0] vc_sq_pp4 = 26'h0000000;
-  reg [27:0] vc_sq_pp5 = 28'h0000000;
-  reg [29:0] vc_sq_pp6 = 30'h00000000;
+  reg [18:0] vc_sq_pp0 = 19'h00000;
+  reg [20:0] vc_sq_pp1 = 21'h000000;
+  reg [22:0] vc_sq_pp2 = 23'h000000;
+  reg [24:0] vc_sq_pp3 = 25'h0000000;
+  reg [26:0] vc_sq_pp4 = 27'h0000000;
+  reg [28:0] vc_sq_pp5 = 29'h00000000;
+  reg [30:0] vc_sq_pp6 = 31'h00000000;
   reg [31:0] vc_sq_pp7 = 32'd0;
   reg [16:0] vc_u_1 = 17'h00000;
   reg [16:0] vc_u_2 = 17'h00000;
@@ -19534,528 +19856,534 @@ module \lpsgld_w8_vc_l8.lane_4.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [16:0] vc_u_d0 = 17'h00000;
   reg [16:0] vc_u_d1 = 17'h00000;
   reg [16:0] vc_u_d2 = 17'h00000;
-  reg [34:0] vc_up = 35'h000000000;
+  reg [17:0] vc_up = 18'h00000;
   reg [34:0] vc_up_a = 35'h000000000;
+  wire [34:0] vc_up_sel;
   input [14:0] vc_var;
   wire [14:0] vc_var;
   reg [15:0] vc_vs = 16'h0000;
+  wire [15:0] vc_w;
   input [33:0] x;
   wire [33:0] x;
   wire [18:0] y;
-  assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = vc_sq_in * vc_sq_in[7:6];
-  assign \$7  = vc_sq_in * vc_sq_in[9:8];
-  assign \$8  = vc_sq_in * vc_sq_in[11:10];
-  assign \$9  = vc_sq_in * vc_sq_in[13:12];
-  assign \$10  = vc_sq_in * vc_sq_in[15:14];
-  assign \$11  = 8'h80 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = vc_var - vc_vs;
-  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
-  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
-  assign \$26  = vc_var - vc_vs;
-  assign \$27  = vc_var - vc_vs;
-  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
-  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
-  assign \$30  = vc_u_4 < vc_up;
-  assign \$31  = vc_u_4 < vc_down;
-  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = & \$35 [11:7];
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = | \$38 [11:7];
-  assign \$40  = ~ \$39 ;
-  assign \$41  = \$36  | \$40 ;
-  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
-  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
-  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
-  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [16] ? 16'h0000 : \$3 [15:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 19'h00000, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[16:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[15:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[15:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * { vc_sq_in[15:6], 1'h0, vc_sq_in[5:4] };
+  assign \$8  = vc_sq_in[7:6] * { vc_sq_in[15:8], 1'h0, vc_sq_in[7:6] };
+  assign \$9  = vc_sq_in[9:8] * { vc_sq_in[15:10], 1'h0, vc_sq_in[9:8] };
+  assign \$10  = vc_sq_in[11:10] * { vc_sq_in[15:12], 1'h0, vc_sq_in[11:10] };
+  assign \$11  = vc_sq_in[13:12] * { vc_sq_in[15:14], 1'h0, vc_sq_in[13:12] };
+  assign \$12  = vc_sq_in[15:14] * vc_sq_in[15:14];
+  assign \$13  = 8'h80 - vc_l_a;
+  assign \$14  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$15  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$16  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$17  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$18  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$19  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$20  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$21  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$22  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$23  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$24  = | vc_up_sel[34:17];
+  assign \$25  = vc_u_4 < vc_up;
+  assign \$26  = vc_u_4 < vc_down;
+  assign \$27  = & vc_q_inc[11:7];
+  assign \$28  = | vc_q_inc[11:7];
+  assign \$29  = ~ \$28 ;
+  assign \$30  = \$27  | \$29 ;
+  assign \$31  = vc_q_inc[11] ? 8'h80 : 8'h7f;
+  assign \$32  = \$30  ? vc_q_inc[7:0] : \$31 ;
+  assign \$33  = & vc_q_dec[11:7];
+  assign \$34  = | vc_q_dec[11:7];
+  assign \$35  = ~ \$34 ;
+  assign \$36  = \$33  | \$35 ;
+  assign \$37  = vc_q_dec[11] ? 8'h80 : 8'h7f;
+  assign \$38  = \$36  ? vc_q_dec[7:0] : \$37 ;
+  assign \$39  = & vc_q_4[10:7];
+  assign \$40  = | vc_q_4[10:7];
+  assign \$41  = ~ \$40 ;
+  assign \$42  = \$39  | \$41 ;
+  assign \$43  = vc_q_4[10] ? 8'h80 : 8'h7f;
+  assign \$44  = \$42  ? vc_q_4[7:0] : \$43 ;
+  assign \$45  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$46  = vc_lt_up ? vc_q_up : \$45 ;
   always @(posedge clk)
-    vc_q_a <= \$48 ;
+    vc_q_a <= \$47 ;
   always @(posedge clk)
-    vc_l_a <= \$49 ;
+    vc_l_a <= \$48 ;
   always @(posedge clk)
-    vc_q_b <= \$50 ;
+    vc_q_b <= \$49 ;
   always @(posedge clk)
-    vc_f_h <= \$51 ;
+    vc_f_h <= \$50 ;
   always @(posedge clk)
-    vc_sq_in <= \$52 ;
+    vc_sq_in <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$53 ;
+    vc_u_1 <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$54 ;
+    vc_sq_pp0 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$55 ;
+    vc_sq_pp1 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$56 ;
+    vc_sq_pp2 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$57 ;
+    vc_sq_pp3 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$58 ;
+    vc_sq_pp4 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$59 ;
+    vc_sq_pp5 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$60 ;
+    vc_sq_pp6 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$61 ;
+    vc_sq_pp7 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$62 ;
+    vc_m_a <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$63 ;
+    vc_q <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$64 ;
+    vc_f_h2 <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$65 ;
+    vc_u_2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$66 ;
+    vc_sq_l0_0 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$67 ;
+    vc_sq_l0_1 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$68 ;
+    vc_sq_l0_2 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$69 ;
+    vc_sq_l0_3 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$70 ;
+    vc_sq_l1_0 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$71 ;
+    vc_sq_l1_1 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$72 ;
+    vc_sq_l2_0 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$73 ;
+    vc_m_a_d0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$74 ;
+    vc_m_a_d1 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$75 ;
+    vc_m_a_d2 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$76 ;
+    vc_q_d0 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$77 ;
+    vc_q_d1 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$78 ;
+    vc_q_d2 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$79 ;
+    vc_f_h_d0 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$80 ;
+    vc_f_h_d1 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$81 ;
+    vc_f_h_d2 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$82 ;
+    vc_u_d0 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$83 ;
+    vc_u_d1 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$84 ;
+    vc_u_d2 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$85 ;
+    vc_down_a <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$86 ;
+    vc_vs <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$87 ;
+    vc_up_a <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$88 ;
+    vc_q_3 <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$89 ;
+    vc_u_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$90 ;
+    vc_up <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$91 ;
+    vc_down <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$92 ;
+    vc_q_4 <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$93 ;
+    vc_u_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$94 ;
+    vc_lt_up <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$95 ;
+    vc_lt_down <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$96 ;
+    vc_q_up <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$97 ;
+    vc_q_dn <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$98 ;
+    vc_q_5 <= \$97 ;
   always @(posedge clk)
-    out <= \$99 ;
+    out <= \$98 ;
+  assign \$1  = $signed(x) + $signed(25'h0808000);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$48  = vc_q_a;
+    \$47  = vc_q_a;
     if (en) begin
-      \$48  = \$1 [34:24];
+      \$47  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$49  = vc_l_a;
+    \$48  = vc_l_a;
     if (en) begin
-      \$49  = \$1 [23:16];
+      \$48  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$50  = vc_q_b;
+    \$49  = vc_q_b;
     if (en) begin
-      \$50  = t[34:24];
+      \$49  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$51  = vc_f_h;
+    \$50  = vc_f_h;
     if (en) begin
-      \$51  = x[23:8];
+      \$50  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$52  = vc_sq_in;
+    \$51  = vc_sq_in;
     if (en) begin
-      \$52  = \$2 ;
+      \$51  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$53  = vc_u_1;
+    \$52  = vc_u_1;
     if (en) begin
-      \$53  = u_vc;
+      \$52  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$54  = vc_sq_pp0;
+    \$53  = vc_sq_pp0;
     if (en) begin
-      \$54  = \$3 ;
+      \$53  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$55  = vc_sq_pp1;
+    \$54  = vc_sq_pp1;
     if (en) begin
-      \$55  = { \$4 , 2'h0 };
+      \$54  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$56  = vc_sq_pp2;
+    \$55  = vc_sq_pp2;
     if (en) begin
-      \$56  = { \$5 , 4'h0 };
+      \$55  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$57  = vc_sq_pp3;
+    \$56  = vc_sq_pp3;
     if (en) begin
-      \$57  = { \$6 , 6'h00 };
+      \$56  = { \$8 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$58  = vc_sq_pp4;
+    \$57  = vc_sq_pp4;
     if (en) begin
-      \$58  = { \$7 , 8'h00 };
+      \$57  = { \$9 , 16'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$59  = vc_sq_pp5;
+    \$58  = vc_sq_pp5;
     if (en) begin
-      \$59  = { \$8 , 10'h000 };
+      \$58  = { \$10 , 20'h00000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$60  = vc_sq_pp6;
+    \$59  = vc_sq_pp6;
     if (en) begin
-      \$60  = { \$9 , 12'h000 };
+      \$59  = { \$11 , 24'h000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$61  = vc_sq_pp7;
+    \$60  = vc_sq_pp7;
     if (en) begin
-      \$61  = { \$10 , 14'h0000 };
+      \$60  = { \$12 , 28'h0000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$62  = vc_m_a;
+    \$61  = vc_m_a;
     if (en) begin
-      \$62  = \$11 ;
+      \$61  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$63  = vc_q;
+    \$62  = vc_q;
     if (en) begin
-      \$63  = \$12 ;
+      \$62  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$64  = vc_f_h2;
+    \$63  = vc_f_h2;
     if (en) begin
-      \$64  = vc_f_h;
+      \$63  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$65  = vc_u_2;
+    \$64  = vc_u_2;
     if (en) begin
-      \$65  = vc_u_1;
+      \$64  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$66  = vc_sq_l0_0;
+    \$65  = vc_sq_l0_0;
     if (en) begin
-      \$66  = \$13 ;
+      \$65  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$67  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_1;
     if (en) begin
-      \$67  = \$14 ;
+      \$66  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$68  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_2;
     if (en) begin
-      \$68  = \$15 ;
+      \$67  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$69  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_3;
     if (en) begin
-      \$69  = \$16 ;
+      \$68  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$70  = vc_sq_l1_0;
+    \$69  = vc_sq_l1_0;
     if (en) begin
-      \$70  = \$17 ;
+      \$69  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$71  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_1;
     if (en) begin
-      \$71  = \$18 ;
+      \$70  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$72  = vc_sq_l2_0;
+    \$71  = vc_sq_l2_0;
     if (en) begin
-      \$72  = \$19 ;
+      \$71  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$73  = vc_m_a_d0;
+    \$72  = vc_m_a_d0;
     if (en) begin
-      \$73  = vc_m_a;
+      \$72  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$74  = vc_m_a_d1;
+    \$73  = vc_m_a_d1;
     if (en) begin
-      \$74  = vc_m_a_d0;
+      \$73  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$75  = vc_m_a_d2;
+    \$74  = vc_m_a_d2;
     if (en) begin
-      \$75  = vc_m_a_d1;
+      \$74  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$76  = vc_q_d0;
+    \$75  = vc_q_d0;
     if (en) begin
-      \$76  = vc_q;
+      \$75  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$77  = vc_q_d1;
+    \$76  = vc_q_d1;
     if (en) begin
-      \$77  = vc_q_d0;
+      \$76  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$78  = vc_q_d2;
+    \$77  = vc_q_d2;
     if (en) begin
-      \$78  = vc_q_d1;
+      \$77  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$79  = vc_f_h_d0;
+    \$78  = vc_f_h_d0;
     if (en) begin
-      \$79  = vc_f_h2;
+      \$78  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$80  = vc_f_h_d1;
+    \$79  = vc_f_h_d1;
     if (en) begin
-      \$80  = vc_f_h_d0;
+      \$79  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$81  = vc_f_h_d2;
+    \$80  = vc_f_h_d2;
     if (en) begin
-      \$81  = vc_f_h_d1;
+      \$80  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$82  = vc_u_d0;
+    \$81  = vc_u_d0;
     if (en) begin
-      \$82  = vc_u_2;
+      \$81  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$83  = vc_u_d1;
+    \$82  = vc_u_d1;
     if (en) begin
-      \$83  = vc_u_d0;
+      \$82  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$84  = vc_u_d2;
+    \$83  = vc_u_d2;
     if (en) begin
-      \$84  = vc_u_d1;
+      \$83  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$85  = vc_down_a;
+    \$84  = vc_down_a;
     if (en) begin
-      \$85  = \$20 ;
+      \$84  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$86  = vc_vs;
+    \$85  = vc_vs;
     if (en) begin
-      \$86  = \$21 [31:16];
+      \$85  = \$23 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$87  = vc_up_a;
+    \$86  = vc_up_a;
     if (en) begin
-      \$87  = vc_sq_l2_0;
+      \$86  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$88  = vc_q_3;
+    \$87  = vc_q_3;
     if (en) begin
-      \$88  = vc_q_d2;
+      \$87  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$89  = vc_u_3;
+    \$88  = vc_u_3;
     if (en) begin
-      \$89  = vc_u_d2;
+      \$88  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$90  = vc_up;
+    \$89  = vc_up;
     if (en) begin
-      \$90  = \$25 ;
+      \$89  = { \$24 , vc_up_sel[16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$91  = vc_down;
+    \$90  = vc_down;
     if (en) begin
-      \$91  = \$29 ;
+      \$90  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$92  = vc_q_4;
+    \$91  = vc_q_4;
     if (en) begin
-      \$92  = vc_q_3;
+      \$91  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$93  = vc_u_4;
+    \$92  = vc_u_4;
     if (en) begin
-      \$93  = vc_u_3;
+      \$92  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$94  = vc_lt_up;
+    \$93  = vc_lt_up;
     if (en) begin
-      \$94  = \$30 ;
+      \$93  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$95  = vc_lt_down;
+    \$94  = vc_lt_down;
     if (en) begin
-      \$95  = \$31 ;
+      \$94  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$96  = vc_q_up;
+    \$95  = vc_q_up;
     if (en) begin
-      \$96  = \$32 ;
+      \$95  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$97  = vc_q_dn;
+    \$96  = vc_q_dn;
     if (en) begin
-      \$97  = \$33 ;
+      \$96  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$98  = vc_q_5;
+    \$97  = vc_q_5;
     if (en) begin
-      \$98  = vc_q_4;
+      \$97  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$99  = out;
+    \$98  = out;
     if (en) begin
-      \$99  = \$47 ;
+      \$98  = \$46 ;
     end
   end
   assign y = \$1 [34:16];
@@ -20071,58 +20399,90 @@ module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [22:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [18:0] \$28 ;
+  wire [17:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [18:0] \$30 ;
+  wire [17:0] \$31 ;
+  wire [18:0] \$32 ;
+  wire [17:0] \$33 ;
+  wire [18:0] \$34 ;
+  wire [17:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [29:0] \$37 ;
+  wire [25:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  wire [17:0] \$40 ;
+  wire [18:0] \$41 ;
+  wire [17:0] \$42 ;
+  wire [18:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [19:0] \$45 ;
+  wire [18:0] \$46 ;
+  wire [17:0] \$47 ;
+  wire [26:0] \$48 ;
+  wire [35:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  wire [18:0] \$50 ;
+  wire [19:0] \$51 ;
+  wire [35:0] \$52 ;
+  wire [18:0] \$53 ;
+  wire [19:0] \$54 ;
+  wire [35:0] \$55 ;
+  wire [18:0] \$56 ;
+  wire [19:0] \$57 ;
+  wire [35:0] \$58 ;
+  wire [18:0] \$59 ;
   wire [13:0] \$6 ;
+  wire [17:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [17:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [13:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [17:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [32:0] \$76 ;
+  reg [22:0] \$77 ;
+  reg [26:0] \$78 ;
+  reg [28:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [22:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [18:0] \$82 ;
+  reg [19:0] \$83 ;
+  reg [33:0] \$84 ;
+  reg [29:0] \$85 ;
+  reg [25:0] \$86 ;
+  reg [20:0] \$87 ;
+  reg [34:0] \$88 ;
+  reg [26:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [35:0] \$90 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -20173,54 +20533,117 @@ module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
+  assign \$10  = noise * z[3:2];
+  assign \$11  = noise * z[5:4];
+  assign \$12  = noise * z[7:6];
+  assign \$13  = noise * z[9:8];
+  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
+  assign \$26  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
+  assign \$27  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
+  assign \$28  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
+  assign \$29  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$32  = \$31  + 1'h0;
+  assign \$33  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$34  = \$33  + 1'h1;
+  assign \$35  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$36  = \$32 [17] ? \$34 [16:0] : \$35 [16:0];
+  assign \$37  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$38  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$40  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$47  = \$43 [17] ? \$45 [17:0] : \$46 [17:0];
+  assign \$48  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$49  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$50  = sum_x_l2_0[17:0] + \$49 [17:0];
+  assign \$51  = \$50  + 1'h1;
+  assign \$52  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$53  = sum_x_l2_0[17:0] + \$52 [17:0];
+  assign \$54  = \$53  + 1'h1;
+  assign \$55  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$56  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$55 [35:18];
+  assign \$57  = \$56  + 1'h1;
+  assign \$58  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$59  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$58 [35:18];
+  assign \$60  = \$54 [18] ? \$57 [17:0] : \$59 [17:0];
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_theta <= \$61 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_step_pp0 <= \$62 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_step_pp1 <= \$63 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_step_pp2 <= \$64 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_step_pp3 <= \$65 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_decay_pp0 <= \$66 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_decay_pp1 <= \$67 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_decay_pp2 <= \$68 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_decay_pp3 <= \$69 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp0 <= \$70 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_noise_pp1 <= \$71 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_noise_pp2 <= \$72 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_noise_pp3 <= \$73 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_noise_pp4 <= \$74 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_noise_pp5 <= \$75 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_0 <= \$76 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_1 <= \$77 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_2 <= \$78 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_3 <= \$79 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l0_4 <= \$80 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l0_5 <= \$81 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l0_6 <= \$82 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l0_7 <= \$83 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l1_0 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$90 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -20230,245 +20653,214 @@ module \lpsgld_w8_vc_l8.lane_4.sum (rst, en, step, decay, noise, theta, grad, x,
   assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
-  assign \$10  = noise * z[3:2];
-  assign \$11  = noise * z[5:4];
-  assign \$12  = noise * z[7:6];
-  assign \$13  = noise * z[9:8];
-  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  always @(posedge clk)
-    sum_theta <= \$29 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$36  = sum_decay_pp2;
+    \$61  = sum_theta;
     if (en) begin
-      \$36  = \$7 ;
+      \$61  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$37  = sum_decay_pp3;
+    \$62  = sum_step_pp0;
     if (en) begin
-      \$37  = \$8 ;
+      \$62  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$38  = sum_noise_pp0;
+    \$63  = sum_step_pp1;
     if (en) begin
-      \$38  = \$9 ;
+      \$63  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$39  = sum_noise_pp1;
+    \$64  = sum_step_pp2;
     if (en) begin
-      \$39  = \$10 ;
+      \$64  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$40  = sum_noise_pp2;
+    \$65  = sum_step_pp3;
     if (en) begin
-      \$40  = \$11 ;
+      \$65  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$41  = sum_noise_pp3;
+    \$66  = sum_decay_pp0;
     if (en) begin
-      \$41  = \$12 ;
+      \$66  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$42  = sum_noise_pp4;
+    \$67  = sum_decay_pp1;
     if (en) begin
-      \$42  = \$13 ;
+      \$67  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$43  = sum_noise_pp5;
+    \$68  = sum_decay_pp2;
     if (en) begin
-      \$43  = \$14 ;
+      \$68  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$44  = sum_x_l0_0;
+    \$69  = sum_decay_pp3;
     if (en) begin
-      \$44  = \$15 ;
+      \$69  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$45  = sum_x_l0_1;
+    \$70  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$16 ;
+      \$70  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$46  = sum_x_l0_2;
+    \$71  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$17 ;
+      \$71  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$47  = sum_x_l0_3;
+    \$72  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$18 ;
+      \$72  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$48  = sum_x_l0_4;
+    \$73  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$19 ;
+      \$73  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$49  = sum_x_l0_5;
+    \$74  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$20 ;
+      \$74  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$50  = sum_x_l0_6;
+    \$75  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$21 ;
+      \$75  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$51  = sum_x_l0_7;
+    \$76  = sum_x_l0_0;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$76  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$52  = sum_x_l1_0;
+    \$77  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$22 ;
+      \$77  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$53  = sum_x_l1_1;
+    \$78  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$23 ;
+      \$78  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$54  = sum_x_l1_2;
+    \$79  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$24 ;
+      \$79  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$55  = sum_x_l1_3;
+    \$80  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$25 ;
+      \$80  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$56  = sum_x_l2_0;
+    \$81  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$26 ;
+      \$81  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$57  = sum_x_l2_1;
+    \$82  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$27 ;
+      \$82  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$58  = sum_x_l3_0;
+    \$83  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$28 ;
+      \$83  = { sum_decay_pp3, 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$29  = sum_theta;
+    \$84  = sum_x_l1_0;
     if (en) begin
-      \$29  = theta;
+      \$84  = { \$36 , \$30 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$30  = sum_step_pp0;
+    \$85  = sum_x_l1_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$85  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$31  = sum_step_pp1;
+    \$86  = sum_x_l1_2;
     if (en) begin
-      \$31  = \$2 ;
+      \$86  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$32  = sum_step_pp2;
+    \$87  = sum_x_l1_3;
     if (en) begin
-      \$32  = \$3 ;
+      \$87  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$33  = sum_step_pp3;
+    \$88  = sum_x_l2_0;
     if (en) begin
-      \$33  = \$4 ;
+      \$88  = { \$47 , \$41 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$34  = sum_decay_pp0;
+    \$89  = sum_x_l2_1;
     if (en) begin
-      \$34  = \$5 ;
+      \$89  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$21 ) begin end
-    \$35  = sum_decay_pp1;
+    \$90  = sum_x_l3_0;
     if (en) begin
-      \$35  = \$6 ;
+      \$90  = { \$60 , \$51 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -23031,104 +23423,103 @@ endmodule
 module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$24  = 0;
   wire [34:0] \$1 ;
-  wire [17:0] \$10 ;
-  wire [8:0] \$11 ;
-  wire [10:0] \$12 ;
-  wire [20:0] \$13 ;
-  wire [24:0] \$14 ;
-  wire [28:0] \$15 ;
-  wire [32:0] \$16 ;
-  wire [25:0] \$17 ;
-  wire [33:0] \$18 ;
-  wire [34:0] \$19 ;
-  wire [15:0] \$2 ;
-  wire [37:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
-  wire [17:0] \$3 ;
+  wire [8:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire [3:0] \$12 ;
+  wire [8:0] \$13 ;
+  wire [10:0] \$14 ;
+  wire [21:0] \$15 ;
+  wire [25:0] \$16 ;
+  wire [29:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire [26:0] \$19 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [34:0] \$21 ;
+  wire [37:0] \$22 ;
+  wire [35:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [11:0] \$32 ;
-  wire [11:0] \$33 ;
-  wire [11:0] \$34 ;
-  wire [11:0] \$35 ;
+  wire [7:0] \$31 ;
+  wire [7:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
   wire \$36 ;
-  wire [11:0] \$37 ;
-  wire [11:0] \$38 ;
+  wire [7:0] \$37 ;
+  wire [7:0] \$38 ;
   wire \$39 ;
-  wire [17:0] \$4 ;
+  wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire [11:0] \$42 ;
-  wire [11:0] \$43 ;
-  wire [11:0] \$44 ;
-  wire [11:0] \$45 ;
+  wire \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
   wire [7:0] \$46 ;
-  wire [7:0] \$47 ;
-  reg [10:0] \$48 ;
-  reg [7:0] \$49 ;
-  wire [17:0] \$5 ;
-  reg [10:0] \$50 ;
+  reg [10:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [10:0] \$49 ;
+  wire [18:0] \$5 ;
+  reg [15:0] \$50 ;
   reg [15:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [16:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [19:0] \$55 ;
-  reg [21:0] \$56 ;
-  reg [23:0] \$57 ;
-  reg [25:0] \$58 ;
-  reg [27:0] \$59 ;
-  wire [17:0] \$6 ;
-  reg [29:0] \$60 ;
-  reg [31:0] \$61 ;
-  reg [8:0] \$62 ;
-  reg [10:0] \$63 ;
-  reg [15:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg [20:0] \$66 ;
-  reg [24:0] \$67 ;
-  reg [28:0] \$68 ;
-  reg [32:0] \$69 ;
-  wire [17:0] \$7 ;
-  reg [25:0] \$70 ;
-  reg [33:0] \$71 ;
-  reg [34:0] \$72 ;
+  reg [16:0] \$52 ;
+  reg [18:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [22:0] \$55 ;
+  reg [24:0] \$56 ;
+  reg [26:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [30:0] \$59 ;
+  wire [16:0] \$6 ;
+  reg [31:0] \$60 ;
+  reg [8:0] \$61 ;
+  reg [10:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [21:0] \$65 ;
+  reg [25:0] \$66 ;
+  reg [29:0] \$67 ;
+  reg [32:0] \$68 ;
+  reg [26:0] \$69 ;
+  wire [14:0] \$7 ;
+  reg [33:0] \$70 ;
+  reg [34:0] \$71 ;
+  reg [8:0] \$72 ;
   reg [8:0] \$73 ;
   reg [8:0] \$74 ;
-  reg [8:0] \$75 ;
+  reg [10:0] \$75 ;
   reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [10:0] \$78 ;
+  reg [15:0] \$78 ;
   reg [15:0] \$79 ;
-  wire [17:0] \$8 ;
+  wire [12:0] \$8 ;
   reg [15:0] \$80 ;
-  reg [15:0] \$81 ;
+  reg [16:0] \$81 ;
   reg [16:0] \$82 ;
   reg [16:0] \$83 ;
-  reg [16:0] \$84 ;
-  reg [37:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [34:0] \$87 ;
-  reg [10:0] \$88 ;
-  reg [16:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [34:0] \$90 ;
-  reg [16:0] \$91 ;
-  reg [10:0] \$92 ;
-  reg [16:0] \$93 ;
+  reg [37:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [10:0] \$87 ;
+  reg [16:0] \$88 ;
+  reg [17:0] \$89 ;
+  wire [10:0] \$9 ;
+  reg [16:0] \$90 ;
+  reg [10:0] \$91 ;
+  reg [16:0] \$92 ;
+  reg \$93 ;
   reg \$94 ;
-  reg \$95 ;
-  reg [11:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [10:0] \$98 ;
-  reg [7:0] \$99 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
   input clk;
   wire clk;
   input en;
@@ -23144,6 +23535,7 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [16:0] u_vc;
   reg [16:0] vc_down = 17'h00000;
   reg [37:0] vc_down_a = 38'h0000000000;
+  wire [16:0] vc_down_sel;
   reg [15:0] vc_f_h = 16'h0000;
   reg [15:0] vc_f_h2 = 16'h0000;
   reg [15:0] vc_f_h_d0 = 16'h0000;
@@ -23163,29 +23555,31 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
-  reg [10:0] vc_q_5 = 11'h000;
+  reg [7:0] vc_q_5 = 8'h00;
   reg [10:0] vc_q_a = 11'h000;
   reg [10:0] vc_q_b = 11'h000;
   reg [10:0] vc_q_d0 = 11'h000;
   reg [10:0] vc_q_d1 = 11'h000;
   reg [10:0] vc_q_d2 = 11'h000;
-  reg [11:0] vc_q_dn = 12'h000;
-  reg [11:0] vc_q_up = 12'h000;
+  wire [11:0] vc_q_dec;
+  reg [7:0] vc_q_dn = 8'h00;
+  wire [11:0] vc_q_inc;
+  reg [7:0] vc_q_up = 8'h00;
   reg [15:0] vc_sq_in = 16'h0000;
-  reg [20:0] vc_sq_l0_0 = 21'h000000;
-  reg [24:0] vc_sq_l0_1 = 25'h0000000;
-  reg [28:0] vc_sq_l0_2 = 29'h00000000;
+  reg [21:0] vc_sq_l0_0 = 22'h000000;
+  reg [25:0] vc_sq_l0_1 = 26'h0000000;
+  reg [29:0] vc_sq_l0_2 = 30'h00000000;
   reg [32:0] vc_sq_l0_3 = 33'h000000000;
-  reg [25:0] vc_sq_l1_0 = 26'h0000000;
+  reg [26:0] vc_sq_l1_0 = 27'h0000000;
   reg [33:0] vc_sq_l1_1 = 34'h000000000;
   reg [34:0] vc_sq_l2_0 = 35'h000000000;
-  reg [17:0] vc_sq_pp0 = 18'h00000;
-  reg [19:0] vc_sq_pp1 = 20'h00000;
-  reg [21:0] vc_sq_pp2 = 22'h000000;
-  reg [23:0] vc_sq_pp3 = 24'h000000;
-  reg [25:0] vc_sq_pp4 = 26'h0000000;
-  reg [27:0] vc_sq_pp5 = 28'h0000000;
-  reg [29:0] vc_sq_pp6 = 30'h00000000;
+  reg [18:0] vc_sq_pp0 = 19'h00000;
+  reg [20:0] vc_sq_pp1 = 21'h000000;
+  reg [22:0] vc_sq_pp2 = 23'h000000;
+  reg [24:0] vc_sq_pp3 = 25'h0000000;
+  reg [26:0] vc_sq_pp4 = 27'h0000000;
+  reg [28:0] vc_sq_pp5 = 29'h00000000;
+  reg [30:0] vc_sq_pp6 = 31'h00000000;
   reg [31:0] vc_sq_pp7 = 32'd0;
   reg [16:0] vc_u_1 = 17'h00000;
   reg [16:0] vc_u_2 = 17'h00000;
@@ -23194,528 +23588,534 @@ module \lpsgld_w8_vc_l8.lane_5.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [16:0] vc_u_d0 = 17'h00000;
   reg [16:0] vc_u_d1 = 17'h00000;
   reg [16:0] vc_u_d2 = 17'h00000;
-  reg [34:0] vc_up = 35'h000000000;
+  reg [17:0] vc_up = 18'h00000;
   reg [34:0] vc_up_a = 35'h000000000;
+  wire [34:0] vc_up_sel;
   input [14:0] vc_var;
   wire [14:0] vc_var;
   reg [15:0] vc_vs = 16'h0000;
+  wire [15:0] vc_w;
   input [33:0] x;
   wire [33:0] x;
   wire [18:0] y;
-  assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = vc_sq_in * vc_sq_in[7:6];
-  assign \$7  = vc_sq_in * vc_sq_in[9:8];
-  assign \$8  = vc_sq_in * vc_sq_in[11:10];
-  assign \$9  = vc_sq_in * vc_sq_in[13:12];
-  assign \$10  = vc_sq_in * vc_sq_in[15:14];
-  assign \$11  = 8'h80 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = vc_var - vc_vs;
-  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
-  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
-  assign \$26  = vc_var - vc_vs;
-  assign \$27  = vc_var - vc_vs;
-  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
-  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
-  assign \$30  = vc_u_4 < vc_up;
-  assign \$31  = vc_u_4 < vc_down;
-  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = & \$35 [11:7];
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = | \$38 [11:7];
-  assign \$40  = ~ \$39 ;
-  assign \$41  = \$36  | \$40 ;
-  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
-  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
-  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
-  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [16] ? 16'h0000 : \$3 [15:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 19'h00000, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[16:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[15:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[15:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * { vc_sq_in[15:6], 1'h0, vc_sq_in[5:4] };
+  assign \$8  = vc_sq_in[7:6] * { vc_sq_in[15:8], 1'h0, vc_sq_in[7:6] };
+  assign \$9  = vc_sq_in[9:8] * { vc_sq_in[15:10], 1'h0, vc_sq_in[9:8] };
+  assign \$10  = vc_sq_in[11:10] * { vc_sq_in[15:12], 1'h0, vc_sq_in[11:10] };
+  assign \$11  = vc_sq_in[13:12] * { vc_sq_in[15:14], 1'h0, vc_sq_in[13:12] };
+  assign \$12  = vc_sq_in[15:14] * vc_sq_in[15:14];
+  assign \$13  = 8'h80 - vc_l_a;
+  assign \$14  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$15  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$16  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$17  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$18  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$19  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$20  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$21  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$22  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$23  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$24  = | vc_up_sel[34:17];
+  assign \$25  = vc_u_4 < vc_up;
+  assign \$26  = vc_u_4 < vc_down;
+  assign \$27  = & vc_q_inc[11:7];
+  assign \$28  = | vc_q_inc[11:7];
+  assign \$29  = ~ \$28 ;
+  assign \$30  = \$27  | \$29 ;
+  assign \$31  = vc_q_inc[11] ? 8'h80 : 8'h7f;
+  assign \$32  = \$30  ? vc_q_inc[7:0] : \$31 ;
+  assign \$33  = & vc_q_dec[11:7];
+  assign \$34  = | vc_q_dec[11:7];
+  assign \$35  = ~ \$34 ;
+  assign \$36  = \$33  | \$35 ;
+  assign \$37  = vc_q_dec[11] ? 8'h80 : 8'h7f;
+  assign \$38  = \$36  ? vc_q_dec[7:0] : \$37 ;
+  assign \$39  = & vc_q_4[10:7];
+  assign \$40  = | vc_q_4[10:7];
+  assign \$41  = ~ \$40 ;
+  assign \$42  = \$39  | \$41 ;
+  assign \$43  = vc_q_4[10] ? 8'h80 : 8'h7f;
+  assign \$44  = \$42  ? vc_q_4[7:0] : \$43 ;
+  assign \$45  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$46  = vc_lt_up ? vc_q_up : \$45 ;
   always @(posedge clk)
-    vc_q_a <= \$48 ;
+    vc_q_a <= \$47 ;
   always @(posedge clk)
-    vc_l_a <= \$49 ;
+    vc_l_a <= \$48 ;
   always @(posedge clk)
-    vc_q_b <= \$50 ;
+    vc_q_b <= \$49 ;
   always @(posedge clk)
-    vc_f_h <= \$51 ;
+    vc_f_h <= \$50 ;
   always @(posedge clk)
-    vc_sq_in <= \$52 ;
+    vc_sq_in <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$53 ;
+    vc_u_1 <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$54 ;
+    vc_sq_pp0 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$55 ;
+    vc_sq_pp1 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$56 ;
+    vc_sq_pp2 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$57 ;
+    vc_sq_pp3 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$58 ;
+    vc_sq_pp4 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$59 ;
+    vc_sq_pp5 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$60 ;
+    vc_sq_pp6 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$61 ;
+    vc_sq_pp7 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$62 ;
+    vc_m_a <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$63 ;
+    vc_q <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$64 ;
+    vc_f_h2 <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$65 ;
+    vc_u_2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$66 ;
+    vc_sq_l0_0 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$67 ;
+    vc_sq_l0_1 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$68 ;
+    vc_sq_l0_2 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$69 ;
+    vc_sq_l0_3 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$70 ;
+    vc_sq_l1_0 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$71 ;
+    vc_sq_l1_1 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$72 ;
+    vc_sq_l2_0 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$73 ;
+    vc_m_a_d0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$74 ;
+    vc_m_a_d1 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$75 ;
+    vc_m_a_d2 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$76 ;
+    vc_q_d0 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$77 ;
+    vc_q_d1 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$78 ;
+    vc_q_d2 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$79 ;
+    vc_f_h_d0 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$80 ;
+    vc_f_h_d1 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$81 ;
+    vc_f_h_d2 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$82 ;
+    vc_u_d0 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$83 ;
+    vc_u_d1 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$84 ;
+    vc_u_d2 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$85 ;
+    vc_down_a <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$86 ;
+    vc_vs <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$87 ;
+    vc_up_a <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$88 ;
+    vc_q_3 <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$89 ;
+    vc_u_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$90 ;
+    vc_up <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$91 ;
+    vc_down <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$92 ;
+    vc_q_4 <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$93 ;
+    vc_u_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$94 ;
+    vc_lt_up <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$95 ;
+    vc_lt_down <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$96 ;
+    vc_q_up <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$97 ;
+    vc_q_dn <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$98 ;
+    vc_q_5 <= \$97 ;
   always @(posedge clk)
-    out <= \$99 ;
+    out <= \$98 ;
+  assign \$1  = $signed(x) + $signed(25'h0808000);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$48  = vc_q_a;
+    \$47  = vc_q_a;
     if (en) begin
-      \$48  = \$1 [34:24];
+      \$47  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$49  = vc_l_a;
+    \$48  = vc_l_a;
     if (en) begin
-      \$49  = \$1 [23:16];
+      \$48  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$50  = vc_q_b;
+    \$49  = vc_q_b;
     if (en) begin
-      \$50  = t[34:24];
+      \$49  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$51  = vc_f_h;
+    \$50  = vc_f_h;
     if (en) begin
-      \$51  = x[23:8];
+      \$50  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$52  = vc_sq_in;
+    \$51  = vc_sq_in;
     if (en) begin
-      \$52  = \$2 ;
+      \$51  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$53  = vc_u_1;
+    \$52  = vc_u_1;
     if (en) begin
-      \$53  = u_vc;
+      \$52  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$54  = vc_sq_pp0;
+    \$53  = vc_sq_pp0;
     if (en) begin
-      \$54  = \$3 ;
+      \$53  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$55  = vc_sq_pp1;
+    \$54  = vc_sq_pp1;
     if (en) begin
-      \$55  = { \$4 , 2'h0 };
+      \$54  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$56  = vc_sq_pp2;
+    \$55  = vc_sq_pp2;
     if (en) begin
-      \$56  = { \$5 , 4'h0 };
+      \$55  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$57  = vc_sq_pp3;
+    \$56  = vc_sq_pp3;
     if (en) begin
-      \$57  = { \$6 , 6'h00 };
+      \$56  = { \$8 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$58  = vc_sq_pp4;
+    \$57  = vc_sq_pp4;
     if (en) begin
-      \$58  = { \$7 , 8'h00 };
+      \$57  = { \$9 , 16'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$59  = vc_sq_pp5;
+    \$58  = vc_sq_pp5;
     if (en) begin
-      \$59  = { \$8 , 10'h000 };
+      \$58  = { \$10 , 20'h00000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$60  = vc_sq_pp6;
+    \$59  = vc_sq_pp6;
     if (en) begin
-      \$60  = { \$9 , 12'h000 };
+      \$59  = { \$11 , 24'h000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$61  = vc_sq_pp7;
+    \$60  = vc_sq_pp7;
     if (en) begin
-      \$61  = { \$10 , 14'h0000 };
+      \$60  = { \$12 , 28'h0000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$62  = vc_m_a;
+    \$61  = vc_m_a;
     if (en) begin
-      \$62  = \$11 ;
+      \$61  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$63  = vc_q;
+    \$62  = vc_q;
     if (en) begin
-      \$63  = \$12 ;
+      \$62  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$64  = vc_f_h2;
+    \$63  = vc_f_h2;
     if (en) begin
-      \$64  = vc_f_h;
+      \$63  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$65  = vc_u_2;
+    \$64  = vc_u_2;
     if (en) begin
-      \$65  = vc_u_1;
+      \$64  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$66  = vc_sq_l0_0;
+    \$65  = vc_sq_l0_0;
     if (en) begin
-      \$66  = \$13 ;
+      \$65  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$67  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_1;
     if (en) begin
-      \$67  = \$14 ;
+      \$66  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$68  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_2;
     if (en) begin
-      \$68  = \$15 ;
+      \$67  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$69  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_3;
     if (en) begin
-      \$69  = \$16 ;
+      \$68  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$70  = vc_sq_l1_0;
+    \$69  = vc_sq_l1_0;
     if (en) begin
-      \$70  = \$17 ;
+      \$69  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$71  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_1;
     if (en) begin
-      \$71  = \$18 ;
+      \$70  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$72  = vc_sq_l2_0;
+    \$71  = vc_sq_l2_0;
     if (en) begin
-      \$72  = \$19 ;
+      \$71  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$73  = vc_m_a_d0;
+    \$72  = vc_m_a_d0;
     if (en) begin
-      \$73  = vc_m_a;
+      \$72  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$74  = vc_m_a_d1;
+    \$73  = vc_m_a_d1;
     if (en) begin
-      \$74  = vc_m_a_d0;
+      \$73  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$75  = vc_m_a_d2;
+    \$74  = vc_m_a_d2;
     if (en) begin
-      \$75  = vc_m_a_d1;
+      \$74  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$76  = vc_q_d0;
+    \$75  = vc_q_d0;
     if (en) begin
-      \$76  = vc_q;
+      \$75  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$77  = vc_q_d1;
+    \$76  = vc_q_d1;
     if (en) begin
-      \$77  = vc_q_d0;
+      \$76  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$78  = vc_q_d2;
+    \$77  = vc_q_d2;
     if (en) begin
-      \$78  = vc_q_d1;
+      \$77  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$79  = vc_f_h_d0;
+    \$78  = vc_f_h_d0;
     if (en) begin
-      \$79  = vc_f_h2;
+      \$78  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$80  = vc_f_h_d1;
+    \$79  = vc_f_h_d1;
     if (en) begin
-      \$80  = vc_f_h_d0;
+      \$79  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$81  = vc_f_h_d2;
+    \$80  = vc_f_h_d2;
     if (en) begin
-      \$81  = vc_f_h_d1;
+      \$80  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$82  = vc_u_d0;
+    \$81  = vc_u_d0;
     if (en) begin
-      \$82  = vc_u_2;
+      \$81  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$83  = vc_u_d1;
+    \$82  = vc_u_d1;
     if (en) begin
-      \$83  = vc_u_d0;
+      \$82  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$84  = vc_u_d2;
+    \$83  = vc_u_d2;
     if (en) begin
-      \$84  = vc_u_d1;
+      \$83  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$85  = vc_down_a;
+    \$84  = vc_down_a;
     if (en) begin
-      \$85  = \$20 ;
+      \$84  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$86  = vc_vs;
+    \$85  = vc_vs;
     if (en) begin
-      \$86  = \$21 [31:16];
+      \$85  = \$23 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$87  = vc_up_a;
+    \$86  = vc_up_a;
     if (en) begin
-      \$87  = vc_sq_l2_0;
+      \$86  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$88  = vc_q_3;
+    \$87  = vc_q_3;
     if (en) begin
-      \$88  = vc_q_d2;
+      \$87  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$89  = vc_u_3;
+    \$88  = vc_u_3;
     if (en) begin
-      \$89  = vc_u_d2;
+      \$88  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$90  = vc_up;
+    \$89  = vc_up;
     if (en) begin
-      \$90  = \$25 ;
+      \$89  = { \$24 , vc_up_sel[16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$91  = vc_down;
+    \$90  = vc_down;
     if (en) begin
-      \$91  = \$29 ;
+      \$90  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$92  = vc_q_4;
+    \$91  = vc_q_4;
     if (en) begin
-      \$92  = vc_q_3;
+      \$91  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$93  = vc_u_4;
+    \$92  = vc_u_4;
     if (en) begin
-      \$93  = vc_u_3;
+      \$92  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$94  = vc_lt_up;
+    \$93  = vc_lt_up;
     if (en) begin
-      \$94  = \$30 ;
+      \$93  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$95  = vc_lt_down;
+    \$94  = vc_lt_down;
     if (en) begin
-      \$95  = \$31 ;
+      \$94  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$96  = vc_q_up;
+    \$95  = vc_q_up;
     if (en) begin
-      \$96  = \$32 ;
+      \$95  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$97  = vc_q_dn;
+    \$96  = vc_q_dn;
     if (en) begin
-      \$97  = \$33 ;
+      \$96  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$98  = vc_q_5;
+    \$97  = vc_q_5;
     if (en) begin
-      \$98  = vc_q_4;
+      \$97  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$24 ) begin end
-    \$99  = out;
+    \$98  = out;
     if (en) begin
-      \$99  = \$47 ;
+      \$98  = \$46 ;
     end
   end
   assign y = \$1 [34:16];
@@ -23731,58 +24131,90 @@ module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [22:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [18:0] \$28 ;
+  wire [17:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [18:0] \$30 ;
+  wire [17:0] \$31 ;
+  wire [18:0] \$32 ;
+  wire [17:0] \$33 ;
+  wire [18:0] \$34 ;
+  wire [17:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [29:0] \$37 ;
+  wire [25:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  wire [17:0] \$40 ;
+  wire [18:0] \$41 ;
+  wire [17:0] \$42 ;
+  wire [18:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [19:0] \$45 ;
+  wire [18:0] \$46 ;
+  wire [17:0] \$47 ;
+  wire [26:0] \$48 ;
+  wire [35:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  wire [18:0] \$50 ;
+  wire [19:0] \$51 ;
+  wire [35:0] \$52 ;
+  wire [18:0] \$53 ;
+  wire [19:0] \$54 ;
+  wire [35:0] \$55 ;
+  wire [18:0] \$56 ;
+  wire [19:0] \$57 ;
+  wire [35:0] \$58 ;
+  wire [18:0] \$59 ;
   wire [13:0] \$6 ;
+  wire [17:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [17:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [13:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [17:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [32:0] \$76 ;
+  reg [22:0] \$77 ;
+  reg [26:0] \$78 ;
+  reg [28:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [22:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [18:0] \$82 ;
+  reg [19:0] \$83 ;
+  reg [33:0] \$84 ;
+  reg [29:0] \$85 ;
+  reg [25:0] \$86 ;
+  reg [20:0] \$87 ;
+  reg [34:0] \$88 ;
+  reg [26:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [35:0] \$90 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -23833,54 +24265,117 @@ module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
+  assign \$10  = noise * z[3:2];
+  assign \$11  = noise * z[5:4];
+  assign \$12  = noise * z[7:6];
+  assign \$13  = noise * z[9:8];
+  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
+  assign \$26  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
+  assign \$27  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
+  assign \$28  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
+  assign \$29  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$32  = \$31  + 1'h0;
+  assign \$33  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$34  = \$33  + 1'h1;
+  assign \$35  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$36  = \$32 [17] ? \$34 [16:0] : \$35 [16:0];
+  assign \$37  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$38  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$40  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$47  = \$43 [17] ? \$45 [17:0] : \$46 [17:0];
+  assign \$48  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$49  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$50  = sum_x_l2_0[17:0] + \$49 [17:0];
+  assign \$51  = \$50  + 1'h1;
+  assign \$52  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$53  = sum_x_l2_0[17:0] + \$52 [17:0];
+  assign \$54  = \$53  + 1'h1;
+  assign \$55  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$56  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$55 [35:18];
+  assign \$57  = \$56  + 1'h1;
+  assign \$58  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$59  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$58 [35:18];
+  assign \$60  = \$54 [18] ? \$57 [17:0] : \$59 [17:0];
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_theta <= \$61 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_step_pp0 <= \$62 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_step_pp1 <= \$63 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_step_pp2 <= \$64 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_step_pp3 <= \$65 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_decay_pp0 <= \$66 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_decay_pp1 <= \$67 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_decay_pp2 <= \$68 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_decay_pp3 <= \$69 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp0 <= \$70 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_noise_pp1 <= \$71 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_noise_pp2 <= \$72 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_noise_pp3 <= \$73 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_noise_pp4 <= \$74 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_noise_pp5 <= \$75 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_0 <= \$76 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_1 <= \$77 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_2 <= \$78 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_3 <= \$79 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l0_4 <= \$80 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l0_5 <= \$81 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l0_6 <= \$82 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l0_7 <= \$83 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l1_0 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$90 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -23890,245 +24385,214 @@ module \lpsgld_w8_vc_l8.lane_5.sum (rst, en, step, decay, noise, theta, grad, x,
   assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
-  assign \$10  = noise * z[3:2];
-  assign \$11  = noise * z[5:4];
-  assign \$12  = noise * z[7:6];
-  assign \$13  = noise * z[9:8];
-  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  always @(posedge clk)
-    sum_theta <= \$29 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$36  = sum_decay_pp2;
+    \$61  = sum_theta;
     if (en) begin
-      \$36  = \$7 ;
+      \$61  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$37  = sum_decay_pp3;
+    \$62  = sum_step_pp0;
     if (en) begin
-      \$37  = \$8 ;
+      \$62  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$38  = sum_noise_pp0;
+    \$63  = sum_step_pp1;
     if (en) begin
-      \$38  = \$9 ;
+      \$63  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$39  = sum_noise_pp1;
+    \$64  = sum_step_pp2;
     if (en) begin
-      \$39  = \$10 ;
+      \$64  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$40  = sum_noise_pp2;
+    \$65  = sum_step_pp3;
     if (en) begin
-      \$40  = \$11 ;
+      \$65  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$41  = sum_noise_pp3;
+    \$66  = sum_decay_pp0;
     if (en) begin
-      \$41  = \$12 ;
+      \$66  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$42  = sum_noise_pp4;
+    \$67  = sum_decay_pp1;
     if (en) begin
-      \$42  = \$13 ;
+      \$67  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$43  = sum_noise_pp5;
+    \$68  = sum_decay_pp2;
     if (en) begin
-      \$43  = \$14 ;
+      \$68  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$44  = sum_x_l0_0;
+    \$69  = sum_decay_pp3;
     if (en) begin
-      \$44  = \$15 ;
+      \$69  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$45  = sum_x_l0_1;
+    \$70  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$16 ;
+      \$70  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$46  = sum_x_l0_2;
+    \$71  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$17 ;
+      \$71  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$47  = sum_x_l0_3;
+    \$72  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$18 ;
+      \$72  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$48  = sum_x_l0_4;
+    \$73  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$19 ;
+      \$73  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$49  = sum_x_l0_5;
+    \$74  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$20 ;
+      \$74  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$50  = sum_x_l0_6;
+    \$75  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$21 ;
+      \$75  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$51  = sum_x_l0_7;
+    \$76  = sum_x_l0_0;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$76  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$52  = sum_x_l1_0;
+    \$77  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$22 ;
+      \$77  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$53  = sum_x_l1_1;
+    \$78  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$23 ;
+      \$78  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$54  = sum_x_l1_2;
+    \$79  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$24 ;
+      \$79  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$55  = sum_x_l1_3;
+    \$80  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$25 ;
+      \$80  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$56  = sum_x_l2_0;
+    \$81  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$26 ;
+      \$81  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$57  = sum_x_l2_1;
+    \$82  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$27 ;
+      \$82  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$58  = sum_x_l3_0;
+    \$83  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$28 ;
+      \$83  = { sum_decay_pp3, 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$29  = sum_theta;
+    \$84  = sum_x_l1_0;
     if (en) begin
-      \$29  = theta;
+      \$84  = { \$36 , \$30 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$30  = sum_step_pp0;
+    \$85  = sum_x_l1_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$85  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$31  = sum_step_pp1;
+    \$86  = sum_x_l1_2;
     if (en) begin
-      \$31  = \$2 ;
+      \$86  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$32  = sum_step_pp2;
+    \$87  = sum_x_l1_3;
     if (en) begin
-      \$32  = \$3 ;
+      \$87  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$33  = sum_step_pp3;
+    \$88  = sum_x_l2_0;
     if (en) begin
-      \$33  = \$4 ;
+      \$88  = { \$47 , \$41 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$34  = sum_decay_pp0;
+    \$89  = sum_x_l2_1;
     if (en) begin
-      \$34  = \$5 ;
+      \$89  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$25 ) begin end
-    \$35  = sum_decay_pp1;
+    \$90  = sum_x_l3_0;
     if (en) begin
-      \$35  = \$6 ;
+      \$90  = { \$60 , \$51 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -26691,104 +27155,103 @@ endmodule
 module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$28  = 0;
   wire [34:0] \$1 ;
-  wire [17:0] \$10 ;
-  wire [8:0] \$11 ;
-  wire [10:0] \$12 ;
-  wire [20:0] \$13 ;
-  wire [24:0] \$14 ;
-  wire [28:0] \$15 ;
-  wire [32:0] \$16 ;
-  wire [25:0] \$17 ;
-  wire [33:0] \$18 ;
-  wire [34:0] \$19 ;
-  wire [15:0] \$2 ;
-  wire [37:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
-  wire [17:0] \$3 ;
+  wire [8:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire [3:0] \$12 ;
+  wire [8:0] \$13 ;
+  wire [10:0] \$14 ;
+  wire [21:0] \$15 ;
+  wire [25:0] \$16 ;
+  wire [29:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire [26:0] \$19 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [34:0] \$21 ;
+  wire [37:0] \$22 ;
+  wire [35:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [11:0] \$32 ;
-  wire [11:0] \$33 ;
-  wire [11:0] \$34 ;
-  wire [11:0] \$35 ;
+  wire [7:0] \$31 ;
+  wire [7:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
   wire \$36 ;
-  wire [11:0] \$37 ;
-  wire [11:0] \$38 ;
+  wire [7:0] \$37 ;
+  wire [7:0] \$38 ;
   wire \$39 ;
-  wire [17:0] \$4 ;
+  wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire [11:0] \$42 ;
-  wire [11:0] \$43 ;
-  wire [11:0] \$44 ;
-  wire [11:0] \$45 ;
+  wire \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
   wire [7:0] \$46 ;
-  wire [7:0] \$47 ;
-  reg [10:0] \$48 ;
-  reg [7:0] \$49 ;
-  wire [17:0] \$5 ;
-  reg [10:0] \$50 ;
+  reg [10:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [10:0] \$49 ;
+  wire [18:0] \$5 ;
+  reg [15:0] \$50 ;
   reg [15:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [16:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [19:0] \$55 ;
-  reg [21:0] \$56 ;
-  reg [23:0] \$57 ;
-  reg [25:0] \$58 ;
-  reg [27:0] \$59 ;
-  wire [17:0] \$6 ;
-  reg [29:0] \$60 ;
-  reg [31:0] \$61 ;
-  reg [8:0] \$62 ;
-  reg [10:0] \$63 ;
-  reg [15:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg [20:0] \$66 ;
-  reg [24:0] \$67 ;
-  reg [28:0] \$68 ;
-  reg [32:0] \$69 ;
-  wire [17:0] \$7 ;
-  reg [25:0] \$70 ;
-  reg [33:0] \$71 ;
-  reg [34:0] \$72 ;
+  reg [16:0] \$52 ;
+  reg [18:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [22:0] \$55 ;
+  reg [24:0] \$56 ;
+  reg [26:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [30:0] \$59 ;
+  wire [16:0] \$6 ;
+  reg [31:0] \$60 ;
+  reg [8:0] \$61 ;
+  reg [10:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [21:0] \$65 ;
+  reg [25:0] \$66 ;
+  reg [29:0] \$67 ;
+  reg [32:0] \$68 ;
+  reg [26:0] \$69 ;
+  wire [14:0] \$7 ;
+  reg [33:0] \$70 ;
+  reg [34:0] \$71 ;
+  reg [8:0] \$72 ;
   reg [8:0] \$73 ;
   reg [8:0] \$74 ;
-  reg [8:0] \$75 ;
+  reg [10:0] \$75 ;
   reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [10:0] \$78 ;
+  reg [15:0] \$78 ;
   reg [15:0] \$79 ;
-  wire [17:0] \$8 ;
+  wire [12:0] \$8 ;
   reg [15:0] \$80 ;
-  reg [15:0] \$81 ;
+  reg [16:0] \$81 ;
   reg [16:0] \$82 ;
   reg [16:0] \$83 ;
-  reg [16:0] \$84 ;
-  reg [37:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [34:0] \$87 ;
-  reg [10:0] \$88 ;
-  reg [16:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [34:0] \$90 ;
-  reg [16:0] \$91 ;
-  reg [10:0] \$92 ;
-  reg [16:0] \$93 ;
+  reg [37:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [10:0] \$87 ;
+  reg [16:0] \$88 ;
+  reg [17:0] \$89 ;
+  wire [10:0] \$9 ;
+  reg [16:0] \$90 ;
+  reg [10:0] \$91 ;
+  reg [16:0] \$92 ;
+  reg \$93 ;
   reg \$94 ;
-  reg \$95 ;
-  reg [11:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [10:0] \$98 ;
-  reg [7:0] \$99 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
   input clk;
   wire clk;
   input en;
@@ -26804,6 +27267,7 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [16:0] u_vc;
   reg [16:0] vc_down = 17'h00000;
   reg [37:0] vc_down_a = 38'h0000000000;
+  wire [16:0] vc_down_sel;
   reg [15:0] vc_f_h = 16'h0000;
   reg [15:0] vc_f_h2 = 16'h0000;
   reg [15:0] vc_f_h_d0 = 16'h0000;
@@ -26823,29 +27287,31 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
-  reg [10:0] vc_q_5 = 11'h000;
+  reg [7:0] vc_q_5 = 8'h00;
   reg [10:0] vc_q_a = 11'h000;
   reg [10:0] vc_q_b = 11'h000;
   reg [10:0] vc_q_d0 = 11'h000;
   reg [10:0] vc_q_d1 = 11'h000;
   reg [10:0] vc_q_d2 = 11'h000;
-  reg [11:0] vc_q_dn = 12'h000;
-  reg [11:0] vc_q_up = 12'h000;
+  wire [11:0] vc_q_dec;
+  reg [7:0] vc_q_dn = 8'h00;
+  wire [11:0] vc_q_inc;
+  reg [7:0] vc_q_up = 8'h00;
   reg [15:0] vc_sq_in = 16'h0000;
-  reg [20:0] vc_sq_l0_0 = 21'h000000;
-  reg [24:0] vc_sq_l0_1 = 25'h0000000;
-  reg [28:0] vc_sq_l0_2 = 29'h00000000;
+  reg [21:0] vc_sq_l0_0 = 22'h000000;
+  reg [25:0] vc_sq_l0_1 = 26'h0000000;
+  reg [29:0] vc_sq_l0_2 = 30'h00000000;
   reg [32:0] vc_sq_l0_3 = 33'h000000000;
-  reg [25:0] vc_sq_l1_0 = 26'h0000000;
+  reg [26:0] vc_sq_l1_0 = 27'h0000000;
   reg [33:0] vc_sq_l1_1 = 34'h000000000;
   reg [34:0] vc_sq_l2_0 = 35'h000000000;
-  reg [17:0] vc_sq_pp0 = 18'h00000;
-  reg [19:0] vc_sq_pp1 = 20'h00000;
-  reg [21:0] vc_sq_pp2 = 22'h000000;
-  reg [23:0] vc_sq_pp3 = 24'h000000;
-  reg [25:0] vc_sq_pp4 = 26'h0000000;
-  reg [27:0] vc_sq_pp5 = 28'h0000000;
-  reg [29:0] vc_sq_pp6 = 30'h00000000;
+  reg [18:0] vc_sq_pp0 = 19'h00000;
+  reg [20:0] vc_sq_pp1 = 21'h000000;
+  reg [22:0] vc_sq_pp2 = 23'h000000;
+  reg [24:0] vc_sq_pp3 = 25'h0000000;
+  reg [26:0] vc_sq_pp4 = 27'h0000000;
+  reg [28:0] vc_sq_pp5 = 29'h00000000;
+  reg [30:0] vc_sq_pp6 = 31'h00000000;
   reg [31:0] vc_sq_pp7 = 32'd0;
   reg [16:0] vc_u_1 = 17'h00000;
   reg [16:0] vc_u_2 = 17'h00000;
@@ -26854,528 +27320,534 @@ module \lpsgld_w8_vc_l8.lane_6.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [16:0] vc_u_d0 = 17'h00000;
   reg [16:0] vc_u_d1 = 17'h00000;
   reg [16:0] vc_u_d2 = 17'h00000;
-  reg [34:0] vc_up = 35'h000000000;
+  reg [17:0] vc_up = 18'h00000;
   reg [34:0] vc_up_a = 35'h000000000;
+  wire [34:0] vc_up_sel;
   input [14:0] vc_var;
   wire [14:0] vc_var;
   reg [15:0] vc_vs = 16'h0000;
+  wire [15:0] vc_w;
   input [33:0] x;
   wire [33:0] x;
   wire [18:0] y;
-  assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = vc_sq_in * vc_sq_in[7:6];
-  assign \$7  = vc_sq_in * vc_sq_in[9:8];
-  assign \$8  = vc_sq_in * vc_sq_in[11:10];
-  assign \$9  = vc_sq_in * vc_sq_in[13:12];
-  assign \$10  = vc_sq_in * vc_sq_in[15:14];
-  assign \$11  = 8'h80 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = vc_var - vc_vs;
-  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
-  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
-  assign \$26  = vc_var - vc_vs;
-  assign \$27  = vc_var - vc_vs;
-  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
-  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
-  assign \$30  = vc_u_4 < vc_up;
-  assign \$31  = vc_u_4 < vc_down;
-  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = & \$35 [11:7];
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = | \$38 [11:7];
-  assign \$40  = ~ \$39 ;
-  assign \$41  = \$36  | \$40 ;
-  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
-  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
-  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
-  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [16] ? 16'h0000 : \$3 [15:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 19'h00000, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[16:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[15:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[15:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * { vc_sq_in[15:6], 1'h0, vc_sq_in[5:4] };
+  assign \$8  = vc_sq_in[7:6] * { vc_sq_in[15:8], 1'h0, vc_sq_in[7:6] };
+  assign \$9  = vc_sq_in[9:8] * { vc_sq_in[15:10], 1'h0, vc_sq_in[9:8] };
+  assign \$10  = vc_sq_in[11:10] * { vc_sq_in[15:12], 1'h0, vc_sq_in[11:10] };
+  assign \$11  = vc_sq_in[13:12] * { vc_sq_in[15:14], 1'h0, vc_sq_in[13:12] };
+  assign \$12  = vc_sq_in[15:14] * vc_sq_in[15:14];
+  assign \$13  = 8'h80 - vc_l_a;
+  assign \$14  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$15  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$16  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$17  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$18  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$19  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$20  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$21  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$22  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$23  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$24  = | vc_up_sel[34:17];
+  assign \$25  = vc_u_4 < vc_up;
+  assign \$26  = vc_u_4 < vc_down;
+  assign \$27  = & vc_q_inc[11:7];
+  assign \$28  = | vc_q_inc[11:7];
+  assign \$29  = ~ \$28 ;
+  assign \$30  = \$27  | \$29 ;
+  assign \$31  = vc_q_inc[11] ? 8'h80 : 8'h7f;
+  assign \$32  = \$30  ? vc_q_inc[7:0] : \$31 ;
+  assign \$33  = & vc_q_dec[11:7];
+  assign \$34  = | vc_q_dec[11:7];
+  assign \$35  = ~ \$34 ;
+  assign \$36  = \$33  | \$35 ;
+  assign \$37  = vc_q_dec[11] ? 8'h80 : 8'h7f;
+  assign \$38  = \$36  ? vc_q_dec[7:0] : \$37 ;
+  assign \$39  = & vc_q_4[10:7];
+  assign \$40  = | vc_q_4[10:7];
+  assign \$41  = ~ \$40 ;
+  assign \$42  = \$39  | \$41 ;
+  assign \$43  = vc_q_4[10] ? 8'h80 : 8'h7f;
+  assign \$44  = \$42  ? vc_q_4[7:0] : \$43 ;
+  assign \$45  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$46  = vc_lt_up ? vc_q_up : \$45 ;
   always @(posedge clk)
-    vc_q_a <= \$48 ;
+    vc_q_a <= \$47 ;
   always @(posedge clk)
-    vc_l_a <= \$49 ;
+    vc_l_a <= \$48 ;
   always @(posedge clk)
-    vc_q_b <= \$50 ;
+    vc_q_b <= \$49 ;
   always @(posedge clk)
-    vc_f_h <= \$51 ;
+    vc_f_h <= \$50 ;
   always @(posedge clk)
-    vc_sq_in <= \$52 ;
+    vc_sq_in <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$53 ;
+    vc_u_1 <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$54 ;
+    vc_sq_pp0 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$55 ;
+    vc_sq_pp1 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$56 ;
+    vc_sq_pp2 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$57 ;
+    vc_sq_pp3 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$58 ;
+    vc_sq_pp4 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$59 ;
+    vc_sq_pp5 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$60 ;
+    vc_sq_pp6 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$61 ;
+    vc_sq_pp7 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$62 ;
+    vc_m_a <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$63 ;
+    vc_q <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$64 ;
+    vc_f_h2 <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$65 ;
+    vc_u_2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$66 ;
+    vc_sq_l0_0 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$67 ;
+    vc_sq_l0_1 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$68 ;
+    vc_sq_l0_2 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$69 ;
+    vc_sq_l0_3 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$70 ;
+    vc_sq_l1_0 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$71 ;
+    vc_sq_l1_1 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$72 ;
+    vc_sq_l2_0 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$73 ;
+    vc_m_a_d0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$74 ;
+    vc_m_a_d1 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$75 ;
+    vc_m_a_d2 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$76 ;
+    vc_q_d0 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$77 ;
+    vc_q_d1 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$78 ;
+    vc_q_d2 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$79 ;
+    vc_f_h_d0 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$80 ;
+    vc_f_h_d1 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$81 ;
+    vc_f_h_d2 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$82 ;
+    vc_u_d0 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$83 ;
+    vc_u_d1 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$84 ;
+    vc_u_d2 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$85 ;
+    vc_down_a <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$86 ;
+    vc_vs <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$87 ;
+    vc_up_a <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$88 ;
+    vc_q_3 <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$89 ;
+    vc_u_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$90 ;
+    vc_up <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$91 ;
+    vc_down <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$92 ;
+    vc_q_4 <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$93 ;
+    vc_u_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$94 ;
+    vc_lt_up <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$95 ;
+    vc_lt_down <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$96 ;
+    vc_q_up <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$97 ;
+    vc_q_dn <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$98 ;
+    vc_q_5 <= \$97 ;
   always @(posedge clk)
-    out <= \$99 ;
+    out <= \$98 ;
+  assign \$1  = $signed(x) + $signed(25'h0808000);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$48  = vc_q_a;
+    \$47  = vc_q_a;
     if (en) begin
-      \$48  = \$1 [34:24];
+      \$47  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$49  = vc_l_a;
+    \$48  = vc_l_a;
     if (en) begin
-      \$49  = \$1 [23:16];
+      \$48  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$50  = vc_q_b;
+    \$49  = vc_q_b;
     if (en) begin
-      \$50  = t[34:24];
+      \$49  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$51  = vc_f_h;
+    \$50  = vc_f_h;
     if (en) begin
-      \$51  = x[23:8];
+      \$50  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$52  = vc_sq_in;
+    \$51  = vc_sq_in;
     if (en) begin
-      \$52  = \$2 ;
+      \$51  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$53  = vc_u_1;
+    \$52  = vc_u_1;
     if (en) begin
-      \$53  = u_vc;
+      \$52  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$54  = vc_sq_pp0;
+    \$53  = vc_sq_pp0;
     if (en) begin
-      \$54  = \$3 ;
+      \$53  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$55  = vc_sq_pp1;
+    \$54  = vc_sq_pp1;
     if (en) begin
-      \$55  = { \$4 , 2'h0 };
+      \$54  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$56  = vc_sq_pp2;
+    \$55  = vc_sq_pp2;
     if (en) begin
-      \$56  = { \$5 , 4'h0 };
+      \$55  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$57  = vc_sq_pp3;
+    \$56  = vc_sq_pp3;
     if (en) begin
-      \$57  = { \$6 , 6'h00 };
+      \$56  = { \$8 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$58  = vc_sq_pp4;
+    \$57  = vc_sq_pp4;
     if (en) begin
-      \$58  = { \$7 , 8'h00 };
+      \$57  = { \$9 , 16'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$59  = vc_sq_pp5;
+    \$58  = vc_sq_pp5;
     if (en) begin
-      \$59  = { \$8 , 10'h000 };
+      \$58  = { \$10 , 20'h00000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$60  = vc_sq_pp6;
+    \$59  = vc_sq_pp6;
     if (en) begin
-      \$60  = { \$9 , 12'h000 };
+      \$59  = { \$11 , 24'h000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$61  = vc_sq_pp7;
+    \$60  = vc_sq_pp7;
     if (en) begin
-      \$61  = { \$10 , 14'h0000 };
+      \$60  = { \$12 , 28'h0000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$62  = vc_m_a;
+    \$61  = vc_m_a;
     if (en) begin
-      \$62  = \$11 ;
+      \$61  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$63  = vc_q;
+    \$62  = vc_q;
     if (en) begin
-      \$63  = \$12 ;
+      \$62  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$64  = vc_f_h2;
+    \$63  = vc_f_h2;
     if (en) begin
-      \$64  = vc_f_h;
+      \$63  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$65  = vc_u_2;
+    \$64  = vc_u_2;
     if (en) begin
-      \$65  = vc_u_1;
+      \$64  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$66  = vc_sq_l0_0;
+    \$65  = vc_sq_l0_0;
     if (en) begin
-      \$66  = \$13 ;
+      \$65  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$67  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_1;
     if (en) begin
-      \$67  = \$14 ;
+      \$66  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$68  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_2;
     if (en) begin
-      \$68  = \$15 ;
+      \$67  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$69  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_3;
     if (en) begin
-      \$69  = \$16 ;
+      \$68  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$70  = vc_sq_l1_0;
+    \$69  = vc_sq_l1_0;
     if (en) begin
-      \$70  = \$17 ;
+      \$69  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$71  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_1;
     if (en) begin
-      \$71  = \$18 ;
+      \$70  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$72  = vc_sq_l2_0;
+    \$71  = vc_sq_l2_0;
     if (en) begin
-      \$72  = \$19 ;
+      \$71  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$73  = vc_m_a_d0;
+    \$72  = vc_m_a_d0;
     if (en) begin
-      \$73  = vc_m_a;
+      \$72  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$74  = vc_m_a_d1;
+    \$73  = vc_m_a_d1;
     if (en) begin
-      \$74  = vc_m_a_d0;
+      \$73  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$75  = vc_m_a_d2;
+    \$74  = vc_m_a_d2;
     if (en) begin
-      \$75  = vc_m_a_d1;
+      \$74  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$76  = vc_q_d0;
+    \$75  = vc_q_d0;
     if (en) begin
-      \$76  = vc_q;
+      \$75  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$77  = vc_q_d1;
+    \$76  = vc_q_d1;
     if (en) begin
-      \$77  = vc_q_d0;
+      \$76  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$78  = vc_q_d2;
+    \$77  = vc_q_d2;
     if (en) begin
-      \$78  = vc_q_d1;
+      \$77  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$79  = vc_f_h_d0;
+    \$78  = vc_f_h_d0;
     if (en) begin
-      \$79  = vc_f_h2;
+      \$78  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$80  = vc_f_h_d1;
+    \$79  = vc_f_h_d1;
     if (en) begin
-      \$80  = vc_f_h_d0;
+      \$79  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$81  = vc_f_h_d2;
+    \$80  = vc_f_h_d2;
     if (en) begin
-      \$81  = vc_f_h_d1;
+      \$80  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$82  = vc_u_d0;
+    \$81  = vc_u_d0;
     if (en) begin
-      \$82  = vc_u_2;
+      \$81  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$83  = vc_u_d1;
+    \$82  = vc_u_d1;
     if (en) begin
-      \$83  = vc_u_d0;
+      \$82  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$84  = vc_u_d2;
+    \$83  = vc_u_d2;
     if (en) begin
-      \$84  = vc_u_d1;
+      \$83  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$85  = vc_down_a;
+    \$84  = vc_down_a;
     if (en) begin
-      \$85  = \$20 ;
+      \$84  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$86  = vc_vs;
+    \$85  = vc_vs;
     if (en) begin
-      \$86  = \$21 [31:16];
+      \$85  = \$23 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$87  = vc_up_a;
+    \$86  = vc_up_a;
     if (en) begin
-      \$87  = vc_sq_l2_0;
+      \$86  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$88  = vc_q_3;
+    \$87  = vc_q_3;
     if (en) begin
-      \$88  = vc_q_d2;
+      \$87  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$89  = vc_u_3;
+    \$88  = vc_u_3;
     if (en) begin
-      \$89  = vc_u_d2;
+      \$88  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$90  = vc_up;
+    \$89  = vc_up;
     if (en) begin
-      \$90  = \$25 ;
+      \$89  = { \$24 , vc_up_sel[16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$91  = vc_down;
+    \$90  = vc_down;
     if (en) begin
-      \$91  = \$29 ;
+      \$90  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$92  = vc_q_4;
+    \$91  = vc_q_4;
     if (en) begin
-      \$92  = vc_q_3;
+      \$91  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$93  = vc_u_4;
+    \$92  = vc_u_4;
     if (en) begin
-      \$93  = vc_u_3;
+      \$92  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$94  = vc_lt_up;
+    \$93  = vc_lt_up;
     if (en) begin
-      \$94  = \$30 ;
+      \$93  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$95  = vc_lt_down;
+    \$94  = vc_lt_down;
     if (en) begin
-      \$95  = \$31 ;
+      \$94  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$96  = vc_q_up;
+    \$95  = vc_q_up;
     if (en) begin
-      \$96  = \$32 ;
+      \$95  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$97  = vc_q_dn;
+    \$96  = vc_q_dn;
     if (en) begin
-      \$97  = \$33 ;
+      \$96  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$98  = vc_q_5;
+    \$97  = vc_q_5;
     if (en) begin
-      \$98  = vc_q_4;
+      \$97  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$28 ) begin end
-    \$99  = out;
+    \$98  = out;
     if (en) begin
-      \$99  = \$47 ;
+      \$98  = \$46 ;
     end
   end
   assign y = \$1 [34:16];
@@ -27391,58 +27863,90 @@ module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [22:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [18:0] \$28 ;
+  wire [17:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [18:0] \$30 ;
+  wire [17:0] \$31 ;
+  wire [18:0] \$32 ;
+  wire [17:0] \$33 ;
+  wire [18:0] \$34 ;
+  wire [17:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [29:0] \$37 ;
+  wire [25:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  wire [17:0] \$40 ;
+  wire [18:0] \$41 ;
+  wire [17:0] \$42 ;
+  wire [18:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [19:0] \$45 ;
+  wire [18:0] \$46 ;
+  wire [17:0] \$47 ;
+  wire [26:0] \$48 ;
+  wire [35:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  wire [18:0] \$50 ;
+  wire [19:0] \$51 ;
+  wire [35:0] \$52 ;
+  wire [18:0] \$53 ;
+  wire [19:0] \$54 ;
+  wire [35:0] \$55 ;
+  wire [18:0] \$56 ;
+  wire [19:0] \$57 ;
+  wire [35:0] \$58 ;
+  wire [18:0] \$59 ;
   wire [13:0] \$6 ;
+  wire [17:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [17:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [13:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [17:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [32:0] \$76 ;
+  reg [22:0] \$77 ;
+  reg [26:0] \$78 ;
+  reg [28:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [22:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [18:0] \$82 ;
+  reg [19:0] \$83 ;
+  reg [33:0] \$84 ;
+  reg [29:0] \$85 ;
+  reg [25:0] \$86 ;
+  reg [20:0] \$87 ;
+  reg [34:0] \$88 ;
+  reg [26:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [35:0] \$90 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -27493,54 +27997,117 @@ module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
+  assign \$10  = noise * z[3:2];
+  assign \$11  = noise * z[5:4];
+  assign \$12  = noise * z[7:6];
+  assign \$13  = noise * z[9:8];
+  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
+  assign \$26  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
+  assign \$27  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
+  assign \$28  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
+  assign \$29  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$32  = \$31  + 1'h0;
+  assign \$33  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$34  = \$33  + 1'h1;
+  assign \$35  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$36  = \$32 [17] ? \$34 [16:0] : \$35 [16:0];
+  assign \$37  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$38  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$40  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$47  = \$43 [17] ? \$45 [17:0] : \$46 [17:0];
+  assign \$48  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$49  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$50  = sum_x_l2_0[17:0] + \$49 [17:0];
+  assign \$51  = \$50  + 1'h1;
+  assign \$52  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$53  = sum_x_l2_0[17:0] + \$52 [17:0];
+  assign \$54  = \$53  + 1'h1;
+  assign \$55  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$56  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$55 [35:18];
+  assign \$57  = \$56  + 1'h1;
+  assign \$58  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$59  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$58 [35:18];
+  assign \$60  = \$54 [18] ? \$57 [17:0] : \$59 [17:0];
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_theta <= \$61 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_step_pp0 <= \$62 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_step_pp1 <= \$63 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_step_pp2 <= \$64 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_step_pp3 <= \$65 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_decay_pp0 <= \$66 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_decay_pp1 <= \$67 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_decay_pp2 <= \$68 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_decay_pp3 <= \$69 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp0 <= \$70 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_noise_pp1 <= \$71 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_noise_pp2 <= \$72 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_noise_pp3 <= \$73 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_noise_pp4 <= \$74 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_noise_pp5 <= \$75 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_0 <= \$76 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_1 <= \$77 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_2 <= \$78 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_3 <= \$79 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l0_4 <= \$80 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l0_5 <= \$81 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l0_6 <= \$82 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l0_7 <= \$83 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l1_0 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$90 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -27550,245 +28117,214 @@ module \lpsgld_w8_vc_l8.lane_6.sum (rst, en, step, decay, noise, theta, grad, x,
   assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
-  assign \$10  = noise * z[3:2];
-  assign \$11  = noise * z[5:4];
-  assign \$12  = noise * z[7:6];
-  assign \$13  = noise * z[9:8];
-  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  always @(posedge clk)
-    sum_theta <= \$29 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$36  = sum_decay_pp2;
+    \$61  = sum_theta;
     if (en) begin
-      \$36  = \$7 ;
+      \$61  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$37  = sum_decay_pp3;
+    \$62  = sum_step_pp0;
     if (en) begin
-      \$37  = \$8 ;
+      \$62  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$38  = sum_noise_pp0;
+    \$63  = sum_step_pp1;
     if (en) begin
-      \$38  = \$9 ;
+      \$63  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$39  = sum_noise_pp1;
+    \$64  = sum_step_pp2;
     if (en) begin
-      \$39  = \$10 ;
+      \$64  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$40  = sum_noise_pp2;
+    \$65  = sum_step_pp3;
     if (en) begin
-      \$40  = \$11 ;
+      \$65  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$41  = sum_noise_pp3;
+    \$66  = sum_decay_pp0;
     if (en) begin
-      \$41  = \$12 ;
+      \$66  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$42  = sum_noise_pp4;
+    \$67  = sum_decay_pp1;
     if (en) begin
-      \$42  = \$13 ;
+      \$67  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$43  = sum_noise_pp5;
+    \$68  = sum_decay_pp2;
     if (en) begin
-      \$43  = \$14 ;
+      \$68  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$44  = sum_x_l0_0;
+    \$69  = sum_decay_pp3;
     if (en) begin
-      \$44  = \$15 ;
+      \$69  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$45  = sum_x_l0_1;
+    \$70  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$16 ;
+      \$70  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$46  = sum_x_l0_2;
+    \$71  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$17 ;
+      \$71  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$47  = sum_x_l0_3;
+    \$72  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$18 ;
+      \$72  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$48  = sum_x_l0_4;
+    \$73  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$19 ;
+      \$73  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$49  = sum_x_l0_5;
+    \$74  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$20 ;
+      \$74  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$50  = sum_x_l0_6;
+    \$75  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$21 ;
+      \$75  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$51  = sum_x_l0_7;
+    \$76  = sum_x_l0_0;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$76  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$52  = sum_x_l1_0;
+    \$77  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$22 ;
+      \$77  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$53  = sum_x_l1_1;
+    \$78  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$23 ;
+      \$78  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$54  = sum_x_l1_2;
+    \$79  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$24 ;
+      \$79  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$55  = sum_x_l1_3;
+    \$80  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$25 ;
+      \$80  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$56  = sum_x_l2_0;
+    \$81  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$26 ;
+      \$81  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$57  = sum_x_l2_1;
+    \$82  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$27 ;
+      \$82  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$58  = sum_x_l3_0;
+    \$83  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$28 ;
+      \$83  = { sum_decay_pp3, 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$29  = sum_theta;
+    \$84  = sum_x_l1_0;
     if (en) begin
-      \$29  = theta;
+      \$84  = { \$36 , \$30 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$30  = sum_step_pp0;
+    \$85  = sum_x_l1_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$85  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$31  = sum_step_pp1;
+    \$86  = sum_x_l1_2;
     if (en) begin
-      \$31  = \$2 ;
+      \$86  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$32  = sum_step_pp2;
+    \$87  = sum_x_l1_3;
     if (en) begin
-      \$32  = \$3 ;
+      \$87  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$33  = sum_step_pp3;
+    \$88  = sum_x_l2_0;
     if (en) begin
-      \$33  = \$4 ;
+      \$88  = { \$47 , \$41 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$34  = sum_decay_pp0;
+    \$89  = sum_x_l2_1;
     if (en) begin
-      \$34  = \$5 ;
+      \$89  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$29 ) begin end
-    \$35  = sum_decay_pp1;
+    \$90  = sum_x_l3_0;
     if (en) begin
-      \$35  = \$6 ;
+      \$90  = { \$60 , \$51 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
@@ -30351,104 +30887,103 @@ endmodule
 module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x, out, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$32  = 0;
   wire [34:0] \$1 ;
-  wire [17:0] \$10 ;
-  wire [8:0] \$11 ;
-  wire [10:0] \$12 ;
-  wire [20:0] \$13 ;
-  wire [24:0] \$14 ;
-  wire [28:0] \$15 ;
-  wire [32:0] \$16 ;
-  wire [25:0] \$17 ;
-  wire [33:0] \$18 ;
-  wire [34:0] \$19 ;
-  wire [15:0] \$2 ;
-  wire [37:0] \$20 ;
-  wire [35:0] \$21 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$23 ;
-  wire [15:0] \$24 ;
-  wire [34:0] \$25 ;
-  wire [16:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [16:0] \$29 ;
-  wire [17:0] \$3 ;
+  wire [8:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire [3:0] \$12 ;
+  wire [8:0] \$13 ;
+  wire [10:0] \$14 ;
+  wire [21:0] \$15 ;
+  wire [25:0] \$16 ;
+  wire [29:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire [26:0] \$19 ;
+  wire [16:0] \$2 ;
+  wire [33:0] \$20 ;
+  wire [34:0] \$21 ;
+  wire [37:0] \$22 ;
+  wire [35:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [11:0] \$32 ;
-  wire [11:0] \$33 ;
-  wire [11:0] \$34 ;
-  wire [11:0] \$35 ;
+  wire [7:0] \$31 ;
+  wire [7:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
   wire \$36 ;
-  wire [11:0] \$37 ;
-  wire [11:0] \$38 ;
+  wire [7:0] \$37 ;
+  wire [7:0] \$38 ;
   wire \$39 ;
-  wire [17:0] \$4 ;
+  wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
-  wire [11:0] \$42 ;
-  wire [11:0] \$43 ;
-  wire [11:0] \$44 ;
-  wire [11:0] \$45 ;
+  wire \$42 ;
+  wire [7:0] \$43 ;
+  wire [7:0] \$44 ;
+  wire [7:0] \$45 ;
   wire [7:0] \$46 ;
-  wire [7:0] \$47 ;
-  reg [10:0] \$48 ;
-  reg [7:0] \$49 ;
-  wire [17:0] \$5 ;
-  reg [10:0] \$50 ;
+  reg [10:0] \$47 ;
+  reg [7:0] \$48 ;
+  reg [10:0] \$49 ;
+  wire [18:0] \$5 ;
+  reg [15:0] \$50 ;
   reg [15:0] \$51 ;
-  reg [15:0] \$52 ;
-  reg [16:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [19:0] \$55 ;
-  reg [21:0] \$56 ;
-  reg [23:0] \$57 ;
-  reg [25:0] \$58 ;
-  reg [27:0] \$59 ;
-  wire [17:0] \$6 ;
-  reg [29:0] \$60 ;
-  reg [31:0] \$61 ;
-  reg [8:0] \$62 ;
-  reg [10:0] \$63 ;
-  reg [15:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg [20:0] \$66 ;
-  reg [24:0] \$67 ;
-  reg [28:0] \$68 ;
-  reg [32:0] \$69 ;
-  wire [17:0] \$7 ;
-  reg [25:0] \$70 ;
-  reg [33:0] \$71 ;
-  reg [34:0] \$72 ;
+  reg [16:0] \$52 ;
+  reg [18:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [22:0] \$55 ;
+  reg [24:0] \$56 ;
+  reg [26:0] \$57 ;
+  reg [28:0] \$58 ;
+  reg [30:0] \$59 ;
+  wire [16:0] \$6 ;
+  reg [31:0] \$60 ;
+  reg [8:0] \$61 ;
+  reg [10:0] \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [21:0] \$65 ;
+  reg [25:0] \$66 ;
+  reg [29:0] \$67 ;
+  reg [32:0] \$68 ;
+  reg [26:0] \$69 ;
+  wire [14:0] \$7 ;
+  reg [33:0] \$70 ;
+  reg [34:0] \$71 ;
+  reg [8:0] \$72 ;
   reg [8:0] \$73 ;
   reg [8:0] \$74 ;
-  reg [8:0] \$75 ;
+  reg [10:0] \$75 ;
   reg [10:0] \$76 ;
   reg [10:0] \$77 ;
-  reg [10:0] \$78 ;
+  reg [15:0] \$78 ;
   reg [15:0] \$79 ;
-  wire [17:0] \$8 ;
+  wire [12:0] \$8 ;
   reg [15:0] \$80 ;
-  reg [15:0] \$81 ;
+  reg [16:0] \$81 ;
   reg [16:0] \$82 ;
   reg [16:0] \$83 ;
-  reg [16:0] \$84 ;
-  reg [37:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [34:0] \$87 ;
-  reg [10:0] \$88 ;
-  reg [16:0] \$89 ;
-  wire [17:0] \$9 ;
-  reg [34:0] \$90 ;
-  reg [16:0] \$91 ;
-  reg [10:0] \$92 ;
-  reg [16:0] \$93 ;
+  reg [37:0] \$84 ;
+  reg [15:0] \$85 ;
+  reg [34:0] \$86 ;
+  reg [10:0] \$87 ;
+  reg [16:0] \$88 ;
+  reg [17:0] \$89 ;
+  wire [10:0] \$9 ;
+  reg [16:0] \$90 ;
+  reg [10:0] \$91 ;
+  reg [16:0] \$92 ;
+  reg \$93 ;
   reg \$94 ;
-  reg \$95 ;
-  reg [11:0] \$96 ;
-  reg [11:0] \$97 ;
-  reg [10:0] \$98 ;
-  reg [7:0] \$99 ;
+  reg [7:0] \$95 ;
+  reg [7:0] \$96 ;
+  reg [7:0] \$97 ;
+  reg [7:0] \$98 ;
   input clk;
   wire clk;
   input en;
@@ -30464,6 +30999,7 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   wire [16:0] u_vc;
   reg [16:0] vc_down = 17'h00000;
   reg [37:0] vc_down_a = 38'h0000000000;
+  wire [16:0] vc_down_sel;
   reg [15:0] vc_f_h = 16'h0000;
   reg [15:0] vc_f_h2 = 16'h0000;
   reg [15:0] vc_f_h_d0 = 16'h0000;
@@ -30483,29 +31019,31 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [10:0] vc_q = 11'h000;
   reg [10:0] vc_q_3 = 11'h000;
   reg [10:0] vc_q_4 = 11'h000;
-  reg [10:0] vc_q_5 = 11'h000;
+  reg [7:0] vc_q_5 = 8'h00;
   reg [10:0] vc_q_a = 11'h000;
   reg [10:0] vc_q_b = 11'h000;
   reg [10:0] vc_q_d0 = 11'h000;
   reg [10:0] vc_q_d1 = 11'h000;
   reg [10:0] vc_q_d2 = 11'h000;
-  reg [11:0] vc_q_dn = 12'h000;
-  reg [11:0] vc_q_up = 12'h000;
+  wire [11:0] vc_q_dec;
+  reg [7:0] vc_q_dn = 8'h00;
+  wire [11:0] vc_q_inc;
+  reg [7:0] vc_q_up = 8'h00;
   reg [15:0] vc_sq_in = 16'h0000;
-  reg [20:0] vc_sq_l0_0 = 21'h000000;
-  reg [24:0] vc_sq_l0_1 = 25'h0000000;
-  reg [28:0] vc_sq_l0_2 = 29'h00000000;
+  reg [21:0] vc_sq_l0_0 = 22'h000000;
+  reg [25:0] vc_sq_l0_1 = 26'h0000000;
+  reg [29:0] vc_sq_l0_2 = 30'h00000000;
   reg [32:0] vc_sq_l0_3 = 33'h000000000;
-  reg [25:0] vc_sq_l1_0 = 26'h0000000;
+  reg [26:0] vc_sq_l1_0 = 27'h0000000;
   reg [33:0] vc_sq_l1_1 = 34'h000000000;
   reg [34:0] vc_sq_l2_0 = 35'h000000000;
-  reg [17:0] vc_sq_pp0 = 18'h00000;
-  reg [19:0] vc_sq_pp1 = 20'h00000;
-  reg [21:0] vc_sq_pp2 = 22'h000000;
-  reg [23:0] vc_sq_pp3 = 24'h000000;
-  reg [25:0] vc_sq_pp4 = 26'h0000000;
-  reg [27:0] vc_sq_pp5 = 28'h0000000;
-  reg [29:0] vc_sq_pp6 = 30'h00000000;
+  reg [18:0] vc_sq_pp0 = 19'h00000;
+  reg [20:0] vc_sq_pp1 = 21'h000000;
+  reg [22:0] vc_sq_pp2 = 23'h000000;
+  reg [24:0] vc_sq_pp3 = 25'h0000000;
+  reg [26:0] vc_sq_pp4 = 27'h0000000;
+  reg [28:0] vc_sq_pp5 = 29'h00000000;
+  reg [30:0] vc_sq_pp6 = 31'h00000000;
   reg [31:0] vc_sq_pp7 = 32'd0;
   reg [16:0] vc_u_1 = 17'h00000;
   reg [16:0] vc_u_2 = 17'h00000;
@@ -30514,528 +31052,534 @@ module \lpsgld_w8_vc_l8.lane_7.narrow (rst, en, vc_var, vc_noise, u_sr, u_vc, x,
   reg [16:0] vc_u_d0 = 17'h00000;
   reg [16:0] vc_u_d1 = 17'h00000;
   reg [16:0] vc_u_d2 = 17'h00000;
-  reg [34:0] vc_up = 35'h000000000;
+  reg [17:0] vc_up = 18'h00000;
   reg [34:0] vc_up_a = 35'h000000000;
+  wire [34:0] vc_up_sel;
   input [14:0] vc_var;
   wire [14:0] vc_var;
   reg [15:0] vc_vs = 16'h0000;
+  wire [15:0] vc_w;
   input [33:0] x;
   wire [33:0] x;
   wire [18:0] y;
-  assign \$1  = $signed(x) + $signed(25'h0808000);
   assign t = $signed(x) + $signed({ 1'h0, u_sr });
-  assign \$2  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
-  assign \$3  = vc_sq_in * vc_sq_in[1:0];
-  assign \$4  = vc_sq_in * vc_sq_in[3:2];
-  assign \$5  = vc_sq_in * vc_sq_in[5:4];
-  assign \$6  = vc_sq_in * vc_sq_in[7:6];
-  assign \$7  = vc_sq_in * vc_sq_in[9:8];
-  assign \$8  = vc_sq_in * vc_sq_in[11:10];
-  assign \$9  = vc_sq_in * vc_sq_in[13:12];
-  assign \$10  = vc_sq_in * vc_sq_in[15:14];
-  assign \$11  = 8'h80 - vc_l_a;
-  assign \$12  = vc_noise ? vc_q_a : vc_q_b;
-  assign \$13  = vc_sq_pp0 + vc_sq_pp1;
-  assign \$14  = vc_sq_pp2 + vc_sq_pp3;
-  assign \$15  = vc_sq_pp4 + vc_sq_pp5;
-  assign \$16  = vc_sq_pp6 + vc_sq_pp7;
-  assign \$17  = vc_sq_l0_0 + vc_sq_l0_1;
-  assign \$18  = vc_sq_l0_2 + vc_sq_l0_3;
-  assign \$19  = vc_sq_l1_0 + vc_sq_l1_1;
-  assign \$20  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
-  assign \$21  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
-  assign \$22  = vc_var - vc_vs;
-  assign \$23  = vc_var - vc_vs;
-  assign \$24  = \$22 [16] ? 16'h0000 : \$23 [15:0];
-  assign \$25  = vc_noise ? vc_up_a : { 19'h00000, \$24  };
-  assign \$26  = vc_var - vc_vs;
-  assign \$27  = vc_var - vc_vs;
-  assign \$28  = \$26 [16] ? 16'h0000 : \$27 [15:0];
-  assign \$29  = vc_noise ? vc_down_a[16:0] : { \$28 , 1'h0 };
-  assign \$30  = vc_u_4 < vc_up;
-  assign \$31  = vc_u_4 < vc_down;
-  assign \$32  = $signed(vc_q_4) + $signed(2'h1);
-  assign \$33  = $signed(vc_q_4) - $signed(2'h1);
-  assign \$34  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$35  = vc_lt_up ? vc_q_up : \$34 ;
-  assign \$36  = & \$35 [11:7];
-  assign \$37  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$38  = vc_lt_up ? vc_q_up : \$37 ;
-  assign \$39  = | \$38 [11:7];
-  assign \$40  = ~ \$39 ;
-  assign \$41  = \$36  | \$40 ;
-  assign \$42  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$43  = vc_lt_up ? vc_q_up : \$42 ;
-  assign \$44  = vc_lt_down ? vc_q_dn : { vc_q_5[10], vc_q_5 };
-  assign \$45  = vc_lt_up ? vc_q_up : \$44 ;
-  assign \$46  = \$45 [11] ? 8'h80 : 8'h7f;
-  assign \$47  = \$41  ? \$43 [7:0] : \$46 ;
+  assign \$2  = vc_var - vc_vs;
+  assign \$3  = vc_var - vc_vs;
+  assign vc_w = \$2 [16] ? 16'h0000 : \$3 [15:0];
+  assign vc_up_sel = vc_noise ? vc_up_a : { 19'h00000, vc_w };
+  assign vc_down_sel = vc_noise ? vc_down_a[16:0] : { vc_w, 1'h0 };
+  assign vc_q_inc = $signed(vc_q_4) + $signed(2'h1);
+  assign vc_q_dec = $signed(vc_q_4) - $signed(2'h1);
+  assign \$4  = vc_noise ? { 8'h00, \$1 [23:16] } : x[23:8];
+  assign \$5  = vc_sq_in[1:0] * { vc_sq_in[15:2], 1'h0, vc_sq_in[1:0] };
+  assign \$6  = vc_sq_in[3:2] * { vc_sq_in[15:4], 1'h0, vc_sq_in[3:2] };
+  assign \$7  = vc_sq_in[5:4] * { vc_sq_in[15:6], 1'h0, vc_sq_in[5:4] };
+  assign \$8  = vc_sq_in[7:6] * { vc_sq_in[15:8], 1'h0, vc_sq_in[7:6] };
+  assign \$9  = vc_sq_in[9:8] * { vc_sq_in[15:10], 1'h0, vc_sq_in[9:8] };
+  assign \$10  = vc_sq_in[11:10] * { vc_sq_in[15:12], 1'h0, vc_sq_in[11:10] };
+  assign \$11  = vc_sq_in[13:12] * { vc_sq_in[15:14], 1'h0, vc_sq_in[13:12] };
+  assign \$12  = vc_sq_in[15:14] * vc_sq_in[15:14];
+  assign \$13  = 8'h80 - vc_l_a;
+  assign \$14  = vc_noise ? vc_q_a : vc_q_b;
+  assign \$15  = vc_sq_pp0 + vc_sq_pp1;
+  assign \$16  = vc_sq_pp2 + vc_sq_pp3;
+  assign \$17  = vc_sq_pp4 + vc_sq_pp5;
+  assign \$18  = vc_sq_pp6 + vc_sq_pp7;
+  assign \$19  = vc_sq_l0_0 + vc_sq_l0_1;
+  assign \$20  = vc_sq_l0_2 + vc_sq_l0_3;
+  assign \$21  = vc_sq_l1_0 + vc_sq_l1_1;
+  assign \$22  = $signed({ 1'h0, vc_sq_l2_0, 1'h0 }) + $signed({ vc_m_a_d2, 9'h000 });
+  assign \$23  = { vc_f_h_d2, 16'h8000 } - vc_sq_l2_0;
+  assign \$24  = | vc_up_sel[34:17];
+  assign \$25  = vc_u_4 < vc_up;
+  assign \$26  = vc_u_4 < vc_down;
+  assign \$27  = & vc_q_inc[11:7];
+  assign \$28  = | vc_q_inc[11:7];
+  assign \$29  = ~ \$28 ;
+  assign \$30  = \$27  | \$29 ;
+  assign \$31  = vc_q_inc[11] ? 8'h80 : 8'h7f;
+  assign \$32  = \$30  ? vc_q_inc[7:0] : \$31 ;
+  assign \$33  = & vc_q_dec[11:7];
+  assign \$34  = | vc_q_dec[11:7];
+  assign \$35  = ~ \$34 ;
+  assign \$36  = \$33  | \$35 ;
+  assign \$37  = vc_q_dec[11] ? 8'h80 : 8'h7f;
+  assign \$38  = \$36  ? vc_q_dec[7:0] : \$37 ;
+  assign \$39  = & vc_q_4[10:7];
+  assign \$40  = | vc_q_4[10:7];
+  assign \$41  = ~ \$40 ;
+  assign \$42  = \$39  | \$41 ;
+  assign \$43  = vc_q_4[10] ? 8'h80 : 8'h7f;
+  assign \$44  = \$42  ? vc_q_4[7:0] : \$43 ;
+  assign \$45  = vc_lt_down ? vc_q_dn : vc_q_5;
+  assign \$46  = vc_lt_up ? vc_q_up : \$45 ;
   always @(posedge clk)
-    vc_q_a <= \$48 ;
+    vc_q_a <= \$47 ;
   always @(posedge clk)
-    vc_l_a <= \$49 ;
+    vc_l_a <= \$48 ;
   always @(posedge clk)
-    vc_q_b <= \$50 ;
+    vc_q_b <= \$49 ;
   always @(posedge clk)
-    vc_f_h <= \$51 ;
+    vc_f_h <= \$50 ;
   always @(posedge clk)
-    vc_sq_in <= \$52 ;
+    vc_sq_in <= \$51 ;
   always @(posedge clk)
-    vc_u_1 <= \$53 ;
+    vc_u_1 <= \$52 ;
   always @(posedge clk)
-    vc_sq_pp0 <= \$54 ;
+    vc_sq_pp0 <= \$53 ;
   always @(posedge clk)
-    vc_sq_pp1 <= \$55 ;
+    vc_sq_pp1 <= \$54 ;
   always @(posedge clk)
-    vc_sq_pp2 <= \$56 ;
+    vc_sq_pp2 <= \$55 ;
   always @(posedge clk)
-    vc_sq_pp3 <= \$57 ;
+    vc_sq_pp3 <= \$56 ;
   always @(posedge clk)
-    vc_sq_pp4 <= \$58 ;
+    vc_sq_pp4 <= \$57 ;
   always @(posedge clk)
-    vc_sq_pp5 <= \$59 ;
+    vc_sq_pp5 <= \$58 ;
   always @(posedge clk)
-    vc_sq_pp6 <= \$60 ;
+    vc_sq_pp6 <= \$59 ;
   always @(posedge clk)
-    vc_sq_pp7 <= \$61 ;
+    vc_sq_pp7 <= \$60 ;
   always @(posedge clk)
-    vc_m_a <= \$62 ;
+    vc_m_a <= \$61 ;
   always @(posedge clk)
-    vc_q <= \$63 ;
+    vc_q <= \$62 ;
   always @(posedge clk)
-    vc_f_h2 <= \$64 ;
+    vc_f_h2 <= \$63 ;
   always @(posedge clk)
-    vc_u_2 <= \$65 ;
+    vc_u_2 <= \$64 ;
   always @(posedge clk)
-    vc_sq_l0_0 <= \$66 ;
+    vc_sq_l0_0 <= \$65 ;
   always @(posedge clk)
-    vc_sq_l0_1 <= \$67 ;
+    vc_sq_l0_1 <= \$66 ;
   always @(posedge clk)
-    vc_sq_l0_2 <= \$68 ;
+    vc_sq_l0_2 <= \$67 ;
   always @(posedge clk)
-    vc_sq_l0_3 <= \$69 ;
+    vc_sq_l0_3 <= \$68 ;
   always @(posedge clk)
-    vc_sq_l1_0 <= \$70 ;
+    vc_sq_l1_0 <= \$69 ;
   always @(posedge clk)
-    vc_sq_l1_1 <= \$71 ;
+    vc_sq_l1_1 <= \$70 ;
   always @(posedge clk)
-    vc_sq_l2_0 <= \$72 ;
+    vc_sq_l2_0 <= \$71 ;
   always @(posedge clk)
-    vc_m_a_d0 <= \$73 ;
+    vc_m_a_d0 <= \$72 ;
   always @(posedge clk)
-    vc_m_a_d1 <= \$74 ;
+    vc_m_a_d1 <= \$73 ;
   always @(posedge clk)
-    vc_m_a_d2 <= \$75 ;
+    vc_m_a_d2 <= \$74 ;
   always @(posedge clk)
-    vc_q_d0 <= \$76 ;
+    vc_q_d0 <= \$75 ;
   always @(posedge clk)
-    vc_q_d1 <= \$77 ;
+    vc_q_d1 <= \$76 ;
   always @(posedge clk)
-    vc_q_d2 <= \$78 ;
+    vc_q_d2 <= \$77 ;
   always @(posedge clk)
-    vc_f_h_d0 <= \$79 ;
+    vc_f_h_d0 <= \$78 ;
   always @(posedge clk)
-    vc_f_h_d1 <= \$80 ;
+    vc_f_h_d1 <= \$79 ;
   always @(posedge clk)
-    vc_f_h_d2 <= \$81 ;
+    vc_f_h_d2 <= \$80 ;
   always @(posedge clk)
-    vc_u_d0 <= \$82 ;
+    vc_u_d0 <= \$81 ;
   always @(posedge clk)
-    vc_u_d1 <= \$83 ;
+    vc_u_d1 <= \$82 ;
   always @(posedge clk)
-    vc_u_d2 <= \$84 ;
+    vc_u_d2 <= \$83 ;
   always @(posedge clk)
-    vc_down_a <= \$85 ;
+    vc_down_a <= \$84 ;
   always @(posedge clk)
-    vc_vs <= \$86 ;
+    vc_vs <= \$85 ;
   always @(posedge clk)
-    vc_up_a <= \$87 ;
+    vc_up_a <= \$86 ;
   always @(posedge clk)
-    vc_q_3 <= \$88 ;
+    vc_q_3 <= \$87 ;
   always @(posedge clk)
-    vc_u_3 <= \$89 ;
+    vc_u_3 <= \$88 ;
   always @(posedge clk)
-    vc_up <= \$90 ;
+    vc_up <= \$89 ;
   always @(posedge clk)
-    vc_down <= \$91 ;
+    vc_down <= \$90 ;
   always @(posedge clk)
-    vc_q_4 <= \$92 ;
+    vc_q_4 <= \$91 ;
   always @(posedge clk)
-    vc_u_4 <= \$93 ;
+    vc_u_4 <= \$92 ;
   always @(posedge clk)
-    vc_lt_up <= \$94 ;
+    vc_lt_up <= \$93 ;
   always @(posedge clk)
-    vc_lt_down <= \$95 ;
+    vc_lt_down <= \$94 ;
   always @(posedge clk)
-    vc_q_up <= \$96 ;
+    vc_q_up <= \$95 ;
   always @(posedge clk)
-    vc_q_dn <= \$97 ;
+    vc_q_dn <= \$96 ;
   always @(posedge clk)
-    vc_q_5 <= \$98 ;
+    vc_q_5 <= \$97 ;
   always @(posedge clk)
-    out <= \$99 ;
+    out <= \$98 ;
+  assign \$1  = $signed(x) + $signed(25'h0808000);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$48  = vc_q_a;
+    \$47  = vc_q_a;
     if (en) begin
-      \$48  = \$1 [34:24];
+      \$47  = \$1 [34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$49  = vc_l_a;
+    \$48  = vc_l_a;
     if (en) begin
-      \$49  = \$1 [23:16];
+      \$48  = \$1 [23:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$50  = vc_q_b;
+    \$49  = vc_q_b;
     if (en) begin
-      \$50  = t[34:24];
+      \$49  = t[34:24];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$51  = vc_f_h;
+    \$50  = vc_f_h;
     if (en) begin
-      \$51  = x[23:8];
+      \$50  = x[23:8];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$52  = vc_sq_in;
+    \$51  = vc_sq_in;
     if (en) begin
-      \$52  = \$2 ;
+      \$51  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$53  = vc_u_1;
+    \$52  = vc_u_1;
     if (en) begin
-      \$53  = u_vc;
+      \$52  = u_vc;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$54  = vc_sq_pp0;
+    \$53  = vc_sq_pp0;
     if (en) begin
-      \$54  = \$3 ;
+      \$53  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$55  = vc_sq_pp1;
+    \$54  = vc_sq_pp1;
     if (en) begin
-      \$55  = { \$4 , 2'h0 };
+      \$54  = { \$6 , 4'h0 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$56  = vc_sq_pp2;
+    \$55  = vc_sq_pp2;
     if (en) begin
-      \$56  = { \$5 , 4'h0 };
+      \$55  = { \$7 , 8'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$57  = vc_sq_pp3;
+    \$56  = vc_sq_pp3;
     if (en) begin
-      \$57  = { \$6 , 6'h00 };
+      \$56  = { \$8 , 12'h000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$58  = vc_sq_pp4;
+    \$57  = vc_sq_pp4;
     if (en) begin
-      \$58  = { \$7 , 8'h00 };
+      \$57  = { \$9 , 16'h0000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$59  = vc_sq_pp5;
+    \$58  = vc_sq_pp5;
     if (en) begin
-      \$59  = { \$8 , 10'h000 };
+      \$58  = { \$10 , 20'h00000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$60  = vc_sq_pp6;
+    \$59  = vc_sq_pp6;
     if (en) begin
-      \$60  = { \$9 , 12'h000 };
+      \$59  = { \$11 , 24'h000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$61  = vc_sq_pp7;
+    \$60  = vc_sq_pp7;
     if (en) begin
-      \$61  = { \$10 , 14'h0000 };
+      \$60  = { \$12 , 28'h0000000 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$62  = vc_m_a;
+    \$61  = vc_m_a;
     if (en) begin
-      \$62  = \$11 ;
+      \$61  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$63  = vc_q;
+    \$62  = vc_q;
     if (en) begin
-      \$63  = \$12 ;
+      \$62  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$64  = vc_f_h2;
+    \$63  = vc_f_h2;
     if (en) begin
-      \$64  = vc_f_h;
+      \$63  = vc_f_h;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$65  = vc_u_2;
+    \$64  = vc_u_2;
     if (en) begin
-      \$65  = vc_u_1;
+      \$64  = vc_u_1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$66  = vc_sq_l0_0;
+    \$65  = vc_sq_l0_0;
     if (en) begin
-      \$66  = \$13 ;
+      \$65  = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$67  = vc_sq_l0_1;
+    \$66  = vc_sq_l0_1;
     if (en) begin
-      \$67  = \$14 ;
+      \$66  = \$16 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$68  = vc_sq_l0_2;
+    \$67  = vc_sq_l0_2;
     if (en) begin
-      \$68  = \$15 ;
+      \$67  = \$17 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$69  = vc_sq_l0_3;
+    \$68  = vc_sq_l0_3;
     if (en) begin
-      \$69  = \$16 ;
+      \$68  = \$18 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$70  = vc_sq_l1_0;
+    \$69  = vc_sq_l1_0;
     if (en) begin
-      \$70  = \$17 ;
+      \$69  = \$19 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$71  = vc_sq_l1_1;
+    \$70  = vc_sq_l1_1;
     if (en) begin
-      \$71  = \$18 ;
+      \$70  = \$20 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$72  = vc_sq_l2_0;
+    \$71  = vc_sq_l2_0;
     if (en) begin
-      \$72  = \$19 ;
+      \$71  = \$21 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$73  = vc_m_a_d0;
+    \$72  = vc_m_a_d0;
     if (en) begin
-      \$73  = vc_m_a;
+      \$72  = vc_m_a;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$74  = vc_m_a_d1;
+    \$73  = vc_m_a_d1;
     if (en) begin
-      \$74  = vc_m_a_d0;
+      \$73  = vc_m_a_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$75  = vc_m_a_d2;
+    \$74  = vc_m_a_d2;
     if (en) begin
-      \$75  = vc_m_a_d1;
+      \$74  = vc_m_a_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$76  = vc_q_d0;
+    \$75  = vc_q_d0;
     if (en) begin
-      \$76  = vc_q;
+      \$75  = vc_q;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$77  = vc_q_d1;
+    \$76  = vc_q_d1;
     if (en) begin
-      \$77  = vc_q_d0;
+      \$76  = vc_q_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$78  = vc_q_d2;
+    \$77  = vc_q_d2;
     if (en) begin
-      \$78  = vc_q_d1;
+      \$77  = vc_q_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$79  = vc_f_h_d0;
+    \$78  = vc_f_h_d0;
     if (en) begin
-      \$79  = vc_f_h2;
+      \$78  = vc_f_h2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$80  = vc_f_h_d1;
+    \$79  = vc_f_h_d1;
     if (en) begin
-      \$80  = vc_f_h_d0;
+      \$79  = vc_f_h_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$81  = vc_f_h_d2;
+    \$80  = vc_f_h_d2;
     if (en) begin
-      \$81  = vc_f_h_d1;
+      \$80  = vc_f_h_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$82  = vc_u_d0;
+    \$81  = vc_u_d0;
     if (en) begin
-      \$82  = vc_u_2;
+      \$81  = vc_u_2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$83  = vc_u_d1;
+    \$82  = vc_u_d1;
     if (en) begin
-      \$83  = vc_u_d0;
+      \$82  = vc_u_d0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$84  = vc_u_d2;
+    \$83  = vc_u_d2;
     if (en) begin
-      \$84  = vc_u_d1;
+      \$83  = vc_u_d1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$85  = vc_down_a;
+    \$84  = vc_down_a;
     if (en) begin
-      \$85  = \$20 ;
+      \$84  = \$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$86  = vc_vs;
+    \$85  = vc_vs;
     if (en) begin
-      \$86  = \$21 [31:16];
+      \$85  = \$23 [31:16];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$87  = vc_up_a;
+    \$86  = vc_up_a;
     if (en) begin
-      \$87  = vc_sq_l2_0;
+      \$86  = vc_sq_l2_0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$88  = vc_q_3;
+    \$87  = vc_q_3;
     if (en) begin
-      \$88  = vc_q_d2;
+      \$87  = vc_q_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$89  = vc_u_3;
+    \$88  = vc_u_3;
     if (en) begin
-      \$89  = vc_u_d2;
+      \$88  = vc_u_d2;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$90  = vc_up;
+    \$89  = vc_up;
     if (en) begin
-      \$90  = \$25 ;
+      \$89  = { \$24 , vc_up_sel[16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$91  = vc_down;
+    \$90  = vc_down;
     if (en) begin
-      \$91  = \$29 ;
+      \$90  = vc_down_sel;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$92  = vc_q_4;
+    \$91  = vc_q_4;
     if (en) begin
-      \$92  = vc_q_3;
+      \$91  = vc_q_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$93  = vc_u_4;
+    \$92  = vc_u_4;
     if (en) begin
-      \$93  = vc_u_3;
+      \$92  = vc_u_3;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$94  = vc_lt_up;
+    \$93  = vc_lt_up;
     if (en) begin
-      \$94  = \$30 ;
+      \$93  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$95  = vc_lt_down;
+    \$94  = vc_lt_down;
     if (en) begin
-      \$95  = \$31 ;
+      \$94  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$96  = vc_q_up;
+    \$95  = vc_q_up;
     if (en) begin
-      \$96  = \$32 ;
+      \$95  = \$32 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$97  = vc_q_dn;
+    \$96  = vc_q_dn;
     if (en) begin
-      \$97  = \$33 ;
+      \$96  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$98  = vc_q_5;
+    \$97  = vc_q_5;
     if (en) begin
-      \$98  = vc_q_4;
+      \$97  = \$44 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$32 ) begin end
-    \$99  = out;
+    \$98  = out;
     if (en) begin
-      \$99  = \$47 ;
+      \$98  = \$46 ;
     end
   end
   assign y = \$1 [34:16];
@@ -31051,58 +31595,90 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [17:0] \$12 ;
   wire [17:0] \$13 ;
   wire [17:0] \$14 ;
-  wire [32:0] \$15 ;
-  wire [22:0] \$16 ;
-  wire [26:0] \$17 ;
-  wire [28:0] \$18 ;
-  wire [22:0] \$19 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [17:0] \$18 ;
+  wire [17:0] \$19 ;
   wire [17:0] \$2 ;
-  wire [24:0] \$20 ;
-  wire [18:0] \$21 ;
-  wire [33:0] \$22 ;
-  wire [29:0] \$23 ;
-  wire [25:0] \$24 ;
-  wire [20:0] \$25 ;
-  wire [34:0] \$26 ;
-  wire [26:0] \$27 ;
-  wire [35:0] \$28 ;
-  reg [7:0] \$29 ;
+  wire [18:0] \$20 ;
+  wire [17:0] \$21 ;
+  wire [16:0] \$22 ;
+  wire [22:0] \$23 ;
+  wire [26:0] \$24 ;
+  wire [28:0] \$25 ;
+  wire [22:0] \$26 ;
+  wire [24:0] \$27 ;
+  wire [18:0] \$28 ;
+  wire [17:0] \$29 ;
   wire [17:0] \$3 ;
-  reg [17:0] \$30 ;
-  reg [17:0] \$31 ;
-  reg [17:0] \$32 ;
-  reg [17:0] \$33 ;
-  reg [13:0] \$34 ;
-  reg [13:0] \$35 ;
-  reg [13:0] \$36 ;
-  reg [13:0] \$37 ;
-  reg [17:0] \$38 ;
-  reg [17:0] \$39 ;
+  wire [18:0] \$30 ;
+  wire [17:0] \$31 ;
+  wire [18:0] \$32 ;
+  wire [17:0] \$33 ;
+  wire [18:0] \$34 ;
+  wire [17:0] \$35 ;
+  wire [16:0] \$36 ;
+  wire [29:0] \$37 ;
+  wire [25:0] \$38 ;
+  wire [20:0] \$39 ;
   wire [17:0] \$4 ;
-  reg [17:0] \$40 ;
-  reg [17:0] \$41 ;
-  reg [17:0] \$42 ;
-  reg [17:0] \$43 ;
-  reg [32:0] \$44 ;
-  reg [22:0] \$45 ;
-  reg [26:0] \$46 ;
-  reg [28:0] \$47 ;
-  reg [22:0] \$48 ;
-  reg [24:0] \$49 ;
+  wire [17:0] \$40 ;
+  wire [18:0] \$41 ;
+  wire [17:0] \$42 ;
+  wire [18:0] \$43 ;
+  wire [18:0] \$44 ;
+  wire [19:0] \$45 ;
+  wire [18:0] \$46 ;
+  wire [17:0] \$47 ;
+  wire [26:0] \$48 ;
+  wire [35:0] \$49 ;
   wire [13:0] \$5 ;
-  reg [18:0] \$50 ;
-  reg [19:0] \$51 ;
-  reg [33:0] \$52 ;
-  reg [29:0] \$53 ;
-  reg [25:0] \$54 ;
-  reg [20:0] \$55 ;
-  reg [34:0] \$56 ;
-  reg [26:0] \$57 ;
-  reg [35:0] \$58 ;
+  wire [18:0] \$50 ;
+  wire [19:0] \$51 ;
+  wire [35:0] \$52 ;
+  wire [18:0] \$53 ;
+  wire [19:0] \$54 ;
+  wire [35:0] \$55 ;
+  wire [18:0] \$56 ;
+  wire [19:0] \$57 ;
+  wire [35:0] \$58 ;
+  wire [18:0] \$59 ;
   wire [13:0] \$6 ;
+  wire [17:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg [17:0] \$62 ;
+  reg [17:0] \$63 ;
+  reg [17:0] \$64 ;
+  reg [17:0] \$65 ;
+  reg [13:0] \$66 ;
+  reg [13:0] \$67 ;
+  reg [13:0] \$68 ;
+  reg [13:0] \$69 ;
   wire [13:0] \$7 ;
+  reg [17:0] \$70 ;
+  reg [17:0] \$71 ;
+  reg [17:0] \$72 ;
+  reg [17:0] \$73 ;
+  reg [17:0] \$74 ;
+  reg [17:0] \$75 ;
+  reg [32:0] \$76 ;
+  reg [22:0] \$77 ;
+  reg [26:0] \$78 ;
+  reg [28:0] \$79 ;
   wire [13:0] \$8 ;
+  reg [22:0] \$80 ;
+  reg [24:0] \$81 ;
+  reg [18:0] \$82 ;
+  reg [19:0] \$83 ;
+  reg [33:0] \$84 ;
+  reg [29:0] \$85 ;
+  reg [25:0] \$86 ;
+  reg [20:0] \$87 ;
+  reg [34:0] \$88 ;
+  reg [26:0] \$89 ;
   wire [17:0] \$9 ;
+  reg [35:0] \$90 ;
   input clk;
   wire clk;
   input [11:0] decay;
@@ -31153,54 +31729,117 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x,
   wire [33:0] x;
   input [11:0] z;
   wire [11:0] z;
+  assign \$10  = noise * z[3:2];
+  assign \$11  = noise * z[5:4];
+  assign \$12  = noise * z[7:6];
+  assign \$13  = noise * z[9:8];
+  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
+  assign \$15  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$16  = \$15  + 1'h0;
+  assign \$17  = 1'h0 + sum_noise_pp0[15:0];
+  assign \$18  = \$17  + 1'h0;
+  assign \$19  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$20  = \$19  + 1'h1;
+  assign \$21  = { sum_theta[7], sum_theta, 8'h00 } + sum_noise_pp0[17:16];
+  assign \$22  = \$18 [16] ? \$20 [16:0] : \$21 [16:0];
+  assign \$23  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
+  assign \$24  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
+  assign \$25  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
+  assign \$26  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
+  assign \$27  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
+  assign \$28  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
+  assign \$29  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$30  = \$29  + 1'h0;
+  assign \$31  = sum_x_l0_0[16:0] + sum_x_l0_1[16:0];
+  assign \$32  = \$31  + 1'h0;
+  assign \$33  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$34  = \$33  + 1'h1;
+  assign \$35  = { sum_x_l0_0[32], sum_x_l0_0[32:17] } + sum_x_l0_1[22:17];
+  assign \$36  = \$32 [17] ? \$34 [16:0] : \$35 [16:0];
+  assign \$37  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
+  assign \$38  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
+  assign \$39  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
+  assign \$40  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$41  = \$40  + 1'h0;
+  assign \$42  = sum_x_l1_0[16:0] + sum_x_l1_1[16:0];
+  assign \$43  = \$42  + 1'h0;
+  assign \$44  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$45  = \$44  + 1'h1;
+  assign \$46  = { sum_x_l1_0[33], sum_x_l1_0[33:17] } + { sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29], sum_x_l1_1[29:17] };
+  assign \$47  = \$43 [17] ? \$45 [17:0] : \$46 [17:0];
+  assign \$48  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
+  assign \$49  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$50  = sum_x_l2_0[17:0] + \$49 [17:0];
+  assign \$51  = \$50  + 1'h1;
+  assign \$52  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$53  = sum_x_l2_0[17:0] + \$52 [17:0];
+  assign \$54  = \$53  + 1'h1;
+  assign \$55  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$56  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$55 [35:18];
+  assign \$57  = \$56  + 1'h1;
+  assign \$58  = ~ { sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1[26], sum_x_l2_1 };
+  assign \$59  = { sum_x_l2_0[34], sum_x_l2_0[34:18] } + \$58 [35:18];
+  assign \$60  = \$54 [18] ? \$57 [17:0] : \$59 [17:0];
   always @(posedge clk)
-    sum_decay_pp1 <= \$35 ;
+    sum_theta <= \$61 ;
   always @(posedge clk)
-    sum_decay_pp2 <= \$36 ;
+    sum_step_pp0 <= \$62 ;
   always @(posedge clk)
-    sum_decay_pp3 <= \$37 ;
+    sum_step_pp1 <= \$63 ;
   always @(posedge clk)
-    sum_noise_pp0 <= \$38 ;
+    sum_step_pp2 <= \$64 ;
   always @(posedge clk)
-    sum_noise_pp1 <= \$39 ;
+    sum_step_pp3 <= \$65 ;
   always @(posedge clk)
-    sum_noise_pp2 <= \$40 ;
+    sum_decay_pp0 <= \$66 ;
   always @(posedge clk)
-    sum_noise_pp3 <= \$41 ;
+    sum_decay_pp1 <= \$67 ;
   always @(posedge clk)
-    sum_noise_pp4 <= \$42 ;
+    sum_decay_pp2 <= \$68 ;
   always @(posedge clk)
-    sum_noise_pp5 <= \$43 ;
+    sum_decay_pp3 <= \$69 ;
   always @(posedge clk)
-    sum_x_l0_0 <= \$44 ;
+    sum_noise_pp0 <= \$70 ;
   always @(posedge clk)
-    sum_x_l0_1 <= \$45 ;
+    sum_noise_pp1 <= \$71 ;
   always @(posedge clk)
-    sum_x_l0_2 <= \$46 ;
+    sum_noise_pp2 <= \$72 ;
   always @(posedge clk)
-    sum_x_l0_3 <= \$47 ;
+    sum_noise_pp3 <= \$73 ;
   always @(posedge clk)
-    sum_x_l0_4 <= \$48 ;
+    sum_noise_pp4 <= \$74 ;
   always @(posedge clk)
-    sum_x_l0_5 <= \$49 ;
+    sum_noise_pp5 <= \$75 ;
   always @(posedge clk)
-    sum_x_l0_6 <= \$50 ;
+    sum_x_l0_0 <= \$76 ;
   always @(posedge clk)
-    sum_x_l0_7 <= \$51 ;
+    sum_x_l0_1 <= \$77 ;
   always @(posedge clk)
-    sum_x_l1_0 <= \$52 ;
+    sum_x_l0_2 <= \$78 ;
   always @(posedge clk)
-    sum_x_l1_1 <= \$53 ;
+    sum_x_l0_3 <= \$79 ;
   always @(posedge clk)
-    sum_x_l1_2 <= \$54 ;
+    sum_x_l0_4 <= \$80 ;
   always @(posedge clk)
-    sum_x_l1_3 <= \$55 ;
+    sum_x_l0_5 <= \$81 ;
   always @(posedge clk)
-    sum_x_l2_0 <= \$56 ;
+    sum_x_l0_6 <= \$82 ;
   always @(posedge clk)
-    sum_x_l2_1 <= \$57 ;
+    sum_x_l0_7 <= \$83 ;
   always @(posedge clk)
-    sum_x_l3_0 <= \$58 ;
+    sum_x_l1_0 <= \$84 ;
+  always @(posedge clk)
+    sum_x_l1_1 <= \$85 ;
+  always @(posedge clk)
+    sum_x_l1_2 <= \$86 ;
+  always @(posedge clk)
+    sum_x_l1_3 <= \$87 ;
+  always @(posedge clk)
+    sum_x_l2_0 <= \$88 ;
+  always @(posedge clk)
+    sum_x_l2_1 <= \$89 ;
+  always @(posedge clk)
+    sum_x_l3_0 <= \$90 ;
   assign \$1  = step * grad[1:0];
   assign \$2  = step * grad[3:2];
   assign \$3  = step * grad[5:4];
@@ -31210,252 +31849,221 @@ module \lpsgld_w8_vc_l8.lane_7.sum (rst, en, step, decay, noise, theta, grad, x,
   assign \$7  = decay * theta[5:4];
   assign \$8  = $signed({ 1'h0, decay }) * $signed(theta[7:6]);
   assign \$9  = noise * z[1:0];
-  assign \$10  = noise * z[3:2];
-  assign \$11  = noise * z[5:4];
-  assign \$12  = noise * z[7:6];
-  assign \$13  = noise * z[9:8];
-  assign \$14  = $signed({ 1'h0, noise }) * $signed(z[11:10]);
-  assign \$15  = $signed({ sum_theta, 24'h000000 }) + $signed({ 1'h0, sum_noise_pp0 });
-  assign \$16  = { sum_noise_pp1, 2'h0 } + { sum_noise_pp2, 4'h0 };
-  assign \$17  = { sum_noise_pp3, 6'h00 } + { sum_noise_pp4, 8'h00 };
-  assign \$18  = $signed({ sum_noise_pp5, 10'h000 }) - $signed({ 1'h0, sum_step_pp0 });
-  assign \$19  = { sum_step_pp1, 2'h0 } + { sum_step_pp2, 4'h0 };
-  assign \$20  = $signed({ sum_step_pp3, 6'h00 }) + $signed({ 1'h0, sum_decay_pp0 });
-  assign \$21  = { sum_decay_pp1, 2'h0 } + { sum_decay_pp2, 4'h0 };
-  assign \$22  = $signed(sum_x_l0_0) + $signed({ 1'h0, sum_x_l0_1 });
-  assign \$23  = $signed({ 1'h0, sum_x_l0_2 }) + $signed(sum_x_l0_3);
-  assign \$24  = $signed({ 1'h0, sum_x_l0_4 }) + $signed(sum_x_l0_5);
-  assign \$25  = $signed({ 1'h0, sum_x_l0_6 }) + $signed(sum_x_l0_7);
-  assign \$26  = $signed(sum_x_l1_0) + $signed(sum_x_l1_1);
-  assign \$27  = $signed(sum_x_l1_2) + $signed(sum_x_l1_3);
-  assign \$28  = $signed(sum_x_l2_0) - $signed(sum_x_l2_1);
-  always @(posedge clk)
-    sum_theta <= \$29 ;
-  always @(posedge clk)
-    sum_step_pp0 <= \$30 ;
-  always @(posedge clk)
-    sum_step_pp1 <= \$31 ;
-  always @(posedge clk)
-    sum_step_pp2 <= \$32 ;
-  always @(posedge clk)
-    sum_step_pp3 <= \$33 ;
-  always @(posedge clk)
-    sum_decay_pp0 <= \$34 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$36  = sum_decay_pp2;
+    \$61  = sum_theta;
     if (en) begin
-      \$36  = \$7 ;
+      \$61  = theta;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$37  = sum_decay_pp3;
+    \$62  = sum_step_pp0;
     if (en) begin
-      \$37  = \$8 ;
+      \$62  = \$1 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$38  = sum_noise_pp0;
+    \$63  = sum_step_pp1;
     if (en) begin
-      \$38  = \$9 ;
+      \$63  = \$2 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$39  = sum_noise_pp1;
+    \$64  = sum_step_pp2;
     if (en) begin
-      \$39  = \$10 ;
+      \$64  = \$3 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$40  = sum_noise_pp2;
+    \$65  = sum_step_pp3;
     if (en) begin
-      \$40  = \$11 ;
+      \$65  = \$4 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$41  = sum_noise_pp3;
+    \$66  = sum_decay_pp0;
     if (en) begin
-      \$41  = \$12 ;
+      \$66  = \$5 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$42  = sum_noise_pp4;
+    \$67  = sum_decay_pp1;
     if (en) begin
-      \$42  = \$13 ;
+      \$67  = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$43  = sum_noise_pp5;
+    \$68  = sum_decay_pp2;
     if (en) begin
-      \$43  = \$14 ;
+      \$68  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$44  = sum_x_l0_0;
+    \$69  = sum_decay_pp3;
     if (en) begin
-      \$44  = \$15 ;
+      \$69  = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$45  = sum_x_l0_1;
+    \$70  = sum_noise_pp0;
     if (en) begin
-      \$45  = \$16 ;
+      \$70  = \$9 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$46  = sum_x_l0_2;
+    \$71  = sum_noise_pp1;
     if (en) begin
-      \$46  = \$17 ;
+      \$71  = \$10 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$47  = sum_x_l0_3;
+    \$72  = sum_noise_pp2;
     if (en) begin
-      \$47  = \$18 ;
+      \$72  = \$11 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$48  = sum_x_l0_4;
+    \$73  = sum_noise_pp3;
     if (en) begin
-      \$48  = \$19 ;
+      \$73  = \$12 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$49  = sum_x_l0_5;
+    \$74  = sum_noise_pp4;
     if (en) begin
-      \$49  = \$20 ;
+      \$74  = \$13 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$50  = sum_x_l0_6;
+    \$75  = sum_noise_pp5;
     if (en) begin
-      \$50  = \$21 ;
+      \$75  = \$14 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$51  = sum_x_l0_7;
+    \$76  = sum_x_l0_0;
     if (en) begin
-      \$51  = { sum_decay_pp3, 6'h00 };
+      \$76  = { \$22 , \$16 [15:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$52  = sum_x_l1_0;
+    \$77  = sum_x_l0_1;
     if (en) begin
-      \$52  = \$22 ;
+      \$77  = \$23 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$53  = sum_x_l1_1;
+    \$78  = sum_x_l0_2;
     if (en) begin
-      \$53  = \$23 ;
+      \$78  = \$24 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$54  = sum_x_l1_2;
+    \$79  = sum_x_l0_3;
     if (en) begin
-      \$54  = \$24 ;
+      \$79  = \$25 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$55  = sum_x_l1_3;
+    \$80  = sum_x_l0_4;
     if (en) begin
-      \$55  = \$25 ;
+      \$80  = \$26 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$56  = sum_x_l2_0;
+    \$81  = sum_x_l0_5;
     if (en) begin
-      \$56  = \$26 ;
+      \$81  = \$27 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$57  = sum_x_l2_1;
+    \$82  = sum_x_l0_6;
     if (en) begin
-      \$57  = \$27 ;
+      \$82  = \$28 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$58  = sum_x_l3_0;
+    \$83  = sum_x_l0_7;
     if (en) begin
-      \$58  = \$28 ;
+      \$83  = { sum_decay_pp3, 6'h00 };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$29  = sum_theta;
+    \$84  = sum_x_l1_0;
     if (en) begin
-      \$29  = theta;
+      \$84  = { \$36 , \$30 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$30  = sum_step_pp0;
+    \$85  = sum_x_l1_1;
     if (en) begin
-      \$30  = \$1 ;
+      \$85  = \$37 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$31  = sum_step_pp1;
+    \$86  = sum_x_l1_2;
     if (en) begin
-      \$31  = \$2 ;
+      \$86  = \$38 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$32  = sum_step_pp2;
+    \$87  = sum_x_l1_3;
     if (en) begin
-      \$32  = \$3 ;
+      \$87  = \$39 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$33  = sum_step_pp3;
+    \$88  = sum_x_l2_0;
     if (en) begin
-      \$33  = \$4 ;
+      \$88  = { \$47 , \$41 [16:0] };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$34  = sum_decay_pp0;
+    \$89  = sum_x_l2_1;
     if (en) begin
-      \$34  = \$5 ;
+      \$89  = \$48 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$33 ) begin end
-    \$35  = sum_decay_pp1;
+    \$90  = sum_x_l3_0;
     if (en) begin
-      \$35  = \$6 ;
+      \$90  = { \$60 , \$51 [17:0] };
     end
   end
   assign x = sum_x_l3_0[33:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_vc_l8.rng_0_0 (rst, en, step, out, data, \port$9668$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$34  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31475,12 +32083,14 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9668$0 ;
+  wire [1:0] \port$9668$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'he220a8397b1dcdaf;
@@ -31507,11 +32117,12 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$34 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9668$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'he220a8397b1dcdaf;
@@ -31520,20 +32131,23 @@ module \lpsgld_w8_vc_l8.rng_0_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$34 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9668$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6e789e6aa1b965f4;
     end
   end
+  assign load0 = \port$9668$0 [0];
+  assign load1 = \port$9668$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_vc_l8.rng_1_0 (rst, en, step, out, data, \port$9682$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$35  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31553,12 +32167,14 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9682$0 ;
+  wire [1:0] \port$9682$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'haf87b92be82a7e1a;
@@ -31585,11 +32201,12 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$35 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9682$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'haf87b92be82a7e1a;
@@ -31598,20 +32215,23 @@ module \lpsgld_w8_vc_l8.rng_1_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$35 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9682$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'hc86cbece47434f2e;
     end
   end
+  assign load0 = \port$9682$0 [0];
+  assign load1 = \port$9682$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_vc_l8.rng_2_0 (rst, en, step, out, data, \port$9696$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$36  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31631,12 +32251,14 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9696$0 ;
+  wire [1:0] \port$9696$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'hea4cf92d0d3ebbb2;
@@ -31663,11 +32285,12 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$36 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9696$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'hea4cf92d0d3ebbb2;
@@ -31676,20 +32299,23 @@ module \lpsgld_w8_vc_l8.rng_2_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$36 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9696$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'ha731faa13adfe191;
     end
   end
+  assign load0 = \port$9696$0 [0];
+  assign load1 = \port$9696$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_vc_l8.rng_3_0 (rst, en, step, out, data, \port$9710$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$37  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31709,12 +32335,14 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9710$0 ;
+  wire [1:0] \port$9710$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h9b349238c659227a;
@@ -31741,11 +32369,12 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$37 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9710$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h9b349238c659227a;
@@ -31754,20 +32383,23 @@ module \lpsgld_w8_vc_l8.rng_3_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$37 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9710$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h67fb356754276935;
     end
   end
+  assign load0 = \port$9710$0 [0];
+  assign load1 = \port$9710$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_vc_l8.rng_4_0 (rst, en, step, out, data, \port$9724$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$38  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31787,12 +32419,14 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9724$0 ;
+  wire [1:0] \port$9724$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h4848a7e4d3e77ed3;
@@ -31819,11 +32453,12 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$38 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9724$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h4848a7e4d3e77ed3;
@@ -31832,20 +32467,23 @@ module \lpsgld_w8_vc_l8.rng_4_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$38 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9724$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h85d79f124106cd00;
     end
   end
+  assign load0 = \port$9724$0 [0];
+  assign load1 = \port$9724$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_vc_l8.rng_5_0 (rst, en, step, out, data, \port$9738$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$39  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31865,12 +32503,14 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9738$0 ;
+  wire [1:0] \port$9738$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h827a07ff79b19156;
@@ -31897,11 +32537,12 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$39 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9738$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h827a07ff79b19156;
@@ -31910,20 +32551,23 @@ module \lpsgld_w8_vc_l8.rng_5_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$39 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9738$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h966057937e91adac;
     end
   end
+  assign load0 = \port$9738$0 [0];
+  assign load1 = \port$9738$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_vc_l8.rng_6_0 (rst, en, step, out, data, \port$9752$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$40  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -31943,12 +32587,14 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9752$0 ;
+  wire [1:0] \port$9752$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h87bb5cc865951d3a;
@@ -31975,11 +32621,12 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$40 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9752$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h87bb5cc865951d3a;
@@ -31988,20 +32635,23 @@ module \lpsgld_w8_vc_l8.rng_6_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$40 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9752$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h09d79928783d22c1;
     end
   end
+  assign load0 = \port$9752$0 [0];
+  assign load1 = \port$9752$0 [1];
 endmodule
 
 (* generator = "Amaranth" *)
-module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
+module \lpsgld_w8_vc_l8.rng_7_0 (rst, en, step, out, data, \port$9766$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$41  = 0;
   wire [63:0] \$1 ;
   wire [63:0] \$10 ;
@@ -32021,12 +32671,14 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   wire clk;
   input [63:0] data;
   wire [63:0] data;
-  input load0;
+  input en;
+  wire en;
   wire load0;
-  input load1;
   wire load1;
   output [63:0] out;
   wire [63:0] out;
+  input [1:0] \port$9766$0 ;
+  wire [1:0] \port$9766$0 ;
   input rst;
   wire rst;
   reg [63:0] s0 = 64'h30dc637b46b379dc;
@@ -32053,11 +32705,12 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$41 ) begin end
     \$13  = s0;
-    if (step) begin
-      \$13  = \$10 ;
-    end
-    if (load0) begin
-      \$13  = data;
+    if (en) begin
+      if (\port$9766$0 [0]) begin
+        \$13  = data;
+      end else if (step) begin
+        \$13  = \$10 ;
+      end
     end
     if (rst) begin
       \$13  = 64'h30dc637b46b379dc;
@@ -32066,14 +32719,17 @@ module \lpsgld_w8_vc_l8.rng_7_0 (rst, step, load0, load1, out, data, clk);
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$41 ) begin end
     \$14  = s1;
-    if (step) begin
-      \$14  = { \$12 [27:0], \$11 [63:28] };
-    end
-    if (load1) begin
-      \$14  = data;
+    if (en) begin
+      if (\port$9766$0 [1]) begin
+        \$14  = data;
+      end else if (step) begin
+        \$14  = { \$12 [27:0], \$11 [63:28] };
+      end
     end
     if (rst) begin
       \$14  = 64'h6c8c8bfe17cef0b7;
     end
   end
+  assign load0 = \port$9766$0 [0];
+  assign load1 = \port$9766$0 [1];
 endmodule

@@ -82,7 +82,7 @@ MUTANTS = [
     Mutant("M06", VC4, "rng_1_0", rf"(= s0;\n(?:.*\n)*?\s+if \(rst\) begin\n\s+{TMP} = 64'h[0-9a-f]{{15}})([0-9a-f])",
            _flip_reset_lsb, "reset state of s0 (lane 1): bit 0 flipped"),
     # top: keep, handshake, control
-    Mutant("M07", VC4, "", rf"(= {TMP} & keep_1\[)1(\];)", r"\g<1>2\2",
+    Mutant("M07", VC4, "", r"(= live_1\[)1(\] & )", r"\g<1>2\2",
            "lane 1's generator steps on lane 2's keep bit"),
     Mutant("M08", VC4, "", r"(ctl__addr == 9'h10)3;", r"\g<1>2;", "seed load: s1 of stream 1 decoded at s0's address",
            count=2),
@@ -98,14 +98,16 @@ MUTANTS = [
     Mutant("M14", VC4, "", rf"16'h0000:(\n\s+{TMP} = 1'h1;)", r"16'h0005:\1",
            "step register decoded at address 0x0005"),
     # exact sum (lane 2 of 4)
-    Mutant("M15", VC4, "lane_2.sum", r"(= \$signed\(sum_x_l2_0\)) - (\$signed\(sum_x_l2_1\);)", r"\1 + \2",
-           "adder tree: subtract -> add at the root's second level"),
+    Mutant("M15", VC4, "lane_2.sum", r"(= )~ (\{ sum_x_l2_1\[26\])", r"\1\2",
+           "adder tree: the root's subtraction loses its inversion (x + y + 1, not x - y; all four "
+           "copies in the carry-select halves)", count=4),
     Mutant("M16", W4VC4, "lane_2.sum", r"\{ sum_step_pp1, 4'h0 \}", "{ sum_step_pp1, 3'h0 }",
            "step*grad partial product 1 shifted by 3 instead of 4"),
     Mutant("M17", VC4, "lane_2.sum", r"\$signed\(\{ 1'h0, step \}\) \* \$signed\(grad\[7:6\]\)", "step * grad[7:6]",
            "step*grad top digit taken as unsigned"),
-    Mutant("M18", VC4, "lane_2.sum", r"\$signed\(\{ sum_theta, 24'h000000 \}\)", "$signed({ sum_theta, 23'h000000 })",
-           "theta aligned to X - 1 fractional bits"),
+    Mutant("M18", VC4, "lane_2.sum", r"\{ sum_theta\[7\], sum_theta, 8'h00 \}",
+           "{ sum_theta[7], sum_theta[7], sum_theta, 7'h00 }",
+           "theta aligned to X - 1 fractional bits (both copies in the carry-select high half)", count=2),
     Mutant("M19", W4VC4, "lane_2.sum", r"\$signed\(\{ 1'h0, sum_decay_pp0 \}\)",
            "$signed({ 1'h0, sum_decay_pp0, 1'h0 })",
            "decay*theta partial product 0 shifted left by 1"),
@@ -117,13 +119,14 @@ MUTANTS = [
            "q - 1 computed as q + 1"),
     Mutant("M23", VC4, "lane_3.narrow", r"= vc_noise \? vc_q_a : vc_q_b;", "= vc_noise ? vc_q_b : vc_q_a;",
            "branch A/B select of q swapped"),
-    Mutant("M24", W4VC4, "lane_3.narrow", rf"(assign {TMP} = ){TMP}\[6\] \? 6'h00 : ({TMP}\[5:0\];)", r"\1\2",
-           "branch B: max(vc_var - vs, 0) clamp dropped (both copies)", count=2),
+    Mutant("M24", W4VC4, "lane_3.narrow", rf"(assign vc_w = ){TMP}\[6\] \? 6'h00 : ({TMP}\[5:0\];)", r"\1\2",
+           "branch B: max(vc_var - vs, 0) clamp dropped"),
     Mutant("M25", W4VC4, "lane_3.narrow", r"\{ vc_f_h_d1, 6'h20 \}", "{ vc_f_h_d1, 6'h00 }",
            "branch B: f(1-f) rounding constant dropped (truncation)", elements=20000),
-    Mutant("M26", VC4, "lane_3.narrow", r"\? 8'h80 : 8'h7f;", "? 8'h80 : 8'h7e;", "weight saturation max 127 -> 126"),
+    Mutant("M26", VC4, "lane_3.narrow", r"\? 8'h80 : 8'h7f;", "? 8'h80 : 8'h7e;",
+           "weight saturation max 127 -> 126 (q + 1, q - 1 and q)", count=3),
     Mutant("M27", W4VC4, "lane_3.narrow", r"= 3'h4 - vc_l_a;", "= 3'h3 - vc_l_a;", "branch A: 2^(p-1) - l off by one"),
-    Mutant("M28", VC4, "lane_3.narrow", rf"\{{ ({TMP}), 1'h0 \}}", r"{ 1'h0, \1 }", "branch B: down threshold 2w -> w"),
+    Mutant("M28", VC4, "lane_3.narrow", r"\{ vc_w, 1'h0 \}", "{ 1'h0, vc_w }", "branch B: down threshold 2w -> w"),
     # Gaussian and random fields (lane 1 of 4, naive)
     Mutant("M29", W4NAIVE4, "lane_1.gauss", rf"(3'h4:\n\s+{TMP} = )5'h01;", r"\g<1>5'h03;",
            "Gaussian table entry T[4] = 1 -> 3 (both term ROMs)", count=2),
@@ -145,7 +148,7 @@ MUTANTS = [
     # the contract's corner cases (docs/hardware.md "Reset and seeds")
     Mutant("M38", VC4, "", rf"assign sink__ready = advance & {TMP};", "assign sink__ready = advance;",
            "sink ready not gated by reset (a beat offered during reset is taken)"),
-    Mutant("M39", VC4, "", rf"(assign {TMP} = {TMP}) & seed_hold_1;", r"\1 & 1'h0;",
+    Mutant("M39", VC4, "", rf"(assign {TMP} = )~ seed_hold_1;", r"\g<1>1'h1;",
            "lane 1's generator steps when a seed word of it is written on a transfer edge (no hold)"),
 ]
 

@@ -354,3 +354,85 @@ def test_carry_select_add_sub_every_value(signs, sub, max_carry):
     aa, bb = (x.ravel() for x in np.meshgrid(a, b, indexing="ij"))
     (got,) = evaluate(dut, [(dut.a, aa), (dut.b, bb)], [dut.out])
     assert np.array_equal(got, aa - bb if sub else aa + bb)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 7, 8, 11])
+@pytest.mark.parametrize("target", ["ice40-hx", "dsp18", "generic"])
+def test_square_operands_sum_to_the_square_for_every_value(width, target):
+    """The squarer's leaves (symmetric digit products on ice40-hx) add up to a*a for every operand."""
+    from hw.arith import CHUNK_BITS, square_count, square_operands
+
+    opts = HwOptions(target=target)
+    leaves = square_operands(Signal(width), opts)
+    assert len(leaves) == square_count(width, False, opts)
+    if target == "ice40-hx":  # cross terms once: digit i multiplies only the bits above it
+        n = -(-width // CHUNK_BITS)
+        assert len(leaves) == n
+        assert [len(pp) for pp, _ in leaves] == sorted((len(pp) for pp, _ in leaves), reverse=True)
+
+    def total(v):
+        acc = 0
+        for pp, sh in square_operands(v[:width], opts):
+            acc = acc + pp.shift_left(sh)
+        return acc
+
+    dut = _Comb(width + 1, total)  # the operand is the unsigned low `width` bits of inp
+    x = np.arange(1 << width)
+    (got,) = evaluate(dut, [(dut.inp, x)], [dut.out])
+    assert np.array_equal(got, x * x)
+
+
+@pytest.mark.parametrize("step", [0, 1])
+@pytest.mark.parametrize("en", [0, 1])
+def test_generator_loads_and_steps_only_when_enabled(step, en):
+    """``en`` gates everything: a load held high writes its word on the first enabled edge, winning
+    over a step of that word while the other word steps."""
+    spec = XoroshiroSpec()
+    s0, s1 = spec.base_state(0)
+    gen = XoroshiroGenerator(spec, (s0, s1))
+    got = []
+
+    async def bench(ctx):
+        ctx.set(gen.load0, 1)
+        ctx.set(gen.data, 0x5678)
+        ctx.set(gen.step, step)
+        ctx.set(gen.en, en)
+        await ctx.tick()
+        got.append(ctx.get(gen.out))
+
+    sim = Simulator(gen)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    _, n1 = spec.next_state(s0, s1)
+    want = {(0, 0): spec.output(s0, s1),  # not enabled: held, whatever step and load say
+            (0, 1): spec.output(s0, s1),
+            (1, 0): spec.output(0x5678, s1),  # a load without a step: s1 holds
+            (1, 1): spec.output(0x5678, n1)}  # the load wins for s0, s1 steps
+    assert got == [want[en, step]]
+
+
+@pytest.mark.parametrize("width", [3, 5, 6, 9])
+def test_cap_for_compare_keeps_every_compare(width):
+    """u < cap(t) == u < t for every 4-bit u and every t of ``width`` bits; the cap is 5 bits at most."""
+    from hw.arith import cap_for_compare
+
+    t = Signal(width)
+    capped = cap_for_compare(t, 4)
+    assert len(capped) == min(width, 5)
+
+    class _Lt(Elaboratable):
+        def __init__(self):
+            self.u, self.t, self.out = Signal(4), t, Signal(1)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += self.out.eq(self.u < cap_for_compare(self.t, 4))
+            return m
+
+    dut = _Lt()
+    u, tv = np.meshgrid(np.arange(16), np.arange(1 << width))
+    (got,) = evaluate(dut, [(dut.u, u.ravel()), (dut.t, tv.ravel())], [dut.out])
+    assert np.array_equal(got, (u.ravel() < tv.ravel()).astype(np.int64))
+    with pytest.raises(ValueError, match=r"^cap_for_compare\(\) needs an unsigned value, got signed\(5\)$"):
+        cap_for_compare(Signal(signed(5)), 2)
