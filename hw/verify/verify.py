@@ -96,5 +96,6 @@ def verify(sources: list[str | os.PathLike[str]], manifest: str | os.PathLike[st
     res.report = (f"PASS {design.module_name} on {sim}: {res.elements} elements verified word for word "
                   f"({sum(s['beats'] for s in summaries)} beats, {sum(s['cycles'] for s in summaries)} cycles, "
                   f"{sum(s['segments'] for s in summaries)} segments, latency {lat}) against the golden model of "
-                  f"the manifest's configuration ({man.config.variant.value}, {man.lanes} lanes)")
+                  f"the manifest's configuration ({man.config.variant.value}, {man.lanes} "
+                  f"lane{'' if man.lanes == 1 else 's'})")
     return res
