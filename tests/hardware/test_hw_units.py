@@ -87,10 +87,15 @@ def test_generator_equals_software_generate(spec):
     assert got == list(islice(spec.generate(s0, s1), 40))
 
 
-def test_generator_holds_and_loads():
+def _base_generator():
+    """The default generator at stream 0's base state: ``(spec, s0, s1, gen)``."""
     spec = XoroshiroSpec()
     s0, s1 = spec.base_state(0)
-    gen = XoroshiroGenerator(spec, (s0, s1))
+    return spec, s0, s1, XoroshiroGenerator(spec, (s0, s1))
+
+
+def test_generator_holds_and_loads():
+    spec, s0, s1, gen = _base_generator()
     got = []
 
     async def bench(ctx):
@@ -387,9 +392,7 @@ def test_square_operands_sum_to_the_square_for_every_value(width, target):
 def test_generator_loads_and_steps_only_when_enabled(step, en):
     """``en`` gates everything: a load held high writes its word on the first enabled edge, winning
     over a step of that word while the other word steps."""
-    spec = XoroshiroSpec()
-    s0, s1 = spec.base_state(0)
-    gen = XoroshiroGenerator(spec, (s0, s1))
+    spec, s0, s1, gen = _base_generator()
     got = []
 
     async def bench(ctx):
