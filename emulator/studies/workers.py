@@ -112,6 +112,10 @@ def _pool(workers: int, mp_context: BaseContext | None) -> Iterator[ProcessPoolE
                     if p.is_alive():
                         p.kill()
                         p.join(5)
-            ex.shutdown(wait=False, cancel_futures=True)
+            # wait for the pool's manager and queue-feeder threads: once the manager closes the call
+            # queue, the feeder's flush writes to a pipe with no reader left (EPIPE), and the caller
+            # restores SIGPIPE's default (the CLI's: terminate) right after this block (CI: exit -13)
+            with contextlib.suppress(Exception):
+                ex.shutdown(wait=True, cancel_futures=True)
             raise
         ex.shutdown(wait=True)
