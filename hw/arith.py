@@ -135,8 +135,9 @@ def square_operands(a: Value, opts: HwOptions | None = None) -> list[tuple[Value
     ``ice40-hx`` with an unsigned ``a = sum(d_i << b*i)`` (``b``-bit digits): the symmetric
     squarer ``a^2 = sum(d_i * (d_i + (a >> b*(i+1)) << (b+1)) << 2*b*i)``, each cross term
     ``d_i*d_j`` formed once (doubled by the shift) instead of twice, so digit ``i`` multiplies only
-    the bits above it: about half the partial-product cells of ``a * a``, and each operand bit
-    drives fewer of them. The operand ``d_i + (hi << (b+1))`` is a concatenation (no adder).
+    the bits above it: about a third fewer partial-product bits than ``a * a`` for 16 bits (95
+    against 144), tending to half for wide operands, and each operand bit drives fewer of them.
+    The operand ``d_i + (hi << (b+1))`` is a concatenation (no adder).
     Other targets and signed operands: :func:`product_operands`.
     """
     opts = opts or HwOptions()
