@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from .spec.gaussian import GaussianSpec
 from .spec.presets import PRESETS
 from .studies.store import json_safe
+from .studies.workers import Interrupted
 
 TARGETS = ("ice40-hx", "dsp18", "generic")  # hw.options.TARGETS (checked equal by a test; hw needs Amaranth)
 
@@ -186,7 +186,7 @@ def _cmd_stationary(args: argparse.Namespace) -> int:
 
 
 def _cmd_design_space(args: argparse.Namespace) -> int:
-    from .studies.design_space import DesignSpaceSettings, format_report, parse_sr_bits, run_design_space
+    from .studies.design_space import DesignSpaceSettings, check_bnn, format_report, parse_sr_bits, run_design_space
     from .studies.design_space import write_outputs as write_design_space
     from .studies.toy import stderr_progress
 
@@ -199,6 +199,8 @@ def _cmd_design_space(args: argparse.Namespace) -> int:
         bnn_temperatures=tuple(args.bnn_temperature), bnn_seeds=args.bnn_seeds, bnn_lr=args.bnn_lr,
         bnn_epochs=args.bnn_epochs, bnn_burnin=args.bnn_burnin, bnn_lanes=args.bnn_lanes, threads=args.threads,
     )
+    if settings.bnn:
+        check_bnn(settings)  # before --out is created: a bad BNN option writes nothing
     _writable_dir(args.out, "--out")
     report = run_design_space(settings, None if args.quiet else stderr_progress)
     # the results first: a failing write below must not lose them
@@ -438,8 +440,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if hasattr(signal, "SIGPIPE") and argv is None:
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lpsgld spec | head` ends quietly
     parser = argparse.ArgumentParser(prog="lpsgld", description="Bit-exact low-precision SGLD datapath emulator")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -651,7 +651,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # for the study's "command" line
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
+        return code
+    except BrokenPipeError:  # `lpsgld ... | head`: the reader left; end quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # what a shell reports for a process ended by SIGPIPE
     except (ValueError, TypeError, OSError) as e:
         print(f"lpsgld: error: {e}", file=sys.stderr)
         return 2
@@ -661,13 +666,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lpsgld {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except Exception as e:  # a worker's or a signal's stop
-        from .studies.workers import Interrupted
-
-        if isinstance(e, Interrupted):
-            print(f"lpsgld {args.command}: {e}; workers stopped; rerun the same command to resume", file=sys.stderr)
-            return 128 + e.signum
-        raise
+    except Interrupted as e:  # SIGINT / SIGTERM during a study: workers stopped
+        print(f"lpsgld {args.command}: {e}; workers stopped; rerun the same command to resume", file=sys.stderr)
+        return 128 + e.signum
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from ..spec.datapath import WORD_BITS, DatapathConfig, Variant
 from ..spec.formats import sr_bias
 from ..spec.gaussian import GaussianSpec
 from ..spec.host import HyperParams, step_registers, step_registers_flushed
-from .store import json_safe
+from .store import atomic_write_json, json_safe
 from .toy import ToySettings, toy_config
 
 Progress = Callable[[str], None]
@@ -834,7 +834,7 @@ def write_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path
         "width": out / "design_space_word_length.png",
         "gaussian": out / "design_space_gaussian.png",
     }
-    paths["json"].write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
+    atomic_write_json(paths["json"], json_safe(report))
     paths["md"].write_text(format_report(report))
     plot_axis(report, "sr_bits", paths["sr_bits"])
     plot_axis(report, "width", paths["width"])

@@ -18,6 +18,7 @@ import errno
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import as_completed
@@ -270,8 +271,10 @@ def _study_output_paths(root: Path, rdir: Path) -> list[Path]:
     """What the runner writes under ``root`` (``--fresh`` deletes these and nothing else)."""
     paths = [root / n for n in OUTPUT_NAMES]
     if rdir.resolve().parent == root.resolve():  # the default runs directory: the runner's own files in it
-        paths += [p for p in rdir.glob("*.json") if p.is_file() and _is_result(p)]
+        paths += [p for p in rdir.glob("*.json")
+                  if p.is_file() and (_is_result(p) or _legacy_result(p, p.stem) is not None)]
         paths += [p for p in (rdir / "checkpoints").glob("*.ckpt") if p.is_file() and _is_checkpoint(p)]
+        paths += [p for p in (rdir / "checkpoints").glob("*.pt") if p.is_file() and _is_legacy_checkpoint(p)]
         paths += [p for p in (rdir / "locks").glob("*.lock") if p.is_file() and p.stat().st_size == 0]
         paths += [*rdir.glob(".*.json.*.tmp"), *(rdir / "checkpoints").glob(".*.ckpt.*.tmp")]
     return paths  # the quarantine stays: it holds files the runner refused, for their owner to inspect
@@ -289,6 +292,18 @@ def _is_checkpoint(path: Path) -> bool:
     try:
         with path.open("rb") as f:
             return f.read(len(CHECKPOINT_MAGIC)) == CHECKPOINT_MAGIC
+    except OSError:
+        return False
+
+
+_RUN_KEY = re.compile(r"[\w.+-]+-s\d+-[0-9a-f]{10}")
+
+
+def _is_legacy_checkpoint(path: Path) -> bool:
+    """A checkpoint of the runner before checksummed checkpoints: ``<run key>.pt``, a torch.save zip."""
+    try:
+        with path.open("rb") as f:
+            return _RUN_KEY.fullmatch(path.stem) is not None and f.read(4) == b"PK\x03\x04"
     except OSError:
         return False
 
@@ -577,8 +592,8 @@ def write_outputs(plan: StudyPlan, results: list[dict[str, Any]], out: str | os.
     rows = summarize(results)
     paths = {k: str(root / v) for k, v in (("json", "results.json"), ("markdown", "results.md"),
                                            ("error_vs_lr", "error_vs_lr.png"), ("reliability", "reliability.png"))}
-    Path(paths["json"]).write_text(json.dumps(json_safe({"plan": plan.to_dict(), "command": command,
-                                                          "summary": rows, "runs": results}), indent=1))
+    atomic_write_json(Path(paths["json"]), json_safe({"plan": plan.to_dict(), "command": command,
+                                                      "summary": rows, "runs": results}))
     md = [f"# Study `{plan.name}`", "", f"Command: `{command}`" if command else "", "",
           f"Data set {plan.dataset}, {plan.epochs} epochs (burn-in {plan.burnin}, {plan.samples_per_epoch} "
           f"samples per epoch after it), batch {plan.batch_size}, temperature {plan.temperature:g}, weight decay "

@@ -82,21 +82,11 @@ def interruptible() -> Iterator[None]:
 
 @contextlib.contextmanager
 def supervised_pool(workers: int, mp_context: BaseContext | None = None) -> Iterator[ProcessPoolExecutor]:
-    """A process pool whose workers never outlive the ``with`` block, nor the parent."""
-    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGPIPE")
-    # the pool's queue feeder writes to pipes of workers that may just have been terminated: an
-    # EPIPE there must be an error the pool handles, not a SIGPIPE that kills the parent unreported
-    old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN) if main else None
-    try:
-        with _pool(workers, mp_context) as ex:
-            yield ex
-    finally:
-        if main:
-            signal.signal(signal.SIGPIPE, old_pipe)
+    """A process pool whose workers never outlive the ``with`` block, nor the parent.
 
-
-@contextlib.contextmanager
-def _pool(workers: int, mp_context: BaseContext | None) -> Iterator[ProcessPoolExecutor]:
+    SIGPIPE must keep Python's default (ignored) in the parent: the pool's queue feeder may write
+    to the pipe of a worker that was just terminated, and EPIPE there is an error the pool handles.
+    """
     with interruptible():
         ex = ProcessPoolExecutor(workers, mp_context=mp_context, initializer=child_init, initargs=(os.getpid(),))
         try:
@@ -112,9 +102,8 @@ def _pool(workers: int, mp_context: BaseContext | None) -> Iterator[ProcessPoolE
                     if p.is_alive():
                         p.kill()
                         p.join(5)
-            # wait for the pool's manager and queue-feeder threads: once the manager closes the call
-            # queue, the feeder's flush writes to a pipe with no reader left (EPIPE), and the caller
-            # restores SIGPIPE's default (the CLI's: terminate) right after this block (CI: exit -13)
+            # join the pool's manager and queue-feeder threads (the feeder's last flush may still
+            # write to the dead workers' pipe): nothing of the pool runs after the block
             with contextlib.suppress(Exception):
                 ex.shutdown(wait=True, cancel_futures=True)
             raise

@@ -128,7 +128,7 @@ def test_bad_options_are_refused_with_their_range(tmp_path, capsys, command: str
     code, _, err = run_cli([command, *argv, *(["--out", str(tmp_path / "o")] if command in (
         "gaussian", "design-space", "train") else [])], capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
-    assert not (tmp_path / "o").exists() or command == "design-space"  # nothing written before the check
+    assert not (tmp_path / "o").exists()  # nothing written before the check
 
 
 def test_bench_torch_cuda_without_cuda_is_refused_before_work(capsys) -> None:
@@ -256,3 +256,20 @@ def test_design_space_prints_its_report_before_a_failing_write(tmp_path, capsys,
             "table4x8", "--widths", "6", "--toy-width", "6", "--quiet", "--out", str(tmp_path)]
     code, out, err = run_cli([*argv, "--json"], capsys)
     assert code == 2 and "no space left" in err and _no_constants(out)["toy"]  # type: ignore[index]
+
+
+def test_a_closed_stdout_pipe_ends_the_cli_quietly() -> None:
+    """`lpsgld spec | head -c 1`: the reader is gone before anything is written; exit 141, no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r, w = os.pipe()
+    os.close(r)  # no reader: every write to w fails with EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "emulator.cli", "spec"], stdout=w, stderr=subprocess.PIPE,
+                           text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (141, "")

@@ -84,6 +84,27 @@ def test_fresh_deletes_only_the_runners_files(tmp_path) -> None:
     assert (out / store.MARKER).is_file()
 
 
+def test_fresh_also_deletes_what_the_runner_wrote_before_checksums(tmp_path, clean) -> None:
+    """A study directory of the runner before sealed results and .ckpt checkpoints: --fresh removes its
+    unsealed results (their spec is their run) and its <run key>.pt checkpoints, and recomputes."""
+    out = tmp_path / "s"
+    runs = out / "runs"
+    (runs / "checkpoints").mkdir(parents=True)
+    (out / "plan.json").write_text(json.dumps(TINY.to_dict()))  # no marker: an old study directory
+    spec = TINY.runs()[0]
+    old = {k: v for k, v in clean[0].items() if k not in ("integrity", "torch_threads")}
+    old["metrics"] = {**old["metrics"], "nll": 123.0}  # a stale result that must not be reused
+    (runs / f"{spec.key}.json").write_text(json.dumps(old))
+    (runs / "checkpoints" / f"{spec.key}.pt").write_bytes(b"PK\x03\x04 torch.save zip")
+    keep = [runs / "checkpoints" / "notes.pt", runs / "other.json"]
+    keep[0].write_bytes(b"PK\x03\x04 not a run key")
+    keep[1].write_text(json.dumps({"metrics": {}, "spec": {}}))
+    again = run_study(TINY, out, fresh=True, progress=quiet)
+    assert metrics(again) == metrics(clean)
+    assert not (runs / "checkpoints" / f"{spec.key}.pt").exists()
+    assert all(p.exists() for p in keep)
+
+
 # ---- 2. bounded, supervised workers ---------------------------------------------------------------
 
 
