@@ -540,7 +540,8 @@ def torch_update(
 # ---- the engine ----------------------------------------------------------------------
 
 _PATHS = ("kernel", "fused", "reference", "triton")
-_KERNEL_FLOATS = (torch.float16, torch.float32, torch.float64)  # gradients the CPU kernel reads as numpy views
+# gradients the CPU kernel reads as numpy views (numba has no float16: half gradients take the fused path)
+KERNEL_FLOATS = (torch.float32, torch.float64)
 Kernel = Callable[..., tuple[Tensor, Tensor]]
 
 
@@ -736,7 +737,7 @@ class TorchEngine:
                 else None
             g = _quantize_words(grad.detach().reshape(-1), cfg.grad, rounding, u, sr_bits).view(grad.shape)
             return self.step(theta, g, regs, check_words=check_words)
-        if self._on_cpu_kernel() and grad.dtype in _KERNEL_FLOATS:
+        if self._on_cpu_kernel() and grad.dtype in KERNEL_FLOATS:
             shape = theta.shape
             th = self._check(theta, cfg.state, "theta", check_words)
             state = torch.empty_like(th)

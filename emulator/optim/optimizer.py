@@ -62,7 +62,7 @@ from torch.optim import Optimizer
 
 from ..engines import cpu_kernels
 from ..engines.torch_bfp_engine import TorchBfpEngine, exact_in, quantize_torch, to_float_torch
-from ..engines.torch_engine import TorchEngine, TorchLaneRng, torch_quantize, torch_stream_words
+from ..engines.torch_engine import KERNEL_FLOATS, TorchEngine, TorchLaneRng, torch_quantize, torch_stream_words
 from ..spec.bfp import (
     BfpConfig,
     BfpFormat,
@@ -147,15 +147,13 @@ def sgld_lp(params: list[Tensor], grads: list[Tensor], words: list[Tensor], *, e
     return None
 
 
-_KERNEL_PARAM_DTYPES = (torch.float32, torch.float64)
-_KERNEL_GRAD_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
 def _group_kernel_ok(engine: TorchEngine, params: list[Tensor], grads: list[Tensor], words: list[Tensor]) -> bool:
     """The group runs as one compiled CPU step: engine path 'kernel' on CPU, dense contiguous tensors."""
     if engine.path != "kernel" or engine.device.type != "cpu":
         return False
-    return all(p.dtype in _KERNEL_PARAM_DTYPES and p.is_contiguous() and g.dtype in _KERNEL_GRAD_DTYPES
+    return all(p.dtype in KERNEL_FLOATS and p.is_contiguous() and g.dtype in KERNEL_FLOATS
                and w.is_contiguous() for p, g, w in zip(params, grads, words, strict=True))
 
 
@@ -182,7 +180,7 @@ def quantize_gradient_bfp(grad: Tensor, fmt: BfpFormat, grad_rng: TorchLaneRng, 
     for nearest) and :func:`emulator.engines.torch_bfp_engine.quantize_torch` (``BfpFormat.quantize``'s definition)."""
     u: Any = None
     rows, cols = block_shape(tuple(grad.shape))
-    if fast and grad_rng.device.type == "cpu" and cols and grad.dtype in _KERNEL_GRAD_DTYPES:
+    if fast and grad_rng.device.type == "cpu" and cols and grad.dtype in KERNEL_FLOATS:
         # the compiled word stream and row quantizer: the same words (quantize_torch's checks done by the caller)
         h = check_headroom(fmt, headroom)
         k = check_quantize_bits(fmt, sr_bits) if rounding == "stochastic" else 1
@@ -235,7 +233,7 @@ def _device_group_step(rt: _GroupRuntime, params: list[Tensor], grads: list[Tens
     eng, grng = rt.engine, rt.grad_rng
     if eng is None or grng is None or not eng.uses_triton:
         return False
-    if any(not p.is_contiguous() or p.dtype not in (torch.float32, torch.float64) for p in params):
+    if any(not p.is_contiguous() or p.dtype not in KERNEL_FLOATS for p in params):
         return False
     from ..engines import gpu_kernels  # triton is needed only here
 

@@ -188,7 +188,7 @@ def test_bfp_paper_config_vectors_and_empty():
 @pytest.mark.parametrize(("name", "lanes", "sr_bits"), [("w8-vc", 8, 32), ("w8-lpf", 1024, 3), ("w4-naive", 1, 52),
                                                         ("w16-sgd-f", 4, 1)])
 def test_torch_step_quantize_kernel_equals_reference(name, lanes, sr_bits, rounding):
-    """Float gradients (float32 / float64, +-inf, out of range, tiny) -> words from the gradient stream, the update."""
+    """Float gradients (float16 / 32 / 64, +-inf, out of range, tiny) -> words from the gradient stream, the update."""
     torch = pytest.importorskip("torch")
     from emulator.engines.torch_engine import TorchEngine, TorchLaneRng
     from emulator.spec.host import step_registers
@@ -204,7 +204,7 @@ def test_torch_step_quantize_kernel_equals_reference(name, lanes, sr_bits, round
         theta = torch.from_numpy(corner_words(cfg.state, np.random.default_rng(i), n))
         g = (10.0 ** torch.randint(-9, 3, (n,), generator=gen)) * torch.randn(n, generator=gen, dtype=torch.float64)
         g[: min(n, 2)] = torch.tensor([float("inf"), -float("inf")])[: min(n, 2)]
-        g = g.to(torch.float32 if i % 2 else torch.float64)
+        g = g.to((torch.float64, torch.float32, torch.float64, torch.float16)[i])  # float16: not a numba type
         a, b = (e.step_quantize(theta, g, regs, grad_rng=s, rounding=rounding, sr_bits=sr_bits)
                 for e, s in zip(engines, streams, strict=True))
         assert torch.equal(a.state, b.state) and torch.equal(a.weight, b.weight), (name, n)

@@ -72,7 +72,7 @@ def _same_lanes(s0, s1, lane_rng):
 def run_fixed(cfg, regs_list, sizes, *, seed=7, dtype=torch.int64, in_place=False, target=TARGET, device="cpu"):
     """gk.fixed_update == NumpyEngine.step over successive calls (streams continue), lane states included."""
     rng = np.random.default_rng(seed)
-    ne = NumpyEngine(cfg, seed)
+    ne = NumpyEngine(cfg, seed, path="reference")
     s0, s1 = (t.to(device) for t in _states(ne.rng))
     for i, n in enumerate(sizes):
         regs = regs_list[i % len(regs_list)]
@@ -217,7 +217,7 @@ def _tt(b, device="cpu", dtype=torch.int64):
 def run_bfp(cfg, regs, shapes, *, seed=5, device="cpu", dtype=torch.int64, in_place=False, target=TARGET):
     """gk.bfp_update == BfpEngine.step over successive calls, lane states included; returns the last result."""
     rng = np.random.default_rng(seed)
-    eng = BfpEngine(cfg, seed)
+    eng = BfpEngine(cfg, seed, path="reference")
     s0, s1 = (t.to(device) for t in _states(eng.rng))
     want = None
     for i, (rows, cols) in enumerate(shapes):
@@ -263,7 +263,7 @@ def test_bfp_options_equal_bfp_engine():
     cfg = _bfp_cfg("vc", 8, 8, 4, headroom=2)
     regs = bfp_registers(cfg, HyperParams(1e-3, 0.5, 1))
     run_bfp(cfg, regs, [(9, 5)], dtype=torch.int16, in_place=True)
-    eng = BfpEngine(cfg, 1)
+    eng = BfpEngine(cfg, 1, path="reference")
     s0, s1 = _states(eng.rng)
     rng = np.random.default_rng(9)
     for shape in ((11,), (), (3, 0)):

@@ -163,7 +163,7 @@ def _register_cases(cfg, family):
 
 def _run_both(cfg, regs_list, sizes, seed=7, path="fused", corners=True):
     rng = np.random.default_rng(seed)
-    ne = NumpyEngine(cfg, seed)
+    ne = NumpyEngine(cfg, seed, path="reference")  # the readable numpy code, not the numba kernel
     te = TorchEngine(cfg, seed, path=path)
     st, gf = cfg.state, cfg.grad
     for i, n in enumerate(sizes):
