@@ -524,7 +524,8 @@ class LowPrecisionSGLD(Optimizer):
                                  f"{PRESETS}")
         if isinstance(cfg, SizedConfig):
             lr = _lr_value(group["lr"], where)
-            top = max(lr, group["max_lr"] or 0.0)
+            ml = group["max_lr"]
+            top = max(lr, 0.0 if ml is None else _lr_value(ml, f"{where} (max_lr)"))
             hp = HyperParams(top, group["temperature"], group["dataset_size"], group["weight_decay"])
             if not top > 0:
                 raise ValueError(f"{where}: config {cfg.name!r} sizes its registers for the largest lr, but lr=0 "
@@ -799,7 +800,7 @@ class LowPrecisionSGLD(Optimizer):
         super().load_state_dict(sd)
         for pid, p in zip(ids, params, strict=True):
             for name, t in ints.get(pid, {}).items():
-                self.state[p][name] = t.to(device=p.device, dtype=torch.int64).clone()
+                self.state[p][name] = t.to(device=p.device).clone()  # the saved integer dtype (int64 if old)
         for rt, s in zip(self._runtime, extra["groups"], strict=True):
             rt.load_state_dict(s)
         self.seed = int(extra["seed"])  # groups added later derive their streams from the saved seed

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from .bfp import BfpConfig
 from .datapath import DatapathConfig, Variant, _coerce_variant
 from .host import HyperParams
+from .presets import _VARIANTS
 
-_VARIANTS = {"vc": "vc", "naive": "naive", "lpf": "lp_f", "sgd-l": "sgd_l", "sgd-f": "sgd_f"}
 NUMBER_FORMATS = ("fixed", "bfp")
 SIZED_NAMES = tuple(f"{f}8-{v}" for f in ("bfp", "fixed") for v in _VARIANTS)
 

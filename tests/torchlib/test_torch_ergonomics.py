@@ -503,3 +503,16 @@ def test_sized_config_is_a_plain_dataclass():
     assert c.name == "fixed16-vc-f12" and dataclasses.replace(c, width=8).name == "fixed8-vc-f12"
     with pytest.raises(ValueError, match="number_format must be one of"):
         SizedConfig("float", "vc")
+
+
+def test_max_lr_is_checked_before_the_registers_are_sized() -> None:
+    """A sized config reads max_lr: a string or NaN is refused naming max_lr, a 0-d tensor is a number."""
+    p = [torch.nn.Parameter(torch.zeros(4))]
+    with pytest.raises(TypeError, match=r"^parameter group 0 \(max_lr\): lr must be a real number or a 0-d tensor, "
+                                        r"got '0\.5'$"):
+        LowPrecisionSGLD(p, lr=0.1, max_lr="0.5", dataset_size=100)
+    with pytest.raises(ValueError, match=r"^parameter group 0 \(max_lr\): lr=nan is invalid"):
+        LowPrecisionSGLD(p, lr=0.1, max_lr=float("nan"), dataset_size=100)
+    a = LowPrecisionSGLD(p, lr=0.1, max_lr=torch.tensor(0.5), dataset_size=100)
+    b = LowPrecisionSGLD(p, lr=0.1, max_lr=0.5, dataset_size=100)
+    assert a.param_groups[0]["config"] == b.param_groups[0]["config"]
