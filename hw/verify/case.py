@@ -2,7 +2,7 @@
 
 A :class:`Design` names a preset plus ``dataclasses.replace`` overrides, so custom random
 budgets (``sr_bits``, ``rng_words``, a wider Gaussian) are plain JSON; or it carries a whole
-configuration dict and a module name (:meth:`Design.from_manifest`: anyone's RTL described by a
+configuration dict and a module name (:meth:`Design.from_config`, :meth:`Manifest.design`: anyone's RTL described by a
 manifest). A :class:`CosimCase` adds the stimulus parameters; it round-trips through JSON,
 which is how the runner hands it to the cocotb module (environment variable ``LPSGLD_COSIM``)
 and how a failure is reproduced.

@@ -19,7 +19,7 @@ from emulator.spec.datapath import DatapathConfig
 
 from .beats import BeatLayout
 from .case import Design
-from .plan import register_widths
+from .plan import ADDR_RNG, register_widths
 
 SUPPORTED_VERSIONS = (1, 2)
 PORTS = ("clk", "rst", "sink__valid", "sink__ready", "sink__payload", "source__valid", "source__ready",
@@ -50,7 +50,7 @@ class Manifest:
 
 def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in d:
-        raise ValueError(f"manifest {where} has no {key!r}")
+        raise ValueError(f"manifest {where}has no {key!r}")  # where: '' or 'name ' (as in the TypeError)
     v = d[key]
     if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
         raise TypeError(f"manifest {where}{key!r} must be {getattr(kind, '__name__', kind)}, got {v!r}")
@@ -86,7 +86,7 @@ def parse_manifest(d: Any) -> Manifest:
         if ports[name].get("width") != width:
             raise ValueError(f"manifest port {name} width {ports[name].get('width')} != {width} from the config")
     registers = _get(d, "registers", dict, "")
-    expected = {a: w for a, w in register_widths(cfg).items()}
+    expected = register_widths(cfg)
     got = {}
     for name, r in registers.items():
         if not isinstance(r, dict) or not isinstance(r.get("addr"), int) or not isinstance(r.get("width"), int):
@@ -97,10 +97,14 @@ def parse_manifest(d: Any) -> Manifest:
                          f"(addr -> width {expected})")
     seeds = _get(d, "seed_registers", dict, "")
     base = _get(seeds, "base", int, "seed_registers ")
+    if base != ADDR_RNG:  # the contract's map (the plan writes seeds there)
+        raise ValueError(f"manifest seed_registers.base {base:#x} is not the contract's {ADDR_RNG:#x}")
     n = cfg.lanes * cfg.rng_words
     addrs = [(base + 2 * j, base + 2 * j + 1) for j in range(n)]
     if "addresses" in seeds:
-        listed = [(a["s0_addr"], a["s1_addr"]) for a in seeds["addresses"]]
+        entries = _get(seeds, "addresses", list, "seed_registers ")
+        listed = [(_get(a, "s0_addr", int, "seed_registers.addresses "), _get(a, "s1_addr", int,
+                   "seed_registers.addresses ")) if isinstance(a, dict) else None for a in entries]
         if listed != addrs:
             raise ValueError("manifest seed_registers.addresses disagree with base + 2*j, base + 2*j + 1")
     return Manifest(module, cfg, latency, reset_seed, layout, registers, addrs, d)

@@ -4,7 +4,7 @@ require ``verify`` (what ``lpsgld verify`` runs) to fail on each.
     .venv/bin/python -m hw.verify.mutate                 # all mutants, Icarus, 2 workers
     .venv/bin/python -m hw.verify.mutate --list
     .venv/bin/python -m hw.verify.mutate --only M07 M20 --sim verilator
-    .venv/bin/python -m hw.verify.mutate --only M38 --keep   # keep sim_build/mutants/M38/<module>.v/.json
+    .venv/bin/python -m hw.verify.mutate --only M38   # the mutant stays in sim_build/mutants/M38/<module>.v/.json
 
 A mutant is one precise textual edit of the generated Verilog, inside one module (``scope``):
 a regular expression that must match exactly ``count`` times there (else the mutant is
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .case import Design
-from .runner import SIM_BUILD, export_design, missing_tool, tool_env
+from .runner import SIM_BUILD, SIMULATORS, export_design, missing_tool, tool_env
 from .verify import verify
 
 ELEMENTS = 600  # per verify run: about the CI run of a 4-lane design
@@ -218,7 +218,7 @@ def check(mutant: Mutant, sim: str, cache: dict[str, tuple[str, dict[str, Any]]]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
+    ap.add_argument("--sim", choices=SIMULATORS, default="icarus")
     ap.add_argument("--only", nargs="*", help="mutant ids")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--elements", type=int, default=ELEMENTS, help=f"elements per verify run (default {ELEMENTS})")
@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             path, manifest = export_design(d, out)
             cache[d.name] = (path.read_text(), manifest)
             # the unmutated design must pass the same command, or a "kill" means nothing
-            base = verify([path], out / f"{d.module_name}.json", sim=args.sim, elements=args.elements,
+            # (as many elements as the longest mutant run on this design: M25 runs 20000)
+            elements = max([args.elements, *(m.elements or 0 for m in chosen if m.design == d)])
+            base = verify([path], out / f"{d.module_name}.json", sim=args.sim, elements=elements,
                           seed=stimulus_seed(d), build_root=out / "build")
             if not base.ok:
                 print(f"baseline {d.name} fails: {base.report}", file=sys.stderr)

