@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from types import FrameType
 
@@ -80,6 +80,37 @@ def interruptible() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _stop(ex: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers and join its manager and queue-feeder threads (the feeder's last flush
+    may still write to the dead workers' pipe): nothing of the pool runs afterwards.
+
+    CPython 3.11's manager then fails every pending future of the broken pool, also those that
+    ``Executor.map`` already cancelled, which raises InvalidStateError in that thread: a stray
+    traceback on stderr, silenced while the pool is stopped."""
+    hook = threading.excepthook
+
+    def quiet(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.exc_value, InvalidStateError):
+            hook(args)
+
+    threading.excepthook = quiet
+    try:
+        procs = list((getattr(ex, "_processes", None) or {}).values())
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.terminate()
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.join(5)
+                if p.is_alive():
+                    p.kill()
+                    p.join(5)
+        with contextlib.suppress(Exception):
+            ex.shutdown(wait=True)
+    finally:
+        threading.excepthook = hook
+
+
 @contextlib.contextmanager
 def supervised_pool(workers: int, mp_context: BaseContext | None = None) -> Iterator[ProcessPoolExecutor]:
     """A process pool whose workers never outlive the ``with`` block, nor the parent.
@@ -92,19 +123,6 @@ def supervised_pool(workers: int, mp_context: BaseContext | None = None) -> Iter
         try:
             yield ex
         except BaseException:
-            procs = list((getattr(ex, "_processes", None) or {}).values())
-            for p in procs:
-                with contextlib.suppress(Exception):
-                    p.terminate()
-            for p in procs:
-                with contextlib.suppress(Exception):
-                    p.join(5)
-                    if p.is_alive():
-                        p.kill()
-                        p.join(5)
-            # join the pool's manager and queue-feeder threads (the feeder's last flush may still
-            # write to the dead workers' pipe): nothing of the pool runs after the block
-            with contextlib.suppress(Exception):
-                ex.shutdown(wait=True, cancel_futures=True)
+            _stop(ex)
             raise
         ex.shutdown(wait=True)

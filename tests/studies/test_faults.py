@@ -213,6 +213,24 @@ def test_sigterm_stops_and_reaps_the_workers(tmp_path) -> None:
     left = {k: _cmdline(k)[:120] for k in kids if _alive(k)}
     assert not left, f"helper processes outlived the study: {left}"
     assert "interrupted by SIGTERM; workers stopped; rerun the same command to resume" in err.read_text()
+    assert "Traceback" not in err.read_text()  # no thread of the pool reports an error either
+
+
+def test_sigterm_stops_the_gaussian_toy_without_a_traceback(tmp_path) -> None:
+    """`lpsgld gaussian --jobs 2` under SIGTERM: exit 143, the message, and no traceback from the pool's
+    threads (Executor.map cancels its futures; the broken pool's manager must not report them)."""
+    err = tmp_path / "stderr"
+    with err.open("w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "emulator.cli", "gaussian", "--jobs", "2", "--out",
+                              str(tmp_path / "g")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "% of" not in err.read_text() and p.poll() is None:
+        time.sleep(0.1)
+    assert p.poll() is None, err.read_text()
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(30) == 128 + signal.SIGTERM
+    text = err.read_text()
+    assert "interrupted by SIGTERM; workers stopped" in text and "Traceback" not in text, text[-2000:]
 
 
 def test_sigterm_in_a_single_process_study_stops_it_cleanly(tmp_path, clean) -> None:
