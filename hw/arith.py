@@ -126,7 +126,19 @@ def product_operands(a: Value, b: Value, opts: HwOptions | None = None) -> list[
 
 def square_count(width: int, signed_: bool, opts: HwOptions) -> int:
     """Leaves :func:`square_operands` makes for an operand of ``width`` bits."""
+    if opts.squares_in_logic and not signed_:
+        return -(-width // CHUNK_BITS)
     return product_count((width, signed_), (width, signed_), opts)
+
+
+def _times_digit(d: Value, operand: Value) -> Value:
+    """``d * operand`` for a short unsigned digit ``d``, as gated shifted copies of ``operand`` (no ``*``:
+    a synthesis tool that maps multiplications to DSP blocks maps even a 2-bit digit product to one)."""
+    terms = [Mux(d[i], operand.shift_left(i), 0) for i in range(len(d))]
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc + t
+    return acc
 
 
 def square_operands(a: Value, opts: HwOptions | None = None) -> list[tuple[Value, int]]:
@@ -138,17 +150,20 @@ def square_operands(a: Value, opts: HwOptions | None = None) -> list[tuple[Value
     the bits above it: about a third fewer partial-product bits than ``a * a`` for 16 bits (95
     against 144), tending to half for wide operands, and each operand bit drives fewer of them.
     The operand ``d_i + (hi << (b+1))`` is a concatenation (no adder).
-    Other targets and signed operands: :func:`product_operands`.
+    ``dsp18`` squares in logic the same way (``HwOptions.squares_in_logic``: the DSP blocks are kept
+    for the three products of the exact sum), each digit product written as gated shifted copies of
+    its operand so that the tool does not map it to a DSP block.
+    ``generic`` and signed operands: :func:`product_operands`.
     """
     opts = opts or HwOptions()
     a = Value.cast(a)
-    if not opts.digit_products or a.shape().signed:
+    if not opts.squares_in_logic or a.shape().signed:
         return product_operands(a, a, opts)
     out = []
     for d, lo in digits(a, CHUNK_BITS):
         hi = a[lo + CHUNK_BITS:]
         operand = Cat(d, Const(0, CHUNK_BITS + 1 - len(d)), hi) if len(hi) else d
-        out.append((d * operand, 2 * lo))
+        out.append((d * operand if opts.digit_products else _times_digit(d, operand), 2 * lo))
     return out
 
 

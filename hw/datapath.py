@@ -141,10 +141,13 @@ def pipeline_stages(cfg: DatapathConfig, opts: HwOptions | None = None) -> list[
                 f"add/subtract tree{every}"))
     if v is Variant.VC:
         d = tree_depth(_square_count(cfg, opts))
+        sq_text = _products_text(opts)
+        if opts.squares_in_logic and not opts.digit_products:
+            sq_text = "2-bit digit products in logic (the DSP blocks go to the exact sum)"
         out += [
             ("vc_round", 1, "branch A y = RN(x, s-p) + 2^(p-1); branch B t = (x >> (s-k)) + u_sr (one adder each)"),
             ("vc_square", 1 + tree_levels(d, k),
-             f"one 2p-bit squarer (l or f_H): {_products_text(opts)}, {d}-level tree{every}"),
+             f"one 2p-bit squarer (l or f_H): {sq_text}, {d}-level tree{every}"),
             ("vc_thresholds", 2, "down = 2 l^2 + ((2^(p-1) - l) << (p+1)); vs = f_H(2^H - f_H) rounded; "
                                  "w = max(vc_var - vs, 0); thresholds of the active branch"),
             ("vc_compare", 1, "u_vc < up, u_vc < down; q + 1, q - 1, q, each saturated to the weight format"),

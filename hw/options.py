@@ -11,8 +11,10 @@ change (docs/hardware.md, "Targets and pipeline depth").
 * ``dsp18``: devices with 18x18 multipliers (ECP5 MULT18X18D, iCE40 UP5K SB_MAC16,
   Xilinx / Intel DSPs). Whole products, one multiplier each, the product registered (the
   DSP's output register); an operand wider than 18 signed bits is split into 17-bit
-  digits so that every multiplier still fits 18x18. The Gaussian table output gets a
-  register of its own (block-RAM output, e.g. ECP5 DP16KD, is slow).
+  digits so that every multiplier still fits 18x18. The VC squarer stays in logic (the
+  ``ice40-hx`` symmetric digit squarer): DSP blocks are the scarce resource (28 on an
+  ECP5-25K, 8 on a UP5K) and a VC lane then needs 3, not 4. The Gaussian table output
+  gets a register of its own (block-RAM output, e.g. ECP5 DP16KD, is slow).
 * ``generic`` (ASIC flows): whole products written as ``a * b`` (the synthesis tool picks
   the multiplier architecture), table output registered as for ``dsp18``.
 
@@ -73,6 +75,12 @@ class HwOptions:
         if self.target != "ice40-hx":
             return None
         return ICE40_MAX_CARRY if sum_width <= ICE40_WIDE_SUM else ICE40_WIDE_SUM
+
+    @property
+    def squares_in_logic(self) -> bool:
+        """The VC squarer as 2-bit digit products in logic (``ice40-hx``, and ``dsp18``, where each
+        DSP block goes to one of the exact sum's products: 3 per VC lane, so 8 lanes fit 28)."""
+        return self.target != "generic"
 
     @property
     def register_table(self) -> bool:

@@ -439,3 +439,28 @@ def test_cap_for_compare_keeps_every_compare(width):
     assert np.array_equal(got, (u.ravel() < tv.ravel()).astype(np.int64))
     with pytest.raises(ValueError, match=r"^cap_for_compare\(\) needs an unsigned value, got signed\(5\)$"):
         cap_for_compare(Signal(signed(5)), 2)
+
+
+@pytest.mark.parametrize("config", ["w8-vc", "w16-vc"])
+def test_dsp18_keeps_its_multipliers_for_the_exact_sum(config):
+    """dsp18: the netlist's multiplications are the exact sum's products only (a VC lane needs 3 DSP
+    blocks for w8, so 8 lanes fit the 28 of an ECP5-25K); the squarer is logic with no ``*`` at all."""
+    import re
+
+    from amaranth.back import rtlil
+
+    from hw.arith import product_count
+    from hw.datapath import UpdateLane, VCQuantizer
+
+    cfg = preset(config)
+    opts = HwOptions("dsp18")
+
+    def muls(component):
+        return len(re.findall(r"cell \$mul ", rtlil.convert(component, emit_src=False)))
+
+    pairs = [((cfg.step.width, False), (cfg.grad.width, True)), ((cfg.decay.width, False), (cfg.state.width, True)),
+             ((cfg.noise.width, False), (cfg.gaussian.width, True))]
+    assert muls(VCQuantizer(cfg, opts)) == 0
+    assert muls(UpdateLane(cfg, opts)) == sum(product_count(a, b, opts) for a, b in pairs)
+    if config == "w8-vc":
+        assert muls(UpdateLane(cfg, opts)) == 3
