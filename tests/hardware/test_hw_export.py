@@ -147,3 +147,18 @@ def test_verilator_lint(name, tmp_path, verilator):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "%Warning" not in r.stderr and "%Error" not in r.stderr, r.stderr[-3000:]
+
+
+def test_latency_table_in_hardware_doc_matches_the_code():
+    """docs/hardware.md's latency table (per preset, target and depth) is what lane_latency computes."""
+    from hw.options import HwOptions
+
+    doc = (ROOT / "docs" / "hardware.md").read_text()
+    header = re.search(r"^\| preset \| (.+) \|$", doc, re.M)
+    assert header, "latency table header not found"
+    cols = [c.strip().split(" k=") for c in header.group(1).split("|")]
+    rows = re.findall(r"^\| `(w\d+-[a-z-]+)` \| ([\d |]+) \|$", doc[header.end():], re.M)
+    assert len(rows) >= 6
+    for name, cells in rows:
+        got = [lane_latency(preset(name), HwOptions(t, int(k))) for t, k in cols]
+        assert [int(c) for c in cells.split("|")] == got, name
