@@ -600,8 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", default="w8-vc", choices=list(PRESETS), help="one of: " + ", ".join(PRESETS))
     p.add_argument("--lanes", type=_number(int, 1, 64), default=1, help="lanes, in [1, 64]")
     p.add_argument("--shipped", action="store_true", help="w8-vc, w8-lpf, w8-naive at 1 and 8 lanes")
-    p.add_argument("--device", default="hx8k", choices=["hx8k", "up5k", "ecp5-25k", "ecp5-25k-nodsp", "generic"],
-                   help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k, ecp5-25k-nodsp, or generic "
+    p.add_argument("--device", default="hx8k",
+                   choices=["hx8k", "up5k", "ecp5-25k", "ecp5-25k-8", "ecp5-25k-nodsp", "generic"],
+                   help="hx8k (iCE40 HX8K ct256, default), up5k, ecp5-25k (speed grade 6), ecp5-25k-8 (speed "
+                        "grade 8), ecp5-25k-nodsp (grade 6, no DSP blocks), or generic "
                         "(technology-independent gates, flip-flops and NAND2-equivalent area; no place and route)")
     p.add_argument("--seeds", type=_number(int, 0, (1 << 31) - 1), nargs="+", default=[1],
                    help="nextpnr seeds, one run each")

