@@ -179,9 +179,10 @@ class UpdateTop(wiring.Component):
                 self.source.payload.state[lane].eq(ln.state),
                 self.source.payload.weight[lane].eq(ln.weight),
             ]
-            # each lane holds its own copy of the per-step registers (short local nets)
+            # each lane holds its own copy of the per-step registers (short local nets); kept, or a
+            # synthesis tool merges the copies (same inputs) back into one register driving every lane
             for name, width in register_ports(cfg).items():
-                reg = Signal(width, name=f"reg_{name}_{lane}")
+                reg = Signal(width, name=f"reg_{name}_{lane}", attrs={"keep": 1})
                 with m.If(write[name]):
                     m.d.sync += reg.eq(wdata[:width])
                 m.d.comb += getattr(ln, name).eq(reg)

@@ -58,6 +58,7 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   input ctl__we;
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
+  (* keep = 32'd1 *)
   reg [3:0] decay = 4'h0;
   wire en;
   wire \en$34 ;
@@ -77,13 +78,17 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg live_1 = 1'h0;
   wire load0;
   wire load1;
+  (* keep = 32'd1 *)
   reg [3:0] noise = 4'h0;
   wire [63:0] out;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_0;
   input rst;
   wire rst;
@@ -115,6 +120,7 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
+  (* keep = 32'd1 *)
   reg [3:0] \step$41  = 4'h0;
   wire [7:0] theta;
   wire took;
@@ -156,10 +162,13 @@ module lpsgld_w4_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     seed_load_0 <= \$40 ;
   always @(posedge clk)
     seed_hold_0 <= \$41 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$41  <= \$42 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$43 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$44 ;
   assign \$1  = ~ source__valid;

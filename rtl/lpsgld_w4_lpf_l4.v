@@ -112,9 +112,13 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [63:0] \data$73 ;
   (* init = 64'h0000000000000000 *)
   wire [63:0] \data$93 ;
+  (* keep = 32'd1 *)
   reg [3:0] decay = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \decay$103  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \decay$63  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \decay$83  = 4'h0;
   wire en;
   wire \en$34 ;
@@ -149,37 +153,53 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \load1$52 ;
   wire \load1$72 ;
   wire \load1$92 ;
+  (* keep = 32'd1 *)
   reg [3:0] noise = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \noise$105  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \noise$65  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \noise$85  = 4'h0;
   wire [63:0] out;
   wire [63:0] \out$58 ;
   wire [63:0] \out$78 ;
   wire [63:0] \out$98 ;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_1;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_2;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_3;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_1;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_2;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_3;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_1;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_2;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_3;
   input rst;
   wire rst;
@@ -232,11 +252,15 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [7:0] \state$79 ;
   wire [7:0] \state$99 ;
   wire step;
+  (* keep = 32'd1 *)
   reg [3:0] \step$101  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \step$41  = 4'h0;
   wire \step$49 ;
+  (* keep = 32'd1 *)
   reg [3:0] \step$61  = 4'h0;
   wire \step$69 ;
+  (* keep = 32'd1 *)
   reg [3:0] \step$81  = 4'h0;
   wire \step$89 ;
   wire [7:0] theta;
@@ -373,40 +397,52 @@ module lpsgld_w4_lpf_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     seed_load_0 <= \$73 ;
   always @(posedge clk)
     seed_hold_0 <= \$74 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$41  <= \$75 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$76 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$77 ;
   always @(posedge clk)
     seed_load_1 <= \$78 ;
   always @(posedge clk)
     seed_hold_1 <= \$79 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$61  <= \$80 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$63  <= \$81 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$65  <= \$82 ;
   always @(posedge clk)
     seed_load_2 <= \$83 ;
   always @(posedge clk)
     seed_hold_2 <= \$84 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$81  <= \$85 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$83  <= \$86 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$85  <= \$87 ;
   always @(posedge clk)
     seed_load_3 <= \$88 ;
   always @(posedge clk)
     seed_hold_3 <= \$89 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$101  <= \$90 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$103  <= \$91 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$105  <= \$92 ;
   assign \$1  = ~ source__valid;

@@ -56,6 +56,7 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   input ctl__we;
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
+  (* keep = 32'd1 *)
   reg [3:0] decay = 4'h0;
   wire en;
   wire \en$33 ;
@@ -74,13 +75,17 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg live_1 = 1'h0;
   wire load0;
   wire load1;
+  (* keep = 32'd1 *)
   reg [3:0] noise = 4'h0;
   wire [63:0] out;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_0;
   input rst;
   wire rst;
@@ -112,6 +117,7 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg source__valid = 1'h0;
   wire [3:0] state;
   wire step;
+  (* keep = 32'd1 *)
   reg [3:0] \step$40  = 4'h0;
   wire [3:0] theta;
   wire took;
@@ -146,10 +152,13 @@ module lpsgld_w4_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     seed_load_0 <= \$38 ;
   always @(posedge clk)
     seed_hold_0 <= \$39 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$40  <= \$40 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$41 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$42 ;
   assign \$1  = ~ source__valid;

@@ -110,9 +110,13 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [63:0] \data$72 ;
   (* init = 64'h0000000000000000 *)
   wire [63:0] \data$92 ;
+  (* keep = 32'd1 *)
   reg [3:0] decay = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \decay$102  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \decay$62  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \decay$82  = 4'h0;
   wire en;
   wire \en$33 ;
@@ -146,37 +150,53 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \load1$51 ;
   wire \load1$71 ;
   wire \load1$91 ;
+  (* keep = 32'd1 *)
   reg [3:0] noise = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \noise$104  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \noise$64  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \noise$84  = 4'h0;
   wire [63:0] out;
   wire [63:0] \out$57 ;
   wire [63:0] \out$77 ;
   wire [63:0] \out$97 ;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_1;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_2;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_3;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_1;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_2;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_3;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_1;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_2;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_3;
   input rst;
   wire rst;
@@ -229,11 +249,15 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [3:0] \state$78 ;
   wire [3:0] \state$98 ;
   wire step;
+  (* keep = 32'd1 *)
   reg [3:0] \step$100  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \step$40  = 4'h0;
   wire \step$48 ;
+  (* keep = 32'd1 *)
   reg [3:0] \step$60  = 4'h0;
   wire \step$68 ;
+  (* keep = 32'd1 *)
   reg [3:0] \step$80  = 4'h0;
   wire \step$88 ;
   wire [3:0] theta;
@@ -363,40 +387,52 @@ module lpsgld_w4_naive_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     seed_load_0 <= \$71 ;
   always @(posedge clk)
     seed_hold_0 <= \$72 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$40  <= \$73 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$74 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$75 ;
   always @(posedge clk)
     seed_load_1 <= \$76 ;
   always @(posedge clk)
     seed_hold_1 <= \$77 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$60  <= \$78 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$62  <= \$79 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$64  <= \$80 ;
   always @(posedge clk)
     seed_load_2 <= \$81 ;
   always @(posedge clk)
     seed_hold_2 <= \$82 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$80  <= \$83 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$82  <= \$84 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$84  <= \$85 ;
   always @(posedge clk)
     seed_load_3 <= \$86 ;
   always @(posedge clk)
     seed_hold_3 <= \$87 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$100  <= \$88 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$102  <= \$89 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$104  <= \$90 ;
   assign \$1  = ~ source__valid;

@@ -74,6 +74,7 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   input ctl__we;
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
+  (* keep = 32'd1 *)
   reg [3:0] decay = 4'h0;
   wire en;
   wire \en$40 ;
@@ -99,17 +100,23 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg live_1 = 1'h0;
   wire load0;
   wire load1;
+  (* keep = 32'd1 *)
   reg [3:0] noise = 4'h0;
   wire [63:0] out;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_0;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_0;
   (* init = 5'h00 *)
+  (* keep = 32'd1 *)
   wire [4:0] reg_vc_var_0;
   input rst;
   wire rst;
@@ -141,6 +148,7 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg source__valid = 1'h0;
   wire [3:0] state;
   wire step;
+  (* keep = 32'd1 *)
   reg [3:0] \step$47  = 4'h0;
   wire [3:0] theta;
   wire took;
@@ -160,7 +168,9 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  (* keep = 32'd1 *)
   reg vc_noise = 1'h0;
+  (* keep = 32'd1 *)
   reg [4:0] vc_var = 5'h00;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
@@ -236,14 +246,19 @@ module lpsgld_w4_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     seed_load_0 <= \$54 ;
   always @(posedge clk)
     seed_hold_0 <= \$55 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$47  <= \$56 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$57 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$58 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     vc_var <= \$59 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     vc_noise <= \$60 ;
   assign \$1  = ~ source__valid;

@@ -134,9 +134,13 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] \data$63 ;
   (* init = 64'h0000000000000000 *)
   wire [63:0] \data$87 ;
+  (* keep = 32'd1 *)
   reg [3:0] decay = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \decay$121  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \decay$73  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \decay$97  = 4'h0;
   wire en;
   wire \en$105 ;
@@ -177,53 +181,77 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \load1$110 ;
   wire \load1$62 ;
   wire \load1$86 ;
+  (* keep = 32'd1 *)
   reg [3:0] noise = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \noise$123  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \noise$75  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \noise$99  = 4'h0;
   wire [63:0] out;
   wire [63:0] \out$116 ;
   wire [63:0] \out$68 ;
   wire [63:0] \out$92 ;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_1;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_2;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_decay_3;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_1;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_2;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_noise_3;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_0;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_1;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_2;
   (* init = 4'h0 *)
+  (* keep = 32'd1 *)
   wire [3:0] reg_step_3;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_0;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_1;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_2;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_3;
   (* init = 5'h00 *)
+  (* keep = 32'd1 *)
   wire [4:0] reg_vc_var_0;
   (* init = 5'h00 *)
+  (* keep = 32'd1 *)
   wire [4:0] reg_vc_var_1;
   (* init = 5'h00 *)
+  (* keep = 32'd1 *)
   wire [4:0] reg_vc_var_2;
   (* init = 5'h00 *)
+  (* keep = 32'd1 *)
   wire [4:0] reg_vc_var_3;
   input rst;
   wire rst;
@@ -277,11 +305,15 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [3:0] \state$93 ;
   wire step;
   wire \step$107 ;
+  (* keep = 32'd1 *)
   reg [3:0] \step$119  = 4'h0;
+  (* keep = 32'd1 *)
   reg [3:0] \step$47  = 4'h0;
   wire \step$59 ;
+  (* keep = 32'd1 *)
   reg [3:0] \step$71  = 4'h0;
   wire \step$83 ;
+  (* keep = 32'd1 *)
   reg [3:0] \step$95  = 4'h0;
   wire [3:0] theta;
   wire [3:0] \theta$113 ;
@@ -304,13 +336,21 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  (* keep = 32'd1 *)
   reg vc_noise = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$103  = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$127  = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$79  = 1'h0;
+  (* keep = 32'd1 *)
   reg [4:0] vc_var = 5'h00;
+  (* keep = 32'd1 *)
   reg [4:0] \vc_var$101  = 5'h00;
+  (* keep = 32'd1 *)
   reg [4:0] \vc_var$125  = 5'h00;
+  (* keep = 32'd1 *)
   reg [4:0] \vc_var$77  = 5'h00;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [3:0] weight;
@@ -468,56 +508,76 @@ module lpsgld_w4_vc_l4(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     seed_load_0 <= \$87 ;
   always @(posedge clk)
     seed_hold_0 <= \$88 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$47  <= \$89 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$90 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$91 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     vc_var <= \$92 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     vc_noise <= \$93 ;
   always @(posedge clk)
     seed_load_1 <= \$94 ;
   always @(posedge clk)
     seed_hold_1 <= \$95 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$71  <= \$96 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$73  <= \$97 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$75  <= \$98 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$77  <= \$99 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$79  <= \$100 ;
   always @(posedge clk)
     seed_load_2 <= \$101 ;
   always @(posedge clk)
     seed_hold_2 <= \$102 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$95  <= \$103 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$97  <= \$104 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$99  <= \$105 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$101  <= \$106 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$103  <= \$107 ;
   always @(posedge clk)
     seed_load_3 <= \$108 ;
   always @(posedge clk)
     seed_hold_3 <= \$109 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$119  <= \$110 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$121  <= \$111 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$123  <= \$112 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$125  <= \$113 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$127  <= \$114 ;
   \lpsgld_w4_vc_l4.lane_0  lane_0 (

@@ -64,6 +64,7 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   input ctl__we;
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
+  (* keep = 32'd1 *)
   reg [11:0] decay = 12'h000;
   wire en;
   wire \en$37 ;
@@ -86,13 +87,17 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg live_1 = 1'h0;
   wire load0;
   wire load1;
+  (* keep = 32'd1 *)
   reg [15:0] noise = 16'h0000;
   wire [63:0] out;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_0;
   input rst;
   wire rst;
@@ -124,6 +129,7 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   reg source__valid = 1'h0;
   wire [23:0] state;
   wire step;
+  (* keep = 32'd1 *)
   reg [15:0] \step$44  = 16'h0000;
   wire [23:0] theta;
   wire took;
@@ -186,10 +192,13 @@ module lpsgld_w8_lpf_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     seed_load_0 <= \$46 ;
   always @(posedge clk)
     seed_hold_0 <= \$47 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$44  <= \$48 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$49 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$50 ;
   assign \$1  = ~ source__valid;

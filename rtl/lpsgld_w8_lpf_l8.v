@@ -190,13 +190,21 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [63:0] \data$76 ;
   (* init = 64'h0000000000000000 *)
   wire [63:0] \data$96 ;
+  (* keep = 32'd1 *)
   reg [11:0] decay = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$106  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$126  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$146  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$166  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$186  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$66  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$86  = 12'h000;
   wire en;
   wire \en$110 ;
@@ -254,13 +262,21 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire \load1$55 ;
   wire \load1$75 ;
   wire \load1$95 ;
+  (* keep = 32'd1 *)
   reg [15:0] noise = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$108  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$128  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$148  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$168  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$188  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$68  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$88  = 16'h0000;
   wire [63:0] out;
   wire [63:0] \out$101 ;
@@ -271,52 +287,76 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [63:0] \out$61 ;
   wire [63:0] \out$81 ;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_0;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_1;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_2;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_3;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_4;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_5;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_6;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_7;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_1;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_2;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_3;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_4;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_5;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_6;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_7;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_1;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_2;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_3;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_4;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_5;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_6;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_7;
   input rst;
   wire rst;
@@ -397,19 +437,27 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
   wire [23:0] \state$62 ;
   wire [23:0] \state$82 ;
   wire step;
+  (* keep = 32'd1 *)
   reg [15:0] \step$104  = 16'h0000;
   wire \step$112 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$124  = 16'h0000;
   wire \step$132 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$144  = 16'h0000;
   wire \step$152 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$164  = 16'h0000;
   wire \step$172 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$184  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \step$44  = 16'h0000;
   wire \step$52 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$64  = 16'h0000;
   wire \step$72 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$84  = 16'h0000;
   wire \step$92 ;
   wire [23:0] theta;
@@ -632,80 +680,104 @@ module lpsgld_w8_lpf_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__w
     seed_load_0 <= \$123 ;
   always @(posedge clk)
     seed_hold_0 <= \$124 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$44  <= \$125 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$126 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$127 ;
   always @(posedge clk)
     seed_load_1 <= \$128 ;
   always @(posedge clk)
     seed_hold_1 <= \$129 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$64  <= \$130 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$66  <= \$131 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$68  <= \$132 ;
   always @(posedge clk)
     seed_load_2 <= \$133 ;
   always @(posedge clk)
     seed_hold_2 <= \$134 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$84  <= \$135 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$86  <= \$136 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$88  <= \$137 ;
   always @(posedge clk)
     seed_load_3 <= \$138 ;
   always @(posedge clk)
     seed_hold_3 <= \$139 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$104  <= \$140 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$106  <= \$141 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$108  <= \$142 ;
   always @(posedge clk)
     seed_load_4 <= \$143 ;
   always @(posedge clk)
     seed_hold_4 <= \$144 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$124  <= \$145 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$126  <= \$146 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$128  <= \$147 ;
   always @(posedge clk)
     seed_load_5 <= \$148 ;
   always @(posedge clk)
     seed_hold_5 <= \$149 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$144  <= \$150 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$146  <= \$151 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$148  <= \$152 ;
   always @(posedge clk)
     seed_load_6 <= \$153 ;
   always @(posedge clk)
     seed_hold_6 <= \$154 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$164  <= \$155 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$166  <= \$156 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$168  <= \$157 ;
   always @(posedge clk)
     seed_load_7 <= \$158 ;
   always @(posedge clk)
     seed_hold_7 <= \$159 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$184  <= \$160 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$186  <= \$161 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$188  <= \$162 ;
   \lpsgld_w8_lpf_l8.lane_0  lane_0 (

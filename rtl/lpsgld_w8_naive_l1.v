@@ -60,6 +60,7 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   input ctl__we;
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
+  (* keep = 32'd1 *)
   reg [11:0] decay = 12'h000;
   wire en;
   wire \en$35 ;
@@ -80,13 +81,17 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg live_1 = 1'h0;
   wire load0;
   wire load1;
+  (* keep = 32'd1 *)
   reg [15:0] noise = 16'h0000;
   wire [63:0] out;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_0;
   input rst;
   wire rst;
@@ -118,6 +123,7 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
+  (* keep = 32'd1 *)
   reg [15:0] \step$42  = 16'h0000;
   wire [7:0] theta;
   wire took;
@@ -166,10 +172,13 @@ module lpsgld_w8_naive_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     seed_load_0 <= \$42 ;
   always @(posedge clk)
     seed_hold_0 <= \$43 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$42  <= \$44 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$45 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$46 ;
   assign \$1  = ~ source__valid;

@@ -186,13 +186,21 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [63:0] \data$74 ;
   (* init = 64'h0000000000000000 *)
   wire [63:0] \data$94 ;
+  (* keep = 32'd1 *)
   reg [11:0] decay = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$104  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$124  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$144  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$164  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$184  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$64  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$84  = 12'h000;
   wire en;
   wire \en$108 ;
@@ -248,13 +256,21 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire \load1$53 ;
   wire \load1$73 ;
   wire \load1$93 ;
+  (* keep = 32'd1 *)
   reg [15:0] noise = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$106  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$126  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$146  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$166  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$186  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$66  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$86  = 16'h0000;
   wire [63:0] out;
   wire [63:0] \out$119 ;
@@ -265,52 +281,76 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [63:0] \out$79 ;
   wire [63:0] \out$99 ;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_0;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_1;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_2;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_3;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_4;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_5;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_6;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_7;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_1;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_2;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_3;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_4;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_5;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_6;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_7;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_1;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_2;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_3;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_4;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_5;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_6;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_7;
   input rst;
   wire rst;
@@ -391,19 +431,27 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
   wire [7:0] \state$60 ;
   wire [7:0] \state$80 ;
   wire step;
+  (* keep = 32'd1 *)
   reg [15:0] \step$102  = 16'h0000;
   wire \step$110 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$122  = 16'h0000;
   wire \step$130 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$142  = 16'h0000;
   wire \step$150 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$162  = 16'h0000;
   wire \step$170 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$182  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \step$42  = 16'h0000;
   wire \step$50 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$62  = 16'h0000;
   wire \step$70 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$82  = 16'h0000;
   wire \step$90 ;
   wire [7:0] theta;
@@ -616,80 +664,104 @@ module lpsgld_w8_naive_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl_
     seed_load_0 <= \$119 ;
   always @(posedge clk)
     seed_hold_0 <= \$120 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$42  <= \$121 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$122 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$123 ;
   always @(posedge clk)
     seed_load_1 <= \$124 ;
   always @(posedge clk)
     seed_hold_1 <= \$125 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$62  <= \$126 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$64  <= \$127 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$66  <= \$128 ;
   always @(posedge clk)
     seed_load_2 <= \$129 ;
   always @(posedge clk)
     seed_hold_2 <= \$130 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$82  <= \$131 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$84  <= \$132 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$86  <= \$133 ;
   always @(posedge clk)
     seed_load_3 <= \$134 ;
   always @(posedge clk)
     seed_hold_3 <= \$135 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$102  <= \$136 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$104  <= \$137 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$106  <= \$138 ;
   always @(posedge clk)
     seed_load_4 <= \$139 ;
   always @(posedge clk)
     seed_hold_4 <= \$140 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$122  <= \$141 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$124  <= \$142 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$126  <= \$143 ;
   always @(posedge clk)
     seed_load_5 <= \$144 ;
   always @(posedge clk)
     seed_hold_5 <= \$145 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$142  <= \$146 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$144  <= \$147 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$146  <= \$148 ;
   always @(posedge clk)
     seed_load_6 <= \$149 ;
   always @(posedge clk)
     seed_hold_6 <= \$150 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$162  <= \$151 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$164  <= \$152 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$166  <= \$153 ;
   always @(posedge clk)
     seed_load_7 <= \$154 ;
   always @(posedge clk)
     seed_hold_7 <= \$155 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$182  <= \$156 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$184  <= \$157 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$186  <= \$158 ;
   \lpsgld_w8_naive_l8.lane_0  lane_0 (

@@ -80,6 +80,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   input ctl__we;
   wire ctl__we;
   reg [63:0] data = 64'h0000000000000000;
+  (* keep = 32'd1 *)
   reg [11:0] decay = 12'h000;
   wire en;
   wire \en$43 ;
@@ -108,17 +109,23 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg live_1 = 1'h0;
   wire load0;
   wire load1;
+  (* keep = 32'd1 *)
   reg [15:0] noise = 16'h0000;
   wire [63:0] out;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_0;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_0;
   (* init = 15'h0000 *)
+  (* keep = 32'd1 *)
   wire [14:0] reg_vc_var_0;
   input rst;
   wire rst;
@@ -150,6 +157,7 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg source__valid = 1'h0;
   wire [7:0] state;
   wire step;
+  (* keep = 32'd1 *)
   reg [15:0] \step$50  = 16'h0000;
   wire [7:0] theta;
   wire took;
@@ -172,7 +180,9 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  (* keep = 32'd1 *)
   reg vc_noise = 1'h0;
+  (* keep = 32'd1 *)
   reg [14:0] vc_var = 15'h0000;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
@@ -266,14 +276,19 @@ module lpsgld_w8_vc_l1(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     seed_load_0 <= \$60 ;
   always @(posedge clk)
     seed_hold_0 <= \$61 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$50  <= \$62 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$63 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$64 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     vc_var <= \$65 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     vc_noise <= \$66 ;
   assign \$1  = ~ source__valid;

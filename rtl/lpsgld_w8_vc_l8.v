@@ -220,13 +220,21 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] \data$66 ;
   (* init = 64'h0000000000000000 *)
   wire [63:0] \data$90 ;
+  (* keep = 32'd1 *)
   reg [11:0] decay = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$100  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$124  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$148  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$172  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$196  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$220  = 12'h000;
+  (* keep = 32'd1 *)
   reg [11:0] \decay$76  = 12'h000;
   wire en;
   wire \en$108 ;
@@ -290,13 +298,21 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire \load1$209 ;
   wire \load1$65 ;
   wire \load1$89 ;
+  (* keep = 32'd1 *)
   reg [15:0] noise = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$102  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$126  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$150  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$174  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$198  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$222  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \noise$78  = 16'h0000;
   wire [63:0] out;
   wire [63:0] \out$119 ;
@@ -307,84 +323,124 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [63:0] \out$71 ;
   wire [63:0] \out$95 ;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_0;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_1;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_2;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_3;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_4;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_5;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_6;
   (* init = 12'h000 *)
+  (* keep = 32'd1 *)
   wire [11:0] reg_decay_7;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_1;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_2;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_3;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_4;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_5;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_6;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_noise_7;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_0;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_1;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_2;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_3;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_4;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_5;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_6;
   (* init = 16'h0000 *)
+  (* keep = 32'd1 *)
   wire [15:0] reg_step_7;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_0;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_1;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_2;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_3;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_4;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_5;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_6;
   (* init = 1'h0 *)
+  (* keep = 32'd1 *)
   wire reg_vc_noise_7;
   (* init = 15'h0000 *)
+  (* keep = 32'd1 *)
   wire [14:0] reg_vc_var_0;
   (* init = 15'h0000 *)
+  (* keep = 32'd1 *)
   wire [14:0] reg_vc_var_1;
   (* init = 15'h0000 *)
+  (* keep = 32'd1 *)
   wire [14:0] reg_vc_var_2;
   (* init = 15'h0000 *)
+  (* keep = 32'd1 *)
   wire [14:0] reg_vc_var_3;
   (* init = 15'h0000 *)
+  (* keep = 32'd1 *)
   wire [14:0] reg_vc_var_4;
   (* init = 15'h0000 *)
+  (* keep = 32'd1 *)
   wire [14:0] reg_vc_var_5;
   (* init = 15'h0000 *)
+  (* keep = 32'd1 *)
   wire [14:0] reg_vc_var_6;
   (* init = 15'h0000 *)
+  (* keep = 32'd1 *)
   wire [14:0] reg_vc_var_7;
   input rst;
   wire rst;
@@ -466,19 +522,27 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   wire [7:0] \state$96 ;
   wire step;
   wire \step$110 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$122  = 16'h0000;
   wire \step$134 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$146  = 16'h0000;
   wire \step$158 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$170  = 16'h0000;
   wire \step$182 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$194  = 16'h0000;
   wire \step$206 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$218  = 16'h0000;
+  (* keep = 32'd1 *)
   reg [15:0] \step$50  = 16'h0000;
   wire \step$62 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$74  = 16'h0000;
   wire \step$86 ;
+  (* keep = 32'd1 *)
   reg [15:0] \step$98  = 16'h0000;
   wire [7:0] theta;
   wire [7:0] \theta$116 ;
@@ -508,21 +572,37 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
   reg valid_7 = 1'h0;
   reg valid_8 = 1'h0;
   reg valid_9 = 1'h0;
+  (* keep = 32'd1 *)
   reg vc_noise = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$106  = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$130  = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$154  = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$178  = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$202  = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$226  = 1'h0;
+  (* keep = 32'd1 *)
   reg \vc_noise$82  = 1'h0;
+  (* keep = 32'd1 *)
   reg [14:0] vc_var = 15'h0000;
+  (* keep = 32'd1 *)
   reg [14:0] \vc_var$104  = 15'h0000;
+  (* keep = 32'd1 *)
   reg [14:0] \vc_var$128  = 15'h0000;
+  (* keep = 32'd1 *)
   reg [14:0] \vc_var$152  = 15'h0000;
+  (* keep = 32'd1 *)
   reg [14:0] \vc_var$176  = 15'h0000;
+  (* keep = 32'd1 *)
   reg [14:0] \vc_var$200  = 15'h0000;
+  (* keep = 32'd1 *)
   reg [14:0] \vc_var$224  = 15'h0000;
+  (* keep = 32'd1 *)
   reg [14:0] \vc_var$80  = 15'h0000;
   reg [63:0] wdata = 64'h0000000000000000;
   wire [7:0] weight;
@@ -752,112 +832,152 @@ module lpsgld_w8_vc_l8(sink__valid, source__ready, ctl__addr, ctl__data, ctl__we
     seed_load_0 <= \$137 ;
   always @(posedge clk)
     seed_hold_0 <= \$138 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$50  <= \$139 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     decay <= \$140 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     noise <= \$141 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     vc_var <= \$142 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     vc_noise <= \$143 ;
   always @(posedge clk)
     seed_load_1 <= \$144 ;
   always @(posedge clk)
     seed_hold_1 <= \$145 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$74  <= \$146 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$76  <= \$147 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$78  <= \$148 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$80  <= \$149 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$82  <= \$150 ;
   always @(posedge clk)
     seed_load_2 <= \$151 ;
   always @(posedge clk)
     seed_hold_2 <= \$152 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$98  <= \$153 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$100  <= \$154 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$102  <= \$155 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$104  <= \$156 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$106  <= \$157 ;
   always @(posedge clk)
     seed_load_3 <= \$158 ;
   always @(posedge clk)
     seed_hold_3 <= \$159 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$122  <= \$160 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$124  <= \$161 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$126  <= \$162 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$128  <= \$163 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$130  <= \$164 ;
   always @(posedge clk)
     seed_load_4 <= \$165 ;
   always @(posedge clk)
     seed_hold_4 <= \$166 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$146  <= \$167 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$148  <= \$168 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$150  <= \$169 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$152  <= \$170 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$154  <= \$171 ;
   always @(posedge clk)
     seed_load_5 <= \$172 ;
   always @(posedge clk)
     seed_hold_5 <= \$173 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$170  <= \$174 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$172  <= \$175 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$174  <= \$176 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$176  <= \$177 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$178  <= \$178 ;
   always @(posedge clk)
     seed_load_6 <= \$179 ;
   always @(posedge clk)
     seed_hold_6 <= \$180 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$194  <= \$181 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$196  <= \$182 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$198  <= \$183 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$200  <= \$184 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$202  <= \$185 ;
   always @(posedge clk)
     seed_load_7 <= \$186 ;
   always @(posedge clk)
     seed_hold_7 <= \$187 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \step$218  <= \$188 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \decay$220  <= \$189 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \noise$222  <= \$190 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_var$224  <= \$191 ;
+  (* keep = 32'd1 *)
   always @(posedge clk)
     \vc_noise$226  <= \$192 ;
   \lpsgld_w8_vc_l8.lane_0  lane_0 (

@@ -15,7 +15,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from amaranth.back import verilog
+from amaranth.back import rtlil, verilog
 from amaranth.lib import data
 
 from emulator.spec.datapath import DatapathConfig, Variant
@@ -204,6 +204,27 @@ def vlt_text(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# RTLIL: a wire's attributes and declaration; a flip-flop cell and the wire its Q drives
+_KEPT_WIRE = re.compile(r"^((?:[ \t]*attribute .*\n)+)[ \t]*wire (?:width \d+ )?(?:signed )?(\S+)$", re.M)
+_FF_CELL = re.compile(r"^([ \t]*)(cell \$a?dff \S+\n(?:(?!\s*end\n).*\n)*?\s*connect \\Q (\S+)\n)", re.M)
+
+
+def keep_registers(rtlil_text: str) -> str:
+    """Copy the ``keep`` attribute of register signals (``Signal(attrs={"keep": 1})``) onto the flip-flop
+    cells that drive them. Amaranth puts a register's attributes on its output wire only; Yosys merges
+    flip-flops with the same inputs unless the *cell* is kept, which would fold the per-lane copies of
+    the broadcast registers into one. In the Verilog the cell's attribute becomes ``(* keep *)`` on its
+    ``always`` block, which Yosys (and vendor tools' keep) honour when they read it back."""
+    kept = {m.group(2) for m in _KEPT_WIRE.finditer(rtlil_text) if re.search(r"attribute \\keep 1$", m.group(1), re.M)}
+    return _FF_CELL.sub(lambda m: (f"{m.group(1)}attribute \\keep 1\n{m.group(1)}{m.group(2)}"
+                                   if m.group(3) in kept else m.group(0)), rtlil_text)
+
+
+def to_verilog(elaboratable: Any, name: str) -> str:
+    """Verilog of an Amaranth component: ``emit_src=False`` (no machine paths), kept registers kept."""
+    return verilog._convert_rtlil_text(keep_registers(rtlil.convert(elaboratable, name=name, emit_src=False)))
+
+
 def export(cfg: DatapathConfig, out_dir: str | os.PathLike[str], *, name: str | None = None,
            reset_seed: int = 0, init_values: bool = True, opts: HwOptions | None = None) -> dict[str, Any]:
     """Write ``<name>.v``, ``<name>.vlt`` (Verilator lint waivers) and ``<name>.json`` into
@@ -221,7 +242,7 @@ def export(cfg: DatapathConfig, out_dir: str | os.PathLike[str], *, name: str | 
     top = UpdateTop(cfg, reset_seed=reset_seed, opts=opts)  # checks reset_seed
     if not isinstance(init_values, bool):
         raise TypeError(f"init_values must be a bool, got {init_values!r}")
-    text = verilog.convert(top, name=name, emit_src=False)
+    text = to_verilog(top, name)
     if not init_values:
         text = strip_init_values(text)
     man = manifest(cfg, name, top.reset_seed, top.latency, opts)

@@ -659,13 +659,13 @@ def synthesize_verilog(
 def synthesize(elaboratable: Any, name: str, **kwargs: Any) -> SynthReport:
     """Convert an Amaranth component (``wiring.Component``, ports from its signature) to
     Verilog with ``emit_src=False`` and run :func:`synthesize_verilog` on it."""
-    from amaranth.back import verilog
+    from .export import to_verilog
 
     build = kwargs.pop("build_dir", None)
     work = Path(build) if build is not None else Path(tempfile.mkdtemp(prefix=f"lpsgld-synth-{name}-"))
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"{name}.v"
-    path.write_text(verilog.convert(elaboratable, name=name, emit_src=False))
+    path.write_text(to_verilog(elaboratable, name))
     return synthesize_verilog(path, name, build_dir=work, **kwargs)
 
 

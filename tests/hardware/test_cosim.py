@@ -63,7 +63,7 @@ VERILATOR = [
 ]
 
 # Every target and pipeline depth (hw.options.HwOptions): the same words whatever the structure.
-# dsp18 splits operands wider than 18 signed bits (w8-lpf / w16 accumulators, the w16 squarer).
+# dsp18 splits operands wider than 18 signed bits (w8-lpf / w16 accumulators) and squares in logic.
 OPTIONS = [("dsp18", 1), ("generic", 1), ("ice40-hx", 2), ("dsp18", 2), ("generic", 3)]
 # CI runs every option on the two variants that use every unit (vc: Gaussian, squarer, VC; lpf: accumulator,
 # weight rounding) at w8 and on vc at w4 / lpf at w16; LPSGLD_SOAK=1 runs every variant and word length.

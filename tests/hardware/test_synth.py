@@ -308,3 +308,25 @@ def test_cli_devices_are_the_flow_devices(capsys):
     assert sorted(c.strip(" '") for c in offered.split(",")) == sorted([*DEVICES, "generic"])
     assert DEVICES["ecp5-25k-8"].pnr_args[-2:] == ("--speed", "8")
     assert "--speed" not in DEVICES["ecp5-25k"].pnr_args  # nextpnr's default grade 6, the slowest
+
+
+@needs_synth
+def test_per_lane_register_copies_survive_synthesis(tmp_path):
+    """Each lane's copy of the per-step registers is kept (`(* keep *)` on its always block): without
+    the attribute Yosys merges the copies (same inputs) into one register that drives every lane."""
+    pytest.importorskip("hw.flows.export", reason="needs amaranth (bash scripts/setup.sh hw)")
+    import dataclasses
+
+    from emulator.spec.presets import preset
+    from hw.datapath import register_ports
+    from hw.flows.export import export
+    from hw.flows.synth import synthesize_verilog
+
+    cfg = dataclasses.replace(preset("w4-naive"), lanes=3)
+    export(cfg, tmp_path, name="kept")
+    text = (tmp_path / "kept.v").read_text()
+    assert text.count("(* keep = 32'd1 *)\n  always @(posedge clk)") == 3 * len(register_ports(cfg))
+    (tmp_path / "merged.v").write_text(text.replace("kept", "merged").replace("(* keep = 32'd1 *)\n  always", "always"))
+    kept = synthesize_verilog(tmp_path / "kept.v", "kept", build_dir=tmp_path / "k", place=False)
+    merged = synthesize_verilog(tmp_path / "merged.v", "merged", build_dir=tmp_path / "m", place=False)
+    assert kept.area.ff - merged.area.ff == 2 * sum(register_ports(cfg).values())
