@@ -206,7 +206,8 @@ def vlt_text(name: str) -> str:
 
 # RTLIL: a wire's attributes and declaration; a flip-flop cell and the wire its Q drives
 _KEPT_WIRE = re.compile(r"^((?:[ \t]*attribute .*\n)+)[ \t]*wire (?:width \d+ )?(?:signed )?(\S+)$", re.M)
-_FF_CELL = re.compile(r"^([ \t]*)(cell \$a?dff \S+\n(?:(?!\s*end\n).*\n)*?\s*connect \\Q (\S+)\n)", re.M)
+_FF_CELL = re.compile(r"^([ \t]*)(attribute \\keep 1\n[ \t]*)?"
+                      r"(cell \$a?dff \S+\n(?:(?!\s*end\n).*\n)*?\s*connect \\Q (\S+)\n)", re.M)
 
 
 def keep_registers(rtlil_text: str) -> str:
@@ -216,8 +217,8 @@ def keep_registers(rtlil_text: str) -> str:
     the broadcast registers into one. In the Verilog the cell's attribute becomes ``(* keep *)`` on its
     ``always`` block, which Yosys (and vendor tools' keep) honour when they read it back."""
     kept = {m.group(2) for m in _KEPT_WIRE.finditer(rtlil_text) if re.search(r"attribute \\keep 1$", m.group(1), re.M)}
-    return _FF_CELL.sub(lambda m: (f"{m.group(1)}attribute \\keep 1\n{m.group(1)}{m.group(2)}"
-                                   if m.group(3) in kept else m.group(0)), rtlil_text)
+    return _FF_CELL.sub(lambda m: (f"{m.group(1)}attribute \\keep 1\n{m.group(1)}{m.group(3)}"
+                                   if m.group(4) in kept and not m.group(2) else m.group(0)), rtlil_text)
 
 
 def to_verilog(elaboratable: Any, name: str) -> str:

@@ -162,3 +162,36 @@ def test_latency_table_in_hardware_doc_matches_the_code():
     for name, cells in rows:
         got = [lane_latency(preset(name), HwOptions(t, int(k))) for t, k in cols]
         assert [int(c) for c in cells.split("|")] == got, name
+
+
+def test_keep_registers_marks_exactly_the_kept_flip_flops():
+    """keep_registers copies a register signal's keep attribute onto the flip-flop cell driving it (and
+    only there); the Verilog then carries (* keep *) on that register's always block alone."""
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Two(wiring.Component):
+        d: In(8)
+        we: In(1)
+        o: Out(8)
+
+        def elaborate(self, platform):
+            m = Module()
+            kept = Signal(8, name="kept_copy", attrs={"keep": 1}, init=5)
+            plain = Signal(8, name="plain_copy")
+            with m.If(self.we):
+                m.d.sync += [kept.eq(self.d), plain.eq(self.d)]
+            m.d.comb += self.o.eq(kept + plain)
+            return m
+
+    text = rtlil.convert(Two(), name="two", emit_src=False)
+    marked = hw_export.keep_registers(text)
+    ff = r"((?:  attribute \\keep 1\n)?)  cell \$(?:a?dff) \S+\n(?:.*\n)*?    connect \\Q (\S+)\n"
+    cells = re.findall(ff, marked)
+    assert sorted((q, bool(k)) for k, q in cells) == [("\\kept_copy", True), ("\\plain_copy", False)]
+    assert hw_export.keep_registers(marked) == marked  # idempotent: no second attribute
+    verilog = hw_export.to_verilog(Two(), "two")
+    assert re.search(r"\(\* keep = 32'd1 \*\)\n  always @\(posedge clk\)\n    kept_copy <=", verilog)
+    assert not re.search(r"\(\* keep = 32'd1 \*\)\n  always @\(posedge clk\)\n    plain_copy <=", verilog)
