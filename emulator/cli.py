@@ -282,6 +282,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         print(run_generic(configs, build_dir=args.build, json_out=args.json,
                           hw_opts=HwOptions(args.target, args.pipeline)))
         return 0
+    if args.target != "dsp18" and args.device in ("up5k", "ecp5-25k", "ecp5-25k-8"):
+        # not an error (the netlist is correct), but rarely what is meant: say what the tool will do
+        print(f"note: --target {args.target} on {args.device}: the synthesis tool maps "
+              + ("every 2-bit digit product to its own DSP block (22 per w8 VC lane); use --target dsp18, or "
+                 "--device ecp5-25k-nodsp for the iCE40 structure without DSP blocks"
+                 if args.target == "ice40-hx" else "the VC squarer to a DSP block too; --target dsp18 keeps it in "
+                 "logic (3 DSP blocks per w8 VC lane)"), file=sys.stderr)
     table = run_cli(configs, device=args.device, seeds=args.seeds, freq_mhz=args.freq, hierarchy=args.hierarchy,
                     registers=args.registers, router=args.router, pnr_timeout_s=args.pnr_timeout,
                     place=not args.no_place, build_dir=args.build,

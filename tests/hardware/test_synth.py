@@ -330,3 +330,18 @@ def test_per_lane_register_copies_survive_synthesis(tmp_path):
     kept = synthesize_verilog(tmp_path / "kept.v", "kept", build_dir=tmp_path / "k", place=False)
     merged = synthesize_verilog(tmp_path / "merged.v", "merged", build_dir=tmp_path / "m", place=False)
     assert kept.area.ff - merged.area.ff == 2 * sum(register_ports(cfg).values())
+
+
+@pytest.mark.parametrize("target, said", [("ice40-hx", "every 2-bit digit product to its own DSP block"),
+                                          ("generic", "the VC squarer to a DSP block too")])
+def test_cli_synth_notes_a_target_that_wastes_dsp_blocks(target, said, capsys, monkeypatch):
+    """A DSP device with a target other than dsp18 gets a one-line note on stderr (not an error)."""
+    import hw.flows.synth as flow
+
+    monkeypatch.setattr(flow, "run_cli", lambda *a, **k: "table")  # the note comes before any synthesis
+    assert main(["synth", "--config", "w8-vc", "--device", "ecp5-25k", "--target", target, "--no-place"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: --target {target} on ecp5-25k: ") and said in err and err.count("\n") == 1
+    assert main(["synth", "--config", "w8-vc", "--device", "ecp5-25k", "--target", "dsp18", "--no-place"]) == 0
+    assert main(["synth", "--config", "w8-vc", "--device", "ecp5-25k-nodsp", "--no-place"]) == 0
+    assert capsys.readouterr().err == ""
