@@ -345,3 +345,30 @@ def test_cli_synth_notes_a_target_that_wastes_dsp_blocks(target, said, capsys, m
     assert main(["synth", "--config", "w8-vc", "--device", "ecp5-25k", "--target", "dsp18", "--no-place"]) == 0
     assert main(["synth", "--config", "w8-vc", "--device", "ecp5-25k-nodsp", "--no-place"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_plot_synth_summarizes_reports_and_plots_the_committed_summary(tmp_path):
+    """scripts/plot_synth.py: a full report reduces to one record per design (a later file wins), and the
+    summary committed under docs/measurements plots (the figure in docs/synthesis.md)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("plot_synth", root / "scripts" / "plot_synth.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    report = {"device": "hx8k", "target": "ice40-hx", "pipeline_depth": 1, "source": "abc", "results": [
+        {"config": "w8-vc", "lanes": 2, "area": {"lut": 10}, "pnr": [
+            {"seed": 1, "fmax_mhz": 111.8, "utilization": {"ICESTORM_LC": [6323, 7680]}},
+            {"seed": 2, "fmax_mhz": None, "utilization": {}}]}]}
+    (rec,) = mod.summarize(report)
+    assert rec["cells"] == [6323, 7680] and rec["fmax_mhz"] == {"1": 111.8, "2": None}
+    newer = json.loads(json.dumps(report))
+    newer["results"][0]["pnr"][0]["fmax_mhz"] = 120.0
+    for i, r in enumerate((report, newer)):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    assert mod.main([str(tmp_path / "r0.json"), str(tmp_path / "r1.json"), "--summary", str(tmp_path / "s.json")]) == 0
+    (only,) = json.loads((tmp_path / "s.json").read_text())["records"]
+    assert only["fmax_mhz"]["1"] == 120.0
+    committed = root / "docs" / "measurements" / "synthesis_issue16.json"
+    assert mod.main([str(committed), "-o", str(tmp_path / "lanes.png")]) == 0
+    assert (tmp_path / "lanes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
