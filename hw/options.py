@@ -9,8 +9,9 @@ change (docs/hardware.md, "Targets and pipeline depth").
   2-bit digit products of the narrower operand (one adder deep each), summed by the tree;
   wide exact-sum adders are carry-select adders (``HwOptions.max_carry``).
 * ``dsp18``: devices with 18x18 multipliers (ECP5 MULT18X18D, iCE40 UP5K SB_MAC16,
-  Xilinx / Intel DSPs). Whole products, one multiplier each, the product registered (the
-  DSP's output register); an operand wider than 18 signed bits is split into 17-bit
+  Xilinx / Intel DSPs). Whole products, one multiplier each, the product registered right
+  after the multiplier (where the DSP's output register is; Yosys's ECP5 mapping leaves it in
+  the fabric); an operand wider than 18 signed bits is split into 17-bit
   digits so that every multiplier still fits 18x18. The VC squarer stays in logic (the
   ``ice40-hx`` symmetric digit squarer): DSP blocks are the scarce resource (28 on an
   ECP5-25K, 8 on a UP5K) and a VC lane then needs 3, not 4. The Gaussian table output

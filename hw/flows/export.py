@@ -1,7 +1,8 @@
 """Verilog export of :class:`hw.top.UpdateTop` plus a JSON manifest (ports, latency, registers).
 
-``export(cfg, out_dir)`` writes ``<name>.v`` (``amaranth.back.verilog.convert`` with
-``emit_src=False``: deterministic, no machine paths) and ``<name>.json``. The shipped
+``export(cfg, out_dir)`` writes ``<name>.v`` (:func:`to_verilog`: Amaranth's RTLIL with
+``emit_src=False``, deterministic, no machine paths, the kept registers marked on their flip-flops
+by :func:`keep_registers`, through Amaranth's own Yosys conversion) and ``<name>.json``. The shipped
 modules in ``rtl/`` are :data:`SHIPPED` (``lpsgld rtl --shipped -o rtl/``); a test
 regenerates them and compares byte for byte.
 """
@@ -222,7 +223,9 @@ def keep_registers(rtlil_text: str) -> str:
 
 
 def to_verilog(elaboratable: Any, name: str) -> str:
-    """Verilog of an Amaranth component: ``emit_src=False`` (no machine paths), kept registers kept."""
+    """Verilog of an Amaranth component: ``emit_src=False`` (no machine paths), kept registers kept.
+    ``verilog.convert`` is ``rtlil.convert`` then ``_convert_rtlil_text`` (amaranth 0.5.10, pinned in
+    pyproject.toml); the RTLIL is edited in between."""
     return verilog._convert_rtlil_text(keep_registers(rtlil.convert(elaboratable, name=name, emit_src=False)))
 
 
