@@ -267,7 +267,7 @@ def _cmd_vectors(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from hw.flows.synth import SHIPPED, run_cli
+    from hw.flows.synth import DEVICES, SHIPPED, run_cli
 
     if args.json is not None:
         _writable_file(args.json, "--json")  # before the minutes of synthesis
@@ -282,7 +282,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         print(run_generic(configs, build_dir=args.build, json_out=args.json,
                           hw_opts=HwOptions(args.target, args.pipeline)))
         return 0
-    if args.target != "dsp18" and args.device in ("up5k", "ecp5-25k", "ecp5-25k-8"):
+    if args.target != "dsp18" and DEVICES[args.device].has_dsp:
         # not an error (the netlist is correct), but rarely what is meant: say what the tool will do
         print(f"note: --target {args.target} on {args.device}: the synthesis tool maps "
               + ("every 2-bit digit product to its own DSP block (22 per w8 VC lane); use --target dsp18, or "

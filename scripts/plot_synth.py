@@ -45,7 +45,12 @@ def load(paths: list[str]) -> list[dict]:
             report = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise SystemExit(f"plot_synth: cannot read {path}: {e}") from None
-        for rec in summarize(report):  # a later file replaces an earlier one for the same design
+        try:
+            recs = summarize(report)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise SystemExit(f"plot_synth: {path} is neither an lpsgld synth --json report nor a summary "
+                             f"(missing {e})") from None
+        for rec in recs:  # a later file replaces an earlier one for the same design
             records[(rec["config"], rec["lanes"], rec["device"], rec["target"], rec["pipeline"])] = rec
     return sorted(records.values(), key=lambda r: (r["device"], r["target"], r["config"], r["lanes"]))
 

@@ -147,8 +147,6 @@ def sgld_lp(params: list[Tensor], grads: list[Tensor], words: list[Tensor], *, e
     return None
 
 
-
-
 def _group_kernel_ok(engine: TorchEngine, params: list[Tensor], grads: list[Tensor], words: list[Tensor]) -> bool:
     """The group runs as one compiled CPU step: engine path 'kernel' on CPU, dense contiguous tensors."""
     if engine.path != "kernel" or engine.device.type != "cpu":

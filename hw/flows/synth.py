@@ -94,6 +94,11 @@ class Device:
         return f"synth_{self.family}"
 
     @property
+    def has_dsp(self) -> bool:
+        """Whether synthesis maps multiplications to DSP blocks (UP5K ``-dsp``; ECP5 unless ``-nodsp``)."""
+        return "-dsp" in self.synth_args if self.family == "ice40" else "-nodsp" not in self.synth_args
+
+    @property
     def unconstrained_flag(self) -> str:
         return "--pcf-allow-unconstrained" if self.family == "ice40" else "--lpf-allow-unconstrained"
 

@@ -308,6 +308,7 @@ def test_cli_devices_are_the_flow_devices(capsys):
     assert sorted(c.strip(" '") for c in offered.split(",")) == sorted([*DEVICES, "generic"])
     assert DEVICES["ecp5-25k-8"].pnr_args[-2:] == ("--speed", "8")
     assert "--speed" not in DEVICES["ecp5-25k"].pnr_args  # nextpnr's default grade 6, the slowest
+    assert {k for k, d in DEVICES.items() if d.has_dsp} == {"up5k", "ecp5-25k", "ecp5-25k-8"}
 
 
 @needs_synth
@@ -369,6 +370,9 @@ def test_plot_synth_summarizes_reports_and_plots_the_committed_summary(tmp_path)
     assert mod.main([str(tmp_path / "r0.json"), str(tmp_path / "r1.json"), "--summary", str(tmp_path / "s.json")]) == 0
     (only,) = json.loads((tmp_path / "s.json").read_text())["records"]
     assert only["fmax_mhz"]["1"] == 120.0
+    (tmp_path / "other.json").write_text('{"results": [{"config": "w8-vc"}]}')
+    with pytest.raises(SystemExit, match="is neither an lpsgld synth --json report nor a summary"):
+        mod.main([str(tmp_path / "other.json"), "-o", str(tmp_path / "x.png")])
     committed = root / "docs" / "measurements" / "synthesis_issue16.json"
     assert mod.main([str(committed), "-o", str(tmp_path / "lanes.png")]) == 0
     assert (tmp_path / "lanes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
